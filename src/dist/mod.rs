@@ -1,0 +1,145 @@
+//! Collective communication between ranks.
+//!
+//! [`Communicator`] is the one interface the trainer talks to. Three implementations:
+//! [`SingleProcess`] (world size 1, always built), [`ThreadRanks`] (several ranks as threads of
+//! one process, for tests) and, with the `mpi` feature, [`MpiCommunicator`] (ranks started by
+//! `mpirun`). Every collective must be called by every rank in the same order.
+//!
+//! The trait has four primitives (sum of f32, all-gather of bytes, broadcast of bytes, barrier);
+//! typed all-gathers and broadcasts are built on them, so all three back-ends share one
+//! definition of what each operation returns.
+
+pub mod check;
+mod single;
+mod threads;
+
+#[cfg(feature = "mpi")]
+mod mpi;
+
+pub use self::single::SingleProcess;
+pub use self::threads::ThreadRanks;
+
+#[cfg(feature = "mpi")]
+pub use self::mpi::MpiCommunicator;
+
+use bytemuck::Pod;
+
+/// A failed collective.
+#[derive(Debug, thiserror::Error)]
+pub enum CommError {
+    /// Another rank stopped (panicked or returned) while this one waited in a collective.
+    #[error("rank {rank}: a peer rank stopped during a collective operation")]
+    PeerGone { rank: usize },
+    /// A broadcast whose receive buffer does not match the root's length.
+    #[error("rank {rank}: broadcast of {got} elements into a buffer of {expected}")]
+    LengthMismatch { rank: usize, got: usize, expected: usize },
+    /// A root outside the world.
+    #[error("rank {rank}: broadcast from rank {root} in a world of size {size}")]
+    BadRoot { rank: usize, root: usize, size: usize },
+    /// Asked for a back-end that this build does not contain.
+    #[error("MPI was requested but this micn was built without the `mpi` feature; rebuild with `cargo build --release --features mpi`")]
+    MpiNotBuilt,
+    /// The MPI library reported a failure.
+    #[error("MPI: {0}")]
+    Mpi(String),
+}
+
+pub type Result<T> = std::result::Result<T, CommError>;
+
+/// What an all-gather returns: every rank's buffer, concatenated in rank order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Gathered<T> {
+    /// All contributions, rank 0's first.
+    pub data: Vec<T>,
+    /// Number of elements each rank contributed.
+    pub counts: Vec<usize>,
+}
+
+impl<T> Gathered<T> {
+    /// The contribution of each rank, in rank order.
+    pub fn parts(&self) -> impl Iterator<Item = &[T]> {
+        let mut rest = self.data.as_slice();
+        self.counts.iter().map(move |&n| {
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            head
+        })
+    }
+}
+
+/// Collective operations over a fixed group of ranks.
+pub trait Communicator {
+    /// This process's rank, `0..size()`.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn size(&self) -> usize;
+    /// Rank among the ranks on this host (selects the GPU).
+    fn local_rank(&self) -> usize;
+    /// Short name of the back-end, for logs and `micn doctor`.
+    fn backend(&self) -> &'static str;
+
+    /// Element-wise sum over ranks, in place; every rank receives the same values.
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Every rank's byte buffer (lengths may differ), concatenated in rank order.
+    fn all_gather_bytes(&self, local: &[u8]) -> Result<Gathered<u8>>;
+    /// Replace `buf` on every rank with `root`'s `buf` (lengths must agree).
+    fn broadcast_bytes(&self, root: usize, buf: &mut [u8]) -> Result<()>;
+    /// Return once every rank has entered.
+    fn barrier(&self) -> Result<()>;
+}
+
+/// Typed collectives over any communicator (u32, i64, f32, u8, ... — any plain-old-data type).
+pub trait CommunicatorExt: Communicator {
+    /// All-gather of variable-length typed buffers.
+    fn all_gather<T: Pod>(&self, local: &[T]) -> Result<Gathered<T>> {
+        let bytes = self.all_gather_bytes(bytemuck::cast_slice(local))?;
+        let size = std::mem::size_of::<T>();
+        Ok(Gathered {
+            data: bytemuck::pod_collect_to_vec(&bytes.data),
+            counts: bytes.counts.iter().map(|n| n / size).collect(),
+        })
+    }
+
+    /// Broadcast of a typed buffer from `root`.
+    fn broadcast<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
+        self.broadcast_bytes(root, bytemuck::cast_slice_mut(buf))
+    }
+
+    /// Broadcast of a buffer whose length only `root` knows; returns root's buffer everywhere.
+    fn broadcast_vec(&self, root: usize, buf: &[u8]) -> Result<Vec<u8>> {
+        let mut len = [buf.len() as u64];
+        self.broadcast(root, &mut len)?;
+        let mut out = if self.rank() == root { buf.to_vec() } else { vec![0; len[0] as usize] };
+        self.broadcast_bytes(root, &mut out)?;
+        Ok(out)
+    }
+}
+
+impl<C: Communicator + ?Sized> CommunicatorExt for C {}
+
+/// Which back-end to start, from `--comm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// MPI when started by `mpirun` (its environment variables are set), else single process.
+    Auto,
+    /// World size 1, no MPI initialisation.
+    Single,
+    /// MPI; an error in a build without the `mpi` feature.
+    Mpi,
+}
+
+/// True when the environment says this process was started by an MPI launcher.
+pub fn launched_by_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"].iter().any(|k| std::env::var_os(k).is_some())
+}
+
+impl Backend {
+    /// Whether this choice means initialising MPI, given the environment.
+    pub fn wants_mpi(self) -> bool {
+        match self {
+            Backend::Auto => launched_by_mpirun(),
+            Backend::Single => false,
+            Backend::Mpi => true,
+        }
+    }
+}

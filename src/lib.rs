@@ -1,0 +1,13 @@
+//! micn: a data-parallel trainer for click-through-rate models on user-behaviour sequences
+//! (Wide&Deep, DIN, DIEN), each joined by the Multi-Interest Capsule Network (MICN) auxiliary
+//! task.
+//!
+//! Map of the crate:
+//! - [`config`]: TOML configuration, defaults from the papers, one validation pass, `--set`.
+//! - [`dist`]: the [`dist::Communicator`] interface and its back-ends (single, threads, MPI).
+//! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
+//! - [`logging`]: `tracing` set-up, with the rank on every line.
+pub mod config;
+pub mod dist;
+pub mod doctor;
+pub mod logging;

@@ -1,0 +1,37 @@
+//! Integration tests, one binary so libtorch is linked once. Each module owns one area.
+mod comm;
+mod doctor;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The `micn` binary cargo built for these tests.
+pub fn micn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_micn"))
+}
+
+/// `mpirun -np N` with the flags these 2-core, root-run machines need; fails the test with a
+/// clear message when OpenMPI is not installed (`cluster/setup-node.sh` installs it).
+pub fn mpirun(np: usize) -> Command {
+    let found = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(found, "mpirun not found: run `bash cluster/setup-node.sh` (installs OpenMPI)");
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["-np", &np.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+/// Run and require success, showing everything the command printed when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
