@@ -66,15 +66,24 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The MPI library in use, when running over MPI.
+#[derive(Debug, Clone)]
+pub struct MpiInfo {
+    /// The library's own version string (e.g. "Open MPI v4.1.4, ...").
+    pub library: String,
+    /// The MPI standard it implements, e.g. "3.1".
+    pub standard: String,
+}
+
 /// Collect every rank's facts; returns the whole report on every rank.
-pub fn collect(comm: &dyn Communicator, mpi: Option<(String, String)>) -> crate::dist::Result<Report> {
+pub fn collect(comm: &dyn Communicator, mpi: Option<MpiInfo>) -> crate::dist::Result<Report> {
     let mine = serde_json::to_vec(&RankReport::here(comm)).expect("a rank report serialises");
     let gathered = comm.all_gather::<u8>(&mine)?;
     let ranks = gathered
         .parts()
         .map(|part| serde_json::from_slice(part).expect("rank reports come from this same binary"))
         .collect();
-    let (mpi_library, mpi_standard) = mpi.unzip();
+    let (mpi_library, mpi_standard) = mpi.map(|m| (m.library, m.standard)).unzip();
     Ok(Report {
         micn_version: env!("CARGO_PKG_VERSION").into(),
         libtorch_version: env!("MICN_LIBTORCH_VERSION").into(),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use micn::dist::{self, Backend, Communicator};
+use micn::doctor::MpiInfo;
 use micn::logging::{self, LogFormat};
 
 #[derive(Parser)]
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
 }
 
 /// The communicator with, for MPI, the library's version strings.
-fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option<(String, String)>)> {
+fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option<MpiInfo>)> {
     if !backend.wants_mpi() {
         return Ok((Box::new(dist::SingleProcess), None));
     }
@@ -53,7 +54,8 @@ fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option
     {
         let comm = dist::MpiCommunicator::init().context("starting MPI")?;
         let (major, minor) = dist::MpiCommunicator::standard_version();
-        let versions = (dist::MpiCommunicator::library_version(), format!("{major}.{minor}"));
+        let versions =
+            MpiInfo { library: dist::MpiCommunicator::library_version(), standard: format!("{major}.{minor}") };
         Ok((Box::new(comm), Some(versions)))
     }
     #[cfg(not(feature = "mpi"))]
