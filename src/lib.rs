@@ -7,7 +7,13 @@
 //! - [`dist`]: the [`dist::Communicator`] interface and its back-ends (single, threads, MPI).
 //! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
 //! - [`logging`]: `tracing` set-up, with the rank on every line.
+//! - [`metrics`]: exact AUC, GAUC and log-loss, pure functions over slices.
+//! - [`data`]: raw Amazon / DIEN / synthetic inputs → prepared rkyv archives → batches.
+//! - [`rng`]: the project's own seeded generators; every random draw derives from a seed.
 pub mod config;
+pub mod data;
 pub mod dist;
 pub mod doctor;
 pub mod logging;
+pub mod metrics;
+pub mod rng;

@@ -1,9 +1,12 @@
 //! The `micn` command: parse arguments, start the communicator (MPI under `mpirun`), set up
 //! logging with the rank, and call the library. No logic of its own.
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use micn::data::protocol::Protocol;
+use micn::data::synth::Preset;
 use micn::dist::{self, Backend, Communicator};
 use micn::doctor::MpiInfo;
 use micn::logging::{self, LogFormat};
@@ -32,6 +35,97 @@ enum Command {
         #[arg(long)]
         check_comm: bool,
     },
+    /// Generate synthetic Amazon-like raw files (2014 formats) with the generator's oracle.
+    Synth(SynthArgs),
+    /// Turn raw Amazon dumps or DIEN's files into a dataset directory.
+    Prepare(PrepareArgs),
+    /// Inspect a prepared dataset.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Counts, vocabulary sizes, label balance and history lengths of a dataset directory.
+    Stats {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    #[arg(long, value_enum, default_value_t = Preset::Quickstart)]
+    preset: Preset,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for the raw files (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    users: Option<usize>,
+    #[arg(long)]
+    items: Option<usize>,
+    #[arg(long)]
+    categories: Option<usize>,
+    /// Hidden interest clusters.
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// Most interests per user.
+    #[arg(long)]
+    interests: Option<usize>,
+    #[arg(long)]
+    min_history: Option<usize>,
+    #[arg(long)]
+    mean_history: Option<f64>,
+    /// Probability that a review is a popularity-drawn noise item.
+    #[arg(long)]
+    noise: Option<f64>,
+    /// Probability of staying on the current interest between reviews.
+    #[arg(long)]
+    stay: Option<f64>,
+    /// Probability that an item shows its cluster's category instead of the dominant one.
+    #[arg(long)]
+    category_signal: Option<f64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum InputFormat {
+    Amazon2014,
+    Amazon2018,
+    Dien,
+}
+
+#[derive(clap::Args)]
+struct PrepareArgs {
+    #[arg(long, value_enum)]
+    input_format: InputFormat,
+    /// Reviews file (JSON lines, gzip or plain).
+    #[arg(long, required_unless_present = "dien_dir")]
+    reviews: Option<PathBuf>,
+    /// Meta file (2014: Python literals; 2018: JSON; gzip or plain).
+    #[arg(long, required_unless_present = "dien_dir")]
+    meta: Option<PathBuf>,
+    /// Directory with DIEN's local_train_splitByUser, local_test_splitByUser, ... files.
+    #[arg(long)]
+    dien_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Protocol::Dien)]
+    protocol: Protocol,
+    #[arg(long, default_value_t = 20)]
+    max_hist_len: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The synthetic generator's oracle-model.json (default: found beside the reviews file).
+    #[arg(long)]
+    oracle: Option<PathBuf>,
+    /// Stop at the first bad line instead of skipping and counting.
+    #[arg(long)]
+    strict: bool,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -65,38 +159,120 @@ fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (comm, mpi_versions) = start_comm(cli.comm)?;
     logging::init(cli.log_format, comm.rank());
-    tracing::info!(
+    tracing::debug!(
         backend = comm.backend(),
         world_size = comm.size(),
         local_rank = comm.local_rank(),
         "communicator ready"
     );
     match cli.command {
-        Command::Doctor { json, check_comm } => {
-            let report = micn::doctor::collect(comm.as_ref(), mpi_versions)?;
-            let check = if check_comm {
-                Some(dist::check::run(comm.as_ref()).map_err(|e| anyhow::anyhow!("communicator check failed: {e}"))?)
+        Command::Doctor { json, check_comm } => doctor(comm.as_ref(), mpi_versions, json, check_comm)?,
+        Command::Synth(args) => synth(args)?,
+        Command::Prepare(args) => prepare(args)?,
+        Command::Data { command: DataCommand::Stats { dir, json } } => {
+            let dataset = micn::data::Dataset::open(&dir)?;
+            let stats = micn::data::stats::compute(&dataset);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
-                None
-            };
-            if comm.rank() == 0 {
-                if json {
-                    let mut value = serde_json::to_value(&report)?;
-                    if let Some(outcome) = &check {
-                        value["comm_check"] = serde_json::to_value(outcome)?;
-                    }
-                    println!("{}", serde_json::to_string_pretty(&value)?);
-                } else {
-                    print!("{report}");
-                    if check.is_some() {
-                        println!(
-                            "communicator check: every collective gave the expected result on {} rank(s)",
-                            comm.size()
-                        );
-                    }
-                }
+                print!("{stats}");
             }
         }
+    }
+    Ok(())
+}
+
+fn doctor(comm: &dyn Communicator, mpi: Option<MpiInfo>, json: bool, check_comm: bool) -> anyhow::Result<()> {
+    tracing::info!(world_size = comm.size(), "collecting every rank's facts");
+    let report = micn::doctor::collect(comm, mpi)?;
+    let check = if check_comm {
+        Some(dist::check::run(comm).map_err(|e| anyhow::anyhow!("communicator check failed: {e}"))?)
+    } else {
+        None
+    };
+    if comm.rank() != 0 {
+        return Ok(());
+    }
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(outcome) = &check {
+            value["comm_check"] = serde_json::to_value(outcome)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{report}");
+        if check.is_some() {
+            println!("communicator check: every collective gave the expected result on {} rank(s)", comm.size());
+        }
+    }
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> anyhow::Result<()> {
+    let mut cfg = a.preset.config(a.seed);
+    macro_rules! set {
+        ($($field:ident),*) => { $(if let Some(v) = a.$field { cfg.$field = v; })* };
+    }
+    set!(users, items, categories, clusters, interests, min_history, mean_history, noise, stay, category_signal);
+    for (name, p) in [("--noise", cfg.noise), ("--stay", cfg.stay), ("--category-signal", cfg.category_signal)] {
+        anyhow::ensure!((0.0..=1.0).contains(&p), "{name} must lie in [0, 1], got {p}");
+    }
+    let started = std::time::Instant::now();
+    let summary = micn::data::synth::generate(&cfg, &a.out)?;
+    tracing::info!(
+        reviews = summary.reviews,
+        megabytes = summary.review_bytes as f64 / 1e6,
+        seconds = started.elapsed().as_secs_f64(),
+        "synthetic data written"
+    );
+    println!("reviews  {}", summary.reviews_file.display());
+    println!("meta     {}", summary.meta_file.display());
+    println!("oracle   {}", summary.oracle_file.display());
+    Ok(())
+}
+
+fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
+    use micn::data::amazon::Release;
+    use micn::data::input::Strictness;
+    use micn::data::prepare;
+    let strictness = if a.strict { Strictness::Strict } else { Strictness::Lenient };
+    let report = match a.input_format {
+        InputFormat::Amazon2014 | InputFormat::Amazon2018 => {
+            let release =
+                if a.input_format == InputFormat::Amazon2014 { Release::Amazon2014 } else { Release::Amazon2018 };
+            anyhow::ensure!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
+            let job = prepare::AmazonJob {
+                release,
+                reviews: a.reviews.context("--reviews FILE is required")?,
+                meta: a.meta.context("--meta FILE is required")?,
+                protocol: a.protocol,
+                max_hist_len: a.max_hist_len,
+                seed: a.seed,
+                strictness,
+                oracle: a.oracle,
+            };
+            prepare::prepare_amazon(&job, &a.out)?
+        }
+        InputFormat::Dien => {
+            let dir = a.dien_dir.context("--input-format dien needs --dien-dir DIR")?;
+            micn::data::dien_files::prepare(&dir, strictness, &a.out)?
+        }
+    };
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    let c = &report.meta.counts;
+    println!("dataset  {}", report.out.display());
+    println!(
+        "samples  train {}  test {}  vocabularies: users {}  items {}  categories {}",
+        c.train_samples, c.test_samples, c.users, c.items, c.cats
+    );
+    println!(
+        "speed    {:.2} s in all; reviews read at {:.0} MB/s, {:.0} reviews/s",
+        report.seconds, report.review_mb_per_s, report.reviews_per_s
+    );
+    if let Some(auc) = report.meta.oracle_auc {
+        println!("oracle   test AUC {auc:.4} (the generator's own scores: a ceiling for any model)");
     }
     Ok(())
 }

@@ -1,0 +1,170 @@
+//! The raw Amazon review dumps: reviews (strict JSON lines, 2014 and 2018 releases alike) and
+//! item metadata (2014: Python dict literals with nested `categories`; 2018: JSON with a flat
+//! `category` list). Each line parser is a pure function from text to a record or a [`Bad`].
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::input::{Bad, BadKind};
+use super::pyliteral::{self, PyValue};
+
+/// Which release the files come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    Amazon2014,
+    Amazon2018,
+}
+
+/// One review: who, what, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    pub user: String,
+    pub item: String,
+    pub time: i64,
+}
+
+#[derive(Deserialize)]
+struct RawReview<'a> {
+    #[serde(rename = "reviewerID", borrow)]
+    user: Cow<'a, str>,
+    #[serde(borrow)]
+    asin: Cow<'a, str>,
+    #[serde(rename = "unixReviewTime")]
+    time: i64,
+}
+
+/// Parse one review line (both releases use `reviewerID`, `asin`, `unixReviewTime`).
+pub fn parse_review(line: &str) -> Result<Review, Bad> {
+    let raw: RawReview = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
+    if raw.user.is_empty() || raw.asin.is_empty() {
+        return Err(Bad::new(BadKind::MissingField, "empty reviewerID or asin"));
+    }
+    Ok(Review { user: raw.user.into_owned(), item: raw.asin.into_owned(), time: raw.time })
+}
+
+/// One item's category as the protocols define it (`None`: the item has meta but no category,
+/// which maps to `default_cat` like a missing meta line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemMeta {
+    pub item: String,
+    pub category: Option<String>,
+}
+
+/// Parse one 2014 meta line: a Python dict literal; category = last element of the first path
+/// in `categories`.
+pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
+    let value = pyliteral::parse(line).map_err(|e| {
+        let kind = if e.message.contains("unterminated") || e.message.contains("end of input") {
+            BadKind::Truncated
+        } else {
+            BadKind::Malformed
+        };
+        Bad::new(kind, e.to_string())
+    })?;
+    if !matches!(value, PyValue::Dict(_)) {
+        return Err(Bad::new(BadKind::WrongType, "a meta line must be a dict"));
+    }
+    let item = match value.get("asin") {
+        Some(PyValue::Str(s)) if !s.is_empty() => s.clone(),
+        Some(_) => return Err(Bad::new(BadKind::WrongType, "`asin` must be a non-empty string")),
+        None => return Err(Bad::new(BadKind::MissingField, "missing field `asin`")),
+    };
+    let category = match value.get("categories") {
+        None => None,
+        Some(PyValue::List(paths)) => match paths.first() {
+            None => None,
+            Some(PyValue::List(path)) => match path.last() {
+                None => None,
+                Some(PyValue::Str(c)) => Some(c.clone()),
+                Some(_) => return Err(Bad::new(BadKind::WrongType, "`categories` paths must hold strings")),
+            },
+            Some(_) => return Err(Bad::new(BadKind::WrongType, "`categories` must be a list of lists")),
+        },
+        Some(_) => return Err(Bad::new(BadKind::WrongType, "`categories` must be a list of lists")),
+    };
+    Ok(ItemMeta { item, category })
+}
+
+#[derive(Deserialize)]
+struct RawMeta2018<'a> {
+    #[serde(borrow)]
+    asin: Cow<'a, str>,
+    #[serde(default)]
+    category: Vec<String>,
+}
+
+/// Parse one 2018 meta line: JSON; category = last element of `category`.
+pub fn parse_meta_2018(line: &str) -> Result<ItemMeta, Bad> {
+    let raw: RawMeta2018 = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
+    if raw.asin.is_empty() {
+        return Err(Bad::new(BadKind::MissingField, "empty asin"));
+    }
+    Ok(ItemMeta { item: raw.asin.into_owned(), category: raw.category.last().cloned() })
+}
+
+/// The meta parser of a release.
+pub fn meta_parser(release: Release) -> fn(&str) -> Result<ItemMeta, Bad> {
+    match release {
+        Release::Amazon2014 => parse_meta_2014,
+        Release::Amazon2018 => parse_meta_2018,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_2014_review_line_parses() {
+        // First line of the real reviews_Electronics_5.json (shared fixtures), shortened text.
+        let line = r#"{"reviewerID": "AO94DHGC771SJ", "asin": "0528881469", "reviewerName": "amazdnu", "helpful": [0, 0], "reviewText": "We got this GPS \"trucker\"", "overall": 5.0, "summary": "Gotta have GPS!", "unixReviewTime": 1370131200, "reviewTime": "06 2, 2013"}"#;
+        assert_eq!(
+            parse_review(line).unwrap(),
+            Review { user: "AO94DHGC771SJ".into(), item: "0528881469".into(), time: 1370131200 }
+        );
+    }
+
+    #[test]
+    fn review_errors_are_classified() {
+        let kind = |l: &str| parse_review(l).unwrap_err().kind;
+        assert_eq!(kind(r#"{"reviewerID": "A", "asin": "B", "unixReviewTime": 1"#), BadKind::Truncated);
+        assert_eq!(kind(r#"{"reviewerID": "A", "asin": "B" "unixReviewTime": 1}"#), BadKind::Malformed);
+        assert_eq!(kind(r#"{"reviewerID": "A", "unixReviewTime": 1}"#), BadKind::MissingField);
+        assert_eq!(kind(r#"{"reviewerID": "A", "asin": "B", "unixReviewTime": "soon"}"#), BadKind::WrongType);
+        assert_eq!(kind(r#"{"reviewerID": "", "asin": "B", "unixReviewTime": 1}"#), BadKind::MissingField);
+    }
+
+    #[test]
+    fn meta_2014_takes_the_last_element_of_the_first_path() {
+        // The real first line of meta_Electronics.json (shared fixtures README), title shortened.
+        let line = "{'asin': '0132793040', 'imUrl': 'http://ecx.images-amazon.com/images/I/31JIPhp%2BGIL.jpg', 'categories': [['Electronics', 'Computers & Accessories', 'Cables & Accessories', 'Monitor Accessories']], 'title': 'Kelby Training DVD: ...'}";
+        let meta = parse_meta_2014(line).unwrap();
+        assert_eq!(meta.item, "0132793040");
+        assert_eq!(meta.category.as_deref(), Some("Monitor Accessories"));
+        assert_eq!(parse_meta_2014("{'asin': 'X', 'title': \"Bob's\"}").unwrap().category, None);
+        assert_eq!(
+            parse_meta_2014("{'asin': 'X', 'categories': [['Books'], ['Toys', 'Cars']]}").unwrap().category.as_deref(),
+            Some("Books")
+        );
+    }
+
+    #[test]
+    fn meta_2014_errors_are_classified() {
+        let kind = |l: &str| parse_meta_2014(l).unwrap_err().kind;
+        assert_eq!(kind("{'asin': '01327"), BadKind::Truncated);
+        assert_eq!(kind("{'title': 'x'}"), BadKind::MissingField);
+        assert_eq!(kind("{'asin': 5}"), BadKind::WrongType);
+        assert_eq!(kind("{'asin': 'X', 'categories': 'Books'}"), BadKind::WrongType);
+        assert_eq!(kind("['asin', 'X']"), BadKind::WrongType);
+        assert_eq!(kind("{\"asin\": \"X\", \"on\": true}"), BadKind::Malformed, "JSON true is not a Python literal");
+    }
+
+    #[test]
+    fn meta_2018_uses_the_flat_category_list() {
+        let line = r#"{"category": ["Books", "Literature & Fiction", "Poetry"], "title": "x", "asin": "0000092878", "main_cat": "Books"}"#;
+        assert_eq!(parse_meta_2018(line).unwrap().category.as_deref(), Some("Poetry"));
+        assert_eq!(parse_meta_2018(r#"{"asin": "X", "category": []}"#).unwrap().category, None);
+        assert_eq!(parse_meta_2018(r#"{"asin": "X", "category": "Books"}"#).unwrap_err().kind, BadKind::WrongType);
+    }
+}

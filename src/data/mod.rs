@@ -1,0 +1,44 @@
+//! Data: from raw Amazon dumps (or DIEN's pre-processed files, or the synthetic generator) to a
+//! prepared dataset directory, and from there to batches.
+//!
+//! - [`input`]: gzip/plain line reading on all cores, bad-line classification and counts;
+//! - [`amazon`], [`pyliteral`], [`dien_files`]: the raw formats;
+//! - [`protocol`]: the `dien` and `din` sample-building protocols; [`vocab`]: frequency-ordered
+//!   vocabularies; [`samples`]: the columnar sample set;
+//! - [`archive`]: the dataset directory (rkyv archives, memory-mapped, validated once at open);
+//! - [`prepare`]: the `micn prepare` pipeline (atomic output directory);
+//! - [`synth`]: synthetic Amazon-like data with the generator's oracle;
+//! - [`shard`], [`batch`], [`loader`]: epoch permutations, rank slices, collation, prefetching.
+pub mod amazon;
+pub mod archive;
+pub mod dien_files;
+pub mod input;
+pub mod pickle;
+pub mod prepare;
+pub mod protocol;
+pub mod pyliteral;
+pub mod samples;
+pub mod stats;
+pub mod synth;
+pub mod vocab;
+
+use std::path::PathBuf;
+
+pub use self::archive::Dataset;
+
+/// A data problem, always naming the file (and line, where there is one).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {kind}: {detail}")]
+    BadLine { path: PathBuf, line: u64, kind: input::BadKind, detail: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{0}: already exists; choose another --out or remove it first")]
+    OutputExists(PathBuf),
+}

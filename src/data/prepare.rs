@@ -1,0 +1,364 @@
+//! `micn prepare`: raw inputs → a dataset directory (see [`super::archive`]).
+//!
+//! The directory is built under a temporary sibling name (`.NAME.partial-PID`), every file
+//! fsynced, then renamed into place: a killed or failed preparation leaves no output directory,
+//! and an existing one is never overwritten. Same inputs and seed give byte-identical files.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::amazon::{self, Release};
+use super::archive::{self, Counts, DatasetMeta, FileEntry};
+use super::input::{self, BadKind, FileSummary, Issues, Strictness};
+use super::protocol::{self, Corpus, Protocol, ReviewRef, DEFAULT_CAT};
+use super::samples::Samples;
+use super::synth::{self, OracleModel};
+use super::vocab::{self, Vocabularies};
+use super::DataError;
+
+/// `micn prepare` for the raw Amazon dumps.
+#[derive(Debug, Clone)]
+pub struct AmazonJob {
+    pub release: Release,
+    pub reviews: PathBuf,
+    pub meta: PathBuf,
+    pub protocol: Protocol,
+    pub max_hist_len: usize,
+    pub seed: u64,
+    pub strictness: Strictness,
+    /// The synthetic generator's model, for oracle scores (found beside the reviews if absent).
+    pub oracle: Option<PathBuf>,
+}
+
+/// What a preparation did, for the user.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub out: PathBuf,
+    pub meta: DatasetMeta,
+    pub seconds: f64,
+    /// Raw (decompressed) review bytes per second.
+    pub review_mb_per_s: f64,
+    pub reviews_per_s: f64,
+    pub warnings: Vec<String>,
+}
+
+/// Build a directory beside `out` and rename it into place when complete.
+pub(crate) struct Staging {
+    pub tmp: PathBuf,
+    out: PathBuf,
+}
+
+impl Staging {
+    pub fn new(out: &Path) -> Result<Self, DataError> {
+        if out.exists() {
+            return Err(DataError::OutputExists(out.to_path_buf()));
+        }
+        let name = out.file_name().ok_or_else(|| DataError::Invalid {
+            path: out.to_path_buf(),
+            message: "the output must name a directory".into(),
+        })?;
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|source| DataError::Io { path: parent.to_path_buf(), source })?;
+        let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+        }
+        std::fs::create_dir(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+        Ok(Self { tmp, out: out.to_path_buf() })
+    }
+
+    /// Write one file inside the staging directory and fsync it.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), DataError> {
+        let path = self.tmp.join(name);
+        let io = |source| DataError::Io { path: path.clone(), source };
+        let mut f = std::fs::File::create(&path).map_err(io)?;
+        std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+        f.sync_all().map_err(io)
+    }
+
+    pub fn commit(self) -> Result<(), DataError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataError::Io { path, source }
+        };
+        for entry in std::fs::read_dir(&self.tmp).map_err(io(&self.tmp))? {
+            let path = entry.map_err(io(&self.tmp))?.path();
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
+        }
+        std::fs::rename(&self.tmp, &self.out).map_err(io(&self.out))?;
+        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(io(parent))?;
+        }
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Not committed: an error happened; leave nothing behind.
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+fn source_entry(s: &FileSummary) -> serde_json::Value {
+    json!({
+        "file": s.path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "bytes": s.bytes,
+        "raw_bytes": s.raw_bytes,
+        "xxh3": s.xxh3,
+        "lines": s.lines,
+        "skipped": s.issues.counts,
+        "first_skipped_lines": s.issues.first_lines,
+    })
+}
+
+/// Warnings for skipped lines, one per kind, naming the file.
+fn issue_warnings(s: &FileSummary) -> Vec<String> {
+    s.issues.summary().into_iter().map(|line| format!("{}: skipped {line}", s.path.display())).collect()
+}
+
+/// Read reviews and meta into an interned corpus.
+fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, Vec<FileSummary>, u64), DataError> {
+    let mut corpus = Corpus::default();
+    let default_cat = corpus.cats.intern(DEFAULT_CAT);
+    let mut reviews_summary = input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
+        let user = corpus.users.intern(&r.user);
+        let item = corpus.items.intern(&r.item);
+        corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
+    })?;
+    if corpus.reviews.is_empty() {
+        let why = match &reviews_summary.issues.first_problem {
+            Some((line, problem)) => format!("no valid review (line {line}: {problem})"),
+            None => "the file holds no reviews".into(),
+        };
+        return Err(DataError::Invalid { path: job.reviews.clone(), message: why });
+    }
+    // Duplicate (user, item) reviews: keep the first in file order.
+    let mut order: Vec<u32> = (0..corpus.reviews.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| {
+        let r = &corpus.reviews[i as usize];
+        (r.user, r.item, r.line)
+    });
+    let mut duplicate = vec![false; corpus.reviews.len()];
+    for w in order.windows(2) {
+        let (a, b) = (&corpus.reviews[w[0] as usize], &corpus.reviews[w[1] as usize]);
+        if a.user == b.user && a.item == b.item {
+            duplicate[w[1] as usize] = true;
+        }
+    }
+    if let Some(first) = duplicate.iter().position(|&d| d) {
+        let line = corpus.reviews[first].line;
+        if job.strictness == Strictness::Strict {
+            return Err(DataError::BadLine {
+                path: job.reviews.clone(),
+                line,
+                kind: BadKind::Duplicate,
+                detail: "the same user reviewed the same item earlier in the file".into(),
+            });
+        }
+        for (i, r) in corpus.reviews.iter().enumerate().filter(|(i, _)| duplicate[*i]) {
+            let _ = i;
+            reviews_summary.issues.record(BadKind::Duplicate, r.line, "same user and item as an earlier review");
+        }
+        let mut keep = duplicate.iter().map(|d| !d);
+        corpus.reviews.retain(|_| keep.next().expect("one flag per review"));
+    }
+
+    corpus.item_cat = vec![default_cat; corpus.items.len()];
+    let mut has_meta = vec![false; corpus.items.len()];
+    let mut good_meta = 0u64;
+    let meta_summary = input::parse_lines(&job.meta, job.strictness, amazon::meta_parser(job.release), |m, _| {
+        good_meta += 1;
+        if let Some(item) = corpus.items.get(&m.item) {
+            has_meta[item as usize] = true;
+            if let Some(cat) = m.category {
+                corpus.item_cat[item as usize] = corpus.cats.intern(&cat);
+            }
+        }
+    })?;
+    let bad_meta = meta_summary.issues.total();
+    if good_meta == 0 || bad_meta > good_meta {
+        let example = meta_summary
+            .issues
+            .first_problem
+            .as_ref()
+            .map(|(line, p)| format!(" (first: line {line}: {p})"))
+            .unwrap_or_default();
+        return Err(DataError::Invalid {
+            path: job.meta.clone(),
+            message: format!(
+                "does not look like a {} meta file: {bad_meta} of {} lines rejected{example}",
+                match job.release {
+                    Release::Amazon2014 => "2014 (Python dict literal)",
+                    Release::Amazon2018 => "2018 (JSON)",
+                },
+                meta_summary.lines
+            ),
+        });
+    }
+    let without_meta = has_meta.iter().filter(|&&m| !m).count() as u64;
+    if without_meta > 0 {
+        warnings.push(format!(
+            "{} of {} reviewed items have no meta line: category `{DEFAULT_CAT}`",
+            without_meta,
+            has_meta.len()
+        ));
+    }
+    warnings.extend(issue_warnings(&reviews_summary));
+    warnings.extend(issue_warnings(&meta_summary));
+    Ok((corpus, vec![reviews_summary, meta_summary], without_meta))
+}
+
+/// Oracle score of every test sample: ln p(item | user) − ln p_negative(item).
+fn oracle_scores(model: &OracleModel, corpus: &Corpus, test: &Samples, protocol: Protocol) -> Result<Vec<f32>, String> {
+    let mut review_counts = vec![0u64; corpus.items.len()];
+    corpus.reviews.iter().for_each(|r| review_counts[r.item as usize] += 1);
+    let total = corpus.reviews.len() as f64;
+    (0..test.len())
+        .map(|i| {
+            let (user, item) = (corpus.users.name(test.user_keys[i]), corpus.items.name(test.items[i]));
+            let p = model
+                .next_item_probability(user, item)
+                .ok_or_else(|| format!("the oracle model does not know user {user} or item {item}"))?;
+            let negative = match protocol {
+                Protocol::Dien => review_counts[test.items[i] as usize] as f64 / total,
+                Protocol::Din => 1.0, // uniform: the same for every item
+            };
+            Ok((p.max(1e-300).ln() - negative.ln()) as f32)
+        })
+        .collect()
+}
+
+/// Run a preparation from the raw Amazon dumps.
+pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> {
+    let started = Instant::now();
+    let staging = Staging::new(out)?;
+    let mut warnings = Vec::new();
+    let (corpus, sources, without_meta) = read_corpus(job, &mut warnings)?;
+    let read_secs = started.elapsed().as_secs_f64();
+    let built = protocol::build(&corpus, job.protocol, job.max_hist_len, job.seed)
+        .map_err(|message| DataError::Invalid { path: job.reviews.clone(), message })?;
+    if built.train.is_empty() || built.test.is_empty() {
+        return Err(DataError::Invalid {
+            path: job.reviews.clone(),
+            message: format!(
+                "too little data: {} train and {} test samples (users need at least 2 reviews)",
+                built.train.len(),
+                built.test.len()
+            ),
+        });
+    }
+    let oracle_path = job.oracle.clone().or_else(|| {
+        let beside = job.reviews.with_file_name(synth::ORACLE_FILE);
+        beside.exists().then_some(beside)
+    });
+    let oracle = match &oracle_path {
+        Some(path) => {
+            let model = synth::read_oracle(path)?;
+            let scores = oracle_scores(&model, &corpus, &built.test, job.protocol)
+                .map_err(|message| DataError::Invalid { path: path.clone(), message })?;
+            Some(scores)
+        }
+        None => None,
+    };
+    let (vocab, maps) = vocab::build(&built.train, &corpus.users, &corpus.items, &corpus.cats, &corpus.item_cat);
+    let train = built.train.remap(&maps.users, &maps.items, &maps.cats);
+    let test = built.test.remap(&maps.users, &maps.items, &maps.cats);
+    let notes = json!({
+        "protocol_summary": built.summary,
+        "items_without_meta": without_meta,
+        "release": job.release,
+    });
+    let meta = write_dataset(
+        &staging,
+        DatasetParts {
+            source: format!("{:?}", job.release).to_lowercase(),
+            protocol: format!("{:?}", job.protocol).to_lowercase(),
+            seed: job.seed,
+            max_hist_len: job.max_hist_len,
+            reviews: corpus.reviews.len() as u64,
+            sources: sources.iter().map(source_entry).collect(),
+            vocab: &vocab,
+            train: &train,
+            test: &test,
+            oracle: oracle.as_deref(),
+            notes,
+        },
+    )?;
+    staging.commit()?;
+    let raw_bytes = sources[0].raw_bytes as f64;
+    Ok(Report {
+        out: out.to_path_buf(),
+        meta,
+        seconds: started.elapsed().as_secs_f64(),
+        review_mb_per_s: raw_bytes / 1e6 / read_secs.max(1e-9),
+        reviews_per_s: corpus.reviews.len() as f64 / read_secs.max(1e-9),
+        warnings,
+    })
+}
+
+/// Everything that goes into a dataset directory.
+pub(crate) struct DatasetParts<'a> {
+    pub source: String,
+    pub protocol: String,
+    pub seed: u64,
+    pub max_hist_len: usize,
+    pub reviews: u64,
+    pub sources: Vec<serde_json::Value>,
+    pub vocab: &'a Vocabularies,
+    pub train: &'a Samples,
+    pub test: &'a Samples,
+    pub oracle: Option<&'a [f32]>,
+    pub notes: serde_json::Value,
+}
+
+/// Write archives, vocabularies, the oracle and `dataset.json` into the staging directory.
+pub(crate) fn write_dataset(staging: &Staging, parts: DatasetParts<'_>) -> Result<DatasetMeta, DataError> {
+    let train_bytes = archive::to_bytes(parts.train);
+    let test_bytes = archive::to_bytes(parts.test);
+    staging.write("train.rkyv", &train_bytes)?;
+    staging.write("test.rkyv", &test_bytes)?;
+    parts.vocab.write(&staging.tmp)?;
+    let oracle = match parts.oracle {
+        Some(scores) => {
+            let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
+            staging.write("oracle.f32", &bytes)?;
+            Some(FileEntry::of(&bytes))
+        }
+        None => None,
+    };
+    let oracle_auc = parts.oracle.and_then(|scores| crate::metrics::auc(scores, &parts.test.labels));
+    let meta = DatasetMeta {
+        format_version: archive::FORMAT_VERSION,
+        source: parts.source,
+        protocol: parts.protocol,
+        seed: parts.seed,
+        max_hist_len: parts.max_hist_len,
+        counts: Counts {
+            reviews: parts.reviews,
+            train_samples: parts.train.len() as u64,
+            test_samples: parts.test.len() as u64,
+            users: parts.vocab.users.len() as u64,
+            items: parts.vocab.items.len() as u64,
+            cats: parts.vocab.cats.len() as u64,
+        },
+        sources: parts.sources,
+        train: FileEntry::of(&train_bytes),
+        test: FileEntry::of(&test_bytes),
+        oracle,
+        oracle_auc,
+        notes: parts.notes,
+    };
+    let text = serde_json::to_string_pretty(&meta).expect("plain data") + "\n";
+    staging.write("dataset.json", text.as_bytes())?;
+    Ok(meta)
+}
+
+impl Issues {
+    /// Whether any line was skipped.
+    pub fn any(&self) -> bool {
+        self.total() > 0
+    }
+}

@@ -1,0 +1,343 @@
+//! How samples are built from reviews (SPEC §1.2): the `dien` protocol (last review of each
+//! user → one positive and one popularity-weighted negative; users split 90/10) and the `din`
+//! protocol (every prefix of each user's time-sorted reviews; the last position is the test
+//! pair; negatives uniform over items the user never reviewed). Pure functions of the corpus
+//! and the seed.
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::samples::{Row, Samples};
+use crate::rng::{stream, Rng};
+
+/// Which protocol builds the samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Dien,
+    Din,
+}
+
+/// Strings to dense ids in order of first appearance.
+#[derive(Debug, Default, Clone)]
+pub struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// One review in intern-id space; `line` orders reviews with equal times as in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewRef {
+    pub user: u32,
+    pub item: u32,
+    pub time: i64,
+    pub line: u64,
+}
+
+/// Everything the protocols need: interned reviews and each item's category.
+#[derive(Debug, Default)]
+pub struct Corpus {
+    pub users: Interner,
+    pub items: Interner,
+    pub cats: Interner,
+    pub reviews: Vec<ReviewRef>,
+    /// Category intern id per item intern id (the `default_cat` id where meta is missing).
+    pub item_cat: Vec<u32>,
+}
+
+/// The category name of items without meta (and vocabulary id 0).
+pub const DEFAULT_CAT: &str = "default_cat";
+
+/// Share of users that go to the training split under the `dien` protocol.
+pub const DIEN_TRAIN_SHARE: f64 = 0.9;
+
+/// Counts of what a protocol did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProtocolSummary {
+    pub users_with_samples: u64,
+    /// Users with a single review: no history, so no sample.
+    pub users_skipped: u64,
+    pub train_users: u64,
+    pub test_users: u64,
+}
+
+/// Samples in intern-id space.
+#[derive(Debug)]
+pub struct Built {
+    pub train: Samples,
+    pub test: Samples,
+    pub summary: ProtocolSummary,
+}
+
+/// Reviews grouped by user, each group sorted by (time, file line).
+fn by_user(corpus: &Corpus) -> Vec<Vec<ReviewRef>> {
+    let mut groups: Vec<Vec<ReviewRef>> = vec![Vec::new(); corpus.users.len()];
+    for r in &corpus.reviews {
+        groups[r.user as usize].push(*r);
+    }
+    for g in &mut groups {
+        g.sort_by_key(|r| (r.time, r.line));
+    }
+    groups
+}
+
+/// Build train and test samples; an error when no negative could ever be drawn.
+pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64) -> Result<Built, String> {
+    assert!(max_hist_len > 0, "max_hist_len must be positive");
+    check_negatives_possible(corpus, protocol)?;
+    let groups = by_user(corpus);
+    let mut rng = Rng::derive(seed, &[stream::PROTOCOL]);
+    let (mut train, mut test) = (Samples::default(), Samples::default());
+    let mut summary = ProtocolSummary::default();
+    let cats_of = |items: &[u32]| items.iter().map(|&i| corpus.item_cat[i as usize]).collect::<Vec<_>>();
+    let push_pair = |out: &mut Samples, user: u32, pos: u32, neg: u32, hist: &[u32]| {
+        let hist_cats = cats_of(hist);
+        for (label, item) in [(1u8, pos), (0u8, neg)] {
+            out.push(Row {
+                label,
+                user,
+                user_key: user,
+                item,
+                cat: corpus.item_cat[item as usize],
+                hist_items: hist,
+                hist_cats: &hist_cats,
+            });
+        }
+    };
+    let n_reviews = corpus.reviews.len() as u64;
+    let n_items = corpus.items.len() as u64;
+    for (user, reviews) in groups.iter().enumerate() {
+        let user = user as u32;
+        if reviews.len() < 2 {
+            summary.users_skipped += u64::from(!reviews.is_empty());
+            continue;
+        }
+        summary.users_with_samples += 1;
+        let items: Vec<u32> = reviews.iter().map(|r| r.item).collect();
+        match protocol {
+            Protocol::Dien => {
+                let last = items.len() - 1;
+                let hist = &items[last.saturating_sub(max_hist_len)..last];
+                let pos = items[last];
+                // Popularity-weighted: a uniformly drawn review's item; rejected only if equal to
+                // the positive. Needs at least one review of another item.
+                let neg = loop {
+                    let candidate = corpus.reviews[rng.below(n_reviews) as usize].item;
+                    if candidate != pos {
+                        break candidate;
+                    }
+                };
+                let to_train = Rng::derive(seed, &[stream::SPLIT, user as u64]).next_f64() < DIEN_TRAIN_SHARE;
+                if to_train {
+                    summary.train_users += 1;
+                    push_pair(&mut train, user, pos, neg, hist);
+                } else {
+                    summary.test_users += 1;
+                    push_pair(&mut test, user, pos, neg, hist);
+                }
+            }
+            Protocol::Din => {
+                let reviewed: std::collections::HashSet<u32> = items.iter().copied().collect();
+                summary.train_users += u64::from(items.len() > 2);
+                summary.test_users += 1;
+                for i in 1..items.len() {
+                    let hist = &items[i.saturating_sub(max_hist_len)..i];
+                    let neg = loop {
+                        let candidate = rng.below(n_items) as u32;
+                        if !reviewed.contains(&candidate) {
+                            break candidate;
+                        }
+                    };
+                    let out = if i + 1 < items.len() { &mut train } else { &mut test };
+                    push_pair(out, user, items[i], neg, hist);
+                }
+            }
+        }
+    }
+    Ok(Built { train, test, summary })
+}
+
+/// Whether negatives can be drawn at all (the rejection loops would not end otherwise).
+fn check_negatives_possible(corpus: &Corpus, protocol: Protocol) -> Result<(), String> {
+    let distinct_reviewed = {
+        let mut seen = vec![false; corpus.items.len()];
+        corpus.reviews.iter().for_each(|r| seen[r.item as usize] = true);
+        seen.iter().filter(|&&s| s).count()
+    };
+    match protocol {
+        Protocol::Dien if distinct_reviewed < 2 => Err("the `dien` protocol needs reviews of at least 2 items".into()),
+        Protocol::Din => {
+            let mut per_user = vec![std::collections::HashSet::new(); corpus.users.len()];
+            for r in &corpus.reviews {
+                per_user[r.user as usize].insert(r.item);
+            }
+            match per_user.iter().position(|s| s.len() >= 2 && s.len() >= corpus.items.len()) {
+                Some(u) => {
+                    Err(format!("user {} reviewed every item: no negative can be drawn", corpus.users.name(u as u32)))
+                }
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A corpus from (user, item, time) triples; item `i{n}` has category `c{n % 3}`.
+    pub(crate) fn corpus(reviews: &[(&str, &str, i64)]) -> Corpus {
+        let mut c = Corpus::default();
+        c.cats.intern(DEFAULT_CAT);
+        for (line, (u, i, t)) in reviews.iter().enumerate() {
+            let user = c.users.intern(u);
+            let item = c.items.intern(i);
+            if item as usize == c.item_cat.len() {
+                let n: u32 = i.trim_start_matches('i').parse().unwrap_or(0);
+                let cat = c.cats.intern(&format!("c{}", n % 3));
+                c.item_cat.push(cat);
+            }
+            c.reviews.push(ReviewRef { user, item, time: *t, line: line as u64 + 1 });
+        }
+        c
+    }
+
+    fn synthetic(users: usize, per_user: impl Fn(usize) -> usize, items: usize) -> Corpus {
+        let mut rng = Rng::new(99);
+        let mut triples = Vec::new();
+        for u in 0..users {
+            for k in 0..per_user(u) {
+                triples.push((format!("u{u}"), format!("i{}", rng.below(items as u64)), (k * 10) as i64));
+            }
+        }
+        let refs: Vec<(&str, &str, i64)> = triples.iter().map(|(u, i, t)| (u.as_str(), i.as_str(), *t)).collect();
+        corpus(&refs)
+    }
+
+    #[test]
+    fn din_counts_follow_the_published_rule() {
+        // DIN (Zhou et al. 2018) on Electronics: 2,608,764 train and 192,403 test samples from
+        // 1,689,188 reviews of 192,403 users: train = 2·(reviews − 2·users), test = 2·users
+        // (2·(1,689,188 − 2·192,403) = 2,608,764).
+        let c = synthetic(300, |u| 2 + u % 9, 500);
+        let built = build(&c, Protocol::Din, 10, 1).unwrap();
+        let (reviews, users) = (c.reviews.len(), 300);
+        assert_eq!(built.train.len(), 2 * (reviews - 2 * users));
+        assert_eq!(built.test.len(), 2 * users);
+        // One (positive, negative) pair per user in test, sharing the history.
+        for pair in 0..users {
+            let (p, n) = (2 * pair, 2 * pair + 1);
+            assert_eq!((built.test.labels[p], built.test.labels[n]), (1, 0));
+            assert_eq!(built.test.history(p), built.test.history(n));
+            assert_eq!(built.test.users[p], built.test.users[n]);
+        }
+    }
+
+    #[test]
+    fn din_negatives_avoid_the_users_items() {
+        let c = synthetic(100, |_| 8, 40);
+        let built = build(&c, Protocol::Din, 10, 3).unwrap();
+        let groups = by_user(&c);
+        for s in [&built.train, &built.test] {
+            for i in (0..s.len()).filter(|&i| s.labels[i] == 0) {
+                let user = s.users[i] as usize;
+                assert!(!groups[user].iter().any(|r| r.item == s.items[i]), "negative reviewed by its user");
+            }
+        }
+    }
+
+    #[test]
+    fn dien_gives_one_pair_per_user_split_about_90_10() {
+        let c = synthetic(2000, |u| 1 + u % 7, 300);
+        let built = build(&c, Protocol::Dien, 20, 5).unwrap();
+        let users_with_two = (0..2000).filter(|u| 1 + u % 7 >= 2).count();
+        assert_eq!(built.train.len() + built.test.len(), 2 * users_with_two);
+        assert_eq!(built.summary.users_skipped as usize, 2000 - users_with_two);
+        let share = built.test.len() as f64 / (2 * users_with_two) as f64;
+        assert!((0.07..0.13).contains(&share), "test share {share}");
+        // Train and test users are disjoint.
+        let train_users: std::collections::HashSet<_> = built.train.users.iter().collect();
+        assert!(built.test.users.iter().all(|u| !train_users.contains(u)));
+        for s in [&built.train, &built.test] {
+            for i in (0..s.len()).filter(|&i| s.labels[i] == 0) {
+                assert_ne!(s.items[i], s.items[i - 1], "a negative equals its positive");
+            }
+        }
+    }
+
+    #[test]
+    fn histories_are_time_ordered_and_truncated_to_the_most_recent() {
+        // Times out of file order; u1's reviews sorted: i5(1) i3(2) i4(3) i1(4) i2(5).
+        let c = corpus(&[
+            ("u1", "i1", 4),
+            ("u1", "i2", 5),
+            ("u1", "i3", 2),
+            ("u1", "i4", 3),
+            ("u1", "i5", 1),
+            ("u2", "i1", 1),
+            ("u2", "i2", 1),
+            ("u3", "i6", 1),
+        ]);
+        let built = build(&c, Protocol::Din, 3, 1).unwrap();
+        let name = |id: u32| c.items.name(id).to_string();
+        let hist = |s: &Samples, i: usize| s.history(i).0.iter().map(|&x| name(x)).collect::<Vec<_>>();
+        // u1's test sample: target i2 with the 3 most recent earlier items.
+        assert_eq!(name(built.test.items[0]), "i2");
+        assert_eq!(hist(&built.test, 0), ["i3", "i4", "i1"]);
+        // Equal times keep file order: u2 = i1 then i2.
+        assert_eq!(name(built.test.items[2]), "i2");
+        assert_eq!(hist(&built.test, 2), ["i1"]);
+        // History categories follow the items.
+        let (items, cats) = built.test.history(0);
+        assert!(items.iter().zip(cats).all(|(&i, &c2)| c.item_cat[i as usize] == c2));
+    }
+
+    #[test]
+    fn a_user_who_reviewed_every_item_is_an_error_not_a_hang() {
+        let c = corpus(&[("u1", "i1", 1), ("u1", "i2", 2)]);
+        assert!(build(&c, Protocol::Din, 5, 1).unwrap_err().contains("reviewed every item"));
+        let c = corpus(&[("u1", "i1", 1), ("u1", "i1", 2)]);
+        assert!(build(&c, Protocol::Dien, 5, 1).unwrap_err().contains("at least 2 items"));
+    }
+
+    #[test]
+    fn same_seed_same_samples_other_seed_other_negatives() {
+        let c = synthetic(200, |_| 6, 100);
+        for protocol in [Protocol::Din, Protocol::Dien] {
+            let a = build(&c, protocol, 10, 7).unwrap();
+            let b = build(&c, protocol, 10, 7).unwrap();
+            assert_eq!((a.train.clone(), a.test.clone()), (b.train, b.test));
+            let other = build(&c, protocol, 10, 8).unwrap();
+            assert_ne!(a.train, other.train);
+        }
+    }
+}

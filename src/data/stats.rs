@@ -1,0 +1,110 @@
+//! `micn data stats`: what a prepared dataset holds — counts, vocabulary sizes, label balance and
+//! the distribution of history lengths.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::samples::ArchivedSamples;
+use super::Dataset;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitStats {
+    pub samples: u64,
+    pub positives: u64,
+    pub positive_share: f64,
+    pub distinct_user_keys: u64,
+    pub mean_history: f64,
+    /// History length → number of samples.
+    pub history_lengths: BTreeMap<u64, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub source: String,
+    pub protocol: String,
+    pub seed: u64,
+    pub max_hist_len: usize,
+    pub reviews: u64,
+    pub users: u64,
+    pub items: u64,
+    pub cats: u64,
+    pub train: SplitStats,
+    pub test: SplitStats,
+    pub oracle_auc: Option<f64>,
+}
+
+fn split(s: &ArchivedSamples) -> SplitStats {
+    let n = s.len() as u64;
+    let positives = s.labels.iter().filter(|&&l| l == 1).count() as u64;
+    let mut lengths = BTreeMap::new();
+    let mut total = 0u64;
+    for w in s.hist_offsets.windows(2) {
+        let len = w[1].to_native() - w[0].to_native();
+        total += len;
+        *lengths.entry(len).or_insert(0u64) += 1;
+    }
+    let mut keys: Vec<u32> = s.user_keys.iter().map(|k| k.to_native()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    SplitStats {
+        samples: n,
+        positives,
+        positive_share: if n == 0 { 0.0 } else { positives as f64 / n as f64 },
+        distinct_user_keys: keys.len() as u64,
+        mean_history: if n == 0 { 0.0 } else { total as f64 / n as f64 },
+        history_lengths: lengths,
+    }
+}
+
+pub fn compute(d: &Dataset) -> Stats {
+    Stats {
+        source: d.meta.source.clone(),
+        protocol: d.meta.protocol.clone(),
+        seed: d.meta.seed,
+        max_hist_len: d.meta.max_hist_len,
+        reviews: d.meta.counts.reviews,
+        users: d.vocab.users.len() as u64,
+        items: d.vocab.items.len() as u64,
+        cats: d.vocab.cats.len() as u64,
+        train: split(d.train.samples()),
+        test: split(d.test.samples()),
+        oracle_auc: d.meta.oracle_auc,
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "source {}  protocol {}  seed {}  max_hist_len {}",
+            self.source, self.protocol, self.seed, self.max_hist_len
+        )?;
+        writeln!(
+            f,
+            "reviews {}  vocabularies (with id 0): users {}  items {}  categories {}",
+            self.reviews, self.users, self.items, self.cats
+        )?;
+        for (name, s) in [("train", &self.train), ("test", &self.test)] {
+            writeln!(
+                f,
+                "{name:5}  samples {}  positives {} ({:.1} %)  users {}  mean history {:.2}",
+                s.samples,
+                s.positives,
+                100.0 * s.positive_share,
+                s.distinct_user_keys,
+                s.mean_history
+            )?;
+        }
+        writeln!(f, "history length   train      test")?;
+        let lengths: std::collections::BTreeSet<u64> =
+            self.train.history_lengths.keys().chain(self.test.history_lengths.keys()).copied().collect();
+        for len in lengths {
+            let count = |s: &SplitStats| s.history_lengths.get(&len).copied().unwrap_or(0);
+            writeln!(f, "{len:>14} {:>9} {:>9}", count(&self.train), count(&self.test))?;
+        }
+        if let Some(auc) = self.oracle_auc {
+            writeln!(f, "oracle test AUC {auc:.4} (the generator's own scores: a ceiling for any model)")?;
+        }
+        Ok(())
+    }
+}

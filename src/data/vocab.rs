@@ -1,0 +1,223 @@
+//! Vocabularies: ids by descending frequency in the training samples, ties by name, with id 0
+//! reserved for padding and unknowns (`default_mid`, `default_cat`, an unknown user). Frequency
+//! order makes a log-uniform sampler over ids approximate item popularity (MICN's negatives).
+//!
+//! On disk: `users.tsv`, `items.tsv`, `cats.tsv`, one `name \t count` line per id in id order
+//! (`items.tsv` also holds the item's category id), beginning with the reserved id 0.
+use std::io::Write as _;
+use std::path::Path;
+
+use super::protocol::{Interner, DEFAULT_CAT};
+use super::samples::Samples;
+use super::DataError;
+
+pub const UNKNOWN_USER: &str = "unknown_user";
+pub const DEFAULT_MID: &str = "default_mid";
+
+/// One vocabulary: names and training frequencies by id.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Vocab {
+    pub names: Vec<String>,
+    pub counts: Vec<u64>,
+}
+
+impl Vocab {
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Order `counts` (indexed by intern id) by descending count then name; intern ids with no
+    /// count, and `reserved` (if given), map to 0. Returns the vocabulary and the map
+    /// intern id → vocabulary id.
+    fn by_frequency(interner: &Interner, counts: &[u64], zero_name: &str, reserved: Option<u32>) -> (Vocab, Vec<u32>) {
+        let mut ranked: Vec<u32> =
+            (0..interner.len() as u32).filter(|&i| counts[i as usize] > 0 && Some(i) != reserved).collect();
+        ranked
+            .sort_by(|&a, &b| counts[b as usize].cmp(&counts[a as usize]).then(interner.name(a).cmp(interner.name(b))));
+        let mut map = vec![0u32; interner.len()];
+        let mut vocab =
+            Vocab { names: vec![zero_name.to_string()], counts: vec![reserved.map_or(0, |r| counts[r as usize])] };
+        for (rank, &i) in ranked.iter().enumerate() {
+            map[i as usize] = rank as u32 + 1;
+            vocab.names.push(interner.name(i).to_string());
+            vocab.counts.push(counts[i as usize]);
+        }
+        (vocab, map)
+    }
+}
+
+/// The three vocabularies and the item → category table, in vocabulary ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Vocabularies {
+    pub users: Vocab,
+    pub items: Vocab,
+    pub cats: Vocab,
+    /// Category id of every item id (`item_cat[0] = 0`).
+    pub item_cat: Vec<u32>,
+}
+
+/// Maps from intern ids to vocabulary ids.
+pub struct IdMaps {
+    pub users: Vec<u32>,
+    pub items: Vec<u32>,
+    pub cats: Vec<u32>,
+}
+
+/// Count users, items (targets and history) and categories in `train` and rank them.
+/// `item_cat` gives each item's category intern id.
+pub fn build(
+    train: &Samples,
+    users: &Interner,
+    items: &Interner,
+    cats: &Interner,
+    item_cat: &[u32],
+) -> (Vocabularies, IdMaps) {
+    let mut user_counts = vec![0u64; users.len()];
+    let mut item_counts = vec![0u64; items.len()];
+    let mut cat_counts = vec![0u64; cats.len()];
+    train.users.iter().for_each(|&u| user_counts[u as usize] += 1);
+    for &i in train.items.iter().chain(&train.hist_items) {
+        item_counts[i as usize] += 1;
+    }
+    for &c in train.cats.iter().chain(&train.hist_cats) {
+        cat_counts[c as usize] += 1;
+    }
+    let (user_vocab, user_map) = Vocab::by_frequency(users, &user_counts, UNKNOWN_USER, None);
+    let (item_vocab, item_map) = Vocab::by_frequency(items, &item_counts, DEFAULT_MID, None);
+    let (cat_vocab, cat_map) = Vocab::by_frequency(cats, &cat_counts, DEFAULT_CAT, cats.get(DEFAULT_CAT));
+    let mut vocab_item_cat = vec![0u32; item_vocab.len()];
+    for (intern, &id) in item_map.iter().enumerate() {
+        if id != 0 {
+            vocab_item_cat[id as usize] = cat_map[item_cat[intern] as usize];
+        }
+    }
+    (
+        Vocabularies { users: user_vocab, items: item_vocab, cats: cat_vocab, item_cat: vocab_item_cat },
+        IdMaps { users: user_map, items: item_map, cats: cat_map },
+    )
+}
+
+impl Vocabularies {
+    /// Write the three TSV files into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), DataError> {
+        let write = |name: &str, vocab: &Vocab, extra: Option<&[u32]>| -> Result<(), DataError> {
+            let path = dir.join(name);
+            let io = |source| DataError::Io { path: path.clone(), source };
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+            for (id, (n, c)) in vocab.names.iter().zip(&vocab.counts).enumerate() {
+                match extra {
+                    Some(cats) => writeln!(out, "{n}\t{c}\t{}", cats[id]),
+                    None => writeln!(out, "{n}\t{c}"),
+                }
+                .map_err(io)?;
+            }
+            out.flush().map_err(io)
+        };
+        write("users.tsv", &self.users, None)?;
+        write("items.tsv", &self.items, Some(&self.item_cat))?;
+        write("cats.tsv", &self.cats, None)
+    }
+
+    /// Read what [`Vocabularies::write`] wrote.
+    pub fn read(dir: &Path) -> Result<Self, DataError> {
+        let read = |name: &str, with_cat: bool| -> Result<(Vocab, Vec<u32>), DataError> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+            let (mut vocab, mut cats) = (Vocab::default(), Vec::new());
+            for (i, line) in text.lines().enumerate() {
+                let bad =
+                    |what: &str| DataError::Invalid { path: path.clone(), message: format!("line {}: {what}", i + 1) };
+                let fields: Vec<&str> = line.split('\t').collect();
+                if fields.len() != 2 + usize::from(with_cat) {
+                    return Err(bad("wrong number of fields"));
+                }
+                vocab.names.push(fields[0].to_string());
+                vocab.counts.push(fields[1].parse().map_err(|_| bad("count is not a number"))?);
+                if with_cat {
+                    cats.push(fields[2].parse().map_err(|_| bad("category id is not a number"))?);
+                }
+            }
+            if vocab.is_empty() {
+                return Err(DataError::Invalid { path, message: "empty vocabulary (id 0 is always present)".into() });
+            }
+            Ok((vocab, cats))
+        };
+        let (users, _) = read("users.tsv", false)?;
+        let (items, item_cat) = read("items.tsv", true)?;
+        let (cats, _) = read("cats.tsv", false)?;
+        if let Some(bad) = item_cat.iter().position(|&c| c as usize >= cats.len()) {
+            return Err(DataError::Invalid {
+                path: dir.join("items.tsv"),
+                message: format!("line {}: category id {} is outside cats.tsv", bad + 1, item_cat[bad]),
+            });
+        }
+        Ok(Self { users, items, cats, item_cat })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::samples::Row;
+
+    #[test]
+    fn ids_follow_descending_frequency_with_zero_reserved() {
+        let mut users = Interner::default();
+        let mut items = Interner::default();
+        let mut cats = Interner::default();
+        let dc = cats.intern(DEFAULT_CAT);
+        let (ua, ub) = (users.intern("ua"), users.intern("ub"));
+        let (x, y, z, unused) = (items.intern("x"), items.intern("y"), items.intern("z"), items.intern("unused"));
+        let c1 = cats.intern("c1");
+        let item_cat = vec![c1, dc, c1, c1];
+        let mut train = Samples::default();
+        // Targets and histories count: x 3, y 3, z 2; the x–y tie is broken by name.
+        train.push(Row {
+            label: 1,
+            user: ub,
+            user_key: ub,
+            item: y,
+            cat: dc,
+            hist_items: &[x, z],
+            hist_cats: &[c1, c1],
+        });
+        train.push(Row {
+            label: 0,
+            user: ub,
+            user_key: ub,
+            item: y,
+            cat: dc,
+            hist_items: &[x, z, y],
+            hist_cats: &[c1, c1, dc],
+        });
+        train.push(Row { label: 1, user: ua, user_key: ua, item: x, cat: c1, hist_items: &[], hist_cats: &[] });
+        let (v, maps) = build(&train, &users, &items, &cats, &item_cat);
+        assert_eq!(v.items.names, ["default_mid", "x", "y", "z"]);
+        assert_eq!(v.items.counts, [0, 3, 3, 2]);
+        assert_eq!(maps.items[unused as usize], 0, "an item never seen in training is unknown");
+        assert_eq!(v.users.names, ["unknown_user", "ub", "ua"]);
+        // default_cat is id 0 however frequent.
+        assert_eq!(v.cats.names, ["default_cat", "c1"]);
+        assert_eq!(v.item_cat, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn vocabularies_round_trip_through_tsv() {
+        let v = Vocabularies {
+            users: Vocab { names: vec!["unknown_user".into(), "A1".into()], counts: vec![0, 4] },
+            items: Vocab { names: vec!["default_mid".into(), "B1".into()], counts: vec![0, 9] },
+            cats: Vocab { names: vec!["default_cat".into(), "Books".into()], counts: vec![1, 8] },
+            item_cat: vec![0, 1],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        v.write(dir.path()).unwrap();
+        assert_eq!(Vocabularies::read(dir.path()).unwrap(), v);
+        std::fs::write(dir.path().join("items.tsv"), "default_mid\t0\t0\nB1\t9\t7\n").unwrap();
+        let e = Vocabularies::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("items.tsv") && e.contains("line 2"), "{e}");
+    }
+}
