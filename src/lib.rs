@@ -7,7 +7,12 @@
 //! - [`dist`]: the [`dist::Communicator`] interface and its back-ends (single, threads, MPI).
 //! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
 //! - [`logging`]: `tracing` set-up, with the rank on every line.
+//! - [`micn`]: the MICN auxiliary task: capsule routing, label-aware attention, sampled softmax.
+//! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN, the assembled
+//!   network and the gradient groups of its variables.
 pub mod config;
 pub mod dist;
 pub mod doctor;
 pub mod logging;
+pub mod micn;
+pub mod model;
