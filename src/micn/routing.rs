@@ -31,7 +31,8 @@ pub fn squash(s: &Tensor) -> Tensor {
 pub fn interest_count(lengths: &Tensor, k_max: i64) -> Tensor {
     let lengths = lengths.to_kind(Kind::Int64);
     let mut count = lengths.zeros_like();
-    for k in 1..=k_max {
+    // No i64 length reaches 2⁶³, so thresholds past 2⁶² would only overflow.
+    for k in 1..=k_max.min(62) {
         count += lengths.ge(1i64 << k).to_kind(Kind::Int64);
     }
     count.clamp_min(1)

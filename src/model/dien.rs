@@ -62,8 +62,11 @@ impl Dien {
     /// # Shapes
     /// `states [b, T, H]`, `clicked [b, T, w]`, `noclick [b, T, w]`, `mask [b, T]` → `[b]`
     fn auxiliary_loss(&self, states: &Tensor, clicked: &Tensor, noclick: &Tensor, mask: &Tensor) -> Tensor {
-        let steps = states.size()[1];
-        let transitions = (steps - 1).max(0);
+        let (batch, steps) = (states.size()[0], states.size()[1]);
+        if steps < 2 {
+            return Tensor::zeros([batch], (states.kind(), states.device()));
+        }
+        let transitions = steps - 1;
         let h = states.narrow(1, 0, transitions); // [b, T−1, H]
         let valid = mask.narrow(1, 1, transitions) * mask.narrow(1, 0, transitions); // [b, T−1]
         let logit = |next: &Tensor| {

@@ -216,8 +216,9 @@ impl Embeddings {
         self.aux(items, &cats)
     }
 
-    /// Embeds one batch: `e = e_orig ⊕ e_aux` for the main model (the `e_aux` half shares its
-    /// graph with [`Embedded::aux`]), and `e_aux` alone for MICN.
+    /// Embeds one batch: `e = e_orig ⊕ e_aux` for the main model, and `e_aux` alone for MICN.
+    /// The `e_aux` half of `e` and [`Embedded::aux`] are the same lookups, so a training step
+    /// that runs two backward passes (main, then aux) must keep the graph in the first one.
     pub fn forward(&self, ids: &BatchIds) -> Embedded {
         let target_aux = self.aux(&ids.items, &ids.cats);
         let hist_aux = self.aux(&ids.hist_items, &ids.hist_cats);

@@ -272,6 +272,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn histories_of_width_zero_or_one_give_finite_outputs() {
+        for kind in KINDS {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = network(&vs, kind, true);
+            for width in [0, 1] {
+                let ids = testing::batch(6, 4, width, &VOCAB, true);
+                let embedded = net.embeddings.forward(&ids);
+                let out = net.main.forward(&embedded.main, true);
+                assert!(bool::try_from(out.logit.isfinite().all()).unwrap(), "{kind:?}, T = {width}");
+                if let Some(aux) = out.aux_loss {
+                    // No transition t → t+1 exists: DIEN's auxiliary loss is 0.
+                    assert_eq!(aux.abs().sum(tch::Kind::Float).double_value(&[]), 0.0);
+                }
+                let labels = Tensor::ones([4], (tch::Kind::Float, Device::Cpu));
+                let seed = crate::micn::StepSeed { seed: 1, first_sample: 0 };
+                let micn = net.micn.as_ref().unwrap();
+                let out = micn.loss(&net.embeddings, embedded.aux.as_ref().unwrap(), &ids.items, &labels, seed, 4.0);
+                assert!(out.unwrap().loss.double_value(&[]).is_finite(), "{kind:?}, T = {width}");
+            }
+        }
+    }
+
     /// Every trainable variable the main model uses gets a non-zero gradient from one backward
     /// pass of `BCE + DIEN's aux loss`: the e_orig tables, the e_aux tables (the main model reads
     /// them too), and every parameter of the main model. MICN's variables are the expected
