@@ -297,8 +297,10 @@ mod tests {
 
     /// Every trainable variable the main model uses gets a non-zero gradient from one backward
     /// pass of `BCE + DIEN's aux loss`: the e_orig tables, the e_aux tables (the main model reads
-    /// them too), and every parameter of the main model. MICN's variables are the expected
-    /// exception (the main loss does not reach them).
+    /// them too), and every parameter of the main model. Expected exceptions: MICN's variables
+    /// (the main loss does not reach them), and the output bias of the attention MLP, which adds
+    /// the same constant to every score of a softmax and so has a gradient of exactly zero in
+    /// exact arithmetic (rounding noise in floats).
     #[test]
     fn one_backward_pass_reaches_every_main_model_variable() {
         for kind in KINDS {
@@ -314,10 +316,14 @@ mod tests {
             }
             loss.backward();
             for (name, var) in vs.variables() {
-                let expected = var.requires_grad() && !name.starts_with("micn.");
                 let grad = var.grad();
-                let reached = grad.defined() && grad.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0;
-                assert_eq!(reached, expected, "{kind:?}: {name}");
+                let size = if grad.defined() { grad.abs().sum(tch::Kind::Float).double_value(&[]) } else { 0.0 };
+                if name.ends_with("attention.mlp.output.bias") {
+                    assert!(size < 1e-6, "{kind:?}: {name} has gradient {size}");
+                    continue;
+                }
+                let expected = var.requires_grad() && !name.starts_with("micn.");
+                assert_eq!(size > 0.0, expected, "{kind:?}: {name}");
             }
         }
     }
