@@ -10,10 +10,15 @@
 //! - [`metrics`]: exact AUC, GAUC and log-loss, pure functions over slices.
 //! - [`data`]: raw Amazon / DIEN / synthetic inputs → prepared rkyv archives → batches.
 //! - [`rng`]: the project's own seeded generators; every random draw derives from a seed.
+//! - [`micn`]: the MICN auxiliary task: capsule routing, label-aware attention, sampled softmax.
+//! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN, the assembled
+//!   network and the gradient groups of its variables.
 pub mod config;
 pub mod data;
 pub mod dist;
 pub mod doctor;
 pub mod logging;
 pub mod metrics;
+pub mod micn;
+pub mod model;
 pub mod rng;

@@ -1,0 +1,496 @@
+//! Building blocks of the main models: MLPs, the Dice and PReLU activations, DIN's attention unit
+//! with its masked softmax, and the GRU / AUGRU cells unrolled over a masked history.
+//!
+//! Nothing here knows about ids, embedding tables or MICN: every layer takes dense tensors and a
+//! `[b, T]` float mask (1 = real behaviour, 0 = padding).
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// Score given to padded positions before a softmax: `exp` of it next to any real score is
+/// exactly 0 in f32, and it stays finite, so a row with no real position gives a uniform softmax
+/// (which the mask then zeroes) instead of NaN.
+const MASKED_SCORE: f64 = -1e9;
+
+/// Share of the running statistics kept at each Dice update: DIN's code uses batch
+/// normalisation with momentum 0.99 (TensorFlow's convention; PyTorch would call it 0.01).
+pub const DICE_MOMENTUM: f64 = 0.99;
+/// Added to the variance inside Dice's square root.
+pub const DICE_EPS: f64 = 1e-8;
+/// Initial PReLU slope, as DIEN's `utils.prelu` (`tf.constant_initializer(0.1)`).
+const PRELU_INIT: f64 = 0.1;
+
+/// Softmax over the last dimension restricted to the positions where `mask` is 1: masked
+/// positions get exactly zero weight, and a row with no unmasked position gets all zeros.
+///
+/// # Shapes
+/// `scores [.., n]`, `mask [.., n]` (float, 0/1) → `[.., n]`
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Tensor {
+    let padded = mask.le(0.5);
+    scores.masked_fill(&padded, MASKED_SCORE).softmax(-1, scores.kind()) * mask
+}
+
+/// Sum over the history of the real behaviours only.
+///
+/// # Shapes
+/// `xs [b, T, w]`, `mask [b, T]` → `[b, w]`
+pub fn masked_sum(xs: &Tensor, mask: &Tensor) -> Tensor {
+    (xs * mask.unsqueeze(-1)).sum_dim_intlist(1, false, xs.kind())
+}
+
+/// Parametric ReLU with one slope per channel: `max(0, x) + α·min(0, x)`.
+#[derive(Debug)]
+pub struct Prelu {
+    alpha: Tensor,
+}
+
+impl Prelu {
+    pub fn new(p: &nn::Path, width: i64) -> Self {
+        Self { alpha: p.var("alpha", &[width], nn::Init::Const(PRELU_INIT)) }
+    }
+
+    /// # Shapes
+    /// `xs [.., width]` → same
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.relu() + &self.alpha * xs.clamp_max(0.0)
+    }
+}
+
+/// Dice (Zhou et al., DIN, KDD 2018): `p(s)·s + (1 − p(s))·α·s` with
+/// `p(s) = sigmoid((s − E[s]) / sqrt(Var[s] + ε))`, one α per channel (initialised to 0 as in
+/// DIN's code).
+///
+/// In training `E[s]` and `Var[s]` are the batch's (over every leading dimension, biased
+/// variance) and the running statistics move towards them:
+/// `running ← 0.99·running + 0.01·batch` (the same biased variance). In evaluation the running
+/// statistics are used. They are non-trainable variables (`running_mean`, `running_var`) so
+/// checkpoints and rank broadcasts carry them.
+#[derive(Debug)]
+pub struct Dice {
+    alpha: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+impl Dice {
+    pub fn new(p: &nn::Path, width: i64) -> Self {
+        Self {
+            alpha: p.zeros("alpha", &[width]),
+            running_mean: p.zeros_no_train("running_mean", &[width]),
+            running_var: p.ones_no_train("running_var", &[width]),
+        }
+    }
+
+    /// # Shapes
+    /// `xs [.., width]` → same
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        let (mean, var) = if train {
+            let width = *xs.size().last().expect("Dice needs at least one dimension");
+            let flat = xs.reshape([-1, width]); // [n, width]
+            let mean = flat.mean_dim(0, false, flat.kind());
+            let var = (&flat - &mean).square().mean_dim(0, false, flat.kind());
+            tch::no_grad(|| {
+                let keep = DICE_MOMENTUM;
+                let mut running_mean = self.running_mean.shallow_clone();
+                let mut running_var = self.running_var.shallow_clone();
+                running_mean.copy_(&(&self.running_mean * keep + mean.detach() * (1.0 - keep)));
+                running_var.copy_(&(&self.running_var * keep + var.detach() * (1.0 - keep)));
+            });
+            (mean, var)
+        } else {
+            (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
+        };
+        let p = ((xs - mean) / (var + DICE_EPS).sqrt()).sigmoid();
+        &p * xs + (1.0 - &p) * &self.alpha * xs
+    }
+
+    /// The running `(mean, variance)`.
+    pub fn running_stats(&self) -> (Tensor, Tensor) {
+        (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
+    }
+}
+
+/// Which non-linearity follows each hidden layer of an [`Mlp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    Sigmoid,
+    Relu,
+    Prelu,
+    Dice,
+}
+
+/// One hidden layer's non-linearity, with its parameters when it has any.
+#[derive(Debug)]
+pub enum Activation {
+    Sigmoid,
+    Relu,
+    Prelu(Prelu),
+    Dice(Dice),
+}
+
+impl Activation {
+    pub fn new(p: &nn::Path, kind: ActivationKind, width: i64) -> Self {
+        match kind {
+            ActivationKind::Sigmoid => Activation::Sigmoid,
+            ActivationKind::Relu => Activation::Relu,
+            ActivationKind::Prelu => Activation::Prelu(Prelu::new(p, width)),
+            ActivationKind::Dice => Activation::Dice(Dice::new(p, width)),
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Activation::Sigmoid => xs.sigmoid(),
+            Activation::Relu => xs.relu(),
+            Activation::Prelu(prelu) => prelu.forward(xs),
+            Activation::Dice(dice) => dice.forward(xs, train),
+        }
+    }
+}
+
+/// Linear layers with an activation after each hidden one and a linear output.
+///
+/// Variables: `layers.{i}.{weight,bias}`, `activations.{i}.…`, `output.{weight,bias}`.
+#[derive(Debug)]
+pub struct Mlp {
+    layers: Vec<nn::Linear>,
+    activations: Vec<Activation>,
+    output: nn::Linear,
+}
+
+impl Mlp {
+    pub fn new(p: &nn::Path, input: i64, hidden: &[usize], output: i64, activation: ActivationKind) -> Self {
+        let mut layers = Vec::with_capacity(hidden.len());
+        let mut activations = Vec::with_capacity(hidden.len());
+        let mut width = input;
+        for (i, &next) in hidden.iter().enumerate() {
+            let next = next as i64;
+            layers.push(nn::linear(p / "layers" / i, width, next, Default::default()));
+            activations.push(Activation::new(&(p / "activations" / i), activation, next));
+            width = next;
+        }
+        Self { layers, activations, output: nn::linear(p / "output", width, output, Default::default()) }
+    }
+
+    /// # Shapes
+    /// `xs [.., input]` → `[.., output]`
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        let hidden = self
+            .layers
+            .iter()
+            .zip(&self.activations)
+            .fold(xs.shallow_clone(), |h, (layer, activation)| activation.forward(&layer.forward(&h), train));
+        self.output.forward(&hidden)
+    }
+}
+
+/// A dense layer followed by PReLU: how DIEN's `din_fcn_attention` brings the query to the
+/// width of the keys when they differ.
+#[derive(Debug)]
+struct QueryProjection {
+    linear: nn::Linear,
+    prelu: Prelu,
+}
+
+/// DIN's activation unit: an MLP with sigmoid activations (80-40-1 by default) scores each
+/// history position from `[q, k, q − k, q·k]`, and a masked softmax over the history turns the
+/// scores into weights. When the query is not as wide as the keys (DIEN: target item vs GRU
+/// state) it is first projected to their width by a dense layer and PReLU, as in DIEN's code.
+#[derive(Debug)]
+pub struct AttentionUnit {
+    query_projection: Option<QueryProjection>,
+    mlp: Mlp,
+}
+
+impl AttentionUnit {
+    pub fn new(p: &nn::Path, query_width: i64, key_width: i64, hidden: &[usize]) -> Self {
+        let query_projection = (query_width != key_width).then(|| {
+            let p = p / "query_projection";
+            QueryProjection {
+                linear: nn::linear(&p / "linear", query_width, key_width, Default::default()),
+                prelu: Prelu::new(&(&p / "prelu"), key_width),
+            }
+        });
+        Self { query_projection, mlp: Mlp::new(&(p / "mlp"), 4 * key_width, hidden, 1, ActivationKind::Sigmoid) }
+    }
+
+    /// Attention weights over the history; padded positions get exactly 0, and an all-padding
+    /// history gets all zeros.
+    ///
+    /// # Shapes
+    /// `query [b, q]`, `keys [b, T, k]`, `mask [b, T]` → `[b, T]`
+    pub fn weights(&self, query: &Tensor, keys: &Tensor, mask: &Tensor) -> Tensor {
+        let query = match &self.query_projection {
+            Some(projection) => projection.prelu.forward(&projection.linear.forward(query)),
+            None => query.shallow_clone(),
+        };
+        let queries = query.unsqueeze(1).expand_as(keys); // [b, T, k]
+        let features = Tensor::cat(&[&queries, keys, &(&queries - keys), &(&queries * keys)], -1); // [b, T, 4k]
+        let scores = self.mlp.forward(&features, false).squeeze_dim(-1); // [b, T]
+        masked_softmax(&scores, mask)
+    }
+
+    /// The attention-weighted sum of the keys (zero for an all-padding history).
+    ///
+    /// # Shapes
+    /// `query [b, q]`, `keys [b, T, k]`, `mask [b, T]` → `[b, k]`
+    pub fn forward(&self, query: &Tensor, keys: &Tensor, mask: &Tensor) -> Tensor {
+        let weights = self.weights(query, keys, mask); // [b, T]
+        weights.unsqueeze(1).matmul(keys).squeeze_dim(1)
+    }
+}
+
+/// A GRU cell in the form of DIEN's `GRUCell` / `VecAttGRUCell` (Cho et al. 2014):
+/// `r, u = σ(W x + U h + b)`, `h̃ = tanh(W_c x + U_c (r·h) + b_c)`, `h' = (1 − u')·h + u'·h̃` with
+/// `u' = u` (GRU) or `u' = a·u` (AUGRU, DIEN's attentional update gate).
+///
+/// Variables: `input.{weight,bias}` (x → [r, u, h̃], 3H), `hidden_gates.weight` (h → [r, u]),
+/// `hidden_candidate.weight` (r·h → h̃).
+#[derive(Debug)]
+struct GruCell {
+    input: nn::Linear,
+    hidden_gates: nn::Linear,
+    hidden_candidate: nn::Linear,
+    hidden: i64,
+}
+
+impl GruCell {
+    fn new(p: &nn::Path, input: i64, hidden: i64) -> Self {
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        Self {
+            input: nn::linear(p / "input", input, 3 * hidden, Default::default()),
+            hidden_gates: nn::linear(p / "hidden_gates", hidden, 2 * hidden, no_bias),
+            hidden_candidate: nn::linear(p / "hidden_candidate", hidden, hidden, no_bias),
+            hidden,
+        }
+    }
+
+    /// One step from the input's projection `x_proj = W x + b`.
+    ///
+    /// # Shapes
+    /// `x_proj [b, 3H]`, `h [b, H]`, `update_scale [b]` → `[b, H]`
+    fn step(&self, x_proj: &Tensor, h: &Tensor, update_scale: Option<&Tensor>) -> Tensor {
+        let x_gates = x_proj.narrow(-1, 0, 2 * self.hidden);
+        let x_candidate = x_proj.narrow(-1, 2 * self.hidden, self.hidden);
+        let gates = (x_gates + self.hidden_gates.forward(h)).sigmoid();
+        let reset = gates.narrow(-1, 0, self.hidden);
+        let update = gates.narrow(-1, self.hidden, self.hidden);
+        let update = match update_scale {
+            Some(a) => update * a.unsqueeze(-1),
+            None => update,
+        };
+        let candidate = (x_candidate + self.hidden_candidate.forward(&(reset * h))).tanh();
+        (1.0 - &update) * h + update * candidate
+    }
+
+    /// Runs the cell over the history from a zero state; a padded step keeps the previous state,
+    /// so the last state is the state after each sample's last real behaviour.
+    ///
+    /// # Shapes
+    /// `xs [b, T, I]`, `mask [b, T]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`)
+    fn unroll(&self, xs: &Tensor, mask: &Tensor, attention: Option<&Tensor>) -> (Tensor, Tensor) {
+        let (batch, steps) = (xs.size()[0], xs.size()[1]);
+        let projected = self.input.forward(xs); // [b, T, 3H]
+        let mut h = Tensor::zeros([batch, self.hidden], (xs.kind(), xs.device()));
+        let mut states = Vec::with_capacity(steps as usize);
+        for t in 0..steps {
+            let scale = attention.map(|a| a.select(1, t));
+            let next = self.step(&projected.select(1, t), &h, scale.as_ref());
+            let keep = mask.select(1, t).unsqueeze(-1); // [b, 1]
+            h = &keep * next + (1.0 - &keep) * &h;
+            states.push(h.shallow_clone());
+        }
+        let states = if states.is_empty() {
+            Tensor::zeros([batch, 0, self.hidden], (xs.kind(), xs.device()))
+        } else {
+            Tensor::stack(&states, 1)
+        };
+        (states, h)
+    }
+}
+
+/// A GRU unrolled over a masked history (DIEN's interest extractor layer).
+#[derive(Debug)]
+pub struct Gru(GruCell);
+
+impl Gru {
+    pub fn new(p: &nn::Path, input: i64, hidden: i64) -> Self {
+        Self(GruCell::new(p, input, hidden))
+    }
+
+    /// # Shapes
+    /// `xs [b, T, I]`, `mask [b, T]` → (`states [b, T, H]`, `last [b, H]`)
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> (Tensor, Tensor) {
+        self.0.unroll(xs, mask, None)
+    }
+}
+
+/// The GRU with attentional update gate (DIEN's interest evolving layer):
+/// `h' = (1 − a·u)·h + a·u·h̃`, so a step with attention 0 keeps the state.
+#[derive(Debug)]
+pub struct Augru(GruCell);
+
+impl Augru {
+    pub fn new(p: &nn::Path, input: i64, hidden: i64) -> Self {
+        Self(GruCell::new(p, input, hidden))
+    }
+
+    /// # Shapes
+    /// `xs [b, T, I]`, `mask [b, T]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`)
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor, attention: &Tensor) -> (Tensor, Tensor) {
+        self.0.unroll(xs, mask, Some(attention))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
+        a.allclose(b, tol, tol, false)
+    }
+
+    #[test]
+    fn masked_softmax_gives_padding_no_weight_and_sums_to_one_over_real_positions() {
+        let scores = Tensor::from_slice(&[1.0f32, 2.0, 50.0, 0.0]).view([1, 4]);
+        let mask = Tensor::from_slice(&[1.0f32, 1.0, 0.0, 0.0]).view([1, 4]);
+        let w = masked_softmax(&scores, &mask);
+        // softmax([1, 2]) = [1/(1+e), e/(1+e)] = [0.268941, 0.731059].
+        let expected = Tensor::from_slice(&[0.268_941_4f32, 0.731_058_6, 0.0, 0.0]).view([1, 4]);
+        assert!(close(&w, &expected, 1e-6), "{w}");
+        assert_eq!(w.double_value(&[0, 2]), 0.0);
+    }
+
+    #[test]
+    fn attention_over_an_all_padding_history_is_zero_and_finite() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let unit = AttentionUnit::new(&vs.root(), 3, 3, &[8, 4]);
+        let query = Tensor::randn([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let keys = Tensor::randn([2, 5, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mask = Tensor::from_slice(&[0.0f32, 0., 0., 0., 0., 1., 1., 0., 0., 0.]).view([2, 5]);
+        let out = unit.forward(&query, &keys, &mask);
+        assert_eq!(out.size(), [2, 3]);
+        assert_eq!(out.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        out.sum(Kind::Float).backward();
+        for t in [&query.grad(), &keys.grad()] {
+            assert!(bool::try_from(t.isfinite().all()).unwrap());
+        }
+        // The padded keys of the second sample get no gradient: they have no weight.
+        assert_eq!(keys.grad().get(1).narrow(0, 2, 3).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn attention_weights_are_zero_on_masked_positions_whatever_the_keys() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let unit = AttentionUnit::new(&vs.root(), 4, 3, &[8, 4]);
+        let query = Tensor::randn([2, 4], (Kind::Float, Device::Cpu));
+        let keys = Tensor::randn([2, 4, 3], (Kind::Float, Device::Cpu)) * 100.0;
+        let mask = Tensor::from_slice(&[1.0f32, 1., 1., 0., 1., 0., 0., 0.]).view([2, 4]);
+        let w = unit.weights(&query, &keys, &mask);
+        assert_eq!((&w * mask.ones_like().g_sub(&mask)).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        let sums = w.sum_dim_intlist(1, false, Kind::Float);
+        assert!(close(&sums, &Tensor::ones([2], (Kind::Float, Device::Cpu)), 1e-6), "{sums}");
+    }
+
+    #[test]
+    fn dice_uses_batch_statistics_in_training_and_running_ones_in_evaluation() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let dice = Dice::new(&vs.root(), 1);
+        let _ = tch::no_grad(|| dice.alpha.shallow_clone().fill_(0.5));
+        let xs = Tensor::from_slice(&[1.0f32, 3.0]).view([2, 1]);
+        // Batch mean 2, biased variance 1: p(1) = σ(−1) = 0.268941, p(3) = σ(1) = 0.731059;
+        // out = p·s + (1 − p)·0.5·s → 1·(0.268941 + 0.365529) = 0.634471 and
+        // 3·(0.731059 + 0.134471) = 2.596589.
+        let train = dice.forward(&xs, true);
+        let expected = Tensor::from_slice(&[0.634_470_7f32, 2.596_588_6]).view([2, 1]);
+        assert!(close(&train, &expected, 1e-5), "{train}");
+        // Running stats after one update from (0, 1): mean 0.01·2 = 0.02, var 0.99 + 0.01·1 = 1.
+        let (mean, var) = dice.running_stats();
+        assert!((mean.double_value(&[0]) - 0.02).abs() < 1e-7);
+        assert!((var.double_value(&[0]) - 1.0).abs() < 1e-7);
+        // Evaluation with mean 0.02, var 1: p(1) = σ(0.98) = 0.727108, p(3) = σ(2.98) = 0.951662;
+        // out(1) = 0.727108 + 0.272892·0.5 = 0.863554, out(3) = 3·(0.951662 + 0.024169) = 2.927494.
+        let eval = dice.forward(&xs, false);
+        let expected = Tensor::from_slice(&[0.863_554f32, 2.927_494]).view([2, 1]);
+        assert!(close(&eval, &expected, 1e-5), "{eval}");
+        // Evaluation leaves the running statistics alone.
+        assert!((dice.running_stats().0.double_value(&[0]) - 0.02).abs() < 1e-7);
+    }
+
+    #[test]
+    fn dice_running_statistics_follow_the_documented_momentum() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let dice = Dice::new(&vs.root(), 2);
+        let xs = Tensor::from_slice(&[0.0f32, 10.0, 4.0, 10.0]).view([2, 2]);
+        for _ in 0..3 {
+            let _ = dice.forward(&xs, true);
+        }
+        // Channel 0: batch mean 2, var 4; channel 1: mean 10, var 0. After n updates from
+        // (m0, v0): m = 0.99ⁿ·m0 + (1 − 0.99ⁿ)·batch, with 0.99³ = 0.970299.
+        let k = 0.970_299;
+        let (mean, var) = dice.running_stats();
+        let expected_mean = [2.0 * (1.0 - k), 10.0 * (1.0 - k)];
+        let expected_var = [k + 4.0 * (1.0 - k), k];
+        for c in 0..2 {
+            assert!((mean.double_value(&[c]) - expected_mean[c as usize]).abs() < 1e-5);
+            assert!((var.double_value(&[c]) - expected_var[c as usize]).abs() < 1e-5);
+        }
+        // The buffers are checkpointed but not trained.
+        let names: Vec<String> = vs.variables().into_keys().collect();
+        assert!(names.contains(&"running_mean".to_string()) && names.contains(&"running_var".to_string()));
+        assert_eq!(vs.trainable_variables().len(), 1);
+    }
+
+    #[test]
+    fn augru_with_zero_attention_keeps_the_state() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let augru = Augru::new(&vs.root(), 3, 4);
+        let xs = Tensor::randn([2, 3, 3], (Kind::Float, Device::Cpu));
+        let mask = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+        // Attention 0 at step 1: the state after step 1 equals the state after step 0.
+        let attention = Tensor::from_slice(&[0.7f32, 0.0, 0.3, 1.0, 0.0, 0.0]).view([2, 3]);
+        let (states, last) = augru.forward(&xs, &mask, &attention);
+        assert!(close(&states.select(1, 1), &states.select(1, 0), 0.0));
+        assert!(!close(&states.select(1, 2), &states.select(1, 1), 1e-6));
+        assert!(close(&last.get(1), &states.get(1).get(0), 0.0));
+        // Attention 0 everywhere: the zero initial state is never left.
+        let (_, last) = augru.forward(&xs, &mask, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)));
+        assert_eq!(last.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn padded_steps_keep_the_gru_state() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let gru = Gru::new(&vs.root(), 3, 4);
+        let short = Tensor::randn([1, 2, 3], (Kind::Float, Device::Cpu));
+        let padded = Tensor::cat(&[&short, &(Tensor::randn([1, 3, 3], (Kind::Float, Device::Cpu)) * 9.0)], 1);
+        let (_, last_short) = gru.forward(&short, &Tensor::ones([1, 2], (Kind::Float, Device::Cpu)));
+        let mask = Tensor::from_slice(&[1.0f32, 1.0, 0.0, 0.0, 0.0]).view([1, 5]);
+        let (states, last) = gru.forward(&padded, &mask);
+        assert!(close(&last, &last_short, 1e-6));
+        assert!(close(&states.select(1, 4), &states.select(1, 1), 0.0));
+    }
+
+    #[test]
+    fn mlp_variables_are_named_after_their_fields() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _ = Mlp::new(&(vs.root() / "head"), 5, &[4, 3], 1, ActivationKind::Dice);
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        let expected = [
+            "head.activations.0.alpha",
+            "head.activations.0.running_mean",
+            "head.activations.0.running_var",
+            "head.activations.1.alpha",
+            "head.activations.1.running_mean",
+            "head.activations.1.running_var",
+            "head.layers.0.bias",
+            "head.layers.0.weight",
+            "head.layers.1.bias",
+            "head.layers.1.weight",
+            "head.output.bias",
+            "head.output.weight",
+        ];
+        assert_eq!(names, expected);
+    }
+}
