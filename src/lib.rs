@@ -9,6 +9,7 @@
 //! - [`logging`]: `tracing` set-up, with the rank on every line.
 //! - [`metrics`]: exact AUC, GAUC and log-loss, pure functions over slices.
 //! - [`data`]: raw Amazon / DIEN / synthetic inputs → prepared rkyv archives → batches.
+//! - [`train`]: the training step (two gradient buffers, φ, exchange), Adam, the loop.
 //! - [`rng`]: the project's own seeded generators; every random draw derives from a seed.
 //! - [`micn`]: the MICN auxiliary task: capsule routing, label-aware attention, sampled softmax.
 //! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN, the assembled
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod micn;
 pub mod model;
 pub mod rng;
+pub mod train;

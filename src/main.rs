@@ -39,6 +39,26 @@ enum Command {
     Synth(SynthArgs),
     /// Turn raw Amazon dumps or DIEN's files into a dataset directory.
     Prepare(PrepareArgs),
+    /// Train a model (single process, or every rank under mpirun).
+    Train {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override `section.key=value` (repeatable; the value is read as TOML).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+    },
+    /// Score a test set with the model a run saved.
+    Eval {
+        /// Run directory (holds config.toml and model.safetensors).
+        #[arg(long)]
+        run: PathBuf,
+        /// Dataset directory (default: the run's data.dir).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect a prepared dataset.
     Data {
         #[command(subcommand)]
@@ -168,6 +188,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor { json, check_comm } => doctor(comm.as_ref(), mpi_versions, json, check_comm)?,
         Command::Synth(args) => synth(args)?,
+        Command::Train { config, sets } => {
+            let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
+            let cfg = micn::config::Config::load(Some(&config), &overrides)?;
+            let summary = micn::train::train(&cfg, comm.as_ref())?;
+            if comm.rank() == 0 {
+                println!(
+                    "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}",
+                    summary.test_auc,
+                    summary.test_gauc,
+                    summary.test_logloss,
+                    summary.steps,
+                    summary.samples_per_sec,
+                    summary.seconds,
+                    summary.oracle_auc.map(|o| format!("; oracle AUC {o:.4}")).unwrap_or_default()
+                );
+                println!("run directory {}", cfg.run.dir.display());
+            }
+        }
+        Command::Eval { run, data, json } => {
+            let result = micn::train::trainer::eval_run(&run, data.as_deref(), comm.as_ref())?;
+            if comm.rank() == 0 {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&result)?);
+                } else {
+                    println!(
+                        "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
+                        result.auc, result.gauc, result.logloss, result.samples
+                    );
+                }
+            }
+        }
         Command::Prepare(args) => prepare(args)?,
         Command::Data { command: DataCommand::Stats { dir, json } } => {
             let dataset = micn::data::Dataset::open(&dir)?;

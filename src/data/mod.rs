@@ -11,13 +11,16 @@
 //! - [`shard`], [`batch`], [`loader`]: epoch permutations, rank slices, collation, prefetching.
 pub mod amazon;
 pub mod archive;
+pub mod batch;
 pub mod dien_files;
 pub mod input;
+pub mod loader;
 pub mod pickle;
 pub mod prepare;
 pub mod protocol;
 pub mod pyliteral;
 pub mod samples;
+pub mod shard;
 pub mod stats;
 pub mod synth;
 pub mod vocab;

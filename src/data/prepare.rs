@@ -121,6 +121,7 @@ fn issue_warnings(s: &FileSummary) -> Vec<String> {
 
 /// Read reviews and meta into an interned corpus.
 fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, Vec<FileSummary>, u64), DataError> {
+    memdbg("start");
     let mut corpus = Corpus::default();
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
     let mut reviews_summary = input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
@@ -128,6 +129,7 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
         let item = corpus.items.intern(&r.item);
         corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
     })?;
+    memdbg("reviews parsed");
     if corpus.reviews.is_empty() {
         let why = match &reviews_summary.issues.first_problem {
             Some((line, problem)) => format!("no valid review (line {line}: {problem})"),
@@ -166,6 +168,7 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
         corpus.reviews.retain(|_| keep.next().expect("one flag per review"));
     }
 
+    memdbg("dedup");
     corpus.item_cat = vec![default_cat; corpus.items.len()];
     let mut has_meta = vec![false; corpus.items.len()];
     let mut good_meta = 0u64;
@@ -231,6 +234,11 @@ fn oracle_scores(model: &OracleModel, corpus: &Corpus, test: &Samples, protocol:
         .collect()
 }
 
+fn memdbg(tag: &str) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let g = |k: &str| s.lines().find(|l| l.starts_with(k)).unwrap().to_string();
+    eprintln!("MEM {tag}: {} {}", g("VmRSS"), g("VmHWM"));
+}
 /// Run a preparation from the raw Amazon dumps.
 pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> {
     let started = Instant::now();
@@ -238,6 +246,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     let mut warnings = Vec::new();
     let (corpus, sources, without_meta) = read_corpus(job, &mut warnings)?;
     let read_secs = started.elapsed().as_secs_f64();
+    memdbg("read");
     let built = protocol::build(&corpus, job.protocol, job.max_hist_len, job.seed)
         .map_err(|message| DataError::Invalid { path: job.reviews.clone(), message })?;
     if built.train.is_empty() || built.test.is_empty() {
@@ -250,6 +259,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             ),
         });
     }
+    memdbg("built");
     let oracle_path = job.oracle.clone().or_else(|| {
         let beside = job.reviews.with_file_name(synth::ORACLE_FILE);
         beside.exists().then_some(beside)
@@ -263,9 +273,11 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         }
         None => None,
     };
+    memdbg("oracle");
     let (vocab, maps) = vocab::build(&built.train, &corpus.users, &corpus.items, &corpus.cats, &corpus.item_cat);
     let train = built.train.remap(&maps.users, &maps.items, &maps.cats);
     let test = built.test.remap(&maps.users, &maps.items, &maps.cats);
+    memdbg("remapped");
     let notes = json!({
         "protocol_summary": built.summary,
         "items_without_meta": without_meta,
@@ -287,6 +299,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             notes,
         },
     )?;
+    memdbg("written");
     staging.commit()?;
     let raw_bytes = sources[0].raw_bytes as f64;
     Ok(Report {

@@ -130,6 +130,14 @@ pub struct Embeddings {
     /// Category of every item, `[n_items]` i64; not a variable (it is data, not trained).
     item_cats: Tensor,
     dim: i64,
+    /// Gradient scales (main, aux) applied to the `e_aux` lookups; `None` in training. See
+    /// [`Embeddings::with_gradient_scales`].
+    grad_scales: Option<(f64, f64)>,
+}
+
+/// `x` in the forward pass, `s · ∂` in the backward pass.
+fn scale_gradient(x: &Tensor, s: f64) -> Tensor {
+    x * s + x.detach() * (1.0 - s)
 }
 
 impl Embeddings {
@@ -163,7 +171,31 @@ impl Embeddings {
             aux,
             item_cats: item_cats.to_device(p.device()),
             dim,
+            grad_scales: None,
         })
+    }
+
+    /// The single-backward formulation of the φ combination (SPEC §2.4), used as a test
+    /// oracle: the `e_aux` vectors the main model receives pass their gradient on scaled by
+    /// `main` (φ), those MICN receives by `aux` (1 − φ), so one backward pass of
+    /// `L_main + λ·L_micn` leaves `φ·main + (1 − φ)·aux` on the `e_aux` tables.
+    pub fn with_gradient_scales(mut self, main: f64, aux: f64) -> Self {
+        self.grad_scales = Some((main, aux));
+        self
+    }
+
+    fn for_main(&self, x: Tensor) -> Tensor {
+        match self.grad_scales {
+            Some((main, _)) => scale_gradient(&x, main),
+            None => x,
+        }
+    }
+
+    fn for_aux(&self, x: Tensor) -> Tensor {
+        match self.grad_scales {
+            Some((_, aux)) => scale_gradient(&x, aux),
+            None => x,
+        }
     }
 
     /// The width `d` of one table.
@@ -213,7 +245,7 @@ impl Embeddings {
     /// `items [..]` → `[.., 2d]`
     pub fn aux_items(&self, items: &Tensor) -> Option<Tensor> {
         let cats = self.item_cats.index_select(0, &items.flatten(0, -1)).view_as(items);
-        self.aux(items, &cats)
+        self.aux(items, &cats).map(|x| self.for_aux(x))
     }
 
     /// Embeds one batch: `e = e_orig ⊕ e_aux` for the main model, and `e_aux` alone for MICN.
@@ -223,7 +255,7 @@ impl Embeddings {
         let target_aux = self.aux(&ids.items, &ids.cats);
         let hist_aux = self.aux(&ids.hist_items, &ids.hist_cats);
         let join = |orig: Tensor, aux: Option<&Tensor>| match aux {
-            Some(aux) => Tensor::cat(&[&orig, aux], -1),
+            Some(aux) => Tensor::cat(&[orig, self.for_main(aux.shallow_clone())], -1),
             None => orig,
         };
         let main = MainInput {
@@ -238,8 +270,8 @@ impl Embeddings {
             ids: ids.shallow_clone(),
         };
         let aux = target_aux.zip(hist_aux).map(|(target, hist)| AuxInput {
-            target,
-            hist,
+            target: self.for_aux(target),
+            hist: self.for_aux(hist),
             hist_mask: ids.hist_mask.shallow_clone(),
         });
         Embedded { main, aux }

@@ -1,0 +1,88 @@
+//! A prefetching loader: a background thread collates the rank's batches of one epoch from the
+//! memory-mapped archive while the trainer computes, holding at most `prefetch` batches.
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::batch::{Batch, NoClickSampler};
+use super::shard;
+use super::Dataset;
+
+/// What the loader needs to know about the run.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub seed: u64,
+    pub global_batch: usize,
+    pub world: usize,
+    pub rank: usize,
+    pub max_hist_len: usize,
+    pub drop_remainder: bool,
+    pub prefetch: usize,
+    /// Draw DIEN's no-click items.
+    pub noclick: bool,
+}
+
+/// One epoch's batches for one rank, from `first_step` on.
+pub struct EpochLoader {
+    rx: Receiver<Batch>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl EpochLoader {
+    pub fn new(dataset: Arc<Dataset>, cfg: &LoaderConfig, epoch: u64, first_step: u64) -> Self {
+        let cfg = cfg.clone();
+        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+        let worker = std::thread::Builder::new()
+            .name(format!("loader-{epoch}"))
+            .spawn(move || {
+                let samples = dataset.train.samples();
+                let order = shard::permutation(samples.len(), cfg.seed, epoch);
+                let steps = shard::steps_per_epoch(samples.len(), cfg.global_batch, cfg.drop_remainder);
+                let noclick = if cfg.noclick {
+                    NoClickSampler::new(&dataset.vocab.items.counts, &dataset.vocab.item_cat, cfg.seed)
+                } else {
+                    None
+                };
+                for step in first_step..steps {
+                    let (first, ids) = shard::rank_slice(&order, step, cfg.global_batch, cfg.world, cfg.rank);
+                    let batch = Batch::collate(samples, &ids, cfg.max_hist_len, (epoch, step, first), noclick.as_ref());
+                    if tx.send(batch).is_err() {
+                        return; // the trainer stopped early
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        Self { rx, worker: Some(worker) }
+    }
+}
+
+impl Iterator for EpochLoader {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for EpochLoader {
+    fn drop(&mut self) {
+        // Unblock a worker waiting to send, then wait for it.
+        let (_, dummy) = sync_channel(0);
+        drop(std::mem::replace(&mut self.rx, dummy));
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Test-set batches of one rank: the test set split into contiguous per-rank blocks.
+pub fn eval_batches(dataset: &Dataset, rank: usize, world: usize, batch: usize, max_hist_len: usize) -> Vec<Batch> {
+    let samples = dataset.test.samples();
+    let n = samples.len();
+    let per_rank = n.div_ceil(world);
+    let (start, end) = ((rank * per_rank).min(n), ((rank + 1) * per_rank).min(n));
+    let ids: Vec<u32> = (start as u32..end as u32).collect();
+    ids.chunks(batch.max(1))
+        .enumerate()
+        .map(|(k, chunk)| Batch::collate(samples, chunk, max_hist_len, (0, k as u64, chunk[0] as u64), None))
+        .collect()
+}

@@ -1,0 +1,226 @@
+//! Gradients on the host between backward and update: dense parameters as one flat buffer per
+//! task, embedding tables as row gradients (only the rows a step touched), the exchange between
+//! ranks (one fused all-reduce for every dense gradient of both tasks; two all-gathers for every
+//! table's rows, summed identically on every rank), and the φ combination (SPEC §2.4, §3).
+//!
+//! Everything here except the conversions from and to tensors is a pure function over slices.
+use tch::{Device, Tensor};
+
+use crate::dist::{self, Communicator, CommunicatorExt};
+
+/// Row gradients of one table: distinct ids in increasing order and their rows, row-major.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowGrads {
+    pub ids: Vec<i64>,
+    pub rows: Vec<f32>,
+    pub dim: usize,
+}
+
+impl RowGrads {
+    /// The non-zero rows of a dense `[rows, dim]` gradient.
+    pub fn from_dense(grad: &Tensor) -> Self {
+        let dim = grad.size()[1] as usize;
+        let touched = grad.abs().sum_dim_intlist(1, false, tch::Kind::Float).ne(0.0).nonzero().squeeze_dim(1);
+        let rows = grad.index_select(0, &touched).contiguous();
+        Self {
+            ids: Vec::<i64>::try_from(&touched).expect("i64 row ids"),
+            rows: Vec::<f32>::try_from(rows.flatten(0, -1)).expect("f32 rows"),
+            dim,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn row(&self, k: usize) -> &[f32] {
+        &self.rows[k * self.dim..(k + 1) * self.dim]
+    }
+
+    /// Sum row gradients from several sources (ranks, in rank order): equal ids are added in
+    /// the order given, so every rank computes the same bits.
+    pub fn merge<'a>(parts: impl IntoIterator<Item = (&'a [i64], &'a [f32])>, dim: usize) -> Self {
+        let mut entries: Vec<(i64, &[f32])> = Vec::new();
+        for (ids, rows) in parts {
+            entries.extend(ids.iter().enumerate().map(|(k, &id)| (id, &rows[k * dim..(k + 1) * dim])));
+        }
+        entries.sort_by_key(|(id, _)| *id); // stable: keeps rank order within an id
+        let mut out = RowGrads { dim, ..Default::default() };
+        for (id, row) in entries {
+            if out.ids.last() == Some(&id) {
+                let start = out.rows.len() - dim;
+                out.rows[start..].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            } else {
+                out.ids.push(id);
+                out.rows.extend_from_slice(row);
+            }
+        }
+        out
+    }
+
+    /// `(1 − φ)·aux + φ·main` over the union of rows (a row missing on one side counts as 0).
+    pub fn combine(main: &RowGrads, aux: &RowGrads, phi: f32) -> RowGrads {
+        let dim = main.dim.max(aux.dim);
+        let mut out = RowGrads { dim, ..Default::default() };
+        let (mut i, mut j) = (0, 0);
+        while i < main.len() || j < aux.len() {
+            let (a, b) = (main.ids.get(i).copied().unwrap_or(i64::MAX), aux.ids.get(j).copied().unwrap_or(i64::MAX));
+            let id = a.min(b);
+            out.ids.push(id);
+            for c in 0..dim {
+                let m = if a == id { main.rows[i * dim + c] } else { 0.0 };
+                let x = if b == id { aux.rows[j * dim + c] } else { 0.0 };
+                out.rows.push((1.0 - phi) * x + phi * m);
+            }
+            i += usize::from(a == id);
+            j += usize::from(b == id);
+        }
+        out
+    }
+
+    /// Scale every row.
+    pub fn scaled(mut self, s: f32) -> RowGrads {
+        self.rows.iter_mut().for_each(|x| *x *= s);
+        self
+    }
+
+    pub fn norm_sq(&self) -> f64 {
+        self.rows.iter().map(|&x| (x as f64) * (x as f64)).sum()
+    }
+
+    /// `(ids [r] i64, rows [r, dim] f32)` on `device`.
+    pub fn to_tensors(&self, device: Device) -> (Tensor, Tensor) {
+        (
+            Tensor::from_slice(&self.ids).to_device(device),
+            Tensor::from_slice(&self.rows).view([self.ids.len() as i64, self.dim as i64]).to_device(device),
+        )
+    }
+}
+
+/// One task's gradients: every dense parameter in one flat buffer, every table as rows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskGrads {
+    pub dense: Vec<f32>,
+    pub tables: Vec<RowGrads>,
+}
+
+/// Exchange both tasks' gradients: sum over ranks. With one rank the result equals the input
+/// (and the same code runs).
+pub fn exchange(comm: &dyn Communicator, main: TaskGrads, aux: TaskGrads) -> dist::Result<(TaskGrads, TaskGrads)> {
+    // Dense: one fused all-reduce for both tasks.
+    let split = main.dense.len();
+    let mut flat = main.dense;
+    flat.extend_from_slice(&aux.dense);
+    comm.all_reduce_sum_f32(&mut flat)?;
+    let aux_dense = flat.split_off(split);
+
+    // Sparse: a header of row counts per (task, table), then ids; rows in a second message.
+    let tables: Vec<&RowGrads> = main.tables.iter().chain(&aux.tables).collect();
+    let mut ids: Vec<i64> = tables.iter().map(|t| t.len() as i64).collect();
+    let mut rows: Vec<f32> = Vec::new();
+    for t in &tables {
+        ids.extend_from_slice(&t.ids);
+        rows.extend_from_slice(&t.rows);
+    }
+    let all_ids = comm.all_gather(&ids)?;
+    let all_rows = comm.all_gather(&rows)?;
+    // Per rank: (header, ids, rows) cut into tables.
+    let per_rank: Vec<Vec<(&[i64], &[f32])>> = all_ids
+        .parts()
+        .zip(all_rows.parts())
+        .map(|(ids, rows)| {
+            let (header, mut ids) = ids.split_at(tables.len());
+            let mut rows = rows;
+            header
+                .iter()
+                .zip(&tables)
+                .map(|(&n, t)| {
+                    let (mine, rest) = ids.split_at(n as usize);
+                    let (my_rows, rest_rows) = rows.split_at(n as usize * t.dim);
+                    ids = rest;
+                    rows = rest_rows;
+                    (mine, my_rows)
+                })
+                .collect()
+        })
+        .collect();
+    let mut merged: Vec<RowGrads> =
+        (0..tables.len()).map(|k| RowGrads::merge(per_rank.iter().map(|r| r[k]), tables[k].dim)).collect();
+    let aux_tables = merged.split_off(main.tables.len());
+    Ok((TaskGrads { dense: flat, tables: merged }, TaskGrads { dense: aux_dense, tables: aux_tables }))
+}
+
+/// Bytes this rank sends in [`exchange`] (for the communication benchmark).
+pub fn bytes_sent(main: &TaskGrads, aux: &TaskGrads) -> usize {
+    let rows: usize = main.tables.iter().chain(&aux.tables).map(|t| t.len() * (8 + 4 * t.dim)).sum();
+    4 * (main.dense.len() + aux.dense.len()) + 8 * (main.tables.len() + aux.tables.len()) + rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::ThreadRanks;
+
+    fn rows(ids: &[i64], values: &[f32]) -> RowGrads {
+        RowGrads { ids: ids.to_vec(), rows: values.to_vec(), dim: values.len() / ids.len().max(1) }
+    }
+
+    #[test]
+    fn merge_sums_equal_ids_and_sorts() {
+        let a = rows(&[5, 1], &[1.0, 2.0, 3.0, 4.0]);
+        let b = rows(&[1, 7], &[10.0, 20.0, 30.0, 40.0]);
+        let m = RowGrads::merge([(&a.ids[..], &a.rows[..]), (&b.ids[..], &b.rows[..])], 2);
+        assert_eq!(m.ids, [1, 5, 7]);
+        assert_eq!(m.rows, [13.0, 24.0, 1.0, 2.0, 30.0, 40.0]);
+    }
+
+    #[test]
+    fn phi_combination_over_the_union_of_rows() {
+        let main = rows(&[1, 3], &[1.0, 2.0]);
+        let aux = rows(&[2, 3], &[10.0, 20.0]);
+        let c = RowGrads::combine(&main, &aux, 0.3);
+        assert_eq!(c.ids, [1, 2, 3]);
+        // 0.3·1; 0.7·10; 0.7·20 + 0.3·2
+        let expected = [0.3f32, 7.0, 14.6];
+        assert!(c.rows.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{:?}", c.rows);
+        assert_eq!(RowGrads::combine(&main, &aux, 0.0).rows, [0.0, 10.0, 20.0], "φ = 0: the main task sends nothing");
+        assert_eq!(RowGrads::combine(&main, &aux, 1.0).rows, [1.0, 0.0, 2.0]);
+    }
+
+    #[test]
+    fn exchange_over_threads_sums_like_one_rank_holding_everything() {
+        // Rank r contributes dense [r, 2r] / [−r] and rows {r, 10} for both tasks.
+        let local = |r: usize| {
+            let r64 = r as i64;
+            let rf = r as f32;
+            let main = TaskGrads { dense: vec![rf, 2.0 * rf], tables: vec![rows(&[r64, 10], &[rf, 1.0])] };
+            let aux = TaskGrads { dense: vec![-rf], tables: vec![rows(&[10], &[rf])] };
+            (main, aux)
+        };
+        let results = ThreadRanks::run(3, |comm| {
+            let (main, aux) = local(comm.rank());
+            exchange(&comm, main, aux).unwrap()
+        });
+        assert!(results.iter().all(|r| r == &results[0]), "every rank holds the same sums");
+        let (main, aux) = &results[0];
+        assert_eq!(main.dense, [3.0, 6.0]);
+        assert_eq!(aux.dense, [-3.0]);
+        assert_eq!(main.tables[0].ids, [0, 1, 2, 10]);
+        assert_eq!(main.tables[0].rows, [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(aux.tables[0], rows(&[10], &[3.0]));
+        // One rank: the exchange is the identity.
+        let (m1, a1) = local(2);
+        let single = exchange(&crate::dist::SingleProcess, m1.clone(), a1.clone()).unwrap();
+        assert_eq!(single, (m1, a1));
+    }
+
+    #[test]
+    fn bytes_sent_do_not_grow_with_the_vocabulary() {
+        let grads = |dim: usize| TaskGrads { dense: vec![0.0; 100], tables: vec![rows(&[3, 999_999], &vec![1.0; 2 * dim])] };
+        assert_eq!(bytes_sent(&grads(18), &grads(18)), 2 * (400 + 8 + 2 * (8 + 72)));
+    }
+}

@@ -1,0 +1,8 @@
+//! Training: the step (forward, two backward passes, exchange, φ combination, Adam), the host-side
+//! gradient buffers and their exchange, the optimizer, and the loop with evaluation.
+pub mod grads;
+pub mod optim;
+pub mod step;
+pub mod trainer;
+
+pub use self::trainer::{evaluate, train, EvalResult, Summary, TrainError};

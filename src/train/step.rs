@@ -1,0 +1,301 @@
+//! One training step, top to bottom (SPEC §2.4–2.5, §3): forward; the main and auxiliary
+//! backward passes into two gradient buffers; exchange of both buffers between ranks; the φ
+//! combination on the shared `e_aux` tables; the Adam update. Losses are normalised by global
+//! counts (global batch; global positives for MICN), so N ranks × b samples compute what one
+//! rank with N·b samples does.
+use tch::nn::VarStore;
+use tch::{Device, Kind, Reduction, Tensor};
+
+use super::grads::{self, RowGrads, TaskGrads};
+use super::optim::{scatter_rows, Adam};
+use crate::config::EmbeddingOptimizer;
+use crate::data::batch::Batch;
+use crate::dist::{self, Communicator};
+use crate::micn::rng::StepSeed;
+use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
+
+/// A failed step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("step {step}: the {which} loss is {value}; stopping (the last checkpoint, if any, is intact)")]
+    NonFinite { step: u64, which: &'static str, value: f64 },
+    #[error(transparent)]
+    Comm(#[from] dist::CommError),
+    #[error(transparent)]
+    Micn(#[from] crate::micn::MicnError),
+}
+
+/// The trainable variables in a fixed order (by name), with their update rule.
+pub struct Trainable {
+    pub names: Vec<String>,
+    pub tensors: Vec<Tensor>,
+    pub groups: Vec<VarGroup>,
+    /// Embedding-like tables (row gradients, row-sparse Adam).
+    pub is_table: Vec<bool>,
+    /// Non-trainable buffers (Dice running statistics), by name.
+    pub buffers: Vec<(String, Tensor)>,
+}
+
+/// Names of variables updated by rows: every embedding table and Wide&Deep's hashed weights.
+fn is_table(name: &str) -> bool {
+    name.starts_with(&format!("{EMBEDDINGS_PATH}.")) || name == "main.wide.weights"
+}
+
+impl Trainable {
+    pub fn new(vs: &VarStore) -> Result<Self, crate::model::ModelError> {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut t = Trainable { names: vec![], tensors: vec![], groups: vec![], is_table: vec![], buffers: vec![] };
+        for (name, tensor) in vars {
+            if !tensor.requires_grad() {
+                t.buffers.push((name, tensor));
+                continue;
+            }
+            t.groups.push(classify(&name)?);
+            t.is_table.push(is_table(&name));
+            t.names.push(name);
+            t.tensors.push(tensor);
+        }
+        Ok(t)
+    }
+
+    fn indices(&self, wanted: &[VarGroup]) -> Vec<usize> {
+        (0..self.names.len()).filter(|&i| wanted.contains(&self.groups[i])).collect()
+    }
+}
+
+/// What the step needs besides the model.
+pub struct StepContext<'a> {
+    pub comm: &'a dyn Communicator,
+    pub device: Device,
+    pub global_batch: usize,
+    pub lambda: f64,
+    pub phi: f64,
+    pub embedding_optimizer: EmbeddingOptimizer,
+    /// Run seed; the step's draws derive from it.
+    pub seed: u64,
+    /// Global step index (0-based) of this step.
+    pub step: u64,
+    /// Global sample position of this rank's first sample over the whole run.
+    pub first_sample: u64,
+}
+
+/// Losses and gradient norms of one step (global values, equal on every rank).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepStats {
+    pub loss_main: f64,
+    pub loss_dien_aux: f64,
+    pub loss_micn: f64,
+    /// ‖main-task gradient‖ on the `e_aux` tables, after the exchange.
+    pub grad_norm_main_e_aux: f64,
+    /// ‖λ·auxiliary gradient‖ on the `e_aux` tables, after the exchange.
+    pub grad_norm_aux_e_aux: f64,
+    pub positives: f64,
+}
+
+/// Gradients of `loss` w.r.t. the variables `which`, moved to the host.
+fn backward(loss: &Tensor, t: &Trainable, which: &[usize], keep_graph: bool) -> TaskGrads {
+    let inputs: Vec<&Tensor> = which.iter().map(|&i| &t.tensors[i]).collect();
+    let grads = Tensor::run_backward(&[loss], &inputs, keep_graph, false);
+    host_grads(t, which, &grads)
+}
+
+/// Dense gradients flattened in variable order (zeros where a variable got none), tables as rows.
+fn host_grads(t: &Trainable, which: &[usize], grads: &[Tensor]) -> TaskGrads {
+    let mut out = TaskGrads::default();
+    for (&i, g) in which.iter().zip(grads) {
+        let var = &t.tensors[i];
+        if t.is_table[i] {
+            let dim = var.size()[1] as usize;
+            out.tables.push(if g.defined() {
+                RowGrads::from_dense(&g.to_device(Device::Cpu))
+            } else {
+                RowGrads { dim, ..Default::default() }
+            });
+        } else if g.defined() {
+            out.dense.extend(
+                Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32"),
+            );
+        } else {
+            out.dense.extend(std::iter::repeat_n(0.0, var.numel()));
+        }
+    }
+    out
+}
+
+/// Cut a task's dense buffer and tables back into per-variable gradients.
+enum VarGrad {
+    Dense(Vec<f32>),
+    Rows(RowGrads),
+}
+
+fn per_variable(t: &Trainable, which: &[usize], g: TaskGrads) -> Vec<(usize, VarGrad)> {
+    let mut dense = g.dense.into_iter();
+    let mut tables = g.tables.into_iter();
+    which
+        .iter()
+        .map(|&i| {
+            if t.is_table[i] {
+                (i, VarGrad::Rows(tables.next().expect("one row set per table")))
+            } else {
+                (i, VarGrad::Dense(dense.by_ref().take(t.tensors[i].numel()).collect()))
+            }
+        })
+        .collect()
+}
+
+/// One step on `batch`. Updates `t`'s tensors and `adam` in place.
+pub fn train_step(
+    net: &Network,
+    t: &mut Trainable,
+    adam: &mut Adam,
+    batch: &Batch,
+    ctx: &StepContext<'_>,
+) -> Result<StepStats, StepError> {
+    let device = ctx.device;
+    let ids = batch.to_ids(device);
+    let labels = batch.labels(device);
+    let b_global = ctx.global_batch as f64;
+
+    // Global number of MICN positives (clicked samples with a known target item).
+    let local_pos = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| l > 0.5 && i >= 1).count() as f32;
+    let mut counts = [local_pos];
+    ctx.comm.all_reduce_sum_f32(&mut counts)?;
+
+    // Forward.
+    let embedded = net.embeddings.forward(&ids);
+    let out = net.main.forward(&embedded.main, true);
+    let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
+    let dien_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
+    let main_loss = match &dien_aux {
+        Some(a) => &bce + a,
+        None => bce.shallow_clone(),
+    };
+    let micn = match (&net.micn, &embedded.aux) {
+        (Some(micn), Some(aux)) => {
+            let seed = crate::rng::Rng::derive(ctx.seed, &[crate::rng::stream::MICN_NEGATIVES, ctx.step]).next_u64();
+            let step_seed = StepSeed { seed, first_sample: ctx.first_sample };
+            Some(micn.loss(&net.embeddings, aux, &ids.items, &labels, step_seed, counts[0] as f64)?.loss)
+        }
+        _ => None,
+    };
+
+    // Two backward passes: main into Orig + Shared, λ·aux into Aux + Shared.
+    let main_vars = t.indices(&[VarGroup::Orig, VarGroup::Shared]);
+    let aux_vars = t.indices(&[VarGroup::Aux, VarGroup::Shared]);
+    let main_grads = backward(&main_loss, t, &main_vars, micn.is_some());
+    let aux_grads = match &micn {
+        Some(loss) => backward(&(loss * ctx.lambda), t, &aux_vars, false),
+        None => host_grads(t, &aux_vars, &[]),
+    };
+
+    // Local losses become global sums through the same exchange as the gradients.
+    let mut losses = [
+        bce.double_value(&[]) as f32,
+        dien_aux.as_ref().map_or(0.0, |a| a.double_value(&[]) as f32),
+        micn.as_ref().map_or(0.0, |l| l.double_value(&[]) as f32),
+    ];
+    ctx.comm.all_reduce_sum_f32(&mut losses)?;
+    let stats_losses = (losses[0] as f64 + losses[1] as f64, losses[1] as f64, losses[2] as f64);
+    for (which, value) in [("main", stats_losses.0), ("MICN", stats_losses.2)] {
+        if !value.is_finite() {
+            return Err(StepError::NonFinite { step: ctx.step + 1, which, value });
+        }
+    }
+
+    let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads)?;
+    let mut main_by_var: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
+    for (i, g) in per_variable(t, &main_vars, main_grads) {
+        main_by_var[i] = Some(g);
+    }
+    let mut aux_by_var: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
+    for (i, g) in per_variable(t, &aux_vars, aux_grads) {
+        aux_by_var[i] = Some(g);
+    }
+
+    // φ combination, gradient norms, update.
+    let mut stats = StepStats {
+        loss_main: stats_losses.0,
+        loss_dien_aux: stats_losses.1,
+        loss_micn: stats_losses.2,
+        positives: counts[0] as f64,
+        ..Default::default()
+    };
+    let bc = adam.begin_step();
+    for i in 0..t.names.len() {
+        let g = match (t.groups[i], main_by_var[i].take(), aux_by_var[i].take()) {
+            (VarGroup::Orig, Some(g), _) | (VarGroup::Aux, _, Some(g)) => g,
+            (VarGroup::Shared, Some(VarGrad::Rows(m)), Some(VarGrad::Rows(a))) => {
+                stats.grad_norm_main_e_aux += m.norm_sq();
+                stats.grad_norm_aux_e_aux += a.norm_sq();
+                VarGrad::Rows(RowGrads::combine(&m, &a, ctx.phi as f32))
+            }
+            (group, ..) => unreachable!("variable {} of group {group:?} without its gradient", t.names[i]),
+        };
+        let var = &mut t.tensors[i];
+        match g {
+            VarGrad::Dense(values) => {
+                let g = Tensor::from_slice(&values).view(var.size().as_slice()).to_device(device);
+                adam.update_dense(i, var, &g, bc);
+            }
+            VarGrad::Rows(rows) => {
+                let (row_ids, row_values) = rows.to_tensors(device);
+                match ctx.embedding_optimizer {
+                    EmbeddingOptimizer::Lazy => adam.update_rows(i, var, &row_ids, &row_values, bc),
+                    EmbeddingOptimizer::Dense => {
+                        let g = scatter_rows(&var.size(), &row_ids, &row_values);
+                        adam.update_dense(i, var, &g, bc);
+                    }
+                }
+            }
+        }
+    }
+    stats.grad_norm_main_e_aux = stats.grad_norm_main_e_aux.sqrt();
+    stats.grad_norm_aux_e_aux = stats.grad_norm_aux_e_aux.sqrt();
+
+    // Running statistics (Dice) are updated from local batches; averaging keeps ranks identical.
+    if ctx.comm.size() > 1 {
+        sync_buffers_mean(ctx.comm, &t.buffers)?;
+    }
+    Ok(stats)
+}
+
+/// Replace every buffer by its mean over ranks.
+fn sync_buffers_mean(comm: &dyn Communicator, buffers: &[(String, Tensor)]) -> dist::Result<()> {
+    let mut flat: Vec<f32> = Vec::new();
+    for (_, b) in buffers {
+        flat.extend(Vec::<f32>::try_from(b.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32"));
+    }
+    comm.all_reduce_sum_f32(&mut flat)?;
+    let n = comm.size() as f32;
+    let mut offset = 0;
+    for (_, b) in buffers {
+        let len = b.numel();
+        let mean: Vec<f32> = flat[offset..offset + len].iter().map(|x| x / n).collect();
+        offset += len;
+        tch::no_grad(|| {
+            let mut b = b.shallow_clone();
+            b.copy_(&Tensor::from_slice(&mean).view(b.size().as_slice()).to_device(b.device()));
+        });
+    }
+    Ok(())
+}
+
+/// Make every rank start from rank 0's parameters and buffers.
+pub fn broadcast_from_root(comm: &dyn Communicator, vs: &VarStore) -> dist::Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, v) in vars {
+        let mut host: Vec<f32> =
+            Vec::<f32>::try_from(v.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32");
+        dist::CommunicatorExt::broadcast(comm, 0, &mut host)?;
+        tch::no_grad(|| {
+            let mut v = v.shallow_clone();
+            v.copy_(&Tensor::from_slice(&host).view(v.size().as_slice()).to_device(v.device()));
+        });
+    }
+    Ok(())
+}

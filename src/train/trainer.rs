@@ -1,0 +1,406 @@
+//! The training loop: epochs of steps from the prefetching loader, periodic evaluation over all
+//! ranks, `metrics.jsonl` and `summary.json` in the run directory (written by rank 0), and the
+//! final model. The synchronisation points all live in [`super::step::train_step`] and
+//! [`evaluate`]; every rank makes the same collective calls in the same order.
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::optim::{Adam, AdamConfig};
+use super::step::{broadcast_from_root, train_step, StepContext, StepError, Trainable};
+use crate::config::{Config, Device as DeviceChoice, ModelKind};
+use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
+use crate::data::{shard, DataError, Dataset};
+use crate::dist::{self, Communicator, CommunicatorExt};
+use crate::model::embeddings::Vocab;
+use crate::model::Network;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Batch(#[from] shard::Indivisible),
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error(transparent)]
+    Comm(#[from] dist::CommError),
+    #[error("building the model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
+    NoCuda,
+    #[error("{path}: {message}")]
+    Model2 { path: PathBuf, message: String },
+    #[error("the test set has only one class; AUC is undefined")]
+    OneClass,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+/// Test-set metrics over all ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvalResult {
+    pub auc: f64,
+    pub gauc: f64,
+    pub logloss: f64,
+    pub samples: u64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub test_auc: f64,
+    pub test_gauc: f64,
+    pub test_logloss: f64,
+    pub steps: u64,
+    pub epochs_completed: u64,
+    pub samples_per_sec: f64,
+    pub seconds: f64,
+    pub world_size: usize,
+    pub oracle_auc: Option<f64>,
+    pub model: String,
+    pub micn: bool,
+}
+
+/// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`.
+pub fn pick_device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainError> {
+    let gpus = tch::Cuda::device_count() as usize;
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if gpus == 0 => Err(TrainError::NoCuda),
+        DeviceChoice::Cuda | DeviceChoice::Auto if gpus > 0 => Ok(Device::Cuda(local_rank % gpus)),
+        _ => Ok(Device::Cpu),
+    }
+}
+
+/// A model built for a dataset.
+pub struct Built {
+    pub vs: VarStore,
+    pub net: Network,
+}
+
+/// Build the network for `dataset` on `device` (initial values from `seed`).
+pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Built, TrainError> {
+    tch::manual_seed(cfg.train.seed as i64);
+    let vs = VarStore::new(device);
+    let vocab = Vocab {
+        users: dataset.vocab.users.len() as i64,
+        items: dataset.vocab.items.len() as i64,
+        cats: dataset.vocab.cats.len() as i64,
+    };
+    let item_cats = Tensor::from_slice(&dataset.vocab.item_cat.iter().map(|&c| c as i64).collect::<Vec<_>>());
+    let net = Network::new(&vs.root(), &cfg.model, &cfg.micn, &vocab, &item_cats)?;
+    Ok(Built { vs, net })
+}
+
+/// Score this rank's block of the test set, gather everything, compute exact global metrics.
+pub fn evaluate(
+    net: &Network,
+    dataset: &Dataset,
+    comm: &dyn Communicator,
+    device: Device,
+    max_hist_len: usize,
+) -> Result<EvalResult, TrainError> {
+    let mut keys: Vec<u32> = Vec::new();
+    let mut probs: Vec<f32> = Vec::new();
+    let mut labels: Vec<f32> = Vec::new();
+    tch::no_grad(|| {
+        for batch in eval_batches(dataset, comm.rank(), comm.size(), 1024, max_hist_len) {
+            let ids = batch.to_ids(device);
+            let embedded = net.embeddings.forward(&ids);
+            let logit = net.main.forward(&embedded.main, false).logit;
+            probs.extend(
+                Vec::<f32>::try_from(logit.sigmoid().to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32"),
+            );
+            keys.extend(&batch.user_keys);
+            labels.extend(&batch.labels);
+        }
+    });
+    let keys = comm.all_gather(&keys)?.data;
+    let probs = comm.all_gather(&probs)?.data;
+    let labels: Vec<u8> = comm.all_gather(&labels)?.data.iter().map(|&l| l as u8).collect();
+    let auc = crate::metrics::auc(&probs, &labels).ok_or(TrainError::OneClass)?;
+    let gauc = crate::metrics::gauc(&keys, &probs, &labels).unwrap_or(f64::NAN);
+    let logloss = crate::metrics::log_loss(&probs, &labels);
+    Ok(EvalResult { auc, gauc, logloss, samples: probs.len() as u64 })
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+struct MetricsLine {
+    step: u64,
+    epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_main: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_micn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_dien_aux: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_norm_main_e_aux: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_norm_aux_e_aux: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+    /// Wall-clock throughput since the previous line (the one field that varies between runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    samples_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_auc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_gauc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_logloss: Option<f64>,
+}
+
+impl MetricsLine {
+    fn new(step: u64, epoch: u64) -> Self {
+        Self {
+            step,
+            epoch,
+            loss_main: None,
+            loss_micn: None,
+            loss_dien_aux: None,
+            grad_norm_main_e_aux: None,
+            grad_norm_aux_e_aux: None,
+            lr: None,
+            samples_per_sec: None,
+            eval_auc: None,
+            eval_gauc: None,
+            eval_logloss: None,
+        }
+    }
+}
+
+/// Appends lines to `metrics.jsonl` on rank 0 (other ranks hold `None`).
+struct MetricsLog {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    fn write(&mut self, line: &MetricsLine) -> Result<(), TrainError> {
+        if let Some(f) = &mut self.file {
+            let text = serde_json::to_string(line).expect("plain data") + "\n";
+            f.write_all(text.as_bytes()).map_err(io_err(&self.path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Train as configured; returns the summary on every rank.
+pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainError> {
+    let started = Instant::now();
+    if cfg.train.threads > 0 {
+        tch::set_num_threads(cfg.train.threads as i32);
+    }
+    let device = pick_device(cfg.device, comm.local_rank())?;
+    let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
+    let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
+    let Built { vs, net } = build_model(cfg, &dataset, device)?;
+    broadcast_from_root(comm, &vs)?;
+    let mut trainable = Trainable::new(&vs)?;
+    let adam_cfg = AdamConfig {
+        lr: cfg.train.lr,
+        beta1: cfg.train.adam_beta1,
+        beta2: cfg.train.adam_beta2,
+        eps: cfg.train.adam_eps,
+    };
+    let mut adam = Adam::new(adam_cfg, &trainable.tensors);
+
+    let run_dir = &cfg.run.dir;
+    let rank0 = comm.rank() == 0;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    if rank0 {
+        std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        let config_path = run_dir.join("config.toml");
+        std::fs::write(&config_path, cfg.to_toml()).map_err(io_err(&config_path))?;
+    }
+    let mut metrics = MetricsLog {
+        file: if rank0 { Some(std::fs::File::create(&metrics_path).map_err(io_err(&metrics_path))?) } else { None },
+        path: metrics_path,
+    };
+    let n_train = dataset.train.samples().len();
+    let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
+    let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
+    tracing::info!(
+        world_size = comm.size(),
+        local_batch,
+        train_samples = n_train,
+        steps_per_epoch,
+        total_steps,
+        device = ?device,
+        model = ?cfg.model.kind,
+        micn = cfg.micn.enabled,
+        "training"
+    );
+    let loader_cfg = LoaderConfig {
+        seed: cfg.train.seed,
+        global_batch: cfg.train.global_batch_size,
+        world: comm.size(),
+        rank: comm.rank(),
+        max_hist_len: cfg.data.max_hist_len,
+        drop_remainder: cfg.data.drop_remainder,
+        prefetch: cfg.data.prefetch_batches,
+        noclick: cfg.model.kind == ModelKind::Dien,
+    };
+    let progress = Progress::new(rank0, total_steps);
+    let mut step = 0u64;
+    let mut epochs_completed = 0u64;
+    let mut window = (Instant::now(), 0u64);
+    let mut last_eval: Option<EvalResult> = None;
+    'epochs: for epoch in 0..cfg.train.epochs as u64 {
+        for batch in EpochLoader::new(Arc::clone(&dataset), &loader_cfg, epoch, 0) {
+            if step >= total_steps {
+                break 'epochs;
+            }
+            let ctx = StepContext {
+                comm,
+                device,
+                global_batch: cfg.train.global_batch_size,
+                lambda: cfg.micn.lambda,
+                phi: cfg.micn.phi,
+                embedding_optimizer: cfg.train.embedding_optimizer,
+                seed: cfg.train.seed,
+                step,
+                first_sample: epoch * steps_per_epoch * cfg.train.global_batch_size as u64 + batch.first_position,
+            };
+            let stats = train_step(&net, &mut trainable, &mut adam, &batch, &ctx)?;
+            step += 1;
+            window.1 += cfg.train.global_batch_size as u64;
+            if step % cfg.train.log_every_steps == 0 || step == total_steps {
+                let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+                let mut line = MetricsLine::new(step, epoch);
+                line.loss_main = Some(stats.loss_main);
+                line.loss_dien_aux = (cfg.model.kind == ModelKind::Dien).then_some(stats.loss_dien_aux);
+                if cfg.micn.enabled {
+                    line.loss_micn = Some(stats.loss_micn);
+                    line.grad_norm_main_e_aux = Some(stats.grad_norm_main_e_aux);
+                    line.grad_norm_aux_e_aux = Some(stats.grad_norm_aux_e_aux);
+                }
+                line.lr = Some(cfg.train.lr);
+                line.samples_per_sec = Some(window.1 as f64 / secs);
+                metrics.write(&line)?;
+                progress.update(step, stats.loss_main, window.1 as f64 / secs);
+                window = (Instant::now(), 0);
+            }
+            if cfg.train.eval_every_steps > 0 && step % cfg.train.eval_every_steps == 0 && step < total_steps {
+                let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
+                write_eval(&mut metrics, step, epoch, &result)?;
+                last_eval = Some(result);
+            }
+        }
+        epochs_completed += 1;
+        if step < total_steps {
+            let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
+            write_eval(&mut metrics, step, epoch, &result)?;
+            last_eval = Some(result);
+        }
+    }
+    progress.finish();
+    let final_eval = match last_eval {
+        Some(r) if step % steps_per_epoch == 0 && step < total_steps => r,
+        _ => {
+            let r = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
+            write_eval(&mut metrics, step, epochs_completed, &r)?;
+            r
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        test_auc: final_eval.auc,
+        test_gauc: final_eval.gauc,
+        test_logloss: final_eval.logloss,
+        steps: step,
+        epochs_completed,
+        samples_per_sec: (step * cfg.train.global_batch_size as u64) as f64 / seconds,
+        seconds,
+        world_size: comm.size(),
+        oracle_auc: dataset.meta.oracle_auc,
+        model: format!("{:?}", cfg.model.kind).to_lowercase(),
+        micn: cfg.micn.enabled,
+    };
+    if rank0 {
+        let model_path = run_dir.join("model.safetensors");
+        vs.save(&model_path).map_err(|e| TrainError::Model2 { path: model_path.clone(), message: e.to_string() })?;
+        let path = run_dir.join("summary.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("plain data") + "\n")
+            .map_err(io_err(&path))?;
+    }
+    comm.barrier()?;
+    Ok(summary)
+}
+
+fn write_eval(metrics: &mut MetricsLog, step: u64, epoch: u64, r: &EvalResult) -> Result<(), TrainError> {
+    let mut line = MetricsLine::new(step, epoch);
+    line.eval_auc = Some(r.auc);
+    line.eval_gauc = Some(r.gauc);
+    line.eval_logloss = Some(r.logloss);
+    tracing::info!(step, auc = r.auc, gauc = r.gauc, logloss = r.logloss, "evaluation");
+    metrics.write(&line)
+}
+
+/// `micn eval`: score the test set with the model saved at the end of a run.
+pub fn eval_run(run_dir: &Path, data_dir: Option<&Path>, comm: &dyn Communicator) -> Result<EvalResult, TrainError> {
+    let config_path = run_dir.join("config.toml");
+    let mut cfg = Config::load(Some(&config_path), &[])
+        .map_err(|e| TrainError::Model2 { path: config_path.clone(), message: e.to_string() })?;
+    if let Some(d) = data_dir {
+        cfg.data.dir = d.to_path_buf();
+    }
+    let device = pick_device(cfg.device, comm.local_rank())?;
+    let dataset = Dataset::open(&cfg.data.dir)?;
+    let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
+    let model_path = run_dir.join("model.safetensors");
+    vs.load(&model_path).map_err(|e| TrainError::Model2 { path: model_path.clone(), message: e.to_string() })?;
+    evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)
+}
+
+/// A progress line on a terminal (rank 0), nothing otherwise (metrics and logs carry progress).
+struct Progress {
+    on: bool,
+    total: u64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(rank0: bool, total: u64) -> Self {
+        Self { on: rank0 && std::io::stderr().is_terminal(), total, started: Instant::now() }
+    }
+
+    fn update(&self, step: u64, loss: f64, samples_per_sec: f64) {
+        if self.on {
+            let done = step as f64 / self.total.max(1) as f64;
+            let width = 30;
+            let filled = (done * width as f64) as usize;
+            eprint!(
+                "\r[{}{}] {step}/{} loss {loss:.4} {samples_per_sec:.0} samples/s {:.0}s",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+        } else {
+            tracing::info!(step, total = self.total, loss, samples_per_sec, "progress");
+        }
+    }
+
+    fn finish(&self) {
+        if self.on {
+            eprintln!();
+        }
+    }
+}
