@@ -220,7 +220,8 @@ mod tests {
 
     #[test]
     fn bytes_sent_do_not_grow_with_the_vocabulary() {
-        let grads = |dim: usize| TaskGrads { dense: vec![0.0; 100], tables: vec![rows(&[3, 999_999], &vec![1.0; 2 * dim])] };
+        let grads =
+            |dim: usize| TaskGrads { dense: vec![0.0; 100], tables: vec![rows(&[3, 999_999], &vec![1.0; 2 * dim])] };
         assert_eq!(bytes_sent(&grads(18), &grads(18)), 2 * (400 + 8 + 2 * (8 + 72)));
     }
 }

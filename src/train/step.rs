@@ -59,7 +59,7 @@ impl Trainable {
         Ok(t)
     }
 
-    fn indices(&self, wanted: &[VarGroup]) -> Vec<usize> {
+    pub fn indices(&self, wanted: &[VarGroup]) -> Vec<usize> {
         (0..self.names.len()).filter(|&i| wanted.contains(&self.groups[i])).collect()
     }
 }
@@ -123,8 +123,9 @@ fn host_grads(t: &Trainable, which: &[usize], grads: &[Tensor]) -> TaskGrads {
     out
 }
 
-/// Cut a task's dense buffer and tables back into per-variable gradients.
-enum VarGrad {
+/// The gradient one variable is updated with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarGrad {
     Dense(Vec<f32>),
     Rows(RowGrads),
 }
@@ -144,7 +145,7 @@ fn per_variable(t: &Trainable, which: &[usize], g: TaskGrads) -> Vec<(usize, Var
         .collect()
 }
 
-/// One step on `batch`. Updates `t`'s tensors and `adam` in place.
+/// One step on `batch`: [`gradients`] then [`apply`]. Updates `t`'s tensors and `adam`.
 pub fn train_step(
     net: &Network,
     t: &mut Trainable,
@@ -152,6 +153,19 @@ pub fn train_step(
     batch: &Batch,
     ctx: &StepContext<'_>,
 ) -> Result<StepStats, StepError> {
+    let (grads, stats) = gradients(net, t, batch, ctx)?;
+    apply(t, adam, grads, ctx)?;
+    Ok(stats)
+}
+
+/// Forward, both backward passes, exchange and φ combination: the gradient of every trainable
+/// variable (in [`Trainable`] order) as the update will use it, summed over ranks.
+pub fn gradients(
+    net: &Network,
+    t: &Trainable,
+    batch: &Batch,
+    ctx: &StepContext<'_>,
+) -> Result<(Vec<VarGrad>, StepStats), StepError> {
     let device = ctx.device;
     let ids = batch.to_ids(device);
     let labels = batch.labels(device);
@@ -173,9 +187,7 @@ pub fn train_step(
     };
     let micn = match (&net.micn, &embedded.aux) {
         (Some(micn), Some(aux)) => {
-            let seed = crate::rng::Rng::derive(ctx.seed, &[crate::rng::stream::MICN_NEGATIVES, ctx.step]).next_u64();
-            let step_seed = StepSeed { seed, first_sample: ctx.first_sample };
-            Some(micn.loss(&net.embeddings, aux, &ids.items, &labels, step_seed, counts[0] as f64)?.loss)
+            Some(micn.loss(&net.embeddings, aux, &ids.items, &labels, step_seed(ctx), counts[0] as f64)?.loss)
         }
         _ => None,
     };
@@ -189,15 +201,21 @@ pub fn train_step(
         None => host_grads(t, &aux_vars, &[]),
     };
 
-    // Local losses become global sums through the same exchange as the gradients.
+    // Local losses become global sums.
     let mut losses = [
         bce.double_value(&[]) as f32,
         dien_aux.as_ref().map_or(0.0, |a| a.double_value(&[]) as f32),
         micn.as_ref().map_or(0.0, |l| l.double_value(&[]) as f32),
     ];
     ctx.comm.all_reduce_sum_f32(&mut losses)?;
-    let stats_losses = (losses[0] as f64 + losses[1] as f64, losses[1] as f64, losses[2] as f64);
-    for (which, value) in [("main", stats_losses.0), ("MICN", stats_losses.2)] {
+    let mut stats = StepStats {
+        loss_main: losses[0] as f64 + losses[1] as f64,
+        loss_dien_aux: losses[1] as f64,
+        loss_micn: losses[2] as f64,
+        positives: counts[0] as f64,
+        ..Default::default()
+    };
+    for (which, value) in [("main", stats.loss_main), ("MICN", stats.loss_micn)] {
         if !value.is_finite() {
             return Err(StepError::NonFinite { step: ctx.step + 1, which, value });
         }
@@ -213,17 +231,10 @@ pub fn train_step(
         aux_by_var[i] = Some(g);
     }
 
-    // φ combination, gradient norms, update.
-    let mut stats = StepStats {
-        loss_main: stats_losses.0,
-        loss_dien_aux: stats_losses.1,
-        loss_micn: stats_losses.2,
-        positives: counts[0] as f64,
-        ..Default::default()
-    };
-    let bc = adam.begin_step();
+    // φ combination on the shared tables; per-task norms there.
+    let mut combined = Vec::with_capacity(t.names.len());
     for i in 0..t.names.len() {
-        let g = match (t.groups[i], main_by_var[i].take(), aux_by_var[i].take()) {
+        combined.push(match (t.groups[i], main_by_var[i].take(), aux_by_var[i].take()) {
             (VarGroup::Orig, Some(g), _) | (VarGroup::Aux, _, Some(g)) => g,
             (VarGroup::Shared, Some(VarGrad::Rows(m)), Some(VarGrad::Rows(a))) => {
                 stats.grad_norm_main_e_aux += m.norm_sq();
@@ -231,15 +242,31 @@ pub fn train_step(
                 VarGrad::Rows(RowGrads::combine(&m, &a, ctx.phi as f32))
             }
             (group, ..) => unreachable!("variable {} of group {group:?} without its gradient", t.names[i]),
-        };
+        });
+    }
+    stats.grad_norm_main_e_aux = stats.grad_norm_main_e_aux.sqrt();
+    stats.grad_norm_aux_e_aux = stats.grad_norm_aux_e_aux.sqrt();
+    Ok((combined, stats))
+}
+
+/// MICN's randomness for this step: the same seed on every rank, sample-indexed routing logits.
+pub fn step_seed(ctx: &StepContext<'_>) -> StepSeed {
+    let seed = crate::rng::Rng::derive(ctx.seed, &[crate::rng::stream::MICN_NEGATIVES, ctx.step]).next_u64();
+    StepSeed { seed, first_sample: ctx.first_sample }
+}
+
+/// The Adam update with the combined gradients, then the buffers made identical across ranks.
+pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &StepContext<'_>) -> Result<(), StepError> {
+    let bc = adam.begin_step();
+    for (i, g) in grads.into_iter().enumerate() {
         let var = &mut t.tensors[i];
         match g {
             VarGrad::Dense(values) => {
-                let g = Tensor::from_slice(&values).view(var.size().as_slice()).to_device(device);
+                let g = Tensor::from_slice(&values).view(var.size().as_slice()).to_device(ctx.device);
                 adam.update_dense(i, var, &g, bc);
             }
             VarGrad::Rows(rows) => {
-                let (row_ids, row_values) = rows.to_tensors(device);
+                let (row_ids, row_values) = rows.to_tensors(ctx.device);
                 match ctx.embedding_optimizer {
                     EmbeddingOptimizer::Lazy => adam.update_rows(i, var, &row_ids, &row_values, bc),
                     EmbeddingOptimizer::Dense => {
@@ -250,14 +277,11 @@ pub fn train_step(
             }
         }
     }
-    stats.grad_norm_main_e_aux = stats.grad_norm_main_e_aux.sqrt();
-    stats.grad_norm_aux_e_aux = stats.grad_norm_aux_e_aux.sqrt();
-
     // Running statistics (Dice) are updated from local batches; averaging keeps ranks identical.
     if ctx.comm.size() > 1 {
         sync_buffers_mean(ctx.comm, &t.buffers)?;
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Replace every buffer by its mean over ranks.

@@ -94,6 +94,10 @@ pub struct Built {
 
 /// Build the network for `dataset` on `device` (initial values from `seed`).
 pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Built, TrainError> {
+    // libtorch's generator is global: hold it for the whole construction, so that models built
+    // at the same time on other threads (thread ranks, tests) cannot interleave their draws.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     tch::manual_seed(cfg.train.seed as i64);
     let vs = VarStore::new(device);
     let vocab = Vocab {

@@ -1,6 +1,8 @@
 //! Integration tests, one binary so libtorch is linked once. Each module owns one area.
 mod comm;
 mod doctor;
+mod prepare;
+mod train;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,0 +1,289 @@
+//! Training (issue: models and the MICN auxiliary task): the φ combination against a
+//! single-backward oracle, which gradient reaches which variables, determinism, the NaN stop, and
+//! every model ± MICN training end to end on small synthetic data.
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use micn::config::{Config, Device as DeviceChoice, ModelKind, Override};
+use micn::data::batch::{Batch, NoClickSampler};
+use micn::data::input::Strictness;
+use micn::data::prepare::{prepare_amazon, AmazonJob};
+use micn::data::protocol::Protocol;
+use micn::data::synth::{self, SynthConfig};
+use micn::data::Dataset;
+use micn::dist::SingleProcess;
+use micn::model::{Network, VarGroup};
+use micn::train::optim::scatter_rows;
+use micn::train::step::{gradients, step_seed, StepContext, Trainable, VarGrad};
+use micn::train::trainer::{build_model, Built};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::{micn_bin, run_ok};
+
+/// A small prepared synthetic dataset shared by the tests of this module.
+fn dataset_dir() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg =
+            SynthConfig { users: 300, items: 150, clusters: 10, categories: 6, ..synth::Preset::Quickstart.config(4) };
+        synth::generate(&cfg, &tmp.path().join("raw")).unwrap();
+        let job = AmazonJob {
+            release: micn::data::amazon::Release::Amazon2014,
+            reviews: tmp.path().join("raw").join(synth::REVIEWS_FILE),
+            meta: tmp.path().join("raw").join(synth::META_FILE),
+            protocol: Protocol::Din,
+            max_hist_len: 10,
+            seed: 1,
+            strictness: Strictness::Lenient,
+            oracle: None,
+        };
+        let out = tmp.path().join("data");
+        prepare_amazon(&job, &out).unwrap();
+        (tmp, out)
+    })
+    .1
+}
+
+fn config(kind: ModelKind, micn: bool, extra: &[&str]) -> Config {
+    let mut sets = vec![
+        format!("data.dir={:?}", dataset_dir().display().to_string()),
+        "data.max_hist_len=10".into(),
+        format!(
+            "model.kind={}",
+            match kind {
+                ModelKind::WideDeep => "wide_deep",
+                ModelKind::Din => "din",
+                ModelKind::Dien => "dien",
+            }
+        ),
+        format!("micn.enabled={micn}"),
+        "micn.num_negatives=8".into(),
+        "model.wide_buckets=4096".into(),
+        "train.global_batch_size=32".into(),
+        "train.lr=0.001".into(),
+        "train.threads=1".into(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
+    let mut cfg = Config::load(None, &overrides).unwrap();
+    cfg.device = DeviceChoice::Cpu;
+    cfg
+}
+
+fn first_batch(cfg: &Config, dataset: &Dataset) -> Batch {
+    let ids: Vec<u32> = (0..cfg.train.global_batch_size as u32).map(|i| i * 7).collect();
+    let noclick = (cfg.model.kind == ModelKind::Dien)
+        .then(|| NoClickSampler::new(&dataset.vocab.items.counts, &dataset.vocab.item_cat, 3).unwrap());
+    Batch::collate(dataset.train.samples(), &ids, cfg.data.max_hist_len, (0, 0, 0), noclick.as_ref())
+}
+
+fn context<'a>(cfg: &Config, comm: &'a SingleProcess) -> StepContext<'a> {
+    StepContext {
+        comm,
+        device: Device::Cpu,
+        global_batch: cfg.train.global_batch_size,
+        lambda: cfg.micn.lambda,
+        phi: cfg.micn.phi,
+        embedding_optimizer: cfg.train.embedding_optimizer,
+        seed: 11,
+        step: 0,
+        first_sample: 0,
+    }
+}
+
+/// The step's combined gradient of every variable, as dense tensors.
+fn step_gradients(cfg: &Config) -> (Vec<String>, Vec<VarGroup>, Vec<Tensor>) {
+    tch::set_num_threads(1);
+    let dataset = Dataset::open(dataset_dir()).unwrap();
+    let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
+    let t = Trainable::new(&vs).unwrap();
+    let comm = SingleProcess;
+    let (grads, _) = gradients(&net, &t, &first_batch(cfg, &dataset), &context(cfg, &comm)).unwrap();
+    let dense = grads.into_iter().zip(&t.tensors).map(|(g, var)| as_dense(g, var)).collect();
+    (t.names.clone(), t.groups.clone(), dense)
+}
+
+fn as_dense(g: VarGrad, var: &Tensor) -> Tensor {
+    match g {
+        VarGrad::Dense(v) => Tensor::from_slice(&v).view(var.size().as_slice()),
+        VarGrad::Rows(rows) => {
+            let (ids, values) = rows.to_tensors(Device::Cpu);
+            scatter_rows(&var.size(), &ids, &values)
+        }
+    }
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs().max().double_value(&[])
+}
+
+/// The single-backward oracle: gradient scaling in the graph, one backward of L_main + λ·L_micn.
+fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
+    tch::set_num_threads(1);
+    let dataset = Dataset::open(dataset_dir()).unwrap();
+    let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
+    let (phi, lambda) = (cfg.micn.phi, cfg.micn.lambda);
+    let Network { embeddings, main, micn } = net;
+    let net = Network { embeddings: embeddings.with_gradient_scales(phi, 1.0 - phi), main, micn };
+    let t = Trainable::new(&vs).unwrap();
+    let batch = first_batch(cfg, &dataset);
+    let comm = SingleProcess;
+    let ctx = context(cfg, &comm);
+    let ids = batch.to_ids(Device::Cpu);
+    let labels = batch.labels(Device::Cpu);
+    let b = cfg.train.global_batch_size as f64;
+    let embedded = net.embeddings.forward(&ids);
+    let out = net.main.forward(&embedded.main, true);
+    let mut loss = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b;
+    if let Some(aux) = &out.aux_loss {
+        loss = loss + aux.sum(Kind::Float) / b;
+    }
+    if let (Some(m), Some(aux)) = (&net.micn, &embedded.aux) {
+        let positives = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| l > 0.5 && i >= 1).count() as f64;
+        loss =
+            loss + m.loss(&net.embeddings, aux, &ids.items, &labels, step_seed(&ctx), positives).unwrap().loss * lambda;
+    }
+    let grads = Tensor::run_backward(&[&loss], &t.tensors, false, false);
+    grads.into_iter().zip(&t.tensors).map(|(g, v)| if g.defined() { g } else { v.zeros_like() }).collect()
+}
+
+#[test]
+fn phi_combination_equals_the_single_backward_oracle() {
+    for kind in [ModelKind::Din, ModelKind::Dien, ModelKind::WideDeep] {
+        let cfg = config(kind, true, &["micn.phi=0.3", "micn.lambda=0.7"]);
+        let (names, groups, ours) = step_gradients(&cfg);
+        let oracle = oracle_gradients(&cfg);
+        assert!(groups.contains(&VarGroup::Shared));
+        for ((name, a), b) in names.iter().zip(&ours).zip(&oracle) {
+            let diff = max_abs(&(a - b));
+            assert!(diff <= 1e-6 * (1.0 + max_abs(b)), "{kind:?} {name}: differs by {diff}");
+        }
+        // The comparison can fail: φ matters on the shared tables.
+        let other = step_gradients(&config(kind, true, &["micn.phi=0.9", "micn.lambda=0.7"]));
+        let shared = groups.iter().position(|g| *g == VarGroup::Shared).unwrap();
+        assert!(max_abs(&(&other.2[shared] - &ours[shared])) > 1e-7, "{kind:?}: φ changed nothing");
+    }
+}
+
+#[test]
+fn with_phi_zero_the_main_loss_sends_nothing_to_e_aux() {
+    // λ = 0 silences MICN; with φ = 0 the shared tables then get exactly nothing, although the
+    // main model reads e_aux (φ = 1 shows that it does).
+    let (_, groups, zero) = step_gradients(&config(ModelKind::Din, true, &["micn.phi=0", "micn.lambda=0"]));
+    let (_, _, one) = step_gradients(&config(ModelKind::Din, true, &["micn.phi=1", "micn.lambda=0"]));
+    for (k, g) in groups.iter().enumerate().filter(|(_, g)| **g == VarGroup::Shared) {
+        assert_eq!(max_abs(&zero[k]), 0.0, "{g:?}");
+        assert!(max_abs(&one[k]) > 0.0);
+    }
+}
+
+#[test]
+fn e_orig_never_gets_micn_gradient_and_micn_never_gets_main_gradient() {
+    let (names, groups, l1) = step_gradients(&config(ModelKind::Dien, true, &["micn.lambda=1"]));
+    let (_, _, l1000) = step_gradients(&config(ModelKind::Dien, true, &["micn.lambda=1000"]));
+    let (_, _, l0) = step_gradients(&config(ModelKind::Dien, true, &["micn.lambda=0"]));
+    for (k, group) in groups.iter().enumerate() {
+        match group {
+            // Whatever λ, the e_orig tables and main-model parameters see the same gradient (up
+            // to the summation order of libtorch's threaded embedding backward; a MICN leak
+            // scaled by 1000 would be far larger).
+            VarGroup::Orig => {
+                let diff = max_abs(&(&l1[k] - &l1000[k]));
+                assert!(diff <= 1e-6 * max_abs(&l1[k]).max(1e-12), "{}: {diff}", names[k]);
+            }
+            // MICN's parameters see only λ·∂L_micn: zero at λ = 0, linear in λ.
+            VarGroup::Aux => {
+                assert_eq!(max_abs(&l0[k]), 0.0, "{}", names[k]);
+                let diff = max_abs(&(&l1000[k] - &l1[k] * 1000.0));
+                assert!(diff <= 1e-5 * max_abs(&l1000[k]).max(1e-12), "{}: {diff}", names[k]);
+            }
+            VarGroup::Shared => {}
+        }
+    }
+    assert!(groups.iter().any(|g| *g == VarGroup::Aux) && groups.iter().any(|g| *g == VarGroup::Orig));
+}
+
+#[test]
+fn a_non_finite_loss_stops_with_the_step_and_the_loss_named() {
+    tch::set_num_threads(1);
+    let cfg = config(ModelKind::Din, true, &[]);
+    let dataset = Dataset::open(dataset_dir()).unwrap();
+    let Built { vs, net } = build_model(&cfg, &dataset, Device::Cpu).unwrap();
+    let t = Trainable::new(&vs).unwrap();
+    let head = t.names.iter().position(|n| n.starts_with("main.") && n.ends_with("weight")).unwrap();
+    tch::no_grad(|| {
+        let _ = t.tensors[head].shallow_clone().fill_(f64::NAN);
+    });
+    let comm = SingleProcess;
+    let err = gradients(&net, &t, &first_batch(&cfg, &dataset), &context(&cfg, &comm)).unwrap_err().to_string();
+    assert!(err.contains("step 1") && err.contains("main loss is NaN"), "{err}");
+}
+
+fn train_cli(run: &Path, extra: &[&str]) -> serde_json::Value {
+    let cfg = config(ModelKind::Din, true, &[]);
+    let config_path = run.with_extension("toml");
+    std::fs::write(&config_path, cfg.to_toml()).unwrap();
+    let mut cmd = std::process::Command::new(micn_bin());
+    cmd.args(["train", "--config"])
+        .arg(&config_path)
+        .arg("--set")
+        .arg(format!("run.dir={:?}", run.display().to_string()));
+    for e in extra {
+        cmd.args(["--set", e]);
+    }
+    run_ok(&mut cmd);
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+/// `metrics.jsonl` without its one wall-clock field.
+fn deterministic_metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("samples_per_sec");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_gives_bit_identical_metrics_on_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["train.max_steps=24", "train.log_every_steps=4", "train.eval_every_steps=12", "model.kind=dien"];
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    train_cli(&a, &args);
+    train_cli(&b, &args);
+    let metrics = deterministic_metrics(&a);
+    assert!(metrics.len() >= 6, "{metrics:?}");
+    assert_eq!(metrics, deterministic_metrics(&b));
+    let mut other_seed = args.to_vec();
+    other_seed.push("train.seed=2");
+    train_cli(&c, &other_seed);
+    assert_ne!(metrics, deterministic_metrics(&c));
+}
+
+#[test]
+fn every_model_with_and_without_micn_trains_evaluates_and_reevaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (kind, name) in [(ModelKind::WideDeep, "wide_deep"), (ModelKind::Din, "din"), (ModelKind::Dien, "dien")] {
+        for micn in [false, true] {
+            let run = tmp.path().join(format!("{name}-{micn}"));
+            let kind_set = format!("model.kind={name}");
+            let micn_set = format!("micn.enabled={micn}");
+            let summary = train_cli(&run, &["train.max_steps=20", &kind_set, &micn_set]);
+            let auc = summary["test_auc"].as_f64().unwrap();
+            assert!(auc.is_finite() && (0.0..=1.0).contains(&auc), "{kind:?} micn={micn}: {summary}");
+            assert_eq!(summary["steps"], 20);
+            let line = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+            assert_eq!(line.contains("loss_micn"), micn, "{kind:?}");
+            assert_eq!(line.contains("loss_dien_aux"), kind == ModelKind::Dien);
+            // `micn eval` on the saved model reproduces the final AUC exactly.
+            let out = run_ok(std::process::Command::new(micn_bin()).args(["eval", "--json", "--run"]).arg(&run));
+            let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(eval["auc"], summary["test_auc"], "{kind:?} micn={micn}");
+        }
+    }
+}
