@@ -3,6 +3,7 @@
 //! task.
 //!
 //! Map of the crate:
+//! - [`bench`]: the benchmarks behind `micn bench`.
 //! - [`config`]: TOML configuration, defaults from the papers, one validation pass, `--set`.
 //! - [`dist`]: the [`dist::Communicator`] interface and its back-ends (single, threads, MPI).
 //! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
@@ -14,6 +15,7 @@
 //! - [`micn`]: the MICN auxiliary task: capsule routing, label-aware attention, sampled softmax.
 //! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN, the assembled
 //!   network and the gradient groups of its variables.
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod dist;

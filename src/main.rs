@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks (results as tables on standard output).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Inspect a prepared dataset.
     Data {
         #[command(subcommand)]
@@ -73,6 +78,21 @@ enum DataCommand {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Samples/s of a training step for every model ± MICN (random batches, Books-sized vocabularies).
+    Throughput {
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        #[arg(long, default_value_t = 367_983)]
+        items: i64,
+        #[arg(long, default_value_t = 603_668)]
+        users: i64,
     },
 }
 
@@ -188,6 +208,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor { json, check_comm } => doctor(comm.as_ref(), mpi_versions, json, check_comm)?,
         Command::Synth(args) => synth(args)?,
+        Command::Bench { command: BenchCommand::Throughput { steps, threads, items, users } } => {
+            use micn::bench::throughput;
+            let opts = throughput::ThroughputOptions { steps, threads, items, users, ..Default::default() };
+            let rows = throughput::run(&opts)?;
+            print!("{}", throughput::table(&opts, &rows));
+        }
         Command::Train { config, sets } => {
             let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let cfg = micn::config::Config::load(Some(&config), &overrides)?;

@@ -278,9 +278,10 @@ impl Embeddings {
     }
 }
 
-/// Rows of `table` for `ids` (dense gradient; the trainer finds the touched rows from the ids).
+/// Rows of `table` for `ids`, with a sparse gradient (one row per lookup): its cost grows with
+/// the batch, not with the vocabulary.
 fn lookup(table: &Tensor, ids: &Tensor) -> Tensor {
-    Tensor::embedding(table, ids, -1, false, false)
+    Tensor::embedding(table, ids, -1, false, true)
 }
 
 fn check_item_cats(item_cats: &Tensor, vocab: &Vocab) -> Result<(), ModelError> {

@@ -51,7 +51,7 @@ impl Wide {
     fn forward(&self, items: &Tensor, cats: &Tensor, hist_cats: &Tensor, mask: &Tensor) -> Tensor {
         let weight = |a: &Tensor, constants| {
             let buckets = cross_bucket(&a.unsqueeze(1), hist_cats, constants, self.buckets); // [b, T]
-            Tensor::embedding(&self.weights, &buckets, -1, false, false).squeeze_dim(-1)
+            Tensor::embedding(&self.weights, &buckets, -1, false, true).squeeze_dim(-1)
             // [b, T]
         };
         let per_slot = (weight(items, ITEM_CROSS) + weight(cats, CAT_CROSS)) * mask;

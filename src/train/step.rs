@@ -108,7 +108,7 @@ fn host_grads(t: &Trainable, which: &[usize], grads: &[Tensor]) -> TaskGrads {
         if t.is_table[i] {
             let dim = var.size()[1] as usize;
             out.tables.push(if g.defined() {
-                RowGrads::from_dense(&g.to_device(Device::Cpu))
+                RowGrads::from_grad(&g.to_device(Device::Cpu))
             } else {
                 RowGrads { dim, ..Default::default() }
             });

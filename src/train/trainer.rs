@@ -92,20 +92,25 @@ pub struct Built {
     pub net: Network,
 }
 
-/// Build the network for `dataset` on `device` (initial values from `seed`).
+/// Build the network for `dataset` on `device` (initial values from `train.seed`).
 pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Built, TrainError> {
+    let vocab = Vocab {
+        users: dataset.vocab.users.len() as i64,
+        items: dataset.vocab.items.len() as i64,
+        cats: dataset.vocab.cats.len() as i64,
+    };
+    build_network(cfg, vocab, &dataset.vocab.item_cat, device)
+}
+
+/// Build the network for vocabularies of the given sizes (`item_cat`: category of every item).
+pub fn build_network(cfg: &Config, vocab: Vocab, item_cat: &[u32], device: Device) -> Result<Built, TrainError> {
     // libtorch's generator is global: hold it for the whole construction, so that models built
     // at the same time on other threads (thread ranks, tests) cannot interleave their draws.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     tch::manual_seed(cfg.train.seed as i64);
     let vs = VarStore::new(device);
-    let vocab = Vocab {
-        users: dataset.vocab.users.len() as i64,
-        items: dataset.vocab.items.len() as i64,
-        cats: dataset.vocab.cats.len() as i64,
-    };
-    let item_cats = Tensor::from_slice(&dataset.vocab.item_cat.iter().map(|&c| c as i64).collect::<Vec<_>>());
+    let item_cats = Tensor::from_slice(&item_cat.iter().map(|&c| c as i64).collect::<Vec<_>>());
     let net = Network::new(&vs.root(), &cfg.model, &cfg.micn, &vocab, &item_cats)?;
     Ok(Built { vs, net })
 }

@@ -145,7 +145,15 @@ fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
             loss + m.loss(&net.embeddings, aux, &ids.items, &labels, step_seed(&ctx), positives).unwrap().loss * lambda;
     }
     let grads = Tensor::run_backward(&[&loss], &t.tensors, false, false);
-    grads.into_iter().zip(&t.tensors).map(|(g, v)| if g.defined() { g } else { v.zeros_like() }).collect()
+    grads
+        .into_iter()
+        .zip(&t.tensors)
+        .map(|(g, v)| match (g.defined(), g.is_sparse()) {
+            (false, _) => v.zeros_like(),
+            (true, true) => g.to_dense(None, false),
+            (true, false) => g,
+        })
+        .collect()
 }
 
 #[test]
