@@ -83,6 +83,23 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Test AUC of every model ± MICN over several seeds on Books-style synthetic data.
+    Quality {
+        #[arg(long, default_value = "runs/bench-quality")]
+        work_dir: PathBuf,
+        #[arg(long, default_value_t = 60_000)]
+        users: usize,
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        #[arg(long, default_value_t = 400)]
+        clusters: usize,
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+    },
     /// Samples/s of a training step for every model ± MICN (random batches, Books-sized vocabularies).
     Throughput {
         #[arg(long, default_value_t = 40)]
@@ -208,6 +225,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor { json, check_comm } => doctor(comm.as_ref(), mpi_versions, json, check_comm)?,
         Command::Synth(args) => synth(args)?,
+        Command::Bench { command: BenchCommand::Quality { work_dir, users, items, clusters, seeds, epochs, lr } } => {
+            use micn::bench::quality;
+            let opts =
+                quality::QualityOptions { work_dir, users, items, clusters, seeds, epochs, lr, ..Default::default() };
+            let report = quality::run(&opts)?;
+            let json = opts.work_dir.join("quality.json");
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+            print!("{report}");
+            println!("(results: {})", json.display());
+        }
         Command::Bench { command: BenchCommand::Throughput { steps, threads, items, users } } => {
             use micn::bench::throughput;
             let opts = throughput::ThroughputOptions { steps, threads, items, users, ..Default::default() };
