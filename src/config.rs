@@ -211,6 +211,9 @@ pub struct TrainConfig {
     pub eval_every_steps: u64,
     /// Write a metrics line every N steps.
     pub log_every_steps: u64,
+    /// Compare a digest of every rank's parameters, buffers and optimizer state every N steps
+    /// and stop if replicas differ (0: never).
+    pub check_replicas_every_steps: u64,
     /// libtorch intra-op threads per rank (0: libtorch's default).
     pub threads: usize,
 }
@@ -229,6 +232,7 @@ impl Default for TrainConfig {
             seed: 1,
             eval_every_steps: 0,
             log_every_steps: 100,
+            check_replicas_every_steps: 0,
             threads: 0,
         }
     }

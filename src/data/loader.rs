@@ -74,15 +74,15 @@ impl Drop for EpochLoader {
     }
 }
 
-/// Test-set batches of one rank: the test set split into contiguous per-rank blocks.
+/// Test-set batches of one rank: the test set cut into batches of `batch` samples, dealt to the
+/// ranks in turn. Every sample is scored in the same batch whatever the world size, so scores do
+/// not depend on how many ranks evaluate.
 pub fn eval_batches(dataset: &Dataset, rank: usize, world: usize, batch: usize, max_hist_len: usize) -> Vec<Batch> {
     let samples = dataset.test.samples();
-    let n = samples.len();
-    let per_rank = n.div_ceil(world);
-    let (start, end) = ((rank * per_rank).min(n), ((rank + 1) * per_rank).min(n));
-    let ids: Vec<u32> = (start as u32..end as u32).collect();
+    let ids: Vec<u32> = (0..samples.len() as u32).collect();
     ids.chunks(batch.max(1))
         .enumerate()
+        .filter(|(k, _)| k % world == rank)
         .map(|(k, chunk)| Batch::collate(samples, chunk, max_hist_len, (0, k as u64, chunk[0] as u64), None))
         .collect()
 }

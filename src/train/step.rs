@@ -323,3 +323,21 @@ pub fn broadcast_from_root(comm: &dyn Communicator, vs: &VarStore) -> dist::Resu
     }
     Ok(())
 }
+
+/// xxh3 of every parameter, buffer and Adam moment, in name order, plus the step count: equal on
+/// every rank when the replicas are in sync.
+pub fn replica_digest(t: &Trainable, adam: &Adam) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut feed = |x: &Tensor| {
+        let v = Vec::<f32>::try_from(x.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32");
+        h.update(bytemuck::cast_slice(&v));
+    };
+    t.tensors.iter().for_each(&mut feed);
+    t.buffers.iter().for_each(|(_, b)| feed(b));
+    adam.moments.iter().for_each(|m| {
+        feed(&m.m);
+        feed(&m.v)
+    });
+    h.update(&adam.step.to_le_bytes());
+    h.digest()
+}

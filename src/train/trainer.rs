@@ -12,7 +12,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::optim::{Adam, AdamConfig};
-use super::step::{broadcast_from_root, train_step, StepContext, StepError, Trainable};
+use super::step::{broadcast_from_root, replica_digest, train_step, StepContext, StepError, Trainable};
 use crate::config::{Config, Device as DeviceChoice, ModelKind};
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
 use crate::data::{shard, DataError, Dataset};
@@ -44,6 +44,8 @@ pub enum TrainError {
     Model2 { path: PathBuf, message: String },
     #[error("the test set has only one class; AUC is undefined")]
     OneClass,
+    #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
+    ReplicasDiffer { step: u64, digests: Vec<u64> },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -73,6 +75,8 @@ pub struct Summary {
     pub oracle_auc: Option<f64>,
     pub model: String,
     pub micn: bool,
+    /// Digest of the final parameters, buffers and optimizer state (see `replica_digest`).
+    pub replica_digest: String,
 }
 
 /// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`.
@@ -123,24 +127,30 @@ pub fn evaluate(
     device: Device,
     max_hist_len: usize,
 ) -> Result<EvalResult, TrainError> {
-    let mut keys: Vec<u32> = Vec::new();
-    let mut probs: Vec<f32> = Vec::new();
-    let mut labels: Vec<f32> = Vec::new();
+    let (mut ids, mut keys, mut probs, mut labels) =
+        (Vec::<u32>::new(), Vec::<u32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
     tch::no_grad(|| {
         for batch in eval_batches(dataset, comm.rank(), comm.size(), 1024, max_hist_len) {
-            let ids = batch.to_ids(device);
-            let embedded = net.embeddings.forward(&ids);
+            let embedded = net.embeddings.forward(&batch.to_ids(device));
             let logit = net.main.forward(&embedded.main, false).logit;
             probs.extend(
                 Vec::<f32>::try_from(logit.sigmoid().to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32"),
             );
+            ids.extend(&batch.sample_ids);
             keys.extend(&batch.user_keys);
             labels.extend(&batch.labels);
         }
     });
-    let keys = comm.all_gather(&keys)?.data;
-    let probs = comm.all_gather(&probs)?.data;
-    let labels: Vec<u8> = comm.all_gather(&labels)?.data.iter().map(|&l| l as u8).collect();
+    // Gather everything and put it back in test-set order, so the metrics see the same sequence
+    // whatever the world size.
+    let ids = comm.all_gather(&ids)?.data;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&k| ids[k]);
+    let reorder = |v: Vec<f32>| order.iter().map(|&k| v[k]).collect::<Vec<f32>>();
+    let probs = reorder(comm.all_gather(&probs)?.data);
+    let labels: Vec<u8> = reorder(comm.all_gather(&labels)?.data).iter().map(|&l| l as u8).collect();
+    let keys_all = comm.all_gather(&keys)?.data;
+    let keys: Vec<u32> = order.iter().map(|&k| keys_all[k]).collect();
     let auc = crate::metrics::auc(&probs, &labels).ok_or(TrainError::OneClass)?;
     let gauc = crate::metrics::gauc(&keys, &probs, &labels).unwrap_or(f64::NAN);
     let logloss = crate::metrics::log_loss(&probs, &labels);
@@ -289,6 +299,13 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
             };
             let stats = train_step(&net, &mut trainable, &mut adam, &batch, &ctx)?;
             step += 1;
+            let every = cfg.train.check_replicas_every_steps;
+            if every > 0 && step % every == 0 {
+                let digests = comm.all_gather(&[replica_digest(&trainable, &adam)])?.data;
+                if digests.iter().any(|d| *d != digests[0]) {
+                    return Err(TrainError::ReplicasDiffer { step, digests });
+                }
+            }
             window.1 += cfg.train.global_batch_size as u64;
             if step % cfg.train.log_every_steps == 0 || step == total_steps {
                 let secs = window.0.elapsed().as_secs_f64().max(1e-9);
@@ -341,6 +358,7 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
         oracle_auc: dataset.meta.oracle_auc,
         model: format!("{:?}", cfg.model.kind).to_lowercase(),
         micn: cfg.micn.enabled,
+        replica_digest: format!("{:016x}", replica_digest(&trainable, &adam)),
     };
     if rank0 {
         let model_path = run_dir.join("model.safetensors");

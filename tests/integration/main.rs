@@ -1,5 +1,6 @@
 //! Integration tests, one binary so libtorch is linked once. Each module owns one area.
 mod comm;
+mod dist;
 mod doctor;
 mod prepare;
 mod train;

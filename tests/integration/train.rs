@@ -21,7 +21,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::{micn_bin, run_ok};
 
 /// A small prepared synthetic dataset shared by the tests of this module.
-fn dataset_dir() -> &'static Path {
+pub fn dataset_dir() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &DIR.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
