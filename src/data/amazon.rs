@@ -65,6 +65,14 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     if !matches!(value, PyValue::Dict(_)) {
         return Err(Bad::new(BadKind::WrongType, "a meta line must be a dict"));
     }
+    // JSON without true/false/null is also a Python literal, so a reviews file or a 2018 meta
+    // file would parse here and silently give every item `default_cat`; their keys tell them apart.
+    if value.get("reviewerID").is_some() {
+        return Err(Bad::new(BadKind::WrongType, "a review (it has `reviewerID`), not item metadata"));
+    }
+    if value.get("category").is_some() && value.get("categories").is_none() {
+        return Err(Bad::new(BadKind::WrongType, "2018 metadata (flat `category`), not 2014 (`categories`)"));
+    }
     let item = match value.get("asin") {
         Some(PyValue::Str(s)) if !s.is_empty() => s.clone(),
         Some(_) => return Err(Bad::new(BadKind::WrongType, "`asin` must be a non-empty string")),
@@ -92,11 +100,24 @@ struct RawMeta2018<'a> {
     asin: Cow<'a, str>,
     #[serde(default)]
     category: Vec<String>,
+    /// Only to recognise a line that is not 2018 metadata (see [`parse_meta_2018`]).
+    #[serde(default)]
+    categories: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "reviewerID")]
+    reviewer_id: Option<serde::de::IgnoredAny>,
 }
 
 /// Parse one 2018 meta line: JSON; category = last element of `category`.
 pub fn parse_meta_2018(line: &str) -> Result<ItemMeta, Bad> {
     let raw: RawMeta2018 = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
+    // Without these checks a reviews file, or 2014 metadata converted to JSON, would be read as
+    // metadata without categories: every item `default_cat`, silently.
+    if raw.reviewer_id.is_some() {
+        return Err(Bad::new(BadKind::WrongType, "a review (it has `reviewerID`), not item metadata"));
+    }
+    if raw.categories.is_some() && raw.category.is_empty() {
+        return Err(Bad::new(BadKind::WrongType, "2014 metadata (nested `categories`), not 2018 (`category`)"));
+    }
     if raw.asin.is_empty() {
         return Err(Bad::new(BadKind::MissingField, "empty asin"));
     }
@@ -166,5 +187,19 @@ mod tests {
         assert_eq!(parse_meta_2018(line).unwrap().category.as_deref(), Some("Poetry"));
         assert_eq!(parse_meta_2018(r#"{"asin": "X", "category": []}"#).unwrap().category, None);
         assert_eq!(parse_meta_2018(r#"{"asin": "X", "category": "Books"}"#).unwrap_err().kind, BadKind::WrongType);
+    }
+
+    #[test]
+    fn a_review_or_the_other_releases_meta_is_not_taken_for_meta() {
+        // A review line is valid JSON and (without true/false/null) a valid Python literal.
+        let review = r#"{"reviewerID": "A1", "asin": "0528881469", "helpful": [0, 0], "overall": 5.0, "unixReviewTime": 1370131200}"#;
+        assert_eq!(parse_meta_2014(review).unwrap_err().kind, BadKind::WrongType);
+        assert_eq!(parse_meta_2018(review).unwrap_err().kind, BadKind::WrongType);
+        let meta_2018 = r#"{"asin": "X", "category": ["Books", "Poetry"], "main_cat": "Books"}"#;
+        assert_eq!(parse_meta_2014(meta_2018).unwrap_err().kind, BadKind::WrongType);
+        let meta_2014_as_json = r#"{"asin": "X", "categories": [["Books", "Poetry"]]}"#;
+        assert_eq!(parse_meta_2018(meta_2014_as_json).unwrap_err().kind, BadKind::WrongType);
+        // 2014 metadata written as JSON is still 2014 metadata.
+        assert_eq!(parse_meta_2014(meta_2014_as_json).unwrap().category.as_deref(), Some("Poetry"));
     }
 }

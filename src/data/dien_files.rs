@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::input::{self, Bad, BadKind, FileSummary, Strictness};
-use super::prepare::{write_dataset, DatasetParts, Report, Staging};
+use super::prepare::{issue_warnings, source_entry, write_dataset, DatasetParts, Report, Staging};
 use super::protocol::{Interner, DEFAULT_CAT};
 use super::samples::{Row, Samples};
 use super::vocab::{self, Vocab, Vocabularies, DEFAULT_MID, UNKNOWN_USER};
@@ -217,19 +217,8 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
         .flat_map(|s| s.hist_offsets.windows(2).map(|w| (w[1] - w[0]) as usize))
         .max()
         .unwrap_or(0);
-    let mut warnings = Vec::new();
-    for s in &summaries {
-        warnings.extend(s.issues.summary().into_iter().map(|l| format!("{}: skipped {l}", s.path.display())));
-    }
-    let sources = summaries
-        .iter()
-        .map(|s| {
-            json!({
-                "file": s.path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                "bytes": s.bytes, "xxh3": s.xxh3, "lines": s.lines, "skipped": s.issues.counts,
-            })
-        })
-        .collect();
+    let warnings: Vec<String> = summaries.iter().flat_map(issue_warnings).collect();
+    let sources = summaries.iter().map(source_entry).collect();
     let meta = write_dataset(
         &staging,
         DatasetParts {

@@ -125,6 +125,9 @@ pub struct FileSummary {
     pub raw_bytes: u64,
     pub lines: u64,
     pub issues: Issues,
+    /// The gzip stream breaks off before its end (a cut or interrupted download): the complete
+    /// lines before the cut were read and the cut line, if any, counted as truncated.
+    pub truncated_gzip: bool,
 }
 
 /// A reader that hashes the stored bytes as they pass.
@@ -145,15 +148,26 @@ impl<R: Read> Read for Hashing<R> {
 
 const CHUNK: usize = 4 << 20;
 
+/// What the reader thread hands back: the hasher, lines and decompressed bytes read, and
+/// whether a gzip stream broke off early.
+type ReaderEnd = (Hashing<BufReader<File>>, u64, u64, bool);
+
 struct Chunk {
     index: usize,
     first_line: u64,
     data: Vec<u8>,
+    /// The last line of `data` was cut where a truncated gzip stream ends.
+    cut_last_line: bool,
 }
 
 /// Read `path` (gzip or plain), parse every non-blank line with `parse` on all cores, and hand
 /// each good record to `sink` in file order with its 1-based line number. Bad lines are counted,
 /// or in strict mode stop the read with [`DataError::BadLine`].
+///
+/// A gzip stream that breaks off early (a cut file: the real `*.head.json.gz` fixtures are such
+/// cuts) is read up to the cut: the partial last line counts as truncated and
+/// [`FileSummary::truncated_gzip`] is set; in strict mode it is an error. A corrupt stream is
+/// always an error.
 pub fn parse_lines<T: Send>(
     path: &Path,
     strictness: Strictness,
@@ -177,10 +191,12 @@ pub fn parse_lines<T: Send>(
     let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Chunk>(workers * 2);
     let chunk_rx = std::sync::Mutex::new(chunk_rx);
     let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Vec<(u64, Result<T, Bad>)>)>(workers * 2);
+    let mut truncated_gzip = false;
     let hashing = std::thread::scope(|scope| -> Result<Hashing<BufReader<File>>, DataError> {
         // Reader: split the (decompressed) stream into chunks of whole lines.
-        let reader = scope.spawn(move || -> Result<(Hashing<BufReader<File>>, u64, u64), std::io::Error> {
+        let reader = scope.spawn(move || -> std::io::Result<ReaderEnd> {
             let mut hashing = hashing;
+            let mut cut = false;
             let (lines, raw) = {
                 let mut source: Box<dyn Read + '_> = if gzip {
                     Box::new(flate2::read::MultiGzDecoder::new(&mut hashing))
@@ -199,25 +215,34 @@ pub fn parse_lines<T: Send>(
                             Ok(0) => break,
                             Ok(n) => filled += n,
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            // flate2's word for a stream that stops before its end.
+                            Err(e) if gzip && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                cut = true;
+                                break;
+                            }
                             Err(e) => return Err(e),
                         }
                     }
                     raw += (filled - start) as u64;
                     data.truncate(filled);
-                    let eof = filled < start + CHUNK;
+                    let eof = cut || filled < start + CHUNK;
                     if !eof {
                         // Keep the trailing partial line for the next chunk.
                         match data.iter().rposition(|&b| b == b'\n') {
                             Some(pos) => carry = data.split_off(pos + 1),
-                            None => continue, // a line longer than a chunk: read more
+                            None => {
+                                carry = data; // a line longer than a chunk: keep it and read more
+                                continue;
+                            }
                         }
                     }
                     if data.is_empty() {
                         break;
                     }
+                    let cut_last_line = cut && data.last() != Some(&b'\n');
                     let n_lines =
                         data.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(data.last() != Some(&b'\n'));
-                    if chunk_tx.send(Chunk { index, first_line: next_line, data }).is_err() {
+                    if chunk_tx.send(Chunk { index, first_line: next_line, data, cut_last_line }).is_err() {
                         break;
                     }
                     index += 1;
@@ -229,7 +254,7 @@ pub fn parse_lines<T: Send>(
                 (next_line - 1, raw)
             };
             drop(chunk_tx);
-            Ok((hashing, lines, raw))
+            Ok((hashing, lines, raw, cut))
         });
 
         // Workers: parse chunks.
@@ -241,15 +266,22 @@ pub fn parse_lines<T: Send>(
                     Err(_) => return,
                 };
                 let mut out = Vec::new();
+                let last = chunk.data.split(|&b| b == b'\n').count() - 1;
                 for (i, line) in chunk.data.split(|&b| b == b'\n').enumerate() {
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
                     let number = chunk.first_line + i as u64;
-                    let parsed = match std::str::from_utf8(line) {
-                        Ok(text) => parse(text),
-                        Err(e) => Err(Bad::new(BadKind::NonUtf8, e.to_string())),
+                    let parsed = if chunk.cut_last_line && i == last {
+                        // Even if what is left happens to parse (a shorter DIEN history), it is
+                        // not the line the file held.
+                        Err(Bad::new(BadKind::Truncated, "the line breaks off where the gzip stream ends"))
+                    } else {
+                        match std::str::from_utf8(line) {
+                            Ok(text) => parse(text),
+                            Err(e) => Err(Bad::new(BadKind::NonUtf8, e.to_string())),
+                        }
                     };
                     out.push((number, parsed));
                 }
@@ -287,13 +319,21 @@ pub fn parse_lines<T: Send>(
                 }
             }
         }
-        let (hashing, lines, raw) = reader.join().expect("reader thread").map_err(io)?;
+        let (hashing, lines, raw, cut) = reader.join().expect("reader thread").map_err(io)?;
         lines_total = lines;
         raw_bytes = raw;
+        truncated_gzip = cut;
         Ok(hashing)
     })?;
     if let Some(e) = failure {
         return Err(e);
+    }
+    if truncated_gzip && strictness == Strictness::Strict {
+        // The cut line (if any) was already fatal above; here the cut fell between lines.
+        return Err(DataError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("the gzip stream ends early (after line {lines_total}): the file is truncated"),
+        });
     }
     Ok(FileSummary {
         path: path.to_path_buf(),
@@ -302,5 +342,58 @@ pub fn parse_lines<T: Send>(
         raw_bytes,
         lines: lines_total,
         issues,
+        truncated_gzip,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(path: &Path, strictness: Strictness) -> Result<(Vec<(u64, usize)>, FileSummary), DataError> {
+        let mut lines = Vec::new();
+        let summary = parse_lines(path, strictness, |l| Ok(l.len()), |len, number| lines.push((number, len)))?;
+        Ok((lines, summary))
+    }
+
+    #[test]
+    fn a_line_longer_than_a_chunk_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.txt");
+        // Whole chunks without a newline: first, and again after a short line.
+        let long = "x".repeat(2 * CHUNK + CHUNK / 2);
+        std::fs::write(&path, format!("{long}\na\n{long}\nbb\r\n\n  \nccc")).unwrap();
+        let (lines, summary) = read_all(&path, Strictness::Strict).unwrap();
+        assert_eq!(lines, [(1, long.len()), (2, 1), (3, long.len()), (4, 2), (7, 3)]);
+        assert_eq!((summary.lines, summary.raw_bytes), (7, 2 * long.len() as u64 + 15));
+    }
+
+    #[test]
+    fn a_cut_gzip_stream_keeps_the_lines_before_the_cut_or_is_refused() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let text: String = (0..20_000).map(|i| format!("line {i} {}\n", i * 7919 % 10007)).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let path = dir.path().join("cut.gz");
+        std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
+
+        let (lines, summary) = read_all(&path, Strictness::Lenient).unwrap();
+        assert!(summary.truncated_gzip);
+        let n = lines.len() as u64;
+        assert!(n > 1000 && n < 20_000, "{n} lines before the cut");
+        assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>());
+        // The line at the cut is incomplete: counted, not handed on.
+        assert_eq!(summary.issues.counts.get(&BadKind::Truncated), Some(&1));
+        assert_eq!(summary.issues.first_lines[&BadKind::Truncated], [n + 1]);
+
+        let e = read_all(&path, Strictness::Strict).unwrap_err().to_string();
+        assert!(e.contains("cut.gz") && e.contains(&format!(":{}: truncated", n + 1)), "{e}");
+
+        // Whole: nothing truncated.
+        std::fs::write(&path, &gz).unwrap();
+        let (lines, summary) = read_all(&path, Strictness::Strict).unwrap();
+        assert_eq!((lines.len(), summary.truncated_gzip, summary.raw_bytes), (20_000, false, text.len() as u64));
+    }
 }

@@ -102,7 +102,8 @@ impl Drop for Staging {
     }
 }
 
-fn source_entry(s: &FileSummary) -> serde_json::Value {
+/// A source file's entry in `dataset.json`.
+pub(crate) fn source_entry(s: &FileSummary) -> serde_json::Value {
     json!({
         "file": s.path.file_name().map(|n| n.to_string_lossy().into_owned()),
         "bytes": s.bytes,
@@ -111,17 +112,26 @@ fn source_entry(s: &FileSummary) -> serde_json::Value {
         "lines": s.lines,
         "skipped": s.issues.counts,
         "first_skipped_lines": s.issues.first_lines,
+        "truncated_gzip": s.truncated_gzip,
     })
 }
 
-/// Warnings for skipped lines, one per kind, naming the file.
-fn issue_warnings(s: &FileSummary) -> Vec<String> {
-    s.issues.summary().into_iter().map(|line| format!("{}: skipped {line}", s.path.display())).collect()
+/// Warnings for skipped lines, one per kind, and for a cut gzip stream, naming the file.
+pub(crate) fn issue_warnings(s: &FileSummary) -> Vec<String> {
+    let mut warnings: Vec<String> =
+        s.issues.summary().into_iter().map(|line| format!("{}: skipped {line}", s.path.display())).collect();
+    if s.truncated_gzip {
+        warnings.push(format!(
+            "{}: the gzip stream ends early (at line {}): the file is truncated; the complete lines before the cut were used",
+            s.path.display(),
+            s.lines
+        ));
+    }
+    warnings
 }
 
 /// Read reviews and meta into an interned corpus.
 fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, Vec<FileSummary>, u64), DataError> {
-    memdbg("start");
     let mut corpus = Corpus::default();
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
     let mut reviews_summary = input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
@@ -129,7 +139,6 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
         let item = corpus.items.intern(&r.item);
         corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
     })?;
-    memdbg("reviews parsed");
     if corpus.reviews.is_empty() {
         let why = match &reviews_summary.issues.first_problem {
             Some((line, problem)) => format!("no valid review (line {line}: {problem})"),
@@ -168,7 +177,6 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
         corpus.reviews.retain(|_| keep.next().expect("one flag per review"));
     }
 
-    memdbg("dedup");
     corpus.item_cat = vec![default_cat; corpus.items.len()];
     let mut has_meta = vec![false; corpus.items.len()];
     let mut good_meta = 0u64;
@@ -182,6 +190,9 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
         }
     })?;
     let bad_meta = meta_summary.issues.total();
+    if meta_summary.lines == 0 {
+        return Err(DataError::Invalid { path: job.meta.clone(), message: "the meta file is empty".into() });
+    }
     if good_meta == 0 || bad_meta > good_meta {
         let example = meta_summary
             .issues
@@ -234,11 +245,6 @@ fn oracle_scores(model: &OracleModel, corpus: &Corpus, test: &Samples, protocol:
         .collect()
 }
 
-fn memdbg(tag: &str) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let g = |k: &str| s.lines().find(|l| l.starts_with(k)).unwrap().to_string();
-    eprintln!("MEM {tag}: {} {}", g("VmRSS"), g("VmHWM"));
-}
 /// Run a preparation from the raw Amazon dumps.
 pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> {
     let started = Instant::now();
@@ -246,20 +252,40 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     let mut warnings = Vec::new();
     let (corpus, sources, without_meta) = read_corpus(job, &mut warnings)?;
     let read_secs = started.elapsed().as_secs_f64();
-    memdbg("read");
+    tracing::info!(
+        lines = sources[0].lines,
+        reviews = corpus.reviews.len(),
+        raw_bytes = sources[0].raw_bytes,
+        users = corpus.users.len(),
+        items = corpus.items.len(),
+        seconds = read_secs,
+        "reviews read"
+    );
     let built = protocol::build(&corpus, job.protocol, job.max_hist_len, job.seed)
         .map_err(|message| DataError::Invalid { path: job.reviews.clone(), message })?;
-    if built.train.is_empty() || built.test.is_empty() {
+    if built.train.is_empty() && built.test.is_empty() {
         return Err(DataError::Invalid {
             path: job.reviews.clone(),
-            message: format!(
-                "too little data: {} train and {} test samples (users need at least 2 reviews)",
-                built.train.len(),
-                built.test.len()
-            ),
+            message: "too little data: no sample at all (users need at least 2 reviews)".into(),
         });
     }
-    memdbg("built");
+    // A small file (such as the 290-line real fixture, where one user has two reviews) can leave
+    // one split empty: a valid dataset for inspection, not one to train on; say so, loudly.
+    for (name, split) in [("train", &built.train), ("test", &built.test)] {
+        if split.is_empty() {
+            warnings.push(format!(
+                "{}: the {name} split is empty (users with at least 2 reviews: {})",
+                job.reviews.display(),
+                built.summary.users_with_samples
+            ));
+        }
+    }
+    tracing::info!(
+        train = built.train.len(),
+        test = built.test.len(),
+        seconds = started.elapsed().as_secs_f64() - read_secs,
+        "samples built"
+    );
     let oracle_path = job.oracle.clone().or_else(|| {
         let beside = job.reviews.with_file_name(synth::ORACLE_FILE);
         beside.exists().then_some(beside)
@@ -273,11 +299,9 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         }
         None => None,
     };
-    memdbg("oracle");
     let (vocab, maps) = vocab::build(&built.train, &corpus.users, &corpus.items, &corpus.cats, &corpus.item_cat);
     let train = built.train.remap(&maps.users, &maps.items, &maps.cats);
     let test = built.test.remap(&maps.users, &maps.items, &maps.cats);
-    memdbg("remapped");
     let notes = json!({
         "protocol_summary": built.summary,
         "items_without_meta": without_meta,
@@ -299,8 +323,8 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             notes,
         },
     )?;
-    memdbg("written");
     staging.commit()?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), peak_rss_bytes = peak_rss_bytes(), "dataset written");
     let raw_bytes = sources[0].raw_bytes as f64;
     Ok(Report {
         out: out.to_path_buf(),
@@ -310,6 +334,16 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         reviews_per_s: corpus.reviews.len() as f64 / read_secs.max(1e-9),
         warnings,
     })
+}
+
+/// This process's peak resident set so far (`VmHWM`), where the platform says (Linux).
+/// `micn bench prepare` reads it from the log: a parent cannot measure it afterwards, since a
+/// child started by `posix_spawn` (vfork) inherits the parent's high-water mark in `ru_maxrss`.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Everything that goes into a dataset directory.

@@ -320,11 +320,14 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
         let mut seen: Vec<u32> = Vec::with_capacity(len);
         let mut state_before_last = state;
         for step in 0..len {
-            if step > 0 && !rng.chance(cfg.stay) {
-                state = interests[pick.sample(&mut rng)].0;
-            }
+            // The oracle's p(next | state) integrates over the last transition (stay, or redraw
+            // from the weights), so it needs the state before that transition: the one that
+            // drew the second-to-last review.
             if step + 1 == len {
                 state_before_last = state;
+            }
+            if step > 0 && !rng.chance(cfg.stay) {
+                state = interests[pick.sample(&mut rng)].0;
             }
             // Redraw items the user already reviewed (a few tries), as real users rarely repeat.
             let mut item = 0;
