@@ -83,6 +83,13 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Bytes per step for 10k vs 1M items, samples/s of 1 vs 2 ranks, communication share.
+    Dist {
+        #[arg(long, default_value = "runs/bench-dist")]
+        work_dir: PathBuf,
+        #[arg(long, default_value_t = 400)]
+        steps: u64,
+    },
     /// Test AUC of every model ± MICN over several seeds on Books-style synthetic data.
     Quality {
         #[arg(long, default_value = "runs/bench-quality")]
@@ -234,6 +241,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
             print!("{report}");
             println!("(results: {})", json.display());
+        }
+        Command::Bench { command: BenchCommand::Dist { work_dir, steps } } => {
+            use micn::bench::dist;
+            let report = dist::run(&dist::DistOptions { work_dir, steps, ..Default::default() })?;
+            print!("{report}");
         }
         Command::Bench { command: BenchCommand::Throughput { steps, threads, items, users } } => {
             use micn::bench::throughput;

@@ -91,6 +91,10 @@ pub struct StepStats {
     /// ‖λ·auxiliary gradient‖ on the `e_aux` tables, after the exchange.
     pub grad_norm_aux_e_aux: f64,
     pub positives: f64,
+    /// Bytes this rank sent in the gradient exchange.
+    pub bytes_sent: u64,
+    /// Seconds this rank spent in collective operations (exchange, counts, losses, buffers).
+    pub comm_seconds: f64,
 }
 
 /// Gradients of `loss` w.r.t. the variables `which`, moved to the host.
@@ -174,7 +178,9 @@ pub fn gradients(
     // Global number of MICN positives (clicked samples with a known target item).
     let local_pos = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| l > 0.5 && i >= 1).count() as f32;
     let mut counts = [local_pos];
+    let comm_started = std::time::Instant::now();
     ctx.comm.all_reduce_sum_f32(&mut counts)?;
+    let mut comm_seconds = comm_started.elapsed().as_secs_f64();
 
     // Forward.
     let embedded = net.embeddings.forward(&ids);
@@ -207,8 +213,14 @@ pub fn gradients(
         dien_aux.as_ref().map_or(0.0, |a| a.double_value(&[]) as f32),
         micn.as_ref().map_or(0.0, |l| l.double_value(&[]) as f32),
     ];
+    let bytes_sent = grads::bytes_sent(&main_grads, &aux_grads) as u64;
+    let comm_started = std::time::Instant::now();
     ctx.comm.all_reduce_sum_f32(&mut losses)?;
+    let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads)?;
+    comm_seconds += comm_started.elapsed().as_secs_f64();
     let mut stats = StepStats {
+        bytes_sent,
+        comm_seconds,
         loss_main: losses[0] as f64 + losses[1] as f64,
         loss_dien_aux: losses[1] as f64,
         loss_micn: losses[2] as f64,
@@ -221,7 +233,6 @@ pub fn gradients(
         }
     }
 
-    let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads)?;
     let mut main_by_var: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
     for (i, g) in per_variable(t, &main_vars, main_grads) {
         main_by_var[i] = Some(g);

@@ -69,12 +69,18 @@ pub struct Summary {
     pub test_logloss: f64,
     pub steps: u64,
     pub epochs_completed: u64,
+    /// Training samples per second of the training loop (evaluations excluded).
     pub samples_per_sec: f64,
+    /// Wall-clock seconds of the whole run.
     pub seconds: f64,
     pub world_size: usize,
     pub oracle_auc: Option<f64>,
     pub model: String,
     pub micn: bool,
+    /// Share of the training steps' wall-clock time spent in collective operations.
+    pub comm_share: f64,
+    /// Mean bytes one rank sent per step in the gradient exchange.
+    pub bytes_sent_per_step: f64,
     /// Digest of the final parameters, buffers and optimizer state (see `replica_digest`).
     pub replica_digest: String,
 }
@@ -277,10 +283,13 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
         noclick: cfg.model.kind == ModelKind::Dien,
     };
     let progress = Progress::new(rank0, total_steps);
+    let loop_started = Instant::now();
+    let mut eval_seconds = 0.0f64;
     let mut step = 0u64;
     let mut epochs_completed = 0u64;
     let mut window = (Instant::now(), 0u64);
     let mut last_eval: Option<EvalResult> = None;
+    let (mut step_seconds, mut comm_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0u64);
     'epochs: for epoch in 0..cfg.train.epochs as u64 {
         for batch in EpochLoader::new(Arc::clone(&dataset), &loader_cfg, epoch, 0) {
             if step >= total_steps {
@@ -297,7 +306,11 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
                 step,
                 first_sample: epoch * steps_per_epoch * cfg.train.global_batch_size as u64 + batch.first_position,
             };
+            let step_started = Instant::now();
             let stats = train_step(&net, &mut trainable, &mut adam, &batch, &ctx)?;
+            step_seconds += step_started.elapsed().as_secs_f64();
+            comm_seconds += stats.comm_seconds;
+            bytes_sent += stats.bytes_sent;
             step += 1;
             let every = cfg.train.check_replicas_every_steps;
             if every > 0 && step % every == 0 {
@@ -324,19 +337,24 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
                 window = (Instant::now(), 0);
             }
             if cfg.train.eval_every_steps > 0 && step % cfg.train.eval_every_steps == 0 && step < total_steps {
+                let eval_started = Instant::now();
                 let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
+                eval_seconds += eval_started.elapsed().as_secs_f64();
                 write_eval(&mut metrics, step, epoch, &result)?;
                 last_eval = Some(result);
             }
         }
         epochs_completed += 1;
         if step < total_steps {
+            let eval_started = Instant::now();
             let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
+            eval_seconds += eval_started.elapsed().as_secs_f64();
             write_eval(&mut metrics, step, epoch, &result)?;
             last_eval = Some(result);
         }
     }
     progress.finish();
+    let loop_seconds = loop_started.elapsed().as_secs_f64();
     let final_eval = match last_eval {
         Some(r) if step % steps_per_epoch == 0 && step < total_steps => r,
         _ => {
@@ -352,12 +370,14 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
         test_logloss: final_eval.logloss,
         steps: step,
         epochs_completed,
-        samples_per_sec: (step * cfg.train.global_batch_size as u64) as f64 / seconds,
+        samples_per_sec: (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - eval_seconds).max(1e-9),
         seconds,
         world_size: comm.size(),
         oracle_auc: dataset.meta.oracle_auc,
         model: format!("{:?}", cfg.model.kind).to_lowercase(),
         micn: cfg.micn.enabled,
+        comm_share: comm_seconds / step_seconds.max(1e-12),
+        bytes_sent_per_step: bytes_sent as f64 / step.max(1) as f64,
         replica_digest: format!("{:016x}", replica_digest(&trainable, &adam)),
     };
     if rank0 {
