@@ -40,7 +40,7 @@ impl Default for QualityOptions {
             seeds: 3,
             epochs: 2,
             lr: 1e-3,
-            threads: 2,
+            threads: 1,
         }
     }
 }

@@ -185,7 +185,8 @@ mod tests {
         let g = Tensor::from_slice(&[0.3f32, 0.1]);
         let bc = a.begin_step();
         a.update_dense(0, &mut a_param, &g, bc);
-        let saved: std::collections::HashMap<String, Tensor> = a.named_state(&names).map(|(k, t)| (k, t.copy())).collect();
+        let saved: std::collections::HashMap<String, Tensor> =
+            a.named_state(&names).map(|(k, t)| (k, t.copy())).collect();
         let mut b_param = a_param.copy();
         let mut b = Adam::new(CFG, &[b_param.shallow_clone()]);
         b.load_state(&names, a.step, |k| saved.get(k).map(Tensor::copy)).unwrap();
