@@ -212,7 +212,7 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
     }
     let train_v = train.remap(&maps.users, &maps.items, &maps.cats);
     let test_v = test.remap(&maps.users, &maps.items, &maps.cats);
-    let max_hist_len = [&train, &test]
+    let max_hist_len = [&train_v, &test_v]
         .iter()
         .flat_map(|s| s.hist_offsets.windows(2).map(|w| (w[1] - w[0]) as usize))
         .max()

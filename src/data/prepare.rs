@@ -300,10 +300,14 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         None => None,
     };
     let (vocab, maps) = vocab::build(&built.train, &corpus.users, &corpus.items, &corpus.cats, &corpus.item_cat);
-    let train = built.train.remap(&maps.users, &maps.items, &maps.cats);
-    let test = built.test.remap(&maps.users, &maps.items, &maps.cats);
+    // The reviews and interners are no longer needed: free them before the archives are built.
+    let reviews = corpus.reviews.len();
+    drop(corpus);
+    let protocol::Built { train, test, summary } = built;
+    let train = train.remap(&maps.users, &maps.items, &maps.cats);
+    let test = test.remap(&maps.users, &maps.items, &maps.cats);
     let notes = json!({
-        "protocol_summary": built.summary,
+        "protocol_summary": summary,
         "items_without_meta": without_meta,
         "release": job.release,
     });
@@ -314,7 +318,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             protocol: format!("{:?}", job.protocol).to_lowercase(),
             seed: job.seed,
             max_hist_len: job.max_hist_len,
-            reviews: corpus.reviews.len() as u64,
+            reviews: reviews as u64,
             sources: sources.iter().map(source_entry).collect(),
             vocab: &vocab,
             train: &train,
@@ -331,7 +335,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         meta,
         seconds: started.elapsed().as_secs_f64(),
         review_mb_per_s: raw_bytes / 1e6 / read_secs.max(1e-9),
-        reviews_per_s: corpus.reviews.len() as f64 / read_secs.max(1e-9),
+        reviews_per_s: reviews as f64 / read_secs.max(1e-9),
         warnings,
     })
 }
@@ -363,10 +367,14 @@ pub(crate) struct DatasetParts<'a> {
 
 /// Write archives, vocabularies, the oracle and `dataset.json` into the staging directory.
 pub(crate) fn write_dataset(staging: &Staging, parts: DatasetParts<'_>) -> Result<DatasetMeta, DataError> {
-    let train_bytes = archive::to_bytes(parts.train);
-    let test_bytes = archive::to_bytes(parts.test);
-    staging.write("train.rkyv", &train_bytes)?;
-    staging.write("test.rkyv", &test_bytes)?;
+    // One archive's bytes at a time (at Books size each is as large as its samples).
+    let archive = |name: &str, samples: &Samples| -> Result<FileEntry, DataError> {
+        let bytes = archive::to_bytes(samples);
+        staging.write(name, &bytes)?;
+        Ok(FileEntry::of(&bytes))
+    };
+    let train_entry = archive("train.rkyv", parts.train)?;
+    let test_entry = archive("test.rkyv", parts.test)?;
     parts.vocab.write(&staging.tmp)?;
     let oracle = match parts.oracle {
         Some(scores) => {
@@ -392,8 +400,8 @@ pub(crate) fn write_dataset(staging: &Staging, parts: DatasetParts<'_>) -> Resul
             cats: parts.vocab.cats.len() as u64,
         },
         sources: parts.sources,
-        train: FileEntry::of(&train_bytes),
-        test: FileEntry::of(&test_bytes),
+        train: train_entry,
+        test: test_entry,
         oracle,
         oracle_auc,
         notes: parts.notes,

@@ -97,23 +97,55 @@ pub struct Built {
     pub summary: ProtocolSummary,
 }
 
-/// Reviews grouped by user, each group sorted by (time, file line).
-fn by_user(corpus: &Corpus) -> Vec<Vec<ReviewRef>> {
-    let mut groups: Vec<Vec<ReviewRef>> = vec![Vec::new(); corpus.users.len()];
-    for r in &corpus.reviews {
-        groups[r.user as usize].push(*r);
+/// Reviews grouped by user, each group sorted by (time, file line), as indices into
+/// `corpus.reviews`: user `u`'s are `order[offsets[u]..offsets[u + 1]]`. Indices (4 bytes per
+/// review, by a counting sort on the user) rather than copies of the reviews (24 bytes each) and
+/// one vector per user: at Books size that is the difference between 36 MB and 230 MB.
+struct ByUser {
+    offsets: Vec<usize>,
+    order: Vec<u32>,
+}
+
+impl ByUser {
+    fn new(corpus: &Corpus) -> Self {
+        let mut offsets = vec![0usize; corpus.users.len() + 1];
+        for r in &corpus.reviews {
+            offsets[r.user as usize + 1] += 1;
+        }
+        for u in 0..corpus.users.len() {
+            offsets[u + 1] += offsets[u];
+        }
+        let mut next = offsets.clone();
+        let mut order = vec![0u32; corpus.reviews.len()];
+        for (i, r) in corpus.reviews.iter().enumerate() {
+            order[next[r.user as usize]] = i as u32;
+            next[r.user as usize] += 1;
+        }
+        for u in 0..corpus.users.len() {
+            // (time, line) is unique per review: any sort gives the same order.
+            order[offsets[u]..offsets[u + 1]].sort_unstable_by_key(|&i| {
+                let r = &corpus.reviews[i as usize];
+                (r.time, r.line)
+            });
+        }
+        Self { offsets, order }
     }
-    for g in &mut groups {
-        g.sort_by_key(|r| (r.time, r.line));
+
+    /// User `u`'s reviews in time order.
+    fn reviews<'a>(&'a self, corpus: &'a Corpus, u: usize) -> impl Iterator<Item = &'a ReviewRef> + 'a {
+        self.order[self.offsets[u]..self.offsets[u + 1]].iter().map(move |&i| &corpus.reviews[i as usize])
     }
-    groups
+
+    fn len(&self, u: usize) -> usize {
+        self.offsets[u + 1] - self.offsets[u]
+    }
 }
 
 /// Build train and test samples; an error when no negative could ever be drawn.
 pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64) -> Result<Built, String> {
     assert!(max_hist_len > 0, "max_hist_len must be positive");
     check_negatives_possible(corpus, protocol)?;
-    let groups = by_user(corpus);
+    let groups = ByUser::new(corpus);
     let mut rng = Rng::derive(seed, &[stream::PROTOCOL]);
     let (mut train, mut test) = (Samples::default(), Samples::default());
     let mut summary = ProtocolSummary::default();
@@ -134,14 +166,14 @@ pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64
     };
     let n_reviews = corpus.reviews.len() as u64;
     let n_items = corpus.items.len() as u64;
-    for (user, reviews) in groups.iter().enumerate() {
-        let user = user as u32;
-        if reviews.len() < 2 {
-            summary.users_skipped += u64::from(!reviews.is_empty());
+    for u in 0..corpus.users.len() {
+        let user = u as u32;
+        if groups.len(u) < 2 {
+            summary.users_skipped += u64::from(groups.len(u) > 0);
             continue;
         }
         summary.users_with_samples += 1;
-        let items: Vec<u32> = reviews.iter().map(|r| r.item).collect();
+        let items: Vec<u32> = groups.reviews(corpus, u).map(|r| r.item).collect();
         match protocol {
             Protocol::Dien => {
                 let last = items.len() - 1;
@@ -266,11 +298,11 @@ mod tests {
     fn din_negatives_avoid_the_users_items() {
         let c = synthetic(100, |_| 8, 40);
         let built = build(&c, Protocol::Din, 10, 3).unwrap();
-        let groups = by_user(&c);
+        let groups = ByUser::new(&c);
         for s in [&built.train, &built.test] {
             for i in (0..s.len()).filter(|&i| s.labels[i] == 0) {
                 let user = s.users[i] as usize;
-                assert!(!groups[user].iter().any(|r| r.item == s.items[i]), "negative reviewed by its user");
+                assert!(!groups.reviews(&c, user).any(|r| r.item == s.items[i]), "negative reviewed by its user");
             }
         }
     }

@@ -72,18 +72,15 @@ impl Samples {
     }
 
     /// The same samples with every id mapped through the three tables (user keys unchanged).
-    pub fn remap(&self, users: &[u32], items: &[u32], cats: &[u32]) -> Samples {
-        let map = |ids: &[u32], table: &[u32]| ids.iter().map(|&i| table[i as usize]).collect::<Vec<_>>();
-        Samples {
-            labels: self.labels.clone(),
-            users: map(&self.users, users),
-            user_keys: self.user_keys.clone(),
-            items: map(&self.items, items),
-            cats: map(&self.cats, cats),
-            hist_offsets: self.hist_offsets.clone(),
-            hist_items: map(&self.hist_items, items),
-            hist_cats: map(&self.hist_cats, cats),
-        }
+    /// Mapped in place: at Books size a copy would cost as much memory as the samples.
+    pub fn remap(mut self, users: &[u32], items: &[u32], cats: &[u32]) -> Samples {
+        let map = |ids: &mut [u32], table: &[u32]| ids.iter_mut().for_each(|id| *id = table[*id as usize]);
+        map(&mut self.users, users);
+        map(&mut self.items, items);
+        map(&mut self.cats, cats);
+        map(&mut self.hist_items, items);
+        map(&mut self.hist_cats, cats);
+        self
     }
 }
 
