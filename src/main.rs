@@ -83,6 +83,24 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Raw-input MB/s and reviews/s, peak memory and loader batches/s of `micn prepare` on a
+    /// synthetic dump (books-like by default: ~9M reviews, ~5 GB of JSON; needs ~12 GB of disk).
+    Prepare {
+        #[arg(long, value_enum, default_value_t = Preset::BooksLike)]
+        preset: Preset,
+        #[arg(long)]
+        users: Option<usize>,
+        #[arg(long)]
+        items: Option<usize>,
+        #[arg(long, value_enum, default_value_t = Protocol::Dien)]
+        protocol: Protocol,
+        /// Where the dumps and datasets go (default: the system temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Keep the dumps and datasets (a later run with the same settings reuses the dumps).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Bytes per step for 10k vs 1M items, samples/s of 1 vs 2 ranks, communication share.
     Dist {
         #[arg(long, default_value = "runs/bench-dist")]
@@ -241,6 +259,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
             print!("{report}");
             println!("(results: {})", json.display());
+        }
+        Command::Bench { command: BenchCommand::Prepare { preset, users, items, protocol, work_dir, keep } } => {
+            use micn::bench::prepare;
+            let defaults = prepare::PrepareBenchOptions::default();
+            let opts = prepare::PrepareBenchOptions {
+                preset,
+                users,
+                items,
+                protocol,
+                keep,
+                work_dir: work_dir.unwrap_or(defaults.work_dir.clone()),
+                ..defaults
+            };
+            let report = prepare::run(&opts)?;
+            print!("{report}");
         }
         Command::Bench { command: BenchCommand::Dist { work_dir, steps } } => {
             use micn::bench::dist;

@@ -101,6 +101,40 @@ pub struct PrepareRun {
     pub vocab_users: u64,
     pub vocab_items: u64,
     pub vocab_cats: u64,
+    /// The prefetching loader over the prepared archive: batches of 128 with histories of
+    /// `max_hist_len` and DIEN's no-click draws, per second, one rank of one.
+    pub loader_batches_per_sec: f64,
+}
+
+/// Batches per second the prefetching loader delivers from `dir` (global batch 128, one rank,
+/// DIEN's no-click draws on: the most work a batch can need).
+pub fn loader_batches_per_sec(dir: &Path, max_hist_len: usize, batches: usize) -> Result<f64, DataError> {
+    let dataset = std::sync::Arc::new(crate::data::Dataset::open(dir)?);
+    let cfg = crate::data::loader::LoaderConfig {
+        seed: 1,
+        global_batch: 128,
+        world: 1,
+        rank: 0,
+        max_hist_len,
+        drop_remainder: true,
+        prefetch: 4,
+        noclick: true,
+    };
+    let started = Instant::now();
+    let mut n = 0usize;
+    for epoch in 0.. {
+        let before = n;
+        for _batch in crate::data::loader::EpochLoader::new(std::sync::Arc::clone(&dataset), &cfg, epoch, 0) {
+            n += 1;
+            if n == batches {
+                return Ok(n as f64 / started.elapsed().as_secs_f64());
+            }
+        }
+        if n == before {
+            break; // an epoch without a full batch
+        }
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
 /// Everything `micn bench prepare` measured.
@@ -202,6 +236,7 @@ fn run_one(opts: &PrepareBenchOptions, micn: &Path, cfg: &SynthConfig) -> Result
         path: meta_path.clone(),
         message: format!("not a dataset description: {e}"),
     })?;
+    let loader = loader_batches_per_sec(&out, opts.max_hist_len, 2000)?;
     if !opts.keep {
         for dir in [&out, &raw] {
             std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
@@ -228,6 +263,7 @@ fn run_one(opts: &PrepareBenchOptions, micn: &Path, cfg: &SynthConfig) -> Result
         vocab_users: meta.counts.users,
         vocab_items: meta.counts.items,
         vocab_cats: meta.counts.cats,
+        loader_batches_per_sec: loader,
     })
 }
 
@@ -440,8 +476,15 @@ impl std::fmt::Display for PrepareBenchReport {
         for r in &self.runs {
             writeln!(
                 f,
-                "samples at hist {:.2}: train {}  test {}; vocabularies: users {}  items {}  categories {}",
-                r.mean_history, r.train_samples, r.test_samples, r.vocab_users, r.vocab_items, r.vocab_cats
+                "samples at hist {:.2}: train {}  test {}; vocabularies: users {}  items {}  categories {}; loader {:.0} batches/s of 128 ({:.0} samples/s)",
+                r.mean_history,
+                r.train_samples,
+                r.test_samples,
+                r.vocab_users,
+                r.vocab_items,
+                r.vocab_cats,
+                r.loader_batches_per_sec,
+                128.0 * r.loader_batches_per_sec
             )?;
         }
         if let (Some(small), Some(large)) = (self.runs.first(), self.runs.last()) {
