@@ -42,6 +42,8 @@ pub enum TrainError {
     NoCuda,
     #[error("{path}: {message}")]
     Model2 { path: PathBuf, message: String },
+    #[error("{path}: {samples} training samples, fewer than one global batch of {batch}")]
+    TooFewSamples { path: PathBuf, samples: usize, batch: usize },
     #[error("the test set has only one class; AUC is undefined")]
     OneClass,
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
@@ -260,6 +262,13 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
     };
     let n_train = dataset.train.samples().len();
     let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
+    if steps_per_epoch == 0 {
+        return Err(TrainError::TooFewSamples {
+            path: cfg.data.dir.clone(),
+            samples: n_train,
+            batch: cfg.train.global_batch_size,
+        });
+    }
     let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
     tracing::info!(
         world_size = comm.size(),

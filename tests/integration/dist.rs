@@ -57,6 +57,14 @@ fn evaluation_over_three_ranks_equals_a_single_process() {
 }
 
 #[test]
+fn a_training_split_smaller_than_one_batch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &["train.global_batch_size=10000000"]);
+    let e = train(&cfg, &SingleProcess).unwrap_err().to_string();
+    assert!(e.contains("fewer than one global batch of 10000000"), "{e}");
+}
+
+#[test]
 fn a_global_batch_the_world_size_does_not_divide_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), &["train.global_batch_size=32"]);
@@ -64,5 +72,65 @@ fn a_global_batch_the_world_size_does_not_divide_is_refused() {
     for e in errors {
         let e = e.expect("training must refuse");
         assert!(e.contains("global_batch_size = 32") && e.contains("world size 3"), "{e}");
+    }
+}
+
+/// Every trainable variable of a model trained `steps` steps on `world` thread ranks.
+fn parameters_after(cfg: &Config, world: usize) -> Vec<(String, Vec<f32>)> {
+    use micn::train::optim::{Adam, AdamConfig};
+    use micn::train::step::{train_step, StepContext, Trainable};
+    let results = ThreadRanks::run(world, |comm| {
+        tch::set_num_threads(1);
+        let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
+        let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
+        let mut t = Trainable::new(&vs).unwrap();
+        let mut adam = Adam::new(AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &t.tensors);
+        let loader_cfg = micn::data::loader::LoaderConfig {
+            seed: 5,
+            global_batch: cfg.train.global_batch_size,
+            world,
+            rank: micn::dist::Communicator::rank(&comm),
+            max_hist_len: 10,
+            drop_remainder: true,
+            prefetch: 2,
+            noclick: cfg.model.kind == micn::config::ModelKind::Dien,
+        };
+        for (step, batch) in micn::data::loader::EpochLoader::new(dataset, &loader_cfg, 0, 0).take(4).enumerate() {
+            let ctx = StepContext {
+                comm: &comm,
+                device: Device::Cpu,
+                global_batch: cfg.train.global_batch_size,
+                lambda: 1.0,
+                phi: 0.3,
+                embedding_optimizer: cfg.train.embedding_optimizer,
+                seed: 5,
+                step: step as u64,
+                first_sample: batch.first_position,
+            };
+            train_step(&net, &mut t, &mut adam, &batch, &ctx).unwrap();
+        }
+        t.names
+            .iter()
+            .cloned()
+            .zip(t.tensors.iter().map(|x| Vec::<f32>::try_from(x.flatten(0, -1)).unwrap()))
+            .collect::<Vec<_>>()
+    });
+    results.into_iter().next().unwrap()
+}
+
+#[test]
+fn n_thread_ranks_end_where_one_rank_with_the_whole_batch_ends() {
+    // Wide&Deep has no batch statistics (PReLU head); with MICN on, its routing, negatives and
+    // the global-positive normalisation must make 2 and 3 ranks × b equal 1 rank × N·b.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &["model.kind=wide_deep", "model.wide_buckets=4096"]);
+    let one = parameters_after(&cfg, 1);
+    for world in [2, 3] {
+        let many = parameters_after(&cfg, world);
+        for ((name, a), (_, b)) in one.iter().zip(&many) {
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-5 * scale, "{world} ranks, {name}: relative difference {}", diff / scale);
+        }
     }
 }
