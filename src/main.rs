@@ -212,10 +212,24 @@ struct PrepareArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let (comm, mpi_versions) = match start_comm(cli.comm) {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(cli.log_format, comm.rank());
+    match run(cli.command, comm.as_ref(), mpi_versions) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if comm.size() > 1 {
+                eprintln!("error: rank {}: {e:#}", comm.rank());
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            // Peers may wait in a collective for this rank: stop the whole job.
+            comm.abort(1);
             ExitCode::FAILURE
         }
     }
@@ -223,6 +237,7 @@ fn main() -> ExitCode {
 
 /// The communicator with, for MPI, the library's version strings.
 fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option<MpiInfo>)> {
+    dist::check_mpi_built(backend.wants_mpi(), cfg!(feature = "mpi"))?;
     if !backend.wants_mpi() {
         return Ok((Box::new(dist::SingleProcess), None));
     }
@@ -235,20 +250,18 @@ fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option
         Ok((Box::new(comm), Some(versions)))
     }
     #[cfg(not(feature = "mpi"))]
-    Err(dist::CommError::MpiNotBuilt.into())
+    unreachable!("check_mpi_built refused MPI in a build without it")
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let (comm, mpi_versions) = start_comm(cli.comm)?;
-    logging::init(cli.log_format, comm.rank());
+fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>) -> anyhow::Result<()> {
     tracing::debug!(
         backend = comm.backend(),
         world_size = comm.size(),
         local_rank = comm.local_rank(),
         "communicator ready"
     );
-    match cli.command {
-        Command::Doctor { json, check_comm } => doctor(comm.as_ref(), mpi_versions, json, check_comm)?,
+    match command {
+        Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm)?,
         Command::Synth(args) => synth(args)?,
         Command::Bench { command: BenchCommand::Quality { work_dir, users, items, clusters, seeds, epochs, lr } } => {
             use micn::bench::quality;
@@ -289,7 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train { config, sets } => {
             let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let cfg = micn::config::Config::load(Some(&config), &overrides)?;
-            let summary = micn::train::train(&cfg, comm.as_ref())?;
+            let summary = micn::train::train(&cfg, comm)?;
             if comm.rank() == 0 {
                 println!(
                     "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}",
@@ -305,7 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Eval { run, data, json } => {
-            let result = micn::train::trainer::eval_run(&run, data.as_deref(), comm.as_ref())?;
+            let result = micn::train::trainer::eval_run(&run, data.as_deref(), comm)?;
             if comm.rank() == 0 {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -86,6 +86,18 @@ pub trait Communicator {
     fn broadcast_bytes(&self, root: usize, buf: &mut [u8]) -> Result<()>;
     /// Return once every rank has entered.
     fn barrier(&self) -> Result<()>;
+
+    /// Stop the whole job after an error on this rank, so that peers waiting in a collective do
+    /// not hang. MPI aborts every rank; the other back-ends return and let the error propagate.
+    fn abort(&self, _code: i32) {}
+}
+
+/// Whether this build can give what was asked: MPI wanted but not built is an error at start-up.
+pub fn check_mpi_built(wants_mpi: bool, built_with_mpi: bool) -> Result<()> {
+    if wants_mpi && !built_with_mpi {
+        return Err(CommError::MpiNotBuilt);
+    }
+    Ok(())
 }
 
 /// Typed collectives over any communicator (u32, i64, f32, u8, ... — any plain-old-data type).
@@ -131,6 +143,19 @@ pub enum Backend {
 /// True when the environment says this process was started by an MPI launcher.
 pub fn launched_by_mpirun() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"].iter().any(|k| std::env::var_os(k).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asking_for_mpi_from_a_build_without_it_is_a_clear_error() {
+        let e = check_mpi_built(true, false).unwrap_err().to_string();
+        assert!(e.contains("without the `mpi` feature") && e.contains("--features mpi"), "{e}");
+        assert!(check_mpi_built(true, true).is_ok());
+        assert!(check_mpi_built(false, false).is_ok());
+    }
 }
 
 impl Backend {

@@ -104,4 +104,10 @@ impl Communicator for MpiCommunicator {
         self.world.barrier();
         Ok(())
     }
+
+    fn abort(&self, code: i32) {
+        if self.size() > 1 {
+            self.world.abort(code);
+        }
+    }
 }

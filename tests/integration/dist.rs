@@ -134,3 +134,57 @@ fn n_thread_ranks_end_where_one_rank_with_the_whole_batch_ends() {
         }
     }
 }
+
+fn write_config(path: &std::path::Path, cfg: &Config) {
+    std::fs::write(path, cfg.to_toml()).unwrap();
+}
+
+#[test]
+fn mpirun_two_ranks_match_two_thread_ranks_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["model.kind=wide_deep", "model.wide_buckets=4096", "train.max_steps=5"];
+    let threads_cfg = config(&tmp.path().join("threads"), &args);
+    let summaries = ThreadRanks::run(2, |comm| train(&threads_cfg, &comm).unwrap());
+    let mpi_cfg = config(&tmp.path().join("mpi"), &args);
+    let path = tmp.path().join("mpi.toml");
+    write_config(&path, &mpi_cfg);
+    crate::run_ok(crate::mpirun(2).arg(crate::micn_bin()).args(["train", "--config"]).arg(&path));
+    let text = std::fs::read_to_string(tmp.path().join("mpi").join("summary.json")).unwrap();
+    let mpi: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(mpi["world_size"], 2);
+    assert_eq!(
+        mpi["replica_digest"],
+        summaries[0].replica_digest.as_str(),
+        "MPI and thread ranks computed the same bits"
+    );
+}
+
+#[test]
+fn a_rank_that_fails_stops_the_mpirun_job_with_its_message() {
+    // Rank 1 is given a dataset that does not exist (as on a node without the data); rank 0
+    // would wait for it in the first collective. The job must end, not hang, and say why.
+    let tmp = tempfile::tempdir().unwrap();
+    let good = config(&tmp.path().join("run"), &["train.max_steps=5"]);
+    let mut bad = good.clone();
+    bad.data.dir = tmp.path().join("no-such-dataset");
+    let (good_path, bad_path) = (tmp.path().join("good.toml"), tmp.path().join("bad.toml"));
+    write_config(&good_path, &good);
+    write_config(&bad_path, &bad);
+    let mut cmd = crate::mpirun(1);
+    cmd.arg(crate::micn_bin()).args(["train", "--config"]).arg(&good_path);
+    cmd.args([":", "-np", "1"]).arg(crate::micn_bin()).args(["train", "--config"]).arg(&bad_path);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("the job hung after one rank failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: rank 1:") && stderr.contains("no-such-dataset"), "{stderr}");
+}
