@@ -10,11 +10,9 @@ use tch::Device;
 
 use super::throughput::{random_batch, ThroughputOptions};
 use crate::config::{Config, ModelKind};
-use crate::data::amazon::Release;
-use crate::data::input::Strictness;
-use crate::data::prepare::{prepare_amazon, AmazonJob};
+use crate::data::prepare::synthetic_dataset;
 use crate::data::protocol::Protocol;
-use crate::data::synth::{self, Preset, SynthConfig};
+use crate::data::synth::{Preset, SynthConfig};
 use crate::dist::SingleProcess;
 use crate::model::embeddings::Vocab;
 use crate::rng::Rng;
@@ -89,25 +87,9 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     let bytes_10k = bytes_per_step(10_000)?;
     let bytes_1m = bytes_per_step(1_000_000)?;
 
-    let data = opts.work_dir.join("data");
-    if !data.join("dataset.json").exists() {
-        let raw = opts.work_dir.join("raw");
-        let cfg = SynthConfig { users: opts.users, items: opts.items, clusters: 200, ..Preset::Quickstart.config(1) };
-        synth::generate(&cfg, &raw)?;
-        let job = AmazonJob {
-            release: Release::Amazon2014,
-            reviews: raw.join(synth::REVIEWS_FILE),
-            meta: raw.join(synth::META_FILE),
-            protocol: Protocol::Din,
-            max_hist_len: 20,
-            seed: 1,
-            strictness: Strictness::Lenient,
-            oracle: None,
-        };
-        prepare_amazon(&job, &data)?;
-    }
-    let mut cfg = Config::default();
-    cfg.device = crate::config::Device::Cpu;
+    let synth_cfg = SynthConfig { users: opts.users, items: opts.items, clusters: 200, ..Preset::Quickstart.config(1) };
+    let data = synthetic_dataset(&synth_cfg, Protocol::Din, 20, &opts.work_dir)?;
+    let mut cfg = Config { device: crate::config::Device::Cpu, ..Default::default() };
     cfg.data.dir = data;
     cfg.model.kind = ModelKind::Din;
     cfg.train.max_steps = Some(opts.steps);

@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::{Config, Device, ModelKind};
-use crate::data::amazon::Release;
-use crate::data::input::Strictness;
-use crate::data::prepare::{prepare_amazon, AmazonJob};
+use crate::data::prepare::synthetic_dataset;
 use crate::data::protocol::Protocol;
-use crate::data::synth::{self, Preset, SynthConfig};
+use crate::data::synth::{Preset, SynthConfig};
 use crate::dist::SingleProcess;
 use crate::train::{train, TrainError};
 
@@ -81,23 +79,7 @@ fn prepare(opts: &QualityOptions) -> Result<(SynthConfig, PathBuf), TrainError> 
         categories: opts.categories,
         ..Preset::BooksLike.config(1)
     };
-    let raw = opts.work_dir.join("raw");
-    let data = opts.work_dir.join("data");
-    if !data.join("dataset.json").exists() {
-        synth::generate(&synth_cfg, &raw)?;
-        let job = AmazonJob {
-            release: Release::Amazon2014,
-            reviews: raw.join(synth::REVIEWS_FILE),
-            meta: raw.join(synth::META_FILE),
-            protocol: Protocol::Dien,
-            max_hist_len: 20,
-            seed: 1,
-            strictness: Strictness::Lenient,
-            oracle: None,
-        };
-        prepare_amazon(&job, &data)?;
-        let _ = std::fs::remove_dir_all(&raw);
-    }
+    let data = synthetic_dataset(&synth_cfg, Protocol::Dien, 20, &opts.work_dir)?;
     Ok((synth_cfg, data))
 }
 
@@ -133,8 +115,7 @@ pub fn run(opts: &QualityOptions) -> Result<QualityReport, TrainError> {
 }
 
 fn config(opts: &QualityOptions, data: &Path, kind: ModelKind, micn: bool, seed: u64, run: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.device = Device::Cpu;
+    let mut cfg = Config { device: Device::Cpu, ..Default::default() };
     cfg.data.dir = data.to_path_buf();
     cfg.data.max_hist_len = 20;
     cfg.model.kind = kind;

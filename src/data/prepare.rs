@@ -417,3 +417,32 @@ impl Issues {
         self.total() > 0
     }
 }
+
+/// A prepared synthetic dataset at `work_dir/data` (generated from `synth` through the raw 2014
+/// files and the normal preparation, the raw files removed afterwards); reused when present.
+pub fn synthetic_dataset(
+    synth_cfg: &synth::SynthConfig,
+    protocol: Protocol,
+    max_hist_len: usize,
+    work_dir: &Path,
+) -> Result<PathBuf, DataError> {
+    let data = work_dir.join("data");
+    if data.join("dataset.json").exists() {
+        return Ok(data);
+    }
+    let raw = work_dir.join("raw");
+    synth::generate(synth_cfg, &raw)?;
+    let job = AmazonJob {
+        release: Release::Amazon2014,
+        reviews: raw.join(synth::REVIEWS_FILE),
+        meta: raw.join(synth::META_FILE),
+        protocol,
+        max_hist_len,
+        seed: synth_cfg.seed,
+        strictness: Strictness::Lenient,
+        oracle: None,
+    };
+    prepare_amazon(&job, &data)?;
+    std::fs::remove_dir_all(&raw).map_err(|source| DataError::Io { path: raw.clone(), source })?;
+    Ok(data)
+}

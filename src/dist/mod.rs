@@ -145,6 +145,17 @@ pub fn launched_by_mpirun() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"].iter().any(|k| std::env::var_os(k).is_some())
 }
 
+impl Backend {
+    /// Whether this choice means initialising MPI, given the environment.
+    pub fn wants_mpi(self) -> bool {
+        match self {
+            Backend::Auto => launched_by_mpirun(),
+            Backend::Single => false,
+            Backend::Mpi => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,16 +166,5 @@ mod tests {
         assert!(e.contains("without the `mpi` feature") && e.contains("--features mpi"), "{e}");
         assert!(check_mpi_built(true, true).is_ok());
         assert!(check_mpi_built(false, false).is_ok());
-    }
-}
-
-impl Backend {
-    /// Whether this choice means initialising MPI, given the environment.
-    pub fn wants_mpi(self) -> bool {
-        match self {
-            Backend::Auto => launched_by_mpirun(),
-            Backend::Single => false,
-            Backend::Mpi => true,
-        }
     }
 }

@@ -6,8 +6,7 @@ use std::sync::OnceLock;
 
 use micn::config::{Config, Device as DeviceChoice, ModelKind, Override};
 use micn::data::batch::{Batch, NoClickSampler};
-use micn::data::input::Strictness;
-use micn::data::prepare::{prepare_amazon, AmazonJob};
+use micn::data::prepare::synthetic_dataset;
 use micn::data::protocol::Protocol;
 use micn::data::synth::{self, SynthConfig};
 use micn::data::Dataset;
@@ -27,19 +26,7 @@ pub fn dataset_dir() -> &'static Path {
         let tmp = tempfile::tempdir().unwrap();
         let cfg =
             SynthConfig { users: 300, items: 150, clusters: 10, categories: 6, ..synth::Preset::Quickstart.config(4) };
-        synth::generate(&cfg, &tmp.path().join("raw")).unwrap();
-        let job = AmazonJob {
-            release: micn::data::amazon::Release::Amazon2014,
-            reviews: tmp.path().join("raw").join(synth::REVIEWS_FILE),
-            meta: tmp.path().join("raw").join(synth::META_FILE),
-            protocol: Protocol::Din,
-            max_hist_len: 10,
-            seed: 1,
-            strictness: Strictness::Lenient,
-            oracle: None,
-        };
-        let out = tmp.path().join("data");
-        prepare_amazon(&job, &out).unwrap();
+        let out = synthetic_dataset(&cfg, Protocol::Din, 10, tmp.path()).unwrap();
         (tmp, out)
     })
     .1
@@ -137,12 +124,11 @@ fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
     let out = net.main.forward(&embedded.main, true);
     let mut loss = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b;
     if let Some(aux) = &out.aux_loss {
-        loss = loss + aux.sum(Kind::Float) / b;
+        loss += aux.sum(Kind::Float) / b;
     }
     if let (Some(m), Some(aux)) = (&net.micn, &embedded.aux) {
         let positives = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| l > 0.5 && i >= 1).count() as f64;
-        loss =
-            loss + m.loss(&net.embeddings, aux, &ids.items, &labels, step_seed(&ctx), positives).unwrap().loss * lambda;
+        loss += m.loss(&net.embeddings, aux, &ids.items, &labels, step_seed(&ctx), positives).unwrap().loss * lambda;
     }
     let grads = Tensor::run_backward(&[&loss], &t.tensors, false, false);
     grads
@@ -209,7 +195,7 @@ fn e_orig_never_gets_micn_gradient_and_micn_never_gets_main_gradient() {
             VarGroup::Shared => {}
         }
     }
-    assert!(groups.iter().any(|g| *g == VarGroup::Aux) && groups.iter().any(|g| *g == VarGroup::Orig));
+    assert!(groups.contains(&VarGroup::Aux) && groups.contains(&VarGroup::Orig));
 }
 
 #[test]
