@@ -83,29 +83,154 @@ impl Dice {
     /// # Shapes
     /// `xs [.., width]` → same
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        let (mean, var) = if train {
+        let (mean, var) = if !train {
+            (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
+        } else if let Some(stats) = batch_stats::global(xs) {
+            self.update_running(&stats.0, &stats.1);
+            stats
+        } else {
             let width = *xs.size().last().expect("Dice needs at least one dimension");
             let flat = xs.reshape([-1, width]); // [n, width]
             let mean = flat.mean_dim(0, false, flat.kind());
             let var = (&flat - &mean).square().mean_dim(0, false, flat.kind());
-            tch::no_grad(|| {
-                let keep = DICE_MOMENTUM;
-                let mut running_mean = self.running_mean.shallow_clone();
-                let mut running_var = self.running_var.shallow_clone();
-                running_mean.copy_(&(&self.running_mean * keep + mean.detach() * (1.0 - keep)));
-                running_var.copy_(&(&self.running_var * keep + var.detach() * (1.0 - keep)));
-            });
+            self.update_running(&mean, &var);
             (mean, var)
-        } else {
-            (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
         };
         let p = ((xs - mean) / (var + DICE_EPS).sqrt()).sigmoid();
         &p * xs + (1.0 - &p) * &self.alpha * xs
     }
 
+    fn update_running(&self, mean: &Tensor, var: &Tensor) {
+        tch::no_grad(|| {
+            let keep = DICE_MOMENTUM;
+            let mut running_mean = self.running_mean.shallow_clone();
+            let mut running_var = self.running_var.shallow_clone();
+            running_mean.copy_(&(&self.running_mean * keep + mean.detach() * (1.0 - keep)));
+            running_var.copy_(&(&self.running_var * keep + var.detach() * (1.0 - keep)));
+        });
+    }
+
     /// The running `(mean, variance)`.
     pub fn running_stats(&self) -> (Tensor, Tensor) {
         (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
+    }
+}
+
+/// Batch statistics over every data-parallel rank (synchronised batch normalisation), for Dice.
+///
+/// While a training step runs inside [`batch_stats::synchronised`], every Dice layer takes the
+/// mean and variance of its input over the **global** batch: its local sums are combined through
+/// the given reducer (an all-reduce), and the statistics enter the graph as leaf tensors. The
+/// step then completes the gradient through them in a second backward pass
+/// ([`batch_stats::Trace::correction`]) with the global `∂L/∂mean` and `∂L/∂var`, so that N ranks
+/// × b samples compute exactly what one rank with N·b samples computes. Outside that scope Dice
+/// uses its own input's statistics, as usual.
+pub mod batch_stats {
+    use std::cell::RefCell;
+    use tch::{Kind, Tensor};
+
+    /// Sums host values over every rank, in place.
+    pub trait Reducer {
+        fn sum(&self, values: &mut [f32]) -> Result<(), String>;
+    }
+
+    /// What the second backward pass needs from one Dice layer.
+    pub struct Trace {
+        /// Local `Σ x` and `Σ (x − mean)²` over the layer's input rows, `[width]`, in the graph
+        /// (`mean` the global mean, held constant).
+        pub local_sum: Tensor,
+        pub local_centered_sq: Tensor,
+        /// The global statistics as leaves (their gradients are `∂L_local/∂mean`, `/∂var`).
+        pub mean_leaf: Tensor,
+        pub var_leaf: Tensor,
+        /// Rows over all ranks.
+        pub global_rows: f64,
+    }
+
+    impl Trace {
+        /// The surrogate whose gradient is the missing part: given the global `∂L/∂mean` and
+        /// `∂L/∂var`, `∂/∂x_i = g_mean/N + g_var·2·(x_i − mean)/N` for every local row `x_i`
+        /// (the variance's path through the mean sums to zero over the global batch).
+        pub fn correction(&self, g_mean: &Tensor, g_var: &Tensor) -> Tensor {
+            let n = self.global_rows;
+            (g_mean * &self.local_sum).sum(Kind::Float) / n + (g_var * &self.local_centered_sq).sum(Kind::Float) / n
+        }
+    }
+
+    struct Scope {
+        reducer: *const (dyn Reducer + 'static),
+        traces: Vec<Trace>,
+        error: Option<String>,
+    }
+
+    thread_local! {
+        static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+    }
+
+    /// Run `f` (a training forward pass) with Dice statistics combined by `reducer`; returns
+    /// `f`'s result and the traces of every Dice layer that ran, or the reducer's error.
+    pub fn synchronised<R>(reducer: &dyn Reducer, f: impl FnOnce() -> R) -> Result<(R, Vec<Trace>), String> {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                SCOPE.with(|s| *s.borrow_mut() = None);
+            }
+        }
+        // SAFETY: the pointer is only dereferenced inside `f`, while `reducer` is borrowed by
+        // this call, and `Reset` clears it before we return (also on panic).
+        let reducer: *const (dyn Reducer + 'static) = unsafe { std::mem::transmute(reducer as *const dyn Reducer) };
+        SCOPE.with(|s| *s.borrow_mut() = Some(Scope { reducer, traces: Vec::new(), error: None }));
+        let reset = Reset;
+        let out = f();
+        let scope = SCOPE.with(|s| s.borrow_mut().take()).expect("scope set above");
+        drop(reset);
+        match scope.error {
+            Some(e) => Err(e),
+            None => Ok((out, scope.traces)),
+        }
+    }
+
+    /// The global `(mean, var)` of `xs`'s rows as leaves, when inside [`synchronised`].
+    pub(super) fn global(xs: &Tensor) -> Option<(Tensor, Tensor)> {
+        SCOPE.with(|s| {
+            let mut guard = s.borrow_mut();
+            let scope = guard.as_mut()?;
+            let width = *xs.size().last().expect("Dice needs at least one dimension");
+            let flat = xs.reshape([-1, width]).to_kind(Kind::Float);
+            let local_sum = flat.sum_dim_intlist(0, false, Kind::Float);
+            // SAFETY: see `synchronised`.
+            let reducer = unsafe { &*scope.reducer };
+            let to_host = |t: &Tensor| Vec::<f32>::try_from(t.detach().to_device(tch::Device::Cpu)).expect("f32");
+            // Two rounds (sum, then centred squares) keep the variance accurate in f32.
+            let mut sums = to_host(&local_sum);
+            sums.push(flat.size()[0] as f32);
+            if let Err(e) = reducer.sum(&mut sums) {
+                scope.error.get_or_insert(e);
+                return None;
+            }
+            let w = width as usize;
+            let n = sums[w] as f64;
+            let mean: Vec<f32> = sums[..w].iter().map(|&s| (s as f64 / n) as f32).collect();
+            let mean_const = Tensor::from_slice(&mean).to_device(xs.device());
+            let local_centered_sq = (&flat - &mean_const).square().sum_dim_intlist(0, false, Kind::Float);
+            let mut squares = to_host(&local_centered_sq);
+            if let Err(e) = reducer.sum(&mut squares) {
+                scope.error.get_or_insert(e);
+                return None;
+            }
+            let var: Vec<f32> = squares.iter().map(|&q| (q as f64 / n) as f32).collect();
+            let device = xs.device();
+            let mean_leaf = Tensor::from_slice(&mean).to_device(device).set_requires_grad(true);
+            let var_leaf = Tensor::from_slice(&var).to_device(device).set_requires_grad(true);
+            scope.traces.push(Trace {
+                local_sum,
+                local_centered_sq,
+                mean_leaf: mean_leaf.shallow_clone(),
+                var_leaf: var_leaf.shallow_clone(),
+                global_rows: n,
+            });
+            Some((mean_leaf, var_leaf))
+        })
     }
 }
 
@@ -492,5 +617,44 @@ mod tests {
             "head.output.weight",
         ];
         assert_eq!(names, expected);
+    }
+}
+
+#[cfg(test)]
+mod batch_stats_tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    struct Identity;
+    impl batch_stats::Reducer for Identity {
+        fn sum(&self, _values: &mut [f32]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn synchronised_statistics_on_one_rank_give_the_ordinary_gradient() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let dice = Dice::new(&vs.root(), 4);
+        tch::no_grad(|| {
+            dice.alpha.shallow_clone().copy_(&Tensor::from_slice(&[0.3f32, -0.2, 0.5, 0.1]));
+        });
+        let x = (Tensor::randn([6, 4], (Kind::Float, Device::Cpu)) * 2.0 + 1.0).set_requires_grad(true);
+        let w = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
+        let plain = (dice.forward(&x, true) * &w).sum(Kind::Float);
+        let expected = Tensor::run_backward(&[&plain], &[&x, &dice.alpha], false, false);
+
+        let (y, traces) = batch_stats::synchronised(&Identity, || dice.forward(&x, true)).unwrap();
+        let loss = (y * &w).sum(Kind::Float);
+        let tr = &traces[0];
+        let g = Tensor::run_backward(&[&loss], &[&x, &dice.alpha, &tr.mean_leaf, &tr.var_leaf], true, false);
+        let correction = tr.correction(&g[2], &g[3]);
+        let extra = Tensor::run_backward(&[&correction], &[&x], false, false);
+        let x_grad = &g[0] + &extra[0];
+        let diff = (&x_grad - &expected[0]).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "x gradient differs by {diff}");
+        let diff = (&g[1] - &expected[1]).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "alpha gradient differs by {diff}");
     }
 }

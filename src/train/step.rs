@@ -12,6 +12,7 @@ use crate::config::EmbeddingOptimizer;
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
+use crate::model::layers::batch_stats;
 use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
 
 /// A failed step.
@@ -23,6 +24,17 @@ pub enum StepError {
     Comm(#[from] dist::CommError),
     #[error(transparent)]
     Micn(#[from] crate::micn::MicnError),
+    #[error("combining Dice's batch statistics over ranks: {0}")]
+    Stats(String),
+}
+
+/// Dice's statistics summed over every rank through the communicator.
+struct CommReducer<'a>(&'a dyn Communicator);
+
+impl batch_stats::Reducer for CommReducer<'_> {
+    fn sum(&self, values: &mut [f32]) -> Result<(), String> {
+        self.0.all_reduce_sum_f32(values).map_err(|e| e.to_string())
+    }
 }
 
 /// The trainable variables in a fixed order (by name), with their update rule.
@@ -104,6 +116,68 @@ fn backward(loss: &Tensor, t: &Trainable, which: &[usize], keep_graph: bool) -> 
     host_grads(t, which, &grads)
 }
 
+/// The main-task gradient with Dice's statistics taken over the global batch. A first backward
+/// pass holds the statistics fixed (and yields this rank's `∂L/∂mean`, `∂L/∂var`, summed over
+/// ranks); then, from the last Dice layer to the first, a pass through each layer's statistics
+/// adds its path to the parameters and to the statistics of the layers before it (a later
+/// layer's statistics depend on an earlier layer's output).
+fn main_backward(
+    loss: &Tensor,
+    t: &Trainable,
+    which: &[usize],
+    traces: &[batch_stats::Trace],
+    comm: &dyn Communicator,
+    keep_graph: bool,
+) -> Result<TaskGrads, StepError> {
+    if traces.is_empty() {
+        return Ok(backward(loss, t, which, keep_graph));
+    }
+    let params: Vec<&Tensor> = which.iter().map(|&i| &t.tensors[i]).collect();
+    let leaves = |upto: usize| traces[..upto].iter().flat_map(|tr| [&tr.mean_leaf, &tr.var_leaf]).collect::<Vec<_>>();
+    // Global ∂L/∂(mean, var) of every layer, flattened in trace order.
+    let widths: Vec<usize> = traces.iter().map(|tr| tr.mean_leaf.numel()).collect();
+    let starts: Vec<usize> = widths
+        .iter()
+        .scan(0, |acc, w| {
+            let start = *acc;
+            *acc += 2 * w;
+            Some(start)
+        })
+        .collect();
+    let host = |grads: &[Tensor], upto: usize| -> Vec<f32> {
+        let mut flat = Vec::new();
+        for (g, leaf) in grads.iter().zip(leaves(upto)) {
+            let g = if g.defined() { g.shallow_clone() } else { leaf.zeros_like() };
+            flat.extend(Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32"));
+        }
+        flat
+    };
+
+    let mut inputs = params.clone();
+    inputs.extend(leaves(traces.len()));
+    let grads = Tensor::run_backward(&[loss], &inputs, true, false);
+    let mut total = host_grads(t, which, &grads[..which.len()]);
+    let mut stat_grads = host(&grads[which.len()..], traces.len());
+    comm.all_reduce_sum_f32(&mut stat_grads)?;
+
+    for k in (0..traces.len()).rev() {
+        let device = traces[k].mean_leaf.device();
+        let slice = |from: usize| Tensor::from_slice(&stat_grads[from..from + widths[k]]).to_device(device);
+        let surrogate = traces[k].correction(&slice(starts[k]), &slice(starts[k] + widths[k]));
+        let mut inputs = params.clone();
+        inputs.extend(leaves(k));
+        let last = k == 0;
+        let grads = Tensor::run_backward(&[&surrogate], &inputs, !last || keep_graph, false);
+        total = total.plus(host_grads(t, which, &grads[..which.len()]));
+        if k > 0 {
+            let mut earlier = host(&grads[which.len()..], k);
+            comm.all_reduce_sum_f32(&mut earlier)?;
+            stat_grads[..earlier.len()].iter_mut().zip(&earlier).for_each(|(a, b)| *a += b);
+        }
+    }
+    Ok(total)
+}
+
 /// Dense gradients flattened in variable order (zeros where a variable got none), tables as rows.
 fn host_grads(t: &Trainable, which: &[usize], grads: &[Tensor]) -> TaskGrads {
     let mut out = TaskGrads::default();
@@ -158,7 +232,7 @@ pub fn train_step(
     ctx: &StepContext<'_>,
 ) -> Result<StepStats, StepError> {
     let (grads, stats) = gradients(net, t, batch, ctx)?;
-    apply(t, adam, grads, ctx)?;
+    apply(t, adam, grads, ctx);
     Ok(stats)
 }
 
@@ -182,9 +256,13 @@ pub fn gradients(
     ctx.comm.all_reduce_sum_f32(&mut counts)?;
     let mut comm_seconds = comm_started.elapsed().as_secs_f64();
 
-    // Forward.
-    let embedded = net.embeddings.forward(&ids);
-    let out = net.main.forward(&embedded.main, true);
+    // Forward, with Dice's batch statistics over the global batch.
+    let ((embedded, out), traces) = batch_stats::synchronised(&CommReducer(ctx.comm), || {
+        let embedded = net.embeddings.forward(&ids);
+        let out = net.main.forward(&embedded.main, true);
+        (embedded, out)
+    })
+    .map_err(StepError::Stats)?;
     let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
     let dien_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
     let main_loss = match &dien_aux {
@@ -201,7 +279,7 @@ pub fn gradients(
     // Two backward passes: main into Orig + Shared, λ·aux into Aux + Shared.
     let main_vars = t.indices(&[VarGroup::Orig, VarGroup::Shared]);
     let aux_vars = t.indices(&[VarGroup::Aux, VarGroup::Shared]);
-    let main_grads = backward(&main_loss, t, &main_vars, micn.is_some());
+    let main_grads = main_backward(&main_loss, t, &main_vars, &traces, ctx.comm, micn.is_some())?;
     let aux_grads = match &micn {
         Some(loss) => backward(&(loss * ctx.lambda), t, &aux_vars, false),
         None => host_grads(t, &aux_vars, &[]),
@@ -266,8 +344,8 @@ pub fn step_seed(ctx: &StepContext<'_>) -> StepSeed {
     StepSeed { seed, first_sample: ctx.first_sample }
 }
 
-/// The Adam update with the combined gradients, then the buffers made identical across ranks.
-pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &StepContext<'_>) -> Result<(), StepError> {
+/// The Adam update with the combined gradients.
+pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &StepContext<'_>) {
     let bc = adam.begin_step();
     for (i, g) in grads.into_iter().enumerate() {
         let var = &mut t.tensors[i];
@@ -288,32 +366,7 @@ pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &Step
             }
         }
     }
-    // Running statistics (Dice) are updated from local batches; averaging keeps ranks identical.
-    if ctx.comm.size() > 1 {
-        sync_buffers_mean(ctx.comm, &t.buffers)?;
-    }
-    Ok(())
-}
-
-/// Replace every buffer by its mean over ranks.
-fn sync_buffers_mean(comm: &dyn Communicator, buffers: &[(String, Tensor)]) -> dist::Result<()> {
-    let mut flat: Vec<f32> = Vec::new();
-    for (_, b) in buffers {
-        flat.extend(Vec::<f32>::try_from(b.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32"));
-    }
-    comm.all_reduce_sum_f32(&mut flat)?;
-    let n = comm.size() as f32;
-    let mut offset = 0;
-    for (_, b) in buffers {
-        let len = b.numel();
-        let mean: Vec<f32> = flat[offset..offset + len].iter().map(|x| x / n).collect();
-        offset += len;
-        tch::no_grad(|| {
-            let mut b = b.shallow_clone();
-            b.copy_(&Tensor::from_slice(&mean).view(b.size().as_slice()).to_device(b.device()));
-        });
-    }
-    Ok(())
+    // Dice's running statistics follow the global batch statistics: identical on every rank.
 }
 
 /// Make every rank start from rank 0's parameters and buffers.

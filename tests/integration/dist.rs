@@ -120,17 +120,30 @@ fn parameters_after(cfg: &Config, world: usize) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn n_thread_ranks_end_where_one_rank_with_the_whole_batch_ends() {
-    // Wide&Deep has no batch statistics (PReLU head); with MICN on, its routing, negatives and
-    // the global-positive normalisation must make 2 and 3 ranks × b equal 1 rank × N·b.
+    // With MICN on (and DIEN's auxiliary loss for DIEN): routing logits keyed by global sample,
+    // shared negatives, global-count normalisation and Dice's statistics over the global batch
+    // make 2 and 3 ranks × b samples equal 1 rank × N·b.
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &["model.kind=wide_deep", "model.wide_buckets=4096"]);
-    let one = parameters_after(&cfg, 1);
-    for world in [2, 3] {
-        let many = parameters_after(&cfg, world);
-        for ((name, a), (_, b)) in one.iter().zip(&many) {
-            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(diff <= 1e-5 * scale, "{world} ranks, {name}: relative difference {}", diff / scale);
+    for kind in ["wide_deep", "din", "dien"] {
+        let kind_set = format!("model.kind={kind}");
+        let cfg = config(tmp.path(), &[&kind_set, "model.wide_buckets=4096"]);
+        let one = parameters_after(&cfg, 1);
+        for world in [2, 3] {
+            let many = parameters_after(&cfg, world);
+            for ((name, a), (_, b)) in one.iter().zip(&many) {
+                // A softmax over the history ignores a shift of all scores, so the attention
+                // MLP's output bias has a gradient of exactly zero in theory: what it gets is
+                // rounding noise, which Adam turns into lr-sized steps of either sign.
+                if name.ends_with("attention.mlp.output.bias") {
+                    continue;
+                }
+                // Relative to the tensor's largest value, or absolute for tensors whose values
+                // are all below 1 (biases near zero, where Adam turns rounding-level gradients
+                // into lr-sized steps).
+                let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+                let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(diff <= 1e-5 * scale, "{kind}, {world} ranks, {name}: difference {diff} at scale {scale}");
+            }
         }
     }
 }
