@@ -155,7 +155,7 @@ fn write_config(path: &std::path::Path, cfg: &Config) {
 #[test]
 fn mpirun_two_ranks_match_two_thread_ranks_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = ["model.kind=wide_deep", "model.wide_buckets=4096", "train.max_steps=5"];
+    let args = ["model.kind=dien", "train.max_steps=5"];
     let threads_cfg = config(&tmp.path().join("threads"), &args);
     let summaries = ThreadRanks::run(2, |comm| train(&threads_cfg, &comm).unwrap());
     let mpi_cfg = config(&tmp.path().join("mpi"), &args);
