@@ -125,20 +125,6 @@ pub struct TaskGrads {
     pub tables: Vec<RowGrads>,
 }
 
-impl TaskGrads {
-    /// The element-wise sum of two gradients of the same variables.
-    pub fn plus(self, other: TaskGrads) -> TaskGrads {
-        let dense = self.dense.iter().zip(&other.dense).map(|(a, b)| a + b).collect();
-        let tables = self
-            .tables
-            .iter()
-            .zip(&other.tables)
-            .map(|(a, b)| RowGrads::merge([(&a.ids[..], &a.rows[..]), (&b.ids[..], &b.rows[..])], a.dim))
-            .collect();
-        TaskGrads { dense, tables }
-    }
-}
-
 /// Exchange both tasks' gradients: sum over ranks. With one rank the result equals the input
 /// (and the same code runs).
 pub fn exchange(comm: &dyn Communicator, main: TaskGrads, aux: TaskGrads) -> dist::Result<(TaskGrads, TaskGrads)> {

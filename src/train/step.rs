@@ -116,11 +116,11 @@ fn backward(loss: &Tensor, t: &Trainable, which: &[usize], keep_graph: bool) -> 
     host_grads(t, which, &grads)
 }
 
-/// The main-task gradient with Dice's statistics taken over the global batch. A first backward
-/// pass holds the statistics fixed (and yields this rank's `∂L/∂mean`, `∂L/∂var`, summed over
-/// ranks); then, from the last Dice layer to the first, a pass through each layer's statistics
-/// adds its path to the parameters and to the statistics of the layers before it (a later
-/// layer's statistics depend on an earlier layer's output).
+/// The main-task gradient with Dice's statistics taken over the global batch. First the
+/// gradient of the loss with respect to every Dice layer's statistics (a short pass through the
+/// head only), summed over ranks; then, from the last Dice layer to the first, the part each
+/// layer's statistics pass on to the statistics of the layers before it (also summed over ranks);
+/// finally one full backward pass of the loss plus every layer's path through its statistics.
 fn main_backward(
     loss: &Tensor,
     t: &Trainable,
@@ -132,9 +132,7 @@ fn main_backward(
     if traces.is_empty() {
         return Ok(backward(loss, t, which, keep_graph));
     }
-    let params: Vec<&Tensor> = which.iter().map(|&i| &t.tensors[i]).collect();
     let leaves = |upto: usize| traces[..upto].iter().flat_map(|tr| [&tr.mean_leaf, &tr.var_leaf]).collect::<Vec<_>>();
-    // Global ∂L/∂(mean, var) of every layer, flattened in trace order.
     let widths: Vec<usize> = traces.iter().map(|tr| tr.mean_leaf.numel()).collect();
     let starts: Vec<usize> = widths
         .iter()
@@ -144,38 +142,30 @@ fn main_backward(
             Some(start)
         })
         .collect();
-    let host = |grads: &[Tensor], upto: usize| -> Vec<f32> {
+    // Gradients with respect to the statistics of the first `upto` layers, summed over ranks.
+    let global_stat_grads = |of: &Tensor, upto: usize| -> Result<Vec<f32>, StepError> {
+        let targets = leaves(upto);
+        let grads = Tensor::run_backward(&[of], &targets, true, false);
         let mut flat = Vec::new();
-        for (g, leaf) in grads.iter().zip(leaves(upto)) {
+        for (g, leaf) in grads.iter().zip(targets) {
             let g = if g.defined() { g.shallow_clone() } else { leaf.zeros_like() };
             flat.extend(Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32"));
         }
-        flat
+        comm.all_reduce_sum_f32(&mut flat)?;
+        Ok(flat)
     };
-
-    let mut inputs = params.clone();
-    inputs.extend(leaves(traces.len()));
-    let grads = Tensor::run_backward(&[loss], &inputs, true, false);
-    let mut total = host_grads(t, which, &grads[..which.len()]);
-    let mut stat_grads = host(&grads[which.len()..], traces.len());
-    comm.all_reduce_sum_f32(&mut stat_grads)?;
-
-    for k in (0..traces.len()).rev() {
+    let correction = |k: usize, stat: &[f32]| {
         let device = traces[k].mean_leaf.device();
-        let slice = |from: usize| Tensor::from_slice(&stat_grads[from..from + widths[k]]).to_device(device);
-        let surrogate = traces[k].correction(&slice(starts[k]), &slice(starts[k] + widths[k]));
-        let mut inputs = params.clone();
-        inputs.extend(leaves(k));
-        let last = k == 0;
-        let grads = Tensor::run_backward(&[&surrogate], &inputs, !last || keep_graph, false);
-        total = total.plus(host_grads(t, which, &grads[..which.len()]));
-        if k > 0 {
-            let mut earlier = host(&grads[which.len()..], k);
-            comm.all_reduce_sum_f32(&mut earlier)?;
-            stat_grads[..earlier.len()].iter_mut().zip(&earlier).for_each(|(a, b)| *a += b);
-        }
+        let slice = |from: usize| Tensor::from_slice(&stat[from..from + widths[k]]).to_device(device);
+        traces[k].correction(&slice(starts[k]), &slice(starts[k] + widths[k]))
+    };
+    let mut stat = global_stat_grads(loss, traces.len())?;
+    for k in (1..traces.len()).rev() {
+        let earlier = global_stat_grads(&correction(k, &stat), k)?;
+        stat[..earlier.len()].iter_mut().zip(&earlier).for_each(|(a, b)| *a += b);
     }
-    Ok(total)
+    let total = (0..traces.len()).fold(loss.shallow_clone(), |acc, k| acc + correction(k, &stat));
+    Ok(backward(&total, t, which, keep_graph))
 }
 
 /// Dense gradients flattened in variable order (zeros where a variable got none), tables as rows.
