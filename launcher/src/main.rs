@@ -125,6 +125,11 @@ fn build_command(args: &Args) -> anyhow::Result<Vec<String>> {
         "none" | "core" => cmd.extend(["--bind-to".into(), "none".into()]),
         other => bail!("--bind must be `none` or `core`, not `{other}`"),
     }
+    // Each rank also runs a loader thread: when ranks and loaders outnumber this host's cores,
+    // ranks waiting in a collective must yield the core instead of spinning on it.
+    if args.hostfile.is_none() && args.np * (threads + 1) > cores() {
+        cmd.extend(["--mca".into(), "mpi_yield_when_idle".into(), "1".into()]);
+    }
     cmd.extend(["-x".into(), format!("OMP_NUM_THREADS={threads}")]);
     if std::env::var_os("RUST_LOG").is_some() {
         cmd.extend(["-x".into(), "RUST_LOG".into()]);
@@ -238,6 +243,7 @@ mod tests {
         let cmd = build_command(&args(&["--np", "64", "--", "doctor"])).unwrap();
         assert!(cmd.contains(&"--oversubscribe".to_string()), "{cmd:?}");
         assert!(cmd.contains(&"OMP_NUM_THREADS=1".to_string()), "{cmd:?}");
+        assert!(cmd.windows(2).any(|w| w == ["mpi_yield_when_idle", "1"]), "{cmd:?}");
         assert_eq!(cmd.last().unwrap(), "doctor");
     }
 
