@@ -110,7 +110,7 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
             .status()
             .map_err(io)?;
         if !status.success() {
-            return Err(TrainError::Model2 {
+            return Err(TrainError::RunFile {
                 path: run_dir,
                 message: format!("the {ranks}-rank run failed ({status})"),
             });
@@ -119,7 +119,7 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
         let text = std::fs::read_to_string(&summary_path)
             .map_err(|source| TrainError::Io { path: summary_path.clone(), source })?;
         let s: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Model2 { path: summary_path.clone(), message: e.to_string() })?;
+            .map_err(|e| TrainError::RunFile { path: summary_path.clone(), message: e.to_string() })?;
         runs.push(RankRun {
             ranks,
             samples_per_sec: s["samples_per_sec"].as_f64().unwrap_or(f64::NAN),

@@ -40,8 +40,9 @@ pub enum TrainError {
     },
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
     NoCuda,
+    /// A run directory's file (configuration, saved model, summary) that cannot be used.
     #[error("{path}: {message}")]
-    Model2 { path: PathBuf, message: String },
+    RunFile { path: PathBuf, message: String },
     #[error("{path}: {samples} training samples, fewer than one global batch of {batch}")]
     TooFewSamples { path: PathBuf, samples: usize, batch: usize },
     #[error("the test set has only one class; AUC is undefined")]
@@ -297,7 +298,6 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
     let mut step = 0u64;
     let mut epochs_completed = 0u64;
     let mut window = (Instant::now(), 0u64);
-    let mut last_eval: Option<EvalResult> = None;
     let (mut step_seconds, mut comm_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0u64);
     'epochs: for epoch in 0..cfg.train.epochs as u64 {
         for batch in EpochLoader::new(Arc::clone(&dataset), &loader_cfg, epoch, 0) {
@@ -350,7 +350,6 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
                 let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
                 eval_seconds += eval_started.elapsed().as_secs_f64();
                 write_eval(&mut metrics, step, epoch, &result)?;
-                last_eval = Some(result);
             }
         }
         epochs_completed += 1;
@@ -359,19 +358,13 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
             let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
             eval_seconds += eval_started.elapsed().as_secs_f64();
             write_eval(&mut metrics, step, epoch, &result)?;
-            last_eval = Some(result);
         }
     }
     progress.finish();
     let loop_seconds = loop_started.elapsed().as_secs_f64();
-    let final_eval = match last_eval {
-        Some(r) if step % steps_per_epoch == 0 && step < total_steps => r,
-        _ => {
-            let r = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
-            write_eval(&mut metrics, step, epochs_completed, &r)?;
-            r
-        }
-    };
+    // Evaluations during the run stop short of the last step, so this one is never a repeat.
+    let final_eval = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
+    write_eval(&mut metrics, step, epochs_completed, &final_eval)?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
         test_auc: final_eval.auc,
@@ -391,7 +384,7 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
     };
     if rank0 {
         let model_path = run_dir.join("model.safetensors");
-        vs.save(&model_path).map_err(|e| TrainError::Model2 { path: model_path.clone(), message: e.to_string() })?;
+        vs.save(&model_path).map_err(|e| TrainError::RunFile { path: model_path.clone(), message: e.to_string() })?;
         let path = run_dir.join("summary.json");
         std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("plain data") + "\n")
             .map_err(io_err(&path))?;
@@ -413,7 +406,7 @@ fn write_eval(metrics: &mut MetricsLog, step: u64, epoch: u64, r: &EvalResult) -
 pub fn eval_run(run_dir: &Path, data_dir: Option<&Path>, comm: &dyn Communicator) -> Result<EvalResult, TrainError> {
     let config_path = run_dir.join("config.toml");
     let mut cfg = Config::load(Some(&config_path), &[])
-        .map_err(|e| TrainError::Model2 { path: config_path.clone(), message: e.to_string() })?;
+        .map_err(|e| TrainError::RunFile { path: config_path.clone(), message: e.to_string() })?;
     if let Some(d) = data_dir {
         cfg.data.dir = d.to_path_buf();
     }
@@ -421,7 +414,7 @@ pub fn eval_run(run_dir: &Path, data_dir: Option<&Path>, comm: &dyn Communicator
     let dataset = Dataset::open(&cfg.data.dir)?;
     let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
     let model_path = run_dir.join("model.safetensors");
-    vs.load(&model_path).map_err(|e| TrainError::Model2 { path: model_path.clone(), message: e.to_string() })?;
+    vs.load(&model_path).map_err(|e| TrainError::RunFile { path: model_path.clone(), message: e.to_string() })?;
     evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)
 }
 
