@@ -20,13 +20,18 @@ pub mod stream {
     pub const INIT: u64 = 8;
 }
 
-/// SplitMix64 step: a strong 64-bit mixer, also used to hash stream paths.
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
+/// SplitMix64's output function (Steele, Lea & Flood, OOPSLA 2014): a bijection on `u64` with
+/// good avalanche, shared by every generator of the project.
+pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// SplitMix64 step: a strong 64-bit mixer, also used to hash stream paths.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    mix64(*state)
 }
 
 /// xoshiro256**.

@@ -16,12 +16,7 @@ pub const ROUTING_STREAM: u64 = 1;
 /// Stream of the sampled-softmax negatives.
 pub const NEGATIVES_STREAM: u64 = 2;
 
-/// SplitMix64's output function: a bijection on `u64` with good avalanche.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::rng::mix64 as mix;
 
 /// The randomness of one training step, as the trainer hands it to MICN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
