@@ -4,6 +4,7 @@
 //!
 //! Map of the crate:
 //! - [`bench`]: the benchmarks behind `micn bench`.
+//! - [`checkpoint`]: atomic, checksummed checkpoints and their selection for `--resume`.
 //! - [`config`]: TOML configuration, defaults from the papers, one validation pass, `--set`.
 //! - [`dist`]: the [`dist::Communicator`] interface and its back-ends (single, threads, MPI).
 //! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
@@ -16,6 +17,7 @@
 //! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN, the assembled
 //!   network and the gradient groups of its variables.
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dist;

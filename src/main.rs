@@ -47,6 +47,10 @@ enum Command {
         /// Override `section.key=value` (repeatable; the value is read as TOML).
         #[arg(long = "set")]
         sets: Vec<String>,
+        /// Continue from a checkpoint: `auto` (the newest valid one under run.dir/checkpoints,
+        /// or a fresh start when there is none) or a checkpoint directory.
+        #[arg(long)]
+        resume: Option<String>,
     },
     /// Score a test set with the model a run saved.
     Eval {
@@ -64,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Inspect or verify a checkpoint directory.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Inspect a prepared dataset.
     Data {
         #[command(subcommand)]
@@ -79,6 +88,14 @@ enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// What a checkpoint holds: step, epoch, position, world size, config hash, last evaluation.
+    Inspect { path: PathBuf },
+    /// Check the completion marker and every checksum.
+    Verify { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -299,10 +316,16 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             let rows = throughput::run(&opts)?;
             print!("{}", throughput::table(&opts, &rows));
         }
-        Command::Train { config, sets } => {
+        Command::Train { config, sets, resume } => {
+            use micn::train::trainer::Resume;
             let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let cfg = micn::config::Config::load(Some(&config), &overrides)?;
-            let summary = micn::train::train(&cfg, comm)?;
+            let resume = match resume.as_deref() {
+                None => Resume::Fresh,
+                Some("auto") => Resume::Auto,
+                Some(path) => Resume::Path(PathBuf::from(path)),
+            };
+            let summary = micn::train::trainer::train_from(&cfg, comm, &resume)?;
             if comm.rank() == 0 {
                 println!(
                     "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}",
@@ -331,6 +354,21 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             }
         }
         Command::Prepare(args) => prepare(args)?,
+        Command::Checkpoint { command: CheckpointCommand::Verify { path } } => {
+            let state = micn::checkpoint::verify(&path)?;
+            println!("{}: complete, every checksum holds (step {})", path.display(), state.step);
+        }
+        Command::Checkpoint { command: CheckpointCommand::Inspect { path } } => {
+            let state = micn::checkpoint::verify(&path)?;
+            println!("checkpoint {}", path.display());
+            println!("step {}  epoch {}  position in epoch {} samples", state.step, state.epoch, state.position);
+            println!("world size {}  seed {}  micn {}", state.world_size, state.seed, state.code_version);
+            println!("config hash {}", state.config_hash);
+            for entry in std::fs::read_dir(&path)? {
+                let entry = entry?;
+                println!("  {:<24} {:>12} bytes", entry.file_name().to_string_lossy(), entry.metadata()?.len());
+            }
+        }
         Command::Data { command: DataCommand::Stats { dir, json } } => {
             let dataset = micn::data::Dataset::open(&dir)?;
             let stats = micn::data::stats::compute(&dataset);

@@ -72,6 +72,10 @@ pub fn run(comm: &dyn Communicator) -> Result<Outcome, String> {
     if from_first != b"root says hello" {
         return Err(fail("broadcast_vec", &from_first));
     }
+    let empty = comm.broadcast_vec(0, &[]).map_err(comm_err)?;
+    if !empty.is_empty() {
+        return Err(fail("broadcast_vec of nothing", &empty));
+    }
     comm.barrier().map_err(comm_err)?;
 
     Ok(Outcome {

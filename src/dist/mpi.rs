@@ -96,7 +96,10 @@ impl Communicator for MpiCommunicator {
         if root >= self.size() {
             return Err(CommError::BadRoot { rank: self.rank(), root, size: self.size() });
         }
-        self.world.process_at_rank(root as mpi::Rank).broadcast_into(buf);
+        // Every rank passes the same length; OpenMPI refuses a broadcast of nothing.
+        if !buf.is_empty() {
+            self.world.process_at_rank(root as mpi::Rank).broadcast_into(buf);
+        }
         Ok(())
     }
 

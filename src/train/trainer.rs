@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::optim::{Adam, AdamConfig};
 use super::step::{broadcast_from_root, replica_digest, train_step, StepContext, StepError, Trainable};
+use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice, ModelKind};
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
 use crate::data::{shard, DataError, Dataset};
@@ -40,6 +41,12 @@ pub enum TrainError {
     },
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
     NoCuda,
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("{path}: no valid checkpoint to resume from{refused}")]
+    NothingToResume { path: PathBuf, refused: String },
+    #[error("{path}: the checkpoint was made with another model or data; these keys differ: {keys}")]
+    IncompatibleResume { path: PathBuf, keys: String },
     /// A run directory's file (configuration, saved model, summary) that cannot be used.
     #[error("{path}: {message}")]
     RunFile { path: PathBuf, message: String },
@@ -229,8 +236,69 @@ impl MetricsLog {
     }
 }
 
-/// Train as configured; returns the summary on every rank.
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// From freshly initialised parameters.
+    Fresh,
+    /// From the newest valid checkpoint under `run.dir/checkpoints` (fresh when there is none).
+    Auto,
+    /// From this checkpoint directory.
+    Path(PathBuf),
+}
+
+/// Train as configured from freshly initialised parameters; returns the summary on every rank.
 pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainError> {
+    train_from(cfg, comm, &Resume::Fresh)
+}
+
+/// Rank 0 picks the checkpoint to resume from, every rank checks it and learns the same path.
+fn resume_point(
+    cfg: &Config,
+    comm: &dyn Communicator,
+    resume: &Resume,
+) -> Result<Option<(PathBuf, checkpoint::State)>, TrainError> {
+    let root = cfg.run.dir.join("checkpoints");
+    let chosen: Option<PathBuf> = if comm.rank() == 0 {
+        match resume {
+            Resume::Fresh => None,
+            Resume::Path(p) => Some(p.clone()),
+            Resume::Auto => {
+                let (found, refused) = checkpoint::latest(&root);
+                for e in &refused {
+                    tracing::warn!("skipping checkpoint: {e}");
+                }
+                if found.is_none() && !refused.is_empty() {
+                    let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
+                    return Err(TrainError::NothingToResume {
+                        path: root,
+                        refused: format!(": {}", reasons.join("; ")),
+                    });
+                }
+                found.map(|(dir, _)| dir)
+            }
+        }
+    } else {
+        None
+    };
+    let text = chosen.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let agreed = String::from_utf8(comm.broadcast_vec(0, text.as_bytes())?).unwrap_or_default();
+    if agreed.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(agreed);
+    let state = checkpoint::verify(&dir)?;
+    let saved: Config = toml::from_str(&state.config)
+        .map_err(|e| TrainError::RunFile { path: dir.join("state.json"), message: format!("its config: {e}") })?;
+    let keys = checkpoint::incompatible_keys(&saved, cfg);
+    if !keys.is_empty() {
+        return Err(TrainError::IncompatibleResume { path: dir, keys: keys.join(", ") });
+    }
+    Ok(Some((dir, state)))
+}
+
+/// Train as configured, starting as `resume` says; returns the summary on every rank.
+pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<Summary, TrainError> {
     let started = Instant::now();
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
@@ -248,6 +316,20 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
         eps: cfg.train.adam_eps,
     };
     let mut adam = Adam::new(adam_cfg, &trainable.tensors);
+    let mut vs = vs;
+    let resumed = resume_point(cfg, comm, resume)?;
+    if let Some((dir, state)) = &resumed {
+        let model = dir.join("model.safetensors");
+        vs.load(&model).map_err(|e| TrainError::RunFile { path: model.clone(), message: e.to_string() })?;
+        let opt_path = dir.join("optimizer.safetensors");
+        let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&opt_path)
+            .map_err(|e| TrainError::RunFile { path: opt_path.clone(), message: e.to_string() })?
+            .into_iter()
+            .collect();
+        adam.load_state(&trainable.names, state.step, |k| saved.get(k).map(|t| t.to_device(device)))
+            .map_err(|message| TrainError::RunFile { path: opt_path.clone(), message })?;
+        tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
+    }
 
     let run_dir = &cfg.run.dir;
     let rank0 = comm.rank() == 0;
@@ -257,8 +339,30 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
         let config_path = run_dir.join("config.toml");
         std::fs::write(&config_path, cfg.to_toml()).map_err(io_err(&config_path))?;
     }
+    if rank0 {
+        // Lines written after the checkpoint (by a run that then died) are dropped.
+        let kept: String = match &resumed {
+            Some((_, state)) => std::fs::read_to_string(&metrics_path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s <= state.step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            None => String::new(),
+        };
+        std::fs::write(&metrics_path, kept).map_err(io_err(&metrics_path))?;
+    }
     let mut metrics = MetricsLog {
-        file: if rank0 { Some(std::fs::File::create(&metrics_path).map_err(io_err(&metrics_path))?) } else { None },
+        file: if rank0 {
+            Some(std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(io_err(&metrics_path))?)
+        } else {
+            None
+        },
         path: metrics_path,
     };
     let n_train = dataset.train.samples().len();
@@ -295,12 +399,20 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
     let progress = Progress::new(rank0, total_steps);
     let loop_started = Instant::now();
     let mut eval_seconds = 0.0f64;
-    let mut step = 0u64;
-    let mut epochs_completed = 0u64;
+    let (mut step, start_epoch, start_position) = match &resumed {
+        Some((_, state)) => (state.step, state.epoch, state.position),
+        None => (0, 0, 0),
+    };
+    let mut epochs_completed = start_epoch;
+    let mut checkpoints =
+        Checkpointing { root: run_dir.join("checkpoints"), rank0, last: Instant::now(), last_step: None };
+    // (epoch, position in the epoch) of the next step.
+    let mut next_point = (start_epoch, start_position);
     let mut window = (Instant::now(), 0u64);
     let (mut step_seconds, mut comm_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0u64);
-    'epochs: for epoch in 0..cfg.train.epochs as u64 {
-        for batch in EpochLoader::new(Arc::clone(&dataset), &loader_cfg, epoch, 0) {
+    'epochs: for epoch in start_epoch..cfg.train.epochs as u64 {
+        let first_step = if epoch == start_epoch { start_position / cfg.train.global_batch_size as u64 } else { 0 };
+        for batch in EpochLoader::new(Arc::clone(&dataset), &loader_cfg, epoch, first_step) {
             if step >= total_steps {
                 break 'epochs;
             }
@@ -321,6 +433,15 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
             comm_seconds += stats.comm_seconds;
             bytes_sent += stats.bytes_sent;
             step += 1;
+            let every = cfg.checkpoint.every_steps;
+            let minutes = cfg.checkpoint.every_minutes;
+            let due_by_time = minutes > 0.0 && checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes;
+            // Every rank must agree on a time trigger: rank 0's clock decides.
+            let due_by_time = comm.broadcast_vec(0, &[u8::from(due_by_time)])?[0] == 1;
+            next_point = (epoch, (batch.step + 1) * cfg.train.global_batch_size as u64);
+            if (every > 0 && step % every == 0) || due_by_time {
+                checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, next_point.0, next_point.1))?;
+            }
             let every = cfg.train.check_replicas_every_steps;
             if every > 0 && step % every == 0 {
                 let digests = comm.all_gather(&[replica_digest(&trainable, &adam)])?.data;
@@ -353,12 +474,19 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
             }
         }
         epochs_completed += 1;
+        next_point = (epoch + 1, 0);
+        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch + 1, 0))?;
         if step < total_steps {
             let eval_started = Instant::now();
             let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
             eval_seconds += eval_started.elapsed().as_secs_f64();
             write_eval(&mut metrics, step, epoch, &result)?;
         }
+    }
+    if step > 0 && checkpoints.last_step != Some(step) {
+        // The end of the run is a checkpoint too (a later, longer run resumes from it).
+        let (epoch, position) = next_point;
+        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch, position))?;
     }
     progress.finish();
     let loop_seconds = loop_started.elapsed().as_secs_f64();
@@ -391,6 +519,73 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
     }
     comm.barrier()?;
     Ok(summary)
+}
+
+/// When and where checkpoints go; rank 0 writes, every rank waits for it.
+struct Checkpointing {
+    root: PathBuf,
+    rank0: bool,
+    /// When the last checkpoint was written (for `checkpoint.every_minutes`).
+    last: Instant,
+    /// Step of the last checkpoint written by this run.
+    last_step: Option<u64>,
+}
+
+impl Checkpointing {
+    fn save(
+        &mut self,
+        cfg: &Config,
+        comm: &dyn Communicator,
+        vs: &VarStore,
+        t: &Trainable,
+        adam: &Adam,
+        (step, epoch, position): (u64, u64, u64),
+    ) -> Result<(), TrainError> {
+        let result = if self.rank0 {
+            let config = cfg.to_toml();
+            let state = checkpoint::State {
+                format_version: checkpoint::FORMAT_VERSION,
+                step,
+                epoch,
+                position,
+                seed: cfg.train.seed,
+                world_size: comm.size(),
+                config_hash: checkpoint::config_hash(&config),
+                config,
+                code_version: env!("CARGO_PKG_VERSION").into(),
+                last_eval: None,
+            };
+            let saved = checkpoint::save(
+                &self.root,
+                &state,
+                |path| vs.save(path).map_err(|e| e.to_string()),
+                |path| {
+                    let named: Vec<(String, Tensor)> =
+                        adam.named_state(&t.names).map(|(k, v)| (k, v.to_device(Device::Cpu).contiguous())).collect();
+                    Tensor::write_safetensors(&named, path).map_err(|e| e.to_string())
+                },
+            )
+            .and_then(|dir| checkpoint::retain(&self.root, cfg.checkpoint.keep_last).map(|_| dir));
+            if let Ok(dir) = &saved {
+                tracing::info!(checkpoint = %dir.display(), step, "checkpoint written");
+            }
+            saved.map(drop)
+        } else {
+            Ok(())
+        };
+        // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
+        let ok = comm.broadcast_vec(0, &[u8::from(result.is_ok())])?[0] == 1;
+        self.last = Instant::now();
+        self.last_step = Some(step);
+        result?;
+        if !ok {
+            return Err(TrainError::RunFile {
+                path: self.root.clone(),
+                message: "rank 0 could not write a checkpoint".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 fn write_eval(metrics: &mut MetricsLog, step: u64, epoch: u64, r: &EvalResult) -> Result<(), TrainError> {

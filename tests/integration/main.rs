@@ -1,4 +1,5 @@
 //! Integration tests, one binary so libtorch is linked once. Each module owns one area.
+mod checkpoint;
 mod comm;
 mod dist;
 mod doctor;
