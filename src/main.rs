@@ -325,6 +325,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 Some("auto") => Resume::Auto,
                 Some(path) => Resume::Path(PathBuf::from(path)),
             };
+            micn::train::trainer::stop_on_signals();
             let summary = micn::train::trainer::train_from(&cfg, comm, &resume)?;
             if comm.rank() == 0 {
                 println!(
@@ -338,6 +339,12 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                     summary.oracle_auc.map(|o| format!("; oracle AUC {o:.4}")).unwrap_or_default()
                 );
                 println!("run directory {}", cfg.run.dir.display());
+                if summary.stopped_by_signal {
+                    println!(
+                        "stopped by a signal after checkpointing step {}; continue with --resume auto",
+                        summary.steps
+                    );
+                }
             }
         }
         Command::Eval { run, data, json } => {

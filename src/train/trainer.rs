@@ -93,6 +93,8 @@ pub struct Summary {
     pub bytes_sent_per_step: f64,
     /// Digest of the final parameters, buffers and optimizer state (see `replica_digest`).
     pub replica_digest: String,
+    /// The run was stopped by SIGTERM/SIGINT (after checkpointing) before its last step.
+    pub stopped_by_signal: bool,
 }
 
 /// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`.
@@ -233,6 +235,22 @@ impl MetricsLog {
             f.write_all(text.as_bytes()).map_err(io_err(&self.path))?;
         }
         Ok(())
+    }
+}
+
+/// Set by SIGTERM / SIGINT: finish the step, checkpoint, stop.
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Route SIGTERM and SIGINT to a graceful stop (called by `micn train`; tests leave them alone).
+pub fn stop_on_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
     }
 }
 
@@ -408,6 +426,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         Checkpointing { root: run_dir.join("checkpoints"), rank0, last: Instant::now(), last_step: None };
     // (epoch, position in the epoch) of the next step.
     let mut next_point = (start_epoch, start_position);
+    let mut stopped_by_signal = false;
     let mut window = (Instant::now(), 0u64);
     let (mut step_seconds, mut comm_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0u64);
     'epochs: for epoch in start_epoch..cfg.train.epochs as u64 {
@@ -439,6 +458,14 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
             // Every rank must agree on a time trigger: rank 0's clock decides.
             let due_by_time = comm.broadcast_vec(0, &[u8::from(due_by_time)])?[0] == 1;
             next_point = (epoch, (batch.step + 1) * cfg.train.global_batch_size as u64);
+            // A signal on any rank stops every rank after this same step.
+            let mut stop = [f32::from(u8::from(STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)))];
+            comm.all_reduce_sum_f32(&mut stop)?;
+            if stop[0] > 0.0 {
+                stopped_by_signal = true;
+                tracing::warn!(step, "stop requested: checkpointing and stopping");
+                break 'epochs;
+            }
             if (every > 0 && step % every == 0) || due_by_time {
                 checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, next_point.0, next_point.1))?;
             }
@@ -509,6 +536,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         comm_share: comm_seconds / step_seconds.max(1e-12),
         bytes_sent_per_step: bytes_sent as f64 / step.max(1) as f64,
         replica_digest: format!("{:016x}", replica_digest(&trainable, &adam)),
+        stopped_by_signal,
     };
     if rank0 {
         let model_path = run_dir.join("model.safetensors");

@@ -132,3 +132,44 @@ fn a_config_that_changes_the_model_is_refused_with_the_keys_named() {
     let safe = config(&dir, &["train.max_steps=8", "checkpoint.every_steps=3"]);
     train_from(&safe, &SingleProcess, &Resume::Auto).unwrap();
 }
+
+#[test]
+fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stopped = tmp.path().join("stopped");
+    let cfg = config(
+        &stopped,
+        &["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5", "checkpoint.every_steps=0"],
+    );
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let mut child = std::process::Command::new(crate::micn_bin())
+        .args(["train", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = stopped.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "a stop by SIGTERM is a clean exit: {}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stopped by a signal"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stopped.join("summary.json")).unwrap()).unwrap();
+    let k = summary["steps"].as_u64().unwrap();
+    assert!(stopped.join("checkpoints").join(micn::checkpoint::dir_name(k)).join("COMPLETE").exists());
+    // Resume to k + 7 steps; an uninterrupted run of k + 7 steps ends with the same bytes.
+    let end = format!("train.max_steps={}", k + 7);
+    run(1, &config(&stopped, &["train.epochs=1000", &end, "checkpoint.every_steps=0"]), &Resume::Auto);
+    let straight = tmp.path().join("straight");
+    run(1, &config(&straight, &["train.epochs=1000", &end, "checkpoint.every_steps=0"]), &Resume::Fresh);
+    assert_eq!(model_bytes(&straight), model_bytes(&stopped), "stopped at step {k}");
+}
