@@ -143,7 +143,7 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
     );
     let path = tmp.path().join("run.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();
-    let mut child = std::process::Command::new(crate::micn_bin())
+    let child = std::process::Command::new(crate::micn_bin())
         .args(["train", "--config"])
         .arg(&path)
         .stdout(std::process::Stdio::piped())
