@@ -100,6 +100,11 @@ enum CheckpointCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Save and load time (MB/s) of a checkpoint of a Books-sized DIEN + MICN model.
+    Checkpoint {
+        #[arg(long, default_value = "runs/bench-checkpoint")]
+        work_dir: PathBuf,
+    },
     /// Raw-input MB/s and reviews/s, peak memory and loader batches/s of `micn prepare` on a
     /// synthetic dump (books-like by default: ~9M reviews, ~5 GB of JSON; needs ~12 GB of disk).
     Prepare {
@@ -304,6 +309,9 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             };
             let report = prepare::run(&opts)?;
             print!("{report}");
+        }
+        Command::Bench { command: BenchCommand::Checkpoint { work_dir } } => {
+            print!("{}", micn::bench::checkpoint::run(&work_dir)?);
         }
         Command::Bench { command: BenchCommand::Dist { work_dir, steps } } => {
             use micn::bench::dist;
