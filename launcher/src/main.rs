@@ -1,13 +1,16 @@
 //! `micn-launch`: builds the `mpirun` command for a micn job, starts it, streams every rank's
 //! output with a `[rank N]` prefix, forwards Ctrl-C / SIGTERM to the job, and exits with the
-//! job's status after a one-line summary. It never links libtorch, so it starts on any node
+//! job's status after a one-line summary. With `--max-restarts N` a job that dies (a rank
+//! killed, a non-zero exit) or stalls (no output for `--stall-timeout` seconds) is relaunched with
+//! `--resume auto`, after a doubling back-off. It never links libtorch, so it starts on any node
 //! that has `mpirun`.
 //!
 //! `micn-launch --np 2 --config configs/quickstart.toml` runs `micn train --config ...` on two
 //! ranks; anything after `--` replaces the micn arguments (`micn-launch --np 2 -- doctor`).
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -41,6 +44,17 @@ struct Args {
     /// Print the command and exit.
     #[arg(long)]
     dry_run: bool,
+    /// When the job dies (a rank killed, a non-zero exit) or stalls, relaunch it with
+    /// `--resume auto` up to this many times.
+    #[arg(long, default_value_t = 0)]
+    max_restarts: u32,
+    /// Seconds without any output line after which the job counts as stalled (stopped and,
+    /// with restarts left, relaunched).
+    #[arg(long)]
+    stall_timeout: Option<u64>,
+    /// Seconds before the first restart; doubled for each further one.
+    #[arg(long, default_value_t = 2)]
+    restart_backoff: u64,
     /// Training configuration (runs `micn train --config F`).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -152,9 +166,10 @@ fn retag(line: &str) -> String {
     tagged.unwrap_or_else(|| line.to_string())
 }
 
-async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to_stderr: bool) {
+async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to_stderr: bool, last_line: Arc<Mutex<Instant>>) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        *last_line.lock().expect("timestamp lock") = Instant::now();
         if to_stderr {
             eprintln!("{}", retag(&line));
         } else {
@@ -163,13 +178,16 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to_stderr: bool) {
     }
 }
 
-async fn launch(args: Args) -> anyhow::Result<i32> {
-    let cmd = build_command(&args)?;
-    if args.dry_run {
-        println!("{}", cmd.join(" "));
-        return Ok(0);
-    }
-    let started = Instant::now();
+/// How one attempt ended.
+enum Outcome {
+    Finished(std::process::ExitStatus),
+    /// The user interrupted it (the signal was forwarded): never restarted.
+    Interrupted(std::process::ExitStatus),
+    /// No output for the stall timeout: stopped by us.
+    Stalled,
+}
+
+async fn run_once(cmd: &[String], stall: Option<Duration>) -> anyhow::Result<Outcome> {
     let mut child = Command::new(&cmd[0])
         .args(&cmd[1..])
         .stdin(Stdio::null())
@@ -178,26 +196,78 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
         .spawn()
         .with_context(|| format!("cannot start `{}`: is OpenMPI installed? (bash cluster/setup-node.sh)", cmd[0]))?;
     let pid = child.id().context("mpirun exited at once")? as i32;
-    let out = tokio::spawn(stream(child.stdout.take().expect("piped"), false));
-    let err = tokio::spawn(stream(child.stderr.take().expect("piped"), true));
+    let last_line = Arc::new(Mutex::new(Instant::now()));
+    let out = tokio::spawn(stream(child.stdout.take().expect("piped"), false, Arc::clone(&last_line)));
+    let err = tokio::spawn(stream(child.stderr.take().expect("piped"), true, Arc::clone(&last_line)));
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let status = loop {
+    let mut interrupted = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let outcome = loop {
         tokio::select! {
-            status = child.wait() => break status?,
-            _ = sigint.recv() => forward(pid, libc::SIGINT, "SIGINT"),
-            _ = sigterm.recv() => forward(pid, libc::SIGTERM, "SIGTERM"),
+            status = child.wait() => {
+                let status = status?;
+                break if interrupted { Outcome::Interrupted(status) } else { Outcome::Finished(status) };
+            }
+            _ = sigint.recv() => { interrupted = true; forward(pid, libc::SIGINT, "SIGINT") }
+            _ = sigterm.recv() => { interrupted = true; forward(pid, libc::SIGTERM, "SIGTERM") }
+            _ = tick.tick() => {
+                let quiet = last_line.lock().expect("timestamp lock").elapsed();
+                if stall.is_some_and(|limit| quiet > limit) && !interrupted {
+                    eprintln!("micn-launch: no output for {:.0} s: the job is stalled; stopping it", quiet.as_secs_f64());
+                    forward(pid, libc::SIGTERM, "SIGTERM");
+                    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                    }
+                    break Outcome::Stalled;
+                }
+            }
         }
     };
     let _ = tokio::join!(out, err);
-    let code = status.code().unwrap_or(1);
-    let secs = started.elapsed().as_secs_f64();
-    if status.success() {
-        eprintln!("micn-launch: {} rank(s) finished in {secs:.1} s", args.np);
-    } else {
-        eprintln!("micn-launch: job failed after {secs:.1} s ({status}); see the rank messages above");
+    Ok(outcome)
+}
+
+async fn launch(args: Args) -> anyhow::Result<i32> {
+    let mut cmd = build_command(&args)?;
+    if args.dry_run {
+        println!("{}", cmd.join(" "));
+        return Ok(0);
     }
-    Ok(code)
+    let started = Instant::now();
+    let stall = args.stall_timeout.map(Duration::from_secs);
+    let mut attempt = 0u32;
+    loop {
+        let outcome = run_once(&cmd, stall).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let why = match outcome {
+            Outcome::Finished(status) if status.success() => {
+                eprintln!("micn-launch: {} rank(s) finished in {secs:.1} s", args.np);
+                return Ok(0);
+            }
+            Outcome::Interrupted(status) => {
+                eprintln!("micn-launch: job stopped on request after {secs:.1} s ({status})");
+                return Ok(status.code().unwrap_or(1));
+            }
+            Outcome::Finished(status) => format!("failed ({status})"),
+            Outcome::Stalled => "stalled".to_string(),
+        };
+        if attempt >= args.max_restarts {
+            eprintln!("micn-launch: job {why} after {secs:.1} s; see the rank messages above");
+            return Ok(1);
+        }
+        attempt += 1;
+        let wait = args.restart_backoff.saturating_mul(1 << (attempt - 1).min(16));
+        eprintln!(
+            "micn-launch: job {why}; restarting from the latest checkpoint in {wait} s (restart {attempt} of {})",
+            args.max_restarts
+        );
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        if !cmd.iter().any(|a| a == "--resume") {
+            cmd.extend(["--resume".to_string(), "auto".to_string()]);
+        }
+    }
 }
 
 fn forward(pid: i32, signal: i32, name: &str) {

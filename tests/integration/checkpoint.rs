@@ -173,3 +173,55 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
     run(1, &config(&straight, &["train.epochs=1000", &end, "checkpoint.every_steps=0"]), &Resume::Fresh);
     assert_eq!(model_bytes(&straight), model_bytes(&stopped), "stopped at step {k}");
 }
+
+/// Processes whose command line holds `needle` and whose program is `micn` (not mpirun).
+fn micn_ranks(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if comm.trim() == "micn" && String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_rank_killed_with_sigkill_is_restarted_by_the_launcher_and_ends_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let launcher = crate::micn_bin().with_file_name("micn-launch");
+    assert!(launcher.exists(), "build the workspace first (cargo build --release --workspace)");
+    let args = ["train.epochs=1000", "train.max_steps=200", "checkpoint.every_steps=20", "train.log_every_steps=50"];
+    let killed = tmp.path().join("killed");
+    let path = tmp.path().join("killed.toml");
+    std::fs::write(&path, config(&killed, &args).to_toml()).unwrap();
+    let child = std::process::Command::new(&launcher)
+        .args(["--np", "2", "--threads", "1", "--max-restarts", "1", "--restart-backoff", "0", "--config"])
+        .arg(&path)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !killed.join("checkpoints/step-00000040/COMPLETE").exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ranks = micn_ranks(&path.display().to_string());
+    assert_eq!(ranks.len(), 2, "two ranks should be running: {ranks:?}");
+    // SAFETY: killing one of the job's own rank processes.
+    unsafe { libc::kill(ranks[1], libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the restarted job must finish: {stderr}");
+    assert!(stderr.contains("restarting from the latest checkpoint"), "{stderr}");
+    // Two thread ranks without interruption end with the same bytes (mpirun and thread ranks
+    // compute the same bits, see the data-parallel tests).
+    let straight = tmp.path().join("straight");
+    run(2, &config(&straight, &args), &Resume::Fresh);
+    assert_eq!(model_bytes(&straight), model_bytes(&killed));
+}
