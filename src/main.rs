@@ -52,11 +52,14 @@ enum Command {
         #[arg(long)]
         resume: Option<String>,
     },
-    /// Score a test set with the model a run saved.
+    /// Score a test set with a saved model: the end of a run, or a checkpoint.
     Eval {
-        /// Run directory (holds config.toml and model.safetensors).
+        /// Run directory (holds config.toml and the final model.safetensors).
+        #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+        run: Option<PathBuf>,
+        /// Checkpoint directory (run.dir/checkpoints/step-…).
         #[arg(long)]
-        run: PathBuf,
+        checkpoint: Option<PathBuf>,
         /// Dataset directory (default: the run's data.dir).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -355,8 +358,9 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 }
             }
         }
-        Command::Eval { run, data, json } => {
-            let result = micn::train::trainer::eval_run(&run, data.as_deref(), comm)?;
+        Command::Eval { run, checkpoint, data, json } => {
+            let dir = run.or(checkpoint).context("give --run DIR or --checkpoint DIR")?;
+            let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), comm)?;
             if comm.rank() == 0 {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&result)?);

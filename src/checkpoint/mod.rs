@@ -177,10 +177,19 @@ pub fn latest(root: &Path) -> (Option<(PathBuf, State)>, Vec<CheckpointError>) {
     (None, refused)
 }
 
-/// Remove all but the newest `keep` checkpoints.
+/// Remove all but the newest `keep` checkpoints and the one with the best evaluation AUC.
 pub fn retain(root: &Path, keep: usize) -> Result<(), CheckpointError> {
-    for dir in list(root).into_iter().skip(keep) {
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    let dirs = list(root);
+    let auc = |dir: &Path| -> Option<f64> {
+        let text = std::fs::read_to_string(dir.join(FILES[2])).ok()?;
+        serde_json::from_str::<State>(&text).ok()?.last_eval.map(|(auc, ..)| auc)
+    };
+    let best =
+        dirs.iter().filter_map(|d| auc(d).map(|a| (a, d.clone()))).max_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, d)| d);
+    for dir in dirs.into_iter().skip(keep) {
+        if Some(&dir) != best.as_ref() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
     }
     Ok(())
 }

@@ -422,8 +422,13 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         None => (0, 0, 0),
     };
     let mut epochs_completed = start_epoch;
-    let mut checkpoints =
-        Checkpointing { root: run_dir.join("checkpoints"), rank0, last: Instant::now(), last_step: None };
+    let mut checkpoints = Checkpointing {
+        root: run_dir.join("checkpoints"),
+        rank0,
+        last: Instant::now(),
+        last_step: None,
+        last_eval: resumed.as_ref().and_then(|(_, state)| state.last_eval),
+    };
     // (epoch, position in the epoch) of the next step.
     let mut next_point = (start_epoch, start_position);
     let mut stopped_by_signal = false;
@@ -498,6 +503,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
                 eval_seconds += eval_started.elapsed().as_secs_f64();
                 write_eval(&mut metrics, step, epoch, &result)?;
+                checkpoints.last_eval = Some((result.auc, result.gauc, result.logloss));
             }
         }
         epochs_completed += 1;
@@ -508,6 +514,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
             let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
             eval_seconds += eval_started.elapsed().as_secs_f64();
             write_eval(&mut metrics, step, epoch, &result)?;
+            checkpoints.last_eval = Some((result.auc, result.gauc, result.logloss));
         }
     }
     if step > 0 && checkpoints.last_step != Some(step) {
@@ -557,6 +564,9 @@ struct Checkpointing {
     last: Instant,
     /// Step of the last checkpoint written by this run.
     last_step: Option<u64>,
+    /// The latest evaluation (AUC, GAUC, log-loss), recorded in checkpoints: retention keeps
+    /// the best by AUC.
+    last_eval: Option<(f64, f64, f64)>,
 }
 
 impl Checkpointing {
@@ -581,7 +591,7 @@ impl Checkpointing {
                 config_hash: checkpoint::config_hash(&config),
                 config,
                 code_version: env!("CARGO_PKG_VERSION").into(),
-                last_eval: None,
+                last_eval: self.last_eval,
             };
             let saved = checkpoint::save(
                 &self.root,
@@ -625,18 +635,25 @@ fn write_eval(metrics: &mut MetricsLog, step: u64, epoch: u64, r: &EvalResult) -
     metrics.write(&line)
 }
 
-/// `micn eval`: score the test set with the model saved at the end of a run.
-pub fn eval_run(run_dir: &Path, data_dir: Option<&Path>, comm: &dyn Communicator) -> Result<EvalResult, TrainError> {
-    let config_path = run_dir.join("config.toml");
-    let mut cfg = Config::load(Some(&config_path), &[])
-        .map_err(|e| TrainError::RunFile { path: config_path.clone(), message: e.to_string() })?;
+/// `micn eval`: score the test set with a saved model — a run directory (`config.toml` and the
+/// final `model.safetensors`) or a checkpoint directory (its `state.json` holds the config).
+pub fn eval_saved(dir: &Path, data_dir: Option<&Path>, comm: &dyn Communicator) -> Result<EvalResult, TrainError> {
+    let mut cfg = if dir.join("state.json").exists() {
+        let state = checkpoint::verify(dir)?;
+        toml::from_str::<Config>(&state.config)
+            .map_err(|e| TrainError::RunFile { path: dir.join("state.json"), message: format!("its config: {e}") })?
+    } else {
+        let config_path = dir.join("config.toml");
+        Config::load(Some(&config_path), &[])
+            .map_err(|e| TrainError::RunFile { path: config_path.clone(), message: e.to_string() })?
+    };
     if let Some(d) = data_dir {
         cfg.data.dir = d.to_path_buf();
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
     let dataset = Dataset::open(&cfg.data.dir)?;
     let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
-    let model_path = run_dir.join("model.safetensors");
+    let model_path = dir.join("model.safetensors");
     vs.load(&model_path).map_err(|e| TrainError::RunFile { path: model_path.clone(), message: e.to_string() })?;
     evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)
 }

@@ -75,6 +75,20 @@ fn damaged_or_unfinished_checkpoints_are_refused_and_auto_falls_back() {
     let (found, refused) = micn::checkpoint::latest(&root);
     assert_eq!(found.unwrap().1.step, 5);
     assert_eq!(refused.len(), 2);
+    // `micn eval --checkpoint` scores a valid checkpoint and refuses a damaged one by name.
+    let ok = crate::run_ok(
+        std::process::Command::new(crate::micn_bin())
+            .args(["eval", "--json", "--checkpoint"])
+            .arg(root.join("step-00000005")),
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert!(eval["auc"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)));
+    let bad = std::process::Command::new(crate::micn_bin())
+        .args(["eval", "--checkpoint"])
+        .arg(root.join("step-00000010"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("checksum"));
     // An explicit damaged checkpoint is an error naming it.
     let e =
         train_from(&config(&dir, &["train.max_steps=12"]), &SingleProcess, &Resume::Path(root.join("step-00000010")))
@@ -118,6 +132,37 @@ fn resuming_with_another_world_size_continues_from_the_same_sample() {
         serde_json::from_str(&std::fs::read_to_string(moved.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 10);
     assert_eq!(summary["world_size"], 1);
+}
+
+#[test]
+fn retention_keeps_the_newest_and_the_best_by_auc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    // Evaluate every 3 steps, checkpoint every 3 steps, keep the last 2.
+    run(
+        1,
+        &config(
+            &dir,
+            &["train.max_steps=15", "checkpoint.every_steps=3", "checkpoint.keep_last=2", "train.eval_every_steps=3"],
+        ),
+        &Resume::Fresh,
+    );
+    let kept = micn::checkpoint::list(&dir.join("checkpoints"));
+    let states: Vec<micn::checkpoint::State> = kept.iter().map(|d| micn::checkpoint::verify(d).unwrap()).collect();
+    let steps: Vec<u64> = states.iter().map(|s| s.step).collect();
+    assert!(steps.starts_with(&[15, 12]), "{steps:?}");
+    assert!(steps.len() <= 3, "{steps:?}");
+    // Whatever else was removed, no removed checkpoint had a better AUC than the kept best.
+    let best_kept = states.iter().filter_map(|s| s.last_eval.map(|e| e.0)).fold(f64::MIN, f64::max);
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    // (The final evaluation at step 15 comes after the last checkpoint, so it is not in one.)
+    let best_seen = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["step"].as_u64() < Some(15))
+        .filter_map(|v| v["eval_auc"].as_f64())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(best_kept, best_seen);
 }
 
 #[test]
@@ -224,4 +269,50 @@ fn a_rank_killed_with_sigkill_is_restarted_by_the_launcher_and_ends_bit_identica
     let straight = tmp.path().join("straight");
     run(2, &config(&straight, &args), &Resume::Fresh);
     assert_eq!(model_bytes(&straight), model_bytes(&killed));
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mounting a tmpfs needs root (the project's machines and CI run as root)");
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_while_checkpointing_is_reported_and_earlier_checkpoints_stay_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    // How big one checkpoint is.
+    let probe = tmp.path().join("probe");
+    run(1, &config(&probe, &["train.max_steps=5"]), &Resume::Fresh);
+    let one: u64 = std::fs::read_dir(probe.join("checkpoints/step-00000005"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    // A disk with room for one checkpoint and a half (plus the run's small files).
+    let disk = tmp.path().join("disk");
+    let _mounted = SmallDisk::mount(&disk, one * 3 / 2 + (256 << 10));
+    let run_dir = disk.join("run");
+    let e =
+        train_from(&config(&run_dir, &["train.max_steps=15"]), &SingleProcess, &Resume::Fresh).unwrap_err().to_string();
+    assert!(e.contains("No space left on device") && e.contains("step-00000010"), "{e}");
+    let state = micn::checkpoint::verify(&run_dir.join("checkpoints/step-00000005")).unwrap();
+    assert_eq!(state.step, 5);
+    assert!(!run_dir.join("checkpoints/step-00000010").exists(), "no half-written checkpoint under its final name");
+    let (found, _) = micn::checkpoint::latest(&run_dir.join("checkpoints"));
+    assert_eq!(found.unwrap().1.step, 5);
 }
