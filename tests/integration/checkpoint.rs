@@ -59,45 +59,48 @@ fn a_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
 fn damaged_or_unfinished_checkpoints_are_refused_and_auto_falls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    run(1, &config(&dir, &["train.max_steps=12"]), &Resume::Fresh);
+    run(1, &config(&dir, &["train.max_steps=12", "checkpoint.every_steps=3"]), &Resume::Fresh);
     let root = dir.join("checkpoints");
-    // The newest (12) loses its marker, the one before (10) gets a flipped byte: auto takes 5.
+    // 12 loses its marker, 9 gets a flipped byte, 6 loses a file: auto takes 3.
     std::fs::remove_file(root.join("step-00000012/COMPLETE")).unwrap();
-    let model = root.join("step-00000010/model.safetensors");
+    let model = root.join("step-00000009/model.safetensors");
     let mut bytes = std::fs::read(&model).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&model, bytes).unwrap();
+    std::fs::remove_file(root.join("step-00000006/optimizer.safetensors")).unwrap();
+    let e = micn::checkpoint::verify(&root.join("step-00000006")).unwrap_err().to_string();
+    assert!(e.contains("optimizer.safetensors"), "{e}");
     let e = micn::checkpoint::verify(&root.join("step-00000012")).unwrap_err().to_string();
     assert!(e.contains("no completion marker"), "{e}");
-    let e = micn::checkpoint::verify(&root.join("step-00000010")).unwrap_err().to_string();
+    let e = micn::checkpoint::verify(&root.join("step-00000009")).unwrap_err().to_string();
     assert!(e.contains("model.safetensors") && e.contains("checksum"), "{e}");
     let (found, refused) = micn::checkpoint::latest(&root);
-    assert_eq!(found.unwrap().1.step, 5);
-    assert_eq!(refused.len(), 2);
+    assert_eq!(found.unwrap().1.step, 3);
+    assert_eq!(refused.len(), 3);
     // `micn eval --checkpoint` scores a valid checkpoint and refuses a damaged one by name.
     let ok = crate::run_ok(
         std::process::Command::new(crate::micn_bin())
             .args(["eval", "--json", "--checkpoint"])
-            .arg(root.join("step-00000005")),
+            .arg(root.join("step-00000003")),
     );
     let eval: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert!(eval["auc"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)));
     let bad = std::process::Command::new(crate::micn_bin())
         .args(["eval", "--checkpoint"])
-        .arg(root.join("step-00000010"))
+        .arg(root.join("step-00000009"))
         .output()
         .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("checksum"));
     // An explicit damaged checkpoint is an error naming it.
     let e =
-        train_from(&config(&dir, &["train.max_steps=12"]), &SingleProcess, &Resume::Path(root.join("step-00000010")))
+        train_from(&config(&dir, &["train.max_steps=12"]), &SingleProcess, &Resume::Path(root.join("step-00000009")))
             .unwrap_err()
             .to_string();
-    assert!(e.contains("step-00000010"), "{e}");
-    // Resuming from 5 to 12 again ends where the first run ended.
+    assert!(e.contains("step-00000009"), "{e}");
+    // Resuming from 3 to 12 again ends where the first run ended.
     let first = model_bytes(&dir);
-    run(1, &config(&dir, &["train.max_steps=12"]), &Resume::Auto);
+    run(1, &config(&dir, &["train.max_steps=12", "checkpoint.every_steps=3"]), &Resume::Auto);
     assert_eq!(model_bytes(&dir), first);
 }
 
@@ -315,4 +318,47 @@ fn a_full_disk_while_checkpointing_is_reported_and_earlier_checkpoints_stay_inta
     assert!(!run_dir.join("checkpoints/step-00000010").exists(), "no half-written checkpoint under its final name");
     let (found, _) = micn::checkpoint::latest(&run_dir.join("checkpoints"));
     assert_eq!(found.unwrap().1.step, 5);
+}
+
+#[test]
+fn sigterm_to_the_launcher_stops_both_ranks_after_one_step_and_the_resumed_run_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let launcher = crate::micn_bin().with_file_name("micn-launch");
+    assert!(launcher.exists(), "build the workspace first (cargo build --release --workspace)");
+    let stopped = tmp.path().join("stopped");
+    let path = tmp.path().join("stopped.toml");
+    let long = ["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5", "checkpoint.every_steps=0"];
+    std::fs::write(&path, config(&stopped, &long).to_toml()).unwrap();
+    let child = std::process::Command::new(&launcher)
+        .args(["--np", "2", "--threads", "1", "--config"])
+        .arg(&path)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = stopped.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // mpirun reports a job it forwarded SIGTERM to as terminated whatever the ranks did, so the
+    // exit status says nothing here; the ranks' own message and the checkpoint do.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("job stopped on request"));
+    assert!(stdout.contains("stopped by a signal"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stopped.join("summary.json")).unwrap()).unwrap();
+    let k = summary["steps"].as_u64().unwrap();
+    let end = format!("train.max_steps={}", k + 6);
+    let finish = ["train.epochs=1000", &end, "checkpoint.every_steps=0"];
+    run(2, &config(&stopped, &finish), &Resume::Auto);
+    let straight = tmp.path().join("straight");
+    run(2, &config(&straight, &finish), &Resume::Fresh);
+    assert_eq!(model_bytes(&straight), model_bytes(&stopped), "stopped at step {k}");
 }
