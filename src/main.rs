@@ -383,6 +383,9 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             println!("step {}  epoch {}  position in epoch {} samples", state.step, state.epoch, state.position);
             println!("world size {}  seed {}  micn {}", state.world_size, state.seed, state.code_version);
             println!("config hash {}", state.config_hash);
+            for (step, auc, gauc, logloss) in &state.evaluations {
+                println!("evaluation at step {step}: AUC {auc:.4}  GAUC {gauc:.4}  log-loss {logloss:.4}");
+            }
             for entry in std::fs::read_dir(&path)? {
                 let entry = entry?;
                 println!("  {:<24} {:>12} bytes", entry.file_name().to_string_lossy(), entry.metadata()?.len());

@@ -46,7 +46,7 @@ pub fn run(work_dir: &std::path::Path) -> Result<CheckpointBench, TrainError> {
         config_hash: checkpoint::config_hash(&config),
         config,
         code_version: env!("CARGO_PKG_VERSION").into(),
-        last_eval: None,
+        evaluations: Vec::new(),
     };
     let started = Instant::now();
     let dir = checkpoint::save(

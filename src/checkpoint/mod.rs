@@ -51,8 +51,15 @@ pub struct State {
     pub config: String,
     pub config_hash: String,
     pub code_version: String,
-    /// The last evaluation, if any: (AUC, GAUC, log-loss).
-    pub last_eval: Option<(f64, f64, f64)>,
+    /// Every evaluation so far: (step, AUC, GAUC, log-loss).
+    pub evaluations: Vec<(u64, f64, f64, f64)>,
+}
+
+impl State {
+    /// AUC of the latest evaluation, if any.
+    pub fn last_auc(&self) -> Option<f64> {
+        self.evaluations.last().map(|e| e.1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,7 +189,7 @@ pub fn retain(root: &Path, keep: usize) -> Result<(), CheckpointError> {
     let dirs = list(root);
     let auc = |dir: &Path| -> Option<f64> {
         let text = std::fs::read_to_string(dir.join(FILES[2])).ok()?;
-        serde_json::from_str::<State>(&text).ok()?.last_eval.map(|(auc, ..)| auc)
+        serde_json::from_str::<State>(&text).ok()?.last_auc()
     };
     let best =
         dirs.iter().filter_map(|d| auc(d).map(|a| (a, d.clone()))).max_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, d)| d);

@@ -427,7 +427,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         rank0,
         last: Instant::now(),
         last_step: None,
-        last_eval: resumed.as_ref().and_then(|(_, state)| state.last_eval),
+        evaluations: resumed.as_ref().map(|(_, state)| state.evaluations.clone()).unwrap_or_default(),
     };
     // (epoch, position in the epoch) of the next step.
     let mut next_point = (start_epoch, start_position);
@@ -503,7 +503,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
                 eval_seconds += eval_started.elapsed().as_secs_f64();
                 write_eval(&mut metrics, step, epoch, &result)?;
-                checkpoints.last_eval = Some((result.auc, result.gauc, result.logloss));
+                checkpoints.evaluations.push((step, result.auc, result.gauc, result.logloss));
             }
         }
         epochs_completed += 1;
@@ -514,7 +514,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
             let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
             eval_seconds += eval_started.elapsed().as_secs_f64();
             write_eval(&mut metrics, step, epoch, &result)?;
-            checkpoints.last_eval = Some((result.auc, result.gauc, result.logloss));
+            checkpoints.evaluations.push((step, result.auc, result.gauc, result.logloss));
         }
     }
     if step > 0 && checkpoints.last_step != Some(step) {
@@ -564,9 +564,9 @@ struct Checkpointing {
     last: Instant,
     /// Step of the last checkpoint written by this run.
     last_step: Option<u64>,
-    /// The latest evaluation (AUC, GAUC, log-loss), recorded in checkpoints: retention keeps
-    /// the best by AUC.
-    last_eval: Option<(f64, f64, f64)>,
+    /// Every evaluation so far (step, AUC, GAUC, log-loss), recorded in checkpoints; retention
+    /// keeps the best by the latest AUC.
+    evaluations: Vec<(u64, f64, f64, f64)>,
 }
 
 impl Checkpointing {
@@ -591,7 +591,7 @@ impl Checkpointing {
                 config_hash: checkpoint::config_hash(&config),
                 config,
                 code_version: env!("CARGO_PKG_VERSION").into(),
-                last_eval: self.last_eval,
+                evaluations: self.evaluations.clone(),
             };
             let saved = checkpoint::save(
                 &self.root,

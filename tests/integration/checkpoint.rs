@@ -156,7 +156,7 @@ fn retention_keeps_the_newest_and_the_best_by_auc() {
     assert!(steps.starts_with(&[15, 12]), "{steps:?}");
     assert!(steps.len() <= 3, "{steps:?}");
     // Whatever else was removed, no removed checkpoint had a better AUC than the kept best.
-    let best_kept = states.iter().filter_map(|s| s.last_eval.map(|e| e.0)).fold(f64::MIN, f64::max);
+    let best_kept = states.iter().filter_map(|s| s.last_auc()).fold(f64::MIN, f64::max);
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     // (The final evaluation at step 15 comes after the last checkpoint, so it is not in one.)
     let best_seen = metrics
