@@ -4,29 +4,40 @@
 //! continues from the same global sample; a config that changes the model is refused.
 use std::path::{Path, PathBuf};
 
-use micn::config::{Config, Override};
+use micn::config::Config;
 use micn::dist::{SingleProcess, ThreadRanks};
 use micn::train::trainer::{train_from, Resume};
 
-use crate::train::dataset_dir;
-
 fn config(run: &Path, extra: &[&str]) -> Config {
-    let mut sets = vec![
-        format!("data.dir={:?}", dataset_dir().display().to_string()),
-        format!("run.dir={:?}", run.display().to_string()),
-        "device=cpu".into(),
-        "data.max_hist_len=10".into(),
-        "model.kind=dien".into(),
-        "micn.num_negatives=8".into(),
-        "train.global_batch_size=48".into(),
-        "train.lr=0.001".into(),
-        "train.threads=1".into(),
-        "checkpoint.every_steps=5".into(),
-        "checkpoint.keep_last=10".into(),
-    ];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
-    Config::load(None, &overrides).unwrap()
+    let mut sets = vec!["checkpoint.every_steps=5", "checkpoint.keep_last=10"];
+    sets.extend_from_slice(extra);
+    crate::small_config(run, &sets)
+}
+
+/// `micn-launch` with the environment OpenMPI needs as root, output captured.
+fn launcher() -> std::process::Command {
+    let path = crate::micn_bin().with_file_name("micn-launch");
+    assert!(path.exists(), "build the workspace first (cargo build --release --workspace)");
+    let mut cmd = std::process::Command::new(path);
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Wait until a training run has written two metrics lines, send SIGTERM to `child`, and return
+/// what it printed.
+fn sigterm_once_training(child: std::process::Child, run: &Path) -> std::process::Output {
+    let metrics = run.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait_with_output().unwrap()
 }
 
 fn run(world: usize, cfg: &Config, resume: &Resume) {
@@ -198,15 +209,7 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let metrics = stopped.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
-        assert!(started.elapsed().as_secs() < 120, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
+    let out = sigterm_once_training(child, &stopped);
     assert!(out.status.success(), "a stop by SIGTERM is a clean exit: {}", out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("stopped by a signal"), "{stdout}");
@@ -239,19 +242,13 @@ fn micn_ranks(needle: &str) -> Vec<i32> {
 #[test]
 fn a_rank_killed_with_sigkill_is_restarted_by_the_launcher_and_ends_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
-    let launcher = crate::micn_bin().with_file_name("micn-launch");
-    assert!(launcher.exists(), "build the workspace first (cargo build --release --workspace)");
     let args = ["train.epochs=1000", "train.max_steps=200", "checkpoint.every_steps=20", "train.log_every_steps=50"];
     let killed = tmp.path().join("killed");
     let path = tmp.path().join("killed.toml");
     std::fs::write(&path, config(&killed, &args).to_toml()).unwrap();
-    let child = std::process::Command::new(&launcher)
+    let child = launcher()
         .args(["--np", "2", "--threads", "1", "--max-restarts", "1", "--restart-backoff", "0", "--config"])
         .arg(&path)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
@@ -323,30 +320,12 @@ fn a_full_disk_while_checkpointing_is_reported_and_earlier_checkpoints_stay_inta
 #[test]
 fn sigterm_to_the_launcher_stops_both_ranks_after_one_step_and_the_resumed_run_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
-    let launcher = crate::micn_bin().with_file_name("micn-launch");
-    assert!(launcher.exists(), "build the workspace first (cargo build --release --workspace)");
     let stopped = tmp.path().join("stopped");
     let path = tmp.path().join("stopped.toml");
     let long = ["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5", "checkpoint.every_steps=0"];
     std::fs::write(&path, config(&stopped, &long).to_toml()).unwrap();
-    let child = std::process::Command::new(&launcher)
-        .args(["--np", "2", "--threads", "1", "--config"])
-        .arg(&path)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let metrics = stopped.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
-        assert!(started.elapsed().as_secs() < 120, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
+    let child = launcher().args(["--np", "2", "--threads", "1", "--config"]).arg(&path).spawn().unwrap();
+    let out = sigterm_once_training(child, &stopped);
     let stdout = String::from_utf8_lossy(&out.stdout);
     // mpirun reports a job it forwarded SIGTERM to as terminated whatever the ranks did, so the
     // exit status says nothing here; the ranks' own message and the checkpoint do.

@@ -1,7 +1,7 @@
 //! Data parallelism over in-process thread ranks: replicas stay identical after every step,
 //! evaluation over N ranks equals a single-process one exactly, and a batch the world size does
 //! not divide is refused with the numbers.
-use micn::config::{Config, Override};
+use micn::config::Config;
 use micn::data::Dataset;
 use micn::dist::{SingleProcess, ThreadRanks};
 use micn::train::train;
@@ -11,21 +11,9 @@ use tch::Device;
 use crate::train::dataset_dir;
 
 fn config(run: &std::path::Path, extra: &[&str]) -> Config {
-    let mut sets = vec![
-        format!("data.dir={:?}", dataset_dir().display().to_string()),
-        format!("run.dir={:?}", run.display().to_string()),
-        "device=cpu".into(),
-        "data.max_hist_len=10".into(),
-        "model.kind=dien".into(),
-        "micn.num_negatives=8".into(),
-        "train.global_batch_size=48".into(),
-        "train.lr=0.001".into(),
-        "train.threads=1".into(),
-        "train.check_replicas_every_steps=1".into(),
-    ];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
-    Config::load(None, &overrides).unwrap()
+    let mut sets = vec!["train.check_replicas_every_steps=1"];
+    sets.extend_from_slice(extra);
+    crate::small_config(run, &sets)
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod doctor;
 mod prepare;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `micn` binary cargo built for these tests.
@@ -38,4 +38,24 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// DIEN + MICN on the small shared synthetic dataset, one thread, writing to `run`; `extra` are
+/// further `--set` overrides (applied last).
+pub fn small_config(run: &Path, extra: &[&str]) -> micn::config::Config {
+    let mut sets = vec![
+        format!("data.dir={:?}", train::dataset_dir().display().to_string()),
+        format!("run.dir={:?}", run.display().to_string()),
+        "device=cpu".into(),
+        "data.max_hist_len=10".into(),
+        "model.kind=dien".into(),
+        "micn.num_negatives=8".into(),
+        "train.global_batch_size=48".into(),
+        "train.lr=0.001".into(),
+        "train.threads=1".into(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let overrides: Vec<micn::config::Override> =
+        sets.iter().map(|s| micn::config::Override::parse(s).unwrap()).collect();
+    micn::config::Config::load(None, &overrides).unwrap()
 }
