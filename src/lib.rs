@@ -7,6 +7,7 @@
 //! - [`checkpoint`]: atomic, checksummed checkpoints and their selection for `--resume`.
 //! - [`config`]: TOML configuration, defaults from the papers, one validation pass, `--set`.
 //! - [`dist`]: the [`dist::Communicator`] interface and its back-ends (single, threads, MPI).
+//! - [`experiment`]: `micn sweep` (grids of settings × repeats) and `micn report` (tables, plots).
 //! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
 //! - [`logging`]: `tracing` set-up, with the rank on every line.
 //! - [`metrics`]: exact AUC, GAUC and log-loss, pure functions over slices.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod doctor;
+pub mod experiment;
 pub mod logging;
 pub mod metrics;
 pub mod micn;

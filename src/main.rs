@@ -66,6 +66,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train a configuration over a grid of settings, each repeated with another seed; re-running
+    /// the same command skips finished runs and resumes unfinished ones. Ends with a report.
+    Sweep {
+        /// Sweep file (TOML: configs, grid, set, repeats, np, out); the flags below add to it.
+        file: Option<PathBuf>,
+        /// Base configuration (repeatable: each is a point of the sweep).
+        #[arg(long = "config")]
+        configs: Vec<PathBuf>,
+        /// Swept key and its values, `KEY=[v1,v2,...]` (repeatable; replaces the file's values).
+        #[arg(long = "grid")]
+        grid: Vec<String>,
+        /// Override `section.key=value` for every run (repeatable).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+        /// Runs per grid point; repeat r trains with train.seed + r.
+        #[arg(long)]
+        repeats: Option<usize>,
+        /// Ranks per run (more than 1 runs each through micn-launch).
+        #[arg(long)]
+        np: Option<usize>,
+        /// Passed to micn-launch (repeatable), e.g. --launch-arg=--hostfile --launch-arg=hosts.
+        #[arg(long = "launch-arg", allow_hyphen_values = true)]
+        launch_args: Vec<String>,
+        /// Directory of the run directories and the report.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// List the runs and where each stands; train nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Tables (mean ± std over repeats) and plots of the finished runs under some directories.
+    Report {
+        /// Run directories, or directories that hold them (a sweep's --out).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where report.md, report.csv and the figures go.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Benchmarks (results as tables on standard output).
     Bench {
         #[command(subcommand)]
@@ -326,6 +365,49 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             let opts = throughput::ThroughputOptions { steps, threads, items, users, ..Default::default() };
             let rows = throughput::run(&opts)?;
             print!("{}", throughput::table(&opts, &rows));
+        }
+        Command::Sweep { file, configs, grid, sets, repeats, np, launch_args, out, dry_run } => {
+            use micn::experiment::sweep::{self, SweepSpec};
+            anyhow::ensure!(
+                comm.size() == 1,
+                "micn sweep starts its own jobs: run it as one process, not under mpirun"
+            );
+            let mut spec = match &file {
+                Some(path) => SweepSpec::from_file(path)?,
+                None => SweepSpec { repeats: 1, np: 1, ..Default::default() },
+            };
+            spec.configs.extend(configs);
+            for arg in &grid {
+                let (key, values) = sweep::parse_grid(arg)?;
+                spec.set_grid(key, values);
+            }
+            for arg in &sets {
+                spec.sets.push(micn::config::Override::parse(arg)?);
+            }
+            spec.repeats = repeats.unwrap_or(spec.repeats);
+            spec.np = np.unwrap_or(spec.np);
+            spec.out = out.unwrap_or(spec.out);
+            spec.launch_args.extend(launch_args);
+            if dry_run {
+                for run in sweep::plan(&spec)? {
+                    println!("{}: {:?}", run.dir.display(), sweep::run_state(&run)?);
+                }
+                return Ok(());
+            }
+            micn::train::trainer::stop_on_signals();
+            let runner = sweep::Runner::beside_current_exe(spec.np, spec.launch_args.clone())?;
+            let outcome = sweep::run(&spec, &runner)?;
+            println!("{} runs trained, {} finished earlier", outcome.trained, outcome.skipped);
+            print!("{}", outcome.report.table);
+            println!("report: {}", outcome.report.markdown.display());
+        }
+        Command::Report { dirs, out } => {
+            let written = micn::experiment::report::write(&dirs, &out)?;
+            print!("{}", written.table);
+            for l in &written.left_out {
+                println!("left out {}: {}", l.dir.display(), l.why);
+            }
+            println!("{} runs; report: {}", written.runs, written.markdown.display());
         }
         Command::Train { config, sets, resume } => {
             use micn::train::trainer::Resume;

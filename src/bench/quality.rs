@@ -12,6 +12,7 @@ use crate::data::prepare::synthetic_dataset;
 use crate::data::protocol::Protocol;
 use crate::data::synth::{Preset, SynthConfig};
 use crate::dist::SingleProcess;
+use crate::metrics::mean_std;
 use crate::train::{train, TrainError};
 
 #[derive(Debug, Clone)]
@@ -61,14 +62,6 @@ pub struct QualityReport {
     pub epochs: usize,
     pub lr: f64,
     pub rows: Vec<QualityRow>,
-}
-
-/// Mean and sample standard deviation.
-pub fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    (mean, var.sqrt())
 }
 
 fn prepare(opts: &QualityOptions) -> Result<(SynthConfig, PathBuf), TrainError> {
@@ -157,16 +150,5 @@ impl std::fmt::Display for QualityReport {
             writeln!(f, "| oracle (generator's scores) | | {o:.4} | | | |")?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mean_and_sample_std() {
-        // numpy: np.mean([1,2,4]) = 2.3333333, np.std([1,2,4], ddof=1) = 1.5275252
-        let (m, s) = super::mean_std(&[1.0, 2.0, 4.0]);
-        assert!((m - 2.333_333_3).abs() < 1e-6 && (s - 1.527_525_2).abs() < 1e-6);
-        assert_eq!(super::mean_std(&[0.7]), (0.7, 0.0));
     }
 }

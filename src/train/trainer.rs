@@ -52,6 +52,11 @@ pub enum TrainError {
     RunFile { path: PathBuf, message: String },
     #[error("{path}: {samples} training samples, fewer than one global batch of {batch}")]
     TooFewSamples { path: PathBuf, samples: usize, batch: usize },
+    #[error(
+        "data.max_hist_len = {wanted}, but {path} keeps histories of at most {kept} items: prepare it again with \
+         --max-hist-len {wanted} (or more)"
+    )]
+    HistoryTooShort { path: PathBuf, wanted: usize, kept: usize },
     #[error("the test set has only one class; AUC is undefined")]
     OneClass,
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
@@ -175,7 +180,9 @@ pub fn evaluate(
     Ok(EvalResult { auc, gauc, logloss, samples: probs.len() as u64 })
 }
 
-/// One line of `metrics.jsonl`.
+/// One line of `metrics.jsonl`: training lines carry the mean losses over the steps since the
+/// previous line (or since the resume) and the last step's gradient norms; evaluation lines the
+/// test metrics.
 #[derive(Debug, Clone, Serialize)]
 struct MetricsLine {
     step: u64,
@@ -254,6 +261,11 @@ pub fn stop_on_signals() {
     }
 }
 
+/// Whether SIGTERM / SIGINT arrived since `stop_on_signals`.
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Where a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
@@ -324,6 +336,13 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let device = pick_device(cfg.device, comm.local_rank())?;
     let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
+    if cfg.data.max_hist_len > dataset.meta.max_hist_len {
+        return Err(TrainError::HistoryTooShort {
+            path: cfg.data.dir.clone(),
+            wanted: cfg.data.max_hist_len,
+            kept: dataset.meta.max_hist_len,
+        });
+    }
     let Built { vs, net } = build_model(cfg, &dataset, device)?;
     broadcast_from_root(comm, &vs)?;
     let mut trainable = Trainable::new(&vs)?;
@@ -433,6 +452,8 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let mut next_point = (start_epoch, start_position);
     let mut stopped_by_signal = false;
     let mut window = (Instant::now(), 0u64);
+    // Sums of (main, MICN, DIEN auxiliary) loss over the steps since the last metrics line.
+    let (mut loss_sums, mut loss_steps) = ([0.0f64; 3], 0u64);
     let (mut step_seconds, mut comm_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0u64);
     'epochs: for epoch in start_epoch..cfg.train.epochs as u64 {
         let first_step = if epoch == start_epoch { start_position / cfg.train.global_batch_size as u64 } else { 0 };
@@ -464,7 +485,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
             let due_by_time = comm.broadcast_vec(0, &[u8::from(due_by_time)])?[0] == 1;
             next_point = (epoch, (batch.step + 1) * cfg.train.global_batch_size as u64);
             // A signal on any rank stops every rank after this same step.
-            let mut stop = [f32::from(u8::from(STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)))];
+            let mut stop = [f32::from(u8::from(stop_requested()))];
             comm.all_reduce_sum_f32(&mut stop)?;
             if stop[0] > 0.0 {
                 stopped_by_signal = true;
@@ -482,20 +503,26 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 }
             }
             window.1 += cfg.train.global_batch_size as u64;
+            for (sum, loss) in loss_sums.iter_mut().zip([stats.loss_main, stats.loss_micn, stats.loss_dien_aux]) {
+                *sum += loss;
+            }
+            loss_steps += 1;
             if step % cfg.train.log_every_steps == 0 || step == total_steps {
                 let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+                let [loss_main, loss_micn, loss_dien_aux] = loss_sums.map(|sum| sum / loss_steps as f64);
+                (loss_sums, loss_steps) = ([0.0; 3], 0);
                 let mut line = MetricsLine::new(step, epoch);
-                line.loss_main = Some(stats.loss_main);
-                line.loss_dien_aux = (cfg.model.kind == ModelKind::Dien).then_some(stats.loss_dien_aux);
+                line.loss_main = Some(loss_main);
+                line.loss_dien_aux = (cfg.model.kind == ModelKind::Dien).then_some(loss_dien_aux);
                 if cfg.micn.enabled {
-                    line.loss_micn = Some(stats.loss_micn);
+                    line.loss_micn = Some(loss_micn);
                     line.grad_norm_main_e_aux = Some(stats.grad_norm_main_e_aux);
                     line.grad_norm_aux_e_aux = Some(stats.grad_norm_aux_e_aux);
                 }
                 line.lr = Some(cfg.train.lr);
                 line.samples_per_sec = Some(window.1 as f64 / secs);
                 metrics.write(&line)?;
-                progress.update(step, stats.loss_main, window.1 as f64 / secs);
+                progress.update(step, loss_main, window.1 as f64 / secs);
                 window = (Instant::now(), 0);
             }
             if cfg.train.eval_every_steps > 0 && step % cfg.train.eval_every_steps == 0 && step < total_steps {

@@ -3,6 +3,7 @@ mod checkpoint;
 mod comm;
 mod dist;
 mod doctor;
+mod experiment;
 mod prepare;
 mod train;
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One of the papers' tables on synthetic data, in one command:
+#   bash cluster/experiment.sh table2-models | table3-phi | table4-history
+# Sets up and builds (as the quickstart does), makes the synthetic Books- and Electronics-style
+# sets once (data/synth-*), then runs configs/experiments/synthetic/NAME.toml with `micn sweep`.
+# Running it again skips finished runs and resumes an interrupted one. The table and plots end up
+# in runs/experiments/synthetic/NAME/report/.
+set -euo pipefail
+name=${1:?usage: bash cluster/experiment.sh table2-models|table3-phi|table4-history}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+sweep=configs/experiments/synthetic/$name.toml
+[[ -f $sweep ]] || { echo "no sweep file $sweep" >&2; exit 2; }
+source cluster/env.sh
+bash cluster/setup-node.sh
+cargo build --release --workspace
+micn=target/release/micn
+
+# make_set NAME PRESET PROTOCOL MAX_HIST_LEN SYNTH-ARGS...
+make_set() {
+  local out=data/synth-$1 raw=data/synth-$1-raw preset=$2 protocol=$3 hist=$4
+  shift 4
+  [[ -f $out/dataset.json ]] && return
+  echo "== synthetic $1 data ($*)"
+  rm -rf "$raw" "$out"
+  $micn synth --preset "$preset" --seed 1 --out "$raw" "$@"
+  $micn prepare --input-format amazon2014 --reviews "$raw/reviews_Synthetic_5.json" \
+    --meta "$raw/meta_Synthetic.json" --oracle "$raw/oracle-model.json" \
+    --protocol "$protocol" --max-hist-len "$hist" --seed 1 --out "$out"
+  rm -rf "$raw"
+}
+make_set books books-like dien 50 --users 20000 --items 2000 --categories 50 --clusters 50 --mean-history 20
+make_set electronics electronics-like din 10 --users 4000 --items 1000 --categories 40 --clusters 30
+
+echo "== micn sweep $sweep"
+$micn sweep "$sweep"

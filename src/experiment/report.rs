@@ -1,0 +1,627 @@
+//! `micn report`: finished runs under some directories, grouped by the configuration keys whose
+//! values differ between them (`train.seed` and `run.dir` aside, so repeats fall into one group),
+//! as a markdown table and a CSV of test AUC / GAUC / log-loss (mean ± sample std over the
+//! repeats, with their number), and plots as PNG and SVG: the training loss of every task over
+//! steps, test AUC over steps, and test AUC against every swept numeric key with error bars.
+//!
+//! A run directory is one with a `config.toml`. One without a `summary.json`, or stopped by a
+//! signal, is unfinished; unfinished runs, unreadable runs and directories that hold no run are
+//! named under "Left out" and kept out of the table.
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::plot::{self, Panel, PlotError, Point, Series};
+use super::sweep::flatten;
+use crate::metrics::mean_std;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no finished run under {dirs}{left_out}")]
+    NoRuns { dirs: String, left_out: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Plot(#[from] PlotError),
+}
+
+/// Keys that differ between repeats of one setting.
+const NOT_GROUPED: [&str; 2] = ["train.seed", "run.dir"];
+
+/// The training-loss fields of `metrics.jsonl` and their task names.
+const LOSSES: [(&str, &str); 3] =
+    [("loss_main", "main task"), ("loss_micn", "MICN"), ("loss_dien_aux", "DIEN auxiliary")];
+
+/// One finished run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub dir: PathBuf,
+    /// The run's resolved configuration, flattened to dotted keys.
+    pub config: BTreeMap<String, toml::Value>,
+    pub test_auc: f64,
+    pub test_gauc: f64,
+    pub test_logloss: f64,
+    pub seconds: f64,
+    pub oracle_auc: Option<f64>,
+    /// Training loss per `metrics.jsonl` field (`loss_main`, ...): (step, loss).
+    pub losses: BTreeMap<&'static str, Vec<(u64, f64)>>,
+    /// Test AUC of every evaluation: (step, AUC).
+    pub evals: Vec<(u64, f64)>,
+}
+
+/// A directory kept out of the table, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeftOut {
+    pub dir: PathBuf,
+    pub why: String,
+}
+
+/// Everything found under the directories given.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub runs: Vec<Run>,
+    pub left_out: Vec<LeftOut>,
+}
+
+/// Walk `dirs` for runs.
+pub fn discover(dirs: &[PathBuf]) -> Found {
+    let mut found = Found::default();
+    for dir in dirs {
+        if !dir.is_dir() {
+            found.left_out.push(LeftOut { dir: dir.clone(), why: "no such directory".into() });
+        } else if !visit(dir, &mut found) {
+            found
+                .left_out
+                .push(LeftOut { dir: dir.clone(), why: "not a run directory (no config.toml) and holds none".into() });
+        }
+    }
+    found
+}
+
+/// Record `dir` if it is a run, else look below it; true when it is or holds a run (or a report).
+fn visit(dir: &Path, found: &mut Found) -> bool {
+    if dir.join("config.toml").is_file() {
+        match read_run(dir) {
+            Ok(run) => found.runs.push(run),
+            Err(why) => found.left_out.push(LeftOut { dir: dir.to_path_buf(), why }),
+        }
+        return true;
+    }
+    if dir.join("report.md").is_file() {
+        return true;
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    subdirs.sort();
+    let held: Vec<(PathBuf, bool)> = subdirs
+        .into_iter()
+        .map(|sub| {
+            let holds = visit(&sub, found);
+            (sub, holds)
+        })
+        .collect();
+    if !held.iter().any(|(_, holds)| *holds) {
+        return false;
+    }
+    for (sub, _) in held.into_iter().filter(|(_, holds)| !holds) {
+        found.left_out.push(LeftOut { dir: sub, why: "not a run directory (no config.toml) and holds none".into() });
+    }
+    true
+}
+
+/// A finished run, or why it cannot be used.
+fn read_run(dir: &Path) -> Result<Run, String> {
+    let config_text = std::fs::read_to_string(dir.join("config.toml")).map_err(|e| format!("config.toml: {e}"))?;
+    let config: toml::Table =
+        toml::from_str(&config_text).map_err(|e| format!("config.toml: {}", e.to_string().trim()))?;
+    let checkpoint_note = || {
+        crate::checkpoint::list(&dir.join("checkpoints"))
+            .first()
+            .map(|c| format!("; its newest checkpoint is {}", c.file_name().unwrap_or_default().to_string_lossy()))
+            .unwrap_or_default()
+    };
+    let summary_text = std::fs::read_to_string(dir.join("summary.json"))
+        .map_err(|_| format!("unfinished: no summary.json{}", checkpoint_note()))?;
+    let summary: serde_json::Value = serde_json::from_str(&summary_text).map_err(|e| format!("summary.json: {e}"))?;
+    if summary["stopped_by_signal"] == true {
+        return Err(format!(
+            "unfinished: stopped by a signal after step {}{}",
+            summary["steps"].as_u64().unwrap_or(0),
+            checkpoint_note()
+        ));
+    }
+    let number = |key: &str| summary[key].as_f64().ok_or_else(|| format!("summary.json: no number {key}"));
+    let mut run = Run {
+        dir: dir.to_path_buf(),
+        config: flatten(&config).into_iter().collect(),
+        test_auc: number("test_auc")?,
+        test_gauc: number("test_gauc")?,
+        test_logloss: number("test_logloss")?,
+        seconds: number("seconds")?,
+        oracle_auc: summary["oracle_auc"].as_f64(),
+        losses: BTreeMap::new(),
+        evals: Vec::new(),
+    };
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    for (i, line) in metrics.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("metrics.jsonl line {}: {e}", i + 1))?;
+        let Some(step) = v["step"].as_u64() else { continue };
+        for (field, _) in LOSSES {
+            if let Some(loss) = v[field].as_f64() {
+                run.losses.entry(field).or_default().push((step, loss));
+            }
+        }
+        if let Some(auc) = v["eval_auc"].as_f64() {
+            run.evals.push((step, auc));
+        }
+    }
+    Ok(run)
+}
+
+/// Mean and sample standard deviation of one metric over a group's runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Stat {
+    fn of(xs: impl Iterator<Item = f64>) -> Self {
+        let (mean, std) = mean_std(&xs.collect::<Vec<_>>());
+        Self { mean, std }
+    }
+}
+
+/// Runs that share the values of every grouping key.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Values of `Table::keys`, in order.
+    pub values: Vec<toml::Value>,
+    /// Indices into the runs.
+    pub runs: Vec<usize>,
+    pub auc: Stat,
+    pub gauc: Stat,
+    pub logloss: Stat,
+    pub seconds: Stat,
+}
+
+/// The report table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The configuration keys whose values differ between runs.
+    pub keys: Vec<String>,
+    pub groups: Vec<Group>,
+}
+
+/// Numbers in numeric order, then everything else by its text.
+fn compare_values(a: &toml::Value, b: &toml::Value) -> Ordering {
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.to_string().cmp(&b.to_string()),
+    }
+}
+
+fn number(v: &toml::Value) -> Option<f64> {
+    match v {
+        toml::Value::Integer(i) => Some(*i as f64),
+        toml::Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// A value as the table shows it (strings without quotes; a missing key as "–").
+fn show(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Group runs by the keys that differ between them.
+pub fn group(runs: &[Run]) -> Table {
+    let all_keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.config.keys()).collect();
+    let missing = toml::Value::String("–".into());
+    let keys: Vec<String> = all_keys
+        .into_iter()
+        .filter(|k| !NOT_GROUPED.contains(&k.as_str()))
+        .filter(|k| runs.iter().any(|r| r.config.get(*k) != runs[0].config.get(*k)))
+        .cloned()
+        .collect();
+    let mut by_values: Vec<(Vec<toml::Value>, Vec<usize>)> = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let values: Vec<toml::Value> = keys.iter().map(|k| run.config.get(k).unwrap_or(&missing).clone()).collect();
+        match by_values.iter_mut().find(|(v, _)| *v == values) {
+            Some((_, members)) => members.push(i),
+            None => by_values.push((values, vec![i])),
+        }
+    }
+    by_values.sort_by(|(a, _), (b, _)| {
+        a.iter().zip(b).map(|(x, y)| compare_values(x, y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+    });
+    let groups = by_values
+        .into_iter()
+        .map(|(values, members)| {
+            let stat = |f: fn(&Run) -> f64| Stat::of(members.iter().map(|&i| f(&runs[i])));
+            Group {
+                values,
+                auc: stat(|r| r.test_auc),
+                gauc: stat(|r| r.test_gauc),
+                logloss: stat(|r| r.test_logloss),
+                seconds: stat(|r| r.seconds),
+                runs: members,
+            }
+        })
+        .collect();
+    Table { keys, groups }
+}
+
+impl Table {
+    /// A short legend label: `phi=0.3`, `dien`, `micn on`, a path's last part.
+    pub fn label(&self, group: &Group, except: Option<&str>) -> String {
+        let parts: Vec<String> = self
+            .keys
+            .iter()
+            .zip(&group.values)
+            .filter(|(k, _)| Some(k.as_str()) != except)
+            .map(|(key, value)| {
+                let (section, last) = key.rsplit_once('.').unwrap_or(("", key));
+                match value {
+                    toml::Value::Boolean(on) if last == "enabled" => {
+                        format!("{section} {}", if *on { "on" } else { "off" })
+                    }
+                    toml::Value::String(s) if last.ends_with("dir") => {
+                        Path::new(s).file_name().map_or_else(|| s.clone(), |n| n.to_string_lossy().into_owned())
+                    }
+                    toml::Value::String(s) => s.clone(),
+                    other => format!("{last}={other}"),
+                }
+            })
+            .collect();
+        if parts.is_empty() {
+            "all runs".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// The markdown table.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let mut header: Vec<String> = self.keys.iter().map(|k| format!("`{k}`")).collect();
+        header.extend(["n", "test AUC", "test GAUC", "test log-loss", "seconds / run"].map(String::from));
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(out, "|{}", header.iter().map(|_| "---|").collect::<String>());
+        for g in &self.groups {
+            let mut cells: Vec<String> = g.values.iter().map(show).collect();
+            let pm = |s: &Stat| format!("{:.4} ± {:.4}", s.mean, s.std);
+            cells.extend([g.runs.len().to_string(), pm(&g.auc), pm(&g.gauc), pm(&g.logloss)]);
+            cells.push(format!("{:.0}", g.seconds.mean));
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+        out
+    }
+
+    /// The same as CSV (full precision; a field with a comma or quote is quoted).
+    pub fn csv(&self) -> String {
+        let field = |s: String| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s
+            }
+        };
+        let mut header: Vec<String> = self.keys.iter().cloned().map(field).collect();
+        header.extend(
+            [
+                "n",
+                "test_auc_mean",
+                "test_auc_std",
+                "test_gauc_mean",
+                "test_gauc_std",
+                "test_logloss_mean",
+                "test_logloss_std",
+                "seconds_mean",
+            ]
+            .map(String::from),
+        );
+        let mut out = header.join(",") + "\n";
+        for g in &self.groups {
+            let mut cells: Vec<String> = g.values.iter().map(|v| field(show(v))).collect();
+            cells.push(g.runs.len().to_string());
+            for s in [&g.auc, &g.gauc, &g.logloss] {
+                cells.extend([s.mean.to_string(), s.std.to_string()]);
+            }
+            cells.push(g.seconds.mean.to_string());
+            out += &(cells.join(",") + "\n");
+        }
+        out
+    }
+}
+
+/// The mean curve of a group: at the steps every run of it has, the mean over its runs.
+fn mean_curve<'r>(curves: impl Iterator<Item = &'r [(u64, f64)]>) -> Vec<Point> {
+    let curves: Vec<&[(u64, f64)]> = curves.collect();
+    let mut at: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for curve in &curves {
+        for &(step, y) in curve.iter() {
+            at.entry(step).or_default().push(y);
+        }
+    }
+    at.into_iter()
+        .filter(|(_, ys)| ys.len() == curves.len())
+        .map(|(step, ys)| Point { x: step as f64, y: mean_std(&ys).0, err: None })
+        .collect()
+}
+
+/// The figures of a table: (file stem, panels).
+pub fn figures(runs: &[Run], table: &Table) -> Vec<(String, Vec<Panel>)> {
+    let mut figures = Vec::new();
+    let loss_panels: Vec<Panel> = LOSSES
+        .iter()
+        .filter(|(field, _)| runs.iter().any(|r| r.losses.contains_key(field)))
+        .map(|(field, task)| Panel {
+            title: format!("training loss: {task}"),
+            x_label: "step".into(),
+            y_label: format!("{task} loss (mean over repeats)"),
+            x_whole: true,
+            series: table
+                .groups
+                .iter()
+                .filter(|g| g.runs.iter().all(|&i| runs[i].losses.contains_key(field)))
+                .map(|g| Series {
+                    label: table.label(g, None),
+                    points: mean_curve(g.runs.iter().map(|&i| runs[i].losses[field].as_slice())),
+                })
+                .collect(),
+        })
+        .collect();
+    if !loss_panels.is_empty() {
+        figures.push(("loss".to_string(), loss_panels));
+    }
+    let auc_panel = Panel {
+        title: "test AUC during training".into(),
+        x_label: "step".into(),
+        y_label: "test AUC (mean over repeats)".into(),
+        x_whole: true,
+        series: table
+            .groups
+            .iter()
+            .map(|g| Series {
+                label: table.label(g, None),
+                points: mean_curve(g.runs.iter().map(|&i| runs[i].evals.as_slice())),
+            })
+            .collect(),
+    };
+    figures.push(("auc-over-steps".to_string(), vec![auc_panel]));
+    // AUC against every numeric key with several values: one line per setting of the others.
+    for (k, key) in table.keys.iter().enumerate() {
+        let numeric = table.groups.iter().all(|g| number(&g.values[k]).is_some());
+        let distinct: BTreeSet<String> = table.groups.iter().map(|g| g.values[k].to_string()).collect();
+        if !numeric || distinct.len() < 2 {
+            continue;
+        }
+        let mut lines: Vec<Series> = Vec::new();
+        for g in &table.groups {
+            let label = table.label(g, Some(key));
+            let point = Point { x: number(&g.values[k]).expect("numeric"), y: g.auc.mean, err: Some(g.auc.std) };
+            match lines.iter_mut().find(|s| s.label == label) {
+                Some(line) => line.points.push(point),
+                None => lines.push(Series { label, points: vec![point] }),
+            }
+        }
+        for line in &mut lines {
+            line.points.sort_by(|a, b| a.x.total_cmp(&b.x));
+            if line.label == "all runs" {
+                line.label = String::new();
+            }
+        }
+        let n: BTreeSet<usize> = table.groups.iter().map(|g| g.runs.len()).collect();
+        let n: Vec<String> = n.iter().map(usize::to_string).collect();
+        figures.push((
+            format!("auc-vs-{key}"),
+            vec![Panel {
+                title: format!("test AUC against {key}"),
+                x_label: key.clone(),
+                x_whole: false,
+                y_label: format!("test AUC (mean ± std, n = {})", n.join("/")),
+                series: lines,
+            }],
+        ));
+    }
+    figures
+}
+
+/// What `write` produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub markdown: PathBuf,
+    pub table: String,
+    pub runs: usize,
+    pub left_out: Vec<LeftOut>,
+}
+
+/// Find the runs under `dirs` and write `report.md`, `report.csv` and the figures into `out`.
+pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
+    let found = discover(dirs);
+    let list = |dirs: &[PathBuf]| dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    if found.runs.is_empty() {
+        let left_out: String = found.left_out.iter().map(|l| format!("\n  {}: {}", l.dir.display(), l.why)).collect();
+        return Err(ReportError::NoRuns { dirs: list(dirs), left_out });
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let table = group(&found.runs);
+    let mut md = format!(
+        "# micn report\n\n{} finished runs under {} in {} groups; the columns are the configuration keys \
+         whose values differ between runs (`train.seed` and `run.dir` aside). Metrics are on the test set at \
+         the end of each run: mean ± sample standard deviation over the n runs of a group.\n\n",
+        found.runs.len(),
+        list(dirs),
+        table.groups.len()
+    );
+    md += &table.markdown();
+    let oracles: BTreeSet<String> = found.runs.iter().filter_map(|r| r.oracle_auc.map(|o| format!("{o:.4}"))).collect();
+    if !oracles.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nAUC of the synthetic generator's own scores (the best any model can do): {}.",
+            oracles.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    md += "\n## Plots\n\n";
+    for (stem, panels) in figures(&found.runs, &table) {
+        plot::write_figure(&out.join(&stem), &panels)?;
+        let _ = writeln!(md, "![{stem}]({stem}.png) ([SVG]({stem}.svg))\n");
+    }
+    if !found.left_out.is_empty() {
+        md += "## Left out\n\n";
+        for l in &found.left_out {
+            let _ = writeln!(md, "- `{}`: {}", l.dir.display(), l.why);
+        }
+    }
+    md += "\n## Runs\n\n";
+    for g in &table.groups {
+        let dirs: Vec<String> = g.runs.iter().map(|&i| format!("`{}`", found.runs[i].dir.display())).collect();
+        let _ = writeln!(md, "- {}: {}", table.label(g, None), dirs.join(", "));
+    }
+    let markdown = out.join("report.md");
+    std::fs::write(&markdown, &md).map_err(io(&markdown))?;
+    let csv = out.join("report.csv");
+    std::fs::write(&csv, table.csv()).map_err(io(&csv))?;
+    Ok(Written { markdown, table: table.markdown(), runs: found.runs.len(), left_out: found.left_out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-made finished run directory.
+    fn run_dir(root: &Path, name: &str, phi: f64, seed: u64, auc: f64) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "[micn]\nphi = {phi:?}\nenabled = true\n[train]\nseed = {seed}\n[run]\ndir = \"{}\"\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let summary = format!(
+            "{{\"test_auc\": {auc}, \"test_gauc\": {}, \"test_logloss\": 0.5, \"seconds\": 10.0, \"steps\": 20, \
+             \"stopped_by_signal\": false, \"oracle_auc\": 0.9}}",
+            auc - 0.01
+        );
+        std::fs::write(dir.join("summary.json"), summary).unwrap();
+        let metrics = format!(
+            "{{\"step\":10,\"epoch\":0,\"loss_main\":0.69,\"loss_micn\":3.0}}\n{{\"step\":10,\"epoch\":0,\"eval_auc\":0.6}}\n\
+             {{\"step\":20,\"epoch\":1,\"loss_main\":0.6,\"loss_micn\":2.5}}\n{{\"step\":20,\"epoch\":1,\"eval_auc\":{auc}}}\n"
+        );
+        std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
+        dir
+    }
+
+    #[test]
+    fn groups_by_differing_keys_with_mean_and_sample_std() {
+        let root = tempfile::tempdir().unwrap();
+        // φ = 0.1: AUC 0.70, 0.72, 0.74 → mean 0.72, sample std 0.02 (numpy: np.std(x, ddof=1)).
+        for (seed, auc) in [(1, 0.70), (2, 0.72), (3, 0.74)] {
+            run_dir(root.path(), &format!("phi=0.1/repeat-{seed}"), 0.1, seed, auc);
+        }
+        // φ = 0.5: one run only; std 0.
+        run_dir(root.path(), "phi=0.5/repeat-0", 0.5, 1, 0.8);
+        let found = discover(&[root.path().to_path_buf()]);
+        assert!(found.left_out.is_empty(), "{:?}", found.left_out);
+        let table = group(&found.runs);
+        assert_eq!(table.keys, ["micn.phi"]);
+        assert_eq!(table.groups.len(), 2);
+        let g = &table.groups[0];
+        assert_eq!((g.values[0].clone(), g.runs.len()), (toml::Value::Float(0.1), 3));
+        assert!((g.auc.mean - 0.72).abs() < 1e-12 && (g.auc.std - 0.02).abs() < 1e-12, "{:?}", g.auc);
+        assert!((g.gauc.mean - 0.71).abs() < 1e-12);
+        assert_eq!((table.groups[1].auc.mean, table.groups[1].auc.std), (0.8, 0.0));
+        let md = table.markdown();
+        assert!(md.contains("| 0.1 | 3 | 0.7200 ± 0.0200 | 0.7100 ± 0.0200 | 0.5000 ± 0.0000 | 10 |"), "{md}");
+        let csv = table.csv();
+        assert_eq!(csv.lines().next().unwrap().split(',').next(), Some("micn.phi"));
+        assert!(csv.lines().nth(2).unwrap().starts_with("0.5,1,0.8,0,"), "{csv}");
+        // Curves: the mean of the repeats at each step; AUC against φ with error bars.
+        let figs = figures(&found.runs, &table);
+        let stems: Vec<&str> = figs.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(stems, ["loss", "auc-over-steps", "auc-vs-micn.phi"]);
+        assert_eq!(figs[0].1.len(), 2, "main and MICN loss panels");
+        let end = figs[1].1[0].series[0].points[1];
+        assert!(end.x == 20.0 && (end.y - 0.72).abs() < 1e-12, "{end:?}");
+        let vs = &figs[2].1[0].series[0];
+        assert_eq!(vs.points.len(), 2);
+        assert!((vs.points[0].err.unwrap() - 0.02).abs() < 1e-12);
+    }
+
+    #[test]
+    fn groups_sort_numerically_and_label_briefly() {
+        let root = tempfile::tempdir().unwrap();
+        for phi in [1.0, 0.3, 0.05] {
+            run_dir(root.path(), &format!("phi={phi}"), phi, 1, 0.7);
+        }
+        let table = group(&discover(&[root.path().to_path_buf()]).runs);
+        let order: Vec<String> = table.groups.iter().map(|g| show(&g.values[0])).collect();
+        assert_eq!(order, ["0.05", "0.3", "1.0"]);
+        assert_eq!(table.label(&table.groups[0], None), "phi=0.05");
+        assert_eq!(table.label(&table.groups[0], Some("micn.phi")), "all runs");
+    }
+
+    #[test]
+    fn unfinished_and_foreign_directories_are_named_not_fatal() {
+        let root = tempfile::tempdir().unwrap();
+        run_dir(root.path(), "a/repeat-0", 0.1, 1, 0.7);
+        let stopped = run_dir(root.path(), "a/repeat-1", 0.1, 2, 0.7);
+        let text = std::fs::read_to_string(stopped.join("summary.json")).unwrap();
+        std::fs::write(
+            stopped.join("summary.json"),
+            text.replace("\"stopped_by_signal\": false", "\"stopped_by_signal\": true"),
+        )
+        .unwrap();
+        let running = run_dir(root.path(), "a/repeat-2", 0.1, 3, 0.7);
+        std::fs::remove_file(running.join("summary.json")).unwrap();
+        std::fs::create_dir_all(running.join("checkpoints/step-0000000010")).unwrap();
+        std::fs::create_dir_all(root.path().join("photos/2024")).unwrap();
+        let garbled = run_dir(root.path(), "b", 0.2, 1, 0.7);
+        std::fs::write(garbled.join("summary.json"), "{\"test_auc\": ").unwrap();
+        let missing = root.path().join("nowhere");
+        let found = discover(&[root.path().to_path_buf(), missing.clone()]);
+        assert_eq!(found.runs.len(), 1);
+        let why: BTreeMap<PathBuf, String> = found.left_out.iter().map(|l| (l.dir.clone(), l.why.clone())).collect();
+        assert!(why[&stopped].contains("stopped by a signal after step 20"), "{why:?}");
+        assert!(why[&running].contains("no summary.json") && why[&running].contains("step-0000000010"), "{why:?}");
+        assert!(why[&root.path().join("photos")].contains("not a run directory"), "{why:?}");
+        assert!(why[&garbled].contains("summary.json"), "{why:?}");
+        assert_eq!(why[&missing], "no such directory");
+        // A directory with no finished run at all is an error that names what was found.
+        let e = write(&[root.path().join("photos")], &root.path().join("report")).unwrap_err().to_string();
+        assert!(e.contains("no finished run") && e.contains("photos"), "{e}");
+    }
+
+    #[test]
+    fn writes_markdown_csv_and_figures_and_skips_its_own_output_later() {
+        let root = tempfile::tempdir().unwrap();
+        for (phi, seed, auc) in [(0.1, 1, 0.7), (0.1, 2, 0.71), (0.9, 1, 0.69), (0.9, 2, 0.7)] {
+            run_dir(root.path(), &format!("phi={phi}/repeat-{seed}"), phi, seed, auc);
+        }
+        let out = root.path().join("report");
+        let written = write(&[root.path().to_path_buf()], &out).unwrap();
+        assert_eq!(written.runs, 4);
+        for file in ["report.md", "report.csv", "loss.png", "loss.svg", "auc-over-steps.png", "auc-vs-micn.phi.svg"] {
+            assert!(out.join(file).is_file(), "{file} missing");
+        }
+        let md = std::fs::read_to_string(&written.markdown).unwrap();
+        assert!(md.contains("4 finished runs") && md.contains("0.9000"), "{md}");
+        // The report directory inside the swept one is neither a run nor "left out".
+        let again = write(&[root.path().to_path_buf()], &out).unwrap();
+        assert!(again.left_out.is_empty(), "{:?}", again.left_out);
+    }
+}

@@ -1,0 +1,561 @@
+//! `micn sweep`: every point of a grid of `--set` values over one or more base configurations,
+//! each repeated with `train.seed` advanced by the repeat index, run one after another as child
+//! processes of the same binary (`micn train --resume auto`, or `micn-launch` for several ranks).
+//!
+//! Run directories are `OUT/<point>/repeat-<r>`, where `<point>` names the base configuration
+//! (when there are several) and the grid values (`micn.phi=0.3`). Running the same command again
+//! skips finished runs (a `summary.json` not stopped by a signal) and resumes unfinished ones from
+//! their newest checkpoint; a run directory whose configuration differs from the planned one is
+//! refused, never overwritten. The report (`micn report`) of the sweep is written to `OUT/report`
+//! at the end.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::config::{Config, ConfigError, Override};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("--grid {arg}: {message}")]
+    Grid { arg: String, message: String },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{what}: {message}")]
+    Plan { what: String, message: String },
+    #[error("{dir} was trained with another configuration (differs in {keys}); remove it or sweep into another --out")]
+    Mismatch { dir: PathBuf, keys: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("could not start {program}: {source}")]
+    Spawn { program: PathBuf, source: std::io::Error },
+    #[error("{dir}: the run failed ({status}); the last lines of {log}:\n{tail}")]
+    RunFailed { dir: PathBuf, status: String, log: PathBuf, tail: String },
+    #[error("stopped by a signal during {dir} (checkpointed); run the same command again to continue")]
+    Interrupted { dir: PathBuf },
+    #[error("{0}")]
+    Report(#[from] super::report::ReportError),
+}
+
+/// What to sweep.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepSpec {
+    /// Base configuration files (each is a point of its own when there are several).
+    pub configs: Vec<PathBuf>,
+    /// Applied to every run, before the grid values.
+    pub sets: Vec<Override>,
+    /// Swept keys and their values, in order.
+    pub grid: Vec<(String, Vec<toml::Value>)>,
+    pub repeats: usize,
+    /// Ranks per run (1: a child `micn train`; more: a `micn-launch` job).
+    pub np: usize,
+    pub out: PathBuf,
+    /// Passed to `micn-launch` before its own arguments (`--hostfile F`, ...).
+    pub launch_args: Vec<String>,
+}
+
+/// A sweep file: the same fields as the command line (`configs` relative to the file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepFile {
+    configs: Vec<PathBuf>,
+    repeats: Option<usize>,
+    np: Option<usize>,
+    out: Option<PathBuf>,
+    #[serde(default)]
+    launch_args: Vec<String>,
+    #[serde(default)]
+    set: toml::Table,
+    #[serde(default)]
+    grid: toml::Table,
+}
+
+/// `{a = {b = 1}}` and `{"a.b" = 1}` both become `[("a.b", 1)]`.
+pub fn flatten(table: &toml::Table) -> Vec<(String, toml::Value)> {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+        for (key, value) in table {
+            let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match value {
+                toml::Value::Table(inner) => walk(&key, inner, out),
+                other => out.push((key, other.clone())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", table, &mut out);
+    out
+}
+
+/// A value as a `--set` argument reads it back (strings quoted).
+fn set_arg(key: &str, value: &toml::Value) -> String {
+    format!("{key}={value}")
+}
+
+/// Parse `KEY=[v1,v2,...]`: the list as TOML, or as bare words (`model.kind=[din,dien]`).
+pub fn parse_grid(arg: &str) -> Result<(String, Vec<toml::Value>), SweepError> {
+    let bad = |message: &str| SweepError::Grid { arg: arg.to_string(), message: message.to_string() };
+    let parsed = Override::parse(arg).map_err(|_| bad("expected KEY=[v1,v2,...]"))?;
+    let values = match parsed.value {
+        toml::Value::Array(values) => values,
+        toml::Value::String(text) if text.starts_with('[') && text.ends_with(']') => text[1..text.len() - 1]
+            .split(',')
+            .map(|word| match word.trim() {
+                "" => None,
+                word => Override::parse(&format!("v={word}")).ok().map(|o| o.value),
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("a value is empty"))?,
+        _ => return Err(bad("the values must be a list in brackets: KEY=[v1,v2,...]")),
+    };
+    check_grid_values(&parsed.key, &values).map_err(|m| bad(&m))?;
+    Ok((parsed.key, values))
+}
+
+fn check_grid_values(key: &str, values: &[toml::Value]) -> Result<(), String> {
+    if values.is_empty() {
+        return Err(format!("{key} has no values"));
+    }
+    let names: Vec<String> = values.iter().map(point_value).collect();
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            return Err(format!("{key} lists {name} twice"));
+        }
+    }
+    Ok(())
+}
+
+impl SweepSpec {
+    /// Read a sweep file; its `configs` are relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, SweepError> {
+        let fail = |message: String| SweepError::File { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let file: SweepFile = toml::from_str(&text).map_err(|e| fail(e.to_string().trim().to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let sets = flatten(&file.set)
+            .into_iter()
+            .map(|(key, value)| Override::parse(&set_arg(&key, &value)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("[set]: {e}")))?;
+        let mut grid = Vec::new();
+        for (key, value) in flatten(&file.grid) {
+            let toml::Value::Array(values) = value else {
+                return Err(fail(format!("grid key {key}: the values must be a list")));
+            };
+            check_grid_values(&key, &values).map_err(|m| fail(format!("[grid]: {m}")))?;
+            grid.push((key, values));
+        }
+        Ok(Self {
+            configs: file.configs.iter().map(|c| base.join(c)).collect(),
+            sets,
+            grid,
+            repeats: file.repeats.unwrap_or(1),
+            np: file.np.unwrap_or(1),
+            out: file.out.unwrap_or_default(),
+            launch_args: file.launch_args,
+        })
+    }
+
+    /// Replace a grid key's values, or add the key.
+    pub fn set_grid(&mut self, key: String, values: Vec<toml::Value>) {
+        match self.grid.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = values,
+            None => self.grid.push((key, values)),
+        }
+    }
+}
+
+/// One run of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRun {
+    pub dir: PathBuf,
+    pub base: PathBuf,
+    /// Everything after the base file: the spec's sets, the grid point, seed and run directory.
+    pub overrides: Vec<Override>,
+    /// The resolved configuration (validated).
+    pub config: Config,
+}
+
+/// A grid value as it appears in a directory name: strings bare, paths by their last part.
+fn point_value(value: &toml::Value) -> String {
+    let text = match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    text.replace(['/', '\\'], "_")
+}
+
+/// Every run, repeat-major: all points of repeat 0 first, so an interrupted sweep already covers
+/// the whole grid once. Every configuration is resolved and validated before anything runs.
+pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
+    let plan_err = |what: &str, message: &str| SweepError::Plan { what: what.into(), message: message.into() };
+    if spec.configs.is_empty() {
+        return Err(plan_err("micn sweep", "needs a base configuration (--config FILE or a sweep file)"));
+    }
+    if spec.repeats == 0 {
+        return Err(plan_err("repeats", "must be at least 1"));
+    }
+    if spec.np == 0 {
+        return Err(plan_err("np", "must be at least 1"));
+    }
+    if spec.out.as_os_str().is_empty() {
+        return Err(plan_err("micn sweep", "needs an output directory (--out DIR or `out` in the sweep file)"));
+    }
+    for (key, _) in &spec.grid {
+        if key == "train.seed" || key == "run.dir" {
+            return Err(plan_err(key, "is set by the sweep itself (repeats change train.seed)"));
+        }
+    }
+    // The grid's points: the cartesian product, the last key varying fastest.
+    let mut points: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];
+    for (key, values) in &spec.grid {
+        points = points
+            .into_iter()
+            .flat_map(|point| {
+                values.iter().map(move |v| {
+                    let mut next = point.clone();
+                    next.push((key.clone(), v.clone()));
+                    next
+                })
+            })
+            .collect();
+    }
+    let stems: Vec<String> =
+        spec.configs.iter().map(|c| c.file_stem().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let mut runs = Vec::new();
+    for repeat in 0..spec.repeats {
+        for (base, stem) in spec.configs.iter().zip(&stems) {
+            for point in &points {
+                let mut name: Vec<String> = point.iter().map(|(k, v)| format!("{k}={}", point_value(v))).collect();
+                if spec.configs.len() > 1 || name.is_empty() {
+                    name.insert(0, stem.clone());
+                }
+                let dir = spec.out.join(name.join(",")).join(format!("repeat-{repeat}"));
+                let mut overrides = spec.sets.clone();
+                for (key, value) in point {
+                    overrides.push(Override::parse(&set_arg(key, value))?);
+                }
+                let seed = Config::load(Some(base), &overrides)?.train.seed;
+                overrides.push(Override::parse(&format!("train.seed={}", seed + repeat as u64))?);
+                let dir_value = toml::Value::String(dir.display().to_string());
+                overrides.push(Override::parse(&set_arg("run.dir", &dir_value))?);
+                let config = Config::load(Some(base), &overrides)?;
+                runs.push(PlannedRun { dir, base: base.clone(), overrides, config });
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Where a planned run stands on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    NotStarted,
+    /// Started (its `config.toml` exists) but without a final summary.
+    Unfinished,
+    Finished {
+        test_auc: f64,
+    },
+}
+
+/// Read a run directory's state; refuse one trained with another configuration.
+pub fn run_state(run: &PlannedRun) -> Result<RunState, SweepError> {
+    let config_path = run.dir.join("config.toml");
+    let Ok(text) = std::fs::read_to_string(&config_path) else {
+        return Ok(RunState::NotStarted);
+    };
+    let saved: toml::Table = toml::from_str(&text)
+        .map_err(|e| SweepError::File { path: config_path.clone(), message: e.to_string().trim().to_string() })?;
+    let planned: toml::Table = toml::from_str(&run.config.to_toml()).expect("a config's own TOML parses");
+    let saved: BTreeMap<String, toml::Value> = flatten(&saved).into_iter().collect();
+    let planned: BTreeMap<String, toml::Value> = flatten(&planned).into_iter().collect();
+    let differing: Vec<&str> = saved
+        .keys()
+        .chain(planned.keys())
+        .filter(|k| saved.get(*k) != planned.get(*k))
+        .map(String::as_str)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !differing.is_empty() {
+        return Err(SweepError::Mismatch { dir: run.dir.clone(), keys: differing.join(", ") });
+    }
+    let summary = std::fs::read_to_string(run.dir.join("summary.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    Ok(match summary {
+        Some(s) if s["stopped_by_signal"] == false => match s["test_auc"].as_f64() {
+            Some(test_auc) => RunState::Finished { test_auc },
+            None => RunState::Unfinished,
+        },
+        _ => RunState::Unfinished,
+    })
+}
+
+/// How runs are started.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// The `micn` binary (normally this process's own).
+    pub micn: PathBuf,
+    /// `micn-launch`, needed when `np > 1`.
+    pub launcher: Option<PathBuf>,
+    pub np: usize,
+    pub launch_args: Vec<String>,
+}
+
+impl Runner {
+    /// The binaries beside this process's executable.
+    pub fn beside_current_exe(np: usize, launch_args: Vec<String>) -> Result<Self, SweepError> {
+        let micn = std::env::current_exe().map_err(|source| SweepError::Io { path: "micn".into(), source })?;
+        let launcher = micn.with_file_name("micn-launch");
+        let launcher = launcher.exists().then_some(launcher);
+        if np > 1 && launcher.is_none() {
+            return Err(SweepError::Plan {
+                what: format!("--np {np}"),
+                message: format!(
+                    "needs micn-launch beside {} (cargo build --release --workspace builds it)",
+                    micn.display()
+                ),
+            });
+        }
+        Ok(Self { micn, launcher, np, launch_args })
+    }
+
+    /// The command that trains `run` (resuming from its newest checkpoint when it has one).
+    pub fn command(&self, run: &PlannedRun) -> Command {
+        let mut train_args: Vec<String> = vec!["train".into(), "--config".into(), run.base.display().to_string()];
+        for o in &run.overrides {
+            train_args.push("--set".into());
+            train_args.push(o.arg.clone());
+        }
+        train_args.extend(["--resume".into(), "auto".into()]);
+        match (&self.launcher, self.np) {
+            (Some(launcher), np) if np > 1 => {
+                let mut cmd = Command::new(launcher);
+                cmd.arg("--np").arg(np.to_string()).args(&self.launch_args).arg("--micn").arg(&self.micn).arg("--");
+                cmd.args(train_args);
+                cmd
+            }
+            _ => {
+                let mut cmd = Command::new(&self.micn);
+                cmd.args(train_args);
+                cmd
+            }
+        }
+    }
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    pub trained: usize,
+    pub skipped: usize,
+    pub report: super::report::Written,
+}
+
+/// Run every planned run that has not finished, one after another; then write `OUT/report`.
+/// Each child's output goes to `RUN/train.log`; one line per run goes to standard output.
+pub fn run(spec: &SweepSpec, runner: &Runner) -> Result<SweepOutcome, SweepError> {
+    let runs = plan(spec)?;
+    // Refuse a mismatched directory before training anything.
+    let states = runs.iter().map(run_state).collect::<Result<Vec<_>, _>>()?;
+    let (mut trained, mut skipped) = (0, 0);
+    let total = runs.len();
+    for (i, (run, state)) in runs.iter().zip(states).enumerate() {
+        let tag = format!("[{}/{total}] {}", i + 1, run.dir.display());
+        if let RunState::Finished { test_auc } = state {
+            println!("{tag}: finished earlier (test AUC {test_auc:.4}), skipped");
+            skipped += 1;
+            continue;
+        }
+        let resuming = state == RunState::Unfinished;
+        std::fs::create_dir_all(&run.dir).map_err(|source| SweepError::Io { path: run.dir.clone(), source })?;
+        let log = run.dir.join("train.log");
+        let open_log = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|source| SweepError::Io { path: log.clone(), source })
+        };
+        let mut cmd = runner.command(run);
+        cmd.stdin(Stdio::null()).stdout(open_log()?).stderr(open_log()?);
+        let started = Instant::now();
+        let program = PathBuf::from(cmd.get_program());
+        let mut child = cmd.spawn().map_err(|source| SweepError::Spawn { program, source })?;
+        let mut forwarded = false;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|source| SweepError::Io { path: log.clone(), source })? {
+                break status;
+            }
+            // A Ctrl-C reaches the child through the terminal; a SIGTERM sent to this process alone
+            // is passed on, so the child checkpoints before stopping either way.
+            if crate::train::trainer::stop_requested() && !forwarded {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                forwarded = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let state = run_state(run)?;
+        match state {
+            RunState::Finished { test_auc } if status.success() => {
+                println!(
+                    "{tag}: {}test AUC {test_auc:.4} ({:.0} s)",
+                    if resuming { "resumed, " } else { "" },
+                    started.elapsed().as_secs_f64()
+                );
+                trained += 1;
+            }
+            _ if status.success() || crate::train::trainer::stop_requested() => {
+                return Err(SweepError::Interrupted { dir: run.dir.clone() })
+            }
+            _ => {
+                return Err(SweepError::RunFailed {
+                    dir: run.dir.clone(),
+                    status: status.to_string(),
+                    tail: tail(&log, 15),
+                    log,
+                })
+            }
+        }
+    }
+    let report = super::report::write(&[spec.out.clone()], &spec.out.join("report"))?;
+    Ok(SweepOutcome { trained, skipped, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> PathBuf {
+        let path = dir.join("base.toml");
+        std::fs::write(&path, "[model]\nkind = \"din\"\n[micn]\nenabled = true\n[train]\nseed = 7\n").unwrap();
+        path
+    }
+
+    fn spec(dir: &Path) -> SweepSpec {
+        SweepSpec { configs: vec![base(dir)], repeats: 2, np: 1, out: dir.join("out"), ..Default::default() }
+    }
+
+    #[test]
+    fn grids_parse_as_toml_lists_or_bare_words() {
+        let (key, values) = parse_grid("micn.phi=[0.1, 0.5,1.0]").unwrap();
+        assert_eq!(key, "micn.phi");
+        assert_eq!(values, vec![toml::Value::Float(0.1), toml::Value::Float(0.5), toml::Value::Float(1.0)]);
+        let (_, kinds) = parse_grid("model.kind=[din,dien]").unwrap();
+        assert_eq!(kinds, vec![toml::Value::String("din".into()), toml::Value::String("dien".into())]);
+        let (_, quoted) = parse_grid("model.kind=[\"din\"]").unwrap();
+        assert_eq!(quoted, vec![toml::Value::String("din".into())]);
+        for bad in ["micn.phi=0.1", "micn.phi", "micn.phi=[]", "micn.phi=[0.1,0.1]", "micn.phi=[0.1,,0.2]"] {
+            let e = parse_grid(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--grid {bad}:")), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_plan_is_the_grid_times_the_repeats_with_seeds_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.sets = vec![Override::parse("train.epochs=3").unwrap()];
+        s.set_grid("micn.phi".into(), parse_grid("micn.phi=[0.1,0.9]").unwrap().1);
+        s.set_grid("model.kind".into(), parse_grid("model.kind=[din,dien]").unwrap().1);
+        let runs = plan(&s).unwrap();
+        assert_eq!(runs.len(), 2 * 2 * 2);
+        let names: Vec<String> =
+            runs.iter().map(|r| r.dir.strip_prefix(&s.out).unwrap().display().to_string()).collect();
+        assert_eq!(names[0], "micn.phi=0.1,model.kind=din/repeat-0");
+        assert_eq!(names[1], "micn.phi=0.1,model.kind=dien/repeat-0");
+        assert_eq!(names[3], "micn.phi=0.9,model.kind=dien/repeat-0");
+        assert_eq!(names[4], "micn.phi=0.1,model.kind=din/repeat-1");
+        assert_eq!(runs[0].config.train.seed, 7);
+        assert_eq!(runs[4].config.train.seed, 8);
+        assert_eq!(runs[3].config.micn.phi, 0.9);
+        assert_eq!(runs[3].config.train.epochs, 3);
+        assert_eq!(runs[3].config.run.dir, runs[3].dir);
+        // The command carries everything as --set, resuming automatically.
+        let runner = Runner { micn: "micn".into(), launcher: None, np: 1, launch_args: vec![] };
+        let cmd = runner.command(&runs[1]);
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(&args[..2], ["train", "--config"]);
+        assert!(args.contains(&"model.kind=\"dien\"".to_string()), "{args:?}");
+        assert!(args.contains(&"train.seed=7".to_string()));
+        assert_eq!(&args[args.len() - 2..], ["--resume", "auto"]);
+        let launched = Runner { launcher: Some("micn-launch".into()), np: 2, ..runner }.command(&runs[1]);
+        let args: Vec<String> = launched.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(&args[..5], ["--np", "2", "--micn", "micn", "--"]);
+    }
+
+    #[test]
+    fn bad_plans_name_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.set_grid("micn.phi".into(), vec![toml::Value::Float(1.5)]);
+        let e = plan(&s).unwrap_err().to_string();
+        assert!(e.contains("micn.phi") && e.contains("--set micn.phi=1.5"), "{e}");
+        let mut s = spec(dir.path());
+        s.set_grid("train.seed".into(), vec![toml::Value::Integer(1)]);
+        assert!(plan(&s).unwrap_err().to_string().contains("train.seed"));
+        let s = SweepSpec { out: PathBuf::new(), ..spec(dir.path()) };
+        assert!(plan(&s).unwrap_err().to_string().contains("--out"));
+        let s = SweepSpec { repeats: 0, ..spec(dir.path()) };
+        assert!(plan(&s).unwrap_err().to_string().contains("repeats"));
+    }
+
+    #[test]
+    fn sweep_files_read_configs_relative_to_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        base(dir.path());
+        let sub = dir.path().join("experiments");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("phi.toml");
+        std::fs::write(
+            &file,
+            "configs = [\"../base.toml\"]\nrepeats = 3\nout = \"runs/phi\"\n[set]\n\"train.epochs\" = 2\n\
+             [set.data]\nmax_hist_len = 10\n[grid]\n\"micn.phi\" = [0.1, 0.3]\n",
+        )
+        .unwrap();
+        let s = SweepSpec::from_file(&file).unwrap();
+        assert_eq!(s.configs, vec![sub.join("../base.toml")]);
+        assert_eq!((s.repeats, s.np, s.out.clone()), (3, 1, PathBuf::from("runs/phi")));
+        let sets: Vec<&str> = s.sets.iter().map(|o| o.arg.as_str()).collect();
+        assert_eq!(sets, ["data.max_hist_len=10", "train.epochs=2"]);
+        assert_eq!(s.grid[0].0, "micn.phi");
+        std::fs::write(&file, "configs = [\"../base.toml\"]\nrepeat = 3\n").unwrap();
+        let e = SweepSpec::from_file(&file).unwrap_err().to_string();
+        assert!(e.contains("phi.toml") && e.contains("repeat"), "{e}");
+        std::fs::write(&file, "configs = [\"../base.toml\"]\n[grid]\n\"micn.phi\" = 0.1\n").unwrap();
+        let e = SweepSpec::from_file(&file).unwrap_err().to_string();
+        assert!(e.contains("micn.phi") && e.contains("list"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_trained_with_another_configuration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = plan(&spec(dir.path())).unwrap();
+        assert_eq!(run_state(&runs[0]).unwrap(), RunState::NotStarted);
+        std::fs::create_dir_all(&runs[0].dir).unwrap();
+        std::fs::write(runs[0].dir.join("config.toml"), runs[0].config.to_toml()).unwrap();
+        assert_eq!(run_state(&runs[0]).unwrap(), RunState::Unfinished);
+        let summary = "{\"test_auc\": 0.75, \"stopped_by_signal\": false}";
+        std::fs::write(runs[0].dir.join("summary.json"), summary).unwrap();
+        assert_eq!(run_state(&runs[0]).unwrap(), RunState::Finished { test_auc: 0.75 });
+        std::fs::write(runs[0].dir.join("summary.json"), summary.replace("false", "true")).unwrap();
+        assert_eq!(run_state(&runs[0]).unwrap(), RunState::Unfinished);
+        let mut other = runs[0].config.clone();
+        other.micn.phi = 0.9;
+        std::fs::write(runs[0].dir.join("config.toml"), other.to_toml()).unwrap();
+        let e = run_state(&runs[0]).unwrap_err().to_string();
+        assert!(e.contains("micn.phi") && e.contains("repeat-0"), "{e}");
+    }
+}

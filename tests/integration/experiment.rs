@@ -1,0 +1,143 @@
+//! Experiments (issue: sweeps and reports): a sweep stopped by SIGTERM in its second run resumes
+//! on the same command without redoing the first, and its resumed run ends with the same bytes
+//! as an uninterrupted one; a changed command is refused before anything trains; `micn report`
+//! names unfinished and foreign directories instead of failing.
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use micn::dist::SingleProcess;
+use micn::experiment::sweep::{self, SweepSpec};
+use micn::train::trainer::{train_from, Resume};
+
+use crate::{micn_bin, run_ok};
+
+/// The sweep command of these tests: φ ∈ {0.1, 0.9}, one repeat.
+fn sweep_cmd(base: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(micn_bin());
+    cmd.arg("sweep").arg("--config").arg(base).args(["--grid", "micn.phi=[0.1,0.9]", "--out"]).arg(out).args(extra);
+    cmd
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn an_interrupted_sweep_resumes_without_redoing_finished_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.toml");
+    let cfg = crate::small_config(
+        &tmp.path().join("unused"),
+        &["train.epochs=4", "train.log_every_steps=5", "checkpoint.every_steps=10", "train.eval_every_steps=0"],
+    );
+    std::fs::write(&base, cfg.to_toml()).unwrap();
+    let out = tmp.path().join("sweep");
+    let first = out.join("micn.phi=0.1/repeat-0");
+    let second = out.join("micn.phi=0.9/repeat-0");
+
+    // Stop the sweep with SIGTERM once its second run has trained a few steps.
+    let child = sweep_cmd(&base, &out, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while read_lines(&second.join("metrics.jsonl")) < 2 {
+        assert!(started.elapsed().as_secs() < 300, "the second run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert!(!stopped.status.success(), "an interrupted sweep is not a success");
+    assert!(stderr.contains("stopped by a signal during") && stderr.contains("micn.phi=0.9"), "{stderr}");
+    let first_summary = read(&first.join("summary.json"));
+    assert!(read(&second.join("summary.json")).contains("\"stopped_by_signal\": true"));
+    assert!(!micn::checkpoint::list(&second.join("checkpoints")).is_empty(), "the stopped run checkpointed");
+
+    // The same command again: the first run is skipped, the second resumed to its end.
+    let again = run_ok(&mut sweep_cmd(&base, &out, &[]));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("micn.phi=0.1/repeat-0: finished earlier"), "{stdout}");
+    assert!(stdout.contains("micn.phi=0.9/repeat-0: resumed"), "{stdout}");
+    assert!(stdout.contains("1 runs trained, 1 finished earlier"), "{stdout}");
+    assert_eq!(read(&first.join("summary.json")), first_summary, "the finished run was not redone");
+    // Exact resume through the sweep: the same bytes as an uninterrupted run of the same plan.
+    let spec = SweepSpec {
+        configs: vec![base.clone()],
+        grid: vec![sweep::parse_grid("micn.phi=[0.1,0.9]").unwrap()],
+        repeats: 1,
+        np: 1,
+        out: out.clone(),
+        ..Default::default()
+    };
+    let mut planned = sweep::plan(&spec).unwrap()[1].config.clone();
+    planned.run.dir = tmp.path().join("straight");
+    train_from(&planned, &SingleProcess, &Resume::Fresh).unwrap();
+    assert_eq!(
+        std::fs::read(second.join("model.safetensors")).unwrap(),
+        std::fs::read(planned.run.dir.join("model.safetensors")).unwrap()
+    );
+    // The report of the sweep: one group per φ, n = 1 each.
+    let md = read(&out.join("report/report.md"));
+    assert!(md.contains("| `micn.phi` | n |") && md.contains("| 0.1 | 1 |") && md.contains("| 0.9 | 1 |"), "{md}");
+    assert!(out.join("report/auc-vs-micn.phi.png").is_file());
+
+    // A nothing-left re-run trains nothing; a changed setting is refused, naming the key.
+    let done = run_ok(&mut sweep_cmd(&base, &out, &[]));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("0 runs trained, 2 finished earlier"));
+    let changed = sweep_cmd(&base, &out, &["--set", "train.lr=0.01"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(!changed.status.success() && stderr.contains("differs in train.lr"), "{stderr}");
+}
+
+fn read_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |m| m.lines().count())
+}
+
+#[test]
+fn bad_sweep_arguments_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.toml");
+    std::fs::write(&base, crate::small_config(&tmp.path().join("r"), &[]).to_toml()).unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--grid", "micn.phi=0.5"], "--grid micn.phi=0.5: the values must be a list"),
+        (&["--grid", "micn.phi=[0.5,2.0]"], "--set micn.phi=2.0"),
+        (&["--grid", "micn.nonsense=[1,2]"], "nonsense"),
+        (&["--repeats", "0"], "repeats: must be at least 1"),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = Command::new(micn_bin());
+        cmd.arg("sweep").arg("--config").arg(&base).arg("--out").arg(tmp.path().join("out")).args(args);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(!tmp.path().join("out").exists(), "nothing is written for a refused sweep");
+    let missing = Command::new(micn_bin()).args(["sweep", "no-such-sweep.toml"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-sweep.toml"));
+}
+
+#[test]
+fn report_names_what_it_leaves_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tmp.path().join("holiday-photos");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let out =
+        Command::new(micn_bin()).arg("report").arg(&foreign).arg("--out").arg(tmp.path().join("r")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no runs at all is an error");
+    assert!(stderr.contains("no finished run") && stderr.contains("holiday-photos"), "{stderr}");
+    // A run that never finished beside a finished one: reported, the table still written.
+    let runs = tmp.path().join("runs");
+    let done = runs.join("done");
+    let cfg = crate::small_config(&done, &["train.max_steps=3", "train.eval_every_steps=0"]);
+    train_from(&cfg, &SingleProcess, &Resume::Fresh).unwrap();
+    let unfinished = runs.join("unfinished");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::copy(done.join("config.toml"), unfinished.join("config.toml")).unwrap();
+    std::fs::create_dir_all(runs.join("notes")).unwrap();
+    let out = run_ok(Command::new(micn_bin()).arg("report").arg(&runs).arg("--out").arg(tmp.path().join("r")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("left out") && stdout.contains("unfinished: no summary.json"), "{stdout}");
+    assert!(stdout.contains("notes: not a run directory"), "{stdout}");
+    assert!(stdout.contains("1 runs; report:"), "{stdout}");
+    assert!(tmp.path().join("r/report.csv").is_file());
+}
