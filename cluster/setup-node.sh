@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent node set-up for micn: installs what is missing and nothing else.
 #
-#   - OpenMPI, libclang and pkg-config through apt (needs root when any is missing);
+#   - OpenMPI, libclang, pkg-config and the DejaVu fonts (labels of `micn report`'s plots) through
+#     apt (needs root when any is missing);
 #   - torch==2.11.0 (the libtorch that tch 0.24 links) with its dependencies into a cache
 #     outside the checkout, reused when present: ${MICN_CACHE:-$HOME/.cache/micn}/torch-2.11.0;
 #   - a `.libtorch` symlink at the repository root, which `.cargo/config.toml` points LIBTORCH
@@ -28,6 +29,7 @@ if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
     && ! compgen -G '/usr/lib/*/libclang.so*' >/dev/null; then
   missing+=(libclang-dev)
 fi
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     die "missing system packages: ${missing[*]}; run as root or install them: sudo apt-get install -y ${missing[*]}"
@@ -35,9 +37,9 @@ if ((${#missing[@]})); then
   say "installing ${missing[*]} through apt"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq openmpi-bin libopenmpi-dev libclang-dev pkg-config >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  say "OpenMPI, libclang and pkg-config present"
+  say "OpenMPI, libclang, pkg-config and fonts present"
 fi
 
 # --- libtorch (torch wheel with its CUDA runtime dependencies) --------------------------------
