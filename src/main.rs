@@ -390,7 +390,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             spec.launch_args.extend(launch_args);
             if dry_run {
                 for run in sweep::plan(&spec)? {
-                    println!("{}: {:?}", run.dir.display(), sweep::run_state(&run)?);
+                    println!("{}: {}", run.dir.display(), sweep::run_state(&run)?);
                 }
                 return Ok(());
             }

@@ -90,10 +90,12 @@ const COLOURS: [RGBColor; 10] = [
 
 const PANEL_SIZE: (u32, u32) = (760, 560);
 
-/// Write `stem.png` and `stem.svg`: the panels side by side. Returns both paths.
-pub fn write_figure(stem: &Path, panels: &[Panel]) -> Result<Vec<PathBuf>, PlotError> {
+/// Write `stem.png` and `stem.svg`: the panels in rows of `per_row`. Returns both paths.
+pub fn write_figure(stem: &Path, panels: &[Panel], per_row: usize) -> Result<Vec<PathBuf>, PlotError> {
     ensure_font()?;
-    let size = (PANEL_SIZE.0 * panels.len().max(1) as u32, PANEL_SIZE.1);
+    let columns = per_row.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(columns).max(1);
+    let size = (PANEL_SIZE.0 * columns as u32, PANEL_SIZE.1 * rows as u32);
     // Appended, not `with_extension`: a stem may hold a dot (`auc-vs-micn.phi`).
     let with = |ext: &str| {
         let mut name = stem.as_os_str().to_owned();
@@ -105,14 +107,19 @@ pub fn write_figure(stem: &Path, panels: &[Panel]) -> Result<Vec<PathBuf>, PlotE
         let path = path.to_path_buf();
         move |e: String| PlotError::Draw { path, message: e }
     };
-    draw(BitMapBackend::new(&png, size).into_drawing_area(), panels).map_err(fail(&png))?;
-    draw(SVGBackend::new(&svg, size).into_drawing_area(), panels).map_err(fail(&svg))?;
+    let grid = (rows, columns);
+    draw(BitMapBackend::new(&png, size).into_drawing_area(), panels, grid).map_err(fail(&png))?;
+    draw(SVGBackend::new(&svg, size).into_drawing_area(), panels, grid).map_err(fail(&svg))?;
     Ok(vec![png, svg])
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<(), String> {
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[Panel],
+    grid: (usize, usize),
+) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let areas = root.split_evenly((1, panels.len().max(1)));
+    let areas = root.split_evenly(grid);
     for (panel, area) in panels.iter().zip(&areas) {
         draw_panel(area, panel).map_err(|e| e.to_string())?;
     }
@@ -242,7 +249,7 @@ mod tests {
     #[test]
     fn writes_a_png_and_an_svg_with_the_labels() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_figure(&dir.path().join("auc"), &[panel(), panel()]).unwrap();
+        let files = write_figure(&dir.path().join("auc"), &[panel(), panel(), panel()], 2).unwrap();
         let png = std::fs::read(&files[0]).unwrap();
         assert_eq!(&png[1..4], b"PNG");
         let svg = std::fs::read_to_string(&files[1]).unwrap();

@@ -261,13 +261,14 @@ pub fn group(runs: &[Run]) -> Table {
 }
 
 impl Table {
-    /// A short legend label: `phi=0.3`, `dien`, `micn on`, a path's last part.
-    pub fn label(&self, group: &Group, except: Option<&str>) -> String {
+    /// A short legend label of the group's values for every key but `except`: `phi=0.3`,
+    /// `dien`, `micn on`, a path's last part; "all runs" when nothing is left.
+    pub fn label(&self, group: &Group, except: &[&str]) -> String {
         let parts: Vec<String> = self
             .keys
             .iter()
             .zip(&group.values)
-            .filter(|(k, _)| Some(k.as_str()) != except)
+            .filter(|(k, _)| !except.contains(&k.as_str()))
             .map(|(key, value)| {
                 let (section, last) = key.rsplit_once('.').unwrap_or(("", key));
                 match value {
@@ -287,6 +288,42 @@ impl Table {
         } else {
             parts.join(", ")
         }
+    }
+
+    /// The keys whose value is the same in every one of `groups`.
+    fn constant_keys(&self, groups: &[&Group]) -> Vec<&str> {
+        (0..self.keys.len())
+            .filter(|&k| groups.iter().all(|g| g.values[k] == groups[0].values[k]))
+            .map(|k| self.keys[k].as_str())
+            .collect()
+    }
+
+    /// Curves of many groups are split into one panel per value of the first key (one per
+    /// dataset in Table 2); each panel's title names what its groups share.
+    fn partitions(&self) -> Vec<(String, Vec<&Group>)> {
+        let all: Vec<&Group> = self.groups.iter().collect();
+        if self.groups.len() <= 8 || self.keys.len() < 2 {
+            return vec![(String::new(), all)];
+        }
+        let mut parts: Vec<(toml::Value, Vec<&Group>)> = Vec::new();
+        for g in all {
+            match parts.iter_mut().find(|(v, _)| *v == g.values[0]) {
+                Some((_, members)) => members.push(g),
+                None => parts.push((g.values[0].clone(), vec![g])),
+            }
+        }
+        parts
+            .into_iter()
+            .map(|(_, members)| {
+                let varying: Vec<&str> = self
+                    .keys
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|k| !self.constant_keys(&members).contains(k))
+                    .collect();
+                (format!(" ({})", self.label(members[0], &varying)), members)
+            })
+            .collect()
     }
 
     /// The markdown table.
@@ -358,61 +395,79 @@ fn mean_curve<'r>(curves: impl Iterator<Item = &'r [(u64, f64)]>) -> Vec<Point> 
         .collect()
 }
 
-/// The figures of a table: (file stem, panels).
-pub fn figures(runs: &[Run], table: &Table) -> Vec<(String, Vec<Panel>)> {
+/// The figures of a table: (file stem, panels, panels per row).
+pub fn figures(runs: &[Run], table: &Table) -> Vec<(String, Vec<Panel>, usize)> {
     let mut figures = Vec::new();
-    let loss_panels: Vec<Panel> = LOSSES
-        .iter()
-        .filter(|(field, _)| runs.iter().any(|r| r.losses.contains_key(field)))
-        .map(|(field, task)| Panel {
-            title: format!("training loss: {task}"),
-            x_label: "step".into(),
-            y_label: format!("{task} loss (mean over repeats)"),
-            x_whole: true,
-            series: table
-                .groups
+    let parts = table.partitions();
+    // Legend labels within a panel leave out what all its groups share.
+    let labels = |groups: &[&Group]| {
+        let shared = table.constant_keys(groups);
+        groups.iter().map(|g| table.label(g, &shared)).collect::<Vec<_>>()
+    };
+    let tasks: Vec<&(&str, &str)> =
+        LOSSES.iter().filter(|(field, _)| runs.iter().any(|r| r.losses.contains_key(field))).collect();
+    let mut loss_panels = Vec::new();
+    for (suffix, groups) in &parts {
+        for (field, task) in &tasks {
+            let with_task: Vec<&Group> =
+                groups.iter().copied().filter(|g| g.runs.iter().all(|&i| runs[i].losses.contains_key(field))).collect();
+            let series = with_task
                 .iter()
-                .filter(|g| g.runs.iter().all(|&i| runs[i].losses.contains_key(field)))
-                .map(|g| Series {
-                    label: table.label(g, None),
+                .zip(labels(&with_task))
+                .map(|(g, label)| Series {
+                    label,
                     points: mean_curve(g.runs.iter().map(|&i| runs[i].losses[field].as_slice())),
+                })
+                .collect();
+            loss_panels.push(Panel {
+                title: format!("training loss: {task}{suffix}"),
+                x_label: "step".into(),
+                y_label: format!("{task} loss (mean over repeats)"),
+                x_whole: true,
+                series,
+            });
+        }
+    }
+    if !tasks.is_empty() {
+        figures.push(("loss".to_string(), loss_panels, tasks.len()));
+    }
+    let auc_panels: Vec<Panel> = parts
+        .iter()
+        .map(|(suffix, groups)| Panel {
+            title: format!("test AUC during training{suffix}"),
+            x_label: "step".into(),
+            y_label: "test AUC (mean over repeats)".into(),
+            x_whole: true,
+            series: groups
+                .iter()
+                .zip(labels(groups))
+                .map(|(g, label)| Series {
+                    label,
+                    points: mean_curve(g.runs.iter().map(|&i| runs[i].evals.as_slice())),
                 })
                 .collect(),
         })
         .collect();
-    if !loss_panels.is_empty() {
-        figures.push(("loss".to_string(), loss_panels));
-    }
-    let auc_panel = Panel {
-        title: "test AUC during training".into(),
-        x_label: "step".into(),
-        y_label: "test AUC (mean over repeats)".into(),
-        x_whole: true,
-        series: table
-            .groups
-            .iter()
-            .map(|g| Series {
-                label: table.label(g, None),
-                points: mean_curve(g.runs.iter().map(|&i| runs[i].evals.as_slice())),
-            })
-            .collect(),
-    };
-    figures.push(("auc-over-steps".to_string(), vec![auc_panel]));
-    // AUC against every numeric key with several values: one line per setting of the others.
+    let per_row = auc_panels.len();
+    figures.push(("auc-over-steps".to_string(), auc_panels, per_row));
+    // AUC against every numeric key: one line per setting of the other keys, drawn when some
+    // line has two points or more (a key that only follows another, like the history length of
+    // each dataset, gets none).
     for (k, key) in table.keys.iter().enumerate() {
-        let numeric = table.groups.iter().all(|g| number(&g.values[k]).is_some());
-        let distinct: BTreeSet<String> = table.groups.iter().map(|g| g.values[k].to_string()).collect();
-        if !numeric || distinct.len() < 2 {
+        if !table.groups.iter().all(|g| number(&g.values[k]).is_some()) {
             continue;
         }
         let mut lines: Vec<Series> = Vec::new();
         for g in &table.groups {
-            let label = table.label(g, Some(key));
+            let label = table.label(g, &[key.as_str()]);
             let point = Point { x: number(&g.values[k]).expect("numeric"), y: g.auc.mean, err: Some(g.auc.std) };
             match lines.iter_mut().find(|s| s.label == label) {
                 Some(line) => line.points.push(point),
                 None => lines.push(Series { label, points: vec![point] }),
             }
+        }
+        if lines.iter().all(|line| line.points.len() < 2) {
+            continue;
         }
         for line in &mut lines {
             line.points.sort_by(|a, b| a.x.total_cmp(&b.x));
@@ -422,16 +477,14 @@ pub fn figures(runs: &[Run], table: &Table) -> Vec<(String, Vec<Panel>)> {
         }
         let n: BTreeSet<usize> = table.groups.iter().map(|g| g.runs.len()).collect();
         let n: Vec<String> = n.iter().map(usize::to_string).collect();
-        figures.push((
-            format!("auc-vs-{key}"),
-            vec![Panel {
-                title: format!("test AUC against {key}"),
-                x_label: key.clone(),
-                x_whole: false,
-                y_label: format!("test AUC (mean ± std, n = {})", n.join("/")),
-                series: lines,
-            }],
-        ));
+        let panel = Panel {
+            title: format!("test AUC against {key}"),
+            x_label: key.clone(),
+            x_whole: false,
+            y_label: format!("test AUC (mean ± std, n = {})", n.join("/")),
+            series: lines,
+        };
+        figures.push((format!("auc-vs-{key}"), vec![panel], 1));
     }
     figures
 }
@@ -443,6 +496,24 @@ pub struct Written {
     pub table: String,
     pub runs: usize,
     pub left_out: Vec<LeftOut>,
+}
+
+/// A report written again must not keep figures the new one no longer draws: remove this
+/// module's own figure files (and nothing else) from a directory that holds an earlier report.
+fn remove_old_figures(out: &Path) -> std::io::Result<()> {
+    if !out.join("report.md").is_file() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(out)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let figure = [".png", ".svg"].iter().any(|ext| name.ends_with(ext))
+            && (name.starts_with("loss.") || name.starts_with("auc-over-steps.") || name.starts_with("auc-vs-"));
+        if figure {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Find the runs under `dirs` and write `report.md`, `report.csv` and the figures into `out`.
@@ -458,6 +529,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
         move |source| ReportError::Io { path, source }
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
+    remove_old_figures(out).map_err(io(out))?;
     let table = group(&found.runs);
     let mut md = format!(
         "# micn report\n\n{} finished runs under {} in {} groups; the columns are the configuration keys \
@@ -468,7 +540,15 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
         table.groups.len()
     );
     md += &table.markdown();
-    let oracles: BTreeSet<String> = found.runs.iter().filter_map(|r| r.oracle_auc.map(|o| format!("{o:.4}"))).collect();
+    // One oracle AUC per synthetic dataset.
+    let oracles: BTreeSet<String> = found
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let data = r.config.get("data.dir").map(|d| format!(" ({})", show(d))).unwrap_or_default();
+            r.oracle_auc.map(|o| format!("{o:.4}{data}"))
+        })
+        .collect();
     if !oracles.is_empty() {
         let _ = writeln!(
             md,
@@ -477,8 +557,8 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
         );
     }
     md += "\n## Plots\n\n";
-    for (stem, panels) in figures(&found.runs, &table) {
-        plot::write_figure(&out.join(&stem), &panels)?;
+    for (stem, panels, per_row) in figures(&found.runs, &table) {
+        plot::write_figure(&out.join(&stem), &panels, per_row)?;
         let _ = writeln!(md, "![{stem}]({stem}.png) ([SVG]({stem}.svg))\n");
     }
     if !found.left_out.is_empty() {
@@ -490,7 +570,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     md += "\n## Runs\n\n";
     for g in &table.groups {
         let dirs: Vec<String> = g.runs.iter().map(|&i| format!("`{}`", found.runs[i].dir.display())).collect();
-        let _ = writeln!(md, "- {}: {}", table.label(g, None), dirs.join(", "));
+        let _ = writeln!(md, "- {}: {}", table.label(g, &[]), dirs.join(", "));
     }
     let markdown = out.join("report.md");
     std::fs::write(&markdown, &md).map_err(io(&markdown))?;
@@ -505,12 +585,14 @@ mod tests {
 
     /// A hand-made finished run directory.
     fn run_dir(root: &Path, name: &str, phi: f64, seed: u64, auc: f64) -> PathBuf {
+        run_with(root, name, &format!("[micn]\nphi = {phi:?}\nenabled = true\n[train]\nseed = {seed}\n"), auc)
+    }
+
+    /// A hand-made finished run directory with this configuration (its run.dir added).
+    fn run_with(root: &Path, name: &str, config: &str, auc: f64) -> PathBuf {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let config = format!(
-            "[micn]\nphi = {phi:?}\nenabled = true\n[train]\nseed = {seed}\n[run]\ndir = \"{}\"\n",
-            dir.display()
-        );
+        let config = format!("{config}[run]\ndir = \"{}\"\n", dir.display());
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let summary = format!(
             "{{\"test_auc\": {auc}, \"test_gauc\": {}, \"test_logloss\": 0.5, \"seconds\": 10.0, \"steps\": 20, \
@@ -552,7 +634,7 @@ mod tests {
         assert!(csv.lines().nth(2).unwrap().starts_with("0.5,1,0.8,0,"), "{csv}");
         // Curves: the mean of the repeats at each step; AUC against φ with error bars.
         let figs = figures(&found.runs, &table);
-        let stems: Vec<&str> = figs.iter().map(|(s, _)| s.as_str()).collect();
+        let stems: Vec<&str> = figs.iter().map(|(s, ..)| s.as_str()).collect();
         assert_eq!(stems, ["loss", "auc-over-steps", "auc-vs-micn.phi"]);
         assert_eq!(figs[0].1.len(), 2, "main and MICN loss panels");
         let end = figs[1].1[0].series[0].points[1];
@@ -571,8 +653,51 @@ mod tests {
         let table = group(&discover(&[root.path().to_path_buf()]).runs);
         let order: Vec<String> = table.groups.iter().map(|g| show(&g.values[0])).collect();
         assert_eq!(order, ["0.05", "0.3", "1.0"]);
-        assert_eq!(table.label(&table.groups[0], None), "phi=0.05");
-        assert_eq!(table.label(&table.groups[0], Some("micn.phi")), "all runs");
+        assert_eq!(table.label(&table.groups[0], &[]), "phi=0.05");
+        assert_eq!(table.label(&table.groups[0], &["micn.phi"]), "all runs");
+    }
+
+    #[test]
+    fn many_groups_are_split_by_the_first_key_and_tied_keys_get_no_curve() {
+        // Table 2's shape: two datasets (each with its own history length) × 3 models × MICN.
+        let root = tempfile::tempdir().unwrap();
+        for (data, hist) in [("data/books", 20), ("data/electronics", 10)] {
+            for kind in ["din", "dien", "wide_deep"] {
+                for micn in [false, true] {
+                    let config = format!(
+                        "[data]\ndir = \"{data}\"\nmax_hist_len = {hist}\n[model]\nkind = \"{kind}\"\n\
+                         [micn]\nenabled = {micn}\n"
+                    );
+                    run_with(root.path(), &format!("{hist}-{kind}-{micn}"), &config, 0.7);
+                }
+            }
+        }
+        let found = discover(&[root.path().to_path_buf()]);
+        let table = group(&found.runs);
+        assert_eq!(table.keys, ["data.dir", "data.max_hist_len", "micn.enabled", "model.kind"]);
+        assert_eq!(table.groups.len(), 12);
+        let figs = figures(&found.runs, &table);
+        let stems: Vec<&str> = figs.iter().map(|(s, ..)| s.as_str()).collect();
+        assert_eq!(stems, ["loss", "auc-over-steps"], "the history length only follows the dataset");
+        let (_, auc, per_row) = &figs[1];
+        assert_eq!((auc.len(), *per_row), (2, 2));
+        assert_eq!(auc[0].title, "test AUC during training (books, max_hist_len=20)");
+        let labels: Vec<&str> = auc[0].series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "micn off, dien",
+                "micn off, din",
+                "micn off, wide_deep",
+                "micn on, dien",
+                "micn on, din",
+                "micn on, wide_deep"
+            ]
+        );
+        // Loss: a row per dataset, a column per task (main and MICN).
+        let (_, loss, per_row) = &figs[0];
+        assert_eq!((loss.len(), *per_row), (4, 2));
+        assert_eq!(loss[1].series.len(), 6, "every hand-made run logs a MICN loss");
     }
 
     #[test]
@@ -620,8 +745,13 @@ mod tests {
         }
         let md = std::fs::read_to_string(&written.markdown).unwrap();
         assert!(md.contains("4 finished runs") && md.contains("0.9000"), "{md}");
-        // The report directory inside the swept one is neither a run nor "left out".
+        // The report directory inside the swept one is neither a run nor "left out"; a figure the
+        // new report does not draw is gone, other files stay.
+        std::fs::write(out.join("auc-vs-train.lr.png"), b"stale").unwrap();
+        std::fs::write(out.join("notes.txt"), b"mine").unwrap();
         let again = write(&[root.path().to_path_buf()], &out).unwrap();
         assert!(again.left_out.is_empty(), "{:?}", again.left_out);
+        assert!(!out.join("auc-vs-train.lr.png").exists() && out.join("notes.txt").exists());
+        assert!(out.join("auc-vs-micn.phi.png").exists());
     }
 }

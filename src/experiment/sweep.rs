@@ -261,6 +261,16 @@ pub enum RunState {
     },
 }
 
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunState::NotStarted => write!(f, "not started"),
+            RunState::Unfinished => write!(f, "unfinished (resumes from its newest checkpoint)"),
+            RunState::Finished { test_auc } => write!(f, "finished, test AUC {test_auc:.4}"),
+        }
+    }
+}
+
 /// Read a run directory's state; refuse one trained with another configuration.
 pub fn run_state(run: &PlannedRun) -> Result<RunState, SweepError> {
     let config_path = run.dir.join("config.toml");

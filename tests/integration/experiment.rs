@@ -141,3 +141,21 @@ fn report_names_what_it_leaves_out() {
     assert!(stdout.contains("1 runs; report:"), "{stdout}");
     assert!(tmp.path().join("r/report.csv").is_file());
 }
+
+#[test]
+fn a_sweep_with_np_2_runs_each_point_on_two_ranks_through_the_launcher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.toml");
+    let cfg = crate::small_config(&tmp.path().join("unused"), &["train.max_steps=6", "train.eval_every_steps=0"]);
+    std::fs::write(&base, cfg.to_toml()).unwrap();
+    let out = tmp.path().join("sweep");
+    let mut cmd = Command::new(micn_bin());
+    cmd.arg("sweep").arg("--config").arg(&base).args(["--grid", "micn.phi=[0.5]", "--np", "2", "--out"]).arg(&out);
+    let printed = run_ok(&mut cmd);
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("1 runs trained"));
+    let run = out.join("micn.phi=0.5/repeat-0");
+    let summary: serde_json::Value = serde_json::from_str(&read(&run.join("summary.json"))).unwrap();
+    assert_eq!(summary["world_size"], 2);
+    let log = read(&run.join("train.log"));
+    assert!(log.contains("[rank 1]"), "the launcher prefixes every rank's lines: {log}");
+}
