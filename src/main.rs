@@ -169,8 +169,15 @@ enum BenchCommand {
     Dist {
         #[arg(long, default_value = "runs/bench-dist")]
         work_dir: PathBuf,
-        #[arg(long, default_value_t = 400)]
-        steps: u64,
+        /// Training samples of each timed run.
+        #[arg(long, default_value_t = 51_200)]
+        samples: u64,
+        /// Global batch sizes to time (repeatable).
+        #[arg(long = "batch", default_values_t = [128usize, 512])]
+        batches: Vec<usize>,
+        /// Alternating trials per setting (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
     },
     /// Test AUC of every model ± MICN over several seeds on Books-style synthetic data.
     Quality {
@@ -355,9 +362,9 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         Command::Bench { command: BenchCommand::Checkpoint { work_dir } } => {
             print!("{}", micn::bench::checkpoint::run(&work_dir)?);
         }
-        Command::Bench { command: BenchCommand::Dist { work_dir, steps } } => {
+        Command::Bench { command: BenchCommand::Dist { work_dir, samples, batches, trials } } => {
             use micn::bench::dist;
-            let report = dist::run(&dist::DistOptions { work_dir, steps, ..Default::default() })?;
+            let report = dist::run(&dist::DistOptions { work_dir, samples, batches, trials, ..Default::default() })?;
             print!("{report}");
         }
         Command::Bench { command: BenchCommand::Throughput { steps, threads, items, users } } => {

@@ -1,7 +1,11 @@
 //! `micn bench dist`: what data parallelism costs and gains on this machine.
 //! (a) bytes one rank sends per step for item vocabularies of 10k and 1M (sparse rows: the
 //!     ratio should stay near 1); (b) samples/s of 1 rank vs 2 ranks under `mpirun` (1 libtorch
-//!     thread each); (c) the share of a step spent in collective operations.
+//!     thread each), at the papers' global batch of 128 and at 512, in alternating trials (the
+//!     median is reported: this machine's speed drifts between runs); beside them the samples/s
+//!     of 1 rank with half the batch, which bounds 2 ranks from above (2 ranks can at best each
+//!     run a half batch as fast as one process alone does); (c) the share of a step spent in
+//!     collective operations, and in the optimizer update (the same on every rank).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -23,31 +27,67 @@ use crate::train::trainer::{build_network, Built, TrainError};
 #[derive(Debug, Clone)]
 pub struct DistOptions {
     pub work_dir: PathBuf,
-    /// Training steps of each timed run.
-    pub steps: u64,
+    /// Training samples of each timed run (steps = samples / global batch).
+    pub samples: u64,
+    /// Global batch sizes to time.
+    pub batches: Vec<usize>,
+    /// Alternating trials per setting; the median is reported.
+    pub trials: usize,
     pub users: usize,
     pub items: usize,
 }
 
 impl Default for DistOptions {
     fn default() -> Self {
-        Self { work_dir: PathBuf::from("runs/bench-dist"), steps: 400, users: 20_000, items: 8_000 }
+        Self {
+            work_dir: PathBuf::from("runs/bench-dist"),
+            samples: 51_200,
+            batches: vec![128, 512],
+            trials: 3,
+            users: 20_000,
+            items: 8_000,
+        }
     }
 }
 
+/// One timed training run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RankRun {
     pub ranks: usize,
+    pub global_batch: usize,
     pub samples_per_sec: f64,
     pub comm_share: f64,
+    pub update_share: f64,
     pub bytes_sent_per_step: f64,
+}
+
+/// The medians of one global batch size.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchRow {
+    pub global_batch: usize,
+    pub one_rank: RankRun,
+    pub two_ranks: RankRun,
+    /// 1 rank with half the global batch: what each of 2 ranks computes.
+    pub half_batch: RankRun,
+}
+
+impl BatchRow {
+    pub fn speed_up(&self) -> f64 {
+        self.two_ranks.samples_per_sec / self.one_rank.samples_per_sec
+    }
+
+    /// 2 ranks against twice a lone process's speed on the half batch.
+    pub fn efficiency(&self) -> f64 {
+        self.two_ranks.samples_per_sec / (2.0 * self.half_batch.samples_per_sec)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DistReport {
     pub bytes_per_step_10k_items: f64,
     pub bytes_per_step_1m_items: f64,
-    pub runs: Vec<RankRun>,
+    pub trials: usize,
+    pub rows: Vec<BatchRow>,
 }
 
 /// Mean bytes a rank sends per step (DIN + MICN, random batches of 128).
@@ -82,6 +122,12 @@ fn bytes_per_step(items: i64) -> Result<f64, TrainError> {
     Ok(total as f64 / steps as f64)
 }
 
+/// The run with the median samples/s.
+fn median(mut runs: Vec<RankRun>) -> RankRun {
+    runs.sort_by(|a, b| a.samples_per_sec.total_cmp(&b.samples_per_sec));
+    runs.swap_remove(runs.len() / 2)
+}
+
 pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     tch::set_num_threads(1);
     let bytes_10k = bytes_per_step(10_000)?;
@@ -92,19 +138,20 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     let mut cfg = Config { device: crate::config::Device::Cpu, ..Default::default() };
     cfg.data.dir = data;
     cfg.model.kind = ModelKind::Din;
-    cfg.train.max_steps = Some(opts.steps);
     cfg.train.threads = 1;
-    cfg.train.log_every_steps = 100;
+    cfg.train.eval_every_steps = 0;
     let config_path = opts.work_dir.join("bench.toml");
     let io = |source| TrainError::Io { path: config_path.clone(), source };
     std::fs::write(&config_path, cfg.to_toml()).map_err(io)?;
     let launcher = std::env::current_exe().map_err(io)?.with_file_name("micn-launch");
-    let mut runs = Vec::new();
-    for ranks in [1usize, 2] {
-        let run_dir = opts.work_dir.join(format!("np{ranks}"));
+    // One timed run through the launcher: its summary.
+    let timed = |ranks: usize, batch: usize| -> Result<RankRun, TrainError> {
+        let run_dir = opts.work_dir.join(format!("np{ranks}-b{batch}"));
+        let steps = (opts.samples / batch as u64).max(1);
         let status = Command::new(&launcher)
             .args(["--np", &ranks.to_string(), "--threads", "1", "--config"])
             .arg(&config_path)
+            .args(["--set", &format!("train.global_batch_size={batch}"), "--set", &format!("train.max_steps={steps}")])
             .arg("--set")
             .arg(format!("run.dir={:?}", run_dir.display().to_string()))
             .status()
@@ -120,14 +167,33 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
             .map_err(|source| TrainError::Io { path: summary_path.clone(), source })?;
         let s: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| TrainError::RunFile { path: summary_path.clone(), message: e.to_string() })?;
-        runs.push(RankRun {
+        let field = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+        Ok(RankRun {
             ranks,
-            samples_per_sec: s["samples_per_sec"].as_f64().unwrap_or(f64::NAN),
-            comm_share: s["comm_share"].as_f64().unwrap_or(f64::NAN),
-            bytes_sent_per_step: s["bytes_sent_per_step"].as_f64().unwrap_or(f64::NAN),
+            global_batch: batch,
+            samples_per_sec: field("samples_per_sec"),
+            comm_share: field("comm_share"),
+            update_share: field("update_share"),
+            bytes_sent_per_step: field("bytes_sent_per_step"),
+        })
+    };
+    let mut rows = Vec::new();
+    for &batch in &opts.batches {
+        let (mut one, mut two, mut half) = (Vec::new(), Vec::new(), Vec::new());
+        for trial in 0..opts.trials.max(1) {
+            eprintln!("bench dist: global batch {batch}, trial {}/{}", trial + 1, opts.trials.max(1));
+            one.push(timed(1, batch)?);
+            two.push(timed(2, batch)?);
+            half.push(timed(1, batch / 2)?);
+        }
+        rows.push(BatchRow {
+            global_batch: batch,
+            one_rank: median(one),
+            two_ranks: median(two),
+            half_batch: median(half),
         });
     }
-    Ok(DistReport { bytes_per_step_10k_items: bytes_10k, bytes_per_step_1m_items: bytes_1m, runs })
+    Ok(DistReport { bytes_per_step_10k_items: bytes_10k, bytes_per_step_1m_items: bytes_1m, trials: opts.trials, rows })
 }
 
 impl std::fmt::Display for DistReport {
@@ -139,20 +205,54 @@ impl std::fmt::Display for DistReport {
             self.bytes_per_step_1m_items,
             self.bytes_per_step_1m_items / self.bytes_per_step_10k_items
         )?;
-        writeln!(f, "\n| ranks | samples/s | speed-up | share of step in communication | bytes sent/step |")?;
-        writeln!(f, "|---:|---:|---:|---:|---:|")?;
-        let base = self.runs.first().map_or(f64::NAN, |r| r.samples_per_sec);
-        for r in &self.runs {
+        writeln!(f, "\n(b, c) DIN + MICN, 1 libtorch thread per rank; medians of {} alternating trials", self.trials)?;
+        writeln!(
+            f,
+            "\n| global batch | 1 rank samples/s | 2 ranks samples/s | speed-up | 1 rank, half batch | 2 ranks vs 2 × half batch \
+             | communication share (1 / 2 ranks) | optimizer-update share (1 / 2 ranks) |"
+        )?;
+        writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for r in &self.rows {
             writeln!(
                 f,
-                "| {} | {:.0} | {:.2}× | {:.1} % | {:.0} |",
-                r.ranks,
-                r.samples_per_sec,
-                r.samples_per_sec / base,
-                100.0 * r.comm_share,
-                r.bytes_sent_per_step
+                "| {} | {:.0} | {:.0} | {:.2}× | {:.0} | {:.0} % | {:.1} % / {:.1} % | {:.1} % / {:.1} % |",
+                r.global_batch,
+                r.one_rank.samples_per_sec,
+                r.two_ranks.samples_per_sec,
+                r.speed_up(),
+                r.half_batch.samples_per_sec,
+                100.0 * r.efficiency(),
+                100.0 * r.one_rank.comm_share,
+                100.0 * r.two_ranks.comm_share,
+                100.0 * r.one_rank.update_share,
+                100.0 * r.two_ranks.update_share,
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ranks: usize, samples_per_sec: f64) -> RankRun {
+        RankRun {
+            ranks,
+            global_batch: 128,
+            samples_per_sec,
+            comm_share: 0.0,
+            update_share: 0.0,
+            bytes_sent_per_step: 0.0,
+        }
+    }
+
+    #[test]
+    fn medians_speed_up_and_efficiency() {
+        assert_eq!(median(vec![run(1, 3.0), run(1, 1.0), run(1, 2.0)]).samples_per_sec, 2.0);
+        let row =
+            BatchRow { global_batch: 128, one_rank: run(1, 100.0), two_ranks: run(2, 170.0), half_batch: run(1, 90.0) };
+        assert!((row.speed_up() - 1.7).abs() < 1e-12);
+        assert!((row.efficiency() - 170.0 / 180.0).abs() < 1e-12);
     }
 }

@@ -107,6 +107,8 @@ pub struct StepStats {
     pub bytes_sent: u64,
     /// Seconds this rank spent in collective operations (exchange, counts, losses, buffers).
     pub comm_seconds: f64,
+    /// Seconds of the optimizer update (the same work on every rank, whatever the world size).
+    pub update_seconds: f64,
 }
 
 /// Gradients of `loss` w.r.t. the variables `which`, moved to the host.
@@ -221,8 +223,10 @@ pub fn train_step(
     batch: &Batch,
     ctx: &StepContext<'_>,
 ) -> Result<StepStats, StepError> {
-    let (grads, stats) = gradients(net, t, batch, ctx)?;
+    let (grads, mut stats) = gradients(net, t, batch, ctx)?;
+    let update_started = std::time::Instant::now();
     apply(t, adam, grads, ctx);
+    stats.update_seconds = update_started.elapsed().as_secs_f64();
     Ok(stats)
 }
 
