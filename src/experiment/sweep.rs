@@ -37,6 +37,8 @@ pub enum SweepError {
     RunFailed { dir: PathBuf, status: String, log: PathBuf, tail: String },
     #[error("stopped by a signal during {dir} (checkpointed); run the same command again to continue")]
     Interrupted { dir: PathBuf },
+    #[error("stopped by a signal before {dir} started; run the same command again to continue")]
+    StoppedBefore { dir: PathBuf },
     #[error("{0}")]
     Report(#[from] super::report::ReportError),
 }
@@ -387,6 +389,9 @@ pub fn run(spec: &SweepSpec, runner: &Runner) -> Result<SweepOutcome, SweepError
             println!("{tag}: finished earlier (test AUC {test_auc:.4}), skipped");
             skipped += 1;
             continue;
+        }
+        if crate::train::trainer::stop_requested() {
+            return Err(SweepError::StoppedBefore { dir: run.dir.clone() });
         }
         let resuming = state == RunState::Unfinished;
         std::fs::create_dir_all(&run.dir).map_err(|source| SweepError::Io { path: run.dir.clone(), source })?;
