@@ -82,6 +82,12 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
 /// Record `dir` if it is a run, else look below it; true when it is or holds a run (or a report).
 fn visit(dir: &Path, found: &mut Found) -> bool {
     if dir.join("config.toml").is_file() {
+        // Overlapping arguments (`OUT OUT/point`) name some runs twice; count them once.
+        let canonical = |d: &Path| d.canonicalize().unwrap_or_else(|_| d.to_path_buf());
+        let seen = |d: &Path| canonical(d) == canonical(dir);
+        if found.runs.iter().any(|r| seen(&r.dir)) || found.left_out.iter().any(|l| seen(&l.dir)) {
+            return true;
+        }
         match read_run(dir) {
             Ok(run) => found.runs.push(run),
             Err(why) => found.left_out.push(LeftOut { dir: dir.to_path_buf(), why }),
@@ -622,6 +628,9 @@ mod tests {
         let table = group(&found.runs);
         assert_eq!(table.keys, ["micn.phi"]);
         assert_eq!(table.groups.len(), 2);
+        // A run named twice (directly and through its parent) counts once.
+        let twice = discover(&[root.path().to_path_buf(), root.path().join("phi=0.5/repeat-0")]);
+        assert_eq!(twice.runs.len(), 4);
         let g = &table.groups[0];
         assert_eq!((g.values[0].clone(), g.runs.len()), (toml::Value::Float(0.1), 3));
         assert!((g.auc.mean - 0.72).abs() < 1e-12 && (g.auc.std - 0.02).abs() < 1e-12, "{:?}", g.auc);
