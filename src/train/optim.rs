@@ -87,6 +87,57 @@ impl Adam {
         });
     }
 
+    /// [`Adam::update_dense`] computed on the host, in one pass over the parameter's own memory,
+    /// with the same f32 operations in the same order (the moments equal bit for bit, the
+    /// parameters to the last bit of libtorch's vectorised sqrt; a test checks). Only
+    /// for CPU tensors of f32 in one contiguous block: returns false, changing nothing, for any
+    /// other, and the caller falls back to the tensor path.
+    pub fn update_dense_host(&mut self, i: usize, param: &mut Tensor, g: &[f32], bc: (f64, f64)) -> bool {
+        let mo = &mut self.moments[i];
+        let (Some(p), Some(m), Some(v)) = (host_f32(param), host_f32(&mo.m), host_f32(&mo.v)) else {
+            return false;
+        };
+        if g.len() != p.len() {
+            return false;
+        }
+        let k = Coefficients::new(self.cfg, bc);
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            k.step(p, m, v, g);
+        }
+        true
+    }
+
+    /// [`Adam::update_rows`] on the host: rows `ids` (distinct) of table `i` with their
+    /// gradients `g_rows` (row-major). Same conditions and fallback as
+    /// [`Adam::update_dense_host`].
+    pub fn update_rows_host(
+        &mut self,
+        i: usize,
+        table: &mut Tensor,
+        ids: &[i64],
+        g_rows: &[f32],
+        bc: (f64, f64),
+    ) -> bool {
+        let mo = &mut self.moments[i];
+        let (Some(p), Some(m), Some(v)) = (host_f32(table), host_f32(&mo.m), host_f32(&mo.v)) else {
+            return false;
+        };
+        let dim = table.size().last().copied().unwrap_or(0) as usize;
+        let n_rows = if dim == 0 { 0 } else { p.len() / dim };
+        if dim == 0 || g_rows.len() != ids.len() * dim || ids.iter().any(|&r| r < 0 || r as usize >= n_rows) {
+            return false;
+        }
+        let k = Coefficients::new(self.cfg, bc);
+        for (&row, g) in ids.iter().zip(g_rows.chunks_exact(dim)) {
+            let at = row as usize * dim..(row as usize + 1) * dim;
+            let (p, m, v) = (&mut p[at.clone()], &mut m[at.clone()], &mut v[at]);
+            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                k.step(p, m, v, g);
+            }
+        }
+        true
+    }
+
     /// Restore moments saved by [`Adam::named_state`] (and the step count); every parameter's
     /// `m.<name>` and `v.<name>` must be present with the parameter's shape.
     pub fn load_state(
@@ -111,6 +162,54 @@ impl Adam {
     /// Named state for checkpoints: `m.<name>` and `v.<name>` per parameter.
     pub fn named_state<'a>(&'a self, names: &'a [String]) -> impl Iterator<Item = (String, &'a Tensor)> + 'a {
         names.iter().zip(&self.moments).flat_map(|(n, mo)| [(format!("m.{n}"), &mo.m), (format!("v.{n}"), &mo.v)])
+    }
+}
+
+/// The memory of a CPU f32 tensor stored as one contiguous block, as a mutable slice.
+fn host_f32<'a>(t: &Tensor) -> Option<&'a mut [f32]> {
+    let usable = t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() > 0;
+    // SAFETY: the tensor is a CPU f32 tensor whose `numel` elements lie contiguously from
+    // `data_ptr`. Parameters and their two moments are distinct allocations, and nothing else
+    // reads or writes them while the optimizer holds these slices (one update at a time, no
+    // autograd graph alive between steps).
+    usable.then(|| unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) })
+}
+
+/// Adam's scalars as libtorch applies them to f32 tensors (each cast to f32 once).
+struct Coefficients {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bc1: f32,
+    bc2: f32,
+    eps: f32,
+    lr: f32,
+}
+
+impl Coefficients {
+    fn new(cfg: AdamConfig, (bc1, bc2): (f64, f64)) -> Self {
+        Self {
+            beta1: cfg.beta1 as f32,
+            one_minus_beta1: (1.0 - cfg.beta1) as f32,
+            beta2: cfg.beta2 as f32,
+            one_minus_beta2: (1.0 - cfg.beta2) as f32,
+            bc1: bc1 as f32,
+            bc2: bc2 as f32,
+            eps: cfg.eps as f32,
+            lr: cfg.lr as f32,
+        }
+    }
+
+    /// One element, in the order of `update_dense`'s tensor expressions.
+    #[inline]
+    fn step(&self, p: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
+        let m_new = *m * self.beta1 + g * self.one_minus_beta1;
+        let v_new = *v * self.beta2 + (g * g) * self.one_minus_beta2;
+        let update = (m_new / self.bc1) / ((v_new / self.bc2).sqrt() + self.eps) * self.lr;
+        *m = m_new;
+        *v = v_new;
+        *p -= update;
     }
 }
 
@@ -175,6 +274,52 @@ mod tests {
         let g = scatter_rows(&[3, 2], &rows, &Tensor::from_slice(&[0.5f32, -0.5]).view([1, 2]));
         adam2.update_dense(0, &mut dense, &g, bc);
         assert_eq!(value(&dense), after);
+    }
+
+    #[test]
+    fn the_host_updates_equal_the_tensor_updates() {
+        tch::manual_seed(5);
+        let init = Tensor::randn([50, 6], (Kind::Float, Device::Cpu));
+        let (mut a, mut b) = (init.copy(), init.copy());
+        let mut tensor_path = Adam::new(CFG, &[a.shallow_clone()]);
+        let mut host_path = Adam::new(CFG, &[b.shallow_clone()]);
+        let ids = [3i64, 7, 8, 41];
+        for step in 0..5 {
+            let g = Tensor::randn([50, 6], (Kind::Float, Device::Cpu)) * (step as f64 + 0.5);
+            let g_host = Vec::<f32>::try_from(g.flatten(0, -1)).unwrap();
+            let (bc_a, bc_b) = (tensor_path.begin_step(), host_path.begin_step());
+            if step % 2 == 0 {
+                tensor_path.update_dense(0, &mut a, &g, bc_a);
+                assert!(host_path.update_dense_host(0, &mut b, &g_host, bc_b));
+            } else {
+                let rows = Tensor::from_slice(&ids);
+                let g_rows = g.index_select(0, &rows);
+                tensor_path.update_rows(0, &mut a, &rows, &g_rows, bc_a);
+                let g_rows = Vec::<f32>::try_from(g_rows.flatten(0, -1)).unwrap();
+                assert!(host_path.update_rows_host(0, &mut b, &ids, &g_rows, bc_b));
+            }
+            let bits = |t: &Tensor| {
+                Vec::<f32>::try_from(t.flatten(0, -1)).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            // libtorch's vectorised sqrt (SLEEF, ≤ 0.5001 ULP) is not always correctly rounded,
+            // Rust's is: a parameter may differ by the last bit of its update (of size ≤ lr).
+            let (pa, pb) = (value(&a), value(&b));
+            for (x, y) in pa.iter().zip(&pb) {
+                assert!((x - y).abs() <= 2.0 * f32::EPSILON as f64 * x.abs().max(CFG.lr), "step {step}: {x} vs {y}");
+            }
+            assert_eq!(bits(&tensor_path.moments[0].m), bits(&host_path.moments[0].m), "m after step {step}");
+            assert_eq!(bits(&tensor_path.moments[0].v), bits(&host_path.moments[0].v), "v after step {step}");
+            // Continue both from the same parameters, so that last-bit differences do not grow.
+            tch::no_grad(|| b.copy_(&a));
+        }
+        // What the host path cannot take is left to the tensor path, untouched.
+        let mut doubles = Tensor::zeros([3], (Kind::Double, Device::Cpu));
+        let mut adam = Adam::new(CFG, &[doubles.shallow_clone()]);
+        assert!(!adam.update_dense_host(0, &mut doubles, &[1.0; 3], (0.1, 0.001)));
+        let mut table = Tensor::zeros([4, 2], (Kind::Float, Device::Cpu));
+        let mut adam = Adam::new(CFG, &[table.shallow_clone()]);
+        assert!(!adam.update_rows_host(0, &mut table, &[9], &[1.0, 1.0], (0.1, 0.001)), "a row outside the table");
+        assert_eq!(value(&table), vec![0.0; 8]);
     }
 
     #[test]
