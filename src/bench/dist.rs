@@ -61,24 +61,48 @@ pub struct RankRun {
     pub bytes_sent_per_step: f64,
 }
 
-/// The medians of one global batch size.
+/// One global batch size: the runs of every trial (1 rank, 2 ranks, 1 rank on half the batch,
+/// run back to back, so that a trial's ratios see the same machine speed).
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchRow {
     pub global_batch: usize,
-    pub one_rank: RankRun,
-    pub two_ranks: RankRun,
-    /// 1 rank with half the global batch: what each of 2 ranks computes.
-    pub half_batch: RankRun,
+    pub trials: Vec<[RankRun; 3]>,
+}
+
+/// Median, lowest and highest of some numbers.
+fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
 }
 
 impl BatchRow {
-    pub fn speed_up(&self) -> f64 {
-        self.two_ranks.samples_per_sec / self.one_rank.samples_per_sec
+    fn of(&self, f: impl Fn(&[RankRun; 3]) -> f64) -> (f64, f64, f64) {
+        spread(self.trials.iter().map(f).collect())
     }
 
-    /// 2 ranks against twice a lone process's speed on the half batch.
-    pub fn efficiency(&self) -> f64 {
-        self.two_ranks.samples_per_sec / (2.0 * self.half_batch.samples_per_sec)
+    /// Samples/s of 1 rank, 2 ranks and 1 rank on the half batch: medians over the trials.
+    pub fn samples_per_sec(&self) -> [f64; 3] {
+        [0, 1, 2].map(|k| self.of(|t| t[k].samples_per_sec).0)
+    }
+
+    /// 2 ranks over 1 rank, per trial: (median, lowest, highest).
+    pub fn speed_up(&self) -> (f64, f64, f64) {
+        self.of(|t| t[1].samples_per_sec / t[0].samples_per_sec)
+    }
+
+    /// 2 ranks against twice a lone process's speed on the half batch, per trial.
+    pub fn efficiency(&self) -> (f64, f64, f64) {
+        self.of(|t| t[1].samples_per_sec / (2.0 * t[2].samples_per_sec))
+    }
+
+    /// Median shares of a step in collectives and in the optimizer update, 1 and 2 ranks.
+    pub fn shares(&self) -> [f64; 4] {
+        [
+            self.of(|t| t[0].comm_share).0,
+            self.of(|t| t[1].comm_share).0,
+            self.of(|t| t[0].update_share).0,
+            self.of(|t| t[1].update_share).0,
+        ]
     }
 }
 
@@ -120,12 +144,6 @@ fn bytes_per_step(items: i64) -> Result<f64, TrainError> {
         total += train_step(&net, &mut t, &mut adam, &batch, &ctx)?.bytes_sent;
     }
     Ok(total as f64 / steps as f64)
-}
-
-/// The run with the median samples/s.
-fn median(mut runs: Vec<RankRun>) -> RankRun {
-    runs.sort_by(|a, b| a.samples_per_sec.total_cmp(&b.samples_per_sec));
-    runs.swap_remove(runs.len() / 2)
 }
 
 pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
@@ -179,19 +197,12 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     };
     let mut rows = Vec::new();
     for &batch in &opts.batches {
-        let (mut one, mut two, mut half) = (Vec::new(), Vec::new(), Vec::new());
+        let mut trials = Vec::new();
         for trial in 0..opts.trials.max(1) {
             eprintln!("bench dist: global batch {batch}, trial {}/{}", trial + 1, opts.trials.max(1));
-            one.push(timed(1, batch)?);
-            two.push(timed(2, batch)?);
-            half.push(timed(1, batch / 2)?);
+            trials.push([timed(1, batch)?, timed(2, batch)?, timed(1, batch / 2)?]);
         }
-        rows.push(BatchRow {
-            global_batch: batch,
-            one_rank: median(one),
-            two_ranks: median(two),
-            half_batch: median(half),
-        });
+        rows.push(BatchRow { global_batch: batch, trials });
     }
     Ok(DistReport { bytes_per_step_10k_items: bytes_10k, bytes_per_step_1m_items: bytes_1m, trials: opts.trials, rows })
 }
@@ -205,7 +216,13 @@ impl std::fmt::Display for DistReport {
             self.bytes_per_step_1m_items,
             self.bytes_per_step_1m_items / self.bytes_per_step_10k_items
         )?;
-        writeln!(f, "\n(b, c) DIN + MICN, 1 libtorch thread per rank; medians of {} alternating trials", self.trials)?;
+        writeln!(
+            f,
+            "\n(b, c) DIN + MICN, 1 libtorch thread per rank; {} trials, each running 1 rank, 2 ranks and 1 rank on \
+             half the batch back to back: samples/s are medians, ratios the median (lowest–highest) of the \
+             trials' own ratios",
+            self.trials
+        )?;
         writeln!(
             f,
             "\n| global batch | 1 rank samples/s | 2 ranks samples/s | speed-up | 1 rank, half batch | 2 ranks vs 2 × half batch \
@@ -213,19 +230,18 @@ impl std::fmt::Display for DistReport {
         )?;
         writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.rows {
+            let [one, two, half] = r.samples_per_sec();
+            let (s, s_lo, s_hi) = r.speed_up();
+            let (e, e_lo, e_hi) = r.efficiency();
+            let [c1, c2, u1, u2] = r.shares().map(|x| 100.0 * x);
             writeln!(
                 f,
-                "| {} | {:.0} | {:.0} | {:.2}× | {:.0} | {:.0} % | {:.1} % / {:.1} % | {:.1} % / {:.1} % |",
+                "| {} | {one:.0} | {two:.0} | {s:.2}× ({s_lo:.2}–{s_hi:.2}) | {half:.0} | {:.0} % ({:.0}–{:.0}) \
+                 | {c1:.1} % / {c2:.1} % | {u1:.1} % / {u2:.1} % |",
                 r.global_batch,
-                r.one_rank.samples_per_sec,
-                r.two_ranks.samples_per_sec,
-                r.speed_up(),
-                r.half_batch.samples_per_sec,
-                100.0 * r.efficiency(),
-                100.0 * r.one_rank.comm_share,
-                100.0 * r.two_ranks.comm_share,
-                100.0 * r.one_rank.update_share,
-                100.0 * r.two_ranks.update_share,
+                100.0 * e,
+                100.0 * e_lo,
+                100.0 * e_hi,
             )?;
         }
         Ok(())
@@ -248,11 +264,20 @@ mod tests {
     }
 
     #[test]
-    fn medians_speed_up_and_efficiency() {
-        assert_eq!(median(vec![run(1, 3.0), run(1, 1.0), run(1, 2.0)]).samples_per_sec, 2.0);
-        let row =
-            BatchRow { global_batch: 128, one_rank: run(1, 100.0), two_ranks: run(2, 170.0), half_batch: run(1, 90.0) };
-        assert!((row.speed_up() - 1.7).abs() < 1e-12);
-        assert!((row.efficiency() - 170.0 / 180.0).abs() < 1e-12);
+    fn ratios_are_taken_per_trial_then_the_median() {
+        // The second trial ran on a machine twice as fast; each trial's ratios use its own runs.
+        let trial = |one: f64, two: f64, half: f64| [run(1, one), run(2, two), run(1, half)];
+        let row = BatchRow {
+            global_batch: 128,
+            trials: vec![trial(100.0, 170.0, 90.0), trial(200.0, 300.0, 180.0), trial(110.0, 176.0, 100.0)],
+        };
+        assert_eq!(spread(vec![3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        let (median, lowest, highest) = row.speed_up();
+        assert!((median - 1.6).abs() < 1e-12 && (lowest - 1.5).abs() < 1e-12 && (highest - 1.7).abs() < 1e-12);
+        assert_eq!(row.samples_per_sec(), [110.0, 176.0, 100.0]);
+        let (e, e_lo, e_hi) = row.efficiency();
+        assert!(
+            (e - 0.88).abs() < 1e-12 && (e_lo - 300.0 / 360.0).abs() < 1e-12 && (e_hi - 170.0 / 180.0).abs() < 1e-12
+        );
     }
 }
