@@ -127,6 +127,8 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
 
 /// Every model ± MICN.
 pub fn run(opts: &ThroughputOptions) -> Result<Vec<ThroughputRow>, TrainError> {
+    // As in training, so that the figures are those of `micn train`.
+    crate::train::trainer::keep_freed_memory();
     let mut rows = Vec::new();
     for kind in [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien] {
         for micn in [false, true] {

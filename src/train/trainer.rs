@@ -334,7 +334,7 @@ fn resume_point(
 /// blocks from 128 KiB, trimming the heap top) turn each into fresh zeroed pages, which cost a
 /// tenth of a CPU step in page faults (`micn bench dist` shows the difference). Process-wide;
 /// the heap then stays at its peak.
-fn keep_freed_memory() {
+pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
