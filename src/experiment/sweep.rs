@@ -249,6 +249,11 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
             }
         }
     }
+    let mut dirs = std::collections::BTreeSet::new();
+    if let Some(run) = runs.iter().find(|r| !dirs.insert(&r.dir)) {
+        let message = "two runs would share this directory (base configurations with the same file name?)";
+        return Err(plan_err(&run.dir.display().to_string(), message));
+    }
     Ok(runs)
 }
 
@@ -525,6 +530,12 @@ mod tests {
         assert!(plan(&s).unwrap_err().to_string().contains("--out"));
         let s = SweepSpec { repeats: 0, ..spec(dir.path()) };
         assert!(plan(&s).unwrap_err().to_string().contains("repeats"));
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let twin = base(&other);
+        let s = SweepSpec { configs: vec![base(dir.path()), twin], ..spec(dir.path()) };
+        let e = plan(&s).unwrap_err().to_string();
+        assert!(e.contains("base/repeat-0") && e.contains("share this directory"), "{e}");
     }
 
     #[test]
