@@ -321,12 +321,9 @@ impl Table {
         parts
             .into_iter()
             .map(|(_, members)| {
-                let varying: Vec<&str> = self
-                    .keys
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|k| !self.constant_keys(&members).contains(k))
-                    .collect();
+                let constant = self.constant_keys(&members);
+                let varying: Vec<&str> =
+                    self.keys.iter().map(String::as_str).filter(|k| !constant.contains(k)).collect();
                 (format!(" ({})", self.label(members[0], &varying)), members)
             })
             .collect()
@@ -545,7 +542,8 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
         list(dirs),
         table.groups.len()
     );
-    md += &table.markdown();
+    let table_md = table.markdown();
+    md += &table_md;
     // One oracle AUC per synthetic dataset.
     let oracles: BTreeSet<String> = found
         .runs
@@ -582,7 +580,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     std::fs::write(&markdown, &md).map_err(io(&markdown))?;
     let csv = out.join("report.csv");
     std::fs::write(&csv, table.csv()).map_err(io(&csv))?;
-    Ok(Written { markdown, table: table.markdown(), runs: found.runs.len(), left_out: found.left_out })
+    Ok(Written { markdown, table: table_md, runs: found.runs.len(), left_out: found.left_out })
 }
 
 #[cfg(test)]
