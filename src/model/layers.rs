@@ -132,6 +132,8 @@ pub mod batch_stats {
     /// Sums host values over every rank, in place.
     pub trait Reducer {
         fn sum(&self, values: &mut [f32]) -> Result<(), String>;
+        /// This rank and the number of ranks.
+        fn rank_and_size(&self) -> (usize, usize);
     }
 
     /// What the second backward pass needs from one Dice layer.
@@ -201,24 +203,52 @@ pub mod batch_stats {
             // SAFETY: see `synchronised`.
             let reducer = unsafe { &*scope.reducer };
             let to_host = |t: &Tensor| Vec::<f32>::try_from(t.detach().to_device(tch::Device::Cpu)).expect("f32");
-            // Two rounds (sum, then centred squares) keep the variance accurate in f32.
-            let mut sums = to_host(&local_sum);
-            sums.push(flat.size()[0] as f32);
-            if let Err(e) = reducer.sum(&mut sums) {
-                scope.error.get_or_insert(e);
-                return None;
-            }
+            // One round: every rank's row count, sums and squares about its own mean, each in its
+            // own slot of a summed buffer (adding zeros is exact), then combined in f64 by
+            // Chan et al.'s formula, the same bits on every rank.
             let w = width as usize;
-            let n = sums[w] as f64;
-            let mean: Vec<f32> = sums[..w].iter().map(|&s| (s as f64 / n) as f32).collect();
-            let mean_const = Tensor::from_slice(&mean).to_device(xs.device());
-            let local_centered_sq = (&flat - &mean_const).square().sum_dim_intlist(0, false, Kind::Float);
-            let mut squares = to_host(&local_centered_sq);
-            if let Err(e) = reducer.sum(&mut squares) {
+            let rows = flat.size()[0] as f64;
+            let sums = to_host(&local_sum);
+            let local_mean: Vec<f32> = sums.iter().map(|&s| (s as f64 / rows.max(1.0)) as f32).collect();
+            let centered_sq = |mean: &[f32]| {
+                (&flat - Tensor::from_slice(mean).to_device(xs.device())).square().sum_dim_intlist(
+                    0,
+                    false,
+                    Kind::Float,
+                )
+            };
+            let local_centered_sq = centered_sq(&local_mean);
+            let local_m2 = to_host(&local_centered_sq);
+            let (rank, size) = reducer.rank_and_size();
+            let slot = 2 * w + 1;
+            let mut all = vec![0f32; size * slot];
+            all[rank * slot..][..w].copy_from_slice(&sums);
+            all[rank * slot + w..][..w].copy_from_slice(&local_m2);
+            all[rank * slot + 2 * w] = rows as f32;
+            if let Err(e) = reducer.sum(&mut all) {
                 scope.error.get_or_insert(e);
                 return None;
             }
-            let var: Vec<f32> = squares.iter().map(|&q| (q as f64 / n) as f32).collect();
+            let slots: Vec<&[f32]> = all.chunks_exact(slot).collect();
+            let n: f64 = slots.iter().map(|r| r[2 * w] as f64).sum();
+            let mut mean = vec![0f32; w];
+            let mut var = vec![0f32; w];
+            for c in 0..w {
+                let m = slots.iter().map(|r| r[c] as f64).sum::<f64>() / n;
+                let within: f64 = slots.iter().map(|r| r[w + c] as f64).sum();
+                let between: f64 = slots
+                    .iter()
+                    .filter(|r| r[2 * w] > 0.0)
+                    .map(|r| {
+                        let rows = r[2 * w] as f64;
+                        rows * (r[c] as f64 / rows - m).powi(2)
+                    })
+                    .sum();
+                mean[c] = m as f32;
+                var[c] = ((within + between) / n) as f32;
+            }
+            // The correction needs the squares about the global mean (on one rank, the same).
+            let local_centered_sq = if size == 1 { local_centered_sq } else { centered_sq(&mean) };
             let device = xs.device();
             let mean_leaf = Tensor::from_slice(&mean).to_device(device).set_requires_grad(true);
             let var_leaf = Tensor::from_slice(&var).to_device(device).set_requires_grad(true);
@@ -629,6 +659,51 @@ mod batch_stats_tests {
     impl batch_stats::Reducer for Identity {
         fn sum(&self, _values: &mut [f32]) -> Result<(), String> {
             Ok(())
+        }
+        fn rank_and_size(&self) -> (usize, usize) {
+            (0, 1)
+        }
+    }
+
+    use crate::dist::Communicator;
+
+    struct Ranks<'a>(&'a dyn Communicator);
+    impl batch_stats::Reducer for Ranks<'_> {
+        fn sum(&self, values: &mut [f32]) -> Result<(), String> {
+            self.0.all_reduce_sum_f32(values).map_err(|e| e.to_string())
+        }
+        fn rank_and_size(&self) -> (usize, usize) {
+            (self.0.rank(), self.0.size())
+        }
+    }
+
+    #[test]
+    fn statistics_over_uneven_ranks_equal_those_of_the_whole_batch() {
+        // Rows far from zero with a small spread (where E[x²] − E[x]² would lose every digit in
+        // f32), split 2 / 0 / 5 over three ranks, one of them empty.
+        let rows: Vec<[f32; 2]> =
+            (0..7).map(|i| [1000.0 + 0.01 * (i * i) as f32, -3.0 + 0.5 * ((i * 5) % 7) as f32]).collect();
+        let (mean, var): (Vec<f64>, Vec<f64>) = (0..2)
+            .map(|c| {
+                let m = rows.iter().map(|r| r[c] as f64).sum::<f64>() / 7.0;
+                (m, rows.iter().map(|r| (r[c] as f64 - m).powi(2)).sum::<f64>() / 7.0)
+            })
+            .unzip();
+        let split = [0..2, 2..2, 2..7];
+        let results = crate::dist::ThreadRanks::run(3, |comm| {
+            crate::model::testing::one_thread();
+            let mine: Vec<f32> = rows[split[comm.rank()].clone()].iter().flatten().copied().collect();
+            let xs = Tensor::from_slice(&mine).view([-1, 2]);
+            let (stats, traces) = batch_stats::synchronised(&Ranks(&comm), || batch_stats::global(&xs)).unwrap();
+            let (m, v) = stats.unwrap();
+            assert_eq!(traces[0].global_rows, 7.0);
+            (Vec::<f32>::try_from(&m).unwrap(), Vec::<f32>::try_from(&v).unwrap())
+        });
+        assert!(results.iter().all(|r| r == &results[0]), "every rank holds the same bits");
+        for c in 0..2 {
+            let (m, v) = (results[0].0[c] as f64, results[0].1[c] as f64);
+            assert!((m - mean[c]).abs() <= 1e-6 * mean[c].abs(), "mean {m} vs {}", mean[c]);
+            assert!((v - var[c]).abs() <= 1e-4 * var[c], "variance {v} vs {}", var[c]);
         }
     }
 

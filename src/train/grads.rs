@@ -1,12 +1,13 @@
 //! Gradients on the host between backward and update: dense parameters as one flat buffer per
 //! task, embedding tables as row gradients (only the rows a step touched), the exchange between
-//! ranks (one fused all-reduce for every dense gradient of both tasks; two all-gathers for every
-//! table's rows, summed identically on every rank), and the φ combination (SPEC §2.4, §3).
+//! ranks (one fused all-reduce for every dense gradient of both tasks and the step's losses; one
+//! all-gather for every table's rows, summed identically on every rank), and the φ combination
+//! (SPEC §2.4, §3).
 //!
 //! Everything here except the conversions from and to tensors is a pure function over slices.
 use tch::{Device, Tensor};
 
-use crate::dist::{self, Communicator, CommunicatorExt};
+use crate::dist::{self, Communicator};
 
 /// Row gradients of one table: distinct ids in increasing order and their rows, row-major.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -125,33 +126,52 @@ pub struct TaskGrads {
     pub tables: Vec<RowGrads>,
 }
 
-/// Exchange both tasks' gradients: sum over ranks. With one rank the result equals the input
-/// (and the same code runs).
-pub fn exchange(comm: &dyn Communicator, main: TaskGrads, aux: TaskGrads) -> dist::Result<(TaskGrads, TaskGrads)> {
-    // Dense: one fused all-reduce for both tasks.
+/// Exchange both tasks' gradients: sum over ranks, in two collectives. The dense gradients of
+/// both tasks and `scalars` (the step's losses) travel in one fused all-reduce; every table's
+/// rows in one all-gather of `[row count per (task, table)] [ids] [rows]`, merged identically on
+/// every rank. With one rank the result equals the input (and the same code runs).
+pub fn exchange(
+    comm: &dyn Communicator,
+    main: TaskGrads,
+    aux: TaskGrads,
+    scalars: &mut [f32],
+) -> dist::Result<(TaskGrads, TaskGrads)> {
     let split = main.dense.len();
     let mut flat = main.dense;
     flat.extend_from_slice(&aux.dense);
+    flat.extend_from_slice(scalars);
     comm.all_reduce_sum_f32(&mut flat)?;
+    scalars.copy_from_slice(&flat[flat.len() - scalars.len()..]);
+    flat.truncate(flat.len() - scalars.len());
     let aux_dense = flat.split_off(split);
 
-    // Sparse: a header of row counts per (task, table), then ids; rows in a second message.
     let tables: Vec<&RowGrads> = main.tables.iter().chain(&aux.tables).collect();
-    let mut ids: Vec<i64> = tables.iter().map(|t| t.len() as i64).collect();
-    let mut rows: Vec<f32> = Vec::new();
+    let counts: Vec<i64> = tables.iter().map(|t| t.len() as i64).collect();
+    let id_bytes = 8 * (counts.len() + counts.iter().sum::<i64>() as usize);
+    let mut message = Vec::with_capacity(id_bytes + 4 * tables.iter().map(|t| t.rows.len()).sum::<usize>());
+    message.extend_from_slice(bytemuck::cast_slice(&counts));
     for t in &tables {
-        ids.extend_from_slice(&t.ids);
-        rows.extend_from_slice(&t.rows);
+        message.extend_from_slice(bytemuck::cast_slice(&t.ids));
     }
-    let all_ids = comm.all_gather(&ids)?;
-    let all_rows = comm.all_gather(&rows)?;
-    // Per rank: (header, ids, rows) cut into tables.
-    let per_rank: Vec<Vec<(&[i64], &[f32])>> = all_ids
+    for t in &tables {
+        message.extend_from_slice(bytemuck::cast_slice(&t.rows));
+    }
+    let gathered = comm.all_gather_bytes(&message)?;
+    // Per rank: its ids (header first) and rows, copied out of the byte stream to align them.
+    let per_rank: Vec<(Vec<i64>, Vec<f32>)> = gathered
         .parts()
-        .zip(all_rows.parts())
+        .map(|part| {
+            let header: Vec<i64> = bytemuck::pod_collect_to_vec(&part[..8 * tables.len()]);
+            let ids_end = 8 * (tables.len() + header.iter().sum::<i64>() as usize);
+            (bytemuck::pod_collect_to_vec(&part[..ids_end]), bytemuck::pod_collect_to_vec(&part[ids_end..]))
+        })
+        .collect();
+    // Cut each rank's ids and rows into tables.
+    let cut: Vec<Vec<(&[i64], &[f32])>> = per_rank
+        .iter()
         .map(|(ids, rows)| {
             let (header, mut ids) = ids.split_at(tables.len());
-            let mut rows = rows;
+            let mut rows = rows.as_slice();
             header
                 .iter()
                 .zip(&tables)
@@ -166,7 +186,7 @@ pub fn exchange(comm: &dyn Communicator, main: TaskGrads, aux: TaskGrads) -> dis
         })
         .collect();
     let mut merged: Vec<RowGrads> =
-        (0..tables.len()).map(|k| RowGrads::merge(per_rank.iter().map(|r| r[k]), tables[k].dim)).collect();
+        (0..tables.len()).map(|k| RowGrads::merge(cut.iter().map(|r| r[k]), tables[k].dim)).collect();
     let aux_tables = merged.split_off(main.tables.len());
     Ok((TaskGrads { dense: flat, tables: merged }, TaskGrads { dense: aux_dense, tables: aux_tables }))
 }
@@ -220,7 +240,10 @@ mod tests {
         };
         let results = ThreadRanks::run(3, |comm| {
             let (main, aux) = local(comm.rank());
-            exchange(&comm, main, aux).unwrap()
+            let mut losses = [comm.rank() as f32, 1.0];
+            let out = exchange(&comm, main, aux, &mut losses).unwrap();
+            assert_eq!(losses, [3.0, 3.0], "the scalars are summed with the dense gradients");
+            out
         });
         assert!(results.iter().all(|r| r == &results[0]), "every rank holds the same sums");
         let (main, aux) = &results[0];
@@ -231,7 +254,7 @@ mod tests {
         assert_eq!(aux.tables[0], rows(&[10], &[3.0]));
         // One rank: the exchange is the identity.
         let (m1, a1) = local(2);
-        let single = exchange(&crate::dist::SingleProcess, m1.clone(), a1.clone()).unwrap();
+        let single = exchange(&crate::dist::SingleProcess, m1.clone(), a1.clone(), &mut []).unwrap();
         assert_eq!(single, (m1, a1));
     }
 

@@ -35,6 +35,10 @@ impl batch_stats::Reducer for CommReducer<'_> {
     fn sum(&self, values: &mut [f32]) -> Result<(), String> {
         self.0.all_reduce_sum_f32(values).map_err(|e| e.to_string())
     }
+
+    fn rank_and_size(&self) -> (usize, usize) {
+        (self.0.rank(), self.0.size())
+    }
 }
 
 /// The trainable variables in a fixed order (by name), with their update rule.
@@ -287,8 +291,7 @@ pub fn gradients(
     ];
     let bytes_sent = grads::bytes_sent(&main_grads, &aux_grads) as u64;
     let comm_started = std::time::Instant::now();
-    ctx.comm.all_reduce_sum_f32(&mut losses)?;
-    let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads)?;
+    let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads, &mut losses)?;
     comm_seconds += comm_started.elapsed().as_secs_f64();
     let mut stats = StepStats {
         bytes_sent,
