@@ -450,7 +450,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner) -> Result<SweepOutcome, SweepError
             }
         }
     }
-    let report = super::report::write(&[spec.out.clone()], &spec.out.join("report"))?;
+    let report = super::report::write(std::slice::from_ref(&spec.out), &spec.out.join("report"))?;
     Ok(SweepOutcome { trained, skipped, report })
 }
 

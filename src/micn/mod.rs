@@ -101,12 +101,33 @@ impl Micn {
         seed: StepSeed,
         normaliser: f64,
     ) -> Result<MicnOutput, MicnError> {
-        let device = aux.target.device();
-        let negative_ids = Tensor::from_slice(&self.sampler.draw(seed.seed, self.num_negatives)).to_device(device);
+        let negative_ids = Tensor::from_slice(&self.negative_ids(seed)).to_device(aux.target.device());
+        let negatives = embeddings.aux_items(&negative_ids).ok_or(MicnError::NoAuxTables)?;
+        Ok(self.loss_with_negatives(aux, &negative_ids, &negatives, target_items, labels, seed, normaliser))
+    }
+
+    /// The step's shared negatives: `num_negatives` item ids drawn from `seed.seed`.
+    pub fn negative_ids(&self, seed: StepSeed) -> Vec<i64> {
+        self.sampler.draw(seed.seed, self.num_negatives)
+    }
+
+    /// [`Micn::loss`] with the negatives already embedded: `negative_ids` ([`Micn::negative_ids`]
+    /// as a tensor) and their `e_aux` vectors `[K, h]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_with_negatives(
+        &self,
+        aux: &AuxInput,
+        negative_ids: &Tensor,
+        negative_vectors: &Tensor,
+        target_items: &Tensor,
+        labels: &Tensor,
+        seed: StepSeed,
+        normaliser: f64,
+    ) -> MicnOutput {
         let negatives = Candidates {
-            vectors: embeddings.aux_items(&negative_ids).ok_or(MicnError::NoAuxTables)?,
-            log_q: self.sampler.log_q(&negative_ids).to_kind(aux.target.kind()),
-            ids: negative_ids,
+            vectors: negative_vectors.shallow_clone(),
+            log_q: self.sampler.log_q(negative_ids).to_kind(aux.target.kind()),
+            ids: negative_ids.shallow_clone(),
         };
         let target = Candidates {
             vectors: aux.target.shallow_clone(),
@@ -117,7 +138,7 @@ impl Micn {
         let user = self.user_vector(aux, seed);
         let loss = sampled_softmax(&user, &target, &negatives, &positive, normaliser);
         let positives = positive.sum(tch::Kind::Float).double_value(&[]).round() as i64;
-        Ok(MicnOutput { loss, positives })
+        MicnOutput { loss, positives }
     }
 }
 

@@ -6,6 +6,10 @@
 //! padding / unknown; its rows are ordinary rows, and padded history slots are removed by the
 //! mask wherever the history is pooled, never by the tables. The main models never see which
 //! part of `e` is which.
+//!
+//! A training step reads the tables through row leaves ([`RowLeaf`]): the distinct rows the
+//! batch touches, copied out per table and per task, so the backward pass yields dense row
+//! gradients directly and one pass keeps the main and auxiliary gradients apart.
 use tch::{nn, Kind, Tensor};
 
 use super::ModelError;
@@ -129,6 +133,8 @@ pub struct Embeddings {
     aux: Option<AuxTables>,
     /// Category of every item, `[n_items]` i64; not a variable (it is data, not trained).
     item_cats: Tensor,
+    /// The same on the host, to embed MICN's negatives from row leaves.
+    item_cats_host: Vec<i64>,
     dim: i64,
     /// Gradient scales (main, aux) applied to the `e_aux` lookups; `None` in training. See
     /// [`Embeddings::with_gradient_scales`].
@@ -170,6 +176,7 @@ impl Embeddings {
             cat: table("cat", vocab.cats),
             aux,
             item_cats: item_cats.to_device(p.device()),
+            item_cats_host: Vec::<i64>::try_from(&item_cats.to_device(tch::Device::Cpu)).expect("i64 item categories"),
             dim,
             grad_scales: None,
         })
@@ -248,9 +255,9 @@ impl Embeddings {
         self.aux(items, &cats).map(|x| self.for_aux(x))
     }
 
-    /// Embeds one batch: `e = e_orig ⊕ e_aux` for the main model, and `e_aux` alone for MICN.
-    /// The `e_aux` half of `e` and [`Embedded::aux`] are the same lookups, so a training step
-    /// that runs two backward passes (main, then aux) must keep the graph in the first one.
+    /// Embeds one batch: `e = e_orig ⊕ e_aux` for the main model, and `e_aux` alone for MICN
+    /// (the same lookups). Evaluation and the test oracles use it; training uses
+    /// [`Embeddings::forward_train`], which gives the same values.
     pub fn forward(&self, ids: &BatchIds) -> Embedded {
         let target_aux = self.aux(&ids.items, &ids.cats);
         let hist_aux = self.aux(&ids.hist_items, &ids.hist_cats);
@@ -275,6 +282,158 @@ impl Embeddings {
             hist_mask: ids.hist_mask.shallow_clone(),
         });
         Embedded { main, aux }
+    }
+}
+
+/// Which gradient buffer a lookup feeds (SPEC §2.4): the main task's or MICN's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Main,
+    Aux,
+}
+
+/// The rows of one table that one task reads in a training step, copied out of the table into a
+/// leaf tensor: the backward pass leaves exactly these rows' gradient in the leaf, dense and
+/// already summed over repeated ids (no sparse gradient to coalesce), and the `e_aux` tables get
+/// one leaf per task, so a single backward pass keeps the two tasks' gradients apart.
+#[derive(Debug)]
+pub struct RowLeaf {
+    /// The table's variable name under [`super::EMBEDDINGS_PATH`] (`user`, `item`, `cat_aux`, ...).
+    pub table: &'static str,
+    pub task: Task,
+    /// Distinct ids, ascending.
+    pub ids: Vec<i64>,
+    /// `[ids.len(), d]`, requires grad.
+    pub leaf: Tensor,
+}
+
+/// A training batch embedded from row leaves ([`Embeddings::forward_train`]).
+#[derive(Debug)]
+pub struct TrainingInput {
+    pub embedded: Embedded,
+    /// `e_aux` of MICN's sampled negatives, `[K, 2d]`, when negatives were given.
+    pub negatives: Option<Tensor>,
+    /// Every leaf the batch's lookups read from.
+    pub leaves: Vec<RowLeaf>,
+}
+
+/// The distinct ids of `groups`, ascending, and for every id of every group in turn the index of
+/// its row among them.
+fn distinct_rows(groups: &[&[i64]]) -> (Vec<i64>, Vec<i64>) {
+    let mut distinct: Vec<i64> = groups.concat();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let index = groups
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|id| distinct.binary_search(id).expect("every id is among the distinct ones") as i64)
+        .collect();
+    (distinct, index)
+}
+
+/// The ids of a tensor on the host, flattened.
+fn host_ids(ids: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(ids.to_device(tch::Device::Cpu).flatten(0, -1)).expect("i64 ids")
+}
+
+impl Embeddings {
+    /// Embeds a training batch through row leaves ([`RowLeaf`]): the same values as
+    /// [`Embeddings::forward`], with the main task's lookups (the `e_orig` tables and its
+    /// `e_aux` half of `e`) reading the [`Task::Main`] leaves and MICN's (`e_aux` of the target,
+    /// the history and the sampled `negatives`) the [`Task::Aux`] ones.
+    pub fn forward_train(&self, ids: &BatchIds, negatives: Option<&[i64]>) -> TrainingInput {
+        let (b, steps) = (ids.len(), ids.hist_items.size()[1]);
+        let (items, cats) = (host_ids(&ids.items), host_ids(&ids.cats));
+        let (hist_items, hist_cats) = (host_ids(&ids.hist_items), host_ids(&ids.hist_cats));
+        let noclick = ids.noclick.as_ref().map(|n| (host_ids(&n.items), host_ids(&n.cats)));
+        let users = host_ids(&ids.users);
+        let mut leaves = Vec::new();
+
+        let user = self.gather(&[("user", &self.user)], Task::Main, &[&users], &mut leaves).remove(0);
+        // e = [item; cat; item_aux; cat_aux] of the targets, the history and the no-clicks at once.
+        let mut item_groups: Vec<&[i64]> = vec![&items, &hist_items];
+        let mut cat_groups: Vec<&[i64]> = vec![&cats, &hist_cats];
+        if let Some((noclick_items, noclick_cats)) = &noclick {
+            item_groups.push(noclick_items);
+            cat_groups.push(noclick_cats);
+        }
+        let mut item_tables = vec![("item", &self.item)];
+        let mut cat_tables = vec![("cat", &self.cat)];
+        if let Some(aux) = &self.aux {
+            item_tables.push((AUX_TABLES[0], &aux.item_aux));
+            cat_tables.push((AUX_TABLES[1], &aux.cat_aux));
+        }
+        let item_rows = self.gather(&item_tables, Task::Main, &item_groups, &mut leaves);
+        let cat_rows = self.gather(&cat_tables, Task::Main, &cat_groups, &mut leaves);
+        let mut parts = vec![&item_rows[0], &cat_rows[0]];
+        if self.aux.is_some() {
+            parts.extend([&item_rows[1], &cat_rows[1]]);
+        }
+        let e = Tensor::cat(&parts, -1); // [b + b·T (+ b·T), w]
+        let w = e.size()[1];
+        let history = |rows: &Tensor, start: i64| rows.narrow(0, start, b * steps).view([b, steps, -1]);
+        let main = MainInput {
+            user,
+            target: e.narrow(0, 0, b),
+            hist: history(&e, b),
+            hist_mask: ids.hist_mask.shallow_clone(),
+            noclick: noclick.as_ref().map(|_| history(&e, b + b * steps)),
+            ids: ids.shallow_clone(),
+        };
+        debug_assert_eq!(w, self.item_width());
+
+        // MICN: e_aux of the targets, the history and the negatives, from its own leaves.
+        let (aux, negatives) = match (&self.aux, negatives) {
+            (Some(aux), Some(negative_items)) => {
+                let negative_cats: Vec<i64> =
+                    negative_items.iter().map(|&id| self.item_cats_host[id as usize]).collect();
+                let item_rows = self.gather(
+                    &[(AUX_TABLES[0], &aux.item_aux)],
+                    Task::Aux,
+                    &[&items, &hist_items, negative_items],
+                    &mut leaves,
+                );
+                let cat_rows = self.gather(
+                    &[(AUX_TABLES[1], &aux.cat_aux)],
+                    Task::Aux,
+                    &[&cats, &hist_cats, &negative_cats],
+                    &mut leaves,
+                );
+                let e_aux = Tensor::cat(&[&item_rows[0], &cat_rows[0]], -1);
+                let input = AuxInput {
+                    target: e_aux.narrow(0, 0, b),
+                    hist: history(&e_aux, b),
+                    hist_mask: ids.hist_mask.shallow_clone(),
+                };
+                (Some(input), Some(e_aux.narrow(0, b + b * steps, negative_items.len() as i64)))
+            }
+            _ => (None, None),
+        };
+        TrainingInput { embedded: Embedded { main, aux }, negatives, leaves }
+    }
+
+    /// For tables that share their ids (`item` and `item_aux`, say): one leaf per table holding
+    /// the distinct rows of `groups`, and the rows of every id of every group in turn, per table.
+    fn gather(
+        &self,
+        tables: &[(&'static str, &Tensor)],
+        task: Task,
+        groups: &[&[i64]],
+        leaves: &mut Vec<RowLeaf>,
+    ) -> Vec<Tensor> {
+        let (distinct, index) = distinct_rows(groups);
+        let device = self.item.device();
+        let distinct_t = Tensor::from_slice(&distinct).to_device(device);
+        let index_t = Tensor::from_slice(&index).to_device(device);
+        tables
+            .iter()
+            .map(|&(table, values)| {
+                let leaf = tch::no_grad(|| values.index_select(0, &distinct_t)).set_requires_grad(true);
+                let rows = leaf.index_select(0, &index_t);
+                leaves.push(RowLeaf { table, task, ids: distinct.clone(), leaf });
+                rows
+            })
+            .collect()
     }
 }
 
@@ -336,6 +495,75 @@ mod tests {
             Tensor::cat(&[vars["item"].index_select(0, &ids.items), vars["cat"].index_select(0, &ids.cats)], -1);
         assert!(out.main.target.narrow(-1, 0, 6).equal(&expected_orig));
         assert!(out.main.hist.narrow(-1, 6, 6).equal(&aux.hist));
+    }
+
+    #[test]
+    fn training_from_row_leaves_gives_the_lookups_values_and_each_tasks_table_gradient() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let emb = Embeddings::new(&vs.root(), &VOCAB, 3, true, &item_cats()).unwrap();
+        let ids = batch(4, 5, 6, &VOCAB, true);
+        let negatives = [8i64, 2, 8, 5];
+        let plain = emb.forward(&ids);
+        let TrainingInput { embedded, negatives: negative_rows, leaves } = emb.forward_train(&ids, Some(&negatives));
+        let (main, aux) = (&embedded.main, embedded.aux.as_ref().unwrap());
+        assert!(main.user.equal(&plain.main.user) && main.target.equal(&plain.main.target));
+        assert!(main.hist.equal(&plain.main.hist));
+        assert!(main.noclick.as_ref().unwrap().equal(plain.main.noclick.as_ref().unwrap()));
+        let plain_aux = plain.aux.as_ref().unwrap();
+        assert!(aux.target.equal(&plain_aux.target) && aux.hist.equal(&plain_aux.hist));
+        let negatives_t = Tensor::from_slice(&negatives);
+        assert!(negative_rows.as_ref().unwrap().equal(&emb.aux_items(&negatives_t).unwrap()));
+
+        // Weighted sums as losses: the main task reads e and the user, MICN e_aux and negatives.
+        let weights = |x: &Tensor, seed: i64| {
+            Tensor::arange(x.numel() as i64, (Kind::Float, Device::Cpu)).view_as(x).sin() * seed
+        };
+        let main_loss = |m: &MainInput| {
+            (&m.user * weights(&m.user, 1)).sum(Kind::Float)
+                + (&m.target * weights(&m.target, 2)).sum(Kind::Float)
+                + (&m.hist * weights(&m.hist, 3)).sum(Kind::Float)
+                + (m.noclick.as_ref().unwrap() * weights(m.noclick.as_ref().unwrap(), 4)).sum(Kind::Float)
+        };
+        let aux_loss = |a: &AuxInput, n: &Tensor| {
+            (&a.target * weights(&a.target, 5)).sum(Kind::Float)
+                + (&a.hist * weights(&a.hist, 6)).sum(Kind::Float)
+                + (n * weights(n, 7)).sum(Kind::Float)
+        };
+        // Reference: each task's loss alone through the plain lookups, as dense table gradients.
+        let tables = vs.variables();
+        let reference = |loss: Tensor| {
+            let names = ["user", "item", "cat", "item_aux", "cat_aux"];
+            let vars: Vec<&Tensor> = names.iter().map(|n| &tables[*n]).collect();
+            let grads = Tensor::run_backward(&[loss], &vars, false, false);
+            names
+                .iter()
+                .zip(grads)
+                .map(|(n, g)| (*n, if g.defined() { g.to_dense(None, false) } else { g }))
+                .collect::<Vec<_>>()
+        };
+        let main_ref = reference(main_loss(&emb.forward(&ids).main));
+        let aux_ref = reference(aux_loss(&emb.forward(&ids).aux.unwrap(), &emb.aux_items(&negatives_t).unwrap()));
+
+        let total = main_loss(main) + aux_loss(aux, negative_rows.as_ref().unwrap());
+        let leaf_tensors: Vec<&Tensor> = leaves.iter().map(|l| &l.leaf).collect();
+        let grads = Tensor::run_backward(&[total], &leaf_tensors, false, false);
+        for (leaf, g) in leaves.iter().zip(grads) {
+            assert!(leaf.ids.windows(2).all(|w| w[0] < w[1]), "distinct ascending ids");
+            let reference = match leaf.task {
+                Task::Main => &main_ref,
+                Task::Aux => &aux_ref,
+            };
+            let expected = &reference.iter().find(|(n, _)| *n == leaf.table).unwrap().1;
+            let expected = expected.index_select(0, &Tensor::from_slice(&leaf.ids));
+            let diff = (&g - &expected).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{} ({:?}): gradient differs by {diff}", leaf.table, leaf.task);
+        }
+        let count = |task| leaves.iter().filter(|l| l.task == task).count();
+        assert_eq!(
+            (count(Task::Main), count(Task::Aux)),
+            (5, 2),
+            "user, item, cat and both e_aux tables; e_aux for MICN"
+        );
     }
 
     #[test]

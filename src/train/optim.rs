@@ -123,7 +123,7 @@ impl Adam {
             return false;
         };
         let dim = table.size().last().copied().unwrap_or(0) as usize;
-        let n_rows = if dim == 0 { 0 } else { p.len() / dim };
+        let n_rows = p.len().checked_div(dim).unwrap_or(0);
         if dim == 0 || g_rows.len() != ids.len() * dim || ids.iter().any(|&r| r < 0 || r as usize >= n_rows) {
             return false;
         }

@@ -1,8 +1,9 @@
-//! One training step, top to bottom (SPEC §2.4–2.5, §3): forward; the main and auxiliary
-//! backward passes into two gradient buffers; exchange of both buffers between ranks; the φ
-//! combination on the shared `e_aux` tables; the Adam update. Losses are normalised by global
-//! counts (global batch; global positives for MICN), so N ranks × b samples compute what one
-//! rank with N·b samples does.
+//! One training step, top to bottom (SPEC §2.4–2.5, §3): forward from the step's row leaves;
+//! one backward pass of `L_main + λ·L_micn` that leaves the main and auxiliary gradients in two
+//! buffers (the tasks read separate leaves of the `e_aux` tables); exchange of both buffers
+//! between ranks; the φ combination on the shared `e_aux` tables; the Adam update. Losses are
+//! normalised by global counts (global batch; global positives for MICN), so N ranks × b samples
+//! compute what one rank with N·b samples does.
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -12,6 +13,7 @@ use crate::config::EmbeddingOptimizer;
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
+use crate::model::embeddings::{RowLeaf, Task};
 use crate::model::layers::batch_stats;
 use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
 
@@ -115,28 +117,19 @@ pub struct StepStats {
     pub update_seconds: f64,
 }
 
-/// Gradients of `loss` w.r.t. the variables `which`, moved to the host.
-fn backward(loss: &Tensor, t: &Trainable, which: &[usize], keep_graph: bool) -> TaskGrads {
-    let inputs: Vec<&Tensor> = which.iter().map(|&i| &t.tensors[i]).collect();
-    let grads = Tensor::run_backward(&[loss], &inputs, keep_graph, false);
-    host_grads(t, which, &grads)
-}
-
-/// The main-task gradient with Dice's statistics taken over the global batch. First the
-/// gradient of the loss with respect to every Dice layer's statistics (a short pass through the
-/// head only), summed over ranks; then, from the last Dice layer to the first, the part each
-/// layer's statistics pass on to the statistics of the layers before it (also summed over ranks);
-/// finally one full backward pass of the loss plus every layer's path through its statistics.
-fn main_backward(
+/// The main-task loss plus, for every Dice layer, the surrogate whose gradient is the part that
+/// flows through the layer's statistics over the global batch, so that one ordinary backward
+/// pass of the sum gives the exact global-batch gradient. First the gradient of the loss with
+/// respect to every Dice layer's statistics (a short pass through the head only), summed over
+/// ranks; then, from the last Dice layer to the first, the part each layer's statistics pass on
+/// to the statistics of the layers before it (also summed over ranks).
+fn with_statistics_corrections(
     loss: &Tensor,
-    t: &Trainable,
-    which: &[usize],
     traces: &[batch_stats::Trace],
     comm: &dyn Communicator,
-    keep_graph: bool,
-) -> Result<TaskGrads, StepError> {
+) -> Result<Tensor, StepError> {
     if traces.is_empty() {
-        return Ok(backward(loss, t, which, keep_graph));
+        return Ok(loss.shallow_clone());
     }
     let leaves = |upto: usize| traces[..upto].iter().flat_map(|tr| [&tr.mean_leaf, &tr.var_leaf]).collect::<Vec<_>>();
     let widths: Vec<usize> = traces.iter().map(|tr| tr.mean_leaf.numel()).collect();
@@ -170,26 +163,55 @@ fn main_backward(
         let earlier = global_stat_grads(&correction(k, &stat), k)?;
         stat[..earlier.len()].iter_mut().zip(&earlier).for_each(|(a, b)| *a += b);
     }
-    let total = (0..traces.len()).fold(loss.shallow_clone(), |acc, k| acc + correction(k, &stat));
-    Ok(backward(&total, t, which, keep_graph))
+    Ok((0..traces.len()).fold(loss.shallow_clone(), |acc, k| acc + correction(k, &stat)))
+}
+
+/// What a variable's gradient is taken with respect to: an embedding table's row leaf for the
+/// task, or the variable itself (dense parameters; Wide&Deep's hashed weights).
+enum Target<'a> {
+    Var(&'a Tensor),
+    Rows(&'a RowLeaf),
+}
+
+impl Target<'_> {
+    fn tensor(&self) -> &Tensor {
+        match self {
+            Target::Var(v) => v,
+            Target::Rows(r) => &r.leaf,
+        }
+    }
+}
+
+/// The targets of the variables `which` for `task`.
+fn targets<'a>(t: &'a Trainable, which: &[usize], leaves: &'a [RowLeaf], task: Task) -> Vec<Target<'a>> {
+    which
+        .iter()
+        .map(|&i| {
+            let table = t.names[i].strip_prefix(EMBEDDINGS_PATH).and_then(|rest| rest.strip_prefix('.'));
+            match table.and_then(|table| leaves.iter().find(|l| l.table == table && l.task == task)) {
+                Some(leaf) => Target::Rows(leaf),
+                None => Target::Var(&t.tensors[i]),
+            }
+        })
+        .collect()
 }
 
 /// Dense gradients flattened in variable order (zeros where a variable got none), tables as rows.
-fn host_grads(t: &Trainable, which: &[usize], grads: &[Tensor]) -> TaskGrads {
+fn host_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[Tensor]) -> TaskGrads {
     let mut out = TaskGrads::default();
-    for (&i, g) in which.iter().zip(grads) {
+    let host =
+        |g: &Tensor| Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32");
+    for ((&i, target), g) in which.iter().zip(targets).zip(grads) {
         let var = &t.tensors[i];
         if t.is_table[i] {
             let dim = var.size()[1] as usize;
-            out.tables.push(if g.defined() {
-                RowGrads::from_grad(&g.to_device(Device::Cpu))
-            } else {
-                RowGrads { dim, ..Default::default() }
+            out.tables.push(match target {
+                _ if !g.defined() => RowGrads { dim, ..Default::default() },
+                Target::Rows(leaf) => RowGrads { ids: leaf.ids.clone(), rows: host(g), dim },
+                Target::Var(_) => RowGrads::from_grad(&g.to_device(Device::Cpu)),
             });
         } else if g.defined() {
-            out.dense.extend(
-                Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32"),
-            );
+            out.dense.extend(host(g));
         } else {
             out.dense.extend(std::iter::repeat_n(0.0, var.numel()));
         }
@@ -254,11 +276,13 @@ pub fn gradients(
     ctx.comm.all_reduce_sum_f32(&mut counts)?;
     let mut comm_seconds = comm_started.elapsed().as_secs_f64();
 
-    // Forward, with Dice's batch statistics over the global batch.
-    let ((embedded, out), traces) = batch_stats::synchronised(&CommReducer(ctx.comm), || {
-        let embedded = net.embeddings.forward(&ids);
-        let out = net.main.forward(&embedded.main, true);
-        (embedded, out)
+    // Forward from the step's row leaves, with Dice's batch statistics over the global batch.
+    let seed = step_seed(ctx);
+    let negative_ids = net.micn.as_ref().map(|micn| micn.negative_ids(seed));
+    let ((input, out), traces) = batch_stats::synchronised(&CommReducer(ctx.comm), || {
+        let input = net.embeddings.forward_train(&ids, negative_ids.as_deref());
+        let out = net.main.forward(&input.embedded.main, true);
+        (input, out)
     })
     .map_err(StepError::Stats)?;
     let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
@@ -267,21 +291,33 @@ pub fn gradients(
         Some(a) => &bce + a,
         None => bce.shallow_clone(),
     };
-    let micn = match (&net.micn, &embedded.aux) {
-        (Some(micn), Some(aux)) => {
-            Some(micn.loss(&net.embeddings, aux, &ids.items, &labels, step_seed(ctx), counts[0] as f64)?.loss)
+    let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &negative_ids) {
+        (Some(micn), Some(aux), Some(vectors), Some(negatives)) => {
+            let negatives = Tensor::from_slice(negatives).to_device(device);
+            let out = micn.loss_with_negatives(aux, &negatives, vectors, &ids.items, &labels, seed, counts[0] as f64);
+            Some(out.loss)
         }
+        (Some(_), ..) => return Err(StepError::Micn(crate::micn::MicnError::NoAuxTables)),
         _ => None,
     };
 
-    // Two backward passes: main into Orig + Shared, λ·aux into Aux + Shared.
+    // One backward pass for both tasks: main + λ·aux. The tasks share no leaf (the `e_aux` tables
+    // have one row leaf per task), so the main gradient lands in Orig + Shared[main] and the
+    // auxiliary one in Aux + Shared[aux], as two separate buffers.
     let main_vars = t.indices(&[VarGroup::Orig, VarGroup::Shared]);
-    let aux_vars = t.indices(&[VarGroup::Aux, VarGroup::Shared]);
-    let main_grads = main_backward(&main_loss, t, &main_vars, &traces, ctx.comm, micn.is_some())?;
-    let aux_grads = match &micn {
-        Some(loss) => backward(&(loss * ctx.lambda), t, &aux_vars, false),
-        None => host_grads(t, &aux_vars, &[]),
+    let aux_vars = if micn.is_some() { t.indices(&[VarGroup::Aux, VarGroup::Shared]) } else { Vec::new() };
+    let main_targets = targets(t, &main_vars, &input.leaves, Task::Main);
+    let aux_targets = targets(t, &aux_vars, &input.leaves, Task::Aux);
+    let main_total = with_statistics_corrections(&main_loss, &traces, ctx.comm)?;
+    let total = match &micn {
+        Some(loss) => main_total + loss * ctx.lambda,
+        None => main_total,
     };
+    let all: Vec<&Tensor> = main_targets.iter().chain(&aux_targets).map(Target::tensor).collect();
+    let grads = Tensor::run_backward(&[&total], &all, false, false);
+    let (main_g, aux_g) = grads.split_at(main_targets.len());
+    let main_grads = host_grads(t, &main_vars, &main_targets, main_g);
+    let aux_grads = host_grads(t, &aux_vars, &aux_targets, aux_g);
 
     // Local losses become global sums.
     let mut losses = [
