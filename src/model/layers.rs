@@ -83,11 +83,14 @@ impl Dice {
     /// # Shapes
     /// `xs [.., width]` → same
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            if let Some((leaf, mean, var)) = batch_stats::global(xs) {
+                self.update_running(&mean, &var);
+                return self.activate(&leaf, &mean, &var);
+            }
+        }
         let (mean, var) = if !train {
             (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
-        } else if let Some(stats) = batch_stats::global(xs) {
-            self.update_running(&stats.0, &stats.1);
-            stats
         } else {
             let width = *xs.size().last().expect("Dice needs at least one dimension");
             let flat = xs.reshape([-1, width]); // [n, width]
@@ -96,6 +99,10 @@ impl Dice {
             self.update_running(&mean, &var);
             (mean, var)
         };
+        self.activate(xs, &mean, &var)
+    }
+
+    fn activate(&self, xs: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
         let p = ((xs - mean) / (var + DICE_EPS).sqrt()).sigmoid();
         &p * xs + (1.0 - &p) * &self.alpha * xs
     }
@@ -119,12 +126,13 @@ impl Dice {
 /// Batch statistics over every data-parallel rank (synchronised batch normalisation), for Dice.
 ///
 /// While a training step runs inside [`batch_stats::synchronised`], every Dice layer takes the
-/// mean and variance of its input over the **global** batch: its local sums are combined through
-/// the given reducer (an all-reduce), and the statistics enter the graph as leaf tensors. The
-/// step then completes the gradient through them in a second backward pass
-/// ([`batch_stats::Trace::correction`]) with the global `∂L/∂mean` and `∂L/∂var`, so that N ranks
-/// × b samples compute exactly what one rank with N·b samples computes. Outside that scope Dice
-/// uses its own input's statistics, as usual.
+/// mean and variance of its input over the **global** batch (one all-reduce through the given
+/// reducer), and cuts the graph there: it computes from a leaf copy of its input, with the
+/// statistics as leaves too. The step then runs the backward pass one segment at a time, from the
+/// last Dice layer down: at each cut it sums `∂L/∂mean` and `∂L/∂var` over ranks, adds their part
+/// to the input's gradient ([`batch_stats::Trace::input_gradient`]) and continues below. N ranks
+/// × b samples thus compute exactly what one rank with N·b samples computes, in one pass over the
+/// graph. Outside that scope Dice uses its own input's statistics, as usual.
 pub mod batch_stats {
     use std::cell::RefCell;
     use tch::{Kind, Tensor};
@@ -136,12 +144,12 @@ pub mod batch_stats {
         fn rank_and_size(&self) -> (usize, usize);
     }
 
-    /// What the second backward pass needs from one Dice layer.
+    /// One Dice layer's cut in the graph.
     pub struct Trace {
-        /// Local `Σ x` and `Σ (x − mean)²` over the layer's input rows, `[width]`, in the graph
-        /// (`mean` the global mean, held constant).
-        pub local_sum: Tensor,
-        pub local_centered_sq: Tensor,
+        /// The layer's input in the graph below the cut: the segment below starts from it.
+        pub input: Tensor,
+        /// The copy of the input the layer computed from (a leaf).
+        pub leaf: Tensor,
         /// The global statistics as leaves (their gradients are `∂L_local/∂mean`, `/∂var`).
         pub mean_leaf: Tensor,
         pub var_leaf: Tensor,
@@ -150,12 +158,22 @@ pub mod batch_stats {
     }
 
     impl Trace {
-        /// The surrogate whose gradient is the missing part: given the global `∂L/∂mean` and
-        /// `∂L/∂var`, `∂/∂x_i = g_mean/N + g_var·2·(x_i − mean)/N` for every local row `x_i`
-        /// (the variance's path through the mean sums to zero over the global batch).
-        pub fn correction(&self, g_mean: &Tensor, g_var: &Tensor) -> Tensor {
-            let n = self.global_rows;
-            (g_mean * &self.local_sum).sum(Kind::Float) / n + (g_var * &self.local_centered_sq).sum(Kind::Float) / n
+        /// The gradient of the input, given its gradient through the leaf (`None`: none reached
+        /// it) and the global `∂L/∂mean` and `∂L/∂var` (summed over ranks):
+        /// `∂/∂x_i = g_leaf,i + g_mean/N + g_var·2·(x_i − mean)/N` for every local row `x_i` (the
+        /// variance's path through the mean sums to zero over the global batch).
+        pub fn input_gradient(&self, g_leaf: Option<&Tensor>, g_mean: &[f32], g_var: &[f32]) -> Tensor {
+            tch::no_grad(|| {
+                let n = self.global_rows;
+                let device = self.leaf.device();
+                let vector = |v: &[f32]| Tensor::from_slice(v).to_device(device).to_kind(self.leaf.kind());
+                let centered = self.leaf.detach() - self.mean_leaf.detach();
+                let through_stats = vector(g_mean) / n + centered * vector(g_var) * (2.0 / n);
+                match g_leaf {
+                    Some(g) => through_stats + g,
+                    None => through_stats,
+                }
+            })
         }
     }
 
@@ -192,33 +210,26 @@ pub mod batch_stats {
         }
     }
 
-    /// The global `(mean, var)` of `xs`'s rows as leaves, when inside [`synchronised`].
-    pub(super) fn global(xs: &Tensor) -> Option<(Tensor, Tensor)> {
+    /// Inside [`synchronised`]: a leaf copy of `xs` to compute from, and the global `(mean, var)`
+    /// of `xs`'s rows as leaves.
+    pub(super) fn global(xs: &Tensor) -> Option<(Tensor, Tensor, Tensor)> {
         SCOPE.with(|s| {
             let mut guard = s.borrow_mut();
             let scope = guard.as_mut()?;
             let width = *xs.size().last().expect("Dice needs at least one dimension");
-            let flat = xs.reshape([-1, width]).to_kind(Kind::Float);
-            let local_sum = flat.sum_dim_intlist(0, false, Kind::Float);
+            let flat = xs.detach().reshape([-1, width]).to_kind(Kind::Float);
             // SAFETY: see `synchronised`.
             let reducer = unsafe { &*scope.reducer };
-            let to_host = |t: &Tensor| Vec::<f32>::try_from(t.detach().to_device(tch::Device::Cpu)).expect("f32");
+            let to_host = |t: &Tensor| Vec::<f32>::try_from(t.to_device(tch::Device::Cpu)).expect("f32");
             // One round: every rank's row count, sums and squares about its own mean, each in its
             // own slot of a summed buffer (adding zeros is exact), then combined in f64 by
             // Chan et al.'s formula, the same bits on every rank.
             let w = width as usize;
             let rows = flat.size()[0] as f64;
-            let sums = to_host(&local_sum);
+            let sums = to_host(&flat.sum_dim_intlist(0, false, Kind::Float));
             let local_mean: Vec<f32> = sums.iter().map(|&s| (s as f64 / rows.max(1.0)) as f32).collect();
-            let centered_sq = |mean: &[f32]| {
-                (&flat - Tensor::from_slice(mean).to_device(xs.device())).square().sum_dim_intlist(
-                    0,
-                    false,
-                    Kind::Float,
-                )
-            };
-            let local_centered_sq = centered_sq(&local_mean);
-            let local_m2 = to_host(&local_centered_sq);
+            let centered = &flat - Tensor::from_slice(&local_mean).to_device(xs.device());
+            let local_m2 = to_host(&centered.square().sum_dim_intlist(0, false, Kind::Float));
             let (rank, size) = reducer.rank_and_size();
             let slot = 2 * w + 1;
             let mut all = vec![0f32; size * slot];
@@ -247,19 +258,19 @@ pub mod batch_stats {
                 mean[c] = m as f32;
                 var[c] = ((within + between) / n) as f32;
             }
-            // The correction needs the squares about the global mean (on one rank, the same).
-            let local_centered_sq = if size == 1 { local_centered_sq } else { centered_sq(&mean) };
             let device = xs.device();
-            let mean_leaf = Tensor::from_slice(&mean).to_device(device).set_requires_grad(true);
-            let var_leaf = Tensor::from_slice(&var).to_device(device).set_requires_grad(true);
+            let kind = xs.kind();
+            let leaf_of = |v: &[f32]| Tensor::from_slice(v).to_device(device).to_kind(kind).set_requires_grad(true);
+            let (mean_leaf, var_leaf) = (leaf_of(&mean), leaf_of(&var));
+            let leaf = xs.detach().set_requires_grad(true);
             scope.traces.push(Trace {
-                local_sum,
-                local_centered_sq,
+                input: xs.shallow_clone(),
+                leaf: leaf.shallow_clone(),
                 mean_leaf: mean_leaf.shallow_clone(),
                 var_leaf: var_leaf.shallow_clone(),
                 global_rows: n,
             });
-            Some((mean_leaf, var_leaf))
+            Some((leaf, mean_leaf, var_leaf))
         })
     }
 }
@@ -695,7 +706,7 @@ mod batch_stats_tests {
             let mine: Vec<f32> = rows[split[comm.rank()].clone()].iter().flatten().copied().collect();
             let xs = Tensor::from_slice(&mine).view([-1, 2]);
             let (stats, traces) = batch_stats::synchronised(&Ranks(&comm), || batch_stats::global(&xs)).unwrap();
-            let (m, v) = stats.unwrap();
+            let (_, m, v) = stats.unwrap();
             assert_eq!(traces[0].global_rows, 7.0);
             (Vec::<f32>::try_from(&m).unwrap(), Vec::<f32>::try_from(&v).unwrap())
         });
@@ -723,10 +734,10 @@ mod batch_stats_tests {
         let (y, traces) = batch_stats::synchronised(&Identity, || dice.forward(&x, true)).unwrap();
         let loss = (y * &w).sum(Kind::Float);
         let tr = &traces[0];
-        let g = Tensor::run_backward(&[&loss], &[&x, &dice.alpha, &tr.mean_leaf, &tr.var_leaf], true, false);
-        let correction = tr.correction(&g[2], &g[3]);
-        let extra = Tensor::run_backward(&[&correction], &[&x], false, false);
-        let x_grad = &g[0] + &extra[0];
+        assert!(tr.input.equal(&x), "the cut's input is the layer's input");
+        let g = Tensor::run_backward(&[&loss], &[&tr.leaf, &dice.alpha, &tr.mean_leaf, &tr.var_leaf], false, false);
+        let host = |t: &Tensor| Vec::<f32>::try_from(t).unwrap();
+        let x_grad = tr.input_gradient(Some(&g[0]), &host(&g[2]), &host(&g[3]));
         let diff = (&x_grad - &expected[0]).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "x gradient differs by {diff}");
         let diff = (&g[1] - &expected[1]).abs().max().double_value(&[]);

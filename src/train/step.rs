@@ -117,53 +117,52 @@ pub struct StepStats {
     pub update_seconds: f64,
 }
 
-/// The main-task loss plus, for every Dice layer, the surrogate whose gradient is the part that
-/// flows through the layer's statistics over the global batch, so that one ordinary backward
-/// pass of the sum gives the exact global-batch gradient. First the gradient of the loss with
-/// respect to every Dice layer's statistics (a short pass through the head only), summed over
-/// ranks; then, from the last Dice layer to the first, the part each layer's statistics pass on
-/// to the statistics of the layers before it (also summed over ranks).
-fn with_statistics_corrections(
-    loss: &Tensor,
+/// Gradients of `L_main + λ·L_micn` (`head_loss` + `rest`) with respect to `targets`, in one pass
+/// over the graph cut at every Dice layer (see [`batch_stats`]): from `head_loss` down to the
+/// last Dice layer's cut, where that layer's statistics gradients are summed over ranks and their
+/// part added to its input's gradient; then on to the cut below, and so on; the last segment
+/// starts from the first Dice layer's input with `rest` added (DIEN's auxiliary loss and MICN's
+/// loss, which reach below the head only). Without Dice layers it is one ordinary pass.
+fn backward_through_cuts(
+    head_loss: &Tensor,
+    rest: Option<Tensor>,
     traces: &[batch_stats::Trace],
+    targets: &[&Tensor],
     comm: &dyn Communicator,
-) -> Result<Tensor, StepError> {
-    if traces.is_empty() {
-        return Ok(loss.shallow_clone());
-    }
-    let leaves = |upto: usize| traces[..upto].iter().flat_map(|tr| [&tr.mean_leaf, &tr.var_leaf]).collect::<Vec<_>>();
-    let widths: Vec<usize> = traces.iter().map(|tr| tr.mean_leaf.numel()).collect();
-    let starts: Vec<usize> = widths
-        .iter()
-        .scan(0, |acc, w| {
-            let start = *acc;
-            *acc += 2 * w;
-            Some(start)
-        })
-        .collect();
-    // Gradients with respect to the statistics of the first `upto` layers, summed over ranks.
-    let global_stat_grads = |of: &Tensor, upto: usize| -> Result<Vec<f32>, StepError> {
-        let targets = leaves(upto);
-        let grads = Tensor::run_backward(&[of], &targets, true, false);
-        let mut flat = Vec::new();
-        for (g, leaf) in grads.iter().zip(targets) {
-            let g = if g.defined() { g.shallow_clone() } else { leaf.zeros_like() };
-            flat.extend(Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32"));
+) -> Result<Vec<Tensor>, StepError> {
+    let mut sums: Vec<Option<Tensor>> = (0..targets.len()).map(|_| None).collect();
+    let mut add = |grads: &[Tensor]| {
+        for (sum, g) in sums.iter_mut().zip(grads).filter(|(_, g)| g.defined()) {
+            *sum = Some(match sum.take() {
+                Some(s) => s + g,
+                None => g.shallow_clone(),
+            });
         }
-        comm.all_reduce_sum_f32(&mut flat)?;
-        Ok(flat)
     };
-    let correction = |k: usize, stat: &[f32]| {
-        let device = traces[k].mean_leaf.device();
-        let slice = |from: usize| Tensor::from_slice(&stat[from..from + widths[k]]).to_device(device);
-        traces[k].correction(&slice(starts[k]), &slice(starts[k] + widths[k]))
-    };
-    let mut stat = global_stat_grads(loss, traces.len())?;
-    for k in (1..traces.len()).rev() {
-        let earlier = global_stat_grads(&correction(k, &stat), k)?;
-        stat[..earlier.len()].iter_mut().zip(&earlier).for_each(|(a, b)| *a += b);
+    let mut root = head_loss.shallow_clone();
+    for trace in traces.iter().rev() {
+        let mut inputs = targets.to_vec();
+        inputs.extend([&trace.leaf, &trace.mean_leaf, &trace.var_leaf]);
+        let grads = Tensor::run_backward(&[&root], &inputs, false, false);
+        let (to_targets, at_cut) = grads.split_at(targets.len());
+        add(to_targets);
+        let host = |g: &Tensor, leaf: &Tensor| {
+            let g = if g.defined() { g.shallow_clone() } else { leaf.zeros_like() };
+            Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32")
+        };
+        let mut stats = host(&at_cut[1], &trace.mean_leaf);
+        let width = stats.len();
+        stats.extend(host(&at_cut[2], &trace.var_leaf));
+        comm.all_reduce_sum_f32(&mut stats)?;
+        let g_leaf = at_cut[0].defined().then_some(&at_cut[0]);
+        let g_input = trace.input_gradient(g_leaf, &stats[..width], &stats[width..]);
+        root = (&trace.input * g_input).sum(Kind::Float);
     }
-    Ok((0..traces.len()).fold(loss.shallow_clone(), |acc, k| acc + correction(k, &stat)))
+    if let Some(rest) = rest {
+        root = root + rest;
+    }
+    add(&Tensor::run_backward(&[&root], targets, false, false));
+    Ok(sums.into_iter().map(|g| g.unwrap_or_else(Tensor::new)).collect())
 }
 
 /// What a variable's gradient is taken with respect to: an embedding table's row leaf for the
@@ -287,10 +286,6 @@ pub fn gradients(
     .map_err(StepError::Stats)?;
     let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
     let dien_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
-    let main_loss = match &dien_aux {
-        Some(a) => &bce + a,
-        None => bce.shallow_clone(),
-    };
     let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &negative_ids) {
         (Some(micn), Some(aux), Some(vectors), Some(negatives)) => {
             let negatives = Tensor::from_slice(negatives).to_device(device);
@@ -308,13 +303,12 @@ pub fn gradients(
     let aux_vars = if micn.is_some() { t.indices(&[VarGroup::Aux, VarGroup::Shared]) } else { Vec::new() };
     let main_targets = targets(t, &main_vars, &input.leaves, Task::Main);
     let aux_targets = targets(t, &aux_vars, &input.leaves, Task::Aux);
-    let main_total = with_statistics_corrections(&main_loss, &traces, ctx.comm)?;
-    let total = match &micn {
-        Some(loss) => main_total + loss * ctx.lambda,
-        None => main_total,
-    };
     let all: Vec<&Tensor> = main_targets.iter().chain(&aux_targets).map(Target::tensor).collect();
-    let grads = Tensor::run_backward(&[&total], &all, false, false);
+    let below_head = [dien_aux.as_ref().map(Tensor::shallow_clone), micn.as_ref().map(|loss| loss * ctx.lambda)]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a + b);
+    let grads = backward_through_cuts(&bce, below_head, &traces, &all, ctx.comm)?;
     let (main_g, aux_g) = grads.split_at(main_targets.len());
     let main_grads = host_grads(t, &main_vars, &main_targets, main_g);
     let aux_grads = host_grads(t, &aux_vars, &aux_targets, aux_g);
