@@ -158,9 +158,10 @@ fn backward_through_cuts(
         let g_input = trace.input_gradient(g_leaf, &stats[..width], &stats[width..]);
         root = (&trace.input * g_input).sum(Kind::Float);
     }
-    if let Some(rest) = rest {
-        root = root + rest;
-    }
+    let root = match rest {
+        Some(rest) => root + rest,
+        None => root,
+    };
     add(&Tensor::run_backward(&[&root], targets, false, false));
     Ok(sums.into_iter().map(|g| g.unwrap_or_else(Tensor::new)).collect())
 }
