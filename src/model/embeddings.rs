@@ -7,9 +7,10 @@
 //! mask wherever the history is pooled, never by the tables. The main models never see which
 //! part of `e` is which.
 //!
-//! A training step reads the tables through row leaves ([`RowLeaf`]): the distinct rows the
-//! batch touches, copied out per table and per task, so the backward pass yields dense row
-//! gradients directly and one pass keeps the main and auxiliary gradients apart.
+//! A training step reads the tables through row leaves ([`RowLeaf`]): the rows the batch's
+//! lookups read, copied out per table and per task, so the backward pass yields dense per-lookup
+//! gradients (summed per row on the host) and one pass keeps the main and auxiliary gradients
+//! apart.
 use tch::{nn, Kind, Tensor};
 
 use super::ModelError;
@@ -293,9 +294,10 @@ pub enum Task {
 }
 
 /// The rows of one table that one task reads in a training step, copied out of the table into a
-/// leaf tensor: the backward pass leaves exactly these rows' gradient in the leaf, dense and
-/// already summed over repeated ids (no sparse gradient to coalesce), and the `e_aux` tables get
-/// one leaf per task, so a single backward pass keeps the two tasks' gradients apart.
+/// leaf tensor, one row per lookup: the backward pass leaves each lookup's gradient in it, dense,
+/// and [`RowLeaf::row_gradients`] sums them per distinct id on the host (no sparse gradient to
+/// coalesce, no scatter in libtorch). The `e_aux` tables get one leaf per task, so a single
+/// backward pass keeps the two tasks' gradients apart.
 #[derive(Debug)]
 pub struct RowLeaf {
     /// The table's variable name under [`super::EMBEDDINGS_PATH`] (`user`, `item`, `cat_aux`, ...).
@@ -303,8 +305,25 @@ pub struct RowLeaf {
     pub task: Task,
     /// Distinct ids, ascending.
     pub ids: Vec<i64>,
-    /// `[ids.len(), d]`, requires grad.
+    /// For every lookup (row of the leaf), the index of its id in `ids`.
+    pub index: Vec<usize>,
+    /// `[lookups, d]`, requires grad.
     pub leaf: Tensor,
+}
+
+impl RowLeaf {
+    /// The gradient of every distinct row (`[ids.len(), d]`, row-major) from the leaf's gradient:
+    /// the lookups' gradients summed in lookup order, the same bits every time.
+    pub fn row_gradients(&self, grad: &Tensor) -> Vec<f32> {
+        let g = Vec::<f32>::try_from(grad.to_device(tch::Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+            .expect("f32 gradient");
+        let dim = g.len() / self.index.len().max(1);
+        let mut rows = vec![0f32; self.ids.len() * dim];
+        for (lookup, &row) in g.chunks_exact(dim.max(1)).zip(&self.index) {
+            rows[row * dim..][..dim].iter_mut().zip(lookup).for_each(|(a, b)| *a += b);
+        }
+        rows
+    }
 }
 
 /// A training batch embedded from row leaves ([`Embeddings::forward_train`]).
@@ -319,14 +338,14 @@ pub struct TrainingInput {
 
 /// The distinct ids of `groups`, ascending, and for every id of every group in turn the index of
 /// its row among them.
-fn distinct_rows(groups: &[&[i64]]) -> (Vec<i64>, Vec<i64>) {
+fn distinct_rows(groups: &[&[i64]]) -> (Vec<i64>, Vec<usize>) {
     let mut distinct: Vec<i64> = groups.concat();
     distinct.sort_unstable();
     distinct.dedup();
     let index = groups
         .iter()
         .flat_map(|g| g.iter())
-        .map(|id| distinct.binary_search(id).expect("every id is among the distinct ones") as i64)
+        .map(|id| distinct.binary_search(id).expect("every id is among the distinct ones"))
         .collect();
     (distinct, index)
 }
@@ -413,7 +432,7 @@ impl Embeddings {
     }
 
     /// For tables that share their ids (`item` and `item_aux`, say): one leaf per table holding
-    /// the distinct rows of `groups`, and the rows of every id of every group in turn, per table.
+    /// the rows of every id of every group in turn, which is also what the lookups return.
     fn gather(
         &self,
         tables: &[(&'static str, &Tensor)],
@@ -422,15 +441,13 @@ impl Embeddings {
         leaves: &mut Vec<RowLeaf>,
     ) -> Vec<Tensor> {
         let (distinct, index) = distinct_rows(groups);
-        let device = self.item.device();
-        let distinct_t = Tensor::from_slice(&distinct).to_device(device);
-        let index_t = Tensor::from_slice(&index).to_device(device);
+        let lookups = Tensor::from_slice(&groups.concat()).to_device(self.item.device());
         tables
             .iter()
             .map(|&(table, values)| {
-                let leaf = tch::no_grad(|| values.index_select(0, &distinct_t)).set_requires_grad(true);
-                let rows = leaf.index_select(0, &index_t);
-                leaves.push(RowLeaf { table, task, ids: distinct.clone(), leaf });
+                let leaf = tch::no_grad(|| values.index_select(0, &lookups)).set_requires_grad(true);
+                let rows = leaf.shallow_clone();
+                leaves.push(RowLeaf { table, task, ids: distinct.clone(), index: index.clone(), leaf });
                 rows
             })
             .collect()
@@ -555,7 +572,8 @@ mod tests {
             };
             let expected = &reference.iter().find(|(n, _)| *n == leaf.table).unwrap().1;
             let expected = expected.index_select(0, &Tensor::from_slice(&leaf.ids));
-            let diff = (&g - &expected).abs().max().double_value(&[]);
+            let rows = Tensor::from_slice(&leaf.row_gradients(&g)).view_as(&expected);
+            let diff = (&rows - &expected).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{} ({:?}): gradient differs by {diff}", leaf.table, leaf.task);
         }
         let count = |task| leaves.iter().filter(|l| l.task == task).count();

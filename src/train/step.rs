@@ -207,7 +207,7 @@ fn host_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[T
             let dim = var.size()[1] as usize;
             out.tables.push(match target {
                 _ if !g.defined() => RowGrads { dim, ..Default::default() },
-                Target::Rows(leaf) => RowGrads { ids: leaf.ids.clone(), rows: host(g), dim },
+                Target::Rows(leaf) => RowGrads { ids: leaf.ids.clone(), rows: leaf.row_gradients(g), dim },
                 Target::Var(_) => RowGrads::from_grad(&g.to_device(Device::Cpu)),
             });
         } else if g.defined() {
