@@ -64,6 +64,7 @@ pub fn random_batch(opts: &ThroughputOptions, rng: &mut Rng, noclick: bool) -> B
         hist_cats: vec![0; b * t],
         hist_mask: vec![0.0; b * t],
         noclick: noclick.then(|| (vec![0; b * t], vec![0; b * t])),
+        global_positives: None,
     };
     for row in 0..b {
         let len = 1 + rng.below(t as u64) as usize;

@@ -31,6 +31,24 @@ pub struct Batch {
     pub hist_mask: Vec<f32>,
     /// DIEN's no-click items and their categories, `[b, T]`.
     pub noclick: Option<(Vec<i64>, Vec<i64>)>,
+    /// MICN positives ([`is_micn_positive`]) in the whole global batch this batch is a slice
+    /// of, when known: the loader counts them from the sample order every rank shares, so MICN's
+    /// normaliser needs no collective. `None`: the step sums the ranks' counts.
+    pub global_positives: Option<u32>,
+}
+
+/// Whether a sample enters MICN's loss: clicked, with a known target item (id 0, the unknown
+/// item, has no sampling probability). [`crate::micn::loss::positive_mask`] is the same test on
+/// tensors.
+pub fn is_micn_positive(label: f32, item: i64) -> bool {
+    label > 0.5 && item >= 1
+}
+
+/// MICN positives among the samples `ids`.
+pub fn count_micn_positives(samples: &ArchivedSamples, ids: impl IntoIterator<Item = u32>) -> u32 {
+    ids.into_iter()
+        .filter(|&i| is_micn_positive(samples.labels[i as usize] as f32, samples.items[i as usize].to_native() as i64))
+        .count() as u32
 }
 
 /// Draws DIEN's no-click items: popularity-weighted over item ids (training counts), never the
@@ -95,6 +113,7 @@ impl Batch {
             hist_cats: vec![0; b * t],
             hist_mask: vec![0.0; b * t],
             noclick: noclick.map(|_| (vec![0; b * t], vec![0; b * t])),
+            global_positives: None,
         };
         for (row, &i) in ids.iter().enumerate() {
             let i = i as usize;

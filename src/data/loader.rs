@@ -4,7 +4,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::batch::{Batch, NoClickSampler};
+use super::batch::{count_micn_positives, Batch, NoClickSampler};
 use super::shard;
 use super::Dataset;
 
@@ -45,7 +45,10 @@ impl EpochLoader {
                 };
                 for step in first_step..steps {
                     let (first, ids) = shard::rank_slice(&order, step, cfg.global_batch, cfg.world, cfg.rank);
-                    let batch = Batch::collate(samples, &ids, cfg.max_hist_len, (epoch, step, first), noclick.as_ref());
+                    let mut batch =
+                        Batch::collate(samples, &ids, cfg.max_hist_len, (epoch, step, first), noclick.as_ref());
+                    let global = shard::global_slice(&order, step, cfg.global_batch);
+                    batch.global_positives = Some(count_micn_positives(samples, global));
                     if tx.send(batch).is_err() {
                         return; // the trainer stopped early
                     }

@@ -41,6 +41,12 @@ pub fn local_batch(global_batch: usize, world: usize) -> Result<usize, Indivisib
     Ok(global_batch / world)
 }
 
+/// The sample indices of the whole global batch at `step` (every rank's slice, in rank order).
+pub fn global_slice(order: &[u32], step: u64, global_batch: usize) -> impl Iterator<Item = u32> + '_ {
+    let first = step as usize * global_batch;
+    (first..first + global_batch).map(|pos| order[pos % order.len()])
+}
+
 /// The positions (within the epoch) of `rank`'s samples at `step`, and the sample indices.
 pub fn rank_slice(order: &[u32], step: u64, global_batch: usize, world: usize, rank: usize) -> (u64, Vec<u32>) {
     let local = global_batch / world;

@@ -10,7 +10,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use super::grads::{self, RowGrads, TaskGrads};
 use super::optim::{scatter_rows, Adam};
 use crate::config::EmbeddingOptimizer;
-use crate::data::batch::Batch;
+use crate::data::batch::{is_micn_positive, Batch};
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
 use crate::model::embeddings::{RowLeaf, Task};
@@ -269,12 +269,19 @@ pub fn gradients(
     let labels = batch.labels(device);
     let b_global = ctx.global_batch as f64;
 
-    // Global number of MICN positives (clicked samples with a known target item).
-    let local_pos = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| l > 0.5 && i >= 1).count() as f32;
-    let mut counts = [local_pos];
-    let comm_started = std::time::Instant::now();
-    ctx.comm.all_reduce_sum_f32(&mut counts)?;
-    let mut comm_seconds = comm_started.elapsed().as_secs_f64();
+    // Global number of MICN positives: from the loader, else summed over ranks.
+    let mut comm_seconds = 0.0;
+    let positives = match batch.global_positives {
+        Some(n) => n as f64,
+        None => {
+            let local = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| is_micn_positive(l, i)).count();
+            let mut counts = [local as f32];
+            let comm_started = std::time::Instant::now();
+            ctx.comm.all_reduce_sum_f32(&mut counts)?;
+            comm_seconds += comm_started.elapsed().as_secs_f64();
+            counts[0] as f64
+        }
+    };
 
     // Forward from the step's row leaves, with Dice's batch statistics over the global batch.
     let seed = step_seed(ctx);
@@ -290,7 +297,7 @@ pub fn gradients(
     let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &negative_ids) {
         (Some(micn), Some(aux), Some(vectors), Some(negatives)) => {
             let negatives = Tensor::from_slice(negatives).to_device(device);
-            let out = micn.loss_with_negatives(aux, &negatives, vectors, &ids.items, &labels, seed, counts[0] as f64);
+            let out = micn.loss_with_negatives(aux, &negatives, vectors, &ids.items, &labels, seed, positives);
             Some(out.loss)
         }
         (Some(_), ..) => return Err(StepError::Micn(crate::micn::MicnError::NoAuxTables)),
@@ -330,7 +337,7 @@ pub fn gradients(
         loss_main: losses[0] as f64 + losses[1] as f64,
         loss_dien_aux: losses[1] as f64,
         loss_micn: losses[2] as f64,
-        positives: counts[0] as f64,
+        positives,
         ..Default::default()
     };
     for (which, value) in [("main", stats.loss_main), ("MICN", stats.loss_micn)] {

@@ -63,6 +63,42 @@ fn a_global_batch_the_world_size_does_not_divide_is_refused() {
     }
 }
 
+#[test]
+fn every_rank_knows_the_global_batchs_micn_positives_without_a_collective() {
+    use micn::data::batch::is_micn_positive;
+    use micn::data::loader::{EpochLoader, LoaderConfig};
+    let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
+    let loader = |world: usize, rank: usize| {
+        let cfg = LoaderConfig {
+            seed: 9,
+            global_batch: 12,
+            world,
+            rank,
+            max_hist_len: 10,
+            drop_remainder: true,
+            prefetch: 2,
+            noclick: false,
+        };
+        EpochLoader::new(std::sync::Arc::clone(&dataset), &cfg, 1, 0).take(5).collect::<Vec<_>>()
+    };
+    let local = |b: &micn::data::batch::Batch| {
+        b.labels.iter().zip(&b.items).filter(|(&l, &i)| is_micn_positive(l, i)).count() as u32
+    };
+    let whole = loader(1, 0);
+    let ranks: Vec<_> = (0..3).map(|r| loader(3, r)).collect();
+    let mut seen = 0;
+    for (step, one) in whole.iter().enumerate() {
+        assert_eq!(one.global_positives, Some(local(one)), "one rank: its own count");
+        let sum: u32 = ranks.iter().map(|r| local(&r[step])).sum();
+        assert_eq!(sum, local(one), "the three slices make up the whole batch");
+        for r in &ranks {
+            assert_eq!(r[step].global_positives, Some(sum), "step {step}: every rank holds the global count");
+        }
+        seen += sum;
+    }
+    assert!(seen > 0, "the fixture batches must hold positives");
+}
+
 /// Every trainable variable of a model trained `steps` steps on `world` thread ranks.
 fn parameters_after(cfg: &Config, world: usize) -> Vec<(String, Vec<f32>)> {
     use micn::train::optim::{Adam, AdamConfig};
