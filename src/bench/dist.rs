@@ -5,7 +5,7 @@
 //!     median is reported: this machine's speed drifts between runs); beside them the samples/s
 //!     of 1 rank with half the batch, which bounds 2 ranks from above (2 ranks can at best each
 //!     run a half batch as fast as one process alone does); (c) the share of a step spent in
-//!     collective operations, and in the optimizer update (the same on every rank).
+//!     the gradient exchange, and in the optimizer update (the same on every rank).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -95,7 +95,7 @@ impl BatchRow {
         self.of(|t| t[1].samples_per_sec / (2.0 * t[2].samples_per_sec))
     }
 
-    /// Median shares of a step in collectives and in the optimizer update, 1 and 2 ranks.
+    /// Median shares of a step in the gradient exchange and in the optimizer update, 1 and 2 ranks.
     pub fn shares(&self) -> [f64; 4] {
         [
             self.of(|t| t[0].comm_share).0,
@@ -226,7 +226,7 @@ impl std::fmt::Display for DistReport {
         writeln!(
             f,
             "\n| global batch | 1 rank samples/s | 2 ranks samples/s | speed-up | 1 rank, half batch | 2 ranks vs 2 × half batch \
-             | communication share (1 / 2 ranks) | optimizer-update share (1 / 2 ranks) |"
+             | gradient-exchange share (1 / 2 ranks) | optimizer-update share (1 / 2 ranks) |"
         )?;
         writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.rows {

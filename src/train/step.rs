@@ -111,7 +111,9 @@ pub struct StepStats {
     pub positives: f64,
     /// Bytes this rank sent in the gradient exchange.
     pub bytes_sent: u64,
-    /// Seconds this rank spent in collective operations (exchange, counts, losses, buffers).
+    /// Seconds this rank spent in the gradient exchange (and in counting MICN's positives over
+    /// ranks, for batches that do not carry the global count). Dice's collectives, inside the
+    /// forward and backward passes, count as computation.
     pub comm_seconds: f64,
     /// Seconds of the optimizer update (the same work on every rank, whatever the world size).
     pub update_seconds: f64,

@@ -92,7 +92,8 @@ pub struct Summary {
     pub oracle_auc: Option<f64>,
     pub model: String,
     pub micn: bool,
-    /// Share of the training steps' wall-clock time spent in collective operations.
+    /// Share of the training steps' wall-clock time spent in the gradient exchange (see
+    /// [`crate::train::step::StepStats::comm_seconds`]).
     pub comm_share: f64,
     /// Share of the training steps' wall-clock time spent in the optimizer update.
     pub update_share: f64,
