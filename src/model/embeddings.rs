@@ -389,7 +389,7 @@ impl Embeddings {
             parts.extend([&item_rows[1], &cat_rows[1]]);
         }
         let e = Tensor::cat(&parts, -1); // [b + b·T (+ b·T), w]
-        let w = e.size()[1];
+        debug_assert_eq!(e.size()[1], self.item_width());
         let history = |rows: &Tensor, start: i64| rows.narrow(0, start, b * steps).view([b, steps, -1]);
         let main = MainInput {
             user,
@@ -399,7 +399,6 @@ impl Embeddings {
             noclick: noclick.as_ref().map(|_| history(&e, b + b * steps)),
             ids: ids.shallow_clone(),
         };
-        debug_assert_eq!(w, self.item_width());
 
         // MICN: e_aux of the targets, the history and the negatives, from its own leaves.
         let (aux, negatives) = match (&self.aux, negatives) {
