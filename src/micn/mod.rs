@@ -103,7 +103,7 @@ impl Micn {
     ) -> Result<MicnOutput, MicnError> {
         let negative_ids = Tensor::from_slice(&self.negative_ids(seed)).to_device(aux.target.device());
         let negatives = embeddings.aux_items(&negative_ids).ok_or(MicnError::NoAuxTables)?;
-        Ok(self.loss_with_negatives(aux, &negative_ids, &negatives, target_items, labels, seed, normaliser))
+        Ok(self.loss_with_negatives(aux, (&negative_ids, &negatives), target_items, labels, seed, normaliser))
     }
 
     /// The step's shared negatives: `num_negatives` item ids drawn from `seed.seed`.
@@ -111,14 +111,12 @@ impl Micn {
         self.sampler.draw(seed.seed, self.num_negatives)
     }
 
-    /// [`Micn::loss`] with the negatives already embedded: `negative_ids` ([`Micn::negative_ids`]
-    /// as a tensor) and their `e_aux` vectors `[K, h]`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Micn::loss`] with the negatives already embedded: `(ids, vectors)`, the ids of
+    /// [`Micn::negative_ids`] as a tensor and their `e_aux` vectors `[K, h]`.
     pub fn loss_with_negatives(
         &self,
         aux: &AuxInput,
-        negative_ids: &Tensor,
-        negative_vectors: &Tensor,
+        (negative_ids, negative_vectors): (&Tensor, &Tensor),
         target_items: &Tensor,
         labels: &Tensor,
         seed: StepSeed,

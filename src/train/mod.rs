@@ -1,5 +1,6 @@
-//! Training: the step (forward, two backward passes, exchange, φ combination, Adam), the host-side
-//! gradient buffers and their exchange, the optimizer, and the loop with evaluation.
+//! Training: the step (forward, one backward pass into two gradient buffers, exchange, φ
+//! combination, Adam), the host-side gradient buffers and their exchange, the optimizer, and the
+//! loop with evaluation.
 pub mod grads;
 pub mod optim;
 pub mod step;

@@ -299,7 +299,7 @@ pub fn gradients(
     let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &negative_ids) {
         (Some(micn), Some(aux), Some(vectors), Some(negatives)) => {
             let negatives = Tensor::from_slice(negatives).to_device(device);
-            let out = micn.loss_with_negatives(aux, &negatives, vectors, &ids.items, &labels, seed, positives);
+            let out = micn.loss_with_negatives(aux, (&negatives, vectors), &ids.items, &labels, seed, positives);
             Some(out.loss)
         }
         (Some(_), ..) => return Err(StepError::Micn(crate::micn::MicnError::NoAuxTables)),
