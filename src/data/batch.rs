@@ -157,6 +157,11 @@ impl Batch {
         }
     }
 
+    /// MICN positives among this batch's own samples.
+    pub fn micn_positives(&self) -> usize {
+        self.labels.iter().zip(&self.items).filter(|(&l, &i)| is_micn_positive(l, i)).count()
+    }
+
     /// Labels as a `[b]` f32 tensor.
     pub fn labels(&self, device: Device) -> Tensor {
         Tensor::from_slice(&self.labels).to_device(device)

@@ -315,8 +315,7 @@ impl RowLeaf {
     /// The gradient of every distinct row (`[ids.len(), d]`, row-major) from the leaf's gradient:
     /// the lookups' gradients summed in lookup order, the same bits every time.
     pub fn row_gradients(&self, grad: &Tensor) -> Vec<f32> {
-        let g = Vec::<f32>::try_from(grad.to_device(tch::Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
-            .expect("f32 gradient");
+        let g = super::to_host_f32(grad);
         let dim = g.len() / self.index.len().max(1);
         let mut rows = vec![0f32; self.ids.len() * dim];
         for (lookup, &row) in g.chunks_exact(dim.max(1)).zip(&self.index) {
@@ -336,17 +335,13 @@ pub struct TrainingInput {
     pub leaves: Vec<RowLeaf>,
 }
 
-/// The distinct ids of `groups`, ascending, and for every id of every group in turn the index of
-/// its row among them.
-fn distinct_rows(groups: &[&[i64]]) -> (Vec<i64>, Vec<usize>) {
-    let mut distinct: Vec<i64> = groups.concat();
+/// The distinct ids of `lookups`, ascending, and for every lookup the index of its id among them.
+fn distinct_rows(lookups: &[i64]) -> (Vec<i64>, Vec<usize>) {
+    let mut distinct = lookups.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
-    let index = groups
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|id| distinct.binary_search(id).expect("every id is among the distinct ones"))
-        .collect();
+    let index =
+        lookups.iter().map(|id| distinct.binary_search(id).expect("every id is among the distinct ones")).collect();
     (distinct, index)
 }
 
@@ -439,8 +434,9 @@ impl Embeddings {
         groups: &[&[i64]],
         leaves: &mut Vec<RowLeaf>,
     ) -> Vec<Tensor> {
-        let (distinct, index) = distinct_rows(groups);
-        let lookups = Tensor::from_slice(&groups.concat()).to_device(self.item.device());
+        let lookups = groups.concat();
+        let (distinct, index) = distinct_rows(&lookups);
+        let lookups = Tensor::from_slice(&lookups).to_device(self.item.device());
         tables
             .iter()
             .map(|&(table, values)| {

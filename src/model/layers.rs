@@ -220,16 +220,15 @@ pub mod batch_stats {
             let flat = xs.detach().reshape([-1, width]).to_kind(Kind::Float);
             // SAFETY: see `synchronised`.
             let reducer = unsafe { &*scope.reducer };
-            let to_host = |t: &Tensor| Vec::<f32>::try_from(t.to_device(tch::Device::Cpu)).expect("f32");
             // One round: every rank's row count, sums and squares about its own mean, each in its
             // own slot of a summed buffer (adding zeros is exact), then combined in f64 by
             // Chan et al.'s formula, the same bits on every rank.
             let w = width as usize;
             let rows = flat.size()[0] as f64;
-            let sums = to_host(&flat.sum_dim_intlist(0, false, Kind::Float));
+            let sums = crate::model::to_host_f32(&flat.sum_dim_intlist(0, false, Kind::Float));
             let local_mean: Vec<f32> = sums.iter().map(|&s| (s as f64 / rows.max(1.0)) as f32).collect();
             let centered = &flat - Tensor::from_slice(&local_mean).to_device(xs.device());
-            let local_m2 = to_host(&centered.square().sum_dim_intlist(0, false, Kind::Float));
+            let local_m2 = crate::model::to_host_f32(&centered.square().sum_dim_intlist(0, false, Kind::Float));
             let (rank, size) = reducer.rank_and_size();
             let slot = 2 * w + 1;
             let mut all = vec![0f32; size * slot];
@@ -735,18 +734,6 @@ mod batch_stats_tests {
         }
     }
 
-    use crate::dist::Communicator;
-
-    struct Ranks<'a>(&'a dyn Communicator);
-    impl batch_stats::Reducer for Ranks<'_> {
-        fn sum(&self, values: &mut [f32]) -> Result<(), String> {
-            self.0.all_reduce_sum_f32(values).map_err(|e| e.to_string())
-        }
-        fn rank_and_size(&self) -> (usize, usize) {
-            (self.0.rank(), self.0.size())
-        }
-    }
-
     #[test]
     fn statistics_over_uneven_ranks_equal_those_of_the_whole_batch() {
         // Rows far from zero with a small spread (where E[x²] − E[x]² would lose every digit in
@@ -762,9 +749,12 @@ mod batch_stats_tests {
         let split = [0..2, 2..2, 2..7];
         let results = crate::dist::ThreadRanks::run(3, |comm| {
             crate::model::testing::one_thread();
-            let mine: Vec<f32> = rows[split[comm.rank()].clone()].iter().flatten().copied().collect();
+            let mine: Vec<f32> =
+                rows[split[crate::dist::Communicator::rank(&comm)].clone()].iter().flatten().copied().collect();
             let xs = Tensor::from_slice(&mine).view([-1, 2]);
-            let (stats, traces) = batch_stats::synchronised(&Ranks(&comm), || batch_stats::global(&xs)).unwrap();
+            let (stats, traces) =
+                batch_stats::synchronised(&crate::train::step::CommReducer(&comm), || batch_stats::global(&xs))
+                    .unwrap();
             let (_, m, v) = stats.unwrap();
             assert_eq!(traces[0].global_rows, 7.0);
             (Vec::<f32>::try_from(&m).unwrap(), Vec::<f32>::try_from(&v).unwrap())

@@ -42,6 +42,11 @@ pub enum ModelError {
     Micn(#[from] MicnError),
 }
 
+/// A tensor's values on the host as f32, flattened (copied from any device and kind).
+pub fn to_host_f32(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).flatten(0, -1)).expect("f32 values")
+}
+
 /// Which gradient a variable is updated with (SPEC §2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VarGroup {

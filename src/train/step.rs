@@ -10,12 +10,12 @@ use tch::{Device, Kind, Reduction, Tensor};
 use super::grads::{self, RowGrads, TaskGrads};
 use super::optim::{scatter_rows, Adam};
 use crate::config::EmbeddingOptimizer;
-use crate::data::batch::{is_micn_positive, Batch};
+use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
 use crate::model::embeddings::{RowLeaf, Task};
 use crate::model::layers::batch_stats;
-use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
+use crate::model::{classify, to_host_f32, Network, VarGroup, EMBEDDINGS_PATH};
 
 /// A failed step.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum StepError {
 }
 
 /// Dice's statistics summed over every rank through the communicator.
-struct CommReducer<'a>(&'a dyn Communicator);
+pub(crate) struct CommReducer<'a>(pub(crate) &'a dyn Communicator);
 
 impl batch_stats::Reducer for CommReducer<'_> {
     fn sum(&self, values: &mut [f32]) -> Result<(), String> {
@@ -148,10 +148,8 @@ fn backward_through_cuts(
         let grads = Tensor::run_backward(&[&root], &inputs, false, false);
         let (to_targets, at_cut) = grads.split_at(targets.len());
         add(to_targets);
-        let host = |g: &Tensor, leaf: &Tensor| {
-            let g = if g.defined() { g.shallow_clone() } else { leaf.zeros_like() };
-            Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32")
-        };
+        let host =
+            |g: &Tensor, leaf: &Tensor| to_host_f32(&if g.defined() { g.shallow_clone() } else { leaf.zeros_like() });
         let mut stats = host(&at_cut[1], &trace.mean_leaf);
         let width = stats.len();
         stats.extend(host(&at_cut[2], &trace.var_leaf));
@@ -201,8 +199,6 @@ fn targets<'a>(t: &'a Trainable, which: &[usize], leaves: &'a [RowLeaf], task: T
 /// Dense gradients flattened in variable order (zeros where a variable got none), tables as rows.
 fn host_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[Tensor]) -> TaskGrads {
     let mut out = TaskGrads::default();
-    let host =
-        |g: &Tensor| Vec::<f32>::try_from(g.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32");
     for ((&i, target), g) in which.iter().zip(targets).zip(grads) {
         let var = &t.tensors[i];
         if t.is_table[i] {
@@ -213,7 +209,7 @@ fn host_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[T
                 Target::Var(_) => RowGrads::from_grad(&g.to_device(Device::Cpu)),
             });
         } else if g.defined() {
-            out.dense.extend(host(g));
+            out.dense.extend(to_host_f32(g));
         } else {
             out.dense.extend(std::iter::repeat_n(0.0, var.numel()));
         }
@@ -276,8 +272,7 @@ pub fn gradients(
     let positives = match batch.global_positives {
         Some(n) => n as f64,
         None => {
-            let local = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| is_micn_positive(l, i)).count();
-            let mut counts = [local as f32];
+            let mut counts = [batch.micn_positives() as f32];
             let comm_started = std::time::Instant::now();
             ctx.comm.all_reduce_sum_f32(&mut counts)?;
             comm_seconds += comm_started.elapsed().as_secs_f64();
@@ -420,8 +415,7 @@ pub fn broadcast_from_root(comm: &dyn Communicator, vs: &VarStore) -> dist::Resu
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, v) in vars {
-        let mut host: Vec<f32> =
-            Vec::<f32>::try_from(v.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32");
+        let mut host = to_host_f32(&v);
         dist::CommunicatorExt::broadcast(comm, 0, &mut host)?;
         tch::no_grad(|| {
             let mut v = v.shallow_clone();
@@ -436,8 +430,7 @@ pub fn broadcast_from_root(comm: &dyn Communicator, vs: &VarStore) -> dist::Resu
 pub fn replica_digest(t: &Trainable, adam: &Adam) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut feed = |x: &Tensor| {
-        let v = Vec::<f32>::try_from(x.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("f32");
-        h.update(bytemuck::cast_slice(&v));
+        h.update(bytemuck::cast_slice(&to_host_f32(x)));
     };
     t.tensors.iter().for_each(&mut feed);
     t.buffers.iter().for_each(|(_, b)| feed(b));

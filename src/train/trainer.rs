@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::optim::{Adam, AdamConfig};
 use super::step::{broadcast_from_root, replica_digest, train_step, StepContext, StepError, Trainable};
@@ -159,9 +159,7 @@ pub fn evaluate(
         for batch in eval_batches(dataset, comm.rank(), comm.size(), 1024, max_hist_len) {
             let embedded = net.embeddings.forward(&batch.to_ids(device));
             let logit = net.main.forward(&embedded.main, false).logit;
-            probs.extend(
-                Vec::<f32>::try_from(logit.sigmoid().to_device(Device::Cpu).to_kind(Kind::Float)).expect("f32"),
-            );
+            probs.extend(crate::model::to_host_f32(&logit.sigmoid()));
             ids.extend(&batch.sample_ids);
             keys.extend(&batch.user_keys);
             labels.extend(&batch.labels);

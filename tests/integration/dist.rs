@@ -65,7 +65,6 @@ fn a_global_batch_the_world_size_does_not_divide_is_refused() {
 
 #[test]
 fn every_rank_knows_the_global_batchs_micn_positives_without_a_collective() {
-    use micn::data::batch::is_micn_positive;
     use micn::data::loader::{EpochLoader, LoaderConfig};
     let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
     let loader = |world: usize, rank: usize| {
@@ -81,9 +80,7 @@ fn every_rank_knows_the_global_batchs_micn_positives_without_a_collective() {
         };
         EpochLoader::new(std::sync::Arc::clone(&dataset), &cfg, 1, 0).take(5).collect::<Vec<_>>()
     };
-    let local = |b: &micn::data::batch::Batch| {
-        b.labels.iter().zip(&b.items).filter(|(&l, &i)| is_micn_positive(l, i)).count() as u32
-    };
+    let local = |b: &micn::data::batch::Batch| b.micn_positives() as u32;
     let whole = loader(1, 0);
     let ranks: Vec<_> = (0..3).map(|r| loader(3, r)).collect();
     let mut seen = 0;
