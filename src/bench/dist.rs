@@ -1,11 +1,16 @@
 //! `micn bench dist`: what data parallelism costs and gains on this machine.
 //! (a) bytes one rank sends per step for item vocabularies of 10k and 1M (sparse rows: the
-//!     ratio should stay near 1); (b) samples/s of 1 rank vs 2 ranks under `mpirun` (1 libtorch
-//!     thread each), at the papers' global batch of 128 and at 512, in alternating trials (the
-//!     median is reported: this machine's speed drifts between runs); beside them the samples/s
-//!     of 1 rank with half the batch, which bounds 2 ranks from above (2 ranks can at best each
-//!     run a half batch as fast as one process alone does); (c) the share of a step spent in
-//!     the gradient exchange, and in the optimizer update (the same on every rank).
+//!     ratio should stay near 1);
+//! (b) samples/s of 1 rank vs 2 ranks under `mpirun` (1 libtorch thread each), at the papers'
+//!     global batch of 128 and at 512, in trials that run every setting back to back (the
+//!     median is reported: this machine's speed drifts between runs). Two ways to scale out:
+//!     the same global batch split over 2 ranks (what an exact comparison of results needs),
+//!     bounded from above by twice the speed of 1 rank on half the batch, which is also timed;
+//!     and the same batch per rank (2 ranks with twice the global batch), how data-parallel
+//!     throughput is usually compared;
+//! (c) the share of a step spent in the gradient exchange, and in the optimizer update (the
+//!     same on every rank).
+//! Throughput is each run's steady rate (after its warm-up steps; checkpoints excluded).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -61,12 +66,25 @@ pub struct RankRun {
     pub bytes_sent_per_step: f64,
 }
 
-/// One global batch size: the runs of every trial (1 rank, 2 ranks, 1 rank on half the batch,
-/// run back to back, so that a trial's ratios see the same machine speed).
+/// The runs of one trial for a global batch B, back to back, so that the trial's ratios see the
+/// same machine speed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    /// 1 rank, batch B.
+    pub one: RankRun,
+    /// 2 ranks, global batch B (B/2 each).
+    pub two: RankRun,
+    /// 1 rank, batch B/2: what each of the 2 ranks computes.
+    pub half: RankRun,
+    /// 2 ranks, global batch 2B (B each, as the one rank).
+    pub two_same_per_rank: RankRun,
+}
+
+/// One global batch size: its trials.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchRow {
     pub global_batch: usize,
-    pub trials: Vec<[RankRun; 3]>,
+    pub trials: Vec<Trial>,
 }
 
 /// Median, lowest and highest of some numbers.
@@ -76,32 +94,39 @@ fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
 }
 
 impl BatchRow {
-    fn of(&self, f: impl Fn(&[RankRun; 3]) -> f64) -> (f64, f64, f64) {
+    fn of(&self, f: impl Fn(&Trial) -> f64) -> (f64, f64, f64) {
         spread(self.trials.iter().map(f).collect())
     }
 
-    /// Samples/s of 1 rank, 2 ranks and 1 rank on the half batch: medians over the trials.
-    pub fn samples_per_sec(&self) -> [f64; 3] {
-        [0, 1, 2].map(|k| self.of(|t| t[k].samples_per_sec).0)
+    /// Samples/s of 1 rank, 2 ranks, 1 rank on the half batch and 2 ranks on twice the batch:
+    /// medians over the trials.
+    pub fn samples_per_sec(&self) -> [f64; 4] {
+        let runs: [fn(&Trial) -> &RankRun; 4] = [|t| &t.one, |t| &t.two, |t| &t.half, |t| &t.two_same_per_rank];
+        runs.map(|run| self.of(|t| run(t).samples_per_sec).0)
     }
 
-    /// 2 ranks over 1 rank, per trial: (median, lowest, highest).
+    /// 2 ranks over 1 rank at the same global batch, per trial: (median, lowest, highest).
     pub fn speed_up(&self) -> (f64, f64, f64) {
-        self.of(|t| t[1].samples_per_sec / t[0].samples_per_sec)
+        self.of(|t| t.two.samples_per_sec / t.one.samples_per_sec)
     }
 
     /// 2 ranks against twice a lone process's speed on the half batch, per trial.
     pub fn efficiency(&self) -> (f64, f64, f64) {
-        self.of(|t| t[1].samples_per_sec / (2.0 * t[2].samples_per_sec))
+        self.of(|t| t.two.samples_per_sec / (2.0 * t.half.samples_per_sec))
+    }
+
+    /// 2 ranks over 1 rank at the same batch per rank, per trial.
+    pub fn speed_up_same_per_rank(&self) -> (f64, f64, f64) {
+        self.of(|t| t.two_same_per_rank.samples_per_sec / t.one.samples_per_sec)
     }
 
     /// Median shares of a step in the gradient exchange and in the optimizer update, 1 and 2 ranks.
     pub fn shares(&self) -> [f64; 4] {
         [
-            self.of(|t| t[0].comm_share).0,
-            self.of(|t| t[1].comm_share).0,
-            self.of(|t| t[0].update_share).0,
-            self.of(|t| t[1].update_share).0,
+            self.of(|t| t.one.comm_share).0,
+            self.of(|t| t.two.comm_share).0,
+            self.of(|t| t.one.update_share).0,
+            self.of(|t| t.two.update_share).0,
         ]
     }
 }
@@ -140,6 +165,7 @@ fn bytes_per_step(items: i64) -> Result<f64, TrainError> {
             seed: 1,
             step,
             first_sample: step * opts.batch as u64,
+            control: Default::default(),
         };
         total += train_step(&net, &mut t, &mut adam, &batch, &ctx)?.bytes_sent;
     }
@@ -189,7 +215,7 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
         Ok(RankRun {
             ranks,
             global_batch: batch,
-            samples_per_sec: field("samples_per_sec"),
+            samples_per_sec: field("steady_samples_per_sec"),
             comm_share: field("comm_share"),
             update_share: field("update_share"),
             bytes_sent_per_step: field("bytes_sent_per_step"),
@@ -200,7 +226,12 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
         let mut trials = Vec::new();
         for trial in 0..opts.trials.max(1) {
             eprintln!("bench dist: global batch {batch}, trial {}/{}", trial + 1, opts.trials.max(1));
-            trials.push([timed(1, batch)?, timed(2, batch)?, timed(1, batch / 2)?]);
+            trials.push(Trial {
+                one: timed(1, batch)?,
+                two: timed(2, batch)?,
+                half: timed(1, batch / 2)?,
+                two_same_per_rank: timed(2, 2 * batch)?,
+            });
         }
         rows.push(BatchRow { global_batch: batch, trials });
     }
@@ -218,30 +249,33 @@ impl std::fmt::Display for DistReport {
         )?;
         writeln!(
             f,
-            "\n(b, c) DIN + MICN, 1 libtorch thread per rank; {} trials, each running 1 rank, 2 ranks and 1 rank on \
-             half the batch back to back: samples/s are medians, ratios the median (lowest–highest) of the \
-             trials' own ratios",
+            "\n(b, c) DIN + MICN, 1 libtorch thread per rank; {} trials, each running the four settings of a row back \
+             to back: samples/s (steady rates) are medians, ratios the median (lowest–highest) of the trials' own \
+             ratios",
             self.trials
         )?;
         writeln!(
             f,
-            "\n| global batch | 1 rank samples/s | 2 ranks samples/s | speed-up | 1 rank, half batch | 2 ranks vs 2 × half batch \
-             | gradient-exchange share (1 / 2 ranks) | optimizer-update share (1 / 2 ranks) |"
+            "\n| global batch B | 1 rank | 2 ranks | speed-up, same global batch | 1 rank, B/2 | 2 ranks vs 2 × (1 rank, B/2) \
+             | 2 ranks, 2B | speed-up, same batch per rank | gradient-exchange share (1 / 2 ranks) \
+             | optimizer-update share (1 / 2 ranks) |"
         )?;
-        writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        let ratio = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2}× ({lo:.2}–{hi:.2})");
         for r in &self.rows {
-            let [one, two, half] = r.samples_per_sec();
-            let (s, s_lo, s_hi) = r.speed_up();
+            let [one, two, half, two_2b] = r.samples_per_sec();
             let (e, e_lo, e_hi) = r.efficiency();
             let [c1, c2, u1, u2] = r.shares().map(|x| 100.0 * x);
             writeln!(
                 f,
-                "| {} | {one:.0} | {two:.0} | {s:.2}× ({s_lo:.2}–{s_hi:.2}) | {half:.0} | {:.0} % ({:.0}–{:.0}) \
+                "| {} | {one:.0} | {two:.0} | {} | {half:.0} | {:.0} % ({:.0}–{:.0}) | {two_2b:.0} | {} \
                  | {c1:.1} % / {c2:.1} % | {u1:.1} % / {u2:.1} % |",
                 r.global_batch,
+                ratio(r.speed_up()),
                 100.0 * e,
                 100.0 * e_lo,
                 100.0 * e_hi,
+                ratio(r.speed_up_same_per_rank()),
             )?;
         }
         Ok(())
@@ -266,15 +300,25 @@ mod tests {
     #[test]
     fn ratios_are_taken_per_trial_then_the_median() {
         // The second trial ran on a machine twice as fast; each trial's ratios use its own runs.
-        let trial = |one: f64, two: f64, half: f64| [run(1, one), run(2, two), run(1, half)];
+        let trial = |one: f64, two: f64, half: f64, two_2b: f64| Trial {
+            one: run(1, one),
+            two: run(2, two),
+            half: run(1, half),
+            two_same_per_rank: run(2, two_2b),
+        };
         let row = BatchRow {
             global_batch: 128,
-            trials: vec![trial(100.0, 170.0, 90.0), trial(200.0, 300.0, 180.0), trial(110.0, 176.0, 100.0)],
+            trials: vec![
+                trial(100.0, 170.0, 90.0, 190.0),
+                trial(200.0, 300.0, 180.0, 360.0),
+                trial(110.0, 176.0, 100.0, 198.0),
+            ],
         };
         assert_eq!(spread(vec![3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
         let (median, lowest, highest) = row.speed_up();
         assert!((median - 1.6).abs() < 1e-12 && (lowest - 1.5).abs() < 1e-12 && (highest - 1.7).abs() < 1e-12);
-        assert_eq!(row.samples_per_sec(), [110.0, 176.0, 100.0]);
+        assert_eq!(row.samples_per_sec(), [110.0, 176.0, 100.0, 198.0]);
+        assert_eq!(row.speed_up_same_per_rank(), (1.8, 1.8, 1.9));
         let (e, e_lo, e_hi) = row.efficiency();
         assert!(
             (e - 0.88).abs() < 1e-12 && (e_lo - 300.0 / 360.0).abs() < 1e-12 && (e_hi - 170.0 / 180.0).abs() < 1e-12

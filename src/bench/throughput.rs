@@ -114,6 +114,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
             seed: 1,
             step: step as u64,
             first_sample: (step * opts.batch) as u64,
+            control: Default::default(),
         };
         train_step(&net, &mut t, &mut adam, batch, &ctx)?;
     }

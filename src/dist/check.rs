@@ -15,6 +15,7 @@ pub struct Outcome {
     pub all_gather_i64: Gathered<i64>,
     pub all_gather_f32: Gathered<f32>,
     pub all_gather_bytes: Gathered<u8>,
+    pub all_gather_bytes_sized: Gathered<u8>,
     pub broadcast_from_last: Vec<i64>,
     pub broadcast_vec_from_first: Vec<u8>,
 }
@@ -60,6 +61,13 @@ pub fn run(comm: &dyn Communicator) -> Result<Outcome, String> {
     if all_bytes.data != expect_bytes {
         return Err(fail("all_gather_bytes", &all_bytes));
     }
+    // Lengths every rank knows beforehand: rank q sends 3·q bytes of value q.
+    let sized_counts: Vec<usize> = (0..n).map(|q| 3 * q).collect();
+    let sized = comm.all_gather_bytes_sized(&vec![r as u8; 3 * r], &sized_counts).map_err(comm_err)?;
+    let expect_sized: Vec<u8> = (0..n).flat_map(|q| vec![q as u8; 3 * q]).collect();
+    if sized.data != expect_sized || sized.counts != sized_counts {
+        return Err(fail("all_gather_bytes_sized", &sized));
+    }
 
     let last = n - 1;
     let mut from_last: Vec<i64> = if r == last { (0..17).map(|k| k * 1_000_000_007).collect() } else { vec![0; 17] };
@@ -85,6 +93,7 @@ pub fn run(comm: &dyn Communicator) -> Result<Outcome, String> {
         all_gather_i64: all_i64,
         all_gather_f32: all_f32,
         all_gather_bytes: all_bytes,
+        all_gather_bytes_sized: sized,
         broadcast_from_last: from_last,
         broadcast_vec_from_first: from_first,
     })

@@ -5,9 +5,10 @@
 //! one process, for tests) and, with the `mpi` feature, [`MpiCommunicator`] (ranks started by
 //! `mpirun`). Every collective must be called by every rank in the same order.
 //!
-//! The trait has four primitives (sum of f32, all-gather of bytes, broadcast of bytes, barrier);
-//! typed all-gathers and broadcasts are built on them, so all three back-ends share one
-//! definition of what each operation returns.
+//! The trait has four primitives (sum of f32, all-gather of bytes, broadcast of bytes, barrier)
+//! and one shortcut (an all-gather whose lengths every rank already knows, which MPI does in one
+//! collective instead of two); typed all-gathers and broadcasts are built on them, so all three
+//! back-ends share one definition of what each operation returns.
 
 pub mod check;
 mod single;
@@ -33,6 +34,9 @@ pub enum CommError {
     /// A broadcast whose receive buffer does not match the root's length.
     #[error("rank {rank}: broadcast of {got} elements into a buffer of {expected}")]
     LengthMismatch { rank: usize, got: usize, expected: usize },
+    /// An all-gather whose announced lengths disagree with what the ranks sent.
+    #[error("rank {rank}: all-gather with announced lengths {announced:?}, but the ranks sent {sent:?}")]
+    CountMismatch { rank: usize, announced: Vec<usize>, sent: Vec<usize> },
     /// A root outside the world.
     #[error("rank {rank}: broadcast from rank {root} in a world of size {size}")]
     BadRoot { rank: usize, root: usize, size: usize },
@@ -82,6 +86,20 @@ pub trait Communicator {
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
     /// Every rank's byte buffer (lengths may differ), concatenated in rank order.
     fn all_gather_bytes(&self, local: &[u8]) -> Result<Gathered<u8>>;
+    /// [`all_gather_bytes`](Self::all_gather_bytes) when every rank already knows every rank's
+    /// length (`counts`, in rank order, the same on every rank): back-ends may skip exchanging
+    /// the lengths. A wrong `counts` is an error, never a silent misread.
+    fn all_gather_bytes_sized(&self, local: &[u8], counts: &[usize]) -> Result<Gathered<u8>> {
+        let gathered = self.all_gather_bytes(local)?;
+        if gathered.counts != counts {
+            return Err(CommError::CountMismatch {
+                rank: self.rank(),
+                announced: counts.to_vec(),
+                sent: gathered.counts,
+            });
+        }
+        Ok(gathered)
+    }
     /// Replace `buf` on every rank with `root`'s `buf` (lengths must agree).
     fn broadcast_bytes(&self, root: usize, buf: &mut [u8]) -> Result<()>;
     /// Return once every rank has entered.

@@ -46,6 +46,27 @@ impl MpiCommunicator {
     }
 }
 
+impl MpiCommunicator {
+    /// All-gather of byte buffers whose lengths (`counts`, in rank order) every rank knows.
+    fn gather_counted(&self, local: &[u8], counts: Vec<Count>) -> Result<Gathered<u8>> {
+        let displs: Vec<Count> = counts
+            .iter()
+            .scan(0 as Count, |acc, &n| {
+                let start = *acc;
+                *acc += n;
+                Some(start)
+            })
+            .collect();
+        let total: usize = counts.iter().map(|&n| n as usize).sum();
+        let mut data = vec![0u8; total];
+        {
+            let mut partition = PartitionMut::new(&mut data[..], &counts[..], &displs[..]);
+            self.world.all_gather_varcount_into(local, &mut partition);
+        }
+        Ok(Gathered { data, counts: counts.iter().map(|&n| n as usize).collect() })
+    }
+}
+
 fn count(n: usize) -> Result<Count> {
     Count::try_from(n).map_err(|_| CommError::Mpi(format!("a buffer of {n} elements exceeds MPI's count limit")))
 }
@@ -75,21 +96,21 @@ impl Communicator for MpiCommunicator {
         let mine = count(local.len())?;
         let mut counts: Vec<Count> = vec![0; self.size()];
         self.world.all_gather_into(&mine, &mut counts[..]);
-        let displs: Vec<Count> = counts
-            .iter()
-            .scan(0 as Count, |acc, &n| {
-                let start = *acc;
-                *acc += n;
-                Some(start)
-            })
-            .collect();
-        let total: usize = counts.iter().map(|&n| n as usize).sum();
-        let mut data = vec![0u8; total];
-        {
-            let mut partition = PartitionMut::new(&mut data[..], &counts[..], &displs[..]);
-            self.world.all_gather_varcount_into(local, &mut partition);
+        self.gather_counted(local, counts)
+    }
+
+    fn all_gather_bytes_sized(&self, local: &[u8], counts: &[usize]) -> Result<Gathered<u8>> {
+        // Checked before the collective, which would otherwise misread the buffers; the rank
+        // returns the error and the trainer aborts the job, so no peer is left waiting.
+        if counts.len() != self.size() || counts[self.rank()] != local.len() {
+            let mut sent = counts.to_vec();
+            if let Some(mine) = sent.get_mut(self.rank()) {
+                *mine = local.len();
+            }
+            return Err(CommError::CountMismatch { rank: self.rank(), announced: counts.to_vec(), sent });
         }
-        Ok(Gathered { data, counts: counts.iter().map(|&n| n as usize).collect() })
+        let counts = counts.iter().map(|&n| count(n)).collect::<Result<Vec<Count>>>()?;
+        self.gather_counted(local, counts)
     }
 
     fn broadcast_bytes(&self, root: usize, buf: &mut [u8]) -> Result<()> {

@@ -127,24 +127,16 @@ pub struct TaskGrads {
 }
 
 /// Exchange both tasks' gradients: sum over ranks, in two collectives. The dense gradients of
-/// both tasks and `scalars` (the step's losses) travel in one fused all-reduce; every table's
-/// rows in one all-gather of `[row count per (task, table)] [ids] [rows]`, merged identically on
-/// every rank. With one rank the result equals the input (and the same code runs).
+/// both tasks, `scalars` (the step's losses and run-control flags) and the length of every rank's
+/// row message travel in one fused all-reduce; every table's rows then in one all-gather of
+/// `[row count per (task, table)] [ids] [rows]` whose lengths every rank now knows, merged
+/// identically on every rank. With one rank the result equals the input (and the same code runs).
 pub fn exchange(
     comm: &dyn Communicator,
     main: TaskGrads,
     aux: TaskGrads,
     scalars: &mut [f32],
 ) -> dist::Result<(TaskGrads, TaskGrads)> {
-    let split = main.dense.len();
-    let mut flat = main.dense;
-    flat.extend_from_slice(&aux.dense);
-    flat.extend_from_slice(scalars);
-    comm.all_reduce_sum_f32(&mut flat)?;
-    scalars.copy_from_slice(&flat[flat.len() - scalars.len()..]);
-    flat.truncate(flat.len() - scalars.len());
-    let aux_dense = flat.split_off(split);
-
     let tables: Vec<&RowGrads> = main.tables.iter().chain(&aux.tables).collect();
     let counts: Vec<i64> = tables.iter().map(|t| t.len() as i64).collect();
     let id_bytes = 8 * (counts.len() + counts.iter().sum::<i64>() as usize);
@@ -156,7 +148,22 @@ pub fn exchange(
     for t in &tables {
         message.extend_from_slice(bytemuck::cast_slice(&t.rows));
     }
-    let gathered = comm.all_gather_bytes(&message)?;
+
+    let split = main.dense.len();
+    let mut flat = main.dense;
+    flat.extend_from_slice(&aux.dense);
+    flat.extend_from_slice(scalars);
+    let lengths_at = flat.len();
+    flat.extend(std::iter::repeat_n(0.0, 2 * comm.size()));
+    flat[lengths_at + 2 * comm.rank()..][..2].copy_from_slice(&length_slots(message.len()));
+    comm.all_reduce_sum_f32(&mut flat)?;
+    let lengths: Vec<usize> = flat[lengths_at..].chunks(2).map(length_from_slots).collect();
+    flat.truncate(lengths_at);
+    scalars.copy_from_slice(&flat[flat.len() - scalars.len()..]);
+    flat.truncate(flat.len() - scalars.len());
+    let aux_dense = flat.split_off(split);
+
+    let gathered = comm.all_gather_bytes_sized(&message, &lengths)?;
     // Per rank: its ids (header first) and rows, copied out of the byte stream to align them.
     let per_rank: Vec<(Vec<i64>, Vec<f32>)> = gathered
         .parts()
@@ -189,6 +196,17 @@ pub fn exchange(
         (0..tables.len()).map(|k| RowGrads::merge(cut.iter().map(|r| r[k]), tables[k].dim)).collect();
     let aux_tables = merged.split_off(main.tables.len());
     Ok((TaskGrads { dense: flat, tables: merged }, TaskGrads { dense: aux_dense, tables: aux_tables }))
+}
+
+/// A byte length as two f32 slots of a summed buffer (every other rank adds zeros there), each
+/// below 2^24 and so exact: the high part and the low 20 bits.
+fn length_slots(len: usize) -> [f32; 2] {
+    assert!(len < 1 << 44, "a row message of {len} bytes");
+    [(len >> 20) as f32, (len & 0xF_FFFF) as f32]
+}
+
+fn length_from_slots(slots: &[f32]) -> usize {
+    ((slots[0] as usize) << 20) + slots[1] as usize
 }
 
 /// Bytes this rank sends in [`exchange`] (for the communication benchmark).
@@ -256,6 +274,35 @@ mod tests {
         let (m1, a1) = local(2);
         let single = exchange(&crate::dist::SingleProcess, m1.clone(), a1.clone(), &mut []).unwrap();
         assert_eq!(single, (m1, a1));
+    }
+
+    #[test]
+    fn row_message_lengths_survive_the_f32_all_reduce_exactly() {
+        // f32 holds integers exactly only below 2^24: one slot alone would round 2^24 + 1.
+        for len in [0, 1, (1 << 20) - 1, 1 << 20, (1 << 24) + 1, (1 << 40) + 12_345, (1 << 44) - 1] {
+            let slots = length_slots(len);
+            // The other ranks add zeros to these slots.
+            let summed = [slots[0] + 0.0 + 0.0, slots[1] + 0.0];
+            assert_eq!(length_from_slots(&summed), len);
+        }
+    }
+
+    #[test]
+    fn ranks_with_different_numbers_of_rows_exchange_them_in_two_collectives() {
+        // Rank r touched rows 0..r of the one table (rank 0 none): messages of different lengths,
+        // announced through the all-reduce rather than an all-gather of their own.
+        let results = ThreadRanks::run(3, |comm| {
+            let r = comm.rank();
+            let ids: Vec<i64> = (0..r as i64).collect();
+            let values: Vec<f32> = ids.iter().flat_map(|&i| [i as f32, 1.0]).collect();
+            let main = TaskGrads { dense: vec![1.0], tables: vec![RowGrads { ids, rows: values, dim: 2 }] };
+            exchange(&comm, main, TaskGrads::default(), &mut [r as f32]).unwrap()
+        });
+        assert!(results.iter().all(|r| r == &results[0]));
+        let (main, _) = &results[0];
+        assert_eq!(main.dense, [3.0]);
+        // Row 0 from ranks 1 and 2, row 1 from rank 2.
+        assert_eq!(main.tables[0], RowGrads { ids: vec![0, 1], rows: vec![0.0, 2.0, 1.0, 1.0], dim: 2 });
     }
 
     #[test]

@@ -96,6 +96,30 @@ pub struct StepContext<'a> {
     pub step: u64,
     /// Global sample position of this rank's first sample over the whole run.
     pub first_sample: u64,
+    /// This rank's run-control flags, made global by the step's exchange.
+    pub control: Control,
+}
+
+/// Run-control flags that ride in the step's gradient all-reduce instead of collectives of their
+/// own (a step synchronises the ranks anyway; every extra collective is another wait).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Control {
+    /// A stop was requested (a signal). In [`StepStats`]: on any rank.
+    pub stop: bool,
+    /// A time-triggered checkpoint is due. Rank 0's clock decides: in [`StepStats`], rank 0's flag.
+    pub checkpoint_due: bool,
+}
+
+impl Control {
+    /// This rank's contribution to the summed scalars.
+    fn scalars(self, rank: usize) -> [f32; 2] {
+        [f32::from(u8::from(self.stop)), f32::from(u8::from(self.checkpoint_due && rank == 0))]
+    }
+
+    /// The global flags from the summed scalars.
+    fn from_sums(sums: &[f32]) -> Self {
+        Control { stop: sums[0] > 0.0, checkpoint_due: sums[1] > 0.0 }
+    }
 }
 
 /// Losses and gradient norms of one step (global values, equal on every rank).
@@ -117,6 +141,8 @@ pub struct StepStats {
     pub comm_seconds: f64,
     /// Seconds of the optimizer update (the same work on every rank, whatever the world size).
     pub update_seconds: f64,
+    /// The run-control flags over all ranks.
+    pub control: Control,
 }
 
 /// Gradients of `L_main + λ·L_micn` (`head_loss` + `rest`) with respect to `targets`, in one pass
@@ -318,15 +344,19 @@ pub fn gradients(
     let main_grads = host_grads(t, &main_vars, &main_targets, main_g);
     let aux_grads = host_grads(t, &aux_vars, &aux_targets, aux_g);
 
-    // Local losses become global sums.
-    let mut losses = [
+    // Local losses and control flags become global sums.
+    let [stop, checkpoint_due] = ctx.control.scalars(ctx.comm.rank());
+    let mut scalars = [
         bce.double_value(&[]) as f32,
         dien_aux.as_ref().map_or(0.0, |a| a.double_value(&[]) as f32),
         micn.as_ref().map_or(0.0, |l| l.double_value(&[]) as f32),
+        stop,
+        checkpoint_due,
     ];
     let bytes_sent = grads::bytes_sent(&main_grads, &aux_grads) as u64;
     let comm_started = std::time::Instant::now();
-    let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads, &mut losses)?;
+    let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads, &mut scalars)?;
+    let (losses, control) = scalars.split_at(3);
     comm_seconds += comm_started.elapsed().as_secs_f64();
     let mut stats = StepStats {
         bytes_sent,
@@ -335,6 +365,7 @@ pub fn gradients(
         loss_dien_aux: losses[1] as f64,
         loss_micn: losses[2] as f64,
         positives,
+        control: Control::from_sums(control),
         ..Default::default()
     };
     for (which, value) in [("main", stats.loss_main), ("MICN", stats.loss_micn)] {

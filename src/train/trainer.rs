@@ -12,7 +12,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::optim::{Adam, AdamConfig};
-use super::step::{broadcast_from_root, replica_digest, train_step, StepContext, StepError, Trainable};
+use super::step::{broadcast_from_root, replica_digest, train_step, Control, StepContext, StepError, Trainable};
 use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice, ModelKind};
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
@@ -86,6 +86,9 @@ pub struct Summary {
     pub epochs_completed: u64,
     /// Training samples per second of the training loop (evaluations excluded).
     pub samples_per_sec: f64,
+    /// Training samples per second after a warm-up of up to 5 steps, checkpoints and evaluations
+    /// excluded (see [`SteadyRate`]); `samples_per_sec` when the run is too short for a warm-up.
+    pub steady_samples_per_sec: f64,
     /// Wall-clock seconds of the whole run.
     pub seconds: f64,
     pub world_size: usize,
@@ -103,6 +106,44 @@ pub struct Summary {
     pub replica_digest: String,
     /// The run was stopped by SIGTERM/SIGINT (after checkpointing) before its last step.
     pub stopped_by_signal: bool,
+}
+
+/// Throughput after a warm-up. A run's first steps are slower (libtorch's first allocations, the
+/// loader filling its queue), which weighs more the shorter the run, and a checkpoint at the end
+/// is a fixed cost too; benchmarks comparing runs of different speeds want neither. Each step is
+/// timed from the end of the previous iteration's work, so its wait for the batch counts, but
+/// checkpoints and evaluations do not.
+struct SteadyRate {
+    warmup: u64,
+    steps: u64,
+    samples: u64,
+    seconds: f64,
+    resumed: Instant,
+}
+
+impl SteadyRate {
+    /// For a run of `steps` steps in this process: a warm-up of a tenth of them, at most 5.
+    fn new(steps: u64) -> Self {
+        Self { warmup: (steps / 10).min(5), steps: 0, samples: 0, seconds: 0.0, resumed: Instant::now() }
+    }
+
+    /// A step of `samples` global samples has just finished.
+    fn step_done(&mut self, samples: u64) {
+        self.steps += 1;
+        if self.steps > self.warmup {
+            self.seconds += self.resumed.elapsed().as_secs_f64();
+            self.samples += samples;
+        }
+    }
+
+    /// The work after a step (checkpoint, evaluation) is done: the next step's time starts.
+    fn resume(&mut self) {
+        self.resumed = Instant::now();
+    }
+
+    fn rate(&self) -> Option<f64> {
+        (self.samples > 0 && self.seconds > 0.0).then(|| self.samples as f64 / self.seconds)
+    }
 }
 
 /// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`.
@@ -472,6 +513,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let mut next_point = (start_epoch, start_position);
     let mut stopped_by_signal = false;
     let mut window = (Instant::now(), 0u64);
+    let mut steady = SteadyRate::new(total_steps.saturating_sub(step));
     // Sums of (main, MICN, DIEN auxiliary) loss over the steps since the last metrics line.
     let (mut loss_sums, mut loss_steps) = ([0.0f64; 3], 0u64);
     let (mut step_seconds, mut comm_seconds, mut update_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0.0f64, 0u64);
@@ -481,6 +523,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
             if step >= total_steps {
                 break 'epochs;
             }
+            let minutes = cfg.checkpoint.every_minutes;
             let ctx = StepContext {
                 comm,
                 device,
@@ -491,29 +534,29 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 seed: cfg.train.seed,
                 step,
                 first_sample: epoch * steps_per_epoch * cfg.train.global_batch_size as u64 + batch.first_position,
+                // Made global by the step's own exchange: a signal on any rank stops every rank
+                // after this same step; rank 0's clock decides a time-triggered checkpoint.
+                control: Control {
+                    stop: stop_requested(),
+                    checkpoint_due: minutes > 0.0 && checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes,
+                },
             };
             let step_started = Instant::now();
             let stats = train_step(&net, &mut trainable, &mut adam, &batch, &ctx)?;
             step_seconds += step_started.elapsed().as_secs_f64();
+            steady.step_done(cfg.train.global_batch_size as u64);
             comm_seconds += stats.comm_seconds;
             update_seconds += stats.update_seconds;
             bytes_sent += stats.bytes_sent;
             step += 1;
-            let every = cfg.checkpoint.every_steps;
-            let minutes = cfg.checkpoint.every_minutes;
-            let due_by_time = minutes > 0.0 && checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes;
-            // Every rank must agree on a time trigger: rank 0's clock decides.
-            let due_by_time = comm.broadcast_vec(0, &[u8::from(due_by_time)])?[0] == 1;
             next_point = (epoch, (batch.step + 1) * cfg.train.global_batch_size as u64);
-            // A signal on any rank stops every rank after this same step.
-            let mut stop = [f32::from(u8::from(stop_requested()))];
-            comm.all_reduce_sum_f32(&mut stop)?;
-            if stop[0] > 0.0 {
+            if stats.control.stop {
                 stopped_by_signal = true;
                 tracing::warn!(step, "stop requested: checkpointing and stopping");
                 break 'epochs;
             }
-            if (every > 0 && step % every == 0) || due_by_time {
+            let every = cfg.checkpoint.every_steps;
+            if (every > 0 && step % every == 0) || stats.control.checkpoint_due {
                 checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, next_point.0, next_point.1))?;
             }
             let every = cfg.train.check_replicas_every_steps;
@@ -553,6 +596,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 write_eval(&mut metrics, step, epoch, &result)?;
                 checkpoints.evaluations.push((step, result.auc, result.gauc, result.logloss));
             }
+            steady.resume();
         }
         epochs_completed += 1;
         next_point = (epoch + 1, 0);
@@ -564,6 +608,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
             write_eval(&mut metrics, step, epoch, &result)?;
             checkpoints.evaluations.push((step, result.auc, result.gauc, result.logloss));
         }
+        steady.resume();
     }
     if step > 0 && checkpoints.last_step != Some(step) {
         // The end of the run is a checkpoint too (a later, longer run resumes from it).
@@ -572,6 +617,8 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     }
     progress.finish();
     let loop_seconds = loop_started.elapsed().as_secs_f64();
+    let samples_per_sec =
+        (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - eval_seconds).max(1e-9);
     // Evaluations during the run stop short of the last step, so this one is never a repeat.
     let final_eval = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
     write_eval(&mut metrics, step, epochs_completed, &final_eval)?;
@@ -582,7 +629,8 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         test_logloss: final_eval.logloss,
         steps: step,
         epochs_completed,
-        samples_per_sec: (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - eval_seconds).max(1e-9),
+        samples_per_sec,
+        steady_samples_per_sec: steady.rate().unwrap_or(samples_per_sec),
         seconds,
         world_size: comm.size(),
         oracle_auc: dataset.meta.oracle_auc,
@@ -740,5 +788,31 @@ impl Progress {
         if self.on {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SteadyRate;
+
+    #[test]
+    fn the_steady_rate_leaves_out_the_warm_up_and_the_pauses_between_steps() {
+        assert_eq!([100, 30, 9].map(|n| SteadyRate::new(n).warmup), [5, 3, 0]);
+        let mut r = SteadyRate::new(30);
+        for _ in 0..3 {
+            r.step_done(64);
+        }
+        assert_eq!((r.samples, r.rate()), (0, None), "the warm-up counts nothing");
+        let nap = std::time::Duration::from_millis(20);
+        r.resume();
+        std::thread::sleep(nap);
+        r.step_done(64);
+        std::thread::sleep(10 * nap); // a checkpoint, say
+        r.resume();
+        std::thread::sleep(nap);
+        r.step_done(64);
+        assert_eq!(r.samples, 128);
+        // Two steps of ≥ 20 ms each; the 200 ms pause between them is not counted.
+        assert!(r.seconds >= 0.04 && r.seconds < 0.2, "{}", r.seconds);
     }
 }

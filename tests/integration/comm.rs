@@ -50,6 +50,19 @@ fn broadcast_rejects_a_root_outside_the_world_and_mismatched_lengths() {
 }
 
 #[test]
+fn an_all_gather_with_wrong_announced_lengths_is_an_error_not_a_misread() {
+    let results = ThreadRanks::run(2, |comm| comm.all_gather_bytes_sized(&[7u8; 2], &[2, 3]));
+    for r in results {
+        match r {
+            Err(CommError::CountMismatch { announced, sent, .. }) => {
+                assert_eq!((announced, sent), (vec![2, 3], vec![2, 2]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
 fn repeated_collectives_stay_in_step() {
     // Many rounds back to back: a fast rank must never read a slow rank's stale round.
     let sums = ThreadRanks::run(3, |comm| {

@@ -96,12 +96,18 @@ fn every_rank_knows_the_global_batchs_micn_positives_without_a_collective() {
     assert!(seen > 0, "the fixture batches must hold positives");
 }
 
-/// Every trainable variable of a model trained `steps` steps on `world` thread ranks.
-fn parameters_after(cfg: &Config, world: usize) -> Vec<(String, Vec<f32>)> {
+/// What each rank of `world` thread ranks holds after 4 steps, where rank r passes the run-control
+/// flags `control(r)` every step: every trainable variable, and each step's global flags.
+fn run_steps(
+    cfg: &Config,
+    world: usize,
+    control: impl Fn(usize) -> micn::train::step::Control + Sync,
+) -> Vec<(Vec<(String, Vec<f32>)>, Vec<micn::train::step::Control>)> {
     use micn::train::optim::{Adam, AdamConfig};
     use micn::train::step::{train_step, StepContext, Trainable};
-    let results = ThreadRanks::run(world, |comm| {
+    ThreadRanks::run(world, |comm| {
         tch::set_num_threads(1);
+        let rank = micn::dist::Communicator::rank(&comm);
         let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
         let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
         let mut t = Trainable::new(&vs).unwrap();
@@ -110,12 +116,13 @@ fn parameters_after(cfg: &Config, world: usize) -> Vec<(String, Vec<f32>)> {
             seed: 5,
             global_batch: cfg.train.global_batch_size,
             world,
-            rank: micn::dist::Communicator::rank(&comm),
+            rank,
             max_hist_len: 10,
             drop_remainder: true,
             prefetch: 2,
             noclick: cfg.model.kind == micn::config::ModelKind::Dien,
         };
+        let mut flags = Vec::new();
         for (step, batch) in micn::data::loader::EpochLoader::new(dataset, &loader_cfg, 0, 0).take(4).enumerate() {
             let ctx = StepContext {
                 comm: &comm,
@@ -127,16 +134,42 @@ fn parameters_after(cfg: &Config, world: usize) -> Vec<(String, Vec<f32>)> {
                 seed: 5,
                 step: step as u64,
                 first_sample: batch.first_position,
+                control: control(rank),
             };
-            train_step(&net, &mut t, &mut adam, &batch, &ctx).unwrap();
+            flags.push(train_step(&net, &mut t, &mut adam, &batch, &ctx).unwrap().control);
         }
-        t.names
+        let parameters = t
+            .names
             .iter()
             .cloned()
             .zip(t.tensors.iter().map(|x| Vec::<f32>::try_from(x.flatten(0, -1)).unwrap()))
-            .collect::<Vec<_>>()
-    });
-    results.into_iter().next().unwrap()
+            .collect::<Vec<_>>();
+        (parameters, flags)
+    })
+}
+
+/// Every trainable variable of a model trained 4 steps on `world` thread ranks.
+fn parameters_after(cfg: &Config, world: usize) -> Vec<(String, Vec<f32>)> {
+    run_steps(cfg, world, |_| Default::default()).swap_remove(0).0
+}
+
+#[test]
+fn run_control_flags_ride_in_the_step_and_reach_every_rank() {
+    use micn::train::step::Control;
+    let cfg = config(std::path::Path::new("unused"), &[]);
+    let global = |control: fn(usize) -> Control| {
+        let ranks = run_steps(&cfg, 3, control);
+        let flags = ranks[0].1[0];
+        assert!(ranks.iter().all(|(_, f)| f.iter().all(|x| *x == flags)), "every rank, every step, the same flags");
+        flags
+    };
+    let stop_on_2 = global(|r| Control { stop: r == 2, checkpoint_due: false });
+    assert_eq!(stop_on_2, Control { stop: true, checkpoint_due: false }, "a stop on any rank stops all");
+    let due_on_1 = global(|r| Control { stop: false, checkpoint_due: r == 1 });
+    assert_eq!(due_on_1, Control::default(), "only rank 0's clock decides a time-triggered checkpoint");
+    let due_on_0 = global(|r| Control { stop: false, checkpoint_due: r == 0 });
+    assert_eq!(due_on_0, Control { stop: false, checkpoint_due: true });
+    assert_eq!(global(|_| Control::default()), Control::default());
 }
 
 #[test]

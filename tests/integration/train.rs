@@ -76,6 +76,7 @@ fn context<'a>(cfg: &Config, comm: &'a SingleProcess) -> StepContext<'a> {
         seed: 11,
         step: 0,
         first_sample: 0,
+        control: Default::default(),
     }
 }
 
