@@ -165,7 +165,8 @@ enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
-    /// Bytes per step for 10k vs 1M items, samples/s of 1 vs 2 ranks, communication share.
+    /// Bytes per step for 10k vs 1M items, samples/s of 1 vs 2 ranks (the same global batch
+    /// split, and the same batch per rank), communication share.
     Dist {
         #[arg(long, default_value = "runs/bench-dist")]
         work_dir: PathBuf,
