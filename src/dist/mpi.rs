@@ -44,9 +44,7 @@ impl MpiCommunicator {
     pub fn processor_name() -> String {
         mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into())
     }
-}
 
-impl MpiCommunicator {
     /// All-gather of byte buffers whose lengths (`counts`, in rank order) every rank knows.
     fn gather_counted(&self, local: &[u8], counts: Vec<Count>) -> Result<Gathered<u8>> {
         let displs: Vec<Count> = counts
