@@ -10,6 +10,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::rng::{CounterRng, StepSeed, ROUTING_STREAM};
+use crate::model::to_host_f32;
 
 /// Inside the square root of squash, so that `s = 0` gives 0 with a finite gradient.
 pub const SQUASH_EPS: f64 = 1e-9;
@@ -68,6 +69,29 @@ pub fn initial_logits(seed: StepSeed, batch: i64, steps: i64, capsules: i64) -> 
     Tensor::from_slice(&values).view([batch, steps, capsules])
 }
 
+/// [`initial_logits`] where routing reads them, 0 elsewhere: real behaviours (`hist_mask`) and
+/// active capsules (`active`). Routing gives padded behaviours no weight and inactive capsules a
+/// logit of −∞ whatever the values there, so its result is the same bit for bit, with the draws
+/// (a hash, a logarithm and a cosine each) only for the entries that count.
+///
+/// # Shapes
+/// `hist_mask [b, T]`, `active [b, K]` → `[b, T, K]` f32
+pub fn initial_logits_used(seed: StepSeed, hist_mask: &Tensor, active: &Tensor) -> Tensor {
+    let (b, steps, capsules) = (hist_mask.size()[0] as usize, hist_mask.size()[1] as usize, active.size()[1] as usize);
+    let (real, active) = (to_host_f32(hist_mask), to_host_f32(active));
+    let rng = CounterRng::new(seed.seed, ROUTING_STREAM);
+    let mut values = vec![0.0f32; b * steps * capsules];
+    for i in 0..b {
+        for t in (0..steps).filter(|t| real[i * steps + t] > 0.0) {
+            for j in (0..capsules).filter(|j| active[i * capsules + j] > 0.0) {
+                let key = [seed.first_sample + i as u64, t as u64, j as u64];
+                values[(i * steps + t) * capsules + j] = rng.normal(&key) as f32;
+            }
+        }
+    }
+    Tensor::from_slice(&values).view([b as i64, steps as i64, capsules as i64])
+}
+
 /// Interest capsules of a batch of users.
 #[derive(Debug)]
 pub struct Capsules {
@@ -107,9 +131,9 @@ impl Routing {
     /// # Shapes
     /// `hist [b, T, h]`, `hist_mask [b, T]` → [`Capsules`]
     pub fn forward(&self, hist: &Tensor, hist_mask: &Tensor, seed: StepSeed) -> Capsules {
-        let size = hist.size();
-        let logits = initial_logits(seed, size[0], size[1], self.k_max).to_device(hist.device()).to_kind(hist.kind());
-        self.forward_from_logits(hist, hist_mask, &logits)
+        let active = active_capsules(hist_mask, self.k_max); // [b, K]
+        let logits = initial_logits_used(seed, hist_mask, &active).to_device(hist.device()).to_kind(hist.kind());
+        self.route(hist, hist_mask, &logits, active)
     }
 
     /// Routes from given initial logits `b_ij` (what [`Routing::forward`] draws), for tests and
@@ -118,7 +142,11 @@ impl Routing {
     /// # Shapes
     /// `hist [b, T, h]`, `hist_mask [b, T]`, `logits [b, T, K_max]` → [`Capsules`]
     pub fn forward_from_logits(&self, hist: &Tensor, hist_mask: &Tensor, logits: &Tensor) -> Capsules {
-        let active = active_capsules(hist_mask, self.k_max); // [b, K]
+        self.route(hist, hist_mask, logits, active_capsules(hist_mask, self.k_max))
+    }
+
+    /// Routing with the user's active capsules `active [b, K_max]`.
+    fn route(&self, hist: &Tensor, hist_mask: &Tensor, logits: &Tensor, active: Tensor) -> Capsules {
         let inactive = active.le(0.5).unsqueeze(1); // [b, 1, K]
         let mapped = hist.matmul(&self.bilinear.tr()); // ê_i = S e_i, [b, T, h]
         let real = hist_mask.unsqueeze(-1); // [b, T, 1]
@@ -274,6 +302,30 @@ mod tests {
         assert!(ours.allclose(&last_only, 1e-5, 1e-6, false), "{ours} vs {last_only}");
         // The check can fail: letting gradient through every iteration gives another gradient.
         assert!(!ours.allclose(&everywhere, 1e-3, 1e-5, false));
+    }
+
+    #[test]
+    fn routing_draws_only_the_logits_it_reads_and_gets_the_same_bits() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let routing = Routing::new(&vs.root(), 4, 4, 3);
+        let seed = StepSeed { seed: 3, first_sample: 7 };
+        let hist = randn(&[3, 9, 4]);
+        // 9 real behaviours (K = 3), 4 (K = 2), 2 with a hole (K = 1).
+        let hist_mask = mask(&[
+            &[1.0; 9],
+            &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            &[1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ]);
+        let active = active_capsules(&hist_mask, 4);
+        let all = initial_logits(seed, 3, 9, 4);
+        let used = initial_logits_used(seed, &hist_mask, &active);
+        let read = hist_mask.unsqueeze(-1) * active.unsqueeze(1); // [b, T, K]
+        assert!(used.equal(&(&all * &read)), "the draws where routing reads, zeros elsewhere");
+        assert_eq!(f64::try_from(read.sum(Kind::Float)).unwrap(), (9 * 3 + 4 * 2 + 2) as f64);
+        let from_all = routing.forward_from_logits(&hist, &hist_mask, &all);
+        let drawn = routing.forward(&hist, &hist_mask, seed);
+        assert!(drawn.vectors.equal(&from_all.vectors), "the same capsules, bit for bit");
+        assert!(drawn.active.equal(&from_all.active));
     }
 
     #[test]

@@ -617,8 +617,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     }
     progress.finish();
     let loop_seconds = loop_started.elapsed().as_secs_f64();
-    let samples_per_sec =
-        (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - eval_seconds).max(1e-9);
+    let samples_per_sec = (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - eval_seconds).max(1e-9);
     // Evaluations during the run stop short of the last step, so this one is never a repeat.
     let final_eval = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
     write_eval(&mut metrics, step, epochs_completed, &final_eval)?;
