@@ -57,16 +57,7 @@ pub fn active_capsules(hist_mask: &Tensor, k_max: i64) -> Tensor {
 /// # Shapes
 /// → `[b, T, K]` f32
 pub fn initial_logits(seed: StepSeed, batch: i64, steps: i64, capsules: i64) -> Tensor {
-    let rng = CounterRng::new(seed.seed, ROUTING_STREAM);
-    let mut values = Vec::with_capacity((batch * steps * capsules) as usize);
-    for i in 0..batch as u64 {
-        for t in 0..steps as u64 {
-            for j in 0..capsules as u64 {
-                values.push(rng.normal(&[seed.first_sample + i, t, j]) as f32);
-            }
-        }
-    }
-    Tensor::from_slice(&values).view([batch, steps, capsules])
+    draw_logits(seed, [batch, steps, capsules].map(|n| n as usize), |_, _, _| true)
 }
 
 /// [`initial_logits`] where routing reads them, 0 elsewhere: real behaviours (`hist_mask`) and
@@ -79,11 +70,21 @@ pub fn initial_logits(seed: StepSeed, batch: i64, steps: i64, capsules: i64) -> 
 pub fn initial_logits_used(seed: StepSeed, hist_mask: &Tensor, active: &Tensor) -> Tensor {
     let (b, steps, capsules) = (hist_mask.size()[0] as usize, hist_mask.size()[1] as usize, active.size()[1] as usize);
     let (real, active) = (to_host_f32(hist_mask), to_host_f32(active));
+    draw_logits(seed, [b, steps, capsules], |i, t, j| real[i * steps + t] > 0.0 && active[i * capsules + j] > 0.0)
+}
+
+/// The `[b, T, K]` logits of [`initial_logits`] at the entries `(i, t, j)` that `wanted`, 0 at
+/// the others.
+fn draw_logits(
+    seed: StepSeed,
+    [b, steps, capsules]: [usize; 3],
+    wanted: impl Fn(usize, usize, usize) -> bool,
+) -> Tensor {
     let rng = CounterRng::new(seed.seed, ROUTING_STREAM);
     let mut values = vec![0.0f32; b * steps * capsules];
     for i in 0..b {
-        for t in (0..steps).filter(|t| real[i * steps + t] > 0.0) {
-            for j in (0..capsules).filter(|j| active[i * capsules + j] > 0.0) {
+        for t in 0..steps {
+            for j in (0..capsules).filter(|&j| wanted(i, t, j)) {
                 let key = [seed.first_sample + i as u64, t as u64, j as u64];
                 values[(i * steps + t) * capsules + j] = rng.normal(&key) as f32;
             }
