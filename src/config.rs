@@ -23,8 +23,47 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("{origin}: key `{key}`: {message}")]
     Key { origin: String, key: String, message: String },
-    #[error("--set {arg}: expected `section.key=value`")]
-    BadOverride { arg: String },
+    /// A `--set` argument that is not one `section.key=value` on a single line.
+    #[error("--set {}: {why}", arg.escape_debug())]
+    BadOverride { arg: String, why: String },
+}
+
+/// Upper bounds of the sizes a configuration may ask for.
+///
+/// Each is far above anything the papers use (18-wide embeddings, layers of at most 200 units,
+/// 4 interests, 32 negatives), so no real configuration meets them; past them libtorch or the
+/// allocator would abort, panic or hang instead of reporting an error, so [`Config::load`]
+/// refuses them with the key named.
+pub mod limits {
+    /// `model.embedding_dim`.
+    pub const EMBEDDING_DIM: usize = 4096;
+    /// Every width in `model.head_hidden`, `model.attention_hidden`, `model.dien_aux_hidden`.
+    pub const LAYER_WIDTH: usize = 65_536;
+    /// Layers in each of those lists.
+    pub const LAYERS: usize = 64;
+    /// `model.gru_hidden`.
+    pub const GRU_HIDDEN: usize = 8192;
+    /// `model.wide_buckets` (one f32 weight each, plus Adam's two moments: 12 GiB at the bound).
+    pub const WIDE_BUCKETS: usize = 1 << 30;
+    /// Elements of the largest weight matrix a configuration may imply (2³¹ f32 = 8 GiB, three
+    /// times that with Adam's moments). Checked for the MLPs and the GRU, whose sizes follow
+    /// from the configuration alone; embedding tables also depend on the dataset's vocabulary.
+    pub const TENSOR_ELEMENTS: u128 = 1 << 31;
+    /// `micn.k_max`: a user has `K_u = min(K_max, ⌊log₂ len⌋)` interests and no history length
+    /// (an i64) reaches 2⁶³, so capsules past the 62nd could never be active.
+    pub const K_MAX: usize = 62;
+    /// `micn.routing_iters`.
+    pub const ROUTING_ITERS: usize = 100;
+    /// `micn.num_negatives`.
+    pub const NUM_NEGATIVES: usize = 65_536;
+    /// `data.prefetch_batches` (each a whole local batch held in memory).
+    pub const PREFETCH_BATCHES: usize = 1024;
+    /// `train.global_batch_size`.
+    pub const GLOBAL_BATCH_SIZE: usize = 1 << 24;
+    /// `train.epochs`.
+    pub const EPOCHS: usize = 1_000_000;
+    /// `train.threads` (libtorch takes an i32 and starts every thread at once).
+    pub const THREADS: usize = 1024;
 }
 
 /// Where the values come from: the device to train on.
@@ -101,6 +140,41 @@ impl<'de> Deserialize<'de> for AttentionPower {
     }
 }
 
+/// A u64 seed in TOML: an integer up to 2⁶³ − 1, a decimal string for any u64. Written as an
+/// integer when it fits, so ordinary configurations read as before.
+mod seed_format {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(seed: &u64, s: S) -> Result<S::Ok, S::Error> {
+        match i64::try_from(*seed) {
+            Ok(small) => s.serialize_i64(small),
+            Err(_) => s.serialize_str(&seed.to_string()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        struct Seed;
+        impl de::Visitor<'_> for Seed {
+            type Value = u64;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "an integer from 0 to 18446744073709551615 (from 2^63 on, as a string: \"18446744073709551615\")",
+                )
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+                u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+                v.trim().parse().map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(Seed)
+    }
+}
+
 /// `[data]`: the prepared dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,11 +187,21 @@ pub struct DataConfig {
     pub drop_remainder: bool,
     /// Batches the loader prepares ahead of the trainer.
     pub prefetch_batches: usize,
+    /// Share of the training archive held out for validation (mid-run evaluations, the best
+    /// checkpoint): whole users with the `dien` protocol, single samples with `din`. 0 holds out
+    /// nothing and turns mid-run evaluations off; the test set is only ever scored at the end.
+    pub valid_share: f64,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("data/quickstart"), max_hist_len: 20, drop_remainder: true, prefetch_batches: 4 }
+        Self {
+            dir: PathBuf::from("data/quickstart"),
+            max_hist_len: 20,
+            drop_remainder: true,
+            prefetch_batches: 4,
+            valid_share: 0.1,
+        }
     }
 }
 
@@ -138,7 +222,10 @@ pub struct ModelConfig {
     pub dien_aux_hidden: Vec<usize>,
     /// Weight α of DIEN's auxiliary loss.
     pub dien_aux_alpha: f64,
-    /// Buckets of Wide&Deep's hashed cross-product features.
+    /// Add hashed cross-product features (target × history categories) to Wide&Deep's wide part,
+    /// which is otherwise DIEN's reference: a linear layer over `[e_t, Σ hist, e_t ⊙ Σ hist]`.
+    pub wide_crosses: bool,
+    /// Buckets of Wide&Deep's hashed cross-product features (with `wide_crosses`).
     pub wide_buckets: usize,
 }
 
@@ -152,6 +239,7 @@ impl Default for ModelConfig {
             gru_hidden: 36,
             dien_aux_hidden: vec![100, 50],
             dien_aux_alpha: 1.0,
+            wide_crosses: false,
             wide_buckets: 1 << 18,
         }
     }
@@ -206,6 +294,9 @@ pub struct TrainConfig {
     pub adam_beta2: f64,
     pub adam_eps: f64,
     pub embedding_optimizer: EmbeddingOptimizer,
+    /// Any u64. TOML integers stop at 2⁶³ − 1, so larger seeds are written as decimal strings
+    /// (`seed = "18446744073709551615"`); `--set train.seed=18446744073709551615` works as is.
+    #[serde(with = "seed_format")]
     pub seed: u64,
     /// Evaluate every N steps (0: only at the end of each epoch).
     pub eval_every_steps: u64,
@@ -308,15 +399,20 @@ pub struct Override {
 
 impl Override {
     /// Parse `section.key=value`; the value is read as a TOML value, and a bare word that is not
-    /// valid TOML is taken as a string (`--set device=cuda`).
+    /// valid TOML is taken as a string (`--set device=cuda`, `--set train.seed=18446744073709551615`).
+    /// A value may not span lines: TOML would read the extra lines as further keys, which would
+    /// otherwise be dropped without a word.
     pub fn parse(arg: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::BadOverride { arg: arg.to_string() };
-        let (key, raw) = arg.split_once('=').ok_or_else(bad)?;
+        let bad = |why: &str| ConfigError::BadOverride { arg: arg.to_string(), why: why.to_string() };
+        let (key, raw) = arg.split_once('=').ok_or_else(|| bad("expected `section.key=value`"))?;
         let key = key.trim();
         if key.is_empty() || key.split('.').any(|part| part.trim().is_empty()) {
-            return Err(bad());
+            return Err(bad("expected `section.key=value`"));
         }
         let raw = raw.trim();
+        if raw.contains(['\n', '\r']) {
+            return Err(bad("the value spans several lines; give each key its own --set"));
+        }
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
@@ -324,6 +420,9 @@ impl Override {
         Ok(Self { arg: arg.to_string(), key: key.to_string(), value })
     }
 
+    /// Set the key in `root`. An inline table given for a section (`--set train={lr=1}`) is
+    /// merged into it key by key, as if each key had been set on its own, instead of replacing
+    /// the section and with it every key the file set there.
     fn apply(&self, root: &mut toml::Table) -> Result<(), ConfigError> {
         let parts: Vec<&str> = self.key.split('.').map(str::trim).collect();
         let (last, sections) = parts.split_last().expect("a key has at least one part");
@@ -336,28 +435,68 @@ impl Override {
                 message: "is a value, not a section".into(),
             })?;
         }
-        table.insert(last.to_string(), self.value.clone());
+        match (table.get_mut(*last), &self.value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(given)) => merge(existing, given),
+            _ => {
+                table.insert(last.to_string(), self.value.clone());
+            }
+        }
         Ok(())
     }
+}
+
+/// Merge `given` into `into`: nested tables key by key, anything else replaced.
+fn merge(into: &mut toml::Table, given: &toml::Table) {
+    for (key, value) in given {
+        match (into.get_mut(key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(nested)) => merge(existing, nested),
+            _ => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Parse TOML text into a table; a syntax error names `origin` and the line.
+fn parse_table(text: &str, origin: &Path) -> Result<toml::Table, ConfigError> {
+    toml::from_str::<toml::Table>(text).map_err(|e| {
+        let mut message = e.to_string().trim().to_string();
+        if message.contains("number too large to fit in target type") {
+            // The only integers past i64 a user writes are seeds.
+            message.push_str("\n(TOML integers stop at 9223372036854775807; write a larger seed as a string)");
+        }
+        ConfigError::Syntax { path: origin.into(), message }
+    })
 }
 
 impl Config {
     /// Read `path` (or start from the defaults when `None`), apply `overrides` in order, and
     /// validate.
     pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
-        let mut table = match path {
+        let table = match path {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                toml::from_str::<toml::Table>(&text)
-                    .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string().trim().to_string() })?
+                parse_table(&text, path)?
             }
             None => toml::Table::new(),
         };
+        let file_origin = path.map_or_else(|| "default configuration".to_string(), |p| p.display().to_string());
+        Self::resolve(table, &file_origin, overrides)
+    }
+
+    /// Parse and validate configuration text that did not come from a file of its own (the
+    /// resolved config saved in a checkpoint's `state.json`); errors name `origin`.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        Self::resolve(parse_table(text, origin)?, &origin.display().to_string(), &[])
+    }
+
+    /// Apply `overrides` to `table`, deserialise and validate; `file_origin` names where the
+    /// table came from.
+    fn resolve(mut table: toml::Table, file_origin: &str, overrides: &[Override]) -> Result<Self, ConfigError> {
         for o in overrides {
             o.apply(&mut table)?;
         }
-        let file_origin = path.map_or_else(|| "default configuration".to_string(), |p| p.display().to_string());
         // The origin of a key is the last `--set` that touched it, else the file.
         let origin_of = |key: &str| {
             overrides
@@ -366,7 +505,7 @@ impl Config {
                 .find(|o| {
                     key == o.key || key.starts_with(&format!("{}.", o.key)) || o.key.starts_with(&format!("{key}."))
                 })
-                .map_or_else(|| file_origin.clone(), |o| format!("--set {}", o.arg))
+                .map_or_else(|| file_origin.to_string(), |o| format!("--set {}", o.arg))
         };
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             // The path includes the offending key, unknown ones too.
@@ -391,36 +530,77 @@ impl Config {
                 Err((key, why.to_string()))
             }
         }
+        /// A count from 1 to `max`.
+        fn count(value: usize, max: usize, key: &'static str) -> Result<(), (&'static str, String)> {
+            check(value > 0, key, "must be at least 1")?;
+            check(value <= max, key, format!("must be at most {max} (see config::limits), got {value}"))
+        }
+        /// Positive and finite once cast to f32, as the optimizer computes.
+        fn positive_f32(value: f64, key: &'static str) -> Result<(), (&'static str, String)> {
+            let single = value as f32;
+            check(single > 0.0 && single.is_finite(), key, format!("must be > 0 and finite in f32, got {value}"))
+        }
+        use limits::*;
         let (d, m, x, t, c) = (&self.data, &self.model, &self.micn, &self.train, &self.checkpoint);
         check(d.max_hist_len > 0, "data.max_hist_len", "must be at least 1")?;
-        check(d.prefetch_batches > 0, "data.prefetch_batches", "must be at least 1")?;
-        check(m.embedding_dim > 0, "model.embedding_dim", "must be at least 1")?;
-        check(m.gru_hidden > 0, "model.gru_hidden", "must be at least 1")?;
+        count(d.prefetch_batches, PREFETCH_BATCHES, "data.prefetch_batches")?;
+        let share = d.valid_share;
+        check((0.0..1.0).contains(&share), "data.valid_share", format!("must lie in [0, 1), got {share}"))?;
+        count(m.embedding_dim, EMBEDDING_DIM, "model.embedding_dim")?;
+        count(m.gru_hidden, GRU_HIDDEN, "model.gru_hidden")?;
+        // Widest input any MLP sees: DIN's head takes the user and four item vectors of up to
+        // 4·dim each (e_orig ⊕ e_aux of item and category), DIEN's head adds the GRU state, and
+        // DIEN's attention MLP takes four GRU states.
+        let (dim, hidden) = (m.embedding_dim as u128, m.gru_hidden as u128);
+        let widest_input = (17 * dim + hidden).max(4 * hidden);
         for (key, widths) in [
             ("model.head_hidden", &m.head_hidden),
             ("model.attention_hidden", &m.attention_hidden),
             ("model.dien_aux_hidden", &m.dien_aux_hidden),
         ] {
             check(widths.iter().all(|&w| w > 0), key, "every width must be at least 1")?;
+            check(widths.len() <= LAYERS, key, format!("at most {LAYERS} layers (see config::limits)"))?;
+            if let Some(&w) = widths.iter().find(|&&w| w > LAYER_WIDTH) {
+                return Err((key, format!("every width must be at most {LAYER_WIDTH} (see config::limits), got {w}")));
+            }
+            let inputs = std::iter::once(widest_input).chain(widths.iter().map(|&w| w as u128));
+            let largest = inputs.zip(widths.iter().map(|&w| w as u128)).map(|(a, b)| a * b).max().unwrap_or(0);
+            check(
+                largest <= TENSOR_ELEMENTS,
+                key,
+                format!("a layer would hold {largest} weights, more than {TENSOR_ELEMENTS} (see config::limits)"),
+            )?;
         }
+        // The GRU's input-to-hidden and hidden-to-hidden weights: 3·h × (4·dim + h).
+        let gru = 3 * hidden * (4 * dim + hidden);
+        check(
+            gru <= TENSOR_ELEMENTS,
+            "model.gru_hidden",
+            format!("the GRU would hold {gru} weights, more than {TENSOR_ELEMENTS} (see config::limits)"),
+        )?;
         check(m.dien_aux_alpha >= 0.0 && m.dien_aux_alpha.is_finite(), "model.dien_aux_alpha", "must be ≥ 0")?;
-        check(m.wide_buckets > 0, "model.wide_buckets", "must be at least 1")?;
+        count(m.wide_buckets, WIDE_BUCKETS, "model.wide_buckets")?;
         check(x.lambda >= 0.0 && x.lambda.is_finite(), "micn.lambda", format!("must be ≥ 0, got {}", x.lambda))?;
         check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", x.phi))?;
-        check(x.k_max > 0, "micn.k_max", "must be at least 1")?;
-        check(x.routing_iters > 0, "micn.routing_iters", "must be at least 1")?;
+        count(x.k_max, K_MAX, "micn.k_max")?;
+        count(x.routing_iters, ROUTING_ITERS, "micn.routing_iters")?;
         if let AttentionPower::Soft(p) = x.pow_p {
             check(p >= 0.0 && p.is_finite(), "micn.pow_p", format!("must be ≥ 0 or \"inf\", got {p}"))?;
         }
-        check(x.num_negatives > 0, "micn.num_negatives", "must be at least 1")?;
-        check(t.epochs > 0, "train.epochs", "must be at least 1")?;
+        count(x.num_negatives, NUM_NEGATIVES, "micn.num_negatives")?;
+        count(t.epochs, EPOCHS, "train.epochs")?;
         check(t.max_steps != Some(0), "train.max_steps", "must be at least 1 (leave it out for no limit)")?;
-        check(t.global_batch_size > 0, "train.global_batch_size", "must be at least 1")?;
-        check(t.lr > 0.0 && t.lr.is_finite(), "train.lr", format!("must be > 0, got {}", t.lr))?;
+        count(t.global_batch_size, GLOBAL_BATCH_SIZE, "train.global_batch_size")?;
+        positive_f32(t.lr, "train.lr")?;
         check((0.0..1.0).contains(&t.adam_beta1), "train.adam_beta1", "must lie in [0, 1)")?;
         check((0.0..1.0).contains(&t.adam_beta2), "train.adam_beta2", "must lie in [0, 1)")?;
-        check(t.adam_eps > 0.0, "train.adam_eps", "must be > 0")?;
+        positive_f32(t.adam_eps, "train.adam_eps")?;
         check(t.log_every_steps > 0, "train.log_every_steps", "must be at least 1")?;
+        check(
+            t.threads <= THREADS,
+            "train.threads",
+            format!("must be at most {THREADS} (0: libtorch's default; see config::limits), got {}", t.threads),
+        )?;
         check(c.every_minutes >= 0.0 && c.every_minutes.is_finite(), "checkpoint.every_minutes", "must be ≥ 0")?;
         check(c.keep_last > 0, "checkpoint.keep_last", "must be at least 1")?;
         Ok(())
@@ -545,6 +725,162 @@ mod tests {
         let sets = [Override::parse("device.kind=1").unwrap()];
         let (_, key, message) = key_error(Config::load(Some(&write("device = \"cpu\"\n").1), &sets).unwrap_err());
         assert_eq!((key.as_str(), message.as_str()), ("device", "is a value, not a section"));
+    }
+
+    #[test]
+    fn an_infinite_or_f32_overflowing_adam_eps_is_refused() {
+        // Issue 13 item 9: `adam_eps = inf` was accepted.
+        let (_d, path) = write("[train]\nadam_eps = inf\n");
+        let (origin, key, message) = key_error(Config::load(Some(&path), &[]).unwrap_err());
+        assert_eq!((origin.as_str(), key.as_str()), (path.to_str().unwrap(), "train.adam_eps"));
+        assert!(message.contains("finite"), "{message}");
+        // 1e39 is finite in f64 but infinite once the optimizer casts it to f32 (max ≈ 3.4e38).
+        let sets = [Override::parse("train.adam_eps=1e39").unwrap()];
+        assert_eq!(key_error(Config::load(None, &sets).unwrap_err()).1, "train.adam_eps");
+        let sets = [Override::parse("train.lr=nan").unwrap()];
+        assert_eq!(key_error(Config::load(None, &sets).unwrap_err()).1, "train.lr");
+    }
+
+    #[test]
+    fn a_validation_share_outside_zero_to_one_is_refused() {
+        for arg in ["data.valid_share=1.0", "data.valid_share=-0.1", "data.valid_share=nan"] {
+            let (_, key, message) = key_error(Config::load(None, &[Override::parse(arg).unwrap()]).unwrap_err());
+            assert_eq!(key, "data.valid_share", "{arg}");
+            assert!(message.contains("[0, 1)"), "{message}");
+        }
+    }
+
+    #[test]
+    fn thread_counts_past_the_limit_are_refused_instead_of_wrapping() {
+        // 100000 threads hung libtorch; 2^32 + 1 wrapped to 1 through `as i32`.
+        for threads in [100_000u64, (1 << 32) + 1] {
+            let arg = format!("train.threads={threads}");
+            let sets = [Override::parse(&arg).unwrap()];
+            let (origin, key, message) = key_error(Config::load(None, &sets).unwrap_err());
+            assert_eq!((origin, key.as_str()), (format!("--set {arg}"), "train.threads"));
+            assert!(message.contains("at most 1024"), "{message}");
+        }
+        let sets = [Override::parse("train.threads=1024").unwrap()];
+        assert_eq!(Config::load(None, &sets).unwrap().train.threads, limits::THREADS);
+    }
+
+    #[test]
+    fn sizes_past_their_limit_are_refused_with_the_key_named() {
+        // Each of these aborted or panicked inside libtorch or the allocator (issue 13 item 9).
+        let cases = [
+            ("model.embedding_dim=1000000000", "model.embedding_dim"),
+            ("model.wide_buckets=1099511627776", "model.wide_buckets"),
+            ("micn.num_negatives=100000000", "micn.num_negatives"),
+            ("micn.k_max=63", "micn.k_max"),
+            ("micn.routing_iters=1000000000", "micn.routing_iters"),
+            ("model.head_hidden=[200, 1000000000]", "model.head_hidden"),
+            ("model.attention_hidden=[80, 1000000]", "model.attention_hidden"),
+            ("model.gru_hidden=1000000000", "model.gru_hidden"),
+            ("data.prefetch_batches=10000000000", "data.prefetch_batches"),
+            ("train.global_batch_size=1099511627776", "train.global_batch_size"),
+            ("train.epochs=10000000000000", "train.epochs"),
+        ];
+        for (arg, want) in cases {
+            let sets = [Override::parse(arg).unwrap()];
+            let (origin, key, message) = key_error(Config::load(None, &sets).unwrap_err());
+            assert_eq!((origin, key.as_str()), (format!("--set {arg}"), want));
+            assert!(message.contains("at most") && message.contains("config::limits"), "{arg}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_layer_too_large_in_total_is_refused_though_each_width_is_allowed() {
+        // 65536 × 65536 = 2^32 weights in the second layer, past limits::TENSOR_ELEMENTS = 2^31.
+        let sets = [Override::parse("model.head_hidden=[65536, 65536]").unwrap()];
+        let (_, key, message) = key_error(Config::load(None, &sets).unwrap_err());
+        assert_eq!(key, "model.head_hidden");
+        assert!(message.contains("4294967296 weights"), "{message}");
+        // The GRU's 3 · 8192 · (4 · 4096 + 8192) = 603979776 weights are allowed, but the widest
+        // MLP input, max(17 · 4096 + 8192, 4 · 8192) = 77824, times 65536 is 5100273664.
+        let sets: Vec<Override> = ["model.embedding_dim=4096", "model.gru_hidden=8192", "model.head_hidden=[65536]"]
+            .iter()
+            .map(|a| Override::parse(a).unwrap())
+            .collect();
+        let (_, key, message) = key_error(Config::load(None, &sets).unwrap_err());
+        assert_eq!(key, "model.head_hidden");
+        assert!(message.contains("5100273664 weights"), "{message}");
+        // Every limit on its own is accepted.
+        let at_limits = [
+            "model.embedding_dim=4096",
+            "model.gru_hidden=8192",
+            "model.wide_buckets=1073741824",
+            "micn.num_negatives=65536",
+            "micn.k_max=62",
+            "data.prefetch_batches=1024",
+        ];
+        for arg in at_limits {
+            Config::load(None, &[Override::parse(arg).unwrap()]).unwrap_or_else(|e| panic!("{arg}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_inline_table_for_a_section_merges_into_it() {
+        // `--set train={lr=1}` used to replace [train] and silently drop the file's epochs.
+        let (_d, path) = write("[train]\nepochs = 5\nlr = 0.01\n[micn]\nphi = 0.5\n");
+        let sets = [Override::parse("train={lr=0.5, seed=9}").unwrap(), Override::parse("micn={k_max=2}").unwrap()];
+        let c = Config::load(Some(&path), &sets).unwrap();
+        assert_eq!((c.train.epochs, c.train.lr, c.train.seed), (5, 0.5, 9));
+        assert_eq!((c.micn.phi, c.micn.k_max), (0.5, 2));
+        // A bad key inside the table is named in full, with the argument as its origin.
+        let sets = [Override::parse("train={lr=-1}").unwrap()];
+        let (origin, key, _) = key_error(Config::load(Some(&path), &sets).unwrap_err());
+        assert_eq!((origin.as_str(), key.as_str()), ("--set train={lr=-1}", "train.lr"));
+    }
+
+    #[test]
+    fn a_value_spanning_lines_is_refused() {
+        // The second line used to be parsed as another key of the scratch table and dropped.
+        let e = Override::parse("micn.phi=0.5\nlambda = 3").unwrap_err();
+        assert!(matches!(e, ConfigError::BadOverride { .. }), "{e}");
+        let message = e.to_string();
+        assert!(message.starts_with("--set micn.phi=0.5\\nlambda = 3:"), "{message}");
+        assert!(message.contains("spans several lines"), "{message}");
+        assert!(Override::parse("micn.phi=0.5\r\n").is_ok(), "trailing line ends are trimmed");
+    }
+
+    #[test]
+    fn every_u64_seed_can_be_given_and_round_trips() {
+        let sets = [Override::parse("train.seed=18446744073709551615").unwrap()];
+        let c = Config::load(None, &sets).unwrap();
+        assert_eq!(c.train.seed, u64::MAX);
+        // Written as a string (TOML integers stop at 2^63 − 1), read back equal.
+        let text = c.to_toml();
+        assert!(text.contains("seed = \"18446744073709551615\""), "{text}");
+        let (_d, path) = write(&text);
+        assert_eq!(Config::load(Some(&path), &[]).unwrap().train.seed, u64::MAX);
+        // Seeds below 2^63 stay plain integers.
+        assert!(Config::load(None, &[]).unwrap().to_toml().contains("seed = 1\n"));
+        let (_d, path) = write("[train]\nseed = \"9223372036854775808\"\n");
+        assert_eq!(Config::load(Some(&path), &[]).unwrap().train.seed, 1 << 63);
+    }
+
+    #[test]
+    fn a_seed_that_is_not_a_u64_names_the_key() {
+        for arg in ["train.seed=-1", "train.seed=1.5", "train.seed=18446744073709551616", "train.seed=abc"] {
+            let (origin, key, message) = key_error(Config::load(None, &[Override::parse(arg).unwrap()]).unwrap_err());
+            assert_eq!((origin, key.as_str()), (format!("--set {arg}"), "train.seed"));
+            assert!(message.contains("18446744073709551615"), "{arg}: {message}");
+        }
+        // An unquoted seed past i64 is a TOML syntax error; the message says how to write it.
+        let (_d, path) = write("[train]\nseed = 18446744073709551615\n");
+        let msg = Config::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("as a string"), "{msg}");
+    }
+
+    #[test]
+    fn config_text_from_elsewhere_is_validated_and_names_its_origin() {
+        let origin = Path::new("/runs/x/checkpoints/step-00000005/state.json");
+        let c = Config::from_toml(&Config::default().to_toml(), origin).unwrap();
+        assert_eq!(c, Config::default());
+        let (o, key, _) = key_error(Config::from_toml("[micn]\nphi = 2.0\n", origin).unwrap_err());
+        assert_eq!((o.as_str(), key.as_str()), (origin.to_str().unwrap(), "micn.phi"));
+        let msg = Config::from_toml("[micn\n", origin).unwrap_err().to_string();
+        assert!(msg.starts_with(origin.to_str().unwrap()) && msg.contains("line 1"), "{msg}");
     }
 
     #[test]

@@ -1,14 +1,24 @@
 //! `tracing` set-up, done once in `main`: readable lines (coloured on a terminal) or JSON lines,
-//! on standard error, each carrying the rank. `RUST_LOG` filters as usual (default `info`).
+//! on standard error, each carrying the rank; and, once a run's directory is known, the same lines
+//! at info level and above in the rank's own file (`run.dir/logs/rank-N.log`, [`also_to_file`]),
+//! whatever reaches the terminal. `RUST_LOG` filters standard error as usual; without it the level
+//! is `info`, or `warn` for ranks other than 0 when [`QUIET_RANKS_ENV`] is `1` (as `micn-launch`
+//! sets it: one rank's progress on the terminal, every rank's in its file).
 use std::fmt;
-use std::io::IsTerminal;
+use std::fs::File;
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{DefaultFields, Writer};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::{Filter, Layer, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Registry};
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,20 +27,97 @@ pub enum LogFormat {
     Json,
 }
 
+/// Environment variable: `1` puts only warnings and errors of ranks other than 0 on standard
+/// error (unless `RUST_LOG` says otherwise). Set by `micn-launch` unless `--all-ranks`.
+pub const QUIET_RANKS_ENV: &str = "MICN_QUIET_RANKS";
+
+/// The log file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot open the log file", path.display())]
+pub struct LogFileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
 /// Install the global subscriber. Call once, after the rank is known.
 pub fn init(format: LogFormat, rank: usize) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => {
-            let ansi = std::io::stderr().is_terminal();
-            let inner = tracing_subscriber::fmt::format().with_ansi(ansi).with_target(false);
-            builder.with_ansi(ansi).event_format(RankPrefixed { rank, inner }).try_init()
-        }
-        LogFormat::Json => builder.fmt_fields(DefaultFields::new()).event_format(JsonLine { rank }).try_init(),
-    };
+    let quiet = std::env::var(QUIET_RANKS_ENV).is_ok_and(|v| v == "1");
+    let terminal_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level(rank, quiet)));
+    let ansi = std::io::stderr().is_terminal();
+    let layers = vec![
+        lines(format, rank, ansi, std::io::stderr, terminal_filter),
+        lines(format, rank, false, || RankFile, LevelFilter::INFO),
+    ];
     // A second call (tests) keeps the first subscriber.
-    drop(result);
+    drop(tracing_subscriber::registry().with(layers).try_init());
+}
+
+/// From now on also append every log line at info level and above to `path` (created with its
+/// directory if missing; a resumed run goes on in the same file).
+pub fn also_to_file(path: &Path) -> Result<(), LogFileError> {
+    let error = |source| LogFileError { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(error)?;
+    }
+    let file = File::options().create(true).append(true).open(path).map_err(error)?;
+    *RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
+    Ok(())
+}
+
+/// Standard error's level without `RUST_LOG`.
+fn default_level(rank: usize, quiet_ranks: bool) -> &'static str {
+    if quiet_ranks && rank != 0 {
+        "warn"
+    } else {
+        "info"
+    }
+}
+
+/// Log lines in `format`, written to `writer`, of the events `filter` lets through.
+fn lines<W, F>(
+    format: LogFormat,
+    rank: usize,
+    ansi: bool,
+    writer: W,
+    filter: F,
+) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    F: Filter<Registry> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer);
+    match format {
+        LogFormat::Text => {
+            let inner = tracing_subscriber::fmt::format().with_ansi(ansi).with_target(false);
+            layer.event_format(RankPrefixed { rank, inner }).with_filter(filter).boxed()
+        }
+        LogFormat::Json => layer.event_format(JsonLine { rank }).with_filter(filter).boxed(),
+    }
+}
+
+/// The file [`also_to_file`] opened; until then the file's lines go nowhere.
+static RANK_FILE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Writes to [`RANK_FILE`]; each log line arrives in one `write_all`, so it lands whole.
+struct RankFile;
+
+impl io::Write for RankFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            Some(file) => io::Write::write_all(file, buf),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The default text format with `[rank N]` in front.
@@ -97,5 +184,17 @@ impl Visit for FieldMap {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0.insert(field.name().into(), serde_json::json!(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_ranks_leave_rank_0_at_info() {
+        assert_eq!(default_level(0, true), "info");
+        assert_eq!(default_level(1, true), "warn");
+        assert_eq!(default_level(1, false), "info");
     }
 }

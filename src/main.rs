@@ -49,8 +49,12 @@ enum Command {
         sets: Vec<String>,
         /// Continue from a checkpoint: `auto` (the newest valid one under run.dir/checkpoints,
         /// or a fresh start when there is none) or a checkpoint directory.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "overwrite")]
         resume: Option<String>,
+        /// Start afresh in a run directory that already holds a run, deleting that run
+        /// (without it, such a directory is refused).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Score a test set with a saved model: the end of a run, or a checkpoint.
     Eval {
@@ -63,6 +67,9 @@ enum Command {
         /// Dataset directory (default: the run's data.dir).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// The test set, or the validation split the run held out (the scores checkpoints record).
+        #[arg(long, value_enum, default_value_t = micn::train::trainer::Split::Test)]
+        split: micn::train::trainer::Split,
         #[arg(long)]
         json: bool,
     },
@@ -260,8 +267,9 @@ struct PrepareArgs {
     /// Reviews file (JSON lines, gzip or plain).
     #[arg(long, required_unless_present = "dien_dir")]
     reviews: Option<PathBuf>,
-    /// Meta file (2014: Python literals; 2018: JSON; gzip or plain).
-    #[arg(long, required_unless_present = "dien_dir")]
+    /// Meta file (2014: Python literals; 2018: JSON; gzip or plain). Optional: without it every
+    /// item is in `default_cat` (no category signal).
+    #[arg(long)]
     meta: Option<PathBuf>,
     /// Directory with DIEN's local_train_splitByUser, local_test_splitByUser, ... files.
     #[arg(long)]
@@ -282,12 +290,22 @@ struct PrepareArgs {
     out: PathBuf,
 }
 
+/// Exit status of a failure that running again cannot fix (a bad configuration, argument or
+/// input file): `micn-launch --max-restarts` does not retry it. Other failures exit with 1.
+const EXIT_INPUT_ERROR: u8 = 3;
+
 fn main() -> ExitCode {
+    // Default SIGPIPE: `micn data stats DIR | head` ends quietly when `head` closes the pipe,
+    // instead of panicking in `println!`.
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let (comm, mpi_versions) = match start_comm(cli.comm) {
         Ok(started) => started,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report_error(&e, None);
             return ExitCode::FAILURE;
         }
     };
@@ -295,16 +313,63 @@ fn main() -> ExitCode {
     match run(cli.command, comm.as_ref(), mpi_versions) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if comm.size() > 1 {
-                eprintln!("error: rank {}: {e:#}", comm.rank());
-            } else {
-                eprintln!("error: {e:#}");
-            }
+            report_error(&e, (comm.size() > 1).then(|| comm.rank()));
+            let code = if is_input_error(&e) { EXIT_INPUT_ERROR } else { 1 };
             // Peers may wait in a collective for this rank: stop the whole job.
-            comm.abort(1);
-            ExitCode::FAILURE
+            comm.abort(i32::from(code));
+            ExitCode::from(code)
         }
     }
+}
+
+/// A command line that cannot work (a missing or out-of-range argument).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+/// Fail with a [`UsageError`] unless `cond` holds.
+macro_rules! ensure_usage {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(UsageError(format!($($fmt)+)).into());
+        }
+    };
+}
+
+/// Print `error: [rank N: ]message` as one line, written at once (under mpirun another rank's
+/// output cannot land inside it). Each cause is added once: a message that already quotes its
+/// source (`{path}: {source}`) does not repeat it.
+fn report_error(e: &anyhow::Error, rank: Option<usize>) {
+    use std::io::Write as _;
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    let line = match rank {
+        Some(rank) => format!("error: rank {rank}: {}\n", message.replace('\n', " ")),
+        None => format!("error: {}\n", message.replace('\n', " ")),
+    };
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Whether running the same command again would fail the same way: a bad configuration, a bad
+/// argument, a dataset or checkpoint that does not fit the configuration.
+fn is_input_error(e: &anyhow::Error) -> bool {
+    use micn::train::trainer::TrainError;
+    e.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || cause.is::<micn::config::ConfigError>()
+            || cause.is::<micn::data::DataError>()
+            || cause.is::<micn::model::ModelError>()
+            || cause.downcast_ref::<TrainError>().is_some_and(TrainError::is_input_error)
+    })
 }
 
 /// The communicator with, for MPI, the library's version strings.
@@ -376,7 +441,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         }
         Command::Sweep { file, configs, grid, sets, repeats, np, launch_args, out, dry_run } => {
             use micn::experiment::sweep::{self, SweepSpec};
-            anyhow::ensure!(
+            ensure_usage!(
                 comm.size() == 1,
                 "micn sweep starts its own jobs: run it as one process, not under mpirun"
             );
@@ -417,11 +482,15 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             }
             println!("{} runs; report: {}", written.runs, written.markdown.display());
         }
-        Command::Train { config, sets, resume } => {
+        Command::Train { config, sets, resume, overwrite } => {
             use micn::train::trainer::Resume;
             let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let cfg = micn::config::Config::load(Some(&config), &overrides)?;
+            if !cfg.run.dir.as_os_str().is_empty() {
+                logging::also_to_file(&cfg.run.dir.join("logs").join(format!("rank-{}.log", comm.rank())))?;
+            }
             let resume = match resume.as_deref() {
+                None if overwrite => Resume::Overwrite,
                 None => Resume::Fresh,
                 Some("auto") => Resume::Auto,
                 Some(path) => Resume::Path(PathBuf::from(path)),
@@ -439,6 +508,17 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                     summary.seconds,
                     summary.oracle_auc.map(|o| format!("; oracle AUC {o:.4}")).unwrap_or_default()
                 );
+                if let Some(best) = &summary.selected {
+                    println!(
+                        "selected by validation AUC {:.4}: step {} ({}), test AUC {:.4}  GAUC {:.4}  log-loss {:.4}",
+                        best.valid_auc,
+                        best.step,
+                        best.checkpoint,
+                        best.test_auc,
+                        best.test_gauc,
+                        best.test_logloss
+                    );
+                }
                 println!("run directory {}", cfg.run.dir.display());
                 if summary.stopped_by_signal {
                     println!(
@@ -448,16 +528,20 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 }
             }
         }
-        Command::Eval { run, checkpoint, data, json } => {
-            let dir = run.or(checkpoint).context("give --run DIR or --checkpoint DIR")?;
-            let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), comm)?;
+        Command::Eval { run, checkpoint, data, split, json } => {
+            let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
+            let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), split, comm)?;
             if comm.rank() == 0 {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&result)?);
                 } else {
                     println!(
-                        "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
-                        result.auc, result.gauc, result.logloss, result.samples
+                        "{} AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
+                        if split == micn::train::trainer::Split::Test { "test" } else { "validation" },
+                        result.auc,
+                        result.gauc,
+                        result.logloss,
+                        result.samples
                     );
                 }
             }
@@ -527,7 +611,7 @@ fn synth(a: SynthArgs) -> anyhow::Result<()> {
     }
     set!(users, items, categories, clusters, interests, min_history, mean_history, noise, stay, category_signal);
     for (name, p) in [("--noise", cfg.noise), ("--stay", cfg.stay), ("--category-signal", cfg.category_signal)] {
-        anyhow::ensure!((0.0..=1.0).contains(&p), "{name} must lie in [0, 1], got {p}");
+        ensure_usage!((0.0..=1.0).contains(&p), "{name} must lie in [0, 1], got {p}");
     }
     let started = std::time::Instant::now();
     let summary = micn::data::synth::generate(&cfg, &a.out)?;
@@ -552,11 +636,11 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         InputFormat::Amazon2014 | InputFormat::Amazon2018 => {
             let release =
                 if a.input_format == InputFormat::Amazon2014 { Release::Amazon2014 } else { Release::Amazon2018 };
-            anyhow::ensure!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
+            ensure_usage!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
             let job = prepare::AmazonJob {
                 release,
-                reviews: a.reviews.context("--reviews FILE is required")?,
-                meta: a.meta.context("--meta FILE is required")?,
+                reviews: a.reviews.ok_or_else(|| UsageError("--reviews FILE is required".into()))?,
+                meta: a.meta,
                 protocol: a.protocol,
                 max_hist_len: a.max_hist_len,
                 seed: a.seed,
@@ -566,7 +650,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
             prepare::prepare_amazon(&job, &a.out)?
         }
         InputFormat::Dien => {
-            let dir = a.dien_dir.context("--input-format dien needs --dien-dir DIR")?;
+            let dir = a.dien_dir.ok_or_else(|| UsageError("--input-format dien needs --dien-dir DIR".into()))?;
             micn::data::dien_files::prepare(&dir, strictness, &a.out)?
         }
     };
@@ -583,6 +667,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         "speed    {:.2} s in all; reviews read at {:.0} MB/s, {:.0} reviews/s",
         report.seconds, report.review_mb_per_s, report.reviews_per_s
     );
+    println!("categories: {}", report.meta.categories);
     if let Some(auc) = report.meta.oracle_auc {
         println!("oracle   test AUC {auc:.4} (the generator's own scores: a ceiling for any model)");
     }

@@ -18,6 +18,7 @@ pub mod stream {
     pub const ROUTING: u64 = 6;
     pub const MICN_NEGATIVES: u64 = 7;
     pub const INIT: u64 = 8;
+    pub const VALIDATION: u64 = 9;
 }
 
 /// SplitMix64's output function (Steele, Lea & Flood, OOPSLA 2014): a bijection on `u64` with

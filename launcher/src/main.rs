@@ -1,12 +1,23 @@
 //! `micn-launch`: builds the `mpirun` command for a micn job, starts it, streams every rank's
-//! output with a `[rank N]` prefix, forwards Ctrl-C / SIGTERM to the job, and exits with the
-//! job's status after a one-line summary. With `--max-restarts N` a job that dies (a rank
-//! killed, a non-zero exit) or stalls (no output for `--stall-timeout` seconds) is relaunched with
-//! `--resume auto`, after a doubling back-off. It never links libtorch, so it starts on any node
-//! that has `mpirun`.
+//! output (each line whole, under its own rank), turns Ctrl-C, SIGTERM and a closed terminal into
+//! one graceful stop of the job, and exits with the job's status after a one-line summary. With
+//! `--max-restarts N` a job that dies (a rank killed, a non-zero exit) or stalls (no output for
+//! `--stall-timeout` seconds) is relaunched with `--resume auto`, after a doubling back-off; a job
+//! that exits with status 3 (micn's "running again cannot fix this": a configuration, argument or
+//! input error) is not. It never links libtorch, so it starts on any node that has `mpirun`.
 //!
 //! `micn-launch --np 2 --config configs/quickstart.toml` runs `micn train --config ...` on two
 //! ranks; anything after `--` replaces the micn arguments (`micn-launch --np 2 -- doctor`).
+//!
+//! Signals: mpirun runs in a session of its own, so the terminal's Ctrl-C and hang-up reach only
+//! the launcher. mpirun itself treats SIGINT, SIGTERM and SIGHUP as "kill the job" (SIGTERM to
+//! every rank, SIGKILL one second later, the ranks' last output dropped), which leaves no time to
+//! checkpoint; it passes SIGUSR1 on to every rank on every host and lets the job end by itself.
+//! So the first stop signal becomes one SIGUSR1 to mpirun, which micn treats like SIGTERM (the
+//! ranks agree on a stop, checkpoint, write `summary.json` and exit 0). A second Ctrl-C or
+//! SIGTERM stops the job at once (SIGTERM to mpirun), a third kills mpirun.
+mod output;
+
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,6 +27,17 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use output::{Printer, Reassembler, Stream};
+
+/// micn's exit status (and MPI_Abort code, which mpirun exits with) for a failure that running
+/// again cannot fix: a bad configuration, argument or input. Such a job is not restarted.
+const EXIT_INPUT_ERROR: i32 = 3;
+
+/// Read by micn's logging set-up: ranks other than 0 print only warnings and errors on standard
+/// error (every rank's whole log is in `run.dir/logs/rank-N.log`).
+const QUIET_RANKS_ENV: &str = "MICN_QUIET_RANKS";
 
 #[derive(Parser, Debug)]
 #[command(name = "micn-launch", version, about = "Run micn on N ranks under mpirun")]
@@ -55,6 +77,14 @@ struct Args {
     /// Seconds before the first restart; doubled for each further one.
     #[arg(long, default_value_t = 2)]
     restart_backoff: u64,
+    /// Log lines as text or as JSON objects (passed on to micn; the launcher's own messages, and
+    /// rank lines that are not JSON, become JSON objects too).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Show every rank's progress and evaluations on the terminal, not only rank 0's (the other
+    /// ranks print warnings and errors; their whole logs are in run.dir/logs/rank-N.log).
+    #[arg(long)]
+    all_ranks: bool,
     /// Training configuration (runs `micn train --config F`).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -64,6 +94,12 @@ struct Args {
     /// micn arguments instead of `train --config F --set ...`.
     #[arg(last = true)]
     micn_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn cores() -> usize {
@@ -105,7 +141,7 @@ fn build_command(args: &Args) -> anyhow::Result<Vec<String>> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating micn-launch")?.with_file_name("micn"),
     };
-    let micn_args: Vec<String> = if !args.micn_args.is_empty() {
+    let mut micn_args: Vec<String> = if !args.micn_args.is_empty() {
         args.micn_args.clone()
     } else {
         let config = args.config.as_ref().context("give --config F (to train) or micn arguments after `--`")?;
@@ -115,6 +151,9 @@ fn build_command(args: &Args) -> anyhow::Result<Vec<String>> {
         }
         v
     };
+    if args.log_format == LogFormat::Json && !log_format_json(&micn_args) {
+        micn_args.splice(0..0, ["--log-format".to_string(), "json".to_string()]);
+    }
     let slots = match &args.hostfile {
         Some(h) => hostfile_slots(h)?,
         None => cores(),
@@ -145,6 +184,9 @@ fn build_command(args: &Args) -> anyhow::Result<Vec<String>> {
         cmd.extend(["--mca".into(), "mpi_yield_when_idle".into(), "1".into()]);
     }
     cmd.extend(["-x".into(), format!("OMP_NUM_THREADS={threads}")]);
+    if !args.all_ranks {
+        cmd.extend(["-x".into(), format!("{QUIET_RANKS_ENV}=1")]);
+    }
     if std::env::var_os("RUST_LOG").is_some() {
         cmd.extend(["-x".into(), "RUST_LOG".into()]);
     }
@@ -154,68 +196,240 @@ fn build_command(args: &Args) -> anyhow::Result<Vec<String>> {
     Ok(cmd)
 }
 
-/// `[1,3]<stdout>:text` (OpenMPI's --tag-output) becomes `[rank 3] text`.
-fn retag(line: &str) -> String {
-    let tagged = line.strip_prefix('[').and_then(|rest| {
-        let (ids, rest) = rest.split_once(']')?;
-        let rank = ids.split(',').nth(1)?;
-        let text = rest.strip_prefix("<stdout>:").or_else(|| rest.strip_prefix("<stderr>:"))?;
-        // micn's own log lines already carry the rank.
-        Some(if text.starts_with("[rank ") { text.to_string() } else { format!("[rank {rank}] {text}") })
-    });
-    tagged.unwrap_or_else(|| line.to_string())
+/// Whether micn's arguments ask for `--log-format json`.
+fn log_format_json(micn_args: &[String]) -> bool {
+    micn_args.iter().zip(micn_args.iter().skip(1)).any(|(a, b)| a == "--log-format" && b == "json")
+        || micn_args.iter().any(|a| a == "--log-format=json")
 }
 
-async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to_stderr: bool, last_line: Arc<Mutex<Instant>>) {
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        *last_line.lock().expect("timestamp lock") = Instant::now();
-        if to_stderr {
-            eprintln!("{}", retag(&line));
-        } else {
-            println!("{}", retag(&line));
+/// The command of a restart: the same, resuming from the newest checkpoint (`--resume auto`,
+/// also in place of a `--resume PATH` the first attempt started from).
+fn resume_auto(cmd: &mut Vec<String>) {
+    if let Some(i) = cmd.iter().position(|a| a == "--resume") {
+        if let Some(value) = cmd.get_mut(i + 1) {
+            *value = "auto".into();
+            return;
         }
+    }
+    cmd.retain(|a| !a.starts_with("--resume="));
+    cmd.extend(["--resume".to_string(), "auto".to_string()]);
+}
+
+/// Print what mpirun writes on one of its streams, each rank's line whole and under its rank.
+async fn stream(
+    reader: impl tokio::io::AsyncRead + Unpin,
+    to: Stream,
+    printer: Printer,
+    last_output: Arc<Mutex<Instant>>,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut lines = Reassembler::default();
+    let mut buf = Vec::new();
+    // Bytes, not `lines()`: a rank's invalid UTF-8 must not stop the draining (mpirun, and then
+    // the ranks, would block on a full pipe).
+    while let Ok(n) = reader.read_until(b'\n', &mut buf).await {
+        if n == 0 {
+            break;
+        }
+        *last_output.lock().expect("timestamp lock") = Instant::now();
+        let text = String::from_utf8_lossy(&buf);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        for line in lines.push(text) {
+            printer.line(to, &line);
+        }
+        buf.clear();
+    }
+    for line in lines.finish() {
+        printer.line(to, &line);
     }
 }
 
 /// How one attempt ended.
 enum Outcome {
     Finished(std::process::ExitStatus),
-    /// The user interrupted it (the signal was forwarded): never restarted.
+    /// The user asked for a stop (the job was told): never restarted.
     Interrupted(std::process::ExitStatus),
     /// No output for the stall timeout: stopped by us.
     Stalled,
 }
 
-async fn run_once(cmd: &[String], stall: Option<Duration>) -> anyhow::Result<Outcome> {
-    let mut child = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+/// How firmly the user has asked the job to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Request {
+    /// Every rank finishes its step, checkpoints, writes its summary and exits.
+    Graceful,
+    /// mpirun ends the job now (SIGTERM, then SIGKILL to every rank): no checkpoint.
+    Terminate,
+    /// mpirun itself is killed.
+    Kill,
+}
+
+/// The stop signals received so far. The first asks for a graceful stop; the second Ctrl-C or
+/// SIGTERM asks more firmly, the third more still. One signal of each kind is a single request:
+/// a Ctrl-C under `micn sweep` reaches the sweep and this launcher, and the sweep passes a
+/// SIGTERM on. A hang-up never escalates (a closing shell may send it more than once).
+#[derive(Debug, Default)]
+struct Stops {
+    interrupts: u32,
+    terminates: u32,
+    asked: Option<Request>,
+}
+
+impl Stops {
+    /// What a signal asks for beyond what was asked already.
+    fn on(&mut self, signal: i32) -> Option<Request> {
+        let count = match signal {
+            libc::SIGINT => {
+                self.interrupts += 1;
+                self.interrupts
+            }
+            libc::SIGTERM => {
+                self.terminates += 1;
+                self.terminates
+            }
+            _ => 1,
+        };
+        let wanted = match count {
+            1 => Request::Graceful,
+            2 => Request::Terminate,
+            _ => Request::Kill,
+        };
+        if self.asked.is_some_and(|asked| asked >= wanted) {
+            return None;
+        }
+        self.asked = Some(wanted);
+        Some(wanted)
+    }
+}
+
+/// The signals that stop the job: Ctrl-C, SIGTERM and a hang-up (a closed terminal).
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    /// Catch them from now on (their default action would end the launcher but not the job).
+    fn catch() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.hangup.recv() => libc::SIGHUP,
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "Ctrl-C (SIGINT)",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "hang-up (SIGHUP)",
+        _ => "a signal",
+    }
+}
+
+/// Ask the job to stop as firmly as `request` says.
+fn stop_job(pid: i32, request: Request, signal: i32, printer: Printer) {
+    let why = signal_name(signal);
+    let sent = match request {
+        // Before mpirun has set up its forwarding, SIGUSR1 would kill mpirun alone; the ranks
+        // have not started then, so there is nothing to checkpoint and SIGTERM does.
+        Request::Graceful if catches(pid, libc::SIGUSR1) => {
+            let firmer = match signal {
+                libc::SIGINT => " (Ctrl-C again stops it at once, without a checkpoint)",
+                libc::SIGTERM => " (a second SIGTERM stops it at once, without a checkpoint)",
+                _ => "",
+            };
+            printer.say(
+                "WARN",
+                &format!("{why}: stopping the job: every rank finishes its step, checkpoints and exits{firmer}"),
+            );
+            libc::SIGUSR1
+        }
+        Request::Graceful | Request::Terminate => {
+            printer.say("WARN", &format!("{why}: stopping the job at once, without a checkpoint"));
+            libc::SIGTERM
+        }
+        Request::Kill => {
+            printer.say("WARN", &format!("{why}: killing mpirun"));
+            libc::SIGKILL
+        }
+    };
+    // SAFETY: kill only sends a signal to our own child process.
+    unsafe {
+        libc::kill(pid, sent);
+    }
+}
+
+/// Whether process `pid` has a handler for `signal` (`SigCgt` in /proc/PID/status).
+fn catches(pid: i32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim);
+    mask.and_then(|m| u64::from_str_radix(m, 16).ok()).is_some_and(|m| m & (1 << (signal - 1)) != 0)
+}
+
+/// Run in mpirun before it starts: a session of its own (no controlling terminal, so neither
+/// Ctrl-C nor a hang-up reaches it or the ranks), and a SIGTERM should the launcher die.
+fn detach() -> std::io::Result<()> {
+    // SAFETY: setsid and prctl are async-signal-safe and touch only the calling process.
+    unsafe {
+        if libc::setsid() == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
+    Ok(())
+}
+
+async fn run_once(
+    cmd: &[String],
+    stall: Option<Duration>,
+    signals: &mut StopSignals,
+    stops: &mut Stops,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
+    let mut command = Command::new(&cmd[0]);
+    command.args(&cmd[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: `detach` calls only async-signal-safe functions.
+    unsafe {
+        command.pre_exec(detach);
+    }
+    let mut child = command
         .spawn()
         .with_context(|| format!("cannot start `{}`: is OpenMPI installed? (bash cluster/setup-node.sh)", cmd[0]))?;
     let pid = child.id().context("mpirun exited at once")? as i32;
-    let last_line = Arc::new(Mutex::new(Instant::now()));
-    let out = tokio::spawn(stream(child.stdout.take().expect("piped"), false, Arc::clone(&last_line)));
-    let err = tokio::spawn(stream(child.stderr.take().expect("piped"), true, Arc::clone(&last_line)));
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupted = false;
+    let last_output = Arc::new(Mutex::new(Instant::now()));
+    let out =
+        tokio::spawn(stream(child.stdout.take().expect("piped"), Stream::Stdout, printer, Arc::clone(&last_output)));
+    let err =
+        tokio::spawn(stream(child.stderr.take().expect("piped"), Stream::Stderr, printer, Arc::clone(&last_output)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {
                 let status = status?;
-                break if interrupted { Outcome::Interrupted(status) } else { Outcome::Finished(status) };
+                break if stops.asked.is_some() { Outcome::Interrupted(status) } else { Outcome::Finished(status) };
             }
-            _ = sigint.recv() => { interrupted = true; forward(pid, libc::SIGINT, "SIGINT") }
-            _ = sigterm.recv() => { interrupted = true; forward(pid, libc::SIGTERM, "SIGTERM") }
+            signal = signals.recv() => {
+                if let Some(request) = stops.on(signal) {
+                    stop_job(pid, request, signal, printer);
+                }
+            }
             _ = tick.tick() => {
-                let quiet = last_line.lock().expect("timestamp lock").elapsed();
-                if stall.is_some_and(|limit| quiet > limit) && !interrupted {
-                    eprintln!("micn-launch: no output for {:.0} s: the job is stalled; stopping it", quiet.as_secs_f64());
-                    forward(pid, libc::SIGTERM, "SIGTERM");
+                let quiet = last_output.lock().expect("timestamp lock").elapsed();
+                if stall.is_some_and(|limit| quiet > limit) && stops.asked.is_none() {
+                    printer.say("WARN", &format!("no output for {:.0} s: the job is stalled; stopping it", quiet.as_secs_f64()));
+                    // SAFETY: kill only sends a signal to our own child process.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
                     if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
@@ -235,46 +449,60 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
         println!("{}", cmd.join(" "));
         return Ok(0);
     }
+    let printer = Printer { json: log_format_json(&cmd) };
+    let mut signals = StopSignals::catch()?;
+    let mut stops = Stops::default();
     let started = Instant::now();
     let stall = args.stall_timeout.map(Duration::from_secs);
     let mut attempt = 0u32;
     loop {
-        let outcome = run_once(&cmd, stall).await?;
+        let outcome = run_once(&cmd, stall, &mut signals, &mut stops, printer).await?;
         let secs = started.elapsed().as_secs_f64();
-        let why = match outcome {
+        let (why, code) = match outcome {
             Outcome::Finished(status) if status.success() => {
-                eprintln!("micn-launch: {} rank(s) finished in {secs:.1} s", args.np);
+                printer.say("INFO", &format!("{} rank(s) finished in {secs:.1} s", args.np));
                 return Ok(0);
             }
             Outcome::Interrupted(status) => {
-                eprintln!("micn-launch: job stopped on request after {secs:.1} s ({status})");
+                printer.say("INFO", &format!("job stopped on request after {secs:.1} s ({status})"));
                 return Ok(status.code().unwrap_or(1));
             }
-            Outcome::Finished(status) => format!("failed ({status})"),
-            Outcome::Stalled => "stalled".to_string(),
+            Outcome::Finished(status) if status.code() == Some(EXIT_INPUT_ERROR) => {
+                printer.say(
+                    "ERROR",
+                    &format!(
+                        "job failed after {secs:.1} s ({status}): an error that running again cannot fix (a \
+                         configuration, an argument or the input); not restarting; see the rank messages above"
+                    ),
+                );
+                return Ok(EXIT_INPUT_ERROR);
+            }
+            Outcome::Finished(status) => (format!("failed ({status})"), status.code().unwrap_or(1)),
+            Outcome::Stalled => ("stalled".to_string(), 1),
         };
         if attempt >= args.max_restarts {
-            eprintln!("micn-launch: job {why} after {secs:.1} s; see the rank messages above");
-            return Ok(1);
+            printer.say("ERROR", &format!("job {why} after {secs:.1} s; see the rank messages above"));
+            return Ok(code);
         }
         attempt += 1;
         let wait = args.restart_backoff.saturating_mul(1 << (attempt - 1).min(16));
-        eprintln!(
-            "micn-launch: job {why}; restarting from the latest checkpoint in {wait} s (restart {attempt} of {})",
-            args.max_restarts
+        printer.say(
+            "WARN",
+            &format!(
+                "job {why}; restarting in {wait} s with --resume auto: from the newest checkpoint if there is one \
+                 (restart {attempt} of {})",
+                args.max_restarts
+            ),
         );
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        if !cmd.iter().any(|a| a == "--resume") {
-            cmd.extend(["--resume".to_string(), "auto".to_string()]);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            signal = signals.recv() => {
+                stops.on(signal);
+                printer.say("INFO", &format!("{}: not restarting", signal_name(signal)));
+                return Ok(code);
+            }
         }
-    }
-}
-
-fn forward(pid: i32, signal: i32, name: &str) {
-    eprintln!("micn-launch: forwarding {name} to the job");
-    // SAFETY: kill only sends a signal to our own child process.
-    unsafe {
-        libc::kill(pid, signal);
+        resume_auto(&mut cmd);
     }
 }
 
@@ -336,10 +564,57 @@ mod tests {
     }
 
     #[test]
-    fn tagged_lines_get_a_rank_prefix() {
-        assert_eq!(retag("[1,3]<stdout>:hello"), "[rank 3] hello");
-        assert_eq!(retag("[1,0]<stderr>:warn: x"), "[rank 0] warn: x");
-        assert_eq!(retag("plain mpirun message"), "plain mpirun message");
-        assert_eq!(retag("[1,1]<stderr>:[rank 1] INFO ready"), "[rank 1] INFO ready");
+    fn quiet_ranks_and_json_logs_are_asked_of_micn() {
+        let cmd = build_command(&args(&["--np", "2", "--log-format", "json", "--config", "c.toml"])).unwrap();
+        assert!(cmd.windows(2).any(|w| w == ["-x", "MICN_QUIET_RANKS=1"]), "{cmd:?}");
+        let tail = &cmd[cmd.iter().position(|a| a == "/bin/micn").unwrap()..];
+        assert_eq!(tail, ["/bin/micn", "--log-format", "json", "train", "--config", "c.toml"]);
+        assert!(log_format_json(&cmd));
+        let cmd = build_command(&args(&["--np", "2", "--all-ranks", "--", "--log-format=json", "doctor"])).unwrap();
+        assert!(!cmd.iter().any(|a| a.starts_with("MICN_QUIET_RANKS")), "{cmd:?}");
+        assert!(log_format_json(&cmd));
+        assert!(!log_format_json(&build_command(&args(&["--", "doctor", "--json"])).unwrap()));
+    }
+
+    #[test]
+    fn a_restart_resumes_from_the_newest_checkpoint() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut cmd = strings(&["micn", "train", "--config", "c.toml"]);
+        resume_auto(&mut cmd);
+        assert_eq!(cmd, strings(&["micn", "train", "--config", "c.toml", "--resume", "auto"]));
+        resume_auto(&mut cmd);
+        assert_eq!(cmd, strings(&["micn", "train", "--config", "c.toml", "--resume", "auto"]));
+        let mut cmd = strings(&["micn", "train", "--resume", "runs/x/checkpoints/step-5", "--config", "c.toml"]);
+        resume_auto(&mut cmd);
+        assert_eq!(cmd, strings(&["micn", "train", "--resume", "auto", "--config", "c.toml"]));
+        let mut cmd = strings(&["micn", "train", "--resume=runs/x/checkpoints/step-5"]);
+        resume_auto(&mut cmd);
+        assert_eq!(cmd, strings(&["micn", "train", "--resume", "auto"]));
+    }
+
+    #[test]
+    fn a_repeated_ctrl_c_or_sigterm_escalates_and_a_hang_up_never_does() {
+        let mut stops = Stops::default();
+        assert_eq!(stops.on(libc::SIGHUP), Some(Request::Graceful));
+        assert_eq!(stops.on(libc::SIGHUP), None);
+        assert_eq!(stops.on(libc::SIGINT), None, "Ctrl-C after a hang-up is the same request");
+        assert_eq!(stops.on(libc::SIGTERM), None, "as under micn sweep: Ctrl-C, then the sweep's SIGTERM");
+        assert_eq!(stops.on(libc::SIGINT), Some(Request::Terminate));
+        assert_eq!(stops.on(libc::SIGHUP), None);
+        assert_eq!(stops.on(libc::SIGINT), Some(Request::Kill));
+        let mut stops = Stops::default();
+        assert_eq!(stops.on(libc::SIGTERM), Some(Request::Graceful));
+        assert_eq!(stops.on(libc::SIGTERM), Some(Request::Terminate));
+    }
+
+    #[test]
+    fn a_caught_signal_is_read_from_proc() {
+        let me = std::process::id() as i32;
+        // SAFETY: installing a handler that does nothing, in this test process.
+        extern "C" fn ignore(_: i32) {}
+        unsafe { libc::signal(libc::SIGUSR2, ignore as *const () as libc::sighandler_t) };
+        assert!(catches(me, libc::SIGUSR2));
+        assert!(!catches(me, libc::SIGTTIN));
+        assert!(!catches(i32::MAX, libc::SIGUSR2), "no such process");
     }
 }

@@ -12,9 +12,28 @@
 //! Rank 0 writes into `.step-….partial`, fsyncs every file, renames the directory into place and
 //! then writes the completion marker; a directory without the marker or with a file whose
 //! checksum differs is never loaded. Only rank 0 writes; every rank reads.
+//!
+//! Reading back checks more than bytes: [`verify`] also requires a `state.json` that training
+//! could have written (its config hash, a valid config, a reachable step), and
+//! [`load_var_store`] / [`load_tensors_like`] check every tensor's name, dtype and shape against
+//! what it will fill before handing it to libtorch.
+//!
+//! - `format.rs`: the manifest and the safetensors header, no libtorch.
+//! - `save.rs`: [`save`] (atomic; removes what a failed save wrote) and [`retain`].
+//! - `load.rs`: [`verify`], [`latest`] and the checked loaders.
+//! - `policy.rs`: which checkpoints retention keeps, a pure function.
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+mod format;
+mod load;
+pub mod policy;
+mod save;
+
+pub use self::format::{SafetensorsLayout, TensorHeader};
+pub use self::load::{check_state, latest, list, load_tensors_like, load_var_store, verify};
+pub use self::save::{retain, save};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MARKER: &str = "COMPLETE";
@@ -28,13 +47,24 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: no such checkpoint directory")]
+    NotFound { path: PathBuf },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A tensor file whose tensor does not fit what it is loaded into.
+    #[error("{path}: tensor `{tensor}`: {message}")]
+    Tensor { path: PathBuf, tensor: String, message: String },
+    /// The configuration saved in `state.json` does not validate (the error names the file).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.to_path_buf(), source }
 }
+
+/// One evaluation: (step, AUC, GAUC, log-loss).
+pub type Evaluation = (u64, f64, f64, f64);
 
 /// `state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,154 +81,42 @@ pub struct State {
     pub config: String,
     pub config_hash: String,
     pub code_version: String,
-    /// Every evaluation so far: (step, AUC, GAUC, log-loss).
-    pub evaluations: Vec<(u64, f64, f64, f64)>,
+    /// Every evaluation so far. JSON has no NaN, so an undefined metric (a GAUC with no user of
+    /// both classes) is written as `null` and read back as NaN.
+    #[serde(deserialize_with = "evaluations_with_nan")]
+    pub evaluations: Vec<Evaluation>,
+}
+
+fn evaluations_with_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Evaluation>, D::Error> {
+    /// An evaluation as JSON holds it: null for NaN.
+    type Raw = (u64, Option<f64>, Option<f64>, Option<f64>);
+    let raw: Vec<Raw> = Deserialize::deserialize(d)?;
+    let nan = |x: Option<f64>| x.unwrap_or(f64::NAN);
+    Ok(raw.into_iter().map(|(step, auc, gauc, logloss)| (step, nan(auc), nan(gauc), nan(logloss))).collect())
 }
 
 impl State {
-    /// AUC of the latest evaluation, if any.
-    pub fn last_auc(&self) -> Option<f64> {
-        self.evaluations.last().map(|e| e.1)
+    /// The evaluation made at this checkpoint's own step, i.e. of the model it holds, if any.
+    /// Earlier evaluations in [`evaluations`](Self::evaluations) scored earlier models.
+    pub fn own_evaluation(&self) -> Option<Evaluation> {
+        self.evaluations.iter().rev().find(|e| e.0 == self.step).copied()
     }
-}
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Manifest {
-    files: Vec<(String, u64, String)>,
-}
-
-fn digest(bytes: &[u8]) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+    /// The AUC of [`own_evaluation`](Self::own_evaluation), when finite: what retention ranks
+    /// checkpoints by.
+    pub fn own_auc(&self) -> Option<f64> {
+        self.own_evaluation().map(|e| e.1).filter(|a| a.is_finite())
+    }
 }
 
 /// Hash of a resolved configuration.
 pub fn config_hash(config_toml: &str) -> String {
-    digest(config_toml.as_bytes())
+    format::digest(config_toml.as_bytes())
 }
 
 /// The directory name of a step's checkpoint.
 pub fn dir_name(step: u64) -> String {
     format!("step-{step:08}")
-}
-
-fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
-}
-
-/// Write a checkpoint under `root`. `write_model` and `write_optimizer` write the two tensor
-/// files at the paths they are given.
-pub fn save(
-    root: &Path,
-    state: &State,
-    write_model: impl FnOnce(&Path) -> Result<(), String>,
-    write_optimizer: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<PathBuf, CheckpointError> {
-    std::fs::create_dir_all(root).map_err(io(root))?;
-    let name = dir_name(state.step);
-    let tmp = root.join(format!(".{name}.partial"));
-    let done = root.join(&name);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    let failed = |path: PathBuf| move |message: String| CheckpointError::Invalid { path, message };
-    write_model(&tmp.join(FILES[0])).map_err(failed(tmp.join(FILES[0])))?;
-    write_optimizer(&tmp.join(FILES[1])).map_err(failed(tmp.join(FILES[1])))?;
-    let state_path = tmp.join(FILES[2]);
-    std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("plain data")).map_err(io(&state_path))?;
-    let mut manifest = Manifest { files: Vec::new() };
-    for f in FILES {
-        let path = tmp.join(f);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        std::fs::File::open(&path).and_then(|file| file.sync_all()).map_err(io(&path))?;
-        manifest.files.push((f.to_string(), bytes.len() as u64, digest(&bytes)));
-    }
-    let manifest_path = tmp.join("manifest.json");
-    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).expect("plain data"))
-        .and_then(|_| std::fs::File::open(&manifest_path)?.sync_all())
-        .map_err(io(&manifest_path))?;
-    if done.exists() {
-        std::fs::remove_dir_all(&done).map_err(io(&done))?;
-    }
-    std::fs::rename(&tmp, &done).map_err(io(&done))?;
-    sync_dir(root)?;
-    let marker = done.join(MARKER);
-    std::fs::write(&marker, b"").and_then(|_| std::fs::File::open(&marker)?.sync_all()).map_err(io(&marker))?;
-    sync_dir(&done)?;
-    Ok(done)
-}
-
-/// Check the marker and every checksum; returns the state.
-pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
-    let invalid = |message: String| CheckpointError::Invalid { path: dir.to_path_buf(), message };
-    if !dir.join(MARKER).exists() {
-        return Err(invalid("no completion marker: the checkpoint was not finished".into()));
-    }
-    let manifest_path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest_path).map_err(io(&manifest_path))?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| invalid(format!("manifest.json: {e}")))?;
-    for f in FILES {
-        let entry = manifest
-            .files
-            .iter()
-            .find(|(n, ..)| n == f)
-            .ok_or_else(|| invalid(format!("{f} is not in the manifest")))?;
-        let path = dir.join(f);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        if bytes.len() as u64 != entry.1 || digest(&bytes) != entry.2 {
-            return Err(invalid(format!("{f}: size or checksum differs from the manifest (damaged)")));
-        }
-    }
-    let state_path = dir.join(FILES[2]);
-    let state: State = serde_json::from_str(&std::fs::read_to_string(&state_path).map_err(io(&state_path))?)
-        .map_err(|e| invalid(format!("state.json: {e}")))?;
-    if state.format_version != FORMAT_VERSION {
-        return Err(invalid(format!("format version {} (this micn reads {FORMAT_VERSION})", state.format_version)));
-    }
-    Ok(state)
-}
-
-/// Complete checkpoint directories under `root`, newest first.
-pub fn list(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_checkpoint_name(p)).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.reverse();
-    dirs
-}
-
-fn is_checkpoint_name(p: &Path) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))
-}
-
-/// The newest checkpoint that verifies; the refused ones with their reasons.
-pub fn latest(root: &Path) -> (Option<(PathBuf, State)>, Vec<CheckpointError>) {
-    let mut refused = Vec::new();
-    for dir in list(root) {
-        match verify(&dir) {
-            Ok(state) => return (Some((dir, state)), refused),
-            Err(e) => refused.push(e),
-        }
-    }
-    (None, refused)
-}
-
-/// Remove all but the newest `keep` checkpoints and the one with the best evaluation AUC.
-pub fn retain(root: &Path, keep: usize) -> Result<(), CheckpointError> {
-    let dirs = list(root);
-    let auc = |dir: &Path| -> Option<f64> {
-        let text = std::fs::read_to_string(dir.join(FILES[2])).ok()?;
-        serde_json::from_str::<State>(&text).ok()?.last_auc()
-    };
-    let best =
-        dirs.iter().filter_map(|d| auc(d).map(|a| (a, d.clone()))).max_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, d)| d);
-    for dir in dirs.into_iter().skip(keep) {
-        if Some(&dir) != best.as_ref() {
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        }
-    }
-    Ok(())
 }
 
 /// Configuration keys that change the model's shape (or the data it was built for): a resumed
@@ -221,4 +139,46 @@ pub fn incompatible_keys(saved: &crate::config::Config, now: &crate::config::Con
         }
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: u64, evaluations: Vec<Evaluation>) -> State {
+        State {
+            format_version: FORMAT_VERSION,
+            step,
+            epoch: 0,
+            position: 0,
+            seed: 1,
+            world_size: 1,
+            config: String::new(),
+            config_hash: String::new(),
+            code_version: "test".into(),
+            evaluations,
+        }
+    }
+
+    #[test]
+    fn the_own_evaluation_is_the_one_at_the_checkpoints_step() {
+        let s = state(9, vec![(3, 0.6, 0.5, 0.4), (6, 0.9, 0.5, 0.4)]);
+        assert_eq!((s.own_evaluation(), s.own_auc()), (None, None));
+        let s = state(9, vec![(6, 0.9, 0.5, 0.4), (9, 0.7, 0.5, 0.4)]);
+        assert_eq!(s.own_evaluation(), Some((9, 0.7, 0.5, 0.4)));
+        assert_eq!(s.own_auc(), Some(0.7));
+    }
+
+    #[test]
+    fn an_undefined_gauc_survives_state_json() {
+        // serde_json writes NaN as null; reading null as f64 used to fail, making the whole
+        // checkpoint unreadable after an evaluation without a GAUC.
+        let s = state(3, vec![(3, 0.7, f64::NAN, 0.5)]);
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("[3,0.7,null,0.5]"), "{text}");
+        let back: State = serde_json::from_str(&text).unwrap();
+        let (step, auc, gauc, logloss) = back.evaluations[0];
+        assert_eq!((step, auc, logloss), (3, 0.7, 0.5));
+        assert!(gauc.is_nan());
+    }
 }

@@ -2,15 +2,17 @@
 //!
 //! ```text
 //! DIR/dataset.json     what was prepared from what: protocol, seed, counts, source hashes,
-//!                      and the size and xxh3 of every archive
+//!                      where categories came from, and the size and xxh3 of every other file
 //! DIR/train.rkyv       training samples (rkyv, see `samples::Samples`)
 //! DIR/test.rkyv        test samples
 //! DIR/users.tsv items.tsv cats.tsv   vocabularies (items.tsv holds item → category)
 //! DIR/oracle.f32       optional: the generator's score per test sample (little-endian f32)
 //! ```
 //!
-//! Archives are memory-mapped and checked once at open (checksum, rkyv structure, then every id
-//! against the vocabularies), after which samples are read in place without copying.
+//! Every file is checked against its size and checksum at open, so that a file copied over
+//! another (`users.tsv` as `cats.tsv`: both parse) is refused, naming it. Archives are then
+//! memory-mapped and validated once (rkyv structure, then every id against the vocabularies),
+//! after which samples are read in place without copying.
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -20,7 +22,9 @@ use super::samples::{ArchivedSamples, Samples};
 use super::vocab::Vocabularies;
 use super::DataError;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the vocabularies' sizes and checksums and [`CategorySource`]; version 1
+/// directories are refused with a request to prepare again (their vocabularies cannot be checked).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Size and checksum of one file of the dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +36,58 @@ pub struct FileEntry {
 impl FileEntry {
     pub fn of(bytes: &[u8]) -> Self {
         Self { bytes: bytes.len() as u64, xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)) }
+    }
+
+    /// Whether `bytes` are the file this entry describes; the error says how they differ.
+    pub fn check(&self, path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+        let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
+        if bytes.len() as u64 != self.bytes {
+            return Err(invalid(format!(
+                "{} bytes, dataset.json says {}: the file is truncated or was replaced",
+                bytes.len(),
+                self.bytes
+            )));
+        }
+        let actual = Self::of(bytes);
+        if actual.xxh3 != self.xxh3 {
+            return Err(invalid(format!(
+                "checksum {} does not match dataset.json ({}): the file is corrupted or was replaced",
+                actual.xxh3, self.xxh3
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Sizes and checksums of the three vocabulary files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocabFiles {
+    pub users: FileEntry,
+    pub items: FileEntry,
+    pub cats: FileEntry,
+}
+
+/// Where the items' categories came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CategorySource {
+    /// The item metadata file given with `--meta`.
+    Meta,
+    /// Prepared without `--meta`: every item is in `default_cat`.
+    #[serde(rename = "none")]
+    WithoutMeta,
+    /// The category columns of DIEN's sample files (corrected by `item-info` where present).
+    DienFiles,
+}
+
+impl std::fmt::Display for CategorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CategorySource::Meta => "from the meta file",
+            CategorySource::WithoutMeta => "none (prepared without --meta): every item is in `default_cat`",
+            CategorySource::DienFiles => "from DIEN's sample files",
+        })
     }
 }
 
@@ -46,15 +102,58 @@ pub struct DatasetMeta {
     pub seed: u64,
     pub max_hist_len: usize,
     pub counts: Counts,
+    pub categories: CategorySource,
     /// Every input file: name, size, xxh3, lines and skipped lines by kind.
     pub sources: Vec<serde_json::Value>,
     pub train: FileEntry,
     pub test: FileEntry,
+    pub vocabularies: VocabFiles,
     pub oracle: Option<FileEntry>,
     /// AUC of the generator's oracle scores on the test set (synthetic data only).
     pub oracle_auc: Option<f64>,
     /// Anything else the preparation wants to record (protocol summary, items without meta).
     pub notes: serde_json::Value,
+}
+
+impl DatasetMeta {
+    /// Every file of the directory besides `dataset.json`, by name, with its entry.
+    pub fn files(&self) -> Vec<(&'static str, &FileEntry)> {
+        let mut files = vec![
+            ("train.rkyv", &self.train),
+            ("test.rkyv", &self.test),
+            ("users.tsv", &self.vocabularies.users),
+            ("items.tsv", &self.vocabularies.items),
+            ("cats.tsv", &self.vocabularies.cats),
+        ];
+        files.extend(self.oracle.as_ref().map(|o| ("oracle.f32", o)));
+        files
+    }
+
+    /// Read and check `DIR/dataset.json`: the format version first, so that a directory of an
+    /// older format is refused with what to do rather than with a missing field.
+    pub fn read(dir: &Path) -> Result<Self, DataError> {
+        let path = dir.join("dataset.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+        let invalid = |message: String| DataError::Invalid { path: path.clone(), message };
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let version = serde_json::from_str::<Version>(&text)
+            .map_err(|e| invalid(format!("not a dataset description: {e}")))?
+            .format_version;
+        if version != FORMAT_VERSION {
+            let written_by = if version < FORMAT_VERSION {
+                "an older micn, which did not record the vocabularies' checksums"
+            } else {
+                "a newer micn"
+            };
+            return Err(invalid(format!(
+                "format version {version}, written by {written_by}; this micn reads version {FORMAT_VERSION}: prepare the dataset again with `micn prepare`"
+            )));
+        }
+        serde_json::from_str(&text).map_err(|e| invalid(format!("not a dataset description: {e}")))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,20 +179,7 @@ impl Archive {
         // SAFETY: the dataset directory is written once and never modified in place; a file
         // changed underneath us is caught below only if it changed before this check.
         let map = unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-        if map.len() as u64 != entry.bytes {
-            return Err(invalid(format!(
-                "{} bytes, dataset.json says {}: the archive is truncated or was replaced",
-                map.len(),
-                entry.bytes
-            )));
-        }
-        let actual = FileEntry::of(&map);
-        if actual.xxh3 != entry.xxh3 {
-            return Err(invalid(format!(
-                "checksum {} does not match dataset.json ({}): corrupted",
-                actual.xxh3, entry.xxh3
-            )));
-        }
+        entry.check(path, &map)?;
         let samples = rkyv::access::<ArchivedSamples, rkyv::rancor::Error>(&map)
             .map_err(|e| invalid(format!("not a valid sample archive: {e}")))?;
         validate(samples, vocab).map_err(invalid)?;
@@ -165,24 +251,21 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Open `dir`, checking every file against `dataset.json` (an error names the file).
     pub fn open(dir: &Path) -> Result<Self, DataError> {
-        let meta_path = dir.join("dataset.json");
-        let text =
-            std::fs::read_to_string(&meta_path).map_err(|source| DataError::Io { path: meta_path.clone(), source })?;
-        let meta: DatasetMeta = serde_json::from_str(&text).map_err(|e| DataError::Invalid {
-            path: meta_path.clone(),
-            message: format!("not a dataset description: {e}"),
-        })?;
-        if meta.format_version != FORMAT_VERSION {
-            return Err(DataError::Invalid {
-                path: meta_path,
-                message: format!(
-                    "format version {} (this micn reads {FORMAT_VERSION}); prepare again",
-                    meta.format_version
-                ),
-            });
-        }
-        let vocab = Vocabularies::read(dir)?;
+        let meta = DatasetMeta::read(dir)?;
+        let [users, items, cats] = [
+            ("users.tsv", &meta.vocabularies.users),
+            ("items.tsv", &meta.vocabularies.items),
+            ("cats.tsv", &meta.vocabularies.cats),
+        ]
+        .map(|(name, entry)| {
+            let path = dir.join(name);
+            let bytes = std::fs::read(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+            entry.check(&path, &bytes)?;
+            Ok::<_, DataError>(bytes)
+        });
+        let vocab = Vocabularies::parse(dir, [users?, items?, cats?])?;
         let train = Archive::open(&dir.join("train.rkyv"), &meta.train, &vocab)?;
         let test = Archive::open(&dir.join("test.rkyv"), &meta.test, &vocab)?;
         let oracle = match &meta.oracle {
@@ -190,15 +273,54 @@ impl Dataset {
             Some(entry) => {
                 let path = dir.join("oracle.f32");
                 let bytes = std::fs::read(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
-                if FileEntry::of(&bytes) != *entry || bytes.len() != 4 * test.samples().len() {
+                entry.check(&path, &bytes)?;
+                if bytes.len() != 4 * test.samples().len() {
                     return Err(DataError::Invalid {
                         path,
-                        message: "size or checksum does not match dataset.json".into(),
+                        message: format!(
+                            "{} scores for {} test samples: it belongs to another dataset",
+                            bytes.len() / 4,
+                            test.samples().len()
+                        ),
                     });
                 }
                 Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
             }
         };
         Ok(Self { dir: dir.to_path_buf(), meta, vocab, train, test, oracle })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_another_size_or_content_is_refused_naming_it() {
+        let path = Path::new("/data/cats.tsv");
+        let entry = FileEntry::of(b"default_cat\t3\nBooks\t9\n");
+        entry.check(path, b"default_cat\t3\nBooks\t9\n").unwrap();
+        let e = entry.check(path, b"unknown_user\t0\n").unwrap_err().to_string();
+        assert!(e.starts_with("/data/cats.tsv: 15 bytes, dataset.json says 22"), "{e}");
+        let e = entry.check(path, b"default_cat\t3\nBooks\t8\n").unwrap_err().to_string();
+        assert!(e.starts_with("/data/cats.tsv: checksum") && e.contains("corrupted or was replaced"), "{e}");
+    }
+
+    #[test]
+    fn an_older_or_newer_format_version_is_refused_with_a_request_to_prepare_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // What version 1 wrote: no `vocabularies`, no `categories`.
+        let v1 = r#"{"format_version": 1, "source": "amazon2014", "protocol": "din", "seed": 1, "max_hist_len": 20}"#;
+        std::fs::write(dir.path().join("dataset.json"), v1).unwrap();
+        let e = DatasetMeta::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("dataset.json: format version 1, written by an older micn"), "{e}");
+        assert!(e.contains("prepare the dataset again with `micn prepare`"), "{e}");
+        std::fs::write(dir.path().join("dataset.json"), r#"{"format_version": 3}"#).unwrap();
+        let e = DatasetMeta::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("format version 3, written by a newer micn"), "{e}");
+        // The current version with a field missing names the field.
+        std::fs::write(dir.path().join("dataset.json"), format!(r#"{{"format_version": {FORMAT_VERSION}}}"#)).unwrap();
+        let e = DatasetMeta::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("dataset.json: not a dataset description: missing field"), "{e}");
     }
 }

@@ -3,7 +3,8 @@
 //! oldest first and left-aligned, padded with id 0 and mask 0. For DIEN, a "no-click" item is
 //! drawn for every real history position, popularity-weighted and never the clicked item, from a
 //! seed derived from `(seed, epoch, global sample position)` — so a sample draws the same
-//! no-clicks whichever rank holds it, and every epoch draws fresh ones.
+//! no-clicks whichever rank holds it, and every epoch draws fresh ones. Every draw takes a
+//! bounded number of steps, however the counts are skewed ([`NoClickSampler`]).
 use tch::{Device, Tensor};
 
 use super::samples::ArchivedSamples;
@@ -53,29 +54,115 @@ pub fn count_micn_positives(samples: &ArchivedSamples, ids: impl IntoIterator<It
 
 /// Draws DIEN's no-click items: popularity-weighted over item ids (training counts), never the
 /// clicked item.
+///
+/// A draw is a bounded rejection: up to [`NoClickSampler::TRIES`] weighted draws, and if each
+/// gave the clicked item (likely only when it holds nearly all the weight), one exact draw from
+/// the counts without the clicked item, by inverse CDF over the precomputed cumulative counts —
+/// from the same seeded stream, so the fallback is as deterministic as the rest and the result
+/// is distributed exactly as rejection sampling's would be. A draw never loops unboundedly.
 pub struct NoClickSampler {
     weights: WeightedIndex,
+    /// `cumulative[i]`: the counts of the items before `i` (one more entry than items).
+    cumulative: Vec<u64>,
     item_cat: Vec<u32>,
     seed: u64,
 }
 
+/// Where a dataset's no-click popularity came from ([`NoClickSampler::for_dataset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoClickCounts {
+    /// `items.tsv`'s counts, as prepared.
+    Vocabulary,
+    /// Counted from the training archive's targets and histories, since `items.tsv` has fewer
+    /// than two items with a count (a dataset prepared from DIEN's pickles without
+    /// `reviews-info` by an older micn).
+    TrainingSamples,
+}
+
 impl NoClickSampler {
-    /// `None` when fewer than two items have a positive count (no valid draw would exist).
+    /// Weighted draws that gave the clicked item before the exact fallback draw.
+    pub const TRIES: usize = 8;
+
+    /// `None` when fewer than two items have a positive count (no valid draw would exist), when
+    /// `item_cat` does not cover every item, or when the counts overflow `u64`.
     pub fn new(item_counts: &[u64], item_cat: &[u32], seed: u64) -> Option<Self> {
-        if item_counts.iter().filter(|&&c| c > 0).count() < 2 {
+        if item_counts.iter().filter(|&&c| c > 0).count() < 2 || item_cat.len() < item_counts.len() {
             return None;
         }
+        let mut cumulative = Vec::with_capacity(item_counts.len() + 1);
+        let mut total = 0u64;
+        cumulative.push(0);
+        for &c in item_counts {
+            total = total.checked_add(c)?;
+            cumulative.push(total);
+        }
         let weights = WeightedIndex::new(&item_counts.iter().map(|&c| c as f64).collect::<Vec<_>>())?;
-        Some(Self { weights, item_cat: item_cat.to_vec(), seed })
+        Some(Self { weights, cumulative, item_cat: item_cat.to_vec(), seed })
+    }
+
+    /// The sampler for `dataset`'s training archive: by `items.tsv`'s counts, or, where those
+    /// cannot draw (fewer than two items with a count), by the counts of item ids among the
+    /// training targets and histories (id 0, padding and unknowns, excluded), with a warning.
+    /// `None`, with a warning that DIEN's auxiliary loss is off, when neither can.
+    pub fn for_dataset(dataset: &super::Dataset, seed: u64) -> Option<(Self, NoClickCounts)> {
+        let vocab = &dataset.vocab;
+        if let Some(sampler) = Self::new(&vocab.items.counts, &vocab.item_cat, seed) {
+            return Some((sampler, NoClickCounts::Vocabulary));
+        }
+        let samples = dataset.train.samples();
+        let mut counts = vec![0u64; vocab.items.len()];
+        for id in samples.items.iter().chain(samples.hist_items.iter()) {
+            counts[id.to_native() as usize] += 1;
+        }
+        counts[0] = 0;
+        let items = dataset.dir.join("items.tsv");
+        match Self::new(&counts, &vocab.item_cat, seed) {
+            Some(sampler) => {
+                tracing::warn!(
+                    "{}: fewer than 2 items have a popularity count (prepared from DIEN's pickles without \
+                     reviews-info by an older micn?): DIEN's no-click items are drawn by the items' counts \
+                     in the training samples instead",
+                    items.display()
+                );
+                Some((sampler, NoClickCounts::TrainingSamples))
+            }
+            None => {
+                tracing::warn!(
+                    "{}: fewer than 2 items have a count, in items.tsv or among the training samples: \
+                     no no-click item can be drawn, so DIEN's auxiliary loss is off",
+                    items.display()
+                );
+                None
+            }
+        }
     }
 
     fn draw(&self, rng: &mut Rng, clicked: i64) -> i64 {
-        loop {
+        for _ in 0..Self::TRIES {
             let item = self.weights.sample(rng) as i64;
             if item != clicked {
                 return item;
             }
         }
+        self.draw_excluding(rng, clicked)
+    }
+
+    /// One draw by the counts with `clicked`'s removed: a uniform position among the other
+    /// items' total count, stepped over `clicked`'s span, then the item whose span holds it.
+    fn draw_excluding(&self, rng: &mut Rng, clicked: i64) -> i64 {
+        let c = &self.cumulative;
+        let total = c[c.len() - 1];
+        let (start, weight) = match usize::try_from(clicked) {
+            Ok(i) if i + 1 < c.len() => (c[i], c[i + 1] - c[i]),
+            _ => (0, 0), // not an item: nothing to exclude
+        };
+        // At least two items have a count, so the others' total is positive.
+        let mut u = rng.below(total - weight);
+        if u >= start {
+            u += weight;
+        }
+        // The item i with c[i] <= u < c[i + 1]: items with a zero count have empty spans.
+        (c.partition_point(|&x| x <= u) - 1) as i64
     }
 }
 
@@ -165,5 +252,71 @@ impl Batch {
     /// Labels as a `[b]` f32 tensor.
     pub fn labels(&self, device: Device) -> Tensor {
         Tensor::from_slice(&self.labels).to_device(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` draws against `clicked`, as counts per item id.
+    fn histogram(
+        sampler: &NoClickSampler,
+        clicked: i64,
+        n: usize,
+        draw: fn(&NoClickSampler, &mut Rng, i64) -> i64,
+    ) -> Vec<usize> {
+        let mut rng = Rng::new(17);
+        let mut seen = vec![0; sampler.cumulative.len() - 1];
+        for _ in 0..n {
+            seen[draw(sampler, &mut rng, clicked) as usize] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn a_dominant_clicked_item_does_not_make_the_draw_spin() {
+        // Item 1 holds all but 4 of 10^15 counts: an unbounded rejection loop needed about
+        // 2.5·10^14 tries per draw when item 1 was clicked.
+        let sampler = NoClickSampler::new(&[0, 1_000_000_000_000_000, 1, 3], &[0, 1, 1, 2], 5).unwrap();
+        let started = std::time::Instant::now();
+        let seen = histogram(&sampler, 1, 40_000, NoClickSampler::draw);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!((seen[0], seen[1]), (0, 0), "never padding, never the clicked item: {seen:?}");
+        // Without item 1, items 2 and 3 are drawn 1 : 3.
+        let share = seen[3] as f64 / 40_000.0;
+        assert!((share - 0.75).abs() < 0.01, "{seen:?}");
+    }
+
+    #[test]
+    fn the_fallback_draws_by_the_counts_without_the_clicked_item() {
+        let sampler = NoClickSampler::new(&[0, 5, 0, 3, 2], &[0; 5], 5).unwrap();
+        let n = 100_000;
+        // Without item 1 the counts are 3 and 2 of 5; without item 3, 5 and 2 of 7; an id that
+        // is no item excludes nothing: 5, 3 and 2 of 10.
+        for (clicked, expected) in
+            [(1, [0.0, 0.0, 0.0, 0.6, 0.4]), (3, [0.0, 5.0 / 7.0, 0.0, 0.0, 2.0 / 7.0]), (9, [0.0, 0.5, 0.0, 0.3, 0.2])]
+        {
+            let seen = histogram(&sampler, clicked, n, NoClickSampler::draw_excluding);
+            for (id, p) in expected.iter().enumerate() {
+                let share = seen[id] as f64 / n as f64;
+                assert!((share - p).abs() < 0.01, "clicked {clicked}: {seen:?}");
+                assert!(*p > 0.0 || seen[id] == 0, "clicked {clicked}: item {id} drawn: {seen:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn draws_repeat_for_the_same_stream_and_fewer_than_two_counted_items_give_no_sampler() {
+        let sampler = NoClickSampler::new(&[0, 1_000_000, 1, 1], &[0; 4], 5).unwrap();
+        let draws = |seed| {
+            let mut rng = Rng::derive(seed, &[stream::NOCLICK, 0, 7]);
+            (0..50).map(|_| sampler.draw(&mut rng, 1)).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(5), draws(5));
+        assert_ne!(draws(5), draws(6));
+        assert!(NoClickSampler::new(&[0, 9, 0], &[0; 3], 5).is_none());
+        assert!(NoClickSampler::new(&[0, 9, 1], &[0; 2], 5).is_none(), "a category for every item");
+        assert!(NoClickSampler::new(&[0, u64::MAX, 1], &[0; 3], 5).is_none(), "counts overflow");
     }
 }

@@ -31,6 +31,10 @@ pub struct DienLine {
 
 const LIST_SEPARATOR: char = '\u{2}';
 
+/// DIEN's vocabulary pickles: users, items, categories.
+const PICKLES: [&str; 3] = ["uid_voc.pkl", "mid_voc.pkl", "cat_voc.pkl"];
+const REVIEWS_INFO: &str = "reviews-info";
+
 /// Parse `label \t uid \t mid \t cat \t hist_mids \t hist_cats`.
 pub fn parse_line(line: &str) -> Result<DienLine, Bad> {
     let fields: Vec<&str> = line.split('\t').collect();
@@ -103,27 +107,122 @@ impl Interned {
     }
 }
 
-/// A vocabulary from a pickle: names by the pickle's ids (gaps filled with placeholders).
+/// A vocabulary from a pickle (names by the pickle's ids, gaps filled with placeholders) and the
+/// map name → id. Refused, naming the file: bytes that are not a `str → int` pickle, an empty
+/// dict, an id outside `0..=N` for `N` entries, and two names with one id. DIEN numbers the
+/// entries `0..N`; the one gap `0..=N` allows (a missing reserved 0, say) keeps the table, and
+/// so memory, bounded by the entries whatever the ids claim.
 fn vocab_from_pickle(path: &Path, zero_name: &str) -> Result<(Vocab, HashMap<String, u32>), DataError> {
+    let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let dict = super::pickle::read_str_int_dict(&bytes)
-        .map_err(|message| DataError::Invalid { path: path.to_path_buf(), message })?;
-    let max = dict.values().copied().max().unwrap_or(0);
-    if dict.values().any(|&v| v < 0) || max > u32::MAX as i64 / 2 {
-        return Err(DataError::Invalid {
-            path: path.to_path_buf(),
-            message: "ids must be small non-negative integers".into(),
-        });
+    let entries = super::pickle::read_str_int_entries(&bytes)
+        .map_err(|e| invalid(format!("not a vocabulary pickle (a str → int dict): {e}")))?;
+    if entries.is_empty() {
+        return Err(invalid("the pickle holds an empty dict: a vocabulary needs at least one entry".into()));
     }
-    let mut names: Vec<String> = (0..=max).map(|i| format!("<unused {i}>")).collect();
-    names[0] = zero_name.to_string();
-    let mut map = HashMap::with_capacity(dict.len());
-    for (name, id) in dict {
-        names[id as usize] = name.clone();
-        map.insert(name, id as u32);
+    let n = entries.len();
+    let mut names: Vec<Option<String>> = Vec::new();
+    for (name, id) in &entries {
+        let slot = usize::try_from(*id).ok().filter(|&id| id <= n).ok_or_else(|| {
+            invalid(format!("key {name:?}: id {id} is outside 0..={n}: the ids of a vocabulary number its {n} entries"))
+        })?;
+        if names.len() <= slot {
+            names.resize(slot + 1, None);
+        }
+        if let Some(first) = &names[slot] {
+            return Err(invalid(format!("keys {first:?} and {name:?} both have id {slot}: ids must be unique")));
+        }
+        names[slot] = Some(name.clone());
     }
+    let names: Vec<String> = names
+        .into_iter()
+        .enumerate()
+        .map(|(id, name)| match (id, name) {
+            (_, Some(name)) => name,
+            (0, None) => zero_name.to_string(),
+            (id, None) => format!("<unused {id}>"),
+        })
+        .collect();
+    let map = entries.into_iter().map(|(name, id)| (name, id as u32)).collect();
     Ok((Vocab { counts: vec![0; names.len()], names }, map))
 }
+
+/// The distinct ids (intern space) of one kind in the training samples.
+fn distinct(ids: impl IntoIterator<Item = u32>, len: usize) -> Vec<u32> {
+    let mut seen = vec![false; len];
+    ids.into_iter().for_each(|i| seen[i as usize] = true);
+    (0..len as u32).filter(|&i| seen[i as usize]).collect()
+}
+
+/// Check that a vocabulary pickle is the one for its names: refused when fewer than half of the
+/// names of that kind in the training file are in it (an item vocabulary given where the
+/// category one belongs finds none of them), saying which other pickle holds them; a warning
+/// when some are missing (they get id 0).
+fn check_pickle_matches(
+    what: &str,
+    names: &[&str],
+    pickles: &[(&Path, &HashMap<String, u32>)],
+    k: usize,
+    train_path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(), DataError> {
+    let found_in = |ids: &HashMap<String, u32>| names.iter().filter(|n| ids.contains_key(**n)).count();
+    let (path, ids) = pickles[k];
+    let found = found_in(ids);
+    let missing = names.iter().find(|n| !ids.contains_key(**n));
+    if found * 2 < names.len() {
+        let better = pickles
+            .iter()
+            .enumerate()
+            .filter(|&(j, (_, other))| j != k && found_in(other) * 2 >= names.len())
+            .map(|(_, (p, _))| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+            .next();
+        let hint = match better {
+            Some(other) => format!("; they are in {other}: were the pickles swapped?"),
+            None => String::new(),
+        };
+        return Err(DataError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "not the {what} vocabulary of these files: only {found} of the {} {what} names of {} are in it \
+                 (e.g. {:?}){hint}",
+                names.len(),
+                train_path.display(),
+                missing.copied().unwrap_or_default()
+            ),
+        });
+    }
+    if let Some(example) = missing {
+        warnings.push(format!(
+            "{}: {} of the {} {what} names of {} are not in it (e.g. {example:?}): they get id 0",
+            path.display(),
+            names.len() - found,
+            names.len(),
+            train_path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// How often each id occurs in the training samples (targets and histories for items and
+/// categories); id 0 (padding and unknowns) counts nothing, so it is never a no-click item.
+fn training_counts(train: &Samples, vocab: &Vocabularies) -> [Vec<u64>; 3] {
+    let count = |ids: &mut dyn Iterator<Item = &u32>, len: usize| {
+        let mut counts = vec![0u64; len];
+        ids.for_each(|&i| counts[i as usize] += 1);
+        counts[0] = 0;
+        counts
+    };
+    [
+        count(&mut train.users.iter(), vocab.users.len()),
+        count(&mut train.items.iter().chain(&train.hist_items), vocab.items.len()),
+        count(&mut train.cats.iter().chain(&train.hist_cats), vocab.cats.len()),
+    ]
+}
+
+/// Where the item popularity for DIEN's no-click items came from (`notes.item_counts`).
+const COUNTS_FROM_REVIEWS: &str = "reviews-info";
+const COUNTS_FROM_TRAINING: &str = "training samples";
 
 /// Prepare a dataset directory from DIEN's files in `dir`.
 pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report, DataError> {
@@ -168,7 +267,7 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
     }
     // reviews-info: one entry per review, for popularity counts.
     let mut review_counts: HashMap<String, u64> = HashMap::new();
-    if let Some(path) = first_existing(dir, &["reviews-info"]) {
+    if let Some(path) = first_existing(dir, &[REVIEWS_INFO]) {
         let parse = |line: &str| -> Result<String, Bad> {
             let f: Vec<&str> = line.split('\t').collect();
             if f.len() != 4 {
@@ -182,12 +281,41 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
         })?);
     }
 
-    let pickles = ["uid_voc.pkl", "mid_voc.pkl", "cat_voc.pkl"].map(|n| dir.join(n));
-    let from_pickles = pickles.iter().all(|p| p.exists());
+    let mut warnings: Vec<String> = summaries.iter().flat_map(issue_warnings).collect();
+    let pickles = PICKLES.map(|n| dir.join(n));
+    let present: Vec<&str> = PICKLES.iter().zip(&pickles).filter(|(_, p)| p.exists()).map(|(n, _)| *n).collect();
+    let from_pickles = present.len() == PICKLES.len();
+    if !present.is_empty() && !from_pickles {
+        return Err(DataError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!(
+                "only {} of DIEN's vocabulary pickles ({}) {} here: give all three, or none to number by frequency",
+                present.join(" and "),
+                PICKLES.join(", "),
+                if present.len() == 1 { "is" } else { "are" }
+            ),
+        });
+    }
     let (mut vocab, maps) = if from_pickles {
         let (users, user_ids) = vocab_from_pickle(&pickles[0], UNKNOWN_USER)?;
         let (items, item_ids) = vocab_from_pickle(&pickles[1], DEFAULT_MID)?;
         let (cats, cat_ids) = vocab_from_pickle(&pickles[2], DEFAULT_CAT)?;
+        let names = |interner: &Interner, ids: Vec<u32>| -> Vec<String> {
+            ids.into_iter().map(|i| interner.name(i).to_string()).collect()
+        };
+        let train_names = [
+            names(&interned.users, distinct(train.users.iter().copied(), interned.users.len())),
+            names(
+                &interned.items,
+                distinct(train.items.iter().chain(&train.hist_items).copied(), interned.items.len()),
+            ),
+            names(&interned.cats, distinct(train.cats.iter().chain(&train.hist_cats).copied(), interned.cats.len())),
+        ];
+        let by_kind = [(&*pickles[0], &user_ids), (&*pickles[1], &item_ids), (&*pickles[2], &cat_ids)];
+        for (k, what) in ["user", "item", "category"].into_iter().enumerate() {
+            let names: Vec<&str> = train_names[k].iter().map(String::as_str).collect();
+            check_pickle_matches(what, &names, &by_kind, k, &train_path, &mut warnings)?;
+        }
         let map = |interner: &Interner, ids: &HashMap<String, u32>| -> Vec<u32> {
             (0..interner.len() as u32).map(|i| ids.get(interner.name(i)).copied().unwrap_or(0)).collect()
         };
@@ -205,19 +333,58 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
     } else {
         vocab::build(&train, &interned.users, &interned.items, &interned.cats, &interned.item_cat)
     };
-    if !review_counts.is_empty() {
-        for (id, name) in vocab.items.names.iter().enumerate() {
-            vocab.items.counts[id] = review_counts.get(name).copied().unwrap_or(0);
-        }
-    }
     let train_v = train.remap(&maps.users, &maps.items, &maps.cats);
     let test_v = test.remap(&maps.users, &maps.items, &maps.cats);
+    if from_pickles {
+        // The pickles hold ids only: count like `vocab::build` does for its own vocabularies.
+        let [users, items, cats] = training_counts(&train_v, &vocab);
+        (vocab.users.counts, vocab.items.counts, vocab.cats.counts) = (users, items, cats);
+    }
+    // DIEN draws no-click items by popularity in reviews-info, as its reference code does;
+    // without it (or when it names too few of these items), by the training samples' counts,
+    // which `vocab.items.counts` now holds. Either way said, never a silent aux loss of 0.
+    let drawable = |counts: &[u64]| counts.iter().skip(1).filter(|&&c| c > 0).count();
+    let reviews_path = dir.join(REVIEWS_INFO);
+    let from_reviews: Vec<u64> = vocab
+        .items
+        .names
+        .iter()
+        .enumerate()
+        .map(|(id, name)| if id == 0 { 0 } else { review_counts.get(name).copied().unwrap_or(0) })
+        .collect();
+    let item_counts = if drawable(&from_reviews) >= 2 {
+        tracing::info!(
+            items = drawable(&from_reviews),
+            reviews = review_counts.values().sum::<u64>(),
+            "item popularity for DIEN's no-click items: {}",
+            reviews_path.display()
+        );
+        vocab.items.counts = from_reviews;
+        COUNTS_FROM_REVIEWS
+    } else {
+        let why = if review_counts.is_empty() && !reviews_path.exists() {
+            format!("there is no {}", reviews_path.display())
+        } else {
+            format!("{} names {} of the items", reviews_path.display(), drawable(&from_reviews))
+        };
+        warnings.push(format!(
+            "{why}: DIEN's no-click items are drawn by the items' counts in the training samples \
+             (targets and histories: {} items) instead of by reviews",
+            drawable(&vocab.items.counts)
+        ));
+        COUNTS_FROM_TRAINING
+    };
+    if drawable(&vocab.items.counts) < 2 {
+        warnings.push(format!(
+            "{}: fewer than 2 items have a count: DIEN's auxiliary loss cannot draw no-click items",
+            train_path.display()
+        ));
+    }
     let max_hist_len = [&train_v, &test_v]
         .iter()
         .flat_map(|s| s.hist_offsets.windows(2).map(|w| (w[1] - w[0]) as usize))
         .max()
         .unwrap_or(0);
-    let warnings: Vec<String> = summaries.iter().flat_map(issue_warnings).collect();
     let sources = summaries.iter().map(source_entry).collect();
     let meta = write_dataset(
         &staging,
@@ -232,7 +399,10 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
             train: &train_v,
             test: &test_v,
             oracle: None,
-            notes: json!({ "vocabularies": if from_pickles { "pickles" } else { "frequency" } }),
+            notes: json!({
+                "vocabularies": if from_pickles { "pickles" } else { "frequency" },
+                "item_counts": item_counts,
+            }),
         },
     )?;
     staging.commit()?;

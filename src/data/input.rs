@@ -3,7 +3,8 @@
 //! handed back in file order so that preparation stays deterministic.
 //!
 //! Bad lines are classified ([`BadKind`]) and either skipped and counted ([`Issues`]) or, in
-//! strict mode, fatal with the file and line number.
+//! strict mode, fatal with the file and line number. A compressed stream that is cut short or
+//! corrupt is a broken file, not a bad line: fatal in either mode, saying how far it was read.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -125,8 +126,8 @@ pub struct FileSummary {
     pub raw_bytes: u64,
     pub lines: u64,
     pub issues: Issues,
-    /// The gzip stream breaks off before its end (a cut or interrupted download): the complete
-    /// lines before the cut were read and the cut line, if any, counted as truncated.
+    /// Always `false`: a gzip stream that breaks off early is now an error
+    /// ([`parse_lines`]). Kept so that `dataset.json` keeps its `truncated_gzip` field.
     pub truncated_gzip: bool,
 }
 
@@ -148,26 +149,55 @@ impl<R: Read> Read for Hashing<R> {
 
 const CHUNK: usize = 4 << 20;
 
-/// What the reader thread hands back: the hasher, lines and decompressed bytes read, and
-/// whether a gzip stream broke off early.
-type ReaderEnd = (Hashing<BufReader<File>>, u64, u64, bool);
+/// How far the reader thread got: stored bytes read, decompressed bytes, and lines (at the end
+/// of a whole stream the last one counts even without its newline; where the stream broke, only
+/// complete lines count).
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    stored: u64,
+    raw: u64,
+    lines: u64,
+}
+
+/// Why the reader thread stopped early.
+enum ReadFailure {
+    /// The gzip stream breaks off before its end (a cut file, an interrupted download).
+    Cut(Progress),
+    /// Any other read or decompression error.
+    Broken(Progress, std::io::Error),
+}
+
+/// What the reader thread hands back: the hasher and how far it read.
+type ReaderEnd = (Hashing<BufReader<File>>, Progress);
 
 struct Chunk {
     index: usize,
     first_line: u64,
     data: Vec<u8>,
-    /// The last line of `data` was cut where a truncated gzip stream ends.
-    cut_last_line: bool,
+}
+
+/// `12345` as `12,345`, for the sizes in messages.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Read `path` (gzip or plain), parse every non-blank line with `parse` on all cores, and hand
 /// each good record to `sink` in file order with its 1-based line number. Bad lines are counted,
 /// or in strict mode stop the read with [`DataError::BadLine`].
 ///
-/// A gzip stream that breaks off early (a cut file: the real `*.head.json.gz` fixtures are such
-/// cuts) is read up to the cut: the partial last line counts as truncated and
-/// [`FileSummary::truncated_gzip`] is set; in strict mode it is an error. A corrupt stream is
-/// always an error.
+/// A compressed stream that cannot be read to its end is a broken file, not a bad line, in
+/// either mode: a gzip stream that breaks off early (a cut or interrupted download: the real
+/// `*.head.json.gz` fixture is such a cut) or a corrupt one is an error naming the file and how
+/// far it was read (stored bytes, decompressed bytes, complete lines). Records handed to `sink`
+/// before the error are then to be discarded by the caller.
 pub fn parse_lines<T: Send>(
     path: &Path,
     strictness: Strictness,
@@ -175,7 +205,9 @@ pub fn parse_lines<T: Send>(
     mut sink: impl FnMut(T, u64),
 ) -> Result<FileSummary, DataError> {
     let io = |source| DataError::Io { path: path.to_path_buf(), source };
-    let mut file = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+    let opened = File::open(path).map_err(io)?;
+    let stored_total = opened.metadata().map_err(io)?.len();
+    let mut file = BufReader::with_capacity(1 << 20, opened);
     let gzip = {
         use std::io::BufRead;
         file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b])
@@ -184,27 +216,25 @@ pub fn parse_lines<T: Send>(
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
 
     let mut issues = Issues::default();
-    let mut lines_total = 0u64;
-    let mut raw_bytes = 0u64;
     let mut failure: Option<DataError> = None;
 
     let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Chunk>(workers * 2);
     let chunk_rx = std::sync::Mutex::new(chunk_rx);
     let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Vec<(u64, Result<T, Bad>)>)>(workers * 2);
-    let mut truncated_gzip = false;
-    let hashing = std::thread::scope(|scope| -> Result<Hashing<BufReader<File>>, DataError> {
+    let read = std::thread::scope(|scope| -> Result<ReaderEnd, ReadFailure> {
         // Reader: split the (decompressed) stream into chunks of whole lines.
-        let reader = scope.spawn(move || -> std::io::Result<ReaderEnd> {
+        let reader = scope.spawn(move || -> Result<ReaderEnd, ReadFailure> {
             let mut hashing = hashing;
-            let mut cut = false;
-            let (lines, raw) = {
+            let mut progress = Progress::default();
+            let mut stopped: Option<std::io::Error> = None;
+            {
                 let mut source: Box<dyn Read + '_> = if gzip {
                     Box::new(flate2::read::MultiGzDecoder::new(&mut hashing))
                 } else {
                     Box::new(&mut hashing)
                 };
                 let mut carry: Vec<u8> = Vec::new();
-                let (mut index, mut next_line, mut raw) = (0usize, 1u64, 0u64);
+                let (mut index, mut next_line) = (0usize, 1u64);
                 loop {
                     let mut data = std::mem::take(&mut carry);
                     let start = data.len();
@@ -215,17 +245,20 @@ pub fn parse_lines<T: Send>(
                             Ok(0) => break,
                             Ok(n) => filled += n,
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                            // flate2's word for a stream that stops before its end.
-                            Err(e) if gzip && e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                                cut = true;
+                            Err(e) => {
+                                stopped = Some(e);
                                 break;
                             }
-                            Err(e) => return Err(e),
                         }
                     }
-                    raw += (filled - start) as u64;
+                    progress.raw += (filled - start) as u64;
                     data.truncate(filled);
-                    let eof = cut || filled < start + CHUNK;
+                    if stopped.is_some() {
+                        // Nothing after a broken stream is parsed: count the complete lines.
+                        progress.lines = next_line - 1 + data.iter().filter(|&&b| b == b'\n').count() as u64;
+                        break;
+                    }
+                    let eof = filled < start + CHUNK;
                     if !eof {
                         // Keep the trailing partial line for the next chunk.
                         match data.iter().rposition(|&b| b == b'\n') {
@@ -236,25 +269,30 @@ pub fn parse_lines<T: Send>(
                             }
                         }
                     }
+                    let n_lines = data.iter().filter(|&&b| b == b'\n').count() as u64
+                        + u64::from(data.last().is_some_and(|&b| b != b'\n'));
                     if data.is_empty() {
                         break;
                     }
-                    let cut_last_line = cut && data.last() != Some(&b'\n');
-                    let n_lines =
-                        data.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(data.last() != Some(&b'\n'));
-                    if chunk_tx.send(Chunk { index, first_line: next_line, data, cut_last_line }).is_err() {
+                    if chunk_tx.send(Chunk { index, first_line: next_line, data }).is_err() {
                         break;
                     }
                     index += 1;
                     next_line += n_lines;
+                    progress.lines = next_line - 1;
                     if eof {
                         break;
                     }
                 }
-                (next_line - 1, raw)
-            };
+            }
             drop(chunk_tx);
-            Ok((hashing, lines, raw, cut))
+            progress.stored = hashing.bytes;
+            match stopped {
+                // flate2's word for a stream that stops before its end.
+                Some(e) if gzip && e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReadFailure::Cut(progress)),
+                Some(e) => Err(ReadFailure::Broken(progress, e)),
+                None => Ok((hashing, progress)),
+            }
         });
 
         // Workers: parse chunks.
@@ -266,24 +304,16 @@ pub fn parse_lines<T: Send>(
                     Err(_) => return,
                 };
                 let mut out = Vec::new();
-                let last = chunk.data.split(|&b| b == b'\n').count() - 1;
                 for (i, line) in chunk.data.split(|&b| b == b'\n').enumerate() {
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let number = chunk.first_line + i as u64;
-                    let parsed = if chunk.cut_last_line && i == last {
-                        // Even if what is left happens to parse (a shorter DIEN history), it is
-                        // not the line the file held.
-                        Err(Bad::new(BadKind::Truncated, "the line breaks off where the gzip stream ends"))
-                    } else {
-                        match std::str::from_utf8(line) {
-                            Ok(text) => parse(text),
-                            Err(e) => Err(Bad::new(BadKind::NonUtf8, e.to_string())),
-                        }
+                    let parsed = match std::str::from_utf8(line) {
+                        Ok(text) => parse(text),
+                        Err(e) => Err(Bad::new(BadKind::NonUtf8, e.to_string())),
                     };
-                    out.push((number, parsed));
+                    out.push((chunk.first_line + i as u64, parsed));
                 }
                 if tx.send((chunk.index, out)).is_err() {
                     return;
@@ -319,30 +349,49 @@ pub fn parse_lines<T: Send>(
                 }
             }
         }
-        let (hashing, lines, raw, cut) = reader.join().expect("reader thread").map_err(io)?;
-        lines_total = lines;
-        raw_bytes = raw;
-        truncated_gzip = cut;
-        Ok(hashing)
-    })?;
+        reader.join().expect("reader thread")
+    });
+    // A broken stream comes first: a bad line before it says less about the file.
+    let (hashing, progress) = match read {
+        Ok(end) => end,
+        Err(ReadFailure::Cut(p)) => {
+            return Err(DataError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "the gzip stream ends early: all {} stored bytes were read and decompress to {} bytes \
+                     ({} complete lines) without reaching the end of the stream; the file is truncated \
+                     (an interrupted download?) and nothing was prepared from it",
+                    thousands(p.stored),
+                    thousands(p.raw),
+                    thousands(p.lines)
+                ),
+            });
+        }
+        Err(ReadFailure::Broken(p, e)) => {
+            let what = if gzip { "the gzip stream is broken" } else { "the file cannot be read" };
+            return Err(DataError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{what} after {} of {} stored bytes ({} bytes, {} complete lines read): {e}",
+                    thousands(p.stored),
+                    thousands(stored_total),
+                    thousands(p.raw),
+                    thousands(p.lines)
+                ),
+            });
+        }
+    };
     if let Some(e) = failure {
         return Err(e);
-    }
-    if truncated_gzip && strictness == Strictness::Strict {
-        // The cut line (if any) was already fatal above; here the cut fell between lines.
-        return Err(DataError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("the gzip stream ends early (after line {lines_total}): the file is truncated"),
-        });
     }
     Ok(FileSummary {
         path: path.to_path_buf(),
         xxh3: format!("{:016x}", hashing.hasher.digest()),
         bytes: hashing.bytes,
-        raw_bytes,
-        lines: lines_total,
+        raw_bytes: progress.raw,
+        lines: progress.lines,
         issues,
-        truncated_gzip,
+        truncated_gzip: false,
     })
 }
 
@@ -368,32 +417,68 @@ mod tests {
         assert_eq!((summary.lines, summary.raw_bytes), (7, 2 * long.len() as u64 + 15));
     }
 
-    #[test]
-    fn a_cut_gzip_stream_keeps_the_lines_before_the_cut_or_is_refused() {
+    fn gzip(text: &[u8]) -> Vec<u8> {
         use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_cut_gzip_stream_is_refused_in_either_mode_saying_how_far_it_got() {
         let dir = tempfile::tempdir().unwrap();
         let text: String = (0..20_000).map(|i| format!("line {i} {}\n", i * 7919 % 10007)).collect();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(text.as_bytes()).unwrap();
-        let gz = gz.finish().unwrap();
+        let gz = gzip(text.as_bytes());
         let path = dir.path().join("cut.gz");
-        std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
+        let cut = &gz[..gz.len() / 2];
+        std::fs::write(&path, cut).unwrap();
+        // What an independent decoder makes of the cut bytes: the complete lines the error counts.
+        let mut prefix = Vec::new();
+        let _ = flate2::read::MultiGzDecoder::new(cut).read_to_end(&mut prefix);
+        let complete = prefix.iter().filter(|&&b| b == b'\n').count();
+        assert!(complete > 1000 && complete < 20_000, "{complete} lines before the cut");
 
-        let (lines, summary) = read_all(&path, Strictness::Lenient).unwrap();
-        assert!(summary.truncated_gzip);
-        let n = lines.len() as u64;
-        assert!(n > 1000 && n < 20_000, "{n} lines before the cut");
-        assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>());
-        // The line at the cut is incomplete: counted, not handed on.
-        assert_eq!(summary.issues.counts.get(&BadKind::Truncated), Some(&1));
-        assert_eq!(summary.issues.first_lines[&BadKind::Truncated], [n + 1]);
-
-        let e = read_all(&path, Strictness::Strict).unwrap_err().to_string();
-        assert!(e.contains("cut.gz") && e.contains(&format!(":{}: truncated", n + 1)), "{e}");
+        for strictness in [Strictness::Lenient, Strictness::Strict] {
+            let e = read_all(&path, strictness).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: the gzip stream ends early", path.display())), "{e}");
+            assert!(e.contains(&format!("all {} stored bytes", thousands(cut.len() as u64))), "{e}");
+            assert!(e.contains(&format!("({} complete lines)", thousands(complete as u64))), "{e}");
+            assert!(e.contains("truncated"), "{e}");
+        }
+        // Cut inside the 10-byte gzip header: nothing decompresses, still the same error.
+        std::fs::write(&path, &gz[..5]).unwrap();
+        let e = read_all(&path, Strictness::Lenient).unwrap_err().to_string();
+        assert!(e.contains("the gzip stream ends early") && e.contains("(0 complete lines)"), "{e}");
 
         // Whole: nothing truncated.
         std::fs::write(&path, &gz).unwrap();
         let (lines, summary) = read_all(&path, Strictness::Strict).unwrap();
         assert_eq!((lines.len(), summary.truncated_gzip, summary.raw_bytes), (20_000, false, text.len() as u64));
+    }
+
+    #[test]
+    fn a_corrupt_gzip_stream_is_refused_in_either_mode_saying_how_far_it_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: String = (0..5_000).map(|i| format!("line {i}\n")).collect();
+        let mut gz = gzip(text.as_bytes());
+        // The gzip trailer is CRC-32 then ISIZE (RFC 1952, section 2.2): damage the CRC.
+        let crc = gz.len() - 8;
+        gz[crc] ^= 0xff;
+        let path = dir.path().join("damaged.gz");
+        std::fs::write(&path, &gz).unwrap();
+        for strictness in [Strictness::Lenient, Strictness::Strict] {
+            let e = read_all(&path, strictness).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: the gzip stream is broken after", path.display())), "{e}");
+            // Everything decompressed before the trailer was checked: all 5,000 lines.
+            assert!(e.contains("5,000 complete lines read") && e.contains("corrupt gzip stream"), "{e}");
+        }
+    }
+
+    #[test]
+    fn thousands_are_grouped_by_three() {
+        assert_eq!(
+            [0, 999, 1000, 81_499, 1_234_567].map(thousands),
+            ["0", "999", "1,000", "81,499", "1,234,567"].map(String::from)
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::batch::{count_micn_positives, Batch, NoClickSampler};
+use super::samples::ArchivedSamples;
 use super::shard;
 use super::Dataset;
 
@@ -29,20 +30,27 @@ pub struct EpochLoader {
 }
 
 impl EpochLoader {
+    /// Over every training sample.
     pub fn new(dataset: Arc<Dataset>, cfg: &LoaderConfig, epoch: u64, first_step: u64) -> Self {
+        let all: Arc<[u32]> = (0..dataset.train.samples().len() as u32).collect();
+        Self::over(dataset, all, cfg, epoch, first_step)
+    }
+
+    /// Over the training samples `ids` (those not held out for validation, see
+    /// [`shard::validation_split`]): the epoch's permutation orders `ids`.
+    pub fn over(dataset: Arc<Dataset>, ids: Arc<[u32]>, cfg: &LoaderConfig, epoch: u64, first_step: u64) -> Self {
         let cfg = cfg.clone();
+        // Built here rather than in the worker so that its warnings (counts missing, DIEN's aux
+        // loss off) carry the caller's span, with the rank.
+        let noclick = if cfg.noclick { NoClickSampler::for_dataset(&dataset, cfg.seed).map(|(s, _)| s) } else { None };
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let worker = std::thread::Builder::new()
             .name(format!("loader-{epoch}"))
             .spawn(move || {
                 let samples = dataset.train.samples();
-                let order = shard::permutation(samples.len(), cfg.seed, epoch);
-                let steps = shard::steps_per_epoch(samples.len(), cfg.global_batch, cfg.drop_remainder);
-                let noclick = if cfg.noclick {
-                    NoClickSampler::new(&dataset.vocab.items.counts, &dataset.vocab.item_cat, cfg.seed)
-                } else {
-                    None
-                };
+                let order: Vec<u32> =
+                    shard::permutation(ids.len(), cfg.seed, epoch).into_iter().map(|k| ids[k as usize]).collect();
+                let steps = shard::steps_per_epoch(ids.len(), cfg.global_batch, cfg.drop_remainder);
                 for step in first_step..steps {
                     let (first, ids) = shard::rank_slice(&order, step, cfg.global_batch, cfg.world, cfg.rank);
                     let mut batch =
@@ -77,12 +85,18 @@ impl Drop for EpochLoader {
     }
 }
 
-/// Test-set batches of one rank: the test set cut into batches of `batch` samples, dealt to the
+/// Evaluation batches of one rank: the samples `ids` of `samples` (the test set, or the held-out
+/// validation samples of the training archive) cut into batches of `batch` samples, dealt to the
 /// ranks in turn. Every sample is scored in the same batch whatever the world size, so scores do
 /// not depend on how many ranks evaluate.
-pub fn eval_batches(dataset: &Dataset, rank: usize, world: usize, batch: usize, max_hist_len: usize) -> Vec<Batch> {
-    let samples = dataset.test.samples();
-    let ids: Vec<u32> = (0..samples.len() as u32).collect();
+pub fn eval_batches(
+    samples: &ArchivedSamples,
+    ids: &[u32],
+    rank: usize,
+    world: usize,
+    batch: usize,
+    max_hist_len: usize,
+) -> Vec<Batch> {
     ids.chunks(batch.max(1))
         .enumerate()
         .filter(|(k, _)| k % world == rank)

@@ -5,8 +5,9 @@
 //! - [`amazon`], [`pyliteral`], [`dien_files`]: the raw formats;
 //! - [`protocol`]: the `dien` and `din` sample-building protocols; [`vocab`]: frequency-ordered
 //!   vocabularies; [`samples`]: the columnar sample set;
-//! - [`archive`]: the dataset directory (rkyv archives, memory-mapped, validated once at open);
-//! - [`prepare`]: the `micn prepare` pipeline (atomic output directory);
+//! - [`archive`]: the dataset directory (every file checked against `dataset.json` at open, rkyv
+//!   archives memory-mapped and validated once);
+//! - [`prepare`]: the `micn prepare` pipeline (atomic output directory, stale staging removed);
 //! - [`synth`]: synthetic Amazon-like data with the generator's oracle;
 //! - [`shard`], [`batch`], [`loader`]: epoch permutations, rank slices, collation, prefetching.
 pub mod amazon;

@@ -2,14 +2,17 @@
 //!
 //! The directory is built under a temporary sibling name (`.NAME.partial-PID`), every file
 //! fsynced, then renamed into place: a killed or failed preparation leaves no output directory,
-//! and an existing one is never overwritten. Same inputs and seed give byte-identical files.
+//! and an existing one is never overwritten. What a killed one leaves (its staging directory) is
+//! removed by the next preparation of the same output once its process is gone. Same inputs and
+//! seed give byte-identical files.
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::json;
 
 use super::amazon::{self, Release};
-use super::archive::{self, Counts, DatasetMeta, FileEntry};
+use super::archive::{self, CategorySource, Counts, DatasetMeta, FileEntry, VocabFiles};
 use super::input::{self, BadKind, FileSummary, Issues, Strictness};
 use super::protocol::{self, Corpus, Protocol, ReviewRef, DEFAULT_CAT};
 use super::samples::Samples;
@@ -22,7 +25,8 @@ use super::DataError;
 pub struct AmazonJob {
     pub release: Release,
     pub reviews: PathBuf,
-    pub meta: PathBuf,
+    /// Item metadata; without it every item is in `default_cat`.
+    pub meta: Option<PathBuf>,
     pub protocol: Protocol,
     pub max_hist_len: usize,
     pub seed: u64,
@@ -49,6 +53,11 @@ pub(crate) struct Staging {
     out: PathBuf,
 }
 
+/// Inside a staging directory until it is committed: the host that builds it, so that a
+/// preparation on another machine sharing the file system (whose process ids mean nothing here)
+/// never takes it for a dead one.
+const OWNER_FILE: &str = ".micn-staging-host";
+
 impl Staging {
     pub fn new(out: &Path) -> Result<Self, DataError> {
         if out.exists() {
@@ -60,12 +69,16 @@ impl Staging {
         })?;
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|source| DataError::Io { path: parent.to_path_buf(), source })?;
-        let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+        remove_stale(parent, name)?;
+        let tmp = parent.join(staging_name(name, std::process::id()));
         if tmp.exists() {
+            // Our own process id: left by an earlier process that had the same id.
             std::fs::remove_dir_all(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
         }
         std::fs::create_dir(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
-        Ok(Self { tmp, out: out.to_path_buf() })
+        let staging = Self { tmp, out: out.to_path_buf() };
+        staging.write(OWNER_FILE, format!("{}\n", host_name()).as_bytes())?;
+        Ok(staging)
     }
 
     /// Write one file inside the staging directory and fsync it.
@@ -82,6 +95,8 @@ impl Staging {
             let path = path.to_path_buf();
             move |source| DataError::Io { path, source }
         };
+        let owner = self.tmp.join(OWNER_FILE);
+        std::fs::remove_file(&owner).map_err(io(&owner))?;
         for entry in std::fs::read_dir(&self.tmp).map_err(io(&self.tmp))? {
             let path = entry.map_err(io(&self.tmp))?.path();
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
@@ -93,6 +108,91 @@ impl Staging {
         std::mem::forget(self);
         Ok(())
     }
+}
+
+/// `.NAME.partial-`, followed by the process id in a staging directory's name.
+fn staging_prefix(name: &OsStr) -> String {
+    format!(".{}.partial-", name.to_string_lossy())
+}
+
+fn staging_name(name: &OsStr, pid: u32) -> String {
+    format!("{}{pid}", staging_prefix(name))
+}
+
+/// The process id in a staging directory's name for output `name`, if `file` is one.
+fn staging_pid(file: &OsStr, name: &OsStr) -> Option<u32> {
+    let digits = file.to_str()?.strip_prefix(&staging_prefix(name))?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Whether process `pid` is gone: `kill(pid, 0)` fails with ESRCH. Anything else (it exists,
+/// it belongs to another user, an id that is not a single process) counts as alive.
+fn process_is_gone(pid: u32) -> bool {
+    // 0 and ids above i32::MAX would name process groups, not one process.
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// This machine's name (for [`OWNER_FILE`]).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer and its length match; the name is cut (and then not NUL-terminated)
+    // only if longer than the buffer, which the `position` below allows for.
+    let result = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if result != 0 {
+        return "unknown".into();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+/// Remove the staging directories of output `name` in `parent` that killed or crashed
+/// preparations left behind: those whose process is gone, made on this host. A live process's
+/// directory, or one made on another host, is left alone; each removal is logged.
+fn remove_stale(parent: &Path, name: &OsStr) -> Result<(), DataError> {
+    let io = |source| DataError::Io { path: parent.to_path_buf(), source };
+    let here = host_name();
+    for entry in std::fs::read_dir(parent).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let Some(pid) = staging_pid(&entry.file_name(), name) else { continue };
+        let path = entry.path();
+        // Not through a symbolic link, and not our own (`Staging::new` handles that).
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !is_dir || pid == std::process::id() || !process_is_gone(pid) {
+            continue;
+        }
+        // Without the file: killed before writing it, or made by an older micn; both local.
+        if let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) {
+            let owner = owner.trim_end();
+            if owner != here {
+                tracing::warn!(
+                    "{}: left alone: the staging directory of a preparation on host {owner} (this is {here}); remove it by hand once no preparation runs there",
+                    path.display()
+                );
+                continue;
+            }
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::warn!(
+                "{}: removed the staging directory of an earlier preparation that did not finish (its process {pid} is gone)",
+                path.display()
+            ),
+            // It does not stop this preparation, which builds in its own directory.
+            Err(e) => tracing::warn!(
+                "{}: could not remove the staging directory of an earlier preparation that did not finish (process {pid}): {e}",
+                path.display()
+            ),
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Staging {
@@ -130,8 +230,12 @@ pub(crate) fn issue_warnings(s: &FileSummary) -> Vec<String> {
     warnings
 }
 
-/// Read reviews and meta into an interned corpus.
-fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, Vec<FileSummary>, u64), DataError> {
+/// Read reviews and meta into an interned corpus; also the file summaries and, when there is a
+/// meta file, the number of reviewed items it does not describe.
+fn read_corpus(
+    job: &AmazonJob,
+    warnings: &mut Vec<String>,
+) -> Result<(Corpus, Vec<FileSummary>, Option<u64>), DataError> {
     let mut corpus = Corpus::default();
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
     let mut reviews_summary = input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
@@ -178,9 +282,15 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
     }
 
     corpus.item_cat = vec![default_cat; corpus.items.len()];
+    warnings.extend(issue_warnings(&reviews_summary));
+    let Some(meta_path) = &job.meta else {
+        warnings
+            .push(format!("no --meta: every item is in category `{DEFAULT_CAT}` (the models see no category signal)"));
+        return Ok((corpus, vec![reviews_summary], None));
+    };
     let mut has_meta = vec![false; corpus.items.len()];
     let mut good_meta = 0u64;
-    let meta_summary = input::parse_lines(&job.meta, job.strictness, amazon::meta_parser(job.release), |m, _| {
+    let meta_summary = input::parse_lines(meta_path, job.strictness, amazon::meta_parser(job.release), |m, _| {
         good_meta += 1;
         if let Some(item) = corpus.items.get(&m.item) {
             has_meta[item as usize] = true;
@@ -191,7 +301,7 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
     })?;
     let bad_meta = meta_summary.issues.total();
     if meta_summary.lines == 0 {
-        return Err(DataError::Invalid { path: job.meta.clone(), message: "the meta file is empty".into() });
+        return Err(DataError::Invalid { path: meta_path.clone(), message: "the meta file is empty".into() });
     }
     if good_meta == 0 || bad_meta > good_meta {
         let example = meta_summary
@@ -201,7 +311,7 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
             .map(|(line, p)| format!(" (first: line {line}: {p})"))
             .unwrap_or_default();
         return Err(DataError::Invalid {
-            path: job.meta.clone(),
+            path: meta_path.clone(),
             message: format!(
                 "does not look like a {} meta file: {bad_meta} of {} lines rejected{example}",
                 match job.release {
@@ -220,9 +330,8 @@ fn read_corpus(job: &AmazonJob, warnings: &mut Vec<String>) -> Result<(Corpus, V
             has_meta.len()
         ));
     }
-    warnings.extend(issue_warnings(&reviews_summary));
     warnings.extend(issue_warnings(&meta_summary));
-    Ok((corpus, vec![reviews_summary, meta_summary], without_meta))
+    Ok((corpus, vec![reviews_summary, meta_summary], Some(without_meta)))
 }
 
 /// Oracle score of every test sample: ln p(item | user) − ln p_negative(item).
@@ -306,13 +415,16 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     let protocol::Built { train, test, summary } = built;
     let train = train.remap(&maps.users, &maps.items, &maps.cats);
     let test = test.remap(&maps.users, &maps.items, &maps.cats);
-    let notes = json!({
-        "protocol_summary": summary,
-        "items_without_meta": without_meta,
-        "release": job.release,
-    });
-    let meta = write_dataset(
+    let (categories, notes) = match without_meta {
+        Some(n) => (
+            CategorySource::Meta,
+            json!({ "protocol_summary": summary, "items_without_meta": n, "release": job.release }),
+        ),
+        None => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release })),
+    };
+    let meta = write_dataset_with(
         &staging,
+        categories,
         DatasetParts {
             source: format!("{:?}", job.release).to_lowercase(),
             protocol: format!("{:?}", job.protocol).to_lowercase(),
@@ -365,8 +477,18 @@ pub(crate) struct DatasetParts<'a> {
     pub notes: serde_json::Value,
 }
 
-/// Write archives, vocabularies, the oracle and `dataset.json` into the staging directory.
+/// Write archives, vocabularies, the oracle and `dataset.json` into the staging directory, for
+/// DIEN's files (whose lines carry the categories).
 pub(crate) fn write_dataset(staging: &Staging, parts: DatasetParts<'_>) -> Result<DatasetMeta, DataError> {
+    write_dataset_with(staging, CategorySource::DienFiles, parts)
+}
+
+/// [`write_dataset`] with the categories' origin.
+fn write_dataset_with(
+    staging: &Staging,
+    categories: CategorySource,
+    parts: DatasetParts<'_>,
+) -> Result<DatasetMeta, DataError> {
     // One archive's bytes at a time (at Books size each is as large as its samples).
     let archive = |name: &str, samples: &Samples| -> Result<FileEntry, DataError> {
         let bytes = archive::to_bytes(samples);
@@ -375,7 +497,11 @@ pub(crate) fn write_dataset(staging: &Staging, parts: DatasetParts<'_>) -> Resul
     };
     let train_entry = archive("train.rkyv", parts.train)?;
     let test_entry = archive("test.rkyv", parts.test)?;
-    parts.vocab.write(&staging.tmp)?;
+    let [users, items, cats] = parts.vocab.to_files().map(|(name, bytes)| {
+        staging.write(name, &bytes)?;
+        Ok::<_, DataError>(FileEntry::of(&bytes))
+    });
+    let vocabularies = VocabFiles { users: users?, items: items?, cats: cats? };
     let oracle = match parts.oracle {
         Some(scores) => {
             let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
@@ -399,9 +525,11 @@ pub(crate) fn write_dataset(staging: &Staging, parts: DatasetParts<'_>) -> Resul
             items: parts.vocab.items.len() as u64,
             cats: parts.vocab.cats.len() as u64,
         },
+        categories,
         sources: parts.sources,
         train: train_entry,
         test: test_entry,
+        vocabularies,
         oracle,
         oracle_auc,
         notes: parts.notes,
@@ -428,14 +556,21 @@ pub fn synthetic_dataset(
 ) -> Result<PathBuf, DataError> {
     let data = work_dir.join("data");
     if data.join("dataset.json").exists() {
-        return Ok(data);
+        // Refuse an older format here, where the fix is plain, rather than at the first open.
+        return match DatasetMeta::read(&data) {
+            Ok(_) => Ok(data),
+            Err(e) => Err(DataError::Invalid {
+                path: data.clone(),
+                message: format!("cannot reuse the synthetic dataset here ({e}); remove this directory and run again"),
+            }),
+        };
     }
     let raw = work_dir.join("raw");
     synth::generate(synth_cfg, &raw)?;
     let job = AmazonJob {
         release: Release::Amazon2014,
         reviews: raw.join(synth::REVIEWS_FILE),
-        meta: raw.join(synth::META_FILE),
+        meta: Some(raw.join(synth::META_FILE)),
         protocol,
         max_hist_len,
         seed: synth_cfg.seed,
@@ -445,4 +580,77 @@ pub fn synthetic_dataset(
     prepare_amazon(&job, &data)?;
     std::fs::remove_dir_all(&raw).map_err(|source| DataError::Io { path: raw.clone(), source })?;
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The id of a process that has ended and been reaped.
+    fn gone_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn `true`");
+        let pid = child.id();
+        child.wait().expect("wait for `true`");
+        pid
+    }
+
+    #[test]
+    fn staging_names_give_back_their_process_id_and_nothing_else_matches() {
+        let name = OsStr::new("data");
+        assert_eq!(staging_name(name, 4242), ".data.partial-4242");
+        assert_eq!(staging_pid(OsStr::new(".data.partial-4242"), name), Some(4242));
+        for other in [".data.partial-", ".data.partial-12x", ".data.partial--3", ".data.partial-+3", ".dat.partial-7"] {
+            assert_eq!(staging_pid(OsStr::new(other), name), None, "{other}");
+        }
+        assert_eq!(staging_pid(OsStr::new(".data.partial-7"), OsStr::new("dat")), None);
+        assert_eq!(staging_pid(OsStr::new(".data.partial-99999999999"), name), None, "beyond u32");
+    }
+
+    #[test]
+    fn only_a_reaped_process_counts_as_gone() {
+        assert!(!process_is_gone(std::process::id()), "this process");
+        assert!(!process_is_gone(0), "0 would name our process group");
+        assert!(!process_is_gone(u32::MAX), "-1 would name every process");
+        assert!(process_is_gone(gone_pid()));
+    }
+
+    #[test]
+    fn stale_staging_of_the_same_output_is_removed_and_everything_else_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |name: &str| {
+            let path = tmp.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("train.rkyv"), b"half").unwrap();
+            path
+        };
+        let dead = gone_pid();
+        let stale = dir(&format!(".out.partial-{dead}"));
+        let alive = dir(&format!(".out.partial-{}", std::process::id()));
+        let other_output = dir(&format!(".other.partial-{dead}"));
+        let other_host = dir(&format!(".out.partial-{}", gone_pid()));
+        std::fs::write(other_host.join(OWNER_FILE), "a-host-that-is-not-this-one\n").unwrap();
+        let local = dir(&format!(".out.partial-{}", gone_pid()));
+        std::fs::write(local.join(OWNER_FILE), format!("{}\n", host_name())).unwrap();
+        let file = tmp.path().join(format!(".out.partial-{}", gone_pid()));
+        std::fs::write(&file, b"not a directory").unwrap();
+
+        remove_stale(tmp.path(), OsStr::new("out")).unwrap();
+        assert!(!stale.exists() && !local.exists(), "dead processes' directories on this host are removed");
+        for kept in [&alive, &other_output, &other_host, &file] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+    }
+
+    #[test]
+    fn a_committed_dataset_holds_no_staging_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let staging = Staging::new(&out).unwrap();
+        assert_eq!(std::fs::read_to_string(staging.tmp.join(OWNER_FILE)).unwrap(), format!("{}\n", host_name()));
+        staging.write("a.txt", b"a").unwrap();
+        staging.commit().unwrap();
+        let names: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["a.txt"]);
+    }
 }

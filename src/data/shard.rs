@@ -3,7 +3,33 @@
 //! `s·B .. (s+1)·B` of it (B = global batch), and rank `r` of `N` takes the `r`-th slice of
 //! `B / N` positions. So N ranks × b samples cover exactly what 1 rank × N·b does, and a run
 //! resumed with another world size continues from the same global position.
+//!
+//! Before any of this, a seeded share of the training archive is held out for validation
+//! ([`validation_split`]): mid-run evaluations and the choice of the best checkpoint use it, never
+//! the test set.
 use crate::rng::{stream, Rng};
+
+/// The training archive's samples divided into those trained on and those held out for
+/// validation, both in archive order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub train: Vec<u32>,
+    pub valid: Vec<u32>,
+}
+
+/// Hold out a seeded share of the `n` training samples. `by_user`: whole users go to validation
+/// (the `dien` protocol, whose test set holds out whole users too), judged by `user_key(i)`;
+/// otherwise single samples (the `din` protocol, whose test set is each user's last behaviour).
+/// A share of 0 holds out nothing, and the training order is then exactly that of all samples.
+pub fn validation_split(n: usize, user_key: impl Fn(usize) -> u32, by_user: bool, share: f64, seed: u64) -> Split {
+    let mut split = Split { train: Vec::with_capacity(n), valid: Vec::new() };
+    for i in 0..n {
+        let key = if by_user { u64::from(user_key(i)) } else { i as u64 };
+        let held_out = share > 0.0 && Rng::derive(seed, &[stream::VALIDATION, u64::from(by_user), key]).chance(share);
+        if held_out { &mut split.valid } else { &mut split.train }.push(i as u32);
+    }
+    split
+}
 
 /// Steps in one epoch: the last incomplete batch is dropped, or padded by wrapping around to the
 /// start of the permutation.
@@ -99,6 +125,25 @@ mod tests {
         assert_eq!(permutation(50, 1, 1), permutation(50, 1, 1));
         assert_ne!(permutation(50, 1, 1), permutation(50, 1, 2));
         assert_ne!(permutation(50, 1, 1), permutation(50, 2, 1));
+    }
+
+    #[test]
+    fn validation_holds_out_a_seeded_share_of_users_or_samples() {
+        // 20,000 samples of 2,000 users (10 each, interleaved).
+        let user = |i: usize| (i % 2000) as u32;
+        let by_user = validation_split(20_000, user, true, 0.1, 7);
+        assert_eq!(by_user.train.len() + by_user.valid.len(), 20_000);
+        let share = by_user.valid.len() as f64 / 20_000.0;
+        assert!((0.08..0.12).contains(&share), "share of users held out: {share}");
+        let valid_users: std::collections::HashSet<u32> = by_user.valid.iter().map(|&i| user(i as usize)).collect();
+        assert!(by_user.train.iter().all(|&i| !valid_users.contains(&user(i as usize))), "a user is on both sides");
+        assert_eq!(by_user, validation_split(20_000, user, true, 0.1, 7), "the same seed, the same split");
+        assert_ne!(by_user, validation_split(20_000, user, true, 0.1, 8));
+        let by_sample = validation_split(20_000, user, false, 0.1, 7);
+        let users_on_both_sides = by_sample.valid.iter().filter(|&&i| by_sample.train.contains(&(i + 2000))).count();
+        assert!(users_on_both_sides > 0, "single samples, not whole users, are held out");
+        let none = validation_split(500, user, true, 0.0, 7);
+        assert_eq!((none.train, none.valid), ((0..500).collect(), vec![]));
     }
 
     #[test]

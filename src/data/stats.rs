@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::archive::CategorySource;
 use super::samples::ArchivedSamples;
 use super::Dataset;
 
@@ -28,6 +29,8 @@ pub struct Stats {
     pub users: u64,
     pub items: u64,
     pub cats: u64,
+    /// `meta`, `none` (prepared without `--meta`: every item in `default_cat`) or `dien_files`.
+    pub category_source: CategorySource,
     pub train: SplitStats,
     pub test: SplitStats,
     pub oracle_auc: Option<f64>,
@@ -66,6 +69,7 @@ pub fn compute(d: &Dataset) -> Stats {
         users: d.vocab.users.len() as u64,
         items: d.vocab.items.len() as u64,
         cats: d.vocab.cats.len() as u64,
+        category_source: d.meta.categories,
         train: split(d.train.samples()),
         test: split(d.test.samples()),
         oracle_auc: d.meta.oracle_auc,
@@ -84,6 +88,7 @@ impl std::fmt::Display for Stats {
             "reviews {}  vocabularies (with id 0): users {}  items {}  categories {}",
             self.reviews, self.users, self.items, self.cats
         )?;
+        writeln!(f, "categories: {}", self.category_source)?;
         for (name, s) in [("train", &self.train), ("test", &self.test)] {
             writeln!(
                 f,

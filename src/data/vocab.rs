@@ -102,31 +102,54 @@ pub fn build(
 }
 
 impl Vocabularies {
-    /// Write the three TSV files into `dir`.
-    pub fn write(&self, dir: &Path) -> Result<(), DataError> {
-        let write = |name: &str, vocab: &Vocab, extra: Option<&[u32]>| -> Result<(), DataError> {
-            let path = dir.join(name);
-            let io = |source| DataError::Io { path: path.clone(), source };
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+    /// The three TSV files, names and bytes, in the order [`Vocabularies::parse`] takes them.
+    pub fn to_files(&self) -> [(&'static str, Vec<u8>); 3] {
+        let tsv = |vocab: &Vocab, extra: Option<&[u32]>| -> Vec<u8> {
+            let mut out = Vec::new();
             for (id, (n, c)) in vocab.names.iter().zip(&vocab.counts).enumerate() {
                 match extra {
                     Some(cats) => writeln!(out, "{n}\t{c}\t{}", cats[id]),
                     None => writeln!(out, "{n}\t{c}"),
                 }
-                .map_err(io)?;
+                .expect("writing to a Vec cannot fail");
             }
-            out.flush().map_err(io)
+            out
         };
-        write("users.tsv", &self.users, None)?;
-        write("items.tsv", &self.items, Some(&self.item_cat))?;
-        write("cats.tsv", &self.cats, None)
+        [
+            ("users.tsv", tsv(&self.users, None)),
+            ("items.tsv", tsv(&self.items, Some(&self.item_cat))),
+            ("cats.tsv", tsv(&self.cats, None)),
+        ]
     }
 
-    /// Read what [`Vocabularies::write`] wrote.
-    pub fn read(dir: &Path) -> Result<Self, DataError> {
-        let read = |name: &str, with_cat: bool| -> Result<(Vocab, Vec<u32>), DataError> {
+    /// Write the three TSV files into `dir` (a prepared dataset writes them through its staging
+    /// directory instead, see `prepare::write_dataset`).
+    pub fn write(&self, dir: &Path) -> Result<(), DataError> {
+        for (name, bytes) in self.to_files() {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+            std::fs::write(&path, bytes).map_err(|source| DataError::Io { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Read what [`Vocabularies::write`] wrote, unchecked (`Dataset::open` checks the files
+    /// against `dataset.json` first and calls [`Vocabularies::parse`]).
+    pub fn read(dir: &Path) -> Result<Self, DataError> {
+        let [users, items, cats] = ["users.tsv", "items.tsv", "cats.tsv"].map(|name| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| DataError::Io { path, source })
+        });
+        Self::parse(dir, [users?, items?, cats?])
+    }
+
+    /// Parse the bytes of `users.tsv`, `items.tsv` and `cats.tsv` of `dir` (named in errors).
+    pub fn parse(dir: &Path, [users, items, cats]: [Vec<u8>; 3]) -> Result<Self, DataError> {
+        let parse = |name: &str, bytes: &[u8], with_cat: bool| -> Result<(Vocab, Vec<u32>), DataError> {
+            let path = dir.join(name);
+            let text = std::str::from_utf8(bytes).map_err(|e| DataError::Invalid {
+                path: path.clone(),
+                message: format!("not UTF-8 (byte {})", e.valid_up_to()),
+            })?;
             let (mut vocab, mut cats) = (Vocab::default(), Vec::new());
             for (i, line) in text.lines().enumerate() {
                 let bad =
@@ -146,9 +169,9 @@ impl Vocabularies {
             }
             Ok((vocab, cats))
         };
-        let (users, _) = read("users.tsv", false)?;
-        let (items, item_cat) = read("items.tsv", true)?;
-        let (cats, _) = read("cats.tsv", false)?;
+        let (users, _) = parse("users.tsv", &users, false)?;
+        let (items, item_cat) = parse("items.tsv", &items, true)?;
+        let (cats, _) = parse("cats.tsv", &cats, false)?;
         if let Some(bad) = item_cat.iter().position(|&c| c as usize >= cats.len()) {
             return Err(DataError::Invalid {
                 path: dir.join("items.tsv"),
@@ -219,5 +242,8 @@ mod tests {
         std::fs::write(dir.path().join("items.tsv"), "default_mid\t0\t0\nB1\t9\t7\n").unwrap();
         let e = Vocabularies::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("items.tsv") && e.contains("line 2"), "{e}");
+        std::fs::write(dir.path().join("items.tsv"), b"default_mid\t0\t0\nB\xe91\t9\t1\n").unwrap();
+        let e = Vocabularies::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("items.tsv: not UTF-8 (byte 17)"), "{e}");
     }
 }

@@ -2,7 +2,7 @@
 //! values differ between them (`train.seed` and `run.dir` aside, so repeats fall into one group),
 //! as a markdown table and a CSV of test AUC / GAUC / log-loss (mean ± sample std over the
 //! repeats, with their number), and plots as PNG and SVG: the training loss of every task over
-//! steps, test AUC over steps, and test AUC against every swept numeric key with error bars.
+//! steps, validation AUC over steps, and test AUC against every swept numeric key with error bars.
 //!
 //! A run directory is one with a `config.toml`. One without a `summary.json`, or stopped by a
 //! signal, is unfinished; unfinished runs, unreadable runs and directories that hold no run are
@@ -160,7 +160,8 @@ fn read_run(dir: &Path) -> Result<Run, String> {
                 run.losses.entry(field).or_default().push((step, loss));
             }
         }
-        if let Some(auc) = v["eval_auc"].as_f64() {
+        // Mid-run evaluations: the validation split's (`eval_auc` in runs made before it existed).
+        if let Some(auc) = v["valid_auc"].as_f64().or_else(|| v["eval_auc"].as_f64()) {
             run.evals.push((step, auc));
         }
     }
@@ -437,9 +438,9 @@ pub fn figures(runs: &[Run], table: &Table) -> Vec<(String, Vec<Panel>, usize)> 
     let auc_panels: Vec<Panel> = parts
         .iter()
         .map(|(suffix, groups)| Panel {
-            title: format!("test AUC during training{suffix}"),
+            title: format!("validation AUC during training{suffix}"),
             x_label: "step".into(),
-            y_label: "test AUC (mean over repeats)".into(),
+            y_label: "validation AUC (mean over repeats)".into(),
             x_whole: true,
             series: groups
                 .iter()
@@ -606,7 +607,7 @@ mod tests {
         std::fs::write(dir.join("summary.json"), summary).unwrap();
         let metrics = format!(
             "{{\"step\":10,\"epoch\":0,\"loss_main\":0.69,\"loss_micn\":3.0}}\n{{\"step\":10,\"epoch\":0,\"eval_auc\":0.6}}\n\
-             {{\"step\":20,\"epoch\":1,\"loss_main\":0.6,\"loss_micn\":2.5}}\n{{\"step\":20,\"epoch\":1,\"eval_auc\":{auc}}}\n"
+             {{\"step\":20,\"epoch\":1,\"loss_main\":0.6,\"loss_micn\":2.5}}\n{{\"step\":20,\"epoch\":1,\"valid_auc\":{auc}}}\n"
         );
         std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
         dir
@@ -688,7 +689,7 @@ mod tests {
         assert_eq!(stems, ["loss", "auc-over-steps"], "the history length only follows the dataset");
         let (_, auc, per_row) = &figs[1];
         assert_eq!((auc.len(), *per_row), (2, 2));
-        assert_eq!(auc[0].title, "test AUC during training (books, max_hist_len=20)");
+        assert_eq!(auc[0].title, "validation AUC during training (books, max_hist_len=20)");
         let labels: Vec<&str> = auc[0].series.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(
             labels,

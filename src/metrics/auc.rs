@@ -1,7 +1,9 @@
 //! Exact ROC AUC over a slice of scores: the Mann–Whitney U statistic divided by the number of
 //! positive–negative pairs, with tied scores counting one half.
 
-/// Exact area under the ROC curve of `scores` against binary `labels`.
+use super::MetricError;
+
+/// Exact area under the ROC curve of `scores` against binary `labels`, or why it is undefined.
 ///
 /// This is the probability that a randomly drawn positive scores higher than a randomly drawn
 /// negative, where a pair with equal scores counts one half (the average-rank form of the
@@ -9,39 +11,33 @@
 ///
 /// Any non-zero label is a positive. The scores are sorted once, O(n log n); pair counts are
 /// accumulated exactly in integers and divided once in `f64`, so the result depends only on the
-/// multiset of (score, label) pairs, never on their order. `-0.0` and `0.0` count as a tie.
+/// multiset of (score, label) pairs, never on their order. `-0.0` and `0.0` count as a tie, and
+/// infinite scores rank like any other.
 ///
-/// Returns `None` when there are no positives or no negatives (including empty input), since
-/// the AUC is undefined there.
+/// # Errors
 ///
-/// # Panics
-///
-/// If `scores` and `labels` differ in length, or if any score is NaN (a NaN has no rank, and a
-/// model emitting one needs fixing rather than a number).
-pub fn auc(scores: &[f32], labels: &[u8]) -> Option<f64> {
-    assert_eq!(
-        scores.len(),
-        labels.len(),
-        "auc: scores has {} entries but labels has {}; they must pair up one to one",
-        scores.len(),
-        labels.len()
-    );
-    let mut pairs: Vec<(f32, bool)> = scores
-        .iter()
-        .zip(labels)
-        .enumerate()
-        .map(|(i, (&s, &y))| {
-            assert!(!s.is_nan(), "auc: score at index {i} is NaN");
-            (s, y != 0)
-        })
-        .collect();
+/// - [`MetricError::LengthMismatch`] when `scores` and `labels` differ in length;
+/// - [`MetricError::NanScores`] when any score is NaN: a NaN has no rank, so no ordering of the
+///   samples (and no AUC) exists; sklearn refuses such input too ("Input contains NaN");
+/// - [`MetricError::OneClass`] when there are no positives or no negatives (empty input
+///   included), where the AUC is undefined.
+pub fn try_auc(scores: &[f32], labels: &[u8]) -> Result<f64, MetricError> {
+    super::check_lengths("scores", scores.len(), labels.len())?;
+    super::check_not_nan(scores)?;
+    let mut pairs: Vec<(f32, bool)> = scores.iter().zip(labels).map(|(&s, &y)| (s, y != 0)).collect();
     pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-    auc_of_sorted(pairs.into_iter())
+    auc_of_sorted(pairs.into_iter()).ok_or_else(|| MetricError::one_class(labels))
+}
+
+/// [`try_auc`] without the reason: `None` wherever the AUC is undefined (one class only, a NaN
+/// score, or slices of different lengths). Never panics.
+pub fn auc(scores: &[f32], labels: &[u8]) -> Option<f64> {
+    try_auc(scores, labels).ok()
 }
 
 /// AUC of (score, is-positive) pairs that arrive sorted by ascending score, none of them NaN.
 ///
-/// Shared by [`auc`](auc()) and the per-user pass of [`gauc`](super::gauc()). Within a run of
+/// Shared by [`try_auc`] and the per-user pass of [`gauc`](super::gauc()). Within a run of
 /// equal scores the order does not matter. Returns `None` when one class is missing.
 pub(crate) fn auc_of_sorted(sorted: impl Iterator<Item = (f32, bool)>) -> Option<f64> {
     // Twice the Mann–Whitney U: each positive above a negative adds 2, each tied pair adds 1.
@@ -243,14 +239,33 @@ pub(crate) mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "scores has 3 entries but labels has 2")]
-    fn mismatched_lengths_panic_with_a_clear_message() {
-        let _ = auc(&[0.1, 0.2, 0.3], &[0, 1]);
+    fn mismatched_lengths_are_an_error_naming_both() {
+        let e = try_auc(&[0.1, 0.2, 0.3], &[0, 1]).unwrap_err();
+        assert_eq!(e, MetricError::LengthMismatch { what: "scores", values: 3, labels: 2 });
+        assert!(e.to_string().contains("scores has 3 entries but labels has 2"), "{e}");
+        assert_eq!(auc(&[0.1, 0.2, 0.3], &[0, 1]), None);
     }
 
     #[test]
-    #[should_panic(expected = "score at index 1 is NaN")]
-    fn nan_scores_panic_with_their_index() {
-        let _ = auc(&[0.1, f32::NAN], &[0, 1]);
+    fn nan_scores_are_an_error_counting_them_not_a_panic() {
+        // Issue 13 item 8: a NaN model made `micn eval` panic here.
+        let e = try_auc(&[0.1, f32::NAN, 0.3, f32::NAN], &[0, 1, 1, 0]).unwrap_err();
+        assert_eq!(e, MetricError::NanScores { nan: 2, total: 4 });
+        assert_eq!(e.to_string(), "the model's scores are not finite (2 of 4 are NaN)");
+        assert_eq!(auc(&[f32::NAN; 3], &[0, 1, 0]), None);
+    }
+
+    #[test]
+    fn one_class_is_an_error_with_the_counts() {
+        let e = try_auc(&[0.1, 0.5, 0.9], &[1, 1, 1]).unwrap_err();
+        assert_eq!(e, MetricError::OneClass { positives: 3, negatives: 0 });
+        assert_eq!(try_auc(&[], &[]).unwrap_err(), MetricError::OneClass { positives: 0, negatives: 0 });
+    }
+
+    #[test]
+    fn infinite_scores_rank_like_any_other() {
+        // By the definition: the positive at +inf beats both negatives, the one at -inf none.
+        assert_eq!(auc(&[f32::INFINITY, 0.5, f32::NEG_INFINITY, 0.1], &[1, 0, 1, 0]), Some(0.5));
+        assert_eq!(auc(&[f32::INFINITY, f32::NEG_INFINITY], &[1, 0]), Some(1.0));
     }
 }

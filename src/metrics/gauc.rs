@@ -3,10 +3,11 @@
 //! averaged with each user weighted by their number of impressions.
 
 use super::auc::auc_of_sorted;
+use super::MetricError;
 
 /// Group AUC: `sum_u n_u * AUC_u / sum_u n_u` over the users `u` whose impressions include both
 /// a positive and a negative, where `n_u` is the user's number of samples (impressions) and
-/// `AUC_u` the exact AUC of those samples, ties counting one half (see [`auc`](super::auc())).
+/// `AUC_u` the exact AUC of those samples, ties counting one half (see [`try_auc`](super::try_auc)).
 ///
 /// Users whose samples are all one class have no AUC and are skipped: they add nothing to the
 /// numerator or to the weights. Any non-zero label is a positive.
@@ -15,29 +16,17 @@ use super::auc::auc_of_sorted;
 /// id order, so the result depends only on the multiset of (user, score, label) triples, never
 /// on their order.
 ///
-/// Returns `None` when no user has both classes (including empty input).
+/// # Errors
 ///
-/// # Panics
-///
-/// If the three slices differ in length, or if any score is NaN.
-pub fn gauc(users: &[u32], scores: &[f32], labels: &[u8]) -> Option<f64> {
-    assert!(
-        users.len() == scores.len() && scores.len() == labels.len(),
-        "gauc: users, scores and labels must have equal lengths, got {}, {} and {}",
-        users.len(),
-        scores.len(),
-        labels.len()
-    );
-    let mut samples: Vec<(u32, f32, bool)> = users
-        .iter()
-        .zip(scores)
-        .zip(labels)
-        .enumerate()
-        .map(|(i, ((&u, &s), &y))| {
-            assert!(!s.is_nan(), "gauc: score at index {i} is NaN");
-            (u, s, y != 0)
-        })
-        .collect();
+/// [`MetricError::LengthMismatch`] when the slices differ in length, [`MetricError::NanScores`]
+/// when any score is NaN, and [`MetricError::NoUserWithBothClasses`] when no user has both
+/// classes (empty input included).
+pub fn try_gauc(users: &[u32], scores: &[f32], labels: &[u8]) -> Result<f64, MetricError> {
+    super::check_lengths("users", users.len(), labels.len())?;
+    super::check_lengths("scores", scores.len(), labels.len())?;
+    super::check_not_nan(scores)?;
+    let mut samples: Vec<(u32, f32, bool)> =
+        users.iter().zip(scores).zip(labels).map(|((&u, &s), &y)| (u, s, y != 0)).collect();
     samples.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
 
     let mut weighted_sum = 0.0f64;
@@ -49,7 +38,15 @@ pub fn gauc(users: &[u32], scores: &[f32], labels: &[u8]) -> Option<f64> {
             total_weight += weight;
         }
     }
-    (total_weight > 0).then(|| weighted_sum / total_weight as f64)
+    if total_weight == 0 {
+        return Err(MetricError::NoUserWithBothClasses);
+    }
+    Ok(weighted_sum / total_weight as f64)
+}
+
+/// [`try_gauc`] without the reason: `None` wherever the GAUC is undefined. Never panics.
+pub fn gauc(users: &[u32], scores: &[f32], labels: &[u8]) -> Option<f64> {
+    try_gauc(users, scores, labels).ok()
 }
 
 #[cfg(test)]
@@ -117,8 +114,12 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "must have equal lengths, got 2, 3 and 3")]
-    fn mismatched_lengths_panic_with_a_clear_message() {
-        let _ = gauc(&[1, 2], &[0.1, 0.2, 0.3], &[0, 1, 1]);
+    fn mismatched_lengths_and_nan_scores_are_errors_not_panics() {
+        let e = try_gauc(&[1, 2], &[0.1, 0.2, 0.3], &[0, 1, 1]).unwrap_err();
+        assert_eq!(e, MetricError::LengthMismatch { what: "users", values: 2, labels: 3 });
+        let e = try_gauc(&[1, 1, 2], &[0.1, f32::NAN, 0.3], &[0, 1, 1]).unwrap_err();
+        assert_eq!(e.to_string(), "the model's scores are not finite (1 of 3 are NaN)");
+        assert_eq!(gauc(&[1, 1], &[f32::NAN, 0.2], &[0, 1]), None);
+        assert_eq!(try_gauc(&[], &[], &[]).unwrap_err(), MetricError::NoUserWithBothClasses);
     }
 }

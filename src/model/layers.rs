@@ -67,63 +67,128 @@ impl Prelu {
 #[derive(Debug)]
 pub struct Dice {
     alpha: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
+    stats: RunningStats,
 }
 
 impl Dice {
     pub fn new(p: &nn::Path, width: i64) -> Self {
+        Self { alpha: p.zeros("alpha", &[width]), stats: RunningStats::new(p, width, DICE_MOMENTUM) }
+    }
+
+    /// # Shapes
+    /// `xs [.., width]` → same
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        let (xs, mean, var) = self.stats.select(xs, train);
+        let p = ((&xs - &mean) / (var + DICE_EPS).sqrt()).sigmoid();
+        &p * &xs + (1.0 - &p) * &self.alpha * &xs
+    }
+
+    /// The running `(mean, variance)`.
+    pub fn running_stats(&self) -> (Tensor, Tensor) {
+        self.stats.running()
+    }
+}
+
+/// Batch normalisation (Ioffe & Szegedy, ICML 2015) over the last dimension:
+/// `γ·(x − E[x]) / sqrt(Var[x] + ε) + β`, with the statistics of the global batch in training
+/// (see [`batch_stats`]) and the running ones in evaluation.
+#[derive(Debug)]
+pub struct BatchNorm {
+    gamma: Tensor,
+    beta: Tensor,
+    stats: RunningStats,
+}
+
+impl BatchNorm {
+    pub fn new(p: &nn::Path, width: i64) -> Self {
         Self {
-            alpha: p.zeros("alpha", &[width]),
-            running_mean: p.zeros_no_train("running_mean", &[width]),
-            running_var: p.ones_no_train("running_var", &[width]),
+            gamma: p.ones("gamma", &[width]),
+            beta: p.zeros("beta", &[width]),
+            stats: RunningStats::new(p, width, BATCH_NORM_MOMENTUM),
         }
     }
 
     /// # Shapes
     /// `xs [.., width]` → same
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        if train {
-            if let Some((leaf, mean, var)) = batch_stats::global(xs) {
-                self.update_running(&mean, &var);
-                return self.activate(&leaf, &mean, &var);
-            }
-        }
-        let (mean, var) = if !train {
-            (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
-        } else {
-            let width = *xs.size().last().expect("Dice needs at least one dimension");
-            let flat = xs.reshape([-1, width]); // [n, width]
-            let mean = flat.mean_dim(0, false, flat.kind());
-            let var = (&flat - &mean).square().mean_dim(0, false, flat.kind());
-            self.update_running(&mean, &var);
-            (mean, var)
-        };
-        self.activate(xs, &mean, &var)
+        self.forward_with_input(xs, train).1
     }
 
-    fn activate(&self, xs: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
-        let p = ((xs - mean) / (var + DICE_EPS).sqrt()).sigmoid();
-        &p * xs + (1.0 - &p) * &self.alpha * xs
-    }
-
-    fn update_running(&self, mean: &Tensor, var: &Tensor) {
-        tch::no_grad(|| {
-            let keep = DICE_MOMENTUM;
-            let mut running_mean = self.running_mean.shallow_clone();
-            let mut running_var = self.running_var.shallow_clone();
-            running_mean.copy_(&(&self.running_mean * keep + mean.detach() * (1.0 - keep)));
-            running_var.copy_(&(&self.running_var * keep + var.detach() * (1.0 - keep)));
-        });
+    /// The normalised input, and the input as the layer computed from it: inside a synchronised
+    /// step a leaf copy below the graph's cut, which other layers reading the same input must
+    /// use too (the graph below the cut is walked once, from the cut).
+    pub fn forward_with_input(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let (xs, mean, var) = self.stats.select(xs, train);
+        let normalised = (&xs - mean) / (var + BATCH_NORM_EPS).sqrt() * &self.gamma + &self.beta;
+        (xs, normalised)
     }
 
     /// The running `(mean, variance)`.
     pub fn running_stats(&self) -> (Tensor, Tensor) {
-        (self.running_mean.shallow_clone(), self.running_var.shallow_clone())
+        self.stats.running()
     }
 }
 
-/// Batch statistics over every data-parallel rank (synchronised batch normalisation), for Dice.
+/// Share of the running statistics kept at each batch-normalisation update (PyTorch's default,
+/// `momentum = 0.1` in its convention): a run of a few hundred steps ends with running statistics
+/// close to the batches'.
+pub const BATCH_NORM_MOMENTUM: f64 = 0.9;
+/// Added to the variance of batch normalisation (TensorFlow's default, which DIEN's code uses).
+pub const BATCH_NORM_EPS: f64 = 1e-3;
+
+/// The statistics a normalising layer (Dice, batch normalisation) uses. In training `E[x]` and
+/// `Var[x]` are the batch's (over every leading dimension, biased variance; over the global batch
+/// inside [`batch_stats::synchronised`]), and the running statistics move towards them:
+/// `running ← momentum·running + (1 − momentum)·batch`. In evaluation the running statistics are
+/// used. They are non-trainable variables (`running_mean`, `running_var`) so checkpoints and rank
+/// broadcasts carry them.
+#[derive(Debug)]
+struct RunningStats {
+    mean: Tensor,
+    var: Tensor,
+    momentum: f64,
+}
+
+impl RunningStats {
+    fn new(p: &nn::Path, width: i64, momentum: f64) -> Self {
+        Self { mean: p.zeros_no_train("running_mean", &[width]), var: p.ones_no_train("running_var", &[width]), momentum }
+    }
+
+    /// `(input to compute from, mean, variance)`: inside a synchronised step the input is a
+    /// leaf copy and the statistics are global leaves (the graph is cut here).
+    fn select(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
+        if !train {
+            return (xs.shallow_clone(), self.mean.shallow_clone(), self.var.shallow_clone());
+        }
+        if let Some((leaf, mean, var)) = batch_stats::global(xs) {
+            self.update(&mean, &var);
+            return (leaf, mean, var);
+        }
+        let width = *xs.size().last().expect("a normalising layer needs at least one dimension");
+        let flat = xs.reshape([-1, width]); // [n, width]
+        let mean = flat.mean_dim(0, false, flat.kind());
+        let var = (&flat - &mean).square().mean_dim(0, false, flat.kind());
+        self.update(&mean, &var);
+        (xs.shallow_clone(), mean, var)
+    }
+
+    fn update(&self, mean: &Tensor, var: &Tensor) {
+        tch::no_grad(|| {
+            let keep = self.momentum;
+            let mut running_mean = self.mean.shallow_clone();
+            let mut running_var = self.var.shallow_clone();
+            running_mean.copy_(&(&self.mean * keep + mean.detach() * (1.0 - keep)));
+            running_var.copy_(&(&self.var * keep + var.detach() * (1.0 - keep)));
+        });
+    }
+
+    fn running(&self) -> (Tensor, Tensor) {
+        (self.mean.shallow_clone(), self.var.shallow_clone())
+    }
+}
+
+/// Batch statistics over every data-parallel rank (synchronised batch normalisation), for Dice
+/// and [`BatchNorm`].
 ///
 /// While a training step runs inside [`batch_stats::synchronised`], every Dice layer takes the
 /// mean and variance of its input over the **global** batch (one all-reduce through the given

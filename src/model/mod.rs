@@ -247,6 +247,8 @@ mod tests {
             gru_hidden: 6,
             dien_aux_hidden: vec![8, 4],
             dien_aux_alpha: 1.0,
+            // Both wide parts, so the hashed crosses stay exercised.
+            wide_crosses: true,
             wide_buckets: 64,
         }
     }

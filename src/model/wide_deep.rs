@@ -1,15 +1,22 @@
-//! Wide & Deep (Cheng et al., DLRS 2016) as SPEC §2.2 fixes it: a deep PReLU MLP over
-//! `[user, e_target, masked-sum(history)]` plus a wide linear model over hashed cross-product
-//! features, their logits added.
+//! Wide & Deep (Cheng et al., DLRS 2016) as DIEN's reference code builds it: a deep PReLU MLP
+//! over the batch-normalised `[user, e_target, masked-sum(history)]`, plus a wide linear layer
+//! over `[e_target, Σ history, e_target ⊙ Σ history]`, their logits added.
 //!
-//! The crosses are (target item × history category) and (target category × history category),
+//! The normalisation matters: the summed history is two orders of magnitude larger than the
+//! target's embedding, which carries the signal, so without it the deep part barely learns.
+//! DIEN's script calls its batch normalisation without `training=True`, which never normalises;
+//! here it is real, over the global batch (as Dice's statistics are).
+//!
+//! `model.wide_crosses` adds the hashed cross-product features of SPEC §2.2 to the wide part. The
+//! crosses are (target item × history category) and (target category × history category),
 //! one pair of features per real history slot. Each is hashed into `wide_buckets` weights by a
 //! fixed Carter–Wegman hash `((a·A + b·B + C) mod P) mod buckets` with `P = 2³¹ − 1` and
 //! constants per cross kind; all arithmetic stays below 2⁶³, so it is exact in i64 on any device.
-use tch::{nn, Kind, Tensor};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
 
 use super::embeddings::MainInput;
-use super::layers::{masked_sum, ActivationKind, Mlp};
+use super::layers::{masked_sum, ActivationKind, BatchNorm, Mlp};
 use super::{InputDims, MainOutput};
 use crate::config::ModelConfig;
 
@@ -30,7 +37,7 @@ pub fn cross_bucket(a: &Tensor, b: &Tensor, constants: (i64, i64, i64), buckets:
     ((a.remainder(PRIME) * ka + b.remainder(PRIME) * kb + kc).remainder(PRIME)).remainder(buckets)
 }
 
-/// The wide part: one weight per bucket and a bias.
+/// The hashed crosses: one weight per bucket and a bias.
 #[derive(Debug)]
 struct Wide {
     /// `[buckets, 1]`, zero-initialised as a linear model's weights usually are.
@@ -62,15 +69,21 @@ impl Wide {
 /// Wide & Deep.
 #[derive(Debug)]
 pub struct WideDeep {
-    wide: Wide,
+    /// The reference wide part: `[e_t, Σ hist, e_t ⊙ Σ hist] → 1`.
+    wide: nn::Linear,
+    crosses: Option<Wide>,
+    norm: BatchNorm,
     deep: Mlp,
 }
 
 impl WideDeep {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, dims: InputDims) -> Self {
+        let deep_input = dims.user + 2 * dims.item;
         Self {
-            wide: Wide::new(&(p / "wide"), cfg.wide_buckets as i64),
-            deep: Mlp::new(&(p / "deep"), dims.user + 2 * dims.item, &cfg.head_hidden, 1, ActivationKind::Prelu),
+            wide: nn::linear(p / "wide", 3 * dims.item, 1, Default::default()),
+            crosses: cfg.wide_crosses.then(|| Wide::new(&(p / "crosses"), cfg.wide_buckets as i64)),
+            norm: BatchNorm::new(&(p / "norm"), deep_input),
+            deep: Mlp::new(&(p / "deep"), deep_input, &cfg.head_hidden, 1, ActivationKind::Prelu),
         }
     }
 
@@ -78,9 +91,17 @@ impl WideDeep {
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
     pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
-        let deep = self.deep.forward(&Tensor::cat(&[&x.user, &x.target, &hist_sum], -1), train).squeeze_dim(-1);
-        let wide = self.wide.forward(&x.ids.items, &x.ids.cats, &x.ids.hist_cats, &x.hist_mask);
-        MainOutput { logit: deep + wide, aux_loss: None }
+        let (input, normalised) = self.norm.forward_with_input(&Tensor::cat(&[&x.user, &x.target, &hist_sum], -1), train);
+        let deep = self.deep.forward(&normalised, train).squeeze_dim(-1);
+        // `[e_t, Σ hist]` as the normalisation read it (below a synchronised step's cut).
+        let width = *x.target.size().last().expect("[b, w]");
+        let (target, hist_sum) = (input.narrow(-1, -2 * width, width), input.narrow(-1, -width, width));
+        let wide_input = Tensor::cat(&[&target, &hist_sum, &(&target * &hist_sum)], -1); // [b, 3w]
+        let mut logit = deep + self.wide.forward(&wide_input).squeeze_dim(-1);
+        if let Some(crosses) = &self.crosses {
+            logit = logit + crosses.forward(&x.ids.items, &x.ids.cats, &x.ids.hist_cats, &x.hist_mask);
+        }
+        MainOutput { logit, aux_loss: None }
     }
 }
 

@@ -56,7 +56,7 @@ pub struct Trainable {
 
 /// Names of variables updated by rows: every embedding table and Wide&Deep's hashed weights.
 fn is_table(name: &str) -> bool {
-    name.starts_with(&format!("{EMBEDDINGS_PATH}.")) || name == "main.wide.weights"
+    name.starts_with(&format!("{EMBEDDINGS_PATH}.")) || name == "main.crosses.weights"
 }
 
 impl Trainable {

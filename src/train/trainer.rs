@@ -53,14 +53,45 @@ pub enum TrainError {
     #[error("{path}: {samples} training samples, fewer than one global batch of {batch}")]
     TooFewSamples { path: PathBuf, samples: usize, batch: usize },
     #[error(
-        "data.max_hist_len = {wanted}, but {path} keeps histories of at most {kept} items: prepare it again with \
-         --max-hist-len {wanted} (or more)"
+        "data.max_hist_len = {wanted}, but {path} keeps histories of at most {kept} items: {remedy}"
     )]
-    HistoryTooShort { path: PathBuf, wanted: usize, kept: usize },
-    #[error("the test set has only one class; AUC is undefined")]
-    OneClass,
+    HistoryTooShort { path: PathBuf, wanted: usize, kept: usize, remedy: String },
+    #[error("the {set} set has only one class; AUC is undefined")]
+    OneClass { set: &'static str },
+    #[error(
+        "{path}: data.valid_share = {share} holds out {samples} training samples, too few to score (one class or \
+         none): raise it, or set it to 0 to validate nothing"
+    )]
+    ValidationTooSmall { path: PathBuf, share: f64, samples: usize },
+    #[error(
+        "{path}: {detail}, the vocabulary of {trained_on} that the model was trained on: its ids would mean other \
+         users, items or categories"
+    )]
+    VocabularyMismatch { path: PathBuf, trained_on: PathBuf, detail: String },
+    #[error("run.dir is empty: set it to the directory the run should be written to")]
+    NoRunDir,
+    #[error(
+        "{path}: already holds a run ({files}); continue it with --resume auto, or replace it with --overwrite \
+         (which deletes those files)"
+    )]
+    RunExists { path: PathBuf, files: String },
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
     ReplicasDiffer { step: u64, digests: Vec<u64> },
+}
+
+impl TrainError {
+    /// Whether the same command would fail the same way again (a dataset, checkpoint or device
+    /// that does not fit the configuration), as opposed to a crash or an I/O failure.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::Data(_) | Self::Batch(_) | Self::Model(_) => true,
+            Self::NoCuda | Self::NothingToResume { .. } | Self::IncompatibleResume { .. } => true,
+            Self::NoRunDir | Self::RunExists { .. } | Self::VocabularyMismatch { .. } => true,
+            Self::TooFewSamples { .. } | Self::HistoryTooShort { .. } | Self::OneClass { .. } => true,
+            Self::ValidationTooSmall { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -79,9 +110,15 @@ pub struct EvalResult {
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// Test metrics of the final model.
     pub test_auc: f64,
     pub test_gauc: f64,
     pub test_logloss: f64,
+    /// Validation AUC of the final model (none without a validation split, or after a stop).
+    pub valid_auc: Option<f64>,
+    /// The checkpoint with the best validation AUC and its test metrics: the model an honest
+    /// report quotes (none without a validation split).
+    pub selected: Option<Selected>,
     pub steps: u64,
     pub epochs_completed: u64,
     /// Training samples per second of the training loop (evaluations excluded).
@@ -106,6 +143,17 @@ pub struct Summary {
     pub replica_digest: String,
     /// The run was stopped by SIGTERM/SIGINT (after checkpointing) before its last step.
     pub stopped_by_signal: bool,
+}
+
+/// The model selected by validation AUC among the run's checkpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selected {
+    pub step: u64,
+    pub checkpoint: String,
+    pub valid_auc: f64,
+    pub test_auc: f64,
+    pub test_gauc: f64,
+    pub test_logloss: f64,
 }
 
 /// Throughput after a warm-up. A run's first steps are slower (libtorch's first allocations, the
@@ -186,6 +234,24 @@ pub fn build_network(cfg: &Config, vocab: Vocab, item_cat: &[u32], device: Devic
     Ok(Built { vs, net })
 }
 
+/// The samples an evaluation scores.
+#[derive(Debug, Clone, Copy)]
+pub enum EvalSet<'a> {
+    /// The whole test archive.
+    Test,
+    /// These samples of the training archive: the validation split.
+    Valid(&'a [u32]),
+}
+
+impl EvalSet<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Test => "test",
+            Self::Valid(_) => "validation",
+        }
+    }
+}
+
 /// Score this rank's block of the test set, gather everything, compute exact global metrics.
 pub fn evaluate(
     net: &Network,
@@ -194,10 +260,30 @@ pub fn evaluate(
     device: Device,
     max_hist_len: usize,
 ) -> Result<EvalResult, TrainError> {
+    evaluate_on(net, dataset, EvalSet::Test, comm, device, max_hist_len)
+}
+
+/// Score this rank's block of `set`, gather everything, compute exact global metrics.
+pub fn evaluate_on(
+    net: &Network,
+    dataset: &Dataset,
+    set: EvalSet<'_>,
+    comm: &dyn Communicator,
+    device: Device,
+    max_hist_len: usize,
+) -> Result<EvalResult, TrainError> {
+    let every_test_sample: Vec<u32>;
+    let (samples, set_ids) = match set {
+        EvalSet::Test => {
+            every_test_sample = (0..dataset.test.samples().len() as u32).collect();
+            (dataset.test.samples(), every_test_sample.as_slice())
+        }
+        EvalSet::Valid(ids) => (dataset.train.samples(), ids),
+    };
     let (mut ids, mut keys, mut probs, mut labels) =
         (Vec::<u32>::new(), Vec::<u32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
     tch::no_grad(|| {
-        for batch in eval_batches(dataset, comm.rank(), comm.size(), 1024, max_hist_len) {
+        for batch in eval_batches(samples, set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
             let embedded = net.embeddings.forward(&batch.to_ids(device));
             let logit = net.main.forward(&embedded.main, false).logit;
             probs.extend(crate::model::to_host_f32(&logit.sigmoid()));
@@ -216,7 +302,7 @@ pub fn evaluate(
     let labels: Vec<u8> = reorder(comm.all_gather(&labels)?.data).iter().map(|&l| l as u8).collect();
     let keys_all = comm.all_gather(&keys)?.data;
     let keys: Vec<u32> = order.iter().map(|&k| keys_all[k]).collect();
-    let auc = crate::metrics::auc(&probs, &labels).ok_or(TrainError::OneClass)?;
+    let auc = crate::metrics::auc(&probs, &labels).ok_or(TrainError::OneClass { set: set.name() })?;
     let gauc = crate::metrics::gauc(&keys, &probs, &labels).unwrap_or(f64::NAN);
     let logloss = crate::metrics::log_loss(&probs, &labels);
     Ok(EvalResult { auc, gauc, logloss, samples: probs.len() as u64 })
@@ -224,7 +310,7 @@ pub fn evaluate(
 
 /// One line of `metrics.jsonl`: training lines carry the mean losses over the steps since the
 /// previous line (or since the resume) and the last step's gradient norms; evaluation lines the
-/// test metrics.
+/// metrics of the validation split (during the run) or of the test set (at the end).
 #[derive(Debug, Clone, Serialize)]
 struct MetricsLine {
     step: u64,
@@ -245,11 +331,17 @@ struct MetricsLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     samples_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    eval_auc: Option<f64>,
+    valid_auc: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    eval_gauc: Option<f64>,
+    valid_gauc: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    eval_logloss: Option<f64>,
+    valid_logloss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_auc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_gauc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_logloss: Option<f64>,
 }
 
 impl MetricsLine {
@@ -264,9 +356,12 @@ impl MetricsLine {
             grad_norm_aux_e_aux: None,
             lr: None,
             samples_per_sec: None,
-            eval_auc: None,
-            eval_gauc: None,
-            eval_logloss: None,
+            valid_auc: None,
+            valid_gauc: None,
+            valid_logloss: None,
+            test_auc: None,
+            test_gauc: None,
+            test_logloss: None,
         }
     }
 }
@@ -311,8 +406,10 @@ pub fn stop_requested() -> bool {
 /// Where a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
-    /// From freshly initialised parameters.
+    /// From freshly initialised parameters, into a run directory that holds no run yet.
     Fresh,
+    /// From freshly initialised parameters, deleting the run already in the run directory.
+    Overwrite,
     /// From the newest valid checkpoint under `run.dir/checkpoints` (fresh when there is none).
     Auto,
     /// From this checkpoint directory.
@@ -333,7 +430,7 @@ fn resume_point(
     let root = cfg.run.dir.join("checkpoints");
     let chosen: Option<PathBuf> = if comm.rank() == 0 {
         match resume {
-            Resume::Fresh => None,
+            Resume::Fresh | Resume::Overwrite => None,
             Resume::Path(p) => Some(p.clone()),
             Resume::Auto => {
                 let (found, refused) = checkpoint::latest(&root);
@@ -387,6 +484,64 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// The files of a run in its directory: a fresh run refuses a directory that holds any of them
+/// (`logs/` alone is not a run), `--overwrite` deletes them.
+const RUN_FILES: [&str; 5] = ["config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints"];
+
+/// Make sure a fresh run replaces nothing by accident: refuse an empty `run.dir` and, unless the
+/// run resumes or `--overwrite` was given, a directory that already holds a run. Rank 0 decides;
+/// every rank learns the outcome.
+fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<(), TrainError> {
+    let dir = &cfg.run.dir;
+    if dir.as_os_str().is_empty() {
+        return Err(TrainError::NoRunDir);
+    }
+    let result = if comm.rank() == 0 {
+        let present: Vec<&str> = RUN_FILES.into_iter().filter(|f| dir.join(f).exists()).collect();
+        match resume {
+            Resume::Fresh if !present.is_empty() => {
+                Err(TrainError::RunExists { path: dir.clone(), files: present.join(", ") })
+            }
+            Resume::Overwrite => present.iter().try_for_each(|f| {
+                let path = dir.join(f);
+                tracing::warn!(path = %path.display(), "--overwrite: deleting");
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).map_err(io_err(&path))
+                } else {
+                    std::fs::remove_file(&path).map_err(io_err(&path))
+                }
+            }),
+            _ => Ok(()),
+        }
+    } else {
+        Ok(())
+    };
+    let ok = comm.broadcast_vec(0, &[u8::from(result.is_ok())])?[0] == 1;
+    result?;
+    if !ok {
+        return Err(TrainError::RunFile { path: dir.clone(), message: "rank 0 refused the run directory".into() });
+    }
+    Ok(())
+}
+
+/// The dataset must keep histories at least as long as the model reads.
+fn check_history(cfg: &Config, dataset: &Dataset) -> Result<(), TrainError> {
+    if cfg.data.max_hist_len <= dataset.meta.max_hist_len {
+        return Ok(());
+    }
+    let remedy = if dataset.meta.source == "dien_files" {
+        format!("DIEN's files fix the history length; set data.max_hist_len to {} or less", dataset.meta.max_hist_len)
+    } else {
+        format!("prepare it again with --max-hist-len {} (or more)", cfg.data.max_hist_len)
+    };
+    Err(TrainError::HistoryTooShort {
+        path: cfg.data.dir.clone(),
+        wanted: cfg.data.max_hist_len,
+        kept: dataset.meta.max_hist_len,
+        remedy,
+    })
+}
+
 /// Train as configured, starting as `resume` says; returns the summary on every rank.
 pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<Summary, TrainError> {
     let started = Instant::now();
@@ -396,14 +551,9 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
     let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
+    claim_run_dir(cfg, comm, resume)?;
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
-    if cfg.data.max_hist_len > dataset.meta.max_hist_len {
-        return Err(TrainError::HistoryTooShort {
-            path: cfg.data.dir.clone(),
-            wanted: cfg.data.max_hist_len,
-            kept: dataset.meta.max_hist_len,
-        });
-    }
+    check_history(cfg, &dataset)?;
     let Built { vs, net } = build_model(cfg, &dataset, device)?;
     broadcast_from_root(comm, &vs)?;
     let mut trainable = Trainable::new(&vs)?;
@@ -463,7 +613,8 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         },
         path: metrics_path,
     };
-    let n_train = dataset.train.samples().len();
+    let split = validation_split(cfg, &dataset)?;
+    let n_train = split.train.len();
     let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
     if steps_per_epoch == 0 {
         return Err(TrainError::TooFewSamples {
@@ -477,6 +628,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         world_size = comm.size(),
         local_batch,
         train_samples = n_train,
+        valid_samples = split.valid.len(),
         steps_per_epoch,
         total_steps,
         device = ?device,
@@ -494,21 +646,21 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         prefetch: cfg.data.prefetch_batches,
         noclick: cfg.model.kind == ModelKind::Dien,
     };
+    let train_ids: Arc<[u32]> = split.train.into();
+    let scorer = Scorer { net: &net, dataset: &dataset, comm, device, max_hist_len: cfg.data.max_hist_len };
+    let mut validation = Validation {
+        ids: split.valid,
+        evaluations: resumed.as_ref().map(|(_, state)| state.evaluations.clone()).unwrap_or_default(),
+        seconds: 0.0,
+    };
     let progress = Progress::new(rank0, total_steps);
     let loop_started = Instant::now();
-    let mut eval_seconds = 0.0f64;
     let (mut step, start_epoch, start_position) = match &resumed {
         Some((_, state)) => (state.step, state.epoch, state.position),
         None => (0, 0, 0),
     };
     let mut epochs_completed = start_epoch;
-    let mut checkpoints = Checkpointing {
-        root: run_dir.join("checkpoints"),
-        rank0,
-        last: Instant::now(),
-        last_step: None,
-        evaluations: resumed.as_ref().map(|(_, state)| state.evaluations.clone()).unwrap_or_default(),
-    };
+    let mut checkpoints = Checkpointing { root: run_dir.join("checkpoints"), rank0, last: Instant::now(), last_step: None };
     // (epoch, position in the epoch) of the next step.
     let mut next_point = (start_epoch, start_position);
     let mut stopped_by_signal = false;
@@ -519,7 +671,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let (mut step_seconds, mut comm_seconds, mut update_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0.0f64, 0u64);
     'epochs: for epoch in start_epoch..cfg.train.epochs as u64 {
         let first_step = if epoch == start_epoch { start_position / cfg.train.global_batch_size as u64 } else { 0 };
-        for batch in EpochLoader::new(Arc::clone(&dataset), &loader_cfg, epoch, first_step) {
+        for batch in EpochLoader::over(Arc::clone(&dataset), Arc::clone(&train_ids), &loader_cfg, epoch, first_step) {
             if step >= total_steps {
                 break 'epochs;
             }
@@ -555,10 +707,6 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 tracing::warn!(step, "stop requested: checkpointing and stopping");
                 break 'epochs;
             }
-            let every = cfg.checkpoint.every_steps;
-            if (every > 0 && step % every == 0) || stats.control.checkpoint_due {
-                checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, next_point.0, next_point.1))?;
-            }
             let every = cfg.train.check_replicas_every_steps;
             if every > 0 && step % every == 0 {
                 let digests = comm.all_gather(&[replica_digest(&trainable, &adam)])?.data;
@@ -589,43 +737,47 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 progress.update(step, loss_main, window.1 as f64 / secs);
                 window = (Instant::now(), 0);
             }
-            if cfg.train.eval_every_steps > 0 && step % cfg.train.eval_every_steps == 0 && step < total_steps {
-                let eval_started = Instant::now();
-                let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
-                eval_seconds += eval_started.elapsed().as_secs_f64();
-                write_eval(&mut metrics, step, epoch, &result)?;
-                checkpoints.evaluations.push((step, result.auc, result.gauc, result.logloss));
+            // A checkpoint records the validation score of its own model: evaluate first.
+            let every = cfg.checkpoint.every_steps;
+            let checkpoint_due = (every > 0 && step % every == 0) || stats.control.checkpoint_due;
+            let every = cfg.train.eval_every_steps;
+            if (every > 0 && step % every == 0) || checkpoint_due {
+                validation.run(&scorer, step, epoch, &mut metrics)?;
+            }
+            if checkpoint_due {
+                checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, next_point.0, next_point.1), &validation)?;
             }
             steady.resume();
         }
         epochs_completed += 1;
         next_point = (epoch + 1, 0);
-        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch + 1, 0))?;
-        if step < total_steps {
-            let eval_started = Instant::now();
-            let result = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
-            eval_seconds += eval_started.elapsed().as_secs_f64();
-            write_eval(&mut metrics, step, epoch, &result)?;
-            checkpoints.evaluations.push((step, result.auc, result.gauc, result.logloss));
-        }
+        validation.run(&scorer, step, epoch, &mut metrics)?;
+        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch + 1, 0), &validation)?;
         steady.resume();
     }
     if step > 0 && checkpoints.last_step != Some(step) {
-        // The end of the run is a checkpoint too (a later, longer run resumes from it).
+        // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
+        // signal leaves no time for a validation pass: that checkpoint then has no score.
+        if !stopped_by_signal {
+            validation.run(&scorer, step, next_point.0, &mut metrics)?;
+        }
         let (epoch, position) = next_point;
-        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch, position))?;
+        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch, position), &validation)?;
     }
     progress.finish();
     let loop_seconds = loop_started.elapsed().as_secs_f64();
-    let samples_per_sec = (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - eval_seconds).max(1e-9);
-    // Evaluations during the run stop short of the last step, so this one is never a repeat.
-    let final_eval = evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)?;
-    write_eval(&mut metrics, step, epochs_completed, &final_eval)?;
+    let samples_per_sec =
+        (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - validation.seconds).max(1e-9);
+    let final_eval = scorer.score(EvalSet::Test)?;
+    write_eval(&mut metrics, step, epochs_completed, EvalSet::Test, &final_eval)?;
+    let selected = select_best(cfg, &scorer, &checkpoints.root, (step, &final_eval))?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
         test_auc: final_eval.auc,
         test_gauc: final_eval.gauc,
         test_logloss: final_eval.logloss,
+        valid_auc: validation.evaluations.last().filter(|e| e.0 == step).map(|e| e.1),
+        selected,
         steps: step,
         epochs_completed,
         samples_per_sec,
@@ -652,6 +804,112 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     Ok(summary)
 }
 
+/// Hold out the validation share of the training archive (see [`shard::validation_split`]),
+/// drawn from the dataset's own seed so that every run on a dataset validates on the same
+/// samples. A share that holds out too little to score is refused.
+fn validation_split(cfg: &Config, dataset: &Dataset) -> Result<shard::Split, TrainError> {
+    let train = dataset.train.samples();
+    let by_user = dataset.meta.protocol == "dien";
+    let key = |i: usize| train.user_keys[i].to_native();
+    let split = shard::validation_split(train.len(), key, by_user, cfg.data.valid_share, dataset.meta.seed);
+    let positives = split.valid.iter().filter(|&&i| train.labels[i as usize] > 0).count();
+    if cfg.data.valid_share > 0.0 && (positives == 0 || positives == split.valid.len()) {
+        return Err(TrainError::ValidationTooSmall {
+            path: cfg.data.dir.clone(),
+            share: cfg.data.valid_share,
+            samples: split.valid.len(),
+        });
+    }
+    Ok(split)
+}
+
+/// What scoring a set of samples needs: the model, the data, the ranks.
+struct Scorer<'a> {
+    net: &'a Network,
+    dataset: &'a Dataset,
+    comm: &'a dyn Communicator,
+    device: Device,
+    max_hist_len: usize,
+}
+
+impl Scorer<'_> {
+    fn score(&self, set: EvalSet<'_>) -> Result<EvalResult, TrainError> {
+        evaluate_on(self.net, self.dataset, set, self.comm, self.device, self.max_hist_len)
+    }
+}
+
+/// Mid-run evaluations on the validation split: `metrics.jsonl` gets each one, and every later
+/// checkpoint records all of them.
+struct Validation {
+    ids: Vec<u32>,
+    /// Every evaluation so far (step, AUC, GAUC, log-loss), carried over a resume.
+    evaluations: Vec<(u64, f64, f64, f64)>,
+    seconds: f64,
+}
+
+impl Validation {
+    /// Score the model after `step` on the validation split, unless there is none or this step
+    /// was scored already.
+    fn run(&mut self, scorer: &Scorer<'_>, step: u64, epoch: u64, metrics: &mut MetricsLog) -> Result<(), TrainError> {
+        if self.ids.is_empty() || self.evaluations.last().is_some_and(|e| e.0 == step) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = scorer.score(EvalSet::Valid(&self.ids))?;
+        self.seconds += started.elapsed().as_secs_f64();
+        write_eval(metrics, step, epoch, EvalSet::Valid(&self.ids), &result)?;
+        self.evaluations.push((step, result.auc, result.gauc, result.logloss));
+        Ok(())
+    }
+}
+
+/// The checkpoint with the best validation AUC of its own model (the one retention keeps), and
+/// its test metrics: the final model's when it is the final checkpoint, else scored by loading it.
+fn select_best(
+    cfg: &Config,
+    scorer: &Scorer<'_>,
+    root: &Path,
+    (final_step, final_eval): (u64, &EvalResult),
+) -> Result<Option<Selected>, TrainError> {
+    let chosen = if scorer.comm.rank() == 0 {
+        checkpoint::list(root)
+            .into_iter()
+            .filter_map(|dir| {
+                let state = checkpoint::verify(&dir).ok()?;
+                let auc = state.evaluations.iter().find(|e| e.0 == state.step)?.1;
+                Some((auc, state.step, dir))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, _, dir)| dir.display().to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let agreed = String::from_utf8(scorer.comm.broadcast_vec(0, chosen.as_bytes())?).unwrap_or_default();
+    if agreed.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(agreed);
+    let state = checkpoint::verify(&dir)?;
+    let valid_auc = state.evaluations.iter().find(|e| e.0 == state.step).map_or(f64::NAN, |e| e.1);
+    let test = if state.step == final_step {
+        *final_eval
+    } else {
+        let Built { mut vs, net } = build_model(cfg, scorer.dataset, scorer.device)?;
+        let model = dir.join("model.safetensors");
+        vs.load(&model).map_err(|e| TrainError::RunFile { path: model.clone(), message: e.to_string() })?;
+        Scorer { net: &net, ..*scorer }.score(EvalSet::Test)?
+    };
+    Ok(Some(Selected {
+        step: state.step,
+        checkpoint: dir.display().to_string(),
+        valid_auc,
+        test_auc: test.auc,
+        test_gauc: test.gauc,
+        test_logloss: test.logloss,
+    }))
+}
+
 /// When and where checkpoints go; rank 0 writes, every rank waits for it.
 struct Checkpointing {
     root: PathBuf,
@@ -660,12 +918,10 @@ struct Checkpointing {
     last: Instant,
     /// Step of the last checkpoint written by this run.
     last_step: Option<u64>,
-    /// Every evaluation so far (step, AUC, GAUC, log-loss), recorded in checkpoints; retention
-    /// keeps the best by the latest AUC.
-    evaluations: Vec<(u64, f64, f64, f64)>,
 }
 
 impl Checkpointing {
+    #[allow(clippy::too_many_arguments)]
     fn save(
         &mut self,
         cfg: &Config,
@@ -674,6 +930,7 @@ impl Checkpointing {
         t: &Trainable,
         adam: &Adam,
         (step, epoch, position): (u64, u64, u64),
+        validation: &Validation,
     ) -> Result<(), TrainError> {
         let result = if self.rank0 {
             let config = cfg.to_toml();
@@ -687,7 +944,7 @@ impl Checkpointing {
                 config_hash: checkpoint::config_hash(&config),
                 config,
                 code_version: env!("CARGO_PKG_VERSION").into(),
-                evaluations: self.evaluations.clone(),
+                evaluations: validation.evaluations.clone(),
             };
             let saved = checkpoint::save(
                 &self.root,
@@ -722,18 +979,26 @@ impl Checkpointing {
     }
 }
 
-fn write_eval(metrics: &mut MetricsLog, step: u64, epoch: u64, r: &EvalResult) -> Result<(), TrainError> {
+/// An evaluation line of `metrics.jsonl`: `valid_*` or `test_*` fields.
+fn write_eval(metrics: &mut MetricsLog, step: u64, epoch: u64, set: EvalSet<'_>, r: &EvalResult) -> Result<(), TrainError> {
     let mut line = MetricsLine::new(step, epoch);
-    line.eval_auc = Some(r.auc);
-    line.eval_gauc = Some(r.gauc);
-    line.eval_logloss = Some(r.logloss);
-    tracing::info!(step, auc = r.auc, gauc = r.gauc, logloss = r.logloss, "evaluation");
+    let (auc, gauc, logloss) = match set {
+        EvalSet::Test => (&mut line.test_auc, &mut line.test_gauc, &mut line.test_logloss),
+        EvalSet::Valid(_) => (&mut line.valid_auc, &mut line.valid_gauc, &mut line.valid_logloss),
+    };
+    (*auc, *gauc, *logloss) = (Some(r.auc), Some(r.gauc), Some(r.logloss));
+    tracing::info!(step, set = set.name(), auc = r.auc, gauc = r.gauc, logloss = r.logloss, "evaluation");
     metrics.write(&line)
 }
 
-/// `micn eval`: score the test set with a saved model — a run directory (`config.toml` and the
+/// `micn eval`: score the test set (or the validation split) with a saved model — a run directory (`config.toml` and the
 /// final `model.safetensors`) or a checkpoint directory (its `state.json` holds the config).
-pub fn eval_saved(dir: &Path, data_dir: Option<&Path>, comm: &dyn Communicator) -> Result<EvalResult, TrainError> {
+pub fn eval_saved(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    split: Split,
+    comm: &dyn Communicator,
+) -> Result<EvalResult, TrainError> {
     let mut cfg = if dir.join("state.json").exists() {
         let state = checkpoint::verify(dir)?;
         toml::from_str::<Config>(&state.config)
@@ -743,15 +1008,66 @@ pub fn eval_saved(dir: &Path, data_dir: Option<&Path>, comm: &dyn Communicator) 
         Config::load(Some(&config_path), &[])
             .map_err(|e| TrainError::RunFile { path: config_path.clone(), message: e.to_string() })?
     };
+    let trained_on = cfg.data.dir.clone();
     if let Some(d) = data_dir {
         cfg.data.dir = d.to_path_buf();
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
     let dataset = Dataset::open(&cfg.data.dir)?;
+    check_history(&cfg, &dataset)?;
+    if cfg.data.dir != trained_on {
+        check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset)?;
+    }
     let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
     let model_path = dir.join("model.safetensors");
     vs.load(&model_path).map_err(|e| TrainError::RunFile { path: model_path.clone(), message: e.to_string() })?;
-    evaluate(&net, &dataset, comm, device, cfg.data.max_hist_len)
+    let held_out;
+    let set = match split {
+        Split::Test => EvalSet::Test,
+        Split::Valid => {
+            held_out = validation_split(&cfg, &dataset)?.valid;
+            EvalSet::Valid(&held_out)
+        }
+    };
+    evaluate_on(&net, &dataset, set, comm, device, cfg.data.max_hist_len)
+}
+
+/// Which samples `micn eval` scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// The test archive.
+    Test,
+    /// The validation split the run held out of the training archive (`data.valid_share`):
+    /// reproduces the scores recorded in checkpoints.
+    Valid,
+}
+
+/// A model scores another dataset only if its ids mean the same users, items and categories:
+/// the vocabularies must equal those of the dataset it was trained on. When that dataset is gone,
+/// only the sizes can be checked (by the model file's table shapes at load).
+fn check_same_vocabularies(trained_on: &Path, given: &Path, dataset: &Dataset) -> Result<(), TrainError> {
+    let Ok(original) = Dataset::open(trained_on) else {
+        tracing::warn!(
+            trained_on = %trained_on.display(),
+            "the model's training dataset cannot be opened: only vocabulary sizes are checked"
+        );
+        return Ok(());
+    };
+    let (a, b) = (&original.vocab, &dataset.vocab);
+    let differing = [
+        ("user", a.users.names != b.users.names, a.users.names.len(), b.users.names.len()),
+        ("item", a.items.names != b.items.names, a.items.names.len(), b.items.names.len()),
+        ("category", a.cats.names != b.cats.names, a.cats.names.len(), b.cats.names.len()),
+        ("item → category", a.item_cat != b.item_cat, a.item_cat.len(), b.item_cat.len()),
+    ];
+    match differing.iter().find(|d| d.1) {
+        None => Ok(()),
+        Some((which, _, trained, now)) => Err(TrainError::VocabularyMismatch {
+            path: given.to_path_buf(),
+            trained_on: trained_on.to_path_buf(),
+            detail: format!("its {which} vocabulary ({now} entries) differs from the model's ({trained} entries)"),
+        }),
+    }
 }
 
 /// A progress line on a terminal (rank 0), nothing otherwise (metrics and logs carry progress).

@@ -1,9 +1,12 @@
 //! Integration tests, one binary so libtorch is linked once. Each module owns one area.
 mod checkpoint;
 mod comm;
+mod dataset_files;
 mod dist;
 mod doctor;
 mod experiment;
+mod inputs;
+mod launch;
 mod prepare;
 mod train;
 

@@ -11,9 +11,9 @@ use micn::data::Dataset;
 
 use crate::{micn_bin, run_ok};
 
-/// `../shared/fixtures` (real Amazon-format samples, see its README).
-fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+/// `tests/fixtures` (real Amazon-format samples, provenance in its README).
+pub fn fixtures() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     assert!(
         dir.join("amazon-electronics-2014").is_dir() && dir.join("dien-books").is_dir(),
         "the real-data fixtures are missing: expected {} with amazon-electronics-2014/ and dien-books/",
@@ -22,12 +22,12 @@ fn fixtures() -> PathBuf {
     dir
 }
 
-fn micn() -> Command {
+pub(crate) fn micn() -> Command {
     Command::new(micn_bin())
 }
 
 /// `micn prepare --input-format amazon2014 ...` with the given extra flags.
-fn prepare_2014(reviews: &Path, meta: &Path, out: &Path, extra: &[&str]) -> Command {
+pub(crate) fn prepare_2014(reviews: &Path, meta: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = micn();
     cmd.args(["prepare", "--input-format", "amazon2014", "--reviews"])
         .arg(reviews)
@@ -40,7 +40,7 @@ fn prepare_2014(reviews: &Path, meta: &Path, out: &Path, extra: &[&str]) -> Comm
 }
 
 /// Run, require failure, and return standard error.
-fn run_fails(cmd: &mut Command) -> String {
+pub(crate) fn run_fails(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{cmd:?} succeeded but should have failed\nstderr:\n{stderr}");
@@ -48,17 +48,17 @@ fn run_fails(cmd: &mut Command) -> String {
     stderr
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn dataset_json(dir: &Path) -> serde_json::Value {
+pub(crate) fn dataset_json(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("dataset.json")).expect("dataset.json");
     serde_json::from_str(&text).expect("dataset.json is JSON")
 }
 
 /// After a failed preparation neither the output nor its staging directory may exist.
-fn assert_nothing_left(out: &Path) {
+pub(crate) fn assert_nothing_left(out: &Path) {
     assert!(!out.exists(), "{} exists after a failed preparation", out.display());
     let name = out.file_name().unwrap().to_string_lossy().into_owned();
     let prefix = format!(".{name}.partial-");
@@ -74,8 +74,21 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// `12345` as `12,345`, as micn's messages write sizes.
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Decompress what can be decompressed of a (possibly cut) gzip file.
-fn gunzip_prefix(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn gunzip_prefix(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     // A cut stream ends in an error; the bytes before it are kept in `out`.
     let _ = flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out);
@@ -84,7 +97,7 @@ fn gunzip_prefix(bytes: &[u8]) -> Vec<u8> {
 
 /// Sample counts the protocols must give, from (user, item) pairs in file order with
 /// duplicates already removed: users with at least two reviews, and their reviews.
-fn qualifying(pairs: &[(String, String)]) -> (usize, usize) {
+pub(crate) fn qualifying(pairs: &[(String, String)]) -> (usize, usize) {
     let mut per_user: HashMap<&str, usize> = HashMap::new();
     for (user, _) in pairs {
         *per_user.entry(user).or_default() += 1;
@@ -95,7 +108,7 @@ fn qualifying(pairs: &[(String, String)]) -> (usize, usize) {
 }
 
 /// (reviewerID, asin) of every complete JSON review line, first occurrence of a pair only.
-fn review_pairs(text: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn review_pairs(text: &[u8]) -> Vec<(String, String)> {
     let mut seen = HashSet::new();
     let mut pairs = Vec::new();
     let complete = &text[..text.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)];
@@ -126,9 +139,9 @@ fn meta_2014(item: &str, category: &str, title: &str) -> String {
 /// A small, fully known corpus: 12 users × 4 reviews of 10 items (every item among some user's
 /// first two reviews, so it reaches the `din` training vocabulary), one line per review, and
 /// meta lines for all items.
-struct Corpus {
-    reviews: Vec<String>,
-    meta: Vec<String>,
+pub(crate) struct Corpus {
+    pub(crate) reviews: Vec<String>,
+    pub(crate) meta: Vec<String>,
 }
 
 fn item(i: usize) -> String {
@@ -139,7 +152,7 @@ fn user(u: usize) -> String {
     format!("A{u:03}USER")
 }
 
-fn small_corpus() -> Corpus {
+pub(crate) fn small_corpus() -> Corpus {
     let mut reviews = Vec::new();
     for u in 0..12 {
         for k in 0..4 {
@@ -150,24 +163,24 @@ fn small_corpus() -> Corpus {
     Corpus { reviews, meta }
 }
 
-fn write_lines(path: &Path, lines: &[String]) {
+pub(crate) fn write_lines(path: &Path, lines: &[String]) {
     let mut text = lines.join("\n");
     text.push('\n');
     std::fs::write(path, text).unwrap();
 }
 
 /// Synthetic raw files from `micn synth` (quickstart preset, sizes overridable).
-fn synth(out: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+pub(crate) fn synth(out: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
     run_ok(micn().args(["synth", "--preset", "quickstart", "--out"]).arg(out).args(extra));
     (out.join("reviews_Synthetic_5.json"), out.join("meta_Synthetic.json"))
 }
 
 #[test]
 fn real_electronics_sample_prepares_with_both_protocols_and_the_published_counts() {
-    let gz = fixtures().join("amazon-electronics-2014/reviews_Electronics_5.head.json.gz");
+    let cut = fixtures().join("amazon-electronics-2014/reviews_Electronics_5.head.json.gz");
     // The fixture is the first 81,499 bytes of the real gzip file: 290 complete lines and a
     // cut 291st. Count independently of micn what the protocols must give.
-    let text = gunzip_prefix(&std::fs::read(&gz).unwrap());
+    let text = gunzip_prefix(&std::fs::read(&cut).unwrap());
     let pairs = review_pairs(&text);
     assert_eq!(pairs.len(), 290, "complete review lines in the fixture");
     let items: Vec<String> =
@@ -183,11 +196,23 @@ fn real_electronics_sample_prepares_with_both_protocols_and_the_published_counts
         items.iter().skip(1).zip(titles).map(|(i, t)| meta_2014(i, "GPS & Navigation", t)).collect();
     write_lines(&meta, &lines);
 
+    // As it is, the fixture is an interrupted download: a broken file, refused in either mode,
+    // naming it and how far it was read (the README's byte and line counts).
+    for extra in [&[][..], &["--strict"][..]] {
+        let out = tmp.path().join("cut");
+        let err = run_fails(&mut prepare_2014(&cut, &meta, &out, extra));
+        assert!(err.contains("reviews_Electronics_5.head.json.gz: the gzip stream ends early"), "{err}");
+        assert!(err.contains("all 81,499 stored bytes") && err.contains("(290 complete lines)"), "{err}");
+        assert_nothing_left(&out);
+    }
+
+    // Its 290 complete lines, compressed whole, are real data to prepare.
+    let complete = &text[..text.iter().rposition(|&b| b == b'\n').unwrap() + 1];
+    let gz = tmp.path().join("reviews_Electronics_5.complete.json.gz");
+    std::fs::write(&gz, gzip(complete)).unwrap();
     for (protocol, max_hist) in [("din", "10"), ("dien", "20")] {
         let out = tmp.path().join(protocol);
-        let done = run_ok(&mut prepare_2014(&gz, &meta, &out, &["--protocol", protocol, "--max-hist-len", max_hist]));
-        let log = stderr(&done);
-        assert!(log.contains("truncated") && log.contains("reviews_Electronics_5.head.json.gz"), "{log}");
+        run_ok(&mut prepare_2014(&gz, &meta, &out, &["--protocol", protocol, "--max-hist-len", max_hist]));
         let d = dataset_json(&out);
         let (train, test) =
             (d["counts"]["train_samples"].as_u64().unwrap(), d["counts"]["test_samples"].as_u64().unwrap());
@@ -202,10 +227,9 @@ fn real_electronics_sample_prepares_with_both_protocols_and_the_published_counts
         }
         assert_eq!(d["counts"]["reviews"], 290);
         let source = &d["sources"][0];
-        assert_eq!(source["lines"], 291);
-        assert_eq!(source["truncated_gzip"], true);
-        assert_eq!(source["skipped"], serde_json::json!({ "truncated": 1 }));
-        assert_eq!(source["first_skipped_lines"], serde_json::json!({ "truncated": [291] }));
+        assert_eq!(source["lines"], 290);
+        assert_eq!(source["truncated_gzip"], false);
+        assert_eq!(source["skipped"], serde_json::json!({}));
         assert_eq!(d["notes"]["items_without_meta"], 1);
 
         let stats = run_ok(micn().args(["data", "stats", "--json"]).arg(&out));
@@ -217,12 +241,6 @@ fn real_electronics_sample_prepares_with_both_protocols_and_the_published_counts
         assert_eq!(stats["test"]["positives"].as_u64().unwrap() * 2, test, "one positive per pair");
         assert_eq!(stats["items"], d["counts"]["items"]);
     }
-
-    // --strict refuses the cut line, naming the file and the line.
-    let out = tmp.path().join("strict");
-    let err = run_fails(&mut prepare_2014(&gz, &meta, &out, &["--strict"]));
-    assert!(err.contains("reviews_Electronics_5.head.json.gz:291: truncated"), "{err}");
-    assert_nothing_left(&out);
 }
 
 #[test]
@@ -280,7 +298,7 @@ fn dien_lines(bytes: &[u8]) -> Vec<DienLine> {
 
 /// A Python pickle (protocol 2, as `pickle.dumps(d, protocol=2)` writes, minus the memo
 /// opcodes) of a str → int dict. Checked once against CPython 3.11's `pickle.loads`.
-fn pickle_str_int_dict(entries: &[(String, u32)]) -> Vec<u8> {
+pub(crate) fn pickle_str_int_dict(entries: &[(String, u32)]) -> Vec<u8> {
     let mut b = vec![0x80, 2, b'}', b'('];
     for (key, value) in entries {
         b.push(b'X');
@@ -415,7 +433,7 @@ fn real_dien_sample_round_trips_ids_with_and_without_vocabulary_pickles() {
 }
 
 /// Every file of a directory, by name.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| {
@@ -622,7 +640,7 @@ fn a_meta_file_in_the_wrong_format_is_a_clear_error_naming_it() {
 }
 
 #[test]
-fn gzip_input_gives_the_same_samples_and_a_cut_gzip_is_reported_or_refused() {
+fn gzip_input_gives_the_same_samples_and_a_cut_or_damaged_gzip_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (reviews, plain_meta) = synth(&tmp.path().join("raw"), &["--users", "300", "--items", "200"]);
     let plain = std::fs::read(&reviews).unwrap();
@@ -643,29 +661,22 @@ fn gzip_input_gives_the_same_samples_and_a_cut_gzip_is_reported_or_refused() {
     assert_eq!(d["sources"][0]["raw_bytes"].as_u64().unwrap() as usize, plain.len());
     assert_eq!(d["sources"][0]["truncated_gzip"], false);
 
-    // Cut in the middle (an interrupted download): lenient mode uses the complete lines before
-    // the cut and says so; strict mode refuses the file.
+    // Cut in the middle (an interrupted download): a broken file, not bad lines, in either
+    // mode: refused, saying how much was read, nothing written.
     let cut = tmp.path().join("cut.json.gz");
-    std::fs::write(&cut, &compressed[..compressed.len() / 2]).unwrap();
-    let prefix = gunzip_prefix(&compressed[..compressed.len() / 2]);
+    let half = &compressed[..compressed.len() / 2];
+    std::fs::write(&cut, half).unwrap();
+    let prefix = gunzip_prefix(half);
     let complete = prefix.iter().filter(|&&b| b == b'\n').count();
     let total = plain.iter().filter(|&&b| b == b'\n').count();
     assert!(complete > total / 4 && complete < total, "{complete} of {total} lines before the cut");
-    let out = tmp.path().join("cut");
-    let done = run_ok(&mut prepare_2014(&cut, &meta, &out, &[]));
-    assert!(stderr(&done).contains("cut.json.gz: the gzip stream ends early"), "{}", stderr(&done));
-    let d = dataset_json(&out);
-    assert_eq!(d["sources"][0]["truncated_gzip"], true);
-    let kept = review_pairs(&prefix).len(); // complete lines, duplicates removed
-    assert_eq!(d["counts"]["reviews"].as_u64().unwrap() as usize, kept);
-    if prefix.last() != Some(&b'\n') {
-        assert_eq!(d["sources"][0]["skipped"]["truncated"], 1);
-        assert_eq!(d["sources"][0]["first_skipped_lines"]["truncated"], serde_json::json!([complete + 1]));
+    for extra in [&[][..], &["--strict"][..]] {
+        let out = tmp.path().join("cut");
+        let err = run_fails(&mut prepare_2014(&cut, &meta, &out, extra));
+        assert!(err.contains("cut.json.gz: the gzip stream ends early"), "{err}");
+        assert!(err.contains(&format!("({} complete lines)", grouped(complete))) && err.contains("truncated"), "{err}");
+        assert_nothing_left(&out);
     }
-    let strict = tmp.path().join("cut-strict");
-    let err = run_fails(&mut prepare_2014(&cut, &meta, &strict, &["--strict"]));
-    assert!(err.contains("cut.json.gz"), "{err}");
-    assert_nothing_left(&strict);
 
     // A damaged stream (its CRC) is an error in either mode.
     let mut bad = compressed.clone();
@@ -676,7 +687,9 @@ fn gzip_input_gives_the_same_samples_and_a_cut_gzip_is_reported_or_refused() {
     for extra in [&[][..], &["--strict"][..]] {
         let out = tmp.path().join("damaged");
         let err = run_fails(&mut prepare_2014(&damaged, &meta, &out, extra));
-        assert!(err.contains("damaged.json.gz: corrupt gzip stream"), "{err}");
+        assert!(err.contains("damaged.json.gz: the gzip stream is broken after"), "{err}");
+        assert!(err.contains(&format!("{} complete lines read", grouped(total))), "{err}");
+        assert!(err.contains("corrupt gzip stream"), "{err}");
         assert_nothing_left(&out);
     }
 }
@@ -708,14 +721,14 @@ fn a_killed_prepare_leaves_no_output_directory() {
 }
 
 /// A prepared quickstart-like dataset (small) to damage.
-fn prepared(tmp: &Path) -> PathBuf {
+pub(crate) fn prepared(tmp: &Path) -> PathBuf {
     let (reviews, meta) = synth(&tmp.join("raw"), &["--users", "300", "--items", "200"]);
     let out = tmp.join("data");
     run_ok(&mut prepare_2014(&reviews, &meta, &out, &[]));
     out
 }
 
-fn open_error(dir: &Path) -> String {
+pub(crate) fn open_error(dir: &Path) -> String {
     match Dataset::open(dir) {
         Ok(_) => panic!("{} opened although it is damaged", dir.display()),
         Err(e) => e.to_string(),

@@ -1,0 +1,209 @@
+//! Writing checkpoints atomically, and removing the ones retention no longer keeps.
+use std::path::{Path, PathBuf};
+
+use super::format::{digest, Manifest};
+use super::{dir_name, io, policy, CheckpointError, State, FILES, MARKER};
+
+/// Name of the directory a checkpoint is written into before it is renamed into place.
+fn partial_name(step: u64) -> String {
+    format!(".{}.partial", dir_name(step))
+}
+
+fn is_partial_name(p: &Path) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".step-") && n.ends_with(".partial"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
+}
+
+/// Remove a directory this module made, when what it holds is of no use; failing to is only
+/// logged, since the error that made it useless is the one to report.
+fn discard(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot remove an unfinished checkpoint");
+        }
+    }
+}
+
+/// Write a checkpoint under `root`. `write_model` and `write_optimizer` write the two tensor
+/// files at the paths they are given.
+///
+/// Everything goes into `.step-….partial` first, which is fsynced, renamed into place and then
+/// marked complete. On any failure (a full disk, say) the partial directory is removed, so a
+/// failed save leaves no bytes behind; partial directories left by killed runs are removed when
+/// the next save starts. Only one process (rank 0) saves into a root at a time.
+pub fn save(
+    root: &Path,
+    state: &State,
+    write_model: impl FnOnce(&Path) -> Result<(), String>,
+    write_optimizer: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<PathBuf, CheckpointError> {
+    std::fs::create_dir_all(root).map_err(io(root))?;
+    for stale in std::fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok().map(|e| e.path())) {
+        if is_partial_name(&stale) {
+            tracing::info!(path = %stale.display(), "removing an unfinished checkpoint of an earlier run");
+            discard(&stale);
+        }
+    }
+    let tmp = root.join(partial_name(state.step));
+    let done = root.join(dir_name(state.step));
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    if let Err(e) = write_files(&tmp, state, write_model, write_optimizer) {
+        discard(&tmp);
+        return Err(e);
+    }
+    if done.exists() {
+        std::fs::remove_dir_all(&done).map_err(io(&done))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, &done).map_err(io(&done)) {
+        discard(&tmp);
+        return Err(e);
+    }
+    let finish = || {
+        sync_dir(root)?;
+        let marker = done.join(MARKER);
+        std::fs::write(&marker, b"").and_then(|_| std::fs::File::open(&marker)?.sync_all()).map_err(io(&marker))?;
+        sync_dir(&done)
+    };
+    if let Err(e) = finish() {
+        // Without its marker the directory would never be loaded; it would only take space.
+        discard(&done);
+        return Err(e);
+    }
+    Ok(done)
+}
+
+/// The tensor files, `state.json` and `manifest.json`, each fsynced, into `dir`.
+fn write_files(
+    dir: &Path,
+    state: &State,
+    write_model: impl FnOnce(&Path) -> Result<(), String>,
+    write_optimizer: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), CheckpointError> {
+    let failed = |path: PathBuf| move |message: String| CheckpointError::Invalid { path, message };
+    write_model(&dir.join(FILES[0])).map_err(failed(dir.join(FILES[0])))?;
+    write_optimizer(&dir.join(FILES[1])).map_err(failed(dir.join(FILES[1])))?;
+    let state_path = dir.join(FILES[2]);
+    std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("plain data")).map_err(io(&state_path))?;
+    let mut manifest = Manifest { files: Vec::new() };
+    for f in FILES {
+        let path = dir.join(f);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        std::fs::File::open(&path).and_then(|file| file.sync_all()).map_err(io(&path))?;
+        manifest.files.push((f.to_string(), bytes.len() as u64, digest(&bytes)));
+    }
+    let manifest_path = dir.join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).expect("plain data"))
+        .and_then(|_| std::fs::File::open(&manifest_path)?.sync_all())
+        .map_err(io(&manifest_path))
+}
+
+/// Remove all but the newest `keep` checkpoints and the best one by the AUC of an evaluation
+/// made at its own step (see [`policy::to_remove`]).
+pub fn retain(root: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let dirs = super::list(root);
+    let own_auc = |dir: &Path| -> Option<f64> {
+        let text = std::fs::read_to_string(dir.join(FILES[2])).ok()?;
+        serde_json::from_str::<State>(&text).ok()?.own_auc()
+    };
+    let aucs: Vec<Option<f64>> = dirs.iter().map(|d| own_auc(d)).collect();
+    for i in policy::to_remove(&aucs, keep) {
+        std::fs::remove_dir_all(&dirs[i]).map_err(io(&dirs[i]))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::FORMAT_VERSION;
+
+    fn state(step: u64, evaluations: Vec<(u64, f64, f64, f64)>) -> State {
+        let config = crate::config::Config::default().to_toml();
+        State {
+            format_version: FORMAT_VERSION,
+            step,
+            epoch: 0,
+            position: step * 128,
+            seed: 1,
+            world_size: 1,
+            config_hash: super::super::config_hash(&config),
+            config,
+            code_version: "test".into(),
+            evaluations,
+        }
+    }
+
+    fn write_bytes(n: usize) -> impl FnOnce(&Path) -> Result<(), String> {
+        move |p: &Path| std::fs::write(p, vec![7u8; n]).map_err(|e| e.to_string())
+    }
+
+    fn entries(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_save_that_fails_midway_leaves_no_partial_directory() {
+        let root = tempfile::tempdir().unwrap();
+        save(root.path(), &state(3, vec![]), write_bytes(10), write_bytes(10)).unwrap();
+        // The optimizer's writer fails after writing 1 MiB, as on a disk that fills up.
+        let failing = |p: &Path| {
+            std::fs::write(p, vec![0u8; 1 << 20]).unwrap();
+            Err("No space left on device (os error 28)".to_string())
+        };
+        let e = save(root.path(), &state(6, vec![]), write_bytes(10), failing).unwrap_err().to_string();
+        assert!(e.contains(".step-00000006.partial/optimizer.safetensors") && e.contains("No space"), "{e}");
+        assert_eq!(entries(root.path()), ["step-00000003"]);
+        super::super::verify(&root.path().join("step-00000003")).unwrap();
+        let e = save(root.path(), &state(9, vec![]), |_: &Path| Err("boom".to_string()), write_bytes(1)).unwrap_err();
+        assert!(e.to_string().contains("model.safetensors: boom"), "{e}");
+        assert_eq!(entries(root.path()), ["step-00000003"]);
+    }
+
+    #[test]
+    fn partial_directories_of_killed_runs_are_removed_by_the_next_save() {
+        let root = tempfile::tempdir().unwrap();
+        for stale in [".step-00000004.partial", ".step-00000008.partial"] {
+            std::fs::create_dir_all(root.path().join(stale)).unwrap();
+            std::fs::write(root.path().join(stale).join("model.safetensors"), [0u8; 64]).unwrap();
+        }
+        // Unrelated entries stay.
+        std::fs::write(root.path().join("notes.txt"), "mine").unwrap();
+        save(root.path(), &state(9, vec![]), write_bytes(10), write_bytes(10)).unwrap();
+        assert_eq!(entries(root.path()), ["notes.txt", "step-00000009"]);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_the_best_by_an_evaluation_at_its_own_step() {
+        let root = tempfile::tempdir().unwrap();
+        // Each checkpoint records the evaluations up to its step, its own last (the trainer
+        // evaluates before it checkpoints): own AUCs 0.60, 0.75, 0.70 and 0.65 at steps 3 to 12;
+        // 15 has none (the final evaluation comes after the last checkpoint). Keeping 2: 15 and
+        // 12 as the newest, 6 as the best.
+        let evals = [(3, 0.60), (6, 0.75), (9, 0.70), (12, 0.65)];
+        for step in [3u64, 6, 9, 12, 15] {
+            let history: Vec<_> = evals.iter().filter(|e| e.0 <= step).map(|&(s, a)| (s, a, 0.5, 0.6)).collect();
+            save(root.path(), &state(step, history), write_bytes(4), write_bytes(4)).unwrap();
+        }
+        retain(root.path(), 2).unwrap();
+        assert_eq!(entries(root.path()), ["step-00000006", "step-00000012", "step-00000015"]);
+    }
+
+    #[test]
+    fn a_checkpoint_whose_latest_evaluation_is_older_than_it_is_not_kept_as_best() {
+        // Written before its own step's evaluation (issue 13 item 2), step 9's state ends with
+        // step 6's AUC of 0.9: the old retention kept 9 as "best" for a score its model never had.
+        let root = tempfile::tempdir().unwrap();
+        save(root.path(), &state(6, vec![(3, 0.6, 0.5, 0.6)]), write_bytes(4), write_bytes(4)).unwrap();
+        save(root.path(), &state(9, vec![(3, 0.6, 0.5, 0.6), (6, 0.9, 0.5, 0.6)]), write_bytes(4), write_bytes(4))
+            .unwrap();
+        save(root.path(), &state(12, vec![(12, 0.7, 0.5, 0.6)]), write_bytes(4), write_bytes(4)).unwrap();
+        retain(root.path(), 1).unwrap();
+        assert_eq!(entries(root.path()), ["step-00000012"]);
+    }
+}

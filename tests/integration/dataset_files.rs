@@ -1,0 +1,258 @@
+//! The files of a dataset directory and what `micn prepare` leaves around it: every file checked
+//! against `dataset.json`, the staging directories of killed preparations removed by the next
+//! one, and preparation from a reviews file alone (no `--meta`).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use micn::data::Dataset;
+
+use crate::prepare::{
+    dataset_json, fixtures, gunzip_prefix, micn, open_error, prepared, qualifying, review_pairs, run_fails, stderr,
+};
+use crate::run_ok;
+
+/// The real 2014 Musical Instruments reviews (3,000 lines, no meta file exists: fixtures README).
+fn musical_instruments() -> PathBuf {
+    fixtures().join("amazon-musical-instruments-2014/reviews_Musical_Instruments_5.head.json.gz")
+}
+
+/// `micn prepare --input-format FORMAT --reviews REVIEWS --out OUT` (no `--meta`) with `extra`.
+fn prepare_without_meta(format: &str, reviews: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = micn();
+    cmd.args(["prepare", "--input-format", format, "--reviews"]).arg(reviews).arg("--out").arg(out).args(extra);
+    cmd
+}
+
+/// The names in `dir` that start with `.NAME.partial-` for output `out`.
+fn staging_dirs(out: &Path) -> Vec<String> {
+    let prefix = format!(".{}.partial-", out.file_name().unwrap().to_string_lossy());
+    let mut names: Vec<String> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The write end of `fifo`, once `reader` has opened the read end (a blocking open would hang
+/// the test if the reader failed first).
+fn open_fifo_writer(fifo: &Path, reader: &mut std::process::Child) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::io::AsRawFd as _;
+    let started = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo) {
+            Ok(file) => {
+                // Blocking writes from here on: the reader takes the bytes as they come.
+                // SAFETY: fcntl on a descriptor we own.
+                let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+                assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) }, 0);
+                return file;
+            }
+            // ENXIO: no reader yet.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                assert!(reader.try_wait().unwrap().is_none(), "prepare ended before it read its input");
+                assert!(started.elapsed() < Duration::from_secs(60), "prepare never opened {}", fifo.display());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{}: {e}", fifo.display()),
+        }
+    }
+}
+
+#[test]
+fn a_prepare_killed_with_sigkill_leaves_staging_that_the_next_prepare_removes_unless_its_process_lives() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The reviews come through a FIFO, so the killed preparation is caught mid-read: its staging
+    // directory made, half of the reviews read, waiting for the rest.
+    let fifo = tmp.path().join("reviews.json");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+    let out = tmp.path().join("out");
+    let mut child = prepare_without_meta("amazon2014", &fifo, &out, &["--protocol", "din"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let killed = child.id();
+    let staging = tmp.path().join(format!(".out.partial-{killed}"));
+    {
+        let mut writer = open_fifo_writer(&fifo, &mut child);
+        let text = gunzip_prefix(&std::fs::read(musical_instruments()).unwrap());
+        std::io::Write::write_all(&mut writer, &text[..text.len() / 2]).unwrap();
+        let started = Instant::now();
+        while !staging.exists() {
+            assert!(started.elapsed() < Duration::from_secs(60), "no staging directory {} appeared", staging.display());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: sending SIGKILL to our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(killed as libc::pid_t, libc::SIGKILL) }, 0);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status}");
+    }
+    assert!(!out.exists(), "a killed prepare left {}", out.display());
+    assert!(staging.is_dir(), "SIGKILL leaves the staging directory (nothing can clean up)");
+
+    // Beside it, the staging directory of a preparation that is still running (a live process:
+    // `sleep`), which must survive.
+    let mut alive = Command::new("sleep").arg("120").spawn().unwrap();
+    let live_staging = tmp.path().join(format!(".out.partial-{}", alive.id()));
+    std::fs::create_dir(&live_staging).unwrap();
+    std::fs::write(live_staging.join("train.rkyv"), b"being written").unwrap();
+
+    let done = run_ok(&mut prepare_without_meta("amazon2014", &musical_instruments(), &out, &["--protocol", "din"]));
+    let log = stderr(&done);
+    let survived = live_staging.is_dir() && live_staging.join("train.rkyv").exists();
+    alive.kill().unwrap();
+    alive.wait().unwrap();
+    assert!(!staging.exists(), "the killed preparation's staging directory is still there");
+    assert!(
+        log.contains(&format!(".out.partial-{killed}: removed the staging directory of an earlier preparation"))
+            && log.contains(&format!("its process {killed} is gone")),
+        "the removal is not reported:\n{log}"
+    );
+    assert!(survived, "the staging directory of a live process was removed:\n{log}");
+    assert!(!log.contains(&live_staging.file_name().unwrap().to_string_lossy().into_owned()), "{log}");
+    assert_eq!(staging_dirs(&out), [live_staging.file_name().unwrap().to_string_lossy()]);
+    Dataset::open(&out).unwrap();
+}
+
+#[test]
+fn dataset_json_lists_every_file_of_the_directory_with_its_size_and_checksum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = prepared(tmp.path()); // synthetic: with oracle.f32
+    let data = Dataset::open(&dir).unwrap();
+    let mut listed: Vec<&str> = data.meta.files().into_iter().map(|(name, _)| name).collect();
+    listed.push("dataset.json");
+    listed.sort_unstable();
+    let mut present: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    present.sort_unstable();
+    assert_eq!(present, listed);
+    assert!(present.iter().any(|n| n == "oracle.f32") && present.iter().any(|n| n == "cats.tsv"), "{present:?}");
+    // Sizes and hashes computed here with xxhash-rust's xxh3_64, independently of micn.
+    for (name, entry) in data.meta.files() {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        assert_eq!(entry.bytes, bytes.len() as u64, "{name}");
+        assert_eq!(entry.xxh3, format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)), "{name}");
+    }
+    let d = dataset_json(&dir);
+    for key in ["users", "items", "cats"] {
+        assert!(d["vocabularies"][key]["xxh3"].is_string(), "vocabularies.{key} in {d}");
+    }
+}
+
+#[test]
+fn a_vocabulary_file_replaced_by_another_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    run_ok(&mut prepare_without_meta("amazon2014", &musical_instruments(), &dir, &["--protocol", "din"]));
+    let cats = std::fs::read(dir.join("cats.tsv")).unwrap();
+
+    // The case: both files parse, and users outnumber categories, so every category id
+    // stays in range; only the size and checksum tell.
+    std::fs::copy(dir.join("users.tsv"), dir.join("cats.tsv")).unwrap();
+    let e = open_error(&dir);
+    assert!(e.contains("cats.tsv:") && e.contains("was replaced"), "{e}");
+    let err = run_fails(micn().args(["data", "stats"]).arg(&dir));
+    assert!(err.contains("cats.tsv:") && err.contains("dataset.json says"), "{err}");
+    std::fs::write(dir.join("cats.tsv"), &cats).unwrap();
+    Dataset::open(&dir).unwrap();
+
+    // Every file: one byte changed (same size) is caught by the checksum, a missing file is
+    // named; restored, the directory opens again.
+    let data = Dataset::open(&dir).unwrap();
+    let names: Vec<&str> = data.meta.files().into_iter().map(|(name, _)| name).collect();
+    drop(data);
+    for name in names {
+        let path = dir.join(name);
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x01;
+        std::fs::write(&path, &bad).unwrap();
+        let e = open_error(&dir);
+        assert!(e.contains(&format!("{name}: checksum")) && e.contains("corrupted or was replaced"), "{name}: {e}");
+        std::fs::remove_file(&path).unwrap();
+        let e = open_error(&dir);
+        assert!(e.contains(&format!("{name}: ")), "{name}: {e}");
+        std::fs::write(&path, &good).unwrap();
+        Dataset::open(&dir).unwrap();
+    }
+}
+
+#[test]
+fn a_dataset_prepared_before_vocabulary_checksums_is_refused_with_a_request_to_prepare_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    run_ok(&mut prepare_without_meta("amazon2014", &musical_instruments(), &dir, &[]));
+    // What format version 1 wrote: the same without `vocabularies` and `categories`.
+    let mut d = dataset_json(&dir);
+    let fields = d.as_object_mut().unwrap();
+    fields.remove("vocabularies");
+    fields.remove("categories");
+    fields.insert("format_version".into(), 1.into());
+    std::fs::write(dir.join("dataset.json"), serde_json::to_string_pretty(&d).unwrap()).unwrap();
+    let e = open_error(&dir);
+    assert!(e.contains("dataset.json: format version 1, written by an older micn"), "{e}");
+    let out = micn().args(["data", "stats"]).arg(&dir).output().unwrap();
+    let err = stderr(&out);
+    assert!(err.contains("prepare the dataset again with `micn prepare`"), "{err}");
+    assert_eq!(out.status.code(), Some(3), "an input error: running again cannot fix it\n{err}");
+}
+
+#[test]
+fn a_reviews_file_without_meta_prepares_with_both_protocols_every_item_in_default_cat() {
+    let reviews = musical_instruments();
+    // Count independently of micn what the protocols must give (3,000 complete lines, each a
+    // distinct user–item pair: checked here).
+    let text = gunzip_prefix(&std::fs::read(&reviews).unwrap());
+    let pairs = review_pairs(&text);
+    assert_eq!(pairs.len(), 3000, "the fixture's lines (README)");
+    let (users2, reviews2) = qualifying(&pairs);
+    let tmp = tempfile::tempdir().unwrap();
+    for (format, protocol) in [("amazon2014", "din"), ("amazon2014", "dien"), ("amazon2018", "din")] {
+        let out = tmp.path().join(format!("{format}-{protocol}"));
+        let done = run_ok(&mut prepare_without_meta(format, &reviews, &out, &["--protocol", protocol]));
+        let said = String::from_utf8_lossy(&done.stdout).into_owned();
+        assert!(said.contains("categories: none (prepared without --meta)"), "{format} {protocol}: {said}");
+        assert!(stderr(&done).contains("no --meta: every item is in category `default_cat`"), "{}", stderr(&done));
+
+        let d = dataset_json(&out);
+        assert_eq!(d["categories"], "none", "{format} {protocol}");
+        assert_eq!(d["sources"].as_array().unwrap().len(), 1, "the reviews file only");
+        assert_eq!(d["counts"]["cats"], 1, "default_cat alone");
+        let (train, test) =
+            (d["counts"]["train_samples"].as_u64().unwrap(), d["counts"]["test_samples"].as_u64().unwrap());
+        if protocol == "din" {
+            // DIN's rule: train = 2·(reviews − 2·users), test = 2·users, over users with ≥ 2 reviews.
+            assert_eq!(train as usize, 2 * (reviews2 - 2 * users2), "{format} din train");
+            assert_eq!(test as usize, 2 * users2, "{format} din test");
+        } else {
+            assert_eq!((train + test) as usize, 2 * users2, "dien: one pair per qualifying user");
+        }
+
+        let data = Dataset::open(&out).unwrap();
+        assert_eq!(data.vocab.cats.names, ["default_cat"]);
+        assert!(data.vocab.item_cat.iter().all(|&c| c == 0), "every item in default_cat");
+        for s in [data.train.samples(), data.test.samples()] {
+            assert!(s.cats.iter().chain(s.hist_cats.iter()).all(|c| c.to_native() == 0));
+        }
+
+        let stats = run_ok(micn().args(["data", "stats"]).arg(&out));
+        let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+        assert!(stats.contains("categories: none (prepared without --meta)"), "{stats}");
+        let json = run_ok(micn().args(["data", "stats", "--json"]).arg(&out));
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("stats --json is JSON");
+        assert_eq!(json["category_source"], "none");
+        assert_eq!(json["cats"], 1);
+    }
+    // The release only decides how meta is read: without it both give the same samples.
+    for name in ["train.rkyv", "test.rkyv", "users.tsv", "items.tsv", "cats.tsv"] {
+        let read = |dir: &str| std::fs::read(tmp.path().join(dir).join(name)).unwrap();
+        assert!(read("amazon2014-din") == read("amazon2018-din"), "{name} differs between the releases");
+    }
+}

@@ -1,0 +1,377 @@
+//! `micn-launch` as a user meets it, with real processes under a real `mpirun -np 2`: Ctrl-C
+//! and a closed terminal (through a pseudo-terminal) each end the job with a checkpoint and a
+//! summary; every rank's line arrives whole, once, under its own rank (text or JSON lines); only
+//! rank 0's progress reaches the terminal while each rank logs everything to its own file; a job
+//! that fails on its input (exit status 3, mpirun passing on MPI_Abort's code) is not restarted,
+//! and a crashed one is, with `--resume auto`.
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `micn-launch` with the environment OpenMPI needs as root, output captured.
+pub fn launcher() -> Command {
+    let path = crate::micn_bin().with_file_name("micn-launch");
+    assert!(path.exists(), "build the workspace first (cargo build --release --workspace)");
+    let mut cmd = Command::new(path);
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A training run that goes on until stopped: its directory and configuration file.
+fn endless_run(tmp: &Path) -> (PathBuf, PathBuf) {
+    let run = tmp.join("run");
+    let sets = ["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5", "checkpoint.every_steps=0"];
+    let path = tmp.join("run.toml");
+    std::fs::write(&path, crate::small_config(&run, &sets).to_toml()).unwrap();
+    (run, path)
+}
+
+/// Wait until `run` has logged training beyond `step`.
+fn wait_for_training_past(run: &Path, step: u64) {
+    let started = Instant::now();
+    let past = || {
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+        metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["step"].as_u64().is_some_and(|s| s > step))
+    };
+    while !past() {
+        assert!(started.elapsed() < Duration::from_secs(120), "training did not get past step {step}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The child's exit status, or a failed test when it runs on for `limit`.
+fn wait_at_most(child: &mut Child, limit: Duration, what: impl Fn() -> String) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}:\n{}", what());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The step of the run's summary, after checking that the run stopped on a signal and that the
+/// checkpoint of that step is complete.
+fn stopped_with_checkpoint_and_summary(run: &Path, printed: &str) -> u64 {
+    let text = std::fs::read_to_string(run.join("summary.json"))
+        .unwrap_or_else(|e| panic!("no summary.json ({e}); the launcher printed:\n{printed}"));
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(summary["stopped_by_signal"], true, "{text}");
+    let step = summary["steps"].as_u64().unwrap();
+    let checkpoint = run.join("checkpoints").join(micn::checkpoint::dir_name(step));
+    assert!(checkpoint.join("COMPLETE").exists(), "no checkpoint of step {step}; the launcher printed:\n{printed}");
+    step
+}
+
+/// A pseudo-terminal holding a process as a terminal emulator would: what the process prints
+/// is collected, keys can be typed, and closing it hangs the terminal up.
+struct Terminal {
+    master: Option<Arc<OwnedFd>>,
+    screen: Arc<Mutex<Vec<u8>>>,
+    close: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Terminal {
+    /// Start `cmd` in a new session whose controlling terminal is a new pseudo-terminal, with
+    /// the terminal as its standard input, output and error (as a shell starts a command).
+    fn spawn(mut cmd: Command) -> (Child, Terminal) {
+        // posix_openpt and open with O_CLOEXEC rather than openpty: the other tests of this binary
+        // start processes meanwhile, and a child that inherited either side would keep the
+        // terminal open after this test closes it.
+        // SAFETY: plain system calls on descriptors this function owns.
+        let (master, slave) = unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+            let master = OwnedFd::from_raw_fd(m);
+            assert_eq!(libc::grantpt(m), 0);
+            assert_eq!(libc::unlockpt(m), 0);
+            let mut name = [0 as libc::c_char; 128];
+            assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+            let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            assert!(s >= 0, "opening the terminal: {}", std::io::Error::last_os_error());
+            (master, OwnedFd::from_raw_fd(s))
+        };
+        cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
+        // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the terminal by now.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("the command starts");
+        drop(cmd); // our copies of the terminal's process side
+        let master = Arc::new(master);
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let close = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (master, screen, close) = (Arc::clone(&master), Arc::clone(&screen), Arc::clone(&close));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !close.load(Ordering::SeqCst) {
+                    let mut poll = libc::pollfd { fd: master.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd; reading into a buffer of the length given.
+                    let n = unsafe {
+                        if libc::poll(&mut poll, 1, 50) <= 0 {
+                            continue;
+                        }
+                        libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                    };
+                    if n <= 0 {
+                        break; // EIO: no process holds the terminal any more
+                    }
+                    screen.lock().unwrap().extend_from_slice(&buf[..n as usize]);
+                }
+            })
+        };
+        (child, Terminal { master: Some(master), screen, close, reader: Some(reader) })
+    }
+
+    /// Everything printed so far.
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    fn type_ctrl_c(&self) {
+        let master = self.master.as_ref().expect("the terminal is open");
+        // SAFETY: writing one byte from a valid buffer to an open descriptor.
+        let n = unsafe { libc::write(master.as_raw_fd(), b"\x03".as_ptr().cast(), 1) };
+        assert_eq!(n, 1, "typing Ctrl-C: {}", std::io::Error::last_os_error());
+    }
+
+    /// Close the terminal, as when its window is closed: the session gets SIGHUP.
+    fn hang_up(&mut self) {
+        self.close.store(true, Ordering::SeqCst);
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        let master = self.master.take().expect("the terminal is open");
+        assert_eq!(Arc::strong_count(&master), 1, "the reader let go of the terminal");
+        drop(master);
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.close.store(true, Ordering::SeqCst);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_stops_the_job_with_a_checkpoint_and_a_summary_every_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, path) = endless_run(tmp.path());
+    let mut step = 0;
+    // Stopped twice: a fresh run, then the same run resumed.
+    for resume in [false, true] {
+        let mut cmd = launcher();
+        cmd.args(["--np", "2", "--threads", "1", "--"]).arg("train").arg("--config").arg(&path);
+        if resume {
+            cmd.args(["--resume", "auto"]);
+        }
+        let (mut child, terminal) = Terminal::spawn(cmd);
+        wait_for_training_past(&run, step + 5);
+        terminal.type_ctrl_c();
+        let status = wait_at_most(&mut child, Duration::from_secs(60), || terminal.screen());
+        let screen = terminal.screen();
+        assert!(status.success(), "a graceful stop exits 0, not {status}:\n{screen}");
+        assert!(screen.contains("stopped by a signal after checkpointing step"), "{screen}");
+        assert!(screen.contains("job stopped on request"), "{screen}");
+        let stopped_at = stopped_with_checkpoint_and_summary(&run, &screen);
+        assert!(stopped_at > step + 5, "stopped at {stopped_at} after {step}");
+        step = stopped_at;
+    }
+    // Each rank's whole log is in its own file, in text like the terminal's.
+    for rank in [0, 1] {
+        let log = std::fs::read_to_string(run.join(format!("logs/rank-{rank}.log"))).unwrap();
+        assert!(log.lines().all(|l| l.starts_with(&format!("[rank {rank}] "))), "{log}");
+        assert!(log.contains("progress") && log.contains("stop requested"), "{log}");
+    }
+}
+
+#[test]
+fn closing_the_terminal_stops_the_job_with_a_checkpoint_and_a_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, path) = endless_run(tmp.path());
+    let mut cmd = launcher();
+    cmd.args(["--np", "2", "--threads", "1", "--config"]).arg(&path);
+    let (mut child, mut terminal) = Terminal::spawn(cmd);
+    wait_for_training_past(&run, 5);
+    let before = terminal.screen();
+    terminal.hang_up();
+    // With nothing left to print to, the launcher sees the job to its end.
+    let status = wait_at_most(&mut child, Duration::from_secs(60), || before.clone());
+    assert!(
+        status.success(),
+        "the launcher outlives the hang-up and exits 0, not {status} (signal {:?})",
+        status.signal()
+    );
+    stopped_with_checkpoint_and_summary(&run, &before);
+    let log = std::fs::read_to_string(run.join("logs/rank-0.log")).unwrap();
+    assert!(log.contains("checkpoint written"), "{log}");
+}
+
+#[test]
+fn a_graceful_stop_may_take_longer_than_mpirun_gives_a_job_it_kills() {
+    // mpirun kills a job one second after passing it SIGTERM; these ranks need two seconds to
+    // "checkpoint" after the stop request the launcher passes on.
+    let script = r#"r=$OMPI_COMM_WORLD_RANK
+trap 'sleep 2; echo "rank $r checkpointed"; exit 0' USR1
+echo ready
+while :; do sleep 0.1; done"#;
+    let mut child = launcher()
+        .args(["--np", "2", "--threads", "1", "--micn", "/bin/sh", "--", "-c", script, "sh"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stdout) {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let mut printed = Vec::new();
+    while printed.iter().filter(|l: &&String| l.ends_with("ready")).count() < 2 {
+        printed.push(received.recv_timeout(Duration::from_secs(60)).expect("both ranks start"));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_at_most(&mut child, Duration::from_secs(60), String::new);
+    reader.join().unwrap();
+    printed.extend(received.try_iter());
+    assert!(status.success(), "{status}: {printed:?}");
+    for rank in [0, 1] {
+        assert!(printed.contains(&format!("[rank {rank}] rank {rank} checkpointed")), "{printed:?}");
+    }
+}
+
+/// Run `script` with `sh -c` on two ranks under the launcher; (exit code, stdout, stderr).
+fn launch_script(launch_args: &[&str], script: &str) -> (Option<i32>, String, String) {
+    let out = launcher()
+        .args(["--np", "2", "--threads", "1", "--micn", "/bin/sh"])
+        .args(launch_args)
+        .args(["--", "-c", script, "sh"])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_line_written_in_pieces_arrives_whole_once_and_under_its_own_rank() {
+    // Both ranks write `error: rank N: bad config` in three pieces at the same time, so mpirun
+    // tags pieces in the middle of lines and interleaves the ranks' pieces.
+    let script = r#"r=$OMPI_COMM_WORLD_RANK
+printf 'error: rank ' >&2; sleep 0.3; printf '%s' "$r" >&2; sleep 0.3; printf ': bad config\n' >&2
+printf 'out ' ; sleep 0.3; printf 'of %s\n' "$r""#;
+    let (code, stdout, stderr) = launch_script(&[], script);
+    assert_eq!(code, Some(0), "{stderr}");
+    for rank in [0, 1] {
+        let line = format!("error: rank {rank}: bad config");
+        assert_eq!(stderr.lines().filter(|l| *l == line).count(), 1, "{line} once:\n{stderr}");
+        let line = format!("[rank {rank}] out of {rank}");
+        assert_eq!(stdout.lines().filter(|l| *l == line).count(), 1, "{line} once:\n{stdout}");
+    }
+    assert!(!stderr.contains("<stderr>") && !stdout.contains("<stdout>"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn only_rank_0_shows_progress_and_json_lines_stay_json_under_the_launcher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = crate::small_config(&run, &["train.max_steps=10", "train.log_every_steps=5"]);
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let out = launcher()
+        .args(["--np", "2", "--threads", "1", "--log-format", "json", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let parse = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    let lines: Vec<serde_json::Value> = stderr.lines().map(parse).collect();
+    let progress_ranks: Vec<u64> =
+        lines.iter().filter(|v| v["message"] == "progress").map(|v| v["rank"].as_u64().unwrap()).collect();
+    assert!(!progress_ranks.is_empty() && progress_ranks.iter().all(|r| *r == 0), "only rank 0's:\n{stderr}");
+    for v in &lines {
+        assert!(v["rank"] == 0 || v["level"] != "INFO" || v["rank"].is_null(), "{v}");
+    }
+    for rank in [0u64, 1] {
+        let log = std::fs::read_to_string(run.join(format!("logs/rank-{rank}.log"))).unwrap();
+        let lines: Vec<serde_json::Value> = log.lines().map(parse).collect();
+        assert!(lines.iter().all(|v| v["rank"] == rank), "{log}");
+        assert!(lines.iter().any(|v| v["message"] == "progress"), "{log}");
+    }
+}
+
+#[test]
+fn an_input_error_exits_3_through_mpirun_and_the_launcher_does_not_restart_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-dataset");
+    let cfg = crate::small_config(&tmp.path().join("run"), &[&format!("data.dir={:?}", missing.display().to_string())]);
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    // mpirun exits with the code MPI_Abort was given.
+    let out = crate::mpirun(2).arg(crate::micn_bin()).arg("train").arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // Neither a missing dataset nor a configuration error is retried, in text or JSON.
+    for extra in [&[][..], &["--set", "train.nope=1", "--log-format", "json"][..]] {
+        let out = launcher()
+            .args(["--np", "2", "--threads", "1", "--max-restarts", "2", "--restart-backoff", "0", "--config"])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains("not restarting") && !stderr.contains("restarting in"), "{stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error: rank")).collect();
+        assert!(!errors.is_empty(), "{stderr}");
+        if extra.is_empty() {
+            assert!(errors.iter().all(|l| l.starts_with("error: rank ") && l.contains("no-such-dataset")), "{stderr}");
+        } else {
+            for line in stderr.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                let message = v["message"].as_str().unwrap_or_default();
+                if message.starts_with("error: rank") {
+                    let rank = v["rank"].as_u64().expect("a rank field");
+                    assert!(message.starts_with(&format!("error: rank {rank}: ")), "{line}");
+                    assert!(message.contains("unknown field `nope`"), "{line}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_crashed_job_is_restarted_with_resume_auto_and_says_so() {
+    let (code, stdout, stderr) =
+        launch_script(&["--max-restarts", "1", "--restart-backoff", "0"], r#"echo "started with: $*"; exit 1"#);
+    assert_eq!(code, Some(1), "{stderr}");
+    let message = "restarting in 0 s with --resume auto: from the newest checkpoint if there is one (restart 1 of 1)";
+    assert!(stderr.contains(message), "{stderr}");
+    assert!(stdout.lines().any(|l| l.trim_end() == "[rank 0] started with:"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "[rank 0] started with: --resume auto"), "{stdout}");
+}
