@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use micn::data::protocol::Protocol;
 use micn::data::synth::Preset;
@@ -343,7 +342,7 @@ fn report_error(e: &anyhow::Error, rank: Option<usize>) {
     use std::io::Write as _;
     let mut message = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        let text = cause.to_string().trim_end().to_string();
         if message.contains(&text) {
             continue;
         }
@@ -380,6 +379,7 @@ fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option
     }
     #[cfg(feature = "mpi")]
     {
+        use anyhow::Context as _;
         let comm = dist::MpiCommunicator::init().context("starting MPI")?;
         let (major, minor) = dist::MpiCommunicator::standard_version();
         let versions =
@@ -498,8 +498,8 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             micn::train::trainer::stop_on_signals();
             let summary = micn::train::trainer::train_from(&cfg, comm, &resume)?;
             if comm.rank() == 0 {
-                println!(
-                    "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}",
+                let mut text = format!(
+                    "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}\n",
                     summary.test_auc,
                     summary.test_gauc,
                     summary.test_logloss,
@@ -509,23 +509,20 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                     summary.oracle_auc.map(|o| format!("; oracle AUC {o:.4}")).unwrap_or_default()
                 );
                 if let Some(best) = &summary.selected {
-                    println!(
-                        "selected by validation AUC {:.4}: step {} ({}), test AUC {:.4}  GAUC {:.4}  log-loss {:.4}",
-                        best.valid_auc,
-                        best.step,
-                        best.checkpoint,
-                        best.test_auc,
-                        best.test_gauc,
-                        best.test_logloss
+                    text += &format!(
+                        "selected by validation AUC {:.4}: step {} ({}), test AUC {:.4}  GAUC {:.4}  log-loss {:.4}\n",
+                        best.valid_auc, best.step, best.checkpoint, best.test_auc, best.test_gauc, best.test_logloss
                     );
                 }
-                println!("run directory {}", cfg.run.dir.display());
+                text += &format!("run directory {}\n", cfg.run.dir.display());
                 if summary.stopped_by_signal {
-                    println!(
-                        "stopped by a signal after checkpointing step {}; continue with --resume auto",
+                    text += &format!(
+                        "stopped by a signal after checkpointing step {}; continue with --resume auto\n",
                         summary.steps
                     );
                 }
+                // After a hang-up the terminal is gone; the run directory holds all of this.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             }
         }
         Command::Eval { run, checkpoint, data, split, json } => {
@@ -558,7 +555,13 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             println!("world size {}  seed {}  micn {}", state.world_size, state.seed, state.code_version);
             println!("config hash {}", state.config_hash);
             for (step, auc, gauc, logloss) in &state.evaluations {
-                println!("evaluation at step {step}: AUC {auc:.4}  GAUC {gauc:.4}  log-loss {logloss:.4}");
+                println!("validation at step {step}: AUC {auc:.4}  GAUC {gauc:.4}  log-loss {logloss:.4}");
+            }
+            match state.own_evaluation() {
+                Some((_, auc, ..)) => {
+                    println!("own evaluation at step {}: AUC {auc:.4} (retention ranks it by this)", state.step)
+                }
+                None => println!("no evaluation at step {}: retention never keeps it as the best", state.step),
             }
             for entry in std::fs::read_dir(&path)? {
                 let entry = entry?;

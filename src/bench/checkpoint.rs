@@ -1,7 +1,6 @@
 //! `micn bench checkpoint`: save and load time of a checkpoint of a Books-sized DIEN + MICN
 //! model (embedding tables for ~604k users and ~368k items, twice for `e_aux`, with Adam's
 //! moments), through the same code as training.
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -67,12 +66,9 @@ pub fn run(work_dir: &std::path::Path) -> Result<CheckpointBench, TrainError> {
     let started = Instant::now();
     let state = checkpoint::verify(&dir)?;
     let model = dir.join("model.safetensors");
-    vs.load(&model).map_err(|e| TrainError::RunFile { path: model.clone(), message: e.to_string() })?;
+    checkpoint::load_var_store(&mut vs, &model)?;
     let opt = dir.join("optimizer.safetensors");
-    let saved: HashMap<String, Tensor> = Tensor::read_safetensors(&opt)
-        .map_err(|e| TrainError::RunFile { path: opt.clone(), message: e.to_string() })?
-        .into_iter()
-        .collect();
+    let saved = checkpoint::load_tensors_like(&opt, adam.named_state(&t.names))?;
     adam.load_state(&t.names, state.step, |k| saved.get(k).map(Tensor::shallow_clone))
         .map_err(|message| TrainError::RunFile { path: opt.clone(), message })?;
     let load_seconds = started.elapsed().as_secs_f64();

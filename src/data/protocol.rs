@@ -361,6 +361,62 @@ mod tests {
         assert!(build(&c, Protocol::Dien, 5, 1).unwrap_err().contains("at least 2 items"));
     }
 
+    /// Reviews `(user, item, time)` owned, for corpora too large to write out.
+    fn owned_corpus(reviews: &[(String, String, i64)]) -> Corpus {
+        let refs: Vec<(&str, &str, i64)> = reviews.iter().map(|(u, i, t)| (u.as_str(), i.as_str(), *t)).collect();
+        corpus(&refs)
+    }
+
+    #[test]
+    fn a_dominant_positive_does_not_make_the_dien_negative_draw_spin() {
+        // 20,000 users review item i1 fifty times each (the protocol sees every review; only
+        // `prepare` removes repeated ones), and two users end on i1 after one review of i2 and
+        // three of i3: i1 holds 1,000,100 of 1,000,104 reviews. Every user's positive is i1, so
+        // an unbounded rejection loop needed about 250,000 draws per negative (5·10^9 in all).
+        let mut reviews = Vec::new();
+        for u in 0..20_000 {
+            reviews.extend((0..50).map(|t| (format!("u{u}"), "i1".to_string(), t)));
+        }
+        reviews.extend([("a", "i2", 1), ("a", "i1", 2), ("b", "i3", 1), ("b", "i3", 2), ("b", "i3", 3), ("b", "i1", 4)]
+            .map(|(u, i, t)| (u.to_string(), i.to_string(), t)));
+        let c = owned_corpus(&reviews);
+        let started = std::time::Instant::now();
+        let built = build(&c, Protocol::Dien, 5, 3).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        let negatives: Vec<&str> = [&built.train, &built.test]
+            .iter()
+            .flat_map(|s| (0..s.len()).filter(|&i| s.labels[i] == 0).map(|i| c.items.name(s.items[i])))
+            .collect();
+        assert_eq!(negatives.len(), 20_002, "one pair per user");
+        // Without i1, i2 and i3 hold 1 and 3 of the 4 other reviews: drawn 1 : 3.
+        assert!(negatives.iter().all(|&n| n == "i2" || n == "i3"), "a negative equals the positive");
+        let share = negatives.iter().filter(|&&n| n == "i3").count() as f64 / negatives.len() as f64;
+        assert!((share - 0.75).abs() < 0.02, "share of i3: {share}");
+    }
+
+    #[test]
+    fn a_user_who_reviewed_every_item_but_one_gets_that_one_as_every_din_negative_quickly() {
+        // u1 reviewed items 0..100,000 and u2 the one item more: u1's 99,999 samples each had
+        // one allowed item in 100,001, about 10^5 draws per negative (10^10 in all) unbounded.
+        let n = 100_000;
+        let mut reviews: Vec<(String, String, i64)> = (0..n).map(|i| ("u1".into(), format!("i{i}"), i as i64)).collect();
+        reviews.extend([("u2".into(), "i0".into(), 1), ("u2".into(), format!("i{n}"), 2)]);
+        let c = owned_corpus(&reviews);
+        let started = std::time::Instant::now();
+        let built = build(&c, Protocol::Din, 10, 4).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        let u1 = c.users.get("u1").unwrap();
+        let last = c.items.get(&format!("i{n}")).unwrap();
+        let mut u1_negatives = 0;
+        for s in [&built.train, &built.test] {
+            for i in (0..s.len()).filter(|&i| s.labels[i] == 0 && s.users[i] == u1) {
+                assert_eq!(s.items[i], last, "u1's only item never reviewed");
+                u1_negatives += 1;
+            }
+        }
+        assert_eq!(u1_negatives, n - 1, "one negative per prefix of u1's reviews");
+    }
+
     #[test]
     fn same_seed_same_samples_other_seed_other_negatives() {
         let c = synthetic(200, |_| 6, 100);

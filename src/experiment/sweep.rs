@@ -241,7 +241,7 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
                     overrides.push(Override::parse(&set_arg(key, value))?);
                 }
                 let seed = Config::load(Some(base), &overrides)?.train.seed;
-                overrides.push(Override::parse(&format!("train.seed={}", seed + repeat as u64))?);
+                overrides.push(Override::parse(&format!("train.seed={}", seed.wrapping_add(repeat as u64)))?);
                 let dir_value = toml::Value::String(dir.display().to_string());
                 overrides.push(Override::parse(&set_arg("run.dir", &dir_value))?);
                 let config = Config::load(Some(base), &overrides)?;

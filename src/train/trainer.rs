@@ -56,6 +56,12 @@ pub enum TrainError {
         "data.max_hist_len = {wanted}, but {path} keeps histories of at most {kept} items: {remedy}"
     )]
     HistoryTooShort { path: PathBuf, wanted: usize, kept: usize, remedy: String },
+    #[error("scoring the {set} set")]
+    Scores {
+        set: &'static str,
+        #[source]
+        source: crate::metrics::MetricError,
+    },
     #[error("the {set} set has only one class; AUC is undefined")]
     OneClass { set: &'static str },
     #[error(
@@ -88,7 +94,7 @@ impl TrainError {
             Self::NoCuda | Self::NothingToResume { .. } | Self::IncompatibleResume { .. } => true,
             Self::NoRunDir | Self::RunExists { .. } | Self::VocabularyMismatch { .. } => true,
             Self::TooFewSamples { .. } | Self::HistoryTooShort { .. } | Self::OneClass { .. } => true,
-            Self::ValidationTooSmall { .. } => true,
+            Self::ValidationTooSmall { .. } | Self::Scores { .. } => true,
             _ => false,
         }
     }
@@ -141,7 +147,7 @@ pub struct Summary {
     pub bytes_sent_per_step: f64,
     /// Digest of the final parameters, buffers and optimizer state (see `replica_digest`).
     pub replica_digest: String,
-    /// The run was stopped by SIGTERM/SIGINT (after checkpointing) before its last step.
+    /// The run was stopped by a signal (after checkpointing) before its last step.
     pub stopped_by_signal: bool,
 }
 
@@ -302,10 +308,11 @@ pub fn evaluate_on(
     let labels: Vec<u8> = reorder(comm.all_gather(&labels)?.data).iter().map(|&l| l as u8).collect();
     let keys_all = comm.all_gather(&keys)?.data;
     let keys: Vec<u32> = order.iter().map(|&k| keys_all[k]).collect();
-    let auc = crate::metrics::auc(&probs, &labels).ok_or(TrainError::OneClass { set: set.name() })?;
-    let gauc = crate::metrics::gauc(&keys, &probs, &labels).unwrap_or(f64::NAN);
-    let logloss = crate::metrics::log_loss(&probs, &labels);
-    Ok(EvalResult { auc, gauc, logloss, samples: probs.len() as u64 })
+    let m = crate::metrics::test_metrics(&keys, &probs, &labels).map_err(|e| match e {
+        crate::metrics::MetricError::OneClass { .. } => TrainError::OneClass { set: set.name() },
+        source => TrainError::Scores { set: set.name(), source },
+    })?;
+    Ok(EvalResult { auc: m.auc, gauc: m.gauc, logloss: m.logloss, samples: probs.len() as u64 })
 }
 
 /// One line of `metrics.jsonl`: training lines carry the mean losses over the steps since the
@@ -382,23 +389,27 @@ impl MetricsLog {
     }
 }
 
-/// Set by SIGTERM / SIGINT: finish the step, checkpoint, stop.
+/// Set by a stop signal: finish the step, checkpoint, stop.
 static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn request_stop(_signal: libc::c_int) {
     STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Route SIGTERM and SIGINT to a graceful stop (called by `micn train`; tests leave them alone).
+/// Route the stop signals to a graceful stop (called by `micn train`; tests leave them alone):
+/// SIGTERM (schedulers), SIGINT (Ctrl-C), SIGHUP (the terminal closed) and SIGUSR1, which is what
+/// `micn-launch` sends: mpirun passes SIGUSR1 on to every rank, but kills the job a second after
+/// forwarding a SIGTERM, too soon for a checkpoint.
 pub fn stop_on_signals() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+            libc::signal(signal, request_stop as *const () as libc::sighandler_t);
+        }
     }
 }
 
-/// Whether SIGTERM / SIGINT arrived since `stop_on_signals`.
+/// Whether a stop signal arrived since `stop_on_signals`.
 pub fn stop_requested() -> bool {
     STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
 }
@@ -457,8 +468,7 @@ fn resume_point(
     }
     let dir = PathBuf::from(agreed);
     let state = checkpoint::verify(&dir)?;
-    let saved: Config = toml::from_str(&state.config)
-        .map_err(|e| TrainError::RunFile { path: dir.join("state.json"), message: format!("its config: {e}") })?;
+    let saved = Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
     let keys = checkpoint::incompatible_keys(&saved, cfg);
     if !keys.is_empty() {
         return Err(TrainError::IncompatibleResume { path: dir, keys: keys.join(", ") });
@@ -568,12 +578,9 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let resumed = resume_point(cfg, comm, resume)?;
     if let Some((dir, state)) = &resumed {
         let model = dir.join("model.safetensors");
-        vs.load(&model).map_err(|e| TrainError::RunFile { path: model.clone(), message: e.to_string() })?;
+        checkpoint::load_var_store(&mut vs, &model)?;
         let opt_path = dir.join("optimizer.safetensors");
-        let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&opt_path)
-            .map_err(|e| TrainError::RunFile { path: opt_path.clone(), message: e.to_string() })?
-            .into_iter()
-            .collect();
+        let saved = checkpoint::load_tensors_like(&opt_path, adam.named_state(&trainable.names))?;
         adam.load_state(&trainable.names, state.step, |k| saved.get(k).map(|t| t.to_device(device)))
             .map_err(|message| TrainError::RunFile { path: opt_path.clone(), message })?;
         tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
@@ -876,7 +883,7 @@ fn select_best(
             .into_iter()
             .filter_map(|dir| {
                 let state = checkpoint::verify(&dir).ok()?;
-                let auc = state.evaluations.iter().find(|e| e.0 == state.step)?.1;
+                let auc = state.own_auc()?;
                 Some((auc, state.step, dir))
             })
             .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
@@ -891,13 +898,13 @@ fn select_best(
     }
     let dir = PathBuf::from(agreed);
     let state = checkpoint::verify(&dir)?;
-    let valid_auc = state.evaluations.iter().find(|e| e.0 == state.step).map_or(f64::NAN, |e| e.1);
+    let valid_auc = state.own_auc().unwrap_or(f64::NAN);
     let test = if state.step == final_step {
         *final_eval
     } else {
         let Built { mut vs, net } = build_model(cfg, scorer.dataset, scorer.device)?;
         let model = dir.join("model.safetensors");
-        vs.load(&model).map_err(|e| TrainError::RunFile { path: model.clone(), message: e.to_string() })?;
+        checkpoint::load_var_store(&mut vs, &model)?;
         Scorer { net: &net, ..*scorer }.score(EvalSet::Test)?
     };
     Ok(Some(Selected {
@@ -1001,8 +1008,7 @@ pub fn eval_saved(
 ) -> Result<EvalResult, TrainError> {
     let mut cfg = if dir.join("state.json").exists() {
         let state = checkpoint::verify(dir)?;
-        toml::from_str::<Config>(&state.config)
-            .map_err(|e| TrainError::RunFile { path: dir.join("state.json"), message: format!("its config: {e}") })?
+        Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?
     } else {
         let config_path = dir.join("config.toml");
         Config::load(Some(&config_path), &[])
@@ -1020,7 +1026,7 @@ pub fn eval_saved(
     }
     let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
     let model_path = dir.join("model.safetensors");
-    vs.load(&model_path).map_err(|e| TrainError::RunFile { path: model_path.clone(), message: e.to_string() })?;
+    checkpoint::load_var_store(&mut vs, &model_path)?;
     let held_out;
     let set = match split {
         Split::Test => EvalSet::Test,

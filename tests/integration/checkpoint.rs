@@ -10,23 +10,14 @@ use micn::config::Config;
 use micn::dist::{SingleProcess, ThreadRanks};
 use micn::train::trainer::{train_from, Resume};
 
+use crate::launch::launcher;
+
 fn config(run: &Path, extra: &[&str]) -> Config {
     let mut sets = vec!["checkpoint.every_steps=5", "checkpoint.keep_last=10"];
     sets.extend_from_slice(extra);
     crate::small_config(run, &sets)
 }
 
-/// `micn-launch` with the environment OpenMPI needs as root, output captured.
-fn launcher() -> std::process::Command {
-    let path = crate::micn_bin().with_file_name("micn-launch");
-    assert!(path.exists(), "build the workspace first (cargo build --release --workspace)");
-    let mut cmd = std::process::Command::new(path);
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    cmd
-}
 
 /// Wait until a training run has written two metrics lines, send SIGTERM to `child`, and return
 /// what it printed.
@@ -285,7 +276,10 @@ fn a_rank_killed_with_sigkill_is_restarted_by_the_launcher_and_ends_bit_identica
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the restarted job must finish: {stderr}");
-    assert!(stderr.contains("restarting from the latest checkpoint"), "{stderr}");
+    assert!(
+        stderr.contains("restarting in 0 s with --resume auto: from the newest checkpoint if there is one"),
+        "{stderr}"
+    );
     // Two thread ranks without interruption end with the same bytes (mpirun and thread ranks
     // compute the same bits, see the data-parallel tests).
     let straight = tmp.path().join("straight");

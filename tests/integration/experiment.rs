@@ -156,6 +156,7 @@ fn a_sweep_with_np_2_runs_each_point_on_two_ranks_through_the_launcher() {
     let run = out.join("micn.phi=0.5/repeat-0");
     let summary: serde_json::Value = serde_json::from_str(&read(&run.join("summary.json"))).unwrap();
     assert_eq!(summary["world_size"], 2);
-    let log = read(&run.join("train.log"));
-    assert!(log.contains("[rank 1]"), "the launcher prefixes every rank's lines: {log}");
+    // The terminal (here train.log) shows rank 0; every rank's full log is in its own file.
+    let log = read(&run.join("logs/rank-1.log"));
+    assert!(log.lines().all(|l| l.starts_with("[rank 1] ")) && log.contains("training"), "{log}");
 }

@@ -8,6 +8,7 @@ mod experiment;
 mod inputs;
 mod launch;
 mod prepare;
+mod runs;
 mod train;
 
 use std::path::{Path, PathBuf};

@@ -568,6 +568,44 @@ fn items_without_meta_get_default_cat_and_are_counted() {
 }
 
 #[test]
+fn a_din_user_who_reviewed_every_item_is_left_out_and_reported_or_fatal_with_strict() {
+    // The small corpus (12 users, 4 reviews each, of 10 items) plus a user who reviewed all 10:
+    // `din` draws a user's negatives among the items the user never reviewed, and this user has
+    // none. An unbounded rejection loop spun forever here; a whole-corpus check refused the file.
+    let corpus = small_corpus();
+    let tmp = tempfile::tempdir().unwrap();
+    let (reviews, meta) = (tmp.path().join("reviews.json"), tmp.path().join("meta.json"));
+    let mut lines = corpus.reviews.clone();
+    let everything = user(99);
+    lines.extend((0..10).map(|i| review(&everything, &item(i), 1_360_000_000 + i as i64)));
+    write_lines(&reviews, &lines);
+    write_lines(&meta, &corpus.meta);
+
+    let out = tmp.path().join("lenient");
+    let done = run_ok(&mut prepare_2014(&reviews, &meta, &out, &["--protocol", "din"]));
+    let log = stderr(&done);
+    assert!(log.contains(&format!("user {everything} reviewed every one of the 10 items")), "{log}");
+    assert!(log.contains("samples were left out"), "{log}");
+    let d = dataset_json(&out);
+    // DIN's rule over the 12 other users (48 reviews): train 2·(48 − 2·12), test 2·12.
+    assert_eq!((d["counts"]["train_samples"].as_u64(), d["counts"]["test_samples"].as_u64()), (Some(48), Some(24)));
+    assert_eq!(d["notes"]["protocol_summary"]["users_without_negatives"], 1);
+    assert_eq!(d["notes"]["protocol_summary"]["users_with_samples"], 12);
+
+    let out = tmp.path().join("strict");
+    let err = run_fails(&mut prepare_2014(&reviews, &meta, &out, &["--protocol", "din", "--strict"]));
+    assert!(err.contains(&format!("reviews.json: user {everything} reviewed every one of the 10 items")), "{err}");
+    assert_nothing_left(&out);
+
+    // Only that user: no sample at all, and the error says why.
+    write_lines(&reviews, &lines[corpus.reviews.len()..]);
+    let out = tmp.path().join("alone");
+    let err = run_fails(&mut prepare_2014(&reviews, &meta, &out, &["--protocol", "din"]));
+    assert!(err.contains("no sample at all") && err.contains("reviewed every item"), "{err}");
+    assert_nothing_left(&out);
+}
+
+#[test]
 fn an_empty_reviews_file_is_a_clear_error() {
     let corpus = small_corpus();
     let tmp = tempfile::tempdir().unwrap();
@@ -785,6 +823,8 @@ fn a_corrupted_or_truncated_archive_is_a_clear_error_never_a_panic() {
     restamp(&dir, "train.rkyv", cut);
     let e = open_error(&dir);
     assert!(e.contains("train.rkyv") && e.contains("not a valid sample archive"), "{e}");
+    // rkyv's own words on what is wrong, not release-mode rkyv's placeholder.
+    assert!(!e.contains("without error information"), "{e}");
     let positions: Vec<usize> = (0..good.len()).step_by(61).chain(good.len().saturating_sub(128)..good.len()).collect();
     let mut refused = 0;
     for &at in &positions {

@@ -215,7 +215,7 @@ fn a_non_finite_loss_stops_with_the_step_and_the_loss_named() {
     assert!(err.contains("step 1") && err.contains("main loss is NaN"), "{err}");
 }
 
-fn train_cli(run: &Path, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn train_cli(run: &Path, extra: &[&str]) -> serde_json::Value {
     let cfg = config(ModelKind::Din, true, &[]);
     let config_path = run.with_extension("toml");
     std::fs::write(&config_path, cfg.to_toml()).unwrap();

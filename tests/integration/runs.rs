@@ -1,0 +1,185 @@
+//! A run directory as a user meets it through `micn train` and `micn eval`: an existing run is
+//! never replaced by accident, mid-run evaluations never look at the test set, a saved model is
+//! only scored on data it fits, and what goes wrong is said in one readable line.
+use std::path::Path;
+use std::process::{Command, Output};
+
+use micn::data::prepare::synthetic_dataset;
+use micn::data::protocol::Protocol;
+use micn::data::synth::{self, SynthConfig};
+
+use crate::micn_bin;
+use crate::train::{dataset_dir, train_cli};
+
+fn micn(args: &[&str]) -> Command {
+    let mut cmd = Command::new(micn_bin());
+    cmd.args(args);
+    cmd
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `micn train` with the training module's configuration, expected to fail with status 3 (an input
+/// error, which `micn-launch --max-restarts` does not retry); returns standard error.
+fn train_refused(run: &Path, extra: &[&str]) -> String {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), crate::small_config(run, &[]).to_toml()).unwrap();
+    let mut cmd = micn(&["train", "--config"]);
+    cmd.arg(config.path()).args(extra);
+    let out = cmd.output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    err
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_second_training_into_a_run_directory_is_refused_and_loses_nothing_unless_told_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_cli(&run, &["train.max_steps=6"]);
+    let files = ["summary.json", "model.safetensors", "metrics.jsonl", "config.toml"];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    let e = train_refused(&run, &["--set", "train.max_steps=4"]);
+    assert!(e.contains("already holds a run") && e.contains("--resume auto") && e.contains("--overwrite"), "{e}");
+    assert!(e.contains(&run.display().to_string()) && e.contains("checkpoints"), "{e}");
+    let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    assert!(before == after, "a refused run changed the run directory");
+    // `--overwrite` starts afresh: no file of the old run survives, its checkpoints included.
+    let config = run.with_extension("toml");
+    let out = micn(&["train", "--overwrite", "--config"])
+        .arg(&config)
+        .args(["--set", &format!("run.dir={:?}", run.display().to_string()), "--set", "train.max_steps=4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(&run)["steps"], 4);
+    let checkpoints: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(checkpoints, ["step-00000004"], "the old run's checkpoints are gone");
+}
+
+#[test]
+fn an_empty_run_dir_is_refused_and_nothing_is_written_in_the_working_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let config = cwd.path().join("run.toml");
+    std::fs::write(&config, crate::small_config(Path::new("x"), &[]).to_toml()).unwrap();
+    let out = micn(&["train", "--config"])
+        .arg(&config)
+        .args(["--set", "run.dir=\"\""])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run.dir is empty"), "{}", stderr(&out));
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["run.toml"]);
+}
+
+/// `metrics.jsonl` as JSON values.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn mid_run_evaluations_score_the_validation_split_and_only_the_end_scores_the_test_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_cli(&run, &["train.max_steps=12", "train.eval_every_steps=4", "checkpoint.every_steps=6"]);
+    let lines = metrics(&run);
+    let valid_steps: Vec<u64> =
+        lines.iter().filter(|v| v["valid_auc"].is_f64()).map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(valid_steps, [4, 6, 8, 12], "every 4 steps and at every checkpoint (6, 12)");
+    let test_lines: Vec<&serde_json::Value> = lines.iter().filter(|v| v["test_auc"].is_f64()).collect();
+    assert_eq!(test_lines.len(), 1, "the test set is scored once");
+    assert_eq!(test_lines[0], lines.last().unwrap(), "at the end");
+    assert!(lines.iter().all(|v| v["eval_auc"].is_null()));
+    // The validation split holds out about a tenth of the training users (the fixture is `din`:
+    // single samples), and they are not trained on.
+    let s = summary(&run);
+    let selected = &s["selected"];
+    assert!([6, 12].contains(&selected["step"].as_u64().unwrap()), "{s}");
+    assert_eq!(s["valid_auc"], lines.iter().rev().find(|v| v["valid_auc"].is_f64()).unwrap()["valid_auc"]);
+    // Without a validation split there are no mid-run evaluations and nothing is selected.
+    let none = tmp.path().join("none");
+    train_cli(&none, &["train.max_steps=12", "train.eval_every_steps=4", "data.valid_share=0"]);
+    assert!(metrics(&none).iter().all(|v| v["valid_auc"].is_null()));
+    assert!(summary(&none)["selected"].is_null());
+}
+
+/// A synthetic dataset unlike the shared one: other users and items, histories of `hist`.
+fn other_dataset(dir: &Path, seed: u64, hist: usize) -> std::path::PathBuf {
+    let cfg = SynthConfig { users: 200, items: 120, clusters: 8, categories: 5, ..synth::Preset::Quickstart.config(seed) };
+    synthetic_dataset(&cfg, Protocol::Din, hist, dir).unwrap()
+}
+
+#[test]
+fn eval_on_another_dataset_applies_the_checks_of_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_cli(&run, &["train.max_steps=4"]);
+    let eval = |data: &Path| micn(&["eval", "--run"]).arg(&run).arg("--data").arg(data).output().unwrap();
+    // Another vocabulary: the model's ids would mean other items. Refused by name, no stack trace.
+    let other = other_dataset(&tmp.path().join("other"), 9, 10);
+    let out = eval(&other);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(e.contains("vocabulary") && e.contains(&other.display().to_string()), "{e}");
+    assert!(e.contains(&dataset_dir().display().to_string()) && !e.contains("frame #"), "{e}");
+    // Shorter histories than the model reads.
+    let short = other_dataset(&tmp.path().join("short"), 9, 5);
+    let e = stderr(&eval(&short));
+    assert!(e.contains("data.max_hist_len = 10") && e.contains("at most 5"), "{e}");
+    // The same dataset under another path is fine, and scores what the run scored.
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(dataset_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    let out = micn(&["eval", "--json", "--run"]).arg(&run).arg("--data").arg(&copy).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scored["auc"], summary(&run)["test_auc"]);
+}
+
+#[test]
+fn a_command_whose_reader_goes_away_exits_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    // `micn data stats DIR | head -0`: the reader is gone before micn writes.
+    let mut child = micn(&["data", "stats"])
+        .arg(dataset_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{}", out.status);
+}
+
+#[test]
+fn an_error_is_one_line_that_names_each_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-data");
+    let config = tmp.path().join("run.toml");
+    let cfg = crate::small_config(&tmp.path().join("run"), &[&format!("data.dir={:?}", missing.display().to_string())]);
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let out = micn(&["train", "--config"]).arg(&config).output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "a missing dataset is not worth a restart: {e}");
+    let line = e.lines().last().unwrap();
+    assert!(e.ends_with('\n'), "{e:?}");
+    assert!(line.starts_with("error: ") && line.contains(&missing.display().to_string()), "{line}");
+    assert_eq!(line.matches("No such file or directory").count(), 1, "the OS error once: {line}");
+    assert!(!line.contains("Os {") && !line.contains("kind:"), "no debug text: {line}");
+}
