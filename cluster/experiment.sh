@@ -20,7 +20,7 @@ micn=target/release/micn
 make_set() {
   local out=data/synth-$1 raw=data/synth-$1-raw preset=$2 protocol=$3 hist=$4
   shift 4
-  [[ -f $out/dataset.json ]] && return
+  $micn data stats "$out" >/dev/null 2>&1 && return
   echo "== synthetic $1 data ($*)"
   rm -rf "$raw" "$out"
   $micn synth --preset "$preset" --seed 1 --out "$raw" "$@"

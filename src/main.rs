@@ -186,16 +186,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         trials: usize,
     },
-    /// Test AUC of every model ± MICN over several seeds on Books-style synthetic data.
+    /// Test AUC of every model ± MICN over several seeds on synthetic data (Books-style: 60k
+    /// users, 20k items, 400 clusters, `dien` protocol; or the quickstart's, `din` protocol).
     Quality {
         #[arg(long, default_value = "runs/bench-quality")]
         work_dir: PathBuf,
-        #[arg(long, default_value_t = 60_000)]
-        users: usize,
-        #[arg(long, default_value_t = 20_000)]
-        items: usize,
-        #[arg(long, default_value_t = 400)]
-        clusters: usize,
+        /// `books-like` (reduced) or `quickstart`.
+        #[arg(long, value_enum, default_value_t = Preset::BooksLike)]
+        preset: Preset,
+        #[arg(long)]
+        users: Option<usize>,
+        #[arg(long)]
+        items: Option<usize>,
+        #[arg(long)]
+        clusters: Option<usize>,
         #[arg(long, default_value_t = 3)]
         seeds: u64,
         #[arg(long, default_value_t = 2)]
@@ -400,10 +404,19 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
     match command {
         Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm)?,
         Command::Synth(args) => synth(args)?,
-        Command::Bench { command: BenchCommand::Quality { work_dir, users, items, clusters, seeds, epochs, lr } } => {
+        Command::Bench { command: BenchCommand::Quality { work_dir, preset, users, items, clusters, seeds, epochs, lr } } => {
             use micn::bench::quality;
-            let opts =
-                quality::QualityOptions { work_dir, users, items, clusters, seeds, epochs, lr, ..Default::default() };
+            let opts = quality::QualityOptions {
+                work_dir,
+                preset,
+                users,
+                items,
+                clusters,
+                seeds,
+                epochs,
+                lr,
+                ..Default::default()
+            };
             let report = quality::run(&opts)?;
             let json = opts.work_dir.join("quality.json");
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;

@@ -51,11 +51,14 @@ pub fn run(work_dir: &std::path::Path) -> Result<CheckpointBench, TrainError> {
     let dir = checkpoint::save(
         &root,
         &state,
-        |path| vs.save(path).map_err(|e| e.to_string()),
+        |path| {
+            let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            checkpoint::write_tensors(path, &variables).map_err(|e| e.to_string())
+        },
         |path| {
             let named: Vec<(String, Tensor)> =
                 adam.named_state(&t.names).map(|(k, v)| (k, v.shallow_clone())).collect();
-            Tensor::write_safetensors(&named, path).map_err(|e| e.to_string())
+            checkpoint::write_tensors(path, &named).map_err(|e| e.to_string())
         },
     )?;
     let save_seconds = started.elapsed().as_secs_f64();

@@ -193,7 +193,7 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
         let run_dir = opts.work_dir.join(format!("np{ranks}-b{batch}"));
         let steps = (opts.samples / batch as u64).max(1);
         let status = Command::new(&launcher)
-            .args(["--np", &ranks.to_string(), "--threads", "1", "--config"])
+            .args(["--np", &ranks.to_string(), "--threads", "1", "--", "train", "--overwrite", "--config"])
             .arg(&config_path)
             .args(["--set", &format!("train.global_batch_size={batch}"), "--set", &format!("train.max_steps={steps}")])
             .arg("--set")

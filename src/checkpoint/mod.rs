@@ -32,7 +32,7 @@ pub mod policy;
 mod save;
 
 pub use self::format::{SafetensorsLayout, TensorHeader};
-pub use self::load::{check_state, latest, list, load_tensors_like, load_var_store, verify};
+pub use self::load::{check_state, latest, list, load_tensors_like, load_var_store, verify, write_tensors};
 pub use self::save::{retain, save};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -123,13 +123,14 @@ pub fn dir_name(step: u64) -> String {
 /// run must keep them. Returns the differing keys.
 pub fn incompatible_keys(saved: &crate::config::Config, now: &crate::config::Config) -> Vec<String> {
     let mut keys = Vec::new();
-    let pairs: [(&str, bool); 8] = [
+    let pairs = [
         ("model", saved.model != now.model),
         ("micn.enabled", saved.micn.enabled != now.micn.enabled),
         ("micn.k_max", saved.micn.k_max != now.micn.k_max),
         ("micn.routing_iters", saved.micn.routing_iters != now.micn.routing_iters),
         ("data.dir", saved.data.dir != now.data.dir),
         ("data.max_hist_len", saved.data.max_hist_len != now.data.max_hist_len),
+        ("data.valid_share", saved.data.valid_share != now.data.valid_share),
         ("train.global_batch_size", saved.train.global_batch_size != now.train.global_batch_size),
         ("train.seed", saved.train.seed != now.train.seed),
     ];

@@ -180,8 +180,11 @@ impl Archive {
         // changed underneath us is caught below only if it changed before this check.
         let map = unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
         entry.check(path, &map)?;
-        let samples = rkyv::access::<ArchivedSamples, rkyv::rancor::Error>(&map)
-            .map_err(|e| invalid(format!("not a valid sample archive: {e}")))?;
+        // `BoxedError`, not `rancor::Error`: in a release build the latter keeps no message
+        // ("failed without error information").
+        let samples = rkyv::access::<ArchivedSamples, rkyv::rancor::BoxedError>(&map).map_err(|e| {
+            invalid(format!("not a valid sample archive (rkyv's structure check: {e}); prepare the dataset again"))
+        })?;
         validate(samples, vocab).map_err(invalid)?;
         Ok(Self { path: path.to_path_buf(), map })
     }

@@ -126,9 +126,6 @@ pub struct FileSummary {
     pub raw_bytes: u64,
     pub lines: u64,
     pub issues: Issues,
-    /// Always `false`: a gzip stream that breaks off early is now an error
-    /// ([`parse_lines`]). Kept so that `dataset.json` keeps its `truncated_gzip` field.
-    pub truncated_gzip: bool,
 }
 
 /// A reader that hashes the stored bytes as they pass.
@@ -149,26 +146,28 @@ impl<R: Read> Read for Hashing<R> {
 
 const CHUNK: usize = 4 << 20;
 
-/// How far the reader thread got: stored bytes read, decompressed bytes, and lines (at the end
-/// of a whole stream the last one counts even without its newline; where the stream broke, only
+/// How far a file was read: stored bytes read, decompressed bytes, and lines (at the end of a
+/// whole stream the last one counts even without its newline; where the stream broke, only
 /// complete lines count).
-#[derive(Debug, Clone, Copy, Default)]
-struct Progress {
-    stored: u64,
-    raw: u64,
-    lines: u64,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadProgress {
+    /// Whether the file is gzip (else plain text).
+    pub gzip: bool,
+    pub stored: u64,
+    pub raw: u64,
+    pub lines: u64,
 }
 
 /// Why the reader thread stopped early.
 enum ReadFailure {
     /// The gzip stream breaks off before its end (a cut file, an interrupted download).
-    Cut(Progress),
+    Cut(ReadProgress),
     /// Any other read or decompression error.
-    Broken(Progress, std::io::Error),
+    Broken(ReadProgress, std::io::Error),
 }
 
 /// What the reader thread hands back: the hasher and how far it read.
-type ReaderEnd = (Hashing<BufReader<File>>, Progress);
+type ReaderEnd = (Hashing<BufReader<File>>, ReadProgress);
 
 struct Chunk {
     index: usize,
@@ -177,7 +176,7 @@ struct Chunk {
 }
 
 /// `12345` as `12,345`, for the sizes in messages.
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -195,9 +194,10 @@ fn thousands(n: u64) -> String {
 ///
 /// A compressed stream that cannot be read to its end is a broken file, not a bad line, in
 /// either mode: a gzip stream that breaks off early (a cut or interrupted download: the real
-/// `*.head.json.gz` fixture is such a cut) or a corrupt one is an error naming the file and how
-/// far it was read (stored bytes, decompressed bytes, complete lines). Records handed to `sink`
-/// before the error are then to be discarded by the caller.
+/// `*.head.json.gz` fixture is such a cut; [`DataError::TruncatedGzip`]) or a corrupt one
+/// ([`DataError::BrokenStream`]) is an error naming the file and how far it was read (stored
+/// bytes, decompressed bytes, complete lines). Records handed to `sink` before the error are
+/// then to be discarded by the caller.
 pub fn parse_lines<T: Send>(
     path: &Path,
     strictness: Strictness,
@@ -225,7 +225,7 @@ pub fn parse_lines<T: Send>(
         // Reader: split the (decompressed) stream into chunks of whole lines.
         let reader = scope.spawn(move || -> Result<ReaderEnd, ReadFailure> {
             let mut hashing = hashing;
-            let mut progress = Progress::default();
+            let mut progress = ReadProgress { gzip, ..ReadProgress::default() };
             let mut stopped: Option<std::io::Error> = None;
             {
                 let mut source: Box<dyn Read + '_> = if gzip {
@@ -354,31 +354,9 @@ pub fn parse_lines<T: Send>(
     // A broken stream comes first: a bad line before it says less about the file.
     let (hashing, progress) = match read {
         Ok(end) => end,
-        Err(ReadFailure::Cut(p)) => {
-            return Err(DataError::Invalid {
-                path: path.to_path_buf(),
-                message: format!(
-                    "the gzip stream ends early: all {} stored bytes were read and decompress to {} bytes \
-                     ({} complete lines) without reaching the end of the stream; the file is truncated \
-                     (an interrupted download?) and nothing was prepared from it",
-                    thousands(p.stored),
-                    thousands(p.raw),
-                    thousands(p.lines)
-                ),
-            });
-        }
-        Err(ReadFailure::Broken(p, e)) => {
-            let what = if gzip { "the gzip stream is broken" } else { "the file cannot be read" };
-            return Err(DataError::Invalid {
-                path: path.to_path_buf(),
-                message: format!(
-                    "{what} after {} of {} stored bytes ({} bytes, {} complete lines read): {e}",
-                    thousands(p.stored),
-                    thousands(stored_total),
-                    thousands(p.raw),
-                    thousands(p.lines)
-                ),
-            });
+        Err(ReadFailure::Cut(read)) => return Err(DataError::TruncatedGzip { path: path.to_path_buf(), read }),
+        Err(ReadFailure::Broken(read, source)) => {
+            return Err(DataError::BrokenStream { path: path.to_path_buf(), read, stored_total, source });
         }
     };
     if let Some(e) = failure {
@@ -391,7 +369,6 @@ pub fn parse_lines<T: Send>(
         raw_bytes: progress.raw,
         lines: progress.lines,
         issues,
-        truncated_gzip: false,
     })
 }
 
@@ -439,7 +416,12 @@ mod tests {
         assert!(complete > 1000 && complete < 20_000, "{complete} lines before the cut");
 
         for strictness in [Strictness::Lenient, Strictness::Strict] {
-            let e = read_all(&path, strictness).unwrap_err().to_string();
+            let e = read_all(&path, strictness).unwrap_err();
+            // A typed error a caller can act on (fetch the file again), with how far it got.
+            let read =
+                ReadProgress { gzip: true, stored: cut.len() as u64, raw: prefix.len() as u64, lines: complete as u64 };
+            assert!(matches!(&e, DataError::TruncatedGzip { path: p, read: r } if *p == path && *r == read), "{e:?}");
+            let e = e.to_string();
             assert!(e.starts_with(&format!("{}: the gzip stream ends early", path.display())), "{e}");
             assert!(e.contains(&format!("all {} stored bytes", thousands(cut.len() as u64))), "{e}");
             assert!(e.contains(&format!("({} complete lines)", thousands(complete as u64))), "{e}");
@@ -453,7 +435,7 @@ mod tests {
         // Whole: nothing truncated.
         std::fs::write(&path, &gz).unwrap();
         let (lines, summary) = read_all(&path, Strictness::Strict).unwrap();
-        assert_eq!((lines.len(), summary.truncated_gzip, summary.raw_bytes), (20_000, false, text.len() as u64));
+        assert_eq!((lines.len(), summary.raw_bytes), (20_000, text.len() as u64));
     }
 
     #[test]
@@ -467,7 +449,16 @@ mod tests {
         let path = dir.path().join("damaged.gz");
         std::fs::write(&path, &gz).unwrap();
         for strictness in [Strictness::Lenient, Strictness::Strict] {
-            let e = read_all(&path, strictness).unwrap_err().to_string();
+            let e = read_all(&path, strictness).unwrap_err();
+            // Typed, with flate2's error kept as the source.
+            match &e {
+                DataError::BrokenStream { read, stored_total, source, .. } => {
+                    assert_eq!((read.gzip, read.lines, *stored_total), (true, 5_000, gz.len() as u64), "{e:?}");
+                    assert_eq!(source.to_string(), "corrupt gzip stream does not have a matching checksum");
+                }
+                other => panic!("not a broken stream: {other:?}"),
+            }
+            let e = e.to_string();
             assert!(e.starts_with(&format!("{}: the gzip stream is broken after", path.display())), "{e}");
             // Everything decompressed before the trailer was checked: all 5,000 lines.
             assert!(e.contains("5,000 complete lines read") && e.contains("corrupt gzip stream"), "{e}");

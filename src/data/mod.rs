@@ -43,6 +43,35 @@ pub enum DataError {
     BadLine { path: PathBuf, line: u64, kind: input::BadKind, detail: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A gzip stream that breaks off before its end: the file was cut (an interrupted download);
+    /// getting it again is the fix. Nothing from it is used.
+    #[error(
+        "{path}: the gzip stream ends early: all {} stored bytes were read and decompress to {} bytes \
+         ({} complete lines) without reaching the end of the stream; the file is truncated (an \
+         interrupted download?) and nothing was prepared from it",
+        input::thousands(.read.stored),
+        input::thousands(.read.raw),
+        input::thousands(.read.lines)
+    )]
+    TruncatedGzip { path: PathBuf, read: input::ReadProgress },
+    /// A stream that cannot be read on: corrupt gzip data (a bad checksum, an invalid block) or a
+    /// failing read. Nothing from the file is used.
+    #[error(
+        "{path}: {} after {} of {} stored bytes ({} bytes, {} complete lines read): {source}",
+        if .read.gzip { "the gzip stream is broken" } else { "the file cannot be read" },
+        input::thousands(.read.stored),
+        input::thousands(*.stored_total),
+        input::thousands(.read.raw),
+        input::thousands(.read.lines)
+    )]
+    BrokenStream {
+        path: PathBuf,
+        read: input::ReadProgress,
+        /// The file's size.
+        stored_total: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}: already exists; choose another --out or remove it first")]
     OutputExists(PathBuf),
 }

@@ -212,22 +212,13 @@ pub(crate) fn source_entry(s: &FileSummary) -> serde_json::Value {
         "lines": s.lines,
         "skipped": s.issues.counts,
         "first_skipped_lines": s.issues.first_lines,
-        "truncated_gzip": s.truncated_gzip,
     })
 }
 
-/// Warnings for skipped lines, one per kind, and for a cut gzip stream, naming the file.
+/// Warnings for skipped lines, one per kind, naming the file. (A cut or corrupt compressed
+/// stream is an error, never a warning: see [`input::parse_lines`].)
 pub(crate) fn issue_warnings(s: &FileSummary) -> Vec<String> {
-    let mut warnings: Vec<String> =
-        s.issues.summary().into_iter().map(|line| format!("{}: skipped {line}", s.path.display())).collect();
-    if s.truncated_gzip {
-        warnings.push(format!(
-            "{}: the gzip stream ends early (at line {}): the file is truncated; the complete lines before the cut were used",
-            s.path.display(),
-            s.lines
-        ));
-    }
-    warnings
+    s.issues.summary().into_iter().map(|line| format!("{}: skipped {line}", s.path.display())).collect()
 }
 
 /// Read reviews and meta into an interned corpus; also the file summaries and, when there is a
@@ -372,10 +363,40 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     );
     let built = protocol::build(&corpus, job.protocol, job.max_hist_len, job.seed)
         .map_err(|message| DataError::Invalid { path: job.reviews.clone(), message })?;
+    // `din` users left without a negative: like a bad line, fatal with --strict, else left out,
+    // counted in dataset.json and reported naming the first.
+    if let Some(&first) = built.without_negatives.first() {
+        let others = match built.without_negatives.len() - 1 {
+            0 => String::new(),
+            1 => " (and 1 other user)".into(),
+            n => format!(" (and {n} other users)"),
+        };
+        let what = format!(
+            "user {}{others} reviewed every one of the {} items, so the `din` protocol has no negative to draw for them",
+            corpus.users.name(first),
+            corpus.items.len()
+        );
+        if job.strictness == Strictness::Strict {
+            return Err(DataError::Invalid {
+                path: job.reviews.clone(),
+                message: format!("{what}; without --strict their samples are left out"),
+            });
+        }
+        if !(built.train.is_empty() && built.test.is_empty()) {
+            warnings.push(format!(
+                "{}: {what}: their samples were left out (notes.protocol_summary.users_without_negatives in dataset.json)",
+                job.reviews.display()
+            ));
+        }
+    }
     if built.train.is_empty() && built.test.is_empty() {
+        let without_negatives = match built.summary.users_without_negatives {
+            0 => String::new(),
+            n => format!(", and under `din` an item they never reviewed: {n} reviewed every item"),
+        };
         return Err(DataError::Invalid {
             path: job.reviews.clone(),
-            message: "too little data: no sample at all (users need at least 2 reviews)".into(),
+            message: format!("too little data: no sample at all (users need at least 2 reviews{without_negatives})"),
         });
     }
     // A small file (such as the 290-line real fixture, where one user has two reviews) can leave
@@ -412,7 +433,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     // The reviews and interners are no longer needed: free them before the archives are built.
     let reviews = corpus.reviews.len();
     drop(corpus);
-    let protocol::Built { train, test, summary } = built;
+    let protocol::Built { train, test, summary, .. } = built;
     let train = train.remap(&maps.users, &maps.items, &maps.cats);
     let test = test.remap(&maps.users, &maps.items, &maps.cats);
     let (categories, notes) = match without_meta {

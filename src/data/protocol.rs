@@ -3,6 +3,12 @@
 //! protocol (every prefix of each user's time-sorted reviews; the last position is the test
 //! pair; negatives uniform over items the user never reviewed). Pure functions of the corpus
 //! and the seed.
+//!
+//! Negatives are drawn by bounded rejection ([`NEGATIVE_TRIES`] draws, then one exact draw from
+//! the allowed items), so no corpus makes a draw spin. A `din` user who reviewed every item has
+//! no negative at all: that user's samples are left out and counted
+//! ([`ProtocolSummary::users_without_negatives`], [`Built::without_negatives`]); `prepare`
+//! warns, naming the user, or refuses under `--strict`.
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -79,7 +85,18 @@ pub const DEFAULT_CAT: &str = "default_cat";
 /// Share of users that go to the training split under the `dien` protocol.
 pub const DIEN_TRAIN_SHARE: f64 = 0.9;
 
-/// Counts of what a protocol did.
+/// Rejected draws of a negative before the exact draw among the allowed items.
+///
+/// A negative found within these tries is the one the former unbounded loop found, from the
+/// same random stream, so datasets prepared before the bound came in are reproduced byte for
+/// byte unless one of their negatives needed more tries. That needs a positive (`dien`) or a
+/// user's reviewed items (`din`) holding most of the draw's mass: the chance is (1 − q)^64 for
+/// an allowed share q, about 10⁻³ at q = 0.1 and 10⁻²⁰ at q = 0.5. Hence 64 here rather than
+/// the no-click sampler's 8 ([`super::batch::NoClickSampler`], which had no earlier bytes to
+/// keep): a try costs one index or binary search, so 64 of them stay cheap.
+pub const NEGATIVE_TRIES: usize = 64;
+
+/// Counts of what a protocol did (in `dataset.json`'s notes).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ProtocolSummary {
     pub users_with_samples: u64,
@@ -87,6 +104,15 @@ pub struct ProtocolSummary {
     pub users_skipped: u64,
     pub train_users: u64,
     pub test_users: u64,
+    /// `din`: users with at least 2 reviews who reviewed every item, so that no negative can be
+    /// drawn for them: their samples are left out. Written only when there are such users, so
+    /// that other datasets' descriptions stay as they were.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub users_without_negatives: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Samples in intern-id space.
@@ -95,6 +121,9 @@ pub struct Built {
     pub train: Samples,
     pub test: Samples,
     pub summary: ProtocolSummary,
+    /// The users counted in [`ProtocolSummary::users_without_negatives`] (intern ids, in id
+    /// order), so that a report can name them.
+    pub without_negatives: Vec<u32>,
 }
 
 /// Reviews grouped by user, each group sorted by (time, file line), as indices into
@@ -141,7 +170,9 @@ impl ByUser {
     }
 }
 
-/// Build train and test samples; an error when no negative could ever be drawn.
+/// Build train and test samples; an error when the `dien` protocol could never draw a negative
+/// (fewer than 2 items reviewed). A `din` user left without a negative is skipped and counted
+/// instead ([`Built::without_negatives`]): one such user does not make the corpus unusable.
 pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64) -> Result<Built, String> {
     assert!(max_hist_len > 0, "max_hist_len must be positive");
     check_negatives_possible(corpus, protocol)?;
@@ -164,29 +195,26 @@ pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64
             });
         }
     };
-    let n_reviews = corpus.reviews.len() as u64;
     let n_items = corpus.items.len() as u64;
+    let review_totals = match protocol {
+        Protocol::Dien => review_totals(corpus),
+        Protocol::Din => Vec::new(),
+    };
+    let mut without_negatives = Vec::new();
     for u in 0..corpus.users.len() {
         let user = u as u32;
         if groups.len(u) < 2 {
             summary.users_skipped += u64::from(groups.len(u) > 0);
             continue;
         }
-        summary.users_with_samples += 1;
         let items: Vec<u32> = groups.reviews(corpus, u).map(|r| r.item).collect();
         match protocol {
             Protocol::Dien => {
+                summary.users_with_samples += 1;
                 let last = items.len() - 1;
                 let hist = &items[last.saturating_sub(max_hist_len)..last];
                 let pos = items[last];
-                // Popularity-weighted: a uniformly drawn review's item; rejected only if equal to
-                // the positive. Needs at least one review of another item.
-                let neg = loop {
-                    let candidate = corpus.reviews[rng.below(n_reviews) as usize].item;
-                    if candidate != pos {
-                        break candidate;
-                    }
-                };
+                let neg = dien_negative(&mut rng, &corpus.reviews, &review_totals, pos);
                 let to_train = Rng::derive(seed, &[stream::SPLIT, user as u64]).next_f64() < DIEN_TRAIN_SHARE;
                 if to_train {
                     summary.train_users += 1;
@@ -197,49 +225,116 @@ pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64
                 }
             }
             Protocol::Din => {
-                let reviewed: std::collections::HashSet<u32> = items.iter().copied().collect();
+                let mut reviewed = items.clone();
+                reviewed.sort_unstable();
+                reviewed.dedup();
+                if reviewed.len() as u64 == n_items {
+                    // Nothing left to draw; no random number is used, so other users' draws
+                    // are those they would be without this user.
+                    summary.users_without_negatives += 1;
+                    without_negatives.push(user);
+                    continue;
+                }
+                summary.users_with_samples += 1;
                 summary.train_users += u64::from(items.len() > 2);
                 summary.test_users += 1;
                 for i in 1..items.len() {
                     let hist = &items[i.saturating_sub(max_hist_len)..i];
-                    let neg = loop {
-                        let candidate = rng.below(n_items) as u32;
-                        if !reviewed.contains(&candidate) {
-                            break candidate;
-                        }
-                    };
+                    let neg = din_negative(&mut rng, n_items, &reviewed);
                     let out = if i + 1 < items.len() { &mut train } else { &mut test };
                     push_pair(out, user, items[i], neg, hist);
                 }
             }
         }
     }
-    Ok(Built { train, test, summary })
+    Ok(Built { train, test, summary, without_negatives })
 }
 
-/// Whether negatives can be drawn at all (the rejection loops would not end otherwise).
+/// Whether negatives can be drawn at all: `dien` draws among reviews of items other than the
+/// positive, so it needs reviews of 2 items. (`din`'s condition is per user: see [`build`].)
 fn check_negatives_possible(corpus: &Corpus, protocol: Protocol) -> Result<(), String> {
-    let distinct_reviewed = {
-        let mut seen = vec![false; corpus.items.len()];
-        corpus.reviews.iter().for_each(|r| seen[r.item as usize] = true);
-        seen.iter().filter(|&&s| s).count()
-    };
-    match protocol {
-        Protocol::Dien if distinct_reviewed < 2 => Err("the `dien` protocol needs reviews of at least 2 items".into()),
-        Protocol::Din => {
-            let mut per_user = vec![std::collections::HashSet::new(); corpus.users.len()];
-            for r in &corpus.reviews {
-                per_user[r.user as usize].insert(r.item);
-            }
-            match per_user.iter().position(|s| s.len() >= 2 && s.len() >= corpus.items.len()) {
-                Some(u) => {
-                    Err(format!("user {} reviewed every item: no negative can be drawn", corpus.users.name(u as u32)))
-                }
-                None => Ok(()),
-            }
-        }
+    if protocol != Protocol::Dien {
+        return Ok(());
+    }
+    let mut seen = vec![false; corpus.items.len()];
+    corpus.reviews.iter().for_each(|r| seen[r.item as usize] = true);
+    match seen.iter().filter(|&&s| s).count() {
+        0 | 1 => Err("the `dien` protocol needs reviews of at least 2 items".into()),
         _ => Ok(()),
     }
+}
+
+/// Running totals of the review counts: `totals[i]` is the number of reviews of the items
+/// before `i` (one more entry than items), for [`dien_negative`]'s exact draw.
+fn review_totals(corpus: &Corpus) -> Vec<u64> {
+    let mut totals = vec![0u64; corpus.items.len() + 1];
+    corpus.reviews.iter().for_each(|r| totals[r.item as usize + 1] += 1);
+    for i in 1..totals.len() {
+        totals[i] += totals[i - 1];
+    }
+    totals
+}
+
+/// `dien`'s negative for positive `pos`: popularity-weighted, that is the item of a uniformly
+/// drawn review, never `pos`.
+///
+/// Up to [`NEGATIVE_TRIES`] reviews are drawn, each rejected only if of `pos`; if all were
+/// (likely only when `pos` holds nearly all reviews), one exact draw ([`draw_excluding`]). The
+/// corpus must have reviews of another item than `pos` ([`check_negatives_possible`]).
+fn dien_negative(rng: &mut Rng, reviews: &[ReviewRef], totals: &[u64], pos: u32) -> u32 {
+    for _ in 0..NEGATIVE_TRIES {
+        let candidate = reviews[rng.below(reviews.len() as u64) as usize].item;
+        if candidate != pos {
+            return candidate;
+        }
+    }
+    draw_excluding(rng, totals, pos)
+}
+
+/// An item drawn by its review count with `pos`'s left out, as rejection sampling would give:
+/// a uniform position among the reviews of other items, stepped over `pos`'s span of `totals`
+/// ([`review_totals`]), then the item whose span holds it. Some other item must have reviews.
+fn draw_excluding(rng: &mut Rng, totals: &[u64], pos: u32) -> u32 {
+    let (start, end) = (totals[pos as usize], totals[pos as usize + 1]);
+    let mut at = rng.below(totals[totals.len() - 1] - (end - start));
+    if at >= start {
+        at += end - start;
+    }
+    // The item i with totals[i] <= at < totals[i + 1]: unreviewed items have empty spans.
+    (totals.partition_point(|&t| t <= at) - 1) as u32
+}
+
+/// `din`'s negative for a user whose distinct reviewed items are `reviewed` (sorted): uniform
+/// over the other items of `0..n_items`.
+///
+/// Up to [`NEGATIVE_TRIES`] uniform items, each rejected only if reviewed; if all were (likely
+/// only when the user reviewed nearly every item), one exact draw: the `j`-th unreviewed item
+/// for a uniform `j`. `reviewed` must leave at least one item out.
+fn din_negative(rng: &mut Rng, n_items: u64, reviewed: &[u32]) -> u32 {
+    for _ in 0..NEGATIVE_TRIES {
+        let candidate = rng.below(n_items) as u32;
+        if reviewed.binary_search(&candidate).is_err() {
+            return candidate;
+        }
+    }
+    let j = rng.below(n_items - reviewed.len() as u64) as u32;
+    jth_unreviewed(reviewed, j)
+}
+
+/// The `j`-th (from 0) item id not in `reviewed` (sorted, distinct). `reviewed[m] - m` counts
+/// the unreviewed ids below `reviewed[m]` and never decreases, so the reviewed ids at or below
+/// the answer are those with `reviewed[m] - m <= j`, found by binary search.
+fn jth_unreviewed(reviewed: &[u32], j: u32) -> u32 {
+    let (mut lo, mut hi) = (0usize, reviewed.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if reviewed[mid] - mid as u32 <= j {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    j + lo as u32
 }
 
 #[cfg(test)]
@@ -354,11 +449,69 @@ mod tests {
     }
 
     #[test]
-    fn a_user_who_reviewed_every_item_is_an_error_not_a_hang() {
-        let c = corpus(&[("u1", "i1", 1), ("u1", "i2", 2)]);
-        assert!(build(&c, Protocol::Din, 5, 1).unwrap_err().contains("reviewed every item"));
+    fn a_din_user_who_reviewed_every_item_is_left_out_and_counted_not_a_hang() {
+        // u1 reviewed all 3 items; u2 reviewed 2 of them, so i3 is u2's every negative.
+        let c = corpus(&[("u1", "i1", 1), ("u1", "i2", 2), ("u1", "i3", 3), ("u2", "i1", 1), ("u2", "i2", 2)]);
+        let built = build(&c, Protocol::Din, 5, 1).unwrap();
+        assert_eq!(built.without_negatives, [c.users.get("u1").unwrap()]);
+        let expected = ProtocolSummary {
+            users_with_samples: 1,
+            users_skipped: 0,
+            train_users: 0,
+            test_users: 1,
+            users_without_negatives: 1,
+        };
+        assert_eq!(built.summary, expected);
+        assert!(built.train.is_empty());
+        let u2 = c.users.get("u2").unwrap();
+        assert_eq!(built.test.users, [u2, u2]);
+        assert_eq!(built.test.items, [c.items.get("i2").unwrap(), c.items.get("i3").unwrap()]);
+        // A corpus of one item (the protocol sees repeated reviews; only `prepare` drops them):
+        // the former loop never ended here.
         let c = corpus(&[("u1", "i1", 1), ("u1", "i1", 2)]);
+        let built = build(&c, Protocol::Din, 5, 1).unwrap();
+        assert_eq!((built.train.len(), built.test.len(), built.summary.users_without_negatives), (0, 0, 1));
+        // `dien` has no negative for anyone then: an error for the corpus.
         assert!(build(&c, Protocol::Dien, 5, 1).unwrap_err().contains("at least 2 items"));
+    }
+
+    #[test]
+    fn the_jth_unreviewed_item_skips_the_reviewed_ones() {
+        // Of 0..8 without {1, 2, 5}: 0, 3, 4, 6, 7 (counted by hand).
+        let reviewed = [1, 2, 5];
+        assert_eq!((0..5).map(|j| jth_unreviewed(&reviewed, j)).collect::<Vec<_>>(), [0, 3, 4, 6, 7]);
+        assert_eq!((0..3).map(|j| jth_unreviewed(&[], j)).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(jth_unreviewed(&[0, 1, 2, 3], 0), 4);
+    }
+
+    /// Shares of `n` draws per item id.
+    fn shares(n: usize, items: usize, mut draw: impl FnMut() -> u32) -> Vec<f64> {
+        let mut seen = vec![0usize; items];
+        (0..n).for_each(|_| seen[draw() as usize] += 1);
+        seen.iter().map(|&k| k as f64 / n as f64).collect()
+    }
+
+    #[test]
+    fn the_exact_draws_follow_the_rejection_samplers_distributions() {
+        let mut rng = Rng::new(17);
+        // dien: review counts 5, 0, 3, 2 of items 0..4 (totals 0, 5, 5, 8, 10). Without item 0:
+        // 3 and 2 of 5; without item 2: 5 and 2 of 7; without the unreviewed item 1: 5, 3, 2 of 10.
+        let totals = [0, 5, 5, 8, 10];
+        for (pos, expected) in
+            [(0, [0.0, 0.0, 0.6, 0.4]), (2, [5.0 / 7.0, 0.0, 0.0, 2.0 / 7.0]), (1, [0.5, 0.0, 0.3, 0.2])]
+        {
+            let seen = shares(100_000, 4, || draw_excluding(&mut rng, &totals, pos));
+            for (p, q) in seen.iter().zip(expected) {
+                assert!((p - q).abs() < 0.01 && (q > 0.0 || *p == 0.0), "without {pos}: {seen:?}");
+            }
+        }
+        // din: 10 items, 7 reviewed: the other 3, a third each.
+        let reviewed = [0, 1, 2, 4, 5, 7, 8];
+        let seen = shares(100_000, 10, || jth_unreviewed(&reviewed, rng.below(3) as u32));
+        for (id, p) in seen.iter().enumerate() {
+            let q = if [3, 6, 9].contains(&id) { 1.0 / 3.0 } else { 0.0 };
+            assert!((p - q).abs() < 0.01 && (q > 0.0 || *p == 0.0), "{seen:?}");
+        }
     }
 
     /// Reviews `(user, item, time)` owned, for corpora too large to write out.
@@ -377,8 +530,10 @@ mod tests {
         for u in 0..20_000 {
             reviews.extend((0..50).map(|t| (format!("u{u}"), "i1".to_string(), t)));
         }
-        reviews.extend([("a", "i2", 1), ("a", "i1", 2), ("b", "i3", 1), ("b", "i3", 2), ("b", "i3", 3), ("b", "i1", 4)]
-            .map(|(u, i, t)| (u.to_string(), i.to_string(), t)));
+        reviews.extend(
+            [("a", "i2", 1), ("a", "i1", 2), ("b", "i3", 1), ("b", "i3", 2), ("b", "i3", 3), ("b", "i1", 4)]
+                .map(|(u, i, t)| (u.to_string(), i.to_string(), t)),
+        );
         let c = owned_corpus(&reviews);
         let started = std::time::Instant::now();
         let built = build(&c, Protocol::Dien, 5, 3).unwrap();
@@ -399,7 +554,8 @@ mod tests {
         // u1 reviewed items 0..100,000 and u2 the one item more: u1's 99,999 samples each had
         // one allowed item in 100,001, about 10^5 draws per negative (10^10 in all) unbounded.
         let n = 100_000;
-        let mut reviews: Vec<(String, String, i64)> = (0..n).map(|i| ("u1".into(), format!("i{i}"), i as i64)).collect();
+        let mut reviews: Vec<(String, String, i64)> =
+            (0..n).map(|i| ("u1".into(), format!("i{i}"), i as i64)).collect();
         reviews.extend([("u2".into(), "i0".into(), 1), ("u2".into(), format!("i{n}"), 2)]);
         let c = owned_corpus(&reviews);
         let started = std::time::Instant::now();

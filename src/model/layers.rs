@@ -707,6 +707,27 @@ mod tests {
     }
 
     #[test]
+    fn batch_norm_normalises_by_the_batch_in_training_and_by_the_running_statistics_after() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = BatchNorm::new(&vs.root(), 2);
+        // Column 0: [1, 3] → mean 2, biased variance 1 → (x − 2)/sqrt(1 + 0.001) = ∓0.999500.
+        // Column 1: [10, 10] → mean 10, variance 0 → 0 (no division by zero).
+        let xs = Tensor::from_slice(&[1.0f32, 10.0, 3.0, 10.0]).view([2, 2]);
+        let y = bn.forward(&xs, true);
+        let expected = Tensor::from_slice(&[-0.999_500_4f32, 0.0, 0.999_500_4, 0.0]).view([2, 2]);
+        assert!(close(&y, &expected, 1e-6), "{y}");
+        // Running statistics moved by a tenth towards the batch's: mean 0.9·0 + 0.1·[2, 10],
+        // variance 0.9·1 + 0.1·[1, 0].
+        let (mean, var) = bn.running_stats();
+        assert!(close(&mean, &Tensor::from_slice(&[0.2f32, 1.0]), 1e-6), "{mean}");
+        assert!(close(&var, &Tensor::from_slice(&[1.0f32, 0.9]), 1e-6), "{var}");
+        // Evaluation uses them and leaves them alone: (1 − 0.2)/sqrt(1.001) = 0.799600.
+        let y = bn.forward(&xs, false);
+        assert!((y.double_value(&[0, 0]) - 0.799_600_3).abs() < 1e-6, "{y}");
+        assert!(close(&bn.running_stats().0, &mean, 0.0));
+    }
+
+    #[test]
     fn dice_running_statistics_follow_the_documented_momentum() {
         let vs = nn::VarStore::new(Device::Cpu);
         let dice = Dice::new(&vs.root(), 2);

@@ -99,7 +99,7 @@ impl WideDeep {
         let wide_input = Tensor::cat(&[&target, &hist_sum, &(&target * &hist_sum)], -1); // [b, 3w]
         let mut logit = deep + self.wide.forward(&wide_input).squeeze_dim(-1);
         if let Some(crosses) = &self.crosses {
-            logit = logit + crosses.forward(&x.ids.items, &x.ids.cats, &x.ids.hist_cats, &x.hist_mask);
+            logit += crosses.forward(&x.ids.items, &x.ids.cats, &x.ids.hist_cats, &x.hist_mask);
         }
         MainOutput { logit, aux_loss: None }
     }

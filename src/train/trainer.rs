@@ -89,14 +89,23 @@ impl TrainError {
     /// Whether the same command would fail the same way again (a dataset, checkpoint or device
     /// that does not fit the configuration), as opposed to a crash or an I/O failure.
     pub fn is_input_error(&self) -> bool {
-        match self {
-            Self::Data(_) | Self::Batch(_) | Self::Model(_) => true,
-            Self::NoCuda | Self::NothingToResume { .. } | Self::IncompatibleResume { .. } => true,
-            Self::NoRunDir | Self::RunExists { .. } | Self::VocabularyMismatch { .. } => true,
-            Self::TooFewSamples { .. } | Self::HistoryTooShort { .. } | Self::OneClass { .. } => true,
-            Self::ValidationTooSmall { .. } | Self::Scores { .. } => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Self::Data(_)
+                | Self::Batch(_)
+                | Self::Model(_)
+                | Self::NoCuda
+                | Self::NothingToResume { .. }
+                | Self::IncompatibleResume { .. }
+                | Self::NoRunDir
+                | Self::RunExists { .. }
+                | Self::VocabularyMismatch { .. }
+                | Self::TooFewSamples { .. }
+                | Self::HistoryTooShort { .. }
+                | Self::OneClass { .. }
+                | Self::ValidationTooSmall { .. }
+                | Self::Scores { .. }
+        )
     }
 }
 
@@ -561,9 +570,20 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
     let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
-    claim_run_dir(cfg, comm, resume)?;
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
     check_history(cfg, &dataset)?;
+    let split = validation_split(cfg, &dataset)?;
+    let n_train = split.train.len();
+    let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
+    if steps_per_epoch == 0 {
+        return Err(TrainError::TooFewSamples {
+            path: cfg.data.dir.clone(),
+            samples: n_train,
+            batch: cfg.train.global_batch_size,
+        });
+    }
+    // Every check that needs no file of the run is made: now the run directory is claimed.
+    claim_run_dir(cfg, comm, resume)?;
     let Built { vs, net } = build_model(cfg, &dataset, device)?;
     broadcast_from_root(comm, &vs)?;
     let mut trainable = Trainable::new(&vs)?;
@@ -620,16 +640,6 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         },
         path: metrics_path,
     };
-    let split = validation_split(cfg, &dataset)?;
-    let n_train = split.train.len();
-    let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
-    if steps_per_epoch == 0 {
-        return Err(TrainError::TooFewSamples {
-            path: cfg.data.dir.clone(),
-            samples: n_train,
-            batch: cfg.train.global_batch_size,
-        });
-    }
     let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
     tracing::info!(
         world_size = comm.size(),
@@ -802,13 +812,25 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     };
     if rank0 {
         let model_path = run_dir.join("model.safetensors");
-        vs.save(&model_path).map_err(|e| TrainError::RunFile { path: model_path.clone(), message: e.to_string() })?;
+        let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        replace_file(&model_path, |tmp| checkpoint::write_tensors(tmp, &variables))?;
         let path = run_dir.join("summary.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("plain data") + "\n")
-            .map_err(io_err(&path))?;
+        let text = serde_json::to_string_pretty(&summary).expect("plain data") + "\n";
+        replace_file(&path, |tmp| std::fs::write(tmp, &text))?;
     }
     comm.barrier()?;
     Ok(summary)
+}
+
+/// Write `path` through a temporary sibling renamed over it: a failure (a full disk) leaves the
+/// previous file, if any, whole, and no partial file behind.
+fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), TrainError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    write(&tmp).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        TrainError::Io { path: path.to_path_buf(), source }
+    })
 }
 
 /// Hold out the validation share of the training archive (see [`shard::validation_split`]),
@@ -956,11 +978,14 @@ impl Checkpointing {
             let saved = checkpoint::save(
                 &self.root,
                 &state,
-                |path| vs.save(path).map_err(|e| e.to_string()),
+                |path| {
+                    let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                    checkpoint::write_tensors(path, &variables).map_err(|e| e.to_string())
+                },
                 |path| {
                     let named: Vec<(String, Tensor)> =
                         adam.named_state(&t.names).map(|(k, v)| (k, v.to_device(Device::Cpu).contiguous())).collect();
-                    Tensor::write_safetensors(&named, path).map_err(|e| e.to_string())
+                    checkpoint::write_tensors(path, &named).map_err(|e| e.to_string())
                 },
             )
             .and_then(|dir| checkpoint::retain(&self.root, cfg.checkpoint.keep_last).map(|_| dir));

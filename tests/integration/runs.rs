@@ -183,3 +183,26 @@ fn an_error_is_one_line_that_names_each_cause_once() {
     assert_eq!(line.matches("No such file or directory").count(), 1, "the OS error once: {line}");
     assert!(!line.contains("Os {") && !line.contains("kind:"), "no debug text: {line}");
 }
+
+#[test]
+fn a_history_longer_than_dien_files_keep_is_refused_without_a_flag_they_do_not_have() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dir) = (crate::prepare::fixtures().join("dien-books"), tmp.path().join("dien"));
+    std::fs::create_dir(&dir).unwrap();
+    for (from, to) in [("local_test", "local_train_splitByUser"), ("local_test", "local_test_splitByUser")] {
+        std::fs::copy(src.join(from), dir.join(to)).unwrap();
+    }
+    let data = tmp.path().join("data");
+    let out = micn(&["prepare", "--input-format", "dien", "--dien-dir"]).arg(&dir).arg("--out").arg(&data).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kept = micn::data::Dataset::open(&data).unwrap().meta.max_hist_len;
+    let config = tmp.path().join("run.toml");
+    let wanted = format!("data.max_hist_len={}", kept + 1);
+    let cfg = crate::small_config(&tmp.path().join("run"), &[&format!("data.dir={:?}", data.display().to_string()), &wanted]);
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let out = micn(&["train", "--config"]).arg(&config).output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(e.contains("DIEN's files fix the history length") && !e.contains("--max-hist-len"), "{e}");
+    assert!(e.contains(&format!("set data.max_hist_len to {kept} or less")), "{e}");
+}
