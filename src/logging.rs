@@ -66,6 +66,12 @@ pub fn also_to_file(path: &Path) -> Result<(), LogFileError> {
     Ok(())
 }
 
+/// Append `line` to the rank's log file as it is, if [`also_to_file`] opened one: for what `main`
+/// prints itself (the final error), so the file tells why the rank stopped.
+pub fn append_to_file(line: &str) {
+    let _ = io::Write::write_all(&mut RankFile, line.as_bytes());
+}
+
 /// Standard error's level without `RUST_LOG`.
 fn default_level(rank: usize, quiet_ranks: bool) -> &'static str {
     if quiet_ranks && rank != 0 {

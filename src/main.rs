@@ -360,6 +360,7 @@ fn report_error(e: &anyhow::Error, rank: Option<usize>) {
         None => format!("error: {}\n", message.replace('\n', " ")),
     };
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    logging::append_to_file(&line);
 }
 
 /// Whether running the same command again would fail the same way: a bad configuration, a bad
