@@ -209,31 +209,15 @@ impl SteadyRate {
     }
 }
 
-/// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`. Logs the choice
-/// (every rank, with the GPU's name and memory), so a run's logs say where each rank ran.
+/// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`.
 pub fn pick_device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainError> {
     let gpus = tch::Cuda::device_count() as usize;
-    let device = match choice {
-        DeviceChoice::Cpu => Device::Cpu,
-        DeviceChoice::Cuda if gpus == 0 => return Err(TrainError::NoCuda),
-        DeviceChoice::Cuda | DeviceChoice::Auto if gpus > 0 => Device::Cuda(local_rank % gpus),
-        _ => Device::Cpu,
-    };
-    match device {
-        Device::Cuda(index) => {
-            let gpu = crate::doctor::cuda::gpu(index);
-            tracing::info!(
-                device = %format!("cuda:{index}"),
-                gpu = gpu.as_ref().map_or("unknown", |g| g.name.as_str()),
-                memory_gib = gpu.as_ref().map(|g| (g.memory_bytes as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0),
-                local_rank,
-                configured = ?choice,
-                "device"
-            );
-        }
-        _ => tracing::info!(device = "cpu", cuda_devices = gpus, configured = ?choice, "device"),
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if gpus == 0 => Err(TrainError::NoCuda),
+        DeviceChoice::Cuda | DeviceChoice::Auto if gpus > 0 => Ok(Device::Cuda(local_rank % gpus)),
+        _ => Ok(Device::Cpu),
     }
-    Ok(device)
 }
 
 /// A model built for a dataset.
