@@ -307,6 +307,11 @@ pub struct TrainConfig {
     pub check_replicas_every_steps: u64,
     /// libtorch intra-op threads per rank (0: libtorch's default).
     pub threads: usize,
+    /// Run the step's device path on the CPU too: per-row gradient sums and Adam as tensor
+    /// operations, exactly the code a GPU runs, instead of the CPU's host fast paths (which
+    /// compute the same up to rounding). For testing the GPU path without a GPU; off by default.
+    /// On a GPU the device path is always taken.
+    pub device_path: bool,
 }
 
 impl Default for TrainConfig {
@@ -325,6 +330,7 @@ impl Default for TrainConfig {
             log_every_steps: 100,
             check_replicas_every_steps: 0,
             threads: 0,
+            device_path: false,
         }
     }
 }

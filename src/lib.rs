@@ -14,6 +14,7 @@
 //! - [`data`]: raw Amazon / DIEN / synthetic inputs → prepared rkyv archives → batches.
 //! - [`train`]: the training step (two gradient buffers, φ, exchange), Adam, the loop.
 //! - [`rng`]: the project's own seeded generators; every random draw derives from a seed.
+//! - [`transfer`]: every host↔device copy, counted per thread.
 //! - [`micn`]: the MICN auxiliary task: capsule routing, label-aware attention, sampled softmax.
 //! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN, the assembled
 //!   network and the gradient groups of its variables.
@@ -30,3 +31,4 @@ pub mod micn;
 pub mod model;
 pub mod rng;
 pub mod train;
+pub mod transfer;

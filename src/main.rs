@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use micn::bench::BenchDevice;
 use micn::data::protocol::Protocol;
 use micn::data::synth::Preset;
 use micn::dist::{self, Backend, Communicator};
@@ -152,6 +153,9 @@ enum BenchCommand {
     Checkpoint {
         #[arg(long, default_value = "runs/bench-checkpoint")]
         work_dir: PathBuf,
+        /// Where the model lives (`cuda`: GPU 0; an error where there is none).
+        #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+        device: BenchDevice,
     },
     /// Raw-input MB/s and reviews/s, peak memory and loader batches/s of `micn prepare` on a
     /// synthetic dump (books-like by default: ~9M reviews, ~5 GB of JSON; needs ~12 GB of disk).
@@ -185,6 +189,9 @@ enum BenchCommand {
         /// Alternating trials per setting (the median is reported).
         #[arg(long, default_value_t = 3)]
         trials: usize,
+        /// Where every rank trains (`cuda`: GPU local rank mod GPUs; an error where there is none).
+        #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+        device: BenchDevice,
     },
     /// Test AUC of every model ± MICN over several seeds on synthetic data (Books-style: 60k
     /// users, 20k items, 400 clusters, `dien` protocol; or the quickstart's, `din` protocol).
@@ -206,17 +213,36 @@ enum BenchCommand {
         epochs: usize,
         #[arg(long, default_value_t = 1e-3)]
         lr: f64,
+        /// Where the runs train (`cuda`: GPU 0; an error where there is none).
+        #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+        device: BenchDevice,
     },
     /// Samples/s of a training step for every model ± MICN (random batches, Books-sized vocabularies).
     Throughput {
+        /// Timed steps per model and batch.
         #[arg(long, default_value_t = 40)]
         steps: usize,
+        /// Untimed steps before them.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
         #[arg(long, default_value_t = 1)]
         threads: i32,
         #[arg(long, default_value_t = 367_983)]
         items: i64,
         #[arg(long, default_value_t = 603_668)]
         users: i64,
+        /// Batch size (repeatable: one row per model and batch).
+        #[arg(long = "batch", default_values_t = [128usize])]
+        batches: Vec<usize>,
+        /// Model to time, e.g. `din` or `din+micn` (repeatable; default: every model ± MICN).
+        #[arg(long = "model")]
+        models: Vec<micn::bench::throughput::Variant>,
+        /// Where the step runs (`cuda`: GPU 0; an error where there is none).
+        #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+        device: BenchDevice,
+        /// Print the rows as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -405,7 +431,9 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
     match command {
         Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm)?,
         Command::Synth(args) => synth(args)?,
-        Command::Bench { command: BenchCommand::Quality { work_dir, preset, users, items, clusters, seeds, epochs, lr } } => {
+        Command::Bench {
+            command: BenchCommand::Quality { work_dir, preset, users, items, clusters, seeds, epochs, lr, device },
+        } => {
             use micn::bench::quality;
             let opts = quality::QualityOptions {
                 work_dir,
@@ -416,6 +444,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 seeds,
                 epochs,
                 lr,
+                device,
                 ..Default::default()
             };
             let report = quality::run(&opts)?;
@@ -439,19 +468,28 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             let report = prepare::run(&opts)?;
             print!("{report}");
         }
-        Command::Bench { command: BenchCommand::Checkpoint { work_dir } } => {
-            print!("{}", micn::bench::checkpoint::run(&work_dir)?);
+        Command::Bench { command: BenchCommand::Checkpoint { work_dir, device } } => {
+            print!("{}", micn::bench::checkpoint::run(&work_dir, device)?);
         }
-        Command::Bench { command: BenchCommand::Dist { work_dir, samples, batches, trials } } => {
+        Command::Bench { command: BenchCommand::Dist { work_dir, samples, batches, trials, device } } => {
             use micn::bench::dist;
-            let report = dist::run(&dist::DistOptions { work_dir, samples, batches, trials, ..Default::default() })?;
-            print!("{report}");
+            let opts = dist::DistOptions { work_dir, samples, batches, trials, device, ..Default::default() };
+            print!("{}", dist::run(&opts)?);
         }
-        Command::Bench { command: BenchCommand::Throughput { steps, threads, items, users } } => {
+        Command::Bench {
+            command: BenchCommand::Throughput { steps, warmup, threads, items, users, batches, models, device, json },
+        } => {
             use micn::bench::throughput;
-            let opts = throughput::ThroughputOptions { steps, threads, items, users, ..Default::default() };
-            let rows = throughput::run(&opts)?;
-            print!("{}", throughput::table(&opts, &rows));
+            ensure_usage!(steps > 0, "--steps must be at least 1");
+            ensure_usage!(batches.iter().all(|&b| b > 0), "--batch must be at least 1");
+            let opts =
+                throughput::ThroughputOptions { steps, warmup, threads, items, users, device, ..Default::default() };
+            let rows = throughput::run(&opts, &models, &batches)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", throughput::table(&opts, &rows));
+            }
         }
         Command::Sweep { file, configs, grid, sets, repeats, np, launch_args, out, dry_run } => {
             use micn::experiment::sweep::{self, SweepSpec};

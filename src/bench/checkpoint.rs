@@ -1,12 +1,14 @@
 //! `micn bench checkpoint`: save and load time of a checkpoint of a Books-sized DIEN + MICN
 //! model (embedding tables for ~604k users and ~368k items, twice for `e_aux`, with Adam's
-//! moments), through the same code as training.
+//! moments), through the same code as training, with the model on the CPU or a GPU (saving
+//! then includes the download, loading the upload).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
+use super::{device_label, synchronize, BenchDevice};
 use crate::checkpoint;
 use crate::config::{Config, ModelKind};
 use crate::model::embeddings::Vocab;
@@ -16,6 +18,8 @@ use crate::train::trainer::{build_network, Built, TrainError};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckpointBench {
+    /// e.g. "cpu" or "cuda:0 (NVIDIA H200)".
+    pub device: String,
     pub bytes: u64,
     pub save_seconds: f64,
     pub load_seconds: f64,
@@ -23,14 +27,15 @@ pub struct CheckpointBench {
     pub load_mb_per_s: f64,
 }
 
-pub fn run(work_dir: &std::path::Path) -> Result<CheckpointBench, TrainError> {
+pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBench, TrainError> {
+    let device = on.resolve()?;
     let cfg = Config {
         model: crate::config::ModelConfig { kind: ModelKind::Dien, ..Default::default() },
         ..Default::default()
     };
     let vocab = Vocab { users: 603_668, items: 367_983, cats: 1_601 };
     let item_cat: Vec<u32> = (0..vocab.items).map(|i| (i % vocab.cats) as u32).collect();
-    let Built { mut vs, .. } = build_network(&cfg, vocab, &item_cat, Device::Cpu)?;
+    let Built { mut vs, .. } = build_network(&cfg, vocab, &item_cat, device)?;
     let t = Trainable::new(&vs)?;
     let mut adam = Adam::new(AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &t.tensors);
     let root: PathBuf = work_dir.join("checkpoints");
@@ -47,6 +52,7 @@ pub fn run(work_dir: &std::path::Path) -> Result<CheckpointBench, TrainError> {
         code_version: env!("CARGO_PKG_VERSION").into(),
         evaluations: Vec::new(),
     };
+    synchronize(device);
     let started = Instant::now();
     let dir = checkpoint::save(
         &root,
@@ -72,12 +78,14 @@ pub fn run(work_dir: &std::path::Path) -> Result<CheckpointBench, TrainError> {
     checkpoint::load_var_store(&mut vs, &model)?;
     let opt = dir.join("optimizer.safetensors");
     let saved = checkpoint::load_tensors_like(&opt, adam.named_state(&t.names))?;
-    adam.load_state(&t.names, state.step, |k| saved.get(k).map(Tensor::shallow_clone))
+    adam.load_state(&t.names, state.step, |k| saved.get(k).map(|t| t.to_device(device)))
         .map_err(|message| TrainError::RunFile { path: opt.clone(), message })?;
+    synchronize(device);
     let load_seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&root);
     let mb = bytes as f64 / 1e6;
     Ok(CheckpointBench {
+        device: device_label(device),
         bytes,
         save_seconds,
         load_seconds,
@@ -90,7 +98,8 @@ impl std::fmt::Display for CheckpointBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "checkpoint of a Books-sized DIEN + MICN model with Adam's moments: {:.0} MB; save {:.2} s ({:.0} MB/s, fsynced, checksummed); load {:.2} s ({:.0} MB/s, checksums verified)",
+            "checkpoint of a Books-sized DIEN + MICN model with Adam's moments, on {}: {:.0} MB; save {:.2} s ({:.0} MB/s, fsynced, checksummed); load {:.2} s ({:.0} MB/s, checksums verified)",
+            self.device,
             self.bytes as f64 / 1e6,
             self.save_seconds,
             self.save_mb_per_s,

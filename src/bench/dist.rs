@@ -10,7 +10,9 @@
 //!     throughput is usually compared;
 //! (c) the share of a step spent in the gradient exchange, and in the optimizer update (the
 //!     same on every rank).
-//! Throughput is each run's steady rate (after its warm-up steps; checkpoints excluded).
+//! Throughput is each run's steady rate (after its warm-up steps; checkpoints excluded). With
+//! `--device cuda` every rank trains on GPU `local rank mod GPUs` (both on one GPU when there is
+//! one).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -18,6 +20,7 @@ use serde::Serialize;
 use tch::Device;
 
 use super::throughput::{random_batch, ThroughputOptions};
+use super::{device_label, BenchDevice};
 use crate::config::{Config, ModelKind};
 use crate::data::prepare::synthetic_dataset;
 use crate::data::protocol::Protocol;
@@ -40,6 +43,7 @@ pub struct DistOptions {
     pub trials: usize,
     pub users: usize,
     pub items: usize,
+    pub device: BenchDevice,
 }
 
 impl Default for DistOptions {
@@ -51,6 +55,7 @@ impl Default for DistOptions {
             trials: 3,
             users: 20_000,
             items: 8_000,
+            device: BenchDevice::Cpu,
         }
     }
 }
@@ -133,6 +138,8 @@ impl BatchRow {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DistReport {
+    /// Where rank 0 of the timed runs trains, e.g. "cpu" or "cuda:0 (NVIDIA H200)".
+    pub device: String,
     pub bytes_per_step_10k_items: f64,
     pub bytes_per_step_1m_items: f64,
     pub trials: usize,
@@ -140,13 +147,13 @@ pub struct DistReport {
 }
 
 /// Mean bytes a rank sends per step (DIN + MICN, random batches of 128).
-fn bytes_per_step(items: i64) -> Result<f64, TrainError> {
+fn bytes_per_step(items: i64, device: Device) -> Result<f64, TrainError> {
     let opts = ThroughputOptions { items, users: 100_000, ..Default::default() };
     let mut cfg = Config::default();
     cfg.model.kind = ModelKind::Din;
     let item_cat: Vec<u32> = (0..items).map(|i| (i % opts.cats) as u32).collect();
     let Built { vs, net } =
-        build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, Device::Cpu)?;
+        build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, device)?;
     let mut t = Trainable::new(&vs)?;
     let mut adam = Adam::new(AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &t.tensors);
     let mut rng = Rng::new(3);
@@ -157,7 +164,7 @@ fn bytes_per_step(items: i64) -> Result<f64, TrainError> {
         let batch = random_batch(&opts, &mut rng, false);
         let ctx = StepContext {
             comm: &comm,
-            device: Device::Cpu,
+            device,
             global_batch: opts.batch,
             lambda: 1.0,
             phi: 0.3,
@@ -174,12 +181,13 @@ fn bytes_per_step(items: i64) -> Result<f64, TrainError> {
 
 pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     tch::set_num_threads(1);
-    let bytes_10k = bytes_per_step(10_000)?;
-    let bytes_1m = bytes_per_step(1_000_000)?;
+    let device = opts.device.resolve()?;
+    let bytes_10k = bytes_per_step(10_000, device)?;
+    let bytes_1m = bytes_per_step(1_000_000, device)?;
 
     let synth_cfg = SynthConfig { users: opts.users, items: opts.items, clusters: 200, ..Preset::Quickstart.config(1) };
     let data = synthetic_dataset(&synth_cfg, Protocol::Din, 20, &opts.work_dir)?;
-    let mut cfg = Config { device: crate::config::Device::Cpu, ..Default::default() };
+    let mut cfg = Config { device: opts.device.config(), ..Default::default() };
     cfg.data.dir = data;
     cfg.model.kind = ModelKind::Din;
     cfg.train.threads = 1;
@@ -235,7 +243,13 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
         }
         rows.push(BatchRow { global_batch: batch, trials });
     }
-    Ok(DistReport { bytes_per_step_10k_items: bytes_10k, bytes_per_step_1m_items: bytes_1m, trials: opts.trials, rows })
+    Ok(DistReport {
+        device: device_label(device),
+        bytes_per_step_10k_items: bytes_10k,
+        bytes_per_step_1m_items: bytes_1m,
+        trials: opts.trials,
+        rows,
+    })
 }
 
 impl std::fmt::Display for DistReport {
@@ -249,9 +263,10 @@ impl std::fmt::Display for DistReport {
         )?;
         writeln!(
             f,
-            "\n(b, c) DIN + MICN, 1 libtorch thread per rank; {} trials, each running the four settings of a row back \
+            "\n(b, c) DIN + MICN on {}, 1 libtorch thread per rank; {} trials, each running the four settings of a row back \
              to back: samples/s (steady rates) are medians, ratios the median (lowest–highest) of the trials' own \
              ratios",
+            self.device,
             self.trials
         )?;
         writeln!(

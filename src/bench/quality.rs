@@ -3,12 +3,13 @@
 //! categories, popularity-weighted negatives, the `dien` protocol; or the quickstart's, with
 //! informative categories and the `din` protocol), every model with and without MICN is trained
 //! for several seeds; the table gives mean ± std of test AUC and GAUC beside the generator's
-//! oracle AUC (the ceiling).
+//! oracle AUC (the ceiling). `device` says where the runs train.
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Config, Device, ModelKind};
+use super::BenchDevice;
+use crate::config::{Config, ModelKind};
 use crate::data::prepare::synthetic_dataset;
 use crate::data::protocol::Protocol;
 use crate::data::synth::{Preset, SynthConfig};
@@ -30,6 +31,7 @@ pub struct QualityOptions {
     pub epochs: usize,
     pub lr: f64,
     pub threads: usize,
+    pub device: BenchDevice,
 }
 
 impl Default for QualityOptions {
@@ -44,6 +46,7 @@ impl Default for QualityOptions {
             epochs: 2,
             lr: 1e-3,
             threads: 1,
+            device: BenchDevice::Cpu,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct QualityRow {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QualityReport {
+    /// e.g. "cpu" or "cuda:0 (NVIDIA H200)".
+    pub device: String,
     pub synth: SynthConfig,
     pub protocol: Protocol,
     pub train_samples: u64,
@@ -92,6 +97,8 @@ fn prepare(opts: &QualityOptions) -> Result<(SynthConfig, Protocol, PathBuf), Tr
 
 /// Train every model ± MICN for every seed.
 pub fn run(opts: &QualityOptions) -> Result<QualityReport, TrainError> {
+    // Refused before any data is made when the device is missing.
+    let device = super::device_label(opts.device.resolve()?);
     let (synth_cfg, protocol, data) = prepare(opts)?;
     let dataset = crate::data::Dataset::open(&data)?;
     let mut rows = Vec::new();
@@ -112,6 +119,7 @@ pub fn run(opts: &QualityOptions) -> Result<QualityReport, TrainError> {
         }
     }
     Ok(QualityReport {
+        device,
         synth: synth_cfg,
         protocol,
         train_samples: dataset.meta.counts.train_samples,
@@ -124,7 +132,7 @@ pub fn run(opts: &QualityOptions) -> Result<QualityReport, TrainError> {
 }
 
 fn config(opts: &QualityOptions, data: &Path, kind: ModelKind, micn: bool, seed: u64, run: &Path) -> Config {
-    let mut cfg = Config { device: Device::Cpu, ..Default::default() };
+    let mut cfg = Config { device: opts.device.config(), ..Default::default() };
     cfg.data.dir = data.to_path_buf();
     cfg.data.max_hist_len = 20;
     cfg.model.kind = kind;
@@ -143,9 +151,9 @@ impl std::fmt::Display for QualityReport {
         let s = &self.synth;
         writeln!(
             f,
-            "Synthetic data: {} users, {} items, {} hidden clusters, {} categories (signal {}), noise {}, `{:?}` protocol; {} train / {} test samples (a tenth of the training users or samples held out for validation); {} epochs, lr {}, {} seeds",
+            "Synthetic data: {} users, {} items, {} hidden clusters, {} categories (signal {}), noise {}, `{:?}` protocol; {} train / {} test samples (a tenth of the training users or samples held out for validation); {} epochs, lr {}, {} seeds, on {}",
             s.users, s.items, s.clusters, s.categories, s.category_signal, s.noise, self.protocol, self.train_samples, self.test_samples,
-            self.epochs, self.lr, self.rows.first().map_or(0, |r| r.aucs.len())
+            self.epochs, self.lr, self.rows.first().map_or(0, |r| r.aucs.len()), self.device
         )?;
         writeln!(f)?;
         writeln!(f, "| model | MICN | test AUC (mean ± std) | test GAUC (mean ± std) | runs | s/run |")?;

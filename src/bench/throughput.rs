@@ -1,13 +1,14 @@
 //! `micn bench throughput`: samples per second of one training step (forward, both backward
-//! passes, exchange, φ, Adam) for every model with and without MICN, single process, at the
-//! papers' sizes (embedding 18, history 20, global batch 128) and Books-sized vocabularies.
-//! Batches are drawn at random (ids by a power law, random history lengths) so that no data
-//! preparation is needed; loading is measured by `micn bench prepare`.
+//! passes, exchange, φ, Adam) for every model with and without MICN (or the chosen ones), single
+//! process, on the CPU or a GPU, at the papers' sizes (embedding 18, history 20, global batch 128,
+//! or the chosen batches) and Books-sized vocabularies. Batches are drawn at random (ids by a
+//! power law, random history lengths) so that no data preparation is needed; loading is measured
+//! by `micn bench prepare`.
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::Device;
 
+use super::{device_label, synchronize, BenchDevice};
 use crate::config::{Config, ModelKind};
 use crate::data::batch::Batch;
 use crate::dist::SingleProcess;
@@ -27,12 +28,58 @@ pub struct ThroughputOptions {
     pub warmup: usize,
     pub steps: usize,
     pub threads: i32,
+    pub device: BenchDevice,
 }
 
 impl Default for ThroughputOptions {
     fn default() -> Self {
         // Amazon Books 5-core as DIEN prepares it: ~600k users, ~370k items, ~1.6k categories.
-        Self { users: 603_668, items: 367_983, cats: 1_601, hist_len: 20, batch: 128, warmup: 5, steps: 40, threads: 1 }
+        Self {
+            users: 603_668,
+            items: 367_983,
+            cats: 1_601,
+            hist_len: 20,
+            batch: 128,
+            warmup: 5,
+            steps: 40,
+            threads: 1,
+            device: BenchDevice::Cpu,
+        }
+    }
+}
+
+/// A model with or without MICN, written `din`, `din+micn`, `wide_deep`, `dien+micn`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub kind: ModelKind,
+    pub micn: bool,
+}
+
+impl Variant {
+    /// Every model without and with MICN, in the tables' order.
+    pub fn all() -> Vec<Variant> {
+        [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien]
+            .into_iter()
+            .flat_map(|kind| [false, true].map(|micn| Variant { kind, micn }))
+            .collect()
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (model, micn) = match s.strip_suffix("+micn") {
+            Some(model) => (model, true),
+            None => (s, false),
+        };
+        let kind = match model {
+            "wide_deep" => ModelKind::WideDeep,
+            "din" => ModelKind::Din,
+            "dien" => ModelKind::Dien,
+            _ => return Err(format!("`{s}`: expected wide_deep, din or dien, optionally followed by +micn")),
+        };
+        Ok(Variant { kind, micn })
     }
 }
 
@@ -40,6 +87,9 @@ impl Default for ThroughputOptions {
 pub struct ThroughputRow {
     pub model: String,
     pub micn: bool,
+    pub batch: usize,
+    /// e.g. "cpu" or "cuda:0 (NVIDIA H200)".
+    pub device: String,
     pub samples_per_sec: f64,
     pub ms_per_step: f64,
 }
@@ -82,31 +132,38 @@ pub fn random_batch(opts: &ThroughputOptions, rng: &mut Rng, noclick: bool) -> B
     batch
 }
 
-/// Time `steps` training steps (after `warmup`) of one model.
+/// Distinct random batches drawn before timing: all of them up to about 200k samples in all,
+/// then the steps cycle through them (a batch of 8192 is ~8 MB of ids on the host).
+const DISTINCT_SAMPLES: usize = 200_000;
+
+/// Time `steps` training steps (after `warmup`) of one model on `opts.device`.
 pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<ThroughputRow, TrainError> {
     tch::set_num_threads(opts.threads);
+    let device = opts.device.resolve()?;
     let mut cfg = Config::default();
     cfg.model.kind = kind;
     cfg.micn.enabled = micn;
     cfg.train.global_batch_size = opts.batch;
     let vocab = Vocab { users: opts.users, items: opts.items, cats: opts.cats };
     let item_cat: Vec<u32> = (0..opts.items).map(|i| (i % opts.cats) as u32).collect();
-    let Built { vs, net } = build_network(&cfg, vocab, &item_cat, Device::Cpu)?;
+    let Built { vs, net } = build_network(&cfg, vocab, &item_cat, device)?;
     let mut t = Trainable::new(&vs)?;
     let adam_cfg = AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut adam = Adam::new(adam_cfg, &t.tensors);
     let mut rng = Rng::new(7);
-    let batches: Vec<Batch> =
-        (0..opts.warmup + opts.steps).map(|_| random_batch(opts, &mut rng, kind == ModelKind::Dien)).collect();
+    let total = opts.warmup + opts.steps;
+    let distinct = total.min((DISTINCT_SAMPLES / opts.batch.max(1)).max(1));
+    let batches: Vec<Batch> = (0..distinct).map(|_| random_batch(opts, &mut rng, kind == ModelKind::Dien)).collect();
     let comm = SingleProcess;
     let mut started = Instant::now();
-    for (step, batch) in batches.iter().enumerate() {
+    for (step, batch) in batches.iter().cycle().take(total).enumerate() {
         if step == opts.warmup {
+            synchronize(device);
             started = Instant::now();
         }
         let ctx = StepContext {
             comm: &comm,
-            device: Device::Cpu,
+            device,
             global_batch: opts.batch,
             lambda: cfg.micn.lambda,
             phi: cfg.micn.phi,
@@ -118,24 +175,35 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
         };
         train_step(&net, &mut t, &mut adam, batch, &ctx)?;
     }
+    synchronize(device);
     let secs = started.elapsed().as_secs_f64();
     Ok(ThroughputRow {
         model: format!("{kind:?}").to_lowercase(),
         micn,
+        batch: opts.batch,
+        device: device_label(device),
         samples_per_sec: (opts.steps * opts.batch) as f64 / secs,
         ms_per_step: 1000.0 * secs / opts.steps as f64,
     })
 }
 
-/// Every model ± MICN.
-pub fn run(opts: &ThroughputOptions) -> Result<Vec<ThroughputRow>, TrainError> {
+/// The given models (every model ± MICN when empty) at each batch size (`opts.batch` when
+/// empty), one row each, batch by batch.
+pub fn run(
+    opts: &ThroughputOptions,
+    variants: &[Variant],
+    batches: &[usize],
+) -> Result<Vec<ThroughputRow>, TrainError> {
     // As in training, so that the figures are those of `micn train`.
     crate::train::trainer::keep_freed_memory();
+    let variants = if variants.is_empty() { Variant::all() } else { variants.to_vec() };
+    let batches = if batches.is_empty() { vec![opts.batch] } else { batches.to_vec() };
     let mut rows = Vec::new();
-    for kind in [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien] {
-        for micn in [false, true] {
-            let row = measure(opts, kind, micn)?;
-            tracing::info!(model = row.model, micn, samples_per_sec = row.samples_per_sec, "measured");
+    for &batch in &batches {
+        let opts = ThroughputOptions { batch, ..opts.clone() };
+        for v in &variants {
+            let row = measure(&opts, v.kind, v.micn)?;
+            tracing::info!(model = row.model, micn = v.micn, batch, samples_per_sec = row.samples_per_sec, "measured");
             rows.push(row);
         }
     }
@@ -144,18 +212,35 @@ pub fn run(opts: &ThroughputOptions) -> Result<Vec<ThroughputRow>, TrainError> {
 
 /// A markdown table of the rows.
 pub fn table(opts: &ThroughputOptions, rows: &[ThroughputRow]) -> String {
+    let device = rows.first().map_or_else(|| format!("{:?}", opts.device).to_lowercase(), |r| r.device.clone());
     let mut s = format!(
-        "Training-step throughput, 1 process, CPU, {} libtorch thread(s); batch {}, history {}, embedding 18; vocabularies users {} items {} categories {}\n\n| model | MICN | samples/s | ms/step |\n|---|---|---:|---:|\n",
-        opts.threads, opts.batch, opts.hist_len, opts.users, opts.items, opts.cats
+        "Training-step throughput, 1 process, {device}, {} libtorch thread(s); history {}, embedding 18; vocabularies users {} items {} categories {}; {} timed steps after {} warm-up steps\n\n| model | MICN | batch | samples/s | ms/step |\n|---|---|---:|---:|---:|\n",
+        opts.threads, opts.hist_len, opts.users, opts.items, opts.cats, opts.steps, opts.warmup
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {:.1} |\n",
             r.model,
             if r.micn { "yes" } else { "no" },
+            r.batch,
             r.samples_per_sec,
             r.ms_per_step
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_are_read_as_a_model_and_an_optional_micn() {
+        assert_eq!("din+micn".parse(), Ok(Variant { kind: ModelKind::Din, micn: true }));
+        assert_eq!("wide_deep".parse(), Ok(Variant { kind: ModelKind::WideDeep, micn: false }));
+        assert_eq!("dien+micn".parse(), Ok(Variant { kind: ModelKind::Dien, micn: true }));
+        let e = "din+MICN".parse::<Variant>().unwrap_err();
+        assert!(e.contains("wide_deep, din or dien"), "{e}");
+        assert_eq!(Variant::all().len(), 6);
+    }
 }

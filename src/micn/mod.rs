@@ -65,6 +65,11 @@ impl Micn {
         })
     }
 
+    /// Most interest capsules per user.
+    pub fn k_max(&self) -> i64 {
+        self.routing.k_max()
+    }
+
     /// The negative sampler.
     pub fn sampler(&self) -> &Sampler {
         &self.sampler
@@ -101,9 +106,18 @@ impl Micn {
         seed: StepSeed,
         normaliser: f64,
     ) -> Result<MicnOutput, MicnError> {
-        let negative_ids = Tensor::from_slice(&self.negative_ids(seed)).to_device(aux.target.device());
+        let device = aux.target.device();
+        let negative_ids = crate::transfer::upload_i64(&self.negative_ids(seed), device);
         let negatives = embeddings.aux_items(&negative_ids).ok_or(MicnError::NoAuxTables)?;
-        Ok(self.loss_with_negatives(aux, (&negative_ids, &negatives), target_items, labels, seed, normaliser))
+        let (b, steps) = (aux.hist_mask.size()[0], aux.hist_mask.size()[1]);
+        let mask = crate::model::to_host_f32(&aux.hist_mask);
+        let logits = self.routing_logits(seed, &mask, steps as usize);
+        let logits = crate::transfer::upload_f32(&logits, device).view([b, steps, self.routing.k_max()]);
+        let positive = positive_mask(labels, target_items);
+        let positives = crate::model::to_host_f32(&positive.sum(tch::Kind::Float))[0].round() as i64;
+        let loss =
+            self.loss_with_negatives(aux, (&negative_ids, &negatives), target_items, labels, &logits, normaliser);
+        Ok(MicnOutput { loss, positives })
     }
 
     /// The step's shared negatives: `num_negatives` item ids drawn from `seed.seed`.
@@ -111,17 +125,25 @@ impl Micn {
         self.sampler.draw(seed.seed, self.num_negatives)
     }
 
-    /// [`Micn::loss`] with the negatives already embedded: `(ids, vectors)`, the ids of
-    /// [`Micn::negative_ids`] as a tensor and their `e_aux` vectors `[K, h]`.
+    /// The initial routing logits of a batch, `[b, T, K_max]` row-major, drawn on the host from
+    /// `seed` and the host copy of its `hist_mask` (`[b, T]` row-major): upload them for
+    /// [`Micn::loss_with_negatives`].
+    pub fn routing_logits(&self, seed: StepSeed, hist_mask: &[f32], steps: usize) -> Vec<f32> {
+        routing::initial_logits_used_host(seed, hist_mask, steps, self.routing.k_max())
+    }
+
+    /// `L_micn` ([`Micn::loss`]) with the negatives already embedded, `(ids, vectors)` (the ids
+    /// of [`Micn::negative_ids`] as a tensor and their `e_aux` vectors `[K, h]`), and the initial
+    /// routing logits `[b, T, K_max]` of [`Micn::routing_logits`]. No transfer.
     pub fn loss_with_negatives(
         &self,
         aux: &AuxInput,
         (negative_ids, negative_vectors): (&Tensor, &Tensor),
         target_items: &Tensor,
         labels: &Tensor,
-        seed: StepSeed,
+        routing_logits: &Tensor,
         normaliser: f64,
-    ) -> MicnOutput {
+    ) -> Tensor {
         let negatives = Candidates {
             vectors: negative_vectors.shallow_clone(),
             log_q: self.sampler.log_q(negative_ids).to_kind(aux.target.kind()),
@@ -133,10 +155,11 @@ impl Micn {
             log_q: self.sampler.log_q(target_items).to_kind(aux.target.kind()),
         };
         let positive = positive_mask(labels, target_items).to_kind(aux.target.kind());
-        let user = self.user_vector(aux, seed);
-        let loss = sampled_softmax(&user, &target, &negatives, &positive, normaliser);
-        let positives = positive.sum(tch::Kind::Float).double_value(&[]).round() as i64;
-        MicnOutput { loss, positives }
+        let Capsules { vectors, active } =
+            self.routing.forward_from_logits(&aux.hist, &aux.hist_mask, &routing_logits.to_kind(aux.target.kind()));
+        let interests = self.interest.forward(&vectors).relu();
+        let user = self.attention.forward(&interests, &active, &aux.target);
+        sampled_softmax(&user, &target, &negatives, &positive, normaliser)
     }
 }
 

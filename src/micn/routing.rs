@@ -73,6 +73,21 @@ pub fn initial_logits_used(seed: StepSeed, hist_mask: &Tensor, active: &Tensor) 
     draw_logits(seed, [b, steps, capsules], |i, t, j| real[i * steps + t] > 0.0 && active[i * capsules + j] > 0.0)
 }
 
+/// [`initial_logits_used`] from the mask on the host (`hist_mask [b, T]`, row-major), with the
+/// active capsules worked out there by [`interest_count`]'s rule: the same values, with no
+/// transfer; the caller uploads them (`[b, T, k_max]`, row-major).
+pub fn initial_logits_used_host(seed: StepSeed, hist_mask: &[f32], steps: usize, k_max: i64) -> Vec<f32> {
+    let b = hist_mask.len().checked_div(steps).unwrap_or(0);
+    let capsules = k_max as usize;
+    let active: Vec<usize> = (0..b)
+        .map(|i| {
+            let length = hist_mask[i * steps..][..steps].iter().sum::<f32>().round() as i64;
+            (1..=k_max.min(62)).filter(|&k| length >= 1i64 << k).count().max(1)
+        })
+        .collect();
+    draw_values(seed, [b, steps, capsules], |i, t, j| hist_mask[i * steps + t] > 0.0 && j < active[i])
+}
+
 /// The `[b, T, K]` logits of [`initial_logits`] at the entries `(i, t, j)` that `wanted`, 0 at
 /// the others.
 fn draw_logits(
@@ -80,6 +95,16 @@ fn draw_logits(
     [b, steps, capsules]: [usize; 3],
     wanted: impl Fn(usize, usize, usize) -> bool,
 ) -> Tensor {
+    let values = draw_values(seed, [b, steps, capsules], wanted);
+    Tensor::from_slice(&values).view([b as i64, steps as i64, capsules as i64])
+}
+
+/// The values of [`draw_logits`], row-major.
+fn draw_values(
+    seed: StepSeed,
+    [b, steps, capsules]: [usize; 3],
+    wanted: impl Fn(usize, usize, usize) -> bool,
+) -> Vec<f32> {
     let rng = CounterRng::new(seed.seed, ROUTING_STREAM);
     let mut values = vec![0.0f32; b * steps * capsules];
     for i in 0..b {
@@ -90,7 +115,7 @@ fn draw_logits(
             }
         }
     }
-    Tensor::from_slice(&values).view([b as i64, steps as i64, capsules as i64])
+    values
 }
 
 /// Interest capsules of a batch of users.
@@ -127,14 +152,17 @@ impl Routing {
         self.k_max
     }
 
-    /// Routes the history into capsules, drawing the initial logits from `seed`.
+    /// Routes the history into capsules, drawing the initial logits from `seed` (on the host,
+    /// from the mask read back from the device: a download and an upload; the training step
+    /// draws them from its own host copy of the mask and calls [`Routing::forward_from_logits`]).
     ///
     /// # Shapes
     /// `hist [b, T, h]`, `hist_mask [b, T]` → [`Capsules`]
     pub fn forward(&self, hist: &Tensor, hist_mask: &Tensor, seed: StepSeed) -> Capsules {
-        let active = active_capsules(hist_mask, self.k_max); // [b, K]
-        let logits = initial_logits_used(seed, hist_mask, &active).to_device(hist.device()).to_kind(hist.kind());
-        self.route(hist, hist_mask, &logits, active)
+        let (b, steps) = (hist_mask.size()[0], hist_mask.size()[1]);
+        let values = initial_logits_used_host(seed, &to_host_f32(hist_mask), steps as usize, self.k_max);
+        let logits = crate::transfer::upload_f32(&values, hist.device()).view([b, steps, self.k_max]);
+        self.forward_from_logits(hist, hist_mask, &logits.to_kind(hist.kind()))
     }
 
     /// Routes from given initial logits `b_ij` (what [`Routing::forward`] draws), for tests and
@@ -323,6 +351,8 @@ mod tests {
         let read = hist_mask.unsqueeze(-1) * active.unsqueeze(1); // [b, T, K]
         assert!(used.equal(&(&all * &read)), "the draws where routing reads, zeros elsewhere");
         assert_eq!(f64::try_from(read.sum(Kind::Float)).unwrap(), (9 * 3 + 4 * 2 + 2) as f64);
+        let host = initial_logits_used_host(seed, &to_host_f32(&hist_mask), 9, 4);
+        assert!(Tensor::from_slice(&host).view([3, 9, 4]).equal(&used), "the same draws from the host mask");
         let from_all = routing.forward_from_logits(&hist, &hist_mask, &all);
         let drawn = routing.forward(&hist, &hist_mask, seed);
         assert!(drawn.vectors.equal(&from_all.vectors), "the same capsules, bit for bit");

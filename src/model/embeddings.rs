@@ -9,8 +9,8 @@
 //!
 //! A training step reads the tables through row leaves ([`RowLeaf`]): the rows the batch's
 //! lookups read, copied out per table and per task, so the backward pass yields dense per-lookup
-//! gradients (summed per row on the host) and one pass keeps the main and auxiliary gradients
-//! apart.
+//! gradients (summed per row on the host or on the device) and one pass keeps the main and
+//! auxiliary gradients apart.
 use tch::{nn, Kind, Tensor};
 
 use super::ModelError;
@@ -177,7 +177,7 @@ impl Embeddings {
             cat: table("cat", vocab.cats),
             aux,
             item_cats: item_cats.to_device(p.device()),
-            item_cats_host: Vec::<i64>::try_from(&item_cats.to_device(tch::Device::Cpu)).expect("i64 item categories"),
+            item_cats_host: crate::transfer::download_i64(item_cats),
             dim,
             grad_scales: None,
         })
@@ -295,9 +295,9 @@ pub enum Task {
 
 /// The rows of one table that one task reads in a training step, copied out of the table into a
 /// leaf tensor, one row per lookup: the backward pass leaves each lookup's gradient in it, dense,
-/// and [`RowLeaf::row_gradients`] sums them per distinct id on the host (no sparse gradient to
-/// coalesce, no scatter in libtorch). The `e_aux` tables get one leaf per task, so a single
-/// backward pass keeps the two tasks' gradients apart.
+/// and [`RowLeaf::sum_rows_host`] (on the host) or [`RowLeaf::sum_rows`] (on the leaf's device)
+/// sums them per distinct id (no sparse gradient to coalesce). The `e_aux` tables get one leaf
+/// per task, so a single backward pass keeps the two tasks' gradients apart.
 #[derive(Debug)]
 pub struct RowLeaf {
     /// The table's variable name under [`super::EMBEDDINGS_PATH`] (`user`, `item`, `cat_aux`, ...).
@@ -307,6 +307,8 @@ pub struct RowLeaf {
     pub ids: Vec<i64>,
     /// For every lookup (row of the leaf), the index of its id in `ids`.
     pub index: Vec<usize>,
+    /// `index` on the leaf's device, `[lookups]` i64.
+    pub index_on_device: Tensor,
     /// `[lookups, d]`, requires grad.
     pub leaf: Tensor,
 }
@@ -315,13 +317,26 @@ impl RowLeaf {
     /// The gradient of every distinct row (`[ids.len(), d]`, row-major) from the leaf's gradient:
     /// the lookups' gradients summed in lookup order, the same bits every time.
     pub fn row_gradients(&self, grad: &Tensor) -> Vec<f32> {
-        let g = super::to_host_f32(grad);
+        self.sum_rows_host(&super::to_host_f32(grad))
+    }
+
+    /// [`RowLeaf::row_gradients`] of a leaf gradient already on the host (`[lookups, d]`,
+    /// row-major).
+    pub fn sum_rows_host(&self, g: &[f32]) -> Vec<f32> {
         let dim = g.len() / self.index.len().max(1);
         let mut rows = vec![0f32; self.ids.len() * dim];
         for (lookup, &row) in g.chunks_exact(dim.max(1)).zip(&self.index) {
             rows[row * dim..][..dim].iter_mut().zip(lookup).for_each(|(a, b)| *a += b);
         }
         rows
+    }
+
+    /// The same sums on the gradient's device (`index_add_`), `[ids.len(), d]`: no transfer.
+    /// The order of the additions is the device's (on a GPU, atomics in any order).
+    pub fn sum_rows(&self, grad: &Tensor) -> Tensor {
+        let dim = grad.size()[1];
+        let sums = Tensor::zeros([self.ids.len() as i64, dim], (grad.kind(), grad.device()));
+        sums.index_add(0, &self.index_on_device, grad)
     }
 }
 
@@ -335,6 +350,28 @@ pub struct TrainingInput {
     pub leaves: Vec<RowLeaf>,
 }
 
+/// The ids of one batch on the host, the same values as the [`BatchIds`] tensors (the loader
+/// collated them there): the row leaves are planned from them, so the ids are never read back
+/// from the device.
+#[derive(Debug, Clone, Copy)]
+pub struct HostIds<'a> {
+    pub users: &'a [i64],
+    pub items: &'a [i64],
+    pub cats: &'a [i64],
+    /// `[b, T]`, row-major.
+    pub hist_items: &'a [i64],
+    pub hist_cats: &'a [i64],
+    pub noclick: Option<(&'a [i64], &'a [i64])>,
+}
+
+/// MICN's sampled negatives, on the host and on the device (the same ids).
+#[derive(Debug, Clone, Copy)]
+pub struct Negatives<'a> {
+    pub host: &'a [i64],
+    /// `[K]` i64
+    pub tensor: &'a Tensor,
+}
+
 /// The distinct ids of `lookups`, ascending, and for every lookup the index of its id among them.
 fn distinct_rows(lookups: &[i64]) -> (Vec<i64>, Vec<usize>) {
     let mut distinct = lookups.to_vec();
@@ -345,9 +382,13 @@ fn distinct_rows(lookups: &[i64]) -> (Vec<i64>, Vec<usize>) {
     (distinct, index)
 }
 
-/// The ids of a tensor on the host, flattened.
-fn host_ids(ids: &Tensor) -> Vec<i64> {
-    Vec::<i64>::try_from(ids.to_device(tch::Device::Cpu).flatten(0, -1)).expect("i64 ids")
+/// The lookups of one or more tables that share their ids (`item` and `item_aux`, say): the
+/// groups of ids in turn, on the host (to plan the leaf) and on the device (to read the rows).
+struct Gather<'a> {
+    tables: Vec<(&'static str, &'a Tensor)>,
+    task: Task,
+    host: Vec<&'a [i64]>,
+    device: Vec<Tensor>,
 }
 
 impl Embeddings {
@@ -355,95 +396,152 @@ impl Embeddings {
     /// [`Embeddings::forward`], with the main task's lookups (the `e_orig` tables and its
     /// `e_aux` half of `e`) reading the [`Task::Main`] leaves and MICN's (`e_aux` of the target,
     /// the history and the sampled `negatives`) the [`Task::Aux`] ones.
+    ///
+    /// Reads the ids back from the tensors (counted downloads); the training step, which has them
+    /// on the host, calls [`Embeddings::forward_train_planned`].
     pub fn forward_train(&self, ids: &BatchIds, negatives: Option<&[i64]>) -> TrainingInput {
-        let (b, steps) = (ids.len(), ids.hist_items.size()[1]);
-        let (items, cats) = (host_ids(&ids.items), host_ids(&ids.cats));
-        let (hist_items, hist_cats) = (host_ids(&ids.hist_items), host_ids(&ids.hist_cats));
-        let noclick = ids.noclick.as_ref().map(|n| (host_ids(&n.items), host_ids(&n.cats)));
-        let users = host_ids(&ids.users);
-        let mut leaves = Vec::new();
+        use crate::transfer::download_i64;
+        let (items, cats) = (download_i64(&ids.items), download_i64(&ids.cats));
+        let (hist_items, hist_cats) = (download_i64(&ids.hist_items), download_i64(&ids.hist_cats));
+        let noclick = ids.noclick.as_ref().map(|n| (download_i64(&n.items), download_i64(&n.cats)));
+        let users = download_i64(&ids.users);
+        let host = HostIds {
+            users: &users,
+            items: &items,
+            cats: &cats,
+            hist_items: &hist_items,
+            hist_cats: &hist_cats,
+            noclick: noclick.as_ref().map(|(i, c)| (i.as_slice(), c.as_slice())),
+        };
+        let negative_tensor = negatives.map(|n| crate::transfer::upload_i64(n, self.item.device()));
+        let negatives = negatives.zip(negative_tensor.as_ref()).map(|(host, tensor)| Negatives { host, tensor });
+        self.forward_train_planned(ids, &host, negatives)
+    }
 
-        let user = self.gather(&[("user", &self.user)], Task::Main, &[&users], &mut leaves).remove(0);
+    /// [`Embeddings::forward_train`] with the batch's ids also on the host (`host`, the values of
+    /// `ids`). The rows are read with the device's ids; the only transfer is one upload of every
+    /// leaf's row index (for [`RowLeaf::sum_rows`]).
+    pub fn forward_train_planned(
+        &self,
+        ids: &BatchIds,
+        host: &HostIds<'_>,
+        negatives: Option<Negatives<'_>>,
+    ) -> TrainingInput {
+        let (b, steps) = (ids.len(), ids.hist_items.size()[1]);
+        let flat = |t: &Tensor| t.flatten(0, -1);
+        let mut gathers = vec![Gather {
+            tables: vec![("user", &self.user)],
+            task: Task::Main,
+            host: vec![host.users],
+            device: vec![ids.users.shallow_clone()],
+        }];
         // e = [item; cat; item_aux; cat_aux] of the targets, the history and the no-clicks at once.
-        let mut item_groups: Vec<&[i64]> = vec![&items, &hist_items];
-        let mut cat_groups: Vec<&[i64]> = vec![&cats, &hist_cats];
-        if let Some((noclick_items, noclick_cats)) = &noclick {
-            item_groups.push(noclick_items);
-            cat_groups.push(noclick_cats);
+        let mut item = Gather {
+            tables: vec![("item", &self.item)],
+            task: Task::Main,
+            host: vec![host.items, host.hist_items],
+            device: vec![ids.items.shallow_clone(), flat(&ids.hist_items)],
+        };
+        let mut cat = Gather {
+            tables: vec![("cat", &self.cat)],
+            task: Task::Main,
+            host: vec![host.cats, host.hist_cats],
+            device: vec![ids.cats.shallow_clone(), flat(&ids.hist_cats)],
+        };
+        if let (Some((noclick_items, noclick_cats)), Some(n)) = (host.noclick, &ids.noclick) {
+            item.host.push(noclick_items);
+            item.device.push(flat(&n.items));
+            cat.host.push(noclick_cats);
+            cat.device.push(flat(&n.cats));
         }
-        let mut item_tables = vec![("item", &self.item)];
-        let mut cat_tables = vec![("cat", &self.cat)];
         if let Some(aux) = &self.aux {
-            item_tables.push((AUX_TABLES[0], &aux.item_aux));
-            cat_tables.push((AUX_TABLES[1], &aux.cat_aux));
+            item.tables.push((AUX_TABLES[0], &aux.item_aux));
+            cat.tables.push((AUX_TABLES[1], &aux.cat_aux));
         }
-        let item_rows = self.gather(&item_tables, Task::Main, &item_groups, &mut leaves);
-        let cat_rows = self.gather(&cat_tables, Task::Main, &cat_groups, &mut leaves);
-        let mut parts = vec![&item_rows[0], &cat_rows[0]];
+        gathers.extend([item, cat]);
+        // MICN: e_aux of the targets, the history and the negatives, from its own leaves.
+        let negative_cats: Option<Vec<i64>> = match (&self.aux, negatives) {
+            (Some(_), Some(n)) => Some(n.host.iter().map(|&id| self.item_cats_host[id as usize]).collect()),
+            _ => None,
+        };
+        if let (Some(aux), Some(n), Some(negative_cats)) = (&self.aux, negatives, &negative_cats) {
+            gathers.push(Gather {
+                tables: vec![(AUX_TABLES[0], &aux.item_aux)],
+                task: Task::Aux,
+                host: vec![host.items, host.hist_items, n.host],
+                device: vec![ids.items.shallow_clone(), flat(&ids.hist_items), n.tensor.shallow_clone()],
+            });
+            gathers.push(Gather {
+                tables: vec![(AUX_TABLES[1], &aux.cat_aux)],
+                task: Task::Aux,
+                host: vec![host.cats, host.hist_cats, negative_cats],
+                device: vec![ids.cats.shallow_clone(), flat(&ids.hist_cats), self.item_cats.index_select(0, n.tensor)],
+            });
+        }
+        let rows = self.gather_all(&gathers);
+        let (user, main_items, main_cats) = (&rows[0].0[0], &rows[1].0, &rows[2].0);
+
+        let mut parts = vec![&main_items[0], &main_cats[0]];
         if self.aux.is_some() {
-            parts.extend([&item_rows[1], &cat_rows[1]]);
+            parts.extend([&main_items[1], &main_cats[1]]);
         }
         let e = Tensor::cat(&parts, -1); // [b + b·T (+ b·T), w]
         debug_assert_eq!(e.size()[1], self.item_width());
         let history = |rows: &Tensor, start: i64| rows.narrow(0, start, b * steps).view([b, steps, -1]);
         let main = MainInput {
-            user,
+            user: user.shallow_clone(),
             target: e.narrow(0, 0, b),
             hist: history(&e, b),
             hist_mask: ids.hist_mask.shallow_clone(),
-            noclick: noclick.as_ref().map(|_| history(&e, b + b * steps)),
+            noclick: (host.noclick.is_some() && ids.noclick.is_some()).then(|| history(&e, b + b * steps)),
             ids: ids.shallow_clone(),
         };
-
-        // MICN: e_aux of the targets, the history and the negatives, from its own leaves.
-        let (aux, negatives) = match (&self.aux, negatives) {
-            (Some(aux), Some(negative_items)) => {
-                let negative_cats: Vec<i64> =
-                    negative_items.iter().map(|&id| self.item_cats_host[id as usize]).collect();
-                let item_rows = self.gather(
-                    &[(AUX_TABLES[0], &aux.item_aux)],
-                    Task::Aux,
-                    &[&items, &hist_items, negative_items],
-                    &mut leaves,
-                );
-                let cat_rows = self.gather(
-                    &[(AUX_TABLES[1], &aux.cat_aux)],
-                    Task::Aux,
-                    &[&cats, &hist_cats, &negative_cats],
-                    &mut leaves,
-                );
+        let (aux, negatives) = match (rows.get(3), rows.get(4), negatives) {
+            (Some((item_rows, _)), Some((cat_rows, _)), Some(n)) => {
                 let e_aux = Tensor::cat(&[&item_rows[0], &cat_rows[0]], -1);
                 let input = AuxInput {
                     target: e_aux.narrow(0, 0, b),
                     hist: history(&e_aux, b),
                     hist_mask: ids.hist_mask.shallow_clone(),
                 };
-                (Some(input), Some(e_aux.narrow(0, b + b * steps, negative_items.len() as i64)))
+                (Some(input), Some(e_aux.narrow(0, b + b * steps, n.host.len() as i64)))
             }
             _ => (None, None),
         };
+        let leaves = rows.into_iter().flat_map(|(_, leaves)| leaves).collect();
         TrainingInput { embedded: Embedded { main, aux }, negatives, leaves }
     }
 
-    /// For tables that share their ids (`item` and `item_aux`, say): one leaf per table holding
-    /// the rows of every id of every group in turn, which is also what the lookups return.
-    fn gather(
-        &self,
-        tables: &[(&'static str, &Tensor)],
-        task: Task,
-        groups: &[&[i64]],
-        leaves: &mut Vec<RowLeaf>,
-    ) -> Vec<Tensor> {
-        let lookups = groups.concat();
-        let (distinct, index) = distinct_rows(&lookups);
-        let lookups = Tensor::from_slice(&lookups).to_device(self.item.device());
-        tables
+    /// For every gather, one leaf per table holding the rows of every id of every group in turn
+    /// (also what the lookups return), and those rows. The row indices of all leaves travel in
+    /// one upload.
+    fn gather_all(&self, gathers: &[Gather<'_>]) -> Vec<(Vec<Tensor>, Vec<RowLeaf>)> {
+        let plans: Vec<(Vec<i64>, Vec<usize>)> = gathers.iter().map(|g| distinct_rows(&g.host.concat())).collect();
+        let packed: Vec<i64> = plans.iter().flat_map(|(_, index)| index.iter().map(|&i| i as i64)).collect();
+        let packed = crate::transfer::upload_i64(&packed, self.item.device());
+        let lengths: Vec<usize> = plans.iter().map(|(_, index)| index.len()).collect();
+        let indices = crate::transfer::split(&packed, &lengths);
+        gathers
             .iter()
-            .map(|&(table, values)| {
-                let leaf = tch::no_grad(|| values.index_select(0, &lookups)).set_requires_grad(true);
-                let rows = leaf.shallow_clone();
-                leaves.push(RowLeaf { table, task, ids: distinct.clone(), index: index.clone(), leaf });
-                rows
+            .zip(plans)
+            .zip(indices)
+            .map(|((g, (distinct, index)), index_on_device)| {
+                let lookups = Tensor::cat(&g.device, 0);
+                let mut rows = Vec::new();
+                let mut leaves = Vec::new();
+                for &(table, values) in &g.tables {
+                    let leaf = tch::no_grad(|| values.index_select(0, &lookups)).set_requires_grad(true);
+                    rows.push(leaf.shallow_clone());
+                    leaves.push(RowLeaf {
+                        table,
+                        task: g.task,
+                        ids: distinct.clone(),
+                        index: index.clone(),
+                        index_on_device: index_on_device.shallow_clone(),
+                        leaf,
+                    });
+                }
+                (rows, leaves)
             })
             .collect()
     }
@@ -463,7 +561,8 @@ fn check_item_cats(item_cats: &Tensor, vocab: &Vocab) -> Result<(), ModelError> 
     if item_cats.size() != [vocab.items] {
         return bad(format!("must have shape [{}] (one category per item), has {:?}", vocab.items, item_cats.size()));
     }
-    let (lo, hi) = (item_cats.min().int64_value(&[]), item_cats.max().int64_value(&[]));
+    let range = crate::transfer::download_i64(&Tensor::stack(&[item_cats.min(), item_cats.max()], 0));
+    let (lo, hi) = (range[0], range[1]);
     if lo < 0 || hi >= vocab.cats {
         return bad(format!("holds categories in {lo}..={hi}, outside 0..{}", vocab.cats));
     }

@@ -151,7 +151,11 @@ struct RunningStats {
 
 impl RunningStats {
     fn new(p: &nn::Path, width: i64, momentum: f64) -> Self {
-        Self { mean: p.zeros_no_train("running_mean", &[width]), var: p.ones_no_train("running_var", &[width]), momentum }
+        Self {
+            mean: p.zeros_no_train("running_mean", &[width]),
+            var: p.ones_no_train("running_var", &[width]),
+            momentum,
+        }
     }
 
     /// `(input to compute from, mean, variance)`: inside a synchronised step the input is a
@@ -230,10 +234,13 @@ pub mod batch_stats {
         pub fn input_gradient(&self, g_leaf: Option<&Tensor>, g_mean: &[f32], g_var: &[f32]) -> Tensor {
             tch::no_grad(|| {
                 let n = self.global_rows;
-                let device = self.leaf.device();
-                let vector = |v: &[f32]| Tensor::from_slice(v).to_device(device).to_kind(self.leaf.kind());
+                // Both vectors in one upload.
+                let both = crate::transfer::upload_f32(&[g_mean, g_var].concat(), self.leaf.device())
+                    .to_kind(self.leaf.kind());
+                let width = g_mean.len() as i64;
+                let (g_mean, g_var) = (both.narrow(0, 0, width), both.narrow(0, width, g_var.len() as i64));
                 let centered = self.leaf.detach() - self.mean_leaf.detach();
-                let through_stats = vector(g_mean) / n + centered * vector(g_var) * (2.0 / n);
+                let through_stats = g_mean / n + centered * g_var * (2.0 / n);
                 match g_leaf {
                     Some(g) => through_stats + g,
                     None => through_stats,
@@ -290,15 +297,19 @@ pub mod batch_stats {
             // Chan et al.'s formula, the same bits on every rank.
             let w = width as usize;
             let rows = flat.size()[0] as f64;
-            let sums = crate::model::to_host_f32(&flat.sum_dim_intlist(0, false, Kind::Float));
-            let local_mean: Vec<f32> = sums.iter().map(|&s| (s as f64 / rows.max(1.0)) as f32).collect();
-            let centered = &flat - Tensor::from_slice(&local_mean).to_device(xs.device());
-            let local_m2 = crate::model::to_host_f32(&centered.square().sum_dim_intlist(0, false, Kind::Float));
+            // The local mean on the device, as an elementwise f32 division by a tensor (a division
+            // by a scalar would multiply by its reciprocal): correctly rounded, the same bits as
+            // the division in f64 rounded to f32. Sums and squares then come down in one piece.
+            let sums = flat.sum_dim_intlist(0, false, Kind::Float);
+            let local_mean = &sums / sums.full_like(rows.max(1.0));
+            let local_m2 = (&flat - local_mean).square().sum_dim_intlist(0, false, Kind::Float);
+            let host = crate::transfer::download_f32(&Tensor::cat(&[sums, local_m2], 0));
+            let (sums, local_m2) = host.split_at(w);
             let (rank, size) = reducer.rank_and_size();
             let slot = 2 * w + 1;
             let mut all = vec![0f32; size * slot];
-            all[rank * slot..][..w].copy_from_slice(&sums);
-            all[rank * slot + w..][..w].copy_from_slice(&local_m2);
+            all[rank * slot..][..w].copy_from_slice(sums);
+            all[rank * slot + w..][..w].copy_from_slice(local_m2);
             all[rank * slot + 2 * w] = rows as f32;
             if let Err(e) = reducer.sum(&mut all) {
                 scope.error.get_or_insert(e);
@@ -322,10 +333,10 @@ pub mod batch_stats {
                 mean[c] = m as f32;
                 var[c] = ((within + between) / n) as f32;
             }
-            let device = xs.device();
-            let kind = xs.kind();
-            let leaf_of = |v: &[f32]| Tensor::from_slice(v).to_device(device).to_kind(kind).set_requires_grad(true);
-            let (mean_leaf, var_leaf) = (leaf_of(&mean), leaf_of(&var));
+            // Both statistics in one upload, each then a leaf of its own.
+            let both = crate::transfer::upload_f32(&[mean, var].concat(), xs.device()).to_kind(xs.kind());
+            let leaf_of = |start: i64| both.narrow(0, start, width).copy().set_requires_grad(true);
+            let (mean_leaf, var_leaf) = (leaf_of(0), leaf_of(width));
             let leaf = xs.detach().set_requires_grad(true);
             scope.traces.push(Trace {
                 input: xs.shallow_clone(),

@@ -42,9 +42,10 @@ pub enum ModelError {
     Micn(#[from] MicnError),
 }
 
-/// A tensor's values on the host as f32, flattened (copied from any device and kind).
+/// A tensor's values on the host as f32, flattened (copied from any device and kind): one
+/// counted download ([`crate::transfer`]).
 pub fn to_host_f32(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).flatten(0, -1)).expect("f32 values")
+    crate::transfer::download_f32(t)
 }
 
 /// Which gradient a variable is updated with (SPEC §2.4).

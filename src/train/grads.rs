@@ -4,10 +4,12 @@
 //! all-gather for every table's rows, summed identically on every rank), and the φ combination
 //! (SPEC §2.4, §3).
 //!
-//! Everything here except the conversions from and to tensors is a pure function over slices.
+//! Everything here except the conversions from and to tensors (counted transfers,
+//! [`crate::transfer`]) is a pure function over slices.
 use tch::{Device, Tensor};
 
 use crate::dist::{self, Communicator};
+use crate::transfer::{download_f32, download_i64, upload_f32, upload_i64};
 
 /// Row gradients of one table: distinct ids in increasing order and their rows, row-major.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -28,11 +30,7 @@ impl RowGrads {
         let g = grad.coalesce();
         let ids = g.indices().select(0, 0).contiguous();
         let rows = g.values().to_kind(tch::Kind::Float).contiguous();
-        Self {
-            ids: Vec::<i64>::try_from(&ids).expect("i64 row ids"),
-            rows: Vec::<f32>::try_from(rows.flatten(0, -1)).expect("f32 rows"),
-            dim,
-        }
+        Self { ids: download_i64(&ids), rows: download_f32(&rows), dim }
     }
 
     /// The non-zero rows of a dense `[rows, dim]` gradient.
@@ -40,11 +38,7 @@ impl RowGrads {
         let dim = grad.size()[1] as usize;
         let touched = grad.abs().sum_dim_intlist(1, false, tch::Kind::Float).ne(0.0).nonzero().squeeze_dim(1);
         let rows = grad.index_select(0, &touched).contiguous();
-        Self {
-            ids: Vec::<i64>::try_from(&touched).expect("i64 row ids"),
-            rows: Vec::<f32>::try_from(rows.flatten(0, -1)).expect("f32 rows"),
-            dim,
-        }
+        Self { ids: download_i64(&touched), rows: download_f32(&rows), dim }
     }
 
     pub fn len(&self) -> usize {
@@ -110,12 +104,9 @@ impl RowGrads {
         self.rows.iter().map(|&x| (x as f64) * (x as f64)).sum()
     }
 
-    /// `(ids [r] i64, rows [r, dim] f32)` on `device`.
+    /// `(ids [r] i64, rows [r, dim] f32)` on `device` (two uploads).
     pub fn to_tensors(&self, device: Device) -> (Tensor, Tensor) {
-        (
-            Tensor::from_slice(&self.ids).to_device(device),
-            Tensor::from_slice(&self.rows).view([self.ids.len() as i64, self.dim as i64]).to_device(device),
-        )
+        (upload_i64(&self.ids, device), upload_f32(&self.rows, device).view([self.ids.len() as i64, self.dim as i64]))
     }
 }
 

@@ -4,18 +4,25 @@
 //! between ranks; the φ combination on the shared `e_aux` tables; the Adam update. Losses are
 //! normalised by global counts (global batch; global positives for MICN), so N ranks × b samples
 //! compute what one rank with N·b samples does.
+//!
+//! Every host↔device copy goes through [`crate::transfer`], counted: per step two uploads of
+//! the batch (with MICN's negatives and routing logits), one of the row leaves' lookup indices,
+//! and one download of every gradient with the losses; two more each way per normalising layer
+//! (its statistics cross ranks on the host); and on the device path ([`StepPath`]) two uploads for
+//! the update. `tests/integration/device_path.rs` asserts the counts and says what remains.
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::grads::{self, RowGrads, TaskGrads};
 use super::optim::{scatter_rows, Adam};
-use crate::config::EmbeddingOptimizer;
+use crate::config::{EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
-use crate::model::embeddings::{RowLeaf, Task};
+use crate::model::embeddings::{BatchIds, HostIds, Negatives, NoClick, RowLeaf, Task};
 use crate::model::layers::batch_stats;
 use crate::model::{classify, to_host_f32, Network, VarGroup, EMBEDDINGS_PATH};
+use crate::transfer::{self, download_f32, download_i64, upload_f32, upload_i64};
 
 /// A failed step.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +50,36 @@ impl batch_stats::Reducer for CommReducer<'_> {
     }
 }
 
+/// Which code computes the parts of a step that have a host fast path: the per-row sums of the
+/// lookups' gradients and the Adam update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepPath {
+    /// On the CPU, the host fast paths: row sums over the downloaded lookup gradients and Adam in
+    /// one pass over each parameter's memory. On any other device, [`StepPath::Device`].
+    #[default]
+    Host,
+    /// What a GPU runs, on every device, the CPU included (`train.device_path = true`): row sums
+    /// with `index_add_` and Adam as tensor operations, on the tensors' device. Equal to the
+    /// host path up to rounding (the order of additions differs).
+    Device,
+}
+
+impl StepPath {
+    /// The path `train.device_path` selects.
+    pub fn from_config(train: &TrainConfig) -> Self {
+        if train.device_path {
+            StepPath::Device
+        } else {
+            StepPath::Host
+        }
+    }
+
+    /// Whether a step on `device` takes the device path.
+    pub fn on_device(self, device: Device) -> bool {
+        self == StepPath::Device || device != Device::Cpu
+    }
+}
+
 /// The trainable variables in a fixed order (by name), with their update rule.
 pub struct Trainable {
     pub names: Vec<String>,
@@ -52,6 +89,8 @@ pub struct Trainable {
     pub is_table: Vec<bool>,
     /// Non-trainable buffers (Dice running statistics), by name.
     pub buffers: Vec<(String, Tensor)>,
+    /// Where the row sums and the update run ([`StepPath::Host`] unless set).
+    pub path: StepPath,
 }
 
 /// Names of variables updated by rows: every embedding table and Wide&Deep's hashed weights.
@@ -63,7 +102,14 @@ impl Trainable {
     pub fn new(vs: &VarStore) -> Result<Self, crate::model::ModelError> {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut t = Trainable { names: vec![], tensors: vec![], groups: vec![], is_table: vec![], buffers: vec![] };
+        let mut t = Trainable {
+            names: vec![],
+            tensors: vec![],
+            groups: vec![],
+            is_table: vec![],
+            buffers: vec![],
+            path: StepPath::Host,
+        };
         for (name, tensor) in vars {
             if !tensor.requires_grad() {
                 t.buffers.push((name, tensor));
@@ -75,6 +121,12 @@ impl Trainable {
             t.tensors.push(tensor);
         }
         Ok(t)
+    }
+
+    /// The same variables, stepped on `path`.
+    pub fn with_path(mut self, path: StepPath) -> Self {
+        self.path = path;
+        self
     }
 
     pub fn indices(&self, wanted: &[VarGroup]) -> Vec<usize> {
@@ -174,11 +226,15 @@ fn backward_through_cuts(
         let grads = Tensor::run_backward(&[&root], &inputs, false, false);
         let (to_targets, at_cut) = grads.split_at(targets.len());
         add(to_targets);
-        let host =
-            |g: &Tensor, leaf: &Tensor| to_host_f32(&if g.defined() { g.shallow_clone() } else { leaf.zeros_like() });
-        let mut stats = host(&at_cut[1], &trace.mean_leaf);
-        let width = stats.len();
-        stats.extend(host(&at_cut[2], &trace.var_leaf));
+        let or_zeros = |g: &Tensor, leaf: &Tensor| {
+            if g.defined() { g.shallow_clone() } else { leaf.zeros_like() }.to_kind(Kind::Float).flatten(0, -1)
+        };
+        // Both statistics' gradients in one download.
+        let width = trace.mean_leaf.numel();
+        let mut stats = download_f32(&Tensor::cat(
+            &[or_zeros(&at_cut[1], &trace.mean_leaf), or_zeros(&at_cut[2], &trace.var_leaf)],
+            0,
+        ));
         comm.all_reduce_sum_f32(&mut stats)?;
         let g_leaf = at_cut[0].defined().then_some(&at_cut[0]);
         let g_input = trace.input_gradient(g_leaf, &stats[..width], &stats[width..]);
@@ -222,22 +278,104 @@ fn targets<'a>(t: &'a Trainable, which: &[usize], leaves: &'a [RowLeaf], task: T
         .collect()
 }
 
-/// Dense gradients flattened in variable order (zeros where a variable got none), tables as rows.
-fn host_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[Tensor]) -> TaskGrads {
-    let mut out = TaskGrads::default();
-    for ((&i, target), g) in which.iter().zip(targets).zip(grads) {
-        let var = &t.tensors[i];
-        if t.is_table[i] {
+/// Where one variable's host gradient comes from, once the step's single download is back.
+enum Pending<'a> {
+    /// A table no gradient reached.
+    NoRows {
+        dim: usize,
+    },
+    /// Per-lookup gradients of a row leaf (`len` values), summed per row on the host.
+    LookupsToSum {
+        leaf: &'a RowLeaf,
+        len: usize,
+        dim: usize,
+    },
+    /// A row leaf's gradient already summed per row on the device.
+    SummedRows {
+        leaf: &'a RowLeaf,
+        len: usize,
+        dim: usize,
+    },
+    /// The coalesced sparse gradient of a table read without row leaves: its ids, downloaded on
+    /// their own, and its rows.
+    SparseRows {
+        ids: Vec<i64>,
+        len: usize,
+        dim: usize,
+    },
+    /// A table gradient of some other form, already on the host.
+    Ready(RowGrads),
+    /// A dense gradient (`len` values), or zeros where none reached the variable.
+    Dense {
+        len: usize,
+    },
+    Zeros {
+        len: usize,
+    },
+}
+
+/// Plans the host gradients of the variables `which` (in order): adds what must be downloaded
+/// to `parts` (flattened f32) and says how to read it back.
+fn plan_host_grads<'a>(
+    t: &Trainable,
+    which: &[usize],
+    targets: &[Target<'a>],
+    grads: &[Tensor],
+    on_device: bool,
+    parts: &mut Vec<Tensor>,
+) -> Vec<Pending<'a>> {
+    let mut flat = |g: &Tensor| {
+        let g = g.to_kind(Kind::Float).flatten(0, -1);
+        let len = g.numel();
+        parts.push(g);
+        len
+    };
+    which
+        .iter()
+        .zip(targets)
+        .zip(grads)
+        .map(|((&i, target), g)| {
+            let var = &t.tensors[i];
+            if !t.is_table[i] {
+                return if g.defined() { Pending::Dense { len: flat(g) } } else { Pending::Zeros { len: var.numel() } };
+            }
             let dim = var.size()[1] as usize;
-            out.tables.push(match target {
-                _ if !g.defined() => RowGrads { dim, ..Default::default() },
-                Target::Rows(leaf) => RowGrads { ids: leaf.ids.clone(), rows: leaf.row_gradients(g), dim },
-                Target::Var(_) => RowGrads::from_grad(&g.to_device(Device::Cpu)),
-            });
-        } else if g.defined() {
-            out.dense.extend(to_host_f32(g));
-        } else {
-            out.dense.extend(std::iter::repeat_n(0.0, var.numel()));
+            match target {
+                _ if !g.defined() => Pending::NoRows { dim },
+                Target::Rows(leaf) if on_device => Pending::SummedRows { leaf, len: flat(&leaf.sum_rows(g)), dim },
+                Target::Rows(leaf) => Pending::LookupsToSum { leaf, len: flat(g), dim },
+                Target::Var(_) if g.is_sparse() => {
+                    let g = g.coalesce();
+                    let ids = download_i64(&g.indices().select(0, 0));
+                    Pending::SparseRows { ids, len: flat(&g.values()), dim }
+                }
+                Target::Var(_) => Pending::Ready(RowGrads::from_grad(g)),
+            }
+        })
+        .collect()
+}
+
+/// One task's host gradients from the planned pieces, reading `host` (the download) in order.
+fn finish_host_grads(pending: Vec<Pending<'_>>, host: &mut &[f32]) -> TaskGrads {
+    let mut take = |len: usize| {
+        let (mine, rest) = host.split_at(len);
+        *host = rest;
+        mine
+    };
+    let mut out = TaskGrads::default();
+    for p in pending {
+        match p {
+            Pending::NoRows { dim } => out.tables.push(RowGrads { dim, ..Default::default() }),
+            Pending::LookupsToSum { leaf, len, dim } => {
+                out.tables.push(RowGrads { ids: leaf.ids.clone(), rows: leaf.sum_rows_host(take(len)), dim })
+            }
+            Pending::SummedRows { leaf, len, dim } => {
+                out.tables.push(RowGrads { ids: leaf.ids.clone(), rows: take(len).to_vec(), dim })
+            }
+            Pending::SparseRows { ids, len, dim } => out.tables.push(RowGrads { ids, rows: take(len).to_vec(), dim }),
+            Pending::Ready(rows) => out.tables.push(rows),
+            Pending::Dense { len } => out.dense.extend_from_slice(take(len)),
+            Pending::Zeros { len } => out.dense.extend(std::iter::repeat_n(0.0, len)),
         }
     }
     out
@@ -289,8 +427,7 @@ pub fn gradients(
     ctx: &StepContext<'_>,
 ) -> Result<(Vec<VarGrad>, StepStats), StepError> {
     let device = ctx.device;
-    let ids = batch.to_ids(device);
-    let labels = batch.labels(device);
+    let on_device = t.path.on_device(device);
     let b_global = ctx.global_batch as f64;
 
     // Global number of MICN positives: from the loader, else summed over ranks.
@@ -306,22 +443,35 @@ pub fn gradients(
         }
     };
 
-    // Forward from the step's row leaves, with Dice's batch statistics over the global batch.
+    // The batch, MICN's negatives and routing logits, drawn on the host, in two uploads.
     let seed = step_seed(ctx);
     let negative_ids = net.micn.as_ref().map(|micn| micn.negative_ids(seed));
+    let routing_logits = net.micn.as_ref().map(|micn| micn.routing_logits(seed, &batch.hist_mask, batch.hist_len));
+    let inputs = upload_batch(batch, negative_ids.as_deref(), routing_logits.as_deref(), net, device);
+    let (ids, labels) = (&inputs.ids, &inputs.labels);
+    let host_ids = HostIds {
+        users: &batch.users,
+        items: &batch.items,
+        cats: &batch.cats,
+        hist_items: &batch.hist_items,
+        hist_cats: &batch.hist_cats,
+        noclick: batch.noclick.as_ref().map(|(items, cats)| (items.as_slice(), cats.as_slice())),
+    };
+    let negatives =
+        negative_ids.as_deref().zip(inputs.negatives.as_ref()).map(|(host, tensor)| Negatives { host, tensor });
+
+    // Forward from the step's row leaves, with Dice's batch statistics over the global batch.
     let ((input, out), traces) = batch_stats::synchronised(&CommReducer(ctx.comm), || {
-        let input = net.embeddings.forward_train(&ids, negative_ids.as_deref());
+        let input = net.embeddings.forward_train_planned(ids, &host_ids, negatives);
         let out = net.main.forward(&input.embedded.main, true);
         (input, out)
     })
     .map_err(StepError::Stats)?;
-    let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
+    let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(labels, None, None, Reduction::Sum) / b_global;
     let dien_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
-    let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &negative_ids) {
-        (Some(micn), Some(aux), Some(vectors), Some(negatives)) => {
-            let negatives = Tensor::from_slice(negatives).to_device(device);
-            let out = micn.loss_with_negatives(aux, (&negatives, vectors), &ids.items, &labels, seed, positives);
-            Some(out.loss)
+    let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &inputs.negatives, &inputs.routing_logits) {
+        (Some(micn), Some(aux), Some(vectors), Some(negatives), Some(logits)) => {
+            Some(micn.loss_with_negatives(aux, (negatives, vectors), &ids.items, labels, logits, positives))
         }
         (Some(_), ..) => return Err(StepError::Micn(crate::micn::MicnError::NoAuxTables)),
         _ => None,
@@ -341,18 +491,24 @@ pub fn gradients(
         .reduce(|a, b| a + b);
     let grads = backward_through_cuts(&bce, below_head, &traces, &all, ctx.comm)?;
     let (main_g, aux_g) = grads.split_at(main_targets.len());
-    let main_grads = host_grads(t, &main_vars, &main_targets, main_g);
-    let aux_grads = host_grads(t, &aux_vars, &aux_targets, aux_g);
+
+    // Every gradient the exchange needs and the three losses, in one download.
+    let mut parts = Vec::new();
+    let main_pending = plan_host_grads(t, &main_vars, &main_targets, main_g, on_device, &mut parts);
+    let aux_pending = plan_host_grads(t, &aux_vars, &aux_targets, aux_g, on_device, &mut parts);
+    let zero = || bce.zeros_like();
+    for loss in [Some(&bce), dien_aux.as_ref(), micn.as_ref()] {
+        parts.push(loss.map_or_else(zero, |l| l.detach()).to_kind(Kind::Float).reshape([1]));
+    }
+    let host = download_f32(&Tensor::cat(&parts, 0));
+    let (host, losses) = host.split_at(host.len() - 3);
+    let mut host = host;
+    let main_grads = finish_host_grads(main_pending, &mut host);
+    let aux_grads = finish_host_grads(aux_pending, &mut host);
 
     // Local losses and control flags become global sums.
     let [stop, checkpoint_due] = ctx.control.scalars(ctx.comm.rank());
-    let mut scalars = [
-        bce.double_value(&[]) as f32,
-        dien_aux.as_ref().map_or(0.0, |a| a.double_value(&[]) as f32),
-        micn.as_ref().map_or(0.0, |l| l.double_value(&[]) as f32),
-        stop,
-        checkpoint_due,
-    ];
+    let mut scalars = [losses[0], losses[1], losses[2], stop, checkpoint_due];
     let bytes_sent = grads::bytes_sent(&main_grads, &aux_grads) as u64;
     let comm_started = std::time::Instant::now();
     let (main_grads, aux_grads) = grads::exchange(ctx.comm, main_grads, aux_grads, &mut scalars)?;
@@ -401,6 +557,55 @@ pub fn gradients(
     Ok((combined, stats))
 }
 
+/// A step's inputs on the device.
+struct DeviceInputs {
+    ids: BatchIds,
+    /// `[b]` f32
+    labels: Tensor,
+    /// MICN's shared negatives, `[K]` i64.
+    negatives: Option<Tensor>,
+    /// MICN's initial routing logits, `[b, T, K_max]`.
+    routing_logits: Option<Tensor>,
+}
+
+/// Uploads the batch with MICN's `negatives` and `routing_logits` in two transfers, one of every
+/// i64 value and one of every f32 value, cut back into views on the device.
+fn upload_batch(
+    batch: &Batch,
+    negatives: Option<&[i64]>,
+    routing_logits: Option<&[f32]>,
+    net: &Network,
+    device: Device,
+) -> DeviceInputs {
+    let (b, steps) = (batch.len() as i64, batch.hist_len as i64);
+    let noclick = batch.noclick.as_ref().map(|(items, cats)| [items.as_slice(), cats.as_slice()]);
+    let mut longs: Vec<&[i64]> = vec![&batch.users, &batch.items, &batch.cats, &batch.hist_items, &batch.hist_cats];
+    longs.extend(noclick.iter().flatten().copied());
+    longs.extend(negatives);
+    let floats: Vec<&[f32]> = [&batch.labels[..], &batch.hist_mask[..]].into_iter().chain(routing_logits).collect();
+    let mut longs =
+        transfer::split(&upload_i64(&longs.concat(), device), &longs.iter().map(|x| x.len()).collect::<Vec<_>>())
+            .into_iter();
+    let mut floats =
+        transfer::split(&upload_f32(&floats.concat(), device), &floats.iter().map(|x| x.len()).collect::<Vec<_>>())
+            .into_iter();
+    let labels = floats.next().expect("the labels");
+    let hist_mask = floats.next().expect("the mask").view([b, steps]);
+    let mut next_long = || longs.next().expect("one piece per slice");
+    let ids = BatchIds {
+        users: next_long(),
+        items: next_long(),
+        cats: next_long(),
+        hist_items: next_long().view([b, steps]),
+        hist_cats: next_long().view([b, steps]),
+        hist_mask,
+        noclick: noclick.map(|_| NoClick { items: next_long().view([b, steps]), cats: next_long().view([b, steps]) }),
+    };
+    let negatives = negatives.map(|_| next_long());
+    let k_max = net.micn.as_ref().map_or(0, |m| m.k_max());
+    DeviceInputs { ids, labels, negatives, routing_logits: floats.next().map(|l| l.view([b, steps, k_max])) }
+}
+
 /// MICN's randomness for this step: the same seed on every rank, sample-indexed routing logits.
 pub fn step_seed(ctx: &StepContext<'_>) -> StepSeed {
     let seed = crate::rng::Rng::derive(ctx.seed, &[crate::rng::stream::MICN_NEGATIVES, ctx.step]).next_u64();
@@ -410,27 +615,59 @@ pub fn step_seed(ctx: &StepContext<'_>) -> StepSeed {
 /// The Adam update with the combined gradients.
 pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &StepContext<'_>) {
     let bc = adam.begin_step();
+    let lazy = ctx.embedding_optimizer == EmbeddingOptimizer::Lazy;
+    // On the host path the gradients are already host slices and the parameters CPU memory:
+    // update in place, in one pass, instead of a dozen libtorch operations per variable (a
+    // fixed cost of every step). What is left runs as tensor operations on the device.
+    let host = !t.path.on_device(ctx.device);
+    let mut rest = Vec::new();
     for (i, g) in grads.into_iter().enumerate() {
         let var = &mut t.tensors[i];
+        let done = host
+            && match &g {
+                VarGrad::Dense(values) => adam.update_dense_host(i, var, values, bc),
+                VarGrad::Rows(rows) => lazy && adam.update_rows_host(i, var, &rows.ids, &rows.rows, bc),
+            };
+        if !done {
+            rest.push((i, g));
+        }
+    }
+    if rest.is_empty() {
+        return;
+    }
+    // The remaining gradients in two uploads: every f32 value, every row id.
+    let mut floats: Vec<&[f32]> = Vec::new();
+    let mut longs: Vec<&[i64]> = Vec::new();
+    for (_, g) in &rest {
         match g {
-            // On the CPU the gradients are already host slices: update in place, in one pass,
-            // instead of a dozen libtorch operations per variable (a fixed cost of every step).
-            VarGrad::Dense(values) if adam.update_dense_host(i, var, &values, bc) => {}
-            VarGrad::Rows(rows)
-                if ctx.embedding_optimizer == EmbeddingOptimizer::Lazy
-                    && adam.update_rows_host(i, var, &rows.ids, &rows.rows, bc) => {}
-            VarGrad::Dense(values) => {
-                let g = Tensor::from_slice(&values).view(var.size().as_slice()).to_device(ctx.device);
-                adam.update_dense(i, var, &g, bc);
-            }
+            VarGrad::Dense(values) => floats.push(values),
             VarGrad::Rows(rows) => {
-                let (row_ids, row_values) = rows.to_tensors(ctx.device);
-                match ctx.embedding_optimizer {
-                    EmbeddingOptimizer::Lazy => adam.update_rows(i, var, &row_ids, &row_values, bc),
-                    EmbeddingOptimizer::Dense => {
-                        let g = scatter_rows(&var.size(), &row_ids, &row_values);
-                        adam.update_dense(i, var, &g, bc);
-                    }
+                floats.push(&rows.rows);
+                longs.push(&rows.ids);
+            }
+        }
+    }
+    let float_lengths: Vec<usize> = floats.iter().map(|p| p.len()).collect();
+    let long_lengths: Vec<usize> = longs.iter().map(|p| p.len()).collect();
+    let mut floats = transfer::split(&upload_f32(&floats.concat(), ctx.device), &float_lengths).into_iter();
+    let mut longs = if longs.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        transfer::split(&upload_i64(&longs.concat(), ctx.device), &long_lengths).into_iter()
+    };
+    for (i, g) in rest {
+        let var = &mut t.tensors[i];
+        let values = floats.next().expect("one piece per gradient");
+        match g {
+            VarGrad::Dense(_) => adam.update_dense(i, var, &values.view(var.size().as_slice()), bc),
+            VarGrad::Rows(rows) => {
+                let row_ids = longs.next().expect("one piece per table");
+                let row_values = values.view([rows.len() as i64, rows.dim as i64]);
+                if lazy {
+                    adam.update_rows(i, var, &row_ids, &row_values, bc);
+                } else {
+                    let g = scatter_rows(&var.size(), &row_ids, &row_values);
+                    adam.update_dense(i, var, &g, bc);
                 }
             }
         }
@@ -450,7 +687,7 @@ pub fn broadcast_from_root(comm: &dyn Communicator, vs: &VarStore) -> dist::Resu
         dist::CommunicatorExt::broadcast(comm, 0, &mut host)?;
         tch::no_grad(|| {
             let mut v = v.shallow_clone();
-            v.copy_(&Tensor::from_slice(&host).view(v.size().as_slice()).to_device(v.device()));
+            v.copy_(&upload_f32(&host, v.device()).view(v.size().as_slice()));
         });
     }
     Ok(())

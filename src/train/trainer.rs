@@ -12,7 +12,9 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::optim::{Adam, AdamConfig};
-use super::step::{broadcast_from_root, replica_digest, train_step, Control, StepContext, StepError, Trainable};
+use super::step::{
+    broadcast_from_root, replica_digest, train_step, Control, StepContext, StepError, StepPath, Trainable,
+};
 use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice, ModelKind};
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
@@ -154,6 +156,9 @@ pub struct Summary {
     pub update_share: f64,
     /// Mean bytes one rank sent per step in the gradient exchange.
     pub bytes_sent_per_step: f64,
+    /// Mean host↔device transfers (uploads and downloads, see [`crate::transfer`]) of rank 0's
+    /// training steps in this process.
+    pub transfers_per_step: f64,
     /// Digest of the final parameters, buffers and optimizer state (see `replica_digest`).
     pub replica_digest: String,
     /// The run was stopped by a signal (after checkpointing) before its last step.
@@ -209,15 +214,31 @@ impl SteadyRate {
     }
 }
 
-/// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`.
+/// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`. Logs the choice
+/// (every rank, with the GPU's name and memory), so a run's logs say where each rank ran.
 pub fn pick_device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainError> {
     let gpus = tch::Cuda::device_count() as usize;
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda if gpus == 0 => Err(TrainError::NoCuda),
-        DeviceChoice::Cuda | DeviceChoice::Auto if gpus > 0 => Ok(Device::Cuda(local_rank % gpus)),
-        _ => Ok(Device::Cpu),
+    let device = match choice {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda if gpus == 0 => return Err(TrainError::NoCuda),
+        DeviceChoice::Cuda | DeviceChoice::Auto if gpus > 0 => Device::Cuda(local_rank % gpus),
+        _ => Device::Cpu,
+    };
+    match device {
+        Device::Cuda(index) => {
+            let gpu = crate::doctor::cuda::gpu(index);
+            tracing::info!(
+                device = %format!("cuda:{index}"),
+                gpu = gpu.as_ref().map_or("unknown", |g| g.name.as_str()),
+                memory_gib = gpu.as_ref().map(|g| (g.memory_bytes as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0),
+                local_rank,
+                configured = ?choice,
+                "device"
+            );
+        }
+        _ => tracing::info!(device = "cpu", cuda_devices = gpus, configured = ?choice, "device"),
     }
+    Ok(device)
 }
 
 /// A model built for a dataset.
@@ -586,7 +607,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     claim_run_dir(cfg, comm, resume)?;
     let Built { vs, net } = build_model(cfg, &dataset, device)?;
     broadcast_from_root(comm, &vs)?;
-    let mut trainable = Trainable::new(&vs)?;
+    let mut trainable = Trainable::new(&vs)?.with_path(StepPath::from_config(&cfg.train));
     let adam_cfg = AdamConfig {
         lr: cfg.train.lr,
         beta1: cfg.train.adam_beta1,
@@ -683,9 +704,11 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let mut stopped_by_signal = false;
     let mut window = (Instant::now(), 0u64);
     let mut steady = SteadyRate::new(total_steps.saturating_sub(step));
+    let resumed_at = step;
     // Sums of (main, MICN, DIEN auxiliary) loss over the steps since the last metrics line.
     let (mut loss_sums, mut loss_steps) = ([0.0f64; 3], 0u64);
     let (mut step_seconds, mut comm_seconds, mut update_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0.0f64, 0u64);
+    let mut step_transfers = 0u64;
     'epochs: for epoch in start_epoch..cfg.train.epochs as u64 {
         let first_step = if epoch == start_epoch { start_position / cfg.train.global_batch_size as u64 } else { 0 };
         for batch in EpochLoader::over(Arc::clone(&dataset), Arc::clone(&train_ids), &loader_cfg, epoch, first_step) {
@@ -711,8 +734,10 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 },
             };
             let step_started = Instant::now();
+            let transfers_before = crate::transfer::counts();
             let stats = train_step(&net, &mut trainable, &mut adam, &batch, &ctx)?;
             step_seconds += step_started.elapsed().as_secs_f64();
+            step_transfers += crate::transfer::counts().since(transfers_before).total();
             steady.step_done(cfg.train.global_batch_size as u64);
             comm_seconds += stats.comm_seconds;
             update_seconds += stats.update_seconds;
@@ -807,6 +832,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         comm_share: comm_seconds / step_seconds.max(1e-12),
         update_share: update_seconds / step_seconds.max(1e-12),
         bytes_sent_per_step: bytes_sent as f64 / step.max(1) as f64,
+        transfers_per_step: step_transfers as f64 / (step - resumed_at).max(1) as f64,
         replica_digest: format!("{:016x}", replica_digest(&trainable, &adam)),
         stopped_by_signal,
     };

@@ -96,13 +96,16 @@ fn every_rank_knows_the_global_batchs_micn_positives_without_a_collective() {
     assert!(seen > 0, "the fixture batches must hold positives");
 }
 
+/// One rank's every trainable variable after the steps, and each step's global flags.
+type RankSteps = (Vec<(String, Vec<f32>)>, Vec<micn::train::step::Control>);
+
 /// What each rank of `world` thread ranks holds after 4 steps, where rank r passes the run-control
 /// flags `control(r)` every step: every trainable variable, and each step's global flags.
 fn run_steps(
     cfg: &Config,
     world: usize,
     control: impl Fn(usize) -> micn::train::step::Control + Sync,
-) -> Vec<(Vec<(String, Vec<f32>)>, Vec<micn::train::step::Control>)> {
+) -> Vec<RankSteps> {
     use micn::train::optim::{Adam, AdamConfig};
     use micn::train::step::{train_step, StepContext, Trainable};
     ThreadRanks::run(world, |comm| {

@@ -8,7 +8,74 @@ fn doctor_without_mpirun_is_a_world_of_one() {
     assert_eq!(report["world_size"], 1);
     assert_eq!(report["backend"], "single");
     assert!(report["libtorch_version"].as_str().unwrap().starts_with("2.11.0"), "{report}");
-    assert_eq!(report["ranks"][0]["cuda_available"], false, "this machine has no GPU");
+}
+
+/// GPUs the NVIDIA driver's own tool lists (`nvidia-smi -L`: "GPU 0: NVIDIA H200 (UUID: ...)"),
+/// or `None` where the tool is absent or fails.
+fn nvidia_smi_gpus() -> Option<Vec<String>> {
+    let out = std::process::Command::new("nvidia-smi").arg("-L").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let names = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("GPU "))
+        .filter_map(|l| Some(l.split_once(": ")?.1.split(" (UUID").next()?.to_string()))
+        .collect();
+    Some(names)
+}
+
+/// Holds on a machine with or without a GPU: the doctor's CUDA facts agree with one another,
+/// with what this libtorch is (a CUDA build ships the CUDA runtime, cuDNN and NCCL), and with
+/// the driver's own tool where there is one.
+#[test]
+fn doctor_reports_cuda_consistently_with_libtorch_and_the_driver() {
+    let out = run_ok(std::process::Command::new(micn_bin()).args(["doctor", "--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rank = &report["ranks"][0];
+    let available = rank["cuda_available"].as_bool().unwrap();
+    let devices = rank["cuda_devices"].as_u64().unwrap() as usize;
+    let gpus = rank["gpus"].as_array().unwrap();
+    let libraries = &rank["cuda_libraries"];
+    assert_eq!(available, devices > 0, "{rank}");
+    if report["libtorch_cuda"] == true {
+        // The libraries load with libtorch_cuda whether or not there is a GPU.
+        assert!(libraries["runtime"].as_str().is_some_and(|v| v.starts_with("13.")), "{rank}");
+        for lib in ["cudnn", "nccl"] {
+            let version = libraries[lib].as_str().unwrap_or_else(|| panic!("no {lib} version: {rank}"));
+            assert!(version.split('.').count() == 3 && !version.starts_with("0."), "{lib} {version}");
+        }
+    }
+    if available {
+        assert_eq!(gpus.len(), devices, "the driver lists what libtorch counts: {rank}");
+        assert!(libraries["driver"].is_string(), "{rank}");
+        for (i, gpu) in gpus.iter().enumerate() {
+            assert_eq!(gpu["index"], i);
+            assert!(!gpu["name"].as_str().unwrap().is_empty(), "{gpu}");
+            assert!(gpu["memory_bytes"].as_u64().unwrap() > 0, "{gpu}");
+        }
+    }
+    match nvidia_smi_gpus() {
+        Some(names) => {
+            assert!(available, "nvidia-smi lists {names:?} but libtorch sees no CUDA device");
+            // nvidia-smi ignores CUDA_VISIBLE_DEVICES; CUDA (and so the doctor) applies it.
+            if std::env::var_os("CUDA_VISIBLE_DEVICES").is_none() {
+                let ours: Vec<&str> = gpus.iter().map(|g| g["name"].as_str().unwrap()).collect();
+                assert_eq!(ours, names, "GPU names: doctor against nvidia-smi -L");
+            }
+        }
+        None if !std::path::Path::new("/dev/nvidiactl").exists() => {
+            assert!(!available && gpus.is_empty(), "no NVIDIA driver here, yet: {rank}");
+        }
+        None => {}
+    }
+    // The text report shows the same: a line per GPU.
+    let text = String::from_utf8(run_ok(std::process::Command::new(micn_bin()).arg("doctor")).stdout).unwrap();
+    assert_eq!(text.matches("  GPU ").count(), gpus.len(), "{text}");
+    if report["libtorch_cuda"] == true {
+        assert!(text.contains("CUDA driver ") && text.contains("NCCL "), "{text}");
+    }
 }
 
 #[test]
@@ -50,4 +117,34 @@ fn text_log_lines_carry_the_rank() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.lines().any(|l| l.starts_with("[rank 0] ")), "{stderr}");
     assert!(stderr.lines().any(|l| l.starts_with("[rank 1] ")), "{stderr}");
+}
+
+#[test]
+fn every_rank_logs_the_device_it_computes_on() {
+    let out = run_ok(mpirun(2).arg(micn_bin()).args([
+        "--log-format",
+        "json",
+        "bench",
+        "throughput",
+        "--model",
+        "wide_deep",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--users",
+        "1000",
+        "--items",
+        "1000",
+    ]));
+    let mut ranks: Vec<u64> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "device" || v["message"] == "device")
+        .inspect(|v| assert!(v.to_string().contains("\"cpu\""), "{v}"))
+        .map(|v| v["rank"].as_u64().expect("a rank field"))
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, vec![0, 1], "one device line per rank");
 }

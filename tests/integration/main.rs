@@ -2,6 +2,7 @@
 mod checkpoint;
 mod comm;
 mod dataset_files;
+mod device_path;
 mod dist;
 mod doctor;
 mod experiment;
