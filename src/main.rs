@@ -70,6 +70,9 @@ enum Command {
         /// The test set, or the validation split the run held out (the scores checkpoints record).
         #[arg(long, value_enum, default_value_t = micn::train::trainer::Split::Test)]
         split: micn::train::trainer::Split,
+        /// Score on this device instead of the run's configured one (`cpu`, `cuda`, `auto`).
+        #[arg(long, value_enum)]
+        device: Option<micn::config::Device>,
         #[arg(long)]
         json: bool,
     },
@@ -324,25 +327,37 @@ struct PrepareArgs {
 const EXIT_INPUT_ERROR: u8 = 3;
 
 fn main() -> ExitCode {
-    // Default SIGPIPE: `micn data stats DIR | head` ends quietly when `head` closes the pipe,
-    // instead of panicking in `println!`.
-    // SAFETY: restoring the default disposition of a signal before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are printed as asked; a command line that cannot work fails the
+            // same way every time.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_INPUT_ERROR) } else { ExitCode::SUCCESS };
+        }
+    };
+    if !matches!(cli.command, Command::Train { .. } | Command::Sweep { .. }) {
+        // Default SIGPIPE for commands that only print: `micn data stats DIR | head` ends quietly
+        // when `head` closes the pipe. Training keeps it ignored, so a log pipe closed by the same
+        // Ctrl-C (`micn train ... | tee log`) cannot kill it before its checkpoint.
+        // SAFETY: restoring the default disposition of a signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
-    let cli = Cli::parse();
     let (comm, mpi_versions) = match start_comm(cli.comm) {
         Ok(started) => started,
         Err(e) => {
-            report_error(&e, None);
-            return ExitCode::FAILURE;
+            report_error(&e, None, cli.log_format);
+            let code = if is_input_error(&e) { EXIT_INPUT_ERROR } else { 1 };
+            return ExitCode::from(code);
         }
     };
     logging::init(cli.log_format, comm.rank());
     match run(cli.command, comm.as_ref(), mpi_versions) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            report_error(&e, (comm.size() > 1).then(|| comm.rank()));
+            report_error(&e, (comm.size() > 1).then(|| comm.rank()), cli.log_format);
             let code = if is_input_error(&e) { EXIT_INPUT_ERROR } else { 1 };
             // Peers may wait in a collective for this rank: stop the whole job.
             comm.abort(i32::from(code));
@@ -368,7 +383,7 @@ macro_rules! ensure_usage {
 /// Print `error: [rank N: ]message` as one line, written at once (under mpirun another rank's
 /// output cannot land inside it). Each cause is added once: a message that already quotes its
 /// source (`{path}: {source}`) does not repeat it.
-fn report_error(e: &anyhow::Error, rank: Option<usize>) {
+fn report_error(e: &anyhow::Error, rank: Option<usize>, format: LogFormat) {
     use std::io::Write as _;
     let mut message = String::new();
     for cause in e.chain() {
@@ -381,9 +396,22 @@ fn report_error(e: &anyhow::Error, rank: Option<usize>) {
         }
         message.push_str(&text);
     }
-    let line = match rank {
-        Some(rank) => format!("error: rank {rank}: {}\n", message.replace('\n', " ")),
-        None => format!("error: {}\n", message.replace('\n', " ")),
+    let message = message.replace('\n', " ");
+    let line = match (format, rank) {
+        // A JSON line like the logs' (`micn-launch --log-format json` keeps standard error JSON).
+        (LogFormat::Json, rank) => {
+            let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let object = serde_json::json!({
+                "time": time.as_secs_f64(),
+                "level": "ERROR",
+                "target": "micn",
+                "rank": rank.unwrap_or(0),
+                "message": format!("error: {message}"),
+            });
+            format!("{object}\n")
+        }
+        (LogFormat::Text, Some(rank)) => format!("error: rank {rank}: {message}\n"),
+        (LogFormat::Text, None) => format!("error: {message}\n"),
     };
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
     logging::append_to_file(&line);
@@ -395,8 +423,10 @@ fn is_input_error(e: &anyhow::Error) -> bool {
     use micn::train::trainer::TrainError;
     e.chain().any(|cause| {
         cause.is::<UsageError>()
+            || cause.downcast_ref::<dist::CommError>().is_some_and(|c| matches!(c, dist::CommError::MpiNotBuilt))
             || cause.is::<micn::config::ConfigError>()
-            || cause.is::<micn::data::DataError>()
+            || cause.downcast_ref::<micn::data::DataError>().is_some_and(micn::data::DataError::is_input_error)
+            || cause.downcast_ref::<micn::checkpoint::CheckpointError>().is_some_and(|c| c.is_input_error())
             || cause.is::<micn::model::ModelError>()
             || cause.downcast_ref::<TrainError>().is_some_and(TrainError::is_input_error)
     })
@@ -577,9 +607,9 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             }
         }
-        Command::Eval { run, checkpoint, data, split, json } => {
+        Command::Eval { run, checkpoint, data, split, device, json } => {
             let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
-            let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), split, comm)?;
+            let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), split, device, comm)?;
             if comm.rank() == 0 {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -1,4 +1,6 @@
-//! Every copy between the host and the device goes through here, and is counted.
+//! Every copy between the host and the device that a training step makes goes through here, and
+//! is counted. (Evaluation, model building, loading and saving still copy by themselves: they are
+//! not per-step costs.)
 //!
 //! On a GPU each of these is a blocking copy (a download always waits for the device; an upload
 //! from pageable memory waits too), so their number per step is what keeps a device busy or

@@ -203,8 +203,10 @@ fn log_format_json(micn_args: &[String]) -> bool {
 }
 
 /// The command of a restart: the same, resuming from the newest checkpoint (`--resume auto`,
-/// also in place of a `--resume PATH` the first attempt started from).
+/// also in place of a `--resume PATH` the first attempt started from, and without the first
+/// attempt's `--overwrite`, which would delete the run the restart is to continue).
 fn resume_auto(cmd: &mut Vec<String>) {
+    cmd.retain(|a| a != "--overwrite");
     if let Some(i) = cmd.iter().position(|a| a == "--resume") {
         if let Some(value) = cmd.get_mut(i + 1) {
             *value = "auto".into();
@@ -590,6 +592,10 @@ mod tests {
         let mut cmd = strings(&["micn", "train", "--resume=runs/x/checkpoints/step-5"]);
         resume_auto(&mut cmd);
         assert_eq!(cmd, strings(&["micn", "train", "--resume", "auto"]));
+        // A first attempt that replaced an old run: its restart continues the new one.
+        let mut cmd = strings(&["micn", "train", "--config", "c.toml", "--overwrite"]);
+        resume_auto(&mut cmd);
+        assert_eq!(cmd, strings(&["micn", "train", "--config", "c.toml", "--resume", "auto"]));
     }
 
     #[test]

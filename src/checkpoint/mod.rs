@@ -4,7 +4,8 @@
 //! step-00000123/model.safetensors      every parameter and buffer, by its var-store name
 //! step-00000123/optimizer.safetensors  Adam's moments (`m.<name>`, `v.<name>`)
 //! step-00000123/state.json             step, epoch, position in the epoch (global samples),
-//!                                      seed, world size, resolved config and its hash, version
+//!                                      seed, world size, resolved config and its hash, version,
+//!                                      every validation score so far (one at its own step)
 //! step-00000123/manifest.json          size and xxh3 of each file above
 //! step-00000123/COMPLETE               written last
 //! ```
@@ -20,7 +21,8 @@
 //!
 //! - `format.rs`: the manifest and the safetensors header, no libtorch.
 //! - `save.rs`: [`save`] (atomic; removes what a failed save wrote) and [`retain`].
-//! - `load.rs`: [`verify`], [`latest`] and the checked loaders.
+//! - `load.rs`: [`verify`], [`latest`], the checked loaders and [`write_tensors`] (the
+//!   safetensors writer beside its reader).
 //! - `policy.rs`: which checkpoints retention keeps, a pure function.
 use std::path::{Path, PathBuf};
 
@@ -57,6 +59,17 @@ pub enum CheckpointError {
     /// The configuration saved in `state.json` does not validate (the error names the file).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+}
+
+impl CheckpointError {
+    /// Whether using the same checkpoint again would fail the same way (it is missing, damaged or
+    /// does not fit), as opposed to a passing I/O failure.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => crate::data::is_lasting(source),
+            _ => true,
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {

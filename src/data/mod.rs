@@ -75,3 +75,22 @@ pub enum DataError {
     #[error("{0}: already exists; choose another --out or remove it first")]
     OutputExists(PathBuf),
 }
+
+/// An I/O error that the same command would meet again: a missing file, a file it may not read,
+/// bytes that are not what they should be. Others (EIO, a full disk, too many open files) may pass.
+pub fn is_lasting(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), NotFound | PermissionDenied | InvalidData | InvalidInput | AlreadyExists | IsADirectory | NotADirectory)
+}
+
+impl DataError {
+    /// Whether running the same command again would fail the same way (a missing or bad input),
+    /// as opposed to a passing I/O failure.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => is_lasting(source),
+            Self::BrokenStream { read, source, .. } => read.gzip || is_lasting(source),
+            _ => true,
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! over the batch-normalised `[user, e_target, masked-sum(history)]`, plus a wide linear layer
 //! over `[e_target, Σ history, e_target ⊙ Σ history]`, their logits added.
 //!
-//! The normalisation matters: the summed history is two orders of magnitude larger than the
+//! The normalisation matters: the summed history's values are about 30 times larger than the
 //! target's embedding, which carries the signal, so without it the deep part barely learns.
 //! DIEN's script calls its batch normalisation without `training=True`, which never normalises;
 //! here it is real, over the global batch (as Dice's statistics are).

@@ -76,6 +76,10 @@ pub enum TrainError {
          users, items or categories"
     )]
     VocabularyMismatch { path: PathBuf, trained_on: PathBuf, detail: String },
+    /// What only rank 0 does (claim the run directory, write a checkpoint) failed there; rank 0
+    /// reports why. `input`: its error is one that retrying cannot fix.
+    #[error("rank 0 could not {what}; its error says why")]
+    PeerFailed { what: &'static str, input: bool },
     #[error("run.dir is empty: set it to the directory the run should be written to")]
     NoRunDir,
     #[error(
@@ -91,10 +95,16 @@ impl TrainError {
     /// Whether the same command would fail the same way again (a dataset, checkpoint or device
     /// that does not fit the configuration), as opposed to a crash or an I/O failure.
     pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::PeerFailed { input, .. } => return *input,
+            Self::Data(e) => return e.is_input_error(),
+            Self::Checkpoint(e) => return e.is_input_error(),
+            Self::Step(StepError::NonFinite { .. }) => return true,
+            _ => {}
+        }
         matches!(
             self,
-            Self::Data(_)
-                | Self::Batch(_)
+            Self::Batch(_)
                 | Self::Model(_)
                 | Self::NoCuda
                 | Self::NothingToResume { .. }
@@ -556,12 +566,23 @@ fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Resu
     } else {
         Ok(())
     };
-    let ok = comm.broadcast_vec(0, &[u8::from(result.is_ok())])?[0] == 1;
+    agree_on_rank0(comm, result, "claim the run directory")
+}
+
+/// Every rank learns the outcome of what only rank 0 did: rank 0 returns its own error, the
+/// others [`TrainError::PeerFailed`], classified alike, so every rank exits with the same status.
+fn agree_on_rank0(comm: &dyn Communicator, result: Result<(), TrainError>, what: &'static str) -> Result<(), TrainError> {
+    let code = match &result {
+        Ok(()) => 0u8,
+        Err(e) if e.is_input_error() => 3,
+        Err(_) => 1,
+    };
+    let agreed = comm.broadcast_vec(0, &[code])?[0];
     result?;
-    if !ok {
-        return Err(TrainError::RunFile { path: dir.clone(), message: "rank 0 refused the run directory".into() });
+    match agreed {
+        0 => Ok(()),
+        code => Err(TrainError::PeerFailed { what, input: code == 3 }),
     }
-    Ok(())
 }
 
 /// The dataset must keep histories at least as long as the model reads.
@@ -632,14 +653,13 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let metrics_path = run_dir.join("metrics.jsonl");
     if rank0 {
         std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-        let config_path = run_dir.join("config.toml");
-        std::fs::write(&config_path, cfg.to_toml()).map_err(io_err(&config_path))?;
+        let config = cfg.to_toml();
+        replace_file(&run_dir.join("config.toml"), |tmp| std::fs::write(tmp, &config))?;
     }
     if rank0 {
         // Lines written after the checkpoint (by a run that then died) are dropped.
         let kept: String = match &resumed {
-            Some((_, state)) => std::fs::read_to_string(&metrics_path)
-                .unwrap_or_default()
+            Some((_, state)) => read_if_present(&metrics_path)?
                 .lines()
                 .filter(|l| {
                     serde_json::from_str::<serde_json::Value>(l)
@@ -651,7 +671,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 .collect(),
             None => String::new(),
         };
-        std::fs::write(&metrics_path, kept).map_err(io_err(&metrics_path))?;
+        replace_file(&metrics_path, |tmp| std::fs::write(tmp, &kept))?;
     }
     let mut metrics = MetricsLog {
         file: if rank0 {
@@ -808,11 +828,18 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     }
     progress.finish();
     let loop_seconds = loop_started.elapsed().as_secs_f64();
+    // Steps trained by this process (a resumed run's earlier steps took no time here).
+    let steps_here = step - resumed_at;
     let samples_per_sec =
-        (step * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - validation.seconds).max(1e-9);
+        (steps_here * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - validation.seconds).max(1e-9);
     let final_eval = scorer.score(EvalSet::Test)?;
     write_eval(&mut metrics, step, epochs_completed, EvalSet::Test, &final_eval)?;
-    let selected = select_best(cfg, &scorer, &checkpoints.root, (step, &final_eval))?;
+    // After a stop signal there may be little time left: no other checkpoint is loaded and scored.
+    let selected = if stopped_by_signal {
+        None
+    } else {
+        select_best(cfg, &scorer, &checkpoints.root, (step, &final_eval))?
+    };
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
         test_auc: final_eval.auc,
@@ -831,8 +858,8 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         micn: cfg.micn.enabled,
         comm_share: comm_seconds / step_seconds.max(1e-12),
         update_share: update_seconds / step_seconds.max(1e-12),
-        bytes_sent_per_step: bytes_sent as f64 / step.max(1) as f64,
-        transfers_per_step: step_transfers as f64 / (step - resumed_at).max(1) as f64,
+        bytes_sent_per_step: bytes_sent as f64 / steps_here.max(1) as f64,
+        transfers_per_step: step_transfers as f64 / steps_here.max(1) as f64,
         replica_digest: format!("{:016x}", replica_digest(&trainable, &adam)),
         stopped_by_signal,
     };
@@ -846,6 +873,14 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     }
     comm.barrier()?;
     Ok(summary)
+}
+
+/// The text of `path`, or nothing when there is no such file (any other error is one).
+fn read_if_present(path: &Path) -> Result<String, TrainError> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        read => read.map_err(io_err(path)),
+    }
 }
 
 /// Write `path` through a temporary sibling renamed over it: a failure (a full disk) leaves the
@@ -897,8 +932,8 @@ impl Scorer<'_> {
 /// checkpoint records all of them.
 struct Validation {
     ids: Vec<u32>,
-    /// Every evaluation so far (step, AUC, GAUC, log-loss), carried over a resume.
-    evaluations: Vec<(u64, f64, f64, f64)>,
+    /// Every evaluation so far, carried over a resume.
+    evaluations: Vec<checkpoint::Evaluation>,
     seconds: f64,
 }
 
@@ -934,7 +969,8 @@ fn select_best(
                 let auc = state.own_auc()?;
                 Some((auc, state.step, dir))
             })
-            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+            // Ties go to the newest, as retention keeps it (`checkpoint::policy`).
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
             .map(|(_, _, dir)| dir.display().to_string())
             .unwrap_or_default()
     } else {
@@ -1022,18 +1058,10 @@ impl Checkpointing {
         } else {
             Ok(())
         };
-        // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
-        let ok = comm.broadcast_vec(0, &[u8::from(result.is_ok())])?[0] == 1;
         self.last = Instant::now();
         self.last_step = Some(step);
-        result?;
-        if !ok {
-            return Err(TrainError::RunFile {
-                path: self.root.clone(),
-                message: "rank 0 could not write a checkpoint".into(),
-            });
-        }
-        Ok(())
+        // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
+        agree_on_rank0(comm, result.map_err(TrainError::from), "write a checkpoint")
     }
 }
 
@@ -1055,6 +1083,7 @@ pub fn eval_saved(
     dir: &Path,
     data_dir: Option<&Path>,
     split: Split,
+    device: Option<DeviceChoice>,
     comm: &dyn Communicator,
 ) -> Result<EvalResult, TrainError> {
     let mut cfg = if dir.join("state.json").exists() {
@@ -1066,6 +1095,9 @@ pub fn eval_saved(
             .map_err(|e| TrainError::RunFile { path: config_path.clone(), message: e.to_string() })?
     };
     let trained_on = cfg.data.dir.clone();
+    if let Some(choice) = device {
+        cfg.device = choice;
+    }
     if let Some(d) = data_dir {
         cfg.data.dir = d.to_path_buf();
     }
@@ -1144,7 +1176,9 @@ impl Progress {
             let done = step as f64 / self.total.max(1) as f64;
             let width = 30;
             let filled = (done * width as f64) as usize;
-            eprint!(
+            // A closed terminal (EIO) must not stop the run: errors are ignored.
+            let _ = write!(
+                std::io::stderr().lock(),
                 "\r[{}{}] {step}/{} loss {loss:.4} {samples_per_sec:.0} samples/s {:.0}s",
                 "#".repeat(filled),
                 " ".repeat(width - filled),
@@ -1158,7 +1192,7 @@ impl Progress {
 
     fn finish(&self) {
         if self.on {
-            eprintln!();
+            let _ = writeln!(std::io::stderr().lock());
         }
     }
 }

@@ -208,3 +208,29 @@ fn a_history_longer_than_dien_files_keep_is_refused_without_a_flag_they_do_not_h
     assert!(e.contains("DIEN's files fix the history length") && !e.contains("--max-hist-len"), "{e}");
     assert!(e.contains(&format!("set data.max_hist_len to {kept} or less")), "{e}");
 }
+
+#[test]
+fn every_rank_refuses_an_existing_run_with_the_same_input_error_status() {
+    // Rank 0 decides; the others must fail the same way (status 3), or an MPI job could exit 1 and
+    // be restarted by the launcher with `--resume auto` into the run it refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_cli(&run, &["train.max_steps=2"]);
+    let cfg = crate::small_config(&run, &[]);
+    let errors = micn::dist::ThreadRanks::run(2, |comm| {
+        micn::train::trainer::train_from(&cfg, &comm, &micn::train::trainer::Resume::Fresh).unwrap_err()
+    });
+    assert!(errors[0].to_string().contains("already holds a run"), "{}", errors[0]);
+    assert!(errors[1].to_string().contains("rank 0 could not claim the run directory"), "{}", errors[1]);
+    assert!(errors.iter().all(|e| e.is_input_error()), "{errors:?}");
+}
+
+#[test]
+fn a_command_line_that_cannot_work_exits_3_and_help_exits_0() {
+    let out = micn(&["train", "--no-such-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--no-such-flag"));
+    let help = micn(&["train", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--overwrite"));
+}
