@@ -139,12 +139,14 @@ fn read_run(dir: &Path) -> Result<Run, String> {
         ));
     }
     let number = |key: &str| summary[key].as_f64().ok_or_else(|| format!("summary.json: no number {key}"));
+    // The model selected by validation AUC, where the run has one; else the final model.
+    let selected = |key: &str| summary["selected"][key].as_f64().map_or_else(|| number(key), Ok);
     let mut run = Run {
         dir: dir.to_path_buf(),
         config: flatten(&config).into_iter().collect(),
-        test_auc: number("test_auc")?,
-        test_gauc: number("test_gauc")?,
-        test_logloss: number("test_logloss")?,
+        test_auc: selected("test_auc")?,
+        test_gauc: selected("test_gauc")?,
+        test_logloss: selected("test_logloss")?,
         seconds: number("seconds")?,
         oracle_auc: summary["oracle_auc"].as_f64(),
         losses: BTreeMap::new(),
@@ -537,8 +539,9 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     let table = group(&found.runs);
     let mut md = format!(
         "# micn report\n\n{} finished runs under {} in {} groups; the columns are the configuration keys \
-         whose values differ between runs (`train.seed` and `run.dir` aside). Metrics are on the test set at \
-         the end of each run: mean ± sample standard deviation over the n runs of a group.\n\n",
+         whose values differ between runs (`train.seed` and `run.dir` aside). Metrics are on the test set, \
+         of each run's checkpoint with the best validation AUC (of the final model for runs without a \
+         validation split): mean ± sample standard deviation over the n runs of a group.\n\n",
         found.runs.len(),
         list(dirs),
         table.groups.len()
@@ -589,6 +592,19 @@ mod tests {
     use super::*;
 
     /// A hand-made finished run directory.
+    #[test]
+    fn a_run_counts_with_the_test_metrics_of_its_checkpoint_selected_by_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = run_dir(tmp.path(), "r", 0.3, 1, 0.70);
+        assert_eq!(read_run(&dir).unwrap().test_auc, 0.70, "without `selected`: the final model");
+        let summary = "{\"test_auc\": 0.70, \"test_gauc\": 0.69, \"test_logloss\": 0.5, \"seconds\": 10.0, \
+             \"steps\": 20, \"stopped_by_signal\": false, \"selected\": {\"step\": 10, \"valid_auc\": 0.8, \
+             \"test_auc\": 0.75, \"test_gauc\": 0.74, \"test_logloss\": 0.45}}";
+        std::fs::write(dir.join("summary.json"), summary).unwrap();
+        let run = read_run(&dir).unwrap();
+        assert_eq!((run.test_auc, run.test_gauc, run.test_logloss), (0.75, 0.74, 0.45));
+    }
+
     fn run_dir(root: &Path, name: &str, phi: f64, seed: u64, auc: f64) -> PathBuf {
         run_with(root, name, &format!("[micn]\nphi = {phi:?}\nenabled = true\n[train]\nseed = {seed}\n"), auc)
     }

@@ -479,28 +479,28 @@ fn resume_point(
     resume: &Resume,
 ) -> Result<Option<(PathBuf, checkpoint::State)>, TrainError> {
     let root = cfg.run.dir.join("checkpoints");
-    let chosen: Option<PathBuf> = if comm.rank() == 0 {
-        match resume {
-            Resume::Fresh | Resume::Overwrite => None,
-            Resume::Path(p) => Some(p.clone()),
-            Resume::Auto => {
-                let (found, refused) = checkpoint::latest(&root);
-                for e in &refused {
-                    tracing::warn!("skipping checkpoint: {e}");
-                }
-                if found.is_none() && !refused.is_empty() {
-                    let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
-                    return Err(TrainError::NothingToResume {
-                        path: root,
-                        refused: format!(": {}", reasons.join("; ")),
-                    });
-                }
-                found.map(|(dir, _)| dir)
+    let chosen: Result<Option<PathBuf>, TrainError> = match resume {
+        _ if comm.rank() != 0 => Ok(None),
+        Resume::Fresh | Resume::Overwrite => Ok(None),
+        Resume::Path(p) => Ok(Some(p.clone())),
+        Resume::Auto => {
+            let (found, refused) = checkpoint::latest(&root);
+            for e in &refused {
+                tracing::warn!("skipping checkpoint: {e}");
+            }
+            if found.is_none() && !refused.is_empty() {
+                let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
+                Err(TrainError::NothingToResume { path: root, refused: format!(": {}", reasons.join("; ")) })
+            } else {
+                Ok(found.map(|(dir, _)| dir))
             }
         }
-    } else {
-        None
     };
+    let (chosen, outcome) = match chosen {
+        Ok(chosen) => (chosen, Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    agree_on_rank0(comm, outcome, "choose the checkpoint to resume from")?;
     let text = chosen.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let agreed = String::from_utf8(comm.broadcast_vec(0, text.as_bytes())?).unwrap_or_default();
     if agreed.is_empty() {
