@@ -1,7 +1,12 @@
-//! The training loop: epochs of steps from the prefetching loader, periodic evaluation over all
-//! ranks, `metrics.jsonl` and `summary.json` in the run directory (written by rank 0), and the
-//! final model. The synchronisation points all live in [`super::step::train_step`] and
-//! [`evaluate`]; every rank makes the same collective calls in the same order.
+//! The training loop: the run directory claimed (a fresh run never replaces one), the validation
+//! split held out, epochs of steps from the prefetching loader, evaluations on the validation split
+//! before every checkpoint, the test set scored once at the end, `metrics.jsonl`, `summary.json`
+//! and the final model in the run directory (written by rank 0), and the checkpoint selected by
+//! validation AUC. Every rank makes the same collective calls in the same order: those of
+//! [`super::step::train_step`] and [`evaluate_on`], and the broadcasts by which every rank learns
+//! the outcome of what only rank 0 does (claiming the directory, choosing the checkpoint to resume
+//! from, writing a checkpoint). A rank-0 failure writing `metrics.jsonl` or the summary stops the
+//! job through `main`'s abort.
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
