@@ -3,60 +3,17 @@
 //! where the host fast paths end, for every model with and without MICN, on one and two thread
 //! ranks; and every step makes the number of host↔device transfers counted below.
 use micn::config::Config;
-use micn::data::Dataset;
-use micn::dist::ThreadRanks;
-use micn::train::trainer::{build_model, Built};
 use micn::transfer::{self, Counts};
-use tch::Device;
-
-use crate::train::dataset_dir;
 
 /// Per rank: every trainable variable after 4 steps, and each step's transfers.
-type Ranks = Vec<(Vec<(String, Vec<f32>)>, Vec<Counts>)>;
+type Ranks = Vec<crate::dist::RankSteps<Counts>>;
 
 /// 4 steps of `cfg` on `world` thread ranks, on the path `cfg.train.device_path` selects.
 fn run_steps(cfg: &Config, world: usize) -> Ranks {
-    use micn::train::optim::{Adam, AdamConfig};
-    use micn::train::step::{train_step, StepContext, StepPath, Trainable};
-    ThreadRanks::run(world, |comm| {
-        tch::set_num_threads(1);
-        let rank = micn::dist::Communicator::rank(&comm);
-        let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
-        let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
-        let mut t = Trainable::new(&vs).unwrap().with_path(StepPath::from_config(&cfg.train));
-        let mut adam =
-            Adam::new(AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: cfg.train.adam_eps }, &t.tensors);
-        let loader_cfg = micn::data::loader::LoaderConfig {
-            seed: 5,
-            global_batch: cfg.train.global_batch_size,
-            world,
-            rank,
-            max_hist_len: 10,
-            drop_remainder: true,
-            prefetch: 2,
-            noclick: cfg.model.kind == micn::config::ModelKind::Dien,
-        };
-        let mut counts = Vec::new();
-        for (step, batch) in micn::data::loader::EpochLoader::new(dataset, &loader_cfg, 0, 0).take(4).enumerate() {
-            let ctx = StepContext {
-                comm: &comm,
-                device: Device::Cpu,
-                global_batch: cfg.train.global_batch_size,
-                lambda: 1.0,
-                phi: 0.3,
-                embedding_optimizer: cfg.train.embedding_optimizer,
-                seed: 5,
-                step: step as u64,
-                first_sample: batch.first_position,
-                control: Default::default(),
-            };
-            let before = transfer::counts();
-            train_step(&net, &mut t, &mut adam, &batch, &ctx).unwrap();
-            counts.push(transfer::counts().since(before));
-        }
-        let parameters =
-            t.names.iter().cloned().zip(t.tensors.iter().map(|x| Vec::<f32>::try_from(x.flatten(0, -1)).unwrap()));
-        (parameters.collect(), counts)
+    crate::dist::drive_steps(cfg, world, |_| Default::default(), |step| {
+        let before = transfer::counts();
+        step();
+        transfer::counts().since(before)
     })
 }
 

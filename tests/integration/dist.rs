@@ -96,24 +96,26 @@ fn every_rank_knows_the_global_batchs_micn_positives_without_a_collective() {
     assert!(seen > 0, "the fixture batches must hold positives");
 }
 
-/// One rank's every trainable variable after the steps, and each step's global flags.
-type RankSteps = (Vec<(String, Vec<f32>)>, Vec<micn::train::step::Control>);
+/// Per rank: every trainable variable after the steps, and what `observe` returned for each step.
+pub type RankSteps<T> = (Vec<(String, Vec<f32>)>, Vec<T>);
 
-/// What each rank of `world` thread ranks holds after 4 steps, where rank r passes the run-control
-/// flags `control(r)` every step: every trainable variable, and each step's global flags.
-fn run_steps(
+/// 4 steps of `cfg` (on the path `train.device_path` selects) on `world` thread ranks, where rank r
+/// passes the run-control flags `control(r)` every step; `observe` runs each step and says what
+/// to keep of it.
+pub fn drive_steps<T: Send>(
     cfg: &Config,
     world: usize,
     control: impl Fn(usize) -> micn::train::step::Control + Sync,
-) -> Vec<RankSteps> {
+    observe: impl Fn(&mut dyn FnMut() -> micn::train::step::StepStats) -> T + Sync,
+) -> Vec<RankSteps<T>> {
     use micn::train::optim::{Adam, AdamConfig};
-    use micn::train::step::{train_step, StepContext, Trainable};
+    use micn::train::step::{train_step, StepContext, StepPath, Trainable};
     ThreadRanks::run(world, |comm| {
         tch::set_num_threads(1);
         let rank = micn::dist::Communicator::rank(&comm);
         let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
         let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
-        let mut t = Trainable::new(&vs).unwrap();
+        let mut t = Trainable::new(&vs).unwrap().with_path(StepPath::from_config(&cfg.train));
         let mut adam = Adam::new(AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: cfg.train.adam_eps }, &t.tensors);
         let loader_cfg = micn::data::loader::LoaderConfig {
             seed: 5,
@@ -125,7 +127,7 @@ fn run_steps(
             prefetch: 2,
             noclick: cfg.model.kind == micn::config::ModelKind::Dien,
         };
-        let mut flags = Vec::new();
+        let mut observed = Vec::new();
         for (step, batch) in micn::data::loader::EpochLoader::new(dataset, &loader_cfg, 0, 0).take(4).enumerate() {
             let ctx = StepContext {
                 comm: &comm,
@@ -139,7 +141,7 @@ fn run_steps(
                 first_sample: batch.first_position,
                 control: control(rank),
             };
-            flags.push(train_step(&net, &mut t, &mut adam, &batch, &ctx).unwrap().control);
+            observed.push(observe(&mut || train_step(&net, &mut t, &mut adam, &batch, &ctx).unwrap()));
         }
         let parameters = t
             .names
@@ -147,8 +149,17 @@ fn run_steps(
             .cloned()
             .zip(t.tensors.iter().map(|x| Vec::<f32>::try_from(x.flatten(0, -1)).unwrap()))
             .collect::<Vec<_>>();
-        (parameters, flags)
+        (parameters, observed)
     })
+}
+
+/// Each rank's variables after 4 steps and each step's global run-control flags.
+fn run_steps(
+    cfg: &Config,
+    world: usize,
+    control: impl Fn(usize) -> micn::train::step::Control + Sync,
+) -> Vec<RankSteps<micn::train::step::Control>> {
+    drive_steps(cfg, world, control, |step| step().control)
 }
 
 /// Every trainable variable of a model trained 4 steps on `world` thread ranks.
