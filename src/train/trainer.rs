@@ -723,7 +723,13 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         None => (0, 0, 0),
     };
     let mut epochs_completed = start_epoch;
-    let mut checkpoints = Checkpointing { root: run_dir.join("checkpoints"), rank0, last: Instant::now(), last_step: None };
+    let mut checkpoints = Checkpointing {
+        root: run_dir.join("checkpoints"),
+        rank0,
+        last: Instant::now(),
+        // A resumed run has its checkpoint at the step it starts from already.
+        last_step: resumed.as_ref().map(|(_, state)| state.step),
+    };
     // (epoch, position in the epoch) of the next step.
     let mut next_point = (start_epoch, start_position);
     let mut stopped_by_signal = false;
@@ -819,7 +825,11 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         epochs_completed += 1;
         next_point = (epoch + 1, 0);
         validation.run(&scorer, step, epoch, &mut metrics)?;
-        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch + 1, 0), &validation)?;
+        // Every epoch ends with a checkpoint, unless this step has one already (its position, the
+        // epoch's end, resumes to the same place).
+        if checkpoints.last_step != Some(step) {
+            checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch + 1, 0), &validation)?;
+        }
         steady.resume();
     }
     if step > 0 && checkpoints.last_step != Some(step) {

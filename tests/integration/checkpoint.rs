@@ -60,6 +60,33 @@ fn a_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
 }
 
 #[test]
+fn an_epoch_ends_with_one_checkpoint_and_a_run_resumed_there_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One epoch is this many steps of 48 samples: the training split (`din`: single samples held
+    // out for validation) of the shared dataset.
+    let dataset = micn::data::Dataset::open(crate::train::dataset_dir()).unwrap();
+    let cfg = config(tmp.path(), &[]);
+    let train = dataset.train.samples();
+    let key = |i: usize| train.user_keys[i].to_native();
+    let kept = micn::data::shard::validation_split(train.len(), key, false, cfg.data.valid_share, dataset.meta.seed);
+    let epoch = (kept.train.len() / 48) as u64;
+    // A step-triggered checkpoint on the epoch's last step, and no second one for the epoch's end.
+    let every = format!("checkpoint.every_steps={epoch}");
+    let args = |steps: u64| ["train.epochs=2".to_string(), every.clone(), format!("train.max_steps={steps}")];
+    let stopped = tmp.path().join("stopped");
+    let at_end = args(epoch);
+    run(1, &config(&stopped, &at_end.iter().map(String::as_str).collect::<Vec<_>>()), &Resume::Fresh);
+    let state = micn::checkpoint::verify(&stopped.join("checkpoints").join(micn::checkpoint::dir_name(epoch))).unwrap();
+    assert_eq!((state.epoch, state.position), (0, epoch * 48), "written by the step trigger");
+    let later = args(epoch + 5);
+    let later: Vec<&str> = later.iter().map(String::as_str).collect();
+    run(1, &config(&stopped, &later), &Resume::Auto);
+    let straight = tmp.path().join("straight");
+    run(1, &config(&straight, &later), &Resume::Fresh);
+    assert_eq!(model_bytes(&straight), model_bytes(&stopped));
+}
+
+#[test]
 fn damaged_or_unfinished_checkpoints_are_refused_and_auto_falls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
