@@ -523,10 +523,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         }
         Command::Sweep { file, configs, grid, sets, repeats, np, launch_args, out, dry_run } => {
             use micn::experiment::sweep::{self, SweepSpec};
-            ensure_usage!(
-                comm.size() == 1,
-                "micn sweep starts its own jobs: run it as one process, not under mpirun"
-            );
+            ensure_usage!(comm.size() == 1, "micn sweep starts its own jobs: run it as one process, not under mpirun");
             let mut spec = match &file {
                 Some(path) => SweepSpec::from_file(path)?,
                 None => SweepSpec { repeats: 1, np: 1, ..Default::default() },

@@ -80,7 +80,10 @@ pub enum DataError {
 /// bytes that are not what they should be. Others (EIO, a full disk, too many open files) may pass.
 pub fn is_lasting(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), NotFound | PermissionDenied | InvalidData | InvalidInput | AlreadyExists | IsADirectory | NotADirectory)
+    matches!(
+        e.kind(),
+        NotFound | PermissionDenied | InvalidData | InvalidInput | AlreadyExists | IsADirectory | NotADirectory
+    )
 }
 
 impl DataError {

@@ -91,7 +91,8 @@ impl WideDeep {
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
     pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
-        let (input, normalised) = self.norm.forward_with_input(&Tensor::cat(&[&x.user, &x.target, &hist_sum], -1), train);
+        let (input, normalised) =
+            self.norm.forward_with_input(&Tensor::cat(&[&x.user, &x.target, &hist_sum], -1), train);
         let deep = self.deep.forward(&normalised, train).squeeze_dim(-1);
         // `[e_t, Σ hist]` as the normalisation read it (below a synchronised step's cut).
         let width = *x.target.size().last().expect("[b, w]");

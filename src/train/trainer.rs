@@ -59,9 +59,7 @@ pub enum TrainError {
     RunFile { path: PathBuf, message: String },
     #[error("{path}: {samples} training samples, fewer than one global batch of {batch}")]
     TooFewSamples { path: PathBuf, samples: usize, batch: usize },
-    #[error(
-        "data.max_hist_len = {wanted}, but {path} keeps histories of at most {kept} items: {remedy}"
-    )]
+    #[error("data.max_hist_len = {wanted}, but {path} keeps histories of at most {kept} items: {remedy}")]
     HistoryTooShort { path: PathBuf, wanted: usize, kept: usize, remedy: String },
     #[error("scoring the {set} set")]
     Scores {
@@ -576,7 +574,11 @@ fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Resu
 
 /// Every rank learns the outcome of what only rank 0 did: rank 0 returns its own error, the
 /// others [`TrainError::PeerFailed`], classified alike, so every rank exits with the same status.
-fn agree_on_rank0(comm: &dyn Communicator, result: Result<(), TrainError>, what: &'static str) -> Result<(), TrainError> {
+fn agree_on_rank0(
+    comm: &dyn Communicator,
+    result: Result<(), TrainError>,
+    what: &'static str,
+) -> Result<(), TrainError> {
     let code = match &result {
         Ok(()) => 0u8,
         Err(e) if e.is_input_error() => 3,
@@ -850,11 +852,8 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let final_eval = scorer.score(EvalSet::Test)?;
     write_eval(&mut metrics, step, epochs_completed, EvalSet::Test, &final_eval)?;
     // After a stop signal there may be little time left: no other checkpoint is loaded and scored.
-    let selected = if stopped_by_signal {
-        None
-    } else {
-        select_best(cfg, &scorer, &checkpoints.root, (step, &final_eval))?
-    };
+    let selected =
+        if stopped_by_signal { None } else { select_best(cfg, &scorer, &checkpoints.root, (step, &final_eval))? };
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
         test_auc: final_eval.auc,
@@ -1081,7 +1080,13 @@ impl Checkpointing {
 }
 
 /// An evaluation line of `metrics.jsonl`: `valid_*` or `test_*` fields.
-fn write_eval(metrics: &mut MetricsLog, step: u64, epoch: u64, set: EvalSet<'_>, r: &EvalResult) -> Result<(), TrainError> {
+fn write_eval(
+    metrics: &mut MetricsLog,
+    step: u64,
+    epoch: u64,
+    set: EvalSet<'_>,
+    r: &EvalResult,
+) -> Result<(), TrainError> {
     let mut line = MetricsLine::new(step, epoch);
     let (auc, gauc, logloss) = match set {
         EvalSet::Test => (&mut line.test_auc, &mut line.test_gauc, &mut line.test_logloss),

@@ -18,7 +18,6 @@ fn config(run: &Path, extra: &[&str]) -> Config {
     crate::small_config(run, &sets)
 }
 
-
 /// Wait until a training run has written two metrics lines, send SIGTERM to `child`, and return
 /// what it printed.
 fn sigterm_once_training(child: std::process::Child, run: &Path) -> std::process::Output {

@@ -10,11 +10,16 @@ type Ranks = Vec<crate::dist::RankSteps<Counts>>;
 
 /// 4 steps of `cfg` on `world` thread ranks, on the path `cfg.train.device_path` selects.
 fn run_steps(cfg: &Config, world: usize) -> Ranks {
-    crate::dist::drive_steps(cfg, world, |_| Default::default(), |step| {
-        let before = transfer::counts();
-        step();
-        transfer::counts().since(before)
-    })
+    crate::dist::drive_steps(
+        cfg,
+        world,
+        |_| Default::default(),
+        |step| {
+            let before = transfer::counts();
+            step();
+            transfer::counts().since(before)
+        },
+    )
 }
 
 fn config(kind: &str, micn: bool, device_path: bool) -> Config {

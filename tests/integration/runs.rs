@@ -119,7 +119,8 @@ fn mid_run_evaluations_score_the_validation_split_and_only_the_end_scores_the_te
 
 /// A synthetic dataset unlike the shared one: other users and items, histories of `hist`.
 fn other_dataset(dir: &Path, seed: u64, hist: usize) -> std::path::PathBuf {
-    let cfg = SynthConfig { users: 200, items: 120, clusters: 8, categories: 5, ..synth::Preset::Quickstart.config(seed) };
+    let cfg =
+        SynthConfig { users: 200, items: 120, clusters: 8, categories: 5, ..synth::Preset::Quickstart.config(seed) };
     synthetic_dataset(&cfg, Protocol::Din, hist, dir).unwrap()
 }
 
@@ -195,12 +196,14 @@ fn a_history_longer_than_dien_files_keep_is_refused_without_a_flag_they_do_not_h
         std::fs::copy(src.join(from), dir.join(to)).unwrap();
     }
     let data = tmp.path().join("data");
-    let out = micn(&["prepare", "--input-format", "dien", "--dien-dir"]).arg(&dir).arg("--out").arg(&data).output().unwrap();
+    let out =
+        micn(&["prepare", "--input-format", "dien", "--dien-dir"]).arg(&dir).arg("--out").arg(&data).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let kept = micn::data::Dataset::open(&data).unwrap().meta.max_hist_len;
     let config = tmp.path().join("run.toml");
     let wanted = format!("data.max_hist_len={}", kept + 1);
-    let cfg = crate::small_config(&tmp.path().join("run"), &[&format!("data.dir={:?}", data.display().to_string()), &wanted]);
+    let cfg =
+        crate::small_config(&tmp.path().join("run"), &[&format!("data.dir={:?}", data.display().to_string()), &wanted]);
     std::fs::write(&config, cfg.to_toml()).unwrap();
     let out = micn(&["train", "--config"]).arg(&config).output().unwrap();
     let e = stderr(&out);
