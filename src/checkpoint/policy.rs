@@ -1,13 +1,11 @@
 //! Which checkpoints retention keeps: a pure function of their own evaluations.
 
-/// The indices of the checkpoints to remove, given each checkpoint's AUC from an evaluation made
-/// at its own step (see [`State::own_auc`](super::State::own_auc)), newest first: every one
-/// past the newest `keep`, except the best.
-///
-/// The best is the checkpoint with the highest own AUC; one without an evaluation at its own
-/// step (or with a non-finite AUC) is never the best, since any other AUC in its history scored
-/// an earlier model than the one it holds. Among equal AUCs the newest is the best.
-pub fn to_remove(own_auc_newest_first: &[Option<f64>], keep: usize) -> Vec<usize> {
+/// The index of the best checkpoint, given each checkpoint's AUC from an evaluation made at its
+/// own step (see [`State::own_auc`](super::State::own_auc)), newest first: the highest own AUC.
+/// One without an evaluation at its own step (or with a non-finite AUC) is never the best, since
+/// any other AUC in its history scored an earlier model than the one it holds. Among equal AUCs
+/// the newest is the best.
+pub fn best(own_auc_newest_first: &[Option<f64>]) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, auc) in own_auc_newest_first.iter().enumerate() {
         if let Some(auc) = auc.filter(|a| a.is_finite()) {
@@ -16,7 +14,13 @@ pub fn to_remove(own_auc_newest_first: &[Option<f64>], keep: usize) -> Vec<usize
             }
         }
     }
-    let best = best.map(|(i, _)| i);
+    best.map(|(i, _)| i)
+}
+
+/// The indices of the checkpoints to remove, given their own AUCs newest first (see [`best`]):
+/// every one past the newest `keep`, except the best.
+pub fn to_remove(own_auc_newest_first: &[Option<f64>], keep: usize) -> Vec<usize> {
+    let best = best(own_auc_newest_first);
     (keep..own_auc_newest_first.len()).filter(|&i| Some(i) != best).collect()
 }
 

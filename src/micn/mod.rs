@@ -110,11 +110,11 @@ impl Micn {
         let negative_ids = crate::transfer::upload_i64(&self.negative_ids(seed), device);
         let negatives = embeddings.aux_items(&negative_ids).ok_or(MicnError::NoAuxTables)?;
         let (b, steps) = (aux.hist_mask.size()[0], aux.hist_mask.size()[1]);
-        let mask = crate::model::to_host_f32(&aux.hist_mask);
+        let mask = crate::transfer::download_f32(&aux.hist_mask);
         let logits = self.routing_logits(seed, &mask, steps as usize);
         let logits = crate::transfer::upload_f32(&logits, device).view([b, steps, self.routing.k_max()]);
         let positive = positive_mask(labels, target_items);
-        let positives = crate::model::to_host_f32(&positive.sum(tch::Kind::Float))[0].round() as i64;
+        let positives = crate::transfer::download_f32(&positive.sum(tch::Kind::Float))[0].round() as i64;
         let loss =
             self.loss_with_negatives(aux, (&negative_ids, &negatives), target_items, labels, &logits, normaliser);
         Ok(MicnOutput { loss, positives })

@@ -10,7 +10,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::rng::{CounterRng, StepSeed, ROUTING_STREAM};
-use crate::model::to_host_f32;
+use crate::transfer::download_f32;
 
 /// Inside the square root of squash, so that `s = 0` gives 0 with a finite gradient.
 pub const SQUASH_EPS: f64 = 1e-9;
@@ -69,7 +69,7 @@ pub fn initial_logits(seed: StepSeed, batch: i64, steps: i64, capsules: i64) -> 
 /// `hist_mask [b, T]`, `active [b, K]` → `[b, T, K]` f32
 pub fn initial_logits_used(seed: StepSeed, hist_mask: &Tensor, active: &Tensor) -> Tensor {
     let (b, steps, capsules) = (hist_mask.size()[0] as usize, hist_mask.size()[1] as usize, active.size()[1] as usize);
-    let (real, active) = (to_host_f32(hist_mask), to_host_f32(active));
+    let (real, active) = (download_f32(hist_mask), download_f32(active));
     draw_logits(seed, [b, steps, capsules], |i, t, j| real[i * steps + t] > 0.0 && active[i * capsules + j] > 0.0)
 }
 
@@ -160,7 +160,7 @@ impl Routing {
     /// `hist [b, T, h]`, `hist_mask [b, T]` → [`Capsules`]
     pub fn forward(&self, hist: &Tensor, hist_mask: &Tensor, seed: StepSeed) -> Capsules {
         let (b, steps) = (hist_mask.size()[0], hist_mask.size()[1]);
-        let values = initial_logits_used_host(seed, &to_host_f32(hist_mask), steps as usize, self.k_max);
+        let values = initial_logits_used_host(seed, &download_f32(hist_mask), steps as usize, self.k_max);
         let logits = crate::transfer::upload_f32(&values, hist.device()).view([b, steps, self.k_max]);
         self.forward_from_logits(hist, hist_mask, &logits.to_kind(hist.kind()))
     }
@@ -351,7 +351,7 @@ mod tests {
         let read = hist_mask.unsqueeze(-1) * active.unsqueeze(1); // [b, T, K]
         assert!(used.equal(&(&all * &read)), "the draws where routing reads, zeros elsewhere");
         assert_eq!(f64::try_from(read.sum(Kind::Float)).unwrap(), (9 * 3 + 4 * 2 + 2) as f64);
-        let host = initial_logits_used_host(seed, &to_host_f32(&hist_mask), 9, 4);
+        let host = initial_logits_used_host(seed, &download_f32(&hist_mask), 9, 4);
         assert!(Tensor::from_slice(&host).view([3, 9, 4]).equal(&used), "the same draws from the host mask");
         let from_all = routing.forward_from_logits(&hist, &hist_mask, &all);
         let drawn = routing.forward(&hist, &hist_mask, seed);

@@ -317,7 +317,7 @@ impl RowLeaf {
     /// The gradient of every distinct row (`[ids.len(), d]`, row-major) from the leaf's gradient:
     /// the lookups' gradients summed in lookup order, the same bits every time.
     pub fn row_gradients(&self, grad: &Tensor) -> Vec<f32> {
-        self.sum_rows_host(&super::to_host_f32(grad))
+        self.sum_rows_host(&crate::transfer::download_f32(grad))
     }
 
     /// [`RowLeaf::row_gradients`] of a leaf gradient already on the host (`[lookups, d]`,

@@ -42,12 +42,6 @@ pub enum ModelError {
     Micn(#[from] MicnError),
 }
 
-/// A tensor's values on the host as f32, flattened (copied from any device and kind): one
-/// counted download ([`crate::transfer`]).
-pub fn to_host_f32(t: &Tensor) -> Vec<f32> {
-    crate::transfer::download_f32(t)
-}
-
 /// Which gradient a variable is updated with (SPEC §2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VarGroup {

@@ -21,7 +21,7 @@ use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
 use crate::model::embeddings::{BatchIds, HostIds, Negatives, NoClick, RowLeaf, Task};
 use crate::model::layers::batch_stats;
-use crate::model::{classify, to_host_f32, Network, VarGroup, EMBEDDINGS_PATH};
+use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
 use crate::transfer::{self, download_f32, download_i64, upload_f32, upload_i64};
 
 /// A failed step.
@@ -683,7 +683,7 @@ pub fn broadcast_from_root(comm: &dyn Communicator, vs: &VarStore) -> dist::Resu
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, v) in vars {
-        let mut host = to_host_f32(&v);
+        let mut host = download_f32(&v);
         dist::CommunicatorExt::broadcast(comm, 0, &mut host)?;
         tch::no_grad(|| {
             let mut v = v.shallow_clone();
@@ -698,7 +698,7 @@ pub fn broadcast_from_root(comm: &dyn Communicator, vs: &VarStore) -> dist::Resu
 pub fn replica_digest(t: &Trainable, adam: &Adam) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut feed = |x: &Tensor| {
-        h.update(bytemuck::cast_slice(&to_host_f32(x)));
+        h.update(bytemuck::cast_slice(&download_f32(x)));
     };
     t.tensors.iter().for_each(&mut feed);
     t.buffers.iter().for_each(|(_, b)| feed(b));

@@ -335,7 +335,7 @@ pub fn evaluate_on(
         for batch in eval_batches(samples, set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
             let embedded = net.embeddings.forward(&batch.to_ids(device));
             let logit = net.main.forward(&embedded.main, false).logit;
-            probs.extend(crate::model::to_host_f32(&logit.sigmoid()));
+            probs.extend(crate::transfer::download_f32(&logit.sigmoid()));
             ids.extend(&batch.sample_ids);
             keys.extend(&batch.user_keys);
             labels.extend(&batch.labels);
@@ -976,17 +976,11 @@ fn select_best(
     (final_step, final_eval): (u64, &EvalResult),
 ) -> Result<Option<Selected>, TrainError> {
     let chosen = if scorer.comm.rank() == 0 {
-        checkpoint::list(root)
-            .into_iter()
-            .filter_map(|dir| {
-                let state = checkpoint::verify(&dir).ok()?;
-                let auc = state.own_auc()?;
-                Some((auc, state.step, dir))
-            })
-            // Ties go to the newest, as retention keeps it (`checkpoint::policy`).
-            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
-            .map(|(_, _, dir)| dir.display().to_string())
-            .unwrap_or_default()
+        // The one retention keeps as the best (`checkpoint::policy`).
+        let dirs = checkpoint::list(root);
+        let own_aucs: Vec<Option<f64>> =
+            dirs.iter().map(|dir| checkpoint::verify(dir).ok().and_then(|state| state.own_auc())).collect();
+        checkpoint::policy::best(&own_aucs).map(|i| dirs[i].display().to_string()).unwrap_or_default()
     } else {
         String::new()
     };
