@@ -1146,17 +1146,18 @@ pub enum Split {
 }
 
 /// A model scores another dataset only if its ids mean the same users, items and categories:
-/// the vocabularies must equal those of the dataset it was trained on. When that dataset is gone,
-/// only the sizes can be checked (by the model file's table shapes at load).
+/// the vocabularies must equal those of the dataset it was trained on (only its vocabulary files
+/// are read, not its archives). When that dataset is gone, only the sizes can be checked (by the
+/// model file's table shapes at load).
 fn check_same_vocabularies(trained_on: &Path, given: &Path, dataset: &Dataset) -> Result<(), TrainError> {
-    let Ok(original) = Dataset::open(trained_on) else {
+    let Ok(original) = crate::data::vocab::Vocabularies::read(trained_on) else {
         tracing::warn!(
             trained_on = %trained_on.display(),
-            "the model's training dataset cannot be opened: only vocabulary sizes are checked"
+            "the model's training vocabularies cannot be read: only vocabulary sizes are checked"
         );
         return Ok(());
     };
-    let (a, b) = (&original.vocab, &dataset.vocab);
+    let (a, b) = (&original, &dataset.vocab);
     let differing = [
         ("user", a.users.names != b.users.names, a.users.names.len(), b.users.names.len()),
         ("item", a.items.names != b.items.names, a.items.names.len(), b.items.names.len()),
