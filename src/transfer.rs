@@ -77,17 +77,86 @@ pub fn upload_i64(values: &[i64], device: Device) -> Tensor {
     Tensor::from_slice(values).to_device(device)
 }
 
-/// Consecutive pieces of a 1-D tensor (one packed transfer cut back into its parts), as views.
-pub fn split(packed: &Tensor, lengths: &[usize]) -> Vec<Tensor> {
-    let mut start = 0;
-    lengths
-        .iter()
-        .map(|&n| {
-            let piece = packed.narrow(0, start, n as i64);
-            start += n as i64;
-            piece
-        })
-        .collect()
+/// Host values gathered for one upload: i64 pieces as they are, f32 pieces two to an i64 word
+/// (their bits, in the host's byte order, which the device shares), each piece read back on the
+/// device as a view of the one buffer.
+#[derive(Debug, Default)]
+pub struct Upload {
+    words: Vec<i64>,
+    pieces: Vec<PieceAt>,
+}
+
+/// A piece of an [`Upload`], to read back from its [`Uploaded`] buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece(usize);
+
+#[derive(Debug, Clone, Copy)]
+struct PieceAt {
+    /// First word.
+    start: usize,
+    /// Values (not words).
+    len: usize,
+    float: bool,
+}
+
+impl Upload {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds i64 values.
+    pub fn i64(&mut self, values: &[i64]) -> Piece {
+        self.pieces.push(PieceAt { start: self.words.len(), len: values.len(), float: false });
+        self.words.extend_from_slice(values);
+        Piece(self.pieces.len() - 1)
+    }
+
+    /// Adds f32 values (padded to a whole word).
+    pub fn f32(&mut self, values: &[f32]) -> Piece {
+        self.pieces.push(PieceAt { start: self.words.len(), len: values.len(), float: true });
+        self.words.extend(values.chunks(2).map(|pair| {
+            let mut bytes = [0u8; 8];
+            for (k, x) in pair.iter().enumerate() {
+                bytes[4 * k..][..4].copy_from_slice(&x.to_ne_bytes());
+            }
+            i64::from_ne_bytes(bytes)
+        }));
+        Piece(self.pieces.len() - 1)
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Every piece on `device`: one upload (none when empty).
+    pub fn send(self, device: Device) -> Uploaded {
+        let buffer = if self.words.is_empty() {
+            Tensor::zeros([0], (Kind::Int64, device))
+        } else {
+            upload_i64(&self.words, device)
+        };
+        Uploaded { buffer, pieces: self.pieces }
+    }
+}
+
+/// The buffer of an [`Upload`] on the device.
+#[derive(Debug)]
+pub struct Uploaded {
+    buffer: Tensor,
+    pieces: Vec<PieceAt>,
+}
+
+impl Uploaded {
+    /// A piece as a 1-D view: i64 or f32, as it was added.
+    pub fn get(&self, piece: Piece) -> Tensor {
+        let at = self.pieces[piece.0];
+        if !at.float {
+            return self.buffer.narrow(0, at.start as i64, at.len as i64);
+        }
+        let words = at.len.div_ceil(2) as i64;
+        self.buffer.narrow(0, at.start as i64, words).view_dtype(Kind::Float).narrow(0, 0, at.len as i64)
+    }
 }
 
 #[cfg(test)]
@@ -113,8 +182,26 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_transfer_splits_back_into_its_parts() {
-        let parts = split(&Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]), &[2, 0, 4]);
-        assert_eq!(parts.iter().map(download_i64).collect::<Vec<_>>(), [vec![1, 2], vec![], vec![3, 4, 5, 6]]);
+    fn one_upload_carries_i64_and_f32_pieces_back_bit_for_bit() {
+        let before = counts();
+        let mut upload = Upload::new();
+        let odd = [1.5f32, -0.0, f32::MIN_POSITIVE];
+        let (a, b, c, d, e) = (
+            upload.i64(&[7, -3, i64::MAX]),
+            upload.f32(&odd),
+            upload.i64(&[]),
+            upload.f32(&[f32::NAN, 2.25]),
+            upload.i64(&[i64::MIN]),
+        );
+        let sent = upload.send(Device::Cpu);
+        assert_eq!(counts().since(before), Counts { uploads: 1, downloads: 0 });
+        assert_eq!(Vec::<i64>::try_from(sent.get(a)).unwrap(), [7, -3, i64::MAX]);
+        let floats = Vec::<f32>::try_from(sent.get(b)).unwrap();
+        assert_eq!(floats.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), odd.map(f32::to_bits));
+        assert_eq!(sent.get(c).size(), [0]);
+        let floats = Vec::<f32>::try_from(sent.get(d)).unwrap();
+        assert!(floats[0].is_nan() && floats[1] == 2.25);
+        assert_eq!(Vec::<i64>::try_from(sent.get(e)).unwrap(), [i64::MIN]);
+        assert_eq!((sent.get(b).kind(), sent.get(e).kind()), (Kind::Float, Kind::Int64));
     }
 }

@@ -110,9 +110,7 @@ impl Micn {
         let negative_ids = crate::transfer::upload_i64(&self.negative_ids(seed), device);
         let negatives = embeddings.aux_items(&negative_ids).ok_or(MicnError::NoAuxTables)?;
         let (b, steps) = (aux.hist_mask.size()[0], aux.hist_mask.size()[1]);
-        let mask = crate::transfer::download_f32(&aux.hist_mask);
-        let logits = self.routing_logits(seed, &mask, steps as usize);
-        let logits = crate::transfer::upload_f32(&logits, device).view([b, steps, self.routing.k_max()]);
+        let logits = self.routing_logits(seed, b, steps, device);
         let positive = positive_mask(labels, target_items);
         let positives = crate::transfer::download_f32(&positive.sum(tch::Kind::Float))[0].round() as i64;
         let loss =
@@ -125,11 +123,10 @@ impl Micn {
         self.sampler.draw(seed.seed, self.num_negatives)
     }
 
-    /// The initial routing logits of a batch, `[b, T, K_max]` row-major, drawn on the host from
-    /// `seed` and the host copy of its `hist_mask` (`[b, T]` row-major): upload them for
-    /// [`Micn::loss_with_negatives`].
-    pub fn routing_logits(&self, seed: StepSeed, hist_mask: &[f32], steps: usize) -> Vec<f32> {
-        routing::initial_logits_used_host(seed, hist_mask, steps, self.routing.k_max())
+    /// The initial routing logits of a batch of `b` samples padded to `steps`, `[b, T, K_max]`
+    /// f32 on `device`, drawn there from `seed` ([`routing::initial_logits`]).
+    pub fn routing_logits(&self, seed: StepSeed, b: i64, steps: i64, device: tch::Device) -> Tensor {
+        routing::initial_logits(seed, b, steps, self.routing.k_max(), device)
     }
 
     /// `L_micn` ([`Micn::loss`]) with the negatives already embedded, `(ids, vectors)` (the ids

@@ -7,10 +7,9 @@
 //! built from detached `ê` (and the random start), so `S` learns only through `s_j` of the last
 //! iteration. A user with `len_u` real behaviours has `K_u = max(1, min(K_max, ⌊log₂ len_u⌋))`
 //! active capsules; capsules `j ≥ K_u` get no routing weight and come out as zero vectors.
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
-use super::rng::{CounterRng, StepSeed, ROUTING_STREAM};
-use crate::transfer::download_f32;
+use super::rng::{NormalField, StepSeed, ROUTING_STREAM};
 
 /// Inside the square root of squash, so that `s = 0` gives 0 with a finite gradient.
 pub const SQUASH_EPS: f64 = 1e-9;
@@ -52,70 +51,22 @@ pub fn active_capsules(hist_mask: &Tensor, k_max: i64) -> Tensor {
 
 /// The initial routing logits `b_ij ~ N(0, 1)`: the value of sample `i`, slot `t`, capsule `j` is
 /// a function of `(seed.seed, seed.first_sample + i, t, j)` only, so it does not depend on the
-/// batch's padding width or on the rank that holds the sample. Generated on the CPU.
+/// batch's padding width or on the rank that holds the sample. Drawn by tensor operations on
+/// `device` ([`NormalField`]): no transfer. Routing reads only real behaviours and active
+/// capsules; the other entries are drawn too and change nothing.
 ///
 /// # Shapes
 /// → `[b, T, K]` f32
-pub fn initial_logits(seed: StepSeed, batch: i64, steps: i64, capsules: i64) -> Tensor {
-    draw_logits(seed, [batch, steps, capsules].map(|n| n as usize), |_, _, _| true)
-}
-
-/// [`initial_logits`] where routing reads them, 0 elsewhere: real behaviours (`hist_mask`) and
-/// active capsules (`active`). Routing gives padded behaviours no weight and inactive capsules a
-/// logit of −∞ whatever the values there, so its result is the same bit for bit, with the draws
-/// (a hash, a logarithm and a cosine each) only for the entries that count.
-///
-/// # Shapes
-/// `hist_mask [b, T]`, `active [b, K]` → `[b, T, K]` f32
-pub fn initial_logits_used(seed: StepSeed, hist_mask: &Tensor, active: &Tensor) -> Tensor {
-    let (b, steps, capsules) = (hist_mask.size()[0] as usize, hist_mask.size()[1] as usize, active.size()[1] as usize);
-    let (real, active) = (download_f32(hist_mask), download_f32(active));
-    draw_logits(seed, [b, steps, capsules], |i, t, j| real[i * steps + t] > 0.0 && active[i * capsules + j] > 0.0)
-}
-
-/// [`initial_logits_used`] from the mask on the host (`hist_mask [b, T]`, row-major), with the
-/// active capsules worked out there by [`interest_count`]'s rule: the same values, with no
-/// transfer; the caller uploads them (`[b, T, k_max]`, row-major).
-pub fn initial_logits_used_host(seed: StepSeed, hist_mask: &[f32], steps: usize, k_max: i64) -> Vec<f32> {
-    let b = hist_mask.len().checked_div(steps).unwrap_or(0);
-    let capsules = k_max as usize;
-    let active: Vec<usize> = (0..b)
-        .map(|i| {
-            let length = hist_mask[i * steps..][..steps].iter().sum::<f32>().round() as i64;
-            (1..=k_max.min(62)).filter(|&k| length >= 1i64 << k).count().max(1)
-        })
-        .collect();
-    draw_values(seed, [b, steps, capsules], |i, t, j| hist_mask[i * steps + t] > 0.0 && j < active[i])
-}
-
-/// The `[b, T, K]` logits of [`initial_logits`] at the entries `(i, t, j)` that `wanted`, 0 at
-/// the others.
-fn draw_logits(
-    seed: StepSeed,
-    [b, steps, capsules]: [usize; 3],
-    wanted: impl Fn(usize, usize, usize) -> bool,
-) -> Tensor {
-    let values = draw_values(seed, [b, steps, capsules], wanted);
-    Tensor::from_slice(&values).view([b as i64, steps as i64, capsules as i64])
-}
-
-/// The values of [`draw_logits`], row-major.
-fn draw_values(
-    seed: StepSeed,
-    [b, steps, capsules]: [usize; 3],
-    wanted: impl Fn(usize, usize, usize) -> bool,
-) -> Vec<f32> {
-    let rng = CounterRng::new(seed.seed, ROUTING_STREAM);
-    let mut values = vec![0.0f32; b * steps * capsules];
-    for i in 0..b {
-        for t in 0..steps {
-            for j in (0..capsules).filter(|&j| wanted(i, t, j)) {
-                let key = [seed.first_sample + i as u64, t as u64, j as u64];
-                values[(i * steps + t) * capsules + j] = rng.normal(&key) as f32;
-            }
-        }
-    }
-    values
+pub fn initial_logits(seed: StepSeed, batch: i64, steps: i64, capsules: i64, device: Device) -> Tensor {
+    let range = |n: i64, shape: [i64; 3]| Tensor::arange(n, (Kind::Int64, device)).view(shape);
+    let sample = range(batch, [batch, 1, 1]) + seed.first_sample as i64;
+    let words = [
+        sample.bitwise_and(0xFFFF_FFFFi64),
+        sample.bitwise_right_shift_tensor_scalar(32),
+        range(steps, [1, steps, 1]),
+        range(capsules, [1, 1, capsules]),
+    ];
+    NormalField::new(seed.seed, ROUTING_STREAM).tensor(&words).to_kind(Kind::Float)
 }
 
 /// Interest capsules of a batch of users.
@@ -152,16 +103,14 @@ impl Routing {
         self.k_max
     }
 
-    /// Routes the history into capsules, drawing the initial logits from `seed` (on the host,
-    /// from the mask read back from the device: a download and an upload; the training step
-    /// draws them from its own host copy of the mask and calls [`Routing::forward_from_logits`]).
+    /// Routes the history into capsules, drawing the initial logits from `seed`
+    /// ([`initial_logits`]).
     ///
     /// # Shapes
     /// `hist [b, T, h]`, `hist_mask [b, T]` → [`Capsules`]
     pub fn forward(&self, hist: &Tensor, hist_mask: &Tensor, seed: StepSeed) -> Capsules {
         let (b, steps) = (hist_mask.size()[0], hist_mask.size()[1]);
-        let values = initial_logits_used_host(seed, &download_f32(hist_mask), steps as usize, self.k_max);
-        let logits = crate::transfer::upload_f32(&values, hist.device()).view([b, steps, self.k_max]);
+        let logits = initial_logits(seed, b, steps, self.k_max, hist.device());
         self.forward_from_logits(hist, hist_mask, &logits.to_kind(hist.kind()))
     }
 
@@ -334,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn routing_draws_only_the_logits_it_reads_and_gets_the_same_bits() {
+    fn routing_reads_the_drawn_logits_only_at_real_behaviours_and_active_capsules() {
         let vs = nn::VarStore::new(Device::Cpu);
         let routing = Routing::new(&vs.root(), 4, 4, 3);
         let seed = StepSeed { seed: 3, first_sample: 7 };
@@ -345,27 +294,27 @@ mod tests {
             &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             &[1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
         ]);
-        let active = active_capsules(&hist_mask, 4);
-        let all = initial_logits(seed, 3, 9, 4);
-        let used = initial_logits_used(seed, &hist_mask, &active);
-        let read = hist_mask.unsqueeze(-1) * active.unsqueeze(1); // [b, T, K]
-        assert!(used.equal(&(&all * &read)), "the draws where routing reads, zeros elsewhere");
+        let all = initial_logits(seed, 3, 9, 4, Device::Cpu);
+        let read = hist_mask.unsqueeze(-1) * active_capsules(&hist_mask, 4).unsqueeze(1); // [b, T, K]
         assert_eq!(f64::try_from(read.sum(Kind::Float)).unwrap(), (9 * 3 + 4 * 2 + 2) as f64);
-        let host = initial_logits_used_host(seed, &download_f32(&hist_mask), 9, 4);
-        assert!(Tensor::from_slice(&host).view([3, 9, 4]).equal(&used), "the same draws from the host mask");
-        let from_all = routing.forward_from_logits(&hist, &hist_mask, &all);
         let drawn = routing.forward(&hist, &hist_mask, seed);
-        assert!(drawn.vectors.equal(&from_all.vectors), "the same capsules, bit for bit");
-        assert!(drawn.active.equal(&from_all.active));
+        let from_all = routing.forward_from_logits(&hist, &hist_mask, &all);
+        assert!(drawn.vectors.equal(&from_all.vectors), "forward draws initial_logits");
+        let only_read = routing.forward_from_logits(&hist, &hist_mask, &(&all * &read));
+        assert!(only_read.vectors.equal(&from_all.vectors), "the same capsules, bit for bit");
+        assert!(drawn.active.equal(&only_read.active));
     }
 
     #[test]
     fn initial_logits_are_keyed_by_global_sample_index() {
-        let a = initial_logits(StepSeed { seed: 5, first_sample: 10 }, 4, 3, 2);
-        let b = initial_logits(StepSeed { seed: 5, first_sample: 12 }, 2, 5, 2);
+        let a = initial_logits(StepSeed { seed: 5, first_sample: 10 }, 4, 3, 2, Device::Cpu);
+        let b = initial_logits(StepSeed { seed: 5, first_sample: 12 }, 2, 5, 2, Device::Cpu);
         // Samples 12 and 13 are rows 2, 3 of the first batch and rows 0, 1 of the second.
         assert!(a.narrow(0, 2, 2).equal(&b.narrow(1, 0, 3)));
-        let c = initial_logits(StepSeed { seed: 6, first_sample: 10 }, 4, 3, 2);
+        let c = initial_logits(StepSeed { seed: 6, first_sample: 10 }, 4, 3, 2, Device::Cpu);
+        // Past 2³² samples the high word keys the draw too.
+        let far = |first_sample| initial_logits(StepSeed { seed: 5, first_sample }, 1, 3, 2, Device::Cpu);
+        assert!(!far(10).equal(&far(10 + (1 << 32))));
         assert!(!a.equal(&c));
     }
 }

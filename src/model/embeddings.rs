@@ -8,12 +8,12 @@
 //! part of `e` is which.
 //!
 //! A training step reads the tables through row leaves ([`RowLeaf`]): the rows the batch's
-//! lookups read, copied out per table and per task, so the backward pass yields dense per-lookup
-//! gradients (summed per row on the host or on the device) and one pass keeps the main and
-//! auxiliary gradients apart.
+//! lookups read, copied out per table and per task, so the backward pass yields each table's
+//! gradient at those rows, dense, and one pass keeps the main and auxiliary gradients apart.
 use tch::{nn, Kind, Tensor};
 
 use super::ModelError;
+use crate::transfer::{Piece, Upload, Uploaded};
 
 /// Vocabulary sizes, id 0 (padding / unknown) included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,11 +293,12 @@ pub enum Task {
     Aux,
 }
 
-/// The rows of one table that one task reads in a training step, copied out of the table into a
-/// leaf tensor, one row per lookup: the backward pass leaves each lookup's gradient in it, dense,
-/// and [`RowLeaf::sum_rows_host`] (on the host) or [`RowLeaf::sum_rows`] (on the leaf's device)
-/// sums them per distinct id (no sparse gradient to coalesce). The `e_aux` tables get one leaf
-/// per task, so a single backward pass keeps the two tasks' gradients apart.
+/// The rows of one table that one task reads in a training step: one row per distinct id,
+/// copied out of the table into a leaf tensor that the lookups then index. The backward pass
+/// sums every lookup's gradient into its row (`index_select`'s backward, an `index_add_`: on the
+/// CPU in lookup order, the same bits every time), so the leaf's gradient is the table's gradient
+/// at those rows, dense, with no sparse gradient to coalesce. The `e_aux` tables get one leaf per
+/// task, so a single backward pass keeps the two tasks' gradients apart.
 #[derive(Debug)]
 pub struct RowLeaf {
     /// The table's variable name under [`super::EMBEDDINGS_PATH`] (`user`, `item`, `cat_aux`, ...).
@@ -305,47 +306,18 @@ pub struct RowLeaf {
     pub task: Task,
     /// Distinct ids, ascending.
     pub ids: Vec<i64>,
-    /// For every lookup (row of the leaf), the index of its id in `ids`.
-    pub index: Vec<usize>,
-    /// `index` on the leaf's device, `[lookups]` i64.
-    pub index_on_device: Tensor,
-    /// `[lookups, d]`, requires grad.
+    /// `ids` on the leaf's device, `[rows]` i64.
+    pub ids_on_device: Tensor,
+    /// `[ids.len(), d]`, requires grad.
     pub leaf: Tensor,
-}
-
-impl RowLeaf {
-    /// The gradient of every distinct row (`[ids.len(), d]`, row-major) from the leaf's gradient:
-    /// the lookups' gradients summed in lookup order, the same bits every time.
-    pub fn row_gradients(&self, grad: &Tensor) -> Vec<f32> {
-        self.sum_rows_host(&crate::transfer::download_f32(grad))
-    }
-
-    /// [`RowLeaf::row_gradients`] of a leaf gradient already on the host (`[lookups, d]`,
-    /// row-major).
-    pub fn sum_rows_host(&self, g: &[f32]) -> Vec<f32> {
-        let dim = g.len() / self.index.len().max(1);
-        let mut rows = vec![0f32; self.ids.len() * dim];
-        for (lookup, &row) in g.chunks_exact(dim.max(1)).zip(&self.index) {
-            rows[row * dim..][..dim].iter_mut().zip(lookup).for_each(|(a, b)| *a += b);
-        }
-        rows
-    }
-
-    /// The same sums on the gradient's device (`index_add_`), `[ids.len(), d]`: no transfer.
-    /// The order of the additions is the device's (on a GPU, atomics in any order).
-    pub fn sum_rows(&self, grad: &Tensor) -> Tensor {
-        let dim = grad.size()[1];
-        let sums = Tensor::zeros([self.ids.len() as i64, dim], (grad.kind(), grad.device()));
-        sums.index_add(0, &self.index_on_device, grad)
-    }
 }
 
 /// A training batch embedded from row leaves ([`Embeddings::forward_train`]).
 #[derive(Debug)]
 pub struct TrainingInput {
     pub embedded: Embedded,
-    /// `e_aux` of MICN's sampled negatives, `[K, 2d]`, when negatives were given.
-    pub negatives: Option<Tensor>,
+    /// MICN's sampled negatives when they were given: their ids `[K]` (i64) and `e_aux` `[K, 2d]`.
+    pub negatives: Option<(Tensor, Tensor)>,
     /// Every leaf the batch's lookups read from.
     pub leaves: Vec<RowLeaf>,
 }
@@ -364,41 +336,155 @@ pub struct HostIds<'a> {
     pub noclick: Option<(&'a [i64], &'a [i64])>,
 }
 
-/// MICN's sampled negatives, on the host and on the device (the same ids).
-#[derive(Debug, Clone, Copy)]
-pub struct Negatives<'a> {
-    pub host: &'a [i64],
-    /// `[K]` i64
-    pub tensor: &'a Tensor,
-}
-
 /// The distinct ids of `lookups`, ascending, and for every lookup the index of its id among them.
-fn distinct_rows(lookups: &[i64]) -> (Vec<i64>, Vec<usize>) {
+fn distinct_rows(lookups: &[i64]) -> (Vec<i64>, Vec<i64>) {
     let mut distinct = lookups.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
-    let index =
-        lookups.iter().map(|id| distinct.binary_search(id).expect("every id is among the distinct ones")).collect();
+    let index = lookups
+        .iter()
+        .map(|id| distinct.binary_search(id).expect("every id is among the distinct ones") as i64)
+        .collect();
     (distinct, index)
 }
 
-/// The lookups of one or more tables that share their ids (`item` and `item_aux`, say): the
-/// groups of ids in turn, on the host (to plan the leaf) and on the device (to read the rows).
-struct Gather<'a> {
-    tables: Vec<(&'static str, &'a Tensor)>,
+/// The lookups of one or more tables that share their ids (`item` and `item_aux`, say), planned
+/// on the host: their distinct ids and every lookup's index among them, both in the step's
+/// upload.
+#[derive(Debug)]
+struct PlannedGather {
+    tables: Vec<&'static str>,
     task: Task,
-    host: Vec<&'a [i64]>,
-    device: Vec<Tensor>,
+    ids: Vec<i64>,
+    ids_piece: Piece,
+    index_piece: Piece,
+}
+
+/// The row leaves of one training batch, planned on the host before the step's upload
+/// ([`Embeddings::plan_leaves`]).
+#[derive(Debug)]
+pub struct LeafPlan {
+    gathers: Vec<PlannedGather>,
+    noclick: bool,
+    negatives: Option<(Piece, usize)>,
+}
+
+impl LeafPlan {
+    /// The distinct ids `task` reads from `table`, if it reads it.
+    pub fn ids(&self, table: &str, task: Task) -> Option<&[i64]> {
+        self.gathers.iter().find(|g| g.task == task && g.tables.contains(&table)).map(|g| g.ids.as_slice())
+    }
 }
 
 impl Embeddings {
-    /// Embeds a training batch through row leaves ([`RowLeaf`]): the same values as
-    /// [`Embeddings::forward`], with the main task's lookups (the `e_orig` tables and its
-    /// `e_aux` half of `e`) reading the [`Task::Main`] leaves and MICN's (`e_aux` of the target,
-    /// the history and the sampled `negatives`) the [`Task::Aux`] ones.
-    ///
-    /// Reads the ids back from the tensors (counted downloads); the training step, which has them
-    /// on the host, calls [`Embeddings::forward_train_planned`].
+    fn table(&self, name: &str) -> &Tensor {
+        match (name, &self.aux) {
+            ("user", _) => &self.user,
+            ("item", _) => &self.item,
+            ("cat", _) => &self.cat,
+            ("item_aux", Some(aux)) => &aux.item_aux,
+            ("cat_aux", Some(aux)) => &aux.cat_aux,
+            _ => unreachable!("no embedding table {name}"),
+        }
+    }
+
+    /// Plans the row leaves of a training batch from its ids on the host (`host`) and MICN's
+    /// sampled `negatives`: adds every leaf's distinct ids and lookup indices, and the negatives,
+    /// to `upload`. The main task's lookups (the `e_orig` tables and its `e_aux` half of `e`) read
+    /// [`Task::Main`] leaves, MICN's (`e_aux` of the target, the history and the negatives) the
+    /// [`Task::Aux`] ones.
+    pub fn plan_leaves(&self, host: &HostIds<'_>, negatives: Option<&[i64]>, upload: &mut Upload) -> LeafPlan {
+        let mut plan = LeafPlan { gathers: Vec::new(), noclick: host.noclick.is_some(), negatives: None };
+        let mut add = |tables: Vec<&'static str>, task: Task, groups: &[&[i64]]| {
+            let (ids, index) = distinct_rows(&groups.concat());
+            let (ids_piece, index_piece) = (upload.i64(&ids), upload.i64(&index));
+            plan.gathers.push(PlannedGather { tables, task, ids, ids_piece, index_piece });
+        };
+        add(vec!["user"], Task::Main, &[host.users]);
+        // e = [item; cat; item_aux; cat_aux] of the targets, the history and the no-clicks at once.
+        let (mut items, mut cats) = (vec![host.items, host.hist_items], vec![host.cats, host.hist_cats]);
+        if let Some((noclick_items, noclick_cats)) = host.noclick {
+            items.push(noclick_items);
+            cats.push(noclick_cats);
+        }
+        let with_aux = |table: &'static str, aux: &'static str| match self.aux {
+            Some(_) => vec![table, aux],
+            None => vec![table],
+        };
+        add(with_aux("item", AUX_TABLES[0]), Task::Main, &items);
+        add(with_aux("cat", AUX_TABLES[1]), Task::Main, &cats);
+        // MICN: e_aux of the targets, the history and the negatives, from its own leaves.
+        if let (Some(_), Some(negatives)) = (&self.aux, negatives) {
+            let negative_cats: Vec<i64> = negatives.iter().map(|&id| self.item_cats_host[id as usize]).collect();
+            add(vec![AUX_TABLES[0]], Task::Aux, &[host.items, host.hist_items, negatives]);
+            add(vec![AUX_TABLES[1]], Task::Aux, &[host.cats, host.hist_cats, &negative_cats]);
+            plan.negatives = Some((upload.i64(negatives), negatives.len()));
+        }
+        plan
+    }
+
+    /// Embeds a training batch through the row leaves of `plan`, whose pieces `sent` holds on the
+    /// device: the same values as [`Embeddings::forward`] of `ids`. No transfer.
+    pub fn forward_train_planned(&self, ids: &BatchIds, plan: LeafPlan, sent: &Uploaded) -> TrainingInput {
+        let (b, steps) = (ids.len(), ids.hist_items.size()[1]);
+        let mut leaves = Vec::new();
+        // Per gather, per table: the rows of every lookup in turn.
+        let rows: Vec<Vec<Tensor>> = plan
+            .gathers
+            .into_iter()
+            .map(|g| {
+                let (ids_on_device, index) = (sent.get(g.ids_piece), sent.get(g.index_piece));
+                g.tables
+                    .iter()
+                    .map(|&table| {
+                        let leaf = tch::no_grad(|| self.table(table).index_select(0, &ids_on_device));
+                        let leaf = leaf.set_requires_grad(true);
+                        let rows = leaf.index_select(0, &index);
+                        leaves.push(RowLeaf {
+                            table,
+                            task: g.task,
+                            ids: g.ids.clone(),
+                            ids_on_device: ids_on_device.shallow_clone(),
+                            leaf,
+                        });
+                        rows
+                    })
+                    .collect()
+            })
+            .collect();
+        let (user, main_items, main_cats) = (&rows[0][0], &rows[1], &rows[2]);
+        let mut parts = vec![&main_items[0], &main_cats[0]];
+        if self.aux.is_some() {
+            parts.extend([&main_items[1], &main_cats[1]]);
+        }
+        let e = Tensor::cat(&parts, -1); // [b + b·T (+ b·T), w]
+        debug_assert_eq!(e.size()[1], self.item_width());
+        let history = |rows: &Tensor, start: i64| rows.narrow(0, start, b * steps).view([b, steps, -1]);
+        let main = MainInput {
+            user: user.shallow_clone(),
+            target: e.narrow(0, 0, b),
+            hist: history(&e, b),
+            hist_mask: ids.hist_mask.shallow_clone(),
+            noclick: (plan.noclick && ids.noclick.is_some()).then(|| history(&e, b + b * steps)),
+            ids: ids.shallow_clone(),
+        };
+        let (aux, negatives) = match (rows.get(3), rows.get(4), plan.negatives) {
+            (Some(item_rows), Some(cat_rows), Some((piece, count))) => {
+                let e_aux = Tensor::cat(&[&item_rows[0], &cat_rows[0]], -1);
+                let input = AuxInput {
+                    target: e_aux.narrow(0, 0, b),
+                    hist: history(&e_aux, b),
+                    hist_mask: ids.hist_mask.shallow_clone(),
+                };
+                (Some(input), Some((sent.get(piece), e_aux.narrow(0, b + b * steps, count as i64))))
+            }
+            _ => (None, None),
+        };
+        TrainingInput { embedded: Embedded { main, aux }, negatives, leaves }
+    }
+
+    /// [`Embeddings::forward_train_planned`] for a batch whose ids are only on the device: reads
+    /// them back (counted downloads) to plan the leaves, then uploads the plan (one upload).
     pub fn forward_train(&self, ids: &BatchIds, negatives: Option<&[i64]>) -> TrainingInput {
         use crate::transfer::download_i64;
         let (items, cats) = (download_i64(&ids.items), download_i64(&ids.cats));
@@ -413,137 +499,10 @@ impl Embeddings {
             hist_cats: &hist_cats,
             noclick: noclick.as_ref().map(|(i, c)| (i.as_slice(), c.as_slice())),
         };
-        let negative_tensor = negatives.map(|n| crate::transfer::upload_i64(n, self.item.device()));
-        let negatives = negatives.zip(negative_tensor.as_ref()).map(|(host, tensor)| Negatives { host, tensor });
-        self.forward_train_planned(ids, &host, negatives)
-    }
-
-    /// [`Embeddings::forward_train`] with the batch's ids also on the host (`host`, the values of
-    /// `ids`). The rows are read with the device's ids; the only transfer is one upload of every
-    /// leaf's row index (for [`RowLeaf::sum_rows`]).
-    pub fn forward_train_planned(
-        &self,
-        ids: &BatchIds,
-        host: &HostIds<'_>,
-        negatives: Option<Negatives<'_>>,
-    ) -> TrainingInput {
-        let (b, steps) = (ids.len(), ids.hist_items.size()[1]);
-        let flat = |t: &Tensor| t.flatten(0, -1);
-        let mut gathers = vec![Gather {
-            tables: vec![("user", &self.user)],
-            task: Task::Main,
-            host: vec![host.users],
-            device: vec![ids.users.shallow_clone()],
-        }];
-        // e = [item; cat; item_aux; cat_aux] of the targets, the history and the no-clicks at once.
-        let mut item = Gather {
-            tables: vec![("item", &self.item)],
-            task: Task::Main,
-            host: vec![host.items, host.hist_items],
-            device: vec![ids.items.shallow_clone(), flat(&ids.hist_items)],
-        };
-        let mut cat = Gather {
-            tables: vec![("cat", &self.cat)],
-            task: Task::Main,
-            host: vec![host.cats, host.hist_cats],
-            device: vec![ids.cats.shallow_clone(), flat(&ids.hist_cats)],
-        };
-        if let (Some((noclick_items, noclick_cats)), Some(n)) = (host.noclick, &ids.noclick) {
-            item.host.push(noclick_items);
-            item.device.push(flat(&n.items));
-            cat.host.push(noclick_cats);
-            cat.device.push(flat(&n.cats));
-        }
-        if let Some(aux) = &self.aux {
-            item.tables.push((AUX_TABLES[0], &aux.item_aux));
-            cat.tables.push((AUX_TABLES[1], &aux.cat_aux));
-        }
-        gathers.extend([item, cat]);
-        // MICN: e_aux of the targets, the history and the negatives, from its own leaves.
-        let negative_cats: Option<Vec<i64>> = match (&self.aux, negatives) {
-            (Some(_), Some(n)) => Some(n.host.iter().map(|&id| self.item_cats_host[id as usize]).collect()),
-            _ => None,
-        };
-        if let (Some(aux), Some(n), Some(negative_cats)) = (&self.aux, negatives, &negative_cats) {
-            gathers.push(Gather {
-                tables: vec![(AUX_TABLES[0], &aux.item_aux)],
-                task: Task::Aux,
-                host: vec![host.items, host.hist_items, n.host],
-                device: vec![ids.items.shallow_clone(), flat(&ids.hist_items), n.tensor.shallow_clone()],
-            });
-            gathers.push(Gather {
-                tables: vec![(AUX_TABLES[1], &aux.cat_aux)],
-                task: Task::Aux,
-                host: vec![host.cats, host.hist_cats, negative_cats],
-                device: vec![ids.cats.shallow_clone(), flat(&ids.hist_cats), self.item_cats.index_select(0, n.tensor)],
-            });
-        }
-        let rows = self.gather_all(&gathers);
-        let (user, main_items, main_cats) = (&rows[0].0[0], &rows[1].0, &rows[2].0);
-
-        let mut parts = vec![&main_items[0], &main_cats[0]];
-        if self.aux.is_some() {
-            parts.extend([&main_items[1], &main_cats[1]]);
-        }
-        let e = Tensor::cat(&parts, -1); // [b + b·T (+ b·T), w]
-        debug_assert_eq!(e.size()[1], self.item_width());
-        let history = |rows: &Tensor, start: i64| rows.narrow(0, start, b * steps).view([b, steps, -1]);
-        let main = MainInput {
-            user: user.shallow_clone(),
-            target: e.narrow(0, 0, b),
-            hist: history(&e, b),
-            hist_mask: ids.hist_mask.shallow_clone(),
-            noclick: (host.noclick.is_some() && ids.noclick.is_some()).then(|| history(&e, b + b * steps)),
-            ids: ids.shallow_clone(),
-        };
-        let (aux, negatives) = match (rows.get(3), rows.get(4), negatives) {
-            (Some((item_rows, _)), Some((cat_rows, _)), Some(n)) => {
-                let e_aux = Tensor::cat(&[&item_rows[0], &cat_rows[0]], -1);
-                let input = AuxInput {
-                    target: e_aux.narrow(0, 0, b),
-                    hist: history(&e_aux, b),
-                    hist_mask: ids.hist_mask.shallow_clone(),
-                };
-                (Some(input), Some(e_aux.narrow(0, b + b * steps, n.host.len() as i64)))
-            }
-            _ => (None, None),
-        };
-        let leaves = rows.into_iter().flat_map(|(_, leaves)| leaves).collect();
-        TrainingInput { embedded: Embedded { main, aux }, negatives, leaves }
-    }
-
-    /// For every gather, one leaf per table holding the rows of every id of every group in turn
-    /// (also what the lookups return), and those rows. The row indices of all leaves travel in
-    /// one upload.
-    fn gather_all(&self, gathers: &[Gather<'_>]) -> Vec<(Vec<Tensor>, Vec<RowLeaf>)> {
-        let plans: Vec<(Vec<i64>, Vec<usize>)> = gathers.iter().map(|g| distinct_rows(&g.host.concat())).collect();
-        let packed: Vec<i64> = plans.iter().flat_map(|(_, index)| index.iter().map(|&i| i as i64)).collect();
-        let packed = crate::transfer::upload_i64(&packed, self.item.device());
-        let lengths: Vec<usize> = plans.iter().map(|(_, index)| index.len()).collect();
-        let indices = crate::transfer::split(&packed, &lengths);
-        gathers
-            .iter()
-            .zip(plans)
-            .zip(indices)
-            .map(|((g, (distinct, index)), index_on_device)| {
-                let lookups = Tensor::cat(&g.device, 0);
-                let mut rows = Vec::new();
-                let mut leaves = Vec::new();
-                for &(table, values) in &g.tables {
-                    let leaf = tch::no_grad(|| values.index_select(0, &lookups)).set_requires_grad(true);
-                    rows.push(leaf.shallow_clone());
-                    leaves.push(RowLeaf {
-                        table,
-                        task: g.task,
-                        ids: distinct.clone(),
-                        index: index.clone(),
-                        index_on_device: index_on_device.shallow_clone(),
-                        leaf,
-                    });
-                }
-                (rows, leaves)
-            })
-            .collect()
+        let mut upload = Upload::new();
+        let plan = self.plan_leaves(&host, negatives, &mut upload);
+        let sent = upload.send(self.item.device());
+        self.forward_train_planned(ids, plan, &sent)
     }
 }
 
@@ -616,6 +575,8 @@ mod tests {
         let negatives = [8i64, 2, 8, 5];
         let plain = emb.forward(&ids);
         let TrainingInput { embedded, negatives: negative_rows, leaves } = emb.forward_train(&ids, Some(&negatives));
+        let (negative_ids, negative_rows) = negative_rows.unzip();
+        assert_eq!(Vec::<i64>::try_from(negative_ids.unwrap()).unwrap(), negatives);
         let (main, aux) = (&embedded.main, embedded.aux.as_ref().unwrap());
         assert!(main.user.equal(&plain.main.user) && main.target.equal(&plain.main.target));
         assert!(main.hist.equal(&plain.main.hist));
@@ -666,7 +627,8 @@ mod tests {
             };
             let expected = &reference.iter().find(|(n, _)| *n == leaf.table).unwrap().1;
             let expected = expected.index_select(0, &Tensor::from_slice(&leaf.ids));
-            let rows = Tensor::from_slice(&leaf.row_gradients(&g)).view_as(&expected);
+            assert!(leaf.ids_on_device.equal(&Tensor::from_slice(&leaf.ids)));
+            let rows = g.view_as(&expected);
             let diff = (&rows - &expected).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{} ({:?}): gradient differs by {diff}", leaf.table, leaf.task);
         }

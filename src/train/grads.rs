@@ -6,10 +6,10 @@
 //!
 //! Everything here except the conversions from and to tensors (counted transfers,
 //! [`crate::transfer`]) is a pure function over slices.
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use crate::dist::{self, Communicator};
-use crate::transfer::{download_f32, download_i64, upload_f32, upload_i64};
+use crate::transfer::{download_f32, download_i64};
 
 /// Row gradients of one table: distinct ids in increasing order and their rows, row-major.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -102,11 +102,6 @@ impl RowGrads {
 
     pub fn norm_sq(&self) -> f64 {
         self.rows.iter().map(|&x| (x as f64) * (x as f64)).sum()
-    }
-
-    /// `(ids [r] i64, rows [r, dim] f32)` on `device` (two uploads).
-    pub fn to_tensors(&self, device: Device) -> (Tensor, Tensor) {
-        (upload_i64(&self.ids, device), upload_f32(&self.rows, device).view([self.ids.len() as i64, self.dim as i64]))
     }
 }
 

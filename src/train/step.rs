@@ -5,11 +5,12 @@
 //! normalised by global counts (global batch; global positives for MICN), so N ranks × b samples
 //! compute what one rank with N·b samples does.
 //!
-//! Every host↔device copy goes through [`crate::transfer`], counted: per step two uploads of
-//! the batch (with MICN's negatives and routing logits), one of the row leaves' lookup indices,
-//! and one download of every gradient with the losses; two more each way per normalising layer
-//! (its statistics cross ranks on the host); and on the device path ([`StepPath`]) two uploads for
-//! the update. `tests/integration/device_path.rs` asserts the counts and says what remains.
+//! Every host↔device copy goes through [`crate::transfer`], counted. Per step: one upload (the
+//! batch, MICN's negatives, the row leaves' plan) and one download (with one rank on the device
+//! path ([`StepPath`]), the losses alone: gradients, φ and Adam stay on the device; otherwise
+//! every gradient with the losses, for the host exchange). With more ranks, each normalising
+//! layer adds two transfers each way (its statistics cross ranks on the host) and the device
+//! path one upload for the update. `tests/integration/device_path.rs` asserts the counts.
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -19,10 +20,10 @@ use crate::config::{EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
-use crate::model::embeddings::{BatchIds, HostIds, Negatives, NoClick, RowLeaf, Task};
+use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, NoClick, RowLeaf, Task};
 use crate::model::layers::batch_stats;
 use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
-use crate::transfer::{self, download_f32, download_i64, upload_f32, upload_i64};
+use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Uploaded};
 
 /// A failed step.
 #[derive(Debug, thiserror::Error)]
@@ -284,14 +285,8 @@ enum Pending<'a> {
     NoRows {
         dim: usize,
     },
-    /// Per-lookup gradients of a row leaf (`len` values), summed per row on the host.
-    LookupsToSum {
-        leaf: &'a RowLeaf,
-        len: usize,
-        dim: usize,
-    },
-    /// A row leaf's gradient already summed per row on the device.
-    SummedRows {
+    /// A row leaf's gradient: the table's gradient at the leaf's rows (`len` values).
+    Rows {
         leaf: &'a RowLeaf,
         len: usize,
         dim: usize,
@@ -321,7 +316,6 @@ fn plan_host_grads<'a>(
     which: &[usize],
     targets: &[Target<'a>],
     grads: &[Tensor],
-    on_device: bool,
     parts: &mut Vec<Tensor>,
 ) -> Vec<Pending<'a>> {
     let mut flat = |g: &Tensor| {
@@ -342,8 +336,7 @@ fn plan_host_grads<'a>(
             let dim = var.size()[1] as usize;
             match target {
                 _ if !g.defined() => Pending::NoRows { dim },
-                Target::Rows(leaf) if on_device => Pending::SummedRows { leaf, len: flat(&leaf.sum_rows(g)), dim },
-                Target::Rows(leaf) => Pending::LookupsToSum { leaf, len: flat(g), dim },
+                Target::Rows(leaf) => Pending::Rows { leaf, len: flat(g), dim },
                 Target::Var(_) if g.is_sparse() => {
                     let g = g.coalesce();
                     let ids = download_i64(&g.indices().select(0, 0));
@@ -366,10 +359,7 @@ fn finish_host_grads(pending: Vec<Pending<'_>>, host: &mut &[f32]) -> TaskGrads 
     for p in pending {
         match p {
             Pending::NoRows { dim } => out.tables.push(RowGrads { dim, ..Default::default() }),
-            Pending::LookupsToSum { leaf, len, dim } => {
-                out.tables.push(RowGrads { ids: leaf.ids.clone(), rows: leaf.sum_rows_host(take(len)), dim })
-            }
-            Pending::SummedRows { leaf, len, dim } => {
+            Pending::Rows { leaf, len, dim } => {
                 out.tables.push(RowGrads { ids: leaf.ids.clone(), rows: take(len).to_vec(), dim })
             }
             Pending::SparseRows { ids, len, dim } => out.tables.push(RowGrads { ids, rows: take(len).to_vec(), dim }),
@@ -381,11 +371,35 @@ fn finish_host_grads(pending: Vec<Pending<'_>>, host: &mut &[f32]) -> TaskGrads 
     out
 }
 
-/// The gradient one variable is updated with.
-#[derive(Debug, Clone, PartialEq)]
+/// The gradient one variable is updated with: on the host (after an exchange between ranks, or
+/// on the CPU's host path), or still on the device (one rank on the device path).
+#[derive(Debug)]
 pub enum VarGrad {
     Dense(Vec<f32>),
     Rows(RowGrads),
+    /// The variable's shape.
+    DenseOnDevice(Tensor),
+    /// Distinct row ids `[r]` (i64) and their gradients `[r, d]`.
+    RowsOnDevice {
+        ids: Tensor,
+        rows: Tensor,
+    },
+}
+
+impl VarGrad {
+    /// The same gradient, dense, as a tensor shaped like `var` (on the host for host values):
+    /// for tests.
+    pub fn to_dense(&self, var: &Tensor) -> Tensor {
+        match self {
+            VarGrad::Dense(values) => Tensor::from_slice(values).view(var.size().as_slice()),
+            VarGrad::Rows(rows) => {
+                let (ids, values) = (Tensor::from_slice(&rows.ids), Tensor::from_slice(&rows.rows));
+                scatter_rows(&var.size(), &ids, &values.view([rows.len() as i64, rows.dim as i64]))
+            }
+            VarGrad::DenseOnDevice(g) => g.view(var.size().as_slice()),
+            VarGrad::RowsOnDevice { ids, rows } => scatter_rows(&var.size(), ids, rows),
+        }
+    }
 }
 
 fn per_variable(t: &Trainable, which: &[usize], g: TaskGrads) -> Vec<(usize, VarGrad)> {
@@ -418,8 +432,12 @@ pub fn train_step(
     Ok(stats)
 }
 
-/// Forward, both backward passes, exchange and φ combination: the gradient of every trainable
+/// Forward, the backward pass, exchange and φ combination: the gradient of every trainable
 /// variable (in [`Trainable`] order) as the update will use it, summed over ranks.
+///
+/// With one rank on the device path the gradients never leave the device: the φ combination
+/// runs there too (over the union of both tasks' rows, planned on the host), and the only
+/// transfers of the step are its one upload and the download of the losses.
 pub fn gradients(
     net: &Network,
     t: &Trainable,
@@ -427,7 +445,8 @@ pub fn gradients(
     ctx: &StepContext<'_>,
 ) -> Result<(Vec<VarGrad>, StepStats), StepError> {
     let device = ctx.device;
-    let on_device = t.path.on_device(device);
+    let alone = ctx.comm.size() == 1;
+    let resident = alone && t.path.on_device(device);
     let b_global = ctx.global_batch as f64;
 
     // Global number of MICN positives: from the loader, else summed over ranks.
@@ -443,12 +462,11 @@ pub fn gradients(
         }
     };
 
-    // The batch, MICN's negatives and routing logits, drawn on the host, in two uploads.
+    // The batch, MICN's negatives (drawn on the host) and the row leaves' plan, in one upload.
     let seed = step_seed(ctx);
     let negative_ids = net.micn.as_ref().map(|micn| micn.negative_ids(seed));
-    let routing_logits = net.micn.as_ref().map(|micn| micn.routing_logits(seed, &batch.hist_mask, batch.hist_len));
-    let inputs = upload_batch(batch, negative_ids.as_deref(), routing_logits.as_deref(), net, device);
-    let (ids, labels) = (&inputs.ids, &inputs.labels);
+    let mut upload = Upload::new();
+    let pieces = BatchPieces::add(batch, &mut upload);
     let host_ids = HostIds {
         users: &batch.users,
         items: &batch.items,
@@ -457,21 +475,30 @@ pub fn gradients(
         hist_cats: &batch.hist_cats,
         noclick: batch.noclick.as_ref().map(|(items, cats)| (items.as_slice(), cats.as_slice())),
     };
-    let negatives =
-        negative_ids.as_deref().zip(inputs.negatives.as_ref()).map(|(host, tensor)| Negatives { host, tensor });
+    let plan = net.embeddings.plan_leaves(&host_ids, negative_ids.as_deref(), &mut upload);
+    let unions = if resident { plan_unions(t, &plan, &mut upload) } else { Vec::new() };
+    let sent = upload.send(device);
+    let (ids, labels) = pieces.read(&sent, batch);
+    let routing_logits =
+        net.micn.as_ref().map(|micn| micn.routing_logits(seed, ids.len(), batch.hist_len as i64, device));
 
-    // Forward from the step's row leaves, with Dice's batch statistics over the global batch.
-    let ((input, out), traces) = batch_stats::synchronised(&CommReducer(ctx.comm), || {
-        let input = net.embeddings.forward_train_planned(ids, &host_ids, negatives);
+    // Forward from the step's row leaves, with Dice's batch statistics over the global batch
+    // (one rank's own batch is the global batch: nothing to combine).
+    let forward = || {
+        let input = net.embeddings.forward_train_planned(&ids, plan, &sent);
         let out = net.main.forward(&input.embedded.main, true);
         (input, out)
-    })
-    .map_err(StepError::Stats)?;
-    let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(labels, None, None, Reduction::Sum) / b_global;
+    };
+    let ((input, out), traces) = if alone {
+        (forward(), Vec::new())
+    } else {
+        batch_stats::synchronised(&CommReducer(ctx.comm), forward).map_err(StepError::Stats)?
+    };
+    let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
     let dien_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
-    let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &inputs.negatives, &inputs.routing_logits) {
-        (Some(micn), Some(aux), Some(vectors), Some(negatives), Some(logits)) => {
-            Some(micn.loss_with_negatives(aux, (negatives, vectors), &ids.items, labels, logits, positives))
+    let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &routing_logits) {
+        (Some(micn), Some(aux), Some((negative_ids, vectors)), Some(logits)) => {
+            Some(micn.loss_with_negatives(aux, (negative_ids, vectors), &ids.items, &labels, logits, positives))
         }
         (Some(_), ..) => return Err(StepError::Micn(crate::micn::MicnError::NoAuxTables)),
         _ => None,
@@ -491,15 +518,38 @@ pub fn gradients(
         .reduce(|a, b| a + b);
     let grads = backward_through_cuts(&bce, below_head, &traces, &all, ctx.comm)?;
     let (main_g, aux_g) = grads.split_at(main_targets.len());
+    let zero = || bce.zeros_like();
+    let losses: Vec<Tensor> = [Some(&bce), dien_aux.as_ref(), micn.as_ref()]
+        .into_iter()
+        .map(|loss| loss.map_or_else(zero, |l| l.detach()).to_kind(Kind::Float).reshape([1]))
+        .collect();
+
+    if resident {
+        let main_by_var = device_grads(t, &main_vars, &main_targets, main_g);
+        let aux_by_var = device_grads(t, &aux_vars, &aux_targets, aux_g);
+        let (combined, norms) = combine_on_device(t, main_by_var, aux_by_var, &unions, &sent, ctx.phi);
+        // The step's one download: the losses and the norms.
+        let host = download_f32(&Tensor::cat(&[Tensor::cat(&losses, 0), norms], 0));
+        let stats = StepStats {
+            loss_main: host[0] as f64 + host[1] as f64,
+            loss_dien_aux: host[1] as f64,
+            loss_micn: host[2] as f64,
+            grad_norm_main_e_aux: (host[3] as f64).sqrt(),
+            grad_norm_aux_e_aux: (host[4] as f64).sqrt(),
+            positives,
+            comm_seconds,
+            control: ctx.control,
+            ..Default::default()
+        };
+        check_finite(&stats, ctx)?;
+        return Ok((combined, stats));
+    }
 
     // Every gradient the exchange needs and the three losses, in one download.
     let mut parts = Vec::new();
-    let main_pending = plan_host_grads(t, &main_vars, &main_targets, main_g, on_device, &mut parts);
-    let aux_pending = plan_host_grads(t, &aux_vars, &aux_targets, aux_g, on_device, &mut parts);
-    let zero = || bce.zeros_like();
-    for loss in [Some(&bce), dien_aux.as_ref(), micn.as_ref()] {
-        parts.push(loss.map_or_else(zero, |l| l.detach()).to_kind(Kind::Float).reshape([1]));
-    }
+    let main_pending = plan_host_grads(t, &main_vars, &main_targets, main_g, &mut parts);
+    let aux_pending = plan_host_grads(t, &aux_vars, &aux_targets, aux_g, &mut parts);
+    parts.extend(losses);
     let host = download_f32(&Tensor::cat(&parts, 0));
     let (host, losses) = host.split_at(host.len() - 3);
     let mut host = host;
@@ -524,11 +574,7 @@ pub fn gradients(
         control: Control::from_sums(control),
         ..Default::default()
     };
-    for (which, value) in [("main", stats.loss_main), ("MICN", stats.loss_micn)] {
-        if !value.is_finite() {
-            return Err(StepError::NonFinite { step: ctx.step + 1, which, value });
-        }
-    }
+    check_finite(&stats, ctx)?;
 
     let mut main_by_var: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
     for (i, g) in per_variable(t, &main_vars, main_grads) {
@@ -557,53 +603,153 @@ pub fn gradients(
     Ok((combined, stats))
 }
 
-/// A step's inputs on the device.
-struct DeviceInputs {
-    ids: BatchIds,
-    /// `[b]` f32
-    labels: Tensor,
-    /// MICN's shared negatives, `[K]` i64.
-    negatives: Option<Tensor>,
-    /// MICN's initial routing logits, `[b, T, K_max]`.
-    routing_logits: Option<Tensor>,
+/// A non-finite loss stops the run before the update.
+fn check_finite(stats: &StepStats, ctx: &StepContext<'_>) -> Result<(), StepError> {
+    for (which, value) in [("main", stats.loss_main), ("MICN", stats.loss_micn)] {
+        if !value.is_finite() {
+            return Err(StepError::NonFinite { step: ctx.step + 1, which, value });
+        }
+    }
+    Ok(())
 }
 
-/// Uploads the batch with MICN's `negatives` and `routing_logits` in two transfers, one of every
-/// i64 value and one of every f32 value, cut back into views on the device.
-fn upload_batch(
-    batch: &Batch,
-    negatives: Option<&[i64]>,
-    routing_logits: Option<&[f32]>,
-    net: &Network,
-    device: Device,
-) -> DeviceInputs {
-    let (b, steps) = (batch.len() as i64, batch.hist_len as i64);
-    let noclick = batch.noclick.as_ref().map(|(items, cats)| [items.as_slice(), cats.as_slice()]);
-    let mut longs: Vec<&[i64]> = vec![&batch.users, &batch.items, &batch.cats, &batch.hist_items, &batch.hist_cats];
-    longs.extend(noclick.iter().flatten().copied());
-    longs.extend(negatives);
-    let floats: Vec<&[f32]> = [&batch.labels[..], &batch.hist_mask[..]].into_iter().chain(routing_logits).collect();
-    let mut longs =
-        transfer::split(&upload_i64(&longs.concat(), device), &longs.iter().map(|x| x.len()).collect::<Vec<_>>())
-            .into_iter();
-    let mut floats =
-        transfer::split(&upload_f32(&floats.concat(), device), &floats.iter().map(|x| x.len()).collect::<Vec<_>>())
-            .into_iter();
-    let labels = floats.next().expect("the labels");
-    let hist_mask = floats.next().expect("the mask").view([b, steps]);
-    let mut next_long = || longs.next().expect("one piece per slice");
-    let ids = BatchIds {
-        users: next_long(),
-        items: next_long(),
-        cats: next_long(),
-        hist_items: next_long().view([b, steps]),
-        hist_cats: next_long().view([b, steps]),
-        hist_mask,
-        noclick: noclick.map(|_| NoClick { items: next_long().view([b, steps]), cats: next_long().view([b, steps]) }),
-    };
-    let negatives = negatives.map(|_| next_long());
-    let k_max = net.micn.as_ref().map_or(0, |m| m.k_max());
-    DeviceInputs { ids, labels, negatives, routing_logits: floats.next().map(|l| l.view([b, steps, k_max])) }
+/// The gradients of the variables `which` (by variable index) as device tensors, `None` for a
+/// table no gradient reached. A table gradient that is neither a row leaf's nor sparse (no
+/// model makes one) is read back to the host.
+fn device_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[Tensor]) -> Vec<Option<VarGrad>> {
+    let mut out: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
+    for ((&i, target), g) in which.iter().zip(targets).zip(grads) {
+        let var = &t.tensors[i];
+        out[i] = if !t.is_table[i] {
+            Some(VarGrad::DenseOnDevice(if g.defined() { g.to_kind(var.kind()) } else { var.zeros_like() }))
+        } else if !g.defined() {
+            None
+        } else {
+            Some(match target {
+                Target::Rows(leaf) => {
+                    VarGrad::RowsOnDevice { ids: leaf.ids_on_device.shallow_clone(), rows: g.shallow_clone() }
+                }
+                Target::Var(_) if g.is_sparse() => {
+                    let g = g.coalesce();
+                    VarGrad::RowsOnDevice { ids: g.indices().select(0, 0), rows: g.values() }
+                }
+                Target::Var(_) => VarGrad::Rows(RowGrads::from_grad(g)),
+            })
+        };
+    }
+    out
+}
+
+/// For one shared (`e_aux`) table: the union of the ids both tasks read, and where each task's
+/// rows go in it, in the step's upload.
+struct Union {
+    var: usize,
+    len: usize,
+    ids: Piece,
+    main: Piece,
+    aux: Piece,
+}
+
+/// Plans the φ combination of every shared table on the device: the union of its main and
+/// auxiliary leaves' ids, computed on the host.
+fn plan_unions(t: &Trainable, plan: &LeafPlan, upload: &mut Upload) -> Vec<Union> {
+    let shared = t.indices(&[VarGroup::Shared]);
+    shared
+        .into_iter()
+        .filter_map(|i| {
+            let table = t.names[i].strip_prefix(EMBEDDINGS_PATH)?.strip_prefix('.')?;
+            let (main, aux) = (plan.ids(table, Task::Main)?, plan.ids(table, Task::Aux)?);
+            let mut union = [main, aux].concat();
+            union.sort_unstable();
+            union.dedup();
+            let position = |ids: &[i64]| {
+                ids.iter().map(|id| union.binary_search(id).expect("in the union") as i64).collect::<Vec<_>>()
+            };
+            let (main, aux) = (upload.i64(&position(main)), upload.i64(&position(aux)));
+            Some(Union { var: i, len: union.len(), ids: upload.i64(&union), main, aux })
+        })
+        .collect()
+}
+
+/// The φ combination on the device: `φ·main + (1 − φ)·aux` on the shared tables' union of rows,
+/// each task's gradient elsewhere; and `[‖main‖², ‖aux‖²]` on the shared tables.
+fn combine_on_device(
+    t: &Trainable,
+    mut main: Vec<Option<VarGrad>>,
+    mut aux: Vec<Option<VarGrad>>,
+    unions: &[Union],
+    sent: &Uploaded,
+    phi: f64,
+) -> (Vec<VarGrad>, Tensor) {
+    let device = t.tensors.first().map_or(Device::Cpu, Tensor::device);
+    let mut norms = [0, 1].map(|_| Tensor::zeros([1], (Kind::Float, device)));
+    let combined = (0..t.names.len())
+        .map(|i| match t.groups[i] {
+            VarGroup::Orig => main[i].take(),
+            VarGroup::Aux => aux[i].take(),
+            VarGroup::Shared => {
+                let union = unions.iter().find(|u| u.var == i).expect("every shared table has a planned union");
+                let dim = t.tensors[i].size()[1];
+                let mut rows = Tensor::zeros([union.len as i64, dim], (Kind::Float, device));
+                let tasks = [(main[i].take(), union.main, phi), (aux[i].take(), union.aux, 1.0 - phi)];
+                for (norm, (grad, at, scale)) in norms.iter_mut().zip(tasks) {
+                    if let Some(VarGrad::RowsOnDevice { rows: g, .. }) = grad {
+                        *norm = &*norm + g.square().sum(Kind::Float).reshape([1]);
+                        rows = rows.index_add(0, &sent.get(at), &(g * scale));
+                    }
+                }
+                Some(VarGrad::RowsOnDevice { ids: sent.get(union.ids), rows })
+            }
+        })
+        .enumerate()
+        .map(|(i, g)| {
+            g.unwrap_or_else(|| VarGrad::Rows(RowGrads { dim: t.tensors[i].size()[1] as usize, ..Default::default() }))
+        })
+        .collect();
+    (combined, Tensor::cat(&norms, 0))
+}
+
+/// Where a batch's values lie in the step's upload.
+struct BatchPieces {
+    users: Piece,
+    items: Piece,
+    cats: Piece,
+    hist_items: Piece,
+    hist_cats: Piece,
+    noclick: Option<(Piece, Piece)>,
+    labels: Piece,
+    hist_mask: Piece,
+}
+
+impl BatchPieces {
+    fn add(batch: &Batch, upload: &mut Upload) -> Self {
+        BatchPieces {
+            users: upload.i64(&batch.users),
+            items: upload.i64(&batch.items),
+            cats: upload.i64(&batch.cats),
+            hist_items: upload.i64(&batch.hist_items),
+            hist_cats: upload.i64(&batch.hist_cats),
+            noclick: batch.noclick.as_ref().map(|(items, cats)| (upload.i64(items), upload.i64(cats))),
+            labels: upload.f32(&batch.labels),
+            hist_mask: upload.f32(&batch.hist_mask),
+        }
+    }
+
+    /// The batch's ids and labels (`[b]` f32) on the device.
+    fn read(&self, sent: &Uploaded, batch: &Batch) -> (BatchIds, Tensor) {
+        let (b, steps) = (batch.len() as i64, batch.hist_len as i64);
+        let history = |piece: Piece| sent.get(piece).view([b, steps]);
+        let ids = BatchIds {
+            users: sent.get(self.users),
+            items: sent.get(self.items),
+            cats: sent.get(self.cats),
+            hist_items: history(self.hist_items),
+            hist_cats: history(self.hist_cats),
+            hist_mask: history(self.hist_mask),
+            noclick: self.noclick.map(|(items, cats)| NoClick { items: history(items), cats: history(cats) }),
+        };
+        (ids, sent.get(self.labels))
+    }
 }
 
 /// MICN's randomness for this step: the same seed on every rank, sample-indexed routing logits.
@@ -620,6 +766,7 @@ pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &Step
     // update in place, in one pass, instead of a dozen libtorch operations per variable (a
     // fixed cost of every step). What is left runs as tensor operations on the device.
     let host = !t.path.on_device(ctx.device);
+    let mut upload = Upload::new();
     let mut rest = Vec::new();
     for (i, g) in grads.into_iter().enumerate() {
         let var = &mut t.tensors[i];
@@ -627,52 +774,60 @@ pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &Step
             && match &g {
                 VarGrad::Dense(values) => adam.update_dense_host(i, var, values, bc),
                 VarGrad::Rows(rows) => lazy && adam.update_rows_host(i, var, &rows.ids, &rows.rows, bc),
+                VarGrad::DenseOnDevice(_) | VarGrad::RowsOnDevice { .. } => false,
             };
-        if !done {
-            rest.push((i, g));
+        if done {
+            continue;
         }
-    }
-    if rest.is_empty() {
-        return;
-    }
-    // The remaining gradients in two uploads: every f32 value, every row id.
-    let mut floats: Vec<&[f32]> = Vec::new();
-    let mut longs: Vec<&[i64]> = Vec::new();
-    for (_, g) in &rest {
-        match g {
-            VarGrad::Dense(values) => floats.push(values),
+        // Host gradients go to the device in the one upload below.
+        let g = match g {
+            VarGrad::Dense(values) => Grad::Sent { values: upload.f32(&values), ids: None, dim: 0 },
             VarGrad::Rows(rows) => {
-                floats.push(&rows.rows);
-                longs.push(&rows.ids);
+                Grad::Sent { values: upload.f32(&rows.rows), ids: Some(upload.i64(&rows.ids)), dim: rows.dim }
             }
-        }
+            VarGrad::DenseOnDevice(g) => Grad::Dense(g),
+            VarGrad::RowsOnDevice { ids, rows } => Grad::Rows(ids, rows),
+        };
+        rest.push((i, g));
     }
-    let float_lengths: Vec<usize> = floats.iter().map(|p| p.len()).collect();
-    let long_lengths: Vec<usize> = longs.iter().map(|p| p.len()).collect();
-    let mut floats = transfer::split(&upload_f32(&floats.concat(), ctx.device), &float_lengths).into_iter();
-    let mut longs = if longs.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        transfer::split(&upload_i64(&longs.concat(), ctx.device), &long_lengths).into_iter()
-    };
+    let sent = (!upload.is_empty()).then(|| upload.send(ctx.device));
     for (i, g) in rest {
         let var = &mut t.tensors[i];
-        let values = floats.next().expect("one piece per gradient");
-        match g {
-            VarGrad::Dense(_) => adam.update_dense(i, var, &values.view(var.size().as_slice()), bc),
-            VarGrad::Rows(rows) => {
-                let row_ids = longs.next().expect("one piece per table");
-                let row_values = values.view([rows.len() as i64, rows.dim as i64]);
-                if lazy {
-                    adam.update_rows(i, var, &row_ids, &row_values, bc);
-                } else {
-                    let g = scatter_rows(&var.size(), &row_ids, &row_values);
-                    adam.update_dense(i, var, &g, bc);
+        let g = match g {
+            Grad::Sent { values, ids, dim } => {
+                let sent = sent.as_ref().expect("host gradients were uploaded");
+                let values = sent.get(values);
+                match ids {
+                    None => Grad::Dense(values),
+                    Some(ids) => {
+                        let ids = sent.get(ids);
+                        let rows = values.view([ids.numel() as i64, dim as i64]);
+                        Grad::Rows(ids, rows)
+                    }
                 }
             }
+            g => g,
+        };
+        match g {
+            Grad::Dense(values) => adam.update_dense(i, var, &values.view(var.size().as_slice()), bc),
+            Grad::Rows(ids, rows) if lazy => adam.update_rows(i, var, &ids, &rows, bc),
+            Grad::Rows(ids, rows) => adam.update_dense(i, var, &scatter_rows(&var.size(), &ids, &rows), bc),
+            Grad::Sent { .. } => unreachable!("read above"),
         }
     }
     // Dice's running statistics follow the global batch statistics: identical on every rank.
+}
+
+/// A gradient on its way to the update.
+enum Grad {
+    /// In the update's upload: f32 values, and for a table its row ids and row width.
+    Sent {
+        values: Piece,
+        ids: Option<Piece>,
+        dim: usize,
+    },
+    Dense(Tensor),
+    Rows(Tensor, Tensor),
 }
 
 /// Make every rank start from rank 0's parameters and buffers.

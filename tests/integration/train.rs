@@ -12,7 +12,6 @@ use micn::data::synth::{self, SynthConfig};
 use micn::data::Dataset;
 use micn::dist::SingleProcess;
 use micn::model::{Network, VarGroup};
-use micn::train::optim::scatter_rows;
 use micn::train::step::{gradients, step_seed, StepContext, Trainable, VarGrad};
 use micn::train::trainer::{build_model, Built};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -93,13 +92,7 @@ fn step_gradients(cfg: &Config) -> (Vec<String>, Vec<VarGroup>, Vec<Tensor>) {
 }
 
 fn as_dense(g: VarGrad, var: &Tensor) -> Tensor {
-    match g {
-        VarGrad::Dense(v) => Tensor::from_slice(&v).view(var.size().as_slice()),
-        VarGrad::Rows(rows) => {
-            let (ids, values) = rows.to_tensors(Device::Cpu);
-            scatter_rows(&var.size(), &ids, &values)
-        }
-    }
+    g.to_dense(var)
 }
 
 fn max_abs(t: &Tensor) -> f64 {
