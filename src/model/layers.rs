@@ -543,43 +543,39 @@ impl GruCell {
         }
     }
 
-    /// One step from the input's projection `x_proj = W x + b`.
-    ///
-    /// # Shapes
-    /// `x_proj [b, 3H]`, `h [b, H]`, `update_scale [b]` → `[b, H]`
-    fn step(&self, x_proj: &Tensor, h: &Tensor, update_scale: Option<&Tensor>) -> Tensor {
-        let x_gates = x_proj.narrow(-1, 0, 2 * self.hidden);
-        let x_candidate = x_proj.narrow(-1, 2 * self.hidden, self.hidden);
-        let gates = (x_gates + self.hidden_gates.forward(h)).sigmoid();
-        let reset = gates.narrow(-1, 0, self.hidden);
-        let update = gates.narrow(-1, self.hidden, self.hidden);
-        let update = match update_scale {
-            Some(a) => update * a.unsqueeze(-1),
-            None => update,
-        };
-        let candidate = (x_candidate + self.hidden_candidate.forward(&(reset * h))).tanh();
-        (1.0 - &update) * h + update * candidate
-    }
-
     /// Runs the cell over the history from a zero state; a padded step keeps the previous state,
     /// so the last state is the state after each sample's last real behaviour.
+    ///
+    /// One step is `h' = h + u'·(h̃ − h)` (`lerp`), with the padding mask folded into the update
+    /// gate's scale: `u' = u·a·mask`, so a padded step (or, in the AUGRU, attention 0) leaves `h`
+    /// exactly. The input's projection runs once for all steps, and every step is a handful of
+    /// fused operations (two `addmm`, two activations, two products, a `lerp`), since at DIEN's
+    /// sizes a step costs what its operations' dispatch costs, forward and backward.
     ///
     /// # Shapes
     /// `xs [b, T, I]`, `mask [b, T]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`)
     fn unroll(&self, xs: &Tensor, mask: &Tensor, attention: Option<&Tensor>) -> (Tensor, Tensor) {
-        let (batch, steps) = (xs.size()[0], xs.size()[1]);
-        let projected = self.input.forward(xs); // [b, T, 3H]
-        let mut h = Tensor::zeros([batch, self.hidden], (xs.kind(), xs.device()));
-        let mut states = Vec::with_capacity(steps as usize);
-        for t in 0..steps {
-            let scale = attention.map(|a| a.select(1, t));
-            let next = self.step(&projected.select(1, t), &h, scale.as_ref());
-            let keep = mask.select(1, t).unsqueeze(-1); // [b, 1]
-            h = &keep * next + (1.0 - &keep) * &h;
+        let (batch, hidden) = (xs.size()[0], self.hidden);
+        // Views made once (one autograd node each), not per step.
+        let projected = self.input.forward(xs).split_with_sizes([2 * hidden, hidden], -1);
+        let (x_gates, x_candidate) = (projected[0].unbind(1), projected[1].unbind(1)); // T × [b, 2H], [b, H]
+        let scale = match attention {
+            Some(a) => a * mask,
+            None => mask.shallow_clone(),
+        };
+        let scales = scale.unsqueeze(-1).unbind(1); // T × [b, 1]
+        let (w_gates, w_candidate) = (self.hidden_gates.ws.tr(), self.hidden_candidate.ws.tr());
+        let mut h = Tensor::zeros([batch, hidden], (xs.kind(), xs.device()));
+        let mut states = Vec::with_capacity(scales.len());
+        for ((x_gates, x_candidate), scale) in x_gates.iter().zip(&x_candidate).zip(&scales) {
+            let gates = x_gates.addmm(&h, &w_gates).sigmoid().chunk(2, -1);
+            let (reset, update) = (&gates[0], &gates[1]);
+            let candidate = x_candidate.addmm(&(reset * &h), &w_candidate).tanh();
+            h = h.lerp_tensor(&candidate, &(update * scale));
             states.push(h.shallow_clone());
         }
         let states = if states.is_empty() {
-            Tensor::zeros([batch, 0, self.hidden], (xs.kind(), xs.device()))
+            Tensor::zeros([batch, 0, hidden], (xs.kind(), xs.device()))
         } else {
             Tensor::stack(&states, 1)
         };
@@ -777,6 +773,46 @@ mod tests {
         // Attention 0 everywhere: the zero initial state is never left.
         let (_, last) = augru.forward(&xs, &mask, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)));
         assert_eq!(last.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn gru_and_augru_compute_dien_s_gru_cell_written_out() {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let (gru, augru) = (Gru::new(&(vs.root() / "g"), 3, 4), Augru::new(&(vs.root() / "a"), 3, 4));
+        let xs = Tensor::randn([2, 3, 3], (Kind::Float, Device::Cpu));
+        let mask = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0, 1.0, 0.0]).view([2, 3]);
+        let attention = Tensor::from_slice(&[0.2f32, 0.9, 0.5, 1.0, 0.4, 0.7]).view([2, 3]);
+        // DIEN's GRUCell / VecAttGRUCell (TensorFlow's GRUCell form), step by step:
+        // r, u = σ(W x + b + U h); h̃ = tanh(W_c x + b_c + U_c (r·h)); u' = a·u;
+        // h' = (1 − u')·h + u'·h̃; a padded step keeps h.
+        let reference = |cell: &GruCell, attention: Option<&Tensor>| {
+            let vars = |l: &nn::Linear| (l.ws.shallow_clone(), l.bs.as_ref().map(Tensor::shallow_clone));
+            let (w, b) = vars(&cell.input);
+            let (u_gates, u_candidate) = (cell.hidden_gates.ws.shallow_clone(), cell.hidden_candidate.ws.shallow_clone());
+            let mut h = Tensor::zeros([2, 4], (Kind::Float, Device::Cpu));
+            let mut states = vec![];
+            for t in 0..3 {
+                let x = xs.select(1, t).matmul(&w.tr()) + b.as_ref().unwrap();
+                let gates = (x.narrow(1, 0, 8) + h.matmul(&u_gates.tr())).sigmoid();
+                let (r, u) = (gates.narrow(1, 0, 4), gates.narrow(1, 4, 4));
+                let candidate = (x.narrow(1, 8, 4) + (&r * &h).matmul(&u_candidate.tr())).tanh();
+                let u = match attention {
+                    Some(a) => u * a.select(1, t).unsqueeze(1),
+                    None => u,
+                };
+                let next = (1.0 - &u) * &h + &u * candidate;
+                let keep = mask.select(1, t).unsqueeze(1);
+                h = &keep * next + (1.0 - &keep) * &h;
+                states.push(h.shallow_clone());
+            }
+            Tensor::stack(&states, 1)
+        };
+        let (states, last) = gru.forward(&xs, &mask);
+        assert!(close(&states, &reference(&gru.0, None), 1e-6), "{states}");
+        assert!(close(&last, &states.select(1, 2), 0.0));
+        let (states, _) = augru.forward(&xs, &mask, &attention);
+        assert!(close(&states, &reference(&augru.0, Some(&attention)), 1e-6), "{states}");
     }
 
     #[test]
