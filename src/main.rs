@@ -140,6 +140,23 @@ enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the samples as NumPy arrays (`OUT/{train,valid,test}/*.npy`), collated as micn's
+    /// loader collates them, for another trainer to learn from the same samples.
+    Export {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Behaviours kept per history (the most recent).
+        #[arg(long, default_value_t = 20)]
+        max_hist_len: usize,
+        /// Share of the training samples held out as `valid/`, as `data.valid_share` holds them
+        /// out of a run.
+        #[arg(long, default_value_t = 0.0)]
+        valid_share: f64,
+        /// Seed of DIEN's no-click draws in `train/`.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -646,6 +663,15 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 let entry = entry?;
                 println!("  {:<24} {:>12} bytes", entry.file_name().to_string_lossy(), entry.metadata()?.len());
             }
+        }
+        Command::Data { command: DataCommand::Export { dir, out, max_hist_len, valid_share, seed } } => {
+            if !(0.0..1.0).contains(&valid_share) {
+                return Err(UsageError(format!("--valid-share {valid_share}: must be in [0, 1)")).into());
+            }
+            let dataset = micn::data::Dataset::open(&dir)?;
+            let opts = micn::data::export::ExportOptions { max_hist_len, valid_share, seed };
+            let n = micn::data::export::export(&dataset, &out, &opts)?;
+            println!("{}: {} train, {} valid, {} test samples", out.display(), n.train, n.valid, n.test);
         }
         Command::Data { command: DataCommand::Stats { dir, json } } => {
             let dataset = micn::data::Dataset::open(&dir)?;

@@ -1,6 +1,6 @@
 //! Collation: sample indices → one padded batch on the host, read from the memory-mapped
 //! archive without copying it. Histories keep their most recent `max_hist_len` behaviours,
-//! oldest first and left-aligned, padded with id 0 and mask 0. For DIEN, a "no-click" item is
+//! oldest first and left-aligned, padded with id 0 and mask 0 to the batch's longest one. For DIEN, a "no-click" item is
 //! drawn for every real history position, popularity-weighted and never the clicked item, from a
 //! seed derived from `(seed, epoch, global sample position)` — so a sample draws the same
 //! no-clicks whichever rank holds it, and every epoch draws fresh ones. Every draw takes a
@@ -184,7 +184,11 @@ impl Batch {
         (epoch, step, first_position): (u64, u64, u64),
         noclick: Option<&NoClickSampler>,
     ) -> Batch {
-        let (b, t) = (ids.len(), max_hist_len);
+        // Padding past the batch's longest kept history would only be masked out again (and
+        // cost a step of DIEN's recurrences per column): the batch is as wide as that history,
+        // at least 1. Every model's output for a sample is the same at any width.
+        let longest = ids.iter().map(|&i| samples.history_range(i as usize).len().min(max_hist_len)).max();
+        let (b, t) = (ids.len(), longest.unwrap_or(0).max(1));
         let mut batch = Batch {
             epoch,
             step,

@@ -14,6 +14,7 @@ pub mod amazon;
 pub mod archive;
 pub mod batch;
 pub mod dien_files;
+pub mod export;
 pub mod input;
 pub mod loader;
 pub mod pickle;

@@ -789,7 +789,8 @@ mod tests {
         let reference = |cell: &GruCell, attention: Option<&Tensor>| {
             let vars = |l: &nn::Linear| (l.ws.shallow_clone(), l.bs.as_ref().map(Tensor::shallow_clone));
             let (w, b) = vars(&cell.input);
-            let (u_gates, u_candidate) = (cell.hidden_gates.ws.shallow_clone(), cell.hidden_candidate.ws.shallow_clone());
+            let (u_gates, u_candidate) =
+                (cell.hidden_gates.ws.shallow_clone(), cell.hidden_candidate.ws.shallow_clone());
             let mut h = Tensor::zeros([2, 4], (Kind::Float, Device::Cpu));
             let mut states = vec![];
             for t in 0..3 {

@@ -256,3 +256,90 @@ fn a_reviews_file_without_meta_prepares_with_both_protocols_every_item_in_defaul
         assert!(read("amazon2014-din") == read("amazon2018-din"), "{name} differs between the releases");
     }
 }
+
+/// A `.npy` file's shape and values as i64 (f32 values converted), read by this test's own parser
+/// of the format (NumPy's `format.py`: magic, version 1.0, little-endian header length, a dict).
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<i64>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "{}", path.display());
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0, "the values start 64-byte aligned");
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    let shape = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> =
+        shape.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data = &bytes[10 + header_len..];
+    let values: Vec<i64> = if header.contains("'<i8'") {
+        data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    } else {
+        assert!(header.contains("'<f4'"), "{header}");
+        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+    };
+    assert_eq!(values.len(), shape.iter().product::<usize>(), "{}", path.display());
+    (shape, values)
+}
+
+#[test]
+fn data_export_writes_every_split_as_numpy_arrays_of_the_loaders_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("din");
+    run_ok(&mut prepare_without_meta("amazon2014", &musical_instruments(), &data, &["--protocol", "din"]));
+    let d = dataset_json(&data);
+    let (train, test) = (d["counts"]["train_samples"].as_u64().unwrap(), d["counts"]["test_samples"].as_u64().unwrap());
+    let out = tmp.path().join("arrays");
+    let said = run_ok(micn().args(["data", "export"]).arg(&data).arg("--out").arg(&out).args(["--max-hist-len", "5"]));
+    assert!(String::from_utf8_lossy(&said.stdout).contains(&format!("{train} train, 0 valid, {test} test samples")));
+    assert!(!out.join("valid").exists());
+    let opened = Dataset::open(&data).unwrap();
+    for (split, n, samples) in
+        [("train", train as usize, opened.train.samples()), ("test", test as usize, opened.test.samples())]
+    {
+        let read = |name: &str| read_npy(&out.join(split).join(format!("{name}.npy")));
+        let (shape, items) = read("hist_items");
+        assert_eq!(shape, [n, 5], "{split}");
+        let (_, lengths) = read("hist_len");
+        let (_, labels) = read("labels");
+        let (_, targets) = read("items");
+        // DIN's protocol: every position gives a clicked and a sampled sample.
+        assert_eq!(labels.iter().sum::<i64>() as usize, n / 2, "{split}");
+        for k in 0..n {
+            // The archive's sample k: its target and its last (at most 5) behaviours, left-aligned.
+            assert_eq!(targets[k], samples.items[k].to_native() as i64);
+            let range = samples.history_range(k);
+            let kept: Vec<i64> = (range.end.saturating_sub(5).max(range.start)..range.end)
+                .map(|p| samples.hist_items[p].to_native() as i64)
+                .collect();
+            assert_eq!(lengths[k] as usize, kept.len(), "{split} sample {k}");
+            assert_eq!(&items[k * 5..k * 5 + kept.len()], kept.as_slice(), "{split} sample {k}");
+            assert!(items[k * 5 + kept.len()..(k + 1) * 5].iter().all(|&i| i == 0), "zero padding");
+        }
+        assert_eq!(
+            out.join(split).join("noclick_items.npy").exists(),
+            split == "train",
+            "DIEN's no-clicks for training"
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("export.json")).unwrap()).unwrap();
+    assert_eq!((meta["cats"].as_u64(), meta["max_hist_len"].as_u64()), (Some(1), Some(5)));
+
+    // A validation share splits the training samples as a run holds them out.
+    let held = tmp.path().join("held");
+    run_ok(micn().args(["data", "export"]).arg(&data).arg("--out").arg(&held).args(["--valid-share", "0.2"]));
+    let count = |split: &str| read_npy(&held.join(split).join("labels.npy")).0[0];
+    assert_eq!(count("train") + count("valid"), train as usize);
+    assert!(count("valid") > 0 && count("valid") < train as usize / 2);
+    // A share outside [0, 1) is a usage error (exit status 3) that writes nothing.
+    let bad = tmp.path().join("bad");
+    let out = micn()
+        .args(["data", "export"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&bad)
+        .args(["--valid-share", "1.5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--valid-share 1.5"), "{}", stderr(&out));
+    assert!(!bad.exists());
+}

@@ -136,6 +136,48 @@ fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
         .collect()
 }
 
+/// `batch` padded with `extra` more history columns (id 0, mask 0).
+fn widened(batch: &Batch, extra: usize) -> Batch {
+    let (t, wide) = (batch.hist_len, batch.hist_len + extra);
+    let widen = |values: &[i64]| -> Vec<i64> {
+        values.chunks(t).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, extra))).collect()
+    };
+    let mut out = batch.clone();
+    out.hist_len = wide;
+    out.hist_items = widen(&batch.hist_items);
+    out.hist_cats = widen(&batch.hist_cats);
+    out.hist_mask =
+        batch.hist_mask.chunks(t).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, extra))).collect();
+    out.noclick = batch.noclick.as_ref().map(|(items, cats)| (widen(items), widen(cats)));
+    out
+}
+
+#[test]
+fn a_batch_is_collated_as_wide_as_its_longest_history_and_padding_changes_no_gradient() {
+    tch::set_num_threads(1);
+    let dataset = Dataset::open(dataset_dir()).unwrap();
+    for kind in [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien] {
+        for micn in [false, true] {
+            let cfg = config(kind, micn, &[]);
+            let batch = first_batch(&cfg, &dataset);
+            let longest = batch.hist_mask.chunks(batch.hist_len).map(|row| row.iter().sum::<f32>() as usize).max();
+            assert_eq!(Some(batch.hist_len), longest, "the width is the longest history");
+            let Built { vs, net } = build_model(&cfg, &dataset, Device::Cpu).unwrap();
+            let t = Trainable::new(&vs).unwrap();
+            let comm = SingleProcess;
+            let dense = |batch: &Batch| -> Vec<Tensor> {
+                let (grads, _) = gradients(&net, &t, batch, &context(&cfg, &comm)).unwrap();
+                grads.into_iter().zip(&t.tensors).map(|(g, var)| as_dense(g, var)).collect()
+            };
+            let (narrow, wide) = (dense(&batch), dense(&widened(&batch, 7)));
+            for ((name, a), b) in t.names.iter().zip(&narrow).zip(&wide) {
+                let diff = max_abs(&(a - b));
+                assert!(diff <= 1e-6 * max_abs(a).max(1.0), "{kind:?}, MICN {micn}, {name}: {diff}");
+            }
+        }
+    }
+}
+
 #[test]
 fn phi_combination_equals_the_single_backward_oracle() {
     for kind in [ModelKind::Din, ModelKind::Dien, ModelKind::WideDeep] {

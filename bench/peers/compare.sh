@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# micn beside DeepCTR-Torch on the same real samples and settings, in one run: DIN and DIEN (and
+# micn's with MICN), test AUC and training samples/s, 1 thread, batch 128, embedding 18, history
+# 20, Adam lr 1e-3, the same epochs.
+#
+#   bench/peers/compare.sh REVIEWS.json.gz [META.json.gz]
+#
+# REVIEWS: an Amazon 2014 5-core review file (reviews_Musical_Instruments_5.json.gz, say).
+# Env: OUT (default runs/peers), EPOCHS (2), SEEDS ("1 2 3"), MODELS ("din dien").
+#
+# DeepCTR-Torch 0.3.0 goes into its own virtual environment under the micn cache, which reuses the
+# torch that set-up installed (a .pth file), with scikit-learn and numpy from PyPI: it is never a
+# dependency of micn. The samples reach it through `micn data export` (the arrays micn's loader
+# collates). Prints a Markdown table, and writes every result to OUT/results.jsonl.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+source cluster/env.sh
+[[ $# -ge 1 ]] || { sed -n 2,14p "$0" >&2; exit 2; }
+reviews=$1
+meta=${2:-}
+out=${OUT:-runs/peers}
+epochs=${EPOCHS:-2}
+seeds=${SEEDS:-1 2 3}
+models=${MODELS:-din dien}
+say() { printf '[compare] %s\n' "$*" >&2; }
+
+bash cluster/setup-node.sh
+cargo build --release -p micn --bin micn
+micn=target/release/micn
+
+# --- the peer's environment ------------------------------------------------------------------
+cache=${MICN_CACHE:-$HOME/.cache/micn}
+torch_site=$(ls -d "$cache"/torch-2.11.0/lib/python3*/site-packages | head -n 1)
+peer=$cache/peer-deepctr-torch-0.3.0
+if [[ ! -f $peer/.micn-complete ]]; then
+  say "installing DeepCTR-Torch 0.3.0 into $peer"
+  rm -rf "$peer"
+  python3 -m venv "$peer"
+  echo "$torch_site" >"$(ls -d "$peer"/lib/python3*/site-packages)/micn-torch.pth"
+  "$peer/bin/python" -m pip install --quiet --disable-pip-version-check numpy scikit-learn tqdm requests
+  "$peer/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps deepctr-torch==0.3.0
+  touch "$peer/.micn-complete"
+fi
+
+# --- the same samples for both ---------------------------------------------------------------
+mkdir -p "$out"
+say "preparing $reviews (din protocol, history 20)"
+rm -rf "$out/data" "$out/arrays"
+$micn prepare --input-format amazon2014 --reviews "$reviews" ${meta:+--meta "$meta"} \
+  --protocol din --max-hist-len 20 --seed 1 --out "$out/data"
+$micn data export "$out/data" --out "$out/arrays" --max-hist-len 20
+
+results=$out/results.jsonl
+: >"$results"
+for seed in $seeds; do
+  for model in $models; do
+    for with_micn in false true; do
+      run=$out/micn-$model-micn_$with_micn-seed$seed
+      $micn --comm single train --config configs/books-$model.toml --overwrite \
+        --set data.dir="$out/data" --set run.dir="$run" --set device=cpu --set train.threads=1 \
+        --set train.epochs="$epochs" --set train.lr=1e-3 --set train.seed="$seed" --set data.valid_share=0 \
+        --set micn.enabled=$with_micn --set train.log_every_steps=100000 >/dev/null 2>"$run.log" \
+        || { cat "$run.log" >&2; exit 1; }
+      python3 - "$run/summary.json" "$model" "$with_micn" "$seed" >>"$results" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(json.dumps({"trainer": "micn", "model": sys.argv[2], "micn": sys.argv[3] == "true", "seed": int(sys.argv[4]),
+                  "samples_per_sec": s["samples_per_sec"], "test_auc": s["test_auc"]}))
+EOF
+    done
+    "$peer/bin/python" bench/peers/deepctr_peer.py --data "$out/arrays" --model "$model" --epochs "$epochs" \
+      --seed "$seed" | tail -n 1 | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["seed"]='"$seed"'; r["micn"]=False; print(json.dumps(r))' >>"$results"
+  done
+done
+
+python3 - "$results" "$epochs" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+groups = {}
+for r in rows:
+    groups.setdefault((r["model"], r["trainer"], r["micn"]), []).append(r)
+print(f"| model | trainer | MICN | test AUC (mean ± std over {len({r['seed'] for r in rows})} seeds) | samples/s (median) |")
+print("|---|---|---|---|---:|")
+for (model, trainer, micn), rs in sorted(groups.items()):
+    aucs = [r["test_auc"] for r in rs]
+    std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+    rate = statistics.median(r["samples_per_sec"] for r in rs)
+    print(f"| {model.upper()} | {trainer} | {'yes' if micn else 'no'} | {statistics.mean(aucs):.4f} ± {std:.4f} | {rate:,.0f} |")
+print(f"\n{sys.argv[2]} epochs, batch 128, 1 thread, embedding 18, history 20, Adam lr 1e-3")
+EOF
