@@ -129,14 +129,20 @@ impl Upload {
         self.pieces.is_empty()
     }
 
-    /// Every piece on `device`: one upload (none when empty).
+    /// Every piece on `device`: one upload (none when empty). On a GPU the words go through
+    /// page-locked memory, copied without blocking the host: the copy is queued on the device's
+    /// stream ahead of the step's kernels, and the host goes on building the step meanwhile.
     pub fn send(self, device: Device) -> Uploaded {
-        let buffer = if self.words.is_empty() {
-            Tensor::zeros([0], (Kind::Int64, device))
-        } else {
-            upload_i64(&self.words, device)
-        };
-        Uploaded { buffer, pieces: self.pieces }
+        if self.words.is_empty() {
+            return Uploaded { buffer: Tensor::zeros([0], (Kind::Int64, device)), pieces: self.pieces, _staging: None };
+        }
+        if !device.is_cuda() {
+            return Uploaded { buffer: upload_i64(&self.words, device), pieces: self.pieces, _staging: None };
+        }
+        record(true);
+        let staging = Tensor::from_slice(&self.words).pin_memory(device);
+        let buffer = staging.to_device_(device, Kind::Int64, true, false);
+        Uploaded { buffer, pieces: self.pieces, _staging: Some(staging) }
     }
 }
 
@@ -145,6 +151,8 @@ impl Upload {
 pub struct Uploaded {
     buffer: Tensor,
     pieces: Vec<PieceAt>,
+    /// The page-locked host copy a non-blocking upload reads from, kept until the step ends.
+    _staging: Option<Tensor>,
 }
 
 impl Uploaded {
