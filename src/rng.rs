@@ -1,9 +1,11 @@
 //! The project's own deterministic random numbers.
 //!
-//! Every random draw in micn (synthetic data, protocol negatives, epoch permutations, DIEN's
-//! no-click items, MICN's routing logits and negatives) comes from an [`Rng`] derived from an
+//! Every random draw in micn's data and steps (synthetic data, protocol negatives, epoch
+//! permutations, DIEN's no-click items, MICN's negatives) comes from an [`Rng`] derived from an
 //! explicit seed and a stream path (`Rng::derive(seed, &[STREAM, epoch, step])`), never from a
-//! global state. The generators are written here rather than taken from a crate so that the same
+//! global state; MICN's routing logits come from the counter-based draws of
+//! [`crate::micn::rng`]. The one use of global random state is the models' initial parameters:
+//! libtorch's generator, seeded with `train.seed` just before the model is built. The generators are written here rather than taken from a crate so that the same
 //! seed gives the same bytes forever, whatever crate versions the build resolves.
 //!
 //! Generator: xoshiro256** (Blackman & Vigna), seeded through SplitMix64.

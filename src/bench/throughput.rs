@@ -1,5 +1,5 @@
-//! `micn bench throughput`: samples per second of one training step (forward, both backward
-//! passes, exchange, φ, Adam) for every model with and without MICN (or the chosen ones), single
+//! `micn bench throughput`: samples per second of one training step (forward, the backward
+//! pass, exchange, φ, Adam) for every model with and without MICN (or the chosen ones), single
 //! process, on the CPU or a GPU, at the papers' sizes (embedding 18, history 20, global batch 128,
 //! or the chosen batches) and Books-sized vocabularies. Batches are drawn at random (ids by a
 //! power law, random history lengths) so that no data preparation is needed; loading is measured

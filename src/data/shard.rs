@@ -152,4 +152,41 @@ mod tests {
         let e = local_batch(128, 3).unwrap_err();
         assert!(e.to_string().contains("128") && e.to_string().contains("world size 3"), "{e}");
     }
+
+    proptest::proptest! {
+        /// Over an epoch the ranks' slices take every sample of the epoch's permutation: exactly
+        /// once when the remainder is dropped (and then as many as fill whole batches), and at least
+        /// once otherwise, the only repeats being the last batch's wrap-around.
+        #[test]
+        fn over_an_epoch_the_ranks_shards_are_disjoint_and_cover_every_sample(
+            samples in 1usize..300, per_rank in 1usize..12, world in 1usize..5, seed in proptest::num::u64::ANY, epoch in 0u64..3,
+        ) {
+            let global = per_rank * world;
+            let order = permutation(samples, seed, epoch);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            proptest::prop_assert_eq!(sorted, (0..samples as u32).collect::<Vec<_>>());
+            for drop_remainder in [false, true] {
+                let steps = steps_per_epoch(samples, global, drop_remainder);
+                let mut seen = vec![0usize; samples];
+                for step in 0..steps {
+                    for rank in 0..world {
+                        let (first, ids) = rank_slice(&order, step, global, world, rank);
+                        proptest::prop_assert_eq!(first as usize, step as usize * global + rank * per_rank);
+                        proptest::prop_assert_eq!(ids.len(), per_rank);
+                        ids.into_iter().for_each(|id| seen[id as usize] += 1);
+                    }
+                }
+                let total = steps as usize * global;
+                if drop_remainder {
+                    proptest::prop_assert!(seen.iter().all(|&c| c <= 1));
+                    proptest::prop_assert_eq!(seen.iter().sum::<usize>(), samples / global * global);
+                } else {
+                    proptest::prop_assert!(seen.iter().all(|&c| c >= 1));
+                    proptest::prop_assert_eq!(seen.iter().sum::<usize>(), total);
+                    proptest::prop_assert!(total - samples < global, "padding is less than one batch");
+                }
+            }
+        }
+    }
 }

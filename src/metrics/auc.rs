@@ -205,24 +205,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn sorted_auc_equals_naive_pairwise_auc_on_random_inputs_with_ties() {
-        for seed in 1..=12u64 {
-            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ seed);
-            let n = 5 + rng.below(200) as usize;
-            // Few distinct score values, so most scores are tied with others.
-            let levels = 1 + rng.below(10);
-            let scores: Vec<f32> = (0..n).map(|_| rng.below(levels) as f32 / levels as f32).collect();
-            let labels: Vec<u8> = (0..n).map(|_| u8::from(rng.below(3) == 0)).collect();
-            let fast = auc(&scores, &labels);
-            let slow = naive_auc(&scores, &labels);
-            match (fast, slow) {
-                (Some(f), Some(s)) => assert!(close(f, s, 1e-12), "seed {seed}: sorted {f} vs naive {s}"),
-                (f, s) => assert_eq!(f, s, "seed {seed}"),
-            }
-        }
-    }
-
-    #[test]
     fn result_is_independent_of_input_order() {
         let mut rng = XorShift(42);
         let n = 300;
@@ -267,5 +249,19 @@ pub(crate) mod tests {
         // By the definition: the positive at +inf beats both negatives, the one at -inf none.
         assert_eq!(auc(&[f32::INFINITY, 0.5, f32::NEG_INFINITY, 0.1], &[1, 0, 1, 0]), Some(0.5));
         assert_eq!(auc(&[f32::INFINITY, f32::NEG_INFINITY], &[1, 0]), Some(1.0));
+    }
+
+    proptest::proptest! {
+        /// The sorted, tie-aware computation equals the definition, P(score⁺ > score⁻) with ties
+        /// counted half, over every positive–negative pair (scores on a coarse grid: many ties).
+        #[test]
+        fn sorted_auc_equals_the_pairwise_definition(samples in proptest::collection::vec((0u8..12, proptest::bool::ANY), 0..120)) {
+            let scores: Vec<f32> = samples.iter().map(|&(s, _)| f32::from(s) / 4.0).collect();
+            let labels: Vec<u8> = samples.iter().map(|&(_, y)| u8::from(y)).collect();
+            match (auc(&scores, &labels), naive_auc(&scores, &labels)) {
+                (Some(sorted), Some(pairwise)) => proptest::prop_assert!(close(sorted, pairwise, 1e-12), "{} vs {}", sorted, pairwise),
+                (sorted, pairwise) => proptest::prop_assert_eq!(sorted, pairwise),
+            }
+        }
     }
 }

@@ -297,4 +297,51 @@ mod tests {
             |dim: usize| TaskGrads { dense: vec![0.0; 100], tables: vec![rows(&[3, 999_999], &vec![1.0; 2 * dim])] };
         assert_eq!(bytes_sent(&grads(18), &grads(18)), 2 * (400 + 8 + 2 * (8 + 72)));
     }
+
+    /// A table's gradient as row gradients: one entry per distinct id (ascending), its row the
+    /// sum of the values given for it; and the same as a dense `[30, dim]` table.
+    fn sparse_and_dense(entries: &[(i64, i8)], dim: usize) -> (RowGrads, Vec<f32>) {
+        let mut by_id = std::collections::BTreeMap::<i64, Vec<f32>>::new();
+        let mut dense = vec![0f32; 30 * dim];
+        for &(id, v) in entries {
+            let row = by_id.entry(id).or_insert_with(|| vec![0.0; dim]);
+            for (c, x) in row.iter_mut().enumerate() {
+                *x += f32::from(v) * (c + 1) as f32;
+                dense[id as usize * dim + c] += f32::from(v) * (c + 1) as f32;
+            }
+        }
+        let ids = by_id.keys().copied().collect();
+        (RowGrads { ids, rows: by_id.into_values().flatten().collect(), dim }, dense)
+    }
+
+    fn densify(g: &RowGrads) -> Vec<f32> {
+        let mut dense = vec![0f32; 30 * g.dim];
+        for (k, &id) in g.ids.iter().enumerate() {
+            dense[id as usize * g.dim..][..g.dim].copy_from_slice(g.row(k));
+        }
+        dense
+    }
+
+    proptest::proptest! {
+        /// Merging the ranks' row gradients gives the sum of their dense gradients, over distinct
+        /// ascending ids; the φ combination gives `(1 − φ)·aux + φ·main` of the dense ones.
+        /// (Small integers: every sum is exact in f32.)
+        #[test]
+        fn merged_and_combined_row_gradients_equal_the_dense_computation(
+            parts in proptest::collection::vec(proptest::collection::vec((0i64..30, -4i8..5), 0..12), 1..4),
+            dim in 1usize..4,
+            phi in 0.0f32..1.0,
+        ) {
+            let (sparse, dense): (Vec<RowGrads>, Vec<Vec<f32>>) = parts.iter().map(|p| sparse_and_dense(p, dim)).unzip();
+            let merged = RowGrads::merge(sparse.iter().map(|g| (&g.ids[..], &g.rows[..])), dim);
+            proptest::prop_assert!(merged.ids.windows(2).all(|w| w[0] < w[1]), "distinct ascending ids");
+            let sum: Vec<f32> = (0..30 * dim).map(|k| dense.iter().map(|d| d[k]).sum()).collect();
+            proptest::prop_assert_eq!(densify(&merged), sum);
+            let (main, aux) = (&sparse[0], sparse.last().unwrap());
+            let combined = RowGrads::combine(main, aux, phi);
+            let expected: Vec<f32> = densify(aux).iter().zip(densify(main)).map(|(&a, m)| (1.0 - phi) * a + phi * m).collect();
+            let got = densify(&combined);
+            proptest::prop_assert!(got.iter().zip(&expected).all(|(g, e)| (g - e).abs() <= 1e-5 * e.abs().max(1.0)), "{:?} vs {:?}", got, expected);
+        }
+    }
 }

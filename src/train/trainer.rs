@@ -3,10 +3,11 @@
 //! before every checkpoint, the test set scored once at the end, `metrics.jsonl`, `summary.json`
 //! and the final model in the run directory (written by rank 0), and the checkpoint selected by
 //! validation AUC. Every rank makes the same collective calls in the same order: those of
-//! [`super::step::train_step`] and [`evaluate_on`], and the broadcasts by which every rank learns
+//! [`super::step::train_step`] and [`evaluate_on`]; the broadcasts by which every rank learns
 //! the outcome of what only rank 0 does (claiming the directory, choosing the checkpoint to resume
-//! from, writing a checkpoint). A rank-0 failure writing `metrics.jsonl` or the summary stops the
-//! job through `main`'s abort.
+//! from, writing a checkpoint); the start's broadcast of rank 0's parameters; and the replica
+//! check every `train.check_replicas_every_steps`. A rank-0 failure writing `metrics.jsonl` or the
+//! summary stops the job through `main`'s abort.
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
