@@ -8,7 +8,7 @@
 use tch::{Device, Tensor};
 
 use super::samples::ArchivedSamples;
-use crate::model::embeddings::{BatchIds, NoClick};
+use crate::model::embeddings::{BatchIds, NoClick, RealSlots};
 use crate::rng::{stream, Rng, WeightedIndex};
 
 /// A batch on the host. Row-major `[b, T]` for the history columns.
@@ -245,6 +245,7 @@ impl Batch {
             hist_cats: m(&self.hist_cats),
             hist_mask: Tensor::from_slice(&self.hist_mask).view([b, t]).to_device(device),
             noclick: self.noclick.as_ref().map(|(items, cats)| NoClick { items: m(items), cats: m(cats) }),
+            real: RealSlots::from_host_mask(&self.hist_mask, self.hist_len, device),
         }
     }
 

@@ -230,6 +230,7 @@ mod tests {
                 hist_cats: ids.hist_cats.narrow(0, start, 4),
                 hist_mask: ids.hist_mask.narrow(0, start, 4),
                 noclick: None,
+                real: crate::model::embeddings::RealSlots::from_mask(&ids.hist_mask.narrow(0, start, 4)),
             };
             let rank_seed = StepSeed { seed: 5, first_sample: 64 + start as u64 };
             let aux = emb.forward(&part).aux.unwrap();

@@ -3,7 +3,7 @@
 //! GRU state to the target, an AUGRU (interest evolving layer) driven by that attention, and a
 //! Dice head over `[user, e_target, sum(history), e_target·sum(history), final AUGRU state]`
 //! (the input of `model_dien` in DIEN's code).
-use tch::{nn, Kind, Reduction, Tensor};
+use tch::{nn, Reduction, Tensor};
 
 use super::embeddings::MainInput;
 use super::layers::{masked_sum, ActivationKind, AttentionUnit, Augru, Gru, Mlp};
@@ -42,8 +42,8 @@ impl Dien {
         let aux_loss = x
             .noclick
             .as_ref()
-            .map(|noclick| self.auxiliary_loss(&states, &x.hist, noclick, &x.hist_mask) * self.aux_alpha);
-        let attention = self.attention.weights(&x.target, &states, &x.hist_mask); // [b, T]
+            .map(|noclick| self.auxiliary_loss(&states, &x.hist, noclick, &x.ids.real.transitions) * self.aux_alpha);
+        let attention = self.attention.weights(&x.target, &states, &x.hist_mask, &x.ids.real); // [b, T]
         let (_, last) = self.augru.forward(&states, &x.hist_mask, &attention); // [b, H]
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &last], -1);
@@ -53,34 +53,34 @@ impl Dien {
     /// DIEN's auxiliary loss, per sample: the state `h_t` must tell the clicked next behaviour
     /// `e_{t+1}` (label 1) from the sampled no-click one (label 0), by binary cross-entropy of
     /// an MLP (100-50-1, sigmoid) on `[h_t, e_{t+1}]`, over the transitions `t → t+1` whose both
-    /// ends are real.
+    /// ends are real (`transitions`, the flat indices `i·T + t` of [`RealSlots`]): the MLP runs on
+    /// those only.
     ///
     /// DIEN's code averages over all `b × (T − 1)` slots, padding included, which makes the value
     /// depend on how wide the batch was padded; here each sample averages over its own real
     /// transitions (0 when it has none), so padding changes nothing.
     ///
+    /// [`RealSlots`]: super::embeddings::RealSlots
+    ///
     /// # Shapes
-    /// `states [b, T, H]`, `clicked [b, T, w]`, `noclick [b, T, w]`, `mask [b, T]` → `[b]`
-    fn auxiliary_loss(&self, states: &Tensor, clicked: &Tensor, noclick: &Tensor, mask: &Tensor) -> Tensor {
+    /// `states [b, T, H]`, `clicked [b, T, w]`, `noclick [b, T, w]`, `transitions [m]` → `[b]`
+    fn auxiliary_loss(&self, states: &Tensor, clicked: &Tensor, noclick: &Tensor, transitions: &Tensor) -> Tensor {
         let (batch, steps) = (states.size()[0], states.size()[1]);
-        if steps < 2 {
-            return Tensor::zeros([batch], (states.kind(), states.device()));
-        }
-        let transitions = steps - 1;
-        let h = states.narrow(1, 0, transitions); // [b, T−1, H]
-        let valid = mask.narrow(1, 1, transitions) * mask.narrow(1, 0, transitions); // [b, T−1]
-        let logit = |next: &Tensor| {
-            let input = Tensor::cat(&[&h, &next.narrow(1, 1, transitions)], -1);
-            self.auxiliary.forward(&input, true).squeeze_dim(-1) // [b, T−1]
+        let rows = |x: &Tensor, at: &Tensor| x.reshape([batch * steps, x.size()[2]]).index_select(0, at);
+        let (h, next) = (rows(states, transitions), transitions + 1); // [m, H]
+        let logit = |behaviours: &Tensor| {
+            let input = Tensor::cat(&[&h, &rows(behaviours, &next)], -1);
+            self.auxiliary.forward(&input, true).view([-1]) // [m]
         };
-        let click_logit = logit(clicked);
-        let noclick_logit = logit(noclick);
         let bce = |logit: &Tensor, label: f64| {
             logit.binary_cross_entropy_with_logits::<Tensor>(&logit.full_like(label), None, None, Reduction::None)
         };
-        let per_step = (bce(&click_logit, 1.0) + bce(&noclick_logit, 0.0)) * &valid;
-        let count = valid.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
-        per_step.sum_dim_intlist(1, false, Kind::Float) / count
+        let per_transition = bce(&logit(clicked), 1.0) + bce(&logit(noclick), 0.0); // [m]
+        let sample = transitions.floor_divide_scalar(steps);
+        let zeros = Tensor::zeros([batch], (per_transition.kind(), per_transition.device()));
+        let sums = zeros.index_add(0, &sample, &per_transition);
+        let counts = zeros.index_add(0, &sample, &per_transition.ones_like()).clamp_min(1.0);
+        sums / counts
     }
 }
 
@@ -89,7 +89,7 @@ mod tests {
     use super::*;
     use crate::model::embeddings::{Embeddings, Vocab};
     use crate::model::testing::batch;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     #[test]
     fn auxiliary_loss_is_finite_and_ignores_padded_transitions() {
@@ -113,6 +113,20 @@ mod tests {
         let aux = dien.forward(&x, true).aux_loss.unwrap();
         assert_eq!(aux.size(), [6]);
         assert!(bool::try_from(aux.isfinite().all()).unwrap());
+        // The loss written out over every slot, masked (as DIEN's code computes it, with each
+        // sample averaged over its own real transitions).
+        let (states, _) = dien.gru.forward(&x.hist, &x.hist_mask);
+        let valid = x.hist_mask.narrow(1, 1, 3) * x.hist_mask.narrow(1, 0, 3); // [b, T − 1]
+        let dense = |next: &Tensor, label: f64| {
+            let input = Tensor::cat(&[&states.narrow(1, 0, 3), &next.narrow(1, 1, 3)], -1);
+            let logit = dien.auxiliary.forward(&input, true).squeeze_dim(-1);
+            logit.binary_cross_entropy_with_logits::<Tensor>(&logit.full_like(label), None, None, Reduction::None)
+        };
+        let per_step = (dense(&x.hist, 1.0) + dense(x.noclick.as_ref().unwrap(), 0.0)) * &valid;
+        let expected = per_step.sum_dim_intlist(1, false, Kind::Float)
+            / valid.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)
+            * 0.5;
+        assert!(aux.allclose(&expected, 1e-6, 1e-6, false), "{aux} vs {expected}");
         // Samples with fewer than two behaviours have no transition, hence no loss.
         assert_eq!(aux.double_value(&[3]), 0.0);
         assert_eq!(aux.double_value(&[4]), 0.0);

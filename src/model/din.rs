@@ -28,7 +28,7 @@ impl Din {
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
     pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
-        let attended = self.attention.forward(&x.target, &x.hist, &x.hist_mask); // [b, w]
+        let attended = self.attention.forward(&x.target, &x.hist, &x.hist_mask, &x.ids.real); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &attended], -1);
         MainOutput { logit: self.head.forward(&input, train).squeeze_dim(-1), aux_loss: None }
     }

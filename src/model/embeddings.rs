@@ -50,6 +50,56 @@ pub struct BatchIds {
     pub hist_mask: Tensor,
     /// DIEN's no-click samples (training only).
     pub noclick: Option<NoClick>,
+    /// Where the real behaviours are.
+    pub real: RealSlots,
+}
+
+/// The real slots of a batch's left-aligned histories `[b, T]`, as flat indices `i·T + t`, worked
+/// out on the host where the mask is ([`RealSlots::from_host_mask`]), so that the layers that
+/// score each behaviour (the attention units, DIEN's auxiliary loss) compute on real behaviours
+/// only, with no data-dependent shape to read back from the device.
+#[derive(Debug)]
+pub struct RealSlots {
+    /// `[n]` i64: every real slot, in row-major order.
+    pub slots: Tensor,
+    /// `[n]` i64: the sample `i` of each of them.
+    pub samples: Tensor,
+    /// `[m]` i64: the real slots `t` whose next slot `t + 1` is real too (DIEN's transitions).
+    pub transitions: Tensor,
+}
+
+impl RealSlots {
+    /// The three index lists from a row-major `[b, T]` mask on the host (1 for a real behaviour).
+    pub fn host_lists(hist_mask: &[f32], steps: usize) -> [Vec<i64>; 3] {
+        let real = |k: usize| hist_mask[k] > 0.0;
+        let slots: Vec<i64> = (0..hist_mask.len()).filter(|&k| real(k)).map(|k| k as i64).collect();
+        let samples = slots.iter().map(|&k| k / steps.max(1) as i64).collect();
+        let transitions =
+            slots.iter().filter(|&&k| (k as usize + 1) % steps != 0 && real(k as usize + 1)).copied().collect();
+        [slots, samples, transitions]
+    }
+
+    /// From a mask on the host, uploaded to `device` (three uploads; the training step packs them
+    /// into its one upload instead).
+    pub fn from_host_mask(hist_mask: &[f32], steps: usize, device: tch::Device) -> Self {
+        let [slots, samples, transitions] =
+            Self::host_lists(hist_mask, steps).map(|v| Tensor::from_slice(&v).to_device(device));
+        Self { slots, samples, transitions }
+    }
+
+    /// From a `[b, T]` mask tensor (read back to the host: for tests and tools).
+    pub fn from_mask(hist_mask: &Tensor) -> Self {
+        let steps = hist_mask.size()[1] as usize;
+        Self::from_host_mask(&crate::transfer::download_f32(hist_mask), steps, hist_mask.device())
+    }
+
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            slots: self.slots.shallow_clone(),
+            samples: self.samples.shallow_clone(),
+            transitions: self.transitions.shallow_clone(),
+        }
+    }
 }
 
 impl BatchIds {
@@ -66,6 +116,7 @@ impl BatchIds {
                 .noclick
                 .as_ref()
                 .map(|n| NoClick { items: n.items.shallow_clone(), cats: n.cats.shallow_clone() }),
+            real: self.real.shallow_clone(),
         }
     }
 

@@ -6,6 +6,8 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::embeddings::RealSlots;
+
 /// Score given to padded positions before a softmax: `exp` of it next to any real score is
 /// exactly 0 in f32, and it stays finite, so a row with no real position gives a uniform softmax
 /// (which the mask then zeroes) instead of NaN.
@@ -472,22 +474,25 @@ impl AttentionUnit {
     }
 
     /// Attention weights over the history; padded positions get exactly 0, and an all-padding
-    /// history gets all zeros.
+    /// history gets all zeros. Only the `real` slots are scored (the others' scores would be
+    /// masked out): with short histories in a wide batch, most of the MLP's work is saved.
     ///
     /// # Shapes
     /// `query [b, q]`, `keys [b, T, k]`, `mask [b, T]` → `[b, T]`
-    pub fn weights(&self, query: &Tensor, keys: &Tensor, mask: &Tensor) -> Tensor {
+    pub fn weights(&self, query: &Tensor, keys: &Tensor, mask: &Tensor, real: &RealSlots) -> Tensor {
         let query = match &self.query_projection {
             Some(projection) => projection.prelu.forward(&projection.linear.forward(query)),
             None => query.shallow_clone(),
         };
-        let scores = match self.mlp.first_layer() {
+        let (b, steps, k) = (keys.size()[0], keys.size()[1], keys.size()[2]);
+        let keys_real = keys.reshape([b * steps, k]).index_select(0, &real.slots); // [n, k]
+        let query_real = query.index_select(0, &real.samples); // [n, k]
+        let scores_real = match self.mlp.first_layer() {
             Some(first) => {
                 // The first layer reads [q, k, q − k, q·k] through W = [W_q W_k W_d W_p]:
                 // q·(W_q + W_d)ᵀ once per sample, k·(W_k − W_d)ᵀ + (q·k)·W_pᵀ per position, without
-                // building the [b, T, 4k] features: half the layer's work per position, and far
+                // building the [n, 4k] features: half the layer's work per position, and far
                 // less memory traffic.
-                let k = keys.size()[2];
                 let block = |i: i64| first.ws.narrow(1, i * k, k);
                 let (w_q, w_k, w_d, w_p) = (block(0), block(1), block(2), block(3));
                 let per_sample = query.matmul(&(w_q + &w_d).tr()); // [b, h]
@@ -495,16 +500,21 @@ impl AttentionUnit {
                     Some(bias) => per_sample + bias,
                     None => per_sample,
                 };
-                let per_position = keys.matmul(&(w_k - &w_d).tr()) + (query.unsqueeze(1) * keys).matmul(&w_p.tr());
-                self.mlp.forward_from_first(&(per_position + per_sample.unsqueeze(1)), false)
+                let per_position = keys_real.matmul(&(w_k - &w_d).tr()) + (&query_real * &keys_real).matmul(&w_p.tr());
+                self.mlp.forward_from_first(&(per_position + per_sample.index_select(0, &real.samples)), false)
             }
             None => {
-                let queries = query.unsqueeze(1).expand_as(keys); // [b, T, k]
-                let features = Tensor::cat(&[&queries, keys, &(&queries - keys), &(&queries * keys)], -1);
+                let features = Tensor::cat(
+                    &[&query_real, &keys_real, &(&query_real - &keys_real), &(&query_real * &keys_real)],
+                    -1,
+                );
                 self.mlp.forward(&features, false)
             }
         }
-        .squeeze_dim(-1); // [b, T]
+        .view([-1]); // [n]
+        let scores = Tensor::zeros([b * steps], (scores_real.kind(), scores_real.device()))
+            .index_copy(0, &real.slots, &scores_real)
+            .view([b, steps]);
         masked_softmax(&scores, mask)
     }
 
@@ -512,8 +522,8 @@ impl AttentionUnit {
     ///
     /// # Shapes
     /// `query [b, q]`, `keys [b, T, k]`, `mask [b, T]` → `[b, k]`
-    pub fn forward(&self, query: &Tensor, keys: &Tensor, mask: &Tensor) -> Tensor {
-        let weights = self.weights(query, keys, mask); // [b, T]
+    pub fn forward(&self, query: &Tensor, keys: &Tensor, mask: &Tensor, real: &RealSlots) -> Tensor {
+        let weights = self.weights(query, keys, mask, real); // [b, T]
         weights.unsqueeze(1).matmul(keys).squeeze_dim(1)
     }
 }
@@ -648,7 +658,7 @@ mod tests {
         let queries = query.unsqueeze(1).expand_as(&keys);
         let features = Tensor::cat(&[&queries, &keys, &(&queries - &keys), &(&queries * &keys)], -1);
         let expected = masked_softmax(&unit.mlp.forward(&features, false).squeeze_dim(-1), &mask);
-        let weights = unit.weights(&query, &keys, &mask);
+        let weights = unit.weights(&query, &keys, &mask, &RealSlots::from_mask(&mask));
         assert!(close(&weights, &expected, 1e-6), "{weights} vs {expected}");
         // And the first layer's weight gets the same gradient both ways.
         let first = &unit.mlp.first_layer().unwrap().ws;
@@ -664,7 +674,7 @@ mod tests {
         let query = Tensor::randn([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let keys = Tensor::randn([2, 5, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let mask = Tensor::from_slice(&[0.0f32, 0., 0., 0., 0., 1., 1., 0., 0., 0.]).view([2, 5]);
-        let out = unit.forward(&query, &keys, &mask);
+        let out = unit.forward(&query, &keys, &mask, &RealSlots::from_mask(&mask));
         assert_eq!(out.size(), [2, 3]);
         assert_eq!(out.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
         out.sum(Kind::Float).backward();
@@ -682,7 +692,7 @@ mod tests {
         let query = Tensor::randn([2, 4], (Kind::Float, Device::Cpu));
         let keys = Tensor::randn([2, 4, 3], (Kind::Float, Device::Cpu)) * 100.0;
         let mask = Tensor::from_slice(&[1.0f32, 1., 1., 0., 1., 0., 0., 0.]).view([2, 4]);
-        let w = unit.weights(&query, &keys, &mask);
+        let w = unit.weights(&query, &keys, &mask, &RealSlots::from_mask(&mask));
         assert_eq!((&w * mask.ones_like().g_sub(&mask)).abs().sum(Kind::Float).double_value(&[]), 0.0);
         let sums = w.sum_dim_intlist(1, false, Kind::Float);
         assert!(close(&sums, &Tensor::ones([2], (Kind::Float, Device::Cpu)), 1e-6), "{sums}");

@@ -148,7 +148,7 @@ impl Network {
 pub(crate) mod testing {
     use tch::{Kind, Tensor};
 
-    use super::embeddings::{BatchIds, NoClick, Vocab};
+    use super::embeddings::{BatchIds, NoClick, RealSlots, Vocab};
     use crate::micn::rng::CounterRng;
 
     /// One libtorch thread for the test process: with two cores shared by parallel tests (and
@@ -182,6 +182,7 @@ pub(crate) mod testing {
             hist_cats: hist(4, vocab.cats),
             hist_mask: Tensor::from_slice(&mask).view([b, t]).to_kind(Kind::Float),
             noclick: noclick.then(|| NoClick { items: hist(5, vocab.items), cats: hist(6, vocab.cats) }),
+            real: RealSlots::from_host_mask(&mask, t as usize, tch::Device::Cpu),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::config::{EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
-use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, NoClick, RowLeaf, Task};
+use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, NoClick, RealSlots, RowLeaf, Task};
 use crate::model::layers::batch_stats;
 use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
 use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Uploaded};
@@ -719,6 +719,8 @@ struct BatchPieces {
     noclick: Option<(Piece, Piece)>,
     labels: Piece,
     hist_mask: Piece,
+    /// The real slots' lists ([`RealSlots`]).
+    real: [Piece; 3],
 }
 
 impl BatchPieces {
@@ -732,6 +734,7 @@ impl BatchPieces {
             noclick: batch.noclick.as_ref().map(|(items, cats)| (upload.i64(items), upload.i64(cats))),
             labels: upload.f32(&batch.labels),
             hist_mask: upload.f32(&batch.hist_mask),
+            real: RealSlots::host_lists(&batch.hist_mask, batch.hist_len).map(|list| upload.i64(&list)),
         }
     }
 
@@ -747,6 +750,11 @@ impl BatchPieces {
             hist_cats: history(self.hist_cats),
             hist_mask: history(self.hist_mask),
             noclick: self.noclick.map(|(items, cats)| NoClick { items: history(items), cats: history(cats) }),
+            real: RealSlots {
+                slots: sent.get(self.real[0]),
+                samples: sent.get(self.real[1]),
+                transitions: sent.get(self.real[2]),
+            },
         };
         (ids, sent.get(self.labels))
     }
