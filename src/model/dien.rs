@@ -38,13 +38,13 @@ impl Dien {
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]`,
     /// `noclick [b, T, w]` → `logit [b]`, `aux_loss [b]`
     pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
-        let (states, _) = self.gru.forward(&x.hist, &x.hist_mask); // [b, T, H]
+        let (states, _) = self.gru.forward(&x.hist, &x.ids.real); // [b, T, H]
         let aux_loss = x
             .noclick
             .as_ref()
             .map(|noclick| self.auxiliary_loss(&states, &x.hist, noclick, &x.ids.real.transitions) * self.aux_alpha);
         let attention = self.attention.weights(&x.target, &states, &x.hist_mask, &x.ids.real); // [b, T]
-        let (_, last) = self.augru.forward(&states, &x.hist_mask, &attention); // [b, H]
+        let (_, last) = self.augru.forward(&states, &attention, &x.ids.real); // [b, H]
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &last], -1);
         MainOutput { logit: self.head.forward(&input, train).squeeze_dim(-1), aux_loss }
@@ -115,7 +115,7 @@ mod tests {
         assert!(bool::try_from(aux.isfinite().all()).unwrap());
         // The loss written out over every slot, masked (as DIEN's code computes it, with each
         // sample averaged over its own real transitions).
-        let (states, _) = dien.gru.forward(&x.hist, &x.hist_mask);
+        let (states, _) = dien.gru.forward(&x.hist, &x.ids.real);
         let valid = x.hist_mask.narrow(1, 1, 3) * x.hist_mask.narrow(1, 0, 3); // [b, T − 1]
         let dense = |next: &Tensor, label: f64| {
             let input = Tensor::cat(&[&states.narrow(1, 0, 3), &next.narrow(1, 1, 3)], -1);

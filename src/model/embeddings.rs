@@ -54,37 +54,65 @@ pub struct BatchIds {
     pub real: RealSlots,
 }
 
-/// The real slots of a batch's left-aligned histories `[b, T]`, as flat indices `i·T + t`, worked
-/// out on the host where the mask is ([`RealSlots::from_host_mask`]), so that the layers that
-/// score each behaviour (the attention units, DIEN's auxiliary loss) compute on real behaviours
-/// only, with no data-dependent shape to read back from the device.
+/// The real slots of a batch's left-aligned histories `[b, T]`, worked out on the host where the
+/// mask is ([`RealSlots::lists`]), so that the layers that score each behaviour (the attention
+/// units, DIEN's auxiliary loss) compute on real behaviours only, and DIEN's recurrences on the
+/// rows whose history still runs, with no data-dependent shape to read back from the device.
 #[derive(Debug)]
 pub struct RealSlots {
-    /// `[n]` i64: every real slot, in row-major order.
+    /// `[n]` i64: every real slot as the flat index `i·T + t`, in row-major order.
     pub slots: Tensor,
     /// `[n]` i64: the sample `i` of each of them.
     pub samples: Tensor,
     /// `[m]` i64: the real slots `t` whose next slot `t + 1` is real too (DIEN's transitions).
     pub transitions: Tensor,
+    /// `[b]` i64: the rows by decreasing history length (ties in row order).
+    pub by_length: Tensor,
+    /// `[b]` i64: where each row went in `by_length` (its inverse).
+    pub unsort: Tensor,
+    /// For every step `t`, how many rows have a behaviour there (the first that many of
+    /// `by_length`).
+    pub active: Vec<i64>,
 }
 
+/// The index lists of [`RealSlots`] on the host, in field order, and its `active` counts.
+pub type RealSlotLists = ([Vec<i64>; 5], Vec<i64>);
+
 impl RealSlots {
-    /// The three index lists from a row-major `[b, T]` mask on the host (1 for a real behaviour).
-    pub fn host_lists(hist_mask: &[f32], steps: usize) -> [Vec<i64>; 3] {
+    /// The lists from a row-major `[b, T]` mask on the host (1 for a real behaviour; real
+    /// behaviours left-aligned, as the loader collates them).
+    pub fn lists(hist_mask: &[f32], steps: usize) -> RealSlotLists {
         let real = |k: usize| hist_mask[k] > 0.0;
         let slots: Vec<i64> = (0..hist_mask.len()).filter(|&k| real(k)).map(|k| k as i64).collect();
         let samples = slots.iter().map(|&k| k / steps.max(1) as i64).collect();
         let transitions =
             slots.iter().filter(|&&k| (k as usize + 1) % steps != 0 && real(k as usize + 1)).copied().collect();
-        [slots, samples, transitions]
+        let lengths: Vec<usize> =
+            hist_mask.chunks(steps.max(1)).map(|row| row.iter().filter(|&&m| m > 0.0).count()).collect();
+        debug_assert!(
+            hist_mask.chunks(steps.max(1)).zip(&lengths).all(|(row, &n)| row[..n].iter().all(|&m| m > 0.0)),
+            "real behaviours are left-aligned"
+        );
+        let mut by_length: Vec<i64> = (0..lengths.len() as i64).collect();
+        by_length.sort_by_key(|&i| std::cmp::Reverse(lengths[i as usize]));
+        let mut unsort = vec![0i64; by_length.len()];
+        for (k, &i) in by_length.iter().enumerate() {
+            unsort[i as usize] = k as i64;
+        }
+        let active = (0..steps).map(|t| lengths.iter().filter(|&&n| n > t).count() as i64).collect();
+        ([slots, samples, transitions, by_length, unsort], active)
     }
 
-    /// From a mask on the host, uploaded to `device` (three uploads; the training step packs them
+    /// From the lists on the device, in field order.
+    pub fn from_parts([slots, samples, transitions, by_length, unsort]: [Tensor; 5], active: Vec<i64>) -> Self {
+        Self { slots, samples, transitions, by_length, unsort, active }
+    }
+
+    /// From a mask on the host, uploaded to `device` (five uploads; the training step packs them
     /// into its one upload instead).
     pub fn from_host_mask(hist_mask: &[f32], steps: usize, device: tch::Device) -> Self {
-        let [slots, samples, transitions] =
-            Self::host_lists(hist_mask, steps).map(|v| Tensor::from_slice(&v).to_device(device));
-        Self { slots, samples, transitions }
+        let (lists, active) = Self::lists(hist_mask, steps);
+        Self::from_parts(lists.map(|v| Tensor::from_slice(&v).to_device(device)), active)
     }
 
     /// From a `[b, T]` mask tensor (read back to the host: for tests and tools).
@@ -98,6 +126,9 @@ impl RealSlots {
             slots: self.slots.shallow_clone(),
             samples: self.samples.shallow_clone(),
             transitions: self.transitions.shallow_clone(),
+            by_length: self.by_length.shallow_clone(),
+            unsort: self.unsort.shallow_clone(),
+            active: self.active.clone(),
         }
     }
 }

@@ -556,40 +556,50 @@ impl GruCell {
     /// Runs the cell over the history from a zero state; a padded step keeps the previous state,
     /// so the last state is the state after each sample's last real behaviour.
     ///
-    /// One step is `h' = h + u'·(h̃ − h)` (`lerp`), with the padding mask folded into the update
-    /// gate's scale: `u' = u·a·mask`, so a padded step (or, in the AUGRU, attention 0) leaves `h`
-    /// exactly. The input's projection runs once for all steps, and every step is a handful of
-    /// fused operations (two `addmm`, two activations, two products, a `lerp`), since at DIEN's
-    /// sizes a step costs what its operations' dispatch costs, forward and backward.
+    /// Only what real behaviours need is computed, as packed sequences do: the input's
+    /// projection at the real slots (one matmul), and at step `t` the rows whose history reaches
+    /// `t`, which are the first `real.active[t]` once the rows are ordered by decreasing length;
+    /// the others keep their state. One step is `h' = h + u'·(h̃ − h)` (`lerp`), with `u' = a·u` in
+    /// the AUGRU, a handful of fused operations (two `addmm`, two activations, a product, a
+    /// `lerp`, a `cat`): at DIEN's sizes a step costs what its operations' dispatch costs.
     ///
     /// # Shapes
-    /// `xs [b, T, I]`, `mask [b, T]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`)
-    fn unroll(&self, xs: &Tensor, mask: &Tensor, attention: Option<&Tensor>) -> (Tensor, Tensor) {
-        let (batch, hidden) = (xs.size()[0], self.hidden);
-        // Views made once (one autograd node each), not per step.
-        let projected = self.input.forward(xs).split_with_sizes([2 * hidden, hidden], -1);
-        let (x_gates, x_candidate) = (projected[0].unbind(1), projected[1].unbind(1)); // T × [b, 2H], [b, H]
-        let scale = match attention {
-            Some(a) => a * mask,
-            None => mask.shallow_clone(),
-        };
-        let scales = scale.unsqueeze(-1).unbind(1); // T × [b, 1]
-        let (w_gates, w_candidate) = (self.hidden_gates.ws.tr(), self.hidden_candidate.ws.tr());
+    /// `xs [b, T, I]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`)
+    fn unroll(&self, xs: &Tensor, attention: Option<&Tensor>, real: &RealSlots) -> (Tensor, Tensor) {
+        let (batch, steps, width) = (xs.size()[0], xs.size()[1], xs.size()[2]);
+        let hidden = self.hidden;
         let mut h = Tensor::zeros([batch, hidden], (xs.kind(), xs.device()));
-        let mut states = Vec::with_capacity(scales.len());
-        for ((x_gates, x_candidate), scale) in x_gates.iter().zip(&x_candidate).zip(&scales) {
-            let gates = x_gates.addmm(&h, &w_gates).sigmoid().chunk(2, -1);
-            let (reset, update) = (&gates[0], &gates[1]);
-            let candidate = x_candidate.addmm(&(reset * &h), &w_candidate).tanh();
-            h = h.lerp_tensor(&candidate, &(update * scale));
+        if steps == 0 {
+            return (Tensor::zeros([batch, 0, hidden], (xs.kind(), xs.device())), h);
+        }
+        let projected = self.input.forward(&xs.reshape([batch * steps, width]).index_select(0, &real.slots));
+        let projected = Tensor::zeros([batch * steps, 3 * hidden], (projected.kind(), projected.device()))
+            .index_copy(0, &real.slots, &projected)
+            .view([batch, steps, 3 * hidden])
+            .index_select(0, &real.by_length);
+        // Views made once (one autograd node each), not per step.
+        let projected = projected.split_with_sizes([2 * hidden, hidden], -1);
+        let (x_gates, x_candidate) = (projected[0].unbind(1), projected[1].unbind(1)); // T × [b, 2H], [b, H]
+        let scales = attention.map(|a| a.index_select(0, &real.by_length).unsqueeze(-1).unbind(1)); // T × [b, 1]
+        let (w_gates, w_candidate) = (self.hidden_gates.ws.tr(), self.hidden_candidate.ws.tr());
+        let mut states = Vec::with_capacity(steps as usize);
+        for t in 0..steps as usize {
+            let running = real.active[t];
+            if running > 0 {
+                let h_run = h.narrow(0, 0, running);
+                let gates = x_gates[t].narrow(0, 0, running).addmm(&h_run, &w_gates).sigmoid().chunk(2, -1);
+                let (reset, update) = (&gates[0], &gates[1]);
+                let candidate = x_candidate[t].narrow(0, 0, running).addmm(&(reset * &h_run), &w_candidate).tanh();
+                let update = match &scales {
+                    Some(scales) => update * scales[t].narrow(0, 0, running),
+                    None => update.shallow_clone(),
+                };
+                let next = h_run.lerp_tensor(&candidate, &update);
+                h = if running < batch { Tensor::cat(&[next, h.narrow(0, running, batch - running)], 0) } else { next };
+            }
             states.push(h.shallow_clone());
         }
-        let states = if states.is_empty() {
-            Tensor::zeros([batch, 0, hidden], (xs.kind(), xs.device()))
-        } else {
-            Tensor::stack(&states, 1)
-        };
-        (states, h)
+        (Tensor::stack(&states, 1).index_select(0, &real.unsort), h.index_select(0, &real.unsort))
     }
 }
 
@@ -603,9 +613,9 @@ impl Gru {
     }
 
     /// # Shapes
-    /// `xs [b, T, I]`, `mask [b, T]` → (`states [b, T, H]`, `last [b, H]`)
-    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> (Tensor, Tensor) {
-        self.0.unroll(xs, mask, None)
+    /// `xs [b, T, I]` → (`states [b, T, H]`, `last [b, H]`); the real slots are `real`'s.
+    pub fn forward(&self, xs: &Tensor, real: &RealSlots) -> (Tensor, Tensor) {
+        self.0.unroll(xs, None, real)
     }
 }
 
@@ -620,9 +630,10 @@ impl Augru {
     }
 
     /// # Shapes
-    /// `xs [b, T, I]`, `mask [b, T]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`)
-    pub fn forward(&self, xs: &Tensor, mask: &Tensor, attention: &Tensor) -> (Tensor, Tensor) {
-        self.0.unroll(xs, mask, Some(attention))
+    /// `xs [b, T, I]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`); the real slots
+    /// are `real`'s.
+    pub fn forward(&self, xs: &Tensor, attention: &Tensor, real: &RealSlots) -> (Tensor, Tensor) {
+        self.0.unroll(xs, Some(attention), real)
     }
 }
 
@@ -776,12 +787,13 @@ mod tests {
         let mask = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
         // Attention 0 at step 1: the state after step 1 equals the state after step 0.
         let attention = Tensor::from_slice(&[0.7f32, 0.0, 0.3, 1.0, 0.0, 0.0]).view([2, 3]);
-        let (states, last) = augru.forward(&xs, &mask, &attention);
+        let (states, last) = augru.forward(&xs, &attention, &RealSlots::from_mask(&mask));
         assert!(close(&states.select(1, 1), &states.select(1, 0), 0.0));
         assert!(!close(&states.select(1, 2), &states.select(1, 1), 1e-6));
         assert!(close(&last.get(1), &states.get(1).get(0), 0.0));
         // Attention 0 everywhere: the zero initial state is never left.
-        let (_, last) = augru.forward(&xs, &mask, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)));
+        let (_, last) =
+            augru.forward(&xs, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)), &RealSlots::from_mask(&mask));
         assert_eq!(last.abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 
@@ -819,10 +831,11 @@ mod tests {
             }
             Tensor::stack(&states, 1)
         };
-        let (states, last) = gru.forward(&xs, &mask);
+        let real = RealSlots::from_mask(&mask);
+        let (states, last) = gru.forward(&xs, &real);
         assert!(close(&states, &reference(&gru.0, None), 1e-6), "{states}");
         assert!(close(&last, &states.select(1, 2), 0.0));
-        let (states, _) = augru.forward(&xs, &mask, &attention);
+        let (states, _) = augru.forward(&xs, &attention, &real);
         assert!(close(&states, &reference(&augru.0, Some(&attention)), 1e-6), "{states}");
     }
 
@@ -832,9 +845,10 @@ mod tests {
         let gru = Gru::new(&vs.root(), 3, 4);
         let short = Tensor::randn([1, 2, 3], (Kind::Float, Device::Cpu));
         let padded = Tensor::cat(&[&short, &(Tensor::randn([1, 3, 3], (Kind::Float, Device::Cpu)) * 9.0)], 1);
-        let (_, last_short) = gru.forward(&short, &Tensor::ones([1, 2], (Kind::Float, Device::Cpu)));
+        let (_, last_short) =
+            gru.forward(&short, &RealSlots::from_mask(&Tensor::ones([1, 2], (Kind::Float, Device::Cpu))));
         let mask = Tensor::from_slice(&[1.0f32, 1.0, 0.0, 0.0, 0.0]).view([1, 5]);
-        let (states, last) = gru.forward(&padded, &mask);
+        let (states, last) = gru.forward(&padded, &RealSlots::from_mask(&mask));
         assert!(close(&last, &last_short, 1e-6));
         assert!(close(&states.select(1, 4), &states.select(1, 1), 0.0));
     }

@@ -719,8 +719,8 @@ struct BatchPieces {
     noclick: Option<(Piece, Piece)>,
     labels: Piece,
     hist_mask: Piece,
-    /// The real slots' lists ([`RealSlots`]).
-    real: [Piece; 3],
+    /// The real slots' lists and active counts ([`RealSlots`]).
+    real: ([Piece; 5], Vec<i64>),
 }
 
 impl BatchPieces {
@@ -734,7 +734,10 @@ impl BatchPieces {
             noclick: batch.noclick.as_ref().map(|(items, cats)| (upload.i64(items), upload.i64(cats))),
             labels: upload.f32(&batch.labels),
             hist_mask: upload.f32(&batch.hist_mask),
-            real: RealSlots::host_lists(&batch.hist_mask, batch.hist_len).map(|list| upload.i64(&list)),
+            real: {
+                let (lists, active) = RealSlots::lists(&batch.hist_mask, batch.hist_len);
+                (lists.map(|list| upload.i64(&list)), active)
+            },
         }
     }
 
@@ -750,11 +753,7 @@ impl BatchPieces {
             hist_cats: history(self.hist_cats),
             hist_mask: history(self.hist_mask),
             noclick: self.noclick.map(|(items, cats)| NoClick { items: history(items), cats: history(cats) }),
-            real: RealSlots {
-                slots: sent.get(self.real[0]),
-                samples: sent.get(self.real[1]),
-                transitions: sent.get(self.real[2]),
-            },
+            real: RealSlots::from_parts(self.real.0.map(|piece| sent.get(piece)), self.real.1.clone()),
         };
         (ids, sent.get(self.labels))
     }
