@@ -8,7 +8,6 @@
 use tch::{Device, Tensor};
 
 use super::samples::ArchivedSamples;
-use crate::model::embeddings::{BatchIds, NoClick, RealSlots};
 use crate::rng::{stream, Rng, WeightedIndex};
 
 /// A batch on the host. Row-major `[b, T]` for the history columns.
@@ -230,23 +229,6 @@ impl Batch {
             }
         }
         batch
-    }
-
-    /// The batch as tensors on `device`.
-    pub fn to_ids(&self, device: Device) -> BatchIds {
-        let (b, t) = (self.len() as i64, self.hist_len as i64);
-        let v = |x: &[i64]| Tensor::from_slice(x).to_device(device);
-        let m = |x: &[i64]| Tensor::from_slice(x).view([b, t]).to_device(device);
-        BatchIds {
-            users: v(&self.users),
-            items: v(&self.items),
-            cats: v(&self.cats),
-            hist_items: m(&self.hist_items),
-            hist_cats: m(&self.hist_cats),
-            hist_mask: Tensor::from_slice(&self.hist_mask).view([b, t]).to_device(device),
-            noclick: self.noclick.as_ref().map(|(items, cats)| NoClick { items: m(items), cats: m(cats) }),
-            real: RealSlots::from_host_mask(&self.hist_mask, self.hist_len, device),
-        }
     }
 
     /// MICN positives among this batch's own samples.

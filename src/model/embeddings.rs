@@ -13,6 +13,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::ModelError;
+use crate::data::batch::Batch;
 use crate::transfer::{Piece, Upload, Uploaded};
 
 /// Vocabulary sizes, id 0 (padding / unknown) included.
@@ -158,6 +159,63 @@ impl BatchIds {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Where a batch's ids lie in an [`Upload`] ([`BatchIds::add_to`]).
+#[derive(Debug)]
+pub struct BatchPieces {
+    shape: [i64; 2],
+    users: Piece,
+    items: Piece,
+    cats: Piece,
+    hist_items: Piece,
+    hist_cats: Piece,
+    hist_mask: Piece,
+    noclick: Option<(Piece, Piece)>,
+    /// The real slots' lists and active counts ([`RealSlots`]).
+    real: ([Piece; 5], Vec<i64>),
+}
+
+impl BatchIds {
+    /// Adds a host batch's ids, mask and real slots to `upload`.
+    pub fn add_to(batch: &Batch, upload: &mut Upload) -> BatchPieces {
+        let (lists, active) = RealSlots::lists(&batch.hist_mask, batch.hist_len);
+        BatchPieces {
+            shape: [batch.len() as i64, batch.hist_len as i64],
+            users: upload.i64(&batch.users),
+            items: upload.i64(&batch.items),
+            cats: upload.i64(&batch.cats),
+            hist_items: upload.i64(&batch.hist_items),
+            hist_cats: upload.i64(&batch.hist_cats),
+            hist_mask: upload.f32(&batch.hist_mask),
+            noclick: batch.noclick.as_ref().map(|(items, cats)| (upload.i64(items), upload.i64(cats))),
+            real: (lists.map(|list| upload.i64(&list)), active),
+        }
+    }
+
+    /// A host batch on `device`, in one upload.
+    pub fn from_batch(batch: &Batch, device: tch::Device) -> Self {
+        let mut upload = Upload::new();
+        let pieces = Self::add_to(batch, &mut upload);
+        pieces.read(&upload.send(device))
+    }
+}
+
+impl BatchPieces {
+    /// The ids from the upload's buffer on the device (views of it).
+    pub fn read(&self, sent: &Uploaded) -> BatchIds {
+        let history = |piece: Piece| sent.get(piece).view(self.shape);
+        BatchIds {
+            users: sent.get(self.users),
+            items: sent.get(self.items),
+            cats: sent.get(self.cats),
+            hist_items: history(self.hist_items),
+            hist_cats: history(self.hist_cats),
+            hist_mask: history(self.hist_mask),
+            noclick: self.noclick.map(|(items, cats)| NoClick { items: history(items), cats: history(cats) }),
+            real: RealSlots::from_parts(self.real.0.map(|piece| sent.get(piece)), self.real.1.clone()),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use crate::config::{EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
-use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, NoClick, RealSlots, RowLeaf, Task};
+use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, RowLeaf, Task};
 use crate::model::layers::batch_stats;
 use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
 use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Uploaded};
@@ -466,7 +466,7 @@ pub fn gradients(
     let seed = step_seed(ctx);
     let negative_ids = net.micn.as_ref().map(|micn| micn.negative_ids(seed));
     let mut upload = Upload::new();
-    let pieces = BatchPieces::add(batch, &mut upload);
+    let (ids, labels) = (BatchIds::add_to(batch, &mut upload), upload.f32(&batch.labels));
     let host_ids = HostIds {
         users: &batch.users,
         items: &batch.items,
@@ -478,7 +478,7 @@ pub fn gradients(
     let plan = net.embeddings.plan_leaves(&host_ids, negative_ids.as_deref(), &mut upload);
     let unions = if resident { plan_unions(t, &plan, &mut upload) } else { Vec::new() };
     let sent = upload.send(device);
-    let (ids, labels) = pieces.read(&sent, batch);
+    let (ids, labels) = (ids.read(&sent), sent.get(labels));
     let routing_logits =
         net.micn.as_ref().map(|micn| micn.routing_logits(seed, ids.len(), batch.hist_len as i64, device));
 
@@ -707,56 +707,6 @@ fn combine_on_device(
         })
         .collect();
     (combined, Tensor::cat(&norms, 0))
-}
-
-/// Where a batch's values lie in the step's upload.
-struct BatchPieces {
-    users: Piece,
-    items: Piece,
-    cats: Piece,
-    hist_items: Piece,
-    hist_cats: Piece,
-    noclick: Option<(Piece, Piece)>,
-    labels: Piece,
-    hist_mask: Piece,
-    /// The real slots' lists and active counts ([`RealSlots`]).
-    real: ([Piece; 5], Vec<i64>),
-}
-
-impl BatchPieces {
-    fn add(batch: &Batch, upload: &mut Upload) -> Self {
-        BatchPieces {
-            users: upload.i64(&batch.users),
-            items: upload.i64(&batch.items),
-            cats: upload.i64(&batch.cats),
-            hist_items: upload.i64(&batch.hist_items),
-            hist_cats: upload.i64(&batch.hist_cats),
-            noclick: batch.noclick.as_ref().map(|(items, cats)| (upload.i64(items), upload.i64(cats))),
-            labels: upload.f32(&batch.labels),
-            hist_mask: upload.f32(&batch.hist_mask),
-            real: {
-                let (lists, active) = RealSlots::lists(&batch.hist_mask, batch.hist_len);
-                (lists.map(|list| upload.i64(&list)), active)
-            },
-        }
-    }
-
-    /// The batch's ids and labels (`[b]` f32) on the device.
-    fn read(&self, sent: &Uploaded, batch: &Batch) -> (BatchIds, Tensor) {
-        let (b, steps) = (batch.len() as i64, batch.hist_len as i64);
-        let history = |piece: Piece| sent.get(piece).view([b, steps]);
-        let ids = BatchIds {
-            users: sent.get(self.users),
-            items: sent.get(self.items),
-            cats: sent.get(self.cats),
-            hist_items: history(self.hist_items),
-            hist_cats: history(self.hist_cats),
-            hist_mask: history(self.hist_mask),
-            noclick: self.noclick.map(|(items, cats)| NoClick { items: history(items), cats: history(cats) }),
-            real: RealSlots::from_parts(self.real.0.map(|piece| sent.get(piece)), self.real.1.clone()),
-        };
-        (ids, sent.get(self.labels))
-    }
 }
 
 /// MICN's randomness for this step: the same seed on every rank, sample-indexed routing logits.

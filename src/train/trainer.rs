@@ -26,7 +26,7 @@ use crate::config::{Config, Device as DeviceChoice, ModelKind};
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
 use crate::data::{shard, DataError, Dataset};
 use crate::dist::{self, Communicator, CommunicatorExt};
-use crate::model::embeddings::Vocab;
+use crate::model::embeddings::{BatchIds, Vocab};
 use crate::model::Network;
 
 #[derive(Debug, thiserror::Error)]
@@ -334,7 +334,7 @@ pub fn evaluate_on(
         (Vec::<u32>::new(), Vec::<u32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
     tch::no_grad(|| {
         for batch in eval_batches(samples, set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
-            let embedded = net.embeddings.forward(&batch.to_ids(device));
+            let embedded = net.embeddings.forward(&BatchIds::from_batch(&batch, device));
             let logit = net.main.forward(&embedded.main, false).logit;
             probs.extend(crate::transfer::download_f32(&logit.sigmoid()));
             ids.extend(&batch.sample_ids);

@@ -111,7 +111,7 @@ fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
     let batch = first_batch(cfg, &dataset);
     let comm = SingleProcess;
     let ctx = context(cfg, &comm);
-    let ids = batch.to_ids(Device::Cpu);
+    let ids = micn::model::embeddings::BatchIds::from_batch(&batch, Device::Cpu);
     let labels = batch.labels(Device::Cpu);
     let b = cfg.train.global_batch_size as f64;
     let embedded = net.embeddings.forward(&ids);
