@@ -4,6 +4,7 @@
 //! Every error names where the bad value came from (the file, or the `--set` argument) and the
 //! key (`micn.phi`), so a user can fix it without reading code. The validated [`Config`] is what
 //! the rest of the crate takes by reference; nothing reads configuration anywhere else.
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -618,9 +619,45 @@ impl Config {
     }
 }
 
+/// `{a = {b = 1}}` and `{"a.b" = 1}` both become `[("a.b", 1)]`: a TOML table as dotted keys.
+pub fn flatten(table: &toml::Table) -> Vec<(String, toml::Value)> {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+        for (key, value) in table {
+            let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match value {
+                toml::Value::Table(inner) => walk(&key, inner, out),
+                other => out.push((key, other.clone())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", table, &mut out);
+    out
+}
+
+/// The dotted keys whose values differ between two configuration tables (a key present in one
+/// only differs), sorted.
+pub fn diff(a: &toml::Table, b: &toml::Table) -> Vec<String> {
+    let (a, b): (BTreeMap<String, toml::Value>, BTreeMap<String, toml::Value>) =
+        (flatten(a).into_iter().collect(), flatten(b).into_iter().collect());
+    let keys: std::collections::BTreeSet<&String> =
+        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
+    keys.into_iter().cloned().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diff_names_every_dotted_key_that_differs_or_is_missing_on_one_side() {
+        let a: toml::Table =
+            toml::from_str("device = \"cpu\"\n[train]\nlr = 1e-3\nseed = 1\n[micn]\nphi = 0.3").unwrap();
+        let b: toml::Table =
+            toml::from_str("device = \"cpu\"\n\"train.lr\" = 1e-3\n[train]\nseed = 2\n[data]\ndir = \"d\"").unwrap();
+        assert_eq!(diff(&a, &b), ["data.dir", "micn.phi", "train.seed"]);
+        assert!(diff(&a, &a).is_empty());
+    }
 
     fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

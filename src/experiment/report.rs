@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::plot::{self, Panel, PlotError, Point, Series};
-use super::sweep::flatten;
+use crate::config::flatten;
 use crate::metrics::mean_std;
 
 #[derive(Debug, thiserror::Error)]

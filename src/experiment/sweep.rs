@@ -8,7 +8,6 @@
 //! their newest checkpoint; a run directory whose configuration differs from the planned one is
 //! refused, never overwritten. The report (`micn report`) of the sweep is written to `OUT/report`
 //! at the end.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,22 +75,6 @@ struct SweepFile {
     grid: toml::Table,
 }
 
-/// `{a = {b = 1}}` and `{"a.b" = 1}` both become `[("a.b", 1)]`.
-pub fn flatten(table: &toml::Table) -> Vec<(String, toml::Value)> {
-    fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
-        for (key, value) in table {
-            let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-            match value {
-                toml::Value::Table(inner) => walk(&key, inner, out),
-                other => out.push((key, other.clone())),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk("", table, &mut out);
-    out
-}
-
 /// A value as a `--set` argument reads it back (strings quoted).
 fn set_arg(key: &str, value: &toml::Value) -> String {
     format!("{key}={value}")
@@ -137,13 +120,13 @@ impl SweepSpec {
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let file: SweepFile = toml::from_str(&text).map_err(|e| fail(e.to_string().trim().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let sets = flatten(&file.set)
+        let sets = crate::config::flatten(&file.set)
             .into_iter()
             .map(|(key, value)| Override::parse(&set_arg(&key, &value)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| fail(format!("[set]: {e}")))?;
         let mut grid = Vec::new();
-        for (key, value) in flatten(&file.grid) {
+        for (key, value) in crate::config::flatten(&file.grid) {
             let toml::Value::Array(values) = value else {
                 return Err(fail(format!("grid key {key}: the values must be a list")));
             };
@@ -287,16 +270,7 @@ pub fn run_state(run: &PlannedRun) -> Result<RunState, SweepError> {
     let saved: toml::Table = toml::from_str(&text)
         .map_err(|e| SweepError::File { path: config_path.clone(), message: e.to_string().trim().to_string() })?;
     let planned: toml::Table = toml::from_str(&run.config.to_toml()).expect("a config's own TOML parses");
-    let saved: BTreeMap<String, toml::Value> = flatten(&saved).into_iter().collect();
-    let planned: BTreeMap<String, toml::Value> = flatten(&planned).into_iter().collect();
-    let differing: Vec<&str> = saved
-        .keys()
-        .chain(planned.keys())
-        .filter(|k| saved.get(*k) != planned.get(*k))
-        .map(String::as_str)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let differing = crate::config::diff(&saved, &planned);
     if !differing.is_empty() {
         return Err(SweepError::Mismatch { dir: run.dir.clone(), keys: differing.join(", ") });
     }
