@@ -16,8 +16,9 @@
 //! - [`rng`]: the project's own seeded generators; every random draw derives from a seed.
 //! - [`transfer`]: every host↔device copy, counted per thread.
 //! - [`micn`]: the MICN auxiliary task: capsule routing, label-aware attention, sampled softmax.
-//! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN, the assembled
-//!   network and the gradient groups of its variables.
+//! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN.
+//! - [`network`]: the main model and MICN assembled under fixed paths, and each variable's role
+//!   (its gradient group, whether it is updated by rows).
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod logging;
 pub mod metrics;
 pub mod micn;
 pub mod model;
+pub mod network;
 pub mod rng;
 pub mod train;
 pub mod transfer;

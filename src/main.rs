@@ -444,6 +444,7 @@ fn is_input_error(e: &anyhow::Error) -> bool {
             || cause.is::<micn::config::ConfigError>()
             || cause.downcast_ref::<micn::data::DataError>().is_some_and(micn::data::DataError::is_input_error)
             || cause.downcast_ref::<micn::checkpoint::CheckpointError>().is_some_and(|c| c.is_input_error())
+            || cause.is::<micn::network::NetworkError>()
             || cause.is::<micn::model::ModelError>()
             || cause.downcast_ref::<TrainError>().is_some_and(TrainError::is_input_error)
     })

@@ -154,7 +154,7 @@ fn bytes_per_step(items: i64, device: Device) -> Result<f64, TrainError> {
     let item_cat: Vec<u32> = (0..items).map(|i| (i % opts.cats) as u32).collect();
     let Built { vs, net } =
         build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, device)?;
-    let mut t = Trainable::new(&vs)?;
+    let mut t = Trainable::new(&vs, &net)?;
     let mut adam = Adam::new(AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &t.tensors);
     let mut rng = Rng::new(3);
     let comm = SingleProcess;

@@ -147,7 +147,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     let vocab = Vocab { users: opts.users, items: opts.items, cats: opts.cats };
     let item_cat: Vec<u32> = (0..opts.items).map(|i| (i % opts.cats) as u32).collect();
     let Built { vs, net } = build_network(&cfg, vocab, &item_cat, device)?;
-    let mut t = Trainable::new(&vs)?;
+    let mut t = Trainable::new(&vs, &net)?;
     let adam_cfg = AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut adam = Adam::new(adam_cfg, &t.tensors);
     let mut rng = Rng::new(7);

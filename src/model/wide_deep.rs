@@ -77,6 +77,15 @@ pub struct WideDeep {
 }
 
 impl WideDeep {
+    /// Its variables updated by rows (names under its path): the hashed cross weights, when on.
+    pub fn row_tables(&self) -> &'static [&'static str] {
+        if self.crosses.is_some() {
+            &["crosses.weights"]
+        } else {
+            &[]
+        }
+    }
+
     pub fn new(p: &nn::Path, cfg: &ModelConfig, dims: InputDims) -> Self {
         let deep_input = dims.user + 2 * dims.item;
         Self {

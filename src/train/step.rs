@@ -22,7 +22,7 @@ use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
 use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, RowLeaf, Task};
 use crate::model::layers::batch_stats;
-use crate::model::{classify, Network, VarGroup, EMBEDDINGS_PATH};
+use crate::network::{Network, NetworkError, VarGroup, EMBEDDINGS_PATH};
 use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Uploaded};
 
 /// A failed step.
@@ -94,13 +94,9 @@ pub struct Trainable {
     pub path: StepPath,
 }
 
-/// Names of variables updated by rows: every embedding table and Wide&Deep's hashed weights.
-fn is_table(name: &str) -> bool {
-    name.starts_with(&format!("{EMBEDDINGS_PATH}.")) || name == "main.crosses.weights"
-}
-
 impl Trainable {
-    pub fn new(vs: &VarStore) -> Result<Self, crate::model::ModelError> {
+    /// The variables of `vs`, which holds `net`, with their roles.
+    pub fn new(vs: &VarStore, net: &Network) -> Result<Self, NetworkError> {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let mut t = Trainable {
@@ -116,8 +112,9 @@ impl Trainable {
                 t.buffers.push((name, tensor));
                 continue;
             }
-            t.groups.push(classify(&name)?);
-            t.is_table.push(is_table(&name));
+            let role = net.role(&name)?;
+            t.groups.push(role.group);
+            t.is_table.push(role.by_rows);
             t.names.push(name);
             t.tensors.push(tensor);
         }

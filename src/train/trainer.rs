@@ -27,7 +27,7 @@ use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
 use crate::data::{shard, DataError, Dataset};
 use crate::dist::{self, Communicator, CommunicatorExt};
 use crate::model::embeddings::{BatchIds, Vocab};
-use crate::model::Network;
+use crate::network::Network;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -40,7 +40,7 @@ pub enum TrainError {
     #[error(transparent)]
     Comm(#[from] dist::CommError),
     #[error("building the model: {0}")]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] crate::network::NetworkError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -636,7 +636,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     claim_run_dir(cfg, comm, resume)?;
     let Built { vs, net } = build_model(cfg, &dataset, device)?;
     broadcast_from_root(comm, &vs)?;
-    let mut trainable = Trainable::new(&vs)?.with_path(StepPath::from_config(&cfg.train));
+    let mut trainable = Trainable::new(&vs, &net)?.with_path(StepPath::from_config(&cfg.train));
     let adam_cfg = AdamConfig {
         lr: cfg.train.lr,
         beta1: cfg.train.adam_beta1,

@@ -502,12 +502,12 @@ fn a_relabelled_tensor_is_refused_by_name_instead_of_panicking_in_libtorch() {
     run(1, &cfg, &Resume::Fresh);
     let checkpoint = dir.join("checkpoints/step-00000003");
     let dataset = Dataset::open(&cfg.data.dir).unwrap();
-    let micn::train::trainer::Built { mut vs, .. } =
+    let micn::train::trainer::Built { mut vs, net } =
         micn::train::trainer::build_model(&cfg, &dataset, tch::Device::Cpu).unwrap();
     // Untouched, both files load through the checks.
     let model = checkpoint.join("model.safetensors");
     micn::checkpoint::load_var_store(&mut vs, &model).unwrap();
-    let trainable = Trainable::new(&vs).unwrap();
+    let trainable = Trainable::new(&vs, &net).unwrap();
     let adam = Adam::new(AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &trainable.tensors);
     let optimizer = checkpoint.join("optimizer.safetensors");
     let saved = micn::checkpoint::load_tensors_like(&optimizer, adam.named_state(&trainable.names)).unwrap();

@@ -115,7 +115,7 @@ pub fn drive_steps<T: Send>(
         let rank = micn::dist::Communicator::rank(&comm);
         let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
         let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
-        let mut t = Trainable::new(&vs).unwrap().with_path(StepPath::from_config(&cfg.train));
+        let mut t = Trainable::new(&vs, &net).unwrap().with_path(StepPath::from_config(&cfg.train));
         let mut adam =
             Adam::new(AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: cfg.train.adam_eps }, &t.tensors);
         let loader_cfg = micn::data::loader::LoaderConfig {

@@ -11,7 +11,7 @@ use micn::data::protocol::Protocol;
 use micn::data::synth::{self, SynthConfig};
 use micn::data::Dataset;
 use micn::dist::SingleProcess;
-use micn::model::{Network, VarGroup};
+use micn::network::{Network, VarGroup};
 use micn::train::step::{gradients, step_seed, StepContext, Trainable, VarGrad};
 use micn::train::trainer::{build_model, Built};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -84,7 +84,7 @@ fn step_gradients(cfg: &Config) -> (Vec<String>, Vec<VarGroup>, Vec<Tensor>) {
     tch::set_num_threads(1);
     let dataset = Dataset::open(dataset_dir()).unwrap();
     let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
-    let t = Trainable::new(&vs).unwrap();
+    let t = Trainable::new(&vs, &net).unwrap();
     let comm = SingleProcess;
     let (grads, _) = gradients(&net, &t, &first_batch(cfg, &dataset), &context(cfg, &comm)).unwrap();
     let dense = grads.into_iter().zip(&t.tensors).map(|(g, var)| as_dense(g, var)).collect();
@@ -107,7 +107,7 @@ fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
     let (phi, lambda) = (cfg.micn.phi, cfg.micn.lambda);
     let Network { embeddings, main, micn } = net;
     let net = Network { embeddings: embeddings.with_gradient_scales(phi, 1.0 - phi), main, micn };
-    let t = Trainable::new(&vs).unwrap();
+    let t = Trainable::new(&vs, &net).unwrap();
     let batch = first_batch(cfg, &dataset);
     let comm = SingleProcess;
     let ctx = context(cfg, &comm);
@@ -163,7 +163,7 @@ fn a_batch_is_collated_as_wide_as_its_longest_history_and_padding_changes_no_gra
             let longest = batch.hist_mask.chunks(batch.hist_len).map(|row| row.iter().sum::<f32>() as usize).max();
             assert_eq!(Some(batch.hist_len), longest, "the width is the longest history");
             let Built { vs, net } = build_model(&cfg, &dataset, Device::Cpu).unwrap();
-            let t = Trainable::new(&vs).unwrap();
+            let t = Trainable::new(&vs, &net).unwrap();
             let comm = SingleProcess;
             let dense = |batch: &Batch| -> Vec<Tensor> {
                 let (grads, _) = gradients(&net, &t, batch, &context(&cfg, &comm)).unwrap();
@@ -240,7 +240,7 @@ fn a_non_finite_loss_stops_with_the_step_and_the_loss_named() {
     let cfg = config(ModelKind::Din, true, &[]);
     let dataset = Dataset::open(dataset_dir()).unwrap();
     let Built { vs, net } = build_model(&cfg, &dataset, Device::Cpu).unwrap();
-    let t = Trainable::new(&vs).unwrap();
+    let t = Trainable::new(&vs, &net).unwrap();
     let head = t.names.iter().position(|n| n.starts_with("main.") && n.ends_with("weight")).unwrap();
     tch::no_grad(|| {
         let _ = t.tensors[head].shallow_clone().fill_(f64::NAN);
