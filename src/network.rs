@@ -106,6 +106,7 @@ impl Network {
 mod tests {
     use super::*;
     use crate::config::ModelKind;
+    use crate::model::batch_stats::Mode;
     use crate::model::testing;
     use tch::Device;
 
@@ -213,7 +214,7 @@ mod tests {
                 let ids = testing::batch(1, 7, 5, &VOCAB, true);
                 let x = net.embeddings.forward(&ids).main;
                 for train in [true, false] {
-                    let out = net.main.forward(&x, train);
+                    let out = net.main.forward(&x, if train { Mode::Train } else { Mode::Eval });
                     assert_eq!(out.logit.size(), [7], "{kind:?}");
                     assert!(bool::try_from(out.logit.isfinite().all()).unwrap(), "{kind:?}");
                     assert_eq!(out.aux_loss.is_some(), kind == ModelKind::Dien, "{kind:?}");
@@ -230,7 +231,7 @@ mod tests {
             for width in [0, 1] {
                 let ids = testing::batch(6, 4, width, &VOCAB, true);
                 let embedded = net.embeddings.forward(&ids);
-                let out = net.main.forward(&embedded.main, true);
+                let out = net.main.forward(&embedded.main, Mode::Train);
                 assert!(bool::try_from(out.logit.isfinite().all()).unwrap(), "{kind:?}, T = {width}");
                 if let Some(aux) = out.aux_loss {
                     // No transition t → t+1 exists: DIEN's auxiliary loss is 0.
@@ -258,7 +259,7 @@ mod tests {
             let net = network(&vs, kind, true);
             let ids = testing::batch(2, 16, 6, &VOCAB, true);
             let labels = Tensor::from_slice(&[1.0f32, 0.0]).repeat([8]);
-            let out = net.main.forward(&net.embeddings.forward(&ids).main, true);
+            let out = net.main.forward(&net.embeddings.forward(&ids).main, Mode::Train);
             let mut loss =
                 out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, tch::Reduction::Mean);
             if let Some(aux) = out.aux_loss {
@@ -292,7 +293,8 @@ mod tests {
             let mut params = vs.trainable_variables();
             let mut adam = Adam::new(AdamConfig { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &params);
             let loss_of = |train: bool| {
-                let out = net.main.forward(&net.embeddings.forward(&ids).main, train);
+                let out =
+                    net.main.forward(&net.embeddings.forward(&ids).main, if train { Mode::Train } else { Mode::Eval });
                 out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, tch::Reduction::Mean)
             };
             let before = tch::no_grad(|| loss_of(true)).double_value(&[]);

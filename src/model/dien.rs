@@ -5,6 +5,7 @@
 //! (the input of `model_dien` in DIEN's code).
 use tch::{nn, Reduction, Tensor};
 
+use super::batch_stats::Mode;
 use super::embeddings::MainInput;
 use super::layers::{masked_sum, ActivationKind, AttentionUnit, Augru, Gru, Mlp};
 use super::{InputDims, MainOutput};
@@ -37,7 +38,7 @@ impl Dien {
     /// # Shapes
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]`,
     /// `noclick [b, T, w]` → `logit [b]`, `aux_loss [b]`
-    pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
+    pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
         let (states, _) = self.gru.forward(&x.hist, &x.ids.real); // [b, T, H]
         let aux_loss = x
             .noclick
@@ -47,7 +48,7 @@ impl Dien {
         let (_, last) = self.augru.forward(&states, &attention, &x.ids.real); // [b, H]
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &last], -1);
-        MainOutput { logit: self.head.forward(&input, train).squeeze_dim(-1), aux_loss }
+        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss }
     }
 
     /// DIEN's auxiliary loss, per sample: the state `h_t` must tell the clicked next behaviour
@@ -70,7 +71,7 @@ impl Dien {
         let (h, next) = (rows(states, transitions), transitions + 1); // [m, H]
         let logit = |behaviours: &Tensor| {
             let input = Tensor::cat(&[&h, &rows(behaviours, &next)], -1);
-            self.auxiliary.forward(&input, true).view([-1]) // [m]
+            self.auxiliary.forward(&input, Mode::Train).view([-1]) // [m]
         };
         let bce = |logit: &Tensor, label: f64| {
             logit.binary_cross_entropy_with_logits::<Tensor>(&logit.full_like(label), None, None, Reduction::None)
@@ -110,7 +111,7 @@ mod tests {
         // History width 4: lengths 4, 3, 2, 1, 0, 4, ...
         let ids = batch(5, 6, 4, &vocab, true);
         let x = emb.forward(&ids).main;
-        let aux = dien.forward(&x, true).aux_loss.unwrap();
+        let aux = dien.forward(&x, Mode::Train).aux_loss.unwrap();
         assert_eq!(aux.size(), [6]);
         assert!(bool::try_from(aux.isfinite().all()).unwrap());
         // The loss written out over every slot, masked (as DIEN's code computes it, with each
@@ -119,7 +120,7 @@ mod tests {
         let valid = x.hist_mask.narrow(1, 1, 3) * x.hist_mask.narrow(1, 0, 3); // [b, T − 1]
         let dense = |next: &Tensor, label: f64| {
             let input = Tensor::cat(&[&states.narrow(1, 0, 3), &next.narrow(1, 1, 3)], -1);
-            let logit = dien.auxiliary.forward(&input, true).squeeze_dim(-1);
+            let logit = dien.auxiliary.forward(&input, Mode::Train).squeeze_dim(-1);
             logit.binary_cross_entropy_with_logits::<Tensor>(&logit.full_like(label), None, None, Reduction::None)
         };
         let per_step = (dense(&x.hist, 1.0) + dense(x.noclick.as_ref().unwrap(), 0.0)) * &valid;
@@ -137,12 +138,12 @@ mod tests {
         let padded = ids.hist_mask.le(0.5);
         noclick.items = noclick.items.masked_fill(&padded, 7);
         noclick.cats = noclick.cats.masked_fill(&padded, 2);
-        let again = dien.forward(&emb.forward(&other).main, true).aux_loss.unwrap();
+        let again = dien.forward(&emb.forward(&other).main, Mode::Train).aux_loss.unwrap();
         assert!(aux.allclose(&again, 1e-6, 1e-6, false), "{aux} vs {again}");
         // α weights it: α = 0.5 gives half of α = 1.
         let mut unweighted = dien;
         unweighted.aux_alpha = 1.0;
-        let full = unweighted.forward(&x, true).aux_loss.unwrap();
+        let full = unweighted.forward(&x, Mode::Train).aux_loss.unwrap();
         assert!((full * 0.5).allclose(&aux, 1e-6, 1e-6, false));
     }
 }

@@ -3,6 +3,7 @@
 //! `[user, e_target, sum(history), e_target·sum(history), attended]`.
 use tch::{nn, Tensor};
 
+use super::batch_stats::Mode;
 use super::embeddings::MainInput;
 use super::layers::{masked_sum, ActivationKind, AttentionUnit, Mlp};
 use super::{InputDims, MainOutput};
@@ -26,10 +27,10 @@ impl Din {
 
     /// # Shapes
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
-    pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
+    pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let attended = self.attention.forward(&x.target, &x.hist, &x.hist_mask, &x.ids.real); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &attended], -1);
-        MainOutput { logit: self.head.forward(&input, train).squeeze_dim(-1), aux_loss: None }
+        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss: None }
     }
 }

@@ -441,7 +441,7 @@ pub enum Task {
 /// task, so a single backward pass keeps the two tasks' gradients apart.
 #[derive(Debug)]
 pub struct RowLeaf {
-    /// The table's variable name under [`super::EMBEDDINGS_PATH`] (`user`, `item`, `cat_aux`, ...).
+    /// The table's variable name under [`crate::network::EMBEDDINGS_PATH`] (`user`, `item`, `cat_aux`, ...).
     pub table: &'static str,
     pub task: Task,
     /// Distinct ids, ascending.

@@ -6,6 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::batch_stats::Mode;
 use super::embeddings::RealSlots;
 
 /// Score given to padded positions before a softmax: `exp` of it next to any real score is
@@ -79,8 +80,8 @@ impl Dice {
 
     /// # Shapes
     /// `xs [.., width]` → same
-    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        let (xs, mean, var) = self.stats.select(xs, train);
+    pub fn forward(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        let (xs, mean, var) = self.stats.select(xs, mode);
         let p = ((&xs - &mean) / (var + DICE_EPS).sqrt()).sigmoid();
         &p * &xs + (1.0 - &p) * &self.alpha * &xs
     }
@@ -89,11 +90,16 @@ impl Dice {
     pub fn running_stats(&self) -> (Tensor, Tensor) {
         self.stats.running()
     }
+
+    #[cfg(test)]
+    pub(crate) fn alpha(&self) -> &Tensor {
+        &self.alpha
+    }
 }
 
 /// Batch normalisation (Ioffe & Szegedy, ICML 2015) over the last dimension:
 /// `γ·(x − E[x]) / sqrt(Var[x] + ε) + β`, with the statistics of the global batch in training
-/// (see [`batch_stats`]) and the running ones in evaluation.
+/// (see [`super::batch_stats`]) and the running ones in evaluation.
 #[derive(Debug)]
 pub struct BatchNorm {
     gamma: Tensor,
@@ -112,15 +118,15 @@ impl BatchNorm {
 
     /// # Shapes
     /// `xs [.., width]` → same
-    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.forward_with_input(xs, train).1
+    pub fn forward(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        self.forward_with_input(xs, mode).1
     }
 
-    /// The normalised input, and the input as the layer computed from it: inside a synchronised
-    /// step a leaf copy below the graph's cut, which other layers reading the same input must
+    /// The normalised input, and the input as the layer computed from it: in a [`Mode::Global`]
+    /// pass a leaf copy below the graph's cut, which other layers reading the same input must
     /// use too (the graph below the cut is walked once, from the cut).
-    pub fn forward_with_input(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let (xs, mean, var) = self.stats.select(xs, train);
+    pub fn forward_with_input(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
+        let (xs, mean, var) = self.stats.select(xs, mode);
         let normalised = (&xs - mean) / (var + BATCH_NORM_EPS).sqrt() * &self.gamma + &self.beta;
         (xs, normalised)
     }
@@ -140,7 +146,7 @@ pub const BATCH_NORM_EPS: f64 = 1e-3;
 
 /// The statistics a normalising layer (Dice, batch normalisation) uses. In training `E[x]` and
 /// `Var[x]` are the batch's (over every leading dimension, biased variance; over the global batch
-/// inside [`batch_stats::synchronised`]), and the running statistics move towards them:
+/// in [`Mode::Global`]), and the running statistics move towards them:
 /// `running ← momentum·running + (1 − momentum)·batch`. In evaluation the running statistics are
 /// used. They are non-trainable variables (`running_mean`, `running_var`) so checkpoints and rank
 /// broadcasts carry them.
@@ -160,13 +166,16 @@ impl RunningStats {
         }
     }
 
-    /// `(input to compute from, mean, variance)`: inside a synchronised step the input is a
-    /// leaf copy and the statistics are global leaves (the graph is cut here).
-    fn select(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
-        if !train {
+    /// `(input to compute from, mean, variance)`: over every rank ([`Mode::Global`]) the input is
+    /// a leaf copy and the statistics are global leaves (the graph is cut here).
+    fn select(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor, Tensor) {
+        if !mode.is_train() {
             return (xs.shallow_clone(), self.mean.shallow_clone(), self.var.shallow_clone());
         }
-        if let Some((leaf, mean, var)) = batch_stats::global(xs) {
+        if let Some((leaf, mean, var)) = match mode {
+            Mode::Global(global) => global.statistics(xs),
+            _ => None,
+        } {
             self.update(&mean, &var);
             return (leaf, mean, var);
         }
@@ -190,165 +199,6 @@ impl RunningStats {
 
     fn running(&self) -> (Tensor, Tensor) {
         (self.mean.shallow_clone(), self.var.shallow_clone())
-    }
-}
-
-/// Batch statistics over every data-parallel rank (synchronised batch normalisation), for Dice
-/// and [`BatchNorm`].
-///
-/// While a training step runs inside [`batch_stats::synchronised`], every Dice layer takes the
-/// mean and variance of its input over the **global** batch (one all-reduce through the given
-/// reducer), and cuts the graph there: it computes from a leaf copy of its input, with the
-/// statistics as leaves too. The step then runs the backward pass one segment at a time, from the
-/// last Dice layer down: at each cut it sums `∂L/∂mean` and `∂L/∂var` over ranks, adds their part
-/// to the input's gradient ([`batch_stats::Trace::input_gradient`]) and continues below. N ranks
-/// × b samples thus compute exactly what one rank with N·b samples computes, in one pass over the
-/// graph. Outside that scope Dice uses its own input's statistics, as usual.
-pub mod batch_stats {
-    use std::cell::RefCell;
-    use tch::{Kind, Tensor};
-
-    /// Sums host values over every rank, in place.
-    pub trait Reducer {
-        fn sum(&self, values: &mut [f32]) -> Result<(), String>;
-        /// This rank and the number of ranks.
-        fn rank_and_size(&self) -> (usize, usize);
-    }
-
-    /// One Dice layer's cut in the graph.
-    pub struct Trace {
-        /// The layer's input in the graph below the cut: the segment below starts from it.
-        pub input: Tensor,
-        /// The copy of the input the layer computed from (a leaf).
-        pub leaf: Tensor,
-        /// The global statistics as leaves (their gradients are `∂L_local/∂mean`, `/∂var`).
-        pub mean_leaf: Tensor,
-        pub var_leaf: Tensor,
-        /// Rows over all ranks.
-        pub global_rows: f64,
-    }
-
-    impl Trace {
-        /// The gradient of the input, given its gradient through the leaf (`None`: none reached
-        /// it) and the global `∂L/∂mean` and `∂L/∂var` (summed over ranks):
-        /// `∂/∂x_i = g_leaf,i + g_mean/N + g_var·2·(x_i − mean)/N` for every local row `x_i` (the
-        /// variance's path through the mean sums to zero over the global batch).
-        pub fn input_gradient(&self, g_leaf: Option<&Tensor>, g_mean: &[f32], g_var: &[f32]) -> Tensor {
-            tch::no_grad(|| {
-                let n = self.global_rows;
-                // Both vectors in one upload.
-                let both = crate::transfer::upload_f32(&[g_mean, g_var].concat(), self.leaf.device())
-                    .to_kind(self.leaf.kind());
-                let width = g_mean.len() as i64;
-                let (g_mean, g_var) = (both.narrow(0, 0, width), both.narrow(0, width, g_var.len() as i64));
-                let centered = self.leaf.detach() - self.mean_leaf.detach();
-                let through_stats = g_mean / n + centered * g_var * (2.0 / n);
-                match g_leaf {
-                    Some(g) => through_stats + g,
-                    None => through_stats,
-                }
-            })
-        }
-    }
-
-    struct Scope {
-        reducer: *const (dyn Reducer + 'static),
-        traces: Vec<Trace>,
-        error: Option<String>,
-    }
-
-    thread_local! {
-        static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
-    }
-
-    /// Run `f` (a training forward pass) with Dice statistics combined by `reducer`; returns
-    /// `f`'s result and the traces of every Dice layer that ran, or the reducer's error.
-    pub fn synchronised<R>(reducer: &dyn Reducer, f: impl FnOnce() -> R) -> Result<(R, Vec<Trace>), String> {
-        struct Reset;
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                SCOPE.with(|s| *s.borrow_mut() = None);
-            }
-        }
-        // SAFETY: the pointer is only dereferenced inside `f`, while `reducer` is borrowed by
-        // this call, and `Reset` clears it before we return (also on panic).
-        let reducer: *const (dyn Reducer + 'static) = unsafe { std::mem::transmute(reducer as *const dyn Reducer) };
-        SCOPE.with(|s| *s.borrow_mut() = Some(Scope { reducer, traces: Vec::new(), error: None }));
-        let reset = Reset;
-        let out = f();
-        let scope = SCOPE.with(|s| s.borrow_mut().take()).expect("scope set above");
-        drop(reset);
-        match scope.error {
-            Some(e) => Err(e),
-            None => Ok((out, scope.traces)),
-        }
-    }
-
-    /// Inside [`synchronised`]: a leaf copy of `xs` to compute from, and the global `(mean, var)`
-    /// of `xs`'s rows as leaves.
-    pub(super) fn global(xs: &Tensor) -> Option<(Tensor, Tensor, Tensor)> {
-        SCOPE.with(|s| {
-            let mut guard = s.borrow_mut();
-            let scope = guard.as_mut()?;
-            let width = *xs.size().last().expect("Dice needs at least one dimension");
-            let flat = xs.detach().reshape([-1, width]).to_kind(Kind::Float);
-            // SAFETY: see `synchronised`.
-            let reducer = unsafe { &*scope.reducer };
-            // One round: every rank's row count, sums and squares about its own mean, each in its
-            // own slot of a summed buffer (adding zeros is exact), then combined in f64 by
-            // Chan et al.'s formula, the same bits on every rank.
-            let w = width as usize;
-            let rows = flat.size()[0] as f64;
-            // The local mean on the device, as an elementwise f32 division by a tensor (a division
-            // by a scalar would multiply by its reciprocal): correctly rounded, the same bits as
-            // the division in f64 rounded to f32. Sums and squares then come down in one piece.
-            let sums = flat.sum_dim_intlist(0, false, Kind::Float);
-            let local_mean = &sums / sums.full_like(rows.max(1.0));
-            let local_m2 = (&flat - local_mean).square().sum_dim_intlist(0, false, Kind::Float);
-            let host = crate::transfer::download_f32(&Tensor::cat(&[sums, local_m2], 0));
-            let (sums, local_m2) = host.split_at(w);
-            let (rank, size) = reducer.rank_and_size();
-            let slot = 2 * w + 1;
-            let mut all = vec![0f32; size * slot];
-            all[rank * slot..][..w].copy_from_slice(sums);
-            all[rank * slot + w..][..w].copy_from_slice(local_m2);
-            all[rank * slot + 2 * w] = rows as f32;
-            if let Err(e) = reducer.sum(&mut all) {
-                scope.error.get_or_insert(e);
-                return None;
-            }
-            let slots: Vec<&[f32]> = all.chunks_exact(slot).collect();
-            let n: f64 = slots.iter().map(|r| r[2 * w] as f64).sum();
-            let mut mean = vec![0f32; w];
-            let mut var = vec![0f32; w];
-            for c in 0..w {
-                let m = slots.iter().map(|r| r[c] as f64).sum::<f64>() / n;
-                let within: f64 = slots.iter().map(|r| r[w + c] as f64).sum();
-                let between: f64 = slots
-                    .iter()
-                    .filter(|r| r[2 * w] > 0.0)
-                    .map(|r| {
-                        let rows = r[2 * w] as f64;
-                        rows * (r[c] as f64 / rows - m).powi(2)
-                    })
-                    .sum();
-                mean[c] = m as f32;
-                var[c] = ((within + between) / n) as f32;
-            }
-            // Both statistics in one upload, each then a leaf of its own.
-            let both = crate::transfer::upload_f32(&[mean, var].concat(), xs.device()).to_kind(xs.kind());
-            let leaf_of = |start: i64| both.narrow(0, start, width).copy().set_requires_grad(true);
-            let (mean_leaf, var_leaf) = (leaf_of(0), leaf_of(width));
-            let leaf = xs.detach().set_requires_grad(true);
-            scope.traces.push(Trace {
-                input: xs.shallow_clone(),
-                leaf: leaf.shallow_clone(),
-                mean_leaf: mean_leaf.shallow_clone(),
-                var_leaf: var_leaf.shallow_clone(),
-                global_rows: n,
-            });
-            Some((leaf, mean_leaf, var_leaf))
-        })
     }
 }
 
@@ -380,12 +230,12 @@ impl Activation {
         }
     }
 
-    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+    pub fn forward(&self, xs: &Tensor, mode: Mode) -> Tensor {
         match self {
             Activation::Sigmoid => xs.sigmoid(),
             Activation::Relu => xs.relu(),
             Activation::Prelu(prelu) => prelu.forward(xs),
-            Activation::Dice(dice) => dice.forward(xs, train),
+            Activation::Dice(dice) => dice.forward(xs, mode),
         }
     }
 }
@@ -416,9 +266,9 @@ impl Mlp {
 
     /// # Shapes
     /// `xs [.., input]` → `[.., output]`
-    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+    pub fn forward(&self, xs: &Tensor, mode: Mode) -> Tensor {
         match self.layers.first() {
-            Some(first) => self.forward_from_first(&first.forward(xs), train),
+            Some(first) => self.forward_from_first(&first.forward(xs), mode),
             None => self.output.forward(xs),
         }
     }
@@ -433,12 +283,12 @@ impl Mlp {
     ///
     /// # Shapes
     /// `first [.., hidden_0]` → `[.., output]`
-    pub fn forward_from_first(&self, first: &Tensor, train: bool) -> Tensor {
-        let hidden = self.activations[0].forward(first, train);
+    pub fn forward_from_first(&self, first: &Tensor, mode: Mode) -> Tensor {
+        let hidden = self.activations[0].forward(first, mode);
         let hidden = self.layers[1..]
             .iter()
             .zip(&self.activations[1..])
-            .fold(hidden, |h, (layer, activation)| activation.forward(&layer.forward(&h), train));
+            .fold(hidden, |h, (layer, activation)| activation.forward(&layer.forward(&h), mode));
         self.output.forward(&hidden)
     }
 }
@@ -501,14 +351,14 @@ impl AttentionUnit {
                     None => per_sample,
                 };
                 let per_position = keys_real.matmul(&(w_k - &w_d).tr()) + (&query_real * &keys_real).matmul(&w_p.tr());
-                self.mlp.forward_from_first(&(per_position + per_sample.index_select(0, &real.samples)), false)
+                self.mlp.forward_from_first(&(per_position + per_sample.index_select(0, &real.samples)), Mode::Eval)
             }
             None => {
                 let features = Tensor::cat(
                     &[&query_real, &keys_real, &(&query_real - &keys_real), &(&query_real * &keys_real)],
                     -1,
                 );
-                self.mlp.forward(&features, false)
+                self.mlp.forward(&features, Mode::Eval)
             }
         }
         .view([-1]); // [n]
@@ -668,7 +518,7 @@ mod tests {
         // DIN's definition: the MLP over [q, k, q − k, q·k] of every position, then a softmax.
         let queries = query.unsqueeze(1).expand_as(&keys);
         let features = Tensor::cat(&[&queries, &keys, &(&queries - &keys), &(&queries * &keys)], -1);
-        let expected = masked_softmax(&unit.mlp.forward(&features, false).squeeze_dim(-1), &mask);
+        let expected = masked_softmax(&unit.mlp.forward(&features, Mode::Eval).squeeze_dim(-1), &mask);
         let weights = unit.weights(&query, &keys, &mask, &RealSlots::from_mask(&mask));
         assert!(close(&weights, &expected, 1e-6), "{weights} vs {expected}");
         // And the first layer's weight gets the same gradient both ways.
@@ -718,7 +568,7 @@ mod tests {
         // Batch mean 2, biased variance 1: p(1) = σ(−1) = 0.268941, p(3) = σ(1) = 0.731059;
         // out = p·s + (1 − p)·0.5·s → 1·(0.268941 + 0.365529) = 0.634471 and
         // 3·(0.731059 + 0.134471) = 2.596589.
-        let train = dice.forward(&xs, true);
+        let train = dice.forward(&xs, Mode::Train);
         let expected = Tensor::from_slice(&[0.634_470_7f32, 2.596_588_6]).view([2, 1]);
         assert!(close(&train, &expected, 1e-5), "{train}");
         // Running stats after one update from (0, 1): mean 0.01·2 = 0.02, var 0.99 + 0.01·1 = 1.
@@ -727,7 +577,7 @@ mod tests {
         assert!((var.double_value(&[0]) - 1.0).abs() < 1e-7);
         // Evaluation with mean 0.02, var 1: p(1) = σ(0.98) = 0.727108, p(3) = σ(2.98) = 0.951662;
         // out(1) = 0.727108 + 0.272892·0.5 = 0.863554, out(3) = 3·(0.951662 + 0.024169) = 2.927494.
-        let eval = dice.forward(&xs, false);
+        let eval = dice.forward(&xs, Mode::Eval);
         let expected = Tensor::from_slice(&[0.863_554f32, 2.927_494]).view([2, 1]);
         assert!(close(&eval, &expected, 1e-5), "{eval}");
         // Evaluation leaves the running statistics alone.
@@ -741,7 +591,7 @@ mod tests {
         // Column 0: [1, 3] → mean 2, biased variance 1 → (x − 2)/sqrt(1 + 0.001) = ∓0.999500.
         // Column 1: [10, 10] → mean 10, variance 0 → 0 (no division by zero).
         let xs = Tensor::from_slice(&[1.0f32, 10.0, 3.0, 10.0]).view([2, 2]);
-        let y = bn.forward(&xs, true);
+        let y = bn.forward(&xs, Mode::Train);
         let expected = Tensor::from_slice(&[-0.999_500_4f32, 0.0, 0.999_500_4, 0.0]).view([2, 2]);
         assert!(close(&y, &expected, 1e-6), "{y}");
         // Running statistics moved by a tenth towards the batch's: mean 0.9·0 + 0.1·[2, 10],
@@ -750,7 +600,7 @@ mod tests {
         assert!(close(&mean, &Tensor::from_slice(&[0.2f32, 1.0]), 1e-6), "{mean}");
         assert!(close(&var, &Tensor::from_slice(&[1.0f32, 0.9]), 1e-6), "{var}");
         // Evaluation uses them and leaves them alone: (1 − 0.2)/sqrt(1.001) = 0.799600.
-        let y = bn.forward(&xs, false);
+        let y = bn.forward(&xs, Mode::Eval);
         assert!((y.double_value(&[0, 0]) - 0.799_600_3).abs() < 1e-6, "{y}");
         assert!(close(&bn.running_stats().0, &mean, 0.0));
     }
@@ -761,7 +611,7 @@ mod tests {
         let dice = Dice::new(&vs.root(), 2);
         let xs = Tensor::from_slice(&[0.0f32, 10.0, 4.0, 10.0]).view([2, 2]);
         for _ in 0..3 {
-            let _ = dice.forward(&xs, true);
+            let _ = dice.forward(&xs, Mode::Train);
         }
         // Channel 0: batch mean 2, var 4; channel 1: mean 10, var 0. After n updates from
         // (m0, v0): m = 0.99ⁿ·m0 + (1 − 0.99ⁿ)·batch, with 0.99³ = 0.970299.
@@ -874,80 +724,5 @@ mod tests {
             "head.output.weight",
         ];
         assert_eq!(names, expected);
-    }
-}
-
-#[cfg(test)]
-mod batch_stats_tests {
-    use super::*;
-    use tch::{Device, Kind};
-
-    struct Identity;
-    impl batch_stats::Reducer for Identity {
-        fn sum(&self, _values: &mut [f32]) -> Result<(), String> {
-            Ok(())
-        }
-        fn rank_and_size(&self) -> (usize, usize) {
-            (0, 1)
-        }
-    }
-
-    #[test]
-    fn statistics_over_uneven_ranks_equal_those_of_the_whole_batch() {
-        // Rows far from zero with a small spread (where E[x²] − E[x]² would lose every digit in
-        // f32), split 2 / 0 / 5 over three ranks, one of them empty.
-        let rows: Vec<[f32; 2]> =
-            (0..7).map(|i| [1000.0 + 0.01 * (i * i) as f32, -3.0 + 0.5 * ((i * 5) % 7) as f32]).collect();
-        let (mean, var): (Vec<f64>, Vec<f64>) = (0..2)
-            .map(|c| {
-                let m = rows.iter().map(|r| r[c] as f64).sum::<f64>() / 7.0;
-                (m, rows.iter().map(|r| (r[c] as f64 - m).powi(2)).sum::<f64>() / 7.0)
-            })
-            .unzip();
-        let split = [0..2, 2..2, 2..7];
-        let results = crate::dist::ThreadRanks::run(3, |comm| {
-            crate::model::testing::one_thread();
-            let mine: Vec<f32> =
-                rows[split[crate::dist::Communicator::rank(&comm)].clone()].iter().flatten().copied().collect();
-            let xs = Tensor::from_slice(&mine).view([-1, 2]);
-            let (stats, traces) =
-                batch_stats::synchronised(&crate::train::step::CommReducer(&comm), || batch_stats::global(&xs))
-                    .unwrap();
-            let (_, m, v) = stats.unwrap();
-            assert_eq!(traces[0].global_rows, 7.0);
-            (Vec::<f32>::try_from(&m).unwrap(), Vec::<f32>::try_from(&v).unwrap())
-        });
-        assert!(results.iter().all(|r| r == &results[0]), "every rank holds the same bits");
-        for c in 0..2 {
-            let (m, v) = (results[0].0[c] as f64, results[0].1[c] as f64);
-            assert!((m - mean[c]).abs() <= 1e-6 * mean[c].abs(), "mean {m} vs {}", mean[c]);
-            assert!((v - var[c]).abs() <= 1e-4 * var[c], "variance {v} vs {}", var[c]);
-        }
-    }
-
-    #[test]
-    fn synchronised_statistics_on_one_rank_give_the_ordinary_gradient() {
-        tch::manual_seed(3);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let dice = Dice::new(&vs.root(), 4);
-        tch::no_grad(|| {
-            dice.alpha.shallow_clone().copy_(&Tensor::from_slice(&[0.3f32, -0.2, 0.5, 0.1]));
-        });
-        let x = (Tensor::randn([6, 4], (Kind::Float, Device::Cpu)) * 2.0 + 1.0).set_requires_grad(true);
-        let w = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
-        let plain = (dice.forward(&x, true) * &w).sum(Kind::Float);
-        let expected = Tensor::run_backward(&[&plain], &[&x, &dice.alpha], false, false);
-
-        let (y, traces) = batch_stats::synchronised(&Identity, || dice.forward(&x, true)).unwrap();
-        let loss = (y * &w).sum(Kind::Float);
-        let tr = &traces[0];
-        assert!(tr.input.equal(&x), "the cut's input is the layer's input");
-        let g = Tensor::run_backward(&[&loss], &[&tr.leaf, &dice.alpha, &tr.mean_leaf, &tr.var_leaf], false, false);
-        let host = |t: &Tensor| Vec::<f32>::try_from(t).unwrap();
-        let x_grad = tr.input_gradient(Some(&g[0]), &host(&g[2]), &host(&g[3]));
-        let diff = (&x_grad - &expected[0]).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "x gradient differs by {diff}");
-        let diff = (&g[1] - &expected[1]).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "alpha gradient differs by {diff}");
     }
 }

@@ -1,6 +1,7 @@
 //! The CTR models: framework-owned embeddings ([`embeddings`]) and the main models (Wide&Deep,
 //! DIN, DIEN; SPEC §2.2) built from [`layers`]. The main models see only `e = e_orig ⊕ e_aux`
 //! and never know about MICN; [`crate::network`] assembles them with it.
+pub mod batch_stats;
 pub mod dien;
 pub mod din;
 pub mod embeddings;
@@ -10,6 +11,7 @@ pub mod wide_deep;
 use tch::{nn, Tensor};
 
 use crate::config::{ModelConfig, ModelKind};
+use batch_stats::Mode;
 pub use dien::Dien;
 pub use din::Din;
 use embeddings::MainInput;
@@ -71,13 +73,12 @@ impl MainModel {
         }
     }
 
-    /// Logits of the batch; `train` selects Dice's batch statistics (and updates its running
-    /// ones).
-    pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
+    /// Logits of the batch; `mode` says how the normalising layers take their statistics.
+    pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
         match self {
-            MainModel::WideDeep(m) => m.forward(x, train),
-            MainModel::Din(m) => m.forward(x, train),
-            MainModel::Dien(m) => m.forward(x, train),
+            MainModel::WideDeep(m) => m.forward(x, mode),
+            MainModel::Din(m) => m.forward(x, mode),
+            MainModel::Dien(m) => m.forward(x, mode),
         }
     }
 }

@@ -15,6 +15,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use super::batch_stats::Mode;
 use super::embeddings::MainInput;
 use super::layers::{masked_sum, ActivationKind, BatchNorm, Mlp};
 use super::{InputDims, MainOutput};
@@ -98,12 +99,12 @@ impl WideDeep {
 
     /// # Shapes
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
-    pub fn forward(&self, x: &MainInput, train: bool) -> MainOutput {
+    pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let (input, normalised) =
-            self.norm.forward_with_input(&Tensor::cat(&[&x.user, &x.target, &hist_sum], -1), train);
-        let deep = self.deep.forward(&normalised, train).squeeze_dim(-1);
-        // `[e_t, Σ hist]` as the normalisation read it (below a synchronised step's cut).
+            self.norm.forward_with_input(&Tensor::cat(&[&x.user, &x.target, &hist_sum], -1), mode);
+        let deep = self.deep.forward(&normalised, mode).squeeze_dim(-1);
+        // `[e_t, Σ hist]` as the normalisation read it (below the cut of a [`Mode::Global`] pass).
         let width = *x.target.size().last().expect("[b, w]");
         let (target, hist_sum) = (input.narrow(-1, -2 * width, width), input.narrow(-1, -width, width));
         let wide_input = Tensor::cat(&[&target, &hist_sum, &(&target * &hist_sum)], -1); // [b, 3w]

@@ -20,8 +20,8 @@ use crate::config::{EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
+use crate::model::batch_stats::{self, Mode};
 use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, RowLeaf, Task};
-use crate::model::layers::batch_stats;
 use crate::network::{Network, NetworkError, VarGroup, EMBEDDINGS_PATH};
 use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Uploaded};
 
@@ -34,21 +34,6 @@ pub enum StepError {
     Comm(#[from] dist::CommError),
     #[error(transparent)]
     Micn(#[from] crate::micn::MicnError),
-    #[error("combining Dice's batch statistics over ranks: {0}")]
-    Stats(String),
-}
-
-/// Dice's statistics summed over every rank through the communicator.
-pub(crate) struct CommReducer<'a>(pub(crate) &'a dyn Communicator);
-
-impl batch_stats::Reducer for CommReducer<'_> {
-    fn sum(&self, values: &mut [f32]) -> Result<(), String> {
-        self.0.all_reduce_sum_f32(values).map_err(|e| e.to_string())
-    }
-
-    fn rank_and_size(&self) -> (usize, usize) {
-        (self.0.rank(), self.0.size())
-    }
 }
 
 /// Which code computes the parts of a step that have a host fast path: the per-row sums of the
@@ -193,57 +178,6 @@ pub struct StepStats {
     pub update_seconds: f64,
     /// The run-control flags over all ranks.
     pub control: Control,
-}
-
-/// Gradients of `L_main + λ·L_micn` (`head_loss` + `rest`) with respect to `targets`, in one pass
-/// over the graph cut at every Dice layer (see [`batch_stats`]): from `head_loss` down to the
-/// last Dice layer's cut, where that layer's statistics gradients are summed over ranks and their
-/// part added to its input's gradient; then on to the cut below, and so on; the last segment
-/// starts from the first Dice layer's input with `rest` added (DIEN's auxiliary loss and MICN's
-/// loss, which reach below the head only). Without Dice layers it is one ordinary pass.
-fn backward_through_cuts(
-    head_loss: &Tensor,
-    rest: Option<Tensor>,
-    traces: &[batch_stats::Trace],
-    targets: &[&Tensor],
-    comm: &dyn Communicator,
-) -> Result<Vec<Tensor>, StepError> {
-    let mut sums: Vec<Option<Tensor>> = (0..targets.len()).map(|_| None).collect();
-    let mut add = |grads: &[Tensor]| {
-        for (sum, g) in sums.iter_mut().zip(grads).filter(|(_, g)| g.defined()) {
-            *sum = Some(match sum.take() {
-                Some(s) => s + g,
-                None => g.shallow_clone(),
-            });
-        }
-    };
-    let mut root = head_loss.shallow_clone();
-    for trace in traces.iter().rev() {
-        let mut inputs = targets.to_vec();
-        inputs.extend([&trace.leaf, &trace.mean_leaf, &trace.var_leaf]);
-        let grads = Tensor::run_backward(&[&root], &inputs, false, false);
-        let (to_targets, at_cut) = grads.split_at(targets.len());
-        add(to_targets);
-        let or_zeros = |g: &Tensor, leaf: &Tensor| {
-            if g.defined() { g.shallow_clone() } else { leaf.zeros_like() }.to_kind(Kind::Float).flatten(0, -1)
-        };
-        // Both statistics' gradients in one download.
-        let width = trace.mean_leaf.numel();
-        let mut stats = download_f32(&Tensor::cat(
-            &[or_zeros(&at_cut[1], &trace.mean_leaf), or_zeros(&at_cut[2], &trace.var_leaf)],
-            0,
-        ));
-        comm.all_reduce_sum_f32(&mut stats)?;
-        let g_leaf = at_cut[0].defined().then_some(&at_cut[0]);
-        let g_input = trace.input_gradient(g_leaf, &stats[..width], &stats[width..]);
-        root = (&trace.input * g_input).sum(Kind::Float);
-    }
-    let root = match rest {
-        Some(rest) => root + rest,
-        None => root,
-    };
-    add(&Tensor::run_backward(&[&root], targets, false, false));
-    Ok(sums.into_iter().map(|g| g.unwrap_or_else(Tensor::new)).collect())
 }
 
 /// What a variable's gradient is taken with respect to: an embedding table's row leaf for the
@@ -479,17 +413,15 @@ pub fn gradients(
     let routing_logits =
         net.micn.as_ref().map(|micn| micn.routing_logits(seed, ids.len(), batch.hist_len as i64, device));
 
-    // Forward from the step's row leaves, with Dice's batch statistics over the global batch
-    // (one rank's own batch is the global batch: nothing to combine).
-    let forward = || {
-        let input = net.embeddings.forward_train_planned(&ids, plan, &sent);
-        let out = net.main.forward(&input.embedded.main, true);
-        (input, out)
-    };
-    let ((input, out), traces) = if alone {
-        (forward(), Vec::new())
-    } else {
-        batch_stats::synchronised(&CommReducer(ctx.comm), forward).map_err(StepError::Stats)?
+    // Forward from the step's row leaves, with the normalising layers' statistics over the global
+    // batch (one rank's own batch is the global batch: nothing to combine).
+    let global = (!alone).then(|| batch_stats::Global::new(ctx.comm));
+    let mode = global.as_ref().map_or(Mode::Train, Mode::Global);
+    let input = net.embeddings.forward_train_planned(&ids, plan, &sent);
+    let out = net.main.forward(&input.embedded.main, mode);
+    let traces = match global {
+        Some(global) => global.finish()?,
+        None => Vec::new(),
     };
     let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
     let dien_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
@@ -513,7 +445,7 @@ pub fn gradients(
         .into_iter()
         .flatten()
         .reduce(|a, b| a + b);
-    let grads = backward_through_cuts(&bce, below_head, &traces, &all, ctx.comm)?;
+    let grads = batch_stats::backward(&bce, below_head, &traces, &all, ctx.comm)?;
     let (main_g, aux_g) = grads.split_at(main_targets.len());
     let zero = || bce.zeros_like();
     let losses: Vec<Tensor> = [Some(&bce), dien_aux.as_ref(), micn.as_ref()]

@@ -26,6 +26,7 @@ use crate::config::{Config, Device as DeviceChoice, ModelKind};
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
 use crate::data::{shard, DataError, Dataset};
 use crate::dist::{self, Communicator, CommunicatorExt};
+use crate::model::batch_stats::Mode;
 use crate::model::embeddings::{BatchIds, Vocab};
 use crate::network::Network;
 
@@ -335,7 +336,7 @@ pub fn evaluate_on(
     tch::no_grad(|| {
         for batch in eval_batches(samples, set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
             let embedded = net.embeddings.forward(&BatchIds::from_batch(&batch, device));
-            let logit = net.main.forward(&embedded.main, false).logit;
+            let logit = net.main.forward(&embedded.main, Mode::Eval).logit;
             probs.extend(crate::transfer::download_f32(&logit.sigmoid()));
             ids.extend(&batch.sample_ids);
             keys.extend(&batch.user_keys);

@@ -115,7 +115,7 @@ fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
     let labels = batch.labels(Device::Cpu);
     let b = cfg.train.global_batch_size as f64;
     let embedded = net.embeddings.forward(&ids);
-    let out = net.main.forward(&embedded.main, true);
+    let out = net.main.forward(&embedded.main, micn::model::batch_stats::Mode::Train);
     let mut loss = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b;
     if let Some(aux) = &out.aux_loss {
         loss += aux.sum(Kind::Float) / b;
