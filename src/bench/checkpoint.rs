@@ -37,7 +37,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
     let item_cat: Vec<u32> = (0..vocab.items).map(|i| (i % vocab.cats) as u32).collect();
     let Built { mut vs, net } = build_network(&cfg, vocab, &item_cat, device)?;
     let t = Trainable::new(&vs, &net)?;
-    let mut adam = Adam::new(AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &t.tensors);
+    let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &t.tensors);
     let root: PathBuf = work_dir.join("checkpoints");
     let config = cfg.to_toml();
     let state = checkpoint::State {

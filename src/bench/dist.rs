@@ -155,25 +155,14 @@ fn bytes_per_step(items: i64, device: Device) -> Result<f64, TrainError> {
     let Built { vs, net } =
         build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, device)?;
     let mut t = Trainable::new(&vs, &net)?;
-    let mut adam = Adam::new(AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, &t.tensors);
+    let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &t.tensors);
     let mut rng = Rng::new(3);
     let comm = SingleProcess;
     let steps = 10;
     let mut total = 0u64;
     for step in 0..steps {
         let batch = random_batch(&opts, &mut rng, false);
-        let ctx = StepContext {
-            comm: &comm,
-            device,
-            global_batch: opts.batch,
-            lambda: 1.0,
-            phi: 0.3,
-            embedding_optimizer: cfg.train.embedding_optimizer,
-            seed: 1,
-            step,
-            first_sample: step * opts.batch as u64,
-            control: Default::default(),
-        };
+        let ctx = StepContext::new(&cfg, &comm, device, step, step * opts.batch as u64);
         total += train_step(&net, &mut t, &mut adam, &batch, &ctx)?.bytes_sent;
     }
     Ok(total as f64 / steps as f64)

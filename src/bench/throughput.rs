@@ -148,8 +148,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     let item_cat: Vec<u32> = (0..opts.items).map(|i| (i % opts.cats) as u32).collect();
     let Built { vs, net } = build_network(&cfg, vocab, &item_cat, device)?;
     let mut t = Trainable::new(&vs, &net)?;
-    let adam_cfg = AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
-    let mut adam = Adam::new(adam_cfg, &t.tensors);
+    let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &t.tensors);
     let mut rng = Rng::new(7);
     let total = opts.warmup + opts.steps;
     let distinct = total.min((DISTINCT_SAMPLES / opts.batch.max(1)).max(1));
@@ -161,18 +160,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
             synchronize(device);
             started = Instant::now();
         }
-        let ctx = StepContext {
-            comm: &comm,
-            device,
-            global_batch: opts.batch,
-            lambda: cfg.micn.lambda,
-            phi: cfg.micn.phi,
-            embedding_optimizer: cfg.train.embedding_optimizer,
-            seed: 1,
-            step: step as u64,
-            first_sample: (step * opts.batch) as u64,
-            control: Default::default(),
-        };
+        let ctx = StepContext::new(&cfg, &comm, device, step as u64, (step * opts.batch) as u64);
         train_step(&net, &mut t, &mut adam, batch, &ctx)?;
     }
     synchronize(device);

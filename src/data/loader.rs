@@ -23,6 +23,22 @@ pub struct LoaderConfig {
     pub noclick: bool,
 }
 
+impl LoaderConfig {
+    /// The loader of rank `rank` of `world` for the run `cfg`.
+    pub fn from_config(cfg: &crate::config::Config, world: usize, rank: usize) -> Self {
+        Self {
+            seed: cfg.train.seed,
+            global_batch: cfg.train.global_batch_size,
+            world,
+            rank,
+            max_hist_len: cfg.data.max_hist_len,
+            drop_remainder: cfg.data.drop_remainder,
+            prefetch: cfg.data.prefetch_batches,
+            noclick: cfg.model.kind == crate::config::ModelKind::Dien,
+        }
+    }
+}
+
 /// One epoch's batches for one rank, from `first_step` on.
 pub struct EpochLoader {
     rx: Receiver<Batch>,

@@ -4,7 +4,7 @@
 //! Nothing here knows about ids, embedding tables or MICN: every layer takes dense tensors and a
 //! `[b, T]` float mask (1 = real behaviour, 0 = padding).
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::batch_stats::Mode;
 use super::embeddings::RealSlots;
@@ -179,10 +179,17 @@ impl RunningStats {
             self.update(&mean, &var);
             return (leaf, mean, var);
         }
+        // The arithmetic of the global statistics on one rank (see `batch_stats::Global`): f32
+        // sums, the mean by an element-wise division, the squares about it summed in f32 and
+        // divided in f64; so one rank computes the same values as ranks that combine theirs.
         let width = *xs.size().last().expect("a normalising layer needs at least one dimension");
-        let flat = xs.reshape([-1, width]); // [n, width]
-        let mean = flat.mean_dim(0, false, flat.kind());
-        let var = (&flat - &mean).square().mean_dim(0, false, flat.kind());
+        let flat = xs.reshape([-1, width]).to_kind(Kind::Float); // [n, width]
+        let rows = flat.size()[0] as f64;
+        let sums = flat.sum_dim_intlist(0, false, Kind::Float);
+        let mean = &sums / sums.full_like(rows.max(1.0));
+        let m2 = (&flat - &mean).square().sum_dim_intlist(0, false, Kind::Float);
+        let var = (m2.to_kind(Kind::Double) / rows.max(1.0)).to_kind(Kind::Float);
+        let (mean, var) = (mean.to_kind(xs.kind()), var.to_kind(xs.kind()));
         self.update(&mean, &var);
         (xs.shallow_clone(), mean, var)
     }

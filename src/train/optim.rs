@@ -23,6 +23,13 @@ pub struct Moments {
     pub v: Tensor,
 }
 
+impl AdamConfig {
+    /// The run's settings (`train.lr`, `train.adam_beta1`, `train.adam_beta2`, `train.adam_eps`).
+    pub fn from_train(train: &crate::config::TrainConfig) -> Self {
+        Self { lr: train.lr, beta1: train.adam_beta1, beta2: train.adam_beta2, eps: train.adam_eps }
+    }
+}
+
 /// Adam over a fixed list of parameters (by index).
 #[derive(Debug)]
 pub struct Adam {

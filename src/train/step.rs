@@ -16,7 +16,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use super::grads::{self, RowGrads, TaskGrads};
 use super::optim::{scatter_rows, Adam};
-use crate::config::{EmbeddingOptimizer, TrainConfig};
+use crate::config::{Config, EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
 use crate::micn::rng::StepSeed;
@@ -133,6 +133,25 @@ pub struct StepContext<'a> {
     pub first_sample: u64,
     /// This rank's run-control flags, made global by the step's exchange.
     pub control: Control,
+}
+
+impl<'a> StepContext<'a> {
+    /// The context of global step `step` of the run `cfg`, whose local batch starts at global
+    /// sample `first_sample`; no run-control flag set.
+    pub fn new(cfg: &Config, comm: &'a dyn Communicator, device: Device, step: u64, first_sample: u64) -> Self {
+        Self {
+            comm,
+            device,
+            global_batch: cfg.train.global_batch_size,
+            lambda: cfg.micn.lambda,
+            phi: cfg.micn.phi,
+            embedding_optimizer: cfg.train.embedding_optimizer,
+            seed: cfg.train.seed,
+            step,
+            first_sample,
+            control: Control::default(),
+        }
+    }
 }
 
 /// Run-control flags that ride in the step's gradient all-reduce instead of collectives of their

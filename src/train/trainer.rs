@@ -638,12 +638,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
     let Built { vs, net } = build_model(cfg, &dataset, device)?;
     broadcast_from_root(comm, &vs)?;
     let mut trainable = Trainable::new(&vs, &net)?.with_path(StepPath::from_config(&cfg.train));
-    let adam_cfg = AdamConfig {
-        lr: cfg.train.lr,
-        beta1: cfg.train.adam_beta1,
-        beta2: cfg.train.adam_beta2,
-        eps: cfg.train.adam_eps,
-    };
+    let adam_cfg = AdamConfig::from_train(&cfg.train);
     let mut adam = Adam::new(adam_cfg, &trainable.tensors);
     let mut vs = vs;
     let resumed = resume_point(cfg, comm, resume)?;
@@ -703,16 +698,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
         micn = cfg.micn.enabled,
         "training"
     );
-    let loader_cfg = LoaderConfig {
-        seed: cfg.train.seed,
-        global_batch: cfg.train.global_batch_size,
-        world: comm.size(),
-        rank: comm.rank(),
-        max_hist_len: cfg.data.max_hist_len,
-        drop_remainder: cfg.data.drop_remainder,
-        prefetch: cfg.data.prefetch_batches,
-        noclick: cfg.model.kind == ModelKind::Dien,
-    };
+    let loader_cfg = LoaderConfig::from_config(cfg, comm.size(), comm.rank());
     let train_ids: Arc<[u32]> = split.train.into();
     let scorer = Scorer { net: &net, dataset: &dataset, comm, device, max_hist_len: cfg.data.max_hist_len };
     let mut validation = Validation {
@@ -751,22 +737,15 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 break 'epochs;
             }
             let minutes = cfg.checkpoint.every_minutes;
+            let first_sample = epoch * steps_per_epoch * cfg.train.global_batch_size as u64 + batch.first_position;
             let ctx = StepContext {
-                comm,
-                device,
-                global_batch: cfg.train.global_batch_size,
-                lambda: cfg.micn.lambda,
-                phi: cfg.micn.phi,
-                embedding_optimizer: cfg.train.embedding_optimizer,
-                seed: cfg.train.seed,
-                step,
-                first_sample: epoch * steps_per_epoch * cfg.train.global_batch_size as u64 + batch.first_position,
                 // Made global by the step's own exchange: a signal on any rank stops every rank
                 // after this same step; rank 0's clock decides a time-triggered checkpoint.
                 control: Control {
                     stop: stop_requested(),
                     checkpoint_due: minutes > 0.0 && checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes,
                 },
+                ..StepContext::new(cfg, comm, device, step, first_sample)
             };
             let step_started = Instant::now();
             let transfers_before = crate::transfer::counts();

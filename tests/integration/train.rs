@@ -65,18 +65,7 @@ fn first_batch(cfg: &Config, dataset: &Dataset) -> Batch {
 }
 
 fn context<'a>(cfg: &Config, comm: &'a SingleProcess) -> StepContext<'a> {
-    StepContext {
-        comm,
-        device: Device::Cpu,
-        global_batch: cfg.train.global_batch_size,
-        lambda: cfg.micn.lambda,
-        phi: cfg.micn.phi,
-        embedding_optimizer: cfg.train.embedding_optimizer,
-        seed: 11,
-        step: 0,
-        first_sample: 0,
-        control: Default::default(),
-    }
+    StepContext { seed: 11, ..StepContext::new(cfg, comm, Device::Cpu, 0, 0) }
 }
 
 /// The step's combined gradient of every variable, as dense tensors.
