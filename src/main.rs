@@ -564,9 +564,8 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 }
                 return Ok(());
             }
-            micn::train::trainer::stop_on_signals();
             let runner = sweep::Runner::beside_current_exe(spec.np, spec.launch_args.clone())?;
-            let outcome = sweep::run(&spec, &runner)?;
+            let outcome = sweep::run(&spec, &runner, &micn::train::Interrupter::on_signals())?;
             println!("{} runs trained, {} finished earlier", outcome.trained, outcome.skipped);
             print!("{}", outcome.report.table);
             println!("report: {}", outcome.report.markdown.display());
@@ -592,8 +591,8 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 Some("auto") => Resume::Auto,
                 Some(path) => Resume::Path(PathBuf::from(path)),
             };
-            micn::train::trainer::stop_on_signals();
-            let summary = micn::train::trainer::train_from(&cfg, comm, &resume)?;
+            let interrupter = micn::train::Interrupter::on_signals();
+            let summary = micn::train::trainer::train_until(&cfg, comm, &resume, &interrupter)?;
             if comm.rank() == 0 {
                 let mut text = format!(
                     "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}\n",

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, Override};
+use crate::train::Interrupter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
@@ -356,7 +357,7 @@ pub struct SweepOutcome {
 
 /// Run every planned run that has not finished, one after another; then write `OUT/report`.
 /// Each child's output goes to `RUN/train.log`; one line per run goes to standard output.
-pub fn run(spec: &SweepSpec, runner: &Runner) -> Result<SweepOutcome, SweepError> {
+pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Result<SweepOutcome, SweepError> {
     let runs = plan(spec)?;
     // Refuse a mismatched directory before training anything.
     let states = runs.iter().map(run_state).collect::<Result<Vec<_>, _>>()?;
@@ -369,7 +370,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner) -> Result<SweepOutcome, SweepError
             skipped += 1;
             continue;
         }
-        if crate::train::trainer::stop_requested() {
+        if interrupter.is_stopped() {
             return Err(SweepError::StoppedBefore { dir: run.dir.clone() });
         }
         let resuming = state == RunState::Unfinished;
@@ -394,7 +395,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner) -> Result<SweepOutcome, SweepError
             }
             // A Ctrl-C reaches the child through the terminal; a SIGTERM sent to this process alone
             // is passed on, so the child checkpoints before stopping either way.
-            if crate::train::trainer::stop_requested() && !forwarded {
+            if interrupter.is_stopped() && !forwarded {
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
                 forwarded = true;
@@ -411,7 +412,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner) -> Result<SweepOutcome, SweepError
                 );
                 trained += 1;
             }
-            _ if status.success() || crate::train::trainer::stop_requested() => {
+            _ if status.success() || interrupter.is_stopped() => {
                 return Err(SweepError::Interrupted { dir: run.dir.clone() })
             }
             _ => {

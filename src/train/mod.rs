@@ -2,8 +2,10 @@
 //! combination, Adam), the host-side gradient buffers and their exchange, the optimizer, and the
 //! loop with evaluation.
 pub mod grads;
+pub mod interrupt;
 pub mod optim;
 pub mod step;
 pub mod trainer;
 
+pub use self::interrupt::Interrupter;
 pub use self::trainer::{evaluate, train, EvalResult, Summary, TrainError};

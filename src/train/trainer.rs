@@ -21,6 +21,7 @@ use super::optim::{Adam, AdamConfig};
 use super::step::{
     broadcast_from_root, replica_digest, train_step, Control, StepContext, StepError, StepPath, Trainable,
 };
+use super::Interrupter;
 use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice, ModelKind};
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
@@ -434,31 +435,6 @@ impl MetricsLog {
     }
 }
 
-/// Set by a stop signal: finish the step, checkpoint, stop.
-static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn request_stop(_signal: libc::c_int) {
-    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Route the stop signals to a graceful stop (called by `micn train`; tests leave them alone):
-/// SIGTERM (schedulers), SIGINT (Ctrl-C), SIGHUP (the terminal closed) and SIGUSR1, which is what
-/// `micn-launch` sends: mpirun passes SIGUSR1 on to every rank, but kills the job a second after
-/// forwarding a SIGTERM, too soon for a checkpoint.
-pub fn stop_on_signals() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
-            libc::signal(signal, request_stop as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-/// Whether a stop signal arrived since `stop_on_signals`.
-pub fn stop_requested() -> bool {
-    STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// Where a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
@@ -614,6 +590,17 @@ fn check_history(cfg: &Config, dataset: &Dataset) -> Result<(), TrainError> {
 
 /// Train as configured, starting as `resume` says; returns the summary on every rank.
 pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<Summary, TrainError> {
+    train_until(cfg, comm, resume, &Interrupter::new())
+}
+
+/// [`train_from`], stopping after the step during which `interrupter` is set (with a checkpoint,
+/// and `stopped_by_signal` in the summary); every rank stops after the same step.
+pub fn train_until(
+    cfg: &Config,
+    comm: &dyn Communicator,
+    resume: &Resume,
+    interrupter: &Interrupter,
+) -> Result<Summary, TrainError> {
     let started = Instant::now();
     keep_freed_memory();
     if cfg.train.threads > 0 {
@@ -742,7 +729,7 @@ pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Res
                 // Made global by the step's own exchange: a signal on any rank stops every rank
                 // after this same step; rank 0's clock decides a time-triggered checkpoint.
                 control: Control {
-                    stop: stop_requested(),
+                    stop: interrupter.is_stopped(),
                     checkpoint_due: minutes > 0.0 && checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes,
                 },
                 ..StepContext::new(cfg, comm, device, step, first_sample)

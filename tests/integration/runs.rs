@@ -237,3 +237,30 @@ fn a_command_line_that_cannot_work_exits_3_and_help_exits_0() {
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("--overwrite"));
 }
+
+#[test]
+fn an_interrupter_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    use micn::train::trainer::{train_until, Resume};
+    use micn::train::Interrupter;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = crate::small_config(&run, &["train.max_steps=20", "checkpoint.every_steps=1000"]);
+    // Rank 1 alone is asked to stop, before the first step: the step's exchange makes it global.
+    let summaries = micn::dist::ThreadRanks::run(2, |comm| {
+        let interrupter = Interrupter::new();
+        if micn::dist::Communicator::rank(&comm) == 1 {
+            interrupter.stop();
+        }
+        train_until(&cfg, &comm, &Resume::Fresh, &interrupter).unwrap()
+    });
+    for s in &summaries {
+        assert!(s.stopped_by_signal, "every rank stopped");
+        assert_eq!(s.steps, 1, "after the first step");
+    }
+    assert!(run.join("checkpoints/step-00000001").is_dir(), "with a checkpoint of that step");
+    // Not stopped: the same configuration runs to its end.
+    let whole = tmp.path().join("whole");
+    let cfg = crate::small_config(&whole, &["train.max_steps=3"]);
+    let done = train_until(&cfg, &micn::dist::SingleProcess, &Resume::Fresh, &Interrupter::new()).unwrap();
+    assert!(!done.stopped_by_signal && done.steps == 3);
+}
