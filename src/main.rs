@@ -1,9 +1,9 @@
 //! The `micn` command: parse arguments, start the communicator (MPI under `mpirun`), set up
 //! logging with the rank, and call the library. No logic of its own.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use micn::bench::BenchDevice;
 use micn::data::protocol::Protocol;
 use micn::data::synth::Preset;
@@ -40,72 +40,12 @@ enum Command {
     /// Turn raw Amazon dumps or DIEN's files into a dataset directory.
     Prepare(PrepareArgs),
     /// Train a model (single process, or every rank under mpirun).
-    Train {
-        /// Configuration file (TOML).
-        #[arg(long)]
-        config: PathBuf,
-        /// Override `section.key=value` (repeatable; the value is read as TOML).
-        #[arg(long = "set")]
-        sets: Vec<String>,
-        /// Continue from a checkpoint: `auto` (the newest valid one under run.dir/checkpoints,
-        /// or a fresh start when there is none) or a checkpoint directory.
-        #[arg(long, conflicts_with = "overwrite")]
-        resume: Option<String>,
-        /// Start afresh in a run directory that already holds a run, deleting that run
-        /// (without it, such a directory is refused).
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Train(TrainArgs),
     /// Score a test set with a saved model: the end of a run, or a checkpoint.
-    Eval {
-        /// Run directory (holds config.toml and the final model.safetensors).
-        #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
-        run: Option<PathBuf>,
-        /// Checkpoint directory (run.dir/checkpoints/step-…).
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// Dataset directory (default: the run's data.dir).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// The test set, or the validation split the run held out (the scores checkpoints record).
-        #[arg(long, value_enum, default_value_t = micn::train::trainer::Split::Test)]
-        split: micn::train::trainer::Split,
-        /// Score on this device instead of the run's configured one (`cpu`, `cuda`, `auto`).
-        #[arg(long, value_enum)]
-        device: Option<micn::config::Device>,
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(EvalArgs),
     /// Train a configuration over a grid of settings, each repeated with another seed; re-running
     /// the same command skips finished runs and resumes unfinished ones. Ends with a report.
-    Sweep {
-        /// Sweep file (TOML: configs, grid, set, repeats, np, out); the flags below add to it.
-        file: Option<PathBuf>,
-        /// Base configuration (repeatable: each is a point of the sweep).
-        #[arg(long = "config")]
-        configs: Vec<PathBuf>,
-        /// Swept key and its values, `KEY=[v1,v2,...]` (repeatable; replaces the file's values).
-        #[arg(long = "grid")]
-        grid: Vec<String>,
-        /// Override `section.key=value` for every run (repeatable).
-        #[arg(long = "set")]
-        sets: Vec<String>,
-        /// Runs per grid point; repeat r trains with train.seed + r.
-        #[arg(long)]
-        repeats: Option<usize>,
-        /// Ranks per run (more than 1 runs each through micn-launch).
-        #[arg(long)]
-        np: Option<usize>,
-        /// Passed to micn-launch (repeatable), e.g. --launch-arg=--hostfile --launch-arg=hosts.
-        #[arg(long = "launch-arg", allow_hyphen_values = true)]
-        launch_args: Vec<String>,
-        /// Directory of the run directories and the report.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// List the runs and where each stands; train nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Sweep(SweepArgs),
     /// Tables (mean ± std over repeats) and plots of the finished runs under some directories.
     Report {
         /// Run directories, or directories that hold them (a sweep's --out).
@@ -130,6 +70,75 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override `section.key=value` (repeatable; the value is read as TOML).
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// Continue from a checkpoint: `auto` (the newest valid one under run.dir/checkpoints,
+    /// or a fresh start when there is none) or a checkpoint directory.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: Option<String>,
+    /// Start afresh in a run directory that already holds a run, deleting that run
+    /// (without it, such a directory is refused).
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Run directory (holds config.toml and the final model.safetensors).
+    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+    run: Option<PathBuf>,
+    /// Checkpoint directory (run.dir/checkpoints/step-…).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Dataset directory (default: the run's data.dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The test set, or the validation split the run held out (the scores checkpoints record).
+    #[arg(long, value_enum, default_value_t = micn::train::trainer::Split::Test)]
+    split: micn::train::trainer::Split,
+    /// Score on this device instead of the run's configured one (`cpu`, `cuda`, `auto`).
+    #[arg(long, value_enum)]
+    device: Option<micn::config::Device>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Sweep file (TOML: configs, grid, set, repeats, np, out); the flags below add to it.
+    file: Option<PathBuf>,
+    /// Base configuration (repeatable: each is a point of the sweep).
+    #[arg(long = "config")]
+    configs: Vec<PathBuf>,
+    /// Swept key and its values, `KEY=[v1,v2,...]` (repeatable; replaces the file's values).
+    #[arg(long = "grid")]
+    grid: Vec<String>,
+    /// Override `section.key=value` for every run (repeatable).
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// Runs per grid point; repeat r trains with train.seed + r.
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Ranks per run (more than 1 runs each through micn-launch).
+    #[arg(long)]
+    np: Option<usize>,
+    /// Passed to micn-launch (repeatable), e.g. --launch-arg=--hostfile --launch-arg=hosts.
+    #[arg(long = "launch-arg", allow_hyphen_values = true)]
+    launch_args: Vec<String>,
+    /// Directory of the run directories and the report.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// List the runs and where each stands; train nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -477,11 +486,136 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         "communicator ready"
     );
     match command {
-        Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm)?,
-        Command::Synth(args) => synth(args)?,
-        Command::Bench {
-            command: BenchCommand::Quality { work_dir, preset, users, items, clusters, seeds, epochs, lr, device },
-        } => {
+        Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm),
+        Command::Synth(args) => synth(args),
+        Command::Prepare(args) => prepare(args),
+        Command::Train(args) => train(args, comm),
+        Command::Eval(args) => eval(args, comm),
+        Command::Sweep(args) => sweep(args, comm),
+        Command::Report { dirs, out } => report(&dirs, &out),
+        Command::Bench { command } => bench(command),
+        Command::Checkpoint { command } => checkpoint(command),
+        Command::Data { command } => data(command),
+    }
+}
+
+fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
+    let TrainArgs { config, sets, resume, overwrite } = args;
+
+    use micn::train::trainer::Resume;
+    let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    let cfg = micn::config::Config::load(Some(&config), &overrides)?;
+    if !cfg.run.dir.as_os_str().is_empty() {
+        logging::also_to_file(&cfg.run.dir.join("logs").join(format!("rank-{}.log", comm.rank())))?;
+    }
+    let resume = match resume.as_deref() {
+        None if overwrite => Resume::Overwrite,
+        None => Resume::Fresh,
+        Some("auto") => Resume::Auto,
+        Some(path) => Resume::Path(PathBuf::from(path)),
+    };
+    let interrupter = micn::train::Interrupter::on_signals();
+    let summary = micn::train::trainer::train_until(&cfg, comm, &resume, &interrupter)?;
+    if comm.rank() == 0 {
+        let mut text = format!(
+            "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}\n",
+            summary.test_auc,
+            summary.test_gauc,
+            summary.test_logloss,
+            summary.steps,
+            summary.samples_per_sec,
+            summary.seconds,
+            summary.oracle_auc.map(|o| format!("; oracle AUC {o:.4}")).unwrap_or_default()
+        );
+        if let Some(best) = &summary.selected {
+            text += &format!(
+                "selected by validation AUC {:.4}: step {} ({}), test AUC {:.4}  GAUC {:.4}  log-loss {:.4}\n",
+                best.valid_auc, best.step, best.checkpoint, best.test_auc, best.test_gauc, best.test_logloss
+            );
+        }
+        text += &format!("run directory {}\n", cfg.run.dir.display());
+        if summary.stopped_by_signal {
+            text += &format!(
+                "stopped by a signal after checkpointing step {}; continue with --resume auto\n",
+                summary.steps
+            );
+        }
+        // After a hang-up the terminal is gone; the run directory holds all of this.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
+    let EvalArgs { run, checkpoint, data, split, device, json } = args;
+
+    let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
+    let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), split, device, comm)?;
+    if comm.rank() == 0 {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else {
+            println!(
+                "{} AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
+                if split == micn::train::trainer::Split::Test { "test" } else { "validation" },
+                result.auc,
+                result.gauc,
+                result.logloss,
+                result.samples
+            );
+        }
+    }
+    Ok(())
+}
+
+fn sweep(args: SweepArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
+    let SweepArgs { file, configs, grid, sets, repeats, np, launch_args, out, dry_run } = args;
+
+    use micn::experiment::sweep::{self, SweepSpec};
+    ensure_usage!(comm.size() == 1, "micn sweep starts its own jobs: run it as one process, not under mpirun");
+    let mut spec = match &file {
+        Some(path) => SweepSpec::from_file(path)?,
+        None => SweepSpec { repeats: 1, np: 1, ..Default::default() },
+    };
+    spec.configs.extend(configs);
+    for arg in &grid {
+        let (key, values) = sweep::parse_grid(arg)?;
+        spec.set_grid(key, values);
+    }
+    for arg in &sets {
+        spec.sets.push(micn::config::Override::parse(arg)?);
+    }
+    spec.repeats = repeats.unwrap_or(spec.repeats);
+    spec.np = np.unwrap_or(spec.np);
+    spec.out = out.unwrap_or(spec.out);
+    spec.launch_args.extend(launch_args);
+    if dry_run {
+        for run in sweep::plan(&spec)? {
+            println!("{}: {}", run.dir.display(), sweep::run_state(&run)?);
+        }
+        return Ok(());
+    }
+    let runner = sweep::Runner::beside_current_exe(spec.np, spec.launch_args.clone())?;
+    let outcome = sweep::run(&spec, &runner, &micn::train::Interrupter::on_signals())?;
+    println!("{} runs trained, {} finished earlier", outcome.trained, outcome.skipped);
+    print!("{}", outcome.report.table);
+    println!("report: {}", outcome.report.markdown.display());
+    Ok(())
+}
+
+fn report(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let written = micn::experiment::report::write(dirs, out)?;
+    print!("{}", written.table);
+    for l in &written.left_out {
+        println!("left out {}: {}", l.dir.display(), l.why);
+    }
+    println!("{} runs; report: {}", written.runs, written.markdown.display());
+    Ok(())
+}
+
+fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Quality { work_dir, preset, users, items, clusters, seeds, epochs, lr, device } => {
             use micn::bench::quality;
             let opts = quality::QualityOptions {
                 work_dir,
@@ -501,7 +635,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             print!("{report}");
             println!("(results: {})", json.display());
         }
-        Command::Bench { command: BenchCommand::Prepare { preset, users, items, protocol, work_dir, keep } } => {
+        BenchCommand::Prepare { preset, users, items, protocol, work_dir, keep } => {
             use micn::bench::prepare;
             let defaults = prepare::PrepareBenchOptions::default();
             let opts = prepare::PrepareBenchOptions {
@@ -516,17 +650,15 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             let report = prepare::run(&opts)?;
             print!("{report}");
         }
-        Command::Bench { command: BenchCommand::Checkpoint { work_dir, device } } => {
+        BenchCommand::Checkpoint { work_dir, device } => {
             print!("{}", micn::bench::checkpoint::run(&work_dir, device)?);
         }
-        Command::Bench { command: BenchCommand::Dist { work_dir, samples, batches, trials, device } } => {
+        BenchCommand::Dist { work_dir, samples, batches, trials, device } => {
             use micn::bench::dist;
             let opts = dist::DistOptions { work_dir, samples, batches, trials, device, ..Default::default() };
             print!("{}", dist::run(&opts)?);
         }
-        Command::Bench {
-            command: BenchCommand::Throughput { steps, warmup, threads, items, users, batches, models, device, json },
-        } => {
+        BenchCommand::Throughput { steps, warmup, threads, items, users, batches, models, device, json } => {
             use micn::bench::throughput;
             ensure_usage!(steps > 0, "--steps must be at least 1");
             ensure_usage!(batches.iter().all(|&b| b > 0), "--batch must be at least 1");
@@ -539,112 +671,17 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 print!("{}", throughput::table(&opts, &rows));
             }
         }
-        Command::Sweep { file, configs, grid, sets, repeats, np, launch_args, out, dry_run } => {
-            use micn::experiment::sweep::{self, SweepSpec};
-            ensure_usage!(comm.size() == 1, "micn sweep starts its own jobs: run it as one process, not under mpirun");
-            let mut spec = match &file {
-                Some(path) => SweepSpec::from_file(path)?,
-                None => SweepSpec { repeats: 1, np: 1, ..Default::default() },
-            };
-            spec.configs.extend(configs);
-            for arg in &grid {
-                let (key, values) = sweep::parse_grid(arg)?;
-                spec.set_grid(key, values);
-            }
-            for arg in &sets {
-                spec.sets.push(micn::config::Override::parse(arg)?);
-            }
-            spec.repeats = repeats.unwrap_or(spec.repeats);
-            spec.np = np.unwrap_or(spec.np);
-            spec.out = out.unwrap_or(spec.out);
-            spec.launch_args.extend(launch_args);
-            if dry_run {
-                for run in sweep::plan(&spec)? {
-                    println!("{}: {}", run.dir.display(), sweep::run_state(&run)?);
-                }
-                return Ok(());
-            }
-            let runner = sweep::Runner::beside_current_exe(spec.np, spec.launch_args.clone())?;
-            let outcome = sweep::run(&spec, &runner, &micn::train::Interrupter::on_signals())?;
-            println!("{} runs trained, {} finished earlier", outcome.trained, outcome.skipped);
-            print!("{}", outcome.report.table);
-            println!("report: {}", outcome.report.markdown.display());
-        }
-        Command::Report { dirs, out } => {
-            let written = micn::experiment::report::write(&dirs, &out)?;
-            print!("{}", written.table);
-            for l in &written.left_out {
-                println!("left out {}: {}", l.dir.display(), l.why);
-            }
-            println!("{} runs; report: {}", written.runs, written.markdown.display());
-        }
-        Command::Train { config, sets, resume, overwrite } => {
-            use micn::train::trainer::Resume;
-            let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
-            let cfg = micn::config::Config::load(Some(&config), &overrides)?;
-            if !cfg.run.dir.as_os_str().is_empty() {
-                logging::also_to_file(&cfg.run.dir.join("logs").join(format!("rank-{}.log", comm.rank())))?;
-            }
-            let resume = match resume.as_deref() {
-                None if overwrite => Resume::Overwrite,
-                None => Resume::Fresh,
-                Some("auto") => Resume::Auto,
-                Some(path) => Resume::Path(PathBuf::from(path)),
-            };
-            let interrupter = micn::train::Interrupter::on_signals();
-            let summary = micn::train::trainer::train_until(&cfg, comm, &resume, &interrupter)?;
-            if comm.rank() == 0 {
-                let mut text = format!(
-                    "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}\n",
-                    summary.test_auc,
-                    summary.test_gauc,
-                    summary.test_logloss,
-                    summary.steps,
-                    summary.samples_per_sec,
-                    summary.seconds,
-                    summary.oracle_auc.map(|o| format!("; oracle AUC {o:.4}")).unwrap_or_default()
-                );
-                if let Some(best) = &summary.selected {
-                    text += &format!(
-                        "selected by validation AUC {:.4}: step {} ({}), test AUC {:.4}  GAUC {:.4}  log-loss {:.4}\n",
-                        best.valid_auc, best.step, best.checkpoint, best.test_auc, best.test_gauc, best.test_logloss
-                    );
-                }
-                text += &format!("run directory {}\n", cfg.run.dir.display());
-                if summary.stopped_by_signal {
-                    text += &format!(
-                        "stopped by a signal after checkpointing step {}; continue with --resume auto\n",
-                        summary.steps
-                    );
-                }
-                // After a hang-up the terminal is gone; the run directory holds all of this.
-                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-            }
-        }
-        Command::Eval { run, checkpoint, data, split, device, json } => {
-            let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
-            let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), split, device, comm)?;
-            if comm.rank() == 0 {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&result)?);
-                } else {
-                    println!(
-                        "{} AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
-                        if split == micn::train::trainer::Split::Test { "test" } else { "validation" },
-                        result.auc,
-                        result.gauc,
-                        result.logloss,
-                        result.samples
-                    );
-                }
-            }
-        }
-        Command::Prepare(args) => prepare(args)?,
-        Command::Checkpoint { command: CheckpointCommand::Verify { path } } => {
+    }
+    Ok(())
+}
+
+fn checkpoint(command: CheckpointCommand) -> anyhow::Result<()> {
+    match command {
+        CheckpointCommand::Verify { path } => {
             let state = micn::checkpoint::verify(&path)?;
             println!("{}: complete, every checksum holds (step {})", path.display(), state.step);
         }
-        Command::Checkpoint { command: CheckpointCommand::Inspect { path } } => {
+        CheckpointCommand::Inspect { path } => {
             let state = micn::checkpoint::verify(&path)?;
             println!("checkpoint {}", path.display());
             println!("step {}  epoch {}  position in epoch {} samples", state.step, state.epoch, state.position);
@@ -664,7 +701,13 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 println!("  {:<24} {:>12} bytes", entry.file_name().to_string_lossy(), entry.metadata()?.len());
             }
         }
-        Command::Data { command: DataCommand::Export { dir, out, max_hist_len, valid_share, seed } } => {
+    }
+    Ok(())
+}
+
+fn data(command: DataCommand) -> anyhow::Result<()> {
+    match command {
+        DataCommand::Export { dir, out, max_hist_len, valid_share, seed } => {
             if !(0.0..1.0).contains(&valid_share) {
                 return Err(UsageError(format!("--valid-share {valid_share}: must be in [0, 1)")).into());
             }
@@ -673,7 +716,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             let n = micn::data::export::export(&dataset, &out, &opts)?;
             println!("{}: {} train, {} valid, {} test samples", out.display(), n.train, n.valid, n.test);
         }
-        Command::Data { command: DataCommand::Stats { dir, json } } => {
+        DataCommand::Stats { dir, json } => {
             let dataset = micn::data::Dataset::open(&dir)?;
             let stats = micn::data::stats::compute(&dataset);
             if json {
