@@ -326,4 +326,44 @@ mod tests {
         let e = DatasetMeta::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("dataset.json: not a dataset description: missing field"), "{e}");
     }
+
+    proptest::proptest! {
+        /// Any samples come back from their archive bytes as they were, and pass the checks of
+        /// an opened archive within vocabularies that hold their ids.
+        #[test]
+        fn samples_round_trip_through_their_archive_bytes(
+            rows in proptest::collection::vec(
+                (0u8..2, 0u32..50, 0u32..60, 0u32..9, proptest::collection::vec((0u32..60, 0u32..9), 0..6)),
+                0..40,
+            ),
+        ) {
+            let mut samples = crate::data::samples::Samples::default();
+            for (label, user, item, cat, history) in &rows {
+                let (hist_items, hist_cats): (Vec<u32>, Vec<u32>) = history.iter().copied().unzip();
+                samples.push(crate::data::samples::Row {
+                    label: *label,
+                    user: *user,
+                    user_key: *user,
+                    item: *item,
+                    cat: *cat,
+                    hist_items: &hist_items,
+                    hist_cats: &hist_cats,
+                });
+            }
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(&to_bytes(&samples));
+            let archived = rkyv::access::<ArchivedSamples, rkyv::rancor::BoxedError>(&aligned).unwrap();
+            let back = rkyv::deserialize::<crate::data::samples::Samples, rkyv::rancor::BoxedError>(archived).unwrap();
+            proptest::prop_assert_eq!(&back, &samples);
+            for (i, (_, _, _, _, history)) in rows.iter().enumerate() {
+                proptest::prop_assert_eq!(archived.history_range(i).len(), history.len());
+            }
+            let vocab = |n: usize| crate::data::vocab::Vocab { names: vec![String::new(); n], counts: vec![0; n] };
+            let vocabularies = Vocabularies { users: vocab(50), items: vocab(60), cats: vocab(9), item_cat: vec![0; 60] };
+            proptest::prop_assert!(validate(archived, &vocabularies).is_ok());
+            let smaller = Vocabularies { items: vocab(59), ..vocabularies };
+            let uses_59 = rows.iter().any(|r| r.2 == 59 || r.4.iter().any(|h| h.0 == 59));
+            proptest::prop_assert_eq!(validate(archived, &smaller).is_err(), uses_59, "an id outside its vocabulary is refused");
+        }
+    }
 }
