@@ -12,9 +12,7 @@ use super::{device_label, synchronize, BenchDevice};
 use crate::checkpoint;
 use crate::config::{Config, ModelKind};
 use crate::model::embeddings::Vocab;
-use crate::train::optim::{Adam, AdamConfig};
-use crate::train::step::Trainable;
-use crate::train::trainer::{build_network, Built, TrainError};
+use crate::train::trainer::{build_network, Replica, TrainError};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckpointBench {
@@ -35,9 +33,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
     };
     let vocab = Vocab { users: 603_668, items: 367_983, cats: 1_601 };
     let item_cat: Vec<u32> = (0..vocab.items).map(|i| (i % vocab.cats) as u32).collect();
-    let Built { mut vs, net } = build_network(&cfg, vocab, &item_cat, device)?;
-    let t = Trainable::new(&vs, &net)?;
-    let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &t.tensors);
+    let mut replica = Replica::new(build_network(&cfg, vocab, &item_cat, device)?, &cfg, &crate::dist::SingleProcess)?;
     let root: PathBuf = work_dir.join("checkpoints");
     let config = cfg.to_toml();
     let state = checkpoint::State {
@@ -58,12 +54,12 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         &root,
         &state,
         |path| {
-            let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            let variables: Vec<(String, Tensor)> = replica.vs.variables().into_iter().collect();
             checkpoint::write_tensors(path, &variables).map_err(|e| e.to_string())
         },
         |path| {
             let named: Vec<(String, Tensor)> =
-                adam.named_state(&t.names).map(|(k, v)| (k, v.shallow_clone())).collect();
+                replica.adam.named_state(&replica.trainable.names).map(|(k, v)| (k, v.shallow_clone())).collect();
             checkpoint::write_tensors(path, &named).map_err(|e| e.to_string())
         },
     )?;
@@ -74,12 +70,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
 
     let started = Instant::now();
     let state = checkpoint::verify(&dir)?;
-    let model = dir.join("model.safetensors");
-    checkpoint::load_var_store(&mut vs, &model)?;
-    let opt = dir.join("optimizer.safetensors");
-    let saved = checkpoint::load_tensors_like(&opt, adam.named_state(&t.names))?;
-    adam.load_state(&t.names, state.step, |k| saved.get(k).map(|t| t.to_device(device)))
-        .map_err(|message| TrainError::RunFile { path: opt.clone(), message })?;
+    replica.load_checkpoint(&dir, state.step, device)?;
     synchronize(device);
     let load_seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&root);

@@ -28,9 +28,8 @@ use crate::data::synth::{Preset, SynthConfig};
 use crate::dist::SingleProcess;
 use crate::model::embeddings::Vocab;
 use crate::rng::Rng;
-use crate::train::optim::{Adam, AdamConfig};
-use crate::train::step::{train_step, StepContext, Trainable};
-use crate::train::trainer::{build_network, Built, TrainError};
+use crate::train::step::StepContext;
+use crate::train::trainer::{build_network, Replica, TrainError};
 
 #[derive(Debug, Clone)]
 pub struct DistOptions {
@@ -152,18 +151,16 @@ fn bytes_per_step(items: i64, device: Device) -> Result<f64, TrainError> {
     let mut cfg = Config::default();
     cfg.model.kind = ModelKind::Din;
     let item_cat: Vec<u32> = (0..items).map(|i| (i % opts.cats) as u32).collect();
-    let Built { vs, net } =
-        build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, device)?;
-    let mut t = Trainable::new(&vs, &net)?;
-    let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &t.tensors);
-    let mut rng = Rng::new(3);
     let comm = SingleProcess;
+    let built = build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, device)?;
+    let mut replica = Replica::new(built, &cfg, &comm)?;
+    let mut rng = Rng::new(3);
     let steps = 10;
     let mut total = 0u64;
     for step in 0..steps {
         let batch = random_batch(&opts, &mut rng, false);
         let ctx = StepContext::new(&cfg, &comm, device, step, step * opts.batch as u64);
-        total += train_step(&net, &mut t, &mut adam, &batch, &ctx)?.bytes_sent;
+        total += replica.step(&batch, &ctx)?.bytes_sent;
     }
     Ok(total as f64 / steps as f64)
 }

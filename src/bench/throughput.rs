@@ -14,9 +14,8 @@ use crate::data::batch::Batch;
 use crate::dist::SingleProcess;
 use crate::model::embeddings::Vocab;
 use crate::rng::Rng;
-use crate::train::optim::{Adam, AdamConfig};
-use crate::train::step::{train_step, StepContext, Trainable};
-use crate::train::trainer::{build_network, Built, TrainError};
+use crate::train::step::StepContext;
+use crate::train::trainer::{build_network, Replica, TrainError};
 
 #[derive(Debug, Clone)]
 pub struct ThroughputOptions {
@@ -146,14 +145,12 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     cfg.train.global_batch_size = opts.batch;
     let vocab = Vocab { users: opts.users, items: opts.items, cats: opts.cats };
     let item_cat: Vec<u32> = (0..opts.items).map(|i| (i % opts.cats) as u32).collect();
-    let Built { vs, net } = build_network(&cfg, vocab, &item_cat, device)?;
-    let mut t = Trainable::new(&vs, &net)?;
-    let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &t.tensors);
+    let comm = SingleProcess;
+    let mut replica = Replica::new(build_network(&cfg, vocab, &item_cat, device)?, &cfg, &comm)?;
     let mut rng = Rng::new(7);
     let total = opts.warmup + opts.steps;
     let distinct = total.min((DISTINCT_SAMPLES / opts.batch.max(1)).max(1));
     let batches: Vec<Batch> = (0..distinct).map(|_| random_batch(opts, &mut rng, kind == ModelKind::Dien)).collect();
-    let comm = SingleProcess;
     let mut started = Instant::now();
     for (step, batch) in batches.iter().cycle().take(total).enumerate() {
         if step == opts.warmup {
@@ -161,7 +158,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
             started = Instant::now();
         }
         let ctx = StepContext::new(&cfg, &comm, device, step as u64, (step * opts.batch) as u64);
-        train_step(&net, &mut t, &mut adam, batch, &ctx)?;
+        replica.step(batch, &ctx)?;
     }
     synchronize(device);
     let secs = started.elapsed().as_secs_f64();

@@ -19,11 +19,12 @@ use tch::{Device, Tensor};
 
 use super::optim::{Adam, AdamConfig};
 use super::step::{
-    broadcast_from_root, replica_digest, train_step, Control, StepContext, StepError, StepPath, Trainable,
+    broadcast_from_root, replica_digest, train_step, Control, StepContext, StepError, StepPath, StepStats, Trainable,
 };
 use super::Interrupter;
 use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice, ModelKind};
+use crate::data::batch::Batch;
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
 use crate::data::{shard, DataError, Dataset};
 use crate::dist::{self, Communicator, CommunicatorExt};
@@ -286,6 +287,47 @@ pub fn build_network(cfg: &Config, vocab: Vocab, item_cat: &[u32], device: Devic
     Ok(Built { vs, net })
 }
 
+/// One rank's copy of the model and its optimizer (SPEC §3): every rank starts from rank 0's
+/// parameters and takes the same steps. Built by the trainer, the benchmarks and the tests alike.
+pub struct Replica {
+    pub vs: VarStore,
+    pub net: Network,
+    pub trainable: Trainable,
+    pub adam: Adam,
+}
+
+impl Replica {
+    /// A built network's replica, with rank 0's parameters on every rank, stepped on the path
+    /// `train.device_path` selects, by Adam with the run's settings.
+    pub fn new(built: Built, cfg: &Config, comm: &dyn Communicator) -> Result<Self, TrainError> {
+        let Built { vs, net } = built;
+        broadcast_from_root(comm, &vs)?;
+        let trainable = Trainable::new(&vs, &net)?.with_path(StepPath::from_config(&cfg.train));
+        let adam = Adam::new(AdamConfig::from_train(&cfg.train), &trainable.tensors);
+        Ok(Self { vs, net, trainable, adam })
+    }
+
+    /// Parameters, buffers and optimizer state from the checkpoint `dir` (of step `step`).
+    pub fn load_checkpoint(&mut self, dir: &Path, step: u64, device: Device) -> Result<(), TrainError> {
+        checkpoint::load_var_store(&mut self.vs, &dir.join("model.safetensors"))?;
+        let opt_path = dir.join("optimizer.safetensors");
+        let saved = checkpoint::load_tensors_like(&opt_path, self.adam.named_state(&self.trainable.names))?;
+        self.adam
+            .load_state(&self.trainable.names, step, |k| saved.get(k).map(|t| t.to_device(device)))
+            .map_err(|message| TrainError::RunFile { path: opt_path.clone(), message })
+    }
+
+    /// One training step on `batch`.
+    pub fn step(&mut self, batch: &Batch, ctx: &StepContext<'_>) -> Result<StepStats, StepError> {
+        train_step(&self.net, &mut self.trainable, &mut self.adam, batch, ctx)
+    }
+
+    /// A digest of every parameter, buffer and moment: equal on every rank when in sync.
+    pub fn digest(&self) -> u64 {
+        replica_digest(&self.trainable, &self.adam)
+    }
+}
+
 /// The samples an evaluation scores.
 #[derive(Debug, Clone, Copy)]
 pub enum EvalSet<'a> {
@@ -432,6 +474,104 @@ impl MetricsLog {
             f.write_all(text.as_bytes()).map_err(io_err(&self.path))?;
         }
         Ok(())
+    }
+}
+
+/// The files of a run directory, written by rank 0 only: `config.toml`, `metrics.jsonl` (through
+/// the [`MetricsLog`] it opens), and at the end `model.safetensors` and `summary.json`; each file
+/// replaced whole, never half-written. (Checkpoints are [`Checkpointing`]'s, logs `main`'s.)
+struct RunFiles {
+    dir: PathBuf,
+    rank0: bool,
+}
+
+impl RunFiles {
+    /// Writes the run's configuration and opens its metrics log: kept up to the step a run
+    /// resumes from (lines a run that then died wrote later are dropped), else empty.
+    fn start(cfg: &Config, rank0: bool, resumed_step: Option<u64>) -> Result<(Self, MetricsLog), TrainError> {
+        let dir = cfg.run.dir.clone();
+        let metrics_path = dir.join("metrics.jsonl");
+        let mut file = None;
+        if rank0 {
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let config = cfg.to_toml();
+            replace_file(&dir.join("config.toml"), |tmp| std::fs::write(tmp, &config))?;
+            let kept: String = match resumed_step {
+                Some(step) => read_if_present(&metrics_path)?
+                    .lines()
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()
+                            .and_then(|v| v["step"].as_u64())
+                            .is_some_and(|s| s <= step)
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect(),
+                None => String::new(),
+            };
+            replace_file(&metrics_path, |tmp| std::fs::write(tmp, &kept))?;
+            file = Some(std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(io_err(&metrics_path))?);
+        }
+        Ok((Self { dir, rank0 }, MetricsLog { file, path: metrics_path }))
+    }
+
+    /// The final model and the summary.
+    fn finish(&self, vs: &VarStore, summary: &Summary) -> Result<(), TrainError> {
+        if !self.rank0 {
+            return Ok(());
+        }
+        let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        replace_file(&self.dir.join("model.safetensors"), |tmp| checkpoint::write_tensors(tmp, &variables))?;
+        let text = serde_json::to_string_pretty(summary).expect("plain data") + "\n";
+        replace_file(&self.dir.join("summary.json"), |tmp| std::fs::write(tmp, &text))
+    }
+}
+
+/// What the steps since the last metrics line (and since the start) measured.
+#[derive(Default)]
+struct StepTotals {
+    /// Sums of the (main, MICN, DIEN auxiliary) losses since the last line, over `logged_steps`.
+    loss_sums: [f64; 3],
+    logged_steps: u64,
+    /// Samples since the last line, and when it was written.
+    window_samples: u64,
+    step_seconds: f64,
+    comm_seconds: f64,
+    update_seconds: f64,
+    bytes_sent: u64,
+    transfers: u64,
+}
+
+impl StepTotals {
+    fn add(&mut self, stats: &StepStats, seconds: f64, transfers: u64, samples: u64) {
+        self.step_seconds += seconds;
+        self.transfers += transfers;
+        self.comm_seconds += stats.comm_seconds;
+        self.update_seconds += stats.update_seconds;
+        self.bytes_sent += stats.bytes_sent;
+        self.window_samples += samples;
+        for (sum, loss) in self.loss_sums.iter_mut().zip([stats.loss_main, stats.loss_micn, stats.loss_dien_aux]) {
+            *sum += loss;
+        }
+        self.logged_steps += 1;
+    }
+
+    /// The metrics line of `step` (the mean losses since the last line; `stats`, the last step's,
+    /// for the gradient norms), starting a new window.
+    fn line(&mut self, cfg: &Config, step: u64, epoch: u64, stats: &StepStats, window_seconds: f64) -> MetricsLine {
+        let [loss_main, loss_micn, loss_dien_aux] = self.loss_sums.map(|sum| sum / self.logged_steps.max(1) as f64);
+        let mut line = MetricsLine::new(step, epoch);
+        line.loss_main = Some(loss_main);
+        line.loss_dien_aux = (cfg.model.kind == ModelKind::Dien).then_some(loss_dien_aux);
+        if cfg.micn.enabled {
+            line.loss_micn = Some(loss_micn);
+            line.grad_norm_main_e_aux = Some(stats.grad_norm_main_e_aux);
+            line.grad_norm_aux_e_aux = Some(stats.grad_norm_aux_e_aux);
+        }
+        line.lr = Some(cfg.train.lr);
+        line.samples_per_sec = Some(self.window_samples as f64 / window_seconds.max(1e-9));
+        (self.loss_sums, self.logged_steps, self.window_samples) = ([0.0; 3], 0, 0);
+        line
     }
 }
 
@@ -622,56 +762,14 @@ pub fn train_until(
     }
     // Every check that needs no file of the run is made: now the run directory is claimed.
     claim_run_dir(cfg, comm, resume)?;
-    let Built { vs, net } = build_model(cfg, &dataset, device)?;
-    broadcast_from_root(comm, &vs)?;
-    let mut trainable = Trainable::new(&vs, &net)?.with_path(StepPath::from_config(&cfg.train));
-    let adam_cfg = AdamConfig::from_train(&cfg.train);
-    let mut adam = Adam::new(adam_cfg, &trainable.tensors);
-    let mut vs = vs;
+    let mut replica = Replica::new(build_model(cfg, &dataset, device)?, cfg, comm)?;
     let resumed = resume_point(cfg, comm, resume)?;
     if let Some((dir, state)) = &resumed {
-        let model = dir.join("model.safetensors");
-        checkpoint::load_var_store(&mut vs, &model)?;
-        let opt_path = dir.join("optimizer.safetensors");
-        let saved = checkpoint::load_tensors_like(&opt_path, adam.named_state(&trainable.names))?;
-        adam.load_state(&trainable.names, state.step, |k| saved.get(k).map(|t| t.to_device(device)))
-            .map_err(|message| TrainError::RunFile { path: opt_path.clone(), message })?;
+        replica.load_checkpoint(dir, state.step, device)?;
         tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
     }
-
-    let run_dir = &cfg.run.dir;
     let rank0 = comm.rank() == 0;
-    let metrics_path = run_dir.join("metrics.jsonl");
-    if rank0 {
-        std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-        let config = cfg.to_toml();
-        replace_file(&run_dir.join("config.toml"), |tmp| std::fs::write(tmp, &config))?;
-    }
-    if rank0 {
-        // Lines written after the checkpoint (by a run that then died) are dropped.
-        let kept: String = match &resumed {
-            Some((_, state)) => read_if_present(&metrics_path)?
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s <= state.step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            None => String::new(),
-        };
-        replace_file(&metrics_path, |tmp| std::fs::write(tmp, &kept))?;
-    }
-    let mut metrics = MetricsLog {
-        file: if rank0 {
-            Some(std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(io_err(&metrics_path))?)
-        } else {
-            None
-        },
-        path: metrics_path,
-    };
+    let (files, mut metrics) = RunFiles::start(cfg, rank0, resumed.as_ref().map(|(_, state)| state.step))?;
     let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
     tracing::info!(
         world_size = comm.size(),
@@ -687,7 +785,7 @@ pub fn train_until(
     );
     let loader_cfg = LoaderConfig::from_config(cfg, comm.size(), comm.rank());
     let train_ids: Arc<[u32]> = split.train.into();
-    let scorer = Scorer { net: &net, dataset: &dataset, comm, device, max_hist_len: cfg.data.max_hist_len };
+    let scorer = Scorer { dataset: &dataset, comm, device, max_hist_len: cfg.data.max_hist_len };
     let mut validation = Validation {
         ids: split.valid,
         evaluations: resumed.as_ref().map(|(_, state)| state.evaluations.clone()).unwrap_or_default(),
@@ -701,7 +799,7 @@ pub fn train_until(
     };
     let mut epochs_completed = start_epoch;
     let mut checkpoints = Checkpointing {
-        root: run_dir.join("checkpoints"),
+        root: cfg.run.dir.join("checkpoints"),
         rank0,
         last: Instant::now(),
         // A resumed run has its checkpoint at the step it starts from already.
@@ -710,13 +808,10 @@ pub fn train_until(
     // (epoch, position in the epoch) of the next step.
     let mut next_point = (start_epoch, start_position);
     let mut stopped_by_signal = false;
-    let mut window = (Instant::now(), 0u64);
+    let mut window_started = Instant::now();
     let mut steady = SteadyRate::new(total_steps.saturating_sub(step));
     let resumed_at = step;
-    // Sums of (main, MICN, DIEN auxiliary) loss over the steps since the last metrics line.
-    let (mut loss_sums, mut loss_steps) = ([0.0f64; 3], 0u64);
-    let (mut step_seconds, mut comm_seconds, mut update_seconds, mut bytes_sent) = (0.0f64, 0.0f64, 0.0f64, 0u64);
-    let mut step_transfers = 0u64;
+    let mut totals = StepTotals::default();
     'epochs: for epoch in start_epoch..cfg.train.epochs as u64 {
         let first_step = if epoch == start_epoch { start_position / cfg.train.global_batch_size as u64 } else { 0 };
         for batch in EpochLoader::over(Arc::clone(&dataset), Arc::clone(&train_ids), &loader_cfg, epoch, first_step) {
@@ -736,15 +831,13 @@ pub fn train_until(
             };
             let step_started = Instant::now();
             let transfers_before = crate::transfer::counts();
-            let stats = train_step(&net, &mut trainable, &mut adam, &batch, &ctx)?;
-            step_seconds += step_started.elapsed().as_secs_f64();
-            step_transfers += crate::transfer::counts().since(transfers_before).total();
-            steady.step_done(cfg.train.global_batch_size as u64);
-            comm_seconds += stats.comm_seconds;
-            update_seconds += stats.update_seconds;
-            bytes_sent += stats.bytes_sent;
+            let stats = replica.step(&batch, &ctx)?;
+            let samples = cfg.train.global_batch_size as u64;
+            let transfers = crate::transfer::counts().since(transfers_before).total();
+            totals.add(&stats, step_started.elapsed().as_secs_f64(), transfers, samples);
+            steady.step_done(samples);
             step += 1;
-            next_point = (epoch, (batch.step + 1) * cfg.train.global_batch_size as u64);
+            next_point = (epoch, (batch.step + 1) * samples);
             if stats.control.stop {
                 stopped_by_signal = true;
                 tracing::warn!(step, "stop requested: checkpointing and stopping");
@@ -752,53 +845,37 @@ pub fn train_until(
             }
             let every = cfg.train.check_replicas_every_steps;
             if every > 0 && step % every == 0 {
-                let digests = comm.all_gather(&[replica_digest(&trainable, &adam)])?.data;
+                let digests = comm.all_gather(&[replica.digest()])?.data;
                 if digests.iter().any(|d| *d != digests[0]) {
                     return Err(TrainError::ReplicasDiffer { step, digests });
                 }
             }
-            window.1 += cfg.train.global_batch_size as u64;
-            for (sum, loss) in loss_sums.iter_mut().zip([stats.loss_main, stats.loss_micn, stats.loss_dien_aux]) {
-                *sum += loss;
-            }
-            loss_steps += 1;
             if step % cfg.train.log_every_steps == 0 || step == total_steps {
-                let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-                let [loss_main, loss_micn, loss_dien_aux] = loss_sums.map(|sum| sum / loss_steps as f64);
-                (loss_sums, loss_steps) = ([0.0; 3], 0);
-                let mut line = MetricsLine::new(step, epoch);
-                line.loss_main = Some(loss_main);
-                line.loss_dien_aux = (cfg.model.kind == ModelKind::Dien).then_some(loss_dien_aux);
-                if cfg.micn.enabled {
-                    line.loss_micn = Some(loss_micn);
-                    line.grad_norm_main_e_aux = Some(stats.grad_norm_main_e_aux);
-                    line.grad_norm_aux_e_aux = Some(stats.grad_norm_aux_e_aux);
-                }
-                line.lr = Some(cfg.train.lr);
-                line.samples_per_sec = Some(window.1 as f64 / secs);
+                let secs = window_started.elapsed().as_secs_f64().max(1e-9);
+                let line = totals.line(cfg, step, epoch, &stats, secs);
                 metrics.write(&line)?;
-                progress.update(step, loss_main, window.1 as f64 / secs);
-                window = (Instant::now(), 0);
+                progress.update(step, line.loss_main.unwrap_or_default(), line.samples_per_sec.unwrap_or_default());
+                window_started = Instant::now();
             }
             // A checkpoint records the validation score of its own model: evaluate first.
             let every = cfg.checkpoint.every_steps;
             let checkpoint_due = (every > 0 && step % every == 0) || stats.control.checkpoint_due;
             let every = cfg.train.eval_every_steps;
             if (every > 0 && step % every == 0) || checkpoint_due {
-                validation.run(&scorer, step, epoch, &mut metrics)?;
+                validation.run(&scorer, &replica.net, (step, epoch), &mut metrics)?;
             }
             if checkpoint_due {
-                checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, next_point.0, next_point.1), &validation)?;
+                checkpoints.save(cfg, comm, &replica, (step, next_point.0, next_point.1), &validation)?;
             }
             steady.resume();
         }
         epochs_completed += 1;
         next_point = (epoch + 1, 0);
-        validation.run(&scorer, step, epoch, &mut metrics)?;
+        validation.run(&scorer, &replica.net, (step, epoch), &mut metrics)?;
         // Every epoch ends with a checkpoint, unless this step has one already (its position, the
         // epoch's end, resumes to the same place).
         if checkpoints.last_step != Some(step) {
-            checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch + 1, 0), &validation)?;
+            checkpoints.save(cfg, comm, &replica, (step, epoch + 1, 0), &validation)?;
         }
         steady.resume();
     }
@@ -806,10 +883,10 @@ pub fn train_until(
         // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
         // signal leaves no time for a validation pass: that checkpoint then has no score.
         if !stopped_by_signal {
-            validation.run(&scorer, step, next_point.0, &mut metrics)?;
+            validation.run(&scorer, &replica.net, (step, next_point.0), &mut metrics)?;
         }
         let (epoch, position) = next_point;
-        checkpoints.save(cfg, comm, &vs, &trainable, &adam, (step, epoch, position), &validation)?;
+        checkpoints.save(cfg, comm, &replica, (step, epoch, position), &validation)?;
     }
     progress.finish();
     let loop_seconds = loop_started.elapsed().as_secs_f64();
@@ -817,7 +894,7 @@ pub fn train_until(
     let steps_here = step - resumed_at;
     let samples_per_sec =
         (steps_here * cfg.train.global_batch_size as u64) as f64 / (loop_seconds - validation.seconds).max(1e-9);
-    let final_eval = scorer.score(EvalSet::Test)?;
+    let final_eval = scorer.score(&replica.net, EvalSet::Test)?;
     write_eval(&mut metrics, step, epochs_completed, EvalSet::Test, &final_eval)?;
     // After a stop signal there may be little time left: no other checkpoint is loaded and scored.
     let selected =
@@ -838,21 +915,14 @@ pub fn train_until(
         oracle_auc: dataset.meta.oracle_auc,
         model: format!("{:?}", cfg.model.kind).to_lowercase(),
         micn: cfg.micn.enabled,
-        comm_share: comm_seconds / step_seconds.max(1e-12),
-        update_share: update_seconds / step_seconds.max(1e-12),
-        bytes_sent_per_step: bytes_sent as f64 / steps_here.max(1) as f64,
-        transfers_per_step: step_transfers as f64 / steps_here.max(1) as f64,
-        replica_digest: format!("{:016x}", replica_digest(&trainable, &adam)),
+        comm_share: totals.comm_seconds / totals.step_seconds.max(1e-12),
+        update_share: totals.update_seconds / totals.step_seconds.max(1e-12),
+        bytes_sent_per_step: totals.bytes_sent as f64 / steps_here.max(1) as f64,
+        transfers_per_step: totals.transfers as f64 / steps_here.max(1) as f64,
+        replica_digest: format!("{:016x}", replica.digest()),
         stopped_by_signal,
     };
-    if rank0 {
-        let model_path = run_dir.join("model.safetensors");
-        let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        replace_file(&model_path, |tmp| checkpoint::write_tensors(tmp, &variables))?;
-        let path = run_dir.join("summary.json");
-        let text = serde_json::to_string_pretty(&summary).expect("plain data") + "\n";
-        replace_file(&path, |tmp| std::fs::write(tmp, &text))?;
-    }
+    files.finish(&replica.vs, &summary)?;
     comm.barrier()?;
     Ok(summary)
 }
@@ -895,9 +965,8 @@ fn validation_split(cfg: &Config, dataset: &Dataset) -> Result<shard::Split, Tra
     Ok(split)
 }
 
-/// What scoring a set of samples needs: the model, the data, the ranks.
+/// What scoring a model on a set of samples needs besides the model: the data, the ranks.
 struct Scorer<'a> {
-    net: &'a Network,
     dataset: &'a Dataset,
     comm: &'a dyn Communicator,
     device: Device,
@@ -905,8 +974,8 @@ struct Scorer<'a> {
 }
 
 impl Scorer<'_> {
-    fn score(&self, set: EvalSet<'_>) -> Result<EvalResult, TrainError> {
-        evaluate_on(self.net, self.dataset, set, self.comm, self.device, self.max_hist_len)
+    fn score(&self, net: &Network, set: EvalSet<'_>) -> Result<EvalResult, TrainError> {
+        evaluate_on(net, self.dataset, set, self.comm, self.device, self.max_hist_len)
     }
 }
 
@@ -922,12 +991,18 @@ struct Validation {
 impl Validation {
     /// Score the model after `step` on the validation split, unless there is none or this step
     /// was scored already.
-    fn run(&mut self, scorer: &Scorer<'_>, step: u64, epoch: u64, metrics: &mut MetricsLog) -> Result<(), TrainError> {
+    fn run(
+        &mut self,
+        scorer: &Scorer<'_>,
+        net: &Network,
+        (step, epoch): (u64, u64),
+        metrics: &mut MetricsLog,
+    ) -> Result<(), TrainError> {
         if self.ids.is_empty() || self.evaluations.last().is_some_and(|e| e.0 == step) {
             return Ok(());
         }
         let started = Instant::now();
-        let result = scorer.score(EvalSet::Valid(&self.ids))?;
+        let result = scorer.score(net, EvalSet::Valid(&self.ids))?;
         self.seconds += started.elapsed().as_secs_f64();
         write_eval(metrics, step, epoch, EvalSet::Valid(&self.ids), &result)?;
         self.evaluations.push((step, result.auc, result.gauc, result.logloss));
@@ -965,7 +1040,7 @@ fn select_best(
         let Built { mut vs, net } = build_model(cfg, scorer.dataset, scorer.device)?;
         let model = dir.join("model.safetensors");
         checkpoint::load_var_store(&mut vs, &model)?;
-        Scorer { net: &net, ..*scorer }.score(EvalSet::Test)?
+        scorer.score(&net, EvalSet::Test)?
     };
     Ok(Some(Selected {
         step: state.step,
@@ -993,12 +1068,11 @@ impl Checkpointing {
         &mut self,
         cfg: &Config,
         comm: &dyn Communicator,
-        vs: &VarStore,
-        t: &Trainable,
-        adam: &Adam,
+        replica: &Replica,
         (step, epoch, position): (u64, u64, u64),
         validation: &Validation,
     ) -> Result<(), TrainError> {
+        let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
         let result = if self.rank0 {
             let config = cfg.to_toml();
             let state = checkpoint::State {

@@ -108,15 +108,13 @@ pub fn drive_steps<T: Send>(
     control: impl Fn(usize) -> micn::train::step::Control + Sync,
     observe: impl Fn(&mut dyn FnMut() -> micn::train::step::StepStats) -> T + Sync,
 ) -> Vec<RankSteps<T>> {
-    use micn::train::optim::{Adam, AdamConfig};
-    use micn::train::step::{train_step, StepContext, StepPath, Trainable};
+    use micn::train::step::StepContext;
+    use micn::train::trainer::Replica;
     ThreadRanks::run(world, |comm| {
         tch::set_num_threads(1);
         let rank = micn::dist::Communicator::rank(&comm);
         let dataset = std::sync::Arc::new(Dataset::open(dataset_dir()).unwrap());
-        let Built { vs, net } = build_model(cfg, &dataset, Device::Cpu).unwrap();
-        let mut t = Trainable::new(&vs, &net).unwrap().with_path(StepPath::from_config(&cfg.train));
-        let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &t.tensors);
+        let mut replica = Replica::new(build_model(cfg, &dataset, Device::Cpu).unwrap(), cfg, &comm).unwrap();
         let loader_cfg = micn::data::loader::LoaderConfig::from_config(cfg, world, rank);
         let mut observed = Vec::new();
         for (step, batch) in micn::data::loader::EpochLoader::new(dataset, &loader_cfg, 0, 0).take(4).enumerate() {
@@ -124,8 +122,9 @@ pub fn drive_steps<T: Send>(
                 control: control(rank),
                 ..StepContext::new(cfg, &comm, Device::Cpu, step as u64, batch.first_position)
             };
-            observed.push(observe(&mut || train_step(&net, &mut t, &mut adam, &batch, &ctx).unwrap()));
+            observed.push(observe(&mut || replica.step(&batch, &ctx).unwrap()));
         }
+        let t = &replica.trainable;
         let parameters = t
             .names
             .iter()
