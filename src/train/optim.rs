@@ -172,6 +172,58 @@ impl Adam {
     }
 }
 
+/// Dense parameters laid out in one flat buffer, their Adam moments likewise ([`Adam::flatten`]):
+/// one update is a handful of operations over the whole buffer instead of a handful per
+/// parameter, which is what a GPU wants (every operation is a kernel launch).
+#[derive(Debug)]
+pub struct FlatDense {
+    /// The parameters' indices, in buffer order.
+    pub indices: Vec<usize>,
+    params: Tensor,
+    m: Tensor,
+    v: Tensor,
+}
+
+impl Adam {
+    /// Makes the parameters `which` (dense ones, of one kind and device) and their moments views
+    /// of three flat buffers; every value stays what it was.
+    pub fn flatten(&mut self, params: &mut [Tensor], which: &[usize]) -> Option<FlatDense> {
+        let first = params.get(*which.first()?)?;
+        let total: i64 = which.iter().map(|&i| params[i].numel() as i64).sum();
+        let zeros = || Tensor::zeros([total], (first.kind(), first.device()));
+        let (flat_p, flat_m, flat_v) = (zeros(), zeros(), zeros());
+        let mut start = 0;
+        for &i in which {
+            let (n, shape) = (params[i].numel() as i64, params[i].size());
+            let at = |flat: &Tensor| flat.narrow(0, start, n).view(shape.as_slice());
+            let mo = &mut self.moments[i];
+            tch::no_grad(|| {
+                at(&flat_p).copy_(&params[i]);
+                at(&flat_m).copy_(&mo.m);
+                at(&flat_v).copy_(&mo.v);
+            });
+            params[i].set_data(&at(&flat_p));
+            (mo.m, mo.v) = (at(&flat_m), at(&flat_v));
+            start += n;
+        }
+        Some(FlatDense { indices: which.to_vec(), params: flat_p, m: flat_m, v: flat_v })
+    }
+
+    /// [`Adam::update_dense`] of every parameter of `flat` at once, with their gradients `g` laid
+    /// out in buffer order: the same operations, element by element, so the same values.
+    pub fn update_flat(&mut self, flat: &mut FlatDense, g: &Tensor, (bc1, bc2): (f64, f64)) {
+        let AdamConfig { lr, beta1, beta2, eps } = self.cfg;
+        tch::no_grad(|| {
+            let m = &flat.m * beta1 + g * (1.0 - beta1);
+            let v = &flat.v * beta2 + g.square() * (1.0 - beta2);
+            let update = (&m / bc1) / ((&v / bc2).sqrt() + eps) * lr;
+            flat.m.copy_(&m);
+            flat.v.copy_(&v);
+            let _ = flat.params.f_sub_(&update).expect("update has the buffer's shape");
+        });
+    }
+}
+
 /// The memory of a CPU f32 tensor stored as one contiguous block, as a mutable slice.
 fn host_f32<'a>(t: &Tensor) -> Option<&'a mut [f32]> {
     let usable = t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() > 0;
@@ -375,5 +427,32 @@ mod tests {
         b.update_dense(0, &mut dense, &Tensor::zeros([2, 1], (Kind::Float, Device::Cpu)), bc);
         assert!((value(&lazy)[0] + 0.1).abs() < 1e-6);
         assert!(value(&dense)[0] < value(&lazy)[0] - 0.01, "dense Adam keeps moving a row with momentum");
+    }
+
+    #[test]
+    fn adam_over_a_flat_buffer_gives_each_parameter_what_its_own_update_gives() {
+        tch::manual_seed(9);
+        let shapes: [&[i64]; 3] = [&[3, 2], &[4], &[1, 5]];
+        let make = || shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect::<Vec<_>>();
+        let initial = make();
+        let mut separate: Vec<Tensor> = initial.iter().map(|t| t.copy()).collect();
+        let mut flat_params: Vec<Tensor> = initial.iter().map(|t| t.copy()).collect();
+        let (mut a, mut b) = (Adam::new(CFG, &separate), Adam::new(CFG, &flat_params));
+        let mut flat = b.flatten(&mut flat_params, &[0, 1, 2]).unwrap();
+        assert!(flat_params.iter().zip(&initial).all(|(p, q)| p.equal(q)), "flattening keeps the values");
+        for _ in 0..3 {
+            let grads = make();
+            let bc = a.begin_step();
+            for (i, (p, g)) in separate.iter_mut().zip(&grads).enumerate() {
+                a.update_dense(i, p, g, bc);
+            }
+            let g: Vec<Tensor> = grads.iter().map(|g| g.flatten(0, -1)).collect();
+            let bc = b.begin_step();
+            b.update_flat(&mut flat, &Tensor::cat(&g, 0), bc);
+        }
+        for i in 0..3 {
+            assert!(flat_params[i].equal(&separate[i]), "parameter {i}, bit for bit");
+            assert!(b.moments[i].m.equal(&a.moments[i].m) && b.moments[i].v.equal(&a.moments[i].v));
+        }
     }
 }

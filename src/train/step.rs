@@ -15,7 +15,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::grads::{self, RowGrads, TaskGrads};
-use super::optim::{scatter_rows, Adam};
+use super::optim::{scatter_rows, Adam, FlatDense};
 use crate::config::{Config, EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
@@ -77,6 +77,9 @@ pub struct Trainable {
     pub buffers: Vec<(String, Tensor)>,
     /// Where the row sums and the update run ([`StepPath::Host`] unless set).
     pub path: StepPath,
+    /// The dense variables as one flat buffer, updated at once (on the device path, see
+    /// [`Trainable::flatten_dense`]).
+    pub flat: Option<FlatDense>,
 }
 
 impl Trainable {
@@ -91,6 +94,7 @@ impl Trainable {
             is_table: vec![],
             buffers: vec![],
             path: StepPath::Host,
+            flat: None,
         };
         for (name, tensor) in vars {
             if !tensor.requires_grad() {
@@ -110,6 +114,16 @@ impl Trainable {
     pub fn with_path(mut self, path: StepPath) -> Self {
         self.path = path;
         self
+    }
+
+    /// Lays the dense variables (and their moments in `adam`) out as one flat buffer, so that
+    /// the device path updates them in one pass; values unchanged. Only on the device path: the
+    /// host path's update already makes one pass over each variable's memory.
+    pub fn flatten_dense(&mut self, adam: &mut Adam, device: Device) {
+        if self.path.on_device(device) && self.flat.is_none() {
+            let dense: Vec<usize> = (0..self.names.len()).filter(|&i| !self.is_table[i]).collect();
+            self.flat = adam.flatten(&mut self.tensors, &dense);
+        }
     }
 
     pub fn indices(&self, wanted: &[VarGroup]) -> Vec<usize> {
@@ -696,6 +710,10 @@ pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &Step
         rest.push((i, g));
     }
     let sent = (!upload.is_empty()).then(|| upload.send(ctx.device));
+    let mut flat_grads: Vec<Option<Tensor>> = Vec::new();
+    if let Some(flat) = &t.flat {
+        flat_grads = flat.indices.iter().map(|_| None).collect();
+    }
     for (i, g) in rest {
         let var = &mut t.tensors[i];
         let g = match g {
@@ -713,14 +731,30 @@ pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &Step
             }
             g => g,
         };
-        match g {
-            Grad::Dense(values) => adam.update_dense(i, var, &values.view(var.size().as_slice()), bc),
-            Grad::Rows(ids, rows) if lazy => adam.update_rows(i, var, &ids, &rows, bc),
-            Grad::Rows(ids, rows) => adam.update_dense(i, var, &scatter_rows(&var.size(), &ids, &rows), bc),
-            Grad::Sent { .. } => unreachable!("read above"),
+        let in_flat = t.flat.as_ref().and_then(|flat| flat.indices.iter().position(|&k| k == i));
+        match (g, in_flat) {
+            (Grad::Dense(values), Some(k)) => flat_grads[k] = Some(values.flatten(0, -1)),
+            (g, _) => update_one(adam, i, var, g, lazy, bc),
         }
     }
+    // The dense variables in one pass over their flat buffer (every one of them has a gradient:
+    // zeros where none reached it).
+    if let (Some(flat), false) = (t.flat.as_mut(), flat_grads.is_empty()) {
+        let grads: Vec<Tensor> =
+            flat_grads.into_iter().map(|g| g.expect("a gradient for every dense variable")).collect();
+        adam.update_flat(flat, &Tensor::cat(&grads, 0), bc);
+    }
     // Dice's running statistics follow the global batch statistics: identical on every rank.
+}
+
+/// The update of one variable with its gradient on the device.
+fn update_one(adam: &mut Adam, i: usize, var: &mut Tensor, g: Grad, lazy: bool, bc: (f64, f64)) {
+    match g {
+        Grad::Dense(values) => adam.update_dense(i, var, &values.view(var.size().as_slice()), bc),
+        Grad::Rows(ids, rows) if lazy => adam.update_rows(i, var, &ids, &rows, bc),
+        Grad::Rows(ids, rows) => adam.update_dense(i, var, &scatter_rows(&var.size(), &ids, &rows), bc),
+        Grad::Sent { .. } => unreachable!("read above"),
+    }
 }
 
 /// A gradient on its way to the update.

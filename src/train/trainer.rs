@@ -298,12 +298,15 @@ pub struct Replica {
 
 impl Replica {
     /// A built network's replica, with rank 0's parameters on every rank, stepped on the path
-    /// `train.device_path` selects, by Adam with the run's settings.
+    /// `train.device_path` selects (on the device path the dense parameters live in one flat
+    /// buffer), by Adam with the run's settings.
     pub fn new(built: Built, cfg: &Config, comm: &dyn Communicator) -> Result<Self, TrainError> {
         let Built { vs, net } = built;
         broadcast_from_root(comm, &vs)?;
-        let trainable = Trainable::new(&vs, &net)?.with_path(StepPath::from_config(&cfg.train));
-        let adam = Adam::new(AdamConfig::from_train(&cfg.train), &trainable.tensors);
+        let mut trainable = Trainable::new(&vs, &net)?.with_path(StepPath::from_config(&cfg.train));
+        let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &trainable.tensors);
+        let device = trainable.tensors.first().map_or(Device::Cpu, Tensor::device);
+        trainable.flatten_dense(&mut adam, device);
         Ok(Self { vs, net, trainable, adam })
     }
 
