@@ -486,27 +486,67 @@ pub fn gradients(
         .map(|loss| loss.map_or_else(zero, |l| l.detach()).to_kind(Kind::Float).reshape([1]))
         .collect();
 
+    let backward = Backward { main_vars, aux_vars, main_targets, aux_targets, main: main_g, aux: aux_g, losses };
+    let counted = (positives, comm_seconds);
     if resident {
-        let main_by_var = device_grads(t, &main_vars, &main_targets, main_g);
-        let aux_by_var = device_grads(t, &aux_vars, &aux_targets, aux_g);
-        let (combined, norms) = combine_on_device(t, main_by_var, aux_by_var, &unions, &sent, ctx.phi);
-        // The step's one download: the losses and the norms.
-        let host = download_f32(&Tensor::cat(&[Tensor::cat(&losses, 0), norms], 0));
-        let stats = StepStats {
-            loss_main: host[0] as f64 + host[1] as f64,
-            loss_dien_aux: host[1] as f64,
-            loss_micn: host[2] as f64,
-            grad_norm_main_e_aux: (host[3] as f64).sqrt(),
-            grad_norm_aux_e_aux: (host[4] as f64).sqrt(),
-            positives,
-            comm_seconds,
-            control: ctx.control,
-            ..Default::default()
-        };
-        check_finite(&stats, ctx)?;
-        return Ok((combined, stats));
+        finish_on_device(t, backward, (&unions, &sent), counted, ctx)
+    } else {
+        exchange_on_host(t, backward, counted, ctx)
     }
+}
 
+/// The backward pass's gradients of both tasks, with what they are taken with respect to, and
+/// the step's local losses.
+struct Backward<'a> {
+    main_vars: Vec<usize>,
+    aux_vars: Vec<usize>,
+    main_targets: Vec<Target<'a>>,
+    aux_targets: Vec<Target<'a>>,
+    main: &'a [Tensor],
+    aux: &'a [Tensor],
+    /// `[1]` each: BCE, DIEN's auxiliary loss, MICN's loss (zeros where absent).
+    losses: Vec<Tensor>,
+}
+
+/// One rank on the device path: the gradients, combined on the device, and one download of the
+/// losses with the `e_aux` gradient norms. `counted`: MICN's global positives and the seconds
+/// spent counting them.
+fn finish_on_device(
+    t: &Trainable,
+    backward: Backward<'_>,
+    (unions, sent): (&[Union], &Uploaded),
+    (positives, comm_seconds): (f64, f64),
+    ctx: &StepContext<'_>,
+) -> Result<(Vec<VarGrad>, StepStats), StepError> {
+    let main_by_var = device_grads(t, &backward.main_vars, &backward.main_targets, backward.main);
+    let aux_by_var = device_grads(t, &backward.aux_vars, &backward.aux_targets, backward.aux);
+    let (combined, norms) = combine_on_device(t, main_by_var, aux_by_var, unions, sent, ctx.phi);
+    // The step's one download: the losses and the norms.
+    let host = download_f32(&Tensor::cat(&[Tensor::cat(&backward.losses, 0), norms], 0));
+    let stats = StepStats {
+        loss_main: host[0] as f64 + host[1] as f64,
+        loss_dien_aux: host[1] as f64,
+        loss_micn: host[2] as f64,
+        grad_norm_main_e_aux: (host[3] as f64).sqrt(),
+        grad_norm_aux_e_aux: (host[4] as f64).sqrt(),
+        positives,
+        comm_seconds,
+        control: ctx.control,
+        ..Default::default()
+    };
+    check_finite(&stats, ctx)?;
+    Ok((combined, stats))
+}
+
+/// Every gradient down in one piece, exchanged between ranks on the host (one all-reduce with the
+/// losses and run-control flags, one all-gather of the rows), combined by φ there.
+fn exchange_on_host(
+    t: &Trainable,
+    backward: Backward<'_>,
+    (positives, mut comm_seconds): (f64, f64),
+    ctx: &StepContext<'_>,
+) -> Result<(Vec<VarGrad>, StepStats), StepError> {
+    let Backward { main_vars, aux_vars, main_targets, aux_targets, main: main_g, aux: aux_g, losses } = backward;
     // Every gradient the exchange needs and the three losses, in one download.
     let mut parts = Vec::new();
     let main_pending = plan_host_grads(t, &main_vars, &main_targets, main_g, &mut parts);
