@@ -24,6 +24,17 @@ pub struct Moments {
 }
 
 impl AdamConfig {
+    /// One Adam step as tensor operations, the same ones for every update: the new moments and
+    /// the amount to subtract from the parameter, from the old moments `m`, `v`, the gradient `g`
+    /// and the bias corrections.
+    fn step(self, m: &Tensor, v: &Tensor, g: &Tensor, (bc1, bc2): (f64, f64)) -> (Tensor, Tensor, Tensor) {
+        let AdamConfig { lr, beta1, beta2, eps } = self;
+        let m = m * beta1 + g * (1.0 - beta1);
+        let v = v * beta2 + g.square() * (1.0 - beta2);
+        let update = (&m / bc1) / ((&v / bc2).sqrt() + eps) * lr;
+        (m, v, update)
+    }
+
     /// The run's settings (`train.lr`, `train.adam_beta1`, `train.adam_beta2`, `train.adam_eps`).
     pub fn from_train(train: &crate::config::TrainConfig) -> Self {
         Self { lr: train.lr, beta1: train.adam_beta1, beta2: train.adam_beta2, eps: train.adam_eps }
@@ -55,13 +66,11 @@ impl Adam {
     }
 
     /// Dense update of parameter `i` with gradient `g` (same shape).
-    pub fn update_dense(&mut self, i: usize, param: &mut Tensor, g: &Tensor, (bc1, bc2): (f64, f64)) {
-        let AdamConfig { lr, beta1, beta2, eps } = self.cfg;
+    pub fn update_dense(&mut self, i: usize, param: &mut Tensor, g: &Tensor, bc: (f64, f64)) {
+        let cfg = self.cfg;
         let mo = &mut self.moments[i];
         tch::no_grad(|| {
-            let m = &mo.m * beta1 + g * (1.0 - beta1);
-            let v = &mo.v * beta2 + g.square() * (1.0 - beta2);
-            let update = (&m / bc1) / ((&v / bc2).sqrt() + eps) * lr;
+            let (m, v, update) = cfg.step(&mo.m, &mo.v, g, bc);
             mo.m.copy_(&m);
             mo.v.copy_(&v);
             let _ = param.f_sub_(&update).expect("update has the parameter's shape");
@@ -70,23 +79,14 @@ impl Adam {
 
     /// Row-sparse update of table `i`: only `rows` (`[r]` i64, distinct) with gradients
     /// `g_rows` (`[r, d]`) change.
-    pub fn update_rows(
-        &mut self,
-        i: usize,
-        table: &mut Tensor,
-        rows: &Tensor,
-        g_rows: &Tensor,
-        (bc1, bc2): (f64, f64),
-    ) {
+    pub fn update_rows(&mut self, i: usize, table: &mut Tensor, rows: &Tensor, g_rows: &Tensor, bc: (f64, f64)) {
         if rows.numel() == 0 {
             return;
         }
-        let AdamConfig { lr, beta1, beta2, eps } = self.cfg;
+        let cfg = self.cfg;
         let mo = &mut self.moments[i];
         tch::no_grad(|| {
-            let m = mo.m.index_select(0, rows) * beta1 + g_rows * (1.0 - beta1);
-            let v = mo.v.index_select(0, rows) * beta2 + g_rows.square() * (1.0 - beta2);
-            let update = (&m / bc1) / ((&v / bc2).sqrt() + eps) * lr;
+            let (m, v, update) = cfg.step(&mo.m.index_select(0, rows), &mo.v.index_select(0, rows), g_rows, bc);
             let new_rows = table.index_select(0, rows) - update;
             let _ = mo.m.index_copy_(0, rows, &m);
             let _ = mo.v.index_copy_(0, rows, &v);
@@ -211,12 +211,10 @@ impl Adam {
 
     /// [`Adam::update_dense`] of every parameter of `flat` at once, with their gradients `g` laid
     /// out in buffer order: the same operations, element by element, so the same values.
-    pub fn update_flat(&mut self, flat: &mut FlatDense, g: &Tensor, (bc1, bc2): (f64, f64)) {
-        let AdamConfig { lr, beta1, beta2, eps } = self.cfg;
+    pub fn update_flat(&mut self, flat: &mut FlatDense, g: &Tensor, bc: (f64, f64)) {
+        let cfg = self.cfg;
         tch::no_grad(|| {
-            let m = &flat.m * beta1 + g * (1.0 - beta1);
-            let v = &flat.v * beta2 + g.square() * (1.0 - beta2);
-            let update = (&m / bc1) / ((&v / bc2).sqrt() + eps) * lr;
+            let (m, v, update) = cfg.step(&flat.m, &flat.v, g, bc);
             flat.m.copy_(&m);
             flat.v.copy_(&v);
             let _ = flat.params.f_sub_(&update).expect("update has the buffer's shape");
