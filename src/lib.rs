@@ -9,6 +9,7 @@
 //! - [`dist`]: the [`dist::Communicator`] interface and its back-ends (single, threads, MPI).
 //! - [`experiment`]: `micn sweep` (grids of settings × repeats) and `micn report` (tables, plots).
 //! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
+//! - [`io_error`]: the one I/O error type, which names its path.
 //! - [`logging`]: `tracing` set-up, with the rank on every line.
 //! - [`metrics`]: exact AUC, GAUC and log-loss, pure functions over slices.
 //! - [`data`]: raw Amazon / DIEN / synthetic inputs → prepared rkyv archives → batches.
@@ -26,6 +27,7 @@ pub mod data;
 pub mod dist;
 pub mod doctor;
 pub mod experiment;
+pub mod io_error;
 pub mod logging;
 pub mod metrics;
 pub mod micn;

@@ -26,6 +26,7 @@ use crate::data::prepare::synthetic_dataset;
 use crate::data::protocol::Protocol;
 use crate::data::synth::{Preset, SynthConfig};
 use crate::dist::SingleProcess;
+use crate::io_error::{PathIo, WithPath};
 use crate::model::embeddings::Vocab;
 use crate::rng::Rng;
 use crate::train::step::StepContext;
@@ -179,7 +180,7 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     cfg.train.threads = 1;
     cfg.train.eval_every_steps = 0;
     let config_path = opts.work_dir.join("bench.toml");
-    let io = |source| TrainError::Io { path: config_path.clone(), source };
+    let io = |source| TrainError::Io(PathIo { path: config_path.clone(), source });
     std::fs::write(&config_path, cfg.to_toml()).map_err(io)?;
     let launcher = std::env::current_exe().map_err(io)?.with_file_name("micn-launch");
     // One timed run through the launcher: its summary.
@@ -201,8 +202,7 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
             });
         }
         let summary_path = run_dir.join("summary.json");
-        let text = std::fs::read_to_string(&summary_path)
-            .map_err(|source| TrainError::Io { path: summary_path.clone(), source })?;
+        let text = std::fs::read_to_string(&summary_path).with_path(&summary_path)?;
         let s: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| TrainError::RunFile { path: summary_path.clone(), message: e.to_string() })?;
         let field = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);

@@ -27,6 +27,7 @@ use crate::data::archive::DatasetMeta;
 use crate::data::protocol::Protocol;
 use crate::data::synth::{self, Preset, SynthConfig};
 use crate::data::DataError;
+use crate::io_error::PathIo;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -155,12 +156,8 @@ pub struct PrepareBenchReport {
 pub enum BenchError {
     #[error(transparent)]
     Data(#[from] DataError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error("`{command}` failed ({status}):\n{stderr}")]
     Child { command: String, status: String, stderr: String },
     #[error("`{command}` did not log how long reading took (expected a `reviews read` event)")]
@@ -170,7 +167,7 @@ pub enum BenchError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
-    move |source| BenchError::Io { path: path.to_path_buf(), source }
+    move |source| BenchError::Io(PathIo { path: path.to_path_buf(), source })
 }
 
 /// Generate, prepare and measure once per history scale.

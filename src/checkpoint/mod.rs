@@ -26,6 +26,7 @@
 //! - `policy.rs`: which checkpoints retention keeps, a pure function.
 use std::path::{Path, PathBuf};
 
+use crate::io_error::PathIo;
 use serde::{Deserialize, Deserializer, Serialize};
 
 mod format;
@@ -43,12 +44,8 @@ const FILES: [&str; 3] = ["model.safetensors", "optimizer.safetensors", "state.j
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error("{path}: no such checkpoint directory")]
     NotFound { path: PathBuf },
     #[error("{path}: {message}")]
@@ -66,14 +63,14 @@ impl CheckpointError {
     /// does not fit), as opposed to a passing I/O failure.
     pub fn is_input_error(&self) -> bool {
         match self {
-            Self::Io { source, .. } => crate::data::is_lasting(source),
+            Self::Io(e) => e.is_lasting(),
             _ => true,
         }
     }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io(PathIo { path: path.to_path_buf(), source })
 }
 
 /// One evaluation: (step, AUC, GAUC, log-loss).

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::samples::{ArchivedSamples, Samples};
 use super::vocab::Vocabularies;
 use super::DataError;
+use crate::io_error::WithPath;
 
 /// Version 2 added the vocabularies' sizes and checksums and [`CategorySource`]; version 1
 /// directories are refused with a request to prepare again (their vocabularies cannot be checked).
@@ -133,7 +134,7 @@ impl DatasetMeta {
     /// older format is refused with what to do rather than with a missing field.
     pub fn read(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join("dataset.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).with_path(&path)?;
         let invalid = |message: String| DataError::Invalid { path: path.clone(), message };
         #[derive(Deserialize)]
         struct Version {
@@ -175,10 +176,10 @@ pub struct Archive {
 impl Archive {
     fn open(path: &Path, entry: &FileEntry, vocab: &Vocabularies) -> Result<Self, DataError> {
         let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
-        let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let file = std::fs::File::open(path).with_path(path)?;
         // SAFETY: the dataset directory is written once and never modified in place; a file
         // changed underneath us is caught below only if it changed before this check.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let map = unsafe { Mmap::map(&file) }.with_path(path)?;
         entry.check(path, &map)?;
         // `BoxedError`, not `rancor::Error`: in a release build the latter keeps no message
         // ("failed without error information").
@@ -264,7 +265,7 @@ impl Dataset {
         ]
         .map(|(name, entry)| {
             let path = dir.join(name);
-            let bytes = std::fs::read(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+            let bytes = std::fs::read(&path).with_path(&path)?;
             entry.check(&path, &bytes)?;
             Ok::<_, DataError>(bytes)
         });
@@ -275,7 +276,7 @@ impl Dataset {
             None => None,
             Some(entry) => {
                 let path = dir.join("oracle.f32");
-                let bytes = std::fs::read(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+                let bytes = std::fs::read(&path).with_path(&path)?;
                 entry.check(&path, &bytes)?;
                 if bytes.len() != 4 * test.samples().len() {
                     return Err(DataError::Invalid {

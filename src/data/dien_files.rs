@@ -17,6 +17,7 @@ use super::protocol::{Interner, DEFAULT_CAT};
 use super::samples::{Row, Samples};
 use super::vocab::{self, Vocab, Vocabularies, DEFAULT_MID, UNKNOWN_USER};
 use super::DataError;
+use crate::io_error::WithPath;
 
 /// One line of a DIEN sample file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +115,7 @@ impl Interned {
 /// so memory, bounded by the entries whatever the ids claim.
 fn vocab_from_pickle(path: &Path, zero_name: &str) -> Result<(Vocab, HashMap<String, u32>), DataError> {
     let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).with_path(path)?;
     let entries = super::pickle::read_str_int_entries(&bytes)
         .map_err(|e| invalid(format!("not a vocabulary pickle (a str → int dict): {e}")))?;
     if entries.is_empty() {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use super::batch::{Batch, NoClickSampler};
 use super::samples::ArchivedSamples;
 use super::{shard, DataError, Dataset};
+use crate::io_error::{PathIo, WithPath};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -75,7 +76,7 @@ fn write_split(
     max_hist_len: usize,
     noclick: Option<&NoClickSampler>,
 ) -> Result<usize, DataError> {
-    std::fs::create_dir_all(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).with_path(dir)?;
     // One draw per sample, keyed by its position in the split (see `Batch::collate`).
     let batch = Batch::collate(samples, ids, max_hist_len, (0, 0, 0), noclick);
     let (n, t) = (batch.len(), batch.hist_len);
@@ -142,7 +143,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
         .and_then(|()| std::fs::rename(&tmp, path));
     written.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        DataError::Io { path: path.to_path_buf(), source }
+        DataError::Io(PathIo { path: path.to_path_buf(), source })
     })
 }
 

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use serde::Serialize;
 
 use super::DataError;
+use crate::io_error::PathIo;
 
 /// Why a line was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -204,7 +205,7 @@ pub fn parse_lines<T: Send>(
     parse: impl Fn(&str) -> Result<T, Bad> + Sync,
     mut sink: impl FnMut(T, u64),
 ) -> Result<FileSummary, DataError> {
-    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    let io = |source| DataError::Io(PathIo { path: path.to_path_buf(), source });
     let opened = File::open(path).map_err(io)?;
     let stored_total = opened.metadata().map_err(io)?.len();
     let mut file = BufReader::with_capacity(1 << 20, opened);

@@ -27,6 +27,7 @@ pub mod stats;
 pub mod synth;
 pub mod vocab;
 
+use crate::io_error::PathIo;
 use std::path::PathBuf;
 
 pub use self::archive::Dataset;
@@ -34,12 +35,8 @@ pub use self::archive::Dataset;
 /// A data problem, always naming the file (and line, where there is one).
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error("{path}:{line}: {kind}: {detail}")]
     BadLine { path: PathBuf, line: u64, kind: input::BadKind, detail: String },
     #[error("{path}: {message}")]
@@ -77,22 +74,14 @@ pub enum DataError {
     OutputExists(PathBuf),
 }
 
-/// An I/O error that the same command would meet again: a missing file, a file it may not read,
-/// bytes that are not what they should be. Others (EIO, a full disk, too many open files) may pass.
-pub fn is_lasting(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        NotFound | PermissionDenied | InvalidData | InvalidInput | AlreadyExists | IsADirectory | NotADirectory
-    )
-}
+pub use crate::io_error::is_lasting;
 
 impl DataError {
     /// Whether running the same command again would fail the same way (a missing or bad input),
     /// as opposed to a passing I/O failure.
     pub fn is_input_error(&self) -> bool {
         match self {
-            Self::Io { source, .. } => is_lasting(source),
+            Self::Io(e) => e.is_lasting(),
             Self::BrokenStream { read, source, .. } => read.gzip || is_lasting(source),
             _ => true,
         }

@@ -19,6 +19,7 @@ use super::samples::Samples;
 use super::synth::{self, OracleModel};
 use super::vocab::{self, Vocabularies};
 use super::DataError;
+use crate::io_error::{PathIo, WithPath};
 
 /// `micn prepare` for the raw Amazon dumps.
 #[derive(Debug, Clone)]
@@ -68,14 +69,14 @@ impl Staging {
             message: "the output must name a directory".into(),
         })?;
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|source| DataError::Io { path: parent.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).with_path(parent)?;
         remove_stale(parent, name)?;
         let tmp = parent.join(staging_name(name, std::process::id()));
         if tmp.exists() {
             // Our own process id: left by an earlier process that had the same id.
-            std::fs::remove_dir_all(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+            std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
         }
-        std::fs::create_dir(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+        std::fs::create_dir(&tmp).with_path(&tmp)?;
         let staging = Self { tmp, out: out.to_path_buf() };
         staging.write(OWNER_FILE, format!("{}\n", host_name()).as_bytes())?;
         Ok(staging)
@@ -84,7 +85,7 @@ impl Staging {
     /// Write one file inside the staging directory and fsync it.
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), DataError> {
         let path = self.tmp.join(name);
-        let io = |source| DataError::Io { path: path.clone(), source };
+        let io = |source| DataError::Io(PathIo { path: path.clone(), source });
         let mut f = std::fs::File::create(&path).map_err(io)?;
         std::io::Write::write_all(&mut f, bytes).map_err(io)?;
         f.sync_all().map_err(io)
@@ -93,7 +94,7 @@ impl Staging {
     pub fn commit(self) -> Result<(), DataError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| DataError::Io { path, source }
+            move |source| DataError::Io(PathIo { path, source })
         };
         let owner = self.tmp.join(OWNER_FILE);
         std::fs::remove_file(&owner).map_err(io(&owner))?;
@@ -158,7 +159,7 @@ fn host_name() -> String {
 /// preparations left behind: those whose process is gone, made on this host. A live process's
 /// directory, or one made on another host, is left alone; each removal is logged.
 fn remove_stale(parent: &Path, name: &OsStr) -> Result<(), DataError> {
-    let io = |source| DataError::Io { path: parent.to_path_buf(), source };
+    let io = |source| DataError::Io(PathIo { path: parent.to_path_buf(), source });
     let here = host_name();
     for entry in std::fs::read_dir(parent).map_err(io)? {
         let entry = entry.map_err(io)?;
@@ -599,7 +600,7 @@ pub fn synthetic_dataset(
         oracle: None,
     };
     prepare_amazon(&job, &data)?;
-    std::fs::remove_dir_all(&raw).map_err(|source| DataError::Io { path: raw.clone(), source })?;
+    std::fs::remove_dir_all(&raw).with_path(&raw)?;
     Ok(data)
 }
 

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::DataError;
+use crate::io_error::{PathIo, WithPath};
 use crate::rng::{stream, Rng, WeightedIndex};
 
 /// Generator parameters.
@@ -246,7 +247,7 @@ struct ReviewDraw {
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| DataError::Io { path, source }
+        move |source| DataError::Io(PathIo { path, source })
     };
     if cfg.users == 0 || cfg.items < 2 || cfg.clusters == 0 || cfg.categories == 0 || cfg.interests == 0 {
         return Err(DataError::Invalid {
@@ -492,7 +493,7 @@ fn write_atomically(
     body: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<u64>,
 ) -> Result<u64, DataError> {
     let tmp = path.with_extension("partial");
-    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    let io = |source| DataError::Io(PathIo { path: path.to_path_buf(), source });
     let file = std::fs::File::create(&tmp).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let n = body(&mut w).map_err(io)?;
@@ -504,7 +505,7 @@ fn write_atomically(
 
 /// Read `oracle-model.json`.
 pub fn read_oracle(path: &Path) -> Result<OracleModel, DataError> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).with_path(path)?;
     serde_json::from_reader(std::io::BufReader::new(file))
         .map_err(|e| DataError::Invalid { path: path.to_path_buf(), message: format!("not an oracle model: {e}") })
 }

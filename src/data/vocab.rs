@@ -10,6 +10,7 @@ use std::path::Path;
 use super::protocol::{Interner, DEFAULT_CAT};
 use super::samples::Samples;
 use super::DataError;
+use crate::io_error::{PathIo, WithPath};
 
 pub const UNKNOWN_USER: &str = "unknown_user";
 pub const DEFAULT_MID: &str = "default_mid";
@@ -127,7 +128,7 @@ impl Vocabularies {
     pub fn write(&self, dir: &Path) -> Result<(), DataError> {
         for (name, bytes) in self.to_files() {
             let path = dir.join(name);
-            std::fs::write(&path, bytes).map_err(|source| DataError::Io { path, source })?;
+            std::fs::write(&path, bytes).with_path(&path)?;
         }
         Ok(())
     }
@@ -137,7 +138,7 @@ impl Vocabularies {
     pub fn read(dir: &Path) -> Result<Self, DataError> {
         let [users, items, cats] = ["users.tsv", "items.tsv", "cats.tsv"].map(|name| {
             let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| DataError::Io { path, source })
+            std::fs::read(&path).map_err(|source| DataError::Io(PathIo { path, source }))
         });
         Self::parse(dir, [users?, items?, cats?])
     }

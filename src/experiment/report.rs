@@ -14,14 +14,15 @@ use std::path::{Path, PathBuf};
 
 use super::plot::{self, Panel, PlotError, Point, Series};
 use crate::config::flatten;
+use crate::io_error::PathIo;
 use crate::metrics::mean_std;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("no finished run under {dirs}{left_out}")]
     NoRuns { dirs: String, left_out: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error("{0}")]
     Plot(#[from] PlotError),
 }
@@ -532,7 +533,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
+        move |source| ReportError::Io(PathIo { path, source })
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
     remove_old_figures(out).map_err(io(out))?;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, Override};
+use crate::io_error::{PathIo, WithPath};
 use crate::train::Interrupter;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +30,8 @@ pub enum SweepError {
     Plan { what: String, message: String },
     #[error("{dir} was trained with another configuration (differs in {keys}); remove it or sweep into another --out")]
     Mismatch { dir: PathBuf, keys: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error("could not start {program}: {source}")]
     Spawn { program: PathBuf, source: std::io::Error },
     #[error("{dir}: the run failed ({status}); the last lines of {log}:\n{tail}")]
@@ -301,7 +302,7 @@ pub struct Runner {
 impl Runner {
     /// The binaries beside this process's executable.
     pub fn beside_current_exe(np: usize, launch_args: Vec<String>) -> Result<Self, SweepError> {
-        let micn = std::env::current_exe().map_err(|source| SweepError::Io { path: "micn".into(), source })?;
+        let micn = std::env::current_exe().with_path(Path::new("micn"))?;
         let launcher = micn.with_file_name("micn-launch");
         let launcher = launcher.exists().then_some(launcher);
         if np > 1 && launcher.is_none() {
@@ -374,14 +375,14 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
             return Err(SweepError::StoppedBefore { dir: run.dir.clone() });
         }
         let resuming = state == RunState::Unfinished;
-        std::fs::create_dir_all(&run.dir).map_err(|source| SweepError::Io { path: run.dir.clone(), source })?;
+        std::fs::create_dir_all(&run.dir).with_path(&run.dir)?;
         let log = run.dir.join("train.log");
         let open_log = || {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log)
-                .map_err(|source| SweepError::Io { path: log.clone(), source })
+                .map_err(|source| SweepError::Io(PathIo { path: log.clone(), source }))
         };
         let mut cmd = runner.command(run);
         cmd.stdin(Stdio::null()).stdout(open_log()?).stderr(open_log()?);
@@ -390,7 +391,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
         let mut child = cmd.spawn().map_err(|source| SweepError::Spawn { program, source })?;
         let mut forwarded = false;
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(|source| SweepError::Io { path: log.clone(), source })? {
+            if let Some(status) = child.try_wait().with_path(&log)? {
                 break status;
             }
             // A Ctrl-C reaches the child through the terminal; a SIGTERM sent to this process alone

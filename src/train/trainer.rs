@@ -28,6 +28,7 @@ use crate::data::batch::Batch;
 use crate::data::loader::{eval_batches, EpochLoader, LoaderConfig};
 use crate::data::{shard, DataError, Dataset};
 use crate::dist::{self, Communicator, CommunicatorExt};
+use crate::io_error::PathIo;
 use crate::model::batch_stats::Mode;
 use crate::model::embeddings::{BatchIds, Vocab};
 use crate::network::Network;
@@ -44,12 +45,8 @@ pub enum TrainError {
     Comm(#[from] dist::CommError),
     #[error("building the model: {0}")]
     Model(#[from] crate::network::NetworkError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
     NoCuda,
     #[error(transparent)]
@@ -129,7 +126,7 @@ impl TrainError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io(PathIo { path: path.to_path_buf(), source })
 }
 
 /// Test-set metrics over all ranks.
@@ -945,7 +942,7 @@ fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -
     let tmp = path.with_file_name(format!(".{name}.partial"));
     write(&tmp).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        TrainError::Io { path: path.to_path_buf(), source }
+        TrainError::Io(PathIo { path: path.to_path_buf(), source })
     })
 }
 
