@@ -36,17 +36,17 @@ pub enum StepError {
     Micn(#[from] crate::micn::MicnError),
 }
 
-/// Which code computes the parts of a step that have a host fast path: the per-row sums of the
-/// lookups' gradients and the Adam update.
+/// Where the end of a step runs: the φ combination and the Adam update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StepPath {
-    /// On the CPU, the host fast paths: row sums over the downloaded lookup gradients and Adam in
-    /// one pass over each parameter's memory. On any other device, [`StepPath::Device`].
+    /// On the CPU, the host fast paths: the gradients come down in one piece and Adam makes one
+    /// pass over each parameter's memory. On any other device, [`StepPath::Device`].
     #[default]
     Host,
-    /// What a GPU runs, on every device, the CPU included (`train.device_path = true`): row sums
-    /// with `index_add_` and Adam as tensor operations, on the tensors' device. Equal to the
-    /// host path up to rounding (the order of additions differs).
+    /// What a GPU runs, on every device, the CPU included (`train.device_path = true`): with one
+    /// rank the gradients stay on the device, where the φ combination and Adam run as tensor
+    /// operations (the dense parameters in one flat buffer). Equal to the host path up to
+    /// rounding (the order of additions differs).
     Device,
 }
 
@@ -75,7 +75,7 @@ pub struct Trainable {
     pub is_table: Vec<bool>,
     /// Non-trainable buffers (Dice running statistics), by name.
     pub buffers: Vec<(String, Tensor)>,
-    /// Where the row sums and the update run ([`StepPath::Host`] unless set).
+    /// Where the φ combination and the update run ([`StepPath::Host`] unless set).
     pub path: StepPath,
     /// The dense variables as one flat buffer, updated at once (on the device path, see
     /// [`Trainable::flatten_dense`]).
