@@ -18,6 +18,17 @@ impl PathIo {
     }
 }
 
+/// Writes `path` through a temporary sibling renamed over it (`write` fills the temporary file):
+/// a failure (a full disk) leaves the previous file, if any, whole, and no partial file behind.
+pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), PathIo> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    write(&tmp).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        PathIo { path: path.to_path_buf(), source }
+    })
+}
+
 /// An I/O error that the same command would meet again: a missing file, a file it may not read,
 /// bytes that are not what they should be. Others (EIO, a full disk, too many open files) may pass.
 pub fn is_lasting(e: &std::io::Error) -> bool {

@@ -10,12 +10,12 @@
 //! `max_hist_len`, every split's width `T` (its longest kept history) and sample count. `valid/` exists when a validation share is held out (the
 //! split `micn train` holds out with the same `data.valid_share`).
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::batch::{Batch, NoClickSampler};
 use super::samples::ArchivedSamples;
 use super::{shard, DataError, Dataset};
-use crate::io_error::{PathIo, WithPath};
+use crate::io_error::{replace_file, WithPath};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -135,16 +135,11 @@ fn write_npy(path: &Path, values: Npy<'_>, shape: &[usize]) -> Result<(), DataEr
     write_file(path, &npy_bytes(values, shape))
 }
 
-/// Writes through a temporary file renamed into place: a file is whole or absent.
+/// Writes `bytes` to `path`, synced, whole or not at all ([`replace_file`]).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    written.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        DataError::Io(PathIo { path: path.to_path_buf(), source })
-    })
+    let write =
+        |tmp: &Path| std::fs::File::create(tmp).and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    Ok(replace_file(path, write)?)
 }
 
 #[cfg(test)]

@@ -109,11 +109,14 @@ impl RealSlots {
         Self { slots, samples, transitions, by_length, unsort, active }
     }
 
-    /// From a mask on the host, uploaded to `device` (five uploads; the training step packs them
-    /// into its one upload instead).
+    /// From a mask on the host, in one upload to `device` (the training step and
+    /// [`BatchIds::from_batch`] add the lists to their own upload instead).
     pub fn from_host_mask(hist_mask: &[f32], steps: usize, device: tch::Device) -> Self {
         let (lists, active) = Self::lists(hist_mask, steps);
-        Self::from_parts(lists.map(|v| Tensor::from_slice(&v).to_device(device)), active)
+        let mut upload = Upload::new();
+        let pieces = lists.map(|list| upload.i64(&list));
+        let sent = upload.send(device);
+        Self::from_parts(pieces.map(|piece| sent.get(piece)), active)
     }
 
     /// From a `[b, T]` mask tensor (read back to the host: for tests and tools).

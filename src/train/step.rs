@@ -119,7 +119,8 @@ impl Trainable {
     /// Lays the dense variables (and their moments in `adam`) out as one flat buffer, so that
     /// the device path updates them in one pass; values unchanged. Only on the device path: the
     /// host path's update already makes one pass over each variable's memory.
-    pub fn flatten_dense(&mut self, adam: &mut Adam, device: Device) {
+    pub fn flatten_dense(&mut self, adam: &mut Adam) {
+        let device = self.tensors.first().map_or(Device::Cpu, Tensor::device);
         if self.path.on_device(device) && self.flat.is_none() {
             let dense: Vec<usize> = (0..self.names.len()).filter(|&i| !self.is_table[i]).collect();
             self.flat = adam.flatten(&mut self.tensors, &dense);

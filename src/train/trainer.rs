@@ -302,8 +302,7 @@ impl Replica {
         broadcast_from_root(comm, &vs)?;
         let mut trainable = Trainable::new(&vs, &net)?.with_path(StepPath::from_config(&cfg.train));
         let mut adam = Adam::new(AdamConfig::from_train(&cfg.train), &trainable.tensors);
-        let device = trainable.tensors.first().map_or(Device::Cpu, Tensor::device);
-        trainable.flatten_dense(&mut adam, device);
+        trainable.flatten_dense(&mut adam);
         Ok(Self { vs, net, trainable, adam })
     }
 
@@ -935,15 +934,9 @@ fn read_if_present(path: &Path) -> Result<String, TrainError> {
     }
 }
 
-/// Write `path` through a temporary sibling renamed over it: a failure (a full disk) leaves the
-/// previous file, if any, whole, and no partial file behind.
+/// [`crate::io_error::replace_file`], its error a run's.
 fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), TrainError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial"));
-    write(&tmp).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        TrainError::Io(PathIo { path: path.to_path_buf(), source })
-    })
+    Ok(crate::io_error::replace_file(path, write)?)
 }
 
 /// Hold out the validation share of the training archive (see [`shard::validation_split`]),
