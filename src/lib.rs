@@ -34,5 +34,6 @@ pub mod micn;
 pub mod model;
 pub mod network;
 pub mod rng;
+pub mod run_dir;
 pub mod train;
 pub mod transfer;

@@ -502,11 +502,11 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
 fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let TrainArgs { config, sets, resume, overwrite } = args;
 
-    use micn::train::trainer::Resume;
+    use micn::train::Resume;
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = micn::config::Config::load(Some(&config), &overrides)?;
     if !cfg.run.dir.as_os_str().is_empty() {
-        logging::also_to_file(&cfg.run.dir.join("logs").join(format!("rank-{}.log", comm.rank())))?;
+        logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()))?;
     }
     let resume = match resume.as_deref() {
         None if overwrite => Resume::Overwrite,
@@ -515,7 +515,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         Some(path) => Resume::Path(PathBuf::from(path)),
     };
     let interrupter = micn::train::Interrupter::on_signals();
-    let summary = micn::train::trainer::train_until(&cfg, comm, &resume, &interrupter)?;
+    let summary = micn::train::train_until(&cfg, comm, &resume, &interrupter)?;
     if comm.rank() == 0 {
         let mut text = format!(
             "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}\n",

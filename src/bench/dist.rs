@@ -26,9 +26,10 @@ use crate::data::prepare::synthetic_dataset;
 use crate::data::protocol::Protocol;
 use crate::data::synth::{Preset, SynthConfig};
 use crate::dist::SingleProcess;
-use crate::io_error::{PathIo, WithPath};
+use crate::io_error::PathIo;
 use crate::model::embeddings::Vocab;
 use crate::rng::Rng;
+use crate::run_dir::{RunDir, RunDirError};
 use crate::train::step::StepContext;
 use crate::train::trainer::{build_network, Replica, TrainError};
 
@@ -195,16 +196,12 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
             .arg(format!("run.dir={:?}", run_dir.display().to_string()))
             .status()
             .map_err(io)?;
-        if !status.success() {
-            return Err(TrainError::RunFile {
-                path: run_dir,
-                message: format!("the {ranks}-rank run failed ({status})"),
-            });
-        }
-        let summary_path = run_dir.join("summary.json");
-        let text = std::fs::read_to_string(&summary_path).with_path(&summary_path)?;
-        let s: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::RunFile { path: summary_path.clone(), message: e.to_string() })?;
+        let run_dir = RunDir::new(run_dir);
+        let summary = if status.success() { run_dir.read_summary()? } else { None };
+        let Some(s) = summary else {
+            let message = format!("the {ranks}-rank run failed ({status}); its logs are in logs/");
+            return Err(RunDirError::Invalid { path: run_dir.path().to_path_buf(), message }.into());
+        };
         let field = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
         Ok(RankRun {
             ranks,

@@ -15,8 +15,8 @@ use crate::data::protocol::Protocol;
 use crate::data::synth::{Preset, SynthConfig};
 use crate::dist::SingleProcess;
 use crate::metrics::mean_std;
-use crate::train::trainer::{train_from, Resume};
 use crate::train::TrainError;
+use crate::train::{train_from, Resume};
 
 #[derive(Debug, Clone)]
 pub struct QualityOptions {

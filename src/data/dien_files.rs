@@ -225,15 +225,64 @@ fn training_counts(train: &Samples, vocab: &Vocabularies) -> [Vec<u64>; 3] {
 const COUNTS_FROM_REVIEWS: &str = "reviews-info";
 const COUNTS_FROM_TRAINING: &str = "training samples";
 
-/// Prepare a dataset directory from DIEN's files in `dir`.
-pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report, DataError> {
-    let started = Instant::now();
+/// The vocabularies of DIEN's pickles (ids then match the reference), checked against the names
+/// in the training samples, and the maps from interned ids to theirs.
+fn vocab_from_pickles(
+    pickles: &[PathBuf; 3],
+    interned: &Interned,
+    train: &Samples,
+    train_path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(Vocabularies, vocab::IdMaps), DataError> {
+    let (users, user_ids) = vocab_from_pickle(&pickles[0], UNKNOWN_USER)?;
+    let (items, item_ids) = vocab_from_pickle(&pickles[1], DEFAULT_MID)?;
+    let (cats, cat_ids) = vocab_from_pickle(&pickles[2], DEFAULT_CAT)?;
+    let names = |interner: &Interner, ids: Vec<u32>| -> Vec<String> {
+        ids.into_iter().map(|i| interner.name(i).to_string()).collect()
+    };
+    let train_names = [
+        names(&interned.users, distinct(train.users.iter().copied(), interned.users.len())),
+        names(&interned.items, distinct(train.items.iter().chain(&train.hist_items).copied(), interned.items.len())),
+        names(&interned.cats, distinct(train.cats.iter().chain(&train.hist_cats).copied(), interned.cats.len())),
+    ];
+    let by_kind = [(&*pickles[0], &user_ids), (&*pickles[1], &item_ids), (&*pickles[2], &cat_ids)];
+    for (k, what) in ["user", "item", "category"].into_iter().enumerate() {
+        let names: Vec<&str> = train_names[k].iter().map(String::as_str).collect();
+        check_pickle_matches(what, &names, &by_kind, k, train_path, warnings)?;
+    }
+    let map = |interner: &Interner, ids: &HashMap<String, u32>| -> Vec<u32> {
+        (0..interner.len() as u32).map(|i| ids.get(interner.name(i)).copied().unwrap_or(0)).collect()
+    };
+    let maps = vocab::IdMaps {
+        users: map(&interned.users, &user_ids),
+        items: map(&interned.items, &item_ids),
+        cats: map(&interned.cats, &cat_ids),
+    };
+    let mut item_cat = vec![0u32; items.len()];
+    for (intern, &id) in maps.items.iter().enumerate() {
+        item_cat[id as usize] = maps.cats[interned.item_cat[intern] as usize];
+    }
+    item_cat[0] = 0;
+    Ok((Vocabularies { users, items, cats, item_cat }, maps))
+}
+
+/// DIEN's text files in a directory, parsed: the samples with their names interned, the
+/// categories `item-info` gives, and the reviews per item `reviews-info` counts.
+struct DienFiles {
+    train_path: PathBuf,
+    interned: Interned,
+    train: Samples,
+    test: Samples,
+    review_counts: HashMap<String, u64>,
+    summaries: Vec<FileSummary>,
+}
+
+fn read_files(dir: &Path, strictness: Strictness) -> Result<DienFiles, DataError> {
     let missing = |what: &str| DataError::Invalid { path: dir.to_path_buf(), message: format!("no {what} file here") };
     let train_path = first_existing(dir, &["local_train_splitByUser", "local_train"])
         .ok_or_else(|| missing("local_train_splitByUser"))?;
     let test_path = first_existing(dir, &["local_test_splitByUser", "local_test"])
         .ok_or_else(|| missing("local_test_splitByUser"))?;
-    let staging = Staging::new(out)?;
     let mut interned = Interned::default();
     interned.cats.intern(DEFAULT_CAT);
     let (mut train, mut test) = (Samples::default(), Samples::default());
@@ -281,66 +330,18 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
             *review_counts.entry(asin).or_default() += 1
         })?);
     }
+    Ok(DienFiles { train_path, interned, train, test, review_counts, summaries })
+}
 
-    let mut warnings: Vec<String> = summaries.iter().flat_map(issue_warnings).collect();
-    let pickles = PICKLES.map(|n| dir.join(n));
-    let present: Vec<&str> = PICKLES.iter().zip(&pickles).filter(|(_, p)| p.exists()).map(|(n, _)| *n).collect();
-    let from_pickles = present.len() == PICKLES.len();
-    if !present.is_empty() && !from_pickles {
-        return Err(DataError::Invalid {
-            path: dir.to_path_buf(),
-            message: format!(
-                "only {} of DIEN's vocabulary pickles ({}) {} here: give all three, or none to number by frequency",
-                present.join(" and "),
-                PICKLES.join(", "),
-                if present.len() == 1 { "is" } else { "are" }
-            ),
-        });
-    }
-    let (mut vocab, maps) = if from_pickles {
-        let (users, user_ids) = vocab_from_pickle(&pickles[0], UNKNOWN_USER)?;
-        let (items, item_ids) = vocab_from_pickle(&pickles[1], DEFAULT_MID)?;
-        let (cats, cat_ids) = vocab_from_pickle(&pickles[2], DEFAULT_CAT)?;
-        let names = |interner: &Interner, ids: Vec<u32>| -> Vec<String> {
-            ids.into_iter().map(|i| interner.name(i).to_string()).collect()
-        };
-        let train_names = [
-            names(&interned.users, distinct(train.users.iter().copied(), interned.users.len())),
-            names(
-                &interned.items,
-                distinct(train.items.iter().chain(&train.hist_items).copied(), interned.items.len()),
-            ),
-            names(&interned.cats, distinct(train.cats.iter().chain(&train.hist_cats).copied(), interned.cats.len())),
-        ];
-        let by_kind = [(&*pickles[0], &user_ids), (&*pickles[1], &item_ids), (&*pickles[2], &cat_ids)];
-        for (k, what) in ["user", "item", "category"].into_iter().enumerate() {
-            let names: Vec<&str> = train_names[k].iter().map(String::as_str).collect();
-            check_pickle_matches(what, &names, &by_kind, k, &train_path, &mut warnings)?;
-        }
-        let map = |interner: &Interner, ids: &HashMap<String, u32>| -> Vec<u32> {
-            (0..interner.len() as u32).map(|i| ids.get(interner.name(i)).copied().unwrap_or(0)).collect()
-        };
-        let maps = vocab::IdMaps {
-            users: map(&interned.users, &user_ids),
-            items: map(&interned.items, &item_ids),
-            cats: map(&interned.cats, &cat_ids),
-        };
-        let mut item_cat = vec![0u32; items.len()];
-        for (intern, &id) in maps.items.iter().enumerate() {
-            item_cat[id as usize] = maps.cats[interned.item_cat[intern] as usize];
-        }
-        item_cat[0] = 0;
-        (Vocabularies { users, items, cats, item_cat }, maps)
-    } else {
-        vocab::build(&train, &interned.users, &interned.items, &interned.cats, &interned.item_cat)
-    };
-    let train_v = train.remap(&maps.users, &maps.items, &maps.cats);
-    let test_v = test.remap(&maps.users, &maps.items, &maps.cats);
-    if from_pickles {
-        // The pickles hold ids only: count like `vocab::build` does for its own vocabularies.
-        let [users, items, cats] = training_counts(&train_v, &vocab);
-        (vocab.users.counts, vocab.items.counts, vocab.cats.counts) = (users, items, cats);
-    }
+/// The item popularity DIEN's no-click items are drawn by, put in `vocab.items.counts`; returns
+/// where it came from (`notes.item_counts`).
+fn choose_item_popularity(
+    vocab: &mut Vocabularies,
+    review_counts: &HashMap<String, u64>,
+    dir: &Path,
+    train_path: &Path,
+    warnings: &mut Vec<String>,
+) -> &'static str {
     // DIEN draws no-click items by popularity in reviews-info, as its reference code does;
     // without it (or when it names too few of these items), by the training samples' counts,
     // which `vocab.items.counts` now holds. Either way said, never a silent aux loss of 0.
@@ -370,7 +371,7 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
         };
         warnings.push(format!(
             "{why}: DIEN's no-click items are drawn by the items' counts in the training samples \
-             (targets and histories: {} items) instead of by reviews",
+         (targets and histories: {} items) instead of by reviews",
             drawable(&vocab.items.counts)
         ));
         COUNTS_FROM_TRAINING
@@ -381,6 +382,42 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
             train_path.display()
         ));
     }
+    item_counts
+}
+
+/// Prepare a dataset directory from DIEN's files in `dir`.
+pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report, DataError> {
+    let started = Instant::now();
+    let DienFiles { train_path, interned, train, test, review_counts, summaries } = read_files(dir, strictness)?;
+    let staging = Staging::new(out)?;
+    let mut warnings: Vec<String> = summaries.iter().flat_map(issue_warnings).collect();
+    let pickles = PICKLES.map(|n| dir.join(n));
+    let present: Vec<&str> = PICKLES.iter().zip(&pickles).filter(|(_, p)| p.exists()).map(|(n, _)| *n).collect();
+    let from_pickles = present.len() == PICKLES.len();
+    if !present.is_empty() && !from_pickles {
+        return Err(DataError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!(
+                "only {} of DIEN's vocabulary pickles ({}) {} here: give all three, or none to number by frequency",
+                present.join(" and "),
+                PICKLES.join(", "),
+                if present.len() == 1 { "is" } else { "are" }
+            ),
+        });
+    }
+    let (mut vocab, maps) = if from_pickles {
+        vocab_from_pickles(&pickles, &interned, &train, &train_path, &mut warnings)?
+    } else {
+        vocab::build(&train, &interned.users, &interned.items, &interned.cats, &interned.item_cat)
+    };
+    let train_v = train.remap(&maps.users, &maps.items, &maps.cats);
+    let test_v = test.remap(&maps.users, &maps.items, &maps.cats);
+    if from_pickles {
+        // The pickles hold ids only: count like `vocab::build` does for its own vocabularies.
+        let [users, items, cats] = training_counts(&train_v, &vocab);
+        (vocab.users.counts, vocab.items.counts, vocab.cats.counts) = (users, items, cats);
+    }
+    let item_counts = choose_item_popularity(&mut vocab, &review_counts, dir, &train_path, &mut warnings);
     let max_hist_len = [&train_v, &test_v]
         .iter()
         .flat_map(|s| s.hist_offsets.windows(2).map(|w| (w[1] - w[0]) as usize))

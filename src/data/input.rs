@@ -189,6 +189,113 @@ pub(crate) fn thousands(n: u64) -> String {
     out
 }
 
+/// The reader thread of [`parse_lines`]: the (decompressed) stream split into chunks of whole
+/// lines, numbered in order, until the end or a broken stream.
+fn read_chunks(
+    mut hashing: Hashing<BufReader<File>>,
+    gzip: bool,
+    chunk_tx: mpsc::SyncSender<Chunk>,
+) -> Result<ReaderEnd, ReadFailure> {
+    let mut progress = ReadProgress { gzip, ..ReadProgress::default() };
+    let mut stopped: Option<std::io::Error> = None;
+    {
+        let mut source: Box<dyn Read + '_> =
+            if gzip { Box::new(flate2::read::MultiGzDecoder::new(&mut hashing)) } else { Box::new(&mut hashing) };
+        let mut carry: Vec<u8> = Vec::new();
+        let (mut index, mut next_line) = (0usize, 1u64);
+        loop {
+            let mut data = std::mem::take(&mut carry);
+            let start = data.len();
+            data.resize(start + CHUNK, 0);
+            let mut filled = start;
+            while filled < data.len() {
+                match source.read(&mut data[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        stopped = Some(e);
+                        break;
+                    }
+                }
+            }
+            progress.raw += (filled - start) as u64;
+            data.truncate(filled);
+            if stopped.is_some() {
+                // Nothing after a broken stream is parsed: count the complete lines.
+                progress.lines = next_line - 1 + data.iter().filter(|&&b| b == b'\n').count() as u64;
+                break;
+            }
+            let eof = filled < start + CHUNK;
+            if !eof {
+                // Keep the trailing partial line for the next chunk.
+                match data.iter().rposition(|&b| b == b'\n') {
+                    Some(pos) => carry = data.split_off(pos + 1),
+                    None => {
+                        carry = data; // a line longer than a chunk: keep it and read more
+                        continue;
+                    }
+                }
+            }
+            let n_lines = data.iter().filter(|&&b| b == b'\n').count() as u64
+                + u64::from(data.last().is_some_and(|&b| b != b'\n'));
+            if data.is_empty() {
+                break;
+            }
+            if chunk_tx.send(Chunk { index, first_line: next_line, data }).is_err() {
+                break;
+            }
+            index += 1;
+            next_line += n_lines;
+            progress.lines = next_line - 1;
+            if eof {
+                break;
+            }
+        }
+    }
+    drop(chunk_tx);
+    progress.stored = hashing.bytes;
+    match stopped {
+        // flate2's word for a stream that stops before its end.
+        Some(e) if gzip && e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReadFailure::Cut(progress)),
+        Some(e) => Err(ReadFailure::Broken(progress, e)),
+        None => Ok((hashing, progress)),
+    }
+}
+
+/// A parsing thread of [`parse_lines`]: every non-blank line of each chunk parsed, the results
+/// sent back with their chunk's index and line numbers.
+fn parse_chunks<T>(
+    rx: &std::sync::Mutex<mpsc::Receiver<Chunk>>,
+    tx: mpsc::SyncSender<ParsedChunk<T>>,
+    parse: &(impl Fn(&str) -> Result<T, Bad> + Sync),
+) {
+    loop {
+        let chunk = match rx.lock().expect("chunk queue").recv() {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let mut out = Vec::new();
+        for (i, line) in chunk.data.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parsed = match std::str::from_utf8(line) {
+                Ok(text) => parse(text),
+                Err(e) => Err(Bad::new(BadKind::NonUtf8, e.to_string())),
+            };
+            out.push((chunk.first_line + i as u64, parsed));
+        }
+        if tx.send((chunk.index, out)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A chunk's index and its lines' (number, parse result).
+type ParsedChunk<T> = (usize, Vec<(u64, Result<T, Bad>)>);
+
 /// Read `path` (gzip or plain), parse every non-blank line with `parse` on all cores, and hand
 /// each good record to `sink` in file order with its 1-based line number. Bad lines are counted,
 /// or in strict mode stop the read with [`DataError::BadLine`].
@@ -221,105 +328,15 @@ pub fn parse_lines<T: Send>(
 
     let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Chunk>(workers * 2);
     let chunk_rx = std::sync::Mutex::new(chunk_rx);
-    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Vec<(u64, Result<T, Bad>)>)>(workers * 2);
+    let (done_tx, done_rx) = mpsc::sync_channel::<ParsedChunk<T>>(workers * 2);
     let read = std::thread::scope(|scope| -> Result<ReaderEnd, ReadFailure> {
         // Reader: split the (decompressed) stream into chunks of whole lines.
-        let reader = scope.spawn(move || -> Result<ReaderEnd, ReadFailure> {
-            let mut hashing = hashing;
-            let mut progress = ReadProgress { gzip, ..ReadProgress::default() };
-            let mut stopped: Option<std::io::Error> = None;
-            {
-                let mut source: Box<dyn Read + '_> = if gzip {
-                    Box::new(flate2::read::MultiGzDecoder::new(&mut hashing))
-                } else {
-                    Box::new(&mut hashing)
-                };
-                let mut carry: Vec<u8> = Vec::new();
-                let (mut index, mut next_line) = (0usize, 1u64);
-                loop {
-                    let mut data = std::mem::take(&mut carry);
-                    let start = data.len();
-                    data.resize(start + CHUNK, 0);
-                    let mut filled = start;
-                    while filled < data.len() {
-                        match source.read(&mut data[filled..]) {
-                            Ok(0) => break,
-                            Ok(n) => filled += n,
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                            Err(e) => {
-                                stopped = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    progress.raw += (filled - start) as u64;
-                    data.truncate(filled);
-                    if stopped.is_some() {
-                        // Nothing after a broken stream is parsed: count the complete lines.
-                        progress.lines = next_line - 1 + data.iter().filter(|&&b| b == b'\n').count() as u64;
-                        break;
-                    }
-                    let eof = filled < start + CHUNK;
-                    if !eof {
-                        // Keep the trailing partial line for the next chunk.
-                        match data.iter().rposition(|&b| b == b'\n') {
-                            Some(pos) => carry = data.split_off(pos + 1),
-                            None => {
-                                carry = data; // a line longer than a chunk: keep it and read more
-                                continue;
-                            }
-                        }
-                    }
-                    let n_lines = data.iter().filter(|&&b| b == b'\n').count() as u64
-                        + u64::from(data.last().is_some_and(|&b| b != b'\n'));
-                    if data.is_empty() {
-                        break;
-                    }
-                    if chunk_tx.send(Chunk { index, first_line: next_line, data }).is_err() {
-                        break;
-                    }
-                    index += 1;
-                    next_line += n_lines;
-                    progress.lines = next_line - 1;
-                    if eof {
-                        break;
-                    }
-                }
-            }
-            drop(chunk_tx);
-            progress.stored = hashing.bytes;
-            match stopped {
-                // flate2's word for a stream that stops before its end.
-                Some(e) if gzip && e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReadFailure::Cut(progress)),
-                Some(e) => Err(ReadFailure::Broken(progress, e)),
-                None => Ok((hashing, progress)),
-            }
-        });
+        let reader = scope.spawn(move || read_chunks(hashing, gzip, chunk_tx));
 
         // Workers: parse chunks.
         for _ in 0..workers {
             let (rx, tx, parse) = (&chunk_rx, done_tx.clone(), &parse);
-            scope.spawn(move || loop {
-                let chunk = match rx.lock().expect("chunk queue").recv() {
-                    Ok(c) => c,
-                    Err(_) => return,
-                };
-                let mut out = Vec::new();
-                for (i, line) in chunk.data.split(|&b| b == b'\n').enumerate() {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    let parsed = match std::str::from_utf8(line) {
-                        Ok(text) => parse(text),
-                        Err(e) => Err(Bad::new(BadKind::NonUtf8, e.to_string())),
-                    };
-                    out.push((chunk.first_line + i as u64, parsed));
-                }
-                if tx.send((chunk.index, out)).is_err() {
-                    return;
-                }
-            });
+            scope.spawn(move || parse_chunks(rx, tx, parse));
         }
         drop(done_tx);
 

@@ -165,6 +165,8 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Interpret the opcodes up to STOP and return the value it pops: stack and memo operations
+    /// here, [`Parser::scalar`] for the opcodes that push one value read from the stream.
     fn run(&mut self) -> Result<Value, PickleError> {
         let mut stack: Vec<Value> = Vec::new();
         // Stack heights at each MARK (Python's metastack): a value below the last mark belongs
@@ -216,65 +218,6 @@ impl<'a> Parser<'a> {
                     };
                     self.set_items(&target, items)?;
                 }
-                b'N' => stack.push(Value::None),
-                0x88 => stack.push(Value::Bool(true)),
-                0x89 => stack.push(Value::Bool(false)),
-                b'J' => stack.push(Value::Int(self.uint(4)? as u32 as i32 as i64)),
-                b'K' => stack.push(Value::Int(self.uint(1)? as i64)),
-                b'M' => stack.push(Value::Int(self.uint(2)? as i64)),
-                b'I' => {
-                    let text = self.line()?;
-                    stack.push(match text {
-                        "01" => Value::Bool(true),
-                        "00" => Value::Bool(false),
-                        t => Value::Int(t.parse().map_err(|_| self.err(format!("bad INT {}", quoted(t))))?),
-                    });
-                }
-                b'L' => {
-                    let text = self.line()?;
-                    let t = text.trim_end_matches('L');
-                    stack.push(Value::Int(
-                        t.parse().map_err(|_| self.err(format!("bad or too large LONG {}", quoted(text))))?,
-                    ));
-                }
-                0x8a => {
-                    let n = self.uint(1)? as usize;
-                    if n > 8 {
-                        return Err(self.err(format!("an integer of {n} bytes, wider than 64 bits")));
-                    }
-                    let bytes = self.take(n)?;
-                    let mut v: i64 = bytes.iter().rev().fold(0i64, |acc, &b| (acc << 8) | b as i64);
-                    if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
-                        v -= 1i64 << (8 * n);
-                    }
-                    stack.push(Value::Int(v));
-                }
-                b'X' | b'T' | b'B' => {
-                    let n = self.length(4)?;
-                    let bytes = self.take(n)?;
-                    stack.push(self.utf8(bytes)?);
-                }
-                0x8c | b'U' | b'C' => {
-                    let n = self.length(1)?;
-                    let bytes = self.take(n)?;
-                    stack.push(self.utf8(bytes)?);
-                }
-                0x8d | 0x8e => {
-                    let n = self.length(8)?;
-                    let bytes = self.take(n)?;
-                    stack.push(self.utf8(bytes)?);
-                }
-                // raw-unicode-escape: bytes are Latin-1 code points, plus \u escapes.
-                b'V' => {
-                    let latin1: String = self.line_bytes()?.iter().map(|&b| b as char).collect();
-                    let text = unescape_raw_unicode(&latin1).map_err(|m| self.err(m))?;
-                    stack.push(Value::Str(Rc::from(text)));
-                }
-                b'S' => {
-                    let text = self.line()?;
-                    let s = unquote_repr(text).ok_or_else(|| self.err(format!("bad STRING {}", quoted(text))))?;
-                    stack.push(Value::Str(Rc::from(s)));
-                }
                 b'p' | b'q' | b'r' | 0x94 => {
                     let id = match op {
                         b'p' => self.line()?.parse().map_err(|_| self.err("bad PUT index"))?,
@@ -296,9 +239,77 @@ impl<'a> Parser<'a> {
                     let value = memo.get(&id).cloned().ok_or_else(|| self.err(format!("GET of unknown memo {id}")))?;
                     stack.push(value);
                 }
-                other => return Err(self.err(format!("unsupported pickle opcode 0x{other:02x}"))),
+                other => match self.scalar(other)? {
+                    Some(value) => stack.push(value),
+                    None => return Err(self.err(format!("unsupported pickle opcode 0x{other:02x}"))),
+                },
             }
         }
+    }
+
+    /// The value a scalar opcode pushes (none, a bool, an integer, a string), read from the
+    /// stream; `None` for an opcode that is not one.
+    fn scalar(&mut self, op: u8) -> Result<Option<Value>, PickleError> {
+        Ok(Some(match op {
+            b'N' => Value::None,
+            0x88 => Value::Bool(true),
+            0x89 => Value::Bool(false),
+            b'J' => Value::Int(self.uint(4)? as u32 as i32 as i64),
+            b'K' => Value::Int(self.uint(1)? as i64),
+            b'M' => Value::Int(self.uint(2)? as i64),
+            b'I' => {
+                let text = self.line()?;
+                match text {
+                    "01" => Value::Bool(true),
+                    "00" => Value::Bool(false),
+                    t => Value::Int(t.parse().map_err(|_| self.err(format!("bad INT {}", quoted(t))))?),
+                }
+            }
+            b'L' => {
+                let text = self.line()?;
+                let t = text.trim_end_matches('L');
+                Value::Int(t.parse().map_err(|_| self.err(format!("bad or too large LONG {}", quoted(text))))?)
+            }
+            0x8a => {
+                let n = self.uint(1)? as usize;
+                if n > 8 {
+                    return Err(self.err(format!("an integer of {n} bytes, wider than 64 bits")));
+                }
+                let bytes = self.take(n)?;
+                let mut v: i64 = bytes.iter().rev().fold(0i64, |acc, &b| (acc << 8) | b as i64);
+                if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                Value::Int(v)
+            }
+            b'X' | b'T' | b'B' => {
+                let n = self.length(4)?;
+                let bytes = self.take(n)?;
+                self.utf8(bytes)?
+            }
+            0x8c | b'U' | b'C' => {
+                let n = self.length(1)?;
+                let bytes = self.take(n)?;
+                self.utf8(bytes)?
+            }
+            0x8d | 0x8e => {
+                let n = self.length(8)?;
+                let bytes = self.take(n)?;
+                self.utf8(bytes)?
+            }
+            // raw-unicode-escape: bytes are Latin-1 code points, plus \u escapes.
+            b'V' => {
+                let latin1: String = self.line_bytes()?.iter().map(|&b| b as char).collect();
+                let text = unescape_raw_unicode(&latin1).map_err(|m| self.err(m))?;
+                Value::Str(Rc::from(text))
+            }
+            b'S' => {
+                let text = self.line()?;
+                let s = unquote_repr(text).ok_or_else(|| self.err(format!("bad STRING {}", quoted(text))))?;
+                Value::Str(Rc::from(s))
+            }
+            _ => return Ok(None),
+        }))
     }
 
     /// The values above the last MARK, which is removed.

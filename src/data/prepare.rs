@@ -14,7 +14,7 @@ use serde_json::json;
 use super::amazon::{self, Release};
 use super::archive::{self, CategorySource, Counts, DatasetMeta, FileEntry, VocabFiles};
 use super::input::{self, BadKind, FileSummary, Issues, Strictness};
-use super::protocol::{self, Corpus, Protocol, ReviewRef, DEFAULT_CAT};
+use super::protocol::{self, Built, Corpus, Protocol, ReviewRef, DEFAULT_CAT};
 use super::samples::Samples;
 use super::synth::{self, OracleModel};
 use super::vocab::{self, Vocabularies};
@@ -346,24 +346,9 @@ fn oracle_scores(model: &OracleModel, corpus: &Corpus, test: &Samples, protocol:
         .collect()
 }
 
-/// Run a preparation from the raw Amazon dumps.
-pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> {
-    let started = Instant::now();
-    let staging = Staging::new(out)?;
-    let mut warnings = Vec::new();
-    let (corpus, sources, without_meta) = read_corpus(job, &mut warnings)?;
-    let read_secs = started.elapsed().as_secs_f64();
-    tracing::info!(
-        lines = sources[0].lines,
-        reviews = corpus.reviews.len(),
-        raw_bytes = sources[0].raw_bytes,
-        users = corpus.users.len(),
-        items = corpus.items.len(),
-        seconds = read_secs,
-        "reviews read"
-    );
-    let built = protocol::build(&corpus, job.protocol, job.max_hist_len, job.seed)
-        .map_err(|message| DataError::Invalid { path: job.reviews.clone(), message })?;
+/// What the protocol left out, said (or, with `--strict`, refused), and a dataset with no sample
+/// at all refused.
+fn check_built(job: &AmazonJob, corpus: &Corpus, built: &Built, warnings: &mut Vec<String>) -> Result<(), DataError> {
     // `din` users left without a negative: like a bad line, fatal with --strict, else left out,
     // counted in dataset.json and reported naming the first.
     if let Some(&first) = built.without_negatives.first() {
@@ -411,6 +396,28 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             ));
         }
     }
+    Ok(())
+}
+
+/// Run a preparation from the raw Amazon dumps.
+pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> {
+    let started = Instant::now();
+    let staging = Staging::new(out)?;
+    let mut warnings = Vec::new();
+    let (corpus, sources, without_meta) = read_corpus(job, &mut warnings)?;
+    let read_secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        lines = sources[0].lines,
+        reviews = corpus.reviews.len(),
+        raw_bytes = sources[0].raw_bytes,
+        users = corpus.users.len(),
+        items = corpus.items.len(),
+        seconds = read_secs,
+        "reviews read"
+    );
+    let built = protocol::build(&corpus, job.protocol, job.max_hist_len, job.seed)
+        .map_err(|message| DataError::Invalid { path: job.reviews.clone(), message })?;
+    check_built(job, &corpus, &built, &mut warnings)?;
     tracing::info!(
         train = built.train.len(),
         test = built.test.len(),

@@ -106,8 +106,12 @@ pub struct OracleModel {
     /// Per item name: (cluster, probability within its cluster, global popularity probability).
     pub items: HashMap<String, (u32, f64, f64)>,
     /// Per user name: (interest cluster before the last review, [(cluster, weight)]).
-    pub users: HashMap<String, (u32, Vec<(u32, f64)>)>,
+    pub users: HashMap<String, OracleUser>,
 }
+
+/// A user as the oracle sees it: the interest cluster before the last review, and every
+/// (cluster, weight) of the user's interests.
+pub type OracleUser = (u32, Vec<(u32, f64)>);
 
 impl OracleModel {
     /// p(item | user), the generator's probability that the user's next review is `item`.
@@ -242,60 +246,67 @@ struct ReviewDraw {
     time: i64,
 }
 
-/// Generate the raw files into `out` (created if missing; the files appear under their final
-/// names only when complete).
-pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DataError::Io(PathIo { path, source })
-    };
-    if cfg.users == 0 || cfg.items < 2 || cfg.clusters == 0 || cfg.categories == 0 || cfg.interests == 0 {
-        return Err(DataError::Invalid {
-            path: out.to_path_buf(),
-            message: "synth needs users ≥ 1, items ≥ 2, clusters ≥ 1, categories ≥ 1 and interests ≥ 1".into(),
-        });
-    }
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let mut rng = Rng::derive(cfg.seed, &[stream::SYNTH]);
+/// The items: each one's cluster, its within-cluster power-law weight, its category.
+struct Catalogue {
+    item_cluster: Vec<u32>,
+    members: Vec<Vec<u32>>,
+    cluster_samplers: Vec<WeightedIndex>,
+    within: Vec<f64>,
+    popularity: Vec<f64>,
+    global: WeightedIndex,
+    item_cat: Vec<usize>,
+}
 
-    // Items: cluster, within-cluster power-law weight, category.
-    let clusters = cfg.clusters.min(cfg.items);
-    let mut order: Vec<usize> = (0..cfg.items).collect();
-    rng.shuffle(&mut order);
-    let mut item_cluster = vec![0u32; cfg.items];
-    let mut members: Vec<Vec<u32>> = vec![Vec::new(); clusters];
-    for (rank, &i) in order.iter().enumerate() {
-        let c = rank % clusters;
-        item_cluster[i] = c as u32;
-        members[c].push(i as u32);
-    }
-    let weight = |rank: usize| 1.0 / ((rank + 1) as f64).powf(cfg.zipf);
-    let cluster_samplers: Vec<WeightedIndex> = members
-        .iter()
-        .map(|m| WeightedIndex::new(&(0..m.len()).map(weight).collect::<Vec<_>>()).expect("clusters are non-empty"))
-        .collect();
-    let mut within = vec![0f64; cfg.items];
-    for m in &members {
-        let total: f64 = (0..m.len()).map(weight).sum();
-        for (rank, &i) in m.iter().enumerate() {
-            within[i as usize] = weight(rank) / total;
+impl Catalogue {
+    fn draw(cfg: &SynthConfig, rng: &mut Rng) -> Self {
+        let clusters = cfg.clusters.min(cfg.items);
+        let mut order: Vec<usize> = (0..cfg.items).collect();
+        rng.shuffle(&mut order);
+        let mut item_cluster = vec![0u32; cfg.items];
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); clusters];
+        for (rank, &i) in order.iter().enumerate() {
+            let c = rank % clusters;
+            item_cluster[i] = c as u32;
+            members[c].push(i as u32);
         }
-    }
-    // Clusters are equally likely a priori, so global popularity = within / clusters.
-    let popularity: Vec<f64> = within.iter().map(|w| w / clusters as f64).collect();
-    let global = WeightedIndex::new(&popularity).expect("positive popularity");
-    let home_cat: Vec<usize> = (0..clusters).map(|c| 1 + c % cfg.categories.saturating_sub(1).max(1)).collect();
-    let item_cat: Vec<usize> = (0..cfg.items)
-        .map(|i| {
-            if cfg.categories > 1 && rng.chance(cfg.category_signal) {
-                home_cat[item_cluster[i] as usize].min(cfg.categories - 1)
-            } else {
-                0
+        let weight = |rank: usize| 1.0 / ((rank + 1) as f64).powf(cfg.zipf);
+        let cluster_samplers: Vec<WeightedIndex> = members
+            .iter()
+            .map(|m| WeightedIndex::new(&(0..m.len()).map(weight).collect::<Vec<_>>()).expect("clusters are non-empty"))
+            .collect();
+        let mut within = vec![0f64; cfg.items];
+        for m in &members {
+            let total: f64 = (0..m.len()).map(weight).sum();
+            for (rank, &i) in m.iter().enumerate() {
+                within[i as usize] = weight(rank) / total;
             }
-        })
-        .collect();
+        }
+        // Clusters are equally likely a priori, so global popularity = within / clusters.
+        let popularity: Vec<f64> = within.iter().map(|w| w / clusters as f64).collect();
+        let global = WeightedIndex::new(&popularity).expect("positive popularity");
+        let home_cat: Vec<usize> = (0..clusters).map(|c| 1 + c % cfg.categories.saturating_sub(1).max(1)).collect();
+        let item_cat: Vec<usize> = (0..cfg.items)
+            .map(|i| {
+                if cfg.categories > 1 && rng.chance(cfg.category_signal) {
+                    home_cat[item_cluster[i] as usize].min(cfg.categories - 1)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        Self { item_cluster, members, cluster_samplers, within, popularity, global, item_cat }
+    }
+}
 
-    // Users and their histories.
+/// The users: each one's interests (clusters with Dirichlet weights) and a history that stays
+/// in one interest or switches; the reviews drawn, and what the oracle needs of each user.
+fn draw_users(
+    cfg: &SynthConfig,
+    catalogue: &Catalogue,
+    rng: &mut Rng,
+) -> (Vec<ReviewDraw>, HashMap<String, OracleUser>) {
+    let Catalogue { members, cluster_samplers, global, .. } = catalogue;
+    let clusters = members.len();
     let mut draws: Vec<ReviewDraw> = Vec::new();
     let mut oracle_users = HashMap::with_capacity(cfg.users);
     let extra_mean = (cfg.mean_history - cfg.min_history as f64).max(0.0);
@@ -316,7 +327,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
         while rng.chance(p_more) && len < 10 * cfg.mean_history.ceil() as usize + 10 {
             len += 1;
         }
-        let mut state = interests[pick.sample(&mut rng)].0;
+        let mut state = interests[pick.sample(rng)].0;
         let mut time = 946_684_800 + rng.below(13 * 365 * 86_400) as i64; // 2000..2013
         let mut seen: Vec<u32> = Vec::with_capacity(len);
         let mut state_before_last = state;
@@ -328,15 +339,15 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
                 state_before_last = state;
             }
             if step > 0 && !rng.chance(cfg.stay) {
-                state = interests[pick.sample(&mut rng)].0;
+                state = interests[pick.sample(rng)].0;
             }
             // Redraw items the user already reviewed (a few tries), as real users rarely repeat.
             let mut item = 0;
             for _ in 0..8 {
                 item = if rng.chance(cfg.noise) {
-                    global.sample(&mut rng) as u32
+                    global.sample(rng) as u32
                 } else {
-                    members[state as usize][cluster_samplers[state as usize].sample(&mut rng)]
+                    members[state as usize][cluster_samplers[state as usize].sample(rng)]
                 };
                 if !seen.contains(&item) {
                     break;
@@ -348,6 +359,54 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
         }
         oracle_users.insert(user_name(u), (state_before_last, interests));
     }
+    (draws, oracle_users)
+}
+
+/// The meta file: Python dict literals, as the real dumps have them; some items have none.
+fn write_meta(w: &mut dyn std::io::Write, cfg: &SynthConfig, item_cat: &[usize]) -> std::io::Result<u64> {
+    let cat_name = |c: usize| if c == 0 { "Books".to_string() } else { format!("Genre {c:04}") };
+    let mut meta_rng = Rng::derive(cfg.seed, &[stream::SYNTH, 1]);
+    let mut n = 0u64;
+    for (i, &cat) in item_cat.iter().enumerate() {
+        if meta_rng.chance(cfg.missing_meta) {
+            continue;
+        }
+        let title = word_text(&mut meta_rng, 4);
+        // Titles with an apostrophe use double quotes, as Python's repr does.
+        let title = if meta_rng.chance(0.2) { format!("\"{title}'s edition\"") } else { format!("'{title}'") };
+        let line = format!(
+            "{{'asin': '{}', 'imUrl': 'http://ecx.images-amazon.com/images/I/{}.jpg', 'categories': [['Books', '{}']], 'title': {title}, 'price': {}.99, 'salesRank': {{'Books': {}}}}}\n",
+            item_name(i),
+            item_name(i + 7),
+            cat_name(cat),
+            1 + meta_rng.below(40),
+            1 + meta_rng.below(1_000_000)
+        );
+        w.write_all(line.as_bytes())?;
+        n += line.len() as u64;
+    }
+    Ok(n)
+}
+
+/// Generate the raw files into `out` (created if missing; the files appear under their final
+/// names only when complete).
+pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io(PathIo { path, source })
+    };
+    if cfg.users == 0 || cfg.items < 2 || cfg.clusters == 0 || cfg.categories == 0 || cfg.interests == 0 {
+        return Err(DataError::Invalid {
+            path: out.to_path_buf(),
+            message: "synth needs users ≥ 1, items ≥ 2, clusters ≥ 1, categories ≥ 1 and interests ≥ 1".into(),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let mut rng = Rng::derive(cfg.seed, &[stream::SYNTH]);
+
+    let catalogue = Catalogue::draw(cfg, &mut rng);
+    let (mut draws, oracle_users) = draw_users(cfg, &catalogue, &mut rng);
+    let Catalogue { item_cluster, within, popularity, item_cat, .. } = catalogue;
 
     // Reviews file, grouped by item like the real dumps, formatted on all cores.
     draws.sort_by_key(|d| (d.item, d.time, d.user));
@@ -356,30 +415,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
 
     // Meta file: Python dict literals; some items have none.
     let meta_path = out.join(META_FILE);
-    let cat_name = |c: usize| if c == 0 { "Books".to_string() } else { format!("Genre {c:04}") };
-    write_atomically(&meta_path, |w| {
-        let mut meta_rng = Rng::derive(cfg.seed, &[stream::SYNTH, 1]);
-        let mut n = 0u64;
-        for (i, &cat) in item_cat.iter().enumerate() {
-            if meta_rng.chance(cfg.missing_meta) {
-                continue;
-            }
-            let title = word_text(&mut meta_rng, 4);
-            // Titles with an apostrophe use double quotes, as Python's repr does.
-            let title = if meta_rng.chance(0.2) { format!("\"{title}'s edition\"") } else { format!("'{title}'") };
-            let line = format!(
-                "{{'asin': '{}', 'imUrl': 'http://ecx.images-amazon.com/images/I/{}.jpg', 'categories': [['Books', '{}']], 'title': {title}, 'price': {}.99, 'salesRank': {{'Books': {}}}}}\n",
-                item_name(i),
-                item_name(i + 7),
-                cat_name(cat),
-                1 + meta_rng.below(40),
-                1 + meta_rng.below(1_000_000)
-            );
-            w.write_all(line.as_bytes())?;
-            n += line.len() as u64;
-        }
-        Ok(n)
-    })?;
+    write_atomically(&meta_path, |w| write_meta(w, cfg, &item_cat))?;
 
     let oracle = OracleModel {
         noise: cfg.noise,

@@ -16,6 +16,7 @@ use super::plot::{self, Panel, PlotError, Point, Series};
 use crate::config::flatten;
 use crate::io_error::PathIo;
 use crate::metrics::mean_std;
+use crate::run_dir::RunDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -82,7 +83,7 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
 
 /// Record `dir` if it is a run, else look below it; true when it is or holds a run (or a report).
 fn visit(dir: &Path, found: &mut Found) -> bool {
-    if dir.join("config.toml").is_file() {
+    if RunDir::new(dir).holds_run() {
         // Overlapping arguments (`OUT OUT/point`) name some runs twice; count them once.
         let canonical = |d: &Path| d.canonicalize().unwrap_or_else(|_| d.to_path_buf());
         let seen = |d: &Path| canonical(d) == canonical(dir);
@@ -120,18 +121,19 @@ fn visit(dir: &Path, found: &mut Found) -> bool {
 
 /// A finished run, or why it cannot be used.
 fn read_run(dir: &Path) -> Result<Run, String> {
-    let config_text = std::fs::read_to_string(dir.join("config.toml")).map_err(|e| format!("config.toml: {e}"))?;
-    let config: toml::Table =
-        toml::from_str(&config_text).map_err(|e| format!("config.toml: {}", e.to_string().trim()))?;
+    let run_dir = RunDir::new(dir);
+    // Grouped by the keys as written: a report reads runs of older versions too.
+    let config = run_dir.read_config_table().map_err(|e| e.to_string())?;
     let checkpoint_note = || {
-        crate::checkpoint::list(&dir.join("checkpoints"))
+        crate::checkpoint::list(&run_dir.checkpoints())
             .first()
             .map(|c| format!("; its newest checkpoint is {}", c.file_name().unwrap_or_default().to_string_lossy()))
             .unwrap_or_default()
     };
-    let summary_text = std::fs::read_to_string(dir.join("summary.json"))
-        .map_err(|_| format!("unfinished: no summary.json{}", checkpoint_note()))?;
-    let summary: serde_json::Value = serde_json::from_str(&summary_text).map_err(|e| format!("summary.json: {e}"))?;
+    let summary = run_dir
+        .read_summary()
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("unfinished: no summary.json{}", checkpoint_note()))?;
     if summary["stopped_by_signal"] == true {
         return Err(format!(
             "unfinished: stopped by a signal after step {}{}",
@@ -153,10 +155,7 @@ fn read_run(dir: &Path) -> Result<Run, String> {
         losses: BTreeMap::new(),
         evals: Vec::new(),
     };
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
-    for (i, line) in metrics.lines().enumerate() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("metrics.jsonl line {}: {e}", i + 1))?;
+    for v in run_dir.read_metrics().map_err(|e| e.to_string())? {
         let Some(step) = v["step"].as_u64() else { continue };
         for (field, _) in LOSSES {
             if let Some(loss) = v[field].as_f64() {

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, Override};
 use crate::io_error::{PathIo, WithPath};
+use crate::run_dir::{RunDir, RunDirError};
 use crate::train::Interrupter;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub enum SweepError {
     Mismatch { dir: PathBuf, keys: String },
     #[error(transparent)]
     Io(#[from] PathIo),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
     #[error("could not start {program}: {source}")]
     Spawn { program: PathBuf, source: std::io::Error },
     #[error("{dir}: the run failed ({status}); the last lines of {log}:\n{tail}")]
@@ -265,21 +268,18 @@ impl std::fmt::Display for RunState {
 
 /// Read a run directory's state; refuse one trained with another configuration.
 pub fn run_state(run: &PlannedRun) -> Result<RunState, SweepError> {
-    let config_path = run.dir.join("config.toml");
-    let Ok(text) = std::fs::read_to_string(&config_path) else {
+    let run_dir = RunDir::new(&run.dir);
+    if !run_dir.holds_run() {
         return Ok(RunState::NotStarted);
-    };
-    let saved: toml::Table = toml::from_str(&text)
-        .map_err(|e| SweepError::File { path: config_path.clone(), message: e.to_string().trim().to_string() })?;
-    let planned: toml::Table = toml::from_str(&run.config.to_toml()).expect("a config's own TOML parses");
-    let differing = crate::config::diff(&saved, &planned);
+    }
+    let table =
+        |config: &Config| -> toml::Table { toml::from_str(&config.to_toml()).expect("a config's own TOML parses") };
+    let differing = crate::config::diff(&table(&run_dir.read_config()?), &table(&run.config));
     if !differing.is_empty() {
         return Err(SweepError::Mismatch { dir: run.dir.clone(), keys: differing.join(", ") });
     }
-    let summary = std::fs::read_to_string(run.dir.join("summary.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-    Ok(match summary {
+    // A summary that cannot be read is a run to finish again (its checkpoints are what counts).
+    Ok(match run_dir.read_summary().ok().flatten() {
         Some(s) if s["stopped_by_signal"] == false => match s["test_auc"].as_f64() {
             Some(test_auc) => RunState::Finished { test_auc },
             None => RunState::Unfinished,

@@ -4,8 +4,10 @@
 pub mod grads;
 pub mod interrupt;
 pub mod optim;
+pub mod run;
 pub mod step;
 pub mod trainer;
 
 pub use self::interrupt::Interrupter;
-pub use self::trainer::{evaluate, train, EvalResult, Summary, TrainError};
+pub use self::run::{train, train_from, train_until, Resume};
+pub use self::trainer::{evaluate, EvalResult, Summary, TrainError};

@@ -152,12 +152,12 @@ impl Adam {
         names: &[String],
         step: u64,
         mut lookup: impl FnMut(&str) -> Option<Tensor>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StateMismatch> {
         for (name, mo) in names.iter().zip(self.moments.iter_mut()) {
             for (key, slot) in [(format!("m.{name}"), &mut mo.m), (format!("v.{name}"), &mut mo.v)] {
-                let t = lookup(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
+                let t = lookup(&key).ok_or_else(|| StateMismatch::Missing(key.clone()))?;
                 if t.size() != slot.size() {
-                    return Err(format!("`{key}` has shape {:?}, the parameter {:?}", t.size(), slot.size()));
+                    return Err(StateMismatch::Shape { key, saved: t.size(), parameter: slot.size() });
                 }
                 tch::no_grad(|| slot.copy_(&t));
             }
@@ -170,6 +170,15 @@ impl Adam {
     pub fn named_state<'a>(&'a self, names: &'a [String]) -> impl Iterator<Item = (String, &'a Tensor)> + 'a {
         names.iter().zip(&self.moments).flat_map(|(n, mo)| [(format!("m.{n}"), &mo.m), (format!("v.{n}"), &mo.v)])
     }
+}
+
+/// Saved optimizer state that does not fit the parameters it is loaded for.
+#[derive(Debug, thiserror::Error)]
+pub enum StateMismatch {
+    #[error("optimizer state lacks `{0}`")]
+    Missing(String),
+    #[error("`{key}` has shape {saved:?}, the parameter {parameter:?}")]
+    Shape { key: String, saved: Vec<i64>, parameter: Vec<i64> },
 }
 
 /// Dense parameters laid out in one flat buffer, their Adam moments likewise ([`Adam::flatten`]):
@@ -398,7 +407,7 @@ mod tests {
         }
         assert_eq!(value(&a_param), value(&b_param));
         let missing = Adam::new(CFG, &[b_param.shallow_clone()]).load_state(&names, 1, |_| None).unwrap_err();
-        assert!(missing.contains("m.p"), "{missing}");
+        assert!(missing.to_string().contains("m.p"), "{missing}");
     }
 
     #[test]

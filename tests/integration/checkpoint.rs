@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use micn::config::Config;
 use micn::dist::{SingleProcess, ThreadRanks};
-use micn::train::trainer::{train_from, Resume};
+use micn::train::{train_from, Resume};
 
 use crate::launch::launcher;
 

@@ -167,7 +167,7 @@ fn micn_train_takes_the_device_path_when_configured_and_ends_where_the_host_path
 
 #[test]
 fn a_device_path_run_resumed_from_its_checkpoint_ends_bit_identical_to_an_uninterrupted_one() {
-    use micn::train::trainer::{train_from, Resume};
+    use micn::train::{train_from, Resume};
     // The device path keeps the dense parameters and their moments in flat buffers; a checkpoint
     // written from them and loaded back into them must resume exactly.
     let tmp = tempfile::tempdir().unwrap();

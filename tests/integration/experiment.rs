@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use micn::dist::SingleProcess;
 use micn::experiment::sweep::{self, SweepSpec};
-use micn::train::trainer::{train_from, Resume};
+use micn::train::{train_from, Resume};
 
 use crate::{micn_bin, run_ok};
 

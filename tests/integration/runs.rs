@@ -221,7 +221,7 @@ fn every_rank_refuses_an_existing_run_with_the_same_input_error_status() {
     train_cli(&run, &["train.max_steps=2"]);
     let cfg = crate::small_config(&run, &[]);
     let errors = micn::dist::ThreadRanks::run(2, |comm| {
-        micn::train::trainer::train_from(&cfg, &comm, &micn::train::trainer::Resume::Fresh).unwrap_err()
+        micn::train::train_from(&cfg, &comm, &micn::train::Resume::Fresh).unwrap_err()
     });
     assert!(errors[0].to_string().contains("already holds a run"), "{}", errors[0]);
     assert!(errors[1].to_string().contains("rank 0 could not claim the run directory"), "{}", errors[1]);
@@ -240,8 +240,8 @@ fn a_command_line_that_cannot_work_exits_3_and_help_exits_0() {
 
 #[test]
 fn an_interrupter_stops_every_rank_after_the_same_step_with_a_checkpoint() {
-    use micn::train::trainer::{train_until, Resume};
     use micn::train::Interrupter;
+    use micn::train::{train_until, Resume};
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let cfg = crate::small_config(&run, &["train.max_steps=20", "checkpoint.every_steps=1000"]);

@@ -311,7 +311,7 @@ fn every_model_with_and_without_micn_trains_evaluates_and_reevaluates() {
 fn a_history_longer_than_the_dataset_keeps_is_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = crate::small_config(&tmp.path().join("run"), &["data.max_hist_len=50"]);
-    let e = micn::train::trainer::train(&cfg, &SingleProcess).unwrap_err().to_string();
+    let e = micn::train::train(&cfg, &SingleProcess).unwrap_err().to_string();
     assert!(e.contains("data.max_hist_len = 50") && e.contains("at most 10") && e.contains("--max-hist-len 50"), "{e}");
     assert!(!tmp.path().join("run").exists(), "nothing is written for a refused run");
 }

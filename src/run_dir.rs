@@ -1,0 +1,226 @@
+//! The one owner of a run directory's layout: `config.toml`, `metrics.jsonl`, `summary.json`,
+//! `model.safetensors`, `checkpoints/` and `logs/rank-N.log`. Training writes through it (each
+//! file replaced whole, never half-written; `metrics.jsonl` appended line by line), and `micn
+//! eval`, `micn sweep`, `micn report` and the benches read through it, so the names and the
+//! checks on reading live in one place.
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::Tensor;
+
+use crate::config::Config;
+use crate::io_error::{replace_file, PathIo, WithPath};
+
+/// A run directory file that exists but cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error(transparent)]
+    Io(#[from] PathIo),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    /// The configuration is not one `micn train` accepts (the error names the file and key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// The files that make a directory hold a run: a fresh run refuses a directory with any of them
+/// (`logs/` alone is not a run), `--overwrite` deletes them.
+const RUN_FILES: [&str; 5] = ["config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints"];
+
+/// A run directory (it need not exist yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.path.join("metrics.jsonl")
+    }
+
+    pub fn summary(&self) -> PathBuf {
+        self.path.join("summary.json")
+    }
+
+    pub fn model(&self) -> PathBuf {
+        self.path.join("model.safetensors")
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.path.join("checkpoints")
+    }
+
+    /// The log file of `rank`.
+    pub fn log(&self, rank: usize) -> PathBuf {
+        self.path.join("logs").join(format!("rank-{rank}.log"))
+    }
+
+    /// Whether the directory holds a run (its `config.toml` is written first).
+    pub fn holds_run(&self) -> bool {
+        self.config().is_file()
+    }
+
+    /// The run files present (see [`RUN_FILES`]), by name.
+    pub fn present_files(&self) -> Vec<&'static str> {
+        RUN_FILES.into_iter().filter(|f| self.path.join(f).exists()).collect()
+    }
+
+    /// Delete every run file (logs stay: the run about to replace them appends).
+    pub fn remove_run_files(&self) -> Result<(), PathIo> {
+        self.present_files().into_iter().try_for_each(|f| {
+            let path = self.path.join(f);
+            tracing::warn!(path = %path.display(), "--overwrite: deleting");
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).with_path(&path)
+            } else {
+                std::fs::remove_file(&path).with_path(&path)
+            }
+        })
+    }
+
+    /// The run's configuration as a TOML table (as written; for comparing and grouping runs).
+    pub fn read_config_table(&self) -> Result<toml::Table, RunDirError> {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).with_path(&path)?;
+        toml::from_str(&text).map_err(|e| RunDirError::Invalid { path, message: e.to_string().trim().to_string() })
+    }
+
+    /// The run's configuration, validated as `micn train` validates its own.
+    pub fn read_config(&self) -> Result<Config, RunDirError> {
+        Ok(Config::load(Some(&self.config()), &[])?)
+    }
+
+    /// `summary.json`, or nothing when the run has not finished (there is no such file).
+    pub fn read_summary(&self) -> Result<Option<serde_json::Value>, RunDirError> {
+        let path = self.summary();
+        let text = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            read => read.with_path(&path)?,
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| RunDirError::Invalid { path, message: e.to_string() })
+    }
+
+    /// The lines of `metrics.jsonl` (none when there is no such file); a line that is not JSON is
+    /// an error naming it.
+    pub fn read_metrics(&self) -> Result<Vec<serde_json::Value>, RunDirError> {
+        let path = self.metrics();
+        let text = read_if_present(&path)?;
+        text.lines()
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .map_err(|e| RunDirError::Invalid { path: path.clone(), message: format!("line {}: {e}", i + 1) })
+            })
+            .collect()
+    }
+
+    /// Start writing a run: its configuration, and its metrics log, kept up to the step a run
+    /// resumes from (lines a run that then died wrote later are dropped), else empty.
+    pub fn start_writing(&self, config_toml: &str, resumed_step: Option<u64>) -> Result<MetricsLog, PathIo> {
+        std::fs::create_dir_all(&self.path).with_path(&self.path)?;
+        replace_file(&self.config(), |tmp| std::fs::write(tmp, config_toml))?;
+        let path = self.metrics();
+        let kept: String = match resumed_step {
+            Some(step) => read_if_present(&path)?
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            None => String::new(),
+        };
+        replace_file(&path, |tmp| std::fs::write(tmp, &kept))?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path).with_path(&path)?;
+        Ok(MetricsLog { file: Some(file), path })
+    }
+
+    /// The end of a run: the final model and the summary.
+    pub fn write_final(&self, variables: &[(String, Tensor)], summary: &impl Serialize) -> Result<(), PathIo> {
+        replace_file(&self.model(), |tmp| crate::checkpoint::write_tensors(tmp, variables))?;
+        let text = serde_json::to_string_pretty(summary).expect("plain data") + "\n";
+        replace_file(&self.summary(), |tmp| std::fs::write(tmp, &text))
+    }
+}
+
+/// Appends lines to `metrics.jsonl` (on rank 0; the other ranks hold one that writes nothing).
+pub struct MetricsLog {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// A log that writes nothing (ranks other than 0).
+    pub fn discard() -> Self {
+        Self { file: None, path: PathBuf::new() }
+    }
+
+    pub fn write(&mut self, line: &impl Serialize) -> Result<(), PathIo> {
+        if let Some(f) = &mut self.file {
+            let text = serde_json::to_string(line).expect("plain data") + "\n";
+            f.write_all(text.as_bytes()).with_path(&self.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// The text of `path`, or nothing when there is no such file (any other error is one).
+fn read_if_present(path: &Path) -> Result<String, PathIo> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        read => read.with_path(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_run_keeps_the_metrics_lines_up_to_its_step_and_drops_later_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path().join("run"));
+        let mut log = run.start_writing("device = \"cpu\"\n", None).unwrap();
+        for step in [10u64, 20, 30] {
+            log.write(&serde_json::json!({ "step": step })).unwrap();
+        }
+        drop(log);
+        run.start_writing("device = \"cpu\"\n", Some(20)).unwrap();
+        let steps: Vec<u64> = run.read_metrics().unwrap().iter().map(|v| v["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, [10, 20]);
+        assert!(run.holds_run());
+        assert_eq!(run.present_files(), ["config.toml", "metrics.jsonl"]);
+    }
+
+    #[test]
+    fn unreadable_files_are_named_with_their_line_and_a_missing_summary_is_no_summary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path());
+        assert!(run.read_summary().unwrap().is_none());
+        assert!(run.read_metrics().unwrap().is_empty());
+        std::fs::write(run.metrics(), "{\"step\": 1}\n{\"step\": \n").unwrap();
+        let e = run.read_metrics().unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl") && e.contains("line 2"), "{e}");
+        std::fs::write(run.summary(), "{\"test_auc\": ").unwrap();
+        assert!(run.read_summary().unwrap_err().to_string().contains("summary.json"));
+        std::fs::write(run.config(), "[train]\nepochs = \"two\"\n").unwrap();
+        let e = run.read_config().unwrap_err().to_string();
+        assert!(e.contains("config.toml") && e.contains("epochs"), "{e}");
+    }
+}

@@ -1,0 +1,828 @@
+//! A training run: the run directory claimed (a fresh run never replaces one), the checkpoint to
+//! resume from agreed, epochs of steps from the prefetching loader, after each step the triggers
+//! (replica check, metrics line, evaluation on the validation split, checkpoint), the test set
+//! scored once at the end, the checkpoint selected by validation AUC, and the final model and
+//! summary written through [`RunDir`] by rank 0. [`Run`] holds the state between those phases;
+//! [`train_until`] drives it.
+//!
+//! Every rank makes the same collective calls in the same order: those of each step and
+//! evaluation; the broadcasts by which every rank learns the outcome of what only rank 0 does
+//! (claiming the directory, choosing the checkpoint to resume from, writing a checkpoint,
+//! selecting the best one); the start's broadcast of rank 0's parameters; the replica check every
+//! `train.check_replicas_every_steps`; and the final barrier. A rank-0 failure writing
+//! `metrics.jsonl` or the summary stops the job through `main`'s abort.
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Tensor};
+
+use super::step::{Control, StepContext, StepStats};
+use super::trainer::{
+    build_model, check_history, evaluate_on, keep_freed_memory, pick_device, validation_split, Built, EvalResult,
+    EvalSet, Replica, Selected, Summary, TrainError,
+};
+use super::Interrupter;
+use crate::checkpoint;
+use crate::config::{Config, ModelKind};
+use crate::data::batch::Batch;
+use crate::data::loader::{EpochLoader, LoaderConfig};
+use crate::data::{shard, Dataset};
+use crate::dist::{Communicator, CommunicatorExt};
+use crate::network::Network;
+use crate::run_dir::{MetricsLog, RunDir};
+
+/// Throughput after a warm-up. A run's first steps are slower (libtorch's first allocations, the
+/// loader filling its queue), which weighs more the shorter the run, and a checkpoint at the end
+/// is a fixed cost too; benchmarks comparing runs of different speeds want neither. Each step is
+/// timed from the end of the previous iteration's work, so its wait for the batch counts, but
+/// checkpoints and evaluations do not.
+struct SteadyRate {
+    warmup: u64,
+    steps: u64,
+    samples: u64,
+    seconds: f64,
+    resumed: Instant,
+}
+
+impl SteadyRate {
+    /// For a run of `steps` steps in this process: a warm-up of a tenth of them, at most 5.
+    fn new(steps: u64) -> Self {
+        Self { warmup: (steps / 10).min(5), steps: 0, samples: 0, seconds: 0.0, resumed: Instant::now() }
+    }
+
+    /// A step of `samples` global samples has just finished.
+    fn step_done(&mut self, samples: u64) {
+        self.steps += 1;
+        if self.steps > self.warmup {
+            self.seconds += self.resumed.elapsed().as_secs_f64();
+            self.samples += samples;
+        }
+    }
+
+    /// The work after a step (checkpoint, evaluation) is done: the next step's time starts.
+    fn resume(&mut self) {
+        self.resumed = Instant::now();
+    }
+
+    fn rate(&self) -> Option<f64> {
+        (self.samples > 0 && self.seconds > 0.0).then(|| self.samples as f64 / self.seconds)
+    }
+}
+
+/// One line of `metrics.jsonl`: training lines carry the mean losses over the steps since the
+/// previous line (or since the resume) and the last step's gradient norms; evaluation lines the
+/// metrics of the validation split (during the run) or of the test set (at the end).
+#[derive(Debug, Clone, Serialize)]
+struct MetricsLine {
+    step: u64,
+    epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_main: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_micn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_dien_aux: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_norm_main_e_aux: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_norm_aux_e_aux: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+    /// Wall-clock throughput since the previous line (the one field that varies between runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    samples_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_auc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_gauc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_logloss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_auc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_gauc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_logloss: Option<f64>,
+}
+
+impl MetricsLine {
+    fn new(step: u64, epoch: u64) -> Self {
+        Self {
+            step,
+            epoch,
+            loss_main: None,
+            loss_micn: None,
+            loss_dien_aux: None,
+            grad_norm_main_e_aux: None,
+            grad_norm_aux_e_aux: None,
+            lr: None,
+            samples_per_sec: None,
+            valid_auc: None,
+            valid_gauc: None,
+            valid_logloss: None,
+            test_auc: None,
+            test_gauc: None,
+            test_logloss: None,
+        }
+    }
+}
+
+/// What the steps since the last metrics line (and since the start) measured.
+#[derive(Default)]
+struct StepTotals {
+    /// Sums of the (main, MICN, DIEN auxiliary) losses since the last line, over `logged_steps`.
+    loss_sums: [f64; 3],
+    logged_steps: u64,
+    /// Samples since the last line, and when it was written.
+    window_samples: u64,
+    step_seconds: f64,
+    comm_seconds: f64,
+    update_seconds: f64,
+    bytes_sent: u64,
+    transfers: u64,
+}
+
+impl StepTotals {
+    fn add(&mut self, stats: &StepStats, seconds: f64, transfers: u64, samples: u64) {
+        self.step_seconds += seconds;
+        self.transfers += transfers;
+        self.comm_seconds += stats.comm_seconds;
+        self.update_seconds += stats.update_seconds;
+        self.bytes_sent += stats.bytes_sent;
+        self.window_samples += samples;
+        for (sum, loss) in self.loss_sums.iter_mut().zip([stats.loss_main, stats.loss_micn, stats.loss_dien_aux]) {
+            *sum += loss;
+        }
+        self.logged_steps += 1;
+    }
+
+    /// The metrics line of `step` (the mean losses since the last line; `stats`, the last step's,
+    /// for the gradient norms), starting a new window.
+    fn line(&mut self, cfg: &Config, step: u64, epoch: u64, stats: &StepStats, window_seconds: f64) -> MetricsLine {
+        let [loss_main, loss_micn, loss_dien_aux] = self.loss_sums.map(|sum| sum / self.logged_steps.max(1) as f64);
+        let mut line = MetricsLine::new(step, epoch);
+        line.loss_main = Some(loss_main);
+        line.loss_dien_aux = (cfg.model.kind == ModelKind::Dien).then_some(loss_dien_aux);
+        if cfg.micn.enabled {
+            line.loss_micn = Some(loss_micn);
+            line.grad_norm_main_e_aux = Some(stats.grad_norm_main_e_aux);
+            line.grad_norm_aux_e_aux = Some(stats.grad_norm_aux_e_aux);
+        }
+        line.lr = Some(cfg.train.lr);
+        line.samples_per_sec = Some(self.window_samples as f64 / window_seconds.max(1e-9));
+        (self.loss_sums, self.logged_steps, self.window_samples) = ([0.0; 3], 0, 0);
+        line
+    }
+}
+
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// From freshly initialised parameters, into a run directory that holds no run yet.
+    Fresh,
+    /// From freshly initialised parameters, deleting the run already in the run directory.
+    Overwrite,
+    /// From the newest valid checkpoint under `run.dir/checkpoints` (fresh when there is none).
+    Auto,
+    /// From this checkpoint directory.
+    Path(PathBuf),
+}
+
+/// Train as configured from freshly initialised parameters; returns the summary on every rank.
+pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainError> {
+    train_from(cfg, comm, &Resume::Fresh)
+}
+
+/// Rank 0 picks the checkpoint to resume from, every rank checks it and learns the same path.
+fn resume_point(
+    cfg: &Config,
+    comm: &dyn Communicator,
+    resume: &Resume,
+) -> Result<Option<(PathBuf, checkpoint::State)>, TrainError> {
+    let root = cfg.run.dir.join("checkpoints");
+    let chosen: Result<Option<PathBuf>, TrainError> = match resume {
+        _ if comm.rank() != 0 => Ok(None),
+        Resume::Fresh | Resume::Overwrite => Ok(None),
+        Resume::Path(p) => Ok(Some(p.clone())),
+        Resume::Auto => {
+            let (found, refused) = checkpoint::latest(&root);
+            for e in &refused {
+                tracing::warn!("skipping checkpoint: {e}");
+            }
+            if found.is_none() && !refused.is_empty() {
+                let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
+                Err(TrainError::NothingToResume { path: root, refused: format!(": {}", reasons.join("; ")) })
+            } else {
+                Ok(found.map(|(dir, _)| dir))
+            }
+        }
+    };
+    let (chosen, outcome) = match chosen {
+        Ok(chosen) => (chosen, Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    agree_on_rank0(comm, outcome, "choose the checkpoint to resume from")?;
+    let text = chosen.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let agreed = String::from_utf8(comm.broadcast_vec(0, text.as_bytes())?).unwrap_or_default();
+    if agreed.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(agreed);
+    let state = checkpoint::verify(&dir)?;
+    let saved = Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
+    let keys = checkpoint::incompatible_keys(&saved, cfg);
+    if !keys.is_empty() {
+        return Err(TrainError::IncompatibleResume { path: dir, keys: keys.join(", ") });
+    }
+    Ok(Some((dir, state)))
+}
+
+/// Make sure a fresh run replaces nothing by accident: refuse an empty `run.dir` and, unless the
+/// run resumes or `--overwrite` was given, a directory that already holds a run. Rank 0 decides;
+/// every rank learns the outcome.
+fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<(), TrainError> {
+    if cfg.run.dir.as_os_str().is_empty() {
+        return Err(TrainError::NoRunDir);
+    }
+    let run_dir = RunDir::new(&cfg.run.dir);
+    let result = match resume {
+        _ if comm.rank() != 0 => Ok(()),
+        Resume::Fresh if !run_dir.present_files().is_empty() => {
+            Err(TrainError::RunExists { path: cfg.run.dir.clone(), files: run_dir.present_files().join(", ") })
+        }
+        Resume::Overwrite => run_dir.remove_run_files().map_err(TrainError::from),
+        _ => Ok(()),
+    };
+    agree_on_rank0(comm, result, "claim the run directory")
+}
+
+/// Every rank learns the outcome of what only rank 0 did: rank 0 returns its own error, the
+/// others [`TrainError::PeerFailed`], classified alike, so every rank exits with the same status.
+fn agree_on_rank0(
+    comm: &dyn Communicator,
+    result: Result<(), TrainError>,
+    what: &'static str,
+) -> Result<(), TrainError> {
+    let code = match &result {
+        Ok(()) => 0u8,
+        Err(e) if e.is_input_error() => 3,
+        Err(_) => 1,
+    };
+    let agreed = comm.broadcast_vec(0, &[code])?[0];
+    result?;
+    match agreed {
+        0 => Ok(()),
+        code => Err(TrainError::PeerFailed { what, input: code == 3 }),
+    }
+}
+
+/// Train as configured, starting as `resume` says; returns the summary on every rank.
+pub fn train_from(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<Summary, TrainError> {
+    train_until(cfg, comm, resume, &Interrupter::new())
+}
+
+/// [`train_from`], stopping after the step during which `interrupter` is set (with a checkpoint,
+/// and `stopped_by_signal` in the summary); every rank stops after the same step.
+pub fn train_until(
+    cfg: &Config,
+    comm: &dyn Communicator,
+    resume: &Resume,
+    interrupter: &Interrupter,
+) -> Result<Summary, TrainError> {
+    let started = Instant::now();
+    keep_freed_memory();
+    if cfg.train.threads > 0 {
+        tch::set_num_threads(cfg.train.threads as i32);
+    }
+    let device = pick_device(cfg.device, comm.local_rank())?;
+    let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
+    let mut run = Run::start(cfg, comm, resume, &dataset, device)?;
+    for epoch in run.position.epoch..cfg.train.epochs as u64 {
+        if run.epoch(epoch, interrupter)? == Flow::Stop {
+            break;
+        }
+    }
+    run.finish(started)
+}
+
+/// Where the next step starts: its epoch and its position (in samples) in that epoch.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    epoch: u64,
+    sample: u64,
+}
+
+/// Whether the epochs go on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// One training run from its first step to its summary: the replica, the run directory's files,
+/// the evaluations and checkpoints, and the counters [`train_until`]'s loop advances.
+struct Run<'a> {
+    cfg: &'a Config,
+    comm: &'a dyn Communicator,
+    dataset: &'a Arc<Dataset>,
+    scorer: Scorer<'a>,
+    replica: Replica,
+    run_dir: RunDir,
+    metrics: MetricsLog,
+    validation: Validation,
+    checkpoints: Checkpointing,
+    train_ids: Arc<[u32]>,
+    loader_cfg: LoaderConfig,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    /// Steps taken so far (a resumed run counts those before the resume).
+    step: u64,
+    resumed_at: u64,
+    /// Where the run (re)started, and where the next step starts.
+    started_at: Position,
+    position: Position,
+    epochs_completed: u64,
+    stopped_by_signal: bool,
+    totals: StepTotals,
+    steady: SteadyRate,
+    progress: Progress,
+    loop_started: Instant,
+    window_started: Instant,
+}
+
+impl<'a> Run<'a> {
+    /// Every check that needs no file of the run, then the run directory claimed, the replica
+    /// built (and loaded from the checkpoint it resumes from), the run's files started.
+    fn start(
+        cfg: &'a Config,
+        comm: &'a dyn Communicator,
+        resume: &Resume,
+        dataset: &'a Arc<Dataset>,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
+        check_history(cfg, dataset)?;
+        let split = validation_split(cfg, dataset)?;
+        let n_train = split.train.len();
+        let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
+        if steps_per_epoch == 0 {
+            return Err(TrainError::TooFewSamples {
+                path: cfg.data.dir.clone(),
+                samples: n_train,
+                batch: cfg.train.global_batch_size,
+            });
+        }
+        claim_run_dir(cfg, comm, resume)?;
+        let mut replica = Replica::new(build_model(cfg, dataset, device)?, cfg, comm)?;
+        let resumed = resume_point(cfg, comm, resume)?;
+        if let Some((dir, state)) = &resumed {
+            replica.load_checkpoint(dir, state.step, device)?;
+            tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
+        }
+        let state = resumed.as_ref().map(|(_, state)| state);
+        let run_dir = RunDir::new(&cfg.run.dir);
+        let rank0 = comm.rank() == 0;
+        let metrics = match rank0 {
+            true => run_dir.start_writing(&cfg.to_toml(), state.map(|s| s.step))?,
+            false => MetricsLog::discard(),
+        };
+        let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
+        tracing::info!(
+            world_size = comm.size(),
+            local_batch,
+            train_samples = n_train,
+            valid_samples = split.valid.len(),
+            steps_per_epoch,
+            total_steps,
+            device = ?device,
+            model = ?cfg.model.kind,
+            micn = cfg.micn.enabled,
+            "training"
+        );
+        let step = state.map_or(0, |s| s.step);
+        let started_at =
+            state.map_or(Position { epoch: 0, sample: 0 }, |s| Position { epoch: s.epoch, sample: s.position });
+        Ok(Self {
+            cfg,
+            comm,
+            dataset,
+            scorer: Scorer { dataset, comm, device, max_hist_len: cfg.data.max_hist_len },
+            replica,
+            checkpoints: Checkpointing {
+                root: run_dir.checkpoints(),
+                rank0,
+                last: Instant::now(),
+                // A resumed run has its checkpoint at the step it starts from already.
+                last_step: state.map(|s| s.step),
+            },
+            run_dir,
+            metrics,
+            validation: Validation {
+                ids: split.valid,
+                evaluations: state.map(|s| s.evaluations.clone()).unwrap_or_default(),
+                seconds: 0.0,
+            },
+            train_ids: split.train.into(),
+            loader_cfg: LoaderConfig::from_config(cfg, comm.size(), comm.rank()),
+            steps_per_epoch,
+            total_steps,
+            step,
+            resumed_at: step,
+            started_at,
+            position: started_at,
+            epochs_completed: started_at.epoch,
+            stopped_by_signal: false,
+            totals: StepTotals::default(),
+            steady: SteadyRate::new(total_steps.saturating_sub(step)),
+            progress: Progress::new(rank0, total_steps),
+            loop_started: Instant::now(),
+            window_started: Instant::now(),
+        })
+    }
+
+    /// The steps of `epoch` (from where the run resumed, in its first epoch), then the epoch's
+    /// evaluation and checkpoint; stops early at the last step or on a stop request.
+    fn epoch(&mut self, epoch: u64, interrupter: &Interrupter) -> Result<Flow, TrainError> {
+        let batch_size = self.cfg.train.global_batch_size as u64;
+        let first_step = if epoch == self.started_at.epoch { self.started_at.sample / batch_size } else { 0 };
+        let dataset = Arc::clone(self.dataset);
+        for batch in EpochLoader::over(dataset, Arc::clone(&self.train_ids), &self.loader_cfg, epoch, first_step) {
+            if self.step >= self.total_steps {
+                return Ok(Flow::Stop);
+            }
+            let stats = self.train_step(&batch, epoch, interrupter)?;
+            if stats.control.stop {
+                self.stopped_by_signal = true;
+                tracing::warn!(step = self.step, "stop requested: checkpointing and stopping");
+                return Ok(Flow::Stop);
+            }
+            self.after_step(&stats, epoch)?;
+        }
+        self.epochs_completed += 1;
+        self.position = Position { epoch: epoch + 1, sample: 0 };
+        self.validation.run(&self.scorer, &self.replica.net, (self.step, epoch), &mut self.metrics)?;
+        // Every epoch ends with a checkpoint, unless this step has one already (its position, the
+        // epoch's end, resumes to the same place).
+        if self.checkpoints.last_step != Some(self.step) {
+            self.checkpoint()?;
+        }
+        self.steady.resume();
+        Ok(Flow::Continue)
+    }
+
+    /// One step on `batch` of `epoch`, counted.
+    fn train_step(&mut self, batch: &Batch, epoch: u64, interrupter: &Interrupter) -> Result<StepStats, TrainError> {
+        let cfg = self.cfg;
+        let batch_size = cfg.train.global_batch_size as u64;
+        let minutes = cfg.checkpoint.every_minutes;
+        let first_sample = epoch * self.steps_per_epoch * batch_size + batch.first_position;
+        let ctx = StepContext {
+            // Made global by the step's own exchange: a signal on any rank stops every rank
+            // after this same step; rank 0's clock decides a time-triggered checkpoint.
+            control: Control {
+                stop: interrupter.is_stopped(),
+                checkpoint_due: minutes > 0.0 && self.checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes,
+            },
+            ..StepContext::new(cfg, self.comm, self.scorer.device, self.step, first_sample)
+        };
+        let step_started = Instant::now();
+        let transfers_before = crate::transfer::counts();
+        let stats = self.replica.step(batch, &ctx)?;
+        let transfers = crate::transfer::counts().since(transfers_before).total();
+        self.totals.add(&stats, step_started.elapsed().as_secs_f64(), transfers, batch_size);
+        self.steady.step_done(batch_size);
+        self.step += 1;
+        self.position = Position { epoch, sample: (batch.step + 1) * batch_size };
+        Ok(stats)
+    }
+
+    /// What follows a step: the replica check, the metrics line, the evaluation and the
+    /// checkpoint, each when due.
+    fn after_step(&mut self, stats: &StepStats, epoch: u64) -> Result<(), TrainError> {
+        let (cfg, step) = (self.cfg, self.step);
+        let every = cfg.train.check_replicas_every_steps;
+        if every > 0 && step % every == 0 {
+            let digests = self.comm.all_gather(&[self.replica.digest()])?.data;
+            if digests.iter().any(|d| *d != digests[0]) {
+                return Err(TrainError::ReplicasDiffer { step, digests });
+            }
+        }
+        if step % cfg.train.log_every_steps == 0 || step == self.total_steps {
+            let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
+            let line = self.totals.line(cfg, step, epoch, stats, secs);
+            self.metrics.write(&line)?;
+            self.progress.update(step, line.loss_main.unwrap_or_default(), line.samples_per_sec.unwrap_or_default());
+            self.window_started = Instant::now();
+        }
+        // A checkpoint records the validation score of its own model: evaluate first.
+        let every = cfg.checkpoint.every_steps;
+        let checkpoint_due = (every > 0 && step % every == 0) || stats.control.checkpoint_due;
+        let every = cfg.train.eval_every_steps;
+        if (every > 0 && step % every == 0) || checkpoint_due {
+            self.validation.run(&self.scorer, &self.replica.net, (step, epoch), &mut self.metrics)?;
+        }
+        if checkpoint_due {
+            self.checkpoint()?;
+        }
+        self.steady.resume();
+        Ok(())
+    }
+
+    /// A checkpoint of the model after the last step, resuming at [`Run::position`].
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        let Position { epoch, sample } = self.position;
+        self.checkpoints.save(self.cfg, self.comm, &self.replica, (self.step, epoch, sample), &self.validation)
+    }
+
+    /// The end: a last checkpoint, the test set scored, the checkpoint selected by validation
+    /// AUC, the final model and the summary written.
+    fn finish(mut self, started: Instant) -> Result<Summary, TrainError> {
+        let (cfg, step) = (self.cfg, self.step);
+        if step > 0 && self.checkpoints.last_step != Some(step) {
+            // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
+            // signal leaves no time for a validation pass: that checkpoint then has no score.
+            if !self.stopped_by_signal {
+                let epoch = self.position.epoch;
+                self.validation.run(&self.scorer, &self.replica.net, (step, epoch), &mut self.metrics)?;
+            }
+            self.checkpoint()?;
+        }
+        self.progress.finish();
+        let loop_seconds = self.loop_started.elapsed().as_secs_f64();
+        // Steps trained by this process (a resumed run's earlier steps took no time here).
+        let steps_here = step - self.resumed_at;
+        let samples_per_sec = (steps_here * cfg.train.global_batch_size as u64) as f64
+            / (loop_seconds - self.validation.seconds).max(1e-9);
+        let final_eval = self.scorer.score(&self.replica.net, EvalSet::Test)?;
+        write_eval(&mut self.metrics, step, self.epochs_completed, EvalSet::Test, &final_eval)?;
+        // After a stop signal there may be little time left: no other checkpoint is loaded and scored.
+        let selected = match self.stopped_by_signal {
+            true => None,
+            false => select_best(cfg, &self.scorer, &self.checkpoints.root, (step, &final_eval))?,
+        };
+        let totals = &self.totals;
+        let summary = Summary {
+            test_auc: final_eval.auc,
+            test_gauc: final_eval.gauc,
+            test_logloss: final_eval.logloss,
+            valid_auc: self.validation.evaluations.last().filter(|e| e.0 == step).map(|e| e.1),
+            selected,
+            steps: step,
+            epochs_completed: self.epochs_completed,
+            samples_per_sec,
+            steady_samples_per_sec: self.steady.rate().unwrap_or(samples_per_sec),
+            seconds: started.elapsed().as_secs_f64(),
+            world_size: self.comm.size(),
+            oracle_auc: self.scorer.dataset.meta.oracle_auc,
+            model: format!("{:?}", cfg.model.kind).to_lowercase(),
+            micn: cfg.micn.enabled,
+            comm_share: totals.comm_seconds / totals.step_seconds.max(1e-12),
+            update_share: totals.update_seconds / totals.step_seconds.max(1e-12),
+            bytes_sent_per_step: totals.bytes_sent as f64 / steps_here.max(1) as f64,
+            transfers_per_step: totals.transfers as f64 / steps_here.max(1) as f64,
+            replica_digest: format!("{:016x}", self.replica.digest()),
+            stopped_by_signal: self.stopped_by_signal,
+        };
+        if self.comm.rank() == 0 {
+            let variables: Vec<(String, Tensor)> = self.replica.vs.variables().into_iter().collect();
+            self.run_dir.write_final(&variables, &summary)?;
+        }
+        self.comm.barrier()?;
+        Ok(summary)
+    }
+}
+
+/// What scoring a model on a set of samples needs besides the model: the data, the ranks.
+struct Scorer<'a> {
+    dataset: &'a Dataset,
+    comm: &'a dyn Communicator,
+    device: Device,
+    max_hist_len: usize,
+}
+
+impl Scorer<'_> {
+    fn score(&self, net: &Network, set: EvalSet<'_>) -> Result<EvalResult, TrainError> {
+        evaluate_on(net, self.dataset, set, self.comm, self.device, self.max_hist_len)
+    }
+}
+
+/// Mid-run evaluations on the validation split: `metrics.jsonl` gets each one, and every later
+/// checkpoint records all of them.
+struct Validation {
+    ids: Vec<u32>,
+    /// Every evaluation so far, carried over a resume.
+    evaluations: Vec<checkpoint::Evaluation>,
+    seconds: f64,
+}
+
+impl Validation {
+    /// Score the model after `step` on the validation split, unless there is none or this step
+    /// was scored already.
+    fn run(
+        &mut self,
+        scorer: &Scorer<'_>,
+        net: &Network,
+        (step, epoch): (u64, u64),
+        metrics: &mut MetricsLog,
+    ) -> Result<(), TrainError> {
+        if self.ids.is_empty() || self.evaluations.last().is_some_and(|e| e.0 == step) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = scorer.score(net, EvalSet::Valid(&self.ids))?;
+        self.seconds += started.elapsed().as_secs_f64();
+        write_eval(metrics, step, epoch, EvalSet::Valid(&self.ids), &result)?;
+        self.evaluations.push((step, result.auc, result.gauc, result.logloss));
+        Ok(())
+    }
+}
+
+/// The checkpoint with the best validation AUC of its own model (the one retention keeps), and
+/// its test metrics: the final model's when it is the final checkpoint, else scored by loading it.
+fn select_best(
+    cfg: &Config,
+    scorer: &Scorer<'_>,
+    root: &Path,
+    (final_step, final_eval): (u64, &EvalResult),
+) -> Result<Option<Selected>, TrainError> {
+    let chosen = if scorer.comm.rank() == 0 {
+        // The one retention keeps as the best (`checkpoint::policy`).
+        let dirs = checkpoint::list(root);
+        let own_aucs: Vec<Option<f64>> =
+            dirs.iter().map(|dir| checkpoint::verify(dir).ok().and_then(|state| state.own_auc())).collect();
+        checkpoint::policy::best(&own_aucs).map(|i| dirs[i].display().to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let agreed = String::from_utf8(scorer.comm.broadcast_vec(0, chosen.as_bytes())?).unwrap_or_default();
+    if agreed.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(agreed);
+    let state = checkpoint::verify(&dir)?;
+    let valid_auc = state.own_auc().unwrap_or(f64::NAN);
+    let test = if state.step == final_step {
+        *final_eval
+    } else {
+        let Built { mut vs, net } = build_model(cfg, scorer.dataset, scorer.device)?;
+        let model = dir.join("model.safetensors");
+        checkpoint::load_var_store(&mut vs, &model)?;
+        scorer.score(&net, EvalSet::Test)?
+    };
+    Ok(Some(Selected {
+        step: state.step,
+        checkpoint: dir.display().to_string(),
+        valid_auc,
+        test_auc: test.auc,
+        test_gauc: test.gauc,
+        test_logloss: test.logloss,
+    }))
+}
+
+/// When and where checkpoints go; rank 0 writes, every rank waits for it.
+struct Checkpointing {
+    root: PathBuf,
+    rank0: bool,
+    /// When the last checkpoint was written (for `checkpoint.every_minutes`).
+    last: Instant,
+    /// Step of the last checkpoint written by this run.
+    last_step: Option<u64>,
+}
+
+impl Checkpointing {
+    #[allow(clippy::too_many_arguments)]
+    fn save(
+        &mut self,
+        cfg: &Config,
+        comm: &dyn Communicator,
+        replica: &Replica,
+        (step, epoch, position): (u64, u64, u64),
+        validation: &Validation,
+    ) -> Result<(), TrainError> {
+        let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
+        let result = if self.rank0 {
+            let config = cfg.to_toml();
+            let state = checkpoint::State {
+                format_version: checkpoint::FORMAT_VERSION,
+                step,
+                epoch,
+                position,
+                seed: cfg.train.seed,
+                world_size: comm.size(),
+                config_hash: checkpoint::config_hash(&config),
+                config,
+                code_version: env!("CARGO_PKG_VERSION").into(),
+                evaluations: validation.evaluations.clone(),
+            };
+            let saved = checkpoint::save(
+                &self.root,
+                &state,
+                |path| {
+                    let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                    checkpoint::write_tensors(path, &variables).map_err(|e| e.to_string())
+                },
+                |path| {
+                    let named: Vec<(String, Tensor)> =
+                        adam.named_state(&t.names).map(|(k, v)| (k, v.to_device(Device::Cpu).contiguous())).collect();
+                    checkpoint::write_tensors(path, &named).map_err(|e| e.to_string())
+                },
+            )
+            .and_then(|dir| checkpoint::retain(&self.root, cfg.checkpoint.keep_last).map(|_| dir));
+            if let Ok(dir) = &saved {
+                tracing::info!(checkpoint = %dir.display(), step, "checkpoint written");
+            }
+            saved.map(drop)
+        } else {
+            Ok(())
+        };
+        self.last = Instant::now();
+        self.last_step = Some(step);
+        // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
+        agree_on_rank0(comm, result.map_err(TrainError::from), "write a checkpoint")
+    }
+}
+
+/// An evaluation line of `metrics.jsonl`: `valid_*` or `test_*` fields.
+fn write_eval(
+    metrics: &mut MetricsLog,
+    step: u64,
+    epoch: u64,
+    set: EvalSet<'_>,
+    r: &EvalResult,
+) -> Result<(), TrainError> {
+    let mut line = MetricsLine::new(step, epoch);
+    let (auc, gauc, logloss) = match set {
+        EvalSet::Test => (&mut line.test_auc, &mut line.test_gauc, &mut line.test_logloss),
+        EvalSet::Valid(_) => (&mut line.valid_auc, &mut line.valid_gauc, &mut line.valid_logloss),
+    };
+    (*auc, *gauc, *logloss) = (Some(r.auc), Some(r.gauc), Some(r.logloss));
+    tracing::info!(step, set = set.name(), auc = r.auc, gauc = r.gauc, logloss = r.logloss, "evaluation");
+    Ok(metrics.write(&line)?)
+}
+
+/// A progress line on a terminal (rank 0), nothing otherwise (metrics and logs carry progress).
+struct Progress {
+    on: bool,
+    total: u64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(rank0: bool, total: u64) -> Self {
+        Self { on: rank0 && std::io::stderr().is_terminal(), total, started: Instant::now() }
+    }
+
+    fn update(&self, step: u64, loss: f64, samples_per_sec: f64) {
+        if self.on {
+            let done = step as f64 / self.total.max(1) as f64;
+            let width = 30;
+            let filled = (done * width as f64) as usize;
+            // A closed terminal (EIO) must not stop the run: errors are ignored.
+            let _ = write!(
+                std::io::stderr().lock(),
+                "\r[{}{}] {step}/{} loss {loss:.4} {samples_per_sec:.0} samples/s {:.0}s",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+        } else {
+            tracing::info!(step, total = self.total, loss, samples_per_sec, "progress");
+        }
+    }
+
+    fn finish(&self) {
+        if self.on {
+            let _ = writeln!(std::io::stderr().lock());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SteadyRate;
+
+    #[test]
+    fn the_steady_rate_leaves_out_the_warm_up_and_the_pauses_between_steps() {
+        assert_eq!([100, 30, 9].map(|n| SteadyRate::new(n).warmup), [5, 3, 0]);
+        let mut r = SteadyRate::new(30);
+        for _ in 0..3 {
+            r.step_done(64);
+        }
+        assert_eq!((r.samples, r.rate()), (0, None), "the warm-up counts nothing");
+        let nap = std::time::Duration::from_millis(20);
+        r.resume();
+        std::thread::sleep(nap);
+        r.step_done(64);
+        std::thread::sleep(10 * nap); // a checkpoint, say
+        r.resume();
+        std::thread::sleep(nap);
+        r.step_done(64);
+        assert_eq!(r.samples, 128);
+        // Two steps of ≥ 20 ms each; the 200 ms pause between them is not counted.
+        assert!(r.seconds >= 0.04 && r.seconds < 0.2, "{}", r.seconds);
+    }
+}
