@@ -313,6 +313,9 @@ pub struct TrainConfig {
     /// compute the same up to rounding). For testing the GPU path without a GPU; off by default.
     /// On a GPU the device path is always taken.
     pub device_path: bool,
+    /// Seconds any one collective or training step may take before the rank's watchdog aborts
+    /// the job, naming what it waited for (a lost host, a cut link, a hung peer); 0: no watchdog.
+    pub watchdog_seconds: u64,
 }
 
 impl Default for TrainConfig {
@@ -332,6 +335,7 @@ impl Default for TrainConfig {
             check_replicas_every_steps: 0,
             threads: 0,
             device_path: false,
+            watchdog_seconds: 600,
         }
     }
 }

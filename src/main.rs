@@ -461,6 +461,25 @@ fn is_input_error(e: &anyhow::Error) -> bool {
 
 /// The communicator with, for MPI, the library's version strings.
 fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option<MpiInfo>)> {
+    let started = start_backend(backend)?;
+    check_slurm_tasks(std::env::var("SLURM_STEP_NUM_TASKS").ok().as_deref(), started.0.size())?;
+    Ok(started)
+}
+
+/// Slurm's `srun` without an MPI plugin starts N tasks that each find no MPI peers: each would
+/// train alone as rank 0 of 1, all writing the same run directory. Refused, naming the fix.
+fn check_slurm_tasks(step_tasks: Option<&str>, world_size: usize) -> Result<(), UsageError> {
+    let tasks = step_tasks.and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(1);
+    if tasks > 1 && world_size != tasks {
+        return Err(UsageError(format!(
+            "Slurm started {tasks} tasks (SLURM_STEP_NUM_TASKS) but MPI sees a world of {world_size}: start micn with \
+             `srun --mpi=pmix ...` (OpenMPI's PMIx), as cluster/slurm.sbatch does, or through micn-launch / mpirun"
+        )));
+    }
+    Ok(())
+}
+
+fn start_backend(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option<MpiInfo>)> {
     dist::check_mpi_built(backend.wants_mpi(), cfg!(feature = "mpi"))?;
     if !backend.wants_mpi() {
         return Ok((Box::new(dist::SingleProcess), None));

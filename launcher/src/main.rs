@@ -16,9 +16,10 @@
 //! So the first stop signal becomes one SIGUSR1 to mpirun, which micn treats like SIGTERM (the
 //! ranks agree on a stop, checkpoint, write `summary.json` and exit 0). A second Ctrl-C or
 //! SIGTERM stops the job at once (SIGTERM to mpirun), a third kills mpirun.
+mod hosts;
 mod output;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,10 +49,12 @@ struct Args {
     /// OpenMPI hostfile (`host slots=N` per line); without it all ranks run on this host.
     #[arg(long)]
     hostfile: Option<PathBuf>,
-    /// Extra argument passed to mpirun verbatim (repeatable).
+    /// Extra argument passed to mpirun (repeatable): one argument each; one given with spaces
+    /// (`--mpirun-arg="--mca btl tcp,self"`) is split at them, and the launcher says so.
     #[arg(long = "mpirun-arg", allow_hyphen_values = true)]
     mpirun_args: Vec<String>,
-    /// libtorch threads per rank (default: this host's cores divided among its ranks, at least 1).
+    /// libtorch threads per rank (default: each host's cores divided among the ranks it runs, at
+    /// least 1; with a hostfile every rank works this out on its own host).
     #[arg(long)]
     threads: Option<usize>,
     /// Process binding: `none`, or `core` (each rank bound to its cores; not when oversubscribed).
@@ -77,6 +80,22 @@ struct Args {
     /// Seconds before the first restart; doubled for each further one.
     #[arg(long, default_value_t = 2)]
     restart_backoff: u64,
+    /// Elastic restarts (with --hostfile and --max-restarts): before each restart every host is
+    /// probed, the ones that do not answer are left out, and the job resumes on the rest as long
+    /// as they hold at least this many ranks; when the lost hosts answer again, the job is
+    /// stopped with a checkpoint and resumes on all of them.
+    #[arg(long)]
+    min_np: Option<usize>,
+    /// Seconds a host has to answer a probe (through mpirun's remote shell).
+    #[arg(long, default_value_t = 10)]
+    probe_timeout: u64,
+    /// While running on fewer hosts than the hostfile's, seconds between probes of the lost ones.
+    #[arg(long, default_value_t = 30)]
+    regrow_interval: u64,
+    /// Seconds mpirun has to end the job after a rank has reported an error; past them the
+    /// launcher kills the whole job (mpirun, its daemons and every rank in its process group).
+    #[arg(long, default_value_t = 30)]
+    exit_grace: u64,
     /// Log lines as text or as JSON objects (passed on to micn; the launcher's own messages, and
     /// rank lines that are not JSON, become JSON objects too).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -106,35 +125,38 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Total slots in an OpenMPI hostfile: `slots=N` per host line, 1 when absent.
-fn hostfile_slots(path: &Path) -> anyhow::Result<usize> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("hostfile {}", path.display()))?;
-    let mut slots = 0;
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let n = match line.split_whitespace().find_map(|w| w.strip_prefix("slots=")) {
-            Some(n) => n.parse::<usize>().with_context(|| format!("{}:{}: bad slots= value", path.display(), i + 1))?,
-            None => 1,
-        };
-        slots += n;
-    }
-    if slots == 0 {
-        bail!("hostfile {} lists no hosts", path.display());
-    }
-    Ok(slots)
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Where an attempt runs: its rank count and hostfile (a restart may use fewer hosts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placement {
+    np: usize,
+    hostfile: Option<PathBuf>,
+}
+
+/// `--mpirun-arg` values as mpirun's arguments: each one whole, one with spaces split at them.
+fn mpirun_tokens(given: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut tokens = Vec::new();
+    let mut notes = Vec::new();
+    for arg in given {
+        let parts: Vec<String> = arg.split_whitespace().map(String::from).collect();
+        if parts.len() > 1 {
+            notes.push(format!(
+                "--mpirun-arg {arg:?} holds spaces: passed to mpirun as {} arguments {parts:?}",
+                parts.len()
+            ));
+        }
+        tokens.extend(parts);
+    }
+    (tokens, notes)
+}
+
 /// The full mpirun command line.
-fn build_command(args: &Args) -> anyhow::Result<Vec<String>> {
-    if args.np == 0 {
+fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<String>> {
+    if placement.np == 0 {
         bail!("--np must be at least 1");
     }
     let micn = match &args.micn {
@@ -154,43 +176,48 @@ fn build_command(args: &Args) -> anyhow::Result<Vec<String>> {
     if args.log_format == LogFormat::Json && !log_format_json(&micn_args) {
         micn_args.splice(0..0, ["--log-format".to_string(), "json".to_string()]);
     }
-    let slots = match &args.hostfile {
-        Some(h) => hostfile_slots(h)?,
+    let np = placement.np;
+    let slots = match &placement.hostfile {
+        Some(h) => hosts::total_slots(&hosts::read_hostfile(h)?),
         None => cores(),
     };
-    let ranks_here = if args.hostfile.is_some() { 1 } else { args.np };
-    let threads = args.threads.unwrap_or_else(|| (cores() / ranks_here).max(1));
-    let mut cmd = vec![args.mpirun.display().to_string(), "-np".into(), args.np.to_string(), "--tag-output".into()];
+    // Without a hostfile every rank runs here; with one, each rank divides its own host's cores
+    // among the ranks there (micn does, when OMP_NUM_THREADS is not set).
+    let threads = args.threads.or_else(|| placement.hostfile.is_none().then(|| (cores() / np).max(1)));
+    let mut cmd = vec![args.mpirun.display().to_string(), "-np".into(), np.to_string(), "--tag-output".into()];
     if is_root() {
         cmd.push("--allow-run-as-root".into());
     }
-    if let Some(h) = &args.hostfile {
+    if let Some(h) = &placement.hostfile {
         cmd.extend(["--hostfile".into(), h.display().to_string()]);
     }
-    let oversubscribed = args.np > slots;
+    let oversubscribed = np > slots;
     if oversubscribed {
         cmd.push("--oversubscribe".into());
     }
     match args.bind.as_str() {
         "core" if !oversubscribed => {
-            cmd.extend(["--map-by".into(), format!("slot:PE={threads}"), "--bind-to".into(), "core".into()])
+            let pe = threads.unwrap_or(1);
+            cmd.extend(["--map-by".into(), format!("slot:PE={pe}"), "--bind-to".into(), "core".into()])
         }
         "none" | "core" => cmd.extend(["--bind-to".into(), "none".into()]),
         other => bail!("--bind must be `none` or `core`, not `{other}`"),
     }
     // Each rank also runs a loader thread: when ranks and loaders outnumber this host's cores,
     // ranks waiting in a collective must yield the core instead of spinning on it.
-    if args.hostfile.is_none() && args.np * (threads + 1) > cores() {
+    if placement.hostfile.is_none() && np * (threads.unwrap_or(1) + 1) > cores() {
         cmd.extend(["--mca".into(), "mpi_yield_when_idle".into(), "1".into()]);
     }
-    cmd.extend(["-x".into(), format!("OMP_NUM_THREADS={threads}")]);
+    if let Some(threads) = threads {
+        cmd.extend(["-x".into(), format!("OMP_NUM_THREADS={threads}")]);
+    }
     if !args.all_ranks {
         cmd.extend(["-x".into(), format!("{QUIET_RANKS_ENV}=1")]);
     }
     if std::env::var_os("RUST_LOG").is_some() {
         cmd.extend(["-x".into(), "RUST_LOG".into()]);
     }
-    cmd.extend(args.mpirun_args.iter().cloned());
+    cmd.extend(mpirun_tokens(&args.mpirun_args).0);
     cmd.push(micn.display().to_string());
     cmd.extend(micn_args);
     Ok(cmd)
@@ -217,13 +244,33 @@ fn resume_auto(cmd: &mut Vec<String>) {
     cmd.extend(["--resume".to_string(), "auto".to_string()]);
 }
 
+/// What the output streams have seen, for the watch over the job.
+#[derive(Debug, Default)]
+struct Seen {
+    /// When the last line arrived (or the attempt started).
+    last_output: Option<Instant>,
+    /// When a rank first reported an error.
+    rank_error: Option<Instant>,
+}
+
+/// Whether a rank's line reports an error that ends it: micn's one-line errors (`error: ...`),
+/// its log lines at level ERROR (`<time> ERROR ...`, its watchdog's), or either as JSON.
+fn is_error_line(line: &output::Line) -> bool {
+    match line {
+        output::Line::Rank { rank, text } => {
+            // micn's text log lines carry their rank already.
+            let label = format!("[rank {rank}] ");
+            let text = text.strip_prefix(&label).unwrap_or(text);
+            text.starts_with("error:")
+                || text.split_whitespace().nth(1) == Some("ERROR")
+                || (text.starts_with('{') && text.contains(r#""level":"ERROR""#))
+        }
+        output::Line::Mpirun(_) => false,
+    }
+}
+
 /// Print what mpirun writes on one of its streams, each rank's line whole and under its rank.
-async fn stream(
-    reader: impl tokio::io::AsyncRead + Unpin,
-    to: Stream,
-    printer: Printer,
-    last_output: Arc<Mutex<Instant>>,
-) {
+async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: Printer, seen: Arc<Mutex<Seen>>) {
     let mut reader = BufReader::new(reader);
     let mut lines = Reassembler::default();
     let mut buf = Vec::new();
@@ -233,10 +280,17 @@ async fn stream(
         if n == 0 {
             break;
         }
-        *last_output.lock().expect("timestamp lock") = Instant::now();
         let text = String::from_utf8_lossy(&buf);
         let text = text.strip_suffix('\n').unwrap_or(&text);
-        for line in lines.push(text) {
+        let done = lines.push(text);
+        {
+            let mut seen = seen.lock().expect("output state lock");
+            seen.last_output = Some(Instant::now());
+            if seen.rank_error.is_none() && done.iter().any(is_error_line) {
+                seen.rank_error = Some(Instant::now());
+            }
+        }
+        for line in done {
             printer.line(to, &line);
         }
         buf.clear();
@@ -253,6 +307,10 @@ enum Outcome {
     Interrupted(std::process::ExitStatus),
     /// No output for the stall timeout: stopped by us.
     Stalled,
+    /// A rank reported an error and mpirun did not end the job within the grace: killed by us.
+    Killed,
+    /// Stopped with a checkpoint because the hosts it lost answer again: resumes on all of them.
+    Regrow,
 }
 
 /// How firmly the user has asked the job to stop.
@@ -265,7 +323,6 @@ enum Request {
     /// mpirun itself is killed.
     Kill,
 }
-
 /// The stop signals received so far. The first asks for a graceful stop; the second Ctrl-C or
 /// SIGTERM asks more firmly, the third more still. One signal of each kind is a single request:
 /// a Ctrl-C under `micn sweep` reaches the sweep and this launcher, and the sweep passes a
@@ -392,9 +449,46 @@ fn detach() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Kill everything left of a job on this machine: mpirun leads a session of its own, which holds
+/// its local ranks and the remote shells it started (each in a process group of its own, so the
+/// session, not mpirun's group, is what holds them all) and what those started here.
+fn kill_job_group(pid: i32) {
+    for member in session_members(pid) {
+        // SAFETY: kill only sends a signal, to a process of the session our own child leads.
+        unsafe {
+            libc::kill(member, libc::SIGKILL);
+        }
+    }
+}
+
+/// The processes of session `sid` (`/proc/PID/stat`'s sixth field).
+fn session_members(sid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The command name, in parentheses, may hold spaces: the fields follow its last `)`.
+            let fields = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            fields.split_whitespace().nth(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid)
+        })
+        .collect()
+}
+
+/// The hosts a job runs without, to probe while it runs.
+struct Regrow {
+    prober: hosts::Prober,
+    lost: Vec<hosts::Host>,
+    interval: Duration,
+}
+
+/// One attempt: mpirun started, its output streamed, stop signals passed on, and the job
+/// watched (silence past the stall timeout, a rank's error that mpirun does not act on, lost
+/// hosts that answer again). Never waits on a dead job's pipes.
 async fn run_once(
     cmd: &[String],
-    stall: Option<Duration>,
+    limits: &Limits,
+    regrow: Option<&Regrow>,
     signals: &mut StopSignals,
     stops: &mut Stops,
     printer: Printer,
@@ -409,60 +503,190 @@ async fn run_once(
         .spawn()
         .with_context(|| format!("cannot start `{}`: is OpenMPI installed? (bash cluster/setup-node.sh)", cmd[0]))?;
     let pid = child.id().context("mpirun exited at once")? as i32;
-    let last_output = Arc::new(Mutex::new(Instant::now()));
-    let out =
-        tokio::spawn(stream(child.stdout.take().expect("piped"), Stream::Stdout, printer, Arc::clone(&last_output)));
-    let err =
-        tokio::spawn(stream(child.stderr.take().expect("piped"), Stream::Stderr, printer, Arc::clone(&last_output)));
+    let seen = Arc::new(Mutex::new(Seen { last_output: Some(Instant::now()), rank_error: None }));
+    let out = tokio::spawn(stream(child.stdout.take().expect("piped"), Stream::Stdout, printer, Arc::clone(&seen)));
+    let err = tokio::spawn(stream(child.stderr.take().expect("piped"), Stream::Stderr, printer, Arc::clone(&seen)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut next_probe = regrow.map(|r| Instant::now() + r.interval);
+    let mut probe: Option<tokio::task::JoinHandle<Vec<bool>>> = None;
+    let mut regrowing = false;
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {
                 let status = status?;
-                break if stops.asked.is_some() { Outcome::Interrupted(status) } else { Outcome::Finished(status) };
+                break match () {
+                    _ if regrowing => Outcome::Regrow,
+                    _ if stops.asked.is_some() => Outcome::Interrupted(status),
+                    _ => Outcome::Finished(status),
+                };
             }
             signal = signals.recv() => {
                 if let Some(request) = stops.on(signal) {
                     stop_job(pid, request, signal, printer);
                 }
             }
+            answered = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                probe = None;
+                let lost = &regrow.expect("probes only with lost hosts").lost;
+                if answered.is_ok_and(|a| a.iter().all(|&yes| yes)) && stops.asked.is_none() && !regrowing {
+                    let names: Vec<&str> = lost.iter().map(|h| h.name.as_str()).collect();
+                    printer.say("WARN", &format!(
+                        "lost host(s) {} answer again: stopping the job with a checkpoint to resume on every host",
+                        names.join(", ")
+                    ));
+                    regrowing = true;
+                    // SAFETY: kill only sends a signal to our own child process.
+                    unsafe { libc::kill(pid, libc::SIGUSR1) };
+                }
+            }
             _ = tick.tick() => {
-                let quiet = last_output.lock().expect("timestamp lock").elapsed();
-                if stall.is_some_and(|limit| quiet > limit) && stops.asked.is_none() {
+                let (quiet, error_for) = {
+                    let seen = seen.lock().expect("output state lock");
+                    (seen.last_output.map(|t| t.elapsed()).unwrap_or_default(), seen.rank_error.map(|t| t.elapsed()))
+                };
+                if limits.stall.is_some_and(|limit| quiet > limit) && stops.asked.is_none() {
                     printer.say("WARN", &format!("no output for {:.0} s: the job is stalled; stopping it", quiet.as_secs_f64()));
                     // SAFETY: kill only sends a signal to our own child process.
                     unsafe { libc::kill(pid, libc::SIGTERM) };
-                    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
-                        let _ = child.start_kill();
+                    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                        kill_job_group(pid);
                         let _ = child.wait().await;
                     }
                     break Outcome::Stalled;
                 }
+                if error_for.is_some_and(|t| t > limits.exit_grace) {
+                    printer.say("ERROR", &format!(
+                        "mpirun has not ended the job {:.0} s after a rank's error (--exit-grace): killing the whole job",
+                        limits.exit_grace.as_secs_f64()
+                    ));
+                    kill_job_group(pid);
+                    let _ = child.wait().await;
+                    break Outcome::Killed;
+                }
+                if let (Some(r), Some(at)) = (regrow, next_probe) {
+                    if Instant::now() >= at && probe.is_none() {
+                        let (prober, lost) = (r.prober.clone(), r.lost.clone());
+                        probe = Some(tokio::spawn(async move { prober.answering(&lost).await }));
+                        next_probe = Some(Instant::now() + r.interval);
+                    }
+                }
             }
         }
     };
-    let _ = tokio::join!(out, err);
+    // Whatever of the job is left (a daemon waiting on a lost host, a rank it never reached).
+    kill_job_group(pid);
+    // Processes of the job outside its process group (on a host that is gone) may keep the
+    // pipes open for good: wait a few seconds for the last lines, no longer.
+    let aborts = [out.abort_handle(), err.abort_handle()];
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tokio::join!(out, err);
+    })
+    .await;
+    if drained.is_err() {
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        printer.say(
+            "WARN",
+            "the job's output stayed open after it ended (a process on a host that is gone): not waiting for it",
+        );
+    }
     Ok(outcome)
 }
 
+/// The launcher's time limits on a job.
+struct Limits {
+    stall: Option<Duration>,
+    exit_grace: Duration,
+}
+
+/// Where the next attempt runs after a failure: every host that answers a probe, unless they
+/// hold fewer than `--min-np` ranks. Without `--min-np`, where the first attempt ran.
+async fn placement_for_restart(
+    args: &Args,
+    original: &Placement,
+    all_hosts: &[hosts::Host],
+    prober: &hosts::Prober,
+    printer: Printer,
+) -> anyhow::Result<Option<(Placement, Vec<hosts::Host>)>> {
+    let Some(min_np) = args.min_np else { return Ok(Some((original.clone(), Vec::new()))) };
+    let answers = prober.answering(all_hosts).await;
+    let (alive, lost): (Vec<_>, Vec<_>) = all_hosts.iter().cloned().zip(answers).partition(|(_, yes)| *yes);
+    let alive: Vec<hosts::Host> = alive.into_iter().map(|(h, _)| h).collect();
+    let lost: Vec<hosts::Host> = lost.into_iter().map(|(h, _)| h).collect();
+    if lost.is_empty() {
+        return Ok(Some((original.clone(), lost)));
+    }
+    let np = original.np.min(hosts::total_slots(&alive));
+    let names: Vec<&str> = lost.iter().map(|h| h.name.as_str()).collect();
+    if np < min_np {
+        printer.say(
+            "ERROR",
+            &format!(
+                "host(s) {} do not answer; the rest hold {np} rank(s), fewer than --min-np {min_np}",
+                names.join(", ")
+            ),
+        );
+        return Ok(None);
+    }
+    let path = std::env::temp_dir().join(format!("micn-launch-{}.hosts", std::process::id()));
+    hosts::write_hostfile(&path, &alive)?;
+    printer.say(
+        "WARN",
+        &format!(
+            "host(s) {} do not answer: resuming on {np} rank(s) over the remaining hosts ({})",
+            names.join(", "),
+            path.display()
+        ),
+    );
+    Ok(Some((Placement { np, hostfile: Some(path) }, lost)))
+}
+
 async fn launch(args: Args) -> anyhow::Result<i32> {
-    let mut cmd = build_command(&args)?;
+    let original = Placement { np: args.np, hostfile: args.hostfile.clone() };
+    let all_hosts = match (&args.min_np, &args.hostfile) {
+        (None, _) => Vec::new(),
+        (Some(_), None) => bail!("--min-np needs --hostfile (the hosts to probe and to leave out)"),
+        (&Some(k), Some(path)) => {
+            let hosts = hosts::read_hostfile(path)?;
+            if k == 0 || k > args.np {
+                bail!("--min-np must be between 1 and --np ({}), not {k}", args.np);
+            }
+            hosts
+        }
+    };
+    let (_, split_notes) = mpirun_tokens(&args.mpirun_args);
+    let prober =
+        hosts::Prober::new(&mpirun_tokens(&args.mpirun_args).0, Duration::from_secs(args.probe_timeout.max(1)));
+    let mut placement = original.clone();
+    let mut cmd = build_command(&args, &placement)?;
     if args.dry_run {
-        println!("{}", cmd.join(" "));
+        for note in &split_notes {
+            eprintln!("micn-launch: {note}");
+        }
+        println!("{}", cmd.iter().map(|a| shell_quoted(a)).collect::<Vec<_>>().join(" "));
         return Ok(0);
     }
     let printer = Printer { json: log_format_json(&cmd) };
+    for note in &split_notes {
+        printer.say("INFO", note);
+    }
     let mut signals = StopSignals::catch()?;
     let mut stops = Stops::default();
     let started = Instant::now();
-    let stall = args.stall_timeout.map(Duration::from_secs);
+    let limits =
+        Limits { stall: args.stall_timeout.map(Duration::from_secs), exit_grace: Duration::from_secs(args.exit_grace) };
+    let mut lost: Vec<hosts::Host> = Vec::new();
     let mut attempt = 0u32;
     loop {
-        let outcome = run_once(&cmd, stall, &mut signals, &mut stops, printer).await?;
+        let regrow = (!lost.is_empty() && args.regrow_interval > 0).then(|| Regrow {
+            prober: prober.clone(),
+            lost: lost.clone(),
+            interval: Duration::from_secs(args.regrow_interval),
+        });
+        let outcome = run_once(&cmd, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
         let secs = started.elapsed().as_secs_f64();
         let (why, code) = match outcome {
             Outcome::Finished(status) if status.success() => {
-                printer.say("INFO", &format!("{} rank(s) finished in {secs:.1} s", args.np));
+                printer.say("INFO", &format!("{} rank(s) finished in {secs:.1} s", placement.np));
                 return Ok(0);
             }
             Outcome::Interrupted(status) => {
@@ -479,32 +703,59 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 );
                 return Ok(EXIT_INPUT_ERROR);
             }
+            Outcome::Regrow => {
+                printer.say("INFO", &format!("resuming on all {} rank(s) of the hostfile", original.np));
+                (placement, lost) = (original.clone(), Vec::new());
+                cmd = build_command(&args, &placement)?;
+                resume_auto(&mut cmd);
+                continue;
+            }
             Outcome::Finished(status) => (format!("failed ({status})"), status.code().unwrap_or(1)),
             Outcome::Stalled => ("stalled".to_string(), 1),
+            Outcome::Killed => ("was killed after a rank's error".to_string(), 1),
         };
-        if attempt >= args.max_restarts {
-            printer.say("ERROR", &format!("job {why} after {secs:.1} s; see the rank messages above"));
-            return Ok(code);
-        }
-        attempt += 1;
-        let wait = args.restart_backoff.saturating_mul(1 << (attempt - 1).min(16));
-        printer.say(
-            "WARN",
-            &format!(
-                "job {why}; restarting in {wait} s with --resume auto: from the newest checkpoint if there is one \
-                 (restart {attempt} of {})",
-                args.max_restarts
-            ),
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
-            signal = signals.recv() => {
-                stops.on(signal);
-                printer.say("INFO", &format!("{}: not restarting", signal_name(signal)));
+        loop {
+            if attempt >= args.max_restarts {
+                printer.say("ERROR", &format!("job {why} after {secs:.1} s; see the rank messages above"));
                 return Ok(code);
             }
+            attempt += 1;
+            let wait = args.restart_backoff.saturating_mul(1 << (attempt - 1).min(16));
+            printer.say(
+                "WARN",
+                &format!(
+                    "job {why}; restarting in {wait} s with --resume auto: from the newest checkpoint if there is one \
+                     (restart {attempt} of {})",
+                    args.max_restarts
+                ),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+                signal = signals.recv() => {
+                    stops.on(signal);
+                    printer.say("INFO", &format!("{}: not restarting", signal_name(signal)));
+                    return Ok(code);
+                }
+            }
+            if let Some((next, still_lost)) =
+                placement_for_restart(&args, &original, &all_hosts, &prober, printer).await?
+            {
+                (placement, lost) = (next, still_lost);
+                break;
+            }
         }
+        cmd = build_command(&args, &placement)?;
         resume_auto(&mut cmd);
+    }
+}
+
+/// `arg` as a shell would need it written (for `--dry-run`).
+fn shell_quoted(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
 
@@ -530,9 +781,16 @@ mod tests {
         Args::parse_from(v)
     }
 
+    /// The command for `extra`, placed as the arguments say.
+    fn command(extra: &[&str]) -> anyhow::Result<Vec<String>> {
+        let a = args(extra);
+        let placement = Placement { np: a.np, hostfile: a.hostfile.clone() };
+        build_command(&a, &placement)
+    }
+
     #[test]
     fn train_command_carries_config_and_overrides() {
-        let cmd = build_command(&args(&["--np", "2", "--config", "c.toml", "--set", "micn.phi=0.5"])).unwrap();
+        let cmd = command(&["--np", "2", "--config", "c.toml", "--set", "micn.phi=0.5"]).unwrap();
         let tail = &cmd[cmd.iter().position(|a| a == "/bin/micn").unwrap()..];
         assert_eq!(tail, ["/bin/micn", "train", "--config", "c.toml", "--set", "micn.phi=0.5"]);
         assert_eq!(&cmd[..3], ["mpirun", "-np", "2"]);
@@ -540,7 +798,7 @@ mod tests {
 
     #[test]
     fn more_ranks_than_cores_oversubscribe_and_get_one_thread() {
-        let cmd = build_command(&args(&["--np", "64", "--", "doctor"])).unwrap();
+        let cmd = command(&["--np", "64", "--", "doctor"]).unwrap();
         assert!(cmd.contains(&"--oversubscribe".to_string()), "{cmd:?}");
         assert!(cmd.contains(&"OMP_NUM_THREADS=1".to_string()), "{cmd:?}");
         assert!(cmd.windows(2).any(|w| w == ["mpi_yield_when_idle", "1"]), "{cmd:?}");
@@ -549,33 +807,70 @@ mod tests {
 
     #[test]
     fn missing_hostfile_is_named() {
-        let e = build_command(&args(&["--np", "2", "--hostfile", "/no/such/hosts", "--", "doctor"])).unwrap_err();
+        let e = command(&["--np", "2", "--hostfile", "/no/such/hosts", "--", "doctor"]).unwrap_err();
         assert!(format!("{e:#}").contains("/no/such/hosts"), "{e:#}");
     }
 
     #[test]
-    fn hostfile_slots_are_summed() {
+    fn with_a_hostfile_each_rank_sizes_its_threads_on_its_own_host_unless_told() {
         let dir = std::env::temp_dir().join(format!("micn-launch-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("hosts");
-        std::fs::write(&path, "# cluster\nnode1 slots=4\nnode2 slots=2 # comment\nnode3\n").unwrap();
-        assert_eq!(hostfile_slots(&path).unwrap(), 7);
-        std::fs::write(&path, "node1 slots=x\n").unwrap();
-        assert!(format!("{:#}", hostfile_slots(&path).unwrap_err()).contains(":1: bad slots"));
+        std::fs::write(&path, "node1 slots=4\nnode2 slots=4\n").unwrap();
+        let hostfile = path.to_str().unwrap();
+        let cmd = command(&["--np", "8", "--hostfile", hostfile, "--", "doctor"]).unwrap();
+        assert!(!cmd.iter().any(|a| a.starts_with("OMP_NUM_THREADS")), "{cmd:?}");
+        assert!(!cmd.contains(&"--oversubscribe".to_string()), "8 ranks in 8 slots: {cmd:?}");
+        let cmd = command(&["--np", "8", "--hostfile", hostfile, "--threads", "2", "--", "doctor"]).unwrap();
+        assert!(cmd.windows(2).any(|w| w == ["-x", "OMP_NUM_THREADS=2"]), "{cmd:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
+    fn a_ranks_error_is_told_from_its_other_lines() {
+        let rank = |text: &str| output::Line::Rank { rank: 1, text: text.into() };
+        assert!(is_error_line(&rank("error: rank 1: data.dir: no such directory")));
+        assert!(is_error_line(&rank("2026-12-05T00:10:21.650240Z ERROR watchdog: rank 1 (b) waited 7 s")));
+        assert!(is_error_line(&rank("[rank 1] 2026-12-05T00:10:21.650240Z ERROR watchdog: rank 1 (b) waited 7 s")));
+        assert!(is_error_line(&rank(r#"{"time":1.0,"level":"ERROR","target":"micn","message":"error: x"}"#)));
+        assert!(!is_error_line(&rank("2026-12-05T00:10:21.650240Z  WARN checkpoint skipped: ERROR in name")));
+        assert!(!is_error_line(&rank(r#"{"level":"INFO","message":"level ERROR"}"#)));
+        assert!(!is_error_line(&output::Line::Mpirun("error: mpirun's own".into())));
+    }
+
+    #[test]
+    fn an_mpirun_argument_with_spaces_is_split_and_said() {
+        let cmd = command(&[
+            "--np",
+            "2",
+            "--mpirun-arg=--mca btl tcp,self",
+            "--mpirun-arg",
+            "--report-bindings",
+            "--",
+            "doctor",
+        ])
+        .unwrap();
+        assert!(cmd.windows(4).any(|w| w == ["--mca", "btl", "tcp,self", "--report-bindings"]), "{cmd:?}");
+        let (tokens, notes) = mpirun_tokens(&["--mca btl tcp,self".to_string(), "-v".to_string()]);
+        assert_eq!(tokens, ["--mca", "btl", "tcp,self", "-v"]);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("3 arguments"), "{notes:?}");
+        assert_eq!(shell_quoted("OMP_NUM_THREADS=1"), "OMP_NUM_THREADS=1");
+        assert_eq!(shell_quoted("run.dir=\"a b\""), "'run.dir=\"a b\"'");
+        assert_eq!(shell_quoted("it's"), "'it'\\''s'");
+    }
+
+    #[test]
     fn quiet_ranks_and_json_logs_are_asked_of_micn() {
-        let cmd = build_command(&args(&["--np", "2", "--log-format", "json", "--config", "c.toml"])).unwrap();
+        let cmd = command(&["--np", "2", "--log-format", "json", "--config", "c.toml"]).unwrap();
         assert!(cmd.windows(2).any(|w| w == ["-x", "MICN_QUIET_RANKS=1"]), "{cmd:?}");
         let tail = &cmd[cmd.iter().position(|a| a == "/bin/micn").unwrap()..];
         assert_eq!(tail, ["/bin/micn", "--log-format", "json", "train", "--config", "c.toml"]);
         assert!(log_format_json(&cmd));
-        let cmd = build_command(&args(&["--np", "2", "--all-ranks", "--", "--log-format=json", "doctor"])).unwrap();
+        let cmd = command(&["--np", "2", "--all-ranks", "--", "--log-format=json", "doctor"]).unwrap();
         assert!(!cmd.iter().any(|a| a.starts_with("MICN_QUIET_RANKS")), "{cmd:?}");
         assert!(log_format_json(&cmd));
-        assert!(!log_format_json(&build_command(&args(&["--", "doctor", "--json"])).unwrap()));
+        assert!(!log_format_json(&command(&["--", "doctor", "--json"]).unwrap()));
     }
 
     #[test]
@@ -611,6 +906,21 @@ mod tests {
         let mut stops = Stops::default();
         assert_eq!(stops.on(libc::SIGTERM), Some(Request::Graceful));
         assert_eq!(stops.on(libc::SIGTERM), Some(Request::Terminate));
+    }
+
+    #[test]
+    fn a_sessions_members_are_found_in_proc() {
+        use std::os::unix::process::CommandExt as _;
+        let mut child = std::process::Command::new("sleep");
+        child.arg("30");
+        // SAFETY: setsid in the child before exec.
+        unsafe { child.pre_exec(|| (libc::setsid() != -1).then_some(()).ok_or_else(std::io::Error::last_os_error)) };
+        let mut child = child.spawn().unwrap();
+        let sid = child.id() as i32;
+        assert_eq!(session_members(sid), [sid]);
+        kill_job_group(sid);
+        assert!(!child.wait().unwrap().success());
+        assert_eq!(session_members(sid), Vec::<i32>::new());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod check;
 mod single;
 mod threads;
+pub mod watchdog;
 
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -79,6 +80,11 @@ pub trait Communicator {
     fn size(&self) -> usize;
     /// Rank among the ranks on this host (selects the GPU).
     fn local_rank(&self) -> usize;
+    /// Processes of this job on this host, which share its cores (thread ranks share one
+    /// process, and count as one).
+    fn local_size(&self) -> usize {
+        1
+    }
     /// Short name of the back-end, for logs and `micn doctor`.
     fn backend(&self) -> &'static str;
 

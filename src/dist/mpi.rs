@@ -16,6 +16,7 @@ use super::{CommError, Communicator, Gathered, Result};
 pub struct MpiCommunicator {
     world: SimpleCommunicator,
     local_rank: usize,
+    local_size: usize,
     // Declared last: fields drop in order, and finalisation must come after the communicators.
     _universe: Universe,
 }
@@ -26,8 +27,9 @@ impl MpiCommunicator {
         let universe = mpi::initialize().ok_or_else(|| CommError::Mpi("MPI was already initialised".into()))?;
         let world = universe.world();
         // Ranks that share memory form one host; our rank among them picks the GPU.
-        let local_rank = world.split_shared(0).rank() as usize;
-        Ok(Self { world, local_rank, _universe: universe })
+        let here = world.split_shared(0);
+        let (local_rank, local_size) = (here.rank() as usize, here.size() as usize);
+        Ok(Self { world, local_rank, local_size, _universe: universe })
     }
 
     /// The MPI library's own version string (e.g. "Open MPI v4.1.4, ...").
@@ -78,6 +80,9 @@ impl Communicator for MpiCommunicator {
     }
     fn local_rank(&self) -> usize {
         self.local_rank
+    }
+    fn local_size(&self) -> usize {
+        self.local_size
     }
     fn backend(&self) -> &'static str {
         "mpi"

@@ -14,7 +14,7 @@
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tch::{Device, Tensor};
@@ -30,6 +30,7 @@ use crate::config::{Config, ModelKind};
 use crate::data::batch::Batch;
 use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::data::{shard, Dataset};
+use crate::dist::watchdog::{self, Watched};
 use crate::dist::{Communicator, CommunicatorExt};
 use crate::network::Network;
 use crate::run_dir::{MetricsLog, RunDir};
@@ -294,18 +295,40 @@ pub fn train_until(
 ) -> Result<Summary, TrainError> {
     let started = Instant::now();
     keep_freed_memory();
-    if cfg.train.threads > 0 {
-        tch::set_num_threads(cfg.train.threads as i32);
+    let omp_threads = std::env::var_os("OMP_NUM_THREADS").is_some();
+    if let Some(threads) = threads_per_rank(cfg.train.threads, omp_threads, comm.local_size(), cores()) {
+        tch::set_num_threads(threads as i32);
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
+    let watchdog = match cfg.train.watchdog_seconds {
+        0 => None,
+        seconds => Some(Watched::new(comm, Duration::from_secs(seconds), watchdog::abort_rank)?),
+    };
+    let comm: &dyn Communicator = watchdog.as_ref().map_or(comm, |w| w);
     let mut run = Run::start(cfg, comm, resume, &dataset, device)?;
+    run.watchdog = watchdog.as_ref();
     for epoch in run.position.epoch..cfg.train.epochs as u64 {
         if run.epoch(epoch, interrupter)? == Flow::Stop {
             break;
         }
     }
     run.finish(started)
+}
+
+/// libtorch threads for this rank: `train.threads` when set; else what `OMP_NUM_THREADS` says
+/// (libtorch reads it: `None`); else, when several processes of the job share this host, its
+/// cores divided among them (libtorch would give each of them every core); else its default.
+fn threads_per_rank(configured: usize, omp_threads: bool, ranks_here: usize, cores: usize) -> Option<usize> {
+    match configured {
+        0 if omp_threads || ranks_here <= 1 => None,
+        0 => Some((cores / ranks_here).max(1)),
+        n => Some(n),
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Where the next step starts: its epoch and its position (in samples) in that epoch.
@@ -327,6 +350,8 @@ enum Flow {
 struct Run<'a> {
     cfg: &'a Config,
     comm: &'a dyn Communicator,
+    /// The watchdog `comm` reports to, told when each step starts and ends.
+    watchdog: Option<&'a Watched<'a>>,
     dataset: &'a Arc<Dataset>,
     scorer: Scorer<'a>,
     replica: Replica,
@@ -408,6 +433,7 @@ impl<'a> Run<'a> {
         Ok(Self {
             cfg,
             comm,
+            watchdog: None,
             dataset,
             scorer: Scorer { dataset, comm, device, max_hist_len: cfg.data.max_hist_len },
             replica,
@@ -490,7 +516,9 @@ impl<'a> Run<'a> {
         };
         let step_started = Instant::now();
         let transfers_before = crate::transfer::counts();
+        let watched = self.watchdog.map(|w| w.step(self.step));
         let stats = self.replica.step(batch, &ctx)?;
+        drop(watched);
         let transfers = crate::transfer::counts().since(transfers_before).total();
         self.totals.add(&stats, step_started.elapsed().as_secs_f64(), transfers, batch_size);
         self.steady.step_done(batch_size);
@@ -803,7 +831,24 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::SteadyRate;
+    use super::{threads_per_rank, SteadyRate};
+
+    #[test]
+    fn ranks_sharing_a_host_share_its_cores_unless_told_otherwise() {
+        // (train.threads, OMP_NUM_THREADS set, processes on this host, cores) → threads
+        let table = [
+            ((0, false, 1, 16), None),
+            ((0, false, 4, 16), Some(4)),
+            ((0, false, 3, 16), Some(5)),
+            ((0, false, 32, 16), Some(1)),
+            ((0, true, 4, 16), None),
+            ((2, false, 4, 16), Some(2)),
+            ((2, true, 1, 16), Some(2)),
+        ];
+        for ((configured, omp, ranks, cores), want) in table {
+            assert_eq!(threads_per_rank(configured, omp, ranks, cores), want, "{configured} {omp} {ranks} {cores}");
+        }
+    }
 
     #[test]
     fn the_steady_rate_leaves_out_the_warm_up_and_the_pauses_between_steps() {

@@ -10,6 +10,25 @@ fn doctor_without_mpirun_is_a_world_of_one() {
     assert!(report["libtorch_version"].as_str().unwrap().starts_with("2.11.0"), "{report}");
 }
 
+#[test]
+fn slurm_tasks_that_mpi_does_not_join_are_refused_naming_srun_mpi_pmix() {
+    // What `srun -n 2 micn ...` without `--mpi=pmix` gives each task: Slurm's step size, no MPI.
+    let out = std::process::Command::new(micn_bin())
+        .args(["doctor"])
+        .env("SLURM_STEP_NUM_TASKS", "2")
+        .env("SLURM_PROCID", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("Slurm started 2 tasks") && err.contains("srun --mpi=pmix"), "{err}");
+    // One task, and a job step of two that MPI does join, are fine.
+    let one = std::process::Command::new(micn_bin()).arg("doctor").env("SLURM_STEP_NUM_TASKS", "1").output().unwrap();
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let joined = run_ok(mpirun(2).args(["-x", "SLURM_STEP_NUM_TASKS=2"]).arg(micn_bin()).arg("doctor"));
+    assert!(String::from_utf8_lossy(&joined.stdout).contains("world size 2"));
+}
+
 /// GPUs the NVIDIA driver's own tool lists (`nvidia-smi -L`: "GPU 0: NVIDIA H200 (UUID: ...)"),
 /// or `None` where the tool is absent or fails.
 fn nvidia_smi_gpus() -> Option<Vec<String>> {

@@ -34,7 +34,7 @@ fn endless_run(tmp: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Wait until `run` has logged training beyond `step`.
-fn wait_for_training_past(run: &Path, step: u64) {
+pub fn wait_for_training_past(run: &Path, step: u64) {
     let started = Instant::now();
     let past = || {
         let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
@@ -374,4 +374,71 @@ fn a_crashed_job_is_restarted_with_resume_auto_and_says_so() {
     assert!(stderr.contains(message), "{stderr}");
     assert!(stdout.lines().any(|l| l.trim_end() == "[rank 0] started with:"), "{stdout}");
     assert!(stdout.lines().any(|l| l == "[rank 0] started with: --resume auto"), "{stdout}");
+}
+
+/// Wait for `child` to end (at most `limit`), draining its output meanwhile (a full pipe would
+/// stop it); returns its status code and standard error.
+pub fn finish(child: std::process::Child, limit: Duration) -> (Option<i32>, String) {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    let out = rx.recv_timeout(limit).unwrap_or_else(|_| {
+        // SAFETY: killing the process this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let out = rx.recv().unwrap();
+        panic!("still running after {limit:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    });
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The processes whose command line mentions `needle` (this test's own files), as pids.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+/// The `micn` rank process of `rank` among the processes mentioning `needle`.
+pub fn rank_process(needle: &str, rank: usize) -> Option<i32> {
+    processes_mentioning(needle).into_iter().find(|pid| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        exe.file_name().is_some_and(|n| n == "micn")
+            && environ.split(|&b| b == 0).any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes())
+    })
+}
+
+#[test]
+fn a_hung_rank_is_named_by_its_peers_watchdog_and_the_whole_job_ends_with_no_process_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let sets = ["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5", "train.watchdog_seconds=3"];
+    let config = tmp.path().join("hung.toml");
+    std::fs::write(&config, crate::small_config(&run, &sets).to_toml()).unwrap();
+    let child = launcher().args(["--np", "2", "--exit-grace", "10", "--config"]).arg(&config).spawn().unwrap();
+    let needle = config.to_str().unwrap().to_string();
+    wait_for_training_past(&run, 5);
+    let hung = rank_process(&needle, 1).expect("rank 1 is running");
+    // SAFETY: stopping a process this test started (through the launcher and mpirun).
+    unsafe { libc::kill(hung, libc::SIGSTOP) };
+    let stopped_at = Instant::now();
+    let (code, stderr) = finish(child, Duration::from_secs(60));
+    let took = stopped_at.elapsed();
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("watchdog: rank 0 ("), "{stderr}");
+    assert!(stderr.contains("waiting for rank 1 ("), "{stderr}");
+    assert!(stderr.contains("train.watchdog_seconds"), "{stderr}");
+    eprintln!("a hung rank ended the job {:.1} s after it stopped (watchdog limit 3 s)", took.as_secs_f64());
+    let started = Instant::now();
+    while !processes_mentioning(&needle).is_empty() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_mentioning(&needle), Vec::<i32>::new(), "processes of the job were left behind");
 }

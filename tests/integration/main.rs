@@ -6,6 +6,7 @@ mod device_path;
 mod dist;
 mod doctor;
 mod experiment;
+mod hosts;
 mod inputs;
 mod launch;
 mod prepare;

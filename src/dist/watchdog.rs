@@ -1,0 +1,297 @@
+//! A rank's watchdog: no collective and no training step may wait longer than a set time.
+//!
+//! A rank blocked in a collective cannot be stopped from inside (MPI has no cancellable
+//! collectives, and a signal handler cannot leave one), so a lost peer — a killed host, a cut
+//! link, a hung process — would hold every other rank for good. [`Watched`] wraps a
+//! communicator: every collective and every step ([`Watched::step`]) is recorded with its start,
+//! and a thread of its own checks them every second. Past the limit it says which collective
+//! (its kind, sequence number and size), during which step, and which peers it was waiting for
+//! (the root of a broadcast; for the other collectives every other rank, with its host), writes
+//! that to standard error and the rank's log, and ends the process with [`EXIT_WATCHDOG`]; the
+//! MPI launcher then ends the whole job, and `micn-launch` restarts it when asked to.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Communicator, Gathered, Result};
+
+/// The exit status of a rank its watchdog ended.
+pub const EXIT_WATCHDOG: i32 = 4;
+
+/// What a rank is waiting in.
+#[derive(Debug, Clone, PartialEq)]
+struct Activity {
+    /// `all_reduce of 1024 f32`, ...
+    what: String,
+    /// Collectives so far on this rank, this one included.
+    seq: u64,
+    /// The one rank this collective waits for (a broadcast's root), if any.
+    waits_for: Option<usize>,
+    since: Instant,
+}
+
+/// A watchdog that fired: what was waited for, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expiry {
+    pub message: String,
+}
+
+#[derive(Default)]
+struct State {
+    collective: Option<Activity>,
+    /// The step in progress and when it started.
+    step: Option<(u64, Instant)>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    stop: AtomicBool,
+    wake: Condvar,
+}
+
+/// A communicator whose collectives and steps are watched (see the module documentation).
+pub struct Watched<'a> {
+    inner: &'a dyn Communicator,
+    shared: Arc<Shared>,
+    seq: AtomicU64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<'a> Watched<'a> {
+    /// Watch `inner` with `limit` per collective and per step; `on_expiry` is what happens when
+    /// one is exceeded (in `micn train`: [`abort_rank`]). Learns every rank's host first (one
+    /// all-gather), to name the peers.
+    pub fn new(
+        inner: &'a dyn Communicator,
+        limit: Duration,
+        on_expiry: impl Fn(Expiry) + Send + 'static,
+    ) -> Result<Self> {
+        let host = hostname();
+        let gathered = inner.all_gather_bytes(host.as_bytes())?;
+        let hosts: Vec<String> = gathered.parts().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            stop: AtomicBool::new(false),
+            wake: Condvar::new(),
+        });
+        let rank = inner.rank();
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("micn-watchdog".into())
+                .spawn(move || watch(&shared, limit, rank, &hosts, on_expiry))
+                .map_err(|e| super::CommError::Mpi(format!("starting the watchdog thread: {e}")))?
+        };
+        Ok(Self { inner, shared, seq: AtomicU64::new(0), thread: Some(thread) })
+    }
+
+    /// Mark a training step as running until the returned guard is dropped.
+    pub fn step(&self, step: u64) -> StepGuard<'_> {
+        self.shared.state.lock().expect("watchdog state").step = Some((step, Instant::now()));
+        StepGuard { shared: &self.shared }
+    }
+
+    fn watched<T>(&self, what: String, waits_for: Option<usize>, run: impl FnOnce() -> T) -> T {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let activity = Activity { what, seq, waits_for, since: Instant::now() };
+        self.shared.state.lock().expect("watchdog state").collective = Some(activity);
+        let out = run();
+        self.shared.state.lock().expect("watchdog state").collective = None;
+        out
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Ends the step [`Watched::step`] started.
+pub struct StepGuard<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for StepGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.state.lock().expect("watchdog state").step = None;
+    }
+}
+
+impl Communicator for Watched<'_> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn local_rank(&self) -> usize {
+        self.inner.local_rank()
+    }
+    fn local_size(&self) -> usize {
+        self.inner.local_size()
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        self.watched(format!("all_reduce of {} f32", buf.len()), None, || self.inner.all_reduce_sum_f32(buf))
+    }
+    fn all_gather_bytes(&self, local: &[u8]) -> Result<Gathered<u8>> {
+        self.watched(format!("all_gather of {} bytes", local.len()), None, || self.inner.all_gather_bytes(local))
+    }
+    fn all_gather_bytes_sized(&self, local: &[u8], counts: &[usize]) -> Result<Gathered<u8>> {
+        let what = format!("all_gather of {} bytes", counts.iter().sum::<usize>());
+        self.watched(what, None, || self.inner.all_gather_bytes_sized(local, counts))
+    }
+    fn broadcast_bytes(&self, root: usize, buf: &mut [u8]) -> Result<()> {
+        let waits_for = (root != self.rank()).then_some(root);
+        let what = format!("broadcast of {} bytes from rank {root}", buf.len());
+        self.watched(what, waits_for, || self.inner.broadcast_bytes(root, buf))
+    }
+    fn barrier(&self) -> Result<()> {
+        self.watched("barrier".into(), None, || self.inner.barrier())
+    }
+    fn abort(&self, code: i32) {
+        self.inner.abort(code)
+    }
+}
+
+/// The watchdog thread: checks once a second (and when told to stop) until stopped or fired.
+fn watch(shared: &Shared, limit: Duration, rank: usize, hosts: &[String], on_expiry: impl Fn(Expiry)) {
+    let tick = limit.min(Duration::from_secs(1));
+    let mut state = shared.state.lock().expect("watchdog state");
+    while !shared.stop.load(Ordering::SeqCst) {
+        state = shared.wake.wait_timeout(state, tick).expect("watchdog state").0;
+        if let Some(message) = overdue(&state, limit, rank, hosts) {
+            drop(state);
+            on_expiry(Expiry { message });
+            return;
+        }
+    }
+}
+
+/// What has waited past `limit`, said in full; nothing when all is well.
+fn overdue(state: &State, limit: Duration, rank: usize, hosts: &[String]) -> Option<String> {
+    let name = |r: usize| format!("rank {r} ({})", hosts.get(r).map_or("?", String::as_str));
+    let during = state.step.map(|(step, _)| format!(" during step {}", step + 1)).unwrap_or_default();
+    if let Some(c) = &state.collective {
+        let waited = c.since.elapsed();
+        if waited > limit {
+            let peers = match c.waits_for {
+                Some(root) => name(root),
+                None => {
+                    let others: Vec<String> = (0..hosts.len()).filter(|&r| r != rank).map(name).collect();
+                    format!("{} (one or more of them has not joined)", others.join(", "))
+                }
+            };
+            return Some(format!(
+                "watchdog: {} waited {:.0} s (limit {:.0} s, train.watchdog_seconds) in collective #{} ({}){during}, \
+                 waiting for {peers}: a peer is lost, hung or unreachable; aborting the job",
+                name(rank),
+                waited.as_secs_f64(),
+                limit.as_secs_f64(),
+                c.seq,
+                c.what,
+            ));
+        }
+    }
+    let (step, since) = state.step?;
+    let waited = since.elapsed();
+    (waited > limit).then(|| {
+        format!(
+            "watchdog: {} spent {:.0} s (limit {:.0} s, train.watchdog_seconds) in step {} without finishing it; \
+             aborting the job",
+            name(rank),
+            waited.as_secs_f64(),
+            limit.as_secs_f64(),
+            step + 1
+        )
+    })
+}
+
+/// What `micn train` does when its watchdog fires: the message on standard error and in the
+/// rank's log, then the process ends at once with [`EXIT_WATCHDOG`] (no unwinding, no MPI
+/// finalisation: the main thread is stuck in the library). The MPI launcher sees a rank gone and
+/// ends the job.
+pub fn abort_rank(expiry: Expiry) {
+    tracing::error!("{}", expiry.message);
+    crate::logging::append_to_file(&format!("error: {}\n", expiry.message));
+    // SAFETY: _exit ends the process without running anything else; nothing is left half-written
+    // that matters (run files and checkpoints are replaced whole, never written in place).
+    unsafe { libc::_exit(EXIT_WATCHDOG) }
+}
+
+/// This host's name, as the kernel knows it.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "?".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::ThreadRanks;
+
+    #[test]
+    fn a_peer_that_never_joins_a_collective_is_named_within_the_limit() {
+        let (tx, rx) = std::sync::mpsc::channel::<Expiry>();
+        let tx = Mutex::new(tx);
+        // Rank 1 stays away from the collective until rank 0's watchdog has fired.
+        let fired = Arc::new((Mutex::new(false), Condvar::new()));
+        let results = ThreadRanks::run(2, |comm| {
+            let (tx, signal) = (tx.lock().unwrap().clone(), Arc::clone(&fired));
+            let on_expiry = move |e: Expiry| {
+                tx.send(e).unwrap();
+                *signal.0.lock().unwrap() = true;
+                signal.1.notify_all();
+            };
+            let watched = Watched::new(&comm, Duration::from_millis(300), on_expiry).unwrap();
+            if comm.rank() == 1 {
+                let (lock, cv) = &*fired;
+                drop(cv.wait_while(lock.lock().unwrap(), |fired| !*fired).unwrap());
+            }
+            let _step = watched.step(6);
+            let mut buf = [1.0f32; 3];
+            watched.all_reduce_sum_f32(&mut buf).unwrap();
+            buf[0]
+        });
+        assert_eq!(results, [2.0, 2.0]);
+        let m = rx.try_recv().expect("rank 0's watchdog fired").message;
+        assert!(m.starts_with("watchdog: rank 0 ("), "{m}");
+        assert!(m.contains("in collective #1 (all_reduce of 3 f32) during step 7, waiting for rank 1 ("), "{m}");
+        assert!(rx.try_recv().is_err(), "rank 1 never waited: its watchdog stays quiet");
+    }
+
+    #[test]
+    fn a_broadcast_waits_for_its_root_and_a_step_alone_can_be_overdue() {
+        let hosts = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        let limit = Duration::from_secs(5);
+        let collective =
+            Activity { what: "broadcast of 8 bytes from rank 2".into(), seq: 9, waits_for: Some(2), since: long_ago };
+        let state = State { collective: Some(collective), step: None };
+        let m = overdue(&state, limit, 0, &hosts).unwrap();
+        assert!(
+            m.contains("rank 0 (a) waited 10 s (limit 5 s")
+                && m.ends_with("waiting for rank 2 (c): a peer is lost, hung or unreachable; aborting the job"),
+            "{m}"
+        );
+        let state = State { collective: None, step: Some((41, long_ago)) };
+        let m = overdue(&state, limit, 1, &hosts).unwrap();
+        assert!(m.contains("rank 1 (b) spent 10 s") && m.contains("in step 42 without finishing it"), "{m}");
+        let state = State { collective: None, step: Some((41, Instant::now())) };
+        assert_eq!(overdue(&state, limit, 1, &hosts), None);
+    }
+}
