@@ -1,5 +1,6 @@
 //! Integration tests, one binary so libtorch is linked once. Each module owns one area.
 mod checkpoint;
+mod cluster_files;
 mod comm;
 mod dataset_files;
 mod device_path;
