@@ -399,8 +399,9 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
+            // Arguments are NUL-separated: read them space-separated, as a shell shows them.
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(needle)
+            String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle)
         })
         .collect()
 }
@@ -441,4 +442,18 @@ fn a_hung_rank_is_named_by_its_peers_watchdog_and_the_whole_job_ends_with_no_pro
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(processes_mentioning(&needle), Vec::<i32>::new(), "processes of the job were left behind");
+}
+
+#[test]
+fn a_silent_job_is_stopped_as_stalled_and_restarted_with_nothing_of_it_left() {
+    // Both ranks print once, then hang without a word; the restart (`--resume auto`) ends at once.
+    let script = r#"echo "up $*"; case "$*" in *auto*) exit 0;; esac; exec sleep 300"#;
+    let started = Instant::now();
+    let (code, stdout, stderr) =
+        launch_script(&["--stall-timeout", "2", "--max-restarts", "1", "--restart-backoff", "0"], script);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("no output for 3 s: the job is stalled; stopping it"), "{stderr}");
+    assert!(stdout.lines().any(|l| l == "[rank 1] up --resume auto"), "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(processes_mentioning("sleep 300"), Vec::<i32>::new(), "a stalled rank was left running");
 }
