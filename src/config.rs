@@ -105,6 +105,18 @@ pub enum EmbeddingOptimizer {
     Dense,
 }
 
+/// How the learning rate changes after the warm-up (see [`crate::train::schedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// `train.lr` throughout.
+    Constant,
+    /// Multiplied by `train.lr_step_gamma` every `train.lr_step_every` steps.
+    Step,
+    /// Half a cosine from `train.lr` down to `train.lr_min` over the run's remaining steps.
+    Cosine,
+}
+
 /// The power `p` of MICN's label-aware attention: `pow(score, p)`, or hard (argmax) attention.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AttentionPower {
@@ -316,6 +328,22 @@ pub struct TrainConfig {
     /// Seconds any one collective or training step may take before the rank's watchdog aborts
     /// the job, naming what it waited for (a lost host, a cut link, a hung peer); 0: no watchdog.
     pub watchdog_seconds: u64,
+    /// How the learning rate changes after the warm-up.
+    pub lr_schedule: LrSchedule,
+    /// Steps over which the learning rate rises linearly from `lr / warmup_steps` to `lr`.
+    pub warmup_steps: u64,
+    /// `step` schedule: steps between two decays (after the warm-up).
+    pub lr_step_every: u64,
+    /// `step` schedule: the factor of each decay.
+    pub lr_step_gamma: f64,
+    /// `cosine` schedule: the learning rate at the last step.
+    pub lr_min: f64,
+    /// Stop when this many validation evaluations in a row have not improved on the best
+    /// validation AUC so far (0: never stop early).
+    pub early_stop_patience: u64,
+    /// At the end, make the checkpoint selected by validation AUC the run's model:
+    /// `model.safetensors` holds it, and `summary.json` says its step (`model_step`).
+    pub restore_best: bool,
 }
 
 impl Default for TrainConfig {
@@ -336,6 +364,13 @@ impl Default for TrainConfig {
             threads: 0,
             device_path: false,
             watchdog_seconds: 600,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+            lr_step_every: 0,
+            lr_step_gamma: 0.1,
+            lr_min: 0.0,
+            early_stop_patience: 0,
+            restore_best: false,
         }
     }
 }
@@ -611,6 +646,26 @@ impl Config {
             t.threads <= THREADS,
             "train.threads",
             format!("must be at most {THREADS} (0: libtorch's default; see config::limits), got {}", t.threads),
+        )?;
+        check(
+            t.lr_schedule != LrSchedule::Step || t.lr_step_every > 0,
+            "train.lr_step_every",
+            "must be at least 1 with train.lr_schedule = \"step\"",
+        )?;
+        check(
+            t.lr_step_gamma > 0.0 && t.lr_step_gamma <= 1.0,
+            "train.lr_step_gamma",
+            format!("must lie in (0, 1], got {}", t.lr_step_gamma),
+        )?;
+        check(
+            t.lr_min >= 0.0 && t.lr_min <= t.lr,
+            "train.lr_min",
+            format!("must lie in [0, train.lr = {}], got {}", t.lr, t.lr_min),
+        )?;
+        check(
+            t.early_stop_patience == 0 || d.valid_share > 0.0,
+            "train.early_stop_patience",
+            "needs a validation split (data.valid_share > 0) to watch",
         )?;
         check(c.every_minutes >= 0.0 && c.every_minutes.is_finite(), "checkpoint.every_minutes", "must be ≥ 0")?;
         check(c.keep_last > 0, "checkpoint.keep_last", "must be at least 1")?;

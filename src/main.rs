@@ -43,6 +43,9 @@ enum Command {
     Train(TrainArgs),
     /// Score a test set with a saved model: the end of a run, or a checkpoint.
     Eval(EvalArgs),
+    /// Score every sample of a split with a saved model: one line per sample with its user,
+    /// item, label and click probability (CSV or JSON lines), the scores `eval` measures.
+    Predict(PredictArgs),
     /// Train a configuration over a grid of settings, each repeated with another seed; re-running
     /// the same command skips finished runs and resumes unfinished ones. Ends with a report.
     Sweep(SweepArgs),
@@ -102,13 +105,38 @@ struct EvalArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// The test set, or the validation split the run held out (the scores checkpoints record).
-    #[arg(long, value_enum, default_value_t = micn::train::trainer::Split::Test)]
-    split: micn::train::trainer::Split,
+    #[arg(long, value_enum, default_value_t = micn::train::saved::Split::Test)]
+    split: micn::train::saved::Split,
     /// Score on this device instead of the run's configured one (`cpu`, `cuda`, `auto`).
     #[arg(long, value_enum)]
     device: Option<micn::config::Device>,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Run directory (holds config.toml and the final model.safetensors).
+    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+    run: Option<PathBuf>,
+    /// Checkpoint directory (run.dir/checkpoints/step-…).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Dataset directory (default: the run's data.dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The test set, the validation split the run held out, or the rest of the training archive.
+    #[arg(long, value_enum, default_value_t = micn::train::saved::Split::Test)]
+    split: micn::train::saved::Split,
+    /// Score on this device instead of the run's configured one (`cpu`, `cuda`, `auto`).
+    #[arg(long, value_enum)]
+    device: Option<micn::config::Device>,
+    /// Where the scores go (replaced whole).
+    #[arg(long)]
+    out: PathBuf,
+    /// `csv` or `jsonl` (default: from --out's extension, .csv or .jsonl/.json).
+    #[arg(long, value_enum)]
+    format: Option<micn::train::saved::Format>,
 }
 
 #[derive(Args)]
@@ -510,6 +538,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         Command::Prepare(args) => prepare(args),
         Command::Train(args) => train(args, comm),
         Command::Eval(args) => eval(args, comm),
+        Command::Predict(args) => predict(args, comm),
         Command::Sweep(args) => sweep(args, comm),
         Command::Report { dirs, out } => report(&dirs, &out),
         Command::Bench { command } => bench(command),
@@ -569,20 +598,39 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let EvalArgs { run, checkpoint, data, split, device, json } = args;
 
     let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
-    let result = micn::train::trainer::eval_saved(&dir, data.as_deref(), split, device, comm)?;
+    let result = micn::train::saved::eval_saved(&dir, data.as_deref(), split, device, comm)?;
     if comm.rank() == 0 {
         if json {
             println!("{}", serde_json::to_string_pretty(&result)?);
         } else {
             println!(
                 "{} AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
-                if split == micn::train::trainer::Split::Test { "test" } else { "validation" },
+                match split {
+                    micn::train::saved::Split::Test => "test",
+                    micn::train::saved::Split::Valid => "validation",
+                    micn::train::saved::Split::Train => "training",
+                },
                 result.auc,
                 result.gauc,
                 result.logloss,
                 result.samples
             );
         }
+    }
+    Ok(())
+}
+
+fn predict(args: PredictArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
+    use micn::train::saved::Format;
+    let PredictArgs { run, checkpoint, data, split, device, out, format } = args;
+
+    let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
+    let format = format.or_else(|| Format::of(&out)).ok_or_else(|| {
+        UsageError(format!("--out {}: give --format csv|jsonl, or a name ending in .csv or .jsonl", out.display()))
+    })?;
+    let done = micn::train::saved::predict(&dir, data.as_deref(), split, device, comm, (&out, format))?;
+    if comm.rank() == 0 {
+        println!("{} scores of the {} set written to {}", done.samples, done.split, done.out.display());
     }
     Ok(())
 }

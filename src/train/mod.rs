@@ -5,6 +5,8 @@ pub mod grads;
 pub mod interrupt;
 pub mod optim;
 pub mod run;
+pub mod saved;
+pub mod schedule;
 pub mod step;
 pub mod trainer;
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tch::{Device, Tensor};
 
+use super::schedule::Schedule;
 use super::step::{Control, StepContext, StepStats};
 use super::trainer::{
     build_model, check_history, evaluate_on, keep_freed_memory, pick_device, validation_split, Built, EvalResult,
@@ -162,7 +163,14 @@ impl StepTotals {
 
     /// The metrics line of `step` (the mean losses since the last line; `stats`, the last step's,
     /// for the gradient norms), starting a new window.
-    fn line(&mut self, cfg: &Config, step: u64, epoch: u64, stats: &StepStats, window_seconds: f64) -> MetricsLine {
+    fn line(
+        &mut self,
+        cfg: &Config,
+        (step, epoch): (u64, u64),
+        stats: &StepStats,
+        lr: f64,
+        window_seconds: f64,
+    ) -> MetricsLine {
         let [loss_main, loss_micn, loss_dien_aux] = self.loss_sums.map(|sum| sum / self.logged_steps.max(1) as f64);
         let mut line = MetricsLine::new(step, epoch);
         line.loss_main = Some(loss_main);
@@ -172,7 +180,7 @@ impl StepTotals {
             line.grad_norm_main_e_aux = Some(stats.grad_norm_main_e_aux);
             line.grad_norm_aux_e_aux = Some(stats.grad_norm_aux_e_aux);
         }
-        line.lr = Some(cfg.train.lr);
+        line.lr = Some(lr);
         line.samples_per_sec = Some(self.window_samples as f64 / window_seconds.max(1e-9));
         (self.loss_sums, self.logged_steps, self.window_samples) = ([0.0; 3], 0, 0);
         line
@@ -363,6 +371,8 @@ struct Run<'a> {
     loader_cfg: LoaderConfig,
     steps_per_epoch: u64,
     total_steps: u64,
+    /// The learning rate of every step.
+    schedule: Schedule,
     /// Steps taken so far (a resumed run counts those before the resume).
     step: u64,
     resumed_at: u64,
@@ -371,6 +381,8 @@ struct Run<'a> {
     position: Position,
     epochs_completed: u64,
     stopped_by_signal: bool,
+    /// Stopped because the validation AUC stopped improving (`train.early_stop_patience`).
+    early_stopped: bool,
     totals: StepTotals,
     steady: SteadyRate,
     progress: Progress,
@@ -455,12 +467,14 @@ impl<'a> Run<'a> {
             loader_cfg: LoaderConfig::from_config(cfg, comm.size(), comm.rank()),
             steps_per_epoch,
             total_steps,
+            schedule: Schedule::new(&cfg.train, total_steps),
             step,
             resumed_at: step,
             started_at,
             position: started_at,
             epochs_completed: started_at.epoch,
             stopped_by_signal: false,
+            early_stopped: false,
             totals: StepTotals::default(),
             steady: SteadyRate::new(total_steps.saturating_sub(step)),
             progress: Progress::new(rank0, total_steps),
@@ -486,6 +500,9 @@ impl<'a> Run<'a> {
                 return Ok(Flow::Stop);
             }
             self.after_step(&stats, epoch)?;
+            if self.patience_ran_out() {
+                return Ok(Flow::Stop);
+            }
         }
         self.epochs_completed += 1;
         self.position = Position { epoch: epoch + 1, sample: 0 };
@@ -496,7 +513,27 @@ impl<'a> Run<'a> {
             self.checkpoint()?;
         }
         self.steady.resume();
-        Ok(Flow::Continue)
+        Ok(if self.patience_ran_out() { Flow::Stop } else { Flow::Continue })
+    }
+
+    /// Whether the last `train.early_stop_patience` validation evaluations have not improved on
+    /// the best before them (the same on every rank: the scores are exact and global). Marks
+    /// the run as stopped early.
+    fn patience_ran_out(&mut self) -> bool {
+        let patience = self.cfg.train.early_stop_patience;
+        let aucs: Vec<f64> = self.validation.evaluations.iter().map(|e| e.1).collect();
+        let Some(best) = (0..aucs.len()).reduce(|a, b| if aucs[b] > aucs[a] { b } else { a }) else { return false };
+        let since_best = (aucs.len() - 1 - best) as u64;
+        if patience > 0 && since_best >= patience && !self.early_stopped {
+            self.early_stopped = true;
+            tracing::warn!(
+                step = self.step,
+                best_step = self.validation.evaluations[best].0,
+                best_auc = aucs[best],
+                "early stop: {since_best} validation evaluations without a better AUC (train.early_stop_patience)"
+            );
+        }
+        self.early_stopped
     }
 
     /// One step on `batch` of `epoch`, counted.
@@ -512,6 +549,7 @@ impl<'a> Run<'a> {
                 stop: interrupter.is_stopped(),
                 checkpoint_due: minutes > 0.0 && self.checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes,
             },
+            lr: self.schedule.lr(self.step),
             ..StepContext::new(cfg, self.comm, self.scorer.device, self.step, first_sample)
         };
         let step_started = Instant::now();
@@ -540,7 +578,7 @@ impl<'a> Run<'a> {
         }
         if step % cfg.train.log_every_steps == 0 || step == self.total_steps {
             let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
-            let line = self.totals.line(cfg, step, epoch, stats, secs);
+            let line = self.totals.line(cfg, (step, epoch), stats, self.schedule.lr(step - 1), secs);
             self.metrics.write(&line)?;
             self.progress.update(step, line.loss_main.unwrap_or_default(), line.samples_per_sec.unwrap_or_default());
             self.window_started = Instant::now();
@@ -591,6 +629,16 @@ impl<'a> Run<'a> {
             true => None,
             false => select_best(cfg, &self.scorer, &self.checkpoints.root, (step, &final_eval))?,
         };
+        let replica_digest = format!("{:016x}", self.replica.digest());
+        let model_step = match &selected {
+            Some(best) if cfg.train.restore_best && best.step != step => {
+                let model = Path::new(&best.checkpoint).join("model.safetensors");
+                checkpoint::load_var_store(&mut self.replica.vs, &model)?;
+                tracing::info!(step = best.step, checkpoint = %best.checkpoint, "restored the selected model");
+                best.step
+            }
+            _ => step,
+        };
         let totals = &self.totals;
         let summary = Summary {
             test_auc: final_eval.auc,
@@ -611,8 +659,10 @@ impl<'a> Run<'a> {
             update_share: totals.update_seconds / totals.step_seconds.max(1e-12),
             bytes_sent_per_step: totals.bytes_sent as f64 / steps_here.max(1) as f64,
             transfers_per_step: totals.transfers as f64 / steps_here.max(1) as f64,
-            replica_digest: format!("{:016x}", self.replica.digest()),
+            replica_digest,
             stopped_by_signal: self.stopped_by_signal,
+            early_stopped: self.early_stopped,
+            model_step,
         };
         if self.comm.rank() == 0 {
             let variables: Vec<(String, Tensor)> = self.replica.vs.variables().into_iter().collect();
@@ -784,7 +834,7 @@ fn write_eval(
     let mut line = MetricsLine::new(step, epoch);
     let (auc, gauc, logloss) = match set {
         EvalSet::Test => (&mut line.test_auc, &mut line.test_gauc, &mut line.test_logloss),
-        EvalSet::Valid(_) => (&mut line.valid_auc, &mut line.valid_gauc, &mut line.valid_logloss),
+        EvalSet::Valid(_) | EvalSet::Train(_) => (&mut line.valid_auc, &mut line.valid_gauc, &mut line.valid_logloss),
     };
     (*auc, *gauc, *logloss) = (Some(r.auc), Some(r.gauc), Some(r.logloss));
     tracing::info!(step, set = set.name(), auc = r.auc, gauc = r.gauc, logloss = r.logloss, "evaluation");

@@ -148,6 +148,8 @@ pub struct StepContext<'a> {
     pub first_sample: u64,
     /// This rank's run-control flags, made global by the step's exchange.
     pub control: Control,
+    /// Adam's learning rate for this step (`train.lr`, or the schedule's).
+    pub lr: f64,
 }
 
 impl<'a> StepContext<'a> {
@@ -165,6 +167,7 @@ impl<'a> StepContext<'a> {
             step,
             first_sample,
             control: Control::default(),
+            lr: cfg.train.lr,
         }
     }
 }
@@ -720,6 +723,7 @@ pub fn step_seed(ctx: &StepContext<'_>) -> StepSeed {
 
 /// The Adam update with the combined gradients.
 pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &StepContext<'_>) {
+    adam.cfg.lr = ctx.lr;
     let bc = adam.begin_step();
     let lazy = ctx.embedding_optimizer == EmbeddingOptimizer::Lazy;
     // On the host path the gradients are already host slices and the parameters CPU memory:

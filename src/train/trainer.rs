@@ -21,7 +21,6 @@ use crate::io_error::PathIo;
 use crate::model::batch_stats::Mode;
 use crate::model::embeddings::{BatchIds, Vocab};
 use crate::network::Network;
-use crate::run_dir::RunDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -164,6 +163,11 @@ pub struct Summary {
     pub replica_digest: String,
     /// The run was stopped by a signal (after checkpointing) before its last step.
     pub stopped_by_signal: bool,
+    /// The run stopped because its validation AUC stopped improving (`train.early_stop_patience`).
+    pub early_stopped: bool,
+    /// The step whose parameters `model.safetensors` holds: the last one, or with
+    /// `train.restore_best` the selected checkpoint's.
+    pub model_step: u64,
 }
 
 /// The model selected by validation AUC among the run's checkpoints.
@@ -284,6 +288,8 @@ pub enum EvalSet<'a> {
     Test,
     /// These samples of the training archive: the validation split.
     Valid(&'a [u32]),
+    /// These samples of the training archive: the training split (what a run trained on).
+    Train(&'a [u32]),
 }
 
 impl EvalSet<'_> {
@@ -291,8 +297,21 @@ impl EvalSet<'_> {
         match self {
             Self::Test => "test",
             Self::Valid(_) => "validation",
+            Self::Train(_) => "training",
         }
     }
+}
+
+/// The model's score of every sample of a set, over all ranks, in archive order.
+#[derive(Debug, Clone, Default)]
+pub struct Scores {
+    /// Archive index of every sample (of the test archive, or of the training archive).
+    pub ids: Vec<u32>,
+    /// Click probability.
+    pub probs: Vec<f32>,
+    pub labels: Vec<u8>,
+    /// The per-user key GAUC groups by.
+    pub user_keys: Vec<u32>,
 }
 
 /// Score this rank's block of the test set, gather everything, compute exact global metrics.
@@ -315,41 +334,56 @@ pub fn evaluate_on(
     device: Device,
     max_hist_len: usize,
 ) -> Result<EvalResult, TrainError> {
+    let s = score(net, dataset, set, comm, device, max_hist_len)?;
+    let m = crate::metrics::test_metrics(&s.user_keys, &s.probs, &s.labels).map_err(|e| match e {
+        crate::metrics::MetricError::OneClass { .. } => TrainError::OneClass { set: set.name() },
+        source => TrainError::Scores { set: set.name(), source },
+    })?;
+    Ok(EvalResult { auc: m.auc, gauc: m.gauc, logloss: m.logloss, samples: s.probs.len() as u64 })
+}
+
+/// Score this rank's block of `set` and gather every rank's scores, in archive order (the same
+/// sequence whatever the world size), on every rank.
+pub fn score(
+    net: &Network,
+    dataset: &Dataset,
+    set: EvalSet<'_>,
+    comm: &dyn Communicator,
+    device: Device,
+    max_hist_len: usize,
+) -> Result<Scores, TrainError> {
     let every_test_sample: Vec<u32>;
     let (samples, set_ids) = match set {
         EvalSet::Test => {
             every_test_sample = (0..dataset.test.samples().len() as u32).collect();
             (dataset.test.samples(), every_test_sample.as_slice())
         }
-        EvalSet::Valid(ids) => (dataset.train.samples(), ids),
+        EvalSet::Valid(ids) | EvalSet::Train(ids) => (dataset.train.samples(), ids),
     };
-    let (mut ids, mut keys, mut probs, mut labels) =
-        (Vec::<u32>::new(), Vec::<u32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
+    let mut local = Scores::default();
+    let mut labels = Vec::<f32>::new();
     tch::no_grad(|| {
         for batch in eval_batches(samples, set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
             let embedded = net.embeddings.forward(&BatchIds::from_batch(&batch, device));
             let logit = net.main.forward(&embedded.main, Mode::Eval).logit;
-            probs.extend(crate::transfer::download_f32(&logit.sigmoid()));
-            ids.extend(&batch.sample_ids);
-            keys.extend(&batch.user_keys);
+            local.probs.extend(crate::transfer::download_f32(&logit.sigmoid()));
+            local.ids.extend(&batch.sample_ids);
+            local.user_keys.extend(&batch.user_keys);
             labels.extend(&batch.labels);
         }
     });
-    // Gather everything and put it back in test-set order, so the metrics see the same sequence
-    // whatever the world size.
-    let ids = comm.all_gather(&ids)?.data;
+    let ids = comm.all_gather(&local.ids)?.data;
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&k| ids[k]);
-    let reorder = |v: Vec<f32>| order.iter().map(|&k| v[k]).collect::<Vec<f32>>();
-    let probs = reorder(comm.all_gather(&probs)?.data);
-    let labels: Vec<u8> = reorder(comm.all_gather(&labels)?.data).iter().map(|&l| l as u8).collect();
-    let keys_all = comm.all_gather(&keys)?.data;
-    let keys: Vec<u32> = order.iter().map(|&k| keys_all[k]).collect();
-    let m = crate::metrics::test_metrics(&keys, &probs, &labels).map_err(|e| match e {
-        crate::metrics::MetricError::OneClass { .. } => TrainError::OneClass { set: set.name() },
-        source => TrainError::Scores { set: set.name(), source },
-    })?;
-    Ok(EvalResult { auc: m.auc, gauc: m.gauc, logloss: m.logloss, samples: probs.len() as u64 })
+    let probs = comm.all_gather(&local.probs)?.data;
+    let labels = comm.all_gather(&labels)?.data;
+    let keys = comm.all_gather(&local.user_keys)?.data;
+    Ok(Scores {
+        ids: order.iter().map(|&k| ids[k]).collect(),
+        probs: order.iter().map(|&k| probs[k]).collect(),
+        labels: order.iter().map(|&k| labels[k] as u8).collect(),
+        user_keys: order.iter().map(|&k| keys[k]).collect(),
+    })
 }
 
 /// Keep freed memory in the heap instead of returning it to the kernel: a training step frees and
@@ -405,85 +439,4 @@ pub(super) fn validation_split(cfg: &Config, dataset: &Dataset) -> Result<shard:
         });
     }
     Ok(split)
-}
-
-/// `micn eval`: score the test set (or the validation split) with a saved model — a run directory (`config.toml` and the
-/// final `model.safetensors`) or a checkpoint directory (its `state.json` holds the config).
-pub fn eval_saved(
-    dir: &Path,
-    data_dir: Option<&Path>,
-    split: Split,
-    device: Option<DeviceChoice>,
-    comm: &dyn Communicator,
-) -> Result<EvalResult, TrainError> {
-    let mut cfg = if dir.join("state.json").exists() {
-        let state = checkpoint::verify(dir)?;
-        Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?
-    } else {
-        RunDir::new(dir).read_config()?
-    };
-    let trained_on = cfg.data.dir.clone();
-    if let Some(choice) = device {
-        cfg.device = choice;
-    }
-    if let Some(d) = data_dir {
-        cfg.data.dir = d.to_path_buf();
-    }
-    let device = pick_device(cfg.device, comm.local_rank())?;
-    let dataset = Dataset::open(&cfg.data.dir)?;
-    check_history(&cfg, &dataset)?;
-    if cfg.data.dir != trained_on {
-        check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset)?;
-    }
-    let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
-    // A checkpoint directory keeps its model under the same name as a run directory.
-    checkpoint::load_var_store(&mut vs, &RunDir::new(dir).model())?;
-    let held_out;
-    let set = match split {
-        Split::Test => EvalSet::Test,
-        Split::Valid => {
-            held_out = validation_split(&cfg, &dataset)?.valid;
-            EvalSet::Valid(&held_out)
-        }
-    };
-    evaluate_on(&net, &dataset, set, comm, device, cfg.data.max_hist_len)
-}
-
-/// Which samples `micn eval` scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Split {
-    /// The test archive.
-    Test,
-    /// The validation split the run held out of the training archive (`data.valid_share`):
-    /// reproduces the scores recorded in checkpoints.
-    Valid,
-}
-
-/// A model scores another dataset only if its ids mean the same users, items and categories:
-/// the vocabularies must equal those of the dataset it was trained on (only its vocabulary files
-/// are read, not its archives). When that dataset is gone, only the sizes can be checked (by the
-/// model file's table shapes at load).
-fn check_same_vocabularies(trained_on: &Path, given: &Path, dataset: &Dataset) -> Result<(), TrainError> {
-    let Ok(original) = crate::data::vocab::Vocabularies::read(trained_on) else {
-        tracing::warn!(
-            trained_on = %trained_on.display(),
-            "the model's training vocabularies cannot be read: only vocabulary sizes are checked"
-        );
-        return Ok(());
-    };
-    let (a, b) = (&original, &dataset.vocab);
-    let differing = [
-        ("user", a.users.names != b.users.names, a.users.names.len(), b.users.names.len()),
-        ("item", a.items.names != b.items.names, a.items.names.len(), b.items.names.len()),
-        ("category", a.cats.names != b.cats.names, a.cats.names.len(), b.cats.names.len()),
-        ("item → category", a.item_cat != b.item_cat, a.item_cat.len(), b.item_cat.len()),
-    ];
-    match differing.iter().find(|d| d.1) {
-        None => Ok(()),
-        Some((which, _, trained, now)) => Err(TrainError::VocabularyMismatch {
-            path: given.to_path_buf(),
-            trained_on: trained_on.to_path_buf(),
-            detail: format!("its {which} vocabulary ({now} entries) differs from the model's ({trained} entries)"),
-        }),
-    }
 }

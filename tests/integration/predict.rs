@@ -1,0 +1,124 @@
+//! `micn predict`: one score per sample, with its user and item, equal to what `micn eval`
+//! measures — the AUC of the written scores is `micn eval`'s, for the test set and the
+//! validation split, from a run directory and from a checkpoint, one process and two ranks.
+use std::path::Path;
+use std::process::Command;
+
+use micn::dist::SingleProcess;
+use micn::train::{train_from, Resume};
+
+use crate::{micn_bin, mpirun, run_ok};
+
+/// One line of `micn predict`'s CSV.
+struct Row {
+    sample: u32,
+    user: String,
+    user_key: u32,
+    item: String,
+    label: u8,
+    score: f32,
+}
+
+/// Every line of a CSV `micn predict` wrote.
+fn read_csv(path: &Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("sample,user,user_key,item,label,score"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 6, "{l}");
+            Row {
+                sample: f[0].parse().unwrap(),
+                user: f[1].into(),
+                user_key: f[2].parse().unwrap(),
+                item: f[3].into(),
+                label: f[4].parse().unwrap(),
+                score: f[5].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn eval_auc(args: &[&str]) -> f64 {
+    let out = run_ok(Command::new(micn_bin()).arg("eval").arg("--json").args(args));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["auc"].as_f64().unwrap()
+}
+
+/// The AUC of the written scores, by the metrics `micn eval` uses.
+fn auc(rows: &[Row]) -> f64 {
+    let keys: Vec<u32> = rows.iter().map(|r| r.user_key).collect();
+    let probs: Vec<f32> = rows.iter().map(|r| r.score).collect();
+    let labels: Vec<u8> = rows.iter().map(|r| r.label).collect();
+    micn::metrics::test_metrics(&keys, &probs, &labels).unwrap().auc
+}
+
+#[test]
+fn predictions_carry_user_and_item_and_their_auc_is_evals_on_every_split_and_world_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = crate::small_config(&run, &["train.max_steps=30", "train.epochs=1", "checkpoint.every_steps=20"]);
+    train_from(&cfg, &SingleProcess, &Resume::Fresh).unwrap();
+    let dataset = micn::data::Dataset::open(&cfg.data.dir).unwrap();
+    let run_arg = run.to_str().unwrap();
+
+    let test_csv = tmp.path().join("test.csv");
+    let out = run_ok(Command::new(micn_bin()).args(["predict", "--run", run_arg, "--out"]).arg(&test_csv));
+    let rows = read_csv(&test_csv);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} scores of the test set", rows.len())));
+    assert_eq!(rows.len(), dataset.test.samples().len());
+    assert!(rows.iter().enumerate().all(|(k, r)| r.sample == k as u32), "every test sample once, in archive order");
+    let test = dataset.test.samples();
+    for r in &rows {
+        let i = r.sample as usize;
+        assert_eq!(r.user, dataset.vocab.users.names[test.users[i].to_native() as usize]);
+        assert_eq!(r.user_key, test.user_keys[i].to_native());
+        assert_eq!(r.item, dataset.vocab.items.names[test.items[i].to_native() as usize]);
+        assert_eq!(r.label, test.labels[i]);
+        assert!((0.0..=1.0).contains(&r.score));
+    }
+    assert_eq!(auc(&rows), eval_auc(&["--run", run_arg]));
+
+    // The same scores as JSON lines, and from two ranks.
+    let jsonl = tmp.path().join("test.jsonl");
+    run_ok(Command::new(micn_bin()).args(["predict", "--run", run_arg, "--out"]).arg(&jsonl));
+    let from_json: Vec<f32> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(from_json, rows.iter().map(|r| r.score).collect::<Vec<_>>());
+    let two_ranks = tmp.path().join("two.csv");
+    run_ok(mpirun(2).arg(micn_bin()).args(["predict", "--run", run_arg, "--out"]).arg(&two_ranks));
+    assert_eq!(std::fs::read(&two_ranks).unwrap(), std::fs::read(&test_csv).unwrap());
+
+    // The validation split, from a checkpoint: the score the checkpoint recorded.
+    let checkpoint = run.join("checkpoints").join(micn::checkpoint::dir_name(20));
+    let valid_csv = tmp.path().join("valid.csv");
+    let ck = checkpoint.to_str().unwrap();
+    run_ok(Command::new(micn_bin()).args(["predict", "--split", "valid", "--checkpoint", ck, "--out"]).arg(&valid_csv));
+    let valid = read_csv(&valid_csv);
+    let recorded = micn::checkpoint::verify(&checkpoint).unwrap().own_auc().unwrap();
+    assert_eq!(auc(&valid), recorded);
+    assert_eq!(auc(&valid), eval_auc(&["--split", "valid", "--checkpoint", ck]));
+    // The training split is the rest of the training archive.
+    let train_csv = tmp.path().join("train.csv");
+    run_ok(Command::new(micn_bin()).args(["predict", "--split", "train", "--run", run_arg, "--out"]).arg(&train_csv));
+    assert_eq!(read_csv(&train_csv).len() + valid.len(), dataset.train.samples().len());
+}
+
+#[test]
+fn predict_refuses_an_output_it_cannot_name_the_format_of_and_writes_nothing_on_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("scores.txt");
+    let bad = Command::new(micn_bin()).args(["predict", "--run", "/no/such/run", "--out"]).arg(&out).output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(3), "{err}");
+    assert!(err.contains("scores.txt") && err.contains("--format csv|jsonl"), "{err}");
+    let missing = tmp.path().join("scores.csv");
+    let bad =
+        Command::new(micn_bin()).args(["predict", "--run", "/no/such/run", "--out"]).arg(&missing).output().unwrap();
+    assert_eq!(bad.status.code(), Some(3), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/no/such/run"));
+    assert!(!missing.exists() && !out.exists());
+}
