@@ -341,6 +341,10 @@ pub struct TrainConfig {
     /// Stop when this many validation evaluations in a row have not improved on the best
     /// validation AUC so far (0: never stop early).
     pub early_stop_patience: u64,
+    /// Scale the gradients down to this global L2 norm when above it (0: no clipping).
+    pub clip_grad_norm: f64,
+    /// Decoupled weight decay (AdamW) of the dense parameters; embedding tables are not decayed.
+    pub weight_decay: f64,
     /// At the end, make the checkpoint selected by validation AUC the run's model:
     /// `model.safetensors` holds it, and `summary.json` says its step (`model_step`).
     pub restore_best: bool,
@@ -370,6 +374,8 @@ impl Default for TrainConfig {
             lr_step_gamma: 0.1,
             lr_min: 0.0,
             early_stop_patience: 0,
+            clip_grad_norm: 0.0,
+            weight_decay: 0.0,
             restore_best: false,
         }
     }
@@ -661,6 +667,13 @@ impl Config {
             t.lr_min >= 0.0 && t.lr_min <= t.lr,
             "train.lr_min",
             format!("must lie in [0, train.lr = {}], got {}", t.lr, t.lr_min),
+        )?;
+        let (clip, decay) = (t.clip_grad_norm, t.weight_decay);
+        check(clip >= 0.0 && clip.is_finite(), "train.clip_grad_norm", format!("must be ≥ 0 and finite, got {clip}"))?;
+        check(
+            decay >= 0.0 && decay * t.lr < 1.0,
+            "train.weight_decay",
+            format!("must be ≥ 0 with train.lr · weight_decay < 1, got {decay}"),
         )?;
         check(
             t.early_stop_patience == 0 || d.valid_share > 0.0,

@@ -231,6 +231,15 @@ impl Adam {
     }
 }
 
+impl FlatDense {
+    /// Multiply every parameter in the buffer by `factor` (weight decay).
+    pub fn scale_params(&mut self, factor: f64) {
+        tch::no_grad(|| {
+            let _ = self.params.f_mul_scalar_(factor);
+        });
+    }
+}
+
 /// The memory of a CPU f32 tensor stored as one contiguous block, as a mutable slice.
 fn host_f32<'a>(t: &Tensor) -> Option<&'a mut [f32]> {
     let usable = t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() > 0;

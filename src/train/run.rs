@@ -93,6 +93,9 @@ struct MetricsLine {
     grad_norm_aux_e_aux: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lr: Option<f64>,
+    /// Global gradient norm before clipping (with `train.clip_grad_norm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_norm: Option<f64>,
     /// Wall-clock throughput since the previous line (the one field that varies between runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     samples_per_sec: Option<f64>,
@@ -121,6 +124,7 @@ impl MetricsLine {
             grad_norm_main_e_aux: None,
             grad_norm_aux_e_aux: None,
             lr: None,
+            grad_norm: None,
             samples_per_sec: None,
             valid_auc: None,
             valid_gauc: None,
@@ -181,6 +185,7 @@ impl StepTotals {
             line.grad_norm_aux_e_aux = Some(stats.grad_norm_aux_e_aux);
         }
         line.lr = Some(lr);
+        line.grad_norm = (cfg.train.clip_grad_norm > 0.0).then_some(stats.grad_norm);
         line.samples_per_sec = Some(self.window_samples as f64 / window_seconds.max(1e-9));
         (self.loss_sums, self.logged_steps, self.window_samples) = ([0.0; 3], 0, 0);
         line
@@ -477,7 +482,7 @@ impl<'a> Run<'a> {
             early_stopped: false,
             totals: StepTotals::default(),
             steady: SteadyRate::new(total_steps.saturating_sub(step)),
-            progress: Progress::new(rank0, total_steps),
+            progress: Progress::new(rank0, (step, total_steps)),
             loop_started: Instant::now(),
             window_started: Instant::now(),
         })
@@ -845,30 +850,35 @@ fn write_eval(
 struct Progress {
     on: bool,
     total: u64,
+    /// The step this process started from (a resumed run's earlier steps took no time here).
+    first: u64,
     started: Instant,
 }
 
 impl Progress {
-    fn new(rank0: bool, total: u64) -> Self {
-        Self { on: rank0 && std::io::stderr().is_terminal(), total, started: Instant::now() }
+    fn new(rank0: bool, (first, total): (u64, u64)) -> Self {
+        Self { on: rank0 && std::io::stderr().is_terminal(), total, first, started: Instant::now() }
     }
 
     fn update(&self, step: u64, loss: f64, samples_per_sec: f64) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = remaining_seconds(elapsed, step.saturating_sub(self.first), self.total.saturating_sub(step));
         if self.on {
             let done = step as f64 / self.total.max(1) as f64;
             let width = 30;
-            let filled = (done * width as f64) as usize;
+            let filled = ((done * width as f64) as usize).min(width);
             // A closed terminal (EIO) must not stop the run: errors are ignored.
             let _ = write!(
                 std::io::stderr().lock(),
-                "\r[{}{}] {step}/{} loss {loss:.4} {samples_per_sec:.0} samples/s {:.0}s",
+                "\r[{}{}] {step}/{} loss {loss:.4} {samples_per_sec:.0} samples/s {} ETA {}\x1b[K",
                 "#".repeat(filled),
                 " ".repeat(width - filled),
                 self.total,
-                self.started.elapsed().as_secs_f64()
+                clock(elapsed),
+                eta.map_or_else(|| "?".into(), clock),
             );
         } else {
-            tracing::info!(step, total = self.total, loss, samples_per_sec, "progress");
+            tracing::info!(step, total = self.total, loss, samples_per_sec, eta_seconds = eta, "progress");
         }
     }
 
@@ -879,9 +889,31 @@ impl Progress {
     }
 }
 
+/// Seconds left at the pace so far: `done` steps took `elapsed` seconds, `left` remain.
+fn remaining_seconds(elapsed: f64, done: u64, left: u64) -> Option<f64> {
+    (done > 0).then(|| elapsed / done as f64 * left as f64)
+}
+
+/// `42s`, `3m07s`, `2h05m`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{threads_per_rank, SteadyRate};
+    use super::{clock, remaining_seconds, threads_per_rank, SteadyRate};
+
+    #[test]
+    fn the_eta_extrapolates_this_processs_pace_and_reads_as_a_clock() {
+        assert_eq!(remaining_seconds(30.0, 100, 300), Some(90.0));
+        assert_eq!(remaining_seconds(5.0, 0, 300), None, "no step done here yet: no pace");
+        assert_eq!([clock(0.4), clock(42.0), clock(187.0), clock(7500.0)], ["0s", "42s", "3m07s", "2h05m"]);
+    }
 
     #[test]
     fn ranks_sharing_a_host_share_its_cores_unless_told_otherwise() {

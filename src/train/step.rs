@@ -150,6 +150,11 @@ pub struct StepContext<'a> {
     pub control: Control,
     /// Adam's learning rate for this step (`train.lr`, or the schedule's).
     pub lr: f64,
+    /// Scale the combined gradients down to this global L2 norm when above it (0: never).
+    pub clip_norm: f64,
+    /// Decoupled weight decay of the dense (non-table) parameters: `p ← p·(1 − lr·weight_decay)`
+    /// before Adam's update, as AdamW.
+    pub weight_decay: f64,
 }
 
 impl<'a> StepContext<'a> {
@@ -168,6 +173,8 @@ impl<'a> StepContext<'a> {
             first_sample,
             control: Control::default(),
             lr: cfg.train.lr,
+            clip_norm: cfg.train.clip_grad_norm,
+            weight_decay: cfg.train.weight_decay,
         }
     }
 }
@@ -213,6 +220,9 @@ pub struct StepStats {
     pub comm_seconds: f64,
     /// Seconds of the optimizer update (the same work on every rank, whatever the world size).
     pub update_seconds: f64,
+    /// Global L2 norm of the combined gradients before clipping (computed only when
+    /// `train.clip_grad_norm` is set; 0 otherwise).
+    pub grad_norm: f64,
     /// The run-control flags over all ranks.
     pub control: Control,
 }
@@ -393,8 +403,11 @@ pub fn train_step(
     batch: &Batch,
     ctx: &StepContext<'_>,
 ) -> Result<StepStats, StepError> {
-    let (grads, mut stats) = gradients(net, t, batch, ctx)?;
+    let (mut grads, mut stats) = gradients(net, t, batch, ctx)?;
     let update_started = std::time::Instant::now();
+    if ctx.clip_norm > 0.0 {
+        stats.grad_norm = clip_global_norm(&mut grads, ctx.clip_norm);
+    }
     apply(t, adam, grads, ctx);
     stats.update_seconds = update_started.elapsed().as_secs_f64();
     Ok(stats)
@@ -715,6 +728,35 @@ fn combine_on_device(
     (combined, Tensor::cat(&norms, 0))
 }
 
+/// Scale `grads` so that their global L2 norm is at most `max_norm` (as
+/// `torch.nn.utils.clip_grad_norm_`, with its 1e-6 guard); returns the norm before. The combined
+/// gradients are the same on every rank, so every rank scales by the same factor.
+pub fn clip_global_norm(grads: &mut [VarGrad], max_norm: f64) -> f64 {
+    let squares = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+    // One download per variable on the device path: clipping costs transfers there.
+    let on_device = |g: &Tensor| crate::transfer::download_f32(&g.square().sum(Kind::Float))[0] as f64;
+    let total: f64 = grads
+        .iter()
+        .map(|g| match g {
+            VarGrad::Dense(v) => squares(v),
+            VarGrad::Rows(r) => squares(&r.rows),
+            VarGrad::DenseOnDevice(g) | VarGrad::RowsOnDevice { rows: g, .. } => on_device(g),
+        })
+        .sum();
+    let norm = total.sqrt();
+    let scale = max_norm / (norm + 1e-6);
+    if scale < 1.0 {
+        for g in grads.iter_mut() {
+            match g {
+                VarGrad::Dense(v) => v.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32),
+                VarGrad::Rows(r) => r.rows.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32),
+                VarGrad::DenseOnDevice(g) | VarGrad::RowsOnDevice { rows: g, .. } => *g = &*g * scale,
+            }
+        }
+    }
+    norm
+}
+
 /// MICN's randomness for this step: the same seed on every rank, sample-indexed routing logits.
 pub fn step_seed(ctx: &StepContext<'_>) -> StepSeed {
     let seed = crate::rng::Rng::derive(ctx.seed, &[crate::rng::stream::MICN_NEGATIVES, ctx.step]).next_u64();
@@ -724,6 +766,16 @@ pub fn step_seed(ctx: &StepContext<'_>) -> StepSeed {
 /// The Adam update with the combined gradients.
 pub fn apply(t: &mut Trainable, adam: &mut Adam, grads: Vec<VarGrad>, ctx: &StepContext<'_>) {
     adam.cfg.lr = ctx.lr;
+    if ctx.weight_decay > 0.0 {
+        let keep = 1.0 - ctx.lr * ctx.weight_decay;
+        tch::no_grad(|| match &mut t.flat {
+            // The dense variables are views of one buffer: decay them at once.
+            Some(flat) => flat.scale_params(keep),
+            None => (0..t.tensors.len()).filter(|&i| !t.is_table[i]).for_each(|i| {
+                let _ = t.tensors[i].f_mul_scalar_(keep);
+            }),
+        });
+    }
     let bc = adam.begin_step();
     let lazy = ctx.embedding_optimizer == EmbeddingOptimizer::Lazy;
     // On the host path the gradients are already host slices and the parameters CPU memory:
@@ -847,4 +899,35 @@ pub fn replica_digest(t: &Trainable, adam: &Adam) -> u64 {
     });
     h.update(&adam.step.to_le_bytes());
     h.digest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipping_scales_every_kind_of_gradient_by_one_factor_to_the_global_norm() {
+        // 3² + 4² + 12² = 13²: host dense, host rows and a device tensor together.
+        let grads = || {
+            vec![
+                VarGrad::Dense(vec![3.0]),
+                VarGrad::Rows(RowGrads { ids: vec![7], rows: vec![4.0], dim: 1 }),
+                VarGrad::DenseOnDevice(Tensor::from_slice(&[12.0f32])),
+            ]
+        };
+        let mut g = grads();
+        assert!((clip_global_norm(&mut g, 6.5) - 13.0).abs() < 1e-9);
+        let scale = 6.5 / (13.0 + 1e-6);
+        let VarGrad::Dense(d) = &g[0] else { unreachable!() };
+        let VarGrad::Rows(r) = &g[1] else { unreachable!() };
+        let VarGrad::DenseOnDevice(t) = &g[2] else { unreachable!() };
+        assert_eq!(d[0], (3.0 * scale) as f32);
+        assert_eq!(r.rows[0], (4.0 * scale) as f32);
+        assert!((t.double_value(&[0]) - 12.0 * scale).abs() < 1e-5);
+        // Under the limit nothing changes.
+        let mut g = grads();
+        clip_global_norm(&mut g, 20.0);
+        let VarGrad::Dense(d) = &g[0] else { unreachable!() };
+        assert_eq!(d[0], 3.0);
+    }
 }

@@ -189,3 +189,19 @@ fn a_device_path_run_resumed_from_its_checkpoint_ends_bit_identical_to_an_uninte
         |run: &std::path::Path| std::fs::read(run.join("checkpoints/step-00000008/optimizer.safetensors")).unwrap();
     assert!(optimizer(&whole) == optimizer(&split), "the resumed optimizer state differs");
 }
+
+#[test]
+fn clipping_and_weight_decay_on_the_device_path_end_where_the_host_path_ends() {
+    // The device path keeps the dense variables in one flat buffer (decayed at once) and its
+    // gradients on the device (their norm downloaded): the same arithmetic as the host path.
+    let with = |device_path: bool| {
+        let mut cfg = config("din", true, device_path);
+        (cfg.train.clip_grad_norm, cfg.train.weight_decay, cfg.train.lr) = (0.01, 0.5, 0.01);
+        cfg
+    };
+    for world in [1, 2] {
+        let host = run_steps(&with(false), world);
+        let device = run_steps(&with(true), world);
+        assert_close(&host[0].0, &device[0].0, &format!("DIN + MICN, clipped and decayed, {world} ranks"));
+    }
+}

@@ -185,29 +185,52 @@ fn n_thread_ranks_end_where_one_rank_with_the_whole_batch_ends() {
         let cfg = config(tmp.path(), &[&kind_set, "model.wide_buckets=4096", "train.adam_eps=1e-5"]);
         let one = parameters_after(&cfg, 1);
         for world in [2, 3] {
-            let many = parameters_after(&cfg, world);
-            for ((name, a), (_, b)) in one.iter().zip(&many) {
-                // A softmax over the history ignores a shift of all scores, so the attention
-                // MLP's output bias has a gradient of exactly zero in theory: what it gets is
-                // rounding noise, which Adam turns into lr-sized steps of either sign.
-                if name.ends_with("attention.mlp.output.bias") {
-                    continue;
-                }
-                // Relative to the tensor's largest value, or absolute for tensors whose values
-                // are all below 1 (biases near zero, where Adam turns rounding-level gradients
-                // into lr-sized steps).
-                let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
-                let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                let at = a.iter().zip(b).position(|(x, y)| (x - y).abs() == diff).unwrap_or(0);
-                assert!(
-                    diff <= 1e-5 * scale,
-                    "{kind}, {world} ranks, {name}: difference {diff} at scale {scale} (element {at}: {} vs {})",
-                    a[at],
-                    b[at]
-                );
-            }
+            assert_same_parameters(&one, &parameters_after(&cfg, world), &format!("{kind}, {world} ranks"));
         }
     }
+}
+
+/// Every variable of `a` equals `b`'s to 1e-5 of its scale (see the test above for why).
+fn assert_same_parameters(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], what: &str) {
+    for ((name, a), (_, b)) in a.iter().zip(b) {
+        // A softmax over the history ignores a shift of all scores, so the attention
+        // MLP's output bias has a gradient of exactly zero in theory: what it gets is
+        // rounding noise, which Adam turns into lr-sized steps of either sign.
+        if name.ends_with("attention.mlp.output.bias") {
+            continue;
+        }
+        // Relative to the tensor's largest value, or absolute for tensors whose values
+        // are all below 1 (biases near zero, where Adam turns rounding-level gradients
+        // into lr-sized steps).
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let at = a.iter().zip(b).position(|(x, y)| (x - y).abs() == diff).unwrap_or(0);
+        assert!(
+            diff <= 1e-5 * scale,
+            "{what}, {name}: difference {diff} at scale {scale} (element {at}: {} vs {})",
+            a[at],
+            b[at]
+        );
+    }
+}
+
+#[test]
+fn clipping_and_weight_decay_act_on_the_global_gradient_so_two_ranks_still_equal_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = ["model.kind=din", "train.adam_eps=1e-5", "train.lr=0.01"];
+    let with = [&sets[..], &["train.clip_grad_norm=0.01", "train.weight_decay=0.5"]].concat();
+    let cfg = config(tmp.path(), &with);
+    let norms = |world: usize| drive_steps(&cfg, world, |_| Default::default(), |step| step().grad_norm);
+    let (one, two) = (norms(1).swap_remove(0), norms(2).swap_remove(0));
+    assert!(one.1.iter().all(|&n| n > 0.01), "clipping engaged at every step: {:?}", one.1);
+    for (a, b) in one.1.iter().zip(&two.1) {
+        assert!((a - b).abs() <= 1e-4 * a, "the global norm differs between 1 and 2 ranks: {a} vs {b}");
+    }
+    assert_same_parameters(&one.0, &two.0, "clipped and decayed, 2 ranks");
+    // And they change the run: the same steps without them end elsewhere.
+    let plain = parameters_after(&config(tmp.path(), &sets), 1);
+    let moved = one.0.iter().zip(&plain).any(|((_, a), (_, b))| a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4));
+    assert!(moved, "clipping and weight decay changed nothing");
 }
 
 fn write_config(path: &std::path::Path, cfg: &Config) {
