@@ -5,6 +5,9 @@
 #     apt (needs root when any is missing);
 #   - torch==2.11.0 (the libtorch that tch 0.24 links) with its dependencies into a cache
 #     outside the checkout, reused when present: ${MICN_CACHE:-$HOME/.cache/micn}/torch-2.11.0;
+#   - tensorboard==2.21.0 in a virtual environment of its own beside it (the tests read micn's
+#     event files back with TensorBoard's reader; `$cache/tensorboard-2.21.0/bin/tensorboard
+#     --logdir runs` shows runs);
 #   - a `.libtorch` symlink at the repository root, which `.cargo/config.toml` points LIBTORCH
 #     at, so that a plain `cargo build` finds libtorch afterwards.
 #
@@ -56,6 +59,19 @@ else
   mv "$venv.partial" "$venv"
   # A venv records its own path in its scripts; the moved one is only used for its files.
   touch "$venv/.micn-complete"
+fi
+
+# --- TensorBoard (its reader checks micn's event files in the tests; `tensorboard` views runs) --
+TENSORBOARD_VERSION=2.21.0
+tb_venv=$cache/tensorboard-$TENSORBOARD_VERSION
+if [[ -f $tb_venv/.micn-complete ]]; then
+  say "tensorboard $TENSORBOARD_VERSION found in $tb_venv"
+else
+  say "installing tensorboard==$TENSORBOARD_VERSION into $tb_venv"
+  rm -rf "$tb_venv"
+  python3 -m venv "$tb_venv"
+  "$tb_venv/bin/python" -m pip install --quiet --disable-pip-version-check "tensorboard==$TENSORBOARD_VERSION"
+  touch "$tb_venv/.micn-complete"
 fi
 
 torch_dir=$(ls -d "$venv"/lib/python3*/site-packages/torch 2>/dev/null | head -n 1)

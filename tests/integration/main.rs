@@ -14,6 +14,7 @@ mod launch;
 mod predict;
 mod prepare;
 mod runs;
+mod tensorboard;
 mod train;
 
 use std::path::{Path, PathBuf};

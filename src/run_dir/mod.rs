@@ -1,5 +1,6 @@
-//! The one owner of a run directory's layout: `config.toml`, `metrics.jsonl`, `summary.json`,
-//! `model.safetensors`, `checkpoints/` and `logs/rank-N.log`. Training writes through it (each
+//! The one owner of a run directory's layout: `config.toml`, `metrics.jsonl` (and the same
+//! figures as TensorBoard event files, [`events`]), `summary.json`, `model.safetensors`,
+//! `checkpoints/` and `logs/rank-N.log`. Training writes through it (each
 //! file replaced whole, never half-written; `metrics.jsonl` appended line by line), and `micn
 //! eval`, `micn sweep`, `micn report` and the benches read through it, so the names and the
 //! checks on reading live in one place.
@@ -9,6 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tch::Tensor;
 
+pub mod events;
+
+use self::events::EventWriter;
 use crate::config::Config;
 use crate::io_error::{replace_file, PathIo, WithPath};
 
@@ -73,15 +77,25 @@ impl RunDir {
         self.config().is_file()
     }
 
-    /// The run files present (see [`RUN_FILES`]), by name.
-    pub fn present_files(&self) -> Vec<&'static str> {
-        RUN_FILES.into_iter().filter(|f| self.path.join(f).exists()).collect()
+    /// The run files present (see [`RUN_FILES`], and TensorBoard event files), by name.
+    pub fn present_files(&self) -> Vec<String> {
+        let mut found: Vec<String> =
+            RUN_FILES.into_iter().filter(|f| self.path.join(f).exists()).map(String::from).collect();
+        let mut events: Vec<String> = std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("events.out.tfevents."))
+            .collect();
+        events.sort();
+        found.extend(events);
+        found
     }
 
     /// Delete every run file (logs stay: the run about to replace them appends).
     pub fn remove_run_files(&self) -> Result<(), PathIo> {
         self.present_files().into_iter().try_for_each(|f| {
-            let path = self.path.join(f);
+            let path = self.path.join(&f);
             tracing::warn!(path = %path.display(), "--overwrite: deleting");
             if path.is_dir() {
                 std::fs::remove_dir_all(&path).with_path(&path)
@@ -148,7 +162,8 @@ impl RunDir {
         };
         replace_file(&path, |tmp| std::fs::write(tmp, &kept))?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).with_path(&path)?;
-        Ok(MetricsLog { file: Some(file), path })
+        let events = EventWriter::create(&self.path, resumed_step)?;
+        Ok(MetricsLog { file: Some(file), path, events: Some(events) })
     }
 
     /// The end of a run: the final model and the summary.
@@ -159,22 +174,31 @@ impl RunDir {
     }
 }
 
-/// Appends lines to `metrics.jsonl` (on rank 0; the other ranks hold one that writes nothing).
+/// Appends lines to `metrics.jsonl` and their figures to a TensorBoard event file (on rank 0;
+/// the other ranks hold one that writes nothing).
 pub struct MetricsLog {
     file: Option<std::fs::File>,
     path: PathBuf,
+    events: Option<EventWriter>,
 }
 
 impl MetricsLog {
     /// A log that writes nothing (ranks other than 0).
     pub fn discard() -> Self {
-        Self { file: None, path: PathBuf::new() }
+        Self { file: None, path: PathBuf::new(), events: None }
     }
 
+    /// One line (an object with a `step` field).
     pub fn write(&mut self, line: &impl Serialize) -> Result<(), PathIo> {
         if let Some(f) = &mut self.file {
+            // The line's own field order in the file; the figures from its value.
             let text = serde_json::to_string(line).expect("plain data") + "\n";
             f.write_all(text.as_bytes()).with_path(&self.path)?;
+            if let Some(events) = &mut self.events {
+                let value = serde_json::to_value(line).expect("plain data");
+                let step = value["step"].as_u64().unwrap_or(0);
+                events.scalars(step, &events::scalars_of(&value))?;
+            }
         }
         Ok(())
     }
@@ -205,7 +229,13 @@ mod tests {
         let steps: Vec<u64> = run.read_metrics().unwrap().iter().map(|v| v["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, [10, 20]);
         assert!(run.holds_run());
-        assert_eq!(run.present_files(), ["config.toml", "metrics.jsonl"]);
+        let files = run.present_files();
+        assert_eq!(files.len(), 4, "{files:?}");
+        assert_eq!(files[..2], ["config.toml", "metrics.jsonl"]);
+        assert!(files[2..].iter().all(|f| f.starts_with("events.out.tfevents.")), "{files:?}");
+        assert!(files[2] < files[3], "the resumed run's event file sorts after the first: {files:?}");
+        run.remove_run_files().unwrap();
+        assert!(run.present_files().is_empty());
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! TensorBoard event files, written directly: `events.out.tfevents.<seconds>.<host>.micn` in the
+//! run directory, one scalar per numeric field of every `metrics.jsonl` line (losses per task,
+//! gradient norms, learning rate, samples/s, validation and test metrics), readable by
+//! `tensorboard --logdir runs/`.
+//!
+//! The format (TensorFlow's `core/util/event.proto` and `core/lib/io/record_writer`): a file of
+//! records, each `length: u64 LE`, `masked crc32c(length): u32 LE`, `data`, `masked crc32c(data):
+//! u32 LE`, where each `data` is an `Event` protocol buffer; the first event holds the file
+//! version `brain.Event:2`. The few messages needed are encoded here by hand (no protobuf
+//! compiler, no dependency): `Event { wall_time: double = 1, step: int64 = 2, file_version: string
+//! = 3, summary: Summary = 5, session_log: SessionLog = 7 }`, `Summary { value: repeated Value = 1
+//! }`, `Value { tag: string = 1, simple_value: float = 2 }`, `SessionLog { status: enum = 1 }`.
+//! A resumed run starts a new file (named to sort after the earlier ones) with a `SessionLog
+//! START` at its first step, which makes TensorBoard drop what an earlier attempt logged from that
+//! step on.
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::io_error::{PathIo, WithPath};
+
+/// Appends events to one event file.
+pub struct EventWriter {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl EventWriter {
+    /// A new event file in `dir`; a run resumed at `resumed_step` says so first.
+    pub fn create(dir: &Path, resumed_step: Option<u64>) -> Result<Self, PathIo> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // TensorBoard reads a directory's event files in the order of their names, and never goes
+        // back to one that sorts before the file it reads: a later attempt's file must sort after
+        // every earlier one, also when it starts within the same second.
+        let latest = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("events.out.tfevents.")?
+                    .split('.')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max();
+        let seconds = latest.map_or(now.as_secs(), |t| now.as_secs().max(t + 1));
+        let path = dir.join(format!("events.out.tfevents.{seconds}.{}.micn", hostname()));
+        let file = std::fs::File::create(&path).with_path(&path)?;
+        let mut writer = Self { file, path };
+        let wall = now.as_secs_f64();
+        let mut version = event_header(wall, 0);
+        field_bytes(&mut version, 3, b"brain.Event:2");
+        writer.record(&version)?;
+        if let Some(step) = resumed_step {
+            // TensorBoard keeps what was logged before this step and drops the rest: the resumed
+            // run logs again from the step after its checkpoint.
+            let mut start = event_header(wall, step + 1);
+            let mut session_log = Vec::new();
+            varint_field(&mut session_log, 1, 1); // status: START
+            field_bytes(&mut start, 7, &session_log);
+            writer.record(&start)?;
+        }
+        Ok(writer)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Scalars `(tag, value)` at `step`, as one event.
+    pub fn scalars(&mut self, step: u64, values: &[(String, f64)]) -> Result<(), PathIo> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut summary = Vec::new();
+        for (tag, value) in values {
+            let mut v = Vec::new();
+            field_bytes(&mut v, 1, tag.as_bytes());
+            v.push(2 << 3 | 5); // simple_value: fixed32
+            v.extend_from_slice(&(*value as f32).to_le_bytes());
+            field_bytes(&mut summary, 1, &v);
+        }
+        let mut event = event_header(wall.as_secs_f64(), step);
+        field_bytes(&mut event, 5, &summary);
+        self.record(&event)
+    }
+
+    fn record(&mut self, data: &[u8]) -> Result<(), PathIo> {
+        let len = (data.len() as u64).to_le_bytes();
+        let mut out = Vec::with_capacity(data.len() + 16);
+        out.extend_from_slice(&len);
+        out.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(&masked_crc32c(data).to_le_bytes());
+        // One write per record, so a reader never sees half of one.
+        self.file.write_all(&out).with_path(&self.path)
+    }
+}
+
+/// An event's `wall_time` and `step`.
+fn event_header(wall_time: f64, step: u64) -> Vec<u8> {
+    let mut e = vec![1 << 3 | 1]; // wall_time: fixed64
+    e.extend_from_slice(&wall_time.to_le_bytes());
+    varint_field(&mut e, 2, step);
+    e
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
+    varint(out, field << 3);
+    varint(out, v);
+}
+
+/// A length-delimited field (a string, bytes or a message).
+fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    varint(out, field << 3 | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// CRC-32C (Castagnoli), as TFRecord uses.
+fn crc32c(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    !data.iter().fold(!0u32, |c, &b| TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+}
+
+fn masked_crc32c(data: &[u8]) -> u32 {
+    let c = crc32c(data);
+    (c.rotate_right(15)).wrapping_add(0xa282_ead8)
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { String::new() };
+    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    if name.is_empty() {
+        "host".into()
+    } else {
+        name
+    }
+}
+
+/// The scalars of a `metrics.jsonl` line: every numeric field but `step` and `epoch`, tagged
+/// `train/…` (losses, gradient norms, learning rate, samples/s), `valid/…` or `test/…`.
+pub fn scalars_of(line: &serde_json::Value) -> Vec<(String, f64)> {
+    let Some(fields) = line.as_object() else { return Vec::new() };
+    fields
+        .iter()
+        .filter(|(k, _)| *k != "step" && *k != "epoch")
+        .filter_map(|(k, v)| {
+            let tag = match (k.strip_prefix("valid_"), k.strip_prefix("test_")) {
+                (Some(metric), _) => format!("valid/{metric}"),
+                (_, Some(metric)) => format!("test/{metric}"),
+                _ => format!("train/{k}"),
+            };
+            Some((tag, v.as_f64()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_and_its_mask_match_their_published_values() {
+        // The CRC-32C check value (RFC 3720, B.4: "123456789" → E3069283) and its iSCSI vector.
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+        // TFRecord's mask: rotate right by 15, add 0xa282ead8.
+        assert_eq!(masked_crc32c(b"123456789"), 0xE306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
+    }
+
+    #[test]
+    fn fields_become_tagged_scalars_and_protobuf_varints_are_little_endian_base_128() {
+        let line =
+            serde_json::json!({"step": 20, "epoch": 0, "loss_main": 0.5, "valid_auc": 0.75, "test_logloss": 0.6});
+        let mut got = scalars_of(&line);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let want = [("test/logloss", 0.6), ("train/loss_main", 0.5), ("valid/auc", 0.75)];
+        assert_eq!(got, want.map(|(t, v)| (t.to_string(), v)));
+        let mut out = Vec::new();
+        varint(&mut out, 300);
+        assert_eq!(out, [0xAC, 0x02]);
+    }
+}
