@@ -343,6 +343,8 @@ struct SynthArgs {
 enum InputFormat {
     Amazon2014,
     Amazon2018,
+    /// `user item item …` per line, time-ordered (SASRec, S3-Rec, RecBole's Amazon sets).
+    Sequences,
     Dien,
 }
 
@@ -351,8 +353,18 @@ struct PrepareArgs {
     #[arg(long, value_enum)]
     input_format: InputFormat,
     /// Reviews file (JSON lines, gzip or plain).
-    #[arg(long, required_unless_present = "dien_dir")]
+    #[arg(long)]
     reviews: Option<PathBuf>,
+    /// Sequences file (`--input-format sequences`: `user item item …` per line, in time order).
+    #[arg(long)]
+    sequences: Option<PathBuf>,
+    /// Item attributes for sequences: JSON `{"item": [attribute ids]}` (S3-Rec's item2attributes).
+    #[arg(long)]
+    item_attributes: Option<PathBuf>,
+    /// Which attribute of an item is its category (0-based position in its list; S3-Rec's lists
+    /// hold the brand first, then category levels, so 1). Without it every item is in `default_cat`.
+    #[arg(long)]
+    category_attribute: Option<usize>,
     /// Meta file (2014: Python literals; 2018: JSON; gzip or plain). Optional: without it every
     /// item is in `default_cat` (no category signal).
     #[arg(long)]
@@ -864,6 +876,28 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
                 seed: a.seed,
                 strictness,
                 oracle: a.oracle,
+                sequences: None,
+            };
+            prepare::prepare_amazon(&job, &a.out)?
+        }
+        InputFormat::Sequences => {
+            ensure_usage!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
+            ensure_usage!(
+                a.category_attribute.is_none() || a.item_attributes.is_some(),
+                "--category-attribute needs --item-attributes FILE"
+            );
+            let job = prepare::AmazonJob {
+                release: Release::Amazon2014,
+                reviews: a
+                    .sequences
+                    .ok_or_else(|| UsageError("--input-format sequences needs --sequences FILE".into()))?,
+                meta: a.item_attributes,
+                protocol: a.protocol,
+                max_hist_len: a.max_hist_len,
+                seed: a.seed,
+                strictness,
+                oracle: None,
+                sequences: Some(prepare::Sequences { category_attribute: a.category_attribute }),
             };
             prepare::prepare_amazon(&job, &a.out)?
         }

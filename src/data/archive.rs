@@ -80,6 +80,8 @@ pub enum CategorySource {
     WithoutMeta,
     /// The category columns of DIEN's sample files (corrected by `item-info` where present).
     DienFiles,
+    /// One attribute of each item from a sequences file's attributes (`--category-attribute`).
+    Attributes,
 }
 
 impl std::fmt::Display for CategorySource {
@@ -88,6 +90,7 @@ impl std::fmt::Display for CategorySource {
             CategorySource::Meta => "from the meta file",
             CategorySource::WithoutMeta => "none (prepared without --meta): every item is in `default_cat`",
             CategorySource::DienFiles => "from DIEN's sample files",
+            CategorySource::Attributes => "one attribute of each item (--category-attribute)",
         })
     }
 }

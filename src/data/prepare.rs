@@ -25,15 +25,29 @@ use crate::io_error::{PathIo, WithPath};
 #[derive(Debug, Clone)]
 pub struct AmazonJob {
     pub release: Release,
+    /// The reviews (JSON lines), or with [`AmazonJob::sequences`] the sequences file.
     pub reviews: PathBuf,
-    /// Item metadata; without it every item is in `default_cat`.
+    /// Item metadata, or with [`AmazonJob::sequences`] the items' attributes (JSON); without it
+    /// every item is in `default_cat`.
     pub meta: Option<PathBuf>,
+    /// `reviews` holds time-ordered sequences (`user item item …` per line, as SASRec, S3-Rec and
+    /// RecBole ship Amazon data) and `meta`, when given, `{"item": [attribute ids]}`.
+    pub sequences: Option<Sequences>,
     pub protocol: Protocol,
     pub max_hist_len: usize,
     pub seed: u64,
     pub strictness: Strictness,
     /// The synthetic generator's model, for oracle scores (found beside the reviews if absent).
     pub oracle: Option<PathBuf>,
+}
+
+/// How to read a sequences file and its item attributes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sequences {
+    /// The position, in each item's attribute list, of the attribute that is its category
+    /// (S3-Rec's lists hold the brand, then the category levels below the top one: 1 is the
+    /// first level). `None`: every item is in `default_cat`.
+    pub category_attribute: Option<usize>,
 }
 
 /// What a preparation did, for the user.
@@ -222,6 +236,53 @@ pub(crate) fn issue_warnings(s: &FileSummary) -> Vec<String> {
     s.issues.summary().into_iter().map(|line| format!("{}: skipped {line}", s.path.display())).collect()
 }
 
+/// One line of a sequences file: a user and its items, in time order.
+fn parse_sequence(line: &str) -> Result<(String, Vec<String>), input::Bad> {
+    let mut tokens = line.split_whitespace();
+    let user = tokens.next().unwrap_or_default().to_string();
+    let items: Vec<String> = tokens.map(String::from).collect();
+    if items.is_empty() {
+        return Err(input::Bad::new(BadKind::Malformed, "expected `user item item …`: a user and at least one item"));
+    }
+    Ok((user, items))
+}
+
+/// An attributes file (`{"item": [attribute ids]}`): with `category_attribute = Some(k)` each
+/// sequenced item's k-th attribute becomes its category. Returns, when categories were taken,
+/// the number of items the file gives none for.
+fn read_attributes(
+    path: &Path,
+    corpus: &mut Corpus,
+    category_attribute: Option<usize>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<u64>, DataError> {
+    let text = std::fs::read_to_string(path).with_path(path)?;
+    let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
+    let attributes: std::collections::HashMap<String, Vec<serde_json::Value>> =
+        serde_json::from_str(&text).map_err(|e| invalid(format!("expected {{\"item\": [attribute ids]}}: {e}")))?;
+    let Some(k) = category_attribute else { return Ok(None) };
+    let mut without = 0u64;
+    for item in 0..corpus.items.len() as u32 {
+        let name = corpus.items.name(item).to_string();
+        let category = attributes.get(&name).and_then(|a| a.get(k)).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        match category {
+            Some(c) => corpus.item_cat[item as usize] = corpus.cats.intern(&format!("attribute {c}")),
+            None => without += 1,
+        }
+    }
+    if without > 0 {
+        warnings.push(format!(
+            "{}: {without} of {} sequenced items have no attribute at position {k}: category `{DEFAULT_CAT}`",
+            path.display(),
+            corpus.items.len()
+        ));
+    }
+    Ok(Some(without))
+}
+
 /// Read reviews and meta into an interned corpus; also the file summaries and, when there is a
 /// meta file, the number of reviewed items it does not describe.
 fn read_corpus(
@@ -230,11 +291,26 @@ fn read_corpus(
 ) -> Result<(Corpus, Vec<FileSummary>, Option<u64>), DataError> {
     let mut corpus = Corpus::default();
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
-    let mut reviews_summary = input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
-        let user = corpus.users.intern(&r.user);
-        let item = corpus.items.intern(&r.item);
-        corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
-    })?;
+    let mut reviews_summary = match &job.sequences {
+        None => input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
+            let user = corpus.users.intern(&r.user);
+            let item = corpus.items.intern(&r.item);
+            corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
+        })?,
+        Some(_) => {
+            // A user's items in line order; a user on several lines continues where it stopped.
+            let mut next_time: std::collections::HashMap<u32, i64> = Default::default();
+            input::parse_lines(&job.reviews, job.strictness, parse_sequence, |(user, items), line| {
+                let user = corpus.users.intern(&user);
+                let time = next_time.entry(user).or_default();
+                for item in items {
+                    let item = corpus.items.intern(&item);
+                    corpus.reviews.push(ReviewRef { user, item, time: *time, line });
+                    *time += 1;
+                }
+            })?
+        }
+    };
     if corpus.reviews.is_empty() {
         let why = match &reviews_summary.issues.first_problem {
             Some((line, problem)) => format!("no valid review (line {line}: {problem})"),
@@ -275,6 +351,16 @@ fn read_corpus(
 
     corpus.item_cat = vec![default_cat; corpus.items.len()];
     warnings.extend(issue_warnings(&reviews_summary));
+    if let Some(sequences) = &job.sequences {
+        let attributes = match &job.meta {
+            Some(path) => Some(read_attributes(path, &mut corpus, sequences.category_attribute, warnings)?),
+            None => None,
+        };
+        if sequences.category_attribute.is_none() || attributes.is_none() {
+            warnings.push(format!("no category attribute: every item is in category `{DEFAULT_CAT}`"));
+        }
+        return Ok((corpus, vec![reviews_summary], attributes.flatten()));
+    }
     let Some(meta_path) = &job.meta else {
         warnings
             .push(format!("no --meta: every item is in category `{DEFAULT_CAT}` (the models see no category signal)"));
@@ -444,18 +530,27 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     let protocol::Built { train, test, summary, .. } = built;
     let train = train.remap(&maps.users, &maps.items, &maps.cats);
     let test = test.remap(&maps.users, &maps.items, &maps.cats);
-    let (categories, notes) = match without_meta {
-        Some(n) => (
+    let source = match job.sequences {
+        Some(_) => "sequences".to_string(),
+        None => format!("{:?}", job.release).to_lowercase(),
+    };
+    let (categories, notes) = match (without_meta, job.sequences) {
+        (Some(n), None) => (
             CategorySource::Meta,
             json!({ "protocol_summary": summary, "items_without_meta": n, "release": job.release }),
         ),
-        None => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release })),
+        (Some(n), Some(_)) => (
+            CategorySource::Attributes,
+            json!({ "protocol_summary": summary, "items_without_category_attribute": n, "source": source }),
+        ),
+        (None, None) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release })),
+        (None, Some(_)) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
     };
     let meta = write_dataset_with(
         &staging,
         categories,
         DatasetParts {
-            source: format!("{:?}", job.release).to_lowercase(),
+            source,
             protocol: format!("{:?}", job.protocol).to_lowercase(),
             seed: job.seed,
             max_hist_len: job.max_hist_len,
@@ -605,6 +700,7 @@ pub fn synthetic_dataset(
         seed: synth_cfg.seed,
         strictness: Strictness::Lenient,
         oracle: None,
+        sequences: None,
     };
     prepare_amazon(&job, &data)?;
     std::fs::remove_dir_all(&raw).with_path(&raw)?;

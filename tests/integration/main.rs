@@ -14,6 +14,7 @@ mod launch;
 mod predict;
 mod prepare;
 mod runs;
+mod sequences;
 mod tensorboard;
 mod train;
 

@@ -1,0 +1,97 @@
+//! `micn prepare --input-format sequences`: the real S3-Rec Toys and Games 5-core (sequences and
+//! item attributes) under both protocols, an item attribute as the category, and bad lines and
+//! files named.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{micn_bin, run_ok};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/s3rec-toys-2014").join(name)
+}
+
+fn prepare(out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(micn_bin())
+        .args(["prepare", "--input-format", "sequences", "--max-hist-len", "20", "--seed", "1", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stats(dir: &Path) -> serde_json::Value {
+    let out = run_ok(Command::new(micn_bin()).args(["data", "stats", "--json"]).arg(dir));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_real_toys_sequences_prepare_under_both_protocols_with_an_attribute_as_category() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sequences = fixture("Toys_and_Games.txt");
+    let attributes = fixture("Toys_and_Games_item2attributes.json");
+    let (seq, attrs) = (sequences.to_str().unwrap(), attributes.to_str().unwrap());
+    let din = tmp.path().join("din");
+    let out = prepare(
+        &din,
+        &["--sequences", seq, "--item-attributes", attrs, "--category-attribute", "3", "--protocol", "din"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = stats(&din);
+    // The fixture's published counts (its README): 19,412 users, 11,924 items, 167,597
+    // interactions; the vocabularies add id 0. Under `din` every user gives one positive and one
+    // negative test sample.
+    assert_eq!(s["reviews"], 167_597, "{s}");
+    assert_eq!((s["users"].as_u64(), s["items"].as_u64()), (Some(19_413), Some(11_925)));
+    assert_eq!(s["test"]["samples"], 2 * 19_412);
+    // Position 3 of the attribute lists has 166 values; 786 items have no fourth attribute.
+    assert_eq!(s["category_source"], "attributes", "{s}");
+    assert_eq!(s["cats"].as_u64(), Some(166 + 1), "166 attributes and default_cat (id 0): {s}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("786 of 11924 sequenced items have no attribute at position 3")
+    );
+    // Under `dien`, without attributes: one category, said.
+    let dien = tmp.path().join("dien");
+    let out = prepare(&dien, &["--sequences", seq, "--protocol", "dien"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no category attribute"));
+    let s = stats(&dien);
+    assert_eq!((s["source"].as_str(), s["protocol"].as_str()), (Some("sequences"), Some("dien")));
+    assert_eq!(s["category_source"], "none");
+    // A model trains on it.
+    let run = tmp.path().join("run");
+    let cfg = crate::small_config(
+        &run,
+        &[&format!("data.dir={:?}", din.display().to_string()), "train.max_steps=5", "model.kind=din"],
+    );
+    let summary = micn::train::train(&cfg, &micn::dist::SingleProcess).unwrap();
+    assert_eq!(summary.steps, 5);
+}
+
+#[test]
+fn bad_sequence_lines_are_counted_or_fatal_with_strict_and_bad_attribute_files_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("seq.txt");
+    std::fs::write(&file, "u1 a b c\nu2\nu3 a c b d\nu4 b c\n").unwrap();
+    let seq = file.to_str().unwrap();
+    let out = prepare(&tmp.path().join("lenient"), &["--sequences", seq, "--protocol", "din"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("seq.txt: skipped") && err.contains("line 2"), "{err}");
+    let out = prepare(&tmp.path().join("strict"), &["--sequences", seq, "--protocol", "din", "--strict"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("seq.txt:2:") && err.contains("a user and at least one item"), "{err}");
+    assert!(!tmp.path().join("strict").exists(), "nothing written on error");
+    let attrs = tmp.path().join("attrs.json");
+    std::fs::write(&attrs, "{\"a\": [1, 2], \"b\": [3").unwrap();
+    let out = prepare(
+        &tmp.path().join("bad-attrs"),
+        &["--sequences", seq, "--item-attributes", attrs.to_str().unwrap(), "--category-attribute", "1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("attrs.json") && err.contains("attribute ids"), "{err}");
+    let out = prepare(&tmp.path().join("no-attrs"), &["--sequences", seq, "--category-attribute", "1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--category-attribute needs --item-attributes"));
+}
