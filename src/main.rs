@@ -93,8 +93,9 @@ struct TrainArgs {
     overwrite: bool,
 }
 
+/// A saved model and what it scores: `micn eval` and `micn predict`.
 #[derive(Args)]
-struct EvalArgs {
+struct SavedArgs {
     /// Run directory (holds config.toml and the final model.safetensors).
     #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
     run: Option<PathBuf>,
@@ -104,33 +105,37 @@ struct EvalArgs {
     /// Dataset directory (default: the run's data.dir).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// The test set, or the validation split the run held out (the scores checkpoints record).
+    /// The test set, the validation split the run held out (the scores checkpoints record), or
+    /// the rest of the training archive.
     #[arg(long, value_enum, default_value_t = micn::train::saved::Split::Test)]
     split: micn::train::saved::Split,
     /// Score on this device instead of the run's configured one (`cpu`, `cuda`, `auto`).
     #[arg(long, value_enum)]
     device: Option<micn::config::Device>,
+}
+
+impl SavedArgs {
+    /// The run or checkpoint directory.
+    fn dir(&self) -> Result<&Path, UsageError> {
+        self.run
+            .as_deref()
+            .or(self.checkpoint.as_deref())
+            .ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))
+    }
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    saved: SavedArgs,
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 struct PredictArgs {
-    /// Run directory (holds config.toml and the final model.safetensors).
-    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
-    run: Option<PathBuf>,
-    /// Checkpoint directory (run.dir/checkpoints/step-…).
-    #[arg(long)]
-    checkpoint: Option<PathBuf>,
-    /// Dataset directory (default: the run's data.dir).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// The test set, the validation split the run held out, or the rest of the training archive.
-    #[arg(long, value_enum, default_value_t = micn::train::saved::Split::Test)]
-    split: micn::train::saved::Split,
-    /// Score on this device instead of the run's configured one (`cpu`, `cuda`, `auto`).
-    #[arg(long, value_enum)]
-    device: Option<micn::config::Device>,
+    #[command(flatten)]
+    saved: SavedArgs,
     /// Where the scores go (replaced whole).
     #[arg(long)]
     out: PathBuf,
@@ -607,10 +612,9 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
-    let EvalArgs { run, checkpoint, data, split, device, json } = args;
-
-    let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
-    let result = micn::train::saved::eval_saved(&dir, data.as_deref(), split, device, comm)?;
+    let EvalArgs { saved, json } = args;
+    let split = saved.split;
+    let result = micn::train::saved::eval_saved(saved.dir()?, saved.data.as_deref(), split, saved.device, comm)?;
     if comm.rank() == 0 {
         if json {
             println!("{}", serde_json::to_string_pretty(&result)?);
@@ -634,13 +638,12 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
 
 fn predict(args: PredictArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     use micn::train::saved::Format;
-    let PredictArgs { run, checkpoint, data, split, device, out, format } = args;
-
-    let dir = run.or(checkpoint).ok_or_else(|| UsageError("give --run DIR or --checkpoint DIR".into()))?;
+    let PredictArgs { saved, out, format } = args;
     let format = format.or_else(|| Format::of(&out)).ok_or_else(|| {
         UsageError(format!("--out {}: give --format csv|jsonl, or a name ending in .csv or .jsonl", out.display()))
     })?;
-    let done = micn::train::saved::predict(&dir, data.as_deref(), split, device, comm, (&out, format))?;
+    let (dir, data) = (saved.dir()?, saved.data.as_deref());
+    let done = micn::train::saved::predict(dir, data, saved.split, saved.device, comm, (&out, format))?;
     if comm.rank() == 0 {
         println!("{} scores of the {} set written to {}", done.samples, done.split, done.out.display());
     }

@@ -4,9 +4,14 @@
 # 20, Adam lr 1e-3, the same epochs.
 #
 #   bench/peers/compare.sh REVIEWS.json.gz [META.json.gz]
+#   bench/peers/compare.sh SEQUENCES.txt [ITEM2ATTRIBUTES.json]
 #
-# REVIEWS: an Amazon 2014 5-core review file (reviews_Musical_Instruments_5.json.gz, say).
-# Env: OUT (default runs/peers), EPOCHS (2), SEEDS ("1 2 3"), MODELS ("din dien").
+# REVIEWS: an Amazon 2014 5-core review file (reviews_Musical_Instruments_5.json.gz, say);
+# SEQUENCES: time-ordered sequences (`user item item …`, e.g. S3-Rec's Toys_and_Games.txt in
+# tests/fixtures/s3rec-toys-2014/), with the items' attributes for their categories.
+# Env: OUT (default runs/peers), EPOCHS (2), SEEDS ("1 2 3"), MODELS ("din dien"; micn also runs
+# wide_deep, the peer only din and dien), CATEGORY_ATTRIBUTE (3: for sequences, which attribute
+# is an item's category).
 #
 # DeepCTR-Torch 0.3.0 goes into its own virtual environment under the micn cache, which reuses the
 # torch that set-up installed (a .pth file), with scikit-learn and numpy from PyPI: it is never a
@@ -16,9 +21,16 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
-[[ $# -ge 1 ]] || { sed -n 2,14p "$0" >&2; exit 2; }
-reviews=$1
-meta=${2:-}
+[[ $# -ge 1 ]] || { sed -n 2,18p "$0" >&2; exit 2; }
+input=$1
+second=${2:-}
+if [[ $input == *.txt ]]; then
+  source_args=(--input-format sequences --sequences "$input")
+  [[ -z $second ]] || source_args+=(--item-attributes "$second" --category-attribute "${CATEGORY_ATTRIBUTE:-3}")
+else
+  source_args=(--input-format amazon2014 --reviews "$input")
+  [[ -z $second ]] || source_args+=(--meta "$second")
+fi
 out=${OUT:-runs/peers}
 epochs=${EPOCHS:-2}
 seeds=${SEEDS:-1 2 3}
@@ -45,10 +57,9 @@ fi
 
 # --- the same samples for both ---------------------------------------------------------------
 mkdir -p "$out"
-say "preparing $reviews (din protocol, history 20)"
+say "preparing $input (din protocol, history 20)"
 rm -rf "$out/data" "$out/arrays"
-$micn prepare --input-format amazon2014 --reviews "$reviews" ${meta:+--meta "$meta"} \
-  --protocol din --max-hist-len 20 --seed 1 --out "$out/data"
+$micn prepare "${source_args[@]}" --protocol din --max-hist-len 20 --seed 1 --out "$out/data"
 $micn data export "$out/data" --out "$out/arrays" --max-hist-len 20
 
 results=$out/results.jsonl
@@ -69,6 +80,7 @@ print(json.dumps({"trainer": "micn", "model": sys.argv[2], "micn": sys.argv[3] =
                   "samples_per_sec": s["samples_per_sec"], "test_auc": s["test_auc"]}))
 EOF
     done
+    [[ $model == din || $model == dien ]] || continue
     "$peer/bin/python" bench/peers/deepctr_peer.py --data "$out/arrays" --model "$model" --epochs "$epochs" \
       --seed "$seed" | tail -n 1 | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["seed"]='"$seed"'; r["micn"]=False; print(json.dumps(r))' >>"$results"
   done

@@ -55,12 +55,12 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         &state,
         |path| {
             let variables: Vec<(String, Tensor)> = replica.vs.variables().into_iter().collect();
-            checkpoint::write_tensors(path, &variables).map_err(|e| e.to_string())
+            checkpoint::write_tensors(path, &variables)
         },
         |path| {
             let named: Vec<(String, Tensor)> =
                 replica.adam.named_state(&replica.trainable.names).map(|(k, v)| (k, v.shallow_clone())).collect();
-            checkpoint::write_tensors(path, &named).map_err(|e| e.to_string())
+            checkpoint::write_tensors(path, &named)
         },
     )?;
     let save_seconds = started.elapsed().as_secs_f64();

@@ -37,8 +37,8 @@ fn discard(dir: &Path) {
 pub fn save(
     root: &Path,
     state: &State,
-    write_model: impl FnOnce(&Path) -> Result<(), String>,
-    write_optimizer: impl FnOnce(&Path) -> Result<(), String>,
+    write_model: impl FnOnce(&Path) -> std::io::Result<()>,
+    write_optimizer: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<PathBuf, CheckpointError> {
     std::fs::create_dir_all(root).map_err(io(root))?;
     for stale in std::fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok().map(|e| e.path())) {
@@ -79,12 +79,12 @@ pub fn save(
 fn write_files(
     dir: &Path,
     state: &State,
-    write_model: impl FnOnce(&Path) -> Result<(), String>,
-    write_optimizer: impl FnOnce(&Path) -> Result<(), String>,
+    write_model: impl FnOnce(&Path) -> std::io::Result<()>,
+    write_optimizer: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), CheckpointError> {
-    let failed = |path: PathBuf| move |message: String| CheckpointError::Invalid { path, message };
-    write_model(&dir.join(FILES[0])).map_err(failed(dir.join(FILES[0])))?;
-    write_optimizer(&dir.join(FILES[1])).map_err(failed(dir.join(FILES[1])))?;
+    let (model, optimizer) = (dir.join(FILES[0]), dir.join(FILES[1]));
+    write_model(&model).map_err(io(&model))?;
+    write_optimizer(&optimizer).map_err(io(&optimizer))?;
     let state_path = dir.join(FILES[2]);
     std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("plain data")).map_err(io(&state_path))?;
     let mut manifest = Manifest { files: Vec::new() };
@@ -136,8 +136,8 @@ mod tests {
         }
     }
 
-    fn write_bytes(n: usize) -> impl FnOnce(&Path) -> Result<(), String> {
-        move |p: &Path| std::fs::write(p, vec![7u8; n]).map_err(|e| e.to_string())
+    fn write_bytes(n: usize) -> impl FnOnce(&Path) -> std::io::Result<()> {
+        move |p: &Path| std::fs::write(p, vec![7u8; n])
     }
 
     fn entries(root: &Path) -> Vec<String> {
@@ -154,13 +154,14 @@ mod tests {
         // The optimizer's writer fails after writing 1 MiB, as on a disk that fills up.
         let failing = |p: &Path| {
             std::fs::write(p, vec![0u8; 1 << 20]).unwrap();
-            Err("No space left on device (os error 28)".to_string())
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
         };
         let e = save(root.path(), &state(6, vec![]), write_bytes(10), failing).unwrap_err().to_string();
         assert!(e.contains(".step-00000006.partial/optimizer.safetensors") && e.contains("No space"), "{e}");
         assert_eq!(entries(root.path()), ["step-00000003"]);
         super::super::verify(&root.path().join("step-00000003")).unwrap();
-        let e = save(root.path(), &state(9, vec![]), |_: &Path| Err("boom".to_string()), write_bytes(1)).unwrap_err();
+        let e = save(root.path(), &state(9, vec![]), |_: &Path| Err(std::io::Error::other("boom")), write_bytes(1))
+            .unwrap_err();
         assert!(e.to_string().contains("model.safetensors: boom"), "{e}");
         assert_eq!(entries(root.path()), ["step-00000003"]);
     }

@@ -502,7 +502,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         "reviews read"
     );
     let built = protocol::build(&corpus, job.protocol, job.max_hist_len, job.seed)
-        .map_err(|message| DataError::Invalid { path: job.reviews.clone(), message })?;
+        .map_err(|e| DataError::Invalid { path: job.reviews.clone(), message: e.to_string() })?;
     check_built(job, &corpus, &built, &mut warnings)?;
     tracing::info!(
         train = built.train.len(),

@@ -170,10 +170,17 @@ impl ByUser {
     }
 }
 
+/// A corpus a protocol cannot make samples of.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("the `dien` protocol needs reviews of at least 2 items")]
+    NoNegatives,
+}
+
 /// Build train and test samples; an error when the `dien` protocol could never draw a negative
 /// (fewer than 2 items reviewed). A `din` user left without a negative is skipped and counted
 /// instead ([`Built::without_negatives`]): one such user does not make the corpus unusable.
-pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64) -> Result<Built, String> {
+pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64) -> Result<Built, ProtocolError> {
     assert!(max_hist_len > 0, "max_hist_len must be positive");
     check_negatives_possible(corpus, protocol)?;
     let groups = ByUser::new(corpus);
@@ -252,14 +259,14 @@ pub fn build(corpus: &Corpus, protocol: Protocol, max_hist_len: usize, seed: u64
 
 /// Whether negatives can be drawn at all: `dien` draws among reviews of items other than the
 /// positive, so it needs reviews of 2 items. (`din`'s condition is per user: see [`build`].)
-fn check_negatives_possible(corpus: &Corpus, protocol: Protocol) -> Result<(), String> {
+fn check_negatives_possible(corpus: &Corpus, protocol: Protocol) -> Result<(), ProtocolError> {
     if protocol != Protocol::Dien {
         return Ok(());
     }
     let mut seen = vec![false; corpus.items.len()];
     corpus.reviews.iter().for_each(|r| seen[r.item as usize] = true);
     match seen.iter().filter(|&&s| s).count() {
-        0 | 1 => Err("the `dien` protocol needs reviews of at least 2 items".into()),
+        0 | 1 => Err(ProtocolError::NoNegatives),
         _ => Ok(()),
     }
 }
@@ -472,7 +479,8 @@ mod tests {
         let built = build(&c, Protocol::Din, 5, 1).unwrap();
         assert_eq!((built.train.len(), built.test.len(), built.summary.users_without_negatives), (0, 0, 1));
         // `dien` has no negative for anyone then: an error for the corpus.
-        assert!(build(&c, Protocol::Dien, 5, 1).unwrap_err().contains("at least 2 items"));
+        assert_eq!(build(&c, Protocol::Dien, 5, 1).unwrap_err(), ProtocolError::NoNegatives);
+        assert!(ProtocolError::NoNegatives.to_string().contains("at least 2 items"));
     }
 
     #[test]

@@ -348,6 +348,9 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// How often a running sweep says where its current run is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 /// What a sweep did.
 #[derive(Debug, Clone)]
 pub struct SweepOutcome {
@@ -389,10 +392,21 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
         let started = Instant::now();
         let program = PathBuf::from(cmd.get_program());
         let mut child = cmd.spawn().map_err(|source| SweepError::Spawn { program, source })?;
+        println!("{tag}: {}", if resuming { "resuming from its newest checkpoint" } else { "training" });
         let mut forwarded = false;
+        let mut said = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().with_path(&log)? {
                 break status;
+            }
+            // Which step the run has logged, every half minute.
+            if said.elapsed() >= PROGRESS_EVERY {
+                let metrics = RunDir::new(&run.dir).read_metrics().unwrap_or_default();
+                let step = metrics.iter().rev().find_map(|v| v["step"].as_u64());
+                let of = run.config.train.max_steps.map(|m| format!(" of {m}")).unwrap_or_default();
+                let step = step.map_or_else(|| "no step logged yet".into(), |s| format!("step {s}{of}"));
+                println!("{tag}: {step}, {:.0} s", started.elapsed().as_secs_f64());
+                said = Instant::now();
             }
             // A Ctrl-C reaches the child through the terminal; a SIGTERM sent to this process alone
             // is passed on, so the child checkpoints before stopping either way.

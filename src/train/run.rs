@@ -805,12 +805,12 @@ impl Checkpointing {
                 &state,
                 |path| {
                     let variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-                    checkpoint::write_tensors(path, &variables).map_err(|e| e.to_string())
+                    checkpoint::write_tensors(path, &variables)
                 },
                 |path| {
                     let named: Vec<(String, Tensor)> =
                         adam.named_state(&t.names).map(|(k, v)| (k, v.to_device(Device::Cpu).contiguous())).collect();
-                    checkpoint::write_tensors(path, &named).map_err(|e| e.to_string())
+                    checkpoint::write_tensors(path, &named)
                 },
             )
             .and_then(|dir| checkpoint::retain(&self.root, cfg.checkpoint.keep_last).map(|_| dir));
