@@ -116,6 +116,19 @@ pub trait Communicator {
     fn abort(&self, _code: i32) {}
 }
 
+/// This host's name, as the kernel knows it.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "?".into()
+    }
+}
+
 /// Whether this build can give what was asked: MPI wanted but not built is an error at start-up.
 pub fn check_mpi_built(wants_mpi: bool, built_with_mpi: bool) -> Result<()> {
     if wants_mpi && !built_with_mpi {

@@ -66,7 +66,7 @@ impl<'a> Watched<'a> {
         limit: Duration,
         on_expiry: impl Fn(Expiry) + Send + 'static,
     ) -> Result<Self> {
-        let host = hostname();
+        let host = super::hostname();
         let gathered = inner.all_gather_bytes(host.as_bytes())?;
         let hosts: Vec<String> = gathered.parts().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
         let shared = Arc::new(Shared {
@@ -224,19 +224,6 @@ pub fn abort_rank(expiry: Expiry) {
     // SAFETY: _exit ends the process without running anything else; nothing is left half-written
     // that matters (run files and checkpoints are replaced whole, never written in place).
     unsafe { libc::_exit(EXIT_WATCHDOG) }
-}
-
-/// This host's name, as the kernel knows it.
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if ok {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "?".into()
-    }
 }
 
 #[cfg(test)]

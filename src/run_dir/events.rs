@@ -153,13 +153,9 @@ fn masked_crc32c(data: &[u8]) -> u32 {
     (c.rotate_right(15)).wrapping_add(0xa282_ead8)
 }
 
+/// This host's name, reduced to the characters a file name may safely hold.
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { String::new() };
-    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let name: String = crate::dist::hostname().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
     if name.is_empty() {
         "host".into()
     } else {

@@ -1,6 +1,8 @@
 //! Training: the step (forward, one backward pass into two gradient buffers, exchange, φ
-//! combination, Adam), the host-side gradient buffers and their exchange, the optimizer, and the
-//! loop with evaluation.
+//! combination, clipping, Adam: `step`), the host-side gradient buffers and their exchange
+//! (`grads`), the optimizer (`optim`) and its learning rates (`schedule`), the replica and exact
+//! evaluation (`trainer`), the run's loop (`run`), a saved model scored (`saved`: `eval`,
+//! `predict`), and stopping on request (`interrupt`).
 pub mod grads;
 pub mod interrupt;
 pub mod optim;
