@@ -283,6 +283,41 @@ fn read_attributes(
     Ok(Some(without))
 }
 
+/// Duplicate (user, item) reviews: the first in file order is kept (in a sequence, the first in
+/// the line); the others are counted as bad lines, or with `--strict` the first one is fatal.
+fn drop_duplicates(corpus: &mut Corpus, job: &AmazonJob, reviews_summary: &mut FileSummary) -> Result<(), DataError> {
+    let mut order: Vec<u32> = (0..corpus.reviews.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| {
+        let r = &corpus.reviews[i as usize];
+        (r.user, r.item, r.line, r.time)
+    });
+    let mut duplicate = vec![false; corpus.reviews.len()];
+    for w in order.windows(2) {
+        let (a, b) = (&corpus.reviews[w[0] as usize], &corpus.reviews[w[1] as usize]);
+        if a.user == b.user && a.item == b.item {
+            duplicate[w[1] as usize] = true;
+        }
+    }
+    if let Some(first) = duplicate.iter().position(|&d| d) {
+        let line = corpus.reviews[first].line;
+        if job.strictness == Strictness::Strict {
+            return Err(DataError::BadLine {
+                path: job.reviews.clone(),
+                line,
+                kind: BadKind::Duplicate,
+                detail: "the same user reviewed the same item earlier in the file".into(),
+            });
+        }
+        for (i, r) in corpus.reviews.iter().enumerate().filter(|(i, _)| duplicate[*i]) {
+            let _ = i;
+            reviews_summary.issues.record(BadKind::Duplicate, r.line, "same user and item as an earlier review");
+        }
+        let mut keep = duplicate.iter().map(|d| !d);
+        corpus.reviews.retain(|_| keep.next().expect("one flag per review"));
+    }
+    Ok(())
+}
+
 /// Read reviews and meta into an interned corpus; also the file summaries and, when there is a
 /// meta file, the number of reviewed items it does not describe.
 fn read_corpus(
@@ -318,36 +353,7 @@ fn read_corpus(
         };
         return Err(DataError::Invalid { path: job.reviews.clone(), message: why });
     }
-    // Duplicate (user, item) reviews: keep the first in file order.
-    let mut order: Vec<u32> = (0..corpus.reviews.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| {
-        let r = &corpus.reviews[i as usize];
-        (r.user, r.item, r.line)
-    });
-    let mut duplicate = vec![false; corpus.reviews.len()];
-    for w in order.windows(2) {
-        let (a, b) = (&corpus.reviews[w[0] as usize], &corpus.reviews[w[1] as usize]);
-        if a.user == b.user && a.item == b.item {
-            duplicate[w[1] as usize] = true;
-        }
-    }
-    if let Some(first) = duplicate.iter().position(|&d| d) {
-        let line = corpus.reviews[first].line;
-        if job.strictness == Strictness::Strict {
-            return Err(DataError::BadLine {
-                path: job.reviews.clone(),
-                line,
-                kind: BadKind::Duplicate,
-                detail: "the same user reviewed the same item earlier in the file".into(),
-            });
-        }
-        for (i, r) in corpus.reviews.iter().enumerate().filter(|(i, _)| duplicate[*i]) {
-            let _ = i;
-            reviews_summary.issues.record(BadKind::Duplicate, r.line, "same user and item as an earlier review");
-        }
-        let mut keep = duplicate.iter().map(|d| !d);
-        corpus.reviews.retain(|_| keep.next().expect("one flag per review"));
-    }
+    drop_duplicates(&mut corpus, job, &mut reviews_summary)?;
 
     corpus.item_cat = vec![default_cat; corpus.items.len()];
     warnings.extend(issue_warnings(&reviews_summary));
