@@ -46,10 +46,12 @@ pub fn init(format: LogFormat, rank: usize) {
     let terminal_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level(rank, quiet)));
     let ansi = std::io::stderr().is_terminal();
-    let layers = vec![
-        lines(format, rank, ansi, std::io::stderr, terminal_filter),
-        lines(format, rank, false, || RankFile, LevelFilter::INFO),
-    ];
+    // On a terminal, log lines go above the training's progress bar ([`AboveBar`]).
+    let terminal = match ansi {
+        true => lines(format, rank, ansi, || AboveBar::new(io::stderr()), terminal_filter),
+        false => lines(format, rank, ansi, io::stderr, terminal_filter),
+    };
+    let layers = vec![terminal, lines(format, rank, false, || RankFile, LevelFilter::INFO)];
     // A second call (tests) keeps the first subscriber.
     drop(tracing_subscriber::registry().with(layers).try_init());
 }
@@ -70,6 +72,35 @@ pub fn also_to_file(path: &Path) -> Result<(), LogFileError> {
 /// prints itself (the final error), so the file tells why the rank stopped.
 pub fn append_to_file(line: &str) {
     let _ = io::Write::write_all(&mut RankFile, line.as_bytes());
+}
+
+/// A writer for one log line on a terminal: it first clears the terminal's current line, where
+/// the training's progress bar (`\r`-redrawn, no newline) may stand, so the log line replaces it
+/// and the bar comes back below it at its next update.
+struct AboveBar<W> {
+    inner: W,
+    cleared: bool,
+}
+
+impl<W> AboveBar<W> {
+    fn new(inner: W) -> Self {
+        Self { inner, cleared: false }
+    }
+}
+
+impl<W: io::Write> io::Write for AboveBar<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.cleared {
+            // Carriage return, then erase to the end of the line (ANSI EL).
+            self.inner.write_all(b"\r\x1b[K")?;
+            self.cleared = true;
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Standard error's level without `RUST_LOG`.
@@ -195,6 +226,16 @@ impl Visit for FieldMap {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_log_line_on_a_terminal_first_clears_the_progress_bars_line_once() {
+        use std::io::Write as _;
+        let mut line = AboveBar::new(Vec::new());
+        line.write_all(b"INFO evaluation ").unwrap();
+        line.write_all(b"auc=0.8\n").unwrap();
+        assert_eq!(line.inner, b"\r\x1b[KINFO evaluation auc=0.8\n");
+    }
+
     use super::*;
 
     #[test]
