@@ -653,9 +653,8 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             hosts
         }
     };
-    let (_, split_notes) = mpirun_tokens(&args.mpirun_args);
-    let prober =
-        hosts::Prober::new(&mpirun_tokens(&args.mpirun_args).0, Duration::from_secs(args.probe_timeout.max(1)));
+    let (tokens, split_notes) = mpirun_tokens(&args.mpirun_args);
+    let prober = hosts::Prober::new(&tokens, Duration::from_secs(args.probe_timeout.max(1)));
     let mut placement = original.clone();
     let mut cmd = build_command(&args, &placement)?;
     if args.dry_run {

@@ -264,9 +264,10 @@ fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Resu
     let run_dir = RunDir::new(&cfg.run.dir);
     let result = match resume {
         _ if comm.rank() != 0 => Ok(()),
-        Resume::Fresh if !run_dir.present_files().is_empty() => {
-            Err(TrainError::RunExists { path: cfg.run.dir.clone(), files: run_dir.present_files().join(", ") })
-        }
+        Resume::Fresh => match run_dir.present_files() {
+            present if present.is_empty() => Ok(()),
+            present => Err(TrainError::RunExists { path: cfg.run.dir.clone(), files: present.join(", ") }),
+        },
         Resume::Overwrite => run_dir.remove_run_files().map_err(TrainError::from),
         _ => Ok(()),
     };
@@ -526,10 +527,14 @@ impl<'a> Run<'a> {
     /// the run as stopped early.
     fn patience_ran_out(&mut self) -> bool {
         let patience = self.cfg.train.early_stop_patience;
+        // Called after every step: nothing to look at without early stopping.
+        if patience == 0 || self.early_stopped {
+            return self.early_stopped;
+        }
         let aucs: Vec<f64> = self.validation.evaluations.iter().map(|e| e.1).collect();
         let Some(best) = (0..aucs.len()).reduce(|a, b| if aucs[b] > aucs[a] { b } else { a }) else { return false };
         let since_best = (aucs.len() - 1 - best) as u64;
-        if patience > 0 && since_best >= patience && !self.early_stopped {
+        if since_best >= patience {
             self.early_stopped = true;
             tracing::warn!(
                 step = self.step,
