@@ -4,6 +4,7 @@
 //! (DeepCTR-Torch, say) learns from the very samples micn learns from.
 //!
 //! Layout: `OUT/{train,valid,test}/NAME.npy` (NumPy format 1.0, little-endian, C order) with
+//! `sample` (`[n]` i64: each sample's index in its archive, the number `micn predict` writes),
 //! `users`, `items`, `cats` (`[n]` i64), `labels` (`[n]` f32), `hist_items`, `hist_cats`
 //! (`[n, T]` i64), `hist_len` (`[n]` i64) and, for the training split, `noclick_items`,
 //! `noclick_cats` (`[n, T]` i64); `OUT/export.json` gives the vocabulary sizes (id 0 included),
@@ -83,7 +84,9 @@ fn write_split(
     let hist_len: Vec<i64> =
         batch.hist_mask.chunks(t.max(1)).map(|row| row.iter().filter(|&&m| m > 0.0).count() as i64).collect();
     let hist_len = if t == 0 { vec![0; n] } else { hist_len };
-    let longs: [(&str, &[i64], &[usize]); 6] = [
+    let sample: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let longs: [(&str, &[i64], &[usize]); 7] = [
+        ("sample", &sample, &[n]),
         ("users", &batch.users, &[n]),
         ("items", &batch.items, &[n]),
         ("cats", &batch.cats, &[n]),

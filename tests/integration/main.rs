@@ -17,6 +17,7 @@ mod runs;
 mod sequences;
 mod tensorboard;
 mod train;
+mod twin;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,6 +25,13 @@ use std::process::{Command, Output};
 /// The `micn` binary cargo built for these tests.
 pub fn micn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_micn"))
+}
+
+/// Where set-up caches what it installs: `MICN_CACHE`, else `~/.cache/micn`.
+pub fn micn_cache() -> PathBuf {
+    std::env::var_os("MICN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/micn"))
 }
 
 /// `mpirun -np N` with the flags these 2-core, root-run machines need; fails the test with a

@@ -1,0 +1,51 @@
+"""A PyTorch twin of micn's CTR models: load a trained micn model (`model.safetensors` of a run
+or a checkpoint) as a `torch.nn.Module` that scores exactly as `micn predict` does, to serve it
+with PyTorch or TorchScript.
+
+    import micn_twin
+    net = micn_twin.load("runs/quickstart")            # a run, a checkpoint or a .safetensors
+    batch = micn_twin.read_export("export", "test")    # from `micn data export`
+    probs = net(*(batch[k] for k in micn_twin.INPUTS))
+    torch.jit.script(net).save("model.pt")
+"""
+from pathlib import Path
+
+import torch
+
+from .files import FileFormatError, read_export, read_npy, read_safetensors
+from .model import ModelFileError, Network
+
+# The inputs of `Network.forward`, in order.
+INPUTS = ("users", "items", "cats", "hist_items", "hist_cats", "hist_mask")
+
+__all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "load", "model_file", "read_export",
+           "read_npy", "read_safetensors", "score"]
+
+
+def model_file(path) -> Path:
+    """The weights file of a run directory, a checkpoint directory, or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model file (give a run directory, a checkpoint directory or a "
+                                f".safetensors file)")
+    return path
+
+
+def load(path) -> Network:
+    """The trained model at `path` (see `model_file`), in evaluation mode."""
+    file = model_file(path)
+    return Network(read_safetensors(file), str(file)).eval()
+
+
+@torch.no_grad()
+def score(net, batch, batch_size: int = 4096) -> torch.Tensor:
+    """Click probabilities of every sample of `batch` (`read_export`'s dict), in order; `net` is
+    a `Network` or its TorchScript form."""
+    n = batch["items"].shape[0]
+    parts = []
+    for start in range(0, n, batch_size):
+        part = [batch[k][start:start + batch_size] for k in INPUTS]
+        parts.append(net(*part))
+    return torch.cat(parts) if parts else torch.empty(0)

@@ -1,0 +1,126 @@
+"""Readers for the files micn writes, with torch only: a model's `.safetensors` and the NumPy
+`.npy` arrays of `micn data export`. Each error names the file and what is wrong in it."""
+import json
+import struct
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+# safetensors dtype name -> torch dtype (those micn writes, and the common others).
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+# NumPy descr -> torch dtype (little-endian only: micn writes little-endian).
+_NPY_DTYPES = {
+    "<f4": torch.float32,
+    "<f8": torch.float64,
+    "<i8": torch.int64,
+    "<i4": torch.int32,
+    "|u1": torch.uint8,
+    "|b1": torch.bool,
+}
+
+
+class FileFormatError(ValueError):
+    """A file that is not what it claims to be; the message names the file."""
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def read_safetensors(path) -> Dict[str, torch.Tensor]:
+    """Every tensor of a `.safetensors` file by name (copies, on the CPU)."""
+    path = Path(path)
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise FileFormatError(f"{path}: {len(data)} bytes, too short for a safetensors header")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise FileFormatError(f"{path}: header length {header_len} exceeds the file")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FileFormatError(f"{path}: header is not JSON: {e}") from None
+    start = 8 + header_len
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        if dtype is None:
+            raise FileFormatError(f"{path}: tensor {name!r} has unknown dtype {entry.get('dtype')!r}")
+        shape = [int(s) for s in entry["shape"]]
+        begin, end = (int(o) for o in entry["data_offsets"])
+        elements = 1
+        for s in shape:
+            elements *= s
+        if begin > end or start + end > len(data) or end - begin != elements * _element_size(dtype):
+            raise FileFormatError(f"{path}: tensor {name!r} has byte range {begin}..{end}, which does not hold "
+                                  f"{shape} values of {entry['dtype']} within the file")
+        raw = bytearray(data[start + begin : start + end])
+        tensors[name] = torch.frombuffer(raw, dtype=dtype).reshape(shape) if elements else torch.empty(shape, dtype=dtype)
+    return tensors
+
+
+def read_npy(path) -> torch.Tensor:
+    """One `.npy` array (format 1.x or 2.x, little-endian, C order) as a tensor."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data[:6] != b"\x93NUMPY":
+        raise FileFormatError(f"{path}: not a NumPy .npy file (bad magic)")
+    major = data[6]
+    if major == 1:
+        (header_len,), offset = struct.unpack("<H", data[8:10]), 10
+    elif major in (2, 3):
+        (header_len,), offset = struct.unpack("<I", data[8:12]), 12
+    else:
+        raise FileFormatError(f"{path}: .npy format version {major} is not supported")
+    header = data[offset : offset + header_len].decode("latin1")
+    try:
+        import ast
+
+        fields = ast.literal_eval(header)
+        descr, fortran, shape = fields["descr"], fields["fortran_order"], tuple(fields["shape"])
+    except (ValueError, SyntaxError, KeyError, TypeError) as e:
+        raise FileFormatError(f"{path}: unreadable .npy header {header.strip()!r}: {e}") from None
+    if fortran:
+        raise FileFormatError(f"{path}: Fortran-ordered arrays are not supported")
+    dtype = _NPY_DTYPES.get(descr)
+    if dtype is None:
+        raise FileFormatError(f"{path}: dtype {descr!r} is not supported")
+    elements = 1
+    for s in shape:
+        elements *= s
+    body = data[offset + header_len :]
+    if len(body) != elements * _element_size(dtype):
+        raise FileFormatError(f"{path}: {len(body)} bytes of data for shape {shape} of {descr}")
+    if elements == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(body), dtype=dtype).reshape(shape)
+
+
+def read_export(directory, split: str = "test") -> Dict[str, torch.Tensor]:
+    """One split of `micn data export`'s output, with `hist_mask` (float, 1 = real behaviour)
+    made from `hist_len`: `sample` (each sample's index in its archive, as `micn predict`
+    numbers them), `users`, `items`, `cats`, `hist_items`, `hist_cats`, `hist_mask`, `labels`."""
+    split_dir = Path(directory) / split
+    if not split_dir.is_dir():
+        raise FileFormatError(f"{split_dir}: no such split in the export (run `micn data export`)")
+    arrays = {name: read_npy(split_dir / f"{name}.npy")
+              for name in ("sample", "users", "items", "cats", "hist_items", "hist_cats", "hist_len", "labels")}
+    width = arrays["hist_items"].shape[1]
+    positions = torch.arange(width).unsqueeze(0)
+    arrays["hist_mask"] = (positions < arrays.pop("hist_len").unsqueeze(1)).to(torch.float32)
+    return arrays

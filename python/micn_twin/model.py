@@ -1,0 +1,396 @@
+"""micn's CTR models as PyTorch modules, computing a click probability exactly as `micn predict`
+does (evaluation mode: Dice and batch normalisation read their running statistics).
+
+Every module is built from a trained model's tensors by name (`model.safetensors` of a run or a
+checkpoint); the architecture is read from the names and shapes, so no configuration is needed.
+The names and formulas are micn's (`src/model/`, `src/model/layers.rs`): where micn computes a
+value in a particular order (DIN's attention unit reads `[q, k, q − k, q·k]` through a split
+first layer), this code does the same, so that scores agree to float rounding.
+
+MICN, the auxiliary task, shapes the `e_aux` tables during training only: a model trained with
+it scores through the wider item vectors `[item, cat, item_aux, cat_aux]`, and `micn.*` tensors
+are not needed here.
+
+All modules are TorchScript-compatible (`torch.jit.script`).
+"""
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+# Constants of micn's layers (src/model/layers.rs, src/model/wide_deep.rs).
+DICE_EPS = 1e-8
+BATCH_NORM_EPS = 1e-3
+PRIME = (1 << 31) - 1
+ITEM_CROSS = (0x2545_F491, 0x1B87_3593, 0x0CC9_E2D5)
+CAT_CROSS = (0x3C6E_F372, 0x27D4_EB2F, 0x165E_C3B9)
+
+
+class ModelFileError(ValueError):
+    """Tensors that do not make one of micn's models; the message names the tensor."""
+
+
+class Weights:
+    """The tensors of a model file, taken by name; reports what is missing or left over."""
+
+    def __init__(self, tensors: Dict[str, Tensor], source: str):
+        self.tensors = tensors
+        self.source = source
+        self.used = set()
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def get(self, name: str) -> Tensor:
+        if name not in self.tensors:
+            raise ModelFileError(f"{self.source}: tensor {name!r} is missing")
+        self.used.add(name)
+        return self.tensors[name].to(torch.float32)
+
+    def check_all_used(self, ignored_prefixes=("micn.",)):
+        left = sorted(n for n in self.tensors if n not in self.used and not n.startswith(ignored_prefixes))
+        if left:
+            raise ModelFileError(f"{self.source}: tensors this model does not use: {', '.join(left)}")
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the last dimension on the positions where `mask` is 1 (others exactly 0;
+    a row without any gets all zeros). Padded positions score MASKED_SCORE (a literal here:
+    TorchScript reads no float globals)."""
+    return scores.masked_fill(mask <= 0.5, -1e9).softmax(-1) * mask
+
+
+def masked_sum(xs: Tensor, mask: Tensor) -> Tensor:
+    """`[b, T, w]`, `[b, T]` → `[b, w]`: the sum over real behaviours."""
+    return (xs * mask.unsqueeze(-1)).sum(1)
+
+
+def linear(w: Weights, prefix: str, bias: bool = True) -> nn.Linear:
+    weight = w.get(f"{prefix}.weight")
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias:
+            layer.bias.copy_(w.get(f"{prefix}.bias"))
+    return layer
+
+
+class Sigmoid(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sigmoid()
+
+
+class Relu(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.relu()
+
+
+class Prelu(nn.Module):
+    """`max(0, x) + α·min(0, x)`, one α per channel."""
+
+    def __init__(self, w: Weights, prefix: str):
+        super().__init__()
+        self.alpha = nn.Parameter(w.get(f"{prefix}.alpha"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.relu() + self.alpha * x.clamp_max(0.0)
+
+
+class Dice(nn.Module):
+    """`p·x + (1 − p)·α·x`, `p = σ((x − mean) / sqrt(var + ε))` with the running statistics."""
+
+    def __init__(self, w: Weights, prefix: str):
+        super().__init__()
+        self.alpha = nn.Parameter(w.get(f"{prefix}.alpha"))
+        self.register_buffer("running_mean", w.get(f"{prefix}.running_mean"))
+        self.register_buffer("running_var", w.get(f"{prefix}.running_var"))
+        self.eps = DICE_EPS
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = ((x - self.running_mean) / (self.running_var + self.eps).sqrt()).sigmoid()
+        return p * x + (1.0 - p) * self.alpha * x
+
+
+class BatchNorm(nn.Module):
+    """`γ·(x − mean) / sqrt(var + ε) + β` with the running statistics."""
+
+    def __init__(self, w: Weights, prefix: str):
+        super().__init__()
+        self.gamma = nn.Parameter(w.get(f"{prefix}.gamma"))
+        self.beta = nn.Parameter(w.get(f"{prefix}.beta"))
+        self.register_buffer("running_mean", w.get(f"{prefix}.running_mean"))
+        self.register_buffer("running_var", w.get(f"{prefix}.running_var"))
+        self.eps = BATCH_NORM_EPS
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.running_mean) / (self.running_var + self.eps).sqrt() * self.gamma + self.beta
+
+
+def activation(kind: str, w: Weights, prefix: str) -> nn.Module:
+    if kind == "sigmoid":
+        return Sigmoid()
+    if kind == "relu":
+        return Relu()
+    if kind == "prelu":
+        return Prelu(w, prefix)
+    if kind == "dice":
+        return Dice(w, prefix)
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+class Stage(nn.Module):
+    """One hidden layer's activation followed by the next linear layer."""
+
+    def __init__(self, act: nn.Module, layer: nn.Linear):
+        super().__init__()
+        self.act = act
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(self.act(x))
+
+
+class Mlp(nn.Module):
+    """micn's `Mlp`: linear layers `layers.{i}` with an activation `activations.{i}` after each,
+    then the linear `output`. Held as the first linear layer and the stages after it."""
+
+    def __init__(self, w: Weights, prefix: str, kind: str):
+        super().__init__()
+        hidden = 0
+        while w.has(f"{prefix}.layers.{hidden}.weight"):
+            hidden += 1
+        layers = [linear(w, f"{prefix}.layers.{i}") for i in range(hidden)] + [linear(w, f"{prefix}.output")]
+        self.first = layers[0]
+        self.stages = nn.ModuleList(
+            [Stage(activation(kind, w, f"{prefix}.activations.{i}"), layers[i + 1]) for i in range(hidden)])
+        self.hidden = hidden
+
+    def tail(self, first: Tensor) -> Tensor:
+        """Everything after the first linear layer, from that layer's output."""
+        x = first
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tail(self.first(x))
+
+
+class AttentionUnit(nn.Module):
+    """DIN's activation unit: an MLP (sigmoid) scores each position from `[q, k, q − k, q·k]`,
+    a masked softmax makes the weights. A query narrower or wider than the keys is projected to
+    their width by a linear layer and PReLU first (DIEN)."""
+
+    def __init__(self, w: Weights, prefix: str):
+        super().__init__()
+        self.projection: Optional[nn.Linear] = None
+        self.projection_prelu: Optional[Prelu] = None
+        if w.has(f"{prefix}.query_projection.linear.weight"):
+            self.projection = linear(w, f"{prefix}.query_projection.linear")
+            self.projection_prelu = Prelu(w, f"{prefix}.query_projection.prelu")
+        self.mlp = Mlp(w, f"{prefix}.mlp", "sigmoid")
+
+    def weights(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """`[b, q]`, `[b, T, k]`, `[b, T]` → `[b, T]`."""
+        if self.projection is not None and self.projection_prelu is not None:
+            query = self.projection_prelu(self.projection(query))
+        k = keys.shape[2]
+        q = query.unsqueeze(1)  # [b, 1, k]
+        if self.mlp.hidden > 0:
+            # As micn: W = [W_q W_k W_d W_p] applied as q·(W_q + W_d)ᵀ + b per sample and
+            # k·(W_k − W_d)ᵀ + (q·k)·W_pᵀ per position.
+            weight, bias = self.mlp.first.weight, self.mlp.first.bias
+            w_q, w_k, w_d, w_p = weight[:, :k], weight[:, k:2 * k], weight[:, 2 * k:3 * k], weight[:, 3 * k:]
+            per_sample = query.matmul((w_q + w_d).t()) + bias  # [b, h]
+            per_position = keys.matmul((w_k - w_d).t()) + (q * keys).matmul(w_p.t())  # [b, T, h]
+            scores = self.mlp.tail(per_position + per_sample.unsqueeze(1))
+        else:
+            queries = q.expand_as(keys)
+            scores = self.mlp(torch.cat([queries, keys, queries - keys, queries * keys], -1))
+        return masked_softmax(scores.squeeze(-1), mask)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """The attention-weighted sum of the keys, `[b, k]`."""
+        return self.weights(query, keys, mask).unsqueeze(1).matmul(keys).squeeze(1)
+
+
+class GruCell(nn.Module):
+    """DIEN's GRU cell: `r, u = σ(W x + U h + b)`, `h̃ = tanh(W_c x + U_c (r·h) + b_c)`,
+    `h' = h + u'·(h̃ − h)` with `u' = u` (GRU) or `a·u` (AUGRU); a padded step keeps `h`."""
+
+    def __init__(self, w: Weights, prefix: str):
+        super().__init__()
+        self.input = linear(w, f"{prefix}.input")
+        self.hidden_gates = linear(w, f"{prefix}.hidden_gates", bias=False)
+        self.hidden_candidate = linear(w, f"{prefix}.hidden_candidate", bias=False)
+        self.hidden = self.hidden_candidate.weight.shape[0]
+
+    def forward(self, xs: Tensor, mask: Tensor, attention: Optional[Tensor]):
+        """`[b, T, I]`, `[b, T]`, `[b, T]` → (`states [b, T, H]`, `last [b, H]`)."""
+        b, steps = xs.shape[0], xs.shape[1]
+        hidden = self.hidden
+        projected = self.input(xs)  # [b, T, 3H]
+        h = torch.zeros(b, hidden, dtype=xs.dtype, device=xs.device)
+        states: List[Tensor] = []
+        for t in range(steps):
+            x = projected[:, t]
+            gates = torch.addmm(x[:, :2 * hidden], h, self.hidden_gates.weight.t()).sigmoid()
+            reset, update = gates[:, :hidden], gates[:, hidden:]
+            candidate = torch.addmm(x[:, 2 * hidden:], reset * h, self.hidden_candidate.weight.t()).tanh()
+            if attention is not None:
+                update = update * attention[:, t].unsqueeze(-1)
+            real = mask[:, t].unsqueeze(-1) > 0.5
+            h = torch.where(real, torch.lerp(h, candidate, update), h)
+            states.append(h)
+        if steps == 0:
+            return torch.zeros(b, 0, hidden, dtype=xs.dtype, device=xs.device), h
+        return torch.stack(states, 1), h
+
+
+class Crosses(nn.Module):
+    """Wide&Deep's hashed crosses: (target item × history category) and (target category ×
+    history category) per real slot, each a weight of `buckets`, plus a bias."""
+
+    def __init__(self, w: Weights, prefix: str):
+        super().__init__()
+        self.weights = nn.Parameter(w.get(f"{prefix}.weights"))
+        self.bias = nn.Parameter(w.get(f"{prefix}.bias"))
+        self.buckets = self.weights.shape[0]
+        self.prime = PRIME
+        self.item_cross = list(ITEM_CROSS)
+        self.cat_cross = list(CAT_CROSS)
+
+    def bucket(self, a: Tensor, b: Tensor, constants: List[int]) -> Tensor:
+        """`((a·A + b·B + C) mod P) mod buckets`, exact in int64."""
+        p = self.prime
+        return ((a.remainder(p) * constants[0] + b.remainder(p) * constants[1] + constants[2]).remainder(p)
+                ).remainder(self.buckets)
+
+    def forward(self, items: Tensor, cats: Tensor, hist_cats: Tensor, mask: Tensor) -> Tensor:
+        by_item = self.bucket(items.unsqueeze(1), hist_cats, self.item_cross)
+        by_cat = self.bucket(cats.unsqueeze(1), hist_cats, self.cat_cross)
+        per_slot = (self.weights[by_item].squeeze(-1) + self.weights[by_cat].squeeze(-1)) * mask
+        return per_slot.sum(1) + self.bias
+
+
+class WideDeep(nn.Module):
+    """A PReLU MLP over the batch-normalised `[user, e_t, Σ hist]` plus a linear layer over
+    `[e_t, Σ hist, e_t·Σ hist]`, and the hashed crosses when the model has them."""
+
+    def __init__(self, w: Weights, prefix: str = "main"):
+        super().__init__()
+        self.norm = BatchNorm(w, f"{prefix}.norm")
+        self.deep = Mlp(w, f"{prefix}.deep", "prelu")
+        self.wide = linear(w, f"{prefix}.wide")
+        self.crosses: Optional[Crosses] = Crosses(w, f"{prefix}.crosses") if w.has(f"{prefix}.crosses.weights") else None
+
+    def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
+                hist_cats: Tensor) -> Tensor:
+        hist_sum = masked_sum(hist, mask)
+        deep = self.deep(self.norm(torch.cat([user, target, hist_sum], -1))).squeeze(-1)
+        logit = deep + self.wide(torch.cat([target, hist_sum, target * hist_sum], -1)).squeeze(-1)
+        if self.crosses is not None:
+            logit = logit + self.crosses(items, cats, hist_cats, mask)
+        return logit
+
+
+class Din(nn.Module):
+    """DIN: a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, attended]`."""
+
+    def __init__(self, w: Weights, prefix: str = "main"):
+        super().__init__()
+        self.attention = AttentionUnit(w, f"{prefix}.attention")
+        self.head = Mlp(w, f"{prefix}.head", "dice")
+
+    def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
+                hist_cats: Tensor) -> Tensor:
+        hist_sum = masked_sum(hist, mask)
+        attended = self.attention(target, hist, mask)
+        return self.head(torch.cat([user, target, hist_sum, target * hist_sum, attended], -1)).squeeze(-1)
+
+
+class Dien(nn.Module):
+    """DIEN: a GRU over the history, attention of its states to the target, an AUGRU driven by
+    it, and a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, last AUGRU state]` (its
+    auxiliary loss only trains)."""
+
+    def __init__(self, w: Weights, prefix: str = "main"):
+        super().__init__()
+        self.gru = GruCell(w, f"{prefix}.gru")
+        self.attention = AttentionUnit(w, f"{prefix}.attention")
+        self.augru = GruCell(w, f"{prefix}.augru")
+        self.head = Mlp(w, f"{prefix}.head", "dice")
+        # The auxiliary network is used in training only; its tensors are known, not needed.
+        for name in list(w.tensors):
+            if name.startswith(f"{prefix}.auxiliary."):
+                w.used.add(name)
+
+    def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
+                hist_cats: Tensor) -> Tensor:
+        states, _ = self.gru(hist, mask, None)
+        attention = self.attention.weights(target, states, mask)
+        _, last = self.augru(states, mask, attention)
+        hist_sum = masked_sum(hist, mask)
+        return self.head(torch.cat([user, target, hist_sum, target * hist_sum, last], -1)).squeeze(-1)
+
+
+class Embeddings(nn.Module):
+    """The tables `user`, `item`, `cat` and, for a model trained with MICN, `item_aux`,
+    `cat_aux`: an item is `[item, cat]` or `[item, cat, item_aux, cat_aux]`."""
+
+    def __init__(self, w: Weights, prefix: str = "embeddings"):
+        super().__init__()
+        self.user = nn.Parameter(w.get(f"{prefix}.user"))
+        self.item = nn.Parameter(w.get(f"{prefix}.item"))
+        self.cat = nn.Parameter(w.get(f"{prefix}.cat"))
+        self.item_aux: Optional[nn.Parameter] = None
+        self.cat_aux: Optional[nn.Parameter] = None
+        if w.has(f"{prefix}.item_aux"):
+            self.item_aux = nn.Parameter(w.get(f"{prefix}.item_aux"))
+            self.cat_aux = nn.Parameter(w.get(f"{prefix}.cat_aux"))
+
+    def items(self, items: Tensor, cats: Tensor) -> Tensor:
+        item_aux, cat_aux = self.item_aux, self.cat_aux
+        if item_aux is not None and cat_aux is not None:
+            return torch.cat([self.item[items], self.cat[cats], item_aux[items], cat_aux[cats]], -1)
+        return torch.cat([self.item[items], self.cat[cats]], -1)
+
+
+MODELS = {"wide_deep": WideDeep, "din": Din, "dien": Dien}
+
+
+def model_kind(w: Weights) -> str:
+    """Which of micn's main models the tensors are."""
+    if w.has("main.gru.input.weight"):
+        return "dien"
+    if w.has("main.deep.output.weight"):
+        return "wide_deep"
+    if w.has("main.head.output.weight"):
+        return "din"
+    raise ModelFileError(f"{w.source}: no tensors of a known main model (main.gru.*, main.deep.*, main.head.*)")
+
+
+class Network(nn.Module):
+    """A whole trained model: ids in, click probabilities out.
+
+    Inputs, as `micn data export` writes them: `users`, `items`, `cats` `[b]` (int64),
+    `hist_items`, `hist_cats` `[b, T]` (int64, real behaviours left-aligned, oldest first,
+    padding 0) and `hist_mask` `[b, T]` (float, 1 for a real behaviour)."""
+
+    def __init__(self, tensors: Dict[str, Tensor], source: str = "model"):
+        super().__init__()
+        w = Weights(tensors, source)
+        self.kind = model_kind(w)
+        self.embeddings = Embeddings(w)
+        self.main = MODELS[self.kind](w)
+        w.check_all_used()
+
+    def logits(self, users: Tensor, items: Tensor, cats: Tensor, hist_items: Tensor, hist_cats: Tensor,
+               hist_mask: Tensor) -> Tensor:
+        emb = self.embeddings
+        return self.main(emb.user[users], emb.items(items, cats), emb.items(hist_items, hist_cats), hist_mask, items,
+                         cats, hist_cats)
+
+    def forward(self, users: Tensor, items: Tensor, cats: Tensor, hist_items: Tensor, hist_cats: Tensor,
+                hist_mask: Tensor) -> Tensor:
+        return self.logits(users, items, cats, hist_items, hist_cats, hist_mask).sigmoid()

@@ -1,0 +1,133 @@
+//! The PyTorch twin (`python/micn_twin`): for every model ± MICN (Wide&Deep with its hashed
+//! crosses), the twin's scores of the test set, and those of its TorchScript form, equal
+//! `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
+//! sample numbers; a damaged model file is refused naming it.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use micn::dist::SingleProcess;
+use micn::train::{train_from, Resume};
+
+use crate::{micn_bin, run_ok};
+
+/// The Python with PyTorch: `MICN_TORCH_PYTHON`, else the torch that set-up installs.
+fn torch_python() -> PathBuf {
+    let path = std::env::var_os("MICN_TORCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::micn_cache().join("torch-2.11.0/bin/python"));
+    assert!(path.exists(), "{} not found: run `bash cluster/setup-node.sh` (installs torch)", path.display());
+    path
+}
+
+/// `python -m micn_twin ARGS` from the repository's `python/` directory.
+fn twin(args: &[&str]) -> Command {
+    let mut cmd = Command::new(torch_python());
+    cmd.args(["-W", "ignore", "-m", "micn_twin"])
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("python"))
+        .env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+/// `sample → score` of a CSV with `sample` first and `score` last (`micn predict`'s, the twin's).
+fn read_scores(path: &Path) -> BTreeMap<u32, f64> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("sample,") && header.ends_with(",score"), "{header}");
+    lines
+        .map(|line| {
+            let (sample, score) = (line.split(',').next().unwrap(), line.rsplit(',').next().unwrap());
+            (sample.parse().unwrap(), score.parse().unwrap())
+        })
+        .collect()
+}
+
+fn assert_same_scores(what: &str, micn: &BTreeMap<u32, f64>, twin: &BTreeMap<u32, f64>) {
+    assert_eq!(micn.keys().collect::<Vec<_>>(), twin.keys().collect::<Vec<_>>(), "{what}: other samples");
+    let worst = micn.iter().map(|(k, p)| (p - twin[k]).abs()).fold(0.0, f64::max);
+    assert!(worst <= 1e-5, "{what}: scores differ by up to {worst}");
+    let spread = micn.values().fold(f64::NAN, |m, &p| m.max(p)) - micn.values().fold(f64::NAN, |m, &p| m.min(p));
+    assert!(spread > 1e-3, "{what}: the scores hardly vary ({spread}); the comparison would prove little");
+}
+
+#[test]
+fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    let data = crate::train::dataset_dir().display().to_string();
+    run_ok(
+        Command::new(micn_bin())
+            .args(["data", "export", &data, "--max-hist-len", "10", "--valid-share", "0.1"])
+            .arg("--out")
+            .arg(&export),
+    );
+    for (kind, micn) in
+        [("wide_deep", false), ("wide_deep", true), ("din", false), ("din", true), ("dien", false), ("dien", true)]
+    {
+        let name = format!("{kind}{}", if micn { "-micn" } else { "" });
+        let run = tmp.path().join(&name);
+        let sets = [
+            &format!("model.kind={kind}"),
+            &format!("micn.enabled={micn}"),
+            "model.wide_crosses=true",
+            "model.wide_buckets=512",
+            "train.max_steps=25",
+            "train.epochs=1",
+        ];
+        train_from(&crate::small_config(&run, &sets), &SingleProcess, &Resume::Fresh).unwrap();
+        let scripted = tmp.path().join(format!("{name}.pt"));
+        run_ok(twin(&["torchscript"]).arg(&run).arg("--out").arg(&scripted));
+        for split in ["test", "valid"] {
+            let predicted = tmp.path().join(format!("{name}-{split}-micn.csv"));
+            run_ok(
+                Command::new(micn_bin())
+                    .args(["predict", "--split", split, "--run"])
+                    .arg(&run)
+                    .arg("--out")
+                    .arg(&predicted),
+            );
+            let micn_scores = read_scores(&predicted);
+            let twin_scores = tmp.path().join(format!("{name}-{split}-twin.csv"));
+            run_ok(
+                twin(&["score", "--split", split, "--export"]).arg(&export).arg(&run).arg("--out").arg(&twin_scores),
+            );
+            assert_same_scores(&format!("{name} {split}"), &micn_scores, &read_scores(&twin_scores));
+            if split == "test" {
+                let ts_scores = tmp.path().join(format!("{name}-ts.csv"));
+                run_ok(
+                    twin(&["score", "--export"])
+                        .arg(&export)
+                        .arg(&run)
+                        .arg("--torchscript")
+                        .arg(&scripted)
+                        .arg("--out")
+                        .arg(&ts_scores),
+                );
+                assert_same_scores(&format!("{name} TorchScript"), &micn_scores, &read_scores(&ts_scores));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_twin_refuses_a_damaged_model_file_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_from(
+        &crate::small_config(&run, &["model.kind=din", "train.max_steps=2", "train.epochs=1"]),
+        &SingleProcess,
+        &Resume::Fresh,
+    )
+    .unwrap();
+    let model = run.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = tmp.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let out = twin(&["torchscript"]).arg(&cut).arg("--out").arg(tmp.path().join("x.pt")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cut.safetensors") && stderr.contains("byte range"), "{stderr}");
+    assert!(!tmp.path().join("x.pt").exists(), "nothing is written for a refused model");
+}
