@@ -370,6 +370,10 @@ struct PrepareArgs {
     /// hold the brand first, then category levels, so 1). Without it every item is in `default_cat`.
     #[arg(long)]
     category_attribute: Option<usize>,
+    /// Most attributes of an item kept in the dataset's attribute table (`--item-attributes`);
+    /// longer lists are cut, and `prepare` says how many were.
+    #[arg(long, default_value_t = 8)]
+    max_attributes: usize,
     /// Meta file (2014: Python literals; 2018: JSON; gzip or plain). Optional: without it every
     /// item is in `default_cat` (no category signal).
     #[arg(long)]
@@ -889,6 +893,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
                 a.category_attribute.is_none() || a.item_attributes.is_some(),
                 "--category-attribute needs --item-attributes FILE"
             );
+            ensure_usage!(a.max_attributes > 0, "--max-attributes must be at least 1");
             let job = prepare::AmazonJob {
                 release: Release::Amazon2014,
                 reviews: a
@@ -900,7 +905,10 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
                 seed: a.seed,
                 strictness,
                 oracle: None,
-                sequences: Some(prepare::Sequences { category_attribute: a.category_attribute }),
+                sequences: Some(prepare::Sequences {
+                    category_attribute: a.category_attribute,
+                    max_attributes: a.max_attributes,
+                }),
             };
             prepare::prepare_amazon(&job, &a.out)?
         }

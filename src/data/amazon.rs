@@ -43,12 +43,38 @@ pub fn parse_review(line: &str) -> Result<Review, Bad> {
     Ok(Review { user: raw.user.into_owned(), item: raw.asin.into_owned(), time: raw.time })
 }
 
-/// One item's category as the protocols define it (`None`: the item has meta but no category,
-/// which maps to `default_cat` like a missing meta line).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One item's meta: its category as the protocols define it (`None`: the item has meta but no
+/// category, which maps to `default_cat` like a missing meta line), and the attributes kept in
+/// the dataset's item-attribute table.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ItemMeta {
     pub item: String,
     pub category: Option<String>,
+    /// The category path the category is the last level of (2014: the first path of
+    /// `categories`; 2018: `category`), top level first.
+    pub path: Vec<String>,
+    /// `brand`, when a non-empty string.
+    pub brand: Option<String>,
+    /// `price` in dollars, when one can be read (2014: a number; 2018: text such as `$12.99` or
+    /// `$10.00 - $20.00`, whose lower bound is taken).
+    pub price: Option<f64>,
+}
+
+/// A non-empty string field of a 2014 meta dict (anything else counts as absent: these fields
+/// only feed the attribute table).
+fn py_text(value: &PyValue, key: &str) -> Option<String> {
+    match value.get(key) {
+        Some(PyValue::Str(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
+/// A price as 2018 meta writes it: `$12.99`, `$1,299.00`, `$10.00 - $20.00` (the lower bound);
+/// `None` for empty text and for what is not a price (some lines hold page markup there).
+pub fn parse_price_text(text: &str) -> Option<f64> {
+    let first = text.trim().split(" - ").next()?.trim();
+    let digits = first.strip_prefix('$').unwrap_or(first).replace(',', "");
+    digits.parse::<f64>().ok().filter(|p| p.is_finite() && *p >= 0.0)
 }
 
 /// Parse one 2014 meta line: a Python dict literal; category = last element of the first path
@@ -78,20 +104,28 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
         Some(_) => return Err(Bad::new(BadKind::WrongType, "`asin` must be a non-empty string")),
         None => return Err(Bad::new(BadKind::MissingField, "missing field `asin`")),
     };
-    let category = match value.get("categories") {
-        None => None,
+    let path = match value.get("categories") {
+        None => vec![],
         Some(PyValue::List(paths)) => match paths.first() {
-            None => None,
-            Some(PyValue::List(path)) => match path.last() {
-                None => None,
-                Some(PyValue::Str(c)) => Some(c.clone()),
-                Some(_) => return Err(Bad::new(BadKind::WrongType, "`categories` paths must hold strings")),
-            },
+            None => vec![],
+            Some(PyValue::List(path)) => path
+                .iter()
+                .map(|level| match level {
+                    PyValue::Str(c) => Ok(c.clone()),
+                    _ => Err(Bad::new(BadKind::WrongType, "`categories` paths must hold strings")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(Bad::new(BadKind::WrongType, "`categories` must be a list of lists")),
         },
         Some(_) => return Err(Bad::new(BadKind::WrongType, "`categories` must be a list of lists")),
     };
-    Ok(ItemMeta { item, category })
+    let price = match value.get("price") {
+        Some(PyValue::Float(p)) => Some(*p),
+        Some(PyValue::Int(p)) => Some(*p as f64),
+        _ => None,
+    }
+    .filter(|p| p.is_finite() && *p >= 0.0);
+    Ok(ItemMeta { item, category: path.last().cloned(), path, brand: py_text(&value, "brand"), price })
 }
 
 #[derive(Deserialize)]
@@ -105,6 +139,11 @@ struct RawMeta2018<'a> {
     categories: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "reviewerID")]
     reviewer_id: Option<serde::de::IgnoredAny>,
+    /// Read as any JSON value: only a string counts (the attribute table's brand).
+    #[serde(default)]
+    brand: Option<serde_json::Value>,
+    #[serde(default)]
+    price: Option<serde_json::Value>,
 }
 
 /// Parse one 2018 meta line: JSON; category = last element of `category`.
@@ -121,7 +160,21 @@ pub fn parse_meta_2018(line: &str) -> Result<ItemMeta, Bad> {
     if raw.asin.is_empty() {
         return Err(Bad::new(BadKind::MissingField, "empty asin"));
     }
-    Ok(ItemMeta { item: raw.asin.into_owned(), category: raw.category.last().cloned() })
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    };
+    let price = match raw.price {
+        Some(serde_json::Value::Number(n)) => n.as_f64().filter(|p| *p >= 0.0),
+        other => text(other).as_deref().and_then(parse_price_text),
+    };
+    Ok(ItemMeta {
+        item: raw.asin.into_owned(),
+        category: raw.category.last().cloned(),
+        path: raw.category,
+        brand: text(raw.brand),
+        price,
+    })
 }
 
 /// The meta parser of a release.
@@ -187,6 +240,37 @@ mod tests {
         assert_eq!(parse_meta_2018(line).unwrap().category.as_deref(), Some("Poetry"));
         assert_eq!(parse_meta_2018(r#"{"asin": "X", "category": []}"#).unwrap().category, None);
         assert_eq!(parse_meta_2018(r#"{"asin": "X", "category": "Books"}"#).unwrap_err().kind, BadKind::WrongType);
+    }
+
+    #[test]
+    fn meta_keeps_the_path_brand_and_price_of_both_releases() {
+        // The first line of the real 2018 Gift Cards meta (tests/fixtures), long fields left out.
+        let line = r#"{"category": ["Gift Cards", "Gift Cards"], "tech1": "", "fit": "", "title": "Serendipity 3 $100.00 Gift Card", "also_buy": [], "tech2": "", "brand": "Serendipity 3", "feature": [], "rank": [], "also_view": [], "main_cat": "Grocery", "similar_item": "", "date": "", "price": "", "asin": "B001BKEWF2"}"#;
+        let meta = parse_meta_2018(line).unwrap();
+        assert_eq!(meta.path, ["Gift Cards", "Gift Cards"]);
+        assert_eq!((meta.brand.as_deref(), meta.price), (Some("Serendipity 3"), None), "its price is empty");
+        assert_eq!(parse_meta_2018(r#"{"asin": "X", "price": "$25.00"}"#).unwrap().price, Some(25.0));
+        let meta =
+            parse_meta_2018(r#"{"asin": "X", "brand": "  ", "price": ".a-box-inner{background-color:#fff}"}"#).unwrap();
+        assert_eq!((meta.brand, meta.price), (None, None));
+        assert_eq!(parse_meta_2018(r#"{"asin": "X", "price": 12.5, "brand": 7}"#).unwrap().price, Some(12.5));
+        let meta = parse_meta_2014(
+            "{'asin': 'X', 'categories': [['Toys & Games', 'Puzzles']], 'brand': 'Ravensburger', 'price': 12.99}",
+        )
+        .unwrap();
+        assert_eq!(meta.path, ["Toys & Games", "Puzzles"]);
+        assert_eq!((meta.brand.as_deref(), meta.price), (Some("Ravensburger"), Some(12.99)));
+        assert_eq!(parse_meta_2014("{'asin': 'X', 'price': 7}").unwrap().price, Some(7.0));
+        assert_eq!(parse_meta_2014("{'asin': 'X', 'price': -1.0, 'brand': ''}").unwrap().price, None);
+    }
+
+    #[test]
+    fn price_text_reads_dollars_thousands_and_ranges() {
+        assert_eq!(parse_price_text("$12.99"), Some(12.99));
+        assert_eq!(parse_price_text("$1,299.00"), Some(1299.0));
+        assert_eq!(parse_price_text("$10.00 - $20.00"), Some(10.0));
+        assert_eq!(parse_price_text(""), None);
+        assert_eq!(parse_price_text("<span>"), None);
     }
 
     #[test]

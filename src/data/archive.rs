@@ -7,6 +7,7 @@
 //! DIR/test.rkyv        test samples
 //! DIR/users.tsv items.tsv cats.tsv   vocabularies (items.tsv holds item → category)
 //! DIR/oracle.f32       optional: the generator's score per test sample (little-endian f32)
+//! DIR/attributes.tsv item_attributes.u32   optional: the item-attribute table (`attributes`)
 //! ```
 //!
 //! Every file is checked against its size and checksum at open, so that a file copied over
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
+use super::attributes::ItemAttributes;
 use super::samples::{ArchivedSamples, Samples};
 use super::vocab::Vocabularies;
 use super::DataError;
@@ -95,6 +97,18 @@ impl std::fmt::Display for CategorySource {
     }
 }
 
+/// The item-attribute table's files (see [`super::attributes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeFiles {
+    /// The table's columns, in order.
+    pub fields: Vec<String>,
+    /// `attributes.tsv`.
+    pub values: FileEntry,
+    /// `item_attributes.u32`.
+    pub table: FileEntry,
+}
+
 /// `dataset.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -113,6 +127,9 @@ pub struct DatasetMeta {
     pub test: FileEntry,
     pub vocabularies: VocabFiles,
     pub oracle: Option<FileEntry>,
+    /// The item-attribute table, when the input had attributes (absent from older directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<AttributeFiles>,
     /// AUC of the generator's oracle scores on the test set (synthetic data only).
     pub oracle_auc: Option<f64>,
     /// Anything else the preparation wants to record (protocol summary, items without meta).
@@ -130,6 +147,9 @@ impl DatasetMeta {
             ("cats.tsv", &self.vocabularies.cats),
         ];
         files.extend(self.oracle.as_ref().map(|o| ("oracle.f32", o)));
+        if let Some(a) = &self.attributes {
+            files.extend([("attributes.tsv", &a.values), ("item_attributes.u32", &a.table)]);
+        }
         files
     }
 
@@ -255,32 +275,44 @@ pub struct Dataset {
     pub test: Archive,
     /// The generator's score per test sample, when the data is synthetic.
     pub oracle: Option<Vec<f32>>,
+    /// The item-attribute table, when the dataset has one.
+    pub attributes: Option<ItemAttributes>,
 }
 
 impl Dataset {
     /// Open `dir`, checking every file against `dataset.json` (an error names the file).
     pub fn open(dir: &Path) -> Result<Self, DataError> {
         let meta = DatasetMeta::read(dir)?;
+        let read_checked = |name: &str, entry: &FileEntry| {
+            let path = dir.join(name);
+            let bytes = std::fs::read(&path).with_path(&path)?;
+            entry.check(&path, &bytes)?;
+            Ok::<_, DataError>(bytes)
+        };
         let [users, items, cats] = [
             ("users.tsv", &meta.vocabularies.users),
             ("items.tsv", &meta.vocabularies.items),
             ("cats.tsv", &meta.vocabularies.cats),
         ]
-        .map(|(name, entry)| {
-            let path = dir.join(name);
-            let bytes = std::fs::read(&path).with_path(&path)?;
-            entry.check(&path, &bytes)?;
-            Ok::<_, DataError>(bytes)
-        });
+        .map(|(name, entry)| read_checked(name, entry));
         let vocab = Vocabularies::parse(dir, [users?, items?, cats?])?;
         let train = Archive::open(&dir.join("train.rkyv"), &meta.train, &vocab)?;
         let test = Archive::open(&dir.join("test.rkyv"), &meta.test, &vocab)?;
+        let attributes = match &meta.attributes {
+            None => None,
+            Some(files) => {
+                let (tsv, table) = (
+                    read_checked("attributes.tsv", &files.values)?,
+                    read_checked("item_attributes.u32", &files.table)?,
+                );
+                Some(ItemAttributes::parse(dir, &files.fields, &tsv, &table, vocab.items.len())?)
+            }
+        };
         let oracle = match &meta.oracle {
             None => None,
             Some(entry) => {
                 let path = dir.join("oracle.f32");
-                let bytes = std::fs::read(&path).with_path(&path)?;
-                entry.check(&path, &bytes)?;
+                let bytes = read_checked("oracle.f32", entry)?;
                 if bytes.len() != 4 * test.samples().len() {
                     return Err(DataError::Invalid {
                         path,
@@ -294,7 +326,7 @@ impl Dataset {
                 Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
             }
         };
-        Ok(Self { dir: dir.to_path_buf(), meta, vocab, train, test, oracle })
+        Ok(Self { dir: dir.to_path_buf(), meta, vocab, train, test, oracle, attributes })
     }
 }
 

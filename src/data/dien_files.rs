@@ -437,6 +437,7 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
             train: &train_v,
             test: &test_v,
             oracle: None,
+            attributes: None,
             notes: json!({
                 "vocabularies": if from_pickles { "pickles" } else { "frequency" },
                 "item_counts": item_counts,

@@ -7,11 +7,14 @@
 //!   vocabularies; [`samples`]: the columnar sample set;
 //! - [`archive`]: the dataset directory (every file checked against `dataset.json` at open, rkyv
 //!   archives memory-mapped and validated once);
+//! - [`attributes`]: the item-attribute table (brand, category levels, price bucket; or a
+//!   sequences dataset's attribute lists);
 //! - [`prepare`]: the `micn prepare` pipeline (atomic output directory, stale staging removed);
 //! - [`synth`]: synthetic Amazon-like data with the generator's oracle;
 //! - [`shard`], [`batch`], [`loader`]: epoch permutations, rank slices, collation, prefetching.
 pub mod amazon;
 pub mod archive;
+pub mod attributes;
 pub mod batch;
 pub mod dien_files;
 pub mod export;

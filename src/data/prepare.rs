@@ -12,7 +12,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::amazon::{self, Release};
-use super::archive::{self, CategorySource, Counts, DatasetMeta, FileEntry, VocabFiles};
+use super::archive::{self, AttributeFiles, CategorySource, Counts, DatasetMeta, FileEntry, VocabFiles};
+use super::attributes::{ItemAttributes, RawAttributes};
 use super::input::{self, BadKind, FileSummary, Issues, Strictness};
 use super::protocol::{self, Built, Corpus, Protocol, ReviewRef, DEFAULT_CAT};
 use super::samples::Samples;
@@ -48,6 +49,9 @@ pub struct Sequences {
     /// (S3-Rec's lists hold the brand, then the category levels below the top one: 1 is the
     /// first level). `None`: every item is in `default_cat`.
     pub category_attribute: Option<usize>,
+    /// Most attributes of an item kept in the attribute table (its columns); longer lists are
+    /// cut, and `prepare` says how many were.
+    pub max_attributes: usize,
 }
 
 /// What a preparation did, for the user.
@@ -247,27 +251,44 @@ fn parse_sequence(line: &str) -> Result<(String, Vec<String>), input::Bad> {
     Ok((user, items))
 }
 
-/// An attributes file (`{"item": [attribute ids]}`): with `category_attribute = Some(k)` each
-/// sequenced item's k-th attribute becomes its category. Returns, when categories were taken,
-/// the number of items the file gives none for.
+/// An attributes file (`{"item": [attribute ids]}`): every sequenced item's list goes to the
+/// attribute table (at most `sequences.max_attributes` columns), and with
+/// `category_attribute = Some(k)` its k-th attribute becomes its category. Returns, when
+/// categories were taken, the number of items the file gives none for.
 fn read_attributes(
     path: &Path,
     corpus: &mut Corpus,
-    category_attribute: Option<usize>,
+    sequences: Sequences,
     warnings: &mut Vec<String>,
 ) -> Result<Option<u64>, DataError> {
     let text = std::fs::read_to_string(path).with_path(path)?;
     let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
     let attributes: std::collections::HashMap<String, Vec<serde_json::Value>> =
         serde_json::from_str(&text).map_err(|e| invalid(format!("expected {{\"item\": [attribute ids]}}: {e}")))?;
-    let Some(k) = category_attribute else { return Ok(None) };
+    let text_of = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let lists: Vec<Vec<String>> = (0..corpus.items.len() as u32)
+        .map(|item| attributes.get(corpus.items.name(item)).map_or_else(Vec::new, |a| a.iter().map(text_of).collect()))
+        .collect();
+    let raw = RawAttributes::from_lists(lists, sequences.max_attributes);
+    if raw.cut > 0 {
+        warnings.push(format!(
+            "{}: {} items have more than {} attributes (the longest {}): the attribute table keeps their first {} (--max-attributes)",
+            path.display(),
+            raw.cut,
+            raw.fields.len(),
+            raw.longest,
+            raw.fields.len()
+        ));
+    }
+    corpus.attributes = Some(raw);
+    let Some(k) = sequences.category_attribute else { return Ok(None) };
     let mut without = 0u64;
     for item in 0..corpus.items.len() as u32 {
         let name = corpus.items.name(item).to_string();
-        let category = attributes.get(&name).and_then(|a| a.get(k)).map(|v| match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        let category = attributes.get(&name).and_then(|a| a.get(k)).map(text_of);
         match category {
             Some(c) => corpus.item_cat[item as usize] = corpus.cats.intern(&format!("attribute {c}")),
             None => without += 1,
@@ -359,7 +380,7 @@ fn read_corpus(
     warnings.extend(issue_warnings(&reviews_summary));
     if let Some(sequences) = &job.sequences {
         let attributes = match &job.meta {
-            Some(path) => Some(read_attributes(path, &mut corpus, sequences.category_attribute, warnings)?),
+            Some(path) => Some(read_attributes(path, &mut corpus, *sequences, warnings)?),
             None => None,
         };
         if sequences.category_attribute.is_none() || attributes.is_none() {
@@ -374,15 +395,18 @@ fn read_corpus(
     };
     let mut has_meta = vec![false; corpus.items.len()];
     let mut good_meta = 0u64;
+    let mut attributes = RawAttributes::for_meta(corpus.items.len());
     let meta_summary = input::parse_lines(meta_path, job.strictness, amazon::meta_parser(job.release), |m, _| {
         good_meta += 1;
         if let Some(item) = corpus.items.get(&m.item) {
             has_meta[item as usize] = true;
+            attributes.set_meta(item, &m);
             if let Some(cat) = m.category {
                 corpus.item_cat[item as usize] = corpus.cats.intern(&cat);
             }
         }
     })?;
+    corpus.attributes = Some(attributes);
     let bad_meta = meta_summary.issues.total();
     if meta_summary.lines == 0 {
         return Err(DataError::Invalid { path: meta_path.clone(), message: "the meta file is empty".into() });
@@ -530,6 +554,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         None => None,
     };
     let (vocab, maps) = vocab::build(&built.train, &corpus.users, &corpus.items, &corpus.cats, &corpus.item_cat);
+    let attributes = corpus.attributes.as_ref().map(|raw| ItemAttributes::build(raw, &maps.items, vocab.items.len()));
     // The reviews and interners are no longer needed: free them before the archives are built.
     let reviews = corpus.reviews.len();
     drop(corpus);
@@ -566,6 +591,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             train: &train,
             test: &test,
             oracle: oracle.as_deref(),
+            attributes: attributes.as_ref(),
             notes,
         },
     )?;
@@ -604,6 +630,7 @@ pub(crate) struct DatasetParts<'a> {
     pub train: &'a Samples,
     pub test: &'a Samples,
     pub oracle: Option<&'a [f32]>,
+    pub attributes: Option<&'a ItemAttributes>,
     pub notes: serde_json::Value,
 }
 
@@ -641,6 +668,19 @@ fn write_dataset_with(
         None => None,
     };
     let oracle_auc = parts.oracle.and_then(|scores| crate::metrics::auc(scores, &parts.test.labels));
+    let attributes = match parts.attributes {
+        Some(table) => {
+            let [(tsv_name, tsv), (table_name, bytes)] = table.to_files();
+            staging.write(tsv_name, &tsv)?;
+            staging.write(table_name, &bytes)?;
+            Some(AttributeFiles {
+                fields: table.fields.clone(),
+                values: FileEntry::of(&tsv),
+                table: FileEntry::of(&bytes),
+            })
+        }
+        None => None,
+    };
     let meta = DatasetMeta {
         format_version: archive::FORMAT_VERSION,
         source: parts.source,
@@ -661,6 +701,7 @@ fn write_dataset_with(
         test: test_entry,
         vocabularies,
         oracle,
+        attributes,
         oracle_auc,
         notes: parts.notes,
     };

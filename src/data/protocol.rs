@@ -77,6 +77,8 @@ pub struct Corpus {
     pub reviews: Vec<ReviewRef>,
     /// Category intern id per item intern id (the `default_cat` id where meta is missing).
     pub item_cat: Vec<u32>,
+    /// The items' attributes, when the input has them (meta or a sequences attributes file).
+    pub attributes: Option<super::attributes::RawAttributes>,
 }
 
 /// The category name of items without meta (and vocabulary id 0).

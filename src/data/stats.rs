@@ -1,10 +1,11 @@
-//! `micn data stats`: what a prepared dataset holds — counts, vocabulary sizes, label balance and
-//! the distribution of history lengths.
+//! `micn data stats`: what a prepared dataset holds — counts, vocabulary sizes, label balance,
+//! the distribution of history lengths and the item-attribute table's columns.
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::archive::CategorySource;
+use super::attributes::FieldStats;
 use super::samples::ArchivedSamples;
 use super::Dataset;
 
@@ -34,6 +35,18 @@ pub struct Stats {
     pub train: SplitStats,
     pub test: SplitStats,
     pub oracle_auc: Option<f64>,
+    /// The item-attribute table, when the dataset has one.
+    pub attributes: Option<AttributeStats>,
+}
+
+/// The item-attribute table: its width, vocabulary and each column's coverage.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttributeStats {
+    /// Columns per item.
+    pub k: usize,
+    /// Attribute ids, id 0 (none) included.
+    pub values: u64,
+    pub fields: Vec<FieldStats>,
 }
 
 fn split(s: &ArchivedSamples) -> SplitStats {
@@ -73,6 +86,11 @@ pub fn compute(d: &Dataset) -> Stats {
         train: split(d.train.samples()),
         test: split(d.test.samples()),
         oracle_auc: d.meta.oracle_auc,
+        attributes: d.attributes.as_ref().map(|a| AttributeStats {
+            k: a.k(),
+            values: a.names.len() as u64,
+            fields: a.coverage(),
+        }),
     }
 }
 
@@ -106,6 +124,23 @@ impl std::fmt::Display for Stats {
         for len in lengths {
             let count = |s: &SplitStats| s.history_lengths.get(&len).copied().unwrap_or(0);
             writeln!(f, "{len:>14} {:>9} {:>9}", count(&self.train), count(&self.test))?;
+        }
+        match &self.attributes {
+            None => writeln!(f, "item attributes: none (no meta or attributes file)")?,
+            Some(a) => {
+                writeln!(f, "item attributes: {} per item, {} distinct (with id 0)", a.k, a.values)?;
+                let items = self.items.saturating_sub(1).max(1) as f64;
+                for s in &a.fields {
+                    writeln!(
+                        f,
+                        "{:>14}  {:>9} items ({:.1} %)  {} values",
+                        s.field,
+                        s.items_with_value,
+                        100.0 * s.items_with_value as f64 / items,
+                        s.distinct_values
+                    )?;
+                }
+            }
         }
         if let Some(auc) = self.oracle_auc {
             writeln!(f, "oracle test AUC {auc:.4} (the generator's own scores: a ceiling for any model)")?;

@@ -1,0 +1,118 @@
+//! The item-attribute table: filled from the real 2018 Gift Cards meta (brand, category levels,
+//! price bucket) and from the real S3-Rec Toys attribute lists, checked item by item against the
+//! raw files; shown by `data stats`; a damaged table is refused naming it.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use micn::data::Dataset;
+
+use crate::{micn_bin, run_ok};
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
+/// Each item's attributes as `field=value` texts (none left out), by item name.
+fn rows_by_name(d: &Dataset) -> HashMap<String, Vec<String>> {
+    let a = d.attributes.as_ref().expect("the dataset has an attribute table");
+    (1..d.vocab.items.len())
+        .map(|item| {
+            let named = a.row(item).iter().zip(&a.fields).filter(|(&id, _)| id != 0);
+            let texts = named.map(|(&id, field)| format!("{field}={}", a.names[id as usize].1)).collect();
+            (d.vocab.items.names[item].clone(), texts)
+        })
+        .collect()
+}
+
+#[test]
+fn amazon_2018_meta_fills_brand_category_levels_and_price_buckets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gift-cards");
+    run_ok(
+        Command::new(micn_bin())
+            .args(["prepare", "--input-format", "amazon2018", "--protocol", "din", "--max-hist-len", "10"])
+            .arg("--reviews")
+            .arg(fixture("amazon-gift-cards-2018/Gift_Cards_5.json.gz"))
+            .arg("--meta")
+            .arg(fixture("amazon-gift-cards-2018/meta_Gift_Cards.json.gz"))
+            .arg("--out")
+            .arg(&out),
+    );
+    let d = Dataset::open(&out).unwrap();
+    let rows = rows_by_name(&d);
+    // Read off the raw meta lines with Python's json module: brand, `category`, `price`.
+    let gift = ["category_1=Gift Cards", "category_2=Gift Cards"];
+    let expected: [(&str, Vec<&str>); 5] = [
+        ("B00AR51Y5I", [&["brand=Starbucks"], &gift[..], &["price=20-50"]].concat()), // $25.00
+        ("B0091JKVU0", [&["brand=Amazon"], &gift[..], &["price=200-500"]].concat()),  // $200.00
+        ("B0091JL3OI", [&["brand=Amazon"], &gift[..], &["price=500+"]].concat()),     // $500.00
+        ("B00F2RZMEA", vec!["brand=Burger King", "price=20-50"]),                     // no category
+        ("B00MV9H6VY", gift.to_vec()),                                                // no brand, no price
+    ];
+    for (item, attributes) in expected {
+        assert_eq!(rows[item], attributes, "{item}");
+    }
+    // Of the 148 reviewed items (all with meta), 119 have a brand, 146 a category path of two
+    // levels, 107 a price (Python over the same files).
+    let s: serde_json::Value =
+        serde_json::from_slice(&run_ok(Command::new(micn_bin()).args(["data", "stats", "--json"]).arg(&out)).stdout)
+            .unwrap();
+    let coverage: Vec<(String, u64)> = s["attributes"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["field"].as_str().unwrap().to_string(), f["items_with_value"].as_u64().unwrap()))
+        .collect();
+    let expected = [
+        ("brand", 119),
+        ("category_1", 146),
+        ("category_2", 146),
+        ("category_3", 0),
+        ("category_4", 0),
+        ("price", 107),
+    ];
+    assert_eq!(coverage, expected.map(|(f, n)| (f.to_string(), n)), "{s}");
+    let text = String::from_utf8(run_ok(Command::new(micn_bin()).args(["data", "stats"]).arg(&out)).stdout).unwrap();
+    assert!(text.contains("item attributes: 6 per item") && text.contains("brand        119 items (80.4 %)"), "{text}");
+
+    // A damaged table is refused at open, naming it.
+    let table = out.join("item_attributes.u32");
+    let mut bytes = std::fs::read(&table).unwrap();
+    bytes[4 * 6 * 3] ^= 1;
+    std::fs::write(&table, &bytes).unwrap();
+    let e = Dataset::open(&out).err().expect("a damaged table is refused").to_string();
+    assert!(e.contains("item_attributes.u32") && e.contains("checksum"), "{e}");
+}
+
+#[test]
+fn sequences_attribute_lists_become_the_table_cut_to_max_attributes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("toys");
+    let attributes = fixture("s3rec-toys-2014/Toys_and_Games_item2attributes.json");
+    let done = run_ok(
+        Command::new(micn_bin())
+            .args(["prepare", "--input-format", "sequences", "--protocol", "din", "--max-hist-len", "20"])
+            .arg("--sequences")
+            .arg(fixture("s3rec-toys-2014/Toys_and_Games.txt"))
+            .arg("--item-attributes")
+            .arg(&attributes)
+            .args(["--max-attributes", "8", "--out"])
+            .arg(&out),
+    );
+    // Lists longer than 8: 14 of 10, 8 of 11, 3 of 19, 2 of 31 (Python over the JSON file).
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(stderr.contains("27 items have more than 8 attributes (the longest 31)"), "{stderr}");
+    let d = Dataset::open(&out).unwrap();
+    let table = d.attributes.as_ref().unwrap();
+    assert_eq!(table.fields, (1..=8).map(|i| format!("attribute_{i}")).collect::<Vec<_>>());
+    // Every item's row is its list from the JSON file, in order, cut to 8.
+    let lists: HashMap<String, Vec<u64>> = serde_json::from_slice(&std::fs::read(&attributes).unwrap()).unwrap();
+    let rows = rows_by_name(&d);
+    assert_eq!(rows.len(), 11_924);
+    for (item, row) in &rows {
+        let expected: Vec<String> =
+            lists[item].iter().take(8).zip(&table.fields).map(|(id, field)| format!("{field}={id}")).collect();
+        assert_eq!(row, &expected, "item {item}");
+    }
+}
