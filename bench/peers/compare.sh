@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # micn beside DeepCTR-Torch on the same real samples and settings, in one run: DIN and DIEN (and
-# micn's with MICN), test AUC and training samples/s, 1 thread, batch 128, embedding 18, history
-# 20, Adam lr 1e-3, the same epochs.
+# micn's with MICN, and with MICN's wider embeddings but its loss off, `micn.lambda = 0`: the
+# capacity-matched ablation), test AUC and training samples/s, 1 thread, batch 128, embedding 18,
+# history 20, Adam lr 1e-3, the same epochs.
 #
 #   bench/peers/compare.sh REVIEWS.json.gz [META.json.gz]
 #   bench/peers/compare.sh SEQUENCES.txt [ITEM2ATTRIBUTES.json]
@@ -66,23 +67,29 @@ results=$out/results.jsonl
 : >"$results"
 for seed in $seeds; do
   for model in $models; do
-    for with_micn in false true; do
-      run=$out/micn-$model-micn_$with_micn-seed$seed
+    # MICN off, on, and its wider embeddings with its loss off (λ = 0).
+    for variant in off on width_only; do
+      run=$out/micn-$model-micn_$variant-seed$seed
+      case $variant in
+        off) micn_sets=(--set micn.enabled=false) ;;
+        on) micn_sets=(--set micn.enabled=true) ;;
+        width_only) micn_sets=(--set micn.enabled=true --set micn.lambda=0) ;;
+      esac
       $micn --comm single train --config configs/books-$model.toml --overwrite \
         --set data.dir="$out/data" --set run.dir="$run" --set device=cpu --set train.threads=1 \
         --set train.epochs="$epochs" --set train.lr=1e-3 --set train.seed="$seed" --set data.valid_share=0 \
-        --set micn.enabled=$with_micn --set train.log_every_steps=100000 >/dev/null 2>"$run.log" \
+        "${micn_sets[@]}" --set train.log_every_steps=100000 >/dev/null 2>"$run.log" \
         || { cat "$run.log" >&2; exit 1; }
-      python3 - "$run/summary.json" "$model" "$with_micn" "$seed" >>"$results" <<'EOF'
+      python3 - "$run/summary.json" "$model" "$variant" "$seed" >>"$results" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
-print(json.dumps({"trainer": "micn", "model": sys.argv[2], "micn": sys.argv[3] == "true", "seed": int(sys.argv[4]),
+print(json.dumps({"trainer": "micn", "model": sys.argv[2], "micn": sys.argv[3], "seed": int(sys.argv[4]),
                   "samples_per_sec": s["samples_per_sec"], "test_auc": s["test_auc"]}))
 EOF
     done
     [[ $model == din || $model == dien ]] || continue
     "$peer/bin/python" bench/peers/deepctr_peer.py --data "$out/arrays" --model "$model" --epochs "$epochs" \
-      --seed "$seed" | tail -n 1 | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["seed"]='"$seed"'; r["micn"]=False; print(json.dumps(r))' >>"$results"
+      --seed "$seed" | tail -n 1 | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["seed"]='"$seed"'; r["micn"]="off"; print(json.dumps(r))' >>"$results"
   done
 done
 
@@ -90,14 +97,17 @@ python3 - "$results" "$epochs" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 groups = {}
+order = {"off": 0, "on": 1, "width_only": 2}
+label = {"off": "no", "on": "yes", "width_only": "width only (λ = 0)"}
 for r in rows:
-    groups.setdefault((r["model"], r["trainer"], r["micn"]), []).append(r)
+    groups.setdefault((r["model"], r["trainer"], order[r["micn"]]), []).append(r)
 print(f"| model | trainer | MICN | test AUC (mean ± std over {len({r['seed'] for r in rows})} seeds) | samples/s (median) |")
 print("|---|---|---|---|---:|")
 for (model, trainer, micn), rs in sorted(groups.items()):
+    micn = [k for k, v in order.items() if v == micn][0]
     aucs = [r["test_auc"] for r in rs]
     std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
     rate = statistics.median(r["samples_per_sec"] for r in rs)
-    print(f"| {model.upper()} | {trainer} | {'yes' if micn else 'no'} | {statistics.mean(aucs):.4f} ± {std:.4f} | {rate:,.0f} |")
+    print(f"| {model.upper()} | {trainer} | {label[micn]} | {statistics.mean(aucs):.4f} ± {std:.4f} | {rate:,.0f} |")
 print(f"\n{sys.argv[2]} epochs, batch 128, 1 thread, embedding 18, history 20, Adam lr 1e-3")
 EOF

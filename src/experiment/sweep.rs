@@ -3,7 +3,10 @@
 //! processes of the same binary (`micn train --resume auto`, or `micn-launch` for several ranks).
 //!
 //! Run directories are `OUT/<point>/repeat-<r>`, where `<point>` names the base configuration
-//! (when there are several) and the grid values (`micn.phi=0.3`). Running the same command again
+//! (when there are several) and the grid values (`micn.phi=0.3`). A grid value may be an inline
+//! table that sets several keys at once (`micn = [{enabled = false}, {enabled = true, lambda =
+//! 0.0}]`: points `micn.enabled=false` and `micn.enabled=true,micn.lambda=0.0`), for variants
+//! that are not a product of independent keys. Running the same command again
 //! skips finished runs (a `summary.json` not stopped by a signal) and resumes unfinished ones from
 //! their newest checkpoint; a run directory whose configuration differs from the planned one is
 //! refused, never overwritten. The report (`micn report`) of the sweep is written to `OUT/report`
@@ -109,7 +112,10 @@ fn check_grid_values(key: &str, values: &[toml::Value]) -> Result<(), String> {
     if values.is_empty() {
         return Err(format!("{key} has no values"));
     }
-    let names: Vec<String> = values.iter().map(point_value).collect();
+    if let Some(empty) = values.iter().find(|v| v.as_table().is_some_and(|t| t.is_empty())) {
+        return Err(format!("{key} has an empty table {empty}: it would set nothing"));
+    }
+    let names: Vec<String> = values.iter().map(|v| point_name(key, v)).collect();
     for (i, name) in names.iter().enumerate() {
         if names[..i].contains(name) {
             return Err(format!("{key} lists {name} twice"));
@@ -178,6 +184,21 @@ fn point_value(value: &toml::Value) -> String {
     text.replace(['/', '\\'], "_")
 }
 
+/// The keys a grid value sets: its own key, or every key of an inline table under it.
+fn point_sets(key: &str, value: &toml::Value) -> Vec<(String, toml::Value)> {
+    match value {
+        toml::Value::Table(table) => {
+            crate::config::flatten(table).into_iter().map(|(k, v)| (format!("{key}.{k}"), v)).collect()
+        }
+        other => vec![(key.to_string(), other.clone())],
+    }
+}
+
+/// A grid value's part of a point's name: `key=value` for each key it sets.
+fn point_name(key: &str, value: &toml::Value) -> String {
+    point_sets(key, value).iter().map(|(k, v)| format!("{k}={}", point_value(v))).collect::<Vec<_>>().join(",")
+}
+
 /// Every run, repeat-major: all points of repeat 0 first, so an interrupted sweep already covers
 /// the whole grid once. Every configuration is resolved and validated before anything runs.
 pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
@@ -194,9 +215,11 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     if spec.out.as_os_str().is_empty() {
         return Err(plan_err("micn sweep", "needs an output directory (--out DIR or `out` in the sweep file)"));
     }
-    for (key, _) in &spec.grid {
-        if key == "train.seed" || key == "run.dir" {
-            return Err(plan_err(key, "is set by the sweep itself (repeats change train.seed)"));
+    for (key, values) in &spec.grid {
+        for (key, _) in values.iter().flat_map(|v| point_sets(key, v)) {
+            if key == "train.seed" || key == "run.dir" {
+                return Err(plan_err(&key, "is set by the sweep itself (repeats change train.seed)"));
+            }
         }
     }
     // The grid's points: the cartesian product, the last key varying fastest.
@@ -219,14 +242,14 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     for repeat in 0..spec.repeats {
         for (base, stem) in spec.configs.iter().zip(&stems) {
             for point in &points {
-                let mut name: Vec<String> = point.iter().map(|(k, v)| format!("{k}={}", point_value(v))).collect();
+                let mut name: Vec<String> = point.iter().map(|(k, v)| point_name(k, v)).collect();
                 if spec.configs.len() > 1 || name.is_empty() {
                     name.insert(0, stem.clone());
                 }
                 let dir = spec.out.join(name.join(",")).join(format!("repeat-{repeat}"));
                 let mut overrides = spec.sets.clone();
-                for (key, value) in point {
-                    overrides.push(Override::parse(&set_arg(key, value))?);
+                for (key, value) in point.iter().flat_map(|(k, v)| point_sets(k, v)) {
+                    overrides.push(Override::parse(&set_arg(&key, &value))?);
                 }
                 let seed = Config::load(Some(base), &overrides)?.train.seed;
                 overrides.push(Override::parse(&format!("train.seed={}", seed.wrapping_add(repeat as u64)))?);
@@ -504,6 +527,40 @@ mod tests {
         let launched = Runner { launcher: Some("micn-launch".into()), np: 2, ..runner }.command(&runs[1]);
         let args: Vec<String> = launched.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(&args[..5], ["--np", "2", "--micn", "micn", "--"]);
+    }
+
+    #[test]
+    fn a_table_valued_grid_point_sets_several_keys_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ablation.toml");
+        base(dir.path());
+        std::fs::write(
+            &file,
+            "configs = [\"base.toml\"]\nout = \"runs/a\"\n[grid]\n\"model.kind\" = [\"din\"]\n\
+             micn = [{enabled = false}, {enabled = true}, {enabled = true, lambda = 0.0}]\n",
+        )
+        .unwrap();
+        let s = SweepSpec::from_file(&file).unwrap();
+        let runs = plan(&s).unwrap();
+        let names: Vec<String> =
+            runs.iter().map(|r| r.dir.parent().unwrap().file_name().unwrap().to_string_lossy().into()).collect();
+        assert_eq!(
+            names,
+            [
+                "micn.enabled=false,model.kind=din",
+                "micn.enabled=true,model.kind=din",
+                "micn.enabled=true,micn.lambda=0.0,model.kind=din"
+            ]
+        );
+        let micn: Vec<(bool, f64)> = runs.iter().map(|r| (r.config.micn.enabled, r.config.micn.lambda)).collect();
+        assert_eq!(micn, [(false, 1.0), (true, 1.0), (true, 0.0)]);
+        // From the command line too, and an empty table or a seed inside one is refused.
+        let (key, values) = parse_grid("micn=[{enabled = true}, {enabled = true, lambda = 0.5}]").unwrap();
+        assert_eq!((key.as_str(), values.len()), ("micn", 2));
+        assert!(parse_grid("micn=[{}]").unwrap_err().to_string().contains("empty table"));
+        let mut s = spec(dir.path());
+        s.set_grid("train".into(), parse_grid("train=[{seed = 3}]").unwrap().1);
+        assert!(plan(&s).unwrap_err().to_string().contains("train.seed"));
     }
 
     #[test]

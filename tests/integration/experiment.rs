@@ -160,3 +160,34 @@ fn a_sweep_with_np_2_runs_each_point_on_two_ranks_through_the_launcher() {
     let log = read(&run.join("logs/rank-1.log"));
     assert!(log.lines().all(|l| l.starts_with("[rank 1] ")) && log.contains("training"), "{log}");
 }
+
+#[test]
+fn every_shipped_sweep_file_plans_and_table_2_has_the_capacity_matched_ablation() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/experiments");
+    let files: Vec<_> = ["", "synthetic"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(root.join(sub)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name().unwrap() != "books.toml")
+        .filter(|p| p.file_name().unwrap() != "electronics.toml")
+        .collect();
+    assert_eq!(files.len(), 6, "{files:?}");
+    for file in &files {
+        let runs =
+            sweep::plan(&SweepSpec::from_file(file).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if !file.ends_with("table2-models.toml") {
+            continue;
+        }
+        // Every model without MICN, with it, and with its wider embeddings but λ = 0, on both sets.
+        let mut variants: Vec<(String, bool, f64)> = runs
+            .iter()
+            .filter(|r| r.dir.ends_with("repeat-0"))
+            .map(|r| (format!("{:?}", r.config.model.kind), r.config.micn.enabled, r.config.micn.lambda))
+            .collect();
+        variants.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        variants.dedup();
+        assert_eq!(variants.len(), 9, "{}: {variants:?}", file.display());
+        assert_eq!(variants.iter().filter(|v| v.1 && v.2 == 0.0).count(), 3, "{variants:?}");
+        assert_eq!(runs.iter().filter(|r| r.dir.ends_with("repeat-0")).count(), 18, "{}", file.display());
+    }
+}
