@@ -84,6 +84,22 @@ pub enum ModelKind {
     WideDeep,
     Din,
     Dien,
+    Mind,
+}
+
+impl ModelKind {
+    /// Every main model.
+    pub const ALL: [ModelKind; 4] = [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien, ModelKind::Mind];
+
+    /// The name configurations use (`wide_deep`, `din`, `dien`, `mind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::WideDeep => "wide_deep",
+            ModelKind::Din => "din",
+            ModelKind::Dien => "dien",
+            ModelKind::Mind => "mind",
+        }
+    }
 }
 
 /// How MICN draws the negatives of its sampled softmax.
@@ -240,6 +256,12 @@ pub struct ModelConfig {
     pub wide_crosses: bool,
     /// Buckets of Wide&Deep's hashed cross-product features (with `wide_crosses`).
     pub wide_buckets: usize,
+    /// MIND's most interest capsules per user.
+    pub mind_interests: usize,
+    /// MIND's dynamic-routing iterations.
+    pub mind_routing_iters: usize,
+    /// Power of MIND's label-aware attention, or "inf" for hard attention.
+    pub mind_pow_p: AttentionPower,
 }
 
 impl Default for ModelConfig {
@@ -254,6 +276,9 @@ impl Default for ModelConfig {
             dien_aux_alpha: 1.0,
             wide_crosses: false,
             wide_buckets: 1 << 18,
+            mind_interests: 4,
+            mind_routing_iters: 3,
+            mind_pow_p: AttentionPower::Soft(2.0),
         }
     }
 }
@@ -632,6 +657,11 @@ impl Config {
         )?;
         check(m.dien_aux_alpha >= 0.0 && m.dien_aux_alpha.is_finite(), "model.dien_aux_alpha", "must be ≥ 0")?;
         count(m.wide_buckets, WIDE_BUCKETS, "model.wide_buckets")?;
+        count(m.mind_interests, K_MAX, "model.mind_interests")?;
+        count(m.mind_routing_iters, ROUTING_ITERS, "model.mind_routing_iters")?;
+        if let AttentionPower::Soft(p) = m.mind_pow_p {
+            check(p >= 0.0 && p.is_finite(), "model.mind_pow_p", format!("must be ≥ 0 or \"inf\", got {p}"))?;
+        }
         check(x.lambda >= 0.0 && x.lambda.is_finite(), "micn.lambda", format!("must be ≥ 0, got {}", x.lambda))?;
         check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", x.phi))?;
         count(x.k_max, K_MAX, "micn.k_max")?;
@@ -1008,15 +1038,18 @@ mod tests {
 
     #[test]
     fn every_shipped_config_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
-                seen += 1;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        // The base configurations; the sweep files beside them are planned by their own test.
+        for dir in [root.clone(), root.join("experiments/ablation")] {
+            let mut seen = 0;
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
+                    seen += 1;
+                }
             }
+            assert!(seen > 0, "no configs in {}", dir.display());
         }
-        assert!(seen > 0, "no configs in {}", dir.display());
     }
 }

@@ -114,7 +114,7 @@ mod tests {
     fn every_variable_of_a_network_falls_in_exactly_one_group() {
         let vocab = Vocab { users: 4, items: 7, cats: 3 };
         let item_cats = Tensor::from_slice(&[0i64, 1, 1, 2, 2, 1, 2]);
-        for kind in [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien] {
+        for kind in ModelKind::ALL {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = ModelConfig { kind, embedding_dim: 2, wide_buckets: 16, ..Default::default() };
             Network::new(&vs.root(), &model, &MicnConfig::default(), &vocab, &item_cats).unwrap();
@@ -194,6 +194,7 @@ mod tests {
             // Both wide parts, so the hashed crosses stay exercised.
             wide_crosses: true,
             wide_buckets: 64,
+            ..Default::default()
         }
     }
 
@@ -203,7 +204,7 @@ mod tests {
         Network::new(&vs.root(), &small(kind), &micn, &VOCAB, &item_cats()).unwrap()
     }
 
-    const KINDS: [ModelKind; 3] = [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien];
+    const KINDS: [ModelKind; 4] = ModelKind::ALL;
 
     #[test]
     fn every_model_gives_finite_logits_of_shape_b() {

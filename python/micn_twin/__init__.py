@@ -8,7 +8,10 @@ with PyTorch or TorchScript.
     probs = net(*(batch[k] for k in micn_twin.INPUTS))
     torch.jit.script(net).save("model.pt")
 """
+import json
+import tomllib
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -18,7 +21,7 @@ from .model import ModelFileError, Network
 # The inputs of `Network.forward`, in order.
 INPUTS = ("users", "items", "cats", "hist_items", "hist_cats", "hist_mask")
 
-__all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "load", "model_file", "read_export",
+__all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "load", "model_config", "model_file", "read_export",
            "read_npy", "read_safetensors", "score"]
 
 
@@ -33,10 +36,24 @@ def model_file(path) -> Path:
     return path
 
 
+def model_config(path) -> Optional[dict]:
+    """The `[model]` table of the run that made `path`: a run directory's `config.toml`, a
+    checkpoint's `state.json`, or a `config.toml` beside a model file; `None` when there is none."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    if (directory / "config.toml").is_file():
+        text = (directory / "config.toml").read_text()
+    elif (directory / "state.json").is_file():
+        text = json.loads((directory / "state.json").read_text())["config"]
+    else:
+        return None
+    return tomllib.loads(text).get("model", {})
+
+
 def load(path) -> Network:
     """The trained model at `path` (see `model_file`), in evaluation mode."""
     file = model_file(path)
-    return Network(read_safetensors(file), str(file)).eval()
+    return Network(read_safetensors(file), str(file), model_config(path)).eval()
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 does (evaluation mode: Dice and batch normalisation read their running statistics).
 
 Every module is built from a trained model's tensors by name (`model.safetensors` of a run or a
-checkpoint); the architecture is read from the names and shapes, so no configuration is needed.
+checkpoint); the architecture is read from the names and shapes, and for MIND, whose number of
+interests, routing iterations and attention power are not in the weights, from the run's
+configuration (`[model]` of `config.toml`, or of a checkpoint's `state.json`).
 The names and formulas are micn's (`src/model/`, `src/model/layers.rs`): where micn computes a
 value in a particular order (DIN's attention unit reads `[q, k, q − k, q·k]` through a split
 first layer), this code does the same, so that scores agree to float rounding.
@@ -334,6 +336,121 @@ class Dien(nn.Module):
         return self.head(torch.cat([user, target, hist_sum, target * hist_sum, last], -1)).squeeze(-1)
 
 
+# The 32-bit mixing's constants (src/micn/rng.rs) are written as literals in the functions below,
+# which TorchScript compiles (it reads no globals): multiplier 0x045D9F3B, mask 0xFFFFFFFF,
+# golden increment 0x9E3779B9, salts 0x85EBCA6B and 0xC2B2AE35.
+MASK64 = (1 << 64) - 1
+# micn's MIND routing start: seed "MIND" (src/model/mind.rs), stream 1 (src/micn/rng.rs).
+MIND_ROUTING_SEED = 0x4D49_4E44
+ROUTING_STREAM = 1
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's finaliser (src/rng.rs)."""
+    z = ((z ^ (z >> 30)) * 0xBF58_476D_1CE4_E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D0_49BB_1331_11EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def normal_field_key(seed: int, stream: int) -> int:
+    """The 32-bit key of micn's `NormalField::new(seed, stream)` (src/micn/rng.rs)."""
+    golden = 0x9E37_79B9_7F4A_7C15
+    key = _mix64((_mix64(seed ^ golden) + stream * golden) & MASK64)
+    return key >> 32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """The 32-bit finaliser on int64 tensors holding values below 2³²."""
+    x = ((x >> 16) ^ x) * 0x045D9F3B & 0xFFFFFFFF
+    x = ((x >> 16) ^ x) * 0x045D9F3B & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def routing_start(key: int, steps: int, capsules: int, device: torch.device) -> Tensor:
+    """MIND's fixed initial routing logits `[steps, capsules]`: micn's `NormalField` at the counter
+    words `(0, 0, t, j)` (one sample's draw), Box–Muller in float64, as float32."""
+    t = torch.arange(steps, dtype=torch.int64, device=device).view(steps, 1)
+    j = torch.arange(capsules, dtype=torch.int64, device=device).view(1, capsules)
+    zero = torch.zeros_like(t + j)
+    h = torch.full_like(zero, key)
+    for word in [zero, zero, t + zero, j + zero]:
+        h = _mix32(h ^ _mix32((word + 0x9E3779B9) & 0xFFFFFFFF))
+    u1 = ((_mix32(h ^ 0x85EBCA6B) >> 8).to(torch.float64) + 0.5) / float(1 << 24)
+    u2 = ((_mix32(h ^ 0xC2B2AE35) >> 8).to(torch.float64) + 0.5) / float(1 << 24)
+    return ((-2.0 * u1.log()).sqrt() * (u2 * 6.283185307179586).cos()).to(torch.float32)
+
+
+def squash(s: Tensor) -> Tensor:
+    """`|s|²/(1 + |s|²) · s/sqrt(|s|² + ε)` over the last dimension."""
+    norm2 = s.square().sum(-1, keepdim=True)
+    return norm2 / (1.0 + norm2) * s / (norm2 + 1e-9).sqrt()
+
+
+class Mind(nn.Module):
+    """MIND as a CTR model: the history routed into `K_u = max(1, min(K, ⌊log₂ len⌋))` interest
+    capsules from fixed start logits, ReLU interests, label-aware attention with the target as
+    query, and a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, v_u]`."""
+
+    def __init__(self, w: Weights, prefix: str = "main", config: Optional[dict] = None):
+        super().__init__()
+        if config is None:
+            raise ModelFileError(f"{w.source}: MIND's interests, routing iterations and attention power are not in "
+                                 "the weights: give the run or checkpoint directory (its configuration)")
+        self.bilinear = nn.Parameter(w.get(f"{prefix}.routing.bilinear"))
+        self.interest = linear(w, f"{prefix}.interest")
+        self.head = Mlp(w, f"{prefix}.head", "dice")
+        self.k_max = int(config.get("mind_interests", 4))
+        self.iterations = max(1, int(config.get("mind_routing_iters", 3)))
+        power = config.get("mind_pow_p", 2.0)
+        self.hard = power == "inf"
+        self.power = 0.0 if self.hard else float(power)
+        self.key = normal_field_key(MIND_ROUTING_SEED, ROUTING_STREAM)
+
+    def interests(self, hist: Tensor, mask: Tensor):
+        """`[b, T, w]`, `[b, T]` → (interests `[b, K, w]`, active `[b, K]`)."""
+        b, steps = hist.shape[0], hist.shape[1]
+        lengths = mask.sum(1).round().to(torch.int64)
+        count = torch.zeros_like(lengths)
+        for k in range(1, min(self.k_max, 62) + 1):
+            count = count + (lengths >= (1 << k)).to(torch.int64)
+        count = count.clamp_min(1)
+        active = (torch.arange(self.k_max, device=hist.device).unsqueeze(0) < count.unsqueeze(1)).to(hist.dtype)
+        inactive = (active <= 0.5).unsqueeze(1)  # [b, 1, K]
+        mapped = hist.matmul(self.bilinear.t())
+        logits = routing_start(self.key, steps, self.k_max, hist.device).to(hist.dtype).expand(b, steps, self.k_max)
+        real = mask.unsqueeze(-1)
+        u = torch.zeros(b, self.k_max, hist.shape[2], dtype=hist.dtype, device=hist.device)
+        for iteration in range(self.iterations):
+            weights = logits.masked_fill(inactive, float("-inf")).softmax(-1) * real
+            u = squash(weights.transpose(1, 2).matmul(mapped))
+            if iteration + 1 < self.iterations:
+                logits = logits + mapped.matmul(u.transpose(1, 2))
+        return self.interest(u).relu(), active
+
+    def user_vector(self, interests: Tensor, active: Tensor, target: Tensor) -> Tensor:
+        """Label-aware attention: `Σ_j softmax_j(sign(s)·|s|^p) v_j`, `s = v_jᵀ e_t`, over the
+        active interests (p = 0: uniform; "inf": the best one)."""
+        scores = interests.matmul(target.unsqueeze(-1)).squeeze(-1)
+        inactive = active <= 0.5
+        if self.hard:
+            best = scores.masked_fill(inactive, float("-inf")).argmax(-1)
+            weights = torch.nn.functional.one_hot(best, self.k_max).to(scores.dtype)
+        elif self.power == 0.0:
+            weights = torch.ones_like(scores).masked_fill(inactive, float("-inf")).softmax(-1)
+        else:
+            ceiling = min(1e30 ** (1.0 / self.power), 3.4028234663852886e38)
+            powered = scores.sign() * scores.abs().clamp(1e-12, ceiling).pow(self.power)
+            weights = powered.masked_fill(inactive, float("-inf")).softmax(-1)
+        return weights.unsqueeze(1).matmul(interests).squeeze(1)
+
+    def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
+                hist_cats: Tensor) -> Tensor:
+        interests, active = self.interests(hist, mask)
+        user_vector = self.user_vector(interests, active, target)
+        hist_sum = masked_sum(hist, mask)
+        return self.head(torch.cat([user, target, hist_sum, target * hist_sum, user_vector], -1)).squeeze(-1)
+
+
 class Embeddings(nn.Module):
     """The tables `user`, `item`, `cat` and, for a model trained with MICN, `item_aux`,
     `cat_aux`: an item is `[item, cat]` or `[item, cat, item_aux, cat_aux]`."""
@@ -356,13 +473,15 @@ class Embeddings(nn.Module):
         return torch.cat([self.item[items], self.cat[cats]], -1)
 
 
-MODELS = {"wide_deep": WideDeep, "din": Din, "dien": Dien}
+MODELS = {"wide_deep": WideDeep, "din": Din, "dien": Dien, "mind": Mind}
 
 
 def model_kind(w: Weights) -> str:
     """Which of micn's main models the tensors are."""
     if w.has("main.gru.input.weight"):
         return "dien"
+    if w.has("main.routing.bilinear"):
+        return "mind"
     if w.has("main.deep.output.weight"):
         return "wide_deep"
     if w.has("main.head.output.weight"):
@@ -377,12 +496,13 @@ class Network(nn.Module):
     `hist_items`, `hist_cats` `[b, T]` (int64, real behaviours left-aligned, oldest first,
     padding 0) and `hist_mask` `[b, T]` (float, 1 for a real behaviour)."""
 
-    def __init__(self, tensors: Dict[str, Tensor], source: str = "model"):
+    def __init__(self, tensors: Dict[str, Tensor], source: str = "model", config: Optional[dict] = None):
+        """`config`: the run's `[model]` table (needed for MIND only)."""
         super().__init__()
         w = Weights(tensors, source)
         self.kind = model_kind(w)
         self.embeddings = Embeddings(w)
-        self.main = MODELS[self.kind](w)
+        self.main = Mind(w, config=config) if self.kind == "mind" else MODELS[self.kind](w)
         w.check_all_used()
 
     def logits(self, users: Tensor, items: Tensor, cats: Tensor, hist_items: Tensor, hist_cats: Tensor,

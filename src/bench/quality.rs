@@ -1,9 +1,11 @@
 //! `micn bench quality`: does each model learn, and does MICN help? On freshly generated
 //! synthetic data (by default Books-style: hidden interest clusters, nearly uninformative
 //! categories, popularity-weighted negatives, the `dien` protocol; or the quickstart's, with
-//! informative categories and the `din` protocol), every model with and without MICN is trained
-//! for several seeds; the table gives mean ± std of test AUC and GAUC beside the generator's
-//! oracle AUC (the ceiling). `device` says where the runs train.
+//! informative categories and the `din` protocol), every model is trained for several seeds
+//! without MICN, with it, and with MICN's wider embeddings but its loss off (`micn.lambda = 0`,
+//! the capacity-matched ablation: what the wider item vectors alone give); the table gives mean ±
+//! std of test AUC and GAUC beside the generator's oracle AUC (the ceiling). `device` says where
+//! the runs train.
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -51,10 +53,43 @@ impl Default for QualityOptions {
     }
 }
 
+/// How a model runs beside MICN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MicnVariant {
+    /// Without MICN.
+    Off,
+    /// With MICN (its wider embeddings and its loss).
+    On,
+    /// With MICN's wider embeddings, its loss weighted by λ = 0.
+    WidthOnly,
+}
+
+impl MicnVariant {
+    pub const ALL: [MicnVariant; 3] = [MicnVariant::Off, MicnVariant::On, MicnVariant::WidthOnly];
+
+    /// How the table shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            MicnVariant::Off => "no",
+            MicnVariant::On => "yes",
+            MicnVariant::WidthOnly => "width only (λ = 0)",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MicnVariant::Off => "micn_off",
+            MicnVariant::On => "micn_on",
+            MicnVariant::WidthOnly => "micn_width_only",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct QualityRow {
     pub model: String,
-    pub micn: bool,
+    pub micn: MicnVariant,
     pub aucs: Vec<f64>,
     pub gaucs: Vec<f64>,
     pub seconds: Vec<f64>,
@@ -95,22 +130,23 @@ fn prepare(opts: &QualityOptions) -> Result<(SynthConfig, Protocol, PathBuf), Tr
     Ok((synth_cfg, protocol, data))
 }
 
-/// Train every model ± MICN for every seed.
+/// Train every model, in every [`MicnVariant`], for every seed.
 pub fn run(opts: &QualityOptions) -> Result<QualityReport, TrainError> {
     // Refused before any data is made when the device is missing.
     let device = super::device_label(opts.device.resolve()?);
     let (synth_cfg, protocol, data) = prepare(opts)?;
     let dataset = crate::data::Dataset::open(&data)?;
     let mut rows = Vec::new();
-    for (kind, name) in [(ModelKind::WideDeep, "wide_deep"), (ModelKind::Din, "din"), (ModelKind::Dien, "dien")] {
-        for micn in [false, true] {
+    for kind in ModelKind::ALL {
+        let name = kind.name();
+        for micn in MicnVariant::ALL {
             let mut row = QualityRow { model: name.into(), micn, aucs: vec![], gaucs: vec![], seconds: vec![] };
             for seed in 1..=opts.seeds {
-                let cfg =
-                    config(opts, &data, kind, micn, seed, &opts.work_dir.join(format!("{name}-micn{micn}-seed{seed}")));
+                let run = opts.work_dir.join(format!("{name}-{}-seed{seed}", micn.name()));
+                let cfg = config(opts, &data, kind, micn, seed, &run);
                 // A benchmark run replaces the same run of an earlier benchmark.
                 let summary = train_from(&cfg, &SingleProcess, &Resume::Overwrite)?;
-                tracing::info!(model = name, micn, seed, auc = summary.test_auc, "quality run done");
+                tracing::info!(model = name, micn = micn.name(), seed, auc = summary.test_auc, "quality run done");
                 row.aucs.push(summary.test_auc);
                 row.gaucs.push(summary.test_gauc);
                 row.seconds.push(summary.seconds);
@@ -131,12 +167,15 @@ pub fn run(opts: &QualityOptions) -> Result<QualityReport, TrainError> {
     })
 }
 
-fn config(opts: &QualityOptions, data: &Path, kind: ModelKind, micn: bool, seed: u64, run: &Path) -> Config {
+fn config(opts: &QualityOptions, data: &Path, kind: ModelKind, micn: MicnVariant, seed: u64, run: &Path) -> Config {
     let mut cfg = Config { device: opts.device.config(), ..Default::default() };
     cfg.data.dir = data.to_path_buf();
     cfg.data.max_hist_len = 20;
     cfg.model.kind = kind;
-    cfg.micn.enabled = micn;
+    cfg.micn.enabled = micn != MicnVariant::Off;
+    if micn == MicnVariant::WidthOnly {
+        cfg.micn.lambda = 0.0;
+    }
     cfg.train.epochs = opts.epochs;
     cfg.train.lr = opts.lr;
     cfg.train.seed = seed;
@@ -166,7 +205,7 @@ impl std::fmt::Display for QualityReport {
                 f,
                 "| {} | {} | {a:.4} ± {sa:.4} | {g:.4} ± {sg:.4} | {} | {secs:.0} |",
                 r.model,
-                if r.micn { "yes" } else { "no" },
+                r.micn.label(),
                 r.aucs.len()
             )?;
         }

@@ -57,10 +57,7 @@ pub struct Variant {
 impl Variant {
     /// Every model without and with MICN, in the tables' order.
     pub fn all() -> Vec<Variant> {
-        [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien]
-            .into_iter()
-            .flat_map(|kind| [false, true].map(|micn| Variant { kind, micn }))
-            .collect()
+        ModelKind::ALL.into_iter().flat_map(|kind| [false, true].map(|micn| Variant { kind, micn })).collect()
     }
 }
 
@@ -76,7 +73,8 @@ impl std::str::FromStr for Variant {
             "wide_deep" => ModelKind::WideDeep,
             "din" => ModelKind::Din,
             "dien" => ModelKind::Dien,
-            _ => return Err(format!("`{s}`: expected wide_deep, din or dien, optionally followed by +micn")),
+            "mind" => ModelKind::Mind,
+            _ => return Err(format!("`{s}`: expected wide_deep, din, dien or mind, optionally followed by +micn")),
         };
         Ok(Variant { kind, micn })
     }
@@ -224,8 +222,9 @@ mod tests {
         assert_eq!("din+micn".parse(), Ok(Variant { kind: ModelKind::Din, micn: true }));
         assert_eq!("wide_deep".parse(), Ok(Variant { kind: ModelKind::WideDeep, micn: false }));
         assert_eq!("dien+micn".parse(), Ok(Variant { kind: ModelKind::Dien, micn: true }));
+        assert_eq!("mind".parse(), Ok(Variant { kind: ModelKind::Mind, micn: false }));
         let e = "din+MICN".parse::<Variant>().unwrap_err();
-        assert!(e.contains("wide_deep, din or dien"), "{e}");
-        assert_eq!(Variant::all().len(), 6);
+        assert!(e.contains("wide_deep, din, dien or mind"), "{e}");
+        assert_eq!(Variant::all().len(), 8);
     }
 }

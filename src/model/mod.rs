@@ -1,11 +1,12 @@
 //! The CTR models: framework-owned embeddings ([`embeddings`]) and the main models (Wide&Deep,
-//! DIN, DIEN; SPEC §2.2) built from [`layers`]. The main models see only `e = e_orig ⊕ e_aux`
+//! DIN, DIEN; SPEC §2.2; and MIND, [`mind`]) built from [`layers`]. The main models see only `e = e_orig ⊕ e_aux`
 //! and never know about MICN; [`crate::network`] assembles them with it.
 pub mod batch_stats;
 pub mod dien;
 pub mod din;
 pub mod embeddings;
 pub mod layers;
+pub mod mind;
 pub mod wide_deep;
 
 use tch::{nn, Tensor};
@@ -15,6 +16,7 @@ use batch_stats::Mode;
 pub use dien::Dien;
 pub use din::Din;
 use embeddings::MainInput;
+pub use mind::Mind;
 pub use wide_deep::WideDeep;
 
 /// A model that cannot be built.
@@ -53,6 +55,7 @@ pub enum MainModel {
     WideDeep(WideDeep),
     Din(Din),
     Dien(Box<Dien>),
+    Mind(Mind),
 }
 
 impl MainModel {
@@ -61,6 +64,7 @@ impl MainModel {
             ModelKind::WideDeep => MainModel::WideDeep(WideDeep::new(p, cfg, dims)),
             ModelKind::Din => MainModel::Din(Din::new(p, cfg, dims)),
             ModelKind::Dien => MainModel::Dien(Box::new(Dien::new(p, cfg, dims))),
+            ModelKind::Mind => MainModel::Mind(Mind::new(p, cfg, dims)),
         }
     }
 
@@ -69,7 +73,7 @@ impl MainModel {
     pub fn row_tables(&self) -> &'static [&'static str] {
         match self {
             MainModel::WideDeep(m) => m.row_tables(),
-            MainModel::Din(_) | MainModel::Dien(_) => &[],
+            MainModel::Din(_) | MainModel::Dien(_) | MainModel::Mind(_) => &[],
         }
     }
 
@@ -79,6 +83,7 @@ impl MainModel {
             MainModel::WideDeep(m) => m.forward(x, mode),
             MainModel::Din(m) => m.forward(x, mode),
             MainModel::Dien(m) => m.forward(x, mode),
+            MainModel::Mind(m) => m.forward(x, mode),
         }
     }
 }

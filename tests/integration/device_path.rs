@@ -62,7 +62,7 @@ type Case = (&'static str, bool, usize);
 /// Before these counts were kept (the code of commit d0cb6d2, counted by hand the same way), one
 /// rank on the device path made: Wide&Deep 35 uploads and 27 downloads, with MICN 46 and 38; DIN
 /// 40 and 31, with MICN 51 and 42; DIEN 56 and 48, with MICN 70 and 62.
-const EXPECTED: [(Case, (u64, u64)); 12] = [
+const EXPECTED: [(Case, (u64, u64)); 16] = [
     (("wide_deep", false, 1), (1, 2)),
     (("wide_deep", true, 1), (1, 1)),
     (("wide_deep", false, 2), (3, 4)),
@@ -75,6 +75,11 @@ const EXPECTED: [(Case, (u64, u64)); 12] = [
     (("dien", true, 1), (1, 1)),
     (("dien", false, 2), (5, 5)),
     (("dien", true, 2), (6, 5)),
+    // MIND's head has DIN's Dice layers and its routing draws nothing from the host.
+    (("mind", false, 1), (1, 1)),
+    (("mind", true, 1), (1, 1)),
+    (("mind", false, 2), (5, 5)),
+    (("mind", true, 2), (6, 5)),
 ];
 
 fn expected(kind: &str, device_path: bool, world: usize) -> Counts {
@@ -139,6 +144,11 @@ fn din_on_the_device_path_ends_where_the_host_path_ends_with_the_counted_transfe
 #[test]
 fn dien_on_the_device_path_ends_where_the_host_path_ends_with_the_counted_transfers() {
     check("dien");
+}
+
+#[test]
+fn mind_on_the_device_path_ends_where_the_host_path_ends_with_the_counted_transfers() {
+    check("mind");
 }
 
 #[test]

@@ -35,14 +35,7 @@ fn config(kind: ModelKind, micn: bool, extra: &[&str]) -> Config {
     let mut sets = vec![
         format!("data.dir={:?}", dataset_dir().display().to_string()),
         "data.max_hist_len=10".into(),
-        format!(
-            "model.kind={}",
-            match kind {
-                ModelKind::WideDeep => "wide_deep",
-                ModelKind::Din => "din",
-                ModelKind::Dien => "dien",
-            }
-        ),
+        format!("model.kind={}", kind.name()),
         format!("micn.enabled={micn}"),
         "micn.num_negatives=8".into(),
         "model.wide_buckets=4096".into(),
@@ -145,7 +138,7 @@ fn widened(batch: &Batch, extra: usize) -> Batch {
 fn a_batch_is_collated_as_wide_as_its_longest_history_and_padding_changes_no_gradient() {
     tch::set_num_threads(1);
     let dataset = Dataset::open(dataset_dir()).unwrap();
-    for kind in [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien] {
+    for kind in ModelKind::ALL {
         for micn in [false, true] {
             let cfg = config(kind, micn, &[]);
             let batch = first_batch(&cfg, &dataset);
@@ -169,7 +162,7 @@ fn a_batch_is_collated_as_wide_as_its_longest_history_and_padding_changes_no_gra
 
 #[test]
 fn phi_combination_equals_the_single_backward_oracle() {
-    for kind in [ModelKind::Din, ModelKind::Dien, ModelKind::WideDeep] {
+    for kind in ModelKind::ALL {
         let cfg = config(kind, true, &["micn.phi=0.3", "micn.lambda=0.7"]);
         let (names, groups, ours) = step_gradients(&cfg);
         let oracle = oracle_gradients(&cfg);
@@ -287,7 +280,8 @@ fn same_seed_gives_bit_identical_metrics_on_cpu() {
 #[test]
 fn every_model_with_and_without_micn_trains_evaluates_and_reevaluates() {
     let tmp = tempfile::tempdir().unwrap();
-    for (kind, name) in [(ModelKind::WideDeep, "wide_deep"), (ModelKind::Din, "din"), (ModelKind::Dien, "dien")] {
+    for kind in ModelKind::ALL {
+        let name = kind.name();
         for micn in [false, true] {
             let run = tmp.path().join(format!("{name}-{micn}"));
             let kind_set = format!("model.kind={name}");

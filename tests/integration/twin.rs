@@ -63,16 +63,20 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             .arg("--out")
             .arg(&export),
     );
-    for (kind, micn) in
-        [("wide_deep", false), ("wide_deep", true), ("din", false), ("din", true), ("dien", false), ("dien", true)]
-    {
+    for (kind, micn) in ["wide_deep", "din", "dien", "mind"].into_iter().flat_map(|k| [(k, false), (k, true)]) {
         let name = format!("{kind}{}", if micn { "-micn" } else { "" });
         let run = tmp.path().join(&name);
+        let (kind_set, micn_set) = (format!("model.kind={kind}"), format!("micn.enabled={micn}"));
         let sets = [
-            &format!("model.kind={kind}"),
-            &format!("micn.enabled={micn}"),
+            kind_set.as_str(),
+            micn_set.as_str(),
             "model.wide_crosses=true",
             "model.wide_buckets=512",
+            // MIND: 3 interests, 2 iterations, attention power 2 (hard with MICN); the twin reads
+            // them from the run.
+            "model.mind_interests=3",
+            "model.mind_routing_iters=2",
+            if micn { "model.mind_pow_p=\"inf\"" } else { "model.mind_pow_p=2" },
             "train.max_steps=25",
             "train.epochs=1",
         ];
