@@ -28,11 +28,17 @@ pub fn micn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_micn"))
 }
 
-/// Where set-up caches what it installs: `MICN_CACHE`, else `~/.cache/micn`.
-pub fn micn_cache() -> PathBuf {
-    std::env::var_os("MICN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/micn"))
+/// A Python that set-up installed: the variable `env` when set, else the `venv` under set-up's
+/// cache (`MICN_CACHE`, else `~/.cache/micn`); `what` says what it holds.
+pub fn cached_python(env: &str, venv: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("MICN_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/micn"));
+        cache.join(venv).join("bin/python")
+    });
+    assert!(path.exists(), "{} not found: run `bash cluster/setup-node.sh` (installs {what})", path.display());
+    path
 }
 
 /// `mpirun -np N` with the flags these 2-core, root-run machines need; fails the test with a

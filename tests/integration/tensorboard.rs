@@ -10,11 +10,7 @@ use micn::train::{train_from, Resume};
 
 /// The Python that has TensorBoard: `MICN_TENSORBOARD_PYTHON`, else set-up's environment.
 fn tensorboard_python() -> PathBuf {
-    let path = std::env::var_os("MICN_TENSORBOARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::micn_cache().join("tensorboard-2.21.0/bin/python"));
-    assert!(path.exists(), "{} not found: run `bash cluster/setup-node.sh` (installs TensorBoard)", path.display());
-    path
+    crate::cached_python("MICN_TENSORBOARD_PYTHON", "tensorboard-2.21.0", "TensorBoard")
 }
 
 /// Every scalar TensorBoard reads from `run`: tag → [(step, value)].

@@ -13,11 +13,7 @@ use crate::{micn_bin, run_ok};
 
 /// The Python with PyTorch: `MICN_TORCH_PYTHON`, else the torch that set-up installs.
 fn torch_python() -> PathBuf {
-    let path = std::env::var_os("MICN_TORCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::micn_cache().join("torch-2.11.0/bin/python"));
-    assert!(path.exists(), "{} not found: run `bash cluster/setup-node.sh` (installs torch)", path.display());
-    path
+    crate::cached_python("MICN_TORCH_PYTHON", "torch-2.11.0", "torch")
 }
 
 /// `python -m micn_twin ARGS` from the repository's `python/` directory.
