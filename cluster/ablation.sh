@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Does the MICN loss add to a capacity-matched model on real data, and in which settings?
 #
-#   bash cluster/ablation.sh            # ~30 min on 2 cores; running it again skips finished runs
+#   bash cluster/ablation.sh            # ~22 min on 2 cores; running it again skips finished runs
 #
 # DIN on the real S3-Rec Toys and Games 5-core (tests/fixtures/s3rec-toys-2014; din protocol,
 # history 20, each item's category its fourth attribute), 3 seeds, trained with MICN (its loss
@@ -54,38 +54,44 @@ import json, statistics, sys, tomllib
 from pathlib import Path
 
 out = Path(sys.argv[1])
-# (factor, setting, width only?) -> {seed: test AUC}
+# The factors in the order of the sweeps above, each with its label and the key it varies.
+factors = {
+    "base": ("base", None),
+    "epochs": ("epochs", ("train", "epochs")),
+    "history": ("history", ("data", "max_hist_len")),
+    "phi": ("φ", ("micn", "phi")),
+    "lambda": ("λ", ("micn", "lambda")),
+    "k_max": ("K_max", ("micn", "k_max")),
+    "negatives": ("negatives", ("micn", "num_negatives")),
+}
+# (factor, value, width only?) -> {seed: test AUC}
 runs = {}
 for summary in sorted(out.glob("*/*/repeat-*/summary.json")):
     run = summary.parent
     factor = run.parent.parent.name
     cfg = tomllib.loads((run / "config.toml").read_text())
+    key = factors[factor][1]
+    value = cfg[key[0]][key[1]] if key else 0
     width_only = cfg["micn"]["lambda"] == 0.0
-    setting = {
-        "base": "base",
-        "epochs": f"epochs {cfg['train']['epochs']}",
-        "history": f"history {cfg['data']['max_hist_len']}",
-        "phi": f"φ {cfg['micn']['phi']}",
-        "lambda": f"λ {cfg['micn']['lambda']}",
-        "k_max": f"K_max {cfg['micn']['k_max']}",
-        "negatives": f"negatives {cfg['micn']['num_negatives']}",
-    }[factor]
-    runs.setdefault((factor, setting, width_only), {})[cfg["train"]["seed"]] = json.loads(summary.read_text())["test_auc"]
+    runs.setdefault((factor, value, width_only), {})[cfg["train"]["seed"]] = json.loads(summary.read_text())["test_auc"]
 
 print("| setting (others as the base) | MICN loss on | width only (λ = 0) | difference (paired std) |")
 print("|---|---|---|---|")
-for (factor, setting, width_only), on in sorted(runs.items(), key=lambda kv: list(kv[0])):
+order = list(factors)
+seeds = []
+for (factor, value, width_only), on in sorted(runs.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1], kv[0][2])):
     if width_only:
         continue
     # The width-only twin: the same setting where it changes the main model, else the base's.
-    twin = runs.get((factor, setting, True)) or runs.get(("base", "base", True), {})
+    twin = runs.get((factor, value, True)) or runs.get(("base", 0, True), {})
     seeds = sorted(set(on) & set(twin))
     if not seeds:
         continue
     diffs = [on[s] - twin[s] for s in seeds]
     spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     mean = statistics.mean
-    print(f"| {setting} | {mean(on[s] for s in seeds):.4f} | {mean(twin[s] for s in seeds):.4f} | "
+    label = "base" if factor == "base" else f"{factors[factor][0]} {value}"
+    print(f"| {label} | {mean(on[s] for s in seeds):.4f} | {mean(twin[s] for s in seeds):.4f} | "
           f"{mean(diffs):+.4f} ({spread:.4f}) |")
 print(f"\nDIN on the real Toys and Games 5-core, {len(seeds)} seeds; test AUC of the final model, trained on "
       "every training sample (batch 128, Adam lr 1e-3, 1 thread).")
