@@ -1,7 +1,7 @@
 //! The PyTorch twin (`python/micn_twin`): for every model ± MICN (Wide&Deep with its hashed
 //! crosses), the twin's scores of the test set, and those of its TorchScript form, equal
 //! `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
-//! sample numbers; a damaged model file is refused naming it.
+//! sample numbers, and a checkpoint's; a damaged model file is refused naming it.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +75,7 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             if micn { "model.mind_pow_p=\"inf\"" } else { "model.mind_pow_p=2" },
             "train.max_steps=25",
             "train.epochs=1",
+            "checkpoint.every_steps=20",
         ];
         train_from(&crate::small_config(&run, &sets), &SingleProcess, &Resume::Fresh).unwrap();
         let scripted = tmp.path().join(format!("{name}.pt"));
@@ -107,6 +108,21 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
                 );
                 assert_same_scores(&format!("{name} TorchScript"), &micn_scores, &read_scores(&ts_scores));
             }
+        }
+        if kind == "mind" {
+            // From a checkpoint: its weights, and MIND's settings from its `state.json`.
+            let checkpoint = run.join("checkpoints").join(micn::checkpoint::dir_name(20));
+            let (predicted, twin_scores) = (tmp.path().join("ckpt-micn.csv"), tmp.path().join("ckpt-twin.csv"));
+            run_ok(
+                Command::new(micn_bin())
+                    .arg("predict")
+                    .arg("--checkpoint")
+                    .arg(&checkpoint)
+                    .arg("--out")
+                    .arg(&predicted),
+            );
+            run_ok(twin(&["score", "--export"]).arg(&export).arg(&checkpoint).arg("--out").arg(&twin_scores));
+            assert_same_scores(&format!("{name} checkpoint"), &read_scores(&predicted), &read_scores(&twin_scores));
         }
     }
 }
