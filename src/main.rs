@@ -342,6 +342,12 @@ struct SynthArgs {
     /// Probability that an item shows its cluster's category instead of the dominant one.
     #[arg(long)]
     category_signal: Option<f64>,
+    /// Brands named in the meta (0: none); each cluster has a home brand.
+    #[arg(long)]
+    brands: Option<usize>,
+    /// Probability that an item carries its cluster's home brand instead of a random one.
+    #[arg(long)]
+    brand_signal: Option<f64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -847,7 +853,13 @@ fn synth(a: SynthArgs) -> anyhow::Result<()> {
         ($($field:ident),*) => { $(if let Some(v) = a.$field { cfg.$field = v; })* };
     }
     set!(users, items, categories, clusters, interests, min_history, mean_history, noise, stay, category_signal);
-    for (name, p) in [("--noise", cfg.noise), ("--stay", cfg.stay), ("--category-signal", cfg.category_signal)] {
+    set!(brands, brand_signal);
+    for (name, p) in [
+        ("--noise", cfg.noise),
+        ("--stay", cfg.stay),
+        ("--category-signal", cfg.category_signal),
+        ("--brand-signal", cfg.brand_signal),
+    ] {
         ensure_usage!((0.0..=1.0).contains(&p), "{name} must lie in [0, 1], got {p}");
     }
     let started = std::time::Instant::now();

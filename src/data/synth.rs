@@ -9,7 +9,10 @@
 //! nearly uninformative). A user has 1..=`interests` clusters with random mixture weights; a
 //! history is a Markov chain over those interests (stay with probability `stay`, else redraw
 //! from the weights: interest drift), each step emitting an item of the current cluster, or with
-//! probability `noise` an item drawn by global popularity.
+//! probability `noise` an item drawn by global popularity. With `brands > 0` every item's meta
+//! also names a brand: its cluster's home brand (`cluster mod brands`) with probability
+//! `brand_signal`, else one drawn uniformly, so the attribute's signal about the hidden interest
+//! is tunable (the item-attribute table's `brand` column, for attribute-aware models).
 //!
 //! The oracle. Beside the raw files, `oracle-model.json` holds what the generator knows: each
 //! user's weights and the interest state before their last review, and each item's cluster and
@@ -50,6 +53,12 @@ pub struct SynthConfig {
     /// Share of items without a meta line (their category becomes `default_cat`).
     pub missing_meta: f64,
     pub seed: u64,
+    /// Brands named in the meta lines (0: none, the meta of earlier releases byte for byte).
+    #[serde(default)]
+    pub brands: usize,
+    /// Probability that an item carries its cluster's home brand (else one drawn uniformly).
+    #[serde(default)]
+    pub brand_signal: f64,
 }
 
 /// Named sizes.
@@ -79,6 +88,8 @@ impl Preset {
             zipf: 1.0,
             missing_meta: 0.01,
             seed,
+            brands: 0,
+            brand_signal: 0.0,
         };
         match self {
             Preset::Quickstart => base,
@@ -363,7 +374,37 @@ fn draw_users(
 }
 
 /// The meta file: Python dict literals, as the real dumps have them; some items have none.
-fn write_meta(w: &mut dyn std::io::Write, cfg: &SynthConfig, item_cat: &[usize]) -> std::io::Result<u64> {
+/// Each item's brand (`cfg.brands > 0`): its cluster's home brand with probability
+/// `brand_signal`, else a uniform draw; from a stream of its own, so the other draws stay as they
+/// were.
+fn draw_brands(cfg: &SynthConfig, item_cluster: &[u32]) -> Vec<Option<usize>> {
+    let mut rng = Rng::derive(cfg.seed, &[stream::SYNTH, 2]);
+    item_cluster
+        .iter()
+        .map(|&cluster| {
+            (cfg.brands > 0).then(|| {
+                let home = cluster as usize % cfg.brands;
+                if rng.chance(cfg.brand_signal) {
+                    home
+                } else {
+                    rng.below(cfg.brands as u64) as usize
+                }
+            })
+        })
+        .collect()
+}
+
+/// The name of brand `b` in the meta lines.
+pub fn brand_name(b: usize) -> String {
+    format!("Brand {b:04}")
+}
+
+fn write_meta(
+    w: &mut dyn std::io::Write,
+    cfg: &SynthConfig,
+    item_cat: &[usize],
+    item_brand: &[Option<usize>],
+) -> std::io::Result<u64> {
     let cat_name = |c: usize| if c == 0 { "Books".to_string() } else { format!("Genre {c:04}") };
     let mut meta_rng = Rng::derive(cfg.seed, &[stream::SYNTH, 1]);
     let mut n = 0u64;
@@ -371,11 +412,12 @@ fn write_meta(w: &mut dyn std::io::Write, cfg: &SynthConfig, item_cat: &[usize])
         if meta_rng.chance(cfg.missing_meta) {
             continue;
         }
+        let brand = item_brand[i].map(|b| format!(", 'brand': '{}'", brand_name(b))).unwrap_or_default();
         let title = word_text(&mut meta_rng, 4);
         // Titles with an apostrophe use double quotes, as Python's repr does.
         let title = if meta_rng.chance(0.2) { format!("\"{title}'s edition\"") } else { format!("'{title}'") };
         let line = format!(
-            "{{'asin': '{}', 'imUrl': 'http://ecx.images-amazon.com/images/I/{}.jpg', 'categories': [['Books', '{}']], 'title': {title}, 'price': {}.99, 'salesRank': {{'Books': {}}}}}\n",
+            "{{'asin': '{}', 'imUrl': 'http://ecx.images-amazon.com/images/I/{}.jpg', 'categories': [['Books', '{}']], 'title': {title}, 'price': {}.99, 'salesRank': {{'Books': {}}}{brand}}}\n",
             item_name(i),
             item_name(i + 7),
             cat_name(cat),
@@ -415,7 +457,8 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
 
     // Meta file: Python dict literals; some items have none.
     let meta_path = out.join(META_FILE);
-    write_atomically(&meta_path, |w| write_meta(w, cfg, &item_cat))?;
+    let item_brand = draw_brands(cfg, &item_cluster);
+    write_atomically(&meta_path, |w| write_meta(w, cfg, &item_cat, &item_brand))?;
 
     let oracle = OracleModel {
         noise: cfg.noise,
@@ -564,6 +607,35 @@ mod tests {
         assert_eq!(users.len(), 10_000);
         assert!(users.iter().all(|u| u.len() == 13 && u.starts_with('A')));
         assert_eq!(item_name(3).len(), 10);
+    }
+
+    #[test]
+    fn brands_follow_the_hidden_cluster_as_often_as_the_signal_says() {
+        // Each item's brand, read back from the meta file by the 2014 meta parser.
+        let brands_of = |cfg: &SynthConfig| {
+            let dir = tempfile::tempdir().unwrap();
+            generate(cfg, dir.path()).unwrap();
+            let text = std::fs::read_to_string(dir.path().join(META_FILE)).unwrap();
+            let oracle = read_oracle(&dir.path().join(ORACLE_FILE)).unwrap();
+            let metas: Vec<_> = text.lines().map(|l| super::super::amazon::parse_meta_2014(l).unwrap()).collect();
+            let home = |item: &str| brand_name(oracle.items[item].0 as usize % cfg.brands.max(1));
+            let at_home = metas.iter().filter(|m| m.brand.as_deref() == Some(home(&m.item).as_str())).count();
+            (metas.iter().filter(|m| m.brand.is_some()).count(), at_home, metas.len(), text)
+        };
+        let base =
+            SynthConfig { users: 50, items: 1000, clusters: 20, missing_meta: 0.0, ..Preset::Quickstart.config(3) };
+        let (with_brand, _, lines, plain) = brands_of(&base);
+        assert_eq!((with_brand, lines), (0, 1000), "no brands by default");
+        let (with_brand, at_home, _, _) = brands_of(&SynthConfig { brands: 10, brand_signal: 1.0, ..base.clone() });
+        assert_eq!((with_brand, at_home), (1000, 1000), "signal 1: every item carries its cluster's brand");
+        // Signal 0.5: at home with probability 0.5 + 0.5/10 = 0.55; 550 of 1000 expected, binomial
+        // standard deviation 15.7, the bounds about four of them.
+        let (_, at_home, _, text) = brands_of(&SynthConfig { brands: 10, brand_signal: 0.5, ..base.clone() });
+        assert!((490..=610).contains(&at_home), "{at_home}");
+        // Everything else of the meta lines is as without brands.
+        let strip =
+            |t: &str| t.lines().map(|l| l.split(", 'brand'").next().unwrap().to_string() + "}").collect::<Vec<_>>();
+        assert_eq!(strip(&text), plain.lines().map(String::from).collect::<Vec<_>>());
     }
 
     #[test]
