@@ -46,6 +46,11 @@ enum Command {
     /// Score every sample of a split with a saved model: one line per sample with its user,
     /// item, label and click probability (CSV or JSON lines), the scores `eval` measures.
     Predict(PredictArgs),
+    /// What a saved model computes, for other tools.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// Train a configuration over a grid of settings, each repeated with another seed; re-running
     /// the same command skips finished runs and resumes unfinished ones. Ends with a report.
     Sweep(SweepArgs),
@@ -142,6 +147,21 @@ struct PredictArgs {
     /// `csv` or `jsonl` (default: from --out's extension, .csv or .jsonl/.json).
     #[arg(long, value_enum)]
     format: Option<micn::train::saved::Format>,
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A MIND model's user interest vectors for every sample of a split, and every item's
+    /// vector, as NumPy arrays (`OUT/interests.npy`, `active.npy`, `sample.npy`, `users.npy`,
+    /// `items.npy`, `interests.json`): for an approximate nearest-neighbour index and retrieval
+    /// per interest.
+    Interests {
+        #[command(flatten)]
+        saved: SavedArgs,
+        /// Directory to write (created; its files are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -566,6 +586,26 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         Command::Train(args) => train(args, comm),
         Command::Eval(args) => eval(args, comm),
         Command::Predict(args) => predict(args, comm),
+        Command::Export { command: ExportCommand::Interests { saved, out } } => {
+            ensure_usage!(comm.size() == 1, "micn export interests runs as one process, not under mpirun");
+            let done = micn::train::saved::export_interests(
+                saved.dir()?,
+                saved.data.as_deref(),
+                saved.split,
+                saved.device,
+                &out,
+            )?;
+            println!(
+                "{} samples of the {} set: up to {} interests of width {} each, and {} item vectors, written to {}",
+                done.samples,
+                done.split,
+                done.interests,
+                done.width,
+                done.items,
+                done.out.display()
+            );
+            Ok(())
+        }
         Command::Sweep(args) => sweep(args, comm),
         Command::Report { dirs, out } => report(&dirs, &out),
         Command::Bench { command } => bench(command),

@@ -134,7 +134,7 @@ pub fn npy_bytes(values: Npy<'_>, shape: &[usize]) -> Vec<u8> {
     bytes
 }
 
-fn write_npy(path: &Path, values: Npy<'_>, shape: &[usize]) -> Result<(), DataError> {
+pub(crate) fn write_npy(path: &Path, values: Npy<'_>, shape: &[usize]) -> Result<(), DataError> {
     write_file(path, &npy_bytes(values, shape))
 }
 

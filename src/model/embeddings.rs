@@ -389,6 +389,18 @@ impl Embeddings {
         self.aux.as_ref().map(|aux| Tensor::cat(&[lookup(&aux.item_aux, items), lookup(&aux.cat_aux, cats)], -1))
     }
 
+    /// The main model's item vectors `e = e_orig ⊕ e_aux` (`e_orig` alone without MICN), as
+    /// [`Embeddings::forward`] gives the target's (evaluation: no gradient scaling).
+    ///
+    /// # Shapes
+    /// `items [..]`, `cats [..]` (same shape) → `[.., w]`
+    pub fn item_vectors(&self, items: &Tensor, cats: &Tensor) -> Tensor {
+        match self.aux(items, cats) {
+            Some(aux) => Tensor::cat(&[self.orig(items, cats), aux], -1),
+            None => self.orig(items, cats),
+        }
+    }
+
     /// `e_aux` of arbitrary items (MICN's sampled negatives), their categories read from the
     /// item→category table; `None` without MICN.
     ///

@@ -64,6 +64,11 @@ impl Mind {
         (self.interest.forward(&vectors).relu(), active)
     }
 
+    /// Most interests per user.
+    pub fn k_max(&self) -> i64 {
+        self.routing.k_max()
+    }
+
     /// # Shapes
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
     pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {

@@ -1,6 +1,7 @@
 //! A saved model — a run directory (`config.toml` and the final `model.safetensors`) or a
 //! checkpoint directory (its `state.json` holds the config) — loaded to score a dataset:
-//! `micn eval` (metrics) and `micn predict` (one score per sample, with its user and item).
+//! `micn eval` (metrics), `micn predict` (one score per sample, with its user and item) and
+//! `micn export interests` (a MIND model's user interest vectors and item vectors).
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice};
 use crate::data::Dataset;
 use crate::dist::Communicator;
+use crate::model::embeddings::BatchIds;
 use crate::network::Network;
 use crate::run_dir::RunDir;
 
@@ -178,6 +180,88 @@ pub fn predict(
     }
     comm.barrier()?;
     Ok(Predicted { out: out.to_path_buf(), samples: scores.ids.len() as u64, split: set.name() })
+}
+
+/// What `micn export interests` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportedInterests {
+    pub out: PathBuf,
+    pub split: &'static str,
+    pub samples: u64,
+    pub items: u64,
+    /// Most interests per user (`model.mind_interests`).
+    pub interests: i64,
+    /// Width of an interest and an item vector.
+    pub width: i64,
+}
+
+/// `micn export interests`: for every sample of `split`, the interest vectors a MIND model
+/// extracts from the sample's history and which of them are active, and every item's vector `e`
+/// in the same space (the label-aware attention compares them there): what an approximate
+/// nearest-neighbour index of items and a retrieval per interest need. Written to `out`
+/// (created; files replaced, each whole or not at all) as NumPy arrays: `interests.npy`
+/// `[n, K, w]` f32, `active.npy` `[n, K]` f32 (1 for the user's `K_u` interests),
+/// `sample.npy` `[n]` i64 (archive index, `micn predict`'s number), `users.npy` `[n]` i64,
+/// `items.npy` `[items, w]` f32 (row = item id, its category from the vocabulary) and
+/// `interests.json`. One process.
+pub fn export_interests(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    split: Split,
+    device: Option<DeviceChoice>,
+    out: &Path,
+) -> Result<ExportedInterests, TrainError> {
+    use crate::data::export::{write_npy, Npy};
+    let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
+    let crate::model::MainModel::Mind(mind) = &saved.net.main else {
+        return Err(TrainError::NoInterests { dir: dir.to_path_buf(), kind: saved.cfg.model.kind.name() });
+    };
+    let ids = saved.ids(split)?;
+    let every_test_sample: Vec<u32>;
+    let (samples, set_ids) = match &ids {
+        Some(ids) => (saved.dataset.train.samples(), ids.as_slice()),
+        None => {
+            every_test_sample = (0..saved.dataset.test.samples().len() as u32).collect();
+            (saved.dataset.test.samples(), every_test_sample.as_slice())
+        }
+    };
+    let (mut vectors, mut active, mut sample, mut users) = (vec![], vec![], vec![], vec![]);
+    let max_hist_len = saved.cfg.data.max_hist_len;
+    let (k, width, item_vectors) = tch::no_grad(|| {
+        for batch in crate::data::loader::eval_batches(samples, set_ids, 0, 1, 1024, max_hist_len) {
+            let x = saved.net.embeddings.forward(&BatchIds::from_batch(&batch, saved.device)).main;
+            let (interests, is_active) = mind.interests(&x.hist, &x.hist_mask);
+            vectors.extend(crate::transfer::download_f32(&interests));
+            active.extend(crate::transfer::download_f32(&is_active));
+            sample.extend(batch.sample_ids.iter().map(|&i| i64::from(i)));
+            users.extend(&batch.users);
+        }
+        let item_cat: Vec<i64> = saved.dataset.vocab.item_cat.iter().map(|&c| i64::from(c)).collect();
+        let items = (0..item_cat.len() as i64).collect::<Vec<_>>();
+        let upload = |v: &[i64]| crate::transfer::upload_i64(v, saved.device);
+        let e = saved.net.embeddings.item_vectors(&upload(&items), &upload(&item_cat));
+        (mind.k_max(), e.size()[1], crate::transfer::download_f32(&e))
+    });
+    let (n, n_items) = (sample.len(), item_vectors.len() / width.max(1) as usize);
+    std::fs::create_dir_all(out).map_err(|e| crate::io_error::PathIo { path: out.to_path_buf(), source: e })?;
+    let (k_usize, w_usize) = (k as usize, width as usize);
+    write_npy(&out.join("interests.npy"), Npy::F32(&vectors), &[n, k_usize, w_usize])?;
+    write_npy(&out.join("active.npy"), Npy::F32(&active), &[n, k_usize])?;
+    write_npy(&out.join("sample.npy"), Npy::I64(&sample), &[n])?;
+    write_npy(&out.join("users.npy"), Npy::I64(&users), &[n])?;
+    write_npy(&out.join("items.npy"), Npy::F32(&item_vectors), &[n_items, w_usize])?;
+    let done = ExportedInterests {
+        out: out.to_path_buf(),
+        split: eval_set(split, &ids).name(),
+        samples: n as u64,
+        items: n_items as u64,
+        interests: k,
+        width,
+    };
+    let text = serde_json::to_string_pretty(&done).expect("plain values serialise") + "\n";
+    let path = out.join("interests.json");
+    crate::io_error::replace_file(&path, |tmp| std::fs::write(tmp, &text))?;
+    Ok(done)
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).

@@ -82,6 +82,8 @@ pub enum TrainError {
     RunExists { path: PathBuf, files: String },
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
     ReplicasDiffer { step: u64, digests: Vec<u64> },
+    #[error("{dir}: a {kind} model has no interest vectors to export (model.kind = \"mind\" has)")]
+    NoInterests { dir: PathBuf, kind: &'static str },
 }
 
 impl TrainError {
@@ -111,6 +113,7 @@ impl TrainError {
                 | Self::OneClass { .. }
                 | Self::ValidationTooSmall { .. }
                 | Self::Scores { .. }
+                | Self::NoInterests { .. }
         )
     }
 }

@@ -1,7 +1,8 @@
 //! The PyTorch twin (`python/micn_twin`): for every model ± MICN (Wide&Deep with its hashed
 //! crosses), the twin's scores of the test set, and those of its TorchScript form, equal
 //! `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
-//! sample numbers, and a checkpoint's; a damaged model file is refused naming it.
+//! sample numbers, and a checkpoint's; `micn export interests` of a MIND run equals the twin's
+//! interests; a damaged model file is refused naming it.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,8 +124,44 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             );
             run_ok(twin(&["score", "--export"]).arg(&export).arg(&checkpoint).arg("--out").arg(&twin_scores));
             assert_same_scores(&format!("{name} checkpoint"), &read_scores(&predicted), &read_scores(&twin_scores));
+            check_exported_interests(&run, &export, &tmp.path().join(format!("{name}-interests")));
         }
     }
+}
+
+/// `micn export interests` of a MIND run equals what the twin computes: every test sample's
+/// interest vectors and active interests, and the item vectors of the samples' targets.
+fn check_exported_interests(run: &Path, export: &Path, out: &Path) {
+    let done = run_ok(Command::new(micn_bin()).args(["export", "interests", "--run"]).arg(run).arg("--out").arg(out));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("up to 3 interests"), "{done:?}");
+    let script = r#"
+import json, sys, torch, micn_twin
+from micn_twin import read_npy
+run, export, out = sys.argv[1:4]
+net = micn_twin.load(run)
+b = micn_twin.read_export(export, "test")
+emb = net.embeddings
+with torch.no_grad():
+    interests, active = net.main.interests(emb.items(b["hist_items"], b["hist_cats"]), b["hist_mask"])
+    targets = emb.items(b["items"], b["cats"])
+got = {name: read_npy(f"{out}/{name}.npy") for name in ["interests", "active", "sample", "items"]}
+print(json.dumps({
+    "samples": bool(torch.equal(got["sample"], b["sample"])),
+    "interests": float((got["interests"] - interests).abs().max()),
+    "active": float((got["active"] - active).abs().max()),
+    "items": float((got["items"][b["items"]] - targets).abs().max()),
+    "spread": float(interests.std()),
+}))
+"#;
+    let mut cmd = Command::new(torch_python());
+    cmd.args(["-W", "ignore", "-c", script]).arg(run).arg(export).arg(out);
+    let out = run_ok(cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("python")));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["samples"], true, "{d}");
+    for key in ["interests", "active", "items"] {
+        assert!(d[key].as_f64().unwrap() <= 1e-5, "{key} differ: {d}");
+    }
+    assert!(d["spread"].as_f64().unwrap() > 1e-3, "the interests hardly vary: {d}");
 }
 
 #[test]
@@ -146,4 +183,16 @@ fn the_twin_refuses_a_damaged_model_file_naming_it() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cut.safetensors") && stderr.contains("byte range"), "{stderr}");
     assert!(!tmp.path().join("x.pt").exists(), "nothing is written for a refused model");
+    // Only MIND has interest vectors to export; a DIN run is refused as an input error.
+    let out = Command::new(micn_bin())
+        .args(["export", "interests", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(tmp.path().join("interests"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("a din model has no interest vectors to export"), "{stderr}");
+    assert!(!tmp.path().join("interests").exists());
 }
