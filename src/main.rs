@@ -135,6 +135,11 @@ struct EvalArgs {
     saved: SavedArgs,
     #[arg(long)]
     json: bool,
+    /// Instead of click metrics, a MIND model's next-item retrieval at these N (`20,50`): every
+    /// clicked sample's target among all items, retrieved by its interests (top N each, merged),
+    /// as recall, hit rate and NDCG at N.
+    #[arg(long, value_delimiter = ',')]
+    retrieval: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -662,8 +667,29 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
-    let EvalArgs { saved, json } = args;
+    let EvalArgs { saved, json, retrieval } = args;
     let split = saved.split;
+    if !retrieval.is_empty() {
+        ensure_usage!(comm.size() == 1, "micn eval --retrieval runs as one process, not under mpirun");
+        ensure_usage!(retrieval.iter().all(|&n| n > 0), "--retrieval: every N must be at least 1");
+        let results =
+            micn::train::saved::retrieval_saved(saved.dir()?, saved.data.as_deref(), split, saved.device, &retrieval)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        } else {
+            for m in results {
+                println!(
+                    "recall@{n} {:.4}  HR@{n} {:.4}  NDCG@{n} {:.4}  over {} clicked samples",
+                    m.recall,
+                    m.hit_rate,
+                    m.ndcg,
+                    m.users,
+                    n = m.n
+                );
+            }
+        }
+        return Ok(());
+    }
     let result = micn::train::saved::eval_saved(saved.dir()?, saved.data.as_deref(), split, saved.device, comm)?;
     if comm.rank() == 0 {
         if json {

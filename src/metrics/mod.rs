@@ -17,10 +17,13 @@
 //! - [`log_loss`] and [`log_loss_from_logits`]: mean binary cross-entropy.
 //! - [`test_metrics`]: AUC, GAUC and log-loss of one evaluation, checked once.
 //! - [`mean_std`]: mean and sample standard deviation over repeated runs.
+//! - [`retrieval`]: recall, hit rate and NDCG at N of multi-interest retrieval, as ComiRec
+//!   computes them.
 
 mod auc;
 mod gauc;
 mod logloss;
+pub mod retrieval;
 
 pub use self::auc::{auc, try_auc};
 pub use self::gauc::{gauc, try_gauc};

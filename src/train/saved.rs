@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use tch::Device;
+use tch::{Device, Tensor};
 
 use super::trainer::{
     build_model, check_history, evaluate_on, pick_device, score, validation_split, Built, EvalResult, EvalSet,
@@ -262,6 +262,74 @@ pub fn export_interests(
     let path = out.join("interests.json");
     crate::io_error::replace_file(&path, |tmp| std::fs::write(tmp, &text))?;
     Ok(done)
+}
+
+/// `micn eval --retrieval N…`: next-item retrieval by a MIND model's interests. For every clicked
+/// sample of `split` (label 1, a known target item), each active interest retrieves its top N
+/// items by inner product over every item of the vocabulary (the padding / unknown id 0 left
+/// out), the interests' lists are merged as ComiRec merges them, and the sample's target is the
+/// held-out item ([`crate::metrics::retrieval`]); one result per N. One process.
+pub fn retrieval_saved(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    split: Split,
+    device: Option<DeviceChoice>,
+    ns: &[usize],
+) -> Result<Vec<crate::metrics::retrieval::RetrievalMetrics>, TrainError> {
+    use crate::metrics::retrieval::{merge_top_n, retrieval_metrics};
+    let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
+    let crate::model::MainModel::Mind(mind) = &saved.net.main else {
+        return Err(TrainError::NoInterests { dir: dir.to_path_buf(), kind: saved.cfg.model.kind.name() });
+    };
+    let ids = saved.ids(split)?;
+    let every_test_sample: Vec<u32>;
+    let (samples, set_ids) = match &ids {
+        Some(ids) => (saved.dataset.train.samples(), ids.as_slice()),
+        None => {
+            every_test_sample = (0..saved.dataset.test.samples().len() as u32).collect();
+            (saved.dataset.test.samples(), every_test_sample.as_slice())
+        }
+    };
+    let clicked: Vec<u32> = set_ids
+        .iter()
+        .copied()
+        .filter(|&i| samples.labels[i as usize] == 1 && samples.items[i as usize].to_native() != 0)
+        .collect();
+    let item_cat: Vec<i64> = saved.dataset.vocab.item_cat.iter().map(|&c| i64::from(c)).collect();
+    let n_items = item_cat.len() as i64;
+    let top = ns.iter().copied().max().unwrap_or(0).min(n_items.saturating_sub(1) as usize) as i64;
+    let mut lists: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(clicked.len());
+    tch::no_grad(|| {
+        let upload = |v: &[i64]| crate::transfer::upload_i64(v, saved.device);
+        let all_items: Vec<i64> = (0..n_items).collect();
+        let items = saved.net.embeddings.item_vectors(&upload(&all_items), &upload(&item_cat)); // [I, w]
+                                                                                                // Item 0 (padding, unknown) is never retrieved.
+        let not_padding = Tensor::ones([n_items], (items.kind(), saved.device)).index_fill(0, &upload(&[0]), 0.0);
+        let max_hist_len = saved.cfg.data.max_hist_len;
+        for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, 256, max_hist_len) {
+            let x = saved.net.embeddings.forward(&BatchIds::from_batch(&batch, saved.device)).main;
+            let (interests, active) = mind.interests(&x.hist, &x.hist_mask); // [b, K, w], [b, K]
+            let scores = interests.matmul(&items.tr()); // [b, K, I]
+            let usable = active.unsqueeze(-1) * not_padding.view([1, 1, n_items]);
+            let scores = scores.masked_fill(&usable.le(0.5), f64::NEG_INFINITY);
+            let (values, indices) = scores.topk(top, -1, true, true); // [b, K, N]
+            let (values, indices) = (crate::transfer::download_f32(&values), crate::transfer::download_i64(&indices));
+            let k = interests.size()[1] as usize;
+            for (row, &target) in batch.items.iter().enumerate() {
+                let per_interest: Vec<Vec<(u32, f32)>> = (0..k)
+                    .map(|j| {
+                        let at = (row * k + j) * top as usize;
+                        (at..at + top as usize)
+                            .filter(|&p| values[p].is_finite())
+                            .map(|p| (indices[p] as u32, values[p]))
+                            .collect()
+                    })
+                    .collect();
+                lists.push((merge_top_n(&per_interest, top as usize), vec![target as u32]));
+            }
+        }
+    });
+    Ok(ns.iter().map(|&n| retrieval_metrics(lists.iter().map(|(r, t)| (r.as_slice(), t.as_slice())), n)).collect())
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).

@@ -2,7 +2,8 @@
 //! crosses), the twin's scores of the test set, and those of its TorchScript form, equal
 //! `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
 //! sample numbers, and a checkpoint's; `micn export interests` of a MIND run equals the twin's
-//! interests; a damaged model file is refused naming it.
+//! interests, and `micn eval --retrieval` the retrieval written out over them; a damaged model
+//! file is refused naming it.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,7 +146,31 @@ with torch.no_grad():
     interests, active = net.main.interests(emb.items(b["hist_items"], b["hist_cats"]), b["hist_mask"])
     targets = emb.items(b["items"], b["cats"])
 got = {name: read_npy(f"{out}/{name}.npy") for name in ["interests", "active", "sample", "items"]}
+# Next-item retrieval written out: every clicked sample's active interests score all items but
+# 0, each keeps its top N (by score, then id), merged by score keeping each item once.
+clicked = [i for i in range(len(b["items"])) if b["labels"][i] == 1 and b["items"][i] != 0]
+retrieval = {}
+for n in (5, 20):
+    hits, ndcg = 0, 0.0
+    for i in clicked:
+        pairs = []
+        for j in range(got["active"].shape[1]):
+            if got["active"][i, j] > 0.5:
+                scores = (got["items"] @ got["interests"][i, j]).tolist()
+                ranked = sorted(range(1, len(scores)), key=lambda item: (-scores[item], item))[:n]
+                pairs += [(item, scores[item]) for item in ranked]
+        merged = []
+        for item, _ in sorted(pairs, key=lambda p: (-p[1], p[0])):
+            if item not in merged:
+                merged.append(item)
+        merged = merged[:n]
+        target = int(b["items"][i])
+        if target in merged:
+            hits += 1
+            ndcg += 1.0 / __import__("math").log2(merged.index(target) + 2)
+    retrieval[n] = (hits / len(clicked), ndcg / len(clicked), len(clicked))
 print(json.dumps({
+    "retrieval": retrieval,
     "samples": bool(torch.equal(got["sample"], b["sample"])),
     "interests": float((got["interests"] - interests).abs().max()),
     "active": float((got["active"] - active).abs().max()),
@@ -162,6 +187,19 @@ print(json.dumps({
         assert!(d[key].as_f64().unwrap() <= 1e-5, "{key} differ: {d}");
     }
     assert!(d["spread"].as_f64().unwrap() > 1e-3, "the interests hardly vary: {d}");
+    // `micn eval --retrieval` equals the retrieval written out over the exported vectors.
+    let eval = run_ok(Command::new(micn_bin()).args(["eval", "--json", "--retrieval", "5,20", "--run"]).arg(run));
+    let metrics: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    for (k, n) in [(0, "5"), (1, "20")] {
+        let (m, expected) = (&metrics[k], &d["retrieval"][n]);
+        assert_eq!(m["n"].as_u64().unwrap().to_string(), n);
+        assert_eq!(m["users"], expected[2], "{m} vs {expected}");
+        let close =
+            |a: &serde_json::Value, b: &serde_json::Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9;
+        assert!(close(&m["recall"], &expected[0]) && close(&m["hit_rate"], &expected[0]), "{m} vs {expected}");
+        assert!(close(&m["ndcg"], &expected[1]), "{m} vs {expected}");
+    }
+    assert!(metrics[1]["recall"].as_f64().unwrap() > metrics[0]["recall"].as_f64().unwrap(), "{metrics}");
 }
 
 #[test]
