@@ -697,11 +697,7 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         } else {
             println!(
                 "{} AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
-                match split {
-                    micn::train::saved::Split::Test => "test",
-                    micn::train::saved::Split::Valid => "validation",
-                    micn::train::saved::Split::Train => "training",
-                },
+                split.name(),
                 result.auc,
                 result.gauc,
                 result.logloss,

@@ -13,6 +13,7 @@ use super::trainer::{
 };
 use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice};
+use crate::data::samples::ArchivedSamples;
 use crate::data::Dataset;
 use crate::dist::Communicator;
 use crate::model::embeddings::BatchIds;
@@ -29,6 +30,17 @@ pub enum Split {
     Valid,
     /// The rest of the training archive: the samples the run trained on.
     Train,
+}
+
+impl Split {
+    /// How messages name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Test => "test",
+            Split::Valid => "validation",
+            Split::Train => "training",
+        }
+    }
 }
 
 /// A saved model loaded for scoring, with the dataset it scores.
@@ -72,6 +84,22 @@ impl Saved {
         // A checkpoint directory keeps its model under the same name as a run directory.
         checkpoint::load_var_store(&mut vs, &RunDir::new(dir).model())?;
         Ok(Self { cfg, dataset, net, device })
+    }
+
+    /// The MIND model, or why this saved model (in `dir`) has no interests.
+    fn mind(&self, dir: &Path) -> Result<&crate::model::Mind, TrainError> {
+        match &self.net.main {
+            crate::model::MainModel::Mind(mind) => Ok(mind),
+            _ => Err(TrainError::NoInterests { dir: dir.to_path_buf(), kind: self.cfg.model.kind.name() }),
+        }
+    }
+
+    /// The archive `split` reads and its archive indices (every test sample for the test set).
+    fn split_samples(&self, split: Split) -> Result<(&ArchivedSamples, Vec<u32>), TrainError> {
+        Ok(match self.ids(split)? {
+            Some(ids) => (self.dataset.train.samples(), ids),
+            None => (self.dataset.test.samples(), (0..self.dataset.test.samples().len() as u32).collect()),
+        })
     }
 
     /// The archive indices `split` scores (the test set's are all of its archive).
@@ -213,22 +241,12 @@ pub fn export_interests(
 ) -> Result<ExportedInterests, TrainError> {
     use crate::data::export::{write_npy, Npy};
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
-    let crate::model::MainModel::Mind(mind) = &saved.net.main else {
-        return Err(TrainError::NoInterests { dir: dir.to_path_buf(), kind: saved.cfg.model.kind.name() });
-    };
-    let ids = saved.ids(split)?;
-    let every_test_sample: Vec<u32>;
-    let (samples, set_ids) = match &ids {
-        Some(ids) => (saved.dataset.train.samples(), ids.as_slice()),
-        None => {
-            every_test_sample = (0..saved.dataset.test.samples().len() as u32).collect();
-            (saved.dataset.test.samples(), every_test_sample.as_slice())
-        }
-    };
+    let mind = saved.mind(dir)?;
+    let (samples, set_ids) = saved.split_samples(split)?;
     let (mut vectors, mut active, mut sample, mut users) = (vec![], vec![], vec![], vec![]);
     let max_hist_len = saved.cfg.data.max_hist_len;
     let (k, width, item_vectors) = tch::no_grad(|| {
-        for batch in crate::data::loader::eval_batches(samples, set_ids, 0, 1, 1024, max_hist_len) {
+        for batch in crate::data::loader::eval_batches(samples, &set_ids, 0, 1, 1024, max_hist_len) {
             let x = saved.net.embeddings.forward(&BatchIds::from_batch(&batch, saved.device)).main;
             let (interests, is_active) = mind.interests(&x.hist, &x.hist_mask);
             vectors.extend(crate::transfer::download_f32(&interests));
@@ -252,7 +270,7 @@ pub fn export_interests(
     write_npy(&out.join("items.npy"), Npy::F32(&item_vectors), &[n_items, w_usize])?;
     let done = ExportedInterests {
         out: out.to_path_buf(),
-        split: eval_set(split, &ids).name(),
+        split: split.name(),
         samples: n as u64,
         items: n_items as u64,
         interests: k,
@@ -278,18 +296,8 @@ pub fn retrieval_saved(
 ) -> Result<Vec<crate::metrics::retrieval::RetrievalMetrics>, TrainError> {
     use crate::metrics::retrieval::{merge_top_n, retrieval_metrics};
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
-    let crate::model::MainModel::Mind(mind) = &saved.net.main else {
-        return Err(TrainError::NoInterests { dir: dir.to_path_buf(), kind: saved.cfg.model.kind.name() });
-    };
-    let ids = saved.ids(split)?;
-    let every_test_sample: Vec<u32>;
-    let (samples, set_ids) = match &ids {
-        Some(ids) => (saved.dataset.train.samples(), ids.as_slice()),
-        None => {
-            every_test_sample = (0..saved.dataset.test.samples().len() as u32).collect();
-            (saved.dataset.test.samples(), every_test_sample.as_slice())
-        }
-    };
+    let mind = saved.mind(dir)?;
+    let (samples, set_ids) = saved.split_samples(split)?;
     let clicked: Vec<u32> = set_ids
         .iter()
         .copied()
