@@ -1,6 +1,7 @@
 //! The item-attribute table: filled from the real 2018 Gift Cards meta (brand, category levels,
-//! price bucket) and from the real S3-Rec Toys attribute lists, checked item by item against the
-//! raw files; shown by `data stats`; a damaged table is refused naming it.
+//! price bucket), from the real S3-Rec Toys attribute lists and from synthetic 2014 meta whose
+//! brands follow the generator's hidden clusters, checked item by item against the raw files (or
+//! the generator's oracle); shown by `data stats`; a damaged table is refused naming it.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -115,4 +116,46 @@ fn sequences_attribute_lists_become_the_table_cut_to_max_attributes() {
             lists[item].iter().take(8).zip(&table.fields).map(|(id, field)| format!("{field}={id}")).collect();
         assert_eq!(row, &expected, "item {item}");
     }
+}
+
+#[test]
+fn amazon_2014_meta_of_synthetic_brands_fills_the_table_as_the_generator_drew_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, out) = (tmp.path().join("raw"), tmp.path().join("data"));
+    run_ok(
+        Command::new(micn_bin())
+            .args(["synth", "--preset", "quickstart", "--seed", "2", "--users", "300", "--items", "200"])
+            .args(["--clusters", "10", "--brands", "5", "--brand-signal", "1.0", "--out"])
+            .arg(&raw),
+    );
+    run_ok(
+        Command::new(micn_bin())
+            .args(["prepare", "--input-format", "amazon2014", "--protocol", "din", "--max-hist-len", "10"])
+            .arg("--reviews")
+            .arg(raw.join("reviews_Synthetic_5.json"))
+            .arg("--meta")
+            .arg(raw.join("meta_Synthetic.json"))
+            .arg("--out")
+            .arg(&out),
+    );
+    let d = Dataset::open(&out).unwrap();
+    let rows = rows_by_name(&d);
+    // Signal 1: each item's brand is its hidden cluster's home brand (cluster mod 5), as the
+    // generator's oracle file gives the clusters; the 2014 meta's category path is
+    // ['Books', category] and its price a whole number of dollars and 99 cents.
+    let oracle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(raw.join("oracle-model.json")).unwrap()).unwrap();
+    let mut with_meta = 0;
+    for (item, row) in &rows {
+        if row.is_empty() {
+            continue; // no meta line (the generator leaves out 1 %)
+        }
+        with_meta += 1;
+        let cluster = oracle["items"][item][0].as_u64().unwrap();
+        assert_eq!(row[0], format!("brand=Brand {:04}", cluster % 5), "{item}: {row:?}");
+        assert_eq!(row[1], "category_1=Books", "{item}: {row:?}");
+        assert!(row[2].starts_with("category_2="), "{item}: {row:?}");
+        assert!(row[3].starts_with("price=") && row.len() == 4, "{item}: {row:?}");
+    }
+    assert!(with_meta > rows.len() * 9 / 10, "{with_meta} of {}", rows.len());
 }
