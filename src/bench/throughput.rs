@@ -69,12 +69,8 @@ impl std::str::FromStr for Variant {
             Some(model) => (model, true),
             None => (s, false),
         };
-        let kind = match model {
-            "wide_deep" => ModelKind::WideDeep,
-            "din" => ModelKind::Din,
-            "dien" => ModelKind::Dien,
-            "mind" => ModelKind::Mind,
-            _ => return Err(format!("`{s}`: expected wide_deep, din, dien or mind, optionally followed by +micn")),
+        let Some(kind) = ModelKind::ALL.into_iter().find(|k| k.name() == model) else {
+            return Err(format!("`{s}`: expected wide_deep, din, dien or mind, optionally followed by +micn"));
         };
         Ok(Variant { kind, micn })
     }

@@ -96,10 +96,18 @@ impl Saved {
 
     /// The archive `split` reads and its archive indices (every test sample for the test set).
     fn split_samples(&self, split: Split) -> Result<(&ArchivedSamples, Vec<u32>), TrainError> {
-        Ok(match self.ids(split)? {
-            Some(ids) => (self.dataset.train.samples(), ids),
-            None => (self.dataset.test.samples(), (0..self.dataset.test.samples().len() as u32).collect()),
-        })
+        let ids = self.ids(split)?;
+        let (samples, set_ids) = eval_set(split, &ids).samples(&self.dataset);
+        Ok((samples, set_ids.into_owned()))
+    }
+
+    /// Every item's vector `e` (row = item id, its category from the vocabulary), `[items, w]` on
+    /// the model's device.
+    fn item_vectors(&self) -> Tensor {
+        let item_cat: Vec<i64> = self.dataset.vocab.item_cat.iter().map(|&c| i64::from(c)).collect();
+        let items: Vec<i64> = (0..item_cat.len() as i64).collect();
+        let upload = |v: &[i64]| crate::transfer::upload_i64(v, self.device);
+        self.net.embeddings.item_vectors(&upload(&items), &upload(&item_cat))
     }
 
     /// The archive indices `split` scores (the test set's are all of its archive).
@@ -254,10 +262,7 @@ pub fn export_interests(
             sample.extend(batch.sample_ids.iter().map(|&i| i64::from(i)));
             users.extend(&batch.users);
         }
-        let item_cat: Vec<i64> = saved.dataset.vocab.item_cat.iter().map(|&c| i64::from(c)).collect();
-        let items = (0..item_cat.len() as i64).collect::<Vec<_>>();
-        let upload = |v: &[i64]| crate::transfer::upload_i64(v, saved.device);
-        let e = saved.net.embeddings.item_vectors(&upload(&items), &upload(&item_cat));
+        let e = saved.item_vectors();
         (mind.k_max(), e.size()[1], crate::transfer::download_f32(&e))
     });
     let (n, n_items) = (sample.len(), item_vectors.len() / width.max(1) as usize);
@@ -301,18 +306,19 @@ pub fn retrieval_saved(
     let clicked: Vec<u32> = set_ids
         .iter()
         .copied()
-        .filter(|&i| samples.labels[i as usize] == 1 && samples.items[i as usize].to_native() != 0)
+        .filter(|&i| {
+            let (label, item) = (samples.labels[i as usize], samples.items[i as usize].to_native());
+            crate::data::batch::is_micn_positive(f32::from(label), i64::from(item))
+        })
         .collect();
-    let item_cat: Vec<i64> = saved.dataset.vocab.item_cat.iter().map(|&c| i64::from(c)).collect();
-    let n_items = item_cat.len() as i64;
+    let n_items = saved.dataset.vocab.items.len() as i64;
     let top = ns.iter().copied().max().unwrap_or(0).min(n_items.saturating_sub(1) as usize) as i64;
     let mut lists: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(clicked.len());
     tch::no_grad(|| {
-        let upload = |v: &[i64]| crate::transfer::upload_i64(v, saved.device);
-        let all_items: Vec<i64> = (0..n_items).collect();
-        let items = saved.net.embeddings.item_vectors(&upload(&all_items), &upload(&item_cat)); // [I, w]
-                                                                                                // Item 0 (padding, unknown) is never retrieved.
-        let not_padding = Tensor::ones([n_items], (items.kind(), saved.device)).index_fill(0, &upload(&[0]), 0.0);
+        let items = saved.item_vectors(); // [I, w]
+                                          // Item 0 (padding, unknown) is never retrieved.
+        let padding = crate::transfer::upload_i64(&[0], saved.device);
+        let not_padding = Tensor::ones([n_items], (items.kind(), saved.device)).index_fill(0, &padding, 0.0);
         let max_hist_len = saved.cfg.data.max_hist_len;
         for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, 256, max_hist_len) {
             let x = saved.net.embeddings.forward(&BatchIds::from_batch(&batch, saved.device)).main;

@@ -1,6 +1,7 @@
 //! What a run is made of, apart from its loop ([`super::run`]): the errors, the summary, the
 //! device, building the network, the [`Replica`] (model, parameters, optimizer; one step), exact
 //! evaluation over all ranks, and `micn eval` on a saved model.
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -15,6 +16,7 @@ use crate::checkpoint;
 use crate::config::{Config, Device as DeviceChoice};
 use crate::data::batch::Batch;
 use crate::data::loader::eval_batches;
+use crate::data::samples::ArchivedSamples;
 use crate::data::{shard, DataError, Dataset};
 use crate::dist::{self, Communicator, CommunicatorExt};
 use crate::io_error::PathIo;
@@ -295,12 +297,20 @@ pub enum EvalSet<'a> {
     Train(&'a [u32]),
 }
 
-impl EvalSet<'_> {
+impl<'a> EvalSet<'a> {
     pub(super) fn name(&self) -> &'static str {
         match self {
             Self::Test => "test",
             Self::Valid(_) => "validation",
             Self::Train(_) => "training",
+        }
+    }
+
+    /// The archive the set reads and its archive indices (every one, for the test set).
+    pub(super) fn samples<'d>(&self, dataset: &'d Dataset) -> (&'d ArchivedSamples, Cow<'a, [u32]>) {
+        match *self {
+            Self::Test => (dataset.test.samples(), Cow::Owned((0..dataset.test.samples().len() as u32).collect())),
+            Self::Valid(ids) | Self::Train(ids) => (dataset.train.samples(), Cow::Borrowed(ids)),
         }
     }
 }
@@ -355,18 +365,11 @@ pub fn score(
     device: Device,
     max_hist_len: usize,
 ) -> Result<Scores, TrainError> {
-    let every_test_sample: Vec<u32>;
-    let (samples, set_ids) = match set {
-        EvalSet::Test => {
-            every_test_sample = (0..dataset.test.samples().len() as u32).collect();
-            (dataset.test.samples(), every_test_sample.as_slice())
-        }
-        EvalSet::Valid(ids) | EvalSet::Train(ids) => (dataset.train.samples(), ids),
-    };
+    let (samples, set_ids) = set.samples(dataset);
     let mut local = Scores::default();
     let mut labels = Vec::<f32>::new();
     tch::no_grad(|| {
-        for batch in eval_batches(samples, set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
+        for batch in eval_batches(samples, &set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
             let embedded = net.embeddings.forward(&BatchIds::from_batch(&batch, device));
             let logit = net.main.forward(&embedded.main, Mode::Eval).logit;
             local.probs.extend(crate::transfer::download_f32(&logit.sigmoid()));
