@@ -85,20 +85,28 @@ pub enum ModelKind {
     Din,
     Dien,
     Mind,
+    Camn,
 }
 
 impl ModelKind {
     /// Every main model.
-    pub const ALL: [ModelKind; 4] = [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien, ModelKind::Mind];
+    pub const ALL: [ModelKind; 5] =
+        [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien, ModelKind::Mind, ModelKind::Camn];
 
-    /// The name configurations use (`wide_deep`, `din`, `dien`, `mind`).
+    /// The name configurations use (`wide_deep`, `din`, `dien`, `mind`, `camn`).
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::WideDeep => "wide_deep",
             ModelKind::Din => "din",
             ModelKind::Dien => "dien",
             ModelKind::Mind => "mind",
+            ModelKind::Camn => "camn",
         }
+    }
+
+    /// Whether the model reads the item-attribute table.
+    pub fn needs_attributes(self) -> bool {
+        self == ModelKind::Camn
     }
 }
 
@@ -262,6 +270,13 @@ pub struct ModelConfig {
     pub mind_routing_iters: usize,
     /// Power of MIND's label-aware attention, or "inf" for hard attention.
     pub mind_pow_p: AttentionPower,
+    /// CAMN's collaborative attribute routing keeps the `camn_top_q` largest scores of each
+    /// behaviour (Eq. 3).
+    pub camn_top_q: usize,
+    /// Weight α of CAMN's diversity loss (Eq. 8); 0 is the paper's CAMN-route.
+    pub camn_alpha: f64,
+    /// Scale the attention by the collaborative scores (Eq. 4); off is the paper's CAMN-loss.
+    pub camn_routing: bool,
 }
 
 impl Default for ModelConfig {
@@ -279,6 +294,9 @@ impl Default for ModelConfig {
             mind_interests: 4,
             mind_routing_iters: 3,
             mind_pow_p: AttentionPower::Soft(2.0),
+            camn_top_q: 3,
+            camn_alpha: 1e-4,
+            camn_routing: true,
         }
     }
 }
@@ -662,6 +680,12 @@ impl Config {
         if let AttentionPower::Soft(p) = m.mind_pow_p {
             check(p >= 0.0 && p.is_finite(), "model.mind_pow_p", format!("must be ≥ 0 or \"inf\", got {p}"))?;
         }
+        count(m.camn_top_q, K_MAX, "model.camn_top_q")?;
+        check(
+            m.camn_alpha >= 0.0 && m.camn_alpha.is_finite(),
+            "model.camn_alpha",
+            format!("must be ≥ 0, got {}", m.camn_alpha),
+        )?;
         check(x.lambda >= 0.0 && x.lambda.is_finite(), "micn.lambda", format!("must be ≥ 0, got {}", x.lambda))?;
         check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", x.phi))?;
         count(x.k_max, K_MAX, "micn.k_max")?;

@@ -8,7 +8,7 @@ use tch::{nn, Tensor};
 use crate::config::{MicnConfig, ModelConfig};
 use crate::micn::{Micn, MicnError};
 use crate::model::embeddings::{self, Embeddings, Vocab};
-use crate::model::{InputDims, MainModel, ModelError};
+use crate::model::{InputDims, ItemAttributeIds, MainModel, ModelError};
 
 /// Path of the embedding tables under the root of the var store.
 pub const EMBEDDINGS_PATH: &str = "embeddings";
@@ -71,18 +71,19 @@ pub struct Network {
 
 impl Network {
     /// Builds every part under `root` (normally `vs.root()`); `item_cats [n_items]` (i64) gives
-    /// each item's category.
+    /// each item's category, `attributes` its attribute ids (for the models that read them).
     pub fn new(
         root: &nn::Path,
         model: &ModelConfig,
         micn: &MicnConfig,
         vocab: &Vocab,
         item_cats: &Tensor,
+        attributes: Option<&ItemAttributeIds>,
     ) -> Result<Self, NetworkError> {
         let dim = model.embedding_dim as i64;
         let embeddings = Embeddings::new(&(root / EMBEDDINGS_PATH), vocab, dim, micn.enabled, item_cats)?;
         let dims = InputDims { user: dim, item: embeddings.item_width() };
-        let main = MainModel::new(&(root / MAIN_PATH), model, dims);
+        let main = MainModel::new(&(root / MAIN_PATH), model, dims, attributes, vocab.items)?;
         let micn = match embeddings.aux_width() {
             Some(width) => Some(Micn::new(&(root / MICN_PATH), micn, width, vocab.items)?),
             None => None,
@@ -117,7 +118,8 @@ mod tests {
         for kind in ModelKind::ALL {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = ModelConfig { kind, embedding_dim: 2, wide_buckets: 16, ..Default::default() };
-            Network::new(&vs.root(), &model, &MicnConfig::default(), &vocab, &item_cats).unwrap();
+            Network::new(&vs.root(), &model, &MicnConfig::default(), &vocab, &item_cats, Some(&testing::attributes(7)))
+                .unwrap();
             let mut counts = std::collections::HashMap::new();
             for name in vs.variables().keys() {
                 let group = classify(name).unwrap_or_else(|e| panic!("{e}"));
@@ -142,7 +144,7 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = ModelConfig { kind: ModelKind::WideDeep, wide_crosses: crosses, ..small(ModelKind::WideDeep) };
             let micn = MicnConfig { enabled: true, num_negatives: 5, ..Default::default() };
-            let net = Network::new(&vs.root(), &model, &micn, &VOCAB, &item_cats()).unwrap();
+            let net = Network::new(&vs.root(), &model, &micn, &VOCAB, &item_cats(), None).unwrap();
             let by_rows: Vec<String> = vs
                 .variables()
                 .into_keys()
@@ -164,6 +166,29 @@ mod tests {
             assert_eq!(by_rows, expected, "crosses {crosses}");
             assert_eq!(net.role("micn.routing.bilinear").unwrap(), VarRole { group: VarGroup::Aux, by_rows: false });
         }
+    }
+
+    #[test]
+    fn camn_s_attribute_embeddings_are_updated_by_rows_and_data_without_attributes_is_refused() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = network(&vs, ModelKind::Camn, true);
+        assert_eq!(net.role("main.attributes").unwrap(), VarRole { group: VarGroup::Orig, by_rows: true });
+        assert_eq!(net.role("main.route.weight").unwrap(), VarRole { group: VarGroup::Orig, by_rows: false });
+        let vs = nn::VarStore::new(Device::Cpu);
+        let err = Network::new(&vs.root(), &small(ModelKind::Camn), &MicnConfig::default(), &VOCAB, &item_cats(), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("no item-attribute table"), "{err}");
+        let wrong_rows = testing::attributes(VOCAB.items - 1);
+        let err = Network::new(
+            &vs.root(),
+            &small(ModelKind::Camn),
+            &MicnConfig::default(),
+            &VOCAB,
+            &item_cats(),
+            Some(&wrong_rows),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shape"), "{err}");
     }
 
     #[test]
@@ -201,10 +226,11 @@ mod tests {
     fn network(vs: &nn::VarStore, kind: ModelKind, with_micn: bool) -> Network {
         testing::one_thread();
         let micn = MicnConfig { enabled: with_micn, num_negatives: 5, ..Default::default() };
-        Network::new(&vs.root(), &small(kind), &micn, &VOCAB, &item_cats()).unwrap()
+        Network::new(&vs.root(), &small(kind), &micn, &VOCAB, &item_cats(), Some(&testing::attributes(VOCAB.items)))
+            .unwrap()
     }
 
-    const KINDS: [ModelKind; 4] = ModelKind::ALL;
+    const KINDS: [ModelKind; 5] = ModelKind::ALL;
 
     #[test]
     fn every_model_gives_finite_logits_of_shape_b() {
@@ -218,7 +244,7 @@ mod tests {
                     let out = net.main.forward(&x, if train { Mode::Train } else { Mode::Eval });
                     assert_eq!(out.logit.size(), [7], "{kind:?}");
                     assert!(bool::try_from(out.logit.isfinite().all()).unwrap(), "{kind:?}");
-                    assert_eq!(out.aux_loss.is_some(), kind == ModelKind::Dien, "{kind:?}");
+                    assert_eq!(out.aux_loss.is_some(), matches!(kind, ModelKind::Dien | ModelKind::Camn), "{kind:?}");
                 }
             }
         }
@@ -234,7 +260,7 @@ mod tests {
                 let embedded = net.embeddings.forward(&ids);
                 let out = net.main.forward(&embedded.main, Mode::Train);
                 assert!(bool::try_from(out.logit.isfinite().all()).unwrap(), "{kind:?}, T = {width}");
-                if let Some(aux) = out.aux_loss {
+                if let (Some(aux), true) = (out.aux_loss, kind == ModelKind::Dien) {
                     // No transition t → t+1 exists: DIEN's auxiliary loss is 0.
                     assert_eq!(aux.abs().sum(tch::Kind::Float).double_value(&[]), 0.0);
                 }
@@ -252,7 +278,7 @@ mod tests {
     /// them too), and every parameter of the main model. Expected exceptions: MICN's variables
     /// (the main loss does not reach them), and the output bias of the attention MLP, which adds
     /// the same constant to every score of a softmax and so has a gradient of exactly zero in
-    /// exact arithmetic (rounding noise in floats).
+    /// exact arithmetic (rounding noise in floats); CAMN's interest extractors are such units.
     #[test]
     fn one_backward_pass_reaches_every_main_model_variable() {
         for kind in KINDS {
@@ -270,7 +296,9 @@ mod tests {
             for (name, var) in vs.variables() {
                 let grad = var.grad();
                 let size = if grad.defined() { grad.abs().sum(tch::Kind::Float).double_value(&[]) } else { 0.0 };
-                if name.ends_with("attention.mlp.output.bias") {
+                if name.ends_with("attention.mlp.output.bias")
+                    || name.contains("extractor.") && name.ends_with("mlp.output.bias")
+                {
                     assert!(size < 1e-6, "{kind:?}: {name} has gradient {size}");
                     continue;
                 }
@@ -342,7 +370,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = ModelConfig { embedding_dim: 2, ..Default::default() };
         let micn = MicnConfig { enabled: false, ..Default::default() };
-        let net = Network::new(&vs.root(), &model, &micn, &vocab, &item_cats).unwrap();
+        let net = Network::new(&vs.root(), &model, &micn, &vocab, &item_cats, None).unwrap();
         assert!(net.micn.is_none());
         assert!(vs.variables().keys().all(|n| classify(n).unwrap() == VarGroup::Orig));
     }

@@ -15,6 +15,7 @@ are not needed here.
 
 All modules are TorchScript-compatible (`torch.jit.script`).
 """
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -287,7 +288,7 @@ class WideDeep(nn.Module):
         self.crosses: Optional[Crosses] = Crosses(w, f"{prefix}.crosses") if w.has(f"{prefix}.crosses.weights") else None
 
     def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
-                hist_cats: Tensor) -> Tensor:
+                hist_items: Tensor, hist_cats: Tensor) -> Tensor:
         hist_sum = masked_sum(hist, mask)
         deep = self.deep(self.norm(torch.cat([user, target, hist_sum], -1))).squeeze(-1)
         logit = deep + self.wide(torch.cat([target, hist_sum, target * hist_sum], -1)).squeeze(-1)
@@ -305,7 +306,7 @@ class Din(nn.Module):
         self.head = Mlp(w, f"{prefix}.head", "dice")
 
     def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
-                hist_cats: Tensor) -> Tensor:
+                hist_items: Tensor, hist_cats: Tensor) -> Tensor:
         hist_sum = masked_sum(hist, mask)
         attended = self.attention(target, hist, mask)
         return self.head(torch.cat([user, target, hist_sum, target * hist_sum, attended], -1)).squeeze(-1)
@@ -328,7 +329,7 @@ class Dien(nn.Module):
                 w.used.add(name)
 
     def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
-                hist_cats: Tensor) -> Tensor:
+                hist_items: Tensor, hist_cats: Tensor) -> Tensor:
         states, _ = self.gru(hist, mask, None)
         attention = self.attention.weights(target, states, mask)
         _, last = self.augru(states, mask, attention)
@@ -444,11 +445,71 @@ class Mind(nn.Module):
         return weights.unsqueeze(1).matmul(interests).squeeze(1)
 
     def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
-                hist_cats: Tensor) -> Tensor:
+                hist_items: Tensor, hist_cats: Tensor) -> Tensor:
         interests, active = self.interests(hist, mask)
         user_vector = self.user_vector(interests, active, target)
         hist_sum = masked_sum(hist, mask)
         return self.head(torch.cat([user, target, hist_sum, target * hist_sum, user_vector], -1)).squeeze(-1)
+
+
+class Camn(nn.Module):
+    """CAMN (src/model/camn.rs): the item vector and every attribute column as `k` sequences,
+    collaborative scores `softmax(keepTop_q(LayerNorm(X) W_h))`, per-sequence attention whose
+    logits are scaled key by key by those scores, a shared feed-forward layer, one DIN attention
+    unit per sequence pooling it against the target, and a Dice head over
+    `[user, e_t, target's attributes, interests]`. The diversity loss only trains."""
+
+    def __init__(self, w: Weights, prefix: str = "main", config: Optional[dict] = None):
+        super().__init__()
+        if config is None:
+            raise ModelFileError(f"{w.source}: CAMN's top q and routing switch are not in the weights: give the run "
+                                 "or checkpoint directory (its configuration)")
+        self.attributes = nn.Parameter(w.get(f"{prefix}.attributes"))
+        self.register_buffer("item_attributes", w.get(f"{prefix}.item_attributes").round().to(torch.int64))
+        self.k = 1 + int(self.item_attributes.shape[1])
+        self.norm_weight = nn.Parameter(w.get(f"{prefix}.norm.weight"))
+        self.norm_bias = nn.Parameter(w.get(f"{prefix}.norm.bias"))
+        self.route = linear(w, f"{prefix}.route", bias=False)
+        self.w_query = nn.Parameter(w.get(f"{prefix}.query"))
+        self.w_key = nn.Parameter(w.get(f"{prefix}.key"))
+        self.w_value = nn.Parameter(w.get(f"{prefix}.value"))
+        self.ffn_in = linear(w, f"{prefix}.ffn_in")
+        self.ffn_out = linear(w, f"{prefix}.ffn_out")
+        self.extractors = nn.ModuleList([AttentionUnit(w, f"{prefix}.extractor.{r}") for r in range(self.k)])
+        self.head = Mlp(w, f"{prefix}.head", "dice")
+        self.top_q = min(int(config.get("camn_top_q", 3)), self.k)
+        self.routing = bool(config.get("camn_routing", True))
+
+    def embed_attributes(self, items: Tensor) -> Tensor:
+        """`[S…]` item ids → `[S…, k − 1, w]`."""
+        return self.attributes[self.item_attributes[items]]
+
+    def scores(self, xs: Tensor) -> Tensor:
+        """`[b, T, k, w]` → collaborative scores `[b, T, k]`."""
+        b, steps, k, width = xs.shape[0], xs.shape[1], xs.shape[2], xs.shape[3]
+        normed = torch.nn.functional.layer_norm(xs.reshape(b, steps, k * width), [k * width], self.norm_weight,
+                                                self.norm_bias, 1e-5)
+        logits = self.route(normed)
+        kept = torch.zeros_like(logits).scatter(-1, logits.topk(self.top_q, -1)[1], 1.0)
+        return masked_softmax(logits, kept)
+
+    def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
+                hist_items: Tensor, hist_cats: Tensor) -> Tensor:
+        b, steps, width = hist.shape[0], hist.shape[1], hist.shape[2]
+        xs = torch.cat([hist.unsqueeze(2), self.embed_attributes(hist_items)], 2)  # [b, T, k, w]
+        heads = xs.permute(0, 2, 1, 3)  # [b, k, T, w]
+        q, key, v = heads.matmul(self.w_query), heads.matmul(self.w_key), heads.matmul(self.w_value)
+        logits = q.matmul(key.transpose(-1, -2)) / math.sqrt(width)
+        if self.routing:
+            logits = logits * self.scores(xs).permute(0, 2, 1).unsqueeze(2)
+        key_mask = mask.view(b, 1, 1, steps).expand(b, self.k, steps, steps)
+        mixed = masked_softmax(logits, key_mask).matmul(v)
+        out = self.ffn_out(self.ffn_in(mixed).relu())  # [b, k, T, w]
+        interests: List[Tensor] = []
+        for r, unit in enumerate(self.extractors):
+            interests.append(unit(target, out[:, r], mask))
+        target_attributes = self.embed_attributes(items).reshape(b, (self.k - 1) * width)
+        return self.head(torch.cat([user, target, target_attributes] + interests, -1)).squeeze(-1)
 
 
 class Embeddings(nn.Module):
@@ -473,7 +534,9 @@ class Embeddings(nn.Module):
         return torch.cat([self.item[items], self.cat[cats]], -1)
 
 
-MODELS = {"wide_deep": WideDeep, "din": Din, "dien": Dien, "mind": Mind}
+MODELS = {"wide_deep": WideDeep, "din": Din, "dien": Dien, "mind": Mind, "camn": Camn}
+# The models whose settings are read from the run's configuration.
+CONFIGURED = ("mind", "camn")
 
 
 def model_kind(w: Weights) -> str:
@@ -482,6 +545,8 @@ def model_kind(w: Weights) -> str:
         return "dien"
     if w.has("main.routing.bilinear"):
         return "mind"
+    if w.has("main.item_attributes"):
+        return "camn"
     if w.has("main.deep.output.weight"):
         return "wide_deep"
     if w.has("main.head.output.weight"):
@@ -497,19 +562,19 @@ class Network(nn.Module):
     padding 0) and `hist_mask` `[b, T]` (float, 1 for a real behaviour)."""
 
     def __init__(self, tensors: Dict[str, Tensor], source: str = "model", config: Optional[dict] = None):
-        """`config`: the run's `[model]` table (needed for MIND only)."""
+        """`config`: the run's `[model]` table (needed for MIND and CAMN only)."""
         super().__init__()
         w = Weights(tensors, source)
         self.kind = model_kind(w)
         self.embeddings = Embeddings(w)
-        self.main = Mind(w, config=config) if self.kind == "mind" else MODELS[self.kind](w)
+        self.main = MODELS[self.kind](w, config=config) if self.kind in CONFIGURED else MODELS[self.kind](w)
         w.check_all_used()
 
     def logits(self, users: Tensor, items: Tensor, cats: Tensor, hist_items: Tensor, hist_cats: Tensor,
                hist_mask: Tensor) -> Tensor:
         emb = self.embeddings
         return self.main(emb.user[users], emb.items(items, cats), emb.items(hist_items, hist_cats), hist_mask, items,
-                         cats, hist_cats)
+                         cats, hist_items, hist_cats)
 
     def forward(self, users: Tensor, items: Tensor, cats: Tensor, hist_items: Tensor, hist_cats: Tensor,
                 hist_mask: Tensor) -> Tensor:

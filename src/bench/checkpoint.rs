@@ -33,7 +33,8 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
     };
     let vocab = Vocab { users: 603_668, items: 367_983, cats: 1_601 };
     let item_cat: Vec<u32> = (0..vocab.items).map(|i| (i % vocab.cats) as u32).collect();
-    let mut replica = Replica::new(build_network(&cfg, vocab, &item_cat, device)?, &cfg, &crate::dist::SingleProcess)?;
+    let mut replica =
+        Replica::new(build_network(&cfg, vocab, &item_cat, None, device)?, &cfg, &crate::dist::SingleProcess)?;
     let root: PathBuf = work_dir.join("checkpoints");
     let config = cfg.to_toml();
     let state = checkpoint::State {

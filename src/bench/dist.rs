@@ -154,7 +154,7 @@ fn bytes_per_step(items: i64, device: Device) -> Result<f64, TrainError> {
     cfg.model.kind = ModelKind::Din;
     let item_cat: Vec<u32> = (0..items).map(|i| (i % opts.cats) as u32).collect();
     let comm = SingleProcess;
-    let built = build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, device)?;
+    let built = build_network(&cfg, Vocab { users: opts.users, items, cats: opts.cats }, &item_cat, None, device)?;
     let mut replica = Replica::new(built, &cfg, &comm)?;
     let mut rng = Rng::new(3);
     let steps = 10;

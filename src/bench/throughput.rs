@@ -13,6 +13,7 @@ use crate::config::{Config, ModelKind};
 use crate::data::batch::Batch;
 use crate::dist::SingleProcess;
 use crate::model::embeddings::Vocab;
+use crate::model::ItemAttributeIds;
 use crate::rng::Rng;
 use crate::train::step::StepContext;
 use crate::train::trainer::{build_network, Replica, TrainError};
@@ -125,6 +126,29 @@ pub fn random_batch(opts: &ThroughputOptions, rng: &mut Rng, noclick: bool) -> B
     batch
 }
 
+/// Attribute columns of the benchmark's items, as many as the synthetic data's (brand, two category
+/// levels, price bucket).
+const ATTRIBUTE_COLUMNS: u32 = 4;
+/// Values per attribute column.
+const ATTRIBUTE_VALUES: u32 = 50;
+
+/// Every item's attribute ids for the models that read them: column `c` of item `i` holds one of
+/// [`ATTRIBUTE_VALUES`] ids of its own, spread over the items by a fixed stride.
+fn attribute_table(items: i64) -> ItemAttributeIds {
+    let rows: Vec<u32> = (0..items as u32)
+        .flat_map(|i| {
+            (0..ATTRIBUTE_COLUMNS).map(move |c| {
+                if i == 0 {
+                    0
+                } else {
+                    1 + c * ATTRIBUTE_VALUES + (i * (7 + c)) % ATTRIBUTE_VALUES
+                }
+            })
+        })
+        .collect();
+    ItemAttributeIds::from_rows(&rows, ATTRIBUTE_COLUMNS as usize, (1 + ATTRIBUTE_COLUMNS * ATTRIBUTE_VALUES) as usize)
+}
+
 /// Distinct random batches drawn before timing: all of them up to about 200k samples in all,
 /// then the steps cycle through them (a batch of 8192 is ~8 MB of ids on the host).
 const DISTINCT_SAMPLES: usize = 200_000;
@@ -139,8 +163,9 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     cfg.train.global_batch_size = opts.batch;
     let vocab = Vocab { users: opts.users, items: opts.items, cats: opts.cats };
     let item_cat: Vec<u32> = (0..opts.items).map(|i| (i % opts.cats) as u32).collect();
+    let attributes = kind.needs_attributes().then(|| attribute_table(opts.items));
     let comm = SingleProcess;
-    let mut replica = Replica::new(build_network(&cfg, vocab, &item_cat, device)?, &cfg, &comm)?;
+    let mut replica = Replica::new(build_network(&cfg, vocab, &item_cat, attributes.as_ref(), device)?, &cfg, &comm)?;
     let mut rng = Rng::new(7);
     let total = opts.warmup + opts.steps;
     let distinct = total.min((DISTINCT_SAMPLES / opts.batch.max(1)).max(1));

@@ -33,7 +33,7 @@ const NOT_GROUPED: [&str; 2] = ["train.seed", "run.dir"];
 
 /// The training-loss fields of `metrics.jsonl` and their task names.
 const LOSSES: [(&str, &str); 3] =
-    [("loss_main", "main task"), ("loss_micn", "MICN"), ("loss_dien_aux", "DIEN auxiliary")];
+    [("loss_main", "main task"), ("loss_micn", "MICN"), ("loss_model_aux", "model auxiliary (DIEN, CAMN)")];
 
 /// One finished run.
 #[derive(Debug, Clone)]

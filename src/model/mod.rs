@@ -1,7 +1,8 @@
 //! The CTR models: framework-owned embeddings ([`embeddings`]) and the main models (Wide&Deep,
-//! DIN, DIEN; SPEC §2.2; and MIND, [`mind`]) built from [`layers`]. The main models see only `e = e_orig ⊕ e_aux`
+//! DIN, DIEN; SPEC §2.2; MIND, [`mind`]; CAMN, [`camn`]) built from [`layers`]. The main models see only `e = e_orig ⊕ e_aux`
 //! and never know about MICN; [`crate::network`] assembles them with it.
 pub mod batch_stats;
+pub mod camn;
 pub mod dien;
 pub mod din;
 pub mod embeddings;
@@ -13,6 +14,7 @@ use tch::{nn, Tensor};
 
 use crate::config::{ModelConfig, ModelKind};
 use batch_stats::Mode;
+pub use camn::{Camn, ItemAttributeIds};
 pub use dien::Dien;
 pub use din::Din;
 use embeddings::MainInput;
@@ -28,6 +30,13 @@ pub enum ModelError {
     Dim { dim: i64 },
     #[error("item→category table {why}")]
     ItemCats { why: String },
+    #[error("item-attribute table {why}")]
+    Attributes { why: String },
+    #[error(
+        "model.kind = \"{model}\" reads item attributes, and this dataset has no item-attribute table (prepare it \
+         from Amazon meta with --meta, or from sequences with --item-attributes)"
+    )]
+    NoAttributes { model: &'static str },
 }
 
 /// What a main model returns.
@@ -35,8 +44,9 @@ pub enum ModelError {
 pub struct MainOutput {
     /// The click logit, `[b]`; the caller applies binary cross-entropy with logits.
     pub logit: Tensor,
-    /// DIEN's auxiliary loss, per sample (`[b]`) and already weighted by α; reduce it over the
-    /// batch the same way as the main BCE. Present for DIEN when the batch has no-click samples.
+    /// The model's own auxiliary loss, per sample (`[b]`) and already weighted: DIEN's auxiliary
+    /// loss (present when the batch has no-click samples), CAMN's diversity loss (when α > 0).
+    /// Reduce it over the batch the same way as the main BCE.
     pub aux_loss: Option<Tensor>,
 }
 
@@ -56,23 +66,37 @@ pub enum MainModel {
     Din(Din),
     Dien(Box<Dien>),
     Mind(Mind),
+    Camn(Box<Camn>),
 }
 
 impl MainModel {
-    pub fn new(p: &nn::Path, cfg: &ModelConfig, dims: InputDims) -> Self {
-        match cfg.kind {
+    /// The model `cfg.kind` for inputs of `dims`; `attributes` are every item's attribute ids
+    /// (`items` rows), which CAMN needs and the others ignore.
+    pub fn new(
+        p: &nn::Path,
+        cfg: &ModelConfig,
+        dims: InputDims,
+        attributes: Option<&ItemAttributeIds>,
+        items: i64,
+    ) -> Result<Self, ModelError> {
+        Ok(match cfg.kind {
             ModelKind::WideDeep => MainModel::WideDeep(WideDeep::new(p, cfg, dims)),
             ModelKind::Din => MainModel::Din(Din::new(p, cfg, dims)),
             ModelKind::Dien => MainModel::Dien(Box::new(Dien::new(p, cfg, dims))),
             ModelKind::Mind => MainModel::Mind(Mind::new(p, cfg, dims)),
-        }
+            ModelKind::Camn => {
+                let ids = attributes.ok_or(ModelError::NoAttributes { model: cfg.kind.name() })?;
+                MainModel::Camn(Box::new(Camn::new(p, cfg, dims, ids, items)?))
+            }
+        })
     }
 
     /// The main model's own variables (names under its path) that are updated by rows, as the
-    /// embedding tables are: Wide&Deep's hashed cross weights.
+    /// embedding tables are: Wide&Deep's hashed cross weights, CAMN's attribute embeddings.
     pub fn row_tables(&self) -> &'static [&'static str] {
         match self {
             MainModel::WideDeep(m) => m.row_tables(),
+            MainModel::Camn(m) => m.row_tables(),
             MainModel::Din(_) | MainModel::Dien(_) | MainModel::Mind(_) => &[],
         }
     }
@@ -84,6 +108,7 @@ impl MainModel {
             MainModel::Din(m) => m.forward(x, mode),
             MainModel::Dien(m) => m.forward(x, mode),
             MainModel::Mind(m) => m.forward(x, mode),
+            MainModel::Camn(m) => m.forward(x, mode),
         }
     }
 }
@@ -94,7 +119,17 @@ pub(crate) mod testing {
     use tch::{Kind, Tensor};
 
     use super::embeddings::{BatchIds, NoClick, RealSlots, Vocab};
+    use super::ItemAttributeIds;
     use crate::rng::Rng;
+
+    /// Attribute ids of `items` items in two columns of 4 and 3 values (ids 1..=7, item 0 none,
+    /// every fifth item without a value in the second column), for the models that read them.
+    pub fn attributes(items: i64) -> ItemAttributeIds {
+        let rows: Vec<u32> = (0..items as u32)
+            .flat_map(|i| if i == 0 { [0, 0] } else { [1 + i % 4, if i % 5 == 0 { 0 } else { 5 + i % 3 }] })
+            .collect();
+        ItemAttributeIds::from_rows(&rows, 2, 8)
+    }
 
     /// One libtorch thread for the test process: with two cores shared by parallel tests (and
     /// other builds), libtorch's spinning thread pool is many times slower than one thread.

@@ -86,7 +86,7 @@ struct MetricsLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     loss_micn: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    loss_dien_aux: Option<f64>,
+    loss_model_aux: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     grad_norm_main_e_aux: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,7 +120,7 @@ impl MetricsLine {
             epoch,
             loss_main: None,
             loss_micn: None,
-            loss_dien_aux: None,
+            loss_model_aux: None,
             grad_norm_main_e_aux: None,
             grad_norm_aux_e_aux: None,
             lr: None,
@@ -159,7 +159,7 @@ impl StepTotals {
         self.update_seconds += stats.update_seconds;
         self.bytes_sent += stats.bytes_sent;
         self.window_samples += samples;
-        for (sum, loss) in self.loss_sums.iter_mut().zip([stats.loss_main, stats.loss_micn, stats.loss_dien_aux]) {
+        for (sum, loss) in self.loss_sums.iter_mut().zip([stats.loss_main, stats.loss_micn, stats.loss_model_aux]) {
             *sum += loss;
         }
         self.logged_steps += 1;
@@ -175,10 +175,10 @@ impl StepTotals {
         lr: f64,
         window_seconds: f64,
     ) -> MetricsLine {
-        let [loss_main, loss_micn, loss_dien_aux] = self.loss_sums.map(|sum| sum / self.logged_steps.max(1) as f64);
+        let [loss_main, loss_micn, loss_model_aux] = self.loss_sums.map(|sum| sum / self.logged_steps.max(1) as f64);
         let mut line = MetricsLine::new(step, epoch);
         line.loss_main = Some(loss_main);
-        line.loss_dien_aux = (cfg.model.kind == ModelKind::Dien).then_some(loss_dien_aux);
+        line.loss_model_aux = matches!(cfg.model.kind, ModelKind::Dien | ModelKind::Camn).then_some(loss_model_aux);
         if cfg.micn.enabled {
             line.loss_micn = Some(loss_micn);
             line.grad_norm_main_e_aux = Some(stats.grad_norm_main_e_aux);

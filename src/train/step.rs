@@ -205,7 +205,8 @@ impl Control {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StepStats {
     pub loss_main: f64,
-    pub loss_dien_aux: f64,
+    /// The main model's own auxiliary loss (DIEN's, CAMN's diversity loss; 0 for the others).
+    pub loss_model_aux: f64,
     pub loss_micn: f64,
     /// ‖main-task gradient‖ on the `e_aux` tables, after the exchange.
     pub grad_norm_main_e_aux: f64,
@@ -474,7 +475,7 @@ pub fn gradients(
         None => Vec::new(),
     };
     let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
-    let dien_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
+    let model_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
     let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &routing_logits) {
         (Some(micn), Some(aux), Some((negative_ids, vectors)), Some(logits)) => {
             Some(micn.loss_with_negatives(aux, (negative_ids, vectors), &ids.items, &labels, logits, positives))
@@ -491,14 +492,14 @@ pub fn gradients(
     let main_targets = targets(t, &main_vars, &input.leaves, Task::Main);
     let aux_targets = targets(t, &aux_vars, &input.leaves, Task::Aux);
     let all: Vec<&Tensor> = main_targets.iter().chain(&aux_targets).map(Target::tensor).collect();
-    let below_head = [dien_aux.as_ref().map(Tensor::shallow_clone), micn.as_ref().map(|loss| loss * ctx.lambda)]
+    let below_head = [model_aux.as_ref().map(Tensor::shallow_clone), micn.as_ref().map(|loss| loss * ctx.lambda)]
         .into_iter()
         .flatten()
         .reduce(|a, b| a + b);
     let grads = batch_stats::backward(&bce, below_head, &traces, &all, ctx.comm)?;
     let (main_g, aux_g) = grads.split_at(main_targets.len());
     let zero = || bce.zeros_like();
-    let losses: Vec<Tensor> = [Some(&bce), dien_aux.as_ref(), micn.as_ref()]
+    let losses: Vec<Tensor> = [Some(&bce), model_aux.as_ref(), micn.as_ref()]
         .into_iter()
         .map(|loss| loss.map_or_else(zero, |l| l.detach()).to_kind(Kind::Float).reshape([1]))
         .collect();
@@ -542,7 +543,7 @@ fn finish_on_device(
     let host = download_f32(&Tensor::cat(&[Tensor::cat(&backward.losses, 0), norms], 0));
     let stats = StepStats {
         loss_main: host[0] as f64 + host[1] as f64,
-        loss_dien_aux: host[1] as f64,
+        loss_model_aux: host[1] as f64,
         loss_micn: host[2] as f64,
         grad_norm_main_e_aux: (host[3] as f64).sqrt(),
         grad_norm_aux_e_aux: (host[4] as f64).sqrt(),
@@ -587,7 +588,7 @@ fn exchange_on_host(
         bytes_sent,
         comm_seconds,
         loss_main: losses[0] as f64 + losses[1] as f64,
-        loss_dien_aux: losses[1] as f64,
+        loss_model_aux: losses[1] as f64,
         loss_micn: losses[2] as f64,
         positives,
         control: Control::from_sums(control),

@@ -22,6 +22,7 @@ use crate::dist::{self, Communicator, CommunicatorExt};
 use crate::io_error::PathIo;
 use crate::model::batch_stats::Mode;
 use crate::model::embeddings::{BatchIds, Vocab};
+use crate::model::ItemAttributeIds;
 use crate::network::Network;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,11 @@ pub enum TrainError {
     Comm(#[from] dist::CommError),
     #[error("building the model: {0}")]
     Model(#[from] crate::network::NetworkError),
+    #[error(
+        "{path}: model.kind = \"{model}\" reads item attributes, and this dataset has no item-attribute table \
+         (prepare it from Amazon meta with --meta, or from sequences with --item-attributes)"
+    )]
+    NoAttributes { path: PathBuf, model: &'static str },
     #[error(transparent)]
     Io(#[from] PathIo),
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
@@ -226,11 +232,22 @@ pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Bu
         items: dataset.vocab.items.len() as i64,
         cats: dataset.vocab.cats.len() as i64,
     };
-    build_network(cfg, vocab, &dataset.vocab.item_cat, device)
+    let attributes = dataset.attributes.as_ref().map(|a| ItemAttributeIds::from_rows(&a.table, a.k(), a.names.len()));
+    if cfg.model.kind.needs_attributes() && attributes.is_none() {
+        return Err(TrainError::NoAttributes { path: dataset.dir.clone(), model: cfg.model.kind.name() });
+    }
+    build_network(cfg, vocab, &dataset.vocab.item_cat, attributes.as_ref(), device)
 }
 
-/// Build the network for vocabularies of the given sizes (`item_cat`: category of every item).
-pub fn build_network(cfg: &Config, vocab: Vocab, item_cat: &[u32], device: Device) -> Result<Built, TrainError> {
+/// Build the network for vocabularies of the given sizes (`item_cat`: category of every item,
+/// `attributes`: every item's attribute ids, for the models that read them).
+pub fn build_network(
+    cfg: &Config,
+    vocab: Vocab,
+    item_cat: &[u32],
+    attributes: Option<&ItemAttributeIds>,
+    device: Device,
+) -> Result<Built, TrainError> {
     // libtorch's generator is global: hold it for the whole construction, so that models built
     // at the same time on other threads (thread ranks, tests) cannot interleave their draws.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -238,7 +255,7 @@ pub fn build_network(cfg: &Config, vocab: Vocab, item_cat: &[u32], device: Devic
     tch::manual_seed(cfg.train.seed as i64);
     let vs = VarStore::new(device);
     let item_cats = Tensor::from_slice(&item_cat.iter().map(|&c| c as i64).collect::<Vec<_>>());
-    let net = Network::new(&vs.root(), &cfg.model, &cfg.micn, &vocab, &item_cats)?;
+    let net = Network::new(&vs.root(), &cfg.model, &cfg.micn, &vocab, &item_cats, attributes)?;
     Ok(Built { vs, net })
 }
 

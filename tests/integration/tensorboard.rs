@@ -47,7 +47,7 @@ fn tensorboard_reads_every_figure_of_metrics_jsonl_also_after_a_resume() {
             expected.entry(tag).or_default().push((step, value as f32));
         }
     }
-    for tag in ["train/loss_main", "train/loss_micn", "train/loss_dien_aux", "train/lr", "valid/auc", "test/auc"] {
+    for tag in ["train/loss_main", "train/loss_micn", "train/loss_model_aux", "train/lr", "valid/auc", "test/auc"] {
         assert!(expected.contains_key(tag), "metrics.jsonl has no {tag}");
     }
     let got: std::collections::BTreeMap<String, Vec<(u64, f32)>> = read

@@ -292,7 +292,7 @@ fn every_model_with_and_without_micn_trains_evaluates_and_reevaluates() {
             assert_eq!(summary["steps"], 20);
             let line = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
             assert_eq!(line.contains("loss_micn"), micn, "{kind:?}");
-            assert_eq!(line.contains("loss_dien_aux"), kind == ModelKind::Dien);
+            assert_eq!(line.contains("loss_model_aux"), matches!(kind, ModelKind::Dien | ModelKind::Camn));
             // `micn eval` on the saved model reproduces the final AUC exactly.
             let out = run_ok(std::process::Command::new(micn_bin()).args(["eval", "--json", "--run"]).arg(&run));
             let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -61,7 +61,7 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             .arg("--out")
             .arg(&export),
     );
-    for (kind, micn) in ["wide_deep", "din", "dien", "mind"].into_iter().flat_map(|k| [(k, false), (k, true)]) {
+    for (kind, micn) in ["wide_deep", "din", "dien", "mind", "camn"].into_iter().flat_map(|k| [(k, false), (k, true)]) {
         let name = format!("{kind}{}", if micn { "-micn" } else { "" });
         let run = tmp.path().join(&name);
         let (kind_set, micn_set) = (format!("model.kind={kind}"), format!("micn.enabled={micn}"));
@@ -75,6 +75,10 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             "model.mind_interests=3",
             "model.mind_routing_iters=2",
             if micn { "model.mind_pow_p=\"inf\"" } else { "model.mind_pow_p=2" },
+            // CAMN: the top 2 of its sequences kept; without MICN the attention unscaled
+            // (CAMN-loss); the twin reads both from the run.
+            "model.camn_top_q=2",
+            if micn { "model.camn_routing=true" } else { "model.camn_routing=false" },
             "train.max_steps=25",
             "train.epochs=1",
             "checkpoint.every_steps=20",
@@ -111,8 +115,8 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
                 assert_same_scores(&format!("{name} TorchScript"), &micn_scores, &read_scores(&ts_scores));
             }
         }
-        if kind == "mind" {
-            // From a checkpoint: its weights, and MIND's settings from its `state.json`.
+        if kind == "camn" || kind == "mind" {
+            // From a checkpoint: its weights, and the model's settings from its `state.json`.
             let checkpoint = run.join("checkpoints").join(micn::checkpoint::dir_name(20));
             let (predicted, twin_scores) = (tmp.path().join("ckpt-micn.csv"), tmp.path().join("ckpt-twin.csv"));
             run_ok(
@@ -125,7 +129,9 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             );
             run_ok(twin(&["score", "--export"]).arg(&export).arg(&checkpoint).arg("--out").arg(&twin_scores));
             assert_same_scores(&format!("{name} checkpoint"), &read_scores(&predicted), &read_scores(&twin_scores));
-            check_exported_interests(&run, &export, &tmp.path().join(format!("{name}-interests")));
+            if kind == "mind" {
+                check_exported_interests(&run, &export, &tmp.path().join(format!("{name}-interests")));
+            }
         }
     }
 }

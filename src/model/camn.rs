@@ -1,0 +1,378 @@
+//! CAMN (Zhou et al., CIKM 2022): the history as `k` attribute sequences, a collaborative
+//! attribute routing module that scores each behaviour's attributes, a transformer per sequence
+//! whose attention is scaled by those scores, an interest per sequence pooled against the target,
+//! and a diversity loss over the sequences' attention maps.
+//!
+//! The paper leaves these open; micn decides:
+//! - **The sequences.** Sequence 0 is the framework's item vector `e` (item ⊕ category, and
+//!   `e_aux` with MICN, so MICN shapes it as in every model); sequences `1..k` are the dataset's
+//!   item-attribute columns that hold a value for at least one item (brand, category levels,
+//!   price bucket; [`crate::data::attributes`]), each embedded at the width `w` of `e` by a table
+//!   of CAMN's own, updated by rows. Attribute id 0 (no value) has a learned row. A dataset
+//!   without an attribute table is refused where the model is built.
+//! - **Routing** (Eq. 1–3): `P = softmax(keepTop_q(LayerNorm(X) W_h))` over the `k` sequences of
+//!   each behaviour, `X = [X_0 ‖ … ‖ X_{k−1}]`, `W_h` without bias; `q = model.camn_top_q` (3).
+//! - **Scaled attention** (Eq. 4–5): head `r`'s logits `Q_r K_rᵀ / √w` are multiplied, key by key,
+//!   by the key behaviour's score for sequence `r` (`P[s, r]`), then softmaxed over the real
+//!   keys. `model.camn_routing = false` leaves the logits unscaled (the paper's CAMN-loss).
+//! - **Feed-forward** (Eq. 6): one `ReLU(x W_1 + b_1) W_2 + b_2` shared by the heads (the paper's
+//!   `W_1, W_2` carry no head index), no residual or normalisation, as written.
+//! - **Interest extractor** (DMIN's): one DIN attention unit per sequence, the target's `e` as
+//!   query, pooling that sequence's transformer output into one interest.
+//! - **Head**: a Dice MLP over `[user, e_target, target's attributes, interests]`: the paper's
+//!   interests and composite target embedding, with the user vector every micn model reads.
+//! - **Diversity loss** (Eq. 7): per sample `α/k² Σ_i Σ_j ‖A_i ⊙ A_j‖_F` over all pairs as the
+//!   equation writes them (`i = j` included), rows of padded behaviours left out; returned as the
+//!   model's auxiliary loss, reduced over the global batch as the main loss is.
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::batch_stats::Mode;
+use super::embeddings::MainInput;
+use super::layers::{masked_softmax, ActivationKind, AttentionUnit, Mlp};
+use super::{InputDims, MainOutput, ModelError};
+use crate::config::ModelConfig;
+
+/// Path of CAMN's attribute-embedding table under the model's path.
+pub const ATTRIBUTE_TABLE: &str = "attributes";
+/// Path of every item's attribute ids under the model's path: a buffer (f32, exact below 2²⁴), so
+/// that the model file carries the table it was trained with, for `micn predict` and the twin.
+pub const ITEM_ATTRIBUTES: &str = "item_attributes";
+/// Attribute ids a model may hold: all exact in f32.
+const MAX_VALUES: i64 = 1 << 24;
+
+/// Every item's attribute ids, the model's input beside the embeddings.
+#[derive(Debug)]
+pub struct ItemAttributeIds {
+    /// `[items, columns]` i64, row 0 (padding) all 0.
+    pub table: Tensor,
+    /// Attribute ids in use, 0 (no value) included.
+    pub values: i64,
+}
+
+impl ItemAttributeIds {
+    /// From the dataset's table (`[items, columns]` row-major u32): the columns that hold a value
+    /// for at least one item.
+    pub fn from_rows(table: &[u32], columns: usize, values: usize) -> Self {
+        let items = table.len().checked_div(columns).unwrap_or(0);
+        let used: Vec<usize> = (0..columns).filter(|&c| (0..items).any(|i| table[i * columns + c] != 0)).collect();
+        let ids: Vec<i64> = (0..items).flat_map(|i| used.iter().map(move |&c| table[i * columns + c] as i64)).collect();
+        Self { table: Tensor::from_slice(&ids).view([items as i64, used.len() as i64]), values: values as i64 }
+    }
+
+    fn check(&self, items: i64) -> Result<(), ModelError> {
+        let size = self.table.size();
+        let why = if size.len() != 2 || size[0] != items {
+            format!("has shape {size:?}, not [{items}, columns]")
+        } else if size[1] == 0 {
+            "has no column with a value: CAMN needs at least one item attribute".to_string()
+        } else if self.values > MAX_VALUES {
+            format!("has {} attribute ids, more than {MAX_VALUES}", self.values)
+        } else if self.table.numel() > 0
+            && (self.table.min().int64_value(&[]) < 0 || self.table.max().int64_value(&[]) >= self.values)
+        {
+            format!("holds ids outside 0..{}", self.values)
+        } else {
+            return Ok(());
+        };
+        Err(ModelError::Attributes { why })
+    }
+}
+
+/// CAMN.
+#[derive(Debug)]
+pub struct Camn {
+    /// `[values, w]`: an embedding of every attribute id.
+    attributes: Tensor,
+    /// `[items, k − 1]` attribute ids (f32 buffer [`ITEM_ATTRIBUTES`]).
+    item_attributes: Tensor,
+    /// Sequences `k` (the item vector and the attribute columns).
+    k: i64,
+    norm: nn::LayerNorm,
+    /// `W_h`, `[k·w] → [k]`.
+    route: nn::Linear,
+    /// `W^Q, W^K, W^V` of every head, `[k, w, w]` each.
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    ffn_in: nn::Linear,
+    ffn_out: nn::Linear,
+    extractors: Vec<AttentionUnit>,
+    head: Mlp,
+    top_q: i64,
+    alpha: f64,
+    routing: bool,
+}
+
+/// What CAMN computes before its head, for tests and inspection.
+#[derive(Debug)]
+pub struct Internals {
+    /// Collaborative scores `P`, `[b, T, k]`.
+    pub scores: Tensor,
+    /// Attention maps `A_r`, `[b, k, T, T]`.
+    pub attention: Tensor,
+    /// Interests, `[b, k, w]`.
+    pub interests: Tensor,
+}
+
+impl Camn {
+    pub fn new(
+        p: &nn::Path,
+        cfg: &ModelConfig,
+        dims: InputDims,
+        ids: &ItemAttributeIds,
+        items: i64,
+    ) -> Result<Self, ModelError> {
+        ids.check(items)?;
+        let w = dims.item;
+        let columns = ids.table.size()[1];
+        let k = 1 + columns;
+        let bound = (6.0 / (ids.values + w) as f64).sqrt();
+        let heads = |name: &str| {
+            let bound = (1.0 / w as f64).sqrt();
+            p.var(name, &[k, w, w], nn::Init::Uniform { lo: -bound, up: bound })
+        };
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        let item_attributes = p.zeros_no_train(ITEM_ATTRIBUTES, &[items, columns]);
+        tch::no_grad(|| item_attributes.shallow_clone().copy_(&ids.table.to_kind(item_attributes.kind())));
+        Ok(Self {
+            attributes: p.var(ATTRIBUTE_TABLE, &[ids.values, w], nn::Init::Uniform { lo: -bound, up: bound }),
+            item_attributes,
+            k,
+            norm: nn::layer_norm(p / "norm", vec![k * w], Default::default()),
+            route: nn::linear(p / "route", k * w, k, no_bias),
+            query: heads("query"),
+            key: heads("key"),
+            value: heads("value"),
+            ffn_in: nn::linear(p / "ffn_in", w, w, Default::default()),
+            ffn_out: nn::linear(p / "ffn_out", w, w, Default::default()),
+            extractors: (0..k)
+                .map(|r| AttentionUnit::new(&(p / "extractor" / r), w, w, &cfg.attention_hidden))
+                .collect(),
+            // [user, e_target, the target's k − 1 attributes, k interests]
+            head: Mlp::new(&(p / "head"), dims.user + 2 * k * w, &cfg.head_hidden, 1, ActivationKind::Dice),
+            top_q: cfg.camn_top_q as i64,
+            alpha: cfg.camn_alpha,
+            routing: cfg.camn_routing,
+        })
+    }
+
+    /// The model's variables updated by rows: the attribute embeddings.
+    pub fn row_tables(&self) -> &'static [&'static str] {
+        &[ATTRIBUTE_TABLE]
+    }
+
+    /// Sequences `k`.
+    pub fn sequences(&self) -> i64 {
+        self.k
+    }
+
+    /// The attribute embeddings of `items` (any shape `S`) → `[S…, k − 1, w]`.
+    fn embed_attributes(&self, items: &Tensor) -> Tensor {
+        let ids = self.item_attributes.index_select(0, &items.flatten(0, -1)).to_kind(tch::Kind::Int64);
+        let mut shape = items.size();
+        shape.push(self.k - 1);
+        Tensor::embedding(&self.attributes, &ids.view(shape.as_slice()), -1, false, true)
+    }
+
+    /// Collaborative scores (Eq. 1–3): `[b, T, k]` from the sequences `xs [b, T, k, w]`.
+    pub fn scores(&self, xs: &Tensor) -> Tensor {
+        let (b, steps, w) = (xs.size()[0], xs.size()[1], xs.size()[3]);
+        let logits = self.route.forward(&self.norm.forward(&xs.reshape([b, steps, self.k * w]))); // [b, T, k]
+        let q = self.top_q.min(self.k);
+        let kept = logits.zeros_like().scatter_value(-1, &logits.topk(q, -1, true, false).1, 1.0);
+        masked_softmax(&logits, &kept)
+    }
+
+    /// Everything before the head.
+    ///
+    /// # Shapes
+    /// `x.target [b, w]`, `x.hist [b, T, w]`, `x.hist_mask [b, T]`
+    pub fn internals(&self, x: &MainInput) -> Internals {
+        let (b, steps, w) = (x.hist.size()[0], x.hist.size()[1], x.hist.size()[2]);
+        let attrs = self.embed_attributes(&x.ids.hist_items); // [b, T, k−1, w]
+        let xs = Tensor::cat(&[&x.hist.unsqueeze(2), &attrs], 2); // [b, T, k, w]
+        let scores = self.scores(&xs); // [b, T, k]
+        let heads = xs.permute([0, 2, 1, 3]); // [b, k, T, w]
+        let (q, key, v) = (heads.matmul(&self.query), heads.matmul(&self.key), heads.matmul(&self.value));
+        let mut logits = q.matmul(&key.transpose(-1, -2)) / (w as f64).sqrt(); // [b, k, T(query), T(key)]
+        if self.routing {
+            logits *= scores.permute([0, 2, 1]).unsqueeze(2); // key s of head r scaled by P[s, r]
+        }
+        let key_mask = x.hist_mask.view([b, 1, 1, steps]).expand([b, self.k, steps, steps], false);
+        let attention = masked_softmax(&logits, &key_mask); // [b, k, T, T]
+        let mixed = attention.matmul(&v); // [b, k, T, w]
+        let out = self.ffn_out.forward(&self.ffn_in.forward(&mixed).relu()); // [b, k, T, w]
+        let interests: Vec<Tensor> = self
+            .extractors
+            .iter()
+            .enumerate()
+            .map(|(r, unit)| unit.forward(&x.target, &out.select(1, r as i64), &x.hist_mask, &x.ids.real))
+            .collect();
+        Internals { scores, attention, interests: Tensor::stack(&interests, 1) }
+    }
+
+    /// Eq. 7 per sample, times α: `[b]`.
+    pub fn diversity_loss(&self, attention: &Tensor, hist_mask: &Tensor) -> Tensor {
+        let (b, steps) = (attention.size()[0], attention.size()[2]);
+        let rows = hist_mask.view([b, 1, steps, 1]); // the query behaviours that are real
+        let squared = (attention * rows).square().view([b, self.k, steps * steps]); // [b, k, T·T]
+                                                                                    // ‖A_i ⊙ A_j‖²_F = Σ A_i² A_j²; the small constant keeps √ differentiable at 0 (empty
+                                                                                    // histories).
+        let gram = squared.matmul(&squared.transpose(-1, -2)); // [b, k, k]
+        let pairs = (gram + 1e-12).sqrt().sum_dim_intlist([1i64, 2].as_slice(), false, attention.kind());
+        pairs * (self.alpha / (self.k * self.k) as f64)
+    }
+
+    /// # Shapes
+    /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
+    pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
+        let Internals { attention, interests, .. } = self.internals(x);
+        let (b, w) = (x.target.size()[0], x.target.size()[1]);
+        let target_attrs = self.embed_attributes(&x.ids.items).view([b, (self.k - 1) * w]);
+        let input = Tensor::cat(&[&x.user, &x.target, &target_attrs, &interests.view([b, self.k * w])], -1);
+        let aux_loss = (self.alpha > 0.0).then(|| self.diversity_loss(&attention, &x.hist_mask));
+        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::embeddings::{BatchIds, Embeddings, RealSlots, Vocab};
+    use crate::model::testing;
+    use tch::{Device, Kind};
+
+    const VOCAB: Vocab = Vocab { users: 5, items: 11, cats: 4 };
+
+    fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
+        a.allclose(b, tol, tol, false)
+    }
+
+    fn small(cfg: ModelConfig) -> (nn::VarStore, Embeddings, Camn) {
+        testing::one_thread();
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let item_cats = Tensor::from_slice(&[0i64, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]);
+        let emb = Embeddings::new(&(vs.root() / "embeddings"), &VOCAB, 3, false, &item_cats).unwrap();
+        let dims = InputDims { user: 3, item: emb.item_width() };
+        let cfg = ModelConfig { attention_hidden: vec![4], head_hidden: vec![4], ..cfg };
+        let camn =
+            Camn::new(&(vs.root() / "main"), &cfg, dims, &testing::attributes(VOCAB.items), VOCAB.items).unwrap();
+        (vs, emb, camn)
+    }
+
+    #[test]
+    fn columns_without_any_value_are_dropped() {
+        // Three columns; the middle one is empty for every item.
+        let ids = ItemAttributeIds::from_rows(&[0, 0, 0, 1, 0, 2, 3, 0, 0], 3, 4);
+        assert_eq!(ids.table.size(), [3, 2]);
+        assert_eq!(Vec::<i64>::try_from(ids.table.view([-1])).unwrap(), [0, 0, 1, 2, 3, 0]);
+        assert_eq!(ids.values, 4);
+    }
+
+    /// Eq. 1–3 for one behaviour, written out: layer norm over the k·w values, `W_h`, the top q
+    /// kept, softmax.
+    #[test]
+    fn collaborative_scores_keep_the_top_q_of_each_behaviour() {
+        let (vs, _, camn) = small(ModelConfig { camn_top_q: 2, ..Default::default() });
+        assert_eq!(camn.sequences(), 3);
+        let xs = Tensor::randn([2, 4, 3, 6], (Kind::Float, Device::Cpu));
+        let scores = camn.scores(&xs);
+        let x = xs.get(1).get(2).reshape([18]);
+        let normed = (&x - x.mean(Kind::Float)) / (x.var(false) + 1e-5).sqrt();
+        let vars = vs.variables();
+        let normed = normed * &vars["main.norm.weight"] + &vars["main.norm.bias"];
+        let logits: Vec<f64> = Vec::<f32>::try_from(vars["main.route.weight"].matmul(&normed))
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let smallest = (0..3).min_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+        let kept: f64 = (0..3).filter(|&j| j != smallest).map(|j| logits[j].exp()).sum();
+        let expected: Vec<f64> = (0..3).map(|j| if j == smallest { 0.0 } else { logits[j].exp() / kept }).collect();
+        let got: Vec<f32> = Vec::try_from(scores.get(1).get(2)).unwrap();
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((*g as f64 - e).abs() < 1e-5, "{got:?} vs {expected:?}");
+        }
+        // q ≥ k keeps every sequence.
+        let (_, _, all) = small(ModelConfig { camn_top_q: 5, ..Default::default() });
+        assert!(bool::try_from(all.scores(&xs).gt(0.0).all()).unwrap());
+    }
+
+    fn batch(seed: u64, b: i64, t: i64) -> BatchIds {
+        testing::batch(seed, b, t, &VOCAB, false)
+    }
+
+    /// Eq. 4–5 for head 1 of one sample, written out from the variables: the logits scaled key by
+    /// key by the collaborative scores, softmax over the real keys.
+    #[test]
+    fn attention_is_scaled_by_the_key_behaviour_s_score() {
+        for routing in [true, false] {
+            let (vs, emb, camn) = small(ModelConfig { camn_routing: routing, ..Default::default() });
+            let ids = batch(3, 3, 5); // lengths 5, 4, 3
+            let x = emb.forward(&ids).main;
+            let inside = camn.internals(&x);
+            let (sample, head, len) = (1, 1, 4);
+            let vars = vs.variables();
+            let attribute = vars["main.attributes"].index_select(
+                0,
+                &camn
+                    .item_attributes
+                    .index_select(0, &ids.hist_items.get(sample))
+                    .select(1, head - 1)
+                    .to_kind(Kind::Int64),
+            ); // [T, w]
+            let (q, k) =
+                (attribute.matmul(&vars["main.query"].get(head)), attribute.matmul(&vars["main.key"].get(head)));
+            let mut logits = q.matmul(&k.tr()) / (6f64).sqrt(); // [T, T]
+            if routing {
+                logits *= inside.scores.get(sample).select(1, head).unsqueeze(0);
+            }
+            let expected = logits.narrow(1, 0, len).softmax(-1, Kind::Float);
+            let got = inside.attention.get(sample).get(head);
+            assert!(close(&got.narrow(1, 0, len), &expected, 1e-5), "routing {routing}: {got} vs {expected}");
+            assert_eq!(got.narrow(1, len, 1).abs().sum(Kind::Float).double_value(&[]), 0.0, "the padded key");
+        }
+    }
+
+    /// Eq. 7 with loops over the pairs, for a sample with two real behaviours of three slots.
+    #[test]
+    fn the_diversity_loss_sums_every_pair_of_attention_maps() {
+        let (_, _, camn) = small(ModelConfig { camn_alpha: 0.5, ..Default::default() });
+        let attention = Tensor::rand([1, 3, 3, 3], (Kind::Double, Device::Cpu));
+        let mask = Tensor::from_slice(&[1.0f64, 1.0, 0.0]).view([1, 3]);
+        let mut expected = 0.0;
+        for i in 0..3 {
+            for j in 0..3 {
+                let (a, b) = (attention.get(0).get(i).narrow(0, 0, 2), attention.get(0).get(j).narrow(0, 0, 2));
+                expected += (a * b).square().sum(Kind::Double).sqrt().double_value(&[]);
+            }
+        }
+        let got = camn.diversity_loss(&attention, &mask).double_value(&[0]);
+        assert!((got - 0.5 * expected / 9.0).abs() < 1e-9, "{got} vs {}", 0.5 * expected / 9.0);
+    }
+
+    #[test]
+    fn scores_do_not_depend_on_the_batch_and_an_empty_history_is_finite() {
+        let (_, emb, camn) = small(ModelConfig::default());
+        let ids = batch(5, 6, 4); // lengths 4, 3, 2, 1, 0, 4
+        let out = camn.forward(&emb.forward(&ids).main, Mode::Eval);
+        assert!(bool::try_from(out.logit.isfinite().all()).unwrap(), "{}", out.logit);
+        assert!(bool::try_from(out.aux_loss.as_ref().unwrap().isfinite().all()).unwrap());
+        let part = |t: &Tensor| t.narrow(0, 3, 3);
+        let alone = BatchIds {
+            users: part(&ids.users),
+            items: part(&ids.items),
+            cats: part(&ids.cats),
+            hist_items: part(&ids.hist_items),
+            hist_cats: part(&ids.hist_cats),
+            hist_mask: part(&ids.hist_mask),
+            noclick: None,
+            real: RealSlots::from_mask(&part(&ids.hist_mask)),
+        };
+        let alone = camn.forward(&emb.forward(&alone).main, Mode::Eval);
+        assert!(close(&alone.logit, &out.logit.narrow(0, 3, 3), 1e-6), "{} vs {}", alone.logit, out.logit);
+        assert!(close(&alone.aux_loss.unwrap(), &out.aux_loss.unwrap().narrow(0, 3, 3), 1e-9));
+    }
+}
