@@ -85,28 +85,35 @@ pub enum ModelKind {
     Din,
     Dien,
     Mind,
+    Mfn,
     Camn,
 }
 
 impl ModelKind {
     /// Every main model.
-    pub const ALL: [ModelKind; 5] =
-        [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien, ModelKind::Mind, ModelKind::Camn];
+    pub const ALL: [ModelKind; 6] =
+        [ModelKind::WideDeep, ModelKind::Din, ModelKind::Dien, ModelKind::Mind, ModelKind::Mfn, ModelKind::Camn];
 
-    /// The name configurations use (`wide_deep`, `din`, `dien`, `mind`, `camn`).
+    /// The name configurations use (`wide_deep`, `din`, `dien`, `mind`, `mfn`, `camn`).
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::WideDeep => "wide_deep",
             ModelKind::Din => "din",
             ModelKind::Dien => "dien",
             ModelKind::Mind => "mind",
+            ModelKind::Mfn => "mfn",
             ModelKind::Camn => "camn",
         }
     }
 
-    /// Whether the model reads the item-attribute table.
+    /// Whether the model cannot be built without the item-attribute table.
     pub fn needs_attributes(self) -> bool {
         self == ModelKind::Camn
+    }
+
+    /// Whether the model reads the item-attribute table when the data has one.
+    pub fn reads_attributes(self) -> bool {
+        matches!(self, ModelKind::Camn | ModelKind::Mfn)
     }
 }
 
@@ -277,6 +284,20 @@ pub struct ModelConfig {
     pub camn_alpha: f64,
     /// Scale the attention by the collaborative scores (Eq. 4); off is the paper's CAMN-loss.
     pub camn_routing: bool,
+    /// MFN's interest centres `K` (similarity interests; as many combination interests).
+    pub mfn_interests: usize,
+    /// Heads of MFN's multi-head self-attention (they divide the item vector's width).
+    pub mfn_heads: usize,
+    /// Width `d_h` of MFN's self-attentive layer (`W_1`, Eq. 6).
+    pub mfn_hidden: usize,
+    /// Pretrained fixed item embeddings and interest centres (`micn mfn-centres`); without them
+    /// MFN weighs by its own item vectors (stopped gradient) and learns the centres with the main
+    /// task (the paper's "MFN w/o pretrain").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfn_pretrained: Option<PathBuf>,
+    /// Add the item attributes' embeddings to MFN's behaviour vectors (fine-grained features) when
+    /// the dataset has an item-attribute table.
+    pub mfn_attributes: bool,
 }
 
 impl Default for ModelConfig {
@@ -297,6 +318,11 @@ impl Default for ModelConfig {
             camn_top_q: 3,
             camn_alpha: 1e-4,
             camn_routing: true,
+            mfn_interests: 4,
+            mfn_heads: 2,
+            mfn_hidden: 64,
+            mfn_pretrained: None,
+            mfn_attributes: true,
         }
     }
 }
@@ -681,6 +707,14 @@ impl Config {
             check(p >= 0.0 && p.is_finite(), "model.mind_pow_p", format!("must be ≥ 0 or \"inf\", got {p}"))?;
         }
         count(m.camn_top_q, K_MAX, "model.camn_top_q")?;
+        count(m.mfn_interests, K_MAX, "model.mfn_interests")?;
+        count(m.mfn_heads, K_MAX, "model.mfn_heads")?;
+        count(m.mfn_hidden, LAYER_WIDTH, "model.mfn_hidden")?;
+        check(
+            (2 * m.embedding_dim) % m.mfn_heads == 0,
+            "model.mfn_heads",
+            format!("must divide the item vector's width 2 × embedding_dim = {}", 2 * m.embedding_dim),
+        )?;
         check(
             m.camn_alpha >= 0.0 && m.camn_alpha.is_finite(),
             "model.camn_alpha",

@@ -230,7 +230,7 @@ mod tests {
             .unwrap()
     }
 
-    const KINDS: [ModelKind; 5] = ModelKind::ALL;
+    const KINDS: [ModelKind; 6] = ModelKind::ALL;
 
     #[test]
     fn every_model_gives_finite_logits_of_shape_b() {
@@ -278,7 +278,8 @@ mod tests {
     /// them too), and every parameter of the main model. Expected exceptions: MICN's variables
     /// (the main loss does not reach them), and the output bias of the attention MLP, which adds
     /// the same constant to every score of a softmax and so has a gradient of exactly zero in
-    /// exact arithmetic (rounding noise in floats); CAMN's interest extractors are such units.
+    /// exact arithmetic (rounding noise in floats); CAMN's interest extractors and MFN's scorers
+    /// are such units.
     #[test]
     fn one_backward_pass_reaches_every_main_model_variable() {
         for kind in KINDS {

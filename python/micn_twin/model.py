@@ -452,6 +452,75 @@ class Mind(nn.Module):
         return self.head(torch.cat([user, target, hist_sum, target * hist_sum, user_vector], -1)).squeeze(-1)
 
 
+class Mfn(nn.Module):
+    """MFN (src/model/mfn.rs): similarity interests `Pᵀ ℰ` with `P = softmax(E Cᵀ)` over fixed
+    (pretrained) or stopped-gradient item vectors, combination interests `A ℰ` with
+    `A = softmax_T(W₂ᵀ swish(W₁ MSA(ℰ)ᵀ))`, each relation weighed against the target by its own
+    scorer, and a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, R(e_t)]`; `ℰ` adds the
+    attribute embeddings when the model has them."""
+
+    def __init__(self, w: Weights, prefix: str = "main", config: Optional[dict] = None):
+        super().__init__()
+        if config is None:
+            raise ModelFileError(f"{w.source}: MFN's attention heads are not in the weights: give the run or "
+                                 "checkpoint directory (its configuration)")
+        self.pretrained = w.has(f"{prefix}.fixed_items")
+        self.register_buffer("fixed_items", w.get(f"{prefix}.fixed_items") if self.pretrained else torch.zeros(0, 0))
+        self.register_buffer("centres", w.get(f"{prefix}.centres"))
+        self.has_attributes = w.has(f"{prefix}.item_attributes")
+        if self.has_attributes:
+            self.attributes = nn.Parameter(w.get(f"{prefix}.attributes"))
+            self.register_buffer("item_attributes", w.get(f"{prefix}.item_attributes").round().to(torch.int64))
+        else:
+            self.attributes = nn.Parameter(torch.zeros(0, 0))
+            self.register_buffer("item_attributes", torch.zeros(0, 0, dtype=torch.int64))
+        self.heads = int(config.get("mfn_heads", 2))
+        self.query = linear(w, f"{prefix}.attention.query")
+        self.key = linear(w, f"{prefix}.attention.key")
+        self.value = linear(w, f"{prefix}.attention.value")
+        self.output = linear(w, f"{prefix}.attention.output")
+        self.w1 = linear(w, f"{prefix}.w1", bias=False)
+        self.w2 = linear(w, f"{prefix}.w2", bias=False)
+        self.similarity_scorer = Mlp(w, f"{prefix}.similarity_scorer", "sigmoid")
+        self.combination_scorer = Mlp(w, f"{prefix}.combination_scorer", "sigmoid")
+        self.head = Mlp(w, f"{prefix}.head", "dice")
+
+    @staticmethod
+    def features(interests: Tensor, target: Tensor) -> Tensor:
+        """What a relation's scorer reads: `[r_j, e_t, r_j − e_t, r_j·e_t]`, `[b, K, 4w]`."""
+        query = target.unsqueeze(1).expand_as(interests)
+        return torch.cat([interests, query, interests - query, interests * query], -1)
+
+    @staticmethod
+    def weigh(scores: Tensor, interests: Tensor) -> Tensor:
+        """`[b, K, w]` weighed by the softmax of their scores `[b, K, 1]` → `[b, w]`."""
+        return scores.squeeze(-1).softmax(-1).unsqueeze(1).matmul(interests).squeeze(1)
+
+    def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
+                hist_items: Tensor, hist_cats: Tensor) -> Tensor:
+        b, steps, width = hist.shape[0], hist.shape[1], hist.shape[2]
+        values = hist
+        if self.has_attributes:
+            values = hist + self.attributes[self.item_attributes[hist_items]].sum(2)
+        fixed = self.fixed_items[hist_items] if self.pretrained else hist
+        assignment = fixed.matmul(self.centres.t()).softmax(-1) * mask.unsqueeze(-1)
+        similarity = assignment.transpose(1, 2).matmul(values)
+        h, d = self.heads, width // self.heads
+        q = self.query(values).view(b, steps, h, d).transpose(1, 2)
+        k = self.key(values).view(b, steps, h, d).transpose(1, 2)
+        v = self.value(values).view(b, steps, h, d).transpose(1, 2)
+        keys = mask.view(b, 1, 1, steps).expand(b, h, steps, steps)
+        mixed = masked_softmax(q.matmul(k.transpose(-1, -2)) / math.sqrt(d), keys).matmul(v)
+        mixed = self.output(mixed.transpose(1, 2).reshape(b, steps, width))
+        logits = self.w2(torch.nn.functional.silu(self.w1(mixed))).transpose(1, 2)  # [b, K, T]
+        real = mask.view(b, 1, steps).expand(b, logits.shape[1], steps)
+        combination = masked_softmax(logits, real).matmul(values)
+        user_vector = (self.weigh(self.similarity_scorer(self.features(similarity, target)), similarity)
+                       + self.weigh(self.combination_scorer(self.features(combination, target)), combination))
+        hist_sum = masked_sum(hist, mask)
+        return self.head(torch.cat([user, target, hist_sum, target * hist_sum, user_vector], -1)).squeeze(-1)
+
+
 class Camn(nn.Module):
     """CAMN (src/model/camn.rs): the item vector and every attribute column as `k` sequences,
     collaborative scores `softmax(keepTop_q(LayerNorm(X) W_h))`, per-sequence attention whose
@@ -534,9 +603,9 @@ class Embeddings(nn.Module):
         return torch.cat([self.item[items], self.cat[cats]], -1)
 
 
-MODELS = {"wide_deep": WideDeep, "din": Din, "dien": Dien, "mind": Mind, "camn": Camn}
+MODELS = {"wide_deep": WideDeep, "din": Din, "dien": Dien, "mind": Mind, "mfn": Mfn, "camn": Camn}
 # The models whose settings are read from the run's configuration.
-CONFIGURED = ("mind", "camn")
+CONFIGURED = ("mind", "mfn", "camn")
 
 
 def model_kind(w: Weights) -> str:
@@ -545,6 +614,8 @@ def model_kind(w: Weights) -> str:
         return "dien"
     if w.has("main.routing.bilinear"):
         return "mind"
+    if w.has("main.similarity_scorer.output.weight"):
+        return "mfn"
     if w.has("main.item_attributes"):
         return "camn"
     if w.has("main.deep.output.weight"):
@@ -562,7 +633,7 @@ class Network(nn.Module):
     padding 0) and `hist_mask` `[b, T]` (float, 1 for a real behaviour)."""
 
     def __init__(self, tensors: Dict[str, Tensor], source: str = "model", config: Optional[dict] = None):
-        """`config`: the run's `[model]` table (needed for MIND and CAMN only)."""
+        """`config`: the run's `[model]` table (needed for MIND, MFN and CAMN only)."""
         super().__init__()
         w = Weights(tensors, source)
         self.kind = model_kind(w)

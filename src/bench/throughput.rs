@@ -71,7 +71,8 @@ impl std::str::FromStr for Variant {
             None => (s, false),
         };
         let Some(kind) = ModelKind::ALL.into_iter().find(|k| k.name() == model) else {
-            return Err(format!("`{s}`: expected wide_deep, din, dien or mind, optionally followed by +micn"));
+            let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
+            return Err(format!("`{s}`: expected one of {}, optionally followed by +micn", names.join(", ")));
         };
         Ok(Variant { kind, micn })
     }
@@ -163,7 +164,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     cfg.train.global_batch_size = opts.batch;
     let vocab = Vocab { users: opts.users, items: opts.items, cats: opts.cats };
     let item_cat: Vec<u32> = (0..opts.items).map(|i| (i % opts.cats) as u32).collect();
-    let attributes = kind.needs_attributes().then(|| attribute_table(opts.items));
+    let attributes = kind.reads_attributes().then(|| attribute_table(opts.items));
     let comm = SingleProcess;
     let mut replica = Replica::new(build_network(&cfg, vocab, &item_cat, attributes.as_ref(), device)?, &cfg, &comm)?;
     let mut rng = Rng::new(7);
@@ -245,7 +246,8 @@ mod tests {
         assert_eq!("dien+micn".parse(), Ok(Variant { kind: ModelKind::Dien, micn: true }));
         assert_eq!("mind".parse(), Ok(Variant { kind: ModelKind::Mind, micn: false }));
         let e = "din+MICN".parse::<Variant>().unwrap_err();
-        assert!(e.contains("wide_deep, din, dien or mind"), "{e}");
-        assert_eq!(Variant::all().len(), 8);
+        assert!(e.contains("one of wide_deep, din, dien, mind, mfn, camn,"), "{e}");
+        assert_eq!("camn+micn".parse(), Ok(Variant { kind: ModelKind::Camn, micn: true }));
+        assert_eq!(Variant::all().len(), 2 * ModelKind::ALL.len());
     }
 }

@@ -237,6 +237,28 @@ pub fn load_tensors_like<'a>(
     Ok(out)
 }
 
+/// Every f32 tensor of the safetensors file `path`, by name, on the CPU (for files micn writes
+/// itself beside its models, such as MFN's pretrained centres); another dtype is an error naming
+/// the tensor.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let layout =
+        SafetensorsLayout::parse(&bytes).map_err(|message| CheckpointError::Invalid { path: path.into(), message })?;
+    let mut out = HashMap::new();
+    for (name, header) in &layout.tensors {
+        let tensor_error =
+            |message: String| CheckpointError::Tensor { path: path.to_path_buf(), tensor: name.clone(), message };
+        if header.dtype != "F32" {
+            return Err(tensor_error(format!("stored as {}, expected F32", header.dtype)));
+        }
+        let shape: Vec<i64> = header.shape.iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::f_from_data_size(layout.data(&bytes, header), &shape, Kind::Float)
+            .map_err(|e| tensor_error(e.to_string()))?;
+        out.insert(name.clone(), tensor);
+    }
+    Ok(out)
+}
+
 /// Load `model.safetensors` (or any file `VarStore::save` wrote) into `vs`, checking first that
 /// it holds exactly the store's variables with their dtypes and shapes (see
 /// [`load_tensors_like`]). Use instead of `VarStore::load`, which adopts a relabelled tensor's

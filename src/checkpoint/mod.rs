@@ -35,7 +35,9 @@ pub mod policy;
 mod save;
 
 pub use self::format::{SafetensorsLayout, TensorHeader};
-pub use self::load::{check_state, latest, list, load_tensors_like, load_var_store, verify, write_tensors};
+pub use self::load::{
+    check_state, latest, list, load_tensors_like, load_var_store, read_tensors, verify, write_tensors,
+};
 pub use self::save::{retain, save};
 
 pub const FORMAT_VERSION: u32 = 1;

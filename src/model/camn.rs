@@ -29,63 +29,16 @@ use tch::Tensor;
 
 use super::batch_stats::Mode;
 use super::embeddings::MainInput;
+use super::item_attributes::{AttributeEmbeddings, ItemAttributeIds};
 use super::layers::{masked_softmax, ActivationKind, AttentionUnit, Mlp};
 use super::{InputDims, MainOutput, ModelError};
 use crate::config::ModelConfig;
 
-/// Path of CAMN's attribute-embedding table under the model's path.
-pub const ATTRIBUTE_TABLE: &str = "attributes";
-/// Path of every item's attribute ids under the model's path: a buffer (f32, exact below 2²⁴), so
-/// that the model file carries the table it was trained with, for `micn predict` and the twin.
-pub const ITEM_ATTRIBUTES: &str = "item_attributes";
-/// Attribute ids a model may hold: all exact in f32.
-const MAX_VALUES: i64 = 1 << 24;
-
-/// Every item's attribute ids, the model's input beside the embeddings.
-#[derive(Debug)]
-pub struct ItemAttributeIds {
-    /// `[items, columns]` i64, row 0 (padding) all 0.
-    pub table: Tensor,
-    /// Attribute ids in use, 0 (no value) included.
-    pub values: i64,
-}
-
-impl ItemAttributeIds {
-    /// From the dataset's table (`[items, columns]` row-major u32): the columns that hold a value
-    /// for at least one item.
-    pub fn from_rows(table: &[u32], columns: usize, values: usize) -> Self {
-        let items = table.len().checked_div(columns).unwrap_or(0);
-        let used: Vec<usize> = (0..columns).filter(|&c| (0..items).any(|i| table[i * columns + c] != 0)).collect();
-        let ids: Vec<i64> = (0..items).flat_map(|i| used.iter().map(move |&c| table[i * columns + c] as i64)).collect();
-        Self { table: Tensor::from_slice(&ids).view([items as i64, used.len() as i64]), values: values as i64 }
-    }
-
-    fn check(&self, items: i64) -> Result<(), ModelError> {
-        let size = self.table.size();
-        let why = if size.len() != 2 || size[0] != items {
-            format!("has shape {size:?}, not [{items}, columns]")
-        } else if size[1] == 0 {
-            "has no column with a value: CAMN needs at least one item attribute".to_string()
-        } else if self.values > MAX_VALUES {
-            format!("has {} attribute ids, more than {MAX_VALUES}", self.values)
-        } else if self.table.numel() > 0
-            && (self.table.min().int64_value(&[]) < 0 || self.table.max().int64_value(&[]) >= self.values)
-        {
-            format!("holds ids outside 0..{}", self.values)
-        } else {
-            return Ok(());
-        };
-        Err(ModelError::Attributes { why })
-    }
-}
-
 /// CAMN.
 #[derive(Debug)]
 pub struct Camn {
-    /// `[values, w]`: an embedding of every attribute id.
-    attributes: Tensor,
-    /// `[items, k − 1]` attribute ids (f32 buffer [`ITEM_ATTRIBUTES`]).
-    item_attributes: Tensor,
+    /// Sequences `1..k`: every item's attribute columns, embedded at the width of `e`.
+    attributes: AttributeEmbeddings,
     /// Sequences `k` (the item vector and the attribute columns).
     k: i64,
     norm: nn::LayerNorm,
@@ -123,21 +76,16 @@ impl Camn {
         ids: &ItemAttributeIds,
         items: i64,
     ) -> Result<Self, ModelError> {
-        ids.check(items)?;
         let w = dims.item;
-        let columns = ids.table.size()[1];
-        let k = 1 + columns;
-        let bound = (6.0 / (ids.values + w) as f64).sqrt();
+        let attributes = AttributeEmbeddings::new(p, ids, items, w)?;
+        let k = 1 + attributes.columns();
         let heads = |name: &str| {
             let bound = (1.0 / w as f64).sqrt();
             p.var(name, &[k, w, w], nn::Init::Uniform { lo: -bound, up: bound })
         };
         let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
-        let item_attributes = p.zeros_no_train(ITEM_ATTRIBUTES, &[items, columns]);
-        tch::no_grad(|| item_attributes.shallow_clone().copy_(&ids.table.to_kind(item_attributes.kind())));
         Ok(Self {
-            attributes: p.var(ATTRIBUTE_TABLE, &[ids.values, w], nn::Init::Uniform { lo: -bound, up: bound }),
-            item_attributes,
+            attributes,
             k,
             norm: nn::layer_norm(p / "norm", vec![k * w], Default::default()),
             route: nn::linear(p / "route", k * w, k, no_bias),
@@ -157,22 +105,9 @@ impl Camn {
         })
     }
 
-    /// The model's variables updated by rows: the attribute embeddings.
-    pub fn row_tables(&self) -> &'static [&'static str] {
-        &[ATTRIBUTE_TABLE]
-    }
-
     /// Sequences `k`.
     pub fn sequences(&self) -> i64 {
         self.k
-    }
-
-    /// The attribute embeddings of `items` (any shape `S`) → `[S…, k − 1, w]`.
-    fn embed_attributes(&self, items: &Tensor) -> Tensor {
-        let ids = self.item_attributes.index_select(0, &items.flatten(0, -1)).to_kind(tch::Kind::Int64);
-        let mut shape = items.size();
-        shape.push(self.k - 1);
-        Tensor::embedding(&self.attributes, &ids.view(shape.as_slice()), -1, false, true)
     }
 
     /// Collaborative scores (Eq. 1–3): `[b, T, k]` from the sequences `xs [b, T, k, w]`.
@@ -190,7 +125,7 @@ impl Camn {
     /// `x.target [b, w]`, `x.hist [b, T, w]`, `x.hist_mask [b, T]`
     pub fn internals(&self, x: &MainInput) -> Internals {
         let (b, steps, w) = (x.hist.size()[0], x.hist.size()[1], x.hist.size()[2]);
-        let attrs = self.embed_attributes(&x.ids.hist_items); // [b, T, k−1, w]
+        let attrs = self.attributes.embed(&x.ids.hist_items); // [b, T, k−1, w]
         let xs = Tensor::cat(&[&x.hist.unsqueeze(2), &attrs], 2); // [b, T, k, w]
         let scores = self.scores(&xs); // [b, T, k]
         let heads = xs.permute([0, 2, 1, 3]); // [b, k, T, w]
@@ -229,7 +164,7 @@ impl Camn {
     pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
         let Internals { attention, interests, .. } = self.internals(x);
         let (b, w) = (x.target.size()[0], x.target.size()[1]);
-        let target_attrs = self.embed_attributes(&x.ids.items).view([b, (self.k - 1) * w]);
+        let target_attrs = self.attributes.embed(&x.ids.items).view([b, (self.k - 1) * w]);
         let input = Tensor::cat(&[&x.user, &x.target, &target_attrs, &interests.view([b, self.k * w])], -1);
         let aux_loss = (self.alpha > 0.0).then(|| self.diversity_loss(&attention, &x.hist_mask));
         MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss }
@@ -260,15 +195,6 @@ mod tests {
         let camn =
             Camn::new(&(vs.root() / "main"), &cfg, dims, &testing::attributes(VOCAB.items), VOCAB.items).unwrap();
         (vs, emb, camn)
-    }
-
-    #[test]
-    fn columns_without_any_value_are_dropped() {
-        // Three columns; the middle one is empty for every item.
-        let ids = ItemAttributeIds::from_rows(&[0, 0, 0, 1, 0, 2, 3, 0, 0], 3, 4);
-        assert_eq!(ids.table.size(), [3, 2]);
-        assert_eq!(Vec::<i64>::try_from(ids.table.view([-1])).unwrap(), [0, 0, 1, 2, 3, 0]);
-        assert_eq!(ids.values, 4);
     }
 
     /// Eq. 1–3 for one behaviour, written out: layer norm over the k·w values, `W_h`, the top q
@@ -317,8 +243,7 @@ mod tests {
             let vars = vs.variables();
             let attribute = vars["main.attributes"].index_select(
                 0,
-                &camn
-                    .item_attributes
+                &vars["main.item_attributes"]
                     .index_select(0, &ids.hist_items.get(sample))
                     .select(1, head - 1)
                     .to_kind(Kind::Int64),

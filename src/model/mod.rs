@@ -1,12 +1,14 @@
 //! The CTR models: framework-owned embeddings ([`embeddings`]) and the main models (Wide&Deep,
-//! DIN, DIEN; SPEC §2.2; MIND, [`mind`]; CAMN, [`camn`]) built from [`layers`]. The main models see only `e = e_orig ⊕ e_aux`
+//! DIN, DIEN; SPEC §2.2; MIND, [`mind`]; MFN, [`mfn`]; CAMN, [`camn`]) built from [`layers`]. The main models see only `e = e_orig ⊕ e_aux`
 //! and never know about MICN; [`crate::network`] assembles them with it.
 pub mod batch_stats;
 pub mod camn;
 pub mod dien;
 pub mod din;
 pub mod embeddings;
+pub mod item_attributes;
 pub mod layers;
+pub mod mfn;
 pub mod mind;
 pub mod wide_deep;
 
@@ -14,10 +16,12 @@ use tch::{nn, Tensor};
 
 use crate::config::{ModelConfig, ModelKind};
 use batch_stats::Mode;
-pub use camn::{Camn, ItemAttributeIds};
+pub use camn::Camn;
 pub use dien::Dien;
 pub use din::Din;
 use embeddings::MainInput;
+pub use item_attributes::ItemAttributeIds;
+pub use mfn::Mfn;
 pub use mind::Mind;
 pub use wide_deep::WideDeep;
 
@@ -32,6 +36,8 @@ pub enum ModelError {
     ItemCats { why: String },
     #[error("item-attribute table {why}")]
     Attributes { why: String },
+    #[error("{path}: pretrained MFN embeddings and centres: {why}")]
+    Pretrained { path: std::path::PathBuf, why: String },
     #[error(
         "model.kind = \"{model}\" reads item attributes, and this dataset has no item-attribute table (prepare it \
          from Amazon meta with --meta, or from sequences with --item-attributes)"
@@ -66,12 +72,13 @@ pub enum MainModel {
     Din(Din),
     Dien(Box<Dien>),
     Mind(Mind),
+    Mfn(Box<Mfn>),
     Camn(Box<Camn>),
 }
 
 impl MainModel {
     /// The model `cfg.kind` for inputs of `dims`; `attributes` are every item's attribute ids
-    /// (`items` rows), which CAMN needs and the others ignore.
+    /// (`items` rows), which CAMN needs, MFN reads when given and the others ignore.
     pub fn new(
         p: &nn::Path,
         cfg: &ModelConfig,
@@ -84,6 +91,7 @@ impl MainModel {
             ModelKind::Din => MainModel::Din(Din::new(p, cfg, dims)),
             ModelKind::Dien => MainModel::Dien(Box::new(Dien::new(p, cfg, dims))),
             ModelKind::Mind => MainModel::Mind(Mind::new(p, cfg, dims)),
+            ModelKind::Mfn => MainModel::Mfn(Box::new(Mfn::new(p, cfg, dims, attributes, items)?)),
             ModelKind::Camn => {
                 let ids = attributes.ok_or(ModelError::NoAttributes { model: cfg.kind.name() })?;
                 MainModel::Camn(Box::new(Camn::new(p, cfg, dims, ids, items)?))
@@ -96,7 +104,8 @@ impl MainModel {
     pub fn row_tables(&self) -> &'static [&'static str] {
         match self {
             MainModel::WideDeep(m) => m.row_tables(),
-            MainModel::Camn(m) => m.row_tables(),
+            MainModel::Camn(_) => &[item_attributes::ATTRIBUTE_TABLE],
+            MainModel::Mfn(m) => m.row_tables(),
             MainModel::Din(_) | MainModel::Dien(_) | MainModel::Mind(_) => &[],
         }
     }
@@ -108,6 +117,7 @@ impl MainModel {
             MainModel::Din(m) => m.forward(x, mode),
             MainModel::Dien(m) => m.forward(x, mode),
             MainModel::Mind(m) => m.forward(x, mode),
+            MainModel::Mfn(m) => m.forward(x, mode),
             MainModel::Camn(m) => m.forward(x, mode),
         }
     }

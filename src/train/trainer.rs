@@ -232,7 +232,9 @@ pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Bu
         items: dataset.vocab.items.len() as i64,
         cats: dataset.vocab.cats.len() as i64,
     };
-    let attributes = dataset.attributes.as_ref().map(|a| ItemAttributeIds::from_rows(&a.table, a.k(), a.names.len()));
+    let attributes = (dataset.attributes.as_ref())
+        .filter(|_| cfg.model.kind.reads_attributes())
+        .map(|a| ItemAttributeIds::from_rows(&a.table, a.k(), a.names.len()));
     if cfg.model.kind.needs_attributes() && attributes.is_none() {
         return Err(TrainError::NoAttributes { path: dataset.dir.clone(), model: cfg.model.kind.name() });
     }

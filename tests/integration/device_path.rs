@@ -62,7 +62,7 @@ type Case = (&'static str, bool, usize);
 /// Before these counts were kept (the code of commit d0cb6d2, counted by hand the same way), one
 /// rank on the device path made: Wide&Deep 35 uploads and 27 downloads, with MICN 46 and 38; DIN
 /// 40 and 31, with MICN 51 and 42; DIEN 56 and 48, with MICN 70 and 62.
-const EXPECTED: [(Case, (u64, u64)); 20] = [
+const EXPECTED: [(Case, (u64, u64)); 24] = [
     (("wide_deep", false, 1), (1, 2)),
     (("wide_deep", true, 1), (1, 1)),
     (("wide_deep", false, 2), (3, 4)),
@@ -80,8 +80,13 @@ const EXPECTED: [(Case, (u64, u64)); 20] = [
     (("mind", true, 1), (1, 1)),
     (("mind", false, 2), (5, 5)),
     (("mind", true, 2), (6, 5)),
-    // CAMN: DIN's Dice head, and an attribute table updated by rows (one more download on the
-    // host path, as Wide&Deep's hashed weights; one more row message between ranks).
+    // MFN (with the data's attributes as fine-grained features) and CAMN: DIN's Dice head, and an
+    // attribute table updated by rows (one more download on the host path, as Wide&Deep's hashed
+    // weights; one more row message between ranks).
+    (("mfn", false, 1), (1, 2)),
+    (("mfn", true, 1), (1, 1)),
+    (("mfn", false, 2), (5, 6)),
+    (("mfn", true, 2), (6, 6)),
     (("camn", false, 1), (1, 2)),
     (("camn", true, 1), (1, 1)),
     (("camn", false, 2), (5, 6)),
@@ -155,6 +160,11 @@ fn dien_on_the_device_path_ends_where_the_host_path_ends_with_the_counted_transf
 #[test]
 fn mind_on_the_device_path_ends_where_the_host_path_ends_with_the_counted_transfers() {
     check("mind");
+}
+
+#[test]
+fn mfn_on_the_device_path_ends_where_the_host_path_ends_with_the_counted_transfers() {
+    check("mfn");
 }
 
 #[test]

@@ -174,7 +174,7 @@ fn n_thread_ranks_end_where_one_rank_with_the_whole_batch_ends() {
     // shared negatives, global-count normalisation and Dice's statistics over the global batch
     // make 2 and 3 ranks × b samples equal 1 rank × N·b.
     let tmp = tempfile::tempdir().unwrap();
-    for kind in ["wide_deep", "din", "dien", "mind", "camn"] {
+    for kind in ["wide_deep", "din", "dien", "mind", "mfn", "camn"] {
         let kind_set = format!("model.kind={kind}");
         // Adam divides by `sqrt(v) + eps`: with the default eps (1e-8) a gradient component of
         // rounding size (1e-9, as a sum of terms that nearly cancel) still moves its weight by a

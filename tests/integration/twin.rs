@@ -61,7 +61,9 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             .arg("--out")
             .arg(&export),
     );
-    for (kind, micn) in ["wide_deep", "din", "dien", "mind", "camn"].into_iter().flat_map(|k| [(k, false), (k, true)]) {
+    for (kind, micn) in
+        ["wide_deep", "din", "dien", "mind", "mfn", "camn"].into_iter().flat_map(|k| [(k, false), (k, true)])
+    {
         let name = format!("{kind}{}", if micn { "-micn" } else { "" });
         let run = tmp.path().join(&name);
         let (kind_set, micn_set) = (format!("model.kind={kind}"), format!("micn.enabled={micn}"));
@@ -78,6 +80,8 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             // CAMN: the top 2 of its sequences kept; without MICN the attention unscaled
             // (CAMN-loss); the twin reads both from the run.
             "model.camn_top_q=2",
+            // MFN: 3 heads over its item vectors (width 36, or 72 with MICN).
+            "model.mfn_heads=3",
             if micn { "model.camn_routing=true" } else { "model.camn_routing=false" },
             "train.max_steps=25",
             "train.epochs=1",
