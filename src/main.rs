@@ -167,6 +167,41 @@ enum ExportCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// MFN's pretrained similarity weights: a trained model's item vectors as the fixed
+    /// embeddings `E`, and `K` interest centres fitted to them by the MFN paper's Algorithm 1 over
+    /// histories of the run's training samples. Writes one safetensors file (`items`, `centres`)
+    /// for `model.mfn_pretrained`.
+    MfnCentres(MfnCentresArgs),
+}
+
+#[derive(Args)]
+struct MfnCentresArgs {
+    /// The trained (vanilla) model's run directory or checkpoint directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Dataset directory (default: the run's data.dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Centres K (the MFN model's model.mfn_interests).
+    #[arg(long, default_value_t = 4)]
+    interests: usize,
+    /// Gradient steps of Algorithm 1.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Histories per step, drawn uniformly.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Learning rate of Algorithm 1's (Adam) step.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Compute on this device instead of the run's configured one.
+    #[arg(long, value_enum)]
+    device: Option<micn::config::Device>,
+    /// The file to write (replaced whole).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -607,6 +642,40 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 done.interests,
                 done.width,
                 done.items,
+                done.out.display()
+            );
+            Ok(())
+        }
+        Command::Export { command: ExportCommand::MfnCentres(args) } => {
+            ensure_usage!(comm.size() == 1, "micn export mfn-centres runs as one process, not under mpirun");
+            ensure_usage!(
+                args.interests >= 1 && args.steps >= 1 && args.batch >= 1,
+                "--interests, --steps and --batch must be at least 1"
+            );
+            ensure_usage!(args.lr > 0.0 && args.lr.is_finite(), "--lr must be > 0");
+            let settings = micn::train::saved::CentreSettings {
+                interests: args.interests,
+                steps: args.steps,
+                batch: args.batch,
+                lr: args.lr,
+                seed: args.seed,
+            };
+            let done = micn::train::saved::export_mfn_centres(
+                &args.run,
+                args.data.as_deref(),
+                args.device,
+                &settings,
+                &args.out,
+            )?;
+            println!(
+                "{} centres of width {} over {} items (items nearest each: {:?}); Algorithm 1's objective {:.4} → {:.4} in {} steps; written to {}",
+                done.interests,
+                done.width,
+                done.items,
+                done.items_per_centre,
+                done.first_objective,
+                done.last_objective,
+                settings.steps,
                 done.out.display()
             );
             Ok(())

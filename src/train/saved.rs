@@ -218,6 +218,90 @@ pub fn predict(
     Ok(Predicted { out: out.to_path_buf(), samples: scores.ids.len() as u64, split: set.name() })
 }
 
+/// Settings of Algorithm 1 for `micn export mfn-centres`.
+#[derive(Debug, Clone)]
+pub struct CentreSettings {
+    /// Centres `K` (the MFN model's `model.mfn_interests`).
+    pub interests: usize,
+    /// Gradient steps.
+    pub steps: usize,
+    /// Histories per step, drawn uniformly with replacement.
+    pub batch: usize,
+    /// Learning rate of Algorithm 1's step (Adam's).
+    pub lr: f64,
+    /// Seed of the draws (histories and the initial centres).
+    pub seed: u64,
+}
+
+/// What `micn export mfn-centres` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportedCentres {
+    pub out: PathBuf,
+    pub items: i64,
+    pub width: i64,
+    pub interests: usize,
+    /// Algorithm 1's objective (Eq. 3) at the first and the last step.
+    pub first_objective: f64,
+    pub last_objective: f64,
+    /// Items of the vocabulary (padding aside) closest to each centre.
+    pub items_per_centre: Vec<i64>,
+}
+
+/// `micn export mfn-centres`: MFN's fixed item embeddings and pretrained interest centres from a
+/// trained model in `dir` (a vanilla model of any kind; its item vectors `e` become `E`), the
+/// centres by Algorithm 1 over histories of the run's training samples (its validation split left
+/// out). Writes `out` (safetensors: `items [items, w]`, `centres [K, w]`) for `model.mfn_pretrained`.
+pub fn export_mfn_centres(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    device: Option<DeviceChoice>,
+    settings: &CentreSettings,
+    out: &Path,
+) -> Result<ExportedCentres, TrainError> {
+    use crate::model::mfn::{pretrain_centres, Pretrained};
+    let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
+    let (samples, train_ids) = saved.split_samples(Split::Train)?;
+    let items = tch::no_grad(|| saved.item_vectors());
+    let (n, width) = (items.size()[0], items.size()[1]);
+    let k = settings.interests;
+    if train_ids.is_empty() || n <= k as i64 {
+        return Err(TrainError::TooFewForCentres { dir: dir.to_path_buf(), samples: train_ids.len(), items: n, k });
+    }
+    let mut rng = crate::rng::Rng::new(settings.seed);
+    // Initial centres: the vectors of K distinct items (padding aside), as k-means starts.
+    let mut chosen: Vec<i64> = Vec::with_capacity(k);
+    while chosen.len() < k {
+        let item = 1 + rng.below(n as u64 - 1) as i64;
+        if !chosen.contains(&item) {
+            chosen.push(item);
+        }
+    }
+    let initial = items.index_select(0, &crate::transfer::upload_i64(&chosen, saved.device));
+    let max_hist_len = saved.cfg.data.max_hist_len;
+    let batches = (0..settings.steps).map(|_| {
+        let ids: Vec<u32> =
+            (0..settings.batch).map(|_| train_ids[rng.below(train_ids.len() as u64) as usize]).collect();
+        let batch = crate::data::loader::eval_batches(samples, &ids, 0, 1, ids.len(), max_hist_len).remove(0);
+        let x = BatchIds::from_batch(&batch, saved.device);
+        (x.hist_items, x.hist_mask)
+    });
+    let (centres, objective) = pretrain_centres(&items, &initial, batches, settings.lr);
+    let nearest = items.narrow(0, 1, n - 1).matmul(&centres.tr()).argmax(-1, false);
+    let items_per_centre = crate::transfer::download_i64(&nearest.bincount::<Tensor>(None, k as i64));
+    let pretrained =
+        Pretrained { items: items.to_device(tch::Device::Cpu), centres: centres.to_device(tch::Device::Cpu) };
+    pretrained.write(out).map_err(|e| crate::io_error::PathIo { path: out.to_path_buf(), source: e })?;
+    Ok(ExportedCentres {
+        out: out.to_path_buf(),
+        items: n,
+        width,
+        interests: k,
+        first_objective: objective.first().copied().unwrap_or(f64::NAN),
+        last_objective: objective.last().copied().unwrap_or(f64::NAN),
+        items_per_centre,
+    })
+}
+
 /// What `micn export interests` wrote.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ExportedInterests {

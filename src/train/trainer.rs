@@ -42,6 +42,8 @@ pub enum TrainError {
          (prepare it from Amazon meta with --meta, or from sequences with --item-attributes)"
     )]
     NoAttributes { path: PathBuf, model: &'static str },
+    #[error("{dir}: {samples} training samples and {items} items: too few to place {k} MFN centres")]
+    TooFewForCentres { dir: PathBuf, samples: usize, items: i64, k: usize },
     #[error(transparent)]
     Io(#[from] PathIo),
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
@@ -122,6 +124,8 @@ impl TrainError {
                 | Self::ValidationTooSmall { .. }
                 | Self::Scores { .. }
                 | Self::NoInterests { .. }
+                | Self::NoAttributes { .. }
+                | Self::TooFewForCentres { .. }
         )
     }
 }

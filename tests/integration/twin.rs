@@ -2,8 +2,8 @@
 //! crosses), the twin's scores of the test set, and those of its TorchScript form, equal
 //! `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
 //! sample numbers, and a checkpoint's; `micn export interests` of a MIND run equals the twin's
-//! interests, and `micn eval --retrieval` the retrieval written out over them; a damaged model
-//! file is refused naming it.
+//! interests, and `micn eval --retrieval` the retrieval written out over them; MFN with centres
+//! pretrained by `micn export mfn-centres`; a damaged model file is refused naming it.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -243,4 +243,75 @@ fn the_twin_refuses_a_damaged_model_file_naming_it() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("a din model has no interest vectors to export"), "{stderr}");
     assert!(!tmp.path().join("interests").exists());
+}
+
+/// MFN with pretrained similarity weights, end to end: `micn export mfn-centres` of a trained DIN
+/// writes the DIN's item vectors `[item ‖ category]` as the fixed embeddings and centres that
+/// lower Algorithm 1's objective; an MFN trained with them keeps both unchanged, and the twin
+/// scores it as `micn predict` does; a file with other centres or items is refused naming it.
+#[test]
+fn mfn_trains_with_centres_pretrained_from_a_din_run_and_the_twin_scores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let din = tmp.path().join("din");
+    let sets = ["model.kind=din", "micn.enabled=false", "train.max_steps=30", "train.epochs=1"];
+    train_from(&crate::small_config(&din, &sets), &SingleProcess, &Resume::Fresh).unwrap();
+    let centres = tmp.path().join("centres.safetensors");
+    let done = run_ok(
+        Command::new(micn_bin())
+            .args(["export", "mfn-centres", "--interests", "3", "--steps", "60", "--batch", "64", "--run"])
+            .arg(&din)
+            .arg("--out")
+            .arg(&centres),
+    );
+    let line = String::from_utf8_lossy(&done.stdout).to_string();
+    let objective: Vec<f64> = line
+        .split("objective ")
+        .nth(1)
+        .and_then(|rest| rest.split(" in ").next())
+        .map(|pair| pair.split(" → ").map(|v| v.parse().unwrap()).collect())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(objective[1] < objective[0], "Algorithm 1 lowered nothing: {line}");
+    // The fixed embeddings are the DIN's item vectors: its item row beside its category's row.
+    let file = micn::checkpoint::read_tensors(&centres).unwrap();
+    let model = micn::checkpoint::read_tensors(&din.join("model.safetensors")).unwrap();
+    let dataset = micn::data::Dataset::open(crate::train::dataset_dir()).unwrap();
+    let cats: Vec<i64> = dataset.vocab.item_cat.iter().map(|&c| i64::from(c)).collect();
+    let expected = tch::Tensor::cat(
+        &[&model["embeddings.item"], &model["embeddings.cat"].index_select(0, &tch::Tensor::from_slice(&cats))],
+        1,
+    );
+    assert!(file["items"].equal(&expected), "the fixed embeddings are not the DIN's item vectors");
+    assert_eq!(file["centres"].size(), [3, expected.size()[1]]);
+
+    let mfn = tmp.path().join("mfn");
+    let pretrained = format!("model.mfn_pretrained={:?}", centres.display().to_string());
+    let sets = [
+        "model.kind=mfn",
+        "micn.enabled=true",
+        "model.mfn_interests=3",
+        pretrained.as_str(),
+        "train.max_steps=25",
+        "train.epochs=1",
+    ];
+    train_from(&crate::small_config(&mfn, &sets), &SingleProcess, &Resume::Fresh).unwrap();
+    let trained = micn::checkpoint::read_tensors(&mfn.join("model.safetensors")).unwrap();
+    assert!(trained["main.fixed_items"].equal(&file["items"]) && trained["main.centres"].equal(&file["centres"]));
+    let export = tmp.path().join("export");
+    let data = crate::train::dataset_dir().display().to_string();
+    run_ok(Command::new(micn_bin()).args(["data", "export", &data, "--max-hist-len", "10"]).arg("--out").arg(&export));
+    let (predicted, twin_scores) = (tmp.path().join("micn.csv"), tmp.path().join("twin.csv"));
+    run_ok(Command::new(micn_bin()).args(["predict", "--run"]).arg(&mfn).arg("--out").arg(&predicted));
+    run_ok(twin(&["score", "--export"]).arg(&export).arg(&mfn).arg("--out").arg(&twin_scores));
+    assert_same_scores("MFN with pretrained centres", &read_scores(&predicted), &read_scores(&twin_scores));
+
+    // Four centres asked of a file with three: refused, naming the file and the key.
+    let other_run = format!("run.dir={:?}", tmp.path().join("mfn4").display().to_string());
+    let out = Command::new(micn_bin())
+        .args(["train", "--set", "model.mfn_interests=4", "--set", &other_run, "--config"])
+        .arg(mfn.join("config.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&centres.display().to_string()) && stderr.contains("model.mfn_interests = 4"), "{stderr}");
 }
