@@ -526,7 +526,7 @@ class Camn(nn.Module):
     collaborative scores `softmax(keepTop_q(LayerNorm(X) W_h))`, per-sequence attention whose
     logits are scaled key by key by those scores, a shared feed-forward layer, one DIN attention
     unit per sequence pooling it against the target, and a Dice head over
-    `[user, e_t, target's attributes, interests]`. The diversity loss only trains."""
+    `[user, e_t, Σ hist, e_t·Σ hist, target's attributes, interests]`. The diversity loss only trains."""
 
     def __init__(self, w: Weights, prefix: str = "main", config: Optional[dict] = None):
         super().__init__()
@@ -578,7 +578,9 @@ class Camn(nn.Module):
         for r, unit in enumerate(self.extractors):
             interests.append(unit(target, out[:, r], mask))
         target_attributes = self.embed_attributes(items).reshape(b, (self.k - 1) * width)
-        return self.head(torch.cat([user, target, target_attributes] + interests, -1)).squeeze(-1)
+        hist_sum = masked_sum(hist, mask)
+        return self.head(torch.cat([user, target, hist_sum, target * hist_sum, target_attributes] + interests,
+                                   -1)).squeeze(-1)
 
 
 class Embeddings(nn.Module):

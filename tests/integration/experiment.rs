@@ -162,19 +162,32 @@ fn a_sweep_with_np_2_runs_each_point_on_two_ranks_through_the_launcher() {
 }
 
 #[test]
-fn every_shipped_sweep_file_plans_and_table_2_has_the_capacity_matched_ablation() {
+fn every_shipped_sweep_file_plans_and_the_table_2_files_hold_their_models_and_variants() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/experiments");
     let files: Vec<_> = ["", "synthetic"]
         .iter()
         .flat_map(|sub| std::fs::read_dir(root.join(sub)).unwrap())
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name().unwrap() != "books.toml")
-        .filter(|p| p.file_name().unwrap() != "electronics.toml")
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        // The synthetic sweeps' base configurations.
+        .filter(|p| !["books", "electronics"].iter().any(|set| p.ends_with(format!("synthetic/{set}.toml"))))
+        .filter(|p| !["books", "electronics"].iter().any(|set| p.ends_with(format!("synthetic/{set}-attributes.toml"))))
         .collect();
-    assert_eq!(files.len(), 6, "{files:?}");
+    assert_eq!(files.len(), 8, "{files:?}");
     for file in &files {
         let runs =
             sweep::plan(&SweepSpec::from_file(file).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if file.ends_with("table2-camn.toml") {
+            // The CAMN paper's six models, each without and with MICN, on both sets.
+            let first: Vec<_> = runs.iter().filter(|r| r.dir.ends_with("repeat-0")).collect();
+            assert_eq!(first.len(), 24, "{}", file.display());
+            for kind in micn::config::ModelKind::ALL {
+                let micn: Vec<bool> =
+                    first.iter().filter(|r| r.config.model.kind == kind).map(|r| r.config.micn.enabled).collect();
+                assert_eq!(micn.iter().filter(|&&m| m).count(), 2, "{}: {kind:?} {micn:?}", file.display());
+                assert_eq!(micn.len(), 4, "{}: {kind:?}", file.display());
+            }
+        }
         if !file.ends_with("table2-models.toml") {
             continue;
         }
