@@ -42,7 +42,7 @@ if [[ $name == table2-camn ]]; then
   for set in books electronics; do
     centres=data/synth-$set-attributes/mfn-centres.safetensors
     [[ -f $centres ]] && continue
-    din=runs/experiments/synthetic/table2-camn/centres-din-$set
+    din=runs/experiments/synthetic/table2-camn-centres/din-$set
     echo "== MFN centres for $set: DIN, then Algorithm 1"
     [[ -f $din/model.safetensors ]] || $micn train --config configs/experiments/synthetic/$set-attributes.toml \
       --set model.kind=\"din\" --set micn.enabled=false --set run.dir=\"$din\" --overwrite

@@ -11,8 +11,9 @@
 # SEQUENCES: time-ordered sequences (`user item item …`, e.g. S3-Rec's Toys_and_Games.txt in
 # tests/fixtures/s3rec-toys-2014/), with the items' attributes for their categories.
 # Env: OUT (default runs/peers), EPOCHS (2), SEEDS ("1 2 3"), MODELS ("din dien"; micn also runs
-# wide_deep, the peer only din and dien), CATEGORY_ATTRIBUTE (3: for sequences, which attribute
-# is an item's category).
+# wide_deep, mind, mfn and camn, the peer only din and dien), CATEGORY_ATTRIBUTE (3: for sequences,
+# which attribute is an item's category). MFN's centres are pretrained (`micn export mfn-centres`)
+# from the seed's DIN run without MICN, trained first when MODELS does not list din before mfn.
 #
 # DeepCTR-Torch 0.3.0 goes into its own virtual environment under the micn cache, which reuses the
 # torch that set-up installed (a .pth file), with scikit-learn and numpy from PyPI: it is never a
@@ -63,10 +64,30 @@ rm -rf "$out/data" "$out/arrays"
 $micn prepare "${source_args[@]}" --protocol din --max-hist-len 20 --seed 1 --out "$out/data"
 $micn data export "$out/data" --out "$out/arrays" --max-hist-len 20
 
+# train_micn MODEL RUN-DIR SETS...: one micn run at the comparison's settings.
+train_micn() {
+  local model=$1 run=$2
+  shift 2
+  $micn --comm single train --config configs/books-$model.toml --overwrite \
+    --set data.dir="$out/data" --set run.dir="$run" --set device=cpu --set train.threads=1 \
+    --set train.epochs="$epochs" --set train.lr=1e-3 --set train.global_batch_size=128 \
+    --set train.seed="$seed" --set data.valid_share=0 "$@" --set train.log_every_steps=100000 \
+    >/dev/null 2>"$run.log" || { cat "$run.log" >&2; exit 1; }
+}
+
 results=$out/results.jsonl
 : >"$results"
 for seed in $seeds; do
   for model in $models; do
+    model_sets=()
+    if [[ $model == mfn ]]; then
+      # MFN's fixed embeddings and centres, from this seed's DIN without MICN.
+      din=$out/micn-din-micn_off-seed$seed
+      [[ -f $din/summary.json ]] || train_micn din "$din" --set micn.enabled=false
+      centres=$out/mfn-centres-seed$seed.safetensors
+      $micn export mfn-centres --run "$din" --seed "$seed" --out "$centres" >&2
+      model_sets=(--set model.mfn_pretrained="\"$centres\"")
+    fi
     # MICN off, on, and its wider embeddings with its loss off (λ = 0).
     for variant in off on width_only; do
       run=$out/micn-$model-micn_$variant-seed$seed
@@ -75,11 +96,7 @@ for seed in $seeds; do
         on) micn_sets=(--set micn.enabled=true) ;;
         width_only) micn_sets=(--set micn.enabled=true --set micn.lambda=0) ;;
       esac
-      $micn --comm single train --config configs/books-$model.toml --overwrite \
-        --set data.dir="$out/data" --set run.dir="$run" --set device=cpu --set train.threads=1 \
-        --set train.epochs="$epochs" --set train.lr=1e-3 --set train.seed="$seed" --set data.valid_share=0 \
-        "${micn_sets[@]}" --set train.log_every_steps=100000 >/dev/null 2>"$run.log" \
-        || { cat "$run.log" >&2; exit 1; }
+      train_micn "$model" "$run" "${micn_sets[@]}" "${model_sets[@]}"
       python3 - "$run/summary.json" "$model" "$variant" "$seed" >>"$results" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))

@@ -33,7 +33,7 @@ use tch::Tensor;
 use super::batch_stats::Mode;
 use super::embeddings::MainInput;
 use super::item_attributes::{AttributeEmbeddings, ItemAttributeIds};
-use super::layers::{masked_softmax, ActivationKind, AttentionUnit, Mlp};
+use super::layers::{masked_softmax, masked_sum, ActivationKind, AttentionUnit, Mlp};
 use super::{InputDims, MainOutput, ModelError};
 use crate::config::ModelConfig;
 
@@ -155,8 +155,8 @@ impl Camn {
         let (b, steps) = (attention.size()[0], attention.size()[2]);
         let rows = hist_mask.view([b, 1, steps, 1]); // the query behaviours that are real
         let squared = (attention * rows).square().view([b, self.k, steps * steps]); // [b, k, T·T]
-                                                                                    // ‖A_i ⊙ A_j‖²_F = Σ A_i² A_j²; the small constant keeps √ differentiable at 0 (empty
-                                                                                    // histories).
+        // ‖A_i ⊙ A_j‖²_F = Σ A_i² A_j²; the small constant keeps √ differentiable at 0 (empty
+        // histories).
         let gram = squared.matmul(&squared.transpose(-1, -2)); // [b, k, k]
         let pairs = (gram + 1e-12).sqrt().sum_dim_intlist([1i64, 2].as_slice(), false, attention.kind());
         pairs * (self.alpha / (self.k * self.k) as f64)
@@ -168,7 +168,7 @@ impl Camn {
         let Internals { attention, interests, .. } = self.internals(x);
         let (b, w) = (x.target.size()[0], x.target.size()[1]);
         let target_attrs = self.attributes.embed(&x.ids.items).view([b, (self.k - 1) * w]);
-        let hist_sum = super::layers::masked_sum(&x.hist, &x.hist_mask);
+        let hist_sum = masked_sum(&x.hist, &x.hist_mask);
         let input = Tensor::cat(
             &[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &target_attrs, &interests.view([b, self.k * w])],
             -1,
