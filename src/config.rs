@@ -148,6 +148,18 @@ pub enum LrSchedule {
     Cosine,
 }
 
+/// What MIND is trained for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MindObjective {
+    /// Click-through rate: a Dice head, binary cross-entropy.
+    #[default]
+    Ctr,
+    /// Retrieval: the label-aware user vector against the target and sampled negatives (sampled
+    /// softmax over all items), the score `v_u · e_target`; no head.
+    Retrieval,
+}
+
 /// The power `p` of MICN's label-aware attention: `pow(score, p)`, or hard (argmax) attention.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AttentionPower {
@@ -277,6 +289,10 @@ pub struct ModelConfig {
     pub mind_routing_iters: usize,
     /// Power of MIND's label-aware attention, or "inf" for hard attention.
     pub mind_pow_p: AttentionPower,
+    /// What MIND is trained for: `ctr` (a head and binary cross-entropy) or `retrieval`.
+    pub mind_objective: MindObjective,
+    /// Negatives per step of MIND's retrieval objective, shared by the batch, drawn log-uniformly.
+    pub mind_negatives: usize,
     /// CAMN's collaborative attribute routing keeps the `camn_top_q` largest scores of each
     /// behaviour (Eq. 3).
     pub camn_top_q: usize,
@@ -315,6 +331,8 @@ impl Default for ModelConfig {
             mind_interests: 4,
             mind_routing_iters: 3,
             mind_pow_p: AttentionPower::Soft(2.0),
+            mind_objective: MindObjective::Ctr,
+            mind_negatives: 128,
             camn_top_q: 3,
             camn_alpha: 1e-4,
             camn_routing: true,
@@ -706,6 +724,7 @@ impl Config {
         if let AttentionPower::Soft(p) = m.mind_pow_p {
             check(p >= 0.0 && p.is_finite(), "model.mind_pow_p", format!("must be ≥ 0 or \"inf\", got {p}"))?;
         }
+        count(m.mind_negatives, NUM_NEGATIVES, "model.mind_negatives")?;
         count(m.camn_top_q, K_MAX, "model.camn_top_q")?;
         count(m.mfn_interests, K_MAX, "model.mfn_interests")?;
         count(m.mfn_heads, K_MAX, "model.mfn_heads")?;

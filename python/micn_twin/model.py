@@ -399,7 +399,8 @@ class Mind(nn.Module):
                                  "the weights: give the run or checkpoint directory (its configuration)")
         self.bilinear = nn.Parameter(w.get(f"{prefix}.routing.bilinear"))
         self.interest = linear(w, f"{prefix}.interest")
-        self.head = Mlp(w, f"{prefix}.head", "dice")
+        if w.has(f"{prefix}.head.output.weight"):
+            self.head = Mlp(w, f"{prefix}.head", "dice")
         self.k_max = int(config.get("mind_interests", 4))
         self.iterations = max(1, int(config.get("mind_routing_iters", 3)))
         power = config.get("mind_pow_p", 2.0)
@@ -451,6 +452,16 @@ class Mind(nn.Module):
         hist_sum = masked_sum(hist, mask)
         return self.head(torch.cat([user, target, hist_sum, target * hist_sum, user_vector], -1)).squeeze(-1)
 
+
+
+class MindRetrieval(Mind):
+    """MIND trained for retrieval (`model.mind_objective = "retrieval"`): no head; the score is
+    `v_u · e_t`, the label-aware user vector against the target's item vector."""
+
+    def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
+                hist_items: Tensor, hist_cats: Tensor) -> Tensor:
+        interests, active = self.interests(hist, mask)
+        return (self.user_vector(interests, active, target) * target).sum(-1)
 
 class Mfn(nn.Module):
     """MFN (src/model/mfn.rs): similarity interests `Pᵀ ℰ` with `P = softmax(E Cᵀ)` over fixed
@@ -640,7 +651,12 @@ class Network(nn.Module):
         w = Weights(tensors, source)
         self.kind = model_kind(w)
         self.embeddings = Embeddings(w)
-        self.main = MODELS[self.kind](w, config=config) if self.kind in CONFIGURED else MODELS[self.kind](w)
+        if self.kind == "mind" and not w.has("main.head.output.weight"):
+            self.main = MindRetrieval(w, config=config)
+        elif self.kind in CONFIGURED:
+            self.main = MODELS[self.kind](w, config=config)
+        else:
+            self.main = MODELS[self.kind](w)
         w.check_all_used()
 
     def logits(self, users: Tensor, items: Tensor, cats: Tensor, hist_items: Tensor, hist_cats: Tensor,

@@ -155,8 +155,8 @@ impl Camn {
         let (b, steps) = (attention.size()[0], attention.size()[2]);
         let rows = hist_mask.view([b, 1, steps, 1]); // the query behaviours that are real
         let squared = (attention * rows).square().view([b, self.k, steps * steps]); // [b, k, T·T]
-        // ‖A_i ⊙ A_j‖²_F = Σ A_i² A_j²; the small constant keeps √ differentiable at 0 (empty
-        // histories).
+                                                                                    // ‖A_i ⊙ A_j‖²_F = Σ A_i² A_j²; the small constant keeps √ differentiable at 0 (empty
+                                                                                    // histories).
         let gram = squared.matmul(&squared.transpose(-1, -2)); // [b, k, k]
         let pairs = (gram + 1e-12).sqrt().sum_dim_intlist([1i64, 2].as_slice(), false, attention.kind());
         pairs * (self.alpha / (self.k * self.k) as f64)
@@ -174,14 +174,14 @@ impl Camn {
             -1,
         );
         let aux_loss = (self.alpha > 0.0).then(|| self.diversity_loss(&attention, &x.hist_mask));
-        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss }
+        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss, user_vector: None }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::embeddings::{BatchIds, Embeddings, RealSlots, Vocab};
+    use crate::model::embeddings::{BatchIds, Embeddings, Vocab};
     use crate::model::testing;
     use tch::{Device, Kind};
 
@@ -292,17 +292,7 @@ mod tests {
         let out = camn.forward(&emb.forward(&ids).main, Mode::Eval);
         assert!(bool::try_from(out.logit.isfinite().all()).unwrap(), "{}", out.logit);
         assert!(bool::try_from(out.aux_loss.as_ref().unwrap().isfinite().all()).unwrap());
-        let part = |t: &Tensor| t.narrow(0, 3, 3);
-        let alone = BatchIds {
-            users: part(&ids.users),
-            items: part(&ids.items),
-            cats: part(&ids.cats),
-            hist_items: part(&ids.hist_items),
-            hist_cats: part(&ids.hist_cats),
-            hist_mask: part(&ids.hist_mask),
-            noclick: None,
-            real: RealSlots::from_mask(&part(&ids.hist_mask)),
-        };
+        let alone = testing::rows(&ids, 3, 3);
         let alone = camn.forward(&emb.forward(&alone).main, Mode::Eval);
         assert!(close(&alone.logit, &out.logit.narrow(0, 3, 3), 1e-6), "{} vs {}", alone.logit, out.logit);
         assert!(close(&alone.aux_loss.unwrap(), &out.aux_loss.unwrap().narrow(0, 3, 3), 1e-9));

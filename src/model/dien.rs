@@ -48,7 +48,7 @@ impl Dien {
         let (_, last) = self.augru.forward(&states, &attention, &x.ids.real); // [b, H]
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &last], -1);
-        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss }
+        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss, user_vector: None }
     }
 
     /// DIEN's auxiliary loss, per sample: the state `h_t` must tell the clicked next behaviour

@@ -31,6 +31,6 @@ impl Din {
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let attended = self.attention.forward(&x.target, &x.hist, &x.hist_mask, &x.ids.real); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &attended], -1);
-        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss: None }
+        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss: None, user_vector: None }
     }
 }

@@ -235,6 +235,9 @@ pub struct MainInput {
     pub hist_mask: Tensor,
     /// `e` of the no-click samples, `[b, T, w]`, when the batch has them.
     pub noclick: Option<Tensor>,
+    /// A retrieval objective's sampled negatives (MIND's), in training: their ids `[N]` (i64) and
+    /// `e` `[N, w]`.
+    pub negatives: Option<(Tensor, Tensor)>,
     /// The ids themselves, for models with id features (Wide&Deep's crosses).
     pub ids: BatchIds,
 }
@@ -401,6 +404,15 @@ impl Embeddings {
         }
     }
 
+    /// `e` of arbitrary items as the main task reads them: [`Embeddings::item_vectors`] with the
+    /// main task's gradient scale on the `e_aux` half (see [`Embeddings::with_gradient_scales`]).
+    pub fn main_item_vectors(&self, items: &Tensor, cats: &Tensor) -> Tensor {
+        match self.aux(items, cats) {
+            Some(aux) => Tensor::cat(&[self.orig(items, cats), self.for_main(aux)], -1),
+            None => self.orig(items, cats),
+        }
+    }
+
     /// `e_aux` of arbitrary items (MICN's sampled negatives), their categories read from the
     /// item→category table; `None` without MICN.
     ///
@@ -430,6 +442,7 @@ impl Embeddings {
                 .noclick
                 .as_ref()
                 .map(|n| join(self.orig(&n.items, &n.cats), self.aux(&n.items, &n.cats).as_ref())),
+            negatives: None,
             ids: ids.shallow_clone(),
         };
         let aux = target_aux.zip(hist_aux).map(|(target, hist)| AuxInput {
@@ -521,7 +534,10 @@ struct PlannedGather {
 pub struct LeafPlan {
     gathers: Vec<PlannedGather>,
     noclick: bool,
+    /// MICN's negatives.
     negatives: Option<(Piece, usize)>,
+    /// The main model's negatives (a retrieval objective's).
+    main_negatives: Option<(Piece, usize)>,
 }
 
 impl LeafPlan {
@@ -543,13 +559,21 @@ impl Embeddings {
         }
     }
 
-    /// Plans the row leaves of a training batch from its ids on the host (`host`) and MICN's
-    /// sampled `negatives`: adds every leaf's distinct ids and lookup indices, and the negatives,
-    /// to `upload`. The main task's lookups (the `e_orig` tables and its `e_aux` half of `e`) read
+    /// Plans the row leaves of a training batch from its ids on the host (`host`), MICN's
+    /// sampled `negatives` and the main model's (`main_negatives`, a retrieval objective's): adds
+    /// every leaf's distinct ids and lookup indices, and the negatives, to `upload`. The main
+    /// task's lookups (the `e_orig` tables and its `e_aux` half of `e`, its negatives' too) read
     /// [`Task::Main`] leaves, MICN's (`e_aux` of the target, the history and the negatives) the
     /// [`Task::Aux`] ones.
-    pub fn plan_leaves(&self, host: &HostIds<'_>, negatives: Option<&[i64]>, upload: &mut Upload) -> LeafPlan {
-        let mut plan = LeafPlan { gathers: Vec::new(), noclick: host.noclick.is_some(), negatives: None };
+    pub fn plan_leaves(
+        &self,
+        host: &HostIds<'_>,
+        negatives: Option<&[i64]>,
+        main_negatives: Option<&[i64]>,
+        upload: &mut Upload,
+    ) -> LeafPlan {
+        let mut plan =
+            LeafPlan { gathers: Vec::new(), noclick: host.noclick.is_some(), negatives: None, main_negatives: None };
         let mut add = |tables: Vec<&'static str>, task: Task, groups: &[&[i64]]| {
             let (ids, index) = distinct_rows(&groups.concat());
             let (ids_piece, index_piece) = (upload.i64(&ids), upload.i64(&index));
@@ -561,6 +585,12 @@ impl Embeddings {
         if let Some((noclick_items, noclick_cats)) = host.noclick {
             items.push(noclick_items);
             cats.push(noclick_cats);
+        }
+        let main_negative_cats: Vec<i64> =
+            main_negatives.unwrap_or_default().iter().map(|&id| self.item_cats_host[id as usize]).collect();
+        if let Some(ids) = main_negatives {
+            items.push(ids);
+            cats.push(&main_negative_cats);
         }
         let with_aux = |table: &'static str, aux: &'static str| match self.aux {
             Some(_) => vec![table, aux],
@@ -574,6 +604,9 @@ impl Embeddings {
             add(vec![AUX_TABLES[0]], Task::Aux, &[host.items, host.hist_items, negatives]);
             add(vec![AUX_TABLES[1]], Task::Aux, &[host.cats, host.hist_cats, &negative_cats]);
             plan.negatives = Some((upload.i64(negatives), negatives.len()));
+        }
+        if let Some(ids) = main_negatives {
+            plan.main_negatives = Some((upload.i64(ids), ids.len()));
         }
         plan
     }
@@ -621,6 +654,10 @@ impl Embeddings {
             hist: history(&e, b),
             hist_mask: ids.hist_mask.shallow_clone(),
             noclick: (plan.noclick && ids.noclick.is_some()).then(|| history(&e, b + b * steps)),
+            negatives: plan.main_negatives.map(|(piece, count)| {
+                let start = b + b * steps * if plan.noclick { 2 } else { 1 };
+                (sent.get(piece), e.narrow(0, start, count as i64))
+            }),
             ids: ids.shallow_clone(),
         };
         let (aux, negatives) = match (rows.get(3), rows.get(4), plan.negatives) {
@@ -655,7 +692,7 @@ impl Embeddings {
             noclick: noclick.as_ref().map(|(i, c)| (i.as_slice(), c.as_slice())),
         };
         let mut upload = Upload::new();
-        let plan = self.plan_leaves(&host, negatives, &mut upload);
+        let plan = self.plan_leaves(&host, negatives, None, &mut upload);
         let sent = upload.send(self.item.device());
         self.forward_train_planned(ids, plan, &sent)
     }

@@ -300,14 +300,14 @@ impl Mfn {
             + Self::aggregate(&self.combination_scorer, &combination, &x.target);
         let hist_sum = masked_sum(&x.hist, &x.hist_mask);
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &user_vector], -1);
-        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss: None }
+        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss: None, user_vector: None }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::embeddings::{BatchIds, Embeddings, RealSlots, Vocab};
+    use crate::model::embeddings::{BatchIds, Embeddings, Vocab};
     use crate::model::testing;
     use tch::Device;
 
@@ -455,17 +455,7 @@ mod tests {
             let ids = batch(5, 6, 4); // lengths 4, 3, 2, 1, 0, 4
             let logits = mfn.forward(&emb.forward(&ids).main, Mode::Eval).logit;
             assert!(bool::try_from(logits.isfinite().all()).unwrap(), "{logits}");
-            let part = |t: &Tensor| t.narrow(0, 3, 3);
-            let alone = BatchIds {
-                users: part(&ids.users),
-                items: part(&ids.items),
-                cats: part(&ids.cats),
-                hist_items: part(&ids.hist_items),
-                hist_cats: part(&ids.hist_cats),
-                hist_mask: part(&ids.hist_mask),
-                noclick: None,
-                real: RealSlots::from_mask(&part(&ids.hist_mask)),
-            };
+            let alone = testing::rows(&ids, 3, 3);
             let alone = mfn.forward(&emb.forward(&alone).main, Mode::Eval).logit;
             assert!(close(&alone, &logits.narrow(0, 3, 3), 1e-6), "{alone} vs {logits}");
         }

@@ -11,15 +11,22 @@
 //! logits in a fixed random weight, every sample starts from the same logits, so a score never
 //! depends on the batch, the rank or the step. The user has
 //! `K_u = max(1, min(mind_interests, ⌊log₂ len⌋))` interests.
+//!
+//! With `model.mind_objective = "retrieval"` MIND is trained as its paper trains it for
+//! retrieval: no head; the label-aware user vector `v_u` (the target as query) against the
+//! target's item vector and `mind_negatives` items drawn log-uniformly for the whole step (the
+//! same on every rank), a sampled softmax over the clicked samples (MICN's, with the `log Q`
+//! correction), normalised by the global count of clicked samples; the score is `v_u · e_t`.
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::batch_stats::Mode;
 use super::embeddings::MainInput;
 use super::layers::{masked_sum, ActivationKind, Mlp};
-use super::{InputDims, MainOutput};
-use crate::config::ModelConfig;
+use super::{InputDims, MainOutput, ModelError};
+use crate::config::{MindObjective, ModelConfig, NegativeSampler};
 use crate::micn::attention::LabelAwareAttention;
+use crate::micn::loss::Sampler;
 use crate::micn::routing::{self, Capsules, Routing};
 use crate::micn::StepSeed;
 
@@ -38,17 +45,53 @@ pub struct Mind {
     routing: Routing,
     interest: nn::Linear,
     attention: LabelAwareAttention,
-    head: Mlp,
+    objective: Objective,
 }
 
+/// What MIND is trained with.
+#[derive(Debug)]
+enum Objective {
+    /// A Dice head over `[user, e_t, Σ hist, e_t·Σ hist, v_u]`, binary cross-entropy.
+    Ctr(Mlp),
+    /// The sampled softmax of `v_u` against the target and `negatives` items drawn by `sampler`.
+    Retrieval { sampler: Sampler, negatives: usize },
+}
+
+/// Tag of the draw of MIND's retrieval negatives, derived from the step's seed (MICN's negatives
+/// are drawn from the seed itself).
+const NEGATIVES_TAG: u64 = 0x4D49_4E44_4E45_47; // "MINDNEG"
+
 impl Mind {
-    pub fn new(p: &nn::Path, cfg: &ModelConfig, dims: InputDims) -> Self {
+    /// MIND over `items` items (the retrieval objective samples its negatives among them).
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, dims: InputDims, items: i64) -> Result<Self, ModelError> {
         let w = dims.item;
-        Self {
+        let objective = match cfg.mind_objective {
+            MindObjective::Ctr => {
+                Objective::Ctr(Mlp::new(&(p / "head"), dims.user + 4 * w, &cfg.head_hidden, 1, ActivationKind::Dice))
+            }
+            MindObjective::Retrieval => Objective::Retrieval {
+                sampler: Sampler::new(NegativeSampler::LogUniform, items)
+                    .map_err(|_| ModelError::Vocab { name: "items", size: items })?,
+                negatives: cfg.mind_negatives,
+            },
+        };
+        Ok(Self {
             routing: Routing::new(&(p / "routing"), w, cfg.mind_interests, cfg.mind_routing_iters),
             interest: nn::linear(p / "interest", w, w, Default::default()),
             attention: LabelAwareAttention::new(cfg.mind_pow_p),
-            head: Mlp::new(&(p / "head"), dims.user + 4 * w, &cfg.head_hidden, 1, ActivationKind::Dice),
+            objective,
+        })
+    }
+
+    /// With the retrieval objective: its sampler, and the negatives it draws for the step of
+    /// `seed` (the same on every rank).
+    pub fn retrieval_negatives(&self, seed: StepSeed) -> Option<(&Sampler, Vec<i64>)> {
+        match &self.objective {
+            Objective::Retrieval { sampler, negatives } => {
+                let draw_seed = crate::rng::Rng::derive(seed.seed, &[NEGATIVES_TAG]).next_u64();
+                Some((sampler, sampler.draw(draw_seed, *negatives)))
+            }
+            Objective::Ctr(_) => None,
         }
     }
 
@@ -71,12 +114,23 @@ impl Mind {
 
     /// # Shapes
     /// `user [b, d]`, `target [b, w]`, `hist [b, T, w]`, `hist_mask [b, T]` → `logit [b]`
+    ///
+    /// With the retrieval objective the logit is `v_u · e_t` and the output carries `v_u`.
     pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
         let (interests, active) = self.interests(&x.hist, &x.hist_mask);
         let user_vector = self.attention.forward(&interests, &active, &x.target); // [b, w]
-        let hist_sum = masked_sum(&x.hist, &x.hist_mask);
-        let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &user_vector], -1);
-        MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss: None }
+        match &self.objective {
+            Objective::Ctr(head) => {
+                let hist_sum = masked_sum(&x.hist, &x.hist_mask);
+                let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &user_vector], -1);
+                MainOutput { logit: head.forward(&input, mode).squeeze_dim(-1), aux_loss: None, user_vector: None }
+            }
+            Objective::Retrieval { .. } => MainOutput {
+                logit: (&user_vector * &x.target).sum_dim_intlist(-1, false, user_vector.kind()),
+                aux_loss: None,
+                user_vector: Some(user_vector),
+            },
+        }
     }
 }
 
@@ -116,7 +170,7 @@ mod tests {
             head_hidden: vec![4],
             ..Default::default()
         };
-        let mind = Mind::new(&vs.root(), &cfg, InputDims { user: 2, item: 3 });
+        let mind = Mind::new(&vs.root(), &cfg, InputDims { user: 2, item: 3 }, 10).unwrap();
         let hist = Tensor::randn([1, 5, 3], (Kind::Float, Device::Cpu));
         let mask = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0, 0.0]).view([1, 5]);
         let (interests, active) = mind.interests(&hist, &mask);
@@ -157,24 +211,51 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let emb = crate::model::embeddings::Embeddings::new(&(vs.root() / "embeddings"), &vocab, 3, false, &item_cats)
             .unwrap();
-        let mind =
-            Mind::new(&(vs.root() / "main"), &ModelConfig::default(), InputDims { user: 3, item: emb.item_width() });
+        let mind = Mind::new(
+            &(vs.root() / "main"),
+            &ModelConfig::default(),
+            InputDims { user: 3, item: emb.item_width() },
+            11,
+        )
+        .unwrap();
         // Lengths 4, 3, 2, 1, 0, 4: the fifth has no history.
         let ids = crate::model::testing::batch(5, 6, 4, &vocab, false);
         let logits = mind.forward(&emb.forward(&ids).main, Mode::Eval).logit;
         assert!(bool::try_from(logits.isfinite().all()).unwrap(), "{logits}");
         // The last three samples alone, in a batch of their own, score the same.
-        let part = crate::model::embeddings::BatchIds {
-            users: ids.users.narrow(0, 3, 3),
-            items: ids.items.narrow(0, 3, 3),
-            cats: ids.cats.narrow(0, 3, 3),
-            hist_items: ids.hist_items.narrow(0, 3, 3),
-            hist_cats: ids.hist_cats.narrow(0, 3, 3),
-            hist_mask: ids.hist_mask.narrow(0, 3, 3),
-            noclick: None,
-            real: crate::model::embeddings::RealSlots::from_mask(&ids.hist_mask.narrow(0, 3, 3)),
-        };
+        let part = crate::model::testing::rows(&ids, 3, 3);
         let alone = mind.forward(&emb.forward(&part).main, Mode::Eval).logit;
         assert!(close(&alone, &logits.narrow(0, 3, 3), 1e-6), "{alone} vs {logits}");
+    }
+
+    /// The retrieval objective: no head; the logit is `v_u · e_t`; the step's negatives depend on
+    /// its seed only, lie among the real items and differ from MICN's draw of the same seed.
+    #[test]
+    fn the_retrieval_objective_scores_by_the_user_vector_and_draws_its_negatives_from_the_seed() {
+        crate::model::testing::one_thread();
+        let vocab = crate::model::embeddings::Vocab { users: 5, items: 11, cats: 4 };
+        let item_cats = Tensor::from_slice(&[0i64, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let emb = crate::model::embeddings::Embeddings::new(&(vs.root() / "embeddings"), &vocab, 3, false, &item_cats)
+            .unwrap();
+        let cfg = ModelConfig { mind_objective: MindObjective::Retrieval, mind_negatives: 6, ..Default::default() };
+        let mind = Mind::new(&(vs.root() / "main"), &cfg, InputDims { user: 3, item: emb.item_width() }, 11).unwrap();
+        assert!(vs.variables().keys().all(|name| !name.starts_with("main.head")), "no head");
+        let ids = crate::model::testing::batch(5, 6, 4, &vocab, false);
+        let x = emb.forward(&ids).main;
+        let out = mind.forward(&x, Mode::Train);
+        let user = out.user_vector.expect("the user vector");
+        let (interests, active) = mind.interests(&x.hist, &x.hist_mask);
+        assert!(close(&user, &mind.attention.forward(&interests, &active, &x.target), 1e-6));
+        assert!(close(&out.logit, &(&user * &x.target).sum_dim_intlist(-1, false, Kind::Float), 1e-6));
+        let seed = |s| StepSeed { seed: s, first_sample: 0 };
+        let (sampler, a) = mind.retrieval_negatives(seed(3)).unwrap();
+        assert_eq!(a.len(), 6);
+        assert!(a.iter().all(|&id| (1..11).contains(&id)), "{a:?}");
+        assert_eq!(mind.retrieval_negatives(seed(3)).unwrap().1, a, "the same seed, the same draw");
+        assert_ne!(mind.retrieval_negatives(seed(4)).unwrap().1, a);
+        assert_ne!(sampler.draw(3, 6), a, "not MICN's draw of the seed");
+        let ctr = Mind::new(&(vs.root() / "ctr"), &ModelConfig::default(), InputDims { user: 3, item: 6 }, 11).unwrap();
+        assert!(ctr.retrieval_negatives(seed(3)).is_none());
     }
 }

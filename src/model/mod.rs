@@ -54,6 +54,9 @@ pub struct MainOutput {
     /// loss (present when the batch has no-click samples), CAMN's diversity loss (when α > 0).
     /// Reduce it over the batch the same way as the main BCE.
     pub aux_loss: Option<Tensor>,
+    /// The user vector `[b, w]` a retrieval objective trains against the items (MIND's), in
+    /// place of the binary cross-entropy of `logit`.
+    pub user_vector: Option<Tensor>,
 }
 
 /// Widths of what a main model receives.
@@ -90,7 +93,7 @@ impl MainModel {
             ModelKind::WideDeep => MainModel::WideDeep(WideDeep::new(p, cfg, dims)),
             ModelKind::Din => MainModel::Din(Din::new(p, cfg, dims)),
             ModelKind::Dien => MainModel::Dien(Box::new(Dien::new(p, cfg, dims))),
-            ModelKind::Mind => MainModel::Mind(Mind::new(p, cfg, dims)),
+            ModelKind::Mind => MainModel::Mind(Mind::new(p, cfg, dims, items)?),
             ModelKind::Mfn => MainModel::Mfn(Box::new(Mfn::new(p, cfg, dims, attributes, items)?)),
             ModelKind::Camn => {
                 let ids = attributes.ok_or(ModelError::NoAttributes { model: cfg.kind.name() })?;
@@ -107,6 +110,14 @@ impl MainModel {
             MainModel::Camn(_) => &[item_attributes::ATTRIBUTE_TABLE],
             MainModel::Mfn(m) => m.row_tables(),
             MainModel::Din(_) | MainModel::Dien(_) | MainModel::Mind(_) => &[],
+        }
+    }
+
+    /// With a retrieval objective (MIND's): its sampler and the step's negatives.
+    pub fn retrieval_negatives(&self, seed: crate::micn::StepSeed) -> Option<(&crate::micn::loss::Sampler, Vec<i64>)> {
+        match self {
+            MainModel::Mind(m) => m.retrieval_negatives(seed),
+            _ => None,
         }
     }
 
@@ -146,6 +157,21 @@ pub(crate) mod testing {
     pub fn one_thread() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| tch::set_num_threads(1));
+    }
+
+    /// Samples `start..start + len` of a batch, as a batch of their own.
+    pub fn rows(ids: &BatchIds, start: i64, len: i64) -> BatchIds {
+        let part = |t: &tch::Tensor| t.narrow(0, start, len);
+        BatchIds {
+            users: part(&ids.users),
+            items: part(&ids.items),
+            cats: part(&ids.cats),
+            hist_items: part(&ids.hist_items),
+            hist_cats: part(&ids.hist_cats),
+            hist_mask: part(&ids.hist_mask),
+            noclick: None,
+            real: RealSlots::from_mask(&part(&ids.hist_mask)),
+        }
     }
 
     /// A batch of `b` samples with histories of width `t` whose lengths cycle through

@@ -112,7 +112,7 @@ impl WideDeep {
         if let Some(crosses) = &self.crosses {
             logit += crosses.forward(&x.ids.items, &x.ids.cats, &x.ids.hist_cats, &x.hist_mask);
         }
-        MainOutput { logit, aux_loss: None }
+        MainOutput { logit, aux_loss: None, user_vector: None }
     }
 }
 

@@ -19,6 +19,7 @@ use super::optim::{scatter_rows, Adam, FlatDense};
 use crate::config::{Config, EmbeddingOptimizer, TrainConfig};
 use crate::data::batch::Batch;
 use crate::dist::{self, Communicator};
+use crate::micn::loss::{positive_mask, sampled_softmax, Candidates};
 use crate::micn::rng::StepSeed;
 use crate::model::batch_stats::{self, Mode};
 use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, RowLeaf, Task};
@@ -444,9 +445,11 @@ pub fn gradients(
         }
     };
 
-    // The batch, MICN's negatives (drawn on the host) and the row leaves' plan, in one upload.
+    // The batch, MICN's and a retrieval objective's negatives (drawn on the host) and the row
+    // leaves' plan, in one upload.
     let seed = step_seed(ctx);
     let negative_ids = net.micn.as_ref().map(|micn| micn.negative_ids(seed));
+    let retrieval = net.main.retrieval_negatives(seed);
     let mut upload = Upload::new();
     let (ids, labels) = (BatchIds::add_to(batch, &mut upload), upload.f32(&batch.labels));
     let host_ids = HostIds {
@@ -457,7 +460,8 @@ pub fn gradients(
         hist_cats: &batch.hist_cats,
         noclick: batch.noclick.as_ref().map(|(items, cats)| (items.as_slice(), cats.as_slice())),
     };
-    let plan = net.embeddings.plan_leaves(&host_ids, negative_ids.as_deref(), &mut upload);
+    let main_negative_ids = retrieval.as_ref().map(|(_, ids)| ids.as_slice());
+    let plan = net.embeddings.plan_leaves(&host_ids, negative_ids.as_deref(), main_negative_ids, &mut upload);
     let unions = if resident { plan_unions(t, &plan, &mut upload) } else { Vec::new() };
     let sent = upload.send(device);
     let (ids, labels) = (ids.read(&sent), sent.get(labels));
@@ -474,7 +478,25 @@ pub fn gradients(
         Some(global) => global.finish()?,
         None => Vec::new(),
     };
-    let bce = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global;
+    // The main loss: binary cross-entropy of the logits, or a retrieval objective's sampled softmax
+    // over the clicked samples (normalised by their global count, as MICN's).
+    let main_loss = match (&out.user_vector, &input.embedded.main.negatives, &retrieval) {
+        (Some(user), Some((negative_ids, vectors)), Some((sampler, _))) => {
+            let main = &input.embedded.main;
+            let target = Candidates {
+                vectors: main.target.shallow_clone(),
+                ids: ids.items.shallow_clone(),
+                log_q: sampler.log_q(&ids.items),
+            };
+            let negatives = Candidates {
+                vectors: vectors.shallow_clone(),
+                ids: negative_ids.shallow_clone(),
+                log_q: sampler.log_q(negative_ids),
+            };
+            sampled_softmax(user, &target, &negatives, &positive_mask(&labels, &ids.items), positives)
+        }
+        _ => out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global,
+    };
     let model_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
     let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &routing_logits) {
         (Some(micn), Some(aux), Some((negative_ids, vectors)), Some(logits)) => {
@@ -496,10 +518,10 @@ pub fn gradients(
         .into_iter()
         .flatten()
         .reduce(|a, b| a + b);
-    let grads = batch_stats::backward(&bce, below_head, &traces, &all, ctx.comm)?;
+    let grads = batch_stats::backward(&main_loss, below_head, &traces, &all, ctx.comm)?;
     let (main_g, aux_g) = grads.split_at(main_targets.len());
-    let zero = || bce.zeros_like();
-    let losses: Vec<Tensor> = [Some(&bce), model_aux.as_ref(), micn.as_ref()]
+    let zero = || main_loss.zeros_like();
+    let losses: Vec<Tensor> = [Some(&main_loss), model_aux.as_ref(), micn.as_ref()]
         .into_iter()
         .map(|loss| loss.map_or_else(zero, |l| l.detach()).to_kind(Kind::Float).reshape([1]))
         .collect();

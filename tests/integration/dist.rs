@@ -174,7 +174,10 @@ fn n_thread_ranks_end_where_one_rank_with_the_whole_batch_ends() {
     // shared negatives, global-count normalisation and Dice's statistics over the global batch
     // make 2 and 3 ranks × b samples equal 1 rank × N·b.
     let tmp = tempfile::tempdir().unwrap();
-    for kind in ["wide_deep", "din", "dien", "mind", "mfn", "camn"] {
+    let retrieval = "model.mind_objective=\"retrieval\"";
+    for (kind, objective) in
+        [("wide_deep", ""), ("din", ""), ("dien", ""), ("mind", ""), ("mind", retrieval), ("mfn", ""), ("camn", "")]
+    {
         let kind_set = format!("model.kind={kind}");
         // Adam divides by `sqrt(v) + eps`: with the default eps (1e-8) a gradient component of
         // rounding size (1e-9, as a sum of terms that nearly cancel) still moves its weight by a
@@ -182,10 +185,12 @@ fn n_thread_ranks_end_where_one_rank_with_the_whole_batch_ends() {
         // Wide&Deep item weight still moved by a quarter of it). A larger eps keeps rounding at
         // rounding size; real differences between the ranks' gradients (of the gradients' own
         // size, moving weights by about lr) still show.
-        let cfg = config(tmp.path(), &[&kind_set, "model.wide_buckets=4096", "train.adam_eps=1e-5"]);
+        let sets = [kind_set.as_str(), "model.wide_buckets=4096", "train.adam_eps=1e-5", objective];
+        let cfg = config(tmp.path(), &sets[..if objective.is_empty() { 3 } else { 4 }]);
         let one = parameters_after(&cfg, 1);
         for world in [2, 3] {
-            assert_same_parameters(&one, &parameters_after(&cfg, world), &format!("{kind}, {world} ranks"));
+            let what = format!("{kind} {objective}, {world} ranks");
+            assert_same_parameters(&one, &parameters_after(&cfg, world), &what);
         }
     }
 }

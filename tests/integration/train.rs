@@ -98,12 +98,37 @@ fn oracle_gradients(cfg: &Config) -> Vec<Tensor> {
     let b = cfg.train.global_batch_size as f64;
     let embedded = net.embeddings.forward(&ids);
     let out = net.main.forward(&embedded.main, micn::model::batch_stats::Mode::Train);
-    let mut loss = out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b;
+    let positives = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| l > 0.5 && i >= 1).count() as f64;
+    let mut loss = match (&out.user_vector, net.main.retrieval_negatives(step_seed(&ctx))) {
+        // A retrieval objective (MIND's), written out: for every clicked sample with a real
+        // target, −log of the softmax of `v_u · e − ln Q` over its target and the step's
+        // negatives (those equal to the target left out), summed and divided by their count.
+        (Some(user), Some((sampler, negatives))) => {
+            let negatives_t = Tensor::from_slice(&negatives);
+            let cats: Vec<i64> = negatives.iter().map(|&i| i64::from(dataset.vocab.item_cat[i as usize])).collect();
+            let vectors = net.embeddings.main_item_vectors(&negatives_t, &Tensor::from_slice(&cats));
+            let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
+            for (row, (&label, &item)) in batch.labels.iter().zip(&batch.items).enumerate() {
+                if label < 0.5 || item < 1 {
+                    continue;
+                }
+                let u = user.get(row as i64);
+                let target =
+                    (&u * embedded.main.target.get(row as i64)).sum(Kind::Float) - sampler.probability(item).ln();
+                let mut logits = vec![target.shallow_clone()];
+                for (k, &negative) in negatives.iter().enumerate().filter(|(_, &n)| n != item) {
+                    logits.push((&u * vectors.get(k as i64)).sum(Kind::Float) - sampler.probability(negative).ln());
+                }
+                sum += Tensor::stack(&logits, 0).logsumexp(0, false) - target;
+            }
+            sum / positives
+        }
+        _ => out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b,
+    };
     if let Some(aux) = &out.aux_loss {
         loss += aux.sum(Kind::Float) / b;
     }
     if let (Some(m), Some(aux)) = (&net.micn, &embedded.aux) {
-        let positives = batch.labels.iter().zip(&batch.items).filter(|(&l, &i)| l > 0.5 && i >= 1).count() as f64;
         loss += m.loss(&net.embeddings, aux, &ids.items, &labels, step_seed(&ctx), positives).unwrap().loss * lambda;
     }
     let grads = Tensor::run_backward(&[&loss], &t.tensors, false, false);
@@ -138,9 +163,9 @@ fn widened(batch: &Batch, extra: usize) -> Batch {
 fn a_batch_is_collated_as_wide_as_its_longest_history_and_padding_changes_no_gradient() {
     tch::set_num_threads(1);
     let dataset = Dataset::open(dataset_dir()).unwrap();
-    for kind in ModelKind::ALL {
+    for (kind, extra) in variants() {
         for micn in [false, true] {
-            let cfg = config(kind, micn, &[]);
+            let cfg = config(kind, micn, extra);
             let batch = first_batch(&cfg, &dataset);
             let longest = batch.hist_mask.chunks(batch.hist_len).map(|row| row.iter().sum::<f32>() as usize).max();
             assert_eq!(Some(batch.hist_len), longest, "the width is the longest history");
@@ -160,10 +185,18 @@ fn a_batch_is_collated_as_wide_as_its_longest_history_and_padding_changes_no_gra
     }
 }
 
+/// Every model, and MIND with its retrieval objective.
+fn variants() -> Vec<(ModelKind, &'static [&'static str])> {
+    let mut all: Vec<(ModelKind, &[&str])> = ModelKind::ALL.into_iter().map(|k| (k, &[][..])).collect();
+    all.push((ModelKind::Mind, &["model.mind_objective=\"retrieval\"", "model.mind_negatives=16"]));
+    all
+}
+
 #[test]
 fn phi_combination_equals_the_single_backward_oracle() {
-    for kind in ModelKind::ALL {
-        let cfg = config(kind, true, &["micn.phi=0.3", "micn.lambda=0.7"]);
+    for (kind, extra) in variants() {
+        let with = |sets: &[&'static str]| -> Vec<&'static str> { [sets, extra].concat() };
+        let cfg = config(kind, true, &with(&["micn.phi=0.3", "micn.lambda=0.7"]));
         let (names, groups, ours) = step_gradients(&cfg);
         let oracle = oracle_gradients(&cfg);
         assert!(groups.contains(&VarGroup::Shared));
@@ -172,7 +205,7 @@ fn phi_combination_equals_the_single_backward_oracle() {
             assert!(diff <= 1e-6 * (1.0 + max_abs(b)), "{kind:?} {name}: differs by {diff}");
         }
         // The comparison can fail: φ matters on the shared tables.
-        let other = step_gradients(&config(kind, true, &["micn.phi=0.9", "micn.lambda=0.7"]));
+        let other = step_gradients(&config(kind, true, &with(&["micn.phi=0.9", "micn.lambda=0.7"])));
         let shared = groups.iter().position(|g| *g == VarGroup::Shared).unwrap();
         assert!(max_abs(&(&other.2[shared] - &ours[shared])) > 1e-7, "{kind:?}: φ changed nothing");
     }
@@ -280,13 +313,13 @@ fn same_seed_gives_bit_identical_metrics_on_cpu() {
 #[test]
 fn every_model_with_and_without_micn_trains_evaluates_and_reevaluates() {
     let tmp = tempfile::tempdir().unwrap();
-    for kind in ModelKind::ALL {
-        let name = kind.name();
+    for (kind, extra) in variants() {
+        let name = format!("{}{}", kind.name(), if extra.is_empty() { "" } else { "-retrieval" });
         for micn in [false, true] {
             let run = tmp.path().join(format!("{name}-{micn}"));
-            let kind_set = format!("model.kind={name}");
+            let kind_set = format!("model.kind={}", kind.name());
             let micn_set = format!("micn.enabled={micn}");
-            let summary = train_cli(&run, &["train.max_steps=20", &kind_set, &micn_set]);
+            let summary = train_cli(&run, &[&["train.max_steps=20", &kind_set, &micn_set], extra].concat());
             let auc = summary["test_auc"].as_f64().unwrap();
             assert!(auc.is_finite() && (0.0..=1.0).contains(&auc), "{kind:?} micn={micn}: {summary}");
             assert_eq!(summary["steps"], 20);

@@ -1,5 +1,5 @@
 //! The PyTorch twin (`python/micn_twin`): for every model ± MICN (Wide&Deep with its hashed
-//! crosses), the twin's scores of the test set, and those of its TorchScript form, equal
+//! crosses, MIND with either objective), the twin's scores of the test set, and those of its TorchScript form, equal
 //! `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
 //! sample numbers, and a checkpoint's; `micn export interests` of a MIND run equals the twin's
 //! interests, and `micn eval --retrieval` the retrieval written out over them; MFN with centres
@@ -61,13 +61,16 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             .arg("--out")
             .arg(&export),
     );
-    for (kind, micn) in
-        ["wide_deep", "din", "dien", "mind", "mfn", "camn"].into_iter().flat_map(|k| [(k, false), (k, true)])
-    {
-        let name = format!("{kind}{}", if micn { "-micn" } else { "" });
+    let kinds = ["wide_deep", "din", "dien", "mind", "mind-retrieval", "mfn", "camn"];
+    for (variant, micn) in kinds.into_iter().flat_map(|k| [(k, false), (k, true)]) {
+        let name = format!("{variant}{}", if micn { "-micn" } else { "" });
         let run = tmp.path().join(&name);
+        let kind = variant.trim_end_matches("-retrieval");
         let (kind_set, micn_set) = (format!("model.kind={kind}"), format!("micn.enabled={micn}"));
+        let objective = if variant.ends_with("-retrieval") { "retrieval" } else { "ctr" };
+        let objective_set = format!("model.mind_objective=\"{objective}\"");
         let sets = [
+            objective_set.as_str(),
             kind_set.as_str(),
             micn_set.as_str(),
             "model.wide_crosses=true",
@@ -119,7 +122,7 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
                 assert_same_scores(&format!("{name} TorchScript"), &micn_scores, &read_scores(&ts_scores));
             }
         }
-        if kind == "camn" || kind == "mind" {
+        if kind == "camn" || variant == "mind" {
             // From a checkpoint: its weights, and the model's settings from its `state.json`.
             let checkpoint = run.join("checkpoints").join(micn::checkpoint::dir_name(20));
             let (predicted, twin_scores) = (tmp.path().join("ckpt-micn.csv"), tmp.path().join("ckpt-twin.csv"));
@@ -133,7 +136,7 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             );
             run_ok(twin(&["score", "--export"]).arg(&export).arg(&checkpoint).arg("--out").arg(&twin_scores));
             assert_same_scores(&format!("{name} checkpoint"), &read_scores(&predicted), &read_scores(&twin_scores));
-            if kind == "mind" {
+            if variant == "mind" {
                 check_exported_interests(&run, &export, &tmp.path().join(format!("{name}-interests")));
             }
         }
