@@ -59,7 +59,7 @@ enum Objective {
 
 /// Tag of the draw of MIND's retrieval negatives, derived from the step's seed (MICN's negatives
 /// are drawn from the seed itself).
-const NEGATIVES_TAG: u64 = 0x4D49_4E44_4E45_47; // "MINDNEG"
+const NEGATIVES_TAG: u64 = 0x004D_494E_444E_4547; // "MINDNEG"
 
 impl Mind {
     /// MIND over `items` items (the retrieval objective samples its negatives among them).
