@@ -181,11 +181,11 @@ impl Camn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::embeddings::{BatchIds, Embeddings, Vocab};
+    use crate::model::embeddings::{BatchIds, Embeddings};
     use crate::model::testing;
     use tch::{Device, Kind};
 
-    const VOCAB: Vocab = Vocab { users: 5, items: 11, cats: 4 };
+    use crate::model::testing::VOCAB;
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
         a.allclose(b, tol, tol, false)
@@ -195,8 +195,7 @@ mod tests {
         testing::one_thread();
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let item_cats = Tensor::from_slice(&[0i64, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]);
-        let emb = Embeddings::new(&(vs.root() / "embeddings"), &VOCAB, 3, false, &item_cats).unwrap();
+        let emb = testing::embeddings(&vs);
         let dims = InputDims { user: 3, item: emb.item_width() };
         let cfg = ModelConfig { attention_hidden: vec![4], head_hidden: vec![4], ..cfg };
         let camn =

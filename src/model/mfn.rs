@@ -307,11 +307,11 @@ impl Mfn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::embeddings::{BatchIds, Embeddings, Vocab};
+    use crate::model::embeddings::{BatchIds, Embeddings};
     use crate::model::testing;
     use tch::Device;
 
-    const VOCAB: Vocab = Vocab { users: 5, items: 11, cats: 4 };
+    use crate::model::testing::VOCAB;
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
         a.allclose(b, tol, tol, false)
@@ -321,8 +321,7 @@ mod tests {
         testing::one_thread();
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
-        let item_cats = Tensor::from_slice(&[0i64, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]);
-        let emb = Embeddings::new(&(vs.root() / "embeddings"), &VOCAB, 3, false, &item_cats).unwrap();
+        let emb = testing::embeddings(&vs);
         let dims = InputDims { user: 3, item: emb.item_width() };
         let cfg =
             ModelConfig { mfn_interests: 3, mfn_hidden: 5, attention_hidden: vec![4], head_hidden: vec![4], ..cfg };

@@ -206,11 +206,8 @@ mod tests {
     #[test]
     fn scores_do_not_depend_on_the_batch_and_an_empty_history_is_finite() {
         crate::model::testing::one_thread();
-        let vocab = crate::model::embeddings::Vocab { users: 5, items: 11, cats: 4 };
-        let item_cats = Tensor::from_slice(&[0i64, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let emb = crate::model::embeddings::Embeddings::new(&(vs.root() / "embeddings"), &vocab, 3, false, &item_cats)
-            .unwrap();
+        let (vocab, vs) = (crate::model::testing::VOCAB, nn::VarStore::new(Device::Cpu));
+        let emb = crate::model::testing::embeddings(&vs);
         let mind = Mind::new(
             &(vs.root() / "main"),
             &ModelConfig::default(),
@@ -233,11 +230,8 @@ mod tests {
     #[test]
     fn the_retrieval_objective_scores_by_the_user_vector_and_draws_its_negatives_from_the_seed() {
         crate::model::testing::one_thread();
-        let vocab = crate::model::embeddings::Vocab { users: 5, items: 11, cats: 4 };
-        let item_cats = Tensor::from_slice(&[0i64, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let emb = crate::model::embeddings::Embeddings::new(&(vs.root() / "embeddings"), &vocab, 3, false, &item_cats)
-            .unwrap();
+        let (vocab, vs) = (crate::model::testing::VOCAB, nn::VarStore::new(Device::Cpu));
+        let emb = crate::model::testing::embeddings(&vs);
         let cfg = ModelConfig { mind_objective: MindObjective::Retrieval, mind_negatives: 6, ..Default::default() };
         let mind = Mind::new(&(vs.root() / "main"), &cfg, InputDims { user: 3, item: emb.item_width() }, 11).unwrap();
         assert!(vs.variables().keys().all(|name| !name.starts_with("main.head")), "no head");

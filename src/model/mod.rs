@@ -159,6 +159,16 @@ pub(crate) mod testing {
         ONCE.call_once(|| tch::set_num_threads(1));
     }
 
+    /// The small vocabulary the models' tests use: 5 users, 11 items, 4 categories.
+    pub const VOCAB: Vocab = Vocab { users: 5, items: 11, cats: 4 };
+
+    /// Embeddings of width 3 for [`VOCAB`] under `vs`'s `embeddings` (items in categories
+    /// 1, 2, 3 in turn), without MICN.
+    pub fn embeddings(vs: &tch::nn::VarStore) -> super::embeddings::Embeddings {
+        let item_cats = tch::Tensor::from_slice(&[0i64, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]);
+        super::embeddings::Embeddings::new(&(vs.root() / "embeddings"), &VOCAB, 3, false, &item_cats).unwrap()
+    }
+
     /// Samples `start..start + len` of a batch, as a batch of their own.
     pub fn rows(ids: &BatchIds, start: i64, len: i64) -> BatchIds {
         let part = |t: &tch::Tensor| t.narrow(0, start, len);
