@@ -728,13 +728,21 @@ pub fn synthetic_dataset(
     let data = work_dir.join("data");
     if data.join("dataset.json").exists() {
         // Refuse an older format here, where the fix is plain, rather than at the first open.
-        return match DatasetMeta::read(&data) {
-            Ok(_) => Ok(data),
-            Err(e) => Err(DataError::Invalid {
-                path: data.clone(),
-                message: format!("cannot reuse the synthetic dataset here ({e}); remove this directory and run again"),
-            }),
-        };
+        match DatasetMeta::read(&data) {
+            Ok(meta) if meta.attributes.is_some() => return Ok(data),
+            // Made before the item-attribute table (which CAMN needs): the same generator's files
+            // again, with it.
+            Ok(_) => {
+                tracing::warn!("{}: made before the item-attribute table; making it again", data.display());
+                std::fs::remove_dir_all(&data).with_path(&data)?;
+            }
+            Err(e) => {
+                return Err(DataError::Invalid {
+                    path: data.clone(),
+                    message: format!("cannot reuse the synthetic dataset here ({e}); remove this directory and run again"),
+                })
+            }
+        }
     }
     let raw = work_dir.join("raw");
     synth::generate(synth_cfg, &raw)?;

@@ -159,3 +159,26 @@ fn amazon_2014_meta_of_synthetic_brands_fills_the_table_as_the_generator_drew_it
     }
     assert!(with_meta > rows.len() * 9 / 10, "{with_meta} of {}", rows.len());
 }
+
+/// A cached synthetic dataset made before the item-attribute table (its `dataset.json` without
+/// the `attributes` entry) is made again, with the table, instead of being reused without it.
+#[test]
+fn a_cached_synthetic_dataset_without_the_attribute_table_is_made_again() {
+    use micn::data::prepare::synthetic_dataset;
+    use micn::data::protocol::Protocol;
+    use micn::data::synth::{Preset, SynthConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig { users: 200, items: 80, clusters: 4, categories: 5, ..Preset::Quickstart.config(3) };
+    let data = synthetic_dataset(&cfg, Protocol::Din, 10, tmp.path()).unwrap();
+    let fresh = Dataset::open(&data).unwrap().attributes.expect("a fresh set has the table");
+    // As an older micn left it: no attribute files, no entry.
+    let meta_path = data.join("dataset.json");
+    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    assert!(meta.as_object_mut().unwrap().remove("attributes").is_some());
+    std::fs::write(&meta_path, serde_json::to_string_pretty(&meta).unwrap()).unwrap();
+    std::fs::remove_file(data.join("attributes.tsv")).unwrap();
+    std::fs::remove_file(data.join("item_attributes.u32")).unwrap();
+    assert!(Dataset::open(&data).unwrap().attributes.is_none(), "the older directory still opens");
+    let again = synthetic_dataset(&cfg, Protocol::Din, 10, tmp.path()).unwrap();
+    assert_eq!(Dataset::open(&again).unwrap().attributes, Some(fresh));
+}
