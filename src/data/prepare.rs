@@ -739,7 +739,9 @@ pub fn synthetic_dataset(
             Err(e) => {
                 return Err(DataError::Invalid {
                     path: data.clone(),
-                    message: format!("cannot reuse the synthetic dataset here ({e}); remove this directory and run again"),
+                    message: format!(
+                        "cannot reuse the synthetic dataset here ({e}); remove this directory and run again"
+                    ),
                 })
             }
         }
