@@ -65,6 +65,10 @@ impl Mind {
     /// MIND over `items` items (the retrieval objective samples its negatives among them).
     pub fn new(p: &nn::Path, cfg: &ModelConfig, dims: InputDims, items: i64) -> Result<Self, ModelError> {
         let w = dims.item;
+        // The variables in the order of the release before the retrieval objective (routing,
+        // interest, head), so that a CTR-trained MIND starts from the same initial values.
+        let routing = Routing::new(&(p / "routing"), w, cfg.mind_interests, cfg.mind_routing_iters);
+        let interest = nn::linear(p / "interest", w, w, Default::default());
         let objective = match cfg.mind_objective {
             MindObjective::Ctr => {
                 Objective::Ctr(Mlp::new(&(p / "head"), dims.user + 4 * w, &cfg.head_hidden, 1, ActivationKind::Dice))
@@ -75,12 +79,7 @@ impl Mind {
                 negatives: cfg.mind_negatives,
             },
         };
-        Ok(Self {
-            routing: Routing::new(&(p / "routing"), w, cfg.mind_interests, cfg.mind_routing_iters),
-            interest: nn::linear(p / "interest", w, w, Default::default()),
-            attention: LabelAwareAttention::new(cfg.mind_pow_p),
-            objective,
-        })
+        Ok(Self { routing, interest, attention: LabelAwareAttention::new(cfg.mind_pow_p), objective })
     }
 
     /// With the retrieval objective: its sampler, and the negatives it draws for the step of
