@@ -74,17 +74,13 @@ impl Pretrained {
         Ok(Self { items: e, centres: c })
     }
 
-    /// Write `path` atomically (a temporary file renamed over it).
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("safetensors.partial");
-        crate::checkpoint::write_tensors(
-            &tmp,
-            &[
-                (PRETRAINED_ITEMS.into(), self.items.shallow_clone()),
-                (PRETRAINED_CENTRES.into(), self.centres.shallow_clone()),
-            ],
-        )?;
-        std::fs::rename(&tmp, path)
+    /// Write `path` whole or not at all (see [`crate::io_error::replace_file`]).
+    pub fn write(&self, path: &Path) -> Result<(), crate::io_error::PathIo> {
+        let tensors = [
+            (PRETRAINED_ITEMS.to_string(), self.items.shallow_clone()),
+            (PRETRAINED_CENTRES.to_string(), self.centres.shallow_clone()),
+        ];
+        crate::io_error::replace_file(path, |tmp| crate::checkpoint::write_tensors(tmp, &tensors))
     }
 }
 

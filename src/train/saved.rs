@@ -290,7 +290,7 @@ pub fn export_mfn_centres(
     let items_per_centre = crate::transfer::download_i64(&nearest.bincount::<Tensor>(None, k as i64));
     let pretrained =
         Pretrained { items: items.to_device(tch::Device::Cpu), centres: centres.to_device(tch::Device::Cpu) };
-    pretrained.write(out).map_err(|e| crate::io_error::PathIo { path: out.to_path_buf(), source: e })?;
+    pretrained.write(out)?;
     Ok(ExportedCentres {
         out: out.to_path_buf(),
         items: n,

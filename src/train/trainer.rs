@@ -37,11 +37,9 @@ pub enum TrainError {
     Comm(#[from] dist::CommError),
     #[error("building the model: {0}")]
     Model(#[from] crate::network::NetworkError),
-    #[error(
-        "{path}: model.kind = \"{model}\" reads item attributes, and this dataset has no item-attribute table \
-         (prepare it from Amazon meta with --meta, or from sequences with --item-attributes)"
-    )]
-    NoAttributes { path: PathBuf, model: &'static str },
+    /// The dataset at `path` lacks what the model needs (`why` says what).
+    #[error("{path}: {why}")]
+    NoAttributes { path: PathBuf, why: crate::model::ModelError },
     #[error("{dir}: {samples} training samples and {items} items: too few to place {k} MFN centres")]
     TooFewForCentres { dir: PathBuf, samples: usize, items: i64, k: usize },
     #[error(transparent)]
@@ -240,7 +238,8 @@ pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Bu
         .filter(|_| cfg.model.kind.reads_attributes())
         .map(|a| ItemAttributeIds::from_rows(&a.table, a.k(), a.names.len()));
     if cfg.model.kind.needs_attributes() && attributes.is_none() {
-        return Err(TrainError::NoAttributes { path: dataset.dir.clone(), model: cfg.model.kind.name() });
+        let why = crate::model::ModelError::NoAttributes { model: cfg.model.kind.name() };
+        return Err(TrainError::NoAttributes { path: dataset.dir.clone(), why });
     }
     build_network(cfg, vocab, &dataset.vocab.item_cat, attributes.as_ref(), device)
 }
