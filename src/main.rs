@@ -140,6 +140,12 @@ struct EvalArgs {
     /// as recall, hit rate and NDCG at N.
     #[arg(long, value_delimiter = ',')]
     retrieval: Vec<usize>,
+    /// With --retrieval: ComiRec's protocol on held-out users instead of the dataset's split.
+    /// The file is ComiRec's validation or test file (`user,item,time`; each user's first 80 %
+    /// by time seen, the rest retrieved) or PaddleRec's already split form (`user_id:…
+    /// hist_item:… eval_item:…`). Printed beside the most popular items as a baseline.
+    #[arg(long, requires = "retrieval")]
+    heldout: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -416,6 +422,8 @@ enum InputFormat {
     Amazon2018,
     /// `user item item …` per line, time-ordered (SASRec, S3-Rec, RecBole's Amazon sets).
     Sequences,
+    /// `user,item,time` per line (ComiRec's Amazon Books and Taobao training files).
+    Interactions,
     Dien,
 }
 
@@ -429,6 +437,9 @@ struct PrepareArgs {
     /// Sequences file (`--input-format sequences`: `user item item …` per line, in time order).
     #[arg(long)]
     sequences: Option<PathBuf>,
+    /// Interactions file (`--input-format interactions`: `user,item,time` per line).
+    #[arg(long)]
+    interactions: Option<PathBuf>,
     /// Item attributes for sequences: JSON `{"item": [attribute ids]}` (S3-Rec's item2attributes).
     #[arg(long)]
     item_attributes: Option<PathBuf>,
@@ -736,26 +747,65 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
-    let EvalArgs { saved, json, retrieval } = args;
+    let EvalArgs { saved, json, retrieval, heldout } = args;
     let split = saved.split;
     if !retrieval.is_empty() {
+        use micn::metrics::retrieval::RetrievalMetrics;
         ensure_usage!(comm.size() == 1, "micn eval --retrieval runs as one process, not under mpirun");
         ensure_usage!(retrieval.iter().all(|&n| n > 0), "--retrieval: every N must be at least 1");
-        let results =
-            micn::train::saved::retrieval_saved(saved.dir()?, saved.data.as_deref(), split, saved.device, &retrieval)?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&results)?);
-        } else {
-            for m in results {
-                println!(
-                    "recall@{n} {:.4}  HR@{n} {:.4}  NDCG@{n} {:.4}  over {} clicked samples",
-                    m.recall,
-                    m.hit_rate,
-                    m.ndcg,
-                    m.users,
-                    n = m.n
-                );
+        let row = |name: &str, m: &RetrievalMetrics| {
+            println!(
+                "{name:<13} recall@{n} {:.4}  HR@{n} {:.4}  NDCG@{n} {:.4}  (ComiRec's NDCG@{n} {:.4})",
+                m.recall,
+                m.hit_rate,
+                m.ndcg,
+                m.ndcg_comirec,
+                n = m.n
+            )
+        };
+        let Some(file) = heldout else {
+            let results = micn::train::saved::retrieval_saved(
+                saved.dir()?,
+                saved.data.as_deref(),
+                split,
+                saved.device,
+                &retrieval,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                let clicked = results.first().map_or(0, |m| m.users);
+                println!("{} clicked samples of the {} set, each its target to retrieve", clicked, split.name());
+                results.iter().for_each(|m| row("model", m));
             }
+            return Ok(());
+        };
+        let done = micn::train::saved::retrieval_heldout(
+            saved.dir()?,
+            saved.data.as_deref(),
+            saved.device,
+            &file,
+            &retrieval,
+        )?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            return Ok(());
+        }
+        let h = &done.held_out;
+        println!(
+            "{} held-out users in {}: {} history items seen ({} not in the model's vocabulary, dropped; {} users \
+             left with none count as misses), {} items to retrieve ({} not in the vocabulary, never found)",
+            done.users,
+            file.display(),
+            h.history_items,
+            h.unknown_history_items,
+            h.users_without_history,
+            h.truth_items,
+            h.unknown_truth_items
+        );
+        for (model, popular) in done.model.iter().zip(&done.most_popular) {
+            row("model", model);
+            row("most popular", popular);
         }
         return Ok(());
     }
@@ -1026,7 +1076,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
                 seed: a.seed,
                 strictness,
                 oracle: a.oracle,
-                sequences: None,
+                layout: prepare::Layout::Reviews,
             };
             prepare::prepare_amazon(&job, &a.out)?
         }
@@ -1048,10 +1098,31 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
                 seed: a.seed,
                 strictness,
                 oracle: None,
-                sequences: Some(prepare::Sequences {
+                layout: prepare::Layout::Sequences(prepare::Sequences {
                     category_attribute: a.category_attribute,
                     max_attributes: a.max_attributes,
                 }),
+            };
+            prepare::prepare_amazon(&job, &a.out)?
+        }
+        InputFormat::Interactions => {
+            ensure_usage!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
+            ensure_usage!(
+                a.meta.is_none() && a.item_attributes.is_none(),
+                "--input-format interactions reads no --meta or --item-attributes (every item is in `default_cat`)"
+            );
+            let job = prepare::AmazonJob {
+                release: Release::Amazon2014,
+                reviews: a
+                    .interactions
+                    .ok_or_else(|| UsageError("--input-format interactions needs --interactions FILE".into()))?,
+                meta: None,
+                protocol: a.protocol,
+                max_hist_len: a.max_hist_len,
+                seed: a.seed,
+                strictness,
+                oracle: None,
+                layout: prepare::Layout::Interactions,
             };
             prepare::prepare_amazon(&job, &a.out)?
         }

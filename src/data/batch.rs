@@ -231,6 +231,39 @@ impl Batch {
         batch
     }
 
+    /// A batch of bare histories (vocabulary item ids, oldest first, already cut to the
+    /// model's length), each item with its category from `item_cat`; user, target and label are
+    /// 0. For what reads only the history: a retrieval model's interests of held-out users.
+    pub fn of_histories(histories: &[&[u32]], item_cat: &[u32]) -> Batch {
+        let (b, t) = (histories.len(), histories.iter().map(|h| h.len()).max().unwrap_or(0).max(1));
+        let mut batch = Batch {
+            epoch: 0,
+            step: 0,
+            first_position: 0,
+            sample_ids: (0..b as u32).collect(),
+            hist_len: t,
+            users: vec![0; b],
+            user_keys: vec![0; b],
+            items: vec![0; b],
+            cats: vec![0; b],
+            labels: vec![0.0; b],
+            hist_items: vec![0; b * t],
+            hist_cats: vec![0; b * t],
+            hist_mask: vec![0.0; b * t],
+            noclick: None,
+            global_positives: None,
+        };
+        for (row, history) in histories.iter().enumerate() {
+            for (k, &item) in history.iter().enumerate() {
+                let at = row * t + k;
+                batch.hist_items[at] = i64::from(item);
+                batch.hist_cats[at] = i64::from(item_cat[item as usize]);
+                batch.hist_mask[at] = 1.0;
+            }
+        }
+        batch
+    }
+
     /// MICN positives among this batch's own samples.
     pub fn micn_positives(&self) -> usize {
         self.labels.iter().zip(&self.items).filter(|(&l, &i)| is_micn_positive(l, i)).count()

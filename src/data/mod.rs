@@ -2,7 +2,8 @@
 //! prepared dataset directory, and from there to batches.
 //!
 //! - [`input`]: gzip/plain line reading on all cores, bad-line classification and counts;
-//! - [`amazon`], [`pyliteral`], [`dien_files`]: the raw formats;
+//! - [`amazon`], [`pyliteral`], [`dien_files`], [`interactions`]: the raw formats (and ComiRec's
+//!   held-out users);
 //! - [`protocol`]: the `dien` and `din` sample-building protocols; [`vocab`]: frequency-ordered
 //!   vocabularies; [`samples`]: the columnar sample set;
 //! - [`archive`]: the dataset directory (every file checked against `dataset.json` at open, rkyv
@@ -19,6 +20,7 @@ pub mod batch;
 pub mod dien_files;
 pub mod export;
 pub mod input;
+pub mod interactions;
 pub mod loader;
 pub mod pickle;
 pub mod prepare;

@@ -15,6 +15,7 @@ use super::amazon::{self, Release};
 use super::archive::{self, AttributeFiles, CategorySource, Counts, DatasetMeta, FileEntry, VocabFiles};
 use super::attributes::{ItemAttributes, RawAttributes};
 use super::input::{self, BadKind, FileSummary, Issues, Strictness};
+use super::interactions;
 use super::protocol::{self, Built, Corpus, Protocol, ReviewRef, DEFAULT_CAT};
 use super::samples::Samples;
 use super::synth::{self, OracleModel};
@@ -26,20 +27,30 @@ use crate::io_error::{PathIo, WithPath};
 #[derive(Debug, Clone)]
 pub struct AmazonJob {
     pub release: Release,
-    /// The reviews (JSON lines), or with [`AmazonJob::sequences`] the sequences file.
+    /// The reviews file, in the form [`AmazonJob::layout`] says.
     pub reviews: PathBuf,
-    /// Item metadata, or with [`AmazonJob::sequences`] the items' attributes (JSON); without it
+    /// Item metadata, or with [`Layout::Sequences`] the items' attributes (JSON); without it
     /// every item is in `default_cat`.
     pub meta: Option<PathBuf>,
-    /// `reviews` holds time-ordered sequences (`user item item …` per line, as SASRec, S3-Rec and
-    /// RecBole ship Amazon data) and `meta`, when given, `{"item": [attribute ids]}`.
-    pub sequences: Option<Sequences>,
+    pub layout: Layout,
     pub protocol: Protocol,
     pub max_hist_len: usize,
     pub seed: u64,
     pub strictness: Strictness,
     /// The synthetic generator's model, for oracle scores (found beside the reviews if absent).
     pub oracle: Option<PathBuf>,
+}
+
+/// What the reviews file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Amazon's reviews, JSON lines (or the 2014 release's Python literals), with `meta`.
+    Reviews,
+    /// Time-ordered sequences (`user item item …` per line, as SASRec, S3-Rec and RecBole ship
+    /// Amazon data) and `meta`, when given, `{"item": [attribute ids]}`.
+    Sequences(Sequences),
+    /// `user,item,time` lines (ComiRec's training files, [`super::interactions`]); no meta.
+    Interactions,
 }
 
 /// How to read a sequences file and its item attributes.
@@ -347,13 +358,20 @@ fn read_corpus(
 ) -> Result<(Corpus, Vec<FileSummary>, Option<u64>), DataError> {
     let mut corpus = Corpus::default();
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
-    let mut reviews_summary = match &job.sequences {
-        None => input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
+    let mut reviews_summary = match job.layout {
+        Layout::Reviews => input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
             let user = corpus.users.intern(&r.user);
             let item = corpus.items.intern(&r.item);
             corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
         })?,
-        Some(_) => {
+        Layout::Interactions => {
+            input::parse_lines(&job.reviews, job.strictness, interactions::parse_interaction, |r, line| {
+                let user = corpus.users.intern(&r.user);
+                let item = corpus.items.intern(&r.item);
+                corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
+            })?
+        }
+        Layout::Sequences(_) => {
             // A user's items in line order; a user on several lines continues where it stopped.
             let mut next_time: std::collections::HashMap<u32, i64> = Default::default();
             input::parse_lines(&job.reviews, job.strictness, parse_sequence, |(user, items), line| {
@@ -378,9 +396,13 @@ fn read_corpus(
 
     corpus.item_cat = vec![default_cat; corpus.items.len()];
     warnings.extend(issue_warnings(&reviews_summary));
-    if let Some(sequences) = &job.sequences {
+    if job.layout == Layout::Interactions {
+        warnings.push(format!("interactions carry no categories: every item is in category `{DEFAULT_CAT}`"));
+        return Ok((corpus, vec![reviews_summary], None));
+    }
+    if let Layout::Sequences(sequences) = job.layout {
         let attributes = match &job.meta {
-            Some(path) => Some(read_attributes(path, &mut corpus, *sequences, warnings)?),
+            Some(path) => Some(read_attributes(path, &mut corpus, sequences, warnings)?),
             None => None,
         };
         if sequences.category_attribute.is_none() || attributes.is_none() {
@@ -561,21 +583,25 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     let protocol::Built { train, test, summary, .. } = built;
     let train = train.remap(&maps.users, &maps.items, &maps.cats);
     let test = test.remap(&maps.users, &maps.items, &maps.cats);
-    let source = match job.sequences {
-        Some(_) => "sequences".to_string(),
-        None => format!("{:?}", job.release).to_lowercase(),
+    let source = match job.layout {
+        Layout::Sequences(_) => "sequences".to_string(),
+        Layout::Interactions => "interactions".to_string(),
+        Layout::Reviews => format!("{:?}", job.release).to_lowercase(),
     };
-    let (categories, notes) = match (without_meta, job.sequences) {
-        (Some(n), None) => (
+    let reviews_layout = (job.layout == Layout::Reviews).then_some(());
+    let (categories, notes) = match (without_meta, reviews_layout) {
+        (Some(n), Some(())) => (
             CategorySource::Meta,
             json!({ "protocol_summary": summary, "items_without_meta": n, "release": job.release }),
         ),
-        (Some(n), Some(_)) => (
+        (Some(n), None) => (
             CategorySource::Attributes,
             json!({ "protocol_summary": summary, "items_without_category_attribute": n, "source": source }),
         ),
-        (None, None) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release })),
-        (None, Some(_)) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
+        (None, Some(())) => {
+            (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release }))
+        }
+        (None, None) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
     };
     let meta = write_dataset_with(
         &staging,
@@ -757,7 +783,7 @@ pub fn synthetic_dataset(
         seed: synth_cfg.seed,
         strictness: Strictness::Lenient,
         oracle: None,
-        sequences: None,
+        layout: Layout::Reviews,
     };
     prepare_amazon(&job, &data)?;
     std::fs::remove_dir_all(&raw).with_path(&raw)?;

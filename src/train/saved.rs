@@ -16,6 +16,7 @@ use crate::config::{Config, Device as DeviceChoice};
 use crate::data::samples::ArchivedSamples;
 use crate::data::Dataset;
 use crate::dist::Communicator;
+use crate::metrics::retrieval::{merge_top_n, retrieval_metrics, RetrievalMetrics};
 use crate::model::embeddings::BatchIds;
 use crate::network::Network;
 use crate::run_dir::RunDir;
@@ -382,10 +383,9 @@ pub fn retrieval_saved(
     split: Split,
     device: Option<DeviceChoice>,
     ns: &[usize],
-) -> Result<Vec<crate::metrics::retrieval::RetrievalMetrics>, TrainError> {
-    use crate::metrics::retrieval::{merge_top_n, retrieval_metrics};
+) -> Result<Vec<RetrievalMetrics>, TrainError> {
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
-    let mind = saved.mind(dir)?;
+    let retriever = Retriever::new(&saved, dir, ns)?;
     let (samples, set_ids) = saved.split_samples(split)?;
     let clicked: Vec<u32> = set_ids
         .iter()
@@ -395,39 +395,149 @@ pub fn retrieval_saved(
             crate::data::batch::is_micn_positive(f32::from(label), i64::from(item))
         })
         .collect();
-    let n_items = saved.dataset.vocab.items.len() as i64;
-    let top = ns.iter().copied().max().unwrap_or(0).min(n_items.saturating_sub(1) as usize) as i64;
     let mut lists: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(clicked.len());
-    tch::no_grad(|| {
-        let items = saved.item_vectors(); // [I, w]
-                                          // Item 0 (padding, unknown) is never retrieved.
+    for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, 256, saved.cfg.data.max_hist_len) {
+        let targets = batch.items.iter().map(|&target| vec![target as u32]);
+        lists.extend(retriever.lists(&batch).into_iter().zip(targets));
+    }
+    Ok(metrics_at(ns, &lists))
+}
+
+/// What `micn eval --retrieval N,… --heldout FILE` measured: ComiRec's protocol on users the
+/// model never trained on, beside the most popular items as ComiRec's own baseline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldOutRetrieval {
+    pub file: PathBuf,
+    pub users: usize,
+    #[serde(flatten)]
+    pub held_out: crate::data::interactions::HeldOut,
+    /// The model's retrieval at each N.
+    pub model: Vec<RetrievalMetrics>,
+    /// Every user offered the N items most often clicked in the training samples (ties by
+    /// vocabulary id): ComiRec's `MostPopular`.
+    pub most_popular: Vec<RetrievalMetrics>,
+}
+
+/// `micn eval --retrieval N,… --heldout FILE`: the users of a held-out file
+/// ([`crate::data::interactions::HeldOut`]), each retrieving by the interests of its seen
+/// history, scored against the rest of its history.
+pub fn retrieval_heldout(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    device: Option<DeviceChoice>,
+    file: &Path,
+    ns: &[usize],
+) -> Result<HeldOutRetrieval, TrainError> {
+    use crate::data::interactions::HeldOut;
+    let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
+    let retriever = Retriever::new(&saved, dir, ns)?;
+    let vocab = &saved.dataset.vocab;
+    let names: std::collections::HashMap<&str, u32> =
+        vocab.items.names.iter().enumerate().skip(1).map(|(id, name)| (name.as_str(), id as u32)).collect();
+    let held_out = HeldOut::read(file, &names, saved.cfg.data.max_hist_len)?;
+    let with_history: Vec<&[u32]> =
+        held_out.users.iter().map(|u| u.history.as_slice()).filter(|h| !h.is_empty()).collect();
+    let mut retrieved = Vec::with_capacity(with_history.len());
+    for chunk in with_history.chunks(256) {
+        let batch = crate::data::batch::Batch::of_histories(chunk, &vocab.item_cat);
+        retrieved.extend(retriever.lists(&batch));
+    }
+    // A user without a known history item retrieves nothing.
+    let mut retrieved = retrieved.into_iter();
+    let lists: Vec<(Vec<u32>, Vec<u32>)> = held_out
+        .users
+        .iter()
+        .map(|u| {
+            let list = if u.history.is_empty() { Vec::new() } else { retrieved.next().unwrap_or_default() };
+            (list, u.truth.clone())
+        })
+        .collect();
+    let popular = saved.most_clicked(retriever.top);
+    let popular: Vec<(Vec<u32>, Vec<u32>)> = lists.iter().map(|(_, truth)| (popular.clone(), truth.clone())).collect();
+    Ok(HeldOutRetrieval {
+        file: file.to_path_buf(),
+        users: held_out.users.len(),
+        model: metrics_at(ns, &lists),
+        most_popular: metrics_at(ns, &popular),
+        held_out,
+    })
+}
+
+/// The metrics at each of `ns` over `(recommended, held-out items)` lists.
+fn metrics_at(ns: &[usize], lists: &[(Vec<u32>, Vec<u32>)]) -> Vec<RetrievalMetrics> {
+    ns.iter().map(|&n| retrieval_metrics(lists.iter().map(|(r, t)| (r.as_slice(), t.as_slice())), n)).collect()
+}
+
+/// A MIND model's retrieval over every item but padding (item 0, also the unknown item).
+struct Retriever<'a> {
+    saved: &'a Saved,
+    mind: &'a crate::model::Mind,
+    /// Every item's vector, `[I, w]`.
+    items: Tensor,
+    /// 1 for an item that may be retrieved, 0 for padding, `[1, 1, I]`.
+    retrievable: Tensor,
+    /// How many items each interest retrieves: the largest N, at most every item but padding.
+    top: usize,
+}
+
+impl<'a> Retriever<'a> {
+    fn new(saved: &'a Saved, dir: &Path, ns: &[usize]) -> Result<Self, TrainError> {
+        let mind = saved.mind(dir)?;
+        let items = tch::no_grad(|| saved.item_vectors());
+        let n_items = items.size()[0];
         let padding = crate::transfer::upload_i64(&[0], saved.device);
-        let not_padding = Tensor::ones([n_items], (items.kind(), saved.device)).index_fill(0, &padding, 0.0);
-        let max_hist_len = saved.cfg.data.max_hist_len;
-        for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, 256, max_hist_len) {
-            let x = saved.net.embeddings.forward(&BatchIds::from_batch(&batch, saved.device)).main;
-            let (interests, active) = mind.interests(&x.hist, &x.hist_mask); // [b, K, w], [b, K]
-            let scores = interests.matmul(&items.tr()); // [b, K, I]
-            let usable = active.unsqueeze(-1) * not_padding.view([1, 1, n_items]);
+        let retrievable =
+            Tensor::ones([n_items], (items.kind(), saved.device)).index_fill(0, &padding, 0.0).view([1, 1, n_items]);
+        let top = ns.iter().copied().max().unwrap_or(0).min(n_items.saturating_sub(1) as usize);
+        Ok(Self { saved, mind, items, retrievable, top })
+    }
+
+    /// Each row's merged top `top` items, retrieved by the active interests of its history.
+    fn lists(&self, batch: &crate::data::batch::Batch) -> Vec<Vec<u32>> {
+        let top = self.top;
+        tch::no_grad(|| {
+            let x = self.saved.net.embeddings.forward(&BatchIds::from_batch(batch, self.saved.device)).main;
+            let (interests, active) = self.mind.interests(&x.hist, &x.hist_mask); // [b, K, w], [b, K]
+            let scores = interests.matmul(&self.items.tr()); // [b, K, I]
+            let usable = active.unsqueeze(-1) * &self.retrievable;
             let scores = scores.masked_fill(&usable.le(0.5), f64::NEG_INFINITY);
-            let (values, indices) = scores.topk(top, -1, true, true); // [b, K, N]
+            let (values, indices) = scores.topk(top as i64, -1, true, true); // [b, K, top]
             let (values, indices) = (crate::transfer::download_f32(&values), crate::transfer::download_i64(&indices));
             let k = interests.size()[1] as usize;
-            for (row, &target) in batch.items.iter().enumerate() {
-                let per_interest: Vec<Vec<(u32, f32)>> = (0..k)
-                    .map(|j| {
-                        let at = (row * k + j) * top as usize;
-                        (at..at + top as usize)
-                            .filter(|&p| values[p].is_finite())
-                            .map(|p| (indices[p] as u32, values[p]))
-                            .collect()
-                    })
-                    .collect();
-                lists.push((merge_top_n(&per_interest, top as usize), vec![target as u32]));
+            (0..batch.items.len())
+                .map(|row| {
+                    let per_interest: Vec<Vec<(u32, f32)>> = (0..k)
+                        .map(|j| {
+                            let at = (row * k + j) * top;
+                            (at..at + top)
+                                .filter(|&p| values[p].is_finite())
+                                .map(|p| (indices[p] as u32, values[p]))
+                                .collect()
+                        })
+                        .collect();
+                    merge_top_n(&per_interest, top)
+                })
+                .collect()
+        })
+    }
+}
+
+impl Saved {
+    /// The `top` items most often a clicked target of the training archive, most clicked first
+    /// (ties by vocabulary id; never item 0).
+    fn most_clicked(&self, top: usize) -> Vec<u32> {
+        let samples = self.dataset.train.samples();
+        let mut clicks = vec![0u64; self.dataset.vocab.items.len()];
+        for (label, item) in samples.labels.iter().zip(samples.items.iter()) {
+            if crate::data::batch::is_micn_positive(f32::from(*label), i64::from(item.to_native())) {
+                clicks[item.to_native() as usize] += 1;
             }
         }
-    });
-    Ok(ns.iter().map(|&n| retrieval_metrics(lists.iter().map(|(r, t)| (r.as_slice(), t.as_slice())), n)).collect())
+        let mut items: Vec<u32> = (1..clicks.len() as u32).collect();
+        items.sort_by_key(|&i| (std::cmp::Reverse(clicks[i as usize]), i));
+        items.truncate(top);
+        items
+    }
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).

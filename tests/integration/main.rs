@@ -11,6 +11,7 @@ mod experiment;
 mod features;
 mod hosts;
 mod inputs;
+mod interactions;
 mod launch;
 mod predict;
 mod prepare;

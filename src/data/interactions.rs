@@ -1,0 +1,310 @@
+//! Interaction files as ComiRec (Cen et al., KDD 2020) ships Amazon Books and Taobao: one
+//! `user,item,time` line per interaction, its users split into training, validation and test
+//! files. `micn prepare --input-format interactions` reads a training file like any reviews
+//! file; [`HeldOut::read`] reads a validation or test file as ComiRec's evaluation does: each
+//! user's items sorted by time (stably), the first `⌊0.8 n⌋` seen as the history (its last
+//! `max_hist_len`), the rest to be retrieved.
+//!
+//! The same users may also come already split, one line per user, as PaddleRec's MIND example
+//! ships them: `user_id:U target_item:0 hist_item:I … eval_item:J …` (history then the items to
+//! retrieve, in time order). Either form is recognised from the file's first line.
+//!
+//! Held-out items are looked up in the model's item vocabulary by name. A history item it lacks
+//! is dropped (the model has no vector for it); an item to retrieve that it lacks stays in the
+//! user's list as [`UNKNOWN_ITEM`], which no retrieval returns, so recall counts it as missed
+//! rather than quietly leaving it out. Every bad line is an error naming the file and line.
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::input::{self, Bad, BadKind, Strictness};
+use super::DataError;
+
+/// The id of a held-out item the model's vocabulary does not hold: never retrieved.
+pub const UNKNOWN_ITEM: u32 = u32::MAX;
+
+/// One `user,item,time` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interaction {
+    pub user: String,
+    pub item: String,
+    pub time: i64,
+}
+
+/// Parse `user,item,time` (ComiRec's files: `time` an integer, the review time or the position
+/// in the user's history).
+pub fn parse_interaction(line: &str) -> Result<Interaction, Bad> {
+    let fields: Vec<&str> = line.trim().split(',').map(str::trim).collect();
+    let [user, item, time] = fields[..] else {
+        return Err(Bad::new(
+            if fields.len() < 3 { BadKind::MissingField } else { BadKind::Malformed },
+            format!("expected `user,item,time` (3 fields), found {}", fields.len()),
+        ));
+    };
+    if user.is_empty() || item.is_empty() {
+        return Err(Bad::new(BadKind::MissingField, "an empty user or item"));
+    }
+    let time = time.parse().map_err(|_| Bad::new(BadKind::WrongType, format!("time `{time}` is not an integer")))?;
+    Ok(Interaction { user: user.to_string(), item: item.to_string(), time })
+}
+
+/// How a held-out file gives its users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldOutForm {
+    /// `user,item,time` lines, split 80 / 20 here.
+    Interactions,
+    /// `user_id:… hist_item:… eval_item:…` lines, already split.
+    Split,
+}
+
+/// One held-out user: the history the model sees (vocabulary ids, oldest first, at most
+/// `max_hist_len`) and the items to retrieve (vocabulary ids, [`UNKNOWN_ITEM`] where unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldOutUser {
+    pub user: String,
+    pub history: Vec<u32>,
+    pub truth: Vec<u32>,
+}
+
+/// The held-out users of a file, with what the vocabulary lacked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HeldOut {
+    #[serde(skip)]
+    pub users: Vec<HeldOutUser>,
+    pub form: HeldOutForm,
+    /// Items of the seen histories (before the cut to `max_hist_len`) and how many of them
+    /// the vocabulary lacks (dropped).
+    pub history_items: u64,
+    pub unknown_history_items: u64,
+    /// Items to retrieve and how many of them the vocabulary lacks (never retrievable).
+    pub truth_items: u64,
+    pub unknown_truth_items: u64,
+    /// Users left without a known history item: no interest can be computed, every list is
+    /// empty and they count as misses.
+    pub users_without_history: u64,
+}
+
+/// A parsed line of either form.
+enum Line {
+    Interaction(Interaction),
+    Split { user: String, history: Vec<String>, truth: Vec<String> },
+}
+
+impl Line {
+    fn form(&self) -> HeldOutForm {
+        match self {
+            Line::Interaction(_) => HeldOutForm::Interactions,
+            Line::Split { .. } => HeldOutForm::Split,
+        }
+    }
+}
+
+fn parse_line(line: &str) -> Result<Line, Bad> {
+    if !line.trim_start().starts_with("user_id:") {
+        return parse_interaction(line).map(Line::Interaction);
+    }
+    let (mut user, mut history, mut truth) = (None, Vec::new(), Vec::new());
+    for token in line.split_whitespace() {
+        let Some((key, value)) = token.split_once(':').filter(|(_, v)| !v.is_empty()) else {
+            return Err(Bad::new(BadKind::Malformed, format!("`{token}` is not `key:value`")));
+        };
+        match key {
+            "user_id" if user.is_none() => user = Some(value.to_string()),
+            "user_id" => return Err(Bad::new(BadKind::Malformed, "a second user_id")),
+            "target_item" => {}
+            "hist_item" => history.push(value.to_string()),
+            "eval_item" => truth.push(value.to_string()),
+            _ => {
+                return Err(Bad::new(
+                    BadKind::Malformed,
+                    format!("unknown key `{key}` (expected user_id, target_item, hist_item, eval_item)"),
+                ))
+            }
+        }
+    }
+    let user = user.ok_or_else(|| Bad::new(BadKind::MissingField, "no user_id"))?;
+    if truth.is_empty() {
+        return Err(Bad::new(BadKind::MissingField, "no eval_item: nothing to retrieve"));
+    }
+    Ok(Line::Split { user, history, truth })
+}
+
+/// ComiRec's cut of a held-out history of `n` items: `int(n * 0.8)` in Python's double
+/// arithmetic (`int()` truncates).
+pub fn seen_count(n: usize) -> usize {
+    (n as f64 * 0.8) as usize
+}
+
+impl HeldOut {
+    /// Read `path` (gzip or plain), looking items up in `items` (name → vocabulary id, the
+    /// padding id 0 excluded). A user of the interactions form whose history is one item
+    /// has nothing seen, all to retrieve.
+    pub fn read(path: &Path, items: &HashMap<&str, u32>, max_hist_len: usize) -> Result<Self, DataError> {
+        let mut form = None;
+        let mut mixed = None;
+        let mut split: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+        let mut interactions: Vec<(Interaction, u64)> = Vec::new();
+        let summary = input::parse_lines(path, Strictness::Strict, parse_line, |line, number| {
+            let first = *form.get_or_insert(line.form());
+            if first != line.form() {
+                mixed.get_or_insert(number);
+                return;
+            }
+            match line {
+                Line::Interaction(i) => interactions.push((i, number)),
+                Line::Split { user, history, truth } => split.push((user, history, truth)),
+            }
+        })?;
+        if let Some(line) = mixed {
+            return Err(DataError::BadLine {
+                path: path.to_path_buf(),
+                line,
+                kind: BadKind::Malformed,
+                detail: "this line's form differs from the first line's (`user,item,time` lines and \
+                         `user_id:… eval_item:…` lines cannot be mixed)"
+                    .into(),
+            });
+        }
+        let Some(form) = form else {
+            return Err(DataError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("no held-out user (the file has {} lines, all blank)", summary.lines),
+            });
+        };
+        if form == HeldOutForm::Interactions {
+            split = split_interactions(interactions);
+        }
+        let mut users = Vec::with_capacity(split.len());
+        let mut held = HeldOut {
+            users: Vec::new(),
+            form,
+            history_items: 0,
+            unknown_history_items: 0,
+            truth_items: 0,
+            unknown_truth_items: 0,
+            users_without_history: 0,
+        };
+        for (user, history, truth) in split {
+            let known: Vec<u32> = history.iter().filter_map(|name| items.get(name.as_str()).copied()).collect();
+            held.history_items += history.len() as u64;
+            held.unknown_history_items += (history.len() - known.len()) as u64;
+            held.users_without_history += u64::from(known.is_empty());
+            let truth: Vec<u32> =
+                truth.iter().map(|name| items.get(name.as_str()).copied().unwrap_or(UNKNOWN_ITEM)).collect();
+            held.truth_items += truth.len() as u64;
+            held.unknown_truth_items += truth.iter().filter(|&&i| i == UNKNOWN_ITEM).count() as u64;
+            let history = known[known.len().saturating_sub(max_hist_len)..].to_vec();
+            users.push(HeldOutUser { user, history, truth });
+        }
+        held.users = users;
+        Ok(held)
+    }
+}
+
+/// Users in order of first appearance, each user's items sorted by time (ties in file order),
+/// split into the seen `⌊0.8 n⌋` and the rest.
+fn split_interactions(interactions: Vec<(Interaction, u64)>) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_user: HashMap<String, Vec<(i64, u64, String)>> = HashMap::new();
+    for (Interaction { user, item, time }, line) in interactions {
+        let entry = by_user.entry(user.clone()).or_insert_with(|| {
+            order.push(user);
+            Vec::new()
+        });
+        entry.push((time, line, item));
+    }
+    order
+        .into_iter()
+        .map(|user| {
+            let mut items = by_user.remove(&user).unwrap_or_default();
+            items.sort_by_key(|&(time, line, _)| (time, line));
+            let mut items: Vec<String> = items.into_iter().map(|(_, _, item)| item).collect();
+            let truth = items.split_off(seen_count(items.len()));
+            (user, items, truth)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab() -> HashMap<&'static str, u32> {
+        [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)].into_iter().collect()
+    }
+
+    fn read(text: &str, max_hist_len: usize) -> Result<HeldOut, DataError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held-out.txt");
+        std::fs::write(&path, text).unwrap();
+        HeldOut::read(&path, &vocab(), max_hist_len)
+    }
+
+    #[test]
+    fn the_seen_share_truncates_as_python_does() {
+        // int(n * 0.8) for n = 1..=10 in Python: 0 1 2 3 4 4 5 6 7 8.
+        let seen: Vec<usize> = (1..=10).map(seen_count).collect();
+        assert_eq!(seen, [0, 1, 2, 3, 4, 4, 5, 6, 7, 8]);
+        // Python gives ⌊4n / 5⌋ for every n below 3,000,000 (checked there); so does this.
+        assert!((1..300_000).all(|n| seen_count(n) == 4 * n / 5));
+    }
+
+    #[test]
+    fn interaction_lines_are_sorted_by_time_and_split_80_20() {
+        // User 7's five items out of time order (ties in file order: b before e at time 3);
+        // user 9 after; an unknown item in each part.
+        let held = read("7,c,5\n7,b,3\n9,a,1\n7,e,3\n7,a,1\n9,zz,2\n7,d,9\n9,b,3\n9,yy,4\n9,c,5\n", 20).unwrap();
+        assert_eq!(held.form, HeldOutForm::Interactions);
+        let users: Vec<(&str, &[u32], &[u32])> =
+            held.users.iter().map(|u| (u.user.as_str(), u.history.as_slice(), u.truth.as_slice())).collect();
+        // 7: a b e c | d (4 of 5 seen); 9: a zz b yy | c (zz dropped from the history).
+        assert_eq!(users, [("7", &[1, 2, 5, 3][..], &[4][..]), ("9", &[1, 2][..], &[3][..])]);
+        assert_eq!((held.history_items, held.unknown_history_items), (8, 2));
+        assert_eq!((held.truth_items, held.unknown_truth_items, held.users_without_history), (2, 0, 0));
+        // The history keeps its last max_hist_len known items.
+        let held = read("7,c,5\n7,b,3\n7,e,3\n7,a,1\n7,d,9\n", 2).unwrap();
+        assert_eq!((held.users[0].history.as_slice(), held.users[0].truth.as_slice()), (&[5, 3][..], &[4][..]));
+    }
+
+    #[test]
+    fn split_lines_keep_their_order_and_unknown_items_to_retrieve_stay_as_misses() {
+        let held = read(
+            "user_id:u1 target_item:0 hist_item:c hist_item:a eval_item:e eval_item:qq\n\
+             user_id:u2 target_item:0 hist_item:xx eval_item:b\n",
+            20,
+        )
+        .unwrap();
+        assert_eq!(held.form, HeldOutForm::Split);
+        assert_eq!(held.users[0].history, [3, 1]);
+        assert_eq!(held.users[0].truth, [5, UNKNOWN_ITEM]);
+        assert!(held.users[1].history.is_empty());
+        assert_eq!((held.unknown_truth_items, held.users_without_history, held.unknown_history_items), (1, 1, 1));
+    }
+
+    #[test]
+    fn bad_lines_are_errors_naming_the_line() {
+        let line_of = |text: &str| match read(text, 20) {
+            Err(DataError::BadLine { line, detail, .. }) => (line, detail),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(line_of("7,a,1\n7,b\n").0, 2);
+        assert!(line_of("7,a,1\n7,b,x\n").1.contains("not an integer"));
+        assert!(line_of("7,a,1\nuser_id:1 eval_item:a\n").1.contains("cannot be mixed"));
+        assert!(line_of("user_id:1 hist_item:a\n").1.contains("no eval_item"));
+        assert!(line_of("user_id:1 hist:a eval_item:b\n").1.contains("unknown key `hist`"));
+        assert!(line_of("user_id:1 hist_item: eval_item:b\n").1.contains("not `key:value`"));
+        assert!(
+            matches!(read("\n\n", 20), Err(DataError::Invalid { message, .. }) if message.contains("no held-out user"))
+        );
+    }
+
+    #[test]
+    fn interactions_parse_with_their_errors_classified() {
+        let parsed = parse_interaction(" 12, 345 ,6 ").unwrap();
+        assert_eq!(parsed, Interaction { user: "12".into(), item: "345".into(), time: 6 });
+        assert_eq!(parse_interaction("1,2").unwrap_err().kind, BadKind::MissingField);
+        assert_eq!(parse_interaction("1,2,3,4").unwrap_err().kind, BadKind::Malformed);
+        assert_eq!(parse_interaction("1,,3").unwrap_err().kind, BadKind::MissingField);
+        assert_eq!(parse_interaction("1,2,3.5").unwrap_err().kind, BadKind::WrongType);
+    }
+}

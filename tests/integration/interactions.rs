@@ -1,0 +1,179 @@
+//! ComiRec's files: `micn prepare --input-format interactions` on the real head of ComiRec's
+//! Amazon Books training file, the same samples as the time-sorted sequences of the same
+//! interactions, bad lines named; `micn eval --retrieval --heldout` refusing what it cannot
+//! score, naming the file, line or model. (Its figures against ComiRec's evaluation written out:
+//! `twin::held_out_users_retrieve_as_comirec_s_evaluation_written_out_over_the_twin`.)
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use micn::dist::SingleProcess;
+use micn::train::{train_from, Resume};
+
+use crate::{micn_bin, run_ok};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/comirec-books-head").join(name)
+}
+
+fn prepare(format: &str, input: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(micn_bin())
+        .args(["prepare", "--input-format", format, "--protocol", "din", "--max-hist-len", "20", "--out"])
+        .arg(out)
+        .arg(format!("--{format}"))
+        .arg(input)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn comirec_s_books_interactions_prepare_into_the_samples_of_their_time_sorted_sequences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("mind_train_demo.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let from_file = tmp.path().join("from-file");
+    let out = prepare("interactions", &fixture("mind_train_demo.txt"), &from_file, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interactions carry no categories"), "{}", stderr(&out));
+    let stats = run_ok(Command::new(micn_bin()).args(["data", "stats", "--json"]).arg(&from_file));
+    let s: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    // The fixture's counts (its README): 20,000 interactions of 1,467 users; under `din` each
+    // user gives one positive and one negative test sample.
+    assert_eq!((s["reviews"].as_u64(), s["source"].as_str()), (Some(20_000), Some("interactions")), "{s}");
+    assert_eq!(s["users"].as_u64(), Some(1_467 + 1), "{s}");
+    assert_eq!(s["test"]["samples"], 2 * 1_467, "{s}");
+
+    // The same interactions with each user's lines reversed (the times put them back in
+    // order), and as one time-ordered sequence per user: the same samples, byte for byte.
+    let mut users: Vec<(String, Vec<(i64, String)>)> = Vec::new();
+    for line in &lines {
+        let f: Vec<&str> = line.split(',').collect();
+        if users.last().is_none_or(|(user, _)| user != f[0]) {
+            users.push((f[0].to_string(), Vec::new()));
+        }
+        users.last_mut().unwrap().1.push((f[2].parse().unwrap(), f[1].to_string()));
+    }
+    let reversed = tmp.path().join("reversed.txt");
+    let text: String = users
+        .iter()
+        .flat_map(|(user, items)| items.iter().rev().map(move |(time, item)| format!("{user},{item},{time}\n")))
+        .collect();
+    std::fs::write(&reversed, text).unwrap();
+    let sequences_file = tmp.path().join("sequences.txt");
+    let text: String = users
+        .iter_mut()
+        .map(|(user, items)| {
+            items.sort();
+            let items: Vec<&str> = items.iter().map(|(_, item)| item.as_str()).collect();
+            format!("{user} {}\n", items.join(" "))
+        })
+        .collect();
+    std::fs::write(&sequences_file, text).unwrap();
+    let (from_reversed, from_sequences) = (tmp.path().join("from-reversed"), tmp.path().join("from-sequences"));
+    assert!(prepare("interactions", &reversed, &from_reversed, &[]).status.success());
+    assert!(prepare("sequences", &sequences_file, &from_sequences, &[]).status.success());
+    for file in ["train.rkyv", "test.rkyv", "items.tsv", "users.tsv", "cats.tsv"] {
+        let original = std::fs::read(from_file.join(file)).unwrap();
+        assert!(original == std::fs::read(from_sequences.join(file)).unwrap(), "{file}: sequences differ");
+    }
+    // Reversed lines intern the items in another order, so the uniform negatives differ (and
+    // with them which test-only items the vocabulary holds); the clicked training samples
+    // (user, target, history) do not.
+    let clicked = positives(&from_file);
+    assert_eq!(clicked.len(), 20_000 - 2 * 1_467, "all but each user's first and last interaction");
+    assert!(clicked == positives(&from_reversed), "the clicked samples of reversed lines differ");
+}
+
+/// Every clicked training sample, by names: (user, target, history), sorted.
+fn positives(dir: &Path) -> Vec<(String, String, Vec<String>)> {
+    let dataset = micn::data::Dataset::open(dir).unwrap();
+    let (users, items, samples) = (&dataset.vocab.users.names, &dataset.vocab.items.names, dataset.train.samples());
+    let mut all = Vec::new();
+    for i in (0..samples.labels.len()).filter(|&i| samples.labels[i] == 1) {
+        let history = samples.history_range(i).map(|p| items[samples.hist_items[p].to_native() as usize].clone());
+        let (user, item) = (samples.users[i].to_native() as usize, samples.items[i].to_native() as usize);
+        all.push((users[user].clone(), items[item].clone(), history.collect()));
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn bad_interaction_lines_are_counted_or_fatal_with_strict_naming_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("interactions.txt");
+    std::fs::write(&input, "1,10,0\n1,11,1\n1,12,two\n1,13,3\n2,10,0\n2,13,1\n2,14\n2,11,3\n3,11,0\n3,12,1\n3,10,2\n")
+        .unwrap();
+    let out = prepare("interactions", &input, &tmp.path().join("lenient"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("skipped wrong type: 1 (line 3)") && said.contains("skipped missing field: 1 (line 7)"),
+        "{said}"
+    );
+    let out = prepare("interactions", &input, &tmp.path().join("strict"), &["--strict"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interactions.txt:3: wrong type: time `two` is not an integer"), "{}", stderr(&out));
+    assert!(!tmp.path().join("strict").exists(), "nothing written");
+    // A meta file has no meaning here: refused, not ignored.
+    let out = prepare("interactions", &input, &tmp.path().join("meta"), &["--meta", "x.json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("reads no --meta"), "{}", stderr(&out));
+}
+
+#[test]
+fn held_out_retrieval_refuses_bad_files_and_models_without_interests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    assert!(prepare("interactions", &fixture("mind_train_demo.txt"), &data, &[]).status.success());
+    let train = |kind: &str, extra: &[&str]| {
+        let run = tmp.path().join(kind);
+        let mut sets = vec![
+            format!("data.dir={:?}", data.display().to_string()),
+            format!("model.kind={kind:?}"),
+            "data.max_hist_len=20".into(),
+        ];
+        sets.extend(["train.max_steps=3", "train.epochs=1", "micn.enabled=false"].map(String::from));
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        train_from(&crate::small_config(&run, &sets), &SingleProcess, &Resume::Fresh).unwrap();
+        run
+    };
+    let mind = train("mind", &["model.mind_objective=\"retrieval\"", "model.mind_negatives=16"]);
+    let eval = |run: &Path, heldout: &Path| {
+        Command::new(micn_bin())
+            .args(["eval", "--retrieval", "20"])
+            .arg("--run")
+            .arg(run)
+            .arg("--heldout")
+            .arg(heldout)
+            .output()
+            .unwrap()
+    };
+    // The real validation users: read, and their counts said.
+    let out = eval(&mind, &fixture("mind_valid_part-0"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("499 held-out users") && text.contains("most popular  recall@20"), "{text}");
+    // A bad line, by its number; a missing file, by its name.
+    let bad = tmp.path().join("valid.txt");
+    std::fs::write(&bad, "7,1,0\n7,2,1\n7,3\n").unwrap();
+    let out = eval(&mind, &bad);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("valid.txt:3: missing field"), "{}", stderr(&out));
+    let out = eval(&mind, &tmp.path().join("absent.txt"));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("absent.txt"), "{}", stderr(&out));
+    // A model without interests.
+    let din = train("din", &[]);
+    let out = eval(&din, &fixture("mind_valid_part-0"));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("din"), "{}", stderr(&out));
+    // --heldout without --retrieval is a usage error.
+    let out = Command::new(micn_bin()).args(["eval", "--heldout", "x", "--run"]).arg(&mind).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
