@@ -316,6 +316,15 @@ pub struct ModelConfig {
     pub mfn_attributes: bool,
 }
 
+impl ModelConfig {
+    /// Whether every loss of the model ignores unclicked samples (MIND trained for retrieval:
+    /// its sampled softmax, like MICN's, has a term for clicked samples only), so that training
+    /// skips them rather than spending a forward pass on each.
+    pub fn learns_from_clicks_only(&self) -> bool {
+        self.kind == ModelKind::Mind && self.mind_objective == MindObjective::Retrieval
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {

@@ -44,11 +44,14 @@ pub fn is_micn_positive(label: f32, item: i64) -> bool {
     label > 0.5 && item >= 1
 }
 
+/// Whether sample `i` of `samples` is a MICN positive ([`is_micn_positive`]).
+pub fn is_positive_sample(samples: &ArchivedSamples, i: u32) -> bool {
+    is_micn_positive(f32::from(samples.labels[i as usize]), i64::from(samples.items[i as usize].to_native()))
+}
+
 /// MICN positives among the samples `ids`.
 pub fn count_micn_positives(samples: &ArchivedSamples, ids: impl IntoIterator<Item = u32>) -> u32 {
-    ids.into_iter()
-        .filter(|&i| is_micn_positive(samples.labels[i as usize] as f32, samples.items[i as usize].to_native() as i64))
-        .count() as u32
+    ids.into_iter().filter(|&i| is_positive_sample(samples, i)).count() as u32
 }
 
 /// Draws DIEN's no-click items: popularity-weighted over item ids (training counts), never the

@@ -408,7 +408,11 @@ impl<'a> Run<'a> {
     ) -> Result<Self, TrainError> {
         let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
         check_history(cfg, dataset)?;
-        let split = validation_split(cfg, dataset)?;
+        let mut split = validation_split(cfg, dataset)?;
+        if cfg.model.learns_from_clicks_only() {
+            let samples = dataset.train.samples();
+            split.train.retain(|&i| crate::data::batch::is_positive_sample(samples, i));
+        }
         let n_train = split.train.len();
         let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
         if steps_per_epoch == 0 {

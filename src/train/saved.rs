@@ -387,14 +387,8 @@ pub fn retrieval_saved(
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
     let retriever = Retriever::new(&saved, dir, ns)?;
     let (samples, set_ids) = saved.split_samples(split)?;
-    let clicked: Vec<u32> = set_ids
-        .iter()
-        .copied()
-        .filter(|&i| {
-            let (label, item) = (samples.labels[i as usize], samples.items[i as usize].to_native());
-            crate::data::batch::is_micn_positive(f32::from(label), i64::from(item))
-        })
-        .collect();
+    let clicked: Vec<u32> =
+        set_ids.iter().copied().filter(|&i| crate::data::batch::is_positive_sample(samples, i)).collect();
     let mut lists: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(clicked.len());
     for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, 256, saved.cfg.data.max_hist_len) {
         let targets = batch.items.iter().map(|&target| vec![target as u32]);
@@ -528,10 +522,8 @@ impl Saved {
     fn most_clicked(&self, top: usize) -> Vec<u32> {
         let samples = self.dataset.train.samples();
         let mut clicks = vec![0u64; self.dataset.vocab.items.len()];
-        for (label, item) in samples.labels.iter().zip(samples.items.iter()) {
-            if crate::data::batch::is_micn_positive(f32::from(*label), i64::from(item.to_native())) {
-                clicks[item.to_native() as usize] += 1;
-            }
+        for i in (0..samples.labels.len() as u32).filter(|&i| crate::data::batch::is_positive_sample(samples, i)) {
+            clicks[samples.items[i as usize].to_native() as usize] += 1;
         }
         let mut items: Vec<u32> = (1..clicks.len() as u32).collect();
         items.sort_by_key(|&i| (std::cmp::Reverse(clicks[i as usize]), i));

@@ -334,6 +334,28 @@ fn every_model_with_and_without_micn_trains_evaluates_and_reevaluates() {
     }
 }
 
+/// MIND trained for retrieval learns nothing from an unclicked sample (its sampled softmax and
+/// MICN's have terms for clicked samples only), so an epoch is its clicked samples; MIND trained
+/// for CTR takes them all.
+#[test]
+fn retrieval_training_skips_unclicked_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = micn::data::Dataset::open(dataset_dir()).unwrap();
+    let samples = dataset.train.samples();
+    let all = samples.labels.len();
+    let clicked = (0..all as u32).filter(|&i| micn::data::batch::is_positive_sample(samples, i)).count();
+    assert!(clicked > 0 && clicked < all, "{clicked} of {all}");
+    for (objective, expected) in [("retrieval", clicked), ("ctr", all)] {
+        let run = tmp.path().join(objective);
+        let objective = format!("model.mind_objective={objective:?}");
+        let sets =
+            ["model.kind=mind", &objective, "data.valid_share=0", "train.epochs=1", "train.global_batch_size=256"];
+        let summary = train_cli(&run, &sets);
+        let steps = micn::data::shard::steps_per_epoch(expected, 256, true);
+        assert_eq!(summary["steps"], steps, "{objective}: {summary}");
+    }
+}
+
 #[test]
 fn a_history_longer_than_the_dataset_keeps_is_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
