@@ -12,7 +12,7 @@
 # COMIREC_DIR: the output of ComiRec's `preprocess/data.py` (its Amazon Books: data/book_data,
 # NAME book). SEQUENCES: e.g. tests/fixtures/s3rec-toys-2014/Toys_and_Games.txt, split by
 # bench/peers/comirec_split.py (ComiRec's item and user filters, its seed, 8 : 1 : 1).
-# Env: OUT (default runs/comirec), EPOCHS (2), SEEDS ("1 2 3"), CONFIG
+# Env: OUT (default runs/comirec), EPOCHS (4), SEEDS ("1 2 3"), CONFIG
 # (configs/books-mind-retrieval.toml: ComiRec's sizes). Prints a Markdown table and writes every
 # result to OUT/results.jsonl.
 #
@@ -26,7 +26,7 @@ cd "$repo"
 source cluster/env.sh
 [[ $# -ge 1 ]] || { sed -n 2,16p "$0" >&2; exit 2; }
 out=${OUT:-runs/comirec}
-epochs=${EPOCHS:-2}
+epochs=${EPOCHS:-4}
 seeds=${SEEDS:-1 2 3}
 config=${CONFIG:-configs/books-mind-retrieval.toml}
 say() { printf '[comirec] %s\n' "$*" >&2; }
@@ -36,18 +36,8 @@ cargo build --release -p micn --bin micn
 micn=target/release/micn
 mkdir -p "$out"
 
-cache=${MICN_CACHE:-$HOME/.cache/micn}
-torch_site=$(ls -d "$cache"/torch-2.11.0/lib/python3*/site-packages | head -n 1)
-peer=$cache/peer-torch-rechub-0.9.0
-if [[ ! -f $peer/.micn-complete ]]; then
-  say "installing torch-rechub 0.9.0 into $peer"
-  rm -rf "$peer"
-  python3 -m venv "$peer"
-  echo "$torch_site" >"$(ls -d "$peer"/lib/python3*/site-packages)/micn-torch.pth"
-  "$peer/bin/python" -m pip install --quiet --disable-pip-version-check numpy pandas scikit-learn tqdm
-  "$peer/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps torch-rechub==0.9.0
-  touch "$peer/.micn-complete"
-fi
+source bench/peers/peer-venv.sh
+peer_venv torch-rechub==0.9.0 numpy pandas scikit-learn tqdm
 
 if [[ -d $1 ]]; then
   files=$1 name=${2:?give the files\' NAME (book for ComiRec\'s Amazon Books)}

@@ -44,18 +44,8 @@ cargo build --release -p micn --bin micn
 micn=target/release/micn
 
 # --- the peer's environment ------------------------------------------------------------------
-cache=${MICN_CACHE:-$HOME/.cache/micn}
-torch_site=$(ls -d "$cache"/torch-2.11.0/lib/python3*/site-packages | head -n 1)
-peer=$cache/peer-deepctr-torch-0.3.0
-if [[ ! -f $peer/.micn-complete ]]; then
-  say "installing DeepCTR-Torch 0.3.0 into $peer"
-  rm -rf "$peer"
-  python3 -m venv "$peer"
-  echo "$torch_site" >"$(ls -d "$peer"/lib/python3*/site-packages)/micn-torch.pth"
-  "$peer/bin/python" -m pip install --quiet --disable-pip-version-check numpy scikit-learn tqdm requests
-  "$peer/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps deepctr-torch==0.3.0
-  touch "$peer/.micn-complete"
-fi
+source bench/peers/peer-venv.sh
+peer_venv deepctr-torch==0.3.0 numpy scikit-learn tqdm requests
 
 # --- the same samples for both ---------------------------------------------------------------
 mkdir -p "$out"
