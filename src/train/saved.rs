@@ -390,7 +390,8 @@ pub fn retrieval_saved(
     let clicked: Vec<u32> =
         set_ids.iter().copied().filter(|&i| crate::data::batch::is_positive_sample(samples, i)).collect();
     let mut lists: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(clicked.len());
-    for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, 256, saved.cfg.data.max_hist_len) {
+    for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, retriever.rows, saved.cfg.data.max_hist_len)
+    {
         let targets = batch.items.iter().map(|&target| vec![target as u32]);
         lists.extend(retriever.lists(&batch).into_iter().zip(targets));
     }
@@ -432,7 +433,7 @@ pub fn retrieval_heldout(
     let with_history: Vec<&[u32]> =
         held_out.users.iter().map(|u| u.history.as_slice()).filter(|h| !h.is_empty()).collect();
     let mut retrieved = Vec::with_capacity(with_history.len());
-    for chunk in with_history.chunks(256) {
+    for chunk in with_history.chunks(retriever.rows) {
         let batch = crate::data::batch::Batch::of_histories(chunk, &vocab.item_cat);
         retrieved.extend(retriever.lists(&batch));
     }
@@ -472,9 +473,15 @@ struct Retriever<'a> {
     retrievable: Tensor,
     /// How many items each interest retrieves: the largest N, at most every item but padding.
     top: usize,
+    /// Users scored at once: their `[rows, K, I]` scores stay within [`Retriever::SCORES`].
+    rows: usize,
 }
 
 impl<'a> Retriever<'a> {
+    /// Most scores held at once (256 MB of f32): ComiRec's Books has 367,982 items, so 256
+    /// users' 4 interests would score 1.5 GB at once.
+    const SCORES: usize = 1 << 26;
+
     fn new(saved: &'a Saved, dir: &Path, ns: &[usize]) -> Result<Self, TrainError> {
         let mind = saved.mind(dir)?;
         let items = tch::no_grad(|| saved.item_vectors());
@@ -483,7 +490,8 @@ impl<'a> Retriever<'a> {
         let retrievable =
             Tensor::ones([n_items], (items.kind(), saved.device)).index_fill(0, &padding, 0.0).view([1, 1, n_items]);
         let top = ns.iter().copied().max().unwrap_or(0).min(n_items.saturating_sub(1) as usize);
-        Ok(Self { saved, mind, items, retrievable, top })
+        let rows = (Self::SCORES / (mind.k_max() * n_items).max(1) as usize).clamp(1, 256);
+        Ok(Self { saved, mind, items, retrievable, top, rows })
     }
 
     /// Each row's merged top `top` items, retrieved by the active interests of its history.
