@@ -45,7 +45,7 @@ impl Dien {
             .as_ref()
             .map(|noclick| self.auxiliary_loss(&states, &x.hist, noclick, &x.ids.real.transitions) * self.aux_alpha);
         let attention = self.attention.weights(&x.target, &states, &x.hist_mask, &x.ids.real); // [b, T]
-        let (_, last) = self.augru.forward(&states, &attention, &x.ids.real); // [b, H]
+        let last = self.augru.forward(&states, &attention, &x.ids.real); // [b, H]
         let hist_sum = masked_sum(&x.hist, &x.hist_mask); // [b, w]
         let input = Tensor::cat(&[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &last], -1);
         MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss, user_vector: None }

@@ -67,12 +67,14 @@ pub struct RealSlots {
     pub samples: Tensor,
     /// `[m]` i64: the real slots `t` whose next slot `t + 1` is real too (DIEN's transitions).
     pub transitions: Tensor,
-    /// `[b]` i64: the rows by decreasing history length (ties in row order).
-    pub by_length: Tensor,
-    /// `[b]` i64: where each row went in `by_length` (its inverse).
-    pub unsort: Tensor,
-    /// For every step `t`, how many rows have a behaviour there (the first that many of
-    /// `by_length`).
+    /// `[n]` i64: the real slots again (flat indices `i·T + t`), packed step by step as
+    /// PyTorch's packed sequences are: step 0's rows, then step 1's, …, each step's rows by
+    /// decreasing history length (ties in row order), so that the rows still running at step
+    /// `t` are the first `active[t]` of those running at `t − 1`.
+    pub packed: Tensor,
+    /// `[b]` i64: each row's last real slot as a position in `packed`; `n` for an empty history.
+    pub last: Tensor,
+    /// For every step `t`, how many rows have a behaviour there.
     pub active: Vec<i64>,
 }
 
@@ -94,19 +96,25 @@ impl RealSlots {
             hist_mask.chunks(steps.max(1)).zip(&lengths).all(|(row, &n)| row[..n].iter().all(|&m| m > 0.0)),
             "real behaviours are left-aligned"
         );
-        let mut by_length: Vec<i64> = (0..lengths.len() as i64).collect();
-        by_length.sort_by_key(|&i| std::cmp::Reverse(lengths[i as usize]));
-        let mut unsort = vec![0i64; by_length.len()];
-        for (k, &i) in by_length.iter().enumerate() {
-            unsort[i as usize] = k as i64;
+        let mut by_length: Vec<usize> = (0..lengths.len()).collect();
+        by_length.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        let active: Vec<i64> = (0..steps).map(|t| lengths.iter().filter(|&&n| n > t).count() as i64).collect();
+        let mut packed = Vec::with_capacity(slots.len());
+        let mut last = vec![slots.len() as i64; lengths.len()];
+        for (t, &running) in active.iter().enumerate() {
+            for &row in &by_length[..running as usize] {
+                if lengths[row] == t + 1 {
+                    last[row] = packed.len() as i64;
+                }
+                packed.push((row * steps + t) as i64);
+            }
         }
-        let active = (0..steps).map(|t| lengths.iter().filter(|&&n| n > t).count() as i64).collect();
-        ([slots, samples, transitions, by_length, unsort], active)
+        ([slots, samples, transitions, packed, last], active)
     }
 
     /// From the lists on the device, in field order.
-    pub fn from_parts([slots, samples, transitions, by_length, unsort]: [Tensor; 5], active: Vec<i64>) -> Self {
-        Self { slots, samples, transitions, by_length, unsort, active }
+    pub fn from_parts([slots, samples, transitions, packed, last]: [Tensor; 5], active: Vec<i64>) -> Self {
+        Self { slots, samples, transitions, packed, last, active }
     }
 
     /// From a mask on the host, in one upload to `device` (the training step and
@@ -130,8 +138,8 @@ impl RealSlots {
             slots: self.slots.shallow_clone(),
             samples: self.samples.shallow_clone(),
             transitions: self.transitions.shallow_clone(),
-            by_length: self.by_length.shallow_clone(),
-            unsort: self.unsort.shallow_clone(),
+            packed: self.packed.shallow_clone(),
+            last: self.last.shallow_clone(),
             active: self.active.clone(),
         }
     }
@@ -730,6 +738,19 @@ mod tests {
 
     fn item_cats() -> Tensor {
         Tensor::from_slice(&[0i64, 1, 1, 2, 2, 3, 3, 1, 2])
+    }
+
+    #[test]
+    fn real_slots_are_listed_row_major_and_packed_step_by_step() {
+        // Rows of lengths 2, 0 and 3 over T = 3.
+        let mask = [1.0f32, 1., 0., 0., 0., 0., 1., 1., 1.];
+        let ([slots, samples, transitions, packed, last], active) = RealSlots::lists(&mask, 3);
+        assert_eq!((slots, samples, transitions), (vec![0, 1, 6, 7, 8], vec![0, 0, 2, 2, 2], vec![0, 6, 7]));
+        // By decreasing length: rows 2, 0 (1 is empty). Step 0: slots 6, 0; step 1: 7, 1; step 2: 8.
+        assert_eq!(active, [2, 2, 1]);
+        assert_eq!(packed, [6, 0, 7, 1, 8]);
+        // Row 0 ends at packed position 3 (slot 1), row 2 at 4 (slot 8); row 1 at n = 5.
+        assert_eq!(last, [3, 5, 4]);
     }
 
     #[test]

@@ -410,53 +410,67 @@ impl GruCell {
         }
     }
 
-    /// Runs the cell over the history from a zero state; a padded step keeps the previous state,
-    /// so the last state is the state after each sample's last real behaviour.
+    /// Runs the cell over the history from a zero state; `last` is each row's state after its
+    /// last real behaviour (zero for an empty history), `states` the state after every real
+    /// behaviour (zero at padded slots, which every reader masks).
     ///
-    /// Only what real behaviours need is computed, as packed sequences do: the input's
-    /// projection at the real slots (one matmul), and at step `t` the rows whose history reaches
-    /// `t`, which are the first `real.active[t]` once the rows are ordered by decreasing length;
-    /// the others keep their state. One step is `h' = h + u'·(h̃ − h)` (`lerp`), with `u' = a·u` in
-    /// the AUGRU, a handful of fused operations (two `addmm`, two activations, a product, a
-    /// `lerp`, a `cat`): at DIEN's sizes a step costs what its operations' dispatch costs.
+    /// Only what real behaviours need is computed, on the history packed step by step as
+    /// PyTorch's packed sequences are ([`RealSlots::packed`]): the input's projection of every
+    /// real slot in one matmul, then at step `t` the `active[t]` rows still running, each step's
+    /// rows a prefix of the previous step's, so the running state is a narrowing of the last
+    /// one, never copied. One step is `h' = h + u'·(h̃ − h)` (`lerp`), with `u' = a·u` in the
+    /// AUGRU, a handful of fused operations (two `addmm`, two activations, a product, a `lerp`):
+    /// at DIEN's sizes a step costs what its operations' dispatch costs. The states are gathered
+    /// once at the end (one `cat`, one `index_select` for the last states, one `index_copy` for
+    /// all of them when asked for).
     ///
     /// # Shapes
-    /// `xs [b, T, I]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`)
-    fn unroll(&self, xs: &Tensor, attention: Option<&Tensor>, real: &RealSlots) -> (Tensor, Tensor) {
+    /// `xs [b, T, I]`, `attention [b, T]` → (`states [b, T, H]` when `all_states`, `last [b, H]`)
+    fn unroll(
+        &self,
+        xs: &Tensor,
+        attention: Option<&Tensor>,
+        real: &RealSlots,
+        all_states: bool,
+    ) -> (Option<Tensor>, Tensor) {
         let (batch, steps, width) = (xs.size()[0], xs.size()[1], xs.size()[2]);
-        let hidden = self.hidden;
-        let mut h = Tensor::zeros([batch, hidden], (xs.kind(), xs.device()));
-        if steps == 0 {
-            return (Tensor::zeros([batch, 0, hidden], (xs.kind(), xs.device())), h);
+        let (hidden, options) = (self.hidden, (xs.kind(), xs.device()));
+        let running: Vec<i64> = real.active.iter().copied().take_while(|&n| n > 0).collect();
+        if running.is_empty() {
+            let states = all_states.then(|| Tensor::zeros([batch, steps, hidden], options));
+            return (states, Tensor::zeros([batch, hidden], options));
         }
-        let projected = self.input.forward(&xs.reshape([batch * steps, width]).index_select(0, &real.slots));
-        let projected = Tensor::zeros([batch * steps, 3 * hidden], (projected.kind(), projected.device()))
-            .index_copy(0, &real.slots, &projected)
-            .view([batch, steps, 3 * hidden])
-            .index_select(0, &real.by_length);
+        let projected = self.input.forward(&xs.reshape([batch * steps, width]).index_select(0, &real.packed));
         // Views made once (one autograd node each), not per step.
         let projected = projected.split_with_sizes([2 * hidden, hidden], -1);
-        let (x_gates, x_candidate) = (projected[0].unbind(1), projected[1].unbind(1)); // T × [b, 2H], [b, H]
-        let scales = attention.map(|a| a.index_select(0, &real.by_length).unsqueeze(-1).unbind(1)); // T × [b, 1]
+        let (x_gates, x_candidate) =
+            (projected[0].split_with_sizes(&running, 0), projected[1].split_with_sizes(&running, 0));
+        let scales = attention
+            .map(|a| a.reshape([batch * steps, 1]).index_select(0, &real.packed).split_with_sizes(&running, 0));
         let (w_gates, w_candidate) = (self.hidden_gates.ws.tr(), self.hidden_candidate.ws.tr());
-        let mut states = Vec::with_capacity(steps as usize);
-        for t in 0..steps as usize {
-            let running = real.active[t];
-            if running > 0 {
-                let h_run = h.narrow(0, 0, running);
-                let gates = x_gates[t].narrow(0, 0, running).addmm(&h_run, &w_gates).sigmoid().chunk(2, -1);
-                let (reset, update) = (&gates[0], &gates[1]);
-                let candidate = x_candidate[t].narrow(0, 0, running).addmm(&(reset * &h_run), &w_candidate).tanh();
-                let update = match &scales {
-                    Some(scales) => update * scales[t].narrow(0, 0, running),
-                    None => update.shallow_clone(),
-                };
-                let next = h_run.lerp_tensor(&candidate, &update);
-                h = if running < batch { Tensor::cat(&[next, h.narrow(0, running, batch - running)], 0) } else { next };
-            }
-            states.push(h.shallow_clone());
+        let mut h = Tensor::zeros([running[0], hidden], options);
+        let mut packed_states = Vec::with_capacity(running.len());
+        for (t, &rows) in running.iter().enumerate() {
+            let h_run = h.narrow(0, 0, rows);
+            let gates = x_gates[t].addmm(&h_run, &w_gates).sigmoid().chunk(2, -1);
+            let (reset, update) = (&gates[0], &gates[1]);
+            let candidate = x_candidate[t].addmm(&(reset * &h_run), &w_candidate).tanh();
+            let update = match &scales {
+                Some(scales) => update * &scales[t],
+                None => update.shallow_clone(),
+            };
+            h = h_run.lerp_tensor(&candidate, &update);
+            packed_states.push(h.shallow_clone());
         }
-        (Tensor::stack(&states, 1).index_select(0, &real.unsort), h.index_select(0, &real.unsort))
+        let packed_states = Tensor::cat(&packed_states, 0); // [n, H]
+                                                            // Row n: the zero state of an empty history.
+        let last = Tensor::cat(&[&packed_states, &Tensor::zeros([1, hidden], options)], 0).index_select(0, &real.last);
+        let states = all_states.then(|| {
+            Tensor::zeros([batch * steps, hidden], options)
+                .index_copy(0, &real.packed, &packed_states)
+                .view([batch, steps, hidden])
+        });
+        (states, last)
     }
 }
 
@@ -470,9 +484,11 @@ impl Gru {
     }
 
     /// # Shapes
-    /// `xs [b, T, I]` → (`states [b, T, H]`, `last [b, H]`); the real slots are `real`'s.
+    /// `xs [b, T, I]` → (`states [b, T, H]`, zero at padded slots; `last [b, H]`); the real
+    /// slots are `real`'s.
     pub fn forward(&self, xs: &Tensor, real: &RealSlots) -> (Tensor, Tensor) {
-        self.0.unroll(xs, None, real)
+        let (states, last) = self.0.unroll(xs, None, real, true);
+        (states.expect("asked for"), last)
     }
 }
 
@@ -486,11 +502,12 @@ impl Augru {
         Self(GruCell::new(p, input, hidden))
     }
 
+    /// The last state of every row (DIEN reads no other).
+    ///
     /// # Shapes
-    /// `xs [b, T, I]`, `attention [b, T]` → (`states [b, T, H]`, `last [b, H]`); the real slots
-    /// are `real`'s.
-    pub fn forward(&self, xs: &Tensor, attention: &Tensor, real: &RealSlots) -> (Tensor, Tensor) {
-        self.0.unroll(xs, Some(attention), real)
+    /// `xs [b, T, I]`, `attention [b, T]` → `last [b, H]`; the real slots are `real`'s.
+    pub fn forward(&self, xs: &Tensor, attention: &Tensor, real: &RealSlots) -> Tensor {
+        self.0.unroll(xs, Some(attention), real, false).1
     }
 }
 
@@ -644,13 +661,14 @@ mod tests {
         let mask = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
         // Attention 0 at step 1: the state after step 1 equals the state after step 0.
         let attention = Tensor::from_slice(&[0.7f32, 0.0, 0.3, 1.0, 0.0, 0.0]).view([2, 3]);
-        let (states, last) = augru.forward(&xs, &attention, &RealSlots::from_mask(&mask));
+        let (states, last) = augru.0.unroll(&xs, Some(&attention), &RealSlots::from_mask(&mask), true);
+        let states = states.unwrap();
         assert!(close(&states.select(1, 1), &states.select(1, 0), 0.0));
         assert!(!close(&states.select(1, 2), &states.select(1, 1), 1e-6));
         assert!(close(&last.get(1), &states.get(1).get(0), 0.0));
+        assert!(close(&last, &augru.forward(&xs, &attention, &RealSlots::from_mask(&mask)), 0.0));
         // Attention 0 everywhere: the zero initial state is never left.
-        let (_, last) =
-            augru.forward(&xs, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)), &RealSlots::from_mask(&mask));
+        let last = augru.forward(&xs, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)), &RealSlots::from_mask(&mask));
         assert_eq!(last.abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 
@@ -688,16 +706,21 @@ mod tests {
             }
             Tensor::stack(&states, 1)
         };
+        // The states at real slots (zero at the padded one), and the last state of each row.
         let real = RealSlots::from_mask(&mask);
+        let at_real = |states: &Tensor| states * mask.unsqueeze(-1);
         let (states, last) = gru.forward(&xs, &real);
-        assert!(close(&states, &reference(&gru.0, None), 1e-6), "{states}");
-        assert!(close(&last, &states.select(1, 2), 0.0));
-        let (states, _) = augru.forward(&xs, &attention, &real);
-        assert!(close(&states, &reference(&augru.0, Some(&attention)), 1e-6), "{states}");
+        let expected = reference(&gru.0, None);
+        assert!(close(&states, &at_real(&expected), 1e-6), "{states}");
+        assert!(close(&last, &expected.select(1, 2), 1e-6));
+        let (states, last) = augru.0.unroll(&xs, Some(&attention), &real, true);
+        let expected = reference(&augru.0, Some(&attention));
+        assert!(close(&states.unwrap(), &at_real(&expected), 1e-6));
+        assert!(close(&last, &expected.select(1, 2), 1e-6));
     }
 
     #[test]
-    fn padded_steps_keep_the_gru_state() {
+    fn padded_steps_change_nothing_and_their_states_are_zero() {
         let vs = nn::VarStore::new(Device::Cpu);
         let gru = Gru::new(&vs.root(), 3, 4);
         let short = Tensor::randn([1, 2, 3], (Kind::Float, Device::Cpu));
@@ -707,7 +730,12 @@ mod tests {
         let mask = Tensor::from_slice(&[1.0f32, 1.0, 0.0, 0.0, 0.0]).view([1, 5]);
         let (states, last) = gru.forward(&padded, &RealSlots::from_mask(&mask));
         assert!(close(&last, &last_short, 1e-6));
-        assert!(close(&states.select(1, 4), &states.select(1, 1), 0.0));
+        assert!(close(&last, &states.select(1, 1), 0.0));
+        assert_eq!(states.narrow(1, 2, 3).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        // An empty history: zero states, zero last state.
+        let none = Tensor::zeros([1, 5], (Kind::Float, Device::Cpu));
+        let (states, last) = gru.forward(&padded, &RealSlots::from_mask(&none));
+        assert_eq!((states.size(), last.abs().sum(Kind::Float).double_value(&[])), (vec![1, 5, 4], 0.0));
     }
 
     #[test]
