@@ -588,20 +588,17 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         Layout::Interactions => "interactions".to_string(),
         Layout::Reviews => format!("{:?}", job.release).to_lowercase(),
     };
-    let reviews_layout = (job.layout == Layout::Reviews).then_some(());
-    let (categories, notes) = match (without_meta, reviews_layout) {
-        (Some(n), Some(())) => (
+    let (categories, notes) = match (without_meta, job.layout == Layout::Reviews) {
+        (Some(n), true) => (
             CategorySource::Meta,
             json!({ "protocol_summary": summary, "items_without_meta": n, "release": job.release }),
         ),
-        (Some(n), None) => (
+        (Some(n), false) => (
             CategorySource::Attributes,
             json!({ "protocol_summary": summary, "items_without_category_attribute": n, "source": source }),
         ),
-        (None, Some(())) => {
-            (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release }))
-        }
-        (None, None) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
+        (None, true) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release })),
+        (None, false) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
     };
     let meta = write_dataset_with(
         &staging,
