@@ -207,9 +207,7 @@ pub fn load_tensors_like<'a>(
     path: &Path,
     like: impl IntoIterator<Item = (String, &'a Tensor)>,
 ) -> Result<HashMap<String, Tensor>, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let layout =
-        SafetensorsLayout::parse(&bytes).map_err(|message| CheckpointError::Invalid { path: path.into(), message })?;
+    let (bytes, layout) = read_layout(path)?;
     let tensor_error = |tensor: &str, message: String| CheckpointError::Tensor {
         path: path.to_path_buf(),
         tensor: tensor.to_string(),
@@ -237,13 +235,19 @@ pub fn load_tensors_like<'a>(
     Ok(out)
 }
 
+/// The bytes of the safetensors file `path` and its parsed header.
+fn read_layout(path: &Path) -> Result<(Vec<u8>, SafetensorsLayout), CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let layout =
+        SafetensorsLayout::parse(&bytes).map_err(|message| CheckpointError::Invalid { path: path.into(), message })?;
+    Ok((bytes, layout))
+}
+
 /// Every f32 tensor of the safetensors file `path`, by name, on the CPU (for files micn writes
 /// itself beside its models, such as MFN's pretrained centres); another dtype is an error naming
 /// the tensor.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let layout =
-        SafetensorsLayout::parse(&bytes).map_err(|message| CheckpointError::Invalid { path: path.into(), message })?;
+    let (bytes, layout) = read_layout(path)?;
     let mut out = HashMap::new();
     for (name, header) in &layout.tensors {
         let tensor_error =
