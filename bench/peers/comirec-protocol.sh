@@ -4,7 +4,8 @@
 # held-out user's first 80 % of history (by time) seen, the rest retrieved from the whole item
 # set (each interest its top N by inner product, merged): recall, hit rate and NDCG at 20 and 50,
 # beside ComiRec's MostPopular baseline and torch-rechub's MIND on the same clicked samples.
-# micn's MIND with and without MICN.
+# micn's MIND with and without MICN. As ComiRec does, each trainer's model is the one of the epoch
+# with the best recall@50 on the validation users; the test users are scored once, with it.
 #
 #   bench/peers/comirec-protocol.sh COMIREC_DIR NAME   # ComiRec's files: NAME_train.txt, NAME_valid.txt, NAME_test.txt
 #   bench/peers/comirec-protocol.sh SEQUENCES.txt      # `user item item …`: split as ComiRec's preprocess splits
@@ -12,7 +13,7 @@
 # COMIREC_DIR: the output of ComiRec's `preprocess/data.py` (its Amazon Books: data/book_data,
 # NAME book). SEQUENCES: e.g. tests/fixtures/s3rec-toys-2014/Toys_and_Games.txt, split by
 # bench/peers/comirec_split.py (ComiRec's item and user filters, its seed, 8 : 1 : 1).
-# Env: OUT (default runs/comirec), EPOCHS (4), SEEDS ("1 2 3"), CONFIG
+# Env: OUT (default runs/comirec), EPOCHS (8), SEEDS ("1 2 3"), CONFIG
 # (configs/books-mind-retrieval.toml: ComiRec's sizes). Prints a Markdown table and writes every
 # result to OUT/results.jsonl.
 #
@@ -26,7 +27,7 @@ cd "$repo"
 source cluster/env.sh
 [[ $# -ge 1 ]] || { sed -n 2,16p "$0" >&2; exit 2; }
 out=${OUT:-runs/comirec}
-epochs=${EPOCHS:-4}
+epochs=${EPOCHS:-8}
 seeds=${SEEDS:-1 2 3}
 config=${CONFIG:-configs/books-mind-retrieval.toml}
 say() { printf '[comirec] %s\n' "$*" >&2; }
@@ -55,6 +56,9 @@ rm -rf "$out/data" "$out/arrays"
 $micn prepare --input-format interactions --interactions "$files/${name}_train.txt" --protocol din \
   --max-hist-len 20 --seed 1 --out "$out/data"
 $micn data export "$out/data" --out "$out/arrays" --max-hist-len 20 >&2
+# A checkpoint at every epoch's end (the clicked samples over the batch), to select from.
+epoch_steps=$($micn data stats --json "$out/data" | python3 -c 'import json, sys
+print(json.load(sys.stdin)["train"]["positives"] // 128)')
 
 results=$out/results.jsonl
 : >"$results"
@@ -66,14 +70,26 @@ for seed in $seeds; do
     $micn --comm single train --config "$config" --overwrite --set data.dir="\"$out/data\"" \
       --set run.dir="\"$run\"" --set device='"cpu"' --set train.threads=1 --set train.epochs="$epochs" \
       --set train.seed="$seed" --set data.valid_share=0 --set micn.enabled="$enabled" \
-      --set train.log_every_steps=100000 >/dev/null 2>"$run.log" || { cat "$run.log" >&2; exit 1; }
+      --set checkpoint.every_steps="$epoch_steps" --set checkpoint.every_minutes=0 \
+      --set checkpoint.keep_last=1000 --set train.log_every_steps=100000 >/dev/null 2>"$run.log" ||
+      { cat "$run.log" >&2; exit 1; }
+    # ComiRec's selection: the epoch whose validation recall@50 is best (the first of equals).
+    best="" best_recall=-1
+    for checkpoint in "$run"/checkpoints/step-*; do
+      recall=$($micn eval --json --retrieval 50 --checkpoint "$checkpoint" --heldout "$files/${name}_valid.txt" \
+        2>>"$run.log" | python3 -c 'import json, sys; print(json.load(sys.stdin)["model"][0]["recall"])')
+      if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$recall" "$best_recall"; then
+        best=$checkpoint best_recall=$recall
+      fi
+    done
     for part in valid test; do
-      $micn eval --json --retrieval 20,50 --run "$run" --heldout "$files/${name}_$part.txt" 2>>"$run.log" |
+      $micn eval --json --retrieval 20,50 --checkpoint "$best" --heldout "$files/${name}_$part.txt" 2>>"$run.log" |
         python3 -c 'import json, sys
 r = json.load(sys.stdin)
 s = json.load(open(sys.argv[4]))
-r.update(trainer="micn", micn=sys.argv[1], seed=int(sys.argv[2]), part=sys.argv[3], seconds=s["seconds"])
-print(json.dumps(r))' "$variant" "$seed" "$part" "$run/summary.json" >>"$results"
+r.update(trainer="micn", micn=sys.argv[1], seed=int(sys.argv[2]), part=sys.argv[3], seconds=s["seconds"],
+         selected=sys.argv[5].rsplit("/", 1)[-1])
+print(json.dumps(r))' "$variant" "$seed" "$part" "$run/summary.json" "$best" >>"$results"
     done
   done
   say "training torch-rechub's MIND (seed $seed)"
@@ -111,5 +127,9 @@ for part in ("valid", "test"):
         timing = "" if seconds is None else f"{seconds:.1f}"
         print(f"| {part} ({part_rows[0]['users']} users) | {label} | " + " | ".join(cells) + f" | {timing} |")
 print(f"\nmean ± std over seeds {seeds}; {sys.argv[2]} epochs, batch 128, 1 thread; NDCG is ComiRec's; "
-      "training seconds: the median")
+      "training seconds: the median (all epochs)")
+tests = [r for r in rows if r["part"] == "test"]
+print("selected by validation recall@50: micn MIND", [r["selected"] for r in tests if r["trainer"] == "micn" and r["micn"] == "off"],
+      "+ MICN", [r["selected"] for r in tests if r["trainer"] == "micn" and r["micn"] == "on"],
+      "torch-rechub epochs", [r["selected_epoch"] for r in tests if r["trainer"] == "torch-rechub"])
 EOF
