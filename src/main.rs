@@ -144,7 +144,7 @@ struct EvalArgs {
     /// The file is ComiRec's validation or test file (`user,item,time`; each user's first 80 %
     /// by time seen, the rest retrieved) or PaddleRec's already split form (`user_id:…
     /// hist_item:… eval_item:…`). Printed beside the most popular items as a baseline.
-    #[arg(long, requires = "retrieval")]
+    #[arg(long, requires = "retrieval", conflicts_with = "split")]
     heldout: Option<PathBuf>,
 }
 

@@ -173,7 +173,11 @@ fn held_out_retrieval_refuses_bad_files_and_models_without_interests() {
     let out = eval(&din, &fixture("mind_valid_part-0"));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("din"), "{}", stderr(&out));
-    // --heldout without --retrieval is a usage error.
+    // --heldout without --retrieval, or beside --split, is a usage error.
     let out = Command::new(micn_bin()).args(["eval", "--heldout", "x", "--run"]).arg(&mind).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
+    let both = ["eval", "--retrieval", "20", "--heldout", "x", "--split", "valid", "--run"];
+    let out = Command::new(micn_bin()).args(both).arg(&mind).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("cannot be used with '--split"), "{}", stderr(&out));
 }
