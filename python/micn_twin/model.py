@@ -453,7 +453,6 @@ class Mind(nn.Module):
         return self.head(torch.cat([user, target, hist_sum, target * hist_sum, user_vector], -1)).squeeze(-1)
 
 
-
 class MindRetrieval(Mind):
     """MIND trained for retrieval (`model.mind_objective = "retrieval"`): no head; the score is
     `v_u · e_t`, the label-aware user vector against the target's item vector."""
@@ -462,6 +461,7 @@ class MindRetrieval(Mind):
                 hist_items: Tensor, hist_cats: Tensor) -> Tensor:
         interests, active = self.interests(hist, mask)
         return (self.user_vector(interests, active, target) * target).sum(-1)
+
 
 class Mfn(nn.Module):
     """MFN (src/model/mfn.rs): similarity interests `Pᵀ ℰ` with `P = softmax(E Cᵀ)` over fixed

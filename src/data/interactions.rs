@@ -174,9 +174,8 @@ impl HeldOut {
         if form == HeldOutForm::Interactions {
             split = split_interactions(interactions);
         }
-        let mut users = Vec::with_capacity(split.len());
         let mut held = HeldOut {
-            users: Vec::new(),
+            users: Vec::with_capacity(split.len()),
             form,
             history_items: 0,
             unknown_history_items: 0,
@@ -194,9 +193,8 @@ impl HeldOut {
             held.truth_items += truth.len() as u64;
             held.unknown_truth_items += truth.iter().filter(|&&i| i == UNKNOWN_ITEM).count() as u64;
             let history = known[known.len().saturating_sub(max_hist_len)..].to_vec();
-            users.push(HeldOutUser { user, history, truth });
+            held.users.push(HeldOutUser { user, history, truth });
         }
-        held.users = users;
         Ok(held)
     }
 }

@@ -439,28 +439,24 @@ pub fn retrieval_heldout(
     }
     // A user without a known history item retrieves nothing.
     let mut retrieved = retrieved.into_iter();
-    let lists: Vec<(Vec<u32>, Vec<u32>)> = held_out
+    let lists: Vec<(Vec<u32>, &[u32])> = held_out
         .users
         .iter()
         .map(|u| {
             let list = if u.history.is_empty() { Vec::new() } else { retrieved.next().unwrap_or_default() };
-            (list, u.truth.clone())
+            (list, u.truth.as_slice())
         })
         .collect();
+    // Every user is offered the same most clicked items.
     let popular = saved.most_clicked(retriever.top);
-    let popular: Vec<(Vec<u32>, Vec<u32>)> = lists.iter().map(|(_, truth)| (popular.clone(), truth.clone())).collect();
-    Ok(HeldOutRetrieval {
-        file: file.to_path_buf(),
-        users: held_out.users.len(),
-        model: metrics_at(ns, &lists),
-        most_popular: metrics_at(ns, &popular),
-        held_out,
-    })
+    let popular: Vec<(&[u32], &[u32])> = lists.iter().map(|&(_, truth)| (popular.as_slice(), truth)).collect();
+    let (model, most_popular) = (metrics_at(ns, &lists), metrics_at(ns, &popular));
+    Ok(HeldOutRetrieval { file: file.to_path_buf(), users: held_out.users.len(), model, most_popular, held_out })
 }
 
 /// The metrics at each of `ns` over `(recommended, held-out items)` lists.
-fn metrics_at(ns: &[usize], lists: &[(Vec<u32>, Vec<u32>)]) -> Vec<RetrievalMetrics> {
-    ns.iter().map(|&n| retrieval_metrics(lists.iter().map(|(r, t)| (r.as_slice(), t.as_slice())), n)).collect()
+fn metrics_at<R: AsRef<[u32]>, T: AsRef<[u32]>>(ns: &[usize], lists: &[(R, T)]) -> Vec<RetrievalMetrics> {
+    ns.iter().map(|&n| retrieval_metrics(lists.iter().map(|(r, t)| (r.as_ref(), t.as_ref())), n)).collect()
 }
 
 /// A MIND model's retrieval over every item but padding (item 0, also the unknown item).
