@@ -15,7 +15,7 @@ use crate::dist::SingleProcess;
 use crate::model::embeddings::Vocab;
 use crate::model::ItemAttributeIds;
 use crate::rng::Rng;
-use crate::train::step::StepContext;
+use crate::train::step::{read_unread, StepContext};
 use crate::train::trainer::{build_network, Replica, TrainError};
 
 #[derive(Debug, Clone)]
@@ -172,14 +172,21 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     let distinct = total.min((DISTINCT_SAMPLES / opts.batch.max(1)).max(1));
     let batches: Vec<Batch> = (0..distinct).map(|_| random_batch(opts, &mut rng, kind == ModelKind::Dien)).collect();
     let mut started = Instant::now();
+    // As in training: a step on the device path leaves its losses there; they are read (and
+    // checked to be finite) at the end, in one download.
+    let mut unread = Vec::new();
     for (step, batch) in batches.iter().cycle().take(total).enumerate() {
         if step == opts.warmup {
             synchronize(device);
             started = Instant::now();
         }
-        let ctx = StepContext::new(&cfg, &comm, device, step as u64, (step * opts.batch) as u64);
-        replica.step(batch, &ctx)?;
+        let ctx = StepContext {
+            defer_read: true,
+            ..StepContext::new(&cfg, &comm, device, step as u64, (step * opts.batch) as u64)
+        };
+        unread.extend(replica.step(batch, &ctx)?.unread);
     }
+    read_unread(&unread)?;
     synchronize(device);
     let secs = started.elapsed().as_secs_f64();
     Ok(ThroughputRow {

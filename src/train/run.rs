@@ -20,7 +20,7 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use super::schedule::Schedule;
-use super::step::{Control, StepContext, StepStats};
+use super::step::{read_unread, Control, StepContext, StepStats, Unread};
 use super::trainer::{
     build_model, check_history, evaluate_on, keep_freed_memory, pick_device, validation_split, Built, EvalResult,
     EvalSet, Replica, Selected, Summary, TrainError,
@@ -142,6 +142,10 @@ struct StepTotals {
     /// Sums of the (main, MICN, DIEN auxiliary) losses since the last line, over `logged_steps`.
     loss_sums: [f64; 3],
     logged_steps: u64,
+    /// The gradient norms of the last step read.
+    last_read: StepStats,
+    /// Steps whose losses are still on the device, in order.
+    unread: Vec<Unread>,
     /// Samples since the last line, and when it was written.
     window_samples: u64,
     step_seconds: f64,
@@ -151,31 +155,54 @@ struct StepTotals {
     transfers: u64,
 }
 
+/// The most steps whose losses stay unread on the device: a run that logs rarely still reads
+/// them (and finds a non-finite loss) within this many steps.
+const MAX_UNREAD_STEPS: usize = 1024;
+
 impl StepTotals {
-    fn add(&mut self, stats: &StepStats, seconds: f64, transfers: u64, samples: u64) {
+    fn add(&mut self, stats: StepStats, seconds: f64, transfers: u64, samples: u64) -> Result<(), TrainError> {
         self.step_seconds += seconds;
         self.transfers += transfers;
         self.comm_seconds += stats.comm_seconds;
         self.update_seconds += stats.update_seconds;
         self.bytes_sent += stats.bytes_sent;
         self.window_samples += samples;
+        match stats.unread {
+            Some(unread) => {
+                self.unread.push(unread);
+                if self.unread.len() >= MAX_UNREAD_STEPS {
+                    self.read()?;
+                }
+            }
+            None => self.add_losses(stats),
+        }
+        Ok(())
+    }
+
+    fn add_losses(&mut self, stats: StepStats) {
         for (sum, loss) in self.loss_sums.iter_mut().zip([stats.loss_main, stats.loss_micn, stats.loss_model_aux]) {
             *sum += loss;
         }
         self.logged_steps += 1;
+        self.last_read = stats;
     }
 
-    /// The metrics line of `step` (the mean losses since the last line; `stats`, the last step's,
-    /// for the gradient norms), starting a new window.
-    fn line(
-        &mut self,
-        cfg: &Config,
-        (step, epoch): (u64, u64),
-        stats: &StepStats,
-        lr: f64,
-        window_seconds: f64,
-    ) -> MetricsLine {
+    /// The losses the device still holds, in one download (counted as the steps' transfers); a
+    /// non-finite one is an error naming its step.
+    fn read(&mut self) -> Result<(), TrainError> {
+        let before = crate::transfer::counts();
+        let read = read_unread(&std::mem::take(&mut self.unread))?;
+        self.transfers += crate::transfer::counts().since(before).total();
+        read.into_iter().for_each(|stats| self.add_losses(stats));
+        Ok(())
+    }
+
+    /// The metrics line of `step` (the mean losses since the last line; the last step's gradient
+    /// norms), starting a new window. Every step's losses must have been read.
+    fn line(&mut self, cfg: &Config, (step, epoch): (u64, u64), lr: f64, window_seconds: f64) -> MetricsLine {
+        debug_assert!(self.unread.is_empty(), "a metrics line of unread losses");
         let [loss_main, loss_micn, loss_model_aux] = self.loss_sums.map(|sum| sum / self.logged_steps.max(1) as f64);
+        let stats = &self.last_read;
         let mut line = MetricsLine::new(step, epoch);
         line.loss_main = Some(loss_main);
         line.loss_model_aux = matches!(cfg.model.kind, ModelKind::Dien | ModelKind::Camn).then_some(loss_model_aux);
@@ -503,20 +530,20 @@ impl<'a> Run<'a> {
             if self.step >= self.total_steps {
                 return Ok(Flow::Stop);
             }
-            let stats = self.train_step(&batch, epoch, interrupter)?;
-            if stats.control.stop {
+            let control = self.train_step(&batch, epoch, interrupter)?;
+            if control.stop {
                 self.stopped_by_signal = true;
                 tracing::warn!(step = self.step, "stop requested: checkpointing and stopping");
                 return Ok(Flow::Stop);
             }
-            self.after_step(&stats, epoch)?;
+            self.after_step(control, epoch)?;
             if self.patience_ran_out() {
                 return Ok(Flow::Stop);
             }
         }
         self.epochs_completed += 1;
         self.position = Position { epoch: epoch + 1, sample: 0 };
-        self.validation.run(&self.scorer, &self.replica.net, (self.step, epoch), &mut self.metrics)?;
+        self.validate(epoch)?;
         // Every epoch ends with a checkpoint, unless this step has one already (its position, the
         // epoch's end, resumes to the same place).
         if self.checkpoints.last_step != Some(self.step) {
@@ -550,8 +577,11 @@ impl<'a> Run<'a> {
         self.early_stopped
     }
 
-    /// One step on `batch` of `epoch`, counted.
-    fn train_step(&mut self, batch: &Batch, epoch: u64, interrupter: &Interrupter) -> Result<StepStats, TrainError> {
+    /// One step on `batch` of `epoch`, counted; its run-control flags over all ranks. With one
+    /// rank on the device path its losses stay on the device until [`Run::read_losses`]: the
+    /// host never waits for the device within a step, and prepares the next step's upload while
+    /// the device computes this one.
+    fn train_step(&mut self, batch: &Batch, epoch: u64, interrupter: &Interrupter) -> Result<Control, TrainError> {
         let cfg = self.cfg;
         let batch_size = cfg.train.global_batch_size as u64;
         let minutes = cfg.checkpoint.every_minutes;
@@ -564,6 +594,7 @@ impl<'a> Run<'a> {
                 checkpoint_due: minutes > 0.0 && self.checkpoints.last.elapsed().as_secs_f64() >= 60.0 * minutes,
             },
             lr: self.schedule.lr(self.step),
+            defer_read: true,
             ..StepContext::new(cfg, self.comm, self.scorer.device, self.step, first_sample)
         };
         let step_started = Instant::now();
@@ -572,16 +603,29 @@ impl<'a> Run<'a> {
         let stats = self.replica.step(batch, &ctx)?;
         drop(watched);
         let transfers = crate::transfer::counts().since(transfers_before).total();
-        self.totals.add(&stats, step_started.elapsed().as_secs_f64(), transfers, batch_size);
+        let control = stats.control;
+        self.totals.add(stats, step_started.elapsed().as_secs_f64(), transfers, batch_size)?;
         self.steady.step_done(batch_size);
         self.step += 1;
         self.position = Position { epoch, sample: (batch.step + 1) * batch_size };
-        Ok(stats)
+        Ok(control)
+    }
+
+    /// The losses of the steps whose losses are still on the device; a non-finite one stops the
+    /// run here, before anything is evaluated or saved from the model it led to.
+    fn read_losses(&mut self) -> Result<(), TrainError> {
+        self.totals.read()
+    }
+
+    /// The validation split scored after the last step (of `epoch`), its losses read first.
+    fn validate(&mut self, epoch: u64) -> Result<(), TrainError> {
+        self.read_losses()?;
+        self.validation.run(&self.scorer, &self.replica.net, (self.step, epoch), &mut self.metrics)
     }
 
     /// What follows a step: the replica check, the metrics line, the evaluation and the
     /// checkpoint, each when due.
-    fn after_step(&mut self, stats: &StepStats, epoch: u64) -> Result<(), TrainError> {
+    fn after_step(&mut self, control: Control, epoch: u64) -> Result<(), TrainError> {
         let (cfg, step) = (self.cfg, self.step);
         let every = cfg.train.check_replicas_every_steps;
         if every > 0 && step % every == 0 {
@@ -591,18 +635,19 @@ impl<'a> Run<'a> {
             }
         }
         if step % cfg.train.log_every_steps == 0 || step == self.total_steps {
+            self.read_losses()?;
             let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
-            let line = self.totals.line(cfg, (step, epoch), stats, self.schedule.lr(step - 1), secs);
+            let line = self.totals.line(cfg, (step, epoch), self.schedule.lr(step - 1), secs);
             self.metrics.write(&line)?;
             self.progress.update(step, line.loss_main.unwrap_or_default(), line.samples_per_sec.unwrap_or_default());
             self.window_started = Instant::now();
         }
         // A checkpoint records the validation score of its own model: evaluate first.
         let every = cfg.checkpoint.every_steps;
-        let checkpoint_due = (every > 0 && step % every == 0) || stats.control.checkpoint_due;
+        let checkpoint_due = (every > 0 && step % every == 0) || control.checkpoint_due;
         let every = cfg.train.eval_every_steps;
         if (every > 0 && step % every == 0) || checkpoint_due {
-            self.validation.run(&self.scorer, &self.replica.net, (step, epoch), &mut self.metrics)?;
+            self.validate(epoch)?;
         }
         if checkpoint_due {
             self.checkpoint()?;
@@ -613,6 +658,7 @@ impl<'a> Run<'a> {
 
     /// A checkpoint of the model after the last step, resuming at [`Run::position`].
     fn checkpoint(&mut self) -> Result<(), TrainError> {
+        self.read_losses()?;
         let Position { epoch, sample } = self.position;
         self.checkpoints.save(self.cfg, self.comm, &self.replica, (self.step, epoch, sample), &self.validation)
     }
@@ -620,13 +666,13 @@ impl<'a> Run<'a> {
     /// The end: a last checkpoint, the test set scored, the checkpoint selected by validation
     /// AUC, the final model and the summary written.
     fn finish(mut self, started: Instant) -> Result<Summary, TrainError> {
+        self.read_losses()?;
         let (cfg, step) = (self.cfg, self.step);
         if step > 0 && self.checkpoints.last_step != Some(step) {
             // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
             // signal leaves no time for a validation pass: that checkpoint then has no score.
             if !self.stopped_by_signal {
-                let epoch = self.position.epoch;
-                self.validation.run(&self.scorer, &self.replica.net, (step, epoch), &mut self.metrics)?;
+                self.validate(self.position.epoch)?;
             }
             self.checkpoint()?;
         }

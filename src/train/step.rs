@@ -11,6 +11,11 @@
 //! every gradient with the losses, for the host exchange). With more ranks, each normalising
 //! layer adds two transfers each way (its statistics cross ranks on the host) and the device
 //! path one upload for the update. `tests/integration/device_path.rs` asserts the counts.
+//!
+//! With one rank on the device path a step may also leave its losses on the device
+//! ([`StepContext::defer_read`]): it then makes no download and never waits for the device, and
+//! [`read_unread`] reads many steps' losses in one download when they are wanted (training reads
+//! them when it logs, evaluates or checkpoints).
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -156,6 +161,10 @@ pub struct StepContext<'a> {
     /// Decoupled weight decay of the dense (non-table) parameters: `p ← p·(1 − lr·weight_decay)`
     /// before Adam's update, as AdamW.
     pub weight_decay: f64,
+    /// With one rank on the device path: leave the step's losses and norms on the device, in
+    /// [`StepStats::unread`], instead of reading them before the update (false: read them, and
+    /// a non-finite loss stops the step before the update).
+    pub defer_read: bool,
 }
 
 impl<'a> StepContext<'a> {
@@ -176,6 +185,7 @@ impl<'a> StepContext<'a> {
             lr: cfg.train.lr,
             clip_norm: cfg.train.clip_grad_norm,
             weight_decay: cfg.train.weight_decay,
+            defer_read: false,
         }
     }
 }
@@ -203,7 +213,7 @@ impl Control {
 }
 
 /// Losses and gradient norms of one step (global values, equal on every rank).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StepStats {
     pub loss_main: f64,
     /// The main model's own auxiliary loss (DIEN's, CAMN's diversity loss; 0 for the others).
@@ -227,6 +237,56 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// The run-control flags over all ranks.
     pub control: Control,
+    /// A step that left its losses on the device ([`StepContext::defer_read`]): they, the norms
+    /// above and `grad_norm` are zero here until [`read_unread`] reads them.
+    pub unread: Option<Unread>,
+}
+
+/// The losses and norms of one step, left on the device: `[BCE, model aux, MICN, ‖main‖²,
+/// ‖aux‖²]` on the `e_aux` tables, and the global norm before clipping when clipped.
+#[derive(Debug)]
+pub struct Unread {
+    /// The step's number (1-based, as errors and metrics name it).
+    step: u64,
+    values: Tensor,
+}
+
+impl Clone for Unread {
+    fn clone(&self) -> Self {
+        Self { step: self.step, values: self.values.shallow_clone() }
+    }
+}
+
+/// The losses and norms of the steps `unread` (in order), in one download; the first non-finite
+/// loss among them is an error naming its own step. Each result holds only what was unread.
+pub fn read_unread(unread: &[Unread]) -> Result<Vec<StepStats>, StepError> {
+    if unread.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Tensor> = unread.iter().map(|u| u.values.shallow_clone()).collect();
+    let mut host = download_f32(&Tensor::cat(&values, 0)).into_iter();
+    unread
+        .iter()
+        .map(|u| {
+            let mut stats = StepStats::default();
+            fill_read(&mut stats, &host.by_ref().take(u.values.numel()).collect::<Vec<f32>>());
+            check_finite(&stats, u.step)?;
+            Ok(stats)
+        })
+        .collect()
+}
+
+/// `stats` with the values of an [`Unread`], read.
+fn fill_read(stats: &mut StepStats, host: &[f32]) {
+    let [main, model_aux, micn, norm_main, norm_aux] = [0, 1, 2, 3, 4].map(|k| host[k] as f64);
+    stats.loss_main = main + model_aux;
+    stats.loss_model_aux = model_aux;
+    stats.loss_micn = micn;
+    stats.grad_norm_main_e_aux = norm_main.sqrt();
+    stats.grad_norm_aux_e_aux = norm_aux.sqrt();
+    if let Some(&clipped) = host.get(5) {
+        stats.grad_norm = clipped as f64;
+    }
 }
 
 /// What a variable's gradient is taken with respect to: an embedding table's row leaf for the
@@ -408,7 +468,17 @@ pub fn train_step(
     let (mut grads, mut stats) = gradients(net, t, batch, ctx)?;
     let update_started = std::time::Instant::now();
     if ctx.clip_norm > 0.0 {
-        stats.grad_norm = clip_global_norm(&mut grads, ctx.clip_norm);
+        match (clip_global_norm(&mut grads, ctx.clip_norm), &mut stats.unread) {
+            (Norm::Host(norm), _) => stats.grad_norm = norm,
+            (Norm::Device(norm), Some(unread)) => unread.values = Tensor::cat(&[&unread.values, &norm], 0),
+            (Norm::Device(norm), None) => stats.grad_norm = download_f32(&norm)[0] as f64,
+        }
+    }
+    if !ctx.defer_read {
+        if let Some(unread) = stats.unread.take() {
+            fill_read(&mut stats, &download_f32(&unread.values));
+            check_finite(&stats, unread.step)?;
+        }
     }
     apply(t, adam, grads, ctx);
     stats.update_seconds = update_started.elapsed().as_secs_f64();
@@ -419,8 +489,9 @@ pub fn train_step(
 /// variable (in [`Trainable`] order) as the update will use it, summed over ranks.
 ///
 /// With one rank on the device path the gradients never leave the device: the φ combination
-/// runs there too (over the union of both tasks' rows, planned on the host), and the only
-/// transfers of the step are its one upload and the download of the losses.
+/// runs there too (over the union of both tasks' rows, planned on the host), the losses stay
+/// there ([`StepStats::unread`], read by [`train_step`] or, deferred, by [`read_unread`]), and
+/// the step's only transfer is its one upload.
 pub fn gradients(
     net: &Network,
     t: &Trainable,
@@ -548,8 +619,8 @@ struct Backward<'a> {
     losses: Vec<Tensor>,
 }
 
-/// One rank on the device path: the gradients, combined on the device, and one download of the
-/// losses with the `e_aux` gradient norms. `counted`: MICN's global positives and the seconds
+/// One rank on the device path: the gradients, combined on the device, and the losses with the
+/// `e_aux` gradient norms left there, unread. `counted`: MICN's global positives and the seconds
 /// spent counting them.
 fn finish_on_device(
     t: &Trainable,
@@ -561,20 +632,14 @@ fn finish_on_device(
     let main_by_var = device_grads(t, &backward.main_vars, &backward.main_targets, backward.main);
     let aux_by_var = device_grads(t, &backward.aux_vars, &backward.aux_targets, backward.aux);
     let (combined, norms) = combine_on_device(t, main_by_var, aux_by_var, unions, sent, ctx.phi);
-    // The step's one download: the losses and the norms.
-    let host = download_f32(&Tensor::cat(&[Tensor::cat(&backward.losses, 0), norms], 0));
+    let values = Tensor::cat(&[Tensor::cat(&backward.losses, 0), norms], 0);
     let stats = StepStats {
-        loss_main: host[0] as f64 + host[1] as f64,
-        loss_model_aux: host[1] as f64,
-        loss_micn: host[2] as f64,
-        grad_norm_main_e_aux: (host[3] as f64).sqrt(),
-        grad_norm_aux_e_aux: (host[4] as f64).sqrt(),
         positives,
         comm_seconds,
         control: ctx.control,
+        unread: Some(Unread { step: ctx.step + 1, values }),
         ..Default::default()
     };
-    check_finite(&stats, ctx)?;
     Ok((combined, stats))
 }
 
@@ -616,7 +681,7 @@ fn exchange_on_host(
         control: Control::from_sums(control),
         ..Default::default()
     };
-    check_finite(&stats, ctx)?;
+    check_finite(&stats, ctx.step + 1)?;
 
     let mut main_by_var: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
     for (i, g) in per_variable(t, &main_vars, main_grads) {
@@ -645,11 +710,12 @@ fn exchange_on_host(
     Ok((combined, stats))
 }
 
-/// A non-finite loss stops the run before the update.
-fn check_finite(stats: &StepStats, ctx: &StepContext<'_>) -> Result<(), StepError> {
+/// A non-finite loss of step `step` (1-based) stops the run: before the update when read in its
+/// own step, before the next evaluation or checkpoint when deferred.
+fn check_finite(stats: &StepStats, step: u64) -> Result<(), StepError> {
     for (which, value) in [("main", stats.loss_main), ("MICN", stats.loss_micn)] {
         if !value.is_finite() {
-            return Err(StepError::NonFinite { step: ctx.step + 1, which, value });
+            return Err(StepError::NonFinite { step, which, value });
         }
     }
     Ok(())
@@ -751,33 +817,59 @@ fn combine_on_device(
     (combined, Tensor::cat(&norms, 0))
 }
 
+/// A global gradient norm: computed on the host, or left on the device (`[1]`, f32).
+pub enum Norm {
+    Host(f64),
+    Device(Tensor),
+}
+
 /// Scale `grads` so that their global L2 norm is at most `max_norm` (as
 /// `torch.nn.utils.clip_grad_norm_`, with its 1e-6 guard); returns the norm before. The combined
-/// gradients are the same on every rank, so every rank scales by the same factor.
-pub fn clip_global_norm(grads: &mut [VarGrad], max_norm: f64) -> f64 {
+/// gradients are the same on every rank, so every rank scales by the same factor. Gradients that
+/// all live on the device are clipped there, without a transfer; with some on the host, the
+/// device's part of the norm comes down in one download.
+pub fn clip_global_norm(grads: &mut [VarGrad], max_norm: f64) -> Norm {
     let squares = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-    // One download per variable on the device path: clipping costs transfers there.
-    let on_device = |g: &Tensor| crate::transfer::download_f32(&g.square().sum(Kind::Float))[0] as f64;
-    let total: f64 = grads
-        .iter()
-        .map(|g| match g {
-            VarGrad::Dense(v) => squares(v),
-            VarGrad::Rows(r) => squares(&r.rows),
-            VarGrad::DenseOnDevice(g) | VarGrad::RowsOnDevice { rows: g, .. } => on_device(g),
-        })
-        .sum();
-    let norm = total.sqrt();
-    let scale = max_norm / (norm + 1e-6);
-    if scale < 1.0 {
-        for g in grads.iter_mut() {
-            match g {
-                VarGrad::Dense(v) => v.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32),
-                VarGrad::Rows(r) => r.rows.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32),
-                VarGrad::DenseOnDevice(g) | VarGrad::RowsOnDevice { rows: g, .. } => *g = &*g * scale,
+    let mut on_host = 0.0;
+    let mut on_device = Vec::new();
+    for g in grads.iter() {
+        match g {
+            VarGrad::Dense(v) => on_host += squares(v),
+            VarGrad::Rows(r) => on_host += squares(&r.rows),
+            VarGrad::DenseOnDevice(g) | VarGrad::RowsOnDevice { rows: g, .. } => {
+                on_device.push(g.square().sum(Kind::Double).reshape([1]));
             }
         }
     }
-    norm
+    let device_squares = (!on_device.is_empty()).then(|| Tensor::cat(&on_device, 0).sum(Kind::Double).reshape([1]));
+    match device_squares {
+        // Every nonzero gradient on the device (a table no gradient reached has empty host rows).
+        Some(squares) if on_host == 0.0 => {
+            let norm = squares.sqrt();
+            let scale = (max_norm / (&norm + 1e-6)).clamp_max(1.0).to_kind(Kind::Float);
+            for g in grads.iter_mut() {
+                if let VarGrad::DenseOnDevice(g) | VarGrad::RowsOnDevice { rows: g, .. } = g {
+                    *g = &*g * &scale;
+                }
+            }
+            Norm::Device(norm.to_kind(Kind::Float))
+        }
+        device_squares => {
+            let total = on_host + device_squares.map_or(0.0, |t| download_f32(&t)[0] as f64);
+            let norm = total.sqrt();
+            let scale = max_norm / (norm + 1e-6);
+            if scale < 1.0 {
+                for g in grads.iter_mut() {
+                    match g {
+                        VarGrad::Dense(v) => v.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32),
+                        VarGrad::Rows(r) => r.rows.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32),
+                        VarGrad::DenseOnDevice(g) | VarGrad::RowsOnDevice { rows: g, .. } => *g = &*g * scale,
+                    }
+                }
+            }
+            Norm::Host(norm)
+        }
+    }
 }
 
 /// MICN's randomness for this step: the same seed on every rank, sample-indexed routing logits.
@@ -930,6 +1022,10 @@ mod tests {
 
     #[test]
     fn clipping_scales_every_kind_of_gradient_by_one_factor_to_the_global_norm() {
+        let host_norm = |norm: Norm| match norm {
+            Norm::Host(norm) => norm,
+            Norm::Device(_) => panic!("host gradients: the norm is the host's"),
+        };
         // 3² + 4² + 12² = 13²: host dense, host rows and a device tensor together.
         let grads = || {
             vec![
@@ -939,7 +1035,9 @@ mod tests {
             ]
         };
         let mut g = grads();
-        assert!((clip_global_norm(&mut g, 6.5) - 13.0).abs() < 1e-9);
+        let before = crate::transfer::counts();
+        assert!((host_norm(clip_global_norm(&mut g, 6.5)) - 13.0).abs() < 1e-9);
+        assert_eq!(crate::transfer::counts().since(before).downloads, 1, "the device's part in one download");
         let scale = 6.5 / (13.0 + 1e-6);
         let VarGrad::Dense(d) = &g[0] else { unreachable!() };
         let VarGrad::Rows(r) = &g[1] else { unreachable!() };
@@ -952,5 +1050,31 @@ mod tests {
         clip_global_norm(&mut g, 20.0);
         let VarGrad::Dense(d) = &g[0] else { unreachable!() };
         assert_eq!(d[0], 3.0);
+
+        // Every gradient on the device (beside a table's empty host rows): clipped there, with no
+        // transfer, by the same factor; 3² + 4² = 5².
+        let on_device = |max_norm: f64| {
+            let mut g = vec![
+                VarGrad::DenseOnDevice(Tensor::from_slice(&[3.0f32])),
+                VarGrad::RowsOnDevice { ids: Tensor::from_slice(&[2i64]), rows: Tensor::from_slice(&[4.0f32]) },
+                VarGrad::Rows(RowGrads { dim: 1, ..Default::default() }),
+            ];
+            let before = crate::transfer::counts();
+            let Norm::Device(norm) = clip_global_norm(&mut g, max_norm) else { panic!("the norm stays on the device") };
+            assert_eq!(crate::transfer::counts().since(before).total(), 0);
+            let values: Vec<f64> = g[..2]
+                .iter()
+                .map(|g| match g {
+                    VarGrad::DenseOnDevice(t) | VarGrad::RowsOnDevice { rows: t, .. } => t.double_value(&[0]),
+                    _ => unreachable!(),
+                })
+                .collect();
+            (norm.double_value(&[0]), values)
+        };
+        let (norm, clipped) = on_device(2.5);
+        let scale = 2.5 / (5.0 + 1e-6);
+        assert!((norm - 5.0).abs() < 1e-6);
+        assert!((clipped[0] - 3.0 * scale).abs() < 1e-6 && (clipped[1] - 4.0 * scale).abs() < 1e-6, "{clipped:?}");
+        assert_eq!(on_device(20.0).1, [3.0, 4.0], "under the limit nothing changes");
     }
 }

@@ -206,8 +206,92 @@ fn micn_train_takes_the_device_path_when_configured_and_ends_where_the_host_path
     let auc = |s: &serde_json::Value| s["test_auc"].as_f64().unwrap();
     assert!((auc(&host) - auc(&device)).abs() < 1e-4, "{host} vs {device}");
     // The trainer took the device path: summary.json reports the steps' own transfers, 1 + 2 on
-    // the host path (the crosses' sparse ids come down) and 1 + 1 on the device path.
-    assert_eq!((host["transfers_per_step"].as_f64(), device["transfers_per_step"].as_f64()), (Some(3.0), Some(2.0)));
+    // the host path (the crosses' sparse ids come down) and on the device path one upload a
+    // step, the losses staying on the device until the one metrics line of the 8 steps reads
+    // them all in one download: (8 + 1) / 8.
+    assert_eq!((host["transfers_per_step"].as_f64(), device["transfers_per_step"].as_f64()), (Some(3.0), Some(1.125)));
+}
+
+/// `metrics.jsonl` of a run, each line's values by key, without the wall-clock field.
+fn metrics_lines(run: &std::path::Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut lines: Vec<serde_json::Map<String, serde_json::Value>> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines.iter_mut().for_each(|l| drop(l.remove("samples_per_sec")));
+    lines
+}
+
+#[test]
+fn a_device_path_run_reads_its_losses_when_it_logs_and_logs_what_the_host_path_logs() {
+    // With one rank on the device path a step leaves its losses (and norms) on the device; the run
+    // reads every step's at each metrics line in one download. The lines must hold what the host
+    // path, which reads them every step, writes: the mean losses over the window, the last step's
+    // norms (MICN's, and the clipped global norm), with DIEN's auxiliary loss.
+    let tmp = tempfile::tempdir().unwrap();
+    let train = |name: &str, device_path: bool| {
+        let run = tmp.path().join(name);
+        let sets = [
+            "micn.enabled=true",
+            "train.max_steps=12",
+            "train.log_every_steps=3",
+            "train.eval_every_steps=0",
+            "checkpoint.every_steps=0",
+            "train.clip_grad_norm=0.05",
+            "train.adam_eps=1e-6",
+            &format!("train.device_path={device_path}"),
+        ];
+        let summary = micn::train::train(&crate::small_config(&run, &sets), &micn::dist::SingleProcess).unwrap();
+        (metrics_lines(&run), summary.transfers_per_step)
+    };
+    let ((host, host_transfers), (device, device_transfers)) = (train("host", false), train("device", true));
+    let logged = |lines: &[serde_json::Map<String, serde_json::Value>]| {
+        lines.iter().filter(|l| l.contains_key("loss_main")).count()
+    };
+    assert_eq!((host.len(), logged(&host)), (device.len(), 4), "4 metrics lines, then the evaluations");
+    let keys = ["loss_main", "loss_micn", "loss_model_aux", "grad_norm_main_e_aux", "grad_norm_aux_e_aux", "grad_norm"];
+    for (h, d) in host.iter().zip(&device).filter(|(h, _)| h.contains_key("loss_main")) {
+        for key in keys {
+            let (x, y) = (h[key].as_f64().unwrap(), d[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                "step {}: {key} {x} on the host path, {y} on the device path",
+                h["step"]
+            );
+        }
+        assert!(h["grad_norm"].as_f64().unwrap() > 0.05, "the norm is measured before clipping, and clipping was on");
+    }
+    // Per step: the host path's upload and download; the device path's upload, and its 4 reads
+    // over 12 steps.
+    assert_eq!((host_transfers, device_transfers), (2.0, (12.0 + 4.0) / 12.0));
+}
+
+#[test]
+fn a_non_finite_loss_left_on_the_device_is_named_by_its_own_step_and_nothing_after_it_is_saved() {
+    // A learning rate of 1e30 leaves the first step's loss finite and makes the second one's
+    // infinite or NaN. The host path finds it in step 2 itself; the device path goes on to step 4
+    // and reads it at that step's metrics line, before its checkpoint: both name step 2 and save
+    // nothing.
+    let tmp = tempfile::tempdir().unwrap();
+    for device_path in [false, true] {
+        let run = tmp.path().join(format!("device-path-{device_path}"));
+        let sets = [
+            "model.kind=din",
+            "train.lr=1e30",
+            "train.max_steps=8",
+            "train.log_every_steps=4",
+            "checkpoint.every_steps=4",
+            &format!("train.device_path={device_path}"),
+        ];
+        let err = micn::train::train(&crate::small_config(&run, &sets), &micn::dist::SingleProcess).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("step 2: the main loss is"), "device path {device_path}: {err}");
+        let saved = std::fs::read_dir(run.join("checkpoints")).map_or(0, |dir| dir.count());
+        assert_eq!(saved, 0, "device path {device_path}: a checkpoint was saved");
+        assert!(
+            !run.join("metrics.jsonl").exists()
+                || !std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().contains("loss_main")
+        );
+    }
 }
 
 #[test]
