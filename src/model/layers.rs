@@ -462,8 +462,8 @@ impl GruCell {
             h = h_run.lerp_tensor(&candidate, &update);
             packed_states.push(h.shallow_clone());
         }
-        let packed_states = Tensor::cat(&packed_states, 0); // [n, H]
-                                                            // Row n: the zero state of an empty history.
+        // [n, H]; `last` reads an empty history's zero state from a row n appended to them.
+        let packed_states = Tensor::cat(&packed_states, 0);
         let last = Tensor::cat(&[&packed_states, &Tensor::zeros([1, hidden], options)], 0).index_select(0, &real.last);
         let states = all_states.then(|| {
             Tensor::zeros([batch * steps, hidden], options)

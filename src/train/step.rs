@@ -36,6 +36,8 @@ use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Upl
 pub enum StepError {
     #[error("step {step}: the {which} loss is {value}; stopping (the last checkpoint, if any, is intact)")]
     NonFinite { step: u64, which: &'static str, value: f64 },
+    #[error("the model trains for retrieval but gave no user vector or no embedded negatives")]
+    NoRetrievalInputs,
     #[error(transparent)]
     Comm(#[from] dist::CommError),
     #[error(transparent)]
@@ -551,8 +553,11 @@ pub fn gradients(
     };
     // The main loss: binary cross-entropy of the logits, or a retrieval objective's sampled softmax
     // over the clicked samples (normalised by their global count, as MICN's).
-    let main_loss = match (&out.user_vector, &input.embedded.main.negatives, &retrieval) {
-        (Some(user), Some((negative_ids, vectors)), Some((sampler, _))) => {
+    let main_loss = match (&retrieval, &out.user_vector, &input.embedded.main.negatives) {
+        (None, ..) => {
+            out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global
+        }
+        (Some((sampler, _)), Some(user), Some((negative_ids, vectors))) => {
             let main = &input.embedded.main;
             let target = Candidates {
                 vectors: main.target.shallow_clone(),
@@ -566,7 +571,7 @@ pub fn gradients(
             };
             sampled_softmax(user, &target, &negatives, &positive_mask(&labels, &ids.items), positives)
         }
-        _ => out.logit.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum) / b_global,
+        (Some(_), ..) => return Err(StepError::NoRetrievalInputs),
     };
     let model_aux = out.aux_loss.as_ref().map(|a| a.sum(Kind::Float) / b_global);
     let micn = match (&net.micn, &input.embedded.aux, &input.negatives, &routing_logits) {
