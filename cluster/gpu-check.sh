@@ -493,7 +493,7 @@ check_throughput() {
     fi
     local rates
     rates=$(jrun "$rows" <<'EOF'
-print("; ".join(f"batch {r['batch']}: {r['samples_per_sec']:.0f} samples/s ({r['ms_per_step']:.1f} ms/step)" for r in d))
+print("; ".join(f"batch {r['batch']}: {r['samples_per_sec']:.0f} samples/s ({r['ms_per_step']:.1f} ms/step, host {r.get('host_ms_per_step', float('nan')):.1f})" for r in d))
 EOF
     )
     record PASS throughput "din+micn on $(jget "$rows" 'd[0]["device"]'), $steps steps after $warmup: $rates; $util"

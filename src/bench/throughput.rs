@@ -87,6 +87,10 @@ pub struct ThroughputRow {
     pub device: String,
     pub samples_per_sec: f64,
     pub ms_per_step: f64,
+    /// Of `ms_per_step`, the host's work building each step's upload (negatives, the row
+    /// leaves' plan, packing): on a GPU, where the host prepares a step while the device
+    /// computes the one before, `batch / host time` bounds samples/s.
+    pub host_ms_per_step: f64,
 }
 
 /// A random batch shaped like real ones.
@@ -175,16 +179,20 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     // As in training: a step on the device path leaves its losses there; they are read (and
     // checked to be finite) at the end, in one download.
     let mut unread = Vec::new();
+    let mut prepare_seconds = 0.0;
     for (step, batch) in batches.iter().cycle().take(total).enumerate() {
         if step == opts.warmup {
             synchronize(device);
             started = Instant::now();
+            prepare_seconds = 0.0;
         }
         let ctx = StepContext {
             defer_read: true,
             ..StepContext::new(&cfg, &comm, device, step as u64, (step * opts.batch) as u64)
         };
-        unread.extend(replica.step(batch, &ctx)?.unread);
+        let stats = replica.step(batch, &ctx)?;
+        prepare_seconds += stats.prepare_seconds;
+        unread.extend(stats.unread);
     }
     read_unread(&unread)?;
     synchronize(device);
@@ -196,6 +204,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
         device: device_label(device),
         samples_per_sec: (opts.steps * opts.batch) as f64 / secs,
         ms_per_step: 1000.0 * secs / opts.steps as f64,
+        host_ms_per_step: 1000.0 * prepare_seconds / opts.steps as f64,
     })
 }
 
@@ -226,17 +235,18 @@ pub fn run(
 pub fn table(opts: &ThroughputOptions, rows: &[ThroughputRow]) -> String {
     let device = rows.first().map_or_else(|| format!("{:?}", opts.device).to_lowercase(), |r| r.device.clone());
     let mut s = format!(
-        "Training-step throughput, 1 process, {device}, {} libtorch thread(s); history {}, embedding 18; vocabularies users {} items {} categories {}; {} timed steps after {} warm-up steps\n\n| model | MICN | batch | samples/s | ms/step |\n|---|---|---:|---:|---:|\n",
+        "Training-step throughput, 1 process, {device}, {} libtorch thread(s); history {}, embedding 18; vocabularies users {} items {} categories {}; {} timed steps after {} warm-up steps; host ms/step: the host's share, building each step's upload\n\n| model | MICN | batch | samples/s | ms/step | host ms/step |\n|---|---|---:|---:|---:|---:|\n",
         opts.threads, opts.hist_len, opts.users, opts.items, opts.cats, opts.steps, opts.warmup
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} |\n",
             r.model,
             if r.micn { "yes" } else { "no" },
             r.batch,
             r.samples_per_sec,
-            r.ms_per_step
+            r.ms_per_step,
+            r.host_ms_per_step
         );
     }
     s

@@ -234,6 +234,10 @@ pub struct StepStats {
     pub comm_seconds: f64,
     /// Seconds of the optimizer update (the same work on every rank, whatever the world size).
     pub update_seconds: f64,
+    /// Seconds the host spent building the step's upload (MICN's and a retrieval objective's
+    /// negatives, the row leaves' plan, the packing): work a GPU cannot take off the host, so a
+    /// step on a GPU takes at least this long.
+    pub prepare_seconds: f64,
     /// Global L2 norm of the combined gradients before clipping (computed only when
     /// `train.clip_grad_norm` is set; 0 otherwise).
     pub grad_norm: f64,
@@ -520,6 +524,7 @@ pub fn gradients(
 
     // The batch, MICN's and a retrieval objective's negatives (drawn on the host) and the row
     // leaves' plan, in one upload.
+    let prepare_started = std::time::Instant::now();
     let seed = step_seed(ctx);
     let negative_ids = net.micn.as_ref().map(|micn| micn.negative_ids(seed));
     let retrieval = net.main.retrieval_negatives(seed);
@@ -537,6 +542,7 @@ pub fn gradients(
     let plan = net.embeddings.plan_leaves(&host_ids, negative_ids.as_deref(), main_negative_ids, &mut upload);
     let unions = if resident { plan_unions(t, &plan, &mut upload) } else { Vec::new() };
     let sent = upload.send(device);
+    let prepare_seconds = prepare_started.elapsed().as_secs_f64();
     let (ids, labels) = (ids.read(&sent), sent.get(labels));
     let routing_logits =
         net.micn.as_ref().map(|micn| micn.routing_logits(seed, ids.len(), batch.hist_len as i64, device));
@@ -604,11 +610,11 @@ pub fn gradients(
 
     let backward = Backward { main_vars, aux_vars, main_targets, aux_targets, main: main_g, aux: aux_g, losses };
     let counted = (positives, comm_seconds);
-    if resident {
-        finish_on_device(t, backward, (&unions, &sent), counted, ctx)
-    } else {
-        exchange_on_host(t, backward, counted, ctx)
-    }
+    let (grads, stats) = match resident {
+        true => finish_on_device(t, backward, (&unions, &sent), counted, ctx)?,
+        false => exchange_on_host(t, backward, counted, ctx)?,
+    };
+    Ok((grads, StepStats { prepare_seconds, ..stats }))
 }
 
 /// The backward pass's gradients of both tasks, with what they are taken with respect to, and
