@@ -64,6 +64,14 @@ impl SteadyRate {
         }
     }
 
+    /// Time spent waiting for steps that had returned before the device finished them (reading
+    /// their losses): theirs, though spent after them.
+    fn waited(&mut self, seconds: f64) {
+        if self.steps > self.warmup {
+            self.seconds += seconds;
+        }
+    }
+
     /// The work after a step (checkpoint, evaluation) is done: the next step's time starts.
     fn resume(&mut self) {
         self.resumed = Instant::now();
@@ -171,7 +179,7 @@ impl StepTotals {
             Some(unread) => {
                 self.unread.push(unread);
                 if self.unread.len() >= MAX_UNREAD_STEPS {
-                    self.read()?;
+                    return self.read().map(drop);
                 }
             }
             None => self.add_losses(stats),
@@ -189,12 +197,16 @@ impl StepTotals {
 
     /// The losses the device still holds, in one download (counted as the steps' transfers); a
     /// non-finite one is an error naming its step.
-    fn read(&mut self) -> Result<(), TrainError> {
-        let before = crate::transfer::counts();
+    /// Returns the seconds it waited (for the device to finish those steps, on a GPU), which
+    /// count as the steps' time.
+    fn read(&mut self) -> Result<f64, TrainError> {
+        let (before, started) = (crate::transfer::counts(), Instant::now());
         let read = read_unread(&std::mem::take(&mut self.unread))?;
+        let waited = started.elapsed().as_secs_f64();
+        self.step_seconds += waited;
         self.transfers += crate::transfer::counts().since(before).total();
         read.into_iter().for_each(|stats| self.add_losses(stats));
-        Ok(())
+        Ok(waited)
     }
 
     /// The metrics line of `step` (the mean losses since the last line; the last step's gradient
@@ -614,7 +626,9 @@ impl<'a> Run<'a> {
     /// The losses of the steps whose losses are still on the device; a non-finite one stops the
     /// run here, before anything is evaluated or saved from the model it led to.
     fn read_losses(&mut self) -> Result<(), TrainError> {
-        self.totals.read()
+        let waited = self.totals.read()?;
+        self.steady.waited(waited);
+        Ok(())
     }
 
     /// The validation split scored after the last step (of `epoch`), its losses read first.
