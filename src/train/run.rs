@@ -975,7 +975,39 @@ fn clock(seconds: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{clock, remaining_seconds, threads_per_rank, SteadyRate};
+    use super::{clock, remaining_seconds, threads_per_rank, SteadyRate, StepTotals, MAX_UNREAD_STEPS};
+    use crate::train::step::{StepStats, Unread};
+
+    /// Step `step`'s stats as a device step leaves them: BCE `loss`, no model or MICN loss, norms 3² and 4².
+    fn unread(step: u64, loss: f32) -> StepStats {
+        let values = tch::Tensor::from_slice(&[loss, 0.0, 0.0, 9.0, 16.0]);
+        StepStats { unread: Some(Unread::new(step, values)), ..Default::default() }
+    }
+
+    #[test]
+    fn losses_left_on_the_device_are_read_within_the_bound_in_one_download_and_averaged_as_read_ones() {
+        let mut totals = StepTotals::default();
+        let before = crate::transfer::counts();
+        for step in 1..MAX_UNREAD_STEPS as u64 {
+            totals.add(unread(step, step as f32), 0.0, 0, 1).unwrap();
+        }
+        assert_eq!((totals.unread.len(), totals.logged_steps), (MAX_UNREAD_STEPS - 1, 0), "nothing read yet");
+        totals.add(unread(MAX_UNREAD_STEPS as u64, MAX_UNREAD_STEPS as f32), 0.0, 0, 1).unwrap();
+        assert_eq!((totals.unread.len(), totals.logged_steps), (0, MAX_UNREAD_STEPS as u64), "read at the bound");
+        assert_eq!(crate::transfer::counts().since(before).downloads, 1);
+        assert_eq!(totals.transfers, 1, "the read counts among the steps' transfers");
+        let line = totals.line(&crate::config::Config::default(), (1024, 0), 0.1, 1.0);
+        assert_eq!(line.loss_main, Some((1 + MAX_UNREAD_STEPS) as f64 / 2.0), "the mean of 1..=1024");
+        assert_eq!(totals.last_read.grad_norm_main_e_aux, 3.0);
+        assert_eq!(totals.last_read.grad_norm_aux_e_aux, 4.0);
+
+        // A non-finite loss among them is named by its own step when read.
+        totals.add(unread(1025, 0.5), 0.0, 0, 1).unwrap();
+        totals.add(unread(1026, f32::NAN), 0.0, 0, 1).unwrap();
+        totals.add(unread(1027, f32::INFINITY), 0.0, 0, 1).unwrap();
+        let err = totals.read().unwrap_err().to_string();
+        assert!(err.starts_with("step 1026: the main loss is NaN"), "{err}");
+    }
 
     #[test]
     fn the_eta_extrapolates_this_processs_pace_and_reads_as_a_clock() {

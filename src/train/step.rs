@@ -257,6 +257,14 @@ pub struct Unread {
     values: Tensor,
 }
 
+impl Unread {
+    /// Step `step`'s values (1-based), as a device step leaves them.
+    #[cfg(test)]
+    pub(crate) fn new(step: u64, values: Tensor) -> Self {
+        Self { step, values }
+    }
+}
+
 impl Clone for Unread {
     fn clone(&self) -> Self {
         Self { step: self.step, values: self.values.shallow_clone() }
