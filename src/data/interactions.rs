@@ -22,13 +22,8 @@ use super::DataError;
 /// The id of a held-out item the model's vocabulary does not hold: never retrieved.
 pub const UNKNOWN_ITEM: u32 = u32::MAX;
 
-/// One `user,item,time` line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interaction {
-    pub user: String,
-    pub item: String,
-    pub time: i64,
-}
+/// One `user,item,time` line: what a review line gives, so `prepare` reads both alike.
+pub type Interaction = super::amazon::Review;
 
 /// Parse `user,item,time` (ComiRec's files: `time` an integer, the review time or the position
 /// in the user's history).

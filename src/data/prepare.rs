@@ -359,13 +359,10 @@ fn read_corpus(
     let mut corpus = Corpus::default();
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
     let mut reviews_summary = match job.layout {
-        Layout::Reviews => input::parse_lines(&job.reviews, job.strictness, amazon::parse_review, |r, line| {
-            let user = corpus.users.intern(&r.user);
-            let item = corpus.items.intern(&r.item);
-            corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
-        })?,
-        Layout::Interactions => {
-            input::parse_lines(&job.reviews, job.strictness, interactions::parse_interaction, |r, line| {
+        Layout::Reviews | Layout::Interactions => {
+            let parse =
+                if job.layout == Layout::Interactions { interactions::parse_interaction } else { amazon::parse_review };
+            input::parse_lines(&job.reviews, job.strictness, parse, |r, line| {
                 let user = corpus.users.intern(&r.user);
                 let item = corpus.items.intern(&r.item);
                 corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
