@@ -5,6 +5,8 @@
 #     apt (needs root when any is missing);
 #   - torch==2.11.0 (the libtorch that tch 0.24 links) with its dependencies into a cache
 #     outside the checkout, reused when present: ${MICN_CACHE:-$HOME/.cache/micn}/torch-2.11.0;
+#   - onnx, onnxscript and onnxruntime into that torch (what `python -m micn_twin onnx` exports a
+#     trained model with, and checks the exported file against);
 #   - tensorboard==2.21.0 in a virtual environment of its own beside it (the tests read micn's
 #     event files back with TensorBoard's reader; `$cache/tensorboard-2.21.0/bin/tensorboard
 #     --logdir runs` shows runs);
@@ -59,6 +61,17 @@ else
   mv "$venv.partial" "$venv"
   # A venv records its own path in its scripts; the moved one is only used for its files.
   touch "$venv/.micn-complete"
+fi
+
+# --- ONNX export of the PyTorch twin (torch.onnx needs onnx and onnxscript; onnxruntime checks
+# the exported file and scores with it) ------------------------------------------------------------
+ONNX_PACKAGES=(onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1)
+if [[ -f $venv/.micn-onnx-complete ]]; then
+  say "${ONNX_PACKAGES[*]} found in $venv"
+else
+  say "installing ${ONNX_PACKAGES[*]} into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${ONNX_PACKAGES[@]}"
+  touch "$venv/.micn-onnx-complete"
 fi
 
 # --- TensorBoard (its reader checks micn's event files in the tests; `tensorboard` views runs) --

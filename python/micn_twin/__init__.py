@@ -7,6 +7,9 @@ with PyTorch or TorchScript.
     batch = micn_twin.read_export("export", "test")    # from `micn data export`
     probs = net(*(batch[k] for k in micn_twin.INPUTS))
     torch.jit.script(net).save("model.pt")
+
+`micn_twin.onnx_file` writes the same model as an ONNX file, checked against the twin with
+onnxruntime (`python -m micn_twin onnx`).
 """
 import json
 import tomllib
@@ -21,8 +24,8 @@ from .model import ModelFileError, Network
 # The inputs of `Network.forward`, in order.
 INPUTS = ("users", "items", "cats", "hist_items", "hist_cats", "hist_mask")
 
-__all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "load", "model_config", "model_file", "read_export",
-           "read_npy", "read_safetensors", "score"]
+__all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "history_length", "load", "model_config",
+           "model_file", "read_export", "read_npy", "read_safetensors", "run_config", "score"]
 
 
 def model_file(path) -> Path:
@@ -36,8 +39,8 @@ def model_file(path) -> Path:
     return path
 
 
-def model_config(path) -> Optional[dict]:
-    """The `[model]` table of the run that made `path`: a run directory's `config.toml`, a
+def run_config(path) -> Optional[dict]:
+    """The configuration of the run that made `path`: a run directory's `config.toml`, a
     checkpoint's `state.json`, or a `config.toml` beside a model file; `None` when there is none."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
@@ -47,7 +50,20 @@ def model_config(path) -> Optional[dict]:
         text = json.loads((directory / "state.json").read_text())["config"]
     else:
         return None
-    return tomllib.loads(text).get("model", {})
+    return tomllib.loads(text)
+
+
+def model_config(path) -> Optional[dict]:
+    """The `[model]` table of the run that made `path` (see `run_config`)."""
+    config = run_config(path)
+    return None if config is None else config.get("model", {})
+
+
+def history_length(path) -> Optional[int]:
+    """The history length the run that made `path` trained with (`data.max_hist_len`, whose
+    default is 20); `None` without the run's configuration."""
+    config = run_config(path)
+    return None if config is None else int(config.get("data", {}).get("max_hist_len", 20))
 
 
 def load(path) -> Network:
@@ -59,7 +75,7 @@ def load(path) -> Network:
 @torch.no_grad()
 def score(net, batch, batch_size: int = 4096) -> torch.Tensor:
     """Click probabilities of every sample of `batch` (`read_export`'s dict), in order; `net` is
-    a `Network` or its TorchScript form."""
+    a `Network`, its TorchScript form or an `onnx_file.OnnxModel`."""
     n = batch["items"].shape[0]
     parts = []
     for start in range(0, n, batch_size):

@@ -1,12 +1,15 @@
 """Command line of the twin:
 
-    python -m micn_twin score MODEL --export DIR [--split test] --out scores.csv [--torchscript F]
+    python -m micn_twin score MODEL --export DIR [--split test] --out scores.csv [--torchscript F | --onnx F]
     python -m micn_twin torchscript MODEL --out model.pt
+    python -m micn_twin onnx MODEL --out model.onnx [--history-length T]
 
 MODEL is a run directory, a checkpoint directory or a `.safetensors` file; DIR is what
 `micn data export` wrote. `score` writes `sample,score` per sample of the split (the sample
-numbers of `micn predict`); with `--torchscript F` it scores with that TorchScript file
-instead of MODEL's weights.
+numbers of `micn predict`); with `--torchscript F` or `--onnx F` it scores with that file
+(TorchScript through torch, ONNX through onnxruntime) instead of MODEL's weights. `onnx`
+writes the model for histories of T behaviours (the run's `data.max_hist_len` by default),
+checked against the twin by onnxruntime first (see `micn_twin.onnx_file`).
 """
 import argparse
 import os
@@ -16,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from . import load, read_export, score
+from . import history_length, load, read_export, score
 from .files import FileFormatError
 from .model import ModelFileError
+from .onnx_file import OnnxError, OnnxModel, export
 
 
 def write_atomically(path: Path, write):
@@ -44,25 +48,47 @@ def main(argv=None) -> int:
     s.add_argument("--export", required=True, help="directory written by `micn data export`")
     s.add_argument("--split", default="test", choices=["test", "valid", "train"])
     s.add_argument("--out", required=True, type=Path, help="CSV to write: sample,score")
-    s.add_argument("--torchscript", type=Path, help="score with this TorchScript file instead")
+    instead = s.add_mutually_exclusive_group()
+    instead.add_argument("--torchscript", type=Path, help="score with this TorchScript file instead")
+    instead.add_argument("--onnx", type=Path, help="score with this ONNX file instead (onnxruntime)")
     s.add_argument("--batch-size", type=int, default=4096)
     t = commands.add_parser("torchscript", help="save the model as TorchScript")
     t.add_argument("model", help="run directory, checkpoint directory or .safetensors file")
     t.add_argument("--out", required=True, type=Path)
+    o = commands.add_parser("onnx", help="save the model as ONNX, checked against the twin by onnxruntime")
+    o.add_argument("model", help="run directory, checkpoint directory or .safetensors file")
+    o.add_argument("--out", required=True, type=Path)
+    o.add_argument("--history-length", type=int,
+                   help="the history length T the file takes (default: the run's data.max_hist_len)")
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
-            net = torch.jit.load(str(args.torchscript)) if args.torchscript else load(args.model)
+            if args.torchscript:
+                net = torch.jit.load(str(args.torchscript))
+            elif args.onnx:
+                net = OnnxModel(args.onnx)
+            else:
+                net = load(args.model)
             batch = read_export(args.export, args.split)
             probs = score(net, batch, args.batch_size).tolist()
             lines = "sample,score\n" + "".join(f"{i},{p!r}\n" for i, p in zip(batch["sample"].tolist(), probs))
             write_atomically(args.out, lambda f: f.write(lines.encode()))
             print(f"scored {len(probs)} samples of {args.split} -> {args.out}")
-        else:
+        elif args.command == "torchscript":
             scripted = torch.jit.script(load(args.model))
             write_atomically(args.out, lambda f: torch.jit.save(scripted, f))
             print(f"TorchScript model -> {args.out}")
-    except (FileFormatError, ModelFileError, FileNotFoundError, OSError) as e:
+        else:
+            steps = args.history_length if args.history_length is not None else history_length(args.model)
+            if steps is None:
+                raise OnnxError(f"{args.model}: no run configuration beside it to take the history length from: "
+                                f"give --history-length")
+            net = load(args.model)
+            data = export(net, steps, str(args.model))
+            write_atomically(args.out, lambda f: f.write(data))
+            print(f"ONNX model ({net.kind}, histories of {steps}, {len(data)} bytes, equal to the twin within "
+                  f"1e-5 in onnxruntime) -> {args.out}")
+    except (FileFormatError, ModelFileError, OnnxError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

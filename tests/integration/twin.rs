@@ -1,6 +1,6 @@
 //! The PyTorch twin (`python/micn_twin`): for every model ± MICN (Wide&Deep with its hashed
-//! crosses, MIND with either objective), the twin's scores of the test set, and those of its TorchScript form, equal
-//! `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
+//! crosses, MIND with either objective), the twin's scores of the test set, and those of its
+//! TorchScript form and of its ONNX file in onnxruntime, equal `micn predict`'s to 1e-5, sample by sample; the validation split too, by `micn predict`'s
 //! sample numbers, and a checkpoint's; `micn export interests` of a MIND run equals the twin's
 //! interests, and `micn eval --retrieval` the retrieval written out over them (also ComiRec's
 //! held-out users, `--heldout`, against its evaluation code written out); MFN with centres
@@ -51,59 +51,72 @@ fn assert_same_scores(what: &str, micn: &BTreeMap<u32, f64>, twin: &BTreeMap<u32
     assert!(spread > 1e-3, "{what}: the scores hardly vary ({spread}); the comparison would prove little");
 }
 
-#[test]
-fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
-    let tmp = tempfile::tempdir().unwrap();
-    let export = tmp.path().join("export");
+/// The models the twin computes: each model kind, and MIND trained for retrieval.
+const VARIANTS: [&str; 7] = ["wide_deep", "din", "dien", "mind", "mind-retrieval", "mfn", "camn"];
+
+/// A variant of `VARIANTS` ± MICN trained for 25 steps on the shared small dataset (history
+/// length 10) into `dir/NAME`, with settings the twin must read from the run: its name and run.
+fn train_variant(dir: &Path, variant: &str, micn: bool) -> (String, PathBuf) {
+    let name = format!("{variant}{}", if micn { "-micn" } else { "" });
+    let run = dir.join(&name);
+    let kind = variant.trim_end_matches("-retrieval");
+    let (kind_set, micn_set) = (format!("model.kind={kind}"), format!("micn.enabled={micn}"));
+    let objective = if variant.ends_with("-retrieval") { "retrieval" } else { "ctr" };
+    let objective_set = format!("model.mind_objective=\"{objective}\"");
+    let sets = [
+        objective_set.as_str(),
+        kind_set.as_str(),
+        micn_set.as_str(),
+        "model.wide_crosses=true",
+        "model.wide_buckets=512",
+        // MIND: 3 interests, 2 iterations, attention power 2 (hard with MICN); the twin reads
+        // them from the run.
+        "model.mind_interests=3",
+        "model.mind_routing_iters=2",
+        if micn { "model.mind_pow_p=\"inf\"" } else { "model.mind_pow_p=2" },
+        // CAMN: the top 2 of its sequences kept; without MICN the attention unscaled
+        // (CAMN-loss); the twin reads both from the run.
+        "model.camn_top_q=2",
+        // MFN: 3 heads over its item vectors (width 36, or 72 with MICN).
+        "model.mfn_heads=3",
+        if micn { "model.camn_routing=true" } else { "model.camn_routing=false" },
+        "train.max_steps=25",
+        "train.epochs=1",
+        "checkpoint.every_steps=20",
+    ];
+    train_from(&crate::small_config(&run, &sets), &SingleProcess, &Resume::Fresh).unwrap();
+    (name, run)
+}
+
+/// `micn data export` of the shared small dataset (histories of 10, a validation share) into `out`.
+fn export_samples(out: &Path) {
     let data = crate::train::dataset_dir().display().to_string();
     run_ok(
         Command::new(micn_bin())
             .args(["data", "export", &data, "--max-hist-len", "10", "--valid-share", "0.1"])
             .arg("--out")
-            .arg(&export),
+            .arg(out),
     );
-    let kinds = ["wide_deep", "din", "dien", "mind", "mind-retrieval", "mfn", "camn"];
-    for (variant, micn) in kinds.into_iter().flat_map(|k| [(k, false), (k, true)]) {
-        let name = format!("{variant}{}", if micn { "-micn" } else { "" });
-        let run = tmp.path().join(&name);
+}
+
+/// `micn predict`'s scores of `split` by the model of `run`, written to `out`.
+fn micn_predict(run: &Path, split: &str, out: &Path) -> BTreeMap<u32, f64> {
+    run_ok(Command::new(micn_bin()).args(["predict", "--split", split, "--run"]).arg(run).arg("--out").arg(out));
+    read_scores(out)
+}
+
+#[test]
+fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    export_samples(&export);
+    for (variant, micn) in VARIANTS.into_iter().flat_map(|k| [(k, false), (k, true)]) {
+        let (name, run) = train_variant(tmp.path(), variant, micn);
         let kind = variant.trim_end_matches("-retrieval");
-        let (kind_set, micn_set) = (format!("model.kind={kind}"), format!("micn.enabled={micn}"));
-        let objective = if variant.ends_with("-retrieval") { "retrieval" } else { "ctr" };
-        let objective_set = format!("model.mind_objective=\"{objective}\"");
-        let sets = [
-            objective_set.as_str(),
-            kind_set.as_str(),
-            micn_set.as_str(),
-            "model.wide_crosses=true",
-            "model.wide_buckets=512",
-            // MIND: 3 interests, 2 iterations, attention power 2 (hard with MICN); the twin reads
-            // them from the run.
-            "model.mind_interests=3",
-            "model.mind_routing_iters=2",
-            if micn { "model.mind_pow_p=\"inf\"" } else { "model.mind_pow_p=2" },
-            // CAMN: the top 2 of its sequences kept; without MICN the attention unscaled
-            // (CAMN-loss); the twin reads both from the run.
-            "model.camn_top_q=2",
-            // MFN: 3 heads over its item vectors (width 36, or 72 with MICN).
-            "model.mfn_heads=3",
-            if micn { "model.camn_routing=true" } else { "model.camn_routing=false" },
-            "train.max_steps=25",
-            "train.epochs=1",
-            "checkpoint.every_steps=20",
-        ];
-        train_from(&crate::small_config(&run, &sets), &SingleProcess, &Resume::Fresh).unwrap();
         let scripted = tmp.path().join(format!("{name}.pt"));
         run_ok(twin(&["torchscript"]).arg(&run).arg("--out").arg(&scripted));
         for split in ["test", "valid"] {
-            let predicted = tmp.path().join(format!("{name}-{split}-micn.csv"));
-            run_ok(
-                Command::new(micn_bin())
-                    .args(["predict", "--split", split, "--run"])
-                    .arg(&run)
-                    .arg("--out")
-                    .arg(&predicted),
-            );
-            let micn_scores = read_scores(&predicted);
+            let micn_scores = micn_predict(&run, split, &tmp.path().join(format!("{name}-{split}-micn.csv")));
             let twin_scores = tmp.path().join(format!("{name}-{split}-twin.csv"));
             run_ok(
                 twin(&["score", "--split", split, "--export"]).arg(&export).arg(&run).arg("--out").arg(&twin_scores),
@@ -140,6 +153,82 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
             if variant == "mind" {
                 check_exported_interests(&run, &export, &tmp.path().join(format!("{name}-interests")));
             }
+        }
+    }
+}
+
+/// Every model ± MICN exported to ONNX (`python -m micn_twin onnx`, for the run's history length)
+/// scores the test set in onnxruntime as `micn predict` does (1e-5); a file made for longer
+/// histories pads the export's (same scores); one made for shorter ones refuses them, naming the
+/// fix; a model file without its run needs `--history-length`; an unreadable file is named.
+#[test]
+fn every_model_exported_to_onnx_scores_in_onnxruntime_as_micn_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    export_samples(&export);
+    let onnx_scores = |run: &Path, onnx: &Path, out: &str| {
+        let out = tmp.path().join(out);
+        run_ok(twin(&["score", "--export"]).arg(&export).arg(run).arg("--onnx").arg(onnx).arg("--out").arg(&out));
+        read_scores(&out)
+    };
+    for (variant, micn) in VARIANTS.into_iter().flat_map(|k| [(k, false), (k, true)]) {
+        let (name, run) = train_variant(tmp.path(), variant, micn);
+        let micn_scores = micn_predict(&run, "test", &tmp.path().join(format!("{name}-micn.csv")));
+        let onnx = tmp.path().join(format!("{name}.onnx"));
+        let done = run_ok(twin(&["onnx"]).arg(&run).arg("--out").arg(&onnx));
+        let said = String::from_utf8_lossy(&done.stdout);
+        assert!(said.contains("histories of 10") && said.contains("within 1e-5"), "{said}");
+        assert_same_scores(
+            &format!("{name} ONNX"),
+            &micn_scores,
+            &onnx_scores(&run, &onnx, &format!("{name}-onnx.csv")),
+        );
+        if name == "dien-micn" {
+            // Histories of 10 padded to the 12 the file takes: DIEN's recurrent loops run over
+            // the padding, which must change nothing.
+            let longer = tmp.path().join("longer.onnx");
+            run_ok(twin(&["onnx", "--history-length", "12"]).arg(&run).arg("--out").arg(&longer));
+            assert_same_scores("padded to 12", &micn_scores, &onnx_scores(&run, &longer, "longer.csv"));
+        }
+        if name == "din" {
+            let shorter = tmp.path().join("shorter.onnx");
+            run_ok(twin(&["onnx", "--history-length", "4"]).arg(&run).arg("--out").arg(&shorter));
+            let out = twin(&["score", "--export"])
+                .arg(&export)
+                .arg(&run)
+                .arg("--onnx")
+                .arg(&shorter)
+                .arg("--out")
+                .arg(tmp.path().join("refused.csv"))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("shorter.onnx takes histories of 4 behaviours; these have 10"), "{stderr}");
+            assert!(stderr.contains("--max-hist-len 4"), "{stderr}");
+            // The weights alone do not say the history length.
+            let bare = tmp.path().join("bare.safetensors");
+            std::fs::copy(run.join("model.safetensors"), &bare).unwrap();
+            let out = twin(&["onnx"]).arg(&bare).arg("--out").arg(tmp.path().join("bare.onnx")).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("bare.safetensors") && stderr.contains("--history-length"), "{stderr}");
+            assert!(!tmp.path().join("bare.onnx").exists());
+            let damaged = tmp.path().join("damaged.onnx");
+            std::fs::write(&damaged, &std::fs::read(&shorter).unwrap()[..1000]).unwrap();
+            let out = twin(&["score", "--export"])
+                .arg(&export)
+                .arg(&run)
+                .arg("--onnx")
+                .arg(&damaged)
+                .arg("--out")
+                .arg(tmp.path().join("damaged.csv"))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("damaged.onnx: onnxruntime cannot load it"), "{stderr}");
+            assert!(!tmp.path().join("damaged.csv").exists());
         }
     }
 }
