@@ -20,10 +20,30 @@ impl PathIo {
 
 /// Writes `path` through a temporary sibling renamed over it (`write` fills the temporary file):
 /// a failure (a full disk) leaves the previous file, if any, whole, and no partial file behind.
+/// Missing parent directories are made. A symbolic link is followed: its target is replaced and
+/// the link stays. A device or a pipe (`/dev/stdout`, `/dev/full`, a FIFO) cannot be replaced:
+/// `write` writes into it directly, so its own failures (a full device) are reported.
 pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), PathIo> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial"));
-    write(&tmp).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| {
+    let special = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if special(path) {
+        return write(path).with_path(path);
+    }
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let target = if !is_link {
+        path.to_path_buf()
+    } else if path.exists() {
+        std::fs::canonicalize(path).with_path(path)?
+    } else {
+        // A link to a file that does not exist yet: made where the link points.
+        let to = std::fs::read_link(path).with_path(path)?;
+        path.parent().map_or(to.clone(), |dir| dir.join(&to))
+    };
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_path(dir)?;
+    }
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.partial"));
+    write(&tmp).and_then(|()| std::fs::rename(&tmp, &target)).map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         PathIo { path: path.to_path_buf(), source }
     })
@@ -47,5 +67,67 @@ pub trait WithPath<T> {
 impl<T> WithPath<T> for std::io::Result<T> {
     fn with_path(self, path: &Path) -> Result<T, PathIo> {
         self.map_err(|source| PathIo { path: path.to_path_buf(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt as _;
+
+    use super::*;
+
+    fn write_text(text: &'static str) -> impl FnOnce(&Path) -> std::io::Result<()> {
+        move |p: &Path| std::fs::write(p, text)
+    }
+
+    #[test]
+    fn a_file_is_replaced_whole_or_not_at_all_in_directories_made_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/deeper/out.csv");
+        replace_file(&path, write_text("one")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one");
+        let e = replace_file(&path, |p: &Path| {
+            std::fs::write(p, "half")?;
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("out.csv") && e.to_string().contains("No space"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one");
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no partial file left");
+    }
+
+    #[test]
+    fn a_link_is_followed_and_a_device_or_pipe_written_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        // A link: the target is replaced, the link stays (also one to a file not made yet).
+        let (target, link) = (dir.path().join("target.csv"), dir.path().join("link.csv"));
+        std::fs::write(&target, "old").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        replace_file(&link, write_text("new")).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+        let dangling = dir.path().join("dangling.csv");
+        std::os::unix::fs::symlink("made.csv", &dangling).unwrap();
+        replace_file(&dangling, write_text("made")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("made.csv")).unwrap(), "made");
+        // A device stays a device: /dev/null takes the bytes, /dev/full reports a full disk.
+        replace_file(Path::new("/dev/null"), write_text("gone")).unwrap();
+        let e = replace_file(Path::new("/dev/full"), write_text("full")).unwrap_err();
+        assert!(e.to_string().starts_with("/dev/full: ") && e.to_string().contains("No space"), "{e}");
+        for device in ["/dev/null", "/dev/full"] {
+            assert!(!std::fs::metadata(device).unwrap().is_file(), "{device} was replaced by a file");
+        }
+        // A FIFO: the reader gets the bytes, the FIFO stays.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        replace_file(&fifo, write_text("through")).unwrap();
+        assert_eq!(reader.join().unwrap(), "through");
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
     }
 }

@@ -26,17 +26,32 @@ from .onnx_file import OnnxError, OnnxModel, export
 
 
 def write_atomically(path: Path, write):
-    """Write through a temporary file beside `path`, renamed over it when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write through a temporary file beside `path`, renamed over it when complete (with the
+    permissions a new file gets). A link is followed (its target replaced); a device or a pipe
+    (`/dev/stdout`) is written in place. A failure names `path`."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+        if path.exists() and not path.is_file() and not path.is_dir():
+            with open(path, "wb") as f:
+                write(f)
+            return
+        target = Path(os.path.realpath(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 

@@ -133,6 +133,12 @@ fn is_checkpoint_name(p: &Path) -> bool {
     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))
 }
 
+/// The step of a checkpoint directory's name (`step-00000042` → 42); `None` for other names.
+pub fn step_of(p: &Path) -> Option<u64> {
+    let digits = p.file_name()?.to_str()?.strip_prefix("step-")?;
+    digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
+}
+
 /// The newest checkpoint that verifies; the refused ones with their reasons.
 pub fn latest(root: &Path) -> (Option<(PathBuf, State)>, Vec<CheckpointError>) {
     let mut refused = Vec::new();

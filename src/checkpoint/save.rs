@@ -100,17 +100,35 @@ fn write_files(
         .map_err(io(&manifest_path))
 }
 
-/// Remove all but the newest `keep` checkpoints and the best one by the AUC of an evaluation
-/// made at its own step (see [`policy::to_remove`]).
-pub fn retain(root: &Path, keep: usize) -> Result<(), CheckpointError> {
-    let dirs = super::list(root);
+/// Remove the checkpoints retention no longer keeps, right after the one at step `written` was
+/// saved: of the finished checkpoints (with their marker), all but the newest `keep` and the best
+/// one by the AUC of an evaluation made at its own step (see [`policy::to_remove`]). The one just
+/// written is never removed.
+///
+/// "Newest" follows the line of the checkpoint just written: one with a later step was written by
+/// an earlier attempt that this run resumed from before it (after a damaged newest checkpoint, or
+/// an explicit `--resume` of an older one), so it ranks after every checkpoint of this line, and
+/// goes first. Unfinished or foreign entries (no marker, not a `step-N` directory) are not counted
+/// and not removed: they are no checkpoint to keep, and not this function's to delete.
+pub fn retain(root: &Path, keep: usize, written: u64) -> Result<(), CheckpointError> {
+    let mut finished: Vec<(PathBuf, u64)> = super::list(root)
+        .into_iter()
+        .filter_map(|dir| {
+            let step = super::step_of(&dir)?;
+            (dir.is_dir() && dir.join(MARKER).exists()).then_some((dir, step))
+        })
+        .collect();
+    finished.sort_by_key(|&(_, step)| (step > written, std::cmp::Reverse(step)));
     let own_auc = |dir: &Path| -> Option<f64> {
         let text = std::fs::read_to_string(dir.join(FILES[2])).ok()?;
         serde_json::from_str::<State>(&text).ok()?.own_auc()
     };
-    let aucs: Vec<Option<f64>> = dirs.iter().map(|d| own_auc(d)).collect();
+    let aucs: Vec<Option<f64>> = finished.iter().map(|(dir, _)| own_auc(dir)).collect();
     for i in policy::to_remove(&aucs, keep) {
-        std::fs::remove_dir_all(&dirs[i]).map_err(io(&dirs[i]))?;
+        let (dir, step) = &finished[i];
+        if *step != written {
+            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+        }
     }
     Ok(())
 }
@@ -191,7 +209,7 @@ mod tests {
             let history: Vec<_> = evals.iter().filter(|e| e.0 <= step).map(|&(s, a)| (s, a, 0.5, 0.6)).collect();
             save(root.path(), &state(step, history), write_bytes(4), write_bytes(4)).unwrap();
         }
-        retain(root.path(), 2).unwrap();
+        retain(root.path(), 2, 15).unwrap();
         assert_eq!(entries(root.path()), ["step-00000006", "step-00000012", "step-00000015"]);
     }
 
@@ -204,7 +222,26 @@ mod tests {
         save(root.path(), &state(9, vec![(3, 0.6, 0.5, 0.6), (6, 0.9, 0.5, 0.6)]), write_bytes(4), write_bytes(4))
             .unwrap();
         save(root.path(), &state(12, vec![(12, 0.7, 0.5, 0.6)]), write_bytes(4), write_bytes(4)).unwrap();
-        retain(root.path(), 1).unwrap();
+        retain(root.path(), 1, 12).unwrap();
         assert_eq!(entries(root.path()), ["step-00000012"]);
+    }
+
+    #[test]
+    fn retention_never_removes_the_checkpoint_just_written_for_one_an_earlier_attempt_wrote_later() {
+        // An earlier attempt wrote steps 4 and 8 and a step 12 that cannot be loaded; the run
+        // resumed from 8 and has just written 10. Keeping 1: 10 stays and 12 (another line) goes
+        // first, then 8. Unfinished or foreign entries are neither counted nor removed.
+        let root = tempfile::tempdir().unwrap();
+        for step in [4u64, 8, 12, 10] {
+            save(root.path(), &state(step, vec![]), write_bytes(4), write_bytes(4)).unwrap();
+        }
+        std::fs::write(root.path().join("step-00000012").join("model.safetensors"), [0u8; 1]).unwrap();
+        std::fs::create_dir(root.path().join("step-00000099")).unwrap();
+        std::fs::write(root.path().join("step-0000zzzz"), "mine").unwrap();
+        retain(root.path(), 2, 10).unwrap();
+        assert_eq!(entries(root.path()), ["step-00000008", "step-00000010", "step-00000099", "step-0000zzzz"]);
+        retain(root.path(), 1, 10).unwrap();
+        assert_eq!(entries(root.path()), ["step-00000010", "step-00000099", "step-0000zzzz"]);
+        super::super::verify(&root.path().join("step-00000010")).unwrap();
     }
 }

@@ -882,7 +882,7 @@ impl Checkpointing {
                     checkpoint::write_tensors(path, &named)
                 },
             )
-            .and_then(|dir| checkpoint::retain(&self.root, cfg.checkpoint.keep_last).map(|_| dir));
+            .and_then(|dir| checkpoint::retain(&self.root, cfg.checkpoint.keep_last, step).map(|_| dir));
             if let Ok(dir) = &saved {
                 tracing::info!(checkpoint = %dir.display(), step, "checkpoint written");
             }
