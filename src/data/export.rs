@@ -14,6 +14,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use super::batch::{Batch, NoClickSampler};
+use super::prepare::Staging;
 use super::samples::ArchivedSamples;
 use super::{shard, DataError, Dataset};
 use crate::io_error::{replace_file, WithPath};
@@ -36,8 +37,25 @@ pub struct Exported {
     pub test: usize,
 }
 
-/// Writes `dataset`'s splits under `out` (created; files in it are replaced).
+/// Writes `dataset`'s splits under `out`, whole or not at all: built beside it, then moved into
+/// place, replacing an earlier export there (a directory with `export.json`, or an empty one);
+/// anything else at `out` is refused.
 pub fn export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<Exported, DataError> {
+    if opts.max_hist_len == 0 {
+        return Err(DataError::Invalid {
+            path: out.to_path_buf(),
+            message: "--max-hist-len must be at least 1".into(),
+        });
+    }
+    let is_earlier_export =
+        |dir: &Path| dir.join("export.json").is_file() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    let staging = Staging::replacing(out, is_earlier_export)?;
+    let exported = write_export(dataset, &staging.tmp, opts)?;
+    staging.commit()?;
+    Ok(exported)
+}
+
+fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<Exported, DataError> {
     let train = dataset.train.samples();
     let by_user = dataset.meta.protocol == "dien";
     let key = |i: usize| train.user_keys[i].to_native();

@@ -81,6 +81,8 @@ pub struct Report {
 pub(crate) struct Staging {
     pub tmp: PathBuf,
     out: PathBuf,
+    /// Whether an `out` that exists is replaced whole at the commit (else it is refused at start).
+    replaces: bool,
 }
 
 /// Inside a staging directory until it is committed: the host that builds it, so that a
@@ -89,10 +91,24 @@ pub(crate) struct Staging {
 const OWNER_FILE: &str = ".micn-staging-host";
 
 impl Staging {
+    /// For an `out` that must not exist.
     pub fn new(out: &Path) -> Result<Self, DataError> {
         if out.exists() {
             return Err(DataError::OutputExists(out.to_path_buf()));
         }
+        Self::start(out, false)
+    }
+
+    /// For an `out` that, when it exists, is replaced whole by the commit (the earlier output of
+    /// the same command, which `is_replaceable` recognises); until then it stays as it was.
+    pub fn replacing(out: &Path, is_replaceable: impl Fn(&Path) -> bool) -> Result<Self, DataError> {
+        if out.exists() && !(out.is_dir() && is_replaceable(out)) {
+            return Err(DataError::OutputExists(out.to_path_buf()));
+        }
+        Self::start(out, true)
+    }
+
+    fn start(out: &Path, replaces: bool) -> Result<Self, DataError> {
         let name = out.file_name().ok_or_else(|| DataError::Invalid {
             path: out.to_path_buf(),
             message: "the output must name a directory".into(),
@@ -106,7 +122,7 @@ impl Staging {
             std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
         }
         std::fs::create_dir(&tmp).with_path(&tmp)?;
-        let staging = Self { tmp, out: out.to_path_buf() };
+        let staging = Self { tmp, out: out.to_path_buf(), replaces };
         staging.write(OWNER_FILE, format!("{}\n", host_name()).as_bytes())?;
         Ok(staging)
     }
@@ -131,7 +147,27 @@ impl Staging {
             let path = entry.map_err(io(&self.tmp))?.path();
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
         }
-        std::fs::rename(&self.tmp, &self.out).map_err(io(&self.out))?;
+        // An output being replaced steps aside first, and comes back if the new one cannot move in.
+        let aside = self.out.with_file_name(format!(
+            ".{}.replaced-{}",
+            self.out.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let replacing = self.replaces && self.out.exists();
+        if replacing {
+            std::fs::rename(&self.out, &aside).map_err(io(&self.out))?;
+        }
+        if let Err(e) = std::fs::rename(&self.tmp, &self.out) {
+            if replacing {
+                let _ = std::fs::rename(&aside, &self.out);
+            }
+            return Err(io(&self.out)(e));
+        }
+        if replacing {
+            if let Err(e) = std::fs::remove_dir_all(&aside) {
+                tracing::warn!("{}: could not remove the output this one replaced: {e}", aside.display());
+            }
+        }
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(io(parent))?;
         }

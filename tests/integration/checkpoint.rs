@@ -11,6 +11,7 @@ use micn::dist::{SingleProcess, ThreadRanks};
 use micn::train::{train_from, Resume};
 
 use crate::launch::launcher;
+use crate::SmallDisk;
 
 fn config(run: &Path, extra: &[&str]) -> Config {
     let mut sets = vec!["checkpoint.every_steps=5", "checkpoint.keep_last=10"];
@@ -311,36 +312,6 @@ fn a_rank_killed_with_sigkill_is_restarted_by_the_launcher_and_ends_bit_identica
     let straight = tmp.path().join("straight");
     run(2, &config(&straight, &args), &Resume::Fresh);
     assert_eq!(model_bytes(&straight), model_bytes(&killed));
-}
-
-/// A small tmpfs, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    /// Mount a tmpfs of `bytes` at `dir`; `Err(why)` where that is not possible (not root, or a
-    /// container without the capability), for the caller to skip with the reason printed.
-    fn mount(dir: &Path, bytes: u64) -> Result<Self, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("mounting a tmpfs needs root".into());
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("mount failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(SmallDisk(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -343,3 +343,86 @@ fn data_export_writes_every_split_as_numpy_arrays_of_the_loaders_samples() {
     assert!(stderr(&out).contains("--valid-share 1.5"), "{}", stderr(&out));
     assert!(!bad.exists());
 }
+
+/// Every file under `dir` with its bytes, by path.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(files_under(&path));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            all.push((path, bytes));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// An export is whole or absent: one that fills the disk leaves the earlier export there byte for
+/// byte (and no staging directory); a directory that is not an export is refused, and so is a
+/// history length of 0.
+#[test]
+fn a_data_export_that_fails_leaves_the_earlier_export_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("din");
+    run_ok(&mut prepare_without_meta("amazon2014", &musical_instruments(), &data, &["--protocol", "din"]));
+    let export = |out: &Path, width: &str| {
+        micn()
+            .args(["data", "export"])
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .args(["--max-hist-len", width])
+            .output()
+            .unwrap()
+    };
+    // How much room an export of histories of 5 and one of 20 take.
+    let size = |width: &str| -> u64 {
+        let probe = tmp.path().join(format!("probe-{width}"));
+        assert!(export(&probe, width).status.success());
+        files_under(&probe).iter().map(|(_, b)| b.len() as u64).sum()
+    };
+    let (five, twenty) = (size("5"), size("20"));
+    assert!(twenty > five * 2, "{five} {twenty}");
+    let disk = tmp.path().join("disk");
+    // Room for the first and half the second.
+    let _mounted = match crate::SmallDisk::mount(&disk, five + twenty / 2 + (64 << 10)) {
+        Ok(mounted) => mounted,
+        Err(why) => {
+            eprintln!("skipped the full-disk half: {why}");
+            return;
+        }
+    };
+    let out = disk.join("arrays");
+    assert!(export(&out, "5").status.success());
+    let before = files_under(&out);
+    // The disk fills midway through histories of 20.
+    let failed = export(&out, "20");
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(stderr(&failed).contains("No space left"), "{}", stderr(&failed));
+    assert_eq!(files_under(&out), before, "the earlier export changed");
+    let left: Vec<_> = std::fs::read_dir(&disk).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["arrays"], "a staging directory was left behind");
+    // With room: an empty directory is taken, and an earlier export replaced whole.
+    let again = tmp.path().join("again");
+    std::fs::create_dir(&again).unwrap();
+    assert!(export(&again, "5").status.success());
+    assert!(export(&again, "20").status.success());
+    let names = |dir: &Path| -> Vec<PathBuf> {
+        files_under(dir).into_iter().map(|(p, _)| p.strip_prefix(dir).unwrap().to_path_buf()).collect()
+    };
+    assert_eq!(names(&again), names(&tmp.path().join("probe-20")));
+    // Not an export: refused, untouched.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    let refused = export(&mine, "5");
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("mine: already exists"), "{}", stderr(&refused));
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+    let zero = export(&tmp.path().join("zero"), "0");
+    assert_eq!(zero.status.code(), Some(3), "{}", stderr(&zero));
+    assert!(stderr(&zero).contains("--max-hist-len must be at least 1"), "{}", stderr(&zero));
+}

@@ -87,3 +87,33 @@ pub fn small_config(run: &Path, extra: &[&str]) -> micn::config::Config {
         sets.iter().map(|s| micn::config::Override::parse(s).unwrap()).collect();
     micn::config::Config::load(None, &overrides).unwrap()
 }
+
+/// A small tmpfs, unmounted when dropped.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mount a tmpfs of `bytes` at `dir`; `Err(why)` where that is not possible (not root, or a
+    /// container without the capability), for the caller to skip with the reason printed.
+    pub fn mount(dir: &Path, bytes: u64) -> Result<Self, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("mounting a tmpfs needs root".into());
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mount failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
