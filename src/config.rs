@@ -645,13 +645,17 @@ impl Config {
         for o in overrides {
             o.apply(&mut table)?;
         }
-        // The origin of a key is the last `--set` that touched it, else the file.
+        // The origin of a key is the last `--set` that touched it (the key, a key under it or an
+        // element of it, `model.head_hidden[0]`), else the file.
         let origin_of = |key: &str| {
             overrides
                 .iter()
                 .rev()
                 .find(|o| {
-                    key == o.key || key.starts_with(&format!("{}.", o.key)) || o.key.starts_with(&format!("{key}."))
+                    key == o.key
+                        || key.starts_with(&format!("{}.", o.key))
+                        || key.starts_with(&format!("{}[", o.key))
+                        || o.key.starts_with(&format!("{key}."))
                 })
                 .map_or_else(|| file_origin.to_string(), |o| format!("--set {}", o.arg))
         };
@@ -951,6 +955,10 @@ mod tests {
         let sets = [Override::parse("train.nope=1").unwrap()];
         let (origin, key, _) = key_error(Config::load(None, &sets).unwrap_err());
         assert_eq!((origin.as_str(), key.as_str()), ("--set train.nope=1", "train.nope"));
+        // An element of a list: the argument, not the file, which may not set the key at all.
+        let sets = [Override::parse("model.head_hidden=[8, -1]").unwrap()];
+        let (origin, key, _) = key_error(Config::load(Some(&write("device = \"cpu\"\n").1), &sets).unwrap_err());
+        assert_eq!((origin.as_str(), key.as_str()), ("--set model.head_hidden=[8, -1]", "model.head_hidden[1]"));
         assert!(matches!(Override::parse("micn.phi"), Err(ConfigError::BadOverride { .. })));
         assert!(matches!(Override::parse("micn..phi=1"), Err(ConfigError::BadOverride { .. })));
         let sets = [Override::parse("device.kind=1").unwrap()];

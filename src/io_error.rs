@@ -22,11 +22,11 @@ impl PathIo {
 /// a failure (a full disk) leaves the previous file, if any, whole, and no partial file behind.
 /// Missing parent directories are made. A symbolic link is followed: its target is replaced and
 /// the link stays. A device or a pipe (`/dev/stdout`, `/dev/full`, a FIFO) cannot be replaced:
-/// `write` writes into it directly, so its own failures (a full device) are reported.
+/// what `write` writes is copied into it, so its own failures (a full device) are reported.
 pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), PathIo> {
     let special = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
     if special(path) {
-        return write(path).with_path(path);
+        return write_into_special(path, write);
     }
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     let target = if !is_link {
@@ -47,6 +47,21 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
         let _ = std::fs::remove_file(&tmp);
         PathIo { path: path.to_path_buf(), source }
     })
+}
+
+/// [`replace_file`] for a device or a pipe: `write` fills a temporary file (and may sync it, which
+/// such a file refuses), whose bytes are then copied in.
+fn write_into_special(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), PathIo> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!(".micn-output-{}-{n}", std::process::id()));
+    let result = write(&tmp).and_then(|()| {
+        let mut from = std::fs::File::open(&tmp)?;
+        let mut to = std::fs::OpenOptions::new().write(true).open(path)?;
+        std::io::copy(&mut from, &mut to).map(drop)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    result.with_path(path)
 }
 
 /// An I/O error that the same command would meet again: a missing file, a file it may not read,
@@ -110,8 +125,10 @@ mod tests {
         std::os::unix::fs::symlink("made.csv", &dangling).unwrap();
         replace_file(&dangling, write_text("made")).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("made.csv")).unwrap(), "made");
-        // A device stays a device: /dev/null takes the bytes, /dev/full reports a full disk.
-        replace_file(Path::new("/dev/null"), write_text("gone")).unwrap();
+        // A device stays a device: /dev/null takes the bytes (synced first, as outputs are),
+        // /dev/full reports a full disk.
+        let synced = |p: &Path| std::fs::write(p, "gone").and_then(|()| std::fs::File::open(p)?.sync_all());
+        replace_file(Path::new("/dev/null"), synced).unwrap();
         let e = replace_file(Path::new("/dev/full"), write_text("full")).unwrap_err();
         assert!(e.to_string().starts_with("/dev/full: ") && e.to_string().contains("No space"), "{e}");
         for device in ["/dev/null", "/dev/full"] {

@@ -122,6 +122,15 @@ struct SavedArgs {
 impl SavedArgs {
     /// The run or checkpoint directory.
     fn dir(&self) -> Result<&Path, UsageError> {
+        if let Some(checkpoint) = self.checkpoint.as_deref() {
+            if !checkpoint.join("state.json").is_file() {
+                let what = if checkpoint.is_dir() { "not a checkpoint (no state.json)" } else { "no such directory" };
+                return Err(UsageError(format!(
+                    "--checkpoint {}: {what}; a checkpoint is a directory run.dir/checkpoints/step-N",
+                    checkpoint.display()
+                )));
+            }
+        }
         self.run
             .as_deref()
             .or(self.checkpoint.as_deref())
@@ -582,6 +591,9 @@ fn is_input_error(e: &anyhow::Error) -> bool {
             || cause.is::<micn::network::NetworkError>()
             || cause.is::<micn::model::ModelError>()
             || cause.downcast_ref::<TrainError>().is_some_and(TrainError::is_input_error)
+            || cause.downcast_ref::<micn::experiment::sweep::SweepError>().is_some_and(|e| e.is_input_error())
+            || cause.downcast_ref::<micn::experiment::report::ReportError>().is_some_and(|e| e.is_input_error())
+            || cause.downcast_ref::<micn::io_error::PathIo>().is_some_and(micn::io_error::PathIo::is_lasting)
     })
 }
 
@@ -663,6 +675,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 args.interests >= 1 && args.steps >= 1 && args.batch >= 1,
                 "--interests, --steps and --batch must be at least 1"
             );
+            ensure_usage!(args.batch <= 1 << 20, "--batch must be at most 1048576, got {}", args.batch);
             ensure_usage!(args.lr > 0.0 && args.lr.is_finite(), "--lr must be > 0");
             let settings = micn::train::saved::CentreSettings {
                 interests: args.interests,
@@ -705,6 +718,15 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     use micn::train::Resume;
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = micn::config::Config::load(Some(&config), &overrides)?;
+    ensure_usage!(
+        !cfg.data.dir.as_os_str().is_empty(),
+        "data.dir is empty: set it to the directory `micn prepare` wrote"
+    );
+    ensure_usage!(
+        !cfg.run.dir.exists() || cfg.run.dir.is_dir(),
+        "run.dir = {}: is a file, not a directory",
+        cfg.run.dir.display()
+    );
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()))?;
     }
@@ -935,6 +957,10 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             use micn::bench::throughput;
             ensure_usage!(steps > 0, "--steps must be at least 1");
             ensure_usage!(batches.iter().all(|&b| b > 0), "--batch must be at least 1");
+            // Bounds that keep the model (tables and Adam's moments) within a machine's memory.
+            ensure_usage!((2..=10_000_000).contains(&items), "--items must lie in [2, 10000000], got {items}");
+            ensure_usage!((1..=10_000_000).contains(&users), "--users must lie in [1, 10000000], got {users}");
+            ensure_usage!(batches.iter().all(|&b| b <= 1 << 20), "--batch must be at most 1048576");
             let opts =
                 throughput::ThroughputOptions { steps, warmup, threads, items, users, device, ..Default::default() };
             let rows = throughput::run(&opts, &models, &batches)?;

@@ -154,15 +154,21 @@ fn mpirun_tokens(given: &[String]) -> (Vec<String>, Vec<String>) {
     (tokens, notes)
 }
 
+/// The micn binary the ranks run: `--micn`, else `micn` beside this launcher.
+fn micn_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    match &args.micn {
+        Some(p) => Ok(p.clone()),
+        None => Ok(std::env::current_exe().context("locating micn-launch")?.with_file_name("micn")),
+    }
+}
+
 /// The full mpirun command line.
 fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<String>> {
     if placement.np == 0 {
         bail!("--np must be at least 1");
     }
-    let micn = match &args.micn {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating micn-launch")?.with_file_name("micn"),
-    };
+    let micn = micn_binary(args)?;
+
     let mut micn_args: Vec<String> = if !args.micn_args.is_empty() {
         args.micn_args.clone()
     } else {
@@ -664,6 +670,12 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
         println!("{}", cmd.iter().map(|a| shell_quoted(a)).collect::<Vec<_>>().join(" "));
         return Ok(0);
     }
+    // Without a hostfile every rank runs on this machine: a missing binary is known now, not
+    // from mpirun's "unable to launch" (whose status a restart would retry).
+    let micn = micn_binary(&args)?;
+    if args.hostfile.is_none() && !micn.is_file() {
+        bail!("{}: no micn binary there (give its path with --micn)", micn.display());
+    }
     let printer = Printer { json: log_format_json(&cmd) };
     for note in &split_notes {
         printer.say("INFO", note);
@@ -671,6 +683,9 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
     let mut signals = StopSignals::catch()?;
     let mut stops = Stops::default();
     let started = Instant::now();
+    if args.stall_timeout == Some(0) {
+        bail!("--stall-timeout must be at least 1 second (leave it out for no stall detection)");
+    }
     let limits =
         Limits { stall: args.stall_timeout.map(Duration::from_secs), exit_grace: Duration::from_secs(args.exit_grace) };
     let mut lost: Vec<hosts::Host> = Vec::new();
@@ -758,14 +773,22 @@ fn shell_quoted(arg: &str) -> String {
     }
 }
 
+/// The launcher's own failures (a bad argument or hostfile, mpirun or micn not found) exit like
+/// micn's input errors: running the same command again cannot help, so nothing retries them.
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_INPUT_ERROR as u8) } else { ExitCode::SUCCESS };
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(launch(args)) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("micn-launch: error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_INPUT_ERROR as u8)
         }
     }
 }

@@ -28,6 +28,13 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
         return Err(invalid("not a directory (a checkpoint is a directory `step-…`)".into()));
     }
     if !dir.join(MARKER).exists() {
+        if !dir.join("manifest.json").exists() && !dir.join(FILES[2]).exists() {
+            return Err(invalid(
+                "not a checkpoint: no state.json, manifest.json or completion marker (a checkpoint is a directory \
+                 run.dir/checkpoints/step-N)"
+                    .into(),
+            ));
+        }
         return Err(invalid("no completion marker: the checkpoint was not finished".into()));
     }
     let manifest_path = dir.join("manifest.json");

@@ -134,9 +134,8 @@ pub fn dir_name(step: u64) -> String {
 /// Configuration keys that change the model's shape (or the data it was built for): a resumed
 /// run must keep them. Returns the differing keys.
 pub fn incompatible_keys(saved: &crate::config::Config, now: &crate::config::Config) -> Vec<String> {
-    let mut keys = Vec::new();
+    let mut keys = differing_model_keys(&saved.model, &now.model);
     let pairs = [
-        ("model", saved.model != now.model),
         ("micn.enabled", saved.micn.enabled != now.micn.enabled),
         ("micn.k_max", saved.micn.k_max != now.micn.k_max),
         ("micn.routing_iters", saved.micn.routing_iters != now.micn.routing_iters),
@@ -154,9 +153,36 @@ pub fn incompatible_keys(saved: &crate::config::Config, now: &crate::config::Con
     keys
 }
 
+/// The `model.*` keys whose values differ (by their TOML form); `model` itself when the tables
+/// differ in a way no key shows.
+fn differing_model_keys(saved: &crate::config::ModelConfig, now: &crate::config::ModelConfig) -> Vec<String> {
+    if saved == now {
+        return Vec::new();
+    }
+    let table = |m| toml::Value::try_from(m).ok().and_then(|v| v.as_table().cloned()).unwrap_or_default();
+    let (a, b) = (table(saved), table(now));
+    let keys: std::collections::BTreeSet<String> =
+        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("model.{k}")).collect();
+    if keys.is_empty() {
+        vec!["model".into()]
+    } else {
+        keys.into_iter().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_setting_that_differs_is_named_by_its_key() {
+        let saved = crate::config::Config::default();
+        let mut now = saved.clone();
+        now.model.embedding_dim += 2;
+        now.micn.k_max += 1;
+        assert_eq!(incompatible_keys(&saved, &now), ["model.embedding_dim", "micn.k_max"]);
+        assert!(incompatible_keys(&saved, &saved).is_empty());
+    }
 
     fn state(step: u64, evaluations: Vec<Evaluation>) -> State {
         State {

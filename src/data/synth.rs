@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::prepare::Staging;
 use super::DataError;
 use crate::io_error::{PathIo, WithPath};
 use crate::rng::{stream, Rng, WeightedIndex};
@@ -140,6 +141,8 @@ impl OracleModel {
 pub const REVIEWS_FILE: &str = "reviews_Synthetic_5.json";
 pub const META_FILE: &str = "meta_Synthetic.json";
 pub const ORACLE_FILE: &str = "oracle-model.json";
+/// What `synth` was asked for and wrote (`SynthSummary`).
+pub const INFO_FILE: &str = "synth.json";
 
 const WORDS: &[&str] = &[
     "the",
@@ -430,20 +433,59 @@ fn write_meta(
     Ok(n)
 }
 
-/// Generate the raw files into `out` (created if missing; the files appear under their final
-/// names only when complete).
+/// Most reviews `synth` writes (`users × max(min_history, mean_history)`, about 30 GB of review
+/// JSON): more than any Amazon category's 5-core holds.
+pub const MAX_REVIEWS: f64 = 5e7;
+/// Longest history a user may be asked for (each draw looks through the user's earlier items).
+pub const MAX_HISTORY: usize = 10_000;
+
+impl SynthConfig {
+    /// Whether these settings make a data set this machine can write; the reason if not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.users == 0 || self.items < 2 || self.clusters == 0 || self.categories == 0 || self.interests == 0 {
+            return Err("synth needs users ≥ 1, items ≥ 2, clusters ≥ 1, categories ≥ 1 and interests ≥ 1".into());
+        }
+        if !(self.mean_history.is_finite() && self.mean_history >= 0.0) {
+            return Err(format!("--mean-history must be a number ≥ 0, got {}", self.mean_history));
+        }
+        if self.min_history > MAX_HISTORY || self.mean_history > MAX_HISTORY as f64 {
+            return Err(format!(
+                "--min-history {} / --mean-history {}: at most {MAX_HISTORY} reviews per user",
+                self.min_history, self.mean_history
+            ));
+        }
+        let reviews = self.users as f64 * (self.min_history.max(2) as f64).max(self.mean_history);
+        if reviews > MAX_REVIEWS || self.items as f64 > MAX_REVIEWS {
+            return Err(format!(
+                "--users {} × a history of {} and --items {}: at most {MAX_REVIEWS:.0} reviews and {MAX_REVIEWS:.0} items",
+                self.users,
+                (self.min_history.max(2) as f64).max(self.mean_history),
+                self.items
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Generate the raw files into `out`, whole or not at all: built beside it and moved into place,
+/// replacing an earlier output of `synth` there (a directory with `synth.json`, or an empty one);
+/// anything else at `out` is refused. The summary names the files at their final paths.
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError> {
+    cfg.check().map_err(|message| DataError::Invalid { path: out.to_path_buf(), message })?;
+    let is_earlier_output =
+        |dir: &Path| dir.join(INFO_FILE).is_file() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    let staging = Staging::replacing(out, is_earlier_output)?;
+    let summary = write_files(cfg, &staging.tmp, out)?;
+    staging.commit()?;
+    Ok(summary)
+}
+
+/// The files, written into `dir`, which becomes `out`.
+fn write_files(cfg: &SynthConfig, dir: &Path, out: &Path) -> Result<SynthSummary, DataError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DataError::Io(PathIo { path, source })
     };
-    if cfg.users == 0 || cfg.items < 2 || cfg.clusters == 0 || cfg.categories == 0 || cfg.interests == 0 {
-        return Err(DataError::Invalid {
-            path: out.to_path_buf(),
-            message: "synth needs users ≥ 1, items ≥ 2, clusters ≥ 1, categories ≥ 1 and interests ≥ 1".into(),
-        });
-    }
-    std::fs::create_dir_all(out).map_err(io(out))?;
     let mut rng = Rng::derive(cfg.seed, &[stream::SYNTH]);
 
     let catalogue = Catalogue::draw(cfg, &mut rng);
@@ -452,13 +494,11 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
 
     // Reviews file, grouped by item like the real dumps, formatted on all cores.
     draws.sort_by_key(|d| (d.item, d.time, d.user));
-    let reviews_path = out.join(REVIEWS_FILE);
-    let review_bytes = write_atomically(&reviews_path, |w| write_reviews(w, &draws, cfg.seed))?;
+    let review_bytes = write_atomically(&dir.join(REVIEWS_FILE), |w| write_reviews(w, &draws, cfg.seed))?;
 
     // Meta file: Python dict literals; some items have none.
-    let meta_path = out.join(META_FILE);
     let item_brand = draw_brands(cfg, &item_cluster);
-    write_atomically(&meta_path, |w| write_meta(w, cfg, &item_cat, &item_brand))?;
+    write_atomically(&dir.join(META_FILE), |w| write_meta(w, cfg, &item_cat, &item_brand))?;
 
     let oracle = OracleModel {
         noise: cfg.noise,
@@ -466,8 +506,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
         items: (0..cfg.items).map(|i| (item_name(i), (item_cluster[i], within[i], popularity[i]))).collect(),
         users: oracle_users,
     };
-    let oracle_path = out.join(ORACLE_FILE);
-    write_atomically(&oracle_path, |w| {
+    write_atomically(&dir.join(ORACLE_FILE), |w| {
         serde_json::to_writer(&mut *w, &oracle).map_err(std::io::Error::other)?;
         Ok(0)
     })?;
@@ -475,11 +514,11 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError
         config: cfg.clone(),
         reviews: draws.len() as u64,
         review_bytes,
-        reviews_file: reviews_path,
-        meta_file: meta_path,
-        oracle_file: oracle_path,
+        reviews_file: out.join(REVIEWS_FILE),
+        meta_file: out.join(META_FILE),
+        oracle_file: out.join(ORACLE_FILE),
     };
-    let info_path = out.join("synth.json");
+    let info_path = dir.join(INFO_FILE);
     std::fs::write(&info_path, serde_json::to_string_pretty(&summary).expect("plain data")).map_err(io(&info_path))?;
     Ok(summary)
 }

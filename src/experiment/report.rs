@@ -28,6 +28,18 @@ pub enum ReportError {
     Plot(#[from] PlotError),
 }
 
+impl ReportError {
+    /// Whether running the same command again would fail the same way: no finished run under
+    /// the directories given, or a file that is missing or may not be read or written.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::NoRuns { .. } => true,
+            Self::Io(e) => e.is_lasting(),
+            Self::Plot(_) => false,
+        }
+    }
+}
+
 /// Keys that differ between repeats of one setting.
 const NOT_GROUPED: [&str; 2] = ["train.seed", "run.dir"];
 

@@ -199,6 +199,24 @@ fn point_name(key: &str, value: &toml::Value) -> String {
     point_sets(key, value).iter().map(|(k, v)| format!("{k}={}", point_value(v))).collect::<Vec<_>>().join(",")
 }
 
+/// Most runs one sweep plans (each is a training run of its own).
+pub const MAX_RUNS: usize = 100_000;
+
+impl SweepError {
+    /// Whether running the same command again would fail the same way: a bad sweep file, grid,
+    /// configuration or plan, a run directory trained with another configuration, a missing or
+    /// unreadable file. A run that failed, a signal or a passing I/O failure may not recur.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::File { .. } | Self::Grid { .. } | Self::Config(_) | Self::Plan { .. } | Self::Mismatch { .. } => true,
+            Self::Io(e) => e.is_lasting(),
+            Self::Report(e) => e.is_input_error(),
+            Self::RunDir(_) | Self::Spawn { .. } | Self::RunFailed { .. } | Self::Interrupted { .. } => false,
+            Self::StoppedBefore { .. } => false,
+        }
+    }
+}
+
 /// Every run, repeat-major: all points of repeat 0 first, so an interrupted sweep already covers
 /// the whole grid once. Every configuration is resolved and validated before anything runs.
 pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
@@ -211,6 +229,16 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     }
     if spec.np == 0 {
         return Err(plan_err("np", "must be at least 1"));
+    }
+    let runs = spec
+        .grid
+        .iter()
+        .try_fold(spec.repeats.saturating_mul(spec.configs.len()), |n, (_, values)| n.checked_mul(values.len()));
+    if runs.is_none_or(|n| n > MAX_RUNS) {
+        return Err(plan_err(
+            "micn sweep",
+            &format!("the configurations × grid points × repeats make more than {MAX_RUNS} runs"),
+        ));
     }
     if spec.out.as_os_str().is_empty() {
         return Err(plan_err("micn sweep", "needs an output directory (--out DIR or `out` in the sweep file)"));

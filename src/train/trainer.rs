@@ -102,6 +102,7 @@ impl TrainError {
             Self::PeerFailed { input, .. } => return *input,
             Self::Data(e) => return e.is_input_error(),
             Self::Checkpoint(e) => return e.is_input_error(),
+            Self::Io(e) => return e.is_lasting(),
             Self::RunDir(e) => return !matches!(e, crate::run_dir::RunDirError::Io(_)),
             Self::Step(StepError::NonFinite { .. }) => return true,
             _ => {}

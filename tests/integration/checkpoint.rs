@@ -104,6 +104,9 @@ fn damaged_or_unfinished_checkpoints_are_refused_and_auto_falls_back() {
     assert!(e.contains("optimizer.safetensors"), "{e}");
     let e = micn::checkpoint::verify(&root.join("step-00000012")).unwrap_err().to_string();
     assert!(e.contains("no completion marker"), "{e}");
+    // The checkpoints' directory itself is none.
+    let e = micn::checkpoint::verify(&root).unwrap_err().to_string();
+    assert!(e.contains("not a checkpoint: no state.json"), "{e}");
     let e = micn::checkpoint::verify(&root.join("step-00000009")).unwrap_err().to_string();
     assert!(e.contains("model.safetensors") && e.contains("checksum"), "{e}");
     let (found, refused) = micn::checkpoint::latest(&root);

@@ -1,4 +1,5 @@
 //! Integration tests, one binary so libtorch is linked once. Each module owns one area.
+mod arguments;
 mod attributes;
 mod checkpoint;
 mod cluster_files;

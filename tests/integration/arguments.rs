@@ -1,0 +1,109 @@
+//! Bad arguments and awkward outputs across commands: each is refused with exit status 3 (running
+//! again cannot help) and a message naming the argument, key or path, before anything is written
+//! or replaced (`micn-launch`'s own errors too); sizes that would exhaust memory or run for days are refused up front; an output
+//! that is a device, a pipe or a link is written through, never replaced by a file.
+use std::path::Path;
+use std::process::{Command, Output};
+
+use micn::dist::SingleProcess;
+use micn::train::{train_from, Resume};
+
+use crate::micn_bin;
+
+fn micn(args: &[&str]) -> Output {
+    let out = Command::new(micn_bin()).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    assert_ne!(out.status.code(), Some(101), "panicked: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// `args` fail with exit status 3 and a message holding `needle`.
+fn refused(args: &[&str], needle: &str) {
+    let out = micn(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+}
+
+#[test]
+fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let at = |name: &str| tmp.path().join(name).display().to_string();
+    // Training: a run.dir that is a file, an empty data.dir, an element of a list set badly.
+    std::fs::write(at("afile"), "mine").unwrap();
+    let config = "configs/quickstart.toml";
+    let run_dir = format!("run.dir=\"{}\"", at("afile"));
+    refused(&["train", "--config", config, "--set", &run_dir], "run.dir = ");
+    assert_eq!(std::fs::read_to_string(at("afile")).unwrap(), "mine");
+    let run_dir = format!("run.dir=\"{}\"", at("run"));
+    refused(&["train", "--config", config, "--set", "data.dir=\"\"", "--set", &run_dir], "data.dir is empty");
+    refused(
+        &["train", "--config", config, "--set", "model.head_hidden=[8, -1]", "--set", &run_dir],
+        "--set model.head_hidden=[8, -1]: key `model.head_hidden[1]`",
+    );
+    assert!(!Path::new(&at("run")).exists());
+    // Sizes that would exhaust memory or never end.
+    let out = at("synth");
+    refused(&["synth", "--preset", "quickstart", "--out", &out, "--users", "99999999999"], "at most 50000000 reviews");
+    refused(&["synth", "--preset", "quickstart", "--out", &out, "--min-history", "100000"], "at most 10000 reviews");
+    refused(&["synth", "--preset", "quickstart", "--out", &out, "--mean-history", "nan"], "--mean-history must be");
+    assert!(!Path::new(&out).exists());
+    refused(&["bench", "throughput", "--model", "din", "--items", "1"], "--items must lie in [2, 10000000]");
+    let sweep = at("sweep");
+    refused(&["sweep", "--config", config, "--repeats", "99999999999", "--out", &sweep, "--dry-run"], "100000 runs");
+    refused(&["sweep", "--config", config, "--grid", "micn.phi=[]", "--out", &sweep, "--dry-run"], "no values");
+    assert!(!Path::new(&sweep).exists());
+    // Inputs that are not there, or not what they should be.
+    refused(&["report", &at("nosuch"), "--out", &at("report")], "no finished run");
+    refused(&["eval", "--checkpoint", &at("nosuch")], "no such directory; a checkpoint is a directory");
+    refused(&["eval", "--checkpoint", tmp.path().to_str().unwrap()], "not a checkpoint (no state.json)");
+    // The launcher's own errors: nothing starts, nothing would be retried.
+    for (args, needle) in [
+        (&["--np", "0"][..], "--np must be at least 1"),
+        (&["--np", "1", "--stall-timeout", "0"][..], "--stall-timeout must be at least 1"),
+        (&["--np", "1", "--max-restarts", "2", "--micn", "/nonexistent/micn"][..], "no micn binary there"),
+        (&["--no-such-flag"][..], "unexpected argument"),
+    ] {
+        let out = crate::launch::launcher().args(args).args(["--config", config]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // Output that already holds something else is left alone.
+    std::fs::create_dir(at("mine")).unwrap();
+    std::fs::write(tmp.path().join("mine/notes.txt"), "mine").unwrap();
+    refused(&["synth", "--preset", "quickstart", "--out", &at("mine")], "mine: already exists");
+    assert_eq!(std::fs::read_dir(at("mine")).unwrap().count(), 1);
+}
+
+#[test]
+fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_from(
+        &crate::small_config(&run, &["model.kind=din", "train.max_steps=2", "train.epochs=1"]),
+        &SingleProcess,
+        &Resume::Fresh,
+    )
+    .unwrap();
+    let run = run.to_str().unwrap();
+    // /dev/null stays a device (a file put in its place would swallow nothing).
+    let out = micn(&["predict", "--run", run, "--out", "/dev/null", "--format", "csv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = micn(&["predict", "--run", run, "--out", "/dev/full", "--format", "csv"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/dev/full: No space left on device"), "{stderr}");
+    for device in ["/dev/null", "/dev/full"] {
+        assert!(!std::fs::metadata(device).unwrap().is_file(), "{device} was replaced by a file");
+    }
+    // A link: its target gets the scores, in a directory made for it.
+    let (link, target) = (tmp.path().join("link.csv"), tmp.path().join("made/scores.csv"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = micn(&["predict", "--run", run, "--out", link.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_to_string(&target).unwrap().starts_with("sample,user,user_key,item,label,score\n"));
+    // Below a file: nothing can be made there, and saying so again will not change that.
+    let below = tmp.path().join("made/scores.csv/p.csv");
+    refused(&["predict", "--run", run, "--out", below.to_str().unwrap()], "scores.csv");
+}
