@@ -1,5 +1,5 @@
 //! `micn-launch` as a user runs it: the printed command, and clear errors for a missing
-//! hostfile or a missing `mpirun` (exit status 2, nothing started).
+//! hostfile or a missing `mpirun` (exit status 3, as for any input error: nothing started).
 use std::process::Command;
 
 fn launch(args: &[&str]) -> (i32, String, String) {
@@ -23,20 +23,20 @@ fn dry_run_prints_the_mpirun_command() {
 #[test]
 fn a_missing_hostfile_is_named() {
     let (code, _, stderr) = launch(&["--np", "2", "--hostfile", "/no/such/hosts", "--", "doctor"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 3);
     assert!(stderr.contains("/no/such/hosts"), "{stderr}");
 }
 
 #[test]
 fn a_missing_mpirun_is_a_clear_error() {
     let (code, _, stderr) = launch(&["--np", "2", "--mpirun", "/no/such/mpirun", "--", "doctor"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 3);
     assert!(stderr.contains("cannot start `/no/such/mpirun`") && stderr.contains("OpenMPI"), "{stderr}");
 }
 
 #[test]
 fn without_config_or_arguments_it_says_what_to_give() {
     let (code, _, stderr) = launch(&["--np", "2"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 3);
     assert!(stderr.contains("--config"), "{stderr}");
 }

@@ -200,6 +200,9 @@ impl Archive {
     fn open(path: &Path, entry: &FileEntry, vocab: &Vocabularies) -> Result<Self, DataError> {
         let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
         let file = std::fs::File::open(path).with_path(path)?;
+        if !file.metadata().with_path(path)?.is_file() {
+            return Err(invalid("not a file (a sample archive is a file); prepare the dataset again".into()));
+        }
         // SAFETY: the dataset directory is written once and never modified in place; a file
         // changed underneath us is caught below only if it changed before this check.
         let map = unsafe { Mmap::map(&file) }.with_path(path)?;

@@ -108,6 +108,16 @@ impl Staging {
         Self::start(out, true)
     }
 
+    /// For an `out` directory that may exist and hold other files: the commit
+    /// ([`commit_into`](Self::commit_into)) moves each new file into it, over one of the same
+    /// name; until then it stays as it was.
+    pub fn merging(out: &Path) -> Result<Self, DataError> {
+        if out.exists() && !out.is_dir() {
+            return Err(DataError::OutputExists(out.to_path_buf()));
+        }
+        Self::start(out, false)
+    }
+
     fn start(out: &Path, replaces: bool) -> Result<Self, DataError> {
         let name = out.file_name().ok_or_else(|| DataError::Invalid {
             path: out.to_path_buf(),
@@ -172,6 +182,24 @@ impl Staging {
             std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(io(parent))?;
         }
         std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Staging {
+    /// The commit of [`merging`](Self::merging): every file built moves into `out` (made if
+    /// missing), each by one rename, which needs no room on the disk; other files there stay.
+    pub fn commit_into(self) -> Result<(), DataError> {
+        std::fs::remove_file(self.tmp.join(OWNER_FILE)).with_path(&self.tmp)?;
+        std::fs::create_dir_all(&self.out).with_path(&self.out)?;
+        for entry in std::fs::read_dir(&self.tmp).with_path(&self.tmp)? {
+            let from = entry.with_path(&self.tmp)?.path();
+            std::fs::File::open(&from).and_then(|f| f.sync_all()).with_path(&from)?;
+            let to = self.out.join(from.file_name().unwrap_or_default());
+            std::fs::rename(&from, &to).with_path(&to)?;
+        }
+        std::fs::File::open(&self.out).and_then(|f| f.sync_all()).with_path(&self.out)?;
+        // Dropping removes the staging directory, empty now.
         Ok(())
     }
 }

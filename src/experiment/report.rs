@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::plot::{self, Panel, PlotError, Point, Series};
 use crate::config::flatten;
+use crate::data::prepare::Staging;
 use crate::io_error::PathIo;
 use crate::metrics::mean_std;
 use crate::run_dir::RunDir;
@@ -26,6 +27,8 @@ pub enum ReportError {
     Io(#[from] PathIo),
     #[error("{0}")]
     Plot(#[from] PlotError),
+    #[error(transparent)]
+    Output(#[from] crate::data::DataError),
 }
 
 impl ReportError {
@@ -36,6 +39,7 @@ impl ReportError {
             Self::NoRuns { .. } => true,
             Self::Io(e) => e.is_lasting(),
             Self::Plot(_) => false,
+            Self::Output(e) => e.is_input_error(),
         }
     }
 }
@@ -534,7 +538,10 @@ fn remove_old_figures(out: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Find the runs under `dirs` and write `report.md`, `report.csv` and the figures into `out`.
+/// Find the runs under `dirs` and write `report.md`, `report.csv` and the figures into `out`,
+/// whole or not at all: built beside it, then each file moved in (a failure, a full disk say,
+/// leaves `out` as it was); figures of an earlier report that the new one does not draw are
+/// removed, other files stay.
 pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     let found = discover(dirs);
     let list = |dirs: &[PathBuf]| dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -546,8 +553,9 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
         let path = path.to_path_buf();
         move |source| ReportError::Io(PathIo { path, source })
     };
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    remove_old_figures(out).map_err(io(out))?;
+    let staging = Staging::merging(out)?;
+    let final_out = out;
+    let out = staging.tmp.as_path();
     let table = group(&found.runs);
     let mut md = format!(
         "# micn report\n\n{} finished runs under {} in {} groups; the columns are the configuration keys \
@@ -596,6 +604,11 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     std::fs::write(&markdown, &md).map_err(io(&markdown))?;
     let csv = out.join("report.csv");
     std::fs::write(&csv, table.csv()).map_err(io(&csv))?;
+    if final_out.is_dir() {
+        remove_old_figures(final_out).map_err(io(final_out))?;
+    }
+    staging.commit_into()?;
+    let markdown = final_out.join("report.md");
     Ok(Written { markdown, table: table_md, runs: found.runs.len(), left_out: found.left_out })
 }
 
