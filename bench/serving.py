@@ -1,0 +1,92 @@
+"""Serving speed of a trained micn model in the three forms the twin offers, on the same samples
+and threads, in one run: PyTorch (eager), TorchScript and ONNX in onnxruntime.
+
+    ~/.cache/micn/torch-2.11.0/bin/python bench/serving.py RUN --export DIR [--split test]
+        [--threads 1] [--batch 1 --batch 256 --batch 4096] [--seconds 2] [--json]
+
+RUN is a run or checkpoint directory, DIR what `micn data export` wrote (histories of the run's
+length). Each form is built in memory (TorchScript by `torch.jit.script`, ONNX by the twin's own
+checked export) and must give the eager twin's probabilities on the split's first 4,096 samples
+(1e-5) before it is timed. Each batch size then scores consecutive slices of the split, one call
+at a time, for at least `--seconds` after one warm-up call: samples/s and the median latency of
+one call.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--export", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, action="append")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.threads < 1 or args.seconds <= 0 or any(b < 1 for b in args.batch or []):
+        parser.error("--threads, --batch and --seconds must be positive")
+    # Before torch and onnxruntime start their thread pools.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+    import torch
+    import micn_twin
+    from micn_twin.onnx_file import OnnxModel, TOLERANCE, export
+
+    torch.set_num_threads(args.threads)
+    net = micn_twin.load(args.run)
+    steps = micn_twin.history_length(args.run)
+    batch = micn_twin.read_export(args.export, args.split)
+    inputs = [batch[k] for k in micn_twin.INPUTS]
+    n = inputs[0].shape[0]
+    if n == 0:
+        print(f"error: {args.export}/{args.split} holds no samples", file=sys.stderr)
+        return 1
+    forms = {
+        "pytorch": net,
+        "torchscript": torch.jit.script(net),
+        "onnxruntime": OnnxModel(export(net, steps, str(args.run)), "model.onnx"),
+    }
+    head = [x[:4096] for x in inputs]
+    with torch.no_grad():
+        want = net(*head)
+        for name, form in forms.items():
+            worst = (form(*head) - want).abs().max().item()
+            if not worst <= TOLERANCE:
+                print(f"error: {name} differs from the twin by {worst}", file=sys.stderr)
+                return 1
+    rows = []
+    for size in args.batch or [1, 256, 4096]:
+        for name, form in forms.items():
+            latencies, start, done = [], 0, 0
+            with torch.no_grad():
+                form(*[x[:size] for x in inputs])  # warm-up
+                began = time.perf_counter()
+                while time.perf_counter() - began < args.seconds:
+                    part = [x[start:start + size] for x in inputs]
+                    t = time.perf_counter()
+                    form(*part)
+                    latencies.append(time.perf_counter() - t)
+                    done += part[0].shape[0]
+                    start = start + size if start + size < n else 0
+            elapsed = time.perf_counter() - began
+            rows.append({"form": name, "batch": size, "samples_per_s": done / elapsed,
+                         "median_ms": 1e3 * statistics.median(latencies), "calls": len(latencies)})
+    if args.json:
+        print(json.dumps({"model": net.kind, "threads": args.threads, "history_length": steps, "rows": rows}))
+        return 0
+    print(f"{net.kind}, histories of {steps}, {args.threads} thread(s), {n} samples of {args.split}")
+    print(f"{'batch':>6} {'form':<12} {'samples/s':>11} {'median ms/call':>15}")
+    for r in rows:
+        print(f"{r['batch']:>6} {r['form']:<12} {r['samples_per_s']:>11,.0f} {r['median_ms']:>15.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
