@@ -515,7 +515,13 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format, comm.rank());
-    match run(cli.command, comm.as_ref(), mpi_versions) {
+    quiet_out_of_memory_panics();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command, comm.as_ref(), mpi_versions)));
+    let ran = ran.unwrap_or_else(|payload| match out_of_memory(payload.as_ref()) {
+        Some(message) => Err(anyhow::Error::new(OutOfMemory(message))),
+        None => std::panic::resume_unwind(payload),
+    });
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report_error(&e, (comm.size() > 1).then(|| comm.rank()), cli.log_format);
@@ -525,6 +531,36 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// libtorch could not allocate memory (`tch` turns that into a panic): the model, a batch or a
+/// table is too large for this machine.
+#[derive(Debug, thiserror::Error)]
+#[error("out of memory: {0}; make the model or the batch smaller, or use a machine with more memory")]
+struct OutOfMemory(String);
+
+/// libtorch's message when `payload` is the panic of a failed allocation (on the host or a GPU).
+fn out_of_memory(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    let text = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied())?;
+    let allocation = text.contains("can't allocate memory") || text.contains("CUDA out of memory");
+    // libtorch's own sentence, without the C++ backtrace (lines escaped as `\n` in the message).
+    allocation.then(|| {
+        let start = ["DefaultCPUAllocator", "CUDA out of memory"].iter().find_map(|s| text.find(s)).unwrap_or(0);
+        let sentence = &text[start..];
+        let end = [sentence.find("\\n"), sentence.find('\n')].into_iter().flatten().min().unwrap_or(sentence.len());
+        sentence[..end].trim().to_string()
+    })
+}
+
+/// Failed allocations are reported as errors ([`OutOfMemory`]), not as a panic with a backtrace;
+/// every other panic is printed as before.
+fn quiet_out_of_memory_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if out_of_memory(info.payload()).is_none() {
+            default(info);
+        }
+    }));
 }
 
 /// A command line that cannot work (a missing or out-of-range argument).

@@ -47,9 +47,7 @@ pub fn export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<Exp
             message: "--max-hist-len must be at least 1".into(),
         });
     }
-    let is_earlier_export =
-        |dir: &Path| dir.join("export.json").is_file() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-    let staging = Staging::replacing(out, is_earlier_export)?;
+    let staging = Staging::replacing(out, "export.json")?;
     let exported = write_export(dataset, &staging.tmp, opts)?;
     staging.commit()?;
     Ok(exported)

@@ -99,10 +99,12 @@ impl Staging {
         Self::start(out, false)
     }
 
-    /// For an `out` that, when it exists, is replaced whole by the commit (the earlier output of
-    /// the same command, which `is_replaceable` recognises); until then it stays as it was.
-    pub fn replacing(out: &Path, is_replaceable: impl Fn(&Path) -> bool) -> Result<Self, DataError> {
-        if out.exists() && !(out.is_dir() && is_replaceable(out)) {
+    /// For an `out` that, when it exists, is replaced whole by the commit: an earlier output of
+    /// the same command (a directory holding `marker`, a file that command always writes) or an
+    /// empty directory. Until the commit it stays as it was; anything else there is refused.
+    pub fn replacing(out: &Path, marker: &str) -> Result<Self, DataError> {
+        let replaceable = out.join(marker).is_file() || std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none());
+        if out.exists() && !(out.is_dir() && replaceable) {
             return Err(DataError::OutputExists(out.to_path_buf()));
         }
         Self::start(out, true)
@@ -184,9 +186,7 @@ impl Staging {
         std::mem::forget(self);
         Ok(())
     }
-}
 
-impl Staging {
     /// The commit of [`merging`](Self::merging): every file built moves into `out` (made if
     /// missing), each by one rename, which needs no room on the disk; other files there stay.
     pub fn commit_into(self) -> Result<(), DataError> {

@@ -472,9 +472,7 @@ impl SynthConfig {
 /// anything else at `out` is refused. The summary names the files at their final paths.
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError> {
     cfg.check().map_err(|message| DataError::Invalid { path: out.to_path_buf(), message })?;
-    let is_earlier_output =
-        |dir: &Path| dir.join(INFO_FILE).is_file() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-    let staging = Staging::replacing(out, is_earlier_output)?;
+    let staging = Staging::replacing(out, INFO_FILE)?;
     let summary = write_files(cfg, &staging.tmp, out)?;
     staging.commit()?;
     Ok(summary)
@@ -494,11 +492,11 @@ fn write_files(cfg: &SynthConfig, dir: &Path, out: &Path) -> Result<SynthSummary
 
     // Reviews file, grouped by item like the real dumps, formatted on all cores.
     draws.sort_by_key(|d| (d.item, d.time, d.user));
-    let review_bytes = write_atomically(&dir.join(REVIEWS_FILE), |w| write_reviews(w, &draws, cfg.seed))?;
+    let review_bytes = write_synced(&dir.join(REVIEWS_FILE), |w| write_reviews(w, &draws, cfg.seed))?;
 
     // Meta file: Python dict literals; some items have none.
     let item_brand = draw_brands(cfg, &item_cluster);
-    write_atomically(&dir.join(META_FILE), |w| write_meta(w, cfg, &item_cat, &item_brand))?;
+    write_synced(&dir.join(META_FILE), |w| write_meta(w, cfg, &item_cat, &item_brand))?;
 
     let oracle = OracleModel {
         noise: cfg.noise,
@@ -506,7 +504,7 @@ fn write_files(cfg: &SynthConfig, dir: &Path, out: &Path) -> Result<SynthSummary
         items: (0..cfg.items).map(|i| (item_name(i), (item_cluster[i], within[i], popularity[i]))).collect(),
         users: oracle_users,
     };
-    write_atomically(&dir.join(ORACLE_FILE), |w| {
+    write_synced(&dir.join(ORACLE_FILE), |w| {
         serde_json::to_writer(&mut *w, &oracle).map_err(std::io::Error::other)?;
         Ok(0)
     })?;
@@ -605,19 +603,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Write through a temporary sibling and rename, so a killed run leaves no half file.
-fn write_atomically(
+/// Write `path` (inside the staging directory, so never seen half-written) through a buffer, and
+/// sync it.
+fn write_synced(
     path: &Path,
     body: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<u64>,
 ) -> Result<u64, DataError> {
-    let tmp = path.with_extension("partial");
     let io = |source| DataError::Io(PathIo { path: path.to_path_buf(), source });
-    let file = std::fs::File::create(&tmp).map_err(io)?;
+    let file = std::fs::File::create(path).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let n = body(&mut w).map_err(io)?;
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
     Ok(n)
 }
 

@@ -1,12 +1,10 @@
 //! Bad arguments and awkward outputs across commands: each is refused with exit status 3 (running
 //! again cannot help) and a message naming the argument, key or path, before anything is written
-//! or replaced (`micn-launch`'s own errors too); sizes that would exhaust memory or run for days are refused up front; an output
-//! that is a device, a pipe or a link is written through, never replaced by a file.
+//! or replaced (`micn-launch`'s own errors too); sizes that would exhaust memory or run for days
+//! are refused up front, and a model too large for the memory there is is an error, not a panic;
+//! an output that is a device, a pipe or a link is written through, never replaced by a file.
 use std::path::Path;
 use std::process::{Command, Output};
-
-use micn::dist::SingleProcess;
-use micn::train::{train_from, Resume};
 
 use crate::micn_bin;
 
@@ -79,12 +77,7 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
 fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    train_from(
-        &crate::small_config(&run, &["model.kind=din", "train.max_steps=2", "train.epochs=1"]),
-        &SingleProcess,
-        &Resume::Fresh,
-    )
-    .unwrap();
+    crate::tiny_din_run(&run);
     let run = run.to_str().unwrap();
     // /dev/null stays a device (a file put in its place would swallow nothing).
     let out = micn(&["predict", "--run", run, "--out", "/dev/null", "--format", "csv"]);
@@ -106,4 +99,21 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     // Below a file: nothing can be made there, and saying so again will not change that.
     let below = tmp.path().join("made/scores.csv/p.csv");
     refused(&["predict", "--run", run, "--out", below.to_str().unwrap()], "scores.csv");
+}
+
+#[test]
+fn a_model_too_large_for_memory_is_an_error_not_a_panic() {
+    // Address space limited to 4 GB, of which libtorch's libraries take about 2.5: a 16384 × 16384
+    // layer (1 GiB) and Adam's two moments of it cannot all be had.
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = tmp.path().join("config.toml");
+    let cfg = crate::small_config(&run, &["model.kind=din", "model.head_hidden=[16384, 16384]", "train.max_steps=2"]);
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let script = format!("ulimit -v 4000000; exec {} train --config {}", micn_bin().display(), config.display());
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: out of memory: DefaultCPUAllocator: can't allocate memory"), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("frame #"), "{stderr}");
 }

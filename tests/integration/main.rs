@@ -89,6 +89,12 @@ pub fn small_config(run: &Path, extra: &[&str]) -> micn::config::Config {
     micn::config::Config::load(None, &overrides).unwrap()
 }
 
+/// A DIN trained for 2 steps into `run` (by [`small_config`]): a model to score, export or damage.
+pub fn tiny_din_run(run: &Path) {
+    let cfg = small_config(run, &["model.kind=din", "train.max_steps=2", "train.epochs=1"]);
+    micn::train::train_from(&cfg, &micn::dist::SingleProcess, &micn::train::Resume::Fresh).unwrap();
+}
+
 /// A small tmpfs, unmounted when dropped.
 pub struct SmallDisk(PathBuf);
 

@@ -442,12 +442,7 @@ print(json.dumps(out))
 fn the_twin_refuses_a_damaged_model_file_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    train_from(
-        &crate::small_config(&run, &["model.kind=din", "train.max_steps=2", "train.epochs=1"]),
-        &SingleProcess,
-        &Resume::Fresh,
-    )
-    .unwrap();
+    crate::tiny_din_run(&run);
     let model = run.join("model.safetensors");
     let bytes = std::fs::read(&model).unwrap();
     let cut = tmp.path().join("cut.safetensors");
