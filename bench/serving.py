@@ -24,35 +24,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("--export", required=True)
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", choices=["test", "valid", "train"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, action="append")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.threads < 1 or args.seconds <= 0 or any(b < 1 for b in args.batch or []):
-        parser.error("--threads, --batch and --seconds must be positive")
+    if args.threads < 1 or not 0 < args.seconds < 3600 or any(b < 1 for b in args.batch or []):
+        parser.error("--threads and --batch must be at least 1, --seconds within (0, 3600)")
     # Before torch and onnxruntime start their thread pools.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
     import torch
     import micn_twin
-    from micn_twin.onnx_file import OnnxModel, TOLERANCE, export
+    from micn_twin.onnx_file import OnnxError, OnnxModel, TOLERANCE, export
 
     torch.set_num_threads(args.threads)
-    net = micn_twin.load(args.run)
-    steps = micn_twin.history_length(args.run)
-    batch = micn_twin.read_export(args.export, args.split)
+    try:
+        net = micn_twin.load(args.run)
+        steps = micn_twin.history_length(args.run)
+        if steps is None:
+            raise micn_twin.FileFormatError(f"{args.run}: no run configuration (config.toml or state.json) beside it")
+        batch = micn_twin.read_export(args.export, args.split)
+    except (micn_twin.FileFormatError, micn_twin.ModelFileError, OnnxError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     inputs = [batch[k] for k in micn_twin.INPUTS]
     n = inputs[0].shape[0]
     if n == 0:
         print(f"error: {args.export}/{args.split} holds no samples", file=sys.stderr)
         return 1
-    forms = {
-        "pytorch": net,
-        "torchscript": torch.jit.script(net),
-        "onnxruntime": OnnxModel(export(net, steps, str(args.run)), "model.onnx"),
-    }
+    if batch["hist_items"].shape[1] > steps:
+        print(f"error: {args.export}: histories of {batch['hist_items'].shape[1]}, longer than the run's {steps}: "
+              f"export with --max-hist-len {steps}", file=sys.stderr)
+        return 1
+    try:
+        onnx = OnnxModel(export(net, steps, str(args.run)), "model.onnx")
+    except OnnxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    forms = {"pytorch": net, "torchscript": torch.jit.script(net), "onnxruntime": onnx}
     head = [x[:4096] for x in inputs]
     with torch.no_grad():
         want = net(*head)

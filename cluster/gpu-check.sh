@@ -46,13 +46,18 @@ here=$(dirname "$script")
 
 say() { printf '[gpu-check] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 2; }
+# `value OPTION ARGS...`: the option's value (the first of ARGS), or a clear error when it has none.
+value() {
+  [[ $# -ge 2 && $2 != --* ]] || die "$1 needs a value"
+  printf '%s' "$2"
+}
 
 # --- bundle ----------------------------------------------------------------------------------
 bundle() {
   local out=""
   while (($#)); do
     case $1 in
-      --out) out=$2; shift 2 ;;
+      --out) out=$(value "$@") || exit 2; shift 2 ;;
       *) die "bundle: unknown argument $1" ;;
     esac
   done
@@ -121,16 +126,17 @@ run() {
   local bundle_dir="" device=auto out=runs/gpu-check budget="" work="" keep=0
   while (($#)); do
     case $1 in
-      --bundle) bundle_dir=$2; shift 2 ;;
-      --device) device=$2; shift 2 ;;
-      --out) out=$2; shift 2 ;;
-      --budget) budget=$2; shift 2 ;;
-      --work) work=$2; shift 2 ;;
+      --bundle) bundle_dir=$(value "$@") || exit 2; shift 2 ;;
+      --device) device=$(value "$@") || exit 2; shift 2 ;;
+      --out) out=$(value "$@") || exit 2; shift 2 ;;
+      --budget) budget=$(value "$@") || exit 2; shift 2 ;;
+      --work) work=$(value "$@") || exit 2; shift 2 ;;
       --keep) keep=1; shift ;;
       *) die "run: unknown argument $1" ;;
     esac
   done
   case $device in auto | cuda | cpu) ;; *) die "--device must be auto, cuda or cpu, not $device" ;; esac
+  [[ -z $budget || $budget =~ ^[1-9][0-9]*$ ]] || die "--budget must be a whole number of seconds, not $budget"
   if [[ -z $bundle_dir ]]; then
     if [[ -x $here/micn ]]; then bundle_dir=$here; else bundle_dir=$here/../target/gpu-bundle; fi
   fi

@@ -948,6 +948,8 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Quality { work_dir, preset, users, items, clusters, seeds, epochs, lr, device } => {
             use micn::bench::quality;
+            ensure_usage!(seeds > 0 && epochs > 0, "--seeds and --epochs must be at least 1");
+            ensure_usage!(lr > 0.0 && lr.is_finite(), "--lr must be > 0, got {lr}");
             let opts = quality::QualityOptions {
                 work_dir,
                 preset,
@@ -968,6 +970,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Prepare { preset, users, items, protocol, work_dir, keep } => {
             use micn::bench::prepare;
+            ensure_usage!(users != Some(0) && !matches!(items, Some(0 | 1)), "--users must be ≥ 1 and --items ≥ 2");
             let defaults = prepare::PrepareBenchOptions::default();
             let opts = prepare::PrepareBenchOptions {
                 preset,
@@ -986,6 +989,15 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Dist { work_dir, samples, batches, trials, device } => {
             use micn::bench::dist;
+            ensure_usage!(trials > 0, "--trials must be at least 1");
+            ensure_usage!(
+                batches.iter().all(|&b| b >= 2 && b % 2 == 0 && b <= 1 << 20),
+                "--batch must be even (two ranks split it), at least 2 and at most 1048576"
+            );
+            ensure_usage!(
+                batches.iter().all(|&b| b as u64 <= samples),
+                "--samples must hold at least one batch (--samples {samples})"
+            );
             let opts = dist::DistOptions { work_dir, samples, batches, trials, device, ..Default::default() };
             print!("{}", dist::run(&opts)?);
         }

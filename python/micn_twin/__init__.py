@@ -45,12 +45,19 @@ def run_config(path) -> Optional[dict]:
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     if (directory / "config.toml").is_file():
-        text = (directory / "config.toml").read_text()
+        source = directory / "config.toml"
     elif (directory / "state.json").is_file():
-        text = json.loads((directory / "state.json").read_text())["config"]
+        source = directory / "state.json"
     else:
         return None
-    return tomllib.loads(text)
+    try:
+        text = source.read_text()
+        if source.name == "state.json":
+            text = json.loads(text)["config"]
+        return tomllib.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError,
+            tomllib.TOMLDecodeError) as e:
+        raise FileFormatError(f"{source}: not a run's configuration ({type(e).__name__}: {e})") from None
 
 
 def model_config(path) -> Optional[dict]:
@@ -63,7 +70,12 @@ def history_length(path) -> Optional[int]:
     """The history length the run that made `path` trained with (`data.max_hist_len`, whose
     default is 20); `None` without the run's configuration."""
     config = run_config(path)
-    return None if config is None else int(config.get("data", {}).get("max_hist_len", 20))
+    if config is None:
+        return None
+    value = config.get("data", {}).get("max_hist_len", 20)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FileFormatError(f"{path}: data.max_hist_len = {value!r} is not a whole number")
+    return value
 
 
 def load(path) -> Network:

@@ -55,6 +55,28 @@ def write_atomically(path: Path, write):
         raise
 
 
+def load_torchscript(path: Path):
+    """A TorchScript file (`python -m micn_twin torchscript`), or an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such TorchScript file")
+    try:
+        return torch.jit.load(str(path))
+    except (RuntimeError, ValueError) as e:
+        raise FileFormatError(f"{path}: not a TorchScript model: {str(e).splitlines()[0]}") from None
+
+
+def check_ids(batch, model, export):
+    """Every id of `batch` within the vocabularies `model` was trained with (else its scores
+    would read another row, or none)."""
+    emb = model.embeddings
+    for name, table in (("users", emb.user), ("items", emb.item), ("cats", emb.cat),
+                        ("hist_items", emb.item), ("hist_cats", emb.cat)):
+        values = batch[name]
+        if values.numel() and int(values.max()) >= table.shape[0]:
+            raise FileFormatError(f"{export}: {name} holds id {int(values.max())}, beyond the model's "
+                                  f"{table.shape[0]} entries (exported from another dataset?)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m micn_twin", description="PyTorch twin of micn's models")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,15 +98,23 @@ def main(argv=None) -> int:
     o.add_argument("--history-length", type=int,
                    help="the history length T the file takes (default: the run's data.max_hist_len)")
     args = parser.parse_args(argv)
+    if str(args.out) in ("", "."):
+        parser.error("--out must name a file")
     try:
         if args.command == "score":
+            if args.batch_size < 1:
+                raise FileFormatError(f"--batch-size {args.batch_size}: must be at least 1")
+            model = load(args.model)
             if args.torchscript:
-                net = torch.jit.load(str(args.torchscript))
+                net = load_torchscript(args.torchscript)
             elif args.onnx:
                 net = OnnxModel(args.onnx)
+                if net.model_kind not in (None, model.kind):
+                    raise OnnxError(f"{args.onnx} holds a {net.model_kind} model, {args.model} a {model.kind}")
             else:
-                net = load(args.model)
+                net = model
             batch = read_export(args.export, args.split)
+            check_ids(batch, model, args.export)
             probs = score(net, batch, args.batch_size).tolist()
             lines = "sample,score\n" + "".join(f"{i},{p!r}\n" for i, p in zip(batch["sample"].tolist(), probs))
             write_atomically(args.out, lambda f: f.write(lines.encode()))

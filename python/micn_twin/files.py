@@ -54,8 +54,13 @@ def read_safetensors(path) -> Dict[str, torch.Tensor]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FileFormatError(f"{path}: header is not JSON: {e}") from None
     start = 8 + header_len
+    if not isinstance(header, dict):
+        raise FileFormatError(f"{path}: the header is not a JSON object of tensors")
     tensors = {}
     for name, entry in header.items():
+        complete = isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= set(entry)
+        if name != "__metadata__" and not complete:
+            raise FileFormatError(f"{path}: tensor {name!r} lacks its dtype, shape or data_offsets")
         if name == "__metadata__":
             continue
         dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
@@ -80,6 +85,8 @@ def read_npy(path) -> torch.Tensor:
     data = path.read_bytes()
     if data[:6] != b"\x93NUMPY":
         raise FileFormatError(f"{path}: not a NumPy .npy file (bad magic)")
+    if len(data) < 12:
+        raise FileFormatError(f"{path}: {len(data)} bytes, too short for a .npy header")
     major = data[6]
     if major == 1:
         (header_len,), offset = struct.unpack("<H", data[8:10]), 10
@@ -117,9 +124,23 @@ def read_export(directory, split: str = "test") -> Dict[str, torch.Tensor]:
     numbers them), `users`, `items`, `cats`, `hist_items`, `hist_cats`, `hist_mask`, `labels`."""
     split_dir = Path(directory) / split
     if not split_dir.is_dir():
-        raise FileFormatError(f"{split_dir}: no such split in the export (run `micn data export`)")
+        hint = ("`micn data export --valid-share S` holds some out" if split == "valid"
+                else "run `micn data export`")
+        raise FileFormatError(f"{split_dir}: no such split in the export ({hint})")
     arrays = {name: read_npy(split_dir / f"{name}.npy")
               for name in ("sample", "users", "items", "cats", "hist_items", "hist_cats", "hist_len", "labels")}
+    n = arrays["sample"].shape[0] if arrays["sample"].dim() == 1 else -1
+    for name, array in arrays.items():
+        two_d = name in ("hist_items", "hist_cats")
+        if array.dim() != (2 if two_d else 1) or array.shape[0] != n:
+            raise FileFormatError(f"{split_dir / (name + '.npy')}: shape {tuple(array.shape)}, not "
+                                  f"{'[n, T]' if two_d else '[n]'} with the n = {n} samples of sample.npy")
+        if name != "labels" and array.dtype != torch.int64:
+            raise FileFormatError(f"{split_dir / (name + '.npy')}: {array.dtype} values, not int64 ids")
+        if name != "labels" and array.numel() and int(array.min()) < 0:
+            raise FileFormatError(f"{split_dir / (name + '.npy')}: a negative id ({int(array.min())})")
+    if arrays["hist_items"].shape != arrays["hist_cats"].shape:
+        raise FileFormatError(f"{split_dir}: hist_items.npy and hist_cats.npy differ in shape")
     width = arrays["hist_items"].shape[1]
     positions = torch.arange(width).unsqueeze(0)
     arrays["hist_mask"] = (positions < arrays.pop("hist_len").unsqueeze(1)).to(torch.float32)

@@ -26,6 +26,8 @@ from .model import Network
 
 # The largest difference from the twin's probabilities an exported file may show.
 TOLERANCE = 1e-5
+# The longest history an exported graph takes (DIEN's and MIND's loops are unrolled over it).
+MAX_HISTORY = 4096
 # A protobuf message (an ONNX file without external data) holds at most 2 GiB.
 PROTOBUF_LIMIT = (1 << 31) - 1
 
@@ -66,8 +68,9 @@ def probe_batch(net: Network, size: int, history_length: int, seed: int) -> Dict
 def export(net: Network, history_length: int, source: str = "model") -> bytes:
     """The serialised ONNX model of `net` for histories of `history_length`, checked against
     `net` by onnxruntime (see the module's documentation)."""
-    if history_length < 1:
-        raise OnnxError(f"history length {history_length}: must be at least 1")
+    if not 1 <= history_length <= MAX_HISTORY:
+        raise OnnxError(f"history length {history_length}: must lie in [1, {MAX_HISTORY}] "
+                        f"(the graph is unrolled over it)")
     onnx = _require("onnx")
     _require("onnxscript")
     example = probe_batch(net, 2, history_length, seed=0)
@@ -141,6 +144,8 @@ class OnnxModel:
             raise OnnxError(f"{self.name}: inputs {names}, not those of a micn twin ({', '.join(INPUTS)})")
         width = self.session.get_inputs()[INPUTS.index("hist_items")].shape[1]
         self.history_length: Optional[int] = width if isinstance(width, int) else None
+        # What `export` recorded (None for a file made elsewhere).
+        self.model_kind: Optional[str] = self.session.get_modelmeta().custom_metadata_map.get("micn.model_kind")
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feed = dict(zip(INPUTS, inputs))

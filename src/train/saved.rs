@@ -319,8 +319,9 @@ pub struct ExportedInterests {
 /// `micn export interests`: for every sample of `split`, the interest vectors a MIND model
 /// extracts from the sample's history and which of them are active, and every item's vector `e`
 /// in the same space (the label-aware attention compares them there): what an approximate
-/// nearest-neighbour index of items and a retrieval per interest need. Written to `out`
-/// (created; files replaced, each whole or not at all) as NumPy arrays: `interests.npy`
+/// nearest-neighbour index of items and a retrieval per interest need. Written to `out` whole or
+/// not at all (replacing an earlier export of interests; another directory is refused) as NumPy
+/// arrays: `interests.npy`
 /// `[n, K, w]` f32, `active.npy` `[n, K]` f32 (1 for the user's `K_u` interests),
 /// `sample.npy` `[n]` i64 (archive index, `micn predict`'s number), `users.npy` `[n]` i64,
 /// `items.npy` `[items, w]` f32 (row = item id, its category from the vocabulary) and
@@ -351,13 +352,15 @@ pub fn export_interests(
         (mind.k_max(), e.size()[1], crate::transfer::download_f32(&e))
     });
     let (n, n_items) = (sample.len(), item_vectors.len() / width.max(1) as usize);
-    std::fs::create_dir_all(out).map_err(|e| crate::io_error::PathIo { path: out.to_path_buf(), source: e })?;
-    let (k_usize, w_usize) = (k as usize, width as usize);
-    write_npy(&out.join("interests.npy"), Npy::F32(&vectors), &[n, k_usize, w_usize])?;
-    write_npy(&out.join("active.npy"), Npy::F32(&active), &[n, k_usize])?;
-    write_npy(&out.join("sample.npy"), Npy::I64(&sample), &[n])?;
-    write_npy(&out.join("users.npy"), Npy::I64(&users), &[n])?;
-    write_npy(&out.join("items.npy"), Npy::F32(&item_vectors), &[n_items, w_usize])?;
+    // Built beside `out`, which it replaces whole: an earlier export of interests, or an empty
+    // directory; anything else there (another tool's arrays) is refused, untouched.
+    let staging = crate::data::prepare::Staging::replacing(out, "interests.json")?;
+    let (k_usize, w_usize, dir) = (k as usize, width as usize, staging.tmp.as_path());
+    write_npy(&dir.join("interests.npy"), Npy::F32(&vectors), &[n, k_usize, w_usize])?;
+    write_npy(&dir.join("active.npy"), Npy::F32(&active), &[n, k_usize])?;
+    write_npy(&dir.join("sample.npy"), Npy::I64(&sample), &[n])?;
+    write_npy(&dir.join("users.npy"), Npy::I64(&users), &[n])?;
+    write_npy(&dir.join("items.npy"), Npy::F32(&item_vectors), &[n_items, w_usize])?;
     let done = ExportedInterests {
         out: out.to_path_buf(),
         split: split.name(),
@@ -367,8 +370,8 @@ pub fn export_interests(
         width,
     };
     let text = serde_json::to_string_pretty(&done).expect("plain values serialise") + "\n";
-    let path = out.join("interests.json");
-    crate::io_error::replace_file(&path, |tmp| std::fs::write(tmp, &text))?;
+    staging.write("interests.json", text.as_bytes())?;
+    staging.commit()?;
     Ok(done)
 }
 

@@ -238,6 +238,14 @@ fn every_model_exported_to_onnx_scores_in_onnxruntime_as_micn_predict() {
 fn check_exported_interests(run: &Path, export: &Path, out: &Path) {
     let done = run_ok(Command::new(micn_bin()).args(["export", "interests", "--run"]).arg(run).arg("--out").arg(out));
     assert!(String::from_utf8_lossy(&done.stdout).contains("up to 3 interests"), "{done:?}");
+    // Into another tool's directory (the samples' export): refused, nothing there replaced.
+    let before = std::fs::read(export.join("test/items.npy")).unwrap();
+    let mut cmd = Command::new(micn_bin());
+    let refused = cmd.args(["export", "interests", "--run"]).arg(run).arg("--out").arg(export.join("test"));
+    let refused = refused.output().unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(export.join("test/items.npy")).unwrap(), before);
     let script = r#"
 import json, sys, torch, micn_twin
 from micn_twin import read_npy
@@ -452,6 +460,31 @@ fn the_twin_refuses_a_damaged_model_file_naming_it() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cut.safetensors") && stderr.contains("byte range"), "{stderr}");
     assert!(!tmp.path().join("x.pt").exists(), "nothing is written for a refused model");
+    // Scoring refuses what would give wrong scores or none: a batch size of 0, an export with a
+    // negative id (Python would read a row from the end), an ONNX file of another kind of model.
+    let export = tmp.path().join("export");
+    export_samples(&export);
+    let refused = |cmd: &mut Command, needle: &str| {
+        let out = cmd.arg("--out").arg(tmp.path().join("refused.csv")).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle) && !stderr.contains("Traceback"), "{stderr}");
+        assert!(!tmp.path().join("refused.csv").exists());
+    };
+    refused(twin(&["score", "--batch-size", "0", "--export"]).arg(&export).arg(&run), "--batch-size 0");
+    let items = export.join("test/items.npy");
+    let mut bytes = std::fs::read(&items).unwrap();
+    let last = bytes.len() - 8;
+    bytes[last..].copy_from_slice(&(-7i64).to_le_bytes());
+    std::fs::write(&items, bytes).unwrap();
+    refused(twin(&["score", "--export"]).arg(&export).arg(&run), "items.npy: a negative id (-7)");
+    let (_, dien) = train_variant(tmp.path(), "dien", false);
+    let dien_onnx = tmp.path().join("dien.onnx");
+    run_ok(twin(&["onnx"]).arg(&dien).arg("--out").arg(&dien_onnx));
+    refused(
+        twin(&["score", "--split", "valid", "--export"]).arg(&export).arg(&run).arg("--onnx").arg(&dien_onnx),
+        "holds a dien model",
+    );
     // Only MIND has interest vectors to export; a DIN run is refused as an input error.
     let out = Command::new(micn_bin())
         .args(["export", "interests", "--run"])
