@@ -7,7 +7,9 @@
 MODEL is a run directory, a checkpoint directory or a `.safetensors` file; DIR is what
 `micn data export` wrote. `score` writes `sample,score` per sample of the split (the sample
 numbers of `micn predict`); with `--torchscript F` or `--onnx F` it scores with that file
-(TorchScript through torch, ONNX through onnxruntime) instead of MODEL's weights. `onnx`
+(TorchScript through torch, ONNX through onnxruntime) instead of MODEL's weights; MODEL still
+gives the vocabularies the export's ids are checked against and, for ONNX, the kind of model the
+file must hold. `onnx`
 writes the model for histories of T behaviours (the run's `data.max_hist_len` by default),
 checked against the twin by onnxruntime first (see `micn_twin.onnx_file`).
 """
