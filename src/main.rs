@@ -487,6 +487,10 @@ struct PrepareArgs {
 /// input file): `micn-launch --max-restarts` does not retry it. Other failures exit with 1.
 const EXIT_INPUT_ERROR: u8 = 3;
 
+/// The largest batch the benchmarks and `export mfn-centres` take (a larger one would only
+/// exhaust memory).
+const MAX_BATCH: usize = 1 << 20;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -711,7 +715,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 args.interests >= 1 && args.steps >= 1 && args.batch >= 1,
                 "--interests, --steps and --batch must be at least 1"
             );
-            ensure_usage!(args.batch <= 1 << 20, "--batch must be at most 1048576, got {}", args.batch);
+            ensure_usage!(args.batch <= MAX_BATCH, "--batch must be at most {MAX_BATCH}, got {}", args.batch);
             ensure_usage!(args.lr > 0.0 && args.lr.is_finite(), "--lr must be > 0");
             let settings = micn::train::saved::CentreSettings {
                 interests: args.interests,
@@ -991,8 +995,8 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             use micn::bench::dist;
             ensure_usage!(trials > 0, "--trials must be at least 1");
             ensure_usage!(
-                batches.iter().all(|&b| b >= 2 && b % 2 == 0 && b <= 1 << 20),
-                "--batch must be even (two ranks split it), at least 2 and at most 1048576"
+                batches.iter().all(|&b| b >= 2 && b % 2 == 0 && b <= MAX_BATCH),
+                "--batch must be even (two ranks split it), at least 2 and at most {MAX_BATCH}"
             );
             ensure_usage!(
                 batches.iter().all(|&b| b as u64 <= samples),
@@ -1008,7 +1012,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             // Bounds that keep the model (tables and Adam's moments) within a machine's memory.
             ensure_usage!((2..=10_000_000).contains(&items), "--items must lie in [2, 10000000], got {items}");
             ensure_usage!((1..=10_000_000).contains(&users), "--users must lie in [1, 10000000], got {users}");
-            ensure_usage!(batches.iter().all(|&b| b <= 1 << 20), "--batch must be at most 1048576");
+            ensure_usage!(batches.iter().all(|&b| b <= MAX_BATCH), "--batch must be at most {MAX_BATCH}");
             let opts =
                 throughput::ThroughputOptions { steps, warmup, threads, items, users, device, ..Default::default() };
             let rows = throughput::run(&opts, &models, &batches)?;

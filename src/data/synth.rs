@@ -454,13 +454,13 @@ impl SynthConfig {
                 self.min_history, self.mean_history
             ));
         }
-        let reviews = self.users as f64 * (self.min_history.max(2) as f64).max(self.mean_history);
-        if reviews > MAX_REVIEWS || self.items as f64 > MAX_REVIEWS {
+        // Every user has at least 2 reviews (see `draw_users`).
+        let history = (self.min_history.max(2) as f64).max(self.mean_history);
+        if self.users as f64 * history > MAX_REVIEWS || self.items as f64 > MAX_REVIEWS {
             return Err(format!(
-                "--users {} × a history of {} and --items {}: at most {MAX_REVIEWS:.0} reviews and {MAX_REVIEWS:.0} items",
-                self.users,
-                (self.min_history.max(2) as f64).max(self.mean_history),
-                self.items
+                "--users {} × a history of {history} and --items {}: at most {MAX_REVIEWS:.0} reviews and \
+                 {MAX_REVIEWS:.0} items",
+                self.users, self.items
             ));
         }
         Ok(())
