@@ -12,6 +12,7 @@
 //! - [`io_error`]: the one I/O error type, which names its path.
 //! - [`logging`]: `tracing` set-up, with the rank on every line.
 //! - [`metrics`]: exact AUC, GAUC and log-loss, pure functions over slices.
+//! - [`progress`]: progress lines for long work (training's bar, reading raw inputs).
 //! - [`data`]: raw Amazon / DIEN / synthetic inputs → prepared rkyv archives → batches.
 //! - [`train`]: the training step (two gradient buffers, φ, exchange), Adam, the loop.
 //! - [`rng`]: the project's own seeded generators; every random draw derives from a seed.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod micn;
 pub mod model;
 pub mod network;
+pub mod progress;
 pub mod rng;
 pub mod run_dir;
 pub mod train;

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 
 use serde::Serialize;
 
 use super::DataError;
 use crate::io_error::PathIo;
+use crate::progress::ReadMeter;
 
 /// Why a line was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -133,14 +135,15 @@ pub struct FileSummary {
 struct Hashing<R> {
     inner: R,
     hasher: xxhash_rust::xxh3::Xxh3,
-    bytes: u64,
+    /// Stored bytes read so far (shared: the progress shown while reading counts them).
+    bytes: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -254,7 +257,7 @@ fn read_chunks(
         }
     }
     drop(chunk_tx);
-    progress.stored = hashing.bytes;
+    progress.stored = hashing.bytes.load(Ordering::Relaxed);
     match stopped {
         // flate2's word for a stream that stops before its end.
         Some(e) if gzip && e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReadFailure::Cut(progress)),
@@ -320,7 +323,9 @@ pub fn parse_lines<T: Send>(
         use std::io::BufRead;
         file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b])
     };
-    let hashing = Hashing { inner: file, hasher: xxhash_rust::xxh3::Xxh3::new(), bytes: 0 };
+    let stored_read = Arc::new(AtomicU64::new(0));
+    let hashing = Hashing { inner: file, hasher: xxhash_rust::xxh3::Xxh3::new(), bytes: stored_read.clone() };
+    let mut meter = ReadMeter::new(path, stored_total);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
 
     let mut issues = Issues::default();
@@ -349,6 +354,9 @@ pub fn parse_lines<T: Send>(
                 next += 1;
                 if failure.is_some() {
                     continue;
+                }
+                if let Some((last, _)) = results.last() {
+                    meter.update(stored_read.load(Ordering::Relaxed), *last);
                 }
                 for (line, parsed) in results {
                     match parsed {
@@ -383,7 +391,7 @@ pub fn parse_lines<T: Send>(
     Ok(FileSummary {
         path: path.to_path_buf(),
         xxh3: format!("{:016x}", hashing.hasher.digest()),
-        bytes: hashing.bytes,
+        bytes: progress.stored,
         raw_bytes: progress.raw,
         lines: progress.lines,
         issues,

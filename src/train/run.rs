@@ -11,7 +11,7 @@
 //! selecting the best one); the start's broadcast of rank 0's parameters; the replica check every
 //! `train.check_replicas_every_steps`; and the final barrier. A rank-0 failure writing
 //! `metrics.jsonl` or the summary stops the job through `main`'s abort.
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use crate::data::{shard, Dataset};
 use crate::dist::watchdog::{self, Watched};
 use crate::dist::{Communicator, CommunicatorExt};
 use crate::network::Network;
+use crate::progress::{bar, clock, remaining_seconds, TerminalLine};
 use crate::run_dir::{MetricsLog, RunDir};
 
 /// Throughput after a warm-up. A run's first steps are slower (libtorch's first allocations, the
@@ -915,9 +916,9 @@ fn write_eval(
     Ok(metrics.write(&line)?)
 }
 
-/// A progress line on a terminal (rank 0), nothing otherwise (metrics and logs carry progress).
+/// A progress bar on a terminal (rank 0); a log line otherwise.
 struct Progress {
-    on: bool,
+    terminal: Option<TerminalLine>,
     total: u64,
     /// The step this process started from (a resumed run's earlier steps took no time here).
     first: u64,
@@ -926,56 +927,35 @@ struct Progress {
 
 impl Progress {
     fn new(rank0: bool, (first, total): (u64, u64)) -> Self {
-        Self { on: rank0 && std::io::stderr().is_terminal(), total, first, started: Instant::now() }
+        let terminal = (rank0 && std::io::stderr().is_terminal()).then(TerminalLine::default);
+        Self { terminal, total, first, started: Instant::now() }
     }
 
-    fn update(&self, step: u64, loss: f64, samples_per_sec: f64) {
+    fn update(&mut self, step: u64, loss: f64, samples_per_sec: f64) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let eta = remaining_seconds(elapsed, step.saturating_sub(self.first), self.total.saturating_sub(step));
-        if self.on {
-            let done = step as f64 / self.total.max(1) as f64;
-            let width = 30;
-            let filled = ((done * width as f64) as usize).min(width);
-            // A closed terminal (EIO) must not stop the run: errors are ignored.
-            let _ = write!(
-                std::io::stderr().lock(),
-                "\r[{}{}] {step}/{} loss {loss:.4} {samples_per_sec:.0} samples/s {} ETA {}\x1b[K",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
+        match &mut self.terminal {
+            Some(line) => line.draw(&format!(
+                "{} {step}/{} loss {loss:.4} {samples_per_sec:.0} samples/s {} ETA {}",
+                bar(step as f64 / self.total.max(1) as f64, 30),
                 self.total,
                 clock(elapsed),
                 eta.map_or_else(|| "?".into(), clock),
-            );
-        } else {
-            tracing::info!(step, total = self.total, loss, samples_per_sec, eta_seconds = eta, "progress");
+            )),
+            None => tracing::info!(step, total = self.total, loss, samples_per_sec, eta_seconds = eta, "progress"),
         }
     }
 
-    fn finish(&self) {
-        if self.on {
-            let _ = writeln!(std::io::stderr().lock());
+    fn finish(&mut self) {
+        if let Some(line) = &mut self.terminal {
+            line.keep();
         }
-    }
-}
-
-/// Seconds left at the pace so far: `done` steps took `elapsed` seconds, `left` remain.
-fn remaining_seconds(elapsed: f64, done: u64, left: u64) -> Option<f64> {
-    (done > 0).then(|| elapsed / done as f64 * left as f64)
-}
-
-/// `42s`, `3m07s`, `2h05m`.
-fn clock(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{clock, remaining_seconds, threads_per_rank, SteadyRate, StepTotals, MAX_UNREAD_STEPS};
+    use super::{threads_per_rank, SteadyRate, StepTotals, MAX_UNREAD_STEPS};
     use crate::train::step::{StepStats, Unread};
 
     /// Step `step`'s stats as a device step leaves them: BCE `loss`, no model or MICN loss, norms 3² and 4².
@@ -1007,13 +987,6 @@ mod tests {
         totals.add(unread(1027, f32::INFINITY), 0.0, 0, 1).unwrap();
         let err = totals.read().unwrap_err().to_string();
         assert!(err.starts_with("step 1026: the main loss is NaN"), "{err}");
-    }
-
-    #[test]
-    fn the_eta_extrapolates_this_processs_pace_and_reads_as_a_clock() {
-        assert_eq!(remaining_seconds(30.0, 100, 300), Some(90.0));
-        assert_eq!(remaining_seconds(5.0, 0, 300), None, "no step done here yet: no pace");
-        assert_eq!([clock(0.4), clock(42.0), clock(187.0), clock(7500.0)], ["0s", "42s", "3m07s", "2h05m"]);
     }
 
     #[test]

@@ -1,0 +1,206 @@
+//! Progress of long work for the person waiting on it: a line redrawn in place on a terminal
+//! (standard error, `\r` and erase-to-end; a log line written meanwhile first clears it, see
+//! `logging`), else a log line now and then. Training's step bar and the reading of each raw
+//! input file in `micn prepare` ([`ReadMeter`]) use it.
+use std::io::{IsTerminal as _, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A line on a terminal that each update redraws in place.
+#[derive(Debug, Default)]
+pub struct TerminalLine {
+    drawn: bool,
+}
+
+impl TerminalLine {
+    /// Replace the line with `text`. A closed terminal (EIO) must not stop the work: write errors
+    /// are ignored.
+    pub fn draw(&mut self, text: &str) {
+        let _ = write!(std::io::stderr().lock(), "\r{text}\x1b[K");
+        self.drawn = true;
+    }
+
+    /// Leave the last line drawn standing, and go on below it.
+    pub fn keep(&mut self) {
+        if std::mem::take(&mut self.drawn) {
+            let _ = writeln!(std::io::stderr().lock());
+        }
+    }
+
+    /// Erase the last line drawn.
+    pub fn erase(&mut self) {
+        if std::mem::take(&mut self.drawn) {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+        }
+    }
+}
+
+/// `[#####     ]`, `width` marks wide, filled to the fraction `done` (clamped to [0, 1]).
+pub fn bar(done: f64, width: usize) -> String {
+    let filled = ((done.clamp(0.0, 1.0) * width as f64) as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), " ".repeat(width - filled))
+}
+
+/// Seconds left at the pace so far: `done` units took `elapsed` seconds, `left` remain.
+pub fn remaining_seconds(elapsed: f64, done: u64, left: u64) -> Option<f64> {
+    (done > 0).then(|| elapsed / done as f64 * left as f64)
+}
+
+/// `42s`, `3m07s`, `2h05m`.
+pub fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// How often the reading of a file is shown: redrawn on a terminal, logged otherwise. A file read
+/// within the first interval shows nothing (the phase's summary line follows it).
+const DRAW_EVERY: Duration = Duration::from_millis(500);
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The progress of reading one input file: how much of it as stored (compressed, for gzip) is
+/// read, the lines so far, the pace and the time left.
+#[derive(Debug)]
+pub struct ReadMeter<'a> {
+    path: &'a Path,
+    total: u64,
+    started: Instant,
+    next: Instant,
+    every: Duration,
+    terminal: Option<TerminalLine>,
+}
+
+impl<'a> ReadMeter<'a> {
+    /// A meter for `path`, `total` bytes as stored, shown on standard error as it is.
+    pub fn new(path: &'a Path, total: u64) -> Self {
+        let terminal = std::io::stderr().is_terminal().then(TerminalLine::default);
+        Self::starting_at(path, total, Instant::now(), terminal)
+    }
+
+    fn starting_at(path: &'a Path, total: u64, started: Instant, terminal: Option<TerminalLine>) -> Self {
+        let every = if terminal.is_some() { DRAW_EVERY } else { LOG_EVERY };
+        Self { path, total, started, next: started + every, every, terminal }
+    }
+
+    /// `read` stored bytes and `lines` lines are read: show it when the interval is up.
+    pub fn update(&mut self, read: u64, lines: u64) {
+        let now = Instant::now();
+        if !self.due(now) {
+            return;
+        }
+        let elapsed = now.duration_since(self.started).as_secs_f64();
+        match &mut self.terminal {
+            Some(line) => line.draw(&describe_read(self.path, read, self.total, lines, elapsed)),
+            None => tracing::info!(
+                file = %self.path.display(),
+                read_bytes = read,
+                total_bytes = self.total,
+                lines,
+                mb_per_s = read as f64 / 1e6 / elapsed.max(1e-9),
+                eta_seconds = remaining_seconds(elapsed, read, self.total.saturating_sub(read)),
+                "reading"
+            ),
+        }
+    }
+
+    /// Whether an update at `now` is shown (at most one per interval).
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.every;
+        true
+    }
+}
+
+impl Drop for ReadMeter<'_> {
+    /// The file is read (or its read failed): its line goes, the summary or the error follows.
+    fn drop(&mut self) {
+        if let Some(line) = &mut self.terminal {
+            line.erase();
+        }
+    }
+}
+
+/// `reading reviews_Books.json.gz: 1.23 GB of 3.05 GB (40 %), 9,123,456 lines, 123 MB/s, ETA 15s`.
+fn describe_read(path: &Path, read: u64, total: u64, lines: u64, elapsed: f64) -> String {
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let percent = read as f64 * 100.0 / total.max(1) as f64;
+    let eta = remaining_seconds(elapsed, read, total.saturating_sub(read)).map_or_else(|| "?".into(), clock);
+    format!(
+        "reading {name}: {} of {} ({percent:.0} %), {} lines, {:.0} MB/s, ETA {eta}",
+        size(read),
+        size(total),
+        crate::data::input::thousands(lines),
+        read as f64 / 1e6 / elapsed.max(1e-9),
+    )
+}
+
+/// `512 B`, `34.5 MB`, `3.05 GB` (decimal units).
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=999 => format!("{bytes} B"),
+        1_000..=999_999 => format!("{:.1} kB", b / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_left_extrapolates_the_pace_so_far_and_reads_as_a_clock() {
+        assert_eq!(clock(0.4), "0s");
+        assert_eq!(clock(42.4), "42s");
+        assert_eq!(clock(187.0), "3m07s");
+        assert_eq!(clock(7500.0), "2h05m");
+        assert_eq!(clock(-3.0), "0s");
+        assert_eq!(remaining_seconds(10.0, 5, 20), Some(40.0));
+        assert_eq!(remaining_seconds(10.0, 0, 20), None, "nothing done yet: no pace");
+    }
+
+    #[test]
+    fn a_bar_fills_to_its_fraction_and_no_further() {
+        assert_eq!(bar(0.5, 10), "[#####     ]");
+        assert_eq!(bar(1.7, 4), "[####]");
+        assert_eq!(bar(-1.0, 3), "[   ]");
+        assert_eq!(bar(f64::NAN, 3), "[   ]");
+    }
+
+    #[test]
+    fn a_read_is_described_by_its_share_lines_pace_and_time_left() {
+        let path = Path::new("/data/reviews_Books.json.gz");
+        assert_eq!(
+            describe_read(path, 1_230_000_000, 3_050_000_000, 9_123_456, 10.0),
+            "reading reviews_Books.json.gz: 1.23 GB of 3.05 GB (40 %), 9,123,456 lines, 123 MB/s, ETA 15s"
+        );
+        // Nothing read yet: no pace to tell the time left by. An empty file is not a division by 0.
+        assert_eq!(
+            describe_read(path, 0, 0, 0, 0.0),
+            "reading reviews_Books.json.gz: 0 B of 0 B (0 %), 0 lines, 0 MB/s, ETA ?"
+        );
+        assert_eq!(size(999), "999 B");
+        assert_eq!(size(34_500), "34.5 kB");
+        assert_eq!(size(34_500_000), "34.5 MB");
+    }
+
+    #[test]
+    fn a_read_is_shown_once_an_interval_is_up_and_then_once_per_interval() {
+        let start = Instant::now();
+        let mut meter = ReadMeter::starting_at(Path::new("f"), 100, start, None);
+        assert!(!meter.due(start), "a file read within the first interval shows nothing");
+        assert!(!meter.due(start + LOG_EVERY / 2));
+        assert!(meter.due(start + LOG_EVERY));
+        assert!(!meter.due(start + LOG_EVERY + LOG_EVERY / 2), "once per interval");
+        assert!(meter.due(start + 3 * LOG_EVERY), "a late update is shown");
+        assert!(!meter.due(start + 3 * LOG_EVERY + LOG_EVERY / 2), "the next interval counts from the last shown");
+        let terminal = ReadMeter::starting_at(Path::new("f"), 100, start, Some(TerminalLine::default()));
+        assert_eq!(terminal.every, DRAW_EVERY, "a terminal is redrawn more often than a log is written");
+    }
+}
