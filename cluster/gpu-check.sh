@@ -20,7 +20,8 @@
 #                     steps on the device (a CPU rehearsal takes the device path, a GPU's code);
 #         eval        micn eval of each run gives the AUC the run reported;
 #         resume      a run stopped at step k and resumed ends bit-identical to a straight one
-#                     (and a second straight run, to tell nondeterminism from a resume fault);
+#                     (and a second straight run, to tell nondeterminism from a resume fault),
+#                     with train.deterministic (libtorch's deterministic algorithms);
 #         cpu_vs_cuda from the same CPU-made checkpoint, CPU and CUDA continue for the same
 #                     steps: |test AUC difference| <= AUC_TOL and parameters' relative L2
 #                     difference <= PARAM_TOL (on a machine without CUDA: CPU against CPU,
@@ -409,7 +410,8 @@ EOF
 check_resume() {
   local v=din+micn k=20 n=40 base=$WORK/resume
   if spent; then record SKIP resume "budget spent"; return; fi
-  local common=(--set 'model.kind="din"' --set micn.enabled=true)
+  # libtorch's deterministic algorithms: without them a GPU's atomic row sums vary in the last bits.
+  local common=(--set 'model.kind="din"' --set micn.enabled=true --set train.deterministic=true)
   if train resume-straight "$base/straight" --overwrite "${common[@]}" --set "train.max_steps=$n" \
      && train resume-again "$base/again" --overwrite "${common[@]}" --set "train.max_steps=$n" \
      && train resume-stopped "$base/stopped" --overwrite "${common[@]}" --set "train.max_steps=$k" \
@@ -418,7 +420,7 @@ check_resume() {
     resumed=$(compare "$base/straight/model.safetensors" "$base/stopped/model.safetensors") || resumed="error"
     repeat=$(compare "$base/straight/model.safetensors" "$base/again/model.safetensors") || repeat="error"
     local r_same=${resumed##* } s_same=${repeat##* }
-    local what="$v on $DEVICE, stopped at step $k of $n and resumed: model.safetensors identical $r_same (max |Δ| ${resumed%% *}); two straight runs identical $s_same"
+    local what="$v on $DEVICE (train.deterministic), stopped at step $k of $n and resumed: model.safetensors identical $r_same (max |Δ| ${resumed%% *}); two straight runs identical $s_same"
     if [[ $r_same == yes ]]; then
       record PASS resume "$what"
     elif [[ $s_same == no ]]; then

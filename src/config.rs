@@ -421,6 +421,10 @@ pub struct TrainConfig {
     /// compute the same up to rounding). For testing the GPU path without a GPU; off by default.
     /// On a GPU the device path is always taken.
     pub device_path: bool,
+    /// libtorch's deterministic algorithms (and cuDNN's deterministic mode): on a GPU, two runs
+    /// and a run and its resume then agree bit for bit, at some cost in speed (the row sums
+    /// without atomics). The CPU is deterministic either way. Off by default.
+    pub deterministic: bool,
     /// Seconds any one collective or training step may take before the rank's watchdog aborts
     /// the job, naming what it waited for (a lost host, a cut link, a hung peer); 0: no watchdog.
     pub watchdog_seconds: u64,
@@ -463,6 +467,7 @@ impl Default for TrainConfig {
             check_replicas_every_steps: 0,
             threads: 0,
             device_path: false,
+            deterministic: false,
             watchdog_seconds: 600,
             lr_schedule: LrSchedule::Constant,
             warmup_steps: 0,

@@ -2,7 +2,9 @@
 //! combination, clipping, Adam: `step`), the host-side gradient buffers and their exchange
 //! (`grads`), the optimizer (`optim`) and its learning rates (`schedule`), the replica and exact
 //! evaluation (`trainer`), the run's loop (`run`), a saved model scored (`saved`: `eval`,
-//! `predict`), and stopping on request (`interrupt`).
+//! `predict`), stopping on request (`interrupt`), and libtorch's deterministic algorithms
+//! (`deterministic`).
+pub mod deterministic;
 pub mod grads;
 pub mod interrupt;
 pub mod optim;

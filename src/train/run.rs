@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tch::{Device, Tensor};
 
+use super::deterministic;
 use super::schedule::Schedule;
 use super::step::{read_unread, Control, StepContext, StepStats, Unread};
 use super::trainer::{
@@ -352,6 +353,11 @@ pub fn train_until(
     let omp_threads = std::env::var_os("OMP_NUM_THREADS").is_some();
     if let Some(threads) = threads_per_rank(cfg.train.threads, omp_threads, comm.local_size(), cores()) {
         tch::set_num_threads(threads as i32);
+    }
+    if cfg.train.deterministic {
+        // Before the first CUDA operation: cuBLAS reads its workspace setting when it starts.
+        deterministic::turn_on()?;
+        tracing::info!(on = deterministic::is_on()?, "libtorch's deterministic algorithms (train.deterministic)");
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);

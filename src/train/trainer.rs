@@ -47,6 +47,8 @@ pub enum TrainError {
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
     NoCuda,
     #[error(transparent)]
+    Deterministic(#[from] super::deterministic::MissingSymbol),
+    #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("{path}: no valid checkpoint to resume from{refused}")]
     NothingToResume { path: PathBuf, refused: String },
@@ -112,6 +114,7 @@ impl TrainError {
             Self::Batch(_)
                 | Self::Model(_)
                 | Self::NoCuda
+                | Self::Deterministic(_)
                 | Self::NothingToResume { .. }
                 | Self::IncompatibleResume { .. }
                 | Self::NoRunDir

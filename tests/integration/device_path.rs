@@ -334,3 +334,34 @@ fn clipping_and_weight_decay_on_the_device_path_end_where_the_host_path_ends() {
         assert_close(&host[0].0, &device[0].0, &format!("DIN + MICN, clipped and decayed, {world} ranks"));
     }
 }
+
+/// `train.deterministic` turns libtorch's deterministic algorithms on (libtorch says so, read back
+/// through the same symbols), and on the CPU, where every kernel micn uses is deterministic
+/// already, changes no bit of a device-path run. libtorch's deterministic mode also fills every
+/// new tensor's memory with NaN, so this would fail if a kernel read memory it had not written.
+/// In a process of its own: the switch is global to libtorch.
+#[test]
+fn deterministic_algorithms_turn_on_in_libtorch_and_change_no_bit_on_the_cpu() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = |deterministic: bool| {
+        let run = tmp.path().join(format!("deterministic-{deterministic}"));
+        let sets = ["train.max_steps=6", "train.epochs=1", "train.device_path=true"];
+        let mut cfg = crate::small_config(&run, &sets);
+        cfg.train.deterministic = deterministic;
+        let file = tmp.path().join(format!("deterministic-{deterministic}.toml"));
+        std::fs::write(&file, cfg.to_toml()).unwrap();
+        let out =
+            crate::run_ok(Command::new(crate::micn_bin()).args(["train", "--comm", "single", "--config"]).arg(&file));
+        let log = String::from_utf8_lossy(&out.stderr);
+        let said = log.lines().find(|l| l.contains("deterministic algorithms"));
+        match deterministic {
+            true => {
+                assert!(said.is_some_and(|l| l.contains("on=true")), "libtorch does not say the switch is on:\n{log}")
+            }
+            false => assert!(said.is_none(), "{log}"),
+        }
+        std::fs::read(run.join("model.safetensors")).unwrap()
+    };
+    assert!(model(false) == model(true), "DIEN + MICN on the device path differs with deterministic algorithms on");
+}
