@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The README's second command: set up this node, build, and run the whole test suite.
+# The README's second command: set up this node, build, and run the whole test suite: the cargo
+# tests, then the GPU check's rehearsal on this machine (the build without MPI, bundled as it is
+# carried to a GPU machine, through every check of cluster/gpu-check.sh on the device there is).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -7,3 +9,4 @@ source cluster/env.sh
 bash cluster/setup-node.sh
 cargo build --release --workspace
 cargo test --release --workspace
+bash cluster/gpu-check.sh all --out target/gpu-check-rehearsal
