@@ -84,15 +84,13 @@ bundle() {
   mkdir -p "$out"
   cp "$bin" "$out/micn"
   cp "$script" "$out/gpu-check.sh"
-  local size glibc glibcxx commit
+  local size glibc glibcxx
   size=$(stat -c %s "$out/micn")
   ((size < 64 * 1024 * 1024)) || die "the binary is $size bytes: over the 64 MiB the device tool carries"
   glibc=$(objdump -T "$out/micn" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
   glibcxx=$(objdump -T "$out/micn" | grep -o 'GLIBCXX_[0-9.]*' | sort -uV | tail -n 1)
-  commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
-  git -C "$repo" diff --quiet HEAD 2>/dev/null || commit="$commit+uncommitted"
   {
-    echo "micn $(LD_LIBRARY_PATH=$(readlink -f "$repo/.libtorch")/lib "$out/micn" --version | awk '{print $2}') (commit $commit), built $(date -u +%FT%TZ) on $(uname -n)"
+    echo "micn $(LD_LIBRARY_PATH=$(readlink -f "$repo/.libtorch")/lib "$out/micn" --version | awk '{print $2}'), built $(date -u +%FT%TZ) on $(uname -n)"
     echo "features: no mpi (single process, single GPU); profile bundle (stripped)"
     echo "size: $size bytes"
     echo "needs: $(grep NEEDED <<<"$dyn" | sed 's/.*\[\(.*\)\]/\1/' | tr '\n' ' ')"

@@ -98,7 +98,7 @@ pub fn collect(comm: &dyn Communicator, mpi: Option<MpiInfo>) -> crate::dist::Re
         .collect();
     let (mpi_library, mpi_standard) = mpi.map(|m| (m.library, m.standard)).unzip();
     Ok(Report {
-        micn_version: env!("CARGO_PKG_VERSION").into(),
+        micn_version: env!("MICN_CODE_VERSION").into(),
         libtorch_version: env!("MICN_LIBTORCH_VERSION").into(),
         libtorch_cuda: env!("MICN_LIBTORCH_CUDA") == "1",
         mpi_feature: cfg!(feature = "mpi"),

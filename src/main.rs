@@ -12,7 +12,7 @@ use micn::doctor::MpiInfo;
 use micn::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "micn", version, about = "Data-parallel CTR training with the MICN auxiliary task")]
+#[command(name = "micn", version = env!("MICN_CODE_VERSION"), about = "Data-parallel CTR training with the MICN auxiliary task")]
 struct Cli {
     /// Log lines as readable text or as JSON objects (standard error).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]

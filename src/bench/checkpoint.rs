@@ -46,7 +46,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         world_size: 1,
         config_hash: checkpoint::config_hash(&config),
         config,
-        code_version: env!("CARGO_PKG_VERSION").into(),
+        code_version: env!("MICN_CODE_VERSION").into(),
         evaluations: Vec::new(),
     };
     synchronize(device);

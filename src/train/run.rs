@@ -873,7 +873,7 @@ impl Checkpointing {
                 world_size: comm.size(),
                 config_hash: checkpoint::config_hash(&config),
                 config,
-                code_version: env!("CARGO_PKG_VERSION").into(),
+                code_version: env!("MICN_CODE_VERSION").into(),
                 evaluations: validation.evaluations.clone(),
             };
             let saved = checkpoint::save(

@@ -548,3 +548,34 @@ fn eval_and_resume_of_a_relabelled_or_nan_checkpoint_fail_with_a_clear_error_not
     .to_string();
     assert!(e.contains(&format!("`{name}`")), "{e}");
 }
+
+/// `micn --version`, `micn doctor` and every checkpoint's `state.json` carry one code version: the
+/// package's and, in a git checkout, the commit the binary was built from (`.modified` when its
+/// sources differed from it), so a checkpoint says which code wrote it.
+#[test]
+fn the_code_version_names_the_commit_in_the_binary_the_doctor_and_each_checkpoint() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(repo).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let expected = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(commit) => {
+            let status =
+                ["status", "--porcelain", "--untracked-files=no", "--", "src", "build.rs", "Cargo.toml", "Cargo.lock"];
+            let modified = git(&status).is_some_and(|s| !s.is_empty());
+            format!("{}+{commit}{}", env!("CARGO_PKG_VERSION"), if modified { ".modified" } else { "" })
+        }
+        None => env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let version = crate::run_ok(std::process::Command::new(crate::micn_bin()).arg("--version"));
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("micn {expected}"));
+    let doctor = crate::run_ok(std::process::Command::new(crate::micn_bin()).args(["doctor", "--json"]));
+    let doctor: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(doctor["micn_version"], expected.as_str());
+    let tmp = tempfile::tempdir().unwrap();
+    crate::tiny_din_run(tmp.path());
+    let state = std::fs::read_to_string(tmp.path().join("checkpoints/step-00000002/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["code_version"], expected.as_str());
+}
