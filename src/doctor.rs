@@ -327,8 +327,9 @@ pub mod cuda {
         symbol(handle as *mut c_void, name)
     }
 
-    /// A symbol of a library already loaded into the process's global scope.
-    fn global_symbol<T: Copy>(name: &CStr) -> Option<T> {
+    /// A symbol of a library already loaded into the process's global scope (libtorch and what
+    /// it loads). `T` must be the `extern "C" fn` type of the symbol `name`.
+    pub(crate) fn global_symbol<T: Copy>(name: &CStr) -> Option<T> {
         symbol(libc::RTLD_DEFAULT, name)
     }
 

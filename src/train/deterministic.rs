@@ -79,14 +79,6 @@ fn global_context() -> Result<*mut c_void, MissingSymbol> {
 
 /// `T` must be the `extern "C" fn` type that the symbol `name` has (see the types above).
 fn symbol<T: Copy>(name: &CStr) -> Result<T, MissingSymbol> {
-    assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<*mut c_void>(), "a function pointer type");
-    // SAFETY: dlsym only looks the name up, in the libraries the process has loaded (libtorch is
-    // linked into micn).
-    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    if p.is_null() {
-        return Err(MissingSymbol { symbol: name.to_string_lossy().into_owned() });
-    }
-    // SAFETY: `T` is a function pointer type of the same size (asserted above), and the caller
-    // names the symbol's signature.
-    Ok(unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
+    crate::doctor::cuda::global_symbol(name)
+        .ok_or_else(|| MissingSymbol { symbol: name.to_string_lossy().into_owned() })
 }
