@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tch::Tensor;
+use tracing_subscriber::fmt::format::Writer;
 
 pub mod events;
 
@@ -26,6 +27,24 @@ pub enum RunDirError {
     /// The configuration is not one `micn train` accepts (the error names the file and key).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Another process trains into the directory (it holds [`LOCK_FILE`]'s lock).
+    #[error(
+        "{}: another micn train is writing this run ({holder}); wait for it to end, or stop it, or give this run \
+         another run.dir",
+        path.display()
+    )]
+    InUse { path: PathBuf, holder: String },
+}
+
+/// The file whose lock (`flock`) says that a process trains into the directory: rank 0 holds it
+/// until it exits, and the kernel releases it however the process ends (a crash or a SIGKILL
+/// included). It holds who took it, for the message a second run gets.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Rank 0's hold on its run directory (see [`LOCK_FILE`]); released when dropped.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: Option<std::fs::File>,
 }
 
 /// The files that make a directory hold a run: a fresh run refuses a directory with any of them
@@ -70,6 +89,48 @@ impl RunDir {
     /// The log file of `rank`.
     pub fn log(&self, rank: usize) -> PathBuf {
         self.path.join("logs").join(format!("rank-{rank}.log"))
+    }
+
+    /// Take the directory for this process (made if missing): a second `micn train` into it, or
+    /// an `--overwrite` of it, is refused ([`RunDirError::InUse`]) while the returned lock lives.
+    /// On a file system without locks a warning says that concurrent runs go unnoticed there.
+    pub fn lock(&self) -> Result<RunLock, RunDirError> {
+        use std::os::fd::AsRawFd as _;
+        std::fs::create_dir_all(&self.path).with_path(&self.path)?;
+        let path = self.path.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_path(&path)?;
+        // SAFETY: flock on a descriptor this function owns; it only takes or refuses the lock.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "its process did not say who it is".to_string(),
+                    said => said.to_string(),
+                };
+                return Err(RunDirError::InUse { path: self.path.clone(), holder });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                %error,
+                "cannot lock the run directory: a second micn train into it would go unnoticed"
+            );
+            return Ok(RunLock { _file: None });
+        }
+        let mut since = String::new();
+        {
+            use tracing_subscriber::fmt::time::FormatTime as _;
+            let _ = tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut since));
+        }
+        let holder = format!("pid {} on {} since {since}\n", std::process::id(), crate::dist::hostname());
+        file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).with_path(&path)?;
+        Ok(RunLock { _file: Some(file) })
     }
 
     /// Whether the directory holds a run (its `config.toml` is written first).

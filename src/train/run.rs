@@ -36,7 +36,7 @@ use crate::dist::watchdog::{self, Watched};
 use crate::dist::{Communicator, CommunicatorExt};
 use crate::network::Network;
 use crate::progress::{bar, clock, remaining_seconds, TerminalLine};
-use crate::run_dir::{MetricsLog, RunDir};
+use crate::run_dir::{MetricsLog, RunDir, RunLock};
 
 /// Throughput after a warm-up. A run's first steps are slower (libtorch's first allocations, the
 /// loader filling its queue), which weighs more the shorter the run, and a checkpoint at the end
@@ -295,24 +295,30 @@ fn resume_point(
     Ok(Some((dir, state)))
 }
 
-/// Make sure a fresh run replaces nothing by accident: refuse an empty `run.dir` and, unless the
-/// run resumes or `--overwrite` was given, a directory that already holds a run. Rank 0 decides;
-/// every rank learns the outcome.
-fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<(), TrainError> {
+/// Make sure a run replaces nothing by accident: refuse an empty `run.dir`, a directory another
+/// `micn train` writes into (rank 0 locks it, [`RunDir::lock`]) and, unless the run resumes or
+/// `--overwrite` was given, a directory that already holds a run. Rank 0 decides; every rank
+/// learns the outcome. Rank 0 gets the lock, to hold until the run ends.
+fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<Option<RunLock>, TrainError> {
     if cfg.run.dir.as_os_str().is_empty() {
         return Err(TrainError::NoRunDir);
     }
     let run_dir = RunDir::new(&cfg.run.dir);
-    let result = match resume {
-        _ if comm.rank() != 0 => Ok(()),
-        Resume::Fresh => match run_dir.present_files() {
-            present if present.is_empty() => Ok(()),
-            present => Err(TrainError::RunExists { path: cfg.run.dir.clone(), files: present.join(", ") }),
-        },
-        Resume::Overwrite => run_dir.remove_run_files().map_err(TrainError::from),
-        _ => Ok(()),
+    let mut lock = None;
+    let mut claim = || -> Result<(), TrainError> {
+        lock = Some(run_dir.lock()?);
+        match resume {
+            Resume::Fresh => match run_dir.present_files() {
+                present if present.is_empty() => Ok(()),
+                present => Err(TrainError::RunExists { path: cfg.run.dir.clone(), files: present.join(", ") }),
+            },
+            Resume::Overwrite => Ok(run_dir.remove_run_files()?),
+            _ => Ok(()),
+        }
     };
-    agree_on_rank0(comm, result, "claim the run directory")
+    let result = if comm.rank() == 0 { claim() } else { Ok(()) };
+    agree_on_rank0(comm, result, "claim the run directory")?;
+    Ok(lock)
 }
 
 /// Every rank learns the outcome of what only rank 0 did: rank 0 returns its own error, the
@@ -440,6 +446,8 @@ struct Run<'a> {
     progress: Progress,
     loop_started: Instant,
     window_started: Instant,
+    /// Rank 0's lock on `run.dir`, held until the run ends.
+    _lock: Option<RunLock>,
 }
 
 impl<'a> Run<'a> {
@@ -468,7 +476,7 @@ impl<'a> Run<'a> {
                 batch: cfg.train.global_batch_size,
             });
         }
-        claim_run_dir(cfg, comm, resume)?;
+        let lock = claim_run_dir(cfg, comm, resume)?;
         let mut replica = Replica::new(build_model(cfg, dataset, device)?, cfg, comm)?;
         let resumed = resume_point(cfg, comm, resume)?;
         if let Some((dir, state)) = &resumed {
@@ -536,6 +544,7 @@ impl<'a> Run<'a> {
             progress: Progress::new(rank0, (step, total_steps)),
             loop_started: Instant::now(),
             window_started: Instant::now(),
+            _lock: lock,
         })
     }
 

@@ -579,3 +579,58 @@ fn the_code_version_names_the_commit_in_the_binary_the_doctor_and_each_checkpoin
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     assert_eq!(state["code_version"], expected.as_str());
 }
+
+/// Two runs never write one run directory at once: while a `micn train` runs, a second one into
+/// its directory (`--resume auto` or `--overwrite`) is refused naming the first's process, and
+/// changes nothing; once the first is killed (SIGKILL: the kernel releases its lock), the
+/// directory resumes as usual.
+#[test]
+fn a_second_run_into_a_directory_in_use_is_refused_and_a_killed_runs_directory_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let cfg = config(&dir, &["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5"]);
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let train = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(crate::micn_bin());
+        cmd.args(["train", "--config"]).arg(&path).args(args);
+        cmd
+    };
+    let mut first = train(&[]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let metrics = dir.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let config_before = std::fs::read(dir.join("config.toml")).unwrap();
+    for args in [&["--resume", "auto"][..], &["--overwrite"][..]] {
+        let out = train(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let holder = format!("pid {} on ", first.id());
+        assert!(stderr.contains("another micn train is writing this run") && stderr.contains(&holder), "{stderr}");
+    }
+    assert!(first.try_wait().unwrap().is_none(), "the first run goes on");
+    assert_eq!(std::fs::read(dir.join("config.toml")).unwrap(), config_before);
+    let lines = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        std::fs::read_to_string(&metrics).unwrap().lines().count() > lines,
+        "the first run still writes its metrics"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let latest = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("COMPLETE").exists())
+        .filter_map(|e| micn::checkpoint::step_of(&e.path()))
+        .max()
+        .expect("the killed run wrote a checkpoint every 5 steps");
+    let end = format!("train.max_steps={}", latest + 2);
+    let resumed = crate::run_ok(&mut train(&["--resume", "auto", "--set", &end]));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    let from = dir.join("checkpoints").join(micn::checkpoint::dir_name(latest));
+    assert!(stderr.contains(&format!("resuming checkpoint={}", from.display())), "{stderr}");
+}
