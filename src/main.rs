@@ -665,7 +665,10 @@ fn start_backend(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Opt
     #[cfg(feature = "mpi")]
     {
         use anyhow::Context as _;
-        let comm = dist::MpiCommunicator::init().context("starting MPI")?;
+        let limit = dist::watchdog::start_limit(std::env::var(dist::watchdog::START_TIMEOUT_ENV).ok().as_deref())
+            .map_err(UsageError)?;
+        let comm = dist::watchdog::start_within(limit, "starting MPI (MPI_Init)", dist::MpiCommunicator::init)
+            .context("starting MPI")?;
         let (major, minor) = dist::MpiCommunicator::standard_version();
         let versions =
             MpiInfo { library: dist::MpiCommunicator::library_version(), standard: format!("{major}.{minor}") };

@@ -226,10 +226,65 @@ pub fn abort_rank(expiry: Expiry) {
     unsafe { libc::_exit(EXIT_WATCHDOG) }
 }
 
+/// Environment variable: the seconds MPI's start (`MPI_Init` and finding the ranks that share a
+/// host) may take, `0` for no limit; [`DEFAULT_START_SECONDS`] when unset.
+pub const START_TIMEOUT_ENV: &str = "MICN_MPI_START_TIMEOUT";
+pub const DEFAULT_START_SECONDS: u64 = 300;
+
+/// The limit [`START_TIMEOUT_ENV`] sets (`value`: the variable's value, if set); `None`: no limit.
+pub fn start_limit(value: Option<&str>) -> std::result::Result<Option<Duration>, String> {
+    let seconds = match value.map(str::trim) {
+        None => DEFAULT_START_SECONDS,
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            format!("{START_TIMEOUT_ENV}={text}: not a whole number of seconds (0: no limit, unset: {DEFAULT_START_SECONDS})")
+        })?,
+    };
+    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
+}
+
+/// Run `start` (MPI's start), ending the process with [`EXIT_WATCHDOG`] if it has not returned
+/// within `limit`, with a message saying what it waited in. A host lost or a link cut while the
+/// job starts leaves a rank inside `MPI_Init` for good, before there is any collective for
+/// [`Watched`] to watch; the MPI launcher ends the job when the rank is gone. Logging is not set up
+/// yet (it needs the rank), so the message goes straight to standard error.
+pub fn start_within<T>(limit: Option<Duration>, what: &'static str, start: impl FnOnce() -> T) -> T {
+    let Some(limit) = limit else { return start() };
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let guard = std::thread::spawn(move || {
+        if wait.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!(
+                "error: {what} did not finish within {} s on host {}: a host lost, a link cut or a rank that never \
+                 started? ({START_TIMEOUT_ENV} sets the limit in seconds)",
+                limit.as_secs(),
+                super::hostname()
+            );
+            // SAFETY: as in `abort_rank`: the main thread is stuck in the library, nothing of the
+            // run is written yet.
+            unsafe { libc::_exit(EXIT_WATCHDOG) }
+        }
+    });
+    let started = start();
+    drop(done);
+    let _ = guard.join();
+    started
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dist::ThreadRanks;
+
+    #[test]
+    fn the_start_limit_is_read_from_the_environment_with_a_default_and_an_off_switch() {
+        assert_eq!(start_limit(None), Ok(Some(Duration::from_secs(DEFAULT_START_SECONDS))));
+        assert_eq!(start_limit(Some(" 20 ")), Ok(Some(Duration::from_secs(20))));
+        assert_eq!(start_limit(Some("0")), Ok(None));
+        let e = start_limit(Some("5m")).unwrap_err();
+        assert!(e.starts_with("MICN_MPI_START_TIMEOUT=5m: not a whole number of seconds"), "{e}");
+        // A start within the limit returns what it made, and no guard is left to fire later.
+        assert_eq!(start_within(Some(Duration::from_millis(50)), "a test", || 7), 7);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     #[test]
     fn a_peer_that_never_joins_a_collective_is_named_within_the_limit() {

@@ -89,3 +89,32 @@ fn mpirun_two_ranks_match_two_thread_ranks() {
     let expected = serde_json::to_value(&outcomes_over_threads(2)[0]).unwrap();
     assert_eq!(report["comm_check"], expected);
 }
+
+/// A rank whose peer never starts waits in `MPI_Init` (OpenMPI's start is a fence over every
+/// process of the job), where no collective watchdog can see it; the start limit ends it with a
+/// message naming the wait, and mpirun ends the job. The peer here sleeps instead of starting
+/// micn: with the limit off, rank 0 waits until the sleep ends.
+#[test]
+fn a_rank_stuck_in_mpi_init_because_a_peer_never_started_ends_at_the_start_limit() {
+    let job = |limit: &str, sleep: &str| {
+        let script = format!(
+            "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then exec sleep {sleep}; fi; exec {} doctor",
+            micn_bin().display()
+        );
+        let started = std::time::Instant::now();
+        let out =
+            mpirun(2).args(["-x", &format!("MICN_MPI_START_TIMEOUT={limit}"), "sh", "-c", &script]).output().unwrap();
+        (out, started.elapsed().as_secs_f64())
+    };
+    let (out, seconds) = job("2", "60");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error: starting MPI (MPI_Init) did not finish within 2 s on host")
+            && stderr.contains("MICN_MPI_START_TIMEOUT"),
+        "{stderr}"
+    );
+    assert!(seconds < 30.0, "the job ended after {seconds:.1} s, not at the 2 s limit");
+    let (_, seconds) = job("0", "4");
+    assert!(seconds >= 4.0, "without the limit rank 0 waits for its peer ({seconds:.1} s)");
+}
