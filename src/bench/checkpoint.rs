@@ -48,6 +48,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         config,
         code_version: env!("MICN_CODE_VERSION").into(),
         evaluations: Vec::new(),
+        loss_window: None,
     };
     synchronize(device);
     let started = Instant::now();

@@ -340,6 +340,7 @@ mod tests {
             config: text,
             code_version: "test".into(),
             evaluations: vec![],
+            loss_window: None,
         }
     }
 

@@ -97,6 +97,19 @@ pub struct State {
     /// both classes) is written as `null` and read back as NaN.
     #[serde(deserialize_with = "evaluations_with_nan")]
     pub evaluations: Vec<Evaluation>,
+    /// The training losses since the last metrics line, so that the resumed run's next line
+    /// averages the same steps as an uninterrupted run's (absent in checkpoints written before
+    /// it was kept: that line then averages the steps since the resume).
+    #[serde(default)]
+    pub loss_window: Option<LossWindow>,
+}
+
+/// Sums of the training losses (main task, MICN, the model's own auxiliary loss) over `steps`
+/// steps, exact through JSON (serde_json's `float_roundtrip`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct LossWindow {
+    pub sums: [f64; 3],
+    pub steps: u64,
 }
 
 fn evaluations_with_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Evaluation>, D::Error> {
@@ -196,6 +209,7 @@ mod tests {
             config_hash: String::new(),
             code_version: "test".into(),
             evaluations,
+            loss_window: None,
         }
     }
 

@@ -151,6 +151,7 @@ mod tests {
             config,
             code_version: "test".into(),
             evaluations,
+            loss_window: None,
         }
     }
 

@@ -34,6 +34,13 @@ pub enum RunDirError {
         path.display()
     )]
     InUse { path: PathBuf, holder: String },
+    /// The directory this run locked is gone or another one stands at its path.
+    #[error(
+        "{}: the run directory was removed or replaced while this run wrote into it (its config.toml, metrics and \
+         logs went with it); nothing more is written there: start the run again",
+        path.display()
+    )]
+    Replaced { path: PathBuf },
 }
 
 /// The file whose lock (`flock`) says that a process trains into the directory: rank 0 holds it
@@ -45,6 +52,27 @@ pub const LOCK_FILE: &str = ".lock";
 #[derive(Debug)]
 pub struct RunLock {
     _file: Option<std::fs::File>,
+    path: PathBuf,
+    /// The locked directory's device and inode.
+    identity: (u64, u64),
+}
+
+impl RunLock {
+    /// Whether the locked directory still stands at its path: a run whose directory was deleted
+    /// (or deleted and made anew, perhaps by another run) must not go on as if its files were
+    /// there, nor write into another run's directory.
+    pub fn check(&self) -> Result<(), RunDirError> {
+        match identity(&self.path) {
+            Some(now) if now == self.identity => Ok(()),
+            _ => Err(RunDirError::Replaced { path: self.path.clone() }),
+        }
+    }
+}
+
+/// A directory's device and inode (none when it cannot be read).
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
 }
 
 /// The files that make a directory hold a run: a fresh run refuses a directory with any of them
@@ -121,7 +149,11 @@ impl RunDir {
                 %error,
                 "cannot lock the run directory: a second micn train into it would go unnoticed"
             );
-            return Ok(RunLock { _file: None });
+            return Ok(RunLock {
+                _file: None,
+                path: self.path.clone(),
+                identity: identity(&self.path).unwrap_or_default(),
+            });
         }
         let mut since = String::new();
         {
@@ -130,7 +162,7 @@ impl RunDir {
         }
         let holder = format!("pid {} on {} since {since}\n", std::process::id(), crate::dist::hostname());
         file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).with_path(&path)?;
-        Ok(RunLock { _file: Some(file) })
+        Ok(RunLock { _file: Some(file), path: self.path.clone(), identity: identity(&self.path).unwrap_or_default() })
     }
 
     /// Whether the directory holds a run (its `config.toml` is written first).
@@ -203,7 +235,9 @@ impl RunDir {
     }
 
     /// Start writing a run: its configuration, and its metrics log, kept up to the step a run
-    /// resumes from (lines a run that then died wrote later are dropped), else empty.
+    /// resumes from (lines a run that then died wrote later are dropped, and so are the test-set
+    /// lines of attempts that were stopped: the test set is scored once, at the run's end), else
+    /// empty.
     pub fn start_writing(&self, config_toml: &str, resumed_step: Option<u64>) -> Result<MetricsLog, PathIo> {
         std::fs::create_dir_all(&self.path).with_path(&self.path)?;
         replace_file(&self.config(), |tmp| std::fs::write(tmp, config_toml))?;
@@ -214,8 +248,7 @@ impl RunDir {
                 .filter(|l| {
                     serde_json::from_str::<serde_json::Value>(l)
                         .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s <= step)
+                        .is_some_and(|v| v["step"].as_u64().is_some_and(|s| s <= step) && v["test_auc"].is_null())
                 })
                 .map(|l| format!("{l}\n"))
                 .collect(),
@@ -278,17 +311,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_resumed_run_keeps_the_metrics_lines_up_to_its_step_and_drops_later_ones() {
+    fn a_resumed_run_keeps_the_metrics_lines_up_to_its_step_and_drops_later_ones_and_test_lines() {
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::new(tmp.path().join("run"));
         let mut log = run.start_writing("device = \"cpu\"\n", None).unwrap();
         for step in [10u64, 20, 30] {
             log.write(&serde_json::json!({ "step": step })).unwrap();
         }
+        // A stopped attempt's test-set line (at its last step, up to which a run resumes).
+        log.write(&serde_json::json!({ "step": 20, "test_auc": 0.7 })).unwrap();
         drop(log);
         run.start_writing("device = \"cpu\"\n", Some(20)).unwrap();
         let steps: Vec<u64> = run.read_metrics().unwrap().iter().map(|v| v["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, [10, 20]);
+        assert!(run.read_metrics().unwrap().iter().all(|v| v["test_auc"].is_null()));
         assert!(run.holds_run());
         let files = run.present_files();
         assert_eq!(files.len(), 4, "{files:?}");

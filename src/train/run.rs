@@ -27,7 +27,7 @@ use super::trainer::{
     EvalSet, Replica, Selected, Summary, TrainError,
 };
 use super::Interrupter;
-use crate::checkpoint;
+use crate::checkpoint::{self, LossWindow};
 use crate::config::{Config, ModelKind};
 use crate::data::batch::Batch;
 use crate::data::loader::{EpochLoader, LoaderConfig};
@@ -170,6 +170,12 @@ struct StepTotals {
 const MAX_UNREAD_STEPS: usize = 1024;
 
 impl StepTotals {
+    /// Totals that go on from the loss window a checkpoint kept (none: from nothing).
+    fn resumed(window: Option<LossWindow>) -> Self {
+        let LossWindow { sums, steps } = window.unwrap_or_default();
+        Self { loss_sums: sums, logged_steps: steps, ..Self::default() }
+    }
+
     fn add(&mut self, stats: StepStats, seconds: f64, transfers: u64, samples: u64) -> Result<(), TrainError> {
         self.step_seconds += seconds;
         self.transfers += transfers;
@@ -447,7 +453,7 @@ struct Run<'a> {
     loop_started: Instant,
     window_started: Instant,
     /// Rank 0's lock on `run.dir`, held until the run ends.
-    _lock: Option<RunLock>,
+    lock: Option<RunLock>,
 }
 
 impl<'a> Run<'a> {
@@ -539,12 +545,12 @@ impl<'a> Run<'a> {
             epochs_completed: started_at.epoch,
             stopped_by_signal: false,
             early_stopped: false,
-            totals: StepTotals::default(),
+            totals: StepTotals::resumed(state.and_then(|s| s.loss_window)),
             steady: SteadyRate::new(total_steps.saturating_sub(step)),
             progress: Progress::new(rank0, (step, total_steps)),
             loop_started: Instant::now(),
             window_started: Instant::now(),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -689,8 +695,11 @@ impl<'a> Run<'a> {
     /// A checkpoint of the model after the last step, resuming at [`Run::position`].
     fn checkpoint(&mut self) -> Result<(), TrainError> {
         self.read_losses()?;
+        let in_place = self.lock.as_ref().map_or(Ok(()), RunLock::check).map_err(TrainError::from);
+        agree_on_rank0(self.comm, in_place, "write into the run directory")?;
         let Position { epoch, sample } = self.position;
-        self.checkpoints.save(self.cfg, self.comm, &self.replica, (self.step, epoch, sample), &self.validation)
+        let window = LossWindow { sums: self.totals.loss_sums, steps: self.totals.logged_steps };
+        self.checkpoints.save(self.cfg, self.comm, &self.replica, (self.step, epoch, sample), &self.validation, window)
     }
 
     /// The end: a last checkpoint, the test set scored, the checkpoint selected by validation
@@ -755,6 +764,9 @@ impl<'a> Run<'a> {
             model_step,
         };
         if self.comm.rank() == 0 {
+            if let Some(lock) = &self.lock {
+                lock.check()?;
+            }
             let variables: Vec<(String, Tensor)> = self.replica.vs.variables().into_iter().collect();
             self.run_dir.write_final(&variables, &summary)?;
         }
@@ -869,6 +881,7 @@ impl Checkpointing {
         replica: &Replica,
         (step, epoch, position): (u64, u64, u64),
         validation: &Validation,
+        loss_window: LossWindow,
     ) -> Result<(), TrainError> {
         let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
         let result = if self.rank0 {
@@ -884,6 +897,7 @@ impl Checkpointing {
                 config,
                 code_version: env!("MICN_CODE_VERSION").into(),
                 evaluations: validation.evaluations.clone(),
+                loss_window: Some(loss_window),
             };
             let saved = checkpoint::save(
                 &self.root,

@@ -107,7 +107,8 @@ impl TrainError {
             Self::Io(e) => return e.is_lasting(),
             // Another run's lock is released when that run ends: not an input error, so that
             // `micn-launch` retries (after a restart, the stalled attempt's rank 0 on another host
-            // may hold it until its watchdog ends it).
+            // may hold it until its watchdog ends it). A run directory removed under a run is one:
+            // starting again in its place is for the user to decide.
             Self::RunDir(e) => {
                 return !matches!(e, crate::run_dir::RunDirError::Io(_) | crate::run_dir::RunDirError::InUse { .. })
             }

@@ -634,3 +634,72 @@ fn a_second_run_into_a_directory_in_use_is_refused_and_a_killed_runs_directory_r
     let from = dir.join("checkpoints").join(micn::checkpoint::dir_name(latest));
     assert!(stderr.contains(&format!("resuming checkpoint={}", from.display())), "{stderr}");
 }
+
+/// A run stopped between two metrics lines and resumed writes the metrics lines an uninterrupted
+/// run writes (wall-clock speed aside): the checkpoint keeps the losses since the last line, and
+/// the stopped attempt's test-set line goes (the test set is scored once, at the end).
+#[test]
+fn a_run_stopped_between_metrics_lines_and_resumed_logs_what_an_uninterrupted_one_logs() {
+    use micn::train::{train_until, Interrupter};
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = ["train.max_steps=6", "train.log_every_steps=2", "checkpoint.every_steps=1000"];
+    let (straight, stopped) = (tmp.path().join("straight"), tmp.path().join("stopped"));
+    run(1, &config(&straight, &sets), &Resume::Fresh);
+    // Asked to stop before the first step: it stops after step 1, between the lines of steps 0 and 2.
+    let interrupter = Interrupter::new();
+    interrupter.stop();
+    let summary = train_until(&config(&stopped, &sets), &SingleProcess, &Resume::Fresh, &interrupter).unwrap();
+    assert!(summary.stopped_by_signal && summary.steps == 1);
+    run(1, &config(&stopped, &sets), &Resume::Auto);
+    let lines = |dir: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        lines.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("samples_per_sec")));
+        lines
+    };
+    let expected = lines(&straight);
+    assert_eq!(expected.iter().filter(|l| !l["test_auc"].is_null()).count(), 1, "{expected:?}");
+    assert_eq!(lines(&stopped), expected);
+    assert_eq!(model_bytes(&straight), model_bytes(&stopped));
+}
+
+/// A run whose directory is deleted under it stops at its next checkpoint with an error naming
+/// the directory (exit 3: not restarted), instead of ending "successfully" with its config,
+/// metrics and logs gone. (Deleted while that checkpoint is being written, the write fails
+/// instead, naming its file there.)
+#[test]
+fn a_run_whose_directory_is_deleted_under_it_stops_at_its_next_checkpoint_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let cfg = config(&dir, &["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5"]);
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let child = std::process::Command::new(crate::micn_bin())
+        .args(["train", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(dir.join("metrics.jsonl")).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The run may be writing a checkpoint meanwhile: remove until nothing is left.
+    while let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "cannot remove {}: {e}", dir.display());
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let error = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {stderr}"));
+    let replaced = format!("error: {}: the run directory was removed or replaced", dir.display());
+    let mid_write = format!("error: {}/checkpoints/", dir.display());
+    assert!(error.starts_with(&replaced) || error.starts_with(&mid_write), "{error}");
+    if error.starts_with(&replaced) {
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+    }
+}
