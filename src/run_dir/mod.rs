@@ -133,6 +133,7 @@ impl RunDir {
             .truncate(false)
             .open(&path)
             .with_path(&path)?;
+        let identity = identity(&self.path).unwrap_or_default();
         // SAFETY: flock on a descriptor this function owns; it only takes or refuses the lock.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();
@@ -149,11 +150,7 @@ impl RunDir {
                 %error,
                 "cannot lock the run directory: a second micn train into it would go unnoticed"
             );
-            return Ok(RunLock {
-                _file: None,
-                path: self.path.clone(),
-                identity: identity(&self.path).unwrap_or_default(),
-            });
+            return Ok(RunLock { _file: None, path: self.path.clone(), identity });
         }
         let mut since = String::new();
         {
@@ -162,7 +159,7 @@ impl RunDir {
         }
         let holder = format!("pid {} on {} since {since}\n", std::process::id(), crate::dist::hostname());
         file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).with_path(&path)?;
-        Ok(RunLock { _file: Some(file), path: self.path.clone(), identity: identity(&self.path).unwrap_or_default() })
+        Ok(RunLock { _file: Some(file), path: self.path.clone(), identity })
     }
 
     /// Whether the directory holds a run (its `config.toml` is written first).
