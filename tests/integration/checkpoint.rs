@@ -19,15 +19,30 @@ fn config(run: &Path, extra: &[&str]) -> Config {
     crate::small_config(run, &sets)
 }
 
-/// Wait until a training run has written two metrics lines, send SIGTERM to `child`, and return
-/// what it printed.
-fn sigterm_once_training(child: std::process::Child, run: &Path) -> std::process::Output {
+/// A config file in `tmp` for a run into `tmp/run` that trains until it is stopped (a metrics line
+/// every 5 steps, a checkpoint every 5): the run directory and the file.
+fn endless_run(tmp: &Path) -> (PathBuf, PathBuf) {
+    let dir = tmp.join("run");
+    let cfg = config(&dir, &["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5"]);
+    let path = tmp.join("run.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    (dir, path)
+}
+
+/// Wait until the run training into `run` has written two metrics lines.
+fn wait_until_training(run: &Path) {
     let metrics = run.join("metrics.jsonl");
     let started = std::time::Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
         assert!(started.elapsed().as_secs() < 120, "training did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Wait until a training run has written two metrics lines, send SIGTERM to `child`, and return
+/// what it printed.
+fn sigterm_once_training(child: std::process::Child, run: &Path) -> std::process::Output {
+    wait_until_training(run);
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait_with_output().unwrap()
@@ -587,10 +602,7 @@ fn the_code_version_names_the_commit_in_the_binary_the_doctor_and_each_checkpoin
 #[test]
 fn a_second_run_into_a_directory_in_use_is_refused_and_a_killed_runs_directory_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    let cfg = config(&dir, &["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5"]);
-    let path = tmp.path().join("run.toml");
-    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let (dir, path) = endless_run(tmp.path());
     let train = |args: &[&str]| {
         let mut cmd = std::process::Command::new(crate::micn_bin());
         cmd.args(["train", "--config"]).arg(&path).args(args);
@@ -598,11 +610,7 @@ fn a_second_run_into_a_directory_in_use_is_refused_and_a_killed_runs_directory_r
     };
     let mut first = train(&[]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let metrics = dir.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
-        assert!(started.elapsed().as_secs() < 120, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until_training(&dir);
     let config_before = std::fs::read(dir.join("config.toml")).unwrap();
     for args in [&["--resume", "auto"][..], &["--overwrite"][..]] {
         let out = train(args).output().unwrap();
@@ -670,22 +678,16 @@ fn a_run_stopped_between_metrics_lines_and_resumed_logs_what_an_uninterrupted_on
 #[test]
 fn a_run_whose_directory_is_deleted_under_it_stops_at_its_next_checkpoint_saying_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    let cfg = config(&dir, &["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5"]);
-    let path = tmp.path().join("run.toml");
-    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let (dir, path) = endless_run(tmp.path());
     let child = std::process::Command::new(crate::micn_bin())
         .args(["train", "--config"])
         .arg(&path)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(dir.join("metrics.jsonl")).map_or(0, |m| m.lines().count()) < 2 {
-        assert!(started.elapsed().as_secs() < 120, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until_training(&dir);
     // The run may be writing a checkpoint meanwhile: remove until nothing is left.
+    let started = std::time::Instant::now();
     while let Err(e) = std::fs::remove_dir_all(&dir) {
         if e.kind() == std::io::ErrorKind::NotFound {
             break;
