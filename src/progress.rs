@@ -134,9 +134,22 @@ fn describe_read(path: &Path, read: u64, total: u64, lines: u64, elapsed: f64) -
         "reading {name}: {} of {} ({percent:.0} %), {} lines, {:.0} MB/s, ETA {eta}",
         size(read),
         size(total),
-        crate::data::input::thousands(lines),
+        thousands(lines),
         read as f64 / 1e6 / elapsed.max(1e-9),
     )
+}
+
+/// `12345` as `12,345`, for the sizes in messages.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `512 B`, `34.5 MB`, `3.05 GB` (decimal units).
@@ -163,6 +176,14 @@ mod tests {
         assert_eq!(clock(-3.0), "0s");
         assert_eq!(remaining_seconds(10.0, 5, 20), Some(40.0));
         assert_eq!(remaining_seconds(10.0, 0, 20), None, "nothing done yet: no pace");
+    }
+
+    #[test]
+    fn thousands_are_grouped_by_three() {
+        assert_eq!(
+            [0, 999, 1000, 81_499, 1_234_567].map(thousands),
+            ["0", "999", "1,000", "81,499", "1,234,567"].map(String::from)
+        );
     }
 
     #[test]

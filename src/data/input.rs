@@ -179,19 +179,6 @@ struct Chunk {
     data: Vec<u8>,
 }
 
-/// `12345` as `12,345`, for the sizes in messages.
-pub(crate) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The reader thread of [`parse_lines`]: the (decompressed) stream split into chunks of whole
 /// lines, numbered in order, until the end or a broken stream.
 fn read_chunks(
@@ -401,6 +388,7 @@ pub fn parse_lines<T: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::thousands;
 
     fn read_all(path: &Path, strictness: Strictness) -> Result<(Vec<(u64, usize)>, FileSummary), DataError> {
         let mut lines = Vec::new();
@@ -489,13 +477,5 @@ mod tests {
             // Everything decompressed before the trailer was checked: all 5,000 lines.
             assert!(e.contains("5,000 complete lines read") && e.contains("corrupt gzip stream"), "{e}");
         }
-    }
-
-    #[test]
-    fn thousands_are_grouped_by_three() {
-        assert_eq!(
-            [0, 999, 1000, 81_499, 1_234_567].map(thousands),
-            ["0", "999", "1,000", "81,499", "1,234,567"].map(String::from)
-        );
     }
 }

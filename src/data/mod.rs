@@ -52,9 +52,9 @@ pub enum DataError {
         "{path}: the gzip stream ends early: all {} stored bytes were read and decompress to {} bytes \
          ({} complete lines) without reaching the end of the stream; the file is truncated (an \
          interrupted download?) and nothing was prepared from it",
-        input::thousands(.read.stored),
-        input::thousands(.read.raw),
-        input::thousands(.read.lines)
+        crate::progress::thousands(.read.stored),
+        crate::progress::thousands(.read.raw),
+        crate::progress::thousands(.read.lines)
     )]
     TruncatedGzip { path: PathBuf, read: input::ReadProgress },
     /// A stream that cannot be read on: corrupt gzip data (a bad checksum, an invalid block) or a
@@ -62,10 +62,10 @@ pub enum DataError {
     #[error(
         "{path}: {} after {} of {} stored bytes ({} bytes, {} complete lines read): {source}",
         if .read.gzip { "the gzip stream is broken" } else { "the file cannot be read" },
-        input::thousands(.read.stored),
-        input::thousands(*.stored_total),
-        input::thousands(.read.raw),
-        input::thousands(.read.lines)
+        crate::progress::thousands(.read.stored),
+        crate::progress::thousands(*.stored_total),
+        crate::progress::thousands(.read.raw),
+        crate::progress::thousands(.read.lines)
     )]
     BrokenStream {
         path: PathBuf,

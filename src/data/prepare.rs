@@ -135,7 +135,7 @@ impl Staging {
         }
         std::fs::create_dir(&tmp).with_path(&tmp)?;
         let staging = Self { tmp, out: out.to_path_buf(), replaces };
-        staging.write(OWNER_FILE, format!("{}\n", host_name()).as_bytes())?;
+        staging.write(OWNER_FILE, format!("{}\n", crate::dist::hostname()).as_bytes())?;
         Ok(staging)
     }
 
@@ -235,25 +235,12 @@ fn process_is_gone(pid: u32) -> bool {
     result == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-/// This machine's name (for [`OWNER_FILE`]).
-fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer and its length match; the name is cut (and then not NUL-terminated)
-    // only if longer than the buffer, which the `position` below allows for.
-    let result = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if result != 0 {
-        return "unknown".into();
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..len]).into_owned()
-}
-
 /// Remove the staging directories of output `name` in `parent` that killed or crashed
 /// preparations left behind: those whose process is gone, made on this host. A live process's
 /// directory, or one made on another host, is left alone; each removal is logged.
 fn remove_stale(parent: &Path, name: &OsStr) -> Result<(), DataError> {
     let io = |source| DataError::Io(PathIo { path: parent.to_path_buf(), source });
-    let here = host_name();
+    let here = crate::dist::hostname();
     for entry in std::fs::read_dir(parent).map_err(io)? {
         let entry = entry.map_err(io)?;
         let Some(pid) = staging_pid(&entry.file_name(), name) else { continue };
@@ -896,7 +883,7 @@ mod tests {
         let other_host = dir(&format!(".out.partial-{}", gone_pid()));
         std::fs::write(other_host.join(OWNER_FILE), "a-host-that-is-not-this-one\n").unwrap();
         let local = dir(&format!(".out.partial-{}", gone_pid()));
-        std::fs::write(local.join(OWNER_FILE), format!("{}\n", host_name())).unwrap();
+        std::fs::write(local.join(OWNER_FILE), format!("{}\n", crate::dist::hostname())).unwrap();
         let file = tmp.path().join(format!(".out.partial-{}", gone_pid()));
         std::fs::write(&file, b"not a directory").unwrap();
 
@@ -912,7 +899,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
         let staging = Staging::new(&out).unwrap();
-        assert_eq!(std::fs::read_to_string(staging.tmp.join(OWNER_FILE)).unwrap(), format!("{}\n", host_name()));
+        assert_eq!(
+            std::fs::read_to_string(staging.tmp.join(OWNER_FILE)).unwrap(),
+            format!("{}\n", crate::dist::hostname())
+        );
         staging.write("a.txt", b"a").unwrap();
         staging.commit().unwrap();
         let names: Vec<String> =
