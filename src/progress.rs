@@ -69,7 +69,6 @@ pub struct ReadMeter<'a> {
     total: u64,
     started: Instant,
     next: Instant,
-    every: Duration,
     terminal: Option<TerminalLine>,
 }
 
@@ -81,8 +80,18 @@ impl<'a> ReadMeter<'a> {
     }
 
     fn starting_at(path: &'a Path, total: u64, started: Instant, terminal: Option<TerminalLine>) -> Self {
-        let every = if terminal.is_some() { DRAW_EVERY } else { LOG_EVERY };
-        Self { path, total, started, next: started + every, every, terminal }
+        let mut meter = Self { path, total, started, next: started, terminal };
+        meter.next = started + meter.every();
+        meter
+    }
+
+    /// The interval between two updates shown: redrawn on a terminal, logged otherwise.
+    fn every(&self) -> Duration {
+        if self.terminal.is_some() {
+            DRAW_EVERY
+        } else {
+            LOG_EVERY
+        }
     }
 
     /// `read` stored bytes and `lines` lines are read: show it when the interval is up.
@@ -111,7 +120,7 @@ impl<'a> ReadMeter<'a> {
         if now < self.next {
             return false;
         }
-        self.next = now + self.every;
+        self.next = now + self.every();
         true
     }
 }
@@ -222,6 +231,6 @@ mod tests {
         assert!(meter.due(start + 3 * LOG_EVERY), "a late update is shown");
         assert!(!meter.due(start + 3 * LOG_EVERY + LOG_EVERY / 2), "the next interval counts from the last shown");
         let terminal = ReadMeter::starting_at(Path::new("f"), 100, start, Some(TerminalLine::default()));
-        assert_eq!(terminal.every, DRAW_EVERY, "a terminal is redrawn more often than a log is written");
+        assert_eq!(terminal.every(), DRAW_EVERY, "a terminal is redrawn more often than a log is written");
     }
 }
