@@ -19,6 +19,7 @@
 mod hosts;
 mod output;
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -490,7 +491,8 @@ struct Regrow {
 
 /// One attempt: mpirun started, its output streamed, stop signals passed on, and the job
 /// watched (silence past the stall timeout, a rank's error that mpirun does not act on, lost
-/// hosts that answer again). Never waits on a dead job's pipes.
+/// hosts that answer again). Never waits on a dead job's pipes. Also says whether a rank
+/// reported an error.
 async fn run_once(
     cmd: &[String],
     limits: &Limits,
@@ -498,7 +500,7 @@ async fn run_once(
     signals: &mut StopSignals,
     stops: &mut Stops,
     printer: Printer,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<(Outcome, bool)> {
     let mut command = Command::new(&cmd[0]);
     command.args(&cmd[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: `detach` calls only async-signal-safe functions.
@@ -595,7 +597,17 @@ async fn run_once(
             "the job's output stayed open after it ended (a process on a host that is gone): not waiting for it",
         );
     }
-    Ok(outcome)
+    let rank_error = seen.lock().expect("output state lock").rank_error.is_some();
+    Ok((outcome, rank_error))
+}
+
+/// Where to look for why a job failed: the ranks' errors printed above or, when no rank
+/// reported one, the ranks' own logs.
+fn failure_pointer(rank_error: bool) -> &'static str {
+    match rank_error {
+        true => "see the rank messages above",
+        false => "no rank reported an error; each rank's full log is in run.dir/logs/rank-N.log",
+    }
 }
 
 /// The launcher's time limits on a job.
@@ -696,7 +708,7 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             lost: lost.clone(),
             interval: Duration::from_secs(args.regrow_interval),
         });
-        let outcome = run_once(&cmd, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
+        let (outcome, rank_error) = run_once(&cmd, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
         let secs = started.elapsed().as_secs_f64();
         let (why, code) = match outcome {
             Outcome::Finished(status) if status.success() => {
@@ -712,7 +724,8 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                     "ERROR",
                     &format!(
                         "job failed after {secs:.1} s ({status}): an error that running again cannot fix (a \
-                         configuration, an argument or the input); not restarting; see the rank messages above"
+                         configuration, an argument or the input); not restarting; {}",
+                        failure_pointer(rank_error)
                     ),
                 );
                 return Ok(EXIT_INPUT_ERROR);
@@ -724,13 +737,17 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 resume_auto(&mut cmd);
                 continue;
             }
+            // mpirun killed by a signal with no rank's error: from outside the job.
+            Outcome::Finished(status) if status.signal().is_some() && !rank_error => {
+                (format!("was killed ({status}) from outside: by the kernel's out-of-memory killer, say"), 1)
+            }
             Outcome::Finished(status) => (format!("failed ({status})"), status.code().unwrap_or(1)),
             Outcome::Stalled => ("stalled".to_string(), 1),
             Outcome::Killed => ("was killed after a rank's error".to_string(), 1),
         };
         loop {
             if attempt >= args.max_restarts {
-                printer.say("ERROR", &format!("job {why} after {secs:.1} s; see the rank messages above"));
+                printer.say("ERROR", &format!("job {why} after {secs:.1} s; {}", failure_pointer(rank_error)));
                 return Ok(code);
             }
             attempt += 1;

@@ -40,3 +40,33 @@ fn without_config_or_arguments_it_says_what_to_give() {
     assert_eq!(code, 3);
     assert!(stderr.contains("--config"), "{stderr}");
 }
+
+/// An `mpirun` stand-in: a shell script at `dir/mpirun` running `body`.
+fn fake_mpirun(dir: &std::path::Path, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("mpirun");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_job_killed_from_outside_is_said_to_be_so_and_points_at_the_rank_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // mpirun killed by SIGKILL (as the kernel's out-of-memory killer does) before any rank spoke.
+    let mpirun = fake_mpirun(tmp.path(), "kill -9 $$");
+    let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--", "doctor"];
+    let (code, stdout, stderr) = launch(&args);
+    let said = format!("{stdout}{stderr}");
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("was killed (signal: 9 (SIGKILL)) from outside"), "{said}");
+    assert!(said.contains("no rank reported an error; each rank's full log is in run.dir/logs/"), "{said}");
+    assert!(!said.contains("see the rank messages above"), "{said}");
+    // A rank that reported its error is pointed at instead.
+    let mpirun = fake_mpirun(tmp.path(), "echo '[1,0]<stderr>:error: rank 0: the disk is full' >&2; exit 1");
+    let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--", "doctor"];
+    let (code, stdout, stderr) = launch(&args);
+    let said = format!("{stdout}{stderr}");
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("job failed (exit status: 1)") && said.contains("see the rank messages above"), "{said}");
+}

@@ -750,6 +750,7 @@ impl<'a> Run<'a> {
             samples_per_sec,
             steady_samples_per_sec: self.steady.rate().unwrap_or(samples_per_sec),
             seconds: started.elapsed().as_secs_f64(),
+            resumed_from_step: (self.resumed_at > 0).then_some(self.resumed_at),
             world_size: self.comm.size(),
             oracle_auc: self.scorer.dataset.meta.oracle_auc,
             model: format!("{:?}", cfg.model.kind).to_lowercase(),

@@ -470,7 +470,7 @@ struct Retriever<'a> {
     items: Tensor,
     /// 1 for an item that may be retrieved, 0 for padding, `[1, 1, I]`.
     retrievable: Tensor,
-    /// How many items each interest retrieves: the largest N, at most every item but padding.
+    /// How many items each interest retrieves: the largest N, below the number of items.
     top: usize,
     /// Users scored at once: their `[rows, K, I]` scores stay within [`Retriever::SCORES`].
     rows: usize,
@@ -488,7 +488,12 @@ impl<'a> Retriever<'a> {
         let padding = crate::transfer::upload_i64(&[0], saved.device);
         let retrievable =
             Tensor::ones([n_items], (items.kind(), saved.device)).index_fill(0, &padding, 0.0).view([1, 1, n_items]);
-        let top = ns.iter().copied().max().unwrap_or(0).min(n_items.saturating_sub(1) as usize);
+        // Row 0 is padding: never retrieved.
+        let catalogue = n_items.saturating_sub(1) as usize;
+        let top = ns.iter().copied().max().unwrap_or(0);
+        if top >= catalogue {
+            return Err(TrainError::RetrievalListTooLong { n: top, items: catalogue });
+        }
         let rows = (Self::SCORES / (mind.k_max() * n_items).max(1) as usize).clamp(1, 256);
         Ok(Self { saved, mind, items, retrievable, top, rows })
     }

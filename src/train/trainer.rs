@@ -94,6 +94,11 @@ pub enum TrainError {
     ReplicasDiffer { step: u64, digests: Vec<u64> },
     #[error("{dir}: a {kind} model has no interest vectors to export (model.kind = \"mind\" has)")]
     NoInterests { dir: PathBuf, kind: &'static str },
+    #[error(
+        "--retrieval {n}: the model knows {items} items, so a list of {n} would hold every one of them (recall 1 by \
+         construction); give N below {items}"
+    )]
+    RetrievalListTooLong { n: usize, items: usize },
 }
 
 impl TrainError {
@@ -132,6 +137,7 @@ impl TrainError {
                 | Self::ValidationTooSmall { .. }
                 | Self::Scores { .. }
                 | Self::NoInterests { .. }
+                | Self::RetrievalListTooLong { .. }
                 | Self::NoAttributes { .. }
                 | Self::TooFewForCentres { .. }
         )
@@ -161,13 +167,17 @@ pub struct Summary {
     pub selected: Option<Selected>,
     pub steps: u64,
     pub epochs_completed: u64,
-    /// Training samples per second of the training loop (evaluations excluded).
+    /// Training samples per second of this process's training loop (evaluations excluded; a
+    /// resumed run: the steps since `resumed_from_step`).
     pub samples_per_sec: f64,
     /// Training samples per second after a warm-up of up to 5 steps, checkpoints and evaluations
     /// excluded (see [`SteadyRate`]); `samples_per_sec` when the run is too short for a warm-up.
     pub steady_samples_per_sec: f64,
-    /// Wall-clock seconds of the whole run.
+    /// Wall-clock seconds of this process (a resumed run: since it resumed).
     pub seconds: f64,
+    /// The checkpoint's step this process resumed from; none when it trained from the start.
+    /// The throughput figures and `seconds` cover this process's steps only.
+    pub resumed_from_step: Option<u64>,
     pub world_size: usize,
     pub oracle_auc: Option<f64>,
     pub model: String,

@@ -71,6 +71,13 @@ fn a_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         assert!(stopped.join("checkpoints/step-00000007/COMPLETE").exists());
         run(world, &config(&stopped, &["train.max_steps=12"]), &Resume::Auto);
         assert_eq!(model_bytes(&straight), model_bytes(&stopped), "{world} rank(s)");
+        // The summary says where this process took over, and its throughput covers its own steps.
+        let summary = |run: &Path| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap()
+        };
+        assert_eq!(summary(&straight)["resumed_from_step"], serde_json::Value::Null);
+        assert_eq!(summary(&stopped)["resumed_from_step"], 7);
+        assert_eq!(summary(&stopped)["steps"], 12);
     }
 }
 

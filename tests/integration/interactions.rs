@@ -168,6 +168,11 @@ fn held_out_retrieval_refuses_bad_files_and_models_without_interests() {
     let out = eval(&mind, &tmp.path().join("absent.txt"));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("absent.txt"), "{}", stderr(&out));
+    // A list as long as the catalogue would retrieve every item: refused, naming how many there are.
+    let out =
+        Command::new(micn_bin()).args(["eval", "--retrieval", "20,1000000", "--run"]).arg(&mind).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--retrieval 1000000: the model knows"), "{}", stderr(&out));
     // A model without interests.
     let din = train("din", &[]);
     let out = eval(&din, &fixture("mind_valid_part-0"));
