@@ -26,18 +26,10 @@ source cluster/env.sh
 [[ $# -ge 1 ]] || { sed -n 2,18p "$0" >&2; exit 2; }
 input=$1
 second=${2:-}
-if [[ $input == *.txt ]]; then
-  source_args=(--input-format sequences --sequences "$input")
-  [[ -z $second ]] || source_args+=(--item-attributes "$second" --category-attribute "${CATEGORY_ATTRIBUTE:-3}")
-else
-  source_args=(--input-format amazon2014 --reviews "$input")
-  [[ -z $second ]] || source_args+=(--meta "$second")
-fi
 out=${OUT:-runs/peers}
 epochs=${EPOCHS:-2}
 seeds=${SEEDS:-1 2 3}
 models=${MODELS:-din dien}
-say() { printf '[compare] %s\n' "$*" >&2; }
 
 bash cluster/setup-node.sh
 cargo build --release -p micn --bin micn
@@ -48,11 +40,8 @@ source bench/peers/peer-venv.sh
 peer_venv deepctr-torch==0.3.0 numpy scikit-learn tqdm requests
 
 # --- the same samples for both ---------------------------------------------------------------
-mkdir -p "$out"
-say "preparing $input (din protocol, history 20)"
-rm -rf "$out/data" "$out/arrays"
-$micn prepare "${source_args[@]}" --protocol din --max-hist-len 20 --seed 1 --out "$out/data"
-$micn data export "$out/data" --out "$out/arrays" --max-hist-len 20
+source bench/peers/samples.sh
+shared_samples "$input" "$second" "$out"
 
 # train_micn MODEL RUN-DIR SETS...: one micn run at the comparison's settings.
 train_micn() {

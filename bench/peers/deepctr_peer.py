@@ -1,8 +1,13 @@
 """DeepCTR-Torch's DIN or DIEN trained on the samples `micn data export` wrote, at micn's
 settings: prints one JSON line with its training samples/s and its test AUC.
 
-Run by bench/peers/compare.sh, in the virtual environment that script makes (DeepCTR-Torch is
-never a dependency of micn itself).
+Alone, it trains with DeepCTR-Torch's own `fit`. Under `torchrun --nproc_per_node N` (with
+`--ddp`) it trains as a PyTorch DDP user would: the model wrapped in `DistributedDataParallel`
+(gloo, CPU), each process a shard of every epoch (`DistributedSampler`) and a batch of
+`--batch / N`, the gradients averaged over the processes each step; rank 0 prints the line.
+
+Run by bench/peers/compare.sh and bench/peers/compare-ranks.sh, in the virtual environment they
+make (DeepCTR-Torch is never a dependency of micn itself).
 """
 import argparse
 import json
@@ -46,6 +51,7 @@ def main():
     p.add_argument("--dim", type=int, default=18)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ddp", action="store_true", help="train under torchrun with DistributedDataParallel")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -88,18 +94,55 @@ def main():
     model.dnn.activation_layers = torch.nn.ModuleList(Dice(h, dim=2) for h in common["dnn_hidden_units"])
     model.compile(torch.optim.Adam(model.parameters(), lr=args.lr), "binary_crossentropy")
 
-    started = time.perf_counter()
-    model.fit(x_train, train["labels"], batch_size=args.batch, epochs=args.epochs, verbose=0, shuffle=True)
-    seconds = time.perf_counter() - started
+    if args.ddp:
+        seconds, world = fit_ddp(model, x_train, train["labels"], args)
+        if torch.distributed.get_rank() != 0:
+            return
+    else:
+        started = time.perf_counter()
+        model.fit(x_train, train["labels"], batch_size=args.batch, epochs=args.epochs, verbose=0, shuffle=True)
+        seconds, world = time.perf_counter() - started, 1
     scores = model.predict(x_test, batch_size=1024)
     print(json.dumps({
-        "trainer": "deepctr-torch",
+        "trainer": "deepctr-torch" + (" DDP" if args.ddp else ""),
         "model": args.model,
+        "ranks": world,
         "epochs": args.epochs,
         "train_samples": int(len(train["labels"])),
         "samples_per_sec": len(train["labels"]) * args.epochs / seconds,
         "test_auc": float(roc_auc_score(test["labels"], scores)),
     }))
+
+
+def fit_ddp(model, x, labels, args):
+    """DeepCTR-Torch's `fit` step (summed log-loss plus DIEN's auxiliary loss, Adam) under
+    DistributedDataParallel: returns the training seconds (every rank from one barrier to the
+    next) and the number of processes."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    dist.init_process_group("gloo")
+    world = dist.get_world_size()
+    if args.batch % world:
+        raise SystemExit(f"--batch {args.batch} does not split into {world} equal shards")
+    columns = [x[name] if x[name].ndim == 2 else x[name][:, None] for name in model.feature_index]
+    data = TensorDataset(torch.from_numpy(np.concatenate(columns, axis=-1)), torch.from_numpy(labels))
+    sampler = DistributedSampler(data, num_replicas=world, rank=dist.get_rank(), shuffle=True, seed=args.seed)
+    loader = DataLoader(data, batch_size=args.batch // world, sampler=sampler)
+    ddp = DistributedDataParallel(model.train())
+    dist.barrier()
+    started = time.perf_counter()
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        for xb, yb in loader:
+            y_pred = ddp(xb.float()).squeeze(-1)
+            loss = torch.nn.functional.binary_cross_entropy(y_pred, yb.float(), reduction="sum")
+            model.optim.zero_grad()
+            (loss + model.get_regularization_loss() + model.aux_loss).backward()
+            model.optim.step()
+    dist.barrier()
+    return time.perf_counter() - started, world
 
 
 if __name__ == "__main__":
