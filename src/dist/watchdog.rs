@@ -43,6 +43,20 @@ struct State {
     step: Option<(u64, Instant)>,
 }
 
+impl State {
+    /// Leave `frozen` (time the process did not run, up to `now`) out of what the collective and
+    /// the step in progress have waited.
+    fn thaw(&mut self, frozen: Duration, now: Instant) {
+        let later = |since: Instant| since.checked_add(frozen).map_or(now, |t| t.min(now));
+        if let Some(c) = &mut self.collective {
+            c.since = later(c.since);
+        }
+        if let Some((_, since)) = &mut self.step {
+            *since = later(*since);
+        }
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     stop: AtomicBool,
@@ -161,12 +175,28 @@ impl Communicator for Watched<'_> {
     }
 }
 
+/// A wake-up this much later than its tick means the process did not run in between.
+const FROZEN_AFTER: Duration = Duration::from_secs(2);
+
 /// The watchdog thread: checks once a second (and when told to stop) until stopped or fired.
+/// Time this process itself did not run (stopped by SIGSTOP or Ctrl-Z, until SIGCONT) is nobody's
+/// wait: it is not counted against the limit (see [`State::thaw`]).
 fn watch(shared: &Shared, limit: Duration, rank: usize, hosts: &[String], on_expiry: impl Fn(Expiry)) {
     let tick = limit.min(Duration::from_secs(1));
     let mut state = shared.state.lock().expect("watchdog state");
+    let mut last = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         state = shared.wake.wait_timeout(state, tick).expect("watchdog state").0;
+        let now = Instant::now();
+        let late = now.duration_since(last).saturating_sub(tick);
+        last = now;
+        if late > FROZEN_AFTER {
+            state.thaw(late, now);
+            tracing::warn!(
+                seconds = late.as_secs_f64().round(),
+                "this process did not run for a while (stopped and continued?): the watchdog does not count that time"
+            );
+        }
         if let Some(message) = overdue(&state, limit, rank, hosts) {
             drop(state);
             on_expiry(Expiry { message });
@@ -335,5 +365,23 @@ mod tests {
         assert!(m.contains("rank 1 (b) spent 10 s") && m.contains("in step 42 without finishing it"), "{m}");
         let state = State { collective: None, step: Some((41, Instant::now())) };
         assert_eq!(overdue(&state, limit, 1, &hosts), None);
+    }
+
+    #[test]
+    fn time_the_process_did_not_run_is_not_counted_as_waiting() {
+        let hosts = ["a".to_string()];
+        let now = Instant::now();
+        let long_ago = now - Duration::from_secs(10);
+        let collective = Activity { what: "barrier".into(), seq: 1, waits_for: None, since: long_ago };
+        let mut state = State { collective: Some(collective), step: Some((3, long_ago)) };
+        assert!(overdue(&state, Duration::from_secs(5), 0, &hosts).is_some());
+        // Stopped for 8 of those 10 s: 2 s waited, within the limit.
+        state.thaw(Duration::from_secs(8), now);
+        assert_eq!(overdue(&state, Duration::from_secs(5), 0, &hosts), None);
+        assert!(overdue(&state, Duration::from_secs(1), 0, &hosts).is_some(), "the 2 s still count");
+        // A freeze longer than the wait (it began before the collective did) leaves nothing waited.
+        state.thaw(Duration::from_secs(60), now);
+        assert_eq!(state.collective.as_ref().map(|c| c.since), Some(now));
+        assert_eq!(state.step.map(|s| s.1), Some(now));
     }
 }

@@ -444,6 +444,46 @@ fn a_hung_rank_is_named_by_its_peers_watchdog_and_the_whole_job_ends_with_no_pro
     assert_eq!(processes_mentioning(&needle), Vec::<i32>::new(), "processes of the job were left behind");
 }
 
+/// Ctrl-Z and `fg` (SIGSTOP, then SIGCONT) for longer than the watchdog's limit: the process did
+/// not run, so nothing waited; the run goes on and ends as asked.
+#[test]
+fn a_run_stopped_and_continued_past_its_watchdog_limit_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let sets = ["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5", "train.watchdog_seconds=2"];
+    let config = tmp.path().join("paused.toml");
+    std::fs::write(&config, crate::small_config(&run, &sets).to_toml()).unwrap();
+    let mut child = Command::new(crate::micn_bin())
+        .args(["--comm", "single", "train", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_for_training_past(&run, 5);
+    // SAFETY: stopping and continuing a process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(5));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let steps = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().lines().count();
+    let before = steps(&run);
+    let started = Instant::now();
+    while steps(&run) < before + 2 && child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no training after SIGCONT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().unwrap().is_none() {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let (code, stderr) = finish(child, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("this process did not run for a while"), "{stderr}");
+    assert!(!stderr.contains("watchdog:"), "{stderr}");
+    stopped_with_checkpoint_and_summary(&run, &stderr);
+}
+
 #[test]
 fn a_silent_job_is_stopped_as_stalled_and_restarted_with_nothing_of_it_left() {
     // Both ranks print once, then hang without a word; the restart (`--resume auto`) ends at once.
