@@ -2,13 +2,14 @@
 # micn on N MPI ranks beside PyTorch DDP on N processes (DeepCTR-Torch's DIN and DIEN in
 # DistributedDataParallel, gloo), on the same real samples and settings, in one run: training
 # samples/s at each N, the speed-up over one rank, and the test AUC. Both split a global batch of
-# 128 over the ranks, one thread each, embedding 18, history 20, Adam lr 1e-3, the same epochs;
-# MICN off (the peer has none).
+# 128 over the ranks (or, with BATCH_PER_RANK=B, train N × B at a time, B per rank), one thread
+# each, embedding 18, history 20, Adam lr 1e-3, the same epochs; MICN off (the peer has none).
 #
 #   bench/peers/compare-ranks.sh SEQUENCES.txt [ITEM2ATTRIBUTES.json]
 #   bench/peers/compare-ranks.sh REVIEWS.json.gz [META.json.gz]
 #
-# Env: OUT (default runs/peers-ranks), EPOCHS (2), SEEDS ("1"), MODELS ("din dien"), RANKS ("1 2").
+# Env: OUT (default runs/peers-ranks), EPOCHS (2), SEEDS ("1"), MODELS ("din dien"), RANKS ("1 2"),
+# BATCH_PER_RANK (unset: the global batch of 128 split).
 # micn's ranks start through micn-launch (mpirun); the peer's through torchrun. The peer's
 # environment is compare.sh's (DeepCTR-Torch 0.3.0 over the set-up's torch). Prints a Markdown
 # table, and writes every result to OUT/results.jsonl.
@@ -22,6 +23,7 @@ epochs=${EPOCHS:-2}
 seeds=${SEEDS:-1}
 models=${MODELS:-din dien}
 ranks=${RANKS:-1 2}
+per_rank=${BATCH_PER_RANK:-}
 
 bash cluster/setup-node.sh
 cargo build --release --workspace --bins
@@ -47,23 +49,25 @@ print(json.dumps({"trainer": sys.argv[1], "model": sys.argv[2], "ranks": int(sys
 for seed in $seeds; do
   for model in $models; do
     for n in $ranks; do
+      batch=$(( ${per_rank:-0} > 0 ? per_rank * n : 128 ))
       run=$out/micn-$model-np$n-seed$seed
       printf '[peers] micn %s on %s rank(s), seed %s\n' "$model" "$n" "$seed" >&2
       target/release/micn-launch --np "$n" --threads 1 -- train --config "configs/books-$model.toml" --overwrite \
         --set data.dir="\"$out/data\"" --set run.dir="\"$run\"" --set device=cpu --set train.threads=1 \
-        --set train.epochs="$epochs" --set train.lr=1e-3 --set train.global_batch_size=128 \
+        --set train.epochs="$epochs" --set train.lr=1e-3 --set train.global_batch_size="$batch" \
         --set train.seed="$seed" --set data.valid_share=0 --set micn.enabled=false \
         --set train.log_every_steps=100000 >"$run.log" 2>&1 || { cat "$run.log" >&2; exit 1; }
       record micn "$model" "$n" "$seed" <"$run/summary.json"
       printf '[peers] DDP %s on %s process(es), seed %s\n' "$model" "$n" "$seed" >&2
       "$peer/bin/python" -m torch.distributed.run --standalone --nproc_per_node "$n" bench/peers/deepctr_peer.py \
-        --ddp --data "$out/arrays" --model "$model" --epochs "$epochs" --seed "$seed" 2>"$out/ddp-$model-np$n.log" \
+        --ddp --data "$out/arrays" --model "$model" --epochs "$epochs" --seed "$seed" --batch "$batch" \
+        2>"$out/ddp-$model-np$n.log" \
         | record "DeepCTR-Torch + DDP" "$model" "$n" "$seed"
     done
   done
 done
 
-python3 - "$results" "$epochs" <<'EOF2'
+python3 - "$results" "$epochs" "$per_rank" <<'EOF2'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 groups = {}
@@ -78,5 +82,6 @@ for (model, trainer, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], 
     speedup = f"{rate[(model, trainer, n)] / one:.2f}×" if one else "—"
     auc = statistics.mean(r["test_auc"] for r in rs)
     print(f"| {model.upper()} | {trainer} | {n} | {auc:.4f} | {rate[(model, trainer, n)]:,.0f} | {speedup} |")
-print(f"\n{sys.argv[2]} epochs, global batch 128, 1 thread per rank, embedding 18, history 20, Adam lr 1e-3")
+batch = f"{sys.argv[3]} per rank (N × {sys.argv[3]} in all)" if sys.argv[3] else "global batch 128 split over the ranks"
+print(f"\n{sys.argv[2]} epochs, {batch}, 1 thread per rank, embedding 18, history 20, Adam lr 1e-3")
 EOF2
