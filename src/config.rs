@@ -697,6 +697,20 @@ impl Config {
             let single = value as f32;
             check(single > 0.0 && single.is_finite(), key, format!("must be > 0 and finite in f32, got {value}"))
         }
+        /// Non-negative and finite once cast to f32, as the model computes.
+        fn nonnegative_f32(value: f64, key: &'static str) -> Result<(), (&'static str, String)> {
+            let ok = value >= 0.0 && (value as f32).is_finite();
+            check(ok, key, format!("must be ≥ 0 and finite in f32, got {value}"))
+        }
+        /// A label-aware attention's power: `"inf"`, or a soft power as [`nonnegative_f32`].
+        fn power(p: AttentionPower, key: &'static str) -> Result<(), (&'static str, String)> {
+            let AttentionPower::Soft(p) = p else { return Ok(()) };
+            check(
+                p >= 0.0 && (p as f32).is_finite(),
+                key,
+                format!("must be ≥ 0 and finite in f32, or \"inf\", got {p}"),
+            )
+        }
         use limits::*;
         let (d, m, x, t, c) = (&self.data, &self.model, &self.micn, &self.train, &self.checkpoint);
         check(d.max_hist_len > 0, "data.max_hist_len", "must be at least 1")?;
@@ -735,13 +749,11 @@ impl Config {
             "model.gru_hidden",
             format!("the GRU would hold {gru} weights, more than {TENSOR_ELEMENTS} (see config::limits)"),
         )?;
-        check(m.dien_aux_alpha >= 0.0 && m.dien_aux_alpha.is_finite(), "model.dien_aux_alpha", "must be ≥ 0")?;
+        nonnegative_f32(m.dien_aux_alpha, "model.dien_aux_alpha")?;
         count(m.wide_buckets, WIDE_BUCKETS, "model.wide_buckets")?;
         count(m.mind_interests, K_MAX, "model.mind_interests")?;
         count(m.mind_routing_iters, ROUTING_ITERS, "model.mind_routing_iters")?;
-        if let AttentionPower::Soft(p) = m.mind_pow_p {
-            check(p >= 0.0 && p.is_finite(), "model.mind_pow_p", format!("must be ≥ 0 or \"inf\", got {p}"))?;
-        }
+        power(m.mind_pow_p, "model.mind_pow_p")?;
         count(m.mind_negatives, NUM_NEGATIVES, "model.mind_negatives")?;
         count(m.camn_top_q, K_MAX, "model.camn_top_q")?;
         count(m.mfn_interests, K_MAX, "model.mfn_interests")?;
@@ -752,18 +764,12 @@ impl Config {
             "model.mfn_heads",
             format!("must divide the item vector's width 2 × embedding_dim = {}", 2 * m.embedding_dim),
         )?;
-        check(
-            m.camn_alpha >= 0.0 && m.camn_alpha.is_finite(),
-            "model.camn_alpha",
-            format!("must be ≥ 0, got {}", m.camn_alpha),
-        )?;
-        check(x.lambda >= 0.0 && x.lambda.is_finite(), "micn.lambda", format!("must be ≥ 0, got {}", x.lambda))?;
+        nonnegative_f32(m.camn_alpha, "model.camn_alpha")?;
+        nonnegative_f32(x.lambda, "micn.lambda")?;
         check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", x.phi))?;
         count(x.k_max, K_MAX, "micn.k_max")?;
         count(x.routing_iters, ROUTING_ITERS, "micn.routing_iters")?;
-        if let AttentionPower::Soft(p) = x.pow_p {
-            check(p >= 0.0 && p.is_finite(), "micn.pow_p", format!("must be ≥ 0 or \"inf\", got {p}"))?;
-        }
+        power(x.pow_p, "micn.pow_p")?;
         count(x.num_negatives, NUM_NEGATIVES, "micn.num_negatives")?;
         count(t.epochs, EPOCHS, "train.epochs")?;
         check(t.max_steps != Some(0), "train.max_steps", "must be at least 1 (leave it out for no limit)")?;
@@ -794,7 +800,7 @@ impl Config {
             format!("must lie in [0, train.lr = {}], got {}", t.lr, t.lr_min),
         )?;
         let (clip, decay) = (t.clip_grad_norm, t.weight_decay);
-        check(clip >= 0.0 && clip.is_finite(), "train.clip_grad_norm", format!("must be ≥ 0 and finite, got {clip}"))?;
+        nonnegative_f32(clip, "train.clip_grad_norm")?;
         check(
             decay >= 0.0 && decay * t.lr < 1.0,
             "train.weight_decay",
@@ -983,6 +989,17 @@ mod tests {
         assert_eq!(key_error(Config::load(None, &sets).unwrap_err()).1, "train.adam_eps");
         let sets = [Override::parse("train.lr=nan").unwrap()];
         assert_eq!(key_error(Config::load(None, &sets).unwrap_err()).1, "train.lr");
+        // Every factor and power the model computes with in f32: 1e39 would make a loss NaN.
+        for key in ["micn.lambda", "micn.pow_p", "model.mind_pow_p", "model.dien_aux_alpha", "model.camn_alpha"] {
+            let sets = [Override::parse(&format!("{key}=1e39")).unwrap()];
+            let (_, named, message) = key_error(Config::load(None, &sets).unwrap_err());
+            assert_eq!(named, key);
+            assert!(message.contains("finite in f32"), "{message}");
+            let sets = [Override::parse(&format!("{key}=3e38")).unwrap()];
+            Config::load(None, &sets).unwrap();
+        }
+        let sets = [Override::parse("train.clip_grad_norm=1e39").unwrap()];
+        assert_eq!(key_error(Config::load(None, &sets).unwrap_err()).1, "train.clip_grad_norm");
     }
 
     #[test]

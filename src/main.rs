@@ -263,9 +263,9 @@ enum DataCommand {
         dir: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Behaviours kept per history (the most recent).
-        #[arg(long, default_value_t = 20)]
-        max_hist_len: usize,
+        /// Behaviours kept per history (the most recent; default: as many as the dataset keeps).
+        #[arg(long)]
+        max_hist_len: Option<usize>,
         /// Share of the training samples held out as `valid/`, as `data.valid_share` holds them
         /// out of a run.
         #[arg(long, default_value_t = 0.0)]
@@ -519,11 +519,16 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format, comm.rank());
-    quiet_out_of_memory_panics();
+    quiet_known_panics();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command, comm.as_ref(), mpi_versions)));
-    let ran = ran.unwrap_or_else(|payload| match out_of_memory(payload.as_ref()) {
-        Some(message) => Err(anyhow::Error::new(OutOfMemory(message))),
-        None => std::panic::resume_unwind(payload),
+    let ran = ran.unwrap_or_else(|payload| {
+        if let Some(message) = out_of_memory(payload.as_ref()) {
+            return Err(anyhow::Error::new(OutOfMemory(message)));
+        }
+        match stdout_failure(payload.as_ref()) {
+            Some(message) => Err(anyhow::Error::new(StdoutFailed(message))),
+            None => std::panic::resume_unwind(payload),
+        }
     });
     match ran {
         Ok(()) => ExitCode::SUCCESS,
@@ -545,7 +550,7 @@ struct OutOfMemory(String);
 
 /// libtorch's message when `payload` is the panic of a failed allocation (on the host or a GPU).
 fn out_of_memory(payload: &(dyn std::any::Any + Send)) -> Option<String> {
-    let text = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied())?;
+    let text = panic_text(payload)?;
     let allocation = text.contains("can't allocate memory") || text.contains("CUDA out of memory");
     // libtorch's own sentence, without the C++ backtrace (lines escaped as `\n` in the message).
     allocation.then(|| {
@@ -556,12 +561,30 @@ fn out_of_memory(payload: &(dyn std::any::Any + Send)) -> Option<String> {
     })
 }
 
-/// Failed allocations are reported as errors ([`OutOfMemory`]), not as a panic with a backtrace;
-/// every other panic is printed as before.
-fn quiet_out_of_memory_panics() {
+/// A panic's message, when it has one.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied())
+}
+
+/// Standard output could not be written (a full disk under `> file`; a closed pipe where SIGPIPE
+/// is ignored): `println!` panics with this, turned into an error ([`StdoutFailed`]).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output: {0}")]
+struct StdoutFailed(String);
+
+/// The cause when `payload` is the panic of `println!` failing to write standard output.
+fn stdout_failure(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    let text = panic_text(payload)?;
+    text.strip_prefix("failed printing to stdout: ").map(str::to_string)
+}
+
+/// Failed allocations and failed writes to standard output are reported as errors
+/// ([`OutOfMemory`], [`StdoutFailed`]), not as a panic with a backtrace; every other panic is
+/// printed as before.
+fn quiet_known_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if out_of_memory(info.payload()).is_none() {
+        if out_of_memory(info.payload()).is_none() && stdout_failure(info.payload()).is_none() {
             default(info);
         }
     }));
@@ -770,6 +793,11 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         "run.dir = {}: is a file, not a directory",
         cfg.run.dir.display()
     );
+    ensure_usage!(
+        cfg.run.dir.canonicalize().map_or(true, |p| p.parent().is_some()),
+        "run.dir = {}: the root directory; give the run a directory of its own",
+        cfg.run.dir.display()
+    );
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()))?;
     }
@@ -797,6 +825,10 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
                 "selected by validation AUC {:.4}: step {} ({}), test AUC {:.4}  GAUC {:.4}  log-loss {:.4}\n",
                 best.valid_auc, best.step, best.checkpoint, best.test_auc, best.test_gauc, best.test_logloss
             );
+        }
+        if summary.model_step != summary.steps {
+            text +=
+                &format!("model.safetensors holds that selected step {} (train.restore_best)\n", summary.model_step);
         }
         text += &format!("run directory {}\n", cfg.run.dir.display());
         if summary.stopped_by_signal {
@@ -1066,6 +1098,7 @@ fn data(command: DataCommand) -> anyhow::Result<()> {
                 return Err(UsageError(format!("--valid-share {valid_share}: must be in [0, 1)")).into());
             }
             let dataset = micn::data::Dataset::open(&dir)?;
+            let max_hist_len = max_hist_len.unwrap_or(dataset.meta.max_hist_len);
             let opts = micn::data::export::ExportOptions { max_hist_len, valid_share, seed };
             let n = micn::data::export::export(&dataset, &out, &opts)?;
             println!("{}: {} train, {} valid, {} test samples", out.display(), n.train, n.valid, n.test);

@@ -49,6 +49,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         code_version: env!("MICN_CODE_VERSION").into(),
         evaluations: Vec::new(),
         loss_window: None,
+        seconds: 0.0,
     };
     synchronize(device);
     let started = Instant::now();

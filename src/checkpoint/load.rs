@@ -40,6 +40,11 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
     let manifest_path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).map_err(io(&manifest_path))?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| invalid(format!("manifest.json: {e}")))?;
+    // A checkpoint holds exactly its files: the manifest of anything else (an edited or foreign
+    // one) is not this checkpoint's.
+    if let Some((name, ..)) = manifest.files.iter().find(|(n, ..)| !FILES.contains(&n.as_str())) {
+        return Err(invalid(format!("manifest.json lists {name:?}, which is not a checkpoint file")));
+    }
     for f in FILES {
         let entry = manifest
             .files
@@ -341,6 +346,7 @@ mod tests {
             code_version: "test".into(),
             evaluations: vec![],
             loss_window: None,
+            seconds: 0.0,
         }
     }
 

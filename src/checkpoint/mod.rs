@@ -102,6 +102,10 @@ pub struct State {
     /// it was kept: that line then averages the steps since the resume).
     #[serde(default)]
     pub loss_window: Option<LossWindow>,
+    /// Wall-clock seconds the run had taken when this checkpoint was written, over every process
+    /// that trained it (0 in checkpoints written before it was kept).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Sums of the training losses (main task, MICN, the model's own auxiliary loss) over `steps`
@@ -210,6 +214,7 @@ mod tests {
             code_version: "test".into(),
             evaluations,
             loss_window: None,
+            seconds: 0.0,
         }
     }
 

@@ -152,6 +152,7 @@ mod tests {
             code_version: "test".into(),
             evaluations,
             loss_window: None,
+            seconds: 0.0,
         }
     }
 

@@ -47,6 +47,16 @@ pub fn export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<Exp
             message: "--max-hist-len must be at least 1".into(),
         });
     }
+    if opts.max_hist_len > dataset.meta.max_hist_len {
+        return Err(DataError::Invalid {
+            path: dataset.dir.clone(),
+            message: format!(
+                "--max-hist-len {}: the dataset keeps histories of at most {} items (prepare it again with \
+                 --max-hist-len {} to export longer ones)",
+                opts.max_hist_len, dataset.meta.max_hist_len, opts.max_hist_len
+            ),
+        });
+    }
     let staging = Staging::replacing(out, "export.json")?;
     let exported = write_export(dataset, &staging.tmp, opts)?;
     staging.commit()?;

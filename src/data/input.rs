@@ -268,6 +268,12 @@ fn parse_chunks<T>(
         let mut out = Vec::new();
         for (i, line) in chunk.data.split(|&b| b == b'\n').enumerate() {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
+            // A byte-order mark opening the file (Windows tools write one) is not part of its
+            // first line.
+            let line = match chunk.first_line + i as u64 {
+                1 => line.strip_prefix(UTF8_BOM).unwrap_or(line),
+                _ => line,
+            };
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -282,6 +288,9 @@ fn parse_chunks<T>(
         }
     }
 }
+
+/// The UTF-8 byte-order mark.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A chunk's index and its lines' (number, parse result).
 type ParsedChunk<T> = (usize, Vec<(u64, Result<T, Bad>)>);
@@ -406,6 +415,17 @@ mod tests {
         let (lines, summary) = read_all(&path, Strictness::Strict).unwrap();
         assert_eq!(lines, [(1, long.len()), (2, 1), (3, long.len()), (4, 2), (7, 3)]);
         assert_eq!((summary.lines, summary.raw_bytes), (7, 2 * long.len() as u64 + 15));
+    }
+
+    #[test]
+    fn a_byte_order_mark_opening_the_file_is_not_part_of_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bom.txt");
+        std::fs::write(&path, b"\xEF\xBB\xBFab\r\n\xEF\xBB\xBFcd\n").unwrap();
+        let mut lines = Vec::new();
+        parse_lines(&path, Strictness::Strict, |l| Ok(l.to_string()), |l, n| lines.push((n, l))).unwrap();
+        // Only the file's first bytes are a mark; the same bytes later are the line's own.
+        assert_eq!(lines, [(1, "ab".to_string()), (2, "\u{feff}cd".to_string())]);
     }
 
     fn gzip(text: &[u8]) -> Vec<u8> {

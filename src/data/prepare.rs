@@ -326,7 +326,8 @@ fn read_attributes(
     let text = std::fs::read_to_string(path).with_path(path)?;
     let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
     let attributes: std::collections::HashMap<String, Vec<serde_json::Value>> =
-        serde_json::from_str(&text).map_err(|e| invalid(format!("expected {{\"item\": [attribute ids]}}: {e}")))?;
+        serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
+            .map_err(|e| invalid(format!("expected {{\"item\": [attribute ids]}}: {e}")))?;
     let text_of = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -366,8 +367,9 @@ fn read_attributes(
     Ok(Some(without))
 }
 
-/// Duplicate (user, item) reviews: the first in file order is kept (in a sequence, the first in
-/// the line); the others are counted as bad lines, or with `--strict` the first one is fatal.
+/// Duplicate (user, item) reviews: the first in file order is kept; the others are counted as
+/// bad lines, or with `--strict` the first one is fatal. Only reviews: one user reviews an item
+/// once, while sequences and interaction logs record every click, a repeated one too.
 fn drop_duplicates(corpus: &mut Corpus, job: &AmazonJob, reviews_summary: &mut FileSummary) -> Result<(), DataError> {
     let mut order: Vec<u32> = (0..corpus.reviews.len() as u32).collect();
     order.sort_unstable_by_key(|&i| {
@@ -440,7 +442,9 @@ fn read_corpus(
         };
         return Err(DataError::Invalid { path: job.reviews.clone(), message: why });
     }
-    drop_duplicates(&mut corpus, job, &mut reviews_summary)?;
+    if job.layout == Layout::Reviews {
+        drop_duplicates(&mut corpus, job, &mut reviews_summary)?;
+    }
 
     corpus.item_cat = vec![default_cat; corpus.items.len()];
     warnings.extend(issue_warnings(&reviews_summary));
@@ -466,9 +470,16 @@ fn read_corpus(
     let mut has_meta = vec![false; corpus.items.len()];
     let mut good_meta = 0u64;
     let mut attributes = RawAttributes::for_meta(corpus.items.len());
-    let meta_summary = input::parse_lines(meta_path, job.strictness, amazon::meta_parser(job.release), |m, _| {
+    // A reviewed item described again on a later line: the first line is kept, as for reviews.
+    let (mut repeated, mut first_repeat) = (0u64, None);
+    let meta_summary = input::parse_lines(meta_path, job.strictness, amazon::meta_parser(job.release), |m, line| {
         good_meta += 1;
         if let Some(item) = corpus.items.get(&m.item) {
+            if has_meta[item as usize] {
+                repeated += 1;
+                first_repeat.get_or_insert((line, m.item));
+                return;
+            }
             has_meta[item as usize] = true;
             attributes.set_meta(item, &m);
             if let Some(cat) = m.category {
@@ -499,6 +510,16 @@ fn read_corpus(
                 meta_summary.lines
             ),
         });
+    }
+    if let Some((line, item)) = first_repeat {
+        let said = format!(
+            "{repeated} meta lines describe a reviewed item again (first: line {line}, item {item}); the first line of \
+             each item is kept"
+        );
+        if job.strictness == Strictness::Strict {
+            return Err(DataError::Invalid { path: meta_path.clone(), message: said });
+        }
+        warnings.push(format!("{}: {said}", meta_path.display()));
     }
     let without_meta = has_meta.iter().filter(|&&m| !m).count() as u64;
     if without_meta > 0 {

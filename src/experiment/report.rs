@@ -357,7 +357,11 @@ impl Table {
         let _ = writeln!(out, "|{}", header.iter().map(|_| "---|").collect::<String>());
         for g in &self.groups {
             let mut cells: Vec<String> = g.values.iter().map(show).collect();
-            let pm = |s: &Stat| format!("{:.4} ± {:.4}", s.mean, s.std);
+            // One run has no spread to show (its sample standard deviation is undefined).
+            let pm = |s: &Stat| match g.runs.len() {
+                1 => format!("{:.4}", s.mean),
+                _ => format!("{:.4} ± {:.4}", s.mean, s.std),
+            };
             cells.extend([g.runs.len().to_string(), pm(&g.auc), pm(&g.gauc), pm(&g.logloss)]);
             cells.push(format!("{:.0}", g.seconds.mean));
             let _ = writeln!(out, "| {} |", cells.join(" | "));
@@ -393,7 +397,8 @@ impl Table {
             let mut cells: Vec<String> = g.values.iter().map(|v| field(show(v))).collect();
             cells.push(g.runs.len().to_string());
             for s in [&g.auc, &g.gauc, &g.logloss] {
-                cells.extend([s.mean.to_string(), s.std.to_string()]);
+                let std = if g.runs.len() > 1 { s.std.to_string() } else { String::new() };
+                cells.extend([s.mean.to_string(), std]);
             }
             cells.push(g.seconds.mean.to_string());
             out += &(cells.join(",") + "\n");
@@ -680,7 +685,9 @@ mod tests {
         assert!(md.contains("| 0.1 | 3 | 0.7200 ± 0.0200 | 0.7100 ± 0.0200 | 0.5000 ± 0.0000 | 10 |"), "{md}");
         let csv = table.csv();
         assert_eq!(csv.lines().next().unwrap().split(',').next(), Some("micn.phi"));
-        assert!(csv.lines().nth(2).unwrap().starts_with("0.5,1,0.8,0,"), "{csv}");
+        // A group of one run: no spread (its sample standard deviation is undefined).
+        assert!(md.contains("| 0.5 | 1 | 0.8000 | "), "{md}");
+        assert!(csv.lines().nth(2).unwrap().starts_with("0.5,1,0.8,,"), "{csv}");
         // Curves: the mean of the repeats at each step; AUC against φ with error bars.
         let figs = figures(&found.runs, &table);
         let stems: Vec<&str> = figs.iter().map(|(s, ..)| s.as_str()).collect();

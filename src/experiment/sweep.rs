@@ -40,10 +40,17 @@ pub enum SweepError {
     RunDir(#[from] RunDirError),
     #[error("could not start {program}: {source}")]
     Spawn { program: PathBuf, source: std::io::Error },
+    /// `input`: the run failed on its input (exit status 3), so running again fails alike.
     #[error("{dir}: the run failed ({status}); the last lines of {log}:\n{tail}")]
-    RunFailed { dir: PathBuf, status: String, log: PathBuf, tail: String },
-    #[error("stopped by a signal during {dir} (checkpointed); run the same command again to continue")]
-    Interrupted { dir: PathBuf },
+    RunFailed { dir: PathBuf, status: String, log: PathBuf, tail: String, input: bool },
+    /// `progress`: whether the run has a checkpoint to continue from.
+    #[error("stopped by a signal during {dir} ({progress}); run the same command again to continue")]
+    Interrupted { dir: PathBuf, progress: &'static str },
+    #[error(
+        "writing to standard output: {0}; the sweep stopped (a run in progress first checkpoints); run the same \
+         command again to continue"
+    )]
+    Stdout(std::io::Error),
     #[error("stopped by a signal before {dir} started; run the same command again to continue")]
     StoppedBefore { dir: PathBuf },
     #[error("{0}")]
@@ -117,11 +124,35 @@ fn check_grid_values(key: &str, values: &[toml::Value]) -> Result<(), String> {
     }
     let names: Vec<String> = values.iter().map(|v| point_name(key, v)).collect();
     for (i, name) in names.iter().enumerate() {
-        if names[..i].contains(name) {
-            return Err(format!("{key} lists {name} twice"));
+        if let Some(j) = names[..i].iter().position(|earlier| earlier == name) {
+            return Err(match values[j] == values[i] {
+                true => format!("{key} lists {name} twice"),
+                false => {
+                    format!("{key}'s values {} and {} would share the directory name {name}", values[j], values[i])
+                }
+            });
         }
     }
     Ok(())
+}
+
+/// The most bytes of a grid point's directory name (file systems allow 255 in one name).
+const MAX_POINT_NAME: usize = 200;
+
+/// A grid point's directory name: its `key=value` pairs joined by commas or, when longer than
+/// [`MAX_POINT_NAME`] bytes, their beginning and a hash of the whole (the run's `config.toml`
+/// holds every value; reports group runs by it, not by the name).
+fn point_dir_name(pairs: &[String]) -> String {
+    let full = pairs.join(",");
+    if full.len() <= MAX_POINT_NAME {
+        return full;
+    }
+    let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(full.as_bytes()));
+    let mut cut = MAX_POINT_NAME - hash.len();
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{hash}", &full[..cut])
 }
 
 impl SweepSpec {
@@ -211,7 +242,8 @@ impl SweepError {
             Self::File { .. } | Self::Grid { .. } | Self::Config(_) | Self::Plan { .. } | Self::Mismatch { .. } => true,
             Self::Io(e) => e.is_lasting(),
             Self::Report(e) => e.is_input_error(),
-            Self::RunDir(_) | Self::Spawn { .. } | Self::RunFailed { .. } | Self::Interrupted { .. } => false,
+            Self::RunFailed { input, .. } => *input,
+            Self::RunDir(_) | Self::Spawn { .. } | Self::Interrupted { .. } | Self::Stdout(_) => false,
             Self::StoppedBefore { .. } => false,
         }
     }
@@ -274,7 +306,7 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
                 if spec.configs.len() > 1 || name.is_empty() {
                     name.insert(0, stem.clone());
                 }
-                let dir = spec.out.join(name.join(",")).join(format!("repeat-{repeat}"));
+                let dir = spec.out.join(point_dir_name(&name)).join(format!("repeat-{repeat}"));
                 let mut overrides = spec.sets.clone();
                 for (key, value) in point.iter().flat_map(|(k, v)| point_sets(k, v)) {
                     overrides.push(Override::parse(&set_arg(&key, &value))?);
@@ -410,6 +442,14 @@ pub struct SweepOutcome {
     pub report: super::report::Written,
 }
 
+/// A line on standard output. A full disk or a closed pipe there is an error that stops the
+/// sweep (its run checkpointed first), never a panic that would leave the run going unwatched.
+fn say(line: &str) -> Result<(), SweepError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(SweepError::Stdout)
+}
+
 /// Run every planned run that has not finished, one after another; then write `OUT/report`.
 /// Each child's output goes to `RUN/train.log`; one line per run goes to standard output.
 pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Result<SweepOutcome, SweepError> {
@@ -421,7 +461,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
     for (i, (run, state)) in runs.iter().zip(states).enumerate() {
         let tag = format!("[{}/{total}] {}", i + 1, run.dir.display());
         if let RunState::Finished { test_auc } = state {
-            println!("{tag}: finished earlier (test AUC {test_auc:.4}), skipped");
+            say(&format!("{tag}: finished earlier (test AUC {test_auc:.4}), skipped"))?;
             skipped += 1;
             continue;
         }
@@ -440,10 +480,13 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
         };
         let mut cmd = runner.command(run);
         cmd.stdin(Stdio::null()).stdout(open_log()?).stderr(open_log()?);
+        say(&format!("{tag}: {}", if resuming { "resuming from its newest checkpoint" } else { "training" }))?;
         let started = Instant::now();
         let program = PathBuf::from(cmd.get_program());
         let mut child = cmd.spawn().map_err(|source| SweepError::Spawn { program, source })?;
-        println!("{tag}: {}", if resuming { "resuming from its newest checkpoint" } else { "training" });
+        // A failure to write standard output while the run trains: kept, the run stopped with a
+        // checkpoint, then returned.
+        let mut output = Ok(());
         let mut forwarded = false;
         let mut said = Instant::now();
         let status = loop {
@@ -456,30 +499,36 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
                 let step = metrics.iter().rev().find_map(|v| v["step"].as_u64());
                 let of = run.config.train.max_steps.map(|m| format!(" of {m}")).unwrap_or_default();
                 let step = step.map_or_else(|| "no step logged yet".into(), |s| format!("step {s}{of}"));
-                println!("{tag}: {step}, {:.0} s", started.elapsed().as_secs_f64());
+                if output.is_ok() {
+                    output = say(&format!("{tag}: {step}, {:.0} s", started.elapsed().as_secs_f64()));
+                }
                 said = Instant::now();
             }
             // A Ctrl-C reaches the child through the terminal; a SIGTERM sent to this process alone
             // is passed on, so the child checkpoints before stopping either way.
-            if interrupter.is_stopped() && !forwarded {
+            if (interrupter.is_stopped() || output.is_err()) && !forwarded {
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
                 forwarded = true;
             }
             std::thread::sleep(Duration::from_millis(100));
         };
+        output?;
         let state = run_state(run)?;
         match state {
             RunState::Finished { test_auc } if status.success() => {
-                println!(
+                say(&format!(
                     "{tag}: {}test AUC {test_auc:.4} ({:.0} s)",
                     if resuming { "resumed, " } else { "" },
                     started.elapsed().as_secs_f64()
-                );
+                ))?;
                 trained += 1;
             }
             _ if status.success() || interrupter.is_stopped() => {
-                return Err(SweepError::Interrupted { dir: run.dir.clone() })
+                // A signal in the run's first moments ends it before it can checkpoint.
+                let checkpointed = crate::checkpoint::latest(&RunDir::new(&run.dir).checkpoints()).0.is_some();
+                let progress = if checkpointed { "checkpointed" } else { "before its first checkpoint" };
+                return Err(SweepError::Interrupted { dir: run.dir.clone(), progress });
             }
             _ => {
                 return Err(SweepError::RunFailed {
@@ -487,6 +536,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
                     status: status.to_string(),
                     tail: tail(&log, 15),
                     log,
+                    input: status.code() == Some(3),
                 })
             }
         }
@@ -611,6 +661,28 @@ mod tests {
         let s = SweepSpec { configs: vec![base(dir.path()), twin], ..spec(dir.path()) };
         let e = plan(&s).unwrap_err().to_string();
         assert!(e.contains("base/repeat-0") && e.contains("share this directory"), "{e}");
+    }
+
+    #[test]
+    fn a_point_name_too_long_for_a_file_name_is_cut_and_hashed_and_names_that_collide_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        // 1e-300 is written out in full (302 characters).
+        s.set_grid("micn.lambda".into(), parse_grid("micn.lambda=[1.0,1e-300,2e-300]").unwrap().1);
+        let runs = plan(&s).unwrap();
+        let names: Vec<String> =
+            runs.iter().map(|r| r.dir.parent().unwrap().file_name().unwrap().to_string_lossy().into()).collect();
+        assert_eq!(names[0], "micn.lambda=1.0");
+        for name in &names[1..3] {
+            assert!(name.len() <= MAX_POINT_NAME && name.starts_with("micn.lambda=0.000"), "{name}");
+        }
+        assert_ne!(names[1], names[2], "the hash tells points apart whose names begin alike");
+        assert_eq!(plan(&s).unwrap()[1].dir, runs[1].dir, "the same plan names the same directory");
+        // Two values one directory name would mix up, and one value given twice.
+        let e = parse_grid(r#"data.dir=["a/b","a_b"]"#).unwrap_err().to_string();
+        assert!(e.contains(r#"values "a/b" and "a_b" would share the directory name data.dir=a_b"#), "{e}");
+        let e = parse_grid("micn.phi=[0.5,0.5]").unwrap_err().to_string();
+        assert!(e.contains("lists micn.phi=0.5 twice"), "{e}");
     }
 
     #[test]

@@ -380,12 +380,13 @@ pub fn train_until(
     let comm: &dyn Communicator = watchdog.as_ref().map_or(comm, |w| w);
     let mut run = Run::start(cfg, comm, resume, &dataset, device)?;
     run.watchdog = watchdog.as_ref();
+    run.started = started;
     for epoch in run.position.epoch..cfg.train.epochs as u64 {
         if run.epoch(epoch, interrupter)? == Flow::Stop {
             break;
         }
     }
-    run.finish(started)
+    run.finish()
 }
 
 /// libtorch threads for this rank: `train.threads` when set; else what `OMP_NUM_THREADS` says
@@ -440,6 +441,10 @@ struct Run<'a> {
     /// Steps taken so far (a resumed run counts those before the resume).
     step: u64,
     resumed_at: u64,
+    /// When this process started, and the seconds earlier processes of the run took up to the
+    /// checkpoint it resumed from.
+    started: Instant,
+    seconds_before: f64,
     /// Where the run (re)started, and where the next step starts.
     started_at: Position,
     position: Position,
@@ -540,6 +545,8 @@ impl<'a> Run<'a> {
             schedule: Schedule::new(&cfg.train, total_steps),
             step,
             resumed_at: step,
+            started: Instant::now(),
+            seconds_before: state.map_or(0.0, |s| s.seconds),
             started_at,
             position: started_at,
             epochs_completed: started_at.epoch,
@@ -699,12 +706,20 @@ impl<'a> Run<'a> {
         agree_on_rank0(self.comm, in_place, "write into the run directory")?;
         let Position { epoch, sample } = self.position;
         let window = LossWindow { sums: self.totals.loss_sums, steps: self.totals.logged_steps };
-        self.checkpoints.save(self.cfg, self.comm, &self.replica, (self.step, epoch, sample), &self.validation, window)
+        let seconds = self.run_seconds();
+        let position = (self.step, epoch, sample);
+        self.checkpoints.save(self.cfg, self.comm, &self.replica, position, &self.validation, (window, seconds))
+    }
+
+    /// Wall-clock seconds of the run so far: this process's, and those of the earlier ones up to
+    /// the checkpoint it resumed from.
+    fn run_seconds(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
     }
 
     /// The end: a last checkpoint, the test set scored, the checkpoint selected by validation
     /// AUC, the final model and the summary written.
-    fn finish(mut self, started: Instant) -> Result<Summary, TrainError> {
+    fn finish(mut self) -> Result<Summary, TrainError> {
         self.read_losses()?;
         let (cfg, step) = (self.cfg, self.step);
         if step > 0 && self.checkpoints.last_step != Some(step) {
@@ -749,7 +764,7 @@ impl<'a> Run<'a> {
             epochs_completed: self.epochs_completed,
             samples_per_sec,
             steady_samples_per_sec: self.steady.rate().unwrap_or(samples_per_sec),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: self.run_seconds(),
             resumed_from_step: (self.resumed_at > 0).then_some(self.resumed_at),
             world_size: self.comm.size(),
             oracle_auc: self.scorer.dataset.meta.oracle_auc,
@@ -882,7 +897,7 @@ impl Checkpointing {
         replica: &Replica,
         (step, epoch, position): (u64, u64, u64),
         validation: &Validation,
-        loss_window: LossWindow,
+        (loss_window, seconds): (LossWindow, f64),
     ) -> Result<(), TrainError> {
         let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
         let result = if self.rank0 {
@@ -899,6 +914,7 @@ impl Checkpointing {
                 code_version: env!("MICN_CODE_VERSION").into(),
                 evaluations: validation.evaluations.clone(),
                 loss_window: Some(loss_window),
+                seconds,
             };
             let saved = checkpoint::save(
                 &self.root,

@@ -66,7 +66,17 @@ impl Saved {
             let state = checkpoint::verify(dir)?;
             Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?
         } else {
-            RunDir::new(dir).read_config()?
+            let run = RunDir::new(dir);
+            let cfg = run.read_config()?;
+            if !run.model().exists() {
+                let newest = checkpoint::latest(&run.checkpoints()).0.map(|(path, _)| path);
+                let remedy = newest.map_or_else(
+                    || "it has no checkpoint yet".to_string(),
+                    |p| format!("score its newest checkpoint with --checkpoint {}", p.display()),
+                );
+                return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy });
+            }
+            cfg
         };
         let trained_on = cfg.data.dir.clone();
         if let Some(choice) = device {
@@ -115,7 +125,13 @@ impl Saved {
     fn ids(&self, split: Split) -> Result<Option<Vec<u32>>, TrainError> {
         Ok(match split {
             Split::Test => None,
-            Split::Valid => Some(validation_split(&self.cfg, &self.dataset)?.valid),
+            Split::Valid => {
+                let valid = validation_split(&self.cfg, &self.dataset)?.valid;
+                if valid.is_empty() {
+                    return Err(TrainError::NoValidationSplit { share: self.cfg.data.valid_share });
+                }
+                Some(valid)
+            }
             Split::Train => Some(validation_split(&self.cfg, &self.dataset)?.train),
         })
     }
@@ -567,24 +583,41 @@ fn check_same_vocabularies(trained_on: &Path, given: &Path, dataset: &Dataset) -
     };
     let (a, b) = (&original, &dataset.vocab);
     let differing = [
-        ("user", a.users.names != b.users.names, a.users.names.len(), b.users.names.len()),
-        ("item", a.items.names != b.items.names, a.items.names.len(), b.items.names.len()),
-        ("category", a.cats.names != b.cats.names, a.cats.names.len(), b.cats.names.len()),
-        ("item → category", a.item_cat != b.item_cat, a.item_cat.len(), b.item_cat.len()),
+        ("user", describe_difference(&a.users.names, &b.users.names)),
+        ("item", describe_difference(&a.items.names, &b.items.names)),
+        ("category", describe_difference(&a.cats.names, &b.cats.names)),
+        ("item → category", describe_difference(&a.item_cat, &b.item_cat)),
     ];
-    match differing.iter().find(|d| d.1) {
+    match differing.into_iter().find_map(|(which, d)| Some((which, d?))) {
         None => Ok(()),
-        Some((which, _, trained, now)) => Err(TrainError::VocabularyMismatch {
+        Some((which, how)) => Err(TrainError::VocabularyMismatch {
             path: given.to_path_buf(),
             trained_on: trained_on.to_path_buf(),
-            detail: format!("its {which} vocabulary ({now} entries) differs from the model's ({trained} entries)"),
+            detail: format!("its {which} vocabulary {how}"),
         }),
     }
+}
+
+/// How the vocabulary `now` differs from the model's `trained`, or nothing when they are equal.
+fn describe_difference<T: PartialEq>(trained: &[T], now: &[T]) -> Option<String> {
+    if trained.len() != now.len() {
+        return Some(format!("has {} entries, the model's {}", now.len(), trained.len()));
+    }
+    let at = trained.iter().zip(now).position(|(a, b)| a != b)?;
+    Some(format!("differs from the model's at entry {at} (of {} in both)", now.len()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vocabulary_difference_is_said_by_size_or_by_its_first_differing_entry() {
+        assert_eq!(describe_difference(&["a", "b"], &["a", "b"]), None);
+        assert_eq!(describe_difference(&["a", "b"], &["a"]).unwrap(), "has 1 entries, the model's 2");
+        let same_size = describe_difference(&[0u32, 1, 2], &[0, 2, 1]).unwrap();
+        assert_eq!(same_size, "differs from the model's at entry 1 (of 3 in both)");
+    }
 
     #[test]
     fn csv_fields_are_quoted_only_when_they_must_be() {

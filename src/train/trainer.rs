@@ -99,6 +99,12 @@ pub enum TrainError {
          construction); give N below {items}"
     )]
     RetrievalListTooLong { n: usize, items: usize },
+    #[error("{dir}: the run has not finished (its model.safetensors is written at the end): {remedy}")]
+    Unfinished { dir: PathBuf, remedy: String },
+    #[error(
+        "the run holds out no validation samples (data.valid_share = {share}): give --split test or --split train"
+    )]
+    NoValidationSplit { share: f64 },
 }
 
 impl TrainError {
@@ -138,6 +144,8 @@ impl TrainError {
                 | Self::Scores { .. }
                 | Self::NoInterests { .. }
                 | Self::RetrievalListTooLong { .. }
+                | Self::NoValidationSplit { .. }
+                | Self::Unfinished { .. }
                 | Self::NoAttributes { .. }
                 | Self::TooFewForCentres { .. }
         )
@@ -173,10 +181,12 @@ pub struct Summary {
     /// Training samples per second after a warm-up of up to 5 steps, checkpoints and evaluations
     /// excluded (see [`SteadyRate`]); `samples_per_sec` when the run is too short for a warm-up.
     pub steady_samples_per_sec: f64,
-    /// Wall-clock seconds of this process (a resumed run: since it resumed).
+    /// Wall-clock seconds of the run: this process's and, for a resumed run, those the earlier
+    /// processes had taken up to the checkpoint it resumed from (work lost after that checkpoint
+    /// is not counted).
     pub seconds: f64,
     /// The checkpoint's step this process resumed from; none when it trained from the start.
-    /// The throughput figures and `seconds` cover this process's steps only.
+    /// The throughput figures cover this process's steps only.
     pub resumed_from_step: Option<u64>,
     pub world_size: usize,
     pub oracle_auc: Option<f64>,

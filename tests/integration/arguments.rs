@@ -101,6 +101,24 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     refused(&["predict", "--run", run, "--out", below.to_str().unwrap()], "scores.csv");
 }
 
+/// Standard output on a full disk (`> /dev/full`): an error naming it, status 1, never a panic.
+#[test]
+fn printing_to_a_full_standard_output_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    crate::tiny_din_run(&run);
+    let checkpoint = micn::checkpoint::latest(&run.join("checkpoints")).0.expect("a checkpoint").0;
+    let (run, checkpoint) = (run.to_str().unwrap(), checkpoint.to_str().unwrap());
+    for args in [&["eval", "--run", run, "--json"][..], &["checkpoint", "inspect", checkpoint], &["doctor", "--json"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = Command::new(micn_bin()).args(args).stdout(full).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("error: writing to standard output: No space left on device"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn a_model_too_large_for_memory_is_an_error_not_a_panic() {
     // Address space limited to 4 GB, of which libtorch's libraries take about 2.5: a 16384 × 16384

@@ -86,6 +86,79 @@ fn amazon_2018_meta_fills_brand_category_levels_and_price_buckets() {
     assert!(e.contains("item_attributes.u32") && e.contains("checksum"), "{e}");
 }
 
+/// Real dumps repeat items in their meta files: the first line of an item is kept (as for a
+/// repeated review), said, and fatal with `--strict`. Files that open with a UTF-8 byte-order
+/// mark (as Windows tools write them) prepare as without it.
+#[test]
+fn a_repeated_meta_line_keeps_the_first_and_a_byte_order_mark_changes_nothing() {
+    use std::io::Read as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let gunzip = |name: &str| {
+        let mut text = String::new();
+        let file = std::fs::File::open(fixture(&format!("amazon-gift-cards-2018/{name}"))).unwrap();
+        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
+        text
+    };
+    let (reviews, meta) = (gunzip("Gift_Cards_5.json.gz"), gunzip("meta_Gift_Cards.json.gz"));
+    let first = meta.lines().find(|l| l.contains("\"B00AR51Y5I\"")).unwrap();
+    let again: String = first.replace("Starbucks", "Another Brand").replace("Gift Cards", "Elsewhere");
+    let write = |name: &str, bytes: Vec<u8>| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let bom = |text: &str| [&b"\xEF\xBB\xBF"[..], text.as_bytes()].concat();
+    let files = [
+        ("plain", write("reviews.json", reviews.clone().into_bytes()), write("meta.json", meta.clone().into_bytes())),
+        ("marked", write("reviews-bom.json", bom(&reviews)), write("meta-bom.json", bom(&meta))),
+        (
+            "repeated",
+            write("reviews.json", reviews.into_bytes()),
+            write("meta-again.json", format!("{meta}{again}\n").into_bytes()),
+        ),
+    ];
+    let prepare = |reviews: &Path, meta: &Path, out: &Path, strict: bool| {
+        let mut cmd = Command::new(micn_bin());
+        cmd.args(["prepare", "--input-format", "amazon2018", "--protocol", "din", "--max-hist-len", "10"]);
+        cmd.arg("--reviews").arg(reviews).arg("--meta").arg(meta).arg("--out").arg(out);
+        if strict {
+            cmd.arg("--strict");
+        }
+        cmd.output().unwrap()
+    };
+    for (name, reviews, meta) in &files {
+        let out = prepare(reviews, meta, &tmp.path().join(name), false);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {said}");
+        assert!(!said.contains("malformed"), "{name}: {said}");
+        assert_eq!(said.contains("1 meta lines describe a reviewed item again"), *name == "repeated", "{name}: {said}");
+    }
+    for name in ["marked", "repeated"] {
+        for file in ["train.rkyv", "test.rkyv", "items.tsv", "cats.tsv", "attributes.tsv", "item_attributes.u32"] {
+            let (a, b) = (tmp.path().join("plain").join(file), tmp.path().join(name).join(file));
+            assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "{name}: {file} differs");
+        }
+    }
+    // With --strict (on reviews without the dump's own repeated reviews) the repeated meta line is fatal.
+    let mut seen = std::collections::HashSet::new();
+    let once: String = std::fs::read_to_string(&files[0].1)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            seen.insert((v["reviewerID"].to_string(), v["asin"].to_string()))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let strict = prepare(&write("reviews-once.json", once.into_bytes()), &files[2].2, &tmp.path().join("strict"), true);
+    assert_eq!(strict.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&strict.stderr).contains("item B00AR51Y5I"),
+        "{}",
+        String::from_utf8_lossy(&strict.stderr)
+    );
+}
+
 #[test]
 fn sequences_attribute_lists_become_the_table_cut_to_max_attributes() {
     let tmp = tempfile::tempdir().unwrap();

@@ -71,13 +71,16 @@ fn a_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         assert!(stopped.join("checkpoints/step-00000007/COMPLETE").exists());
         run(world, &config(&stopped, &["train.max_steps=12"]), &Resume::Auto);
         assert_eq!(model_bytes(&straight), model_bytes(&stopped), "{world} rank(s)");
-        // The summary says where this process took over, and its throughput covers its own steps.
-        let summary = |run: &Path| -> serde_json::Value {
-            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap()
-        };
-        assert_eq!(summary(&straight)["resumed_from_step"], serde_json::Value::Null);
-        assert_eq!(summary(&stopped)["resumed_from_step"], 7);
-        assert_eq!(summary(&stopped)["steps"], 12);
+        // The summary says where this process took over, and its time adds the earlier
+        // process's up to that checkpoint, which the checkpoint recorded.
+        let json =
+            |path: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
+        let (summary, straight) = (json(stopped.join("summary.json")), json(straight.join("summary.json")));
+        assert_eq!(straight["resumed_from_step"], serde_json::Value::Null);
+        assert_eq!((&summary["resumed_from_step"], &summary["steps"]), (&7.into(), &12.into()));
+        let before = json(stopped.join("checkpoints/step-00000007/state.json"))["seconds"].as_f64().unwrap();
+        let seconds = summary["seconds"].as_f64().unwrap();
+        assert!(before > 0.0 && seconds > before, "{seconds} s in all, {before} s before the resume");
     }
 }
 
@@ -447,6 +450,26 @@ fn verify_of_a_missing_directory_says_there_is_no_such_checkpoint() {
     std::fs::write(&file, "").unwrap();
     let e = micn::checkpoint::verify(&file).unwrap_err().to_string();
     assert!(e.contains("not a directory"), "{e}");
+}
+
+/// `verify` checks every entry of the manifest: one for a file a checkpoint does not hold (a
+/// missing one, or a path outside it) is refused, naming it.
+#[test]
+fn a_manifest_listing_other_files_is_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(1, &config(&dir, &["train.max_steps=3", "checkpoint.every_steps=3"]), &Resume::Fresh);
+    let checkpoint = dir.join("checkpoints/step-00000003");
+    micn::checkpoint::verify(&checkpoint).unwrap();
+    let path = checkpoint.join("manifest.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    for extra in ["missing.bin", "../../../../etc/passwd"] {
+        let mut manifest: serde_json::Value = serde_json::from_str(&original).unwrap();
+        manifest["files"].as_array_mut().unwrap().push(serde_json::json!([extra, 10, "0000000000000000"]));
+        std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+        let e = micn::checkpoint::verify(&checkpoint).unwrap_err().to_string();
+        assert!(e.contains(&format!("manifest.json lists {extra:?}, which is not a checkpoint file")), "{e}");
+    }
 }
 
 #[test]

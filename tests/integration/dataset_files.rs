@@ -342,6 +342,13 @@ fn data_export_writes_every_split_as_numpy_arrays_of_the_loaders_samples() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("--valid-share 1.5"), "{}", stderr(&out));
     assert!(!bad.exists());
+    // Histories longer than the dataset keeps cannot be exported (`micn train` refuses them too).
+    let out =
+        micn().args(["data", "export"]).arg(&data).arg("--out").arg(&bad).args(["--max-hist-len", "500"]).output();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--max-hist-len 500: the dataset keeps histories of at most"), "{}", stderr(&out));
+    assert!(!bad.exists());
 }
 
 /// Every file under `dir` with its bytes, by path.

@@ -115,6 +115,39 @@ fn bad_sweep_arguments_are_named() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-sweep.toml"));
 }
 
+/// A sweep whose standard output fails never leaves a run going unwatched: on a full disk it
+/// stops before training anything; when its pipe closes during a run (`micn sweep … | head -n
+/// 1`), that run ends and the sweep stops saying why.
+#[test]
+fn a_sweep_whose_output_fails_stops_with_an_error_and_leaves_nothing_running() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.toml");
+    let sets = ["train.max_steps=20", "train.eval_every_steps=0", "train.log_every_steps=5"];
+    std::fs::write(&base, crate::small_config(&tmp.path().join("unused"), &sets).to_toml()).unwrap();
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = tmp.path().join("full");
+    let ended = sweep_cmd(&base, &out, &[]).stdout(full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing to standard output: No space left on device"), "{stderr}");
+    assert!(!stderr.contains("panicked") && !out.join("micn.phi=0.1/repeat-0/config.toml").exists(), "{stderr}");
+
+    let out = tmp.path().join("pipe");
+    let mut child = sweep_cmd(&base, &out, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("micn.phi=0.1/repeat-0: training"), "{first}");
+    // The reader is gone: the pipe is closed.
+    let ended = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing to standard output: Broken pipe"), "{stderr}");
+    assert!(out.join("micn.phi=0.1/repeat-0/summary.json").exists(), "the run in progress ended");
+    let needle = out.to_str().unwrap();
+    assert_eq!(crate::launch::processes_mentioning(needle), Vec::<i32>::new(), "a run was left going");
+}
+
 #[test]
 fn report_names_what_it_leaves_out() {
     let tmp = tempfile::tempdir().unwrap();

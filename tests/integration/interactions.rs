@@ -88,6 +88,34 @@ fn comirec_s_books_interactions_prepare_into_the_samples_of_their_time_sorted_se
     assert!(clicked == positives(&from_reversed), "the clicked samples of reversed lines differ");
 }
 
+/// A click repeated later in a log is a behaviour of its own (interaction logs and sequences
+/// record every click; only reviews are one per user and item); a byte-order mark opening the
+/// file is not part of its first user's name.
+#[test]
+fn repeated_clicks_are_kept_and_a_byte_order_mark_is_not_part_of_the_first_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, marked) = (tmp.path().join("plain.txt"), tmp.path().join("marked.txt"));
+    // User 7 clicks item 1 again after item 2; users 8 and 9 leave items for negatives to draw.
+    let text = "7,1,1\n7,2,2\n7,1,3\n7,3,4\n8,2,1\n8,3,2\n8,1,3\n9,4,1\n9,5,2\n9,6,3\n";
+    std::fs::write(&plain, text).unwrap();
+    std::fs::write(&marked, [&b"\xEF\xBB\xBF"[..], text.as_bytes()].concat()).unwrap();
+    let (from_plain, from_marked) = (tmp.path().join("from-plain"), tmp.path().join("from-marked"));
+    for (input, out) in [(&plain, &from_plain), (&marked, &from_marked)] {
+        let prepared = prepare("interactions", input, out, &["--strict"]);
+        assert!(prepared.status.success(), "{}", stderr(&prepared));
+        assert!(!stderr(&prepared).contains("duplicate"), "{}", stderr(&prepared));
+    }
+    let clicked = positives(&from_plain);
+    let seven: Vec<_> = clicked.iter().filter(|(user, ..)| user == "7").map(|(_, item, h)| (item, h.len())).collect();
+    assert_eq!(seven, [(&"1".to_string(), 2), (&"2".to_string(), 1)], "{clicked:?}");
+    for file in ["train.rkyv", "test.rkyv", "items.tsv", "users.tsv"] {
+        assert!(
+            std::fs::read(from_plain.join(file)).unwrap() == std::fs::read(from_marked.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
 /// Every clicked training sample, by names: (user, target, history), sorted.
 fn positives(dir: &Path) -> Vec<(String, String, Vec<String>)> {
     let dataset = micn::data::Dataset::open(dir).unwrap();

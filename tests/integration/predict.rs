@@ -107,6 +107,34 @@ fn predictions_carry_user_and_item_and_their_auc_is_evals_on_every_split_and_wor
     assert_eq!(read_csv(&train_csv).len() + valid.len(), dataset.train.samples().len());
 }
 
+/// A run that held out no validation samples has no validation split to score: `eval` and
+/// `predict` say so instead of "one class", or a file of no scores.
+#[test]
+fn the_validation_split_of_a_run_without_one_is_refused_by_eval_and_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = crate::small_config(&run, &["train.max_steps=2", "train.epochs=1", "data.valid_share=0"]);
+    micn::train::train_from(&cfg, &micn::dist::SingleProcess, &micn::train::Resume::Fresh).unwrap();
+    let out = tmp.path().join("valid.csv");
+    for args in [
+        &["eval", "--split", "valid", "--run"][..],
+        &["predict", "--split", "valid", "--out", out.to_str().unwrap(), "--run"],
+    ] {
+        let refused = Command::new(micn_bin()).args(args).arg(&run).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("the run holds out no validation samples (data.valid_share = 0)"), "{stderr}");
+    }
+    assert!(!out.exists());
+    // A run that has not written its model yet (one still training) points at its newest checkpoint.
+    std::fs::remove_file(run.join("model.safetensors")).unwrap();
+    let unfinished = Command::new(micn_bin()).args(["eval", "--run"]).arg(&run).output().unwrap();
+    let stderr = String::from_utf8_lossy(&unfinished.stderr);
+    assert_eq!(unfinished.status.code(), Some(3), "{stderr}");
+    let newest = run.join("checkpoints").join(micn::checkpoint::dir_name(2));
+    assert!(stderr.contains(&format!("the run has not finished (its model.safetensors is written at the end): score its newest checkpoint with --checkpoint {}", newest.display())), "{stderr}");
+}
+
 #[test]
 fn predict_refuses_an_output_it_cannot_name_the_format_of_and_writes_nothing_on_error() {
     let tmp = tempfile::tempdir().unwrap();
