@@ -65,12 +65,21 @@ fn write_into_special(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<
 }
 
 /// An I/O error that the same command would meet again: a missing file, a file it may not read,
-/// bytes that are not what they should be. Others (EIO, a full disk, too many open files) may pass.
+/// bytes that are not what they should be, a read-only file system, a name too long for one.
+/// Others (EIO, a full disk, too many open files) may pass.
 pub fn is_lasting(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         e.kind(),
-        NotFound | PermissionDenied | InvalidData | InvalidInput | AlreadyExists | IsADirectory | NotADirectory
+        NotFound
+            | PermissionDenied
+            | InvalidData
+            | InvalidInput
+            | AlreadyExists
+            | IsADirectory
+            | NotADirectory
+            | ReadOnlyFilesystem
+            | InvalidFilename
     )
 }
 
@@ -93,6 +102,17 @@ mod tests {
 
     fn write_text(text: &'static str) -> impl FnOnce(&Path) -> std::io::Result<()> {
         move |p: &Path| std::fs::write(p, text)
+    }
+
+    #[test]
+    fn errors_that_running_again_would_meet_again_are_lasting() {
+        let os = |code| std::io::Error::from_raw_os_error(code);
+        for code in [libc::ENOENT, libc::EACCES, libc::EROFS, libc::ENAMETOOLONG, libc::EISDIR] {
+            assert!(is_lasting(&os(code)), "{}", os(code));
+        }
+        for code in [libc::ENOSPC, libc::EIO, libc::EMFILE, libc::EPIPE] {
+            assert!(!is_lasting(&os(code)), "{}", os(code));
+        }
     }
 
     #[test]

@@ -172,6 +172,9 @@ impl Staging {
         if let Err(e) = std::fs::rename(&self.tmp, &self.out) {
             if replacing {
                 let _ = std::fs::rename(&aside, &self.out);
+            } else if self.out.exists() {
+                // Another process (a second `prepare` to the same --out) committed first.
+                return Err(DataError::OutputExists(self.out.clone()));
             }
             return Err(io(&self.out)(e));
         }
@@ -929,5 +932,21 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["a.txt"]);
+    }
+
+    #[test]
+    fn an_output_another_process_committed_meanwhile_is_named_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let staging = Staging::new(&out).unwrap();
+        staging.write("mine.txt", b"mine").unwrap();
+        // A second preparation to the same --out finished first.
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("theirs.txt"), "theirs").unwrap();
+        let tmp_dir = staging.tmp.clone();
+        let e = staging.commit().unwrap_err();
+        assert!(matches!(e, DataError::OutputExists(ref p) if p == &out), "{e}");
+        assert_eq!(std::fs::read_to_string(out.join("theirs.txt")).unwrap(), "theirs");
+        assert!(!tmp_dir.exists(), "the staging directory is removed");
     }
 }

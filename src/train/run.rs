@@ -378,9 +378,8 @@ pub fn train_until(
         seconds => Some(Watched::new(comm, Duration::from_secs(seconds), watchdog::abort_rank)?),
     };
     let comm: &dyn Communicator = watchdog.as_ref().map_or(comm, |w| w);
-    let mut run = Run::start(cfg, comm, resume, &dataset, device)?;
+    let mut run = Run::start(cfg, comm, resume, &dataset, device, started)?;
     run.watchdog = watchdog.as_ref();
-    run.started = started;
     for epoch in run.position.epoch..cfg.train.epochs as u64 {
         if run.epoch(epoch, interrupter)? == Flow::Stop {
             break;
@@ -463,13 +462,15 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// Every check that needs no file of the run, then the run directory claimed, the replica
-    /// built (and loaded from the checkpoint it resumes from), the run's files started.
+    /// built (and loaded from the checkpoint it resumes from), the run's files started. `started`:
+    /// when this process began (its seconds count towards the run's).
     fn start(
         cfg: &'a Config,
         comm: &'a dyn Communicator,
         resume: &Resume,
         dataset: &'a Arc<Dataset>,
         device: Device,
+        started: Instant,
     ) -> Result<Self, TrainError> {
         let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
         check_history(cfg, dataset)?;
@@ -545,7 +546,7 @@ impl<'a> Run<'a> {
             schedule: Schedule::new(&cfg.train, total_steps),
             step,
             resumed_at: step,
-            started: Instant::now(),
+            started,
             seconds_before: state.map_or(0.0, |s| s.seconds),
             started_at,
             position: started_at,
