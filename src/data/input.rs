@@ -290,7 +290,7 @@ fn parse_chunks<T>(
 }
 
 /// The UTF-8 byte-order mark.
-pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A chunk's index and its lines' (number, parse result).
 type ParsedChunk<T> = (usize, Vec<(u64, Result<T, Bad>)>);
