@@ -11,6 +11,11 @@ use micn::dist::{self, Backend, Communicator};
 use micn::doctor::MpiInfo;
 use micn::logging::{self, LogFormat};
 
+/// Command-line errors as JSON lines, shared with `micn-launch` (which never links libtorch, so it
+/// cannot use this crate).
+#[path = "../launcher/src/usage.rs"]
+mod usage;
+
 #[derive(Parser)]
 #[command(name = "micn", version = env!("MICN_CODE_VERSION"), about = "Data-parallel CTR training with the MICN auxiliary task")]
 struct Cli {
@@ -494,11 +499,20 @@ const MAX_BATCH: usize = 1 << 20;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // Help and version are printed as asked; a command line that cannot work fails the
-            // same way every time.
+        Err(e) if !e.use_stderr() => {
+            // Help and version, printed as asked.
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_INPUT_ERROR) } else { ExitCode::SUCCESS };
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // A command line that cannot work fails the same way every time; under
+            // `--log-format json` its error is one JSON line like every other error.
+            let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+            match usage::log_format_json(&args) {
+                true => report_error(&anyhow::Error::new(UsageError(usage::clap_sentence(&e))), None, LogFormat::Json),
+                false => drop(e.print()),
+            }
+            return ExitCode::from(EXIT_INPUT_ERROR);
         }
     };
     if !matches!(cli.command, Command::Train { .. } | Command::Sweep { .. }) {

@@ -18,6 +18,7 @@
 //! SIGTERM stops the job at once (SIGTERM to mpirun), a third kills mpirun.
 mod hosts;
 mod output;
+mod usage;
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ use tokio::process::Command;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use output::{Printer, Reassembler, Stream};
+use usage::log_format_json;
 
 /// micn's exit status (and MPI_Abort code, which mpirun exits with) for a failure that running
 /// again cannot fix: a bad configuration, argument or input. Such a job is not restarted.
@@ -228,12 +230,6 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     cmd.push(micn.display().to_string());
     cmd.extend(micn_args);
     Ok(cmd)
-}
-
-/// Whether micn's arguments ask for `--log-format json`.
-fn log_format_json(micn_args: &[String]) -> bool {
-    micn_args.iter().zip(micn_args.iter().skip(1)).any(|(a, b)| a == "--log-format" && b == "json")
-        || micn_args.iter().any(|a| a == "--log-format=json")
 }
 
 /// The command of a restart: the same, resuming from the newest checkpoint (`--resume auto`,
@@ -795,16 +791,27 @@ fn shell_quoted(arg: &str) -> String {
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_INPUT_ERROR as u8) } else { ExitCode::SUCCESS };
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Under `--log-format json` (the launcher's or micn's) every line on standard error is
+            // a JSON object, this one too.
+            let argv: Vec<String> = std::env::args().collect();
+            match log_format_json(&argv) {
+                true => Printer { json: true }.say("ERROR", &format!("error: {}", usage::clap_sentence(&e))),
+                false => drop(e.print()),
+            }
+            return ExitCode::from(EXIT_INPUT_ERROR as u8);
         }
     };
+    let printer = Printer { json: args.log_format == LogFormat::Json || log_format_json(&args.micn_args) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(launch(args)) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("micn-launch: error: {e:#}");
+            printer.say("ERROR", &format!("error: {e:#}"));
             ExitCode::from(EXIT_INPUT_ERROR as u8)
         }
     }

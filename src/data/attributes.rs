@@ -48,7 +48,7 @@ pub fn price_bucket(dollars: f64) -> String {
 
 /// A value as the TSV can hold it: tabs and line breaks become spaces.
 fn clean(value: &str) -> String {
-    value.replace(['\t', '\n', '\r'], " ")
+    super::vocab::tsv_field(value).into_owned()
 }
 
 /// Attributes as read from the input, by intern item id (before the vocabularies exist).

@@ -7,7 +7,7 @@
 //! corrupt is a broken file, not a bad line: fatal in either mode, saying how far it was read.
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -179,6 +179,70 @@ struct Chunk {
     data: Vec<u8>,
 }
 
+/// A gzip file's members, one after another (as `gzip -d` reads them; a download concatenated
+/// from parts has several), then only zero bytes (padding, which `gzip -d` and Python skip) or
+/// nothing. Other bytes after a member are an error that says so: neither the stream's end nor
+/// another member, so not a cut file (flate2's `MultiGzDecoder` takes them for a member's start
+/// and reports a truncated stream).
+struct GzMembers<R: BufRead> {
+    /// The member being read; `None` at the end.
+    member: Option<flate2::bufread::GzDecoder<R>>,
+}
+
+impl<R: BufRead> GzMembers<R> {
+    fn new(input: R) -> Self {
+        Self { member: Some(flate2::bufread::GzDecoder::new(input)) }
+    }
+}
+
+/// The byte every gzip member opens with (ID1, RFC 1952, section 2.3.1). A member cut after it
+/// is reported as a cut stream, one with a wrong second byte as an invalid header.
+const GZIP_ID1: u8 = 0x1f;
+
+impl<R: BufRead> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(member) = self.member.as_mut() else { return Ok(0) };
+            match member.read(buf)? {
+                0 if !buf.is_empty() => {}
+                n => return Ok(n),
+            }
+            let mut input = self.member.take().expect("a member is being read").into_inner();
+            let next = input.fill_buf()?;
+            if next.is_empty() {
+                return Ok(0);
+            }
+            if next[0] == GZIP_ID1 {
+                self.member = Some(flate2::bufread::GzDecoder::new(input));
+                continue;
+            }
+            // Zero padding to the end, or bytes that are not gzip.
+            let mut past_end = 0u64;
+            loop {
+                let next = input.fill_buf()?;
+                if next.is_empty() {
+                    return Ok(0);
+                }
+                if let Some(at) = next.iter().position(|&b| b != 0) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the gzip data ends, but the file goes on with bytes that are neither another gzip \
+                             member nor zero padding ({:#04x}, {} bytes past the end): remove them, or get the file \
+                             again",
+                            next[at],
+                            past_end + at as u64
+                        ),
+                    ));
+                }
+                let n = next.len();
+                past_end += n as u64;
+                input.consume(n);
+            }
+        }
+    }
+}
+
 /// The reader thread of [`parse_lines`]: the (decompressed) stream split into chunks of whole
 /// lines, numbered in order, until the end or a broken stream.
 fn read_chunks(
@@ -190,7 +254,7 @@ fn read_chunks(
     let mut stopped: Option<std::io::Error> = None;
     {
         let mut source: Box<dyn Read + '_> =
-            if gzip { Box::new(flate2::read::MultiGzDecoder::new(&mut hashing)) } else { Box::new(&mut hashing) };
+            if gzip { Box::new(GzMembers::new(BufReader::new(&mut hashing))) } else { Box::new(&mut hashing) };
         let mut carry: Vec<u8> = Vec::new();
         let (mut index, mut next_line) = (0usize, 1u64);
         loop {
@@ -497,5 +561,27 @@ mod tests {
             // Everything decompressed before the trailer was checked: all 5,000 lines.
             assert!(e.contains("5,000 complete lines read") && e.contains("corrupt gzip stream"), "{e}");
         }
+    }
+
+    #[test]
+    fn gzip_members_are_read_in_turn_zero_padding_skipped_and_other_trailing_bytes_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: String = (0..3_000).map(|i| format!("a {i}\n")).collect();
+        let second: String = (0..2_000).map(|i| format!("b {i}\n")).collect();
+        let members = [gzip(first.as_bytes()), gzip(second.as_bytes())].concat();
+        let read = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            read_all(&path, Strictness::Strict).map(|(lines, _)| lines.len())
+        };
+        assert_eq!(read("two.gz", &members).unwrap(), 5_000);
+        // Padding past a buffer's length, as a tape or block device leaves it.
+        assert_eq!(read("padded.gz", &[&members[..], &[0u8; 70_000]].concat()).unwrap(), 5_000);
+        let e = read("garbage.gz", &[&members[..], &[0u8; 3], b"garbage"].concat()).unwrap_err().to_string();
+        assert!(e.contains("the gzip stream is broken") && e.contains("5,000 complete lines"), "{e}");
+        assert!(e.contains("neither another gzip member nor zero padding (0x67, 3 bytes past the end)"), "{e}");
+        // A second member cut short is a cut file, as the first would be.
+        let cut = &members[..members.len() - 20];
+        assert!(matches!(read("cut.gz", cut).unwrap_err(), DataError::TruncatedGzip { .. }));
     }
 }

@@ -331,6 +331,13 @@ fn read_attributes(
     let attributes: std::collections::HashMap<String, Vec<serde_json::Value>> =
         serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
             .map_err(|e| invalid(format!("expected {{\"item\": [attribute ids]}}: {e}")))?;
+    let mut items: Vec<&String> = attributes.keys().collect();
+    items.sort();
+    for item in items {
+        if let Some(v) = attributes[item].iter().find(|v| !(v.is_number() || v.is_string())) {
+            return Err(invalid(format!("item {item:?}: attribute {v} is not an id (a number or a string)")));
+        }
+    }
     let text_of = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -338,6 +345,21 @@ fn read_attributes(
     let lists: Vec<Vec<String>> = (0..corpus.items.len() as u32)
         .map(|item| attributes.get(corpus.items.name(item)).map_or_else(Vec::new, |a| a.iter().map(text_of).collect()))
         .collect();
+    let covered = lists.iter().filter(|l| !l.is_empty()).count();
+    if covered == 0 {
+        return Err(invalid(format!(
+            "none of the {} sequenced items has an attribute here: the file of another dataset?",
+            corpus.items.len()
+        )));
+    }
+    if covered < lists.len() {
+        warnings.push(format!(
+            "{}: {} of {} sequenced items have no attributes (their row of the attribute table is empty)",
+            path.display(),
+            lists.len() - covered,
+            lists.len()
+        ));
+    }
     let raw = RawAttributes::from_lists(lists, sequences.max_attributes);
     if raw.cut > 0 {
         warnings.push(format!(

@@ -15,6 +15,15 @@ use crate::io_error::{PathIo, WithPath};
 pub const UNKNOWN_USER: &str = "unknown_user";
 pub const DEFAULT_MID: &str = "default_mid";
 
+/// A name or value as a TSV field can hold it: tabs and line breaks become spaces (a raw id or
+/// category written with them would split its line).
+pub fn tsv_field(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.contains(['\t', '\n', '\r']) {
+        true => value.replace(['\t', '\n', '\r'], " ").into(),
+        false => value.into(),
+    }
+}
+
 /// One vocabulary: names and training frequencies by id.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Vocab {
@@ -34,7 +43,13 @@ impl Vocab {
     /// Order `counts` (indexed by intern id) by descending count then name; intern ids with no
     /// count, and `reserved` (if given), map to 0. Returns the vocabulary and the map
     /// intern id → vocabulary id.
-    fn by_frequency(interner: &Interner, counts: &[u64], zero_name: &str, reserved: Option<u32>) -> (Vocab, Vec<u32>) {
+    fn by_frequency(
+        interner: &Interner,
+        counts: &[u64],
+        zero_name: &str,
+        reserved: Option<u32>,
+        file: &str,
+    ) -> (Vocab, Vec<u32>) {
         let mut ranked: Vec<u32> =
             (0..interner.len() as u32).filter(|&i| counts[i as usize] > 0 && Some(i) != reserved).collect();
         ranked
@@ -42,10 +57,20 @@ impl Vocab {
         let mut map = vec![0u32; interner.len()];
         let mut vocab =
             Vocab { names: vec![zero_name.to_string()], counts: vec![reserved.map_or(0, |r| counts[r as usize])] };
+        let mut respaced = None;
         for (rank, &i) in ranked.iter().enumerate() {
             map[i as usize] = rank as u32 + 1;
-            vocab.names.push(interner.name(i).to_string());
+            let name = tsv_field(interner.name(i));
+            if let std::borrow::Cow::Owned(_) = name {
+                respaced.get_or_insert((interner.name(i), 0)).1 += 1;
+            }
+            vocab.names.push(name.into_owned());
             vocab.counts.push(counts[i as usize]);
+        }
+        if let Some((first, n)) = respaced {
+            tracing::warn!(
+                "{file}: {n} name(s) held a tab or a line break, written with spaces instead (first: {first:?})"
+            );
         }
         (vocab, map)
     }
@@ -87,9 +112,9 @@ pub fn build(
     for &c in train.cats.iter().chain(&train.hist_cats) {
         cat_counts[c as usize] += 1;
     }
-    let (user_vocab, user_map) = Vocab::by_frequency(users, &user_counts, UNKNOWN_USER, None);
-    let (item_vocab, item_map) = Vocab::by_frequency(items, &item_counts, DEFAULT_MID, None);
-    let (cat_vocab, cat_map) = Vocab::by_frequency(cats, &cat_counts, DEFAULT_CAT, cats.get(DEFAULT_CAT));
+    let (user_vocab, user_map) = Vocab::by_frequency(users, &user_counts, UNKNOWN_USER, None, "users.tsv");
+    let (item_vocab, item_map) = Vocab::by_frequency(items, &item_counts, DEFAULT_MID, None, "items.tsv");
+    let (cat_vocab, cat_map) = Vocab::by_frequency(cats, &cat_counts, DEFAULT_CAT, cats.get(DEFAULT_CAT), "cats.tsv");
     let mut vocab_item_cat = vec![0u32; item_vocab.len()];
     for (intern, &id) in item_map.iter().enumerate() {
         if id != 0 {
@@ -227,6 +252,23 @@ mod tests {
         // default_cat is id 0 however frequent.
         assert_eq!(v.cats.names, ["default_cat", "c1"]);
         assert_eq!(v.item_cat, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn names_with_tabs_or_line_breaks_are_written_with_spaces_and_read_back() {
+        let (mut users, mut items, mut cats) = (Interner::default(), Interner::default(), Interner::default());
+        let user = users.intern("U\t1");
+        let item = items.intern("I\r\n2");
+        let cat = cats.intern("Arts\nCrafts");
+        let mut train = Samples::default();
+        let row = Row { label: 1, user, user_key: user, item, cat, hist_items: &[item], hist_cats: &[cat] };
+        train.push(row);
+        let (v, _) = build(&train, &users, &items, &cats, &[cat]);
+        assert_eq!((v.users.names[1].as_str(), v.items.names[1].as_str()), ("U 1", "I  2"));
+        assert_eq!(v.cats.names, ["default_cat", "Arts Crafts"]);
+        let dir = tempfile::tempdir().unwrap();
+        v.write(dir.path()).unwrap();
+        assert_eq!(Vocabularies::read(dir.path()).unwrap(), v);
     }
 
     #[test]

@@ -23,8 +23,8 @@ use super::deterministic;
 use super::schedule::Schedule;
 use super::step::{read_unread, Control, StepContext, StepStats, Unread};
 use super::trainer::{
-    build_model, check_history, evaluate_on, keep_freed_memory, pick_device, validation_split, Built, EvalResult,
-    EvalSet, Replica, Selected, Summary, TrainError,
+    build_model, check_history, check_test_set, evaluate_on, keep_freed_memory, pick_device, validation_split, Built,
+    EvalResult, EvalSet, Replica, Selected, Summary, TrainError,
 };
 use super::Interrupter;
 use crate::checkpoint::{self, LossWindow};
@@ -474,6 +474,7 @@ impl<'a> Run<'a> {
     ) -> Result<Self, TrainError> {
         let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
         check_history(cfg, dataset)?;
+        check_test_set(cfg, dataset)?;
         let mut split = validation_split(cfg, dataset)?;
         if cfg.model.learns_from_clicks_only() {
             let samples = dataset.train.samples();

@@ -75,6 +75,11 @@ pub enum TrainError {
     )]
     ValidationTooSmall { path: PathBuf, share: f64, samples: usize },
     #[error(
+        "{path}: the test split holds {samples} samples, {positives} of them clicked: the run ends by scoring it, and \
+         AUC needs clicked and unclicked samples; prepare the dataset from more users"
+    )]
+    TestSetUnscorable { path: PathBuf, samples: usize, positives: usize },
+    #[error(
         "{path}: {detail}, the vocabulary of {trained_on} that the model was trained on: its ids would mean other \
          users, items or categories"
     )]
@@ -141,6 +146,7 @@ impl TrainError {
                 | Self::HistoryTooShort { .. }
                 | Self::OneClass { .. }
                 | Self::ValidationTooSmall { .. }
+                | Self::TestSetUnscorable { .. }
                 | Self::Scores { .. }
                 | Self::NoInterests { .. }
                 | Self::RetrievalListTooLong { .. }
@@ -478,6 +484,17 @@ pub(super) fn check_history(cfg: &Config, dataset: &Dataset) -> Result<(), Train
         kept: dataset.meta.max_hist_len,
         remedy,
     })
+}
+
+/// The run ends by scoring the test split: one without clicked or without unclicked samples (a
+/// dataset of very few users) is refused before the first step, not after the last.
+pub(super) fn check_test_set(cfg: &Config, dataset: &Dataset) -> Result<(), TrainError> {
+    let labels = &dataset.test.samples().labels;
+    let positives = labels.iter().filter(|&&l| l > 0).count();
+    if positives == 0 || positives == labels.len() {
+        return Err(TrainError::TestSetUnscorable { path: cfg.data.dir.clone(), samples: labels.len(), positives });
+    }
+    Ok(())
 }
 
 /// Hold out the validation share of the training archive (see [`shard::validation_split`]),

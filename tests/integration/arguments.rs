@@ -74,6 +74,32 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
 }
 
 #[test]
+fn under_json_logging_argument_errors_are_one_json_line_too() {
+    let config = "configs/quickstart.toml";
+    let json_error = |out: &Output, needle: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let line: serde_json::Value = serde_json::from_str(stderr.trim()).expect("a JSON line");
+        assert_eq!(line["level"], "ERROR", "{line}");
+        let message = line["message"].as_str().unwrap();
+        assert!(message.starts_with("error: ") && message.contains(needle), "{line}");
+        assert!(!message.contains("Usage:"), "{line}");
+    };
+    // clap's own errors, from micn and from micn-launch (its flag, or micn's after `--`).
+    json_error(&micn(&["--log-format", "json", "train", "--nope"]), "unexpected argument '--nope'");
+    json_error(&micn(&["train", "--log-format=json", "--config"]), "'--config <CONFIG>'");
+    let launch = |args: &[&str]| crate::launch::launcher().args(args).output().unwrap();
+    json_error(&launch(&["--log-format", "json", "--no-such-flag"]), "unexpected argument '--no-such-flag'");
+    json_error(&launch(&["--np", "0", "--log-format", "json", "--config", config]), "--np must be at least 1");
+    json_error(&launch(&["--np", "x", "--", "--log-format", "json", "doctor"]), "invalid value 'x'");
+    // Text stays clap's own, usage block and all.
+    let out = micn(&["train", "--nope"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
+}
+
+#[test]
 fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");

@@ -311,3 +311,28 @@ fn a_meta_line_nested_a_million_deep_is_a_bad_line_not_a_crash() {
     assert!(err.contains("meta.json:4: malformed") && err.contains("nesting deeper than 64 levels"), "{err}");
     assert_nothing_left(&out);
 }
+
+#[test]
+fn a_test_split_of_one_class_is_refused_before_the_first_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = dien_dir(tmp.path(), true);
+    // Only the clicked samples of the test file: nothing to tell them from.
+    let test = dir.join("local_test_splitByUser");
+    let clicked: String = std::fs::read_to_string(&test)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("1\t"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&test, clicked).unwrap();
+    let data = tmp.path().join("data");
+    run_ok(&mut prepare_dien(&dir, &data));
+    let run = tmp.path().join("run");
+    let data_dir = format!("data.dir={:?}", data.display().to_string());
+    let cfg = crate::small_config(&run, &[&data_dir, "data.max_hist_len=2", "data.valid_share=0"]);
+    let e = micn::train::train(&cfg, &micn::dist::SingleProcess).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("the test split holds 19 samples, 19 of them clicked"), "{text}");
+    assert!(e.is_input_error(), "{text}");
+    assert!(!run.exists(), "nothing is written for a refused run");
+}

@@ -91,6 +91,26 @@ fn bad_sequence_lines_are_counted_or_fatal_with_strict_and_bad_attribute_files_a
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("attrs.json") && err.contains("attribute ids"), "{err}");
+    // Values that are not ids, and a file whose items are none of these (another dataset's).
+    for (text, needle) in [
+        ("{\"a\": [1, null], \"b\": [3]}", "attrs.json: item \"a\": attribute null is not an id"),
+        ("{\"x\": [1], \"y\": [2]}", "attrs.json: none of the 4 sequenced items has an attribute"),
+        ("{\"a\": []}", "none of the 4 sequenced items"),
+    ] {
+        std::fs::write(&attrs, text).unwrap();
+        let out =
+            prepare(&tmp.path().join("bad-attrs"), &["--sequences", seq, "--item-attributes", attrs.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    // Some items without attributes: said.
+    std::fs::write(&attrs, "{\"a\": [1], \"b\": [2], \"c\": [1]}").unwrap();
+    let out =
+        prepare(&tmp.path().join("some-attrs"), &["--sequences", seq, "--item-attributes", attrs.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 of 4 sequenced items have no attributes"), "{err}");
     let out = prepare(&tmp.path().join("no-attrs"), &["--sequences", seq, "--category-attribute", "1"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--category-attribute needs --item-attributes"));
