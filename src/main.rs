@@ -93,8 +93,9 @@ struct TrainArgs {
     /// Override `section.key=value` (repeatable; the value is read as TOML).
     #[arg(long = "set")]
     sets: Vec<String>,
-    /// Continue from a checkpoint: `auto` (the newest valid one under run.dir/checkpoints,
-    /// or a fresh start when there is none) or a checkpoint directory.
+    /// Continue from a checkpoint: `auto` (the newest valid one under run.dir/checkpoints, or a
+    /// fresh start when run.dir holds no run) or a checkpoint directory (of this run.dir, whose
+    /// later checkpoints are then moved to run.dir/abandoned/, or of another run into a new run.dir).
     #[arg(long, conflicts_with = "overwrite")]
     resume: Option<String>,
     /// Start afresh in a run directory that already holds a run, deleting that run
@@ -796,6 +797,13 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let TrainArgs { config, sets, resume, overwrite } = args;
 
     use micn::train::Resume;
+    let resume = match resume.as_deref() {
+        None if overwrite => Resume::Overwrite,
+        None => Resume::Fresh,
+        Some("auto") => Resume::Auto,
+        Some("") => return Err(UsageError("--resume is empty: give `auto` or a checkpoint directory".into()).into()),
+        Some(path) => Resume::Path(PathBuf::from(path)),
+    };
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = micn::config::Config::load(Some(&config), &overrides)?;
     ensure_usage!(
@@ -815,12 +823,6 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()))?;
     }
-    let resume = match resume.as_deref() {
-        None if overwrite => Resume::Overwrite,
-        None => Resume::Fresh,
-        Some("auto") => Resume::Auto,
-        Some(path) => Resume::Path(PathBuf::from(path)),
-    };
     let interrupter = micn::train::Interrupter::on_signals();
     let summary = micn::train::train_until(&cfg, comm, &resume, &interrupter)?;
     if comm.rank() == 0 {

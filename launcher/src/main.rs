@@ -2,7 +2,8 @@
 //! output (each line whole, under its own rank), turns Ctrl-C, SIGTERM and a closed terminal into
 //! one graceful stop of the job, and exits with the job's status after a one-line summary. With
 //! `--max-restarts N` a job that dies (a rank killed, a non-zero exit) or stalls (no output for
-//! `--stall-timeout` seconds) is relaunched with `--resume auto`, after a doubling back-off; a job
+//! `--stall-timeout` seconds) is relaunched, after a doubling back-off, with the same command: the
+//! run it started resumes from its newest checkpoint (see [`launch_id`]); a job
 //! that exits with status 3 (micn's "running again cannot fix this": a configuration, argument or
 //! input error) is not. It never links libtorch, so it starts on any node that has `mpirun`.
 //!
@@ -43,6 +44,9 @@ const EXIT_INPUT_ERROR: i32 = 3;
 /// error (every rank's whole log is in `run.dir/logs/rank-N.log`).
 const QUIET_RANKS_ENV: &str = "MICN_QUIET_RANKS";
 
+/// Read by micn's `train`: see [`launch_id`].
+const LAUNCH_ID_ENV: &str = "MICN_LAUNCH_ID";
+
 #[derive(Parser, Debug)]
 #[command(name = "micn-launch", version, about = "Run micn on N ranks under mpirun")]
 struct Args {
@@ -72,8 +76,8 @@ struct Args {
     /// Print the command and exit.
     #[arg(long)]
     dry_run: bool,
-    /// When the job dies (a rank killed, a non-zero exit) or stalls, relaunch it with
-    /// `--resume auto` up to this many times.
+    /// When the job dies (a rank killed, a non-zero exit) or stalls, relaunch it up to this many
+    /// times: the run it started resumes from its newest checkpoint.
     #[arg(long, default_value_t = 0)]
     max_restarts: u32,
     /// Seconds without any output line after which the job counts as stalled (stopped and,
@@ -226,25 +230,23 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     if std::env::var_os("RUST_LOG").is_some() {
         cmd.extend(["-x".into(), "RUST_LOG".into()]);
     }
+    cmd.extend(["-x".into(), format!("{LAUNCH_ID_ENV}={}", launch_id())]);
     cmd.extend(mpirun_tokens(&args.mpirun_args).0);
     cmd.push(micn.display().to_string());
     cmd.extend(micn_args);
     Ok(cmd)
 }
 
-/// The command of a restart: the same, resuming from the newest checkpoint (`--resume auto`,
-/// also in place of a `--resume PATH` the first attempt started from, and without the first
-/// attempt's `--overwrite`, which would delete the run the restart is to continue).
-fn resume_auto(cmd: &mut Vec<String>) {
-    cmd.retain(|a| a != "--overwrite");
-    if let Some(i) = cmd.iter().position(|a| a == "--resume") {
-        if let Some(value) = cmd.get_mut(i + 1) {
-            *value = "auto".into();
-            return;
-        }
-    }
-    cmd.retain(|a| !a.starts_with("--resume="));
-    cmd.extend(["--resume".to_string(), "auto".to_string()]);
+/// This job's identity, the same for every attempt (micn's `MICN_LAUNCH_ID`): rank 0 records it in
+/// the run directory it claims, so that a restart, which runs the very same command, knows the
+/// run there is this job's and resumes it from its newest checkpoint, or starts it again as first
+/// asked (`--overwrite`, `--resume PATH`) when the earlier attempt wrote none or never claimed it.
+fn launch_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("micn-launch-{}-{}", std::process::id(), now.as_nanos())
+    })
 }
 
 /// What the output streams have seen, for the watch over the job.
@@ -730,7 +732,6 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 printer.say("INFO", &format!("resuming on all {} rank(s) of the hostfile", original.np));
                 (placement, lost) = (original.clone(), Vec::new());
                 cmd = build_command(&args, &placement)?;
-                resume_auto(&mut cmd);
                 continue;
             }
             // mpirun killed by a signal with no rank's error: from outside the job.
@@ -751,8 +752,8 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             printer.say(
                 "WARN",
                 &format!(
-                    "job {why}; restarting in {wait} s with --resume auto: from the newest checkpoint if there is one \
-                     (restart {attempt} of {})",
+                    "job {why}; restarting in {wait} s: from the job's newest checkpoint if it wrote one, else as it \
+                     first started (restart {attempt} of {})",
                     args.max_restarts
                 ),
             );
@@ -772,7 +773,6 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             }
         }
         cmd = build_command(&args, &placement)?;
-        resume_auto(&mut cmd);
     }
 }
 
@@ -920,23 +920,12 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_resumes_from_the_newest_checkpoint() {
-        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut cmd = strings(&["micn", "train", "--config", "c.toml"]);
-        resume_auto(&mut cmd);
-        assert_eq!(cmd, strings(&["micn", "train", "--config", "c.toml", "--resume", "auto"]));
-        resume_auto(&mut cmd);
-        assert_eq!(cmd, strings(&["micn", "train", "--config", "c.toml", "--resume", "auto"]));
-        let mut cmd = strings(&["micn", "train", "--resume", "runs/x/checkpoints/step-5", "--config", "c.toml"]);
-        resume_auto(&mut cmd);
-        assert_eq!(cmd, strings(&["micn", "train", "--resume", "auto", "--config", "c.toml"]));
-        let mut cmd = strings(&["micn", "train", "--resume=runs/x/checkpoints/step-5"]);
-        resume_auto(&mut cmd);
-        assert_eq!(cmd, strings(&["micn", "train", "--resume", "auto"]));
-        // A first attempt that replaced an old run: its restart continues the new one.
-        let mut cmd = strings(&["micn", "train", "--config", "c.toml", "--overwrite"]);
-        resume_auto(&mut cmd);
-        assert_eq!(cmd, strings(&["micn", "train", "--config", "c.toml", "--resume", "auto"]));
+    fn every_attempt_runs_the_same_command_carrying_the_same_launch_id() {
+        let first = command(&["--np", "2", "--", "train", "--config", "c.toml", "--overwrite"]).unwrap();
+        let id = format!("MICN_LAUNCH_ID={}", launch_id());
+        assert!(first.windows(2).any(|w| w[0] == "-x" && w[1] == id), "{first:?}");
+        assert!(first.ends_with(&["train", "--config", "c.toml", "--overwrite"].map(String::from)), "{first:?}");
+        assert_eq!(command(&["--np", "2", "--", "train", "--config", "c.toml", "--overwrite"]).unwrap(), first);
     }
 
     #[test]

@@ -112,9 +112,9 @@ fn visit(dir: &Path, found: &mut Found) -> bool {
         }
         return true;
     }
-    if dir.join("report.md").is_file() {
-        return true;
-    }
+    // A report's own directory is neither a run nor left out; runs beside its files still count
+    // (`micn report DIR --out DIR`).
+    let report = dir.join("report.md").is_file();
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
@@ -127,7 +127,7 @@ fn visit(dir: &Path, found: &mut Found) -> bool {
         })
         .collect();
     if !held.iter().any(|(_, holds)| *holds) {
-        return false;
+        return report;
     }
     for (sub, _) in held.into_iter().filter(|(_, holds)| !holds) {
         found.left_out.push(LeftOut { dir: sub, why: "not a run directory (no config.toml) and holds none".into() });

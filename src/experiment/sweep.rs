@@ -275,6 +275,13 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     if spec.out.as_os_str().is_empty() {
         return Err(plan_err("micn sweep", "needs an output directory (--out DIR or `out` in the sweep file)"));
     }
+    if spec.out.exists() && !spec.out.is_dir() {
+        return Err(plan_err(&spec.out.display().to_string(), "is not a directory (--out)"));
+    }
+    if RunDir::new(&spec.out).holds_run() {
+        let message = "holds a run (config.toml): give the sweep a directory of its own (--out)";
+        return Err(plan_err(&spec.out.display().to_string(), message));
+    }
     for (key, values) in &spec.grid {
         for (key, _) in values.iter().flat_map(|v| point_sets(key, v)) {
             if key == "train.seed" || key == "run.dir" {
@@ -325,6 +332,18 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
         let message = "two runs would share this directory (base configurations with the same file name?)";
         return Err(plan_err(&run.dir.display().to_string(), message));
     }
+    // Two points that configure the same training (`micn.phi=[1.0, 1]`, overlapping grid keys)
+    // would train one run twice and report it as two repeats.
+    let mut trains: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
+    for run in runs.iter().take(runs.len() / spec.repeats) {
+        let mut config = run.config.clone();
+        config.run.dir = PathBuf::new();
+        if let Some(first) = trains.insert(config.to_toml(), &run.dir) {
+            let message =
+                format!("configures the same training as {}: one run would be trained twice", first.display());
+            return Err(plan_err(&run.dir.display().to_string(), &message));
+        }
+    }
     Ok(runs)
 }
 
@@ -343,7 +362,7 @@ impl std::fmt::Display for RunState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RunState::NotStarted => write!(f, "not started"),
-            RunState::Unfinished => write!(f, "unfinished (resumes from its newest checkpoint)"),
+            RunState::Unfinished => write!(f, "unfinished (resumes from its newest checkpoint, or starts again)"),
             RunState::Finished { test_auc } => write!(f, "finished, test AUC {test_auc:.4}"),
         }
     }
@@ -357,7 +376,10 @@ pub fn run_state(run: &PlannedRun) -> Result<RunState, SweepError> {
     }
     let table =
         |config: &Config| -> toml::Table { toml::from_str(&config.to_toml()).expect("a config's own TOML parses") };
-    let differing = crate::config::diff(&table(&run_dir.read_config()?), &table(&run.config));
+    // Where the run directory is written from (`--out ./x`, an absolute path, a moved sweep) is
+    // not part of how it trains.
+    let mut differing = crate::config::diff(&table(&run_dir.read_config()?), &table(&run.config));
+    differing.retain(|key| key != "run.dir");
     if !differing.is_empty() {
         return Err(SweepError::Mismatch { dir: run.dir.clone(), keys: differing.join(", ") });
     }
@@ -407,7 +429,13 @@ impl Runner {
             train_args.push("--set".into());
             train_args.push(o.arg.clone());
         }
-        train_args.extend(["--resume".into(), "auto".into()]);
+        // A run stopped before its first checkpoint (its configuration checked: the sweep's own)
+        // starts again; `--resume auto` refuses to start afresh over a run.
+        let run_dir = RunDir::new(&run.dir);
+        match run_dir.present_files().is_empty() || !crate::checkpoint::list(&run_dir.checkpoints()).is_empty() {
+            true => train_args.extend(["--resume".into(), "auto".into()]),
+            false => train_args.push("--overwrite".into()),
+        }
         match (&self.launcher, self.np) {
             (Some(launcher), np) if np > 1 => {
                 let mut cmd = Command::new(launcher);

@@ -77,7 +77,21 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 
 /// The files that make a directory hold a run: a fresh run refuses a directory with any of them
 /// (`logs/` alone is not a run), `--overwrite` deletes them.
-const RUN_FILES: [&str; 5] = ["config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints"];
+const RUN_FILES: [&str; 6] =
+    ["config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints", ABANDONED_DIR];
+
+/// Where checkpoints of a history that a resume from an earlier checkpoint abandons are moved
+/// (`abandoned/after-step-N-<unix seconds>/step-…`): out of `checkpoints/`, so that neither
+/// `--resume auto` nor the selection of the best checkpoint takes them, but not deleted.
+pub const ABANDONED_DIR: &str = "abandoned";
+
+/// Set by `micn-launch` to one value for every attempt of a job: rank 0 writes it to
+/// [`LAUNCH_FILE`] when it claims the run directory, so that a restart knows the run there is
+/// its own job's (see `train::run`).
+pub const LAUNCH_ID_ENV: &str = "MICN_LAUNCH_ID";
+
+/// The launch that last claimed the directory ([`LAUNCH_ID_ENV`]).
+pub const LAUNCH_FILE: &str = ".launch";
 
 /// A run directory (it need not exist yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +174,39 @@ impl RunDir {
         let holder = format!("pid {} on {} since {since}\n", std::process::id(), crate::dist::hostname());
         file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).with_path(&path)?;
         Ok(RunLock { _file: Some(file), path: self.path.clone(), identity })
+    }
+
+    /// The launch ([`LAUNCH_ID_ENV`]) that last claimed the directory, if one did.
+    pub fn launch_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.path.join(LAUNCH_FILE)).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Record that launch `id` claimed the directory.
+    pub fn record_launch(&self, id: &str) -> Result<(), PathIo> {
+        let line = format!("{id}\n");
+        replace_file(&self.path.join(LAUNCH_FILE), |tmp| std::fs::write(tmp, &line))
+    }
+
+    /// Move the checkpoints after `step` into [`ABANDONED_DIR`]; returns their names and the
+    /// directory they went to (none: nothing to move).
+    pub fn set_aside_checkpoints_after(&self, step: u64) -> Result<Option<(Vec<String>, PathBuf)>, PathIo> {
+        let later: Vec<PathBuf> = crate::checkpoint::list(&self.checkpoints())
+            .into_iter()
+            .filter(|dir| crate::checkpoint::step_of(dir).is_some_and(|s| s > step))
+            .collect();
+        if later.is_empty() {
+            return Ok(None);
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let to = self.path.join(ABANDONED_DIR).join(format!("after-step-{step}-{}", now.as_secs()));
+        std::fs::create_dir_all(&to).with_path(&to)?;
+        let mut names = Vec::new();
+        for dir in later.iter().rev() {
+            let name = dir.file_name().expect("a checkpoint's name").to_owned();
+            std::fs::rename(dir, to.join(&name)).with_path(dir)?;
+            names.push(name.to_string_lossy().into_owned());
+        }
+        Ok(Some((names, to)))
     }
 
     /// Whether the directory holds a run (its `config.toml` is written first).

@@ -298,33 +298,94 @@ fn resume_point(
     if !keys.is_empty() {
         return Err(TrainError::IncompatibleResume { path: dir, keys: keys.join(", ") });
     }
+    // Later checkpoints of this run directory belong to the history this resume leaves.
+    let run_dir = RunDir::new(&cfg.run.dir);
+    let set_aside = match comm.rank() == 0 && within(&dir, &run_dir.checkpoints()) {
+        true => run_dir.set_aside_checkpoints_after(state.step).map_err(TrainError::from),
+        false => Ok(None),
+    };
+    if let Ok(Some((names, to))) = &set_aside {
+        tracing::warn!(
+            "resuming from step {}: the later checkpoints {} belong to the history this run leaves; moved to {}",
+            state.step,
+            names.join(", "),
+            to.display()
+        );
+    }
+    agree_on_rank0(comm, set_aside.map(drop), "set aside the later checkpoints")?;
     Ok(Some((dir, state)))
 }
 
 /// Make sure a run replaces nothing by accident: refuse an empty `run.dir`, a directory another
 /// `micn train` writes into (rank 0 locks it, [`RunDir::lock`]) and, unless the run resumes or
-/// `--overwrite` was given, a directory that already holds a run. Rank 0 decides; every rank
-/// learns the outcome. Rank 0 gets the lock, to hold until the run ends.
-fn claim_run_dir(cfg: &Config, comm: &dyn Communicator, resume: &Resume) -> Result<Option<RunLock>, TrainError> {
+/// `--overwrite` was given, a directory that already holds a run; `--resume auto` in one that
+/// holds a run but no checkpoint, and `--resume PATH` from elsewhere into one that holds a run,
+/// are refused too. Rank 0 decides; every rank learns the outcome. Rank 0 gets the lock, to hold
+/// until the run ends, and what it resumes from (see [`continuation`]).
+fn claim_run_dir(
+    cfg: &Config,
+    comm: &dyn Communicator,
+    resume: &Resume,
+) -> Result<(Option<RunLock>, Resume), TrainError> {
     if cfg.run.dir.as_os_str().is_empty() {
         return Err(TrainError::NoRunDir);
     }
     let run_dir = RunDir::new(&cfg.run.dir);
     let mut lock = None;
+    let mut effective = resume.clone();
     let mut claim = || -> Result<(), TrainError> {
         lock = Some(run_dir.lock()?);
-        match resume {
-            Resume::Fresh => match run_dir.present_files() {
-                present if present.is_empty() => Ok(()),
-                present => Err(TrainError::RunExists { path: cfg.run.dir.clone(), files: present.join(", ") }),
-            },
-            Resume::Overwrite => Ok(run_dir.remove_run_files()?),
-            _ => Ok(()),
+        let launch = std::env::var(crate::run_dir::LAUNCH_ID_ENV).ok().filter(|id| !id.is_empty());
+        let ours = launch.is_some() && run_dir.launch_id() == launch;
+        if ours {
+            effective = continuation(&run_dir, resume);
+            tracing::info!(resume = ?effective, "an earlier attempt of this job claimed the run directory");
         }
+        let present = run_dir.present_files();
+        let exists = || TrainError::RunExists { path: cfg.run.dir.clone(), files: present.join(", ") };
+        match &effective {
+            Resume::Fresh if !present.is_empty() => return Err(exists()),
+            Resume::Overwrite => run_dir.remove_run_files()?,
+            Resume::Auto if !present.is_empty() && checkpoint::list(&run_dir.checkpoints()).is_empty() => {
+                return Err(TrainError::NoCheckpointToResume { path: cfg.run.dir.clone(), files: present.join(", ") });
+            }
+            Resume::Path(from) if !ours && !present.is_empty() && !within(from, run_dir.path()) => {
+                return Err(TrainError::ResumeIntoAnotherRun {
+                    path: cfg.run.dir.clone(),
+                    files: present.join(", "),
+                    from: from.clone(),
+                });
+            }
+            _ => {}
+        }
+        if let Some(id) = &launch {
+            run_dir.record_launch(id)?;
+        }
+        Ok(())
     };
     let result = if comm.rank() == 0 { claim() } else { Ok(()) };
     agree_on_rank0(comm, result, "claim the run directory")?;
-    Ok(lock)
+    Ok((lock, effective))
+}
+
+/// What a restart of a job (`micn-launch`'s, whose earlier attempt claimed the run directory)
+/// resumes from: the newest checkpoint there when there is one (every checkpoint there is this
+/// job's: an `--overwrite` or fresh start removed or found none before it, and a resume from an
+/// earlier checkpoint set later ones aside); else what the first attempt was asked, the run files
+/// there being its own to replace (`--resume PATH` again; a fresh start, `--overwrite` or
+/// `--resume auto` start over).
+fn continuation(run_dir: &RunDir, asked: &Resume) -> Resume {
+    match (checkpoint::list(&run_dir.checkpoints()).is_empty(), asked) {
+        (false, _) => Resume::Auto,
+        (true, Resume::Path(from)) => Resume::Path(from.clone()),
+        (true, _) => Resume::Overwrite,
+    }
+}
+
+/// Whether `path` lies inside `dir` (both as they resolve on disk, where they exist).
+fn within(path: &Path, dir: &Path) -> bool {
+    let resolve = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    resolve(path).starts_with(resolve(dir))
 }
 
 /// Every rank learns the outcome of what only rank 0 did: rank 0 returns its own error, the
@@ -489,9 +550,9 @@ impl<'a> Run<'a> {
                 batch: cfg.train.global_batch_size,
             });
         }
-        let lock = claim_run_dir(cfg, comm, resume)?;
+        let (lock, resume) = claim_run_dir(cfg, comm, resume)?;
         let mut replica = Replica::new(build_model(cfg, dataset, device)?, cfg, comm)?;
-        let resumed = resume_point(cfg, comm, resume)?;
+        let resumed = resume_point(cfg, comm, &resume)?;
         if let Some((dir, state)) = &resumed {
             replica.load_checkpoint(dir, state.step, device)?;
             tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");

@@ -95,6 +95,16 @@ pub enum TrainError {
          (which deletes those files)"
     )]
     RunExists { path: PathBuf, files: String },
+    #[error(
+        "{path}: holds a run ({files}) but no checkpoint to resume from (it stopped before its first): start it \
+         again with --overwrite (which deletes those files)"
+    )]
+    NoCheckpointToResume { path: PathBuf, files: String },
+    #[error(
+        "{path}: already holds another run ({files}); resume from {from} into a run.dir of its own, or remove that \
+         run first"
+    )]
+    ResumeIntoAnotherRun { path: PathBuf, files: String, from: PathBuf },
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
     ReplicasDiffer { step: u64, digests: Vec<u64> },
     #[error("{dir}: a {kind} model has no interest vectors to export (model.kind = \"mind\" has)")]
@@ -141,6 +151,8 @@ impl TrainError {
                 | Self::IncompatibleResume { .. }
                 | Self::NoRunDir
                 | Self::RunExists { .. }
+                | Self::NoCheckpointToResume { .. }
+                | Self::ResumeIntoAnotherRun { .. }
                 | Self::VocabularyMismatch { .. }
                 | Self::TooFewSamples { .. }
                 | Self::HistoryTooShort { .. }

@@ -293,6 +293,93 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
     assert_eq!(model_bytes(&straight), model_bytes(&stopped), "stopped at step {k}");
 }
 
+/// `micn train --config FILE ARGS` for the run `cfg` describes, as job `launch` of `micn-launch`
+/// would start it (`None`: by hand): its exit status and standard error.
+fn train_as(cfg: &Config, launch: Option<&str>, args: &[&str]) -> (Option<i32>, String) {
+    let file = cfg.run.dir.with_extension("toml");
+    std::fs::write(&file, cfg.to_toml()).unwrap();
+    let mut cmd = std::process::Command::new(crate::micn_bin());
+    cmd.args(["--comm", "single", "train", "--config"]).arg(&file).args(args).env_remove("MICN_LAUNCH_ID");
+    if let Some(id) = launch {
+        cmd.env("MICN_LAUNCH_ID", id);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let steps = |n: u64| format!("train.max_steps={n}");
+    let cfg = |n: u64| config(&dir, &["checkpoint.every_steps=3", &steps(n)]);
+    run(1, &cfg(12), &Resume::Fresh);
+    let before = model_bytes(&dir);
+    // An empty --resume (an unset variable in a script) and `--resume auto` with no checkpoint to
+    // resume are refused: neither starts afresh over the run.
+    let (code, stderr) = train_as(&cfg(12), None, &["--resume", ""]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("--resume is empty"), "{stderr}");
+    let moved = tmp.path().join("checkpoints-elsewhere");
+    std::fs::rename(dir.join("checkpoints"), &moved).unwrap();
+    let (code, stderr) = train_as(&cfg(12), None, &["--resume", "auto"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("holds a run (config.toml, metrics.jsonl") && stderr.contains("no checkpoint"), "{stderr}");
+    assert_eq!(model_bytes(&dir), before);
+    std::fs::rename(&moved, dir.join("checkpoints")).unwrap();
+    // Resuming from step 6 with another learning rate: steps 9 and 12 of the first history are set
+    // aside, not taken by a later `--resume auto` or by the selection of the best checkpoint.
+    let branch = config(&dir, &["checkpoint.every_steps=3", "train.max_steps=9", "train.lr=0.01"]);
+    train_from(&branch, &SingleProcess, &Resume::Path(dir.join("checkpoints/step-00000006"))).unwrap();
+    let abandoned: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("abandoned")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(abandoned.len(), 1);
+    assert!(abandoned[0].file_name().unwrap().to_string_lossy().starts_with("after-step-6-"), "{abandoned:?}");
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&abandoned[0]), ["step-00000009", "step-00000012"]);
+    assert_eq!(names(&dir.join("checkpoints")), ["step-00000003", "step-00000006", "step-00000009"]);
+    // --resume PATH from another run into a directory holding a run is refused.
+    let other = tmp.path().join("other");
+    let other_cfg = config(&other, &["checkpoint.every_steps=3", "train.max_steps=3"]);
+    run(1, &other_cfg, &Resume::Fresh);
+    let from = other.join("checkpoints/step-00000003");
+    let (code, stderr) = train_as(&cfg(12), None, &["--resume", from.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("already holds another run") && stderr.contains("into a run.dir of its own"), "{stderr}");
+
+    // A job whose first attempt claimed a fresh run.dir and died before its first checkpoint: its
+    // restart (the same command, the same launch id) starts over; another job's is refused.
+    let fresh = tmp.path().join("fresh");
+    let fresh_cfg = config(&fresh, &["checkpoint.every_steps=0", "train.max_steps=4"]);
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::write(fresh.join("config.toml"), fresh_cfg.to_toml()).unwrap();
+    std::fs::write(fresh.join("metrics.jsonl"), "").unwrap();
+    std::fs::write(fresh.join(".launch"), "job-1\n").unwrap();
+    let (code, stderr) = train_as(&fresh_cfg, Some("job-2"), &[]);
+    assert_eq!(code, Some(3), "another job's restart replaces nothing: {stderr}");
+    let (code, stderr) = train_as(&fresh_cfg, Some("job-1"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("an earlier attempt of this job claimed the run directory"), "{stderr}");
+    // A job asked to --overwrite a run that another process held (its first attempt refused, so
+    // it never claimed the directory): its restart overwrites as asked, it does not resume that
+    // run. And once it has checkpoints of its own, a restart resumes the newest of them.
+    let (code, stderr) = train_as(&cfg(6), Some("job-3"), &["--overwrite"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!dir.join("abandoned").exists(), "--overwrite replaced the whole earlier run");
+    let summary = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap()
+    };
+    assert_eq!((&summary(&dir)["steps"], &summary(&dir)["resumed_from_step"]), (&6.into(), &serde_json::Value::Null));
+    let (code, stderr) = train_as(&cfg(9), Some("job-3"), &["--overwrite"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!((&summary(&dir)["steps"], &summary(&dir)["resumed_from_step"]), (&9.into(), &6.into()));
+}
+
 /// Processes whose command line holds `needle` and whose program is `micn` (not mpirun).
 fn micn_ranks(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
@@ -331,10 +418,7 @@ fn a_rank_killed_with_sigkill_is_restarted_by_the_launcher_and_ends_bit_identica
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the restarted job must finish: {stderr}");
-    assert!(
-        stderr.contains("restarting in 0 s with --resume auto: from the newest checkpoint if there is one"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("restarting in 0 s: from the job's newest checkpoint if it wrote one"), "{stderr}");
     // Two thread ranks without interruption end with the same bytes (mpirun and thread ranks
     // compute the same bits, see the data-parallel tests).
     let straight = tmp.path().join("straight");

@@ -86,6 +86,23 @@ fn an_interrupted_sweep_resumes_without_redoing_finished_runs() {
     let changed = sweep_cmd(&base, &out, &["--set", "train.lr=0.01"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&changed.stderr);
     assert!(!changed.status.success() && stderr.contains("differs in train.lr"), "{stderr}");
+
+    // Moved, and named another way: the same runs, none trained again.
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&out, &moved).unwrap();
+    let again = run_ok(sweep_cmd(&base, Path::new("./moved"), &[]).current_dir(tmp.path()));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 runs trained, 2 finished earlier"));
+    // A run stopped before its first checkpoint starts again (`--resume auto` would refuse to).
+    let second = moved.join("micn.phi=0.9/repeat-0");
+    std::fs::remove_dir_all(second.join("checkpoints")).unwrap();
+    std::fs::remove_file(second.join("summary.json")).unwrap();
+    let again = run_ok(&mut sweep_cmd(&base, &moved, &[]));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("1 runs trained, 1 finished earlier"));
+    assert!(
+        std::fs::read(second.join("model.safetensors")).unwrap()
+            == std::fs::read(planned.run.dir.join("model.safetensors")).unwrap(),
+        "started again, it ends as an uninterrupted run"
+    );
 }
 
 fn read_lines(path: &Path) -> usize {
@@ -97,8 +114,9 @@ fn bad_sweep_arguments_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.toml");
     std::fs::write(&base, crate::small_config(&tmp.path().join("r"), &[]).to_toml()).unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--grid", "micn.phi=0.5"], "--grid micn.phi=0.5: the values must be a list"),
+        (&["--grid", "micn.phi=[1.0,0.5,1]"], "micn.phi=1/repeat-0: configures the same training as"),
         (&["--grid", "micn.phi=[0.5,2.0]"], "--set micn.phi=2.0"),
         (&["--grid", "micn.nonsense=[1,2]"], "nonsense"),
         (&["--repeats", "0"], "repeats: must be at least 1"),
@@ -111,6 +129,17 @@ fn bad_sweep_arguments_are_named() {
         assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
     }
     assert!(!tmp.path().join("out").exists(), "nothing is written for a refused sweep");
+    // An --out that is a file or a run's directory, found by a dry run too.
+    std::fs::write(tmp.path().join("afile"), "mine").unwrap();
+    std::fs::create_dir(tmp.path().join("arun")).unwrap();
+    std::fs::write(tmp.path().join("arun/config.toml"), "").unwrap();
+    for (out, expected) in [("afile", "afile: is not a directory"), ("arun", "arun: holds a run (config.toml)")] {
+        let mut cmd = Command::new(micn_bin());
+        cmd.arg("sweep").arg("--config").arg(&base).arg("--dry-run").arg("--out").arg(tmp.path().join(out));
+        let done = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(done.status.code() == Some(3) && stderr.contains(expected), "{out}: {stderr}");
+    }
     let missing = Command::new(micn_bin()).args(["sweep", "no-such-sweep.toml"]).output().unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-sweep.toml"));
 }
@@ -173,6 +202,11 @@ fn report_names_what_it_leaves_out() {
     assert!(stdout.contains("notes: not a run directory"), "{stdout}");
     assert!(stdout.contains("1 runs; report:"), "{stdout}");
     assert!(tmp.path().join("r/report.csv").is_file());
+    // A report written among the runs it reports hides none of them the next time.
+    for _ in 0..2 {
+        let out = run_ok(Command::new(micn_bin()).arg("report").arg(&runs).arg("--out").arg(&runs));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 runs; report:"));
+    }
 }
 
 #[test]

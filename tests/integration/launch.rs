@@ -3,7 +3,8 @@
 //! summary; every rank's line arrives whole, once, under its own rank (text or JSON lines); only
 //! rank 0's progress reaches the terminal while each rank logs everything to its own file; a job
 //! that fails on its input (exit status 3, mpirun passing on MPI_Abort's code) is not restarted,
-//! and a crashed one is, with `--resume auto`.
+//! and a crashed one is, with the same command: micn resumes the run from the job's newest
+//! checkpoint (a real rank killed, then the run resumed exactly, is in `checkpoint.rs`).
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
@@ -366,14 +367,19 @@ fn an_input_error_exits_3_through_mpirun_and_the_launcher_does_not_restart_it() 
 }
 
 #[test]
-fn a_crashed_job_is_restarted_with_resume_auto_and_says_so() {
-    let (code, stdout, stderr) =
-        launch_script(&["--max-restarts", "1", "--restart-backoff", "0"], r#"echo "started with: $*"; exit 1"#);
+fn a_crashed_job_is_restarted_with_the_same_command_and_launch_id_and_says_so() {
+    let (code, stdout, stderr) = launch_script(
+        &["--max-restarts", "1", "--restart-backoff", "0"],
+        r#"echo "started as $MICN_LAUNCH_ID with: $*"; exit 1"#,
+    );
     assert_eq!(code, Some(1), "{stderr}");
-    let message = "restarting in 0 s with --resume auto: from the newest checkpoint if there is one (restart 1 of 1)";
+    let message = "restarting in 0 s: from the job's newest checkpoint if it wrote one, else as it first started \
+                   (restart 1 of 1)";
     assert!(stderr.contains(message), "{stderr}");
-    assert!(stdout.lines().any(|l| l.trim_end() == "[rank 0] started with:"), "{stdout}");
-    assert!(stdout.lines().any(|l| l == "[rank 0] started with: --resume auto"), "{stdout}");
+    // micn itself tells a restart from a first attempt by the launch id recorded in run.dir.
+    let attempts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("[rank 0] started as micn-launch-")).collect();
+    assert_eq!(attempts.len(), 2, "{stdout}");
+    assert_eq!(attempts[0], attempts[1], "{stdout}");
 }
 
 /// Wait for `child` to end (at most `limit`), draining its output meanwhile (a full pipe would
@@ -486,14 +492,19 @@ fn a_run_stopped_and_continued_past_its_watchdog_limit_goes_on() {
 
 #[test]
 fn a_silent_job_is_stopped_as_stalled_and_restarted_with_nothing_of_it_left() {
-    // Both ranks print once, then hang without a word; the restart (`--resume auto`) ends at once.
-    let script = r#"echo "up $*"; case "$*" in *auto*) exit 0;; esac; exec sleep 300"#;
+    // Both ranks print once, then hang without a word; the restart (each rank finds its mark) ends
+    // at once.
+    let marks = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"m={}/$OMPI_COMM_WORLD_RANK; [ -e $m ] && {{ echo "up again"; exit 0; }}; echo up; touch $m; exec sleep 300"#,
+        marks.path().display()
+    );
     let started = Instant::now();
     let (code, stdout, stderr) =
-        launch_script(&["--stall-timeout", "2", "--max-restarts", "1", "--restart-backoff", "0"], script);
+        launch_script(&["--stall-timeout", "2", "--max-restarts", "1", "--restart-backoff", "0"], &script);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("no output for 3 s: the job is stalled; stopping it"), "{stderr}");
-    assert!(stdout.lines().any(|l| l == "[rank 1] up --resume auto"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "[rank 1] up again"), "{stdout}");
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     assert_eq!(processes_mentioning("sleep 300"), Vec::<i32>::new(), "a stalled rank was left running");
 }
