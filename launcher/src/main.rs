@@ -174,9 +174,18 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     if placement.np == 0 {
         bail!("--np must be at least 1");
     }
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1 (leave it out for each host's cores divided among its ranks)");
+    }
     let micn = micn_binary(args)?;
 
     let mut micn_args: Vec<String> = if !args.micn_args.is_empty() {
+        if args.config.is_some() || !args.sets.is_empty() {
+            bail!(
+                "--config and --set make the command `micn train --config F --set ...`; with micn's arguments after \
+                 `--`, give them there instead"
+            );
+        }
         args.micn_args.clone()
     } else {
         let config = args.config.as_ref().context("give --config F (to train) or micn arguments after `--`")?;
@@ -256,6 +265,14 @@ struct Seen {
     last_output: Option<Instant>,
     /// When a rank first reported an error.
     rank_error: Option<Instant>,
+    /// Whether mpirun refused its own command line (an unknown option from `--mpirun-arg`).
+    mpirun_usage: bool,
+}
+
+/// mpirun's words for a command line it refuses (`mpirun: Error: unknown option "--x"`, then
+/// this line), which no restart can change.
+fn is_mpirun_usage_error(line: &output::Line) -> bool {
+    matches!(line, output::Line::Mpirun(text) if text.starts_with("Type 'mpirun --help' for usage"))
 }
 
 /// Whether a rank's line reports an error that ends it: micn's one-line errors (`error: ...`),
@@ -294,6 +311,7 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
             if seen.rank_error.is_none() && done.iter().any(is_error_line) {
                 seen.rank_error = Some(Instant::now());
             }
+            seen.mpirun_usage |= done.iter().any(is_mpirun_usage_error);
         }
         for line in done {
             printer.line(to, &line);
@@ -498,7 +516,7 @@ async fn run_once(
     signals: &mut StopSignals,
     stops: &mut Stops,
     printer: Printer,
-) -> anyhow::Result<(Outcome, bool)> {
+) -> anyhow::Result<(Outcome, Reported)> {
     let mut command = Command::new(&cmd[0]);
     command.args(&cmd[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: `detach` calls only async-signal-safe functions.
@@ -509,7 +527,7 @@ async fn run_once(
         .spawn()
         .with_context(|| format!("cannot start `{}`: is OpenMPI installed? (bash cluster/setup-node.sh)", cmd[0]))?;
     let pid = child.id().context("mpirun exited at once")? as i32;
-    let seen = Arc::new(Mutex::new(Seen { last_output: Some(Instant::now()), rank_error: None }));
+    let seen = Arc::new(Mutex::new(Seen { last_output: Some(Instant::now()), ..Seen::default() }));
     let out = tokio::spawn(stream(child.stdout.take().expect("piped"), Stream::Stdout, printer, Arc::clone(&seen)));
     let err = tokio::spawn(stream(child.stderr.take().expect("piped"), Stream::Stderr, printer, Arc::clone(&seen)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -595,8 +613,17 @@ async fn run_once(
             "the job's output stayed open after it ended (a process on a host that is gone): not waiting for it",
         );
     }
-    let rank_error = seen.lock().expect("output state lock").rank_error.is_some();
-    Ok((outcome, rank_error))
+    let seen = seen.lock().expect("output state lock");
+    Ok((outcome, Reported { rank_error: seen.rank_error.is_some(), mpirun_usage: seen.mpirun_usage }))
+}
+
+/// What an attempt's output said about its end.
+#[derive(Debug, Clone, Copy)]
+struct Reported {
+    /// A rank reported an error.
+    rank_error: bool,
+    /// mpirun refused its command line.
+    mpirun_usage: bool,
 }
 
 /// Where to look for why a job failed: the ranks' errors printed above or, when no rank
@@ -643,7 +670,7 @@ async fn placement_for_restart(
         );
         return Ok(None);
     }
-    let path = std::env::temp_dir().join(format!("micn-launch-{}.hosts", std::process::id()));
+    let path = shrunk_hostfile();
     hosts::write_hostfile(&path, &alive)?;
     printer.say(
         "WARN",
@@ -654,6 +681,11 @@ async fn placement_for_restart(
         ),
     );
     Ok(Some((Placement { np, hostfile: Some(path) }, lost)))
+}
+
+/// The hostfile of the hosts that answered, for an attempt on fewer hosts (removed at exit).
+fn shrunk_hostfile() -> PathBuf {
+    std::env::temp_dir().join(format!("micn-launch-{}.hosts", std::process::id()))
 }
 
 async fn launch(args: Args) -> anyhow::Result<i32> {
@@ -706,9 +738,20 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             lost: lost.clone(),
             interval: Duration::from_secs(args.regrow_interval),
         });
-        let (outcome, rank_error) = run_once(&cmd, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
+        let (outcome, reported) = run_once(&cmd, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
+        let rank_error = reported.rank_error;
         let secs = started.elapsed().as_secs_f64();
         let (why, code) = match outcome {
+            Outcome::Finished(status) if !status.success() && reported.mpirun_usage => {
+                printer.say(
+                    "ERROR",
+                    &format!(
+                        "mpirun refused its command line ({status}, its message above; see --mpirun-arg and \
+                         --dry-run); not restarting"
+                    ),
+                );
+                return Ok(EXIT_INPUT_ERROR);
+            }
             Outcome::Finished(status) if status.success() => {
                 printer.say("INFO", &format!("{} rank(s) finished in {secs:.1} s", placement.np));
                 return Ok(0);
@@ -808,7 +851,9 @@ fn main() -> ExitCode {
     };
     let printer = Printer { json: args.log_format == LogFormat::Json || log_format_json(&args.micn_args) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(launch(args)) {
+    let ended = runtime.block_on(launch(args));
+    let _ = std::fs::remove_file(shrunk_hostfile());
+    match ended {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             printer.say("ERROR", &format!("error: {e:#}"));

@@ -50,6 +50,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         evaluations: Vec::new(),
         loss_window: None,
         seconds: 0.0,
+        dataset: None,
     };
     synchronize(device);
     let started = Instant::now();

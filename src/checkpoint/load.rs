@@ -347,6 +347,7 @@ mod tests {
             evaluations: vec![],
             loss_window: None,
             seconds: 0.0,
+            dataset: None,
         }
     }
 

@@ -106,6 +106,11 @@ pub struct State {
     /// that trained it (0 in checkpoints written before it was kept).
     #[serde(default)]
     pub seconds: f64,
+    /// The fingerprint of the dataset trained on (`DatasetMeta::fingerprint`): a resume checks
+    /// it, wherever `data.dir` now names that dataset (absent in checkpoints written before it
+    /// was kept: `data.dir` is then compared as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
 }
 
 /// Sums of the training losses (main task, MICN, the model's own auxiliary loss) over `steps`
@@ -149,7 +154,8 @@ pub fn dir_name(step: u64) -> String {
 }
 
 /// Configuration keys that change the model's shape (or the data it was built for): a resumed
-/// run must keep them. Returns the differing keys.
+/// run must keep them. Returns the differing keys. `data.dir` is compared as written; the caller
+/// that knows the datasets' fingerprints compares those instead ([`State::dataset`]).
 pub fn incompatible_keys(saved: &crate::config::Config, now: &crate::config::Config) -> Vec<String> {
     let mut keys = differing_model_keys(&saved.model, &now.model);
     let pairs = [
@@ -215,6 +221,7 @@ mod tests {
             evaluations,
             loss_window: None,
             seconds: 0.0,
+            dataset: None,
         }
     }
 

@@ -153,6 +153,7 @@ mod tests {
             evaluations,
             loss_window: None,
             seconds: 0.0,
+            dataset: None,
         }
     }
 

@@ -153,6 +153,17 @@ impl DatasetMeta {
         files
     }
 
+    /// The dataset's identity, wherever its directory lies: its seed (which draws the validation
+    /// split) and every file's size and checksum, hashed (xxh3-64, hex). A dataset prepared again
+    /// differently, or another one, has another.
+    pub fn fingerprint(&self) -> String {
+        let mut text = format!("seed {}", self.seed);
+        for (name, entry) in self.files() {
+            text.push_str(&format!("\n{name} {} {}", entry.bytes, entry.xxh3));
+        }
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+    }
+
     /// Read and check `DIR/dataset.json`: the format version first, so that a directory of an
     /// older format is refused with what to do rather than with a missing field.
     pub fn read(dir: &Path) -> Result<Self, DataError> {

@@ -262,6 +262,7 @@ fn resume_point(
     cfg: &Config,
     comm: &dyn Communicator,
     resume: &Resume,
+    dataset: &Dataset,
 ) -> Result<Option<(PathBuf, checkpoint::State)>, TrainError> {
     let root = cfg.run.dir.join("checkpoints");
     let chosen: Result<Option<PathBuf>, TrainError> = match resume {
@@ -294,7 +295,18 @@ fn resume_point(
     let dir = PathBuf::from(agreed);
     let state = checkpoint::verify(&dir)?;
     let saved = Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
-    let keys = checkpoint::incompatible_keys(&saved, cfg);
+    let mut keys = checkpoint::incompatible_keys(&saved, cfg);
+    // The same dataset wherever data.dir now names it (`data` or `./data`, moved, copied); not
+    // a dataset prepared again under the same name.
+    if let Some(trained_on) = &state.dataset {
+        keys.retain(|k| k != "data.dir");
+        if *trained_on != dataset.meta.fingerprint() {
+            keys.push(format!(
+                "data.dir ({} is not the dataset the checkpoint was trained on)",
+                cfg.data.dir.display()
+            ));
+        }
+    }
     if !keys.is_empty() {
         return Err(TrainError::IncompatibleResume { path: dir, keys: keys.join(", ") });
     }
@@ -552,7 +564,7 @@ impl<'a> Run<'a> {
         }
         let (lock, resume) = claim_run_dir(cfg, comm, resume)?;
         let mut replica = Replica::new(build_model(cfg, dataset, device)?, cfg, comm)?;
-        let resumed = resume_point(cfg, comm, &resume)?;
+        let resumed = resume_point(cfg, comm, &resume, dataset)?;
         if let Some((dir, state)) = &resumed {
             replica.load_checkpoint(dir, state.step, device)?;
             tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
@@ -593,6 +605,7 @@ impl<'a> Run<'a> {
                 last: Instant::now(),
                 // A resumed run has its checkpoint at the step it starts from already.
                 last_step: state.map(|s| s.step),
+                dataset: dataset.meta.fingerprint(),
             },
             run_dir,
             metrics,
@@ -949,6 +962,8 @@ struct Checkpointing {
     last: Instant,
     /// Step of the last checkpoint written by this run.
     last_step: Option<u64>,
+    /// The fingerprint of the dataset trained on, recorded in every checkpoint.
+    dataset: String,
 }
 
 impl Checkpointing {
@@ -978,6 +993,7 @@ impl Checkpointing {
                 evaluations: validation.evaluations.clone(),
                 loss_window: Some(loss_window),
                 seconds,
+                dataset: Some(self.dataset.clone()),
             };
             let saved = checkpoint::save(
                 &self.root,

@@ -58,8 +58,12 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     for (args, needle) in [
         (&["--np", "0"][..], "--np must be at least 1"),
         (&["--np", "1", "--stall-timeout", "0"][..], "--stall-timeout must be at least 1"),
+        (&["--np", "1", "--threads", "0"][..], "--threads must be at least 1"),
         (&["--np", "1", "--max-restarts", "2", "--micn", "/nonexistent/micn"][..], "no micn binary there"),
         (&["--no-such-flag"][..], "unexpected argument"),
+        (&["--np", "1", "--set", "train.max_steps=2", "--", "train"][..], "give them there instead"),
+        // mpirun's own refusal of an argument is not retried either.
+        (&["--np", "1", "--max-restarts", "2", "--mpirun-arg=--bogus-flag"][..], "mpirun refused its command line"),
     ] {
         let out = crate::launch::launcher().args(args).args(["--config", config]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

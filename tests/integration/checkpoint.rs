@@ -380,6 +380,33 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     assert_eq!((&summary(&dir)["steps"], &summary(&dir)["resumed_from_step"]), (&9.into(), &6.into()));
 }
 
+#[test]
+fn a_resume_takes_its_dataset_wherever_data_dir_names_it_and_refuses_another_under_the_same_name() {
+    use micn::data::synth::{self, SynthConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(1, &config(&dir, &["train.max_steps=5"]), &Resume::Fresh);
+    // The same dataset through a link (another spelling of data.dir): resumed.
+    let link = tmp.path().join("data-link");
+    std::os::unix::fs::symlink(crate::train::dataset_dir(), &link).unwrap();
+    let data_dir = |d: &Path| format!("data.dir={:?}", d.display().to_string());
+    run(1, &config(&dir, &[&data_dir(&link), "train.max_steps=8"]), &Resume::Auto);
+    // Another dataset of the same sizes (drawn with another seed) behind that name: refused.
+    let cfg =
+        SynthConfig { users: 300, items: 150, clusters: 10, categories: 6, ..synth::Preset::Quickstart.config(5) };
+    let other =
+        micn::data::prepare::synthetic_dataset(&cfg, micn::data::protocol::Protocol::Din, 10, tmp.path()).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&other, &link).unwrap();
+    let e = train_from(&config(&dir, &[&data_dir(&link), "train.max_steps=12"]), &SingleProcess, &Resume::Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("these keys differ: data.dir") && e.contains("is not the dataset the checkpoint was trained on"),
+        "{e}"
+    );
+}
+
 /// Processes whose command line holds `needle` and whose program is `micn` (not mpirun).
 fn micn_ranks(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
