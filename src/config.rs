@@ -615,8 +615,10 @@ fn parse_table(text: &str, origin: &Path) -> Result<toml::Table, ConfigError> {
     toml::from_str::<toml::Table>(text).map_err(|e| {
         let mut message = e.to_string().trim().to_string();
         if message.contains("number too large to fit in target type") {
-            // The only integers past i64 a user writes are seeds.
-            message.push_str("\n(TOML integers stop at 9223372036854775807; write a larger seed as a string)");
+            // Only a seed may lie past i64 (written as a string).
+            message.push_str(
+                "\n(TOML integers stop at 9223372036854775807; only train.seed takes a larger value, written as a string)",
+            );
         }
         ConfigError::Syntax { path: origin.into(), message }
     })
@@ -667,7 +669,13 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             // The path includes the offending key, unknown ones too.
             let key = e.path().to_string();
-            let message = e.inner().to_string();
+            let mut message = e.inner().to_string();
+            if message.starts_with("invalid type: string \"") && message.contains("expected u") {
+                let given = message.split('"').nth(1).unwrap_or_default();
+                if !given.is_empty() && given.bytes().all(|b| b.is_ascii_digit()) {
+                    message = format!("{given} is larger than this key takes (TOML integers stop at {})", i64::MAX);
+                }
+            }
             ConfigError::Key { origin: origin_of(&key), key, message }
         })?;
         config.validate().map_err(|(key, message)| ConfigError::Key {
@@ -1131,6 +1139,14 @@ mod tests {
         let (_d, path) = write("[train]\nseed = 18446744073709551615\n");
         let msg = Config::load(Some(&path), &[]).unwrap_err().to_string();
         assert!(msg.contains("line 2") && msg.contains("as a string"), "{msg}");
+        // Other whole numbers past i64 are too large for their key, said so.
+        let arg = "train.watchdog_seconds=99999999999999999999";
+        let (_, key, message) = key_error(Config::load(None, &[Override::parse(arg).unwrap()]).unwrap_err());
+        assert_eq!(key, "train.watchdog_seconds");
+        assert_eq!(
+            message,
+            "99999999999999999999 is larger than this key takes (TOML integers stop at 9223372036854775807)"
+        );
     }
 
     #[test]

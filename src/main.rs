@@ -464,8 +464,9 @@ struct PrepareArgs {
     category_attribute: Option<usize>,
     /// Most attributes of an item kept in the dataset's attribute table (`--item-attributes`);
     /// longer lists are cut, and `prepare` says how many were.
-    #[arg(long, default_value_t = 8)]
-    max_attributes: usize,
+    /// [default: 8]
+    #[arg(long)]
+    max_attributes: Option<usize>,
     /// Meta file (2014: Python literals; 2018: JSON; gzip or plain). Optional: without it every
     /// item is in `default_cat` (no category signal).
     #[arg(long)]
@@ -473,12 +474,15 @@ struct PrepareArgs {
     /// Directory with DIEN's local_train_splitByUser, local_test_splitByUser, ... files.
     #[arg(long)]
     dien_dir: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Protocol::Dien)]
-    protocol: Protocol,
-    #[arg(long, default_value_t = 20)]
-    max_hist_len: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Which samples a history makes (SPEC §1.2) [default: dien].
+    #[arg(long, value_enum)]
+    protocol: Option<Protocol>,
+    /// The longest history kept [default: 20].
+    #[arg(long)]
+    max_hist_len: Option<usize>,
+    /// Draws the no-click samples and the split [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
     /// The synthetic generator's oracle-model.json (default: found beside the reviews file).
     #[arg(long)]
     oracle: Option<PathBuf>,
@@ -1192,18 +1196,55 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
     use micn::data::input::Strictness;
     use micn::data::prepare;
     let strictness = if a.strict { Strictness::Strict } else { Strictness::Lenient };
+    // A flag the format does not read is refused rather than left without effect.
+    let given = [
+        ("--reviews", a.reviews.is_some()),
+        ("--meta", a.meta.is_some()),
+        ("--oracle", a.oracle.is_some()),
+        ("--sequences", a.sequences.is_some()),
+        ("--item-attributes", a.item_attributes.is_some()),
+        ("--category-attribute", a.category_attribute.is_some()),
+        ("--max-attributes", a.max_attributes.is_some()),
+        ("--interactions", a.interactions.is_some()),
+        ("--dien-dir", a.dien_dir.is_some()),
+        ("--protocol", a.protocol.is_some()),
+        ("--max-hist-len", a.max_hist_len.is_some()),
+        ("--seed", a.seed.is_some()),
+    ];
+    let common = ["--protocol", "--max-hist-len", "--seed"];
+    let (format, reads, why): (&str, Vec<&str>, &str) = match a.input_format {
+        InputFormat::Amazon2014 | InputFormat::Amazon2018 => {
+            ("amazon2014|amazon2018", [&["--reviews", "--meta", "--oracle"][..], &common].concat(), "")
+        }
+        InputFormat::Sequences => (
+            "sequences",
+            [&["--sequences", "--item-attributes", "--category-attribute", "--max-attributes"][..], &common].concat(),
+            "",
+        ),
+        InputFormat::Interactions => {
+            ("interactions", [&["--interactions"][..], &common].concat(), " (every item is in `default_cat`)")
+        }
+        InputFormat::Dien => {
+            ("dien", vec!["--dien-dir"], " (DIEN's files fix the protocol, the history length and the samples)")
+        }
+    };
+    let ignored: Vec<&str> = given.iter().filter(|(flag, is)| *is && !reads.contains(flag)).map(|(f, _)| *f).collect();
+    ensure_usage!(ignored.is_empty(), "--input-format {format} does not read {}{why}", ignored.join(", "));
+    let protocol = a.protocol.unwrap_or(Protocol::Dien);
+    let (max_hist_len, seed) = (a.max_hist_len.unwrap_or(20), a.seed.unwrap_or(1));
+    let max_attributes = a.max_attributes.unwrap_or(8);
     let report = match a.input_format {
         InputFormat::Amazon2014 | InputFormat::Amazon2018 => {
             let release =
                 if a.input_format == InputFormat::Amazon2014 { Release::Amazon2014 } else { Release::Amazon2018 };
-            ensure_usage!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
+            ensure_usage!(max_hist_len > 0, "--max-hist-len must be at least 1");
             let job = prepare::AmazonJob {
                 release,
                 reviews: a.reviews.ok_or_else(|| UsageError("--reviews FILE is required".into()))?,
                 meta: a.meta,
-                protocol: a.protocol,
-                max_hist_len: a.max_hist_len,
-                seed: a.seed,
+                protocol,
+                max_hist_len,
+                seed,
                 strictness,
                 oracle: a.oracle,
                 layout: prepare::Layout::Reviews,
@@ -1211,45 +1252,41 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
             prepare::prepare_amazon(&job, &a.out)?
         }
         InputFormat::Sequences => {
-            ensure_usage!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
+            ensure_usage!(max_hist_len > 0, "--max-hist-len must be at least 1");
             ensure_usage!(
                 a.category_attribute.is_none() || a.item_attributes.is_some(),
                 "--category-attribute needs --item-attributes FILE"
             );
-            ensure_usage!(a.max_attributes > 0, "--max-attributes must be at least 1");
+            ensure_usage!(max_attributes > 0, "--max-attributes must be at least 1");
             let job = prepare::AmazonJob {
                 release: Release::Amazon2014,
                 reviews: a
                     .sequences
                     .ok_or_else(|| UsageError("--input-format sequences needs --sequences FILE".into()))?,
                 meta: a.item_attributes,
-                protocol: a.protocol,
-                max_hist_len: a.max_hist_len,
-                seed: a.seed,
+                protocol,
+                max_hist_len,
+                seed,
                 strictness,
                 oracle: None,
                 layout: prepare::Layout::Sequences(prepare::Sequences {
                     category_attribute: a.category_attribute,
-                    max_attributes: a.max_attributes,
+                    max_attributes,
                 }),
             };
             prepare::prepare_amazon(&job, &a.out)?
         }
         InputFormat::Interactions => {
-            ensure_usage!(a.max_hist_len > 0, "--max-hist-len must be at least 1");
-            ensure_usage!(
-                a.meta.is_none() && a.item_attributes.is_none(),
-                "--input-format interactions reads no --meta or --item-attributes (every item is in `default_cat`)"
-            );
+            ensure_usage!(max_hist_len > 0, "--max-hist-len must be at least 1");
             let job = prepare::AmazonJob {
                 release: Release::Amazon2014,
                 reviews: a
                     .interactions
                     .ok_or_else(|| UsageError("--input-format interactions needs --interactions FILE".into()))?,
                 meta: None,
-                protocol: a.protocol,
-                max_hist_len: a.max_hist_len,
-                seed: a.seed,
+                protocol,
+                max_hist_len,
+                seed,
                 strictness,
                 oracle: None,
                 layout: prepare::Layout::Interactions,

@@ -128,6 +128,10 @@ pub fn check_state(state: &State, config: &Config) -> Result<(), String> {
             return Err(format!("an evaluation at step {at} with AUC {auc} (the checkpoint is at step {step})"));
         }
     }
+    // Wall-clock time so far: at most a century.
+    if !(0.0..=3.2e9).contains(&state.seconds) {
+        return Err(format!("{} seconds of training is not a time a run can have taken", state.seconds));
+    }
     Ok(())
 }
 
@@ -386,6 +390,10 @@ mod tests {
         assert!(check_state(&late, &c).unwrap_err().contains("evaluation at step 4"));
         let other_seed = State { seed: 2, ..state(&c, 3, 0, 384) };
         assert!(check_state(&other_seed, &c).unwrap_err().contains("seed 2"));
+        for seconds in [-5.0, 1.7e308, f64::NAN] {
+            let odd = State { seconds, ..state(&c, 3, 0, 384) };
+            assert!(check_state(&odd, &c).unwrap_err().contains("seconds of training"), "{seconds}");
+        }
     }
 
     #[test]

@@ -243,7 +243,8 @@ impl SweepError {
             Self::Io(e) => e.is_lasting(),
             Self::Report(e) => e.is_input_error(),
             Self::RunFailed { input, .. } => *input,
-            Self::RunDir(_) | Self::Spawn { .. } | Self::Interrupted { .. } | Self::Stdout(_) => false,
+            Self::RunDir(e) => e.is_input_error(),
+            Self::Spawn { .. } | Self::Interrupted { .. } | Self::Stdout(_) => false,
             Self::StoppedBefore { .. } => false,
         }
     }

@@ -43,6 +43,21 @@ pub enum RunDirError {
     Replaced { path: PathBuf },
 }
 
+impl RunDirError {
+    /// Whether running the same command again fails the same way. Another run's lock is released
+    /// when that run ends: not an input error, so that `micn-launch` retries (after a restart, the
+    /// stalled attempt's rank 0 on another host may hold it until its watchdog ends it). A run
+    /// directory removed under a run is one: starting again in its place is for the user to
+    /// decide.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::Io(e) => e.is_lasting(),
+            Self::InUse { .. } => false,
+            Self::Invalid { .. } | Self::Config(_) | Self::Replaced { .. } => true,
+        }
+    }
+}
+
 /// The file whose lock (`flock`) says that a process trains into the directory: rank 0 holds it
 /// until it exits, and the kernel releases it however the process ends (a crash or a SIGKILL
 /// included). It holds who took it, for the message a second run gets.

@@ -310,6 +310,15 @@ fn resume_point(
     if !keys.is_empty() {
         return Err(TrainError::IncompatibleResume { path: dir, keys: keys.join(", ") });
     }
+    // Settings a resume may change (the learning rate, the schedule): said, since config.toml
+    // will hold only the new ones (each checkpoint keeps the settings it was made with). A longer
+    // or shorter run is what resuming is for.
+    let table = |c: &Config| -> toml::Table { toml::from_str(&c.to_toml()).expect("a config's own TOML parses") };
+    let mut changed = crate::config::diff(&table(&saved), &table(cfg));
+    changed.retain(|k| !["run.dir", "data.dir", "train.max_steps", "train.epochs"].contains(&k.as_str()));
+    if comm.rank() == 0 && !changed.is_empty() {
+        tracing::warn!("resuming with settings other than the checkpoint's: {}", changed.join(", "));
+    }
     // Later checkpoints of this run directory belong to the history this resume leaves.
     let run_dir = RunDir::new(&cfg.run.dir);
     let set_aside = match comm.rank() == 0 && within(&dir, &run_dir.checkpoints()) {
@@ -577,6 +586,13 @@ impl<'a> Run<'a> {
             false => MetricsLog::discard(),
         };
         let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
+        if let Some(state) = state.filter(|s| s.step >= total_steps) {
+            tracing::warn!(
+                "the checkpoint is at step {}, and train.epochs / train.max_steps end the run at step {total_steps}: \
+                 nothing is left to train",
+                state.step
+            );
+        }
         tracing::info!(
             world_size = comm.size(),
             local_batch,

@@ -131,13 +131,7 @@ impl TrainError {
             Self::Data(e) => return e.is_input_error(),
             Self::Checkpoint(e) => return e.is_input_error(),
             Self::Io(e) => return e.is_lasting(),
-            // Another run's lock is released when that run ends: not an input error, so that
-            // `micn-launch` retries (after a restart, the stalled attempt's rank 0 on another host
-            // may hold it until its watchdog ends it). A run directory removed under a run is one:
-            // starting again in its place is for the user to decide.
-            Self::RunDir(e) => {
-                return !matches!(e, crate::run_dir::RunDirError::Io(_) | crate::run_dir::RunDirError::InUse { .. })
-            }
+            Self::RunDir(e) => return e.is_input_error(),
             Self::Step(StepError::NonFinite { .. }) => return true,
             _ => {}
         }

@@ -50,6 +50,25 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     refused(&["sweep", "--config", config, "--repeats", "99999999999", "--out", &sweep, "--dry-run"], "100000 runs");
     refused(&["sweep", "--config", config, "--grid", "micn.phi=[]", "--out", &sweep, "--dry-run"], "no values");
     assert!(!Path::new(&sweep).exists());
+    // A flag the input format does not read: refused, not left without effect.
+    let prepare = |format: &str, extra: &[&str]| {
+        let mut args = vec!["prepare", "--input-format", format];
+        args.extend_from_slice(extra);
+        args.extend(["--out", "unused"]);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for (args, needle) in [
+        (
+            prepare("dien", &["--dien-dir", "d", "--protocol", "din", "--seed", "7"]),
+            "dien does not read --protocol, --seed",
+        ),
+        (
+            prepare("sequences", &["--sequences", "s", "--reviews", "r", "--oracle", "o"]),
+            "does not read --reviews, --oracle",
+        ),
+    ] {
+        refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+    }
     // Inputs that are not there, or not what they should be.
     refused(&["report", &at("nosuch"), "--out", &at("report")], "no finished run");
     refused(&["eval", "--checkpoint", &at("nosuch")], "no such directory; a checkpoint is a directory");

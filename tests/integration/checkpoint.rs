@@ -330,7 +330,11 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     // Resuming from step 6 with another learning rate: steps 9 and 12 of the first history are set
     // aside, not taken by a later `--resume auto` or by the selection of the best checkpoint.
     let branch = config(&dir, &["checkpoint.every_steps=3", "train.max_steps=9", "train.lr=0.01"]);
-    train_from(&branch, &SingleProcess, &Resume::Path(dir.join("checkpoints/step-00000006"))).unwrap();
+    let (code, stderr) =
+        train_as(&branch, None, &["--resume", dir.join("checkpoints/step-00000006").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("resuming with settings other than the checkpoint's: train.lr"), "{stderr}");
+    assert!(stderr.contains("the later checkpoints step-00000009, step-00000012 belong to the history"), "{stderr}");
     let abandoned: Vec<PathBuf> =
         std::fs::read_dir(dir.join("abandoned")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(abandoned.len(), 1);

@@ -150,7 +150,7 @@ fn bad_interaction_lines_are_counted_or_fatal_with_strict_naming_the_line() {
     // A meta file has no meaning here: refused, not ignored.
     let out = prepare("interactions", &input, &tmp.path().join("meta"), &["--meta", "x.json"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("reads no --meta"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--input-format interactions does not read --meta"), "{}", stderr(&out));
 }
 
 #[test]
