@@ -56,19 +56,30 @@ pub fn init(format: LogFormat, rank: usize) {
     drop(tracing_subscriber::registry().with(layers).try_init());
 }
 
-/// From now on also append every log line at info level and above to `path` (created with its
-/// directory if missing; a resumed run goes on in the same file).
-pub fn also_to_file(path: &Path) -> Result<(), LogFileError> {
-    let error = |source| LogFileError { path: path.to_path_buf(), source };
+/// From the moment the run claims its directory ([`open_rank_file`]) append every log line at
+/// info level and above to `path` (created with its directory if missing; a resumed run goes on
+/// in the same file); the lines before it are kept until then. A run refused before it claims the
+/// directory (a bad dataset, a directory that holds another run) writes nothing there.
+pub fn also_to_file(path: &Path) {
+    *RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner) =
+        RankLog::Pending { path: path.to_path_buf(), lines: Vec::new() };
+}
+
+/// Open the file [`also_to_file`] named, with the lines logged so far; nothing when none was named.
+pub fn open_rank_file() -> Result<(), LogFileError> {
+    let mut log = RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner);
+    let RankLog::Pending { path, lines } = &*log else { return Ok(()) };
+    let error = |source| LogFileError { path: path.clone(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(error)?;
     }
-    let file = File::options().create(true).append(true).open(path).map_err(error)?;
-    *RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
+    let mut file = File::options().create(true).append(true).open(path).map_err(error)?;
+    io::Write::write_all(&mut file, lines).map_err(error)?;
+    *log = RankLog::Open(file);
     Ok(())
 }
 
-/// Append `line` to the rank's log file as it is, if [`also_to_file`] opened one: for what `main`
+/// Append `line` to the rank's log file as it is, if [`also_to_file`] named one: for what `main`
 /// prints itself (the final error), so the file tells why the rank stopped.
 pub fn append_to_file(line: &str) {
     let _ = io::Write::write_all(&mut RankFile, line.as_bytes());
@@ -134,8 +145,17 @@ where
     }
 }
 
-/// The file [`also_to_file`] opened; until then the file's lines go nowhere.
-static RANK_FILE: Mutex<Option<File>> = Mutex::new(None);
+/// The rank's log file: none, named but not yet opened (its lines kept), or open.
+enum RankLog {
+    Off,
+    Pending { path: PathBuf, lines: Vec<u8> },
+    Open(File),
+}
+
+/// The most bytes kept for a log file not yet opened (the lines before a run claims its directory).
+const PENDING_BYTES: usize = 1 << 20;
+
+static RANK_FILE: Mutex<RankLog> = Mutex::new(RankLog::Off);
 
 /// Writes to [`RANK_FILE`]; each log line arrives in one `write_all`, so it lands whole.
 struct RankFile;
@@ -146,9 +166,13 @@ impl io::Write for RankFile {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-            Some(file) => io::Write::write_all(file, buf),
-            None => Ok(()),
+        match &mut *RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner) {
+            RankLog::Open(file) => io::Write::write_all(file, buf),
+            RankLog::Pending { lines, .. } if lines.len() + buf.len() <= PENDING_BYTES => {
+                lines.extend_from_slice(buf);
+                Ok(())
+            }
+            RankLog::Pending { .. } | RankLog::Off => Ok(()),
         }
     }
 

@@ -825,7 +825,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         cfg.run.dir.display()
     );
     if !cfg.run.dir.as_os_str().is_empty() {
-        logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()))?;
+        logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()));
     }
     let interrupter = micn::train::Interrupter::on_signals();
     let summary = micn::train::train_until(&cfg, comm, &resume, &interrupter)?;

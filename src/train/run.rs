@@ -386,6 +386,7 @@ fn claim_run_dir(
     };
     let result = if comm.rank() == 0 { claim() } else { Ok(()) };
     agree_on_rank0(comm, result, "claim the run directory")?;
+    crate::logging::open_rank_file()?;
     Ok((lock, effective))
 }
 

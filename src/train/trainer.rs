@@ -50,6 +50,8 @@ pub enum TrainError {
     Deterministic(#[from] super::deterministic::MissingSymbol),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    LogFile(#[from] crate::logging::LogFileError),
     #[error("{path}: no valid checkpoint to resume from{refused}")]
     NothingToResume { path: PathBuf, refused: String },
     #[error("{path}: the checkpoint was made with another model or data; these keys differ: {keys}")]

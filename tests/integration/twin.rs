@@ -4,7 +4,10 @@
 //! sample numbers, and a checkpoint's; `micn export interests` of a MIND run equals the twin's
 //! interests, and `micn eval --retrieval` the retrieval written out over them (also ComiRec's
 //! held-out users, `--heldout`, against its evaluation code written out); MFN with centres
-//! pretrained by `micn export mfn-centres`; a damaged model file is refused naming it.
+//! pretrained by `micn export mfn-centres`. Refused by name in one line with exit status 3 (no
+//! traceback): a damaged model file, header, tensor shape or setting; an export `micn predict`
+//! would score otherwise (other history lengths, validation share or dataset); a TorchScript or
+//! ONNX file of another model; an unfinished or damaged checkpoint; a bad command line or `--out`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,7 +163,9 @@ fn the_twin_and_its_torchscript_form_score_as_micn_predict_for_every_model() {
 /// Every model ± MICN exported to ONNX (`python -m micn_twin onnx`, for the run's history length)
 /// scores the test set in onnxruntime as `micn predict` does (1e-5); a file made for longer
 /// histories pads the export's (same scores); one made for shorter ones refuses them, naming the
-/// fix; a model file without its run needs `--history-length`; an unreadable file is named.
+/// fix; a model file without its run needs `--history-length`, and scoring with the file and
+/// such a model refuses histories of another length than the file's run trained on (recorded in
+/// its metadata); an unreadable file is named.
 #[test]
 fn every_model_exported_to_onnx_scores_in_onnxruntime_as_micn_predict() {
     let tmp = tempfile::tempdir().unwrap();
@@ -203,7 +208,7 @@ fn every_model_exported_to_onnx_scores_in_onnxruntime_as_micn_predict() {
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert_eq!(out.status.code(), Some(3), "{stderr}");
             assert!(stderr.contains("shorter.onnx takes histories of 4 behaviours; these have 10"), "{stderr}");
             assert!(stderr.contains("--max-hist-len 4"), "{stderr}");
             // The weights alone do not say the history length.
@@ -211,9 +216,22 @@ fn every_model_exported_to_onnx_scores_in_onnxruntime_as_micn_predict() {
             std::fs::copy(run.join("model.safetensors"), &bare).unwrap();
             let out = twin(&["onnx"]).arg(&bare).arg("--out").arg(tmp.path().join("bare.onnx")).output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert_eq!(out.status.code(), Some(3), "{stderr}");
             assert!(stderr.contains("bare.safetensors") && stderr.contains("--history-length"), "{stderr}");
             assert!(!tmp.path().join("bare.onnx").exists());
+            // With the weights alone, the file still says what its run trained on: an export of
+            // histories of 5 is refused for it, naming the file.
+            let short = tmp.path().join("export5");
+            let data = crate::train::dataset_dir().display().to_string();
+            run_ok(
+                Command::new(micn_bin()).args(["data", "export", &data, "--max-hist-len", "5", "--out"]).arg(&short),
+            );
+            let mut cmd = twin(&["score", "--export"]);
+            refused_with(
+                cmd.arg(&short).arg(&bare).arg("--onnx").arg(&onnx).arg("--out").arg(tmp.path().join("short.csv")),
+                3,
+                &["histories cut to 5", "din.onnx was made from a model trained on histories of 10"],
+            );
             let damaged = tmp.path().join("damaged.onnx");
             std::fs::write(&damaged, &std::fs::read(&shorter).unwrap()[..1000]).unwrap();
             let out = twin(&["score", "--export"])
@@ -226,7 +244,7 @@ fn every_model_exported_to_onnx_scores_in_onnxruntime_as_micn_predict() {
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert_eq!(out.status.code(), Some(3), "{stderr}");
             assert!(stderr.contains("damaged.onnx: onnxruntime cannot load it"), "{stderr}");
             assert!(!tmp.path().join("damaged.csv").exists());
         }
@@ -446,6 +464,36 @@ print(json.dumps(out))
     }
 }
 
+/// Runs the twin command `cmd` and requires it to fail with exit status `status` and one line
+/// `error: ...` holding every one of `needles`, without a Python traceback; returns that line.
+fn refused_with(cmd: &mut Command, status: i32, needles: &[&str]) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(status), "{cmd:?}: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1, "{cmd:?}: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{cmd:?}: {needle:?} is not in {stderr}");
+    }
+    stderr
+}
+
+/// A copy at `out` of the safetensors file `model` whose header `edit` changed (the data unchanged).
+fn edit_header(model: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = std::fs::read(model).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    edit(&mut header);
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend(text);
+    file.extend(&bytes[8 + length..]);
+    std::fs::write(out, file).unwrap();
+}
+
+/// A damaged model file, header or configuration is refused naming it, with exit status 3 and
+/// no traceback: a cut file; a header whose shape or byte offsets are not sizes; tensors that do
+/// not fit together (the tensor named); settings of the wrong type; and when scoring, a batch
+/// size of 0, an export with a negative id, an ONNX or TorchScript file of another kind of model.
 #[test]
 fn the_twin_refuses_a_damaged_model_file_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -455,36 +503,71 @@ fn the_twin_refuses_a_damaged_model_file_naming_it() {
     let bytes = std::fs::read(&model).unwrap();
     let cut = tmp.path().join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
-    let out = twin(&["torchscript"]).arg(&cut).arg("--out").arg(tmp.path().join("x.pt")).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cut.safetensors") && stderr.contains("byte range"), "{stderr}");
-    assert!(!tmp.path().join("x.pt").exists(), "nothing is written for a refused model");
+    let x_pt = tmp.path().join("x.pt");
+    refused_with(twin(&["torchscript"]).arg(&cut).arg("--out").arg(&x_pt), 3, &["cut.safetensors", "byte range"]);
+    assert!(!x_pt.exists(), "nothing is written for a refused model");
+    // Headers that are not what safetensors says, and tensors of shapes that do not fit the
+    // model (the head's first layer transposed): each refused naming the file and the tensor.
+    let head = "main.head.layers.0.weight";
+    let edits: [(&str, serde_json::Value, &str); 4] = [
+        ("shape", serde_json::json!("abc"), "not a list of sizes"),
+        ("shape", serde_json::json!([-1, 4]), "not a list of sizes"),
+        ("data_offsets", serde_json::json!([0]), "not two byte offsets"),
+        ("shape", serde_json::Value::Null, "where the model needs [any, "),
+    ];
+    for (i, (field, value, why)) in edits.into_iter().enumerate() {
+        let damaged = tmp.path().join(format!("damaged-{i}.safetensors"));
+        edit_header(&model, &damaged, |header| {
+            let entry = &mut header[head];
+            let transposed: Vec<serde_json::Value> = entry["shape"].as_array().unwrap().iter().rev().cloned().collect();
+            entry[field] = if value.is_null() { transposed.into() } else { value };
+        });
+        let name = format!("damaged-{i}.safetensors");
+        refused_with(twin(&["torchscript"]).arg(&damaged).arg("--out").arg(&x_pt), 3, &[name.as_str(), head, why]);
+    }
     // Scoring refuses what would give wrong scores or none: a batch size of 0, an export with a
     // negative id (Python would read a row from the end), an ONNX file of another kind of model.
     let export = tmp.path().join("export");
     export_samples(&export);
     let refused = |cmd: &mut Command, needle: &str| {
-        let out = cmd.arg("--out").arg(tmp.path().join("refused.csv")).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains(needle) && !stderr.contains("Traceback"), "{stderr}");
+        refused_with(cmd.arg("--out").arg(tmp.path().join("refused.csv")), 3, &[needle]);
         assert!(!tmp.path().join("refused.csv").exists());
     };
     refused(twin(&["score", "--batch-size", "0", "--export"]).arg(&export).arg(&run), "--batch-size 0");
+    // MIND (its settings in the run's configuration): an ONNX and a TorchScript file of it are
+    // refused for the DIN run, and settings of the wrong type for itself, naming the key.
+    let (_, mind) = train_variant(tmp.path(), "mind", false);
+    let mind_onnx = tmp.path().join("mind.onnx");
+    run_ok(twin(&["onnx"]).arg(&mind).arg("--out").arg(&mind_onnx));
+    refused(
+        twin(&["score", "--split", "valid", "--export"]).arg(&export).arg(&run).arg("--onnx").arg(&mind_onnx),
+        "holds a mind model",
+    );
+    let mind_pt = tmp.path().join("mind.pt");
+    run_ok(twin(&["torchscript"]).arg(&mind).arg("--out").arg(&mind_pt));
+    refused(
+        twin(&["score", "--export"]).arg(&export).arg(&run).arg("--torchscript").arg(&mind_pt),
+        "holds a mind model",
+    );
+    let config = std::fs::read_to_string(mind.join("config.toml")).unwrap();
+    for (key, value) in [("mind_interests", "\"x\""), ("mind_pow_p", "\"abc\""), ("mind_routing_iters", "[1, 2]")] {
+        let edited = tmp.path().join(format!("mind-{key}"));
+        std::fs::create_dir_all(&edited).unwrap();
+        std::fs::copy(mind.join("model.safetensors"), edited.join("model.safetensors")).unwrap();
+        let lines: Vec<String> = config
+            .lines()
+            .map(|l| if l.starts_with(&format!("{key} = ")) { format!("{key} = {value}") } else { l.to_string() })
+            .collect();
+        std::fs::write(edited.join("config.toml"), lines.join("\n")).unwrap();
+        let setting = format!("model.{key} = ");
+        refused(twin(&["score", "--export"]).arg(&export).arg(&edited), &setting);
+    }
     let items = export.join("test/items.npy");
     let mut bytes = std::fs::read(&items).unwrap();
     let last = bytes.len() - 8;
     bytes[last..].copy_from_slice(&(-7i64).to_le_bytes());
     std::fs::write(&items, bytes).unwrap();
     refused(twin(&["score", "--export"]).arg(&export).arg(&run), "items.npy: a negative id (-7)");
-    let (_, dien) = train_variant(tmp.path(), "dien", false);
-    let dien_onnx = tmp.path().join("dien.onnx");
-    run_ok(twin(&["onnx"]).arg(&dien).arg("--out").arg(&dien_onnx));
-    refused(
-        twin(&["score", "--split", "valid", "--export"]).arg(&export).arg(&run).arg("--onnx").arg(&dien_onnx),
-        "holds a dien model",
-    );
     // Only MIND has interest vectors to export; a DIN run is refused as an input error.
     let out = Command::new(micn_bin())
         .args(["export", "interests", "--run"])
@@ -497,6 +580,151 @@ fn the_twin_refuses_a_damaged_model_file_naming_it() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("a din model has no interest vectors to export"), "{stderr}");
     assert!(!tmp.path().join("interests").exists());
+}
+
+/// A copy of the directory `from` (files only) at `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// What `micn predict` would score otherwise, or refuse, the twin refuses too (exit status 3,
+/// one line naming both sides and the fix): an export of other history lengths than the run
+/// trained with, of another validation share (for `valid` and `train`), of another dataset whose
+/// ids happen to fit the model's tables, a TorchScript file of another dataset's model, an
+/// unfinished or damaged checkpoint. A bad command line exits 3 without argparse's usage; `--out`
+/// that is a directory or under a file is refused before any work, a failed write names `--out`
+/// (status 1 for a full device), and a closed standard output ends quietly with 141.
+#[test]
+fn the_twin_refuses_what_micn_predict_would_score_otherwise_or_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    crate::tiny_din_run(&run);
+    let export = tmp.path().join("export");
+    export_samples(&export);
+    let data = crate::train::dataset_dir().display().to_string();
+    let out = tmp.path().join("refused.csv");
+    let score = |export: &Path, split: &str| {
+        let mut cmd = twin(&["score", "--split", split, "--export"]);
+        cmd.arg(export).arg(&run).arg("--out").arg(&out);
+        cmd
+    };
+    // Histories of 5 for a run trained on 10: refused naming both lengths and the fix.
+    let short = tmp.path().join("export5");
+    run_ok(
+        Command::new(micn_bin())
+            .args(["data", "export", &data, "--max-hist-len", "5", "--valid-share", "0.1", "--out"])
+            .arg(&short),
+    );
+    refused_with(&mut score(&short, "test"), 3, &["histories cut to 5", "histories of 10", "--max-hist-len 10"]);
+    // Another validation share: its valid/ and train/ are other samples; its test set is the same.
+    let share = tmp.path().join("export30");
+    run_ok(
+        Command::new(micn_bin())
+            .args(["data", "export", &data, "--max-hist-len", "10", "--valid-share", "0.3", "--out"])
+            .arg(&share),
+    );
+    for split in ["valid", "train"] {
+        refused_with(
+            &mut score(&share, split),
+            3,
+            &["export30/export.json: holds out", "data.valid_share = 0.1", "--valid-share 0.1"],
+        );
+    }
+    assert!(!out.exists());
+    run_ok(&mut score(&share, "test"));
+    std::fs::remove_file(&out).unwrap();
+    // Another dataset whose ids fit the model's tables: refused by its vocabulary sizes.
+    let other_dir = tmp.path().join("other");
+    let synth_cfg = micn::data::synth::SynthConfig {
+        users: 200,
+        items: 120,
+        clusters: 8,
+        categories: 5,
+        ..micn::data::synth::Preset::Quickstart.config(9)
+    };
+    let other = micn::data::prepare::synthetic_dataset(&synth_cfg, micn::data::protocol::Protocol::Din, 10, &other_dir)
+        .unwrap();
+    let other_export = tmp.path().join("other-export");
+    let other_data = other.display().to_string();
+    run_ok(
+        Command::new(micn_bin())
+            .args(["data", "export", &other_data, "--max-hist-len", "10", "--out"])
+            .arg(&other_export),
+    );
+    let users = |export: &Path| {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(export.join("export.json")).unwrap()).unwrap();
+        info["users"].as_u64().unwrap()
+    };
+    let (theirs, ours) = (users(&other_export), users(&export));
+    assert!(theirs < ours, "the other dataset's user ids must fit the model's table");
+    let sizes = format!("its user vocabulary has {theirs} entries, the model's ({}) {ours}", run.display());
+    refused_with(&mut score(&other_export, "test"), 3, &["other-export/export.json", sizes.as_str()]);
+    // A TorchScript file of a model of that dataset, for this run and its export.
+    let other_run = tmp.path().join("other-run");
+    let other_set = format!("data.dir={other_data:?}");
+    let cfg =
+        crate::small_config(&other_run, &[other_set.as_str(), "model.kind=din", "train.max_steps=2", "train.epochs=1"]);
+    train_from(&cfg, &SingleProcess, &Resume::Fresh).unwrap();
+    let other_pt = tmp.path().join("other.pt");
+    run_ok(twin(&["torchscript"]).arg(&other_run).arg("--out").arg(&other_pt));
+    let sizes = format!("other.pt: its user vocabulary has {theirs} entries, the model's ({}) {ours}", run.display());
+    refused_with(score(&export, "test").arg("--torchscript").arg(&other_pt), 3, &[sizes.as_str()]);
+    // A checkpoint micn refuses: unfinished (no completion marker), or damaged (a flipped byte).
+    let checkpoint = run.join("checkpoints").join(micn::checkpoint::dir_name(2));
+    run_ok(twin(&["score", "--export"]).arg(&export).arg(&checkpoint).arg("--out").arg(tmp.path().join("ckpt.csv")));
+    let unfinished = tmp.path().join("unfinished");
+    copy_dir(&checkpoint, &unfinished);
+    std::fs::remove_file(unfinished.join("COMPLETE")).unwrap();
+    let mut cmd = twin(&["score", "--export"]);
+    refused_with(cmd.arg(&export).arg(&unfinished).arg("--out").arg(&out), 3, &["unfinished: no completion marker"]);
+    let damaged = tmp.path().join("damaged");
+    copy_dir(&checkpoint, &damaged);
+    let mut bytes = std::fs::read(damaged.join("model.safetensors")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(damaged.join("model.safetensors"), bytes).unwrap();
+    let mut cmd = twin(&["score", "--export"]);
+    refused_with(
+        cmd.arg(&export).arg(&damaged).arg("--out").arg(&out),
+        3,
+        &["damaged/model.safetensors", "checkpoint is damaged"],
+    );
+    assert!(!out.exists());
+    // The command line: argparse's errors in one line with status 3; `--out` checked first.
+    refused_with(
+        twin(&["score"]).arg(&run).arg("--out").arg(&out),
+        3,
+        &["the following arguments are required: --export"],
+    );
+    refused_with(twin(&["onnx"]).arg(&run).arg("--out").arg(tmp.path()), 3, &["is a directory; name a file"]);
+    let under_file = run.join("config.toml").join("scores.csv");
+    let mut cmd = twin(&["score", "--export"]);
+    refused_with(cmd.arg(&export).arg(&run).arg("--out").arg(&under_file), 3, &["config.toml is not a directory"]);
+    refused_with(
+        twin(&["torchscript"]).arg(&run).arg("--out").arg("/dev/full"),
+        1,
+        &["--out /dev/full: No space left on device"],
+    );
+    // Standard output closed by its reader (`| head`): quiet, status 141, the scores written.
+    let piped = tmp.path().join("piped.csv");
+    let mut cmd = twin(&["score", "--export"]);
+    cmd.arg(&export)
+        .arg(&run)
+        .arg("--out")
+        .arg(&piped)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(141), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(done.stderr.is_empty(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(piped.exists());
 }
 
 /// MFN with pretrained similarity weights, end to end: `micn export mfn-centres` of a trained DIN
