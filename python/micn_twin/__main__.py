@@ -4,33 +4,90 @@
     python -m micn_twin torchscript MODEL --out model.pt
     python -m micn_twin onnx MODEL --out model.onnx [--history-length T]
 
-MODEL is a run directory, a checkpoint directory or a `.safetensors` file; DIR is what
-`micn data export` wrote. `score` writes `sample,score` per sample of the split (the sample
-numbers of `micn predict`); with `--torchscript F` or `--onnx F` it scores with that file
-(TorchScript through torch, ONNX through onnxruntime) instead of MODEL's weights; MODEL still
-gives the vocabularies the export's ids are checked against and, for ONNX, the kind of model the
-file must hold. `onnx`
+MODEL is a run directory, a checkpoint directory (finished and undamaged, as micn requires) or a
+`.safetensors` file; DIR is what `micn data export` wrote. `score` writes `sample,score` per
+sample of the split (the sample numbers of `micn predict`); with `--torchscript F` or `--onnx F`
+it scores with that file (TorchScript through torch, ONNX through onnxruntime) instead of
+MODEL's weights. Before scoring, the export must be one `micn predict` would score the same way
+with MODEL (`micn_twin.check_export`): MODEL's vocabulary sizes, the history length its run
+trained with and, for `valid` and `train`, its validation share; a TorchScript or ONNX file must
+hold MODEL's kind of model and vocabularies, and was it made from a run, that run's history
+length. `torchscript` writes `torch.jit.script` of the model with what it was made from in the
+file's extra file `micn.json` (`model_kind`, vocabulary sizes, `trained_history_length`); `onnx`
 writes the model for histories of T behaviours (the run's `data.max_hist_len` by default),
 checked against the twin by onnxruntime first (see `micn_twin.onnx_file`).
+
+Errors are one line, `error: <file or argument>: <what is wrong>`. The exit status is 3 for
+what running again cannot fix (a bad argument or input file, a lasting write error of `--out`),
+1 for other failures; a closed standard output (`| head`) ends quietly with 141, as a process
+that SIGPIPE ends. `--out` is written whole or not at all, through a temporary file beside it.
 """
 import argparse
+import errno
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from . import history_length, load, read_export, score
+from . import check_export, check_vocabularies, history_length, load, read_export, read_export_info, score
+from . import vocabulary_sizes
 from .files import FileFormatError
 from .model import ModelFileError
 from .onnx_file import OnnxError, OnnxModel, export
+
+# Exit status of a failure that running again cannot fix, as micn's.
+EXIT_INPUT_ERROR = 3
+# Exit status when standard output is a closed pipe: 128 + SIGPIPE.
+EXIT_CLOSED_PIPE = 141
+# OSError numbers that the same command would meet again (micn's `io_error::is_lasting`).
+LASTING = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS, errno.ENAMETOOLONG,
+           errno.EEXIST, errno.EINVAL}
+# The extra file of a TorchScript model that says what it was made from.
+TORCHSCRIPT_INFO = "micn.json"
+INPUT_ERRORS = (FileFormatError, ModelFileError, OnnxError, FileNotFoundError)
+
+
+class UsageError(ValueError):
+    """A command line that cannot work."""
+
+
+class OutputError(Exception):
+    """`--out` could not be written; the message names `--out`, not a temporary file."""
+
+    def __init__(self, path: Path, error: OSError):
+        super().__init__(f"--out {path}: {error.strerror or error}")
+        self.lasting = error.errno in LASTING
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with micn's one-line errors and exit status 3 for a bad command line."""
+
+    def error(self, message):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)
+
+
+def check_out(path: Path):
+    """Refuse an `--out` that cannot be written as a file before any work: a directory, or a
+    path under something that is not a directory."""
+    if path.is_dir():
+        raise UsageError(f"--out {path}: is a directory; name a file to write")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {path}: {parent} is not a directory")
 
 
 def write_atomically(path: Path, write):
     """Write through a temporary file beside `path`, renamed over it when complete (with the
     permissions a new file gets). A link is followed (its target replaced); a device or a pipe
-    (`/dev/stdout`) is written in place. A failure names `path`."""
+    (`/dev/stdout`) is written in place. A failure is an `OutputError` naming `path`; a closed
+    pipe is a `BrokenPipeError`."""
     try:
         if path.exists() and not path.is_file() and not path.is_dir():
             with open(path, "wb") as f:
@@ -51,20 +108,82 @@ def write_atomically(path: Path, write):
         except BaseException:
             os.unlink(tmp)
             raise
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from None
+    except BrokenPipeError:
         raise
+    except OSError as e:
+        raise OutputError(path, e) from None
+
+
+def say(text: str):
+    """Print a line to standard output, at once (a closed pipe raises here, not at exit)."""
+    print(text, flush=True)
 
 
 def load_torchscript(path: Path):
-    """A TorchScript file (`python -m micn_twin torchscript`), or an error naming it."""
+    """A TorchScript file (`python -m micn_twin torchscript`) and what it records (its extra file
+    `micn.json`, else what the module itself holds), or an error naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such TorchScript file")
+    extra = {TORCHSCRIPT_INFO: ""}
     try:
-        return torch.jit.load(str(path))
+        scripted = torch.jit.load(str(path), _extra_files=extra)
     except (RuntimeError, ValueError) as e:
-        raise FileFormatError(f"{path}: not a TorchScript model: {str(e).splitlines()[0]}") from None
+        raise FileFormatError(f"{path}: not a TorchScript model: {first_line(e)}") from None
+    try:
+        info = json.loads(extra[TORCHSCRIPT_INFO] or "{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise FileFormatError(f"{path}: its {TORCHSCRIPT_INFO} is not what `python -m micn_twin torchscript` writes")
+    if "model_kind" not in info:  # written before the file recorded it: what the module holds
+        info["model_kind"] = getattr(scripted, "kind", None)
+        try:
+            info.update(vocabulary_sizes(scripted))
+        except (AttributeError, RuntimeError, IndexError):
+            pass
+    return scripted, info
+
+
+def torchscript_info(net, model) -> str:
+    """What a TorchScript file records of the model it holds: kind, vocabulary sizes and the
+    history length its run trained with (None for a bare `.safetensors`)."""
+    trained = history_length(model)
+    return json.dumps({"model_kind": net.kind, **vocabulary_sizes(net), "trained_history_length": trained})
+
+
+def check_same_model(file: Path, command: str, kind: Optional[str], sizes: dict, model, model_path):
+    """A TorchScript or ONNX `file` (written by the twin's `command`) holds the kind of model and
+    the vocabularies of `model`."""
+    fix = f"write one from the model: `python -m micn_twin {command} {model_path} --out FILE`"
+    if kind is not None and kind != model.kind:
+        raise FileFormatError(f"{file} holds a {kind} model, {model_path} a {model.kind}; {fix}")
+    check_vocabularies(sizes, vocabulary_sizes(model), str(file), str(model_path), fix)
+
+
+def recorded_length(file: Path, length) -> tuple:
+    """The `(length, what)` check of `check_export` for a file that recorded its run's history length."""
+    if not isinstance(length, int) or isinstance(length, bool):
+        return ()
+    return ((length, f"{file} was made from a model trained on histories of {length}"),)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def scoring_net(args, model):
+    """What scores: MODEL's twin, or the `--torchscript` / `--onnx` file checked against MODEL;
+    and the `(length, what)` checks of the history length the file records."""
+    if args.torchscript:
+        net, info = load_torchscript(args.torchscript)
+        check_same_model(args.torchscript, "torchscript", info.get("model_kind"), info, model, args.model)
+        return net, recorded_length(args.torchscript, info.get("trained_history_length"))
+    if args.onnx:
+        net = OnnxModel(args.onnx)
+        check_same_model(args.onnx, "onnx", net.model_kind, net.vocabularies or {}, model, args.model)
+        return net, recorded_length(args.onnx, net.trained_history_length)
+    return model, ()
 
 
 def check_ids(batch, model, export):
@@ -79,8 +198,52 @@ def check_ids(batch, model, export):
                                   f"{table.shape[0]} entries (exported from another dataset?)")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m micn_twin", description="PyTorch twin of micn's models")
+def run_score(args):
+    """`score`: the checks of the module's documentation, then `sample,score` of every sample."""
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    model = load(args.model)
+    info = read_export_info(args.export)
+    net, lengths = scoring_net(args, model)
+    check_export(args.export, info, args.split, model, args.model, lengths)
+    batch = read_export(args.export, args.split)
+    check_ids(batch, model, args.export)
+    try:
+        probs = score(net, batch, args.batch_size).tolist()
+    except RuntimeError as e:  # a TorchScript file that is not one of the twin's models
+        if "allocate memory" in str(e) or "out of memory" in str(e):
+            raise MemoryError(first_line(e)) from None
+        raise FileFormatError(f"{args.torchscript or args.model}: cannot score the export: {first_line(e)}") from None
+    lines = "sample,score\n" + "".join(f"{i},{p!r}\n" for i, p in zip(batch["sample"].tolist(), probs))
+    write_atomically(args.out, lambda f: f.write(lines.encode()))
+    say(f"scored {len(probs)} samples of {args.split} -> {args.out}")
+
+
+def run_torchscript(args):
+    """`torchscript`: `torch.jit.script` of the model, with what it was made from (`micn.json`)."""
+    model = load(args.model)
+    scripted = torch.jit.script(model)
+    extra = {TORCHSCRIPT_INFO: torchscript_info(model, args.model)}
+    write_atomically(args.out, lambda f: torch.jit.save(scripted, f, _extra_files=extra))
+    say(f"TorchScript model -> {args.out}")
+
+
+def run_onnx(args):
+    """`onnx`: the model for histories of T, checked by onnxruntime before it is written."""
+    trained = history_length(args.model)
+    steps = args.history_length if args.history_length is not None else trained
+    if steps is None:
+        raise OnnxError(f"{args.model}: no run configuration beside it to take the history length from: "
+                        f"give --history-length")
+    net = load(args.model)
+    data = export(net, steps, str(args.model), trained_history_length=trained)
+    write_atomically(args.out, lambda f: f.write(data))
+    say(f"ONNX model ({net.kind}, histories of {steps}, {len(data)} bytes, equal to the twin within 1e-5 in "
+        f"onnxruntime) -> {args.out}")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m micn_twin", description="PyTorch twin of micn's models")
     commands = parser.add_subparsers(dest="command", required=True)
     s = commands.add_parser("score", help="score a split of `micn data export`'s output")
     s.add_argument("model", help="run directory, checkpoint directory or .safetensors file")
@@ -99,45 +262,34 @@ def main(argv=None) -> int:
     o.add_argument("--out", required=True, type=Path)
     o.add_argument("--history-length", type=int,
                    help="the history length T the file takes (default: the run's data.max_hist_len)")
-    args = parser.parse_args(argv)
-    if str(args.out) in ("", "."):
-        parser.error("--out must name a file")
+    return parser
+
+
+def fail(message: str, status: int) -> int:
+    """Report `error: message` in one line on standard error; returns `status`."""
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv=None) -> int:
     try:
-        if args.command == "score":
-            if args.batch_size < 1:
-                raise FileFormatError(f"--batch-size {args.batch_size}: must be at least 1")
-            model = load(args.model)
-            if args.torchscript:
-                net = load_torchscript(args.torchscript)
-            elif args.onnx:
-                net = OnnxModel(args.onnx)
-                if net.model_kind not in (None, model.kind):
-                    raise OnnxError(f"{args.onnx} holds a {net.model_kind} model, {args.model} a {model.kind}")
-            else:
-                net = model
-            batch = read_export(args.export, args.split)
-            check_ids(batch, model, args.export)
-            probs = score(net, batch, args.batch_size).tolist()
-            lines = "sample,score\n" + "".join(f"{i},{p!r}\n" for i, p in zip(batch["sample"].tolist(), probs))
-            write_atomically(args.out, lambda f: f.write(lines.encode()))
-            print(f"scored {len(probs)} samples of {args.split} -> {args.out}")
-        elif args.command == "torchscript":
-            scripted = torch.jit.script(load(args.model))
-            write_atomically(args.out, lambda f: torch.jit.save(scripted, f))
-            print(f"TorchScript model -> {args.out}")
-        else:
-            steps = args.history_length if args.history_length is not None else history_length(args.model)
-            if steps is None:
-                raise OnnxError(f"{args.model}: no run configuration beside it to take the history length from: "
-                                f"give --history-length")
-            net = load(args.model)
-            data = export(net, steps, str(args.model))
-            write_atomically(args.out, lambda f: f.write(data))
-            print(f"ONNX model ({net.kind}, histories of {steps}, {len(data)} bytes, equal to the twin within "
-                  f"1e-5 in onnxruntime) -> {args.out}")
-    except (FileFormatError, ModelFileError, OnnxError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        args = build_parser().parse_args(argv)
+        check_out(args.out)
+        {"score": run_score, "torchscript": run_torchscript, "onnx": run_onnx}[args.command](args)
+    except BrokenPipeError:
+        # Standard output (or `--out`) is a pipe its reader closed: end quietly, and keep the
+        # interpreter's last flush from reporting it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    except (UsageError,) + INPUT_ERRORS as e:
+        return fail(str(e), EXIT_INPUT_ERROR)
+    except OutputError as e:
+        return fail(str(e), EXIT_INPUT_ERROR if e.lasting else 1)
+    except OSError as e:  # reading an input
+        where = f"{e.filename}: " if e.filename else ""
+        return fail(f"{where}{e.strerror or e}", EXIT_INPUT_ERROR if e.errno in LASTING else 1)
+    except MemoryError:
+        return fail("out of memory: score a smaller --batch-size, or use a machine with more memory", 1)
     return 0
 
 

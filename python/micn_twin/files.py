@@ -1,5 +1,6 @@
-"""Readers for the files micn writes, with torch only: a model's `.safetensors` and the NumPy
-`.npy` arrays of `micn data export`. Each error names the file and what is wrong in it."""
+"""Readers for the files micn writes, with torch only: a model's `.safetensors`, and the NumPy
+`.npy` arrays and `export.json` (vocabulary sizes, history length, sample counts) of `micn data
+export`. Each error names the file and what is wrong in it."""
 import json
 import struct
 from pathlib import Path
@@ -40,8 +41,31 @@ def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def _whole(value) -> bool:
+    """A JSON number that counts something: a non-negative integer (not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_entry(path: Path, name: str, entry) -> tuple:
+    """One tensor's (dtype, shape, begin, end) from a safetensors header, or an error naming it."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise FileFormatError(f"{path}: tensor {name!r} lacks its dtype, shape or data_offsets")
+    dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    dtype = _SAFETENSORS_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+    if dtype is None:
+        raise FileFormatError(f"{path}: tensor {name!r} has unknown dtype {dtype_name!r}")
+    if not isinstance(shape, list) or not all(_whole(s) for s in shape):
+        raise FileFormatError(f"{path}: tensor {name!r} has shape {shape!r}, not a list of sizes (integers >= 0)")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(o) for o in offsets):
+        raise FileFormatError(f"{path}: tensor {name!r} has data_offsets {offsets!r}, not two byte offsets "
+                              f"(integers >= 0)")
+    return dtype, shape, offsets[0], offsets[1]
+
+
 def read_safetensors(path) -> Dict[str, torch.Tensor]:
-    """Every tensor of a `.safetensors` file by name (copies, on the CPU)."""
+    """Every tensor of a `.safetensors` file by name (copies, on the CPU). The header is checked
+    entry by entry (a dtype, a shape of sizes, two byte offsets within the file that hold
+    exactly the shape's values), so that a damaged file is refused naming the tensor."""
     path = Path(path)
     data = path.read_bytes()
     if len(data) < 8:
@@ -58,16 +82,9 @@ def read_safetensors(path) -> Dict[str, torch.Tensor]:
         raise FileFormatError(f"{path}: the header is not a JSON object of tensors")
     tensors = {}
     for name, entry in header.items():
-        complete = isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= set(entry)
-        if name != "__metadata__" and not complete:
-            raise FileFormatError(f"{path}: tensor {name!r} lacks its dtype, shape or data_offsets")
         if name == "__metadata__":
             continue
-        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
-        if dtype is None:
-            raise FileFormatError(f"{path}: tensor {name!r} has unknown dtype {entry.get('dtype')!r}")
-        shape = [int(s) for s in entry["shape"]]
-        begin, end = (int(o) for o in entry["data_offsets"])
+        dtype, shape, begin, end = _tensor_entry(path, name, entry)
         elements = 1
         for s in shape:
             elements *= s
@@ -102,9 +119,11 @@ def read_npy(path) -> torch.Tensor:
         descr, fortran, shape = fields["descr"], fields["fortran_order"], tuple(fields["shape"])
     except (ValueError, SyntaxError, KeyError, TypeError) as e:
         raise FileFormatError(f"{path}: unreadable .npy header {header.strip()!r}: {e}") from None
+    if not all(_whole(s) for s in shape):
+        raise FileFormatError(f"{path}: shape {shape!r} in the .npy header is not a tuple of sizes")
     if fortran:
         raise FileFormatError(f"{path}: Fortran-ordered arrays are not supported")
-    dtype = _NPY_DTYPES.get(descr)
+    dtype = _NPY_DTYPES.get(descr) if isinstance(descr, str) else None
     if dtype is None:
         raise FileFormatError(f"{path}: dtype {descr!r} is not supported")
     elements = 1
@@ -145,3 +164,30 @@ def read_export(directory, split: str = "test") -> Dict[str, torch.Tensor]:
     positions = torch.arange(width).unsqueeze(0)
     arrays["hist_mask"] = (positions < arrays.pop("hist_len").unsqueeze(1)).to(torch.float32)
     return arrays
+
+
+# What `micn data export` records in `export.json` and the twin compares with a model.
+EXPORT_COUNTS = ("users", "items", "cats", "max_hist_len")
+
+
+def read_export_info(directory) -> dict:
+    """`export.json` of `micn data export`'s output: the vocabulary sizes `users`, `items`,
+    `cats` (id 0 included), the history length `max_hist_len`, the `protocol` and `samples` (the
+    sample count of each split written), each checked for its type."""
+    path = Path(directory) / "export.json"
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such file: not a directory written by `micn data export` (write one with "
+                              f"`micn data export DATA --out {directory}`)")
+    try:
+        info = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FileFormatError(f"{path}: not JSON: {e}") from None
+    if not isinstance(info, dict):
+        raise FileFormatError(f"{path}: not a JSON object")
+    for key in EXPORT_COUNTS:
+        if not _whole(info.get(key)):
+            raise FileFormatError(f"{path}: {key} = {info.get(key)!r} is not a count (an integer >= 0)")
+    samples = info.get("samples", {})
+    if not isinstance(samples, dict) or not all(_whole(samples.get(k, 0)) for k in ("train", "valid", "test")):
+        raise FileFormatError(f"{path}: samples = {samples!r} is not a sample count per split")
+    return info

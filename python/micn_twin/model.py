@@ -2,9 +2,13 @@
 does (evaluation mode: Dice and batch normalisation read their running statistics).
 
 Every module is built from a trained model's tensors by name (`model.safetensors` of a run or a
-checkpoint); the architecture is read from the names and shapes, and for MIND, whose number of
-interests, routing iterations and attention power are not in the weights, from the run's
-configuration (`[model]` of `config.toml`, or of a checkpoint's `state.json`).
+checkpoint); the architecture is read from the names and shapes, and for MIND, MFN and CAMN,
+whose number of interests, routing iterations, attention power, heads, top q and routing switch
+are not in the weights, from the run's configuration (`[model]` of `config.toml`, or of a
+checkpoint's `state.json`; `Settings` checks each value's type and range). Each tensor's shape
+is checked against the widths the model's other tensors give as it is built, so that a file
+whose tensors do not fit together is refused naming the tensor (`ModelFileError`), never
+failing inside a forward pass.
 The names and formulas are micn's (`src/model/`, `src/model/layers.rs`): where micn computes a
 value in a particular order (DIN's attention unit reads `[q, k, q − k, q·k]` through a split
 first layer), this code does the same, so that scores agree to float rounding.
@@ -30,7 +34,8 @@ CAT_CROSS = (0x3C6E_F372, 0x27D4_EB2F, 0x165E_C3B9)
 
 
 class ModelFileError(ValueError):
-    """Tensors that do not make one of micn's models; the message names the tensor."""
+    """Tensors that do not make one of micn's models, or settings of the wrong type; the message
+    names the tensor or the setting."""
 
 
 class Weights:
@@ -44,16 +49,68 @@ class Weights:
     def has(self, name: str) -> bool:
         return name in self.tensors
 
-    def get(self, name: str) -> Tensor:
+    def get(self, name: str, *shape: Optional[int]) -> Tensor:
+        """The tensor `name` as float32, which must have `shape` (None: a dimension of any size)."""
         if name not in self.tensors:
             raise ModelFileError(f"{self.source}: tensor {name!r} is missing")
+        tensor = self.tensors[name]
+        fits = tensor.dim() == len(shape) and all(want is None or got == want for got, want in zip(tensor.shape, shape))
+        if not fits:
+            wanted = ", ".join("any" if d is None else str(d) for d in shape)
+            raise ModelFileError(f"{self.source}: tensor {name!r} has shape {list(tensor.shape)}, where the model "
+                                 f"needs [{wanted}]")
         self.used.add(name)
-        return self.tensors[name].to(torch.float32)
+        return tensor.to(torch.float32)
+
+    def fail(self, name: str, why: str) -> ModelFileError:
+        return ModelFileError(f"{self.source}: tensor {name!r} {why}")
+
+    def ids(self, name: str, rows: int, table: str, entries: int) -> Tensor:
+        """`name` (`[rows, any]`) holding ids of a table of `entries` rows, as int64."""
+        ids = self.get(name, rows, None).round().to(torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= entries):
+            raise self.fail(name, f"holds ids from {int(ids.min())} to {int(ids.max())}, beyond the {entries} rows of "
+                                  f"{table!r}")
+        return ids
 
     def check_all_used(self, ignored_prefixes=("micn.",)):
         left = sorted(n for n in self.tensors if n not in self.used and not n.startswith(ignored_prefixes))
         if left:
             raise ModelFileError(f"{self.source}: tensors this model does not use: {', '.join(left)}")
+
+
+class Settings:
+    """The run's `[model]` settings that are not in the weights, each read with its type and
+    range checked as micn checks them; an error names the configuration and the key."""
+
+    def __init__(self, table: dict, source: str):
+        self.table = table
+        self.source = source
+
+    def fail(self, key: str, value, why: str) -> ModelFileError:
+        return ModelFileError(f"{self.source}: model.{key} = {value!r}: {why}")
+
+    def count(self, key: str, default: int, most: int) -> int:
+        """A whole number in [1, most]."""
+        value = self.table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise self.fail(key, value, f"must be a whole number from 1 to {most}")
+        return value
+
+    def power(self, key: str, default: float) -> float:
+        """A number >= 0, or "inf" (returned as infinity)."""
+        value = self.table.get(key, default)
+        if value == "inf" or (isinstance(value, float) and value == math.inf):
+            return math.inf
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise self.fail(key, value, 'must be a number >= 0 or "inf"')
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, value, "must be true or false")
+        return value
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -68,13 +125,14 @@ def masked_sum(xs: Tensor, mask: Tensor) -> Tensor:
     return (xs * mask.unsqueeze(-1)).sum(1)
 
 
-def linear(w: Weights, prefix: str, bias: bool = True) -> nn.Linear:
-    weight = w.get(f"{prefix}.weight")
+def linear(w: Weights, prefix: str, inputs: int, outputs: Optional[int] = None, bias: bool = True) -> nn.Linear:
+    """`prefix.weight` `[outputs, inputs]` (any number of outputs when None) and `prefix.bias`."""
+    weight = w.get(f"{prefix}.weight", outputs, inputs)
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
     with torch.no_grad():
         layer.weight.copy_(weight)
         if bias:
-            layer.bias.copy_(w.get(f"{prefix}.bias"))
+            layer.bias.copy_(w.get(f"{prefix}.bias", weight.shape[0]))
     return layer
 
 
@@ -91,9 +149,9 @@ class Relu(nn.Module):
 class Prelu(nn.Module):
     """`max(0, x) + α·min(0, x)`, one α per channel."""
 
-    def __init__(self, w: Weights, prefix: str):
+    def __init__(self, w: Weights, prefix: str, width: int):
         super().__init__()
-        self.alpha = nn.Parameter(w.get(f"{prefix}.alpha"))
+        self.alpha = nn.Parameter(w.get(f"{prefix}.alpha", width))
 
     def forward(self, x: Tensor) -> Tensor:
         return x.relu() + self.alpha * x.clamp_max(0.0)
@@ -102,11 +160,11 @@ class Prelu(nn.Module):
 class Dice(nn.Module):
     """`p·x + (1 − p)·α·x`, `p = σ((x − mean) / sqrt(var + ε))` with the running statistics."""
 
-    def __init__(self, w: Weights, prefix: str):
+    def __init__(self, w: Weights, prefix: str, width: int):
         super().__init__()
-        self.alpha = nn.Parameter(w.get(f"{prefix}.alpha"))
-        self.register_buffer("running_mean", w.get(f"{prefix}.running_mean"))
-        self.register_buffer("running_var", w.get(f"{prefix}.running_var"))
+        self.alpha = nn.Parameter(w.get(f"{prefix}.alpha", width))
+        self.register_buffer("running_mean", w.get(f"{prefix}.running_mean", width))
+        self.register_buffer("running_var", w.get(f"{prefix}.running_var", width))
         self.eps = DICE_EPS
 
     def forward(self, x: Tensor) -> Tensor:
@@ -117,27 +175,27 @@ class Dice(nn.Module):
 class BatchNorm(nn.Module):
     """`γ·(x − mean) / sqrt(var + ε) + β` with the running statistics."""
 
-    def __init__(self, w: Weights, prefix: str):
+    def __init__(self, w: Weights, prefix: str, width: int):
         super().__init__()
-        self.gamma = nn.Parameter(w.get(f"{prefix}.gamma"))
-        self.beta = nn.Parameter(w.get(f"{prefix}.beta"))
-        self.register_buffer("running_mean", w.get(f"{prefix}.running_mean"))
-        self.register_buffer("running_var", w.get(f"{prefix}.running_var"))
+        self.gamma = nn.Parameter(w.get(f"{prefix}.gamma", width))
+        self.beta = nn.Parameter(w.get(f"{prefix}.beta", width))
+        self.register_buffer("running_mean", w.get(f"{prefix}.running_mean", width))
+        self.register_buffer("running_var", w.get(f"{prefix}.running_var", width))
         self.eps = BATCH_NORM_EPS
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.running_mean) / (self.running_var + self.eps).sqrt() * self.gamma + self.beta
 
 
-def activation(kind: str, w: Weights, prefix: str) -> nn.Module:
+def activation(kind: str, w: Weights, prefix: str, width: int) -> nn.Module:
     if kind == "sigmoid":
         return Sigmoid()
     if kind == "relu":
         return Relu()
     if kind == "prelu":
-        return Prelu(w, prefix)
+        return Prelu(w, prefix, width)
     if kind == "dice":
-        return Dice(w, prefix)
+        return Dice(w, prefix, width)
     raise ValueError(f"unknown activation {kind!r}")
 
 
@@ -155,17 +213,23 @@ class Stage(nn.Module):
 
 class Mlp(nn.Module):
     """micn's `Mlp`: linear layers `layers.{i}` with an activation `activations.{i}` after each,
-    then the linear `output`. Held as the first linear layer and the stages after it."""
+    then the linear `output` (one value), from `inputs` values. Held as the first linear layer
+    and the stages after it."""
 
-    def __init__(self, w: Weights, prefix: str, kind: str):
+    def __init__(self, w: Weights, prefix: str, kind: str, inputs: int):
         super().__init__()
         hidden = 0
         while w.has(f"{prefix}.layers.{hidden}.weight"):
             hidden += 1
-        layers = [linear(w, f"{prefix}.layers.{i}") for i in range(hidden)] + [linear(w, f"{prefix}.output")]
+        layers: List[nn.Linear] = []
+        width = inputs
+        for i in range(hidden):
+            layers.append(linear(w, f"{prefix}.layers.{i}", width))
+            width = layers[-1].out_features
+        layers.append(linear(w, f"{prefix}.output", width, 1))
         self.first = layers[0]
-        self.stages = nn.ModuleList(
-            [Stage(activation(kind, w, f"{prefix}.activations.{i}"), layers[i + 1]) for i in range(hidden)])
+        self.stages = nn.ModuleList([Stage(activation(kind, w, f"{prefix}.activations.{i}", layers[i].out_features),
+                                           layers[i + 1]) for i in range(hidden)])
         self.hidden = hidden
 
     def tail(self, first: Tensor) -> Tensor:
@@ -184,14 +248,18 @@ class AttentionUnit(nn.Module):
     a masked softmax makes the weights. A query narrower or wider than the keys is projected to
     their width by a linear layer and PReLU first (DIEN)."""
 
-    def __init__(self, w: Weights, prefix: str):
+    def __init__(self, w: Weights, prefix: str, query: int, keys: int):
+        """`query`, `keys`: the widths of the query and of each key."""
         super().__init__()
         self.projection: Optional[nn.Linear] = None
         self.projection_prelu: Optional[Prelu] = None
         if w.has(f"{prefix}.query_projection.linear.weight"):
-            self.projection = linear(w, f"{prefix}.query_projection.linear")
-            self.projection_prelu = Prelu(w, f"{prefix}.query_projection.prelu")
-        self.mlp = Mlp(w, f"{prefix}.mlp", "sigmoid")
+            self.projection = linear(w, f"{prefix}.query_projection.linear", query, keys)
+            self.projection_prelu = Prelu(w, f"{prefix}.query_projection.prelu", keys)
+        elif query != keys:
+            raise w.fail(f"{prefix}.query_projection.linear.weight", f"is missing (queries of {query} values meet keys "
+                                                                      f"of {keys})")
+        self.mlp = Mlp(w, f"{prefix}.mlp", "sigmoid", 4 * keys)
 
     def weights(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """`[b, q]`, `[b, T, k]`, `[b, T]` → `[b, T]`."""
@@ -221,12 +289,15 @@ class GruCell(nn.Module):
     """DIEN's GRU cell: `r, u = σ(W x + U h + b)`, `h̃ = tanh(W_c x + U_c (r·h) + b_c)`,
     `h' = h + u'·(h̃ − h)` with `u' = u` (GRU) or `a·u` (AUGRU); a padded step keeps `h`."""
 
-    def __init__(self, w: Weights, prefix: str):
+    def __init__(self, w: Weights, prefix: str, inputs: int):
         super().__init__()
-        self.input = linear(w, f"{prefix}.input")
-        self.hidden_gates = linear(w, f"{prefix}.hidden_gates", bias=False)
-        self.hidden_candidate = linear(w, f"{prefix}.hidden_candidate", bias=False)
-        self.hidden = self.hidden_candidate.weight.shape[0]
+        self.input = linear(w, f"{prefix}.input", inputs)
+        if self.input.out_features % 3:
+            raise w.fail(f"{prefix}.input.weight", f"has {self.input.out_features} rows, not three gates' worth")
+        hidden = self.input.out_features // 3
+        self.hidden_gates = linear(w, f"{prefix}.hidden_gates", hidden, 2 * hidden, bias=False)
+        self.hidden_candidate = linear(w, f"{prefix}.hidden_candidate", hidden, hidden, bias=False)
+        self.hidden = hidden
 
     def forward(self, xs: Tensor, mask: Tensor, attention: Optional[Tensor]):
         """`[b, T, I]`, `[b, T]`, `[b, T]` → (`states [b, T, H]`, `last [b, H]`)."""
@@ -256,9 +327,11 @@ class Crosses(nn.Module):
 
     def __init__(self, w: Weights, prefix: str):
         super().__init__()
-        self.weights = nn.Parameter(w.get(f"{prefix}.weights"))
-        self.bias = nn.Parameter(w.get(f"{prefix}.bias"))
+        self.weights = nn.Parameter(w.get(f"{prefix}.weights", None, 1))
+        self.bias = nn.Parameter(w.get(f"{prefix}.bias", 1))
         self.buckets = self.weights.shape[0]
+        if self.buckets == 0:
+            raise w.fail(f"{prefix}.weights", "has no buckets")
         self.prime = PRIME
         self.item_cross = list(ITEM_CROSS)
         self.cat_cross = list(CAT_CROSS)
@@ -280,11 +353,12 @@ class WideDeep(nn.Module):
     """A PReLU MLP over the batch-normalised `[user, e_t, Σ hist]` plus a linear layer over
     `[e_t, Σ hist, e_t·Σ hist]`, and the hashed crosses when the model has them."""
 
-    def __init__(self, w: Weights, prefix: str = "main"):
+    def __init__(self, w: Weights, emb: "Embeddings", prefix: str = "main"):
         super().__init__()
-        self.norm = BatchNorm(w, f"{prefix}.norm")
-        self.deep = Mlp(w, f"{prefix}.deep", "prelu")
-        self.wide = linear(w, f"{prefix}.wide")
+        user, width = emb.user_width, emb.width
+        self.norm = BatchNorm(w, f"{prefix}.norm", user + 2 * width)
+        self.deep = Mlp(w, f"{prefix}.deep", "prelu", user + 2 * width)
+        self.wide = linear(w, f"{prefix}.wide", 3 * width, 1)
         self.crosses: Optional[Crosses] = Crosses(w, f"{prefix}.crosses") if w.has(f"{prefix}.crosses.weights") else None
 
     def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
@@ -300,10 +374,10 @@ class WideDeep(nn.Module):
 class Din(nn.Module):
     """DIN: a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, attended]`."""
 
-    def __init__(self, w: Weights, prefix: str = "main"):
+    def __init__(self, w: Weights, emb: "Embeddings", prefix: str = "main"):
         super().__init__()
-        self.attention = AttentionUnit(w, f"{prefix}.attention")
-        self.head = Mlp(w, f"{prefix}.head", "dice")
+        self.attention = AttentionUnit(w, f"{prefix}.attention", emb.width, emb.width)
+        self.head = Mlp(w, f"{prefix}.head", "dice", emb.user_width + 4 * emb.width)
 
     def forward(self, user: Tensor, target: Tensor, hist: Tensor, mask: Tensor, items: Tensor, cats: Tensor,
                 hist_items: Tensor, hist_cats: Tensor) -> Tensor:
@@ -317,12 +391,12 @@ class Dien(nn.Module):
     it, and a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, last AUGRU state]` (its
     auxiliary loss only trains)."""
 
-    def __init__(self, w: Weights, prefix: str = "main"):
+    def __init__(self, w: Weights, emb: "Embeddings", prefix: str = "main"):
         super().__init__()
-        self.gru = GruCell(w, f"{prefix}.gru")
-        self.attention = AttentionUnit(w, f"{prefix}.attention")
-        self.augru = GruCell(w, f"{prefix}.augru")
-        self.head = Mlp(w, f"{prefix}.head", "dice")
+        self.gru = GruCell(w, f"{prefix}.gru", emb.width)
+        self.attention = AttentionUnit(w, f"{prefix}.attention", emb.width, self.gru.hidden)
+        self.augru = GruCell(w, f"{prefix}.augru", self.gru.hidden)
+        self.head = Mlp(w, f"{prefix}.head", "dice", emb.user_width + 3 * emb.width + self.augru.hidden)
         # The auxiliary network is used in training only; its tensors are known, not needed.
         for name in list(w.tensors):
             if name.startswith(f"{prefix}.auxiliary."):
@@ -392,20 +466,20 @@ class Mind(nn.Module):
     capsules from fixed start logits, ReLU interests, label-aware attention with the target as
     query, and a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, v_u]`."""
 
-    def __init__(self, w: Weights, prefix: str = "main", config: Optional[dict] = None):
+    def __init__(self, w: Weights, emb: "Embeddings", prefix: str = "main", config: Optional[Settings] = None):
         super().__init__()
         if config is None:
             raise ModelFileError(f"{w.source}: MIND's interests, routing iterations and attention power are not in "
                                  "the weights: give the run or checkpoint directory (its configuration)")
-        self.bilinear = nn.Parameter(w.get(f"{prefix}.routing.bilinear"))
-        self.interest = linear(w, f"{prefix}.interest")
+        self.bilinear = nn.Parameter(w.get(f"{prefix}.routing.bilinear", None, emb.width))
+        self.interest = linear(w, f"{prefix}.interest", self.bilinear.shape[0], emb.width)
         if w.has(f"{prefix}.head.output.weight"):
-            self.head = Mlp(w, f"{prefix}.head", "dice")
-        self.k_max = int(config.get("mind_interests", 4))
-        self.iterations = max(1, int(config.get("mind_routing_iters", 3)))
-        power = config.get("mind_pow_p", 2.0)
-        self.hard = power == "inf"
-        self.power = 0.0 if self.hard else float(power)
+            self.head = Mlp(w, f"{prefix}.head", "dice", emb.user_width + 4 * emb.width)
+        self.k_max = config.count("mind_interests", 4, 62)
+        self.iterations = config.count("mind_routing_iters", 3, 100)
+        power = config.power("mind_pow_p", 2.0)
+        self.hard = power == math.inf
+        self.power = 0.0 if self.hard else power
         self.key = normal_field_key(MIND_ROUTING_SEED, ROUTING_STREAM)
 
     def interests(self, hist: Tensor, mask: Tensor):
@@ -470,31 +544,36 @@ class Mfn(nn.Module):
     scorer, and a Dice head over `[user, e_t, Σ hist, e_t·Σ hist, R(e_t)]`; `ℰ` adds the
     attribute embeddings when the model has them."""
 
-    def __init__(self, w: Weights, prefix: str = "main", config: Optional[dict] = None):
+    def __init__(self, w: Weights, emb: "Embeddings", prefix: str = "main", config: Optional[Settings] = None):
         super().__init__()
         if config is None:
             raise ModelFileError(f"{w.source}: MFN's attention heads are not in the weights: give the run or "
                                  "checkpoint directory (its configuration)")
+        width, items = emb.width, emb.items_count
         self.pretrained = w.has(f"{prefix}.fixed_items")
-        self.register_buffer("fixed_items", w.get(f"{prefix}.fixed_items") if self.pretrained else torch.zeros(0, 0))
-        self.register_buffer("centres", w.get(f"{prefix}.centres"))
+        fixed = w.get(f"{prefix}.fixed_items", items, None) if self.pretrained else torch.zeros(0, 0)
+        self.register_buffer("fixed_items", fixed)
+        self.register_buffer("centres", w.get(f"{prefix}.centres", None, fixed.shape[1] if self.pretrained else width))
         self.has_attributes = w.has(f"{prefix}.item_attributes")
         if self.has_attributes:
-            self.attributes = nn.Parameter(w.get(f"{prefix}.attributes"))
-            self.register_buffer("item_attributes", w.get(f"{prefix}.item_attributes").round().to(torch.int64))
+            self.attributes = nn.Parameter(w.get(f"{prefix}.attributes", None, width))
+            self.register_buffer("item_attributes", w.ids(f"{prefix}.item_attributes", items, f"{prefix}.attributes",
+                                                          self.attributes.shape[0]))
         else:
             self.attributes = nn.Parameter(torch.zeros(0, 0))
             self.register_buffer("item_attributes", torch.zeros(0, 0, dtype=torch.int64))
-        self.heads = int(config.get("mfn_heads", 2))
-        self.query = linear(w, f"{prefix}.attention.query")
-        self.key = linear(w, f"{prefix}.attention.key")
-        self.value = linear(w, f"{prefix}.attention.value")
-        self.output = linear(w, f"{prefix}.attention.output")
-        self.w1 = linear(w, f"{prefix}.w1", bias=False)
-        self.w2 = linear(w, f"{prefix}.w2", bias=False)
-        self.similarity_scorer = Mlp(w, f"{prefix}.similarity_scorer", "sigmoid")
-        self.combination_scorer = Mlp(w, f"{prefix}.combination_scorer", "sigmoid")
-        self.head = Mlp(w, f"{prefix}.head", "dice")
+        self.heads = config.count("mfn_heads", 2, 62)
+        if width % self.heads:
+            raise config.fail("mfn_heads", self.heads, f"does not divide the item vectors' width {width}")
+        self.query = linear(w, f"{prefix}.attention.query", width, width)
+        self.key = linear(w, f"{prefix}.attention.key", width, width)
+        self.value = linear(w, f"{prefix}.attention.value", width, width)
+        self.output = linear(w, f"{prefix}.attention.output", width, width)
+        self.w1 = linear(w, f"{prefix}.w1", width, bias=False)
+        self.w2 = linear(w, f"{prefix}.w2", self.w1.out_features, bias=False)
+        self.similarity_scorer = Mlp(w, f"{prefix}.similarity_scorer", "sigmoid", 4 * width)
+        self.combination_scorer = Mlp(w, f"{prefix}.combination_scorer", "sigmoid", 4 * width)
+        self.head = Mlp(w, f"{prefix}.head", "dice", emb.user_width + 4 * width)
 
     @staticmethod
     def features(interests: Tensor, target: Tensor) -> Tensor:
@@ -539,26 +618,29 @@ class Camn(nn.Module):
     unit per sequence pooling it against the target, and a Dice head over
     `[user, e_t, Σ hist, e_t·Σ hist, target's attributes, interests]`. The diversity loss only trains."""
 
-    def __init__(self, w: Weights, prefix: str = "main", config: Optional[dict] = None):
+    def __init__(self, w: Weights, emb: "Embeddings", prefix: str = "main", config: Optional[Settings] = None):
         super().__init__()
         if config is None:
             raise ModelFileError(f"{w.source}: CAMN's top q and routing switch are not in the weights: give the run "
                                  "or checkpoint directory (its configuration)")
-        self.attributes = nn.Parameter(w.get(f"{prefix}.attributes"))
-        self.register_buffer("item_attributes", w.get(f"{prefix}.item_attributes").round().to(torch.int64))
+        width = emb.width
+        self.attributes = nn.Parameter(w.get(f"{prefix}.attributes", None, width))
+        self.register_buffer("item_attributes", w.ids(f"{prefix}.item_attributes", emb.items_count,
+                                                      f"{prefix}.attributes", self.attributes.shape[0]))
         self.k = 1 + int(self.item_attributes.shape[1])
-        self.norm_weight = nn.Parameter(w.get(f"{prefix}.norm.weight"))
-        self.norm_bias = nn.Parameter(w.get(f"{prefix}.norm.bias"))
-        self.route = linear(w, f"{prefix}.route", bias=False)
-        self.w_query = nn.Parameter(w.get(f"{prefix}.query"))
-        self.w_key = nn.Parameter(w.get(f"{prefix}.key"))
-        self.w_value = nn.Parameter(w.get(f"{prefix}.value"))
-        self.ffn_in = linear(w, f"{prefix}.ffn_in")
-        self.ffn_out = linear(w, f"{prefix}.ffn_out")
-        self.extractors = nn.ModuleList([AttentionUnit(w, f"{prefix}.extractor.{r}") for r in range(self.k)])
-        self.head = Mlp(w, f"{prefix}.head", "dice")
-        self.top_q = min(int(config.get("camn_top_q", 3)), self.k)
-        self.routing = bool(config.get("camn_routing", True))
+        k = self.k
+        self.norm_weight = nn.Parameter(w.get(f"{prefix}.norm.weight", k * width))
+        self.norm_bias = nn.Parameter(w.get(f"{prefix}.norm.bias", k * width))
+        self.route = linear(w, f"{prefix}.route", k * width, k, bias=False)
+        self.w_query = nn.Parameter(w.get(f"{prefix}.query", k, width, width))
+        self.w_key = nn.Parameter(w.get(f"{prefix}.key", k, width, width))
+        self.w_value = nn.Parameter(w.get(f"{prefix}.value", k, width, width))
+        self.ffn_in = linear(w, f"{prefix}.ffn_in", width)
+        self.ffn_out = linear(w, f"{prefix}.ffn_out", self.ffn_in.out_features, width)
+        self.extractors = nn.ModuleList([AttentionUnit(w, f"{prefix}.extractor.{r}", width, width) for r in range(k)])
+        self.head = Mlp(w, f"{prefix}.head", "dice", emb.user_width + (3 + (k - 1) + k) * width)
+        self.top_q = min(config.count("camn_top_q", 3, 62), k)
+        self.routing = config.flag("camn_routing", True)
 
     def embed_attributes(self, items: Tensor) -> Tensor:
         """`[S…]` item ids → `[S…, k − 1, w]`."""
@@ -600,14 +682,19 @@ class Embeddings(nn.Module):
 
     def __init__(self, w: Weights, prefix: str = "embeddings"):
         super().__init__()
-        self.user = nn.Parameter(w.get(f"{prefix}.user"))
-        self.item = nn.Parameter(w.get(f"{prefix}.item"))
-        self.cat = nn.Parameter(w.get(f"{prefix}.cat"))
+        self.user = nn.Parameter(w.get(f"{prefix}.user", None, None))
+        self.item = nn.Parameter(w.get(f"{prefix}.item", None, None))
+        self.cat = nn.Parameter(w.get(f"{prefix}.cat", None, None))
         self.item_aux: Optional[nn.Parameter] = None
         self.cat_aux: Optional[nn.Parameter] = None
+        # The widths the models' tensors are checked against: a user's vector, an item's.
+        self.user_width = int(self.user.shape[1])
+        self.width = int(self.item.shape[1] + self.cat.shape[1])
+        self.items_count = int(self.item.shape[0])
         if w.has(f"{prefix}.item_aux"):
-            self.item_aux = nn.Parameter(w.get(f"{prefix}.item_aux"))
-            self.cat_aux = nn.Parameter(w.get(f"{prefix}.cat_aux"))
+            self.item_aux = nn.Parameter(w.get(f"{prefix}.item_aux", self.item.shape[0], None))
+            self.cat_aux = nn.Parameter(w.get(f"{prefix}.cat_aux", self.cat.shape[0], None))
+            self.width += int(self.item_aux.shape[1] + self.cat_aux.shape[1])
 
     def items(self, items: Tensor, cats: Tensor) -> Tensor:
         item_aux, cat_aux = self.item_aux, self.cat_aux
@@ -645,18 +732,21 @@ class Network(nn.Module):
     `hist_items`, `hist_cats` `[b, T]` (int64, real behaviours left-aligned, oldest first,
     padding 0) and `hist_mask` `[b, T]` (float, 1 for a real behaviour)."""
 
-    def __init__(self, tensors: Dict[str, Tensor], source: str = "model", config: Optional[dict] = None):
-        """`config`: the run's `[model]` table (needed for MIND, MFN and CAMN only)."""
+    def __init__(self, tensors: Dict[str, Tensor], source: str = "model", config: Optional[dict] = None,
+                 config_source: str = "the run's configuration"):
+        """`config`: the run's `[model]` table (needed for MIND, MFN and CAMN only), read from
+        `config_source` (which errors in it name)."""
         super().__init__()
         w = Weights(tensors, source)
+        settings = None if config is None else Settings(config, config_source)
         self.kind = model_kind(w)
         self.embeddings = Embeddings(w)
         if self.kind == "mind" and not w.has("main.head.output.weight"):
-            self.main = MindRetrieval(w, config=config)
+            self.main = MindRetrieval(w, self.embeddings, config=settings)
         elif self.kind in CONFIGURED:
-            self.main = MODELS[self.kind](w, config=config)
+            self.main = MODELS[self.kind](w, self.embeddings, config=settings)
         else:
-            self.main = MODELS[self.kind](w)
+            self.main = MODELS[self.kind](w, self.embeddings)
         w.check_all_used()
 
     def logits(self, users: Tensor, items: Tensor, cats: Tensor, hist_items: Tensor, hist_cats: Tensor,

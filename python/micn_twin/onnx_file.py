@@ -8,12 +8,18 @@ routing run once per behaviour, so their graphs are unrolled over T), and is the
 `data.max_hist_len` unless told otherwise. Shorter histories are padded to T (padding 0, mask 0),
 which changes no score.
 
+The file records in its metadata the model kind (`micn.model_kind`), T (`micn.history_length`),
+the vocabulary sizes (`micn.vocabularies`, JSON by `export.json`'s names) and, when known, the
+history length the run trained with (`micn.trained_history_length`), so that scoring with it can
+refuse an export it would score differently from `micn predict`.
+
 Before anything is written, onnxruntime runs the file on probe batches (1 and 64 samples of
 random ids and history lengths 1..T) and its probabilities must equal the twin's to
 `TOLERANCE`; a file that does not is refused. The graph is exported unoptimised: the exporter's
 optimiser (onnxscript 0.7) takes MIND's `|s|² + 1e-9` for `|s|² + 0`, which makes an inactive
 capsule's squash 0/0 (the check above caught it). onnxruntime optimises the graph when it loads it.
 """
+import json
 import logging
 import os
 import warnings
@@ -21,7 +27,7 @@ from typing import Dict, Optional
 
 import torch
 
-from . import INPUTS
+from . import INPUTS, vocabulary_sizes
 from .model import Network
 
 # The largest difference from the twin's probabilities an exported file may show.
@@ -65,9 +71,11 @@ def probe_batch(net: Network, size: int, history_length: int, seed: int) -> Dict
     }
 
 
-def export(net: Network, history_length: int, source: str = "model") -> bytes:
+def export(net: Network, history_length: int, source: str = "model",
+           trained_history_length: Optional[int] = None) -> bytes:
     """The serialised ONNX model of `net` for histories of `history_length`, checked against
-    `net` by onnxruntime (see the module's documentation)."""
+    `net` by onnxruntime (see the module's documentation); `trained_history_length`, the run's
+    `data.max_hist_len` when known, is recorded in its metadata."""
     if not 1 <= history_length <= MAX_HISTORY:
         raise OnnxError(f"history length {history_length}: must lie in [1, {MAX_HISTORY}] "
                         f"(the graph is unrolled over it)")
@@ -84,13 +92,17 @@ def export(net: Network, history_length: int, source: str = "model") -> bytes:
                                     output_names=["prob"], dynamic_shapes={k: {0: batch} for k in INPUTS},
                                     dynamo=True, optimize=False, verbose=False)
         model = program.model_proto
-    onnx.helper.set_model_props(model, {
+    props = {
         "micn.model_kind": net.kind,
         "micn.history_length": str(history_length),
+        "micn.vocabularies": json.dumps(vocabulary_sizes(net)),
         "micn.source": source,
         "micn.inputs": "users, items, cats [batch] int64; hist_items, hist_cats [batch, T] int64 (left-aligned, "
                        "oldest first, padding 0); hist_mask [batch, T] float32 (1 = real behaviour)",
-    })
+    }
+    if trained_history_length is not None:
+        props["micn.trained_history_length"] = str(trained_history_length)
+    onnx.helper.set_model_props(model, props)
     size = model.ByteSize()
     if size > PROTOBUF_LIMIT:
         raise OnnxError(f"{source}: the ONNX model would take {size} bytes, more than one ONNX file holds (2 GiB)")
@@ -135,6 +147,9 @@ class OnnxModel:
         if threads and threads.isdigit():
             options.intra_op_num_threads = int(threads)
         source = model if isinstance(model, bytes) else str(model)
+        # A failed run is reported once, as an `OnnxError`, not also in onnxruntime's log.
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
@@ -144,8 +159,24 @@ class OnnxModel:
             raise OnnxError(f"{self.name}: inputs {names}, not those of a micn twin ({', '.join(INPUTS)})")
         width = self.session.get_inputs()[INPUTS.index("hist_items")].shape[1]
         self.history_length: Optional[int] = width if isinstance(width, int) else None
-        # What `export` recorded (None for a file made elsewhere).
-        self.model_kind: Optional[str] = self.session.get_modelmeta().custom_metadata_map.get("micn.model_kind")
+        # What `export` recorded (None for a file made elsewhere or before it was recorded).
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.model_kind: Optional[str] = meta.get("micn.model_kind")
+        self.vocabularies: Optional[Dict[str, int]] = self._recorded(meta, "micn.vocabularies", dict)
+        self.trained_history_length: Optional[int] = self._recorded(meta, "micn.trained_history_length", int)
+
+    def _recorded(self, meta: Dict[str, str], key: str, kind: type):
+        """The JSON value of metadata `key` (None when absent), which must be a `kind`."""
+        if key not in meta:
+            return None
+        try:
+            value = json.loads(meta[key])
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise OnnxError(f"{self.name}: metadata {key} = {meta[key]!r} is not what `python -m micn_twin onnx` "
+                            f"writes")
+        return value
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feed = dict(zip(INPUTS, inputs))
@@ -158,5 +189,10 @@ class OnnxModel:
             for k in ("hist_items", "hist_cats", "hist_mask"):
                 feed[k] = torch.nn.functional.pad(feed[k], pad)
         arrays = {k: v.contiguous().numpy() for k, v in feed.items()}
-        return torch.from_numpy(self.session.run(["prob"], arrays)[0])
+        try:
+            probs = self.session.run(["prob"], arrays, self.run_options)[0]
+        except Exception as e:  # onnxruntime raises its own exception types
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise OnnxError(f"{self.name}: onnxruntime cannot score these inputs: {why}") from None
+        return torch.from_numpy(probs)
 

@@ -108,7 +108,10 @@ fn visit(dir: &Path, found: &mut Found) -> bool {
         }
         match read_run(dir) {
             Ok(run) => found.runs.push(run),
-            Err(why) => found.left_out.push(LeftOut { dir: dir.to_path_buf(), why }),
+            // One line each in the report's list (a TOML error spans several).
+            Err(why) => found
+                .left_out
+                .push(LeftOut { dir: dir.to_path_buf(), why: why.split_whitespace().collect::<Vec<_>>().join(" ") }),
         }
         return true;
     }

@@ -283,12 +283,21 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
         let message = "holds a run (config.toml): give the sweep a directory of its own (--out)";
         return Err(plan_err(&spec.out.display().to_string(), message));
     }
+    let own = |key: &str| match key {
+        "train.seed" => Some("is set by the sweep itself (repeat r trains with train.seed + r)"),
+        "run.dir" => Some("is set by the sweep itself (OUT/<point>/repeat-<r>)"),
+        _ => None,
+    };
     for (key, values) in &spec.grid {
         for (key, _) in values.iter().flat_map(|v| point_sets(key, v)) {
-            if key == "train.seed" || key == "run.dir" {
-                return Err(plan_err(&key, "is set by the sweep itself (repeats change train.seed)"));
+            if let Some(why) = own(&key) {
+                return Err(plan_err(&key, why));
             }
         }
+    }
+    // A base seed may be set; where runs go may not.
+    if let Some(set) = spec.sets.iter().find(|o| o.key == "run.dir") {
+        return Err(plan_err(&format!("--set {}", set.arg), own("run.dir").expect("run.dir is the sweep's")));
     }
     // The grid's points: the cartesian product, the last key varying fastest.
     let mut points: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];

@@ -40,7 +40,10 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     );
     assert!(!Path::new(&at("run")).exists());
     // Refused once the dataset is read: no run directory, no log in it.
-    refused(&["train", "--config", config, "--set", "data.dir=\"/nonexistent-data\"", "--set", &run_dir], "/nonexistent-data");
+    refused(
+        &["train", "--config", config, "--set", "data.dir=\"/nonexistent-data\"", "--set", &run_dir],
+        "/nonexistent-data",
+    );
     assert!(!Path::new(&at("run")).exists(), "a refused run writes no log into its run.dir");
     // Sizes that would exhaust memory or never end.
     let out = at("synth");

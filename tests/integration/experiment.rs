@@ -114,8 +114,9 @@ fn bad_sweep_arguments_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.toml");
     std::fs::write(&base, crate::small_config(&tmp.path().join("r"), &[]).to_toml()).unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--grid", "micn.phi=0.5"], "--grid micn.phi=0.5: the values must be a list"),
+        (&["--set", "run.dir=\"elsewhere\""], "--set run.dir=\"elsewhere\": is set by the sweep itself"),
         (&["--grid", "micn.phi=[1.0,0.5,1]"], "micn.phi=1/repeat-0: configures the same training as"),
         (&["--grid", "micn.phi=[0.5,2.0]"], "--set micn.phi=2.0"),
         (&["--grid", "micn.nonsense=[1,2]"], "nonsense"),
