@@ -15,8 +15,8 @@ A checkpoint directory is read only when micn would load it (its `COMPLETE` mark
 file's size and checksum as `manifest.json` records them: `micn_twin.checkpoint`). `check_export`
 refuses an export that `micn predict` would not score the same way with the model: another
 dataset's vocabularies, histories cut to another length than the run trained with, or
-another validation share (`export.json` does not record the share: it is inferred from the
-held-out count, see `check_valid_share`).
+another validation share (as `export.json` records it; inferred from the held-out count for an
+export written before it did, see `check_valid_share`).
 """
 import json
 import math
@@ -181,10 +181,10 @@ def export_command(model, export, length: Optional[int] = None) -> str:
 
 def check_valid_share(export, info: dict, share: float, model: str, command: str):
     """The export's `valid/` and `train/` hold out the samples the run's `data.valid_share`
-    holds out. `export.json` does not record the share it was written with (`micn data export
-    --valid-share`), so it is compared where recorded, and otherwise inferred: each sample (each
-    user under the DIEN protocol) is held out with probability `share`, so the held-out count
-    must lie within 5 standard deviations of `share` of them (0 exactly when `share` is 0)."""
+    holds out. `export.json` records the share it was written with (`micn data export
+    --valid-share`); for an export written before it did, the share is inferred: each sample
+    (each user under the DIEN protocol) is held out with probability `share`, so the held-out
+    count must lie within 5 standard deviations of `share` of them (0 exactly when `share` is 0)."""
     samples = info.get("samples", {})
     held, total, unit = samples.get("valid", 0), samples.get("train", 0) + samples.get("valid", 0), "samples"
     recorded = info.get("valid_share")

@@ -85,6 +85,7 @@ fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<E
         "items": dataset.vocab.items.len(),
         "cats": dataset.vocab.cats.len(),
         "max_hist_len": opts.max_hist_len,
+        "valid_share": opts.valid_share,
         "hist_width": widths,
         "protocol": dataset.meta.protocol,
         "samples": exported,

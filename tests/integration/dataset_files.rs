@@ -328,6 +328,9 @@ fn data_export_writes_every_split_as_numpy_arrays_of_the_loaders_samples() {
     run_ok(micn().args(["data", "export"]).arg(&data).arg("--out").arg(&held).args(["--valid-share", "0.2"]));
     let count = |split: &str| read_npy(&held.join(split).join("labels.npy")).0[0];
     assert_eq!(count("train") + count("valid"), train as usize);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(held.join("export.json")).unwrap()).unwrap();
+    assert_eq!(meta["valid_share"].as_f64(), Some(0.2), "recorded, for the twin to compare");
     assert!(count("valid") > 0 && count("valid") < train as usize / 2);
     // A share outside [0, 1) is a usage error (exit status 3) that writes nothing.
     let bad = tmp.path().join("bad");
