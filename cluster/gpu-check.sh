@@ -448,12 +448,16 @@ check_cpu_vs_cuda() {
   fi
   local ckpt
   ckpt=$(ls -d "$base/init/checkpoints/step-"* 2>/dev/null | sort | tail -n 1)
+  # Each continuation into a run directory of its own (a resume never writes into another run's).
+  local second=$other
+  [[ $other == cpu ]] && second=cpu-again
+  rm -rf "${base:?}/cpu" "${base:?}/$second"   # a --work reused from an earlier check
   if train cross-cpu "$base/cpu" --resume "$ckpt" --set 'device="cpu"' "${common[@]}" --set "train.max_steps=$n" \
-     && train "cross-$other" "$base/$other" --resume "$ckpt" --set "device=\"$other\"" "${common[@]}" \
+     && train "cross-$second" "$base/$second" --resume "$ckpt" --set "device=\"$other\"" "${common[@]}" \
         --set "train.max_steps=$n"; then
     local params aucs
-    params=$(compare "$base/cpu/model.safetensors" "$base/$other/model.safetensors") || params="nan nan no"
-    aucs=$("$PY" - "$base/cpu/summary.json" "$base/$other/summary.json" <<'EOF'
+    params=$(compare "$base/cpu/model.safetensors" "$base/$second/model.safetensors") || params="nan nan no"
+    aucs=$("$PY" - "$base/cpu/summary.json" "$base/$second/summary.json" <<'EOF'
 import json, sys
 a = json.load(open(sys.argv[1]))["test_auc"]; b = json.load(open(sys.argv[2]))["test_auc"]
 print(f"{a:.5f} {b:.5f} {abs(a - b):.2g}")
