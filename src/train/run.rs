@@ -340,8 +340,8 @@ fn resume_point(
 /// Make sure a run replaces nothing by accident: refuse an empty `run.dir`, a directory another
 /// `micn train` writes into (rank 0 locks it, [`RunDir::lock`]) and, unless the run resumes or
 /// `--overwrite` was given, a directory that already holds a run; `--resume auto` in one that
-/// holds a run but no checkpoint, and `--resume PATH` from elsewhere into one that holds a run,
-/// are refused too. Rank 0 decides; every rank learns the outcome. Rank 0 gets the lock, to hold
+/// holds a finished run but no checkpoint, and `--resume PATH` from elsewhere into one that holds
+/// a run, are refused too. Rank 0 decides; every rank learns the outcome. Rank 0 gets the lock, to hold
 /// until the run ends, and what it resumes from (see [`continuation`]).
 fn claim_run_dir(
     cfg: &Config,
@@ -367,8 +367,20 @@ fn claim_run_dir(
         match &effective {
             Resume::Fresh if !present.is_empty() => return Err(exists()),
             Resume::Overwrite => run_dir.remove_run_files()?,
+            // Nothing to resume: a finished run is kept, a start that wrote no checkpoint (killed
+            // in its first minutes, requeued with `--resume auto`) starts again.
             Resume::Auto if !present.is_empty() && checkpoint::list(&run_dir.checkpoints()).is_empty() => {
-                return Err(TrainError::NoCheckpointToResume { path: cfg.run.dir.clone(), files: present.join(", ") });
+                if run_dir.model().exists() || run_dir.summary().exists() {
+                    return Err(TrainError::NoCheckpointToResume {
+                        path: cfg.run.dir.clone(),
+                        files: present.join(", "),
+                    });
+                }
+                tracing::warn!(
+                    files = present.join(", "),
+                    "--resume auto: the run stopped before its first checkpoint; starting it again"
+                );
+                run_dir.remove_run_files()?;
             }
             Resume::Path(from) if !ours && !present.is_empty() && !within(from, run_dir.path()) => {
                 return Err(TrainError::ResumeIntoAnotherRun {

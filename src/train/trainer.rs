@@ -98,8 +98,8 @@ pub enum TrainError {
     )]
     RunExists { path: PathBuf, files: String },
     #[error(
-        "{path}: holds a run ({files}) but no checkpoint to resume from (it stopped before its first): start it \
-         again with --overwrite (which deletes those files)"
+        "{path}: holds a finished run ({files}) but no checkpoint to resume from: replace it with --overwrite \
+         (which deletes those files)"
     )]
     NoCheckpointToResume { path: PathBuf, files: String },
     #[error(

@@ -324,7 +324,10 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     std::fs::rename(dir.join("checkpoints"), &moved).unwrap();
     let (code, stderr) = train_as(&cfg(12), None, &["--resume", "auto"]);
     assert_eq!(code, Some(3), "{stderr}");
-    assert!(stderr.contains("holds a run (config.toml, metrics.jsonl") && stderr.contains("no checkpoint"), "{stderr}");
+    assert!(
+        stderr.contains("holds a finished run (config.toml, metrics.jsonl") && stderr.contains("no checkpoint"),
+        "{stderr}"
+    );
     assert_eq!(model_bytes(&dir), before);
     std::fs::rename(&moved, dir.join("checkpoints")).unwrap();
     // Resuming from step 6 with another learning rate: steps 9 and 12 of the first history are set
@@ -366,6 +369,16 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     std::fs::write(fresh.join(".launch"), "job-1\n").unwrap();
     let (code, stderr) = train_as(&fresh_cfg, Some("job-2"), &[]);
     assert_eq!(code, Some(3), "another job's restart replaces nothing: {stderr}");
+    // By hand, `--resume auto` (a requeued batch job) starts such a run again: it has no
+    // checkpoint, and no model to lose.
+    let (code, stderr) = train_as(&fresh_cfg, None, &["--resume", "auto"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the run stopped before its first checkpoint; starting it again"), "{stderr}");
+    std::fs::remove_dir_all(&fresh).unwrap();
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::write(fresh.join("config.toml"), fresh_cfg.to_toml()).unwrap();
+    std::fs::write(fresh.join("metrics.jsonl"), "").unwrap();
+    std::fs::write(fresh.join(".launch"), "job-1\n").unwrap();
     let (code, stderr) = train_as(&fresh_cfg, Some("job-1"), &[]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("an earlier attempt of this job claimed the run directory"), "{stderr}");
