@@ -258,6 +258,21 @@ fn launch_id() -> &'static str {
     })
 }
 
+/// `cmd` without its `-x MICN_LAUNCH_ID=…` pair.
+fn without_launch_id(cmd: &[String]) -> Vec<&String> {
+    let id = |a: &String| a.starts_with(&format!("{LAUNCH_ID_ENV}="));
+    let mut shown = Vec::with_capacity(cmd.len());
+    let mut args = cmd.iter().peekable();
+    while let Some(arg) = args.next() {
+        if arg == "-x" && args.peek().is_some_and(|next| id(next)) {
+            args.next();
+            continue;
+        }
+        shown.push(arg);
+    }
+    shown
+}
+
 /// What the output streams have seen, for the watch over the job.
 #[derive(Debug, Default)]
 struct Seen {
@@ -709,7 +724,9 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
         for note in &split_notes {
             eprintln!("micn-launch: {note}");
         }
-        println!("{}", cmd.iter().map(|a| shell_quoted(a)).collect::<Vec<_>>().join(" "));
+        // Without this launch's id: a command run by hand is a job of its own each time.
+        let shown = without_launch_id(&cmd);
+        println!("{}", shown.iter().map(|a| shell_quoted(a)).collect::<Vec<_>>().join(" "));
         return Ok(0);
     }
     // Without a hostfile every rank runs on this machine: a missing binary is known now, not
@@ -971,6 +988,10 @@ mod tests {
         assert!(first.windows(2).any(|w| w[0] == "-x" && w[1] == id), "{first:?}");
         assert!(first.ends_with(&["train", "--config", "c.toml", "--overwrite"].map(String::from)), "{first:?}");
         assert_eq!(command(&["--np", "2", "--", "train", "--config", "c.toml", "--overwrite"]).unwrap(), first);
+        // `--dry-run` shows the command without it: run by hand, each run is a job of its own.
+        let shown = without_launch_id(&first);
+        assert_eq!(shown.len(), first.len() - 2);
+        assert!(!shown.iter().any(|a| a.contains("MICN_LAUNCH_ID")), "{shown:?}");
     }
 
     #[test]
