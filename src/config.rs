@@ -828,6 +828,11 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("every config value has a TOML form")
     }
+
+    /// The configuration as a TOML table, as [`Config::to_toml`] writes it (for [`diff`]).
+    pub fn to_table(&self) -> toml::Table {
+        toml::from_str(&self.to_toml()).expect("a config's own TOML parses")
+    }
 }
 
 /// `{a = {b = 1}}` and `{"a.b" = 1}` both become `[("a.b", 1)]`: a TOML table as dotted keys.

@@ -384,11 +384,9 @@ pub fn run_state(run: &PlannedRun) -> Result<RunState, SweepError> {
     if !run_dir.holds_run() {
         return Ok(RunState::NotStarted);
     }
-    let table =
-        |config: &Config| -> toml::Table { toml::from_str(&config.to_toml()).expect("a config's own TOML parses") };
     // Where the run directory is written from (`--out ./x`, an absolute path, a moved sweep) is
     // not part of how it trains.
-    let mut differing = crate::config::diff(&table(&run_dir.read_config()?), &table(&run.config));
+    let mut differing = crate::config::diff(&run_dir.read_config()?.to_table(), &run.config.to_table());
     differing.retain(|key| key != "run.dir");
     if !differing.is_empty() {
         return Err(SweepError::Mismatch { dir: run.dir.clone(), keys: differing.join(", ") });

@@ -313,8 +313,7 @@ fn resume_point(
     // Settings a resume may change (the learning rate, the schedule): said, since config.toml
     // will hold only the new ones (each checkpoint keeps the settings it was made with). A longer
     // or shorter run is what resuming is for.
-    let table = |c: &Config| -> toml::Table { toml::from_str(&c.to_toml()).expect("a config's own TOML parses") };
-    let mut changed = crate::config::diff(&table(&saved), &table(cfg));
+    let mut changed = crate::config::diff(&saved.to_table(), &cfg.to_table());
     changed.retain(|k| !["run.dir", "data.dir", "train.max_steps", "train.epochs"].contains(&k.as_str()));
     if comm.rank() == 0 && !changed.is_empty() {
         tracing::warn!("resuming with settings other than the checkpoint's: {}", changed.join(", "));
