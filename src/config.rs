@@ -29,6 +29,20 @@ pub enum ConfigError {
     BadOverride { arg: String, why: String },
 }
 
+/// Keys whose valid range depends on other keys' values (checked in `Config::validate`): an
+/// error on the first may come from a `--set` of one of the others, which it then names.
+const DEPENDS_ON: &[(&str, &[&str])] = &[
+    ("train.lr_step_every", &["train.lr_schedule"]),
+    ("train.lr_min", &["train.lr"]),
+    ("train.weight_decay", &["train.lr"]),
+    ("train.early_stop_patience", &["data.valid_share"]),
+    ("model.mfn_heads", &["model.embedding_dim"]),
+    ("model.gru_hidden", &["model.embedding_dim"]),
+    ("model.head_hidden", &["model.embedding_dim", "model.gru_hidden"]),
+    ("model.attention_hidden", &["model.embedding_dim", "model.gru_hidden"]),
+    ("model.dien_aux_hidden", &["model.embedding_dim", "model.gru_hidden"]),
+];
+
 /// Upper bounds of the sizes a configuration may ask for.
 ///
 /// Each is far above anything the papers use (18-wide embeddings, layers of at most 200 units,
@@ -543,8 +557,10 @@ impl Default for Config {
 /// One `--set section.key=value` argument, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Override {
-    /// The argument as given, for error messages.
+    /// The argument as given (`micn.phi=0.5`).
     pub arg: String,
+    /// Where it came from, for error messages: `--set micn.phi=0.5`, or a sweep's grid value.
+    pub origin: String,
     /// Dotted key, e.g. `micn.phi`.
     pub key: String,
     pub value: toml::Value,
@@ -570,7 +586,12 @@ impl Override {
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-        Ok(Self { arg: arg.to_string(), key: key.to_string(), value })
+        Ok(Self { arg: arg.to_string(), origin: format!("--set {arg}"), key: key.to_string(), value })
+    }
+
+    /// The same override, named by `origin` in error messages.
+    pub fn named(self, origin: String) -> Self {
+        Self { origin, ..self }
     }
 
     /// Set the key in `root`. An inline table given for a section (`--set train={lr=1}`) is
@@ -583,7 +604,7 @@ impl Override {
         for (depth, section) in sections.iter().enumerate() {
             let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
             table = entry.as_table_mut().ok_or_else(|| ConfigError::Key {
-                origin: format!("--set {}", self.arg),
+                origin: self.origin.clone(),
                 key: parts[..=depth].join("."),
                 message: "is a value, not a section".into(),
             })?;
@@ -653,18 +674,22 @@ impl Config {
             o.apply(&mut table)?;
         }
         // The origin of a key is the last `--set` that touched it (the key, a key under it or an
-        // element of it, `model.head_hidden[0]`), else the file.
+        // element of it, `model.head_hidden[0]`) or a key its range depends on, else the file.
         let origin_of = |key: &str| {
+            let depends_on = DEPENDS_ON.iter().filter(|(k, _)| *k == key).flat_map(|(_, on)| on.iter().copied());
+            let keys: Vec<&str> = std::iter::once(key).chain(depends_on).collect();
             overrides
                 .iter()
                 .rev()
                 .find(|o| {
-                    key == o.key
-                        || key.starts_with(&format!("{}.", o.key))
-                        || key.starts_with(&format!("{}[", o.key))
-                        || o.key.starts_with(&format!("{key}."))
+                    keys.iter().any(|key| {
+                        *key == o.key
+                            || key.starts_with(&format!("{}.", o.key))
+                            || key.starts_with(&format!("{}[", o.key))
+                            || o.key.starts_with(&format!("{key}."))
+                    })
                 })
-                .map_or_else(|| file_origin.to_string(), |o| format!("--set {}", o.arg))
+                .map_or_else(|| file_origin.to_string(), |o| o.origin.clone())
         };
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             // The path includes the offending key, unknown ones too.
@@ -721,6 +746,11 @@ impl Config {
         }
         use limits::*;
         let (d, m, x, t, c) = (&self.data, &self.model, &self.micn, &self.train, &self.checkpoint);
+        let paths = [("data.dir", Some(&d.dir)), ("run.dir", Some(&self.run.dir))];
+        for (key, path) in paths.into_iter().chain([("model.mfn_pretrained", self.model.mfn_pretrained.as_ref())]) {
+            let nul = path.is_some_and(|p| p.as_os_str().as_encoded_bytes().contains(&0));
+            check(!nul, key, "holds a NUL byte, which no file name may")?;
+        }
         check(d.max_hist_len > 0, "data.max_hist_len", "must be at least 1")?;
         count(d.prefetch_batches, PREFETCH_BATCHES, "data.prefetch_batches")?;
         let share = d.valid_share;
@@ -890,6 +920,14 @@ mod tests {
     }
 
     #[test]
+    fn a_models_name_is_the_one_its_key_takes() {
+        for kind in ModelKind::ALL {
+            let table: toml::Table = toml::from_str(&format!("kind = \"{}\"", kind.name())).unwrap();
+            assert_eq!(table["kind"].clone().try_into::<ModelKind>().unwrap(), kind);
+        }
+    }
+
+    #[test]
     fn defaults_are_the_papers_values() {
         let c = Config::load(None, &[]).unwrap();
         assert_eq!((c.micn.lambda, c.micn.phi, c.micn.k_max, c.micn.routing_iters), (1.0, 0.3, 4, 3));
@@ -988,6 +1026,28 @@ mod tests {
         let sets = [Override::parse("device.kind=1").unwrap()];
         let (_, key, message) = key_error(Config::load(Some(&write("device = \"cpu\"\n").1), &sets).unwrap_err());
         assert_eq!((key.as_str(), message.as_str()), ("device", "is a value, not a section"));
+    }
+
+    #[test]
+    fn a_range_that_another_key_sets_names_the_set_of_that_key_and_paths_may_not_hold_nul() {
+        // `train.lr_step_every` keeps its default (0); what made it wrong is the `--set` of the
+        // schedule, not the file.
+        let (_d, path) = write("device = \"cpu\"\n");
+        let sets = [Override::parse("train.lr_schedule=step").unwrap()];
+        let (origin, key, _) = key_error(Config::load(Some(&path), &sets).unwrap_err());
+        assert_eq!((origin.as_str(), key.as_str()), ("--set train.lr_schedule=step", "train.lr_step_every"));
+        let (_d, heads) = write("[model]\nmfn_heads = 4\n");
+        let sets = [Override::parse("model.embedding_dim=7").unwrap().named("grid value model.embedding_dim=7".into())];
+        let (origin, key, _) = key_error(Config::load(Some(&heads), &sets).unwrap_err());
+        assert_eq!((origin.as_str(), key.as_str()), ("grid value model.embedding_dim=7", "model.mfn_heads"));
+        // Without a `--set` of either key, the file.
+        let (_d, path) = write("[train]\nlr_schedule = \"step\"\n");
+        assert_eq!(key_error(Config::load(Some(&path), &[]).unwrap_err()).0, path.to_str().unwrap());
+        for key in ["data.dir", "run.dir", "model.mfn_pretrained"] {
+            let sets = [Override::parse(&format!("{key}=\"a\\u0000b\"")).unwrap()];
+            let (_, named, message) = key_error(Config::load(None, &sets).unwrap_err());
+            assert_eq!((named.as_str(), message.as_str()), (key, "holds a NUL byte, which no file name may"));
+        }
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
     if special(path) {
         return write_into_special(path, write);
     }
+    if path.is_dir() {
+        let source = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; name a file to write");
+        return Err(PathIo { path: path.to_path_buf(), source });
+    }
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     let target = if !is_link {
         path.to_path_buf()
@@ -39,7 +43,7 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
         path.parent().map_or(to.clone(), |dir| dir.join(&to))
     };
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_path(dir)?;
+        create_dirs(dir)?;
     }
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = target.with_file_name(format!(".{name}.partial"));
@@ -80,7 +84,27 @@ pub fn is_lasting(e: &std::io::Error) -> bool {
             | NotADirectory
             | ReadOnlyFilesystem
             | InvalidFilename
+            | FileTooLarge
     )
+}
+
+/// `create_dir_all` whose error names the culprit: where a part of the path is a file, that
+/// file (`out: is a file, not a directory, so out/report cannot be made`), not the whole path
+/// with "File exists".
+pub fn create_dirs(dir: &Path) -> Result<(), PathIo> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        let file = dir.ancestors().find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+        match file {
+            Some(file) => PathIo {
+                path: file.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    format!("is a file, not a directory, so {} cannot be made", dir.display()),
+                ),
+            },
+            None => PathIo { path: dir.to_path_buf(), source },
+        }
+    })
 }
 
 /// Attaches the path to an I/O result's error.
@@ -107,12 +131,31 @@ mod tests {
     #[test]
     fn errors_that_running_again_would_meet_again_are_lasting() {
         let os = |code| std::io::Error::from_raw_os_error(code);
-        for code in [libc::ENOENT, libc::EACCES, libc::EROFS, libc::ENAMETOOLONG, libc::EISDIR] {
+        for code in [libc::ENOENT, libc::EACCES, libc::EROFS, libc::ENAMETOOLONG, libc::EISDIR, libc::EFBIG] {
             assert!(is_lasting(&os(code)), "{}", os(code));
         }
         for code in [libc::ENOSPC, libc::EIO, libc::EMFILE, libc::EPIPE] {
             assert!(!is_lasting(&os(code)), "{}", os(code));
         }
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_made_because_of_a_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, "mine").unwrap();
+        let e = create_dirs(&file.join("sub/deeper")).unwrap_err();
+        assert_eq!(e.path, file);
+        assert!(e.to_string().contains("is a file, not a directory, so ") && e.is_lasting(), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+        create_dirs(&dir.path().join("a/b")).unwrap();
+        // A file to write whose name is a directory's: said so, the directory untouched.
+        let e = replace_file(&dir.path().join("a"), write_text("x")).unwrap_err();
+        assert!(e.to_string().ends_with("a: is a directory; name a file to write"), "{e}");
+        // One whose parent is a file: the file named.
+        let e = replace_file(&file.join("out.csv"), write_text("x")).unwrap_err();
+        assert_eq!(e.path, file, "{e}");
+        assert!(dir.path().join("a/b").is_dir());
     }
 
     #[test]

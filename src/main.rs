@@ -520,6 +520,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INPUT_ERROR);
         }
     };
+    // A file-size limit (`ulimit -f`) would kill the process at the first write past it, without
+    // a word; ignored, the write fails with EFBIG and the error names the file.
+    // SAFETY: setting a signal's disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     if !matches!(cli.command, Command::Train { .. } | Command::Sweep { .. }) {
         // Default SIGPIPE for commands that only print: `micn data stats DIR | head` ends quietly
         // when `head` closes the pipe. Training keeps it ignored, so a log pipe closed by the same
@@ -682,15 +688,19 @@ fn is_input_error(e: &anyhow::Error) -> bool {
 /// The communicator with, for MPI, the library's version strings.
 fn start_comm(backend: Backend) -> anyhow::Result<(Box<dyn Communicator>, Option<MpiInfo>)> {
     let started = start_backend(backend)?;
-    check_slurm_tasks(std::env::var("SLURM_STEP_NUM_TASKS").ok().as_deref(), started.0.size())?;
+    let by_mpirun = std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some();
+    check_slurm_tasks(std::env::var("SLURM_STEP_NUM_TASKS").ok().as_deref(), by_mpirun, started.0.size())?;
     Ok(started)
 }
 
 /// Slurm's `srun` without an MPI plugin starts N tasks that each find no MPI peers: each would
 /// train alone as rank 0 of 1, all writing the same run directory. Refused, naming the fix.
-fn check_slurm_tasks(step_tasks: Option<&str>, world_size: usize) -> Result<(), UsageError> {
+/// Ranks that `mpirun` started (OpenMPI sets `OMPI_COMM_WORLD_SIZE` in each) are not Slurm's
+/// tasks: inside an allocation mpirun starts its daemons with `srun --ntasks=<other nodes>`,
+/// whose step size the ranks on those nodes inherit.
+fn check_slurm_tasks(step_tasks: Option<&str>, by_mpirun: bool, world_size: usize) -> Result<(), UsageError> {
     let tasks = step_tasks.and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(1);
-    if tasks > 1 && world_size != tasks {
+    if tasks > 1 && world_size != tasks && !by_mpirun {
         return Err(UsageError(format!(
             "Slurm started {tasks} tasks (SLURM_STEP_NUM_TASKS) but MPI sees a world of {world_size}: start micn with \
              `srun --mpi=pmix ...` (OpenMPI's PMIx), as cluster/slurm.sbatch does, or through micn-launch / mpirun"
@@ -1066,7 +1076,9 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             ensure_usage!(batches.iter().all(|&b| b > 0), "--batch must be at least 1");
             // Bounds that keep the model (tables and Adam's moments) within a machine's memory.
             ensure_usage!((2..=10_000_000).contains(&items), "--items must lie in [2, 10000000], got {items}");
-            ensure_usage!((1..=10_000_000).contains(&users), "--users must lie in [1, 10000000], got {users}");
+            ensure_usage!((2..=10_000_000).contains(&users), "--users must lie in [2, 10000000], got {users}");
+            let most = micn::config::limits::THREADS as i32;
+            ensure_usage!((1..=most).contains(&threads), "--threads must lie in [1, {most}], got {threads}");
             ensure_usage!(batches.iter().all(|&b| b <= MAX_BATCH), "--batch must be at most {MAX_BATCH}");
             let opts =
                 throughput::ThroughputOptions { steps, warmup, threads, items, users, device, ..Default::default() };

@@ -17,18 +17,76 @@ pub struct Host {
     line: String,
 }
 
-/// The hosts of an OpenMPI hostfile, in order; comments and blank lines skipped.
+/// The words OpenMPI's hostfile parser takes after a host name, each as `word=value` (spaces
+/// around `=` allowed): the slot count, its maximum, and the options mpirun passes on.
+const SLOT_WORDS: &[&str] = &["slots", "cpu", "count"];
+const NUMBER_WORDS: &[&str] = &[
+    "slots-max",
+    "slots_max",
+    "max-slots",
+    "max_slots",
+    "cpu-max",
+    "cpu_max",
+    "max-cpu",
+    "max_cpu",
+    "count-max",
+    "count_max",
+    "max-count",
+    "max_count",
+    "boards",
+    "sockets",
+    "sockets_per_board",
+    "sockets-per-board",
+    "cores",
+    "cores_per_socket",
+    "cores-per-socket",
+];
+const TEXT_WORDS: &[&str] = &["username", "user-name", "user_name", "cpu_set", "cpu-set"];
+
+/// The hosts of an OpenMPI hostfile, in order; comments (`#`, `//`) and blank lines skipped.
+/// What mpirun would refuse at every attempt (an unknown word, a bad number, a host given a
+/// slot count on two lines) is refused here, naming the line, so no restart is spent on it.
 pub fn read_hostfile(path: &Path) -> anyhow::Result<Vec<Host>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("hostfile {}", path.display()))?;
-    let mut hosts = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        let Some(name) = line.split_whitespace().next() else { continue };
-        let slots = match line.split_whitespace().find_map(|w| w.strip_prefix("slots=")) {
-            Some(n) => n.parse::<usize>().with_context(|| format!("{}:{}: bad slots= value", path.display(), i + 1))?,
-            None => 1,
-        };
-        hosts.push(Host { name: name.to_string(), slots, line: line.to_string() });
+    let mut hosts: Vec<Host> = Vec::new();
+    // Per host name: the first line naming it, and whether any line gave its slot count.
+    let mut seen: std::collections::HashMap<String, (usize, bool)> = Default::default();
+    for (i, raw) in text.lines().enumerate() {
+        let at = format!("{}:{}", path.display(), i + 1);
+        let line = raw.split('#').next().unwrap_or("");
+        let line = line.split("//").next().unwrap_or("").trim();
+        if line.contains("/*") {
+            bail!("{at}: block comments (/* */) are not read here; start a comment with #");
+        }
+        let spaced = line.replace('=', " = ");
+        let mut words = spaced.split_whitespace();
+        let Some(name) = words.next() else { continue };
+        if name == "=" || name.starts_with('+') {
+            bail!("{at}: expected a host name first, got `{name}`");
+        }
+        let mut slots = None;
+        while let Some(word) = words.next() {
+            let (Some("="), Some(value)) = (words.next(), words.next()) else {
+                bail!("{at}: expected `{word}=VALUE` after the host name (as in `{name} slots=4`)");
+            };
+            let number = || value.parse::<usize>().with_context(|| format!("{at}: bad {word}= value `{value}`"));
+            if SLOT_WORDS.contains(&word) {
+                slots = Some(number()?);
+            } else if NUMBER_WORDS.contains(&word) {
+                number()?;
+            } else if !TEXT_WORDS.contains(&word) {
+                bail!("{at}: `{word}` is not a hostfile option (slots=N, max_slots=N, ...)");
+            }
+        }
+        let (first, any_slots) = seen.entry(name.to_string()).or_insert((i + 1, false));
+        if *first != i + 1 && (*any_slots || slots.is_some()) {
+            bail!(
+                "{at}: {name} is also on line {first}, and one of them gives its slot count: OpenMPI refuses \
+                 that; give {name} one line with slots=N"
+            );
+        }
+        *any_slots |= slots.is_some();
+        hosts.push(Host { name: name.to_string(), slots: slots.unwrap_or(1), line: line.to_string() });
     }
     if hosts.is_empty() {
         bail!("hostfile {} lists no hosts", path.display());
@@ -173,8 +231,24 @@ mod tests {
         let kept = dir.join("kept");
         write_hostfile(&kept, &[hosts[0].clone(), hosts[2].clone()]).unwrap();
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "node1 slots=4 max_slots=8\nnode3\n");
-        std::fs::write(&path, "node1 slots=x\n").unwrap();
-        assert!(format!("{:#}", read_hostfile(&path).unwrap_err()).contains(":1: bad slots"));
+        // Spaces around `=`, OpenMPI's other spellings and comments, as mpirun reads them.
+        std::fs::write(&path, "node1 slots = 3 // three\nnode2 cpu=2 user_name=me cores=8\nnode3\nnode3\n").unwrap();
+        let hosts = read_hostfile(&path).unwrap();
+        assert_eq!(hosts.iter().map(|h| h.slots).collect::<Vec<_>>(), [3, 2, 1, 1]);
+        // What mpirun would refuse at every attempt, named with its line.
+        for (text, expected) in [
+            ("node1 slots=x\n", ":1: bad slots= value `x`"),
+            ("node1\n\nbogus line here =\n", ":3: expected `line=VALUE` after the host name"),
+            ("node1 slot=2\n", ":1: `slot` is not a hostfile option"),
+            ("node1 slots=1\nnode1 slots=1\n", ":2: node1 is also on line 1, and one of them gives its slot count"),
+            ("node1\nnode1 slots=2\n", ":2: node1 is also on line 1"),
+            ("node1 slots\n", ":1: expected `slots=VALUE`"),
+            ("/* old */\nnode1\n", ":1: block comments"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = format!("{:#}", read_hostfile(&path).unwrap_err());
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
         std::fs::write(&path, "# nothing\n").unwrap();
         assert!(format!("{:#}", read_hostfile(&path).unwrap_err()).contains("lists no hosts"));
         std::fs::remove_dir_all(&dir).unwrap();

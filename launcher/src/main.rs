@@ -61,7 +61,9 @@ struct Args {
     #[arg(long = "mpirun-arg", allow_hyphen_values = true)]
     mpirun_args: Vec<String>,
     /// libtorch threads per rank (default: each host's cores divided among the ranks it runs, at
-    /// least 1; with a hostfile every rank works this out on its own host).
+    /// least 1; with a hostfile every rank works this out on its own host). Sets
+    /// `OMP_NUM_THREADS`, and with --config also `train.threads` (which a configuration's
+    /// `train.threads`, when set, would otherwise win over).
     #[arg(long)]
     threads: Option<usize>,
     /// Process binding: `none`, or `core` (each rank bound to its cores; not when oversubscribed).
@@ -117,6 +119,13 @@ struct Args {
     /// Configuration override `section.key=value`, passed on to micn (repeatable).
     #[arg(long = "set")]
     sets: Vec<String>,
+    /// Passed on to `micn train`: continue the run in run.dir (`auto`: from its newest
+    /// checkpoint) or from the checkpoint directory PATH.
+    #[arg(long, value_name = "auto|PATH", conflicts_with = "overwrite")]
+    resume: Option<String>,
+    /// Passed on to `micn train`: replace the run that run.dir holds.
+    #[arg(long)]
+    overwrite: bool,
     /// micn arguments instead of `train --config F --set ...`.
     #[arg(last = true)]
     micn_args: Vec<String>,
@@ -180,10 +189,10 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     let micn = micn_binary(args)?;
 
     let mut micn_args: Vec<String> = if !args.micn_args.is_empty() {
-        if args.config.is_some() || !args.sets.is_empty() {
+        if args.config.is_some() || !args.sets.is_empty() || args.resume.is_some() || args.overwrite {
             bail!(
-                "--config and --set make the command `micn train --config F --set ...`; with micn's arguments after \
-                 `--`, give them there instead"
+                "--config, --set, --resume and --overwrite make the command `micn train --config F ...`; with \
+                 micn's arguments after `--`, give them there instead"
             );
         }
         args.micn_args.clone()
@@ -192,6 +201,15 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
         let mut v = vec!["train".to_string(), "--config".into(), config.display().to_string()];
         for s in &args.sets {
             v.extend(["--set".to_string(), s.clone()]);
+        }
+        if let Some(threads) = args.threads {
+            v.extend(["--set".to_string(), format!("train.threads={threads}")]);
+        }
+        if let Some(resume) = &args.resume {
+            v.extend(["--resume".to_string(), resume.clone()]);
+        }
+        if args.overwrite {
+            v.push("--overwrite".into());
         }
         v
     };
@@ -284,10 +302,15 @@ struct Seen {
     mpirun_usage: bool,
 }
 
-/// mpirun's words for a command line it refuses (`mpirun: Error: unknown option "--x"`, then
-/// this line), which no restart can change.
+/// mpirun's words for a command line or a hostfile it refuses (`mpirun: Error: unknown option
+/// "--x"`, then the first line here), which no restart can change.
 fn is_mpirun_usage_error(line: &output::Line) -> bool {
-    matches!(line, output::Line::Mpirun(text) if text.starts_with("Type 'mpirun --help' for usage"))
+    const REFUSALS: [&str; 3] = [
+        "Type 'mpirun --help' for usage",
+        "Open RTE detected a parse error in the hostfile",
+        "A hostfile was provided that contains multiple definitions",
+    ];
+    matches!(line, output::Line::Mpirun(text) if REFUSALS.iter().any(|r| text.trim_start().starts_with(r)))
 }
 
 /// Whether a rank's line reports an error that ends it: micn's one-line errors (`error: ...`),
@@ -763,8 +786,8 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 printer.say(
                     "ERROR",
                     &format!(
-                        "mpirun refused its command line ({status}, its message above; see --mpirun-arg and \
-                         --dry-run); not restarting"
+                        "mpirun refused its command line or hostfile ({status}, its message above; see \
+                         --mpirun-arg, --hostfile and --dry-run); not restarting"
                     ),
                 );
                 return Ok(EXIT_INPUT_ERROR);
@@ -902,6 +925,18 @@ mod tests {
         let tail = &cmd[cmd.iter().position(|a| a == "/bin/micn").unwrap()..];
         assert_eq!(tail, ["/bin/micn", "train", "--config", "c.toml", "--set", "micn.phi=0.5"]);
         assert_eq!(&cmd[..3], ["mpirun", "-np", "2"]);
+        // What micn's refusal of an occupied run.dir advises, given to the launcher.
+        for (flag, passed) in
+            [(&["--resume", "auto"][..], &["--resume", "auto"][..]), (&["--overwrite"], &["--overwrite"])]
+        {
+            let cmd = command(&[&["--config", "c.toml"][..], flag].concat()).unwrap();
+            let expected: Vec<String> =
+                ["train", "--config", "c.toml"].iter().chain(passed).map(|a| a.to_string()).collect();
+            assert!(cmd.ends_with(&expected), "{cmd:?}");
+            let e = command(&[flag, &["--", "eval"]].concat()).unwrap_err();
+            assert!(e.to_string().contains("give them there instead"), "{e}");
+        }
+        assert!(Args::try_parse_from(["micn-launch", "--config", "c", "--resume", "auto", "--overwrite"]).is_err());
     }
 
     #[test]
@@ -931,6 +966,9 @@ mod tests {
         assert!(!cmd.contains(&"--oversubscribe".to_string()), "8 ranks in 8 slots: {cmd:?}");
         let cmd = command(&["--np", "8", "--hostfile", hostfile, "--threads", "2", "--", "doctor"]).unwrap();
         assert!(cmd.windows(2).any(|w| w == ["-x", "OMP_NUM_THREADS=2"]), "{cmd:?}");
+        // A configuration's own train.threads would win over OMP_NUM_THREADS: set it too.
+        let cmd = command(&["--np", "8", "--hostfile", hostfile, "--threads", "2", "--config", "c.toml"]).unwrap();
+        assert!(cmd.ends_with(&["--set".to_string(), "train.threads=2".to_string()]), "{cmd:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -190,8 +190,8 @@ impl std::fmt::Display for QualityReport {
         let s = &self.synth;
         writeln!(
             f,
-            "Synthetic data: {} users, {} items, {} hidden clusters, {} categories (signal {}), noise {}, `{:?}` protocol; {} train / {} test samples (a tenth of the training users or samples held out for validation); {} epochs, lr {}, {} seeds, on {}",
-            s.users, s.items, s.clusters, s.categories, s.category_signal, s.noise, self.protocol, self.train_samples, self.test_samples,
+            "Synthetic data: {} users, {} items, {} hidden clusters, {} categories (signal {}), noise {}, `{}` protocol; {} train / {} test samples (a tenth of the training users or samples held out for validation); {} epochs, lr {}, {} seeds, on {}",
+            s.users, s.items, s.clusters, s.categories, s.category_signal, s.noise, clap::ValueEnum::to_possible_value(&self.protocol).expect("every protocol has a name").get_name(), self.train_samples, self.test_samples,
             self.epochs, self.lr, self.rows.first().map_or(0, |r| r.aucs.len()), self.device
         )?;
         writeln!(f)?;

@@ -198,7 +198,7 @@ pub fn measure(opts: &ThroughputOptions, kind: ModelKind, micn: bool) -> Result<
     synchronize(device);
     let secs = started.elapsed().as_secs_f64();
     Ok(ThroughputRow {
-        model: format!("{kind:?}").to_lowercase(),
+        model: kind.name().to_string(),
         micn,
         batch: opts.batch,
         device: device_label(device),

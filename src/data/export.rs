@@ -17,7 +17,7 @@ use super::batch::{Batch, NoClickSampler};
 use super::prepare::Staging;
 use super::samples::ArchivedSamples;
 use super::{shard, DataError, Dataset};
-use crate::io_error::{replace_file, WithPath};
+use crate::io_error::replace_file;
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ fn write_split(
     max_hist_len: usize,
     noclick: Option<&NoClickSampler>,
 ) -> Result<usize, DataError> {
-    std::fs::create_dir_all(dir).with_path(dir)?;
+    crate::io_error::create_dirs(dir)?;
     // One draw per sample, keyed by its position in the split (see `Batch::collate`).
     let batch = Batch::collate(samples, ids, max_hist_len, (0, 0, 0), noclick);
     let (n, t) = (batch.len(), batch.hist_len);

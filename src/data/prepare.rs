@@ -126,7 +126,7 @@ impl Staging {
             message: "the output must name a directory".into(),
         })?;
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).with_path(parent)?;
+        crate::io_error::create_dirs(parent)?;
         remove_stale(parent, name)?;
         let tmp = parent.join(staging_name(name, std::process::id()));
         if tmp.exists() {
@@ -194,7 +194,7 @@ impl Staging {
     /// missing), each by one rename, which needs no room on the disk; other files there stay.
     pub fn commit_into(self) -> Result<(), DataError> {
         std::fs::remove_file(self.tmp.join(OWNER_FILE)).with_path(&self.tmp)?;
-        std::fs::create_dir_all(&self.out).with_path(&self.out)?;
+        crate::io_error::create_dirs(&self.out)?;
         for entry in std::fs::read_dir(&self.tmp).with_path(&self.tmp)? {
             let from = entry.with_path(&self.tmp)?.path();
             std::fs::File::open(&from).and_then(|f| f.sync_all()).with_path(&from)?;

@@ -162,7 +162,10 @@ fn read_run(dir: &Path) -> Result<Run, String> {
     }
     let number = |key: &str| summary[key].as_f64().ok_or_else(|| format!("summary.json: no number {key}"));
     // The model selected by validation AUC, where the run has one; else the final model.
-    let selected = |key: &str| summary["selected"][key].as_f64().map_or_else(|| number(key), Ok);
+    let selected = |key: &str| match &summary["selected"] {
+        serde_json::Value::Null => number(key),
+        chosen => chosen[key].as_f64().ok_or_else(|| format!("summary.json: no number selected.{key}")),
+    };
     let mut run = Run {
         dir: dir.to_path_buf(),
         config: flatten(&config).into_iter().collect(),
@@ -636,6 +639,9 @@ mod tests {
         std::fs::write(dir.join("summary.json"), summary).unwrap();
         let run = read_run(&dir).unwrap();
         assert_eq!((run.test_auc, run.test_gauc, run.test_logloss), (0.75, 0.74, 0.45));
+        // A damaged selection is named, not replaced by the final model's figures.
+        std::fs::write(dir.join("summary.json"), summary.replace("\"test_auc\": 0.75", "\"test_auc\": \"x\"")).unwrap();
+        assert_eq!(read_run(&dir).unwrap_err(), "summary.json: no number selected.test_auc");
     }
 
     fn run_dir(root: &Path, name: &str, phi: f64, seed: u64, auc: f64) -> PathBuf {

@@ -297,7 +297,7 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     }
     // A base seed may be set; where runs go may not.
     if let Some(set) = spec.sets.iter().find(|o| o.key == "run.dir") {
-        return Err(plan_err(&format!("--set {}", set.arg), own("run.dir").expect("run.dir is the sweep's")));
+        return Err(plan_err(&set.origin, own("run.dir").expect("run.dir is the sweep's")));
     }
     // The grid's points: the cartesian product, the last key varying fastest.
     let mut points: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];
@@ -326,7 +326,8 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
                 let dir = spec.out.join(point_dir_name(&name)).join(format!("repeat-{repeat}"));
                 let mut overrides = spec.sets.clone();
                 for (key, value) in point.iter().flat_map(|(k, v)| point_sets(k, v)) {
-                    overrides.push(Override::parse(&set_arg(&key, &value))?);
+                    let set = Override::parse(&set_arg(&key, &value))?;
+                    overrides.push(set.named(format!("grid value {}", set_arg(&key, &value))));
                 }
                 let seed = Config::load(Some(base), &overrides)?.train.seed;
                 overrides.push(Override::parse(&format!("train.seed={}", seed.wrapping_add(repeat as u64)))?);
@@ -440,7 +441,7 @@ impl Runner {
         // A run stopped before its first checkpoint (its configuration checked: the sweep's own)
         // starts again; `--resume auto` refuses to start afresh over a run.
         let run_dir = RunDir::new(&run.dir);
-        match run_dir.present_files().is_empty() || !crate::checkpoint::list(&run_dir.checkpoints()).is_empty() {
+        match run_dir.present_files().is_empty() || has_checkpoints(&run_dir) {
             true => train_args.extend(["--resume".into(), "auto".into()]),
             false => train_args.push("--overwrite".into()),
         }
@@ -458,6 +459,11 @@ impl Runner {
             }
         }
     }
+}
+
+/// Whether a run directory holds a checkpoint to resume from.
+fn has_checkpoints(run_dir: &RunDir) -> bool {
+    !crate::checkpoint::list(&run_dir.checkpoints()).is_empty()
 }
 
 /// The last `n` lines of a file.
@@ -504,8 +510,9 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
         if interrupter.is_stopped() {
             return Err(SweepError::StoppedBefore { dir: run.dir.clone() });
         }
-        let resuming = state == RunState::Unfinished;
-        std::fs::create_dir_all(&run.dir).with_path(&run.dir)?;
+        // An unfinished run without a checkpoint starts again (see `Runner::command`).
+        let resuming = state == RunState::Unfinished && has_checkpoints(&RunDir::new(&run.dir));
+        crate::io_error::create_dirs(&run.dir)?;
         let log = run.dir.join("train.log");
         let open_log = || {
             std::fs::OpenOptions::new()
@@ -516,7 +523,12 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
         };
         let mut cmd = runner.command(run);
         cmd.stdin(Stdio::null()).stdout(open_log()?).stderr(open_log()?);
-        say(&format!("{tag}: {}", if resuming { "resuming from its newest checkpoint" } else { "training" }))?;
+        let doing = match (resuming, &state) {
+            (true, _) => "resuming from its newest checkpoint",
+            (false, RunState::Unfinished) => "starting again (it stopped before its first checkpoint)",
+            (false, _) => "training",
+        };
+        say(&format!("{tag}: {doing}"))?;
         let started = Instant::now();
         let program = PathBuf::from(cmd.get_program());
         let mut child = cmd.spawn().map_err(|source| SweepError::Spawn { program, source })?;
@@ -683,7 +695,7 @@ mod tests {
         let mut s = spec(dir.path());
         s.set_grid("micn.phi".into(), vec![toml::Value::Float(1.5)]);
         let e = plan(&s).unwrap_err().to_string();
-        assert!(e.contains("micn.phi") && e.contains("--set micn.phi=1.5"), "{e}");
+        assert!(e.starts_with("grid value micn.phi=1.5: key `micn.phi`"), "{e}");
         let mut s = spec(dir.path());
         s.set_grid("train.seed".into(), vec![toml::Value::Integer(1)]);
         assert!(plan(&s).unwrap_err().to_string().contains("train.seed"));

@@ -95,9 +95,11 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 const RUN_FILES: [&str; 6] =
     ["config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints", ABANDONED_DIR];
 
-/// Where checkpoints of a history that a resume from an earlier checkpoint abandons are moved
-/// (`abandoned/after-step-N-<unix seconds>/step-…`): out of `checkpoints/`, so that neither
-/// `--resume auto` nor the selection of the best checkpoint takes them, but not deleted.
+/// Where a resume from step N moves what of the run came after it
+/// (`abandoned/after-step-N-<unix seconds>/`): the checkpoints of a history it abandons, out of
+/// `checkpoints/` so that neither `--resume auto` nor the selection of the best checkpoint takes
+/// them, and the summary and model of an earlier end, which would otherwise pass for the result
+/// of a resumed attempt that died. Moved, not deleted.
 pub const ABANDONED_DIR: &str = "abandoned";
 
 /// Set by `micn-launch` to one value for every attempt of a job: rank 0 writes it to
@@ -153,7 +155,7 @@ impl RunDir {
     /// On a file system without locks a warning says that concurrent runs go unnoticed there.
     pub fn lock(&self) -> Result<RunLock, RunDirError> {
         use std::os::fd::AsRawFd as _;
-        std::fs::create_dir_all(&self.path).with_path(&self.path)?;
+        crate::io_error::create_dirs(&self.path)?;
         let path = self.path.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -202,23 +204,37 @@ impl RunDir {
         replace_file(&self.path.join(LAUNCH_FILE), |tmp| std::fs::write(tmp, &line))
     }
 
-    /// Move the checkpoints after `step` into [`ABANDONED_DIR`]; returns their names and the
-    /// directory they went to (none: nothing to move).
-    pub fn set_aside_checkpoints_after(&self, step: u64) -> Result<Option<(Vec<String>, PathBuf)>, PathIo> {
-        let later: Vec<PathBuf> = crate::checkpoint::list(&self.checkpoints())
+    /// What of the run comes after `step`, for a resume from that step: the later checkpoints
+    /// and the summary and model of an earlier end (a finished run's result, kept) are moved into
+    /// [`ABANDONED_DIR`]; those of a stop are deleted (its checkpoint holds the same model).
+    /// Returns the names moved and where to (none: nothing was moved).
+    pub fn set_aside_after(&self, step: u64) -> Result<Option<(Vec<String>, PathBuf)>, PathIo> {
+        let mut later: Vec<PathBuf> = crate::checkpoint::list(&self.checkpoints())
             .into_iter()
             .filter(|dir| crate::checkpoint::step_of(dir).is_some_and(|s| s > step))
+            .rev()
             .collect();
+        let end = [self.summary(), self.model()];
+        let stopped = self.read_summary().ok().flatten().is_some_and(|s| s["stopped_by_signal"] == true);
+        for file in end.iter().filter(|f| f.exists()) {
+            match stopped {
+                true => {
+                    tracing::info!(path = %file.display(), "removing the stopped run's end (its checkpoint holds it)");
+                    std::fs::remove_file(file).with_path(file)?;
+                }
+                false => later.push(file.clone()),
+            }
+        }
         if later.is_empty() {
             return Ok(None);
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let to = self.path.join(ABANDONED_DIR).join(format!("after-step-{step}-{}", now.as_secs()));
-        std::fs::create_dir_all(&to).with_path(&to)?;
+        crate::io_error::create_dirs(&to)?;
         let mut names = Vec::new();
-        for dir in later.iter().rev() {
-            let name = dir.file_name().expect("a checkpoint's name").to_owned();
-            std::fs::rename(dir, to.join(&name)).with_path(dir)?;
+        for path in &later {
+            let name = path.file_name().expect("a checkpoint's or file's name").to_owned();
+            std::fs::rename(path, to.join(&name)).with_path(path)?;
             names.push(name.to_string_lossy().into_owned());
         }
         Ok(Some((names, to)))
@@ -298,7 +314,7 @@ impl RunDir {
     /// lines of attempts that were stopped: the test set is scored once, at the run's end), else
     /// empty.
     pub fn start_writing(&self, config_toml: &str, resumed_step: Option<u64>) -> Result<MetricsLog, PathIo> {
-        std::fs::create_dir_all(&self.path).with_path(&self.path)?;
+        crate::io_error::create_dirs(&self.path)?;
         replace_file(&self.config(), |tmp| std::fs::write(tmp, config_toml))?;
         let path = self.metrics();
         let kept: String = match resumed_step {

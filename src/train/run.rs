@@ -257,13 +257,28 @@ pub fn train(cfg: &Config, comm: &dyn Communicator) -> Result<Summary, TrainErro
     train_from(cfg, comm, &Resume::Fresh)
 }
 
+/// Where a run starts.
+enum StartPoint {
+    /// From freshly initialised parameters.
+    Fresh,
+    /// From a checkpoint: its directory and state.
+    Checkpoint(PathBuf, checkpoint::State),
+    /// Nowhere: the run ended at the checkpoint it would resume from and nothing is left to
+    /// train (a requeued job that had finished); its summary, as written, and nothing rewritten.
+    Finished(Summary),
+}
+
 /// Rank 0 picks the checkpoint to resume from, every rank checks it and learns the same path.
+/// A resume within the run directory sets aside what belongs to the history it leaves or to
+/// the run's earlier end ([`RunDir::set_aside_after`]), unless that end is where it resumes
+/// and `total_steps` leave nothing to train.
 fn resume_point(
     cfg: &Config,
     comm: &dyn Communicator,
     resume: &Resume,
     dataset: &Dataset,
-) -> Result<Option<(PathBuf, checkpoint::State)>, TrainError> {
+    total_steps: u64,
+) -> Result<StartPoint, TrainError> {
     let root = cfg.run.dir.join("checkpoints");
     let chosen: Result<Option<PathBuf>, TrainError> = match resume {
         _ if comm.rank() != 0 => Ok(None),
@@ -290,7 +305,7 @@ fn resume_point(
     let text = chosen.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let agreed = String::from_utf8(comm.broadcast_vec(0, text.as_bytes())?).unwrap_or_default();
     if agreed.is_empty() {
-        return Ok(None);
+        return Ok(StartPoint::Fresh);
     }
     let dir = PathBuf::from(agreed);
     let state = checkpoint::verify(&dir)?;
@@ -318,22 +333,41 @@ fn resume_point(
     if comm.rank() == 0 && !changed.is_empty() {
         tracing::warn!("resuming with settings other than the checkpoint's: {}", changed.join(", "));
     }
-    // Later checkpoints of this run directory belong to the history this resume leaves.
     let run_dir = RunDir::new(&cfg.run.dir);
+    if state.step >= total_steps {
+        if let Some(summary) = ended_at(comm, &run_dir, state.step)? {
+            return Ok(StartPoint::Finished(summary));
+        }
+    }
+    // Later checkpoints of this run directory belong to the history this resume leaves, and the
+    // summary and model of an earlier end no longer describe the run (were this attempt to die,
+    // they would pass for its result).
     let set_aside = match comm.rank() == 0 && within(&dir, &run_dir.checkpoints()) {
-        true => run_dir.set_aside_checkpoints_after(state.step).map_err(TrainError::from),
+        true => run_dir.set_aside_after(state.step).map_err(TrainError::from),
         false => Ok(None),
     };
     if let Ok(Some((names, to))) = &set_aside {
         tracing::warn!(
-            "resuming from step {}: the later checkpoints {} belong to the history this run leaves; moved to {}",
+            "resuming from step {}: moved {} to {} (later checkpoints belong to the history this run leaves; an \
+             earlier end's summary and model no longer describe the run)",
             state.step,
             names.join(", "),
             to.display()
         );
     }
-    agree_on_rank0(comm, set_aside.map(drop), "set aside the later checkpoints")?;
-    Ok(Some((dir, state)))
+    agree_on_rank0(comm, set_aside.map(drop), "set aside the run's history after the checkpoint")?;
+    Ok(StartPoint::Checkpoint(dir, state))
+}
+
+/// The summary of a run that ended at `step`, as written (rank 0 reads it, every rank learns
+/// it); none when the run did not end there (no summary, a stop, another step, no model).
+fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Option<Summary>, TrainError> {
+    let text = match comm.rank() {
+        0 if run_dir.model().is_file() => std::fs::read_to_string(run_dir.summary()).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let agreed = String::from_utf8(comm.broadcast_vec(0, text.as_bytes())?).unwrap_or_default();
+    Ok(serde_json::from_str::<Summary>(&agreed).ok().filter(|s| s.steps == step && !s.stopped_by_signal))
 }
 
 /// Make sure a run replaces nothing by accident: refuse an empty `run.dir`, a directory another
@@ -472,7 +506,10 @@ pub fn train_until(
         seconds => Some(Watched::new(comm, Duration::from_secs(seconds), watchdog::abort_rank)?),
     };
     let comm: &dyn Communicator = watchdog.as_ref().map_or(comm, |w| w);
-    let mut run = Run::start(cfg, comm, resume, &dataset, device, started)?;
+    let mut run = match Run::start(cfg, comm, resume, &dataset, device, started)? {
+        Started::Run(run) => run,
+        Started::Finished(summary) => return Ok(summary),
+    };
     run.watchdog = watchdog.as_ref();
     for epoch in run.position.epoch..cfg.train.epochs as u64 {
         if run.epoch(epoch, interrupter)? == Flow::Stop {
@@ -554,9 +591,17 @@ struct Run<'a> {
     lock: Option<RunLock>,
 }
 
+/// What [`Run::start`] found.
+enum Started<'a> {
+    /// A run to train (or whose end is to be written again).
+    Run(Box<Run<'a>>),
+    /// A run that had ended where it would resume: see [`StartPoint::Finished`].
+    Finished(Summary),
+}
+
 impl<'a> Run<'a> {
-    /// Every check that needs no file of the run, then the run directory claimed, the replica
-    /// built (and loaded from the checkpoint it resumes from), the run's files started. `started`:
+    /// Every check that needs no file of the run, the replica built, then the run directory
+    /// claimed, the replica loaded from the checkpoint it resumes from, the run's files started. `started`:
     /// when this process began (its seconds count towards the run's).
     fn start(
         cfg: &'a Config,
@@ -565,7 +610,7 @@ impl<'a> Run<'a> {
         dataset: &'a Arc<Dataset>,
         device: Device,
         started: Instant,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Started<'a>, TrainError> {
         let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
         check_history(cfg, dataset)?;
         check_test_set(cfg, dataset)?;
@@ -583,21 +628,34 @@ impl<'a> Run<'a> {
                 batch: cfg.train.global_batch_size,
             });
         }
-        let (lock, resume) = claim_run_dir(cfg, comm, resume)?;
+        // The model is built before the claim: what it reads (`model.mfn_pretrained`, the item
+        // attributes) may be refused, and `--overwrite` must not have deleted the run by then.
         let mut replica = Replica::new(build_model(cfg, dataset, device)?, cfg, comm)?;
-        let resumed = resume_point(cfg, comm, &resume, dataset)?;
-        if let Some((dir, state)) = &resumed {
-            replica.load_checkpoint(dir, state.step, device)?;
-            tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
-        }
-        let state = resumed.as_ref().map(|(_, state)| state);
+        let (lock, resume) = claim_run_dir(cfg, comm, resume)?;
+        let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
+        let resumed = match resume_point(cfg, comm, &resume, dataset, total_steps)? {
+            StartPoint::Finished(summary) => {
+                tracing::info!(
+                    steps = summary.steps,
+                    "the run ended at this step already and train.epochs / train.max_steps leave nothing to train: \
+                     its summary and model stay as they are"
+                );
+                return Ok(Started::Finished(summary));
+            }
+            StartPoint::Checkpoint(dir, state) => {
+                replica.load_checkpoint(&dir, state.step, device)?;
+                tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
+                Some(state)
+            }
+            StartPoint::Fresh => None,
+        };
+        let state = resumed.as_ref();
         let run_dir = RunDir::new(&cfg.run.dir);
         let rank0 = comm.rank() == 0;
         let metrics = match rank0 {
             true => run_dir.start_writing(&cfg.to_toml(), state.map(|s| s.step))?,
             false => MetricsLog::discard(),
         };
-        let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
         if let Some(state) = state.filter(|s| s.step >= total_steps) {
             tracing::warn!(
                 "the checkpoint is at step {}, and train.epochs / train.max_steps end the run at step {total_steps}: \
@@ -620,7 +678,7 @@ impl<'a> Run<'a> {
         let step = state.map_or(0, |s| s.step);
         let started_at =
             state.map_or(Position { epoch: 0, sample: 0 }, |s| Position { epoch: s.epoch, sample: s.position });
-        Ok(Self {
+        Ok(Started::Run(Box::new(Self {
             cfg,
             comm,
             watchdog: None,
@@ -662,7 +720,7 @@ impl<'a> Run<'a> {
             loop_started: Instant::now(),
             window_started: Instant::now(),
             lock,
-        })
+        })))
     }
 
     /// The steps of `epoch` (from where the run resumed, in its first epoch), then the epoch's
@@ -872,7 +930,7 @@ impl<'a> Run<'a> {
             resumed_from_step: (self.resumed_at > 0).then_some(self.resumed_at),
             world_size: self.comm.size(),
             oracle_auc: self.scorer.dataset.meta.oracle_auc,
-            model: format!("{:?}", cfg.model.kind).to_lowercase(),
+            model: cfg.model.kind.name().to_string(),
             micn: cfg.micn.enabled,
             comm_share: totals.comm_seconds / totals.step_seconds.max(1e-12),
             update_share: totals.update_seconds / totals.step_seconds.max(1e-12),

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
@@ -109,7 +109,10 @@ pub enum TrainError {
     ResumeIntoAnotherRun { path: PathBuf, files: String, from: PathBuf },
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
     ReplicasDiffer { step: u64, digests: Vec<u64> },
-    #[error("{dir}: a {kind} model has no interest vectors to export (model.kind = \"mind\" has)")]
+    #[error(
+        "{dir}: a {kind} model has no interest vectors, which retrieval and `export interests` need (model.kind = \
+         \"mind\" has)"
+    )]
     NoInterests { dir: PathBuf, kind: &'static str },
     #[error(
         "--retrieval {n}: the model knows {items} items, so a list of {n} would hold every one of them (recall 1 by \
@@ -176,7 +179,7 @@ pub struct EvalResult {
 }
 
 /// `summary.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Test metrics of the final model.
     pub test_auc: f64,
@@ -228,7 +231,7 @@ pub struct Summary {
 }
 
 /// The model selected by validation AUC among the run's checkpoints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Selected {
     pub step: u64,
     pub checkpoint: String,

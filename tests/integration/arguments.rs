@@ -52,6 +52,10 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     refused(&["synth", "--preset", "quickstart", "--out", &out, "--mean-history", "nan"], "--mean-history must be");
     assert!(!Path::new(&out).exists());
     refused(&["bench", "throughput", "--model", "din", "--items", "1"], "--items must lie in [2, 10000000]");
+    refused(&["bench", "throughput", "--model", "din", "--users", "1"], "--users must lie in [2, 10000000]");
+    for threads in ["0", "100000"] {
+        refused(&["bench", "throughput", "--model", "din", "--threads", threads], "--threads must lie in [1, 1024]");
+    }
     let sweep = at("sweep");
     refused(&["sweep", "--config", config, "--repeats", "99999999999", "--out", &sweep, "--dry-run"], "100000 runs");
     refused(&["sweep", "--config", config, "--grid", "micn.phi=[]", "--out", &sweep, "--dry-run"], "no values");
@@ -80,7 +84,16 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     refused(&["eval", "--checkpoint", &at("nosuch")], "no such directory; a checkpoint is a directory");
     refused(&["eval", "--checkpoint", tmp.path().to_str().unwrap()], "not a checkpoint (no state.json)");
     // The launcher's own errors: nothing starts, nothing would be retried.
+    let (bad_hosts, aliases) = (at("bad-hosts"), at("aliases"));
+    std::fs::write(&bad_hosts, "localhost slots=1\n\nbogus line here =\n").unwrap();
+    // One host under two names, each with a slot count: only mpirun knows they are one.
+    std::fs::write(&aliases, "localhost slots=1\n127.0.0.1 slots=1\n").unwrap();
     for (args, needle) in [
+        (&["--np", "1", "--hostfile", &bad_hosts][..], "bad-hosts:3: expected `line=VALUE` after the host name"),
+        (
+            &["--np", "1", "--max-restarts", "2", "--hostfile", &aliases][..],
+            "mpirun refused its command line or hostfile",
+        ),
         (&["--np", "0"][..], "--np must be at least 1"),
         (&["--np", "1", "--stall-timeout", "0"][..], "--stall-timeout must be at least 1"),
         (&["--np", "1", "--threads", "0"][..], "--threads must be at least 1"),

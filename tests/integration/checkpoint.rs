@@ -337,19 +337,65 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
         train_as(&branch, None, &["--resume", dir.join("checkpoints/step-00000006").to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("resuming with settings other than the checkpoint's: train.lr"), "{stderr}");
-    assert!(stderr.contains("the later checkpoints step-00000009, step-00000012 belong to the history"), "{stderr}");
-    let abandoned: Vec<PathBuf> =
-        std::fs::read_dir(dir.join("abandoned")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(abandoned.len(), 1);
-    assert!(abandoned[0].file_name().unwrap().to_string_lossy().starts_with("after-step-6-"), "{abandoned:?}");
+    assert!(
+        stderr.contains("moved step-00000009, step-00000012, summary.json, model.safetensors to"),
+        "the later checkpoints and the first history's end: {stderr}"
+    );
+    let abandoned = |step: u64| -> Vec<PathBuf> {
+        let prefix = format!("after-step-{step}-");
+        std::fs::read_dir(dir.join("abandoned"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+            .collect()
+    };
     let names = |d: &Path| -> Vec<String> {
         let mut v: Vec<String> =
             std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         v.sort();
         v
     };
-    assert_eq!(names(&abandoned[0]), ["step-00000009", "step-00000012"]);
+    let first_history = abandoned(6);
+    assert_eq!(first_history.len(), 1);
+    assert_eq!(names(&first_history[0]), ["model.safetensors", "step-00000009", "step-00000012", "summary.json"]);
+    assert_eq!(std::fs::read(first_history[0].join("model.safetensors")).unwrap(), before);
     assert_eq!(names(&dir.join("checkpoints")), ["step-00000003", "step-00000006", "step-00000009"]);
+    // The branch ended at step 9. `--resume auto` with nothing left to train (a requeued job that
+    // had finished) rewrites nothing: its summary keeps the measurements of the run that trained.
+    let ended = std::fs::read(dir.join("summary.json")).unwrap();
+    let (code, stderr) = train_as(&branch, None, &["--resume", "auto"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the run ended at this step already"), "{stderr}");
+    assert_eq!(std::fs::read(dir.join("summary.json")).unwrap(), ended);
+    // A resume that trains on sets that end aside before its first step: killed, it leaves no
+    // summary that would pass for its result (a report or a sweep would count it as finished).
+    let longer = config(&dir, &["checkpoint.every_steps=3", "train.max_steps=1000000", "train.lr=0.01"]);
+    let file = dir.with_extension("toml");
+    std::fs::write(&file, longer.to_toml()).unwrap();
+    let mut child = std::process::Command::new(crate::micn_bin())
+        .args(["--comm", "single", "train", "--resume", "auto", "--config"])
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.join("checkpoints/step-00000015/COMPLETE").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(dir.join("checkpoints/step-00000015").exists(), "the resumed run trained on");
+    assert!(!dir.join("summary.json").exists() && !dir.join("model.safetensors").exists());
+    let branch_end = abandoned(9);
+    assert_eq!(branch_end.len(), 1);
+    assert_eq!(names(&branch_end[0]), ["model.safetensors", "summary.json"]);
+    assert_eq!(std::fs::read(branch_end[0].join("summary.json")).unwrap(), ended);
+    let report = std::process::Command::new(crate::micn_bin())
+        .args(["report", dir.to_str().unwrap(), "--out", tmp.path().join("report").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&report.stderr);
+    assert!(!report.status.success() && stderr.contains("unfinished: no summary.json"), "{stderr}");
     // --resume PATH from another run into a directory holding a run is refused.
     let other = tmp.path().join("other");
     let other_cfg = config(&other, &["checkpoint.every_steps=3", "train.max_steps=3"]);

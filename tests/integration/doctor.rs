@@ -27,6 +27,10 @@ fn slurm_tasks_that_mpi_does_not_join_are_refused_naming_srun_mpi_pmix() {
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     let joined = run_ok(mpirun(2).args(["-x", "SLURM_STEP_NUM_TASKS=2"]).arg(micn_bin()).arg("doctor"));
     assert!(String::from_utf8_lossy(&joined.stdout).contains("world size 2"));
+    // mpirun inside an allocation of four nodes: the ranks on the three nodes beside mpirun's
+    // inherit the step of its daemons (`srun --ntasks=3`), which is not theirs.
+    let daemons = run_ok(mpirun(2).args(["-x", "SLURM_STEP_NUM_TASKS=3"]).arg(micn_bin()).arg("doctor"));
+    assert!(String::from_utf8_lossy(&daemons.stdout).contains("world size 2"));
 }
 
 /// GPUs the NVIDIA driver's own tool lists (`nvidia-smi -L`: "GPU 0: NVIDIA H200 (UUID: ...)"),

@@ -97,7 +97,10 @@ fn an_interrupted_sweep_resumes_without_redoing_finished_runs() {
     std::fs::remove_dir_all(second.join("checkpoints")).unwrap();
     std::fs::remove_file(second.join("summary.json")).unwrap();
     let again = run_ok(&mut sweep_cmd(&base, &moved, &[]));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("1 runs trained, 1 finished earlier"));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("1 runs trained, 1 finished earlier"), "{stdout}");
+    assert!(stdout.contains("starting again (it stopped before its first checkpoint)"), "{stdout}");
+    assert!(!stdout.contains("resum"), "nothing was resumed: {stdout}");
     assert!(
         std::fs::read(second.join("model.safetensors")).unwrap()
             == std::fs::read(planned.run.dir.join("model.safetensors")).unwrap(),
@@ -118,7 +121,7 @@ fn bad_sweep_arguments_are_named() {
         (&["--grid", "micn.phi=0.5"], "--grid micn.phi=0.5: the values must be a list"),
         (&["--set", "run.dir=\"elsewhere\""], "--set run.dir=\"elsewhere\": is set by the sweep itself"),
         (&["--grid", "micn.phi=[1.0,0.5,1]"], "micn.phi=1/repeat-0: configures the same training as"),
-        (&["--grid", "micn.phi=[0.5,2.0]"], "--set micn.phi=2.0"),
+        (&["--grid", "micn.phi=[0.5,2.0]"], "grid value micn.phi=2.0"),
         (&["--grid", "micn.nonsense=[1,2]"], "nonsense"),
         (&["--repeats", "0"], "repeats: must be at least 1"),
     ];

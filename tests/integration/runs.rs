@@ -51,6 +51,16 @@ fn a_second_training_into_a_run_directory_is_refused_and_loses_nothing_unless_to
     assert!(e.contains(&run.display().to_string()) && e.contains("checkpoints"), "{e}");
     let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
     assert!(before == after, "a refused run changed the run directory");
+    // An `--overwrite` refused on what its model reads deletes nothing: the model is built first.
+    let missing = tmp.path().join("no-such-centres.safetensors");
+    let e = train_refused(
+        &run,
+        &["--overwrite", "--set", "model.kind=mfn", "--set", &format!("model.mfn_pretrained={:?}", missing.display())],
+    );
+    assert!(e.contains("no-such-centres.safetensors"), "{e}");
+    let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    assert!(before == after, "a refused --overwrite changed the run directory");
+    assert!(run.join("checkpoints").is_dir());
     // `--overwrite` starts afresh: no file of the old run survives, its checkpoints included.
     let config = run.with_extension("toml");
     let out = micn(&["train", "--overwrite", "--config"])
@@ -151,6 +161,25 @@ fn eval_on_another_dataset_applies_the_checks_of_train() {
     assert!(out.status.success(), "{}", stderr(&out));
     let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(scored["auc"], summary(&run)["test_auc"]);
+}
+
+#[test]
+fn a_file_size_limit_is_an_error_naming_the_file_not_a_silent_kill() {
+    // `ulimit -f` (a batch system's file-size limit) sends SIGXFSZ at the first write past it,
+    // which would end micn without a word (exit 153).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("raw");
+    let done = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -f 8 && exec "$0" synth --preset quickstart --seed 1 --out "$1""#)
+        .arg(micn_bin())
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = stderr(&done);
+    assert_eq!(done.status.code(), Some(3), "{err}");
+    assert!(err.starts_with("error: ") && err.contains("File too large") && err.contains("raw"), "{err}");
+    assert!(!out.exists(), "nothing half-written is left as the output");
 }
 
 #[test]

@@ -578,7 +578,7 @@ fn the_twin_refuses_a_damaged_model_file_naming_it() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("a din model has no interest vectors to export"), "{stderr}");
+    assert!(stderr.contains("a din model has no interest vectors, which retrieval"), "{stderr}");
     assert!(!tmp.path().join("interests").exists());
 }
 
