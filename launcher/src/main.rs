@@ -827,6 +827,8 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
         };
         loop {
             if attempt >= args.max_restarts {
+                // Back-offs and probes since the job ended count too.
+                let secs = started.elapsed().as_secs_f64();
                 printer.say("ERROR", &format!("job {why} after {secs:.1} s; {}", failure_pointer(rank_error)));
                 return Ok(code);
             }
