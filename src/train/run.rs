@@ -508,7 +508,7 @@ pub fn train_until(
     let comm: &dyn Communicator = watchdog.as_ref().map_or(comm, |w| w);
     let mut run = match Run::start(cfg, comm, resume, &dataset, device, started)? {
         Started::Run(run) => run,
-        Started::Finished(summary) => return Ok(summary),
+        Started::Finished(summary) => return Ok(*summary),
     };
     run.watchdog = watchdog.as_ref();
     for epoch in run.position.epoch..cfg.train.epochs as u64 {
@@ -596,7 +596,7 @@ enum Started<'a> {
     /// A run to train (or whose end is to be written again).
     Run(Box<Run<'a>>),
     /// A run that had ended where it would resume: see [`StartPoint::Finished`].
-    Finished(Summary),
+    Finished(Box<Summary>),
 }
 
 impl<'a> Run<'a> {
@@ -640,7 +640,7 @@ impl<'a> Run<'a> {
                     "the run ended at this step already and train.epochs / train.max_steps leave nothing to train: \
                      its summary and model stay as they are"
                 );
-                return Ok(Started::Finished(summary));
+                return Ok(Started::Finished(Box::new(summary)));
             }
             StartPoint::Checkpoint(dir, state) => {
                 replica.load_checkpoint(&dir, state.step, device)?;
