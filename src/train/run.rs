@@ -601,7 +601,8 @@ enum Started<'a> {
 
 impl<'a> Run<'a> {
     /// Every check that needs no file of the run, the replica built, then the run directory
-    /// claimed, the replica loaded from the checkpoint it resumes from, the run's files started. `started`:
+    /// claimed, the replica loaded from the checkpoint it resumes from, the run's files started
+    /// (or, where nothing is left to train of a run that ended there, its summary). `started`:
     /// when this process began (its seconds count towards the run's).
     fn start(
         cfg: &'a Config,
