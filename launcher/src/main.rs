@@ -63,7 +63,7 @@ struct Args {
     /// libtorch threads per rank (default: each host's cores divided among the ranks it runs, at
     /// least 1; with a hostfile every rank works this out on its own host). Sets
     /// `OMP_NUM_THREADS`, and with --config also `train.threads` (which a configuration's
-    /// `train.threads`, when set, would otherwise win over).
+    /// `train.threads`, when set, would otherwise win over), unless a --set gives it.
     #[arg(long)]
     threads: Option<usize>,
     /// Process binding: `none`, or `core` (each rank bound to its cores; not when oversubscribed).
@@ -202,7 +202,9 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
         for s in &args.sets {
             v.extend(["--set".to_string(), s.clone()]);
         }
-        if let Some(threads) = args.threads {
+        // Unless a `--set` names train.threads itself.
+        let set_by_hand = args.sets.iter().any(|s| s.split('=').next().is_some_and(|k| k.trim() == "train.threads"));
+        if let Some(threads) = args.threads.filter(|_| !set_by_hand) {
             v.extend(["--set".to_string(), format!("train.threads={threads}")]);
         }
         if let Some(resume) = &args.resume {
@@ -971,6 +973,8 @@ mod tests {
         // A configuration's own train.threads would win over OMP_NUM_THREADS: set it too.
         let cmd = command(&["--np", "8", "--hostfile", hostfile, "--threads", "2", "--config", "c.toml"]).unwrap();
         assert!(cmd.ends_with(&["--set".to_string(), "train.threads=2".to_string()]), "{cmd:?}");
+        let cmd = command(&["--threads", "2", "--config", "c.toml", "--set", "train.threads=1"]).unwrap();
+        assert!(cmd.ends_with(&["--set".to_string(), "train.threads=1".to_string()]), "the user's own: {cmd:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -229,8 +229,8 @@ impl RunDir {
             return Ok(None);
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let to = self.path.join(ABANDONED_DIR).join(format!("after-step-{step}-{}", now.as_secs()));
-        crate::io_error::create_dirs(&to)?;
+        let name = format!("after-step-{step}-{}", now.as_secs());
+        let to = self.new_abandoned_dir(&name)?;
         let mut names = Vec::new();
         for path in &later {
             let name = path.file_name().expect("a checkpoint's or file's name").to_owned();
@@ -238,6 +238,21 @@ impl RunDir {
             names.push(name.to_string_lossy().into_owned());
         }
         Ok(Some((names, to)))
+    }
+
+    /// A directory of [`ABANDONED_DIR`] made for this call alone: `name`, or `name-2`, `name-3`,
+    /// ... when an earlier set-aside (in the same second) took it.
+    fn new_abandoned_dir(&self, name: &str) -> Result<PathBuf, PathIo> {
+        let root = self.path.join(ABANDONED_DIR);
+        crate::io_error::create_dirs(&root)?;
+        let mut to = root.join(name);
+        for n in 2..=1000 {
+            match std::fs::create_dir(&to) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => to = root.join(format!("{name}-{n}")),
+                made => return made.with_path(&to).map(|()| to),
+            }
+        }
+        std::fs::create_dir(&to).with_path(&to).map(|()| to)
     }
 
     /// Whether the directory holds a run (its `config.toml` is written first).
@@ -384,6 +399,30 @@ fn read_if_present(path: &Path) -> Result<String, PathIo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_set_asides_in_one_second_go_to_two_directories_and_a_stops_end_is_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path().join("run"));
+        let end = |summary: &str| {
+            std::fs::create_dir_all(run.path()).unwrap();
+            std::fs::write(run.summary(), summary).unwrap();
+            std::fs::write(run.model(), summary.len().to_string()).unwrap();
+        };
+        end("{\"stopped_by_signal\": false, \"steps\": 9}");
+        let (names, first) = run.set_aside_after(6).unwrap().unwrap();
+        assert_eq!(names, ["summary.json", "model.safetensors"]);
+        end("{\"stopped_by_signal\": false, \"steps\": 8}");
+        let (_, second) = run.set_aside_after(6).unwrap().unwrap();
+        assert_ne!(first, second, "the first set-aside is not overwritten");
+        assert!(second.file_name().unwrap().to_string_lossy().starts_with("after-step-6-"));
+        let summary = |dir: &Path| std::fs::read_to_string(dir.join("summary.json")).unwrap();
+        assert!(summary(&first).contains("\"steps\": 9") && summary(&second).contains("\"steps\": 8"));
+        // A stop's summary and model go (its checkpoint holds the model); nothing is moved.
+        end("{\"stopped_by_signal\": true, \"steps\": 7}");
+        assert!(run.set_aside_after(6).unwrap().is_none());
+        assert!(!run.summary().exists() && !run.model().exists());
+    }
 
     #[test]
     fn a_resumed_run_keeps_the_metrics_lines_up_to_its_step_and_drops_later_ones_and_test_lines() {

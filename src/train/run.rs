@@ -334,8 +334,12 @@ fn resume_point(
         tracing::warn!("resuming with settings other than the checkpoint's: {}", changed.join(", "));
     }
     let run_dir = RunDir::new(&cfg.run.dir);
-    if state.step >= total_steps {
-        if let Some(summary) = ended_at(comm, &run_dir, state.step)? {
+    // An early stop ends a run as its last step does, unless the patience was raised (or the
+    // early stop turned off) to train on.
+    let patience = (saved.train.early_stop_patience, cfg.train.early_stop_patience);
+    let stops_early_again = patience.1 > 0 && patience.1 <= patience.0;
+    if let Some(summary) = ended_at(comm, &run_dir, state.step)? {
+        if state.step >= total_steps || (summary.early_stopped && stops_early_again) {
             return Ok(StartPoint::Finished(summary));
         }
     }
@@ -421,6 +425,11 @@ fn claim_run_dir(
                     files: present.join(", "),
                     from: from.clone(),
                 });
+            }
+            // A checkpoint set aside (`abandoned/`) belongs to a history this run left: resumed
+            // here, the current history's checkpoints and end would mix with it.
+            Resume::Path(from) if within(from, run_dir.path()) && !within(from, &run_dir.checkpoints()) => {
+                return Err(TrainError::ResumeFromAbandoned { path: cfg.run.dir.clone(), from: from.clone() });
             }
             _ => {}
         }
@@ -885,7 +894,21 @@ impl<'a> Run<'a> {
     fn finish(mut self) -> Result<Summary, TrainError> {
         self.read_losses()?;
         let (cfg, step) = (self.cfg, self.step);
-        if step > 0 && self.checkpoints.last_step != Some(step) {
+        // Resumed at its last step from a stop's checkpoint: the stop left no time to score that
+        // checkpoint, nor to log the step's losses (the checkpoint holds them), which a run that
+        // ended there without a stop has; both are made now, so the selection is the same.
+        let stopped_at_end = !self.stopped_by_signal && step > 0 && self.resumed_at == step && step == self.total_steps;
+        if stopped_at_end && self.totals.logged_steps > 0 {
+            let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
+            let mut line = self.totals.line(cfg, (step, self.position.epoch), self.schedule.lr(step - 1), secs);
+            // The losses come from the checkpoint; the step's gradient norms and throughput ended
+            // with the process that trained it.
+            (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm, line.samples_per_sec) =
+                (None, None, None, None);
+            self.metrics.write(&line)?;
+        }
+        let unscored = !self.validation.ids.is_empty() && !self.validation.evaluations.iter().any(|e| e.0 == step);
+        if step > 0 && (self.checkpoints.last_step != Some(step) || (stopped_at_end && unscored)) {
             // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
             // signal leaves no time for a validation pass: that checkpoint then has no score.
             if !self.stopped_by_signal {

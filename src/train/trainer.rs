@@ -107,6 +107,11 @@ pub enum TrainError {
          run first"
     )]
     ResumeIntoAnotherRun { path: PathBuf, files: String, from: PathBuf },
+    #[error(
+        "{from}: a checkpoint of a history this run left (set aside under {path}): resumed there it would mix \
+         with the run's current checkpoints; resume from it into a run.dir of its own"
+    )]
+    ResumeFromAbandoned { path: PathBuf, from: PathBuf },
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
     ReplicasDiffer { step: u64, digests: Vec<u64> },
     #[error(
@@ -152,6 +157,7 @@ impl TrainError {
                 | Self::RunExists { .. }
                 | Self::NoCheckpointToResume { .. }
                 | Self::ResumeIntoAnotherRun { .. }
+                | Self::ResumeFromAbandoned { .. }
                 | Self::VocabularyMismatch { .. }
                 | Self::TooFewSamples { .. }
                 | Self::HistoryTooShort { .. }

@@ -285,12 +285,69 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
         serde_json::from_str(&std::fs::read_to_string(stopped.join("summary.json")).unwrap()).unwrap();
     let k = summary["steps"].as_u64().unwrap();
     assert!(stopped.join("checkpoints").join(micn::checkpoint::dir_name(k)).join("COMPLETE").exists());
+    // Ended at the stop's own step: the stop's checkpoint, which it left unscored, is scored and
+    // its step's losses logged now, so the selection and the metrics are an uninterrupted k-step
+    // run's (the gradient norms and throughput of that step went with the stopped process).
+    let at_stop = tmp.path().join("at-stop");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&stopped).arg(&at_stop).status().unwrap().success());
+    let k_steps = format!("train.max_steps={k}");
+    let end_at_k = |dir: &Path| {
+        let sets = ["train.epochs=1000", &k_steps, "train.log_every_steps=5", "checkpoint.every_steps=0"];
+        config(dir, &[&sets[..], &["train.restore_best=true"]].concat())
+    };
+    run(1, &end_at_k(&at_stop), &Resume::Auto);
+    let k_run = tmp.path().join("k-steps");
+    run(1, &end_at_k(&k_run), &Resume::Fresh);
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    let selected = |dir: &Path| {
+        let mut summary: serde_json::Value = serde_json::from_str(&read(dir, "summary.json")).unwrap();
+        summary["selected"].as_object_mut().expect("a selection").remove("checkpoint");
+        summary["selected"].clone()
+    };
+    assert!(selected(&k_run)["step"] == k, "{}", selected(&k_run));
+    assert_eq!(selected(&at_stop), selected(&k_run), "the same selection");
+    assert_eq!(model_bytes(&at_stop), model_bytes(&k_run));
+    let deterministic = |dir: &Path| -> Vec<serde_json::Value> {
+        read(dir, "metrics.jsonl")
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for varies in ["samples_per_sec", "grad_norm_main_e_aux", "grad_norm_aux_e_aux"] {
+                    v.as_object_mut().unwrap().remove(varies);
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(deterministic(&at_stop), deterministic(&k_run));
     // Resume to k + 7 steps; an uninterrupted run of k + 7 steps ends with the same bytes.
     let end = format!("train.max_steps={}", k + 7);
     run(1, &config(&stopped, &["train.epochs=1000", &end, "checkpoint.every_steps=0"]), &Resume::Auto);
     let straight = tmp.path().join("straight");
     run(1, &config(&straight, &["train.epochs=1000", &end, "checkpoint.every_steps=0"]), &Resume::Fresh);
     assert_eq!(model_bytes(&straight), model_bytes(&stopped), "stopped at step {k}");
+}
+
+#[test]
+fn an_early_stopped_run_resumed_with_the_same_patience_is_finished_and_rewrites_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let patience = |n: u32| {
+        let patience = format!("train.early_stop_patience={n}");
+        config(&dir, &["train.max_steps=400", "train.eval_every_steps=2", &patience])
+    };
+    run(1, &patience(1), &Resume::Fresh);
+    let end = || ["summary.json", "model.safetensors"].map(|f| std::fs::read(dir.join(f)).unwrap());
+    let ended = end();
+    let summary: serde_json::Value = serde_json::from_slice(&ended[0]).unwrap();
+    assert_eq!(summary["early_stopped"], true, "the premise: {summary}");
+    // A requeued job: nothing is trained, nothing rewritten.
+    run(1, &patience(1), &Resume::Auto);
+    assert!(end() == ended, "the early-stopped run's end was rewritten");
+    // A raised patience trains on.
+    run(1, &patience(100), &Resume::Auto);
+    let longer: serde_json::Value = serde_json::from_slice(&end()[0]).unwrap();
+    assert!(longer["steps"].as_u64() > summary["steps"].as_u64(), "{longer}");
 }
 
 /// `micn train --config FILE ARGS` for the run `cfg` describes, as job `launch` of `micn-launch`
@@ -359,6 +416,12 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     assert_eq!(first_history.len(), 1);
     assert_eq!(names(&first_history[0]), ["model.safetensors", "step-00000009", "step-00000012", "summary.json"]);
     assert_eq!(std::fs::read(first_history[0].join("model.safetensors")).unwrap(), before);
+    assert_eq!(names(&dir.join("checkpoints")), ["step-00000003", "step-00000006", "step-00000009"]);
+    // A checkpoint set aside is not resumed within the run: its history would mix with this one.
+    let set_aside = first_history[0].join("step-00000012");
+    let (code, stderr) = train_as(&cfg(15), None, &["--resume", set_aside.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("a checkpoint of a history this run left"), "{stderr}");
     assert_eq!(names(&dir.join("checkpoints")), ["step-00000003", "step-00000006", "step-00000009"]);
     // The branch ended at step 9. `--resume auto` with nothing left to train (a requeued job that
     // had finished) rewrites nothing: its summary keeps the measurements of the run that trained.
