@@ -45,18 +45,20 @@ def main() -> int:
         steps = micn_twin.history_length(args.run)
         if steps is None:
             raise micn_twin.FileFormatError(f"{args.run}: no run configuration (config.toml or state.json) beside it")
+        # What `python -m micn_twin score` refuses (another dataset's export, histories cut to
+        # another length, another validation share) would be timed on the wrong samples.
+        micn_twin.check_export(args.export, micn_twin.read_export_info(args.export), args.split, net, args.run)
         batch = micn_twin.read_export(args.export, args.split)
-    except (micn_twin.FileFormatError, micn_twin.ModelFileError, OnnxError, OSError) as e:
+    except (micn_twin.FileFormatError, micn_twin.ModelFileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (OnnxError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     inputs = [batch[k] for k in micn_twin.INPUTS]
     n = inputs[0].shape[0]
     if n == 0:
         print(f"error: {args.export}/{args.split} holds no samples", file=sys.stderr)
-        return 1
-    if batch["hist_items"].shape[1] > steps:
-        print(f"error: {args.export}: histories of {batch['hist_items'].shape[1]}, longer than the run's {steps}: "
-              f"export with --max-hist-len {steps}", file=sys.stderr)
         return 1
     try:
         onnx = OnnxModel(export(net, steps, str(args.run)), "model.onnx")

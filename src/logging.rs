@@ -40,8 +40,18 @@ pub struct LogFileError {
     pub source: io::Error,
 }
 
+/// Whether [`init`] was asked for JSON lines: a terminal then gets no progress bar either, whose
+/// redrawn line would sit among them as the one line that is not JSON.
+static JSON_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether log lines are JSON objects (`--log-format json`).
+pub fn json_lines() -> bool {
+    JSON_LINES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Install the global subscriber. Call once, after the rank is known.
 pub fn init(format: LogFormat, rank: usize) {
+    JSON_LINES.store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
     let quiet = std::env::var(QUIET_RANKS_ENV).is_ok_and(|v| v == "1");
     let terminal_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level(rank, quiet)));

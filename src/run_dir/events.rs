@@ -8,11 +8,11 @@
 //! u32 LE`, where each `data` is an `Event` protocol buffer; the first event holds the file
 //! version `brain.Event:2`. The few messages needed are encoded here by hand (no protobuf
 //! compiler, no dependency): `Event { wall_time: double = 1, step: int64 = 2, file_version: string
-//! = 3, summary: Summary = 5, session_log: SessionLog = 7 }`, `Summary { value: repeated Value = 1
-//! }`, `Value { tag: string = 1, simple_value: float = 2 }`, `SessionLog { status: enum = 1 }`.
-//! A resumed run starts a new file (named to sort after the earlier ones) with a `SessionLog
-//! START` at its first step, which makes TensorBoard drop what an earlier attempt logged from that
-//! step on.
+//! = 3, summary: Summary = 5 }`, `Summary { value: repeated Value = 1 }`, `Value { tag: string = 1,
+//! simple_value: float = 2 }`.
+//! A resumed run writes a new file (named to sort after the earlier ones) holding the figures of
+//! the `metrics.jsonl` lines it keeps, in place of the earlier files: what an earlier attempt
+//! logged past the checkpoint is gone from both, whichever reader TensorBoard uses.
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -25,43 +25,36 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// A new event file in `dir`; a run resumed at `resumed_step` says so first.
-    pub fn create(dir: &Path, resumed_step: Option<u64>) -> Result<Self, PathIo> {
+    /// A new event file in `dir` holding the figures of `earlier` (the `metrics.jsonl` lines a
+    /// resumed run keeps), which replaces the directory's earlier event files: TensorBoard then
+    /// shows what `metrics.jsonl` holds, whatever reader it uses and however that reader treats
+    /// a restart. Written beside under a temporary name and renamed once the earlier files are
+    /// gone, so a crash leaves either them or it. The replayed figures carry this time.
+    pub fn create(dir: &Path, earlier: &[serde_json::Value]) -> Result<Self, PathIo> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        // TensorBoard reads a directory's event files in the order of their names, and never goes
-        // back to one that sorts before the file it reads: a later attempt's file must sort after
-        // every earlier one, also when it starts within the same second.
-        let latest = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("events.out.tfevents.")?
-                    .split('.')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max();
+        let names = event_files(dir);
+        // TensorBoard reads a directory's event files in the order of their names and never goes
+        // back to one that sorts before the file it reads: a reader that follows the run while
+        // it trains must find the new file after the one it has read, also within one second.
+        let latest = names.iter().filter_map(|name| name.split('.').nth(3)?.parse::<u64>().ok()).max();
         let seconds = latest.map_or(now.as_secs(), |t| now.as_secs().max(t + 1));
         let path = dir.join(format!("events.out.tfevents.{seconds}.{}.micn", hostname()));
-        let file = std::fs::File::create(&path).with_path(&path)?;
-        let mut writer = Self { file, path };
-        let wall = now.as_secs_f64();
-        let mut version = event_header(wall, 0);
+        let partial = dir.join(".events.partial");
+        let file = std::fs::File::create(&partial).with_path(&partial)?;
+        let mut writer = Self { file, path: partial.clone() };
+        let mut version = event_header(now.as_secs_f64(), 0);
         field_bytes(&mut version, 3, b"brain.Event:2");
         writer.record(&version)?;
-        if let Some(step) = resumed_step {
-            // TensorBoard keeps what was logged before this step and drops the rest: the resumed
-            // run logs again from the step after its checkpoint.
-            let mut start = event_header(wall, step + 1);
-            let mut session_log = Vec::new();
-            varint_field(&mut session_log, 1, 1); // status: START
-            field_bytes(&mut start, 7, &session_log);
-            writer.record(&start)?;
+        for line in earlier {
+            writer.scalars(line["step"].as_u64().unwrap_or(0), &scalars_of(line))?;
         }
+        writer.file.sync_all().with_path(&partial)?;
+        for name in names {
+            let old = dir.join(name);
+            std::fs::remove_file(&old).with_path(&old)?;
+        }
+        std::fs::rename(&partial, &path).with_path(&path)?;
+        writer.path = path;
         Ok(writer)
     }
 
@@ -98,6 +91,18 @@ impl EventWriter {
         // One write per record, so a reader never sees half of one.
         self.file.write_all(&out).with_path(&self.path)
     }
+}
+
+/// The names of the event files in `dir`.
+pub fn event_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("events.out.tfevents."))
+        .collect();
+    names.sort();
+    names
 }
 
 /// An event's `wall_time` and `step`.

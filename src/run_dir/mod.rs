@@ -264,14 +264,7 @@ impl RunDir {
     pub fn present_files(&self) -> Vec<String> {
         let mut found: Vec<String> =
             RUN_FILES.into_iter().filter(|f| self.path.join(f).exists()).map(String::from).collect();
-        let mut events: Vec<String> = std::fs::read_dir(&self.path)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|name| name.starts_with("events.out.tfevents."))
-            .collect();
-        events.sort();
-        found.extend(events);
+        found.extend(events::event_files(&self.path));
         found
     }
 
@@ -327,7 +320,7 @@ impl RunDir {
     /// Start writing a run: its configuration, and its metrics log, kept up to the step a run
     /// resumes from (lines a run that then died wrote later are dropped, and so are the test-set
     /// lines of attempts that were stopped: the test set is scored once, at the run's end), else
-    /// empty.
+    /// empty; its TensorBoard event file holds the same lines ([`EventWriter::create`]).
     pub fn start_writing(&self, config_toml: &str, resumed_step: Option<u64>) -> Result<MetricsLog, PathIo> {
         crate::io_error::create_dirs(&self.path)?;
         replace_file(&self.config(), |tmp| std::fs::write(tmp, config_toml))?;
@@ -346,7 +339,8 @@ impl RunDir {
         };
         replace_file(&path, |tmp| std::fs::write(tmp, &kept))?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).with_path(&path)?;
-        let events = EventWriter::create(&self.path, resumed_step)?;
+        let lines: Vec<serde_json::Value> = kept.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events = EventWriter::create(&self.path, &lines)?;
         Ok(MetricsLog { file: Some(file), path, events: Some(events) })
     }
 
@@ -435,16 +429,18 @@ mod tests {
         // A stopped attempt's test-set line (at its last step, up to which a run resumes).
         log.write(&serde_json::json!({ "step": 20, "test_auc": 0.7 })).unwrap();
         drop(log);
+        let first = events::event_files(run.path());
         run.start_writing("device = \"cpu\"\n", Some(20)).unwrap();
         let steps: Vec<u64> = run.read_metrics().unwrap().iter().map(|v| v["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, [10, 20]);
         assert!(run.read_metrics().unwrap().iter().all(|v| v["test_auc"].is_null()));
         assert!(run.holds_run());
         let files = run.present_files();
-        assert_eq!(files.len(), 4, "{files:?}");
+        assert_eq!(files.len(), 3, "the first event file replaced: {files:?}");
         assert_eq!(files[..2], ["config.toml", "metrics.jsonl"]);
-        assert!(files[2..].iter().all(|f| f.starts_with("events.out.tfevents.")), "{files:?}");
-        assert!(files[2] < files[3], "the resumed run's event file sorts after the first: {files:?}");
+        assert!(files[2].starts_with("events.out.tfevents."), "{files:?}");
+        assert!(first.len() == 1 && first[0] < files[2], "the resumed run's event file sorts after the first");
+        assert!(!run.path().join(".events.partial").exists());
         run.remove_run_files().unwrap();
         assert!(run.present_files().is_empty());
     }

@@ -883,6 +883,15 @@ impl<'a> Run<'a> {
         self.checkpoints.save(self.cfg, self.comm, &self.replica, position, &self.validation, (window, seconds))
     }
 
+    /// The epoch the last step trained in, as every metrics line of that step names it (once an
+    /// epoch is done, the position is the next one's start).
+    fn last_steps_epoch(&self) -> u64 {
+        match self.position {
+            Position { epoch, sample: 0 } if epoch > 0 => epoch - 1,
+            Position { epoch, .. } => epoch,
+        }
+    }
+
     /// Wall-clock seconds of the run so far: this process's, and those of the earlier ones up to
     /// the checkpoint it resumed from.
     fn run_seconds(&self) -> f64 {
@@ -900,7 +909,7 @@ impl<'a> Run<'a> {
         let stopped_at_end = !self.stopped_by_signal && step > 0 && self.resumed_at == step && step == self.total_steps;
         if stopped_at_end && self.totals.logged_steps > 0 {
             let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
-            let mut line = self.totals.line(cfg, (step, self.position.epoch), self.schedule.lr(step - 1), secs);
+            let mut line = self.totals.line(cfg, (step, self.last_steps_epoch()), self.schedule.lr(step - 1), secs);
             // The losses come from the checkpoint; the step's gradient norms and throughput ended
             // with the process that trained it.
             (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm, line.samples_per_sec) =
@@ -912,7 +921,7 @@ impl<'a> Run<'a> {
             // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
             // signal leaves no time for a validation pass: that checkpoint then has no score.
             if !self.stopped_by_signal {
-                self.validate(self.position.epoch)?;
+                self.validate(self.last_steps_epoch())?;
             }
             self.checkpoint()?;
         }
@@ -923,7 +932,8 @@ impl<'a> Run<'a> {
         let samples_per_sec = (steps_here * cfg.train.global_batch_size as u64) as f64
             / (loop_seconds - self.validation.seconds).max(1e-9);
         let final_eval = self.scorer.score(&self.replica.net, EvalSet::Test)?;
-        write_eval(&mut self.metrics, step, self.epochs_completed, EvalSet::Test, &final_eval)?;
+        let epoch = self.last_steps_epoch();
+        write_eval(&mut self.metrics, step, epoch, EvalSet::Test, &final_eval)?;
         // After a stop signal there may be little time left: no other checkpoint is loaded and scored.
         let selected = match self.stopped_by_signal {
             true => None,
@@ -1162,7 +1172,8 @@ struct Progress {
 
 impl Progress {
     fn new(rank0: bool, (first, total): (u64, u64)) -> Self {
-        let terminal = (rank0 && std::io::stderr().is_terminal()).then(TerminalLine::default);
+        let bar = rank0 && std::io::stderr().is_terminal() && !crate::logging::json_lines();
+        let terminal = bar.then(TerminalLine::default);
         Self { terminal, total, first, started: Instant::now() }
     }
 

@@ -103,6 +103,14 @@ fn an_epoch_ends_with_one_checkpoint_and_a_run_resumed_there_is_bit_identical() 
     run(1, &config(&stopped, &at_end.iter().map(String::as_str).collect::<Vec<_>>()), &Resume::Fresh);
     let state = micn::checkpoint::verify(&stopped.join("checkpoints").join(micn::checkpoint::dir_name(epoch))).unwrap();
     assert_eq!((state.epoch, state.position), (0, epoch * 48), "written by the step trigger");
+    // Every line of the last step (losses, validation, test) names the epoch it trained in.
+    let metrics = std::fs::read_to_string(stopped.join("metrics.jsonl")).unwrap();
+    let last: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["step"] == epoch)
+        .collect();
+    assert!(last.len() >= 2 && last.iter().all(|v| v["epoch"] == 0), "{last:?}");
     let later = args(epoch + 5);
     let later: Vec<&str> = later.iter().map(String::as_str).collect();
     run(1, &config(&stopped, &later), &Resume::Auto);

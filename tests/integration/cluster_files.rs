@@ -146,6 +146,8 @@ fn the_mpijob_pods_run_sshd_and_the_launcher_runs_a_command_micn_launch_accepts(
     let out = crate::run_ok(crate::launch::launcher().arg("--dry-run").args(&args));
     let command = String::from_utf8(out.stdout).unwrap();
     assert!(command.starts_with("mpirun -np 2 ") && command.contains(" --hostfile "), "{command}");
+    // A launcher pod started again continues the run instead of being refused by it.
+    assert!(command.trim_end().ends_with(" --resume auto"), "{command}");
 }
 
 #[test]

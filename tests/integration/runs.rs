@@ -183,6 +183,25 @@ fn a_file_size_limit_is_an_error_naming_the_file_not_a_silent_kill() {
 }
 
 #[test]
+fn on_a_terminal_a_progress_bar_is_drawn_for_text_logs_and_not_among_json_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bar_lines = |format: &str| -> usize {
+        let run = tmp.path().join(format);
+        let config = tmp.path().join(format!("{format}.toml"));
+        let sets = ["train.max_steps=20", "train.log_every_steps=5", "checkpoint.every_steps=0"];
+        std::fs::write(&config, crate::small_config(&run, &sets).to_toml()).unwrap();
+        // `script` gives micn a terminal and copies what it draws there to its standard output.
+        let command = format!("{} --log-format {format} train --config {}", micn_bin().display(), config.display());
+        let out = Command::new("script").args(["-q", "-e", "-c", &command, "/dev/null"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split(['\r', '\n']).filter(|l| l.starts_with('[') && l.contains("20 loss")).count()
+    };
+    assert!(bar_lines("text") > 0, "the progress bar this test looks for is drawn with text logs");
+    assert_eq!(bar_lines("json"), 0, "a progress bar among JSON lines");
+}
+
+#[test]
 fn a_command_whose_reader_goes_away_exits_quietly() {
     use std::os::unix::process::ExitStatusExt as _;
     // `micn data stats DIR | head -0`: the reader is gone before micn writes.

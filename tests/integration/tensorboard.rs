@@ -1,7 +1,7 @@
 //! TensorBoard event files, read back by TensorBoard's own reader (`EventAccumulator`, from the
 //! virtual environment `cluster/setup-node.sh` makes): every figure of `metrics.jsonl` is there
-//! under its tag and step, also after a resume from an earlier checkpoint (TensorBoard drops what
-//! the first attempt logged past it).
+//! under its tag and step, also after resumes from an earlier checkpoint (what an earlier attempt
+//! logged past it, and the test-set figures of an attempt that ended there, are gone).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,12 +31,14 @@ fn tensorboard_reads_every_figure_of_metrics_jsonl_also_after_a_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let sets = ["train.epochs=1", "train.log_every_steps=5", "train.eval_every_steps=5", "checkpoint.every_steps=10"];
-    // A first attempt to step 15; a second resumes from step 10's checkpoint, as after a crash.
-    let first = crate::small_config(&run, &[&sets[..], &["train.max_steps=15"]].concat());
-    train_from(&first, &SingleProcess, &Resume::Fresh).unwrap();
+    // A first attempt to step 15; a second resumes from step 10's checkpoint and ends there (its
+    // test-set figures at step 10, as a stop there leaves them); a third goes on to step 20.
+    let to = |steps: &str| crate::small_config(&run, &[&sets[..], &[steps]].concat());
+    train_from(&to("train.max_steps=15"), &SingleProcess, &Resume::Fresh).unwrap();
     let checkpoint = run.join("checkpoints").join(micn::checkpoint::dir_name(10));
-    let second = crate::small_config(&run, &[&sets[..], &["train.max_steps=20"]].concat());
-    train_from(&second, &SingleProcess, &Resume::Path(checkpoint)).unwrap();
+    train_from(&to("train.max_steps=10"), &SingleProcess, &Resume::Path(checkpoint)).unwrap();
+    train_from(&to("train.max_steps=20"), &SingleProcess, &Resume::Auto).unwrap();
+    assert_eq!(micn::run_dir::events::event_files(&run).len(), 1, "one event file, the earlier ones replaced");
 
     let read = read_with_tensorboard(&run);
     let mut expected: std::collections::BTreeMap<String, Vec<(u64, f32)>> = Default::default();
@@ -60,6 +62,7 @@ fn tensorboard_reads_every_figure_of_metrics_jsonl_also_after_a_resume() {
         })
         .collect();
     assert_eq!(got, expected, "TensorBoard's reading differs from metrics.jsonl");
-    // The first attempt's steps 15 were dropped: each step once.
+    // The first attempt's steps 15 were dropped, and the second's test figures: each step once.
     assert_eq!(got["train/loss_main"].iter().map(|p| p.0).collect::<Vec<_>>(), [5, 10, 15, 20]);
+    assert_eq!(got["test/auc"].iter().map(|p| p.0).collect::<Vec<_>>(), [20]);
 }

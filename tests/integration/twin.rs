@@ -664,6 +664,12 @@ fn the_twin_refuses_what_micn_predict_would_score_otherwise_or_refuse() {
     assert!(theirs < ours, "the other dataset's user ids must fit the model's table");
     let sizes = format!("its user vocabulary has {theirs} entries, the model's ({}) {ours}", run.display());
     refused_with(&mut score(&other_export, "test"), 3, &["other-export/export.json", sizes.as_str()]);
+    // The serving benchmark makes the same checks before it times anything.
+    for (export, needle) in [(&other_export, sizes.as_str()), (&short, "histories cut to 5")] {
+        let mut cmd = Command::new(torch_python());
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/serving.py")).arg(&run).arg("--export").arg(export);
+        refused_with(cmd.args(["--seconds", "0.1", "--batch", "4"]), 3, &[needle]);
+    }
     // A TorchScript file of a model of that dataset, for this run and its export.
     let other_run = tmp.path().join("other-run");
     let other_set = format!("data.dir={other_data:?}");
