@@ -1320,7 +1320,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         c.train_samples, c.test_samples, c.users, c.items, c.cats
     );
     println!(
-        "speed    {:.2} s in all; reviews read at {:.0} MB/s, {:.0} reviews/s",
+        "speed    {:.2} s in all; input read at {:.0} MB/s, {:.0} records/s (reviews, interactions or samples)",
         report.seconds, report.review_mb_per_s, report.reviews_per_s
     );
     println!("categories: {}", report.meta.categories);

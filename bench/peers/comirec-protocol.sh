@@ -25,7 +25,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
-[[ $# -ge 1 ]] || { sed -n 2,16p "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n 2,23p "$0" >&2; exit 2; }
 out=${OUT:-runs/comirec}
 epochs=${EPOCHS:-8}
 seeds=${SEEDS:-1 2 3}

@@ -17,7 +17,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
-[[ $# -ge 1 ]] || { sed -n 2,14p "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n 2,15p "$0" >&2; exit 2; }
 out=${OUT:-runs/peers-ranks}
 epochs=${EPOCHS:-2}
 seeds=${SEEDS:-1}

@@ -23,7 +23,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
-[[ $# -ge 1 ]] || { sed -n 2,18p "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n 2,21p "$0" >&2; exit 2; }
 input=$1
 second=${2:-}
 out=${OUT:-runs/peers}
