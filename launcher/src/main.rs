@@ -208,6 +208,10 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
             v.extend(["--set".to_string(), format!("train.threads={threads}")]);
         }
         if let Some(resume) = &args.resume {
+            // An unset variable in a script: refused here as micn would, before any restart.
+            if resume.is_empty() {
+                bail!("--resume is empty: give `auto` or a checkpoint directory");
+            }
             v.extend(["--resume".to_string(), resume.clone()]);
         }
         if args.overwrite {
@@ -941,6 +945,8 @@ mod tests {
             assert!(e.to_string().contains("give them there instead"), "{e}");
         }
         assert!(Args::try_parse_from(["micn-launch", "--config", "c", "--resume", "auto", "--overwrite"]).is_err());
+        let e = command(&["--config", "c.toml", "--resume", ""]).unwrap_err();
+        assert!(e.to_string().starts_with("--resume is empty"), "{e}");
     }
 
     #[test]
