@@ -818,6 +818,10 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         Some("") => return Err(UsageError("--resume is empty: give `auto` or a checkpoint directory".into()).into()),
         Some(path) => Resume::Path(PathBuf::from(path)),
     };
+    // Before the run claims its directory: a refused run writes nothing there.
+    if let Resume::Path(p) = &resume {
+        ensure_usage!(p.is_dir(), "--resume {}: no such directory; a checkpoint is a directory", p.display());
+    }
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = micn::config::Config::load(Some(&config), &overrides)?;
     ensure_usage!(

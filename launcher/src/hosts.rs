@@ -20,7 +20,7 @@ pub struct Host {
 /// The words OpenMPI's hostfile parser takes after a host name, each as `word=value` (spaces
 /// around `=` allowed): the slot count, its maximum, and the options mpirun passes on.
 const SLOT_WORDS: &[&str] = &["slots", "cpu", "count"];
-const NUMBER_WORDS: &[&str] = &[
+const MAX_WORDS: &[&str] = &[
     "slots-max",
     "slots_max",
     "max-slots",
@@ -33,26 +33,26 @@ const NUMBER_WORDS: &[&str] = &[
     "count_max",
     "max-count",
     "max_count",
-    "boards",
-    "sockets",
-    "sockets_per_board",
-    "sockets-per-board",
-    "cores",
-    "cores_per_socket",
-    "cores-per-socket",
 ];
-const TEXT_WORDS: &[&str] = &["username", "user-name", "user_name", "cpu_set", "cpu-set"];
+/// (`boards` and `cpu_set`, which its lexer knows, mpirun 4.1 refuses.)
+const NUMBER_WORDS: &[&str] =
+    &["port", "sockets", "sockets_per_board", "sockets-per-board", "cores", "cores_per_socket", "cores-per-socket"];
+const TEXT_WORDS: &[&str] = &["username", "user-name", "user_name"];
 
 /// The hosts of an OpenMPI hostfile, in order; comments (`#`, `//`) and blank lines skipped.
-/// What mpirun would refuse at every attempt (an unknown word, a bad number, a host given a
-/// slot count on two lines) is refused here, naming the line, so no restart is spent on it.
+/// What mpirun would refuse at every attempt (an unknown word, a bad number, a maximum below the
+/// slot count, a slot count for a host an earlier line named) is refused here, naming the line,
+/// so no restart is spent on it.
 pub fn read_hostfile(path: &Path) -> anyhow::Result<Vec<Host>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("hostfile {}", path.display()))?;
     let mut hosts: Vec<Host> = Vec::new();
-    // Per host name: the first line naming it, and whether any line gave its slot count.
-    let mut seen: std::collections::HashMap<String, (usize, bool)> = Default::default();
-    for (i, raw) in text.lines().enumerate() {
+    // Per host name: the first line naming it.
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for (i, raw) in text.split('\n').enumerate() {
         let at = format!("{}:{}", path.display(), i + 1);
+        if raw.ends_with('\r') {
+            bail!("{at}: ends with a carriage return (a file saved with Windows line endings), which mpirun refuses");
+        }
         let line = raw.split('#').next().unwrap_or("");
         let line = line.split("//").next().unwrap_or("").trim();
         if line.contains("/*") {
@@ -64,28 +64,42 @@ pub fn read_hostfile(path: &Path) -> anyhow::Result<Vec<Host>> {
         if name == "=" || name.starts_with('+') {
             bail!("{at}: expected a host name first, got `{name}`");
         }
-        let mut slots = None;
+        let (mut slots, mut max) = (None, None);
         while let Some(word) = words.next() {
             let (Some("="), Some(value)) = (words.next(), words.next()) else {
                 bail!("{at}: expected `{word}=VALUE` after the host name (as in `{name} slots=4`)");
             };
-            let number = || value.parse::<usize>().with_context(|| format!("{at}: bad {word}= value `{value}`"));
+            let digits = value.bytes().all(|b| b.is_ascii_digit());
+            let number = || {
+                digits
+                    .then(|| value.parse::<usize>().ok())
+                    .flatten()
+                    .with_context(|| format!("{at}: bad {word}= value `{value}`"))
+            };
             if SLOT_WORDS.contains(&word) {
-                slots = Some(number()?);
+                if slots.replace(number()?).is_some() {
+                    bail!("{at}: the slot count is given twice");
+                }
+            } else if MAX_WORDS.contains(&word) {
+                max = Some(number()?);
             } else if NUMBER_WORDS.contains(&word) {
                 number()?;
             } else if !TEXT_WORDS.contains(&word) {
                 bail!("{at}: `{word}` is not a hostfile option (slots=N, max_slots=N, ...)");
             }
         }
-        let (first, any_slots) = seen.entry(name.to_string()).or_insert((i + 1, false));
-        if *first != i + 1 && (*any_slots || slots.is_some()) {
+        if let (Some(slots), Some(max)) = (slots, max) {
+            if max < slots {
+                bail!("{at}: max_slots={max} is less than slots={slots}, which mpirun refuses");
+            }
+        }
+        let first = *seen.entry(name.to_string()).or_insert(i + 1);
+        if first != i + 1 && slots.is_some() {
             bail!(
-                "{at}: {name} is also on line {first}, and one of them gives its slot count: OpenMPI refuses \
-                 that; give {name} one line with slots=N"
+                "{at}: gives {name} a slot count after line {first} named it, which mpirun refuses; give {name} \
+                 one line with slots=N"
             );
         }
-        *any_slots |= slots.is_some();
         hosts.push(Host { name: name.to_string(), slots: slots.unwrap_or(1), line: line.to_string() });
     }
     if hosts.is_empty() {
@@ -232,16 +246,25 @@ mod tests {
         write_hostfile(&kept, &[hosts[0].clone(), hosts[2].clone()]).unwrap();
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "node1 slots=4 max_slots=8\nnode3\n");
         // Spaces around `=`, OpenMPI's other spellings and comments, as mpirun reads them.
-        std::fs::write(&path, "node1 slots = 3 // three\nnode2 cpu=2 user_name=me cores=8\nnode3\nnode3\n").unwrap();
+        std::fs::write(
+            &path,
+            "node1 slots = 3 // three\nnode2 cpu=2 user_name=me cores=8 port=22\nnode3\nnode3\nnode2 max_slots=4\n",
+        )
+        .unwrap();
         let hosts = read_hostfile(&path).unwrap();
-        assert_eq!(hosts.iter().map(|h| h.slots).collect::<Vec<_>>(), [3, 2, 1, 1]);
+        assert_eq!(hosts.iter().map(|h| h.slots).collect::<Vec<_>>(), [3, 2, 1, 1, 1]);
         // What mpirun would refuse at every attempt, named with its line.
         for (text, expected) in [
             ("node1 slots=x\n", ":1: bad slots= value `x`"),
             ("node1\n\nbogus line here =\n", ":3: expected `line=VALUE` after the host name"),
             ("node1 slot=2\n", ":1: `slot` is not a hostfile option"),
-            ("node1 slots=1\nnode1 slots=1\n", ":2: node1 is also on line 1, and one of them gives its slot count"),
-            ("node1\nnode1 slots=2\n", ":2: node1 is also on line 1"),
+            ("node1 slots=1\nnode1 slots=1\n", ":2: gives node1 a slot count after line 1 named it"),
+            ("node1\nnode1 slots=2\n", ":2: gives node1 a slot count after line 1"),
+            ("node1 slots=+2\n", ":1: bad slots= value `+2`"),
+            ("node1 slots=2 max_slots=1\n", ":1: max_slots=1 is less than slots=2"),
+            ("node1 slots=2 slots=3\n", ":1: the slot count is given twice"),
+            ("node1 boards=1\n", ":1: `boards` is not a hostfile option"),
+            ("node1 slots=2\r\n", ":1: ends with a carriage return"),
             ("node1 slots\n", ":1: expected `slots=VALUE`"),
             ("/* old */\nnode1\n", ":1: block comments"),
         ] {

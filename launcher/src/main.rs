@@ -311,9 +311,10 @@ struct Seen {
 /// mpirun's words for a command line or a hostfile it refuses (`mpirun: Error: unknown option
 /// "--x"`, then the first line here), which no restart can change.
 fn is_mpirun_usage_error(line: &output::Line) -> bool {
-    const REFUSALS: [&str; 3] = [
+    const REFUSALS: [&str; 4] = [
         "Type 'mpirun --help' for usage",
         "Open RTE detected a parse error in the hostfile",
+        "Open RTE detected a bad parameter in the hostfile",
         "A hostfile was provided that contains multiple definitions",
     ];
     matches!(line, output::Line::Mpirun(text) if REFUSALS.iter().any(|r| text.trim_start().starts_with(r)))

@@ -460,7 +460,8 @@ fn continuation(run_dir: &RunDir, asked: &Resume) -> Resume {
 
 /// Whether `path` lies inside `dir` (both as they resolve on disk, where they exist).
 fn within(path: &Path, dir: &Path) -> bool {
-    let resolve = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    // A path that does not exist (yet) cannot be canonicalised: made absolute as it is written.
+    let resolve = |p: &Path| p.canonicalize().or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf());
     resolve(path).starts_with(resolve(dir))
 }
 
@@ -520,7 +521,10 @@ pub fn train_until(
         Started::Finished(summary) => return Ok(*summary),
     };
     run.watchdog = watchdog.as_ref();
-    for epoch in run.position.epoch..cfg.train.epochs as u64 {
+    // A run resumed from the checkpoint at which its patience ran out (killed before it wrote
+    // its summary) stops there, as it did.
+    let epochs = if run.patience_ran_out() { 0 } else { cfg.train.epochs as u64 };
+    for epoch in run.position.epoch..epochs {
         if run.epoch(epoch, interrupter)? == Flow::Stop {
             break;
         }

@@ -45,6 +45,11 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
         "/nonexistent-data",
     );
     assert!(!Path::new(&at("run")).exists(), "a refused run writes no log into its run.dir");
+    refused(
+        &["train", "--config", config, "--set", &run_dir, "--resume", &at("run/checkpoints/step-00000040")],
+        "no such directory; a checkpoint is a directory",
+    );
+    assert!(!Path::new(&at("run")).exists(), "a resume from nothing claims no run.dir");
     // Sizes that would exhaust memory or never end.
     let out = at("synth");
     refused(&["synth", "--preset", "quickstart", "--out", &out, "--users", "99999999999"], "at most 50000000 reviews");

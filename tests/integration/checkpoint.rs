@@ -352,6 +352,14 @@ fn an_early_stopped_run_resumed_with_the_same_patience_is_finished_and_rewrites_
     // A requeued job: nothing is trained, nothing rewritten.
     run(1, &patience(1), &Resume::Auto);
     assert!(end() == ended, "the early-stopped run's end was rewritten");
+    // Killed after the early stop's checkpoint, before its summary: resumed, it stops there too.
+    for file in ["summary.json", "model.safetensors"] {
+        std::fs::remove_file(dir.join(file)).unwrap();
+    }
+    run(1, &patience(1), &Resume::Auto);
+    let again: serde_json::Value = serde_json::from_slice(&end()[0]).unwrap();
+    assert_eq!((&again["steps"], &again["early_stopped"]), (&summary["steps"], &serde_json::Value::Bool(true)));
+    assert!(end()[1] == ended[1], "the same model");
     // A raised patience trains on.
     run(1, &patience(100), &Resume::Auto);
     let longer: serde_json::Value = serde_json::from_slice(&end()[0]).unwrap();
