@@ -746,8 +746,12 @@ impl Config {
         }
         use limits::*;
         let (d, m, x, t, c) = (&self.data, &self.model, &self.micn, &self.train, &self.checkpoint);
-        let paths = [("data.dir", Some(&d.dir)), ("run.dir", Some(&self.run.dir))];
-        for (key, path) in paths.into_iter().chain([("model.mfn_pretrained", self.model.mfn_pretrained.as_ref())]) {
+        let paths = [
+            ("data.dir", Some(&d.dir)),
+            ("run.dir", Some(&self.run.dir)),
+            ("model.mfn_pretrained", m.mfn_pretrained.as_ref()),
+        ];
+        for (key, path) in paths {
             let nul = path.is_some_and(|p| p.as_os_str().as_encoded_bytes().contains(&0));
             check(!nul, key, "holds a NUL byte, which no file name may")?;
         }

@@ -125,17 +125,24 @@ struct SavedArgs {
     device: Option<micn::config::Device>,
 }
 
+/// A checkpoint directory given as `flag`: refused, before anything is written, where it holds no
+/// `state.json`.
+fn check_checkpoint_arg(flag: &str, checkpoint: &Path) -> Result<(), UsageError> {
+    if checkpoint.join("state.json").is_file() {
+        return Ok(());
+    }
+    let what = if checkpoint.is_dir() { "not a checkpoint (no state.json)" } else { "no such directory" };
+    Err(UsageError(format!(
+        "{flag} {}: {what}; a checkpoint is a directory run.dir/checkpoints/step-N",
+        checkpoint.display()
+    )))
+}
+
 impl SavedArgs {
     /// The run or checkpoint directory.
     fn dir(&self) -> Result<&Path, UsageError> {
         if let Some(checkpoint) = self.checkpoint.as_deref() {
-            if !checkpoint.join("state.json").is_file() {
-                let what = if checkpoint.is_dir() { "not a checkpoint (no state.json)" } else { "no such directory" };
-                return Err(UsageError(format!(
-                    "--checkpoint {}: {what}; a checkpoint is a directory run.dir/checkpoints/step-N",
-                    checkpoint.display()
-                )));
-            }
+            check_checkpoint_arg("--checkpoint", checkpoint)?;
         }
         self.run
             .as_deref()
@@ -820,7 +827,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     };
     // Before the run claims its directory: a refused run writes nothing there.
     if let Resume::Path(p) = &resume {
-        ensure_usage!(p.is_dir(), "--resume {}: no such directory; a checkpoint is a directory", p.display());
+        check_checkpoint_arg("--resume", p)?;
     }
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = micn::config::Config::load(Some(&config), &overrides)?;

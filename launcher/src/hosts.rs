@@ -34,7 +34,7 @@ const MAX_WORDS: &[&str] = &[
     "max-count",
     "max_count",
 ];
-/// (`boards` and `cpu_set`, which its lexer knows, mpirun 4.1 refuses.)
+/// Further numbers mpirun takes (`boards` and `cpu_set`, which its lexer knows, mpirun 4.1 refuses).
 const NUMBER_WORDS: &[&str] =
     &["port", "sockets", "sockets_per_board", "sockets-per-board", "cores", "cores_per_socket", "cores-per-socket"];
 const TEXT_WORDS: &[&str] = &["username", "user-name", "user_name"];
@@ -69,11 +69,13 @@ pub fn read_hostfile(path: &Path) -> anyhow::Result<Vec<Host>> {
             let (Some("="), Some(value)) = (words.next(), words.next()) else {
                 bail!("{at}: expected `{word}=VALUE` after the host name (as in `{name} slots=4`)");
             };
-            let digits = value.bytes().all(|b| b.is_ascii_digit());
+            // Digits only: `usize::parse` also takes `+2`, which mpirun refuses.
             let number = || {
-                digits
-                    .then(|| value.parse::<usize>().ok())
-                    .flatten()
+                let digits = value.bytes().all(|b| b.is_ascii_digit());
+                value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|_| digits)
                     .with_context(|| format!("{at}: bad {word}= value `{value}`"))
             };
             if SLOT_WORDS.contains(&word) {

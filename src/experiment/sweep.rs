@@ -326,8 +326,8 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
                 let dir = spec.out.join(point_dir_name(&name)).join(format!("repeat-{repeat}"));
                 let mut overrides = spec.sets.clone();
                 for (key, value) in point.iter().flat_map(|(k, v)| point_sets(k, v)) {
-                    let set = Override::parse(&set_arg(&key, &value))?;
-                    overrides.push(set.named(format!("grid value {}", set_arg(&key, &value))));
+                    let arg = set_arg(&key, &value);
+                    overrides.push(Override::parse(&arg)?.named(format!("grid value {arg}")));
                 }
                 let seed = Config::load(Some(base), &overrides)?.train.seed;
                 overrides.push(Override::parse(&format!("train.seed={}", seed.wrapping_add(repeat as u64)))?);

@@ -651,8 +651,8 @@ impl<'a> Run<'a> {
             StartPoint::Finished(summary) => {
                 tracing::info!(
                     steps = summary.steps,
-                    "the run ended at this step already and train.epochs / train.max_steps leave nothing to train: \
-                     its summary and model stay as they are"
+                    "the run ended at this step already (its last step, or an early stop) and nothing is left to \
+                     train: its summary and model stay as they are"
                 );
                 return Ok(Started::Finished(Box::new(summary)));
             }
@@ -910,8 +910,8 @@ impl<'a> Run<'a> {
         // Resumed at its last step from a stop's checkpoint: the stop left no time to score that
         // checkpoint, nor to log the step's losses (the checkpoint holds them), which a run that
         // ended there without a stop has; both are made now, so the selection is the same.
-        let stopped_at_end = !self.stopped_by_signal && step > 0 && self.resumed_at == step && step == self.total_steps;
-        if stopped_at_end && self.totals.logged_steps > 0 {
+        let resumed_at_end = !self.stopped_by_signal && step > 0 && self.resumed_at == step && step == self.total_steps;
+        if resumed_at_end && self.totals.logged_steps > 0 {
             let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
             let mut line = self.totals.line(cfg, (step, self.last_steps_epoch()), self.schedule.lr(step - 1), secs);
             // The losses come from the checkpoint; the step's gradient norms and throughput ended
@@ -921,7 +921,7 @@ impl<'a> Run<'a> {
             self.metrics.write(&line)?;
         }
         let unscored = !self.validation.ids.is_empty() && !self.validation.evaluations.iter().any(|e| e.0 == step);
-        if step > 0 && (self.checkpoints.last_step != Some(step) || (stopped_at_end && unscored)) {
+        if step > 0 && (self.checkpoints.last_step != Some(step) || (resumed_at_end && unscored)) {
             // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
             // signal leaves no time for a validation pass: that checkpoint then has no score.
             if !self.stopped_by_signal {
