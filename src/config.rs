@@ -29,6 +29,21 @@ pub enum ConfigError {
     BadOverride { arg: String, why: String },
 }
 
+/// A number in a message: as written where that is short, else in scientific notation (`1e300`,
+/// not three hundred digits).
+pub(crate) struct Num(pub f64);
+
+impl fmt::Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = self.0;
+        if x == 0.0 || !x.is_finite() || (1e-4..1e16).contains(&x.abs()) {
+            write!(f, "{x}")
+        } else {
+            write!(f, "{x:e}")
+        }
+    }
+}
+
 /// Keys whose valid range depends on other keys' values (checked in `Config::validate`): an
 /// error on the first may come from a `--set` of one of the others, which it then names.
 const DEPENDS_ON: &[(&str, &[&str])] = &[
@@ -36,6 +51,7 @@ const DEPENDS_ON: &[(&str, &[&str])] = &[
     ("train.lr_min", &["train.lr"]),
     ("train.weight_decay", &["train.lr"]),
     ("train.early_stop_patience", &["data.valid_share"]),
+    ("train.restore_best", &["data.valid_share"]),
     ("model.mfn_heads", &["model.embedding_dim"]),
     ("model.gru_hidden", &["model.embedding_dim"]),
     ("model.head_hidden", &["model.embedding_dim", "model.gru_hidden"]),
@@ -698,7 +714,11 @@ impl Config {
             if message.starts_with("invalid type: string \"") && message.contains("expected u") {
                 let given = message.split('"').nth(1).unwrap_or_default();
                 if !given.is_empty() && given.bytes().all(|b| b.is_ascii_digit()) {
-                    message = format!("{given} is larger than this key takes (TOML integers stop at {})", i64::MAX);
+                    message = match given.parse::<i64>() {
+                        // A bare number past TOML's integers is read as a string.
+                        Err(_) => format!("{given} is larger than this key takes (TOML integers stop at {})", i64::MAX),
+                        Ok(_) => format!("takes a number, got the string \"{given}\": write it without quotes"),
+                    };
                 }
             }
             ConfigError::Key { origin: origin_of(&key), key, message }
@@ -728,12 +748,12 @@ impl Config {
         /// Positive and finite once cast to f32, as the optimizer computes.
         fn positive_f32(value: f64, key: &'static str) -> Result<(), (&'static str, String)> {
             let single = value as f32;
-            check(single > 0.0 && single.is_finite(), key, format!("must be > 0 and finite in f32, got {value}"))
+            check(single > 0.0 && single.is_finite(), key, format!("must be > 0 and finite in f32, got {}", Num(value)))
         }
         /// Non-negative and finite once cast to f32, as the model computes.
         fn nonnegative_f32(value: f64, key: &'static str) -> Result<(), (&'static str, String)> {
             let ok = value >= 0.0 && (value as f32).is_finite();
-            check(ok, key, format!("must be ≥ 0 and finite in f32, got {value}"))
+            check(ok, key, format!("must be ≥ 0 and finite in f32, got {}", Num(value)))
         }
         /// A label-aware attention's power: `"inf"`, or a soft power as [`nonnegative_f32`].
         fn power(p: AttentionPower, key: &'static str) -> Result<(), (&'static str, String)> {
@@ -741,7 +761,7 @@ impl Config {
             check(
                 p >= 0.0 && (p as f32).is_finite(),
                 key,
-                format!("must be ≥ 0 and finite in f32, or \"inf\", got {p}"),
+                format!("must be ≥ 0 and finite in f32, or \"inf\", got {}", Num(p)),
             )
         }
         use limits::*;
@@ -755,10 +775,15 @@ impl Config {
             let nul = path.is_some_and(|p| p.as_os_str().as_encoded_bytes().contains(&0));
             check(!nul, key, "holds a NUL byte, which no file name may")?;
         }
+        check(
+            m.mfn_pretrained.as_ref().is_none_or(|p| !p.as_os_str().is_empty()),
+            "model.mfn_pretrained",
+            "is empty: name the file `micn export mfn-centres` wrote, or leave the key out",
+        )?;
         check(d.max_hist_len > 0, "data.max_hist_len", "must be at least 1")?;
         count(d.prefetch_batches, PREFETCH_BATCHES, "data.prefetch_batches")?;
         let share = d.valid_share;
-        check((0.0..1.0).contains(&share), "data.valid_share", format!("must lie in [0, 1), got {share}"))?;
+        check((0.0..1.0).contains(&share), "data.valid_share", format!("must lie in [0, 1), got {}", Num(share)))?;
         count(m.embedding_dim, EMBEDDING_DIM, "model.embedding_dim")?;
         count(m.gru_hidden, GRU_HIDDEN, "model.gru_hidden")?;
         // Widest input any MLP sees: DIN's head takes the user and four item vectors of up to
@@ -808,7 +833,7 @@ impl Config {
         )?;
         nonnegative_f32(m.camn_alpha, "model.camn_alpha")?;
         nonnegative_f32(x.lambda, "micn.lambda")?;
-        check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", x.phi))?;
+        check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", Num(x.phi)))?;
         count(x.k_max, K_MAX, "micn.k_max")?;
         count(x.routing_iters, ROUTING_ITERS, "micn.routing_iters")?;
         power(x.pow_p, "micn.pow_p")?;
@@ -834,26 +859,35 @@ impl Config {
         check(
             t.lr_step_gamma > 0.0 && t.lr_step_gamma <= 1.0,
             "train.lr_step_gamma",
-            format!("must lie in (0, 1], got {}", t.lr_step_gamma),
+            format!("must lie in (0, 1], got {}", Num(t.lr_step_gamma)),
         )?;
         check(
             t.lr_min >= 0.0 && t.lr_min <= t.lr,
             "train.lr_min",
-            format!("must lie in [0, train.lr = {}], got {}", t.lr, t.lr_min),
+            format!("must lie in [0, train.lr = {}], got {}", Num(t.lr), Num(t.lr_min)),
         )?;
         let (clip, decay) = (t.clip_grad_norm, t.weight_decay);
         nonnegative_f32(clip, "train.clip_grad_norm")?;
         check(
             decay >= 0.0 && decay * t.lr < 1.0,
             "train.weight_decay",
-            format!("must be ≥ 0 with train.lr · weight_decay < 1, got {decay}"),
+            format!("must be ≥ 0 with train.lr · weight_decay < 1, got {}", Num(decay)),
         )?;
         check(
             t.early_stop_patience == 0 || d.valid_share > 0.0,
             "train.early_stop_patience",
             "needs a validation split (data.valid_share > 0) to watch",
         )?;
-        check(c.every_minutes >= 0.0 && c.every_minutes.is_finite(), "checkpoint.every_minutes", "must be ≥ 0")?;
+        check(
+            !t.restore_best || d.valid_share > 0.0,
+            "train.restore_best",
+            "needs a validation split (data.valid_share > 0) to choose the best checkpoint by",
+        )?;
+        check(
+            c.every_minutes >= 0.0 && c.every_minutes.is_finite(),
+            "checkpoint.every_minutes",
+            format!("must be ≥ 0 and finite (0: no checkpoints by time), got {}", Num(c.every_minutes)),
+        )?;
         check(c.keep_last > 0, "checkpoint.keep_last", "must be at least 1")?;
         Ok(())
     }
@@ -1216,6 +1250,38 @@ mod tests {
             message,
             "99999999999999999999 is larger than this key takes (TOML integers stop at 9223372036854775807)"
         );
+    }
+
+    #[test]
+    fn odd_values_are_refused_in_plain_words() {
+        let error = |args: &[&str]| {
+            let sets: Vec<Override> = args.iter().map(|a| Override::parse(a).unwrap()).collect();
+            key_error(Config::load(None, &sets).unwrap_err())
+        };
+        // Far-off numbers in scientific notation, not hundreds of digits.
+        let (_, key, message) = error(&["train.lr=1e300"]);
+        assert_eq!((key.as_str(), message.as_str()), ("train.lr", "must be > 0 and finite in f32, got 1e300"));
+        let (_, _, message) = error(&["data.valid_share=-5e-324"]);
+        assert_eq!(message, "must lie in [0, 1), got -5e-324");
+        assert_eq!(error(&["micn.phi=1.5"]).2, "must lie in [0, 1], got 1.5");
+        // Infinity is not a number of minutes.
+        let (_, key, message) = error(&["checkpoint.every_minutes=inf"]);
+        assert_eq!(key, "checkpoint.every_minutes");
+        assert!(message.contains("finite") && message.ends_with("got inf"), "{message}");
+        // A number written as a string is said to be one (not "larger than this key takes").
+        for arg in ["checkpoint.keep_last=\"3\"", "train.epochs=\"2\""] {
+            let (_, _, message) = error(&[arg]);
+            assert!(message.starts_with("takes a number, got the string \""), "{arg}: {message}");
+        }
+        // restore_best chooses by validation AUC: without a validation split it is refused, and
+        // the --set that took the split away is named.
+        let (origin, key, message) = error(&["train.restore_best=true", "data.valid_share=0"]);
+        assert_eq!((origin.as_str(), key.as_str()), ("--set data.valid_share=0", "train.restore_best"));
+        assert!(message.contains("validation split"), "{message}");
+        // An empty pretrained file name is named by its key.
+        let (_, key, message) = error(&["model.mfn_pretrained=\"\""]);
+        assert_eq!(key, "model.mfn_pretrained");
+        assert!(message.starts_with("is empty"), "{message}");
     }
 
     #[test]

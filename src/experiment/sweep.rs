@@ -330,7 +330,15 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
                     overrides.push(Override::parse(&arg)?.named(format!("grid value {arg}")));
                 }
                 let seed = Config::load(Some(base), &overrides)?.train.seed;
-                overrides.push(Override::parse(&format!("train.seed={}", seed.wrapping_add(repeat as u64)))?);
+                let Some(seed) = seed.checked_add(repeat as u64) else {
+                    let message = format!(
+                        "= {seed}: repeat {repeat} would train with train.seed + {repeat}, past the largest seed {}; \
+                         start from a smaller seed",
+                        u64::MAX
+                    );
+                    return Err(plan_err("train.seed", &message));
+                };
+                overrides.push(Override::parse(&format!("train.seed={seed}"))?);
                 let dir_value = toml::Value::String(dir.display().to_string());
                 overrides.push(Override::parse(&set_arg("run.dir", &dir_value))?);
                 let config = Config::load(Some(base), &overrides)?;
@@ -653,6 +661,19 @@ mod tests {
         let launched = Runner { launcher: Some("micn-launch".into()), np: 2, ..runner }.command(&runs[1]);
         let args: Vec<String> = launched.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(&args[..5], ["--np", "2", "--micn", "micn", "--"]);
+    }
+
+    #[test]
+    fn a_repeat_whose_seed_would_pass_the_largest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.sets = vec![Override::parse(&format!("train.seed={}", u64::MAX - 1)).unwrap()];
+        let runs = plan(&s).unwrap();
+        assert_eq!((runs[0].config.train.seed, runs[1].config.train.seed), (u64::MAX - 1, u64::MAX));
+        // A third repeat would wrap around to seed 0 (another sweep's repeat 0).
+        s.repeats = 3;
+        let e = plan(&s).unwrap_err().to_string();
+        assert!(e.contains("train.seed") && e.contains("repeat 2") && e.contains("past the largest seed"), "{e}");
     }
 
     #[test]

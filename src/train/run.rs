@@ -635,7 +635,9 @@ impl<'a> Run<'a> {
         }
         let n_train = split.train.len();
         let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.train.global_batch_size, cfg.data.drop_remainder);
-        if steps_per_epoch == 0 {
+        // Also with `data.drop_remainder = false`, which would fill such a batch with copies of
+        // the same samples (hundreds of them for a batch far past the data).
+        if n_train < cfg.train.global_batch_size {
             return Err(TrainError::TooFewSamples {
                 path: cfg.data.dir.clone(),
                 samples: n_train,

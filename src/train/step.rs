@@ -392,7 +392,7 @@ fn plan_host_grads<'a>(
                 _ if !g.defined() => Pending::NoRows { dim },
                 Target::Rows(leaf) => Pending::Rows { leaf, len: flat(g), dim },
                 Target::Var(_) if g.is_sparse() => {
-                    let g = g.coalesce();
+                    let g = crate::transfer::coalesce(g);
                     let ids = download_i64(&g.indices().select(0, 0));
                     Pending::SparseRows { ids, len: flat(&g.values()), dim }
                 }
@@ -741,8 +741,10 @@ fn check_finite(stats: &StepStats, step: u64) -> Result<(), StepError> {
 }
 
 /// The gradients of the variables `which` (by variable index) as device tensors, `None` for a
-/// table no gradient reached. A table gradient that is neither a row leaf's nor sparse (no
-/// model makes one) is read back to the host.
+/// table no gradient reached. A sparse table gradient (Wide&Deep's hashed crosses, the item
+/// attributes' table) is summed per row on the device, which reads its row count back (one
+/// counted download each); one that is neither a row leaf's nor sparse (no model makes one) is
+/// read back to the host.
 fn device_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[Tensor]) -> Vec<Option<VarGrad>> {
     let mut out: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
     for ((&i, target), g) in which.iter().zip(targets).zip(grads) {
@@ -757,7 +759,7 @@ fn device_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &
                     VarGrad::RowsOnDevice { ids: leaf.ids_on_device.shallow_clone(), rows: g.shallow_clone() }
                 }
                 Target::Var(_) if g.is_sparse() => {
-                    let g = g.coalesce();
+                    let g = crate::transfer::coalesce(g);
                     VarGrad::RowsOnDevice { ids: g.indices().select(0, 0), rows: g.values() }
                 }
                 Target::Var(_) => VarGrad::Rows(RowGrads::from_grad(g)),

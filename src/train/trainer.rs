@@ -73,7 +73,8 @@ pub enum TrainError {
     OneClass { set: &'static str },
     #[error(
         "{path}: data.valid_share = {share} holds out {samples} training samples, too few to score (one class or \
-         none): raise it, or set it to 0 to validate nothing"
+         none): raise it, or set it to 0 to validate nothing",
+        share = crate::config::Num(*.share)
     )]
     ValidationTooSmall { path: PathBuf, share: f64, samples: usize },
     #[error(

@@ -47,9 +47,13 @@ fn evaluation_over_three_ranks_equals_a_single_process() {
 #[test]
 fn a_training_split_smaller_than_one_batch_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &["train.global_batch_size=10000000"]);
-    let e = train(&cfg, &SingleProcess).unwrap_err().to_string();
-    assert!(e.contains("fewer than one global batch of 10000000"), "{e}");
+    // Also where the last batch is kept, which would fill it with copies of the same samples.
+    for drop_remainder in [true, false] {
+        let sets = ["train.global_batch_size=10000000".to_string(), format!("data.drop_remainder={drop_remainder}")];
+        let cfg = config(tmp.path(), &sets.iter().map(String::as_str).collect::<Vec<_>>());
+        let e = train(&cfg, &SingleProcess).unwrap_err().to_string();
+        assert!(e.contains("fewer than one global batch of 10000000"), "{e}");
+    }
 }
 
 #[test]
