@@ -565,6 +565,11 @@ fn main() -> ExitCode {
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if is_peer_failure(&e) {
+                // Rank 0 prints the cause and ends the job; this rank's line, which only points
+                // to it, waits so as not to come first (most often the job ends before it).
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
             report_error(&e, (comm.size() > 1).then(|| comm.rank()), cli.log_format);
             let code = if is_input_error(&e) { EXIT_INPUT_ERROR } else { 1 };
             // Peers may wait in a collective for this rank: stop the whole job.
@@ -671,6 +676,12 @@ fn report_error(e: &anyhow::Error, rank: Option<usize>, format: LogFormat) {
     };
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
     logging::append_to_file(&line);
+}
+
+/// Whether this rank failed only because rank 0 did ([`micn::train::trainer::TrainError::PeerFailed`]).
+fn is_peer_failure(e: &anyhow::Error) -> bool {
+    use micn::train::trainer::TrainError;
+    e.chain().any(|cause| matches!(cause.downcast_ref::<TrainError>(), Some(TrainError::PeerFailed { .. })))
 }
 
 /// Whether running the same command again would fail the same way: a bad configuration, a bad

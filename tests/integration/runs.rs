@@ -273,6 +273,15 @@ fn every_rank_refuses_an_existing_run_with_the_same_input_error_status() {
     assert!(errors[0].to_string().contains("already holds a run"), "{}", errors[0]);
     assert!(errors[1].to_string().contains("rank 0 could not claim the run directory"), "{}", errors[1]);
     assert!(errors.iter().all(|e| e.is_input_error()), "{errors:?}");
+    // Under mpirun the cause comes first: rank 1's line, which only points to rank 0's, waits
+    // (before that wait it came first in about half the runs).
+    let config = tmp.path().join("again.toml");
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let out = crate::mpirun(2).arg(micn_bin()).args(["train", "--config"]).arg(&config).output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    let first = e.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
+    assert!(first.starts_with("error: rank 0: ") && first.contains("already holds a run"), "{e}");
 }
 
 #[test]
