@@ -35,10 +35,12 @@
 #       and a command running then is stopped: it and the checks left are said to be so.
 #       Writes three files into DIR, so that a device tool that brings back a few files brings
 #       back all of them: verdict.txt (one PASS/FAIL/SKIP/INFO line per check, then the
-#       verdict), figures.jsonl (the figures, one JSON object per line) and logs.tar.gz (every
-#       command's output; unpacked in the work directory's logs/ with --keep). Exit status 0
-#       when nothing failed, 1 when a check failed, 2 when the check could not start (something
-#       missing: said on standard error and in the verdict file).
+#       verdict: PASS, FAIL, INCOMPLETE when the budget left checks out, INTERRUPTED, REFUSED),
+#       figures.jsonl (the figures, one JSON object per line) and logs.tar.gz (every command's
+#       output; unpacked in the work directory's gpu-check-logs/ with --keep or --work). Exit
+#       status 0 when every check ran and passed, 1 when one failed or did not run, 2 when the
+#       check could not start (something missing: said on standard error and in the verdict
+#       file).
 #
 #   cluster/gpu-check.sh all [run options]
 #       bundle, then run from that bundle: the CPU rehearsal on a build machine.
@@ -116,7 +118,7 @@ find_torch() {
   for py in "${candidates[@]}"; do
     [[ -n $py ]] || continue
     command -v "$py" >/dev/null 2>&1 || continue
-    dir=$("$py" -c 'import importlib.util as u; s = u.find_spec("torch"); print(s.submodule_search_locations[0] if s else "")' 2>/dev/null) || continue
+    dir=$(timeout 60 "$py" -c 'import importlib.util as u; s = u.find_spec("torch"); print(s.submodule_search_locations[0] if s else "")' 2>/dev/null) || continue
     if [[ -n $dir && -f $dir/lib/libtorch_cpu.so ]]; then
       PY=$py
       TORCH_DIR=$dir
@@ -139,36 +141,45 @@ run() {
       *) die "run: unknown argument $1" ;;
     esac
   done
-  case $device in auto | cuda | cpu) ;; *) die "--device must be auto, cuda or cpu, not $device" ;; esac
-  [[ -z $budget || $budget =~ ^[1-9][0-9]*$ ]] || die "--budget must be a whole number of seconds, not $budget"
+  # The verdict file first, so that every refusal below is written there (and no earlier
+  # check's verdict is left to be taken for this one's).
+  mkdir -p "$out" || die "cannot create $out"
+  OUT=$(readlink -f "$out")
+  [[ -n $OUT ]] || die "cannot resolve $out"
+  VERDICT=$OUT/verdict.txt
+  FIGURES=$OUT/figures.jsonl
+  : >"$VERDICT" || die "cannot write $VERDICT"
+  : >"$FIGURES"
+  rm -f "$OUT/logs.tar.gz"
+  KEEP=1 LOGS=""
+  trap pack_logs EXIT
+  STARTED=$SECONDS
+  # Until the device is known: the larger budget and goal (the CPU's).
+  BUDGET=1200
+  GOAL=1200
+  case $device in auto | cuda | cpu) ;; *) refuse "--device must be auto, cuda or cpu, not $device" ;; esac
+  [[ -z $budget || $budget =~ ^[1-9][0-9]*$ ]] || refuse "--budget must be a whole number of seconds, not $budget"
+  BUDGET=${budget:-$BUDGET}
+  # A work directory of its own is removed at the end (unless --keep); one given is kept.
+  if [[ -z $work ]]; then
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/micn-gpu-check.XXXXXX") || refuse "cannot make a work directory in ${TMPDIR:-/tmp}"
+  else
+    mkdir -p "$work" || refuse "cannot create the work directory $work"
+    WORK=$(readlink -f "$work")
+    keep=1
+  fi
+  [[ -n $WORK && $WORK != / ]] || refuse "cannot use the work directory ${work:-(temporary)}"
+  KEEP=$keep
+  # Named for this script, so that a --work directory's own files are left alone.
+  LOGS=$WORK/gpu-check-logs
+  rm -rf "$LOGS"
+  mkdir -p "$LOGS" || refuse "cannot create $LOGS"
+  trap interrupted TERM INT HUP
   if [[ -z $bundle_dir ]]; then
     if [[ -x $here/micn ]]; then bundle_dir=$here; else bundle_dir=$here/../target/gpu-bundle; fi
   fi
   MICN=$(readlink -f "$bundle_dir/micn" 2>/dev/null)
-  [[ -n $MICN && -x $MICN ]] || die "no micn binary in $bundle_dir: run \`cluster/gpu-check.sh bundle\` on a build machine and bring its output (or pass --bundle DIR)"
-  mkdir -p "$out" || die "cannot create $out"
-  OUT=$(readlink -f "$out")
-  VERDICT=$OUT/verdict.txt
-  FIGURES=$OUT/figures.jsonl
-  : >"$VERDICT"
-  : >"$FIGURES"
-  rm -f "$OUT/logs.tar.gz"
-  STARTED=$SECONDS
-  # Until the device is known: the larger budget and goal (the CPU's).
-  BUDGET=${budget:-1200}
-  GOAL=1200
-  # A work directory of its own is removed at the end (unless --keep); one given is kept.
-  if [[ -z $work ]]; then
-    WORK=$(mktemp -d "${TMPDIR:-/tmp}/micn-gpu-check.XXXXXX")
-  else
-    WORK=$(readlink -f "$work")
-    keep=1
-  fi
-  LOGS=$WORK/logs
-  rm -rf "$LOGS"
-  mkdir -p "$LOGS" || die "cannot create $LOGS"
-  KEEP=$keep
-  trap pack_logs EXIT
+  [[ -n $MICN && -x $MICN ]] || refuse "no micn binary in $bundle_dir: run \`cluster/gpu-check.sh bundle\` on a build machine and bring its output (or pass --bundle DIR)"
 
   find_torch
   local version
@@ -183,7 +194,7 @@ run() {
     ldd "$MICN" >"$LOGS/ldd.txt" 2>&1
   fi
   local started_ok
-  started_ok=$("$MICN" --version 2>&1) || refuse "the bundled micn does not start: $started_ok"
+  started_ok=$(timeout 60 "$MICN" --version 2>&1) || refuse "the bundled micn does not start: $started_ok"
   if grep -q libmpi "$LOGS/ldd.txt" 2>/dev/null; then
     record FAIL start "the bundled micn loads an MPI library: $(grep libmpi "$LOGS/ldd.txt" | tr -s ' \t' ' ')"
   else
@@ -194,11 +205,12 @@ run() {
   ((THREADS > 8)) && THREADS=8
 
   # --- doctor and the device ---
-  if ! "$MICN" doctor --json >"$LOGS/doctor.json" 2>"$LOGS/doctor.err"; then
+  # A CUDA start that hangs must not take the whole budget: the doctor gets two minutes.
+  if ! timeout --kill-after=10 120 "$MICN" doctor --json >"$LOGS/doctor.json" 2>"$LOGS/doctor.err"; then
     record FAIL doctor "micn doctor failed: $(tail -n 3 "$LOGS/doctor.err" | tr '\n' ' ')"
     finish
   fi
-  "$MICN" doctor >"$LOGS/doctor.txt" 2>&1
+  timeout --kill-after=10 120 "$MICN" doctor >"$LOGS/doctor.txt" 2>&1
   local cuda
   cuda=$(jget "$LOGS/doctor.json" 'd["ranks"][0]["cuda_available"]')
   if [[ $device == cuda && $cuda != True ]]; then
@@ -250,8 +262,20 @@ record() {
 
 # On exit: every log into OUT/logs.tar.gz; the work directory removed unless --keep.
 pack_logs() {
-  [[ -d ${LOGS:-} ]] && tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null
+  if [[ -n $LOGS && -d $LOGS ]]; then
+    tar -czf "$OUT/logs.tar.gz" -C "$WORK" "$(basename "$LOGS")" 2>/dev/null
+  else
+    tar -czf "$OUT/logs.tar.gz" -T /dev/null 2>/dev/null   # refused before any log was written
+  fi
   ((KEEP)) || rm -rf "$WORK"
+}
+
+# Stopped from outside (the device tool's time limit, Ctrl-C): the verdict says so.
+interrupted() {
+  trap - TERM INT HUP
+  record FAIL interrupted "stopped by a signal after $((SECONDS - STARTED)) s; the checks above ran"
+  echo "VERDICT INTERRUPTED: stopped after $((SECONDS - STARTED)) s" >>"$VERDICT"
+  exit 1
 }
 
 # A check could not even start: say why, write it in the verdict, exit 2.
@@ -303,6 +327,7 @@ spent() { (((SECONDS - STARTED) >= BUDGET)); }
 check_data() {
   local raw=$WORK/raw
   DATA=$WORK/data
+  rm -rf "$raw" "$DATA"   # a --work reused from an earlier check
   # With item brands, for the models that read item attributes (MFN, CAMN).
   if micn_run synth synth --preset quickstart --seed 1 --users 2000 --items 1000 --clusters 30 --categories 10 \
         --brands 10 --brand-signal 0.8 --out "$raw" \
@@ -400,14 +425,17 @@ check_eval() {
       worst+="${worst:+; }$v |ΔAUC| $diff (> 1e-6)"
     fi
   done
-  if ((n == 0 && failed == 0)); then record SKIP eval "no finished run to score"; return; fi
+  if ((n == 0 && failed == 0)); then
+    if spent; then record SKIP eval "budget spent"; else record SKIP eval "no finished run to score"; fi
+    return
+  fi
   if ((failed)); then record FAIL eval "$worst"; else record PASS eval "micn eval gives each run's own test AUC: $worst"; fi
 }
 
 # `compare A B`: max |a-b| and relative L2 difference of two safetensors files, as one line
 # "max_abs rel_l2 identical(bytes)".
 compare() {
-  "$PY" - "$1" "$2" <<'EOF'
+  timeout 120 "$PY" - "$1" "$2" <<'EOF'
 import json, struct, sys, warnings
 warnings.filterwarnings("ignore")  # torch without numpy says so on import
 import torch
@@ -455,7 +483,9 @@ check_resume() {
       record FAIL resume "$what"
     fi
   else
-    record FAIL resume "a training run failed (logs/train-resume-*.log)"
+    local failed
+    failed=$(for f in "$LOGS"/train-resume-*.log; do [[ $(tail -n 1 "$f") == error:* || $(tail -n 1 "$f") == stopped:* ]] && tail -n 1 "$f"; done | head -n 1)
+    record FAIL resume "a training run failed: ${failed:-see train-resume-*.log}"
   fi
 }
 
@@ -471,7 +501,7 @@ check_cpu_vs_cuda() {
   fi
   # The initial checkpoint is made on the CPU, so both continue from the same values.
   if ! train cross-init "$base/init" --overwrite --set 'device="cpu"' "${common[@]}" --set "train.max_steps=$k"; then
-    record FAIL "$name" "the initial CPU run failed (logs/train-cross-init.log)"
+    record FAIL "$name" "the initial CPU run failed: $(last_line train-cross-init)"
     return
   fi
   local ckpt
@@ -504,7 +534,7 @@ EOF
     if ((ok)); then record PASS "$name" "$what"; else record FAIL "$name" "$what"; fi
     echo "{\"check\": \"$name\", \"auc_cpu\": $auc_cpu, \"auc_other\": $auc_other, \"param_max_abs\": \"$max_abs\", \"param_rel_l2\": \"$rel_l2\"}" >>"$FIGURES"
   else
-    record FAIL "$name" "a continued run failed (logs/train-cross-*.log)"
+    record FAIL "$name" "a continued run failed: $(last_line cross-cpu) $(last_line "cross-$second")"
   fi
 }
 
@@ -550,9 +580,12 @@ EOF
 
 check_transfers() {
   local s=$WORK/runs/din+micn/summary.json
-  local t=""
-  [[ -f $s ]] && t=$(jget "$s" '"; ".join(f"{k} {v}" for k, v in d.items() if "transfer" in k)')
-  if [[ ! -f $s ]]; then record SKIP transfers "the din+micn run did not finish"; return; fi
+  if [[ ! -f $s ]]; then
+    if spent; then record SKIP transfers "budget spent"; else record SKIP transfers "the din+micn run did not finish"; fi
+    return
+  fi
+  local t
+  t=$(jget "$s" '"; ".join(f"{k} {v}" for k, v in d.items() if "transfer" in k)')
   if [[ -z $t ]]; then record FAIL transfers "din+micn's summary.json reports no host<->device transfer count"; return; fi
   local n
   n=$(jget "$s" 'd["transfers_per_step"]')
@@ -567,16 +600,22 @@ finish() {
   local elapsed=$((SECONDS - STARTED))
   if ((elapsed <= GOAL)); then record PASS time "$elapsed s (goal: at most $GOAL s on $DEVICE)"
   else record FAIL time "$elapsed s, over the goal of $GOAL s on $DEVICE"; fi
-  local fails passes skips
+  local fails passes skips unrun
   fails=$(grep -c '^FAIL' "$VERDICT")
   passes=$(grep -c '^PASS' "$VERDICT")
   skips=$(grep -c '^SKIP' "$VERDICT")
+  # A check the budget left out was not shown to pass: the verdict cannot be PASS.
+  unrun=$(grep -c '^SKIP.*budget spent' "$VERDICT")
+  local verdict=PASS
+  ((fails == 0)) || verdict=FAIL
+  ((fails == 0 && unrun > 0)) && verdict=INCOMPLETE
+  trap - TERM INT HUP
   {
     echo
-    echo "VERDICT $([[ $fails == 0 ]] && echo PASS || echo FAIL): $passes passed, $fails failed, $skips skipped; device $DEVICE; host $(uname -n); $(date -u +%FT%TZ); $(head -n 1 "$(dirname "$MICN")/MANIFEST" 2>/dev/null || "$MICN" --version)"
+    echo "VERDICT $verdict: $passes passed, $fails failed, $skips skipped ($unrun for the budget); device $DEVICE; host $(uname -n); $(date -u +%FT%TZ); $(head -n 1 "$(dirname "$MICN")/MANIFEST" 2>/dev/null || "$MICN" --version)"
   } >>"$VERDICT"
   cat "$VERDICT"
-  [[ $fails == 0 ]] && exit 0 || exit 1
+  [[ $verdict == PASS ]] && exit 0 || exit 1
 }
 
 DEVICE=unknown

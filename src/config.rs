@@ -31,9 +31,9 @@ pub enum ConfigError {
 
 /// A number in a message: as written where that is short, else in scientific notation (`1e300`,
 /// not three hundred digits).
-pub(crate) struct Num(pub f64);
+pub(crate) struct Compact(pub f64);
 
-impl fmt::Display for Num {
+impl fmt::Display for Compact {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let x = self.0;
         if x == 0.0 || !x.is_finite() || (1e-4..1e16).contains(&x.abs()) {
@@ -711,14 +711,16 @@ impl Config {
             // The path includes the offending key, unknown ones too.
             let key = e.path().to_string();
             let mut message = e.inner().to_string();
-            if message.starts_with("invalid type: string \"") && message.contains("expected u") {
+            if message.starts_with("invalid type: string \"")
+                && (message.contains("expected u") || message.contains("expected f"))
+            {
                 let given = message.split('"').nth(1).unwrap_or_default();
-                if !given.is_empty() && given.bytes().all(|b| b.is_ascii_digit()) {
-                    message = match given.parse::<i64>() {
-                        // A bare number past TOML's integers is read as a string.
-                        Err(_) => format!("{given} is larger than this key takes (TOML integers stop at {})", i64::MAX),
-                        Ok(_) => format!("takes a number, got the string \"{given}\": write it without quotes"),
-                    };
+                let digits = !given.is_empty() && given.bytes().all(|b| b.is_ascii_digit());
+                if digits && given.parse::<i64>().is_err() {
+                    // A bare number past TOML's integers is read as a string.
+                    message = format!("{given} is larger than this key takes (TOML integers stop at {})", i64::MAX);
+                } else if given.parse::<f64>().is_ok() {
+                    message = format!("takes a number, got the string \"{given}\": write it without quotes");
                 }
             }
             ConfigError::Key { origin: origin_of(&key), key, message }
@@ -748,12 +750,16 @@ impl Config {
         /// Positive and finite once cast to f32, as the optimizer computes.
         fn positive_f32(value: f64, key: &'static str) -> Result<(), (&'static str, String)> {
             let single = value as f32;
-            check(single > 0.0 && single.is_finite(), key, format!("must be > 0 and finite in f32, got {}", Num(value)))
+            check(
+                single > 0.0 && single.is_finite(),
+                key,
+                format!("must be > 0 and finite in f32, got {}", Compact(value)),
+            )
         }
         /// Non-negative and finite once cast to f32, as the model computes.
         fn nonnegative_f32(value: f64, key: &'static str) -> Result<(), (&'static str, String)> {
             let ok = value >= 0.0 && (value as f32).is_finite();
-            check(ok, key, format!("must be ≥ 0 and finite in f32, got {}", Num(value)))
+            check(ok, key, format!("must be ≥ 0 and finite in f32, got {}", Compact(value)))
         }
         /// A label-aware attention's power: `"inf"`, or a soft power as [`nonnegative_f32`].
         fn power(p: AttentionPower, key: &'static str) -> Result<(), (&'static str, String)> {
@@ -761,7 +767,7 @@ impl Config {
             check(
                 p >= 0.0 && (p as f32).is_finite(),
                 key,
-                format!("must be ≥ 0 and finite in f32, or \"inf\", got {}", Num(p)),
+                format!("must be ≥ 0 and finite in f32, or \"inf\", got {}", Compact(p)),
             )
         }
         use limits::*;
@@ -783,7 +789,7 @@ impl Config {
         check(d.max_hist_len > 0, "data.max_hist_len", "must be at least 1")?;
         count(d.prefetch_batches, PREFETCH_BATCHES, "data.prefetch_batches")?;
         let share = d.valid_share;
-        check((0.0..1.0).contains(&share), "data.valid_share", format!("must lie in [0, 1), got {}", Num(share)))?;
+        check((0.0..1.0).contains(&share), "data.valid_share", format!("must lie in [0, 1), got {}", Compact(share)))?;
         count(m.embedding_dim, EMBEDDING_DIM, "model.embedding_dim")?;
         count(m.gru_hidden, GRU_HIDDEN, "model.gru_hidden")?;
         // Widest input any MLP sees: DIN's head takes the user and four item vectors of up to
@@ -833,7 +839,7 @@ impl Config {
         )?;
         nonnegative_f32(m.camn_alpha, "model.camn_alpha")?;
         nonnegative_f32(x.lambda, "micn.lambda")?;
-        check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", Num(x.phi)))?;
+        check((0.0..=1.0).contains(&x.phi), "micn.phi", format!("must lie in [0, 1], got {}", Compact(x.phi)))?;
         count(x.k_max, K_MAX, "micn.k_max")?;
         count(x.routing_iters, ROUTING_ITERS, "micn.routing_iters")?;
         power(x.pow_p, "micn.pow_p")?;
@@ -859,19 +865,19 @@ impl Config {
         check(
             t.lr_step_gamma > 0.0 && t.lr_step_gamma <= 1.0,
             "train.lr_step_gamma",
-            format!("must lie in (0, 1], got {}", Num(t.lr_step_gamma)),
+            format!("must lie in (0, 1], got {}", Compact(t.lr_step_gamma)),
         )?;
         check(
             t.lr_min >= 0.0 && t.lr_min <= t.lr,
             "train.lr_min",
-            format!("must lie in [0, train.lr = {}], got {}", Num(t.lr), Num(t.lr_min)),
+            format!("must lie in [0, train.lr = {}], got {}", Compact(t.lr), Compact(t.lr_min)),
         )?;
         let (clip, decay) = (t.clip_grad_norm, t.weight_decay);
         nonnegative_f32(clip, "train.clip_grad_norm")?;
         check(
             decay >= 0.0 && decay * t.lr < 1.0,
             "train.weight_decay",
-            format!("must be ≥ 0 with train.lr · weight_decay < 1, got {}", Num(decay)),
+            format!("must be ≥ 0 with train.lr · weight_decay < 1, got {}", Compact(decay)),
         )?;
         check(
             t.early_stop_patience == 0 || d.valid_share > 0.0,
@@ -886,7 +892,7 @@ impl Config {
         check(
             c.every_minutes >= 0.0 && c.every_minutes.is_finite(),
             "checkpoint.every_minutes",
-            format!("must be ≥ 0 and finite (0: no checkpoints by time), got {}", Num(c.every_minutes)),
+            format!("must be ≥ 0 and finite (0: no checkpoints by time), got {}", Compact(c.every_minutes)),
         )?;
         check(c.keep_last > 0, "checkpoint.keep_last", "must be at least 1")?;
         Ok(())
@@ -1269,7 +1275,7 @@ mod tests {
         assert_eq!(key, "checkpoint.every_minutes");
         assert!(message.contains("finite") && message.ends_with("got inf"), "{message}");
         // A number written as a string is said to be one (not "larger than this key takes").
-        for arg in ["checkpoint.keep_last=\"3\"", "train.epochs=\"2\""] {
+        for arg in ["checkpoint.keep_last=\"3\"", "train.epochs=\"2\"", "train.lr=\"0.1\""] {
             let (_, _, message) = error(&[arg]);
             assert!(message.starts_with("takes a number, got the string \""), "{arg}: {message}");
         }

@@ -567,7 +567,7 @@ fn main() -> ExitCode {
         Err(e) => {
             if is_peer_failure(&e) {
                 // Rank 0 prints the cause and ends the job; this rank's line, which only points
-                // to it, waits so as not to come first (most often the job ends before it).
+                // to it, waits so as not to come first (or is cut off by the job's end).
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
             report_error(&e, (comm.size() > 1).then(|| comm.rank()), cli.log_format);

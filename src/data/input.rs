@@ -46,6 +46,15 @@ impl std::fmt::Display for BadKind {
     }
 }
 
+/// `kind: detail`, or the detail alone where it opens with its kind (serde's "missing field `x`").
+pub fn describe(kind: BadKind, detail: &str) -> String {
+    let kind = kind.to_string();
+    match detail.starts_with(&kind) {
+        true => detail.to_string(),
+        false => format!("{kind}: {detail}"),
+    }
+}
+
 /// A rejected line: what and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bad {
@@ -85,7 +94,7 @@ impl Issues {
 
     pub fn record(&mut self, kind: BadKind, line: u64, detail: &str) {
         if self.first_problem.is_none() {
-            self.first_problem = Some((line, format!("{kind}: {detail}")));
+            self.first_problem = Some((line, describe(kind, detail)));
         }
         *self.counts.entry(kind).or_default() += 1;
         let lines = self.first_lines.entry(kind).or_default();
@@ -458,10 +467,36 @@ pub fn parse_lines<T: Send>(
     })
 }
 
+/// A whole text file, gzip or plain as [`parse_lines`] reads it, its non-blank lines joined by
+/// `\n` (for a file that is one document, such as a JSON object); a line that is not UTF-8 is an
+/// error naming it.
+pub fn read_text(path: &Path) -> Result<String, DataError> {
+    let mut text = String::new();
+    parse_lines(
+        path,
+        Strictness::Strict,
+        |line| Ok(line.to_string()),
+        |line, _| {
+            text.push_str(&line);
+            text.push('\n');
+        },
+    )?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::progress::thousands;
+
+    #[test]
+    fn a_rejected_line_names_its_kind_once() {
+        assert_eq!(describe(BadKind::MissingField, "missing field `asin`"), "missing field `asin`");
+        assert_eq!(describe(BadKind::Malformed, "expected value"), "malformed: expected value");
+        let mut issues = Issues::default();
+        issues.record(BadKind::MissingField, 7, "missing field `unixReviewTime`");
+        assert_eq!(issues.first_problem, Some((7, "missing field `unixReviewTime`".into())));
+    }
 
     fn read_all(path: &Path, strictness: Strictness) -> Result<(Vec<(u64, usize)>, FileSummary), DataError> {
         let mut lines = Vec::new();

@@ -42,7 +42,7 @@ pub use self::archive::Dataset;
 pub enum DataError {
     #[error(transparent)]
     Io(#[from] PathIo),
-    #[error("{path}:{line}: {kind}: {detail}")]
+    #[error("{path}:{line}: {}", input::describe(*.kind, .detail))]
     BadLine { path: PathBuf, line: u64, kind: input::BadKind, detail: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },

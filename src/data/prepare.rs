@@ -326,7 +326,7 @@ fn read_attributes(
     sequences: Sequences,
     warnings: &mut Vec<String>,
 ) -> Result<Option<u64>, DataError> {
-    let text = std::fs::read_to_string(path).with_path(path)?;
+    let text = input::read_text(path)?;
     let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
     let attributes: std::collections::HashMap<String, Vec<serde_json::Value>> =
         serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
@@ -461,9 +461,14 @@ fn read_corpus(
         }
     };
     if corpus.reviews.is_empty() {
+        let records = match job.layout {
+            Layout::Reviews => "review",
+            Layout::Sequences(_) => "sequence",
+            Layout::Interactions => "interaction",
+        };
         let why = match &reviews_summary.issues.first_problem {
-            Some((line, problem)) => format!("no valid review (line {line}: {problem})"),
-            None => "the file holds no reviews".into(),
+            Some((line, problem)) => format!("no valid {records} (line {line}: {problem})"),
+            None => format!("the file holds no {records}s"),
         };
         return Err(DataError::Invalid { path: job.reviews.clone(), message: why });
     }
@@ -514,8 +519,12 @@ fn read_corpus(
     })?;
     corpus.attributes = Some(attributes);
     let bad_meta = meta_summary.issues.total();
-    if meta_summary.lines == 0 {
-        return Err(DataError::Invalid { path: meta_path.clone(), message: "the meta file is empty".into() });
+    if good_meta == 0 && bad_meta == 0 {
+        let message = match meta_summary.lines {
+            0 => "the meta file is empty".to_string(),
+            lines => format!("the meta file is empty: its {lines} lines are blank"),
+        };
+        return Err(DataError::Invalid { path: meta_path.clone(), message });
     }
     if good_meta == 0 || bad_meta > good_meta {
         let example = meta_summary
@@ -547,6 +556,15 @@ fn read_corpus(
         warnings.push(format!("{}: {said}", meta_path.display()));
     }
     let without_meta = has_meta.iter().filter(|&&m| !m).count() as u64;
+    if without_meta == has_meta.len() as u64 {
+        return Err(DataError::Invalid {
+            path: meta_path.clone(),
+            message: format!(
+                "none of the {without_meta} reviewed items has a meta line here ({good_meta} lines describe other \
+                 items): the meta file of another dataset?"
+            ),
+        });
+    }
     if without_meta > 0 {
         warnings.push(format!(
             "{} of {} reviewed items have no meta line: category `{DEFAULT_CAT}`",

@@ -332,8 +332,9 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
                 let seed = Config::load(Some(base), &overrides)?.train.seed;
                 let Some(seed) = seed.checked_add(repeat as u64) else {
                     let message = format!(
-                        "= {seed}: repeat {repeat} would train with train.seed + {repeat}, past the largest seed {}; \
-                         start from a smaller seed",
+                        "{seed} with --repeats {}: repeat {repeat} would train with seed {seed} + {repeat}, past the \
+                         largest seed {}; start from a smaller seed",
+                        spec.repeats,
                         u64::MAX
                     );
                     return Err(plan_err("train.seed", &message));

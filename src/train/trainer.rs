@@ -74,7 +74,7 @@ pub enum TrainError {
     #[error(
         "{path}: data.valid_share = {share} holds out {samples} training samples, too few to score (one class or \
          none): raise it, or set it to 0 to validate nothing",
-        share = crate::config::Num(*.share)
+        share = crate::config::Compact(*.share)
     )]
     ValidationTooSmall { path: PathBuf, share: f64, samples: usize },
     #[error(

@@ -676,6 +676,20 @@ fn a_meta_file_in_the_wrong_format_is_a_clear_error_naming_it() {
     let err = run_fails(&mut prepare_2014(&reviews, &empty, &out, &[]));
     assert!(err.contains("empty.json: the meta file is empty"), "{err}");
     assert_nothing_left(&out);
+    // One of blank lines only: empty too, said so (not "0 of 3 lines rejected").
+    std::fs::write(&empty, "\n  \n\n").unwrap();
+    let err = run_fails(&mut prepare_2014(&reviews, &empty, &out, &[]));
+    assert!(err.contains("empty.json: the meta file is empty: its 3 lines are blank"), "{err}");
+    assert_nothing_left(&out);
+
+    // Good meta lines, none of them of a reviewed item: another dataset's meta file.
+    let other = tmp.path().join("meta_other.json");
+    let lines: Vec<String> =
+        (0..10).map(|i| format!("{{'asin': 'OTHER{i}', 'categories': [['Books', 'Fiction']]}}")).collect();
+    write_lines(&other, &lines);
+    let err = run_fails(&mut prepare_2014(&reviews, &other, &out, &[]));
+    assert!(err.contains("meta_other.json: none of the") && err.contains("10 lines describe other items"), "{err}");
+    assert_nothing_left(&out);
 }
 
 #[test]

@@ -111,6 +111,17 @@ fn bad_sequence_lines_are_counted_or_fatal_with_strict_and_bad_attribute_files_a
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("1 of 4 sequenced items have no attributes"), "{err}");
+    // Gzip, as every other input: the same dataset.
+    let gz = tmp.path().join("attrs.json.gz");
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut encoder, &std::fs::read(&attrs).unwrap()).unwrap();
+    std::fs::write(&gz, encoder.finish().unwrap()).unwrap();
+    let out = prepare(&tmp.path().join("gz-attrs"), &["--sequences", seq, "--item-attributes", gz.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["item_attributes.u32", "attributes.tsv"] {
+        let read = |dir: &str| std::fs::read(tmp.path().join(dir).join(file)).unwrap();
+        assert_eq!(read("gz-attrs"), read("some-attrs"), "{file}");
+    }
     let out = prepare(&tmp.path().join("no-attrs"), &["--sequences", seq, "--category-attribute", "1"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--category-attribute needs --item-attributes"));
