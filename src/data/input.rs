@@ -196,11 +196,14 @@ struct Chunk {
 struct GzMembers<R: BufRead> {
     /// The member being read; `None` at the end.
     member: Option<flate2::bufread::GzDecoder<R>>,
+    /// Stored bytes the input has read from the file (its buffer included): where the gzip
+    /// data ends, when other bytes follow it.
+    stored_read: Arc<AtomicU64>,
 }
 
 impl<R: BufRead> GzMembers<R> {
-    fn new(input: R) -> Self {
-        Self { member: Some(flate2::bufread::GzDecoder::new(input)) }
+    fn new(input: R, stored_read: Arc<AtomicU64>) -> Self {
+        Self { member: Some(flate2::bufread::GzDecoder::new(input)), stored_read }
     }
 }
 
@@ -226,6 +229,7 @@ impl<R: BufRead> Read for GzMembers<R> {
                 continue;
             }
             // Zero padding to the end, or bytes that are not gzip.
+            let gzip_end = self.stored_read.load(Ordering::Relaxed) - next.len() as u64;
             let mut past_end = 0u64;
             loop {
                 let next = input.fill_buf()?;
@@ -236,9 +240,10 @@ impl<R: BufRead> Read for GzMembers<R> {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!(
-                            "the gzip data ends, but the file goes on with bytes that are neither another gzip \
-                             member nor zero padding ({:#04x}, {} bytes past the end): remove them, or get the file \
-                             again",
+                            "the gzip data ends at byte {}, but the file goes on with bytes that are neither \
+                             another gzip member nor zero padding ({:#04x}, {} bytes past the end): remove them, or \
+                             get the file again",
+                            crate::progress::thousands(gzip_end),
                             next[at],
                             past_end + at as u64
                         ),
@@ -262,8 +267,12 @@ fn read_chunks(
     let mut progress = ReadProgress { gzip, ..ReadProgress::default() };
     let mut stopped: Option<std::io::Error> = None;
     {
-        let mut source: Box<dyn Read + '_> =
-            if gzip { Box::new(GzMembers::new(BufReader::new(&mut hashing))) } else { Box::new(&mut hashing) };
+        let stored_read = hashing.bytes.clone();
+        let mut source: Box<dyn Read + '_> = if gzip {
+            Box::new(GzMembers::new(BufReader::new(&mut hashing), stored_read))
+        } else {
+            Box::new(&mut hashing)
+        };
         let mut carry: Vec<u8> = Vec::new();
         let (mut index, mut next_line) = (0usize, 1u64);
         loop {
@@ -615,6 +624,13 @@ mod tests {
         let e = read("garbage.gz", &[&members[..], &[0u8; 3], b"garbage"].concat()).unwrap_err().to_string();
         assert!(e.contains("the gzip stream is broken") && e.contains("5,000 complete lines"), "{e}");
         assert!(e.contains("neither another gzip member nor zero padding (0x67, 3 bytes past the end)"), "{e}");
+        assert!(e.contains(&format!("the gzip data ends at byte {},", thousands(members.len() as u64))), "{e}");
+        // The same past a read buffer's length: the end is where the members end, not how far
+        // the file was read.
+        let long: String = (0..200_000).map(|i| format!("line {i}\n")).collect();
+        let big = gzip(long.as_bytes());
+        let e = read("junk.gz", &[&big[..], &[7u8; 100_000]].concat()).unwrap_err().to_string();
+        assert!(e.contains(&format!("the gzip data ends at byte {},", thousands(big.len() as u64))), "{e}");
         // A second member cut short is a cut file, as the first would be.
         let cut = &members[..members.len() - 20];
         assert!(matches!(read("cut.gz", cut).unwrap_err(), DataError::TruncatedGzip { .. }));
