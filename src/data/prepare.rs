@@ -546,14 +546,11 @@ fn read_corpus(
         });
     }
     if let Some((line, item)) = first_repeat {
-        let said = format!(
-            "{repeated} meta lines describe a reviewed item again (first: line {line}, item {item}); the first line of \
-             each item is kept"
-        );
+        let said = format!("{repeated} meta lines describe a reviewed item again (first: line {line}, item {item})");
         if job.strictness == Strictness::Strict {
-            return Err(DataError::Invalid { path: meta_path.clone(), message: said });
+            return Err(DataError::Invalid { path: meta_path.clone(), message: format!("{said} (--strict)") });
         }
-        warnings.push(format!("{}: {said}", meta_path.display()));
+        warnings.push(format!("{}: {said}; the first line of each item is kept", meta_path.display()));
     }
     let without_meta = has_meta.iter().filter(|&&m| !m).count() as u64;
     if without_meta == has_meta.len() as u64 {

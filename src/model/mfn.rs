@@ -49,7 +49,11 @@ impl Pretrained {
     /// model over `items` items with `k` centres.
     pub fn read(path: &Path, items: i64, k: i64) -> Result<Self, ModelError> {
         let error = |why: String| ModelError::Pretrained { path: path.to_path_buf(), why };
-        let mut tensors = crate::checkpoint::read_tensors(path).map_err(|e| error(e.to_string()))?;
+        let mut tensors = crate::checkpoint::read_tensors(path).map_err(|e| {
+            // The reader names the file already; said once.
+            let why = e.to_string();
+            error(why.strip_prefix(&format!("{}: ", path.display())).map_or(why.clone(), str::to_string))
+        })?;
         let mut take = |name: &str| tensors.remove(name).ok_or_else(|| error(format!("has no tensor `{name}`")));
         let (e, c) = (take(PRETRAINED_ITEMS)?, take(PRETRAINED_CENTRES)?);
         let (es, cs) = (e.size(), c.size());

@@ -46,6 +46,22 @@ fn comirec_s_books_interactions_prepare_into_the_samples_of_their_time_sorted_se
     assert_eq!((s["reviews"].as_u64(), s["source"].as_str()), (Some(20_000), Some("interactions")), "{s}");
     assert_eq!(s["users"].as_u64(), Some(1_467 + 1), "{s}");
     assert_eq!(s["test"]["samples"], 2 * 1_467, "{s}");
+    // A user's last item that no other line names can only enter the vocabulary as a drawn
+    // negative; the test samples whose target it does not hold are counted: at most one
+    // positive for each such item, and at most one negative for each user.
+    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+    let mut last: std::collections::HashMap<&str, &str> = Default::default();
+    for line in &lines {
+        let f: Vec<&str> = line.split(',').collect();
+        *seen.entry(f[1]).or_default() += 1;
+        last.insert(f[0], f[1]);
+    }
+    let only_last = last.values().filter(|item| seen[*item] == 1).count() as u64;
+    let unknown = s["test"]["unknown_targets"].as_u64().unwrap();
+    assert!(only_last > 0 && unknown > 0 && unknown <= only_last + 1_467, "{unknown} unknown, {only_last} only last");
+    let text =
+        String::from_utf8(run_ok(Command::new(micn_bin()).args(["data", "stats"]).arg(&from_file)).stdout).unwrap();
+    assert!(text.contains(&format!("unknown items {unknown}")), "{text}");
 
     // The same interactions with each user's lines reversed (the times put them back in
     // order), and as one time-ordered sequence per user: the same samples, byte for byte.

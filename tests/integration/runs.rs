@@ -58,6 +58,7 @@ fn a_second_training_into_a_run_directory_is_refused_and_loses_nothing_unless_to
         &["--overwrite", "--set", "model.kind=mfn", "--set", &format!("model.mfn_pretrained={:?}", missing.display())],
     );
     assert!(e.contains("no-such-centres.safetensors"), "{e}");
+    assert_eq!(e.matches("no-such-centres.safetensors").count(), 1, "the file named once: {e}");
     let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
     assert!(before == after, "a refused --overwrite changed the run directory");
     assert!(run.join("checkpoints").is_dir());
