@@ -37,7 +37,7 @@
 #       back all of them: verdict.txt (one PASS/FAIL/SKIP/INFO line per check, then the
 #       verdict: PASS, FAIL, INCOMPLETE when the budget left checks out, INTERRUPTED, REFUSED),
 #       figures.jsonl (the figures, one JSON object per line) and logs.tar.gz (every command's
-#       output; unpacked in the work directory's gpu-check-logs/ with --keep or --work). Exit
+#       output; unpacked in the work directory's gpu-check/logs/ with --keep or --work). Exit
 #       status 0 when every check ran and passed, 1 when one failed or did not run, 2 when the
 #       check could not start (something missing: said on standard error and in the verdict
 #       file).
@@ -112,7 +112,7 @@ bundle() {
 # --- run -------------------------------------------------------------------------------------
 # The Python whose torch this machine has, and torch's directory.
 find_torch() {
-  local cache=${MICN_CACHE:-$HOME/.cache/micn}
+  local cache=${MICN_CACHE:-${HOME:-/root}/.cache/micn}
   local candidates=("${MICN_PYTHON:-}" /opt/torch/.venv/bin/python "$cache/torch-2.11.0/bin/python" python3 python)
   local py dir
   for py in "${candidates[@]}"; do
@@ -129,20 +129,13 @@ find_torch() {
 }
 
 run() {
-  local bundle_dir="" device=auto out=runs/gpu-check budget="" work="" keep=0
+  local bundle_dir="" device=auto out=runs/gpu-check budget="" work="" keep=0 args=("$@")
+  # --out first: the verdict file is made before anything else is read, so that every refusal
+  # is written there (and no earlier check's verdict is left to be taken for this one's).
   while (($#)); do
-    case $1 in
-      --bundle) bundle_dir=$(value "$@") || exit 2; shift 2 ;;
-      --device) device=$(value "$@") || exit 2; shift 2 ;;
-      --out) out=$(value "$@") || exit 2; shift 2 ;;
-      --budget) budget=$(value "$@") || exit 2; shift 2 ;;
-      --work) work=$(value "$@") || exit 2; shift 2 ;;
-      --keep) keep=1; shift ;;
-      *) die "run: unknown argument $1" ;;
-    esac
+    [[ $1 == --out && $# -ge 2 ]] && out=$2
+    shift
   done
-  # The verdict file first, so that every refusal below is written there (and no earlier
-  # check's verdict is left to be taken for this one's).
   mkdir -p "$out" || die "cannot create $out"
   OUT=$(readlink -f "$out")
   [[ -n $OUT ]] || die "cannot resolve $out"
@@ -151,12 +144,28 @@ run() {
   : >"$VERDICT" || die "cannot write $VERDICT"
   : >"$FIGURES"
   rm -f "$OUT/logs.tar.gz"
-  KEEP=1 LOGS=""
+  KEEP=1 LOGS="" CHILD="" SMI_PID=""
   trap pack_logs EXIT
   STARTED=$SECONDS
   # Until the device is known: the larger budget and goal (the CPU's).
   BUDGET=1200
   GOAL=1200
+  set -- "${args[@]}"
+  while (($#)); do
+    case $1 in
+      --keep) keep=1; shift; continue ;;
+      --bundle | --device | --out | --budget | --work) ;;
+      *) refuse "run: unknown argument $1" ;;
+    esac
+    [[ $# -ge 2 && $2 != --* ]] || refuse "$1 needs a value"
+    case $1 in
+      --bundle) bundle_dir=$2 ;;
+      --device) device=$2 ;;
+      --budget) budget=$2 ;;
+      --work) work=$2 ;;
+    esac
+    shift 2
+  done
   case $device in auto | cuda | cpu) ;; *) refuse "--device must be auto, cuda or cpu, not $device" ;; esac
   [[ -z $budget || $budget =~ ^[1-9][0-9]*$ ]] || refuse "--budget must be a whole number of seconds, not $budget"
   BUDGET=${budget:-$BUDGET}
@@ -170,9 +179,11 @@ run() {
   fi
   [[ -n $WORK && $WORK != / ]] || refuse "cannot use the work directory ${work:-(temporary)}"
   KEEP=$keep
-  # Named for this script, so that a --work directory's own files are left alone.
-  LOGS=$WORK/gpu-check-logs
-  rm -rf "$LOGS"
+  # Everything in one directory named for this script, made afresh: a --work directory's own
+  # files are left alone, and nothing of an earlier check is taken for this one's.
+  CHECK=$WORK/gpu-check
+  rm -rf "$CHECK"
+  LOGS=$CHECK/logs
   mkdir -p "$LOGS" || refuse "cannot create $LOGS"
   trap interrupted TERM INT HUP
   if [[ -z $bundle_dir ]]; then
@@ -206,7 +217,12 @@ run() {
 
   # --- doctor and the device ---
   # A CUDA start that hangs must not take the whole budget: the doctor gets two minutes.
-  if ! timeout --kill-after=10 120 "$MICN" doctor --json >"$LOGS/doctor.json" 2>"$LOGS/doctor.err"; then
+  timeout --kill-after=10 120 "$MICN" doctor --json >"$LOGS/doctor.json" 2>"$LOGS/doctor.err"
+  local rc=$?
+  if ((rc == 124 || rc == 137)); then
+    record FAIL doctor "micn doctor did not answer within 120 s"
+    finish
+  elif ((rc != 0)); then
     record FAIL doctor "micn doctor failed: $(tail -n 3 "$LOGS/doctor.err" | tr '\n' ' ')"
     finish
   fi
@@ -214,7 +230,7 @@ run() {
   local cuda
   cuda=$(jget "$LOGS/doctor.json" 'd["ranks"][0]["cuda_available"]')
   if [[ $device == cuda && $cuda != True ]]; then
-    refuse "--device cuda, but libtorch sees no CUDA device here (micn doctor in logs/doctor.txt: $(grep -o 'CUDA [a-z].*' "$LOGS/doctor.txt" | head -n 2 | tr -s ' \n' ' '))"
+    refuse "--device cuda, but libtorch sees no CUDA device here (micn doctor, doctor.txt in logs.tar.gz: $(grep -o 'CUDA [a-z].*' "$LOGS/doctor.txt" | head -n 2 | tr -s ' \n' ' '))"
   fi
   [[ $device == auto ]] && { [[ $cuda == True ]] && device=cuda || device=cpu; }
   DEVICE=$device
@@ -240,7 +256,7 @@ EOF
     record PASS doctor "no GPU used ($([[ $cuda == True ]] && echo "CUDA present, --device cpu" || echo "libtorch sees no CUDA device")); $libs"
   fi
   if [[ $DEVICE == cuda ]]; then GOAL=300; BUDGET=${budget:-540}; fi
-  say "device $DEVICE, goal $GOAL s, budget $BUDGET s, work directory $WORK"
+  say "device $DEVICE, goal $GOAL s, budget $BUDGET s, work directory $CHECK"
 
   check_data || finish
   check_train
@@ -262,17 +278,23 @@ record() {
 
 # On exit: every log into OUT/logs.tar.gz; the work directory removed unless --keep.
 pack_logs() {
+  [[ -n $SMI_PID ]] && kill "$SMI_PID" 2>/dev/null
   if [[ -n $LOGS && -d $LOGS ]]; then
-    tar -czf "$OUT/logs.tar.gz" -C "$WORK" "$(basename "$LOGS")" 2>/dev/null
+    tar -czf "$OUT/logs.tar.gz" -C "$CHECK" logs 2>/dev/null
   else
     tar -czf "$OUT/logs.tar.gz" -T /dev/null 2>/dev/null   # refused before any log was written
   fi
   ((KEEP)) || rm -rf "$WORK"
 }
 
-# Stopped from outside (the device tool's time limit, Ctrl-C): the verdict says so.
+# Stopped from outside (the device tool's time limit, Ctrl-C): the command running is stopped
+# too (timeout passes the signal on: a training checkpoints and ends), and the verdict says so.
 interrupted() {
   trap - TERM INT HUP
+  if [[ -n $CHILD ]]; then
+    kill -TERM "$CHILD" 2>/dev/null
+    wait "$CHILD" 2>/dev/null
+  fi
   record FAIL interrupted "stopped by a signal after $((SECONDS - STARTED)) s; the checks above ran"
   echo "VERDICT INTERRUPTED: stopped after $((SECONDS - STARTED)) s" >>"$VERDICT"
   exit 1
@@ -306,28 +328,38 @@ left() {
 }
 
 # `micn_run NAME ARGS...`: the bundled micn under the budget's timeout; standard output in
-# logs/NAME.out, the command and standard error in logs/NAME.log.
+# NAME.out, the command and standard error in NAME.log (in the logs). Run in the background and
+# waited for, so that a signal to this script is handled at once (see `interrupted`).
 micn_run() {
   local log=$LOGS/$1
   shift
   echo "+ micn $*" >"$log.log"
-  timeout --kill-after=10 "$(left)" "$MICN" "$@" >"$log.out" 2>>"$log.log"
+  timeout --kill-after=10 "$(left)" "$MICN" "$@" >"$log.out" 2>>"$log.log" </dev/null &
+  CHILD=$!
+  wait "$CHILD"
   local rc=$?
-  # timeout's own status (124: stopped, 137: killed after the grace time): said as such, so
-  # that the command's last line does not pass for its failure.
-  if ((rc == 124 || rc == 137)); then echo "stopped: the budget of $BUDGET s ran out" >>"$log.log"; fi
+  CHILD=""
+  # timeout's own status (124: stopped; 137: killed after the grace time, or by another KILL):
+  # said as such, so that the command's last line does not pass for its failure.
+  if ((rc == 124)) || { ((rc == 137)) && spent; }; then
+    echo "stopped: the budget of $BUDGET s ran out" >>"$log.log"
+  elif ((rc > 128)); then
+    echo "killed by signal $((rc - 128))" >>"$log.log"
+  fi
   return $rc
 }
 
-# The last line of logs/NAME.log (the error line of a failed command).
+# Whether the command NAME was stopped by the budget (what it would have shown is unknown).
+budget_stopped() { [[ $(last_line "$1") == "stopped: the budget"* ]]; }
+
+# The last line of NAME.log (the error line of a failed command).
 last_line() { tail -n 1 "$LOGS/$1.log" 2>/dev/null; }
 
 spent() { (((SECONDS - STARTED) >= BUDGET)); }
 
 check_data() {
-  local raw=$WORK/raw
-  DATA=$WORK/data
-  rm -rf "$raw" "$DATA"   # a --work reused from an earlier check
+  local raw=$CHECK/raw
+  DATA=$CHECK/data
   # With item brands, for the models that read item attributes (MFN, CAMN).
   if micn_run synth synth --preset quickstart --seed 1 --users 2000 --items 1000 --clusters 30 --categories 10 \
         --brands 10 --brand-signal 0.8 --out "$raw" \
@@ -337,7 +369,7 @@ check_data() {
     # A GPU takes the device path by itself; the CPU rehearsal takes it too (the code a GPU runs).
     local device_path=false
     [[ $DEVICE == cpu ]] && device_path=true
-    cat >"$WORK/base.toml" <<EOF
+    cat >"$CHECK/base.toml" <<EOF
 device = "$DEVICE"
 
 [data]
@@ -364,6 +396,7 @@ keep_last = 3
 EOF
     return 0
   fi
+  if budget_stopped synth || budget_stopped prepare; then record SKIP data "budget spent"; return 1; fi
   record FAIL data "micn synth or prepare failed: $(last_line prepare) $(last_line synth)"
   return 1
 }
@@ -372,7 +405,7 @@ EOF
 train() {
   local name=$1 dir=$2
   shift 2
-  micn_run "train-$name" train --config "$WORK/base.toml" --set "run.dir=\"$dir\"" "$@"
+  micn_run "train-$name" train --config "$CHECK/base.toml" --set "run.dir=\"$dir\"" "$@"
 }
 
 VARIANTS=(wide_deep din dien mind mfn camn wide_deep+micn din+micn dien+micn mind+micn mfn+micn camn+micn)
@@ -382,7 +415,7 @@ check_train() {
   for v in "${VARIANTS[@]}"; do
     kind=${v%+micn}
     [[ $v == *+micn ]] && micn=true || micn=false
-    dir=$WORK/runs/$v
+    dir=$CHECK/runs/$v
     if spent; then record SKIP "train $v" "budget spent"; continue; fi
     if train "$v" "$dir" --overwrite --set "model.kind=\"$kind\"" --set "micn.enabled=$micn" \
          --set "train.max_steps=$steps" && [[ -f $dir/summary.json ]]; then
@@ -397,6 +430,8 @@ EOF
       )
       if [[ $facts == NOT* ]]; then record FAIL "train $v" "$facts"; else record PASS "train $v" "on $DEVICE, $facts"; fi
       echo "{\"check\": \"train\", \"variant\": \"$v\", \"device\": \"$DEVICE\", \"summary\": $(cat "$dir/summary.json" | tr -d '\n')}" >>"$FIGURES"
+    elif budget_stopped "train-$v"; then
+      record SKIP "train $v" "budget spent (stopped while training)"
     else
       record FAIL "train $v" "micn train failed: $(last_line "train-$v")"
     fi
@@ -404,12 +439,13 @@ EOF
 }
 
 check_eval() {
-  local v dir worst="" failed=0 n=0
+  local v dir worst="" failed=0 n=0 cut=0
   for v in "${VARIANTS[@]}"; do
-    dir=$WORK/runs/$v
+    dir=$CHECK/runs/$v
     [[ -f $dir/summary.json ]] || continue
-    if spent; then record SKIP eval "budget spent ($n runs scored)"; return; fi
+    if spent; then cut=1; break; fi
     if ! micn_run "eval-$v" eval --run "$dir" --json; then
+      budget_stopped "eval-$v" && { cut=1; break; }
       failed=1
       worst+="${worst:+; }$v: micn eval failed: $(last_line "eval-$v")"
       continue
@@ -425,11 +461,15 @@ check_eval() {
       worst+="${worst:+; }$v |ΔAUC| $diff (> 1e-6)"
     fi
   done
-  if ((n == 0 && failed == 0)); then
-    if spent; then record SKIP eval "budget spent"; else record SKIP eval "no finished run to score"; fi
-    return
+  if ((failed)); then
+    record FAIL eval "$worst"
+  elif ((cut)) || { ((n == 0)) && spent; }; then
+    record SKIP eval "budget spent (after $n runs scored${worst:+: $worst})"
+  elif ((n == 0)); then
+    record SKIP eval "no finished run to score"
+  else
+    record PASS eval "micn eval gives each run's own test AUC: $worst"
   fi
-  if ((failed)); then record FAIL eval "$worst"; else record PASS eval "micn eval gives each run's own test AUC: $worst"; fi
 }
 
 # `compare A B`: max |a-b| and relative L2 difference of two safetensors files, as one line
@@ -462,7 +502,7 @@ EOF
 }
 
 check_resume() {
-  local v=din+micn k=20 n=40 base=$WORK/resume
+  local v=din+micn k=20 n=40 base=$CHECK/resume
   if spent; then record SKIP resume "budget spent"; return; fi
   # libtorch's deterministic algorithms: without them a GPU's atomic row sums vary in the last bits.
   local common=(--set 'model.kind="din"' --set micn.enabled=true --set train.deterministic=true)
@@ -482,15 +522,17 @@ check_resume() {
     else
       record FAIL resume "$what"
     fi
+  elif grep -qs '^stopped: the budget' "$LOGS"/train-resume-*.log; then
+    record SKIP resume "budget spent (stopped while training)"
   else
     local failed
-    failed=$(for f in "$LOGS"/train-resume-*.log; do [[ $(tail -n 1 "$f") == error:* || $(tail -n 1 "$f") == stopped:* ]] && tail -n 1 "$f"; done | head -n 1)
+    failed=$(for f in "$LOGS"/train-resume-*.log; do [[ $(tail -n 1 "$f") == error:* ]] && tail -n 1 "$f"; done | head -n 1)
     record FAIL resume "a training run failed: ${failed:-see train-resume-*.log}"
   fi
 }
 
 check_cpu_vs_cuda() {
-  local k=20 n=60 base=$WORK/cross
+  local k=20 n=60 base=$CHECK/cross
   if spent; then record SKIP cpu_vs_cuda "budget spent"; return; fi
   local common=(--set 'model.kind="din"' --set micn.enabled=true)
   local other=cuda name=cpu_vs_cuda
@@ -501,6 +543,7 @@ check_cpu_vs_cuda() {
   fi
   # The initial checkpoint is made on the CPU, so both continue from the same values.
   if ! train cross-init "$base/init" --overwrite --set 'device="cpu"' "${common[@]}" --set "train.max_steps=$k"; then
+    if budget_stopped train-cross-init; then record SKIP "$name" "budget spent (stopped while training)"; return; fi
     record FAIL "$name" "the initial CPU run failed: $(last_line train-cross-init)"
     return
   fi
@@ -509,7 +552,6 @@ check_cpu_vs_cuda() {
   # Each continuation into a run directory of its own (a resume never writes into another run's).
   local second=$other
   [[ $other == cpu ]] && second=cpu-again
-  rm -rf "${base:?}/cpu" "${base:?}/$second"   # a --work reused from an earlier check
   if train cross-cpu "$base/cpu" --resume "$ckpt" --set 'device="cpu"' "${common[@]}" --set "train.max_steps=$n" \
      && train "cross-$second" "$base/$second" --resume "$ckpt" --set "device=\"$other\"" "${common[@]}" \
         --set "train.max_steps=$n"; then
@@ -534,7 +576,11 @@ EOF
     if ((ok)); then record PASS "$name" "$what"; else record FAIL "$name" "$what"; fi
     echo "{\"check\": \"$name\", \"auc_cpu\": $auc_cpu, \"auc_other\": $auc_other, \"param_max_abs\": \"$max_abs\", \"param_rel_l2\": \"$rel_l2\"}" >>"$FIGURES"
   else
-    record FAIL "$name" "a continued run failed: $(last_line cross-cpu) $(last_line "cross-$second")"
+    if grep -qs '^stopped: the budget' "$LOGS"/train-cross-*.log; then
+      record SKIP "$name" "budget spent (stopped while training)"
+      return
+    fi
+    record FAIL "$name" "a continued run failed: $(last_line train-cross-cpu) $(last_line "train-cross-$second")"
   fi
 }
 
@@ -543,16 +589,15 @@ check_throughput() {
   local steps=20 warmup=5
   # The CPU rehearsal only shows that the command works; a CPU step at batch 8192 takes seconds.
   [[ $DEVICE == cpu ]] && { steps=2; warmup=1; }
-  local smi_pid=""
   if [[ $DEVICE == cuda ]] && command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 \
       >"$LOGS/nvidia-smi.csv" 2>/dev/null &
-    smi_pid=$!
+    SMI_PID=$!
   fi
   local ok=1
   micn_run throughput bench throughput --device "$DEVICE" --model din+micn --batch 128 --batch 1024 \
     --batch 8192 --steps $steps --warmup $warmup --threads "$THREADS" --json || ok=0
-  [[ -n $smi_pid ]] && { kill "$smi_pid" 2>/dev/null; wait "$smi_pid" 2>/dev/null; }
+  [[ -n $SMI_PID ]] && { kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; SMI_PID=""; }
   if ((ok)); then
     local rows=$LOGS/throughput.out
     local util="no nvidia-smi"
@@ -573,13 +618,15 @@ print(f"{r:.0f} samples/s on this GPU; the goal is 300000 on one H200: " + ("met
 EOF
       )"
     fi
+  elif budget_stopped throughput; then
+    record SKIP throughput "budget spent (stopped while measuring)"
   else
     record FAIL throughput "micn bench throughput failed: $(last_line throughput)"
   fi
 }
 
 check_transfers() {
-  local s=$WORK/runs/din+micn/summary.json
+  local s=$CHECK/runs/din+micn/summary.json
   if [[ ! -f $s ]]; then
     if spent; then record SKIP transfers "budget spent"; else record SKIP transfers "the din+micn run did not finish"; fi
     return

@@ -51,7 +51,6 @@ const DEPENDS_ON: &[(&str, &[&str])] = &[
     ("train.lr_min", &["train.lr"]),
     ("train.weight_decay", &["train.lr"]),
     ("train.early_stop_patience", &["data.valid_share"]),
-    ("train.restore_best", &["data.valid_share"]),
     ("model.mfn_heads", &["model.embedding_dim"]),
     ("model.gru_hidden", &["model.embedding_dim"]),
     ("model.head_hidden", &["model.embedding_dim", "model.gru_hidden"]),
@@ -716,11 +715,16 @@ impl Config {
             {
                 let given = message.split('"').nth(1).unwrap_or_default();
                 let digits = !given.is_empty() && given.bytes().all(|b| b.is_ascii_digit());
+                let toml_number = toml::from_str::<toml::Table>(&format!("v = {given}"))
+                    .is_ok_and(|t| t.get("v").is_some_and(|v| v.is_integer() || v.is_float()));
                 if digits && given.parse::<i64>().is_err() {
                     // A bare number past TOML's integers is read as a string.
                     message = format!("{given} is larger than this key takes (TOML integers stop at {})", i64::MAX);
-                } else if given.parse::<f64>().is_ok() {
+                } else if toml_number {
                     message = format!("takes a number, got the string \"{given}\": write it without quotes");
+                } else if given.parse::<f64>().is_ok() {
+                    // `.5`, `5.`, `NaN`: numbers elsewhere, read as strings here.
+                    message = format!("takes a number; TOML does not read \"{given}\" as one (write 0.5, 5.0, nan)");
                 }
             }
             ConfigError::Key { origin: origin_of(&key), key, message }
@@ -883,11 +887,6 @@ impl Config {
             t.early_stop_patience == 0 || d.valid_share > 0.0,
             "train.early_stop_patience",
             "needs a validation split (data.valid_share > 0) to watch",
-        )?;
-        check(
-            !t.restore_best || d.valid_share > 0.0,
-            "train.restore_best",
-            "needs a validation split (data.valid_share > 0) to choose the best checkpoint by",
         )?;
         check(
             c.every_minutes >= 0.0 && c.every_minutes.is_finite(),
@@ -1279,11 +1278,9 @@ mod tests {
             let (_, _, message) = error(&[arg]);
             assert!(message.starts_with("takes a number, got the string \""), "{arg}: {message}");
         }
-        // restore_best chooses by validation AUC: without a validation split it is refused, and
-        // the --set that took the split away is named.
-        let (origin, key, message) = error(&["train.restore_best=true", "data.valid_share=0"]);
-        assert_eq!((origin.as_str(), key.as_str()), ("--set data.valid_share=0", "train.restore_best"));
-        assert!(message.contains("validation split"), "{message}");
+        // Written without quotes, but in a form TOML does not read as a number.
+        let (_, _, message) = error(&["train.lr=.5"]);
+        assert_eq!(message, "takes a number; TOML does not read \".5\" as one (write 0.5, 5.0, nan)");
         // An empty pretrained file name is named by its key.
         let (_, key, message) = error(&["model.mfn_pretrained=\"\""]);
         assert_eq!(key, "model.mfn_pretrained");

@@ -1054,9 +1054,11 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let report = quality::run(&opts)?;
-            let json = opts.work_dir.join("quality.json");
-            std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+            // The table first: a results file that cannot be written loses none of it.
             print!("{report}");
+            let json = opts.work_dir.join("quality.json");
+            let text = serde_json::to_string_pretty(&report)?;
+            micn::io_error::replace_file(&json, |tmp| std::fs::write(tmp, &text))?;
             println!("(results: {})", json.display());
         }
         BenchCommand::Prepare { preset, users, items, protocol, work_dir, keep } => {

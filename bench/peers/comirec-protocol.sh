@@ -26,6 +26,15 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
 [[ $# -ge 1 ]] || { sed -n 2,23p "$0" >&2; exit 2; }
+[[ $1 == -h || $1 == --help ]] && { sed -n 2,23p "$0"; exit 0; }
+# Inputs are checked before any set-up or build.
+if [[ $# -ge 2 ]]; then
+  for split in train valid test; do
+    [[ -f $1/$2_$split.txt ]] || { echo "error: $1/$2_$split.txt: no such file" >&2; exit 3; }
+  done
+else
+  [[ -f $1 ]] || { echo "error: $1: no such file" >&2; exit 3; }
+fi
 out=${OUT:-runs/comirec}
 epochs=${EPOCHS:-8}
 seeds=${SEEDS:-1 2 3}

@@ -18,12 +18,19 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
 [[ $# -ge 1 ]] || { sed -n 2,15p "$0" >&2; exit 2; }
+[[ $1 == -h || $1 == --help ]] && { sed -n 2,15p "$0"; exit 0; }
+# Inputs are checked before any set-up or build.
+for input in "$@"; do [[ -f $input ]] || { echo "error: $input: no such file" >&2; exit 3; }; done
 out=${OUT:-runs/peers-ranks}
 epochs=${EPOCHS:-2}
 seeds=${SEEDS:-1}
 models=${MODELS:-din dien}
 ranks=${RANKS:-1 2}
 per_rank=${BATCH_PER_RANK:-}
+[[ -z $per_rank || $per_rank =~ ^[1-9][0-9]*$ ]] || { echo "error: BATCH_PER_RANK must be a whole number ≥ 1, not $per_rank" >&2; exit 3; }
+for model in $models; do
+  [[ $model == din || $model == dien ]] || { echo "error: MODELS: $model: the peer runs din and dien only" >&2; exit 3; }
+done
 
 bash cluster/setup-node.sh
 cargo build --release --workspace --bins

@@ -35,7 +35,9 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
     let item_cat: Vec<u32> = (0..vocab.items).map(|i| (i % vocab.cats) as u32).collect();
     let mut replica =
         Replica::new(build_network(&cfg, vocab, &item_cat, None, device)?, &cfg, &crate::dist::SingleProcess)?;
-    let root: PathBuf = work_dir.join("checkpoints");
+    // A directory of the bench's own, removed at the end: a run's `checkpoints/` in the work
+    // directory is left alone.
+    let root: PathBuf = work_dir.join(format!(".bench-checkpoint-{}", std::process::id()));
     let config = cfg.to_toml();
     let state = checkpoint::State {
         format_version: checkpoint::FORMAT_VERSION,

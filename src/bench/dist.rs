@@ -194,6 +194,8 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
             .args(["--set", &format!("train.global_batch_size={batch}"), "--set", &format!("train.max_steps={steps}")])
             .arg("--set")
             .arg(format!("run.dir={:?}", run_dir.display().to_string()))
+            // The runs' own lines go to standard error: standard output holds the report alone.
+            .stdout(std::process::Stdio::from(std::io::stderr()))
             .status()
             .map_err(io)?;
         let run_dir = RunDir::new(run_dir);

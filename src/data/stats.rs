@@ -18,7 +18,7 @@ pub struct SplitStats {
     pub mean_history: f64,
     /// Samples whose target item the vocabulary does not hold (id 0, `default_mid`): items seen
     /// only outside the training samples, such as a user's last behaviour under `din`.
-    pub unknown_targets: u64,
+    pub unknown_items: u64,
     /// History length → number of samples.
     pub history_lengths: BTreeMap<u64, u64>,
 }
@@ -71,7 +71,7 @@ fn split(s: &ArchivedSamples) -> SplitStats {
         positive_share: if n == 0 { 0.0 } else { positives as f64 / n as f64 },
         distinct_user_keys: keys.len() as u64,
         mean_history: if n == 0 { 0.0 } else { total as f64 / n as f64 },
-        unknown_targets: s.items.iter().filter(|&&i| i == 0).count() as u64,
+        unknown_items: s.items.iter().filter(|&&i| i == 0).count() as u64,
         history_lengths: lengths,
     }
 }
@@ -120,7 +120,7 @@ impl std::fmt::Display for Stats {
                 100.0 * s.positive_share,
                 s.distinct_user_keys,
                 s.mean_history,
-                s.unknown_targets
+                s.unknown_items
             )?;
         }
         writeln!(f, "history length   train      test")?;

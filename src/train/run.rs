@@ -629,6 +629,13 @@ impl<'a> Run<'a> {
         check_history(cfg, dataset)?;
         check_test_set(cfg, dataset)?;
         let mut split = validation_split(cfg, dataset)?;
+        if cfg.train.restore_best && split.valid.is_empty() && comm.rank() == 0 {
+            // Not refused: runs saved with it must still load for eval and predict.
+            tracing::warn!(
+                "train.restore_best: no validation split to choose a checkpoint by (data.valid_share = 0), so the \
+                 run's model is its final one"
+            );
+        }
         if cfg.model.learns_from_clicks_only() {
             let samples = dataset.train.samples();
             split.train.retain(|&i| crate::data::batch::is_positive_sample(samples, i));

@@ -988,3 +988,18 @@ fn a_run_whose_directory_is_deleted_under_it_stops_at_its_next_checkpoint_saying
         assert_eq!(out.status.code(), Some(3), "{stderr}");
     }
 }
+
+/// `micn bench checkpoint` writes and reads its own checkpoint in a directory of its own, so a
+/// run's `checkpoints/` in the same work directory survives it.
+#[test]
+fn the_checkpoint_bench_leaves_a_runs_checkpoints_in_its_work_directory_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = tmp.path().join("checkpoints/step-00000060/model.safetensors");
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    std::fs::write(&kept, b"a run's checkpoint").unwrap();
+    let bench = micn::bench::checkpoint::run(tmp.path(), micn::bench::BenchDevice::Cpu).unwrap();
+    assert!(bench.bytes > 0);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"a run's checkpoint");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["checkpoints"], "the bench's own directory is removed");
+}

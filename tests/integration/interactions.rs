@@ -57,7 +57,7 @@ fn comirec_s_books_interactions_prepare_into_the_samples_of_their_time_sorted_se
         last.insert(f[0], f[1]);
     }
     let only_last = last.values().filter(|item| seen[*item] == 1).count() as u64;
-    let unknown = s["test"]["unknown_targets"].as_u64().unwrap();
+    let unknown = s["test"]["unknown_items"].as_u64().unwrap();
     assert!(only_last > 0 && unknown > 0 && unknown <= only_last + 1_467, "{unknown} unknown, {only_last} only last");
     let text =
         String::from_utf8(run_ok(Command::new(micn_bin()).args(["data", "stats"]).arg(&from_file)).stdout).unwrap();

@@ -286,6 +286,22 @@ fn every_rank_refuses_an_existing_run_with_the_same_input_error_status() {
 }
 
 #[test]
+fn restore_best_without_a_validation_split_is_said_and_its_saved_config_still_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = tmp.path().join("run.toml");
+    let sets = ["train.restore_best=true", "data.valid_share=0", "train.max_steps=2"];
+    std::fs::write(&config, crate::small_config(&run, &sets).to_toml()).unwrap();
+    let out = micn(&["train", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("train.restore_best: no validation split"), "{}", stderr(&out));
+    assert_eq!(summary(&run)["model_step"], 2);
+    // The run's saved configuration loads again: it scores.
+    let out = micn(&["eval", "--run"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn a_command_line_that_cannot_work_exits_3_and_help_exits_0() {
     let out = micn(&["train", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
