@@ -699,6 +699,7 @@ fn is_input_error(e: &anyhow::Error) -> bool {
             || cause.downcast_ref::<TrainError>().is_some_and(TrainError::is_input_error)
             || cause.downcast_ref::<micn::experiment::sweep::SweepError>().is_some_and(|e| e.is_input_error())
             || cause.downcast_ref::<micn::experiment::report::ReportError>().is_some_and(|e| e.is_input_error())
+            || cause.downcast_ref::<micn::bench::prepare::BenchError>().is_some_and(|e| e.is_input_error())
             || cause.downcast_ref::<micn::io_error::PathIo>().is_some_and(micn::io_error::PathIo::is_lasting)
     })
 }

@@ -166,6 +166,18 @@ pub enum BenchError {
     BadScale(f64),
 }
 
+impl BenchError {
+    /// Whether running the same bench again would fail the same way (exit status 3).
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            Self::Data(e) => e.is_input_error(),
+            Self::Io(e) => e.is_lasting(),
+            Self::BadScale(_) => true,
+            Self::Child { .. } | Self::NoTiming { .. } => false,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
     move |source| BenchError::Io(PathIo { path: path.to_path_buf(), source })
 }

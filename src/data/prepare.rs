@@ -861,7 +861,14 @@ pub fn synthetic_dataset(
     if data.join("dataset.json").exists() {
         // Refuse an older format here, where the fix is plain, rather than at the first open.
         match DatasetMeta::read(&data) {
-            Ok(meta) if meta.attributes.is_some() => return Ok(data),
+            Ok(meta) if meta.attributes.is_some() => {
+                tracing::info!(
+                    reviews = meta.counts.reviews,
+                    "{}: the synthetic dataset made here earlier is used again (remove it to make one anew)",
+                    data.display()
+                );
+                return Ok(data);
+            }
             // Made before the item-attribute table (which CAMN needs): the same generator's files
             // again, with it.
             Ok(_) => {

@@ -58,6 +58,9 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     assert!(!Path::new(&out).exists());
     refused(&["bench", "throughput", "--model", "din", "--items", "1"], "--items must lie in [2, 10000000]");
     refused(&["bench", "throughput", "--model", "din", "--users", "1"], "--users must lie in [2, 10000000]");
+    // The prepare bench's synthetic reviews past the generator's limit: exit 3, as synth's own.
+    let work = at("bench-prepare");
+    refused(&["bench", "prepare", "--preset", "quickstart", "--users", "99999999999", "--work-dir", &work], "at most");
     for threads in ["0", "100000"] {
         refused(&["bench", "throughput", "--model", "din", "--threads", threads], "--threads must lie in [1, 1024]");
     }
