@@ -46,10 +46,13 @@ peer_venv deepctr-torch==0.3.0 numpy scikit-learn tqdm requests
 source bench/peers/samples.sh
 shared_samples "$input" "$second" "$out"
 
-# train_micn MODEL RUN-DIR SETS...: one micn run at the comparison's settings.
+# train_micn MODEL RUN-DIR SETS...: one micn run at the comparison's settings (its directory
+# added to `trained`: the runs of this call, on this call's samples).
+trained=" "
 train_micn() {
   local model=$1 run=$2
   shift 2
+  trained+="$run "
   $micn --comm single train --config configs/books-$model.toml --overwrite \
     --set data.dir="$out/data" --set run.dir="$run" --set device=cpu --set train.threads=1 \
     --set train.epochs="$epochs" --set train.lr=1e-3 --set train.global_batch_size=128 \
@@ -65,7 +68,8 @@ for seed in $seeds; do
     if [[ $model == mfn ]]; then
       # MFN's fixed embeddings and centres, from this seed's DIN without MICN.
       din=$out/micn-din-micn_off-seed$seed
-      [[ -f $din/summary.json ]] || train_micn din "$din" --set micn.enabled=false
+      # A DIN run of an earlier call may have trained on other samples or settings: not reused.
+      [[ $trained == *" $din "* ]] || train_micn din "$din" --set micn.enabled=false
       centres=$out/mfn-centres-seed$seed.safetensors
       $micn export mfn-centres --run "$din" --seed "$seed" --out "$centres" >&2
       model_sets=(--set model.mfn_pretrained="\"$centres\"")
