@@ -72,6 +72,14 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
     }
     let config = Config::from_toml(&state.config, &state_path)?;
     check_state(&state, &config).map_err(|why| invalid(format!("state.json: {why}")))?;
+    // Resume orders checkpoints, and sets later ones aside, by the step their name gives.
+    if let Some(named) = step_of(dir).filter(|&named| named != state.step) {
+        return Err(invalid(format!(
+            "named for step {named}, but state.json holds step {} (renamed?): name it {}",
+            state.step,
+            super::dir_name(state.step)
+        )));
+    }
     Ok(state)
 }
 

@@ -142,9 +142,20 @@ fn damaged_or_unfinished_checkpoints_are_refused_and_auto_falls_back() {
     assert!(e.contains("not a checkpoint: no state.json"), "{e}");
     let e = micn::checkpoint::verify(&root.join("step-00000009")).unwrap_err().to_string();
     assert!(e.contains("model.safetensors") && e.contains("checksum"), "{e}");
+    // A copy of 3 named for step 5: auto would order it by its name and set aside what lies
+    // after it, so it is refused, naming both steps.
+    let renamed = root.join("step-00000005");
+    std::fs::create_dir(&renamed).unwrap();
+    for entry in std::fs::read_dir(root.join("step-00000003")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), renamed.join(entry.file_name())).unwrap();
+    }
+    let e = micn::checkpoint::verify(&renamed).unwrap_err().to_string();
+    assert!(e.contains("named for step 5, but state.json holds step 3") && e.contains("step-00000003"), "{e}");
     let (found, refused) = micn::checkpoint::latest(&root);
     assert_eq!(found.unwrap().1.step, 3);
-    assert_eq!(refused.len(), 3);
+    assert_eq!(refused.len(), 4);
+    std::fs::remove_dir_all(&renamed).unwrap();
     // `micn eval --checkpoint` scores a valid checkpoint and refuses a damaged one by name.
     let ok = crate::run_ok(
         std::process::Command::new(crate::micn_bin())
