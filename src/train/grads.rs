@@ -20,19 +20,6 @@ pub struct RowGrads {
 }
 
 impl RowGrads {
-    /// The rows of a table's gradient: a sparse one (embedding lookups) is coalesced, so every
-    /// looked-up row appears once; a dense one keeps its non-zero rows.
-    pub fn from_grad(grad: &Tensor) -> Self {
-        if !grad.is_sparse() {
-            return Self::from_dense(grad);
-        }
-        let dim = grad.size()[1] as usize;
-        let g = grad.coalesce();
-        let ids = g.indices().select(0, 0).contiguous();
-        let rows = g.values().to_kind(tch::Kind::Float).contiguous();
-        Self { ids: download_i64(&ids), rows: download_f32(&rows), dim }
-    }
-
     /// The non-zero rows of a dense `[rows, dim]` gradient.
     pub fn from_dense(grad: &Tensor) -> Self {
         let dim = grad.size()[1] as usize;

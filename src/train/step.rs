@@ -396,7 +396,7 @@ fn plan_host_grads<'a>(
                     let ids = download_i64(&g.indices().select(0, 0));
                     Pending::SparseRows { ids, len: flat(&g.values()), dim }
                 }
-                Target::Var(_) => Pending::Ready(RowGrads::from_grad(g)),
+                Target::Var(_) => Pending::Ready(RowGrads::from_dense(g)),
             }
         })
         .collect()
@@ -762,7 +762,7 @@ fn device_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &
                     let g = crate::transfer::coalesce(g);
                     VarGrad::RowsOnDevice { ids: g.indices().select(0, 0), rows: g.values() }
                 }
-                Target::Var(_) => VarGrad::Rows(RowGrads::from_grad(g)),
+                Target::Var(_) => VarGrad::Rows(RowGrads::from_dense(g)),
             })
         };
     }
