@@ -205,43 +205,46 @@ fn watch(shared: &Shared, limit: Duration, rank: usize, hosts: &[String], on_exp
     }
 }
 
-/// What has waited past `limit`, said in full; nothing when all is well.
+/// What has waited past `limit`, said in full; nothing when all is well. A step that runs past
+/// the limit while a collective is under way (it started first, so its clock runs out first) is
+/// blamed on that collective's peers, as the collective itself would be a moment later.
 fn overdue(state: &State, limit: Duration, rank: usize, hosts: &[String]) -> Option<String> {
     let name = |r: usize| format!("rank {r} ({})", hosts.get(r).map_or("?", String::as_str));
-    let during = state.step.map(|(step, _)| format!(" during step {}", step + 1)).unwrap_or_default();
-    if let Some(c) = &state.collective {
-        let waited = c.since.elapsed();
-        if waited > limit {
-            let peers = match c.waits_for {
-                Some(root) => name(root),
-                None => {
-                    let others: Vec<String> = (0..hosts.len()).filter(|&r| r != rank).map(name).collect();
-                    format!("{} (one or more of them has not joined)", others.join(", "))
-                }
-            };
-            return Some(format!(
-                "watchdog: {} waited {:.0} s (limit {:.0} s, train.watchdog_seconds) in collective #{} ({}){during}, \
-                 waiting for {peers}: a peer is lost, hung or unreachable; aborting the job",
+    let seconds = |d: Duration| format!("{:.0} s", d.as_secs_f64());
+    let limit_said = format!("(limit {}, train.watchdog_seconds)", seconds(limit));
+    let collective = state.collective.as_ref().map(|c| {
+        let peers = match c.waits_for {
+            Some(root) => name(root),
+            None => {
+                let others: Vec<String> = (0..hosts.len()).filter(|&r| r != rank).map(name).collect();
+                format!("{} (one or more of them has not joined)", others.join(", "))
+            }
+        };
+        let what = format!("collective #{} ({})", c.seq, c.what);
+        (c.since.elapsed(), what, format!("waiting for {peers}: a peer is lost, hung or unreachable"))
+    });
+    let step = state.step.map(|(step, since)| (step + 1, since.elapsed()));
+    match (collective, step) {
+        (Some((waited, what, peers)), step) if waited > limit => {
+            let during = step.map(|(step, _)| format!(" during step {step}")).unwrap_or_default();
+            Some(format!(
+                "watchdog: {} waited {} {limit_said} in {what}{during}, {peers}; aborting the job",
                 name(rank),
-                waited.as_secs_f64(),
-                limit.as_secs_f64(),
-                c.seq,
-                c.what,
-            ));
+                seconds(waited)
+            ))
         }
+        (collective, Some((step, spent))) if spent > limit => {
+            let last = collective
+                .map(|(waited, what, peers)| format!(", the last {} of it in {what}, {peers}", seconds(waited)))
+                .unwrap_or_default();
+            Some(format!(
+                "watchdog: {} spent {} {limit_said} in step {step} without finishing it{last}; aborting the job",
+                name(rank),
+                seconds(spent)
+            ))
+        }
+        _ => None,
     }
-    let (step, since) = state.step?;
-    let waited = since.elapsed();
-    (waited > limit).then(|| {
-        format!(
-            "watchdog: {} spent {:.0} s (limit {:.0} s, train.watchdog_seconds) in step {} without finishing it; \
-             aborting the job",
-            name(rank),
-            waited.as_secs_f64(),
-            limit.as_secs_f64(),
-            step + 1
-        )
-    })
 }
 
 /// What `micn train` does when its watchdog fires: the message on standard error and in the
@@ -347,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn a_broadcast_waits_for_its_root_and_a_step_alone_can_be_overdue() {
+    fn a_broadcast_waits_for_its_root_and_an_overdue_step_names_the_collective_it_is_in() {
         let hosts = ["a".to_string(), "b".to_string(), "c".to_string()];
         let long_ago = Instant::now() - Duration::from_secs(10);
         let limit = Duration::from_secs(5);
@@ -365,6 +368,24 @@ mod tests {
         assert!(m.contains("rank 1 (b) spent 10 s") && m.contains("in step 42 without finishing it"), "{m}");
         let state = State { collective: None, step: Some((41, Instant::now())) };
         assert_eq!(overdue(&state, limit, 1, &hosts), None);
+        // The step began before its collective, so its clock runs out first: the peers the
+        // collective waits for are still named.
+        let all_reduce = Activity {
+            what: "all_reduce of 3 f32".into(),
+            seq: 4,
+            waits_for: None,
+            since: Instant::now() - Duration::from_millis(4_900),
+        };
+        let state = State { collective: Some(all_reduce), step: Some((41, long_ago)) };
+        let m = overdue(&state, limit, 0, &hosts).unwrap();
+        assert!(
+            m.contains(
+                "rank 0 (a) spent 10 s (limit 5 s, train.watchdog_seconds) in step 42 without finishing it, \
+                 the last 5 s of it in collective #4 (all_reduce of 3 f32), waiting for rank 1 (b), rank 2 (c) \
+                 (one or more of them has not joined): a peer is lost"
+            ),
+            "{m}"
+        );
     }
 
     #[test]
