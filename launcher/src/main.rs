@@ -613,8 +613,11 @@ async fn run_once(
                     let seen = seen.lock().expect("output state lock");
                     (seen.last_output.map(|t| t.elapsed()).unwrap_or_default(), seen.rank_error.map(|t| t.elapsed()))
                 };
-                if limits.stall.is_some_and(|limit| quiet > limit) && stops.asked.is_none() {
-                    printer.say("WARN", &format!("no output for {:.0} s: the job is stalled; stopping it", quiet.as_secs_f64()));
+                if let Some(limit) = limits.stall.filter(|&limit| quiet > limit && stops.asked.is_none()) {
+                    printer.say("WARN", &format!(
+                        "no output for more than {} s (--stall-timeout): the job is stalled; stopping it",
+                        limit.as_secs()
+                    ));
                     // SAFETY: kill only sends a signal to our own child process.
                     unsafe { libc::kill(pid, libc::SIGTERM) };
                     if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {

@@ -197,7 +197,7 @@ fn watch(shared: &Shared, limit: Duration, rank: usize, hosts: &[String], on_exp
                 "this process did not run for a while (stopped and continued?): the watchdog does not count that time"
             );
         }
-        if let Some(message) = overdue(&state, limit, rank, hosts) {
+        if let Some(message) = overdue(&state, limit, rank, hosts, now) {
             drop(state);
             on_expiry(Expiry { message });
             return;
@@ -205,10 +205,11 @@ fn watch(shared: &Shared, limit: Duration, rank: usize, hosts: &[String], on_exp
     }
 }
 
-/// What has waited past `limit`, said in full; nothing when all is well. A step that runs past
+/// What has waited past `limit` at `now` (the tick's time, from which any time the process did
+/// not run is already left out), said in full; nothing when all is well. A step that runs past
 /// the limit while a collective is under way (it started first, so its clock runs out first) is
 /// blamed on that collective's peers, as the collective itself would be a moment later.
-fn overdue(state: &State, limit: Duration, rank: usize, hosts: &[String]) -> Option<String> {
+fn overdue(state: &State, limit: Duration, rank: usize, hosts: &[String], now: Instant) -> Option<String> {
     let name = |r: usize| format!("rank {r} ({})", hosts.get(r).map_or("?", String::as_str));
     let seconds = |d: Duration| format!("{:.0} s", d.as_secs_f64());
     let limit_said = format!("(limit {}, train.watchdog_seconds)", seconds(limit));
@@ -221,9 +222,13 @@ fn overdue(state: &State, limit: Duration, rank: usize, hosts: &[String]) -> Opt
             }
         };
         let what = format!("collective #{} ({})", c.seq, c.what);
-        (c.since.elapsed(), what, format!("waiting for {peers}: a peer is lost, hung or unreachable"))
+        (
+            now.saturating_duration_since(c.since),
+            what,
+            format!("waiting for {peers}: a peer is lost, hung or unreachable"),
+        )
     });
-    let step = state.step.map(|(step, since)| (step + 1, since.elapsed()));
+    let step = state.step.map(|(step, since)| (step + 1, now.saturating_duration_since(since)));
     match (collective, step) {
         (Some((waited, what, peers)), step) if waited > limit => {
             let during = step.map(|(step, _)| format!(" during step {step}")).unwrap_or_default();
@@ -315,8 +320,8 @@ mod tests {
         let e = start_limit(Some("5m")).unwrap_err();
         assert!(e.starts_with("MICN_MPI_START_TIMEOUT=5m: not a whole number of seconds"), "{e}");
         // A start within the limit returns what it made, and no guard is left to fire later.
-        assert_eq!(start_within(Some(Duration::from_millis(50)), "a test", || 7), 7);
-        std::thread::sleep(Duration::from_millis(100));
+        // (A guard left behind would end this test binary once the 10 s are over.)
+        assert_eq!(start_within(Some(Duration::from_secs(10)), "a test", || 7), 7);
     }
 
     #[test]
@@ -345,7 +350,9 @@ mod tests {
         assert_eq!(results, [2.0, 2.0]);
         let m = rx.try_recv().expect("rank 0's watchdog fired").message;
         assert!(m.starts_with("watchdog: rank 0 ("), "{m}");
-        assert!(m.contains("in collective #1 (all_reduce of 3 f32) during step 7, waiting for rank 1 ("), "{m}");
+        // Named through the collective or through the step it runs in, whichever clock ran out first.
+        assert!(m.contains("collective #1 (all_reduce of 3 f32)") && m.contains("step 7"), "{m}");
+        assert!(m.contains("waiting for rank 1 ("), "{m}");
         assert!(rx.try_recv().is_err(), "rank 1 never waited: its watchdog stays quiet");
     }
 
@@ -357,17 +364,17 @@ mod tests {
         let collective =
             Activity { what: "broadcast of 8 bytes from rank 2".into(), seq: 9, waits_for: Some(2), since: long_ago };
         let state = State { collective: Some(collective), step: None };
-        let m = overdue(&state, limit, 0, &hosts).unwrap();
+        let m = overdue(&state, limit, 0, &hosts, Instant::now()).unwrap();
         assert!(
             m.contains("rank 0 (a) waited 10 s (limit 5 s")
                 && m.ends_with("waiting for rank 2 (c): a peer is lost, hung or unreachable; aborting the job"),
             "{m}"
         );
         let state = State { collective: None, step: Some((41, long_ago)) };
-        let m = overdue(&state, limit, 1, &hosts).unwrap();
+        let m = overdue(&state, limit, 1, &hosts, Instant::now()).unwrap();
         assert!(m.contains("rank 1 (b) spent 10 s") && m.contains("in step 42 without finishing it"), "{m}");
         let state = State { collective: None, step: Some((41, Instant::now())) };
-        assert_eq!(overdue(&state, limit, 1, &hosts), None);
+        assert_eq!(overdue(&state, limit, 1, &hosts, Instant::now()), None);
         // The step began before its collective, so its clock runs out first: the peers the
         // collective waits for are still named.
         let all_reduce = Activity {
@@ -377,7 +384,7 @@ mod tests {
             since: Instant::now() - Duration::from_millis(4_900),
         };
         let state = State { collective: Some(all_reduce), step: Some((41, long_ago)) };
-        let m = overdue(&state, limit, 0, &hosts).unwrap();
+        let m = overdue(&state, limit, 0, &hosts, Instant::now()).unwrap();
         assert!(
             m.contains(
                 "rank 0 (a) spent 10 s (limit 5 s, train.watchdog_seconds) in step 42 without finishing it, \
@@ -395,11 +402,11 @@ mod tests {
         let long_ago = now - Duration::from_secs(10);
         let collective = Activity { what: "barrier".into(), seq: 1, waits_for: None, since: long_ago };
         let mut state = State { collective: Some(collective), step: Some((3, long_ago)) };
-        assert!(overdue(&state, Duration::from_secs(5), 0, &hosts).is_some());
+        assert!(overdue(&state, Duration::from_secs(5), 0, &hosts, now).is_some());
         // Stopped for 8 of those 10 s: 2 s waited, within the limit.
         state.thaw(Duration::from_secs(8), now);
-        assert_eq!(overdue(&state, Duration::from_secs(5), 0, &hosts), None);
-        assert!(overdue(&state, Duration::from_secs(1), 0, &hosts).is_some(), "the 2 s still count");
+        assert_eq!(overdue(&state, Duration::from_secs(5), 0, &hosts, now), None);
+        assert!(overdue(&state, Duration::from_secs(1), 0, &hosts, now).is_some(), "the 2 s still count");
         // A freeze longer than the wait (it began before the collective did) leaves nothing waited.
         state.thaw(Duration::from_secs(60), now);
         assert_eq!(state.collective.as_ref().map(|c| c.since), Some(now));

@@ -915,12 +915,12 @@ fn a_second_run_into_a_directory_in_use_is_refused_and_a_killed_runs_directory_r
     }
     assert!(first.try_wait().unwrap().is_none(), "the first run goes on");
     assert_eq!(std::fs::read(dir.join("config.toml")).unwrap(), config_before);
-    let lines = std::fs::read_to_string(&metrics).unwrap().lines().count();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(
-        std::fs::read_to_string(&metrics).unwrap().lines().count() > lines,
-        "the first run still writes its metrics"
-    );
+    let lines = || std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let (before, since) = (lines(), std::time::Instant::now());
+    while lines() == before {
+        assert!(since.elapsed() < std::time::Duration::from_secs(60), "the first run still writes its metrics");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     first.kill().unwrap();
     first.wait().unwrap();
     let latest = std::fs::read_dir(dir.join("checkpoints"))
