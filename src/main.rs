@@ -914,7 +914,7 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             )
         };
         let Some(file) = heldout else {
-            let results = micn::train::saved::retrieval_saved(
+            let (results, unknown) = micn::train::saved::retrieval_saved(
                 saved.dir()?,
                 saved.data.as_deref(),
                 split,
@@ -925,7 +925,11 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
                 let clicked = results.first().map_or(0, |m| m.users);
-                println!("{} clicked samples of the {} set, each its target to retrieve", clicked, split.name());
+                let unknown = match unknown {
+                    0 => String::new(),
+                    n => format!(" ({n} of them a target the vocabulary does not hold: a miss each)"),
+                };
+                println!("{clicked} clicked samples of the {} set, each its target to retrieve{unknown}", split.name());
                 results.iter().for_each(|m| row("model", m));
             }
             return Ok(());

@@ -53,6 +53,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         loss_window: None,
         seconds: 0.0,
         dataset: None,
+        vocabularies: None,
     };
     synchronize(device);
     let started = Instant::now();

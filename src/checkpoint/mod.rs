@@ -111,6 +111,11 @@ pub struct State {
     /// was kept: `data.dir` is then compared as written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
+    /// The digest of the vocabularies trained with ([`crate::data::vocab::Vocabularies::digest`]):
+    /// `eval` and `predict` of the checkpoint refuse a dataset whose differ (absent in
+    /// checkpoints written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocabularies: Option<String>,
 }
 
 /// Sums of the training losses (main task, MICN, the model's own auxiliary loss) over `steps`
@@ -222,6 +227,7 @@ mod tests {
             loss_window: None,
             seconds: 0.0,
             dataset: None,
+            vocabularies: None,
         }
     }
 

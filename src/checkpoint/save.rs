@@ -154,6 +154,7 @@ mod tests {
             loss_window: None,
             seconds: 0.0,
             dataset: None,
+            vocabularies: None,
         }
     }
 

@@ -177,6 +177,28 @@ enum ReadFailure {
     Cut(ReadProgress),
     /// Any other read or decompression error.
     Broken(ReadProgress, std::io::Error),
+    /// The file's first bytes show it is not line-oriented text as read here: why, and the fix.
+    NotLines(String),
+}
+
+/// What is wrong with a file whose (decompressed) text opens with `head`, when it cannot be read
+/// line by line at all: gzip data compressed a second time, or lines that end in a carriage
+/// return alone (which would make the whole file one line, read into memory whole).
+fn not_lines(head: &[u8], gzip: bool) -> Option<String> {
+    if gzip && head.starts_with(&[GZIP_ID1, 0x8b]) {
+        return Some(
+            "its gzip data decompresses to gzip data again (compressed twice): decompress it once (`gunzip`) and \
+             pass the file that leaves"
+                .into(),
+        );
+    }
+    let first = &head[..head.iter().position(|&b| b == b'\n').unwrap_or(head.len())];
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    first.contains(&b'\r').then(|| {
+        "its lines end in a carriage return alone (old Mac line endings), not a line feed: convert them first, \
+         e.g. `tr '\\r' '\\n' < FILE > FILE.unix`"
+            .into()
+    })
 }
 
 /// What the reader thread hands back: the hasher and how far it read.
@@ -297,6 +319,11 @@ fn read_chunks(
                 // Nothing after a broken stream is parsed: count the complete lines.
                 progress.lines = next_line - 1 + data.iter().filter(|&&b| b == b'\n').count() as u64;
                 break;
+            }
+            if index == 0 && start == 0 {
+                if let Some(why) = not_lines(&data, gzip) {
+                    return Err(ReadFailure::NotLines(why));
+                }
             }
             let eof = filled < start + CHUNK;
             if !eof {
@@ -462,6 +489,7 @@ pub fn parse_lines<T: Send>(
         Err(ReadFailure::Broken(read, source)) => {
             return Err(DataError::BrokenStream { path: path.to_path_buf(), read, stored_total, source });
         }
+        Err(ReadFailure::NotLines(message)) => return Err(DataError::Invalid { path: path.to_path_buf(), message }),
     };
     if let Some(e) = failure {
         return Err(e);
@@ -523,6 +551,26 @@ mod tests {
         let (lines, summary) = read_all(&path, Strictness::Strict).unwrap();
         assert_eq!(lines, [(1, long.len()), (2, 1), (3, long.len()), (4, 2), (7, 3)]);
         assert_eq!((summary.lines, summary.raw_bytes), (7, 2 * long.len() as u64 + 15));
+    }
+
+    #[test]
+    fn a_file_compressed_twice_or_with_carriage_returns_alone_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let twice = dir.path().join("twice.json.gz");
+        std::fs::write(&twice, gzip(&gzip(b"{\"a\": 1}\n"))).unwrap();
+        let cr = dir.path().join("mac.json");
+        std::fs::write(&cr, b"{\"a\": 1}\r{\"a\": 2}\r").unwrap();
+        for (path, says) in [(&twice, "compressed twice"), (&cr, "carriage return alone")] {
+            for strictness in [Strictness::Lenient, Strictness::Strict] {
+                let e = read_all(path, strictness).unwrap_err().to_string();
+                assert!(e.starts_with(&format!("{}: its ", path.display())) && e.contains(says), "{e}");
+            }
+        }
+        // Windows line endings, and a carriage return that ends the file's only line, are read.
+        std::fs::write(&cr, b"ab\r\ncd\r\n").unwrap();
+        assert_eq!(read_all(&cr, Strictness::Strict).unwrap().0, [(1, 2), (2, 2)]);
+        std::fs::write(&cr, b"ab\r").unwrap();
+        assert_eq!(read_all(&cr, Strictness::Strict).unwrap().0, [(1, 2)]);
     }
 
     #[test]

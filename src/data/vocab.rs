@@ -128,6 +128,25 @@ pub fn build(
 }
 
 impl Vocabularies {
+    /// What the ids mean, hashed (xxh3-64, hex): every user, item and category name in id order,
+    /// and every item's category. Counts are left out: another dataset whose ids mean the same
+    /// may score a model trained on this one. Recorded with every model, so that a dataset
+    /// prepared again under the same path is told apart.
+    pub fn digest(&self) -> String {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for vocab in [&self.users, &self.items, &self.cats] {
+            hasher.update(&(vocab.names.len() as u64).to_le_bytes());
+            for name in &vocab.names {
+                hasher.update(name.as_bytes());
+                hasher.update(b"\n");
+            }
+        }
+        for cat in &self.item_cat {
+            hasher.update(&cat.to_le_bytes());
+        }
+        format!("{:016x}", hasher.digest())
+    }
+
     /// The three TSV files, names and bytes, in the order [`Vocabularies::parse`] takes them.
     pub fn to_files(&self) -> [(&'static str, Vec<u8>); 3] {
         let tsv = |vocab: &Vocab, extra: Option<&[u32]>| -> Vec<u8> {

@@ -80,6 +80,14 @@ pub struct LeftOut {
 pub struct Found {
     pub runs: Vec<Run>,
     pub left_out: Vec<LeftOut>,
+    /// Directories walked, by their real path: a link to one (or to a directory above it) is
+    /// not walked again, so links that loop end the walk.
+    walked: BTreeSet<PathBuf>,
+}
+
+/// `dir`'s real path (itself where it has none).
+fn canonical(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// Walk `dirs` for runs.
@@ -87,7 +95,8 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
     let mut found = Found::default();
     for dir in dirs {
         if !dir.is_dir() {
-            found.left_out.push(LeftOut { dir: dir.clone(), why: "no such directory".into() });
+            let why = if dir.exists() { "not a directory" } else { "no such directory" };
+            found.left_out.push(LeftOut { dir: dir.clone(), why: why.into() });
         } else if !visit(dir, &mut found) {
             found
                 .left_out
@@ -101,7 +110,6 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
 fn visit(dir: &Path, found: &mut Found) -> bool {
     if RunDir::new(dir).holds_run() {
         // Overlapping arguments (`OUT OUT/point`) name some runs twice; count them once.
-        let canonical = |d: &Path| d.canonicalize().unwrap_or_else(|_| d.to_path_buf());
         let seen = |d: &Path| canonical(d) == canonical(dir);
         if found.runs.iter().any(|r| seen(&r.dir)) || found.left_out.iter().any(|l| seen(&l.dir)) {
             return true;
@@ -118,17 +126,18 @@ fn visit(dir: &Path, found: &mut Found) -> bool {
     // A report's own directory is neither a run nor left out; runs beside its files still count
     // (`micn report DIR --out DIR`).
     let report = dir.join("report.md").is_file();
+    found.walked.insert(canonical(dir));
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
     subdirs.sort();
-    let held: Vec<(PathBuf, bool)> = subdirs
-        .into_iter()
-        .map(|sub| {
+    let mut held: Vec<(PathBuf, bool)> = Vec::new();
+    for sub in subdirs {
+        if RunDir::new(&sub).holds_run() || !found.walked.contains(&canonical(&sub)) {
             let holds = visit(&sub, found);
-            (sub, holds)
-        })
-        .collect();
+            held.push((sub, holds));
+        }
+    }
     if !held.iter().any(|(_, holds)| *holds) {
         return report;
     }
@@ -139,7 +148,7 @@ fn visit(dir: &Path, found: &mut Found) -> bool {
 }
 
 /// A finished run, or why it cannot be used.
-fn read_run(dir: &Path) -> Result<Run, String> {
+pub(super) fn read_run(dir: &Path) -> Result<Run, String> {
     let run_dir = RunDir::new(dir);
     // Grouped by the keys as written: a report reads runs of older versions too.
     let config = run_dir.read_config_table().map_err(|e| e.to_string())?;
@@ -794,6 +803,27 @@ mod tests {
         // A directory with no finished run at all is an error that names what was found.
         let e = write(&[root.path().join("photos")], &root.path().join("report")).unwrap_err().to_string();
         assert!(e.contains("no finished run") && e.contains("photos"), "{e}");
+    }
+
+    #[test]
+    fn links_that_loop_are_walked_once_and_a_blank_metrics_line_holds_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let tree = root.path().join("tree");
+        let run = run_dir(&tree, "phi=0.1/repeat-0", 0.1, 1, 0.7);
+        // Two links to the tree's top: followed blindly, each level doubles the walk, for good.
+        std::os::unix::fs::symlink(".", tree.join("self")).unwrap();
+        std::os::unix::fs::symlink("..", tree.join("phi=0.1/up")).unwrap();
+        // A link to the run from elsewhere counts it once.
+        std::os::unix::fs::symlink(&run, root.path().join("linked-run")).unwrap();
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        std::fs::write(run.join("metrics.jsonl"), format!("{metrics}\n  \n")).unwrap();
+        let found = discover(&[root.path().to_path_buf()]);
+        assert_eq!(found.runs.len(), 1, "{found:?}");
+        assert!(found.left_out.is_empty(), "{found:?}");
+        assert_eq!(found.runs[0].evals.len(), 2);
+        let file = run.join("summary.json");
+        let found = discover(std::slice::from_ref(&file));
+        assert_eq!(found.left_out[0].why, "not a directory");
     }
 
     #[test]

@@ -164,8 +164,11 @@ impl SweepSpec {
         let base = path.parent().unwrap_or(Path::new("."));
         let sets = crate::config::flatten(&file.set)
             .into_iter()
-            .map(|(key, value)| Override::parse(&set_arg(&key, &value)))
-            .collect::<Result<Vec<_>, _>>()
+            .map(|(key, value)| {
+                let set = Override::parse(&set_arg(&key, &value))?;
+                Ok(set.named(format!("{} [set]", path.display())))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
             .map_err(|e| fail(format!("[set]: {e}")))?;
         let mut grid = Vec::new();
         for (key, value) in crate::config::flatten(&file.grid) {
@@ -279,6 +282,11 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     if spec.out.exists() && !spec.out.is_dir() {
         return Err(plan_err(&spec.out.display().to_string(), "is not a directory (--out)"));
     }
+    let report = spec.out.join("report");
+    if report.exists() && !report.is_dir() {
+        let message = "is not a directory, and the sweep writes its report there: move it first";
+        return Err(plan_err(&report.display().to_string(), message));
+    }
     if RunDir::new(&spec.out).holds_run() {
         let message = "holds a run (config.toml): give the sweep a directory of its own (--out)";
         return Err(plan_err(&spec.out.display().to_string(), message));
@@ -293,6 +301,18 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
             if let Some(why) = own(&key) {
                 return Err(plan_err(&key, why));
             }
+        }
+    }
+    // Two grid entries that set one key (`micn.phi` and `micn={phi=...}`): the later would win,
+    // under a point name that shows both values.
+    let mut set_by: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (i, (entry, values)) in spec.grid.iter().enumerate() {
+        for (key, _) in values.iter().flat_map(|v| point_sets(entry, v)) {
+            if let Some(&other) = set_by.get(&key).filter(|&&other| other != i) {
+                let message = format!("is set by two grid entries, {} and {entry}: keep one", spec.grid[other].0);
+                return Err(plan_err(&key, &message));
+            }
+            set_by.insert(key, i);
         }
     }
     // A base seed may be set; where runs go may not.
@@ -371,8 +391,11 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {
     NotStarted,
-    /// Started (its `config.toml` exists) but without a final summary.
+    /// Started (its `config.toml` exists) but not finished as `micn report` reads runs (no final
+    /// summary, or one it cannot use).
     Unfinished,
+    /// As `micn report` reads it: `test_auc` is the one its table shows (the model selected by
+    /// validation AUC, where the run has a validation split).
     Finished {
         test_auc: f64,
     },
@@ -401,14 +424,17 @@ pub fn run_state(run: &PlannedRun) -> Result<RunState, SweepError> {
     if !differing.is_empty() {
         return Err(SweepError::Mismatch { dir: run.dir.clone(), keys: differing.join(", ") });
     }
-    // A summary that cannot be read is a run to finish again (its checkpoints are what counts).
-    Ok(match run_dir.read_summary().ok().flatten() {
-        Some(s) if s["stopped_by_signal"] == false => match s["test_auc"].as_f64() {
-            Some(test_auc) => RunState::Finished { test_auc },
-            None => RunState::Unfinished,
-        },
-        _ => RunState::Unfinished,
+    // Finished as the report counts runs (with the test AUC its table shows); anything less is a
+    // run to finish again (its checkpoints are what counts).
+    Ok(match super::report::read_run(&run.dir) {
+        Ok(finished) => RunState::Finished { test_auc: finished.test_auc },
+        Err(_) => RunState::Unfinished,
     })
+}
+
+/// Whether the run's summary says a signal stopped it.
+fn stopped_by_signal(run: &PlannedRun) -> bool {
+    RunDir::new(&run.dir).read_summary().ok().flatten().is_some_and(|s| s["stopped_by_signal"] == true)
 }
 
 /// How runs are started.
@@ -581,6 +607,17 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
                 ))?;
                 trained += 1;
             }
+            // Ended as asked (status 0) yet not finished, with no signal to this sweep: stopped
+            // by a signal sent to the run alone, which its summary records.
+            _ if status.success() && !interrupter.is_stopped() && !stopped_by_signal(run) => {
+                return Err(SweepError::RunFailed {
+                    dir: run.dir.clone(),
+                    status: format!("{status}, yet it left no finished run there ({state})"),
+                    tail: tail(&log, 15),
+                    log,
+                    input: true,
+                })
+            }
             _ if status.success() || interrupter.is_stopped() => {
                 // A signal in the run's first moments ends it before it can checkpoint.
                 let checkpointed = crate::checkpoint::latest(&RunDir::new(&run.dir).checkpoints()).0.is_some();
@@ -731,6 +768,18 @@ mod tests {
         let s = SweepSpec { configs: vec![base(dir.path()), twin], ..spec(dir.path()) };
         let e = plan(&s).unwrap_err().to_string();
         assert!(e.contains("base/repeat-0") && e.contains("share this directory"), "{e}");
+        // Two grid entries that set one key: the point's name would show a value not trained.
+        let mut s = spec(dir.path());
+        s.set_grid("micn.phi".into(), parse_grid("micn.phi=[0.2]").unwrap().1);
+        s.set_grid("micn".into(), parse_grid("micn=[{phi=0.3}]").unwrap().1);
+        let e = plan(&s).unwrap_err().to_string();
+        assert_eq!(e, "micn.phi: is set by two grid entries, micn.phi and micn: keep one");
+        // Where the report goes holds a file: refused before any run trains.
+        let s = spec(dir.path());
+        std::fs::create_dir_all(&s.out).unwrap();
+        std::fs::write(s.out.join("report"), "notes").unwrap();
+        let e = plan(&s).unwrap_err().to_string();
+        assert!(e.ends_with("report: is not a directory, and the sweep writes its report there: move it first"), "{e}");
     }
 
     #[test]
@@ -790,7 +839,12 @@ mod tests {
         std::fs::create_dir_all(&runs[0].dir).unwrap();
         std::fs::write(runs[0].dir.join("config.toml"), runs[0].config.to_toml()).unwrap();
         assert_eq!(run_state(&runs[0]).unwrap(), RunState::Unfinished);
+        // Finished as the report reads runs: every figure its table shows.
         let summary = "{\"test_auc\": 0.75, \"stopped_by_signal\": false}";
+        std::fs::write(runs[0].dir.join("summary.json"), summary).unwrap();
+        assert_eq!(run_state(&runs[0]).unwrap(), RunState::Unfinished);
+        let summary = "{\"test_auc\": 0.75, \"test_gauc\": 0.7, \"test_logloss\": 0.6, \"seconds\": 9, \
+                       \"stopped_by_signal\": false}";
         std::fs::write(runs[0].dir.join("summary.json"), summary).unwrap();
         assert_eq!(run_state(&runs[0]).unwrap(), RunState::Finished { test_auc: 0.75 });
         std::fs::write(runs[0].dir.join("summary.json"), summary.replace("false", "true")).unwrap();

@@ -308,8 +308,10 @@ impl RunDir {
     pub fn read_metrics(&self) -> Result<Vec<serde_json::Value>, RunDirError> {
         let path = self.metrics();
         let text = read_if_present(&path)?;
+        // A blank line (a hand edit, a line break added at the end) holds nothing.
         text.lines()
             .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
             .map(|(i, line)| {
                 serde_json::from_str(line)
                     .map_err(|e| RunDirError::Invalid { path: path.clone(), message: format!("line {}: {e}", i + 1) })

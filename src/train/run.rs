@@ -663,6 +663,12 @@ impl<'a> Run<'a> {
                     "the run ended at this step already (its last step, or an early stop) and nothing is left to \
                      train: its summary and model stay as they are"
                 );
+                // A run directory tells a run by its configuration: one that lost it gets it back.
+                let config = RunDir::new(&cfg.run.dir).config();
+                if comm.rank() == 0 && !config.is_file() {
+                    crate::io_error::replace_file(&config, |tmp| std::fs::write(tmp, cfg.to_toml()))?;
+                    tracing::warn!(path = %config.display(), "the run's configuration was missing: written again");
+                }
                 return Ok(Started::Finished(Box::new(summary)));
             }
             StartPoint::Checkpoint(dir, state) => {
@@ -715,6 +721,7 @@ impl<'a> Run<'a> {
                 // A resumed run has its checkpoint at the step it starts from already.
                 last_step: state.map(|s| s.step),
                 dataset: dataset.meta.fingerprint(),
+                vocabularies: dataset.vocab.digest(),
             },
             run_dir,
             metrics,
@@ -987,6 +994,7 @@ impl<'a> Run<'a> {
             stopped_by_signal: self.stopped_by_signal,
             early_stopped: self.early_stopped,
             model_step,
+            vocabularies: Some(self.checkpoints.vocabularies.clone()),
         };
         if self.comm.rank() == 0 {
             if let Some(lock) = &self.lock {
@@ -1097,6 +1105,8 @@ struct Checkpointing {
     last_step: Option<u64>,
     /// The fingerprint of the dataset trained on, recorded in every checkpoint.
     dataset: String,
+    /// The digest of its vocabularies, recorded in every checkpoint and in the summary.
+    vocabularies: String,
 }
 
 impl Checkpointing {
@@ -1127,6 +1137,7 @@ impl Checkpointing {
                 loss_window: Some(loss_window),
                 seconds,
                 dataset: Some(self.dataset.clone()),
+                vocabularies: Some(self.vocabularies.clone()),
             };
             let saved = checkpoint::save(
                 &self.root,

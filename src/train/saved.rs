@@ -62,9 +62,12 @@ impl Saved {
         device: Option<DeviceChoice>,
         comm: &dyn Communicator,
     ) -> Result<Self, TrainError> {
-        let mut cfg = if dir.join("state.json").exists() {
+        // The vocabularies' digest recorded with the model, where it was.
+        let (mut cfg, recorded) = if dir.join("state.json").exists() {
             let state = checkpoint::verify(dir)?;
-            Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?
+            let cfg =
+                Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
+            (cfg, state.vocabularies)
         } else {
             let run = RunDir::new(dir);
             let cfg = run.read_config()?;
@@ -76,7 +79,8 @@ impl Saved {
                 );
                 return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy });
             }
-            cfg
+            let summary = run.read_summary().ok().flatten();
+            (cfg, summary.and_then(|s| s["vocabularies"].as_str().map(String::from)))
         };
         let trained_on = cfg.data.dir.clone();
         if let Some(choice) = device {
@@ -89,7 +93,19 @@ impl Saved {
         let dataset = Dataset::open(&cfg.data.dir)?;
         check_history(&cfg, &dataset)?;
         if cfg.data.dir != trained_on {
-            check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset)?;
+            check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset, recorded.is_some())?;
+        }
+        // Also where `data.dir` is the path trained on: a dataset prepared there again since.
+        let digest = dataset.vocab.digest();
+        if let Some(recorded) = recorded.filter(|r| *r != digest) {
+            return Err(TrainError::VocabularyMismatch {
+                path: cfg.data.dir.clone(),
+                trained_on,
+                detail: format!(
+                    "its vocabularies (digest {digest}) are not those recorded with the model (digest {recorded}; \
+                     prepared again since?)"
+                ),
+            });
         }
         let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
         // A checkpoint directory keeps its model under the same name as a run directory.
@@ -155,7 +171,18 @@ pub fn eval_saved(
 ) -> Result<EvalResult, TrainError> {
     let saved = Saved::load(dir, data_dir, device, comm)?;
     let ids = saved.ids(split)?;
-    evaluate_on(&saved.net, &saved.dataset, eval_set(split, &ids), comm, saved.device, saved.cfg.data.max_hist_len)
+    let set = eval_set(split, &ids);
+    evaluate_on(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len).map_err(|e| match e {
+        TrainError::Scores { source: crate::metrics::MetricError::NanScores { nan, total }, .. } => {
+            not_finite(dir, set, nan, total)
+        }
+        e => e,
+    })
+}
+
+/// The error of a saved model (in `dir`) whose scores of `set` are NaN.
+fn not_finite(dir: &Path, set: EvalSet<'_>, nan: usize, total: usize) -> TrainError {
+    TrainError::ScoresNotFinite { path: RunDir::new(dir).model(), set: set.name(), nan, total }
 }
 
 /// How `micn predict` writes its scores.
@@ -199,9 +226,14 @@ pub fn predict(
     (out, format): (&Path, Format),
 ) -> Result<Predicted, TrainError> {
     let saved = Saved::load(dir, data_dir, device, comm)?;
+    check_not_an_input(out, &[dir, &saved.cfg.data.dir])?;
     let ids = saved.ids(split)?;
     let set = eval_set(split, &ids);
     let scores = score(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len)?;
+    let nan = scores.probs.iter().filter(|p| p.is_nan()).count();
+    if nan > 0 {
+        return Err(not_finite(dir, set, nan, scores.probs.len()));
+    }
     if comm.rank() == 0 {
         let samples = match split {
             Split::Test => saved.dataset.test.samples(),
@@ -233,6 +265,21 @@ pub fn predict(
     }
     comm.barrier()?;
     Ok(Predicted { out: out.to_path_buf(), samples: scores.ids.len() as u64, split: set.name() })
+}
+
+/// Refuse an `out` that is one of the files in `dirs` (the model's directory, the dataset's), which
+/// writing it would replace before the next command reads them.
+fn check_not_an_input(out: &Path, dirs: &[&Path]) -> Result<(), TrainError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(target) = std::fs::metadata(out) else { return Ok(()) };
+    let is_target = |path: PathBuf| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (target.dev(), target.ino()))
+    };
+    let mut files = dirs.iter().flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten());
+    match files.any(|entry| is_target(entry.path())) {
+        true => Err(TrainError::OutputIsInput(out.to_path_buf())),
+        false => Ok(()),
+    }
 }
 
 /// Settings of Algorithm 1 for `micn export mfn-centres`.
@@ -392,29 +439,32 @@ pub fn export_interests(
 }
 
 /// `micn eval --retrieval N…`: next-item retrieval by a MIND model's interests. For every clicked
-/// sample of `split` (label 1, a known target item), each active interest retrieves its top N
-/// items by inner product over every item of the vocabulary (the padding / unknown id 0 left
-/// out), the interests' lists are merged as ComiRec merges them, and the sample's target is the
-/// held-out item ([`crate::metrics::retrieval`]); one result per N. One process.
+/// sample of `split` (label 1), each active interest retrieves its top N items by inner product
+/// over every item of the vocabulary (the padding / unknown id 0 left out), the interests' lists
+/// are merged as ComiRec merges them, and the sample's target is the held-out item
+/// ([`crate::metrics::retrieval`]); one result per N. A target the vocabulary does not hold (id
+/// 0) cannot be retrieved: a miss, as `--heldout` counts one; how many there were comes second.
+/// One process.
 pub fn retrieval_saved(
     dir: &Path,
     data_dir: Option<&Path>,
     split: Split,
     device: Option<DeviceChoice>,
     ns: &[usize],
-) -> Result<Vec<RetrievalMetrics>, TrainError> {
+) -> Result<(Vec<RetrievalMetrics>, usize), TrainError> {
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
     let retriever = Retriever::new(&saved, dir, ns)?;
     let (samples, set_ids) = saved.split_samples(split)?;
-    let clicked: Vec<u32> =
-        set_ids.iter().copied().filter(|&i| crate::data::batch::is_positive_sample(samples, i)).collect();
-    let mut lists: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(clicked.len());
-    for batch in crate::data::loader::eval_batches(samples, &clicked, 0, 1, retriever.rows, saved.cfg.data.max_hist_len)
-    {
+    let clicked = set_ids.iter().copied().filter(|&i| f32::from(samples.labels[i as usize]) > 0.5);
+    let (known, unknown): (Vec<u32>, Vec<u32>) =
+        clicked.partition(|&i| crate::data::batch::is_positive_sample(samples, i));
+    let mut lists: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(known.len() + unknown.len());
+    for batch in crate::data::loader::eval_batches(samples, &known, 0, 1, retriever.rows, saved.cfg.data.max_hist_len) {
         let targets = batch.items.iter().map(|&target| vec![target as u32]);
         lists.extend(retriever.lists(&batch).into_iter().zip(targets));
     }
-    Ok(metrics_at(ns, &lists))
+    lists.extend(unknown.iter().map(|_| (Vec::new(), vec![0])));
+    Ok((metrics_at(ns, &lists), unknown.len()))
 }
 
 /// What `micn eval --retrieval N,… --heldout FILE` measured: ComiRec's protocol on users the
@@ -571,10 +621,19 @@ fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// A model scores another dataset only if its ids mean the same users, items and categories:
 /// the vocabularies must equal those of the dataset it was trained on (only its vocabulary files
-/// are read, not its archives). When that dataset is gone, only the sizes can be checked (by the
-/// model file's table shapes at load).
-fn check_same_vocabularies(trained_on: &Path, given: &Path, dataset: &Dataset) -> Result<(), TrainError> {
+/// are read, not its archives). When that dataset is gone, the vocabularies' digest recorded with
+/// the model (`digest_recorded`) is what is checked; a model from before it was kept has only the
+/// sizes checked (by the model file's table shapes at load).
+fn check_same_vocabularies(
+    trained_on: &Path,
+    given: &Path,
+    dataset: &Dataset,
+    digest_recorded: bool,
+) -> Result<(), TrainError> {
     let Ok(original) = crate::data::vocab::Vocabularies::read(trained_on) else {
+        if digest_recorded {
+            return Ok(());
+        }
         tracing::warn!(
             trained_on = %trained_on.display(),
             "the model's training vocabularies cannot be read: only vocabulary sizes are checked"

@@ -69,6 +69,14 @@ pub enum TrainError {
         #[source]
         source: crate::metrics::MetricError,
     },
+    #[error("{0}: is a file this command reads (of the model's directory or of the dataset): choose another --out")]
+    OutputIsInput(PathBuf),
+    /// A saved model whose scores are NaN: `eval` and `predict` refuse it alike.
+    #[error(
+        "{path}: the model's scores of the {set} set are not finite ({nan} of {total} are NaN): its parameters hold \
+         NaN or infinity (a damaged file, or a run that diverged)"
+    )]
+    ScoresNotFinite { path: PathBuf, set: &'static str, nan: usize, total: usize },
     #[error("the {set} set has only one class; AUC is undefined")]
     OneClass { set: &'static str },
     #[error(
@@ -166,6 +174,8 @@ impl TrainError {
                 | Self::ValidationTooSmall { .. }
                 | Self::TestSetUnscorable { .. }
                 | Self::Scores { .. }
+                | Self::ScoresNotFinite { .. }
+                | Self::OutputIsInput(_)
                 | Self::NoInterests { .. }
                 | Self::RetrievalListTooLong { .. }
                 | Self::NoValidationSplit { .. }
@@ -235,6 +245,11 @@ pub struct Summary {
     /// The step whose parameters `model.safetensors` holds: the last one, or with
     /// `train.restore_best` the selected checkpoint's.
     pub model_step: u64,
+    /// The digest of the vocabularies the model was trained with ([`crate::data::vocab::Vocabularies::digest`]):
+    /// `eval` and `predict` refuse a dataset whose ids mean other users, items or categories
+    /// (absent from runs written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocabularies: Option<String>,
 }
 
 /// The model selected by validation AUC among the run's checkpoints.

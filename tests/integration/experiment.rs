@@ -106,6 +106,16 @@ fn an_interrupted_sweep_resumes_without_redoing_finished_runs() {
             == std::fs::read(planned.run.dir.join("model.safetensors")).unwrap(),
         "started again, it ends as an uninterrupted run"
     );
+    // A finished run that lost its config.toml: trained again, it ends at once with the summary
+    // it had, and gets its configuration back.
+    let first = moved.join("micn.phi=0.1/repeat-0");
+    let summary = read(&first.join("summary.json"));
+    std::fs::remove_file(first.join("config.toml")).unwrap();
+    let again = run_ok(&mut sweep_cmd(&base, &moved, &[]));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("1 runs trained, 1 finished earlier"), "{stdout}");
+    assert_eq!(read(&first.join("summary.json")), summary);
+    assert!(first.join("config.toml").is_file());
 }
 
 fn read_lines(path: &Path) -> usize {

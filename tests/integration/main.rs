@@ -69,6 +69,15 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// A copy of the directory `from` (files only) at `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 /// DIEN + MICN on the small shared synthetic dataset, one thread, writing to `run`; `extra` are
 /// further `--set` overrides (applied last).
 pub fn small_config(run: &Path, extra: &[&str]) -> micn::config::Config {

@@ -150,3 +150,45 @@ fn predict_refuses_an_output_it_cannot_name_the_format_of_and_writes_nothing_on_
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/no/such/run"));
     assert!(!missing.exists() && !out.exists());
 }
+
+/// `path`, a safetensors file, with the first value of its f32 tensor `name` set to NaN.
+fn poison(path: &Path, name: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32", "{header}");
+    let at = 8 + len + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_model_that_scores_nan_and_an_output_that_is_an_input_are_refused_by_eval_and_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cfg = crate::small_config(&run, &["train.max_steps=2", "train.epochs=1"]);
+    cfg.data.dir = tmp.path().join("data");
+    crate::copy_dir(&crate::train::dataset_dir(), &cfg.data.dir);
+    train_from(&cfg, &SingleProcess, &Resume::Fresh).unwrap();
+    // predict would replace what it reads: the run's model, or a file of its dataset.
+    let model = run.join("model.safetensors");
+    for input in [model.clone(), cfg.data.dir.join("items.tsv")] {
+        let before = std::fs::read(&input).unwrap();
+        let args = ["predict", "--format", "csv", "--run", run.to_str().unwrap(), "--out", input.to_str().unwrap()];
+        let refused = Command::new(micn_bin()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(&format!("{}: is a file this command reads", input.display())), "{stderr}");
+        assert_eq!(std::fs::read(&input).unwrap(), before);
+    }
+    poison(&model, "main.head.output.bias");
+    let out = tmp.path().join("scores.csv");
+    for args in [&["eval", "--run"][..], &["predict", "--out", out.to_str().unwrap(), "--run"]] {
+        let refused = Command::new(micn_bin()).args(args).arg(&run).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{args:?}: {stderr}");
+        let says = format!("{}: the model's scores of the test set are not finite (", model.display());
+        assert!(stderr.contains(&says) && stderr.contains("are NaN)"), "{args:?}: {stderr}");
+    }
+    assert!(!out.exists());
+}

@@ -153,15 +153,28 @@ fn eval_on_another_dataset_applies_the_checks_of_train() {
     assert!(e.contains("data.max_hist_len = 10") && e.contains("at most 5"), "{e}");
     // The same dataset under another path is fine, and scores what the run scored.
     let copy = tmp.path().join("copy");
-    std::fs::create_dir(&copy).unwrap();
-    for entry in std::fs::read_dir(dataset_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
-    }
+    crate::copy_dir(&dataset_dir(), &copy);
     let out = micn(&["eval", "--json", "--run"]).arg(&run).arg("--data").arg(&copy).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(scored["auc"], summary(&run)["test_auc"]);
+    // Another dataset prepared where the run's data.dir points: the vocabularies' digest recorded
+    // with the model (in its summary and in every checkpoint) tells it from the one trained on.
+    let here = tmp.path().join("here");
+    crate::copy_dir(&dataset_dir(), &here);
+    let run_here = tmp.path().join("run-here");
+    train_cli(&run_here, &["train.max_steps=4", &format!("data.dir={:?}", here.display().to_string())]);
+    std::fs::remove_dir_all(&here).unwrap();
+    crate::copy_dir(&other, &here);
+    let checkpoint = run_here.join("checkpoints/step-00000004");
+    assert!(checkpoint.join("COMPLETE").exists());
+    for (flag, saved) in [("--run", &run_here), ("--checkpoint", &checkpoint)] {
+        let out = micn(&["eval", flag]).arg(saved).output().unwrap();
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{flag}: {e}");
+        assert!(e.contains(&format!("{}: its vocabularies (digest ", here.display())), "{flag}: {e}");
+        assert!(e.contains("are not those recorded with the model"), "{flag}: {e}");
+    }
 }
 
 #[test]
