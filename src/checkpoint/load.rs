@@ -298,7 +298,8 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointEr
 /// [`load_tensors_like`]). Use instead of `VarStore::load`, which adopts a relabelled tensor's
 /// dtype and so panics later inside libtorch.
 pub fn load_var_store(vs: &mut VarStore, path: &Path) -> Result<(), CheckpointError> {
-    let variables = vs.variables();
+    // By name, so that a file of another model is refused naming the same tensor every time.
+    let variables: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let saved = load_tensors_like(path, variables.iter().map(|(name, t)| (name.clone(), t)))?;
     for (name, mut variable) in variables {
         let source = &saved[&name];

@@ -45,7 +45,8 @@ pub struct Pretrained {
 }
 
 impl Pretrained {
-    /// Read `path` (safetensors with [`PRETRAINED_ITEMS`] and [`PRETRAINED_CENTRES`], f32), for a
+    /// Read `path` (safetensors with [`PRETRAINED_ITEMS`] and [`PRETRAINED_CENTRES`], f32; or the
+    /// model file of an MFN trained with pretrained ones, which keeps them as buffers), for a
     /// model over `items` items with `k` centres.
     pub fn read(path: &Path, items: i64, k: i64) -> Result<Self, ModelError> {
         let error = |why: String| ModelError::Pretrained { path: path.to_path_buf(), why };
@@ -54,8 +55,12 @@ impl Pretrained {
             let why = e.to_string();
             error(why.strip_prefix(&format!("{}: ", path.display())).map_or(why.clone(), str::to_string))
         })?;
-        let mut take = |name: &str| tensors.remove(name).ok_or_else(|| error(format!("has no tensor `{name}`")));
-        let (e, c) = (take(PRETRAINED_ITEMS)?, take(PRETRAINED_CENTRES)?);
+        let mut take = |name: &str, saved: &str| {
+            let saved = format!("{}.{saved}", crate::network::MAIN_PATH);
+            (tensors.remove(name).or_else(|| tensors.remove(&saved)))
+                .ok_or_else(|| error(format!("has no tensor `{name}`")))
+        };
+        let (e, c) = (take(PRETRAINED_ITEMS, FIXED_ITEMS)?, take(PRETRAINED_CENTRES, CENTRES)?);
         let (es, cs) = (e.size(), c.size());
         if e.kind() != Kind::Float || c.kind() != Kind::Float || es.len() != 2 || cs.len() != 2 {
             return Err(error(format!("needs two f32 matrices, has {:?} {es:?} and {:?} {cs:?}", e.kind(), c.kind())));

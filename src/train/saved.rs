@@ -83,6 +83,11 @@ impl Saved {
             (cfg, summary.and_then(|s| s["vocabularies"].as_str().map(String::from)))
         };
         let trained_on = cfg.data.dir.clone();
+        // MFN's pretrained E and C are buffers of the model file: read from there, so that
+        // scoring needs no other file (nor is changed by one that changed since).
+        if cfg.model.mfn_pretrained.is_some() {
+            cfg.model.mfn_pretrained = Some(RunDir::new(dir).model());
+        }
         if let Some(choice) = device {
             cfg.device = choice;
         }
@@ -90,6 +95,10 @@ impl Saved {
             cfg.data.dir = d.to_path_buf();
         }
         let device = pick_device(cfg.device, comm.local_rank())?;
+        if data_dir.is_none() && !cfg.data.dir.join("dataset.json").exists() {
+            let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
+            return Err(TrainError::DatasetGone { saved: dir.to_path_buf(), data: cfg.data.dir.clone(), relative });
+        }
         let dataset = Dataset::open(&cfg.data.dir)?;
         check_history(&cfg, &dataset)?;
         if cfg.data.dir != trained_on {

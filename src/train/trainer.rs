@@ -71,6 +71,11 @@ pub enum TrainError {
     },
     #[error("{0}: is a file this command reads (of the model's directory or of the dataset): choose another --out")]
     OutputIsInput(PathBuf),
+    #[error(
+        "{data}: no dataset there (no dataset.json), and {saved} was trained on it (its data.dir{relative}): give the \
+         dataset with --data DIR"
+    )]
+    DatasetGone { saved: PathBuf, data: PathBuf, relative: &'static str },
     /// A saved model whose scores are NaN: `eval` and `predict` refuse it alike.
     #[error(
         "{path}: the model's scores of the {set} set are not finite ({nan} of {total} are NaN): its parameters hold \
@@ -176,6 +181,7 @@ impl TrainError {
                 | Self::Scores { .. }
                 | Self::ScoresNotFinite { .. }
                 | Self::OutputIsInput(_)
+                | Self::DatasetGone { .. }
                 | Self::NoInterests { .. }
                 | Self::RetrievalListTooLong { .. }
                 | Self::NoValidationSplit { .. }

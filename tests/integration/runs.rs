@@ -175,6 +175,14 @@ fn eval_on_another_dataset_applies_the_checks_of_train() {
         assert!(e.contains(&format!("{}: its vocabularies (digest ", here.display())), "{flag}: {e}");
         assert!(e.contains("are not those recorded with the model"), "{flag}: {e}");
     }
+    // Its dataset gone: said as such, with the way out.
+    std::fs::remove_dir_all(&here).unwrap();
+    let out = micn(&["eval", "--run"]).arg(&run_here).output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    let says =
+        format!("{}: no dataset there (no dataset.json), and {} was trained on it", here.display(), run_here.display());
+    assert!(e.contains(&says) && e.contains("give the dataset with --data DIR"), "{e}");
 }
 
 #[test]

@@ -209,8 +209,11 @@ fn every_model_exported_to_onnx_scores_in_onnxruntime_as_micn_predict() {
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(3), "{stderr}");
-            assert!(stderr.contains("shorter.onnx takes histories of 4 behaviours; these have 10"), "{stderr}");
-            assert!(stderr.contains("--max-hist-len 4"), "{stderr}");
+            // Refused for the history length its model's run trained on, which score compares with
+            // (an export cut to 4 would be refused next, for that same reason).
+            assert!(stderr.contains("shorter.onnx takes histories of 4 behaviours, and the run of "), "{stderr}");
+            assert!(stderr.contains("trained on 10 (data.max_hist_len)"), "{stderr}");
+            assert!(stderr.contains("python -m micn_twin onnx "), "{stderr}");
             // The weights alone do not say the history length.
             let bare = tmp.path().join("bare.safetensors");
             std::fs::copy(run.join("model.safetensors"), &bare).unwrap();
@@ -783,6 +786,13 @@ fn mfn_trains_with_centres_pretrained_from_a_din_run_and_the_twin_scores_it() {
     run_ok(Command::new(micn_bin()).args(["predict", "--run"]).arg(&mfn).arg("--out").arg(&predicted));
     run_ok(twin(&["score", "--export"]).arg(&export).arg(&mfn).arg("--out").arg(&twin_scores));
     assert_same_scores("MFN with pretrained centres", &read_scores(&predicted), &read_scores(&twin_scores));
+    // Scoring takes E and C from the model file: the centres file is not needed any more.
+    let moved = tmp.path().join("centres-moved.safetensors");
+    std::fs::rename(&centres, &moved).unwrap();
+    let again = tmp.path().join("again.csv");
+    run_ok(Command::new(micn_bin()).args(["predict", "--run"]).arg(&mfn).arg("--out").arg(&again));
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&predicted).unwrap());
+    std::fs::rename(&moved, &centres).unwrap();
 
     // Four centres asked of a file with three: refused, naming the file and the key.
     let other_run = format!("run.dir={:?}", tmp.path().join("mfn4").display().to_string());
