@@ -168,7 +168,7 @@ fn a_model_that_scores_nan_and_an_output_that_is_an_input_are_refused_by_eval_an
     let run = tmp.path().join("run");
     let mut cfg = crate::small_config(&run, &["train.max_steps=2", "train.epochs=1"]);
     cfg.data.dir = tmp.path().join("data");
-    crate::copy_dir(&crate::train::dataset_dir(), &cfg.data.dir);
+    crate::copy_dir(crate::train::dataset_dir(), &cfg.data.dir);
     train_from(&cfg, &SingleProcess, &Resume::Fresh).unwrap();
     // predict would replace what it reads: the run's model, or a file of its dataset.
     let model = run.join("model.safetensors");

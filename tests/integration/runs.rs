@@ -153,7 +153,7 @@ fn eval_on_another_dataset_applies_the_checks_of_train() {
     assert!(e.contains("data.max_hist_len = 10") && e.contains("at most 5"), "{e}");
     // The same dataset under another path is fine, and scores what the run scored.
     let copy = tmp.path().join("copy");
-    crate::copy_dir(&dataset_dir(), &copy);
+    crate::copy_dir(dataset_dir(), &copy);
     let out = micn(&["eval", "--json", "--run"]).arg(&run).arg("--data").arg(&copy).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -161,7 +161,7 @@ fn eval_on_another_dataset_applies_the_checks_of_train() {
     // Another dataset prepared where the run's data.dir points: the vocabularies' digest recorded
     // with the model (in its summary and in every checkpoint) tells it from the one trained on.
     let here = tmp.path().join("here");
-    crate::copy_dir(&dataset_dir(), &here);
+    crate::copy_dir(dataset_dir(), &here);
     let run_here = tmp.path().join("run-here");
     train_cli(&run_here, &["train.max_steps=4", &format!("data.dir={:?}", here.display().to_string())]);
     std::fs::remove_dir_all(&here).unwrap();
