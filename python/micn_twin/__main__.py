@@ -184,11 +184,12 @@ def scoring_net(args, model):
         check_same_model(args.onnx, "onnx", net.model_kind, net.vocabularies or {}, model, args.model)
         # Scores comparable with micn predict's need histories as long as the run trained on,
         # which a file for shorter ones cannot take.
-        trained = net.trained_history_length or history_length(args.model)
+        trained = history_length(args.model) or net.trained_history_length
         if net.history_length is not None and trained is not None and net.history_length < trained:
             raise FileFormatError(f"{args.onnx} takes histories of {net.history_length} behaviours, and the run of "
                                   f"{args.model} trained on {trained} (data.max_hist_len), which score compares "
-                                  f"with: write one for them: `python -m micn_twin onnx {args.model} --out FILE`")
+                                  f"with micn predict at: write one for them: "
+                                  f"`python -m micn_twin onnx {args.model} --out FILE`")
         return net, recorded_length(args.onnx, net.trained_history_length)
     return model, ()
 

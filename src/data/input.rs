@@ -192,9 +192,9 @@ fn not_lines(head: &[u8], gzip: bool) -> Option<String> {
                 .into(),
         );
     }
-    let first = &head[..head.iter().position(|&b| b == b'\n').unwrap_or(head.len())];
-    let first = first.strip_suffix(b"\r").unwrap_or(first);
-    first.contains(&b'\r').then(|| {
+    // No line feed at all, and a carriage return before the text's end.
+    let cr_only = !head.contains(&b'\n') && head.trim_ascii_end().contains(&b'\r');
+    cr_only.then(|| {
         "its lines end in a carriage return alone (old Mac line endings), not a line feed: convert them first, \
          e.g. `tr '\\r' '\\n' < FILE > FILE.unix`"
             .into()
@@ -571,6 +571,9 @@ mod tests {
         assert_eq!(read_all(&cr, Strictness::Strict).unwrap().0, [(1, 2), (2, 2)]);
         std::fs::write(&cr, b"ab\r").unwrap();
         assert_eq!(read_all(&cr, Strictness::Strict).unwrap().0, [(1, 2)]);
+        // A stray carriage return inside a line that ends in a line feed is the line's own.
+        std::fs::write(&cr, b"a\rb\ncd\n").unwrap();
+        assert_eq!(read_all(&cr, Strictness::Strict).unwrap().0, [(1, 3), (2, 2)]);
     }
 
     #[test]

@@ -80,9 +80,6 @@ pub struct LeftOut {
 pub struct Found {
     pub runs: Vec<Run>,
     pub left_out: Vec<LeftOut>,
-    /// Directories walked, by their real path: a link to one (or to a directory above it) is
-    /// not walked again, so links that loop end the walk.
-    walked: BTreeSet<PathBuf>,
 }
 
 /// `dir`'s real path (itself where it has none).
@@ -97,7 +94,7 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
         if !dir.is_dir() {
             let why = if dir.exists() { "not a directory" } else { "no such directory" };
             found.left_out.push(LeftOut { dir: dir.clone(), why: why.into() });
-        } else if !visit(dir, &mut found) {
+        } else if !visit(dir, &mut found, &mut Vec::new()) {
             found
                 .left_out
                 .push(LeftOut { dir: dir.clone(), why: "not a run directory (no config.toml) and holds none".into() });
@@ -107,7 +104,9 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
 }
 
 /// Record `dir` if it is a run, else look below it; true when it is or holds a run (or a report).
-fn visit(dir: &Path, found: &mut Found) -> bool {
+/// `ancestors`: the real paths of the directories above `dir` in this walk; a link back to one
+/// of them is not followed, so links that loop end the walk.
+fn visit(dir: &Path, found: &mut Found, ancestors: &mut Vec<PathBuf>) -> bool {
     if RunDir::new(dir).holds_run() {
         // Overlapping arguments (`OUT OUT/point`) name some runs twice; count them once.
         let seen = |d: &Path| canonical(d) == canonical(dir);
@@ -126,18 +125,19 @@ fn visit(dir: &Path, found: &mut Found) -> bool {
     // A report's own directory is neither a run nor left out; runs beside its files still count
     // (`micn report DIR --out DIR`).
     let report = dir.join("report.md").is_file();
-    found.walked.insert(canonical(dir));
+    ancestors.push(canonical(dir));
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
     subdirs.sort();
     let mut held: Vec<(PathBuf, bool)> = Vec::new();
     for sub in subdirs {
-        if RunDir::new(&sub).holds_run() || !found.walked.contains(&canonical(&sub)) {
-            let holds = visit(&sub, found);
+        if !ancestors.contains(&canonical(&sub)) {
+            let holds = visit(&sub, found, ancestors);
             held.push((sub, holds));
         }
     }
+    ancestors.pop();
     if !held.iter().any(|(_, holds)| *holds) {
         return report;
     }
@@ -170,10 +170,17 @@ pub(super) fn read_run(dir: &Path) -> Result<Run, String> {
         ));
     }
     let number = |key: &str| summary[key].as_f64().ok_or_else(|| format!("summary.json: no number {key}"));
-    // The model selected by validation AUC, where the run has one; else the final model.
-    let selected = |key: &str| match &summary["selected"] {
-        serde_json::Value::Null => number(key),
-        chosen => chosen[key].as_f64().ok_or_else(|| format!("summary.json: no number selected.{key}")),
+    // The model selected by validation AUC, where the run has one; else the final model. An
+    // undefined metric (a GAUC with no user of both classes) is `null`: NaN in the table.
+    let selected = |key: &str| {
+        let (value, name) = match &summary["selected"] {
+            serde_json::Value::Null => (summary.get(key), key.to_string()),
+            chosen => (chosen.get(key), format!("selected.{key}")),
+        };
+        match value {
+            Some(serde_json::Value::Null) if key != "test_auc" => Ok(f64::NAN),
+            value => value.and_then(serde_json::Value::as_f64).ok_or_else(|| format!("summary.json: no number {name}")),
+        }
     };
     let mut run = Run {
         dir: dir.to_path_buf(),
@@ -824,6 +831,14 @@ mod tests {
         let file = run.join("summary.json");
         let found = discover(std::slice::from_ref(&file));
         assert_eq!(found.left_out[0].why, "not a directory");
+        // Overlapping arguments, the run's own directory first: found once, nothing left out.
+        let found = discover(&[run.clone(), tree.clone()]);
+        assert_eq!((found.runs.len(), found.left_out.len()), (1, 0), "{found:?}");
+        // An undefined GAUC (no user of both classes) is `null`: the run counts, with NaN.
+        let summary = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, summary.replace("\"test_gauc\": 0.69", "\"test_gauc\": null")).unwrap();
+        let found = discover(&[tree]);
+        assert!(found.runs.len() == 1 && found.runs[0].test_gauc.is_nan(), "{found:?}");
     }
 
     #[test]

@@ -607,16 +607,17 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
                 ))?;
                 trained += 1;
             }
-            // Ended as asked (status 0) yet not finished, with no signal to this sweep: stopped
-            // by a signal sent to the run alone, which its summary records.
+            // Ended as asked (status 0), yet not finished as the report reads runs, with no signal
+            // to this sweep or to the run alone (its summary would say): what is wrong, said.
             _ if status.success() && !interrupter.is_stopped() && !stopped_by_signal(run) => {
+                let why = super::report::read_run(&run.dir).err().unwrap_or_else(|| state.to_string());
                 return Err(SweepError::RunFailed {
                     dir: run.dir.clone(),
-                    status: format!("{status}, yet it left no finished run there ({state})"),
+                    status: format!("{status}, yet the run there is not finished as the report reads it: {why}"),
                     tail: tail(&log, 15),
                     log,
                     input: true,
-                })
+                });
             }
             _ if status.success() || interrupter.is_stopped() => {
                 // A signal in the run's first moments ends it before it can checkpoint.

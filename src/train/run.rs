@@ -264,8 +264,9 @@ enum StartPoint {
     /// From a checkpoint: its directory and state.
     Checkpoint(PathBuf, checkpoint::State),
     /// Nowhere: the run ended at the checkpoint it would resume from and nothing is left to
-    /// train (a requeued job that had finished); its summary, as written, and nothing rewritten.
-    Finished(Summary),
+    /// train (a requeued job that had finished); its summary, as written, and nothing rewritten;
+    /// and the configuration the checkpoint was trained with.
+    Finished(Summary, Box<Config>),
 }
 
 /// Rank 0 picks the checkpoint to resume from, every rank checks it and learns the same path.
@@ -340,7 +341,7 @@ fn resume_point(
     let stops_early_again = patience.1 > 0 && patience.1 <= patience.0;
     if let Some(summary) = ended_at(comm, &run_dir, state.step)? {
         if state.step >= total_steps || (summary.early_stopped && stops_early_again) {
-            return Ok(StartPoint::Finished(summary));
+            return Ok(StartPoint::Finished(summary, Box::new(saved)));
         }
     }
     // Later checkpoints of this run directory belong to the history this resume leaves, and the
@@ -657,16 +658,19 @@ impl<'a> Run<'a> {
         let (lock, resume) = claim_run_dir(cfg, comm, resume)?;
         let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
         let resumed = match resume_point(cfg, comm, &resume, dataset, total_steps)? {
-            StartPoint::Finished(summary) => {
+            StartPoint::Finished(summary, trained) => {
                 tracing::info!(
                     steps = summary.steps,
                     "the run ended at this step already (its last step, or an early stop) and nothing is left to \
                      train: its summary and model stay as they are"
                 );
-                // A run directory tells a run by its configuration: one that lost it gets it back.
+                // A run directory tells a run by its configuration: one that lost it gets back the
+                // one it was trained with, where it now lies.
                 let config = RunDir::new(&cfg.run.dir).config();
                 if comm.rank() == 0 && !config.is_file() {
-                    crate::io_error::replace_file(&config, |tmp| std::fs::write(tmp, cfg.to_toml()))?;
+                    let mut trained = *trained;
+                    (trained.run.dir, trained.data.dir) = (cfg.run.dir.clone(), cfg.data.dir.clone());
+                    crate::io_error::replace_file(&config, |tmp| std::fs::write(tmp, trained.to_toml()))?;
                     tracing::warn!(path = %config.display(), "the run's configuration was missing: written again");
                 }
                 return Ok(Started::Finished(Box::new(summary)));

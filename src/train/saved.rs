@@ -101,20 +101,21 @@ impl Saved {
         }
         let dataset = Dataset::open(&cfg.data.dir)?;
         check_history(&cfg, &dataset)?;
-        if cfg.data.dir != trained_on {
-            check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset, recorded.is_some())?;
-        }
-        // Also where `data.dir` is the path trained on: a dataset prepared there again since.
-        let digest = dataset.vocab.digest();
-        if let Some(recorded) = recorded.filter(|r| *r != digest) {
-            return Err(TrainError::VocabularyMismatch {
-                path: cfg.data.dir.clone(),
-                trained_on,
-                detail: format!(
-                    "its vocabularies (digest {digest}) are not those recorded with the model (digest {recorded}; \
-                     prepared again since?)"
-                ),
-            });
+        // The digest recorded with the model decides (also where `data.dir` is the path trained
+        // on, and a dataset was prepared there again since); the dataset at the path trained on,
+        // where it still is the one, names the first difference. A model from before digests
+        // were kept is compared with that path's vocabularies.
+        match recorded {
+            Some(recorded) if recorded != dataset.vocab.digest() => {
+                let original = crate::data::vocab::Vocabularies::read(&trained_on).ok();
+                if cfg.data.dir != trained_on && original.is_some_and(|v| v.digest() == recorded) {
+                    check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset)?;
+                }
+                return Err(TrainError::VocabulariesChanged { path: cfg.data.dir.clone(), saved: dir.to_path_buf() });
+            }
+            Some(_) => {}
+            None if cfg.data.dir != trained_on => check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset)?,
+            None => {}
         }
         let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
         // A checkpoint directory keeps its model under the same name as a run directory.
@@ -235,7 +236,11 @@ pub fn predict(
     (out, format): (&Path, Format),
 ) -> Result<Predicted, TrainError> {
     let saved = Saved::load(dir, data_dir, device, comm)?;
-    check_not_an_input(out, &[dir, &saved.cfg.data.dir])?;
+    let model_files = ["model.safetensors", "state.json", "manifest.json", "config.toml", "summary.json"];
+    let data = &saved.dataset;
+    let data_files = std::iter::once("dataset.json").chain(data.meta.files().into_iter().map(|(name, _)| name));
+    let inputs = model_files.iter().map(|f| dir.join(f)).chain(data_files.map(|f| data.dir.join(f)));
+    check_not_an_input(out, inputs)?;
     let ids = saved.ids(split)?;
     let set = eval_set(split, &ids);
     let scores = score(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len)?;
@@ -276,16 +281,16 @@ pub fn predict(
     Ok(Predicted { out: out.to_path_buf(), samples: scores.ids.len() as u64, split: set.name() })
 }
 
-/// Refuse an `out` that is one of the files in `dirs` (the model's directory, the dataset's), which
-/// writing it would replace before the next command reads them.
-fn check_not_an_input(out: &Path, dirs: &[&Path]) -> Result<(), TrainError> {
+/// Refuse an `out` that is one of `inputs` (the saved model's files, the dataset's), which writing
+/// it would replace before the next command reads them; other files beside them (an earlier
+/// prediction) may be replaced.
+fn check_not_an_input(out: &Path, mut inputs: impl Iterator<Item = PathBuf>) -> Result<(), TrainError> {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(target) = std::fs::metadata(out) else { return Ok(()) };
     let is_target = |path: PathBuf| {
         std::fs::metadata(path).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (target.dev(), target.ino()))
     };
-    let mut files = dirs.iter().flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten());
-    match files.any(|entry| is_target(entry.path())) {
+    match inputs.any(is_target) {
         true => Err(TrainError::OutputIsInput(out.to_path_buf())),
         false => Ok(()),
     }
@@ -630,19 +635,10 @@ fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// A model scores another dataset only if its ids mean the same users, items and categories:
 /// the vocabularies must equal those of the dataset it was trained on (only its vocabulary files
-/// are read, not its archives). When that dataset is gone, the vocabularies' digest recorded with
-/// the model (`digest_recorded`) is what is checked; a model from before it was kept has only the
-/// sizes checked (by the model file's table shapes at load).
-fn check_same_vocabularies(
-    trained_on: &Path,
-    given: &Path,
-    dataset: &Dataset,
-    digest_recorded: bool,
-) -> Result<(), TrainError> {
+/// are read, not its archives). When that dataset is gone, only the sizes can be checked (by the
+/// model file's table shapes at load).
+fn check_same_vocabularies(trained_on: &Path, given: &Path, dataset: &Dataset) -> Result<(), TrainError> {
     let Ok(original) = crate::data::vocab::Vocabularies::read(trained_on) else {
-        if digest_recorded {
-            return Ok(());
-        }
         tracing::warn!(
             trained_on = %trained_on.display(),
             "the model's training vocabularies cannot be read: only vocabulary sizes are checked"

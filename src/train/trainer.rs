@@ -69,7 +69,7 @@ pub enum TrainError {
         #[source]
         source: crate::metrics::MetricError,
     },
-    #[error("{0}: is a file this command reads (of the model's directory or of the dataset): choose another --out")]
+    #[error("{0}: is a file this command reads (the saved model's or the dataset's): choose another --out")]
     OutputIsInput(PathBuf),
     #[error(
         "{data}: no dataset there (no dataset.json), and {saved} was trained on it (its data.dir{relative}): give the \
@@ -100,6 +100,12 @@ pub enum TrainError {
          users, items or categories"
     )]
     VocabularyMismatch { path: PathBuf, trained_on: PathBuf, detail: String },
+    #[error(
+        "{path}: its vocabularies are not those {saved} was trained with (their digest, recorded with the model, \
+         differs): its ids would mean other users, items or categories; give the dataset it was trained on with \
+         --data DIR"
+    )]
+    VocabulariesChanged { path: PathBuf, saved: PathBuf },
     /// What only rank 0 does (claim the run directory, write a checkpoint) failed there; rank 0
     /// reports why. `input`: its error is one that retrying cannot fix.
     #[error("rank 0 could not {what}; its error says why")]
@@ -173,6 +179,7 @@ impl TrainError {
                 | Self::ResumeIntoAnotherRun { .. }
                 | Self::ResumeFromAbandoned { .. }
                 | Self::VocabularyMismatch { .. }
+                | Self::VocabulariesChanged { .. }
                 | Self::TooFewSamples { .. }
                 | Self::HistoryTooShort { .. }
                 | Self::OneClass { .. }
@@ -204,9 +211,12 @@ pub struct EvalResult {
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
-    /// Test metrics of the final model.
+    /// Test metrics of the final model (an undefined one, NaN, is `null` in JSON).
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_auc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_gauc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_logloss: f64,
     /// Validation AUC of the final model (none without a validation split, or after a stop).
     pub valid_auc: Option<f64>,
@@ -264,9 +274,18 @@ pub struct Selected {
     pub step: u64,
     pub checkpoint: String,
     pub valid_auc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_auc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_gauc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_logloss: f64,
+}
+
+/// A metric that JSON holds as `null` where it is undefined (serde_json writes NaN so: a GAUC
+/// with no user of both classes), read back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The device a rank trains on: `cuda` picks GPU `local_rank mod device_count`. Logs the choice
@@ -553,4 +572,27 @@ pub(super) fn validation_split(cfg: &Config, dataset: &Dataset) -> Result<shard:
         });
     }
     Ok(split)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_with_an_undefined_metric_reads_back_as_written() {
+        // serde_json writes NaN as `null`; a finished run whose GAUC is undefined must still be
+        // read as finished (else `--resume auto` would train its end again).
+        let text = r#"{"test_auc": 0.7, "test_gauc": null, "test_logloss": 0.6, "valid_auc": null,
+            "selected": {"step": 4, "checkpoint": "c", "valid_auc": 0.7, "test_auc": 0.7, "test_gauc": null,
+            "test_logloss": 0.6}, "steps": 4, "epochs_completed": 0, "samples_per_sec": 1.0,
+            "steady_samples_per_sec": 1.0, "seconds": 1.0, "resumed_from_step": null, "world_size": 1,
+            "oracle_auc": null, "model": "din", "micn": false, "comm_share": 0.0, "update_share": 0.0,
+            "bytes_sent_per_step": 0.0, "transfers_per_step": 0.0, "replica_digest": "0", "stopped_by_signal": false,
+            "early_stopped": false, "model_step": 4}"#;
+        let s: Summary = serde_json::from_str(text).unwrap();
+        assert!(s.test_gauc.is_nan() && s.selected.unwrap().test_gauc.is_nan() && s.test_auc == 0.7);
+        assert!(serde_json::to_string(&Summary { test_gauc: f64::NAN, ..serde_json::from_str(text).unwrap() })
+            .unwrap()
+            .contains("\"test_gauc\":null"));
+    }
 }

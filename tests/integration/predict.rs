@@ -181,6 +181,11 @@ fn a_model_that_scores_nan_and_an_output_that_is_an_input_are_refused_by_eval_an
         assert!(stderr.contains(&format!("{}: is a file this command reads", input.display())), "{stderr}");
         assert_eq!(std::fs::read(&input).unwrap(), before);
     }
+    // An earlier prediction beside the model is replaced, as any output is.
+    let beside = run.join("test.csv");
+    for _ in 0..2 {
+        run_ok(Command::new(micn_bin()).args(["predict", "--run"]).arg(&run).arg("--out").arg(&beside));
+    }
     poison(&model, "main.head.output.bias");
     let out = tmp.path().join("scores.csv");
     for args in [&["eval", "--run"][..], &["predict", "--out", out.to_str().unwrap(), "--run"]] {

@@ -172,9 +172,19 @@ fn eval_on_another_dataset_applies_the_checks_of_train() {
         let out = micn(&["eval", flag]).arg(saved).output().unwrap();
         let e = stderr(&out);
         assert_eq!(out.status.code(), Some(3), "{flag}: {e}");
-        assert!(e.contains(&format!("{}: its vocabularies (digest ", here.display())), "{flag}: {e}");
-        assert!(e.contains("are not those recorded with the model"), "{flag}: {e}");
+        assert!(
+            e.contains(&format!(
+                "{}: its vocabularies are not those {} was trained with",
+                here.display(),
+                saved.display()
+            )),
+            "{flag}: {e}"
+        );
+        assert!(e.contains("give the dataset it was trained on with --data DIR"), "{flag}: {e}");
     }
+    // The dataset trained on, given with --data (a copy): scored, whatever its path holds now.
+    let out = micn(&["eval", "--json", "--run"]).arg(&run_here).arg("--data").arg(&copy).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     // Its dataset gone: said as such, with the way out.
     std::fs::remove_dir_all(&here).unwrap();
     let out = micn(&["eval", "--run"]).arg(&run_here).output().unwrap();
