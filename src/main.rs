@@ -984,6 +984,7 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
 fn predict(args: PredictArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     use micn::train::saved::Format;
     let PredictArgs { saved, out, format } = args;
+    ensure_usage!(!out.is_dir(), "--out {}: is a directory; name a file (in it, say)", out.display());
     let format = format.or_else(|| Format::of(&out)).ok_or_else(|| {
         UsageError(format!("--out {}: give --format csv|jsonl, or a name ending in .csv or .jsonl", out.display()))
     })?;

@@ -162,6 +162,11 @@ impl SweepSpec {
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let file: SweepFile = toml::from_str(&text).map_err(|e| fail(e.to_string().trim().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        for (key, value) in [("repeats", file.repeats), ("np", file.np)] {
+            if value == Some(0) {
+                return Err(fail(format!("{key} = 0: must be at least 1")));
+            }
+        }
         let sets = crate::config::flatten(&file.set)
             .into_iter()
             .map(|(key, value)| {
@@ -830,6 +835,9 @@ mod tests {
         std::fs::write(&file, "configs = [\"../base.toml\"]\n[grid]\n\"micn.phi\" = 0.1\n").unwrap();
         let e = SweepSpec::from_file(&file).unwrap_err().to_string();
         assert!(e.contains("micn.phi") && e.contains("list"), "{e}");
+        std::fs::write(&file, "configs = [\"../base.toml\"]\nrepeats = 0\n").unwrap();
+        let e = SweepSpec::from_file(&file).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: repeats = 0: must be at least 1", file.display()));
     }
 
     #[test]

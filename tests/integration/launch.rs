@@ -370,8 +370,9 @@ fn an_input_error_exits_3_through_mpirun_and_the_launcher_does_not_restart_it() 
 fn a_crashed_job_is_restarted_with_the_same_command_and_launch_id_and_says_so() {
     let (code, stdout, stderr) = launch_script(
         &["--max-restarts", "1", "--restart-backoff", "0"],
-        // Rank 1 ends last, so that mpirun has rank 0's line before it stops the job.
-        r#"echo "started as $MICN_LAUNCH_ID with: $*"; [ "$OMPI_COMM_WORLD_RANK" = 0 ] || sleep 1; exit 1"#,
+        // Rank 1 ends last (mpirun ends it when rank 0 fails), so that mpirun has rank 0's line
+        // before it stops the job.
+        r#"echo "started as $MICN_LAUNCH_ID with: $*"; [ "$OMPI_COMM_WORLD_RANK" = 0 ] || sleep 5; exit 1"#,
     );
     assert_eq!(code, Some(1), "{stderr}");
     let message = "restarting in 0 s: from the job's newest checkpoint if it wrote one, else as it first started \

@@ -149,6 +149,12 @@ fn predict_refuses_an_output_it_cannot_name_the_format_of_and_writes_nothing_on_
     assert_eq!(bad.status.code(), Some(3), "{}", String::from_utf8_lossy(&bad.stderr));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/no/such/run"));
     assert!(!missing.exists() && !out.exists());
+    // A directory: said so, not asked for a format.
+    let bad =
+        Command::new(micn_bin()).args(["predict", "--run", "/no/such/run", "--out"]).arg(tmp.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("--out {}: is a directory", tmp.path().display())), "{err}");
 }
 
 /// `path`, a safetensors file, with the first value of its f32 tensor `name` set to NaN.
