@@ -547,22 +547,33 @@ pub struct Written {
     pub left_out: Vec<LeftOut>,
 }
 
-/// A report written again must not keep figures the new one no longer draws: remove this
-/// module's own figure files (and nothing else) from a directory that holds an earlier report.
+/// A report written again must not keep figures the new one no longer draws: remove the figure
+/// files that the earlier `report.md` in `out` links to (and nothing else: a user's own file
+/// stays, whatever its name).
 fn remove_old_figures(out: &Path) -> std::io::Result<()> {
-    if !out.join("report.md").is_file() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(out)? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let figure = [".png", ".svg"].iter().any(|ext| name.ends_with(ext))
-            && (name.starts_with("loss.") || name.starts_with("auc-over-steps.") || name.starts_with("auc-vs-"));
-        if figure {
-            std::fs::remove_file(&path)?;
+    let earlier = match std::fs::read_to_string(out.join("report.md")) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in figure_links(&earlier) {
+        match std::fs::remove_file(out.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// The figure files a `report.md` links to: its image lines' `](NAME.png)` and `](NAME.svg)`
+/// targets that are plain file names.
+fn figure_links(md: &str) -> Vec<&str> {
+    md.lines()
+        .filter(|line| line.starts_with("!["))
+        .flat_map(|line| line.split("](").skip(1))
+        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
+        .filter(|t| (t.ends_with(".png") || t.ends_with(".svg")) && !t.contains(['/', '\\']) && !t.starts_with('.'))
+        .collect()
 }
 
 /// Find the runs under `dirs` and write `report.md`, `report.csv` and the figures into `out`,
@@ -857,11 +868,18 @@ mod tests {
         assert!(md.contains("4 finished runs") && md.contains("0.9000"), "{md}");
         // The report directory inside the swept one is neither a run nor "left out"; a figure the
         // new report does not draw is gone, other files stay.
-        std::fs::write(out.join("auc-vs-train.lr.png"), b"stale").unwrap();
-        std::fs::write(out.join("notes.txt"), b"mine").unwrap();
+        // The earlier report drew `auc-vs-train.lr`; `auc-vs-mine.png` is the user's own.
+        let mut earlier = md.clone();
+        earlier += "![auc-vs-train.lr](auc-vs-train.lr.png) ([SVG](auc-vs-train.lr.svg))\n";
+        std::fs::write(&written.markdown, earlier).unwrap();
+        for file in ["auc-vs-train.lr.png", "auc-vs-train.lr.svg", "auc-vs-mine.png", "notes.txt"] {
+            std::fs::write(out.join(file), b"earlier").unwrap();
+        }
         let again = write(&[root.path().to_path_buf()], &out).unwrap();
         assert!(again.left_out.is_empty(), "{:?}", again.left_out);
-        assert!(!out.join("auc-vs-train.lr.png").exists() && out.join("notes.txt").exists());
+        assert!(!out.join("auc-vs-train.lr.png").exists() && !out.join("auc-vs-train.lr.svg").exists());
+        assert!(out.join("notes.txt").exists() && out.join("auc-vs-mine.png").exists());
         assert!(out.join("auc-vs-micn.phi.png").exists());
+        assert_eq!(figure_links("![a](a.png) ([SVG](a.svg))\n![b](../b.png)\ntext](c.png)"), ["a.png", "a.svg"]);
     }
 }
