@@ -55,8 +55,9 @@ pub fn init(format: LogFormat, rank: usize) {
     let quiet = std::env::var(QUIET_RANKS_ENV).is_ok_and(|v| v == "1");
     let terminal_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level(rank, quiet)));
-    let ansi = std::io::stderr().is_terminal();
-    // On a terminal, log lines go above the training's progress bar ([`AboveBar`]).
+    // On a terminal, text log lines go above the training's progress bar ([`AboveBar`]); JSON
+    // lines stay plain JSON there too (no bar is drawn beside them, no colour codes).
+    let ansi = std::io::stderr().is_terminal() && format == LogFormat::Text;
     let terminal = match ansi {
         true => lines(format, rank, ansi, || AboveBar::new(io::stderr()), terminal_filter),
         false => lines(format, rank, ansi, io::stderr, terminal_filter),

@@ -533,10 +533,20 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    if !matches!(cli.command, Command::Train { .. } | Command::Sweep { .. }) {
-        // Default SIGPIPE for commands that only print: `micn data stats DIR | head` ends quietly
-        // when `head` closes the pipe. Training keeps it ignored, so a log pipe closed by the same
-        // Ctrl-C (`micn train ... | tee log`) cannot kill it before its checkpoint.
+    let trains = match &cli.command {
+        Command::Train { .. } => true,
+        Command::Sweep(args) => !args.dry_run,
+        _ => false,
+    };
+    if trains {
+        // A stop signal from the very start (`micn-launch` passing on a Ctrl-C while the ranks
+        // start) asks for a graceful stop; the default action would end the process unsaid.
+        micn::train::Interrupter::on_signals();
+    } else {
+        // Default SIGPIPE for commands that only print (a sweep's dry run too): `micn data stats
+        // DIR | head` ends quietly when `head` closes the pipe. Training keeps it ignored, so a log
+        // pipe closed by the same Ctrl-C (`micn train ... | tee log`) cannot kill it before its
+        // checkpoint.
         // SAFETY: restoring the default disposition of a signal before any thread starts.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -644,6 +654,12 @@ macro_rules! ensure_usage {
 /// Print `error: [rank N: ]message` as one line, written at once (under mpirun another rank's
 /// output cannot land inside it). Each cause is added once: a message that already quotes its
 /// source (`{path}: {source}`) does not repeat it.
+/// This process's rank as the launcher set it in the environment (OpenMPI's mpirun, Slurm's
+/// srun), for errors before the communicator exists.
+fn launcher_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"].iter().find_map(|var| std::env::var(var).ok()?.parse().ok())
+}
+
 fn report_error(e: &anyhow::Error, rank: Option<usize>, format: LogFormat) {
     use std::io::Write as _;
     let mut message = String::new();
@@ -666,7 +682,8 @@ fn report_error(e: &anyhow::Error, rank: Option<usize>, format: LogFormat) {
                 "time": time.as_secs_f64(),
                 "level": "ERROR",
                 "target": "micn",
-                "rank": rank.unwrap_or(0),
+                // Before the communicator is up (a bad argument), mpirun's word for the rank.
+                "rank": rank.or_else(launcher_rank).unwrap_or(0),
                 "message": format!("error: {message}"),
             });
             format!("{object}\n")
@@ -756,6 +773,21 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         local_rank = comm.local_rank(),
         "communicator ready"
     );
+    // Commands that read or write files as one process: under mpirun every rank would print the
+    // same lines (one JSON document after another) and write the same files at once.
+    let one_process = match &command {
+        Command::Synth(_) => Some("synth"),
+        Command::Prepare(_) => Some("prepare"),
+        Command::Sweep(_) => Some("sweep"),
+        Command::Report { .. } => Some("report"),
+        Command::Bench { .. } => Some("bench"),
+        Command::Checkpoint { .. } => Some("checkpoint"),
+        Command::Data { .. } => Some("data"),
+        _ => None,
+    };
+    if let Some(name) = one_process {
+        ensure_usage!(comm.size() == 1, "micn {name} runs as one process, not under mpirun");
+    }
     match command {
         Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm),
         Command::Synth(args) => synth(args),
@@ -921,10 +953,11 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
                 saved.device,
                 &retrieval,
             )?;
+            let clicked = results.first().map_or(0, |m| m.users);
             if json {
-                println!("{}", serde_json::to_string_pretty(&results)?);
+                let value = serde_json::json!({ "samples": clicked, "unknown_targets": unknown, "model": results });
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                let clicked = results.first().map_or(0, |m| m.users);
                 let unknown = match unknown {
                     0 => String::new(),
                     n => format!(" ({n} of them a target the vocabulary does not hold: a miss each)"),
@@ -990,8 +1023,9 @@ fn predict(args: PredictArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     })?;
     let (dir, data) = (saved.dir()?, saved.data.as_deref());
     let done = micn::train::saved::predict(dir, data, saved.split, saved.device, comm, (&out, format))?;
+    // A diagnostic, not a result: `--out /dev/stdout` must hold the scores alone.
     if comm.rank() == 0 {
-        println!("{} scores of the {} set written to {}", done.samples, done.split, done.out.display());
+        tracing::info!("{} scores of the {} set written to {}", done.samples, done.split, done.out.display());
     }
     Ok(())
 }

@@ -66,20 +66,23 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct ReadMeter<'a> {
     path: &'a Path,
-    total: u64,
+    /// The file's size as stored; `None` for a pipe or another file whose size is unknown.
+    total: Option<u64>,
     started: Instant,
     next: Instant,
     terminal: Option<TerminalLine>,
 }
 
 impl<'a> ReadMeter<'a> {
-    /// A meter for `path`, `total` bytes as stored, shown on standard error as it is.
-    pub fn new(path: &'a Path, total: u64) -> Self {
-        let terminal = std::io::stderr().is_terminal().then(TerminalLine::default);
-        Self::starting_at(path, total, Instant::now(), terminal)
+    /// A meter for `path`, `total` bytes as stored (`None`: unknown, a pipe), shown on standard
+    /// error as it is: redrawn on a terminal, logged otherwise (and always as log lines under
+    /// `--log-format json`, where a redrawn line would be the one line that is not JSON).
+    pub fn new(path: &'a Path, total: Option<u64>) -> Self {
+        let redraw = std::io::stderr().is_terminal() && !crate::logging::json_lines();
+        Self::starting_at(path, total, Instant::now(), redraw.then(TerminalLine::default))
     }
 
-    fn starting_at(path: &'a Path, total: u64, started: Instant, terminal: Option<TerminalLine>) -> Self {
+    fn starting_at(path: &'a Path, total: Option<u64>, started: Instant, terminal: Option<TerminalLine>) -> Self {
         let mut meter = Self { path, total, started, next: started, terminal };
         meter.next = started + meter.every();
         meter
@@ -109,7 +112,7 @@ impl<'a> ReadMeter<'a> {
                 total_bytes = self.total,
                 lines,
                 mb_per_s = read as f64 / 1e6 / elapsed.max(1e-9),
-                eta_seconds = remaining_seconds(elapsed, read, self.total.saturating_sub(read)),
+                eta_seconds = self.total.and_then(|total| remaining_seconds(elapsed, read, total.saturating_sub(read))),
                 "reading"
             ),
         }
@@ -134,18 +137,26 @@ impl Drop for ReadMeter<'_> {
     }
 }
 
-/// `reading reviews_Books.json.gz: 1.23 GB of 3.05 GB (40 %), 9,123,456 lines, 123 MB/s, ETA 15s`.
-fn describe_read(path: &Path, read: u64, total: u64, lines: u64, elapsed: f64) -> String {
+/// `reading reviews_Books.json.gz: 1.23 GB of 3.05 GB (40 %), 9,123,456 lines, 123 MB/s, ETA 15s`;
+/// of a pipe, whose size is unknown, `reading fifo.json: 1.23 GB, 9,123,456 lines, 123 MB/s`.
+fn describe_read(path: &Path, read: u64, total: Option<u64>, lines: u64, elapsed: f64) -> String {
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let percent = read as f64 * 100.0 / total.max(1) as f64;
-    let eta = remaining_seconds(elapsed, read, total.saturating_sub(read)).map_or_else(|| "?".into(), clock);
-    format!(
-        "reading {name}: {} of {} ({percent:.0} %), {} lines, {:.0} MB/s, ETA {eta}",
-        size(read),
-        size(total),
-        thousands(lines),
-        read as f64 / 1e6 / elapsed.max(1e-9),
-    )
+    let share = match total {
+        Some(total) => {
+            let percent = read as f64 * 100.0 / total.max(1) as f64;
+            format!(" of {} ({percent:.0} %)", size(total))
+        }
+        None => String::new(),
+    };
+    let pace =
+        format!("{}{share}, {} lines, {:.0} MB/s", size(read), thousands(lines), read as f64 / 1e6 / elapsed.max(1e-9));
+    match total {
+        Some(total) => {
+            let eta = remaining_seconds(elapsed, read, total.saturating_sub(read)).map_or_else(|| "?".into(), clock);
+            format!("reading {name}: {pace}, ETA {eta}")
+        }
+        None => format!("reading {name}: {pace}"),
+    }
 }
 
 /// `12345` as `12,345`, for the sizes in messages.
@@ -207,13 +218,18 @@ mod tests {
     fn a_read_is_described_by_its_share_lines_pace_and_time_left() {
         let path = Path::new("/data/reviews_Books.json.gz");
         assert_eq!(
-            describe_read(path, 1_230_000_000, 3_050_000_000, 9_123_456, 10.0),
+            describe_read(path, 1_230_000_000, Some(3_050_000_000), 9_123_456, 10.0),
             "reading reviews_Books.json.gz: 1.23 GB of 3.05 GB (40 %), 9,123,456 lines, 123 MB/s, ETA 15s"
         );
         // Nothing read yet: no pace to tell the time left by. An empty file is not a division by 0.
         assert_eq!(
-            describe_read(path, 0, 0, 0, 0.0),
+            describe_read(path, 0, Some(0), 0, 0.0),
             "reading reviews_Books.json.gz: 0 B of 0 B (0 %), 0 lines, 0 MB/s, ETA ?"
+        );
+        // A pipe's size is unknown: no share of it and no time left.
+        assert_eq!(
+            describe_read(Path::new("fifo.json"), 19_700_000, None, 12_345, 2.0),
+            "reading fifo.json: 19.7 MB, 12,345 lines, 10 MB/s"
         );
         assert_eq!(size(999), "999 B");
         assert_eq!(size(34_500), "34.5 kB");
@@ -223,14 +239,14 @@ mod tests {
     #[test]
     fn a_read_is_shown_once_an_interval_is_up_and_then_once_per_interval() {
         let start = Instant::now();
-        let mut meter = ReadMeter::starting_at(Path::new("f"), 100, start, None);
+        let mut meter = ReadMeter::starting_at(Path::new("f"), Some(100), start, None);
         assert!(!meter.due(start), "a file read within the first interval shows nothing");
         assert!(!meter.due(start + LOG_EVERY / 2));
         assert!(meter.due(start + LOG_EVERY));
         assert!(!meter.due(start + LOG_EVERY + LOG_EVERY / 2), "once per interval");
         assert!(meter.due(start + 3 * LOG_EVERY), "a late update is shown");
         assert!(!meter.due(start + 3 * LOG_EVERY + LOG_EVERY / 2), "the next interval counts from the last shown");
-        let terminal = ReadMeter::starting_at(Path::new("f"), 100, start, Some(TerminalLine::default()));
+        let terminal = ReadMeter::starting_at(Path::new("f"), Some(100), start, Some(TerminalLine::default()));
         assert_eq!(terminal.every(), DRAW_EVERY, "a terminal is redrawn more often than a log is written");
     }
 }

@@ -34,9 +34,9 @@ const MAX_WORDS: &[&str] = &[
     "max-count",
     "max_count",
 ];
-/// Further numbers mpirun takes (`boards` and `cpu_set`, which its lexer knows, mpirun 4.1 refuses).
-const NUMBER_WORDS: &[&str] =
-    &["port", "sockets", "sockets_per_board", "sockets-per-board", "cores", "cores_per_socket", "cores-per-socket"];
+/// A further number mpirun takes (`boards`, `sockets`, `cores`, `cpu_set` and their `_per_`
+/// forms, which its lexer knows, mpirun 4.1 refuses as a parse error).
+const NUMBER_WORDS: &[&str] = &["port"];
 const TEXT_WORDS: &[&str] = &["username", "user-name", "user_name"];
 
 /// The hosts of an OpenMPI hostfile, in order; comments (`#`, `//`) and blank lines skipped.
@@ -63,6 +63,15 @@ pub fn read_hostfile(path: &Path) -> anyhow::Result<Vec<Host>> {
         let Some(name) = words.next() else { continue };
         if name == "=" || name.starts_with('+') {
             bail!("{at}: expected a host name first, got `{name}`");
+        }
+        // mpirun's node-name parser takes ASCII letters, digits, dots and hyphens (after an
+        // optional `user@`), and ends every job on another character.
+        let host = name.rsplit_once('@').map_or(name, |(_, host)| host);
+        if let Some(c) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))) {
+            bail!(
+                "{at}: host name `{name}` holds {c:?}, which mpirun refuses in a node name (ASCII letters, \
+                 digits, dots and hyphens only)"
+            );
         }
         let (mut slots, mut max) = (None, None);
         while let Some(word) = words.next() {
@@ -250,7 +259,7 @@ mod tests {
         // Spaces around `=`, OpenMPI's other spellings and comments, as mpirun reads them.
         std::fs::write(
             &path,
-            "node1 slots = 3 // three\nnode2 cpu=2 user_name=me cores=8 port=22\nnode3\nnode3\nnode2 max_slots=4\n",
+            "node1 slots = 3 // three\nnode2 cpu=2 user_name=me port=22\nnode3\nnode3\nme@node2.local max_slots=4\n",
         )
         .unwrap();
         let hosts = read_hostfile(&path).unwrap();
@@ -266,6 +275,9 @@ mod tests {
             ("node1 slots=2 max_slots=1\n", ":1: max_slots=1 is less than slots=2"),
             ("node1 slots=2 slots=3\n", ":1: the slot count is given twice"),
             ("node1 boards=1\n", ":1: `boards` is not a hostfile option"),
+            ("node1 cores=8\n", ":1: `cores` is not a hostfile option"),
+            ("node_01 slots=1\n", ":1: host name `node_01` holds '_', which mpirun refuses"),
+            ("localhost:2\n", ":1: host name `localhost:2` holds ':'"),
             ("node1 slots=2\r\n", ":1: ends with a carriage return"),
             ("node1 slots\n", ":1: expected `slots=VALUE`"),
             ("/* old */\nnode1\n", ":1: block comments"),

@@ -220,6 +220,9 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
         v
     };
     if args.log_format == LogFormat::Json && !log_format_json(&micn_args) {
+        if micn_args.iter().any(|a| a == "--log-format" || a.starts_with("--log-format=")) {
+            bail!("--log-format json here, and another --log-format among micn's arguments: give one of them");
+        }
         micn_args.splice(0..0, ["--log-format".to_string(), "json".to_string()]);
     }
     let np = placement.np;
@@ -241,8 +244,11 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     if oversubscribed {
         cmd.push("--oversubscribe".into());
     }
+    // Binding each rank to its threads' cores needs that many cores here (mpirun refuses more);
+    // with a hostfile, each host's own cores are mpirun's to count.
+    let cores_short = placement.hostfile.is_none() && np * threads.unwrap_or(1) > slots;
     match args.bind.as_str() {
-        "core" if !oversubscribed => {
+        "core" if !oversubscribed && !cores_short => {
             let pe = threads.unwrap_or(1);
             cmd.extend(["--map-by".into(), format!("slot:PE={pe}"), "--bind-to".into(), "core".into()])
         }
@@ -308,14 +314,18 @@ struct Seen {
     mpirun_usage: bool,
 }
 
-/// mpirun's words for a command line or a hostfile it refuses (`mpirun: Error: unknown option
-/// "--x"`, then the first line here), which no restart can change.
+/// mpirun's words for a command line, a hostfile or a binary it refuses (`mpirun: Error: unknown
+/// option "--x"`, then the first line here), which no restart can change.
 fn is_mpirun_usage_error(line: &output::Line) -> bool {
-    const REFUSALS: [&str; 4] = [
+    const REFUSALS: [&str; 7] = [
         "Type 'mpirun --help' for usage",
         "Open RTE detected a parse error in the hostfile",
         "Open RTE detected a bad parameter in the hostfile",
         "A hostfile was provided that contains multiple definitions",
+        "presence of an illegal character in the following node name",
+        "A request was made to bind to that would result in binding more",
+        // A micn binary missing (or not executable) on a host: it is not there at a restart either.
+        "mpirun was unable to launch the specified application as it could not access",
     ];
     matches!(line, output::Line::Mpirun(text) if REFUSALS.iter().any(|r| text.trim_start().starts_with(r)))
 }
@@ -749,17 +759,24 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             hosts
         }
     };
+    if args.min_np.is_some() && args.max_restarts == 0 {
+        bail!("--min-np acts at a restart: give --max-restarts N too");
+    }
+    if args.stall_timeout == Some(0) {
+        bail!("--stall-timeout must be at least 1 second (leave it out for no stall detection)");
+    }
     let (tokens, split_notes) = mpirun_tokens(&args.mpirun_args);
     let prober = hosts::Prober::new(&tokens, Duration::from_secs(args.probe_timeout.max(1)));
     let mut placement = original.clone();
     let mut cmd = build_command(&args, &placement)?;
+    let printer = Printer { json: log_format_json(&cmd) };
+    for note in &split_notes {
+        printer.say("INFO", note);
+    }
     if args.dry_run {
-        for note in &split_notes {
-            eprintln!("micn-launch: {note}");
-        }
         // Without this launch's id: a command run by hand is a job of its own each time.
         let shown = without_launch_id(&cmd);
-        println!("{}", shown.iter().map(|a| shell_quoted(a)).collect::<Vec<_>>().join(" "));
+        output::write_line(Stream::Stdout, &shown.iter().map(|a| shell_quoted(a)).collect::<Vec<_>>().join(" "));
         return Ok(0);
     }
     // Without a hostfile every rank runs on this machine: a missing binary is known now, not
@@ -768,16 +785,9 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
     if args.hostfile.is_none() && !micn.is_file() {
         bail!("{}: no micn binary there (give its path with --micn)", micn.display());
     }
-    let printer = Printer { json: log_format_json(&cmd) };
-    for note in &split_notes {
-        printer.say("INFO", note);
-    }
     let mut signals = StopSignals::catch()?;
     let mut stops = Stops::default();
     let started = Instant::now();
-    if args.stall_timeout == Some(0) {
-        bail!("--stall-timeout must be at least 1 second (leave it out for no stall detection)");
-    }
     let limits =
         Limits { stall: args.stall_timeout.map(Duration::from_secs), exit_grace: Duration::from_secs(args.exit_grace) };
     let mut lost: Vec<hosts::Host> = Vec::new();
@@ -796,8 +806,8 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 printer.say(
                     "ERROR",
                     &format!(
-                        "mpirun refused its command line or hostfile ({status}, its message above; see \
-                         --mpirun-arg, --hostfile and --dry-run); not restarting"
+                        "mpirun refused its command line, hostfile or micn binary ({status}, its message \
+                         above; see --mpirun-arg, --hostfile, --micn and --dry-run); not restarting"
                     ),
                 );
                 return Ok(EXIT_INPUT_ERROR);
@@ -906,6 +916,8 @@ fn main() -> ExitCode {
     let ended = runtime.block_on(launch(args));
     let _ = std::fs::remove_file(shrunk_hostfile());
     match ended {
+        // A job that did its work, but whose output was lost on the way (a full disk), failed.
+        Ok(0) => ExitCode::from(output::stdout_status(printer) as u8),
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             printer.say("ERROR", &format!("error: {e:#}"));

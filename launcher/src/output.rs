@@ -145,8 +145,12 @@ impl Printer {
     /// `[rank N] text`, unless the line already names its rank: micn's text log lines
     /// (`[rank N] ...`), its error line (`error: rank N: ...`) and its JSON log lines (a `rank`
     /// field; on standard error in JSON mode every line is a JSON object, so other lines are
-    /// wrapped in one).
+    /// wrapped in one). Rank 0's standard output, where micn prints its results (`eval --json`,
+    /// `predict --out /dev/stdout`), passes as it is, for a program to read.
     fn rank_line(&self, stream: Stream, rank: usize, text: &str) -> String {
+        if stream == Stream::Stdout && rank == 0 {
+            return text.to_string();
+        }
         if self.json && stream == Stream::Stderr {
             return if is_json_log_line(text) {
                 text.to_string()
@@ -177,15 +181,38 @@ fn is_json_log_line(text: &str) -> bool {
     text.starts_with('{') && text.ends_with('}') && text.contains("\"rank\":")
 }
 
-/// Write `text` and a newline in one write; a closed terminal or pipe is not an error here.
-fn write_line(stream: Stream, text: &str) {
+/// The first failure to write standard output other than a closed pipe (a full disk under
+/// `> file`), which makes the launcher's exit status 1 ([`stdout_status`]).
+static STDOUT_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Write `text` and a newline in one write. A closed terminal or pipe is not an error here (the
+/// job's output is still drained, so that no rank blocks on it); any other failure to write
+/// standard output is kept for [`stdout_status`].
+pub fn write_line(stream: Stream, text: &str) {
     let mut bytes = Vec::with_capacity(text.len() + 1);
     bytes.extend_from_slice(text.as_bytes());
     bytes.push(b'\n');
-    let _ = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(&bytes),
-        Stream::Stderr => std::io::stderr().lock().write_all(&bytes),
-    };
+    match stream {
+        Stream::Stdout => {
+            if let Err(e) = std::io::stdout().lock().write_all(&bytes) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    let _ = STDOUT_FAILURE.set(e.to_string());
+                }
+            }
+        }
+        Stream::Stderr => drop(std::io::stderr().lock().write_all(&bytes)),
+    }
+}
+
+/// 1 after saying why when standard output could not be written (lines were lost), else 0.
+pub fn stdout_status(printer: Printer) -> i32 {
+    match STDOUT_FAILURE.get() {
+        Some(e) => {
+            printer.say("ERROR", &format!("error: writing to standard output: {e}"));
+            1
+        }
+        None => 0,
+    }
 }
 
 /// Seconds since the Unix epoch, as micn's JSON log lines give `time`.
@@ -268,6 +295,8 @@ mod tests {
     fn text_lines_are_labelled_once_with_their_rank() {
         let p = Printer { json: false };
         assert_eq!(p.rank_line(Stream::Stdout, 3, "hello"), "[rank 3] hello");
+        assert_eq!(p.rank_line(Stream::Stdout, 0, "sample,user"), "sample,user", "rank 0's results as they are");
+        assert_eq!(p.rank_line(Stream::Stderr, 0, "hello"), "[rank 0] hello");
         assert_eq!(p.rank_line(Stream::Stderr, 1, "[rank 1] INFO ready"), "[rank 1] INFO ready");
         assert_eq!(p.rank_line(Stream::Stderr, 1, "error: rank 1: bad"), "error: rank 1: bad");
         // A label naming another rank is the rank's text, not a label.
@@ -285,6 +314,7 @@ mod tests {
         let expected = r#""level":"ERROR","rank":1,"message":"error: rank 1: \"a\"\tb\\c\u0001"}"#;
         assert!(wrapped.starts_with(r#"{"time":"#) && wrapped.ends_with(expected), "{wrapped}");
         // Standard output keeps the command's own text.
-        assert_eq!(p.rank_line(Stream::Stdout, 0, "test AUC 0.8"), "[rank 0] test AUC 0.8");
+        assert_eq!(p.rank_line(Stream::Stdout, 0, "test AUC 0.8"), "test AUC 0.8");
+        assert_eq!(p.rank_line(Stream::Stdout, 1, "test AUC 0.8"), "[rank 1] test AUC 0.8");
     }
 }

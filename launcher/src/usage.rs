@@ -12,6 +12,9 @@ pub fn log_format_json(args: &[String]) -> bool {
 /// to `--help` that follow.
 pub fn clap_sentence(e: &clap::Error) -> String {
     let text = e.render().to_string();
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return missing_subcommand(&text);
+    }
     let text = text.trim().strip_prefix("error:").unwrap_or(&text);
     let parts: Vec<String> = text
         .split("\n\n")
@@ -20,4 +23,23 @@ pub fn clap_sentence(e: &clap::Error) -> String {
         .filter(|part| !part.is_empty())
         .collect();
     format!("{}; see --help", parts.join("; "))
+}
+
+/// A command group given without its subcommand (`micn data`), whose "error" is its help text:
+/// the group's name and the subcommands to choose from, out of that help.
+fn missing_subcommand(help: &str) -> String {
+    let group = help
+        .lines()
+        .find_map(|l| l.strip_prefix("Usage: "))
+        .map(|usage| usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<'])).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| l.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|&c| c != "help")
+        .collect();
+    format!("`{group}` needs a subcommand: {}; see --help", commands.join(", "))
 }

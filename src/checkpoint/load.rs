@@ -153,6 +153,12 @@ pub fn list(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The checkpoint directories under `root` that were finished (their completion marker written),
+/// newest first, whether or not their files verify.
+pub fn finished(root: &Path) -> Vec<PathBuf> {
+    list(root).into_iter().filter(|dir| dir.join(MARKER).is_file()).collect()
+}
+
 fn is_checkpoint_name(p: &Path) -> bool {
     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))
 }

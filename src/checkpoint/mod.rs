@@ -36,7 +36,8 @@ mod save;
 
 pub use self::format::{SafetensorsLayout, TensorHeader};
 pub use self::load::{
-    check_state, latest, list, load_tensors_like, load_var_store, read_tensors, step_of, verify, write_tensors,
+    check_state, finished, latest, list, load_tensors_like, load_var_store, read_tensors, step_of, verify,
+    write_tensors,
 };
 pub use self::save::{retain, save};
 

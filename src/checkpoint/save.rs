@@ -55,7 +55,31 @@ pub fn save(
         return Err(e);
     }
     if done.exists() {
-        std::fs::remove_dir_all(&done).map_err(io(&done))?;
+        // Written again at its step (a stop's checkpoint, scored once the run resumed): the new
+        // one, marker and all, takes the old one's place in one atomic exchange, so that a kill
+        // at any moment leaves a complete checkpoint there; the old one, swapped out, then goes.
+        let marker = tmp.join(MARKER);
+        let marked = std::fs::write(&marker, b"").and_then(|_| std::fs::File::open(&marker)?.sync_all());
+        if let Err(e) = marked.map_err(io(&marker)).and_then(|()| sync_dir(&tmp)) {
+            discard(&tmp);
+            return Err(e);
+        }
+        match exchange(&tmp, &done) {
+            Ok(true) => {
+                sync_dir(root)?;
+                discard(&tmp);
+                return Ok(done);
+            }
+            // A file system without the exchange (NFS, say): the old one goes first.
+            Ok(false) => {
+                std::fs::remove_file(&marker).map_err(io(&marker))?;
+                std::fs::remove_dir_all(&done).map_err(io(&done))?;
+            }
+            Err(e) => {
+                discard(&tmp);
+                return Err(io(&done)(e));
+            }
+        }
     }
     if let Err(e) = std::fs::rename(&tmp, &done).map_err(io(&done)) {
         discard(&tmp);
@@ -73,6 +97,25 @@ pub fn save(
         return Err(e);
     }
     Ok(done)
+}
+
+/// Swap two directories atomically (Linux's `renameat2` with `RENAME_EXCHANGE`); `false` where
+/// the file system cannot.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (path(a)?, path(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let done =
+        unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if done == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 /// The tensor files, `state.json` and `manifest.json`, each fsynced, into `dir`.
@@ -111,13 +154,8 @@ fn write_files(
 /// goes first. Unfinished or foreign entries (no marker, not a `step-N` directory) are not counted
 /// and not removed: they are no checkpoint to keep, and not this function's to delete.
 pub fn retain(root: &Path, keep: usize, written: u64) -> Result<(), CheckpointError> {
-    let mut finished: Vec<(PathBuf, u64)> = super::list(root)
-        .into_iter()
-        .filter_map(|dir| {
-            let step = super::step_of(&dir)?;
-            (dir.is_dir() && dir.join(MARKER).exists()).then_some((dir, step))
-        })
-        .collect();
+    let mut finished: Vec<(PathBuf, u64)> =
+        super::finished(root).into_iter().filter_map(|dir| super::step_of(&dir).map(|step| (dir, step))).collect();
     finished.sort_by_key(|&(_, step)| (step > written, std::cmp::Reverse(step)));
     let own_auc = |dir: &Path| -> Option<f64> {
         let text = std::fs::read_to_string(dir.join(FILES[2])).ok()?;
@@ -186,6 +224,18 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("model.safetensors: boom"), "{e}");
         assert_eq!(entries(root.path()), ["step-00000003"]);
+    }
+
+    #[test]
+    fn a_checkpoint_written_again_at_its_step_replaces_the_old_one_whole() {
+        let root = tempfile::tempdir().unwrap();
+        save(root.path(), &state(5, vec![]), write_bytes(10), write_bytes(10)).unwrap();
+        // The same step again, now with its own evaluation (a stop's checkpoint, scored later).
+        let dir = save(root.path(), &state(5, vec![(5, 0.7, 0.6, 0.5)]), write_bytes(12), write_bytes(12)).unwrap();
+        assert_eq!(entries(root.path()), ["step-00000005"]);
+        let state = super::super::verify(&dir).unwrap();
+        assert_eq!(state.own_auc(), Some(0.7));
+        assert_eq!(std::fs::metadata(dir.join(FILES[0])).unwrap().len(), 12);
     }
 
     #[test]

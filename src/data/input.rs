@@ -422,7 +422,8 @@ pub fn parse_lines<T: Send>(
 ) -> Result<FileSummary, DataError> {
     let io = |source| DataError::Io(PathIo { path: path.to_path_buf(), source });
     let opened = File::open(path).map_err(io)?;
-    let stored_total = opened.metadata().map_err(io)?.len();
+    // A pipe (or a device) has no size to measure the read against.
+    let stored_total = Some(opened.metadata().map_err(io)?).filter(|m| m.is_file()).map(|m| m.len());
     let mut file = BufReader::with_capacity(1 << 20, opened);
     let gzip = {
         use std::io::BufRead;
@@ -646,7 +647,7 @@ mod tests {
             // Typed, with flate2's error kept as the source.
             match &e {
                 DataError::BrokenStream { read, stored_total, source, .. } => {
-                    assert_eq!((read.gzip, read.lines, *stored_total), (true, 5_000, gz.len() as u64), "{e:?}");
+                    assert_eq!((read.gzip, read.lines, *stored_total), (true, 5_000, Some(gz.len() as u64)), "{e:?}");
                     assert_eq!(source.to_string(), "corrupt gzip stream does not have a matching checksum");
                 }
                 other => panic!("not a broken stream: {other:?}"),

@@ -60,18 +60,20 @@ pub enum DataError {
     /// A stream that cannot be read on: corrupt gzip data (a bad checksum, an invalid block) or a
     /// failing read. Nothing from the file is used.
     #[error(
-        "{path}: {} after {} of {} stored bytes ({} bytes, {} complete lines read): {source}",
+        "{path}: {} after {} stored bytes ({} bytes, {} complete lines read): {source}",
         if .read.gzip { "the gzip stream is broken" } else { "the file cannot be read" },
-        crate::progress::thousands(.read.stored),
-        crate::progress::thousands(*.stored_total),
+        match .stored_total {
+            Some(total) => format!("{} of {}", crate::progress::thousands(.read.stored), crate::progress::thousands(*total)),
+            None => crate::progress::thousands(.read.stored),
+        },
         crate::progress::thousands(.read.raw),
         crate::progress::thousands(.read.lines)
     )]
     BrokenStream {
         path: PathBuf,
         read: input::ReadProgress,
-        /// The file's size.
-        stored_total: u64,
+        /// The file's size (`None`: a pipe).
+        stored_total: Option<u64>,
         #[source]
         source: std::io::Error,
     },

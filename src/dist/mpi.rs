@@ -34,7 +34,9 @@ impl MpiCommunicator {
 
     /// The MPI library's own version string (e.g. "Open MPI v4.1.4, ...").
     pub fn library_version() -> String {
-        mpi::environment::library_version().unwrap_or_else(|_| "unknown".into())
+        // OpenMPI counts its string's terminating NUL in the length rsmpi takes.
+        let version = mpi::environment::library_version().unwrap_or_else(|_| "unknown".into());
+        version.trim_end_matches(['\0', '\n', ' ']).to_string()
     }
 
     /// The MPI standard version the library implements, as (major, minor).

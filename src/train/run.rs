@@ -407,7 +407,8 @@ fn claim_run_dir(
             Resume::Overwrite => run_dir.remove_run_files()?,
             // Nothing to resume: a finished run is kept, a start that wrote no checkpoint (killed
             // in its first minutes, requeued with `--resume auto`) starts again.
-            Resume::Auto if !present.is_empty() && checkpoint::list(&run_dir.checkpoints()).is_empty() => {
+            // A checkpoint directory without its completion marker (killed while writing it) is none.
+            Resume::Auto if !present.is_empty() && checkpoint::finished(&run_dir.checkpoints()).is_empty() => {
                 if run_dir.model().exists() || run_dir.summary().exists() {
                     return Err(TrainError::NoCheckpointToResume {
                         path: cfg.run.dir.clone(),
@@ -452,7 +453,7 @@ fn claim_run_dir(
 /// there being its own to replace (`--resume PATH` again; a fresh start, `--overwrite` or
 /// `--resume auto` start over).
 fn continuation(run_dir: &RunDir, asked: &Resume) -> Resume {
-    match (checkpoint::list(&run_dir.checkpoints()).is_empty(), asked) {
+    match (checkpoint::finished(&run_dir.checkpoints()).is_empty(), asked) {
         (false, _) => Resume::Auto,
         (true, Resume::Path(from)) => Resume::Path(from.clone()),
         (true, _) => Resume::Overwrite,
@@ -522,8 +523,9 @@ pub fn train_until(
         Started::Finished(summary) => return Ok(*summary),
     };
     run.watchdog = watchdog.as_ref();
+    run.catch_up()?;
     // A run resumed from the checkpoint at which its patience ran out (killed before it wrote
-    // its summary) stops there, as it did.
+    // its summary, or stopped by a signal before it scored that step) stops there, as it did.
     let epochs = if run.patience_ran_out() { 0 } else { cfg.train.epochs as u64 };
     for epoch in run.position.epoch..epochs {
         if run.epoch(epoch, interrupter)? == Flow::Stop {
@@ -724,6 +726,7 @@ impl<'a> Run<'a> {
                 last: Instant::now(),
                 // A resumed run has its checkpoint at the step it starts from already.
                 last_step: state.map(|s| s.step),
+                last_scored: state.is_some_and(|s| s.own_evaluation().is_some()),
                 dataset: dataset.meta.fingerprint(),
                 vocabularies: dataset.vocab.digest(),
             },
@@ -788,6 +791,46 @@ impl<'a> Run<'a> {
         }
         self.steady.resume();
         Ok(if self.patience_ran_out() { Flow::Stop } else { Flow::Continue })
+    }
+
+    /// Resumed from a stop's checkpoint: do what the stop left undone at its step, as a run
+    /// that went on there would have done it. A stop checkpoints right after its step, with
+    /// neither the step's metrics line (its losses stay in the checkpoint) nor a validation pass;
+    /// here the line is written when one was due (the step's gradient norms and throughput ended
+    /// with the process that trained it), the model is scored when an evaluation, a checkpoint,
+    /// or the epoch's end was due, and the checkpoint is written again with its score when one
+    /// was due (at the run's end, [`Run::finish`] does both), so that retention, the selection of the best checkpoint and early
+    /// stopping see what they would have seen. Any other checkpoint has done all of it already.
+    fn catch_up(&mut self) -> Result<(), TrainError> {
+        let (cfg, step) = (self.cfg, self.step);
+        if step == 0 || step != self.resumed_at {
+            return Ok(());
+        }
+        let epoch = self.last_steps_epoch();
+        let line_due = step % cfg.train.log_every_steps == 0 || step == self.total_steps;
+        if line_due && self.totals.logged_steps > 0 {
+            let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
+            let mut line = self.totals.line(cfg, (step, epoch), self.schedule.lr(step - 1), secs);
+            (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm, line.samples_per_sec) =
+                (None, None, None, None);
+            self.metrics.write(&line)?;
+        }
+        let unscored = !self.validation.ids.is_empty() && !self.validation.evaluations.iter().any(|e| e.0 == step);
+        if !unscored {
+            return Ok(());
+        }
+        let batch = cfg.train.global_batch_size as u64;
+        let epoch_end = self.position.sample > 0 && self.position.sample / batch >= self.steps_per_epoch;
+        let every = |n: u64| n > 0 && step % n == 0;
+        // The run's end is `finish`'s: it scores and writes its checkpoint again itself.
+        let checkpoint_due = every(cfg.checkpoint.every_steps) || epoch_end;
+        if checkpoint_due || every(cfg.train.eval_every_steps) {
+            self.validate(epoch)?;
+        }
+        if checkpoint_due {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Whether the last `train.early_stop_patience` validation evaluations have not improved on
@@ -927,21 +970,10 @@ impl<'a> Run<'a> {
     fn finish(mut self) -> Result<Summary, TrainError> {
         self.read_losses()?;
         let (cfg, step) = (self.cfg, self.step);
-        // Resumed at its last step from a stop's checkpoint: the stop left no time to score that
-        // checkpoint, nor to log the step's losses (the checkpoint holds them), which a run that
-        // ended there without a stop has; both are made now, so the selection is the same.
-        let resumed_at_end = !self.stopped_by_signal && step > 0 && self.resumed_at == step && step == self.total_steps;
-        if resumed_at_end && self.totals.logged_steps > 0 {
-            let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
-            let mut line = self.totals.line(cfg, (step, self.last_steps_epoch()), self.schedule.lr(step - 1), secs);
-            // The losses come from the checkpoint; the step's gradient norms and throughput ended
-            // with the process that trained it.
-            (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm, line.samples_per_sec) =
-                (None, None, None, None);
-            self.metrics.write(&line)?;
-        }
-        let unscored = !self.validation.ids.is_empty() && !self.validation.evaluations.iter().any(|e| e.0 == step);
-        if step > 0 && (self.checkpoints.last_step != Some(step) || (resumed_at_end && unscored)) {
+        // The end of the run is a checkpoint with its score, unless it has one already; one at
+        // this step without its score (a stop's, resumed from) is scored and written again.
+        let to_score = !self.stopped_by_signal && !self.validation.ids.is_empty() && !self.checkpoints.last_scored;
+        if step > 0 && (self.checkpoints.last_step != Some(step) || to_score) {
             // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
             // signal leaves no time for a validation pass: that checkpoint then has no score.
             if !self.stopped_by_signal {
@@ -1105,8 +1137,10 @@ struct Checkpointing {
     rank0: bool,
     /// When the last checkpoint was written (for `checkpoint.every_minutes`).
     last: Instant,
-    /// Step of the last checkpoint written by this run.
+    /// Step of the last checkpoint written by this run (or resumed from).
     last_step: Option<u64>,
+    /// Whether that checkpoint holds its own validation score (a stop's has none).
+    last_scored: bool,
     /// The fingerprint of the dataset trained on, recorded in every checkpoint.
     dataset: String,
     /// The digest of its vocabularies, recorded in every checkpoint and in the summary.
@@ -1166,6 +1200,7 @@ impl Checkpointing {
         };
         self.last = Instant::now();
         self.last_step = Some(step);
+        self.last_scored = validation.evaluations.iter().any(|e| e.0 == step);
         // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
         agree_on_rank0(comm, result.map_err(TrainError::from), "write a checkpoint")
     }

@@ -3,8 +3,9 @@
 //! or replaced (`micn-launch`'s own errors too); sizes that would exhaust memory or run for days
 //! are refused up front, and a model too large for the memory there is is an error, not a panic;
 //! an output that is a device, a pipe or a link is written through, never replaced by a file.
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use crate::micn_bin;
 
@@ -100,7 +101,7 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
         (&["--np", "1", "--hostfile", &bad_hosts][..], "bad-hosts:3: expected `line=VALUE` after the host name"),
         (
             &["--np", "1", "--max-restarts", "2", "--hostfile", &aliases][..],
-            "mpirun refused its command line or hostfile",
+            "mpirun refused its command line, hostfile or micn binary",
         ),
         (&["--np", "0"][..], "--np must be at least 1"),
         (&["--np", "1", "--stall-timeout", "0"][..], "--stall-timeout must be at least 1"),
@@ -110,6 +111,8 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
         (&["--np", "1", "--set", "train.max_steps=2", "--", "train"][..], "give them there instead"),
         // mpirun's own refusal of an argument is not retried either.
         (&["--np", "1", "--max-restarts", "2", "--mpirun-arg=--bogus-flag"][..], "mpirun refused its command line"),
+        (&["--np", "2", "--min-np", "1", "--hostfile", &aliases][..], "--min-np acts at a restart"),
+        (&["--np", "1", "--log-format", "json", "--", "--log-format", "text", "doctor"][..], "give one of them"),
     ] {
         let out = crate::launch::launcher().args(args).args(["--config", config]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -139,6 +142,7 @@ fn under_json_logging_argument_errors_are_one_json_line_too() {
     // clap's own errors, from micn and from micn-launch (its flag, or micn's after `--`).
     json_error(&micn(&["--log-format", "json", "train", "--nope"]), "unexpected argument '--nope'");
     json_error(&micn(&["train", "--log-format=json", "--config"]), "'--config <CONFIG>'");
+    json_error(&micn(&["--log-format", "json", "data"]), "`micn data` needs a subcommand: stats, export; see --help");
     let launch = |args: &[&str]| crate::launch::launcher().args(args).output().unwrap();
     json_error(&launch(&["--log-format", "json", "--no-such-flag"]), "unexpected argument '--no-such-flag'");
     json_error(&launch(&["--np", "0", "--log-format", "json", "--config", config]), "--np must be at least 1");
@@ -165,6 +169,13 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     for device in ["/dev/null", "/dev/full"] {
         assert!(!std::fs::metadata(device).unwrap().is_file(), "{device} was replaced by a file");
     }
+    // Standard output holds the scores alone (how many were written is said on standard error).
+    let out = micn(&["predict", "--run", run, "--out", "/dev/stdout", "--format", "csv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(csv.starts_with("sample,user,user_key,item,label,score\n"), "{csv}");
+    assert!(csv.lines().skip(1).all(|l| l.split(',').count() == 6), "{csv}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scores of the test set written to /dev/stdout"));
     // A link: its target gets the scores, in a directory made for it.
     let (link, target) = (tmp.path().join("link.csv"), tmp.path().join("made/scores.csv"));
     std::os::unix::fs::symlink(&target, &link).unwrap();
@@ -192,6 +203,41 @@ fn printing_to_a_full_standard_output_is_an_error_not_a_panic() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains("error: writing to standard output: No space left on device"), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// Commands that only print, `micn-launch --dry-run` among them: a full standard output is an
+/// error (status 1), a closed pipe (`| head`) ends them quietly.
+#[test]
+fn a_dry_run_to_a_full_or_closed_standard_output_is_an_error_or_quiet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("c.toml");
+    std::fs::write(&config, crate::small_config(&tmp.path().join("run"), &[]).to_toml()).unwrap();
+    let config = config.to_str().unwrap();
+    let sweep = ["sweep", "--config", config, "--grid", "micn.phi=[0.1,0.2]", "--dry-run", "--out"];
+    let sweep_out = tmp.path().join("sweep");
+    let mut launch = crate::launch::launcher();
+    launch.args(["--np", "2", "--dry-run", "--config", config]);
+    let mut sweep_cmd = Command::new(micn_bin());
+    sweep_cmd.args(sweep).arg(&sweep_out);
+    for cmd in [&mut launch, &mut sweep_cmd] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = cmd.stdout(full).stderr(Stdio::piped()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {stderr}");
+        assert!(stderr.contains("writing to standard output: No space left on device"), "{cmd:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{cmd:?}: {stderr}");
+        // A pipe whose reader is gone before anything is written.
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let quiet = out.status.success() || out.status.signal() == Some(libc::SIGPIPE);
+        assert!(
+            quiet && !stderr.contains("error") && !stderr.contains("panicked"),
+            "{cmd:?}: {:?} {stderr}",
+            out.status
+        );
     }
 }
 

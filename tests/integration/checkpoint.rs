@@ -506,7 +506,16 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     let (code, stderr) = train_as(&fresh_cfg, Some("job-2"), &[]);
     assert_eq!(code, Some(3), "another job's restart replaces nothing: {stderr}");
     // By hand, `--resume auto` (a requeued batch job) starts such a run again: it has no
-    // checkpoint, and no model to lose.
+    // checkpoint, and no model to lose. Killed between its first checkpoint's files and their
+    // completion marker, it has none either.
+    let unfinished = |run: &Path| {
+        let dir = run.join("checkpoints/step-00000002");
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["model.safetensors", "optimizer.safetensors", "state.json", "manifest.json"] {
+            std::fs::write(dir.join(file), b"written, not marked complete").unwrap();
+        }
+    };
+    unfinished(&fresh);
     let (code, stderr) = train_as(&fresh_cfg, None, &["--resume", "auto"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("the run stopped before its first checkpoint; starting it again"), "{stderr}");
@@ -515,6 +524,7 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     std::fs::write(fresh.join("config.toml"), fresh_cfg.to_toml()).unwrap();
     std::fs::write(fresh.join("metrics.jsonl"), "").unwrap();
     std::fs::write(fresh.join(".launch"), "job-1\n").unwrap();
+    unfinished(&fresh);
     let (code, stderr) = train_as(&fresh_cfg, Some("job-1"), &[]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("an earlier attempt of this job claimed the run directory"), "{stderr}");
@@ -964,6 +974,81 @@ fn a_run_stopped_between_metrics_lines_and_resumed_logs_what_an_uninterrupted_on
     assert_eq!(expected.iter().filter(|l| !l["test_auc"].is_null()).count(), 1, "{expected:?}");
     assert_eq!(lines(&stopped), expected);
     assert_eq!(model_bytes(&straight), model_bytes(&stopped));
+}
+
+/// A stop lands on a step where a metrics line, an evaluation, a checkpoint or the epoch's end
+/// was due: it checkpoints at once and does none of them, and the resumed run does them before
+/// its next step. Stopped after every single step (each attempt asked to stop before it starts,
+/// so it stops after its first step) and resumed each time, a run logs, evaluates, keeps,
+/// selects and early-stops as an uninterrupted one does, and ends with the same model.
+#[test]
+fn a_run_stopped_after_every_step_logs_scores_selects_and_ends_as_an_uninterrupted_one() {
+    use micn::train::{train_until, Interrupter};
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = micn::data::Dataset::open(crate::train::dataset_dir()).unwrap();
+    // A small training split (most users held out for validation), so that an epoch is short.
+    let train = dataset.train.samples();
+    let key = |i: usize| train.user_keys[i].to_native();
+    let kept = micn::data::shard::validation_split(train.len(), key, false, 0.8, dataset.meta.seed);
+    let epoch = (kept.train.len() / 48) as u64;
+    assert!((4..=30).contains(&epoch), "{epoch} steps per epoch");
+    for patience in [0, 1] {
+        let sets: Vec<String> = [
+            "model.kind=din".to_string(),
+            "data.valid_share=0.8".into(),
+            "train.epochs=2".into(),
+            format!("train.max_steps={}", epoch + 3),
+            "train.log_every_steps=3".into(),
+            "train.eval_every_steps=2".into(),
+            "checkpoint.every_steps=5".into(),
+            "checkpoint.keep_last=1000".into(),
+            format!("train.early_stop_patience={patience}"),
+        ]
+        .into();
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let (straight, stopped) =
+            (tmp.path().join(format!("straight-{patience}")), tmp.path().join(format!("stopped-{patience}")));
+        let reference = train_from(&config(&straight, &sets), &SingleProcess, &Resume::Fresh).unwrap();
+        let mut attempts = 0;
+        let summary = loop {
+            let interrupter = Interrupter::new();
+            interrupter.stop();
+            let summary = train_until(&config(&stopped, &sets), &SingleProcess, &Resume::Auto, &interrupter).unwrap();
+            attempts += 1;
+            if !summary.stopped_by_signal {
+                break summary;
+            }
+            assert_eq!(summary.steps, attempts, "each attempt trains one step");
+        };
+        assert_eq!(summary.steps, reference.steps, "patience {patience}");
+        assert_eq!(reference.early_stopped, patience > 0, "early stopping is exercised");
+        assert_eq!(summary.early_stopped, reference.early_stopped, "patience {patience}");
+        let selected = |s: &micn::train::Summary| s.selected.as_ref().map(|b| (b.step, b.test_auc));
+        assert_eq!(selected(&summary), selected(&reference), "patience {patience}");
+        assert_eq!(model_bytes(&straight), model_bytes(&stopped), "patience {patience}");
+        // Speeds and the gradient norms of a stopped step (gone with its process) aside.
+        let lines = |dir: &Path| -> Vec<serde_json::Value> {
+            let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+            let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            for line in &mut lines {
+                line.as_object_mut().unwrap().retain(|k, _| k != "samples_per_sec" && !k.starts_with("grad_norm"));
+            }
+            lines
+        };
+        assert_eq!(lines(&stopped), lines(&straight), "patience {patience}");
+        // Every checkpoint of the uninterrupted run is there, with the same score of its own
+        // model; the stops' others have none, so that neither retention nor selection takes them.
+        let own = |dir: &Path| micn::checkpoint::verify(dir).unwrap().own_evaluation();
+        let straight_checkpoints = micn::checkpoint::list(&straight.join("checkpoints"));
+        for dir in &straight_checkpoints {
+            let twin = stopped.join("checkpoints").join(dir.file_name().unwrap());
+            assert_eq!(own(&twin), own(dir), "{} (patience {patience})", dir.display());
+        }
+        for dir in micn::checkpoint::list(&stopped.join("checkpoints")) {
+            let named = |d: &PathBuf| d.file_name() == dir.file_name();
+            assert!(straight_checkpoints.iter().any(named) || own(&dir).is_none(), "{}", dir.display());
+        }
+    }
 }
 
 /// A run whose directory is deleted under it stops at its next checkpoint with an error naming

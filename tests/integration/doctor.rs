@@ -109,8 +109,32 @@ fn doctor_under_mpirun_reports_both_ranks() {
     assert!(text.contains("rank 0 of 2"), "{text}");
     assert!(text.contains("rank 1 of 2"), "{text}");
     assert!(text.contains("Open MPI"), "{text}");
-    // Rank 0 prints the report once for the whole job.
+    // Rank 0 prints the report once for the whole job; the MPI library's own string ends in a
+    // NUL that is not printed.
     assert_eq!(text.matches("libtorch ").count(), 1, "{text}");
+    assert!(!text.contains('\0'), "{text:?}");
+}
+
+/// Commands that work on files as one process are refused under mpirun (each rank would print
+/// and write the same); an argument error names each rank's own number, also before the
+/// communicator is up.
+#[test]
+fn one_process_commands_are_refused_under_mpirun_and_argument_errors_name_their_rank() {
+    let out = mpirun(2).arg(micn_bin()).args(["data", "stats", "/nonexistent"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("micn data runs as one process, not under mpirun"), "{stderr}");
+    let out = mpirun(2).arg(micn_bin()).args(["--log-format", "json", "doctor", "--bogus"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let mut ranks: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "ERROR")
+        .map(|v| v["rank"].as_u64().unwrap())
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, [0, 1], "{stderr}");
 }
 
 #[test]
@@ -122,6 +146,8 @@ fn doctor_json_under_mpirun_lists_ranks_0_and_1() {
     let locals: Vec<u64> =
         report["ranks"].as_array().unwrap().iter().map(|r| r["local_rank"].as_u64().unwrap()).collect();
     assert_eq!(locals, vec![0, 1], "both ranks share this host");
+    let library = report["mpi_library"].as_str().unwrap();
+    assert!(library.contains("Open MPI") && !library.contains('\0'), "{library:?}");
     // Every log line is a JSON object carrying its rank.
     let mut log_ranks: Vec<u64> = String::from_utf8(out.stderr)
         .unwrap()
@@ -144,22 +170,11 @@ fn text_log_lines_carry_the_rank() {
 
 #[test]
 fn every_rank_logs_the_device_it_computes_on() {
-    let out = run_ok(mpirun(2).arg(micn_bin()).args([
-        "--log-format",
-        "json",
-        "bench",
-        "throughput",
-        "--model",
-        "wide_deep",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--users",
-        "1000",
-        "--items",
-        "1000",
-    ]));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = crate::small_config(&tmp.path().join("run"), &["model.kind=wide_deep", "train.max_steps=1"]);
+    let config = tmp.path().join("c.toml");
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let out = run_ok(mpirun(2).arg(micn_bin()).args(["--log-format", "json", "train", "--config"]).arg(&config));
     let mut ranks: Vec<u64> = String::from_utf8(out.stderr)
         .unwrap()
         .lines()

@@ -178,6 +178,23 @@ impl Drop for Terminal {
     }
 }
 
+/// `--log-format json` on a terminal: standard error holds JSON lines and nothing else (no line
+/// clearing for a progress bar, no colour codes).
+#[test]
+fn on_a_terminal_json_logging_writes_json_lines_only() {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(r#"exec "$0" --log-format json doctor >/dev/null"#).arg(crate::micn_bin());
+    let (mut child, terminal) = Terminal::spawn(cmd);
+    let status = wait_at_most(&mut child, Duration::from_secs(60), || terminal.screen());
+    let screen = terminal.screen();
+    assert!(status.success(), "{screen}");
+    let lines: Vec<&str> = screen.split(['\r', '\n']).filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "doctor logs what it does");
+    for line in lines {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    }
+}
+
 #[test]
 fn ctrl_c_in_a_terminal_stops_the_job_with_a_checkpoint_and_a_summary_every_time() {
     let tmp = tempfile::tempdir().unwrap();

@@ -322,7 +322,10 @@ print(json.dumps({
     assert!(d["spread"].as_f64().unwrap() > 1e-3, "the interests hardly vary: {d}");
     // `micn eval --retrieval` equals the retrieval written out over the exported vectors.
     let eval = run_ok(Command::new(micn_bin()).args(["eval", "--json", "--retrieval", "5,20", "--run"]).arg(run));
-    let metrics: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let metrics = &eval["model"];
+    assert_eq!(eval["samples"], metrics[0]["users"], "{eval}");
+    assert!(eval["unknown_targets"].as_u64().is_some(), "{eval}");
     for (k, n) in [(0, "5"), (1, "20")] {
         let (m, expected) = (&metrics[k], &d["retrieval"][n]);
         assert_eq!(m["n"].as_u64().unwrap().to_string(), n);
