@@ -651,15 +651,15 @@ macro_rules! ensure_usage {
     };
 }
 
-/// Print `error: [rank N: ]message` as one line, written at once (under mpirun another rank's
-/// output cannot land inside it). Each cause is added once: a message that already quotes its
-/// source (`{path}: {source}`) does not repeat it.
 /// This process's rank as the launcher set it in the environment (OpenMPI's mpirun, Slurm's
 /// srun), for errors before the communicator exists.
 fn launcher_rank() -> Option<usize> {
     ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"].iter().find_map(|var| std::env::var(var).ok()?.parse().ok())
 }
 
+/// Print `error: [rank N: ]message` as one line, written at once (under mpirun another rank's
+/// output cannot land inside it). Each cause is added once: a message that already quotes its
+/// source (`{path}: {source}`) does not repeat it.
 fn report_error(e: &anyhow::Error, rank: Option<usize>, format: LogFormat) {
     use std::io::Write as _;
     let mut message = String::new();
@@ -778,7 +778,6 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
     let one_process = match &command {
         Command::Synth(_) => Some("synth"),
         Command::Prepare(_) => Some("prepare"),
-        Command::Sweep(_) => Some("sweep"),
         Command::Report { .. } => Some("report"),
         Command::Bench { .. } => Some("bench"),
         Command::Checkpoint { .. } => Some("checkpoint"),

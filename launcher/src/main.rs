@@ -894,6 +894,7 @@ fn shell_quoted(arg: &str) -> String {
 /// The launcher's own failures (a bad argument or hostfile, mpirun or micn not found) exit like
 /// micn's input errors: running the same command again cannot help, so nothing retries them.
 fn main() -> ExitCode {
+    output::stdout_is_terminal();
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => {

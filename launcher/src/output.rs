@@ -16,7 +16,7 @@
 //! config`, then `[rank 0] WARN x y`). Writes to a closed terminal or pipe are ignored: after a
 //! hang-up the launcher must keep draining mpirun's output until the job has checkpointed.
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 /// One complete line of mpirun's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,9 +185,10 @@ fn is_json_log_line(text: &str) -> bool {
 /// `> file`), which makes the launcher's exit status 1 ([`stdout_status`]).
 static STDOUT_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// Write `text` and a newline in one write. A closed terminal or pipe is not an error here (the
-/// job's output is still drained, so that no rank blocks on it); any other failure to write
-/// standard output is kept for [`stdout_status`].
+/// Write `text` and a newline in one write. A closed pipe or terminal is not an error here (the
+/// job's output is still drained, so that no rank blocks on it, and a job whose terminal closed
+/// goes on); any other failure to write standard output (a full disk) is kept for
+/// [`stdout_status`].
 pub fn write_line(stream: Stream, text: &str) {
     let mut bytes = Vec::with_capacity(text.len() + 1);
     bytes.extend_from_slice(text.as_bytes());
@@ -195,13 +196,20 @@ pub fn write_line(stream: Stream, text: &str) {
     match stream {
         Stream::Stdout => {
             if let Err(e) = std::io::stdout().lock().write_all(&bytes) {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                if e.kind() != std::io::ErrorKind::BrokenPipe && !stdout_is_terminal() {
                     let _ = STDOUT_FAILURE.set(e.to_string());
                 }
             }
         }
         Stream::Stderr => drop(std::io::stderr().lock().write_all(&bytes)),
     }
+}
+
+/// Whether standard output is a terminal, as it was at the first call (a terminal that was since
+/// closed no longer says it is one): [`main`](crate) asks before anything is written.
+pub fn stdout_is_terminal() -> bool {
+    static TERMINAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TERMINAL.get_or_init(|| std::io::stdout().is_terminal())
 }
 
 /// 1 after saying why when standard output could not be written (lines were lost), else 0.

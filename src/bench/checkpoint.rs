@@ -54,6 +54,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         seconds: 0.0,
         dataset: None,
         vocabularies: None,
+        stopped: false,
     };
     synchronize(device);
     let started = Instant::now();

@@ -368,6 +368,7 @@ mod tests {
             seconds: 0.0,
             dataset: None,
             vocabularies: None,
+            stopped: false,
         }
     }
 

@@ -117,6 +117,11 @@ pub struct State {
     /// checkpoints written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocabularies: Option<String>,
+    /// Written by a stop signal right after its step, before the metrics line, evaluation and
+    /// checkpoint due at that step: a resume does them first (and drops what an earlier resume
+    /// from here wrote at this step, to write it again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// Sums of the training losses (main task, MICN, the model's own auxiliary loss) over `steps`
@@ -229,6 +234,7 @@ mod tests {
             seconds: 0.0,
             dataset: None,
             vocabularies: None,
+            stopped: false,
         }
     }
 

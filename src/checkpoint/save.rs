@@ -70,9 +70,14 @@ pub fn save(
                 discard(&tmp);
                 return Ok(done);
             }
-            // A file system without the exchange (NFS, say): the old one goes first.
+            // A file system without the exchange (NFS, say): the old one goes first, its marker
+            // before the rest, so that a kill meanwhile leaves no marked checkpoint half-deleted
+            // (a resume then takes the checkpoint before it).
             Ok(false) => {
                 std::fs::remove_file(&marker).map_err(io(&marker))?;
+                let old_marker = done.join(MARKER);
+                std::fs::remove_file(&old_marker).map_err(io(&old_marker))?;
+                sync_dir(&done)?;
                 std::fs::remove_dir_all(&done).map_err(io(&done))?;
             }
             Err(e) => {
@@ -113,7 +118,8 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     }
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        // Not offered by the file system or the kernel, or refused by a sandbox's filter.
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM) => Ok(false),
         _ => Err(e),
     }
 }
@@ -193,6 +199,7 @@ mod tests {
             seconds: 0.0,
             dataset: None,
             vocabularies: None,
+            stopped: false,
         }
     }
 

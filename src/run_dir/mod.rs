@@ -319,15 +319,16 @@ impl RunDir {
             .collect()
     }
 
-    /// Start writing a run: its configuration, and its metrics log, kept up to the step a run
-    /// resumes from (lines a run that then died wrote later are dropped, and so are the test-set
-    /// lines of attempts that were stopped: the test set is scored once, at the run's end), else
-    /// empty; its TensorBoard event file holds the same lines ([`EventWriter::create`]).
-    pub fn start_writing(&self, config_toml: &str, resumed_step: Option<u64>) -> Result<MetricsLog, PathIo> {
+    /// Start writing a run: its configuration, and its metrics log, kept up to step `kept_to`
+    /// for a run that resumes (lines a run that then died wrote later are dropped, and so are the
+    /// test-set lines of attempts that were stopped: the test set is scored once, at the run's
+    /// end), else empty; its TensorBoard event file holds the same lines
+    /// ([`EventWriter::create`]).
+    pub fn start_writing(&self, config_toml: &str, kept_to: Option<u64>) -> Result<MetricsLog, PathIo> {
         crate::io_error::create_dirs(&self.path)?;
         replace_file(&self.config(), |tmp| std::fs::write(tmp, config_toml))?;
         let path = self.metrics();
-        let kept: String = match resumed_step {
+        let kept: String = match kept_to {
             Some(step) => read_if_present(&path)?
                 .lines()
                 .filter(|l| {

@@ -596,6 +596,8 @@ struct Run<'a> {
     position: Position,
     epochs_completed: u64,
     stopped_by_signal: bool,
+    /// Resumed from a stop's checkpoint, whose step's due work is still to do ([`Run::catch_up`]).
+    resumed_from_stop: bool,
     /// Stopped because the validation AUC stopped improving (`train.early_stop_patience`).
     early_stopped: bool,
     totals: StepTotals,
@@ -688,6 +690,7 @@ impl<'a> Run<'a> {
         let run_dir = RunDir::new(&cfg.run.dir);
         let rank0 = comm.rank() == 0;
         let metrics = match rank0 {
+            // Lines at a stop's step are written when the run catches up with it (`catch_up`).
             true => run_dir.start_writing(&cfg.to_toml(), state.map(|s| s.step))?,
             false => MetricsLog::discard(),
         };
@@ -750,6 +753,7 @@ impl<'a> Run<'a> {
             position: started_at,
             epochs_completed: started_at.epoch,
             stopped_by_signal: false,
+            resumed_from_stop: state.is_some_and(|s| s.stopped),
             early_stopped: false,
             totals: StepTotals::resumed(state.and_then(|s| s.loss_window)),
             steady: SteadyRate::new(total_steps.saturating_sub(step)),
@@ -786,51 +790,24 @@ impl<'a> Run<'a> {
         self.validate(epoch)?;
         // Every epoch ends with a checkpoint, unless this step has one already (its position, the
         // epoch's end, resumes to the same place).
-        if self.checkpoints.last_step != Some(self.step) {
-            self.checkpoint()?;
-        }
+        self.checkpoint_unless_written()?;
         self.steady.resume();
         Ok(if self.patience_ran_out() { Flow::Stop } else { Flow::Continue })
     }
 
     /// Resumed from a stop's checkpoint: do what the stop left undone at its step, as a run
-    /// that went on there would have done it. A stop checkpoints right after its step, with
-    /// neither the step's metrics line (its losses stay in the checkpoint) nor a validation pass;
-    /// here the line is written when one was due (the step's gradient norms and throughput ended
-    /// with the process that trained it), the model is scored when an evaluation, a checkpoint,
-    /// or the epoch's end was due, and the checkpoint is written again with its score when one
-    /// was due (at the run's end, [`Run::finish`] does both), so that retention, the selection of the best checkpoint and early
-    /// stopping see what they would have seen. Any other checkpoint has done all of it already.
+    /// that went on there would have done it. A stop checkpoints right after its step, without
+    /// the step's metrics line (its losses stay in the checkpoint), evaluation or checkpoint;
+    /// here each is done when it was due ([`Run::due_at_step`]; the line without the step's
+    /// gradient norms and throughput, which ended with the process that trained it), so that
+    /// retention, the selection of the best checkpoint and early stopping see what they would
+    /// have seen. The epoch's end and the run's, when the stop fell on them, follow as ever
+    /// ([`Run::epoch`], [`Run::finish`]).
     fn catch_up(&mut self) -> Result<(), TrainError> {
-        let (cfg, step) = (self.cfg, self.step);
-        if step == 0 || step != self.resumed_at {
+        if !self.resumed_from_stop {
             return Ok(());
         }
-        let epoch = self.last_steps_epoch();
-        let line_due = step % cfg.train.log_every_steps == 0 || step == self.total_steps;
-        if line_due && self.totals.logged_steps > 0 {
-            let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
-            let mut line = self.totals.line(cfg, (step, epoch), self.schedule.lr(step - 1), secs);
-            (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm, line.samples_per_sec) =
-                (None, None, None, None);
-            self.metrics.write(&line)?;
-        }
-        let unscored = !self.validation.ids.is_empty() && !self.validation.evaluations.iter().any(|e| e.0 == step);
-        if !unscored {
-            return Ok(());
-        }
-        let batch = cfg.train.global_batch_size as u64;
-        let epoch_end = self.position.sample > 0 && self.position.sample / batch >= self.steps_per_epoch;
-        let every = |n: u64| n > 0 && step % n == 0;
-        // The run's end is `finish`'s: it scores and writes its checkpoint again itself.
-        let checkpoint_due = every(cfg.checkpoint.every_steps) || epoch_end;
-        if checkpoint_due || every(cfg.train.eval_every_steps) {
-            self.validate(epoch)?;
-        }
-        if checkpoint_due {
-            self.checkpoint()?;
-        }
-        Ok(())
+        self.due_at_step(false, self.last_steps_epoch(), false)
     }
 
     /// Whether the last `train.early_stop_patience` validation evaluations have not improved on
@@ -905,37 +882,68 @@ impl<'a> Run<'a> {
         self.validation.run(&self.scorer, &self.replica.net, (self.step, epoch), &mut self.metrics)
     }
 
-    /// What follows a step: the replica check, the metrics line, the evaluation and the
-    /// checkpoint, each when due.
+    /// What follows a step: the replica check, then what is due at the step.
     fn after_step(&mut self, control: Control, epoch: u64) -> Result<(), TrainError> {
-        let (cfg, step) = (self.cfg, self.step);
-        let every = cfg.train.check_replicas_every_steps;
+        let step = self.step;
+        let every = self.cfg.train.check_replicas_every_steps;
         if every > 0 && step % every == 0 {
             let digests = self.comm.all_gather(&[self.replica.digest()])?.data;
             if digests.iter().any(|d| *d != digests[0]) {
                 return Err(TrainError::ReplicasDiffer { step, digests });
             }
         }
+        self.due_at_step(control.checkpoint_due, epoch, true)?;
+        self.steady.resume();
+        Ok(())
+    }
+
+    /// The metrics line, the evaluation and the checkpoint, each when due at the last step (of
+    /// `epoch`); a checkpoint also when `time_due` (`checkpoint.every_minutes`). `measured`: this
+    /// process trained the step, so the line has its gradient norms and throughput.
+    fn due_at_step(&mut self, time_due: bool, epoch: u64, measured: bool) -> Result<(), TrainError> {
+        let (cfg, step) = (self.cfg, self.step);
         if step % cfg.train.log_every_steps == 0 || step == self.total_steps {
             self.read_losses()?;
-            let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
-            let line = self.totals.line(cfg, (step, epoch), self.schedule.lr(step - 1), secs);
-            self.metrics.write(&line)?;
-            self.progress.update(step, line.loss_main.unwrap_or_default(), line.samples_per_sec.unwrap_or_default());
+            // Resumed from a stop after such a line was written: nothing is left to log.
+            if self.totals.logged_steps > 0 {
+                let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
+                let mut line = self.totals.line(cfg, (step, epoch), self.schedule.lr(step - 1), secs);
+                if measured {
+                    self.progress.update(
+                        step,
+                        line.loss_main.unwrap_or_default(),
+                        line.samples_per_sec.unwrap_or_default(),
+                    );
+                } else {
+                    (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm, line.samples_per_sec) =
+                        (None, None, None, None);
+                }
+                self.metrics.write(&line)?;
+            }
             self.window_started = Instant::now();
         }
         // A checkpoint records the validation score of its own model: evaluate first.
-        let every = cfg.checkpoint.every_steps;
-        let checkpoint_due = (every > 0 && step % every == 0) || control.checkpoint_due;
-        let every = cfg.train.eval_every_steps;
-        if (every > 0 && step % every == 0) || checkpoint_due {
+        let every = |n: u64| n > 0 && step % n == 0;
+        let checkpoint_due = every(cfg.checkpoint.every_steps) || time_due;
+        if checkpoint_due || every(cfg.train.eval_every_steps) {
             self.validate(epoch)?;
         }
         if checkpoint_due {
-            self.checkpoint()?;
+            self.checkpoint_unless_written()?;
         }
-        self.steady.resume();
         Ok(())
+    }
+
+    /// A checkpoint of the last step, unless it has one already: one with its score, or one
+    /// without a score there is none to add to (a stop's checkpoint that has been scored since
+    /// the resume is written again, now with its score).
+    fn checkpoint_unless_written(&mut self) -> Result<(), TrainError> {
+        let written = self.checkpoints.last_step == Some(self.step)
+            && (self.checkpoints.last_scored || !self.validation.scored(self.step));
+        match written {
+            true => Ok(()),
+            false => self.checkpoint(),
+        }
     }
 
     /// A checkpoint of the model after the last step, resuming at [`Run::position`].
@@ -947,7 +955,15 @@ impl<'a> Run<'a> {
         let window = LossWindow { sums: self.totals.loss_sums, steps: self.totals.logged_steps };
         let seconds = self.run_seconds();
         let position = (self.step, epoch, sample);
-        self.checkpoints.save(self.cfg, self.comm, &self.replica, position, &self.validation, (window, seconds))
+        let (replica, validation) = (&self.replica, &self.validation);
+        self.checkpoints.save(
+            self.cfg,
+            self.comm,
+            replica,
+            position,
+            validation,
+            (window, seconds, self.stopped_by_signal),
+        )
     }
 
     /// The epoch the last step trained in, as every metrics line of that step names it (once an
@@ -970,16 +986,15 @@ impl<'a> Run<'a> {
     fn finish(mut self) -> Result<Summary, TrainError> {
         self.read_losses()?;
         let (cfg, step) = (self.cfg, self.step);
-        // The end of the run is a checkpoint with its score, unless it has one already; one at
-        // this step without its score (a stop's, resumed from) is scored and written again.
-        let to_score = !self.stopped_by_signal && !self.validation.ids.is_empty() && !self.checkpoints.last_scored;
-        if step > 0 && (self.checkpoints.last_step != Some(step) || to_score) {
-            // The end of the run is a checkpoint too (a later, longer run resumes from it). A stop
-            // signal leaves no time for a validation pass: that checkpoint then has no score.
+        // The end of the run is a checkpoint too (a later, longer run resumes from it), with its
+        // score, unless it has one already (a stop's checkpoint resumed from is scored and written
+        // again). A stop signal leaves no time for a validation pass: that checkpoint has no score.
+        let done = self.checkpoints.last_step == Some(step) && (self.checkpoints.last_scored || self.stopped_by_signal);
+        if step > 0 && !done {
             if !self.stopped_by_signal {
                 self.validate(self.last_steps_epoch())?;
             }
-            self.checkpoint()?;
+            self.checkpoint_unless_written()?;
         }
         self.progress.finish();
         let loop_seconds = self.loop_started.elapsed().as_secs_f64();
@@ -1068,6 +1083,11 @@ struct Validation {
 }
 
 impl Validation {
+    /// Whether the model after `step` has been scored.
+    fn scored(&self, step: u64) -> bool {
+        self.evaluations.iter().any(|e| e.0 == step)
+    }
+
     /// Score the model after `step` on the validation split, unless there is none or this step
     /// was scored already.
     fn run(
@@ -1156,7 +1176,7 @@ impl Checkpointing {
         replica: &Replica,
         (step, epoch, position): (u64, u64, u64),
         validation: &Validation,
-        (loss_window, seconds): (LossWindow, f64),
+        (loss_window, seconds, stopped): (LossWindow, f64, bool),
     ) -> Result<(), TrainError> {
         let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
         let result = if self.rank0 {
@@ -1176,6 +1196,7 @@ impl Checkpointing {
                 seconds,
                 dataset: Some(self.dataset.clone()),
                 vocabularies: Some(self.vocabularies.clone()),
+                stopped,
             };
             let saved = checkpoint::save(
                 &self.root,
@@ -1200,7 +1221,7 @@ impl Checkpointing {
         };
         self.last = Instant::now();
         self.last_step = Some(step);
-        self.last_scored = validation.evaluations.iter().any(|e| e.0 == step);
+        self.last_scored = validation.scored(step);
         // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
         agree_on_rank0(comm, result.map_err(TrainError::from), "write a checkpoint")
     }

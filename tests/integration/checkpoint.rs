@@ -992,7 +992,9 @@ fn a_run_stopped_after_every_step_logs_scores_selects_and_ends_as_an_uninterrupt
     let kept = micn::data::shard::validation_split(train.len(), key, false, 0.8, dataset.meta.seed);
     let epoch = (kept.train.len() / 48) as u64;
     assert!((4..=30).contains(&epoch), "{epoch} steps per epoch");
-    for patience in [0, 1] {
+    // (patience, ranks, each stop's checkpoint resumed twice, as when the process that caught up
+    // with it died before its next checkpoint)
+    for (patience, world, twice) in [(0, 1, true), (1, 1, false), (0, 2, false)] {
         let sets: Vec<String> = [
             "model.kind=din".to_string(),
             "data.valid_share=0.8".into(),
@@ -1006,26 +1008,40 @@ fn a_run_stopped_after_every_step_logs_scores_selects_and_ends_as_an_uninterrupt
         ]
         .into();
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let name = format!("patience {patience}, {world} rank(s)");
         let (straight, stopped) =
-            (tmp.path().join(format!("straight-{patience}")), tmp.path().join(format!("stopped-{patience}")));
-        let reference = train_from(&config(&straight, &sets), &SingleProcess, &Resume::Fresh).unwrap();
+            (tmp.path().join(format!("straight-{name}")), tmp.path().join(format!("stopped-{name}")));
+        let train = |dir: &Path, resume: &Resume, stop: bool| -> micn::train::Summary {
+            let interrupter = Interrupter::new();
+            if stop {
+                interrupter.stop();
+            }
+            let cfg = config(dir, &sets);
+            let summaries = ThreadRanks::run(world, |comm| train_until(&cfg, &comm, resume, &interrupter).unwrap());
+            summaries.into_iter().next().unwrap()
+        };
+        let reference = train(&straight, &Resume::Fresh, false);
         let mut attempts = 0;
         let summary = loop {
-            let interrupter = Interrupter::new();
-            interrupter.stop();
-            let summary = train_until(&config(&stopped, &sets), &SingleProcess, &Resume::Auto, &interrupter).unwrap();
+            let summary = train(&stopped, &Resume::Auto, true);
             attempts += 1;
             if !summary.stopped_by_signal {
                 break summary;
             }
             assert_eq!(summary.steps, attempts, "each attempt trains one step");
+            if twice && attempts > 1 {
+                // From the stop before, again: caught up with a second time, then the same step.
+                let before = stopped.join("checkpoints").join(micn::checkpoint::dir_name(attempts - 1));
+                assert_eq!(train(&stopped, &Resume::Path(before), true).steps, attempts);
+            }
         };
-        assert_eq!(summary.steps, reference.steps, "patience {patience}");
+        assert_eq!(summary.epochs_completed, reference.epochs_completed, "{name}");
+        assert_eq!(summary.steps, reference.steps, "{name}");
         assert_eq!(reference.early_stopped, patience > 0, "early stopping is exercised");
-        assert_eq!(summary.early_stopped, reference.early_stopped, "patience {patience}");
+        assert_eq!(summary.early_stopped, reference.early_stopped, "{name}");
         let selected = |s: &micn::train::Summary| s.selected.as_ref().map(|b| (b.step, b.test_auc));
-        assert_eq!(selected(&summary), selected(&reference), "patience {patience}");
-        assert_eq!(model_bytes(&straight), model_bytes(&stopped), "patience {patience}");
+        assert_eq!(selected(&summary), selected(&reference), "{name}");
+        assert_eq!(model_bytes(&straight), model_bytes(&stopped), "{name}");
         // Speeds and the gradient norms of a stopped step (gone with its process) aside.
         let lines = |dir: &Path| -> Vec<serde_json::Value> {
             let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
@@ -1035,14 +1051,14 @@ fn a_run_stopped_after_every_step_logs_scores_selects_and_ends_as_an_uninterrupt
             }
             lines
         };
-        assert_eq!(lines(&stopped), lines(&straight), "patience {patience}");
+        assert_eq!(lines(&stopped), lines(&straight), "{name}");
         // Every checkpoint of the uninterrupted run is there, with the same score of its own
         // model; the stops' others have none, so that neither retention nor selection takes them.
         let own = |dir: &Path| micn::checkpoint::verify(dir).unwrap().own_evaluation();
         let straight_checkpoints = micn::checkpoint::list(&straight.join("checkpoints"));
         for dir in &straight_checkpoints {
             let twin = stopped.join("checkpoints").join(dir.file_name().unwrap());
-            assert_eq!(own(&twin), own(dir), "{} (patience {patience})", dir.display());
+            assert_eq!(own(&twin), own(dir), "{} ({name})", dir.display());
         }
         for dir in micn::checkpoint::list(&stopped.join("checkpoints")) {
             let named = |d: &PathBuf| d.file_name() == dir.file_name();

@@ -65,7 +65,8 @@ fn predictions_carry_user_and_item_and_their_auc_is_evals_on_every_split_and_wor
     let test_csv = tmp.path().join("test.csv");
     let out = run_ok(Command::new(micn_bin()).args(["predict", "--run", run_arg, "--out"]).arg(&test_csv));
     let rows = read_csv(&test_csv);
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} scores of the test set", rows.len())));
+    // Said on standard error: standard output may be the scores themselves (`--out /dev/stdout`).
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{} scores of the test set", rows.len())));
     assert_eq!(rows.len(), dataset.test.samples().len());
     assert!(rows.iter().enumerate().all(|(k, r)| r.sample == k as u32), "every test sample once, in archive order");
     let test = dataset.test.samples();
