@@ -817,7 +817,14 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             Outcome::Interrupted(status) => {
-                printer.say("INFO", &format!("job stopped on request after {secs:.1} s ({status})"));
+                // A rank that had not yet set up its stop handling (the first moments of its start)
+                // ends at the SIGUSR1 itself.
+                let usr1 = status.code() == Some(128 + libc::SIGUSR1) || status.signal() == Some(libc::SIGUSR1);
+                let starting = match usr1 {
+                    true => ", while its ranks were still starting: nothing was trained or checkpointed",
+                    false => "",
+                };
+                printer.say("INFO", &format!("job stopped on request after {secs:.1} s ({status}){starting}"));
                 return Ok(status.code().unwrap_or(1));
             }
             Outcome::Finished(status) if status.code() == Some(EXIT_INPUT_ERROR) => {

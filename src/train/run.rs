@@ -691,7 +691,9 @@ impl<'a> Run<'a> {
         let rank0 = comm.rank() == 0;
         let metrics = match rank0 {
             // Lines at a stop's step are written when the run catches up with it (`catch_up`).
-            true => run_dir.start_writing(&cfg.to_toml(), state.map(|s| s.step))?,
+            true => {
+                run_dir.start_writing(&cfg.to_toml(), state.map(|s| s.step.saturating_sub(u64::from(s.stopped))))?
+            }
             false => MetricsLog::discard(),
         };
         if let Some(state) = state.filter(|s| s.step >= total_steps) {

@@ -97,6 +97,9 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     std::fs::write(&bad_hosts, "localhost slots=1\n\nbogus line here =\n").unwrap();
     // One host under two names, each with a slot count: only mpirun knows they are one.
     std::fs::write(&aliases, "localhost slots=1\n127.0.0.1 slots=1\n").unwrap();
+    // With a hostfile the binary is mpirun's to find on each host: missing, it is not retried.
+    let one_host = at("one-host");
+    std::fs::write(&one_host, "localhost slots=2\n").unwrap();
     for (args, needle) in [
         (&["--np", "1", "--hostfile", &bad_hosts][..], "bad-hosts:3: expected `line=VALUE` after the host name"),
         (
@@ -112,6 +115,10 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
         // mpirun's own refusal of an argument is not retried either.
         (&["--np", "1", "--max-restarts", "2", "--mpirun-arg=--bogus-flag"][..], "mpirun refused its command line"),
         (&["--np", "2", "--min-np", "1", "--hostfile", &aliases][..], "--min-np acts at a restart"),
+        (
+            &["--np", "1", "--max-restarts", "2", "--hostfile", &one_host, "--micn", "/nonexistent/micn"][..],
+            "mpirun refused its command line, hostfile or micn binary",
+        ),
         (&["--np", "1", "--log-format", "json", "--", "--log-format", "text", "doctor"][..], "give one of them"),
     ] {
         let out = crate::launch::launcher().args(args).args(["--config", config]).output().unwrap();
