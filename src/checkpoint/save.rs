@@ -74,11 +74,18 @@ pub fn save(
             // before the rest, so that a kill meanwhile leaves no marked checkpoint half-deleted
             // (a resume then takes the checkpoint before it).
             Ok(false) => {
-                std::fs::remove_file(&marker).map_err(io(&marker))?;
                 let old_marker = done.join(MARKER);
-                std::fs::remove_file(&old_marker).map_err(io(&old_marker))?;
-                sync_dir(&done)?;
-                std::fs::remove_dir_all(&done).map_err(io(&done))?;
+                let cleared = std::fs::remove_file(&marker)
+                    .map_err(io(&marker))
+                    .and_then(|()| match std::fs::remove_file(&old_marker) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&old_marker)(e)),
+                        _ => sync_dir(&done),
+                    })
+                    .and_then(|()| std::fs::remove_dir_all(&done).map_err(io(&done)));
+                if let Err(e) = cleared {
+                    discard(&tmp);
+                    return Err(e);
+                }
             }
             Err(e) => {
                 discard(&tmp);
@@ -157,19 +164,37 @@ fn write_files(
 /// "Newest" follows the line of the checkpoint just written: one with a later step was written by
 /// an earlier attempt that this run resumed from before it (after a damaged newest checkpoint, or
 /// an explicit `--resume` of an older one), so it ranks after every checkpoint of this line, and
-/// goes first. Unfinished or foreign entries (no marker, not a `step-N` directory) are not counted
-/// and not removed: they are no checkpoint to keep, and not this function's to delete.
+/// goes first. A stop signal's checkpoint, which an uninterrupted run would not have, goes once a
+/// later checkpoint that is not a stop's is written, and until then ranks after every other one
+/// but the one just written, so that the same checkpoints are kept in the end. Unfinished or
+/// foreign entries (no marker, not a `step-N` directory) are not counted and not removed: they are
+/// no checkpoint to keep, and not this function's to delete.
 pub fn retain(root: &Path, keep: usize, written: u64) -> Result<(), CheckpointError> {
-    let mut finished: Vec<(PathBuf, u64)> =
-        super::finished(root).into_iter().filter_map(|dir| super::step_of(&dir).map(|step| (dir, step))).collect();
-    finished.sort_by_key(|&(_, step)| (step > written, std::cmp::Reverse(step)));
-    let own_auc = |dir: &Path| -> Option<f64> {
+    let state = |dir: &Path| -> Option<State> {
         let text = std::fs::read_to_string(dir.join(FILES[2])).ok()?;
-        serde_json::from_str::<State>(&text).ok()?.own_auc()
+        serde_json::from_str(&text).ok()
     };
-    let aucs: Vec<Option<f64>> = finished.iter().map(|(dir, _)| own_auc(dir)).collect();
+    // (directory, step, its own AUC, a stop's)
+    let mut finished: Vec<(PathBuf, u64, Option<f64>, bool)> = super::finished(root)
+        .into_iter()
+        .filter_map(|dir| {
+            let step = super::step_of(&dir)?;
+            let state = state(&dir);
+            let stopped = state.as_ref().is_some_and(|s| s.stopped);
+            Some((dir, step, state.and_then(|s| s.own_auc()), stopped))
+        })
+        .collect();
+    let written_by_stop = finished.iter().any(|&(_, step, _, stopped)| step == written && stopped);
+    let (superseded, mut finished): (Vec<_>, Vec<_>) =
+        finished.into_iter().partition(|&(_, step, _, stopped)| stopped && step < written && !written_by_stop);
+    for (dir, ..) in &superseded {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    finished
+        .sort_by_key(|&(_, step, _, stopped)| (step > written, stopped && step != written, std::cmp::Reverse(step)));
+    let aucs: Vec<Option<f64>> = finished.iter().map(|f| f.2).collect();
     for i in policy::to_remove(&aucs, keep) {
-        let (dir, step) = &finished[i];
+        let (dir, step, ..) = &finished[i];
         if *step != written {
             std::fs::remove_dir_all(dir).map_err(io(dir))?;
         }
@@ -285,6 +310,22 @@ mod tests {
         save(root.path(), &state(12, vec![(12, 0.7, 0.5, 0.6)]), write_bytes(4), write_bytes(4)).unwrap();
         retain(root.path(), 1, 12).unwrap();
         assert_eq!(entries(root.path()), ["step-00000012"]);
+    }
+
+    #[test]
+    fn a_stops_checkpoint_goes_once_a_later_regular_one_is_written() {
+        // Every 10 steps, keeping 3; stops at 25 and 26 (no score of their own): 25 makes way for
+        // 26 rather than 10, and 26 goes at 30, leaving an uninterrupted run's 10, 20 and 30.
+        let root = tempfile::tempdir().unwrap();
+        let mut kept = Vec::new();
+        for (step, stopped) in [(10, false), (20, false), (25, true), (26, true), (30, false)] {
+            let state = State { stopped, ..state(step, vec![]) };
+            save(root.path(), &state, write_bytes(4), write_bytes(4)).unwrap();
+            retain(root.path(), 3, step).unwrap();
+            kept.push(entries(root.path()).len());
+        }
+        assert_eq!(kept, [1, 2, 3, 3, 3]);
+        assert_eq!(entries(root.path()), ["step-00000010", "step-00000020", "step-00000030"]);
     }
 
     #[test]

@@ -524,6 +524,7 @@ pub fn train_until(
     };
     run.watchdog = watchdog.as_ref();
     run.catch_up()?;
+    run.steady.resume();
     // A run resumed from the checkpoint at which its patience ran out (killed before it wrote
     // its summary, or stopped by a signal before it scored that step) stops there, as it did.
     let epochs = if run.patience_ran_out() { 0 } else { cfg.train.epochs as u64 };
@@ -732,6 +733,7 @@ impl<'a> Run<'a> {
                 // A resumed run has its checkpoint at the step it starts from already.
                 last_step: state.map(|s| s.step),
                 last_scored: state.is_some_and(|s| s.own_evaluation().is_some()),
+                last_stopped: state.is_some_and(|s| s.stopped),
                 dataset: dataset.meta.fingerprint(),
                 vocabularies: dataset.vocab.digest(),
             },
@@ -937,10 +939,11 @@ impl<'a> Run<'a> {
     }
 
     /// A checkpoint of the last step, unless it has one already: one with its score, or one
-    /// without a score there is none to add to (a stop's checkpoint that has been scored since
-    /// the resume is written again, now with its score).
+    /// without a score there is none to add to. A stop's checkpoint resumed from is written again
+    /// (with its score, its step's losses logged, its position past the epoch's end).
     fn checkpoint_unless_written(&mut self) -> Result<(), TrainError> {
         let written = self.checkpoints.last_step == Some(self.step)
+            && !self.checkpoints.last_stopped
             && (self.checkpoints.last_scored || !self.validation.scored(self.step));
         match written {
             true => Ok(()),
@@ -989,13 +992,15 @@ impl<'a> Run<'a> {
         self.read_losses()?;
         let (cfg, step) = (self.cfg, self.step);
         // The end of the run is a checkpoint too (a later, longer run resumes from it), with its
-        // score, unless it has one already (a stop's checkpoint resumed from is scored and written
-        // again). A stop signal leaves no time for a validation pass: that checkpoint has no score.
-        let done = self.checkpoints.last_step == Some(step) && (self.checkpoints.last_scored || self.stopped_by_signal);
-        if step > 0 && !done {
-            if !self.stopped_by_signal {
-                self.validate(self.last_steps_epoch())?;
+        // score (a stop's checkpoint resumed from is scored and written again). A stop signal
+        // leaves no time for a validation pass: its checkpoint has no score.
+        if step > 0 && self.stopped_by_signal {
+            if self.checkpoints.last_step != Some(step) {
+                self.checkpoint()?;
             }
+        } else if step > 0 {
+            // Nothing to score when this step has been (its checkpoint written at the step).
+            self.validate(self.last_steps_epoch())?;
             self.checkpoint_unless_written()?;
         }
         self.progress.finish();
@@ -1163,6 +1168,8 @@ struct Checkpointing {
     last_step: Option<u64>,
     /// Whether that checkpoint holds its own validation score (a stop's has none).
     last_scored: bool,
+    /// Whether it is a stop's, written before what was due at its step.
+    last_stopped: bool,
     /// The fingerprint of the dataset trained on, recorded in every checkpoint.
     dataset: String,
     /// The digest of its vocabularies, recorded in every checkpoint and in the summary.
@@ -1224,6 +1231,7 @@ impl Checkpointing {
         self.last = Instant::now();
         self.last_step = Some(step);
         self.last_scored = validation.scored(step);
+        self.last_stopped = stopped;
         // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
         agree_on_rank0(comm, result.map_err(TrainError::from), "write a checkpoint")
     }

@@ -993,8 +993,8 @@ fn a_run_stopped_after_every_step_logs_scores_selects_and_ends_as_an_uninterrupt
     let epoch = (kept.train.len() / 48) as u64;
     assert!((4..=30).contains(&epoch), "{epoch} steps per epoch");
     // (patience, ranks, each stop's checkpoint resumed twice, as when the process that caught up
-    // with it died before its next checkpoint)
-    for (patience, world, twice) in [(0, 1, true), (1, 1, false), (0, 2, false)] {
+    // with it died before its next checkpoint, checkpoints kept)
+    for (patience, world, twice, keep) in [(0, 1, true, 1000), (1, 1, false, 2), (0, 2, false, 3)] {
         let sets: Vec<String> = [
             "model.kind=din".to_string(),
             "data.valid_share=0.8".into(),
@@ -1003,7 +1003,7 @@ fn a_run_stopped_after_every_step_logs_scores_selects_and_ends_as_an_uninterrupt
             "train.log_every_steps=3".into(),
             "train.eval_every_steps=2".into(),
             "checkpoint.every_steps=5".into(),
-            "checkpoint.keep_last=1000".into(),
+            format!("checkpoint.keep_last={keep}"),
             format!("train.early_stop_patience={patience}"),
         ]
         .into();
@@ -1053,16 +1053,22 @@ fn a_run_stopped_after_every_step_logs_scores_selects_and_ends_as_an_uninterrupt
         };
         assert_eq!(lines(&stopped), lines(&straight), "{name}");
         // Every checkpoint of the uninterrupted run is there, with the same score of its own
-        // model; the stops' others have none, so that neither retention nor selection takes them.
+        // model; the stops' others have none, so that neither retention nor selection takes them,
+        // and make way for later ones: with few kept, the very same ones are kept.
         let own = |dir: &Path| micn::checkpoint::verify(dir).unwrap().own_evaluation();
         let straight_checkpoints = micn::checkpoint::list(&straight.join("checkpoints"));
         for dir in &straight_checkpoints {
             let twin = stopped.join("checkpoints").join(dir.file_name().unwrap());
             assert_eq!(own(&twin), own(dir), "{} ({name})", dir.display());
         }
-        for dir in micn::checkpoint::list(&stopped.join("checkpoints")) {
+        let stopped_checkpoints = micn::checkpoint::list(&stopped.join("checkpoints"));
+        for dir in &stopped_checkpoints {
             let named = |d: &PathBuf| d.file_name() == dir.file_name();
-            assert!(straight_checkpoints.iter().any(named) || own(&dir).is_none(), "{}", dir.display());
+            assert!(straight_checkpoints.iter().any(named) || own(dir).is_none(), "{}", dir.display());
+        }
+        if keep < 1000 {
+            let names = |dirs: &[PathBuf]| dirs.iter().map(|d| d.file_name().unwrap().to_owned()).collect::<Vec<_>>();
+            assert_eq!(names(&stopped_checkpoints), names(&straight_checkpoints), "{name}");
         }
     }
 }
