@@ -175,7 +175,7 @@ pub fn retain(root: &Path, keep: usize, written: u64) -> Result<(), CheckpointEr
         serde_json::from_str(&text).ok()
     };
     // (directory, step, its own AUC, a stop's)
-    let mut finished: Vec<(PathBuf, u64, Option<f64>, bool)> = super::finished(root)
+    let finished: Vec<(PathBuf, u64, Option<f64>, bool)> = super::finished(root)
         .into_iter()
         .filter_map(|dir| {
             let step = super::step_of(&dir)?;
