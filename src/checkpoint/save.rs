@@ -158,8 +158,9 @@ fn write_files(
 
 /// Remove the checkpoints retention no longer keeps, right after the one at step `written` was
 /// saved: of the finished checkpoints (with their marker), all but the newest `keep` and the best
-/// one by the AUC of an evaluation made at its own step (see [`policy::to_remove`]). The one just
-/// written is never removed.
+/// one by the AUC of an evaluation made at its own step (see [`policy::to_remove`]), and the stop
+/// signals' checkpoints that a later regular one supersedes (below). The one just written is
+/// never removed.
 ///
 /// "Newest" follows the line of the checkpoint just written: one with a later step was written by
 /// an earlier attempt that this run resumed from before it (after a damaged newest checkpoint, or
