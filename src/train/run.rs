@@ -999,7 +999,7 @@ impl<'a> Run<'a> {
                 self.checkpoint()?;
             }
         } else if step > 0 {
-            // Nothing to score when this step has been (its checkpoint written at the step).
+            // Both do nothing where this step was scored and checkpointed already.
             self.validate(self.last_steps_epoch())?;
             self.checkpoint_unless_written()?;
         }
