@@ -59,8 +59,7 @@ pub fn save(
         // one, marker and all, takes the old one's place in one atomic exchange, so that a kill
         // at any moment leaves a complete checkpoint there; the old one, swapped out, then goes.
         let marker = tmp.join(MARKER);
-        let marked = std::fs::write(&marker, b"").and_then(|_| std::fs::File::open(&marker)?.sync_all());
-        if let Err(e) = marked.map_err(io(&marker)).and_then(|()| sync_dir(&tmp)) {
+        if let Err(e) = write_marker(&tmp).and_then(|()| sync_dir(&tmp)) {
             discard(&tmp);
             return Err(e);
         }
@@ -99,8 +98,7 @@ pub fn save(
     }
     let finish = || {
         sync_dir(root)?;
-        let marker = done.join(MARKER);
-        std::fs::write(&marker, b"").and_then(|_| std::fs::File::open(&marker)?.sync_all()).map_err(io(&marker))?;
+        write_marker(&done)?;
         sync_dir(&done)
     };
     if let Err(e) = finish() {
@@ -109,6 +107,12 @@ pub fn save(
         return Err(e);
     }
     Ok(done)
+}
+
+/// Mark the checkpoint in `dir` complete (an empty, fsynced `COMPLETE` file).
+fn write_marker(dir: &Path) -> Result<(), CheckpointError> {
+    let marker = dir.join(MARKER);
+    std::fs::write(&marker, b"").and_then(|_| std::fs::File::open(&marker)?.sync_all()).map_err(io(&marker))
 }
 
 /// Swap two directories atomically (Linux's `renameat2` with `RENAME_EXCHANGE`); `false` where

@@ -597,8 +597,6 @@ struct Run<'a> {
     position: Position,
     epochs_completed: u64,
     stopped_by_signal: bool,
-    /// Resumed from a stop's checkpoint, whose step's due work is still to do ([`Run::catch_up`]).
-    resumed_from_stop: bool,
     /// Stopped because the validation AUC stopped improving (`train.early_stop_patience`).
     early_stopped: bool,
     totals: StepTotals,
@@ -757,7 +755,6 @@ impl<'a> Run<'a> {
             position: started_at,
             epochs_completed: started_at.epoch,
             stopped_by_signal: false,
-            resumed_from_stop: state.is_some_and(|s| s.stopped),
             early_stopped: false,
             totals: StepTotals::resumed(state.and_then(|s| s.loss_window)),
             steady: SteadyRate::new(total_steps.saturating_sub(step)),
@@ -808,7 +805,8 @@ impl<'a> Run<'a> {
     /// have seen. The epoch's end and the run's, when the stop fell on them, follow as ever
     /// ([`Run::epoch`], [`Run::finish`]).
     fn catch_up(&mut self) -> Result<(), TrainError> {
-        if !self.resumed_from_stop {
+        // Called before the first step: the last checkpoint is the one resumed from.
+        if !self.checkpoints.last_stopped {
             return Ok(());
         }
         self.due_at_step(false, self.last_steps_epoch(), false)
