@@ -82,7 +82,8 @@ pub fn open_rank_file() -> Result<(), LogFileError> {
     let RankLog::Pending { path, lines } = &*log else { return Ok(()) };
     let error = |source| LogFileError { path: path.clone(), source };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(error)?;
+        // A part of the path that is a file is named as such.
+        crate::io_error::create_dirs(dir).map_err(|e| LogFileError { path: e.path, source: e.source })?;
     }
     let mut file = File::options().create(true).append(true).open(path).map_err(error)?;
     io::Write::write_all(&mut file, lines).map_err(error)?;

@@ -894,13 +894,16 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let interrupter = micn::train::Interrupter::on_signals();
     let summary = micn::train::train_until(&cfg, comm, &resume, &interrupter)?;
     if comm.rank() == 0 {
+        let pace = match summary.samples_per_sec {
+            rate if rate.is_nan() => "none of them trained by this process".to_string(),
+            rate => format!("{rate:.0} samples/s"),
+        };
         let mut text = format!(
-            "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({:.0} samples/s, {:.1} s){}\n",
+            "test AUC {:.4}  GAUC {:.4}  log-loss {:.4}  after {} steps ({pace}, {:.1} s){}\n",
             summary.test_auc,
             summary.test_gauc,
             summary.test_logloss,
             summary.steps,
-            summary.samples_per_sec,
             summary.seconds,
             summary.oracle_auc.map(|o| format!("; oracle AUC {o:.4}")).unwrap_or_default()
         );

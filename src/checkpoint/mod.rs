@@ -12,7 +12,9 @@
 //!
 //! Rank 0 writes into `.step-….partial`, fsyncs every file, renames the directory into place and
 //! then writes the completion marker; a directory without the marker or with a file whose
-//! checksum differs is never loaded. Only rank 0 writes; every rank reads.
+//! checksum differs is never loaded. Retention renames a checkpoint to `.step-….removed` before
+//! deleting it; the next save removes what a kill left of either. Only rank 0 writes; every rank
+//! reads.
 //!
 //! Reading back checks more than bytes: [`verify`] also requires a `state.json` that training
 //! could have written (its config hash, a valid config, a reachable step), and

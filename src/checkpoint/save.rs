@@ -9,8 +9,22 @@ fn partial_name(step: u64) -> String {
     format!(".{}.partial", dir_name(step))
 }
 
-fn is_partial_name(p: &Path) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".step-") && n.ends_with(".partial"))
+/// An unfinished checkpoint's name, or the name of one being removed ([`remove`]).
+fn is_leftover_name(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".step-") && (n.ends_with(".partial") || n.ends_with(".removed")))
+}
+
+/// Remove a checkpoint: renamed to `.step-N.removed` first, so that a kill midway leaves a
+/// leftover the next save removes, not a half-deleted `step-N` that nothing would ever remove
+/// (without its marker it is no checkpoint, and not retention's to count).
+fn remove(dir: &Path) -> Result<(), CheckpointError> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let doomed = dir.with_file_name(format!(".{name}.removed"));
+    discard(&doomed);
+    std::fs::rename(dir, &doomed).map_err(io(dir))?;
+    std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
@@ -42,7 +56,7 @@ pub fn save(
 ) -> Result<PathBuf, CheckpointError> {
     std::fs::create_dir_all(root).map_err(io(root))?;
     for stale in std::fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok().map(|e| e.path())) {
-        if is_partial_name(&stale) {
+        if is_leftover_name(&stale) {
             tracing::info!(path = %stale.display(), "removing an unfinished checkpoint of an earlier run");
             discard(&stale);
         }
@@ -69,18 +83,11 @@ pub fn save(
                 discard(&tmp);
                 return Ok(done);
             }
-            // A file system without the exchange (NFS, say): the old one goes first, its marker
-            // before the rest, so that a kill meanwhile leaves no marked checkpoint half-deleted
-            // (a resume then takes the checkpoint before it).
+            // A file system without the exchange (NFS, say): the old one goes first, so that a
+            // kill meanwhile leaves no checkpoint at this step (a resume then takes the one
+            // before it); the new one is marked once in place, as a first one is.
             Ok(false) => {
-                let old_marker = done.join(MARKER);
-                let cleared = std::fs::remove_file(&marker)
-                    .map_err(io(&marker))
-                    .and_then(|()| match std::fs::remove_file(&old_marker) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&old_marker)(e)),
-                        _ => sync_dir(&done),
-                    })
-                    .and_then(|()| std::fs::remove_dir_all(&done).map_err(io(&done)));
+                let cleared = std::fs::remove_file(&marker).map_err(io(&marker)).and_then(|()| remove(&done));
                 if let Err(e) = cleared {
                     discard(&tmp);
                     return Err(e);
@@ -193,7 +200,7 @@ pub fn retain(root: &Path, keep: usize, written: u64) -> Result<(), CheckpointEr
     let (superseded, mut finished): (Vec<_>, Vec<_>) =
         finished.into_iter().partition(|&(_, step, _, stopped)| stopped && step < written && !written_by_stop);
     for (dir, ..) in &superseded {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+        remove(dir)?;
     }
     finished
         .sort_by_key(|&(_, step, _, stopped)| (step > written, stopped && step != written, std::cmp::Reverse(step)));
@@ -201,7 +208,7 @@ pub fn retain(root: &Path, keep: usize, written: u64) -> Result<(), CheckpointEr
     for i in policy::to_remove(&aucs, keep) {
         let (dir, step, ..) = &finished[i];
         if *step != written {
-            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+            remove(dir)?;
         }
     }
     Ok(())
@@ -278,7 +285,8 @@ mod tests {
     #[test]
     fn partial_directories_of_killed_runs_are_removed_by_the_next_save() {
         let root = tempfile::tempdir().unwrap();
-        for stale in [".step-00000004.partial", ".step-00000008.partial"] {
+        // Two checkpoints a kill left unfinished, and one it left half-removed by retention.
+        for stale in [".step-00000004.partial", ".step-00000008.partial", ".step-00000002.removed"] {
             std::fs::create_dir_all(root.path().join(stale)).unwrap();
             std::fs::write(root.path().join(stale).join("model.safetensors"), [0u8; 64]).unwrap();
         }

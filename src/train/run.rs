@@ -347,8 +347,13 @@ fn resume_point(
     // Later checkpoints of this run directory belong to the history this resume leaves, and the
     // summary and model of an earlier end no longer describe the run (were this attempt to die,
     // they would pass for its result).
+    // And a kill between a checkpoint and the retention that follows it left checkpoints that
+    // retention removes now, so that the same ones are kept as in a run never killed.
     let set_aside = match comm.rank() == 0 && within(&dir, &run_dir.checkpoints()) {
-        true => run_dir.set_aside_after(state.step).map_err(TrainError::from),
+        true => run_dir.set_aside_after(state.step).map_err(TrainError::from).and_then(|moved| {
+            checkpoint::retain(&run_dir.checkpoints(), cfg.checkpoint.keep_last, state.step)?;
+            Ok(moved)
+        }),
         false => Ok(None),
     };
     if let Ok(Some((names, to))) = &set_aside {
@@ -413,6 +418,17 @@ fn claim_run_dir(
                     return Err(TrainError::NoCheckpointToResume {
                         path: cfg.run.dir.clone(),
                         files: present.join(", "),
+                    });
+                }
+                // A kill leaves one at most (the first, before its marker): several are a run
+                // that went further, whose markers were lost, not one to start again over.
+                let unfinished = checkpoint::list(&run_dir.checkpoints());
+                if unfinished.len() > 1 {
+                    let names: Vec<String> =
+                        unfinished.iter().filter_map(|d| d.file_name()).map(|n| n.to_string_lossy().into()).collect();
+                    return Err(TrainError::UnfinishedCheckpoints {
+                        path: run_dir.checkpoints(),
+                        names: names.join(", "),
                     });
                 }
                 tracing::warn!(
@@ -927,10 +943,14 @@ impl<'a> Run<'a> {
         // A checkpoint records the validation score of its own model: evaluate first.
         let every = |n: u64| n > 0 && step % n == 0;
         let checkpoint_due = every(cfg.checkpoint.every_steps) || time_due;
-        if checkpoint_due || every(cfg.train.eval_every_steps) {
+        let evaluated = checkpoint_due || every(cfg.train.eval_every_steps);
+        if evaluated {
             self.validate(epoch)?;
         }
-        if checkpoint_due {
+        // With `restore_best`, a model that scores better than every one before it is kept,
+        // so that the run can end with the best model it scored, not only the best of those a
+        // regular checkpoint happened to hold.
+        if checkpoint_due || (evaluated && cfg.train.restore_best && self.validation.is_new_best(step)) {
             self.checkpoint_unless_written()?;
         }
         Ok(())
@@ -1003,10 +1023,14 @@ impl<'a> Run<'a> {
         }
         self.progress.finish();
         let loop_seconds = self.loop_started.elapsed().as_secs_f64();
-        // Steps trained by this process (a resumed run's earlier steps took no time here).
+        // Steps trained by this process (a resumed run's earlier steps took no time here). One
+        // that trained none (resumed where the run ends) measured nothing: NaN, `null` in JSON.
         let steps_here = step - self.resumed_at;
-        let samples_per_sec = (steps_here * cfg.train.global_batch_size as u64) as f64
-            / (loop_seconds - self.validation.seconds).max(1e-9);
+        let measured = |value: f64| if steps_here == 0 { f64::NAN } else { value };
+        let samples_per_sec = measured(
+            (steps_here * cfg.train.global_batch_size as u64) as f64
+                / (loop_seconds - self.validation.seconds).max(1e-9),
+        );
         let final_eval = self.scorer.score(&self.replica.net, EvalSet::Test)?;
         let epoch = self.last_steps_epoch();
         write_eval(&mut self.metrics, step, epoch, EvalSet::Test, &final_eval)?;
@@ -1042,10 +1066,10 @@ impl<'a> Run<'a> {
             oracle_auc: self.scorer.dataset.meta.oracle_auc,
             model: cfg.model.kind.name().to_string(),
             micn: cfg.micn.enabled,
-            comm_share: totals.comm_seconds / totals.step_seconds.max(1e-12),
-            update_share: totals.update_seconds / totals.step_seconds.max(1e-12),
-            bytes_sent_per_step: totals.bytes_sent as f64 / steps_here.max(1) as f64,
-            transfers_per_step: totals.transfers as f64 / steps_here.max(1) as f64,
+            comm_share: measured(totals.comm_seconds / totals.step_seconds.max(1e-12)),
+            update_share: measured(totals.update_seconds / totals.step_seconds.max(1e-12)),
+            bytes_sent_per_step: measured(totals.bytes_sent as f64 / steps_here.max(1) as f64),
+            transfers_per_step: measured(totals.transfers as f64 / steps_here.max(1) as f64),
             replica_digest,
             stopped_by_signal: self.stopped_by_signal,
             early_stopped: self.early_stopped,
@@ -1091,6 +1115,16 @@ impl Validation {
     /// Whether the model after `step` has been scored.
     fn scored(&self, step: u64) -> bool {
         self.evaluations.iter().any(|e| e.0 == step)
+    }
+
+    /// Whether the model after `step` was scored, with a (finite) AUC above every earlier one.
+    fn is_new_best(&self, step: u64) -> bool {
+        match self.evaluations.split_last() {
+            Some((&(last, auc, ..), earlier)) => {
+                last == step && auc.is_finite() && earlier.iter().all(|e| e.1.is_nan() || e.1 < auc)
+            }
+            None => false,
+        }
     }
 
     /// Score the model after `step` on the validation split, unless there is none or this step

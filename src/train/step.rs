@@ -190,6 +190,16 @@ impl<'a> StepContext<'a> {
             defer_read: false,
         }
     }
+
+    /// Which tasks' gradients take part in the φ combination on the shared (`e_aux`) tables,
+    /// `[main, aux]`. A task of weight 0 (the main task at φ = 0; MICN at φ = 1, or at λ = 0,
+    /// when its gradient is 0 everywhere) is left out with its rows, so that a row only it read
+    /// is not updated: lazy Adam would move such a row by its momentum alone. So with λ = 0 or
+    /// φ = 1 the main model is the same whatever MICN's own settings (its negatives, say), and
+    /// with φ = 0 the `e_aux` tables learn from MICN alone.
+    pub fn combined_tasks(&self) -> [bool; 2] {
+        [self.phi > 0.0, self.phi < 1.0 && self.lambda > 0.0]
+    }
 }
 
 /// Run-control flags that ride in the step's gradient all-reduce instead of collectives of their
@@ -548,7 +558,7 @@ pub fn gradients(
     };
     let main_negative_ids = retrieval.as_ref().map(|(_, ids)| ids.as_slice());
     let plan = net.embeddings.plan_leaves(&host_ids, negative_ids.as_deref(), main_negative_ids, &mut upload);
-    let unions = if resident { plan_unions(t, &plan, &mut upload) } else { Vec::new() };
+    let unions = if resident { plan_unions(t, &plan, ctx.combined_tasks(), &mut upload) } else { Vec::new() };
     let sent = upload.send(device);
     let prepare_seconds = prepare_started.elapsed().as_secs_f64();
     let (ids, labels) = (ids.read(&sent), sent.get(labels));
@@ -719,7 +729,10 @@ fn exchange_on_host(
             (VarGroup::Shared, Some(VarGrad::Rows(m)), Some(VarGrad::Rows(a))) => {
                 stats.grad_norm_main_e_aux += m.norm_sq();
                 stats.grad_norm_aux_e_aux += a.norm_sq();
-                VarGrad::Rows(RowGrads::combine(&m, &a, ctx.phi as f32))
+                let [main_part, aux_part] = ctx.combined_tasks();
+                let none = RowGrads { dim: m.dim.max(a.dim), ..Default::default() };
+                let (m, a) = (if main_part { &m } else { &none }, if aux_part { &a } else { &none });
+                VarGrad::Rows(RowGrads::combine(m, a, ctx.phi as f32))
             }
             (group, ..) => unreachable!("variable {} of group {group:?} without its gradient", t.names[i]),
         });
@@ -769,33 +782,35 @@ fn device_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &
     out
 }
 
-/// For one shared (`e_aux`) table: the union of the ids both tasks read, and where each task's
-/// rows go in it, in the step's upload.
+/// For one shared (`e_aux`) table: the union of the ids the tasks that take part in the φ
+/// combination read, and where each such task's rows go in it, in the step's upload.
 struct Union {
     var: usize,
     len: usize,
     ids: Piece,
-    main: Piece,
-    aux: Piece,
+    /// The main task's, then MICN's; `None` for a task left out ([`StepContext::combined_tasks`]).
+    positions: [Option<Piece>; 2],
 }
 
-/// Plans the φ combination of every shared table on the device: the union of its main and
-/// auxiliary leaves' ids, computed on the host.
-fn plan_unions(t: &Trainable, plan: &LeafPlan, upload: &mut Upload) -> Vec<Union> {
+/// Plans the φ combination of every shared table on the device: the union of the ids that the
+/// tasks taking part (`combined`, see [`StepContext::combined_tasks`]) read, computed on the host.
+fn plan_unions(t: &Trainable, plan: &LeafPlan, combined: [bool; 2], upload: &mut Upload) -> Vec<Union> {
     let shared = t.indices(&[VarGroup::Shared]);
     shared
         .into_iter()
         .filter_map(|i| {
             let table = t.names[i].strip_prefix(EMBEDDINGS_PATH)?.strip_prefix('.')?;
-            let (main, aux) = (plan.ids(table, Task::Main)?, plan.ids(table, Task::Aux)?);
-            let mut union = [main, aux].concat();
+            let ids = [plan.ids(table, Task::Main)?, plan.ids(table, Task::Aux)?];
+            let mut union: Vec<i64> = (0..2).filter(|&k| combined[k]).flat_map(|k| ids[k]).copied().collect();
             union.sort_unstable();
             union.dedup();
-            let position = |ids: &[i64]| {
-                ids.iter().map(|id| union.binary_search(id).expect("in the union") as i64).collect::<Vec<_>>()
-            };
-            let (main, aux) = (upload.i64(&position(main)), upload.i64(&position(aux)));
-            Some(Union { var: i, len: union.len(), ids: upload.i64(&union), main, aux })
+            let mut positions = [None; 2];
+            for k in (0..2).filter(|&k| combined[k]) {
+                let at: Vec<i64> =
+                    ids[k].iter().map(|id| union.binary_search(id).expect("in the union") as i64).collect();
+                positions[k] = Some(upload.i64(&at));
+            }
+            Some(Union { var: i, len: union.len(), ids: upload.i64(&union), positions })
         })
         .collect()
 }
@@ -820,11 +835,13 @@ fn combine_on_device(
                 let union = unions.iter().find(|u| u.var == i).expect("every shared table has a planned union");
                 let dim = t.tensors[i].size()[1];
                 let mut rows = Tensor::zeros([union.len as i64, dim], (Kind::Float, device));
-                let tasks = [(main[i].take(), union.main, phi), (aux[i].take(), union.aux, 1.0 - phi)];
+                let tasks = [(main[i].take(), union.positions[0], phi), (aux[i].take(), union.positions[1], 1.0 - phi)];
                 for (norm, (grad, at, scale)) in norms.iter_mut().zip(tasks) {
                     if let Some(VarGrad::RowsOnDevice { rows: g, .. }) = grad {
                         *norm = &*norm + g.square().sum(Kind::Float).reshape([1]);
-                        rows = rows.index_add(0, &sent.get(at), &(g * scale));
+                        if let Some(at) = at {
+                            rows = rows.index_add(0, &sent.get(at), &(g * scale));
+                        }
                     }
                 }
                 Some(VarGrad::RowsOnDevice { ids: sent.get(union.ids), rows })

@@ -123,6 +123,12 @@ pub enum TrainError {
     )]
     NoCheckpointToResume { path: PathBuf, files: String },
     #[error(
+        "{path}: none of its checkpoints ({names}) is complete (no COMPLETE marker), so --resume auto neither \
+         resumes nor starts the run again over them; check them with `micn checkpoint verify`, or replace the run \
+         with --overwrite (which deletes them)"
+    )]
+    UnfinishedCheckpoints { path: PathBuf, names: String },
+    #[error(
         "{path}: already holds another run ({files}); resume from {from} into a run.dir of its own, or remove that \
          run first"
     )]
@@ -161,6 +167,7 @@ impl TrainError {
             Self::Data(e) => return e.is_input_error(),
             Self::Checkpoint(e) => return e.is_input_error(),
             Self::Io(e) => return e.is_lasting(),
+            Self::LogFile(e) => return crate::io_error::is_lasting(&e.source),
             Self::RunDir(e) => return e.is_input_error(),
             Self::Step(StepError::NonFinite { .. }) => return true,
             _ => {}
@@ -176,6 +183,7 @@ impl TrainError {
                 | Self::NoRunDir
                 | Self::RunExists { .. }
                 | Self::NoCheckpointToResume { .. }
+                | Self::UnfinishedCheckpoints { .. }
                 | Self::ResumeIntoAnotherRun { .. }
                 | Self::ResumeFromAbandoned { .. }
                 | Self::VocabularyMismatch { .. }
@@ -226,10 +234,13 @@ pub struct Summary {
     pub steps: u64,
     pub epochs_completed: u64,
     /// Training samples per second of this process's training loop (evaluations excluded; a
-    /// resumed run: the steps since `resumed_from_step`).
+    /// resumed run: the steps since `resumed_from_step`). This and the other figures of this
+    /// process's steps are NaN (`null`) when it trained none (resumed where the run ends).
+    #[serde(deserialize_with = "nan_if_null")]
     pub samples_per_sec: f64,
     /// Training samples per second after a warm-up of up to 5 steps, checkpoints and evaluations
     /// excluded (see [`SteadyRate`]); `samples_per_sec` when the run is too short for a warm-up.
+    #[serde(deserialize_with = "nan_if_null")]
     pub steady_samples_per_sec: f64,
     /// Wall-clock seconds of the run: this process's and, for a resumed run, those the earlier
     /// processes had taken up to the checkpoint it resumed from (work lost after that checkpoint
@@ -244,13 +255,17 @@ pub struct Summary {
     pub micn: bool,
     /// Share of the training steps' wall-clock time spent in the gradient exchange (see
     /// [`crate::train::step::StepStats::comm_seconds`]).
+    #[serde(deserialize_with = "nan_if_null")]
     pub comm_share: f64,
     /// Share of the training steps' wall-clock time spent in the optimizer update.
+    #[serde(deserialize_with = "nan_if_null")]
     pub update_share: f64,
     /// Mean bytes one rank sent per step in the gradient exchange.
+    #[serde(deserialize_with = "nan_if_null")]
     pub bytes_sent_per_step: f64,
     /// Mean host↔device transfers (uploads and downloads, see [`crate::transfer`]) of rank 0's
     /// training steps in this process.
+    #[serde(deserialize_with = "nan_if_null")]
     pub transfers_per_step: f64,
     /// Digest of the final parameters, buffers and optimizer state (see `replica_digest`).
     pub replica_digest: String,

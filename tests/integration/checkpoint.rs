@@ -85,6 +85,51 @@ fn a_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
 }
 
 #[test]
+fn a_run_killed_between_its_last_checkpoint_and_its_end_ends_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = |n: usize| format!("checkpoint.keep_last={n}");
+    let straight = tmp.path().join("straight");
+    run(1, &config(&straight, &["train.max_steps=12", &keep(2)]), &Resume::Fresh);
+    // Killed once its last checkpoint was marked complete: before the retention that follows
+    // it (here: one that kept every checkpoint), the test set, the model and the summary.
+    let killed = tmp.path().join("killed");
+    run(1, &config(&killed, &["train.max_steps=12", &keep(1000)]), &Resume::Fresh);
+    for file in ["summary.json", "model.safetensors"] {
+        std::fs::remove_file(killed.join(file)).unwrap();
+    }
+    let metrics = std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap();
+    let before_the_test_set: String =
+        metrics.lines().filter(|l| !l.contains("test_auc")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(killed.join("metrics.jsonl"), before_the_test_set).unwrap();
+    let names = |run: &Path| -> Vec<String> {
+        micn::checkpoint::list(&run.join("checkpoints"))
+            .iter()
+            .map(|d| d.display().to_string().replace(&*run.display().to_string(), ""))
+            .collect()
+    };
+    assert_eq!(names(&killed).len(), 3);
+    run(1, &config(&killed, &["train.max_steps=12", &keep(2)]), &Resume::Auto);
+    assert_eq!(names(&killed), names(&straight), "retention, cut short by the kill, is done at the resume");
+    assert_eq!(model_bytes(&killed), model_bytes(&straight));
+    let read = |run: &Path, file: &str| std::fs::read_to_string(run.join(file)).unwrap();
+    let lines = |run: &Path| -> Vec<serde_json::Value> {
+        let mut lines: Vec<serde_json::Value> =
+            read(run, "metrics.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        lines.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("samples_per_sec")));
+        lines
+    };
+    assert_eq!(lines(&killed), lines(&straight));
+    // This process trained no step: its throughput is no figure (null), not 0 samples/s.
+    let summary: serde_json::Value = serde_json::from_str(&read(&killed, "summary.json")).unwrap();
+    for measured in ["samples_per_sec", "steady_samples_per_sec", "transfers_per_step", "bytes_sent_per_step"] {
+        assert_eq!(summary[measured], serde_json::Value::Null, "{measured}");
+    }
+    assert_eq!((&summary["steps"], &summary["resumed_from_step"]), (&12.into(), &12.into()));
+    let summary: micn::train::Summary = serde_json::from_str(&read(&killed, "summary.json")).unwrap();
+    assert!(summary.samples_per_sec.is_nan());
+}
+
+#[test]
 fn an_epoch_ends_with_one_checkpoint_and_a_run_resumed_there_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     // One epoch is this many steps of 48 samples: the training split (`din`: single samples held
@@ -508,14 +553,23 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     // By hand, `--resume auto` (a requeued batch job) starts such a run again: it has no
     // checkpoint, and no model to lose. Killed between its first checkpoint's files and their
     // completion marker, it has none either.
-    let unfinished = |run: &Path| {
-        let dir = run.join("checkpoints/step-00000002");
+    let unfinished_at = |run: &Path, step: u64| {
+        let dir = run.join("checkpoints").join(micn::checkpoint::dir_name(step));
         std::fs::create_dir_all(&dir).unwrap();
         for file in ["model.safetensors", "optimizer.safetensors", "state.json", "manifest.json"] {
             std::fs::write(dir.join(file), b"written, not marked complete").unwrap();
         }
     };
+    let unfinished = |run: &Path| unfinished_at(run, 2);
+    // Several checkpoints, none marked complete, are no first checkpoint cut short: a run that
+    // went further lost its markers, and is not started again over them.
     unfinished(&fresh);
+    unfinished_at(&fresh, 4);
+    let (code, stderr) = train_as(&fresh_cfg, None, &["--resume", "auto"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("(step-00000004, step-00000002) is complete (no COMPLETE marker)"), "{stderr}");
+    assert!(fresh.join("checkpoints/step-00000004").exists() && fresh.join("config.toml").exists());
+    std::fs::remove_dir_all(fresh.join("checkpoints/step-00000004")).unwrap();
     let (code, stderr) = train_as(&fresh_cfg, None, &["--resume", "auto"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("the run stopped before its first checkpoint; starting it again"), "{stderr}");

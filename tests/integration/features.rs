@@ -73,7 +73,7 @@ fn a_run_stops_when_validation_stops_improving_and_can_end_with_its_best_model()
         "train.epochs=20",
         "train.lr=0.05",
         "train.eval_every_steps=4",
-        "checkpoint.every_steps=4",
+        "checkpoint.every_steps=12",
         "checkpoint.keep_last=2",
         "train.early_stop_patience=3",
         "train.restore_best=true",
@@ -95,6 +95,9 @@ fn a_run_stops_when_validation_stops_improving_and_can_end_with_its_best_model()
     assert!(selected.step < summary.steps, "the best model came before the last step");
     let best_auc = aucs.iter().cloned().fold(f64::MIN, f64::max);
     assert_eq!(selected.valid_auc, best_auc);
+    // The best evaluation fell between regular checkpoints (every 12 steps): with `restore_best`
+    // a better model than any before is checkpointed when scored, so the run ends with it.
+    assert!(selected.step % 12 != 0, "the best model is a regular checkpoint's: step {}", selected.step);
     let out = run_ok(Command::new(micn_bin()).args(["eval", "--json", "--run"]).arg(&run));
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(eval["auc"].as_f64(), Some(selected.test_auc));

@@ -294,6 +294,34 @@ fn deterministic_metrics(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// With λ = 0 (MICN's loss off: the "width only" ablation) or φ = 1 (`e_aux` learns from the
+/// main task alone) the main model is the same whatever MICN's own settings, on both paths: the
+/// rows only MICN read (its negatives) take no part in the φ combination, so lazy Adam does not
+/// move them by their momentum alone.
+#[test]
+fn with_lambda_zero_or_phi_one_micn_settings_never_reach_the_main_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main_tensors = |run: &Path| -> Vec<(String, Tensor)> {
+        let all = Tensor::read_safetensors(run.join("model.safetensors")).unwrap();
+        let mut main: Vec<_> = all.into_iter().filter(|(name, _)| !name.starts_with("micn.")).collect();
+        main.sort_by(|a, b| a.0.cmp(&b.0));
+        main
+    };
+    let cases: [&[&str]; 3] = [&["micn.lambda=0"], &["micn.lambda=0", "train.device_path=true"], &["micn.phi=1"]];
+    for (k, sets) in cases.iter().enumerate() {
+        let [a, b] = [4, 16].map(|negatives| {
+            let run = tmp.path().join(format!("{k}-{negatives}"));
+            let negatives = format!("micn.num_negatives={negatives}");
+            train_cli(&run, &[&["train.max_steps=30", &negatives][..], sets].concat());
+            main_tensors(&run)
+        });
+        assert!(a.iter().any(|(name, _)| name.ends_with("item_aux")) && a.len() == b.len());
+        for ((name, x), (other, y)) in a.iter().zip(&b) {
+            assert!(name == other && x.equal(y), "{sets:?}: {name} depends on micn.num_negatives");
+        }
+    }
+}
+
 #[test]
 fn same_seed_gives_bit_identical_metrics_on_cpu() {
     let tmp = tempfile::tempdir().unwrap();
