@@ -76,6 +76,25 @@ pub fn also_to_file(path: &Path) {
         RankLog::Pending { path: path.to_path_buf(), lines: Vec::new() };
 }
 
+/// Whether the file [`also_to_file`] named can be opened where it is, without making or writing
+/// anything: a part of its path that is a file, or the file itself a directory, is an error (so
+/// that a run refuses before it deletes or claims anything, rather than after).
+pub fn check_rank_file() -> Result<(), LogFileError> {
+    let log = RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner);
+    let RankLog::Pending { path, .. } = &*log else { return Ok(()) };
+    let not = |path: &Path, what: &str| LogFileError {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::NotADirectory, what.to_string()),
+    };
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(not(path, "is a directory, not a file"));
+    }
+    match path.ancestors().skip(1).find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir())) {
+        Some(file) => Err(not(file, &format!("is a file, not a directory, so {} cannot be made", path.display()))),
+        None => Ok(()),
+    }
+}
+
 /// Open the file [`also_to_file`] named, with the lines logged so far; nothing when none was named.
 pub fn open_rank_file() -> Result<(), LogFileError> {
     let mut log = RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner);

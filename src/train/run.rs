@@ -405,6 +405,9 @@ fn claim_run_dir(
             effective = continuation(&run_dir, resume);
             tracing::info!(resume = ?effective, "an earlier attempt of this job claimed the run directory");
         }
+        // Before anything is deleted: a log file that could not be opened would refuse the run
+        // after `--overwrite` or a start over had removed it.
+        crate::logging::check_rank_file()?;
         let present = run_dir.present_files();
         let exists = || TrainError::RunExists { path: cfg.run.dir.clone(), files: present.join(", ") };
         match &effective {

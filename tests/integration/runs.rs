@@ -62,6 +62,17 @@ fn a_second_training_into_a_run_directory_is_refused_and_loses_nothing_unless_to
     let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
     assert!(before == after, "a refused --overwrite changed the run directory");
     assert!(run.join("checkpoints").is_dir());
+    // Nor one whose log cannot be opened (`logs` a file): refused (exit 3), naming it, before
+    // anything is deleted.
+    let logs = tmp.path().join("logs-aside");
+    std::fs::rename(run.join("logs"), &logs).unwrap();
+    std::fs::write(run.join("logs"), "not a directory").unwrap();
+    let e = train_refused(&run, &["--overwrite"]);
+    assert!(e.contains(&format!("{}: cannot open the log file: is a file", run.join("logs").display())), "{e}");
+    std::fs::remove_file(run.join("logs")).unwrap();
+    std::fs::rename(&logs, run.join("logs")).unwrap();
+    let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    assert!(before == after && run.join("checkpoints").is_dir(), "a refused --overwrite changed the run directory");
     // `--overwrite` starts afresh: no file of the old run survives, its checkpoints included.
     let config = run.with_extension("toml");
     let out = micn(&["train", "--overwrite", "--config"])

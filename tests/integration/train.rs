@@ -307,7 +307,9 @@ fn with_lambda_zero_or_phi_one_micn_settings_never_reach_the_main_model() {
         main.sort_by(|a, b| a.0.cmp(&b.0));
         main
     };
-    let cases: [&[&str]; 3] = [&["micn.lambda=0"], &["micn.lambda=0", "train.device_path=true"], &["micn.phi=1"]];
+    let device_path = "train.device_path=true";
+    let cases: [&[&str]; 4] =
+        [&["micn.lambda=0"], &["micn.lambda=0", device_path], &["micn.phi=1"], &["micn.phi=1", device_path]];
     for (k, sets) in cases.iter().enumerate() {
         let [a, b] = [4, 16].map(|negatives| {
             let run = tmp.path().join(format!("{k}-{negatives}"));
