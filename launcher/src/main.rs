@@ -90,8 +90,9 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     restart_backoff: u64,
     /// Elastic restarts (with --hostfile and --max-restarts): before each restart every host is
-    /// probed, the ones that do not answer are left out, and the job resumes on the rest as long
-    /// as they hold at least this many ranks; when the lost hosts answer again, the job is
+    /// probed, the ones that do not answer are left out, and the job resumes on the rest (on the
+    /// most ranks their slots hold that divide --np, so that the global batch splits evenly) as
+    /// long as that is at least this many ranks; when the lost hosts answer again, the job is
     /// stopped with a checkpoint and resumes on all of them.
     #[arg(long)]
     min_np: Option<usize>,
@@ -716,13 +717,20 @@ async fn placement_for_restart(
     if lost.is_empty() {
         return Ok(Some((original.clone(), lost)));
     }
-    let np = original.np.min(hosts::total_slots(&alive));
+    let slots = hosts::total_slots(&alive);
+    let np = elastic_np(original.np, slots);
     let names: Vec<&str> = lost.iter().map(|h| h.name.as_str()).collect();
+    // Said when fewer ranks than slots: a divisor of --np, so that it divides the global batch.
+    let divisor = match np < original.np.min(slots) {
+        true => format!(" (the most that divide --np {}, as the global batch must split evenly)", original.np),
+        false => String::new(),
+    };
     if np < min_np {
         printer.say(
             "ERROR",
             &format!(
-                "host(s) {} do not answer; the rest hold {np} rank(s), fewer than --min-np {min_np}",
+                "host(s) {} do not answer; the rest hold {slots} slot(s), room for {np} rank(s){divisor}, fewer than \
+                 --min-np {min_np}",
                 names.join(", ")
             ),
         );
@@ -733,12 +741,19 @@ async fn placement_for_restart(
     printer.say(
         "WARN",
         &format!(
-            "host(s) {} do not answer: resuming on {np} rank(s) over the remaining hosts ({})",
+            "host(s) {} do not answer: resuming on {np} rank(s){divisor} over the remaining hosts ({})",
             names.join(", "),
             path.display()
         ),
     );
     Ok(Some((Placement { np, hostfile: Some(path) }, lost)))
+}
+
+/// The number of ranks a shrunk job resumes on: the most, within `slots`, that divide the first
+/// attempt's `np`. The global batch, split evenly over `np` ranks, then splits evenly over them
+/// too (3 of 4 ranks would refuse a batch of 64 at every attempt).
+fn elastic_np(np: usize, slots: usize) -> usize {
+    (1..=np.min(slots)).rev().find(|n| np % n == 0).unwrap_or(0)
 }
 
 /// The hostfile of the hosts that answered, for an attempt on fewer hosts (removed at exit).
@@ -937,6 +952,17 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shrunk_job_runs_on_the_most_ranks_that_divide_the_first_attempts() {
+        // (--np, slots that answer) → ranks: every one divides --np, so the global batch too.
+        for (np, slots, ranks) in
+            [(4, 3, 2), (4, 4, 4), (4, 9, 4), (6, 5, 3), (6, 4, 3), (8, 7, 4), (3, 2, 1), (5, 4, 1)]
+        {
+            assert_eq!(elastic_np(np, slots), ranks, "--np {np} on {slots} slots");
+        }
+        assert_eq!(elastic_np(4, 0), 0);
+    }
 
     fn args(extra: &[&str]) -> Args {
         let mut v = vec!["micn-launch", "--micn", "/bin/micn"];

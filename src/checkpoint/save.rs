@@ -57,7 +57,7 @@ pub fn save(
     std::fs::create_dir_all(root).map_err(io(root))?;
     for stale in std::fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok().map(|e| e.path())) {
         if is_leftover_name(&stale) {
-            tracing::info!(path = %stale.display(), "removing an unfinished checkpoint of an earlier run");
+            tracing::info!(path = %stale.display(), "removing what a killed run left of a checkpoint");
             discard(&stale);
         }
     }

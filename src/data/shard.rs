@@ -52,11 +52,20 @@ pub fn permutation(samples: usize, seed: u64, epoch: u64) -> Vec<u32> {
 /// Error for a global batch the world size does not divide.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "train.global_batch_size = {global_batch} is not divisible by the world size {world}; choose a multiple of {world}"
+    "train.global_batch_size = {global_batch} is not divisible by the world size {world}: run on a number of ranks \
+     that divides it ({}), or choose a multiple of {world} (not on a resume: a run keeps its checkpoint's global \
+     batch)",
+    divisors(*global_batch)
 )]
 pub struct Indivisible {
     pub global_batch: usize,
     pub world: usize,
+}
+
+/// The numbers of ranks up to 64 that divide `n`, as a list to read (`1, 2, 4, 8`).
+fn divisors(n: usize) -> String {
+    let all: Vec<String> = (1..=n.min(64)).filter(|d| n % d == 0).map(|d| d.to_string()).collect();
+    all.join(", ")
 }
 
 /// Samples per rank and step.
@@ -84,6 +93,18 @@ pub fn rank_slice(order: &[u32], step: u64, global_batch: usize, world: usize, r
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_global_batch_that_does_not_split_evenly_names_the_world_sizes_that_would() {
+        assert_eq!(local_batch(96, 3).unwrap(), 32);
+        let e = local_batch(64, 3).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "not divisible by the world size 3: run on a number of ranks that divides it (1, 2, 4, 8, 16, 32, 64)"
+            ),
+            "{e}"
+        );
+    }
 
     #[test]
     fn shards_of_a_step_are_disjoint_and_cover_the_global_batch() {
