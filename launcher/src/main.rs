@@ -835,11 +835,19 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 // A rank that had not yet set up its stop handling (the first moments of its start)
                 // ends at the SIGUSR1 itself.
                 let usr1 = status.code() == Some(128 + libc::SIGUSR1) || status.signal() == Some(libc::SIGUSR1);
-                let starting = match usr1 {
-                    true => ", while its ranks were still starting: nothing was trained or checkpointed",
-                    false => "",
+                let (level, why) = match (usr1, status.success()) {
+                    (true, _) => ("INFO", ", while its ranks were still starting: nothing was trained or checkpointed"),
+                    (false, true) => ("INFO", ""),
+                    // mpirun itself signalled (Slurm's plain `scancel` signals every process of
+                    // the job) kills the ranks about a second later, stopped or not.
+                    (false, false) => (
+                        "WARN",
+                        ": it did not end cleanly (was mpirun signalled too, as a plain `scancel` does?), so a \
+                         rank may have ended before the stop's checkpoint; --resume auto takes the newest checkpoint \
+                         there is",
+                    ),
                 };
-                printer.say("INFO", &format!("job stopped on request after {secs:.1} s ({status}){starting}"));
+                printer.say(level, &format!("job stopped on request after {secs:.1} s ({status}){why}"));
                 return Ok(status.code().unwrap_or(1));
             }
             Outcome::Finished(status) if status.code() == Some(EXIT_INPUT_ERROR) => {
