@@ -92,18 +92,20 @@ pub fn is_lasting(e: &std::io::Error) -> bool {
 /// file (`out: is a file, not a directory, so out/report cannot be made`), not the whole path
 /// with "File exists".
 pub fn create_dirs(dir: &Path) -> Result<(), PathIo> {
-    std::fs::create_dir_all(dir).map_err(|source| {
-        let file = dir.ancestors().find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
-        match file {
-            Some(file) => PathIo {
-                path: file.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotADirectory,
-                    format!("is a file, not a directory, so {} cannot be made", dir.display()),
-                ),
-            },
-            None => PathIo { path: dir.to_path_buf(), source },
-        }
+    std::fs::create_dir_all(dir)
+        .map_err(|source| file_in_the_way(dir).unwrap_or(PathIo { path: dir.to_path_buf(), source }))
+}
+
+/// The part of `dir` (itself or a directory above it) that is a file, as [`create_dirs`] names
+/// it; none when nothing in the way is a file. Makes nothing.
+pub fn file_in_the_way(dir: &Path) -> Option<PathIo> {
+    let file = dir.ancestors().find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()))?;
+    Some(PathIo {
+        path: file.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("is a file, not a directory, so {} cannot be made", dir.display()),
+        ),
     })
 }
 

@@ -27,6 +27,12 @@ pub enum LogFormat {
     Json,
 }
 
+impl From<crate::io_error::PathIo> for LogFileError {
+    fn from(e: crate::io_error::PathIo) -> Self {
+        Self { path: e.path, source: e.source }
+    }
+}
+
 /// Environment variable: `1` puts only warnings and errors of ranks other than 0 on standard
 /// error (unless `RUST_LOG` says otherwise). Set by `micn-launch` unless `--all-ranks`.
 pub const QUIET_RANKS_ENV: &str = "MICN_QUIET_RANKS";
@@ -82,15 +88,12 @@ pub fn also_to_file(path: &Path) {
 pub fn check_rank_file() -> Result<(), LogFileError> {
     let log = RANK_FILE.lock().unwrap_or_else(PoisonError::into_inner);
     let RankLog::Pending { path, .. } = &*log else { return Ok(()) };
-    let not = |path: &Path, what: &str| LogFileError {
-        path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::NotADirectory, what.to_string()),
-    };
     if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        return Err(not(path, "is a directory, not a file"));
+        let source = io::Error::new(io::ErrorKind::IsADirectory, "is a directory, not a file");
+        return Err(LogFileError { path: path.clone(), source });
     }
-    match path.ancestors().skip(1).find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir())) {
-        Some(file) => Err(not(file, &format!("is a file, not a directory, so {} cannot be made", path.display()))),
+    match path.parent().and_then(crate::io_error::file_in_the_way) {
+        Some(e) => Err(LogFileError::from(e)),
         None => Ok(()),
     }
 }
@@ -102,7 +105,7 @@ pub fn open_rank_file() -> Result<(), LogFileError> {
     let error = |source| LogFileError { path: path.clone(), source };
     if let Some(dir) = path.parent() {
         // A part of the path that is a file is named as such.
-        crate::io_error::create_dirs(dir).map_err(|e| LogFileError { path: e.path, source: e.source })?;
+        crate::io_error::create_dirs(dir).map_err(LogFileError::from)?;
     }
     let mut file = File::options().create(true).append(true).open(path).map_err(error)?;
     io::Write::write_all(&mut file, lines).map_err(error)?;

@@ -102,10 +102,8 @@ fn a_run_killed_between_its_last_checkpoint_and_its_end_ends_as_an_uninterrupted
         metrics.lines().filter(|l| !l.contains("test_auc")).map(|l| format!("{l}\n")).collect();
     std::fs::write(killed.join("metrics.jsonl"), before_the_test_set).unwrap();
     let names = |run: &Path| -> Vec<String> {
-        micn::checkpoint::list(&run.join("checkpoints"))
-            .iter()
-            .map(|d| d.display().to_string().replace(&*run.display().to_string(), ""))
-            .collect()
+        let dirs = micn::checkpoint::list(&run.join("checkpoints"));
+        dirs.iter().filter_map(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).collect()
     };
     assert_eq!(names(&killed).len(), 3);
     run(1, &config(&killed, &["train.max_steps=12", &keep(2)]), &Resume::Auto);
