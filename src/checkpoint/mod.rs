@@ -127,11 +127,15 @@ pub struct State {
 }
 
 /// Sums of the training losses (main task, MICN, the model's own auxiliary loss) over `steps`
-/// steps, exact through JSON (serde_json's `float_roundtrip`).
+/// steps, exact through JSON (serde_json's `float_roundtrip`), and the gradient norms of the
+/// last of them (`e_aux`'s main and MICN norms, the global norm), which the window's metrics
+/// line reports (absent in checkpoints written before they were kept, and when `steps` is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct LossWindow {
     pub sums: [f64; 3],
     pub steps: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norms: Option<[f64; 3]>,
 }
 
 fn evaluations_with_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Evaluation>, D::Error> {

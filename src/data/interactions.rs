@@ -11,16 +11,21 @@
 //!
 //! Held-out items are looked up in the model's item vocabulary by name. A history item it lacks
 //! is dropped (the model has no vector for it); an item to retrieve that it lacks stays in the
-//! user's list as [`UNKNOWN_ITEM`], which no retrieval returns, so recall counts it as missed
-//! rather than quietly leaving it out. Every bad line is an error naming the file and line.
+//! user's list under an id of its own above the vocabulary ([`unknown_item`]), which no
+//! retrieval returns, so recall counts it as missed rather than quietly leaving it out, and two
+//! unknown items count as two items to retrieve (in the usual NDCG's ideal list too), one item
+//! named twice as one. Every bad line is an error naming the file and line.
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::input::{self, Bad, BadKind, Strictness};
 use super::DataError;
 
-/// The id of a held-out item the model's vocabulary does not hold: never retrieved.
-pub const UNKNOWN_ITEM: u32 = u32::MAX;
+/// The id of the `k`-th distinct held-out item (from 0) that the model's vocabulary does not
+/// hold: counted down from `u32::MAX`, far above any vocabulary id, so never retrieved.
+pub fn unknown_item(k: usize) -> u32 {
+    u32::MAX - k as u32
+}
 
 /// One `user,item,time` line: what a review line gives, so `prepare` reads both alike.
 pub type Interaction = super::amazon::Review;
@@ -53,7 +58,7 @@ pub enum HeldOutForm {
 }
 
 /// One held-out user: the history the model sees (vocabulary ids, oldest first, at most
-/// `max_hist_len`) and the items to retrieve (vocabulary ids, [`UNKNOWN_ITEM`] where unknown).
+/// `max_hist_len`) and the items to retrieve (vocabulary ids, an [`unknown_item`] where unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldOutUser {
     pub user: String,
@@ -178,15 +183,25 @@ impl HeldOut {
             unknown_truth_items: 0,
             users_without_history: 0,
         };
+        // The distinct unknown items to retrieve, by name, with their ids.
+        let mut unknown: HashMap<String, u32> = HashMap::new();
         for (user, history, truth) in split {
             let known: Vec<u32> = history.iter().filter_map(|name| items.get(name.as_str()).copied()).collect();
             held.history_items += history.len() as u64;
             held.unknown_history_items += (history.len() - known.len()) as u64;
             held.users_without_history += u64::from(known.is_empty());
-            let truth: Vec<u32> =
-                truth.iter().map(|name| items.get(name.as_str()).copied().unwrap_or(UNKNOWN_ITEM)).collect();
+            let truth: Vec<u32> = truth
+                .into_iter()
+                .map(|name| match items.get(name.as_str()) {
+                    Some(&id) => id,
+                    None => {
+                        held.unknown_truth_items += 1;
+                        let k = unknown.len();
+                        *unknown.entry(name).or_insert_with(|| unknown_item(k))
+                    }
+                })
+                .collect();
             held.truth_items += truth.len() as u64;
-            held.unknown_truth_items += truth.iter().filter(|&&i| i == UNKNOWN_ITEM).count() as u64;
             let history = known[known.len().saturating_sub(max_hist_len)..].to_vec();
             held.users.push(HeldOutUser { user, history, truth });
         }
@@ -262,16 +277,19 @@ mod tests {
     #[test]
     fn split_lines_keep_their_order_and_unknown_items_to_retrieve_stay_as_misses() {
         let held = read(
-            "user_id:u1 target_item:0 hist_item:c hist_item:a eval_item:e eval_item:qq\n\
-             user_id:u2 target_item:0 hist_item:xx eval_item:b\n",
+            "user_id:u1 target_item:0 hist_item:c hist_item:a eval_item:e eval_item:qq eval_item:zz eval_item:qq\n\
+             user_id:u2 target_item:0 hist_item:xx eval_item:b eval_item:zz\n",
             20,
         )
         .unwrap();
         assert_eq!(held.form, HeldOutForm::Split);
         assert_eq!(held.users[0].history, [3, 1]);
-        assert_eq!(held.users[0].truth, [5, UNKNOWN_ITEM]);
+        // Each distinct unknown item has an id of its own, the same wherever it is named.
+        let (qq, zz) = (unknown_item(0), unknown_item(1));
+        assert_eq!(held.users[0].truth, [5, qq, zz, qq]);
+        assert_eq!(held.users[1].truth, [2, zz]);
         assert!(held.users[1].history.is_empty());
-        assert_eq!((held.unknown_truth_items, held.users_without_history, held.unknown_history_items), (1, 1, 1));
+        assert_eq!((held.unknown_truth_items, held.users_without_history, held.unknown_history_items), (4, 1, 1));
     }
 
     #[test]

@@ -116,9 +116,16 @@ pub struct OracleModel {
     pub noise: f64,
     pub stay: f64,
     /// Per item name: (cluster, probability within its cluster, global popularity probability).
+    #[serde(serialize_with = "by_name")]
     pub items: HashMap<String, (u32, f64, f64)>,
     /// Per user name: (interest cluster before the last review, [(cluster, weight)]).
+    #[serde(serialize_with = "by_name")]
     pub users: HashMap<String, OracleUser>,
+}
+
+/// A map written in the order of its names, so that the same seed writes the same bytes.
+fn by_name<S: serde::Serializer, V: Serialize>(map: &HashMap<String, V>, s: S) -> Result<S::Ok, S::Error> {
+    map.iter().collect::<std::collections::BTreeMap<_, _>>().serialize(s)
 }
 
 /// A user as the oracle sees it: the interest cluster before the last review, and every
@@ -679,6 +686,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = SynthConfig { users: 50, items: 60, clusters: 6, ..Preset::Quickstart.config(3) };
         generate(&cfg, dir.path()).unwrap();
+        // The same seed writes the same bytes, the oracle's too.
+        let again = tempfile::tempdir().unwrap();
+        generate(&cfg, again.path()).unwrap();
+        for file in [ORACLE_FILE, REVIEWS_FILE, META_FILE] {
+            let read = |d: &tempfile::TempDir| std::fs::read(d.path().join(file)).unwrap();
+            assert!(read(&dir) == read(&again), "{file} differs");
+        }
         let oracle = read_oracle(&dir.path().join(ORACLE_FILE)).unwrap();
         for u in 0..50 {
             let total: f64 = (0..60).map(|i| oracle.next_item_probability(&user_name(u), &item_name(i)).unwrap()).sum();

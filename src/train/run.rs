@@ -154,6 +154,8 @@ struct StepTotals {
     logged_steps: u64,
     /// The gradient norms of the last step read.
     last_read: StepStats,
+    /// Whether `last_read` holds them: a step was read, or the checkpoint resumed from kept them.
+    norms_known: bool,
     /// Steps whose losses are still on the device, in order.
     unread: Vec<Unread>,
     /// Samples since the last line, and when it was written.
@@ -172,8 +174,14 @@ const MAX_UNREAD_STEPS: usize = 1024;
 impl StepTotals {
     /// Totals that go on from the loss window a checkpoint kept (none: from nothing).
     fn resumed(window: Option<LossWindow>) -> Self {
-        let LossWindow { sums, steps } = window.unwrap_or_default();
-        Self { loss_sums: sums, logged_steps: steps, ..Self::default() }
+        let LossWindow { sums, steps, grad_norms } = window.unwrap_or_default();
+        let mut totals = Self { loss_sums: sums, logged_steps: steps, ..Self::default() };
+        if let Some([main_e_aux, aux_e_aux, global]) = grad_norms {
+            let last = &mut totals.last_read;
+            (last.grad_norm_main_e_aux, last.grad_norm_aux_e_aux, last.grad_norm) = (main_e_aux, aux_e_aux, global);
+            totals.norms_known = true;
+        }
+        totals
     }
 
     fn add(&mut self, stats: StepStats, seconds: f64, transfers: u64, samples: u64) -> Result<(), TrainError> {
@@ -201,6 +209,7 @@ impl StepTotals {
         }
         self.logged_steps += 1;
         self.last_read = stats;
+        self.norms_known = true;
     }
 
     /// The losses the device still holds, in one download (counted as the steps' transfers); a
@@ -521,10 +530,7 @@ pub fn train_until(
 ) -> Result<Summary, TrainError> {
     let started = Instant::now();
     keep_freed_memory();
-    let omp_threads = std::env::var_os("OMP_NUM_THREADS").is_some();
-    if let Some(threads) = threads_per_rank(cfg.train.threads, omp_threads, comm.local_size(), cores()) {
-        tch::set_num_threads(threads as i32);
-    }
+    use_threads(cfg.train.threads, comm);
     if cfg.train.deterministic {
         // Before the first CUDA operation: cuBLAS reads its workspace setting when it starts.
         deterministic::turn_on()?;
@@ -553,6 +559,16 @@ pub fn train_until(
         }
     }
     run.finish()
+}
+
+/// Sets libtorch's threads for this process as [`threads_per_rank`] says. Scoring a model
+/// (`micn eval`, `predict`) does so too, with the run's `train.threads`, so that it repeats the
+/// training's reductions and reproduces its validation figures to the last bit.
+pub(crate) fn use_threads(configured: usize, comm: &dyn Communicator) {
+    let omp_threads = std::env::var_os("OMP_NUM_THREADS").is_some();
+    if let Some(threads) = threads_per_rank(configured, omp_threads, comm.local_size(), cores()) {
+        tch::set_num_threads(threads as i32);
+    }
 }
 
 /// libtorch threads for this rank: `train.threads` when set; else what `OMP_NUM_THREADS` says
@@ -920,7 +936,8 @@ impl<'a> Run<'a> {
 
     /// The metrics line, the evaluation and the checkpoint, each when due at the last step (of
     /// `epoch`); a checkpoint also when `time_due` (`checkpoint.every_minutes`). `measured`: this
-    /// process trained the step, so the line has its gradient norms and throughput.
+    /// process trained the step, so the line has its throughput (and its gradient norms, which
+    /// otherwise come from the checkpoint resumed from, where it kept them).
     fn due_at_step(&mut self, time_due: bool, epoch: u64, measured: bool) -> Result<(), TrainError> {
         let (cfg, step) = (self.cfg, self.step);
         if step % cfg.train.log_every_steps == 0 || step == self.total_steps {
@@ -936,8 +953,10 @@ impl<'a> Run<'a> {
                         line.samples_per_sec.unwrap_or_default(),
                     );
                 } else {
-                    (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm, line.samples_per_sec) =
-                        (None, None, None, None);
+                    line.samples_per_sec = None;
+                    if !self.totals.norms_known {
+                        (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm) = (None, None, None);
+                    }
                 }
                 self.metrics.write(&line)?;
             }
@@ -978,7 +997,17 @@ impl<'a> Run<'a> {
         let in_place = self.lock.as_ref().map_or(Ok(()), RunLock::check).map_err(TrainError::from);
         agree_on_rank0(self.comm, in_place, "write into the run directory")?;
         let Position { epoch, sample } = self.position;
-        let window = LossWindow { sums: self.totals.loss_sums, steps: self.totals.logged_steps };
+        let totals = &self.totals;
+        let last = &totals.last_read;
+        let window = LossWindow {
+            sums: totals.loss_sums,
+            steps: totals.logged_steps,
+            grad_norms: (totals.logged_steps > 0 && totals.norms_known).then_some([
+                last.grad_norm_main_e_aux,
+                last.grad_norm_aux_e_aux,
+                last.grad_norm,
+            ]),
+        };
         let seconds = self.run_seconds();
         let position = (self.step, epoch, sample);
         let (replica, validation) = (&self.replica, &self.validation);

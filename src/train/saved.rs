@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::trainer::{
     build_model, check_history, evaluate_on, pick_device, score, validation_split, Built, EvalResult, EvalSet,
@@ -94,6 +94,7 @@ impl Saved {
         if let Some(d) = data_dir {
             cfg.data.dir = d.to_path_buf();
         }
+        super::run::use_threads(cfg.train.threads, comm);
         let device = pick_device(cfg.device, comm.local_rank())?;
         if data_dir.is_none() && !cfg.data.dir.join("dataset.json").exists() {
             let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
@@ -587,7 +588,7 @@ impl<'a> Retriever<'a> {
             let scores = interests.matmul(&self.items.tr()); // [b, K, I]
             let usable = active.unsqueeze(-1) * &self.retrievable;
             let scores = scores.masked_fill(&usable.le(0.5), f64::NEG_INFINITY);
-            let (values, indices) = scores.topk(top as i64, -1, true, true); // [b, K, top]
+            let (values, indices) = top_by_score_then_id(&scores, top); // [b, K, top]
             let (values, indices) = (crate::transfer::download_f32(&values), crate::transfer::download_i64(&indices));
             let k = interests.size()[1] as usize;
             (0..batch.items.len())
@@ -606,6 +607,22 @@ impl<'a> Retriever<'a> {
                 .collect()
         })
     }
+}
+
+/// The `top` highest scores along the last dimension and their indices (item ids), equal scores
+/// by ascending id. (`topk` alone picks arbitrarily among the items whose score equals its last
+/// one: where more of them tie there than fit, with a finite score, a stable sort decides.)
+fn top_by_score_then_id(scores: &Tensor, top: usize) -> (Tensor, Tensor) {
+    let top = top as i64;
+    let (values, indices) = scores.topk(top, -1, true, true);
+    let last = values.narrow(-1, top - 1, 1);
+    let crowded = scores.ge_tensor(&last).sum_dim_intlist(-1, false, Kind::Int64).gt(top);
+    let tied = crowded.logical_and(&last.squeeze_dim(-1).isfinite()).any();
+    if crate::transfer::download_i64(&tied)[0] == 0 {
+        return (values, indices);
+    }
+    let (sorted, order) = scores.sort_stable(true, -1, true);
+    (sorted.narrow(-1, 0, top), order.narrow(-1, 0, top))
 }
 
 impl Saved {
@@ -681,6 +698,35 @@ mod tests {
         assert_eq!(describe_difference(&["a", "b"], &["a"]).unwrap(), "has 1 entries, the model's 2");
         let same_size = describe_difference(&[0u32, 1, 2], &[0, 2, 1]).unwrap();
         assert_eq!(same_size, "differs from the model's at entry 1 (of 3 in both)");
+    }
+
+    #[test]
+    fn retrieval_takes_tied_items_by_id_whatever_the_list_length() {
+        crate::model::testing::one_thread();
+        // One interest scores item 700 highest and every other item 0 (a tie far longer than any
+        // list); another is inactive (-inf everywhere); padding (item 0) is -inf.
+        let items = 2000;
+        let mut tied = vec![0f32; items];
+        (tied[0], tied[700]) = (f32::NEG_INFINITY, 1.0);
+        let scores = Tensor::stack(
+            &[
+                Tensor::from_slice(&tied),
+                Tensor::full([items as i64], f64::NEG_INFINITY, (tch::Kind::Float, Device::Cpu)),
+            ],
+            0,
+        )
+        .view([1, 2, items as i64]);
+        for top in [3, 10, 50, 200] {
+            let (values, indices) = top_by_score_then_id(&scores, top);
+            let ids = Vec::<i64>::try_from(indices.get(0).get(0)).unwrap();
+            let expected: Vec<i64> = std::iter::once(700).chain(1..top as i64).collect();
+            assert_eq!(ids, expected, "top {top}");
+            assert!(Vec::<f32>::try_from(values.get(0).get(1)).unwrap().iter().all(|v| v.is_infinite()));
+        }
+        // Without ties at its end, topk's own list.
+        let distinct = Tensor::arange(items as i64, (tch::Kind::Float, Device::Cpu)).view([1, 1, items as i64]);
+        let (_, indices) = top_by_score_then_id(&distinct, 4);
+        assert_eq!(Vec::<i64>::try_from(indices.flatten(0, -1)).unwrap(), [1999, 1998, 1997, 1996]);
     }
 
     #[test]

@@ -515,8 +515,10 @@ fn a_silent_job_is_stopped_as_stalled_and_restarted_with_nothing_of_it_left() {
     // Both ranks print once, then hang without a word; the restart (each rank finds its mark) ends
     // at once.
     let marks = tempfile::tempdir().unwrap();
+    // A sleep no other process on the machine runs (this test's own process id in its length).
+    let sleep = format!("sleep 300.{}", std::process::id());
     let script = format!(
-        r#"m={}/$OMPI_COMM_WORLD_RANK; [ -e $m ] && {{ echo "up again"; exit 0; }}; echo up; touch $m; exec sleep 300"#,
+        r#"m={}/$OMPI_COMM_WORLD_RANK; [ -e $m ] && {{ echo "up again"; exit 0; }}; echo up; touch $m; exec {sleep}"#,
         marks.path().display()
     );
     let started = Instant::now();
@@ -531,10 +533,10 @@ fn a_silent_job_is_stopped_as_stalled_and_restarted_with_nothing_of_it_left() {
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     // A process killed on a loaded machine may take a moment to go; a rank left running stays.
     let ended = Instant::now();
-    while !processes_mentioning("sleep 300").is_empty() && ended.elapsed() < Duration::from_secs(10) {
+    while !processes_mentioning(&sleep).is_empty() && ended.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let left: Vec<String> = processes_mentioning("sleep 300")
+    let left: Vec<String> = processes_mentioning(&sleep)
         .into_iter()
         .map(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
