@@ -21,6 +21,7 @@
 //! - [`model`]: embedding tables (`e_orig ⊕ e_aux`), layers, Wide&Deep / DIN / DIEN.
 //! - [`network`]: the main model and MICN assembled under fixed paths, and each variable's role
 //!   (its gradient group, whether it is updated by rows).
+//! - [`oom`]: running out of memory, in libtorch or in micn's own code, as one error line.
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod micn;
 pub mod model;
 pub mod network;
+pub mod oom;
 pub mod progress;
 pub mod rng;
 pub mod run_dir;

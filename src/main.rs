@@ -508,6 +508,11 @@ const EXIT_INPUT_ERROR: u8 = 3;
 /// exhaust memory).
 const MAX_BATCH: usize = 1 << 20;
 
+/// A failed allocation in micn's own code ends the process with an error line and exit status
+/// 1, as libtorch's do, not with the standard library's abort.
+#[global_allocator]
+static ALLOCATOR: micn::oom::Reporting = micn::oom::Reporting;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -561,6 +566,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format, comm.rank());
+    micn::oom::describe_process((comm.size() > 1).then(|| comm.rank()), cli.log_format == LogFormat::Json);
     quiet_known_panics();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command, comm.as_ref(), mpi_versions)));
     let ran = ran.unwrap_or_else(|payload| {
@@ -575,6 +581,10 @@ fn main() -> ExitCode {
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e = match is_out_of_memory(&e) {
+                true => anyhow::Error::new(OutOfMemory(message_of(&e))),
+                false => e,
+            };
             if is_peer_failure(&e) {
                 // Rank 0 prints the cause and ends the job; this rank's line, which only points
                 // to it, waits so as not to come first (or is cut off by the job's end).
@@ -589,22 +599,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// libtorch could not allocate memory (`tch` turns that into a panic): the model, a batch or a
-/// table is too large for this machine.
+/// An allocation failed (libtorch's, which `tch` turns into a panic, or a read of a file too
+/// large for the memory left): the model, a batch or a table is too large for this machine.
 #[derive(Debug, thiserror::Error)]
-#[error("out of memory: {0}; make the model or the batch smaller, or use a machine with more memory")]
+#[error("out of memory: {0}; {remedy}", remedy = micn::oom::REMEDY)]
 struct OutOfMemory(String);
 
 /// libtorch's message when `payload` is the panic of a failed allocation (on the host or a GPU).
 fn out_of_memory(payload: &(dyn std::any::Any + Send)) -> Option<String> {
-    let text = panic_text(payload)?;
-    let allocation = text.contains("can't allocate memory") || text.contains("CUDA out of memory");
-    // libtorch's own sentence, without the C++ backtrace (lines escaped as `\n` in the message).
-    allocation.then(|| {
-        let start = ["DefaultCPUAllocator", "CUDA out of memory"].iter().find_map(|s| text.find(s)).unwrap_or(0);
-        let sentence = &text[start..];
-        let end = [sentence.find("\\n"), sentence.find('\n')].into_iter().flatten().min().unwrap_or(sentence.len());
-        sentence[..end].trim().to_string()
+    micn::oom::libtorch_sentence(panic_text(payload)?)
+}
+
+/// Whether `e` comes from a failed allocation ([`micn::oom`]: an I/O error of that kind, which
+/// reading a file too large for the memory left and a libtorch allocation made while loading
+/// tensors give), rather than from what the command was given.
+fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::OutOfMemory)
     })
 }
 
@@ -662,18 +673,7 @@ fn launcher_rank() -> Option<usize> {
 /// source (`{path}: {source}`) does not repeat it.
 fn report_error(e: &anyhow::Error, rank: Option<usize>, format: LogFormat) {
     use std::io::Write as _;
-    let mut message = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string().trim_end().to_string();
-        if message.contains(&text) {
-            continue;
-        }
-        if !message.is_empty() {
-            message.push_str(": ");
-        }
-        message.push_str(&text);
-    }
-    let message = message.replace('\n', " ");
+    let message = message_of(e);
     let line = match (format, rank) {
         // A JSON line like the logs' (`micn-launch --log-format json` keeps standard error JSON).
         (LogFormat::Json, rank) => {
@@ -693,6 +693,23 @@ fn report_error(e: &anyhow::Error, rank: Option<usize>, format: LogFormat) {
     };
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
     logging::append_to_file(&line);
+}
+
+/// `e`'s causes joined by `: `, each once (a message that already quotes its source does not
+/// repeat it), on one line.
+fn message_of(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().trim_end().to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message.replace('\n', " ")
 }
 
 /// Whether this rank failed only because rank 0 did ([`micn::train::trainer::TrainError::PeerFailed`]).

@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 use super::format::{digest, Manifest, SafetensorsLayout};
 use super::{io, CheckpointError, State, FILES, FORMAT_VERSION, MARKER};
 use crate::config::Config;
+use crate::io_error::PathIo;
 
 /// Check that `dir` is a finished, undamaged checkpoint whose state makes sense; returns the
 /// state.
@@ -262,7 +263,7 @@ pub fn load_tensors_like<'a>(
             return Err(tensor_error(&name, format!("stored with shape {:?}, expected {shape:?}", header.shape)));
         }
         let tensor = Tensor::f_from_data_size(layout.data(&bytes, header), &shape, kind)
-            .map_err(|e| tensor_error(&name, e.to_string()))?;
+            .map_err(|e| torch_failure(path, &name, e))?;
         out.insert(name, tensor);
     }
     if let Some(extra) = layout.tensors.keys().find(|name| !out.contains_key(*name)) {
@@ -293,7 +294,7 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointEr
         }
         let shape: Vec<i64> = header.shape.iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_data_size(layout.data(&bytes, header), &shape, Kind::Float)
-            .map_err(|e| tensor_error(e.to_string()))?;
+            .map_err(|e| torch_failure(path, name, e))?;
         out.insert(name.clone(), tensor);
     }
     Ok(out)
@@ -309,13 +310,23 @@ pub fn load_var_store(vs: &mut VarStore, path: &Path) -> Result<(), CheckpointEr
     let saved = load_tensors_like(path, variables.iter().map(|(name, t)| (name.clone(), t)))?;
     for (name, mut variable) in variables {
         let source = &saved[&name];
-        tch::no_grad(|| variable.f_copy_(source)).map_err(|e| CheckpointError::Tensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            message: e.to_string(),
-        })?;
+        tch::no_grad(|| variable.f_copy_(source)).map_err(|e| torch_failure(path, &name, e))?;
     }
     Ok(())
+}
+
+/// libtorch failed on tensor `name` of the file `path`: where an allocation failed, an I/O error
+/// of that kind (the file is fine, the memory short: see [`crate::oom`]) quoting libtorch's
+/// sentence without its backtrace; else a [`CheckpointError::Tensor`].
+fn torch_failure(path: &Path, name: &str, e: tch::TchError) -> CheckpointError {
+    let message = e.to_string();
+    match crate::oom::libtorch_sentence(&message) {
+        Some(sentence) => {
+            let source = std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("tensor `{name}`: {sentence}"));
+            CheckpointError::Io(PathIo { path: path.to_path_buf(), source })
+        }
+        None => CheckpointError::Tensor { path: path.to_path_buf(), tensor: name.to_string(), message },
+    }
 }
 
 #[cfg(test)]

@@ -275,9 +275,39 @@ fn validate(s: &ArchivedSamples, vocab: &Vocabularies) -> Result<(), String> {
     check("hist_cats", &s.hist_cats, vocab.cats.len())
 }
 
-/// Serialise samples to archive bytes.
-pub fn to_bytes(samples: &Samples) -> Vec<u8> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(samples).expect("serialising plain vectors cannot fail").to_vec()
+/// The most bytes one archive holds: its offsets are 32-bit and signed.
+pub const MAX_ARCHIVE_BYTES: u64 = i32::MAX as u64;
+
+/// An upper bound of the archive bytes of `n` samples with `history` entries in all: the columns'
+/// own bytes (labels 1 byte, four id columns 4 each, offsets 8, two history columns 4 each per
+/// entry) and a page for the headers and alignment.
+fn archive_bytes_at_most(n: u64, history: u64) -> u64 {
+    n * (1 + 4 * 4) + 8 * (n + 1) + 8 * history + 4096
+}
+
+/// Serialise samples to archive bytes; samples too many for one archive ([`MAX_ARCHIVE_BYTES`])
+/// are an error saying how large they are and what makes them smaller, found before anything is
+/// serialised.
+pub fn to_bytes(samples: &Samples) -> Result<rkyv::util::AlignedVec, String> {
+    let (n, history) = (samples.len() as u64, samples.hist_items.len() as u64);
+    let size = archive_bytes_at_most(n, history);
+    if size > MAX_ARCHIVE_BYTES {
+        return Err(refusal(n, history, size));
+    }
+    rkyv::to_bytes::<rkyv::rancor::Error>(samples).map_err(|e| format!("cannot be archived: {e}"))
+}
+
+/// Why `n` samples with `history` entries (`size` bytes) make no archive.
+fn refusal(n: u64, history: u64, size: u64) -> String {
+    format!(
+        "its {} samples with {} history entries take {:.2} GB, more than the {:.2} GB one archive \
+         holds; prepare them with a shorter --max-hist-len (every entry takes 8 bytes) or from \
+         fewer reviews",
+        crate::progress::thousands(n),
+        crate::progress::thousands(history),
+        size as f64 / 1e9,
+        MAX_ARCHIVE_BYTES as f64 / 1e9
+    )
 }
 
 /// An opened dataset directory.
@@ -377,6 +407,17 @@ mod tests {
         assert!(e.contains("dataset.json: not a dataset description: missing field"), "{e}");
     }
 
+    #[test]
+    fn samples_too_many_for_one_archive_are_refused_with_their_size_and_the_fix() {
+        // 2³¹ bytes of history entries, 8 bytes each, are one too many for 32-bit offsets.
+        assert!(archive_bytes_at_most(40_000, (1 << 28) - 1000) > MAX_ARCHIVE_BYTES);
+        assert!(archive_bytes_at_most(40_000, (1 << 28) - 200_000) <= MAX_ARCHIVE_BYTES);
+        // (Sample sets that large are not built here; the refusal's words are checked.)
+        let e = refusal(40_236, 280_000_000, archive_bytes_at_most(40_236, 280_000_000));
+        assert!(e.starts_with("its 40,236 samples with 280,000,000 history entries take 2.24 GB"), "{e}");
+        assert!(e.contains("more than the 2.15 GB one archive holds") && e.contains("--max-hist-len"), "{e}");
+    }
+
     proptest::proptest! {
         /// Any samples come back from their archive bytes as they were, and pass the checks of
         /// an opened archive within vocabularies that hold their ids.
@@ -400,8 +441,9 @@ mod tests {
                     hist_cats: &hist_cats,
                 });
             }
-            let mut aligned = rkyv::util::AlignedVec::<16>::new();
-            aligned.extend_from_slice(&to_bytes(&samples));
+            let aligned = to_bytes(&samples).unwrap();
+            let bound = archive_bytes_at_most(samples.len() as u64, samples.hist_items.len() as u64);
+            proptest::prop_assert!(aligned.len() as u64 <= bound, "{} bytes, bound {bound}", aligned.len());
             let archived = rkyv::access::<ArchivedSamples, rkyv::rancor::BoxedError>(&aligned).unwrap();
             let back = rkyv::deserialize::<crate::data::samples::Samples, rkyv::rancor::BoxedError>(archived).unwrap();
             proptest::prop_assert_eq!(&back, &samples);

@@ -780,7 +780,8 @@ fn write_dataset_with(
 ) -> Result<DatasetMeta, DataError> {
     // One archive's bytes at a time (at Books size each is as large as its samples).
     let archive = |name: &str, samples: &Samples| -> Result<FileEntry, DataError> {
-        let bytes = archive::to_bytes(samples);
+        let bytes = archive::to_bytes(samples)
+            .map_err(|message| DataError::Invalid { path: staging.out.join(name), message })?;
         staging.write(name, &bytes)?;
         Ok(FileEntry::of(&bytes))
     };

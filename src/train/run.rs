@@ -295,11 +295,16 @@ fn resume_point(
         Resume::Fresh | Resume::Overwrite => Ok(None),
         Resume::Path(p) => Ok(Some(p.clone())),
         Resume::Auto => {
-            let (found, refused) = checkpoint::latest(&root);
-            for e in &refused {
+            let (found, mut refused) = checkpoint::latest(&root);
+            // A checkpoint unread for a passing reason (too little memory left, a failing read)
+            // is not given up for an older one: the same command may read it.
+            let passing = refused.iter().position(|e| !e.is_input_error());
+            for e in refused.iter().filter(|_| passing.is_none()) {
                 tracing::warn!("skipping checkpoint: {e}");
             }
-            if found.is_none() && !refused.is_empty() {
+            if let Some(i) = passing {
+                Err(refused.swap_remove(i).into())
+            } else if found.is_none() && !refused.is_empty() {
                 let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
                 Err(TrainError::NothingToResume { path: root, refused: format!(": {}", reasons.join("; ")) })
             } else {

@@ -290,15 +290,19 @@ fn retention_keeps_the_newest_and_the_best_by_the_validation_auc_of_its_own_mode
     let best_seen = (3..=15).step_by(3).map(|s| valid[&s]).fold(f64::MIN, f64::max);
     let best_kept = states.iter().filter_map(own_auc).fold(f64::MIN, f64::max);
     assert_eq!(best_kept, best_seen);
-    // `micn eval --split valid` on the kept best reproduces the score it was kept for.
-    let best = kept.iter().zip(&states).find(|(_, s)| own_auc(s) == Some(best_kept)).unwrap().0;
+    // `micn eval --split valid` on the kept best reproduces the score it was kept for, to the last
+    // bit: on the run's one thread (`train.threads`), whatever the machine's cores.
+    let (best, best_state) = kept.iter().zip(&states).find(|(_, s)| own_auc(s) == Some(best_kept)).unwrap();
     let out = crate::run_ok(
         std::process::Command::new(crate::micn_bin())
             .args(["eval", "--json", "--split", "valid", "--checkpoint"])
-            .arg(best),
+            .arg(best)
+            .env_remove("OMP_NUM_THREADS"),
     );
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(eval["auc"].as_f64(), Some(best_kept), "{}", best.display());
+    let own_logloss = best_state.evaluations.iter().find(|e| e.0 == best_state.step).map(|e| e.3);
+    assert_eq!(eval["logloss"].as_f64(), own_logloss, "{}", best.display());
     // The summary names the selected checkpoint with its test metrics.
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
