@@ -1013,6 +1013,13 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             row("model", model);
             row("most popular", popular);
         }
+        if done.most_popular_by == micn::train::saved::Popularity::ClickedSamples {
+            println!(
+                "(most popular: by the clicked training samples; this dataset keeps no interaction counts \
+                 (prepared by an earlier micn, or from DIEN's files): prepare it again to rank by every \
+                 interaction, as ComiRec does)"
+            );
+        }
         return Ok(());
     }
     let result = micn::train::saved::eval_saved(saved.dir()?, saved.data.as_deref(), split, saved.device, comm)?;

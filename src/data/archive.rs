@@ -130,6 +130,10 @@ pub struct DatasetMeta {
     /// The item-attribute table, when the input had attributes (absent from older directories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<AttributeFiles>,
+    /// [`INTERACTIONS_FILE`]: every interaction read per item, when the data came from reviews or
+    /// interactions (absent from older directories and from DIEN's files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_interactions: Option<FileEntry>,
     /// AUC of the generator's oracle scores on the test set (synthetic data only).
     pub oracle_auc: Option<f64>,
     /// Anything else the preparation wants to record (protocol summary, items without meta).
@@ -147,6 +151,7 @@ impl DatasetMeta {
             ("cats.tsv", &self.vocabularies.cats),
         ];
         files.extend(self.oracle.as_ref().map(|o| ("oracle.f32", o)));
+        files.extend(self.item_interactions.as_ref().map(|e| (INTERACTIONS_FILE, e)));
         if let Some(a) = &self.attributes {
             files.extend([("attributes.tsv", &a.values), ("item_attributes.u32", &a.table)]);
         }
@@ -321,7 +326,13 @@ pub struct Dataset {
     pub oracle: Option<Vec<f32>>,
     /// The item-attribute table, when the dataset has one.
     pub attributes: Option<ItemAttributes>,
+    /// Every interaction the preparation read, per item id ([`INTERACTIONS_FILE`]), when kept.
+    pub item_interactions: Option<Vec<u64>>,
 }
+
+/// Every interaction (review, click) the preparation read, per item id of the vocabulary (0 for
+/// the reserved id), as little-endian u64: what ComiRec's MostPopular baseline ranks items by.
+pub const INTERACTIONS_FILE: &str = "item_interactions.u64";
 
 impl Dataset {
     /// Open `dir`, checking every file against `dataset.json` (an error names the file).
@@ -370,7 +381,24 @@ impl Dataset {
                 Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
             }
         };
-        Ok(Self { dir: dir.to_path_buf(), meta, vocab, train, test, oracle, attributes })
+        let item_interactions = match &meta.item_interactions {
+            None => None,
+            Some(entry) => {
+                let bytes = read_checked(INTERACTIONS_FILE, entry)?;
+                if bytes.len() != 8 * vocab.items.len() {
+                    return Err(DataError::Invalid {
+                        path: dir.join(INTERACTIONS_FILE),
+                        message: format!(
+                            "{} counts for {} items: it belongs to another dataset",
+                            bytes.len() / 8,
+                            vocab.items.len()
+                        ),
+                    });
+                }
+                Some(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+            }
+        };
+        Ok(Self { dir: dir.to_path_buf(), meta, vocab, train, test, oracle, attributes, item_interactions })
     }
 }
 

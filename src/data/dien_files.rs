@@ -438,6 +438,7 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
             test: &test_v,
             oracle: None,
             attributes: None,
+            item_interactions: None,
             notes: json!({
                 "vocabularies": if from_pickles { "pickles" } else { "frequency" },
                 "item_counts": item_counts,

@@ -686,6 +686,14 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
     };
     let (vocab, maps) = vocab::build(&built.train, &corpus.users, &corpus.items, &corpus.cats, &corpus.item_cat);
     let attributes = corpus.attributes.as_ref().map(|raw| ItemAttributes::build(raw, &maps.items, vocab.items.len()));
+    // Every interaction read, per vocabulary item (ComiRec's MostPopular ranks by these).
+    let mut item_interactions = vec![0u64; vocab.items.len()];
+    for review in &corpus.reviews {
+        match maps.items[review.item as usize] {
+            0 => {}
+            id => item_interactions[id as usize] += 1,
+        }
+    }
     // The reviews and interners are no longer needed: free them before the archives are built.
     let reviews = corpus.reviews.len();
     drop(corpus);
@@ -724,6 +732,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             test: &test,
             oracle: oracle.as_deref(),
             attributes: attributes.as_ref(),
+            item_interactions: Some(&item_interactions),
             notes,
         },
     )?;
@@ -763,6 +772,8 @@ pub(crate) struct DatasetParts<'a> {
     pub test: &'a Samples,
     pub oracle: Option<&'a [f32]>,
     pub attributes: Option<&'a ItemAttributes>,
+    /// Every interaction read per item id, where the input was reviews or interactions.
+    pub item_interactions: Option<&'a [u64]>,
     pub notes: serde_json::Value,
 }
 
@@ -814,6 +825,14 @@ fn write_dataset_with(
         }
         None => None,
     };
+    let item_interactions = match parts.item_interactions {
+        Some(counts) => {
+            let bytes: Vec<u8> = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
+            staging.write(archive::INTERACTIONS_FILE, &bytes)?;
+            Some(FileEntry::of(&bytes))
+        }
+        None => None,
+    };
     let meta = DatasetMeta {
         format_version: archive::FORMAT_VERSION,
         source: parts.source,
@@ -835,6 +854,7 @@ fn write_dataset_with(
         vocabularies,
         oracle,
         attributes,
+        item_interactions,
         oracle_auc,
         notes: parts.notes,
     };

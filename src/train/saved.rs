@@ -492,9 +492,22 @@ pub struct HeldOutRetrieval {
     pub held_out: crate::data::interactions::HeldOut,
     /// The model's retrieval at each N.
     pub model: Vec<RetrievalMetrics>,
-    /// Every user offered the N items most often clicked in the training samples (ties by
-    /// vocabulary id): ComiRec's `MostPopular`.
+    /// Every user offered the N most popular items (ties by vocabulary id): ComiRec's
+    /// `MostPopular`.
     pub most_popular: Vec<RetrievalMetrics>,
+    /// What ranked them ([`Popularity`]).
+    pub most_popular_by: Popularity,
+}
+
+/// What ranks the items of ComiRec's `MostPopular` baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Popularity {
+    /// Every interaction the preparation read (ComiRec counts every line of its training file).
+    Interactions,
+    /// The clicked targets of the training samples: for datasets prepared before the
+    /// interactions were kept, and DIEN's files.
+    ClickedSamples,
 }
 
 /// `micn eval --retrieval N,… --heldout FILE`: the users of a held-out file
@@ -531,11 +544,12 @@ pub fn retrieval_heldout(
             (list, u.truth.as_slice())
         })
         .collect();
-    // Every user is offered the same most clicked items.
-    let popular = saved.most_clicked(retriever.top);
+    // Every user is offered the same most popular items.
+    let (popular, most_popular_by) = saved.most_popular(retriever.top);
     let popular: Vec<(&[u32], &[u32])> = lists.iter().map(|&(_, truth)| (popular.as_slice(), truth)).collect();
     let (model, most_popular) = (metrics_at(ns, &lists), metrics_at(ns, &popular));
-    Ok(HeldOutRetrieval { file: file.to_path_buf(), users: held_out.users.len(), model, most_popular, held_out })
+    let users = held_out.users.len();
+    Ok(HeldOutRetrieval { file: file.to_path_buf(), users, model, most_popular, most_popular_by, held_out })
 }
 
 /// The metrics at each of `ns` over `(recommended, held-out items)` lists.
@@ -626,18 +640,25 @@ fn top_by_score_then_id(scores: &Tensor, top: usize) -> (Tensor, Tensor) {
 }
 
 impl Saved {
-    /// The `top` items most often a clicked target of the training archive, most clicked first
-    /// (ties by vocabulary id; never item 0).
-    fn most_clicked(&self, top: usize) -> Vec<u32> {
-        let samples = self.dataset.train.samples();
-        let mut clicks = vec![0u64; self.dataset.vocab.items.len()];
-        for i in (0..samples.labels.len() as u32).filter(|&i| crate::data::batch::is_positive_sample(samples, i)) {
-            clicks[samples.items[i as usize].to_native() as usize] += 1;
-        }
-        let mut items: Vec<u32> = (1..clicks.len() as u32).collect();
-        items.sort_by_key(|&i| (std::cmp::Reverse(clicks[i as usize]), i));
+    /// The `top` most popular items, most popular first (ties by vocabulary id; never item 0):
+    /// by every interaction the preparation read where the dataset kept them, as ComiRec ranks
+    /// them, else by how often each is the clicked target of a training sample.
+    fn most_popular(&self, top: usize) -> (Vec<u32>, Popularity) {
+        let (counts, by) = match &self.dataset.item_interactions {
+            Some(counts) => (counts.clone(), Popularity::Interactions),
+            None => {
+                let samples = self.dataset.train.samples();
+                let mut clicks = vec![0u64; self.dataset.vocab.items.len()];
+                for i in (0..samples.len() as u32).filter(|&i| crate::data::batch::is_positive_sample(samples, i)) {
+                    clicks[samples.items[i as usize].to_native() as usize] += 1;
+                }
+                (clicks, Popularity::ClickedSamples)
+            }
+        };
+        let mut items: Vec<u32> = (1..counts.len() as u32).collect();
+        items.sort_by_key(|&i| (std::cmp::Reverse(counts[i as usize]), i));
         items.truncate(top);
-        items
+        (items, by)
     }
 }
 
