@@ -1015,9 +1015,9 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         }
         if done.most_popular_by == micn::train::saved::Popularity::ClickedSamples {
             println!(
-                "(most popular: by the clicked training samples; this dataset keeps no interaction counts \
-                 (prepared by an earlier micn, or from DIEN's files): prepare it again to rank by every \
-                 interaction, as ComiRec does)"
+                "(most popular: by the clicked training samples, as this dataset keeps no interaction counts: \
+                 DIEN's files have none, and a dataset prepared by an earlier micn can be prepared again to \
+                 rank by every interaction, as ComiRec does)"
             );
         }
         return Ok(());

@@ -3,16 +3,34 @@
 //! libtorch's message, C++ backtrace and all: [`libtorch_sentence`] finds the sentence that
 //! matters), and in micn's own Rust code, where the standard library would abort the process
 //! (SIGABRT, exit status 134) after "memory allocation of N bytes failed": the `micn` binary's
-//! global allocator, [`Reporting`], ends it with `error: out of memory: …` instead.
-//!
-//! Either way the process ends as a killed one would, which nothing written depends on: every
-//! file micn writes becomes visible whole or not at all. Exit status 1 says that the same
-//! command may work with more memory (`micn-launch` retries it).
+//! global allocator, [`Reporting`], ends it with `error: out of memory: …` instead (it ends the
+//! process as a killed one would, which nothing written depends on: every file micn writes
+//! becomes visible whole or not at all), except within [`fallible`], where a failed allocation
+//! is the caller's error to report (reading a whole file: the error names it). Exit status 1
+//! says that the same command may work with more memory (`micn-launch` retries it).
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// What to do about it, at the end of every out-of-memory error.
-pub const REMEDY: &str = "make the model or the batch smaller, or use a machine with more memory";
+pub const REMEDY: &str = "make the model, the batch or the input smaller, or use a machine with more memory";
+
+thread_local! {
+    /// Whether this thread runs [`fallible`] code (const-initialised, without destructor: read
+    /// from the allocator without allocating).
+    static FALLIBLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, in which an allocation that fails is returned as null to its caller, as the system
+/// allocator does, rather than ending the process: for fallible allocations that report their
+/// own error (`std::fs::read` returns one of kind `OutOfMemory` naming nothing; the caller adds
+/// the path). An infallible allocation failing there aborts, as without [`Reporting`].
+pub fn fallible<T>(f: impl FnOnce() -> T) -> T {
+    let before = FALLIBLE.with(|c| c.replace(true));
+    let result = f();
+    FALLIBLE.with(|c| c.set(before));
+    result
+}
 
 /// libtorch's own sentence when `text` (a `tch` error or panic message) says that an allocation
 /// failed, on the host or on a GPU, without the C++ backtrace that follows it.
@@ -68,7 +86,7 @@ unsafe impl GlobalAlloc for Reporting {
 }
 
 fn checked(ptr: *mut u8, bytes: usize) -> *mut u8 {
-    if ptr.is_null() {
+    if ptr.is_null() && !FALLIBLE.with(Cell::get) {
         end_out_of_memory(bytes);
     }
     ptr

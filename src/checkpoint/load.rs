@@ -53,7 +53,7 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
             .find(|(n, ..)| n == f)
             .ok_or_else(|| invalid(format!("{f} is not in the manifest")))?;
         let path = dir.join(f);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let bytes = crate::oom::fallible(|| std::fs::read(&path)).map_err(io(&path))?;
         if bytes.len() as u64 != entry.1 || digest(&bytes) != entry.2 {
             return Err(invalid(format!("{f}: size or checksum differs from the manifest (damaged)")));
         }
@@ -274,7 +274,7 @@ pub fn load_tensors_like<'a>(
 
 /// The bytes of the safetensors file `path` and its parsed header.
 fn read_layout(path: &Path) -> Result<(Vec<u8>, SafetensorsLayout), CheckpointError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
+    let bytes = crate::oom::fallible(|| std::fs::read(path)).map_err(io(path))?;
     let layout =
         SafetensorsLayout::parse(&bytes).map_err(|message| CheckpointError::Invalid { path: path.into(), message })?;
     Ok((bytes, layout))

@@ -72,6 +72,11 @@ impl CheckpointError {
             _ => true,
         }
     }
+
+    /// Whether the checkpoint could not be read for want of memory (see [`crate::oom`]).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::Io(e) if e.source.kind() == std::io::ErrorKind::OutOfMemory)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -134,8 +139,15 @@ pub struct State {
 pub struct LossWindow {
     pub sums: [f64; 3],
     pub steps: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "norms_with_nan")]
     pub grad_norms: Option<[f64; 3]>,
+}
+
+/// Gradient norms as JSON holds them: null for a non-finite one (serde_json's NaN and infinity),
+/// read back as NaN.
+fn norms_with_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[f64; 3]>, D::Error> {
+    let raw: Option<[Option<f64>; 3]> = Deserialize::deserialize(d)?;
+    Ok(raw.map(|norms| norms.map(|x| x.unwrap_or(f64::NAN))))
 }
 
 fn evaluations_with_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Evaluation>, D::Error> {
@@ -264,5 +276,23 @@ mod tests {
         let (step, auc, gauc, logloss) = back.evaluations[0];
         assert_eq!((step, auc, logloss), (3, 0.7, 0.5));
         assert!(gauc.is_nan());
+    }
+
+    #[test]
+    fn non_finite_gradient_norms_survive_state_json() {
+        // The last step's norms (an overflowed one is infinite) and a window without them.
+        let mut s = state(3, Vec::new());
+        s.loss_window =
+            Some(LossWindow { sums: [1.5, 2.0, 0.0], steps: 2, grad_norms: Some([0.25, f64::INFINITY, 0.0]) });
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"grad_norms\":[0.25,null,0.0]"), "{text}");
+        let back: State = serde_json::from_str(&text).unwrap();
+        let [main, aux, global] = back.loss_window.unwrap().grad_norms.unwrap();
+        assert_eq!((main, global), (0.25, 0.0));
+        assert!(aux.is_nan());
+        s.loss_window = Some(LossWindow { sums: [1.5, 2.0, 0.0], steps: 2, grad_norms: None });
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(!text.contains("grad_norms"), "{text}");
+        assert_eq!(serde_json::from_str::<State>(&text).unwrap().loss_window, s.loss_window);
     }
 }

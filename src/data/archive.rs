@@ -159,11 +159,12 @@ impl DatasetMeta {
     }
 
     /// The dataset's identity, wherever its directory lies: its seed (which draws the validation
-    /// split) and every file's size and checksum, hashed (xxh3-64, hex). A dataset prepared again
-    /// differently, or another one, has another.
+    /// split) and the size and checksum of every file that training reads, hashed (xxh3-64, hex).
+    /// A dataset prepared again differently, or another one, has another; one prepared again the
+    /// same way has the same, whichever release of micn kept [`INTERACTIONS_FILE`] beside it.
     pub fn fingerprint(&self) -> String {
         let mut text = format!("seed {}", self.seed);
-        for (name, entry) in self.files() {
+        for (name, entry) in self.files().into_iter().filter(|(name, _)| *name != INTERACTIONS_FILE) {
             text.push_str(&format!("\n{name} {} {}", entry.bytes, entry.xxh3));
         }
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))

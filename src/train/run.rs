@@ -296,13 +296,13 @@ fn resume_point(
         Resume::Path(p) => Ok(Some(p.clone())),
         Resume::Auto => {
             let (found, mut refused) = checkpoint::latest(&root);
-            // A checkpoint unread for a passing reason (too little memory left, a failing read)
-            // is not given up for an older one: the same command may read it.
-            let passing = refused.iter().position(|e| !e.is_input_error());
-            for e in refused.iter().filter(|_| passing.is_none()) {
-                tracing::warn!("skipping checkpoint: {e}");
+            // A checkpoint unread for want of memory is not given up for an older one: with more
+            // memory the same command reads it.
+            let short_of_memory = refused.iter().position(checkpoint::CheckpointError::is_out_of_memory);
+            if short_of_memory.is_none() {
+                refused.iter().for_each(|e| tracing::warn!("skipping checkpoint: {e}"));
             }
-            if let Some(i) = passing {
+            if let Some(i) = short_of_memory {
                 Err(refused.swap_remove(i).into())
             } else if found.is_none() && !refused.is_empty() {
                 let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();

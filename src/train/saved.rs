@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::trainer::{
     build_model, check_history, evaluate_on, pick_device, score, validation_split, Built, EvalResult, EvalSet,
@@ -623,17 +623,17 @@ impl<'a> Retriever<'a> {
     }
 }
 
-/// The `top` highest scores along the last dimension and their indices (item ids), equal scores
-/// by ascending id. (`topk` alone picks arbitrarily among the items whose score equals its last
-/// one: where more of them tie there than fit, with a finite score, a stable sort decides.)
+/// The `top` highest scores along the last dimension (which holds more than `top`) and their
+/// indices (item ids), equal scores by ascending id. `topk` alone picks arbitrarily among the
+/// items whose score equals its last one; a tie crosses the end of the list exactly when the next
+/// score equals that one (a finite score): only then does a stable sort decide.
 fn top_by_score_then_id(scores: &Tensor, top: usize) -> (Tensor, Tensor) {
     let top = top as i64;
-    let (values, indices) = scores.topk(top, -1, true, true);
-    let last = values.narrow(-1, top - 1, 1);
-    let crowded = scores.ge_tensor(&last).sum_dim_intlist(-1, false, Kind::Int64).gt(top);
-    let tied = crowded.logical_and(&last.squeeze_dim(-1).isfinite()).any();
+    let (values, indices) = scores.topk(top + 1, -1, true, true);
+    let (last, next) = (values.select(-1, top - 1), values.select(-1, top));
+    let tied = last.eq_tensor(&next).logical_and(&last.isfinite()).any();
     if crate::transfer::download_i64(&tied)[0] == 0 {
-        return (values, indices);
+        return (values.narrow(-1, 0, top), indices.narrow(-1, 0, top));
     }
     let (sorted, order) = scores.sort_stable(true, -1, true);
     (sorted.narrow(-1, 0, top), order.narrow(-1, 0, top))
@@ -645,14 +645,14 @@ impl Saved {
     /// them, else by how often each is the clicked target of a training sample.
     fn most_popular(&self, top: usize) -> (Vec<u32>, Popularity) {
         let (counts, by) = match &self.dataset.item_interactions {
-            Some(counts) => (counts.clone(), Popularity::Interactions),
+            Some(counts) => (std::borrow::Cow::Borrowed(counts), Popularity::Interactions),
             None => {
                 let samples = self.dataset.train.samples();
                 let mut clicks = vec![0u64; self.dataset.vocab.items.len()];
                 for i in (0..samples.len() as u32).filter(|&i| crate::data::batch::is_positive_sample(samples, i)) {
                     clicks[samples.items[i as usize].to_native() as usize] += 1;
                 }
-                (clicks, Popularity::ClickedSamples)
+                (std::borrow::Cow::Owned(clicks), Popularity::ClickedSamples)
             }
         };
         let mut items: Vec<u32> = (1..counts.len() as u32).collect();

@@ -143,6 +143,14 @@ fn dataset_json_lists_every_file_of_the_directory_with_its_size_and_checksum() {
     for key in ["users", "items", "cats"] {
         assert!(d["vocabularies"][key]["xxh3"].is_string(), "vocabularies.{key} in {d}");
     }
+    // Every interaction read, per item: as many as the reviews; the dataset's identity is that of
+    // the same dataset prepared without them (by an earlier release), so its runs still resume.
+    let interactions = data.item_interactions.as_ref().expect("item_interactions.u64");
+    assert_eq!(interactions.iter().sum::<u64>(), data.meta.counts.reviews);
+    assert_eq!(interactions[0], 0, "the reserved id");
+    let mut earlier = data.meta.clone();
+    earlier.item_interactions = None;
+    assert_eq!(earlier.fingerprint(), data.meta.fingerprint());
 }
 
 #[test]
