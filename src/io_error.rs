@@ -53,24 +53,38 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
     })
 }
 
-/// [`replace_file`] for a device or a pipe: `write` fills a temporary file (and may sync it, which
-/// such a file refuses), whose bytes are then copied in.
+/// [`replace_file`] for a device or a pipe: `write` fills a temporary file in `TMPDIR` (and may
+/// sync it, which such a file refuses), whose bytes are then copied in. A failure to fill it is
+/// named as the temporary file's, with what it was for; the pipe is then opened and closed, so
+/// that a reader waiting on a named pipe sees its end rather than waiting for ever.
 fn write_into_special(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), PathIo> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = std::env::temp_dir().join(format!(".micn-output-{}-{n}", std::process::id()));
-    let result = write(&tmp).and_then(|()| {
-        let mut from = std::fs::File::open(&tmp)?;
-        let mut to = std::fs::OpenOptions::new().write(true).open(path)?;
-        std::io::copy(&mut from, &mut to).map(drop)
-    });
+    let result = match write(&tmp) {
+        Err(e) => {
+            // Without blocking: a named pipe without a reader refuses (ENXIO), which is fine.
+            let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path);
+            let why =
+                format!("{e} (the temporary file that collects the output for {}: TMPDIR says where)", path.display());
+            Err(PathIo { path: tmp.clone(), source: std::io::Error::new(e.kind(), why) })
+        }
+        Ok(()) => (|| {
+            let mut from = std::fs::File::open(&tmp)?;
+            let mut to = std::fs::OpenOptions::new().write(true).open(path)?;
+            std::io::copy(&mut from, &mut to).map(drop)
+        })()
+        .with_path(path),
+    };
     let _ = std::fs::remove_file(&tmp);
-    result.with_path(path)
+    result
 }
 
 /// An I/O error that the same command would meet again: a missing file, a file it may not read,
-/// bytes that are not what they should be, a read-only file system, a name too long for one.
-/// Others (EIO, a full disk, too many open files) may pass.
+/// bytes that are not what they should be, a read-only file system, a name too long for one, a
+/// loop of symbolic links, a rename onto another file system or over a mount point. Others (EIO,
+/// a full disk, too many open files) may pass.
 pub fn is_lasting(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
@@ -85,7 +99,9 @@ pub fn is_lasting(e: &std::io::Error) -> bool {
             | ReadOnlyFilesystem
             | InvalidFilename
             | FileTooLarge
-    )
+            | CrossesDevices
+            | ResourceBusy
+    ) || e.raw_os_error() == Some(libc::ELOOP)
 }
 
 /// `create_dir_all` whose error names the culprit: where a part of the path is a file, that
@@ -133,7 +149,8 @@ mod tests {
     #[test]
     fn errors_that_running_again_would_meet_again_are_lasting() {
         let os = |code| std::io::Error::from_raw_os_error(code);
-        for code in [libc::ENOENT, libc::EACCES, libc::EROFS, libc::ENAMETOOLONG, libc::EISDIR, libc::EFBIG] {
+        let lasting = [libc::ENOENT, libc::EACCES, libc::EROFS, libc::ENAMETOOLONG, libc::EISDIR, libc::EFBIG];
+        for code in lasting.into_iter().chain([libc::ELOOP, libc::EXDEV, libc::EBUSY]) {
             assert!(is_lasting(&os(code)), "{}", os(code));
         }
         for code in [libc::ENOSPC, libc::EIO, libc::EMFILE, libc::EPIPE] {

@@ -128,10 +128,13 @@ struct SavedArgs {
 /// A checkpoint directory given as `flag`: refused, before anything is written, where it holds no
 /// `state.json`.
 fn check_checkpoint_arg(flag: &str, checkpoint: &Path) -> Result<(), UsageError> {
-    if checkpoint.join("state.json").is_file() {
-        return Ok(());
-    }
-    let what = if checkpoint.is_dir() { "not a checkpoint (no state.json)" } else { "no such directory" };
+    let what = match std::fs::metadata(checkpoint.join("state.json")) {
+        Ok(m) if m.is_file() => return Ok(()),
+        // What cannot be looked into (a directory of another user's) is not called missing.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => e.to_string(),
+        _ if checkpoint.is_dir() => "not a checkpoint (no state.json)".into(),
+        _ => "no such directory".into(),
+    };
     Err(UsageError(format!(
         "{flag} {}: {what}; a checkpoint is a directory run.dir/checkpoints/step-N",
         checkpoint.display()

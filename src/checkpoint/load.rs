@@ -22,8 +22,13 @@ use crate::io_error::PathIo;
 /// reach (see [`check_state`]).
 pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
     let invalid = |message: String| CheckpointError::Invalid { path: dir.to_path_buf(), message };
-    if !dir.exists() {
-        return Err(CheckpointError::NotFound { path: dir.to_path_buf() });
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CheckpointError::NotFound { path: dir.to_path_buf() })
+        }
+        // Another user's directory that cannot be looked into, say: named as it is.
+        Err(e) => return Err(io(dir)(e)),
+        Ok(_) => {}
     }
     if !dir.is_dir() {
         return Err(invalid("not a directory (a checkpoint is a directory `step-…`)".into()));

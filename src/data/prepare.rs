@@ -121,6 +121,7 @@ impl Staging {
     }
 
     fn start(out: &Path, replaces: bool) -> Result<Self, DataError> {
+        let out = &followed(out)?;
         let name = out.file_name().ok_or_else(|| DataError::Invalid {
             path: out.to_path_buf(),
             message: "the output must name a directory".into(),
@@ -205,6 +206,21 @@ impl Staging {
         // Dropping removes the staging directory, empty now.
         Ok(())
     }
+}
+
+/// `out`, or what it names when it is a symbolic link (made when missing): the output is built
+/// beside that and moved into its place, and the link stays, as every file micn writes follows
+/// a link (`--out` on scratch space through a link in the working directory, say).
+fn followed(out: &Path) -> Result<PathBuf, DataError> {
+    let is_link = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(out.to_path_buf());
+    }
+    if out.exists() {
+        return Ok(std::fs::canonicalize(out).with_path(out)?);
+    }
+    let to = std::fs::read_link(out).with_path(out)?;
+    Ok(out.parent().map_or(to.clone(), |dir| dir.join(&to)))
 }
 
 /// `.NAME.partial-`, followed by the process id in a staging directory's name.
@@ -980,6 +996,26 @@ mod tests {
         assert!(!stale.exists() && !local.exists(), "dead processes' directories on this host are removed");
         for kept in [&alive, &other_output, &other_host, &file] {
             assert!(kept.exists(), "{} was removed", kept.display());
+        }
+    }
+
+    #[test]
+    fn an_output_named_through_a_link_replaces_what_the_link_names_and_the_link_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A link to an earlier output elsewhere (scratch space), and one to nothing yet.
+        let (scratch, earlier) = (tmp.path().join("scratch"), tmp.path().join("scratch/raw"));
+        std::fs::create_dir_all(&earlier).unwrap();
+        std::fs::write(earlier.join("synth.json"), b"earlier").unwrap();
+        let (link, dangling) = (tmp.path().join("raw"), tmp.path().join("new"));
+        std::os::unix::fs::symlink(&earlier, &link).unwrap();
+        std::os::unix::fs::symlink("scratch/new", &dangling).unwrap();
+        for (out, target) in [(&link, earlier.clone()), (&dangling, scratch.join("new"))] {
+            let staging = Staging::replacing(out, "synth.json").unwrap();
+            assert_eq!(staging.tmp.parent(), Some(std::fs::canonicalize(&scratch).unwrap().as_path()));
+            staging.write("synth.json", b"new").unwrap();
+            staging.commit().unwrap();
+            assert!(std::fs::symlink_metadata(out).unwrap().file_type().is_symlink(), "{}", out.display());
+            assert_eq!(std::fs::read(target.join("synth.json")).unwrap(), b"new");
         }
     }
 

@@ -183,6 +183,31 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     assert!(csv.starts_with("sample,user,user_key,item,label,score\n"), "{csv}");
     assert!(csv.lines().skip(1).all(|l| l.split(',').count() == 6), "{csv}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("scores of the test set written to /dev/stdout"));
+    // The scores for a device go through a temporary file in TMPDIR: where that cannot be made,
+    // the error names it and TMPDIR, not the device, and a reader of a named pipe sees its end.
+    let fifo = tmp.path().join("scores.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut reader = std::process::Command::new("cat")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let missing = tmp.path().join("no-such-tmp");
+    let out = Command::new(micn_bin())
+        .args(["predict", "--run", run, "--out", fifo.to_str().unwrap(), "--format", "csv"])
+        .env("TMPDIR", &missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("{}/.micn-output-", missing.display())), "{stderr}");
+    assert!(stderr.contains("for ") && stderr.contains("scores.fifo: TMPDIR says where"), "{stderr}");
+    let started = std::time::Instant::now();
+    while reader.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the pipe's reader was left waiting");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // A link: its target gets the scores, in a directory made for it.
     let (link, target) = (tmp.path().join("link.csv"), tmp.path().join("made/scores.csv"));
     std::os::unix::fs::symlink(&target, &link).unwrap();
