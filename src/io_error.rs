@@ -101,7 +101,7 @@ pub fn is_lasting(e: &std::io::Error) -> bool {
             | FileTooLarge
             | CrossesDevices
             | ResourceBusy
-    ) || e.raw_os_error() == Some(libc::ELOOP)
+    ) || e.kind() == std::io::Error::from_raw_os_error(libc::ELOOP).kind()
 }
 
 /// `create_dir_all` whose error names the culprit: where a part of the path is a file, that

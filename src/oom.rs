@@ -26,10 +26,15 @@ thread_local! {
 /// own error (`std::fs::read` returns one of kind `OutOfMemory` naming nothing; the caller adds
 /// the path). An infallible allocation failing there aborts, as without [`Reporting`].
 pub fn fallible<T>(f: impl FnOnce() -> T) -> T {
-    let before = FALLIBLE.with(|c| c.replace(true));
-    let result = f();
-    FALLIBLE.with(|c| c.set(before));
-    result
+    /// Restores the flag however `f` ends (a panic caught further up too).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FALLIBLE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FALLIBLE.with(|c| c.replace(true)));
+    f()
 }
 
 /// libtorch's own sentence when `text` (a `tch` error or panic message) says that an allocation

@@ -28,6 +28,9 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
         }
         // Another user's directory that cannot be looked into, say: named as it is.
         Err(e) => return Err(io(dir)(e)),
+        Ok(m) if m.is_dir() => {
+            std::fs::read_dir(dir).map_err(io(dir))?;
+        }
         Ok(_) => {}
     }
     if !dir.is_dir() {

@@ -72,11 +72,6 @@ impl CheckpointError {
             _ => true,
         }
     }
-
-    /// Whether the checkpoint could not be read for want of memory (see [`crate::oom`]).
-    pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, Self::Io(e) if e.source.kind() == std::io::ErrorKind::OutOfMemory)
-    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {

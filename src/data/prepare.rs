@@ -208,19 +208,20 @@ impl Staging {
     }
 }
 
-/// `out`, or what it names when it is a symbolic link (made when missing): the output is built
-/// beside that and moved into its place, and the link stays, as every file micn writes follows
-/// a link (`--out` on scratch space through a link in the working directory, say).
+/// `out`, or what it names when it is a symbolic link, through any chain of links (made when
+/// missing): the output is built beside that and moved into its place, and the links stay, as
+/// every file micn writes follows a link (`--out` on scratch space through a link in the working
+/// directory, say). A trailing slash (`--out link/`) changes nothing.
 fn followed(out: &Path) -> Result<PathBuf, DataError> {
-    let is_link = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link {
-        return Ok(out.to_path_buf());
+    let mut path: PathBuf = out.components().collect();
+    for _ in 0..40 {
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Ok(path);
+        }
+        let to = std::fs::read_link(&path).with_path(&path)?;
+        path = path.parent().map_or(to.clone(), |dir| dir.join(&to)).components().collect();
     }
-    if out.exists() {
-        return Ok(std::fs::canonicalize(out).with_path(out)?);
-    }
-    let to = std::fs::read_link(out).with_path(out)?;
-    Ok(out.parent().map_or(to.clone(), |dir| dir.join(&to)))
+    Err(PathIo { path: out.to_path_buf(), source: std::io::Error::from_raw_os_error(libc::ELOOP) }.into())
 }
 
 /// `.NAME.partial-`, followed by the process id in a staging directory's name.
@@ -1009,14 +1010,31 @@ mod tests {
         let (link, dangling) = (tmp.path().join("raw"), tmp.path().join("new"));
         std::os::unix::fs::symlink(&earlier, &link).unwrap();
         std::os::unix::fs::symlink("scratch/new", &dangling).unwrap();
-        for (out, target) in [(&link, earlier.clone()), (&dangling, scratch.join("new"))] {
+        // A link to a link to nothing yet, and a loop.
+        let chained = tmp.path().join("chained");
+        std::os::unix::fs::symlink("scratch/via", &chained).unwrap();
+        std::os::unix::fs::symlink("newer", scratch.join("via")).unwrap();
+        let trailing = PathBuf::from(format!("{}/", link.display()));
+        let cases = [
+            (&link, earlier.clone()),
+            (&trailing, earlier.clone()),
+            (&dangling, scratch.join("new")),
+            (&chained, scratch.join("newer")),
+        ];
+        for (out, target) in cases {
             let staging = Staging::replacing(out, "synth.json").unwrap();
-            assert_eq!(staging.tmp.parent(), Some(std::fs::canonicalize(&scratch).unwrap().as_path()));
+            let beside = |p: &Path| std::fs::canonicalize(p.parent().unwrap()).unwrap();
+            assert_eq!(beside(&staging.tmp), std::fs::canonicalize(&scratch).unwrap(), "{}", out.display());
             staging.write("synth.json", b"new").unwrap();
             staging.commit().unwrap();
-            assert!(std::fs::symlink_metadata(out).unwrap().file_type().is_symlink(), "{}", out.display());
-            assert_eq!(std::fs::read(target.join("synth.json")).unwrap(), b"new");
+            assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "{}", out.display());
+            assert_eq!(std::fs::read(target.join("synth.json")).unwrap(), b"new", "{}", out.display());
         }
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::os::unix::fs::symlink("b", &a).unwrap();
+        std::os::unix::fs::symlink("a", &b).unwrap();
+        let e = Staging::new(&a).err().expect("a loop is refused").to_string();
+        assert!(e.contains("Too many levels of symbolic links"), "{e}");
     }
 
     #[test]

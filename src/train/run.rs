@@ -296,13 +296,14 @@ fn resume_point(
         Resume::Path(p) => Ok(Some(p.clone())),
         Resume::Auto => {
             let (found, mut refused) = checkpoint::latest(&root);
-            // A checkpoint unread for want of memory is not given up for an older one: with more
-            // memory the same command reads it.
-            let short_of_memory = refused.iter().position(checkpoint::CheckpointError::is_out_of_memory);
-            if short_of_memory.is_none() {
+            // A checkpoint unread for a passing reason (too little memory, a failing read) is not
+            // given up for an older one, which retention would then take for the newer history:
+            // the same command may read it (`--resume PATH` names an older one).
+            let passing = refused.iter().position(|e| !e.is_input_error());
+            if passing.is_none() {
                 refused.iter().for_each(|e| tracing::warn!("skipping checkpoint: {e}"));
             }
-            if let Some(i) = short_of_memory {
+            if let Some(i) = passing {
                 Err(refused.swap_remove(i).into())
             } else if found.is_none() && !refused.is_empty() {
                 let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();

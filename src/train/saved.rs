@@ -629,6 +629,7 @@ impl<'a> Retriever<'a> {
 /// score equals that one (a finite score): only then does a stable sort decide.
 fn top_by_score_then_id(scores: &Tensor, top: usize) -> (Tensor, Tensor) {
     let top = top as i64;
+    debug_assert!(scores.size().last().is_some_and(|&n| n > top), "a list as long as the catalogue");
     let (values, indices) = scores.topk(top + 1, -1, true, true);
     let (last, next) = (values.select(-1, top - 1), values.select(-1, top));
     let tied = last.eq_tensor(&next).logical_and(&last.isfinite()).any();

@@ -187,12 +187,22 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     // the error names it and TMPDIR, not the device, and a reader of a named pipe sees its end.
     let fifo = tmp.path().join("scores.fifo");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let mut reader = std::process::Command::new("cat")
-        .arg(&fifo)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    /// The pipe's reader, ended with the test however it ends.
+    struct Reader(std::process::Child);
+    impl Drop for Reader {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut reader = Reader(
+        std::process::Command::new("cat")
+            .arg(&fifo)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let missing = tmp.path().join("no-such-tmp");
     let out = Command::new(micn_bin())
         .args(["predict", "--run", run, "--out", fifo.to_str().unwrap(), "--format", "csv"])
@@ -204,7 +214,7 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     assert!(stderr.contains(&format!("{}/.micn-output-", missing.display())), "{stderr}");
     assert!(stderr.contains("for ") && stderr.contains("scores.fifo: TMPDIR says where"), "{stderr}");
     let started = std::time::Instant::now();
-    while reader.try_wait().unwrap().is_none() {
+    while reader.0.try_wait().unwrap().is_none() {
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "the pipe's reader was left waiting");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
