@@ -409,6 +409,7 @@ fn claim_run_dir(
     if cfg.run.dir.as_os_str().is_empty() {
         return Err(TrainError::NoRunDir);
     }
+    check_path_room(&cfg.run.dir)?;
     let run_dir = RunDir::new(&cfg.run.dir);
     let mut lock = None;
     let mut effective = resume.clone();
@@ -575,6 +576,26 @@ pub(crate) fn use_threads(configured: usize, comm: &dyn Communicator) {
     if let Some(threads) = threads_per_rank(configured, omp_threads, comm.local_size(), cores()) {
         tch::set_num_threads(threads as i32);
     }
+}
+
+/// Refuses a run directory whose path leaves too little room for the paths the run writes below
+/// it (a path may have at most `PATH_MAX` − 1 bytes), which would otherwise fail only at the first
+/// checkpoint, after the training up to it.
+fn check_path_room(dir: &Path) -> Result<(), TrainError> {
+    const MAX: usize = libc::PATH_MAX as usize - 1;
+    // The longest: a checkpoint being removed, and its longest file; the event file, whose name
+    // holds the host name.
+    let removing = dir.join("checkpoints").join(format!(".{}.removed", checkpoint::dir_name(u64::MAX)));
+    let candidates = [
+        removing.join("optimizer.safetensors"),
+        dir.join(format!("events.out.tfevents.{}.{}.micn", u64::MAX, crate::dist::hostname())),
+    ];
+    let example = candidates.into_iter().max_by_key(|p| p.as_os_str().len()).expect("two candidates");
+    let longest = example.as_os_str().len();
+    if longest > MAX {
+        return Err(TrainError::RunDirTooLong { path: dir.to_path_buf(), longest, example, max: MAX });
+    }
+    Ok(())
 }
 
 /// libtorch threads for this rank: `train.threads` when set; else what `OMP_NUM_THREADS` says
@@ -1365,8 +1386,18 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::{threads_per_rank, SteadyRate, StepTotals, MAX_UNREAD_STEPS};
+    use super::{check_path_room, threads_per_rank, SteadyRate, StepTotals, MAX_UNREAD_STEPS};
     use crate::train::step::{StepStats, Unread};
+
+    #[test]
+    fn a_run_directory_too_long_for_its_checkpoints_paths_is_refused_before_training() {
+        check_path_room(std::path::Path::new("runs/din")).unwrap();
+        // 4,049 bytes: room for the directory itself, not for a checkpoint's files below it.
+        let long = std::path::PathBuf::from(format!("/tmp/{}", "d/".repeat(2022)));
+        let e = check_path_room(&long).unwrap_err().to_string();
+        assert!(e.contains("too long a path for a run directory") && e.contains("choose a shorter run.dir"), "{e}");
+        assert!(e.contains("more than the 4095 a path may have"), "{e}");
+    }
 
     /// Step `step`'s stats as a device step leaves them: BCE `loss`, no model or MICN loss, norms 3² and 4².
     fn unread(step: u64, loss: f32) -> StepStats {

@@ -113,6 +113,11 @@ pub enum TrainError {
     #[error("run.dir is empty: set it to the directory the run should be written to")]
     NoRunDir,
     #[error(
+        "{path}: too long a path for a run directory: the run writes paths of {longest} bytes below it (such as \
+         {example}), more than the {max} a path may have; choose a shorter run.dir"
+    )]
+    RunDirTooLong { path: PathBuf, longest: usize, example: PathBuf, max: usize },
+    #[error(
         "{path}: already holds a run ({files}); continue it with --resume auto, or replace it with --overwrite \
          (which deletes those files)"
     )]
@@ -181,6 +186,7 @@ impl TrainError {
                 | Self::NothingToResume { .. }
                 | Self::IncompatibleResume { .. }
                 | Self::NoRunDir
+                | Self::RunDirTooLong { .. }
                 | Self::RunExists { .. }
                 | Self::NoCheckpointToResume { .. }
                 | Self::UnfinishedCheckpoints { .. }
