@@ -32,16 +32,8 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
         let source = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; name a file to write");
         return Err(PathIo { path: path.to_path_buf(), source });
     }
-    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    let target = if !is_link {
-        path.to_path_buf()
-    } else if path.exists() {
-        std::fs::canonicalize(path).with_path(path)?
-    } else {
-        // A link to a file that does not exist yet: made where the link points.
-        let to = std::fs::read_link(path).with_path(path)?;
-        path.parent().map_or(to.clone(), |dir| dir.join(&to))
-    };
+    // A link to a file that does not exist yet: made where the link points.
+    let target = followed(path)?;
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dirs(dir)?;
     }
@@ -51,6 +43,22 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
         let _ = std::fs::remove_file(&tmp);
         PathIo { path: path.to_path_buf(), source }
     })
+}
+
+/// `path`, or what it names when it is a symbolic link, through any chain of links (a link to
+/// nothing yet names where its file is to be made): what micn writes goes there, and the links
+/// stay (an output on scratch space through a link in the working directory, say). A trailing
+/// slash (`link/`) changes nothing; a loop is an error.
+pub fn followed(path: &Path) -> Result<PathBuf, PathIo> {
+    let mut at: PathBuf = path.components().collect();
+    for _ in 0..40 {
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Ok(at);
+        }
+        let to = std::fs::read_link(&at).with_path(&at)?;
+        at = at.parent().map_or(to.clone(), |dir| dir.join(&to)).components().collect();
+    }
+    Err(PathIo { path: path.to_path_buf(), source: std::io::Error::from_raw_os_error(libc::ELOOP) })
 }
 
 /// [`replace_file`] for a device or a pipe: `write` fills a temporary file in `TMPDIR` (and may

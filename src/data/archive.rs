@@ -364,41 +364,26 @@ impl Dataset {
                 Some(ItemAttributes::parse(dir, &files.fields, &tsv, &table, vocab.items.len())?)
             }
         };
-        let oracle = match &meta.oracle {
-            None => None,
-            Some(entry) => {
-                let path = dir.join("oracle.f32");
-                let bytes = read_checked("oracle.f32", entry)?;
-                if bytes.len() != 4 * test.samples().len() {
-                    return Err(DataError::Invalid {
-                        path,
-                        message: format!(
-                            "{} scores for {} test samples: it belongs to another dataset",
-                            bytes.len() / 4,
-                            test.samples().len()
-                        ),
-                    });
-                }
-                Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        // A file of one little-endian value of `width` bytes per `(count, of)`: another number of
+        // them belongs to another dataset.
+        let read_values = |name: &str, entry: &FileEntry, width: usize, (count, of): (usize, &str), what: &str| {
+            let bytes = read_checked(name, entry)?;
+            if bytes.len() != width * count {
+                let message = format!("{} {what} for {count} {of}: it belongs to another dataset", bytes.len() / width);
+                return Err(DataError::Invalid { path: dir.join(name), message });
             }
+            Ok(bytes)
         };
-        let item_interactions = match &meta.item_interactions {
-            None => None,
-            Some(entry) => {
-                let bytes = read_checked(INTERACTIONS_FILE, entry)?;
-                if bytes.len() != 8 * vocab.items.len() {
-                    return Err(DataError::Invalid {
-                        path: dir.join(INTERACTIONS_FILE),
-                        message: format!(
-                            "{} counts for {} items: it belongs to another dataset",
-                            bytes.len() / 8,
-                            vocab.items.len()
-                        ),
-                    });
-                }
-                Some(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
-            }
-        };
+        let test_samples = (test.samples().len(), "test samples");
+        let oracle = (meta.oracle.as_ref())
+            .map(|entry| read_values("oracle.f32", entry, 4, test_samples, "scores"))
+            .transpose()?
+            .map(|bytes| bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
+        let items = (vocab.items.len(), "items");
+        let item_interactions = (meta.item_interactions.as_ref())
+            .map(|entry| read_values(INTERACTIONS_FILE, entry, 8, items, "counts"))
+            .transpose()?
+            .map(|bytes| bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect());
         Ok(Self { dir: dir.to_path_buf(), meta, vocab, train, test, oracle, attributes, item_interactions })
     }
 }

@@ -121,7 +121,8 @@ impl Staging {
     }
 
     fn start(out: &Path, replaces: bool) -> Result<Self, DataError> {
-        let out = &followed(out)?;
+        // Built beside what a link names (the link stays).
+        let out = &crate::io_error::followed(out)?;
         let name = out.file_name().ok_or_else(|| DataError::Invalid {
             path: out.to_path_buf(),
             message: "the output must name a directory".into(),
@@ -206,22 +207,6 @@ impl Staging {
         // Dropping removes the staging directory, empty now.
         Ok(())
     }
-}
-
-/// `out`, or what it names when it is a symbolic link, through any chain of links (made when
-/// missing): the output is built beside that and moved into its place, and the links stay, as
-/// every file micn writes follows a link (`--out` on scratch space through a link in the working
-/// directory, say). A trailing slash (`--out link/`) changes nothing.
-fn followed(out: &Path) -> Result<PathBuf, DataError> {
-    let mut path: PathBuf = out.components().collect();
-    for _ in 0..40 {
-        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Ok(path);
-        }
-        let to = std::fs::read_link(&path).with_path(&path)?;
-        path = path.parent().map_or(to.clone(), |dir| dir.join(&to)).components().collect();
-    }
-    Err(PathIo { path: out.to_path_buf(), source: std::io::Error::from_raw_os_error(libc::ELOOP) }.into())
 }
 
 /// `.NAME.partial-`, followed by the process id in a staging directory's name.
@@ -806,50 +791,43 @@ fn write_dataset_with(
     categories: CategorySource,
     parts: DatasetParts<'_>,
 ) -> Result<DatasetMeta, DataError> {
+    // A file written, with its entry in dataset.json.
+    let written = |name: &str, bytes: &[u8]| -> Result<FileEntry, DataError> {
+        staging.write(name, bytes)?;
+        Ok(FileEntry::of(bytes))
+    };
     // One archive's bytes at a time (at Books size each is as large as its samples).
     let archive = |name: &str, samples: &Samples| -> Result<FileEntry, DataError> {
         let bytes = archive::to_bytes(samples)
             .map_err(|message| DataError::Invalid { path: staging.out.join(name), message })?;
-        staging.write(name, &bytes)?;
-        Ok(FileEntry::of(&bytes))
+        written(name, &bytes)
     };
     let train_entry = archive("train.rkyv", parts.train)?;
     let test_entry = archive("test.rkyv", parts.test)?;
-    let [users, items, cats] = parts.vocab.to_files().map(|(name, bytes)| {
-        staging.write(name, &bytes)?;
-        Ok::<_, DataError>(FileEntry::of(&bytes))
-    });
+    let [users, items, cats] = parts.vocab.to_files().map(|(name, bytes)| written(name, &bytes));
     let vocabularies = VocabFiles { users: users?, items: items?, cats: cats? };
-    let oracle = match parts.oracle {
-        Some(scores) => {
-            let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
-            staging.write("oracle.f32", &bytes)?;
-            Some(FileEntry::of(&bytes))
-        }
-        None => None,
-    };
+    let oracle = parts
+        .oracle
+        .map(|scores| written("oracle.f32", &scores.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>()))
+        .transpose()?;
     let oracle_auc = parts.oracle.and_then(|scores| crate::metrics::auc(scores, &parts.test.labels));
     let attributes = match parts.attributes {
         Some(table) => {
             let [(tsv_name, tsv), (table_name, bytes)] = table.to_files();
-            staging.write(tsv_name, &tsv)?;
-            staging.write(table_name, &bytes)?;
             Some(AttributeFiles {
                 fields: table.fields.clone(),
-                values: FileEntry::of(&tsv),
-                table: FileEntry::of(&bytes),
+                values: written(tsv_name, &tsv)?,
+                table: written(table_name, &bytes)?,
             })
         }
         None => None,
     };
-    let item_interactions = match parts.item_interactions {
-        Some(counts) => {
-            let bytes: Vec<u8> = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
-            staging.write(archive::INTERACTIONS_FILE, &bytes)?;
-            Some(FileEntry::of(&bytes))
-        }
-        None => None,
-    };
+    let item_interactions = parts
+        .item_interactions
+        .map(|counts| {
+            written(archive::INTERACTIONS_FILE, &counts.iter().flat_map(|c| c.to_le_bytes()).collect::<Vec<u8>>())
+        })
+        .transpose()?;
     let meta = DatasetMeta {
         format_version: archive::FORMAT_VERSION,
         source: parts.source,
