@@ -634,6 +634,14 @@ impl Override {
     }
 }
 
+const SECTION_GIVEN_A_VALUE: &str = "is a section (a table of keys), not a value";
+
+/// Whether the dotted `key` names a section of the configuration (`train`), not a value.
+fn is_section(key: &str) -> bool {
+    let defaults = toml::Value::try_from(Config::default()).expect("the defaults serialise");
+    key.split('.').try_fold(&defaults, |value, part| value.get(part)).is_some_and(toml::Value::is_table)
+}
+
 /// Merge `given` into `into`: nested tables key by key, anything else replaced.
 fn merge(into: &mut toml::Table, given: &toml::Table) {
     for (key, value) in given {
@@ -685,8 +693,20 @@ impl Config {
     /// Apply `overrides` to `table`, deserialise and validate; `file_origin` names where the
     /// table came from.
     fn resolve(mut table: toml::Table, file_origin: &str, overrides: &[Override]) -> Result<Self, ConfigError> {
-        for o in overrides {
-            o.apply(&mut table)?;
+        for (i, o) in overrides.iter().enumerate() {
+            o.apply(&mut table).map_err(|e| match e {
+                // A section made a value by an earlier `--set` (or the file) is that one's error.
+                ConfigError::Key { key, .. } if is_section(&key) => ConfigError::Key {
+                    origin: overrides[..i]
+                        .iter()
+                        .rev()
+                        .find(|earlier| earlier.key == key)
+                        .map_or_else(|| file_origin.to_string(), |earlier| earlier.origin.clone()),
+                    key,
+                    message: SECTION_GIVEN_A_VALUE.into(),
+                },
+                e => e,
+            })?;
         }
         // The origin of a key is the last `--set` that touched it (the key, a key under it or an
         // element of it, `model.head_hidden[0]`) or a key its range depends on, else the file.
@@ -710,6 +730,9 @@ impl Config {
             // The path includes the offending key, unknown ones too.
             let key = e.path().to_string();
             let mut message = e.inner().to_string();
+            if message.contains(", expected struct ") && is_section(&key) {
+                message = SECTION_GIVEN_A_VALUE.into();
+            }
             if message.starts_with("invalid type: string \"")
                 && (message.contains("expected u") || message.contains("expected f"))
             {
@@ -906,6 +929,106 @@ impl Config {
     pub fn to_table(&self) -> toml::Table {
         toml::from_str(&self.to_toml()).expect("a config's own TOML parses")
     }
+
+    /// The configuration with every key that it does not read back at its default: the keys of
+    /// the other models (`model.mind_*` for DIN), `model.wide_buckets` without `wide_crosses`,
+    /// MIND's head and negatives where its objective has none, and `[micn]` with MICN off. Two
+    /// configurations equal here train alike.
+    pub fn as_trained(&self) -> Config {
+        use ModelKind::*;
+        // Every field by name: a new one must say here which models read it.
+        let ModelConfig {
+            kind,
+            embedding_dim,
+            head_hidden,
+            attention_hidden,
+            gru_hidden,
+            dien_aux_hidden,
+            dien_aux_alpha,
+            wide_crosses,
+            wide_buckets,
+            mind_interests,
+            mind_routing_iters,
+            mind_pow_p,
+            mind_objective,
+            mind_negatives,
+            camn_top_q,
+            camn_alpha,
+            camn_routing,
+            mfn_interests,
+            mfn_heads,
+            mfn_hidden,
+            mfn_pretrained,
+            mfn_attributes,
+        } = self.model.clone();
+        fn read<T>(reads: bool, given: T, default: T) -> T {
+            if reads {
+                given
+            } else {
+                default
+            }
+        }
+        let d = ModelConfig::default();
+        let (wide, dien, mind, mfn, camn) = (kind == WideDeep, kind == Dien, kind == Mind, kind == Mfn, kind == Camn);
+        let retrieval = mind && mind_objective == MindObjective::Retrieval;
+        let model = ModelConfig {
+            kind,
+            embedding_dim,
+            head_hidden: read(!retrieval, head_hidden, d.head_hidden),
+            attention_hidden: read(matches!(kind, Din | Dien | Mfn | Camn), attention_hidden, d.attention_hidden),
+            gru_hidden: read(dien, gru_hidden, d.gru_hidden),
+            dien_aux_hidden: read(dien, dien_aux_hidden, d.dien_aux_hidden),
+            dien_aux_alpha: read(dien, dien_aux_alpha, d.dien_aux_alpha),
+            wide_crosses: read(wide, wide_crosses, d.wide_crosses),
+            wide_buckets: read(wide && wide_crosses, wide_buckets, d.wide_buckets),
+            mind_interests: read(mind, mind_interests, d.mind_interests),
+            mind_routing_iters: read(mind, mind_routing_iters, d.mind_routing_iters),
+            mind_pow_p: read(mind, mind_pow_p, d.mind_pow_p),
+            mind_objective: read(mind, mind_objective, d.mind_objective),
+            mind_negatives: read(retrieval, mind_negatives, d.mind_negatives),
+            camn_top_q: read(camn, camn_top_q, d.camn_top_q),
+            camn_alpha: read(camn, camn_alpha, d.camn_alpha),
+            camn_routing: read(camn, camn_routing, d.camn_routing),
+            mfn_interests: read(mfn, mfn_interests, d.mfn_interests),
+            mfn_heads: read(mfn, mfn_heads, d.mfn_heads),
+            mfn_hidden: read(mfn, mfn_hidden, d.mfn_hidden),
+            mfn_pretrained: read(mfn, mfn_pretrained, d.mfn_pretrained),
+            mfn_attributes: read(mfn, mfn_attributes, d.mfn_attributes),
+        };
+        // MICN off reads none of its keys.
+        let micn = read(self.micn.enabled, self.micn.clone(), MicnConfig { enabled: false, ..Default::default() });
+        Config { model, micn, ..self.clone() }
+    }
+
+    /// The dotted keys set to something other than their default that this configuration does
+    /// not read (see [`Config::as_trained`]).
+    pub fn unread_keys(&self) -> Vec<String> {
+        diff(&self.to_table(), &self.as_trained().to_table())
+    }
+
+    /// For a warning: each key of [`Config::unread_keys`] with its value and the setting that
+    /// leaves it unread (`model.mind_interests = 2: model.kind = "din" does not read it`).
+    pub fn unread_settings(&self) -> Vec<String> {
+        let table: BTreeMap<String, toml::Value> = flatten(&self.to_table()).into_iter().collect();
+        let setting = |key: &str| format!("{key} = {}", table.get(key).map(ToString::to_string).unwrap_or_default());
+        self.unread_keys()
+            .into_iter()
+            .map(|key| {
+                let because = if key.starts_with("micn.") {
+                    "micn.enabled"
+                } else if key == "model.wide_buckets" && self.model.kind == ModelKind::WideDeep {
+                    "model.wide_crosses"
+                } else if self.model.kind == ModelKind::Mind
+                    && ["model.head_hidden", "model.mind_negatives"].contains(&key.as_str())
+                {
+                    "model.mind_objective"
+                } else {
+                    "model.kind"
+                };
+                format!("{}: {} does not read it", setting(&key), setting(because))
+            })
+            .collect()
+    }
 }
 
 /// `{a = {b = 1}}` and `{"a.b" = 1}` both become `[("a.b", 1)]`: a TOML table as dotted keys.
@@ -1069,6 +1192,16 @@ mod tests {
         let sets = [Override::parse("device.kind=1").unwrap()];
         let (_, key, message) = key_error(Config::load(Some(&write("device = \"cpu\"\n").1), &sets).unwrap_err());
         assert_eq!((key.as_str(), message.as_str()), ("device", "is a value, not a section"));
+        // A section that an earlier `--set` made a value: that `--set` is named, whatever follows.
+        for later in [&[][..], &["train.seed=2"]] {
+            let sets: Vec<Override> =
+                ["train=1"].iter().chain(later).map(|arg| Override::parse(arg).unwrap()).collect();
+            let (origin, key, message) = key_error(Config::load(None, &sets).unwrap_err());
+            assert_eq!(
+                (origin.as_str(), key.as_str(), message.as_str()),
+                ("--set train=1", "train", "is a section (a table of keys), not a value")
+            );
+        }
     }
 
     #[test]

@@ -79,7 +79,10 @@ fn write_into_special(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<
             Err(PathIo { path: tmp.clone(), source: std::io::Error::new(e.kind(), why) })
         }
         Ok(()) => (|| {
+            // Unlinked before the pipe is opened, which waits for a reader: a process stopped
+            // while it waits leaves no copy of its output behind.
             let mut from = std::fs::File::open(&tmp)?;
+            let _ = std::fs::remove_file(&tmp);
             let mut to = std::fs::OpenOptions::new().write(true).open(path)?;
             std::io::copy(&mut from, &mut to).map(drop)
         })()

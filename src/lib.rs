@@ -10,6 +10,7 @@
 //! - [`experiment`]: `micn sweep` (grids of settings × repeats) and `micn report` (tables, plots).
 //! - [`doctor`]: what this build and machine offer (libtorch, CUDA, MPI, threads).
 //! - [`io_error`]: the one I/O error type, which names its path.
+//! - [`json_doc`]: the JSON documents `--json` prints, arrays of plain values on one line.
 //! - [`logging`]: `tracing` set-up, with the rank on every line.
 //! - [`metrics`]: exact AUC, GAUC and log-loss, pure functions over slices.
 //! - [`progress`]: progress lines for long work (training's bar, reading raw inputs).
@@ -30,6 +31,7 @@ pub mod dist;
 pub mod doctor;
 pub mod experiment;
 pub mod io_error;
+pub mod json_doc;
 pub mod logging;
 pub mod metrics;
 pub mod micn;

@@ -106,9 +106,10 @@ struct TrainArgs {
 
 /// A saved model and what it scores: `micn eval` and `micn predict`.
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("model").required(true).args(["run", "checkpoint"]))]
 struct SavedArgs {
     /// Run directory (holds config.toml and the final model.safetensors).
-    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+    #[arg(long)]
     run: Option<PathBuf>,
     /// Checkpoint directory (run.dir/checkpoints/step-…).
     #[arg(long)]
@@ -158,6 +159,7 @@ impl SavedArgs {
 struct EvalArgs {
     #[command(flatten)]
     saved: SavedArgs,
+    /// Print the metrics as one JSON document.
     #[arg(long)]
     json: bool,
     /// Instead of click metrics, a MIND model's next-item retrieval at these N (`20,50`): every
@@ -269,14 +271,19 @@ struct SweepArgs {
 enum DataCommand {
     /// Counts, vocabulary sizes, label balance and history lengths of a dataset directory.
     Stats {
+        /// The prepared dataset's directory (holds dataset.json).
         dir: PathBuf,
+        /// Print the statistics as one JSON document.
         #[arg(long)]
         json: bool,
     },
     /// Write the samples as NumPy arrays (`OUT/{train,valid,test}/*.npy`), collated as micn's
     /// loader collates them, for another trainer to learn from the same samples.
     Export {
+        /// The prepared dataset's directory (holds dataset.json).
         dir: PathBuf,
+        /// Directory to write (built beside it, then moved into place whole, replacing an
+        /// earlier export; another directory is refused).
         #[arg(long)]
         out: PathBuf,
         /// Behaviours kept per history (the most recent; default: as many as the dataset keeps).
@@ -349,21 +356,28 @@ enum BenchCommand {
     /// Test AUC of every model ± MICN over several seeds on synthetic data (Books-style: 60k
     /// users, 20k items, 400 clusters, `dien` protocol; or the quickstart's, `din` protocol).
     Quality {
+        /// Where the synthetic data, the runs and quality.json go.
         #[arg(long, default_value = "runs/bench-quality")]
         work_dir: PathBuf,
         /// `books-like` (reduced) or `quickstart`.
         #[arg(long, value_enum, default_value_t = Preset::BooksLike)]
         preset: Preset,
+        /// Users of the synthetic data (default: the preset's, reduced for books-like).
         #[arg(long)]
         users: Option<usize>,
+        /// Items of the synthetic data (default: the preset's, reduced for books-like).
         #[arg(long)]
         items: Option<usize>,
+        /// Hidden interest clusters of the synthetic data (default: the preset's).
         #[arg(long)]
         clusters: Option<usize>,
+        /// Runs of each model and variant, seeds 1 to N.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
+        /// Epochs of each run.
         #[arg(long, default_value_t = 2)]
         epochs: usize,
+        /// Adam's learning rate of each run.
         #[arg(long, default_value_t = 1e-3)]
         lr: f64,
         /// Where the runs train (`cuda`: GPU 0; an error where there is none).
@@ -401,17 +415,22 @@ enum BenchCommand {
 
 #[derive(clap::Args)]
 struct SynthArgs {
+    /// Sizes and settings to start from; the flags below change them.
     #[arg(long, value_enum, default_value_t = Preset::Quickstart)]
     preset: Preset,
+    /// Seed of every draw: the same seed writes the same bytes.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Directory for the raw files (created if missing).
     #[arg(long)]
     out: PathBuf,
+    /// Users (default: the preset's).
     #[arg(long)]
     users: Option<usize>,
+    /// Items (default: the preset's).
     #[arg(long)]
     items: Option<usize>,
+    /// Categories the meta names (default: the preset's).
     #[arg(long)]
     categories: Option<usize>,
     /// Hidden interest clusters.
@@ -420,8 +439,10 @@ struct SynthArgs {
     /// Most interests per user.
     #[arg(long)]
     interests: Option<usize>,
+    /// Fewest reviews per user (default: the preset's; 5, as in a 5-core).
     #[arg(long)]
     min_history: Option<usize>,
+    /// Mean reviews per user (default: the preset's).
     #[arg(long)]
     mean_history: Option<f64>,
     /// Probability that a review is a popularity-drawn noise item.
@@ -499,6 +520,8 @@ struct PrepareArgs {
     /// Stop at the first bad line instead of skipping and counting.
     #[arg(long)]
     strict: bool,
+    /// Directory to write the dataset to (must not exist; built beside it, then moved into
+    /// place whole).
     #[arg(long)]
     out: PathBuf,
 }
@@ -841,7 +864,11 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 "--interests, --steps and --batch must be at least 1"
             );
             ensure_usage!(args.batch <= MAX_BATCH, "--batch must be at most {MAX_BATCH}, got {}", args.batch);
-            ensure_usage!(args.lr > 0.0 && args.lr.is_finite(), "--lr must be > 0");
+            ensure_usage!(
+                args.lr > 0.0 && (args.lr as f32).is_finite(),
+                "--lr must be above 0 and finite in f32 (at most 3.4e38), got {}",
+                args.lr
+            );
             let settings = micn::train::saved::CentreSettings {
                 interests: args.interests,
                 steps: args.steps,
@@ -978,7 +1005,7 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             let clicked = results.first().map_or(0, |m| m.users);
             if json {
                 let value = serde_json::json!({ "samples": clicked, "unknown_targets": unknown, "model": results });
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", micn::json_doc::to_string(&value)?);
             } else {
                 let unknown = match unknown {
                     0 => String::new(),
@@ -997,7 +1024,7 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             &retrieval,
         )?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            println!("{}", micn::json_doc::to_string(&done)?);
             return Ok(());
         }
         let h = &done.held_out;
@@ -1028,7 +1055,7 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let result = micn::train::saved::eval_saved(saved.dir()?, saved.data.as_deref(), split, saved.device, comm)?;
     if comm.rank() == 0 {
         if json {
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            println!("{}", micn::json_doc::to_string(&result)?);
         } else {
             println!(
                 "{} AUC {:.4}  GAUC {:.4}  log-loss {:.4}  on {} samples",
@@ -1069,8 +1096,10 @@ fn sweep(args: SweepArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         None => SweepSpec { repeats: 1, np: 1, ..Default::default() },
     };
     spec.configs.extend(configs);
+    let mut swept = std::collections::HashSet::new();
     for arg in &grid {
         let (key, values) = sweep::parse_grid(arg)?;
+        ensure_usage!(swept.insert(key.clone()), "--grid {key}=… given twice: put all its values in one list");
         spec.set_grid(key, values);
     }
     for arg in &sets {
@@ -1080,6 +1109,11 @@ fn sweep(args: SweepArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     spec.np = np.unwrap_or(spec.np);
     spec.out = out.unwrap_or(spec.out);
     spec.launch_args.extend(launch_args);
+    ensure_usage!(
+        spec.launch_args.is_empty() || spec.np > 1,
+        "--launch-arg (or the sweep file's launch_args) goes to micn-launch, which only runs of more than one rank \
+         go through: set --np (or np) above 1, or leave them out"
+    );
     if dry_run {
         for run in sweep::plan(&spec)? {
             println!("{}: {}", run.dir.display(), sweep::run_state(&run)?);
@@ -1177,7 +1211,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 throughput::ThroughputOptions { steps, warmup, threads, items, users, device, ..Default::default() };
             let rows = throughput::run(&opts, &models, &batches)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", micn::json_doc::to_string(&rows)?);
             } else {
                 print!("{}", throughput::table(&opts, &rows));
             }
@@ -1232,7 +1266,7 @@ fn data(command: DataCommand) -> anyhow::Result<()> {
             let dataset = micn::data::Dataset::open(&dir)?;
             let stats = micn::data::stats::compute(&dataset);
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                println!("{}", micn::json_doc::to_string(&stats)?);
             } else {
                 print!("{stats}");
             }
@@ -1257,7 +1291,7 @@ fn doctor(comm: &dyn Communicator, mpi: Option<MpiInfo>, json: bool, check_comm:
         if let Some(outcome) = &check {
             value["comm_check"] = serde_json::to_value(outcome)?;
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", micn::json_doc::to_string(&value)?);
     } else {
         print!("{report}");
         if check.is_some() {
@@ -1358,10 +1392,11 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         }
         InputFormat::Sequences => {
             ensure_usage!(max_hist_len > 0, "--max-hist-len must be at least 1");
-            ensure_usage!(
-                a.category_attribute.is_none() || a.item_attributes.is_some(),
-                "--category-attribute needs --item-attributes FILE"
-            );
+            for (flag, given) in
+                [("--category-attribute", a.category_attribute), ("--max-attributes", a.max_attributes)]
+            {
+                ensure_usage!(given.is_none() || a.item_attributes.is_some(), "{flag} needs --item-attributes FILE");
+            }
             ensure_usage!(max_attributes > 0, "--max-attributes must be at least 1");
             let job = prepare::AmazonJob {
                 release: Release::Amazon2014,

@@ -232,6 +232,72 @@ mod tests {
 
     const KINDS: [ModelKind; 6] = ModelKind::ALL;
 
+    /// `Config::as_trained` sets back only keys a model does not read: every model (MIND with
+    /// either objective, ± MICN) with every key away from its default builds the same variables,
+    /// of the same shapes, as its `as_trained` configuration.
+    #[test]
+    fn the_keys_a_configuration_does_not_read_change_no_variable() {
+        use crate::config::{AttentionPower, Config, MindObjective};
+        let shapes = |cfg: &Config| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            Network::new(
+                &vs.root(),
+                &cfg.model,
+                &cfg.micn,
+                &VOCAB,
+                &item_cats(),
+                Some(&testing::attributes(VOCAB.items)),
+            )
+            .unwrap();
+            vs.variables().into_iter().map(|(name, t)| (name, t.size())).collect::<std::collections::BTreeMap<_, _>>()
+        };
+        for kind in KINDS {
+            for mind_objective in [MindObjective::Ctr, MindObjective::Retrieval] {
+                for enabled in [false, true] {
+                    let model = ModelConfig {
+                        kind,
+                        embedding_dim: 4,
+                        head_hidden: vec![7, 5],
+                        attention_hidden: vec![6, 3],
+                        gru_hidden: 5,
+                        dien_aux_hidden: vec![6, 2],
+                        dien_aux_alpha: 0.5,
+                        wide_crosses: true,
+                        wide_buckets: 32,
+                        mind_interests: 3,
+                        mind_routing_iters: 2,
+                        mind_pow_p: AttentionPower::Soft(1.0),
+                        mind_objective,
+                        mind_negatives: 7,
+                        camn_top_q: 2,
+                        camn_alpha: 0.1,
+                        camn_routing: false,
+                        mfn_interests: 3,
+                        mfn_heads: 1,
+                        mfn_hidden: 5,
+                        mfn_pretrained: None,
+                        mfn_attributes: false,
+                    };
+                    let micn = MicnConfig { enabled, k_max: 3, num_negatives: 5, ..Default::default() };
+                    let cfg = Config { model, micn, ..Default::default() };
+                    let trained = cfg.as_trained();
+                    assert_eq!(shapes(&cfg), shapes(&trained), "{kind:?}, {mind_objective:?}, MICN {enabled}");
+                    assert_eq!(trained.as_trained(), trained);
+                    assert!(trained.unread_keys().is_empty());
+                }
+            }
+        }
+        // What is left out, by name.
+        let cfg = Config {
+            model: ModelConfig { mind_interests: 2, wide_buckets: 8, gru_hidden: 5, ..Default::default() },
+            micn: MicnConfig { enabled: false, phi: 0.5, ..Default::default() },
+            ..Default::default()
+        };
+        assert_eq!(cfg.unread_keys(), ["micn.phi", "model.gru_hidden", "model.mind_interests", "model.wide_buckets"]);
+        assert_eq!(cfg.unread_settings()[0], "micn.phi = 0.5: micn.enabled = false does not read it");
+        assert_eq!(cfg.unread_settings()[2], "model.mind_interests = 2: model.kind = \"din\" does not read it");
+    }
+
     #[test]
     fn every_model_gives_finite_logits_of_shape_b() {
         for kind in KINDS {

@@ -2,7 +2,7 @@
 //! model (embedding tables for ~604k users and ~368k items, twice for `e_aux`, with Adam's
 //! moments), through the same code as training, with the model on the CPU or a GPU (saving
 //! then includes the download, loading the upload).
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -35,9 +35,10 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
     let item_cat: Vec<u32> = (0..vocab.items).map(|i| (i % vocab.cats) as u32).collect();
     let mut replica =
         Replica::new(build_network(&cfg, vocab, &item_cat, None, device)?, &cfg, &crate::dist::SingleProcess)?;
-    // A directory of the bench's own, removed at the end: a run's `checkpoints/` in the work
-    // directory is left alone.
-    let root: PathBuf = work_dir.join(format!(".bench-checkpoint-{}", std::process::id()));
+    // A directory of the bench's own, removed however the bench ends (one that a killed bench
+    // left behind goes at the next): a run's `checkpoints/` in the work directory is left alone.
+    let staging = crate::data::prepare::Staging::new(&work_dir.join("bench-checkpoint"))?;
+    let root: &Path = &staging.tmp;
     let config = cfg.to_toml();
     let state = checkpoint::State {
         format_version: checkpoint::FORMAT_VERSION,
@@ -59,7 +60,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
     synchronize(device);
     let started = Instant::now();
     let dir = checkpoint::save(
-        &root,
+        root,
         &state,
         |path| {
             let variables: Vec<(String, Tensor)> = replica.vs.variables().into_iter().collect();
@@ -81,7 +82,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
     replica.load_checkpoint(&dir, state.step, device)?;
     synchronize(device);
     let load_seconds = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&root);
+    drop(staging);
     let mb = bytes as f64 / 1e6;
     Ok(CheckpointBench {
         device: device_label(device),

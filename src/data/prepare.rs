@@ -103,8 +103,18 @@ impl Staging {
     /// the same command (a directory holding `marker`, a file that command always writes) or an
     /// empty directory. Until the commit it stays as it was; anything else there is refused.
     pub fn replacing(out: &Path, marker: &str) -> Result<Self, DataError> {
-        let replaceable = out.join(marker).is_file() || std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none());
-        if out.exists() && !(out.is_dir() && replaceable) {
+        // One listing of one directory decides: another process replacing the same output in
+        // between two looks (its old one aside, its new one in place) would read as neither.
+        let replaceable = match std::fs::read_dir(out) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => !out.exists(),
+            Err(_) => false,
+            Ok(entries) => {
+                let entries: Vec<_> = entries.flatten().collect();
+                entries.is_empty()
+                    || entries.iter().any(|e| e.file_name() == marker && e.file_type().is_ok_and(|t| t.is_file()))
+            }
+        };
+        if !replaceable {
             return Err(DataError::OutputExists(out.to_path_buf()));
         }
         Self::start(out, true)

@@ -381,7 +381,8 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     // would train one run twice and report it as two repeats.
     let mut trains: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
     for run in runs.iter().take(runs.len() / spec.repeats) {
-        let mut config = run.config.clone();
+        // Keys the run does not read (`model.mind_interests` of a DIN) train nothing apart.
+        let mut config = run.config.as_trained();
         config.run.dir = PathBuf::new();
         if let Some(first) = trains.insert(config.to_toml(), &run.dir) {
             let message =
@@ -485,19 +486,38 @@ impl Runner {
             true => train_args.extend(["--resume".into(), "auto".into()]),
             false => train_args.push("--overwrite".into()),
         }
-        match (&self.launcher, self.np) {
+        let mut cmd = match (&self.launcher, self.np) {
             (Some(launcher), np) if np > 1 => {
                 let mut cmd = Command::new(launcher);
                 cmd.arg("--np").arg(np.to_string()).args(&self.launch_args).arg("--micn").arg(&self.micn).arg("--");
-                cmd.args(train_args);
                 cmd
             }
-            _ => {
-                let mut cmd = Command::new(&self.micn);
-                cmd.args(train_args);
-                cmd
+            _ => Command::new(&self.micn),
+        };
+        cmd.args(train_args);
+        stopped_with_this_process(&mut cmd);
+        cmd
+    }
+}
+
+/// A run the sweep starts gets SIGTERM (a checkpoint, then its end) should the sweep die, even
+/// by SIGKILL: left training unwatched, it would hold its run directory against the same sweep
+/// run again.
+fn stopped_with_this_process(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and raise are async-signal-safe and touch only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
             }
-        }
+            // The sweep died before the prctl, and nothing would send the signal: no run.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 

@@ -536,6 +536,11 @@ pub fn train_until(
     interrupter: &Interrupter,
 ) -> Result<Summary, TrainError> {
     let started = Instant::now();
+    if comm.rank() == 0 {
+        for unread in cfg.unread_settings() {
+            tracing::warn!("{unread}, so it changes nothing");
+        }
+    }
     keep_freed_memory();
     use_threads(cfg.train.threads, comm);
     if cfg.train.deterministic {

@@ -365,6 +365,16 @@ pub fn export_mfn_centres(
         (x.hist_items, x.hist_mask)
     });
     let (centres, objective) = pretrain_centres(&items, &initial, batches, settings.lr);
+    let (first, last) = (objective.first().copied().unwrap_or(f64::NAN), objective.last().copied().unwrap_or(f64::NAN));
+    if !last.is_finite() || crate::transfer::download_i64(&centres.isfinite().all()) != [1] {
+        return Err(TrainError::CentresDiverged {
+            dir: dir.to_path_buf(),
+            first,
+            last,
+            steps: settings.steps,
+            lr: settings.lr,
+        });
+    }
     let nearest = items.narrow(0, 1, n - 1).matmul(&centres.tr()).argmax(-1, false);
     let items_per_centre = crate::transfer::download_i64(&nearest.bincount::<Tensor>(None, k as i64));
     let pretrained =
@@ -375,8 +385,8 @@ pub fn export_mfn_centres(
         items: n,
         width,
         interests: k,
-        first_objective: objective.first().copied().unwrap_or(f64::NAN),
-        last_objective: objective.last().copied().unwrap_or(f64::NAN),
+        first_objective: first,
+        last_objective: last,
         items_per_centre,
     })
 }

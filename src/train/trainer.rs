@@ -42,6 +42,11 @@ pub enum TrainError {
     NoAttributes { path: PathBuf, why: crate::model::ModelError },
     #[error("{dir}: {samples} training samples and {items} items: too few to place {k} MFN centres")]
     TooFewForCentres { dir: PathBuf, samples: usize, items: i64, k: usize },
+    #[error(
+        "{dir}: Algorithm 1 diverged: its objective went from {first:.4} to {last} in {steps} steps and the centres \
+         are not finite; nothing was written: lower --lr (now {lr})"
+    )]
+    CentresDiverged { dir: PathBuf, first: f64, last: f64, steps: usize, lr: f64 },
     #[error(transparent)]
     Io(#[from] PathIo),
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
@@ -209,6 +214,7 @@ impl TrainError {
                 | Self::Unfinished { .. }
                 | Self::NoAttributes { .. }
                 | Self::TooFewForCentres { .. }
+                | Self::CentresDiverged { .. }
         )
     }
 }

@@ -1164,13 +1164,19 @@ fn a_run_whose_directory_is_deleted_under_it_stops_at_its_next_checkpoint_saying
 }
 
 /// `micn bench checkpoint` writes and reads its own checkpoint in a directory of its own, so a
-/// run's `checkpoints/` in the same work directory survives it.
+/// run's `checkpoints/` in the same work directory survives it; the directory an earlier bench,
+/// killed, left behind goes too.
 #[test]
 fn the_checkpoint_bench_leaves_a_runs_checkpoints_in_its_work_directory_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let kept = tmp.path().join("checkpoints/step-00000060/model.safetensors");
     std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
     std::fs::write(&kept, b"a run's checkpoint").unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let killed = tmp.path().join(format!(".bench-checkpoint.partial-{}/step-00000001", gone.id()));
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("model.safetensors"), b"half").unwrap();
     let bench = micn::bench::checkpoint::run(tmp.path(), micn::bench::BenchDevice::Cpu).unwrap();
     assert!(bench.bytes > 0);
     assert_eq!(std::fs::read(&kept).unwrap(), b"a run's checkpoint");

@@ -127,8 +127,11 @@ fn bad_sweep_arguments_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.toml");
     std::fs::write(&base, crate::small_config(&tmp.path().join("r"), &[]).to_toml()).unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 9] = [
+        (&["--grid", "model.mind_interests=[2,4]"], "configures the same training as"),
         (&["--grid", "micn.phi=0.5"], "--grid micn.phi=0.5: the values must be a list"),
+        (&["--grid", "micn.phi=[0.1,0.2]", "--grid", "micn.phi=[0.3]"], "--grid micn.phi=… given twice"),
+        (&["--launch-arg=--max-restarts", "--launch-arg=3"], "set --np (or np) above 1, or leave them out"),
         (&["--set", "run.dir=\"elsewhere\""], "--set run.dir=\"elsewhere\": is set by the sweep itself"),
         (&["--grid", "micn.phi=[1.0,0.5,1]"], "micn.phi=1/repeat-0: configures the same training as"),
         (&["--grid", "micn.phi=[0.5,2.0]"], "grid value micn.phi=2.0"),
@@ -189,6 +192,31 @@ fn a_sweep_whose_output_fails_stops_with_an_error_and_leaves_nothing_running() {
     assert!(out.join("micn.phi=0.1/repeat-0/summary.json").exists(), "the run in progress ended");
     let needle = out.to_str().unwrap();
     assert_eq!(crate::launch::processes_mentioning(needle), Vec::<i32>::new(), "a run was left going");
+}
+
+/// A sweep killed outright (SIGKILL: no handler runs) takes its run down with it: the run gets
+/// SIGTERM, checkpoints and ends, rather than training on unwatched and holding its directory
+/// against the same sweep run again.
+#[test]
+fn a_killed_sweep_leaves_no_run_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.toml");
+    let sets = ["train.epochs=1000", "train.max_steps=100000", "train.log_every_steps=5", "checkpoint.every_steps=0"];
+    std::fs::write(&base, crate::small_config(&tmp.path().join("unused"), &sets).to_toml()).unwrap();
+    let out = tmp.path().join("out");
+    let mut sweep = sweep_cmd(&base, &out, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let run = out.join("micn.phi=0.1/repeat-0");
+    crate::launch::wait_for_training_past(&run, 5);
+    sweep.kill().unwrap();
+    sweep.wait().unwrap();
+    let started = std::time::Instant::now();
+    let needle = out.to_str().unwrap();
+    while !crate::launch::processes_mentioning(needle).is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the run trains on without its sweep");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let summary: serde_json::Value = serde_json::from_str(&read(&run.join("summary.json"))).unwrap();
+    assert_eq!(summary["stopped_by_signal"], true, "{summary}");
 }
 
 #[test]

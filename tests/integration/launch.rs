@@ -315,6 +315,19 @@ printf 'out ' ; sleep 0.3; printf 'of %s\n' "$r""#;
     assert!(!stderr.contains("<stderr>") && !stdout.contains("<stdout>"), "{stdout}\n{stderr}");
 }
 
+/// A long JSON document of short lines (`doctor --check-comm`'s timings) reaches the launcher's
+/// standard output whole: mpirun's `--tag-output` drops what a chunk of lines shorter than its
+/// tag grows to past its buffer, so micn prints an array of numbers on one line.
+#[test]
+fn rank_0_s_json_document_passes_through_the_launcher_whole() {
+    let out =
+        launcher().args(["--np", "2", "--threads", "1", "--", "doctor", "--check-comm", "--json"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}:\n{stdout}"));
+    assert!(doc["comm_check"].is_object(), "{stdout}");
+}
+
 #[test]
 fn only_rank_0_shows_progress_and_json_lines_stay_json_under_the_launcher() {
     let tmp = tempfile::tempdir().unwrap();

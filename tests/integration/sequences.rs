@@ -122,7 +122,10 @@ fn bad_sequence_lines_are_counted_or_fatal_with_strict_and_bad_attribute_files_a
         let read = |dir: &str| std::fs::read(tmp.path().join(dir).join(file)).unwrap();
         assert_eq!(read("gz-attrs"), read("some-attrs"), "{file}");
     }
-    let out = prepare(&tmp.path().join("no-attrs"), &["--sequences", seq, "--category-attribute", "1"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--category-attribute needs --item-attributes"));
+    for flag in ["--category-attribute", "--max-attributes"] {
+        let out = prepare(&tmp.path().join("no-attrs"), &["--sequences", seq, flag, "1"]);
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{flag} needs --item-attributes")));
+        assert!(!tmp.path().join("no-attrs").exists());
+    }
 }

@@ -755,6 +755,19 @@ fn mfn_trains_with_centres_pretrained_from_a_din_run_and_the_twin_scores_it() {
         .map(|pair| pair.split(" → ").map(|v| v.parse().unwrap()).collect())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(objective[1] < objective[0], "Algorithm 1 lowered nothing: {line}");
+    // A step so large that Algorithm 1 diverges: refused (exit 3), the earlier file kept.
+    let before = std::fs::read(&centres).unwrap();
+    let out = Command::new(micn_bin())
+        .args(["export", "mfn-centres", "--interests", "3", "--steps", "20", "--lr", "1e38", "--run"])
+        .arg(&din)
+        .arg("--out")
+        .arg(&centres)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("Algorithm 1 diverged") && stderr.contains("lower --lr"), "{stderr}");
+    assert_eq!(std::fs::read(&centres).unwrap(), before, "the earlier centres were replaced");
     // The fixed embeddings are the DIN's item vectors: its item row beside its category's row.
     let file = micn::checkpoint::read_tensors(&centres).unwrap();
     let model = micn::checkpoint::read_tensors(&din.join("model.safetensors")).unwrap();
