@@ -593,6 +593,8 @@ impl Override {
         if key.is_empty() || key.split('.').any(|part| part.trim().is_empty()) {
             return Err(bad("expected `section.key=value`"));
         }
+        // `train . lr` is `train.lr`, as TOML reads it (and as an error names it).
+        let key = key.split('.').map(str::trim).collect::<Vec<_>>().join(".");
         let raw = raw.trim();
         if raw.contains(['\n', '\r']) {
             return Err(bad("the value spans several lines; give each key its own --set"));
@@ -601,7 +603,7 @@ impl Override {
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-        Ok(Self { arg: arg.to_string(), origin: format!("--set {arg}"), key: key.to_string(), value })
+        Ok(Self { arg: arg.to_string(), origin: format!("--set {arg}"), key, value })
     }
 
     /// The same override, named by `origin` in error messages.
@@ -932,8 +934,8 @@ impl Config {
 
     /// The configuration with every key that it does not read back at its default: the keys of
     /// the other models (`model.mind_*` for DIN), `model.wide_buckets` without `wide_crosses`,
-    /// MIND's head and negatives where its objective has none, and `[micn]` with MICN off. Two
-    /// configurations equal here train alike.
+    /// MIND's head and negatives where its objective has none, `[micn]` with MICN off, and the
+    /// other learning-rate schedules' keys. Two configurations equal here train alike.
     pub fn as_trained(&self) -> Config {
         use ModelKind::*;
         // Every field by name: a new one must say here which models read it.
@@ -997,7 +999,15 @@ impl Config {
         };
         // MICN off reads none of its keys.
         let micn = read(self.micn.enabled, self.micn.clone(), MicnConfig { enabled: false, ..Default::default() });
-        Config { model, micn, ..self.clone() }
+        let (t, d) = (&self.train, TrainConfig::default());
+        let (step, cosine) = (t.lr_schedule == LrSchedule::Step, t.lr_schedule == LrSchedule::Cosine);
+        let train = TrainConfig {
+            lr_step_every: read(step, t.lr_step_every, d.lr_step_every),
+            lr_step_gamma: read(step, t.lr_step_gamma, d.lr_step_gamma),
+            lr_min: read(cosine, t.lr_min, d.lr_min),
+            ..t.clone()
+        };
+        Config { model, micn, train, ..self.clone() }
     }
 
     /// The dotted keys set to something other than their default that this configuration does
@@ -1009,25 +1019,34 @@ impl Config {
     /// For a warning: each key of [`Config::unread_keys`] with its value and the setting that
     /// leaves it unread (`model.mind_interests = 2: model.kind = "din" does not read it`).
     pub fn unread_settings(&self) -> Vec<String> {
-        let table: BTreeMap<String, toml::Value> = flatten(&self.to_table()).into_iter().collect();
+        let table = self.flat_table();
         let setting = |key: &str| format!("{key} = {}", table.get(key).map(ToString::to_string).unwrap_or_default());
         self.unread_keys()
-            .into_iter()
-            .map(|key| {
-                let because = if key.starts_with("micn.") {
-                    "micn.enabled"
-                } else if key == "model.wide_buckets" && self.model.kind == ModelKind::WideDeep {
-                    "model.wide_crosses"
-                } else if self.model.kind == ModelKind::Mind
-                    && ["model.head_hidden", "model.mind_negatives"].contains(&key.as_str())
-                {
-                    "model.mind_objective"
-                } else {
-                    "model.kind"
-                };
-                format!("{}: {} does not read it", setting(&key), setting(because))
-            })
+            .iter()
+            .map(|key| format!("{}: {} does not read it", setting(key), self.unread_by(key)))
             .collect()
+    }
+
+    /// The setting, with its value, that leaves `key` (one of [`Config::unread_keys`] when set)
+    /// unread: `model.kind = "din"` for `model.mind_interests`.
+    pub fn unread_by(&self, key: &str) -> String {
+        let because = if key.starts_with("micn.") {
+            "micn.enabled"
+        } else if key.starts_with("train.") {
+            "train.lr_schedule"
+        } else if key == "model.wide_buckets" && self.model.kind == ModelKind::WideDeep {
+            "model.wide_crosses"
+        } else if self.model.kind == ModelKind::Mind && ["model.head_hidden", "model.mind_negatives"].contains(&key) {
+            "model.mind_objective"
+        } else {
+            "model.kind"
+        };
+        format!("{because} = {}", self.flat_table().get(because).map(ToString::to_string).unwrap_or_default())
+    }
+
+    /// The configuration as dotted keys and their values.
+    fn flat_table(&self) -> BTreeMap<String, toml::Value> {
+        flatten(&self.to_table()).into_iter().collect()
     }
 }
 

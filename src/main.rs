@@ -865,8 +865,8 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             );
             ensure_usage!(args.batch <= MAX_BATCH, "--batch must be at most {MAX_BATCH}, got {}", args.batch);
             ensure_usage!(
-                args.lr > 0.0 && (args.lr as f32).is_finite(),
-                "--lr must be above 0 and finite in f32 (at most 3.4e38), got {}",
+                (args.lr as f32) > 0.0 && (args.lr as f32).is_finite(),
+                "--lr must stay above 0 and finite rounded to f32, as Algorithm 1 computes (at most 3.4e38), got {}",
                 args.lr
             );
             let settings = micn::train::saved::CentreSettings {

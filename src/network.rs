@@ -234,22 +234,27 @@ mod tests {
 
     /// `Config::as_trained` sets back only keys a model does not read: every model (MIND with
     /// either objective, ± MICN) with every key away from its default builds the same variables,
-    /// of the same shapes, as its `as_trained` configuration.
+    /// of the same shapes, from one seed, and computes the same logits and auxiliary loss on one
+    /// batch, as its `as_trained` configuration.
     #[test]
-    fn the_keys_a_configuration_does_not_read_change_no_variable() {
+    fn the_keys_a_configuration_does_not_read_change_nothing_the_model_computes() {
         use crate::config::{AttentionPower, Config, MindObjective};
-        let shapes = |cfg: &Config| {
+        // Both built, then the second given the first's values (the global generator that
+        // initialises them is shared with the tests running beside this one).
+        let build = |cfg: &Config| {
+            testing::one_thread();
             let vs = nn::VarStore::new(Device::Cpu);
-            Network::new(
-                &vs.root(),
-                &cfg.model,
-                &cfg.micn,
-                &VOCAB,
-                &item_cats(),
-                Some(&testing::attributes(VOCAB.items)),
-            )
-            .unwrap();
-            vs.variables().into_iter().map(|(name, t)| (name, t.size())).collect::<std::collections::BTreeMap<_, _>>()
+            let attributes = testing::attributes(VOCAB.items);
+            let net = Network::new(&vs.root(), &cfg.model, &cfg.micn, &VOCAB, &item_cats(), Some(&attributes)).unwrap();
+            let shapes: std::collections::BTreeMap<_, _> =
+                vs.variables().into_iter().map(|(name, t)| (name, t.size())).collect();
+            (vs, net, shapes)
+        };
+        let computed = |net: &Network| {
+            let ids = testing::batch(1, 7, 5, &VOCAB, true);
+            let out = net.main.forward(&net.embeddings.forward(&ids).main, Mode::Train);
+            let values = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+            (values(&out.logit), out.aux_loss.as_ref().map(values))
         };
         for kind in KINDS {
             for mind_objective in [MindObjective::Ctr, MindObjective::Retrieval] {
@@ -281,7 +286,12 @@ mod tests {
                     let micn = MicnConfig { enabled, k_max: 3, num_negatives: 5, ..Default::default() };
                     let cfg = Config { model, micn, ..Default::default() };
                     let trained = cfg.as_trained();
-                    assert_eq!(shapes(&cfg), shapes(&trained), "{kind:?}, {mind_objective:?}, MICN {enabled}");
+                    let what = format!("{kind:?}, {mind_objective:?}, MICN {enabled}");
+                    let ((given_vs, given, given_shapes), (mut trained_vs, as_trained, trained_shapes)) =
+                        (build(&cfg), build(&trained));
+                    assert_eq!(given_shapes, trained_shapes, "{what}");
+                    trained_vs.copy(&given_vs).unwrap();
+                    assert_eq!(computed(&given), computed(&as_trained), "{what}");
                     assert_eq!(trained.as_trained(), trained);
                     assert!(trained.unread_keys().is_empty());
                 }

@@ -37,7 +37,7 @@ pub fn run(work_dir: &std::path::Path, on: BenchDevice) -> Result<CheckpointBenc
         Replica::new(build_network(&cfg, vocab, &item_cat, None, device)?, &cfg, &crate::dist::SingleProcess)?;
     // A directory of the bench's own, removed however the bench ends (one that a killed bench
     // left behind goes at the next): a run's `checkpoints/` in the work directory is left alone.
-    let staging = crate::data::prepare::Staging::new(&work_dir.join("bench-checkpoint"))?;
+    let staging = crate::data::prepare::Staging::merging(&work_dir.join("bench-checkpoint"))?;
     let root: &Path = &staging.tmp;
     let config = cfg.to_toml();
     let state = checkpoint::State {

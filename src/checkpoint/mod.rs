@@ -181,6 +181,8 @@ pub fn dir_name(step: u64) -> String {
 /// run must keep them. Returns the differing keys. `data.dir` is compared as written; the caller
 /// that knows the datasets' fingerprints compares those instead ([`State::dataset`]).
 pub fn incompatible_keys(saved: &crate::config::Config, now: &crate::config::Config) -> Vec<String> {
+    // A key neither reads (`model.mind_interests` of a DIN) changes nothing.
+    let (saved, now) = (&saved.as_trained(), &now.as_trained());
     let mut keys = differing_model_keys(&saved.model, &now.model);
     let pairs = [
         ("micn.enabled", saved.micn.enabled != now.micn.enabled),
@@ -229,6 +231,14 @@ mod tests {
         now.micn.k_max += 1;
         assert_eq!(incompatible_keys(&saved, &now), ["model.embedding_dim", "micn.k_max"]);
         assert!(incompatible_keys(&saved, &saved).is_empty());
+        // Keys that neither configuration reads (MIND's of a DIN, MICN's with MICN off).
+        let mut now = saved.clone();
+        now.model.mind_interests += 1;
+        assert!(incompatible_keys(&saved, &now).is_empty());
+        let (mut off, mut other) = (saved.clone(), saved.clone());
+        (off.micn.enabled, other.micn.enabled, other.micn.k_max) = (false, false, 2);
+        assert!(incompatible_keys(&off, &other).is_empty());
+        assert_eq!(incompatible_keys(&saved, &other), ["micn.enabled"]);
     }
 
     fn state(step: u64, evaluations: Vec<Evaluation>) -> State {

@@ -106,8 +106,10 @@ impl Staging {
         // One listing of one directory decides: another process replacing the same output in
         // between two looks (its old one aside, its new one in place) would read as neither.
         let replaceable = match std::fs::read_dir(out) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => !out.exists(),
-            Err(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            // A file is refused; a path that cannot be made (below a file, a loop of links) is
+            // `start`'s to name.
+            Err(_) => !out.exists(),
             Ok(entries) => {
                 let entries: Vec<_> = entries.flatten().collect();
                 entries.is_empty()
@@ -270,7 +272,7 @@ fn remove_stale(parent: &Path, name: &OsStr) -> Result<(), DataError> {
             let owner = owner.trim_end();
             if owner != here {
                 tracing::warn!(
-                    "{}: left alone: the staging directory of a preparation on host {owner} (this is {here}); remove it by hand once no preparation runs there",
+                    "{}: left alone: the staging directory of this command on host {owner} (this is {here}); remove it by hand once it no longer runs there",
                     path.display()
                 );
                 continue;
@@ -278,12 +280,12 @@ fn remove_stale(parent: &Path, name: &OsStr) -> Result<(), DataError> {
         }
         match std::fs::remove_dir_all(&path) {
             Ok(()) => tracing::warn!(
-                "{}: removed the staging directory of an earlier preparation that did not finish (its process {pid} is gone)",
+                "{}: removed the staging directory of an earlier run of this command that did not finish (its process {pid} is gone)",
                 path.display()
             ),
             // It does not stop this preparation, which builds in its own directory.
             Err(e) => tracing::warn!(
-                "{}: could not remove the staging directory of an earlier preparation that did not finish (process {pid}): {e}",
+                "{}: could not remove the staging directory of an earlier run of this command that did not finish (process {pid}): {e}",
                 path.display()
             ),
         }

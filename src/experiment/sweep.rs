@@ -381,13 +381,33 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     // would train one run twice and report it as two repeats.
     let mut trains: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
     for run in runs.iter().take(runs.len() / spec.repeats) {
-        // Keys the run does not read (`model.mind_interests` of a DIN) train nothing apart.
-        let mut config = run.config.as_trained();
+        let mut config = run.config.clone();
         config.run.dir = PathBuf::new();
         if let Some(first) = trains.insert(config.to_toml(), &run.dir) {
             let message =
                 format!("configures the same training as {}: one run would be trained twice", first.display());
             return Err(plan_err(&run.dir.display().to_string(), &message));
+        }
+    }
+    // Points apart only in keys their model does not read (`model.mind_interests` of a DIN, in a
+    // grid that MIND reads too) train alike: said, but trained, as a sweep begun before would be.
+    let mut alike: std::collections::HashMap<String, &PlannedRun> = std::collections::HashMap::new();
+    for run in runs.iter().take(runs.len() / spec.repeats) {
+        let mut config = run.config.as_trained();
+        config.run.dir = PathBuf::new();
+        if let Some(first) = alike.insert(config.to_toml(), run) {
+            let differ = crate::config::diff(&first.config.to_table(), &run.config.to_table());
+            let unread: Vec<String> = differ
+                .iter()
+                .filter(|key| *key != "run.dir")
+                .map(|key| format!("{key}, which {} does not read", run.config.unread_by(key)))
+                .collect();
+            tracing::warn!(
+                "{} trains as {} does: they differ only in {}",
+                run.dir.display(),
+                first.dir.display(),
+                unread.join("; ")
+            );
         }
     }
     Ok(runs)
@@ -502,14 +522,15 @@ impl Runner {
 
 /// A run the sweep starts gets SIGTERM (a checkpoint, then its end) should the sweep die, even
 /// by SIGKILL: left training unwatched, it would hold its run directory against the same sweep
-/// run again.
+/// run again. The signal comes when the thread that spawned the run ends: the sweep spawns its
+/// runs from its main thread.
 fn stopped_with_this_process(cmd: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: prctl, getppid and raise are async-signal-safe and touch only the child.
+    // SAFETY: prctl and getppid are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             // The sweep died before the prctl, and nothing would send the signal: no run.

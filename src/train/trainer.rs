@@ -43,7 +43,7 @@ pub enum TrainError {
     #[error("{dir}: {samples} training samples and {items} items: too few to place {k} MFN centres")]
     TooFewForCentres { dir: PathBuf, samples: usize, items: i64, k: usize },
     #[error(
-        "{dir}: Algorithm 1 diverged: its objective went from {first:.4} to {last} in {steps} steps and the centres \
+        "{dir}: Algorithm 1 diverged: its objective went from {first:.4} to {last} in {steps} steps, or its centres \
          are not finite; nothing was written: lower --lr (now {lr})"
     )]
     CentresDiverged { dir: PathBuf, first: f64, last: f64, steps: usize, lr: f64 },

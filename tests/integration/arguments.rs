@@ -187,7 +187,7 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     // the error names it and TMPDIR, not the device, and a reader of a named pipe sees its end.
     let fifo = tmp.path().join("scores.fifo");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    /// The pipe's reader, ended with the test however it ends.
+    /// A child at the pipe, ended with the test however it ends.
     struct Reader(std::process::Child);
     impl Drop for Reader {
         fn drop(&mut self) {
@@ -221,13 +221,15 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     // Stopped while it waits for the pipe's reader: no copy of the scores is left in TMPDIR.
     let own_tmp = tmp.path().join("own-tmp");
     std::fs::create_dir(&own_tmp).unwrap();
-    let mut waiting = Command::new(micn_bin())
-        .args(["predict", "--run", run, "--out", fifo.to_str().unwrap(), "--format", "csv"])
-        .env("TMPDIR", &own_tmp)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let fds = format!("/proc/{}/fd", waiting.id());
+    let mut waiting = Reader(
+        Command::new(micn_bin())
+            .args(["predict", "--run", run, "--out", fifo.to_str().unwrap(), "--format", "csv"])
+            .env("TMPDIR", &own_tmp)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let fds = format!("/proc/{}/fd", waiting.0.id());
     let holds_unlinked_output = || {
         std::fs::read_dir(&fds).into_iter().flatten().flatten().any(|fd| {
             std::fs::read_link(fd.path()).is_ok_and(|to| {
@@ -238,12 +240,12 @@ fn predictions_go_through_a_device_or_a_link_and_a_full_device_is_an_error() {
     };
     let started = std::time::Instant::now();
     while !holds_unlinked_output() {
-        assert!(waiting.try_wait().unwrap().is_none(), "predict ended without a reader");
+        assert!(waiting.0.try_wait().unwrap().is_none(), "predict ended without a reader");
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "the temporary file was not unlinked");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(Command::new("kill").args(["-TERM", &waiting.id().to_string()]).status().unwrap().success());
-    waiting.wait().unwrap();
+    assert!(Command::new("kill").args(["-TERM", &waiting.0.id().to_string()]).status().unwrap().success());
+    waiting.0.wait().unwrap();
     assert_eq!(std::fs::read_dir(&own_tmp).unwrap().count(), 0, "a copy of the scores was left in TMPDIR");
     // A link: its target gets the scores, in a directory made for it.
     let (link, target) = (tmp.path().join("link.csv"), tmp.path().join("made/scores.csv"));

@@ -110,8 +110,9 @@ fn a_prepare_killed_with_sigkill_leaves_staging_that_the_next_prepare_removes_un
     alive.wait().unwrap();
     assert!(!staging.exists(), "the killed preparation's staging directory is still there");
     assert!(
-        log.contains(&format!(".out.partial-{killed}: removed the staging directory of an earlier preparation"))
-            && log.contains(&format!("its process {killed} is gone")),
+        log.contains(&format!(
+            ".out.partial-{killed}: removed the staging directory of an earlier run of this command"
+        )) && log.contains(&format!("its process {killed} is gone")),
         "the removal is not reported:\n{log}"
     );
     assert!(survived, "the staging directory of a live process was removed:\n{log}");
