@@ -1195,6 +1195,18 @@ mod tests {
     }
 
     #[test]
+    fn the_other_schedules_keys_are_not_read() {
+        let mut cfg = Config::default();
+        (cfg.train.lr_min, cfg.train.lr_step_every, cfg.train.lr_step_gamma) = (1e-5, 10, 0.5);
+        assert_eq!(cfg.unread_keys(), ["train.lr_min", "train.lr_step_every", "train.lr_step_gamma"]);
+        assert_eq!(cfg.unread_by("train.lr_min"), "train.lr_schedule = \"constant\"");
+        cfg.train.lr_schedule = LrSchedule::Cosine;
+        assert_eq!(cfg.unread_keys(), ["train.lr_step_every", "train.lr_step_gamma"]);
+        cfg.train.lr_schedule = LrSchedule::Step;
+        assert_eq!(cfg.unread_keys(), ["train.lr_min"]);
+    }
+
+    #[test]
     fn override_errors_name_the_argument() {
         let sets = [Override::parse("micn.phi=-0.1").unwrap()];
         let (origin, key, _) = key_error(Config::load(None, &sets).unwrap_err());

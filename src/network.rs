@@ -233,7 +233,8 @@ mod tests {
     const KINDS: [ModelKind; 6] = ModelKind::ALL;
 
     /// `Config::as_trained` sets back only keys a model does not read: every model (MIND with
-    /// either objective, ± MICN) with every key away from its default builds the same variables,
+    /// either objective, ± MICN) with every `[model]` key away from its default (but the path of
+    /// MFN's pretrained file) builds the same variables,
     /// of the same shapes, from one seed, and computes the same logits and auxiliary loss on one
     /// batch, as its `as_trained` configuration.
     #[test]

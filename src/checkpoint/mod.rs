@@ -179,10 +179,21 @@ pub fn dir_name(step: u64) -> String {
 
 /// Configuration keys that change the model's shape (or the data it was built for): a resumed
 /// run must keep them. Returns the differing keys. `data.dir` is compared as written; the caller
-/// that knows the datasets' fingerprints compares those instead ([`State::dataset`]).
+/// that knows the datasets' fingerprints compares those instead ([`State::dataset`]). A key that
+/// neither configuration reads (`model.mind_interests` of a DIN) changes nothing, and one that
+/// only one of them reads is named only when its value changed too.
 pub fn incompatible_keys(saved: &crate::config::Config, now: &crate::config::Config) -> Vec<String> {
-    // A key neither reads (`model.mind_interests` of a DIN) changes nothing.
-    let (saved, now) = (&saved.as_trained(), &now.as_trained());
+    let trained = differing_keys(&saved.as_trained(), &now.as_trained());
+    let given = differing_keys(saved, now);
+    let changed: Vec<String> = trained.iter().filter(|key| given.contains(key)).cloned().collect();
+    if changed.is_empty() {
+        trained
+    } else {
+        changed
+    }
+}
+
+fn differing_keys(saved: &crate::config::Config, now: &crate::config::Config) -> Vec<String> {
     let mut keys = differing_model_keys(&saved.model, &now.model);
     let pairs = [
         ("micn.enabled", saved.micn.enabled != now.micn.enabled),
@@ -239,6 +250,15 @@ mod tests {
         (off.micn.enabled, other.micn.enabled, other.micn.k_max) = (false, false, 2);
         assert!(incompatible_keys(&off, &other).is_empty());
         assert_eq!(incompatible_keys(&saved, &other), ["micn.enabled"]);
+        // One side reads a key, the other does not: the key is named only if it changed.
+        let mut mind = saved.clone();
+        (mind.model.kind, mind.model.mind_interests) = (crate::config::ModelKind::Mind, 2);
+        let mut din = mind.clone();
+        din.model.kind = crate::config::ModelKind::Din;
+        assert_eq!(incompatible_keys(&mind, &din), ["model.kind"]);
+        let (mut on, mut off) = (saved.clone(), saved.clone());
+        (on.micn.k_max, off.micn.enabled, off.micn.k_max) = (2, false, 2);
+        assert_eq!(incompatible_keys(&on, &off), ["micn.enabled"]);
     }
 
     fn state(step: u64, evaluations: Vec<Evaluation>) -> State {

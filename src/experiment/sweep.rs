@@ -395,7 +395,8 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
     for run in runs.iter().take(runs.len() / spec.repeats) {
         let mut config = run.config.as_trained();
         config.run.dir = PathBuf::new();
-        if let Some(first) = alike.insert(config.to_toml(), run) {
+        let first = *alike.entry(config.to_toml()).or_insert(run);
+        if !std::ptr::eq(first, run) {
             let differ = crate::config::diff(&first.config.to_table(), &run.config.to_table());
             let unread: Vec<String> = differ
                 .iter()
