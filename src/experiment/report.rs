@@ -307,23 +307,36 @@ pub fn group(runs: &[Run]) -> Table {
     Table { keys, groups }
 }
 
+/// The fewest last parts of `path` that no path of `others` ends with (the whole path when
+/// every tail is shared).
+fn shortest_distinct_tail(path: &str, others: &[&str]) -> String {
+    let parts: Vec<&std::ffi::OsStr> = Path::new(path).iter().collect();
+    (1..parts.len())
+        .map(|n| parts[parts.len() - n..].iter().collect::<PathBuf>())
+        .find(|tail| others.iter().all(|other| !Path::new(other).ends_with(tail)))
+        .map_or_else(|| path.to_string(), |tail| tail.to_string_lossy().into_owned())
+}
+
 impl Table {
     /// A short legend label of the group's values for every key but `except`: `phi=0.3`,
-    /// `dien`, `micn on`, a path's last part; "all runs" when nothing is left.
+    /// `dien`, `micn on`, a path by as many of its last parts as tell it from the key's other
+    /// paths (`data`, or `books/data` beside `electronics/data`); "all runs" when nothing is left.
     pub fn label(&self, group: &Group, except: &[&str]) -> String {
         let parts: Vec<String> = self
             .keys
             .iter()
+            .enumerate()
             .zip(&group.values)
-            .filter(|(k, _)| !except.contains(&k.as_str()))
-            .map(|(key, value)| {
+            .filter(|((_, k), _)| !except.contains(&k.as_str()))
+            .map(|((index, key), value)| {
                 let (section, last) = key.rsplit_once('.').unwrap_or(("", key));
                 match value {
                     toml::Value::Boolean(on) if last == "enabled" => {
                         format!("{section} {}", if *on { "on" } else { "off" })
                     }
                     toml::Value::String(s) if last.ends_with("dir") => {
-                        Path::new(s).file_name().map_or_else(|| s.clone(), |n| n.to_string_lossy().into_owned())
+                        let others = self.groups.iter().filter_map(|g| g.values[index].as_str()).filter(|o| o != s);
+                        shortest_distinct_tail(s, &others.collect::<Vec<_>>())
                     }
                     toml::Value::String(s) => s.clone(),
                     other => format!("{last}={other}"),
@@ -378,14 +391,17 @@ impl Table {
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "|{}", header.iter().map(|_| "---|").collect::<String>());
         for g in &self.groups {
-            let mut cells: Vec<String> = g.values.iter().map(show).collect();
+            // A `|` in a value (a path) would end its cell.
+            let mut cells: Vec<String> = g.values.iter().map(|v| show(v).replace('|', "\\|")).collect();
             // One run has no spread to show (its sample standard deviation is undefined).
             let pm = |s: &Stat| match g.runs.len() {
                 1 => format!("{:.4}", s.mean),
                 _ => format!("{:.4} ± {:.4}", s.mean, s.std),
             };
             cells.extend([g.runs.len().to_string(), pm(&g.auc), pm(&g.gauc), pm(&g.logloss)]);
-            cells.push(format!("{:.0}", g.seconds.mean));
+            // Whole seconds, but a tenth below 10 s (short runs would all read 0).
+            let seconds = g.seconds.mean;
+            cells.push(if seconds < 10.0 { format!("{seconds:.1}") } else { format!("{seconds:.0}") });
             let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
         out
@@ -747,6 +763,16 @@ mod tests {
         assert_eq!(order, ["0.05", "0.3", "1.0"]);
         assert_eq!(table.label(&table.groups[0], &[]), "phi=0.05");
         assert_eq!(table.label(&table.groups[0], &["micn.phi"]), "all runs");
+    }
+
+    #[test]
+    fn paths_are_labelled_by_as_many_last_parts_as_tell_them_apart() {
+        assert_eq!(shortest_distinct_tail("/x/books/data", &["/x/electronics/data"]), "books/data");
+        assert_eq!(shortest_distinct_tail("/x/books/data", &["/x/books/other"]), "data");
+        assert_eq!(shortest_distinct_tail("/v1/books", &["/v2/books", "/v1/movies"]), "v1/books");
+        assert_eq!(shortest_distinct_tail("data", &["x/data"]), "data");
+        assert_eq!(shortest_distinct_tail("x/data", &["data"]), "x/data");
+        assert_eq!(shortest_distinct_tail("/x/data", &[]), "data");
     }
 
     #[test]
