@@ -24,8 +24,6 @@ pub fn to_string(value: &impl Serialize) -> serde_json::Result<String> {
 struct Document {
     /// The arrays and objects open, innermost last.
     open: Vec<Open>,
-    /// Inside an object's key (its string is not a value).
-    in_key: bool,
 }
 
 enum Open {
@@ -45,11 +43,8 @@ impl Document {
     }
 
     /// What goes before a value: in an array, the separator, and a new line for an object or an
-    /// array (and every element after it).
+    /// array (and every element after it). Nothing in an object (its keys' strings included).
     fn value(&mut self, w: &mut (impl Write + ?Sized), nested: bool) -> io::Result<()> {
-        if self.in_key {
-            return Ok(());
-        }
         let Some(Open::Array { next, broken }) = self.open.last_mut() else { return Ok(()) };
         let Some(first) = next.take() else { return Ok(()) };
         *broken |= nested;
@@ -114,10 +109,6 @@ impl Formatter for Document {
         Ok(())
     }
 
-    fn end_array_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
-        Ok(())
-    }
-
     fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
         let broken = matches!(self.open.pop(), Some(Open::Array { broken: true, .. }));
         self.close(w, broken, b"]")
@@ -133,22 +124,12 @@ impl Formatter for Document {
         if let Some(Open::Object { members }) = self.open.last_mut() {
             *members = true;
         }
-        self.in_key = true;
         w.write_all(if first { b"\n" } else { b",\n" })?;
         self.indent(w)
     }
 
-    fn end_object_key<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
-        self.in_key = false;
-        Ok(())
-    }
-
     fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
         w.write_all(b": ")
-    }
-
-    fn end_object_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
-        Ok(())
     }
 
     fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
