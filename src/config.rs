@@ -1023,14 +1023,20 @@ impl Config {
         let setting = |key: &str| format!("{key} = {}", table.get(key).map(ToString::to_string).unwrap_or_default());
         self.unread_keys()
             .iter()
-            .map(|key| format!("{}: {} does not read it", setting(key), self.unread_by(key)))
+            .map(|key| format!("{}: {} does not read it", setting(key), setting(self.reader_of(key))))
             .collect()
     }
 
     /// The setting, with its value, that leaves `key` (one of [`Config::unread_keys`] when set)
     /// unread: `model.kind = "din"` for `model.mind_interests`.
     pub fn unread_by(&self, key: &str) -> String {
-        let because = if key.starts_with("micn.") {
+        let reader = self.reader_of(key);
+        format!("{reader} = {}", self.flat_table().get(reader).map(ToString::to_string).unwrap_or_default())
+    }
+
+    /// The key whose value leaves `key` unread.
+    fn reader_of(&self, key: &str) -> &'static str {
+        if key.starts_with("micn.") {
             "micn.enabled"
         } else if key.starts_with("train.") {
             "train.lr_schedule"
@@ -1040,8 +1046,7 @@ impl Config {
             "model.mind_objective"
         } else {
             "model.kind"
-        };
-        format!("{because} = {}", self.flat_table().get(because).map(ToString::to_string).unwrap_or_default())
+        }
     }
 
     /// The configuration as dotted keys and their values.
