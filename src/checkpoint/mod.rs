@@ -219,14 +219,15 @@ fn differing_model_keys(saved: &crate::config::ModelConfig, now: &crate::config:
     if saved == now {
         return Vec::new();
     }
-    let table = |m| toml::Value::try_from(m).ok().and_then(|v| v.as_table().cloned()).unwrap_or_default();
-    let (a, b) = (table(saved), table(now));
-    let keys: std::collections::BTreeSet<String> =
-        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("model.{k}")).collect();
+    let as_table = |model| {
+        let section = toml::Value::try_from(model).unwrap_or_else(|_| toml::Value::Table(Default::default()));
+        toml::Table::from_iter([("model".to_string(), section)])
+    };
+    let keys = crate::config::diff(&as_table(saved), &as_table(now));
     if keys.is_empty() {
         vec!["model".into()]
     } else {
-        keys.into_iter().collect()
+        keys
     }
 }
 
