@@ -915,12 +915,16 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         Some("") => return Err(UsageError("--resume is empty: give `auto` or a checkpoint directory".into()).into()),
         Some(path) => Resume::Path(PathBuf::from(path)),
     };
-    // Before the run claims its directory: a refused run writes nothing there.
-    if let Resume::Path(p) = &resume {
-        check_checkpoint_arg("--resume", p)?;
-    }
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = micn::config::Config::load(Some(&config), &overrides)?;
+    // Before the run claims its directory: a refused run writes nothing there. A restart of the
+    // job that claimed it goes on from its newest checkpoint, which is not --resume's any more
+    // (retention may have removed that one since).
+    if let Resume::Path(p) = &resume {
+        if !micn::run_dir::RunDir::new(&cfg.run.dir).claimed_by_this_launch() {
+            check_checkpoint_arg("--resume", p)?;
+        }
+    }
     ensure_usage!(
         !cfg.data.dir.as_os_str().is_empty(),
         "data.dir is empty: set it to the directory `micn prepare` wrote"

@@ -107,6 +107,11 @@ pub const ABANDONED_DIR: &str = "abandoned";
 /// its own job's (see `train::run`).
 pub const LAUNCH_ID_ENV: &str = "MICN_LAUNCH_ID";
 
+/// The launch this process belongs to ([`LAUNCH_ID_ENV`]), if `micn-launch` started it.
+pub fn this_launch() -> Option<String> {
+    std::env::var(LAUNCH_ID_ENV).ok().filter(|id| !id.is_empty())
+}
+
 /// The launch that last claimed the directory ([`LAUNCH_ID_ENV`]).
 pub const LAUNCH_FILE: &str = ".launch";
 
@@ -194,8 +199,15 @@ impl RunDir {
     }
 
     /// The launch ([`LAUNCH_ID_ENV`]) that last claimed the directory, if one did.
-    pub fn launch_id(&self) -> Option<String> {
+    fn launch_id(&self) -> Option<String> {
         std::fs::read_to_string(self.path.join(LAUNCH_FILE)).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Whether this process is a restart of the launch that last claimed the directory: an
+    /// earlier attempt of the same job (`micn-launch --max-restarts`) started the run there.
+    pub fn claimed_by_this_launch(&self) -> bool {
+        let launch = this_launch();
+        launch.is_some() && self.launch_id() == launch
     }
 
     /// Record that launch `id` claimed the directory.
@@ -206,7 +218,9 @@ impl RunDir {
 
     /// What of the run comes after `step`, for a resume from that step: the later checkpoints
     /// and the summary and model of an earlier end (a finished run's result, kept) are moved into
-    /// [`ABANDONED_DIR`]; those of a stop are deleted (its checkpoint holds the same model).
+    /// [`ABANDONED_DIR`]; those of a stop are deleted (its checkpoint holds the same model), and
+    /// so is a checkpoint a kill cut short (the newest, the only one without its completion
+    /// marker: several such are a run whose markers were lost, set aside with the rest).
     /// Returns the names moved and where to (none: nothing was moved).
     pub fn set_aside_after(&self, step: u64) -> Result<Option<(Vec<String>, PathBuf)>, PathIo> {
         let mut later: Vec<PathBuf> = crate::checkpoint::list(&self.checkpoints())
@@ -214,6 +228,16 @@ impl RunDir {
             .filter(|dir| crate::checkpoint::step_of(dir).is_some_and(|s| s > step))
             .rev()
             .collect();
+        let finished = crate::checkpoint::finished(&self.checkpoints());
+        let unmarked = later.iter().filter(|dir| !finished.contains(dir)).count();
+        if unmarked == 1 && later.last().is_some_and(|newest| !finished.contains(newest)) {
+            let cut_short = later.pop().expect("the newest checkpoint");
+            tracing::warn!(
+                path = %cut_short.display(),
+                "removing a checkpoint that a kill cut short (no completion marker): it cannot be resumed"
+            );
+            std::fs::remove_dir_all(&cut_short).with_path(&cut_short)?;
+        }
         let end = [self.summary(), self.model()];
         let stopped = self.read_summary().ok().flatten().is_some_and(|s| s["stopped_by_signal"] == true);
         for file in end.iter().filter(|f| f.exists()) {
@@ -419,6 +443,37 @@ mod tests {
         end("{\"stopped_by_signal\": true, \"steps\": 7}");
         assert!(run.set_aside_after(6).unwrap().is_none());
         assert!(!run.summary().exists() && !run.model().exists());
+    }
+
+    #[test]
+    fn a_checkpoint_a_kill_cut_short_is_removed_and_unmarked_ones_before_it_are_set_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path().join("run"));
+        let checkpoint = |step: u64, marked: bool| {
+            let dir = run.checkpoints().join(crate::checkpoint::dir_name(step));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("state.json"), "{}").unwrap();
+            if marked {
+                std::fs::write(dir.join("COMPLETE"), "").unwrap();
+            }
+        };
+        // Killed while step 9 was written: it goes, and nothing else is there to set aside.
+        (checkpoint(6, true), checkpoint(9, false));
+        assert!(run.set_aside_after(6).unwrap().is_none());
+        assert!(!run.checkpoints().join("step-00000009").exists());
+        // After a finished step 9, an unmarked step 12 goes; step 9 is set aside.
+        (checkpoint(9, true), checkpoint(12, false));
+        let (names, _) = run.set_aside_after(6).unwrap().unwrap();
+        assert_eq!(names, ["step-00000009"]);
+        assert!(!run.checkpoints().join("step-00000012").exists());
+        // Two unmarked checkpoints are no kill's: both are kept, set aside.
+        (checkpoint(9, false), checkpoint(12, false));
+        let (names, _) = run.set_aside_after(6).unwrap().unwrap();
+        assert_eq!(names, ["step-00000009", "step-00000012"]);
+        // An unmarked checkpoint below a finished one is no kill's either.
+        (checkpoint(9, false), checkpoint(12, true));
+        let (names, _) = run.set_aside_after(6).unwrap().unwrap();
+        assert_eq!(names, ["step-00000009", "step-00000012"]);
     }
 
     #[test]

@@ -415,8 +415,7 @@ fn claim_run_dir(
     let mut effective = resume.clone();
     let mut claim = || -> Result<(), TrainError> {
         lock = Some(run_dir.lock()?);
-        let launch = std::env::var(crate::run_dir::LAUNCH_ID_ENV).ok().filter(|id| !id.is_empty());
-        let ours = launch.is_some() && run_dir.launch_id() == launch;
+        let ours = run_dir.claimed_by_this_launch();
         if ours {
             effective = continuation(&run_dir, resume);
             tracing::info!(resume = ?effective, "an earlier attempt of this job claimed the run directory");
@@ -470,7 +469,7 @@ fn claim_run_dir(
             }
             _ => {}
         }
-        if let Some(id) = &launch {
+        if let Some(id) = &crate::run_dir::this_launch() {
             run_dir.record_launch(id)?;
         }
         Ok(())

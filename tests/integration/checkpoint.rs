@@ -596,6 +596,15 @@ fn a_resume_never_mixes_two_histories_and_a_restart_continues_only_its_own_jobs_
     let (code, stderr) = train_as(&cfg(9), Some("job-3"), &["--overwrite"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!((&summary(&dir)["steps"], &summary(&dir)["resumed_from_step"]), (&9.into(), &6.into()));
+    // A job started with --resume PATH goes on from its newest checkpoint when restarted, though
+    // retention removed PATH since; by hand, a PATH that is gone is refused.
+    let gone = dir.join("checkpoints/step-00000001");
+    let (code, stderr) = train_as(&cfg(12), None, &["--resume", gone.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("step-00000001: no such directory"), "{stderr}");
+    let (code, stderr) = train_as(&cfg(12), Some("job-3"), &["--resume", gone.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!((&summary(&dir)["steps"], &summary(&dir)["resumed_from_step"]), (&12.into(), &9.into()));
 }
 
 #[test]
