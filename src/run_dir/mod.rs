@@ -458,20 +458,24 @@ mod tests {
             }
         };
         // Killed while step 9 was written: it goes, and nothing else is there to set aside.
-        (checkpoint(6, true), checkpoint(9, false));
+        checkpoint(6, true);
+        checkpoint(9, false);
         assert!(run.set_aside_after(6).unwrap().is_none());
         assert!(!run.checkpoints().join("step-00000009").exists());
         // After a finished step 9, an unmarked step 12 goes; step 9 is set aside.
-        (checkpoint(9, true), checkpoint(12, false));
+        checkpoint(9, true);
+        checkpoint(12, false);
         let (names, _) = run.set_aside_after(6).unwrap().unwrap();
         assert_eq!(names, ["step-00000009"]);
         assert!(!run.checkpoints().join("step-00000012").exists());
         // Two unmarked checkpoints are no kill's: both are kept, set aside.
-        (checkpoint(9, false), checkpoint(12, false));
+        checkpoint(9, false);
+        checkpoint(12, false);
         let (names, _) = run.set_aside_after(6).unwrap().unwrap();
         assert_eq!(names, ["step-00000009", "step-00000012"]);
         // An unmarked checkpoint below a finished one is no kill's either.
-        (checkpoint(9, false), checkpoint(12, true));
+        checkpoint(9, false);
+        checkpoint(12, true);
         let (names, _) = run.set_aside_after(6).unwrap().unwrap();
         assert_eq!(names, ["step-00000009", "step-00000012"]);
     }
