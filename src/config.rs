@@ -676,8 +676,8 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
         let table = match path {
             Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let text = crate::io_error::read_text_file(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
                 parse_table(&text, path)?
             }
             None => toml::Table::new(),

@@ -18,6 +18,27 @@ impl PathIo {
     }
 }
 
+/// The most bytes of a file that a person writes and micn reads whole (a configuration, a sweep
+/// file, `dataset.json`): far more than any is, little enough to read at once.
+pub const MAX_TEXT_FILE: u64 = 16 << 20;
+
+/// The text of a file read whole: at most [`MAX_TEXT_FILE`] bytes (a larger one, `/dev/zero`
+/// given by mistake, is refused before it fills memory) of UTF-8 (else the first line that is not
+/// is named).
+pub fn read_text_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_TEXT_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_TEXT_FILE {
+        return Err(invalid(format!("larger than {} MiB: not a file of this kind", MAX_TEXT_FILE >> 20)));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        invalid(format!("line {} is not UTF-8 text", 1 + valid.iter().filter(|&&b| b == b'\n').count()))
+    })
+}
+
 /// Writes `path` through a temporary sibling renamed over it (`write` fills the temporary file):
 /// a failure (a full disk) leaves the previous file, if any, whole, and no partial file behind.
 /// Missing parent directories are made. A symbolic link is followed: its target is replaced and
@@ -155,6 +176,18 @@ mod tests {
 
     fn write_text(text: &'static str) -> impl FnOnce(&Path) -> std::io::Result<()> {
         move |p: &Path| std::fs::write(p, text)
+    }
+
+    #[test]
+    fn a_text_file_read_whole_is_bounded_and_its_first_line_not_utf8_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, b"a = 1\nb = \"\xff\"\n").unwrap();
+        assert_eq!(read_text_file(&path).unwrap_err().to_string(), "line 2 is not UTF-8 text");
+        let e = read_text_file(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.to_string(), "larger than 16 MiB: not a file of this kind");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        assert_eq!(read_text_file(&path).unwrap(), "a = 1\n");
     }
 
     #[test]

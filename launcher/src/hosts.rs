@@ -39,12 +39,27 @@ const MAX_WORDS: &[&str] = &[
 const NUMBER_WORDS: &[&str] = &["port"];
 const TEXT_WORDS: &[&str] = &["username", "user-name", "user_name"];
 
+/// The most bytes of a hostfile: some hundred thousand hosts.
+const MAX_HOSTFILE: u64 = 16 << 20;
+
+/// A hostfile's text, refused when larger than [`MAX_HOSTFILE`] (`/dev/zero` given by mistake)
+/// before it fills memory.
+fn read_small(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_HOSTFILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_HOSTFILE {
+        bail!("larger than {} MiB: not a hostfile", MAX_HOSTFILE >> 20);
+    }
+    Ok(text)
+}
+
 /// The hosts of an OpenMPI hostfile, in order; comments (`#`, `//`) and blank lines skipped.
 /// What mpirun would refuse at every attempt (an unknown word, a bad number, a maximum below the
 /// slot count, a slot count for a host an earlier line named) is refused here, naming the line,
 /// so no restart is spent on it.
 pub fn read_hostfile(path: &Path) -> anyhow::Result<Vec<Host>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("hostfile {}", path.display()))?;
+    let text = read_small(path).with_context(|| format!("hostfile {}", path.display()))?;
     let mut hosts: Vec<Host> = Vec::new();
     // Per host name: the first line naming it.
     let mut seen: std::collections::HashMap<String, usize> = Default::default();

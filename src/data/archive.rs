@@ -174,7 +174,7 @@ impl DatasetMeta {
     /// older format is refused with what to do rather than with a missing field.
     pub fn read(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join("dataset.json");
-        let text = std::fs::read_to_string(&path).with_path(&path)?;
+        let text = crate::io_error::read_text_file(&path).with_path(&path)?;
         let invalid = |message: String| DataError::Invalid { path: path.clone(), message };
         #[derive(Deserialize)]
         struct Version {

@@ -159,6 +159,12 @@ impl<R: Read> Read for Hashing<R> {
 
 const CHUNK: usize = 4 << 20;
 
+/// The longest line read: a file with none of its lines ended this far (`/dev/zero`, a binary
+/// file, a gzip bomb of zero bytes) is no file of lines, refused before it fills memory. Amazon's
+/// longest meta lines are some hundred KB; a one-line attributes document for a million items,
+/// some tens of MB.
+const MAX_LINE: usize = 256 << 20;
+
 /// How far a file was read: stored bytes read, decompressed bytes, and lines (at the end of a
 /// whole stream the last one counts even without its newline; where the stream broke, only
 /// complete lines count).
@@ -327,9 +333,17 @@ fn read_chunks(
             }
             let eof = filled < start + CHUNK;
             if !eof {
-                // Keep the trailing partial line for the next chunk.
-                match data.iter().rposition(|&b| b == b'\n') {
-                    Some(pos) => carry = data.split_off(pos + 1),
+                // Keep the trailing partial line for the next chunk (the part carried over holds
+                // no line feed: only what was read now is searched).
+                match data[start..].iter().rposition(|&b| b == b'\n') {
+                    Some(pos) => carry = data.split_off(start + pos + 1),
+                    None if data.len() > MAX_LINE => {
+                        return Err(ReadFailure::NotLines(format!(
+                            "line {next_line} runs past {} MiB without a line feed: not a file of lines (one record \
+                             per line), or a document too large to read",
+                            MAX_LINE >> 20
+                        )));
+                    }
                     None => {
                         carry = data; // a line longer than a chunk: keep it and read more
                         continue;
@@ -495,6 +509,10 @@ pub fn parse_lines<T: Send>(
     if let Some(e) = failure {
         return Err(e);
     }
+    // A file cut or written to while it was read: what was read is no version of it.
+    if let Some(at_open) = stored_total.filter(|&total| total != progress.stored) {
+        return Err(DataError::ChangedWhileRead { path: path.to_path_buf(), at_open, read: progress.stored });
+    }
     Ok(FileSummary {
         path: path.to_path_buf(),
         xxh3: format!("{:016x}", hashing.hasher.digest()),
@@ -552,6 +570,41 @@ mod tests {
         let (lines, summary) = read_all(&path, Strictness::Strict).unwrap();
         assert_eq!(lines, [(1, long.len()), (2, 1), (3, long.len()), (4, 2), (7, 3)]);
         assert_eq!((summary.lines, summary.raw_bytes), (7, 2 * long.len() as u64 + 15));
+    }
+
+    #[test]
+    fn a_line_that_never_ends_is_refused_before_it_fills_memory() {
+        // A gzip bomb of sorts: 4 KB of gzip, a line of 260 MiB after a short one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("endless.json.gz");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, b"a\n").unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..(MAX_LINE >> 20) + 4 {
+            std::io::Write::write_all(&mut encoder, &block).unwrap();
+        }
+        std::fs::write(&path, encoder.finish().unwrap()).unwrap();
+        let e = read_all(&path, Strictness::Lenient).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: line 2 runs past 256 MiB without a line feed: not a file of lines (one record per line), or a \
+                 document too large to read",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_that_holds_other_than_its_size_when_opened_is_refused() {
+        // What a file cut or appended to while it is read looks like: /proc's files say they hold
+        // nothing and hold a page.
+        let e = read_all(Path::new("/proc/self/status"), Strictness::Lenient).unwrap_err();
+        assert!(matches!(e, DataError::ChangedWhileRead { at_open: 0, read, .. } if read > 0), "{e}");
+        assert!(
+            e.to_string().starts_with("/proc/self/status: changed while it was read (0 bytes when opened, "),
+            "{e}"
+        );
     }
 
     #[test]

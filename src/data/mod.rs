@@ -77,6 +77,15 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// A regular file whose size changed while it was read: being written (a download not yet
+    /// done) or cut. What was read is no version of the file; nothing from it is used.
+    #[error(
+        "{path}: changed while it was read ({} bytes when opened, {} read to its end): it is being written or \
+         was cut; read it again once it is whole",
+        crate::progress::thousands(*.at_open),
+        crate::progress::thousands(*.read)
+    )]
+    ChangedWhileRead { path: PathBuf, at_open: u64, read: u64 },
     #[error("{0}: already exists; choose another --out or remove it first")]
     OutputExists(PathBuf),
 }
@@ -90,6 +99,7 @@ impl DataError {
         match self {
             Self::Io(e) => e.is_lasting(),
             Self::BrokenStream { read, source, .. } => read.gzip || is_lasting(source),
+            Self::ChangedWhileRead { .. } => false,
             _ => true,
         }
     }

@@ -338,18 +338,28 @@ fn read_attributes(
     path: &Path,
     corpus: &mut Corpus,
     sequences: Sequences,
+    strictness: Strictness,
     warnings: &mut Vec<String>,
 ) -> Result<Option<u64>, DataError> {
     let text = input::read_text(path)?;
     let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
-    let attributes: std::collections::HashMap<String, Vec<serde_json::Value>> =
+    let FirstOfEachItem { lists: attributes, repeated } =
         serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
             .map_err(|e| invalid(format!("expected {{\"item\": [attribute ids]}}: {e}")))?;
+    if let Some(first) = repeated.first() {
+        let said = format!("{} repeated item lists (first: item {first:?})", repeated.len());
+        if strictness == Strictness::Strict {
+            return Err(invalid(format!("{said} (--strict)")));
+        }
+        warnings.push(format!("{}: {said}; the first list of each item is kept", path.display()));
+    }
     let mut items: Vec<&String> = attributes.keys().collect();
     items.sort();
     for item in items {
-        if let Some(v) = attributes[item].iter().find(|v| !(v.is_number() || v.is_string())) {
-            return Err(invalid(format!("item {item:?}: attribute {v} is not an id (a number or a string)")));
+        // A number beyond 64 bits, or with a fraction, is read as a float: two of them could
+        // print alike and merge.
+        if let Some(v) = attributes[item].iter().find(|v| !(v.is_u64() || v.is_i64() || v.is_string())) {
+            return Err(invalid(format!("item {item:?}: attribute {v} is not an id (an integer or a string)")));
         }
     }
     let text_of = |v: &serde_json::Value| match v {
@@ -404,6 +414,37 @@ fn read_attributes(
         ));
     }
     Ok(Some(without))
+}
+
+/// An attributes file's lists by item: the first list of an item listed twice (as a repeated
+/// review or meta line keeps its first), and the items listed again, in file order.
+#[derive(Default)]
+struct FirstOfEachItem {
+    lists: std::collections::HashMap<String, Vec<serde_json::Value>>,
+    repeated: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for FirstOfEachItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FirstOfEachItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of attribute lists by item")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut read = FirstOfEachItem::default();
+                while let Some((item, list)) = map.next_entry::<String, Vec<serde_json::Value>>()? {
+                    match read.lists.entry(item) {
+                        std::collections::hash_map::Entry::Occupied(e) => read.repeated.push(e.key().clone()),
+                        std::collections::hash_map::Entry::Vacant(e) => drop(e.insert(list)),
+                    }
+                }
+                Ok(read)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// Duplicate (user, item) reviews: the first in file order is kept; the others are counted as
@@ -498,7 +539,7 @@ fn read_corpus(
     }
     if let Layout::Sequences(sequences) = job.layout {
         let attributes = match &job.meta {
-            Some(path) => Some(read_attributes(path, &mut corpus, sequences, warnings)?),
+            Some(path) => Some(read_attributes(path, &mut corpus, sequences, job.strictness, warnings)?),
             None => None,
         };
         if sequences.category_attribute.is_none() || attributes.is_none() {

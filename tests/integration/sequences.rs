@@ -94,6 +94,9 @@ fn bad_sequence_lines_are_counted_or_fatal_with_strict_and_bad_attribute_files_a
     // Values that are not ids, and a file whose items are none of these (another dataset's).
     for (text, needle) in [
         ("{\"a\": [1, null], \"b\": [3]}", "attrs.json: item \"a\": attribute null is not an id"),
+        // Beyond 64 bits: read as a float, which would print as its neighbour does.
+        ("{\"a\": [18446744073709551617], \"b\": [3]}", "attribute 1.8446744073709552e+19 is not an id"),
+        ("{\"a\": [1.5]}", "attribute 1.5 is not an id (an integer or a string)"),
         ("{\"x\": [1], \"y\": [2]}", "attrs.json: none of the 4 sequenced items has an attribute"),
         ("{\"a\": []}", "none of the 4 sequenced items"),
     ] {
@@ -104,6 +107,22 @@ fn bad_sequence_lines_are_counted_or_fatal_with_strict_and_bad_attribute_files_a
         assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains(needle), "{text}: {err}");
     }
+    // An item listed twice keeps its first list, said; fatal with --strict.
+    std::fs::write(&attrs, "{\"a\": [1], \"b\": [2], \"a\": [7], \"c\": [1], \"d\": [2]}").unwrap();
+    let attrs_arg = ["--sequences", seq, "--item-attributes", attrs.to_str().unwrap()];
+    let out = prepare(&tmp.path().join("repeated"), &attrs_arg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("attrs.json: 1 repeated item lists (first: item \"a\"); the first list of each"), "{err}");
+    let tsv = std::fs::read_to_string(tmp.path().join("repeated/attributes.tsv")).unwrap();
+    assert!(!tsv.lines().any(|l| l.split('\t').nth(1) == Some("7")), "item a's second list is not kept: {tsv}");
+    let whole = tmp.path().join("whole.txt");
+    std::fs::write(&whole, "u1 a b c\nu3 a c b d\nu4 b c d\n").unwrap();
+    let strict = ["--sequences", whole.to_str().unwrap(), "--item-attributes", attrs.to_str().unwrap(), "--strict"];
+    let out = prepare(&tmp.path().join("repeated-strict"), &strict);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("1 repeated item lists (first: item \"a\") (--strict)"), "{err}");
     // Some items without attributes: said.
     std::fs::write(&attrs, "{\"a\": [1], \"b\": [2], \"c\": [1]}").unwrap();
     let out =
