@@ -21,10 +21,10 @@ use tch::{Device, Tensor};
 
 use super::deterministic;
 use super::schedule::Schedule;
-use super::step::{read_unread, Control, StepContext, StepStats, Unread};
+use super::step::{read_unread, Control, StepContext, StepError, StepStats, Unread};
 use super::trainer::{
-    build_model, check_history, check_test_set, evaluate_on, keep_freed_memory, pick_device, validation_split, Built,
-    EvalResult, EvalSet, Replica, Selected, Summary, TrainError,
+    build_model, check_history, check_test_set, eval_logits, evaluate_on, keep_freed_memory, pick_device,
+    validation_split, Built, EvalResult, EvalSet, Replica, Selected, Summary, TrainError,
 };
 use super::Interrupter;
 use crate::checkpoint::{self, LossWindow};
@@ -1041,6 +1041,7 @@ impl<'a> Run<'a> {
         };
         let seconds = self.run_seconds();
         let position = (self.step, epoch, sample);
+        let diverged = if self.comm.rank() == 0 { self.divergence() } else { None };
         let (replica, validation) = (&self.replica, &self.validation);
         self.checkpoints.save(
             self.cfg,
@@ -1049,7 +1050,27 @@ impl<'a> Run<'a> {
             position,
             validation,
             (window, seconds, self.stopped_by_signal),
+            diverged,
         )
+    }
+
+    /// How the model after the last step shows that its update broke it, when it does: a
+    /// parameter NaN or infinite, or (unless the validation split was scored at this step, which
+    /// would have failed) scores of the first training samples that are not. A checkpoint of it
+    /// could only be resumed into the same failure, at the next step.
+    fn divergence(&self) -> Option<String> {
+        if let Some((variable, count)) = first_not_finite(&self.replica.vs) {
+            return Some(format!("its update left {count} values of {variable} NaN or infinite"));
+        }
+        if self.validation.scored(self.step) {
+            return None;
+        }
+        let probe = &self.train_ids[..self.train_ids.len().min(PROBE_SAMPLES)];
+        let (bad, n) = self.scorer.not_finite(&self.replica.net, probe)?;
+        Some(format!(
+            "after its update the model's scores of the first {n} training samples are not finite ({bad} of {n}): \
+             it diverged (lower train.lr)"
+        ))
     }
 
     /// The epoch the last step trained in, as every metrics line of that step names it (once an
@@ -1163,7 +1184,23 @@ impl Scorer<'_> {
     fn score(&self, net: &Network, set: EvalSet<'_>) -> Result<EvalResult, TrainError> {
         evaluate_on(net, self.dataset, set, self.comm, self.device, self.max_hist_len)
     }
+
+    /// This rank's scores of the training samples `ids` (one batch): how many are not finite,
+    /// of how many, when any is not.
+    fn not_finite(&self, net: &Network, ids: &[u32]) -> Option<(usize, usize)> {
+        let samples = self.dataset.train.samples();
+        let batches = crate::data::loader::eval_batches(samples, ids, 0, 1, ids.len(), self.max_hist_len);
+        let logits: Vec<f32> = batches
+            .iter()
+            .flat_map(|batch| crate::transfer::download_f32(&eval_logits(net, batch, self.device)))
+            .collect();
+        let bad = logits.iter().filter(|s| !s.is_finite()).count();
+        (bad > 0).then_some((bad, logits.len()))
+    }
 }
+
+/// Training samples scored before a checkpoint that no validation score vouches for.
+const PROBE_SAMPLES: usize = 1024;
 
 /// Mid-run evaluations on the validation split: `metrics.jsonl` gets each one, and every later
 /// checkpoint records all of them.
@@ -1281,9 +1318,12 @@ impl Checkpointing {
         (step, epoch, position): (u64, u64, u64),
         validation: &Validation,
         (loss_window, seconds, stopped): (LossWindow, f64, bool),
+        diverged: Option<String>,
     ) -> Result<(), TrainError> {
         let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
-        let result = if self.rank0 {
+        let result: Result<(), TrainError> = if let Some(what) = diverged {
+            Err(StepError::Diverged { step, what }.into())
+        } else if self.rank0 {
             let config = cfg.to_toml();
             let state = checkpoint::State {
                 format_version: checkpoint::FORMAT_VERSION,
@@ -1319,7 +1359,7 @@ impl Checkpointing {
             if let Ok(dir) = &saved {
                 tracing::info!(checkpoint = %dir.display(), step, "checkpoint written");
             }
-            saved.map(drop)
+            saved.map(drop).map_err(TrainError::from)
         } else {
             Ok(())
         };
@@ -1328,8 +1368,19 @@ impl Checkpointing {
         self.last_scored = validation.scored(step);
         self.last_stopped = stopped;
         // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
-        agree_on_rank0(comm, result.map_err(TrainError::from), "write a checkpoint")
+        agree_on_rank0(comm, result, "write a checkpoint")
     }
+}
+
+/// The first variable (by name) holding NaN or infinity, with how many such values: a
+/// checkpoint of it could only be resumed into the same failure. One read-back for them all.
+fn first_not_finite(vs: &tch::nn::VarStore) -> Option<(String, i64)> {
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let counts: Vec<Tensor> =
+        tch::no_grad(|| variables.iter().map(|(_, v)| v.isfinite().logical_not().sum(tch::Kind::Int64)).collect());
+    let counts = Vec::<i64>::try_from(Tensor::stack(&counts, 0).to_device(Device::Cpu)).ok()?;
+    variables.into_iter().zip(counts).find(|(_, count)| *count > 0).map(|((name, _), count)| (name, count))
 }
 
 /// An evaluation line of `metrics.jsonl`: `valid_*` or `test_*` fields.
@@ -1390,8 +1441,9 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_path_room, threads_per_rank, SteadyRate, StepTotals, MAX_UNREAD_STEPS};
+    use super::{check_path_room, first_not_finite, threads_per_rank, SteadyRate, StepTotals, MAX_UNREAD_STEPS};
     use crate::train::step::{StepStats, Unread};
+    use tch::Device;
 
     #[test]
     fn a_run_directory_too_long_for_its_checkpoints_paths_is_refused_before_training() {
@@ -1407,6 +1459,19 @@ mod tests {
     fn unread(step: u64, loss: f32) -> StepStats {
         let values = tch::Tensor::from_slice(&[loss, 0.0, 0.0, 9.0, 16.0]);
         StepStats { unread: Some(Unread::new(step, values)), ..Default::default() }
+    }
+
+    #[test]
+    fn the_first_variable_holding_nan_or_infinity_is_named_with_its_count() {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let (b, a) = (root.zeros("b", &[3]), root.zeros("a", &[2, 2]));
+        assert_eq!(first_not_finite(&vs), None);
+        tch::no_grad(|| {
+            let _ = b.shallow_clone().fill_(f64::INFINITY);
+            let _ = a.shallow_clone().get(1).fill_(f64::NAN);
+        });
+        assert_eq!(first_not_finite(&vs), Some(("a".to_string(), 2)));
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl TrainError {
             Self::Io(e) => return e.is_lasting(),
             Self::LogFile(e) => return crate::io_error::is_lasting(&e.source),
             Self::RunDir(e) => return e.is_input_error(),
-            Self::Step(StepError::NonFinite { .. }) => return true,
+            Self::Step(StepError::NonFinite { .. } | StepError::Diverged { .. }) => return true,
             _ => {}
         }
         matches!(
@@ -498,6 +498,15 @@ pub fn evaluate_on(
     Ok(EvalResult { auc: m.auc, gauc: m.gauc, logloss: m.logloss, samples: s.probs.len() as u64 })
 }
 
+/// The model's logit of every sample of `batch`, as evaluation computes it (no batch statistics
+/// updated, no gradient).
+pub(super) fn eval_logits(net: &Network, batch: &crate::data::batch::Batch, device: Device) -> tch::Tensor {
+    tch::no_grad(|| {
+        let embedded = net.embeddings.forward(&BatchIds::from_batch(batch, device));
+        net.main.forward(&embedded.main, Mode::Eval).logit
+    })
+}
+
 /// Score this rank's block of `set` and gather every rank's scores, in archive order (the same
 /// sequence whatever the world size), on every rank.
 pub fn score(
@@ -511,16 +520,12 @@ pub fn score(
     let (samples, set_ids) = set.samples(dataset);
     let mut local = Scores::default();
     let mut labels = Vec::<f32>::new();
-    tch::no_grad(|| {
-        for batch in eval_batches(samples, &set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
-            let embedded = net.embeddings.forward(&BatchIds::from_batch(&batch, device));
-            let logit = net.main.forward(&embedded.main, Mode::Eval).logit;
-            local.probs.extend(crate::transfer::download_f32(&logit.sigmoid()));
-            local.ids.extend(&batch.sample_ids);
-            local.user_keys.extend(&batch.user_keys);
-            labels.extend(&batch.labels);
-        }
-    });
+    for batch in eval_batches(samples, &set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
+        local.probs.extend(crate::transfer::download_f32(&eval_logits(net, &batch, device).sigmoid()));
+        local.ids.extend(&batch.sample_ids);
+        local.user_keys.extend(&batch.user_keys);
+        labels.extend(&batch.labels);
+    }
     let ids = comm.all_gather(&local.ids)?.data;
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&k| ids[k]);

@@ -297,6 +297,25 @@ fn a_non_finite_loss_left_on_the_device_is_named_by_its_own_step_and_nothing_aft
 }
 
 #[test]
+fn an_update_that_breaks_the_model_writes_no_checkpoint_without_a_validation_split_either() {
+    // A learning rate of 1e6 keeps step 1's loss and parameters finite, but its update makes every
+    // score NaN. Without a validation split to score before the checkpoint of step 1, the first
+    // training samples are scored: the run stops there, with nothing saved to resume into the
+    // same failure.
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let sets =
+        ["model.kind=din", "train.lr=1e6", "train.max_steps=4", "checkpoint.every_steps=1", "data.valid_share=0"];
+    let err = micn::train::train(&crate::small_config(&run, &sets), &micn::dist::SingleProcess).unwrap_err();
+    let err = err.to_string();
+    assert!(err.starts_with("step 1: after its update the model's scores of the first "), "{err}");
+    assert!(err.ends_with(
+        "it diverged (lower train.lr); stopping before its checkpoint (the last checkpoint, if any, is intact)"
+    ));
+    assert_eq!(std::fs::read_dir(run.join("checkpoints")).map_or(0, |dir| dir.count()), 0, "a checkpoint was saved");
+}
+
+#[test]
 fn a_device_path_run_resumed_from_its_checkpoint_ends_bit_identical_to_an_uninterrupted_one() {
     use micn::train::{train_from, Resume};
     // The device path keeps the dense parameters and their moments in flat buffers; a checkpoint
