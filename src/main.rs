@@ -864,6 +864,9 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
                 "--interests, --steps and --batch must be at least 1"
             );
             ensure_usage!(args.batch <= MAX_BATCH, "--batch must be at most {MAX_BATCH}, got {}", args.batch);
+            // No configuration could read more centres (model.mfn_interests has this bound).
+            let most = micn::config::limits::K_MAX;
+            ensure_usage!(args.interests <= most, "--interests must be at most {most}, got {}", args.interests);
             ensure_usage!(
                 (args.lr as f32) > 0.0 && (args.lr as f32).is_finite(),
                 "--lr must stay above 0 and finite rounded to f32, as Algorithm 1 computes (at most 3.4e38), got {}",

@@ -423,6 +423,14 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
         .flat_map(|s| s.hist_offsets.windows(2).map(|w| (w[1] - w[0]) as usize))
         .max()
         .unwrap_or(0);
+    if max_hist_len == 0 {
+        return Err(DataError::Invalid {
+            path: train_path.clone(),
+            message: "every sample's history is empty (here and in the test file): the models learn from behaviour \
+                      histories, so there is nothing to train them on"
+                .into(),
+        });
+    }
     let sources = summaries.iter().map(source_entry).collect();
     let meta = write_dataset(
         &staging,

@@ -715,9 +715,26 @@ impl<'a> Run<'a> {
         // Also with `data.drop_remainder = false`, which would fill such a batch with copies of
         // the same samples (hundreds of them for a batch far past the data).
         if n_train < cfg.train.global_batch_size {
+            let archive = dataset.train.samples().len();
+            let held_out = match split.valid.len() {
+                0 => String::new(),
+                n => format!("data.valid_share = {} holds out {n}", crate::config::Compact(cfg.data.valid_share)),
+            };
+            let counted = match (cfg.model.learns_from_clicks_only(), held_out.is_empty()) {
+                (false, true) => String::new(),
+                (false, false) => format!(" (of {archive}: {held_out})"),
+                (true, true) => {
+                    format!(" (the clicked ones of {archive}: MIND's retrieval objective learns from those)")
+                }
+                (true, false) => format!(
+                    " (the clicked ones of {archive} left when {held_out}: MIND's retrieval \
+                                          objective learns from those)"
+                ),
+            };
             return Err(TrainError::TooFewSamples {
                 path: cfg.data.dir.clone(),
                 samples: n_train,
+                counted,
                 batch: cfg.train.global_batch_size,
             });
         }

@@ -64,8 +64,14 @@ pub enum TrainError {
     /// A run directory's file (configuration, summary, metrics) that cannot be used.
     #[error(transparent)]
     RunDir(#[from] crate::run_dir::RunDirError),
-    #[error("{path}: {samples} training samples, fewer than one global batch of {batch}")]
-    TooFewSamples { path: PathBuf, samples: usize, batch: usize },
+    /// `counted` says which samples count, where not all of the training archive's do.
+    #[error("{path}: {samples} training samples{counted}, fewer than one global batch of {batch}")]
+    TooFewSamples { path: PathBuf, samples: usize, counted: String, batch: usize },
+    #[error(
+        "{0}: its training split is empty (as `micn prepare` said): nothing to train on; prepare it from more data \
+         (users with more behaviours)"
+    )]
+    NoTrainingSamples(PathBuf),
     #[error("data.max_hist_len = {wanted}, but {path} keeps histories of at most {kept} items: {remedy}")]
     HistoryTooShort { path: PathBuf, wanted: usize, kept: usize, remedy: String },
     #[error("scoring the {set} set")]
@@ -200,6 +206,7 @@ impl TrainError {
                 | Self::VocabularyMismatch { .. }
                 | Self::VocabulariesChanged { .. }
                 | Self::TooFewSamples { .. }
+                | Self::NoTrainingSamples(_)
                 | Self::HistoryTooShort { .. }
                 | Self::OneClass { .. }
                 | Self::ValidationTooSmall { .. }
@@ -563,7 +570,9 @@ pub(super) fn check_history(cfg: &Config, dataset: &Dataset) -> Result<(), Train
     if cfg.data.max_hist_len <= dataset.meta.max_hist_len {
         return Ok(());
     }
-    let remedy = if dataset.meta.source == "dien_files" {
+    let remedy = if dataset.meta.max_hist_len == 0 {
+        "every history in it is empty, so there is nothing to learn from behaviours".to_string()
+    } else if dataset.meta.source == "dien_files" {
         format!("DIEN's files fix the history length; set data.max_hist_len to {} or less", dataset.meta.max_hist_len)
     } else {
         format!("prepare it again with --max-hist-len {} (or more)", cfg.data.max_hist_len)
@@ -592,6 +601,9 @@ pub(super) fn check_test_set(cfg: &Config, dataset: &Dataset) -> Result<(), Trai
 /// samples. A share that holds out too little to score is refused.
 pub(super) fn validation_split(cfg: &Config, dataset: &Dataset) -> Result<shard::Split, TrainError> {
     let train = dataset.train.samples();
+    if train.is_empty() {
+        return Err(TrainError::NoTrainingSamples(cfg.data.dir.clone()));
+    }
     let by_user = dataset.meta.protocol == "dien";
     let key = |i: usize| train.user_keys[i].to_native();
     let split = shard::validation_split(train.len(), key, by_user, cfg.data.valid_share, dataset.meta.seed);

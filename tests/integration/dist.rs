@@ -54,6 +54,21 @@ fn a_training_split_smaller_than_one_batch_is_refused() {
         let e = train(&cfg, &SingleProcess).unwrap_err().to_string();
         assert!(e.contains("fewer than one global batch of 10000000"), "{e}");
     }
+    // The count says which samples count: what the validation split leaves, the clicked ones.
+    let refused = |sets: &[&str]| {
+        let cfg = config(tmp.path(), &[&["train.global_batch_size=10000000"], sets].concat());
+        train(&cfg, &SingleProcess).unwrap_err().to_string()
+    };
+    let whole = refused(&["data.valid_share=0"]);
+    assert!(whole.contains(" training samples, fewer than one global batch"), "{whole}");
+    let archive: usize = whole.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let e = refused(&["data.valid_share=0.5"]);
+    assert!(e.contains(&format!(" training samples (of {archive}: data.valid_share = 0.5 holds out ")), "{e}");
+    for (share, left) in [("0", ""), ("0.5", " left when data.valid_share = 0.5 holds out ")] {
+        let e = refused(&["model.kind=mind", "model.mind_objective=retrieval", &format!("data.valid_share={share}")]);
+        assert!(e.contains(&format!("training samples (the clicked ones of {archive}{left}")), "{e}");
+        assert!(e.contains("MIND's retrieval objective learns from those), fewer than one global batch"), "{e}");
+    }
 }
 
 #[test]

@@ -300,6 +300,26 @@ fn a_history_longer_than_dien_files_keep_is_refused_without_a_flag_they_do_not_h
     assert_eq!(out.status.code(), Some(3), "{e}");
     assert!(e.contains("DIEN's files fix the history length") && !e.contains("--max-hist-len"), "{e}");
     assert!(e.contains(&format!("set data.max_hist_len to {kept} or less")), "{e}");
+    // Files whose histories are all empty give nothing to learn from behaviours: refused by
+    // `prepare`, not taken for a dataset no history length can train.
+    let text = std::fs::read_to_string(src.join("local_test")).unwrap();
+    let emptied: String = text
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
+            format!("{}\t\t\n", fields[..4].join("\t"))
+        })
+        .collect();
+    for name in ["local_train_splitByUser", "local_test_splitByUser"] {
+        std::fs::write(dir.join(name), &emptied).unwrap();
+    }
+    let empty = tmp.path().join("empty");
+    let out =
+        micn(&["prepare", "--input-format", "dien", "--dien-dir"]).arg(&dir).arg("--out").arg(&empty).output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(e.contains("local_train_splitByUser: every sample's history is empty"), "{e}");
+    assert!(!empty.exists(), "nothing written");
 }
 
 #[test]

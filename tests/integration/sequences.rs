@@ -68,6 +68,23 @@ fn the_real_toys_sequences_prepare_under_both_protocols_with_an_attribute_as_cat
 }
 
 #[test]
+fn a_dataset_whose_training_split_is_empty_is_said_so_by_prepare_and_refused_by_train() {
+    // Two items per user: under `din` each user's only sample is a test sample.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("seq.txt");
+    let lines: String = (0..20).map(|u| format!("u{u} i{} i{}\n", u % 7, (u + 3) % 7)).collect();
+    std::fs::write(&file, lines).unwrap();
+    let data = tmp.path().join("data");
+    let out = prepare(&data, &["--sequences", file.to_str().unwrap(), "--protocol", "din"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the train split is empty"), "{err}");
+    let cfg = crate::small_config(&tmp.path().join("run"), &[&format!("data.dir={:?}", data.display().to_string())]);
+    let e = micn::train::train(&cfg, &micn::dist::SingleProcess).unwrap_err().to_string();
+    assert!(e.ends_with("its training split is empty (as `micn prepare` said): nothing to train on; prepare it from more data (users with more behaviours)"), "{e}");
+}
+
+#[test]
 fn bad_sequence_lines_are_counted_or_fatal_with_strict_and_bad_attribute_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("seq.txt");

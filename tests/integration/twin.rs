@@ -768,6 +768,17 @@ fn mfn_trains_with_centres_pretrained_from_a_din_run_and_the_twin_scores_it() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("Algorithm 1 diverged") && stderr.contains("lower --lr"), "{stderr}");
     assert_eq!(std::fs::read(&centres).unwrap(), before, "the earlier centres were replaced");
+    // More centres than model.mfn_interests may have: a file no configuration could read.
+    let out = Command::new(micn_bin())
+        .args(["export", "mfn-centres", "--interests", "63", "--run"])
+        .arg(&din)
+        .arg("--out")
+        .arg(&centres)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("--interests must be at most 62, got 63"), "{stderr}");
     // The fixed embeddings are the DIN's item vectors: its item row beside its category's row.
     let file = micn::checkpoint::read_tensors(&centres).unwrap();
     let model = micn::checkpoint::read_tensors(&din.join("model.safetensors")).unwrap();
