@@ -657,9 +657,20 @@ fn merge(into: &mut toml::Table, given: &toml::Table) {
 }
 
 /// Parse TOML text into a table; a syntax error names `origin` and the line.
+/// A TOML parse error as a message. The parser quotes the offending line whole: a line of
+/// megabytes is cut (its line and column are named above it).
+pub fn toml_error_message(e: &toml::de::Error) -> String {
+    const SHOWN: usize = 240;
+    let cut = |line: &str| match line.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{} …", &line[..at]),
+        None => line.to_string(),
+    };
+    e.to_string().trim().lines().map(cut).collect::<Vec<_>>().join("\n")
+}
+
 fn parse_table(text: &str, origin: &Path) -> Result<toml::Table, ConfigError> {
     toml::from_str::<toml::Table>(text).map_err(|e| {
-        let mut message = e.to_string().trim().to_string();
+        let mut message = toml_error_message(&e);
         if message.contains("number too large to fit in target type") {
             // Only a seed may lie past i64 (written as a string).
             message.push_str(
@@ -1084,6 +1095,14 @@ pub fn diff(a: &toml::Table, b: &toml::Table) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_on_a_very_long_line_quotes_its_start_only() {
+        let text = format!("[train]\nlr = [{}\n", "[".repeat(100_000));
+        let e = parse_table(&text, Path::new("run.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("run.toml: invalid TOML: TOML parse error at line 2"), "{}", &e[..e.len().min(300)]);
+        assert!(e.len() < 2_000 && e.contains(" …"), "{} bytes: {}", e.len(), &e[..e.len().min(300)]);
+    }
 
     #[test]
     fn diff_names_every_dotted_key_that_differs_or_is_missing_on_one_side() {

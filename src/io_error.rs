@@ -31,7 +31,7 @@ pub fn read_text_file(path: &Path) -> std::io::Result<String> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)?.take(MAX_TEXT_FILE + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_TEXT_FILE {
-        return Err(invalid(format!("larger than {} MiB: not a file of this kind", MAX_TEXT_FILE >> 20)));
+        return Err(invalid(format!("larger than {} MiB, more than any such file holds", MAX_TEXT_FILE >> 20)));
     }
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
@@ -185,7 +185,7 @@ mod tests {
         std::fs::write(&path, b"a = 1\nb = \"\xff\"\n").unwrap();
         assert_eq!(read_text_file(&path).unwrap_err().to_string(), "line 2 is not UTF-8 text");
         let e = read_text_file(Path::new("/dev/zero")).unwrap_err();
-        assert_eq!(e.to_string(), "larger than 16 MiB: not a file of this kind");
+        assert_eq!(e.to_string(), "larger than 16 MiB, more than any such file holds");
         std::fs::write(&path, "a = 1\n").unwrap();
         assert_eq!(read_text_file(&path).unwrap(), "a = 1\n");
     }

@@ -921,10 +921,12 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = micn::config::Config::load(Some(&config), &overrides)?;
     // Before the run claims its directory: a refused run writes nothing there. A restart of the
-    // job that claimed it goes on from its newest checkpoint, which is not --resume's any more
-    // (retention may have removed that one since).
+    // job that claimed it and checkpointed there goes on from its newest checkpoint, not from
+    // --resume's (which retention may have removed since).
     if let Resume::Path(p) = &resume {
-        if !micn::run_dir::RunDir::new(&cfg.run.dir).claimed_by_this_launch() {
+        let run_dir = micn::run_dir::RunDir::new(&cfg.run.dir);
+        let checkpointed = !micn::checkpoint::finished(&run_dir.checkpoints()).is_empty();
+        if !(run_dir.claimed_by_this_launch() && checkpointed) {
             check_checkpoint_arg("--resume", p)?;
         }
     }

@@ -43,13 +43,14 @@ const TEXT_WORDS: &[&str] = &["username", "user-name", "user_name"];
 const MAX_HOSTFILE: u64 = 16 << 20;
 
 /// A hostfile's text, refused when larger than [`MAX_HOSTFILE`] (`/dev/zero` given by mistake)
-/// before it fills memory.
-fn read_small(path: &Path) -> anyhow::Result<String> {
+/// before it fills memory. (micn's own `io_error::read_text_file` does the same for its files;
+/// the launcher does not link micn, which links libtorch.)
+fn read_bounded(path: &Path) -> anyhow::Result<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)?.take(MAX_HOSTFILE + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_HOSTFILE {
-        bail!("larger than {} MiB: not a hostfile", MAX_HOSTFILE >> 20);
+        bail!("larger than {} MiB, more than any hostfile holds", MAX_HOSTFILE >> 20);
     }
     Ok(text)
 }
@@ -59,7 +60,7 @@ fn read_small(path: &Path) -> anyhow::Result<String> {
 /// slot count, a slot count for a host an earlier line named) is refused here, naming the line,
 /// so no restart is spent on it.
 pub fn read_hostfile(path: &Path) -> anyhow::Result<Vec<Host>> {
-    let text = read_small(path).with_context(|| format!("hostfile {}", path.display()))?;
+    let text = read_bounded(path).with_context(|| format!("hostfile {}", path.display()))?;
     let mut hosts: Vec<Host> = Vec::new();
     // Per host name: the first line naming it.
     let mut seen: std::collections::HashMap<String, usize> = Default::default();

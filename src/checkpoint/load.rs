@@ -282,6 +282,11 @@ pub fn load_tensors_like<'a>(
 
 /// The bytes of the safetensors file `path` and its parsed header.
 fn read_layout(path: &Path) -> Result<(Vec<u8>, SafetensorsLayout), CheckpointError> {
+    // Read whole: a device or a pipe (`/dev/zero` by mistake) could fill memory first.
+    if !std::fs::metadata(path).map_err(io(path))?.is_file() {
+        let message = "not a regular file (a device, a pipe or a directory): a safetensors file is read whole".into();
+        return Err(CheckpointError::Invalid { path: path.into(), message });
+    }
     let bytes = crate::oom::fallible(|| std::fs::read(path)).map_err(io(path))?;
     let layout =
         SafetensorsLayout::parse(&bytes).map_err(|message| CheckpointError::Invalid { path: path.into(), message })?;

@@ -306,6 +306,7 @@ fn read_chunks(
         loop {
             let mut data = std::mem::take(&mut carry);
             let start = data.len();
+            data.reserve_exact(CHUNK);
             data.resize(start + CHUNK, 0);
             let mut filled = start;
             while filled < data.len() {
@@ -340,7 +341,8 @@ fn read_chunks(
                     None if data.len() > MAX_LINE => {
                         return Err(ReadFailure::NotLines(format!(
                             "line {next_line} runs past {} MiB without a line feed: not a file of lines (one record \
-                             per line), or a document too large to read",
+                             per line); a JSON document on one line can be written with line breaks \
+                             (`python3 -m json.tool`)",
                             MAX_LINE >> 20
                         )));
                     }
@@ -413,7 +415,7 @@ fn parse_chunks<T>(
 }
 
 /// The UTF-8 byte-order mark.
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(crate) const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A chunk's index and its lines' (number, parse result).
 type ParsedChunk<T> = (usize, Vec<(u64, Result<T, Bad>)>);
@@ -497,7 +499,17 @@ pub fn parse_lines<T: Send>(
         }
         reader.join().expect("reader thread")
     });
-    // A broken stream comes first: a bad line before it says less about the file.
+    // A file cut or written to while it was read comes first: what was read is no version of it,
+    // and its change may be what broke the stream or cut the last line. Its size then differs
+    // from the one at its opening, now or where the read ended.
+    if let Some(at_open) = stored_total {
+        let now = std::fs::metadata(path).map_or(at_open, |m| m.len());
+        let read_to_end = read.as_ref().ok().map_or(at_open, |(_, progress)| progress.stored);
+        if let Some(after) = [now, read_to_end].into_iter().find(|&size| size != at_open) {
+            return Err(DataError::ChangedWhileRead { path: path.to_path_buf(), at_open, after });
+        }
+    }
+    // A broken stream comes next: a bad line before it says less about the file.
     let (hashing, progress) = match read {
         Ok(end) => end,
         Err(ReadFailure::Cut(read)) => return Err(DataError::TruncatedGzip { path: path.to_path_buf(), read }),
@@ -508,10 +520,6 @@ pub fn parse_lines<T: Send>(
     };
     if let Some(e) = failure {
         return Err(e);
-    }
-    // A file cut or written to while it was read: what was read is no version of it.
-    if let Some(at_open) = stored_total.filter(|&total| total != progress.stored) {
-        return Err(DataError::ChangedWhileRead { path: path.to_path_buf(), at_open, read: progress.stored });
     }
     Ok(FileSummary {
         path: path.to_path_buf(),
@@ -588,8 +596,8 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "{}: line 2 runs past 256 MiB without a line feed: not a file of lines (one record per line), or a \
-                 document too large to read",
+                "{}: line 2 runs past 256 MiB without a line feed: not a file of lines (one record per line); a \
+                 JSON document on one line can be written with line breaks (`python3 -m json.tool`)",
                 path.display()
             )
         );
@@ -600,7 +608,7 @@ mod tests {
         // What a file cut or appended to while it is read looks like: /proc's files say they hold
         // nothing and hold a page.
         let e = read_all(Path::new("/proc/self/status"), Strictness::Lenient).unwrap_err();
-        assert!(matches!(e, DataError::ChangedWhileRead { at_open: 0, read, .. } if read > 0), "{e}");
+        assert!(matches!(e, DataError::ChangedWhileRead { at_open: 0, after, .. } if after > 0), "{e}");
         assert!(
             e.to_string().starts_with("/proc/self/status: changed while it was read (0 bytes when opened, "),
             "{e}"

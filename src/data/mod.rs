@@ -80,12 +80,12 @@ pub enum DataError {
     /// A regular file whose size changed while it was read: being written (a download not yet
     /// done) or cut. What was read is no version of the file; nothing from it is used.
     #[error(
-        "{path}: changed while it was read ({} bytes when opened, {} read to its end): it is being written or \
-         was cut; read it again once it is whole",
+        "{path}: changed while it was read ({} bytes when opened, {} after): it is being written or was cut; \
+         read it again once it is whole",
         crate::progress::thousands(*.at_open),
-        crate::progress::thousands(*.read)
+        crate::progress::thousands(*.after)
     )]
-    ChangedWhileRead { path: PathBuf, at_open: u64, read: u64 },
+    ChangedWhileRead { path: PathBuf, at_open: u64, after: u64 },
     #[error("{0}: already exists; choose another --out or remove it first")]
     OutputExists(PathBuf),
 }

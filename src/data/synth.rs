@@ -627,8 +627,13 @@ fn write_synced(
 
 /// Read `oracle-model.json`.
 pub fn read_oracle(path: &Path) -> Result<OracleModel, DataError> {
-    let file = std::fs::File::open(path).with_path(path)?;
-    serde_json::from_reader(std::io::BufReader::new(file))
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).with_path(path)?);
+    // A byte-order mark (Windows tools write one) is not part of the document, as in every text input.
+    if reader.fill_buf().with_path(path)?.starts_with(super::input::UTF8_BOM) {
+        reader.consume(super::input::UTF8_BOM.len());
+    }
+    serde_json::from_reader(reader)
         .map_err(|e| DataError::Invalid { path: path.to_path_buf(), message: format!("not an oracle model: {e}") })
 }
 
@@ -694,6 +699,11 @@ mod tests {
             assert!(read(&dir) == read(&again), "{file} differs");
         }
         let oracle = read_oracle(&dir.path().join(ORACLE_FILE)).unwrap();
+        // Saved again by a tool that opens it with a byte-order mark: the same model.
+        let marked = dir.path().join("marked.json");
+        let text = std::fs::read(dir.path().join(ORACLE_FILE)).unwrap();
+        std::fs::write(&marked, [&b"\xEF\xBB\xBF"[..], &text].concat()).unwrap();
+        assert_eq!(read_oracle(&marked).unwrap(), oracle);
         for u in 0..50 {
             let total: f64 = (0..60).map(|i| oracle.next_item_probability(&user_name(u), &item_name(i)).unwrap()).sum();
             assert!((total - 1.0).abs() < 1e-9, "user {u}: {total}");

@@ -160,7 +160,7 @@ impl SweepSpec {
     pub fn from_file(path: &Path) -> Result<Self, SweepError> {
         let fail = |message: String| SweepError::File { path: path.to_path_buf(), message };
         let text = crate::io_error::read_text_file(path).map_err(|e| fail(e.to_string()))?;
-        let file: SweepFile = toml::from_str(&text).map_err(|e| fail(e.to_string().trim().to_string()))?;
+        let file: SweepFile = toml::from_str(&text).map_err(|e| fail(crate::config::toml_error_message(&e)))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for (key, value) in [("repeats", file.repeats), ("np", file.np)] {
             if value == Some(0) {

@@ -308,8 +308,8 @@ impl RunDir {
     /// The run's configuration as a TOML table (as written; for comparing and grouping runs).
     pub fn read_config_table(&self) -> Result<toml::Table, RunDirError> {
         let path = self.config();
-        let text = std::fs::read_to_string(&path).with_path(&path)?;
-        toml::from_str(&text).map_err(|e| RunDirError::Invalid { path, message: e.to_string().trim().to_string() })
+        let text = crate::io_error::read_text_file(&path).with_path(&path)?;
+        toml::from_str(&text).map_err(|e| RunDirError::Invalid { path, message: crate::config::toml_error_message(&e) })
     }
 
     /// The run's configuration, validated as `micn train` validates its own.

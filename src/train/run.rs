@@ -1072,18 +1072,15 @@ impl<'a> Run<'a> {
     }
 
     /// How the model after the last step shows that its update broke it, when it does: a
-    /// parameter NaN or infinite, or (unless the validation split was scored at this step, which
-    /// would have failed) scores of the first training samples that are not. A checkpoint of it
-    /// could only be resumed into the same failure, at the next step.
+    /// parameter NaN or infinite, or logits of the first training samples that are (a validation
+    /// score takes an infinite logit for a sure click, so it is no such check). A checkpoint of
+    /// it could only be resumed into the same failure, at the next step.
     fn divergence(&self) -> Option<String> {
         if let Some((variable, count)) = first_not_finite(&self.replica.vs) {
-            return Some(format!("its update left {count} values of {variable} NaN or infinite"));
-        }
-        if self.validation.scored(self.step) {
-            return None;
+            return Some(format!("its update left {count} values of {variable} NaN or infinite (lower train.lr)"));
         }
         let probe = &self.train_ids[..self.train_ids.len().min(PROBE_SAMPLES)];
-        let (bad, n) = self.scorer.not_finite(&self.replica.net, probe)?;
+        let (bad, n) = self.scorer.count_not_finite(&self.replica.net, probe)?;
         Some(format!(
             "after its update the model's scores of the first {n} training samples are not finite ({bad} of {n}): \
              it diverged (lower train.lr)"
@@ -1204,7 +1201,7 @@ impl Scorer<'_> {
 
     /// This rank's scores of the training samples `ids` (one batch): how many are not finite,
     /// of how many, when any is not.
-    fn not_finite(&self, net: &Network, ids: &[u32]) -> Option<(usize, usize)> {
+    fn count_not_finite(&self, net: &Network, ids: &[u32]) -> Option<(usize, usize)> {
         let samples = self.dataset.train.samples();
         let batches = crate::data::loader::eval_batches(samples, ids, 0, 1, ids.len(), self.max_hist_len);
         let logits: Vec<f32> = batches
@@ -1216,7 +1213,7 @@ impl Scorer<'_> {
     }
 }
 
-/// Training samples scored before a checkpoint that no validation score vouches for.
+/// Training samples scored before every checkpoint, to find a model its last update broke.
 const PROBE_SAMPLES: usize = 1024;
 
 /// Mid-run evaluations on the validation split: `metrics.jsonl` gets each one, and every later
@@ -1337,6 +1334,8 @@ impl Checkpointing {
         (loss_window, seconds, stopped): (LossWindow, f64, bool),
         diverged: Option<String>,
     ) -> Result<(), TrainError> {
+        // `diverged`: rank 0's finding that the model is broken ([`Run::divergence`]), refused
+        // here so that the other ranks learn it in the agreement every checkpoint makes anyway.
         let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
         let result: Result<(), TrainError> = if let Some(what) = diverged {
             Err(StepError::Diverged { step, what }.into())
@@ -1385,19 +1384,25 @@ impl Checkpointing {
         self.last_scored = validation.scored(step);
         self.last_stopped = stopped;
         // Everyone learns whether rank 0 succeeded, so a failure stops every rank.
-        agree_on_rank0(comm, result, "write a checkpoint")
+        agree_on_rank0(comm, result, "check the model and write a checkpoint")
     }
 }
 
 /// The first variable (by name) holding NaN or infinity, with how many such values: a
-/// checkpoint of it could only be resumed into the same failure. One read-back for them all.
+/// checkpoint of it could only be resumed into the same failure. Each variable's sum is read
+/// back (in one piece, with no temporary the size of a table); only one whose sum is not finite,
+/// which large finite values may make too, is looked into.
 fn first_not_finite(vs: &tch::nn::VarStore) -> Option<(String, i64)> {
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
-    let counts: Vec<Tensor> =
-        tch::no_grad(|| variables.iter().map(|(_, v)| v.isfinite().logical_not().sum(tch::Kind::Int64)).collect());
-    let counts = Vec::<i64>::try_from(Tensor::stack(&counts, 0).to_device(Device::Cpu)).ok()?;
-    variables.into_iter().zip(counts).find(|(_, count)| *count > 0).map(|((name, _), count)| (name, count))
+    tch::no_grad(|| {
+        let sums: Vec<Tensor> = variables.iter().map(|(_, v)| v.sum(tch::Kind::Float)).collect();
+        let sums = Vec::<f32>::try_from(Tensor::stack(&sums, 0).to_device(Device::Cpu)).expect("one f32 per variable");
+        variables.iter().zip(sums).filter(|(_, sum)| !sum.is_finite()).find_map(|((name, v), _)| {
+            let count = v.isfinite().logical_not().sum(tch::Kind::Int64).int64_value(&[]);
+            (count > 0).then(|| (name.clone(), count))
+        })
+    })
 }
 
 /// An evaluation line of `metrics.jsonl`: `valid_*` or `test_*` fields.
