@@ -18,6 +18,15 @@ impl PathIo {
     }
 }
 
+/// A thread that could not be started: a limit on processes and threads (`ulimit -u`), or memory.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start a thread for {what}: {source} (the limit on processes and threads, `ulimit -u`, or memory)")]
+pub struct NoThread {
+    pub what: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// The most bytes of a file that a person writes and micn reads whole (a configuration, a sweep
 /// file, `dataset.json`): far more than any is, little enough to read at once.
 pub const MAX_TEXT_FILE: u64 = 16 << 20;

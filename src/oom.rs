@@ -40,6 +40,14 @@ pub fn fallible<T>(f: impl FnOnce() -> T) -> T {
 /// libtorch's own sentence when `text` (a `tch` error or panic message) says that an allocation
 /// failed, on the host or on a GPU, without the C++ backtrace that follows it.
 pub fn libtorch_sentence(text: &str) -> Option<String> {
+    // C++'s own failure to allocate (libtorch's containers), and an error whose description
+    // could not be made, which only running out of memory does.
+    if text.contains("std::bad_alloc") {
+        return Some("libtorch could not allocate memory (std::bad_alloc)".into());
+    }
+    if text.contains("<Error computing Error::what()>") {
+        return Some("libtorch failed and could not allocate the description of its error".into());
+    }
     if !(text.contains("can't allocate memory") || text.contains("CUDA out of memory")) {
         return None;
     }
@@ -179,6 +187,10 @@ mod tests {
             "CUDA out of memory. Tried to allocate 2 GiB"
         );
         assert_eq!(libtorch_sentence("shape mismatch"), None);
+        assert_eq!(
+            libtorch_sentence("called `Result::unwrap()` on an `Err` value: Torch(\"std::bad_alloc\")").unwrap(),
+            "libtorch could not allocate memory (std::bad_alloc)"
+        );
     }
 
     /// What a process that fails to allocate `bytes`, as `rank` (with JSON lines or not), writes

@@ -579,9 +579,14 @@ async fn run_once(
     unsafe {
         command.pre_exec(detach);
     }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start `{}`: is OpenMPI installed? (bash cluster/setup-node.sh)", cmd[0]))?;
+    let mut child = command.spawn().map_err(|e| {
+        // Only a missing program is a missing installation (not too many open files, say).
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => ": is OpenMPI installed? (bash cluster/setup-node.sh)",
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!("cannot start `{}`{hint}", cmd[0]))
+    })?;
     let pid = child.id().context("mpirun exited at once")? as i32;
     let seen = Arc::new(Mutex::new(Seen { last_output: Some(Instant::now()), ..Seen::default() }));
     let out = tokio::spawn(stream(child.stdout.take().expect("piped"), Stream::Stdout, printer, Arc::clone(&seen)));

@@ -125,7 +125,9 @@ pub fn loader_batches_per_sec(dir: &Path, max_hist_len: usize, batches: usize) -
     let mut n = 0usize;
     for epoch in 0.. {
         let before = n;
-        for _batch in crate::data::loader::EpochLoader::new(std::sync::Arc::clone(&dataset), &cfg, epoch, 0) {
+        for _batch in crate::data::loader::EpochLoader::new(std::sync::Arc::clone(&dataset), &cfg, epoch, 0)
+            .map_err(|source| DataError::Thread { path: dir.to_path_buf(), source })?
+        {
             n += 1;
             if n == batches {
                 return Ok(n as f64 / started.elapsed().as_secs_f64());

@@ -185,6 +185,8 @@ enum ReadFailure {
     Broken(ReadProgress, std::io::Error),
     /// The file's first bytes show it is not line-oriented text as read here: why, and the fix.
     NotLines(String),
+    /// No thread could be started to read or parse it.
+    NoThread(std::io::Error),
 }
 
 /// What is wrong with a file whose (decompressed) text opens with `head`, when it cannot be read
@@ -457,15 +459,22 @@ pub fn parse_lines<T: Send>(
     let chunk_rx = std::sync::Mutex::new(chunk_rx);
     let (done_tx, done_rx) = mpsc::sync_channel::<ParsedChunk<T>>(workers * 2);
     let read = std::thread::scope(|scope| -> Result<ReaderEnd, ReadFailure> {
-        // Reader: split the (decompressed) stream into chunks of whole lines.
-        let reader = scope.spawn(move || read_chunks(hashing, gzip, chunk_tx));
-
-        // Workers: parse chunks.
-        for _ in 0..workers {
+        // Workers: parse chunks; as many as can be started, one at least. (Before the reader, which
+        // would wait for them for good.)
+        for started in 0..workers {
             let (rx, tx, parse) = (&chunk_rx, done_tx.clone(), &parse);
-            scope.spawn(move || parse_chunks(rx, tx, parse));
+            match std::thread::Builder::new().spawn_scoped(scope, move || parse_chunks(rx, tx, parse)) {
+                Ok(_) => {}
+                Err(e) if started == 0 => return Err(ReadFailure::NoThread(e)),
+                Err(_) => break,
+            }
         }
         drop(done_tx);
+        // Reader: split the (decompressed) stream into chunks of whole lines. Not started, it drops
+        // the chunks' sender, and the workers end.
+        let reader = std::thread::Builder::new()
+            .spawn_scoped(scope, move || read_chunks(hashing, gzip, chunk_tx))
+            .map_err(ReadFailure::NoThread)?;
 
         // In-order hand-off.
         let mut pending = BTreeMap::new();
@@ -517,6 +526,10 @@ pub fn parse_lines<T: Send>(
             return Err(DataError::BrokenStream { path: path.to_path_buf(), read, stored_total, source });
         }
         Err(ReadFailure::NotLines(message)) => return Err(DataError::Invalid { path: path.to_path_buf(), message }),
+        Err(ReadFailure::NoThread(source)) => {
+            let source = crate::io_error::NoThread { what: "reading it", source };
+            return Err(DataError::Thread { path: path.to_path_buf(), source });
+        }
     };
     if let Some(e) = failure {
         return Err(e);

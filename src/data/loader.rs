@@ -8,6 +8,7 @@ use super::batch::{count_micn_positives, Batch, NoClickSampler};
 use super::samples::ArchivedSamples;
 use super::shard;
 use super::Dataset;
+use crate::io_error::NoThread;
 
 /// What the loader needs to know about the run.
 #[derive(Debug, Clone)]
@@ -47,14 +48,20 @@ pub struct EpochLoader {
 
 impl EpochLoader {
     /// Over every training sample.
-    pub fn new(dataset: Arc<Dataset>, cfg: &LoaderConfig, epoch: u64, first_step: u64) -> Self {
+    pub fn new(dataset: Arc<Dataset>, cfg: &LoaderConfig, epoch: u64, first_step: u64) -> Result<Self, NoThread> {
         let all: Arc<[u32]> = (0..dataset.train.samples().len() as u32).collect();
         Self::over(dataset, all, cfg, epoch, first_step)
     }
 
     /// Over the training samples `ids` (those not held out for validation, see
     /// [`shard::validation_split`]): the epoch's permutation orders `ids`.
-    pub fn over(dataset: Arc<Dataset>, ids: Arc<[u32]>, cfg: &LoaderConfig, epoch: u64, first_step: u64) -> Self {
+    pub fn over(
+        dataset: Arc<Dataset>,
+        ids: Arc<[u32]>,
+        cfg: &LoaderConfig,
+        epoch: u64,
+        first_step: u64,
+    ) -> Result<Self, NoThread> {
         let cfg = cfg.clone();
         // Built here rather than in the worker so that its warnings (counts missing, DIEN's aux
         // loss off) carry the caller's span, with the rank.
@@ -78,8 +85,8 @@ impl EpochLoader {
                     }
                 }
             })
-            .expect("spawning the loader thread");
-        Self { rx, worker: Some(worker) }
+            .map_err(|source| NoThread { what: "loading batches", source })?;
+        Ok(Self { rx, worker: Some(worker) })
     }
 }
 

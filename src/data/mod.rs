@@ -86,6 +86,8 @@ pub enum DataError {
         crate::progress::thousands(*.after)
     )]
     ChangedWhileRead { path: PathBuf, at_open: u64, after: u64 },
+    #[error("{path}: {source}")]
+    Thread { path: PathBuf, source: crate::io_error::NoThread },
     #[error("{0}: already exists; choose another --out or remove it first")]
     OutputExists(PathBuf),
 }
@@ -99,7 +101,7 @@ impl DataError {
         match self {
             Self::Io(e) => e.is_lasting(),
             Self::BrokenStream { read, source, .. } => read.gzip || is_lasting(source),
-            Self::ChangedWhileRead { .. } => false,
+            Self::ChangedWhileRead { .. } | Self::Thread { .. } => false,
             _ => true,
         }
     }

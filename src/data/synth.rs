@@ -540,10 +540,13 @@ fn write_reviews(w: &mut dyn std::io::Write, draws: &[ReviewDraw], seed: u64) ->
                 .enumerate()
                 .map(|(b, block)| {
                     let first = g * BLOCK * threads + b * BLOCK;
-                    scope.spawn(move || format_block(block, first, seed))
+                    // Without a thread to spare (`ulimit -u`), formatted here.
+                    std::thread::Builder::new()
+                        .spawn_scoped(scope, move || format_block(block, first, seed))
+                        .map_err(|_| format_block(block, first, seed))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("formatting thread")).collect()
+            handles.into_iter().map(|h| h.map_or_else(|text| text, |h| h.join().expect("formatting thread"))).collect()
         });
         for t in texts {
             w.write_all(&t)?;

@@ -288,7 +288,9 @@ pub fn start_limit(value: Option<&str>) -> std::result::Result<Option<Duration>,
 pub fn start_within<T>(limit: Option<Duration>, what: &'static str, start: impl FnOnce() -> T) -> T {
     let Some(limit) = limit else { return start() };
     let (done, wait) = std::sync::mpsc::channel::<()>();
-    let guard = std::thread::spawn(move || {
+    // Without a thread to spare (`ulimit -u`), the start goes unguarded: the limit is a safety
+    // net, and a rank that cannot start a thread fails soon enough on its own.
+    let guard = std::thread::Builder::new().spawn(move || {
         if wait.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
             eprintln!(
                 "error: {what} did not finish within {} s on host {}: a host lost, a link cut or a rank that never \
@@ -303,7 +305,9 @@ pub fn start_within<T>(limit: Option<Duration>, what: &'static str, start: impl 
     });
     let started = start();
     drop(done);
-    let _ = guard.join();
+    if let Ok(guard) = guard {
+        let _ = guard.join();
+    }
     started
 }
 

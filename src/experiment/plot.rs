@@ -28,13 +28,25 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
+/// The largest font file read (DejaVu Sans is 0.7 MB; CJK fonts some tens of MB).
+const MAX_FONT_BYTES: u64 = 64 << 20;
+
 /// Register the label font once per process.
 fn ensure_font() -> Result<(), PlotError> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     let outcome = REGISTERED.get_or_init(|| {
         let mut candidates: Vec<PathBuf> = std::env::var_os("MICN_FONT").map(PathBuf::from).into_iter().collect();
         candidates.extend(FONT_PATHS.iter().map(PathBuf::from));
-        for path in &candidates {
+        // A font is a regular file of some MB: anything else (`/dev/zero`, a FIFO) is passed over
+        // rather than read whole.
+        let font = |path: &PathBuf| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= MAX_FONT_BYTES);
+        if let Some(given) = candidates.first().filter(|p| std::env::var_os("MICN_FONT").is_some() && !font(p)) {
+            tracing::warn!(
+                "MICN_FONT={}: not a font file (a regular file of at most 64 MB); passed over",
+                given.display()
+            );
+        }
+        for path in candidates.iter().filter(|p| font(p)) {
             if let Ok(bytes) = std::fs::read(path) {
                 // The font table wants 'static bytes: one font, leaked once per process.
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());

@@ -854,7 +854,7 @@ impl<'a> Run<'a> {
         let batch_size = self.cfg.train.global_batch_size as u64;
         let first_step = if epoch == self.started_at.epoch { self.started_at.sample / batch_size } else { 0 };
         let dataset = Arc::clone(self.dataset);
-        for batch in EpochLoader::over(dataset, Arc::clone(&self.train_ids), &self.loader_cfg, epoch, first_step) {
+        for batch in EpochLoader::over(dataset, Arc::clone(&self.train_ids), &self.loader_cfg, epoch, first_step)? {
             if self.step >= self.total_steps {
                 return Ok(Flow::Stop);
             }

@@ -49,6 +49,8 @@ pub enum TrainError {
     CentresDiverged { dir: PathBuf, first: f64, last: f64, steps: usize, lr: f64 },
     #[error(transparent)]
     Io(#[from] PathIo),
+    #[error(transparent)]
+    Thread(#[from] crate::io_error::NoThread),
     #[error("device = \"cuda\" but libtorch sees no CUDA device on this machine")]
     NoCuda,
     #[error(transparent)]

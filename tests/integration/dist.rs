@@ -97,7 +97,7 @@ fn every_rank_knows_the_global_batchs_micn_positives_without_a_collective() {
             prefetch: 2,
             noclick: false,
         };
-        EpochLoader::new(std::sync::Arc::clone(&dataset), &cfg, 1, 0).take(5).collect::<Vec<_>>()
+        EpochLoader::new(std::sync::Arc::clone(&dataset), &cfg, 1, 0).unwrap().take(5).collect::<Vec<_>>()
     };
     let local = |b: &micn::data::batch::Batch| b.micn_positives() as u32;
     let whole = loader(1, 0);
@@ -136,7 +136,9 @@ pub fn drive_steps<T: Send>(
         let mut replica = Replica::new(build_model(cfg, &dataset, Device::Cpu).unwrap(), cfg, &comm).unwrap();
         let loader_cfg = micn::data::loader::LoaderConfig::from_config(cfg, world, rank);
         let mut observed = Vec::new();
-        for (step, batch) in micn::data::loader::EpochLoader::new(dataset, &loader_cfg, 0, 0).take(4).enumerate() {
+        for (step, batch) in
+            micn::data::loader::EpochLoader::new(dataset, &loader_cfg, 0, 0).unwrap().take(4).enumerate()
+        {
             let ctx = StepContext {
                 control: control(rank),
                 ..StepContext::new(cfg, &comm, Device::Cpu, step as u64, batch.first_position)

@@ -149,7 +149,7 @@ fn dien_pickles_without_reviews_info_draw_no_clicks_by_the_training_samples_coun
         noclick: true,
     };
     let (mut positions, mut expected_positions) = (0, 0);
-    for batch in EpochLoader::new(Arc::clone(&data), &cfg, 0, 0) {
+    for batch in EpochLoader::new(Arc::clone(&data), &cfg, 0, 0).unwrap() {
         // Real history positions: each sample's history, at most max_hist_len of it.
         expected_positions +=
             batch.sample_ids.iter().map(|&i| lines[i as usize].hist_items.len().min(20)).sum::<usize>();

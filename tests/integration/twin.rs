@@ -755,29 +755,26 @@ fn mfn_trains_with_centres_pretrained_from_a_din_run_and_the_twin_scores_it() {
         .map(|pair| pair.split(" → ").map(|v| v.parse().unwrap()).collect())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(objective[1] < objective[0], "Algorithm 1 lowered nothing: {line}");
-    // A step so large that Algorithm 1 diverges: refused (exit 3), the earlier file kept.
+    // Refused (exit 3), the earlier file kept: a step so large that Algorithm 1 diverges, and more
+    // centres than model.mfn_interests may have (a file no configuration could read).
     let before = std::fs::read(&centres).unwrap();
-    let out = Command::new(micn_bin())
-        .args(["export", "mfn-centres", "--interests", "3", "--steps", "20", "--lr", "1e38", "--run"])
-        .arg(&din)
-        .arg("--out")
-        .arg(&centres)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let refused = |args: &[&str]| {
+        let out = Command::new(micn_bin())
+            .args(["export", "mfn-centres"])
+            .args(args)
+            .arg("--run")
+            .arg(&din)
+            .arg("--out")
+            .arg(&centres)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read(&centres).unwrap(), before, "the earlier centres were replaced");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused(&["--interests", "3", "--steps", "20", "--lr", "1e38"]);
     assert!(stderr.contains("Algorithm 1 diverged") && stderr.contains("lower --lr"), "{stderr}");
-    assert_eq!(std::fs::read(&centres).unwrap(), before, "the earlier centres were replaced");
-    // More centres than model.mfn_interests may have: a file no configuration could read.
-    let out = Command::new(micn_bin())
-        .args(["export", "mfn-centres", "--interests", "63", "--run"])
-        .arg(&din)
-        .arg("--out")
-        .arg(&centres)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let stderr = refused(&["--interests", "63"]);
     assert!(stderr.contains("--interests must be at most 62, got 63"), "{stderr}");
     // The fixed embeddings are the DIN's item vectors: its item row beside its category's row.
     let file = micn::checkpoint::read_tensors(&centres).unwrap();
