@@ -595,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_line_that_never_ends_is_refused_before_it_fills_memory() {
-        // A gzip bomb of sorts: 4 KB of gzip, a line of 260 MiB after a short one.
+        // A gzip bomb of sorts: a small gzip file holding a line of 260 MiB after a short one.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("endless.json.gz");
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
