@@ -656,7 +656,6 @@ fn merge(into: &mut toml::Table, given: &toml::Table) {
     }
 }
 
-/// Parse TOML text into a table; a syntax error names `origin` and the line.
 /// A TOML parse error as a message. The parser quotes the offending line whole: a line of
 /// megabytes is cut (its line and column are named above it).
 pub fn toml_error_message(e: &toml::de::Error) -> String {
@@ -668,6 +667,7 @@ pub fn toml_error_message(e: &toml::de::Error) -> String {
     e.to_string().trim().lines().map(cut).collect::<Vec<_>>().join("\n")
 }
 
+/// Parse TOML text into a table; a syntax error names `origin` and the line.
 fn parse_table(text: &str, origin: &Path) -> Result<toml::Table, ConfigError> {
     toml::from_str::<toml::Table>(text).map_err(|e| {
         let mut message = toml_error_message(&e);
@@ -1031,18 +1031,16 @@ impl Config {
     /// leaves it unread (`model.mind_interests = 2: model.kind = "din" does not read it`).
     pub fn unread_settings(&self) -> Vec<String> {
         let table = self.flat_table();
-        let setting = |key: &str| format!("{key} = {}", table.get(key).map(ToString::to_string).unwrap_or_default());
         self.unread_keys()
             .iter()
-            .map(|key| format!("{}: {} does not read it", setting(key), setting(self.reader_of(key))))
+            .map(|key| format!("{}: {} does not read it", setting(&table, key), setting(&table, self.reader_of(key))))
             .collect()
     }
 
     /// The setting, with its value, that leaves `key` (one of [`Config::unread_keys`] when set)
     /// unread: `model.kind = "din"` for `model.mind_interests`.
     pub fn unread_by(&self, key: &str) -> String {
-        let reader = self.reader_of(key);
-        format!("{reader} = {}", self.flat_table().get(reader).map(ToString::to_string).unwrap_or_default())
+        setting(&self.flat_table(), self.reader_of(key))
     }
 
     /// The key whose value leaves `key` unread.
@@ -1064,6 +1062,11 @@ impl Config {
     fn flat_table(&self) -> BTreeMap<String, toml::Value> {
         flatten(&self.to_table()).into_iter().collect()
     }
+}
+
+/// `key = value` as the dotted configuration `table` holds it.
+fn setting(table: &BTreeMap<String, toml::Value>, key: &str) -> String {
+    format!("{key} = {}", table.get(key).map(ToString::to_string).unwrap_or_default())
 }
 
 /// `{a = {b = 1}}` and `{"a.b" = 1}` both become `[("a.b", 1)]`: a TOML table as dotted keys.

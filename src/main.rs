@@ -925,8 +925,8 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     // --resume's (which retention may have removed since).
     if let Resume::Path(p) = &resume {
         let run_dir = micn::run_dir::RunDir::new(&cfg.run.dir);
-        let checkpointed = !micn::checkpoint::finished(&run_dir.checkpoints()).is_empty();
-        if !(run_dir.claimed_by_this_launch() && checkpointed) {
+        let checkpointed = || !micn::checkpoint::finished(&run_dir.checkpoints()).is_empty();
+        if !(run_dir.claimed_by_this_launch() && checkpointed()) {
             check_checkpoint_arg("--resume", p)?;
         }
     }

@@ -720,16 +720,13 @@ impl<'a> Run<'a> {
                 0 => String::new(),
                 n => format!("data.valid_share = {} holds out {n}", crate::config::Compact(cfg.data.valid_share)),
             };
-            let counted = match (cfg.model.learns_from_clicks_only(), held_out.is_empty()) {
-                (false, true) => String::new(),
-                (false, false) => format!(" (of {archive}: {held_out})"),
-                (true, true) => {
-                    format!(" (the clicked ones of {archive}: MIND's retrieval objective learns from those)")
+            let counted = match (cfg.model.learns_from_clicks_only(), held_out.as_str()) {
+                (false, "") => String::new(),
+                (false, held_out) => format!(" (of {archive}: {held_out})"),
+                (true, held_out) => {
+                    let left = if held_out.is_empty() { String::new() } else { format!(" left when {held_out}") };
+                    format!(" (the clicked ones of {archive}{left}: MIND's retrieval objective learns from those)")
                 }
-                (true, false) => format!(
-                    " (the clicked ones of {archive} left when {held_out}: MIND's retrieval \
-                                          objective learns from those)"
-                ),
             };
             return Err(TrainError::TooFewSamples {
                 path: cfg.data.dir.clone(),
