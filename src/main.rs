@@ -464,8 +464,12 @@ struct SynthArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum InputFormat {
+    /// Amazon reviews 2014 (McAuley et al.): `reviewerID`, `asin`, `unixReviewTime`.
     Amazon2014,
+    /// Amazon reviews 2018 (Ni et al.): as 2014, meta in JSON.
     Amazon2018,
+    /// Amazon Reviews'23 (Hou et al.): `user_id`, `parent_asin`, `timestamp` in milliseconds.
+    Amazon2023,
     /// `user item item …` per line, time-ordered (SASRec, S3-Rec, RecBole's Amazon sets).
     Sequences,
     /// `user,item,time` per line (ComiRec's Amazon Books and Taobao training files).
@@ -498,8 +502,8 @@ struct PrepareArgs {
     /// [default: 8]
     #[arg(long)]
     max_attributes: Option<usize>,
-    /// Meta file (2014: Python literals; 2018: JSON; gzip or plain). Optional: without it every
-    /// item is in `default_cat` (no category signal).
+    /// Meta file (2014: Python literals; 2018 and 2023: JSON; gzip or plain). Optional: without
+    /// it every item is in `default_cat` (no category signal).
     #[arg(long)]
     meta: Option<PathBuf>,
     /// Directory with DIEN's local_train_splitByUser, local_test_splitByUser, ... files.
@@ -1361,8 +1365,8 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
     ];
     let common = ["--protocol", "--max-hist-len", "--seed"];
     let (format, reads, why): (&str, Vec<&str>, &str) = match a.input_format {
-        InputFormat::Amazon2014 | InputFormat::Amazon2018 => {
-            ("amazon2014|amazon2018", [&["--reviews", "--meta", "--oracle"][..], &common].concat(), "")
+        InputFormat::Amazon2014 | InputFormat::Amazon2018 | InputFormat::Amazon2023 => {
+            ("amazon2014|amazon2018|amazon2023", [&["--reviews", "--meta", "--oracle"][..], &common].concat(), "")
         }
         InputFormat::Sequences => (
             "sequences",
@@ -1382,9 +1386,12 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
     let (max_hist_len, seed) = (a.max_hist_len.unwrap_or(20), a.seed.unwrap_or(1));
     let max_attributes = a.max_attributes.unwrap_or(8);
     let report = match a.input_format {
-        InputFormat::Amazon2014 | InputFormat::Amazon2018 => {
-            let release =
-                if a.input_format == InputFormat::Amazon2014 { Release::Amazon2014 } else { Release::Amazon2018 };
+        InputFormat::Amazon2014 | InputFormat::Amazon2018 | InputFormat::Amazon2023 => {
+            let release = match a.input_format {
+                InputFormat::Amazon2014 => Release::Amazon2014,
+                InputFormat::Amazon2018 => Release::Amazon2018,
+                _ => Release::Amazon2023,
+            };
             ensure_usage!(max_hist_len > 0, "--max-hist-len must be at least 1");
             let job = prepare::AmazonJob {
                 release,

@@ -1,6 +1,9 @@
-//! The raw Amazon review dumps: reviews (strict JSON lines, 2014 and 2018 releases alike) and
-//! item metadata (2014: Python dict literals with nested `categories`; 2018: JSON with a flat
-//! `category` list). Each line parser is a pure function from text to a record or a [`Bad`].
+//! The raw Amazon review dumps: reviews (JSON lines: 2014 and 2018 alike with `reviewerID`,
+//! `asin` and `unixReviewTime` in seconds; 2023 with `user_id`, `parent_asin` and `timestamp` in
+//! milliseconds) and item metadata (2014: Python dict literals with nested `categories`; 2018:
+//! JSON with a flat `category` list; 2023: JSON with a flat `categories` list, keyed by
+//! `parent_asin`). Each line parser is a pure function from text to a record or a [`Bad`]; a
+//! line of another release is told apart by its keys and named as such.
 use std::borrow::Cow;
 
 use serde::Deserialize;
@@ -14,6 +17,20 @@ use super::pyliteral::{self, PyValue};
 pub enum Release {
     Amazon2014,
     Amazon2018,
+    /// Amazon Reviews'23 (McAuley Lab): an item is its `parent_asin`, which the earlier
+    /// releases called `asin` (a product's colours and sizes are one item).
+    Amazon2023,
+}
+
+impl Release {
+    /// How its meta lines are written, for messages.
+    pub fn meta_form(self) -> &'static str {
+        match self {
+            Release::Amazon2014 => "2014 (Python dict literal)",
+            Release::Amazon2018 => "2018 (JSON, `asin` and `category`)",
+            Release::Amazon2023 => "2023 (JSON, `parent_asin` and `categories`)",
+        }
+    }
 }
 
 /// One review: who, what, when.
@@ -34,13 +51,55 @@ struct RawReview<'a> {
     time: i64,
 }
 
-/// Parse one review line (both releases use `reviewerID`, `asin`, `unixReviewTime`).
+/// Parse one 2014 or 2018 review line (both use `reviewerID`, `asin`, `unixReviewTime`).
 pub fn parse_review(line: &str) -> Result<Review, Bad> {
-    let raw: RawReview = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
+    let raw: RawReview = serde_json::from_str(line).map_err(|e| other_release(line, "parent_asin", &e))?;
     if raw.user.is_empty() || raw.asin.is_empty() {
         return Err(Bad::new(BadKind::MissingField, "empty reviewerID or asin"));
     }
     Ok(Review { user: raw.user.into_owned(), item: raw.asin.into_owned(), time: raw.time })
+}
+
+#[derive(Deserialize)]
+struct RawReview2023<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    parent_asin: Cow<'a, str>,
+    /// Milliseconds since 1970; only orders a user's reviews.
+    timestamp: i64,
+}
+
+/// Parse one 2023 review line: `user_id`, `parent_asin` (the item), `timestamp` (milliseconds).
+pub fn parse_review_2023(line: &str) -> Result<Review, Bad> {
+    let raw: RawReview2023 = serde_json::from_str(line).map_err(|e| other_release(line, "reviewerID", &e))?;
+    if raw.user_id.is_empty() || raw.parent_asin.is_empty() {
+        return Err(Bad::new(BadKind::MissingField, "empty user_id or parent_asin"));
+    }
+    Ok(Review { user: raw.user_id.into_owned(), item: raw.parent_asin.into_owned(), time: raw.timestamp })
+}
+
+/// A review line that did not parse: when it holds the key only the other releases' reviews
+/// have (`parent_asin` for 2023, `reviewerID` for 2014 and 2018), it is named as theirs, with the
+/// `--input-format` that reads it; otherwise the JSON error.
+fn other_release(line: &str, their_key: &str, e: &serde_json::Error) -> Bad {
+    if !line.contains(&format!("\"{their_key}\"")) {
+        return Bad::from_json(e);
+    }
+    let (release, format) = if their_key == "parent_asin" {
+        ("2023 review (`user_id`, `parent_asin`, `timestamp`)", "amazon2023")
+    } else {
+        ("2014 or 2018 review (`reviewerID`, `asin`, `unixReviewTime`)", "amazon2014 or amazon2018")
+    };
+    Bad::new(BadKind::WrongType, format!("an Amazon {release}: read with --input-format {format}"))
+}
+
+/// The review parser of a release.
+pub fn review_parser(release: Release) -> fn(&str) -> Result<Review, Bad> {
+    match release {
+        Release::Amazon2014 | Release::Amazon2018 => parse_review,
+        Release::Amazon2023 => parse_review_2023,
+    }
 }
 
 /// One item's meta: its category as the protocols define it (`None`: the item has meta but no
@@ -51,12 +110,12 @@ pub struct ItemMeta {
     pub item: String,
     pub category: Option<String>,
     /// The category path the category is the last level of (2014: the first path of
-    /// `categories`; 2018: `category`), top level first.
+    /// `categories`; 2018: `category`; 2023: `categories`), top level first.
     pub path: Vec<String>,
-    /// `brand`, when a non-empty string.
+    /// `brand`, when a non-empty string (2023: `details.Brand`, else `store`).
     pub brand: Option<String>,
-    /// `price` in dollars, when one can be read (2014: a number; 2018: text such as `$12.99` or
-    /// `$10.00 - $20.00`, whose lower bound is taken).
+    /// `price` in dollars, when one can be read (2014 and 2023: a number; 2018: text such as
+    /// `$12.99` or `$10.00 - $20.00`, whose lower bound is taken).
     pub price: Option<f64>,
 }
 
@@ -102,6 +161,7 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     let item = match value.get("asin") {
         Some(PyValue::Str(s)) if !s.is_empty() => s.clone(),
         Some(_) => return Err(Bad::new(BadKind::WrongType, "`asin` must be a non-empty string")),
+        None if value.get("parent_asin").is_some() => return Err(meta_2023_elsewhere()),
         None => return Err(Bad::new(BadKind::MissingField, "missing field `asin`")),
     };
     let path = match value.get("categories") {
@@ -128,10 +188,35 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     Ok(ItemMeta { item, category: path.last().cloned(), path, brand: py_text(&value, "brand"), price })
 }
 
+/// A 2023 meta line read as an earlier release's.
+fn meta_2023_elsewhere() -> Bad {
+    Bad::new(BadKind::WrongType, "2023 metadata (`parent_asin`, no `asin`): read with --input-format amazon2023")
+}
+
+/// A non-empty string, trimmed (these fields only feed the attribute table: anything else counts
+/// as absent).
+fn json_text(value: Option<serde_json::Value>) -> Option<String> {
+    match value {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
+/// A price given as a number, or as text the way 2018 writes it.
+fn json_price(value: Option<serde_json::Value>) -> Option<f64> {
+    match value {
+        Some(serde_json::Value::Number(n)) => n.as_f64().filter(|p| *p >= 0.0),
+        other => json_text(other).as_deref().and_then(parse_price_text),
+    }
+}
+
 #[derive(Deserialize)]
 struct RawMeta2018<'a> {
-    #[serde(borrow)]
-    asin: Cow<'a, str>,
+    #[serde(borrow, default)]
+    asin: Option<Cow<'a, str>>,
+    /// Only to recognise 2023 metadata (see [`parse_meta_2018`]).
+    #[serde(default)]
+    parent_asin: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     category: Vec<String>,
     /// Only to recognise a line that is not 2018 metadata (see [`parse_meta_2018`]).
@@ -154,27 +239,86 @@ pub fn parse_meta_2018(line: &str) -> Result<ItemMeta, Bad> {
     if raw.reviewer_id.is_some() {
         return Err(Bad::new(BadKind::WrongType, "a review (it has `reviewerID`), not item metadata"));
     }
+    let asin = match raw.asin {
+        None if raw.parent_asin.is_some() => return Err(meta_2023_elsewhere()),
+        None => return Err(Bad::new(BadKind::MissingField, "missing field `asin`")),
+        Some(asin) => asin,
+    };
     if raw.categories.is_some() && raw.category.is_empty() {
         return Err(Bad::new(BadKind::WrongType, "2014 metadata (nested `categories`), not 2018 (`category`)"));
     }
-    if raw.asin.is_empty() {
+    if asin.is_empty() {
         return Err(Bad::new(BadKind::MissingField, "empty asin"));
     }
-    let text = |v: Option<serde_json::Value>| match v {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        _ => None,
-    };
-    let price = match raw.price {
-        Some(serde_json::Value::Number(n)) => n.as_f64().filter(|p| *p >= 0.0),
-        other => text(other).as_deref().and_then(parse_price_text),
-    };
     Ok(ItemMeta {
-        item: raw.asin.into_owned(),
+        item: asin.into_owned(),
         category: raw.category.last().cloned(),
         path: raw.category,
-        brand: text(raw.brand),
-        price,
+        brand: json_text(raw.brand),
+        price: json_price(raw.price),
     })
+}
+
+#[derive(Deserialize)]
+struct RawMeta2023<'a> {
+    #[serde(borrow, default)]
+    parent_asin: Option<Cow<'a, str>>,
+    /// Read as any JSON value, so that 2014's nested lists are named as 2014 metadata first.
+    #[serde(default)]
+    categories: Option<serde_json::Value>,
+    #[serde(default)]
+    details: Option<Details2023>,
+    #[serde(default)]
+    store: Option<serde_json::Value>,
+    #[serde(default)]
+    price: Option<serde_json::Value>,
+    /// Only to recognise a line that is not 2023 metadata (see [`parse_meta_2023`]).
+    #[serde(default)]
+    asin: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    user_id: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "reviewerID")]
+    reviewer_id: Option<serde::de::IgnoredAny>,
+}
+
+/// The one key of 2023's free-form `details` that is read.
+#[derive(Deserialize)]
+struct Details2023 {
+    #[serde(default, rename = "Brand")]
+    brand: Option<serde_json::Value>,
+}
+
+/// Parse one 2023 meta line: JSON keyed by `parent_asin`; category = last element of
+/// `categories` (none when empty, as for many of 2023's categories: `default_cat`); brand =
+/// `details.Brand`, else `store`; `price` a number or null.
+pub fn parse_meta_2023(line: &str) -> Result<ItemMeta, Bad> {
+    let raw: RawMeta2023 = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
+    if raw.user_id.is_some() || raw.reviewer_id.is_some() {
+        return Err(Bad::new(BadKind::WrongType, "a review (it has a user), not item metadata"));
+    }
+    let item =
+        match raw.parent_asin {
+            Some(item) if !item.is_empty() => item.into_owned(),
+            Some(_) => return Err(Bad::new(BadKind::MissingField, "empty parent_asin")),
+            None if raw.asin.is_some() => return Err(Bad::new(
+                BadKind::WrongType,
+                "2014 or 2018 metadata (`asin`, no `parent_asin`): read with --input-format amazon2014 or amazon2018",
+            )),
+            None => return Err(Bad::new(BadKind::MissingField, "missing field `parent_asin`")),
+        };
+    let path = match raw.categories {
+        None | Some(serde_json::Value::Null) => vec![],
+        Some(serde_json::Value::Array(levels)) => levels
+            .into_iter()
+            .map(|level| match level {
+                serde_json::Value::String(c) => Ok(c),
+                _ => Err(Bad::new(BadKind::WrongType, "`categories` must be a list of strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(Bad::new(BadKind::WrongType, "`categories` must be a list of strings")),
+    };
+    let brand = raw.details.and_then(|d| json_text(d.brand)).or_else(|| json_text(raw.store));
+    Ok(ItemMeta { item, category: path.last().cloned(), path, brand, price: json_price(raw.price) })
 }
 
 /// The meta parser of a release.
@@ -182,6 +326,7 @@ pub fn meta_parser(release: Release) -> fn(&str) -> Result<ItemMeta, Bad> {
     match release {
         Release::Amazon2014 => parse_meta_2014,
         Release::Amazon2018 => parse_meta_2018,
+        Release::Amazon2023 => parse_meta_2023,
     }
 }
 
@@ -197,6 +342,39 @@ mod tests {
             parse_review(line).unwrap(),
             Review { user: "AO94DHGC771SJ".into(), item: "0528881469".into(), time: 1370131200 }
         );
+    }
+
+    #[test]
+    fn real_2023_review_line_parses_its_parent_asin_as_the_item() {
+        // The first line of the real All_Beauty.jsonl (Amazon Reviews'23), text shortened.
+        let line = r#"{"rating": 5.0, "title": "Such a lovely scent but not overpowering.", "text": "This spray is really nice.", "images": [], "asin": "B00YQ6X8EO", "parent_asin": "B00YQ6X8EO", "user_id": "AGKHLEW2SOWHNMFQIJGBECAF7INQ", "timestamp": 1588687728923, "helpful_vote": 0, "verified_purchase": true}"#;
+        assert_eq!(
+            parse_review_2023(line).unwrap(),
+            Review { user: "AGKHLEW2SOWHNMFQIJGBECAF7INQ".into(), item: "B00YQ6X8EO".into(), time: 1588687728923 }
+        );
+        let variant = r#"{"asin": "B0VARIANT1", "parent_asin": "B0PARENT01", "user_id": "U", "timestamp": 1}"#;
+        assert_eq!(parse_review_2023(variant).unwrap().item, "B0PARENT01", "a colour or size is its parent item");
+        let kind = |l: &str| parse_review_2023(l).unwrap_err().kind;
+        assert_eq!(kind(r#"{"user_id": "U", "parent_asin": "P", "timestamp": 1.52309e+12}"#), BadKind::WrongType);
+        assert_eq!(kind(r#"{"user_id": "U", "asin": "P", "timestamp": 1}"#), BadKind::MissingField);
+        assert_eq!(kind(r#"{"user_id": "", "parent_asin": "P", "timestamp": 1}"#), BadKind::MissingField);
+        assert_eq!(kind(r#"{"user_id": "U", "parent_asin": "P", "timestamp": 1"#), BadKind::Truncated);
+    }
+
+    #[test]
+    fn a_review_of_another_release_is_named_with_the_format_that_reads_it() {
+        let r2023 = r#"{"rating": 5.0, "asin": "B1", "parent_asin": "B1", "user_id": "U", "timestamp": 1588687728923}"#;
+        let r2014 =
+            r#"{"reviewerID": "AO94DHGC771SJ", "asin": "0528881469", "overall": 5.0, "unixReviewTime": 1370131200}"#;
+        for (bad, format) in
+            [(parse_review(r2023), "amazon2023"), (parse_review_2023(r2014), "amazon2014 or amazon2018")]
+        {
+            let bad = bad.unwrap_err();
+            assert_eq!(bad.kind, BadKind::WrongType);
+            assert!(bad.detail.ends_with(&format!("read with --input-format {format}")), "{}", bad.detail);
+        }
+        assert_eq!(review_parser(Release::Amazon2023)(r2023).unwrap().time, 1588687728923);
+        assert_eq!(review_parser(Release::Amazon2018)(r2014).unwrap().time, 1370131200);
     }
 
     #[test]
@@ -265,6 +443,28 @@ mod tests {
     }
 
     #[test]
+    fn meta_2023_reads_categories_brand_and_price_keyed_by_parent_asin() {
+        // The example meta line of the Amazon Reviews'23 dataset card (All_Beauty), images left
+        // out: like every All_Beauty item, it lists no categories.
+        let line = r#"{"main_category": "All Beauty", "title": "Howard LC0008 Leather Conditioner, 8-Ounce (4-Pack)", "average_rating": 4.8, "rating_number": 10, "features": [], "description": [], "price": null, "images": [], "videos": [], "store": "Howard Products", "categories": [], "details": {"Package Dimensions": "7.1 x 5.5 x 3 inches; 2.38 Pounds", "UPC": "617390882781"}, "parent_asin": "B01CUPMQZE", "bought_together": null}"#;
+        let meta = parse_meta_2023(line).unwrap();
+        assert_eq!((meta.item.as_str(), meta.category, meta.path.len()), ("B01CUPMQZE", None, 0));
+        assert_eq!((meta.brand.as_deref(), meta.price), (Some("Howard Products"), None), "the store, no price");
+        let line = r#"{"categories": ["Electronics", "Computers & Accessories", "Cables"], "store": "AnkerDirect", "details": {"Brand": "Anker", "Color": "Black"}, "price": 12.99, "parent_asin": "B0X"}"#;
+        let meta = parse_meta_2023(line).unwrap();
+        assert_eq!(meta.category.as_deref(), Some("Cables"));
+        assert_eq!(meta.path, ["Electronics", "Computers & Accessories", "Cables"]);
+        assert_eq!((meta.brand.as_deref(), meta.price), (Some("Anker"), Some(12.99)), "details.Brand before store");
+        let meta =
+            parse_meta_2023(r#"{"parent_asin": "X", "price": "None", "store": " ", "categories": null}"#).unwrap();
+        assert_eq!((meta.brand, meta.price, meta.category), (None, None, None));
+        let kind = |l: &str| parse_meta_2023(l).unwrap_err().kind;
+        assert_eq!(kind(r#"{"parent_asin": "", "categories": []}"#), BadKind::MissingField);
+        assert_eq!(kind(r#"{"title": "x"}"#), BadKind::MissingField);
+        assert_eq!(kind(r#"{"parent_asin": "X", "categories": "Books"}"#), BadKind::WrongType);
+    }
+
+    #[test]
     fn price_text_reads_dollars_thousands_and_ranges() {
         assert_eq!(parse_price_text("$12.99"), Some(12.99));
         assert_eq!(parse_price_text("$1,299.00"), Some(1299.0));
@@ -285,5 +485,24 @@ mod tests {
         assert_eq!(parse_meta_2018(meta_2014_as_json).unwrap_err().kind, BadKind::WrongType);
         // 2014 metadata written as JSON is still 2014 metadata.
         assert_eq!(parse_meta_2014(meta_2014_as_json).unwrap().category.as_deref(), Some("Poetry"));
+        // 2023 metadata is keyed by `parent_asin`: the earlier parsers name it, and the 2023 parser
+        // names theirs and any review.
+        let meta_2023 = r#"{"main_category": "Books", "categories": ["Books", "Poetry"], "parent_asin": "X"}"#;
+        for bad in [parse_meta_2014(meta_2023), parse_meta_2018(meta_2023)] {
+            let bad = bad.unwrap_err();
+            assert!(bad.kind == BadKind::WrongType && bad.detail.contains("amazon2023"), "{}", bad.detail);
+        }
+        for line in [meta_2018, meta_2014_as_json] {
+            let bad = parse_meta_2023(line).unwrap_err();
+            assert!(
+                bad.kind == BadKind::WrongType && bad.detail.contains("amazon2014 or amazon2018"),
+                "{}",
+                bad.detail
+            );
+        }
+        let review_2023 = r#"{"asin": "B1", "parent_asin": "B1", "user_id": "U", "timestamp": 1}"#;
+        for line in [review, review_2023] {
+            assert_eq!(parse_meta_2023(line).unwrap_err().kind, BadKind::WrongType, "{line}");
+        }
     }
 }

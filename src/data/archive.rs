@@ -113,7 +113,7 @@ pub struct AttributeFiles {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMeta {
     pub format_version: u32,
-    /// `amazon2014`, `amazon2018` or `dien_files`.
+    /// `amazon2014`, `amazon2018`, `amazon2023`, `sequences`, `interactions` or `dien_files`.
     pub source: String,
     /// `dien` or `din` (the DIEN files come pre-built with DIEN's protocol).
     pub protocol: String,

@@ -1,9 +1,9 @@
 //! The item-attribute table: `k` attribute columns per item (0 = none), for the models that read
 //! item attributes as well as ids and categories.
 //!
-//! From Amazon meta (`amazon2014`, `amazon2018`) the columns are [`META_FIELDS`]: the brand, the
-//! first [`CATEGORY_LEVELS`] levels of the item's category path (top level first) and a price
-//! bucket ([`price_bucket`]). From a sequences dataset's attributes file (`--item-attributes`)
+//! From Amazon meta (`amazon2014`, `amazon2018`, `amazon2023`) the columns are [`META_FIELDS`]:
+//! the brand, the first [`CATEGORY_LEVELS`] levels of the item's category path (top level first)
+//! and a price bucket ([`price_bucket`]). From a sequences dataset's attributes file (`--item-attributes`)
 //! they are `attribute_1` … `attribute_k`: each item's list in its own order, `k` the longest
 //! list (at most `--max-attributes`; longer lists are cut, and `prepare` says how many).
 //!

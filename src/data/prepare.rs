@@ -493,8 +493,11 @@ fn read_corpus(
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
     let mut reviews_summary = match job.layout {
         Layout::Reviews | Layout::Interactions => {
-            let parse =
-                if job.layout == Layout::Interactions { interactions::parse_interaction } else { amazon::parse_review };
+            let parse = if job.layout == Layout::Interactions {
+                interactions::parse_interaction
+            } else {
+                amazon::review_parser(job.release)
+            };
             input::parse_lines(&job.reviews, job.strictness, parse, |r, line| {
                 let user = corpus.users.intern(&r.user);
                 let item = corpus.items.intern(&r.item);
@@ -557,6 +560,7 @@ fn read_corpus(
     let mut attributes = RawAttributes::for_meta(corpus.items.len());
     // A reviewed item described again on a later line: the first line is kept, as for reviews.
     let (mut repeated, mut first_repeat) = (0u64, None);
+    let mut without_category = 0u64;
     let meta_summary = input::parse_lines(meta_path, job.strictness, amazon::meta_parser(job.release), |m, line| {
         good_meta += 1;
         if let Some(item) = corpus.items.get(&m.item) {
@@ -567,8 +571,9 @@ fn read_corpus(
             }
             has_meta[item as usize] = true;
             attributes.set_meta(item, &m);
-            if let Some(cat) = m.category {
-                corpus.item_cat[item as usize] = corpus.cats.intern(&cat);
+            match m.category {
+                Some(cat) => corpus.item_cat[item as usize] = corpus.cats.intern(&cat),
+                None => without_category += 1,
             }
         }
     })?;
@@ -592,10 +597,7 @@ fn read_corpus(
             path: meta_path.clone(),
             message: format!(
                 "does not look like a {} meta file: {bad_meta} of {} lines rejected{example}",
-                match job.release {
-                    Release::Amazon2014 => "2014 (Python dict literal)",
-                    Release::Amazon2018 => "2018 (JSON)",
-                },
+                job.release.meta_form(),
                 meta_summary.lines
             ),
         });
@@ -622,6 +624,19 @@ fn read_corpus(
             "{} of {} reviewed items have no meta line: category `{DEFAULT_CAT}`",
             without_meta,
             has_meta.len()
+        ));
+    }
+    let described = has_meta.len() as u64 - without_meta;
+    if without_category == described {
+        warnings.push(format!(
+            "{}: none of the {described} reviewed items it describes has a category (empty category lists): every \
+             item is in category `{DEFAULT_CAT}` (the models see no category signal)",
+            meta_path.display()
+        ));
+    } else if without_category > 0 {
+        warnings.push(format!(
+            "{without_category} of the {described} reviewed items with a meta line have no category there: category \
+             `{DEFAULT_CAT}`"
         ));
     }
     warnings.extend(issue_warnings(&meta_summary));

@@ -86,20 +86,133 @@ fn amazon_2018_meta_fills_brand_category_levels_and_price_buckets() {
     assert!(e.contains("item_attributes.u32") && e.contains("checksum"), "{e}");
 }
 
+/// A file of the real 2018 Gift Cards fixture, unzipped.
+fn gift_cards_text(name: &str) -> String {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let file = std::fs::File::open(fixture(&format!("amazon-gift-cards-2018/{name}"))).unwrap();
+    flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The real 2018 Gift Cards files written the way Amazon Reviews'23 writes its files (field by
+/// field, from the dataset card: `user_id`, `parent_asin`, `timestamp` in milliseconds; meta
+/// keyed by `parent_asin` with `categories`, `store`, a numeric `price`) prepare into the same
+/// samples, vocabularies and attribute table as the 2018 files; a 2023 file read as 2018 is
+/// named as 2023's, and meta whose category lists are all empty (as 2023's All_Beauty) is said.
+#[test]
+fn amazon_2023_files_prepare_as_the_same_data_in_2018_form_do() {
+    use serde_json::{json, Value};
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = |name: &str| -> Vec<Value> {
+        gift_cards_text(name).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    // 2023's `asin` is the variant reviewed (a gift amount, a colour); the item is `parent_asin`.
+    let reviews: Vec<Value> = lines("Gift_Cards_5.json.gz")
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({
+                "rating": r["overall"], "title": r["summary"], "text": r["reviewText"], "images": [],
+                "asin": format!("{}-{}", r["asin"].as_str().unwrap(), i % 3), "parent_asin": r["asin"],
+                "user_id": r["reviewerID"],
+                "timestamp": r["unixReviewTime"].as_i64().unwrap() * 1000, "helpful_vote": 0,
+                "verified_purchase": r["verified"],
+            })
+        })
+        .collect();
+    // 2018 writes prices as text (`$25.00`, `$10.00 - $20.00`, or page markup); 2023 as numbers.
+    let price = |text: &Value| -> Value {
+        let first = text.as_str().unwrap_or("").split(" - ").next().unwrap().trim();
+        first.trim_start_matches('$').replace(',', "").parse::<f64>().map_or(Value::Null, |p| json!(p))
+    };
+    // The brand is `details.Brand` where a line has one (then the store may be a reseller's), else
+    // the store: every other line with a brand is written each way.
+    let meta = |categories: bool| -> Vec<Value> {
+        lines("meta_Gift_Cards.json.gz")
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let (store, details) = if i % 2 == 0 && m["brand"].as_str().is_some_and(|b| !b.trim().is_empty()) {
+                    (json!("A Reseller"), json!({"Brand": m["brand"]}))
+                } else {
+                    (m["brand"].clone(), json!({}))
+                };
+                json!({
+                    "main_category": m["main_cat"], "title": m["title"], "average_rating": null,
+                    "rating_number": null, "features": m["feature"], "description": m["description"],
+                    "price": price(&m["price"]), "images": [], "videos": [], "store": store,
+                    "categories": if categories { m["category"].clone() } else { json!([]) }, "details": details,
+                    "parent_asin": m["asin"], "bought_together": null,
+                })
+            })
+            .collect()
+    };
+    let write = |name: &str, values: &[Value]| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, values.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
+        path
+    };
+    let (reviews_2023, meta_2023) = (write("Gift_Cards.jsonl", &reviews), write("meta_Gift_Cards.jsonl", &meta(true)));
+    let prepare = |format: &str, reviews: &Path, meta: &Path, out: &str| {
+        let mut cmd = Command::new(micn_bin());
+        cmd.args(["prepare", "--input-format", format, "--protocol", "din", "--max-hist-len", "10"]);
+        cmd.arg("--reviews").arg(reviews).arg("--meta").arg(meta).arg("--out").arg(tmp.path().join(out));
+        cmd.output().unwrap()
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let done = prepare("amazon2023", &reviews_2023, &meta_2023, "2023");
+    assert!(done.status.success(), "{}", stderr(&done));
+    let (gift_reviews, gift_meta) = (
+        fixture("amazon-gift-cards-2018/Gift_Cards_5.json.gz"),
+        fixture("amazon-gift-cards-2018/meta_Gift_Cards.json.gz"),
+    );
+    let done = prepare("amazon2018", &gift_reviews, &gift_meta, "2018");
+    assert!(done.status.success(), "{}", stderr(&done));
+    // Two of the 148 reviewed items have meta without a category (see the 2018 test above).
+    assert!(
+        stderr(&done).contains("2 of the 148 reviewed items with a meta line have no category there"),
+        "{}",
+        stderr(&done)
+    );
+    for file in
+        ["train.rkyv", "test.rkyv", "users.tsv", "items.tsv", "cats.tsv", "attributes.tsv", "item_attributes.u32"]
+    {
+        let read = |dir: &str| std::fs::read(tmp.path().join(dir).join(file)).unwrap();
+        assert!(read("2018") == read("2023"), "{file} differs between the 2018 and the 2023 form");
+    }
+    let d: Value = serde_json::from_slice(&std::fs::read(tmp.path().join("2023/dataset.json")).unwrap()).unwrap();
+    assert_eq!((d["source"].as_str(), d["notes"]["release"].as_str()), (Some("amazon2023"), Some("amazon2023")), "{d}");
+
+    // Each release's files read as another's are named, with the format that reads them.
+    let wrong = prepare("amazon2018", &reviews_2023, &gift_meta, "wrong-reviews");
+    assert_eq!(wrong.status.code(), Some(3), "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("line 1: wrong type: an Amazon 2023 review (`user_id`, `parent_asin`, `timestamp`): read with --input-format amazon2023"), "{}", stderr(&wrong));
+    let wrong = prepare("amazon2018", &gift_reviews, &meta_2023, "wrong-meta");
+    assert!(
+        stderr(&wrong).contains("does not look like a 2018 (JSON, `asin` and `category`) meta file")
+            && stderr(&wrong).contains("read with --input-format amazon2023"),
+        "{}",
+        stderr(&wrong)
+    );
+    let wrong = prepare("amazon2023", &gift_reviews, &meta_2023, "wrong-format");
+    assert!(stderr(&wrong).contains("read with --input-format amazon2014 or amazon2018"), "{}", stderr(&wrong));
+
+    // Meta without any category: said, every item in `default_cat`.
+    let bare = write("meta-without-categories.jsonl", &meta(false));
+    let done = prepare("amazon2023", &reviews_2023, &bare, "bare");
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(stderr(&done).contains("none of the 148 reviewed items it describes has a category"), "{}", stderr(&done));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("bare/cats.tsv")).unwrap().lines().count(), 1, "default_cat");
+}
+
 /// Real dumps repeat items in their meta files: the first line of an item is kept (as for a
 /// repeated review), said, and fatal with `--strict`. Files that open with a UTF-8 byte-order
 /// mark (as Windows tools write them) prepare as without it.
 #[test]
 fn a_repeated_meta_line_keeps_the_first_and_a_byte_order_mark_changes_nothing() {
-    use std::io::Read as _;
     let tmp = tempfile::tempdir().unwrap();
-    let gunzip = |name: &str| {
-        let mut text = String::new();
-        let file = std::fs::File::open(fixture(&format!("amazon-gift-cards-2018/{name}"))).unwrap();
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
-        text
-    };
-    let (reviews, meta) = (gunzip("Gift_Cards_5.json.gz"), gunzip("meta_Gift_Cards.json.gz"));
+    let (reviews, meta) = (gift_cards_text("Gift_Cards_5.json.gz"), gift_cards_text("meta_Gift_Cards.json.gz"));
     let first = meta.lines().find(|l| l.contains("\"B00AR51Y5I\"")).unwrap();
     let again: String = first.replace("Starbucks", "Another Brand").replace("Gift Cards", "Elsewhere");
     let write = |name: &str, bytes: Vec<u8>| {

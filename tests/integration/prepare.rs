@@ -667,7 +667,7 @@ fn a_meta_file_in_the_wrong_format_is_a_clear_error_naming_it() {
         .arg("--out")
         .arg(&out);
     let err = run_fails(&mut cmd);
-    assert!(err.contains("meta_2014.json: does not look like a 2018 (JSON) meta file"), "{err}");
+    assert!(err.contains("meta_2014.json: does not look like a 2018 (JSON, `asin` and `category`) meta file"), "{err}");
     assert_nothing_left(&out);
 
     // An empty meta file.
