@@ -438,6 +438,21 @@ pub fn parse_lines<T: Send>(
     parse: impl Fn(&str) -> Result<T, Bad> + Sync,
     mut sink: impl FnMut(T, u64),
 ) -> Result<FileSummary, DataError> {
+    parse_lines_checked(path, strictness, parse, |record, line| {
+        sink(record, line);
+        Ok(())
+    })
+}
+
+/// [`parse_lines`] whose `sink` may still find a record bad, in file order: for lines that
+/// are read by what an earlier line said (a header naming the columns). What it rejects is a
+/// bad line like those `parse` rejects: counted, or fatal in strict mode.
+pub fn parse_lines_checked<T: Send>(
+    path: &Path,
+    strictness: Strictness,
+    parse: impl Fn(&str) -> Result<T, Bad> + Sync,
+    mut sink: impl FnMut(T, u64) -> Result<(), Bad>,
+) -> Result<FileSummary, DataError> {
     let io = |source| DataError::Io(PathIo { path: path.to_path_buf(), source });
     let opened = File::open(path).map_err(io)?;
     // A pipe (or a device) has no size to measure the read against.
@@ -490,8 +505,8 @@ pub fn parse_lines<T: Send>(
                     meter.update(stored_read.load(Ordering::Relaxed), *last);
                 }
                 for (line, parsed) in results {
-                    match parsed {
-                        Ok(record) => sink(record, line),
+                    match parsed.and_then(|record| sink(record, line)) {
+                        Ok(()) => {}
                         Err(bad) if strictness == Strictness::Strict => {
                             failure = Some(DataError::BadLine {
                                 path: path.to_path_buf(),

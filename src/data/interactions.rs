@@ -9,6 +9,11 @@
 //! ships them: `user_id:U target_item:0 hist_item:I … eval_item:J …` (history then the items to
 //! retrieve, in time order). Either form is recognised from the file's first line.
 //!
+//! A file whose first line names its columns is read by those names ([`Columns`]): RecBole's
+//! atomic `.inter` files (tab-separated, typed names: `user_id:token  item_id:token
+//! rating:float  timestamp:float`) and Amazon Reviews'23's benchmark files
+//! (`user_id,parent_asin,rating,timestamp[,history]`) are read as they come.
+//!
 //! Held-out items are looked up in the model's item vocabulary by name. A history item it lacks
 //! is dropped (the model has no vector for it); an item to retrieve that it lacks stays in the
 //! user's list under an id of its own above the vocabulary ([`unknown_item`]), which no
@@ -30,21 +35,146 @@ pub fn unknown_item(k: usize) -> u32 {
 /// One `user,item,time` line: what a review line gives, so `prepare` reads both alike.
 pub type Interaction = super::amazon::Review;
 
-/// Parse `user,item,time` (ComiRec's files: `time` an integer, the review time or the position
-/// in the user's history).
-pub fn parse_interaction(line: &str) -> Result<Interaction, Bad> {
-    let fields: Vec<&str> = line.trim().split(',').map(str::trim).collect();
-    let [user, item, time] = fields[..] else {
-        return Err(Bad::new(
-            if fields.len() < 3 { BadKind::MissingField } else { BadKind::Malformed },
-            format!("expected `user,item,time` (3 fields), found {}", fields.len()),
-        ));
-    };
-    if user.is_empty() || item.is_empty() {
-        return Err(Bad::new(BadKind::MissingField, "an empty user or item"));
+/// A line's fields, trimmed: separated by tabs where it holds one (RecBole's atomic files), else
+/// by commas. Which field is what, [`Columns`] says, in file order.
+pub fn split_row(line: &str) -> Result<Vec<String>, Bad> {
+    let delimiter = if line.contains('\t') { '\t' } else { ',' };
+    Ok(line.trim().split(delimiter).map(|f| f.trim().to_string()).collect())
+}
+
+/// The names a header may give each column, lower case, most specific first (Amazon'23's
+/// `parent_asin` is the item where `asin` is beside it: the variant reviewed).
+const USER_NAMES: [&str; 5] = ["user_id", "userid", "user", "reviewerid", "uid"];
+const ITEM_NAMES: [&str; 6] = ["parent_asin", "item_id", "itemid", "item", "asin", "iid"];
+const TIME_NAMES: [&str; 4] = ["timestamp", "time", "unixreviewtime", "ts"];
+/// The types RecBole's atomic files append to a column's name (`user_id:token`).
+const RECBOLE_TYPES: [&str; 4] = ["token", "token_seq", "float", "float_seq"];
+
+/// How an interactions file's rows are read: ComiRec's `user,item,time`, or by the names its
+/// first row gives its columns. Fed every row in file order ([`Columns::read`]).
+#[derive(Debug, Default)]
+pub struct Columns {
+    /// `None` before the first row.
+    layout: Option<Layout>,
+}
+
+#[derive(Debug)]
+enum Layout {
+    /// `user,item,time`, no header.
+    Comirec,
+    /// Named by a header: its fields as written, and where the user, the item and the time are.
+    Named { header: Vec<String>, user: usize, item: usize, time: usize },
+    /// A header that names no time column: every row is refused with this.
+    Unusable(String),
+}
+
+impl Columns {
+    /// The interaction of `row` (fields of [`split_row`]); `None` for the header, here or
+    /// repeated (files concatenated with their headers).
+    pub fn read(&mut self, mut row: Vec<String>) -> Result<Option<Interaction>, Bad> {
+        let layout = match &self.layout {
+            Some(layout) => layout,
+            None => {
+                let (layout, header) = Layout::of_first(&row);
+                self.layout = Some(layout);
+                if header {
+                    return Ok(None);
+                }
+                self.layout.as_ref().expect("just set")
+            }
+        };
+        let (user, item, time) = match layout {
+            Layout::Unusable(why) => return Err(Bad::new(BadKind::MissingField, why.clone())),
+            Layout::Named { header, .. } if *header == row => return Ok(None),
+            Layout::Named { header, user, item, time } => {
+                if row.len() != header.len() {
+                    return Err(Bad::new(
+                        if row.len() < header.len() { BadKind::MissingField } else { BadKind::Malformed },
+                        format!("{} fields where the header names {}", row.len(), header.len()),
+                    ));
+                }
+                (*user, *item, *time)
+            }
+            Layout::Comirec if row.len() < 3 => {
+                return Err(Bad::new(
+                    BadKind::MissingField,
+                    format!("expected `user,item,time` (3 fields), found {}", row.len()),
+                ))
+            }
+            Layout::Comirec if row.len() > 3 => {
+                return Err(Bad::new(
+                    BadKind::Malformed,
+                    format!(
+                        "expected `user,item,time` (3 fields), found {} (a first line naming the columns, such as \
+                         `user_id,item_id,rating,timestamp`, has them read by name)",
+                        row.len()
+                    ),
+                ))
+            }
+            Layout::Comirec => (0, 1, 2),
+        };
+        if row[user].is_empty() || row[item].is_empty() {
+            return Err(Bad::new(BadKind::MissingField, "an empty user or item"));
+        }
+        let time = parse_time(&row[time])?;
+        let (user, item) = (std::mem::take(&mut row[user]), std::mem::take(&mut row[item]));
+        Ok(Some(Interaction { user, item, time }))
     }
-    let time = time.parse().map_err(|_| Bad::new(BadKind::WrongType, format!("time `{time}` is not an integer")))?;
-    Ok(Interaction { user: user.to_string(), item: item.to_string(), time })
+
+    /// Which columns are read, for the log: `None` for ComiRec's three.
+    pub fn describe(&self) -> Option<String> {
+        match &self.layout {
+            Some(Layout::Named { header, user, item, time }) => Some(format!(
+                "columns named by its header: user `{}` (column {}), item `{}` ({}), time `{}` ({})",
+                header[*user],
+                user + 1,
+                header[*item],
+                item + 1,
+                header[*time],
+                time + 1
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl Layout {
+    /// The layout the first row gives, and whether that row is a header (it names a user and an
+    /// item column).
+    fn of_first(row: &[String]) -> (Layout, bool) {
+        let names: Vec<String> = row
+            .iter()
+            .map(|field| match field.rsplit_once(':') {
+                Some((name, kind)) if RECBOLE_TYPES.contains(&kind) => name.to_ascii_lowercase(),
+                _ => field.to_ascii_lowercase(),
+            })
+            .collect();
+        let find = |candidates: &[&str]| candidates.iter().find_map(|c| names.iter().position(|n| n == c));
+        let (Some(user), Some(item)) = (find(&USER_NAMES), find(&ITEM_NAMES)) else {
+            return (Layout::Comirec, false);
+        };
+        let layout = match find(&TIME_NAMES) {
+            Some(time) => Layout::Named { header: row.to_vec(), user, item, time },
+            None => Layout::Unusable(format!(
+                "the header (`{}`) names no time column ({}): the order of a user's interactions is unknown",
+                row.join(","),
+                TIME_NAMES.join(", ")
+            )),
+        };
+        (layout, true)
+    }
+}
+
+/// A time: an integer, or a whole number written as a float (RecBole's `timestamp:float`).
+fn parse_time(text: &str) -> Result<i64, Bad> {
+    if let Ok(time) = text.parse::<i64>() {
+        return Ok(time);
+    }
+    match text.parse::<f64>() {
+        Ok(time) if time.is_finite() && time.fract() == 0.0 && time.abs() < 2f64.powi(53) => Ok(time as i64),
+        Ok(_) => Err(Bad::new(BadKind::WrongType, format!("time `{text}` is not a whole number"))),
+        Err(_) => Err(Bad::new(BadKind::WrongType, format!("time `{text}` is not an integer"))),
+    }
 }
 
 /// How a held-out file gives its users.
@@ -84,24 +214,18 @@ pub struct HeldOut {
     pub users_without_history: u64,
 }
 
-/// A parsed line of either form.
+/// A parsed line of either form: a row of fields (the interactions form, or its header) or a
+/// split user.
 enum Line {
-    Interaction(Interaction),
+    Row(Vec<String>),
     Split { user: String, history: Vec<String>, truth: Vec<String> },
 }
 
-impl Line {
-    fn form(&self) -> HeldOutForm {
-        match self {
-            Line::Interaction(_) => HeldOutForm::Interactions,
-            Line::Split { .. } => HeldOutForm::Split,
-        }
-    }
-}
-
 fn parse_line(line: &str) -> Result<Line, Bad> {
-    if !line.trim_start().starts_with("user_id:") {
-        return parse_interaction(line).map(Line::Interaction);
+    // RecBole's header (`user_id:token<TAB>…`) opens as a split line does, but holds tabs.
+    let line_start = line.trim_start();
+    if !line_start.starts_with("user_id:") || line_start.contains('\t') {
+        return split_row(line).map(Line::Row);
     }
     let (mut user, mut history, mut truth) = (None, Vec::new(), Vec::new());
     for token in line.split_whitespace() {
@@ -141,30 +265,27 @@ impl HeldOut {
     /// has nothing seen, all to retrieve.
     pub fn read(path: &Path, items: &HashMap<&str, u32>, max_hist_len: usize) -> Result<Self, DataError> {
         let mut form = None;
-        let mut mixed = None;
+        let mut columns = Columns::default();
         let mut split: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
         let mut interactions: Vec<(Interaction, u64)> = Vec::new();
-        let summary = input::parse_lines(path, Strictness::Strict, parse_line, |line, number| {
-            let first = *form.get_or_insert(line.form());
-            if first != line.form() {
-                mixed.get_or_insert(number);
-                return;
+        let summary = input::parse_lines_checked(path, Strictness::Strict, parse_line, |line, number| {
+            let this = match line {
+                Line::Row(_) => HeldOutForm::Interactions,
+                Line::Split { .. } => HeldOutForm::Split,
+            };
+            if *form.get_or_insert(this) != this {
+                return Err(Bad::new(
+                    BadKind::Malformed,
+                    "this line's form differs from the first line's (`user,item,time` lines and \
+                     `user_id:… eval_item:…` lines cannot be mixed)",
+                ));
             }
             match line {
-                Line::Interaction(i) => interactions.push((i, number)),
+                Line::Row(row) => interactions.extend(columns.read(row)?.map(|i| (i, number))),
                 Line::Split { user, history, truth } => split.push((user, history, truth)),
             }
+            Ok(())
         })?;
-        if let Some(line) = mixed {
-            return Err(DataError::BadLine {
-                path: path.to_path_buf(),
-                line,
-                kind: BadKind::Malformed,
-                detail: "this line's form differs from the first line's (`user,item,time` lines and \
-                         `user_id:… eval_item:…` lines cannot be mixed)"
-                    .into(),
-            });
-        }
         let Some(form) = form else {
             return Err(DataError::Invalid {
                 path: path.to_path_buf(),
@@ -309,13 +430,78 @@ mod tests {
         );
     }
 
+    /// Every line of `text` read in order by one [`Columns`].
+    fn rows(text: &str) -> Vec<Result<Option<Interaction>, Bad>> {
+        let mut columns = Columns::default();
+        text.lines().map(|line| columns.read(split_row(line).unwrap())).collect()
+    }
+
+    fn interaction(user: &str, item: &str, time: i64) -> Option<Interaction> {
+        Some(Interaction { user: user.into(), item: item.into(), time })
+    }
+
     #[test]
     fn interactions_parse_with_their_errors_classified() {
-        let parsed = parse_interaction(" 12, 345 ,6 ").unwrap();
-        assert_eq!(parsed, Interaction { user: "12".into(), item: "345".into(), time: 6 });
-        assert_eq!(parse_interaction("1,2").unwrap_err().kind, BadKind::MissingField);
-        assert_eq!(parse_interaction("1,2,3,4").unwrap_err().kind, BadKind::Malformed);
-        assert_eq!(parse_interaction("1,,3").unwrap_err().kind, BadKind::MissingField);
-        assert_eq!(parse_interaction("1,2,3.5").unwrap_err().kind, BadKind::WrongType);
+        let mut columns = Columns::default();
+        let mut parse = |line: &str| columns.read(split_row(line).unwrap());
+        assert_eq!(parse(" 12, 345 ,6 ").unwrap(), interaction("12", "345", 6));
+        assert_eq!(parse("1,2").unwrap_err().kind, BadKind::MissingField);
+        let four = parse("1,2,3,4").unwrap_err();
+        assert!(four.kind == BadKind::Malformed && four.detail.contains("read by name"), "{}", four.detail);
+        assert_eq!(parse("1,,3").unwrap_err().kind, BadKind::MissingField);
+        assert_eq!(parse("1,2,3.5").unwrap_err().kind, BadKind::WrongType);
+        assert_eq!(parse("1,2,1.2e3").unwrap(), interaction("1", "2", 1200), "a whole number written as a float");
+        assert!(parse("1,2,soon").unwrap_err().detail.contains("not an integer"));
+        assert!(columns.describe().is_none(), "ComiRec's columns");
+    }
+
+    #[test]
+    fn a_header_names_the_columns_as_recbole_and_amazon_2023_write_them() {
+        // RecBole's atomic file (ml-100k.inter's header and its first row), tab-separated.
+        let recbole = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n196\t242\t3\t881250949.0\n";
+        assert_eq!(rows(recbole), [Ok(None), Ok(interaction("196", "242", 881250949))]);
+        // Amazon Reviews'23's benchmark file with histories: `parent_asin`, the time fourth.
+        let amazon = "user_id,parent_asin,rating,timestamp,history\n\
+                      AFKZENTNBQ7A7V7UXW5JJI6UGRYQ,B0BGXTQLL1,5.0,1523092443644,\n\
+                      AFKZENTNBQ7A7V7UXW5JJI6UGRYQ,B0BV5ZGRRM,5.0,1564347303691,B0BGXTQLL1\n\
+                      user_id,parent_asin,rating,timestamp,history\n\
+                      U2,B1,4.0,7\n";
+        let read = rows(amazon);
+        assert_eq!(
+            read[..4],
+            [
+                Ok(None),
+                Ok(interaction("AFKZENTNBQ7A7V7UXW5JJI6UGRYQ", "B0BGXTQLL1", 1523092443644)),
+                Ok(interaction("AFKZENTNBQ7A7V7UXW5JJI6UGRYQ", "B0BV5ZGRRM", 1564347303691)),
+                Ok(None)
+            ],
+            "a repeated header is passed over"
+        );
+        let short = read[4].as_ref().unwrap_err();
+        assert_eq!((short.kind, short.detail.as_str()), (BadKind::MissingField, "4 fields where the header names 5"));
+        let mut columns = Columns::default();
+        columns.read(split_row("reviewerID,asin,overall,unixReviewTime").unwrap()).unwrap();
+        assert_eq!(
+            columns.describe().unwrap(),
+            "columns named by its header: user `reviewerID` (column 1), item `asin` (2), time `unixReviewTime` (4)"
+        );
+        // A header without a time column refuses every row, not reading the rating as a time.
+        let read = rows("user_id,item_id,rating\n1,2,5\n");
+        assert_eq!(read[0], Ok(None));
+        let refused = read[1].as_ref().unwrap_err();
+        assert!(
+            refused.detail.contains("names no time column (timestamp, time, unixreviewtime, ts)"),
+            "{}",
+            refused.detail
+        );
+    }
+
+    #[test]
+    fn held_out_interactions_under_a_header_read_as_without_one() {
+        let plain = read("7,c,5\n7,b,3\n9,a,1\n7,e,3\n7,a,1\n9,b,3\n9,c,5\n", 20).unwrap();
+        let recbole = "user_id:token\titem_id:token\ttimestamp:float\n7\tc\t5.0\n7\tb\t3\n9\ta\t1\n7\te\t3\n\
+                       7\ta\t1\n9\tb\t3\n9\tc\t5\n";
+        assert_eq!(read(recbole, 20).unwrap(), plain);
+        assert_eq!(plain.form, HeldOutForm::Interactions);
     }
 }

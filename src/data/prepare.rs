@@ -492,17 +492,24 @@ fn read_corpus(
     let mut corpus = Corpus::default();
     let default_cat = corpus.cats.intern(DEFAULT_CAT);
     let mut reviews_summary = match job.layout {
-        Layout::Reviews | Layout::Interactions => {
-            let parse = if job.layout == Layout::Interactions {
-                interactions::parse_interaction
-            } else {
-                amazon::review_parser(job.release)
-            };
-            input::parse_lines(&job.reviews, job.strictness, parse, |r, line| {
-                let user = corpus.users.intern(&r.user);
-                let item = corpus.items.intern(&r.item);
-                corpus.reviews.push(ReviewRef { user, item, time: r.time, line });
+        Layout::Reviews => {
+            input::parse_lines(&job.reviews, job.strictness, amazon::review_parser(job.release), |r, line| {
+                corpus.push(&r, line)
             })?
+        }
+        Layout::Interactions => {
+            let mut columns = interactions::Columns::default();
+            let summary =
+                input::parse_lines_checked(&job.reviews, job.strictness, interactions::split_row, |row, line| {
+                    if let Some(r) = columns.read(row)? {
+                        corpus.push(&r, line);
+                    }
+                    Ok(())
+                })?;
+            if let Some(columns) = columns.describe() {
+                tracing::info!("{}: {columns}", job.reviews.display());
+            }
+            summary
         }
         Layout::Sequences(_) => {
             // A user's items in line order; a user on several lines continues where it stopped.

@@ -81,6 +81,15 @@ pub struct Corpus {
     pub attributes: Option<super::attributes::RawAttributes>,
 }
 
+impl Corpus {
+    /// One review (or interaction), read from line `line`, its user and item interned.
+    pub fn push(&mut self, review: &super::amazon::Review, line: u64) {
+        let user = self.users.intern(&review.user);
+        let item = self.items.intern(&review.item);
+        self.reviews.push(ReviewRef { user, item, time: review.time, line });
+    }
+}
+
 /// The category name of items without meta (and vocabulary id 0).
 pub const DEFAULT_CAT: &str = "default_cat";
 

@@ -104,6 +104,51 @@ fn comirec_s_books_interactions_prepare_into_the_samples_of_their_time_sorted_se
     assert!(clicked == positives(&from_reversed), "the clicked samples of reversed lines differ");
 }
 
+/// The same interactions as RecBole's atomic `.inter` file (tab-separated, typed names, a rating
+/// column, times written as floats) and as Amazon Reviews'23's benchmark file (`user_id,
+/// parent_asin,rating,timestamp,history`, the history of each row the user's items before it):
+/// read by their headers into the same dataset as ComiRec's file, byte for byte.
+#[test]
+fn recbole_and_amazon_2023_interaction_files_are_read_by_their_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("mind_train_demo.txt")).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+    let mut recbole = String::from("user_id:token\titem_id:token\trating:float\ttimestamp:float\n");
+    let mut amazon = String::from("user_id,parent_asin,rating,timestamp,history\n");
+    let mut histories: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for f in &rows {
+        recbole.push_str(&format!("{}\t{}\t5.0\t{}.0\n", f[0], f[1], f[2]));
+        let history = histories.entry(f[0]).or_default();
+        amazon.push_str(&format!("{},{},5.0,{},{}\n", f[0], f[1], f[2], history.join(" ")));
+        history.push(f[1]);
+    }
+    let comirec = tmp.path().join("comirec");
+    assert!(prepare("interactions", &fixture("mind_train_demo.txt"), &comirec, &[]).status.success());
+    for (name, text) in [("books.inter", recbole), ("Books.train.csv", amazon)] {
+        let (input, out) = (tmp.path().join(name), tmp.path().join(format!("from-{name}")));
+        std::fs::write(&input, text).unwrap();
+        let done = prepare("interactions", &input, &out, &[]);
+        assert!(done.status.success(), "{name}: {}", stderr(&done));
+        assert!(!stderr(&done).contains("skipped"), "{name}: {}", stderr(&done));
+        for file in ["train.rkyv", "test.rkyv", "items.tsv", "users.tsv", "cats.tsv"] {
+            let same = std::fs::read(comirec.join(file)).unwrap() == std::fs::read(out.join(file)).unwrap();
+            assert!(same, "{name}: {file} differs from ComiRec's file's");
+        }
+    }
+    // A header that names no time column is refused, not read with the rating as the time.
+    let no_time = tmp.path().join("no-time.csv");
+    std::fs::write(&no_time, "user_id,item_id,rating\n1,2,5\n1,3,4\n2,3,5\n").unwrap();
+    let refused = prepare("interactions", &no_time, &tmp.path().join("no-time"), &[]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(
+            "no valid interaction (line 2: missing field: the header (`user_id,item_id,rating`) names no time column"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 /// A click repeated later in a log is a behaviour of its own (interaction logs and sequences
 /// record every click; only reviews are one per user and item); a byte-order mark opening the
 /// file is not part of its first user's name.
