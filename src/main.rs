@@ -1364,23 +1364,32 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         ("--seed", a.seed.is_some()),
     ];
     let common = ["--protocol", "--max-hist-len", "--seed"];
-    let (format, reads, why): (&str, Vec<&str>, &str) = match a.input_format {
+    // Why the format reads none of `why_for`, when a flag among them is given.
+    let (format, reads, why_for, why): (&str, Vec<&str>, &[&str], &str) = match a.input_format {
         InputFormat::Amazon2014 | InputFormat::Amazon2018 | InputFormat::Amazon2023 => {
-            ("amazon2014|amazon2018|amazon2023", [&["--reviews", "--meta", "--oracle"][..], &common].concat(), "")
+            ("amazon2014|amazon2018|amazon2023", [&["--reviews", "--meta", "--oracle"][..], &common].concat(), &[], "")
         }
         InputFormat::Sequences => (
             "sequences",
             [&["--sequences", "--item-attributes", "--category-attribute", "--max-attributes"][..], &common].concat(),
+            &[],
             "",
         ),
-        InputFormat::Interactions => {
-            ("interactions", [&["--interactions"][..], &common].concat(), " (every item is in `default_cat`)")
-        }
-        InputFormat::Dien => {
-            ("dien", vec!["--dien-dir"], " (DIEN's files fix the protocol, the history length and the samples)")
-        }
+        InputFormat::Interactions => (
+            "interactions",
+            [&["--interactions"][..], &common].concat(),
+            &["--meta", "--item-attributes", "--category-attribute", "--max-attributes"],
+            " (every item is in `default_cat`)",
+        ),
+        InputFormat::Dien => (
+            "dien",
+            vec!["--dien-dir"],
+            &common,
+            " (DIEN's files fix the protocol, the history length and the samples)",
+        ),
     };
     let ignored: Vec<&str> = given.iter().filter(|(flag, is)| *is && !reads.contains(flag)).map(|(f, _)| *f).collect();
+    let why = if ignored.iter().any(|flag| why_for.contains(flag)) { why } else { "" };
     ensure_usage!(ignored.is_empty(), "--input-format {format} does not read {}{why}", ignored.join(", "));
     let protocol = a.protocol.unwrap_or(Protocol::Dien);
     let (max_hist_len, seed) = (a.max_hist_len.unwrap_or(20), a.seed.unwrap_or(1));

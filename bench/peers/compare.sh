@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# micn beside DeepCTR-Torch on the same real samples and settings, in one run: DIN and DIEN (and
-# micn's with MICN, and with MICN's wider embeddings but its loss off, `micn.lambda = 0`: the
-# capacity-matched ablation), test AUC and training samples/s, 1 thread, batch 128, embedding 18,
-# history 20, Adam lr 1e-3, the same epochs.
+# micn beside DeepCTR-Torch and RecBole on the same real samples and settings, in one run: DIN and
+# DIEN (and micn's with MICN, and with MICN's wider embeddings but its loss off, `micn.lambda = 0`:
+# the capacity-matched ablation), test AUC and training samples/s, 1 thread, batch 128, embedding
+# 18, history 20, Adam lr 1e-3, the same epochs.
 #
 #   bench/peers/compare.sh REVIEWS.json.gz [META.json.gz]
 #   bench/peers/compare.sh SEQUENCES.txt [ITEM2ATTRIBUTES.json]
@@ -11,20 +11,22 @@
 # SEQUENCES: time-ordered sequences (`user item item …`, e.g. S3-Rec's Toys_and_Games.txt in
 # tests/fixtures/s3rec-toys-2014/), with the items' attributes for their categories.
 # Env: OUT (default runs/peers), EPOCHS (2), SEEDS ("1 2 3"), MODELS ("din dien"; micn also runs
-# wide_deep, mind, mfn and camn, the peer only din and dien), CATEGORY_ATTRIBUTE (3: for sequences,
+# wide_deep, mind, mfn and camn, the peers only din and dien), CATEGORY_ATTRIBUTE (3: for sequences,
 # which attribute is an item's category). MFN's centres are pretrained (`micn export mfn-centres`)
 # from the seed's DIN run without MICN, trained first when MODELS does not list din before mfn.
 #
-# DeepCTR-Torch 0.3.0 goes into its own virtual environment under the micn cache, which reuses the
-# torch that set-up installed (a .pth file), with scikit-learn and numpy from PyPI: it is never a
-# dependency of micn. The samples reach it through `micn data export` (the arrays micn's loader
-# collates). Prints a Markdown table, and writes every result to OUT/results.jsonl.
+# DeepCTR-Torch 0.3.0 and RecBole 1.2.1 go each into its own virtual environment under the micn
+# cache, which reuses the torch that set-up installed (a .pth file), with their other dependencies
+# from PyPI (RecBole's pinned below NumPy 2, which it does not run on): neither is a dependency of
+# micn. The samples reach them through `micn data export` (the arrays micn's loader collates;
+# RecBole's as its benchmark files, written from them by recbole_peer.py). PEERS ("deepctr
+# recbole") picks the peers. Prints a Markdown table, and writes every result to OUT/results.jsonl.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
-[[ $# -ge 1 ]] || { sed -n 2,21p "$0" >&2; exit 2; }
-[[ $1 == -h || $1 == --help ]] && { sed -n 2,21p "$0"; exit 0; }
+[[ $# -ge 1 ]] || { sed -n 2,24p "$0" >&2; exit 2; }
+[[ $1 == -h || $1 == --help ]] && { sed -n 2,24p "$0"; exit 0; }
 # Inputs are checked before any set-up or build.
 for input in "$@"; do [[ -f $input ]] || { echo "error: $input: no such file" >&2; exit 3; }; done
 input=$1
@@ -33,14 +35,27 @@ out=${OUT:-runs/peers}
 epochs=${EPOCHS:-2}
 seeds=${SEEDS:-1 2 3}
 models=${MODELS:-din dien}
+peers=${PEERS:-deepctr recbole}
+for name in $peers; do
+  [[ $name == deepctr || $name == recbole ]] || { echo "error: PEERS: unknown peer $name (deepctr, recbole)" >&2; exit 3; }
+done
 
 bash cluster/setup-node.sh
 cargo build --release -p micn --bin micn
 micn=target/release/micn
 
-# --- the peer's environment ------------------------------------------------------------------
+# --- the peers' environments ----------------------------------------------------------------
 source bench/peers/peer-venv.sh
-peer_venv deepctr-torch==0.3.0 numpy scikit-learn tqdm requests
+declare -A peer_python
+if [[ " $peers " == *" deepctr "* ]]; then
+  peer_venv deepctr-torch==0.3.0 numpy scikit-learn tqdm requests
+  peer_python[deepctr]=$peer/bin/python
+fi
+if [[ " $peers " == *" recbole "* ]]; then
+  peer_venv recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy<1.14" "scikit-learn<1.6" tqdm colorlog colorama pyyaml \
+    tabulate texttable thop tensorboard
+  peer_python[recbole]=$peer/bin/python
+fi
 
 # --- the same samples for both ---------------------------------------------------------------
 source bench/peers/samples.sh
@@ -91,8 +106,10 @@ print(json.dumps({"trainer": "micn", "model": sys.argv[2], "micn": sys.argv[3], 
 EOF
     done
     [[ $model == din || $model == dien ]] || continue
-    "$peer/bin/python" bench/peers/deepctr_peer.py --data "$out/arrays" --model "$model" --epochs "$epochs" \
-      --seed "$seed" | tail -n 1 | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["seed"]='"$seed"'; r["micn"]="off"; print(json.dumps(r))' >>"$results"
+    for name in $peers; do
+      "${peer_python[$name]}" "bench/peers/${name}_peer.py" --data "$out/arrays" --model "$model" --epochs "$epochs" \
+        --seed "$seed" | tail -n 1 | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["seed"]='"$seed"'; r["micn"]="off"; print(json.dumps(r))' >>"$results"
+    done
   done
 done
 

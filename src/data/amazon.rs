@@ -81,10 +81,15 @@ pub fn parse_review_2023(line: &str) -> Result<Review, Bad> {
 
 /// A review line that did not parse: when it holds the key only the other releases' reviews
 /// have (`parent_asin` for 2023, `reviewerID` for 2014 and 2018), it is named as theirs, with the
-/// `--input-format` that reads it; otherwise the JSON error.
+/// `--input-format` that reads it (2023's meta, keyed by `parent_asin` too but without a user,
+/// is named as meta); otherwise the JSON error.
 fn other_release(line: &str, their_key: &str, e: &serde_json::Error) -> Bad {
-    if !line.contains(&format!("\"{their_key}\"")) {
+    let has = |key: &str| line.contains(&format!("\"{key}\""));
+    if !has(their_key) {
         return Bad::from_json(e);
+    }
+    if their_key == "parent_asin" && !has("user_id") {
+        return Bad::new(BadKind::WrongType, "Amazon 2023 item metadata (`parent_asin`, no user), not a review");
     }
     let (release, format) = if their_key == "parent_asin" {
         ("2023 review (`user_id`, `parent_asin`, `timestamp`)", "amazon2023")
@@ -140,6 +145,10 @@ pub fn parse_price_text(text: &str) -> Option<f64> {
 /// in `categories`.
 pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     let value = pyliteral::parse(line).map_err(|e| {
+        // JSON's null and true do not parse here: 2023's meta holds them.
+        if line.contains("\"parent_asin\"") {
+            return meta_2023_elsewhere();
+        }
         let kind = if e.message.contains("unterminated") || e.message.contains("end of input") {
             BadKind::Truncated
         } else {
@@ -152,8 +161,8 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     }
     // JSON without true/false/null is also a Python literal, so a reviews file or a 2018 meta
     // file would parse here and silently give every item `default_cat`; their keys tell them apart.
-    if value.get("reviewerID").is_some() {
-        return Err(Bad::new(BadKind::WrongType, "a review (it has `reviewerID`), not item metadata"));
+    if let Some(key) = ["reviewerID", "user_id"].into_iter().find(|key| value.get(key).is_some()) {
+        return Err(a_review(key));
     }
     if value.get("category").is_some() && value.get("categories").is_none() {
         return Err(Bad::new(BadKind::WrongType, "2018 metadata (flat `category`), not 2014 (`categories`)"));
@@ -186,6 +195,11 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     }
     .filter(|p| p.is_finite() && *p >= 0.0);
     Ok(ItemMeta { item, category: path.last().cloned(), path, brand: py_text(&value, "brand"), price })
+}
+
+/// A review line read as meta: it names a user (`key`).
+fn a_review(key: &str) -> Bad {
+    Bad::new(BadKind::WrongType, format!("a review (it has `{key}`), not item metadata"))
 }
 
 /// A 2023 meta line read as an earlier release's.
@@ -224,6 +238,9 @@ struct RawMeta2018<'a> {
     categories: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "reviewerID")]
     reviewer_id: Option<serde::de::IgnoredAny>,
+    /// Only to recognise a 2023 review (see [`parse_meta_2018`]).
+    #[serde(default)]
+    user_id: Option<serde::de::IgnoredAny>,
     /// Read as any JSON value: only a string counts (the attribute table's brand).
     #[serde(default)]
     brand: Option<serde_json::Value>,
@@ -236,8 +253,8 @@ pub fn parse_meta_2018(line: &str) -> Result<ItemMeta, Bad> {
     let raw: RawMeta2018 = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
     // Without these checks a reviews file, or 2014 metadata converted to JSON, would be read as
     // metadata without categories: every item `default_cat`, silently.
-    if raw.reviewer_id.is_some() {
-        return Err(Bad::new(BadKind::WrongType, "a review (it has `reviewerID`), not item metadata"));
+    if raw.reviewer_id.is_some() || raw.user_id.is_some() {
+        return Err(a_review(if raw.reviewer_id.is_some() { "reviewerID" } else { "user_id" }));
     }
     let asin = match raw.asin {
         None if raw.parent_asin.is_some() => return Err(meta_2023_elsewhere()),
@@ -293,8 +310,8 @@ struct Details2023 {
 /// `details.Brand`, else `store`; `price` a number or null.
 pub fn parse_meta_2023(line: &str) -> Result<ItemMeta, Bad> {
     let raw: RawMeta2023 = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
-    if raw.user_id.is_some() || raw.reviewer_id.is_some() {
-        return Err(Bad::new(BadKind::WrongType, "a review (it has a user), not item metadata"));
+    if raw.reviewer_id.is_some() || raw.user_id.is_some() {
+        return Err(a_review(if raw.reviewer_id.is_some() { "reviewerID" } else { "user_id" }));
     }
     let item =
         match raw.parent_asin {
@@ -504,5 +521,15 @@ mod tests {
         for line in [review, review_2023] {
             assert_eq!(parse_meta_2023(line).unwrap_err().kind, BadKind::WrongType, "{line}");
         }
+        // 2023's reviews hold an `asin` (the variant): they are reviews to the earlier parsers too.
+        for bad in [parse_meta_2018(review_2023), parse_meta_2014(review_2023)] {
+            assert_eq!(bad.unwrap_err().detail, "a review (it has `user_id`), not item metadata");
+        }
+        // 2023's meta, with JSON's null, is named as 2023's by the 2014 parser, and as meta by
+        // the review parser.
+        let meta_2023_null = r#"{"main_category": "Books", "price": null, "categories": [], "parent_asin": "X"}"#;
+        assert!(parse_meta_2014(meta_2023_null).unwrap_err().detail.contains("amazon2023"));
+        let bad = parse_review(meta_2023_null).unwrap_err();
+        assert_eq!(bad.detail, "Amazon 2023 item metadata (`parent_asin`, no user), not a review");
     }
 }

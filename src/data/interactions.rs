@@ -35,17 +35,20 @@ pub fn unknown_item(k: usize) -> u32 {
 /// One `user,item,time` line: what a review line gives, so `prepare` reads both alike.
 pub type Interaction = super::amazon::Review;
 
-/// A line's fields, trimmed: separated by tabs where it holds one (RecBole's atomic files), else
-/// by commas. Which field is what, [`Columns`] says, in file order.
+/// A line's fields, trimmed, each without the double quotes a CSV writer may put around it:
+/// separated by tabs where it holds one (RecBole's atomic files), else by commas. An empty field
+/// first or last is a field (the empty history of a user's first row). Which field is what,
+/// [`Columns`] says, in file order.
 pub fn split_row(line: &str) -> Result<Vec<String>, Bad> {
     let delimiter = if line.contains('\t') { '\t' } else { ',' };
-    Ok(line.trim().split(delimiter).map(|f| f.trim().to_string()).collect())
+    let unquote = |f: &str| f.strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(f).to_string();
+    Ok(line.split(delimiter).map(|f| unquote(f.trim())).collect())
 }
 
 /// The names a header may give each column, lower case, most specific first (Amazon'23's
 /// `parent_asin` is the item where `asin` is beside it: the variant reviewed).
 const USER_NAMES: [&str; 5] = ["user_id", "userid", "user", "reviewerid", "uid"];
-const ITEM_NAMES: [&str; 6] = ["parent_asin", "item_id", "itemid", "item", "asin", "iid"];
+const ITEM_NAMES: [&str; 8] = ["parent_asin", "item_id", "itemid", "item", "asin", "iid", "movie_id", "movieid"];
 const TIME_NAMES: [&str; 4] = ["timestamp", "time", "unixreviewtime", "ts"];
 /// The types RecBole's atomic files append to a column's name (`user_id:token`).
 const RECBOLE_TYPES: [&str; 4] = ["token", "token_seq", "float", "float_seq"];
@@ -69,23 +72,33 @@ enum Layout {
 }
 
 impl Columns {
-    /// The interaction of `row` (fields of [`split_row`]); `None` for the header, here or
-    /// repeated (files concatenated with their headers).
+    /// The interaction of `row` (fields of [`split_row`]); `None` for a header: the first row's,
+    /// or one further down (files concatenated with their headers, which then name the columns
+    /// of the rows after them).
     pub fn read(&mut self, mut row: Vec<String>) -> Result<Option<Interaction>, Bad> {
-        let layout = match &self.layout {
-            Some(layout) => layout,
-            None => {
-                let (layout, header) = Layout::of_first(&row);
-                self.layout = Some(layout);
-                if header {
-                    return Ok(None);
-                }
-                self.layout.as_ref().expect("just set")
+        if self.layout.is_none() {
+            let (layout, header) = Layout::of_first(&row);
+            self.layout = Some(layout);
+            if header {
+                return Ok(None);
             }
-        };
-        let (user, item, time) = match layout {
+        }
+        match self.interaction(&mut row) {
+            Ok(interaction) => Ok(Some(interaction)),
+            // A row that is no interaction may be a header (none reads as one).
+            Err(bad) => match Layout::of_first(&row) {
+                (layout, true) => {
+                    self.layout = Some(layout);
+                    Ok(None)
+                }
+                (_, false) => Err(bad),
+            },
+        }
+    }
+
+    fn interaction(&self, row: &mut [String]) -> Result<Interaction, Bad> {
+        let (user, item, time) = match self.layout.as_ref().expect("set by the first row") {
             Layout::Unusable(why) => return Err(Bad::new(BadKind::MissingField, why.clone())),
-            Layout::Named { header, .. } if *header == row => return Ok(None),
             Layout::Named { header, user, item, time } => {
                 if row.len() != header.len() {
                     return Err(Bad::new(
@@ -105,9 +118,10 @@ impl Columns {
                 return Err(Bad::new(
                     BadKind::Malformed,
                     format!(
-                        "expected `user,item,time` (3 fields), found {} (a first line naming the columns, such as \
-                         `user_id,item_id,rating,timestamp`, has them read by name)",
-                        row.len()
+                        "expected `user,item,time` (3 fields), found {} (a first line naming the columns has them \
+                         read by name: {})",
+                        row.len(),
+                        names_read()
                     ),
                 ))
             }
@@ -117,8 +131,7 @@ impl Columns {
             return Err(Bad::new(BadKind::MissingField, "an empty user or item"));
         }
         let time = parse_time(&row[time])?;
-        let (user, item) = (std::mem::take(&mut row[user]), std::mem::take(&mut row[item]));
-        Ok(Some(Interaction { user, item, time }))
+        Ok(Interaction { user: std::mem::take(&mut row[user]), item: std::mem::take(&mut row[item]), time })
     }
 
     /// Which columns are read, for the log: `None` for ComiRec's three.
@@ -139,8 +152,8 @@ impl Columns {
 }
 
 impl Layout {
-    /// The layout the first row gives, and whether that row is a header (it names a user and an
-    /// item column).
+    /// The layout a first row gives, and whether that row is a header (it names a user, an item
+    /// or a time column; one that does not name all three refuses every row).
     fn of_first(row: &[String]) -> (Layout, bool) {
         let names: Vec<String> = row
             .iter()
@@ -150,19 +163,28 @@ impl Layout {
             })
             .collect();
         let find = |candidates: &[&str]| candidates.iter().find_map(|c| names.iter().position(|n| n == c));
-        let (Some(user), Some(item)) = (find(&USER_NAMES), find(&ITEM_NAMES)) else {
-            return (Layout::Comirec, false);
-        };
-        let layout = match find(&TIME_NAMES) {
-            Some(time) => Layout::Named { header: row.to_vec(), user, item, time },
-            None => Layout::Unusable(format!(
-                "the header (`{}`) names no time column ({}): the order of a user's interactions is unknown",
-                row.join(","),
-                TIME_NAMES.join(", ")
-            )),
+        let layout = match (find(&USER_NAMES), find(&ITEM_NAMES), find(&TIME_NAMES)) {
+            (None, None, None) => return (Layout::Comirec, false),
+            (Some(user), Some(item), Some(time)) => Layout::Named { header: row.to_vec(), user, item, time },
+            (user, item, _) => {
+                let missing = match (user, item) {
+                    (None, _) => format!("no user column ({})", USER_NAMES.join(", ")),
+                    (_, None) => format!("no item column ({})", ITEM_NAMES.join(", ")),
+                    _ => format!(
+                        "no time column ({}): the order of a user's interactions is unknown",
+                        TIME_NAMES.join(", ")
+                    ),
+                };
+                Layout::Unusable(format!("the header (`{}`) names {missing}", row.join(",")))
+            }
         };
         (layout, true)
     }
+}
+
+/// The names a header may give its columns, for messages.
+fn names_read() -> String {
+    format!("user {}; item {}; time {}", USER_NAMES.join(", "), ITEM_NAMES.join(", "), TIME_NAMES.join(", "))
 }
 
 /// A time: an integer, or a whole number written as a float (RecBole's `timestamp:float`).
@@ -172,6 +194,9 @@ fn parse_time(text: &str) -> Result<i64, Bad> {
     }
     match text.parse::<f64>() {
         Ok(time) if time.is_finite() && time.fract() == 0.0 && time.abs() < 2f64.powi(53) => Ok(time as i64),
+        Ok(time) if time.is_finite() && time.fract() == 0.0 => {
+            Err(Bad::new(BadKind::WrongType, format!("time `{text}` is out of range (beyond ±2^53)")))
+        }
         Ok(_) => Err(Bad::new(BadKind::WrongType, format!("time `{text}` is not a whole number"))),
         Err(_) => Err(Bad::new(BadKind::WrongType, format!("time `{text}` is not an integer"))),
     }
@@ -222,9 +247,10 @@ enum Line {
 }
 
 fn parse_line(line: &str) -> Result<Line, Bad> {
-    // RecBole's header (`user_id:token<TAB>…`) opens as a split line does, but holds tabs.
+    // RecBole's header (`user_id:token<TAB>…`, or with commas) opens as a split line does, but
+    // holds tabs or commas, which split lines separate nothing with.
     let line_start = line.trim_start();
-    if !line_start.starts_with("user_id:") || line_start.contains('\t') {
+    if !line_start.starts_with("user_id:") || line_start.contains(['\t', ',']) {
         return split_row(line).map(Line::Row);
     }
     let (mut user, mut history, mut truth) = (None, Vec::new(), Vec::new());
@@ -294,6 +320,12 @@ impl HeldOut {
         };
         if form == HeldOutForm::Interactions {
             split = split_interactions(interactions);
+        }
+        if split.is_empty() {
+            return Err(DataError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("no held-out user (the file has {} lines: a header alone)", summary.lines),
+            });
         }
         let mut held = HeldOut {
             users: Vec::with_capacity(split.len()),
@@ -494,6 +526,26 @@ mod tests {
             "{}",
             refused.detail
         );
+        // One without a user column too.
+        let refused = rows("item,rating,timestamp\n2,5,1\n").pop().unwrap().unwrap_err();
+        assert!(refused.detail.contains("names no user column (user_id,"), "{}", refused.detail);
+    }
+
+    #[test]
+    fn quoted_fields_empty_edge_fields_and_a_second_header_are_read_as_written() {
+        // A CSV writer's quotes (R's write.csv; Python's QUOTE_ALL), MovieLens' names.
+        let quoted = "\"userId\",\"movieId\",\"rating\",\"timestamp\"\n\"1\",\"31\",\"2.5\",\"1260759144\"\n";
+        assert_eq!(rows(quoted), [Ok(None), Ok(interaction("1", "31", 1260759144))]);
+        // A tab-separated row whose first or last field is empty keeps it (a user's first row in
+        // Amazon'23's benchmark file has no history).
+        assert_eq!(split_row("U\tB\t5.0\t7\t").unwrap(), ["U", "B", "5.0", "7", ""]);
+        let tsv = "user_id\tparent_asin\trating\ttimestamp\thistory\nU\tB\t5.0\t7\t\n";
+        assert_eq!(rows(tsv), [Ok(None), Ok(interaction("U", "B", 7))]);
+        // Files concatenated with headers of other orders: each header names the rows after it.
+        let two = "user_id,item_id,timestamp\n1,a,5\ntimestamp,rating,item_id,user_id\n6,5.0,b,2\n";
+        assert_eq!(rows(two), [Ok(None), Ok(interaction("1", "a", 5)), Ok(None), Ok(interaction("2", "b", 6))]);
+        let huge = rows("1,2,1e300\n").pop().unwrap().unwrap_err();
+        assert_eq!(huge.detail, "time `1e300` is out of range (beyond ±2^53)");
     }
 
     #[test]
@@ -503,5 +555,11 @@ mod tests {
                        7\ta\t1\n9\tb\t3\n9\tc\t5\n";
         assert_eq!(read(recbole, 20).unwrap(), plain);
         assert_eq!(plain.form, HeldOutForm::Interactions);
+        // RecBole's typed names with commas are a header too, not a split line.
+        let typed = "user_id:token,item_id:token,timestamp:float\n7,c,5\n7,b,3\n9,a,1\n7,e,3\n7,a,1\n9,b,3\n9,c,5\n";
+        assert_eq!(read(typed, 20).unwrap(), plain);
+        // A header alone holds no user.
+        let alone = read("user_id,item_id,timestamp\n", 20).unwrap_err().to_string();
+        assert!(alone.contains("no held-out user (the file has 1 lines: a header alone)"), "{alone}");
     }
 }
