@@ -9,7 +9,6 @@ Alone, it trains with DeepCTR-Torch's own `fit`. Under `torchrun --nproc_per_nod
 Run by bench/peers/compare.sh and bench/peers/compare-ranks.sh, in the virtual environment they
 make (DeepCTR-Torch is never a dependency of micn itself).
 """
-import argparse
 import json
 import os
 import time
@@ -21,9 +20,7 @@ from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat, get_feature_names
 from deepctr_torch.models import DIEN, DIN
 from sklearn.metrics import roc_auc_score
 
-
-def load(split_dir):
-    return {name[:-4]: np.load(os.path.join(split_dir, name)) for name in os.listdir(split_dir) if name.endswith(".npy")}
+from peer_common import arguments, load
 
 
 def inputs(split, negatives):
@@ -42,15 +39,7 @@ def inputs(split, negatives):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", required=True, help="the directory `micn data export` wrote")
-    p.add_argument("--model", choices=["din", "dien"], required=True)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--dim", type=int, default=18)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=1)
+    p = arguments(__doc__)
     p.add_argument("--ddp", action="store_true", help="train under torchrun with DistributedDataParallel")
     args = p.parse_args()
 

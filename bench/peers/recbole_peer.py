@@ -12,7 +12,6 @@ kept as it is. Evaluation is RecBole's `labeled` mode: the AUC of every test sam
 Run by bench/peers/compare.sh in the virtual environment it makes (RecBole is never a dependency
 of micn itself).
 """
-import argparse
 import json
 import logging
 import os
@@ -21,12 +20,9 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
 import torch
 
-
-def load(split_dir):
-    return {name[:-4]: np.load(os.path.join(split_dir, name)) for name in os.listdir(split_dir) if name.endswith(".npy")}
+from peer_common import arguments, load
 
 
 def write_inter(path, split, dien, negatives):
@@ -62,15 +58,7 @@ def write_items(path, splits):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", required=True, help="the directory `micn data export` wrote")
-    p.add_argument("--model", choices=["din", "dien"], required=True)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--dim", type=int, default=18)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=1)
+    p = arguments(__doc__)
     args = p.parse_args()
     # RecBole reads the command line as its own settings, and warns of pandas' deprecations.
     sys.argv = sys.argv[:1]
@@ -86,6 +74,8 @@ def main():
     train, test = load(os.path.join(args.data, "train")), load(os.path.join(args.data, "test"))
     dien = args.model == "dien"
     with tempfile.TemporaryDirectory() as tmp:
+        # RecBole writes its logs and TensorBoard events under the working directory.
+        os.chdir(tmp)
         os.makedirs(os.path.join(tmp, "micn"))
         write_inter(os.path.join(tmp, "micn", "micn.train.inter"), train, dien, "noclick_items")
         write_inter(os.path.join(tmp, "micn", "micn.test.inter"), test, dien, "hist_items")
