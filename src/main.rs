@@ -1377,9 +1377,9 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         ),
         InputFormat::Interactions => (
             "interactions",
-            [&["--interactions"][..], &common].concat(),
-            &["--meta", "--item-attributes", "--category-attribute", "--max-attributes"],
-            " (every item is in `default_cat`)",
+            [&["--interactions", "--meta"][..], &common].concat(),
+            &["--item-attributes", "--category-attribute", "--max-attributes"],
+            " (its items' categories come from Amazon meta, --meta)",
         ),
         InputFormat::Dien => (
             "dien",
@@ -1448,7 +1448,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
                 reviews: a
                     .interactions
                     .ok_or_else(|| UsageError("--input-format interactions needs --interactions FILE".into()))?,
-                meta: None,
+                meta: a.meta,
                 protocol,
                 max_hist_len,
                 seed,

@@ -338,6 +338,20 @@ pub fn parse_meta_2023(line: &str) -> Result<ItemMeta, Bad> {
     Ok(ItemMeta { item, category: path.last().cloned(), path, brand, price: json_price(raw.price) })
 }
 
+/// Parse one meta line of whichever release wrote it: 2014's Python literal by its quotes,
+/// 2023's JSON by its `parent_asin`, else 2018's JSON; a line that release's parser refuses is
+/// tried as the others' (2014 metadata written as JSON), and refused with the first refusal. For
+/// files that come without a release of their own (interaction logs beside Amazon's meta).
+pub fn parse_meta_any(line: &str) -> Result<ItemMeta, Bad> {
+    if line.trim_start().starts_with("{'") {
+        return parse_meta_2014(line);
+    }
+    let first: fn(&str) -> _ = if line.contains("\"parent_asin\"") { parse_meta_2023 } else { parse_meta_2018 };
+    first(line).or_else(|bad| {
+        [parse_meta_2023, parse_meta_2018, parse_meta_2014].into_iter().find_map(|parse| parse(line).ok()).ok_or(bad)
+    })
+}
+
 /// The meta parser of a release.
 pub fn meta_parser(release: Release) -> fn(&str) -> Result<ItemMeta, Bad> {
     match release {
@@ -479,6 +493,22 @@ mod tests {
         assert_eq!(kind(r#"{"parent_asin": "", "categories": []}"#), BadKind::MissingField);
         assert_eq!(kind(r#"{"title": "x"}"#), BadKind::MissingField);
         assert_eq!(kind(r#"{"parent_asin": "X", "categories": "Books"}"#), BadKind::WrongType);
+    }
+
+    #[test]
+    fn meta_of_any_release_is_read_as_its_line_shows() {
+        let lines = [
+            "{'asin': 'A', 'categories': [['Toys & Games', 'Puzzles']]}",
+            r#"{"asin": "B", "categories": [["Books", "Poetry"]]}"#,
+            r#"{"asin": "C", "category": ["Books", "Fiction"], "description": ["not \"parent_asin\" here"]}"#,
+            r#"{"parent_asin": "D", "categories": ["Electronics", "Cables"], "price": null}"#,
+        ];
+        let read: Vec<(String, Option<String>)> =
+            lines.iter().map(|l| parse_meta_any(l).map(|m| (m.item, m.category)).unwrap()).collect();
+        let expected = [("A", "Puzzles"), ("B", "Poetry"), ("C", "Fiction"), ("D", "Cables")];
+        assert_eq!(read, expected.map(|(item, cat)| (item.to_string(), Some(cat.to_string()))));
+        let review = r#"{"reviewerID": "A1", "asin": "B", "unixReviewTime": 1}"#;
+        assert_eq!(parse_meta_any(review).unwrap_err().detail, "a review (it has `reviewerID`), not item metadata");
     }
 
     #[test]

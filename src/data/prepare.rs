@@ -543,7 +543,7 @@ fn read_corpus(
 
     corpus.item_cat = vec![default_cat; corpus.items.len()];
     warnings.extend(issue_warnings(&reviews_summary));
-    if job.layout == Layout::Interactions {
+    if job.layout == Layout::Interactions && job.meta.is_none() {
         warnings.push(format!("interactions carry no categories: every item is in category `{DEFAULT_CAT}`"));
         return Ok((corpus, vec![reviews_summary], None));
     }
@@ -568,7 +568,12 @@ fn read_corpus(
     // A reviewed item described again on a later line: the first line is kept, as for reviews.
     let (mut repeated, mut first_repeat) = (0u64, None);
     let mut without_category = 0u64;
-    let meta_summary = input::parse_lines(meta_path, job.strictness, amazon::meta_parser(job.release), |m, line| {
+    // Interactions name no release: each meta line is read as its own shows.
+    let (parse_meta, meta_form) = match job.layout {
+        Layout::Interactions => (amazon::parse_meta_any as fn(&str) -> _, "Amazon (2014, 2018 or 2023)"),
+        _ => (amazon::meta_parser(job.release), job.release.meta_form()),
+    };
+    let meta_summary = input::parse_lines(meta_path, job.strictness, parse_meta, |m, line| {
         good_meta += 1;
         if let Some(item) = corpus.items.get(&m.item) {
             if has_meta[item as usize] {
@@ -603,8 +608,7 @@ fn read_corpus(
         return Err(DataError::Invalid {
             path: meta_path.clone(),
             message: format!(
-                "does not look like a {} meta file: {bad_meta} of {} lines rejected{example}",
-                job.release.meta_form(),
+                "does not look like a {meta_form} meta file: {bad_meta} of {} lines rejected{example}",
                 meta_summary.lines
             ),
         });
@@ -787,6 +791,9 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
             CategorySource::Meta,
             json!({ "protocol_summary": summary, "items_without_meta": n, "release": job.release }),
         ),
+        (Some(n), false) if job.layout == Layout::Interactions => {
+            (CategorySource::Meta, json!({ "protocol_summary": summary, "items_without_meta": n, "source": source }))
+        }
         (Some(n), false) => (
             CategorySource::Attributes,
             json!({ "protocol_summary": summary, "items_without_category_attribute": n, "source": source }),

@@ -184,6 +184,39 @@ fn amazon_2023_files_prepare_as_the_same_data_in_2018_form_do() {
     let d: Value = serde_json::from_slice(&std::fs::read(tmp.path().join("2023/dataset.json")).unwrap()).unwrap();
     assert_eq!((d["source"].as_str(), d["notes"]["release"].as_str()), (Some("amazon2023"), Some("amazon2023")), "{d}");
 
+    // The same reviews as Amazon'23's benchmark file (`user_id,parent_asin,rating,timestamp,
+    // history`; a user's repeated item left out, as its scripts do and as reviews are read),
+    // prepared as interactions beside either release's meta: the same dataset again.
+    let mut csv = String::from("user_id,parent_asin,rating,timestamp,history\n");
+    let mut histories: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &reviews {
+        let (user, item) = (r["user_id"].as_str().unwrap(), r["parent_asin"].as_str().unwrap());
+        let history = histories.entry(user.to_string()).or_default();
+        if history.iter().any(|seen| seen == item) {
+            continue;
+        }
+        csv.push_str(&format!("{user},{item},{},{},{}\n", r["rating"], r["timestamp"], history.join(" ")));
+        history.push(item.to_string());
+    }
+    let benchmark = tmp.path().join("Gift_Cards.csv");
+    std::fs::write(&benchmark, csv).unwrap();
+    for (meta, out) in [(&meta_2023, "csv-2023-meta"), (&gift_meta, "csv-2018-meta")] {
+        let mut cmd = Command::new(micn_bin());
+        cmd.args(["prepare", "--input-format", "interactions", "--protocol", "din", "--max-hist-len", "10"]);
+        cmd.arg("--interactions").arg(&benchmark).arg("--meta").arg(meta).arg("--out").arg(tmp.path().join(out));
+        let done = cmd.output().unwrap();
+        assert!(done.status.success(), "{out}: {}", stderr(&done));
+        for file in
+            ["train.rkyv", "test.rkyv", "users.tsv", "items.tsv", "cats.tsv", "attributes.tsv", "item_attributes.u32"]
+        {
+            let read = |dir: &str| std::fs::read(tmp.path().join(dir).join(file)).unwrap();
+            assert!(read("2018") == read(out), "{file} differs between the reviews and {out}");
+        }
+        let d: Value =
+            serde_json::from_slice(&std::fs::read(tmp.path().join(out).join("dataset.json")).unwrap()).unwrap();
+        assert_eq!((d["source"].as_str(), d["categories"].as_str()), (Some("interactions"), Some("meta")), "{d}");
+    }
+
     // Each release's files read as another's are named, with the format that reads them.
     let wrong = prepare("amazon2018", &reviews_2023, &gift_meta, "wrong-reviews");
     assert_eq!(wrong.status.code(), Some(3), "{}", stderr(&wrong));

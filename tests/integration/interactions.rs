@@ -208,10 +208,11 @@ fn bad_interaction_lines_are_counted_or_fatal_with_strict_naming_the_line() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("interactions.txt:3: wrong type: time `two` is not an integer"), "{}", stderr(&out));
     assert!(!tmp.path().join("strict").exists(), "nothing written");
-    // A meta file has no meaning here: refused, not ignored.
-    let out = prepare("interactions", &input, &tmp.path().join("meta"), &["--meta", "x.json"]);
+    // Sequences' attribute lists have no meaning here: refused, not ignored.
+    let out = prepare("interactions", &input, &tmp.path().join("meta"), &["--item-attributes", "x.json"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("--input-format interactions does not read --meta"), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("--input-format interactions does not read --item-attributes (its items' categories come from Amazon meta, --meta)"), "{said}");
 }
 
 #[test]
