@@ -472,7 +472,8 @@ enum InputFormat {
     Amazon2023,
     /// `user item item …` per line, time-ordered (SASRec, S3-Rec, RecBole's Amazon sets).
     Sequences,
-    /// `user,item,time` per line (ComiRec's Amazon Books and Taobao training files).
+    /// `user,item,time` per line (ComiRec's Amazon Books and Taobao training files), or the
+    /// columns a header line names (RecBole's `.inter`, Amazon Reviews'23's benchmark files).
     Interactions,
     Dien,
 }
@@ -487,7 +488,8 @@ struct PrepareArgs {
     /// Sequences file (`--input-format sequences`: `user item item …` per line, in time order).
     #[arg(long)]
     sequences: Option<PathBuf>,
-    /// Interactions file (`--input-format interactions`: `user,item,time` per line).
+    /// Interactions file (`--input-format interactions`: `user,item,time` per line, or the
+    /// columns a header line names, tab- or comma-separated).
     #[arg(long)]
     interactions: Option<PathBuf>,
     /// Item attributes for sequences: JSON `{"item": [attribute ids]}` (S3-Rec's item2attributes).
@@ -502,8 +504,9 @@ struct PrepareArgs {
     /// [default: 8]
     #[arg(long)]
     max_attributes: Option<usize>,
-    /// Meta file (2014: Python literals; 2018 and 2023: JSON; gzip or plain). Optional: without
-    /// it every item is in `default_cat` (no category signal).
+    /// Meta file (2014: Python literals; 2018 and 2023: JSON; gzip or plain; beside interactions,
+    /// each line read as its release writes it). Optional: without it every item is in
+    /// `default_cat` (no category signal).
     #[arg(long)]
     meta: Option<PathBuf>,
     /// Directory with DIEN's local_train_splitByUser, local_test_splitByUser, ... files.
@@ -1399,7 +1402,10 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
             let release = match a.input_format {
                 InputFormat::Amazon2014 => Release::Amazon2014,
                 InputFormat::Amazon2018 => Release::Amazon2018,
-                _ => Release::Amazon2023,
+                InputFormat::Amazon2023 => Release::Amazon2023,
+                InputFormat::Sequences | InputFormat::Interactions | InputFormat::Dien => {
+                    unreachable!("an Amazon input format")
+                }
             };
             ensure_usage!(max_hist_len > 0, "--max-hist-len must be at least 1");
             let job = prepare::AmazonJob {

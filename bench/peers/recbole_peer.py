@@ -5,9 +5,12 @@ test AUC.
 The samples reach RecBole as its benchmark atomic files (`benchmark_filename`): one row per
 sample with its label and its history as `item_id_list` (DIEN: micn's no-click draws as
 `neg_item_id_list`), each item's category in the `.item` file, which RecBole's DIN and DIEN embed
-beside the item as micn's do. RecBole builds both models' attention and head from one
-`mlp_hidden_size` (here micn's head, 200-80) with batch norm in the head; that is RecBole's model,
-kept as it is. Evaluation is RecBole's `labeled` mode: the AUC of every test sample's score.
+beside the item as micn's do (an item micn's vocabulary lacks, id 0, is one token to RecBole,
+which gives it one category: micn and DeepCTR-Torch see such a sample's own category). RecBole
+builds both models' attention and head from one `mlp_hidden_size` (here micn's head, 200-80) with
+batch norm in the head, and its DIEN (not its DIN) feeds the user's embedding to the head; that
+is RecBole's model, kept as it is. Evaluation is RecBole's `labeled` mode: the AUC of every test
+sample's score.
 
 Run by bench/peers/compare.sh in the virtual environment it makes (RecBole is never a dependency
 of micn itself).
@@ -20,6 +23,7 @@ import tempfile
 import time
 import warnings
 
+import numpy as np
 import torch
 
 from peer_common import arguments, load
@@ -45,11 +49,16 @@ def write_inter(path, split, dien, negatives):
 
 
 def write_items(path, splits):
-    """Each item's category (`item_id cat`), from every sample's target and history."""
+    """Each item's category (`item_id cat`), from every sample's target, history and no-click
+    draws (the first seen where one is given twice: only id 0 is)."""
     cat_of = {}
     for split in splits:
-        for items, cats in ((split["items"][:, None], split["cats"][:, None]), (split["hist_items"], split["hist_cats"])):
-            for item, cat in zip(items.ravel().tolist(), cats.ravel().tolist()):
+        shown = np.arange(split["hist_items"].shape[1])[None, :] < split["hist_len"][:, None]
+        pairs = [(split["items"], split["cats"]), (split["hist_items"][shown], split["hist_cats"][shown])]
+        if "noclick_items" in split:
+            pairs.append((split["noclick_items"][shown], split["noclick_cats"][shown]))
+        for items, cats in pairs:
+            for item, cat in zip(items.tolist(), cats.tolist()):
                 cat_of.setdefault(item, cat)
     with open(path, "w") as f:
         f.write("item_id:token\tcat:token\n")
@@ -89,6 +98,9 @@ def main():
                 "checkpoint_dir": tmp,
                 "benchmark_filename": ["train", "test", "test"],
                 "load_col": {"inter": inter, "item": ["item_id", "cat"]},
+                # Every sample is kept where its file put it (RecBole would drop rows of items
+                # the .item file lacks, then cut the splits by the files' first sizes).
+                "filter_inter_by_user_or_item": False,
                 "alias_of_item_id": inter[3:],
                 "LABEL_FIELD": "label",
                 "TIME_FIELD": None,
@@ -119,6 +131,9 @@ def main():
         torch.set_num_threads(args.threads)
         dataset = create_dataset(config)
         train_data, _, test_data = data_preparation(config, dataset)
+        for name, split, data in (("train", train, train_data), ("test", test, test_data)):
+            if len(data.dataset) != len(split["labels"]):
+                raise SystemExit(f"RecBole holds {len(data.dataset)} {name} samples of {len(split['labels'])}")
         model = (DIEN if dien else DIN)(config, train_data.dataset).to(config["device"])
         trainer = Trainer(config, model)
         started = time.perf_counter()

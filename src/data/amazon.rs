@@ -53,7 +53,7 @@ struct RawReview<'a> {
 
 /// Parse one 2014 or 2018 review line (both use `reviewerID`, `asin`, `unixReviewTime`).
 pub fn parse_review(line: &str) -> Result<Review, Bad> {
-    let raw: RawReview = serde_json::from_str(line).map_err(|e| other_release(line, "parent_asin", &e))?;
+    let raw: RawReview = serde_json::from_str(line).map_err(|e| review_refused(line, Release::Amazon2018, &e))?;
     if raw.user.is_empty() || raw.asin.is_empty() {
         return Err(Bad::new(BadKind::MissingField, "empty reviewerID or asin"));
     }
@@ -72,31 +72,31 @@ struct RawReview2023<'a> {
 
 /// Parse one 2023 review line: `user_id`, `parent_asin` (the item), `timestamp` (milliseconds).
 pub fn parse_review_2023(line: &str) -> Result<Review, Bad> {
-    let raw: RawReview2023 = serde_json::from_str(line).map_err(|e| other_release(line, "reviewerID", &e))?;
+    let raw: RawReview2023 = serde_json::from_str(line).map_err(|e| review_refused(line, Release::Amazon2023, &e))?;
     if raw.user_id.is_empty() || raw.parent_asin.is_empty() {
         return Err(Bad::new(BadKind::MissingField, "empty user_id or parent_asin"));
     }
     Ok(Review { user: raw.user_id.into_owned(), item: raw.parent_asin.into_owned(), time: raw.timestamp })
 }
 
-/// A review line that did not parse: when it holds the key only the other releases' reviews
-/// have (`parent_asin` for 2023, `reviewerID` for 2014 and 2018), it is named as theirs, with the
-/// `--input-format` that reads it (2023's meta, keyed by `parent_asin` too but without a user,
-/// is named as meta); otherwise the JSON error.
-fn other_release(line: &str, their_key: &str, e: &serde_json::Error) -> Bad {
+/// Why a line that `release`'s review parser could not read is no review of its: what its keys
+/// show it is (another release's review, with the `--input-format` that reads it, or item
+/// metadata), else the JSON error (a review of its own release, malformed).
+fn review_refused(line: &str, release: Release, e: &serde_json::Error) -> Bad {
     let has = |key: &str| line.contains(&format!("\"{key}\""));
-    if !has(their_key) {
-        return Bad::from_json(e);
+    let named = |detail: &str| Bad::new(BadKind::WrongType, detail);
+    match (has("parent_asin"), has("user_id"), has("reviewerID"), has("asin")) {
+        (true, true, _, _) if release != Release::Amazon2023 => {
+            named("an Amazon 2023 review (`user_id`, `parent_asin`, `timestamp`): read with --input-format amazon2023")
+        }
+        (false, _, true, _) if release == Release::Amazon2023 => named(
+            "an Amazon 2014 or 2018 review (`reviewerID`, `asin`, `unixReviewTime`): read with --input-format \
+             amazon2014 or amazon2018",
+        ),
+        (true, false, false, _) => named("Amazon 2023 item metadata (`parent_asin`, no user), not a review"),
+        (false, false, false, true) => named("Amazon 2018 item metadata (`asin`, no user), not a review"),
+        _ => Bad::from_json(e),
     }
-    if their_key == "parent_asin" && !has("user_id") {
-        return Bad::new(BadKind::WrongType, "Amazon 2023 item metadata (`parent_asin`, no user), not a review");
-    }
-    let (release, format) = if their_key == "parent_asin" {
-        ("2023 review (`user_id`, `parent_asin`, `timestamp`)", "amazon2023")
-    } else {
-        ("2014 or 2018 review (`reviewerID`, `asin`, `unixReviewTime`)", "amazon2014 or amazon2018")
-    };
-    Bad::new(BadKind::WrongType, format!("an Amazon {release}: read with --input-format {format}"))
 }
 
 /// The review parser of a release.
@@ -145,9 +145,12 @@ pub fn parse_price_text(text: &str) -> Option<f64> {
 /// in `categories`.
 pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     let value = pyliteral::parse(line).map_err(|e| {
-        // JSON's null and true do not parse here: 2023's meta holds them.
+        // JSON's null and true do not parse here: 2023's files hold them.
+        if line.contains("\"user_id\"") {
+            return review_not_meta("user_id");
+        }
         if line.contains("\"parent_asin\"") {
-            return meta_2023_elsewhere();
+            return meta_of_2023();
         }
         let kind = if e.message.contains("unterminated") || e.message.contains("end of input") {
             BadKind::Truncated
@@ -162,7 +165,7 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     // JSON without true/false/null is also a Python literal, so a reviews file or a 2018 meta
     // file would parse here and silently give every item `default_cat`; their keys tell them apart.
     if let Some(key) = ["reviewerID", "user_id"].into_iter().find(|key| value.get(key).is_some()) {
-        return Err(a_review(key));
+        return Err(review_not_meta(key));
     }
     if value.get("category").is_some() && value.get("categories").is_none() {
         return Err(Bad::new(BadKind::WrongType, "2018 metadata (flat `category`), not 2014 (`categories`)"));
@@ -170,7 +173,7 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
     let item = match value.get("asin") {
         Some(PyValue::Str(s)) if !s.is_empty() => s.clone(),
         Some(_) => return Err(Bad::new(BadKind::WrongType, "`asin` must be a non-empty string")),
-        None if value.get("parent_asin").is_some() => return Err(meta_2023_elsewhere()),
+        None if value.get("parent_asin").is_some() => return Err(meta_of_2023()),
         None => return Err(Bad::new(BadKind::MissingField, "missing field `asin`")),
     };
     let path = match value.get("categories") {
@@ -198,12 +201,24 @@ pub fn parse_meta_2014(line: &str) -> Result<ItemMeta, Bad> {
 }
 
 /// A review line read as meta: it names a user (`key`).
-fn a_review(key: &str) -> Bad {
+fn review_not_meta(key: &str) -> Bad {
     Bad::new(BadKind::WrongType, format!("a review (it has `{key}`), not item metadata"))
 }
 
+/// The key of a JSON meta line that says it is a review: `reviewerID` or `user_id`.
+fn user_key(
+    reviewer_id: &Option<serde::de::IgnoredAny>,
+    user_id: &Option<serde::de::IgnoredAny>,
+) -> Option<&'static str> {
+    match (reviewer_id, user_id) {
+        (Some(_), _) => Some("reviewerID"),
+        (_, Some(_)) => Some("user_id"),
+        _ => None,
+    }
+}
+
 /// A 2023 meta line read as an earlier release's.
-fn meta_2023_elsewhere() -> Bad {
+fn meta_of_2023() -> Bad {
     Bad::new(BadKind::WrongType, "2023 metadata (`parent_asin`, no `asin`): read with --input-format amazon2023")
 }
 
@@ -253,11 +268,11 @@ pub fn parse_meta_2018(line: &str) -> Result<ItemMeta, Bad> {
     let raw: RawMeta2018 = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
     // Without these checks a reviews file, or 2014 metadata converted to JSON, would be read as
     // metadata without categories: every item `default_cat`, silently.
-    if raw.reviewer_id.is_some() || raw.user_id.is_some() {
-        return Err(a_review(if raw.reviewer_id.is_some() { "reviewerID" } else { "user_id" }));
+    if let Some(key) = user_key(&raw.reviewer_id, &raw.user_id) {
+        return Err(review_not_meta(key));
     }
     let asin = match raw.asin {
-        None if raw.parent_asin.is_some() => return Err(meta_2023_elsewhere()),
+        None if raw.parent_asin.is_some() => return Err(meta_of_2023()),
         None => return Err(Bad::new(BadKind::MissingField, "missing field `asin`")),
         Some(asin) => asin,
     };
@@ -310,8 +325,8 @@ struct Details2023 {
 /// `details.Brand`, else `store`; `price` a number or null.
 pub fn parse_meta_2023(line: &str) -> Result<ItemMeta, Bad> {
     let raw: RawMeta2023 = serde_json::from_str(line).map_err(|e| Bad::from_json(&e))?;
-    if raw.reviewer_id.is_some() || raw.user_id.is_some() {
-        return Err(a_review(if raw.reviewer_id.is_some() { "reviewerID" } else { "user_id" }));
+    if let Some(key) = user_key(&raw.reviewer_id, &raw.user_id) {
+        return Err(review_not_meta(key));
     }
     let item =
         match raw.parent_asin {
@@ -346,10 +361,13 @@ pub fn parse_meta_any(line: &str) -> Result<ItemMeta, Bad> {
     if line.trim_start().starts_with("{'") {
         return parse_meta_2014(line);
     }
-    let first: fn(&str) -> _ = if line.contains("\"parent_asin\"") { parse_meta_2023 } else { parse_meta_2018 };
-    first(line).or_else(|bad| {
-        [parse_meta_2023, parse_meta_2018, parse_meta_2014].into_iter().find_map(|parse| parse(line).ok()).ok_or(bad)
-    })
+    type Parse = fn(&str) -> Result<ItemMeta, Bad>;
+    let order: [Parse; 3] = if line.contains("\"parent_asin\"") {
+        [parse_meta_2023, parse_meta_2018, parse_meta_2014]
+    } else {
+        [parse_meta_2018, parse_meta_2023, parse_meta_2014]
+    };
+    order[0](line).or_else(|bad| order[1..].iter().find_map(|parse| parse(line).ok()).ok_or(bad))
 }
 
 /// The meta parser of a release.
@@ -500,7 +518,7 @@ mod tests {
         let lines = [
             "{'asin': 'A', 'categories': [['Toys & Games', 'Puzzles']]}",
             r#"{"asin": "B", "categories": [["Books", "Poetry"]]}"#,
-            r#"{"asin": "C", "category": ["Books", "Fiction"], "description": ["not \"parent_asin\" here"]}"#,
+            r#"{"asin": "C", "category": ["Books", "Fiction"], "note": "parent_asin"}"#,
             r#"{"parent_asin": "D", "categories": ["Electronics", "Cables"], "price": null}"#,
         ];
         let read: Vec<(String, Option<String>)> =
@@ -551,15 +569,21 @@ mod tests {
         for line in [review, review_2023] {
             assert_eq!(parse_meta_2023(line).unwrap_err().kind, BadKind::WrongType, "{line}");
         }
-        // 2023's reviews hold an `asin` (the variant): they are reviews to the earlier parsers too.
-        for bad in [parse_meta_2018(review_2023), parse_meta_2014(review_2023)] {
+        // 2023's reviews hold an `asin` (the variant): they are reviews to the earlier parsers too,
+        // JSON's true in them (the real line of the 2023 test above) or not.
+        let real_2023 = r#"{"rating": 5.0, "asin": "B00YQ6X8EO", "parent_asin": "B00YQ6X8EO", "user_id": "AGKHLEW2SOWHNMFQIJGBECAF7INQ", "timestamp": 1588687728923, "helpful_vote": 0, "verified_purchase": true}"#;
+        for bad in [parse_meta_2018(review_2023), parse_meta_2014(review_2023), parse_meta_2014(real_2023)] {
             assert_eq!(bad.unwrap_err().detail, "a review (it has `user_id`), not item metadata");
         }
         // 2023's meta, with JSON's null, is named as 2023's by the 2014 parser, and as meta by
         // the review parser.
         let meta_2023_null = r#"{"main_category": "Books", "price": null, "categories": [], "parent_asin": "X"}"#;
         assert!(parse_meta_2014(meta_2023_null).unwrap_err().detail.contains("amazon2023"));
-        let bad = parse_review(meta_2023_null).unwrap_err();
-        assert_eq!(bad.detail, "Amazon 2023 item metadata (`parent_asin`, no user), not a review");
+        for bad in [parse_review(meta_2023_null), parse_review_2023(meta_2023_null)] {
+            assert_eq!(bad.unwrap_err().detail, "Amazon 2023 item metadata (`parent_asin`, no user), not a review");
+        }
+        for bad in [parse_review(meta_2018), parse_review_2023(meta_2018)] {
+            assert_eq!(bad.unwrap_err().detail, "Amazon 2018 item metadata (`asin`, no user), not a review");
+        }
     }
 }

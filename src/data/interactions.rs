@@ -35,14 +35,34 @@ pub fn unknown_item(k: usize) -> u32 {
 /// One `user,item,time` line: what a review line gives, so `prepare` reads both alike.
 pub type Interaction = super::amazon::Review;
 
-/// A line's fields, trimmed, each without the double quotes a CSV writer may put around it:
-/// separated by tabs where it holds one (RecBole's atomic files), else by commas. An empty field
-/// first or last is a field (the empty history of a user's first row). Which field is what,
-/// [`Columns`] says, in file order.
+/// A line's fields, trimmed: separated by tabs where it holds one (RecBole's atomic files, which
+/// quote nothing), else by commas as CSV writes them (a field in double quotes may hold commas,
+/// and `""` for a quote). An empty field first or last is a field (the empty history of a user's
+/// first row). Which field is what, [`Columns`] says, in file order. (Never an error: a `Result`
+/// for [`input::parse_lines_checked`].)
 pub fn split_row(line: &str) -> Result<Vec<String>, Bad> {
-    let delimiter = if line.contains('\t') { '\t' } else { ',' };
-    let unquote = |f: &str| f.strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(f).to_string();
-    Ok(line.split(delimiter).map(|f| unquote(f.trim())).collect())
+    if line.contains('\t') {
+        return Ok(line.split('\t').map(|f| f.trim().to_string()).collect());
+    }
+    let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' if quoted => quoted = false,
+            '"' if field.trim().is_empty() => {
+                field.clear();
+                quoted = true;
+            }
+            ',' if !quoted => fields.push(std::mem::take(&mut field).trim().to_string()),
+            c => field.push(c),
+        }
+    }
+    fields.push(field.trim().to_string());
+    Ok(fields)
 }
 
 /// The names a header may give each column, lower case, most specific first (Amazon'23's
@@ -58,16 +78,17 @@ const RECBOLE_TYPES: [&str; 4] = ["token", "token_seq", "float", "float_seq"];
 #[derive(Debug, Default)]
 pub struct Columns {
     /// `None` before the first row.
-    layout: Option<Layout>,
+    layout: Option<ColumnLayout>,
 }
 
 #[derive(Debug)]
-enum Layout {
+enum ColumnLayout {
     /// `user,item,time`, no header.
     Comirec,
     /// Named by a header: its fields as written, and where the user, the item and the time are.
     Named { header: Vec<String>, user: usize, item: usize, time: usize },
-    /// A header that names no time column: every row is refused with this.
+    /// A first row that names some of the columns but not all three: every row is refused with
+    /// this.
     Unusable(String),
 }
 
@@ -77,7 +98,7 @@ impl Columns {
     /// of the rows after them).
     pub fn read(&mut self, mut row: Vec<String>) -> Result<Option<Interaction>, Bad> {
         if self.layout.is_none() {
-            let (layout, header) = Layout::of_first(&row);
+            let (layout, header) = ColumnLayout::of_row(&row);
             self.layout = Some(layout);
             if header {
                 return Ok(None);
@@ -85,21 +106,22 @@ impl Columns {
         }
         match self.interaction(&mut row) {
             Ok(interaction) => Ok(Some(interaction)),
-            // A row that is no interaction may be a header (none reads as one).
-            Err(bad) => match Layout::of_first(&row) {
-                (layout, true) => {
+            // A row that is no interaction may be a header naming all three columns (none reads
+            // as one); one naming fewer is a bad row here, not a reason to refuse the rest.
+            Err(bad) => match ColumnLayout::of_row(&row) {
+                (layout @ ColumnLayout::Named { .. }, _) => {
                     self.layout = Some(layout);
                     Ok(None)
                 }
-                (_, false) => Err(bad),
+                _ => Err(bad),
             },
         }
     }
 
     fn interaction(&self, row: &mut [String]) -> Result<Interaction, Bad> {
         let (user, item, time) = match self.layout.as_ref().expect("set by the first row") {
-            Layout::Unusable(why) => return Err(Bad::new(BadKind::MissingField, why.clone())),
-            Layout::Named { header, user, item, time } => {
+            ColumnLayout::Unusable(why) => return Err(Bad::new(BadKind::MissingField, why.clone())),
+            ColumnLayout::Named { header, user, item, time } => {
                 if row.len() != header.len() {
                     return Err(Bad::new(
                         if row.len() < header.len() { BadKind::MissingField } else { BadKind::Malformed },
@@ -108,13 +130,13 @@ impl Columns {
                 }
                 (*user, *item, *time)
             }
-            Layout::Comirec if row.len() < 3 => {
+            ColumnLayout::Comirec if row.len() < 3 => {
                 return Err(Bad::new(
                     BadKind::MissingField,
                     format!("expected `user,item,time` (3 fields), found {}", row.len()),
                 ))
             }
-            Layout::Comirec if row.len() > 3 => {
+            ColumnLayout::Comirec if row.len() > 3 => {
                 return Err(Bad::new(
                     BadKind::Malformed,
                     format!(
@@ -125,7 +147,7 @@ impl Columns {
                     ),
                 ))
             }
-            Layout::Comirec => (0, 1, 2),
+            ColumnLayout::Comirec => (0, 1, 2),
         };
         if row[user].is_empty() || row[item].is_empty() {
             return Err(Bad::new(BadKind::MissingField, "an empty user or item"));
@@ -137,7 +159,7 @@ impl Columns {
     /// Which columns are read, for the log: `None` for ComiRec's three.
     pub fn describe(&self) -> Option<String> {
         match &self.layout {
-            Some(Layout::Named { header, user, item, time }) => Some(format!(
+            Some(ColumnLayout::Named { header, user, item, time }) => Some(format!(
                 "columns named by its header: user `{}` (column {}), item `{}` ({}), time `{}` ({})",
                 header[*user],
                 user + 1,
@@ -151,10 +173,10 @@ impl Columns {
     }
 }
 
-impl Layout {
-    /// The layout a first row gives, and whether that row is a header (it names a user, an item
+impl ColumnLayout {
+    /// The layout a row gives as the first, and whether it is a header (it names a user, an item
     /// or a time column; one that does not name all three refuses every row).
-    fn of_first(row: &[String]) -> (Layout, bool) {
+    fn of_row(row: &[String]) -> (ColumnLayout, bool) {
         let names: Vec<String> = row
             .iter()
             .map(|field| match field.rsplit_once(':') {
@@ -164,8 +186,8 @@ impl Layout {
             .collect();
         let find = |candidates: &[&str]| candidates.iter().find_map(|c| names.iter().position(|n| n == c));
         let layout = match (find(&USER_NAMES), find(&ITEM_NAMES), find(&TIME_NAMES)) {
-            (None, None, None) => return (Layout::Comirec, false),
-            (Some(user), Some(item), Some(time)) => Layout::Named { header: row.to_vec(), user, item, time },
+            (None, None, None) => return (ColumnLayout::Comirec, false),
+            (Some(user), Some(item), Some(time)) => ColumnLayout::Named { header: row.to_vec(), user, item, time },
             (user, item, _) => {
                 let missing = match (user, item) {
                     (None, _) => format!("no user column ({})", USER_NAMES.join(", ")),
@@ -175,7 +197,7 @@ impl Layout {
                         TIME_NAMES.join(", ")
                     ),
                 };
-                Layout::Unusable(format!("the header (`{}`) names {missing}", row.join(",")))
+                ColumnLayout::Unusable(format!("the header (`{}`) names {missing}", row.join(",")))
             }
         };
         (layout, true)
@@ -324,7 +346,7 @@ impl HeldOut {
         if split.is_empty() {
             return Err(DataError::Invalid {
                 path: path.to_path_buf(),
-                message: format!("no held-out user (the file has {} lines: a header alone)", summary.lines),
+                message: format!("no held-out user (the file has {} lines: only headers)", summary.lines),
             });
         }
         let mut held = HeldOut {
@@ -544,6 +566,11 @@ mod tests {
         // Files concatenated with headers of other orders: each header names the rows after it.
         let two = "user_id,item_id,timestamp\n1,a,5\ntimestamp,rating,item_id,user_id\n6,5.0,b,2\n";
         assert_eq!(rows(two), [Ok(None), Ok(interaction("1", "a", 5)), Ok(None), Ok(interaction("2", "b", 6))]);
+        // CSV's quoting: a quoted field holds commas and doubled quotes.
+        assert_eq!(split_row(r#" "a, b" ,"say ""hi""",,"",x"#).unwrap(), ["a, b", r#"say "hi""#, "", "", "x"]);
+        // A bad row naming a column is a bad row, not a header that refuses the rest.
+        let read = rows("user_id,item_id,timestamp\n1,a,5\n2,item,soon\n3,c,7\n");
+        assert!(read[2].is_err() && read[3] == Ok(interaction("3", "c", 7)), "{read:?}");
         let huge = rows("1,2,1e300\n").pop().unwrap().unwrap_err();
         assert_eq!(huge.detail, "time `1e300` is out of range (beyond ±2^53)");
     }
@@ -560,6 +587,6 @@ mod tests {
         assert_eq!(read(typed, 20).unwrap(), plain);
         // A header alone holds no user.
         let alone = read("user_id,item_id,timestamp\n", 20).unwrap_err().to_string();
-        assert!(alone.contains("no held-out user (the file has 1 lines: a header alone)"), "{alone}");
+        assert!(alone.contains("no held-out user (the file has 1 lines: only headers)"), "{alone}");
     }
 }

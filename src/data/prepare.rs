@@ -449,8 +449,15 @@ impl<'de> serde::Deserialize<'de> for FirstOfEachItem {
 
 /// Duplicate (user, item) reviews: the first in file order is kept; the others are counted as
 /// bad lines, or with `--strict` the first one is fatal. Only reviews: one user reviews an item
-/// once, while sequences and interaction logs record every click, a repeated one too.
-fn drop_duplicates(corpus: &mut Corpus, job: &AmazonJob, reviews_summary: &mut FileSummary) -> Result<(), DataError> {
+/// once, while sequences and interaction logs record every click, a repeated one too. In 2023's
+/// files, where the item is the product (`parent_asin`), a user's reviews of two of its variants
+/// (sizes, colours) are one item reviewed twice: the first is kept, said, never a bad line.
+fn drop_duplicates(
+    corpus: &mut Corpus,
+    job: &AmazonJob,
+    reviews_summary: &mut FileSummary,
+    warnings: &mut Vec<String>,
+) -> Result<(), DataError> {
     let mut order: Vec<u32> = (0..corpus.reviews.len() as u32).collect();
     order.sort_unstable_by_key(|&i| {
         let r = &corpus.reviews[i as usize];
@@ -465,17 +472,24 @@ fn drop_duplicates(corpus: &mut Corpus, job: &AmazonJob, reviews_summary: &mut F
     }
     if let Some(first) = duplicate.iter().position(|&d| d) {
         let line = corpus.reviews[first].line;
-        if job.strictness == Strictness::Strict {
+        if job.release == Release::Amazon2023 {
+            let n = duplicate.iter().filter(|&&d| d).count();
+            warnings.push(format!(
+                "{}: {n} reviews of a product the same user reviewed before (another variant of one \
+                 `parent_asin`; first: line {line}); the first review of each is kept",
+                job.reviews.display()
+            ));
+        } else if job.strictness == Strictness::Strict {
             return Err(DataError::BadLine {
                 path: job.reviews.clone(),
                 line,
                 kind: BadKind::Duplicate,
                 detail: "the same user reviewed the same item earlier in the file".into(),
             });
-        }
-        for (i, r) in corpus.reviews.iter().enumerate().filter(|(i, _)| duplicate[*i]) {
-            let _ = i;
-            reviews_summary.issues.record(BadKind::Duplicate, r.line, "same user and item as an earlier review");
+        } else {
+            for (r, _) in corpus.reviews.iter().zip(&duplicate).filter(|(_, &d)| d) {
+                reviews_summary.issues.record(BadKind::Duplicate, r.line, "same user and item as an earlier review");
+            }
         }
         let mut keep = duplicate.iter().map(|d| !d);
         corpus.reviews.retain(|_| keep.next().expect("one flag per review"));
@@ -538,7 +552,7 @@ fn read_corpus(
         return Err(DataError::Invalid { path: job.reviews.clone(), message: why });
     }
     if job.layout == Layout::Reviews {
-        drop_duplicates(&mut corpus, job, &mut reviews_summary)?;
+        drop_duplicates(&mut corpus, job, &mut reviews_summary, warnings)?;
     }
 
     corpus.item_cat = vec![default_cat; corpus.items.len()];
@@ -568,7 +582,7 @@ fn read_corpus(
     // A reviewed item described again on a later line: the first line is kept, as for reviews.
     let (mut repeated, mut first_repeat) = (0u64, None);
     let mut without_category = 0u64;
-    // Interactions name no release: each meta line is read as its own shows.
+    // Interactions name no release: each meta line is read as the release that wrote it.
     let (parse_meta, meta_form) = match job.layout {
         Layout::Interactions => (amazon::parse_meta_any as fn(&str) -> _, "Amazon (2014, 2018 or 2023)"),
         _ => (amazon::meta_parser(job.release), job.release.meta_form()),
@@ -640,14 +654,15 @@ fn read_corpus(
     let described = has_meta.len() as u64 - without_meta;
     if without_category == described {
         warnings.push(format!(
-            "{}: none of the {described} reviewed items it describes has a category (empty category lists): every \
-             item is in category `{DEFAULT_CAT}` (the models see no category signal)",
+            "{}: none of the {described} reviewed items it describes has a category there: every item is in \
+             category `{DEFAULT_CAT}` (the models see no category signal)",
             meta_path.display()
         ));
     } else if without_category > 0 {
         warnings.push(format!(
-            "{without_category} of the {described} reviewed items with a meta line have no category there: category \
-             `{DEFAULT_CAT}`"
+            "{}: {without_category} of the {described} reviewed items it describes have no category there: \
+             category `{DEFAULT_CAT}`",
+            meta_path.display()
         ));
     }
     warnings.extend(issue_warnings(&meta_summary));
@@ -786,20 +801,22 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         Layout::Interactions => "interactions".to_string(),
         Layout::Reviews => format!("{:?}", job.release).to_lowercase(),
     };
-    let (categories, notes) = match (without_meta, job.layout == Layout::Reviews) {
-        (Some(n), true) => (
+    let (categories, notes) = match (without_meta, job.layout) {
+        (Some(n), Layout::Reviews) => (
             CategorySource::Meta,
             json!({ "protocol_summary": summary, "items_without_meta": n, "release": job.release }),
         ),
-        (Some(n), false) if job.layout == Layout::Interactions => {
+        (Some(n), Layout::Interactions) => {
             (CategorySource::Meta, json!({ "protocol_summary": summary, "items_without_meta": n, "source": source }))
         }
-        (Some(n), false) => (
+        (Some(n), Layout::Sequences(_)) => (
             CategorySource::Attributes,
             json!({ "protocol_summary": summary, "items_without_category_attribute": n, "source": source }),
         ),
-        (None, true) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release })),
-        (None, false) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
+        (None, Layout::Reviews) => {
+            (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "release": job.release }))
+        }
+        (None, _) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
     };
     let meta = write_dataset_with(
         &staging,
