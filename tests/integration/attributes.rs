@@ -98,8 +98,9 @@ fn gift_cards_text(name: &str) -> String {
 /// The real 2018 Gift Cards files written the way Amazon Reviews'23 writes its files (field by
 /// field, from the dataset card: `user_id`, `parent_asin`, `timestamp` in milliseconds; meta
 /// keyed by `parent_asin` with `categories`, `store`, a numeric `price`) prepare into the same
-/// samples, vocabularies and attribute table as the 2018 files; a 2023 file read as 2018 is
-/// named as 2023's, and meta whose category lists are all empty (as 2023's All_Beauty) is said.
+/// samples, vocabularies and attribute table as the 2018 files, and so do the same reviews as
+/// Amazon'23's benchmark file read as interactions beside either meta; a 2023 file read as 2018
+/// is named as 2023's, and meta whose category lists are all empty (as 2023's All_Beauty) is said.
 #[test]
 fn amazon_2023_files_prepare_as_the_same_data_in_2018_form_do() {
     use serde_json::{json, Value};
