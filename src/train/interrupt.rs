@@ -1,6 +1,9 @@
 //! Stopping a run as a value ([`Interrupter`], as burn's learner has one): whoever holds a clone
 //! can ask the run to stop after its current step (which then writes a checkpoint); the stop
-//! signals set the one [`Interrupter::on_signals`] returns.
+//! signals set the one [`Interrupter::on_signals`] returns. While `micn train` starts
+//! ([`starting`]) a second stop signal ends the process at once: nothing is trained yet, and a
+//! start-up read that blocks (a FIFO nobody writes into, a hung network file system) would
+//! otherwise never come back to see the first.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 
@@ -11,11 +14,35 @@ pub struct Interrupter(Arc<AtomicBool>);
 /// The interrupter the signal handler sets.
 static ON_SIGNALS: OnceLock<Interrupter> = OnceLock::new();
 
-extern "C" fn on_signal(_signal: libc::c_int) {
-    // Async-signal-safe: an atomic load (the `OnceLock`), then an atomic store.
+/// Whether the process is starting a run (see [`starting`]).
+static STARTING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    // Async-signal-safe: atomic loads and stores, `write` and `_exit`.
     if let Some(interrupter) = ON_SIGNALS.get() {
+        if STARTING.load(Ordering::SeqCst) && interrupter.is_stopped() {
+            let said = b"micn: a second stop signal while the run starts: stopping now, nothing trained\n";
+            // SAFETY: `write` and `_exit` are async-signal-safe; the buffer outlives the call.
+            unsafe {
+                libc::write(libc::STDERR_FILENO, said.as_ptr().cast(), said.len());
+                libc::_exit(128 + signal);
+            }
+        }
         interrupter.stop();
     }
+}
+
+/// Marks the process as starting a run (configuration, data, model and checkpoint read; nothing
+/// trained): a second stop signal then ends it at once, status 128 + the signal. `micn train`
+/// calls it before anything else.
+pub fn starting() {
+    STARTING.store(true, Ordering::SeqCst);
+}
+
+/// Marks the run as training: from here every stop signal asks for a graceful stop after the
+/// current step, however many come (a scheduler and `micn-launch` may both signal one rank).
+pub fn started() {
+    STARTING.store(false, Ordering::SeqCst);
 }
 
 impl Interrupter {

@@ -393,6 +393,76 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
     assert_eq!(model_bytes(&straight), model_bytes(&stopped), "stopped at step {k}");
 }
 
+/// Whether `pid` has a handler installed for `signal` (`SigCgt` in its `/proc` status).
+fn catches(pid: u32, signal: libc::c_int) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim);
+    caught.is_some_and(|mask| u64::from_str_radix(mask, 16).unwrap() >> (signal - 1) & 1 == 1)
+}
+
+#[test]
+fn a_second_stop_signal_ends_a_run_blocked_while_starting_and_not_one_that_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Blocked for good while starting: its configuration is a FIFO that nobody writes into.
+    let fifo = tmp.path().join("blocked.toml");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+    let mut child = std::process::Command::new(crate::micn_bin())
+        .args(["train", "--config"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let started = std::time::Instant::now();
+    while !catches(pid, libc::SIGTERM) {
+        assert!(started.elapsed().as_secs() < 60, "micn train installed no SIGTERM handler");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: signals to our own child process, not yet reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the first signal asks for a graceful stop only");
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let signalled = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if signalled.elapsed().as_secs() >= 30 {
+            child.kill().unwrap();
+            panic!("a second stop signal left micn train blocked while starting");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGINT), "{stderr}");
+    assert!(stderr.contains("a second stop signal while the run starts: stopping now, nothing trained"), "{stderr}");
+
+    // A run that trains takes any number of stop signals as one graceful stop: a scheduler and
+    // `micn-launch` may both signal a rank.
+    let (dir, path) = endless_run(tmp.path());
+    let child = std::process::Command::new(crate::micn_bin())
+        .args(["train", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_training(&dir);
+    for signal in [libc::SIGTERM, libc::SIGUSR1, libc::SIGINT] {
+        // SAFETY: signals to our own child process, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped by a signal"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let k = summary["steps"].as_u64().unwrap();
+    assert!(dir.join("checkpoints").join(micn::checkpoint::dir_name(k)).join("COMPLETE").exists());
+}
+
 #[test]
 fn an_early_stopped_run_resumed_with_the_same_patience_is_finished_and_rewrites_nothing() {
     let tmp = tempfile::tempdir().unwrap();
