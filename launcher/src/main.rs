@@ -102,8 +102,8 @@ struct Args {
     /// While running on fewer hosts than the hostfile's, seconds between probes of the lost ones.
     #[arg(long, default_value_t = 30)]
     regrow_interval: u64,
-    /// Seconds mpirun has to end the job after a rank has reported an error; past them the
-    /// launcher kills the whole job (mpirun, its daemons and every rank in its process group).
+    /// Seconds mpirun has to end the job after a rank (or mpirun itself: OpenMPI's
+    /// `ORTE_ERROR_LOG`) has reported an error; past them the launcher kills the whole job (mpirun, its daemons and every rank in its process group).
     #[arg(long, default_value_t = 30)]
     exit_grace: u64,
     /// Log lines as text or as JSON objects (passed on to micn; the launcher's own messages, and
@@ -309,8 +309,8 @@ fn without_launch_id(cmd: &[String]) -> Vec<&String> {
 struct Seen {
     /// When the last line arrived (or the attempt started).
     last_output: Option<Instant>,
-    /// When a rank first reported an error.
-    rank_error: Option<Instant>,
+    /// When a rank, or mpirun itself, first reported an error.
+    error: Option<Instant>,
     /// Whether mpirun refused its own command line (an unknown option from `--mpirun-arg`).
     mpirun_usage: bool,
 }
@@ -331,8 +331,10 @@ fn is_mpirun_usage_error(line: &output::Line) -> bool {
     matches!(line, output::Line::Mpirun(text) if REFUSALS.iter().any(|r| text.trim_start().starts_with(r)))
 }
 
-/// Whether a rank's line reports an error that ends it: micn's one-line errors (`error: ...`),
-/// its log lines at level ERROR (`<time> ERROR ...`, its watchdog's), or either as JSON.
+/// Whether a line reports an error that ends the job: a rank's (micn's one-line errors, `error:
+/// ...`, its log lines at level ERROR, `<time> ERROR ...`, its watchdog's, or either as JSON), or
+/// mpirun's own internal error (`ORTE_ERROR_LOG`; PRRTE's `PRTE_ERROR_LOG`), after which it may
+/// wait for good (out of pipes under a low `ulimit -n`, say).
 fn is_error_line(line: &output::Line) -> bool {
     match line {
         output::Line::Rank { rank, text } => {
@@ -343,7 +345,7 @@ fn is_error_line(line: &output::Line) -> bool {
                 || text.split_whitespace().nth(1) == Some("ERROR")
                 || (text.starts_with('{') && text.contains(r#""level":"ERROR""#))
         }
-        output::Line::Mpirun(_) => false,
+        output::Line::Mpirun(text) => text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG"),
     }
 }
 
@@ -364,8 +366,8 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
         {
             let mut seen = seen.lock().expect("output state lock");
             seen.last_output = Some(Instant::now());
-            if seen.rank_error.is_none() && done.iter().any(is_error_line) {
-                seen.rank_error = Some(Instant::now());
+            if seen.error.is_none() && done.iter().any(is_error_line) {
+                seen.error = Some(Instant::now());
             }
             seen.mpirun_usage |= done.iter().any(is_mpirun_usage_error);
         }
@@ -386,7 +388,8 @@ enum Outcome {
     Interrupted(std::process::ExitStatus),
     /// No output for the stall timeout: stopped by us.
     Stalled,
-    /// A rank reported an error and mpirun did not end the job within the grace: killed by us.
+    /// A rank (or mpirun) reported an error and mpirun did not end the job within the grace:
+    /// killed by us.
     Killed,
     /// Stopped with a checkpoint because the hosts it lost answer again: resumes on all of them.
     Regrow,
@@ -562,7 +565,7 @@ struct Regrow {
 }
 
 /// One attempt: mpirun started, its output streamed, stop signals passed on, and the job
-/// watched (silence past the stall timeout, a rank's error that mpirun does not act on, lost
+/// watched (silence past the stall timeout, an error that mpirun does not act on, lost
 /// hosts that answer again). Never waits on a dead job's pipes. Also says whether a rank
 /// reported an error.
 async fn run_once(
@@ -627,7 +630,7 @@ async fn run_once(
             _ = tick.tick() => {
                 let (quiet, error_for) = {
                     let seen = seen.lock().expect("output state lock");
-                    (seen.last_output.map(|t| t.elapsed()).unwrap_or_default(), seen.rank_error.map(|t| t.elapsed()))
+                    (seen.last_output.map(|t| t.elapsed()).unwrap_or_default(), seen.error.map(|t| t.elapsed()))
                 };
                 if let Some(limit) = limits.stall.filter(|&limit| quiet > limit && stops.asked.is_none()) {
                     printer.say("WARN", &format!(
@@ -644,7 +647,7 @@ async fn run_once(
                 }
                 if error_for.is_some_and(|t| t > limits.exit_grace) {
                     printer.say("ERROR", &format!(
-                        "mpirun has not ended the job {:.0} s after a rank's error (--exit-grace): killing the whole job",
+                        "mpirun has not ended the job {:.0} s after the error above (--exit-grace): killing the whole job",
                         limits.exit_grace.as_secs_f64()
                     ));
                     kill_job_group(pid);
@@ -678,23 +681,23 @@ async fn run_once(
         );
     }
     let seen = seen.lock().expect("output state lock");
-    Ok((outcome, Reported { rank_error: seen.rank_error.is_some(), mpirun_usage: seen.mpirun_usage }))
+    Ok((outcome, Reported { error: seen.error.is_some(), mpirun_usage: seen.mpirun_usage }))
 }
 
 /// What an attempt's output said about its end.
 #[derive(Debug, Clone, Copy)]
 struct Reported {
-    /// A rank reported an error.
-    rank_error: bool,
+    /// A rank, or mpirun itself, reported an error.
+    error: bool,
     /// mpirun refused its command line.
     mpirun_usage: bool,
 }
 
-/// Where to look for why a job failed: the ranks' errors printed above or, when no rank
+/// Where to look for why a job failed: the errors printed above or, when no rank (nor mpirun)
 /// reported one, the ranks' own logs.
-fn failure_pointer(rank_error: bool) -> &'static str {
-    match rank_error {
-        true => "see the rank messages above",
+fn failure_pointer(error: bool) -> &'static str {
+    match error {
+        true => "see the error messages above",
         false => "no rank reported an error; each rank's full log is in run.dir/logs/rank-N.log",
     }
 }
@@ -819,7 +822,7 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             interval: Duration::from_secs(args.regrow_interval),
         });
         let (outcome, reported) = run_once(&cmd, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
-        let rank_error = reported.rank_error;
+        let error = reported.error;
         let secs = started.elapsed().as_secs_f64();
         let (why, code) = match outcome {
             Outcome::Finished(status) if !status.success() && reported.mpirun_usage => {
@@ -861,7 +864,7 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                     &format!(
                         "job failed after {secs:.1} s ({status}): an error that running again cannot fix (a \
                          configuration, an argument or the input); not restarting; {}",
-                        failure_pointer(rank_error)
+                        failure_pointer(error)
                     ),
                 );
                 return Ok(EXIT_INPUT_ERROR);
@@ -872,19 +875,19 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 cmd = build_command(&args, &placement)?;
                 continue;
             }
-            // mpirun killed by a signal with no rank's error: from outside the job.
-            Outcome::Finished(status) if status.signal().is_some() && !rank_error => {
+            // mpirun killed by a signal with no error reported: from outside the job.
+            Outcome::Finished(status) if status.signal().is_some() && !error => {
                 (format!("was killed ({status}) from outside: by the kernel's out-of-memory killer, say"), 1)
             }
             Outcome::Finished(status) => (format!("failed ({status})"), status.code().unwrap_or(1)),
             Outcome::Stalled => ("stalled".to_string(), 1),
-            Outcome::Killed => ("was killed after a rank's error".to_string(), 1),
+            Outcome::Killed => ("was killed (mpirun did not end it after the error)".to_string(), 1),
         };
         loop {
             if attempt >= args.max_restarts {
                 // Back-offs and probes since the job ended count too.
                 let secs = started.elapsed().as_secs_f64();
-                printer.say("ERROR", &format!("job {why} after {secs:.1} s; {}", failure_pointer(rank_error)));
+                printer.say("ERROR", &format!("job {why} after {secs:.1} s; {}", failure_pointer(error)));
                 return Ok(code);
             }
             attempt += 1;
@@ -926,6 +929,21 @@ fn shell_quoted(arg: &str) -> String {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, for mpirun and the ranks
+/// it starts here (mpirun takes pipes and sockets for every rank; a shell's soft `ulimit -n` of
+/// 1024, or less, is a default, not a need). A hard limit too low for the job still makes mpirun
+/// fail; the job's watch then ends it (see [`is_error_line`]).
+fn open_files_up_to_the_hard_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to a `rlimit` we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// The launcher's own failures (a bad argument or hostfile, mpirun or micn not found) exit like
 /// micn's input errors: running the same command again cannot help, so nothing retries them.
 fn main() -> ExitCode {
@@ -948,6 +966,7 @@ fn main() -> ExitCode {
         }
     };
     let printer = Printer { json: args.log_format == LogFormat::Json || log_format_json(&args.micn_args) };
+    open_files_up_to_the_hard_limit();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let ended = runtime.block_on(launch(args));
     let _ = std::fs::remove_file(shrunk_hostfile());

@@ -61,12 +61,30 @@ fn a_job_killed_from_outside_is_said_to_be_so_and_points_at_the_rank_logs() {
     assert_eq!(code, 1, "{said}");
     assert!(said.contains("was killed (signal: 9 (SIGKILL)) from outside"), "{said}");
     assert!(said.contains("no rank reported an error; each rank's full log is in run.dir/logs/"), "{said}");
-    assert!(!said.contains("see the rank messages above"), "{said}");
+    assert!(!said.contains("see the error messages above"), "{said}");
     // A rank that reported its error is pointed at instead.
     let mpirun = fake_mpirun(tmp.path(), "echo '[1,0]<stderr>:error: rank 0: the disk is full' >&2; exit 1");
     let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--", "doctor"];
     let (code, stdout, stderr) = launch(&args);
     let said = format!("{stdout}{stderr}");
     assert_eq!(code, 1, "{said}");
-    assert!(said.contains("job failed (exit status: 1)") && said.contains("see the rank messages above"), "{said}");
+    assert!(said.contains("job failed (exit status: 1)") && said.contains("see the error messages above"), "{said}");
+}
+
+#[test]
+fn mpirun_waiting_after_its_own_internal_error_is_killed_after_the_exit_grace() {
+    let tmp = tempfile::tempdir().unwrap();
+    // OpenMPI 4.1 under `ulimit -n 32`: its daemon out of pipes logs this, then waits for good.
+    let said = "[vm:1] [[4321,0],0] ORTE_ERROR_LOG: The system limit on number of pipes a process can open \
+                was reached in file ../../../../../orte/mca/iof/base/iof_base_setup.c at line 128";
+    let mpirun = fake_mpirun(tmp.path(), &format!("echo '{said}' >&2; exec sleep 300"));
+    let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--exit-grace", "1"];
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = launch(&[&args[..], &["--", "doctor"]].concat());
+    let said = format!("{stdout}{stderr}");
+    assert_eq!(code, 1, "{said}");
+    assert!(started.elapsed().as_secs() < 60, "{said}");
+    assert!(said.contains("mpirun has not ended the job 1 s after the error above (--exit-grace)"), "{said}");
+    assert!(said.contains("job was killed (mpirun did not end it after the error)"), "{said}");
+    assert!(said.contains("see the error messages above"), "{said}");
 }

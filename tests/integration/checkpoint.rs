@@ -426,14 +426,7 @@ fn a_second_stop_signal_ends_a_run_blocked_while_starting_and_not_one_that_train
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(child.try_wait().unwrap().is_none(), "the first signal asks for a graceful stop only");
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let signalled = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if signalled.elapsed().as_secs() >= 30 {
-            child.kill().unwrap();
-            panic!("a second stop signal left micn train blocked while starting");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    crate::launch::wait_at_most(&mut child, std::time::Duration::from_secs(30), || "a second stop signal".into());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + libc::SIGINT), "{stderr}");

@@ -51,7 +51,7 @@ pub fn wait_for_training_past(run: &Path, step: u64) {
 }
 
 /// The child's exit status, or a failed test when it runs on for `limit`.
-fn wait_at_most(child: &mut Child, limit: Duration, what: impl Fn() -> String) -> ExitStatus {
+pub fn wait_at_most(child: &mut Child, limit: Duration, what: impl Fn() -> String) -> ExitStatus {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -356,6 +356,40 @@ fn only_rank_0_shows_progress_and_json_lines_stay_json_under_the_launcher() {
         assert!(lines.iter().all(|v| v["rank"] == rank), "{log}");
         assert!(lines.iter().any(|v| v["message"] == "progress"), "{log}");
     }
+}
+
+#[test]
+fn under_a_low_open_files_limit_the_job_runs_or_is_ended_never_waited_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, crate::small_config(&run, &["train.max_steps=4"]).to_toml()).unwrap();
+    // `ulimit -n 32`: mpirun runs out of pipes starting two ranks.
+    let with_limit = |soft: u64, hard: u64| {
+        let mut cmd = launcher();
+        cmd.args(["--np", "2", "--threads", "1", "--max-restarts", "0", "--exit-grace", "2", "--config"]).arg(&path);
+        // SAFETY: setrlimit is async-signal-safe; it changes only the child about to exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &libc::rlimit { rlim_cur: soft, rlim_max: hard }) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        cmd.output().unwrap()
+    };
+    // A low soft limit under a higher hard one: the launcher raises it, and the job runs.
+    let out = with_limit(32, 4096);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A low hard limit: mpirun logs its internal error and waits for good; the launcher ends it.
+    let started = Instant::now();
+    let out = with_limit(32, 32);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    assert!(stderr.contains("ORTE_ERROR_LOG"), "{stderr}");
+    assert!(stderr.contains("mpirun has not ended the job 2 s after the error above (--exit-grace)"), "{stderr}");
 }
 
 #[test]
