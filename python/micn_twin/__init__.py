@@ -18,6 +18,7 @@ dataset's vocabularies, histories cut to another length than the run trained wit
 another validation share (as `export.json` records it; inferred from the held-out count for an
 export written before it did, see `check_valid_share`).
 """
+import hashlib
 import json
 import math
 import tomllib
@@ -35,7 +36,7 @@ INPUTS = ("users", "items", "cats", "hist_items", "hist_cats", "hist_mask")
 
 __all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "check_export", "config_file", "history_length",
            "load", "model_config", "model_file", "read_export", "read_export_info", "read_npy", "read_safetensors",
-           "run_config", "score", "valid_share"]
+           "run_config", "score", "trained_vocabularies", "valid_share", "weights_digest"]
 
 
 def model_file(path) -> Path:
@@ -46,12 +47,51 @@ def model_file(path) -> Path:
     directory = path if path.is_dir() else path.parent
     if path.is_dir():
         path = path / "model.safetensors"
+    if not path.is_file() and (directory / "config.toml").is_file() and (directory / "checkpoints").is_dir():
+        newest = newest_checkpoint(directory / "checkpoints")
+        remedy = "it has no checkpoint yet" if newest is None else f"score its newest checkpoint, {newest}"
+        raise FileNotFoundError(f"{directory}: the run has not finished (its model.safetensors is written at the "
+                                f"end): {remedy}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model file (give a run directory, a checkpoint directory or a "
                                 f".safetensors file)")
     if checkpoint.is_checkpoint(directory) and path.name in checkpoint.FILES:
         checkpoint.verify(directory)
     return path
+
+
+def newest_checkpoint(checkpoints: Path) -> Optional[Path]:
+    """The finished checkpoint (`step-N` with its completion marker) of the highest step, if any."""
+    finished = [d for d in checkpoints.glob("step-*") if d.name[5:].isdigit() and (d / checkpoint.MARKER).exists()]
+    return max(finished, key=lambda d: int(d.name[5:]), default=None)
+
+
+def trained_vocabularies(path) -> Optional[str]:
+    """The digest of the vocabularies the model at `path` was trained with, as micn records it (a
+    checkpoint's `state.json`, a finished run's `summary.json`: `vocabularies`); `None` where
+    there is none (a bare `.safetensors`, a run from before micn recorded it)."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    for name in ("state.json", "summary.json"):
+        try:
+            digest = json.loads((directory / name).read_bytes()).get("vocabularies")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(digest, str):
+            return digest
+    return None
+
+
+def weights_digest(net) -> str:
+    """A digest of every weight and buffer of `net` (by name, dtype, shape and value): the same
+    model gives the same digest wherever it is loaded from (its run or one of its checkpoints
+    holding the same weights), another model another."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def config_file(path) -> Optional[Path]:
@@ -142,7 +182,9 @@ def check_export(export, info: dict, split: str, net, model, lengths=()):
     `micn predict` would not score the same way with `net`, the `Network` loaded from `model`
     (its path, whose run's configuration is read):
 
-    - another dataset's: a vocabulary size other than the model's tables';
+    - another dataset's: a vocabulary size other than the model's tables', or vocabularies
+      other than those the run recorded (their digest, where both the export and the run
+      record it: a dataset prepared again, its ids in another order);
     - histories cut to another length than the run trained with (`data.max_hist_len`; also
       each `(length, what)` of `lengths`, what a TorchScript or ONNX file records);
     - for `valid` and `train`, another validation share than the run's `data.valid_share`
@@ -150,8 +192,13 @@ def check_export(export, info: dict, split: str, net, model, lengths=()):
 
     Without the run's configuration (a bare `.safetensors`) only the vocabularies are compared."""
     info_file = Path(export) / "export.json"
-    check_vocabularies(info, vocabulary_sizes(net), str(info_file), str(model),
-                       f"export the model's own: `{export_command(model, export)}`")
+    fix = f"export the model's own: `{export_command(model, export)}`"
+    check_vocabularies(info, vocabulary_sizes(net), str(info_file), str(model), fix)
+    exported, trained_with = info.get("vocabularies"), trained_vocabularies(model)
+    if isinstance(exported, str) and trained_with is not None and exported != trained_with:
+        raise FileFormatError(f"{info_file}: exported from a dataset whose vocabularies (digest {exported}) are not "
+                              f"those {model} was trained with ({trained_with}), though as large: its ids would "
+                              f"mean other users, items or categories; {fix}")
     trained = history_length(model)
     if trained is not None:
         lengths = ((trained, f"{model}'s run trained on histories of {trained} (data.max_hist_len)"),) + tuple(lengths)

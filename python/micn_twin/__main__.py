@@ -11,30 +11,34 @@ it scores with that file (TorchScript through torch, ONNX through onnxruntime) i
 MODEL's weights. Before scoring, the export must be one `micn predict` would score the same way
 with MODEL (`micn_twin.check_export`): MODEL's vocabulary sizes, the history length its run
 trained with and, for `valid` and `train`, its validation share; a TorchScript or ONNX file must
-hold MODEL's kind of model and vocabularies, and was it made from a run, that run's history
-length. `torchscript` writes `torch.jit.script` of the model with what it was made from in the
-file's extra file `micn.json` (`model_kind`, vocabulary sizes, `trained_history_length`); `onnx`
+hold MODEL's kind of model, vocabularies and weights (the digest it records), and was it made
+from a run, that run's history length. `score` runs torch on the run's `train.threads` threads,
+as `micn predict` does (`OMP_NUM_THREADS`, or torch's default, where the run leaves it at 0).
+`torchscript` writes `torch.jit.script` of the model with what it was made from in the file's
+extra file `micn.json` (`model_kind`, vocabulary sizes, `trained_history_length`, `weights`,
+`source`); `onnx`
 writes the model for histories of T behaviours (the run's `data.max_hist_len` by default),
 checked against the twin by onnxruntime first (see `micn_twin.onnx_file`).
 
 Errors are one line, `error: <file or argument>: <what is wrong>`. The exit status is 3 for
 what running again cannot fix (a bad argument or input file, a lasting write error of `--out`),
 1 for other failures; a closed standard output (`| head`) ends quietly with 141, as a process
-that SIGPIPE ends. `--out` is written whole or not at all, through a temporary file beside it.
+that SIGPIPE ends. `--out` is written whole or not at all, through `.NAME.partial` beside it,
+which a stop signal (SIGTERM, SIGINT, SIGHUP) removes and the next write replaces.
 """
 import argparse
 import errno
 import json
 import os
+import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from . import check_export, check_vocabularies, history_length, load, read_export, read_export_info, score
-from . import vocabulary_sizes
+from . import check_export, check_vocabularies, history_length, load, read_export, read_export_info, run_config
+from . import score, vocabulary_sizes, weights_digest
 from .files import FileFormatError
 from .model import ModelFileError
 from .onnx_file import OnnxError, OnnxModel, export
@@ -84,10 +88,11 @@ def check_out(path: Path):
 
 
 def write_atomically(path: Path, write):
-    """Write through a temporary file beside `path`, renamed over it when complete (with the
-    permissions a new file gets). A link is followed (its target replaced); a device or a pipe
-    (`/dev/stdout`) is written in place. A failure is an `OutputError` naming `path`; a closed
-    pipe is a `BrokenPipeError`."""
+    """Write through `.NAME.partial` beside `path` (as micn names its own), renamed over it when
+    complete (with the permissions a new file gets); a failure or a stop signal removes it, and
+    what SIGKILL leaves the next write replaces. A link is followed (its target replaced); a
+    device or a pipe (`/dev/stdout`) is written in place. A failure is an `OutputError` naming
+    `path`; a closed pipe is a `BrokenPipeError`."""
     try:
         if path.exists() and not path.is_file() and not path.is_dir():
             with open(path, "wb") as f:
@@ -95,7 +100,8 @@ def write_atomically(path: Path, write):
             return
         target = Path(os.path.realpath(path))
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        tmp = target.parent / f".{target.name}.partial"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             umask = os.umask(0)
             os.umask(umask)
@@ -145,19 +151,29 @@ def load_torchscript(path: Path):
 
 
 def torchscript_info(net, model) -> str:
-    """What a TorchScript file records of the model it holds: kind, vocabulary sizes and the
-    history length its run trained with (None for a bare `.safetensors`)."""
+    """What a TorchScript file records of the model it holds: kind, vocabulary sizes, the
+    history length its run trained with (None for a bare `.safetensors`), its weights' digest and
+    where it was made from."""
     trained = history_length(model)
-    return json.dumps({"model_kind": net.kind, **vocabulary_sizes(net), "trained_history_length": trained})
+    return json.dumps({"model_kind": net.kind, **vocabulary_sizes(net), "trained_history_length": trained,
+                       "weights": weights_digest(net), "source": str(model)})
 
 
-def check_same_model(file: Path, command: str, kind: Optional[str], sizes: dict, model, model_path):
-    """A TorchScript or ONNX `file` (written by the twin's `command`) holds the kind of model and
-    the vocabularies of `model`."""
+def check_same_model(file: Path, command: str, recorded: dict, model, model_path):
+    """A TorchScript or ONNX `file` (written by the twin's `command`) holds `model`: its kind,
+    vocabularies and weights as the file `recorded` them (`model_kind`, sizes by `export.json`'s
+    names, `weights`, `source`; what it does not record is not compared)."""
     fix = f"write one from the model: `python -m micn_twin {command} {model_path} --out FILE`"
+    kind = recorded.get("model_kind")
     if kind is not None and kind != model.kind:
         raise FileFormatError(f"{file} holds a {kind} model, {model_path} a {model.kind}; {fix}")
-    check_vocabularies(sizes, vocabulary_sizes(model), str(file), str(model_path), fix)
+    check_vocabularies(recorded, vocabulary_sizes(model), str(file), str(model_path), fix)
+    weights = recorded.get("weights")
+    if isinstance(weights, str) and weights != weights_digest(model):
+        source = recorded.get("source")
+        made = f" (it was made from {source})" if isinstance(source, str) else ""
+        raise FileFormatError(f"{file} holds other weights than {model_path}{made}: its scores would be another "
+                              f"model's; {fix}")
 
 
 def recorded_length(file: Path, length) -> tuple:
@@ -177,11 +193,13 @@ def scoring_net(args, model):
     and the `(length, what)` checks of the history length the file records."""
     if args.torchscript:
         net, info = load_torchscript(args.torchscript)
-        check_same_model(args.torchscript, "torchscript", info.get("model_kind"), info, model, args.model)
+        check_same_model(args.torchscript, "torchscript", info, model, args.model)
         return net, recorded_length(args.torchscript, info.get("trained_history_length"))
     if args.onnx:
         net = OnnxModel(args.onnx)
-        check_same_model(args.onnx, "onnx", net.model_kind, net.vocabularies or {}, model, args.model)
+        recorded = {**(net.vocabularies or {}), "model_kind": net.model_kind, "weights": net.weights,
+                    "source": net.source}
+        check_same_model(args.onnx, "onnx", recorded, model, args.model)
         # Scores comparable with micn predict's need histories as long as the run trained on,
         # which a file for shorter ones cannot take.
         trained = history_length(args.model) or net.trained_history_length
@@ -206,10 +224,20 @@ def check_ids(batch, model, export):
                                   f"{table.shape[0]} entries (exported from another dataset?)")
 
 
+def use_run_threads(model_path):
+    """torch's threads as `micn predict` sets libtorch's for the run: its `train.threads` where
+    set (above 0); else `OMP_NUM_THREADS`, which torch reads, or torch's default."""
+    config = run_config(model_path) or {}
+    threads = config.get("train", {}).get("threads", 0) if isinstance(config.get("train"), dict) else 0
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0:
+        torch.set_num_threads(threads)
+
+
 def run_score(args):
     """`score`: the checks of the module's documentation, then `sample,score` of every sample."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    use_run_threads(args.model)
     model = load(args.model)
     info = read_export_info(args.export)
     net, lengths = scoring_net(args, model)
@@ -279,7 +307,15 @@ def fail(message: str, status: int) -> int:
     return status
 
 
+def stop_on_signal(number, _frame):
+    """A stop signal ends the command as an exception would (so that `--out`'s partial file is
+    removed), with the status the signal's default action gives."""
+    raise SystemExit(128 + number)
+
+
 def main(argv=None) -> int:
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, stop_on_signal)
     try:
         args = build_parser().parse_args(argv)
         check_out(args.out)

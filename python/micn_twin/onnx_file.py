@@ -9,7 +9,8 @@ routing run once per behaviour, so their graphs are unrolled over T), and is the
 which changes no score.
 
 The file records in its metadata the model kind (`micn.model_kind`), T (`micn.history_length`),
-the vocabulary sizes (`micn.vocabularies`, JSON by `export.json`'s names) and, when known, the
+the vocabulary sizes (`micn.vocabularies`, JSON by `export.json`'s names), the digest of its
+weights (`micn.weights`, `micn_twin.weights_digest`), where it was made from (`micn.source`) and, when known, the
 history length the run trained with (`micn.trained_history_length`), so that scoring with it can
 refuse an export it would score differently from `micn predict`.
 
@@ -27,7 +28,7 @@ from typing import Dict, Optional
 
 import torch
 
-from . import INPUTS, vocabulary_sizes
+from . import INPUTS, vocabulary_sizes, weights_digest
 from .model import Network
 
 # The largest difference from the twin's probabilities an exported file may show.
@@ -96,6 +97,7 @@ def export(net: Network, history_length: int, source: str = "model",
         "micn.model_kind": net.kind,
         "micn.history_length": str(history_length),
         "micn.vocabularies": json.dumps(vocabulary_sizes(net)),
+        "micn.weights": weights_digest(net),
         "micn.source": source,
         "micn.inputs": "users, items, cats [batch] int64; hist_items, hist_cats [batch, T] int64 (left-aligned, "
                        "oldest first, padding 0); hist_mask [batch, T] float32 (1 = real behaviour)",
@@ -164,6 +166,8 @@ class OnnxModel:
         self.model_kind: Optional[str] = meta.get("micn.model_kind")
         self.vocabularies: Optional[Dict[str, int]] = self._recorded(meta, "micn.vocabularies", dict)
         self.trained_history_length: Optional[int] = self._recorded(meta, "micn.trained_history_length", int)
+        self.weights: Optional[str] = meta.get("micn.weights")
+        self.source: Optional[str] = meta.get("micn.source")
 
     def _recorded(self, meta: Dict[str, str], key: str, kind: type):
         """The JSON value of metadata `key` (None when absent), which must be a `kind`."""

@@ -7,8 +7,8 @@
 //! `sample` (`[n]` i64: each sample's index in its archive, the number `micn predict` writes),
 //! `users`, `items`, `cats` (`[n]` i64), `labels` (`[n]` f32), `hist_items`, `hist_cats`
 //! (`[n, T]` i64), `hist_len` (`[n]` i64) and, for the training split, `noclick_items`,
-//! `noclick_cats` (`[n, T]` i64); `OUT/export.json` gives the vocabulary sizes (id 0 included),
-//! `max_hist_len`, every split's width `T` (its longest kept history) and sample count. `valid/` exists when a validation share is held out (the
+//! `noclick_cats` (`[n, T]` i64); `OUT/export.json` gives the vocabulary sizes (id 0 included)
+//! and digest (as a run records it with its model), `max_hist_len`, every split's width `T` (its longest kept history) and sample count. `valid/` exists when a validation share is held out (the
 //! split `micn train` holds out with the same `data.valid_share`).
 use std::io::Write as _;
 use std::path::Path;
@@ -84,6 +84,7 @@ fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<E
         "users": dataset.vocab.users.len(),
         "items": dataset.vocab.items.len(),
         "cats": dataset.vocab.cats.len(),
+        "vocabularies": dataset.vocab.digest(),
         "max_hist_len": opts.max_hist_len,
         "valid_share": opts.valid_share,
         "hist_width": widths,

@@ -69,12 +69,15 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// A copy of the directory `from` (files only) at `to`.
+/// A copy of the directory `from` at `to`, its subdirectories included.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_dir(&entry.path(), &to.join(entry.file_name())),
+            false => drop(std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap()),
+        }
     }
 }
 

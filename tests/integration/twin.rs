@@ -631,8 +631,81 @@ fn the_twin_refuses_what_micn_predict_would_score_otherwise_or_refuse() {
         );
     }
     assert!(!out.exists());
+    // What a write SIGKILL cut short is replaced by the next one, not left beside it.
+    let partial = tmp.path().join(".refused.csv.partial");
+    std::fs::write(&partial, "sample,score\n0,0.5\n").unwrap();
     run_ok(&mut score(&share, "test"));
+    assert!(!partial.exists(), "a partial file was left beside --out");
     std::fs::remove_file(&out).unwrap();
+    // An export of a dataset prepared again (vocabularies as large, other ids: another digest
+    // than the run recorded) is refused, as micn predict refuses that dataset.
+    let info_of = |export: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(export.join("export.json")).unwrap()).unwrap()
+    };
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(info_of(&export)["vocabularies"], summary["vocabularies"], "the export records the run's digest");
+    let relabelled = tmp.path().join("relabelled");
+    crate::copy_dir(&export, &relabelled);
+    let mut info = info_of(&export);
+    info["vocabularies"] = "0123456789abcdef".into();
+    std::fs::write(relabelled.join("export.json"), serde_json::to_vec(&info).unwrap()).unwrap();
+    refused_with(
+        &mut score(&relabelled, "test"),
+        3,
+        &[
+            "relabelled/export.json: exported from a dataset whose vocabularies (digest 0123456789abcdef)",
+            "export the model's own",
+        ],
+    );
+    // A run that has not finished: its newest checkpoint named.
+    let unfinished_run = tmp.path().join("unfinished-run");
+    crate::copy_dir(&run, &unfinished_run);
+    std::fs::remove_file(unfinished_run.join("model.safetensors")).unwrap();
+    let newest = unfinished_run.join("checkpoints").join(micn::checkpoint::dir_name(2));
+    let mut cmd = twin(&["score", "--export"]);
+    refused_with(
+        cmd.arg(&export).arg(&unfinished_run).arg("--out").arg(&out),
+        3,
+        &["the run has not finished", &format!("score its newest checkpoint, {}", newest.display())],
+    );
+    // A TorchScript file of another model of the same kind and data (another seed): refused by
+    // its weights, naming the run it was made from.
+    let reseeded = tmp.path().join("reseeded");
+    let cfg =
+        crate::small_config(&reseeded, &["model.kind=din", "train.max_steps=2", "train.epochs=1", "train.seed=7"]);
+    train_from(&cfg, &SingleProcess, &Resume::Fresh).unwrap();
+    let reseeded_pt = tmp.path().join("reseeded.pt");
+    run_ok(twin(&["torchscript"]).arg(&reseeded).arg("--out").arg(&reseeded_pt));
+    let made = format!("holds other weights than {} (it was made from {})", run.display(), reseeded.display());
+    refused_with(score(&export, "test").arg("--torchscript").arg(&reseeded_pt), 3, &[made.as_str()]);
+    // Its own checkpoint of the last step holds the same weights: accepted.
+    let own_pt = tmp.path().join("own.pt");
+    run_ok(
+        twin(&["torchscript"])
+            .arg(run.join("checkpoints").join(micn::checkpoint::dir_name(2)))
+            .arg("--out")
+            .arg(&own_pt),
+    );
+    run_ok(score(&export, "test").arg("--torchscript").arg(&own_pt));
+    std::fs::remove_file(&out).unwrap();
+    // A stop signal while `--out` is written: nothing of it is left, neither the file nor its
+    // partial form.
+    let script = r#"
+import os, signal, sys
+from pathlib import Path
+from micn_twin.__main__ import stop_on_signal, write_atomically
+signal.signal(signal.SIGTERM, stop_on_signal)
+def write(f):
+    f.write(b"sample,score\n")
+    os.kill(os.getpid(), signal.SIGTERM)
+    f.write(b"0,0.5\n")
+write_atomically(Path(sys.argv[1]), write)
+"#;
+    let mut cmd = Command::new(torch_python());
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("python")).args(["-c", script]).arg(&out);
+    let stopped = cmd.output().unwrap();
+    assert_eq!(stopped.status.code(), Some(128 + libc::SIGTERM), "{}", String::from_utf8_lossy(&stopped.stderr));
+    assert!(!out.exists() && !partial.exists(), "a stopped write left a file");
     // Another dataset whose ids fit the model's tables: refused by its vocabulary sizes.
     let other_dir = tmp.path().join("other");
     let synth_cfg = micn::data::synth::SynthConfig {
