@@ -579,9 +579,10 @@ fn main() -> ExitCode {
     if trains {
         // A stop signal from the very start (`micn-launch` passing on a Ctrl-C while the ranks
         // start) asks for a graceful stop; the default action would end the process unsaid.
-        // While a run starts, a second one ends it at once (a start-up read may never return).
+        // While a run starts, the same one again ends it at once (a start-up read may never
+        // return).
         if matches!(cli.command, Command::Train { .. }) {
-            micn::train::starting();
+            micn::train::interrupt::mark_starting();
         }
         micn::train::Interrupter::on_signals();
     } else {

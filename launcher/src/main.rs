@@ -102,8 +102,9 @@ struct Args {
     /// While running on fewer hosts than the hostfile's, seconds between probes of the lost ones.
     #[arg(long, default_value_t = 30)]
     regrow_interval: u64,
-    /// Seconds mpirun has to end the job after a rank (or mpirun itself: OpenMPI's
-    /// `ORTE_ERROR_LOG`) has reported an error; past them the launcher kills the whole job (mpirun, its daemons and every rank in its process group).
+    /// Seconds mpirun has to end the job after a rank has reported an error (or after mpirun's
+    /// own `ORTE_ERROR_LOG`, when the job is then silent); past them the launcher kills the whole
+    /// job (mpirun, its daemons and every rank in its process group).
     #[arg(long, default_value_t = 30)]
     exit_grace: u64,
     /// Log lines as text or as JSON objects (passed on to micn; the launcher's own messages, and
@@ -309,8 +310,10 @@ fn without_launch_id(cmd: &[String]) -> Vec<&String> {
 struct Seen {
     /// When the last line arrived (or the attempt started).
     last_output: Option<Instant>,
-    /// When a rank, or mpirun itself, first reported an error.
-    error: Option<Instant>,
+    /// When a rank first reported an error.
+    rank_error: Option<Instant>,
+    /// mpirun's own internal error (see [`is_mpirun_error_line`]), if it reported one: the line.
+    mpirun_error: Option<String>,
     /// Whether mpirun refused its own command line (an unknown option from `--mpirun-arg`).
     mpirun_usage: bool,
 }
@@ -331,10 +334,15 @@ fn is_mpirun_usage_error(line: &output::Line) -> bool {
     matches!(line, output::Line::Mpirun(text) if REFUSALS.iter().any(|r| text.trim_start().starts_with(r)))
 }
 
-/// Whether a line reports an error that ends the job: a rank's (micn's one-line errors, `error:
-/// ...`, its log lines at level ERROR, `<time> ERROR ...`, its watchdog's, or either as JSON), or
-/// mpirun's own internal error (`ORTE_ERROR_LOG`; PRRTE's `PRTE_ERROR_LOG`), after which it may
-/// wait for good (out of pipes under a low `ulimit -n`, say).
+/// Whether mpirun reports an internal error of its own (`ORTE_ERROR_LOG`; PRRTE's
+/// `PRTE_ERROR_LOG`), after which it may wait for good (out of pipes under a low `ulimit -n`,
+/// say): a job silent for the exit grace after one is ended.
+fn is_mpirun_error_line(line: &output::Line) -> bool {
+    matches!(line, output::Line::Mpirun(text) if text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG"))
+}
+
+/// Whether a rank's line reports an error that ends it: micn's one-line errors (`error: ...`),
+/// its log lines at level ERROR (`<time> ERROR ...`, its watchdog's), or either as JSON.
 fn is_error_line(line: &output::Line) -> bool {
     match line {
         output::Line::Rank { rank, text } => {
@@ -345,7 +353,7 @@ fn is_error_line(line: &output::Line) -> bool {
                 || text.split_whitespace().nth(1) == Some("ERROR")
                 || (text.starts_with('{') && text.contains(r#""level":"ERROR""#))
         }
-        output::Line::Mpirun(text) => text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG"),
+        output::Line::Mpirun(_) => false,
     }
 }
 
@@ -366,8 +374,14 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
         {
             let mut seen = seen.lock().expect("output state lock");
             seen.last_output = Some(Instant::now());
-            if seen.error.is_none() && done.iter().any(is_error_line) {
-                seen.error = Some(Instant::now());
+            if seen.rank_error.is_none() && done.iter().any(is_error_line) {
+                seen.rank_error = Some(Instant::now());
+            }
+            if seen.mpirun_error.is_none() {
+                seen.mpirun_error = done.iter().find_map(|line| match line {
+                    output::Line::Mpirun(text) if is_mpirun_error_line(line) => Some(text.clone()),
+                    _ => None,
+                });
             }
             seen.mpirun_usage |= done.iter().any(is_mpirun_usage_error);
         }
@@ -628,9 +642,10 @@ async fn run_once(
                 }
             }
             _ = tick.tick() => {
-                let (quiet, error_for) = {
+                let (quiet, rank_error_for, mpirun_error) = {
                     let seen = seen.lock().expect("output state lock");
-                    (seen.last_output.map(|t| t.elapsed()).unwrap_or_default(), seen.error.map(|t| t.elapsed()))
+                    let quiet = seen.last_output.map(|t| t.elapsed()).unwrap_or_default();
+                    (quiet, seen.rank_error.map(|t| t.elapsed()), seen.mpirun_error.clone())
                 };
                 if let Some(limit) = limits.stall.filter(|&limit| quiet > limit && stops.asked.is_none()) {
                     printer.say("WARN", &format!(
@@ -645,9 +660,17 @@ async fn run_once(
                     }
                     break Outcome::Stalled;
                 }
-                if error_for.is_some_and(|t| t > limits.exit_grace) {
+                let waited = rank_error_for.is_some_and(|t| t > limits.exit_grace)
+                    || (mpirun_error.is_some() && quiet > limits.exit_grace);
+                if waited {
+                    // A limit of this host that mpirun ran into (open files, processes).
+                    let limit = match mpirun_error.is_some_and(|line| line.contains("system limit")) {
+                        true => "; mpirun met a limit of this host: raise it for the job (`ulimit -n`, `ulimit -u`)",
+                        false => "",
+                    };
                     printer.say("ERROR", &format!(
-                        "mpirun has not ended the job {:.0} s after the error above (--exit-grace): killing the whole job",
+                        "mpirun has not ended the job {:.0} s after the error above (--exit-grace): killing the whole \
+                         job{limit}",
                         limits.exit_grace.as_secs_f64()
                     ));
                     kill_job_group(pid);
@@ -681,7 +704,8 @@ async fn run_once(
         );
     }
     let seen = seen.lock().expect("output state lock");
-    Ok((outcome, Reported { error: seen.error.is_some(), mpirun_usage: seen.mpirun_usage }))
+    let error = seen.rank_error.is_some() || seen.mpirun_error.is_some();
+    Ok((outcome, Reported { error, mpirun_usage: seen.mpirun_usage }))
 }
 
 /// What an attempt's output said about its end.
@@ -929,17 +953,26 @@ fn shell_quoted(arg: &str) -> String {
     }
 }
 
-/// Raises this process's soft limit on open files to its hard limit, for mpirun and the ranks
-/// it starts here (mpirun takes pipes and sockets for every rank; a shell's soft `ulimit -n` of
-/// 1024, or less, is a default, not a need). A hard limit too low for the job still makes mpirun
-/// fail; the job's watch then ends it (see [`is_error_line`]).
-fn open_files_up_to_the_hard_limit() {
+/// The soft limit on open files [`more_open_files`] raises a lower one to, where the hard limit
+/// allows (not to a hard limit of a million or more, which makes programs that close every
+/// descriptor up to the limit slow).
+const OPEN_FILES: libc::rlim_t = 65_536;
+
+/// Raises this process's soft limit on open files towards [`OPEN_FILES`], within its hard limit,
+/// for mpirun and the ranks it starts on this host (mpirun takes pipes and sockets for every
+/// rank; a shell's soft `ulimit -n` of 1024, or less, is a default, not a need). A hard limit too
+/// low for the job still makes mpirun fail; the job's watch then ends it (see
+/// [`is_mpirun_error_line`]). Other hosts' daemons keep their own limits.
+fn more_open_files() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit with a valid pointer to a `rlimit` we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let wanted = OPEN_FILES.min(limit.rlim_max);
+            if limit.rlim_cur < wanted {
+                limit.rlim_cur = wanted;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
         }
     }
 }
@@ -966,7 +999,7 @@ fn main() -> ExitCode {
         }
     };
     let printer = Printer { json: args.log_format == LogFormat::Json || log_format_json(&args.micn_args) };
-    open_files_up_to_the_hard_limit();
+    more_open_files();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let ended = runtime.block_on(launch(args));
     let _ = std::fs::remove_file(shrunk_hostfile());

@@ -85,6 +85,17 @@ fn mpirun_waiting_after_its_own_internal_error_is_killed_after_the_exit_grace() 
     assert_eq!(code, 1, "{said}");
     assert!(started.elapsed().as_secs() < 60, "{said}");
     assert!(said.contains("mpirun has not ended the job 1 s after the error above (--exit-grace)"), "{said}");
+    assert!(said.contains("mpirun met a limit of this host: raise it for the job (`ulimit -n`"), "{said}");
     assert!(said.contains("job was killed (mpirun did not end it after the error)"), "{said}");
     assert!(said.contains("see the error messages above"), "{said}");
+    // A job that goes on printing after such a line is left to run.
+    let mpirun = fake_mpirun(
+        tmp.path(),
+        "echo '[vm:1] [[4321,0],0] ORTE_ERROR_LOG: Not found in file base/x.c at line 9' >&2\n\
+         for i in 1 2 3 4 5 6; do echo \"[1,0]<stdout>:step $i\"; sleep 0.5; done",
+    );
+    let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--exit-grace", "1"];
+    let (code, stdout, stderr) = launch(&[&args[..], &["--", "doctor"]].concat());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("step 6"), "{stdout}{stderr}");
 }

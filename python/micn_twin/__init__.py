@@ -47,7 +47,7 @@ def model_file(path) -> Path:
     directory = path if path.is_dir() else path.parent
     if path.is_dir():
         path = path / "model.safetensors"
-    if not path.is_file() and (directory / "config.toml").is_file() and (directory / "checkpoints").is_dir():
+    if path.name == "model.safetensors" and not path.is_file() and (directory / "config.toml").is_file():
         newest = newest_checkpoint(directory / "checkpoints")
         remedy = "it has no checkpoint yet" if newest is None else f"score its newest checkpoint, {newest}"
         raise FileNotFoundError(f"{directory}: the run has not finished (its model.safetensors is written at the "
@@ -90,7 +90,7 @@ def weights_digest(net) -> str:
     for name, tensor in sorted(net.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{list(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:16]
 
 

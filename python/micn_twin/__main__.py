@@ -22,11 +22,13 @@ checked against the twin by onnxruntime first (see `micn_twin.onnx_file`).
 
 Errors are one line, `error: <file or argument>: <what is wrong>`. The exit status is 3 for
 what running again cannot fix (a bad argument or input file, a lasting write error of `--out`),
-1 for other failures; a closed standard output (`| head`) ends quietly with 141, as a process
-that SIGPIPE ends. `--out` is written whole or not at all, through `.NAME.partial` beside it,
+1 for other failures, 128 + the signal for a stop signal (SIGTERM, SIGINT, SIGHUP, unless
+ignored when the command started); a closed standard output (`| head`) ends quietly with 141,
+as a process that SIGPIPE ends. `--out` is written whole or not at all, through `.NAME.partial` beside it,
 which a stop signal (SIGTERM, SIGINT, SIGHUP) removes and the next write replaces.
 """
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -101,7 +103,9 @@ def write_atomically(path: Path, write):
         target = Path(os.path.realpath(path))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.partial"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             umask = os.umask(0)
             os.umask(umask)
@@ -112,7 +116,8 @@ def write_atomically(path: Path, write):
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         except BaseException:
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
     except BrokenPipeError:
         raise
@@ -156,7 +161,7 @@ def torchscript_info(net, model) -> str:
     where it was made from."""
     trained = history_length(model)
     return json.dumps({"model_kind": net.kind, **vocabulary_sizes(net), "trained_history_length": trained,
-                       "weights": weights_digest(net), "source": str(model)})
+                       "weights": weights_digest(net), "source": os.path.realpath(model)})
 
 
 def check_same_model(file: Path, command: str, recorded: dict, model, model_path):
@@ -188,15 +193,21 @@ def first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def scoring_net(args, model):
-    """What scores: MODEL's twin, or the `--torchscript` / `--onnx` file checked against MODEL;
-    and the `(length, what)` checks of the history length the file records."""
+def scoring_net(args, model, threads: Optional[int]):
+    """What scores: MODEL's twin, or the `--torchscript` / `--onnx` file checked against MODEL
+    (onnxruntime on `threads` threads where given); and the `(length, what)` checks of the
+    history length the file records."""
     if args.torchscript:
         net, info = load_torchscript(args.torchscript)
+        # The weights the file holds, where they can be read as the twin's are.
+        try:
+            info["weights"] = weights_digest(net)
+        except (RuntimeError, TypeError, AttributeError):
+            pass
         check_same_model(args.torchscript, "torchscript", info, model, args.model)
         return net, recorded_length(args.torchscript, info.get("trained_history_length"))
     if args.onnx:
-        net = OnnxModel(args.onnx)
+        net = OnnxModel(args.onnx, threads=threads)
         recorded = {**(net.vocabularies or {}), "model_kind": net.model_kind, "weights": net.weights,
                     "source": net.source}
         check_same_model(args.onnx, "onnx", recorded, model, args.model)
@@ -224,23 +235,25 @@ def check_ids(batch, model, export):
                                   f"{table.shape[0]} entries (exported from another dataset?)")
 
 
-def use_run_threads(model_path):
+def use_run_threads(model_path) -> Optional[int]:
     """torch's threads as `micn predict` sets libtorch's for the run: its `train.threads` where
-    set (above 0); else `OMP_NUM_THREADS`, which torch reads, or torch's default."""
-    config = run_config(model_path) or {}
-    threads = config.get("train", {}).get("threads", 0) if isinstance(config.get("train"), dict) else 0
+    set (above 0), returned; else `OMP_NUM_THREADS`, which torch reads, or torch's default (None)."""
+    train = (run_config(model_path) or {}).get("train", {})
+    threads = train.get("threads", 0) if isinstance(train, dict) else 0
     if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0:
         torch.set_num_threads(threads)
+        return threads
+    return None
 
 
 def run_score(args):
     """`score`: the checks of the module's documentation, then `sample,score` of every sample."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    use_run_threads(args.model)
+    threads = use_run_threads(args.model)
     model = load(args.model)
     info = read_export_info(args.export)
-    net, lengths = scoring_net(args, model)
+    net, lengths = scoring_net(args, model, threads)
     check_export(args.export, info, args.split, model, args.model, lengths)
     batch = read_export(args.export, args.split)
     check_ids(batch, model, args.export)
@@ -272,7 +285,7 @@ def run_onnx(args):
         raise OnnxError(f"{args.model}: no run configuration beside it to take the history length from: "
                         f"give --history-length")
     net = load(args.model)
-    data = export(net, steps, str(args.model), trained_history_length=trained)
+    data = export(net, steps, os.path.realpath(args.model), trained_history_length=trained)
     write_atomically(args.out, lambda f: f.write(data))
     say(f"ONNX model ({net.kind}, histories of {steps}, {len(data)} bytes, equal to the twin within 1e-5 in "
         f"onnxruntime) -> {args.out}")
@@ -307,15 +320,23 @@ def fail(message: str, status: int) -> int:
     return status
 
 
+# The signals that stop a command, its partial `--out` removed.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def stop_on_signal(number, _frame):
     """A stop signal ends the command as an exception would (so that `--out`'s partial file is
-    removed), with the status the signal's default action gives."""
+    removed), with exit status 128 + the signal; further stop signals are ignored meanwhile."""
+    for other in STOP_SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
     raise SystemExit(128 + number)
 
 
 def main(argv=None) -> int:
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, stop_on_signal)
+    # A signal ignored by whoever started the command (`nohup`, a background job) stays ignored.
+    for number in STOP_SIGNALS:
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, stop_on_signal)
     try:
         args = build_parser().parse_args(argv)
         check_out(args.out)

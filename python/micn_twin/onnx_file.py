@@ -139,15 +139,18 @@ class OnnxModel:
     `model(users, items, cats, hist_items, hist_cats, hist_mask)` → probabilities. Histories
     narrower than the file's T are padded to it; wider ones are refused."""
 
-    def __init__(self, model, name: str = "model.onnx"):
-        """`model`: a path or the serialised bytes."""
+    def __init__(self, model, name: str = "model.onnx", threads: Optional[int] = None):
+        """`model`: a path or the serialised bytes; `threads`: onnxruntime's (else
+        `OMP_NUM_THREADS`, else its default)."""
         ort = _require("onnxruntime")
         self.name = str(name if isinstance(model, bytes) else model)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: not the constant folding it skips
-        threads = os.environ.get("OMP_NUM_THREADS")
-        if threads and threads.isdigit():
-            options.intra_op_num_threads = int(threads)
+        from_env = os.environ.get("OMP_NUM_THREADS", "")
+        if threads is None and from_env.isdigit():
+            threads = int(from_env)
+        if threads:
+            options.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(model)
         # A failed run is reported once, as an `OnnxError`, not also in onnxruntime's log.
         self.run_options = ort.RunOptions()

@@ -1,10 +1,10 @@
 //! Stopping a run as a value ([`Interrupter`], as burn's learner has one): whoever holds a clone
 //! can ask the run to stop after its current step (which then writes a checkpoint); the stop
 //! signals set the one [`Interrupter::on_signals`] returns. While `micn train` starts
-//! ([`starting`]) a second stop signal ends the process at once: nothing is trained yet, and a
-//! start-up read that blocks (a FIFO nobody writes into, a hung network file system) would
-//! otherwise never come back to see the first.
-use std::sync::atomic::{AtomicBool, Ordering};
+//! ([`mark_starting`]) the same stop signal a second time ends the process at once: nothing is
+//! trained yet, and a start-up read that blocks (a FIFO nobody writes into, a hung network file
+//! system) would otherwise never come back to see the first.
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 
 /// A shared request to stop after the current step.
@@ -14,34 +14,40 @@ pub struct Interrupter(Arc<AtomicBool>);
 /// The interrupter the signal handler sets.
 static ON_SIGNALS: OnceLock<Interrupter> = OnceLock::new();
 
-/// Whether the process is starting a run (see [`starting`]).
+/// Whether the process is starting a run (see [`mark_starting`]).
 static STARTING: AtomicBool = AtomicBool::new(false);
+
+/// The first stop signal received (0: none yet).
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(signal: libc::c_int) {
     // Async-signal-safe: atomic loads and stores, `write` and `_exit`.
-    if let Some(interrupter) = ON_SIGNALS.get() {
-        if STARTING.load(Ordering::SeqCst) && interrupter.is_stopped() {
-            let said = b"micn: a second stop signal while the run starts: stopping now, nothing trained\n";
-            // SAFETY: `write` and `_exit` are async-signal-safe; the buffer outlives the call.
-            unsafe {
-                libc::write(libc::STDERR_FILENO, said.as_ptr().cast(), said.len());
-                libc::_exit(128 + signal);
-            }
+    let Some(interrupter) = ON_SIGNALS.get() else { return };
+    let first = FIRST_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).unwrap_or_else(|f| f);
+    // One request can come as several signals, each another one (a terminal's Ctrl-C and a sweep's
+    // SIGTERM; a scheduler's SIGTERM and `micn-launch`'s SIGUSR1), and a closed terminal may send
+    // SIGHUP more than once: only the same signal again, not a hang-up, is a second request.
+    if STARTING.load(Ordering::SeqCst) && first == signal && signal != libc::SIGHUP {
+        let said = b"micn: the same stop signal again while the run starts: stopping now, nothing trained\n";
+        // SAFETY: `write` and `_exit` are async-signal-safe; the buffer outlives the call.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, said.as_ptr().cast(), said.len());
+            libc::_exit(128 + signal);
         }
-        interrupter.stop();
     }
+    interrupter.stop();
 }
 
 /// Marks the process as starting a run (configuration, data, model and checkpoint read; nothing
-/// trained): a second stop signal then ends it at once, status 128 + the signal. `micn train`
-/// calls it before anything else.
-pub fn starting() {
+/// trained): the first stop signal received, sent again, then ends it at once, status 128 + the
+/// signal (SIGHUP excepted). `micn train` calls it before anything else.
+pub fn mark_starting() {
     STARTING.store(true, Ordering::SeqCst);
 }
 
 /// Marks the run as training: from here every stop signal asks for a graceful stop after the
-/// current step, however many come (a scheduler and `micn-launch` may both signal one rank).
-pub fn started() {
+/// current step, however many come.
+pub fn mark_training() {
     STARTING.store(false, Ordering::SeqCst);
 }
 
@@ -69,7 +75,8 @@ impl Interrupter {
         static INSTALL: Once = Once::new();
         let interrupter = ON_SIGNALS.get_or_init(Interrupter::new).clone();
         INSTALL.call_once(|| {
-            // SAFETY: the handler only makes atomic loads and stores, which are async-signal-safe.
+            // SAFETY: the handler makes atomic loads and stores and calls `write` and `_exit`, all
+            // async-signal-safe.
             unsafe {
                 for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
                     libc::signal(signal, on_signal as *const () as libc::sighandler_t);

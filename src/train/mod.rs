@@ -14,6 +14,6 @@ pub mod schedule;
 pub mod step;
 pub mod trainer;
 
-pub use self::interrupt::{started, starting, Interrupter};
+pub use self::interrupt::Interrupter;
 pub use self::run::{train, train_from, train_until, Resume};
 pub use self::trainer::{evaluate, EvalResult, Summary, TrainError};

@@ -564,7 +564,7 @@ pub fn train_until(
     // A run resumed from the checkpoint at which its patience ran out (killed before it wrote
     // its summary, or stopped by a signal before it scored that step) stops there, as it did.
     let epochs = if run.patience_ran_out() { 0 } else { cfg.train.epochs as u64 };
-    super::started();
+    super::interrupt::mark_training();
     for epoch in run.position.epoch..epochs {
         if run.epoch(epoch, interrupter)? == Flow::Stop {
             break;

@@ -380,16 +380,21 @@ fn under_a_low_open_files_limit_the_job_runs_or_is_ended_never_waited_on() {
         cmd.output().unwrap()
     };
     // A low soft limit under a higher hard one: the launcher raises it, and the job runs.
-    let out = with_limit(32, 4096);
+    let mut hard = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid pointer to a `rlimit` we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) }, 0);
+    let out = with_limit(32, hard.rlim_max.min(4096));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // A low hard limit: mpirun logs its internal error and waits for good; the launcher ends it.
+    // A low hard limit: OpenMPI 4.1's mpirun logs its internal error and waits for good (another
+    // may fail at once); the launcher ends it.
     let started = Instant::now();
     let out = with_limit(32, 32);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
-    assert!(stderr.contains("ORTE_ERROR_LOG"), "{stderr}");
-    assert!(stderr.contains("mpirun has not ended the job 2 s after the error above (--exit-grace)"), "{stderr}");
+    if stderr.contains("ORTE_ERROR_LOG") {
+        assert!(stderr.contains("mpirun has not ended the job 2 s after the error above (--exit-grace)"), "{stderr}");
+    }
 }
 
 #[test]

@@ -688,24 +688,45 @@ fn the_twin_refuses_what_micn_predict_would_score_otherwise_or_refuse() {
     );
     run_ok(score(&export, "test").arg("--torchscript").arg(&own_pt));
     std::fs::remove_file(&out).unwrap();
-    // A stop signal while `--out` is written: nothing of it is left, neither the file nor its
-    // partial form.
+    // A stop signal while `--out` is written (sent where the scores are synced to disk): nothing
+    // of it is left, neither the file nor its partial form; a signal ignored by whoever started
+    // the command (`nohup`) stays ignored, and the scores are written.
     let script = r#"
-import os, signal, sys
-from pathlib import Path
-from micn_twin.__main__ import stop_on_signal, write_atomically
-signal.signal(signal.SIGTERM, stop_on_signal)
-def write(f):
-    f.write(b"sample,score\n")
-    os.kill(os.getpid(), signal.SIGTERM)
-    f.write(b"0,0.5\n")
-write_atomically(Path(sys.argv[1]), write)
+import os, sys
+import micn_twin.__main__ as cli
+number = int(sys.argv[1])
+def fsync_and_signal(fd):
+    os.kill(os.getpid(), number)
+cli.os.fsync = fsync_and_signal
+sys.exit(cli.main(sys.argv[2:]))
 "#;
-    let mut cmd = Command::new(torch_python());
-    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("python")).args(["-c", script]).arg(&out);
-    let stopped = cmd.output().unwrap();
+    let signalled = |signal: libc::c_int, ignored: bool| {
+        let mut cmd = Command::new(torch_python());
+        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("python"))
+            .args(["-W", "ignore", "-c", script, &signal.to_string(), "score", "--export"])
+            .arg(&export)
+            .arg(&run)
+            .arg("--out")
+            .arg(&out);
+        if ignored {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: `signal` is async-signal-safe; it changes only the child about to exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::signal(signal, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let stopped = signalled(libc::SIGTERM, false);
     assert_eq!(stopped.status.code(), Some(128 + libc::SIGTERM), "{}", String::from_utf8_lossy(&stopped.stderr));
     assert!(!out.exists() && !partial.exists(), "a stopped write left a file");
+    let kept_on = signalled(libc::SIGHUP, true);
+    assert!(kept_on.status.success(), "{}", String::from_utf8_lossy(&kept_on.stderr));
+    assert!(out.exists() && !partial.exists());
+    std::fs::remove_file(&out).unwrap();
     // Another dataset whose ids fit the model's tables: refused by its vocabulary sizes.
     let other_dir = tmp.path().join("other");
     let synth_cfg = micn::data::synth::SynthConfig {
