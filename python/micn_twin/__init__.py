@@ -215,15 +215,21 @@ def check_export(export, info: dict, split: str, net, model, lengths=()):
 
 def export_command(model, export, length: Optional[int] = None) -> str:
     """The `micn data export` that writes into `export` the samples the run of `model` trained
-    on (its `data.dir`, `data.max_hist_len` and `data.valid_share`), `DATA` where unknown;
+    on (its `data.dir`, `data.max_hist_len` and `data.valid_share`), `DATA` where unknown or not
+    found from here (said);
     `length` for the history length when the run does not say it."""
     config = run_config(model)
     if config is None:
         hist = "" if length is None else f" --max-hist-len {length}"
         return f"micn data export DATA{hist} --out {export}"
     data = config.get("data", {}).get("dir", "DATA")
+    # A relative data.dir is relative to where the run trained, which may not be here.
+    where = ""
+    if not isinstance(data, str) or not (Path(data) / "dataset.json").is_file():
+        where = f" (DATA: the run's data.dir, {data!r}{', relative to where it trained' if isinstance(data, str) else ''})"
+        data = "DATA"
     return (f"micn data export {data} --max-hist-len {history_length(model)} --valid-share {valid_share(model)} "
-            f"--out {export}")
+            f"--out {export}{where}")
 
 
 def check_valid_share(export, info: dict, share: float, model: str, command: str):

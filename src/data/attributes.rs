@@ -135,10 +135,13 @@ impl ItemAttributes {
         let in_vocab = || raw.rows.iter().enumerate().filter(|&(intern, _)| item_map[intern] != 0);
         let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
         for (_, row) in in_vocab() {
-            for (column, value) in row.iter().enumerate() {
-                if let Some(value) = value {
-                    *counts.entry(raw.key(column, value)).or_default() += 1;
-                }
+            // An item counts once per attribute, however many of its columns list it.
+            let mut keys: Vec<(&str, &str)> =
+                row.iter().enumerate().filter_map(|(column, value)| Some(raw.key(column, value.as_deref()?))).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                *counts.entry(key).or_default() += 1;
             }
         }
         let mut ranked: Vec<((&str, &str), u64)> = counts.into_iter().collect();
@@ -330,6 +333,13 @@ mod tests {
         assert_eq!(attrs.row(2), [2, 1, 0]);
         assert_eq!(attrs.row(3), [0, 0, 0]);
         assert_eq!(attrs.row(4).len(), 3);
+        // An item listing an attribute twice counts once in `items` (and so in the id order):
+        // "5" is on one item, "4" on two.
+        let raw = RawAttributes::from_lists(vec![vec!["5".into(), "5".into(), "4".into()], vec!["4".into()]], 3);
+        let attrs = ItemAttributes::build(&raw, &[1, 2], 3);
+        assert_eq!(attrs.names[1..], [("attribute".into(), "4".into()), ("attribute".into(), "5".into())]);
+        assert_eq!(attrs.counts[1..], [2, 1]);
+        assert_eq!(attrs.row(1), [2, 2, 1]);
     }
 
     #[test]

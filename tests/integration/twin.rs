@@ -616,6 +616,22 @@ fn the_twin_refuses_what_micn_predict_would_score_otherwise_or_refuse() {
             .arg(&short),
     );
     refused_with(&mut score(&short, "test"), 3, &["histories cut to 5", "histories of 10", "--max-hist-len 10"]);
+    // The command named for a run whose relative data.dir is not found from here says so.
+    let elsewhere = tmp.path().join("trained-elsewhere");
+    crate::copy_dir(&run, &elsewhere);
+    let config = std::fs::read_to_string(elsewhere.join("config.toml")).unwrap();
+    let relative = config.replace(&format!("dir = {data:?}"), "dir = \"data/books\"");
+    assert_ne!(relative, config);
+    std::fs::write(elsewhere.join("config.toml"), relative).unwrap();
+    let mut cmd = twin(&["score", "--export"]);
+    refused_with(
+        cmd.arg(&short).arg(&elsewhere).arg("--out").arg(&out),
+        3,
+        &[
+            "`micn data export DATA --max-hist-len 10",
+            "(DATA: the run's data.dir, 'data/books', relative to where it trained)",
+        ],
+    );
     // Another validation share: its valid/ and train/ are other samples; its test set is the same.
     let share = tmp.path().join("export30");
     run_ok(
