@@ -48,6 +48,30 @@ fn sigterm_once_training(child: std::process::Child, run: &Path) -> std::process
     child.wait_with_output().unwrap()
 }
 
+/// `micn train --config path` started, its standard output captured.
+fn train_process(path: &Path) -> std::process::Child {
+    std::process::Command::new(crate::micn_bin())
+        .args(["train", "--config"])
+        .arg(path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The step at which a run into `run` stopped by a signal ended, after checking that it exited
+/// cleanly, said so and left the checkpoint of that step complete.
+fn stopped_cleanly(out: &std::process::Output, run: &Path) -> u64 {
+    assert!(out.status.success(), "a stop by a signal is a clean exit: {}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stopped by a signal"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let k = summary["steps"].as_u64().unwrap();
+    assert!(run.join("checkpoints").join(micn::checkpoint::dir_name(k)).join("COMPLETE").exists());
+    k
+}
+
 fn run(world: usize, cfg: &Config, resume: &Resume) {
     if world == 1 {
         train_from(cfg, &SingleProcess, resume).unwrap_or_else(|e| panic!("{e}"));
@@ -336,21 +360,8 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
     );
     let path = tmp.path().join("run.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();
-    let child = std::process::Command::new(crate::micn_bin())
-        .args(["train", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = sigterm_once_training(child, &stopped);
-    assert!(out.status.success(), "a stop by SIGTERM is a clean exit: {}", out.status);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("stopped by a signal"), "{stdout}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stopped.join("summary.json")).unwrap()).unwrap();
-    let k = summary["steps"].as_u64().unwrap();
-    assert!(stopped.join("checkpoints").join(micn::checkpoint::dir_name(k)).join("COMPLETE").exists());
+    let out = sigterm_once_training(train_process(&path), &stopped);
+    let k = stopped_cleanly(&out, &stopped);
     // Ended at the stop's own step: the stop's checkpoint, which it left unscored, is scored and
     // its step's losses logged now, so the selection and the metrics are an uninterrupted k-step
     // run's (but the throughput of that step, which went with the stopped process; its gradient
@@ -445,25 +456,13 @@ fn the_same_stop_signal_twice_ends_a_run_blocked_while_starting_and_not_one_that
     // A run that trains takes any number of stop signals as one graceful stop: a scheduler and
     // `micn-launch` may both signal a rank.
     let (dir, path) = endless_run(tmp.path());
-    let child = std::process::Command::new(crate::micn_bin())
-        .args(["train", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = train_process(&path);
     wait_until_training(&dir);
     for signal in [libc::SIGTERM, libc::SIGUSR1, libc::SIGINT] {
         // SAFETY: signals to our own child process, not yet reaped.
         unsafe { libc::kill(child.id() as i32, signal) };
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", out.status);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped by a signal"));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    let k = summary["steps"].as_u64().unwrap();
-    assert!(dir.join("checkpoints").join(micn::checkpoint::dir_name(k)).join("COMPLETE").exists());
+    stopped_cleanly(&child.wait_with_output().unwrap(), &dir);
 }
 
 #[test]
