@@ -16,16 +16,15 @@ from a run, that run's history length. `score` runs torch on the run's `train.th
 as `micn predict` does (`OMP_NUM_THREADS`, or torch's default, where the run leaves it at 0).
 `torchscript` writes `torch.jit.script` of the model with what it was made from in the file's
 extra file `micn.json` (`model_kind`, vocabulary sizes, `trained_history_length`, `weights`,
-`source`); `onnx`
-writes the model for histories of T behaviours (the run's `data.max_hist_len` by default),
-checked against the twin by onnxruntime first (see `micn_twin.onnx_file`).
+`source`); `onnx` writes the model for histories of T behaviours (the run's `data.max_hist_len`
+by default), checked against the twin by onnxruntime first (see `micn_twin.onnx_file`).
 
 Errors are one line, `error: <file or argument>: <what is wrong>`. The exit status is 3 for
 what running again cannot fix (a bad argument or input file, a lasting write error of `--out`),
 1 for other failures, 128 + the signal for a stop signal (SIGTERM, SIGINT, SIGHUP, unless
 ignored when the command started); a closed standard output (`| head`) ends quietly with 141,
-as a process that SIGPIPE ends. `--out` is written whole or not at all, through `.NAME.partial` beside it,
-which a stop signal (SIGTERM, SIGINT, SIGHUP) removes and the next write replaces.
+as a process that SIGPIPE ends. `--out` is written whole or not at all, through `.NAME.partial`
+beside it, which a stop signal (SIGTERM, SIGINT, SIGHUP) removes and the next write replaces.
 """
 import argparse
 import contextlib

@@ -10,9 +10,10 @@ which changes no score.
 
 The file records in its metadata the model kind (`micn.model_kind`), T (`micn.history_length`),
 the vocabulary sizes (`micn.vocabularies`, JSON by `export.json`'s names), the digest of its
-weights (`micn.weights`, `micn_twin.weights_digest`), where it was made from (`micn.source`) and, when known, the
-history length the run trained with (`micn.trained_history_length`), so that scoring with it can
-refuse an export it would score differently from `micn predict`.
+weights (`micn.weights`, `micn_twin.weights_digest`), where it was made from (`micn.source`)
+and, when known, the history length the run trained with (`micn.trained_history_length`), so
+that scoring with it can refuse another model's file, or an export it would score differently
+from `micn predict`.
 
 Before anything is written, onnxruntime runs the file on probe batches (1 and 64 samples of
 random ids and history lengths 1..T) and its probabilities must equal the twin's to

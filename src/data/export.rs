@@ -8,8 +8,9 @@
 //! `users`, `items`, `cats` (`[n]` i64), `labels` (`[n]` f32), `hist_items`, `hist_cats`
 //! (`[n, T]` i64), `hist_len` (`[n]` i64) and, for the training split, `noclick_items`,
 //! `noclick_cats` (`[n, T]` i64); `OUT/export.json` gives the vocabulary sizes (id 0 included)
-//! and digest (as a run records it with its model), `max_hist_len`, every split's width `T` (its longest kept history) and sample count. `valid/` exists when a validation share is held out (the
-//! split `micn train` holds out with the same `data.valid_share`).
+//! and digest (as a run records it with its model), `max_hist_len`, every split's width `T` (its
+//! longest kept history) and sample count. `valid/` exists when a validation share is held out
+//! (the split `micn train` holds out with the same `data.valid_share`).
 use std::io::Write as _;
 use std::path::Path;
 
