@@ -1221,6 +1221,12 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Throughput { steps, warmup, threads, items, users, batches, models, device, json } => {
             use micn::bench::throughput;
             ensure_usage!(steps > 0, "--steps must be at least 1");
+            // More would run for days (and their sum could overflow, timing no step).
+            const MOST_STEPS: usize = 10_000_000;
+            ensure_usage!(
+                steps <= MOST_STEPS && warmup <= MOST_STEPS,
+                "--steps and --warmup must be at most {MOST_STEPS} each, got {steps} and {warmup}"
+            );
             ensure_usage!(batches.iter().all(|&b| b > 0), "--batch must be at least 1");
             // Bounds that keep the model (tables and Adam's moments) within a machine's memory.
             ensure_usage!((2..=10_000_000).contains(&items), "--items must lie in [2, 10000000], got {items}");

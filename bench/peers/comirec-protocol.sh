@@ -47,6 +47,7 @@ micn=target/release/micn
 mkdir -p "$out"
 
 source bench/peers/peer-venv.sh
+source bench/peers/samples.sh
 peer_venv torch-rechub==0.9.0 numpy pandas scikit-learn tqdm
 
 if [[ -d $1 ]]; then
@@ -61,7 +62,7 @@ for part in train valid test; do
 done
 
 say "preparing the training users (din protocol, history 20)"
-rm -rf "$out/data" "$out/arrays"
+remove_earlier_samples "$out" "$files/${name}_train.txt"
 $micn prepare --input-format interactions --interactions "$files/${name}_train.txt" --protocol din \
   --max-hist-len 20 --seed 1 --out "$out/data"
 $micn data export "$out/data" --out "$out/arrays" --max-hist-len 20 >&2

@@ -25,8 +25,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 source cluster/env.sh
-[[ $# -ge 1 ]] || { sed -n 2,24p "$0" >&2; exit 2; }
-[[ $1 == -h || $1 == --help ]] && { sed -n 2,24p "$0"; exit 0; }
+[[ $# -ge 1 ]] || { sed -n 2,23p "$0" >&2; exit 2; }
+[[ $1 == -h || $1 == --help ]] && { sed -n 2,23p "$0"; exit 0; }
 # Inputs are checked before any set-up or build.
 for input in "$@"; do [[ -f $input ]] || { echo "error: $input: no such file" >&2; exit 3; }; done
 input=$1

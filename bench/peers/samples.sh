@@ -16,7 +16,21 @@ shared_samples() {
   fi
   printf '[peers] preparing %s (din protocol, history 20)\n' "$input" >&2
   mkdir -p "$out"
-  rm -rf "$out/data" "$out/arrays"
+  remove_earlier_samples "$out" "$input"
   target/release/micn prepare "${source_args[@]}" --protocol din --max-hist-len 20 --seed 1 --out "$out/data"
   target/release/micn data export "$out/data" --out "$out/arrays" --max-hist-len 20
+}
+
+# `remove_earlier_samples OUT INPUT` removes what an earlier comparison left in OUT: a dataset
+# made from a file of INPUT's name (its dataset.json names it) and an export (export.json).
+# Anything else at OUT/data or OUT/arrays (a dataset of a user's own, `OUT=.` beside `data/`) is
+# left where it is, for `micn prepare` or `micn data export` to refuse.
+remove_earlier_samples() {
+  local out=$1 input=$2
+  if [[ -f $out/data/dataset.json ]] && grep -qF "\"file\": \"$(basename "$input")\"" "$out/data/dataset.json"; then
+    rm -rf "$out/data"
+  fi
+  if [[ -f $out/arrays/export.json ]]; then
+    rm -rf "$out/arrays"
+  fi
 }

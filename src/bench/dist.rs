@@ -96,7 +96,10 @@ pub struct BatchRow {
 /// Median, lowest and highest of some numbers.
 fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
     xs.sort_by(f64::total_cmp);
-    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+    let n = xs.len();
+    // An even count's median is the mean of its two middle values.
+    let median = if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 };
+    (median, xs[0], xs[n - 1])
 }
 
 impl BatchRow {
@@ -315,6 +318,7 @@ mod tests {
             ],
         };
         assert_eq!(spread(vec![3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(spread(vec![4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0), "an even count: the middle two's mean");
         let (median, lowest, highest) = row.speed_up();
         assert!((median - 1.6).abs() < 1e-12 && (lowest - 1.5).abs() < 1e-12 && (highest - 1.7).abs() < 1e-12);
         assert_eq!(row.samples_per_sec(), [110.0, 176.0, 100.0, 198.0]);

@@ -964,8 +964,15 @@ impl Issues {
     }
 }
 
+/// Whether `meta` is of a dataset [`synthetic_dataset`] made: the generator's 2014 reviews file
+/// its input.
+fn made_by_synthetic_dataset(meta: &DatasetMeta) -> bool {
+    meta.source == "amazon2014" && meta.sources.first().is_some_and(|s| s["file"] == synth::REVIEWS_FILE)
+}
+
 /// A prepared synthetic dataset at `work_dir/data` (generated from `synth` through the raw 2014
-/// files and the normal preparation, the raw files removed afterwards); reused when present.
+/// files and the normal preparation, the raw files removed afterwards); reused when present. A
+/// dataset of other input there is refused, never replaced.
 pub fn synthetic_dataset(
     synth_cfg: &synth::SynthConfig,
     protocol: Protocol,
@@ -976,6 +983,19 @@ pub fn synthetic_dataset(
     if data.join("dataset.json").exists() {
         // Refuse an older format here, where the fix is plain, rather than at the first open.
         match DatasetMeta::read(&data) {
+            // A user's own dataset where the benchmark keeps its synthetic one: neither used nor
+            // replaced.
+            Ok(meta) if !made_by_synthetic_dataset(&meta) => {
+                let file = meta.sources.first().and_then(|s| s["file"].as_str()).unwrap_or("?").to_string();
+                return Err(DataError::Invalid {
+                    path: data.clone(),
+                    message: format!(
+                        "a dataset this benchmark did not make ({} data, from {file}) is where it keeps its \
+                         synthetic one: give it another work directory",
+                        meta.source
+                    ),
+                });
+            }
             Ok(meta) if meta.attributes.is_some() => {
                 tracing::info!(
                     reviews = meta.counts.reviews,

@@ -59,6 +59,9 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     assert!(!Path::new(&out).exists());
     refused(&["bench", "throughput", "--model", "din", "--items", "1"], "--items must lie in [2, 10000000]");
     refused(&["bench", "throughput", "--model", "din", "--users", "1"], "--users must lie in [2, 10000000]");
+    // A sum of steps that overflowed timed no step and printed a huge rate.
+    let most = usize::MAX.to_string();
+    refused(&["bench", "throughput", "--model", "din", "--warmup", &most], "--steps and --warmup must be at most");
     // The prepare bench's synthetic reviews past the generator's limit: exit 3, as synth's own.
     let work = at("bench-prepare");
     refused(&["bench", "prepare", "--preset", "quickstart", "--users", "99999999999", "--work-dir", &work], "at most");

@@ -445,3 +445,31 @@ fn a_data_export_that_fails_leaves_the_earlier_export_whole() {
     assert_eq!(zero.status.code(), Some(3), "{}", stderr(&zero));
     assert!(stderr(&zero).contains("--max-hist-len must be at least 1"), "{}", stderr(&zero));
 }
+
+/// A user's own dataset where a benchmark keeps its synthetic one (`bench dist --work-dir W`
+/// reads `W/data`) is refused, byte for byte untouched: it was replaced by synthetic data when it
+/// had no item-attribute table, and timed as if synthetic when it had one.
+#[test]
+fn a_benchmark_refuses_a_dataset_it_did_not_make_where_it_keeps_its_synthetic_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_ok(&mut prepare_without_meta("amazon2014", &musical_instruments(), &data, &["--protocol", "din"]));
+    let before = std::fs::read(data.join("dataset.json")).unwrap();
+    let cfg = micn::data::synth::SynthConfig {
+        users: 200,
+        items: 80,
+        clusters: 4,
+        categories: 5,
+        ..micn::data::synth::Preset::Quickstart.config(3)
+    };
+    let refused = micn::data::prepare::synthetic_dataset(&cfg, micn::data::protocol::Protocol::Din, 10, tmp.path())
+        .expect_err("a dataset it did not make");
+    let message = refused.to_string();
+    assert!(message.contains(&data.display().to_string()), "{message}");
+    assert!(
+        message.contains("a dataset this benchmark did not make (amazon2014 data, from reviews_Musical_Instruments_5"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(data.join("dataset.json")).unwrap(), before);
+    Dataset::open(&data).unwrap();
+}
