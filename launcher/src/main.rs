@@ -312,7 +312,7 @@ struct Seen {
     last_output: Option<Instant>,
     /// When a rank first reported an error.
     rank_error: Option<Instant>,
-    /// mpirun's own internal error (see [`is_mpirun_error_line`]), if it reported one: the line.
+    /// mpirun's own internal error (see [`mpirun_error`]), if it reported one: the line.
     mpirun_error: Option<String>,
     /// Whether mpirun refused its own command line (an unknown option from `--mpirun-arg`).
     mpirun_usage: bool,
@@ -334,11 +334,14 @@ fn is_mpirun_usage_error(line: &output::Line) -> bool {
     matches!(line, output::Line::Mpirun(text) if REFUSALS.iter().any(|r| text.trim_start().starts_with(r)))
 }
 
-/// Whether mpirun reports an internal error of its own (`ORTE_ERROR_LOG`; PRRTE's
-/// `PRTE_ERROR_LOG`), after which it may wait for good (out of pipes under a low `ulimit -n`,
-/// say): a job silent for the exit grace after one is ended.
-fn is_mpirun_error_line(line: &output::Line) -> bool {
-    matches!(line, output::Line::Mpirun(text) if text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG"))
+/// The line, where it is mpirun's report of an internal error of its own (`ORTE_ERROR_LOG`;
+/// PRRTE's `PRTE_ERROR_LOG`), after which it may wait for good (out of pipes under a low `ulimit
+/// -n`, say): a job silent for the exit grace after one is ended.
+fn mpirun_error(line: &output::Line) -> Option<&str> {
+    match line {
+        output::Line::Mpirun(text) if text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG") => Some(text),
+        _ => None,
+    }
 }
 
 /// Whether a rank's line reports an error that ends it: micn's one-line errors (`error: ...`),
@@ -378,10 +381,7 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
                 seen.rank_error = Some(Instant::now());
             }
             if seen.mpirun_error.is_none() {
-                seen.mpirun_error = done.iter().find_map(|line| match line {
-                    output::Line::Mpirun(text) if is_mpirun_error_line(line) => Some(text.clone()),
-                    _ => None,
-                });
+                seen.mpirun_error = done.iter().find_map(mpirun_error).map(str::to_owned);
             }
             seen.mpirun_usage |= done.iter().any(is_mpirun_usage_error);
         }
@@ -962,7 +962,7 @@ const OPEN_FILES: libc::rlim_t = 65_536;
 /// for mpirun and the ranks it starts on this host (mpirun takes pipes and sockets for every
 /// rank; a shell's soft `ulimit -n` of 1024, or less, is a default, not a need). A hard limit too
 /// low for the job still makes mpirun fail; the job's watch then ends it (see
-/// [`is_mpirun_error_line`]). Other hosts' daemons keep their own limits.
+/// [`mpirun_error`]). Other hosts' daemons keep their own limits.
 fn more_open_files() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit with a valid pointer to a `rlimit` we own.
