@@ -48,7 +48,7 @@ def model_file(path) -> Path:
     if path.is_dir():
         path = path / "model.safetensors"
     if path.name == "model.safetensors" and not path.is_file() and (directory / "config.toml").is_file():
-        newest = newest_checkpoint(directory / "checkpoints")
+        newest = checkpoint.newest_finished(directory / "checkpoints")
         remedy = "it has no checkpoint yet" if newest is None else f"score its newest checkpoint, {newest}"
         raise FileNotFoundError(f"{directory}: the run has not finished (its model.safetensors is written at the "
                                 f"end): {remedy}")
@@ -58,12 +58,6 @@ def model_file(path) -> Path:
     if checkpoint.is_checkpoint(directory) and path.name in checkpoint.FILES:
         checkpoint.verify(directory)
     return path
-
-
-def newest_checkpoint(checkpoints: Path) -> Optional[Path]:
-    """The finished checkpoint (`step-N` with its completion marker) of the highest step, if any."""
-    finished = [d for d in checkpoints.glob("step-*") if d.name[5:].isdigit() and (d / checkpoint.MARKER).exists()]
-    return max(finished, key=lambda d: int(d.name[5:]), default=None)
 
 
 def trained_vocabularies(path) -> Optional[str]:

@@ -10,7 +10,7 @@ inputs' stripes. Without NumPy only the sizes are compared (`CHECKSUMS` is False
 """
 import json
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from .files import FileFormatError
 
@@ -177,6 +177,13 @@ def is_checkpoint(directory: Path) -> bool:
     if (directory / MARKER).exists() or (directory / MANIFEST).exists():
         return True
     return (directory / "state.json").exists() and not (directory / "config.toml").exists()
+
+
+def newest_finished(checkpoints: Path) -> Optional[Path]:
+    """The finished checkpoint (`step-N` with its completion marker) of the highest step in a
+    run's `checkpoints/`, if any."""
+    finished = [d for d in checkpoints.glob("step-*") if d.name[5:].isdigit() and (d / MARKER).exists()]
+    return max(finished, key=lambda d: int(d.name[5:]), default=None)
 
 
 def read_manifest(directory: Path) -> List[Tuple[str, int, str]]:
