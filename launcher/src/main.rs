@@ -663,14 +663,9 @@ async fn run_once(
                 let waited = rank_error_for.is_some_and(|t| t > limits.exit_grace)
                     || (mpirun_error.is_some() && quiet > limits.exit_grace);
                 if waited {
-                    // A limit of this host that mpirun ran into (open files, processes).
-                    let limit = match mpirun_error.is_some_and(|line| line.contains("system limit")) {
-                        true => "; mpirun met a limit of this host: raise it for the job (`ulimit -n`, `ulimit -u`)",
-                        false => "",
-                    };
                     printer.say("ERROR", &format!(
                         "mpirun has not ended the job {:.0} s after the error above (--exit-grace): killing the whole \
-                         job{limit}",
+                         job",
                         limits.exit_grace.as_secs_f64()
                     ));
                     kill_job_group(pid);
@@ -705,7 +700,10 @@ async fn run_once(
     }
     let seen = seen.lock().expect("output state lock");
     let error = seen.rank_error.is_some() || seen.mpirun_error.is_some();
-    Ok((outcome, Reported { error, mpirun_usage: seen.mpirun_usage }))
+    // A limit of this host that mpirun ran into (open files, processes): it may then wait for
+    // good, or crash.
+    let host_limit = seen.mpirun_error.as_deref().is_some_and(|line| line.contains("system limit"));
+    Ok((outcome, Reported { error, host_limit, mpirun_usage: seen.mpirun_usage }))
 }
 
 /// What an attempt's output said about its end.
@@ -713,16 +711,22 @@ async fn run_once(
 struct Reported {
     /// A rank, or mpirun itself, reported an error.
     error: bool,
+    /// mpirun reported a limit of this host it ran into.
+    host_limit: bool,
     /// mpirun refused its command line.
     mpirun_usage: bool,
 }
 
-/// Where to look for why a job failed: the errors printed above or, when no rank (nor mpirun)
-/// reported one, the ranks' own logs.
-fn failure_pointer(error: bool) -> &'static str {
-    match error {
-        true => "see the error messages above",
-        false => "no rank reported an error; each rank's full log is in run.dir/logs/rank-N.log",
+/// Where to look for why a job failed: the errors printed above (after the limit to raise, where
+/// mpirun ran into one) or, when no rank (nor mpirun) reported one, the ranks' own logs.
+fn failure_pointer(reported: Reported) -> &'static str {
+    match (reported.error, reported.host_limit) {
+        (true, true) => {
+            "mpirun met a limit of this host: raise it for the job (`ulimit -n`, `ulimit -u`); see the error \
+             messages above"
+        }
+        (true, false) => "see the error messages above",
+        (false, _) => "no rank reported an error; each rank's full log is in run.dir/logs/rank-N.log",
     }
 }
 
@@ -888,7 +892,7 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                     &format!(
                         "job failed after {secs:.1} s ({status}): an error that running again cannot fix (a \
                          configuration, an argument or the input); not restarting; {}",
-                        failure_pointer(error)
+                        failure_pointer(reported)
                     ),
                 );
                 return Ok(EXIT_INPUT_ERROR);
@@ -911,7 +915,7 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             if attempt >= args.max_restarts {
                 // Back-offs and probes since the job ended count too.
                 let secs = started.elapsed().as_secs_f64();
-                printer.say("ERROR", &format!("job {why} after {secs:.1} s; {}", failure_pointer(error)));
+                printer.say("ERROR", &format!("job {why} after {secs:.1} s; {}", failure_pointer(reported)));
                 return Ok(code);
             }
             attempt += 1;

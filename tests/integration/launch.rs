@@ -385,15 +385,16 @@ fn under_a_low_open_files_limit_the_job_runs_or_is_ended_never_waited_on() {
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) }, 0);
     let out = with_limit(32, hard.rlim_max.min(4096));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // A low hard limit: OpenMPI 4.1's mpirun logs its internal error and waits for good (another
-    // may fail at once); the launcher ends it.
+    // A low hard limit: OpenMPI 4.1's mpirun logs its internal error, then waits for good (the
+    // launcher ends it after the exit grace, as `cli.rs` shows with a stand-in) or crashes (exit
+    // status 139); the launcher names the limit either way.
     let started = Instant::now();
     let out = with_limit(32, 32);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!out.status.success(), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
-    if stderr.contains("ORTE_ERROR_LOG") {
-        assert!(stderr.contains("mpirun has not ended the job 2 s after the error above (--exit-grace)"), "{stderr}");
+    if stderr.contains("ORTE_ERROR_LOG: The system limit") {
+        assert!(stderr.contains("mpirun met a limit of this host: raise it for the job (`ulimit -n`"), "{stderr}");
     }
 }
 
