@@ -139,8 +139,38 @@ enum LogFormat {
     Json,
 }
 
+/// The CPUs this process may run on (hardware threads): what the ranks' threads divide.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The slots mpirun gives this host without a hostfile: OpenMPI counts physical cores (the
+/// hardware threads of one core share a slot) among the CPUs it may use. A 2-CPU machine of one
+/// core with two threads has one slot, and two ranks there need `--oversubscribe`.
+fn local_slots() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+    let allowed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)
+    };
+    let cpus: Vec<usize> = match allowed {
+        // SAFETY: CPU_ISSET reads a set we own, at an index below CPU_SETSIZE.
+        Some(set) => (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect(),
+        None => Vec::new(),
+    };
+    physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &cpus).unwrap_or_else(cores)
+}
+
+/// The physical cores (distinct package and core ids, as `sysfs` under `root` gives them) that
+/// `cpus` lie on; `None` where any of it cannot be read.
+fn physical_cores(root: &std::path::Path, cpus: &[usize]) -> Option<usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    for cpu in cpus {
+        let topology = root.join(format!("cpu{cpu}/topology"));
+        let id = |file: &str| std::fs::read_to_string(topology.join(file)).ok()?.trim().parse::<i64>().ok();
+        seen.insert((id("physical_package_id")?, id("core_id")?));
+    }
+    (!seen.is_empty()).then_some(seen.len())
 }
 
 fn is_root() -> bool {
@@ -230,7 +260,7 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     let np = placement.np;
     let slots = match &placement.hostfile {
         Some(h) => hosts::total_slots(&hosts::read_hostfile(h)?),
-        None => cores(),
+        None => local_slots(),
     };
     // Without a hostfile every rank runs here; with one, each rank divides its own host's cores
     // among the ranks there (micn does, when OMP_NUM_THREADS is not set).
@@ -1075,6 +1105,30 @@ mod tests {
         assert!(cmd.contains(&"OMP_NUM_THREADS=1".to_string()), "{cmd:?}");
         assert!(cmd.windows(2).any(|w| w == ["mpi_yield_when_idle", "1"]), "{cmd:?}");
         assert_eq!(cmd.last().unwrap(), "doctor");
+    }
+
+    #[test]
+    fn the_slots_of_this_host_are_its_physical_cores_as_mpirun_counts_them() {
+        let root = std::env::temp_dir().join(format!("micn-launch-cpus-{}", std::process::id()));
+        // Two packages; package 0 has one core of two hardware threads (cpus 0 and 1).
+        for (cpu, package, core) in [(0, 0, 0), (1, 0, 0), (2, 1, 0), (3, 1, 1)] {
+            let topology = root.join(format!("cpu{cpu}/topology"));
+            std::fs::create_dir_all(&topology).unwrap();
+            std::fs::write(topology.join("physical_package_id"), format!("{package}\n")).unwrap();
+            std::fs::write(topology.join("core_id"), format!("{core}\n")).unwrap();
+        }
+        assert_eq!(physical_cores(&root, &[0, 1]), Some(1), "two threads of one core: one slot");
+        // Core 0 of each package is another core.
+        assert_eq!(physical_cores(&root, &[0, 1, 2, 3]), Some(3));
+        assert_eq!(physical_cores(&root, &[0, 5]), None, "cpu 5 unreadable");
+        assert_eq!(physical_cores(&root, &[]), None);
+        std::fs::remove_dir_all(&root).unwrap();
+        // Here: at least one slot, never more than the CPUs.
+        assert!((1..=cores()).contains(&local_slots()), "{} slots, {} cpus", local_slots(), cores());
+        // More ranks than slots are oversubscribed; as many are not.
+        let oversubscribed = |np: usize| command(&["--np", &np.to_string(), "--", "doctor"]).unwrap();
+        assert!(oversubscribed(local_slots() + 1).contains(&"--oversubscribe".to_string()));
+        assert!(!oversubscribed(local_slots()).contains(&"--oversubscribe".to_string()));
     }
 
     #[test]

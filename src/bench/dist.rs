@@ -191,7 +191,10 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     let timed = |ranks: usize, batch: usize| -> Result<RankRun, TrainError> {
         let run_dir = opts.work_dir.join(format!("np{ranks}-b{batch}"));
         let steps = (opts.samples / batch as u64).max(1);
-        let status = Command::new(&launcher)
+        let mut launch = Command::new(&launcher);
+        // Its job ends with the benchmark, killed or not.
+        crate::experiment::sweep::stopped_with_this_process(&mut launch);
+        let status = launch
             .args(["--np", &ranks.to_string(), "--threads", "1", "--", "train", "--overwrite", "--config"])
             .arg(&config_path)
             .args(["--set", &format!("train.global_batch_size={batch}"), "--set", &format!("train.max_steps={steps}")])
@@ -204,7 +207,12 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
         let run_dir = RunDir::new(run_dir);
         let summary = if status.success() { run_dir.read_summary()? } else { None };
         let Some(s) = summary else {
-            let message = format!("the {ranks}-rank run failed ({status}); its logs are in logs/");
+            // A run that failed before it started logging has only the errors printed above.
+            let logs = match run_dir.path().join("logs").is_dir() {
+                true => "its errors are printed above and each rank's log is in logs/",
+                false => "its errors are printed above",
+            };
+            let message = format!("the {ranks}-rank run failed ({status}); {logs}");
             return Err(RunDirError::Invalid { path: run_dir.path().to_path_buf(), message }.into());
         };
         let field = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);

@@ -127,7 +127,8 @@ impl Staging {
     /// name; until then it stays as it was.
     pub fn merging(out: &Path) -> Result<Self, DataError> {
         if out.exists() && !out.is_dir() {
-            return Err(DataError::OutputExists(out.to_path_buf()));
+            let message = "already exists and is not a directory; remove it, or work in another directory".into();
+            return Err(DataError::Invalid { path: out.to_path_buf(), message });
         }
         Self::start(out, false)
     }
@@ -1165,5 +1166,22 @@ mod tests {
         assert!(matches!(e, DataError::OutputExists(ref p) if p == &out), "{e}");
         assert_eq!(std::fs::read_to_string(out.join("theirs.txt")).unwrap(), "theirs");
         assert!(!tmp_dir.exists(), "the staging directory is removed");
+    }
+
+    #[test]
+    fn a_file_where_files_are_merged_into_a_directory_is_named_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("bench-checkpoint");
+        std::fs::write(&out, "a user's file").unwrap();
+        let e = Staging::merging(&out).err().expect("a file is refused").to_string();
+        // Said without a flag of one command: the benchmarks merge into their work directory.
+        assert_eq!(
+            e,
+            format!(
+                "{}: already exists and is not a directory; remove it, or work in another directory",
+                out.display()
+            )
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "a user's file");
     }
 }

@@ -521,11 +521,11 @@ impl Runner {
     }
 }
 
-/// A run the sweep starts gets SIGTERM (a checkpoint, then its end) should the sweep die, even
-/// by SIGKILL: left training unwatched, it would hold its run directory against the same sweep
-/// run again. The signal comes when the thread that spawned the run ends: the sweep spawns its
-/// runs from its main thread.
-fn stopped_with_this_process(cmd: &mut Command) {
+/// A run this process starts (a sweep's, a benchmark's) gets SIGTERM (a checkpoint, then its end)
+/// should this process die, even by SIGKILL: left training unwatched, it would hold its run
+/// directory against the same command run again. The signal comes when the thread that spawned
+/// the run ends: spawn from the main thread.
+pub fn stopped_with_this_process(cmd: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl and getppid are async-signal-safe and touch only the child.

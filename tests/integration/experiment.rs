@@ -220,14 +220,49 @@ fn a_killed_sweep_leaves_no_run_training() {
     crate::launch::wait_for_training_past(&run, 5);
     sweep.kill().unwrap();
     sweep.wait().unwrap();
-    let started = std::time::Instant::now();
-    let needle = out.to_str().unwrap();
-    while !crate::launch::processes_mentioning(needle).is_empty() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the run trains on without its sweep");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    all_end_within_a_minute(&out, "the run trains on without its sweep");
     let summary: serde_json::Value = serde_json::from_str(&read(&run.join("summary.json"))).unwrap();
     assert_eq!(summary["stopped_by_signal"], true, "{summary}");
+}
+
+/// `micn bench dist` killed outright takes the job it times (launcher, mpirun, ranks) down with
+/// it, as a killed sweep does its run.
+#[test]
+fn a_killed_distribution_benchmark_leaves_no_job_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("bench-dist");
+    let mut bench = Command::new(micn_bin())
+        .args(["bench", "dist", "--samples", "100000000", "--batch", "128", "--trials", "1", "--work-dir"])
+        .arg(&work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::launch::wait_for_training_past(&work.join("np1-b128"), 1);
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    all_end_within_a_minute(&work, "the benchmark's job trains on without it");
+}
+
+/// Wait for every process whose command line names `dir` to end; `why` if one is left after a
+/// minute (then killed, not left running after the test).
+fn all_end_within_a_minute(dir: &Path, why: &str) {
+    let started = std::time::Instant::now();
+    let needle = dir.to_str().unwrap();
+    loop {
+        let left = crate::launch::processes_mentioning(needle);
+        if left.is_empty() {
+            return;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            for &pid in &left {
+                // SAFETY: a signal to a process of this test's own making.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            panic!("{why}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
