@@ -94,7 +94,8 @@ fn mpirun_waiting_after_its_own_internal_error_is_killed_after_the_exit_grace() 
         "echo '[vm:1] [[4321,0],0] ORTE_ERROR_LOG: Not found in file base/x.c at line 9' >&2\n\
          for i in 1 2 3 4 5 6; do echo \"[1,0]<stdout>:step $i\"; sleep 0.5; done",
     );
-    let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--exit-grace", "1"];
+    // A grace well above the gaps between its lines, on a loaded machine too.
+    let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--exit-grace", "3"];
     let (code, stdout, stderr) = launch(&[&args[..], &["--", "doctor"]].concat());
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("step 6"), "{stdout}{stderr}");

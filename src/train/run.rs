@@ -1548,12 +1548,13 @@ mod tests {
         r.resume();
         std::thread::sleep(nap);
         r.step_done(64);
-        std::thread::sleep(10 * nap); // a checkpoint, say
+        std::thread::sleep(100 * nap); // a checkpoint, say
         r.resume();
         std::thread::sleep(nap);
         r.step_done(64);
         assert_eq!(r.samples, 128);
-        // Two steps of ≥ 20 ms each; the 200 ms pause between them is not counted.
-        assert!(r.seconds >= 0.04 && r.seconds < 0.2, "{}", r.seconds);
+        // Two steps of ≥ 20 ms each; the 2 s pause between them is not counted (a loaded machine
+        // may stretch the steps, never by that much).
+        assert!(r.seconds >= 0.04 && r.seconds < 1.0, "{}", r.seconds);
     }
 }

@@ -406,9 +406,20 @@ fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() 
 
 /// Whether `pid` has a handler installed for `signal` (`SigCgt` in its `/proc` status).
 fn catches(pid: u32, signal: libc::c_int) -> bool {
+    signal_set(pid, &["SigCgt:"], signal)
+}
+
+/// Whether `signal` is sent to process `pid` and not yet delivered (a process's own or its
+/// thread's pending set).
+fn pending(pid: u32, signal: libc::c_int) -> bool {
+    signal_set(pid, &["SigPnd:", "ShdPnd:"], signal)
+}
+
+/// Whether any of the signal masks `fields` of `/proc/PID/status` holds `signal`.
+fn signal_set(pid: u32, fields: &[&str], signal: libc::c_int) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim);
-    caught.and_then(|mask| u64::from_str_radix(mask, 16).ok()).is_some_and(|mask| mask >> (signal - 1) & 1 == 1)
+    let masks = status.lines().filter_map(|l| fields.iter().find_map(|f| l.strip_prefix(f))).map(str::trim);
+    masks.filter_map(|mask| u64::from_str_radix(mask, 16).ok()).any(|mask| mask >> (signal - 1) & 1 == 1)
 }
 
 #[test]
@@ -428,16 +439,22 @@ fn the_same_stop_signal_twice_ends_a_run_blocked_while_starting_and_not_one_that
         .unwrap();
     let pid = child.id();
     let started = std::time::Instant::now();
-    while !catches(pid, libc::SIGTERM) {
-        assert!(started.elapsed().as_secs() < 60, "micn train installed no SIGTERM handler");
+    let stops = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP];
+    while !stops.iter().all(|&signal| catches(pid, signal)) {
+        assert!(started.elapsed().as_secs() < 60, "micn train installed no handler for each stop signal");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     // One request as several signals (a terminal's Ctrl-C and a sweep's SIGTERM; a scheduler's
-    // SIGTERM and the launcher's SIGUSR1; hang-ups) asks for a graceful stop only.
+    // SIGTERM and the launcher's SIGUSR1; hang-ups) asks for a graceful stop only. Each is
+    // delivered before the next is sent: pending together, the lowest number would come first.
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP, libc::SIGHUP] {
         // SAFETY: a signal to our own child process, not yet reaped.
         unsafe { libc::kill(pid as i32, signal) };
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        let sent = std::time::Instant::now();
+        while pending(pid, signal) {
+            assert!(sent.elapsed().as_secs() < 60, "signal {signal} was never delivered");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(child.try_wait().unwrap().is_none(), "one request, however many signals, asks for a graceful stop only");
