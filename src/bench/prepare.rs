@@ -446,7 +446,7 @@ impl std::fmt::Display for PrepareBenchReport {
             "users",
             "items",
             "hist",
-            "reviews",
+            "JSON lines",
             "JSON MB",
             "gen s",
             "read s",
