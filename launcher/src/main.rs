@@ -148,17 +148,22 @@ fn cores() -> usize {
 /// hardware threads of one core share a slot) among the CPUs it may use. A 2-CPU machine of one
 /// core with two threads has one slot, and two ranks there need `--oversubscribe`.
 fn local_slots() -> usize {
+    physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &allowed_cpus()).unwrap_or_else(cores)
+}
+
+/// The CPUs this process may run on, by number (none where that cannot be read). A CPU quota
+/// (`docker --cpus`) limits none of them: it shows in [`cores`] only.
+fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
     let allowed = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)
     };
-    let cpus: Vec<usize> = match allowed {
+    match allowed {
         // SAFETY: CPU_ISSET reads a set we own, at an index below CPU_SETSIZE.
         Some(set) => (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect(),
         None => Vec::new(),
-    };
-    physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &cpus).unwrap_or_else(cores)
+    }
 }
 
 /// The physical cores (distinct package and core ids, as `sysfs` under `root` gives them) that
@@ -346,6 +351,9 @@ struct Seen {
     mpirun_error: Option<String>,
     /// Whether mpirun refused its own command line (an unknown option from `--mpirun-arg`).
     mpirun_usage: bool,
+    /// Whether mpirun said it met a limit of this host (open files, processes): it may then wait
+    /// for good, or crash.
+    host_limit: bool,
 }
 
 /// mpirun's words for a command line, a hostfile or a binary it refuses (`mpirun: Error: unknown
@@ -372,6 +380,12 @@ fn mpirun_error(line: &output::Line) -> Option<&str> {
         output::Line::Mpirun(text) if text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG") => Some(text),
         _ => None,
     }
+}
+
+/// Whether mpirun says it met a limit of this host (`ORTE_ERROR_LOG: The system limit on number
+/// of pipes ...`, its help text's `system limit exceeded`).
+fn is_host_limit(line: &output::Line) -> bool {
+    matches!(line, output::Line::Mpirun(text) if text.contains("system limit"))
 }
 
 /// Whether a rank's line reports an error that ends it: micn's one-line errors (`error: ...`),
@@ -414,6 +428,7 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
                 seen.mpirun_error = done.iter().find_map(mpirun_error).map(str::to_owned);
             }
             seen.mpirun_usage |= done.iter().any(is_mpirun_usage_error);
+            seen.host_limit |= done.iter().any(is_host_limit);
         }
         for line in done {
             printer.line(to, &line);
@@ -730,10 +745,7 @@ async fn run_once(
     }
     let seen = seen.lock().expect("output state lock");
     let error = seen.rank_error.is_some() || seen.mpirun_error.is_some();
-    // A limit of this host that mpirun ran into (open files, processes): it may then wait for
-    // good, or crash.
-    let host_limit = seen.mpirun_error.as_deref().is_some_and(|line| line.contains("system limit"));
-    Ok((outcome, Reported { error, host_limit, mpirun_usage: seen.mpirun_usage }))
+    Ok((outcome, Reported { error, host_limit: seen.host_limit, mpirun_usage: seen.mpirun_usage }))
 }
 
 /// What an attempt's output said about its end.
@@ -747,16 +759,22 @@ struct Reported {
     mpirun_usage: bool,
 }
 
-/// Where to look for why a job failed: the errors printed above (after the limit to raise, where
-/// mpirun ran into one) or, when no rank (nor mpirun) reported one, the ranks' own logs.
-fn failure_pointer(reported: Reported) -> &'static str {
-    match (reported.error, reported.host_limit) {
-        (true, true) => {
-            "mpirun met a limit of this host: raise it for the job (`ulimit -n`, `ulimit -u`); see the error \
-             messages above"
-        }
-        (true, false) => "see the error messages above",
-        (false, _) => "no rank reported an error; each rank's full log is in run.dir/logs/rank-N.log",
+/// Where to look for why a job failed: the errors printed above or, when no rank (nor mpirun)
+/// reported one, the ranks' own logs; after the limit to raise, where mpirun met one.
+fn failure_pointer(reported: Reported) -> String {
+    let pointer = match reported.error {
+        true => "see the error messages above",
+        false => "no rank reported an error; each rank's full log is in run.dir/logs/rank-N.log",
+    };
+    format!("{}{pointer}", host_limit_hint(reported))
+}
+
+/// What to do about a limit of this host that mpirun met, where it met one (a restart here meets
+/// it again).
+fn host_limit_hint(reported: Reported) -> &'static str {
+    match reported.host_limit {
+        true => "mpirun met a limit of this host: raise it for the job (`ulimit -n`, `ulimit -u`); ",
+        false => "",
     }
 }
 
@@ -953,8 +971,9 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             printer.say(
                 "WARN",
                 &format!(
-                    "job {why}; restarting in {wait} s: from the job's newest checkpoint if it wrote one, else as it \
-                     first started (restart {attempt} of {})",
+                    "job {why}; {}restarting in {wait} s: from the job's newest checkpoint if it wrote one, else as \
+                     it first started (restart {attempt} of {})",
+                    host_limit_hint(reported),
                     args.max_restarts
                 ),
             );
@@ -1123,8 +1142,9 @@ mod tests {
         assert_eq!(physical_cores(&root, &[0, 5]), None, "cpu 5 unreadable");
         assert_eq!(physical_cores(&root, &[]), None);
         std::fs::remove_dir_all(&root).unwrap();
-        // Here: at least one slot, never more than the CPUs.
-        assert!((1..=cores()).contains(&local_slots()), "{} slots, {} cpus", local_slots(), cores());
+        // Here: at least one slot, never more than the CPUs this process may use.
+        let most = allowed_cpus().len().max(cores());
+        assert!((1..=most).contains(&local_slots()), "{} slots, {most} cpus", local_slots());
         // More ranks than slots are oversubscribed; as many are not.
         let oversubscribed = |np: usize| command(&["--np", &np.to_string(), "--", "doctor"]).unwrap();
         assert!(oversubscribed(local_slots() + 1).contains(&"--oversubscribe".to_string()));

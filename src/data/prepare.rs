@@ -127,7 +127,7 @@ impl Staging {
     /// name; until then it stays as it was.
     pub fn merging(out: &Path) -> Result<Self, DataError> {
         if out.exists() && !out.is_dir() {
-            let message = "already exists and is not a directory; remove it, or work in another directory".into();
+            let message = "already exists and is not a directory; remove it, or give another directory".into();
             return Err(DataError::Invalid { path: out.to_path_buf(), message });
         }
         Self::start(out, false)
@@ -1174,13 +1174,11 @@ mod tests {
         let out = tmp.path().join("bench-checkpoint");
         std::fs::write(&out, "a user's file").unwrap();
         let e = Staging::merging(&out).err().expect("a file is refused").to_string();
-        // Said without a flag of one command: the benchmarks merge into their work directory.
+        // Said without a flag of one command: `report --out` and the benchmarks' work directories
+        // merge alike.
         assert_eq!(
             e,
-            format!(
-                "{}: already exists and is not a directory; remove it, or work in another directory",
-                out.display()
-            )
+            format!("{}: already exists and is not a directory; remove it, or give another directory", out.display())
         );
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "a user's file");
     }

@@ -231,16 +231,35 @@ fn a_killed_sweep_leaves_no_run_training() {
 fn a_killed_distribution_benchmark_leaves_no_job_running() {
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("bench-dist");
-    let mut bench = Command::new(micn_bin())
+    // Its runs' lines in a file: a pipe nobody reads would stop them once full.
+    let log = tmp.path().join("bench.log");
+    let bench = Command::new(micn_bin())
         .args(["bench", "dist", "--samples", "100000000", "--batch", "128", "--trials", "1", "--work-dir"])
         .arg(&work)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    crate::launch::wait_for_training_past(&work.join("np1-b128"), 1);
-    bench.kill().unwrap();
-    bench.wait().unwrap();
+    // Killed however the test ends: a benchmark of 100 million samples left running is not.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut bench = Killed(bench);
+    let run = work.join("np1-b128");
+    let started = std::time::Instant::now();
+    while !run.join("metrics.jsonl").exists() {
+        if let Some(status) = bench.0.try_wait().unwrap() {
+            panic!("bench dist ended ({status}) before its job trained: {}", read(&log));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "bench dist's job never trained");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    crate::launch::wait_for_training_past(&run, 1);
+    drop(bench);
     all_end_within_a_minute(&work, "the benchmark's job trains on without it");
 }
 
