@@ -347,8 +347,8 @@ struct Seen {
     last_output: Option<Instant>,
     /// When a rank first reported an error.
     rank_error: Option<Instant>,
-    /// mpirun's own internal error (see [`mpirun_error`]), if it reported one: the line.
-    mpirun_error: Option<String>,
+    /// Whether mpirun reported an internal error of its own (see [`is_mpirun_error_line`]).
+    mpirun_error: bool,
     /// Whether mpirun refused its own command line (an unknown option from `--mpirun-arg`).
     mpirun_usage: bool,
     /// Whether mpirun said it met a limit of this host (open files, processes): it may then wait
@@ -372,14 +372,11 @@ fn is_mpirun_usage_error(line: &output::Line) -> bool {
     matches!(line, output::Line::Mpirun(text) if REFUSALS.iter().any(|r| text.trim_start().starts_with(r)))
 }
 
-/// The line, where it is mpirun's report of an internal error of its own (`ORTE_ERROR_LOG`;
-/// PRRTE's `PRTE_ERROR_LOG`), after which it may wait for good (out of pipes under a low `ulimit
-/// -n`, say): a job silent for the exit grace after one is ended.
-fn mpirun_error(line: &output::Line) -> Option<&str> {
-    match line {
-        output::Line::Mpirun(text) if text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG") => Some(text),
-        _ => None,
-    }
+/// Whether mpirun reports an internal error of its own (`ORTE_ERROR_LOG`; PRRTE's
+/// `PRTE_ERROR_LOG`), after which it may wait for good (out of pipes under a low `ulimit -n`,
+/// say): a job silent for the exit grace after one is ended.
+fn is_mpirun_error_line(line: &output::Line) -> bool {
+    matches!(line, output::Line::Mpirun(text) if text.contains("ORTE_ERROR_LOG") || text.contains("PRTE_ERROR_LOG"))
 }
 
 /// Whether mpirun says it met a limit of this host (`ORTE_ERROR_LOG: The system limit on number
@@ -424,9 +421,7 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
             if seen.rank_error.is_none() && done.iter().any(is_error_line) {
                 seen.rank_error = Some(Instant::now());
             }
-            if seen.mpirun_error.is_none() {
-                seen.mpirun_error = done.iter().find_map(mpirun_error).map(str::to_owned);
-            }
+            seen.mpirun_error |= done.iter().any(is_mpirun_error_line);
             seen.mpirun_usage |= done.iter().any(is_mpirun_usage_error);
             seen.host_limit |= done.iter().any(is_host_limit);
         }
@@ -690,7 +685,7 @@ async fn run_once(
                 let (quiet, rank_error_for, mpirun_error) = {
                     let seen = seen.lock().expect("output state lock");
                     let quiet = seen.last_output.map(|t| t.elapsed()).unwrap_or_default();
-                    (quiet, seen.rank_error.map(|t| t.elapsed()), seen.mpirun_error.clone())
+                    (quiet, seen.rank_error.map(|t| t.elapsed()), seen.mpirun_error)
                 };
                 if let Some(limit) = limits.stall.filter(|&limit| quiet > limit && stops.asked.is_none()) {
                     printer.say("WARN", &format!(
@@ -706,7 +701,7 @@ async fn run_once(
                     break Outcome::Stalled;
                 }
                 let waited = rank_error_for.is_some_and(|t| t > limits.exit_grace)
-                    || (mpirun_error.is_some() && quiet > limits.exit_grace);
+                    || (mpirun_error && quiet > limits.exit_grace);
                 if waited {
                     printer.say("ERROR", &format!(
                         "mpirun has not ended the job {:.0} s after the error above (--exit-grace): killing the whole \
@@ -744,7 +739,7 @@ async fn run_once(
         );
     }
     let seen = seen.lock().expect("output state lock");
-    let error = seen.rank_error.is_some() || seen.mpirun_error.is_some();
+    let error = seen.rank_error.is_some() || seen.mpirun_error;
     Ok((outcome, Reported { error, host_limit: seen.host_limit, mpirun_usage: seen.mpirun_usage }))
 }
 
@@ -1015,7 +1010,7 @@ const OPEN_FILES: libc::rlim_t = 65_536;
 /// for mpirun and the ranks it starts on this host (mpirun takes pipes and sockets for every
 /// rank; a shell's soft `ulimit -n` of 1024, or less, is a default, not a need). A hard limit too
 /// low for the job still makes mpirun fail; the job's watch then ends it (see
-/// [`mpirun_error`]). Other hosts' daemons keep their own limits.
+/// [`is_mpirun_error_line`]). Other hosts' daemons keep their own limits.
 fn more_open_files() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit with a valid pointer to a `rlimit` we own.

@@ -362,8 +362,8 @@ mod tests {
     }
 
     /// Items in three well-separated clusters, histories mixing them: Algorithm 1 lowers the
-    /// objective and, from this start, ends with one centre per cluster (every item of a cluster assigned to the same
-    /// centre, different clusters to different centres).
+    /// objective and, from this start, ends with one centre per cluster (every item of a cluster
+    /// assigned to the same centre, different clusters to different centres).
     #[test]
     fn algorithm_1_finds_one_centre_per_cluster() {
         testing::one_thread();
