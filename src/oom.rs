@@ -48,10 +48,14 @@ pub fn libtorch_sentence(text: &str) -> Option<String> {
     if text.contains("<Error computing Error::what()>") {
         return Some("libtorch failed and could not allocate the description of its error".into());
     }
-    if !(text.contains("can't allocate memory") || text.contains("CUDA out of memory")) {
+    // The host allocator's, the caching GPU allocator's, and the CUDA runtime's and cuBLAS's own
+    // (a pinned host buffer, a cuBLAS handle's workspace), which the caching allocator never saw.
+    const STARTS: [&str; 4] =
+        ["DefaultCPUAllocator", "CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED"];
+    if !text.contains("can't allocate memory") && !STARTS[1..].iter().any(|s| text.contains(s)) {
         return None;
     }
-    let start = ["DefaultCPUAllocator", "CUDA out of memory"].iter().find_map(|s| text.find(s)).unwrap_or(0);
+    let start = STARTS.iter().find_map(|s| text.find(s)).unwrap_or(0);
     let sentence = &text[start..];
     // Lines of the backtrace come escaped as `\n` in some messages, as line breaks in others.
     let end = [sentence.find("\\n"), sentence.find('\n')].into_iter().flatten().min().unwrap_or(sentence.len());
@@ -185,6 +189,16 @@ mod tests {
         assert_eq!(
             libtorch_sentence("CUDA out of memory. Tried to allocate 2 GiB\\nframe").unwrap(),
             "CUDA out of memory. Tried to allocate 2 GiB"
+        );
+        // The CUDA runtime's and cuBLAS's own, as libtorch words them.
+        assert_eq!(
+            libtorch_sentence("Torch(\"CUDA error: out of memory\nCUDA kernel errors might be asynchronously").unwrap(),
+            "CUDA error: out of memory"
+        );
+        let cublas = "Torch(\"CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`\nException";
+        assert_eq!(
+            libtorch_sentence(cublas).unwrap(),
+            "CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
         );
         assert_eq!(libtorch_sentence("shape mismatch"), None);
         assert_eq!(

@@ -144,11 +144,25 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The slots mpirun gives this host without a hostfile: OpenMPI counts physical cores (the
-/// hardware threads of one core share a slot) among the CPUs it may use. A 2-CPU machine of one
-/// core with two threads has one slot, and two ranks there need `--oversubscribe`.
-fn local_slots() -> usize {
-    physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &allowed_cpus()).unwrap_or_else(cores)
+/// What this host gives the ranks mpirun starts on it without a hostfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LocalHost {
+    /// The CPUs the ranks' threads divide ([`cores`]: a CPU quota counts).
+    cpus: usize,
+    /// The hardware threads of each physical core (1 without SMT).
+    threads_per_core: usize,
+    /// mpirun's slots: OpenMPI counts physical cores (the hardware threads of one core share a
+    /// slot) among the CPUs it may use. A 2-CPU machine of one core with two threads has one
+    /// slot, and two ranks there need `--oversubscribe`.
+    slots: usize,
+}
+
+impl LocalHost {
+    fn this() -> Self {
+        let allowed = allowed_cpus();
+        let slots = physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &allowed).unwrap_or_else(cores);
+        LocalHost { cpus: cores(), threads_per_core: (allowed.len() / slots).max(1), slots }
+    }
 }
 
 /// The CPUs this process may run on, by number (none where that cannot be read). A CPU quota
@@ -215,8 +229,19 @@ fn micn_binary(args: &Args) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The full mpirun command line.
-fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<String>> {
+/// The full mpirun command line, and what the user should know of it (an argument split at its
+/// spaces, a binding asked for and not made).
+struct MpirunCommand {
+    args: Vec<String>,
+    notes: Vec<String>,
+}
+
+/// The mpirun command that runs `placement`, on this host when there is no hostfile.
+fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<MpirunCommand> {
+    build_command_on(args, placement, LocalHost::this())
+}
+
+fn build_command_on(args: &Args, placement: &Placement, local: LocalHost) -> anyhow::Result<MpirunCommand> {
     if placement.np == 0 {
         bail!("--np must be at least 1");
     }
@@ -265,11 +290,23 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     let np = placement.np;
     let slots = match &placement.hostfile {
         Some(h) => hosts::total_slots(&hosts::read_hostfile(h)?),
-        None => local_slots(),
+        None => local.slots,
     };
-    // Without a hostfile every rank runs here; with one, each rank divides its own host's cores
-    // among the ranks there (micn does, when OMP_NUM_THREADS is not set).
-    let threads = args.threads.or_else(|| placement.hostfile.is_none().then(|| (cores() / np).max(1)));
+    let oversubscribed = np > slots;
+    let (binding, mut notes) = match args.bind.as_str() {
+        "none" => (None, Vec::new()),
+        "core" => bind_to_cores(args.threads, placement, local, oversubscribed),
+        other => bail!("--bind must be `none` or `core`, not `{other}`"),
+    };
+    // Without a hostfile every rank runs here (on the hardware threads of the cores it is bound
+    // to); with one, each rank divides its own host's cores among the ranks there (micn does,
+    // when OMP_NUM_THREADS is not set).
+    let threads = args.threads.or_else(|| {
+        placement.hostfile.is_none().then(|| {
+            let share = (local.cpus / np).max(1);
+            binding.map_or(share, |cores| share.min(cores * local.threads_per_core))
+        })
+    });
     let mut cmd = vec![args.mpirun.display().to_string(), "-np".into(), np.to_string(), "--tag-output".into()];
     if is_root() {
         cmd.push("--allow-run-as-root".into());
@@ -277,24 +314,16 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
     if let Some(h) = &placement.hostfile {
         cmd.extend(["--hostfile".into(), h.display().to_string()]);
     }
-    let oversubscribed = np > slots;
     if oversubscribed {
         cmd.push("--oversubscribe".into());
     }
-    // Binding each rank to its threads' cores needs that many cores here (mpirun refuses more);
-    // with a hostfile, each host's own cores are mpirun's to count.
-    let cores_short = placement.hostfile.is_none() && np * threads.unwrap_or(1) > slots;
-    match args.bind.as_str() {
-        "core" if !oversubscribed && !cores_short => {
-            let pe = threads.unwrap_or(1);
-            cmd.extend(["--map-by".into(), format!("slot:PE={pe}"), "--bind-to".into(), "core".into()])
-        }
-        "none" | "core" => cmd.extend(["--bind-to".into(), "none".into()]),
-        other => bail!("--bind must be `none` or `core`, not `{other}`"),
+    match binding {
+        Some(pe) => cmd.extend(["--map-by".into(), format!("slot:PE={pe}"), "--bind-to".into(), "core".into()]),
+        None => cmd.extend(["--bind-to".into(), "none".into()]),
     }
     // Each rank also runs a loader thread: when ranks and loaders outnumber this host's cores,
     // ranks waiting in a collective must yield the core instead of spinning on it.
-    if placement.hostfile.is_none() && np * (threads.unwrap_or(1) + 1) > cores() {
+    if placement.hostfile.is_none() && np * (threads.unwrap_or(1) + 1) > local.cpus {
         cmd.extend(["--mca".into(), "mpi_yield_when_idle".into(), "1".into()]);
     }
     if let Some(threads) = threads {
@@ -307,10 +336,44 @@ fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<Vec<Strin
         cmd.extend(["-x".into(), "RUST_LOG".into()]);
     }
     cmd.extend(["-x".into(), format!("{LAUNCH_ID_ENV}={}", launch_id())]);
-    cmd.extend(mpirun_tokens(&args.mpirun_args).0);
+    let (tokens, split_notes) = mpirun_tokens(&args.mpirun_args);
+    cmd.extend(tokens);
     cmd.push(micn.display().to_string());
     cmd.extend(micn_args);
-    Ok(cmd)
+    notes.extend(split_notes);
+    Ok(MpirunCommand { args: cmd, notes })
+}
+
+/// `--bind core`: the physical cores each rank is bound to (mpirun's `PE`), or `None` and why
+/// not. With a hostfile, each rank gets `--threads` cores (1 without), its host's to count;
+/// without one, each rank gets the cores whose hardware threads its `threads` run on (an equal
+/// share of this host's cores when not given), if this host has that many for every rank.
+fn bind_to_cores(
+    threads: Option<usize>,
+    placement: &Placement,
+    local: LocalHost,
+    oversubscribed: bool,
+) -> (Option<usize>, Vec<String>) {
+    let np = placement.np;
+    if oversubscribed {
+        return (None, vec![format!("--bind core: {np} ranks oversubscribe the slots: ranks left unbound")]);
+    }
+    if placement.hostfile.is_some() {
+        return (Some(threads.unwrap_or(1)), Vec::new());
+    }
+    let Some(threads) = threads else {
+        return (Some(local.slots / np), Vec::new());
+    };
+    let per_rank = threads.div_ceil(local.threads_per_core);
+    if np * per_rank > local.slots {
+        let note = format!(
+            "--bind core: {np} ranks of {threads} threads need {} cores, this host has {}: ranks left unbound",
+            np * per_rank,
+            local.slots
+        );
+        return (None, vec![note]);
+    }
+    (Some(per_rank), Vec::new())
 }
 
 /// This job's identity, the same for every attempt (micn's `MICN_LAUNCH_ID`): rank 0 records it in
@@ -859,12 +922,12 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
     if args.stall_timeout == Some(0) {
         bail!("--stall-timeout must be at least 1 second (leave it out for no stall detection)");
     }
-    let (tokens, split_notes) = mpirun_tokens(&args.mpirun_args);
-    let prober = hosts::Prober::new(&tokens, Duration::from_secs(args.probe_timeout.max(1)));
+    let prober =
+        hosts::Prober::new(&mpirun_tokens(&args.mpirun_args).0, Duration::from_secs(args.probe_timeout.max(1)));
     let mut placement = original.clone();
-    let mut cmd = build_command(&args, &placement)?;
+    let MpirunCommand { args: mut cmd, notes } = build_command(&args, &placement)?;
     let printer = Printer { json: log_format_json(&cmd) };
-    for note in &split_notes {
+    for note in &notes {
         printer.say("INFO", note);
     }
     if args.dry_run {
@@ -943,7 +1006,7 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             Outcome::Regrow => {
                 printer.say("INFO", &format!("resuming on all {} rank(s) of the hostfile", original.np));
                 (placement, lost) = (original.clone(), Vec::new());
-                cmd = build_command(&args, &placement)?;
+                cmd = build_command(&args, &placement)?.args;
                 continue;
             }
             // mpirun killed by a signal with no error reported: from outside the job.
@@ -987,7 +1050,7 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 break;
             }
         }
-        cmd = build_command(&args, &placement)?;
+        cmd = build_command(&args, &placement)?.args;
     }
 }
 
@@ -1087,7 +1150,7 @@ mod tests {
     fn command(extra: &[&str]) -> anyhow::Result<Vec<String>> {
         let a = args(extra);
         let placement = Placement { np: a.np, hostfile: a.hostfile.clone() };
-        build_command(&a, &placement)
+        build_command(&a, &placement).map(|c| c.args)
     }
 
     #[test]
@@ -1139,11 +1202,54 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
         // Here: at least one slot, never more than the CPUs this process may use.
         let most = allowed_cpus().len().max(cores());
-        assert!((1..=most).contains(&local_slots()), "{} slots, {most} cpus", local_slots());
+        let slots = LocalHost::this().slots;
+        assert!((1..=most).contains(&slots), "{slots} slots, {most} cpus");
         // More ranks than slots are oversubscribed; as many are not.
         let oversubscribed = |np: usize| command(&["--np", &np.to_string(), "--", "doctor"]).unwrap();
-        assert!(oversubscribed(local_slots() + 1).contains(&"--oversubscribe".to_string()));
-        assert!(!oversubscribed(local_slots()).contains(&"--oversubscribe".to_string()));
+        assert!(oversubscribed(slots + 1).contains(&"--oversubscribe".to_string()));
+        assert!(!oversubscribed(slots).contains(&"--oversubscribe".to_string()));
+    }
+
+    #[test]
+    fn bind_core_binds_each_rank_to_the_cores_whose_hardware_threads_it_runs_on() {
+        // 16 cores of two hardware threads each.
+        let smt = LocalHost { cpus: 32, threads_per_core: 2, slots: 16 };
+        let on = |extra: &[&str], host| {
+            let a = args(&[&["--bind", "core"][..], extra, &["--", "doctor"]].concat());
+            build_command_on(&a, &Placement { np: a.np, hostfile: None }, host).unwrap()
+        };
+        let bound = |c: &MpirunCommand, pe: usize, threads: usize| {
+            assert!(
+                c.args.windows(4).any(|w| w == ["--map-by", &format!("slot:PE={pe}"), "--bind-to", "core"]),
+                "{:?}",
+                c.args
+            );
+            assert!(c.args.contains(&format!("OMP_NUM_THREADS={threads}")), "{:?}", c.args);
+            assert!(c.notes.is_empty(), "{:?}", c.notes);
+        };
+        let unbound = |c: &MpirunCommand, why: &str| {
+            assert!(c.args.windows(2).any(|w| w == ["--bind-to", "none"]), "{:?}", c.args);
+            assert!(c.notes.iter().any(|n| n.contains(why)), "{:?}", c.notes);
+        };
+        // Each rank's share of the cores, its threads on their hardware threads (it was left
+        // unbound: 4 ranks of 8 threads taken for 32 cores).
+        bound(&on(&["--np", "4"], smt), 4, 8);
+        bound(&on(&["--np", "3"], smt), 5, 10);
+        bound(&on(&["--np", "16"], smt), 1, 2);
+        // Threads given: the cores that hold them.
+        bound(&on(&["--np", "2", "--threads", "8"], smt), 4, 8);
+        bound(&on(&["--np", "2", "--threads", "5"], smt), 3, 5);
+        unbound(&on(&["--np", "4", "--threads", "10"], smt), "4 ranks of 10 threads need 20 cores, this host has 16");
+        unbound(&on(&["--np", "17"], smt), "17 ranks oversubscribe");
+        // Without SMT a thread needs a core.
+        let plain = LocalHost { cpus: 8, threads_per_core: 1, slots: 8 };
+        bound(&on(&["--np", "2"], plain), 4, 4);
+        bound(&on(&["--np", "2", "--threads", "4"], plain), 4, 4);
+        unbound(&on(&["--np", "2", "--threads", "5"], plain), "need 10 cores, this host has 8");
+        // Not asked for: nothing said.
+        let a = args(&["--np", "2", "--threads", "5", "--", "doctor"]);
+        let c = build_command_on(&a, &Placement { np: 2, hostfile: None }, plain).unwrap();
+        assert!(c.args.windows(2).any(|w| w == ["--bind-to", "none"]) && c.notes.is_empty(), "{:?}", c.notes);
     }
 
     #[test]

@@ -150,8 +150,10 @@ pub struct DistReport {
     pub rows: Vec<BatchRow>,
 }
 
-/// Mean bytes a rank sends per step (DIN + MICN, random batches of 128).
-fn bytes_per_step(items: i64, device: Device) -> Result<f64, TrainError> {
+/// Mean bytes a rank sends per step (DIN + MICN, random batches of 128), the same on any device.
+/// Counted on the CPU: one process alone on a GPU keeps its gradients there and sends nothing.
+fn bytes_per_step(items: i64) -> Result<f64, TrainError> {
+    let device = Device::Cpu;
     let opts = ThroughputOptions { items, users: 100_000, ..Default::default() };
     let mut cfg = Config::default();
     cfg.model.kind = ModelKind::Din;
@@ -173,8 +175,8 @@ fn bytes_per_step(items: i64, device: Device) -> Result<f64, TrainError> {
 pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     tch::set_num_threads(1);
     let device = opts.device.resolve()?;
-    let bytes_10k = bytes_per_step(10_000, device)?;
-    let bytes_1m = bytes_per_step(1_000_000, device)?;
+    let bytes_10k = bytes_per_step(10_000)?;
+    let bytes_1m = bytes_per_step(1_000_000)?;
 
     let synth_cfg = SynthConfig { users: opts.users, items: opts.items, clusters: 200, ..Preset::Quickstart.config(1) };
     let data = synthetic_dataset(&synth_cfg, Protocol::Din, 20, &opts.work_dir)?;
@@ -191,6 +193,8 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     let timed = |ranks: usize, batch: usize| -> Result<RankRun, TrainError> {
         let run_dir = opts.work_dir.join(format!("np{ranks}-b{batch}"));
         let steps = (opts.samples / batch as u64).max(1);
+        // Less a margin: the kernel stamps files with a coarser clock than this one.
+        let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
         let mut launch = Command::new(&launcher);
         // Its job ends with the benchmark, killed or not.
         crate::experiment::sweep::stopped_with_this_process(&mut launch);
@@ -207,8 +211,12 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
         let run_dir = RunDir::new(run_dir);
         let summary = if status.success() { run_dir.read_summary()? } else { None };
         let Some(s) = summary else {
-            // A run that failed before it started logging has only the errors printed above.
-            let logs = match run_dir.path().join("logs").is_dir() {
+            // A run that failed before it started logging has only the errors printed above (the
+            // logs there may be an earlier trial's).
+            let logged = std::fs::metadata(run_dir.path().join("logs/rank-0.log"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified >= started);
+            let logs = match logged {
                 true => "its errors are printed above and each rank's log is in logs/",
                 false => "its errors are printed above",
             };
@@ -273,6 +281,8 @@ impl std::fmt::Display for DistReport {
         )?;
         writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         let ratio = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2}× ({lo:.2}–{hi:.2})");
+        // The update's share is not timed on a GPU (`summary.json`'s `update_share`).
+        let share = |x: f64| if x.is_nan() { "n/a".to_string() } else { format!("{x:.1} %") };
         for r in &self.rows {
             let [one, two, half, two_2b] = r.samples_per_sec();
             let (e, e_lo, e_hi) = r.efficiency();
@@ -280,13 +290,17 @@ impl std::fmt::Display for DistReport {
             writeln!(
                 f,
                 "| {} | {one:.0} | {two:.0} | {} | {half:.0} | {:.0} % ({:.0}–{:.0}) | {two_2b:.0} | {} \
-                 | {c1:.1} % / {c2:.1} % | {u1:.1} % / {u2:.1} % |",
+                 | {} / {} | {} / {} |",
                 r.global_batch,
                 ratio(r.speed_up()),
                 100.0 * e,
                 100.0 * e_lo,
                 100.0 * e_hi,
                 ratio(r.speed_up_same_per_rank()),
+                share(c1),
+                share(c2),
+                share(u1),
+                share(u2),
             )?;
         }
         Ok(())

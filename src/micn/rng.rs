@@ -3,8 +3,9 @@
 //! (per step).
 //!
 //! Every value is a pure function of `(seed, stream, counter…)`, so a draw never depends on
-//! libtorch's global generator, on the order of earlier draws, on the device, or on how the
-//! global batch is split over ranks (the routing logits of a sample are keyed by its global
+//! libtorch's global generator, on the order of earlier draws, on the device (but for the last
+//! bit of a normal draw's final `log`, `sqrt` and `cos`), or on how the global batch is split
+//! over ranks (the routing logits of a sample are keyed by its global
 //! index). The mixing function is SplitMix64's finaliser (Steele, Lea & Flood, "Fast splittable
 //! pseudorandom number generators", OOPSLA 2014), applied once per counter word.
 
@@ -108,7 +109,9 @@ impl NormalField {
     }
 
     /// The draws at every position of the broadcast of `words` (i64 tensors of values in
-    /// `0..2³²`, on one device), as f64 on that device: element-wise [`NormalField::value`].
+    /// `0..2³²`, on one device), as f64 on that device: element-wise [`NormalField::value`]. The
+    /// integer mixing is exact everywhere; the final `log`, `sqrt` and `cos` are the device's
+    /// own, which may differ from the host's in the last bit of an f64.
     pub fn tensor(&self, words: &[Tensor]) -> Tensor {
         let first = words.first().expect("at least one counter word");
         let mut h = first.full_like(self.key as i64);

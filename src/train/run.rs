@@ -954,7 +954,11 @@ impl<'a> Run<'a> {
     /// The losses of the steps whose losses are still on the device; a non-finite one stops the
     /// run here, before anything is evaluated or saved from the model it led to.
     fn read_losses(&mut self) -> Result<(), TrainError> {
+        // Reading them waits for a GPU to finish the steps queued on it: a hung device is the
+        // last of those steps overdue.
+        let watched = self.watchdog.map(|w| w.step(self.step.saturating_sub(1)));
         let waited = self.totals.read()?;
+        drop(watched);
         self.steady.waited(waited);
         Ok(())
     }
@@ -1163,7 +1167,11 @@ impl<'a> Run<'a> {
             model: cfg.model.kind.name().to_string(),
             micn: cfg.micn.enabled,
             comm_share: measured(totals.comm_seconds / totals.step_seconds.max(1e-12)),
-            update_share: measured(totals.update_seconds / totals.step_seconds.max(1e-12)),
+            // A GPU runs the update after the host has queued it: its time is not known here.
+            update_share: match self.scorer.device {
+                Device::Cpu => measured(totals.update_seconds / totals.step_seconds.max(1e-12)),
+                _ => f64::NAN,
+            },
             bytes_sent_per_step: measured(totals.bytes_sent as f64 / steps_here.max(1) as f64),
             transfers_per_step: measured(totals.transfers as f64 / steps_here.max(1) as f64),
             replica_digest,

@@ -278,7 +278,9 @@ pub struct Summary {
     /// [`crate::train::step::StepStats::comm_seconds`]).
     #[serde(deserialize_with = "nan_if_null")]
     pub comm_share: f64,
-    /// Share of the training steps' wall-clock time spent in the optimizer update.
+    /// Share of the training steps' wall-clock time spent in the optimizer update (`null` on a
+    /// GPU, which runs the update after the host has queued it: timing it would take a
+    /// synchronisation every step).
     #[serde(deserialize_with = "nan_if_null")]
     pub update_share: f64,
     /// Mean bytes one rank sent per step in the gradient exchange.
