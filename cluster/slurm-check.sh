@@ -9,7 +9,10 @@
 #   1. submits cluster/slurm.sbatch unchanged with `sbatch --ntasks=2 --wait` on a small
 #      synthetic dataset, and trains the same configuration with `micn-launch --np 2`:
 #      the two model.safetensors must be identical;
-#   2. runs `srun -n 2 micn doctor` without `--mpi=pmix`, which micn must refuse (exit 3).
+#   2. runs `srun -n 2 micn doctor` without `--mpi=pmix`, which micn must refuse (exit 3);
+#   3. runs `micn-launch` inside an allocation of 2 tasks without a hostfile: mpirun places
+#      its 2 ranks in the allocation's slots (the model again identical), and 3 ranks are
+#      refused by mpirun for want of slots (exit 3), not oversubscribed.
 # The daemons are stopped at the end, whatever happens. Needs root.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -110,4 +113,25 @@ set -e
 grep -q "srun --mpi=pmix" "$work/srun.out" && [[ $code -ne 0 ]] \
   || { cat "$work/srun.out" >&2; die "srun without PMI was not refused (exit $code)"; }
 say "   refused (exit $code): $(grep -m1 'Slurm started' "$work/srun.out")"
+say "3. micn-launch inside an allocation of 2 tasks, without a hostfile"
+launch_in_job() { # NP LOG: micn-launch --np NP as a batch job of 2 tasks; its status
+  local code=0
+  sbatch --ntasks=2 --wait --output="$work/$2" --wrap "$(printf '%q ' "$repo/target/release/micn-launch" \
+    --np "$1" --config configs/quickstart.toml "${common[@]}" --set "run.dir=\"$work/alloc-run-$1\"")" \
+    >/dev/null || code=$?
+  return "$code"
+}
+launch_in_job 2 alloc-2.out || { cat "$work/alloc-2.out" >&2; die "micn-launch --np 2 in the allocation failed"; }
+grep -q "in Slurm job [0-9]*: mpirun places the ranks" "$work/alloc-2.out" \
+  || { cat "$work/alloc-2.out" >&2; die "micn-launch did not say it runs in the allocation"; }
+cmp -s "$work/alloc-run-2/model.safetensors" "$work/launch-run/model.safetensors" \
+  || die "micn-launch's model in the allocation differs from its model outside"
+say "   2 ranks: $(grep -m1 -o 'in Slurm job [0-9]*: mpirun places the ranks on its nodes and slots' "$work/alloc-2.out"); the model equals the one outside, byte for byte"
+set +e
+launch_in_job 3 alloc-3.out
+code=$?
+set -e
+grep -q "not enough slots" "$work/alloc-3.out" && [[ ! -e $work/alloc-run-3/summary.json ]] \
+  || { cat "$work/alloc-3.out" >&2; die "3 ranks in 2 tasks' slots were not refused (job status $code)"; }
+say "   3 ranks: refused by mpirun for want of slots (job status $code)"
 say "all Slurm checks passed"

@@ -7,9 +7,10 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 source cluster/env.sh
 # The tests check what micn does started by hand: not a log filter, a launcher's job, an MPI or
-# Slurm rank this shell may have inherited (a test run inside an allocation, say).
+# Slurm rank, or a batch allocation (whose nodes mpirun would take) this shell may have inherited.
 unset RUST_LOG MICN_LAUNCH_ID MICN_QUIET_RANKS MICN_MPI_START_TIMEOUT OMPI_COMM_WORLD_SIZE PMIX_RANK \
-    SLURM_PROCID SLURM_STEP_NUM_TASKS
+    SLURM_PROCID SLURM_STEP_NUM_TASKS SLURM_JOBID SLURM_JOB_ID SLURM_NODELIST SLURM_JOB_NODELIST \
+    PE_HOSTFILE
 bash cluster/setup-node.sh
 cargo build --release --workspace
 cargo test --release --workspace

@@ -145,7 +145,7 @@ fn cores() -> usize {
 }
 
 /// What this host gives the ranks mpirun starts on it without a hostfile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct LocalHost {
     /// The CPUs the ranks' threads divide ([`cores`]: a CPU quota counts).
     cpus: usize,
@@ -155,13 +155,30 @@ struct LocalHost {
     /// slot) among the CPUs it may use. A 2-CPU machine of one core with two threads has one
     /// slot, and two ranks there need `--oversubscribe`.
     slots: usize,
+    /// The batch system's allocation this runs in, which mpirun places the ranks in without a
+    /// hostfile (its nodes and slots, not this host's): `Slurm job 42`, say.
+    allocation: Option<String>,
 }
 
 impl LocalHost {
     fn this() -> Self {
         let allowed = allowed_cpus();
         let slots = physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &allowed).unwrap_or_else(cores);
-        LocalHost { cpus: cores(), threads_per_core: (allowed.len() / slots).max(1), slots }
+        let allocation = allocation(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+        LocalHost { cpus: cores(), threads_per_core: (allowed.len() / slots).max(1), slots, allocation }
+    }
+}
+
+/// The allocation of a batch system whose nodes OpenMPI 4.1's mpirun takes for its own without a
+/// hostfile (its `ras` components for Slurm and Grid Engine, as Debian builds it), from the
+/// variables it reads (`var`).
+fn allocation(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if let (Some(job), Some(_)) = (var("SLURM_JOBID"), var("SLURM_NODELIST")) {
+        return Some(format!("Slurm job {job}"));
+    }
+    match (var("PE_HOSTFILE"), var("JOB_ID"), var("SGE_ROOT")) {
+        (Some(_), Some(job), Some(_)) => Some(format!("Grid Engine job {job}")),
+        _ => None,
     }
 }
 
@@ -231,6 +248,7 @@ fn micn_binary(args: &Args) -> anyhow::Result<PathBuf> {
 
 /// The full mpirun command line, and what the user should know of it (an argument split at its
 /// spaces, a binding asked for and not made).
+#[derive(Debug)]
 struct MpirunCommand {
     args: Vec<String>,
     notes: Vec<String>,
@@ -238,10 +256,10 @@ struct MpirunCommand {
 
 /// The mpirun command that runs `placement`, on this host when there is no hostfile.
 fn build_command(args: &Args, placement: &Placement) -> anyhow::Result<MpirunCommand> {
-    build_command_on(args, placement, LocalHost::this())
+    build_command_on(args, placement, &LocalHost::this())
 }
 
-fn build_command_on(args: &Args, placement: &Placement, local: LocalHost) -> anyhow::Result<MpirunCommand> {
+fn build_command_on(args: &Args, placement: &Placement, local: &LocalHost) -> anyhow::Result<MpirunCommand> {
     if placement.np == 0 {
         bail!("--np must be at least 1");
     }
@@ -288,21 +306,34 @@ fn build_command_on(args: &Args, placement: &Placement, local: LocalHost) -> any
         micn_args.splice(0..0, ["--log-format".to_string(), "json".to_string()]);
     }
     let np = placement.np;
-    let slots = match &placement.hostfile {
-        Some(h) => hosts::total_slots(&hosts::read_hostfile(h)?),
-        None => local.slots,
+    let mut notes = Vec::new();
+    // Where the ranks run: the hostfile's hosts, else the allocation's nodes (mpirun's to count:
+    // it refuses more ranks than their slots), else this host alone.
+    let here_only = placement.hostfile.is_none() && local.allocation.is_none();
+    let slots = match (&placement.hostfile, &local.allocation) {
+        (Some(h), _) => Some(hosts::total_slots(&hosts::read_hostfile(h)?)),
+        (None, Some(allocation)) => {
+            notes.push(format!(
+                "in {allocation}: mpirun places the ranks on its nodes and slots, each rank dividing its \
+                 node's cores among the ranks there (give --hostfile to place them yourself)"
+            ));
+            None
+        }
+        (None, None) => Some(local.slots),
     };
-    let oversubscribed = np > slots;
-    let (binding, mut notes) = match args.bind.as_str() {
-        "none" => (None, Vec::new()),
-        "core" => bind_to_cores(args.threads, placement, local, oversubscribed),
+    let oversubscribed = slots.is_some_and(|slots| np > slots);
+    let binding = match args.bind.as_str() {
+        "none" => None,
+        "core" => {
+            bind_to_cores(args.threads, np, (here_only, local), oversubscribed).map_err(|why| notes.push(why)).ok()
+        }
         other => bail!("--bind must be `none` or `core`, not `{other}`"),
     };
-    // Without a hostfile every rank runs here (on the hardware threads of the cores it is bound
-    // to); with one, each rank divides its own host's cores among the ranks there (micn does,
-    // when OMP_NUM_THREADS is not set).
+    // Every rank here: each on the hardware threads of the cores it is bound to, or on its share
+    // of this host's. Else each rank divides its own host's cores among the ranks there (micn
+    // does, when OMP_NUM_THREADS is not set).
     let threads = args.threads.or_else(|| {
-        placement.hostfile.is_none().then(|| {
+        here_only.then(|| {
             let share = (local.cpus / np).max(1);
             binding.map_or(share, |cores| share.min(cores * local.threads_per_core))
         })
@@ -323,7 +354,7 @@ fn build_command_on(args: &Args, placement: &Placement, local: LocalHost) -> any
     }
     // Each rank also runs a loader thread: when ranks and loaders outnumber this host's cores,
     // ranks waiting in a collective must yield the core instead of spinning on it.
-    if placement.hostfile.is_none() && np * (threads.unwrap_or(1) + 1) > local.cpus {
+    if here_only && np * (threads.unwrap_or(1) + 1) > local.cpus {
         cmd.extend(["--mca".into(), "mpi_yield_when_idle".into(), "1".into()]);
     }
     if let Some(threads) = threads {
@@ -344,36 +375,35 @@ fn build_command_on(args: &Args, placement: &Placement, local: LocalHost) -> any
     Ok(MpirunCommand { args: cmd, notes })
 }
 
-/// `--bind core`: the physical cores each rank is bound to (mpirun's `PE`), or `None` and why
-/// not. With a hostfile, each rank gets `--threads` cores (1 without), its host's to count;
-/// without one, each rank gets the cores whose hardware threads its `threads` run on (an equal
-/// share of this host's cores when not given), if this host has that many for every rank.
+/// `--bind core`: the physical cores each rank is bound to (mpirun's `PE`), or why it binds
+/// none. With ranks on other hosts (a hostfile's, an allocation's), each rank gets `--threads`
+/// cores (1 without), its host's to count; with every rank here, the cores whose hardware
+/// threads its `threads` run on (an equal share of this host's cores when not given), if this
+/// host has that many for every rank.
 fn bind_to_cores(
     threads: Option<usize>,
-    placement: &Placement,
-    local: LocalHost,
+    np: usize,
+    (here_only, local): (bool, &LocalHost),
     oversubscribed: bool,
-) -> (Option<usize>, Vec<String>) {
-    let np = placement.np;
+) -> Result<usize, String> {
     if oversubscribed {
-        return (None, vec![format!("--bind core: {np} ranks oversubscribe the slots: ranks left unbound")]);
+        return Err(format!("--bind core: {np} ranks oversubscribe the slots: ranks left unbound"));
     }
-    if placement.hostfile.is_some() {
-        return (Some(threads.unwrap_or(1)), Vec::new());
+    if !here_only {
+        return Ok(threads.unwrap_or(1));
     }
     let Some(threads) = threads else {
-        return (Some(local.slots / np), Vec::new());
+        return Ok(local.slots / np);
     };
     let per_rank = threads.div_ceil(local.threads_per_core);
     if np * per_rank > local.slots {
-        let note = format!(
+        return Err(format!(
             "--bind core: {np} ranks of {threads} threads need {} cores, this host has {}: ranks left unbound",
             np * per_rank,
             local.slots
-        );
-        return (None, vec![note]);
+        ));
     }
-    (Some(per_rank), Vec::new())
+    Ok(per_rank)
 }
 
 /// This job's identity, the same for every attempt (micn's `MICN_LAUNCH_ID`): rank 0 records it in
@@ -1213,7 +1243,7 @@ mod tests {
     #[test]
     fn bind_core_binds_each_rank_to_the_cores_whose_hardware_threads_it_runs_on() {
         // 16 cores of two hardware threads each.
-        let smt = LocalHost { cpus: 32, threads_per_core: 2, slots: 16 };
+        let smt = &LocalHost { cpus: 32, threads_per_core: 2, slots: 16, allocation: None };
         let on = |extra: &[&str], host| {
             let a = args(&[&["--bind", "core"][..], extra, &["--", "doctor"]].concat());
             build_command_on(&a, &Placement { np: a.np, hostfile: None }, host).unwrap()
@@ -1242,7 +1272,7 @@ mod tests {
         unbound(&on(&["--np", "4", "--threads", "10"], smt), "4 ranks of 10 threads need 20 cores, this host has 16");
         unbound(&on(&["--np", "17"], smt), "17 ranks oversubscribe");
         // Without SMT a thread needs a core.
-        let plain = LocalHost { cpus: 8, threads_per_core: 1, slots: 8 };
+        let plain = &LocalHost { cpus: 8, threads_per_core: 1, slots: 8, allocation: None };
         bound(&on(&["--np", "2"], plain), 4, 4);
         bound(&on(&["--np", "2", "--threads", "4"], plain), 4, 4);
         unbound(&on(&["--np", "2", "--threads", "5"], plain), "need 10 cores, this host has 8");
@@ -1250,6 +1280,42 @@ mod tests {
         let a = args(&["--np", "2", "--threads", "5", "--", "doctor"]);
         let c = build_command_on(&a, &Placement { np: 2, hostfile: None }, plain).unwrap();
         assert!(c.args.windows(2).any(|w| w == ["--bind-to", "none"]) && c.notes.is_empty(), "{:?}", c.notes);
+    }
+
+    #[test]
+    fn in_a_batch_allocation_mpirun_places_the_ranks_and_each_sizes_its_threads_on_its_node() {
+        let env = |vars: &'static [(&str, &str)]| {
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        let slurm = allocation(env(&[("SLURM_JOBID", "42"), ("SLURM_NODELIST", "node[1-2]")]));
+        assert_eq!(slurm.as_deref(), Some("Slurm job 42"));
+        let grid = allocation(env(&[("PE_HOSTFILE", "/sge/pe"), ("JOB_ID", "7"), ("SGE_ROOT", "/sge")]));
+        assert_eq!(grid.as_deref(), Some("Grid Engine job 7"));
+        // A job id alone (a shell left from an allocation, a step's own variables) is not one.
+        assert_eq!(allocation(env(&[("SLURM_JOBID", "42")])), None);
+        assert_eq!(allocation(env(&[("JOB_ID", "7")])), None);
+        // 8 ranks in an allocation, from a node of 4 cores: mpirun's slots, not this node's.
+        let node = &LocalHost { cpus: 4, threads_per_core: 1, slots: 4, allocation: slurm };
+        let on = |extra: &[&str]| {
+            let a = args(&[&["--np", "8"][..], extra, &["--", "doctor"]].concat());
+            build_command_on(&a, &Placement { np: 8, hostfile: None }, node).unwrap()
+        };
+        let c = on(&[]);
+        assert!(!c.args.contains(&"--oversubscribe".to_string()), "{:?}", c.args);
+        assert!(!c.args.iter().any(|a| a.starts_with("OMP_NUM_THREADS") || a == "mpi_yield_when_idle"), "{:?}", c.args);
+        assert!(c.notes.iter().any(|n| n.starts_with("in Slurm job 42: mpirun places the ranks")), "{:?}", c.notes);
+        let c = on(&["--bind", "core", "--threads", "2"]);
+        assert!(c.args.windows(4).any(|w| w == ["--map-by", "slot:PE=2", "--bind-to", "core"]), "{:?}", c.args);
+        assert!(c.args.contains(&"OMP_NUM_THREADS=2".to_string()), "{:?}", c.args);
+        // A hostfile places them itself: nothing said of the allocation.
+        let dir = std::env::temp_dir().join(format!("micn-launch-alloc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hostfile = dir.join("hosts");
+        std::fs::write(&hostfile, "node1 slots=2\n").unwrap();
+        let a = args(&["--np", "8", "--hostfile", hostfile.to_str().unwrap(), "--", "doctor"]);
+        let c = build_command_on(&a, &Placement { np: 8, hostfile: a.hostfile.clone() }, node).unwrap();
+        assert!(c.args.contains(&"--oversubscribe".to_string()) && c.notes.is_empty(), "{:?}", c);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
