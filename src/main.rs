@@ -618,6 +618,14 @@ fn main() -> ExitCode {
     });
     match ran {
         Ok(()) => ExitCode::SUCCESS,
+        // A failure every rank knows of: said once, and every rank ends alone with its status.
+        Err(e) if e.is::<Agreed>() => {
+            let agreed = e.downcast::<Agreed>().expect("checked");
+            if let Some(cause) = &agreed.shown {
+                report_error(cause, Some(comm.rank()), cli.log_format);
+            }
+            ExitCode::from(agreed.code)
+        }
         Err(e) => {
             let e = match is_out_of_memory(&e) {
                 true => anyhow::Error::new(OutOfMemory(message_of(&e))),
@@ -919,10 +927,16 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
     }
 }
 
-fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
-    let TrainArgs { config, sets, resume, overwrite } = args;
-
-    use micn::train::Resume;
+/// `micn train`'s configuration and resume choice, checked as far as they can be before the run
+/// claims its directory (a refused run writes nothing there).
+fn train_inputs(
+    config: &Path,
+    sets: &[String],
+    resume: Option<String>,
+    overwrite: bool,
+    comm: &dyn Communicator,
+) -> anyhow::Result<(micn::config::Config, micn::train::Resume)> {
+    use micn::train::{trainer::TrainError, Resume};
     let resume = match resume.as_deref() {
         None if overwrite => Resume::Overwrite,
         None => Resume::Fresh,
@@ -931,7 +945,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         Some(path) => Resume::Path(PathBuf::from(path)),
     };
     let overrides = sets.iter().map(|s| micn::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
-    let cfg = micn::config::Config::load(Some(&config), &overrides)?;
+    let cfg = micn::config::Config::load(Some(config), &overrides)?;
     // Before the run claims its directory: a refused run writes nothing there. A restart of the
     // job that claimed it and checkpointed there goes on from its newest checkpoint, not from
     // --resume's (which retention may have removed since).
@@ -956,6 +970,49 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         "run.dir = {}: the root directory; give the run a directory of its own",
         cfg.run.dir.display()
     );
+    // The global batch splits evenly over the ranks.
+    micn::data::shard::local_batch(cfg.train.global_batch_size, comm.size()).map_err(TrainError::from)?;
+    Ok((cfg, resume))
+}
+
+/// A failure that every rank of the job knows of ([`agreed`]): the cause this rank prints, if
+/// any, and the status every rank exits with.
+#[derive(Debug, thiserror::Error)]
+#[error("the ranks agreed to stop (status {code})")]
+struct Agreed {
+    shown: Option<anyhow::Error>,
+    code: u8,
+}
+
+/// `outcome`, once every rank of a job has reached the same point with its own: when any failed,
+/// each cause is printed once (by the lowest rank that found it: every rank reads the same
+/// configuration and checks it alike) and every rank exits with the status of the lowest failed
+/// rank, together, without `MPI_Abort` (whose banner would follow the cause). The same as
+/// `outcome` in a process alone.
+fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+    if comm.size() == 1 {
+        return outcome;
+    }
+    // A failure's status byte, then its message; 0 for success.
+    let own = match &outcome {
+        Ok(_) => vec![0],
+        Err(e) => {
+            let code = if is_input_error(e) { EXIT_INPUT_ERROR } else { 1 };
+            [&[code][..], message_of(e).as_bytes()].concat()
+        }
+    };
+    let gathered = comm.all_gather_bytes(&own)?;
+    let all: Vec<&[u8]> = gathered.parts().collect();
+    let Some(first) = all.iter().find(|m| m[0] != 0) else {
+        return outcome;
+    };
+    let shown = outcome.err().filter(|_| !all[..comm.rank()].contains(&own.as_slice()));
+    Err(Agreed { shown, code: first[0] }.into())
+}
+
+fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
+    let TrainArgs { config, sets, resume, overwrite } = args;
+    let (cfg, resume) = agreed(comm, train_inputs(&config, &sets, resume, overwrite, comm))?;
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()));
     }

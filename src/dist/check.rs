@@ -98,6 +98,11 @@ pub fn run(comm: &dyn Communicator) -> Result<Outcome, CheckError> {
     if !empty.is_empty() {
         return Err(fail("broadcast_vec of nothing", &empty));
     }
+    // Every rank sending nothing (OpenMPI refuses such a gather: it is skipped by all alike).
+    let nothing = comm.all_gather_bytes(&[])?;
+    if !nothing.data.is_empty() || nothing.counts != vec![0; n] {
+        return Err(fail("all_gather_bytes of nothing", &nothing));
+    }
     comm.barrier()?;
 
     Ok(Outcome {

@@ -61,7 +61,9 @@ impl MpiCommunicator {
             .collect();
         let total: usize = counts.iter().map(|&n| n as usize).sum();
         let mut data = vec![0u8; total];
-        {
+        // Every rank knows the counts: a gather of nothing at all, which OpenMPI refuses
+        // (MPI_ERR_ARG), is skipped by all alike.
+        if total > 0 {
             let mut partition = PartitionMut::new(&mut data[..], &counts[..], &displs[..]);
             self.world.all_gather_varcount_into(local, &mut partition);
         }

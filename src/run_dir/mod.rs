@@ -284,6 +284,53 @@ impl RunDir {
         self.config().is_file()
     }
 
+    /// What this directory holds that is not a run's and that a run written here would mix its
+    /// files with: a dataset (`dataset.json`), or runs in directories below it (up to three
+    /// levels down, not in its own `checkpoints/`, `abandoned/` or `logs/`), the first few by
+    /// path. `micn report`, which takes a run's directory for one run, would not look below it.
+    pub fn foreign_contents(&self) -> Option<String> {
+        const SHOWN: usize = 3;
+        if self.path.join("dataset.json").is_file() {
+            return Some("a dataset (dataset.json)".into());
+        }
+        let mut runs = Vec::new();
+        let mut level = vec![self.path.clone()];
+        for depth in 0..3 {
+            let mut next = Vec::new();
+            for dir in &level {
+                let Ok(entries) = std::fs::read_dir(dir) else { continue };
+                let mut subdirs: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|e| {
+                        depth > 0
+                            || !["checkpoints", ABANDONED_DIR, "logs"].contains(&&*e.file_name().to_string_lossy())
+                    })
+                    .map(|e| e.path())
+                    .collect();
+                subdirs.sort();
+                for sub in subdirs {
+                    match RunDir::new(&sub).holds_run() {
+                        true => runs.push(sub),
+                        false => next.push(sub),
+                    }
+                }
+            }
+            level = next;
+        }
+        if runs.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = runs.iter().take(SHOWN).map(|r| r.display().to_string()).collect();
+        let more = runs.len().saturating_sub(SHOWN);
+        Some(format!(
+            "{} run(s) in directories below it ({}{})",
+            runs.len(),
+            names.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        ))
+    }
+
     /// The run files present (see [`RUN_FILES`], and TensorBoard event files), by name.
     pub fn present_files(&self) -> Vec<String> {
         let mut found: Vec<String> =

@@ -414,6 +414,10 @@ fn claim_run_dir(
     let mut lock = None;
     let mut effective = resume.clone();
     let mut claim = || -> Result<(), TrainError> {
+        // Before the lock, whose file would be left there.
+        if let Some(what) = run_dir.foreign_contents() {
+            return Err(TrainError::RunDirHoldsOthers { path: cfg.run.dir.clone(), what });
+        }
         lock = Some(run_dir.lock()?);
         let ours = run_dir.claimed_by_this_launch();
         if ours {
@@ -548,6 +552,10 @@ pub fn train_until(
         tracing::info!(on = deterministic::is_on()?, "libtorch's deterministic algorithms (train.deterministic)");
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
+    if !cfg.data.dir.join("dataset.json").exists() {
+        let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
+        return Err(TrainError::NoDataset { data: cfg.data.dir.clone(), relative });
+    }
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
     let watchdog = match cfg.train.watchdog_seconds {
         0 => None,

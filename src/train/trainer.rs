@@ -89,6 +89,13 @@ pub enum TrainError {
          dataset with --data DIR"
     )]
     DatasetGone { saved: PathBuf, data: PathBuf, relative: &'static str },
+    /// `micn train` where `data.dir` names no dataset: one not prepared yet, or a relative path
+    /// run from another directory.
+    #[error(
+        "{data}: no dataset there (no dataset.json), and data.dir names it{relative}: prepare one there first \
+         (`micn prepare ... --out {data}`), or set data.dir to a prepared dataset"
+    )]
+    NoDataset { data: PathBuf, relative: &'static str },
     /// A saved model whose scores are NaN: `eval` and `predict` refuse it alike.
     #[error(
         "{path}: the model's scores of the {set} set are not finite ({nan} of {total} are NaN): its parameters hold \
@@ -125,6 +132,11 @@ pub enum TrainError {
     PeerFailed { what: &'static str, input: bool },
     #[error("run.dir is empty: set it to the directory the run should be written to")]
     NoRunDir,
+    #[error(
+        "run.dir {path}: holds {what}: a run written there would mix its files with them; give the run a directory \
+         of its own (a new one below it, say)"
+    )]
+    RunDirHoldsOthers { path: PathBuf, what: String },
     #[error(
         "{path}: too long a path for a run directory: the run writes paths of {longest} bytes below it (such as \
          {example}), more than the {max} a path may have; choose a shorter run.dir"
@@ -199,6 +211,7 @@ impl TrainError {
                 | Self::NothingToResume { .. }
                 | Self::IncompatibleResume { .. }
                 | Self::NoRunDir
+                | Self::RunDirHoldsOthers { .. }
                 | Self::RunDirTooLong { .. }
                 | Self::RunExists { .. }
                 | Self::NoCheckpointToResume { .. }
@@ -217,6 +230,7 @@ impl TrainError {
                 | Self::ScoresNotFinite { .. }
                 | Self::OutputIsInput(_)
                 | Self::DatasetGone { .. }
+                | Self::NoDataset { .. }
                 | Self::NoInterests { .. }
                 | Self::RetrievalListTooLong { .. }
                 | Self::NoValidationSplit { .. }

@@ -106,6 +106,37 @@ fn an_empty_run_dir_is_refused_and_nothing_is_written_in_the_working_directory()
     assert_eq!(left, ["run.toml"]);
 }
 
+#[test]
+fn a_run_dir_that_holds_other_runs_or_a_dataset_is_refused_and_left_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listing = |dir: &Path| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    // `run.dir = "runs"` where `runs/x` was meant: runs one and two levels below.
+    let runs = tmp.path().join("runs");
+    for run in ["a", "books/seed-1"] {
+        std::fs::create_dir_all(runs.join(run)).unwrap();
+        std::fs::write(runs.join(run).join("config.toml"), "").unwrap();
+    }
+    for extra in [&[][..], &["--overwrite"], &["--resume", "auto"]] {
+        let e = train_refused(&runs, extra);
+        let named = |run: &str| e.contains(&runs.join(run).display().to_string());
+        assert!(e.contains("holds 2 run(s) in directories below it") && named("a") && named("books/seed-1"), "{e}");
+        assert!(e.contains("give the run a directory of its own"), "{e}");
+        assert_eq!(listing(&runs), ["a", "books"], "nothing written there, not even the lock");
+    }
+    // A dataset's directory.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("dataset.json"), "{}").unwrap();
+    let e = train_refused(&data, &[]);
+    assert!(e.contains(&format!("run.dir {}: holds a dataset (dataset.json)", data.display())), "{e}");
+    assert_eq!(listing(&data), ["dataset.json"]);
+}
+
 /// `metrics.jsonl` as JSON values.
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -273,7 +304,15 @@ fn an_error_is_one_line_that_names_each_cause_once() {
     let line = e.lines().last().unwrap();
     assert!(e.ends_with('\n'), "{e:?}");
     assert!(line.starts_with("error: ") && line.contains(&missing.display().to_string()), "{line}");
-    assert_eq!(line.matches("No such file or directory").count(), 1, "the OS error once: {line}");
+    // What to do about it, by the key that named it (not the OS's "No such file or directory").
+    assert!(line.contains("no dataset there (no dataset.json), and data.dir names it: prepare one"), "{line}");
+    // An OS error, once, without its debug form: a dataset description that is a directory.
+    std::fs::create_dir_all(missing.join("dataset.json")).unwrap();
+    let out = micn(&["train", "--config"]).arg(&config).output().unwrap();
+    let line = stderr(&out).lines().last().unwrap().to_string();
+    assert_eq!(out.status.code(), Some(3), "{line}");
+    assert!(line.starts_with("error: ") && line.contains(&missing.display().to_string()), "{line}");
+    assert_eq!(line.matches("Is a directory").count(), 1, "the OS error once: {line}");
     assert!(!line.contains("Os {") && !line.contains("kind:"), "no debug text: {line}");
 }
 
@@ -345,6 +384,35 @@ fn every_rank_refuses_an_existing_run_with_the_same_input_error_status() {
     assert_eq!(out.status.code(), Some(3), "{e}");
     let first = e.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
     assert!(first.starts_with("error: rank 0: ") && first.contains("already holds a run"), "{e}");
+}
+
+#[test]
+fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, crate::small_config(&run, &[]).to_toml()).unwrap();
+    // A key mistyped, and a global batch (48) that 5 ranks cannot split, found by every rank.
+    for (np, set, cause) in [
+        (2, "train.max_stps=10", "unknown field `max_stps`"),
+        (5, "train.epochs=1", "not divisible by the world size 5"),
+    ] {
+        let out = crate::mpirun(np)
+            .arg(micn_bin())
+            .args(["train", "--config"])
+            .arg(&config)
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{e}");
+        let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "said once: {e}");
+        assert!(errors[0].starts_with("error: rank 0: ") && errors[0].contains(cause), "{e}");
+        // Every rank ended on its own with the status: no MPI_Abort, whose banner followed.
+        assert!(!e.contains("MPI_ABORT") && !e.contains("ORTE_ERROR_LOG"), "{e}");
+        assert!(!run.exists(), "nothing written");
+    }
 }
 
 #[test]
