@@ -162,6 +162,15 @@ fn tick(value: f64, axis: &Range<f64>) -> String {
     }
 }
 
+/// A tick label on an axis of whole numbers (steps): none between them (a narrow axis, one
+/// logged step, has ticks at 19.2, 19.4, …), which rounded would repeat their neighbours'.
+fn whole_tick(value: f64) -> String {
+    match (value - value.round()).abs() > 1e-6 {
+        true => String::new(),
+        false => format!("{value:.0}"),
+    }
+}
+
 /// The legend corner with the fewest points near it (of the four).
 fn emptiest_corner(panel: &Panel, xr: &Range<f64>, yr: &Range<f64>) -> SeriesLabelPosition {
     let mut counts = [0usize; 4];
@@ -200,7 +209,7 @@ fn draw_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc(&panel.x_label)
-        .x_label_formatter(&|x| if panel.x_whole { format!("{x:.0}") } else { tick(*x, &xr) })
+        .x_label_formatter(&|x| if panel.x_whole { whole_tick(*x) } else { tick(*x, &xr) })
         .y_label_formatter(&|y| tick(*y, &yr))
         .y_desc(&panel.y_label)
         .axis_desc_style(("sans-serif", 18))
@@ -277,6 +286,12 @@ mod tests {
         let flat = range([2.0, 2.0].into_iter());
         assert!(flat.start < 2.0 && flat.end > 2.0);
         assert_eq!(range(std::iter::empty()), 0.0..1.0);
+    }
+
+    #[test]
+    fn whole_number_ticks_label_whole_numbers_only() {
+        let labels: Vec<String> = [19.0, 19.2, 19.8, 20.0, 20.000000001, 1e9, 1e9 + 0.5].map(whole_tick).into();
+        assert_eq!(labels, ["19", "", "", "20", "20", "1000000000", ""]);
     }
 
     #[test]

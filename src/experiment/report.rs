@@ -21,7 +21,7 @@ use crate::run_dir::RunDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("no finished run under {dirs}{left_out}")]
+    #[error("no finished run under {dirs}: {left_out}")]
     NoRuns { dirs: String, left_out: String },
     #[error(transparent)]
     Io(#[from] PathIo),
@@ -600,7 +600,9 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     let found = discover(dirs);
     let list = |dirs: &[PathBuf]| dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
     if found.runs.is_empty() {
-        let left_out: String = found.left_out.iter().map(|l| format!("\n  {}: {}", l.dir.display(), l.why)).collect();
+        // One line (errors are): each directory left out, and why.
+        let left_out =
+            found.left_out.iter().map(|l| format!("{} ({})", l.dir.display(), l.why)).collect::<Vec<_>>().join("; ");
         return Err(ReportError::NoRuns { dirs: list(dirs), left_out });
     }
     let io = |path: &Path| {
@@ -845,8 +847,15 @@ mod tests {
         assert!(why[&garbled].contains("summary.json"), "{why:?}");
         assert_eq!(why[&missing], "no such directory");
         // A directory with no finished run at all is an error that names what was found.
-        let e = write(&[root.path().join("photos")], &root.path().join("report")).unwrap_err().to_string();
-        assert!(e.contains("no finished run") && e.contains("photos"), "{e}");
+        let e = write(&[root.path().join("photos"), missing.clone()], &root.path().join("report")).unwrap_err();
+        let photos = root.path().join("photos").display().to_string();
+        let expected = format!(
+            "no finished run under {photos}, {}: {photos} (not a run directory (no config.toml) and holds none); {} \
+             (no such directory)",
+            missing.display(),
+            missing.display()
+        );
+        assert_eq!(e.to_string(), expected, "one line, a cause each");
     }
 
     #[test]
