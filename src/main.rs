@@ -142,11 +142,26 @@ fn check_checkpoint_arg(flag: &str, checkpoint: &Path) -> Result<(), UsageError>
     )))
 }
 
+/// `--run DIR` names a run's directory (its `config.toml` is written first), or says what it is.
+fn check_run_arg(run: &Path) -> Result<(), UsageError> {
+    let what = match std::fs::metadata(run.join("config.toml")) {
+        Ok(m) if m.is_file() => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => e.to_string(),
+        _ if run.is_dir() => "not a run directory (no config.toml)".into(),
+        _ if run.exists() => "not a directory".into(),
+        _ => "no such directory".into(),
+    };
+    Err(UsageError(format!("--run {}: {what}; a run is the directory `micn train` wrote (its run.dir)", run.display())))
+}
+
 impl SavedArgs {
     /// The run or checkpoint directory.
     fn dir(&self) -> Result<&Path, UsageError> {
         if let Some(checkpoint) = self.checkpoint.as_deref() {
             check_checkpoint_arg("--checkpoint", checkpoint)?;
+        }
+        if let Some(run) = self.run.as_deref() {
+            check_run_arg(run)?;
         }
         self.run
             .as_deref()

@@ -105,9 +105,15 @@ impl std::fmt::Display for Stats {
             "source {}  protocol {}  seed {}  max_hist_len {}",
             self.source, self.protocol, self.seed, self.max_hist_len
         )?;
+        // Sequences and interactions hold behaviours of any kind, not reviews (the JSON key
+        // stays `reviews`).
+        let behaviours = match self.source.as_str() {
+            "sequences" | "interactions" => "behaviours",
+            _ => "reviews",
+        };
         writeln!(
             f,
-            "reviews {}  vocabularies (with id 0): users {}  items {}  categories {}",
+            "{behaviours} {}  vocabularies (with id 0): users {}  items {}  categories {}",
             self.reviews, self.users, self.items, self.cats
         )?;
         writeln!(f, "categories: {}", self.category_source)?;
