@@ -102,6 +102,11 @@ struct TrainArgs {
     /// (without it, such a directory is refused).
     #[arg(long)]
     overwrite: bool,
+    /// Check the configuration and the arguments, print the configuration as the run would save
+    /// it in run.dir/config.toml (every key, defaults filled in) and exit: nothing is trained or
+    /// written.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// A saved model and what it scores: `micn eval` and `micn predict`.
@@ -587,7 +592,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let trains = match &cli.command {
-        Command::Train { .. } => true,
+        Command::Train(args) => !args.print_config,
         Command::Sweep(args) => !args.dry_run,
         _ => false,
     };
@@ -1026,8 +1031,17 @@ fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Res
 }
 
 fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
-    let TrainArgs { config, sets, resume, overwrite } = args;
+    let TrainArgs { config, sets, resume, overwrite, print_config } = args;
     let (cfg, resume) = agreed(comm, train_inputs(&config, &sets, resume, overwrite, comm))?;
+    if print_config {
+        if comm.rank() == 0 {
+            for unread in cfg.unread_settings() {
+                tracing::warn!("{unread}, so it changes nothing");
+            }
+            print!("{}", cfg.to_toml());
+        }
+        return Ok(());
+    }
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()));
     }

@@ -107,6 +107,42 @@ fn an_empty_run_dir_is_refused_and_nothing_is_written_in_the_working_directory()
 }
 
 #[test]
+fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = tmp.path().join("run.toml");
+    // A file of two keys: the rest are defaults.
+    std::fs::write(&config, format!("[run]\ndir = {:?}\n[model]\nkind = \"din\"\n", run.display().to_string()))
+        .unwrap();
+    let print = |config: &Path, sets: &[&str]| {
+        let mut cmd = micn(&["train", "--print-config", "--config"]);
+        cmd.arg(config);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        crate::run_ok(&mut cmd)
+    };
+    let out = print(&config, &["train.lr=0.25", "model.gru_hidden=7"]);
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cfg = micn::config::Config::from_toml(&printed, &config).unwrap();
+    assert_eq!((cfg.train.lr, cfg.model.kind.name()), (0.25, "din"), "{printed}");
+    assert_eq!(cfg.data.dir, Path::new("data/quickstart"), "the default, said");
+    for key in ["[data]", "max_hist_len", "[micn]", "phi", "[checkpoint]", "keep_last", "watchdog_seconds"] {
+        assert!(printed.contains(key), "{key} in {printed}");
+    }
+    // A key DIN does not read is said, as `train` says it.
+    assert!(stderr(&out).contains("model.gru_hidden") && stderr(&out).contains("changes nothing"), "{}", stderr(&out));
+    assert!(!run.exists(), "nothing written");
+    // What it prints is a configuration that prints the same.
+    let again = tmp.path().join("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    assert_eq!(String::from_utf8(print(&again, &[]).stdout).unwrap(), printed);
+    // And what `train` refuses, it refuses alike.
+    let e = train_refused(&run, &["--print-config", "--set", "train.max_stps=1"]);
+    assert!(e.contains("unknown field `max_stps`"), "{e}");
+}
+
+#[test]
 fn a_run_dir_that_holds_other_runs_or_a_dataset_is_refused_and_left_as_it_was() {
     let tmp = tempfile::tempdir().unwrap();
     let listing = |dir: &Path| {
