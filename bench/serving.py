@@ -20,8 +20,21 @@ import time
 from pathlib import Path
 
 
+# Exit status of an input or argument that running again cannot fix, as the twin's and micn's.
+EXIT_INPUT_ERROR = 3
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The twin's one-line argument errors and their status (its module, which has them, starts
+    torch on import: that waits for `--threads`)."""
+
+    def error(self, message):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("--export", required=True)
     parser.add_argument("--split", default="test", choices=["test", "valid", "train"])
@@ -38,6 +51,8 @@ def main() -> int:
     import torch
     import micn_twin
     from micn_twin.onnx_file import OnnxError, OnnxModel, TOLERANCE, export
+    # The twin's statuses: 3 for what running again cannot fix, 1 for anything else.
+    from micn_twin.__main__ import INPUT_ERRORS, LASTING
 
     torch.set_num_threads(args.threads)
     try:
@@ -49,17 +64,18 @@ def main() -> int:
         # another length, another validation share) would be timed on the wrong samples.
         micn_twin.check_export(args.export, micn_twin.read_export_info(args.export), args.split, net, args.run)
         batch = micn_twin.read_export(args.export, args.split)
-    except (micn_twin.FileFormatError, micn_twin.ModelFileError) as e:
+    except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (OnnxError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_INPUT_ERROR
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR if e.errno in LASTING else 1
     inputs = [batch[k] for k in micn_twin.INPUTS]
     n = inputs[0].shape[0]
     if n == 0:
         print(f"error: {args.export}/{args.split} holds no samples", file=sys.stderr)
-        return 1
+        return EXIT_INPUT_ERROR
     try:
         onnx = OnnxModel(export(net, steps, str(args.run)), "model.onnx")
     except OnnxError as e:

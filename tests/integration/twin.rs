@@ -776,6 +776,19 @@ sys.exit(cli.main(sys.argv[2:]))
         cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/serving.py")).arg(&run).arg("--export").arg(export);
         refused_with(cmd.args(["--seconds", "0.1", "--batch", "4"]), 3, &[needle]);
     }
+    // And its other refusals take the twin's statuses: a bad argument, a run that is not there.
+    let missing = tmp.path().join("no-such-run");
+    for (args, needle) in [
+        (
+            vec![run.as_os_str(), "--export".as_ref(), export.as_os_str(), "--threads".as_ref(), "0".as_ref()],
+            "--threads",
+        ),
+        (vec![missing.as_os_str(), "--export".as_ref(), export.as_os_str()], "no-such-run"),
+    ] {
+        let mut cmd = Command::new(torch_python());
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/serving.py")).args(args);
+        refused_with(&mut cmd, 3, &[needle]);
+    }
     // A TorchScript file of a model of that dataset, for this run and its export.
     let other_run = tmp.path().join("other-run");
     let other_set = format!("data.dir={other_data:?}");
