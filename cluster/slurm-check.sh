@@ -131,7 +131,7 @@ set +e
 launch_in_job 3 alloc-3.out
 code=$?
 set -e
-grep -q "not enough slots" "$work/alloc-3.out" && [[ ! -e $work/alloc-run-3/summary.json ]] \
+grep -q "not enough slots" "$work/alloc-3.out" && [[ $code -eq 3 && ! -e $work/alloc-run-3/summary.json ]] \
   || { cat "$work/alloc-3.out" >&2; die "3 ranks in 2 tasks' slots were not refused (job status $code)"; }
-say "   3 ranks: refused by mpirun for want of slots (job status $code)"
+say "   3 ranks: refused by mpirun for want of slots, not restarted (job status $code)"
 say "all Slurm checks passed"

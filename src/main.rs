@@ -134,29 +134,38 @@ struct SavedArgs {
 /// A checkpoint directory given as `flag`: refused, before anything is written, where it holds no
 /// `state.json`.
 fn check_checkpoint_arg(flag: &str, checkpoint: &Path) -> Result<(), UsageError> {
-    let what = match std::fs::metadata(checkpoint.join("state.json")) {
-        Ok(m) if m.is_file() => return Ok(()),
-        // What cannot be looked into (a directory of another user's) is not called missing.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => e.to_string(),
-        _ if checkpoint.is_dir() => "not a checkpoint (no state.json)".into(),
-        _ => "no such directory".into(),
-    };
-    Err(UsageError(format!(
-        "{flag} {}: {what}; a checkpoint is a directory run.dir/checkpoints/step-N",
-        checkpoint.display()
-    )))
+    check_dir_arg(
+        flag,
+        checkpoint,
+        ("state.json", "a checkpoint"),
+        "a checkpoint is a directory run.dir/checkpoints/step-N",
+    )
 }
 
-/// `--run DIR` names a run's directory (its `config.toml` is written first), or says what it is.
-fn check_run_arg(run: &Path) -> Result<(), UsageError> {
-    let what = match std::fs::metadata(run.join("config.toml")) {
+/// `dir`, given as `flag`, holds its `marker` file (`(file, what it makes the directory)`), or
+/// the error says what `dir` is instead, and `hint` (what `flag` wants) where that helps.
+fn check_dir_arg(flag: &str, dir: &Path, (marker, kind): (&str, &str), hint: &str) -> Result<(), UsageError> {
+    let what = match std::fs::metadata(dir.join(marker)) {
         Ok(m) if m.is_file() => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => e.to_string(),
-        _ if run.is_dir() => "not a run directory (no config.toml)".into(),
-        _ if run.exists() => "not a directory".into(),
+        // What cannot be looked into (a directory of another user's) is not called missing.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(UsageError(format!("{flag} {}: {e}", dir.display())))
+        }
+        _ if dir.is_dir() => format!("not {kind} (no {marker})"),
+        _ if dir.exists() => "not a directory".into(),
         _ => "no such directory".into(),
     };
-    Err(UsageError(format!("--run {}: {what}; a run is the directory `micn train` wrote (its run.dir)", run.display())))
+    Err(UsageError(format!("{flag} {}: {what}; {hint}", dir.display())))
+}
+
+/// `--run DIR` names a run's directory (its `config.toml` is written first), or says what it is
+/// (a checkpoint's is `--checkpoint`'s).
+fn check_run_arg(run: &Path) -> Result<(), UsageError> {
+    let hint = match run.join("state.json").is_file() {
+        true => "it is a checkpoint: give it as --checkpoint",
+        false => "a run is the directory `micn train` wrote (its run.dir)",
+    };
+    check_dir_arg("--run", run, ("config.toml", "a run directory"), hint)
 }
 
 impl SavedArgs {
@@ -1021,7 +1030,11 @@ fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Res
             [&[code][..], message_of(e).as_bytes()].concat()
         }
     };
-    let gathered = comm.all_gather_bytes(&own)?;
+    let gathered = match comm.all_gather_bytes(&own) {
+        Ok(gathered) => gathered,
+        // This rank's own cause first, where it has one.
+        Err(e) => return outcome.and(Err(e.into())),
+    };
     let all: Vec<&[u8]> = gathered.parts().collect();
     let Some(first) = all.iter().find(|m| m[0] != 0) else {
         return outcome;
@@ -1032,16 +1045,24 @@ fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Res
 
 fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let TrainArgs { config, sets, resume, overwrite, print_config } = args;
-    let (cfg, resume) = agreed(comm, train_inputs(&config, &sets, resume, overwrite, comm))?;
+    let inputs = train_inputs(&config, &sets, resume, overwrite, comm);
     if print_config {
+        let (cfg, _) = agreed(comm, inputs)?;
         if comm.rank() == 0 {
             for unread in cfg.unread_settings() {
                 tracing::warn!("{unread}, so it changes nothing");
+            }
+            if let Err(e) = micn::train::check_dataset_there(&cfg.data.dir) {
+                tracing::warn!("{e}");
             }
             print!("{}", cfg.to_toml());
         }
         return Ok(());
     }
+    // And data.dir holds a dataset.
+    let checked =
+        inputs.and_then(|(cfg, resume)| Ok(micn::train::check_dataset_there(&cfg.data.dir).map(|()| (cfg, resume))?));
+    let (cfg, resume) = agreed(comm, checked)?;
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()));
     }

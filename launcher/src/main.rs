@@ -163,21 +163,26 @@ struct LocalHost {
 impl LocalHost {
     fn this() -> Self {
         let allowed = allowed_cpus();
-        let slots = physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &allowed).unwrap_or_else(cores);
-        let allocation = allocation(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
-        LocalHost { cpus: cores(), threads_per_core: (allowed.len() / slots).max(1), slots, allocation }
+        let allocation = allocation(|name| std::env::var(name).ok());
+        match physical_cores(std::path::Path::new("/sys/devices/system/cpu"), &allowed) {
+            Some(slots) => {
+                LocalHost { cpus: cores(), threads_per_core: (allowed.len() / slots).max(1), slots, allocation }
+            }
+            // Without the topology, one thread a core: a CPU quota must not pass for threads.
+            None => LocalHost { cpus: cores(), threads_per_core: 1, slots: cores(), allocation },
+        }
     }
 }
 
 /// The allocation of a batch system whose nodes OpenMPI 4.1's mpirun takes for its own without a
 /// hostfile (its `ras` components for Slurm and Grid Engine, as Debian builds it), from the
-/// variables it reads (`var`).
+/// variables those components read (`var`; set, even if empty, as OpenMPI tells).
 fn allocation(var: impl Fn(&str) -> Option<String>) -> Option<String> {
     if let (Some(job), Some(_)) = (var("SLURM_JOBID"), var("SLURM_NODELIST")) {
         return Some(format!("Slurm job {job}"));
     }
-    match (var("PE_HOSTFILE"), var("JOB_ID"), var("SGE_ROOT")) {
-        (Some(_), Some(job), Some(_)) => Some(format!("Grid Engine job {job}")),
+    match (var("SGE_ROOT"), var("ARC"), var("PE_HOSTFILE"), var("JOB_ID")) {
+        (Some(_), Some(_), Some(_), Some(job)) => Some(format!("Grid Engine job {job}")),
         _ => None,
     }
 }
@@ -322,10 +327,13 @@ fn build_command_on(args: &Args, placement: &Placement, local: &LocalHost) -> an
         (None, None) => Some(local.slots),
     };
     let oversubscribed = slots.is_some_and(|slots| np > slots);
+    // The threads each rank runs: `--threads`, else a `--set train.threads=N` of micn's (which
+    // wins over OMP_NUM_THREADS there), else each host's share of its cores.
+    let asked_threads = args.threads.or_else(|| threads_set_by_hand(&args.sets));
     let binding = match args.bind.as_str() {
         "none" => None,
         "core" => {
-            bind_to_cores(args.threads, np, (here_only, local), oversubscribed).map_err(|why| notes.push(why)).ok()
+            bind_to_cores(asked_threads, np, (here_only, local), oversubscribed).map_err(|why| notes.push(why)).ok()
         }
         other => bail!("--bind must be `none` or `core`, not `{other}`"),
     };
@@ -375,9 +383,18 @@ fn build_command_on(args: &Args, placement: &Placement, local: &LocalHost) -> an
     Ok(MpirunCommand { args: cmd, notes })
 }
 
+/// The value of a `--set train.threads=N` among `sets`, where one gives a number.
+fn threads_set_by_hand(sets: &[String]) -> Option<usize> {
+    sets.iter().rev().find_map(|s| {
+        let (key, value) = s.split_once('=')?;
+        (key.trim() == "train.threads").then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
 /// `--bind core`: the physical cores each rank is bound to (mpirun's `PE`), or why it binds
-/// none. With ranks on other hosts (a hostfile's, an allocation's), each rank gets `--threads`
-/// cores (1 without), its host's to count; with every rank here, the cores whose hardware
+/// none. With ranks on other hosts (a hostfile's, an allocation's), each rank gets as many cores
+/// as it runs threads (`--threads`: without it, each rank would size its threads on the one
+/// core it was bound to), its host's to count; with every rank here, the cores whose hardware
 /// threads its `threads` run on (an equal share of this host's cores when not given), if this
 /// host has that many for every rank.
 fn bind_to_cores(
@@ -390,7 +407,9 @@ fn bind_to_cores(
         return Err(format!("--bind core: {np} ranks oversubscribe the slots: ranks left unbound"));
     }
     if !here_only {
-        return Ok(threads.unwrap_or(1));
+        return threads.ok_or_else(|| {
+            "--bind core: ranks on other hosts need --threads T (the cores each is bound to): ranks left unbound".into()
+        });
     }
     let Some(threads) = threads else {
         return Ok(local.slots / np);
@@ -452,13 +471,15 @@ struct Seen {
 /// mpirun's words for a command line, a hostfile or a binary it refuses (`mpirun: Error: unknown
 /// option "--x"`, then the first line here), which no restart can change.
 fn is_mpirun_usage_error(line: &output::Line) -> bool {
-    const REFUSALS: [&str; 7] = [
+    const REFUSALS: [&str; 8] = [
         "Type 'mpirun --help' for usage",
         "Open RTE detected a parse error in the hostfile",
         "Open RTE detected a bad parameter in the hostfile",
         "A hostfile was provided that contains multiple definitions",
         "presence of an illegal character in the following node name",
         "A request was made to bind to that would result in binding more",
+        // More ranks than the slots of a batch system's allocation (its own, or Grid Engine's).
+        "There are not enough slots available in the",
         // A micn binary missing (or not executable) on a host: it is not there at a restart either.
         "mpirun was unable to launch the specified application as it could not access",
     ];
@@ -1235,7 +1256,12 @@ mod tests {
         let slots = LocalHost::this().slots;
         assert!((1..=most).contains(&slots), "{slots} slots, {most} cpus");
         // More ranks than slots are oversubscribed; as many are not.
-        let oversubscribed = |np: usize| command(&["--np", &np.to_string(), "--", "doctor"]).unwrap();
+        let oversubscribed = |np: usize| {
+            let a = args(&["--np", &np.to_string(), "--", "doctor"]);
+            // This host's slots, even where the tests run inside a batch system's allocation.
+            let here = LocalHost { allocation: None, ..LocalHost::this() };
+            build_command_on(&a, &Placement { np, hostfile: None }, &here).unwrap().args
+        };
         assert!(oversubscribed(slots + 1).contains(&"--oversubscribe".to_string()));
         assert!(!oversubscribed(slots).contains(&"--oversubscribe".to_string()));
     }
@@ -1276,6 +1302,10 @@ mod tests {
         bound(&on(&["--np", "2"], plain), 4, 4);
         bound(&on(&["--np", "2", "--threads", "4"], plain), 4, 4);
         unbound(&on(&["--np", "2", "--threads", "5"], plain), "need 10 cores, this host has 8");
+        // A `--set train.threads=N` of micn's is the rank's threads, as --threads is.
+        let a = args(&["--np", "4", "--bind", "core", "--config", "c.toml", "--set", "train.threads=4"]);
+        let c = build_command_on(&a, &Placement { np: 4, hostfile: None }, smt).unwrap();
+        bound(&c, 2, 4);
         // Not asked for: nothing said.
         let a = args(&["--np", "2", "--threads", "5", "--", "doctor"]);
         let c = build_command_on(&a, &Placement { np: 2, hostfile: None }, plain).unwrap();
@@ -1289,8 +1319,9 @@ mod tests {
         };
         let slurm = allocation(env(&[("SLURM_JOBID", "42"), ("SLURM_NODELIST", "node[1-2]")]));
         assert_eq!(slurm.as_deref(), Some("Slurm job 42"));
-        let grid = allocation(env(&[("PE_HOSTFILE", "/sge/pe"), ("JOB_ID", "7"), ("SGE_ROOT", "/sge")]));
+        let grid = allocation(env(&[("PE_HOSTFILE", "/sge/pe"), ("JOB_ID", "7"), ("SGE_ROOT", "/sge"), ("ARC", "lx")]));
         assert_eq!(grid.as_deref(), Some("Grid Engine job 7"));
+        assert_eq!(allocation(env(&[("PE_HOSTFILE", "/sge/pe"), ("JOB_ID", "7"), ("SGE_ROOT", "/sge")])), None);
         // A job id alone (a shell left from an allocation, a step's own variables) is not one.
         assert_eq!(allocation(env(&[("SLURM_JOBID", "42")])), None);
         assert_eq!(allocation(env(&[("JOB_ID", "7")])), None);
@@ -1307,6 +1338,13 @@ mod tests {
         let c = on(&["--bind", "core", "--threads", "2"]);
         assert!(c.args.windows(4).any(|w| w == ["--map-by", "slot:PE=2", "--bind-to", "core"]), "{:?}", c.args);
         assert!(c.args.contains(&"OMP_NUM_THREADS=2".to_string()), "{:?}", c.args);
+        // Without --threads a rank bound to one core would size its threads on it: not bound.
+        let c = on(&["--bind", "core"]);
+        assert!(c.args.windows(2).any(|w| w == ["--bind-to", "none"]), "{:?}", c.args);
+        assert!(c.notes.iter().any(|n| n.contains("ranks on other hosts need --threads T")), "{:?}", c.notes);
+        // More ranks than the allocation's slots: mpirun's refusal, which no restart changes.
+        let refusal = "There are not enough slots available in the system to satisfy the 3";
+        assert!(is_mpirun_usage_error(&output::Line::Mpirun(refusal.into())));
         // A hostfile places them itself: nothing said of the allocation.
         let dir = std::env::temp_dir().join(format!("micn-launch-alloc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -21,7 +21,7 @@ use crate::run_dir::RunDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("no finished run under {dirs}: {left_out}")]
+    #[error("no finished run under {dirs}{}", if left_out.is_empty() { String::new() } else { format!(": {left_out}") })]
     NoRuns { dirs: String, left_out: String },
     #[error(transparent)]
     Io(#[from] PathIo),
@@ -856,6 +856,12 @@ mod tests {
             missing.display()
         );
         assert_eq!(e.to_string(), expected, "one line, a cause each");
+        // A directory that holds a report only: nothing left out, nothing to list.
+        let reports = root.path().join("reports");
+        std::fs::create_dir(&reports).unwrap();
+        std::fs::write(reports.join("report.md"), "# an earlier report\n").unwrap();
+        let e = write(std::slice::from_ref(&reports), &reports).unwrap_err();
+        assert_eq!(e.to_string(), format!("no finished run under {}", reports.display()));
     }
 
     #[test]

@@ -284,12 +284,17 @@ impl RunDir {
         self.config().is_file()
     }
 
-    /// What this directory holds that is not a run's and that a run written here would mix its
-    /// files with: a dataset (`dataset.json`), or runs in directories below it (up to three
-    /// levels down, not in its own `checkpoints/`, `abandoned/` or `logs/`), the first few by
-    /// path. `micn report`, which takes a run's directory for one run, would not look below it.
+    /// What this directory, not a run's yet, holds that a run written here would mix its files
+    /// with: a dataset (`dataset.json`), or runs in directories below it (up to three levels
+    /// down; not in hidden directories, nor in a run's own `checkpoints/`, `abandoned/` and
+    /// `logs/`), the first few by path. `micn report`, which takes a
+    /// run's directory for one run, would not look below it. A run's own directory is its own
+    /// (a branch of it may have been made below it since).
     pub fn foreign_contents(&self) -> Option<String> {
         const SHOWN: usize = 3;
+        if self.holds_run() {
+            return None;
+        }
         if self.path.join("dataset.json").is_file() {
             return Some("a dataset (dataset.json)".into());
         }
@@ -302,9 +307,12 @@ impl RunDir {
                 let mut subdirs: Vec<PathBuf> = entries
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    // Hidden directories (`.cargo/config.toml` is no run), and a run's own
+                    // where this one has lost its `config.toml`.
                     .filter(|e| {
-                        depth > 0
-                            || !["checkpoints", ABANDONED_DIR, "logs"].contains(&&*e.file_name().to_string_lossy())
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        !name.starts_with('.')
+                            && (depth > 0 || !["checkpoints", ABANDONED_DIR, "logs"].contains(&&*name))
                     })
                     .map(|e| e.path())
                     .collect();

@@ -395,6 +395,18 @@ fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Opti
     Ok(serde_json::from_str::<Summary>(&agreed).ok().filter(|s| s.steps == step && !s.stopped_by_signal))
 }
 
+/// `data_dir` holds a dataset (its `dataset.json`), or the error names the key and the way out.
+/// What cannot be looked into is left to [`Dataset::open`], which names the OS's reason.
+pub fn check_dataset_there(data_dir: &Path) -> Result<(), TrainError> {
+    match data_dir.join("dataset.json").try_exists() {
+        Ok(false) => {
+            let relative = if data_dir.is_relative() { ", relative to the current directory" } else { "" };
+            Err(TrainError::NoDataset { data: data_dir.to_path_buf(), relative })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Make sure a run replaces nothing by accident: refuse an empty `run.dir`, a directory another
 /// `micn train` writes into (rank 0 locks it, [`RunDir::lock`]) and, unless the run resumes or
 /// `--overwrite` was given, a directory that already holds a run; `--resume auto` in one that
@@ -552,10 +564,7 @@ pub fn train_until(
         tracing::info!(on = deterministic::is_on()?, "libtorch's deterministic algorithms (train.deterministic)");
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
-    if !cfg.data.dir.join("dataset.json").exists() {
-        let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
-        return Err(TrainError::NoDataset { data: cfg.data.dir.clone(), relative });
-    }
+    check_dataset_there(&cfg.data.dir)?;
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
     let watchdog = match cfg.train.watchdog_seconds {
         0 => None,

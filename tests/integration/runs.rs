@@ -130,8 +130,9 @@ fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
     for key in ["[data]", "max_hist_len", "[micn]", "phi", "[checkpoint]", "keep_last", "watchdog_seconds"] {
         assert!(printed.contains(key), "{key} in {printed}");
     }
-    // A key DIN does not read is said, as `train` says it.
+    // A key DIN does not read is said, as `train` says it, and so is a data.dir with no dataset.
     assert!(stderr(&out).contains("model.gru_hidden") && stderr(&out).contains("changes nothing"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("data/quickstart: no dataset there"), "{}", stderr(&out));
     assert!(!run.exists(), "nothing written");
     // What it prints is a configuration that prints the same.
     let again = tmp.path().join("printed.toml");
@@ -164,6 +165,19 @@ fn a_run_dir_that_holds_other_runs_or_a_dataset_is_refused_and_left_as_it_was() 
         assert!(e.contains("give the run a directory of its own"), "{e}");
         assert_eq!(listing(&runs), ["a", "books"], "nothing written there, not even the lock");
     }
+    // A run's own directory is its own, a branch made below it since included.
+    let base = tmp.path().join("base");
+    train_cli(&base, &["train.max_steps=2"]);
+    std::fs::create_dir_all(base.join("ft1")).unwrap();
+    std::fs::write(base.join("ft1/config.toml"), "").unwrap();
+    let config = base.with_extension("toml");
+    let out = micn(&["train", "--resume", "auto", "--config"])
+        .arg(&config)
+        .args(["--set", &format!("run.dir={:?}", base.display().to_string()), "--set", "train.max_steps=3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(&base)["steps"], 3);
     // A dataset's directory.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -428,10 +442,13 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
     let run = tmp.path().join("run");
     let config = tmp.path().join("run.toml");
     std::fs::write(&config, crate::small_config(&run, &[]).to_toml()).unwrap();
-    // A key mistyped, and a global batch (48) that 5 ranks cannot split, found by every rank.
+    // A key mistyped, a global batch (48) that 5 ranks cannot split, a data.dir with no
+    // dataset, found by every rank.
+    let no_data = format!("data.dir={:?}", tmp.path().join("no-data").display().to_string());
     for (np, set, cause) in [
         (2, "train.max_stps=10", "unknown field `max_stps`"),
         (5, "train.epochs=1", "not divisible by the world size 5"),
+        (2, no_data.as_str(), "no-data: no dataset there"),
     ] {
         let out = crate::mpirun(np)
             .arg(micn_bin())
