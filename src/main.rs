@@ -1060,8 +1060,10 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         return Ok(());
     }
     // And data.dir holds a dataset.
-    let checked =
-        inputs.and_then(|(cfg, resume)| Ok(micn::train::check_dataset_there(&cfg.data.dir).map(|()| (cfg, resume))?));
+    let checked = inputs.and_then(|(cfg, resume)| {
+        micn::train::check_dataset_there(&cfg.data.dir)?;
+        Ok((cfg, resume))
+    });
     let (cfg, resume) = agreed(comm, checked)?;
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()));

@@ -287,9 +287,9 @@ impl RunDir {
     /// What this directory, not a run's yet, holds that a run written here would mix its files
     /// with: a dataset (`dataset.json`), or runs in directories below it (up to three levels
     /// down; not in hidden directories, nor in a run's own `checkpoints/`, `abandoned/` and
-    /// `logs/`), the first few by path. `micn report`, which takes a
-    /// run's directory for one run, would not look below it. A run's own directory is its own
-    /// (a branch of it may have been made below it since).
+    /// `logs/`), the first few by path. `micn report`, which takes a run's directory for one
+    /// run, would not look below it. A run's own directory is its own (a branch of it may have
+    /// been made below it since).
     pub fn foreign_contents(&self) -> Option<String> {
         const SHOWN: usize = 3;
         if self.holds_run() {
