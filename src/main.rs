@@ -1043,28 +1043,59 @@ fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Res
     Err(Agreed { shown, code: first[0] }.into())
 }
 
+/// Every rank trains the configuration rank 0 does, or each says how they differ: ranks that
+/// read another one (a copy that differs on another host; `--config /dev/stdin`, which mpirun
+/// gives rank 0 alone) would build other models and exchange buffers of other sizes.
+fn same_configuration(comm: &dyn Communicator, cfg: &micn::config::Config) -> anyhow::Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let text = cfg.to_toml();
+    let gathered = comm.all_gather_bytes(text.as_bytes())?;
+    let parts: Vec<&[u8]> = gathered.parts().collect();
+    let table = |bytes: &[u8]| toml::from_str::<toml::Table>(&String::from_utf8_lossy(bytes)).unwrap_or_default();
+    let first = table(parts[0]);
+    let differ: Vec<String> = (1..parts.len())
+        .filter(|&r| parts[r] != parts[0])
+        .map(|r| format!("rank {r} in {}", micn::config::diff(&first, &table(parts[r])).join(", ")))
+        .collect();
+    ensure_usage!(
+        differ.is_empty(),
+        "the ranks read different configurations ({} from rank 0's): every rank must read the same (a copy that \
+         differs on another host, or --config /dev/stdin, which mpirun gives rank 0 alone)",
+        differ.join("; ")
+    );
+    Ok(())
+}
+
 fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let TrainArgs { config, sets, resume, overwrite, print_config } = args;
-    let inputs = train_inputs(&config, &sets, resume, overwrite, comm);
+    let (cfg, resume) = agreed(comm, train_inputs(&config, &sets, resume, overwrite, comm))?;
+    agreed(comm, same_configuration(comm, &cfg))?;
     if print_config {
-        let (cfg, _) = agreed(comm, inputs)?;
         if comm.rank() == 0 {
             for unread in cfg.unread_settings() {
                 tracing::warn!("{unread}, so it changes nothing");
             }
+            // What `train` would refuse on what is there.
+            let run_dir = micn::run_dir::RunDir::new(&cfg.run.dir);
             if let Err(e) = micn::train::check_dataset_there(&cfg.data.dir) {
                 tracing::warn!("{e}");
+            }
+            if let Some(what) = run_dir.foreign_contents() {
+                tracing::warn!("run.dir {}: holds {what}: train would refuse it", cfg.run.dir.display());
+            }
+            if resume == micn::train::Resume::Fresh && run_dir.holds_run() {
+                tracing::warn!(
+                    "run.dir {}: already holds a run: train would refuse it without --resume or --overwrite",
+                    cfg.run.dir.display()
+                );
             }
             print!("{}", cfg.to_toml());
         }
         return Ok(());
     }
-    // And data.dir holds a dataset.
-    let checked = inputs.and_then(|(cfg, resume)| {
-        micn::train::check_dataset_there(&cfg.data.dir)?;
-        Ok((cfg, resume))
-    });
-    let (cfg, resume) = agreed(comm, checked)?;
+    agreed(comm, micn::train::check_dataset_there(&cfg.data.dir).map_err(anyhow::Error::from))?;
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()));
     }

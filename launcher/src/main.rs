@@ -387,7 +387,8 @@ fn build_command_on(args: &Args, placement: &Placement, local: &LocalHost) -> an
 fn threads_set_by_hand(sets: &[String]) -> Option<usize> {
     sets.iter().rev().find_map(|s| {
         let (key, value) = s.split_once('=')?;
-        (key.trim() == "train.threads").then(|| value.trim().parse().ok()).flatten()
+        // 0 is micn's "as many as this host's share": not given.
+        (key.trim() == "train.threads").then(|| value.trim().parse().ok().filter(|&n: &usize| n > 0)).flatten()
     })
 }
 
@@ -1306,6 +1307,9 @@ mod tests {
         let a = args(&["--np", "4", "--bind", "core", "--config", "c.toml", "--set", "train.threads=4"]);
         let c = build_command_on(&a, &Placement { np: 4, hostfile: None }, smt).unwrap();
         bound(&c, 2, 4);
+        // `train.threads = 0` is micn's "this host's share": as if not given.
+        let a = args(&["--np", "4", "--bind", "core", "--config", "c.toml", "--set", "train.threads=0"]);
+        bound(&build_command_on(&a, &Placement { np: 4, hostfile: None }, smt).unwrap(), 4, 8);
         // Not asked for: nothing said.
         let a = args(&["--np", "2", "--threads", "5", "--", "doctor"]);
         let c = build_command_on(&a, &Placement { np: 2, hostfile: None }, plain).unwrap();

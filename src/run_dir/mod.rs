@@ -284,36 +284,42 @@ impl RunDir {
         self.config().is_file()
     }
 
-    /// What this directory, not a run's yet, holds that a run written here would mix its files
-    /// with: a dataset (`dataset.json`), or runs in directories below it (up to three levels
-    /// down; not in hidden directories, nor in a run's own `checkpoints/`, `abandoned/` and
-    /// `logs/`), the first few by path. `micn report`, which takes a run's directory for one
-    /// run, would not look below it. A run's own directory is its own (a branch of it may have
-    /// been made below it since).
+    /// Why a run may not be written into this directory, not a run's yet: it holds a dataset
+    /// (`dataset.json`) or runs in directories below it (up to three levels down, not in hidden
+    /// directories; the first few named), whose files it would mix with its own (and `micn
+    /// report`, which takes a run's directory for one run, would not look below it), or it lies
+    /// in another run's own `checkpoints/`, `abandoned/` or `logs/`, which that run's
+    /// `--overwrite` deletes. A run's own directory is its own (a branch of it may have been made
+    /// below it since).
     pub fn foreign_contents(&self) -> Option<String> {
         const SHOWN: usize = 3;
         if self.holds_run() {
             return None;
         }
+        let absolute = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
+        for dir in absolute.ancestors() {
+            let (Some(name), Some(parent)) = (dir.file_name(), dir.parent()) else { continue };
+            if ["checkpoints", ABANDONED_DIR, "logs"].contains(&&*name.to_string_lossy())
+                && RunDir::new(parent).holds_run()
+            {
+                let (name, parent) = (name.to_string_lossy(), parent.display());
+                return Some(format!("lies in the run {parent}'s own {name}/, which its --overwrite deletes"));
+            }
+        }
         if self.path.join("dataset.json").is_file() {
-            return Some("a dataset (dataset.json)".into());
+            return Some("holds a dataset (dataset.json), whose files a run's would mix with".into());
         }
         let mut runs = Vec::new();
         let mut level = vec![self.path.clone()];
-        for depth in 0..3 {
+        for _ in 0..3 {
             let mut next = Vec::new();
             for dir in &level {
                 let Ok(entries) = std::fs::read_dir(dir) else { continue };
                 let mut subdirs: Vec<PathBuf> = entries
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    // Hidden directories (`.cargo/config.toml` is no run), and a run's own
-                    // where this one has lost its `config.toml`.
-                    .filter(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        !name.starts_with('.')
-                            && (depth > 0 || !["checkpoints", ABANDONED_DIR, "logs"].contains(&&*name))
-                    })
+                    // Not hidden directories (`.cargo/config.toml` is no run).
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                     .map(|e| e.path())
                     .collect();
                 subdirs.sort();
@@ -332,7 +338,7 @@ impl RunDir {
         let names: Vec<String> = runs.iter().take(SHOWN).map(|r| r.display().to_string()).collect();
         let more = runs.len().saturating_sub(SHOWN);
         Some(format!(
-            "{} run(s) in directories below it ({}{})",
+            "holds {} run(s) in directories below it ({}{}), whose files a run's would mix with",
             runs.len(),
             names.join(", "),
             if more > 0 { format!(" and {more} more") } else { String::new() }

@@ -395,14 +395,17 @@ fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Opti
     Ok(serde_json::from_str::<Summary>(&agreed).ok().filter(|s| s.steps == step && !s.stopped_by_signal))
 }
 
-/// `data_dir` holds a dataset (its `dataset.json`), or the error names the key and the way out.
-/// What cannot be looked into is left to [`Dataset::open`], which names the OS's reason.
+/// `data_dir` holds a dataset (its `dataset.json`), or the error names the key and the way out (a
+/// file there is no dataset either). What cannot be looked into is left to [`Dataset::open`],
+/// which names the OS's reason.
 pub fn check_dataset_there(data_dir: &Path) -> Result<(), TrainError> {
+    let not_a_directory = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTDIR);
     match data_dir.join("dataset.json").try_exists() {
         Ok(false) => {
             let relative = if data_dir.is_relative() { ", relative to the current directory" } else { "" };
             Err(TrainError::NoDataset { data: data_dir.to_path_buf(), relative })
         }
+        Err(e) if not_a_directory(&e) => Err(TrainError::NoDataset { data: data_dir.to_path_buf(), relative: "" }),
         _ => Ok(()),
     }
 }

@@ -132,10 +132,7 @@ pub enum TrainError {
     PeerFailed { what: &'static str, input: bool },
     #[error("run.dir is empty: set it to the directory the run should be written to")]
     NoRunDir,
-    #[error(
-        "run.dir {path}: holds {what}: a run written there would mix its files with them; give the run a directory \
-         of its own (a new one below it, say)"
-    )]
+    #[error("run.dir {path}: {what}; give the run a directory of its own")]
     RunDirHoldsOthers { path: PathBuf, what: String },
     #[error(
         "{path}: too long a path for a run directory: the run writes paths of {longest} bytes below it (such as \

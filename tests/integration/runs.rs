@@ -178,6 +178,11 @@ fn a_run_dir_that_holds_other_runs_or_a_dataset_is_refused_and_left_as_it_was() 
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(summary(&base)["steps"], 3);
+    // But a run is not written into another's own directories, which its --overwrite deletes.
+    let inside = base.join("checkpoints/mine");
+    let e = train_refused(&inside, &[]);
+    assert!(e.contains(&format!("lies in the run {}'s own checkpoints/", base.display())), "{e}");
+    assert!(!inside.exists());
     // A dataset's directory.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -449,6 +454,8 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
         (2, "train.max_stps=10", "unknown field `max_stps`"),
         (5, "train.epochs=1", "not divisible by the world size 5"),
         (2, no_data.as_str(), "no-data: no dataset there"),
+        // A file is no dataset either (it was every rank's "Not a directory", with MPI_Abort).
+        (2, &format!("data.dir={:?}", config.display().to_string()), "run.toml: no dataset there"),
     ] {
         let out = crate::mpirun(np)
             .arg(micn_bin())
@@ -466,6 +473,22 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
         assert!(!e.contains("MPI_ABORT") && !e.contains("ORTE_ERROR_LOG"), "{e}");
         assert!(!run.exists(), "nothing written");
     }
+    // Ranks that read different configurations: mpirun gives standard input to rank 0 alone, so
+    // rank 1 reads an empty file (every default, another model). It corrupted the heap.
+    let out = crate::mpirun(2)
+        .arg(micn_bin())
+        .args(["train", "--config", "/dev/stdin"])
+        .stdin(std::fs::File::open(&config).unwrap())
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "said once: {e}");
+    assert!(errors[0].contains("the ranks read different configurations (rank 1 in "), "{e}");
+    assert!(errors[0].contains("data.dir") && errors[0].contains("model.kind"), "{e}");
+    assert!(!run.exists() && !tmp.path().join("runs").exists(), "nothing written");
 }
 
 #[test]
