@@ -660,13 +660,15 @@ fn main() -> ExitCode {
                 true => anyhow::Error::new(OutOfMemory(message_of(&e))),
                 false => e,
             };
-            if is_peer_failure(&e) {
-                // Rank 0 prints the cause and ends the job; this rank's line, which only points
-                // to it, waits so as not to come first (or is cut off by the job's end).
-                std::thread::sleep(std::time::Duration::from_secs(1));
+            let code = if is_input_error(&e) { EXIT_INPUT_ERROR } else { 1 };
+            if micn::train::run::failure_agreed() {
+                // Every rank knows: rank 0 says why, and each ends with the status, together.
+                if !is_peer_failure(&e) {
+                    report_error(&e, (comm.size() > 1).then(|| comm.rank()), cli.log_format);
+                }
+                return ExitCode::from(code);
             }
             report_error(&e, (comm.size() > 1).then(|| comm.rank()), cli.log_format);
-            let code = if is_input_error(&e) { EXIT_INPUT_ERROR } else { 1 };
             // Peers may wait in a collective for this rank: stop the whole job.
             comm.abort(i32::from(code));
             ExitCode::from(code)

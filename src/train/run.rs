@@ -533,11 +533,24 @@ fn agree_on_rank0(
         Err(_) => 1,
     };
     let agreed = comm.broadcast_vec(0, &[code])?[0];
+    if agreed != 0 {
+        FAILURE_AGREED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     result?;
     match agreed {
         0 => Ok(()),
         code => Err(TrainError::PeerFailed { what, input: code == 3 }),
     }
+}
+
+/// Set once every rank has learnt through [`agree_on_rank0`] that rank 0 failed: each then ends
+/// with that failure's status, none waiting in a collective for another, so the job needs no
+/// `MPI_Abort` (whose banner would follow rank 0's cause).
+static FAILURE_AGREED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether every rank of the job knows of the failure that ends it ([`FAILURE_AGREED`]).
+pub fn failure_agreed() -> bool {
+    FAILURE_AGREED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Train as configured, starting as `resume` says; returns the summary on every rank.

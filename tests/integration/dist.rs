@@ -285,18 +285,21 @@ fn mpirun_two_ranks_match_two_thread_ranks_bit_for_bit() {
 
 #[test]
 fn a_rank_that_fails_stops_the_mpirun_job_with_its_message() {
-    // Rank 1 is given a dataset that does not exist (as on a node without the data); rank 0
-    // would wait for it in the first collective. The job must end, not hang, and say why.
+    // Rank 1 finds no dataset at data.dir (as on a node without the data: the same relative
+    // path, from another working directory); rank 0 would wait for it in the first collective.
+    // The job must end, not hang, and say why.
     let tmp = tempfile::tempdir().unwrap();
-    let good = config(&tmp.path().join("run"), &["train.max_steps=5"]);
-    let mut bad = good.clone();
-    bad.data.dir = tmp.path().join("no-such-dataset");
-    let (good_path, bad_path) = (tmp.path().join("good.toml"), tmp.path().join("bad.toml"));
-    write_config(&good_path, &good);
-    write_config(&bad_path, &bad);
+    let mut cfg = config(&tmp.path().join("run"), &["train.max_steps=5"]);
+    let (with_data, without) = (tmp.path().join("node0"), tmp.path().join("node1"));
+    std::fs::create_dir_all(&with_data).unwrap();
+    std::fs::create_dir_all(&without).unwrap();
+    std::os::unix::fs::symlink(&cfg.data.dir, with_data.join("node-data")).unwrap();
+    cfg.data.dir = "node-data".into();
+    let path = tmp.path().join("run.toml");
+    write_config(&path, &cfg);
     let mut cmd = crate::mpirun(1);
-    cmd.arg(crate::micn_bin()).args(["train", "--config"]).arg(&good_path);
-    cmd.args([":", "-np", "1"]).arg(crate::micn_bin()).args(["train", "--config"]).arg(&bad_path);
+    cmd.arg("-wdir").arg(&with_data).arg(crate::micn_bin()).args(["train", "--config"]).arg(&path);
+    cmd.args([":", "-np", "1", "-wdir"]).arg(&without).arg(crate::micn_bin()).args(["train", "--config"]).arg(&path);
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let started = std::time::Instant::now();
@@ -310,5 +313,6 @@ fn a_rank_that_fails_stops_the_mpirun_job_with_its_message() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error: rank 1:") && stderr.contains("no-such-dataset"), "{stderr}");
+    assert!(stderr.contains("error: rank 1: node-data: no dataset there"), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
 }
