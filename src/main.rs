@@ -910,6 +910,10 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         }
         Command::Export { command: ExportCommand::MfnCentres(args) } => {
             ensure_usage!(comm.size() == 1, "micn export mfn-centres runs as one process, not under mpirun");
+            // A run's directory, or a checkpoint's.
+            if !args.run.join("state.json").is_file() {
+                check_run_arg(&args.run)?;
+            }
             ensure_usage!(
                 args.interests >= 1 && args.steps >= 1 && args.batch >= 1,
                 "--interests, --steps and --batch must be at least 1"

@@ -97,6 +97,9 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     refused(&["eval", "--checkpoint", tmp.path().to_str().unwrap()], "not a checkpoint (no state.json)");
     refused(&["predict", "--run", &at("nosuch"), "--out", &at("p.csv")], "no such directory; a run is the directory");
     refused(&["eval", "--run", tmp.path().to_str().unwrap()], "not a run directory (no config.toml)");
+    let centres = ["export", "mfn-centres", "--run", &at("nosuch"), "--out", &at("c.safetensors")];
+    refused(&centres, "--run ");
+    refused(&centres, "nosuch: no such directory; a run is the directory");
     // The launcher's own errors: nothing starts, nothing would be retried.
     let (bad_hosts, aliases) = (at("bad-hosts"), at("aliases"));
     std::fs::write(&bad_hosts, "localhost slots=1\n\nbogus line here =\n").unwrap();
