@@ -409,7 +409,7 @@ fn bind_to_cores(
     }
     if !here_only {
         return threads.ok_or_else(|| {
-            "--bind core: ranks on other hosts need --threads T (the cores each is bound to): ranks left unbound".into()
+            "--bind core: ranks placed by a hostfile or an allocation need --threads T (the cores each is bound to): ranks left unbound".into()
         });
     }
     let Some(threads) = threads else {
@@ -1345,7 +1345,11 @@ mod tests {
         // Without --threads a rank bound to one core would size its threads on it: not bound.
         let c = on(&["--bind", "core"]);
         assert!(c.args.windows(2).any(|w| w == ["--bind-to", "none"]), "{:?}", c.args);
-        assert!(c.notes.iter().any(|n| n.contains("ranks on other hosts need --threads T")), "{:?}", c.notes);
+        assert!(
+            c.notes.iter().any(|n| n.contains("ranks placed by a hostfile or an allocation need --threads T")),
+            "{:?}",
+            c.notes
+        );
         // More ranks than the allocation's slots: mpirun's refusal, which no restart changes.
         let refusal = "There are not enough slots available in the system to satisfy the 3";
         assert!(is_mpirun_usage_error(&output::Line::Mpirun(refusal.into())));
