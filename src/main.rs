@@ -1083,19 +1083,19 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             for unread in cfg.unread_settings() {
                 tracing::warn!("{unread}, so it changes nothing");
             }
-            // What `train` would refuse on what is there.
+            // What `train` would refuse on what is there, in its words.
+            use micn::train::trainer::TrainError;
             let run_dir = micn::run_dir::RunDir::new(&cfg.run.dir);
-            if let Err(e) = micn::train::check_dataset_there(&cfg.data.dir) {
-                tracing::warn!("{e}");
-            }
-            if let Some(what) = run_dir.foreign_contents() {
-                tracing::warn!("run.dir {}: holds {what}: train would refuse it", cfg.run.dir.display());
-            }
-            if resume == micn::train::Resume::Fresh && run_dir.holds_run() {
-                tracing::warn!(
-                    "run.dir {}: already holds a run: train would refuse it without --resume or --overwrite",
-                    cfg.run.dir.display()
-                );
+            let path = cfg.run.dir.clone();
+            let present = run_dir.present_files();
+            let refusals = [
+                micn::train::check_dataset_there(&cfg.data.dir).err(),
+                run_dir.foreign_contents().map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
+                (resume == micn::train::Resume::Fresh && !present.is_empty())
+                    .then(|| TrainError::RunExists { path, files: present.join(", ") }),
+            ];
+            for refusal in refusals.into_iter().flatten() {
+                tracing::warn!("train would refuse this: {refusal}");
             }
             print!("{}", cfg.to_toml());
         }

@@ -34,6 +34,19 @@ fn train_refused(run: &Path, extra: &[&str]) -> String {
     err
 }
 
+/// `micn train FLAGS` again on `run`'s own configuration (as [`train_cli`] wrote it beside the
+/// run), for `max_steps` steps; it must succeed.
+fn train_again(run: &Path, flags: &[&str], max_steps: u64) {
+    let out = micn(&[&["train"][..], flags, &["--config"]].concat())
+        .arg(run.with_extension("toml"))
+        .args(["--set", &format!("run.dir={:?}", run.display().to_string())])
+        .args(["--set", &format!("train.max_steps={max_steps}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(run)["steps"], max_steps);
+}
+
 fn summary(run: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
 }
@@ -74,14 +87,7 @@ fn a_second_training_into_a_run_directory_is_refused_and_loses_nothing_unless_to
     let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
     assert!(before == after && run.join("checkpoints").is_dir(), "a refused --overwrite changed the run directory");
     // `--overwrite` starts afresh: no file of the old run survives, its checkpoints included.
-    let config = run.with_extension("toml");
-    let out = micn(&["train", "--overwrite", "--config"])
-        .arg(&config)
-        .args(["--set", &format!("run.dir={:?}", run.display().to_string()), "--set", "train.max_steps=4"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(summary(&run)["steps"], 4);
+    train_again(&run, &["--overwrite"], 4);
     let checkpoints: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -138,6 +144,18 @@ fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
     let again = tmp.path().join("printed.toml");
     std::fs::write(&again, &printed).unwrap();
     assert_eq!(String::from_utf8(print(&again, &[]).stdout).unwrap(), printed);
+    // What `train` would refuse in run.dir is said in train's words, and nothing is changed there.
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("dataset.json"), "{}").unwrap();
+    let warned = stderr(&print(&config, &[]));
+    let refusal = format!("train would refuse this: run.dir {}: holds a dataset (dataset.json)", run.display());
+    assert!(warned.contains(&refusal), "{warned}");
+    std::fs::remove_file(run.join("dataset.json")).unwrap();
+    std::fs::write(run.join("metrics.jsonl"), "").unwrap();
+    let warned = stderr(&print(&config, &[]));
+    assert!(warned.contains(&format!("{}: already holds a run (metrics.jsonl)", run.display())), "{warned}");
+    assert_eq!(std::fs::read_dir(&run).unwrap().count(), 1, "nothing written");
+    std::fs::remove_dir_all(&run).unwrap();
     // And what `train` refuses, it refuses alike.
     let e = train_refused(&run, &["--print-config", "--set", "train.max_stps=1"]);
     assert!(e.contains("unknown field `max_stps`"), "{e}");
@@ -170,14 +188,7 @@ fn a_run_dir_that_holds_other_runs_or_a_dataset_is_refused_and_left_as_it_was() 
     train_cli(&base, &["train.max_steps=2"]);
     std::fs::create_dir_all(base.join("ft1")).unwrap();
     std::fs::write(base.join("ft1/config.toml"), "").unwrap();
-    let config = base.with_extension("toml");
-    let out = micn(&["train", "--resume", "auto", "--config"])
-        .arg(&config)
-        .args(["--set", &format!("run.dir={:?}", base.display().to_string()), "--set", "train.max_steps=3"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(summary(&base)["steps"], 3);
+    train_again(&base, &["--resume", "auto"], 3);
     // But a run is not written into another's own directories, which its --overwrite deletes.
     let inside = base.join("checkpoints/mine");
     let e = train_refused(&inside, &[]);
