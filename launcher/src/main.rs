@@ -288,8 +288,7 @@ fn build_command_on(args: &Args, placement: &Placement, local: &LocalHost) -> an
             v.extend(["--set".to_string(), s.clone()]);
         }
         // Unless a `--set` names train.threads itself.
-        let set_by_hand = args.sets.iter().any(|s| s.split('=').next().is_some_and(|k| k.trim() == "train.threads"));
-        if let Some(threads) = args.threads.filter(|_| !set_by_hand) {
+        if let Some(threads) = args.threads.filter(|_| threads_set(&args.sets).is_none()) {
             v.extend(["--set".to_string(), format!("train.threads={threads}")]);
         }
         if let Some(resume) = &args.resume {
@@ -329,7 +328,9 @@ fn build_command_on(args: &Args, placement: &Placement, local: &LocalHost) -> an
     let oversubscribed = slots.is_some_and(|slots| np > slots);
     // The threads each rank runs: `--threads`, else a `--set train.threads=N` of micn's (which
     // wins over OMP_NUM_THREADS there), else each host's share of its cores.
-    let asked_threads = args.threads.or_else(|| threads_set_by_hand(&args.sets));
+    // (0 there is micn's "this host's share": not a count.)
+    let asked_threads =
+        args.threads.or_else(|| threads_set(&args.sets)?.trim().parse().ok().filter(|&n: &usize| n > 0));
     let binding = match args.bind.as_str() {
         "none" => None,
         "core" => {
@@ -383,13 +384,9 @@ fn build_command_on(args: &Args, placement: &Placement, local: &LocalHost) -> an
     Ok(MpirunCommand { args: cmd, notes })
 }
 
-/// The value of a `--set train.threads=N` among `sets`, where one gives a number.
-fn threads_set_by_hand(sets: &[String]) -> Option<usize> {
-    sets.iter().rev().find_map(|s| {
-        let (key, value) = s.split_once('=')?;
-        // 0 is micn's "as many as this host's share": not given.
-        (key.trim() == "train.threads").then(|| value.trim().parse().ok().filter(|&n: &usize| n > 0)).flatten()
-    })
+/// The value the last `--set train.threads=…` among `sets` gives, the one micn takes.
+fn threads_set(sets: &[String]) -> Option<&str> {
+    sets.iter().rev().find_map(|s| s.split_once('=').filter(|(key, _)| key.trim() == "train.threads").map(|(_, v)| v))
 }
 
 /// `--bind core`: the physical cores each rank is bound to (mpirun's `PE`), or why it binds
