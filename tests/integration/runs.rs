@@ -460,6 +460,14 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
     let run = tmp.path().join("run");
     let config = tmp.path().join("run.toml");
     std::fs::write(&config, crate::small_config(&run, &[]).to_toml()).unwrap();
+    // A job that failed with status 3 and said one error: the line, and all it printed.
+    let one_error = |out: &Output| {
+        let e = stderr(out);
+        assert_eq!(out.status.code(), Some(3), "{e}");
+        let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "said once: {e}");
+        (errors[0].to_string(), e.clone())
+    };
     // A key mistyped, a global batch (48) that 5 ranks cannot split, a data.dir with no
     // dataset, found by every rank.
     let no_data = format!("data.dir={:?}", tmp.path().join("no-data").display().to_string());
@@ -477,11 +485,8 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
             .args(["--set", set])
             .output()
             .unwrap();
-        let e = stderr(&out);
-        assert_eq!(out.status.code(), Some(3), "{e}");
-        let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
-        assert_eq!(errors.len(), 1, "said once: {e}");
-        assert!(errors[0].starts_with("error: rank 0: ") && errors[0].contains(cause), "{e}");
+        let (error, e) = one_error(&out);
+        assert!(error.starts_with("error: rank 0: ") && error.contains(cause), "{e}");
         // Every rank ended on its own with the status: no MPI_Abort, whose banner followed.
         assert!(!e.contains("MPI_ABORT") && !e.contains("ORTE_ERROR_LOG"), "{e}");
         assert!(!run.exists(), "nothing written");
@@ -495,12 +500,9 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
         .current_dir(tmp.path())
         .output()
         .unwrap();
-    let e = stderr(&out);
-    assert_eq!(out.status.code(), Some(3), "{e}");
-    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "said once: {e}");
-    assert!(errors[0].contains("the ranks read different configurations (rank 1 in "), "{e}");
-    assert!(errors[0].contains("data.dir") && errors[0].contains("model.kind"), "{e}");
+    let (error, e) = one_error(&out);
+    assert!(error.contains("the ranks read different configurations (rank 1 in "), "{e}");
+    assert!(error.contains("data.dir") && error.contains("model.kind"), "{e}");
     assert!(!run.exists() && !tmp.path().join("runs").exists(), "nothing written");
 }
 
