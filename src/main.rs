@@ -585,11 +585,16 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // A command line that cannot work fails the same way every time; under
-            // `--log-format json` its error is one JSON line like every other error.
-            let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-            match usage::log_format_json(&args) {
-                true => report_error(&anyhow::Error::new(UsageError(usage::clap_sentence(&e))), None, LogFormat::Json),
-                false => drop(e.print()),
+            // `--log-format json` its error is one JSON line like every other error. Under a
+            // launcher, every rank of one command line fails alike: the first says why.
+            if first_rank_of_its_command_line() {
+                let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+                match usage::log_format_json(&args) {
+                    true => {
+                        report_error(&anyhow::Error::new(UsageError(usage::clap_sentence(&e))), None, LogFormat::Json)
+                    }
+                    false => drop(e.print()),
+                }
             }
             return ExitCode::from(EXIT_INPUT_ERROR);
         }
@@ -743,6 +748,24 @@ macro_rules! ensure_usage {
 /// srun), for errors before the communicator exists.
 fn launcher_rank() -> Option<usize> {
     ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"].iter().find_map(|var| std::env::var(var).ok()?.parse().ok())
+}
+
+/// Whether this process is the lowest rank started with its command line: rank 0, or under
+/// `mpirun a : b` (one command line per application context) the first rank of its context,
+/// as OpenMPI numbers them (`OMPI_MCA_orte_app_num`, and the ranks of each context in
+/// `OMPI_APP_CTX_NUM_PROCS`). Any process not started by a launcher is.
+fn first_rank_of_its_command_line() -> bool {
+    let Some(rank) = launcher_rank() else { return true };
+    let number = |var: &str| std::env::var(var).ok()?.trim().parse::<usize>().ok();
+    let context = number("OMPI_MCA_orte_app_num").unwrap_or(0);
+    let sizes: Option<Vec<usize>> = std::env::var("OMPI_APP_CTX_NUM_PROCS")
+        .ok()
+        .and_then(|sizes| sizes.split_whitespace().map(|n| n.parse().ok()).collect());
+    match sizes {
+        Some(sizes) if context < sizes.len() => rank == sizes[..context].iter().sum::<usize>(),
+        // Contexts that cannot be told apart: each rank says it.
+        _ => context > 0 || rank == 0,
+    }
 }
 
 /// Print `error: [rank N: ]message` as one line, written at once (under mpirun another rank's

@@ -116,10 +116,10 @@ fn doctor_under_mpirun_reports_both_ranks() {
 }
 
 /// Commands that work on files as one process are refused under mpirun (each rank would print
-/// and write the same); an argument error names each rank's own number, also before the
-/// communicator is up.
+/// and write the same); an argument error, the same on every rank, is said once by the first
+/// rank of its command line, also before the communicator is up.
 #[test]
-fn one_process_commands_are_refused_under_mpirun_and_argument_errors_name_their_rank() {
+fn one_process_commands_are_refused_under_mpirun_and_argument_errors_are_said_once() {
     let out = mpirun(2).arg(micn_bin()).args(["data", "stats", "/nonexistent"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
@@ -134,7 +134,20 @@ fn one_process_commands_are_refused_under_mpirun_and_argument_errors_name_their_
         .map(|v| v["rank"].as_u64().unwrap())
         .collect();
     ranks.sort();
-    assert_eq!(ranks, [0, 1], "{stderr}");
+    assert_eq!(ranks, [0], "{stderr}");
+    // `mpirun a : b`: each command line's error, from the first rank of each.
+    let out = mpirun(1)
+        .arg(micn_bin())
+        .args(["doctor", "--bogus"])
+        .args([":", "-np", "2"])
+        .arg(micn_bin())
+        .args(["train", "--odd"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.matches("unexpected argument '--bogus'").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("unexpected argument '--odd'").count(), 1, "{stderr}");
 }
 
 #[test]
