@@ -58,7 +58,7 @@ pub fn export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<Exp
             ),
         });
     }
-    let staging = Staging::replacing(out, "export.json")?;
+    let staging = Staging::replacing(out, &["export.json", "train", "valid", "test"])?;
     let exported = write_export(dataset, &staging.tmp, opts)?;
     staging.commit()?;
     Ok(exported)

@@ -100,26 +100,34 @@ impl Staging {
     }
 
     /// For an `out` that, when it exists, is replaced whole by the commit: an earlier output of
-    /// the same command (a directory holding `marker`, a file that command always writes) or an
-    /// empty directory. Until the commit it stays as it was; anything else there is refused.
-    pub fn replacing(out: &Path, marker: &str) -> Result<Self, DataError> {
+    /// the same command or an empty directory. An earlier output holds `written[0]` (a file the
+    /// command always writes) and nothing but what the command writes (`written`): a directory
+    /// holding anything else, a user's own files beside a file of the same name, is refused.
+    /// Until the commit it stays as it was.
+    pub fn replacing(out: &Path, written: &[&str]) -> Result<Self, DataError> {
         // One listing of one directory decides: another process replacing the same output in
         // between two looks (its old one aside, its new one in place) would read as neither.
-        let replaceable = match std::fs::read_dir(out) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            // A file is refused; a path that cannot be made (below a file, a loop of links) is
-            // `start`'s to name.
-            Err(_) => !out.exists(),
-            Ok(entries) => {
-                let entries: Vec<_> = entries.flatten().collect();
-                entries.is_empty()
-                    || entries.iter().any(|e| e.file_name() == marker && e.file_type().is_ok_and(|t| t.is_file()))
-            }
+        let entries = match std::fs::read_dir(out) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            // A path that cannot be made (below a file, a loop of links) is `start`'s to name.
+            Err(_) if !out.exists() => Vec::new(),
+            Err(_) => return Err(DataError::OutputExists(out.to_path_buf())),
+            Ok(entries) => entries.flatten().collect(),
         };
-        if !replaceable {
-            return Err(DataError::OutputExists(out.to_path_buf()));
+        let marked = entries.iter().any(|e| e.file_name() == written[0] && e.file_type().is_ok_and(|t| t.is_file()));
+        let other = entries.iter().map(|e| e.file_name()).find(|name| !written.iter().any(|w| name == *w));
+        match (entries.is_empty(), marked, other) {
+            (true, ..) | (false, true, None) => Self::start(out, true),
+            (false, true, Some(other)) => Err(DataError::Invalid {
+                path: out.to_path_buf(),
+                message: format!(
+                    "holds {}, which this command does not write: not only an earlier output of it; choose another \
+                     --out, or move that aside",
+                    other.to_string_lossy()
+                ),
+            }),
+            (false, false, _) => Err(DataError::OutputExists(out.to_path_buf())),
         }
-        Self::start(out, true)
     }
 
     /// For an `out` directory that may exist and hold other files: the commit
@@ -670,6 +678,43 @@ fn read_corpus(
     Ok((corpus, vec![reviews_summary, meta_summary], Some(without_meta)))
 }
 
+/// The generator's oracle for these reviews: `--oracle`, else the one `micn synth` wrote beside
+/// them. One generated with other reviews (another seed's, whose names are the same indices) is
+/// refused when given, and left out, said, when found beside them.
+fn read_oracle(
+    job: &AmazonJob,
+    reviews: &FileSummary,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(PathBuf, synth::OracleModel)>, DataError> {
+    let beside = job.reviews.with_file_name(synth::ORACLE_FILE);
+    let path = match &job.oracle {
+        Some(path) => path.clone(),
+        None if beside.exists() => beside,
+        None => return Ok(None),
+    };
+    let model = synth::read_oracle(&path)?;
+    let read = synth::WrittenReviews { lines: reviews.lines, bytes: reviews.raw_bytes };
+    match model.reviews {
+        Some(written) if written != read => {
+            let message = format!(
+                "generated with other reviews ({} lines, {} bytes) than {}'s ({} lines, {} bytes): another `micn \
+                 synth` run's oracle",
+                written.lines,
+                written.bytes,
+                job.reviews.display(),
+                read.lines,
+                read.bytes
+            );
+            if job.oracle.is_some() {
+                return Err(DataError::Invalid { path, message });
+            }
+            warnings.push(format!("{}: {message}; no oracle AUC", path.display()));
+            Ok(None)
+        }
+        _ => Ok(Some((path, model))),
+    }
+}
+
 /// Oracle score of every test sample: ln p(item | user) − ln p_negative(item).
 fn oracle_scores(model: &OracleModel, corpus: &Corpus, test: &Samples, protocol: Protocol) -> Result<Vec<f32>, String> {
     let mut review_counts = vec![0u64; corpus.items.len()];
@@ -768,17 +813,11 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         seconds = started.elapsed().as_secs_f64() - read_secs,
         "samples built"
     );
-    let oracle_path = job.oracle.clone().or_else(|| {
-        let beside = job.reviews.with_file_name(synth::ORACLE_FILE);
-        beside.exists().then_some(beside)
-    });
-    let oracle = match &oracle_path {
-        Some(path) => {
-            let model = synth::read_oracle(path)?;
-            let scores = oracle_scores(&model, &corpus, &built.test, job.protocol)
-                .map_err(|message| DataError::Invalid { path: path.clone(), message })?;
-            Some(scores)
-        }
+    let oracle = match read_oracle(job, &sources[0], &mut warnings)? {
+        Some((path, model)) => Some(
+            oracle_scores(&model, &corpus, &built.test, job.protocol)
+                .map_err(|message| DataError::Invalid { path, message })?,
+        ),
         None => None,
     };
     let (vocab, maps) = vocab::build(&built.train, &corpus.users, &corpus.items, &corpus.cats, &corpus.item_cat);
@@ -1120,7 +1159,7 @@ mod tests {
             (&chained, scratch.join("newer")),
         ];
         for (out, target) in cases {
-            let staging = Staging::replacing(out, "synth.json").unwrap();
+            let staging = Staging::replacing(out, &["synth.json"]).unwrap();
             let beside = |p: &Path| std::fs::canonicalize(p.parent().unwrap()).unwrap();
             assert_eq!(beside(&staging.tmp), std::fs::canonicalize(&scratch).unwrap(), "{}", out.display());
             staging.write("synth.json", b"new").unwrap();

@@ -121,6 +121,19 @@ pub struct OracleModel {
     /// Per user name: (interest cluster before the last review, [(cluster, weight)]).
     #[serde(serialize_with = "by_name")]
     pub users: HashMap<String, OracleUser>,
+    /// The reviews file it was generated with, as written: `prepare` scores with the oracle only
+    /// reviews that read the same (names are indices, so another seed's oracle knows every one).
+    /// Absent from older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviews: Option<WrittenReviews>,
+}
+
+/// A reviews file's size as [`crate::data::input::FileSummary`] counts it: lines, and bytes
+/// after decompression.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WrittenReviews {
+    pub lines: u64,
+    pub bytes: u64,
 }
 
 /// A map written in the order of its names, so that the same seed writes the same bytes.
@@ -479,7 +492,7 @@ impl SynthConfig {
 /// anything else at `out` is refused. The summary names the files at their final paths.
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary, DataError> {
     cfg.check().map_err(|message| DataError::Invalid { path: out.to_path_buf(), message })?;
-    let staging = Staging::replacing(out, INFO_FILE)?;
+    let staging = Staging::replacing(out, &[INFO_FILE, REVIEWS_FILE, META_FILE, ORACLE_FILE])?;
     let summary = write_files(cfg, &staging.tmp, out)?;
     staging.commit()?;
     Ok(summary)
@@ -510,6 +523,7 @@ fn write_files(cfg: &SynthConfig, dir: &Path, out: &Path) -> Result<SynthSummary
         stay: cfg.stay,
         items: (0..cfg.items).map(|i| (item_name(i), (item_cluster[i], within[i], popularity[i]))).collect(),
         users: oracle_users,
+        reviews: Some(WrittenReviews { lines: draws.len() as u64, bytes: review_bytes }),
     };
     write_synced(&dir.join(ORACLE_FILE), |w| {
         serde_json::to_writer(&mut *w, &oracle).map_err(std::io::Error::other)?;

@@ -442,7 +442,8 @@ pub fn export_interests(
     let (n, n_items) = (sample.len(), item_vectors.len() / width.max(1) as usize);
     // Built beside `out`, which it replaces whole: an earlier export of interests, or an empty
     // directory; anything else there (another tool's arrays) is refused, untouched.
-    let staging = crate::data::prepare::Staging::replacing(out, "interests.json")?;
+    let written = ["interests.json", "interests.npy", "active.npy", "sample.npy", "users.npy", "items.npy"];
+    let staging = crate::data::prepare::Staging::replacing(out, &written)?;
     let (k_usize, w_usize, dir) = (k as usize, width as usize, staging.tmp.as_path());
     write_npy(&dir.join("interests.npy"), Npy::F32(&vectors), &[n, k_usize, w_usize])?;
     write_npy(&dir.join("active.npy"), Npy::F32(&active), &[n, k_usize])?;

@@ -139,6 +139,13 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     std::fs::write(tmp.path().join("mine/notes.txt"), "mine").unwrap();
     refused(&["synth", "--preset", "quickstart", "--out", &at("mine")], "mine: already exists");
     assert_eq!(std::fs::read_dir(at("mine")).unwrap().count(), 1);
+    // A file of synth's own name beside them does not make it synth's directory.
+    std::fs::write(tmp.path().join("mine/synth.json"), "{}").unwrap();
+    refused(
+        &["synth", "--preset", "quickstart", "--out", &at("mine")],
+        "holds notes.txt, which this command does not write",
+    );
+    assert_eq!(std::fs::read_to_string(tmp.path().join("mine/notes.txt")).unwrap(), "mine");
 }
 
 #[test]

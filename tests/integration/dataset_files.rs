@@ -441,6 +441,17 @@ fn a_data_export_that_fails_leaves_the_earlier_export_whole() {
     assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("mine: already exists"), "{}", stderr(&refused));
     assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+    // A file of an export's name beside the user's own is no export either.
+    std::fs::write(mine.join("export.json"), "{}").unwrap();
+    let refused = export(&mine, "5");
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("holds notes.txt, which this command does not write"), "{}", stderr(&refused));
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
+    // Nor is an earlier export the user added a file to.
+    std::fs::write(again.join("notes.txt"), "mine").unwrap();
+    let refused = export(&again, "5");
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert_eq!(std::fs::read_to_string(again.join("notes.txt")).unwrap(), "mine");
     let zero = export(&tmp.path().join("zero"), "0");
     assert_eq!(zero.status.code(), Some(3), "{}", stderr(&zero));
     assert!(stderr(&zero).contains("--max-hist-len must be at least 1"), "{}", stderr(&zero));

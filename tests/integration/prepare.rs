@@ -885,6 +885,36 @@ fn quickstart_data_reports_an_oracle_auc_and_one_score_per_test_sample() {
         let again = micn::metrics::auc(scores, &labels).unwrap();
         assert!((again - auc).abs() < 1e-12, "{protocol}: {again} vs {auc}");
     }
+    // Compressed, the reviews still read as those the oracle was generated with.
+    let packed = tmp.path().join("packed/reviews_Synthetic_5.json.gz");
+    std::fs::create_dir(packed.parent().unwrap()).unwrap();
+    std::fs::write(&packed, gzip(&std::fs::read(&reviews).unwrap())).unwrap();
+    let oracle = tmp.path().join("raw/oracle-model.json");
+    let out = tmp.path().join("packed-out");
+    run_ok(&mut prepare_2014(&packed, &meta, &out, &["--oracle", oracle.to_str().unwrap()]));
+    assert!(dataset_json(&out)["oracle_auc"].is_f64());
+    // Another seed's oracle knows every name (they are indices), not these reviews: refused when
+    // given, left out and said when found beside them.
+    let (other, _) = synth(&tmp.path().join("other"), &["--seed", "2"]);
+    let other_oracle = other.with_file_name("oracle-model.json");
+    let refused =
+        prepare_2014(&reviews, &meta, &tmp.path().join("refused"), &["--oracle", other_oracle.to_str().unwrap()])
+            .output()
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("generated with other reviews") && stderr.contains("another `micn synth` run's oracle"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("refused").exists());
+    std::fs::copy(&other_oracle, &oracle).unwrap();
+    let out = tmp.path().join("beside");
+    let done = run_ok(&mut prepare_2014(&reviews, &meta, &out, &[]));
+    let said = format!("{}{}", String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+    assert!(said.contains("another `micn synth` run's oracle; no oracle AUC"), "{said}");
+    assert!(dataset_json(&out)["oracle_auc"].is_null(), "{said}");
+    assert!(!out.join("oracle.f32").exists());
 }
 
 #[test]
