@@ -91,6 +91,25 @@ pub fn followed(path: &Path) -> Result<PathBuf, PathIo> {
     Err(PathIo { path: path.to_path_buf(), source: std::io::Error::from_raw_os_error(libc::ELOOP) })
 }
 
+/// `path` made absolute with every link resolved as far as it exists (the rest, not made yet,
+/// appended as given): where writing it lands, for comparing with other paths.
+pub fn resolved(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&at) {
+            return rest.into_iter().rev().fold(real, |dir, name| dir.join(name));
+        }
+        match (at.file_name().map(ToOwned::to_owned), at.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                at = parent.to_path_buf();
+            }
+            _ => return std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        }
+    }
+}
+
 /// [`replace_file`] for a device or a pipe: `write` fills a temporary file in `TMPDIR` (and may
 /// sync it, which such a file refuses), whose bytes are then copied in. A failure to fill it is
 /// named as the temporary file's, with what it was for; the pipe is then opened and closed, so

@@ -93,13 +93,16 @@ impl EventWriter {
     }
 }
 
+/// How the names of TensorBoard's event files begin.
+pub const EVENT_FILE_PREFIX: &str = "events.out.tfevents.";
+
 /// The names of the event files in `dir`.
 pub fn event_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with("events.out.tfevents."))
+        .filter(|name| name.starts_with(EVENT_FILE_PREFIX))
         .collect();
     names.sort();
     names

@@ -345,6 +345,31 @@ impl RunDir {
         ))
     }
 
+    /// What of a run writing the file `out` would replace: a run's own file (its configuration,
+    /// metrics, summary, model, lock or launch mark, a TensorBoard event file) or anything in its
+    /// `checkpoints/`, `abandoned/` or `logs/`, through links too. `None` for any other path,
+    /// a file of one's own beside a run's included.
+    pub fn part_of_a_run(out: &Path) -> Option<String> {
+        let out = crate::io_error::resolved(out);
+        let mut below = Vec::new();
+        for dir in out.ancestors() {
+            if let Some(&first) = below.last() {
+                let name: &std::ffi::OsStr = first;
+                let name = name.to_string_lossy();
+                let owned = RUN_FILES.contains(&&*name)
+                    || ["logs", LOCK_FILE, LAUNCH_FILE].contains(&&*name)
+                    || name.starts_with(events::EVENT_FILE_PREFIX);
+                if owned && RunDir::new(dir).holds_run() {
+                    let whole = below.len() == 1;
+                    let what = if whole { "" } else { "a file in " };
+                    return Some(format!("is {what}the run {}'s own {name}", dir.display()));
+                }
+            }
+            below.push(dir.file_name().unwrap_or_default());
+        }
+        None
+    }
+
     /// The run files present (see [`RUN_FILES`], and TensorBoard event files), by name.
     pub fn present_files(&self) -> Vec<String> {
         let mut found: Vec<String> =

@@ -236,11 +236,11 @@ pub fn predict(
     comm: &dyn Communicator,
     (out, format): (&Path, Format),
 ) -> Result<Predicted, TrainError> {
+    check_not_in_a_run(out)?;
     let saved = Saved::load(dir, data_dir, device, comm)?;
-    let model_files = ["model.safetensors", "state.json", "manifest.json", "config.toml", "summary.json"];
     let data = &saved.dataset;
     let data_files = std::iter::once("dataset.json").chain(data.meta.files().into_iter().map(|(name, _)| name));
-    let inputs = model_files.iter().map(|f| dir.join(f)).chain(data_files.map(|f| data.dir.join(f)));
+    let inputs = model_files(dir).chain(data_files.map(|f| data.dir.join(f)));
     check_not_an_input(out, inputs)?;
     let ids = saved.ids(split)?;
     let set = eval_set(split, &ids);
@@ -280,6 +280,20 @@ pub fn predict(
     }
     comm.barrier()?;
     Ok(Predicted { out: out.to_path_buf(), samples: scores.ids.len() as u64, split: set.name() })
+}
+
+/// The files of a saved model (a run's end or a checkpoint) in `dir`.
+fn model_files(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    ["model.safetensors", "state.json", "manifest.json", "config.toml", "summary.json"].into_iter().map(|f| dir.join(f))
+}
+
+/// Refuse an `out` that is part of a run ([`RunDir::part_of_a_run`]): its model, metrics or log,
+/// a checkpoint, whichever run it is (the scored one or another).
+fn check_not_in_a_run(out: &Path) -> Result<(), TrainError> {
+    match crate::run_dir::RunDir::part_of_a_run(out) {
+        Some(what) => Err(TrainError::OutputInRun { out: out.to_path_buf(), what }),
+        None => Ok(()),
+    }
 }
 
 /// Refuse an `out` that is one of `inputs` (the saved model's files, the dataset's), which writing
@@ -338,6 +352,8 @@ pub fn export_mfn_centres(
     out: &Path,
 ) -> Result<ExportedCentres, TrainError> {
     use crate::model::mfn::{pretrain_centres, Pretrained};
+    check_not_in_a_run(out)?;
+    check_not_an_input(out, model_files(dir))?;
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
     let (samples, train_ids) = saved.split_samples(Split::Train)?;
     let items = tch::no_grad(|| saved.item_vectors());
@@ -422,6 +438,7 @@ pub fn export_interests(
     out: &Path,
 ) -> Result<ExportedInterests, TrainError> {
     use crate::data::export::{write_npy, Npy};
+    check_not_in_a_run(out)?;
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
     let mind = saved.mind(dir)?;
     let (samples, set_ids) = saved.split_samples(split)?;

@@ -84,6 +84,8 @@ pub enum TrainError {
     },
     #[error("{0}: is a file this command reads (the saved model's or the dataset's): choose another --out")]
     OutputIsInput(PathBuf),
+    #[error("{out}: {what}, which writing it would replace: choose another --out")]
+    OutputInRun { out: PathBuf, what: String },
     #[error(
         "{data}: no dataset there (no dataset.json), and {saved} was trained on it (its data.dir{relative}): give the \
          dataset with --data DIR"
@@ -226,6 +228,7 @@ impl TrainError {
                 | Self::Scores { .. }
                 | Self::ScoresNotFinite { .. }
                 | Self::OutputIsInput(_)
+                | Self::OutputInRun { .. }
                 | Self::DatasetGone { .. }
                 | Self::NoDataset { .. }
                 | Self::NoInterests { .. }

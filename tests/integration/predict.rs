@@ -170,23 +170,50 @@ fn poison(path: &Path, name: &str) {
 }
 
 #[test]
-fn a_model_that_scores_nan_and_an_output_that_is_an_input_are_refused_by_eval_and_predict() {
+fn a_model_that_scores_nan_and_an_output_that_is_an_input_or_a_run_s_are_refused_by_eval_and_predict() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let mut cfg = crate::small_config(&run, &["train.max_steps=2", "train.epochs=1"]);
     cfg.data.dir = tmp.path().join("data");
     crate::copy_dir(crate::train::dataset_dir(), &cfg.data.dir);
     train_from(&cfg, &SingleProcess, &Resume::Fresh).unwrap();
-    // predict would replace what it reads: the run's model, or a file of its dataset.
+    // predict would replace what it reads (a file of the dataset), or a part of a run: its model,
+    // metrics or log, a checkpoint's file, scoring the run or one of its checkpoints.
     let model = run.join("model.safetensors");
-    for input in [model.clone(), cfg.data.dir.join("items.tsv")] {
+    let checkpoint = std::fs::read_dir(run.join("checkpoints")).unwrap().next().unwrap().unwrap().path();
+    let run_arg = ["--run", run.to_str().unwrap()];
+    let checkpoint_arg = ["--checkpoint", checkpoint.to_str().unwrap()];
+    let read = format!("{}: is a file this command reads", cfg.data.dir.join("items.tsv").display());
+    let own = |name: &str| format!("is the run {}'s own {name}, which writing it would replace", run.display());
+    let in_own = |name: &str| format!("is a file in the run {}'s own {name}", run.display());
+    // (Trained in this process, the run logs to standard error alone.)
+    std::fs::create_dir_all(run.join("logs")).unwrap();
+    std::fs::write(run.join("logs/rank-0.log"), "a log line\n").unwrap();
+    for (input, scored, said) in [
+        (cfg.data.dir.join("items.tsv"), run_arg, read),
+        (model.clone(), run_arg, own("model.safetensors")),
+        (model.clone(), checkpoint_arg, own("model.safetensors")),
+        (run.join("metrics.jsonl"), run_arg, own("metrics.jsonl")),
+        (run.join("logs/rank-0.log"), checkpoint_arg, in_own("logs")),
+        (checkpoint.join("model.safetensors"), run_arg, in_own("checkpoints")),
+    ] {
         let before = std::fs::read(&input).unwrap();
-        let args = ["predict", "--format", "csv", "--run", run.to_str().unwrap(), "--out", input.to_str().unwrap()];
+        let args = ["predict", "--format", "csv", scored[0], scored[1], "--out", input.to_str().unwrap()];
         let refused = Command::new(micn_bin()).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(refused.status.code(), Some(3), "{stderr}");
-        assert!(stderr.contains(&format!("{}: is a file this command reads", input.display())), "{stderr}");
+        assert!(stderr.contains(&said), "{said}: {stderr}");
         assert_eq!(std::fs::read(&input).unwrap(), before);
+    }
+    // export mfn-centres too (its own file, or the checkpoint's it reads).
+    for out in [model.clone(), checkpoint.join("state.json")] {
+        let before = std::fs::read(&out).unwrap();
+        let args = ["export", "mfn-centres", "--steps", "1", "--run", checkpoint.to_str().unwrap(), "--out"];
+        let refused = Command::new(micn_bin()).args(args).arg(&out).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains("which writing it would replace"), "{stderr}");
+        assert_eq!(std::fs::read(&out).unwrap(), before);
     }
     // An earlier prediction beside the model is replaced, as any output is.
     let beside = run.join("test.csv");
