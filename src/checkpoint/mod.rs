@@ -41,7 +41,7 @@ pub use self::load::{
     check_state, finished, latest, list, load_tensors_like, load_var_store, read_tensors, step_of, verify,
     write_tensors,
 };
-pub use self::save::{retain, save};
+pub use self::save::{remove_leftovers, retain, save};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MARKER: &str = "COMPLETE";

@@ -27,6 +27,23 @@ fn remove(dir: &Path) -> Result<(), CheckpointError> {
     std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
 }
 
+/// Remove what killed runs left under `root`: checkpoints cut short while written
+/// (`.step-N.partial`) or while removed (`.step-N.removed`). Each save starts with it, and so
+/// does a run's start, which may save nothing (a resume with nothing left to train).
+pub fn remove_leftovers(root: &Path) -> Result<(), CheckpointError> {
+    let entries = match std::fs::read_dir(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries.map_err(io(root))?,
+    };
+    for stale in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if is_leftover_name(&stale) {
+            tracing::info!(path = %stale.display(), "removing what a killed run left of a checkpoint");
+            discard(&stale);
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
@@ -55,12 +72,7 @@ pub fn save(
     write_optimizer: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<PathBuf, CheckpointError> {
     std::fs::create_dir_all(root).map_err(io(root))?;
-    for stale in std::fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok().map(|e| e.path())) {
-        if is_leftover_name(&stale) {
-            tracing::info!(path = %stale.display(), "removing what a killed run left of a checkpoint");
-            discard(&stale);
-        }
-    }
+    remove_leftovers(root)?;
     let tmp = root.join(partial_name(state.step));
     let done = root.join(dir_name(state.step));
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;

@@ -115,6 +115,53 @@ pub fn this_launch() -> Option<String> {
 /// The launch that last claimed the directory ([`LAUNCH_ID_ENV`]).
 pub const LAUNCH_FILE: &str = ".launch";
 
+/// What a set-aside is moving ([`RunDir::set_aside_after`]), while it moves it.
+const SET_ASIDE_FILE: &str = ".set-aside";
+
+/// A set-aside's record: the checkpoints and files to move, and the directory they go into, each
+/// relative to the run's directory (which a restart may name from elsewhere).
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct SetAside {
+    to: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl SetAside {
+    /// Move what is still in place in the run directory `run`; the names of all, moved now or
+    /// before.
+    fn finish(&self, run: &Path) -> Result<Vec<String>, PathIo> {
+        let mut names = Vec::new();
+        for path in &self.paths {
+            let name = path.file_name().expect("a checkpoint's or file's name").to_owned();
+            let (from, to) = (run.join(path), run.join(&self.to).join(&name));
+            if std::fs::symlink_metadata(&from).is_ok() {
+                std::fs::rename(&from, to).with_path(&from)?;
+            }
+            names.push(name.to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+}
+
+/// When a run file goes as a run's files are deleted (lowest first): the checkpoints, then the
+/// end and TensorBoard's files, then the metrics, and `config.toml`, which marks the directory as
+/// a run's, last.
+fn removal_rank(file: &str) -> u8 {
+    match file {
+        "checkpoints" | ABANDONED_DIR => 0,
+        "metrics.jsonl" => 2,
+        "config.toml" => 3,
+        _ => 1,
+    }
+}
+
+/// Write `bytes` to a new file at `path`, synced.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()
+}
+
 /// A run directory (it need not exist yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -255,12 +302,35 @@ impl RunDir {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let name = format!("after-step-{step}-{}", now.as_secs());
         let to = self.new_abandoned_dir(&name)?;
-        let mut names = Vec::new();
-        for path in &later {
-            let name = path.file_name().expect("a checkpoint's or file's name").to_owned();
-            std::fs::rename(path, to.join(&name)).with_path(path)?;
-            names.push(name.to_string_lossy().into_owned());
-        }
+        // One rename at a time: what is to move is recorded first, so that a kill midway leaves
+        // a move the next start finishes ([`finish_set_aside`](Self::finish_set_aside)), not
+        // the left history's newest checkpoint for `--resume auto` to take.
+        let within = |path: &PathBuf| path.strip_prefix(&self.path).map_or_else(|_| path.clone(), Path::to_path_buf);
+        let record = SetAside { to: within(&to), paths: later.iter().map(within).collect() };
+        let record_path = self.path.join(SET_ASIDE_FILE);
+        let text = serde_json::to_string(&record).expect("paths serialise") + "\n";
+        replace_file(&record_path, |tmp| write_synced(tmp, text.as_bytes()))?;
+        let names = record.finish(&self.path)?;
+        std::fs::remove_file(&record_path).with_path(&record_path)?;
+        Ok(Some((names, to)))
+    }
+
+    /// Finish a set-aside a kill cut short ([`set_aside_after`](Self::set_aside_after)): what
+    /// it recorded and did not move yet is moved now. Returns the names moved and where to.
+    pub fn finish_set_aside(&self) -> Result<Option<(Vec<String>, PathBuf)>, PathIo> {
+        let record_path = self.path.join(SET_ASIDE_FILE);
+        let text = match std::fs::read_to_string(&record_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            read => read.with_path(&record_path)?,
+        };
+        let record: SetAside = serde_json::from_str(&text).map_err(|e| PathIo {
+            path: record_path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a record of a set-aside: {e}")),
+        })?;
+        let to = self.path.join(&record.to);
+        crate::io_error::create_dirs(&to)?;
+        let names = record.finish(&self.path)?;
+        std::fs::remove_file(&record_path).with_path(&record_path)?;
         Ok(Some((names, to)))
     }
 
@@ -378,9 +448,14 @@ impl RunDir {
         found
     }
 
-    /// Delete every run file (logs stay: the run about to replace them appends).
+    /// Delete every run file (logs stay: the run about to replace them appends), `config.toml`
+    /// last: a kill midway leaves a run that holds no checkpoint to resume but is still marked
+    /// as one, which `--resume auto` then starts again and a fresh start refuses, not the earlier
+    /// run's checkpoints without its metrics, which `--resume auto` would take up.
     pub fn remove_run_files(&self) -> Result<(), PathIo> {
-        self.present_files().into_iter().try_for_each(|f| {
+        let mut files = self.present_files();
+        files.sort_by_key(|f| removal_rank(f));
+        files.into_iter().try_for_each(|f| {
             let path = self.path.join(&f);
             tracing::warn!(path = %path.display(), "--overwrite: deleting");
             if path.is_dir() {
@@ -591,6 +666,15 @@ mod tests {
         assert!(!run.path().join(".events.partial").exists());
         run.remove_run_files().unwrap();
         assert!(run.present_files().is_empty());
+    }
+
+    #[test]
+    fn an_overwrite_deletes_the_checkpoints_first_and_the_mark_of_a_run_last() {
+        let mut files: Vec<&str> = RUN_FILES.to_vec();
+        files.push("events.out.tfevents.1.host.micn");
+        files.sort_by_key(|f| removal_rank(f));
+        assert_eq!(files[..2], ["checkpoints", ABANDONED_DIR]);
+        assert_eq!(files[files.len() - 2..], ["metrics.jsonl", "config.toml"]);
     }
 
     #[test]

@@ -434,6 +434,16 @@ fn claim_run_dir(
             return Err(TrainError::RunDirHoldsOthers { path: cfg.run.dir.clone(), what });
         }
         lock = Some(run_dir.lock()?);
+        // Before anything looks at the checkpoints: a resume killed while it set later ones
+        // aside left some of them in place, for `--resume auto` to take up the left history.
+        if let Some((names, to)) = run_dir.finish_set_aside()? {
+            tracing::warn!(
+                "finished setting aside {} into {}, which a kill cut short (the history a resume left)",
+                names.join(", "),
+                to.display()
+            );
+        }
+        checkpoint::remove_leftovers(&run_dir.checkpoints())?;
         let ours = run_dir.claimed_by_this_launch();
         if ours {
             effective = continuation(&run_dir, resume);

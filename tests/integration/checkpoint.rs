@@ -249,6 +249,42 @@ fn damaged_or_unfinished_checkpoints_are_refused_and_auto_falls_back() {
     assert_eq!(model_bytes(&dir), first);
 }
 
+/// A resume from an earlier checkpoint, killed while it set the later ones aside (one rename at a
+/// time), left the history it leaves half in place: the next start finishes the move, so that
+/// `--resume auto` continues the branch, not that history. And what a kill left of a retention
+/// goes at the next start, one with nothing left to train too.
+#[test]
+fn a_set_aside_a_kill_cut_short_is_finished_at_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, reference) = (tmp.path().join("run"), tmp.path().join("reference"));
+    let every_3 = ["train.max_steps=9", "checkpoint.every_steps=3"];
+    run(1, &config(&dir, &every_3), &Resume::Fresh);
+    crate::copy_dir(&dir, &reference);
+    let branch = |run: &Path| config(run, &[&every_3[..], &["train.lr=0.003"]].concat());
+    run(1, &branch(&reference), &Resume::Path(reference.join("checkpoints/step-00000003")));
+    // What the resume from step 3 leaves after its first rename: step 9 moved, step 6 and the
+    // earlier end in place, and its record of what it moves.
+    let aside = dir.join("abandoned/after-step-3-1");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::rename(dir.join("checkpoints/step-00000009"), aside.join("step-00000009")).unwrap();
+    let moving = ["checkpoints/step-00000009", "checkpoints/step-00000006", "summary.json", "model.safetensors"];
+    let record = serde_json::json!({ "to": "abandoned/after-step-3-1", "paths": moving });
+    std::fs::write(dir.join(".set-aside"), record.to_string()).unwrap();
+    run(1, &branch(&dir), &Resume::Auto);
+    assert_eq!(model_bytes(&dir), model_bytes(&reference), "--resume auto did not continue the branch");
+    let mut moved: Vec<_> = std::fs::read_dir(&aside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    moved.sort();
+    assert_eq!(moved, ["model.safetensors", "step-00000006", "step-00000009", "summary.json"]);
+    assert!(!dir.join(".set-aside").exists());
+    // A retention cut short: its half-removed checkpoint goes, though nothing is left to train.
+    let removed = dir.join("checkpoints/.step-00000006.removed");
+    std::fs::create_dir(&removed).unwrap();
+    std::fs::write(removed.join("model.safetensors"), "half of it").unwrap();
+    run(1, &branch(&dir), &Resume::Auto);
+    assert!(!removed.exists());
+    assert_eq!(model_bytes(&dir), model_bytes(&reference));
+}
+
 #[test]
 fn resuming_with_another_world_size_continues_from_the_same_sample() {
     let tmp = tempfile::tempdir().unwrap();
