@@ -1300,6 +1300,11 @@ fn sweep(args: SweepArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     spec.out = out.unwrap_or(spec.out);
     spec.launch_args.extend(launch_args);
     ensure_usage!(
+        spec.out.canonicalize().map_or(true, |p| p.parent().is_some()),
+        "--out {}: the root directory; give the sweep a directory of its own",
+        spec.out.display()
+    );
+    ensure_usage!(
         spec.launch_args.is_empty() || spec.np > 1,
         "--launch-arg (or the sweep file's launch_args) goes to micn-launch, which only runs of more than one rank \
          go through: set --np (or np) above 1, or leave them out"

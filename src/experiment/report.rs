@@ -8,7 +8,7 @@
 //! signal, is unfinished; unfinished runs, unreadable runs and directories that hold no run are
 //! named under "Left out" and kept out of the table.
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -94,7 +94,7 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
         if !dir.is_dir() {
             let why = if dir.exists() { "not a directory" } else { "no such directory" };
             found.left_out.push(LeftOut { dir: dir.clone(), why: why.into() });
-        } else if !visit(dir, &mut found, &mut Vec::new()) {
+        } else if !visit(dir, &mut found, &mut HashMap::new()) {
             found
                 .left_out
                 .push(LeftOut { dir: dir.clone(), why: "not a run directory (no config.toml) and holds none".into() });
@@ -104,9 +104,12 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
 }
 
 /// Record `dir` if it is a run, else look below it; true when it is or holds a run (or a report).
-/// `ancestors`: the real paths of the directories above `dir` in this walk; a link back to one
-/// of them is not followed, so links that loop end the walk.
-fn visit(dir: &Path, found: &mut Found, ancestors: &mut Vec<PathBuf>) -> bool {
+/// `walked`: the real path of every directory this walk entered, with whether it holds a run
+/// (`None` while it is walked: the directories above `dir`). Each is walked once, whatever the
+/// links that lead to it: a link back to one above is not followed, so links that loop end the
+/// walk, and links that lead to one directory many ways (each level of a tree linking twice to
+/// the next) do not make it walk forever.
+fn visit(dir: &Path, found: &mut Found, walked: &mut HashMap<PathBuf, Option<bool>>) -> bool {
     if RunDir::new(dir).holds_run() {
         // Overlapping arguments (`OUT OUT/point`) name some runs twice; count them once.
         let seen = |d: &Path| canonical(d) == canonical(dir);
@@ -125,20 +128,27 @@ fn visit(dir: &Path, found: &mut Found, ancestors: &mut Vec<PathBuf>) -> bool {
     // A report's own directory is neither a run nor left out; runs beside its files still count
     // (`micn report DIR --out DIR`).
     let report = dir.join("report.md").is_file();
-    ancestors.push(canonical(dir));
+    let real = canonical(dir);
+    walked.insert(real.clone(), None);
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
     subdirs.sort();
     let mut held: Vec<(PathBuf, bool)> = Vec::new();
     for sub in subdirs {
-        if !ancestors.contains(&canonical(&sub)) {
-            let holds = visit(&sub, found, ancestors);
-            held.push((sub, holds));
+        match walked.get(&canonical(&sub)) {
+            // Above this one, or walked through another link (what it lacks is said once).
+            Some(None | Some(false)) => {}
+            Some(Some(true)) => held.push((sub, true)),
+            None => {
+                let holds = visit(&sub, found, walked);
+                held.push((sub, holds));
+            }
         }
     }
-    ancestors.pop();
-    if !held.iter().any(|(_, holds)| *holds) {
+    let holds = held.iter().any(|(_, holds)| *holds);
+    walked.insert(real, Some(holds || report));
+    if !holds {
         return report;
     }
     for (sub, _) in held.into_iter().filter(|(_, holds)| !holds) {
@@ -891,6 +901,28 @@ mod tests {
         std::fs::write(&file, summary.replace("\"test_gauc\": 0.69", "\"test_gauc\": null")).unwrap();
         let found = discover(&[tree]);
         assert!(found.runs.len() == 1 && found.runs[0].test_gauc.is_nan(), "{found:?}");
+    }
+
+    #[test]
+    fn links_that_lead_to_one_directory_many_ways_walk_it_once() {
+        // 40 levels, each linking twice to the next: 2^40 paths to the run at the bottom. A walk
+        // of every path would not end; this one is given a minute.
+        let root = tempfile::tempdir().unwrap();
+        let level = |i: usize| root.path().join(format!("l{i}"));
+        for i in 0..40 {
+            std::fs::create_dir_all(level(i)).unwrap();
+            for name in ["a", "b"] {
+                std::os::unix::fs::symlink(format!("../l{}", i + 1), level(i).join(name)).unwrap();
+            }
+        }
+        run_dir(&level(40), "run", 0.1, 1, 0.7);
+        std::fs::create_dir(level(40).join("empty")).unwrap();
+        let (done, walked) = std::sync::mpsc::channel();
+        let top = level(0);
+        std::thread::spawn(move || done.send(discover(&[top])).unwrap());
+        let found = walked.recv_timeout(std::time::Duration::from_secs(60)).expect("the walk ends");
+        assert_eq!(found.runs.len(), 1, "{found:?}");
+        assert_eq!(found.left_out.len(), 1, "the empty directory, once: {found:?}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum SweepError {
          command again to continue"
     )]
     Stdout(std::io::Error),
+    #[error("stopped by a signal before the report, every run trained; `micn report` writes it")]
+    StoppedBeforeReport,
     #[error("stopped by a signal before {dir} started; run the same command again to continue")]
     StoppedBefore { dir: PathBuf },
     #[error("{0}")]
@@ -253,7 +255,7 @@ impl SweepError {
             Self::RunFailed { input, .. } => *input,
             Self::RunDir(e) => e.is_input_error(),
             Self::Spawn { .. } | Self::Interrupted { .. } | Self::Stdout(_) => false,
-            Self::StoppedBefore { .. } => false,
+            Self::StoppedBefore { .. } | Self::StoppedBeforeReport => false,
         }
     }
 }
@@ -574,8 +576,10 @@ fn say(line: &str) -> Result<(), SweepError> {
     writeln!(out, "{line}").and_then(|()| out.flush()).map_err(SweepError::Stdout)
 }
 
-/// Run every planned run that has not finished, one after another; then write `OUT/report`.
-/// Each child's output goes to `RUN/train.log`; one line per run goes to standard output.
+/// Run every planned run that has not finished, one after another; then write `OUT/report`,
+/// the stop signals given their default action back (nothing is left to checkpoint: a stop
+/// ends the process at once). Each child's output goes to `RUN/train.log`; one line per run goes
+/// to standard output.
 pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Result<SweepOutcome, SweepError> {
     let runs = plan(spec)?;
     // Refuse a mismatched directory before training anything.
@@ -682,6 +686,12 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
                 })
             }
         }
+    }
+    // Every run is trained: nothing is left to checkpoint, so a stop signal ends the report's
+    // walk and writing at once (what the report writes moves into place whole).
+    crate::train::interrupt::default_stop_signals();
+    if interrupter.is_stopped() {
+        return Err(SweepError::StoppedBeforeReport);
     }
     let report = super::report::write(std::slice::from_ref(&spec.out), &spec.out.join("report"))?;
     Ok(SweepOutcome { trained, skipped, report })

@@ -87,6 +87,18 @@ impl Interrupter {
     }
 }
 
+/// Give the stop signals their default action back (the process ends at once), for work after
+/// which nothing is left to save: [`Interrupter::on_signals`]' handlers would only set a flag
+/// nobody reads any more.
+pub fn default_stop_signals() {
+    // SAFETY: restoring the default disposition of signals; no handler runs code of ours after.
+    unsafe {
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,6 +156,10 @@ fn bad_sweep_arguments_are_named() {
         let stderr = String::from_utf8_lossy(&done.stderr);
         assert!(done.status.code() == Some(3) && stderr.contains(expected), "{out}: {stderr}");
     }
+    // The root directory, whose report would walk the whole machine.
+    let done = Command::new(micn_bin()).arg("sweep").arg("--config").arg(&base).args(["--out", "/"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.code() == Some(3) && stderr.contains("--out /: the root directory"), "{stderr}");
     // Points apart only in a key the model does not read are planned (a grid may vary a key
     // only one of its models reads), and said to train alike.
     let mut cmd = Command::new(micn_bin());
