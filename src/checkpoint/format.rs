@@ -87,6 +87,7 @@ impl SafetensorsLayout {
             }
             tensors.insert(name, header);
         }
+        check_tiling(&tensors, data_len)?;
         Ok(Self { tensors, data_start })
     }
 
@@ -94,6 +95,35 @@ impl SafetensorsLayout {
     pub fn data<'a>(&self, bytes: &'a [u8], tensor: &TensorHeader) -> &'a [u8] {
         let [begin, end] = tensor.data_offsets;
         &bytes[self.data_start + begin as usize..self.data_start + end as usize]
+    }
+}
+
+/// The tensors' byte ranges cover the data exactly, one after another, as the format requires:
+/// no two share a byte (an edited offset would read another tensor's values, shifted), and none
+/// is left to no tensor.
+fn check_tiling(tensors: &BTreeMap<String, TensorHeader>, data_len: u64) -> Result<(), String> {
+    let mut ranges: Vec<(&String, [u64; 2])> = tensors.iter().map(|(name, t)| (name, t.data_offsets)).collect();
+    ranges.sort_by_key(|&(_, [begin, end])| (begin, end));
+    let mut covered: Option<(&String, u64)> = None;
+    for (name, [begin, end]) in ranges {
+        match covered {
+            Some((before, to)) if begin < to => {
+                return Err(format!(
+                    "tensor `{name}`: bytes {begin}..{end} overlap tensor `{before}`'s, which end at {to}"
+                ))
+            }
+            Some((_, to)) if begin > to => {
+                return Err(format!("bytes {to}..{begin}, before tensor `{name}`, are no tensor's"))
+            }
+            None if begin > 0 => return Err(format!("bytes 0..{begin}, before tensor `{name}`, are no tensor's")),
+            _ => {}
+        }
+        covered = Some((name, end));
+    }
+    let end = covered.map_or(0, |(_, to)| to);
+    match end < data_len {
+        true => Err(format!("bytes {end}..{data_len}, after the last tensor, are no tensor's")),
+        false => Ok(()),
     }
 }
 
@@ -160,5 +190,39 @@ pub(crate) mod tests {
         assert!(SafetensorsLayout::parse(&huge).unwrap_err().contains("does not fit"));
         let e = SafetensorsLayout::parse(&file(&[("w", "F33", &[1], &[0; 4])])).unwrap_err();
         assert!(e.contains("unknown dtype \"F33\""), "{e}");
+    }
+
+    /// `bytes` (a file of [`file`]) with tensor `name`'s offsets moved by `by` bytes.
+    fn shifted(bytes: &[u8], name: &str, by: i64) -> Vec<u8> {
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+        for end in 0..2 {
+            let at = header[name]["data_offsets"][end].as_i64().unwrap();
+            header[name]["data_offsets"][end] = (at + by).into();
+        }
+        let text = serde_json::to_vec(&header).unwrap();
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend(text);
+        out.extend(&bytes[8 + len..]);
+        out
+    }
+
+    #[test]
+    fn ranges_that_overlap_or_leave_bytes_to_no_tensor_are_refused() {
+        let bytes = file(&[("a", "F32", &[2], &[0; 8]), ("b", "F32", &[2], &[1; 8])]);
+        // `b` moved one float down reads `a`'s last value and its own first: shifted values.
+        let e = SafetensorsLayout::parse(&shifted(&bytes, "b", -4)).unwrap_err();
+        assert!(e.contains("tensor `b`: bytes 4..12 overlap tensor `a`'s, which end at 8"), "{e}");
+        // Data past the last tensor, and a gap between two.
+        let mut longer = bytes.clone();
+        longer.extend([0; 4]);
+        let e = SafetensorsLayout::parse(&longer).unwrap_err();
+        assert!(e.contains("bytes 16..20, after the last tensor, are no tensor's"), "{e}");
+        let mut gap = shifted(&bytes, "b", 4);
+        gap.extend([0; 4]);
+        let e = SafetensorsLayout::parse(&gap).unwrap_err();
+        assert!(e.contains("bytes 8..12, before tensor `b`, are no tensor's"), "{e}");
+        let e = SafetensorsLayout::parse(&shifted(&gap, "a", 4)).unwrap_err();
+        assert!(e.contains("bytes 0..4, before tensor `a`"), "{e}");
     }
 }
