@@ -1209,6 +1209,7 @@ impl<'a> Run<'a> {
             oracle_auc: self.scorer.dataset.meta.oracle_auc,
             model: cfg.model.kind.name().to_string(),
             micn: cfg.micn.enabled,
+            config_hash: Some(checkpoint::config_hash(&cfg.to_toml())),
             comm_share: measured(totals.comm_seconds / totals.step_seconds.max(1e-12)),
             // A GPU runs the update after the host has queued it: its time is not known here.
             update_share: match self.scorer.device {

@@ -63,11 +63,11 @@ impl Saved {
         comm: &dyn Communicator,
     ) -> Result<Self, TrainError> {
         // The vocabularies' digest recorded with the model, where it was.
-        let (mut cfg, recorded) = if dir.join("state.json").exists() {
+        let (cfg, recorded, edited) = if dir.join("state.json").exists() {
             let state = checkpoint::verify(dir)?;
             let cfg =
                 Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
-            (cfg, state.vocabularies)
+            (cfg, state.vocabularies, None)
         } else {
             let run = RunDir::new(dir);
             let cfg = run.read_config()?;
@@ -80,8 +80,26 @@ impl Saved {
                 return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy });
             }
             let summary = run.read_summary().ok().flatten();
-            (cfg, summary.and_then(|s| s["vocabularies"].as_str().map(String::from)))
+            let edited = summary.as_ref().and_then(|summary| edited_config(&run, &cfg, summary));
+            (cfg, summary.and_then(|s| s["vocabularies"].as_str().map(String::from)), edited)
         };
+        // What cannot be found or built from a configuration edited since is said to come from it
+        // (an empty `config.toml` names the default dataset "trained on", and a default model).
+        Self::load_configured(dir, cfg, recorded, data_dir, device, comm).map_err(|source| match edited {
+            Some(how) => TrainError::EditedConfig { config: RunDir::new(dir).config(), how, source: Box::new(source) },
+            None => source,
+        })
+    }
+
+    /// [`load`](Self::load) once the configuration is read.
+    fn load_configured(
+        dir: &Path,
+        mut cfg: Config,
+        recorded: Option<String>,
+        data_dir: Option<&Path>,
+        device: Option<DeviceChoice>,
+        comm: &dyn Communicator,
+    ) -> Result<Self, TrainError> {
         let trained_on = cfg.data.dir.clone();
         // MFN's pretrained E and C are buffers of the model file: read from there, so that
         // scoring needs no other file (nor is changed by one that changed since).
@@ -280,6 +298,31 @@ pub fn predict(
     }
     comm.barrier()?;
     Ok(Predicted { out: out.to_path_buf(), samples: scores.ids.len() as u64, split: set.name() })
+}
+
+/// How the run's `config.toml`, read as `cfg`, is not the one the run saved, as its summary
+/// tells: another hash of the file, or (an older summary) another model.
+fn edited_config(run: &RunDir, cfg: &Config, summary: &serde_json::Value) -> Option<String> {
+    let text = std::fs::read_to_string(run.config()).ok()?;
+    match summary["config_hash"].as_str() {
+        Some(saved) => {
+            let hash = checkpoint::config_hash(&text);
+            (hash != saved).then(|| format!("its hash is {hash}, summary.json's config_hash {saved}"))
+        }
+        None => {
+            let (model, micn) = (summary["model"].as_str()?, summary["micn"].as_bool()?);
+            let configured = (cfg.model.kind.name(), cfg.micn.enabled);
+            (configured != (model, micn)).then(|| {
+                let plus = |micn: bool| if micn { " + MICN" } else { "" };
+                format!(
+                    "it configures {}{}, summary.json says {model}{} was trained",
+                    configured.0,
+                    plus(configured.1),
+                    plus(micn)
+                )
+            })
+        }
+    }
 }
 
 /// The files of a saved model (a run's end or a checkpoint) in `dir`.

@@ -128,6 +128,15 @@ pub enum TrainError {
          --data DIR"
     )]
     VocabulariesChanged { path: PathBuf, saved: PathBuf },
+    /// A run's `config.toml` that is not the one the run saved, and the model could not be
+    /// built or found from it.
+    #[error("{config}: not the configuration the run saved ({how}): edited or damaged; {source}")]
+    EditedConfig {
+        config: PathBuf,
+        how: String,
+        #[source]
+        source: Box<TrainError>,
+    },
     /// What only rank 0 does (claim the run directory, write a checkpoint) failed there; rank 0
     /// reports why. `input`: its error is one that retrying cannot fix.
     #[error("rank 0 could not {what}; its error says why")]
@@ -193,6 +202,7 @@ impl TrainError {
     pub fn is_input_error(&self) -> bool {
         match self {
             Self::PeerFailed { input, .. } => return *input,
+            Self::EditedConfig { .. } => return true,
             Self::Data(e) => return e.is_input_error(),
             Self::Checkpoint(e) => return e.is_input_error(),
             Self::Io(e) => return e.is_lasting(),
@@ -288,6 +298,10 @@ pub struct Summary {
     pub oracle_auc: Option<f64>,
     pub model: String,
     pub micn: bool,
+    /// [`crate::checkpoint::config_hash`] of the run's `config.toml` as this process wrote it
+    /// (absent from older summaries): a configuration edited since is told from the one trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
     /// Share of the training steps' wall-clock time spent in the gradient exchange (see
     /// [`crate::train::step::StepStats::comm_seconds`]).
     #[serde(deserialize_with = "nan_if_null")]

@@ -231,3 +231,43 @@ fn a_model_that_scores_nan_and_an_output_that_is_an_input_or_a_run_s_are_refused
     }
     assert!(!out.exists());
 }
+
+/// A run's `config.toml` damaged or edited since the run saved it: what cannot be built or found
+/// from it is said to come from it (an empty file named the default dataset as the one "trained
+/// on", another model blamed the model file for missing tensors).
+#[test]
+fn a_damaged_run_configuration_is_named_as_the_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    crate::tiny_din_run(&run);
+    let config = run.join("config.toml");
+    let written = std::fs::read_to_string(&config).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["config_hash"],
+        micn::checkpoint::config_hash(&written).as_str(),
+        "the summary hashes config.toml"
+    );
+    let other_model = written.replace("kind = \"din\"", "kind = \"mind\"");
+    assert_ne!(other_model, written);
+    let eval = || Command::new(micn_bin()).args(["eval", "--run"]).arg(&run).output().unwrap();
+    for damaged in ["", &other_model] {
+        std::fs::write(&config, damaged).unwrap();
+        let refused = eval();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{damaged:?}: {stderr}");
+        let said = format!("{}: not the configuration the run saved (its hash is", config.display());
+        assert!(stderr.contains(&said) && stderr.contains("edited or damaged"), "{stderr}");
+    }
+    // An older summary, without the hash: the model it names tells.
+    let mut older = summary.clone();
+    older.as_object_mut().unwrap().remove("config_hash");
+    std::fs::write(run.join("summary.json"), older.to_string()).unwrap();
+    std::fs::write(&config, &other_model).unwrap();
+    let stderr = String::from_utf8_lossy(&eval().stderr).into_owned();
+    assert!(stderr.contains("it configures mind + MICN, summary.json says din + MICN was trained"), "{stderr}");
+    // An edit the model is found and built from is no error.
+    std::fs::write(&config, format!("{written}\n# a note of the user's\n")).unwrap();
+    run_ok(&mut Command::new(micn_bin()).args(["eval", "--run"]).arg(&run));
+}
