@@ -269,5 +269,5 @@ fn a_damaged_run_configuration_is_named_as_the_cause() {
     assert!(stderr.contains("it configures mind + MICN, summary.json says din + MICN was trained"), "{stderr}");
     // An edit the model is found and built from is no error.
     std::fs::write(&config, format!("{written}\n# a note of the user's\n")).unwrap();
-    run_ok(&mut Command::new(micn_bin()).args(["eval", "--run"]).arg(&run));
+    run_ok(Command::new(micn_bin()).args(["eval", "--run"]).arg(&run));
 }
