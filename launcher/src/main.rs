@@ -1026,9 +1026,16 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
                 // A rank that had not yet set up its stop handling (the first moments of its start)
                 // ends at the SIGUSR1 itself.
                 let usr1 = status.code() == Some(128 + libc::SIGUSR1) || status.signal() == Some(libc::SIGUSR1);
+                let at_once = stops.asked.is_some_and(|asked| asked > Request::Graceful);
                 let (level, why) = match (usr1, status.success()) {
                     (true, _) => ("INFO", ", while its ranks were still starting: nothing was trained or checkpointed"),
                     (false, true) => ("INFO", ""),
+                    // The launcher's own doing: the stop asked again, at once.
+                    (false, false) if at_once => (
+                        "WARN",
+                        ": stopped at once, as the stop asked again says: the stop's checkpoint may not have been \
+                         written; --resume auto takes the newest checkpoint there is",
+                    ),
                     // mpirun itself signalled (Slurm's plain `scancel` signals every process of
                     // the job) kills the ranks about a second later, stopped or not.
                     (false, false) => (

@@ -284,6 +284,36 @@ while :; do sleep 0.1; done"#;
     assert!(printed.iter().any(|l| l == "[rank 1] rank 1 checkpointed"), "{printed:?}");
 }
 
+/// The stop asked twice (SIGTERM, as a second Ctrl-C is) ends a job that is slow to checkpoint at
+/// once, and the launcher says that it did so, not that something outside signalled mpirun.
+#[test]
+fn a_stop_asked_twice_ends_the_job_at_once_and_says_so() {
+    let script = r#"trap 'sleep 30; exit 0' USR1
+echo ready
+while :; do sleep 0.1; done"#;
+    let mut child = launcher()
+        .args(["--np", "2", "--threads", "1", "--micn", "/bin/sh", "--", "-c", script, "sh"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stdout);
+    let mut ready = 0;
+    while ready < 2 {
+        ready += usize::from(lines.next().expect("both ranks start").unwrap().ends_with("ready"));
+    }
+    for _ in 0..2 {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // (A job that waited for its ranks' 30-second checkpoint would end with status 0, said otherwise.)
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopped at once, as the stop asked again says"), "{stderr}");
+    assert!(!stderr.contains("was mpirun signalled too"), "{stderr}");
+}
+
 /// Run `script` with `sh -c` on two ranks under the launcher; (exit code, stdout, stderr).
 fn launch_script(launch_args: &[&str], script: &str) -> (Option<i32>, String, String) {
     let out = launcher()
