@@ -175,12 +175,14 @@ impl DatasetMeta {
     pub fn read(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join("dataset.json");
         let text = crate::io_error::read_text_file(&path).with_path(&path)?;
+        // A byte-order mark (a Windows editor saved it) is not part of the document.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let invalid = |message: String| DataError::Invalid { path: path.clone(), message };
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
         }
-        let version = serde_json::from_str::<Version>(&text)
+        let version = serde_json::from_str::<Version>(text)
             .map_err(|e| invalid(format!("not a dataset description: {e}")))?
             .format_version;
         if version != FORMAT_VERSION {
@@ -193,7 +195,16 @@ impl DatasetMeta {
                 "format version {version}, written by {written_by}; this micn reads version {FORMAT_VERSION}: prepare the dataset again with `micn prepare`"
             )));
         }
-        serde_json::from_str(&text).map_err(|e| invalid(format!("not a dataset description: {e}")))
+        let meta: Self = serde_json::from_str(text).map_err(|e| invalid(format!("not a dataset description: {e}")))?;
+        // The one file no checksum covers: what training reads from it is checked here, and its
+        // history length against the archives' when they are opened.
+        if !["dien", "din"].contains(&meta.protocol.as_str()) {
+            return Err(invalid(format!("protocol {:?}: not `dien` or `din`, which micn prepares", meta.protocol)));
+        }
+        if meta.max_hist_len == 0 {
+            return Err(invalid("max_hist_len 0: a history keeps at least 1 behaviour".into()));
+        }
+        Ok(meta)
     }
 }
 
@@ -354,6 +365,18 @@ impl Dataset {
         let vocab = Vocabularies::parse(dir, [users?, items?, cats?])?;
         let train = Archive::open(&dir.join("train.rkyv"), &meta.train, &vocab)?;
         let test = Archive::open(&dir.join("test.rkyv"), &meta.test, &vocab)?;
+        for archive in [&train, &test] {
+            let longest = archive.samples().hist_offsets.windows(2).map(|w| w[1].to_native() - w[0].to_native()).max();
+            if let Some(longest) = longest.filter(|&n| n > meta.max_hist_len as u64) {
+                let message = format!(
+                    "max_hist_len {}, but {} holds a history of {longest} behaviours: edited or damaged; prepare the \
+                     dataset again",
+                    meta.max_hist_len,
+                    archive.path.display()
+                );
+                return Err(DataError::Invalid { path: dir.join("dataset.json"), message });
+            }
+        }
         let attributes = match &meta.attributes {
             None => None,
             Some(files) => {

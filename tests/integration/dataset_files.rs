@@ -213,6 +213,30 @@ fn a_dataset_prepared_before_vocabulary_checksums_is_refused_with_a_request_to_p
     assert_eq!(out.status.code(), Some(3), "an input error: running again cannot fix it\n{err}");
 }
 
+/// `dataset.json`, the one file no checksum covers: a byte-order mark a Windows editor adds is
+/// read past; a protocol micn does not prepare, and a history length the archives exceed (an
+/// export cut every history to it, unsaid), are refused naming it.
+#[test]
+fn a_hand_edited_dataset_json_is_read_past_a_bom_and_checked_against_the_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    run_ok(&mut prepare_without_meta("amazon2014", &musical_instruments(), &dir, &["--max-hist-len", "20"]));
+    let written = std::fs::read(dir.join("dataset.json")).unwrap();
+    std::fs::write(dir.join("dataset.json"), [&b"\xEF\xBB\xBF"[..], &written].concat()).unwrap();
+    Dataset::open(&dir).unwrap();
+    for (key, value, said) in [
+        ("protocol", serde_json::json!("xyz"), "protocol \"xyz\": not `dien` or `din`"),
+        ("max_hist_len", 0.into(), "max_hist_len 0: a history keeps at least 1 behaviour"),
+        ("max_hist_len", 2.into(), "max_hist_len 2, but"),
+    ] {
+        let mut d: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        d[key] = value;
+        std::fs::write(dir.join("dataset.json"), serde_json::to_string_pretty(&d).unwrap()).unwrap();
+        let e = open_error(&dir);
+        assert!(e.contains("dataset.json: ") && e.contains(said), "{e}");
+    }
+}
+
 #[test]
 fn a_reviews_file_without_meta_prepares_with_both_protocols_every_item_in_default_cat() {
     let reviews = musical_instruments();
