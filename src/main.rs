@@ -757,7 +757,11 @@ fn launcher_rank() -> Option<usize> {
 fn first_rank_of_its_command_line() -> bool {
     let Some(rank) = launcher_rank() else { return true };
     let number = |var: &str| std::env::var(var).ok()?.trim().parse::<usize>().ok();
-    let context = number("OMPI_MCA_orte_app_num").unwrap_or(0);
+    let contexts = number("OMPI_NUM_APP_CTX").unwrap_or(1);
+    let Some(context) = number("OMPI_MCA_orte_app_num").or((contexts <= 1).then_some(0)) else {
+        // Several command lines, and not which is this one's (Open MPI 5 names it otherwise).
+        return true;
+    };
     let sizes: Option<Vec<usize>> = std::env::var("OMPI_APP_CTX_NUM_PROCS")
         .ok()
         .and_then(|sizes| sizes.split_whitespace().map(|n| n.parse().ok()).collect());

@@ -32,7 +32,8 @@ fn remove(dir: &Path) -> Result<(), CheckpointError> {
 /// does a run's start, which may save nothing (a resume with nothing left to train).
 pub fn remove_leftovers(root: &Path) -> Result<(), CheckpointError> {
     let entries = match std::fs::read_dir(root) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // None there, or a file in its place (the run's own error to name).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
         entries => entries.map_err(io(root))?,
     };
     for stale in entries.filter_map(|e| e.ok().map(|e| e.path())) {

@@ -137,9 +137,11 @@ fn visit(dir: &Path, found: &mut Found, walked: &mut HashMap<PathBuf, Option<boo
     let mut held: Vec<(PathBuf, bool)> = Vec::new();
     for sub in subdirs {
         match walked.get(&canonical(&sub)) {
-            // Above this one, or walked through another link (what it lacks is said once).
-            Some(None | Some(false)) => {}
-            Some(Some(true)) => held.push((sub, true)),
+            // Above this one: a loop.
+            Some(None) => {}
+            // Walked through another link: what it holds counts again, what it lacks is said
+            // once (left out once, below, whichever link names it).
+            Some(&Some(holds)) => held.push((sub, holds)),
             None => {
                 let holds = visit(&sub, found, walked);
                 held.push((sub, holds));
@@ -152,7 +154,11 @@ fn visit(dir: &Path, found: &mut Found, walked: &mut HashMap<PathBuf, Option<boo
         return report;
     }
     for (sub, _) in held.into_iter().filter(|(_, holds)| !holds) {
-        found.left_out.push(LeftOut { dir: sub, why: "not a run directory (no config.toml) and holds none".into() });
+        if !found.left_out.iter().any(|l| canonical(&l.dir) == canonical(&sub)) {
+            found
+                .left_out
+                .push(LeftOut { dir: sub, why: "not a run directory (no config.toml) and holds none".into() });
+        }
     }
     true
 }
@@ -923,6 +929,17 @@ mod tests {
         let found = walked.recv_timeout(std::time::Duration::from_secs(60)).expect("the walk ends");
         assert_eq!(found.runs.len(), 1, "{found:?}");
         assert_eq!(found.left_out.len(), 1, "the empty directory, once: {found:?}");
+        // Reached first through a link from a directory that holds no run, an empty directory
+        // beside a run is still said, once.
+        let top = root.path().join("top");
+        run_dir(&top.join("c"), "r", 0.1, 1, 0.7);
+        std::fs::create_dir_all(top.join("c/empty")).unwrap();
+        std::fs::create_dir_all(top.join("a")).unwrap();
+        std::os::unix::fs::symlink("../c/empty", top.join("a/l")).unwrap();
+        let found = discover(&[top.clone()]);
+        let mut left: Vec<_> = found.left_out.iter().map(|l| l.dir.strip_prefix(&top).unwrap().to_path_buf()).collect();
+        left.sort();
+        assert_eq!(left, [Path::new("a"), Path::new("c/empty")], "{found:?}");
     }
 
     #[test]

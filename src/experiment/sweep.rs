@@ -688,7 +688,7 @@ pub fn run(spec: &SweepSpec, runner: &Runner, interrupter: &Interrupter) -> Resu
         }
     }
     // Every run is trained: nothing is left to checkpoint, so a stop signal ends the report's
-    // walk and writing at once (what the report writes moves into place whole).
+    // walk and writing at once (each file it writes moves into place whole).
     crate::train::interrupt::default_stop_signals();
     if interrupter.is_stopped() {
         return Err(SweepError::StoppedBeforeReport);

@@ -118,22 +118,47 @@ pub const LAUNCH_FILE: &str = ".launch";
 /// What a set-aside is moving ([`RunDir::set_aside_after`]), while it moves it.
 const SET_ASIDE_FILE: &str = ".set-aside";
 
-/// A set-aside's record: the checkpoints and files to move, and the directory they go into, each
-/// relative to the run's directory (which a restart may name from elsewhere).
+/// A set-aside's record: the checkpoints and files to delete, those to move and the directory
+/// they go into, each relative to the run's directory (which a restart may name from elsewhere).
 #[derive(Debug, Serialize, serde::Deserialize)]
 struct SetAside {
-    to: PathBuf,
-    paths: Vec<PathBuf>,
+    to: Option<PathBuf>,
+    moved: Vec<PathBuf>,
+    deleted: Vec<PathBuf>,
 }
 
 impl SetAside {
-    /// Move what is still in place in the run directory `run`; the names of all, moved now or
-    /// before.
+    /// Why it is no record [`RunDir::set_aside_after`] writes: a path that leaves the run's
+    /// directory, or names none of its files, or files to move nowhere.
+    fn check(&self) -> Result<(), String> {
+        let inside = |path: &Path| {
+            path.file_name().is_some() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+        };
+        let paths = self.to.iter().chain(&self.moved).chain(&self.deleted);
+        if let Some(outside) = paths.into_iter().find(|p| !inside(p)) {
+            return Err(format!("{} is not a path inside the run's directory", outside.display()));
+        }
+        match self.to.is_none() && !self.moved.is_empty() {
+            true => Err("files to move, and nowhere to".into()),
+            false => Ok(()),
+        }
+    }
+
+    /// Delete and move what is still in place in the run directory `run`; the names of all
+    /// moved, now or before.
     fn finish(&self, run: &Path) -> Result<Vec<String>, PathIo> {
+        for path in self.deleted.iter().map(|p| run.join(p)) {
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path).with_path(&path)?,
+                Ok(_) => std::fs::remove_file(&path).with_path(&path)?,
+                Err(_) => {}
+            }
+        }
         let mut names = Vec::new();
-        for path in &self.paths {
-            let name = path.file_name().expect("a checkpoint's or file's name").to_owned();
-            let (from, to) = (run.join(path), run.join(&self.to).join(&name));
+        let into = run.join(self.to.as_deref().unwrap_or(Path::new("")));
+        for path in &self.moved {
+            let name = path.file_name().unwrap_or_default().to_owned();
+            let (from, to) = (run.join(path), into.join(&name));
             if std::fs::symlink_metadata(&from).is_ok() {
                 std::fs::rename(&from, to).with_path(&from)?;
             }
@@ -143,23 +168,24 @@ impl SetAside {
     }
 }
 
-/// When a run file goes as a run's files are deleted (lowest first): the checkpoints, then the
-/// end and TensorBoard's files, then the metrics, and `config.toml`, which marks the directory as
-/// a run's, last.
-fn removal_rank(file: &str) -> u8 {
-    match file {
-        "checkpoints" | ABANDONED_DIR => 0,
-        "metrics.jsonl" => 2,
-        "config.toml" => 3,
-        _ => 1,
-    }
-}
-
 /// Write `bytes` to a new file at `path`, synced.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
     std::io::Write::write_all(&mut file, bytes)?;
     file.sync_all()
+}
+
+/// When a run file goes as a run's files are deleted (lowest first): the end (summary and
+/// model) and TensorBoard's files, then the checkpoints, then the metrics, and `config.toml`,
+/// which marks the directory as a run's, last. Cut short anywhere, what is left is the earlier
+/// run, unfinished, to resume, or a run with nothing to resume, which `--resume auto` starts again.
+fn removal_rank(file: &str) -> u8 {
+    match file {
+        "checkpoints" | ABANDONED_DIR => 1,
+        "metrics.jsonl" => 2,
+        "config.toml" => 3,
+        _ => 0,
+    }
 }
 
 /// A run directory (it need not exist yet).
@@ -277,13 +303,14 @@ impl RunDir {
             .collect();
         let finished = crate::checkpoint::finished(&self.checkpoints());
         let unmarked = later.iter().filter(|dir| !finished.contains(dir)).count();
+        let mut deleted = Vec::new();
         if unmarked == 1 && later.last().is_some_and(|newest| !finished.contains(newest)) {
             let cut_short = later.pop().expect("the newest checkpoint");
             tracing::warn!(
                 path = %cut_short.display(),
                 "removing a checkpoint that a kill cut short (no completion marker): it cannot be resumed"
             );
-            std::fs::remove_dir_all(&cut_short).with_path(&cut_short)?;
+            deleted.push(cut_short);
         }
         let end = [self.summary(), self.model()];
         let stopped = self.read_summary().ok().flatten().is_some_and(|s| s["stopped_by_signal"] == true);
@@ -291,47 +318,66 @@ impl RunDir {
             match stopped {
                 true => {
                     tracing::info!(path = %file.display(), "removing the stopped run's end (its checkpoint holds it)");
-                    std::fs::remove_file(file).with_path(file)?;
+                    deleted.push(file.clone());
                 }
                 false => later.push(file.clone()),
             }
         }
-        if later.is_empty() {
+        if later.is_empty() && deleted.is_empty() {
             return Ok(None);
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let name = format!("after-step-{step}-{}", now.as_secs());
-        let to = self.new_abandoned_dir(&name)?;
-        // One rename at a time: what is to move is recorded first, so that a kill midway leaves
-        // a move the next start finishes ([`finish_set_aside`](Self::finish_set_aside)), not
-        // the left history's newest checkpoint for `--resume auto` to take.
+        let to = match later.is_empty() {
+            true => None,
+            false => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Some(self.new_abandoned_dir(&format!("after-step-{step}-{}", now.as_secs()))?)
+            }
+        };
+        // One deletion or rename at a time: what is to go is recorded first, so that a kill
+        // midway leaves a set-aside the next start finishes ([`finish_set_aside`](Self::finish_set_aside)),
+        // not the left history's newest checkpoint for `--resume auto` to take.
         let within = |path: &PathBuf| path.strip_prefix(&self.path).map_or_else(|_| path.clone(), Path::to_path_buf);
-        let record = SetAside { to: within(&to), paths: later.iter().map(within).collect() };
+        let record = SetAside {
+            to: to.as_ref().map(within),
+            moved: later.iter().map(within).collect(),
+            deleted: deleted.iter().map(within).collect(),
+        };
         let record_path = self.path.join(SET_ASIDE_FILE);
         let text = serde_json::to_string(&record).expect("paths serialise") + "\n";
         replace_file(&record_path, |tmp| write_synced(tmp, text.as_bytes()))?;
         let names = record.finish(&self.path)?;
         std::fs::remove_file(&record_path).with_path(&record_path)?;
-        Ok(Some((names, to)))
+        Ok(to.map(|to| (names, to)))
     }
 
     /// Finish a set-aside a kill cut short ([`set_aside_after`](Self::set_aside_after)): what
-    /// it recorded and did not move yet is moved now. Returns the names moved and where to.
+    /// it recorded and did not delete or move yet goes now. Returns the names moved and where
+    /// to.
     pub fn finish_set_aside(&self) -> Result<Option<(Vec<String>, PathBuf)>, PathIo> {
         let record_path = self.path.join(SET_ASIDE_FILE);
         let text = match std::fs::read_to_string(&record_path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             read => read.with_path(&record_path)?,
         };
-        let record: SetAside = serde_json::from_str(&text).map_err(|e| PathIo {
+        let invalid = |why: String| PathIo {
             path: record_path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a record of a set-aside: {e}")),
-        })?;
-        let to = self.path.join(&record.to);
-        crate::io_error::create_dirs(&to)?;
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "not a record of a set-aside ({why}); move the checkpoints after the step resumed from into \
+                     {ABANDONED_DIR}/ by hand, then remove it"
+                ),
+            ),
+        };
+        let record: SetAside = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        record.check().map_err(invalid)?;
+        let to = record.to.as_ref().map(|to| self.path.join(to));
+        if let Some(to) = &to {
+            crate::io_error::create_dirs(to)?;
+        }
         let names = record.finish(&self.path)?;
         std::fs::remove_file(&record_path).with_path(&record_path)?;
-        Ok(Some((names, to)))
+        Ok(to.map(|to| (names, to)))
     }
 
     /// A directory of [`ABANDONED_DIR`] made for this call alone: `name`, or `name-2`, `name-3`,
@@ -420,7 +466,8 @@ impl RunDir {
     /// `checkpoints/`, `abandoned/` or `logs/`, through links too. `None` for any other path,
     /// a file of one's own beside a run's included.
     pub fn part_of_a_run(out: &Path) -> Option<String> {
-        let out = crate::io_error::resolved(out);
+        // Where a write lands: through a link to a file not made yet too.
+        let out = crate::io_error::resolved(&crate::io_error::followed(out).unwrap_or_else(|_| out.to_path_buf()));
         let mut below = Vec::new();
         for dir in out.ancestors() {
             if let Some(&first) = below.last() {
@@ -669,12 +716,48 @@ mod tests {
     }
 
     #[test]
-    fn an_overwrite_deletes_the_checkpoints_first_and_the_mark_of_a_run_last() {
+    fn the_removal_order_takes_the_end_then_the_checkpoints_and_the_mark_of_a_run_last() {
         let mut files: Vec<&str> = RUN_FILES.to_vec();
         files.push("events.out.tfevents.1.host.micn");
         files.sort_by_key(|f| removal_rank(f));
-        assert_eq!(files[..2], ["checkpoints", ABANDONED_DIR]);
-        assert_eq!(files[files.len() - 2..], ["metrics.jsonl", "config.toml"]);
+        assert_eq!(
+            files,
+            [
+                "summary.json",
+                "model.safetensors",
+                "events.out.tfevents.1.host.micn",
+                "checkpoints",
+                ABANDONED_DIR,
+                "metrics.jsonl",
+                "config.toml"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_set_aside_record_that_leaves_the_run_is_refused_and_moves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path().join("run"));
+        std::fs::create_dir_all(run.checkpoints().join("step-00000009")).unwrap();
+        std::fs::write(tmp.path().join("mine"), "mine").unwrap();
+        for record in [
+            r#"{"to": "abandoned/x", "moved": [".."], "deleted": []}"#,
+            r#"{"to": "abandoned/x", "moved": [], "deleted": ["../mine"]}"#,
+            r#"{"to": "/tmp", "moved": ["checkpoints/step-00000009"], "deleted": []}"#,
+            r#"{"to": null, "moved": ["checkpoints/step-00000009"], "deleted": []}"#,
+        ] {
+            std::fs::write(run.path().join(SET_ASIDE_FILE), record).unwrap();
+            let e = run.finish_set_aside().unwrap_err().to_string();
+            assert!(e.contains(".set-aside: not a record of a set-aside"), "{record}: {e}");
+            assert!(run.checkpoints().join("step-00000009").exists() && tmp.path().join("mine").exists());
+        }
+        // What a kill left: one checkpoint deleted, none moved yet.
+        let record = r#"{"to": "abandoned/x", "moved": ["checkpoints/step-00000009"], "deleted": ["checkpoints/step-00000012"]}"#;
+        std::fs::write(run.path().join(SET_ASIDE_FILE), record).unwrap();
+        let (names, to) = run.finish_set_aside().unwrap().unwrap();
+        assert_eq!((names, to), (vec!["step-00000009".to_string()], run.path().join("abandoned/x")));
+        assert!(run.path().join("abandoned/x/step-00000009").is_dir());
+        assert!(!run.path().join(SET_ASIDE_FILE).exists());
     }
 
     #[test]

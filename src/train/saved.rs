@@ -142,6 +142,13 @@ impl Saved {
         Ok(Self { cfg, dataset, net, device })
     }
 
+    /// The files it was read from: the saved model's in `dir`, the dataset's.
+    fn inputs<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = PathBuf> + 'a {
+        let data = &self.dataset;
+        let data_files = std::iter::once("dataset.json").chain(data.meta.files().into_iter().map(|(name, _)| name));
+        model_files(dir).chain(data_files.map(|f| data.dir.join(f)))
+    }
+
     /// The MIND model, or why this saved model (in `dir`) has no interests.
     fn mind(&self, dir: &Path) -> Result<&crate::model::Mind, TrainError> {
         match &self.net.main {
@@ -256,10 +263,7 @@ pub fn predict(
 ) -> Result<Predicted, TrainError> {
     check_not_in_a_run(out)?;
     let saved = Saved::load(dir, data_dir, device, comm)?;
-    let data = &saved.dataset;
-    let data_files = std::iter::once("dataset.json").chain(data.meta.files().into_iter().map(|(name, _)| name));
-    let inputs = model_files(dir).chain(data_files.map(|f| data.dir.join(f)));
-    check_not_an_input(out, inputs)?;
+    check_not_an_input(out, saved.inputs(dir))?;
     let ids = saved.ids(split)?;
     let set = eval_set(split, &ids);
     let scores = score(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len)?;
@@ -396,8 +400,8 @@ pub fn export_mfn_centres(
 ) -> Result<ExportedCentres, TrainError> {
     use crate::model::mfn::{pretrain_centres, Pretrained};
     check_not_in_a_run(out)?;
-    check_not_an_input(out, model_files(dir))?;
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
+    check_not_an_input(out, saved.inputs(dir))?;
     let (samples, train_ids) = saved.split_samples(Split::Train)?;
     let items = tch::no_grad(|| saved.item_vectors());
     let (n, width) = (items.size()[0], items.size()[1]);

@@ -84,7 +84,9 @@ pub enum TrainError {
     },
     #[error("{0}: is a file this command reads (the saved model's or the dataset's): choose another --out")]
     OutputIsInput(PathBuf),
-    #[error("{out}: {what}, which writing it would replace: choose another --out")]
+    #[error(
+        "{out}: {what}, which only the run writes (and its --overwrite or retention deletes): choose another --out"
+    )]
     OutputInRun { out: PathBuf, what: String },
     #[error(
         "{data}: no dataset there (no dataset.json), and {saved} was trained on it (its data.dir{relative}): give the \
@@ -202,7 +204,7 @@ impl TrainError {
     pub fn is_input_error(&self) -> bool {
         match self {
             Self::PeerFailed { input, .. } => return *input,
-            Self::EditedConfig { .. } => return true,
+            Self::EditedConfig { source, .. } => return source.is_input_error(),
             Self::Data(e) => return e.is_input_error(),
             Self::Checkpoint(e) => return e.is_input_error(),
             Self::Io(e) => return e.is_lasting(),

@@ -268,7 +268,7 @@ fn a_set_aside_a_kill_cut_short_is_finished_at_the_next_start() {
     std::fs::create_dir_all(&aside).unwrap();
     std::fs::rename(dir.join("checkpoints/step-00000009"), aside.join("step-00000009")).unwrap();
     let moving = ["checkpoints/step-00000009", "checkpoints/step-00000006", "summary.json", "model.safetensors"];
-    let record = serde_json::json!({ "to": "abandoned/after-step-3-1", "paths": moving });
+    let record = serde_json::json!({ "to": "abandoned/after-step-3-1", "moved": moving, "deleted": [] });
     std::fs::write(dir.join(".set-aside"), record.to_string()).unwrap();
     run(1, &branch(&dir), &Resume::Auto);
     assert_eq!(model_bytes(&dir), model_bytes(&reference), "--resume auto did not continue the branch");

@@ -184,7 +184,7 @@ fn a_model_that_scores_nan_and_an_output_that_is_an_input_or_a_run_s_are_refused
     let run_arg = ["--run", run.to_str().unwrap()];
     let checkpoint_arg = ["--checkpoint", checkpoint.to_str().unwrap()];
     let read = format!("{}: is a file this command reads", cfg.data.dir.join("items.tsv").display());
-    let own = |name: &str| format!("is the run {}'s own {name}, which writing it would replace", run.display());
+    let own = |name: &str| format!("is the run {}'s own {name}, which only the run writes", run.display());
     let in_own = |name: &str| format!("is a file in the run {}'s own {name}", run.display());
     // (Trained in this process, the run logs to standard error alone.)
     std::fs::create_dir_all(run.join("logs")).unwrap();
@@ -205,14 +205,27 @@ fn a_model_that_scores_nan_and_an_output_that_is_an_input_or_a_run_s_are_refused
         assert!(stderr.contains(&said), "{said}: {stderr}");
         assert_eq!(std::fs::read(&input).unwrap(), before);
     }
-    // export mfn-centres too (its own file, or the checkpoint's it reads).
-    for out in [model.clone(), checkpoint.join("state.json")] {
+    // A link to a file not made yet in a run's logs/ is where the write would land.
+    let link = tmp.path().join("scores.csv");
+    std::os::unix::fs::symlink(run.join("logs/scores.csv"), &link).unwrap();
+    let refused =
+        Command::new(micn_bin()).args(["predict", "--run"]).arg(&run).arg("--out").arg(&link).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(refused.status.code() == Some(3) && stderr.contains(&in_own("logs")), "{stderr}");
+    assert!(!run.join("logs/scores.csv").exists());
+    std::fs::remove_file(&link).unwrap();
+    // export mfn-centres too (its own file, the checkpoint's it reads, the dataset's).
+    for (out, said) in [
+        (model.clone(), "which only the run writes"),
+        (checkpoint.join("state.json"), "which only the run writes"),
+        (cfg.data.dir.join("dataset.json"), "is a file this command reads"),
+    ] {
         let before = std::fs::read(&out).unwrap();
         let args = ["export", "mfn-centres", "--steps", "1", "--run", checkpoint.to_str().unwrap(), "--out"];
         let refused = Command::new(micn_bin()).args(args).arg(&out).output().unwrap();
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(refused.status.code(), Some(3), "{stderr}");
-        assert!(stderr.contains("which writing it would replace"), "{stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
         assert_eq!(std::fs::read(&out).unwrap(), before);
     }
     // An earlier prediction beside the model is replaced, as any output is.
