@@ -936,7 +936,7 @@ mod tests {
         std::fs::create_dir_all(top.join("c/empty")).unwrap();
         std::fs::create_dir_all(top.join("a")).unwrap();
         std::os::unix::fs::symlink("../c/empty", top.join("a/l")).unwrap();
-        let found = discover(&[top.clone()]);
+        let found = discover(std::slice::from_ref(&top));
         let mut left: Vec<_> = found.left_out.iter().map(|l| l.dir.strip_prefix(&top).unwrap().to_path_buf()).collect();
         left.sort();
         assert_eq!(left, [Path::new("a"), Path::new("c/empty")], "{found:?}");
