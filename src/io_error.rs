@@ -176,13 +176,11 @@ pub fn create_dirs(dir: &Path) -> Result<(), PathIo> {
 /// it; none when nothing in the way is a file. Makes nothing.
 pub fn file_in_the_way(dir: &Path) -> Option<PathIo> {
     let file = dir.ancestors().find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()))?;
-    Some(PathIo {
-        path: file.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::NotADirectory,
-            format!("is a file, not a directory, so {} cannot be made", dir.display()),
-        ),
-    })
+    let why = match file == dir {
+        true => "is a file, not a directory".to_string(),
+        false => format!("is a file, not a directory, so {} cannot be made", dir.display()),
+    };
+    Some(PathIo { path: file.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::NotADirectory, why) })
 }
 
 /// Attaches the path to an I/O result's error.
@@ -201,6 +199,20 @@ mod tests {
     use std::os::unix::fs::FileTypeExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_file_in_the_way_is_named_with_what_it_keeps_from_being_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        let e = file_in_the_way(&file).unwrap().to_string();
+        assert_eq!(e, format!("{}: is a file, not a directory", file.display()));
+        let e = create_dirs(&file.join("sub/deeper")).unwrap_err().to_string();
+        let said =
+            format!("{}: is a file, not a directory, so {}/sub/deeper cannot be made", file.display(), file.display());
+        assert_eq!(e, said);
+        assert!(file_in_the_way(dir.path()).is_none());
+    }
 
     fn write_text(text: &'static str) -> impl FnOnce(&Path) -> std::io::Result<()> {
         move |p: &Path| std::fs::write(p, text)

@@ -200,6 +200,20 @@ fn not_lines(head: &[u8], gzip: bool) -> Option<String> {
                 .into(),
         );
     }
+    // Compressed otherwise than gzip, whatever the name says: their magic numbers.
+    let others: [(&[u8], &str, &str); 4] = [
+        (b"\xFD7zXZ\x00", "xz", "xz -d"),
+        (b"BZh", "bzip2", "bzip2 -d"),
+        (b"PK\x03\x04", "zip", "unzip"),
+        (b"\x28\xB5\x2F\xFD", "zstd", "zstd -d"),
+    ];
+    if let Some((_, format, tool)) = others.iter().find(|(magic, ..)| head.starts_with(magic)) {
+        let also = if gzip { " inside its gzip data" } else { "" };
+        return Some(format!(
+            "{format}-compressed{also}: micn reads plain or gzip-compressed text; decompress it first (`{tool}`), \
+             or compress it with gzip"
+        ));
+    }
     // No line feed at all, and a carriage return before the text's end.
     let cr_only = !head.contains(&b'\n') && head.trim_ascii_end().contains(&b'\r');
     cr_only.then(|| {
@@ -656,6 +670,14 @@ mod tests {
                 assert!(e.starts_with(&format!("{}: its ", path.display())) && e.contains(says), "{e}");
             }
         }
+        // Another compression, named `.gz` or inside gzip data: said, with the way out.
+        let xz = dir.path().join("reviews.json.gz");
+        std::fs::write(&xz, b"\xFD7zXZ\x00\x00\x04\xE6\xD6\xB4\x46\x02\x00").unwrap();
+        let e = read_all(&xz, Strictness::Lenient).unwrap_err().to_string();
+        assert!(e.contains("reviews.json.gz: xz-compressed: micn reads plain or gzip") && e.contains("`xz -d`"), "{e}");
+        std::fs::write(&xz, gzip(b"BZh91AY&SY\x01\x02")).unwrap();
+        let e = read_all(&xz, Strictness::Lenient).unwrap_err().to_string();
+        assert!(e.contains("bzip2-compressed inside its gzip data"), "{e}");
         // Windows line endings, and a carriage return that ends the file's only line, are read.
         std::fs::write(&cr, b"ab\r\ncd\r\n").unwrap();
         assert_eq!(read_all(&cr, Strictness::Strict).unwrap().0, [(1, 2), (2, 2)]);
