@@ -36,7 +36,8 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
     if !dir.is_dir() {
         return Err(invalid("not a directory (a checkpoint is a directory `step-…`)".into()));
     }
-    if !dir.join(MARKER).exists() {
+    // The marker is a file (`finished` counts only those).
+    if !dir.join(MARKER).is_file() {
         if !dir.join("manifest.json").exists() && !dir.join(FILES[2]).exists() {
             return Err(invalid(
                 "not a checkpoint: no state.json, manifest.json or completion marker (a checkpoint is a directory \
@@ -53,6 +54,9 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
     // one) is not this checkpoint's.
     if let Some((name, ..)) = manifest.files.iter().find(|(n, ..)| !FILES.contains(&n.as_str())) {
         return Err(invalid(format!("manifest.json lists {name:?}, which is not a checkpoint file")));
+    }
+    if let Some(twice) = FILES.iter().find(|f| manifest.files.iter().filter(|(n, ..)| n == *f).count() > 1) {
+        return Err(invalid(format!("manifest.json lists {twice:?} twice")));
     }
     for f in FILES {
         let entry = manifest

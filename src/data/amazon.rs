@@ -93,8 +93,14 @@ fn review_refused(line: &str, release: Release, e: &serde_json::Error) -> Bad {
             "an Amazon 2014 or 2018 review (`reviewerID`, `asin`, `unixReviewTime`): read with --input-format \
              amazon2014 or amazon2018",
         ),
-        (true, false, false, _) => named("Amazon 2023 item metadata (`parent_asin`, no user), not a review"),
-        (false, false, false, true) => named("Amazon 2018 item metadata (`asin`, no user), not a review"),
+        // Metadata has no user, and none of a review's own keys either: a review that lacks only
+        // its user is a review missing a field.
+        (true, false, false, _) if !has("rating") && !has("timestamp") => {
+            named("Amazon 2023 item metadata (`parent_asin`, no user), not a review")
+        }
+        (false, false, false, true) if !has("overall") && !has("unixReviewTime") => {
+            named("Amazon 2018 item metadata (`asin`, no user), not a review")
+        }
         _ => Bad::from_json(e),
     }
 }
@@ -585,5 +591,14 @@ mod tests {
         for bad in [parse_review(meta_2018), parse_review_2023(meta_2018)] {
             assert_eq!(bad.unwrap_err().detail, "Amazon 2018 item metadata (`asin`, no user), not a review");
         }
+        // A review that lacks only its user is a review missing a field, as one without `asin` is.
+        let no_user = r#"{"overall": 5.0, "asin": "B001", "unixReviewTime": 1393545600}"#;
+        let bad = parse_review(no_user).unwrap_err();
+        assert_eq!(bad.kind, BadKind::MissingField, "{}", bad.detail);
+        assert!(bad.detail.contains("reviewerID"), "{}", bad.detail);
+        let no_user_2023 = r#"{"rating": 5.0, "parent_asin": "B001", "timestamp": 1588687728923}"#;
+        let bad = parse_review_2023(no_user_2023).unwrap_err();
+        assert_eq!(bad.kind, BadKind::MissingField, "{}", bad.detail);
+        assert!(bad.detail.contains("user_id"), "{}", bad.detail);
     }
 }

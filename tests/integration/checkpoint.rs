@@ -933,6 +933,19 @@ fn a_manifest_listing_other_files_is_refused_naming_them() {
         let e = micn::checkpoint::verify(&checkpoint).unwrap_err().to_string();
         assert!(e.contains(&format!("manifest.json lists {extra:?}, which is not a checkpoint file")), "{e}");
     }
+    // A file listed twice (another size and checksum beside the right ones), and a completion
+    // marker that is a directory.
+    let mut manifest: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let first = manifest["files"][0].clone();
+    manifest["files"].as_array_mut().unwrap().push(serde_json::json!([first[0], 10, "0000000000000000"]));
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let e = micn::checkpoint::verify(&checkpoint).unwrap_err().to_string();
+    assert!(e.contains(&format!("manifest.json lists {} twice", first[0])), "{e}");
+    std::fs::write(&path, &original).unwrap();
+    std::fs::remove_file(checkpoint.join("COMPLETE")).unwrap();
+    std::fs::create_dir(checkpoint.join("COMPLETE")).unwrap();
+    let e = micn::checkpoint::verify(&checkpoint).unwrap_err().to_string();
+    assert!(e.contains("no completion marker"), "{e}");
 }
 
 #[test]
