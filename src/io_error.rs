@@ -110,6 +110,14 @@ pub fn resolved(path: &Path) -> PathBuf {
     }
 }
 
+/// [`replace_file`] with `bytes`, synced before the rename: whole or not at all, and on disk.
+pub fn replace_file_synced(path: &Path, bytes: &[u8]) -> Result<(), PathIo> {
+    use std::io::Write as _;
+    replace_file(path, |tmp| {
+        std::fs::File::create(tmp).and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+    })
+}
+
 /// [`replace_file`] for a device or a pipe: `write` fills a temporary file in `TMPDIR` (and may
 /// sync it, which such a file refuses), whose bytes are then copied in. A failure to fill it is
 /// named as the temporary file's, with what it was for; the pipe is then opened and closed, so

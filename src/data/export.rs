@@ -11,14 +11,13 @@
 //! and digest (as a run records it with its model), `max_hist_len`, every split's width `T` (its
 //! longest kept history) and sample count. `valid/` exists when a validation share is held out
 //! (the split `micn train` holds out with the same `data.valid_share`).
-use std::io::Write as _;
 use std::path::Path;
 
 use super::batch::{Batch, NoClickSampler};
 use super::prepare::Staging;
 use super::samples::ArchivedSamples;
 use super::{shard, DataError, Dataset};
-use crate::io_error::replace_file;
+use crate::io_error::replace_file_synced;
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -167,11 +166,9 @@ pub(crate) fn write_npy(path: &Path, values: Npy<'_>, shape: &[usize]) -> Result
     write_file(path, &npy_bytes(values, shape))
 }
 
-/// Writes `bytes` to `path`, synced, whole or not at all ([`replace_file`]).
+/// Writes `bytes` to `path`, synced, whole or not at all ([`replace_file_synced`]).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let write =
-        |tmp: &Path| std::fs::File::create(tmp).and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
-    Ok(replace_file(path, write)?)
+    Ok(replace_file_synced(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -168,13 +168,6 @@ impl SetAside {
     }
 }
 
-/// Write `bytes` to a new file at `path`, synced.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.sync_all()
-}
-
 /// When a run file goes as a run's files are deleted (lowest first): the end (summary and
 /// model) and TensorBoard's files, then the checkpoints, then the metrics, and `config.toml`,
 /// which marks the directory as a run's, last. Cut short anywhere, what is left is the earlier
@@ -344,7 +337,7 @@ impl RunDir {
         };
         let record_path = self.path.join(SET_ASIDE_FILE);
         let text = serde_json::to_string(&record).expect("paths serialise") + "\n";
-        replace_file(&record_path, |tmp| write_synced(tmp, text.as_bytes()))?;
+        crate::io_error::replace_file_synced(&record_path, text.as_bytes())?;
         let names = record.finish(&self.path)?;
         std::fs::remove_file(&record_path).with_path(&record_path)?;
         Ok(to.map(|to| (names, to)))
