@@ -42,7 +42,7 @@ __all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "check_expo
 def model_file(path) -> Path:
     """The weights file of a run directory, a checkpoint directory, or the file itself. A
     checkpoint (the directory, or a file in it) must be finished and undamaged
-    (`checkpoint.verify`)."""
+    (`checkpoint.verify`); a run's model the file its summary records (`checkpoint.verify_run_model`)."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     if path.is_dir():
@@ -57,6 +57,8 @@ def model_file(path) -> Path:
                                 f".safetensors file)")
     if checkpoint.is_checkpoint(directory) and path.name in checkpoint.FILES:
         checkpoint.verify(directory)
+    elif path.name == "model.safetensors" and (directory / "config.toml").is_file():
+        checkpoint.verify_run_model(directory)
     return path
 
 

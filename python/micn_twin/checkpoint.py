@@ -226,3 +226,21 @@ def verify(directory) -> None:
             if actual != digest.lower():
                 raise FileFormatError(f"{path}: xxh3 checksum {actual} where {MANIFEST} records {digest}: the "
                                       f"checkpoint is damaged (micn refuses it too)")
+
+
+def verify_run_model(directory) -> None:
+    """Refuse a run's `model.safetensors` of another checksum than its `summary.json` records
+    (`model_xxh3`), as micn does: a damaged file, or one copied over it. A run whose summary
+    records none (written before micn kept it), or without NumPy, is not checked."""
+    directory = Path(directory)
+    try:
+        recorded = json.loads((directory / "summary.json").read_bytes()).get("model_xxh3")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return
+    if not isinstance(recorded, str) or not CHECKSUMS:
+        return
+    path = directory / "model.safetensors"
+    actual = f"{xxh3_64(path.read_bytes()):016x}"
+    if actual != recorded.lower():
+        raise FileFormatError(f"{path}: its checksum is {actual}, summary.json's model_xxh3 {recorded}: the file is "
+                              f"not the one the run wrote (micn refuses it too)")

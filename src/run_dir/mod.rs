@@ -572,11 +572,41 @@ impl RunDir {
         Ok(MetricsLog { file: Some(file), path, events: Some(events) })
     }
 
-    /// The end of a run: the final model and the summary.
-    pub fn write_final(&self, variables: &[(String, Tensor)], summary: &impl Serialize) -> Result<(), PathIo> {
-        replace_file(&self.model(), |tmp| crate::checkpoint::write_tensors(tmp, variables))?;
+    /// The end of a run, first of two: the final model. Returns the file's checksum (as a
+    /// checkpoint's manifest records it), for the summary written next to record, and `eval`,
+    /// `predict` and the exports to check ([`RunDir::check_model`]).
+    pub fn write_model(&self, variables: &[(String, Tensor)]) -> Result<String, PathIo> {
+        let mut digest = String::new();
+        replace_file(&self.model(), |tmp| {
+            crate::checkpoint::write_tensors(tmp, variables)?;
+            digest = crate::checkpoint::digest(&crate::oom::fallible(|| std::fs::read(tmp))?);
+            Ok(())
+        })?;
+        Ok(digest)
+    }
+
+    /// The end of a run, second of two: the summary.
+    pub fn write_summary(&self, summary: &impl Serialize) -> Result<(), PathIo> {
         let text = serde_json::to_string_pretty(summary).expect("plain data") + "\n";
         replace_file(&self.summary(), |tmp| std::fs::write(tmp, &text))
+    }
+
+    /// Refuse a `model.safetensors` other than the run wrote: of another checksum than
+    /// `summary.json`'s `model_xxh3` (a damaged disk, a file copied over it). A summary without
+    /// one (written before it was kept) checks nothing.
+    pub fn check_model(&self, summary: &serde_json::Value) -> Result<(), RunDirError> {
+        let Some(recorded) = summary["model_xxh3"].as_str() else { return Ok(()) };
+        let path = self.model();
+        let bytes = crate::oom::fallible(|| std::fs::read(&path)).with_path(&path)?;
+        let actual = crate::checkpoint::digest(&bytes);
+        if actual == recorded {
+            return Ok(());
+        }
+        let message = format!(
+            "its checksum is {actual}, summary.json's model_xxh3 {recorded}: the file is not the one the run wrote \
+             (damaged, or replaced since); train the run again, or score one of its checkpoints with --checkpoint"
+        );
+        Err(RunDirError::Invalid { path, message })
     }
 }
 
@@ -644,6 +674,32 @@ mod tests {
         end("{\"stopped_by_signal\": true, \"steps\": 7}");
         assert!(run.set_aside_after(6).unwrap().is_none());
         assert!(!run.summary().exists() && !run.model().exists());
+    }
+
+    #[test]
+    fn a_model_file_other_than_the_summary_records_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path().join("run"));
+        let variables = [("w".to_string(), Tensor::from_slice(&[1f32, 2., 3.]))];
+        let digest = run.write_model(&variables).unwrap();
+        assert_eq!(digest, crate::checkpoint::digest(&std::fs::read(run.model()).unwrap()));
+        let summary = serde_json::json!({ "model_xxh3": digest });
+        run.check_model(&summary).unwrap();
+        // One bit flipped in the data: the same size, the same header, another file.
+        let mut bytes = std::fs::read(run.model()).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(run.model(), &bytes).unwrap();
+        let e = run.check_model(&summary).unwrap_err().to_string();
+        assert!(e.starts_with(&run.model().display().to_string()), "{e}");
+        assert!(
+            e.contains(&format!("summary.json's model_xxh3 {digest}: the file is not the one the run wrote")),
+            "{e}"
+        );
+        // A summary from before the checksum was kept checks nothing; a missing model is named.
+        run.check_model(&serde_json::json!({ "steps": 3 })).unwrap();
+        std::fs::remove_file(run.model()).unwrap();
+        let e = run.check_model(&summary).unwrap_err().to_string();
+        assert!(e.contains("model.safetensors") && e.contains("No such file"), "{e}");
     }
 
     #[test]

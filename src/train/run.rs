@@ -1193,7 +1193,7 @@ impl<'a> Run<'a> {
             _ => step,
         };
         let totals = &self.totals;
-        let summary = Summary {
+        let mut summary = Summary {
             test_auc: final_eval.auc,
             test_gauc: final_eval.gauc,
             test_logloss: final_eval.logloss,
@@ -1210,6 +1210,7 @@ impl<'a> Run<'a> {
             model: cfg.model.kind.name().to_string(),
             micn: cfg.micn.enabled,
             config_hash: Some(checkpoint::config_hash(&cfg.to_toml())),
+            model_xxh3: None,
             comm_share: measured(totals.comm_seconds / totals.step_seconds.max(1e-12)),
             // A GPU runs the update after the host has queued it: its time is not known here.
             update_share: match self.scorer.device {
@@ -1229,7 +1230,8 @@ impl<'a> Run<'a> {
                 lock.check()?;
             }
             let variables: Vec<(String, Tensor)> = self.replica.vs.variables().into_iter().collect();
-            self.run_dir.write_final(&variables, &summary)?;
+            summary.model_xxh3 = Some(self.run_dir.write_model(&variables)?);
+            self.run_dir.write_summary(&summary)?;
         }
         self.comm.barrier()?;
         Ok(summary)

@@ -80,6 +80,9 @@ impl Saved {
                 return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy });
             }
             let summary = run.read_summary().ok().flatten();
+            if let Some(summary) = &summary {
+                run.check_model(summary)?;
+            }
             let edited = summary.as_ref().and_then(|summary| edited_config(&run, &cfg, summary));
             (cfg, summary.and_then(|s| s["vocabularies"].as_str().map(String::from)), edited)
         };

@@ -304,6 +304,11 @@ pub struct Summary {
     /// (absent from older summaries): a configuration edited since is told from the one trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The checksum of `model.safetensors` as written (xxh3-64, 16 hex digits, as a checkpoint's
+    /// manifest records its files; rank 0's summary alone holds it, absent from older summaries):
+    /// `eval`, `predict` and the exports refuse a model file that differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_xxh3: Option<String>,
     /// Share of the training steps' wall-clock time spent in the gradient exchange (see
     /// [`crate::train::step::StepStats::comm_seconds`]).
     #[serde(deserialize_with = "nan_if_null")]

@@ -235,6 +235,18 @@ fn a_model_that_scores_nan_and_an_output_that_is_an_input_or_a_run_s_are_refused
     }
     poison(&model, "main.head.output.bias");
     let out = tmp.path().join("scores.csv");
+    // A model file other than the run wrote (its summary records the checksum) is refused as such.
+    for args in [&["eval", "--run"][..], &["predict", "--out", out.to_str().unwrap(), "--run"]] {
+        let refused = Command::new(micn_bin()).args(args).arg(&run).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("model_xxh3") && stderr.contains("is not the one the run wrote"), "{args:?}: {stderr}");
+    }
+    // Without the checksum (a summary written before it was kept), the scores are checked.
+    let summary_path = run.join("summary.json");
+    let mut summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    summary.as_object_mut().unwrap().remove("model_xxh3").expect("the run recorded its model's checksum");
+    std::fs::write(&summary_path, summary.to_string()).unwrap();
     for args in [&["eval", "--run"][..], &["predict", "--out", out.to_str().unwrap(), "--run"]] {
         let refused = Command::new(micn_bin()).args(args).arg(&run).output().unwrap();
         let stderr = String::from_utf8_lossy(&refused.stderr);

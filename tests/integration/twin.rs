@@ -819,6 +819,21 @@ sys.exit(cli.main(sys.argv[2:]))
         3,
         &["damaged/model.safetensors", "checkpoint is damaged"],
     );
+    // A run's model of another checksum than its summary records, as micn refuses it.
+    let damaged_run = tmp.path().join("damaged-run");
+    for file in ["config.toml", "summary.json", "model.safetensors"] {
+        std::fs::create_dir_all(&damaged_run).unwrap();
+        std::fs::copy(run.join(file), damaged_run.join(file)).unwrap();
+    }
+    let mut bytes = std::fs::read(damaged_run.join("model.safetensors")).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(damaged_run.join("model.safetensors"), bytes).unwrap();
+    let mut cmd = twin(&["score", "--export"]);
+    refused_with(
+        cmd.arg(&export).arg(&damaged_run).arg("--out").arg(&out),
+        3,
+        &["damaged-run/model.safetensors", "model_xxh3", "not the one the run wrote"],
+    );
     assert!(!out.exists());
     // The command line: argparse's errors in one line with status 3; `--out` checked first.
     refused_with(
