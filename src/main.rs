@@ -1116,7 +1116,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             let path = cfg.run.dir.clone();
             let present = run_dir.present_files();
             let refusals = [
-                micn::train::check_dataset_there(&cfg.data.dir).err(),
+                micn::train::check_dataset_there(&cfg.data.dir, "data.dir").err(),
                 run_dir.foreign_contents().map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
                 (resume == micn::train::Resume::Fresh && !present.is_empty())
                     .then(|| TrainError::RunExists { path, files: present.join(", ") }),
@@ -1128,7 +1128,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    agreed(comm, micn::train::check_dataset_there(&cfg.data.dir).map_err(anyhow::Error::from))?;
+    agreed(comm, micn::train::check_dataset_there(&cfg.data.dir, "data.dir").map_err(anyhow::Error::from))?;
     if !cfg.run.dir.as_os_str().is_empty() {
         logging::also_to_file(&micn::run_dir::RunDir::new(&cfg.run.dir).log(comm.rank()));
     }

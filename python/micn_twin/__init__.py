@@ -42,22 +42,21 @@ __all__ = ["INPUTS", "FileFormatError", "ModelFileError", "Network", "check_expo
 def model_file(path) -> Path:
     """The weights file of a run directory, a checkpoint directory, or the file itself. A
     checkpoint (the directory, or a file in it) must be finished and undamaged
-    (`checkpoint.verify`); a run's model the file its summary records (`checkpoint.verify_run_model`)."""
+    (`checkpoint.verify`); a run, one that has finished, its model the file its summary records
+    (`checkpoint.verify_run_model`; a model file given itself is checked where its summary is beside it)."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
+    given_run = path.is_dir() and (directory / "config.toml").is_file()
     if path.is_dir():
         path = path / "model.safetensors"
     if path.name == "model.safetensors" and not path.is_file() and (directory / "config.toml").is_file():
-        newest = checkpoint.newest_finished(directory / "checkpoints")
-        remedy = "it has no checkpoint yet" if newest is None else f"score its newest checkpoint, {newest}"
-        raise FileNotFoundError(f"{directory}: the run has not finished (its model.safetensors is written at the "
-                                f"end): {remedy}")
+        raise FileNotFoundError(checkpoint.unfinished_run(directory))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model file (give a run directory, a checkpoint directory or a "
                                 f".safetensors file)")
     if checkpoint.is_checkpoint(directory) and path.name in checkpoint.FILES:
         checkpoint.verify(directory)
-    elif path.name == "model.safetensors" and (directory / "config.toml").is_file():
+    elif given_run or (path.name == "model.safetensors" and (directory / "summary.json").is_file()):
         checkpoint.verify_run_model(directory)
     return path
 

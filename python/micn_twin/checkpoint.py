@@ -228,19 +228,35 @@ def verify(directory) -> None:
                                       f"checkpoint is damaged (micn refuses it too)")
 
 
+def newest_checkpoint(run: Path) -> str:
+    """What to score instead of a run that has not finished: its newest checkpoint, if any."""
+    newest = newest_finished(run / "checkpoints")
+    return "it has no checkpoint yet" if newest is None else f"score its newest checkpoint, {newest}"
+
+
+def unfinished_run(run: Path) -> str:
+    """The error of a run directory whose end (its model, then its summary) is not written."""
+    return (f"{run}: the run has not finished (its model.safetensors and summary.json are written at the end): "
+            f"{newest_checkpoint(run)}")
+
+
 def verify_run_model(directory) -> None:
-    """Refuse a run's `model.safetensors` of another checksum than its `summary.json` records
-    (`model_xxh3`), as micn does: a damaged file, or one copied over it. A run whose summary
-    records none (written before micn kept it), or without NumPy, is not checked."""
+    """Refuse a run's `model.safetensors` as micn does: without a readable `summary.json` beside it
+    (the run has not finished writing its end, or the summary is damaged), or of another checksum
+    than the summary records (`model_xxh3`: a damaged file, or one copied over it). A summary
+    that records none (written before micn kept it), or no NumPy, checks no checksum."""
     directory = Path(directory)
+    path = directory / "summary.json"
+    if not path.is_file():
+        raise FileFormatError(unfinished_run(directory))
     try:
-        recorded = json.loads((directory / "summary.json").read_bytes()).get("model_xxh3")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return
+        recorded = json.loads(path.read_bytes()).get("model_xxh3")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise FileFormatError(f"{path}: {e}: the run's summary is damaged; {newest_checkpoint(directory)}") from None
     if not isinstance(recorded, str) or not CHECKSUMS:
         return
-    path = directory / "model.safetensors"
-    actual = f"{xxh3_64(path.read_bytes()):016x}"
+    model = directory / "model.safetensors"
+    actual = f"{xxh3_64(model.read_bytes()):016x}"
     if actual != recorded.lower():
-        raise FileFormatError(f"{path}: its checksum is {actual}, summary.json's model_xxh3 {recorded}: the file is "
+        raise FileFormatError(f"{model}: its checksum is {actual}, summary.json's model_xxh3 {recorded}: the file is "
                               f"not the one the run wrote (micn refuses it too)")

@@ -19,6 +19,9 @@ use super::samples::ArchivedSamples;
 use super::{shard, DataError, Dataset};
 use crate::io_error::replace_file_synced;
 
+/// The file that describes an export (and marks a directory as one).
+pub const EXPORT_FILE: &str = "export.json";
+
 /// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -57,7 +60,7 @@ pub fn export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<Exp
             ),
         });
     }
-    let staging = Staging::replacing(out, &["export.json", "train", "valid", "test"])?;
+    let staging = Staging::replacing(out, &[EXPORT_FILE, "train", "valid", "test"])?;
     let exported = write_export(dataset, &staging.tmp, opts)?;
     staging.commit()?;
     Ok(exported)
@@ -92,7 +95,7 @@ fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<E
         "samples": exported,
     });
     let text = serde_json::to_string_pretty(&summary).expect("plain values serialise");
-    write_file(&out.join("export.json"), text.as_bytes())?;
+    write_file(&out.join(EXPORT_FILE), text.as_bytes())?;
     Ok(exported)
 }
 

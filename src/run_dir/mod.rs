@@ -398,15 +398,15 @@ impl RunDir {
     /// directories; the first few named), whose files it would mix with its own (and `micn
     /// report`, which takes a run's directory for one run, would not look below it), or it lies
     /// in another run's own `checkpoints/`, `abandoned/` or `logs/`, which that run's
-    /// `--overwrite` deletes. A run's own directory is its own (a branch of it may have been made
-    /// below it since).
+    /// `--overwrite` deletes (where `run.dir` resolves, through links). A run's own directory is
+    /// its own (a branch of it may have been made below it since).
     pub fn foreign_contents(&self) -> Option<String> {
         const SHOWN: usize = 3;
         if self.holds_run() {
             return None;
         }
-        let absolute = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
-        for dir in absolute.ancestors() {
+        // Where the run's files land: through a link into another run's directories too.
+        for dir in crate::io_error::resolved(&self.path).ancestors() {
             let (Some(name), Some(parent)) = (dir.file_name(), dir.parent()) else { continue };
             if ["checkpoints", ABANDONED_DIR, "logs"].contains(&&*name.to_string_lossy())
                 && RunDir::new(parent).holds_run()

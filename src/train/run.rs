@@ -395,17 +395,22 @@ fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Opti
     Ok(serde_json::from_str::<Summary>(&agreed).ok().filter(|s| s.steps == step && !s.stopped_by_signal))
 }
 
-/// `data_dir` holds a dataset (its `dataset.json`), or the error names the key and the way out (a
-/// file there is no dataset either). What cannot be looked into is left to [`Dataset::open`],
-/// which names the OS's reason.
-pub fn check_dataset_there(data_dir: &Path) -> Result<(), TrainError> {
+/// `data_dir` holds a dataset (its `dataset.json`), or the error names `key` (`data.dir`,
+/// `--data`) and the way out (a file there is no dataset either, nor `micn data export`'s
+/// arrays). What cannot be looked into is left to [`Dataset::open`], which names the OS's reason.
+pub fn check_dataset_there(data_dir: &Path, key: &'static str) -> Result<(), TrainError> {
     let not_a_directory = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTDIR);
+    let data = data_dir.to_path_buf();
     match data_dir.join("dataset.json").try_exists() {
         Ok(false) => {
             let relative = if data_dir.is_relative() { ", relative to the current directory" } else { "" };
-            Err(TrainError::NoDataset { data: data_dir.to_path_buf(), relative })
+            let export = match data_dir.join(crate::data::export::EXPORT_FILE).is_file() {
+                true => ": it holds `micn data export`'s arrays, written for other trainers",
+                false => "",
+            };
+            Err(TrainError::NoDataset { data, key, export, relative })
         }
-        Err(e) if not_a_directory(&e) => Err(TrainError::NoDataset { data: data_dir.to_path_buf(), relative: "" }),
+        Err(e) if not_a_directory(&e) => Err(TrainError::NoDataset { data, key, export: "", relative: "" }),
         _ => Ok(()),
     }
 }
@@ -523,11 +528,10 @@ fn continuation(run_dir: &RunDir, asked: &Resume) -> Resume {
     }
 }
 
-/// Whether `path` lies inside `dir` (both as they resolve on disk, where they exist).
+/// Whether `path` lies inside `dir`, both as they resolve on disk ([`crate::io_error::resolved`]:
+/// links followed as far as the path exists).
 fn within(path: &Path, dir: &Path) -> bool {
-    // A path that does not exist (yet) cannot be canonicalised: made absolute as it is written.
-    let resolve = |p: &Path| p.canonicalize().or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf());
-    resolve(path).starts_with(resolve(dir))
+    crate::io_error::resolved(path).starts_with(crate::io_error::resolved(dir))
 }
 
 /// Every rank learns the outcome of what only rank 0 did: rank 0 returns its own error, the
@@ -590,7 +594,7 @@ pub fn train_until(
         tracing::info!(on = deterministic::is_on()?, "libtorch's deterministic algorithms (train.deterministic)");
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
-    check_dataset_there(&cfg.data.dir)?;
+    check_dataset_there(&cfg.data.dir, "data.dir")?;
     let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
     let watchdog = match cfg.train.watchdog_seconds {
         0 => None,

@@ -19,7 +19,7 @@ use crate::dist::Communicator;
 use crate::metrics::retrieval::{merge_top_n, retrieval_metrics, RetrievalMetrics};
 use crate::model::embeddings::BatchIds;
 use crate::network::Network;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, RunDirError};
 
 /// Which samples `micn eval` and `micn predict` score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,20 +71,27 @@ impl Saved {
         } else {
             let run = RunDir::new(dir);
             let cfg = run.read_config()?;
-            if !run.model().exists() {
+            let newest_checkpoint = || {
                 let newest = checkpoint::latest(&run.checkpoints()).0.map(|(path, _)| path);
-                let remedy = newest.map_or_else(
+                newest.map_or_else(
                     || "it has no checkpoint yet".to_string(),
                     |p| format!("score its newest checkpoint with --checkpoint {}", p.display()),
-                );
-                return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy });
-            }
-            let summary = run.read_summary().ok().flatten();
-            if let Some(summary) = &summary {
-                run.check_model(summary)?;
-            }
-            let edited = summary.as_ref().and_then(|summary| edited_config(&run, &cfg, summary));
-            (cfg, summary.and_then(|s| s["vocabularies"].as_str().map(String::from)), edited)
+                )
+            };
+            // The run's end is its model, then its summary (which vouches for the model file,
+            // the configuration and the vocabularies): without either, the run has not finished.
+            let summary = match run.model().exists().then(|| run.read_summary()).transpose() {
+                Ok(Some(Some(summary))) => summary,
+                Ok(_) => return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy: newest_checkpoint() }),
+                Err(RunDirError::Invalid { path, message }) => {
+                    let message = format!("{message}: the run's summary is damaged; {}", newest_checkpoint());
+                    return Err(RunDirError::Invalid { path, message }.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            run.check_model(&summary)?;
+            let edited = edited_config(&run, &cfg, &summary);
+            (cfg, summary["vocabularies"].as_str().map(String::from), edited)
         };
         // What cannot be found or built from a configuration edited since is said to come from it
         // (an empty `config.toml` names the default dataset "trained on", and a default model).
@@ -117,9 +124,13 @@ impl Saved {
         }
         super::run::use_threads(cfg.train.threads, comm);
         let device = pick_device(cfg.device, comm.local_rank())?;
-        if data_dir.is_none() && !cfg.data.dir.join("dataset.json").exists() {
-            let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
-            return Err(TrainError::DatasetGone { saved: dir.to_path_buf(), data: cfg.data.dir.clone(), relative });
+        match data_dir {
+            Some(given) => super::run::check_dataset_there(given, "--data")?,
+            None if !cfg.data.dir.join("dataset.json").exists() => {
+                let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
+                return Err(TrainError::DatasetGone { saved: dir.to_path_buf(), data: cfg.data.dir.clone(), relative });
+            }
+            None => {}
         }
         let dataset = Dataset::open(&cfg.data.dir)?;
         check_history(&cfg, &dataset)?;

@@ -96,10 +96,10 @@ pub enum TrainError {
     /// `micn train` where `data.dir` names no dataset: one not prepared yet, or a relative path
     /// run from another directory.
     #[error(
-        "{data}: no dataset there (no dataset.json), and data.dir names it{relative}: prepare one there first \
-         (`micn prepare ... --out {data}`), or set data.dir to a prepared dataset"
+        "{data}: no dataset there (no dataset.json{export}), and {key} names it{relative}: prepare one there first \
+         (`micn prepare ... --out {data}`), or give {key} a prepared dataset's directory"
     )]
-    NoDataset { data: PathBuf, relative: &'static str },
+    NoDataset { data: PathBuf, key: &'static str, export: &'static str, relative: &'static str },
     /// A saved model whose scores are NaN: `eval` and `predict` refuse it alike.
     #[error(
         "{path}: the model's scores of the {set} set are not finite ({nan} of {total} are NaN): its parameters hold \
@@ -190,7 +190,9 @@ pub enum TrainError {
          construction); give N below {items}"
     )]
     RetrievalListTooLong { n: usize, items: usize },
-    #[error("{dir}: the run has not finished (its model.safetensors is written at the end): {remedy}")]
+    #[error(
+        "{dir}: the run has not finished (its model.safetensors and summary.json are written at the end): {remedy}"
+    )]
     Unfinished { dir: PathBuf, remedy: String },
     #[error(
         "the run holds out no validation samples (data.valid_share = {share}): give --split test or --split train"

@@ -127,13 +127,40 @@ fn the_validation_split_of_a_run_without_one_is_refused_by_eval_and_predict() {
         assert!(stderr.contains("the run holds out no validation samples (data.valid_share = 0)"), "{stderr}");
     }
     assert!(!out.exists());
-    // A run that has not written its model yet (one still training) points at its newest checkpoint.
-    std::fs::remove_file(run.join("model.safetensors")).unwrap();
-    let unfinished = Command::new(micn_bin()).args(["eval", "--run"]).arg(&run).output().unwrap();
-    let stderr = String::from_utf8_lossy(&unfinished.stderr);
-    assert_eq!(unfinished.status.code(), Some(3), "{stderr}");
+    // `--data` that names no dataset: `micn data export`'s arrays, a typo.
+    let export = tmp.path().join("export");
+    run_ok(Command::new(micn_bin()).args(["data", "export"]).arg(&cfg.data.dir).arg("--out").arg(&export));
+    for (data, said) in [(export.clone(), "it holds `micn data export`'s arrays"), (tmp.path().join("dta"), "")] {
+        let refused =
+            Command::new(micn_bin()).args(["eval", "--run"]).arg(&run).arg("--data").arg(&data).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{stderr}");
+        let names = format!("{}: no dataset there (no dataset.json", data.display());
+        assert!(stderr.contains(&names) && stderr.contains("and --data names it") && stderr.contains(said), "{stderr}");
+    }
+    // A run whose end is damaged or half written (killed between its model and its summary), or
+    // not written yet (one still training), points at its newest checkpoint: without its summary
+    // the model file, configuration and vocabularies are vouched for by nothing.
     let newest = run.join("checkpoints").join(micn::checkpoint::dir_name(2));
-    assert!(stderr.contains(&format!("the run has not finished (its model.safetensors is written at the end): score its newest checkpoint with --checkpoint {}", newest.display())), "{stderr}");
+    let remedy = format!("score its newest checkpoint with --checkpoint {}", newest.display());
+    let summary = std::fs::read(run.join("summary.json")).unwrap();
+    std::fs::write(run.join("summary.json"), &summary[..summary.len() / 2]).unwrap();
+    let unfinished = "the run has not finished (its model.safetensors and summary.json are written at the end)";
+    let damaged = "the run's summary is damaged";
+    for (said, then_remove) in
+        [(damaged, Some("summary.json")), (unfinished, Some("model.safetensors")), (unfinished, None)]
+    {
+        let refused = Command::new(micn_bin()).args(["eval", "--run"]).arg(&run).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{said}; {remedy}")) || stderr.contains(&format!("{said}: {remedy}")),
+            "{stderr}"
+        );
+        if let Some(file) = then_remove {
+            std::fs::remove_file(run.join(file)).unwrap();
+        }
+    }
 }
 
 #[test]

@@ -194,6 +194,12 @@ fn a_run_dir_that_holds_other_runs_or_a_dataset_is_refused_and_left_as_it_was() 
     let e = train_refused(&inside, &[]);
     assert!(e.contains(&format!("lies in the run {}'s own checkpoints/", base.display())), "{e}");
     assert!(!inside.exists());
+    // Through a link to them too: the files would land there all the same.
+    let link = tmp.path().join("to-base-logs");
+    std::os::unix::fs::symlink(base.join("logs"), &link).unwrap();
+    let e = train_refused(&link.join("mine"), &[]);
+    assert!(e.contains(&format!("lies in the run {}'s own logs/", base.display())), "{e}");
+    assert!(!base.join("logs/mine").exists());
     // A dataset's directory.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();

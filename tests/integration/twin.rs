@@ -558,7 +558,9 @@ fn the_twin_refuses_a_damaged_model_file_naming_it() {
     for (key, value) in [("mind_interests", "\"x\""), ("mind_pow_p", "\"abc\""), ("mind_routing_iters", "[1, 2]")] {
         let edited = tmp.path().join(format!("mind-{key}"));
         std::fs::create_dir_all(&edited).unwrap();
-        std::fs::copy(mind.join("model.safetensors"), edited.join("model.safetensors")).unwrap();
+        for file in ["model.safetensors", "summary.json"] {
+            std::fs::copy(mind.join(file), edited.join(file)).unwrap();
+        }
         let lines: Vec<String> = config
             .lines()
             .map(|l| if l.starts_with(&format!("{key} = ")) { format!("{key} = {value}") } else { l.to_string() })
@@ -833,6 +835,14 @@ sys.exit(cli.main(sys.argv[2:]))
         cmd.arg(&export).arg(&damaged_run).arg("--out").arg(&out),
         3,
         &["damaged-run/model.safetensors", "model_xxh3", "not the one the run wrote"],
+    );
+    // Without its summary (killed between its model and its summary), the run has not finished.
+    std::fs::remove_file(damaged_run.join("summary.json")).unwrap();
+    let mut cmd = twin(&["score", "--export"]);
+    refused_with(
+        cmd.arg(&export).arg(&damaged_run).arg("--out").arg(&out),
+        3,
+        &["damaged-run: the run has not finished (its model.safetensors and summary.json are written at the end)"],
     );
     assert!(!out.exists());
     // The command line: argparse's errors in one line with status 3; `--out` checked first.
