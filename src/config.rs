@@ -644,6 +644,19 @@ fn is_section(key: &str) -> bool {
     key.split('.').try_fold(&defaults, |value, part| value.get(part)).is_some_and(toml::Value::is_table)
 }
 
+/// The first key of `table` (dotted, after `prefix`) that is a section in `defaults` but holds
+/// something other than a table.
+fn section_given_a_value(table: &toml::Table, defaults: &toml::Value, prefix: &str) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let section = defaults.get(key).filter(|d| d.is_table())?;
+        let dotted = format!("{prefix}{key}");
+        match value.as_table() {
+            Some(inner) => section_given_a_value(inner, section, &format!("{dotted}.")),
+            None => Some(dotted),
+        }
+    })
+}
+
 /// Merge `given` into `into`: nested tables key by key, anything else replaced.
 fn merge(into: &mut toml::Table, given: &toml::Table) {
     for (key, value) in given {
@@ -739,13 +752,16 @@ impl Config {
                 })
                 .map_or_else(|| file_origin.to_string(), |o| o.origin.clone())
         };
+        // A section given a value (`train = [3, 7]`, `[[data]]`, `--set train=[1]`) would be read
+        // field by field in order, or name a field's type: refused as what it is.
+        let defaults = toml::Value::try_from(Config::default()).expect("the defaults serialise");
+        if let Some(key) = section_given_a_value(&table, &defaults, "") {
+            return Err(ConfigError::Key { origin: origin_of(&key), key, message: SECTION_GIVEN_A_VALUE.into() });
+        }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             // The path includes the offending key, unknown ones too.
             let key = e.path().to_string();
             let mut message = e.inner().to_string();
-            if message.contains(", expected struct ") && is_section(&key) {
-                message = SECTION_GIVEN_A_VALUE.into();
-            }
             if message.starts_with("invalid type: string \"")
                 && (message.contains("expected u") || message.contains("expected f"))
             {
@@ -771,6 +787,17 @@ impl Config {
             message,
         })?;
         Ok(config)
+    }
+
+    /// Validate a configuration built in code (a benchmark's, from its options) as [`Config::load`]
+    /// validates one it reads; an error names `origin` (the options it came from) and the key.
+    pub fn checked(self, origin: &str) -> Result<Self, ConfigError> {
+        self.validate().map_err(|(key, message)| ConfigError::Key {
+            origin: origin.into(),
+            key: key.into(),
+            message,
+        })?;
+        Ok(self)
     }
 
     /// Range checks that types cannot express; returns the offending key and why.
@@ -1259,6 +1286,21 @@ mod tests {
                 (origin.as_str(), key.as_str(), message.as_str()),
                 ("--set train=1", "train", "is a section (a table of keys), not a value")
             );
+        }
+        // An array for a section would be read field by field in order (`train = [3, 7]`:
+        // epochs 3, max_steps 7), and `--set train=[1]` would replace the file's section.
+        let (_d, path) = write("[train]\nlr = 0.5\n");
+        let sets = [Override::parse("train=[1]").unwrap()];
+        let (origin, key, message) = key_error(Config::load(Some(&path), &sets).unwrap_err());
+        assert_eq!(
+            (origin.as_str(), key.as_str(), message.as_str()),
+            ("--set train=[1]", "train", SECTION_GIVEN_A_VALUE)
+        );
+        for text in ["train = [3, 7]\n", "[[data]]\ndir = \"d\"\n"] {
+            let (_d, path) = write(text);
+            let (origin, key, message) = key_error(Config::load(Some(&path), &[]).unwrap_err());
+            assert_eq!((origin.as_str(), message.as_str()), (path.to_str().unwrap(), SECTION_GIVEN_A_VALUE), "{text}");
+            assert!(["train", "data"].contains(&key.as_str()), "{key}");
         }
     }
 

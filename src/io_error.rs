@@ -68,11 +68,29 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
         create_dirs(dir)?;
     }
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = target.with_file_name(format!(".{name}.partial"));
+    let tmp = target.with_file_name(partial_name(&name, 0));
     write(&tmp).and_then(|()| std::fs::rename(&tmp, &target)).map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         PathIo { path: path.to_path_buf(), source }
     })
+}
+
+/// The hidden name under which an output named `name` is built: `.NAME.partial`, leaving `room`
+/// bytes for what the caller appends. Where that would pass the 255 bytes a file name may hold
+/// (a legal `NAME` of up to 255), `NAME` is cut short and its hash appended to what is kept, so
+/// that two such outputs in one directory still build apart.
+pub fn partial_name(name: &str, room: usize) -> String {
+    const NAME_MAX: usize = 255;
+    let full = format!(".{name}.partial");
+    if full.len() + room <= NAME_MAX {
+        return full;
+    }
+    let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
+    let mut keep = NAME_MAX.saturating_sub(room + ".".len() + hash.len() + ".partial".len());
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!(".{}{hash}.partial", &name[..keep])
 }
 
 /// `path`, or what it names when it is a symbolic link, through any chain of links (a link to
@@ -283,6 +301,19 @@ mod tests {
         assert!(e.to_string().contains("out.csv") && e.to_string().contains("No space"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one");
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no partial file left");
+    }
+
+    #[test]
+    fn an_output_of_the_longest_name_a_file_may_have_is_built_under_a_name_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        // 255 bytes, 2 of them per `é`: `.NAME.partial` would be 264.
+        let long = format!("{}{}.csv", "é".repeat(100), "x".repeat(51));
+        assert_eq!(long.len(), 255);
+        replace_file(&dir.path().join(&long), write_text("whole")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join(&long)).unwrap(), "whole");
+        let (a, b) = (partial_name(&long, 11), partial_name(&format!("{long}!"), 11));
+        assert!(a.len() + 11 <= 255 && a.starts_with(".éé") && a.ends_with(".partial") && a != b, "{a} {b}");
+        assert_eq!(partial_name("out.csv", 11), ".out.csv.partial", "a short name is kept whole");
     }
 
     #[test]

@@ -1117,6 +1117,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             let present = run_dir.present_files();
             let refusals = [
                 micn::train::check_dataset_there(&cfg.data.dir, "data.dir").err(),
+                micn::train::check_run_dir_path(&cfg.run.dir).err(),
                 run_dir.foreign_contents().map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
                 (resume == micn::train::Resume::Fresh && !present.is_empty())
                     .then(|| TrainError::RunExists { path, files: present.join(", ") }),

@@ -185,6 +185,8 @@ pub fn run(opts: &DistOptions) -> Result<DistReport, TrainError> {
     cfg.model.kind = ModelKind::Din;
     cfg.train.threads = 1;
     cfg.train.eval_every_steps = 0;
+    // `--samples` decides each run's length (its steps), not the default two epochs.
+    cfg.train.epochs = crate::config::limits::EPOCHS;
     let config_path = opts.work_dir.join("bench.toml");
     let io = |source| TrainError::Io(PathIo { path: config_path.clone(), source });
     std::fs::write(&config_path, cfg.to_toml()).map_err(io)?;

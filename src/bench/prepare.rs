@@ -190,7 +190,7 @@ pub fn run(opts: &PrepareBenchOptions) -> Result<PrepareBenchReport, BenchError>
         Some(path) => path.clone(),
         None => std::env::current_exe().map_err(io_err(Path::new("current executable")))?,
     };
-    std::fs::create_dir_all(&opts.work_dir).map_err(io_err(&opts.work_dir))?;
+    crate::io_error::create_dirs(&opts.work_dir)?;
     let idle = measure_child(Command::new(&micn).arg("--version"))?;
     let mut runs = Vec::with_capacity(opts.history_scales.len());
     for &scale in &opts.history_scales {

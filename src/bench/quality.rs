@@ -130,10 +130,21 @@ fn prepare(opts: &QualityOptions) -> Result<(SynthConfig, Protocol, PathBuf), Tr
     Ok((synth_cfg, protocol, data))
 }
 
+/// What the runs' configurations come from, for their errors.
+const OPTIONS: &str = "micn bench quality's options (--epochs, --lr, --seeds)";
+
 /// Train every model, in every [`MicnVariant`], for every seed.
 pub fn run(opts: &QualityOptions) -> Result<QualityReport, TrainError> {
     // Refused before any data is made when the device is missing.
     let device = super::device_label(opts.device.resolve()?);
+    // And so are options `micn train` would refuse in the runs' configurations.
+    for kind in ModelKind::ALL {
+        for micn in MicnVariant::ALL {
+            config(opts, &opts.work_dir, kind, micn, opts.seeds, &opts.work_dir)
+                .checked(OPTIONS)
+                .map_err(crate::run_dir::RunDirError::from)?;
+        }
+    }
     let (synth_cfg, protocol, data) = prepare(opts)?;
     let dataset = crate::data::Dataset::open(&data)?;
     let mut rows = Vec::new();

@@ -72,7 +72,7 @@ pub fn save(
     write_model: impl FnOnce(&Path) -> std::io::Result<()>,
     write_optimizer: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<PathBuf, CheckpointError> {
-    std::fs::create_dir_all(root).map_err(io(root))?;
+    crate::io_error::create_dirs(root)?;
     remove_leftovers(root)?;
     let tmp = root.join(partial_name(state.step));
     let done = root.join(dir_name(state.step));

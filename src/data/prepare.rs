@@ -230,9 +230,11 @@ impl Staging {
     }
 }
 
-/// `.NAME.partial-`, followed by the process id in a staging directory's name.
+/// `.NAME.partial-`, followed by the process id in a staging directory's name (`NAME` cut short
+/// where a long one would pass the length a file name may have: [`crate::io_error::partial_name`]).
 fn staging_prefix(name: &OsStr) -> String {
-    format!(".{}.partial-", name.to_string_lossy())
+    // A hyphen, and a process id of up to 10 digits.
+    format!("{}-", crate::io_error::partial_name(&name.to_string_lossy(), 11))
 }
 
 fn staging_name(name: &OsStr, pid: u32) -> String {

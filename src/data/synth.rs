@@ -347,8 +347,10 @@ fn draw_users(
     let p_more = extra_mean / (1.0 + extra_mean); // geometric extra length with this mean
     for u in 0..cfg.users {
         let k = 1 + rng.below(cfg.interests as u64) as usize;
+        // At most one interest per cluster (`--interests` may ask for more: capped, not allocated).
+        let k = k.min(clusters);
         let mut interests: Vec<(u32, f64)> = Vec::with_capacity(k);
-        while interests.len() < k.min(clusters) {
+        while interests.len() < k {
             let c = rng.below(clusters as u64) as u32;
             if !interests.iter().any(|(x, _)| *x == c) {
                 interests.push((c, -(1.0 - rng.next_f64()).ln())); // Exp(1): Dirichlet(1) after normalising
@@ -701,6 +703,24 @@ mod tests {
         let strip =
             |t: &str| t.lines().map(|l| l.split(", 'brand'").next().unwrap().to_string() + "}").collect::<Vec<_>>();
         assert_eq!(strip(&text), plain.lines().map(String::from).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn more_interests_than_clusters_are_capped_not_allocated() {
+        // 10^11 interests asked: each user holds at most one interest per cluster (6 here),
+        // instead of reserving room for 10^11 of them (1.3 TB) and failing out of memory.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SynthConfig {
+            users: 20,
+            items: 60,
+            clusters: 6,
+            interests: 100_000_000_000,
+            ..Preset::Quickstart.config(3)
+        };
+        generate(&cfg, dir.path()).unwrap();
+        let oracle = read_oracle(&dir.path().join(ORACLE_FILE)).unwrap();
+        assert_eq!(oracle.users.len(), 20);
+        assert!(oracle.users.values().all(|(_, interests)| (1..=6).contains(&interests.len())));
     }
 
     #[test]

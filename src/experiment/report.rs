@@ -29,6 +29,12 @@ pub enum ReportError {
     Plot(#[from] PlotError),
     #[error(transparent)]
     Output(#[from] crate::data::DataError),
+    /// An `--out` that is part of a run ([`crate::run_dir::RunDir::part_of_a_run`]): that run's
+    /// `--overwrite` or retention would delete the report.
+    #[error(
+        "{out}: {what}, which only the run writes (and its --overwrite or retention deletes): choose another --out"
+    )]
+    OutputInRun { out: PathBuf, what: String },
 }
 
 impl ReportError {
@@ -36,7 +42,7 @@ impl ReportError {
     /// the directories given, or a file that is missing or may not be read or written.
     pub fn is_input_error(&self) -> bool {
         match self {
-            Self::NoRuns { .. } => true,
+            Self::NoRuns { .. } | Self::OutputInRun { .. } => true,
             Self::Io(e) => e.is_lasting(),
             Self::Plot(_) => false,
             Self::Output(e) => e.is_input_error(),
@@ -620,6 +626,9 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
         let left_out =
             found.left_out.iter().map(|l| format!("{} ({})", l.dir.display(), l.why)).collect::<Vec<_>>().join("; ");
         return Err(ReportError::NoRuns { dirs: list(dirs), left_out });
+    }
+    if let Some(what) = RunDir::part_of_a_run(out) {
+        return Err(ReportError::OutputInRun { out: out.to_path_buf(), what });
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();

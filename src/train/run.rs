@@ -426,10 +426,7 @@ fn claim_run_dir(
     comm: &dyn Communicator,
     resume: &Resume,
 ) -> Result<(Option<RunLock>, Resume), TrainError> {
-    if cfg.run.dir.as_os_str().is_empty() {
-        return Err(TrainError::NoRunDir);
-    }
-    check_path_room(&cfg.run.dir)?;
+    check_run_dir_path(&cfg.run.dir)?;
     let run_dir = RunDir::new(&cfg.run.dir);
     let mut lock = None;
     let mut effective = resume.clone();
@@ -628,6 +625,15 @@ pub(crate) fn use_threads(configured: usize, comm: &dyn Communicator) {
     if let Some(threads) = threads_per_rank(configured, omp_threads, comm.local_size(), cores()) {
         tch::set_num_threads(threads as i32);
     }
+}
+
+/// Refuses what makes `run.dir` no place for a run, whatever is there: an empty path, or one too
+/// long ([`check_path_room`]).
+pub fn check_run_dir_path(dir: &Path) -> Result<(), TrainError> {
+    if dir.as_os_str().is_empty() {
+        return Err(TrainError::NoRunDir);
+    }
+    check_path_room(dir)
 }
 
 /// Refuses a run directory whose path leaves too little room for the paths the run writes below

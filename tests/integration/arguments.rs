@@ -65,6 +65,20 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
     // The prepare bench's synthetic reviews past the generator's limit: exit 3, as synth's own.
     let work = at("bench-prepare");
     refused(&["bench", "prepare", "--preset", "quickstart", "--users", "99999999999", "--work-dir", &work], "at most");
+    refused(
+        &["bench", "prepare", "--preset", "quickstart", "--work-dir", &at("afile")],
+        "afile: is a file, not a directory",
+    );
+    // The quality bench's runs get the checks `micn train` makes, before any data is made.
+    let work = at("bench-quality");
+    let quality = ["bench", "quality", "--preset", "quickstart", "--work-dir", &work];
+    for (flag, value, key) in [("--lr", "1e39", "train.lr"), ("--epochs", "99999999999", "train.epochs")] {
+        refused(
+            &[&quality[..], &[flag, value]].concat(),
+            &format!("micn bench quality's options (--epochs, --lr, --seeds): key `{key}`"),
+        );
+    }
+    assert!(!Path::new(&work).exists());
     for threads in ["0", "100000"] {
         refused(&["bench", "throughput", "--model", "din", "--threads", threads], "--threads must lie in [1, 1024]");
     }

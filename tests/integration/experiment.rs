@@ -318,6 +318,13 @@ fn report_names_what_it_leaves_out() {
         let out = run_ok(Command::new(micn_bin()).arg("report").arg(&runs).arg("--out").arg(&runs));
         assert!(String::from_utf8_lossy(&out.stdout).contains("1 runs; report:"));
     }
+    // But not into a run's own directories, which its --overwrite or retention deletes.
+    let inside = done.join("checkpoints/report");
+    let refused = Command::new(micn_bin()).arg("report").arg(&runs).arg("--out").arg(&inside).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("is a file in the run {}'s own checkpoints", done.display())), "{stderr}");
+    assert!(!inside.exists());
 }
 
 #[test]

@@ -156,6 +156,8 @@ fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
     assert!(warned.contains(&format!("{}: already holds a run (metrics.jsonl)", run.display())), "{warned}");
     assert_eq!(std::fs::read_dir(&run).unwrap().count(), 1, "nothing written");
     std::fs::remove_dir_all(&run).unwrap();
+    let warned = stderr(&print(&config, &["run.dir=\"\""]));
+    assert!(warned.contains("train would refuse this: run.dir is empty"), "{warned}");
     // And what `train` refuses, it refuses alike.
     let e = train_refused(&run, &["--print-config", "--set", "train.max_stps=1"]);
     assert!(e.contains("unknown field `max_stps`"), "{e}");

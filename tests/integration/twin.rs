@@ -791,6 +791,18 @@ sys.exit(cli.main(sys.argv[2:]))
         cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/serving.py")).args(args);
         refused_with(&mut cmd, 3, &[needle]);
     }
+    // Every timed call holds the batch size asked for: one that does not divide the split, and
+    // one larger than the split (which is repeated), as much as one that fits.
+    let mut cmd = Command::new(torch_python());
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/serving.py")).arg(&run).arg("--export").arg(&export);
+    let timed = run_ok(cmd.args(["--json", "--seconds", "0.05", "--batch", "7", "--batch", "100000"]));
+    let report: serde_json::Value = serde_json::from_slice(&timed.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{report}");
+    for row in rows {
+        let (batch, calls, samples) = (row["batch"].as_u64(), row["calls"].as_u64(), row["samples"].as_u64());
+        assert_eq!(samples, Some(batch.unwrap() * calls.unwrap()), "{row}");
+    }
     // A TorchScript file of a model of that dataset, for this run and its export.
     let other_run = tmp.path().join("other-run");
     let other_set = format!("data.dir={other_data:?}");
