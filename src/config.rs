@@ -638,10 +638,14 @@ impl Override {
 
 const SECTION_GIVEN_A_VALUE: &str = "is a section (a table of keys), not a value";
 
+/// The default configuration as TOML: its sections are tables.
+fn defaults() -> toml::Value {
+    toml::Value::try_from(Config::default()).expect("the defaults serialise")
+}
+
 /// Whether the dotted `key` names a section of the configuration (`train`), not a value.
 fn is_section(key: &str) -> bool {
-    let defaults = toml::Value::try_from(Config::default()).expect("the defaults serialise");
-    key.split('.').try_fold(&defaults, |value, part| value.get(part)).is_some_and(toml::Value::is_table)
+    key.split('.').try_fold(&defaults(), |value, part| value.get(part)).is_some_and(toml::Value::is_table)
 }
 
 /// The first key of `table` (dotted, after `prefix`) that is a section in `defaults` but holds
@@ -754,8 +758,7 @@ impl Config {
         };
         // A section given a value (`train = [3, 7]`, `[[data]]`, `--set train=[1]`) would be read
         // field by field in order, or name a field's type: refused as what it is.
-        let defaults = toml::Value::try_from(Config::default()).expect("the defaults serialise");
-        if let Some(key) = section_given_a_value(&table, &defaults, "") {
+        if let Some(key) = section_given_a_value(&table, &defaults(), "") {
             return Err(ConfigError::Key { origin: origin_of(&key), key, message: SECTION_GIVEN_A_VALUE.into() });
         }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {

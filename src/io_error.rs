@@ -67,30 +67,40 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dirs(dir)?;
     }
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = target.with_file_name(partial_name(&name, 0));
+    let tmp = target.with_file_name(hidden_name(target.file_name().unwrap_or_default(), "partial", 0));
     write(&tmp).and_then(|()| std::fs::rename(&tmp, &target)).map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         PathIo { path: path.to_path_buf(), source }
     })
 }
 
-/// The hidden name under which an output named `name` is built: `.NAME.partial`, leaving `room`
-/// bytes for what the caller appends. Where that would pass the 255 bytes a file name may hold
-/// (a legal `NAME` of up to 255), `NAME` is cut short and its hash appended to what is kept, so
-/// that two such outputs in one directory still build apart.
-pub fn partial_name(name: &str, room: usize) -> String {
+/// The hidden name `.NAME.KIND` (`.out.csv.partial`) of what stands for an output named `name`
+/// while it is built or replaced, leaving `room` bytes (at most 200) for what the caller appends.
+/// Where that would pass the 255 bytes a file name may hold (a legal `NAME` of up to 255), `NAME`
+/// is cut short (not inside a character) and its hash appended to what is kept, so that two such
+/// outputs in one directory still stand apart.
+pub fn hidden_name(name: &std::ffi::OsStr, kind: &str, room: usize) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
     const NAME_MAX: usize = 255;
-    let full = format!(".{name}.partial");
-    if full.len() + room <= NAME_MAX {
-        return full;
+    debug_assert!(room <= 200 && kind.len() <= 16, "room {room}, kind {kind}");
+    let bytes = name.as_bytes();
+    let mut hidden = vec![b'.'];
+    if 1 + bytes.len() + 1 + kind.len() + room <= NAME_MAX {
+        hidden.extend_from_slice(bytes);
+    } else {
+        let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(bytes));
+        let mut keep = NAME_MAX.saturating_sub(room + 1 + hash.len() + 1 + kind.len()).min(bytes.len());
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            while !text.is_char_boundary(keep) {
+                keep -= 1;
+            }
+        }
+        hidden.extend_from_slice(&bytes[..keep]);
+        hidden.extend_from_slice(hash.as_bytes());
     }
-    let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
-    let mut keep = NAME_MAX.saturating_sub(room + ".".len() + hash.len() + ".partial".len());
-    while !name.is_char_boundary(keep) {
-        keep -= 1;
-    }
-    format!(".{}{hash}.partial", &name[..keep])
+    hidden.push(b'.');
+    hidden.extend_from_slice(kind.as_bytes());
+    std::ffi::OsString::from_vec(hidden)
 }
 
 /// `path`, or what it names when it is a symbolic link, through any chain of links (a link to
@@ -311,9 +321,17 @@ mod tests {
         assert_eq!(long.len(), 255);
         replace_file(&dir.path().join(&long), write_text("whole")).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join(&long)).unwrap(), "whole");
-        let (a, b) = (partial_name(&long, 11), partial_name(&format!("{long}!"), 11));
+        let hidden = |name: &str, room| hidden_name(name.as_ref(), "partial", room).into_string().unwrap();
+        let (a, b) = (hidden(&long, 11), hidden(&format!("{long}!"), 11));
         assert!(a.len() + 11 <= 255 && a.starts_with(".éé") && a.ends_with(".partial") && a != b, "{a} {b}");
-        assert_eq!(partial_name("out.csv", 11), ".out.csv.partial", "a short name is kept whole");
+        assert_eq!(hidden("out.csv", 11), ".out.csv.partial", "a short name is kept whole");
+        // Cut where a 3-byte character would be split: kept whole or left out, never halved
+        // (`hidden` reads the name back as UTF-8).
+        let euros = "€".repeat(85);
+        for room in 0..=200 {
+            let cut = hidden(&euros, room);
+            assert!(cut.len() + room <= 255 && cut.starts_with(".€€€") && cut.ends_with(".partial"), "{room}: {cut}");
+        }
     }
 
     #[test]

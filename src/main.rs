@@ -1114,11 +1114,18 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             use micn::train::trainer::TrainError;
             let run_dir = micn::run_dir::RunDir::new(&cfg.run.dir);
             let path = cfg.run.dir.clone();
-            let present = run_dir.present_files();
+            // What is in run.dir matters only where its path is one (an empty one is not the
+            // working directory).
+            let refused_path = micn::train::check_run_dir_path(&cfg.run.dir).err();
+            let present = if refused_path.is_some() { Vec::new() } else { run_dir.present_files() };
             let refusals = [
                 micn::train::check_dataset_there(&cfg.data.dir, "data.dir").err(),
-                micn::train::check_run_dir_path(&cfg.run.dir).err(),
-                run_dir.foreign_contents().map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
+                refused_path
+                    .is_none()
+                    .then(|| run_dir.foreign_contents())
+                    .flatten()
+                    .map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
+                refused_path,
                 (resume == micn::train::Resume::Fresh && !present.is_empty())
                     .then(|| TrainError::RunExists { path, files: present.join(", ") }),
             ];

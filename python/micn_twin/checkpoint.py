@@ -248,15 +248,19 @@ def verify_run_model(directory) -> None:
     directory = Path(directory)
     path = directory / "summary.json"
     if not path.is_file():
-        raise FileFormatError(unfinished_run(directory))
+        raise FileFormatError(unfinished_run(directory) + "; or give the model file itself, which is not checked")
     try:
-        recorded = json.loads(path.read_bytes()).get("model_xxh3")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        summary = json.loads(path.read_bytes())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise FileFormatError(f"{path}: {e}: the run's summary is damaged; {newest_checkpoint(directory)}") from None
+    recorded = summary.get("model_xxh3")
     if not isinstance(recorded, str) or not CHECKSUMS:
         return
     model = directory / "model.safetensors"
     actual = f"{xxh3_64(model.read_bytes()):016x}"
-    if actual != recorded.lower():
+    if actual != recorded:
         raise FileFormatError(f"{model}: its checksum is {actual}, summary.json's model_xxh3 {recorded}: the file is "
-                              f"not the one the run wrote (micn refuses it too)")
+                              f"not the one the run wrote (micn refuses it too); `micn train --resume auto` on the "
+                              f"run writes it again, or {newest_checkpoint(directory)}")

@@ -19,6 +19,22 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
+/// [`digest`] of the file at `path`, read a piece at a time (a model file is not held in memory
+/// twice).
+pub(crate) fn file_digest(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let (mut file, mut hasher) = (std::fs::File::open(path)?, xxhash_rust::xxh3::Xxh3::new());
+    let mut piece = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut piece) {
+            Ok(0) => return Ok(format!("{:016x}", hasher.digest())),
+            Ok(n) => hasher.update(&piece[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Largest header accepted (the safetensors reference implementation's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 

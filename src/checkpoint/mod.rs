@@ -36,7 +36,7 @@ mod load;
 pub mod policy;
 mod save;
 
-pub(crate) use self::format::digest;
+pub(crate) use self::format::file_digest;
 pub use self::format::{SafetensorsLayout, TensorHeader};
 pub use self::load::{
     check_state, finished, latest, list, load_tensors_like, load_var_store, read_tensors, step_of, verify,

@@ -5,7 +5,7 @@ use super::format::{digest, Manifest};
 use super::{dir_name, io, policy, CheckpointError, State, FILES, MARKER};
 
 /// Name of the directory a checkpoint is written into before it is renamed into place.
-fn partial_name(step: u64) -> String {
+fn partial_dir_name(step: u64) -> String {
     format!(".{}.partial", dir_name(step))
 }
 
@@ -74,7 +74,7 @@ pub fn save(
 ) -> Result<PathBuf, CheckpointError> {
     crate::io_error::create_dirs(root)?;
     remove_leftovers(root)?;
-    let tmp = root.join(partial_name(state.step));
+    let tmp = root.join(partial_dir_name(state.step));
     let done = root.join(dir_name(state.step));
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     if let Err(e) = write_files(&tmp, state, write_model, write_optimizer) {

@@ -183,11 +183,9 @@ impl Staging {
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
         }
         // An output being replaced steps aside first, and comes back if the new one cannot move in.
-        let aside = self.out.with_file_name(format!(
-            ".{}.replaced-{}",
-            self.out.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
+        let mut aside = crate::io_error::hidden_name(self.out.file_name().unwrap_or_default(), "replaced", PID_ROOM);
+        aside.push(format!("-{}", std::process::id()));
+        let aside = self.out.with_file_name(aside);
         let replacing = self.replaces && self.out.exists();
         if replacing {
             std::fs::rename(&self.out, &aside).map_err(io(&self.out))?;
@@ -231,11 +229,13 @@ impl Staging {
 }
 
 /// `.NAME.partial-`, followed by the process id in a staging directory's name (`NAME` cut short
-/// where a long one would pass the length a file name may have: [`crate::io_error::partial_name`]).
+/// where a long one would pass the length a file name may have: [`crate::io_error::hidden_name`]).
 fn staging_prefix(name: &OsStr) -> String {
-    // A hyphen, and a process id of up to 10 digits.
-    format!("{}-", crate::io_error::partial_name(&name.to_string_lossy(), 11))
+    format!("{}-", crate::io_error::hidden_name(name, "partial", PID_ROOM).to_string_lossy())
 }
+
+/// A hyphen and a process id of up to 10 digits, after a hidden name.
+const PID_ROOM: usize = 11;
 
 fn staging_name(name: &OsStr, pid: u32) -> String {
     format!("{}{pid}", staging_prefix(name))
@@ -1175,6 +1175,19 @@ mod tests {
         std::os::unix::fs::symlink("a", &b).unwrap();
         let e = Staging::new(&a).err().expect("a loop is refused").to_string();
         assert!(e.contains("Too many levels of symbolic links"), "{e}");
+    }
+
+    #[test]
+    fn an_output_of_the_longest_name_a_file_may_have_is_built_and_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("d".repeat(255));
+        for text in [&b"first"[..], b"second"] {
+            let staging = Staging::replacing(&out, &["synth.json"]).unwrap();
+            staging.write("synth.json", text).unwrap();
+            staging.commit().unwrap();
+            assert_eq!(std::fs::read(out.join("synth.json")).unwrap(), text);
+        }
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing left beside it");
     }
 
     #[test]

@@ -708,7 +708,7 @@ mod tests {
     #[test]
     fn more_interests_than_clusters_are_capped_not_allocated() {
         // 10^11 interests asked: each user holds at most one interest per cluster (6 here),
-        // instead of reserving room for 10^11 of them (1.3 TB) and failing out of memory.
+        // instead of reserving room for 10^11 of them (1.6 TB) and failing out of memory.
         let dir = tempfile::tempdir().unwrap();
         let cfg = SynthConfig {
             users: 20,

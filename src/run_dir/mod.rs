@@ -579,7 +579,7 @@ impl RunDir {
         let mut digest = String::new();
         replace_file(&self.model(), |tmp| {
             crate::checkpoint::write_tensors(tmp, variables)?;
-            digest = crate::checkpoint::digest(&crate::oom::fallible(|| std::fs::read(tmp))?);
+            digest = crate::checkpoint::file_digest(tmp)?;
             Ok(())
         })?;
         Ok(digest)
@@ -595,18 +595,28 @@ impl RunDir {
     /// `summary.json`'s `model_xxh3` (a damaged disk, a file copied over it). A summary without
     /// one (written before it was kept) checks nothing.
     pub fn check_model(&self, summary: &serde_json::Value) -> Result<(), RunDirError> {
-        let Some(recorded) = summary["model_xxh3"].as_str() else { return Ok(()) };
+        let Some(recorded) = summary.get("model_xxh3").and_then(|v| v.as_str()) else { return Ok(()) };
         let path = self.model();
-        let bytes = crate::oom::fallible(|| std::fs::read(&path)).with_path(&path)?;
-        let actual = crate::checkpoint::digest(&bytes);
+        let actual = crate::checkpoint::file_digest(&path).with_path(&path)?;
         if actual == recorded {
             return Ok(());
         }
         let message = format!(
             "its checksum is {actual}, summary.json's model_xxh3 {recorded}: the file is not the one the run wrote \
-             (damaged, or replaced since); train the run again, or score one of its checkpoints with --checkpoint"
+             (damaged, or replaced since); `micn train --resume auto` on the run writes it again from its last \
+             checkpoint, or {}",
+            self.newest_checkpoint()
         );
         Err(RunDirError::Invalid { path, message })
+    }
+
+    /// What to score instead of the run's end, where it is missing or damaged: its newest
+    /// checkpoint, said as the way out.
+    pub fn newest_checkpoint(&self) -> String {
+        match crate::checkpoint::latest(&self.checkpoints()).0 {
+            Some((path, _)) => format!("score its newest checkpoint with --checkpoint {}", path.display()),
+            None => "it has no checkpoint yet".to_string(),
+        }
     }
 }
 
@@ -682,7 +692,7 @@ mod tests {
         let run = RunDir::new(tmp.path().join("run"));
         let variables = [("w".to_string(), Tensor::from_slice(&[1f32, 2., 3.]))];
         let digest = run.write_model(&variables).unwrap();
-        assert_eq!(digest, crate::checkpoint::digest(&std::fs::read(run.model()).unwrap()));
+        assert_eq!(digest, format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&std::fs::read(run.model()).unwrap())));
         let summary = serde_json::json!({ "model_xxh3": digest });
         run.check_model(&summary).unwrap();
         // One bit flipped in the data: the same size, the same header, another file.

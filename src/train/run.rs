@@ -385,10 +385,20 @@ fn resume_point(
 }
 
 /// The summary of a run that ended at `step`, as written (rank 0 reads it, every rank learns
-/// it); none when the run did not end there (no summary, a stop, another step, no model).
+/// it); none when the run did not end there (no summary, a stop, another step, no model, or a
+/// model file other than the summary records, which the resume then writes again).
 fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Option<Summary>, TrainError> {
     let text = match comm.rank() {
-        0 if run_dir.model().is_file() => std::fs::read_to_string(run_dir.summary()).unwrap_or_default(),
+        0 if run_dir.model().is_file() => {
+            let text = std::fs::read_to_string(run_dir.summary()).unwrap_or_default();
+            match serde_json::from_str(&text).map(|summary| run_dir.check_model(&summary)) {
+                Ok(Err(e)) => {
+                    tracing::warn!("{e}: the run's end is set aside and written again from its last checkpoint");
+                    String::new()
+                }
+                _ => text,
+            }
+        }
         _ => String::new(),
     };
     let agreed = String::from_utf8(comm.broadcast_vec(0, text.as_bytes())?).unwrap_or_default();
@@ -400,19 +410,27 @@ fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Opti
 /// arrays). What cannot be looked into is left to [`Dataset::open`], which names the OS's reason.
 pub fn check_dataset_there(data_dir: &Path, key: &'static str) -> Result<(), TrainError> {
     let not_a_directory = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTDIR);
+    let relative = match data_dir.join("dataset.json").try_exists() {
+        Ok(false) if data_dir.is_relative() => ", relative to the current directory",
+        Ok(false) => "",
+        Err(e) if not_a_directory(&e) => "",
+        _ => return Ok(()),
+    };
     let data = data_dir.to_path_buf();
-    match data_dir.join("dataset.json").try_exists() {
-        Ok(false) => {
-            let relative = if data_dir.is_relative() { ", relative to the current directory" } else { "" };
-            let export = match data_dir.join(crate::data::export::EXPORT_FILE).is_file() {
-                true => ": it holds `micn data export`'s arrays, written for other trainers",
-                false => "",
-            };
-            Err(TrainError::NoDataset { data, key, export, relative })
-        }
-        Err(e) if not_a_directory(&e) => Err(TrainError::NoDataset { data, key, export: "", relative: "" }),
-        _ => Ok(()),
-    }
+    let (export, remedy) = match data_dir.join(crate::data::export::EXPORT_FILE).is_file() {
+        true => (
+            ": it holds `micn data export`'s arrays, written for other trainers",
+            format!("give {key} the dataset's directory they were exported from"),
+        ),
+        false => (
+            "",
+            format!(
+                "prepare one there first (`micn prepare ... --out {}`), or give {key} a prepared dataset's directory",
+                data.display()
+            ),
+        ),
+    };
+    Err(TrainError::NoDataset { data, key, export, relative, remedy })
 }
 
 /// Make sure a run replaces nothing by accident: refuse an empty `run.dir`, a directory another

@@ -71,21 +71,21 @@ impl Saved {
         } else {
             let run = RunDir::new(dir);
             let cfg = run.read_config()?;
-            let newest_checkpoint = || {
-                let newest = checkpoint::latest(&run.checkpoints()).0.map(|(path, _)| path);
-                newest.map_or_else(
-                    || "it has no checkpoint yet".to_string(),
-                    |p| format!("score its newest checkpoint with --checkpoint {}", p.display()),
-                )
+            let damaged = |path: PathBuf, why: &dyn std::fmt::Display| -> TrainError {
+                let message = format!("{why}: the run's summary is damaged; {}", run.newest_checkpoint());
+                RunDirError::Invalid { path, message }.into()
             };
             // The run's end is its model, then its summary (which vouches for the model file,
             // the configuration and the vocabularies): without either, the run has not finished.
             let summary = match run.model().exists().then(|| run.read_summary()).transpose() {
-                Ok(Some(Some(summary))) => summary,
-                Ok(_) => return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy: newest_checkpoint() }),
-                Err(RunDirError::Invalid { path, message }) => {
-                    let message = format!("{message}: the run's summary is damaged; {}", newest_checkpoint());
-                    return Err(RunDirError::Invalid { path, message }.into());
+                Ok(Some(Some(summary))) if summary.is_object() => summary,
+                Ok(Some(Some(_))) => return Err(damaged(run.summary(), &"not a JSON object")),
+                Ok(_) => {
+                    return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy: run.newest_checkpoint() })
+                }
+                Err(RunDirError::Invalid { path, message }) => return Err(damaged(path, &message)),
+                Err(RunDirError::Io(e)) if e.source.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(damaged(e.path, &e.source))
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -93,6 +93,10 @@ impl Saved {
             let edited = edited_config(&run, &cfg, &summary);
             (cfg, summary["vocabularies"].as_str().map(String::from), edited)
         };
+        // A `--data` that names no dataset is the argument's fault, whatever the configuration.
+        if let Some(given) = data_dir {
+            super::run::check_dataset_there(given, "--data")?;
+        }
         // What cannot be found or built from a configuration edited since is said to come from it
         // (an empty `config.toml` names the default dataset "trained on", and a default model).
         Self::load_configured(dir, cfg, recorded, data_dir, device, comm).map_err(|source| match edited {
@@ -125,7 +129,7 @@ impl Saved {
         super::run::use_threads(cfg.train.threads, comm);
         let device = pick_device(cfg.device, comm.local_rank())?;
         match data_dir {
-            Some(given) => super::run::check_dataset_there(given, "--data")?,
+            Some(_) => {}
             None if !cfg.data.dir.join("dataset.json").exists() => {
                 let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
                 return Err(TrainError::DatasetGone { saved: dir.to_path_buf(), data: cfg.data.dir.clone(), relative });

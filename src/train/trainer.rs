@@ -95,11 +95,8 @@ pub enum TrainError {
     DatasetGone { saved: PathBuf, data: PathBuf, relative: &'static str },
     /// `micn train` where `data.dir` names no dataset: one not prepared yet, or a relative path
     /// run from another directory.
-    #[error(
-        "{data}: no dataset there (no dataset.json{export}), and {key} names it{relative}: prepare one there first \
-         (`micn prepare ... --out {data}`), or give {key} a prepared dataset's directory"
-    )]
-    NoDataset { data: PathBuf, key: &'static str, export: &'static str, relative: &'static str },
+    #[error("{data}: no dataset there (no dataset.json{export}), and {key} names it{relative}: {remedy}")]
+    NoDataset { data: PathBuf, key: &'static str, export: &'static str, relative: &'static str, remedy: String },
     /// A saved model whose scores are NaN: `eval` and `predict` refuse it alike.
     #[error(
         "{path}: the model's scores of the {set} set are not finite ({nan} of {total} are NaN): its parameters hold \

@@ -548,6 +548,32 @@ fn an_early_stopped_run_resumed_with_the_same_patience_is_finished_and_rewrites_
     assert!(longer["steps"].as_u64() > summary["steps"].as_u64(), "{longer}");
 }
 
+/// A finished run whose model file changed since (a flipped bit): `eval` refuses it, naming the
+/// way out, and `--resume auto` sets the damaged end aside and writes it again from the last
+/// checkpoint, byte for byte the model the run wrote.
+#[test]
+fn a_damaged_final_model_is_refused_and_written_again_by_resume_auto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let cfg = config(&dir, &["train.max_steps=6", "checkpoint.every_steps=3"]);
+    run(1, &cfg, &Resume::Fresh);
+    let written = model_bytes(&dir);
+    let mut damaged = written.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    std::fs::write(dir.join("model.safetensors"), &damaged).unwrap();
+    let out = std::process::Command::new(crate::micn_bin()).args(["eval", "--run"]).arg(&dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("is not the one the run wrote") && stderr.contains("`micn train --resume auto`"),
+        "{stderr}"
+    );
+    run(1, &cfg, &Resume::Auto);
+    assert!(model_bytes(&dir) == written, "the model written again is the one the run wrote");
+    let aside = std::fs::read_dir(dir.join("abandoned")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read(aside.join("model.safetensors")).unwrap(), damaged, "the damaged file is kept aside");
+}
+
 /// `micn train --config FILE ARGS` for the run `cfg` describes, as job `launch` of `micn-launch`
 /// would start it (`None`: by hand): its exit status and standard error.
 fn train_as(cfg: &Config, launch: Option<&str>, args: &[&str]) -> (Option<i32>, String) {
