@@ -1062,26 +1062,7 @@ impl<'a> Run<'a> {
     fn due_at_step(&mut self, time_due: bool, epoch: u64, measured: bool) -> Result<(), TrainError> {
         let (cfg, step) = (self.cfg, self.step);
         if step % cfg.train.log_every_steps == 0 || step == self.total_steps {
-            self.read_losses()?;
-            // Resumed from a stop after such a line was written: nothing is left to log.
-            if self.totals.logged_steps > 0 {
-                let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
-                let mut line = self.totals.line(cfg, (step, epoch), self.schedule.lr(step - 1), secs);
-                if measured {
-                    self.progress.update(
-                        step,
-                        line.loss_main.unwrap_or_default(),
-                        line.samples_per_sec.unwrap_or_default(),
-                    );
-                } else {
-                    line.samples_per_sec = None;
-                    if !self.totals.norms_known {
-                        (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm) = (None, None, None);
-                    }
-                }
-                self.metrics.write(&line)?;
-            }
-            self.window_started = Instant::now();
+            self.log_losses(epoch, measured)?;
         }
         // A checkpoint records the validation score of its own model: evaluate first.
         let every = |n: u64| n > 0 && step % n == 0;
@@ -1097,6 +1078,34 @@ impl<'a> Run<'a> {
             self.checkpoint_unless_written()?;
         }
         Ok(())
+    }
+
+    /// The metrics line of the losses since the previous one, if any step is left to log (a run
+    /// resumed from a stop after such a line was written has none); whether one was written.
+    /// `measured` as in [`Run::due_at_step`].
+    fn log_losses(&mut self, epoch: u64, measured: bool) -> Result<bool, TrainError> {
+        let (cfg, step) = (self.cfg, self.step);
+        self.read_losses()?;
+        let written = self.totals.logged_steps > 0;
+        if written {
+            let secs = self.window_started.elapsed().as_secs_f64().max(1e-9);
+            let mut line = self.totals.line(cfg, (step, epoch), self.schedule.lr(step - 1), secs);
+            if measured {
+                self.progress.update(
+                    step,
+                    line.loss_main.unwrap_or_default(),
+                    line.samples_per_sec.unwrap_or_default(),
+                );
+            } else {
+                line.samples_per_sec = None;
+                if !self.totals.norms_known {
+                    (line.grad_norm_main_e_aux, line.grad_norm_aux_e_aux, line.grad_norm) = (None, None, None);
+                }
+            }
+            self.metrics.write(&line)?;
+        }
+        self.window_started = Instant::now();
+        Ok(written)
     }
 
     /// A checkpoint of the last step, unless it has one already: one with its score, or one
@@ -1188,6 +1197,14 @@ impl<'a> Run<'a> {
                 self.checkpoint()?;
             }
         } else if step > 0 {
+            // An early stop ends the run where no metrics line may be due: the losses since the
+            // last one are logged, as at a run's last step, and a checkpoint of this step made at
+            // its evaluation, which holds them still, is written again without them.
+            if self.early_stopped && self.log_losses(self.last_steps_epoch(), step > self.resumed_at)? {
+                if self.checkpoints.last_step == Some(step) {
+                    self.checkpoint()?;
+                }
+            }
             // Both do nothing where this step was scored and checkpointed already.
             self.validate(self.last_steps_epoch())?;
             self.checkpoint_unless_written()?;

@@ -531,6 +531,16 @@ fn an_early_stopped_run_resumed_with_the_same_patience_is_finished_and_rewrites_
     let ended = end();
     let summary: serde_json::Value = serde_json::from_slice(&ended[0]).unwrap();
     assert_eq!(summary["early_stopped"], true, "the premise: {summary}");
+    // The losses of the steps after the last line are logged at the stop, once, as at a run's
+    // last step (the premise: the stop falls between two lines).
+    let loss_lines = || -> Vec<u64> {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        lines.filter(|l| !l["loss_main"].is_null()).map(|l| l["step"].as_u64().unwrap()).collect()
+    };
+    let stopped_at = summary["steps"].as_u64().unwrap();
+    assert!(stopped_at % patience(1).train.log_every_steps != 0, "the premise: {stopped_at}");
+    assert_eq!(loss_lines().last(), Some(&stopped_at), "{:?}", loss_lines());
     // A requeued job: nothing is trained, nothing rewritten.
     run(1, &patience(1), &Resume::Auto);
     assert!(end() == ended, "the early-stopped run's end was rewritten");
@@ -542,6 +552,7 @@ fn an_early_stopped_run_resumed_with_the_same_patience_is_finished_and_rewrites_
     let again: serde_json::Value = serde_json::from_slice(&end()[0]).unwrap();
     assert_eq!((&again["steps"], &again["early_stopped"]), (&summary["steps"], &serde_json::Value::Bool(true)));
     assert!(end()[1] == ended[1], "the same model");
+    assert_eq!(loss_lines().iter().filter(|&&s| s == stopped_at).count(), 1, "{:?}", loss_lines());
     // A raised patience trains on.
     run(1, &patience(100), &Resume::Auto);
     let longer: serde_json::Value = serde_json::from_slice(&end()[0]).unwrap();
