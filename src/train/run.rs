@@ -1200,10 +1200,11 @@ impl<'a> Run<'a> {
             // An early stop ends the run where no metrics line may be due: the losses since the
             // last one are logged, as at a run's last step, and a checkpoint of this step made at
             // its evaluation, which holds them still, is written again without them.
-            if self.early_stopped && self.log_losses(self.last_steps_epoch(), step > self.resumed_at)? {
-                if self.checkpoints.last_step == Some(step) {
-                    self.checkpoint()?;
-                }
+            if self.early_stopped
+                && self.log_losses(self.last_steps_epoch(), step > self.resumed_at)?
+                && self.checkpoints.last_step == Some(step)
+            {
+                self.checkpoint()?;
             }
             // Both do nothing where this step was scored and checkpointed already.
             self.validate(self.last_steps_epoch())?;
