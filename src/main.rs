@@ -744,6 +744,17 @@ macro_rules! ensure_usage {
     };
 }
 
+/// Refuse the root directory (however named: `/`, `/..`, a link to it) as the directory a command
+/// fills with its own files: `flag` names the argument, `whose` the files' owner.
+fn ensure_not_root(dir: &Path, flag: &str, whose: &str) -> anyhow::Result<()> {
+    ensure_usage!(
+        dir.canonicalize().map_or(true, |p| p.parent().is_some()),
+        "{flag} {}: the root directory; give {whose} a directory of its own",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// This process's rank as the launcher set it in the environment (OpenMPI's mpirun, Slurm's
 /// srun), for errors before the communicator exists.
 fn launcher_rank() -> Option<usize> {
@@ -1027,11 +1038,7 @@ fn train_inputs(
         "run.dir = {}: is a file, not a directory",
         cfg.run.dir.display()
     );
-    ensure_usage!(
-        cfg.run.dir.canonicalize().map_or(true, |p| p.parent().is_some()),
-        "run.dir = {}: the root directory; give the run a directory of its own",
-        cfg.run.dir.display()
-    );
+    ensure_not_root(&cfg.run.dir, "run.dir =", "the run")?;
     // The global batch splits evenly over the ranks.
     micn::data::shard::local_batch(cfg.train.global_batch_size, comm.size()).map_err(TrainError::from)?;
     Ok((cfg, resume))
@@ -1311,11 +1318,7 @@ fn sweep(args: SweepArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     spec.np = np.unwrap_or(spec.np);
     spec.out = out.unwrap_or(spec.out);
     spec.launch_args.extend(launch_args);
-    ensure_usage!(
-        spec.out.canonicalize().map_or(true, |p| p.parent().is_some()),
-        "--out {}: the root directory; give the sweep a directory of its own",
-        spec.out.display()
-    );
+    ensure_not_root(&spec.out, "--out", "the sweep")?;
     ensure_usage!(
         spec.launch_args.is_empty() || spec.np > 1,
         "--launch-arg (or the sweep file's launch_args) goes to micn-launch, which only runs of more than one rank \
@@ -1346,6 +1349,16 @@ fn report(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
 }
 
 fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    let work_dir = match &command {
+        BenchCommand::Quality { work_dir, .. }
+        | BenchCommand::Checkpoint { work_dir, .. }
+        | BenchCommand::Dist { work_dir, .. } => Some(work_dir),
+        BenchCommand::Prepare { work_dir, .. } => work_dir.as_ref(),
+        _ => None,
+    };
+    if let Some(dir) = work_dir {
+        ensure_not_root(dir, "--work-dir", "the benchmark")?;
+    }
     match command {
         BenchCommand::Quality { work_dir, preset, users, items, clusters, seeds, epochs, lr, device } => {
             use micn::bench::quality;

@@ -77,7 +77,8 @@ pub struct VocabFiles {
 pub enum CategorySource {
     /// The item metadata file given with `--meta`.
     Meta,
-    /// Prepared without `--meta`: every item is in `default_cat`.
+    /// Prepared without `--meta` (sequences: without `--category-attribute`): every item is in
+    /// `default_cat`.
     #[serde(rename = "none")]
     WithoutMeta,
     /// The category columns of DIEN's sample files (corrected by `item-info` where present).
@@ -90,7 +91,9 @@ impl std::fmt::Display for CategorySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             CategorySource::Meta => "from the meta file",
-            CategorySource::WithoutMeta => "none (prepared without --meta): every item is in `default_cat`",
+            CategorySource::WithoutMeta => {
+                "none (no --meta; sequences: no --category-attribute): every item is in `default_cat`"
+            }
             CategorySource::DienFiles => "from DIEN's sample files",
             CategorySource::Attributes => "one attribute of each item (--category-attribute)",
         })

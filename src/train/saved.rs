@@ -128,13 +128,10 @@ impl Saved {
         }
         super::run::use_threads(cfg.train.threads, comm);
         let device = pick_device(cfg.device, comm.local_rank())?;
-        match data_dir {
-            Some(_) => {}
-            None if !cfg.data.dir.join("dataset.json").exists() => {
-                let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
-                return Err(TrainError::DatasetGone { saved: dir.to_path_buf(), data: cfg.data.dir.clone(), relative });
-            }
-            None => {}
+        // (A `--data` was checked before the configuration was read.)
+        if data_dir.is_none() && !cfg.data.dir.join("dataset.json").exists() {
+            let relative = if cfg.data.dir.is_relative() { ", relative to the current directory" } else { "" };
+            return Err(TrainError::DatasetGone { saved: dir.to_path_buf(), data: cfg.data.dir.clone(), relative });
         }
         let dataset = Dataset::open(&cfg.data.dir)?;
         check_history(&cfg, &dataset)?;

@@ -79,6 +79,12 @@ fn bad_arguments_are_refused_with_status_3_naming_them_before_anything_is_writte
         );
     }
     assert!(!Path::new(&work).exists());
+    for bench in ["dist", "quality", "checkpoint", "prepare"] {
+        refused(
+            &["bench", bench, "--work-dir", "/"],
+            "--work-dir /: the root directory; give the benchmark a directory",
+        );
+    }
     for threads in ["0", "100000"] {
         refused(&["bench", "throughput", "--model", "din", "--threads", threads], "--threads must lie in [1, 1024]");
     }

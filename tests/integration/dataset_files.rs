@@ -251,7 +251,10 @@ fn a_reviews_file_without_meta_prepares_with_both_protocols_every_item_in_defaul
         let out = tmp.path().join(format!("{format}-{protocol}"));
         let done = run_ok(&mut prepare_without_meta(format, &reviews, &out, &["--protocol", protocol]));
         let said = String::from_utf8_lossy(&done.stdout).into_owned();
-        assert!(said.contains("categories: none (prepared without --meta)"), "{format} {protocol}: {said}");
+        assert!(
+            said.contains("categories: none (no --meta; sequences: no --category-attribute)"),
+            "{format} {protocol}: {said}"
+        );
         assert!(stderr(&done).contains("no --meta: every item is in category `default_cat`"), "{}", stderr(&done));
 
         let d = dataset_json(&out);
@@ -277,7 +280,7 @@ fn a_reviews_file_without_meta_prepares_with_both_protocols_every_item_in_defaul
 
         let stats = run_ok(micn().args(["data", "stats"]).arg(&out));
         let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
-        assert!(stats.contains("categories: none (prepared without --meta)"), "{stats}");
+        assert!(stats.contains("categories: none (no --meta; sequences: no --category-attribute)"), "{stats}");
         let json = run_ok(micn().args(["data", "stats", "--json"]).arg(&out));
         let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("stats --json is JSON");
         assert_eq!(json["category_source"], "none");
