@@ -206,7 +206,7 @@ pub(super) fn read_run(dir: &Path) -> Result<Run, String> {
     };
     let mut run = Run {
         dir: dir.to_path_buf(),
-        config: flatten(&config).into_iter().collect(),
+        config: flatten(&config).into_iter().map(same_path_same_text).collect(),
         test_auc: selected("test_auc")?,
         test_gauc: selected("test_gauc")?,
         test_logloss: selected("test_logloss")?,
@@ -280,6 +280,21 @@ fn number(v: &toml::Value) -> Option<f64> {
         toml::Value::Integer(i) => Some(*i as f64),
         toml::Value::Float(f) => Some(*f),
         _ => None,
+    }
+}
+
+/// The configuration's paths, written as the same path (`./data`, `data/`, `data/./x` as
+/// `data`, `data/x`), so that runs on one dataset spelt two ways group as repeats of one setting.
+/// Only the spelling goes: `..` and links stay (what they lead to depends on where the run ran).
+fn same_path_same_text((key, value): (String, toml::Value)) -> (String, toml::Value) {
+    const PATHS: [&str; 2] = ["data.dir", "model.mfn_pretrained"];
+    match value {
+        toml::Value::String(path) if PATHS.contains(&key.as_str()) && !path.is_empty() => {
+            let same: PathBuf = Path::new(&path).components().filter(|c| *c != std::path::Component::CurDir).collect();
+            let same = if same.as_os_str().is_empty() { ".".into() } else { same };
+            (key, toml::Value::String(same.to_string_lossy().into_owned()))
+        }
+        other => (key, other),
     }
 }
 
@@ -736,6 +751,18 @@ mod tests {
         );
         std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
         dir
+    }
+
+    #[test]
+    fn runs_on_one_dataset_spelt_two_ways_are_repeats_of_one_setting() {
+        let root = tempfile::tempdir().unwrap();
+        for (name, data, seed) in [("a", "ds", 1), ("b", "./ds/", 2), ("c", "other", 3)] {
+            run_with(root.path(), name, &format!("[data]\ndir = \"{data}\"\n[train]\nseed = {seed}\n"), 0.7);
+        }
+        let table = group(&discover(&[root.path().to_path_buf()]).runs);
+        assert_eq!(table.keys, ["data.dir"]);
+        let groups: Vec<(String, usize)> = table.groups.iter().map(|g| (show(&g.values[0]), g.runs.len())).collect();
+        assert_eq!(groups, [("ds".to_string(), 2), ("other".to_string(), 1)]);
     }
 
     #[test]
