@@ -1124,14 +1124,13 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
             // What is in run.dir matters only where its path is one (an empty one is not the
             // working directory).
             let refused_path = micn::train::check_run_dir_path(&cfg.run.dir).err();
-            let present = if refused_path.is_some() { Vec::new() } else { run_dir.present_files() };
+            let (foreign, present) = match refused_path {
+                Some(_) => (None, Vec::new()),
+                None => (run_dir.foreign_contents(), run_dir.present_files()),
+            };
             let refusals = [
                 micn::train::check_dataset_there(&cfg.data.dir, "data.dir").err(),
-                refused_path
-                    .is_none()
-                    .then(|| run_dir.foreign_contents())
-                    .flatten()
-                    .map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
+                foreign.map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
                 refused_path,
                 (resume == micn::train::Resume::Fresh && !present.is_empty())
                     .then(|| TrainError::RunExists { path, files: present.join(", ") }),
