@@ -177,10 +177,16 @@ impl DatasetMeta {
     /// older format is refused with what to do rather than with a missing field.
     pub fn read(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join("dataset.json");
+        let invalid = |message: String| DataError::Invalid { path: path.clone(), message };
+        // `micn prepare` writes a file; a pipe or a device there would be waited on, or read forever.
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(invalid(
+                "not a regular file (a directory, a pipe or a device): `micn prepare` writes this file".into(),
+            ));
+        }
         let text = crate::io_error::read_text_file(&path).with_path(&path)?;
         // A byte-order mark (a Windows editor saved it) is not part of the document.
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let invalid = |message: String| DataError::Invalid { path: path.clone(), message };
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
@@ -445,6 +451,21 @@ mod tests {
         std::fs::write(dir.path().join("dataset.json"), format!(r#"{{"format_version": {FORMAT_VERSION}}}"#)).unwrap();
         let e = DatasetMeta::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("dataset.json: not a dataset description: missing field"), "{e}");
+    }
+
+    #[test]
+    fn a_dataset_description_that_is_a_pipe_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dataset.json");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Opening a FIFO with no writer would block this test for ever.
+        let e = DatasetMeta::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("dataset.json: not a regular file") && e.contains("`micn prepare` writes"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let e = DatasetMeta::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("dataset.json: not a regular file"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Stats {
     pub cats: u64,
     /// `meta`, `none` (prepared without `--meta`: every item in `default_cat`) or `dien_files`.
     pub category_source: CategorySource,
+    /// Items (id 0 aside) in category 0, `default_cat`: those the category source gives none.
+    pub items_in_default_cat: u64,
     pub train: SplitStats,
     pub test: SplitStats,
     pub oracle_auc: Option<f64>,
@@ -87,6 +89,7 @@ pub fn compute(d: &Dataset) -> Stats {
         items: d.vocab.items.len() as u64,
         cats: d.vocab.cats.len() as u64,
         category_source: d.meta.categories,
+        items_in_default_cat: d.vocab.item_cat.iter().skip(1).filter(|&&c| c == 0).count() as u64,
         train: split(d.train.samples()),
         test: split(d.test.samples()),
         oracle_auc: d.meta.oracle_auc,
@@ -106,17 +109,29 @@ impl std::fmt::Display for Stats {
             self.source, self.protocol, self.seed, self.max_hist_len
         )?;
         // Sequences and interactions hold behaviours of any kind, not reviews (the JSON key
-        // stays `reviews`).
+        // stays `reviews`); DIEN's files count the lines of their `reviews-info`, when given.
         let behaviours = match self.source.as_str() {
-            "sequences" | "interactions" => "behaviours",
-            _ => "reviews",
+            "sequences" | "interactions" => format!("behaviours {}", self.reviews),
+            "dien_files" if self.reviews == 0 => "reviews unknown (no reviews-info)".into(),
+            "dien_files" => format!("reviews (reviews-info) {}", self.reviews),
+            _ => format!("reviews {}", self.reviews),
         };
         writeln!(
             f,
-            "{behaviours} {}  vocabularies (with id 0): users {}  items {}  categories {}",
-            self.reviews, self.users, self.items, self.cats
+            "{behaviours}  vocabularies (with id 0): users {}  items {}  categories {}",
+            self.users, self.items, self.cats
         )?;
-        writeln!(f, "categories: {}", self.category_source)?;
+        let item_count = self.items.saturating_sub(1);
+        match self.category_source {
+            // Every item: the line says so already.
+            CategorySource::WithoutMeta => writeln!(f, "categories: {}", self.category_source)?,
+            _ if self.items_in_default_cat == 0 => writeln!(f, "categories: {}", self.category_source)?,
+            _ => writeln!(
+                f,
+                "categories: {}; {} of the {item_count} items have none there and are in `default_cat`",
+                self.category_source, self.items_in_default_cat
+            )?,
+        }
         for (name, s) in [("train", &self.train), ("test", &self.test)] {
             writeln!(
                 f,

@@ -76,6 +76,9 @@ fn amazon_2018_meta_fills_brand_category_levels_and_price_buckets() {
     assert_eq!(coverage, expected.map(|(f, n)| (f.to_string(), n)), "{s}");
     let text = String::from_utf8(run_ok(Command::new(micn_bin()).args(["data", "stats"]).arg(&out)).stdout).unwrap();
     assert!(text.contains("item attributes: 6 per item") && text.contains("brand        119 items (80.4 %)"), "{text}");
+    // The two items without a category path are in `default_cat` (as `prepare` said).
+    assert_eq!(s["items_in_default_cat"], 2, "{s}");
+    assert!(text.contains("categories: from the meta file; 2 of the 148 items have none there"), "{text}");
 
     // A damaged table is refused at open, naming it.
     let table = out.join("item_attributes.u32");

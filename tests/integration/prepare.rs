@@ -391,6 +391,18 @@ fn real_dien_sample_round_trips_ids_with_and_without_vocabulary_pickles() {
     assert_round_trip(&data, &lines);
     // reviews-info gives the popularity counts: 1,000 reviews.
     assert_eq!(data.meta.counts.reviews, 1000);
+    let stats = |out: &Path| String::from_utf8(run_ok(micn().args(["data", "stats"]).arg(out)).stdout).unwrap();
+    assert!(stats(&tmp.path().join("by-frequency")).starts_with("source dien_files"), "the data stats below");
+    assert!(stats(&tmp.path().join("by-frequency")).contains("\nreviews (reviews-info) 1000  vocabularies"));
+    // Without reviews-info the number of reviews is not known, not 0.
+    let without = tmp.path().join("dien-without-reviews-info");
+    std::fs::create_dir(&without).unwrap();
+    for name in ["local_train_splitByUser", "local_test_splitByUser", "item-info"] {
+        std::fs::copy(dir.join(name), without.join(name)).unwrap();
+    }
+    let out = tmp.path().join("without-reviews-info");
+    run_ok(micn().args(["prepare", "--input-format", "dien", "--dien-dir"]).arg(&without).arg("--out").arg(&out));
+    assert!(stats(&out).contains("\nreviews unknown (no reviews-info)  vocabularies"), "{}", stats(&out));
 
     // With DIEN's vocabulary pickles the ids are the pickles' ids. Give them an order unlike
     // frequency order (reverse by name), DIEN's conventions: users from 0, `default_mid` and
