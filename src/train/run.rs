@@ -1154,12 +1154,22 @@ impl<'a> Run<'a> {
     }
 
     /// How the model after the last step shows that its update broke it, when it does: a
-    /// parameter NaN or infinite, or logits of the first training samples that are (a validation
-    /// score takes an infinite logit for a sure click, so it is no such check). A checkpoint of
-    /// it could only be resumed into the same failure, at the next step.
+    /// parameter NaN or infinite, an Adam moment that is (an overflowed `v` leaves its parameter
+    /// finite but frozen for good: `m / sqrt(inf)` is 0), or logits of the first training samples
+    /// that are (a validation score takes an infinite logit for a sure click, so it is no such
+    /// check). A checkpoint of it could only be resumed into the same failure, or a model that
+    /// no longer learns.
     fn divergence(&self) -> Option<String> {
-        if let Some((variable, count)) = first_not_finite(&self.replica.vs) {
+        let parameters = self.replica.vs.variables().into_iter();
+        if let Some((variable, count)) = first_not_finite(parameters) {
             return Some(format!("its update left {count} values of {variable} NaN or infinite (lower train.lr)"));
+        }
+        let moments = self.replica.adam.named_state(&self.replica.trainable.names).map(|(k, v)| (k, v.shallow_clone()));
+        if let Some((moment, count)) = first_not_finite(moments) {
+            return Some(format!(
+                "its update left {count} values of Adam's moment {moment} NaN or infinite, which would stop \
+                 the parameter learning (lower train.lr)"
+            ));
         }
         let probe = &self.train_ids[..self.train_ids.len().min(PROBE_SAMPLES)];
         let (bad, n) = self.scorer.count_not_finite(&self.replica.net, probe)?;
@@ -1486,12 +1496,12 @@ impl Checkpointing {
     }
 }
 
-/// The first variable (by name) holding NaN or infinity, with how many such values: a
+/// The first tensor (by name) holding NaN or infinity, with how many such values: a
 /// checkpoint of it could only be resumed into the same failure. Each variable's sum is read
 /// back (in one piece, with no temporary the size of a table); only one whose sum is not finite,
 /// which large finite values may make too, is looked into.
-fn first_not_finite(vs: &tch::nn::VarStore) -> Option<(String, i64)> {
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+fn first_not_finite(named: impl Iterator<Item = (String, Tensor)>) -> Option<(String, i64)> {
+    let mut variables: Vec<(String, Tensor)> = named.collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
         let sums: Vec<Tensor> = variables.iter().map(|(_, v)| v.sum(tch::Kind::Float)).collect();
@@ -1586,12 +1596,12 @@ mod tests {
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let (b, a) = (root.zeros("b", &[3]), root.zeros("a", &[2, 2]));
-        assert_eq!(first_not_finite(&vs), None);
+        assert_eq!(first_not_finite(vs.variables().into_iter()), None);
         tch::no_grad(|| {
             let _ = b.shallow_clone().fill_(f64::INFINITY);
             let _ = a.shallow_clone().get(1).fill_(f64::NAN);
         });
-        assert_eq!(first_not_finite(&vs), Some(("a".to_string(), 2)));
+        assert_eq!(first_not_finite(vs.variables().into_iter()), Some(("a".to_string(), 2)));
     }
 
     #[test]

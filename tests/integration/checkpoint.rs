@@ -1108,6 +1108,29 @@ fn eval_and_resume_of_a_relabelled_or_nan_checkpoint_fail_with_a_clear_error_not
     assert!(e.contains(&format!("`{name}`")), "{e}");
 }
 
+/// An Adam moment that overflowed to infinity leaves its parameter finite but frozen (`m / sqrt(∞)`
+/// is 0): the parameters and scores pass, so the check before a checkpoint reads the moments too,
+/// and refuses to write one that would resume into a model that no longer learns.
+#[test]
+fn a_checkpoint_whose_adam_moment_overflowed_is_refused_though_the_parameters_are_finite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(1, &config(&dir, &["train.max_steps=3", "checkpoint.every_steps=3"]), &Resume::Fresh);
+    let checkpoint = dir.join("checkpoints/step-00000003");
+    let optimizer = checkpoint.join("optimizer.safetensors");
+    let mut moments = tch::Tensor::read_safetensors(&optimizer).unwrap();
+    moments.sort_by(|a, b| a.0.cmp(&b.0));
+    let (name, v) = moments.iter_mut().find(|(n, _)| n.starts_with("v.")).unwrap();
+    let name = name.clone();
+    *v = v.fill(f64::INFINITY);
+    tch::Tensor::write_safetensors(&moments, &optimizer).unwrap();
+    reseal(&checkpoint);
+    let longer = config(&dir, &["train.max_steps=6", "checkpoint.every_steps=3"]);
+    let e = train_from(&longer, &SingleProcess, &Resume::Path(checkpoint)).unwrap_err().to_string();
+    assert!(e.contains(&format!("Adam's moment {name} NaN or infinite")) && e.contains("lower train.lr"), "{e}");
+    assert!(!dir.join("checkpoints/step-00000006").exists(), "no checkpoint of the frozen model");
+}
+
 /// `micn --version`, `micn doctor` and every checkpoint's `state.json` carry one code version: the
 /// package's and, in a git checkout, the commit the binary was built from (`.modified` when its
 /// sources differed from it), so a checkpoint says which code wrote it.
