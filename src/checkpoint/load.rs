@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::format::{digest, Manifest, SafetensorsLayout};
+use super::format::{Manifest, SafetensorsLayout};
 use super::{io, CheckpointError, State, FILES, FORMAT_VERSION, MARKER};
 use crate::config::Config;
 use crate::io_error::PathIo;
@@ -65,8 +65,9 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
             .find(|(n, ..)| n == f)
             .ok_or_else(|| invalid(format!("{f} is not in the manifest")))?;
         let path = dir.join(f);
-        let bytes = crate::oom::fallible(|| std::fs::read(&path)).map_err(io(&path))?;
-        if bytes.len() as u64 != entry.1 || digest(&bytes) != entry.2 {
+        // Streamed: a model file of gigabytes is not held in memory to be checked.
+        let bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
+        if bytes != entry.1 || super::format::file_digest(&path).map_err(io(&path))? != entry.2 {
             return Err(invalid(format!("{f}: size or checksum differs from the manifest (damaged)")));
         }
     }

@@ -111,18 +111,18 @@ impl Drop for EpochLoader {
 /// Evaluation batches of one rank: the samples `ids` of `samples` (the test set, or the held-out
 /// validation samples of the training archive) cut into batches of `batch` samples, dealt to the
 /// ranks in turn. Every sample is scored in the same batch whatever the world size, so scores do
-/// not depend on how many ranks evaluate.
-pub fn eval_batches(
-    samples: &ArchivedSamples,
-    ids: &[u32],
+/// not depend on how many ranks evaluate. Each batch is collated when it is taken: a split of
+/// millions of samples never lies in memory as batches at once.
+pub fn eval_batches<'a>(
+    samples: &'a ArchivedSamples,
+    ids: &'a [u32],
     rank: usize,
     world: usize,
     batch: usize,
     max_hist_len: usize,
-) -> Vec<Batch> {
+) -> impl Iterator<Item = Batch> + 'a {
     ids.chunks(batch.max(1))
         .enumerate()
-        .filter(|(k, _)| k % world == rank)
-        .map(|(k, chunk)| Batch::collate(samples, chunk, max_hist_len, (0, k as u64, chunk[0] as u64), None))
-        .collect()
+        .filter(move |(k, _)| k % world == rank)
+        .map(move |(k, chunk)| Batch::collate(samples, chunk, max_hist_len, (0, k as u64, chunk[0] as u64), None))
 }

@@ -1312,10 +1312,8 @@ impl Scorer<'_> {
     fn count_not_finite(&self, net: &Network, ids: &[u32]) -> Option<(usize, usize)> {
         let samples = self.dataset.train.samples();
         let batches = crate::data::loader::eval_batches(samples, ids, 0, 1, ids.len(), self.max_hist_len);
-        let logits: Vec<f32> = batches
-            .iter()
-            .flat_map(|batch| crate::transfer::download_f32(&eval_logits(net, batch, self.device)))
-            .collect();
+        let logits: Vec<f32> =
+            batches.flat_map(|batch| crate::transfer::download_f32(&eval_logits(net, &batch, self.device))).collect();
         let bad = logits.iter().filter(|s| !s.is_finite()).count();
         (bad > 0).then_some((bad, logits.len()))
     }

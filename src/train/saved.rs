@@ -438,7 +438,9 @@ pub fn export_mfn_centres(
     let batches = (0..settings.steps).map(|_| {
         let ids: Vec<u32> =
             (0..settings.batch).map(|_| train_ids[rng.below(train_ids.len() as u64) as usize]).collect();
-        let batch = crate::data::loader::eval_batches(samples, &ids, 0, 1, ids.len(), max_hist_len).remove(0);
+        let batch = crate::data::loader::eval_batches(samples, &ids, 0, 1, ids.len(), max_hist_len)
+            .next()
+            .expect("--batch is at least 1: one batch of its samples");
         let x = BatchIds::from_batch(&batch, saved.device);
         (x.hist_items, x.hist_mask)
     });
