@@ -132,7 +132,7 @@ impl Camn {
         let xs = Tensor::cat(&[&x.hist.unsqueeze(2), &attrs], 2); // [b, T, k, w]
         let scores = self.scores(&xs); // [b, T, k]
         let heads = xs.permute([0, 2, 1, 3]); // [b, k, T, w]
-        let (q, key, v) = (heads.matmul(&self.query), heads.matmul(&self.key), heads.matmul(&self.value));
+        let (q, key, v) = (per_head(&heads, &self.query), per_head(&heads, &self.key), per_head(&heads, &self.value));
         let mut logits = q.matmul(&key.transpose(-1, -2)) / (w as f64).sqrt(); // [b, k, T(query), T(key)]
         if self.routing {
             logits *= scores.permute([0, 2, 1]).unsqueeze(2); // key s of head r scaled by P[s, r]
@@ -176,6 +176,14 @@ impl Camn {
         let aux_loss = (self.alpha > 0.0).then(|| self.diversity_loss(&attention, &x.hist_mask));
         MainOutput { logit: self.head.forward(&input, mode).squeeze_dim(-1), aux_loss, user_vector: None }
     }
+}
+
+/// Head r's `[w, w]` weights applied to head r's sequence: `heads [b, k, T, w]`, `weights
+/// [k, w, w]` → `[b, k, T, w]`, as one batched product over the heads. (`heads.matmul(weights)`
+/// broadcasts the weights to `[b, k, w, w]`, and their gradient likewise: memory of
+/// batch × k × w², gigabytes at widths the configuration allows.)
+fn per_head(heads: &Tensor, weights: &Tensor) -> Tensor {
+    Tensor::einsum("bktw,kwv->bktv", &[heads, weights], None::<&[i64]>)
 }
 
 #[cfg(test)]
@@ -268,6 +276,20 @@ mod tests {
     }
 
     /// Eq. 7 with loops over the pairs, for a sample with two real behaviours of three slots.
+    #[test]
+    fn each_head_is_projected_by_its_own_weights() {
+        let (heads, weights) = (
+            Tensor::randn([3, 2, 4, 5], (Kind::Float, Device::Cpu)),
+            Tensor::randn([2, 5, 5], (Kind::Float, Device::Cpu)),
+        );
+        let projected = per_head(&heads, &weights);
+        for r in 0..2 {
+            let reference = heads.select(1, r).matmul(&weights.get(r)); // [b, T, w]
+            let diff = f64::try_from((projected.select(1, r) - reference).abs().max()).unwrap();
+            assert!(diff < 1e-5, "head {r}: {diff}");
+        }
+    }
+
     #[test]
     fn the_diversity_loss_sums_every_pair_of_attention_maps() {
         let (_, _, camn) = small(ModelConfig { camn_alpha: 0.5, ..Default::default() });
