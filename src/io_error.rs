@@ -53,6 +53,8 @@ pub fn read_text_file(path: &Path) -> std::io::Result<String> {
 /// Missing parent directories are made. A symbolic link is followed: its target is replaced and
 /// the link stays. A device or a pipe (`/dev/stdout`, `/dev/full`, a FIFO) cannot be replaced:
 /// what `write` writes is copied into it, so its own failures (a full device) are reported.
+/// Another process replacing the same file at the same time is refused (exit status 1: the
+/// command can be run again), not mixed with this one's bytes: the temporary file is locked.
 pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), PathIo> {
     let special = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
     if special(path) {
@@ -68,10 +70,41 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
         create_dirs(dir)?;
     }
     let tmp = target.with_file_name(hidden_name(target.file_name().unwrap_or_default(), "partial", 0));
+    let _held = lock_partial(&tmp).with_path(path)?;
     write(&tmp).and_then(|()| std::fs::rename(&tmp, &target)).map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         PathIo { path: path.to_path_buf(), source }
     })
+}
+
+/// The temporary file `tmp` of [`replace_file`], made if missing (one a killed process left is
+/// taken over) and locked (`flock`, released when the process ends, however it ends) while it is
+/// filled and renamed. Held by another process: refused (`WouldBlock`), rather than both writing
+/// into one file, each renaming the other's bytes into place.
+fn lock_partial(tmp: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::os::unix::io::AsRawFd as _;
+    loop {
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(tmp)?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+            let name = tmp.file_name().unwrap_or_default().to_string_lossy();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("another process is writing this file now (its {name} is locked): wait for it to end, or write elsewhere"),
+            ));
+        }
+        // The holder may have renamed the file into place between the open and the lock: then
+        // the name is free for a file of this process's own.
+        let (held, named) = (file.metadata()?, std::fs::metadata(tmp));
+        if named.is_ok_and(|n| (n.dev(), n.ino()) == (held.dev(), held.ino())) {
+            return Ok(file);
+        }
+    }
 }
 
 /// The hidden name `.NAME.KIND` (`.out.csv.partial`) of what stands for an output named `name`
@@ -235,6 +268,27 @@ mod tests {
     use std::os::unix::fs::FileTypeExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_file_another_process_is_replacing_is_refused_not_mixed_and_free_again_after() {
+        use std::os::unix::io::AsRawFd as _;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("scores.csv");
+        replace_file_synced(&out, b"first\n").unwrap();
+        // Another writer holds the temporary file (an open file description of its own, as
+        // another process has).
+        let other = std::fs::File::create(dir.path().join(".scores.csv.partial")).unwrap();
+        assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        let e = replace_file_synced(&out, b"second\n").unwrap_err();
+        assert!(!e.is_lasting(), "running the command again can work: {e}");
+        let e = e.to_string();
+        assert!(e.starts_with(&format!("{}: another process is writing this file now", out.display())), "{e}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"first\n", "the earlier output is whole");
+        drop(other);
+        replace_file_synced(&out, b"third\n").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"third\n");
+        assert!(!dir.path().join(".scores.csv.partial").exists());
+    }
 
     #[test]
     fn a_file_in_the_way_is_named_with_what_it_keeps_from_being_made() {

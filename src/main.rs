@@ -1179,8 +1179,16 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
                 summary.steps
             );
         }
-        // After a hang-up the terminal is gone; the run directory holds all of this.
-        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+        // After a hang-up the terminal is gone (EIO, or a closed pipe): the run directory holds
+        // all of this. Output that cannot be written otherwise (a full disk) is said.
+        let written = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut std::io::stdout()));
+        if let Err(e) = written {
+            let terminal_gone = e.kind() == std::io::ErrorKind::BrokenPipe || e.raw_os_error() == Some(libc::EIO);
+            if !terminal_gone {
+                return Err(StdoutFailed(e.to_string()).into());
+            }
+        }
     }
     Ok(())
 }

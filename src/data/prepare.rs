@@ -182,6 +182,7 @@ impl Staging {
             let path = entry.map_err(io(&self.tmp))?.path();
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
         }
+        let _committing = commit_lock(&self.out);
         // An output being replaced steps aside first, and comes back if the new one cannot move in.
         let mut aside = crate::io_error::hidden_name(self.out.file_name().unwrap_or_default(), "replaced", PID_ROOM);
         aside.push(format!("-{}", std::process::id()));
@@ -216,6 +217,8 @@ impl Staging {
     pub fn commit_into(self) -> Result<(), DataError> {
         std::fs::remove_file(self.tmp.join(OWNER_FILE)).with_path(&self.tmp)?;
         crate::io_error::create_dirs(&self.out)?;
+        // Every file moves in before another commit to `out` starts: `out` holds one whole output.
+        let _committing = commit_lock(&self.out);
         for entry in std::fs::read_dir(&self.tmp).with_path(&self.tmp)? {
             let from = entry.with_path(&self.tmp)?.path();
             std::fs::File::open(&from).and_then(|f| f.sync_all()).with_path(&from)?;
@@ -225,6 +228,26 @@ impl Staging {
         std::fs::File::open(&self.out).and_then(|f| f.sync_all()).with_path(&self.out)?;
         // Dropping removes the staging directory, empty now.
         Ok(())
+    }
+}
+
+/// A lock on the directory that holds `out` (`flock`, blocking) while a commit moves outputs
+/// there: two processes committing to one `out` at once (a report or a synthetic data set
+/// written twice) take turns, so that neither finds the other's output half moved, nor moves its
+/// files in among the other's. Only the renames wait, a moment each. Where the file system
+/// cannot lock, commits go on as before.
+fn commit_lock(out: &Path) -> Option<std::fs::File> {
+    use std::os::unix::io::AsRawFd as _;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = std::fs::File::open(parent).ok()?;
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Some(dir);
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return None;
+        }
     }
 }
 
@@ -1220,6 +1243,27 @@ mod tests {
         assert!(matches!(e, DataError::OutputExists(ref p) if p == &out), "{e}");
         assert_eq!(std::fs::read_to_string(out.join("theirs.txt")).unwrap(), "theirs");
         assert!(!tmp_dir.exists(), "the staging directory is removed");
+    }
+
+    #[test]
+    fn a_commit_waits_while_another_process_commits_into_the_same_directory() {
+        use std::os::unix::io::AsRawFd as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("report");
+        for merging in [false, true] {
+            let staging = if merging { Staging::merging(&out) } else { Staging::replacing(&out, &["a.txt"]) }.unwrap();
+            staging.write("a.txt", if merging { b"merged" } else { b"replaced" }).unwrap();
+            // Another process's commit holds the lock (its own open file description).
+            let other = std::fs::File::open(tmp.path()).unwrap();
+            assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX) }, 0);
+            let committing = std::thread::spawn(move || if merging { staging.commit_into() } else { staging.commit() });
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert!(!committing.is_finished(), "merging {merging}: it waits for the other commit");
+            drop(other);
+            committing.join().unwrap().unwrap();
+            let text = std::fs::read_to_string(out.join("a.txt")).unwrap();
+            assert_eq!(text, if merging { "merged" } else { "replaced" });
+        }
     }
 
     #[test]

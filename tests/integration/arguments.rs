@@ -310,6 +310,15 @@ fn printing_to_a_full_standard_output_is_an_error_not_a_panic() {
         assert!(stderr.contains("error: writing to standard output: No space left on device"), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // `train`'s closing lines too (the run itself is whole in its directory).
+    let config = tmp.path().join("c.toml");
+    std::fs::write(&config, crate::small_config(&tmp.path().join("trained"), &[]).to_toml()).unwrap();
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(micn_bin()).args(["train", "--config"]).arg(&config).stdout(full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: writing to standard output: No space left on device"), "{stderr}");
+    assert!(tmp.path().join("trained/summary.json").is_file(), "the run finished");
 }
 
 /// Commands that only print, `micn-launch --dry-run` among them: a full standard output is an
