@@ -726,6 +726,8 @@ struct Run<'a> {
     /// Steps taken so far (a resumed run counts those before the resume).
     step: u64,
     resumed_at: u64,
+    /// The last step whose model passed [`Run::divergence`] (a resumed run's checkpoint did).
+    checked_at: u64,
     /// When this process started, and the seconds earlier processes of the run took up to the
     /// checkpoint it resumed from.
     started: Instant,
@@ -901,6 +903,7 @@ impl<'a> Run<'a> {
             schedule: Schedule::new(&cfg.train, total_steps),
             step,
             resumed_at: step,
+            checked_at: step,
             started,
             seconds_before: state.map_or(0.0, |s| s.seconds),
             started_at,
@@ -1034,10 +1037,26 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The validation split scored after the last step (of `epoch`), its losses read first.
+    /// The validation split scored after the last step (of `epoch`), its losses read first and
+    /// the model checked ([`Run::divergence`]): a broken model's scores are no measure.
     fn validate(&mut self, epoch: u64) -> Result<(), TrainError> {
         self.read_losses()?;
+        if self.validation.is_due(self.step) {
+            let diverged = if self.comm.rank() == 0 { self.divergence() } else { None };
+            agree_on_rank0(self.comm, self.diverged(diverged), "check the model")?;
+        }
         self.validation.run(&self.scorer, &self.replica.net, (self.step, epoch), &mut self.metrics)
+    }
+
+    /// Rank 0's finding of [`Run::divergence`] as the run's error, or the step noted as checked.
+    fn diverged(&mut self, what: Option<String>) -> Result<(), TrainError> {
+        match what {
+            Some(what) => Err(StepError::Diverged { step: self.step, passed: self.checked_at, what }.into()),
+            None => {
+                self.checked_at = self.step;
+                Ok(())
+            }
+        }
     }
 
     /// What follows a step: the replica check, then what is due at the step.
@@ -1141,6 +1160,7 @@ impl<'a> Run<'a> {
         let seconds = self.run_seconds();
         let position = (self.step, epoch, sample);
         let diverged = if self.comm.rank() == 0 { self.divergence() } else { None };
+        let diverged = self.diverged(diverged);
         let (replica, validation) = (&self.replica, &self.validation);
         self.checkpoints.save(
             self.cfg,
@@ -1153,30 +1173,27 @@ impl<'a> Run<'a> {
         )
     }
 
-    /// How the model after the last step shows that its update broke it, when it does: a
-    /// parameter NaN or infinite, an Adam moment that is (an overflowed `v` leaves its parameter
-    /// finite but frozen for good: `m / sqrt(inf)` is 0), or logits of the first training samples
-    /// that are (a validation score takes an infinite logit for a sure click, so it is no such
-    /// check). A checkpoint of it could only be resumed into the same failure, or a model that
-    /// no longer learns.
+    /// How the model after the last step shows that an update broke it, when it does: a
+    /// parameter or buffer NaN or infinite (an infinite running variance leaves the training
+    /// loss finite and every evaluation off), an Adam moment that is (an overflowed `v` leaves
+    /// its parameter finite but frozen for good: `m / sqrt(inf)` is 0), or logits of the first
+    /// training samples that are (a validation score takes an infinite logit for a sure click, so
+    /// it is no such check). A checkpoint of it could only be resumed into the same failure, or a
+    /// model that no longer learns; its evaluation would be no measure.
     fn divergence(&self) -> Option<String> {
         let parameters = self.replica.vs.variables().into_iter();
         if let Some((variable, count)) = first_not_finite(parameters) {
-            return Some(format!("its update left {count} values of {variable} NaN or infinite (lower train.lr)"));
+            return Some(format!("{count} values of {variable} are NaN or infinite"));
         }
         let moments = self.replica.adam.named_state(&self.replica.trainable.names).map(|(k, v)| (k, v.shallow_clone()));
         if let Some((moment, count)) = first_not_finite(moments) {
             return Some(format!(
-                "its update left {count} values of Adam's moment {moment} NaN or infinite, which would stop \
-                 the parameter learning (lower train.lr)"
+                "{count} values of Adam's moment {moment} are NaN or infinite, which stops the parameter learning"
             ));
         }
         let probe = &self.train_ids[..self.train_ids.len().min(PROBE_SAMPLES)];
         let (bad, n) = self.scorer.count_not_finite(&self.replica.net, probe)?;
-        Some(format!(
-            "after its update the model's scores of the first {n} training samples are not finite ({bad} of {n}): \
-             it diverged (lower train.lr)"
-        ))
+        Some(format!("its scores of the first {n} training samples are not finite ({bad} of {n})"))
     }
 
     /// The epoch the last step trained in, as every metrics line of that step names it (once an
@@ -1337,6 +1354,11 @@ impl Validation {
         self.evaluations.iter().any(|e| e.0 == step)
     }
 
+    /// Whether [`Validation::run`] would score the model after `step`.
+    fn is_due(&self, step: u64) -> bool {
+        !self.ids.is_empty() && self.evaluations.last().is_none_or(|e| e.0 != step)
+    }
+
     /// Whether the model after `step` was scored, with a (finite) AUC above every earlier one.
     fn is_new_best(&self, step: u64) -> bool {
         match self.evaluations.split_last() {
@@ -1356,7 +1378,7 @@ impl Validation {
         (step, epoch): (u64, u64),
         metrics: &mut MetricsLog,
     ) -> Result<(), TrainError> {
-        if self.ids.is_empty() || self.evaluations.last().is_some_and(|e| e.0 == step) {
+        if !self.is_due(step) {
             return Ok(());
         }
         let started = Instant::now();
@@ -1438,13 +1460,13 @@ impl Checkpointing {
         (step, epoch, position): (u64, u64, u64),
         validation: &Validation,
         (loss_window, seconds, stopped): (LossWindow, f64, bool),
-        diverged: Option<String>,
+        diverged: Result<(), TrainError>,
     ) -> Result<(), TrainError> {
-        // `diverged`: rank 0's finding that the model is broken ([`Run::divergence`]), refused
+        // `diverged`: rank 0's finding that the model is broken ([`Run::diverged`]), refused
         // here so that the other ranks learn it in the agreement every checkpoint makes anyway.
         let (vs, t, adam) = (&replica.vs, &replica.trainable, &replica.adam);
-        let result: Result<(), TrainError> = if let Some(what) = diverged {
-            Err(StepError::Diverged { step, what }.into())
+        let result: Result<(), TrainError> = if let Err(e) = diverged {
+            Err(e)
         } else if self.rank0 {
             let config = cfg.to_toml();
             let state = checkpoint::State {

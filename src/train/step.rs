@@ -36,10 +36,15 @@ use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Upl
 pub enum StepError {
     #[error("step {step}: the {which} loss is {value}; stopping (the last checkpoint, if any, is intact)")]
     NonFinite { step: u64, which: &'static str, value: f64 },
-    /// A finite loss whose update broke the model (a learning rate far too high): the next
-    /// step's loss would show it, after the checkpoint due at this step. `what` says how it shows.
-    #[error("step {step}: {what}; stopping before its checkpoint (the last checkpoint, if any, is intact)")]
-    Diverged { step: u64, what: String },
+    /// A finite loss whose update broke the model (a learning rate far too high), found by the
+    /// check before an evaluation or a checkpoint: the loss might never show it (an infinite
+    /// running variance leaves the training loss finite). `what` says how it shows; `passed`, the
+    /// step of the last check it passed (the breaking step lies after it).
+    #[error(
+        "step {step}: the model diverged after step {passed}, its last check passed: {what} (lower train.lr); \
+         stopping (the last checkpoint, if any, is intact)"
+    )]
+    Diverged { step: u64, passed: u64, what: String },
     #[error("the model trains for retrieval but gave no user vector or no embedded negatives")]
     NoRetrievalInputs,
     #[error(transparent)]
