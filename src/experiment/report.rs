@@ -8,7 +8,7 @@
 //! signal, is unfinished; unfinished runs, unreadable runs and directories that hold no run are
 //! named under "Left out" and kept out of the table.
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -96,11 +96,14 @@ fn canonical(dir: &Path) -> PathBuf {
 /// Walk `dirs` for runs.
 pub fn discover(dirs: &[PathBuf]) -> Found {
     let mut found = Found::default();
+    // The real path of every run counted (or left out): overlapping arguments (`OUT OUT/point`)
+    // name some runs twice; each counts once.
+    let mut counted = HashSet::new();
     for dir in dirs {
         if !dir.is_dir() {
             let why = if dir.exists() { "not a directory" } else { "no such directory" };
             found.left_out.push(LeftOut { dir: dir.clone(), why: why.into() });
-        } else if !visit(dir, &mut found, &mut HashMap::new()) {
+        } else if !visit(dir, &mut found, &mut counted, &mut HashMap::new()) {
             found
                 .left_out
                 .push(LeftOut { dir: dir.clone(), why: "not a run directory (no config.toml) and holds none".into() });
@@ -115,11 +118,14 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
 /// links that lead to it: a link back to one above is not followed, so links that loop end the
 /// walk, and links that lead to one directory many ways (each level of a tree linking twice to
 /// the next) do not make it walk forever.
-fn visit(dir: &Path, found: &mut Found, walked: &mut HashMap<PathBuf, Option<bool>>) -> bool {
+fn visit(
+    dir: &Path,
+    found: &mut Found,
+    counted: &mut HashSet<PathBuf>,
+    walked: &mut HashMap<PathBuf, Option<bool>>,
+) -> bool {
     if RunDir::new(dir).holds_run() {
-        // Overlapping arguments (`OUT OUT/point`) name some runs twice; count them once.
-        let seen = |d: &Path| canonical(d) == canonical(dir);
-        if found.runs.iter().any(|r| seen(&r.dir)) || found.left_out.iter().any(|l| seen(&l.dir)) {
+        if !counted.insert(canonical(dir)) {
             return true;
         }
         match read_run(dir) {
@@ -149,7 +155,7 @@ fn visit(dir: &Path, found: &mut Found, walked: &mut HashMap<PathBuf, Option<boo
             // once (left out once, below, whichever link names it).
             Some(&Some(holds)) => held.push((sub, holds)),
             None => {
-                let holds = visit(&sub, found, walked);
+                let holds = visit(&sub, found, counted, walked);
                 held.push((sub, holds));
             }
         }
@@ -591,6 +597,23 @@ pub fn figures(runs: &[Run], table: &Table) -> Vec<(String, Vec<Panel>, usize)> 
     figures
 }
 
+/// Panels side by side in one figure, at most.
+const MAX_COLUMNS: usize = 4;
+/// Rows of panels in one figure file, at most: more go to `STEM-2`, `STEM-3`, ... so that no
+/// image grows past what a viewer opens (800 groups drew one PNG 304,000 pixels wide).
+const MAX_ROWS: usize = 4;
+
+/// The files a figure of `panels` in rows of `per_row` is drawn into: (stem, its panels, panels
+/// per row), at most [`MAX_ROWS`] rows of at most [`MAX_COLUMNS`] each.
+fn figure_files<'p>(stem: &str, panels: &'p [Panel], per_row: usize) -> Vec<(String, &'p [Panel], usize)> {
+    let per_row = per_row.clamp(1, MAX_COLUMNS);
+    panels
+        .chunks(per_row * MAX_ROWS)
+        .enumerate()
+        .map(|(k, chunk)| (if k == 0 { stem.to_string() } else { format!("{stem}-{}", k + 1) }, chunk, per_row))
+        .collect()
+}
+
 /// What `write` produced.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -682,8 +705,10 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     }
     md += "\n## Plots\n\n";
     for (stem, panels, per_row) in figures(&found.runs, &table) {
-        plot::write_figure(&out.join(&stem), &panels, per_row)?;
-        let _ = writeln!(md, "![{stem}]({stem}.png) ([SVG]({stem}.svg))\n");
+        for (stem, panels, per_row) in figure_files(&stem, &panels, per_row) {
+            plot::write_figure(&out.join(&stem), panels, per_row)?;
+            let _ = writeln!(md, "![{stem}]({stem}.png) ([SVG]({stem}.svg))\n");
+        }
     }
     if !found.left_out.is_empty() {
         md += "## Left out\n\n";
@@ -804,6 +829,25 @@ mod tests {
         let vs = &figs[2].1[0].series[0];
         assert_eq!(vs.points.len(), 2);
         assert!((vs.points[0].err.unwrap() - 0.02).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_figure_of_many_panels_is_drawn_into_files_of_a_few_rows_each() {
+        let panel = |k: usize| Panel {
+            title: format!("panel {k}"),
+            x_label: "step".into(),
+            y_label: "AUC".into(),
+            x_whole: true,
+            series: Vec::new(),
+        };
+        let panels: Vec<Panel> = (0..800).map(panel).collect();
+        let files = figure_files("auc-over-steps", &panels, panels.len());
+        assert_eq!(files.len(), 50, "16 panels a file");
+        assert_eq!((files[0].0.as_str(), files[0].1.len(), files[0].2), ("auc-over-steps", 16, 4));
+        assert_eq!((files[49].0.as_str(), files[49].1[15].title.as_str()), ("auc-over-steps-50", "panel 799"));
+        // A few panels stay one file, as before.
+        let files = figure_files("loss", &panels[..6], 2);
+        assert_eq!(files.iter().map(|f| (f.0.as_str(), f.1.len(), f.2)).collect::<Vec<_>>(), [("loss", 6, 2)]);
     }
 
     #[test]
