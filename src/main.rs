@@ -905,6 +905,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         local_rank = comm.local_rank(),
         "communicator ready"
     );
+    agreed(comm, same_command(comm))?;
     // Commands that read or write files as one process: under mpirun every rank would print the
     // same lines (one JSON document after another) and write the same files at once.
     let one_process = match &command {
@@ -917,7 +918,10 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         _ => None,
     };
     if let Some(name) = one_process {
-        ensure_usage!(comm.size() == 1, "micn {name} runs as one process, not under mpirun");
+        let alone = (comm.size() == 1).then_some(()).ok_or_else(|| {
+            anyhow::Error::new(UsageError(format!("micn {name} runs as one process, not under mpirun")))
+        });
+        agreed(comm, alone)?;
     }
     match command {
         Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm),
@@ -1076,11 +1080,54 @@ fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Res
         Err(e) => return outcome.and(Err(e.into())),
     };
     let all: Vec<&[u8]> = gathered.parts().collect();
-    let Some(first) = all.iter().find(|m| m[0] != 0) else {
+    let Some(first) = all.iter().find(|m| m.first() != Some(&0)) else {
         return outcome;
     };
     let shown = outcome.err().filter(|_| !all[..comm.rank()].contains(&own.as_slice()));
-    Err(Agreed { shown, code: first[0] }.into())
+    Err(Agreed { shown, code: first.first().copied().unwrap_or(1) }.into())
+}
+
+/// Every rank runs the command rank 0 does (`mpirun a : b` may give the ranks other settings,
+/// not other commands): ranks that ran another would wait for ever in collectives of their own,
+/// or read each other's messages. The first collective of every command, so that it cannot hang.
+fn same_command(comm: &dyn Communicator) -> anyhow::Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let own = command_words();
+    let gathered = comm.all_gather_bytes(own.as_bytes())?;
+    let parts: Vec<String> = gathered.parts().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    let differ: Vec<String> =
+        (1..parts.len()).filter(|&r| parts[r] != parts[0]).map(|r| format!("rank {r} `micn {}`", parts[r])).collect();
+    ensure_usage!(
+        differ.is_empty(),
+        "the ranks run different commands ({} where rank 0 runs `micn {}`): mpirun must start the same micn command \
+         on every rank (with `mpirun a : b`, the same command with other settings)",
+        differ.join(", "),
+        parts[0]
+    );
+    Ok(())
+}
+
+/// The command this process runs, as its subcommands and the flags that change what it does
+/// with its peers (`train --print-config`, `sweep --dry-run`, `doctor --check-comm`).
+fn command_words() -> String {
+    use clap::CommandFactory as _;
+    let Ok(matches) = Cli::command().try_get_matches_from(std::env::args_os()) else {
+        return String::new();
+    };
+    let mut words = Vec::new();
+    let mut at = &matches;
+    while let Some((name, sub)) = at.subcommand() {
+        words.push(name.to_string());
+        at = sub;
+    }
+    for flag in ["print_config", "dry_run", "check_comm"] {
+        if at.try_get_one::<bool>(flag).ok().flatten() == Some(&true) {
+            words.push(format!("--{}", flag.replace('_', "-")));
+        }
+    }
+    words.join(" ")
 }
 
 /// Every rank trains the configuration rank 0 does, or each says how they differ: ranks that

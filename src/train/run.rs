@@ -324,23 +324,7 @@ fn resume_point(
         return Ok(StartPoint::Fresh);
     }
     let dir = PathBuf::from(agreed);
-    let state = checkpoint::verify(&dir)?;
-    let saved = Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
-    let mut keys = checkpoint::incompatible_keys(&saved, cfg);
-    // The same dataset wherever data.dir now names it (`data` or `./data`, moved, copied); not
-    // a dataset prepared again under the same name.
-    if let Some(trained_on) = &state.dataset {
-        keys.retain(|k| k != "data.dir");
-        if *trained_on != dataset.meta.fingerprint() {
-            keys.push(format!(
-                "data.dir ({} is not the dataset the checkpoint was trained on)",
-                cfg.data.dir.display()
-            ));
-        }
-    }
-    if !keys.is_empty() {
-        return Err(TrainError::IncompatibleResume { path: dir, keys: keys.join(", ") });
-    }
+    let (state, saved) = agree_all(comm, resumable(&dir, cfg, dataset), "resume from the checkpoint")?;
     // Settings a resume may change (the learning rate, the schedule): said, since config.toml
     // will hold only the new ones (each checkpoint keeps the settings it was made with). A longer
     // or shorter run is what resuming is for.
@@ -382,6 +366,47 @@ fn resume_point(
     }
     agree_on_rank0(comm, set_aside.map(drop), "set aside the run's history after the checkpoint")?;
     Ok(StartPoint::Checkpoint(dir, state))
+}
+
+/// Every rank reads the dataset rank 0 does (its files' sizes and checksums, its seed): ranks on
+/// hosts of their own each open their own copy at `data.dir`.
+fn same_dataset(comm: &dyn Communicator, dataset: &Dataset) -> Result<(), TrainError> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let gathered = comm.all_gather_bytes(dataset.meta.fingerprint().as_bytes())?;
+    let parts: Vec<&[u8]> = gathered.parts().collect();
+    let differ: Vec<String> = (1..parts.len()).filter(|&r| parts[r] != parts[0]).map(|r| r.to_string()).collect();
+    match differ.as_slice() {
+        [] => Ok(()),
+        ranks => Err(TrainError::DatasetsDiffer {
+            dir: dataset.dir.clone(),
+            ranks: format!("rank{} {}", if ranks.len() > 1 { "s" } else { "" }, ranks.join(", ")),
+        }),
+    }
+}
+
+/// The checkpoint `dir`, verified, and the configuration it was trained with, when the run
+/// configured as `cfg` on `dataset` may resume from it.
+fn resumable(dir: &Path, cfg: &Config, dataset: &Dataset) -> Result<(checkpoint::State, Config), TrainError> {
+    let state = checkpoint::verify(dir)?;
+    let saved = Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
+    let mut keys = checkpoint::incompatible_keys(&saved, cfg);
+    // The same dataset wherever data.dir now names it (`data` or `./data`, moved, copied); not
+    // a dataset prepared again under the same name.
+    if let Some(trained_on) = &state.dataset {
+        keys.retain(|k| k != "data.dir");
+        if *trained_on != dataset.meta.fingerprint() {
+            keys.push(format!(
+                "data.dir ({} is not the dataset the checkpoint was trained on)",
+                cfg.data.dir.display()
+            ));
+        }
+    }
+    if !keys.is_empty() {
+        return Err(TrainError::IncompatibleResume { path: dir.to_path_buf(), keys: keys.join(", ") });
+    }
+    Ok((state, saved))
 }
 
 /// The summary of a run that ended at `step`, as written (rank 0 reads it, every rank learns
@@ -572,6 +597,36 @@ fn agree_on_rank0(
     }
 }
 
+/// Every rank learns whether any failed at what each did alike (its checks of the dataset, of a
+/// checkpoint, of a saved model): a failed rank keeps its error unless a lower rank failed with
+/// the same words (then [`TrainError::PeerFailed`], which is not reported), and a rank that passed
+/// ends with the failure's status, so the job ends with each cause said once, and no MPI_Abort.
+pub(crate) fn agree_all<T>(
+    comm: &dyn Communicator,
+    result: Result<T, TrainError>,
+    what: &'static str,
+) -> Result<T, TrainError> {
+    if comm.size() == 1 {
+        return result;
+    }
+    let status = |e: &TrainError| if e.is_input_error() { 3u8 } else { 1 };
+    let own = match &result {
+        Ok(_) => vec![0u8],
+        Err(e) => [&[status(e)][..], e.to_string().as_bytes()].concat(),
+    };
+    let gathered = comm.all_gather_bytes(&own)?;
+    let all: Vec<&[u8]> = gathered.parts().collect();
+    let Some(first) = all.iter().find(|m| m.first() != Some(&0)) else {
+        return result;
+    };
+    FAILURE_AGREED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let input = first.first() == Some(&3);
+    match result {
+        Err(e) if !all[..comm.rank()].contains(&own.as_slice()) => Err(e),
+        _ => Err(TrainError::PeerFailed { what, input }),
+    }
+}
+
 /// Set once every rank has learnt through [`agree_on_rank0`] that rank 0 failed: each then ends
 /// with that failure's status, none waiting in a collective for another, so the job needs no
 /// `MPI_Abort` (whose banner would follow rank 0's cause).
@@ -757,19 +812,14 @@ enum Started<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// Every check that needs no file of the run, the replica built, then the run directory
-    /// claimed, the replica loaded from the checkpoint it resumes from, the run's files started
-    /// (or, where nothing is left to train of a run that ended there, its summary). `started`:
-    /// when this process began (its seconds count towards the run's).
-    fn start(
-        cfg: &'a Config,
-        comm: &'a dyn Communicator,
-        resume: &Resume,
-        dataset: &'a Arc<Dataset>,
-        device: Device,
-        started: Instant,
-    ) -> Result<Started<'a>, TrainError> {
-        let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
+    /// The checks of the dataset against the configuration, and the training samples split
+    /// into those trained on and those held out for validation, with the samples trained on and
+    /// the steps of an epoch.
+    fn split(
+        cfg: &Config,
+        comm: &dyn Communicator,
+        dataset: &Dataset,
+    ) -> Result<(shard::Split, usize, u64), TrainError> {
         check_history(cfg, dataset)?;
         check_test_set(cfg, dataset)?;
         let mut split = validation_split(cfg, dataset)?;
@@ -809,9 +859,28 @@ impl<'a> Run<'a> {
                 batch: cfg.train.global_batch_size,
             });
         }
+        Ok((split, n_train, steps_per_epoch))
+    }
+
+    /// Every check that needs no file of the run, the replica built, then the run directory
+    /// claimed, the replica loaded from the checkpoint it resumes from, the run's files started
+    /// (or, where nothing is left to train of a run that ended there, its summary). `started`:
+    /// when this process began (its seconds count towards the run's).
+    fn start(
+        cfg: &'a Config,
+        comm: &'a dyn Communicator,
+        resume: &Resume,
+        dataset: &'a Arc<Dataset>,
+        device: Device,
+        started: Instant,
+    ) -> Result<Started<'a>, TrainError> {
+        let local_batch = shard::local_batch(cfg.train.global_batch_size, comm.size())?;
+        agree_all(comm, same_dataset(comm, dataset), "compare the ranks' datasets")?;
+        let (split, n_train, steps_per_epoch) = agree_all(comm, Self::split(cfg, comm, dataset), "split the dataset")?;
         // The model is built before the claim: what it reads (`model.mfn_pretrained`, the item
         // attributes) may be refused, and `--overwrite` must not have deleted the run by then.
-        let mut replica = Replica::new(build_model(cfg, dataset, device)?, cfg, comm)?;
+        let built = agree_all(comm, build_model(cfg, dataset, device), "build the model")?;
+        let mut replica = Replica::new(built, cfg, comm)?;
         let (lock, resume) = claim_run_dir(cfg, comm, resume)?;
         let total_steps = (steps_per_epoch * cfg.train.epochs as u64).min(cfg.train.max_steps.unwrap_or(u64::MAX));
         let resumed = match resume_point(cfg, comm, &resume, dataset, total_steps)? {

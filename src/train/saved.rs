@@ -220,8 +220,9 @@ pub fn eval_saved(
     device: Option<DeviceChoice>,
     comm: &dyn Communicator,
 ) -> Result<EvalResult, TrainError> {
-    let saved = Saved::load(dir, data_dir, device, comm)?;
-    let ids = saved.ids(split)?;
+    // Every rank loads and checks alike: a refusal is said once, by the lowest rank.
+    let loaded = Saved::load(dir, data_dir, device, comm).and_then(|saved| Ok((saved.ids(split)?, saved)));
+    let (ids, saved) = super::run::agree_all(comm, loaded, "load the model")?;
     let set = eval_set(split, &ids);
     evaluate_on(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len).map_err(|e| match e {
         TrainError::Scores { source: crate::metrics::MetricError::NanScores { nan, total }, .. } => {
@@ -276,10 +277,13 @@ pub fn predict(
     comm: &dyn Communicator,
     (out, format): (&Path, Format),
 ) -> Result<Predicted, TrainError> {
-    check_not_in_a_run(out)?;
-    let saved = Saved::load(dir, data_dir, device, comm)?;
-    check_not_an_input(out, saved.inputs(dir))?;
-    let ids = saved.ids(split)?;
+    let loaded = check_not_in_a_run(out).and_then(|()| {
+        let saved = Saved::load(dir, data_dir, device, comm)?;
+        check_not_an_input(out, saved.inputs(dir))?;
+        Ok((saved.ids(split)?, saved))
+    });
+    // Every rank loads and checks alike: a refusal is said once, by the lowest rank.
+    let (ids, saved) = super::run::agree_all(comm, loaded, "load the model")?;
     let set = eval_set(split, &ids);
     let scores = score(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len)?;
     let nan = scores.probs.iter().filter(|p| p.is_nan()).count();

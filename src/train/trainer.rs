@@ -177,6 +177,14 @@ pub enum TrainError {
     ResumeFromAbandoned { path: PathBuf, from: PathBuf },
     #[error("after step {step} the replicas differ: digests by rank {digests:x?}")]
     ReplicasDiffer { step: u64, digests: Vec<u64> },
+    /// Ranks whose `data.dir` holds other data (a copy on another host prepared with another
+    /// seed, or from other files): they would train on other splits, exchange buffers of other
+    /// sizes, and hang at the end of the shorter epoch.
+    #[error(
+        "{dir}: the ranks read different datasets there ({ranks} from rank 0's): every host must hold the same \
+         dataset at data.dir (copy rank 0's, or prepare it with the same input files and --seed)"
+    )]
+    DatasetsDiffer { dir: PathBuf, ranks: String },
     #[error(
         "{dir}: a {kind} model has no interest vectors, which retrieval and `export interests` need (model.kind = \
          \"mind\" has)"
@@ -224,6 +232,7 @@ impl TrainError {
                 | Self::RunDirHoldsOthers { .. }
                 | Self::RunDirTooLong { .. }
                 | Self::RunExists { .. }
+                | Self::DatasetsDiffer { .. }
                 | Self::NoCheckpointToResume { .. }
                 | Self::UnfinishedCheckpoints { .. }
                 | Self::ResumeIntoAnotherRun { .. }

@@ -486,6 +486,8 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
         (2, no_data.as_str(), "no-data: no dataset there"),
         // A file is no dataset either (it was every rank's "Not a directory", with MPI_Abort).
         (2, &format!("data.dir={:?}", config.display().to_string()), "run.toml: no dataset there"),
+        // Found in the dataset by every rank (it was every rank's error, then MPI_Abort's banner).
+        (2, "data.max_hist_len=400", "keeps histories of at most"),
     ] {
         let out = crate::mpirun(np)
             .arg(micn_bin())
@@ -513,6 +515,61 @@ fn a_configuration_every_rank_refuses_is_said_once_and_the_job_ends_without_an_a
     assert!(error.contains("the ranks read different configurations (rank 1 in "), "{e}");
     assert!(error.contains("data.dir") && error.contains("model.kind"), "{e}");
     assert!(!run.exists() && !tmp.path().join("runs").exists(), "nothing written");
+}
+
+/// `mpirun a : b` with another command on each rank, or hosts holding other datasets at the same
+/// `data.dir`: refused once, exit 3, where the ranks waited for ever in collectives of their own,
+/// panicked reading each other's messages, or trained on other splits until the shorter epoch
+/// ended in the watchdog.
+#[test]
+fn ranks_that_run_other_commands_or_read_other_datasets_are_refused_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = tmp.path().join("run.toml");
+    let cfg = crate::small_config(&run, &["data.dir=\"data\""]);
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let refused_once = |job: &mut Command, cause: &str| {
+        let out = job.output().unwrap();
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{e}");
+        let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "said once: {e}");
+        assert!(errors[0].starts_with("error: rank 0: ") && errors[0].contains(cause), "{e}");
+        assert!(!e.contains("panicked") && !e.contains("MPI_ABORT"), "{e}");
+    };
+    // Hosts A and B, each with its own copy of the dataset at `data`; B's prepared with another
+    // seed (its description's seed stands for that).
+    let hosts = [tmp.path().join("host-a"), tmp.path().join("host-b")];
+    for (k, host) in hosts.iter().enumerate() {
+        std::fs::create_dir_all(host.join("data")).unwrap();
+        for entry in std::fs::read_dir(dataset_dir()).unwrap() {
+            let from = entry.unwrap().path();
+            std::fs::copy(&from, host.join("data").join(from.file_name().unwrap())).unwrap();
+        }
+        let description = host.join("data/dataset.json");
+        let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&description).unwrap()).unwrap();
+        meta["seed"] = (meta["seed"].as_u64().unwrap() + k as u64).into();
+        std::fs::write(&description, serde_json::to_string(&meta).unwrap()).unwrap();
+    }
+    let on = |job: &mut Command, host: &Path, command: &[&str]| {
+        job.arg("-wdir").arg(host).arg(micn_bin()).args(command).arg(&config);
+    };
+    let mut job = crate::mpirun(1);
+    on(&mut job, &hosts[0], &["train", "--config"]);
+    on(job.args([":", "-np", "1"]), &hosts[1], &["train", "--config"]);
+    refused_once(&mut job, "the ranks read different datasets there (rank 1 from rank 0's)");
+    // Another command on rank 1: `eval`, or the same `train` that only prints its configuration.
+    for other in [&["train", "--print-config", "--config"][..], &["eval", "--run"]] {
+        let mut job = crate::mpirun(1);
+        on(&mut job, &hosts[0], &["train", "--config"]);
+        on(job.args([":", "-np", "1"]), &hosts[0], other);
+        let words = if other[0] == "eval" { "eval" } else { "train --print-config" };
+        refused_once(
+            &mut job,
+            &format!("the ranks run different commands (rank 1 `micn {words}` where rank 0 runs `micn train`)"),
+        );
+    }
+    assert!(!run.exists(), "nothing written");
 }
 
 #[test]
