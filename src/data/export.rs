@@ -145,6 +145,13 @@ pub enum Npy<'a> {
 /// The bytes of a NumPy `.npy` file (format 1.0): the magic, a header dict padded with spaces
 /// to a multiple of 64 bytes and ending in a newline, then the little-endian values.
 pub fn npy_bytes(values: Npy<'_>, shape: &[usize]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    write_npy_into(&mut bytes, values, shape).expect("writing into memory");
+    bytes
+}
+
+/// [`npy_bytes`] written into `w` as they are made: an array of gigabytes is not copied first.
+fn write_npy_into(w: &mut impl std::io::Write, values: Npy<'_>, shape: &[usize]) -> std::io::Result<()> {
     let descr = match values {
         Npy::I64(_) => "<i8",
         Npy::F32(_) => "<f4",
@@ -155,18 +162,23 @@ pub fn npy_bytes(values: Npy<'_>, shape: &[usize]) -> Vec<u8> {
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
     match values {
-        Npy::I64(v) => v.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes())),
-        Npy::F32(v) => v.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes())),
+        Npy::I64(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+        Npy::F32(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
     }
-    bytes
 }
 
+/// One `.npy` file, synced, whole or not at all ([`crate::io_error::replace_file`]).
 pub(crate) fn write_npy(path: &Path, values: Npy<'_>, shape: &[usize]) -> Result<(), DataError> {
-    write_file(path, &npy_bytes(values, shape))
+    crate::io_error::replace_file(path, |tmp| {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        write_npy_into(&mut w, values, shape)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })?;
+    Ok(())
 }
 
 /// Writes `bytes` to `path`, synced, whole or not at all ([`replace_file_synced`]).

@@ -116,6 +116,15 @@ pub enum TrainError {
          AUC needs clicked and unclicked samples; prepare the dataset from more users"
     )]
     TestSetUnscorable { path: PathBuf, samples: usize, positives: usize },
+    /// A click model learns from clicked and unclicked samples; an archive of one class (a file
+    /// of DIEN's whose negatives were left out) teaches it to answer the same for every sample.
+    #[error(
+        "{path}: the training archive holds {samples} samples, {positives} of them clicked: a click model learns \
+         from clicked and unclicked samples, and no validation share can change that; prepare the dataset with its \
+         unclicked samples (DIEN's files give both labels), or train MIND (model.kind = \"mind\"), which learns \
+         from clicks alone"
+    )]
+    TrainingOneClass { path: PathBuf, samples: usize, positives: usize },
     #[error(
         "{path}: {detail}, the vocabulary of {trained_on} that the model was trained on: its ids would mean other \
          users, items or categories"
@@ -245,6 +254,7 @@ impl TrainError {
                 | Self::OneClass { .. }
                 | Self::ValidationTooSmall { .. }
                 | Self::TestSetUnscorable { .. }
+                | Self::TrainingOneClass { .. }
                 | Self::Scores { .. }
                 | Self::ScoresNotFinite { .. }
                 | Self::OutputIsInput(_)
@@ -650,6 +660,14 @@ pub(super) fn validation_split(cfg: &Config, dataset: &Dataset) -> Result<shard:
     let train = dataset.train.samples();
     if train.is_empty() {
         return Err(TrainError::NoTrainingSamples(cfg.data.dir.clone()));
+    }
+    let clicked = train.labels.iter().filter(|&&l| l > 0).count();
+    if !cfg.model.learns_from_clicks_only() && (clicked == 0 || clicked == train.len()) {
+        return Err(TrainError::TrainingOneClass {
+            path: cfg.data.dir.clone(),
+            samples: train.len(),
+            positives: clicked,
+        });
     }
     let by_user = dataset.meta.protocol == "dien";
     let key = |i: usize| train.user_keys[i].to_native();

@@ -445,6 +445,38 @@ fn real_dien_sample_round_trips_ids_with_and_without_vocabulary_pickles() {
     }
 }
 
+/// A training archive of one class (DIEN's file with its unclicked lines left out) is refused by
+/// `train` as what it is, not with advice to raise the validation share, which cannot help, nor
+/// trained in silence with `data.valid_share = 0`.
+#[test]
+fn a_training_archive_of_clicks_alone_is_refused_naming_what_would_help() {
+    let src = fixtures().join("dien-books");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dien");
+    std::fs::create_dir(&dir).unwrap();
+    let test = std::fs::read(src.join("local_test")).unwrap();
+    let clicked: Vec<u8> =
+        test.split_inclusive(|&b| b == b'\n').filter(|l| l.starts_with(b"1\t")).flatten().copied().collect();
+    std::fs::write(dir.join("local_train_splitByUser"), clicked).unwrap();
+    std::fs::write(dir.join("local_test_splitByUser"), test).unwrap();
+    let data = tmp.path().join("data");
+    run_ok(micn().args(["prepare", "--input-format", "dien", "--dien-dir"]).arg(&dir).arg("--out").arg(&data));
+    for share in ["0", "0.5"] {
+        let sets = [
+            format!("data.dir={:?}", data.display().to_string()),
+            format!("data.valid_share={share}"),
+            "data.max_hist_len=2".to_string(),
+        ];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let cfg = crate::small_config(&tmp.path().join(format!("run-{share}")), &sets);
+        let e = micn::train::train(&cfg, &micn::dist::SingleProcess).unwrap_err();
+        assert!(e.is_input_error(), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("the training archive holds 19 samples, 19 of them clicked"), "{e}");
+        assert!(e.contains("no validation share can change that"), "{e}");
+    }
+}
+
 /// Every file of a directory, by name.
 pub(crate) fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
