@@ -80,7 +80,8 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
 /// The temporary file `tmp` of [`replace_file`], made if missing (one a killed process left is
 /// taken over) and locked (`flock`, released when the process ends, however it ends) while it is
 /// filled and renamed. Held by another process: refused (`WouldBlock`), rather than both writing
-/// into one file, each renaming the other's bytes into place.
+/// into one file, each renaming the other's bytes into place. Where the file system cannot lock,
+/// the file is used unlocked.
 fn lock_partial(tmp: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::MetadataExt as _;
     use std::os::unix::io::AsRawFd as _;
@@ -88,9 +89,10 @@ fn lock_partial(tmp: &Path) -> std::io::Result<std::fs::File> {
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(tmp)?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(e);
+            // A file system that cannot lock (ENOLCK, ENOSYS, EOPNOTSUPP: some NFS, Lustre and
+            // FUSE mounts) writes as it did before there was a lock.
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+                return Ok(file);
             }
             let name = tmp.file_name().unwrap_or_default().to_string_lossy();
             return Err(std::io::Error::new(

@@ -915,11 +915,23 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         Command::Bench { .. } => Some("bench"),
         Command::Checkpoint { .. } => Some("checkpoint"),
         Command::Data { .. } => Some("data"),
+        Command::Export { command: ExportCommand::Interests { .. } } => Some("export interests"),
+        Command::Export { command: ExportCommand::MfnCentres(_) } => Some("export mfn-centres"),
+        Command::Eval(args) if !args.retrieval.is_empty() => Some("eval --retrieval"),
         _ => None,
     };
+    // Said once, by rank 0 (every rank refuses alike).
     if let Some(name) = one_process {
         let alone = (comm.size() == 1).then_some(()).ok_or_else(|| {
             anyhow::Error::new(UsageError(format!("micn {name} runs as one process, not under mpirun")))
+        });
+        agreed(comm, alone)?;
+    }
+    if matches!(command, Command::Sweep(_)) {
+        let alone = (comm.size() == 1).then_some(()).ok_or_else(|| {
+            anyhow::Error::new(UsageError(
+                "micn sweep starts its own jobs: run it as one process, not under mpirun".into(),
+            ))
         });
         agreed(comm, alone)?;
     }
@@ -931,7 +943,6 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         Command::Eval(args) => eval(args, comm),
         Command::Predict(args) => predict(args, comm),
         Command::Export { command: ExportCommand::Interests { saved, out } } => {
-            ensure_usage!(comm.size() == 1, "micn export interests runs as one process, not under mpirun");
             let done = micn::train::saved::export_interests(
                 saved.dir()?,
                 saved.data.as_deref(),
@@ -951,7 +962,6 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             Ok(())
         }
         Command::Export { command: ExportCommand::MfnCentres(args) } => {
-            ensure_usage!(comm.size() == 1, "micn export mfn-centres runs as one process, not under mpirun");
             // A run's directory, or a checkpoint's.
             if !args.run.join("state.json").is_file() {
                 check_run_arg(&args.run)?;
@@ -996,7 +1006,7 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
             );
             Ok(())
         }
-        Command::Sweep(args) => sweep(args, comm),
+        Command::Sweep(args) => sweep(args),
         Command::Report { dirs, out } => report(&dirs, &out),
         Command::Bench { command } => bench(command),
         Command::Checkpoint { command } => checkpoint(command),
@@ -1245,7 +1255,6 @@ fn eval(args: EvalArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     let split = saved.split;
     if !retrieval.is_empty() {
         use micn::metrics::retrieval::RetrievalMetrics;
-        ensure_usage!(comm.size() == 1, "micn eval --retrieval runs as one process, not under mpirun");
         ensure_usage!(retrieval.iter().all(|&n| n > 0), "--retrieval: every N must be at least 1");
         let row = |name: &str, m: &RetrievalMetrics| {
             println!(
@@ -1349,11 +1358,10 @@ fn predict(args: PredictArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sweep(args: SweepArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
+fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     let SweepArgs { file, configs, grid, sets, repeats, np, launch_args, out, dry_run } = args;
 
     use micn::experiment::sweep::{self, SweepSpec};
-    ensure_usage!(comm.size() == 1, "micn sweep starts its own jobs: run it as one process, not under mpirun");
     let mut spec = match &file {
         Some(path) => SweepSpec::from_file(path)?,
         None => SweepSpec { repeats: 1, np: 1, ..Default::default() },

@@ -176,13 +176,15 @@ impl Staging {
             let path = path.to_path_buf();
             move |source| DataError::Io(PathIo { path, source })
         };
+        // Waited for with the owner file still there: a stale-staging sweep on another host must
+        // not take this directory for a dead process's meanwhile.
+        let _committing = commit_lock(&self.out);
         let owner = self.tmp.join(OWNER_FILE);
         std::fs::remove_file(&owner).map_err(io(&owner))?;
         for entry in std::fs::read_dir(&self.tmp).map_err(io(&self.tmp))? {
             let path = entry.map_err(io(&self.tmp))?.path();
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
         }
-        let _committing = commit_lock(&self.out);
         // An output being replaced steps aside first, and comes back if the new one cannot move in.
         let mut aside = crate::io_error::hidden_name(self.out.file_name().unwrap_or_default(), "replaced", PID_ROOM);
         aside.push(format!("-{}", std::process::id()));
@@ -214,11 +216,16 @@ impl Staging {
 
     /// The commit of [`merging`](Self::merging): every file built moves into `out` (made if
     /// missing), each by one rename, which needs no room on the disk; other files there stay.
-    pub fn commit_into(self) -> Result<(), DataError> {
-        std::fs::remove_file(self.tmp.join(OWNER_FILE)).with_path(&self.tmp)?;
-        crate::io_error::create_dirs(&self.out)?;
+    /// `tidy` runs first, within the commit (a report removing figures its new one no longer
+    /// draws), when `out` exists.
+    pub fn commit_into(self, tidy: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), DataError> {
         // Every file moves in before another commit to `out` starts: `out` holds one whole output.
         let _committing = commit_lock(&self.out);
+        std::fs::remove_file(self.tmp.join(OWNER_FILE)).with_path(&self.tmp)?;
+        if self.out.is_dir() {
+            tidy(&self.out).with_path(&self.out)?;
+        }
+        crate::io_error::create_dirs(&self.out)?;
         for entry in std::fs::read_dir(&self.tmp).with_path(&self.tmp)? {
             let from = entry.with_path(&self.tmp)?.path();
             std::fs::File::open(&from).and_then(|f| f.sync_all()).with_path(&from)?;
@@ -231,25 +238,46 @@ impl Staging {
     }
 }
 
-/// A lock on the directory that holds `out` (`flock`, blocking) while a commit moves outputs
-/// there: two processes committing to one `out` at once (a report or a synthetic data set
-/// written twice) take turns, so that neither finds the other's output half moved, nor moves its
-/// files in among the other's. Only the renames wait, a moment each. Where the file system
-/// cannot lock, commits go on as before.
+/// A lock on the directory that holds `out` (`flock`) while a commit moves outputs there: two
+/// processes committing to one `out` at once (a report or a synthetic data set written twice)
+/// take turns, so that neither finds the other's output half moved, nor moves its files in among
+/// the other's. Only the renames wait, a moment each. A lock held longer (another program's,
+/// `flock DIR micn ...`; a committer stopped with Ctrl-Z) is said after a few seconds and given up
+/// after [`COMMIT_WAIT`]; where the file system cannot lock, commits go on as before.
 fn commit_lock(out: &Path) -> Option<std::fs::File> {
     use std::os::unix::io::AsRawFd as _;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let dir = std::fs::File::open(parent).ok()?;
+    let started = Instant::now();
+    let mut said = false;
     loop {
         // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return Some(dir);
         }
-        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
             return None;
         }
+        let waited = started.elapsed();
+        if waited >= COMMIT_WAIT {
+            tracing::warn!(
+                "{}: still locked after {} s: moving {} into place without waiting longer",
+                parent.display(),
+                COMMIT_WAIT.as_secs(),
+                out.display()
+            );
+            return None;
+        }
+        if !said && waited >= std::time::Duration::from_secs(3) {
+            tracing::info!("{}: waiting for another process moving its output into this directory", parent.display());
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// How long a commit waits for another one into the same directory ([`commit_lock`]).
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `.NAME.partial-`, followed by the process id in a staging directory's name (`NAME` cut short
 /// where a long one would pass the length a file name may have: [`crate::io_error::hidden_name`]).
@@ -1256,7 +1284,8 @@ mod tests {
             // Another process's commit holds the lock (its own open file description).
             let other = std::fs::File::open(tmp.path()).unwrap();
             assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX) }, 0);
-            let committing = std::thread::spawn(move || if merging { staging.commit_into() } else { staging.commit() });
+            let committing =
+                std::thread::spawn(move || if merging { staging.commit_into(|_| Ok(())) } else { staging.commit() });
             std::thread::sleep(std::time::Duration::from_millis(300));
             assert!(!committing.is_finished(), "merging {merging}: it waits for the other commit");
             drop(other);

@@ -29,7 +29,8 @@ pub struct Stats {
     pub protocol: String,
     pub seed: u64,
     pub max_hist_len: usize,
-    pub reviews: u64,
+    /// Reviews (behaviours) read; unknown (`null`) for DIEN's files without `reviews-info`.
+    pub reviews: Option<u64>,
     pub users: u64,
     pub items: u64,
     pub cats: u64,
@@ -84,7 +85,7 @@ pub fn compute(d: &Dataset) -> Stats {
         protocol: d.meta.protocol.clone(),
         seed: d.meta.seed,
         max_hist_len: d.meta.max_hist_len,
-        reviews: d.meta.counts.reviews,
+        reviews: Some(d.meta.counts.reviews).filter(|&n| n > 0 || d.meta.source != "dien_files"),
         users: d.vocab.users.len() as u64,
         items: d.vocab.items.len() as u64,
         cats: d.vocab.cats.len() as u64,
@@ -110,11 +111,11 @@ impl std::fmt::Display for Stats {
         )?;
         // Sequences and interactions hold behaviours of any kind, not reviews (the JSON key
         // stays `reviews`); DIEN's files count the lines of their `reviews-info`, when given.
-        let behaviours = match self.source.as_str() {
-            "sequences" | "interactions" => format!("behaviours {}", self.reviews),
-            "dien_files" if self.reviews == 0 => "reviews unknown (no reviews-info)".into(),
-            "dien_files" => format!("reviews (reviews-info) {}", self.reviews),
-            _ => format!("reviews {}", self.reviews),
+        let behaviours = match (self.source.as_str(), self.reviews) {
+            (_, None) => "reviews unknown (no reviews-info)".into(),
+            ("sequences" | "interactions", Some(n)) => format!("behaviours {n}"),
+            ("dien_files", Some(n)) => format!("reviews (reviews-info) {n}"),
+            (_, Some(n)) => format!("reviews {n}"),
         };
         writeln!(
             f,

@@ -725,10 +725,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     std::fs::write(&markdown, &md).map_err(io(&markdown))?;
     let csv = out.join("report.csv");
     std::fs::write(&csv, table.csv()).map_err(io(&csv))?;
-    if final_out.is_dir() {
-        remove_old_figures(final_out).map_err(io(final_out))?;
-    }
-    staging.commit_into()?;
+    staging.commit_into(remove_old_figures)?;
     let markdown = final_out.join("report.md");
     Ok(Written { markdown, table: table_md, runs: found.runs.len(), left_out: found.left_out })
 }

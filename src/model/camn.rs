@@ -275,7 +275,6 @@ mod tests {
         }
     }
 
-    /// Eq. 7 with loops over the pairs, for a sample with two real behaviours of three slots.
     #[test]
     fn each_head_is_projected_by_its_own_weights() {
         let (heads, weights) = (
@@ -290,6 +289,7 @@ mod tests {
         }
     }
 
+    /// Eq. 7 with loops over the pairs, for a sample with two real behaviours of three slots.
     #[test]
     fn the_diversity_loss_sums_every_pair_of_attention_maps() {
         let (_, _, camn) = small(ModelConfig { camn_alpha: 0.5, ..Default::default() });

@@ -370,7 +370,7 @@ fn resume_point(
 
 /// Every rank reads the dataset rank 0 does (its files' sizes and checksums, its seed): ranks on
 /// hosts of their own each open their own copy at `data.dir`.
-fn same_dataset(comm: &dyn Communicator, dataset: &Dataset) -> Result<(), TrainError> {
+pub(crate) fn same_dataset(comm: &dyn Communicator, dataset: &Dataset) -> Result<(), TrainError> {
     if comm.size() == 1 {
         return Ok(());
     }
@@ -593,7 +593,7 @@ fn agree_on_rank0(
     result?;
     match agreed {
         0 => Ok(()),
-        code => Err(TrainError::PeerFailed { what, input: code == 3 }),
+        code => Err(TrainError::PeerFailed { rank: 0, what, input: code == 3 }),
     }
 }
 
@@ -601,7 +601,7 @@ fn agree_on_rank0(
 /// checkpoint, of a saved model): a failed rank keeps its error unless a lower rank failed with
 /// the same words (then [`TrainError::PeerFailed`], which is not reported), and a rank that passed
 /// ends with the failure's status, so the job ends with each cause said once, and no MPI_Abort.
-pub(crate) fn agree_all<T>(
+pub fn agree_all<T>(
     comm: &dyn Communicator,
     result: Result<T, TrainError>,
     what: &'static str,
@@ -616,14 +616,14 @@ pub(crate) fn agree_all<T>(
     };
     let gathered = comm.all_gather_bytes(&own)?;
     let all: Vec<&[u8]> = gathered.parts().collect();
-    let Some(first) = all.iter().find(|m| m.first() != Some(&0)) else {
+    let Some(rank) = all.iter().position(|m| m.first() != Some(&0)) else {
         return result;
     };
     FAILURE_AGREED.store(true, std::sync::atomic::Ordering::SeqCst);
-    let input = first.first() == Some(&3);
+    let input = all[rank].first() == Some(&3);
     match result {
         Err(e) if !all[..comm.rank()].contains(&own.as_slice()) => Err(e),
-        _ => Err(TrainError::PeerFailed { what, input }),
+        _ => Err(TrainError::PeerFailed { rank, what, input }),
     }
 }
 
@@ -664,8 +664,8 @@ pub fn train_until(
         tracing::info!(on = deterministic::is_on()?, "libtorch's deterministic algorithms (train.deterministic)");
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
-    check_dataset_there(&cfg.data.dir, "data.dir")?;
-    let dataset = Arc::new(Dataset::open(&cfg.data.dir)?);
+    let opened = check_dataset_there(&cfg.data.dir, "data.dir").and_then(|()| Ok(Dataset::open(&cfg.data.dir)?));
+    let dataset = Arc::new(agree_all(comm, opened, "open the dataset")?);
     let watchdog = match cfg.train.watchdog_seconds {
         0 => None,
         seconds => Some(Watched::new(comm, Duration::from_secs(seconds), watchdog::abort_rank)?),
@@ -1228,7 +1228,9 @@ impl<'a> Run<'a> {
         };
         let seconds = self.run_seconds();
         let position = (self.step, epoch, sample);
-        let diverged = if self.comm.rank() == 0 { self.divergence() } else { None };
+        // A validation at this step checked the model already.
+        let due = self.comm.rank() == 0 && self.checked_at != self.step;
+        let diverged = if due { self.divergence() } else { None };
         let diverged = self.diverged(diverged);
         let (replica, validation) = (&self.replica, &self.validation);
         self.checkpoints.save(

@@ -223,6 +223,8 @@ pub fn eval_saved(
     // Every rank loads and checks alike: a refusal is said once, by the lowest rank.
     let loaded = Saved::load(dir, data_dir, device, comm).and_then(|saved| Ok((saved.ids(split)?, saved)));
     let (ids, saved) = super::run::agree_all(comm, loaded, "load the model")?;
+    // Hosts holding other data at the same path would score other samples.
+    super::run::agree_all(comm, super::run::same_dataset(comm, &saved.dataset), "compare the ranks' datasets")?;
     let set = eval_set(split, &ids);
     evaluate_on(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len).map_err(|e| match e {
         TrainError::Scores { source: crate::metrics::MetricError::NanScores { nan, total }, .. } => {
@@ -284,6 +286,8 @@ pub fn predict(
     });
     // Every rank loads and checks alike: a refusal is said once, by the lowest rank.
     let (ids, saved) = super::run::agree_all(comm, loaded, "load the model")?;
+    // Hosts holding other data at the same path would score other samples.
+    super::run::agree_all(comm, super::run::same_dataset(comm, &saved.dataset), "compare the ranks' datasets")?;
     let set = eval_set(split, &ids);
     let scores = score(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len)?;
     let nan = scores.probs.iter().filter(|p| p.is_nan()).count();

@@ -41,8 +41,9 @@ pub enum StepError {
     /// running variance leaves the training loss finite). `what` says how it shows; `passed`, the
     /// step of the last check it passed (the breaking step lies after it).
     #[error(
-        "step {step}: the model diverged after step {passed}, its last check passed: {what} (lower train.lr); \
-         stopping (the last checkpoint, if any, is intact)"
+        "step {step}: the model diverged after {}: {what} (lower train.lr); stopping (the last checkpoint, if any, \
+         is intact)",
+        match passed { 0 => "its start".to_string(), n => format!("step {n}, its last check passed") }
     )]
     Diverged { step: u64, passed: u64, what: String },
     #[error("the model trains for retrieval but gave no user vector or no embedded negatives")]

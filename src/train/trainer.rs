@@ -145,10 +145,11 @@ pub enum TrainError {
         #[source]
         source: Box<TrainError>,
     },
-    /// What only rank 0 does (claim the run directory, write a checkpoint) failed there; rank 0
-    /// reports why. `input`: its error is one that retrying cannot fix.
-    #[error("rank 0 could not {what}; its error says why")]
-    PeerFailed { what: &'static str, input: bool },
+    /// What only rank 0 does (claim the run directory, write a checkpoint), or what every rank
+    /// does alike (check the dataset), failed on rank `rank`, which reports why. `input`: its
+    /// error is one that retrying cannot fix.
+    #[error("rank {rank} could not {what}; its error says why")]
+    PeerFailed { rank: usize, what: &'static str, input: bool },
     #[error("run.dir is empty: set it to the directory the run should be written to")]
     NoRunDir,
     #[error("run.dir {path}: {what}; give the run a directory of its own")]

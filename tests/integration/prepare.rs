@@ -403,6 +403,9 @@ fn real_dien_sample_round_trips_ids_with_and_without_vocabulary_pickles() {
     let out = tmp.path().join("without-reviews-info");
     run_ok(micn().args(["prepare", "--input-format", "dien", "--dien-dir"]).arg(&without).arg("--out").arg(&out));
     assert!(stats(&out).contains("\nreviews unknown (no reviews-info)  vocabularies"), "{}", stats(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&run_ok(micn().args(["data", "stats", "--json"]).arg(&out)).stdout).unwrap();
+    assert!(json["reviews"].is_null(), "{json}");
 
     // With DIEN's vocabulary pickles the ids are the pickles' ids. Give them an order unlike
     // frequency order (reverse by name), DIEN's conventions: users from 0, `default_mid` and
