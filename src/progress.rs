@@ -1,7 +1,7 @@
 //! Progress of long work for the person waiting on it: a line redrawn in place on a terminal
 //! (standard error, `\r` and erase-to-end; a log line written meanwhile first clears it, see
-//! `logging`), else a log line now and then. Training's step bar and the reading of each raw
-//! input file in `micn prepare` ([`ReadMeter`]) use it.
+//! `logging`), else a log line now and then. Training's step bar, the reading of each raw input
+//! file in `micn prepare` ([`ReadMeter`]) and the scoring of a large set ([`ScoreMeter`]) use it.
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,31 +61,26 @@ pub fn clock(seconds: f64) -> String {
 const DRAW_EVERY: Duration = Duration::from_millis(500);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The progress of reading one input file: how much of it as stored (compressed, for gzip) is
-/// read, the lines so far, the pace and the time left.
+/// When progress is shown, and where: redrawn on a terminal every [`DRAW_EVERY`], else logged
+/// every [`LOG_EVERY`] (and always as log lines under `--log-format json`, where a redrawn line
+/// would be the one line that is not JSON). Work done within the first interval shows nothing.
 #[derive(Debug)]
-pub struct ReadMeter<'a> {
-    path: &'a Path,
-    /// The file's size as stored; `None` for a pipe or another file whose size is unknown.
-    total: Option<u64>,
+struct Pace {
     started: Instant,
     next: Instant,
     terminal: Option<TerminalLine>,
 }
 
-impl<'a> ReadMeter<'a> {
-    /// A meter for `path`, `total` bytes as stored (`None`: unknown, a pipe), shown on standard
-    /// error as it is: redrawn on a terminal, logged otherwise (and always as log lines under
-    /// `--log-format json`, where a redrawn line would be the one line that is not JSON).
-    pub fn new(path: &'a Path, total: Option<u64>) -> Self {
+impl Pace {
+    fn new() -> Self {
         let redraw = std::io::stderr().is_terminal() && !crate::logging::json_lines();
-        Self::starting_at(path, total, Instant::now(), redraw.then(TerminalLine::default))
+        Self::starting_at(Instant::now(), redraw.then(TerminalLine::default))
     }
 
-    fn starting_at(path: &'a Path, total: Option<u64>, started: Instant, terminal: Option<TerminalLine>) -> Self {
-        let mut meter = Self { path, total, started, next: started, terminal };
-        meter.next = started + meter.every();
-        meter
+    fn starting_at(started: Instant, terminal: Option<TerminalLine>) -> Self {
+        let mut pace = Self { started, next: started, terminal };
+        pace.next = started + pace.every();
+        pace
     }
 
     /// The interval between two updates shown: redrawn on a terminal, logged otherwise.
@@ -97,14 +92,52 @@ impl<'a> ReadMeter<'a> {
         }
     }
 
+    /// Whether an update at `now` is shown (at most one per interval).
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.every();
+        true
+    }
+
+    /// Seconds since the work started, when an update is due now.
+    fn due_now(&mut self) -> Option<f64> {
+        let now = Instant::now();
+        self.due(now).then(|| now.duration_since(self.started).as_secs_f64())
+    }
+}
+
+impl Drop for Pace {
+    /// The work is done (or failed): its line goes, the summary or the error follows.
+    fn drop(&mut self) {
+        if let Some(line) = &mut self.terminal {
+            line.erase();
+        }
+    }
+}
+
+/// The progress of reading one input file: how much of it as stored (compressed, for gzip) is
+/// read, the lines so far, the pace and the time left.
+#[derive(Debug)]
+pub struct ReadMeter<'a> {
+    path: &'a Path,
+    /// The file's size as stored; `None` for a pipe or another file whose size is unknown.
+    total: Option<u64>,
+    pace: Pace,
+}
+
+impl<'a> ReadMeter<'a> {
+    /// A meter for `path`, `total` bytes as stored (`None`: unknown, a pipe), shown on standard
+    /// error ([`Pace`]).
+    pub fn new(path: &'a Path, total: Option<u64>) -> Self {
+        Self { path, total, pace: Pace::new() }
+    }
+
     /// `read` stored bytes and `lines` lines are read: show it when the interval is up.
     pub fn update(&mut self, read: u64, lines: u64) {
-        let now = Instant::now();
-        if !self.due(now) {
-            return;
-        }
-        let elapsed = now.duration_since(self.started).as_secs_f64();
-        match &mut self.terminal {
+        let Some(elapsed) = self.pace.due_now() else { return };
+        match &mut self.pace.terminal {
             Some(line) => line.draw(&describe_read(self.path, read, self.total, lines, elapsed)),
             None => tracing::info!(
                 file = %self.path.display(),
@@ -117,24 +150,51 @@ impl<'a> ReadMeter<'a> {
             ),
         }
     }
+}
 
-    /// Whether an update at `now` is shown (at most one per interval).
-    fn due(&mut self, now: Instant) -> bool {
-        if now < self.next {
-            return false;
+/// The progress of scoring a set: the samples scored of how many, the pace and the time left
+/// (`scoring the test set: 123,456 of 1,000,000 samples (12 %), 30,000 samples/s, ETA 29s`).
+#[derive(Debug)]
+pub struct ScoreMeter {
+    set: &'static str,
+    total: u64,
+    pace: Pace,
+}
+
+impl ScoreMeter {
+    /// A meter for scoring the `set` set of `total` samples, shown on standard error ([`Pace`]).
+    pub fn new(set: &'static str, total: u64) -> Self {
+        Self { set, total, pace: Pace::new() }
+    }
+
+    /// `done` samples are scored: show it when the interval is up.
+    pub fn update(&mut self, done: u64) {
+        let Some(elapsed) = self.pace.due_now() else { return };
+        let rate = done as f64 / elapsed.max(1e-9);
+        let eta = remaining_seconds(elapsed, done, self.total.saturating_sub(done));
+        match &mut self.pace.terminal {
+            Some(line) => line.draw(&describe_scoring(self.set, done, self.total, elapsed)),
+            None => tracing::info!(
+                set = self.set,
+                samples = done,
+                total = self.total,
+                samples_per_s = rate,
+                eta_seconds = eta,
+                "scoring"
+            ),
         }
-        self.next = now + self.every();
-        true
     }
 }
 
-impl Drop for ReadMeter<'_> {
-    /// The file is read (or its read failed): its line goes, the summary or the error follows.
-    fn drop(&mut self) {
-        if let Some(line) = &mut self.terminal {
-            line.erase();
-        }
-    }
+fn describe_scoring(set: &str, done: u64, total: u64, elapsed: f64) -> String {
+    let percent = done as f64 * 100.0 / total.max(1) as f64;
+    let eta = remaining_seconds(elapsed, done, total.saturating_sub(done)).map_or_else(|| "?".into(), clock);
+    format!(
+        "scoring the {set} set: {} of {} samples ({percent:.0} %), {} samples/s, ETA {eta}",
+        thousands(done),
+        thousands(total),
+        thousands((done as f64 / elapsed.max(1e-9)) as u64)
+    )
 }
 
 /// `reading reviews_Books.json.gz: 1.23 GB of 3.05 GB (40 %), 9,123,456 lines, 123 MB/s, ETA 15s`;
@@ -239,14 +299,26 @@ mod tests {
     #[test]
     fn a_read_is_shown_once_an_interval_is_up_and_then_once_per_interval() {
         let start = Instant::now();
-        let mut meter = ReadMeter::starting_at(Path::new("f"), Some(100), start, None);
-        assert!(!meter.due(start), "a file read within the first interval shows nothing");
-        assert!(!meter.due(start + LOG_EVERY / 2));
-        assert!(meter.due(start + LOG_EVERY));
-        assert!(!meter.due(start + LOG_EVERY + LOG_EVERY / 2), "once per interval");
-        assert!(meter.due(start + 3 * LOG_EVERY), "a late update is shown");
-        assert!(!meter.due(start + 3 * LOG_EVERY + LOG_EVERY / 2), "the next interval counts from the last shown");
-        let terminal = ReadMeter::starting_at(Path::new("f"), Some(100), start, Some(TerminalLine::default()));
+        let mut pace = Pace::starting_at(start, None);
+        assert!(!pace.due(start), "a file read within the first interval shows nothing");
+        assert!(!pace.due(start + LOG_EVERY / 2));
+        assert!(pace.due(start + LOG_EVERY));
+        assert!(!pace.due(start + LOG_EVERY + LOG_EVERY / 2), "once per interval");
+        assert!(pace.due(start + 3 * LOG_EVERY), "a late update is shown");
+        assert!(!pace.due(start + 3 * LOG_EVERY + LOG_EVERY / 2), "the next interval counts from the last shown");
+        let terminal = Pace::starting_at(start, Some(TerminalLine::default()));
         assert_eq!(terminal.every(), DRAW_EVERY, "a terminal is redrawn more often than a log is written");
+    }
+
+    #[test]
+    fn scoring_is_described_by_its_share_pace_and_time_left() {
+        assert_eq!(
+            describe_scoring("test", 123_456, 1_000_000, 4.0),
+            "scoring the test set: 123,456 of 1,000,000 samples (12 %), 30,864 samples/s, ETA 28s"
+        );
+        assert_eq!(
+            describe_scoring("validation", 0, 0, 0.0),
+            "scoring the validation set: 0 of 0 samples (0 %), 0 samples/s, ETA ?"
+        );
     }
 }

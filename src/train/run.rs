@@ -830,6 +830,16 @@ impl<'a> Run<'a> {
                  run's model is its final one"
             );
         }
+        // The sampled softmax draws negatives from the vocabulary; with a single item (id 0
+        // aside) every draw is the target, left out as an accidental hit: MICN's loss is 0.
+        if cfg.micn.enabled && dataset.vocab.items.len() <= 2 && comm.rank() == 0 {
+            tracing::warn!(
+                "{}: the vocabulary holds {} item(s) besides id 0: MICN's sampled softmax has no other item to draw as \
+                 a negative, so its loss is 0 and it shapes nothing (micn.enabled = true changes nothing here)",
+                cfg.data.dir.display(),
+                dataset.vocab.items.len().saturating_sub(1)
+            );
+        }
         if cfg.model.learns_from_clicks_only() {
             let samples = dataset.train.samples();
             split.train.retain(|&i| crate::data::batch::is_positive_sample(samples, i));

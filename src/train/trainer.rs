@@ -585,12 +585,18 @@ pub fn score(
     let (samples, set_ids) = set.samples(dataset);
     let mut local = Scores::default();
     let mut labels = Vec::<f32>::new();
+    // Shown by rank 0 when scoring takes a while (millions of samples), its share for all.
+    let mut meter = (comm.rank() == 0).then(|| crate::progress::ScoreMeter::new(set.name(), set_ids.len() as u64));
     for batch in eval_batches(samples, &set_ids, comm.rank(), comm.size(), 1024, max_hist_len) {
+        if let Some(meter) = &mut meter {
+            meter.update(((local.probs.len() * comm.size()) as u64).min(set_ids.len() as u64));
+        }
         local.probs.extend(crate::transfer::download_f32(&eval_logits(net, &batch, device).sigmoid()));
         local.ids.extend(&batch.sample_ids);
         local.user_keys.extend(&batch.user_keys);
         labels.extend(&batch.labels);
     }
+    drop(meter);
     let ids = comm.all_gather(&local.ids)?.data;
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&k| ids[k]);
