@@ -1186,7 +1186,7 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
                 None => (run_dir.foreign_contents(), run_dir.present_files()),
             };
             let refusals = [
-                micn::train::check_dataset_there(&cfg.data.dir, "data.dir").err(),
+                micn::train::dataset_refusal(&cfg),
                 foreign.map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
                 refused_path,
                 (resume == micn::train::Resume::Fresh && !present.is_empty())

@@ -15,5 +15,5 @@ pub mod step;
 pub mod trainer;
 
 pub use self::interrupt::Interrupter;
-pub use self::run::{check_dataset_there, check_run_dir_path, train, train_from, train_until, Resume};
+pub use self::run::{check_dataset_there, check_run_dir_path, dataset_refusal, train, train_from, train_until, Resume};
 pub use self::trainer::{evaluate, EvalResult, Summary, TrainError};

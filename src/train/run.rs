@@ -430,6 +430,20 @@ fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Opti
     Ok(serde_json::from_str::<Summary>(&agreed).ok().filter(|s| s.steps == step && !s.stopped_by_signal))
 }
 
+/// What `micn train` would refuse in the dataset at `data.dir` for `cfg` (`--print-config`'s
+/// look): no dataset there, or one it cannot open, a history or batch it cannot give, a
+/// validation or test split it cannot score, a model it cannot build on it (CAMN without an
+/// attribute table). The first such refusal, in the words `train` would use.
+pub fn dataset_refusal(cfg: &Config) -> Option<TrainError> {
+    let opened = check_dataset_there(&cfg.data.dir, "data.dir").and_then(|()| Ok(Dataset::open(&cfg.data.dir)?));
+    let dataset = match opened {
+        Ok(dataset) => dataset,
+        Err(e) => return Some(e),
+    };
+    let single = crate::dist::SingleProcess;
+    Run::split(cfg, &single, &dataset).err().or_else(|| build_model(cfg, &dataset, Device::Cpu).err())
+}
+
 /// `data_dir` holds a dataset (its `dataset.json`), or the error names `key` (`data.dir`,
 /// `--data`) and the way out (a file there is no dataset either, nor `micn data export`'s
 /// arrays). What cannot be looked into is left to [`Dataset::open`], which names the OS's reason.

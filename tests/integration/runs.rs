@@ -159,6 +159,16 @@ fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
     std::fs::remove_dir_all(&run).unwrap();
     let warned = stderr(&print(&config, &["run.dir=\"\""]));
     assert!(warned.contains("train would refuse this: run.dir is empty"), "{warned}");
+    // And what it would refuse in the dataset there, for this configuration.
+    let data = format!("data.dir={:?}", dataset_dir().display().to_string());
+    for (set, says) in [
+        ("data.max_hist_len=400", "keeps histories of at most"),
+        ("train.global_batch_size=100000", "fewer than one global batch of 100000"),
+    ] {
+        let warned = stderr(&print(&config, &[&data, set]));
+        assert!(warned.contains("train would refuse this: ") && warned.contains(says), "{set}: {warned}");
+    }
+    assert!(!stderr(&print(&config, &[&data, "data.max_hist_len=10"])).contains("would refuse"), "a dataset that fits");
     // And what `train` refuses, it refuses alike.
     let e = train_refused(&run, &["--print-config", "--set", "train.max_stps=1"]);
     assert!(e.contains("unknown field `max_stps`"), "{e}");
@@ -381,13 +391,13 @@ fn an_error_is_one_line_that_names_each_cause_once() {
     assert!(line.starts_with("error: ") && line.contains(&missing.display().to_string()), "{line}");
     // What to do about it, by the key that named it (not the OS's "No such file or directory").
     assert!(line.contains("no dataset there (no dataset.json), and data.dir names it: prepare one"), "{line}");
-    // An OS error, once, without its debug form: a dataset description that is a directory.
+    // Said once, without an OS error's debug form: a dataset description that is a directory.
     std::fs::create_dir_all(missing.join("dataset.json")).unwrap();
     let out = micn(&["train", "--config"]).arg(&config).output().unwrap();
     let line = stderr(&out).lines().last().unwrap().to_string();
     assert_eq!(out.status.code(), Some(3), "{line}");
     assert!(line.starts_with("error: ") && line.contains(&missing.display().to_string()), "{line}");
-    assert_eq!(line.matches("Is a directory").count(), 1, "the OS error once: {line}");
+    assert_eq!(line.matches("not a regular file").count(), 1, "said once: {line}");
     assert!(!line.contains("Os {") && !line.contains("kind:"), "no debug text: {line}");
 }
 
