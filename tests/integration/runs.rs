@@ -165,7 +165,7 @@ fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
         ("data.max_hist_len=400", "keeps histories of at most"),
         ("train.global_batch_size=100000", "fewer than one global batch of 100000"),
     ] {
-        let warned = stderr(&print(&config, &[&data, set]));
+        let warned = stderr(&print(&config, &[&data, "data.max_hist_len=10", set]));
         assert!(warned.contains("train would refuse this: ") && warned.contains(says), "{set}: {warned}");
     }
     assert!(!stderr(&print(&config, &[&data, "data.max_hist_len=10"])).contains("would refuse"), "a dataset that fits");
