@@ -1120,7 +1120,7 @@ fn same_command(comm: &dyn Communicator) -> anyhow::Result<()> {
 }
 
 /// The command this process runs, as its subcommands and the flags that change what it does
-/// with its peers (`train --print-config`, `sweep --dry-run`, `doctor --check-comm`).
+/// with its peers (`train --print-config`, `sweep --dry-run`, `doctor --check-comm`, `eval --retrieval`).
 fn command_words() -> String {
     use clap::CommandFactory as _;
     let Ok(matches) = Cli::command().try_get_matches_from(std::env::args_os()) else {
@@ -1136,6 +1136,9 @@ fn command_words() -> String {
         if at.try_get_one::<bool>(flag).ok().flatten() == Some(&true) {
             words.push(format!("--{}", flag.replace('_', "-")));
         }
+    }
+    if at.try_get_raw("retrieval").ok().flatten().is_some() {
+        words.push("--retrieval".into());
     }
     words.join(" ")
 }

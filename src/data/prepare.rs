@@ -176,15 +176,15 @@ impl Staging {
             let path = path.to_path_buf();
             move |source| DataError::Io(PathIo { path, source })
         };
+        for entry in std::fs::read_dir(&self.tmp).map_err(io(&self.tmp))? {
+            let path = entry.map_err(io(&self.tmp))?.path();
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
+        }
         // Waited for with the owner file still there: a stale-staging sweep on another host must
         // not take this directory for a dead process's meanwhile.
         let _committing = commit_lock(&self.out);
         let owner = self.tmp.join(OWNER_FILE);
         std::fs::remove_file(&owner).map_err(io(&owner))?;
-        for entry in std::fs::read_dir(&self.tmp).map_err(io(&self.tmp))? {
-            let path = entry.map_err(io(&self.tmp))?.path();
-            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
-        }
         // An output being replaced steps aside first, and comes back if the new one cannot move in.
         let mut aside = crate::io_error::hidden_name(self.out.file_name().unwrap_or_default(), "replaced", PID_ROOM);
         aside.push(format!("-{}", std::process::id()));

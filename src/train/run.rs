@@ -23,8 +23,8 @@ use super::deterministic;
 use super::schedule::Schedule;
 use super::step::{read_unread, Control, StepContext, StepError, StepStats, Unread};
 use super::trainer::{
-    build_model, check_history, check_test_set, eval_logits, evaluate_on, keep_freed_memory, pick_device,
-    validation_split, Built, EvalResult, EvalSet, Replica, Selected, Summary, TrainError,
+    build_model, check_history, check_test_set, check_training_classes, eval_logits, evaluate_on, keep_freed_memory,
+    pick_device, validation_split, Built, EvalResult, EvalSet, Replica, Selected, Summary, TrainError,
 };
 use super::Interrupter;
 use crate::checkpoint::{self, LossWindow};
@@ -836,6 +836,7 @@ impl<'a> Run<'a> {
     ) -> Result<(shard::Split, usize, u64), TrainError> {
         check_history(cfg, dataset)?;
         check_test_set(cfg, dataset)?;
+        check_training_classes(cfg, dataset)?;
         let mut split = validation_split(cfg, dataset)?;
         if cfg.train.restore_best && split.valid.is_empty() && comm.rank() == 0 {
             // Not refused: runs saved with it must still load for eval and predict.

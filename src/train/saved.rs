@@ -220,11 +220,7 @@ pub fn eval_saved(
     device: Option<DeviceChoice>,
     comm: &dyn Communicator,
 ) -> Result<EvalResult, TrainError> {
-    // Every rank loads and checks alike: a refusal is said once, by the lowest rank.
-    let loaded = Saved::load(dir, data_dir, device, comm).and_then(|saved| Ok((saved.ids(split)?, saved)));
-    let (ids, saved) = super::run::agree_all(comm, loaded, "load the model")?;
-    // Hosts holding other data at the same path would score other samples.
-    super::run::agree_all(comm, super::run::same_dataset(comm, &saved.dataset), "compare the ranks' datasets")?;
+    let (ids, saved) = loaded_on_every_rank(Saved::load(dir, data_dir, device, comm), split, comm)?;
     let set = eval_set(split, &ids);
     evaluate_on(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len).map_err(|e| match e {
         TrainError::Scores { source: crate::metrics::MetricError::NanScores { nan, total }, .. } => {
@@ -232,6 +228,21 @@ pub fn eval_saved(
         }
         e => e,
     })
+}
+
+/// The model every rank `loaded` (with its checks), the same dataset on every rank (hosts holding
+/// other data at the same path would score other samples), and the samples of `split`: each
+/// refusal said once, by the lowest rank that meets it.
+fn loaded_on_every_rank(
+    loaded: Result<Saved, TrainError>,
+    split: Split,
+    comm: &dyn Communicator,
+) -> Result<(Option<Vec<u32>>, Saved), TrainError> {
+    use super::run::{agree_all, same_dataset};
+    let saved = agree_all(comm, loaded, "load the model")?;
+    agree_all(comm, same_dataset(comm, &saved.dataset), "compare the ranks' datasets")?;
+    let ids = agree_all(comm, saved.ids(split), "take the split's samples")?;
+    Ok((ids, saved))
 }
 
 /// The error of a saved model (in `dir`) whose scores of `set` are NaN.
@@ -282,12 +293,9 @@ pub fn predict(
     let loaded = check_not_in_a_run(out).and_then(|()| {
         let saved = Saved::load(dir, data_dir, device, comm)?;
         check_not_an_input(out, saved.inputs(dir))?;
-        Ok((saved.ids(split)?, saved))
+        Ok(saved)
     });
-    // Every rank loads and checks alike: a refusal is said once, by the lowest rank.
-    let (ids, saved) = super::run::agree_all(comm, loaded, "load the model")?;
-    // Hosts holding other data at the same path would score other samples.
-    super::run::agree_all(comm, super::run::same_dataset(comm, &saved.dataset), "compare the ranks' datasets")?;
+    let (ids, saved) = loaded_on_every_rank(loaded, split, comm)?;
     let set = eval_set(split, &ids);
     let scores = score(&saved.net, &saved.dataset, set, comm, saved.device, saved.cfg.data.max_hist_len)?;
     let nan = scores.probs.iter().filter(|p| p.is_nan()).count();

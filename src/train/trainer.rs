@@ -121,8 +121,8 @@ pub enum TrainError {
     #[error(
         "{path}: the training archive holds {samples} samples, {positives} of them clicked: a click model learns \
          from clicked and unclicked samples, and no validation share can change that; prepare the dataset with its \
-         unclicked samples (DIEN's files give both labels), or train MIND (model.kind = \"mind\"), which learns \
-         from clicks alone"
+         unclicked samples (DIEN's files give both labels), or train MIND for retrieval, which learns from clicks \
+         alone (model.kind = \"mind\", model.mind_objective = \"retrieval\", data.valid_share = 0)"
     )]
     TrainingOneClass { path: PathBuf, samples: usize, positives: usize },
     #[error(
@@ -660,6 +660,22 @@ pub(super) fn check_test_set(cfg: &Config, dataset: &Dataset) -> Result<(), Trai
     Ok(())
 }
 
+/// A click model's training archive holds clicked and unclicked samples (MIND trained for
+/// retrieval learns from the clicked ones alone). Checked by `train` only: a saved model still
+/// scores such data.
+pub(super) fn check_training_classes(cfg: &Config, dataset: &Dataset) -> Result<(), TrainError> {
+    let train = dataset.train.samples();
+    let clicked = train.labels.iter().filter(|&&l| l > 0).count();
+    if !cfg.model.learns_from_clicks_only() && !train.is_empty() && (clicked == 0 || clicked == train.len()) {
+        return Err(TrainError::TrainingOneClass {
+            path: cfg.data.dir.clone(),
+            samples: train.len(),
+            positives: clicked,
+        });
+    }
+    Ok(())
+}
+
 /// Hold out the validation share of the training archive (see [`shard::validation_split`]),
 /// drawn from the dataset's own seed so that every run on a dataset validates on the same
 /// samples. A share that holds out too little to score is refused.
@@ -667,14 +683,6 @@ pub(super) fn validation_split(cfg: &Config, dataset: &Dataset) -> Result<shard:
     let train = dataset.train.samples();
     if train.is_empty() {
         return Err(TrainError::NoTrainingSamples(cfg.data.dir.clone()));
-    }
-    let clicked = train.labels.iter().filter(|&&l| l > 0).count();
-    if !cfg.model.learns_from_clicks_only() && (clicked == 0 || clicked == train.len()) {
-        return Err(TrainError::TrainingOneClass {
-            path: cfg.data.dir.clone(),
-            samples: train.len(),
-            positives: clicked,
-        });
     }
     let by_user = dataset.meta.protocol == "dien";
     let key = |i: usize| train.user_keys[i].to_native();
