@@ -615,7 +615,7 @@ fn agree_on_rank0(
 /// checkpoint, of a saved model): a failed rank keeps its error unless a lower rank failed with
 /// the same words (then [`TrainError::PeerFailed`], which is not reported), and a rank that passed
 /// ends with the failure's status, so the job ends with each cause said once, and no MPI_Abort.
-pub fn agree_all<T>(
+pub(crate) fn agree_all<T>(
     comm: &dyn Communicator,
     result: Result<T, TrainError>,
     what: &'static str,
