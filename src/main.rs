@@ -907,7 +907,8 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
     );
     agreed(comm, same_command(comm))?;
     // Commands that read or write files as one process: under mpirun every rank would print the
-    // same lines (one JSON document after another) and write the same files at once.
+    // same lines (one JSON document after another) and write the same files at once. Refused by
+    // every rank alike, said once by rank 0.
     let one_process = match &command {
         Command::Synth(_) => Some("synth"),
         Command::Prepare(_) => Some("prepare"),
@@ -918,22 +919,15 @@ fn run(command: Command, comm: &dyn Communicator, mpi_versions: Option<MpiInfo>)
         Command::Export { command: ExportCommand::Interests { .. } } => Some("export interests"),
         Command::Export { command: ExportCommand::MfnCentres(_) } => Some("export mfn-centres"),
         Command::Eval(args) if !args.retrieval.is_empty() => Some("eval --retrieval"),
+        Command::Sweep(_) => Some("sweep"),
         _ => None,
     };
-    // Said once, by rank 0 (every rank refuses alike).
-    if let Some(name) = one_process {
-        let alone = (comm.size() == 1).then_some(()).ok_or_else(|| {
-            anyhow::Error::new(UsageError(format!("micn {name} runs as one process, not under mpirun")))
+    if let Some(name) = one_process.filter(|_| comm.size() > 1) {
+        let refused = UsageError(match name {
+            "sweep" => "micn sweep starts its own jobs: run it as one process, not under mpirun".into(),
+            name => format!("micn {name} runs as one process, not under mpirun"),
         });
-        agreed(comm, alone)?;
-    }
-    if matches!(command, Command::Sweep(_)) {
-        let alone = (comm.size() == 1).then_some(()).ok_or_else(|| {
-            anyhow::Error::new(UsageError(
-                "micn sweep starts its own jobs: run it as one process, not under mpirun".into(),
-            ))
-        });
-        agreed(comm, alone)?;
+        agreed(comm, Err::<(), _>(anyhow::Error::new(refused)))?;
     }
     match command {
         Command::Doctor { json, check_comm } => doctor(comm, mpi_versions, json, check_comm),
