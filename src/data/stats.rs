@@ -122,16 +122,17 @@ impl std::fmt::Display for Stats {
             "{behaviours}  vocabularies (with id 0): users {}  items {}  categories {}",
             self.users, self.items, self.cats
         )?;
-        let item_count = self.items.saturating_sub(1);
-        match self.category_source {
-            // Every item: the line says so already.
-            CategorySource::WithoutMeta => writeln!(f, "categories: {}", self.category_source)?,
-            _ if self.items_in_default_cat == 0 => writeln!(f, "categories: {}", self.category_source)?,
-            _ => writeln!(
+        // Without a source every item is in `default_cat`, which its line says already.
+        if self.items_in_default_cat == 0 || self.category_source == CategorySource::WithoutMeta {
+            writeln!(f, "categories: {}", self.category_source)?;
+        } else {
+            writeln!(
                 f,
-                "categories: {}; {} of the {item_count} items have none there and are in `default_cat`",
-                self.category_source, self.items_in_default_cat
-            )?,
+                "categories: {}; {} of the {} items have none there and are in `default_cat`",
+                self.category_source,
+                self.items_in_default_cat,
+                self.items.saturating_sub(1)
+            )?;
         }
         for (name, s) in [("train", &self.train), ("test", &self.test)] {
             writeln!(

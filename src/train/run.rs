@@ -435,13 +435,18 @@ fn ended_at(comm: &dyn Communicator, run_dir: &RunDir, step: u64) -> Result<Opti
 /// validation or test split it cannot score, a model it cannot build on it (CAMN without an
 /// attribute table). The first such refusal, in the words `train` would use.
 pub fn dataset_refusal(cfg: &Config) -> Option<TrainError> {
-    let opened = check_dataset_there(&cfg.data.dir, "data.dir").and_then(|()| Ok(Dataset::open(&cfg.data.dir)?));
-    let dataset = match opened {
+    let dataset = match open_dataset(cfg) {
         Ok(dataset) => dataset,
         Err(e) => return Some(e),
     };
     let single = crate::dist::SingleProcess;
     Run::split(cfg, &single, &dataset).err().or_else(|| build_model(cfg, &dataset, Device::Cpu).err())
+}
+
+/// The dataset at `data.dir`, or why there is none to open (named as `data.dir`'s).
+fn open_dataset(cfg: &Config) -> Result<Dataset, TrainError> {
+    check_dataset_there(&cfg.data.dir, "data.dir")?;
+    Ok(Dataset::open(&cfg.data.dir)?)
 }
 
 /// `data_dir` holds a dataset (its `dataset.json`), or the error names `key` (`data.dir`,
@@ -678,8 +683,7 @@ pub fn train_until(
         tracing::info!(on = deterministic::is_on()?, "libtorch's deterministic algorithms (train.deterministic)");
     }
     let device = pick_device(cfg.device, comm.local_rank())?;
-    let opened = check_dataset_there(&cfg.data.dir, "data.dir").and_then(|()| Ok(Dataset::open(&cfg.data.dir)?));
-    let dataset = Arc::new(agree_all(comm, opened, "open the dataset")?);
+    let dataset = Arc::new(agree_all(comm, open_dataset(cfg), "open the dataset")?);
     let watchdog = match cfg.train.watchdog_seconds {
         0 => None,
         seconds => Some(Watched::new(comm, Duration::from_secs(seconds), watchdog::abort_rank)?),
@@ -1136,15 +1140,18 @@ impl<'a> Run<'a> {
     fn validate(&mut self, epoch: u64) -> Result<(), TrainError> {
         self.read_losses()?;
         if self.validation.is_due(self.step) {
-            let diverged = if self.comm.rank() == 0 { self.divergence() } else { None };
-            agree_on_rank0(self.comm, self.diverged(diverged), "check the model")?;
+            let checked = self.check_model();
+            agree_on_rank0(self.comm, checked, "check the model")?;
         }
         self.validation.run(&self.scorer, &self.replica.net, (self.step, epoch), &mut self.metrics)
     }
 
-    /// Rank 0's finding of [`Run::divergence`] as the run's error, or the step noted as checked.
-    fn diverged(&mut self, what: Option<String>) -> Result<(), TrainError> {
-        match what {
+    /// Rank 0's [`Run::divergence`] of the model after the last step (unless that step's model
+    /// was checked already) as the run's error, or the step noted as checked. The other ranks'
+    /// outcome is Ok: they learn rank 0's through an agreement.
+    fn check_model(&mut self) -> Result<(), TrainError> {
+        let due = self.comm.rank() == 0 && self.checked_at != self.step;
+        match if due { self.divergence() } else { None } {
             Some(what) => Err(StepError::Diverged { step: self.step, passed: self.checked_at, what }.into()),
             None => {
                 self.checked_at = self.step;
@@ -1253,10 +1260,7 @@ impl<'a> Run<'a> {
         };
         let seconds = self.run_seconds();
         let position = (self.step, epoch, sample);
-        // A validation at this step checked the model already.
-        let due = self.comm.rank() == 0 && self.checked_at != self.step;
-        let diverged = if due { self.divergence() } else { None };
-        let diverged = self.diverged(diverged);
+        let diverged = self.check_model();
         let (replica, validation) = (&self.replica, &self.validation);
         self.checkpoints.save(
             self.cfg,

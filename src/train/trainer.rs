@@ -652,28 +652,31 @@ pub(super) fn check_history(cfg: &Config, dataset: &Dataset) -> Result<(), Train
 /// The run ends by scoring the test split: one without clicked or without unclicked samples (a
 /// dataset of very few users) is refused before the first step, not after the last.
 pub(super) fn check_test_set(cfg: &Config, dataset: &Dataset) -> Result<(), TrainError> {
-    let labels = &dataset.test.samples().labels;
-    let positives = labels.iter().filter(|&&l| l > 0).count();
-    if positives == 0 || positives == labels.len() {
-        return Err(TrainError::TestSetUnscorable { path: cfg.data.dir.clone(), samples: labels.len(), positives });
+    match one_class(dataset.test.samples()) {
+        Some((samples, positives)) => {
+            Err(TrainError::TestSetUnscorable { path: cfg.data.dir.clone(), samples, positives })
+        }
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// `(samples, clicked ones)` of `samples` when they are all of one class (none of one, or none).
+fn one_class(samples: &crate::data::samples::ArchivedSamples) -> Option<(usize, usize)> {
+    let clicked = samples.labels.iter().filter(|&&l| l > 0).count();
+    (clicked == 0 || clicked == samples.len()).then_some((samples.len(), clicked))
 }
 
 /// A click model's training archive holds clicked and unclicked samples (MIND trained for
 /// retrieval learns from the clicked ones alone). Checked by `train` only: a saved model still
 /// scores such data.
 pub(super) fn check_training_classes(cfg: &Config, dataset: &Dataset) -> Result<(), TrainError> {
-    let train = dataset.train.samples();
-    let clicked = train.labels.iter().filter(|&&l| l > 0).count();
-    if !cfg.model.learns_from_clicks_only() && !train.is_empty() && (clicked == 0 || clicked == train.len()) {
-        return Err(TrainError::TrainingOneClass {
-            path: cfg.data.dir.clone(),
-            samples: train.len(),
-            positives: clicked,
-        });
+    match one_class(dataset.train.samples()) {
+        // An empty archive is `validation_split`'s to name.
+        Some((samples, positives)) if samples > 0 && !cfg.model.learns_from_clicks_only() => {
+            Err(TrainError::TrainingOneClass { path: cfg.data.dir.clone(), samples, positives })
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Hold out the validation share of the training archive (see [`shard::validation_split`]),
