@@ -177,6 +177,14 @@ impl Batch {
         self.labels.is_empty()
     }
 
+    /// The width of the batch of `ids`: its longest history cut to `max_hist_len`, at least 1.
+    /// Padding past it would only be masked out again (and cost a step of DIEN's recurrences per
+    /// column); every model's output for a sample is the same at any width.
+    pub fn width(samples: &ArchivedSamples, ids: &[u32], max_hist_len: usize) -> usize {
+        let longest = ids.iter().map(|&i| samples.history_range(i as usize).len().min(max_hist_len)).max();
+        longest.unwrap_or(0).max(1)
+    }
+
     /// Collate the samples `ids` of `samples`. `first_position` is the epoch position of the
     /// first one (consecutive positions follow).
     pub fn collate(
@@ -186,11 +194,7 @@ impl Batch {
         (epoch, step, first_position): (u64, u64, u64),
         noclick: Option<&NoClickSampler>,
     ) -> Batch {
-        // Padding past the batch's longest kept history would only be masked out again (and
-        // cost a step of DIEN's recurrences per column): the batch is as wide as that history,
-        // at least 1. Every model's output for a sample is the same at any width.
-        let longest = ids.iter().map(|&i| samples.history_range(i as usize).len().min(max_hist_len)).max();
-        let (b, t) = (ids.len(), longest.unwrap_or(0).max(1));
+        let (b, t) = (ids.len(), Self::width(samples, ids, max_hist_len));
         let mut batch = Batch {
             epoch,
             step,

@@ -11,13 +11,14 @@
 //! and digest (as a run records it with its model), `max_hist_len`, every split's width `T` (its
 //! longest kept history) and sample count. `valid/` exists when a validation share is held out
 //! (the split `micn train` holds out with the same `data.valid_share`).
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use super::batch::{Batch, NoClickSampler};
 use super::prepare::Staging;
 use super::samples::ArchivedSamples;
 use super::{shard, DataError, Dataset};
-use crate::io_error::replace_file_synced;
+use crate::io_error::{replace_file_synced, PathIo};
 
 /// The file that describes an export (and marks a directory as one).
 pub const EXPORT_FILE: &str = "export.json";
@@ -74,13 +75,13 @@ fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<E
     let noclick = NoClickSampler::for_dataset(dataset, opts.seed).map(|(sampler, _)| sampler);
     let test_ids: Vec<u32> = (0..dataset.test.samples().len() as u32).collect();
     let mut widths = serde_json::Map::new();
-    let width = write_split(&out.join("train"), train, &split.train, opts.max_hist_len, noclick.as_ref())?;
+    let width = write_split(&out.join("train"), train, &split.train, opts.max_hist_len, noclick.as_ref(), CHUNK)?;
     widths.insert("train".into(), width.into());
     if !split.valid.is_empty() {
-        let width = write_split(&out.join("valid"), train, &split.valid, opts.max_hist_len, None)?;
+        let width = write_split(&out.join("valid"), train, &split.valid, opts.max_hist_len, None, CHUNK)?;
         widths.insert("valid".into(), width.into());
     }
-    let width = write_split(&out.join("test"), dataset.test.samples(), &test_ids, opts.max_hist_len, None)?;
+    let width = write_split(&out.join("test"), dataset.test.samples(), &test_ids, opts.max_hist_len, None, CHUNK)?;
     widths.insert("test".into(), width.into());
     let exported = Exported { train: split.train.len(), valid: split.valid.len(), test: test_ids.len() };
     let summary = serde_json::json!({
@@ -99,86 +100,146 @@ fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<E
     Ok(exported)
 }
 
-/// One split, collated as one batch in archive order; returns its width `T` (the longest kept
-/// history, at most `max_hist_len`).
+/// Samples collated and written at a time: an export holds one chunk in memory, whatever the
+/// size of its splits.
+const CHUNK: usize = 65_536;
+
+/// One split in archive order, collated `chunk` samples at a time exactly as one batch of it all
+/// would be (as wide as its longest kept history, each sample's no-click draw keyed by its position in
+/// the split: see `Batch::collate`); returns its width `T` (at most `max_hist_len`).
 fn write_split(
     dir: &Path,
     samples: &ArchivedSamples,
     ids: &[u32],
     max_hist_len: usize,
     noclick: Option<&NoClickSampler>,
+    chunk: usize,
 ) -> Result<usize, DataError> {
     crate::io_error::create_dirs(dir)?;
-    // One draw per sample, keyed by its position in the split (see `Batch::collate`).
-    let batch = Batch::collate(samples, ids, max_hist_len, (0, 0, 0), noclick);
-    let (n, t) = (batch.len(), batch.hist_len);
-    let hist_len: Vec<i64> =
-        batch.hist_mask.chunks(t.max(1)).map(|row| row.iter().filter(|&&m| m > 0.0).count() as i64).collect();
-    let hist_len = if t == 0 { vec![0; n] } else { hist_len };
-    let sample: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-    let longs: [(&str, &[i64], &[usize]); 7] = [
-        ("sample", &sample, &[n]),
-        ("users", &batch.users, &[n]),
-        ("items", &batch.items, &[n]),
-        ("cats", &batch.cats, &[n]),
-        ("hist_items", &batch.hist_items, &[n, t]),
-        ("hist_cats", &batch.hist_cats, &[n, t]),
-        ("hist_len", &hist_len, &[n]),
-    ];
-    for (name, values, shape) in longs {
-        write_npy(&dir.join(format!("{name}.npy")), Npy::I64(values), shape)?;
+    let (n, t) = (ids.len(), Batch::width(samples, ids, max_hist_len));
+    let file = |name: &str| dir.join(format!("{name}.npy"));
+    let [mut sample, mut users, mut items, mut cats, mut hist_len] =
+        ["sample", "users", "items", "cats", "hist_len"].map(|name| NpyWriter::<i64>::create(&file(name), &[n]));
+    let [mut hist_items, mut hist_cats] =
+        ["hist_items", "hist_cats"].map(|name| NpyWriter::<i64>::create(&file(name), &[n, t]));
+    let mut labels = NpyWriter::<f32>::create(&file("labels"), &[n]);
+    let mut drawn =
+        noclick.map(|_| ["noclick_items", "noclick_cats"].map(|name| NpyWriter::create(&file(name), &[n, t])));
+    for (c, piece) in ids.chunks(chunk).enumerate() {
+        let batch = Batch::collate(samples, piece, max_hist_len, (0, 0, (c * chunk) as u64), noclick);
+        let lengths: Vec<i64> =
+            batch.hist_mask.chunks(batch.hist_len).map(|row| row.iter().filter(|&&m| m > 0.0).count() as i64).collect();
+        sample.put(&piece.iter().map(|&i| i64::from(i)).collect::<Vec<_>>());
+        users.put(&batch.users);
+        items.put(&batch.items);
+        cats.put(&batch.cats);
+        hist_len.put(&lengths);
+        labels.put(&batch.labels);
+        hist_items.put_rows(&batch.hist_items, batch.hist_len, t);
+        hist_cats.put_rows(&batch.hist_cats, batch.hist_len, t);
+        if let (Some([noclick_items, noclick_cats]), Some((drawn_items, drawn_cats))) = (drawn.as_mut(), &batch.noclick)
+        {
+            noclick_items.put_rows(drawn_items, batch.hist_len, t);
+            noclick_cats.put_rows(drawn_cats, batch.hist_len, t);
+        }
     }
-    write_npy(&dir.join("labels.npy"), Npy::F32(&batch.labels), &[n])?;
-    if let Some((items, cats)) = &batch.noclick {
-        write_npy(&dir.join("noclick_items.npy"), Npy::I64(items), &[n, t])?;
-        write_npy(&dir.join("noclick_cats.npy"), Npy::I64(cats), &[n, t])?;
+    for writer in
+        [sample, users, items, cats, hist_len, hist_items, hist_cats].into_iter().chain(drawn.into_iter().flatten())
+    {
+        writer.finish()?;
     }
+    labels.finish()?;
     Ok(t)
 }
 
-/// The values of one array.
-pub enum Npy<'a> {
-    I64(&'a [i64]),
-    F32(&'a [f32]),
+/// A value type of NumPy arrays: its `descr` and its little-endian bytes.
+pub trait NpyValue: Copy + Default {
+    const DESCR: &'static str;
+    fn put_le(self, out: &mut impl std::io::Write) -> std::io::Result<()>;
 }
 
-/// The bytes of a NumPy `.npy` file (format 1.0): the magic, a header dict padded with spaces
-/// to a multiple of 64 bytes and ending in a newline, then the little-endian values.
-pub fn npy_bytes(values: Npy<'_>, shape: &[usize]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    write_npy_into(&mut bytes, values, shape).expect("writing into memory");
-    bytes
-}
-
-/// [`npy_bytes`] written into `w` as they are made: an array of gigabytes is not copied first.
-fn write_npy_into(w: &mut impl std::io::Write, values: Npy<'_>, shape: &[usize]) -> std::io::Result<()> {
-    let descr = match values {
-        Npy::I64(_) => "<i8",
-        Npy::F32(_) => "<f4",
-    };
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    w.write_all(b"\x93NUMPY\x01\x00")?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    match values {
-        Npy::I64(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        Npy::F32(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+impl NpyValue for i64 {
+    const DESCR: &'static str = "<i8";
+    fn put_le(self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.to_le_bytes())
     }
 }
 
-/// One `.npy` file, synced, whole or not at all ([`crate::io_error::replace_file`]).
-pub(crate) fn write_npy(path: &Path, values: Npy<'_>, shape: &[usize]) -> Result<(), DataError> {
-    crate::io_error::replace_file(path, |tmp| {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp)?);
-        write_npy_into(&mut w, values, shape)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
-    })?;
-    Ok(())
+impl NpyValue for f32 {
+    const DESCR: &'static str = "<f4";
+    fn put_le(self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.to_le_bytes())
+    }
+}
+
+/// A NumPy `.npy` file (format 1.0, little-endian, C order) written as its values come: the
+/// header with the whole shape first (the magic, a dict padded with spaces to a multiple of 64
+/// bytes, ending in a newline), then the values, in as many pieces as the writer has them, so an
+/// array of gigabytes is never held whole. The first error is kept and given by
+/// [`finish`](Self::finish), which also checks that the values filled the shape, and syncs.
+pub struct NpyWriter<T: NpyValue> {
+    path: PathBuf,
+    out: std::io::Result<std::io::BufWriter<std::fs::File>>,
+    /// Values the shape holds, and values put so far.
+    size: usize,
+    put: usize,
+    values: std::marker::PhantomData<T>,
+}
+
+impl<T: NpyValue> NpyWriter<T> {
+    /// A new file at `path` (one that is there is truncated) for an array of `shape`.
+    pub fn create(path: &Path, shape: &[usize]) -> Self {
+        let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+        let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+        let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}", T::DESCR);
+        let unpadded = 10 + header.len() + 1;
+        header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+        header.push('\n');
+        let out = std::fs::File::create(path).map(std::io::BufWriter::new).and_then(|mut out| {
+            out.write_all(b"\x93NUMPY\x01\x00")?;
+            out.write_all(&(header.len() as u16).to_le_bytes())?;
+            out.write_all(header.as_bytes())?;
+            Ok(out)
+        });
+        NpyWriter {
+            path: path.to_path_buf(),
+            out,
+            size: shape.iter().product(),
+            put: 0,
+            values: std::marker::PhantomData,
+        }
+    }
+
+    /// The next values, in C order.
+    pub fn put(&mut self, values: &[T]) {
+        self.put += values.len();
+        if let Ok(out) = &mut self.out {
+            if let Err(e) = values.iter().try_for_each(|v| v.put_le(out)) {
+                self.out = Err(e);
+            }
+        }
+    }
+
+    /// Rows `width` values wide (`values.len()` a multiple of it), each padded with zeros to
+    /// `padded` values.
+    pub fn put_rows(&mut self, values: &[T], width: usize, padded: usize) {
+        let zeros = vec![T::default(); padded - width];
+        for row in values.chunks(width) {
+            self.put(row);
+            self.put(&zeros);
+        }
+    }
+
+    /// The file, synced, once every value of its shape was put.
+    pub fn finish(self) -> Result<(), PathIo> {
+        let at = |source| PathIo { path: self.path.clone(), source };
+        if self.put != self.size {
+            let message = format!("{} values were written where the array's shape holds {}", self.put, self.size);
+            return Err(at(std::io::Error::new(std::io::ErrorKind::InvalidData, message)));
+        }
+        let file = self.out.and_then(|out| out.into_inner().map_err(|e| e.into_error())).map_err(at)?;
+        file.sync_all().map_err(at)
+    }
 }
 
 /// Writes `bytes` to `path`, synced, whole or not at all ([`replace_file_synced`]).
@@ -190,21 +251,85 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 mod tests {
     use super::*;
 
+    fn npy_bytes<T: NpyValue>(values: &[T], shape: &[usize]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.npy");
+        let mut writer = NpyWriter::create(&path, shape);
+        writer.put(values);
+        writer.finish().unwrap();
+        std::fs::read(path).unwrap()
+    }
+
     #[test]
     fn npy_headers_are_what_numpy_writes() {
         // numpy.save of np.array([1, -2], dtype='<i8'): magic, version 1.0, header length 118,
         // the dict, spaces to a 128-byte preamble, a newline, then the values.
-        let bytes = npy_bytes(Npy::I64(&[1, -2]), &[2]);
+        let bytes = npy_bytes(&[1i64, -2], &[2]);
         assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
         assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 118);
         let header = std::str::from_utf8(&bytes[10..128]).unwrap();
         assert!(header.starts_with("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }"));
         assert!(header.ends_with(" \n"));
         assert_eq!(&bytes[128..], [1i64.to_le_bytes(), (-2i64).to_le_bytes()].concat());
-        let matrix = npy_bytes(Npy::F32(&[0.5; 6]), &[2, 3]);
+        let matrix = npy_bytes(&[0.5f32; 6], &[2, 3]);
         assert_eq!(matrix.len(), 128 + 24);
         assert!(std::str::from_utf8(&matrix[10..128])
             .unwrap()
             .contains("'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
+    }
+
+    #[test]
+    fn a_split_written_in_chunks_is_the_split_collated_as_one_batch() {
+        use crate::data::synth::{Preset, SynthConfig};
+        let tmp = tempfile::tempdir().unwrap();
+        let synth = SynthConfig { users: 60, items: 80, ..Preset::Quickstart.config(3) };
+        let data =
+            crate::data::prepare::synthetic_dataset(&synth, crate::data::protocol::Protocol::Dien, 6, tmp.path())
+                .unwrap();
+        let dataset = Dataset::open(&data).unwrap();
+        let noclick = NoClickSampler::for_dataset(&dataset, 5).map(|(sampler, _)| sampler).unwrap();
+        let train = dataset.train.samples();
+        // Every other sample, so that a chunk's archive indices are not its positions.
+        let ids: Vec<u32> = (0..train.len() as u32).step_by(2).collect();
+        let write = |name: &str, chunk: usize| {
+            let dir = tmp.path().join(name);
+            let width = write_split(&dir, train, &ids, 4, Some(&noclick), chunk).unwrap();
+            (width, dir)
+        };
+        let (width, whole) = write("whole", ids.len());
+        assert_eq!(width, Batch::width(train, &ids, 4));
+        let one = Batch::collate(train, &ids, 4, (0, 0, 0), Some(&noclick));
+        assert!(one.hist_mask.contains(&0.0), "some histories are shorter than the width");
+        // Chunks of 7 samples: some narrower than the split, each padded to its width.
+        let (chunked_width, chunked) = write("chunked", 7);
+        assert_eq!(chunked_width, width);
+        let names = ["sample", "users", "items", "cats", "labels", "hist_items", "hist_cats", "hist_len"];
+        for name in names.iter().chain(&["noclick_items", "noclick_cats"]) {
+            let file = format!("{name}.npy");
+            let bytes = std::fs::read(whole.join(&file)).unwrap();
+            assert_eq!(bytes, std::fs::read(chunked.join(&file)).unwrap(), "{file}");
+        }
+        let noclick_items = std::fs::read(whole.join("noclick_items.npy")).unwrap();
+        let values: Vec<i64> =
+            noclick_items[128..].chunks(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(values, one.noclick.unwrap().0, "the draws of one batch of the whole split");
+    }
+
+    #[test]
+    fn rows_put_in_pieces_are_padded_to_the_array_width_and_a_short_array_is_an_error() {
+        // Two pieces of rows 1 and 2 wide, padded to 3: the array [[1, 0, 0], [2, 3, 0], [4, 5, 0]].
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.npy");
+        let mut writer = NpyWriter::<i64>::create(&path, &[3, 3]);
+        writer.put_rows(&[1], 1, 3);
+        writer.put_rows(&[2, 3, 4, 5], 2, 3);
+        writer.finish().unwrap();
+        let values: Vec<i64> =
+            std::fs::read(&path).unwrap()[128..].chunks(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(values, [1, 0, 0, 2, 3, 0, 4, 5, 0]);
+        let mut short = NpyWriter::<f32>::create(&path, &[3]);
+        short.put(&[1.0, 2.0]);
+        let e = short.finish().unwrap_err().to_string();
+        assert!(e.contains("rows.npy") && e.contains("2 values were written where the array's shape holds 3"), "{e}");
     }
 }

@@ -517,36 +517,42 @@ pub fn export_interests(
     device: Option<DeviceChoice>,
     out: &Path,
 ) -> Result<ExportedInterests, TrainError> {
-    use crate::data::export::{write_npy, Npy};
+    use crate::data::export::NpyWriter;
     check_not_in_a_run(out)?;
     let saved = Saved::load(dir, data_dir, device, &crate::dist::SingleProcess)?;
     let mind = saved.mind(dir)?;
     let (samples, set_ids) = saved.split_samples(split)?;
-    let (mut vectors, mut active, mut sample, mut users) = (vec![], vec![], vec![], vec![]);
-    let max_hist_len = saved.cfg.data.max_hist_len;
-    let (k, width, item_vectors) = tch::no_grad(|| {
-        for batch in crate::data::loader::eval_batches(samples, &set_ids, 0, 1, 1024, max_hist_len) {
-            let x = saved.net.embeddings.forward(&BatchIds::from_batch(&batch, saved.device)).main;
-            let (interests, is_active) = mind.interests(&x.hist, &x.hist_mask);
-            vectors.extend(crate::transfer::download_f32(&interests));
-            active.extend(crate::transfer::download_f32(&is_active));
-            sample.extend(batch.sample_ids.iter().map(|&i| i64::from(i)));
-            users.extend(&batch.users);
-        }
-        let e = saved.item_vectors();
-        (mind.k_max(), e.size()[1], crate::transfer::download_f32(&e))
-    });
-    let (n, n_items) = (sample.len(), item_vectors.len() / width.max(1) as usize);
     // Built beside `out`, which it replaces whole: an earlier export of interests, or an empty
     // directory; anything else there (another tool's arrays) is refused, untouched.
     let written = ["interests.json", "interests.npy", "active.npy", "sample.npy", "users.npy", "items.npy"];
     let staging = crate::data::prepare::Staging::replacing(out, &written)?;
-    let (k_usize, w_usize, dir) = (k as usize, width as usize, staging.tmp.as_path());
-    write_npy(&dir.join("interests.npy"), Npy::F32(&vectors), &[n, k_usize, w_usize])?;
-    write_npy(&dir.join("active.npy"), Npy::F32(&active), &[n, k_usize])?;
-    write_npy(&dir.join("sample.npy"), Npy::I64(&sample), &[n])?;
-    write_npy(&dir.join("users.npy"), Npy::I64(&users), &[n])?;
-    write_npy(&dir.join("items.npy"), Npy::F32(&item_vectors), &[n_items, w_usize])?;
+    let file = |name: &str| staging.tmp.join(name);
+    let (n, max_hist_len) = (set_ids.len(), saved.cfg.data.max_hist_len);
+    let (k, item_vectors) = tch::no_grad(|| (mind.k_max(), saved.item_vectors()));
+    let (n_items, width) = (item_vectors.size()[0], item_vectors.size()[1]);
+    let (k_usize, w_usize) = (k as usize, width as usize);
+    // Each batch's arrays are written as they are computed: the export holds one batch.
+    let mut interests = NpyWriter::<f32>::create(&file("interests.npy"), &[n, k_usize, w_usize]);
+    let mut active = NpyWriter::<f32>::create(&file("active.npy"), &[n, k_usize]);
+    let [mut sample, mut users] = ["sample.npy", "users.npy"].map(|name| NpyWriter::<i64>::create(&file(name), &[n]));
+    tch::no_grad(|| {
+        for batch in crate::data::loader::eval_batches(samples, &set_ids, 0, 1, 1024, max_hist_len) {
+            let x = saved.net.embeddings.forward(&BatchIds::from_batch(&batch, saved.device)).main;
+            let (vectors, is_active) = mind.interests(&x.hist, &x.hist_mask);
+            interests.put(&crate::transfer::download_f32(&vectors));
+            active.put(&crate::transfer::download_f32(&is_active));
+            sample.put(&batch.sample_ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>());
+            users.put(&batch.users);
+        }
+    });
+    let mut items = NpyWriter::<f32>::create(&file("items.npy"), &[n_items as usize, w_usize]);
+    items.put(&crate::transfer::download_f32(&item_vectors));
+    for writer in [interests, active, items] {
+        writer.finish()?;
+    }
+    for writer in [sample, users] {
+        writer.finish()?;
+    }
     let done = ExportedInterests {
         out: out.to_path_buf(),
         split: split.name(),
