@@ -1070,25 +1070,17 @@ fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Res
     if comm.size() == 1 {
         return outcome;
     }
-    // A failure's status byte, then its message; 0 for success.
-    let own = match &outcome {
-        Ok(_) => vec![0],
-        Err(e) => {
-            let code = if is_input_error(e) { EXIT_INPUT_ERROR } else { 1 };
-            [&[code][..], message_of(e).as_bytes()].concat()
-        }
-    };
-    let gathered = match comm.all_gather_bytes(&own) {
-        Ok(gathered) => gathered,
+    let message = outcome.as_ref().err().map(|e| (if is_input_error(e) { EXIT_INPUT_ERROR } else { 1 }, message_of(e)));
+    let first = match micn::dist::first_failure(comm, message.as_ref().map(|(s, m)| (*s, m.as_str()))) {
+        Ok(first) => first,
         // This rank's own cause first, where it has one.
         Err(e) => return outcome.and(Err(e.into())),
     };
-    let all: Vec<&[u8]> = gathered.parts().collect();
-    let Some(first) = all.iter().find(|m| m.first() != Some(&0)) else {
+    let Some(first) = first else {
         return outcome;
     };
-    let shown = outcome.err().filter(|_| !all[..comm.rank()].contains(&own.as_slice()));
-    Err(Agreed { shown, code: first.first().copied().unwrap_or(1) }.into())
+    let shown = outcome.err().filter(|_| !first.said_below);
+    Err(Agreed { shown, code: first.status }.into())
 }
 
 /// Every rank runs the command rank 0 does (`mpirun a : b` may give the ranks other settings,

@@ -116,6 +116,36 @@ pub trait Communicator {
     fn abort(&self, _code: i32) {}
 }
 
+/// The first failure among the ranks of a job, once each has reached the same point with its
+/// own outcome ([`first_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstFailure {
+    /// The lowest rank that failed, and the exit status it gave its failure.
+    pub rank: usize,
+    pub status: u8,
+    /// Whether a rank below this one failed with this rank's very words: every rank checks what
+    /// they share alike, so a cause is said once, by the lowest rank that found it.
+    pub said_below: bool,
+}
+
+/// Every rank's outcome of the same step (`None`: it passed; else its failure's exit status, not
+/// 0, and its message), gathered: the first failure, if any rank failed.
+pub fn first_failure(comm: &dyn Communicator, own: Option<(u8, &str)>) -> Result<Option<FirstFailure>> {
+    // A failure's status byte, then its message; a lone 0 for success.
+    let own = match own {
+        None => vec![0],
+        Some((status, message)) => [&[status.max(1)][..], message.as_bytes()].concat(),
+    };
+    let gathered = comm.all_gather_bytes(&own)?;
+    let all: Vec<&[u8]> = gathered.parts().collect();
+    let failed = all.iter().position(|m| m.first() != Some(&0));
+    Ok(failed.map(|rank| FirstFailure {
+        rank,
+        status: all[rank].first().copied().unwrap_or(1),
+        said_below: own[0] != 0 && all[..comm.rank()].contains(&own.as_slice()),
+    }))
+}
+
 /// This host's name, as the kernel knows it.
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
@@ -203,5 +233,19 @@ mod tests {
         assert!(e.contains("without the `mpi` feature") && e.contains("--features mpi"), "{e}");
         assert!(check_mpi_built(true, true).is_ok());
         assert!(check_mpi_built(false, false).is_ok());
+    }
+
+    #[test]
+    fn the_first_failure_is_the_lowest_rank_s_and_a_cause_is_said_below_only_in_the_same_words() {
+        // Ranks 1 and 3 fail alike (an input error), rank 2 otherwise, rank 0 passes.
+        let outcomes = [None, Some((3, "bad key")), Some((1, "disk full")), Some((3, "bad key"))];
+        let seen = ThreadRanks::run(4, |comm| first_failure(&comm, outcomes[comm.rank()]).unwrap());
+        for (rank, first) in seen.iter().enumerate() {
+            let first = first.expect("rank 1 failed");
+            assert_eq!((first.rank, first.status), (1, 3), "rank {rank}");
+            assert_eq!(first.said_below, rank == 3, "rank {rank}: only rank 3's words were said below it");
+        }
+        let passed = ThreadRanks::run(3, |comm| first_failure(&comm, None).unwrap());
+        assert_eq!(passed, [None; 3]);
     }
 }

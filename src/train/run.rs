@@ -628,21 +628,14 @@ pub(crate) fn agree_all<T>(
     if comm.size() == 1 {
         return result;
     }
-    let status = |e: &TrainError| if e.is_input_error() { 3u8 } else { 1 };
-    let own = match &result {
-        Ok(_) => vec![0u8],
-        Err(e) => [&[status(e)][..], e.to_string().as_bytes()].concat(),
-    };
-    let gathered = comm.all_gather_bytes(&own)?;
-    let all: Vec<&[u8]> = gathered.parts().collect();
-    let Some(rank) = all.iter().position(|m| m.first() != Some(&0)) else {
+    let message = result.as_ref().err().map(|e| (if e.is_input_error() { 3 } else { 1 }, e.to_string()));
+    let Some(first) = crate::dist::first_failure(comm, message.as_ref().map(|(s, m)| (*s, m.as_str())))? else {
         return result;
     };
     FAILURE_AGREED.store(true, std::sync::atomic::Ordering::SeqCst);
-    let input = all[rank].first() == Some(&3);
     match result {
-        Err(e) if !all[..comm.rank()].contains(&own.as_slice()) => Err(e),
-        _ => Err(TrainError::PeerFailed { rank, what, input }),
+        Err(e) if !first.said_below => Err(e),
+        _ => Err(TrainError::PeerFailed { rank: first.rank, what, input: first.status == 3 }),
     }
 }
 
