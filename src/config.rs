@@ -441,7 +441,7 @@ pub struct TrainConfig {
     /// Write a metrics line every N steps.
     pub log_every_steps: u64,
     /// Compare a digest of every rank's parameters, buffers and optimizer state every N steps
-    /// and stop if replicas differ (0: never).
+    /// and stop if replicas differ (0: never; a run of one rank has none to compare).
     pub check_replicas_every_steps: u64,
     /// libtorch intra-op threads per rank (0: libtorch's default).
     pub threads: usize,

@@ -138,6 +138,29 @@ pub fn hidden_name(name: &std::ffi::OsStr, kind: &str, room: usize) -> std::ffi:
     std::ffi::OsString::from_vec(hidden)
 }
 
+/// Swap what `a` and `b` name, in one step (`renameat2` with `RENAME_EXCHANGE`): no moment
+/// passes with either name missing. `Ok(false)` where the file system cannot (an old kernel, NFS
+/// and some others): nothing was done.
+pub fn exchange(a: &Path, b: &Path) -> Result<bool, PathIo> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| PathIo { path: p.to_path_buf(), source: std::io::ErrorKind::InvalidInput.into() })
+    };
+    let (ca, cb) = (c_path(a)?, c_path(b)?);
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let done =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if done == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(PathIo { path: b.to_path_buf(), source: e }),
+    }
+}
+
 /// `path`, or what it names when it is a symbolic link, through any chain of links (a link to
 /// nothing yet names where its file is to be made): what micn writes goes there, and the links
 /// stay (an output on scratch space through a link in the working directory, say). A trailing

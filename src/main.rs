@@ -629,6 +629,12 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    if micn::run_dir::this_launch().is_some() {
+        // The stop signals are set: `micn-launch` holds a stop asked for while the job starts
+        // until every rank has said so (mpirun's SIGUSR1 would reach no rank before, or end one
+        // unsaid), and shows this line to nobody.
+        eprintln!("{STARTED_LINE}");
+    }
     let (comm, mpi_versions) = match start_comm(cli.comm) {
         Ok(started) => started,
         Err(e) => {
@@ -1051,6 +1057,10 @@ fn train_inputs(
     micn::data::shard::local_batch(cfg.train.global_batch_size, comm.size()).map_err(TrainError::from)?;
     Ok((cfg, resume))
 }
+
+/// What a rank that `micn-launch` started says once its stop signals are set (the launcher's
+/// `STARTED_LINE`, word for word).
+const STARTED_LINE: &str = "micn: this rank now takes stop signals (micn-launch)";
 
 /// A failure that every rank of the job knows of ([`agreed`]): the cause this rank prints, if
 /// any, and the status every rank exits with.

@@ -47,6 +47,16 @@ const QUIET_RANKS_ENV: &str = "MICN_QUIET_RANKS";
 /// Read by micn's `train`: see [`launch_id`].
 const LAUNCH_ID_ENV: &str = "MICN_LAUNCH_ID";
 
+/// The line every micn rank that [`LAUNCH_ID_ENV`] marks as this launcher's writes to standard
+/// error once its stop signals are set (micn's `STARTED_LINE`, word for word): until every rank
+/// has, a graceful stop waits ([`run_once`]), as mpirun's SIGUSR1 would reach no rank, or one
+/// that it ends unsaid. The line itself is not shown.
+const STARTED_LINE: &str = "micn: this rank now takes stop signals (micn-launch)";
+
+/// How long a graceful stop asked for while the job starts waits for every rank's
+/// [`STARTED_LINE`] (one lost in mpirun's output, say) before it is sent all the same.
+const STARTED_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Parser, Debug)]
 #[command(name = "micn-launch", version, about = "Run micn on N ranks under mpirun")]
 struct Args {
@@ -464,6 +474,9 @@ struct Seen {
     /// Whether mpirun said it met a limit of this host (open files, processes): it may then wait
     /// for good, or crash.
     host_limit: bool,
+    /// The ranks that said [`STARTED_LINE`], and a wake-up for each one that does.
+    started: std::collections::BTreeSet<usize>,
+    rank_started: Arc<tokio::sync::Notify>,
 }
 
 /// mpirun's words for a command line, a hostfile or a binary it refuses (`mpirun: Error: unknown
@@ -538,7 +551,14 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
             seen.host_limit |= done.iter().any(is_host_limit);
         }
         for line in done {
-            printer.line(to, &line);
+            match line {
+                output::Line::Rank { rank, text } if text == STARTED_LINE => {
+                    let mut seen = seen.lock().expect("output state lock");
+                    seen.started.insert(rank);
+                    seen.rank_started.notify_one();
+                }
+                line => printer.line(to, &line),
+            }
         }
         buf.clear();
     }
@@ -757,7 +777,15 @@ async fn run_once(
         anyhow::Error::new(e).context(format!("cannot start `{}`{hint}", cmd[0]))
     })?;
     let pid = child.id().context("mpirun exited at once")? as i32;
-    let seen = Arc::new(Mutex::new(Seen { last_output: Some(Instant::now()), ..Seen::default() }));
+    let ranks = cmd.iter().position(|a| a == "-np").and_then(|i| cmd.get(i + 1)?.parse::<usize>().ok()).unwrap_or(1);
+    // A graceful stop asked for before every rank takes stop signals: the signal, and when.
+    let mut held: Option<(i32, Instant)> = None;
+    let rank_started = Arc::new(tokio::sync::Notify::new());
+    let seen = Arc::new(Mutex::new(Seen {
+        last_output: Some(Instant::now()),
+        rank_started: Arc::clone(&rank_started),
+        ..Seen::default()
+    }));
     let out = tokio::spawn(stream(child.stdout.take().expect("piped"), Stream::Stdout, printer, Arc::clone(&seen)));
     let err = tokio::spawn(stream(child.stderr.take().expect("piped"), Stream::Stderr, printer, Arc::clone(&seen)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -775,8 +803,27 @@ async fn run_once(
                 };
             }
             signal = signals.recv() => {
-                if let Some(request) = stops.on(signal) {
-                    stop_job(pid, request, signal, printer);
+                match stops.on(signal) {
+                    Some(Request::Graceful) if seen.lock().expect("output state lock").started.len() < ranks => {
+                        printer.say("WARN", &format!(
+                            "{}: the job stops with a checkpoint once its ranks have started (a second one stops \
+                             it at once)",
+                            signal_name(signal)
+                        ));
+                        held = Some((signal, Instant::now()));
+                    }
+                    Some(request) => {
+                        held = None;
+                        stop_job(pid, request, signal, printer);
+                    }
+                    None => {}
+                }
+            }
+            () = rank_started.notified(), if held.is_some() => {
+                let started = seen.lock().expect("output state lock").started.len();
+                if let Some((signal, _)) = held.filter(|_| started >= ranks) {
+                    held = None;
+                    stop_job(pid, Request::Graceful, signal, printer);
                 }
             }
             answered = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
@@ -794,11 +841,16 @@ async fn run_once(
                 }
             }
             _ = tick.tick() => {
-                let (quiet, rank_error_for, mpirun_error) = {
+                let (quiet, rank_error_for, mpirun_error, started) = {
                     let seen = seen.lock().expect("output state lock");
                     let quiet = seen.last_output.map(|t| t.elapsed()).unwrap_or_default();
-                    (quiet, seen.rank_error.map(|t| t.elapsed()), seen.mpirun_error)
+                    (quiet, seen.rank_error.map(|t| t.elapsed()), seen.mpirun_error, seen.started.len())
                 };
+                // The ranks' lines may be lost in mpirun's output: waited for so long, no longer.
+                if let Some((signal, _)) = held.filter(|&(_, at)| started >= ranks || at.elapsed() >= STARTED_WAIT) {
+                    held = None;
+                    stop_job(pid, Request::Graceful, signal, printer);
+                }
                 if let Some(limit) = limits.stall.filter(|&limit| quiet > limit && stops.asked.is_none()) {
                     printer.say("WARN", &format!(
                         "no output for more than {} s (--stall-timeout): the job is stalled; stopping it",

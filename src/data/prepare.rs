@@ -185,11 +185,23 @@ impl Staging {
         let _committing = commit_lock(&self.out);
         let owner = self.tmp.join(OWNER_FILE);
         std::fs::remove_file(&owner).map_err(io(&owner))?;
-        // An output being replaced steps aside first, and comes back if the new one cannot move in.
-        let mut aside = crate::io_error::hidden_name(self.out.file_name().unwrap_or_default(), "replaced", PID_ROOM);
-        aside.push(format!("-{}", std::process::id()));
-        let aside = self.out.with_file_name(aside);
         let replacing = self.replaces && self.out.exists();
+        // The new output and the earlier one swap names in one step; the earlier one, now the
+        // staging directory, is removed (what a kill meanwhile leaves of it, the next run's sweep).
+        if replacing && crate::io_error::exchange(&self.tmp, &self.out)? {
+            if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
+                tracing::warn!("{}: could not remove the output this one replaced: {e}", self.tmp.display());
+            }
+            return self.committed();
+        }
+        // Where the file system cannot swap them: the earlier output steps aside first, and comes
+        // back if the new one cannot move in (or, after a kill between the two, at the next run:
+        // `restore_aside`).
+        let aside = self.out.with_file_name(hidden_pid_name(
+            self.out.file_name().unwrap_or_default(),
+            ASIDE,
+            std::process::id(),
+        ));
         if replacing {
             std::fs::rename(&self.out, &aside).map_err(io(&self.out))?;
         }
@@ -207,8 +219,14 @@ impl Staging {
                 tracing::warn!("{}: could not remove the output this one replaced: {e}", aside.display());
             }
         }
+        self.committed()
+    }
+
+    /// The end of a commit: the directory that holds the output synced (the renames on disk),
+    /// and the staging directory no longer this value's to remove.
+    fn committed(self) -> Result<(), DataError> {
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(io(parent))?;
+            std::fs::File::open(parent).and_then(|f| f.sync_all()).with_path(parent)?;
         }
         std::mem::forget(self);
         Ok(())
@@ -216,23 +234,38 @@ impl Staging {
 
     /// The commit of [`merging`](Self::merging): every file built moves into `out` (made if
     /// missing), each by one rename, which needs no room on the disk; other files there stay.
-    /// `tidy` runs first, within the commit (a report removing figures its new one no longer
-    /// draws), when `out` exists.
-    pub fn commit_into(self, tidy: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), DataError> {
+    /// `last` (the output's document, which names the rest) moves in last, so that whenever the
+    /// commit stops, a kill say, the document in `out` finds every file it names. The earlier
+    /// document is kept under a hidden name (`.LAST.previous`) until `tidy(out, earlier)` has
+    /// run after the commit (a report removing the figures its new one no longer draws); one left
+    /// by a commit stopped before that is tidied first.
+    pub fn commit_into(self, last: &str, tidy: impl Fn(&Path, &Path) -> std::io::Result<()>) -> Result<(), DataError> {
         // Every file moves in before another commit to `out` starts: `out` holds one whole output.
         let _committing = commit_lock(&self.out);
         std::fs::remove_file(self.tmp.join(OWNER_FILE)).with_path(&self.tmp)?;
-        if self.out.is_dir() {
-            tidy(&self.out).with_path(&self.out)?;
-        }
         crate::io_error::create_dirs(&self.out)?;
-        for entry in std::fs::read_dir(&self.tmp).with_path(&self.tmp)? {
-            let from = entry.with_path(&self.tmp)?.path();
+        let previous = self.out.join(crate::io_error::hidden_name(OsStr::new(last), "previous", 0));
+        if previous.exists() {
+            tidy(&self.out, &previous).with_path(&self.out)?;
+            std::fs::remove_file(&previous).with_path(&previous)?;
+        }
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&self.tmp).with_path(&self.tmp)?.flatten().map(|e| e.path()).collect();
+        // The document after the rest.
+        files.sort_by_key(|path| path.file_name() == Some(OsStr::new(last)));
+        for from in files {
             std::fs::File::open(&from).and_then(|f| f.sync_all()).with_path(&from)?;
             let to = self.out.join(from.file_name().unwrap_or_default());
+            if to.file_name() == Some(OsStr::new(last)) && to.is_file() {
+                std::fs::hard_link(&to, &previous).with_path(&previous)?;
+            }
             std::fs::rename(&from, &to).with_path(&to)?;
         }
         std::fs::File::open(&self.out).and_then(|f| f.sync_all()).with_path(&self.out)?;
+        if previous.exists() {
+            tidy(&self.out, &previous).with_path(&self.out)?;
+            std::fs::remove_file(&previous).with_path(&previous)?;
+        }
         // Dropping removes the staging directory, empty now.
         Ok(())
     }
@@ -279,22 +312,32 @@ fn commit_lock(out: &Path) -> Option<std::fs::File> {
 /// How long a commit waits for another one into the same directory ([`commit_lock`]).
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// `.NAME.partial-`, followed by the process id in a staging directory's name (`NAME` cut short
+/// What a process names the directory it builds output `NAME` in (`.NAME.partial-PID`), and the
+/// earlier output it moves aside to replace it where the file system cannot swap the two
+/// (`.NAME.replaced-PID`).
+const STAGING: &str = "partial";
+const ASIDE: &str = "replaced";
+
+/// `.NAME.KIND-`, followed by the process id in a staging directory's name (`NAME` cut short
 /// where a long one would pass the length a file name may have: [`crate::io_error::hidden_name`]).
-fn staging_prefix(name: &OsStr) -> String {
-    format!("{}-", crate::io_error::hidden_name(name, "partial", PID_ROOM).to_string_lossy())
+fn hidden_pid_prefix(name: &OsStr, kind: &str) -> String {
+    format!("{}-", crate::io_error::hidden_name(name, kind, PID_ROOM).to_string_lossy())
 }
 
 /// A hyphen and a process id of up to 10 digits, after a hidden name.
 const PID_ROOM: usize = 11;
 
-fn staging_name(name: &OsStr, pid: u32) -> String {
-    format!("{}{pid}", staging_prefix(name))
+fn hidden_pid_name(name: &OsStr, kind: &str, pid: u32) -> String {
+    format!("{}{pid}", hidden_pid_prefix(name, kind))
 }
 
-/// The process id in a staging directory's name for output `name`, if `file` is one.
-fn staging_pid(file: &OsStr, name: &OsStr) -> Option<u32> {
-    let digits = file.to_str()?.strip_prefix(&staging_prefix(name))?;
+fn staging_name(name: &OsStr, pid: u32) -> String {
+    hidden_pid_name(name, STAGING, pid)
+}
+
+/// The process id in a hidden name of `kind` for output `name`, if `file` is one.
+fn hidden_pid(file: &OsStr, name: &OsStr, kind: &str) -> Option<u32> {
+    let digits = file.to_str()?.strip_prefix(&hidden_pid_prefix(name, kind))?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -320,9 +363,10 @@ fn process_is_gone(pid: u32) -> bool {
 fn remove_stale(parent: &Path, name: &OsStr) -> Result<(), DataError> {
     let io = |source| DataError::Io(PathIo { path: parent.to_path_buf(), source });
     let here = crate::dist::hostname();
+    restore_aside(parent, name)?;
     for entry in std::fs::read_dir(parent).map_err(io)? {
         let entry = entry.map_err(io)?;
-        let Some(pid) = staging_pid(&entry.file_name(), name) else { continue };
+        let Some(pid) = hidden_pid(&entry.file_name(), name, STAGING) else { continue };
         let path = entry.path();
         // Not through a symbolic link, and not our own (`Staging::new` handles that).
         let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
@@ -350,6 +394,47 @@ fn remove_stale(parent: &Path, name: &OsStr) -> Result<(), DataError> {
                 "{}: could not remove the staging directory of an earlier run of this command that did not finish (process {pid}): {e}",
                 path.display()
             ),
+        }
+    }
+    Ok(())
+}
+
+/// An earlier output of `name` in `parent` that a commit killed between its two renames left
+/// aside (a file system that cannot swap two names: [`Staging::commit`]): put back at `name`
+/// when nothing is there (the new output never moved in), else removed; said either way. Under
+/// the commit lock, so that a live commit's output aside (on another host, whose process ids
+/// mean nothing here) is never taken.
+fn restore_aside(parent: &Path, name: &OsStr) -> Result<(), DataError> {
+    let out = parent.join(name);
+    let aside: Vec<(PathBuf, u32)> = std::fs::read_dir(parent)
+        .with_path(parent)?
+        .flatten()
+        .filter_map(|entry| Some((entry.path(), hidden_pid(&entry.file_name(), name, ASIDE)?)))
+        .filter(|(path, pid)| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) && process_is_gone(*pid))
+        .collect();
+    if aside.is_empty() {
+        return Ok(());
+    }
+    let _committing = commit_lock(&out);
+    for (path, pid) in aside {
+        if !path.exists() {
+            continue;
+        }
+        if std::fs::symlink_metadata(&out).is_err() {
+            std::fs::rename(&path, &out).with_path(&out)?;
+            tracing::warn!(
+                "{}: put back the earlier output that a run of this command (process {pid}, gone) had moved aside to {} when it was stopped",
+                out.display(),
+                path.display()
+            );
+        } else {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::warn!(
+                    "{}: removed the earlier output that a stopped run of this command (process {pid}) had replaced",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!("{}: could not remove the output a stopped run replaced: {e}", path.display()),
+            }
         }
     }
     Ok(())
@@ -1147,12 +1232,12 @@ mod tests {
     fn staging_names_give_back_their_process_id_and_nothing_else_matches() {
         let name = OsStr::new("data");
         assert_eq!(staging_name(name, 4242), ".data.partial-4242");
-        assert_eq!(staging_pid(OsStr::new(".data.partial-4242"), name), Some(4242));
+        assert_eq!(hidden_pid(OsStr::new(".data.partial-4242"), name, STAGING), Some(4242));
         for other in [".data.partial-", ".data.partial-12x", ".data.partial--3", ".data.partial-+3", ".dat.partial-7"] {
-            assert_eq!(staging_pid(OsStr::new(other), name), None, "{other}");
+            assert_eq!(hidden_pid(OsStr::new(other), name, STAGING), None, "{other}");
         }
-        assert_eq!(staging_pid(OsStr::new(".data.partial-7"), OsStr::new("dat")), None);
-        assert_eq!(staging_pid(OsStr::new(".data.partial-99999999999"), name), None, "beyond u32");
+        assert_eq!(hidden_pid(OsStr::new(".data.partial-7"), OsStr::new("dat"), STAGING), None);
+        assert_eq!(hidden_pid(OsStr::new(".data.partial-99999999999"), name, STAGING), None, "beyond u32");
     }
 
     #[test]
@@ -1188,6 +1273,33 @@ mod tests {
         for kept in [&alive, &other_output, &other_host, &file] {
             assert!(kept.exists(), "{} was removed", kept.display());
         }
+    }
+
+    #[test]
+    fn an_earlier_output_a_killed_commit_left_aside_is_put_back_or_removed_by_the_next_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let aside = |name: &str, pid: u32| {
+            let path = tmp.path().join(hidden_pid_name(OsStr::new(name), ASIDE, pid));
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("export.json"), b"earlier").unwrap();
+            path
+        };
+        // Killed between its renames: `out` gone, the earlier output aside. The next run puts it
+        // back before it builds its own, which then replaces it.
+        let left = aside("out", gone_pid());
+        let staging = Staging::replacing(&tmp.path().join("out"), &["export.json"]).unwrap();
+        assert!(!left.exists());
+        assert_eq!(std::fs::read(tmp.path().join("out/export.json")).unwrap(), b"earlier");
+        staging.write("export.json", b"new").unwrap();
+        staging.commit().unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("out/export.json")).unwrap(), b"new");
+        // Killed after the new one moved in: the earlier one is removed. A live process's is kept.
+        let (replaced, live) = (aside("out", gone_pid()), aside("out", std::process::id()));
+        drop(Staging::replacing(&tmp.path().join("out"), &["export.json"]).unwrap());
+        assert!(!replaced.exists() && live.exists());
+        assert_eq!(std::fs::read(tmp.path().join("out/export.json")).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "the output and the live process's directory alone: {names:?}");
     }
 
     #[test]
@@ -1285,7 +1397,9 @@ mod tests {
             let other = std::fs::File::open(tmp.path()).unwrap();
             assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX) }, 0);
             let committing =
-                std::thread::spawn(move || if merging { staging.commit_into(|_| Ok(())) } else { staging.commit() });
+                std::thread::spawn(
+                    move || if merging { staging.commit_into("a", |_, _| Ok(())) } else { staging.commit() },
+                );
             std::thread::sleep(std::time::Duration::from_millis(300));
             assert!(!committing.is_finished(), "merging {merging}: it waits for the other commit");
             drop(other);

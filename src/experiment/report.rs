@@ -624,15 +624,17 @@ pub struct Written {
 }
 
 /// A report written again must not keep figures the new one no longer draws: remove the figure
-/// files that the earlier `report.md` in `out` links to (and nothing else: a user's own file
-/// stays, whatever its name).
-fn remove_old_figures(out: &Path) -> std::io::Result<()> {
-    let earlier = match std::fs::read_to_string(out.join("report.md")) {
+/// files that the `earlier` report links to and the new `report.md` in `out` does not (and
+/// nothing else: a user's own file stays, whatever its name).
+fn remove_old_figures(out: &Path, earlier: &Path) -> std::io::Result<()> {
+    let earlier = std::fs::read_to_string(earlier)?;
+    let now = match std::fs::read_to_string(out.join("report.md")) {
         Ok(md) => md,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    for name in figure_links(&earlier) {
+    let drawn = figure_links(&now);
+    for name in figure_links(&earlier).into_iter().filter(|name| !drawn.contains(name)) {
         match std::fs::remove_file(out.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -653,9 +655,10 @@ fn figure_links(md: &str) -> Vec<&str> {
 }
 
 /// Find the runs under `dirs` and write `report.md`, `report.csv` and the figures into `out`,
-/// whole or not at all: built beside it, then each file moved in (a failure, a full disk say,
-/// leaves `out` as it was); figures of an earlier report that the new one does not draw are
-/// removed, other files stay.
+/// whole or not at all: built beside it (a failure, a full disk say, leaves `out` as it was),
+/// then each file moved in, `report.md` last (stopped midway, `out` holds a `report.md` whose
+/// every figure is there); figures of an earlier report that the new one does not draw are
+/// removed once it is in, other files stay.
 pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     let found = discover(dirs);
     let list = |dirs: &[PathBuf]| dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -725,7 +728,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<Written, ReportError> {
     std::fs::write(&markdown, &md).map_err(io(&markdown))?;
     let csv = out.join("report.csv");
     std::fs::write(&csv, table.csv()).map_err(io(&csv))?;
-    staging.commit_into(remove_old_figures)?;
+    staging.commit_into("report.md", remove_old_figures)?;
     let markdown = final_out.join("report.md");
     Ok(Written { markdown, table: table_md, runs: found.runs.len(), left_out: found.left_out })
 }
@@ -1048,5 +1051,17 @@ mod tests {
         assert!(out.join("notes.txt").exists() && out.join("auc-vs-mine.png").exists());
         assert!(out.join("auc-vs-micn.phi.png").exists());
         assert_eq!(figure_links("![a](a.png) ([SVG](a.svg))\n![b](../b.png)\ntext](c.png)"), ["a.png", "a.svg"]);
+        assert!(!out.join(".report.md.previous").exists(), "the earlier report.md is gone once tidied");
+
+        // A report stopped after its report.md moved in, before the earlier one's figures were
+        // removed (its copy `.report.md.previous` left): the next report removes them.
+        std::fs::write(out.join(".report.md.previous"), "![old](old.png) ([SVG](old.svg))\n").unwrap();
+        for file in ["old.png", "old.svg"] {
+            std::fs::write(out.join(file), b"earlier").unwrap();
+        }
+        write(&[root.path().to_path_buf()], &out).unwrap();
+        assert!(!out.join("old.png").exists() && !out.join("old.svg").exists());
+        assert!(!out.join(".report.md.previous").exists());
+        assert!(out.join("notes.txt").exists() && out.join("auc-vs-micn.phi.png").exists());
     }
 }

@@ -135,13 +135,18 @@ pub fn pretrain_centres(
         let hist = items.index_select(0, &hist_items.flatten(0, -1)).view([b, steps, items.size()[1]]);
         let loss = entropy_objective(&hist, &mask, &centres).mean(Kind::Float);
         let grad = Tensor::run_backward(&[&loss], &[&centres], false, false).remove(0);
-        losses.push(loss.double_value(&[]));
+        // Read once, at the end: a read per step would wait for the device each step.
+        losses.push(loss.detach());
         let t = step as i32 + 1;
         m = &m * BETA1 + &grad * (1.0 - BETA1);
         v = &v * BETA2 + grad.square() * (1.0 - BETA2);
         let (m_hat, v_hat) = (&m / (1.0 - BETA1.powi(t)), &v / (1.0 - BETA2.powi(t)));
         centres = tch::no_grad(|| &centres - m_hat / (v_hat.sqrt() + EPS) * lr).set_requires_grad(true);
     }
+    let losses = match losses.is_empty() {
+        true => Vec::new(),
+        false => crate::transfer::download_f32(&Tensor::stack(&losses, 0)).into_iter().map(f64::from).collect(),
+    };
     (centres.detach(), losses)
 }
 

@@ -343,6 +343,13 @@ fn resume_point(
             return Ok(StartPoint::Finished(summary, Box::new(saved)));
         }
     }
+    // Trained past where the run now ends (a `--set train.max_steps` below a stop's step): its
+    // checkpoint, rewritten with that configuration, would contradict it; nothing is changed.
+    let ends_before = match state.step > total_steps {
+        true => Err(TrainError::ResumedPastTheEnd { path: dir.clone(), step: state.step, total: total_steps }),
+        false => Ok(()),
+    };
+    agree_all(comm, ends_before, "compare the checkpoint with the run's end")?;
     // Later checkpoints of this run directory belong to the history this resume leaves, and the
     // summary and model of an earlier end no longer describe the run (were this attempt to die,
     // they would pass for its result).
@@ -1157,7 +1164,8 @@ impl<'a> Run<'a> {
     fn after_step(&mut self, control: Control, epoch: u64) -> Result<(), TrainError> {
         let step = self.step;
         let every = self.cfg.train.check_replicas_every_steps;
-        if every > 0 && step % every == 0 {
+        // One rank has no other replica to compare with (its digest reads the whole model back).
+        if every > 0 && step % every == 0 && self.comm.size() > 1 {
             let digests = self.comm.all_gather(&[self.replica.digest()])?.data;
             if digests.iter().any(|d| *d != digests[0]) {
                 return Err(TrainError::ReplicasDiffer { step, digests });

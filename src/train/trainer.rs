@@ -63,6 +63,12 @@ pub enum TrainError {
     NothingToResume { path: PathBuf, refused: String },
     #[error("{path}: the checkpoint was made with another model or data; these keys differ: {keys}")]
     IncompatibleResume { path: PathBuf, keys: String },
+    #[error(
+        "{path}: the checkpoint is at step {step}, past step {total}, where train.epochs / train.max_steps end the \
+         run now: a run is not cut back below its checkpoint (nothing was changed); resume with train.max_steps of \
+         at least {step}, or an earlier checkpoint with --resume PATH"
+    )]
+    ResumedPastTheEnd { path: PathBuf, step: u64, total: u64 },
     /// A run directory's file (configuration, summary, metrics) that cannot be used.
     #[error(transparent)]
     RunDir(#[from] crate::run_dir::RunDirError),
@@ -238,6 +244,7 @@ impl TrainError {
                 | Self::Deterministic(_)
                 | Self::NothingToResume { .. }
                 | Self::IncompatibleResume { .. }
+                | Self::ResumedPastTheEnd { .. }
                 | Self::NoRunDir
                 | Self::RunDirHoldsOthers { .. }
                 | Self::RunDirTooLong { .. }

@@ -386,6 +386,58 @@ fn a_config_that_changes_the_model_is_refused_with_the_keys_named() {
     train_from(&safe, &SingleProcess, &Resume::Auto).unwrap();
 }
 
+/// A run is not cut back below its checkpoint: a resume whose `train.max_steps` ends the run
+/// before the step it resumes from is refused, changing nothing (the checkpoint rewritten with
+/// that configuration would contradict it, and the next resume would set it aside as damaged).
+#[test]
+fn a_resume_that_would_end_the_run_before_its_checkpoint_is_refused_changing_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let every_3 = ["train.max_steps=6", "checkpoint.every_steps=3"];
+    run(1, &config(&dir, &every_3), &Resume::Fresh);
+    let model = model_bytes(&dir);
+    // Killed after its checkpoint at step 6, before its end was written.
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let files = |dir: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut all: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            // `.lock` names the process that holds the run: each start's own.
+            .filter(|p| p.is_file() && !p.ends_with(".lock"))
+            .map(|p| (p.file_name().unwrap().to_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        all.sort();
+        all
+    };
+    let checkpoint = dir.join("checkpoints/step-00000006");
+    let before = (files(&dir), files(&checkpoint));
+    let shorter = config(&dir, &["train.max_steps=4", "checkpoint.every_steps=3"]);
+    let e = train_from(&shorter, &SingleProcess, &Resume::Auto).unwrap_err();
+    assert!(e.is_input_error());
+    let said = e.to_string();
+    assert!(
+        said.contains("step-00000006: the checkpoint is at step 6, past step 4")
+            && said.contains("resume with train.max_steps of at least 6"),
+        "{said}"
+    );
+    let after = (files(&dir), files(&checkpoint));
+    let changed: Vec<_> = before
+        .0
+        .iter()
+        .chain(&before.1)
+        .filter(|f| !after.0.contains(f) && !after.1.contains(f))
+        .map(|f| &f.0)
+        .collect();
+    assert!(changed.is_empty(), "the refused resume changed {changed:?}");
+    // The same on 2 ranks, each saying it once (rank 0) or as its peer's failure.
+    let refused = ThreadRanks::run(2, |comm| train_from(&shorter, &comm, &Resume::Auto).unwrap_err().to_string());
+    assert!(refused[0].contains("past step 4") && refused[1].contains("rank 0"), "{refused:?}");
+    // Resumed to its own end, the run ends as it did.
+    run(1, &config(&dir, &every_3), &Resume::Auto);
+    assert_eq!(model_bytes(&dir), model);
+}
+
 #[test]
 fn sigterm_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();

@@ -46,8 +46,8 @@ fn config(kind: &str, micn: bool, device_path: bool) -> Config {
 type Case = (&'static str, bool, usize);
 
 /// Transfers per step, measured (every step of every rank the same; with the small config's one
-/// normalising layer for Wide&Deep, two Dice layers for DIN and DIEN): (model, MICN, device path,
-/// ranks) → (uploads, downloads).
+/// normalising layer for Wide&Deep, two Dice layers for DIN and DIEN; with and without MICN):
+/// (model, device path, ranks) → (uploads, downloads).
 ///
 /// One rank on the device path, the target of at most 2: one upload (the batch's ids,
 /// labels and mask, MICN's negatives, every row leaf's ids and lookup indices, and the union of

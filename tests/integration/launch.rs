@@ -255,6 +255,7 @@ fn a_graceful_stop_may_take_longer_than_mpirun_gives_a_job_it_kills() {
     // "checkpoint" after the stop request the launcher passes on.
     let script = r#"r=$OMPI_COMM_WORLD_RANK
 trap 'sleep 2; echo "rank $r checkpointed"; exit 0' USR1
+echo 'micn: this rank now takes stop signals (micn-launch)' >&2
 echo ready
 while :; do sleep 0.1; done"#;
     let mut child = launcher()
@@ -284,11 +285,39 @@ while :; do sleep 0.1; done"#;
     assert!(printed.iter().any(|l| l == "[rank 1] rank 1 checkpointed"), "{printed:?}");
 }
 
+/// A stop asked for while the ranks start (before mpirun could pass it on to any, or while a rank
+/// cannot take it yet) waits until every rank says it takes stop signals, then stops the job
+/// gracefully, as micn ranks do (the line they say; a bare `sh` stands in for micn here).
+#[test]
+fn a_stop_asked_while_the_ranks_start_waits_for_them_and_is_graceful() {
+    let script = r#"r=$OMPI_COMM_WORLD_RANK
+sleep 2
+trap 'echo "rank $r checkpointed"; exit 0' USR1
+echo 'micn: this rank now takes stop signals (micn-launch)' >&2
+while :; do sleep 0.1; done"#;
+    let child = launcher()
+        .args(["--np", "2", "--threads", "1", "--micn", "/bin/sh", "--", "-c", script, "sh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}: {stdout} {stderr}", out.status);
+    assert!(stdout.contains("rank 0 checkpointed") && stdout.contains("[rank 1] rank 1 checkpointed"), "{stdout}");
+    assert!(stderr.contains("the job stops with a checkpoint once its ranks have started"), "{stderr}");
+    assert!(!stderr.contains("takes stop signals"), "the ranks' line is not shown: {stderr}");
+}
+
 /// The stop asked twice (SIGTERM, as a second Ctrl-C is) ends a job that is slow to checkpoint at
 /// once, and the launcher says that it did so, not that something outside signalled mpirun.
 #[test]
 fn a_stop_asked_twice_ends_the_job_at_once_and_says_so() {
     let script = r#"trap 'sleep 30; exit 0' USR1
+echo 'micn: this rank now takes stop signals (micn-launch)' >&2
 echo ready
 while :; do sleep 0.1; done"#;
     let mut child = launcher()
