@@ -138,27 +138,35 @@ pub fn hidden_name(name: &std::ffi::OsStr, kind: &str, room: usize) -> std::ffi:
     std::ffi::OsString::from_vec(hidden)
 }
 
-/// Swap what `a` and `b` name, in one step (`renameat2` with `RENAME_EXCHANGE`): no moment
-/// passes with either name missing. `Ok(false)` where the file system cannot (an old kernel, NFS
-/// and some others): nothing was done.
-pub fn exchange(a: &Path, b: &Path) -> Result<bool, PathIo> {
+/// Swap what `a` and `b` name, in one step (Linux's `renameat2` with `RENAME_EXCHANGE`): no
+/// moment passes with either name missing. `Ok(false)` where that cannot be done (an old kernel,
+/// NFS and some other file systems, a sandbox's filter): nothing was done.
+pub fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     use std::os::unix::ffi::OsStrExt as _;
-    let c_path = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| PathIo { path: p.to_path_buf(), source: std::io::ErrorKind::InvalidInput.into() })
-    };
-    let (ca, cb) = (c_path(a)?, c_path(b)?);
-    // SAFETY: two NUL-terminated paths that live across the call.
+    #[cfg(test)]
+    if NO_EXCHANGE.get() {
+        return Ok(false);
+    }
+    let path = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (path(a)?, path(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
     let done =
-        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+        unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
     if done == 0 {
         return Ok(true);
     }
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
-        _ => Err(PathIo { path: b.to_path_buf(), source: e }),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM) => Ok(false),
+        _ => Err(e),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes [`exchange`] answer as on a file system without it, in this thread: for tests of the
+    /// paths taken there.
+    pub static NO_EXCHANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// `path`, or what it names when it is a symbolic link, through any chain of links (a link to

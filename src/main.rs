@@ -630,10 +630,11 @@ fn main() -> ExitCode {
         }
     }
     if micn::run_dir::this_launch().is_some() {
-        // The stop signals are set: `micn-launch` holds a stop asked for while the job starts
-        // until every rank has said so (mpirun's SIGUSR1 would reach no rank before, or end one
-        // unsaid), and shows this line to nobody.
-        eprintln!("{STARTED_LINE}");
+        // What a stop signal does is settled now (a graceful stop for training, the default end
+        // for other commands): `micn-launch` holds a stop asked for while the job starts until
+        // every rank has said so (mpirun's SIGUSR1 would reach no rank before, or end a training
+        // rank unsaid), and shows this line to nobody. One write; a closed stderr is no error.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{STARTED_LINE}\n").as_bytes());
     }
     let (comm, mpi_versions) = match start_comm(cli.comm) {
         Ok(started) => started,
@@ -1080,8 +1081,8 @@ fn agreed<T>(comm: &dyn Communicator, outcome: anyhow::Result<T>) -> anyhow::Res
     if comm.size() == 1 {
         return outcome;
     }
-    let message = outcome.as_ref().err().map(|e| (if is_input_error(e) { EXIT_INPUT_ERROR } else { 1 }, message_of(e)));
-    let first = match micn::dist::first_failure(comm, message.as_ref().map(|(s, m)| (*s, m.as_str()))) {
+    let own = outcome.as_ref().err().map(|e| (if is_input_error(e) { EXIT_INPUT_ERROR } else { 1 }, message_of(e)));
+    let first = match micn::dist::first_failure(comm, own) {
         Ok(first) => first,
         // This rank's own cause first, where it has one.
         Err(e) => return outcome.and(Err(e.into())),

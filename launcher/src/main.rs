@@ -552,7 +552,7 @@ async fn stream(reader: impl tokio::io::AsyncRead + Unpin, to: Stream, printer: 
         }
         for line in done {
             match line {
-                output::Line::Rank { rank, text } if text == STARTED_LINE => {
+                output::Line::Rank { rank, text } if text.trim_end() == STARTED_LINE => {
                     let mut seen = seen.lock().expect("output state lock");
                     seen.started.insert(rank);
                     seen.rank_started.notify_one();
@@ -671,14 +671,12 @@ fn stop_job(pid: i32, request: Request, signal: i32, printer: Printer) {
         // Before mpirun has set up its forwarding, SIGUSR1 would kill mpirun alone; the ranks
         // have not started then, so there is nothing to checkpoint and SIGTERM does.
         Request::Graceful if catches(pid, libc::SIGUSR1) => {
-            let firmer = match signal {
-                libc::SIGINT => " (Ctrl-C again stops it at once, without a checkpoint)",
-                libc::SIGTERM => " (a second SIGTERM stops it at once, without a checkpoint)",
-                _ => "",
-            };
             printer.say(
                 "WARN",
-                &format!("{why}: stopping the job: every rank finishes its step, checkpoints and exits{firmer}"),
+                &format!(
+                    "{why}: stopping the job: every rank finishes its step, checkpoints and exits{}",
+                    firmer(signal)
+                ),
             );
             libc::SIGUSR1
         }
@@ -694,6 +692,16 @@ fn stop_job(pid: i32, request: Request, signal: i32, printer: Printer) {
     // SAFETY: kill only sends a signal to our own child process.
     unsafe {
         libc::kill(pid, sent);
+    }
+}
+
+/// What the same stop signal again would do, said beside a graceful stop (a hang-up never asks
+/// more firmly: a closing shell may send it more than once).
+fn firmer(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => " (Ctrl-C again stops it at once, without a checkpoint)",
+        libc::SIGTERM => " (a second SIGTERM stops it at once, without a checkpoint)",
+        _ => "",
     }
 }
 
@@ -756,6 +764,7 @@ struct Regrow {
 /// reported an error.
 async fn run_once(
     cmd: &[String],
+    ranks: usize,
     limits: &Limits,
     regrow: Option<&Regrow>,
     signals: &mut StopSignals,
@@ -777,7 +786,6 @@ async fn run_once(
         anyhow::Error::new(e).context(format!("cannot start `{}`{hint}", cmd[0]))
     })?;
     let pid = child.id().context("mpirun exited at once")? as i32;
-    let ranks = cmd.iter().position(|a| a == "-np").and_then(|i| cmd.get(i + 1)?.parse::<usize>().ok()).unwrap_or(1);
     // A graceful stop asked for before every rank takes stop signals: the signal, and when.
     let mut held: Option<(i32, Instant)> = None;
     let rank_started = Arc::new(tokio::sync::Notify::new());
@@ -798,6 +806,8 @@ async fn run_once(
                 let status = status?;
                 break match () {
                     _ if regrowing => Outcome::Regrow,
+                    // A job that ended before a stop held for its start went out just ended.
+                    _ if held.is_some() && status.success() => Outcome::Finished(status),
                     _ if stops.asked.is_some() => Outcome::Interrupted(status),
                     _ => Outcome::Finished(status),
                 };
@@ -806,9 +816,9 @@ async fn run_once(
                 match stops.on(signal) {
                     Some(Request::Graceful) if seen.lock().expect("output state lock").started.len() < ranks => {
                         printer.say("WARN", &format!(
-                            "{}: the job stops with a checkpoint once its ranks have started (a second one stops \
-                             it at once)",
-                            signal_name(signal)
+                            "{}: the job stops with a checkpoint once its ranks have started{}",
+                            signal_name(signal),
+                            firmer(signal)
                         ));
                         held = Some((signal, Instant::now()));
                     }
@@ -1056,7 +1066,8 @@ async fn launch(args: Args) -> anyhow::Result<i32> {
             lost: lost.clone(),
             interval: Duration::from_secs(args.regrow_interval),
         });
-        let (outcome, reported) = run_once(&cmd, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
+        let (outcome, reported) =
+            run_once(&cmd, placement.np, &limits, regrow.as_ref(), &mut signals, &mut stops, printer).await?;
         let error = reported.error;
         let secs = started.elapsed().as_secs_f64();
         let (why, code) = match outcome {
@@ -1236,6 +1247,12 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micn_says_the_very_line_the_launcher_waits_for() {
+        let micn = include_str!("../../src/main.rs");
+        assert!(micn.contains(&format!("const STARTED_LINE: &str = {STARTED_LINE:?};")), "micn's STARTED_LINE differs");
+    }
 
     #[test]
     fn a_shrunk_job_runs_on_the_most_ranks_that_divide_the_first_attempts() {

@@ -90,7 +90,7 @@ pub fn save(
             discard(&tmp);
             return Err(e);
         }
-        match exchange(&tmp, &done) {
+        match crate::io_error::exchange(&tmp, &done) {
             Ok(true) => {
                 sync_dir(root)?;
                 discard(&tmp);
@@ -133,26 +133,6 @@ pub fn save(
 fn write_marker(dir: &Path) -> Result<(), CheckpointError> {
     let marker = dir.join(MARKER);
     std::fs::write(&marker, b"").and_then(|_| std::fs::File::open(&marker)?.sync_all()).map_err(io(&marker))
-}
-
-/// Swap two directories atomically (Linux's `renameat2` with `RENAME_EXCHANGE`); `false` where
-/// the file system cannot.
-fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let path = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    let (a, b) = (path(a)?, path(b)?);
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let done =
-        unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
-    if done == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        // Not offered by the file system or the kernel, or refused by a sandbox's filter.
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM) => Ok(false),
-        _ => Err(e),
-    }
 }
 
 /// The tensor files, `state.json` and `manifest.json`, each fsynced, into `dir`.

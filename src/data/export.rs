@@ -118,7 +118,7 @@ fn write_split(
     crate::io_error::create_dirs(dir)?;
     let (n, t) = (ids.len(), Batch::width(samples, ids, max_hist_len));
     let file = |name: &str| dir.join(format!("{name}.npy"));
-    let [mut sample, mut users, mut items, mut cats, mut hist_len] =
+    let [mut sample, mut users, mut items, mut cats, mut lengths_out] =
         ["sample", "users", "items", "cats", "hist_len"].map(|name| NpyWriter::<i64>::create(&file(name), &[n]));
     let [mut hist_items, mut hist_cats] =
         ["hist_items", "hist_cats"].map(|name| NpyWriter::<i64>::create(&file(name), &[n, t]));
@@ -133,7 +133,7 @@ fn write_split(
         users.put(&batch.users);
         items.put(&batch.items);
         cats.put(&batch.cats);
-        hist_len.put(&lengths);
+        lengths_out.put(&lengths);
         labels.put(&batch.labels);
         hist_items.put_rows(&batch.hist_items, batch.hist_len, t);
         hist_cats.put_rows(&batch.hist_cats, batch.hist_len, t);
@@ -144,7 +144,7 @@ fn write_split(
         }
     }
     for writer in
-        [sample, users, items, cats, hist_len, hist_items, hist_cats].into_iter().chain(drawn.into_iter().flatten())
+        [sample, users, items, cats, lengths_out, hist_items, hist_cats].into_iter().chain(drawn.into_iter().flatten())
     {
         writer.finish()?;
     }

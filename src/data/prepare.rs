@@ -188,7 +188,7 @@ impl Staging {
         let replacing = self.replaces && self.out.exists();
         // The new output and the earlier one swap names in one step; the earlier one, now the
         // staging directory, is removed (what a kill meanwhile leaves of it, the next run's sweep).
-        if replacing && crate::io_error::exchange(&self.tmp, &self.out)? {
+        if replacing && crate::io_error::exchange(&self.tmp, &self.out).with_path(&self.out)? {
             if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
                 tracing::warn!("{}: could not remove the output this one replaced: {e}", self.tmp.display());
             }
@@ -235,36 +235,55 @@ impl Staging {
     /// The commit of [`merging`](Self::merging): every file built moves into `out` (made if
     /// missing), each by one rename, which needs no room on the disk; other files there stay.
     /// `last` (the output's document, which names the rest) moves in last, so that whenever the
-    /// commit stops, a kill say, the document in `out` finds every file it names. The earlier
-    /// document is kept under a hidden name (`.LAST.previous`) until `tidy(out, earlier)` has
-    /// run after the commit (a report removing the figures its new one no longer draws); one left
-    /// by a commit stopped before that is tidied first.
-    pub fn commit_into(self, last: &str, tidy: impl Fn(&Path, &Path) -> std::io::Result<()>) -> Result<(), DataError> {
+    /// commit stops, a kill say, the document in `out` finds every file it names. Then
+    /// `tidy(out, earlier)` runs with the earlier document's text (a report removing the figures
+    /// its new one no longer draws); meanwhile a copy of it waits under a hidden name
+    /// (`.LAST.previous`), so that a commit killed before its tidying is tidied by the next one.
+    /// Tidying is best effort: what it cannot remove is said, and the commit stands.
+    pub fn commit_into(self, last: &str, tidy: impl Fn(&Path, &str) -> std::io::Result<()>) -> Result<(), DataError> {
         // Every file moves in before another commit to `out` starts: `out` holds one whole output.
         let _committing = commit_lock(&self.out);
         std::fs::remove_file(self.tmp.join(OWNER_FILE)).with_path(&self.tmp)?;
         crate::io_error::create_dirs(&self.out)?;
         let previous = self.out.join(crate::io_error::hidden_name(OsStr::new(last), "previous", 0));
-        if previous.exists() {
-            tidy(&self.out, &previous).with_path(&self.out)?;
-            std::fs::remove_file(&previous).with_path(&previous)?;
+        let tidied = |earlier: &[u8]| {
+            if let Err(e) = tidy(&self.out, &String::from_utf8_lossy(earlier)) {
+                tracing::warn!("{}: could not remove what the earlier output held alone: {e}", self.out.display());
+            }
+            if let Err(e) = std::fs::remove_file(&previous) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("{}: could not remove it: {e}", previous.display());
+                }
+            }
+        };
+        // Left by a commit killed before its tidying.
+        if let Ok(earlier) = std::fs::read(&previous) {
+            tidied(&earlier);
         }
-        let mut files: Vec<PathBuf> =
-            std::fs::read_dir(&self.tmp).with_path(&self.tmp)?.flatten().map(|e| e.path()).collect();
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.tmp).with_path(&self.tmp)? {
+            files.push(entry.with_path(&self.tmp)?.path());
+        }
         // The document after the rest.
         files.sort_by_key(|path| path.file_name() == Some(OsStr::new(last)));
+        let mut earlier = None;
         for from in files {
             std::fs::File::open(&from).and_then(|f| f.sync_all()).with_path(&from)?;
             let to = self.out.join(from.file_name().unwrap_or_default());
             if to.file_name() == Some(OsStr::new(last)) && to.is_file() {
-                std::fs::hard_link(&to, &previous).with_path(&previous)?;
+                earlier = Some(std::fs::read(&to).with_path(&to)?);
+                // A second name for it where the file system makes one, else a copy; without
+                // either, a kill before the tidying leaves its files to the user.
+                if let Err(e) = std::fs::hard_link(&to, &previous).or_else(|_| std::fs::copy(&to, &previous).map(drop))
+                {
+                    tracing::warn!("{}: cannot keep the earlier {last} until it is tidied: {e}", previous.display());
+                }
             }
             std::fs::rename(&from, &to).with_path(&to)?;
         }
         std::fs::File::open(&self.out).and_then(|f| f.sync_all()).with_path(&self.out)?;
-        if previous.exists() {
-            tidy(&self.out, &previous).with_path(&self.out)?;
-            std::fs::remove_file(&previous).with_path(&previous)?;
+        if let Some(earlier) = earlier {
+            tidied(&earlier);
         }
         // Dropping removes the staging directory, empty now.
         Ok(())
@@ -1273,6 +1292,24 @@ mod tests {
         for kept in [&alive, &other_output, &other_host, &file] {
             assert!(kept.exists(), "{} was removed", kept.display());
         }
+    }
+
+    #[test]
+    fn an_output_is_replaced_whole_with_or_without_the_file_system_s_swap() {
+        for swaps in [true, false] {
+            crate::io_error::NO_EXCHANGE.set(!swaps);
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("out");
+            for content in [&b"first"[..], b"second"] {
+                let staging = Staging::replacing(&out, &["export.json"]).unwrap();
+                staging.write("export.json", content).unwrap();
+                staging.commit().unwrap();
+                assert_eq!(std::fs::read(out.join("export.json")).unwrap(), content, "swaps: {swaps}");
+            }
+            let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names, ["out"], "nothing else is left (swaps: {swaps})");
+        }
+        crate::io_error::NO_EXCHANGE.set(false);
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub struct FirstFailure {
 
 /// Every rank's outcome of the same step (`None`: it passed; else its failure's exit status, not
 /// 0, and its message), gathered: the first failure, if any rank failed.
-pub fn first_failure(comm: &dyn Communicator, own: Option<(u8, &str)>) -> Result<Option<FirstFailure>> {
+pub fn first_failure(comm: &dyn Communicator, own: Option<(u8, String)>) -> Result<Option<FirstFailure>> {
     // A failure's status byte, then its message; a lone 0 for success.
     let own = match own {
         None => vec![0],
@@ -239,7 +239,9 @@ mod tests {
     fn the_first_failure_is_the_lowest_rank_s_and_a_cause_is_said_below_only_in_the_same_words() {
         // Ranks 1 and 3 fail alike (an input error), rank 2 otherwise, rank 0 passes.
         let outcomes = [None, Some((3, "bad key")), Some((1, "disk full")), Some((3, "bad key"))];
-        let seen = ThreadRanks::run(4, |comm| first_failure(&comm, outcomes[comm.rank()]).unwrap());
+        let seen = ThreadRanks::run(4, |comm| {
+            first_failure(&comm, outcomes[comm.rank()].map(|(status, said)| (status, said.to_string()))).unwrap()
+        });
         for (rank, first) in seen.iter().enumerate() {
             let first = first.expect("rank 1 failed");
             assert_eq!((first.rank, first.status), (1, 3), "rank {rank}");

@@ -626,15 +626,14 @@ pub struct Written {
 /// A report written again must not keep figures the new one no longer draws: remove the figure
 /// files that the `earlier` report links to and the new `report.md` in `out` does not (and
 /// nothing else: a user's own file stays, whatever its name).
-fn remove_old_figures(out: &Path, earlier: &Path) -> std::io::Result<()> {
-    let earlier = std::fs::read_to_string(earlier)?;
-    let now = match std::fs::read_to_string(out.join("report.md")) {
-        Ok(md) => md,
+fn remove_old_figures(out: &Path, earlier: &str) -> std::io::Result<()> {
+    let now = match std::fs::read(out.join("report.md")) {
+        Ok(md) => String::from_utf8_lossy(&md).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
     let drawn = figure_links(&now);
-    for name in figure_links(&earlier).into_iter().filter(|name| !drawn.contains(name)) {
+    for name in figure_links(earlier).into_iter().filter(|name| !drawn.contains(name)) {
         match std::fs::remove_file(out.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}

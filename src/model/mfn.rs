@@ -143,9 +143,10 @@ pub fn pretrain_centres(
         let (m_hat, v_hat) = (&m / (1.0 - BETA1.powi(t)), &v / (1.0 - BETA2.powi(t)));
         centres = tch::no_grad(|| &centres - m_hat / (v_hat.sqrt() + EPS) * lr).set_requires_grad(true);
     }
-    let losses = match losses.is_empty() {
-        true => Vec::new(),
-        false => crate::transfer::download_f32(&Tensor::stack(&losses, 0)).into_iter().map(f64::from).collect(),
+    let losses = if losses.is_empty() {
+        Vec::new()
+    } else {
+        crate::transfer::download_f32(&Tensor::stack(&losses, 0)).into_iter().map(f64::from).collect()
     };
     (centres.detach(), losses)
 }

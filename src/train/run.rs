@@ -345,9 +345,10 @@ fn resume_point(
     }
     // Trained past where the run now ends (a `--set train.max_steps` below a stop's step): its
     // checkpoint, rewritten with that configuration, would contradict it; nothing is changed.
-    let ends_before = match state.step > total_steps {
-        true => Err(TrainError::ResumedPastTheEnd { path: dir.clone(), step: state.step, total: total_steps }),
-        false => Ok(()),
+    let ends_before = if state.step > total_steps {
+        Err(TrainError::ResumedPastTheEnd { path: dir.clone(), step: state.step, total: total_steps })
+    } else {
+        Ok(())
     };
     agree_all(comm, ends_before, "compare the checkpoint with the run's end")?;
     // Later checkpoints of this run directory belong to the history this resume leaves, and the
@@ -635,8 +636,8 @@ pub(crate) fn agree_all<T>(
     if comm.size() == 1 {
         return result;
     }
-    let message = result.as_ref().err().map(|e| (if e.is_input_error() { 3 } else { 1 }, e.to_string()));
-    let Some(first) = crate::dist::first_failure(comm, message.as_ref().map(|(s, m)| (*s, m.as_str())))? else {
+    let own = result.as_ref().err().map(|e| (if e.is_input_error() { 3 } else { 1 }, e.to_string()));
+    let Some(first) = crate::dist::first_failure(comm, own)? else {
         return result;
     };
     FAILURE_AGREED.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -295,18 +295,22 @@ sleep 2
 trap 'echo "rank $r checkpointed"; exit 0' USR1
 echo 'micn: this rank now takes stop signals (micn-launch)' >&2
 while :; do sleep 0.1; done"#;
-    let child = launcher()
+    let tmp = tempfile::tempdir().unwrap();
+    let (out_file, err_file) = (tmp.path().join("out"), tmp.path().join("err"));
+    let mut child = launcher()
         .args(["--np", "2", "--threads", "1", "--micn", "/bin/sh", "--", "-c", script, "sh"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    // Time for the launcher to catch its signals, not for the ranks to start (2 s).
+    std::thread::sleep(Duration::from_millis(500));
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{}: {stdout} {stderr}", out.status);
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let status = wait_at_most(&mut child, Duration::from_secs(60), || read(&err_file));
+    let (stdout, stderr) = (read(&out_file), read(&err_file));
+    assert!(status.success(), "{status}: {stdout} {stderr}");
     assert!(stdout.contains("rank 0 checkpointed") && stdout.contains("[rank 1] rank 1 checkpointed"), "{stdout}");
     assert!(stderr.contains("the job stops with a checkpoint once its ranks have started"), "{stderr}");
     assert!(!stderr.contains("takes stop signals"), "the ranks' line is not shown: {stderr}");
