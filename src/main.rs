@@ -1185,7 +1185,12 @@ fn train(args: TrainArgs, comm: &dyn Communicator) -> anyhow::Result<()> {
                 Some(_) => (None, Vec::new()),
                 None => (run_dir.foreign_contents(), run_dir.present_files()),
             };
+            // Another `micn train` of this machine writing into it (seen without taking its lock).
+            let in_use = run_dir
+                .writer()
+                .map(|holder| TrainError::RunDir(micn::run_dir::RunDirError::InUse { path: path.clone(), holder }));
             let refusals = [
+                in_use,
                 micn::train::dataset_refusal(&cfg),
                 foreign.map(|what| TrainError::RunDirHoldsOthers { path: path.clone(), what }),
                 refused_path,
@@ -1511,11 +1516,11 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
 fn checkpoint(command: CheckpointCommand) -> anyhow::Result<()> {
     match command {
         CheckpointCommand::Verify { path } => {
-            let state = micn::checkpoint::verify(&path)?;
+            let state = micn::checkpoint::verify_reading(&path)?;
             println!("{}: complete, every checksum holds (step {})", path.display(), state.step);
         }
         CheckpointCommand::Inspect { path } => {
-            let state = micn::checkpoint::verify(&path)?;
+            let state = micn::checkpoint::verify_reading(&path)?;
             println!("checkpoint {}", path.display());
             println!("step {}  epoch {}  position in epoch {} samples", state.step, state.epoch, state.position);
             println!("world size {}  seed {}  micn {}", state.world_size, state.seed, state.code_version);

@@ -21,6 +21,36 @@ use crate::io_error::PathIo;
 /// [`Config`]'s validation, and a step, epoch and position that training with that config can
 /// reach (see [`check_state`]).
 pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
+    use std::os::unix::fs::MetadataExt as _;
+    // A checkpoint written again at its step is swapped in whole ([`super::save`]): a check that
+    // began on the earlier one and read on into the new one would find their files disagree. A
+    // check during which another directory took the name is made again.
+    let identity = |dir: &Path| std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+    for _ in 0..3 {
+        let before = identity(dir);
+        let verified = verify_once(dir);
+        if verified.is_ok() || identity(dir) == before {
+            return verified;
+        }
+    }
+    verify_once(dir)
+}
+
+/// [`verify`] for a command that reads a checkpoint while a run may be writing it (`eval`,
+/// `predict`, `checkpoint verify`): one not finished yet while a process of this machine trains
+/// into its run is said to be so, an error that passes (exit status 1), not a damaged one.
+pub fn verify_reading(dir: &Path) -> Result<State, CheckpointError> {
+    let verified = verify(dir);
+    if verified.is_err() && dir.is_dir() && !dir.join(MARKER).is_file() {
+        let writer = dir.parent().and_then(Path::parent).and_then(|run| crate::run_dir::RunDir::new(run).writer());
+        if let Some(holder) = writer {
+            return Err(CheckpointError::BeingWritten { path: dir.to_path_buf(), holder });
+        }
+    }
+    verified
+}
+
+fn verify_once(dir: &Path) -> Result<State, CheckpointError> {
     let invalid = |message: String| CheckpointError::Invalid { path: dir.to_path_buf(), message };
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -40,7 +40,7 @@ pub(crate) use self::format::file_digest;
 pub use self::format::{SafetensorsLayout, TensorHeader};
 pub use self::load::{
     check_state, finished, latest, list, load_tensors_like, load_var_store, read_tensors, step_of, verify,
-    write_tensors,
+    verify_reading, write_tensors,
 };
 pub use self::save::{remove_leftovers, retain, save};
 
@@ -59,6 +59,12 @@ pub enum CheckpointError {
     /// A tensor file whose tensor does not fit what it is loaded into.
     #[error("{path}: tensor `{tensor}`: {message}")]
     Tensor { path: PathBuf, tensor: String, message: String },
+    /// Not finished yet, while a run trains into its directory.
+    #[error(
+        "{path}: not finished: its run is training now ({holder}) and is writing it, or removes it as one an earlier \
+         process left unfinished; try again in a moment"
+    )]
+    BeingWritten { path: PathBuf, holder: String },
     /// The configuration saved in `state.json` does not validate (the error names the file).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -70,6 +76,7 @@ impl CheckpointError {
     pub fn is_input_error(&self) -> bool {
         match self {
             Self::Io(e) => e.is_lasting(),
+            Self::BeingWritten { .. } => false,
             _ => true,
         }
     }

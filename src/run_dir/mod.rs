@@ -264,6 +264,31 @@ impl RunDir {
         Ok(RunLock { _file: Some(file), path: self.path.clone(), identity })
     }
 
+    /// Who trains into the directory now, as its [`LOCK_FILE`] says (`pid P on HOST since T`),
+    /// when a process of this machine holds that file's lock: read from the kernel's table of
+    /// locks (`/proc/locks`), never by taking the lock, which a run starting that moment would
+    /// then be refused. `None` where nobody here holds it (a run on another host sharing the file
+    /// system goes unseen).
+    pub fn writer(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.path.join(LOCK_FILE);
+        let file = std::fs::metadata(&path).ok()?;
+        let (dev, ino) = (file.dev(), file.ino());
+        // `ID: FLOCK ADVISORY WRITE PID MAJOR:MINOR:INODE START END`, the device numbers in hex.
+        let device = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        let held = locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // A lock someone waits for has a `->` of its own before its fields.
+            let fields = if fields.get(1) == Some(&"->") { &fields[1..] } else { &fields[..] };
+            fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&device.as_str())
+        });
+        held.then(|| match std::fs::read_to_string(&path).unwrap_or_default().trim() {
+            "" => "its process did not say who it is".to_string(),
+            said => said.to_string(),
+        })
+    }
+
     /// The launch ([`LAUNCH_ID_ENV`]) that last claimed the directory, if one did.
     fn launch_id(&self) -> Option<String> {
         std::fs::read_to_string(self.path.join(LAUNCH_FILE)).ok().map(|s| s.trim().to_string())
@@ -661,6 +686,28 @@ fn read_if_present(path: &Path) -> Result<String, PathIo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_writing_a_run_is_seen_without_taking_its_lock_and_its_checkpoint_is_said_unfinished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path().join("run"));
+        // A checkpoint renamed into place before its completion marker.
+        let checkpoint = run.checkpoints().join("step-00000004");
+        std::fs::create_dir_all(&checkpoint).unwrap();
+        std::fs::write(checkpoint.join("state.json"), "{}").unwrap();
+        let unfinished = crate::checkpoint::verify_reading(&checkpoint).unwrap_err();
+        assert!(unfinished.is_input_error() && unfinished.to_string().contains("no completion marker"), "{unfinished}");
+        let lock = run.lock().unwrap();
+        let holder = run.writer().expect("the lock is seen held");
+        assert!(holder.starts_with(&format!("pid {} on ", std::process::id())), "{holder}");
+        let written = crate::checkpoint::verify_reading(&checkpoint).unwrap_err();
+        assert!(!written.is_input_error(), "a passing error: {written}");
+        assert!(written.to_string().contains("not finished: its run is training now (pid "), "{written}");
+        // Free again once its holder lets go.
+        drop(lock);
+        assert_eq!(run.writer(), None);
+        let _again = run.lock().expect("free after its holder let go");
+    }
 
     #[test]
     fn two_set_asides_in_one_second_go_to_two_directories_and_a_stops_end_is_deleted() {

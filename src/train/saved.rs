@@ -64,7 +64,7 @@ impl Saved {
     ) -> Result<Self, TrainError> {
         // The vocabularies' digest recorded with the model, where it was.
         let (cfg, recorded, edited) = if dir.join("state.json").exists() {
-            let state = checkpoint::verify(dir)?;
+            let state = checkpoint::verify_reading(dir)?;
             let cfg =
                 Config::from_toml(&state.config, &dir.join("state.json")).map_err(checkpoint::CheckpointError::from)?;
             (cfg, state.vocabularies, None)

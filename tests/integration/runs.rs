@@ -156,6 +156,21 @@ fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
     let warned = stderr(&print(&config, &[]));
     assert!(warned.contains(&format!("{}: already holds a run (metrics.jsonl)", run.display())), "{warned}");
     assert_eq!(std::fs::read_dir(&run).unwrap().count(), 1, "nothing written");
+    // A run directory another process trains into (here `flock` holds its lock, as a run does).
+    std::fs::write(run.join(".lock"), "pid 4242 on elsewhere since now\n").unwrap();
+    let mut holder = std::process::Command::new("flock").arg(run.join(".lock")).args(["sleep", "30"]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let held = || {
+        !std::process::Command::new("flock").args(["-n"]).arg(run.join(".lock")).arg("true").status().unwrap().success()
+    };
+    while !held() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let warned = stderr(&print(&config, &[]));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let in_use = "another micn train is writing this run (pid 4242 on elsewhere since now)";
+    assert!(warned.contains("train would refuse this: ") && warned.contains(in_use), "{warned}");
     std::fs::remove_dir_all(&run).unwrap();
     let warned = stderr(&print(&config, &["run.dir=\"\""]));
     assert!(warned.contains("train would refuse this: run.dir is empty"), "{warned}");
