@@ -81,7 +81,13 @@ impl Saved {
                 Ok(Some(Some(summary))) if summary.is_object() => summary,
                 Ok(Some(Some(_))) => return Err(damaged(run.summary(), &"not a JSON object")),
                 Ok(_) => {
-                    return Err(TrainError::Unfinished { dir: dir.to_path_buf(), remedy: run.newest_checkpoint() })
+                    // A run training now (exit status 1: the same command works once it ends).
+                    let training = run.writer();
+                    return Err(TrainError::Unfinished {
+                        dir: dir.to_path_buf(),
+                        remedy: run.newest_checkpoint(),
+                        training,
+                    });
                 }
                 Err(RunDirError::Invalid { path, message }) => return Err(damaged(path, &message)),
                 Err(RunDirError::Io(e)) if e.source.kind() == std::io::ErrorKind::InvalidData => {

@@ -212,9 +212,10 @@ pub enum TrainError {
     )]
     RetrievalListTooLong { n: usize, items: usize },
     #[error(
-        "{dir}: the run has not finished (its model.safetensors and summary.json are written at the end): {remedy}"
+        "{dir}: the run has not finished{} (its model.safetensors and summary.json are written at the end): {remedy}",
+        training.as_ref().map(|holder| format!(": it is training now ({holder})")).unwrap_or_default()
     )]
-    Unfinished { dir: PathBuf, remedy: String },
+    Unfinished { dir: PathBuf, remedy: String, training: Option<String> },
     #[error(
         "the run holds out no validation samples (data.valid_share = {share}): give --split test or --split train"
     )]
@@ -272,7 +273,7 @@ impl TrainError {
                 | Self::NoInterests { .. }
                 | Self::RetrievalListTooLong { .. }
                 | Self::NoValidationSplit { .. }
-                | Self::Unfinished { .. }
+                | Self::Unfinished { training: None, .. }
                 | Self::NoAttributes { .. }
                 | Self::TooFewForCentres { .. }
                 | Self::CentresDiverged { .. }
