@@ -59,6 +59,12 @@ pub enum CheckpointError {
     /// A tensor file whose tensor does not fit what it is loaded into.
     #[error("{path}: tensor `{tensor}`: {message}")]
     Tensor { path: PathBuf, tensor: String, message: String },
+    /// Gone while it was read: a running run's retention removed it.
+    #[error(
+        "{path}: removed while it was read (a run's retention keeps only its newest checkpoints and the best): give one \
+         it keeps"
+    )]
+    Removed { path: PathBuf },
     /// Not finished yet, while a run trains into its directory.
     #[error(
         "{path}: not finished: its run is training now ({holder}) and is writing it, or removes it as one an earlier \

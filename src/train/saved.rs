@@ -159,7 +159,13 @@ impl Saved {
         }
         let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
         // A checkpoint directory keeps its model under the same name as a run directory.
-        checkpoint::load_var_store(&mut vs, &RunDir::new(dir).model())?;
+        checkpoint::load_var_store(&mut vs, &RunDir::new(dir).model()).map_err(|e| {
+            if dir.exists() {
+                e
+            } else {
+                checkpoint::CheckpointError::Removed { path: dir.to_path_buf() }
+            }
+        })?;
         Ok(Self { cfg, dataset, net, device })
     }
 
