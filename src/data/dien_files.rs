@@ -428,6 +428,7 @@ pub fn prepare(dir: &Path, strictness: Strictness, out: &Path) -> Result<Report,
                 .into(),
         });
     }
+    super::input::check_unreplaced(&summaries)?;
     let sources = summaries.iter().map(source_entry).collect();
     let meta = write_dataset(
         &staging,

@@ -138,6 +138,22 @@ pub struct FileSummary {
     pub raw_bytes: u64,
     pub lines: u64,
     pub issues: Issues,
+    /// The file's device and inode when it was opened (a regular file's): see [`check_unreplaced`].
+    pub identity: Option<(u64, u64)>,
+}
+
+/// Every input read still the file it was: one replaced by another while the preparation read
+/// its other inputs (`micn synth` writing into their directory again, say) would give a dataset of
+/// two versions' parts, each whole in itself; refused, saying so, exit status 1.
+pub fn check_unreplaced(sources: &[FileSummary]) -> Result<(), DataError> {
+    use std::os::unix::fs::MetadataExt as _;
+    for source in sources {
+        let now = std::fs::metadata(&source.path).ok().map(|m| (m.dev(), m.ino()));
+        if source.identity.is_some() && now != source.identity {
+            return Err(DataError::ReplacedWhileRead { path: source.path.clone() });
+        }
+    }
+    Ok(())
 }
 
 /// A reader that hashes the stored bytes as they pass.
@@ -470,7 +486,12 @@ pub fn parse_lines_checked<T: Send>(
     let io = |source| DataError::Io(PathIo { path: path.to_path_buf(), source });
     let opened = File::open(path).map_err(io)?;
     // A pipe (or a device) has no size to measure the read against.
-    let stored_total = Some(opened.metadata().map_err(io)?).filter(|m| m.is_file()).map(|m| m.len());
+    let metadata = Some(opened.metadata().map_err(io)?).filter(|m| m.is_file());
+    let stored_total = metadata.as_ref().map(|m| m.len());
+    let identity = metadata.map(|m| {
+        use std::os::unix::fs::MetadataExt as _;
+        (m.dev(), m.ino())
+    });
     let mut file = BufReader::with_capacity(1 << 20, opened);
     let gzip = {
         use std::io::BufRead;
@@ -570,6 +591,7 @@ pub fn parse_lines_checked<T: Send>(
         raw_bytes: progress.raw,
         lines: progress.lines,
         issues,
+        identity,
     })
 }
 
@@ -643,6 +665,22 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn an_input_replaced_by_another_file_after_it_was_read_is_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, other) = (dir.path().join("reviews.json"), dir.path().join("other.json"));
+        std::fs::write(&path, "a\nb\n").unwrap();
+        let (_, summary) = read_all(&path, Strictness::Strict).unwrap();
+        check_unreplaced(std::slice::from_ref(&summary)).unwrap();
+        // Written again whole as a new file and renamed over it (as `micn synth` replaces its
+        // output): the same size, another file.
+        std::fs::write(&other, "c\nd\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let e = check_unreplaced(&[summary]).unwrap_err();
+        assert!(!e.is_input_error(), "running again helps");
+        assert!(e.to_string().starts_with(&format!("{}: replaced by another file", path.display())), "{e}");
     }
 
     #[test]

@@ -86,6 +86,12 @@ pub enum DataError {
         crate::progress::thousands(*.after)
     )]
     ChangedWhileRead { path: PathBuf, at_open: u64, after: u64 },
+    /// An input replaced by another file while the preparation read the others.
+    #[error(
+        "{path}: replaced by another file while the other inputs were read (written again meanwhile, by `micn synth` \
+         say): what was read mixes two versions; prepare again once it is done"
+    )]
+    ReplacedWhileRead { path: PathBuf },
     #[error("{path}: {source}")]
     Thread { path: PathBuf, source: crate::io_error::NoThread },
     #[error("{0}: already exists; choose another --out or remove it first")]
@@ -101,7 +107,7 @@ impl DataError {
         match self {
             Self::Io(e) => e.is_lasting(),
             Self::BrokenStream { read, source, .. } => read.gzip || is_lasting(source),
-            Self::ChangedWhileRead { .. } | Self::Thread { .. } => false,
+            Self::ChangedWhileRead { .. } | Self::ReplacedWhileRead { .. } | Self::Thread { .. } => false,
             _ => true,
         }
     }

@@ -1015,6 +1015,7 @@ pub fn prepare_amazon(job: &AmazonJob, out: &Path) -> Result<Report, DataError> 
         }
         (None, _) => (CategorySource::WithoutMeta, json!({ "protocol_summary": summary, "source": source })),
     };
+    input::check_unreplaced(&sources)?;
     let meta = write_dataset_with(
         &staging,
         categories,
