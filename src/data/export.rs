@@ -142,13 +142,21 @@ fn write_split(
             noclick_items.put_rows(drawn_items, batch.hist_len, t);
             noclick_cats.put_rows(drawn_cats, batch.hist_len, t);
         }
+        // A write that failed (a full disk) ends the split here: `finish` says why.
+        let longs = [&sample, &users, &items, &cats, &lengths_out, &hist_items, &hist_cats];
+        if longs.into_iter().chain(drawn.iter().flatten()).any(NpyWriter::failed) || labels.failed() {
+            break;
+        }
     }
-    for writer in
-        [sample, users, items, cats, lengths_out, hist_items, hist_cats].into_iter().chain(drawn.into_iter().flatten())
-    {
-        writer.finish()?;
+    // Every file finished; a failed write's error first (the others were cut short by it).
+    let longs = [sample, users, items, cats, lengths_out, hist_items, hist_cats].into_iter();
+    let mut finished: Vec<(bool, Result<(), PathIo>)> =
+        longs.chain(drawn.into_iter().flatten()).map(|writer| (writer.failed(), writer.finish())).collect();
+    finished.push((labels.failed(), labels.finish()));
+    finished.sort_by_key(|(failed, _)| !failed);
+    for (_, result) in finished {
+        result?;
     }
-    labels.finish()?;
     Ok(t)
 }
 
@@ -220,6 +228,11 @@ impl<T: NpyValue> NpyWriter<T> {
         }
     }
 
+    /// Whether a write failed (then [`finish`](Self::finish) says why).
+    pub fn failed(&self) -> bool {
+        self.out.is_err()
+    }
+
     /// Rows `width` values wide (`values.len()` a multiple of it), each padded with zeros to
     /// `padded` values.
     pub fn put_rows(&mut self, values: &[T], width: usize, padded: usize) {
@@ -233,11 +246,12 @@ impl<T: NpyValue> NpyWriter<T> {
     /// The file, synced, once every value of its shape was put.
     pub fn finish(self) -> Result<(), PathIo> {
         let at = |source| PathIo { path: self.path.clone(), source };
+        // A failed write first: the values it cut short follow from it.
+        let file = self.out.and_then(|out| out.into_inner().map_err(|e| e.into_error())).map_err(at)?;
         if self.put != self.size {
             let message = format!("{} values were written where the array's shape holds {}", self.put, self.size);
             return Err(at(std::io::Error::new(std::io::ErrorKind::InvalidData, message)));
         }
-        let file = self.out.and_then(|out| out.into_inner().map_err(|e| e.into_error())).map_err(at)?;
         file.sync_all().map_err(at)
     }
 }
@@ -331,5 +345,10 @@ mod tests {
         short.put(&[1.0, 2.0]);
         let e = short.finish().unwrap_err().to_string();
         assert!(e.contains("rows.npy") && e.contains("2 values were written where the array's shape holds 3"), "{e}");
+        // A write that failed says so, though it also left the array short.
+        let mut full = NpyWriter::<f32>::create(Path::new("/dev/full"), &[3]);
+        full.put(&[1.0, 2.0]);
+        let e = full.finish().unwrap_err().to_string();
+        assert!(e.starts_with("/dev/full: No space left on device"), "{e}");
     }
 }
