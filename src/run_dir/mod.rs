@@ -240,12 +240,7 @@ impl RunDir {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();
             if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = match holder.trim() {
-                    "" => "its process did not say who it is".to_string(),
-                    said => said.to_string(),
-                };
-                return Err(RunDirError::InUse { path: self.path.clone(), holder });
+                return Err(RunDirError::InUse { path: self.path.clone(), holder: holder(&path) });
             }
             tracing::warn!(
                 path = %path.display(),
@@ -283,10 +278,7 @@ impl RunDir {
             let fields = if fields.get(1) == Some(&"->") { &fields[1..] } else { &fields[..] };
             fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&device.as_str())
         });
-        held.then(|| match std::fs::read_to_string(&path).unwrap_or_default().trim() {
-            "" => "its process did not say who it is".to_string(),
-            said => said.to_string(),
-        })
+        held.then(|| holder(&path))
     }
 
     /// The launch ([`LAUNCH_ID_ENV`]) that last claimed the directory, if one did.
@@ -676,6 +668,14 @@ impl MetricsLog {
 }
 
 /// The text of `path`, or nothing when there is no such file (any other error is one).
+/// Who holds the lock on `lock_file`, as the holder wrote it there (`pid P on HOST since T`).
+fn holder(lock_file: &Path) -> String {
+    match std::fs::read_to_string(lock_file).unwrap_or_default().trim() {
+        "" => "its process did not say who it is".to_string(),
+        said => said.to_string(),
+    }
+}
+
 fn read_if_present(path: &Path) -> Result<String, PathIo> {
     match std::fs::read_to_string(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),

@@ -107,6 +107,21 @@ pub fn tiny_din_run(run: &Path) {
     micn::train::train_from(&cfg, &micn::dist::SingleProcess, &micn::train::Resume::Fresh).unwrap();
 }
 
+/// The lock of the run in `run` held as a training run holds it (`flock`, for at most 30 s), with
+/// `holder` written where the run writes who it is; returned once it is held, for the caller to
+/// kill.
+pub fn hold_run_lock(run: &Path, holder: &str) -> std::process::Child {
+    let lock = run.join(".lock");
+    std::fs::write(&lock, holder).unwrap();
+    let child = Command::new("flock").arg(&lock).args(["sleep", "30"]).spawn().unwrap();
+    let held = || !Command::new("flock").arg("-n").arg(&lock).arg("true").status().unwrap().success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !held() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
 /// A small tmpfs, unmounted when dropped.
 pub struct SmallDisk(PathBuf);
 

@@ -163,13 +163,7 @@ fn the_validation_split_of_a_run_without_one_is_refused_by_eval_and_predict() {
     }
     // One that trains now (here `flock` holds its lock, as the run does) is said to, exit 1: the
     // same command works once it ends.
-    std::fs::write(run.join(".lock"), "pid 4242 on elsewhere since now\n").unwrap();
-    let mut holder = Command::new("flock").arg(run.join(".lock")).args(["sleep", "30"]).spawn().unwrap();
-    let held = || !Command::new("flock").arg("-n").arg(run.join(".lock")).arg("true").status().unwrap().success();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !held() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut holder = crate::hold_run_lock(&run, "pid 4242 on elsewhere since now\n");
     let refused = Command::new(micn_bin()).args(["eval", "--run"]).arg(&run).output().unwrap();
     let _ = holder.kill();
     let _ = holder.wait();

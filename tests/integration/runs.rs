@@ -157,15 +157,7 @@ fn print_config_shows_every_key_as_the_run_would_save_it_and_writes_nothing() {
     assert!(warned.contains(&format!("{}: already holds a run (metrics.jsonl)", run.display())), "{warned}");
     assert_eq!(std::fs::read_dir(&run).unwrap().count(), 1, "nothing written");
     // A run directory another process trains into (here `flock` holds its lock, as a run does).
-    std::fs::write(run.join(".lock"), "pid 4242 on elsewhere since now\n").unwrap();
-    let mut holder = std::process::Command::new("flock").arg(run.join(".lock")).args(["sleep", "30"]).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let held = || {
-        !std::process::Command::new("flock").args(["-n"]).arg(run.join(".lock")).arg("true").status().unwrap().success()
-    };
-    while !held() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut holder = crate::hold_run_lock(&run, "pid 4242 on elsewhere since now\n");
     let warned = stderr(&print(&config, &[]));
     let _ = holder.kill();
     let _ = holder.wait();
