@@ -55,8 +55,8 @@ pub fn classify(name: &str) -> Result<VarGroup, NetworkError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VarRole {
     pub group: VarGroup,
-    /// Updated by rows: an embedding table, or a main model's table of hashed weights (row
-    /// gradients, row-sparse Adam).
+    /// Updated by rows: an embedding table, or a main model's own table (Wide&Deep's hashed
+    /// weights, the attribute embeddings) (row gradients, row-sparse Adam).
     pub by_rows: bool,
 }
 
@@ -307,6 +307,61 @@ mod tests {
         assert_eq!(cfg.unread_keys(), ["micn.phi", "model.gru_hidden", "model.mind_interests", "model.wide_buckets"]);
         assert_eq!(cfg.unread_settings()[0], "micn.phi = 0.5: micn.enabled = false does not read it");
         assert_eq!(cfg.unread_settings()[2], "model.mind_interests = 2: model.kind = \"din\" does not read it");
+    }
+
+    /// Wide&Deep's hashed weights, MFN's and CAMN's attribute embeddings, read in a training
+    /// step through a row leaf planned from the batch's ids on the host: the same logits as the
+    /// lookups in the table, bit for bit, and the table's gradient at every row the lookups read
+    /// (the same rows as the sparse gradient of the lookups).
+    #[test]
+    fn a_main_model_s_own_table_read_through_a_planned_row_leaf_gives_the_lookups_and_their_gradient() {
+        use crate::model::embeddings::{HostIds, PlannedRows, TableOwner, Task};
+        use crate::transfer::Upload;
+        for kind in [ModelKind::WideDeep, ModelKind::Mfn, ModelKind::Camn] {
+            testing::one_thread();
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = ModelConfig { wide_crosses: true, mfn_attributes: true, ..small(kind) };
+            let attributes = testing::attributes(VOCAB.items);
+            let net = Network::new(&vs.root(), &model, &MicnConfig::default(), &VOCAB, &item_cats(), Some(&attributes))
+                .unwrap();
+            let ids = testing::batch(3, 6, 5, &VOCAB, false);
+            let on_host = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).unwrap();
+            let (users, items, cats) = (on_host(&ids.users), on_host(&ids.items), on_host(&ids.cats));
+            let (hist_items, hist_cats) = (on_host(&ids.hist_items), on_host(&ids.hist_cats));
+            let host = HostIds {
+                users: &users,
+                items: &items,
+                cats: &cats,
+                hist_items: &hist_items,
+                hist_cats: &hist_cats,
+                noclick: None,
+            };
+            let lookups = net.main.row_lookups(&host).expect("a table read by rows");
+            assert_eq!(net.main.row_tables(), [lookups.table], "{kind:?}");
+            let mut upload = Upload::new();
+            let planned = PlannedRows::new(&lookups.ids, &mut upload);
+            let sent = upload.send(Device::Cpu);
+            let (leaf, rows) =
+                planned.gather(&lookups.variable, (TableOwner::MainModel, lookups.table), Task::Main, &sent);
+
+            let weighted = |logit: &Tensor| {
+                (logit * Tensor::arange(6, (tch::Kind::Float, Device::Cpu)).sin()).sum(tch::Kind::Float)
+            };
+            let plain = net.main.forward(&net.embeddings.forward(&ids).main, Mode::Eval);
+            let mut x = net.embeddings.forward(&ids).main;
+            x.planned_rows = Some(rows);
+            let through_leaf = net.main.forward(&x, Mode::Eval);
+            assert!(through_leaf.logit.equal(&plain.logit), "{kind:?}");
+
+            let table = &vs.variables()[&format!("main.{}", lookups.table)];
+            let reference =
+                Tensor::run_backward(&[weighted(&plain.logit)], &[table], false, false).remove(0).coalesce();
+            assert_eq!(on_host(&reference.indices().select(0, 0)), leaf.ids, "{kind:?}: the rows the lookups read");
+            let leaf_grad =
+                Tensor::run_backward(&[weighted(&through_leaf.logit)], &[&leaf.leaf], false, false).remove(0);
+            let diff = (leaf_grad - reference.values()).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{kind:?}: the gradients differ by {diff}");
+        }
     }
 
     #[test]

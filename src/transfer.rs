@@ -65,14 +65,6 @@ pub fn download_i64(t: &Tensor) -> Vec<i64> {
     Vec::<i64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Int64).flatten(0, -1)).expect("i64 values")
 }
 
-/// A sparse gradient's rows summed per distinct id (`coalesce`), on its device: on a GPU the
-/// number of distinct ids sizes the result, so the host waits for the device and reads it back,
-/// a blocking download like the others, counted as one.
-pub fn coalesce(sparse: &Tensor) -> Tensor {
-    record(false);
-    sparse.coalesce()
-}
-
 /// `values` as a 1-D f32 tensor on `device`: one upload.
 pub fn upload_f32(values: &[f32], device: Device) -> Tensor {
     record(true);

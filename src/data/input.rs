@@ -596,11 +596,11 @@ pub fn parse_lines_checked<T: Send>(
 }
 
 /// A whole text file, gzip or plain as [`parse_lines`] reads it, its non-blank lines joined by
-/// `\n` (for a file that is one document, such as a JSON object); a line that is not UTF-8 is an
-/// error naming it.
-pub fn read_text(path: &Path) -> Result<String, DataError> {
+/// `\n` (for a file that is one document, such as a JSON object), and its summary; a line that
+/// is not UTF-8 is an error naming it.
+pub fn read_text(path: &Path) -> Result<(String, FileSummary), DataError> {
     let mut text = String::new();
-    parse_lines(
+    let summary = parse_lines(
         path,
         Strictness::Strict,
         |line| Ok(line.to_string()),
@@ -609,7 +609,7 @@ pub fn read_text(path: &Path) -> Result<String, DataError> {
             text.push('\n');
         },
     )?;
-    Ok(text)
+    Ok((text, summary))
 }
 
 #[cfg(test)]

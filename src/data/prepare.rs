@@ -498,16 +498,16 @@ fn parse_sequence(line: &str) -> Result<(String, Vec<String>), input::Bad> {
 
 /// An attributes file (`{"item": [attribute ids]}`): every sequenced item's list goes to the
 /// attribute table (at most `sequences.max_attributes` columns), and with
-/// `category_attribute = Some(k)` its k-th attribute becomes its category. Returns, when
-/// categories were taken, the number of items the file gives none for.
+/// `category_attribute = Some(k)` its k-th attribute becomes its category. Returns the file's
+/// summary and, when categories were taken, the number of items the file gives none for.
 fn read_attributes(
     path: &Path,
     corpus: &mut Corpus,
     sequences: Sequences,
     strictness: Strictness,
     warnings: &mut Vec<String>,
-) -> Result<Option<u64>, DataError> {
-    let text = input::read_text(path)?;
+) -> Result<(FileSummary, Option<u64>), DataError> {
+    let (text, summary) = input::read_text(path)?;
     let invalid = |message: String| DataError::Invalid { path: path.to_path_buf(), message };
     let FirstOfEachItem { lists: attributes, repeated } =
         serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
@@ -562,7 +562,7 @@ fn read_attributes(
         ));
     }
     corpus.attributes = Some(raw);
-    let Some(k) = sequences.category_attribute else { return Ok(None) };
+    let Some(k) = sequences.category_attribute else { return Ok((summary, None)) };
     let mut without = 0u64;
     for item in 0..corpus.items.len() as u32 {
         let name = corpus.items.name(item).to_string();
@@ -579,7 +579,7 @@ fn read_attributes(
             corpus.items.len()
         ));
     }
-    Ok(Some(without))
+    Ok((summary, Some(without)))
 }
 
 /// An attributes file's lists by item: the first list of an item listed twice (as a repeated
@@ -728,14 +728,20 @@ fn read_corpus(
         return Ok((corpus, vec![reviews_summary], None));
     }
     if let Layout::Sequences(sequences) = job.layout {
-        let attributes = match &job.meta {
-            Some(path) => Some(read_attributes(path, &mut corpus, sequences, job.strictness, warnings)?),
+        let mut sources = vec![reviews_summary];
+        let without_category = match &job.meta {
+            Some(path) => {
+                let (summary, without_category) =
+                    read_attributes(path, &mut corpus, sequences, job.strictness, warnings)?;
+                sources.push(summary);
+                without_category
+            }
             None => None,
         };
-        if sequences.category_attribute.is_none() || attributes.is_none() {
+        if sequences.category_attribute.is_none() || job.meta.is_none() {
             warnings.push(format!("no category attribute: every item is in category `{DEFAULT_CAT}`"));
         }
-        return Ok((corpus, vec![reviews_summary], attributes.flatten()));
+        return Ok((corpus, sources, without_category));
     }
     let Some(meta_path) = &job.meta else {
         warnings

@@ -31,10 +31,10 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::batch_stats::Mode;
-use super::embeddings::MainInput;
-use super::item_attributes::{AttributeEmbeddings, ItemAttributeIds};
+use super::embeddings::{HostIds, MainInput};
+use super::item_attributes::{AttributeEmbeddings, ItemAttributeIds, ATTRIBUTE_TABLE};
 use super::layers::{masked_softmax, masked_sum, ActivationKind, AttentionUnit, Mlp};
-use super::{InputDims, MainOutput, ModelError};
+use super::{InputDims, MainOutput, ModelError, RowLookups};
 use crate::config::ModelConfig;
 
 /// CAMN.
@@ -113,6 +113,16 @@ impl Camn {
         self.k
     }
 
+    pub fn attributes(&self) -> &AttributeEmbeddings {
+        &self.attributes
+    }
+
+    /// The lookups a training batch makes in the attribute table: every history slot's
+    /// attributes, then every target's.
+    pub fn row_lookups(&self, host: &HostIds<'_>) -> RowLookups {
+        self.attributes.row_lookups(ATTRIBUTE_TABLE, &[host.hist_items, host.items])
+    }
+
     /// Collaborative scores (Eq. 1–3): `[b, T, k]` from the sequences `xs [b, T, k, w]`.
     pub fn scores(&self, xs: &Tensor) -> Tensor {
         let (b, steps, w) = (xs.size()[0], xs.size()[1], xs.size()[3]);
@@ -128,7 +138,7 @@ impl Camn {
     /// `x.target [b, w]`, `x.hist [b, T, w]`, `x.hist_mask [b, T]`
     pub fn internals(&self, x: &MainInput) -> Internals {
         let (b, steps, w) = (x.hist.size()[0], x.hist.size()[1], x.hist.size()[2]);
-        let attrs = self.attributes.embed(&x.ids.hist_items); // [b, T, k−1, w]
+        let attrs = self.attributes.embed(&x.ids.hist_items, x.planned_rows.as_ref(), 0); // [b, T, k−1, w]
         let xs = Tensor::cat(&[&x.hist.unsqueeze(2), &attrs], 2); // [b, T, k, w]
         let scores = self.scores(&xs); // [b, T, k]
         let heads = xs.permute([0, 2, 1, 3]); // [b, k, T, w]
@@ -167,7 +177,10 @@ impl Camn {
     pub fn forward(&self, x: &MainInput, mode: Mode) -> MainOutput {
         let Internals { attention, interests, .. } = self.internals(x);
         let (b, w) = (x.target.size()[0], x.target.size()[1]);
-        let target_attrs = self.attributes.embed(&x.ids.items).view([b, (self.k - 1) * w]);
+        // The target's attributes follow the history's among the planned lookups.
+        let first = x.ids.hist_items.numel() as i64 * (self.k - 1);
+        let target_attrs =
+            self.attributes.embed(&x.ids.items, x.planned_rows.as_ref(), first).view([b, (self.k - 1) * w]);
         let hist_sum = masked_sum(&x.hist, &x.hist_mask);
         let input = Tensor::cat(
             &[&x.user, &x.target, &hist_sum, &(&x.target * &hist_sum), &target_attrs, &interests.view([b, self.k * w])],

@@ -248,6 +248,11 @@ pub struct MainInput {
     pub negatives: Option<(Tensor, Tensor)>,
     /// The ids themselves, for models with id features (Wide&Deep's crosses).
     pub ids: BatchIds,
+    /// In a training step, the rows of the main model's own table updated by rows (Wide&Deep's
+    /// hashed weights, the attribute embeddings) at every lookup the model makes, in the order of
+    /// [`crate::model::MainModel::row_lookups`], read from a row leaf. `None`: the model looks
+    /// them up in its table.
+    pub planned_rows: Option<Tensor>,
 }
 
 /// What MICN receives: the `e_aux` vectors only (`h = 2d`).
@@ -452,6 +457,7 @@ impl Embeddings {
                 .map(|n| join(self.orig(&n.items, &n.cats), self.aux(&n.items, &n.cats).as_ref())),
             negatives: None,
             ids: ids.shallow_clone(),
+            planned_rows: None,
         };
         let aux = target_aux.zip(hist_aux).map(|(target, hist)| AuxInput {
             target: self.for_aux(target),
@@ -477,7 +483,9 @@ pub enum Task {
 /// task, so a single backward pass keeps the two tasks' gradients apart.
 #[derive(Debug)]
 pub struct RowLeaf {
-    /// The table's variable name under [`crate::network::EMBEDDINGS_PATH`] (`user`, `item`, `cat_aux`, ...).
+    pub owner: TableOwner,
+    /// The table's variable name under its owner's path (`user`, `item`, `cat_aux`, ...;
+    /// `crosses.weights`, `attributes`).
     pub table: &'static str,
     pub task: Task,
     /// Distinct ids, ascending.
@@ -486,6 +494,14 @@ pub struct RowLeaf {
     pub ids_on_device: Tensor,
     /// `[ids.len(), d]`, requires grad.
     pub leaf: Tensor,
+}
+
+/// Who owns a table read through row leaves: the framework's embeddings, or the main model (its
+/// own table updated by rows: Wide&Deep's hashed weights, the attribute embeddings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableOwner {
+    Embeddings,
+    MainModel,
 }
 
 /// A training batch embedded from row leaves ([`Embeddings::forward_train`]).
@@ -524,16 +540,46 @@ fn distinct_rows(lookups: &[i64]) -> (Vec<i64>, Vec<i64>) {
     (distinct, index)
 }
 
-/// The lookups of one or more tables that share their ids (`item` and `item_aux`, say), planned
-/// on the host: their distinct ids and every lookup's index among them, both in the step's
-/// upload.
+/// Lookups planned on the host: their distinct ids (ascending) and every lookup's index among
+/// them, both added to the step's upload.
+#[derive(Debug)]
+pub struct PlannedRows {
+    ids: Vec<i64>,
+    ids_piece: Piece,
+    index_piece: Piece,
+}
+
+impl PlannedRows {
+    /// Plans `lookups` (ids, in the order they are read) and adds them to `upload`.
+    pub fn new(lookups: &[i64], upload: &mut Upload) -> Self {
+        let (ids, index) = distinct_rows(lookups);
+        let (ids_piece, index_piece) = (upload.i64(&ids), upload.i64(&index));
+        Self { ids, ids_piece, index_piece }
+    }
+
+    /// A row leaf of `table` (the variable `owner`'s `name`) for `task` at the planned ids, and
+    /// the rows of every lookup read from it, `[lookups, width]`, from the pieces `sent` holds
+    /// on the device. No transfer.
+    pub fn gather(
+        &self,
+        table: &Tensor,
+        (owner, name): (TableOwner, &'static str),
+        task: Task,
+        sent: &Uploaded,
+    ) -> (RowLeaf, Tensor) {
+        let ids_on_device = sent.get(self.ids_piece);
+        let leaf = tch::no_grad(|| table.index_select(0, &ids_on_device)).set_requires_grad(true);
+        let rows = leaf.index_select(0, &sent.get(self.index_piece));
+        (RowLeaf { owner, table: name, task, ids: self.ids.clone(), ids_on_device, leaf }, rows)
+    }
+}
+
+/// The lookups of one or more tables that share their ids (`item` and `item_aux`, say).
 #[derive(Debug)]
 struct PlannedGather {
     tables: Vec<&'static str>,
     task: Task,
-    ids: Vec<i64>,
-    ids_piece: Piece,
-    index_piece: Piece,
+    rows: PlannedRows,
 }
 
 /// The row leaves of one training batch, planned on the host before the step's upload
@@ -551,7 +597,7 @@ pub struct LeafPlan {
 impl LeafPlan {
     /// The distinct ids `task` reads from `table`, if it reads it.
     pub fn ids(&self, table: &str, task: Task) -> Option<&[i64]> {
-        self.gathers.iter().find(|g| g.task == task && g.tables.contains(&table)).map(|g| g.ids.as_slice())
+        self.gathers.iter().find(|g| g.task == task && g.tables.contains(&table)).map(|g| g.rows.ids.as_slice())
     }
 }
 
@@ -583,9 +629,7 @@ impl Embeddings {
         let mut plan =
             LeafPlan { gathers: Vec::new(), noclick: host.noclick.is_some(), negatives: None, main_negatives: None };
         let mut add = |tables: Vec<&'static str>, task: Task, groups: &[&[i64]]| {
-            let (ids, index) = distinct_rows(&groups.concat());
-            let (ids_piece, index_piece) = (upload.i64(&ids), upload.i64(&index));
-            plan.gathers.push(PlannedGather { tables, task, ids, ids_piece, index_piece });
+            plan.gathers.push(PlannedGather { tables, task, rows: PlannedRows::new(&groups.concat(), upload) });
         };
         add(vec!["user"], Task::Main, &[host.users]);
         // e = [item; cat; item_aux; cat_aux] of the targets, the history and the no-clicks at once.
@@ -629,20 +673,12 @@ impl Embeddings {
             .gathers
             .into_iter()
             .map(|g| {
-                let (ids_on_device, index) = (sent.get(g.ids_piece), sent.get(g.index_piece));
                 g.tables
                     .iter()
                     .map(|&table| {
-                        let leaf = tch::no_grad(|| self.table(table).index_select(0, &ids_on_device));
-                        let leaf = leaf.set_requires_grad(true);
-                        let rows = leaf.index_select(0, &index);
-                        leaves.push(RowLeaf {
-                            table,
-                            task: g.task,
-                            ids: g.ids.clone(),
-                            ids_on_device: ids_on_device.shallow_clone(),
-                            leaf,
-                        });
+                        let (leaf, rows) =
+                            g.rows.gather(self.table(table), (TableOwner::Embeddings, table), g.task, sent);
+                        leaves.push(leaf);
                         rows
                     })
                     .collect()
@@ -667,6 +703,7 @@ impl Embeddings {
                 (sent.get(piece), e.narrow(0, start, count as i64))
             }),
             ids: ids.shallow_clone(),
+            planned_rows: None,
         };
         let (aux, negatives) = match (rows.get(3), rows.get(4), plan.negatives) {
             (Some(item_rows), Some(cat_rows), Some((piece, count))) => {

@@ -9,7 +9,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::ModelError;
+use super::{ModelError, RowLookups};
 
 /// Path of the attribute-embedding table under the model's path.
 pub const ATTRIBUTE_TABLE: &str = "attributes";
@@ -68,6 +68,9 @@ pub struct AttributeEmbeddings {
     table: Tensor,
     /// `[items, columns]` ids, f32.
     ids: Tensor,
+    /// The same ids on the host, row-major, to plan a training step's row leaf (see
+    /// [`AttributeEmbeddings::host_ids_agree`]).
+    host_ids: Vec<i64>,
 }
 
 impl AttributeEmbeddings {
@@ -78,7 +81,26 @@ impl AttributeEmbeddings {
         let table = p.var(ATTRIBUTE_TABLE, &[ids.values, width], nn::Init::Uniform { lo: -bound, up: bound });
         let stored = p.zeros_no_train(ITEM_ATTRIBUTES, &[items, ids.table.size()[1]]);
         tch::no_grad(|| stored.shallow_clone().copy_(&ids.table.to_kind(stored.kind())));
-        Ok(Self { table, ids: stored })
+        Ok(Self { table, ids: stored, host_ids: crate::transfer::download_i64(&ids.table) })
+    }
+
+    /// Whether the ids the model holds are still those it was built with, which plan its training
+    /// steps: a checkpoint loaded into it overwrites them (one download).
+    pub fn host_ids_agree(&self) -> bool {
+        crate::transfer::download_i64(&self.ids) == self.host_ids
+    }
+
+    /// The lookups of the attributes of `items` (each group in turn, in order), from their ids
+    /// on the host: every item's `columns` attribute ids.
+    pub fn row_lookups(&self, name: &'static str, items: &[&[i64]]) -> RowLookups {
+        let columns = self.columns() as usize;
+        let ids = items
+            .iter()
+            .flat_map(|group| group.iter())
+            .flat_map(|&item| &self.host_ids[item as usize * columns..][..columns])
+            .copied()
+            .collect();
+        RowLookups { table: name, variable: self.table.shallow_clone(), ids }
     }
 
     /// Attribute columns per item.
@@ -86,12 +108,23 @@ impl AttributeEmbeddings {
         self.ids.size()[1]
     }
 
-    /// The embeddings of the attributes of `items` (any shape `S`): `[S…, columns, w]`.
-    pub fn embed(&self, items: &Tensor) -> Tensor {
-        let ids = self.ids.index_select(0, &items.flatten(0, -1)).to_kind(tch::Kind::Int64);
+    /// The embeddings of the attributes of `items` (any shape `S`): `[S…, columns, w]`. In a
+    /// training step, read from `planned` (the rows of every lookup planned by
+    /// [`AttributeEmbeddings::row_lookups`]) from lookup `first` on.
+    pub fn embed(&self, items: &Tensor, planned: Option<&Tensor>, first: i64) -> Tensor {
         let mut shape = items.size();
         shape.push(self.columns());
-        Tensor::embedding(&self.table, &ids.view(shape.as_slice()), -1, false, true)
+        match planned {
+            Some(rows) => {
+                let lookups = shape.iter().product();
+                shape.push(*rows.size().last().expect("[lookups, w]"));
+                rows.narrow(0, first, lookups).view(shape.as_slice())
+            }
+            None => {
+                let ids = self.ids.index_select(0, &items.flatten(0, -1)).to_kind(tch::Kind::Int64);
+                Tensor::embedding(&self.table, &ids.view(shape.as_slice()), -1, false, true)
+            }
+        }
     }
 }
 
@@ -106,5 +139,19 @@ mod tests {
         assert_eq!(ids.table.size(), [3, 2]);
         assert_eq!(Vec::<i64>::try_from(ids.table.view([-1])).unwrap(), [0, 0, 1, 2, 3, 0]);
         assert_eq!(ids.values, 4);
+    }
+
+    #[test]
+    fn ids_overwritten_by_a_load_no_longer_agree_with_the_host_copy() {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let ids = ItemAttributeIds::from_rows(&[0, 0, 1, 2, 3, 1], 2, 4);
+        let embeddings = AttributeEmbeddings::new(&vs.root(), &ids, 3, 2).unwrap();
+        assert!(embeddings.host_ids_agree());
+        assert_eq!(embeddings.row_lookups(ATTRIBUTE_TABLE, &[&[2, 1], &[0]]).ids, [3, 1, 1, 2, 0, 0]);
+        // Another dataset's table of the same shape, as a checkpoint would load it.
+        tch::no_grad(|| {
+            embeddings.ids.shallow_clone().copy_(&Tensor::from_slice(&[0f32, 0., 1., 3., 3., 1.]).view([3, 2]))
+        });
+        assert!(!embeddings.host_ids_agree());
     }
 }

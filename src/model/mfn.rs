@@ -24,10 +24,10 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::batch_stats::Mode;
-use super::embeddings::MainInput;
+use super::embeddings::{HostIds, MainInput};
 use super::item_attributes::{AttributeEmbeddings, ItemAttributeIds, ATTRIBUTE_TABLE};
 use super::layers::{masked_softmax, masked_sum, ActivationKind, Mlp};
-use super::{InputDims, MainOutput, ModelError};
+use super::{InputDims, MainOutput, ModelError, RowLookups};
 use crate::config::ModelConfig;
 
 /// Names of the tensors in a pretrained file.
@@ -251,6 +251,11 @@ impl Mfn {
         })
     }
 
+    /// The attribute embeddings, when read as fine-grained features.
+    pub fn attributes(&self) -> Option<&AttributeEmbeddings> {
+        self.attributes.as_ref()
+    }
+
     /// The model's variables updated by rows.
     pub fn row_tables(&self) -> &'static [&'static str] {
         if self.attributes.is_some() {
@@ -260,10 +265,19 @@ impl Mfn {
         }
     }
 
+    /// The lookups a training batch makes in the attribute table (with `model.mfn_attributes`):
+    /// every history slot's attributes.
+    pub fn row_lookups(&self, host: &HostIds<'_>) -> Option<RowLookups> {
+        Some(self.attributes.as_ref()?.row_lookups(ATTRIBUTE_TABLE, &[host.hist_items]))
+    }
+
     /// The behaviour vectors `ℰ`: `[b, T, w]`.
     fn values(&self, x: &MainInput) -> Tensor {
         match &self.attributes {
-            Some(a) => &x.hist + a.embed(&x.ids.hist_items).sum_dim_intlist(2, false, x.hist.kind()),
+            Some(a) => {
+                &x.hist
+                    + a.embed(&x.ids.hist_items, x.planned_rows.as_ref(), 0).sum_dim_intlist(2, false, x.hist.kind())
+            }
             None => x.hist.shallow_clone(),
         }
     }

@@ -19,8 +19,8 @@ use batch_stats::Mode;
 pub use camn::Camn;
 pub use dien::Dien;
 pub use din::Din;
-use embeddings::MainInput;
-pub use item_attributes::ItemAttributeIds;
+use embeddings::{HostIds, MainInput};
+pub use item_attributes::{AttributeEmbeddings, ItemAttributeIds};
 pub use mfn::Mfn;
 pub use mind::Mind;
 pub use wide_deep::WideDeep;
@@ -57,6 +57,17 @@ pub struct MainOutput {
     /// The user vector `[b, w]` a retrieval objective trains against the items (MIND's), in
     /// place of the binary cross-entropy of `logit`.
     pub user_vector: Option<Tensor>,
+}
+
+/// The lookups of one training batch in a main model's own table updated by rows.
+#[derive(Debug)]
+pub struct RowLookups {
+    /// The table's name under the model's path (one of [`MainModel::row_tables`]).
+    pub table: &'static str,
+    /// The table.
+    pub variable: Tensor,
+    /// Every lookup's id, in the order the model reads [`MainInput::planned_rows`].
+    pub ids: Vec<i64>,
 }
 
 /// Widths of what a main model receives.
@@ -103,13 +114,36 @@ impl MainModel {
     }
 
     /// The main model's own variables (names under its path) that are updated by rows, as the
-    /// embedding tables are: Wide&Deep's hashed cross weights, CAMN's attribute embeddings.
+    /// embedding tables are: Wide&Deep's hashed cross weights, MFN's and CAMN's attribute
+    /// embeddings.
     pub fn row_tables(&self) -> &'static [&'static str] {
         match self {
             MainModel::WideDeep(m) => m.row_tables(),
             MainModel::Camn(_) => &[item_attributes::ATTRIBUTE_TABLE],
             MainModel::Mfn(m) => m.row_tables(),
             MainModel::Din(_) | MainModel::Dien(_) | MainModel::Mind(_) => &[],
+        }
+    }
+
+    /// The lookups a training batch makes in the model's own table updated by rows (at most one;
+    /// see [`MainModel::row_tables`]), from the batch's ids on the host, so that the step reads
+    /// that table through a row leaf as it reads the embeddings ([`MainInput::planned_rows`]).
+    pub fn row_lookups(&self, host: &HostIds<'_>) -> Option<RowLookups> {
+        match self {
+            MainModel::WideDeep(m) => m.row_lookups(host),
+            MainModel::Mfn(m) => m.row_lookups(host),
+            MainModel::Camn(m) => Some(m.row_lookups(host)),
+            MainModel::Din(_) | MainModel::Dien(_) | MainModel::Mind(_) => None,
+        }
+    }
+
+    /// Whether the item-attribute ids the model holds (MFN's, CAMN's) are those its training
+    /// steps are planned with: false once a checkpoint of another attribute table was loaded.
+    pub fn attribute_ids_agree(&self) -> bool {
+        match self {
+            MainModel::Mfn(m) => m.attributes().is_none_or(AttributeEmbeddings::host_ids_agree),
+            MainModel::Camn(m) => m.attributes().host_ids_agree(),
+            MainModel::WideDeep(_) | MainModel::Din(_) | MainModel::Dien(_) | MainModel::Mind(_) => true,
         }
     }
 

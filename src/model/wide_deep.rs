@@ -16,11 +16,13 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::batch_stats::Mode;
-use super::embeddings::MainInput;
+use super::embeddings::{HostIds, MainInput};
 use super::layers::{masked_sum, ActivationKind, BatchNorm, Mlp};
-use super::{InputDims, MainOutput};
+use super::{InputDims, MainOutput, RowLookups};
 use crate::config::ModelConfig;
 
+/// Path of the hashed cross weights under the model's path.
+const CROSS_WEIGHTS: &str = "crosses.weights";
 /// The Mersenne prime 2³¹ − 1.
 const PRIME: i64 = (1 << 31) - 1;
 /// `(A, B, C)` of the item × category cross; arbitrary constants below 2³⁰.
@@ -38,6 +40,12 @@ pub fn cross_bucket(a: &Tensor, b: &Tensor, constants: (i64, i64, i64), buckets:
     ((a.remainder(PRIME) * ka + b.remainder(PRIME) * kb + kc).remainder(PRIME)).remainder(buckets)
 }
 
+/// [`cross_bucket`] of one pair, on the host: the same arithmetic (`rem_euclid` is libtorch's
+/// `remainder` on integers, whose result takes the divisor's sign).
+fn cross_bucket_of(a: i64, b: i64, (ka, kb, kc): (i64, i64, i64), buckets: i64) -> i64 {
+    (a.rem_euclid(PRIME) * ka + b.rem_euclid(PRIME) * kb + kc).rem_euclid(PRIME).rem_euclid(buckets)
+}
+
 /// The hashed crosses: one weight per bucket and a bias.
 #[derive(Debug)]
 struct Wide {
@@ -52,17 +60,48 @@ impl Wide {
         Self { weights: p.zeros("weights", &[buckets, 1]), bias: p.zeros("bias", &[1]), buckets }
     }
 
-    /// The wide logit: the sum of the weights of every real slot's two crosses, plus the bias.
+    /// The buckets a batch looks up, from its ids on the host: every slot's item cross, then
+    /// every slot's category cross (`[2, b, T]`, row-major), as [`Wide::forward`] reads them.
+    fn buckets_of(&self, host: &HostIds<'_>) -> Vec<i64> {
+        let steps = host.hist_cats.len().checked_div(host.items.len()).unwrap_or(0);
+        [(host.items, ITEM_CROSS), (host.cats, CAT_CROSS)]
+            .into_iter()
+            .flat_map(|(firsts, constants)| {
+                firsts.iter().zip(host.hist_cats.chunks(steps.max(1))).flat_map(move |(&a, hist_cats)| {
+                    hist_cats.iter().map(move |&c| cross_bucket_of(a, c, constants, self.buckets))
+                })
+            })
+            .collect()
+    }
+
+    /// The wide logit: the sum of the weights of every real slot's two crosses, plus the bias;
+    /// the weights read from `planned` (`[2·b·T, 1]`, in the order of [`Wide::buckets_of`]) when
+    /// a training step gives them.
     ///
     /// # Shapes
     /// `items [b]`, `cats [b]`, `hist_cats [b, T]`, `mask [b, T]` → `[b]`
-    fn forward(&self, items: &Tensor, cats: &Tensor, hist_cats: &Tensor, mask: &Tensor) -> Tensor {
-        let weight = |a: &Tensor, constants| {
-            let buckets = cross_bucket(&a.unsqueeze(1), hist_cats, constants, self.buckets); // [b, T]
-            Tensor::embedding(&self.weights, &buckets, -1, false, true).squeeze_dim(-1)
-            // [b, T]
-        };
-        let per_slot = (weight(items, ITEM_CROSS) + weight(cats, CAT_CROSS)) * mask;
+    fn forward(
+        &self,
+        items: &Tensor,
+        cats: &Tensor,
+        hist_cats: &Tensor,
+        mask: &Tensor,
+        planned: Option<&Tensor>,
+    ) -> Tensor {
+        let per_slot = match planned {
+            Some(rows) => {
+                let rows = rows.view([2, mask.size()[0], mask.size()[1]]);
+                rows.get(0) + rows.get(1)
+            }
+            None => {
+                let weight = |a: &Tensor, constants| {
+                    let buckets = cross_bucket(&a.unsqueeze(1), hist_cats, constants, self.buckets); // [b, T]
+                    Tensor::embedding(&self.weights, &buckets, -1, false, true).squeeze_dim(-1)
+                    // [b, T]
+                };
+                weight(items, ITEM_CROSS) + weight(cats, CAT_CROSS)
+            }
+        } * mask;
         per_slot.sum_dim_intlist(1, false, Kind::Float) + &self.bias
     }
 }
@@ -81,10 +120,21 @@ impl WideDeep {
     /// Its variables updated by rows (names under its path): the hashed cross weights, when on.
     pub fn row_tables(&self) -> &'static [&'static str] {
         if self.crosses.is_some() {
-            &["crosses.weights"]
+            &[CROSS_WEIGHTS]
         } else {
             &[]
         }
+    }
+
+    /// The lookups a training batch makes in its hashed weights (`model.wide_crosses`), from the
+    /// batch's ids on the host.
+    pub fn row_lookups(&self, host: &HostIds<'_>) -> Option<RowLookups> {
+        let crosses = self.crosses.as_ref()?;
+        Some(RowLookups {
+            table: CROSS_WEIGHTS,
+            variable: crosses.weights.shallow_clone(),
+            ids: crosses.buckets_of(host),
+        })
     }
 
     pub fn new(p: &nn::Path, cfg: &ModelConfig, dims: InputDims) -> Self {
@@ -110,7 +160,8 @@ impl WideDeep {
         let wide_input = Tensor::cat(&[&target, &hist_sum, &(&target * &hist_sum)], -1); // [b, 3w]
         let mut logit = deep + self.wide.forward(&wide_input).squeeze_dim(-1);
         if let Some(crosses) = &self.crosses {
-            logit += crosses.forward(&x.ids.items, &x.ids.cats, &x.ids.hist_cats, &x.hist_mask);
+            logit +=
+                crosses.forward(&x.ids.items, &x.ids.cats, &x.ids.hist_cats, &x.hist_mask, x.planned_rows.as_ref());
         }
         MainOutput { logit, aux_loss: None, user_vector: None }
     }
@@ -134,5 +185,13 @@ mod tests {
         assert!(values.iter().all(|v| (0..buckets).contains(v)), "{values:?}");
         assert_ne!(values[0], values[1]);
         assert!(!h.equal(&cross_bucket(&a, &b, CAT_CROSS, buckets)));
+        // The host's arithmetic (the training step plans the row leaves with it) gives the same.
+        let (a, b) = (Vec::<i64>::try_from(&a).unwrap(), Vec::<i64>::try_from(&b).unwrap());
+        for constants in [ITEM_CROSS, CAT_CROSS] {
+            let on_host: Vec<i64> =
+                a.iter().zip(&b).map(|(&a, &b)| cross_bucket_of(a, b, constants, buckets)).collect();
+            let tensor = cross_bucket(&Tensor::from_slice(&a), &Tensor::from_slice(&b), constants, buckets);
+            assert_eq!(on_host, Vec::<i64>::try_from(&tensor).unwrap());
+        }
     }
 }

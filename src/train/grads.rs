@@ -4,12 +4,9 @@
 //! all-gather for every table's rows, summed identically on every rank), and the φ combination
 //! (SPEC §2.4, §3).
 //!
-//! Everything here except the conversions from and to tensors (counted transfers,
-//! [`crate::transfer`]) is a pure function over slices.
-use tch::Tensor;
+//! Everything here is a pure function over slices.
 
 use crate::dist::{self, Communicator};
-use crate::transfer::{download_f32, download_i64};
 
 /// Row gradients of one table: distinct ids in increasing order and their rows, row-major.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -20,14 +17,6 @@ pub struct RowGrads {
 }
 
 impl RowGrads {
-    /// The non-zero rows of a dense `[rows, dim]` gradient.
-    pub fn from_dense(grad: &Tensor) -> Self {
-        let dim = grad.size()[1] as usize;
-        let touched = grad.abs().sum_dim_intlist(1, false, tch::Kind::Float).ne(0.0).nonzero().squeeze_dim(1);
-        let rows = grad.index_select(0, &touched).contiguous();
-        Self { ids: download_i64(&touched), rows: download_f32(&rows), dim }
-    }
-
     pub fn len(&self) -> usize {
         self.ids.len()
     }

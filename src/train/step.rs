@@ -27,9 +27,9 @@ use crate::dist::{self, Communicator};
 use crate::micn::loss::{positive_mask, sampled_softmax, Candidates};
 use crate::micn::rng::StepSeed;
 use crate::model::batch_stats::{self, Mode};
-use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, RowLeaf, Task};
-use crate::network::{Network, NetworkError, VarGroup, EMBEDDINGS_PATH};
-use crate::transfer::{download_f32, download_i64, upload_f32, Piece, Upload, Uploaded};
+use crate::model::embeddings::{BatchIds, HostIds, LeafPlan, PlannedRows, RowLeaf, TableOwner, Task};
+use crate::network::{Network, NetworkError, VarGroup, EMBEDDINGS_PATH, MAIN_PATH};
+use crate::transfer::{download_f32, upload_f32, Piece, Upload, Uploaded};
 
 /// A failed step.
 #[derive(Debug, thiserror::Error)]
@@ -323,8 +323,8 @@ fn fill_read(stats: &mut StepStats, host: &[f32]) {
     }
 }
 
-/// What a variable's gradient is taken with respect to: an embedding table's row leaf for the
-/// task, or the variable itself (dense parameters; Wide&Deep's hashed weights).
+/// What a variable's gradient is taken with respect to: a table's row leaf for the task (the
+/// embeddings', the main model's own table), or the variable itself (dense parameters).
 enum Target<'a> {
     Var(&'a Tensor),
     Rows(&'a RowLeaf),
@@ -339,13 +339,25 @@ impl Target<'_> {
     }
 }
 
+/// A table whose gradient reached the variable itself: the model read it in a training step
+/// without planning its lookups ([`crate::model::MainModel::row_lookups`]), a defect of the
+/// model's code that no input can cause.
+fn unplanned(t: &Trainable, i: usize) -> ! {
+    panic!("{}: read in a training step without a row leaf (MainModel::row_lookups plans none for it)", t.names[i])
+}
+
 /// The targets of the variables `which` for `task`.
 fn targets<'a>(t: &'a Trainable, which: &[usize], leaves: &'a [RowLeaf], task: Task) -> Vec<Target<'a>> {
     which
         .iter()
         .map(|&i| {
-            let table = t.names[i].strip_prefix(EMBEDDINGS_PATH).and_then(|rest| rest.strip_prefix('.'));
-            match table.and_then(|table| leaves.iter().find(|l| l.table == table && l.task == task)) {
+            let (owner, table) = t.names[i].split_once('.').unwrap_or_default();
+            let owner = match owner {
+                EMBEDDINGS_PATH => Some(TableOwner::Embeddings),
+                MAIN_PATH => Some(TableOwner::MainModel),
+                _ => None,
+            };
+            match leaves.iter().find(|l| Some(l.owner) == owner && l.table == table && l.task == task) {
                 Some(leaf) => Target::Rows(leaf),
                 None => Target::Var(&t.tensors[i]),
             }
@@ -365,15 +377,6 @@ enum Pending<'a> {
         len: usize,
         dim: usize,
     },
-    /// The coalesced sparse gradient of a table read without row leaves: its ids, downloaded on
-    /// their own, and its rows.
-    SparseRows {
-        ids: Vec<i64>,
-        len: usize,
-        dim: usize,
-    },
-    /// A table gradient of some other form, already on the host.
-    Ready(RowGrads),
     /// A dense gradient (`len` values), or zeros where none reached the variable.
     Dense {
         len: usize,
@@ -411,12 +414,7 @@ fn plan_host_grads<'a>(
             match target {
                 _ if !g.defined() => Pending::NoRows { dim },
                 Target::Rows(leaf) => Pending::Rows { leaf, len: flat(g), dim },
-                Target::Var(_) if g.is_sparse() => {
-                    let g = crate::transfer::coalesce(g);
-                    let ids = download_i64(&g.indices().select(0, 0));
-                    Pending::SparseRows { ids, len: flat(&g.values()), dim }
-                }
-                Target::Var(_) => Pending::Ready(RowGrads::from_dense(g)),
+                Target::Var(_) => unplanned(t, i),
             }
         })
         .collect()
@@ -436,8 +434,6 @@ fn finish_host_grads(pending: Vec<Pending<'_>>, host: &mut &[f32]) -> TaskGrads 
             Pending::Rows { leaf, len, dim } => {
                 out.tables.push(RowGrads { ids: leaf.ids.clone(), rows: take(len).to_vec(), dim })
             }
-            Pending::SparseRows { ids, len, dim } => out.tables.push(RowGrads { ids, rows: take(len).to_vec(), dim }),
-            Pending::Ready(rows) => out.tables.push(rows),
             Pending::Dense { len } => out.dense.extend_from_slice(take(len)),
             Pending::Zeros { len } => out.dense.extend(std::iter::repeat_n(0.0, len)),
         }
@@ -568,6 +564,10 @@ pub fn gradients(
     };
     let main_negative_ids = retrieval.as_ref().map(|(_, ids)| ids.as_slice());
     let plan = net.embeddings.plan_leaves(&host_ids, negative_ids.as_deref(), main_negative_ids, &mut upload);
+    let model_rows = net.main.row_lookups(&host_ids).map(|lookups| {
+        let planned = PlannedRows::new(&lookups.ids, &mut upload);
+        (lookups, planned)
+    });
     let unions = if resident { plan_unions(t, &plan, ctx.combined_tasks(), &mut upload) } else { Vec::new() };
     let sent = upload.send(device);
     let prepare_seconds = prepare_started.elapsed().as_secs_f64();
@@ -579,7 +579,12 @@ pub fn gradients(
     // batch (one rank's own batch is the global batch: nothing to combine).
     let global = (!alone).then(|| batch_stats::Global::new(ctx.comm));
     let mode = global.as_ref().map_or(Mode::Train, Mode::Global);
-    let input = net.embeddings.forward_train_planned(&ids, plan, &sent);
+    let mut input = net.embeddings.forward_train_planned(&ids, plan, &sent);
+    if let Some((lookups, planned)) = model_rows {
+        let (leaf, rows) = planned.gather(&lookups.variable, (TableOwner::MainModel, lookups.table), Task::Main, &sent);
+        input.leaves.push(leaf);
+        input.embedded.main.planned_rows = Some(rows);
+    }
     let out = net.main.forward(&input.embedded.main, mode);
     let traces = match global {
         Some(global) => global.finish()?,
@@ -764,10 +769,7 @@ fn check_finite(stats: &StepStats, step: u64) -> Result<(), StepError> {
 }
 
 /// The gradients of the variables `which` (by variable index) as device tensors, `None` for a
-/// table no gradient reached. A sparse table gradient (Wide&Deep's hashed crosses, the item
-/// attributes' table) is summed per row on the device, which reads its row count back (one
-/// counted download each); one that is neither a row leaf's nor sparse (no model makes one) is
-/// read back to the host.
+/// table no gradient reached.
 fn device_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &[Tensor]) -> Vec<Option<VarGrad>> {
     let mut out: Vec<Option<VarGrad>> = (0..t.names.len()).map(|_| None).collect();
     for ((&i, target), g) in which.iter().zip(targets).zip(grads) {
@@ -781,11 +783,7 @@ fn device_grads(t: &Trainable, which: &[usize], targets: &[Target<'_>], grads: &
                 Target::Rows(leaf) => {
                     VarGrad::RowsOnDevice { ids: leaf.ids_on_device.shallow_clone(), rows: g.shallow_clone() }
                 }
-                Target::Var(_) if g.is_sparse() => {
-                    let g = crate::transfer::coalesce(g);
-                    VarGrad::RowsOnDevice { ids: g.indices().select(0, 0), rows: g.values() }
-                }
-                Target::Var(_) => VarGrad::Rows(RowGrads::from_dense(g)),
+                Target::Var(_) => unplanned(t, i),
             })
         };
     }

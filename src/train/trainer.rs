@@ -483,6 +483,11 @@ impl Replica {
     /// Parameters, buffers and optimizer state from the checkpoint `dir` (of step `step`).
     pub fn load_checkpoint(&mut self, dir: &Path, step: u64, device: Device) -> Result<(), TrainError> {
         checkpoint::load_var_store(&mut self.vs, &dir.join("model.safetensors"))?;
+        if !self.net.main.attribute_ids_agree() {
+            // A checkpoint from before datasets were fingerprinted, of a dataset prepared again.
+            let keys = "data.dir (its item-attribute table is not the one the checkpoint holds)".to_string();
+            return Err(TrainError::IncompatibleResume { path: dir.to_path_buf(), keys });
+        }
         let opt_path = dir.join("optimizer.safetensors");
         let saved = checkpoint::load_tensors_like(&opt_path, self.adam.named_state(&self.trainable.names))?;
         self.adam

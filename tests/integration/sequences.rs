@@ -49,6 +49,21 @@ fn the_real_toys_sequences_prepare_under_both_protocols_with_an_attribute_as_cat
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("786 of 11924 sequenced items have no attribute at position 3")
     );
+    // Both inputs are recorded with their sizes (and so checked unreplaced when the dataset is
+    // written), the attributes file as the sequences are.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(din.join("dataset.json")).unwrap()).unwrap();
+    let recorded: Vec<(&str, u64)> = meta["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["file"].as_str().unwrap(), s["bytes"].as_u64().unwrap()))
+        .collect();
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(
+        recorded,
+        [("Toys_and_Games.txt", size(&sequences)), ("Toys_and_Games_item2attributes.json", size(&attributes))]
+    );
     // Under `dien`, without attributes: one category, said.
     let dien = tmp.path().join("dien");
     let out = prepare(&dien, &["--sequences", seq, "--protocol", "dien"]);
