@@ -640,7 +640,7 @@ check_transfers() {
     [[ $v == din+micn && -n $counts ]] && continue
     s=$CHECK/runs/$v/summary.json
     [[ -f $s ]] || continue
-    n=$(jget "$s" 'd.get("transfers_per_step", "")')
+    n=$(jget "$s" '"" if d.get("transfers_per_step") is None else d["transfers_per_step"]')
     if [[ -z $n ]]; then record FAIL transfers "$v's summary.json reports no host<->device transfer count"; return; fi
     counts+="$v $n; "
     "$PY" -c "import sys; sys.exit(0 if float('$n') <= 2 else 1)" || over+="$v "
