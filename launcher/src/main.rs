@@ -591,6 +591,16 @@ enum Request {
     /// mpirun itself is killed.
     Kill,
 }
+/// A stop asked for before every rank takes stop signals, sent once they all do.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The signal that asked for it (the last, for a stop asked again).
+    signal: i32,
+    /// When the first was held.
+    at: Instant,
+    request: Request,
+}
+
 /// The stop signals received so far. The first asks for a graceful stop; the second Ctrl-C or
 /// SIGTERM asks more firmly, the third more still. One signal of each kind is a single request:
 /// a Ctrl-C under `micn sweep` reaches the sweep and this launcher, and the sweep passes a
@@ -786,8 +796,8 @@ async fn run_once(
         anyhow::Error::new(e).context(format!("cannot start `{}`{hint}", cmd[0]))
     })?;
     let pid = child.id().context("mpirun exited at once")? as i32;
-    // A graceful stop asked for before every rank takes stop signals: the signal, and when.
-    let mut held: Option<(i32, Instant)> = None;
+    // A stop asked for before every rank takes stop signals.
+    let mut held: Option<Held> = None;
     let rank_started = Arc::new(tokio::sync::Notify::new());
     let seen = Arc::new(Mutex::new(Seen {
         last_output: Some(Instant::now()),
@@ -820,7 +830,17 @@ async fn run_once(
                             signal_name(signal),
                             firmer(signal)
                         ));
-                        held = Some((signal, Instant::now()));
+                        held = Some(Held { signal, at: Instant::now(), request: Request::Graceful });
+                    }
+                    // Asked again while held: a SIGTERM would not reach the ranks yet either
+                    // (mpirun passes it on once they run, late, where micn takes it for a
+                    // graceful stop): it waits with the held one, and is sent in its place.
+                    Some(Request::Terminate) if held.is_some() => {
+                        printer.say("WARN", &format!(
+                            "{}: the job stops at once, without a checkpoint, once its ranks have started",
+                            signal_name(signal)
+                        ));
+                        held = held.map(|first| Held { signal, request: Request::Terminate, ..first });
                     }
                     Some(request) => {
                         held = None;
@@ -831,9 +851,9 @@ async fn run_once(
             }
             () = rank_started.notified(), if held.is_some() => {
                 let started = seen.lock().expect("output state lock").started.len();
-                if let Some((signal, _)) = held.filter(|_| started >= ranks) {
+                if let Some(Held { signal, request, .. }) = held.filter(|_| started >= ranks) {
                     held = None;
-                    stop_job(pid, Request::Graceful, signal, printer);
+                    stop_job(pid, request, signal, printer);
                 }
             }
             answered = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
@@ -857,9 +877,11 @@ async fn run_once(
                     (quiet, seen.rank_error.map(|t| t.elapsed()), seen.mpirun_error, seen.started.len())
                 };
                 // The ranks' lines may be lost in mpirun's output: waited for so long, no longer.
-                if let Some((signal, _)) = held.filter(|&(_, at)| started >= ranks || at.elapsed() >= STARTED_WAIT) {
+                if let Some(Held { signal, request, .. }) =
+                    held.filter(|held| started >= ranks || held.at.elapsed() >= STARTED_WAIT)
+                {
                     held = None;
-                    stop_job(pid, Request::Graceful, signal, printer);
+                    stop_job(pid, request, signal, printer);
                 }
                 if let Some(limit) = limits.stall.filter(|&limit| quiet > limit && stops.asked.is_none()) {
                     printer.say("WARN", &format!(

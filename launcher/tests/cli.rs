@@ -113,3 +113,45 @@ fn mpirun_waiting_after_its_own_internal_error_is_killed_after_the_exit_grace() 
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("step 10"), "{stdout}{stderr}");
 }
+
+/// A stop asked twice while the job starts, before mpirun passes signals on (a SIGTERM then would
+/// reach the ranks late, as a graceful stop, or be lost): the firmer stop is held as the first
+/// was and sent once the ranks take stop signals, so the job stops at once then.
+#[test]
+fn a_stop_asked_twice_while_the_job_starts_ends_it_at_once_once_the_ranks_have_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    // This mpirun ignores both signals for its first second, then passes them on to its rank.
+    let mpirun = fake_mpirun(
+        tmp.path(),
+        "trap '' TERM USR1\nsleep 1\n\
+         trap 'echo \"[1,0]<stdout>:got TERM\"; exit 143' TERM\n\
+         trap 'echo \"[1,0]<stdout>:got USR1\"; exit 0' USR1\n\
+         echo '[1,0]<stderr>:micn: this rank now takes stop signals (micn-launch)' >&2\n\
+         while :; do sleep 0.1; done",
+    );
+    let args = ["--np", "1", "--mpirun", &mpirun, "--micn", "/bin/true", "--max-restarts", "0", "--", "doctor"];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_micn-launch"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for wait in [300, 200] {
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed().as_secs() > 30 {
+            child.kill().unwrap();
+            panic!("the job went on after the stop asked twice");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("the job stops at once, without a checkpoint, once its ranks have started"), "{said}");
+    assert!(said.contains("got TERM") && !said.contains("got USR1"), "{said}");
+    assert!(said.contains("stopped at once, as the stop asked again says"), "{said}");
+}

@@ -39,11 +39,17 @@ pub fn verify(dir: &Path) -> Result<State, CheckpointError> {
 /// [`verify`] for a command that reads a checkpoint while a run may be writing it (`eval`,
 /// `predict`, `checkpoint verify`): one not finished yet while a process of this machine trains
 /// into its run is said to be so, an error that passes (exit status 1), not a damaged one.
+/// One that the run's retention removes while it is checked is said to be so.
 pub fn verify_reading(dir: &Path) -> Result<State, CheckpointError> {
+    let existed = dir.is_dir();
     let verified = verify(dir);
+    if verified.is_err() && existed && !dir.exists() {
+        return Err(CheckpointError::Removed { path: dir.to_path_buf() });
+    }
     if verified.is_err() && dir.is_dir() && !dir.join(MARKER).is_file() {
-        let writer = dir.parent().and_then(Path::parent).and_then(|run| crate::run_dir::RunDir::new(run).writer());
-        if let Some(holder) = writer {
+        // Its run is found from where it is, whatever path names it (a link, `.`).
+        let run = std::fs::canonicalize(dir).ok().and_then(|dir| Some(dir.parent()?.parent()?.to_path_buf()));
+        if let Some(holder) = run.and_then(|run| crate::run_dir::RunDir::new(&run).writer()) {
             return Err(CheckpointError::BeingWritten { path: dir.to_path_buf(), holder });
         }
     }
@@ -332,9 +338,17 @@ fn read_layout(path: &Path) -> Result<(Vec<u8>, SafetensorsLayout), CheckpointEr
 /// itself beside its models, such as MFN's pretrained centres); another dtype is an error naming
 /// the tensor.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    read_tensors_where(path, |_| true)
+}
+
+/// [`read_tensors`] of the tensors whose names `wanted` accepts (those of them the file holds).
+pub fn read_tensors_where(
+    path: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
     let (bytes, layout) = read_layout(path)?;
     let mut out = HashMap::new();
-    for (name, header) in &layout.tensors {
+    for (name, header) in layout.tensors.iter().filter(|(name, _)| wanted(name)) {
         let tensor_error =
             |message: String| CheckpointError::Tensor { path: path.to_path_buf(), tensor: name.clone(), message };
         if header.dtype != "F32" {

@@ -39,8 +39,8 @@ mod save;
 pub(crate) use self::format::file_digest;
 pub use self::format::{SafetensorsLayout, TensorHeader};
 pub use self::load::{
-    check_state, finished, latest, list, load_tensors_like, load_var_store, read_tensors, step_of, verify,
-    verify_reading, write_tensors,
+    check_state, finished, latest, list, load_tensors_like, load_var_store, read_tensors, read_tensors_where, step_of,
+    verify, verify_reading, write_tensors,
 };
 pub use self::save::{remove_leftovers, retain, save};
 

@@ -61,7 +61,10 @@ pub fn export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<Exp
             ),
         });
     }
-    let staging = Staging::replacing(out, &[EXPORT_FILE, "train", "valid", "test"])?;
+    // What an earlier export holds: `export.json`, and each split's arrays in its directory.
+    let arrays = SPLITS.iter().flat_map(|split| SPLIT_ARRAYS.map(|array| format!("{split}/{array}.npy")));
+    let written: Vec<String> = std::iter::once(EXPORT_FILE.to_string()).chain(arrays).collect();
+    let staging = Staging::replacing(out, &written.iter().map(String::as_str).collect::<Vec<_>>())?;
     let exported = write_export(dataset, &staging.tmp, opts)?;
     staging.commit()?;
     Ok(exported)
@@ -75,14 +78,15 @@ fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<E
     let noclick = NoClickSampler::for_dataset(dataset, opts.seed).map(|(sampler, _)| sampler);
     let test_ids: Vec<u32> = (0..dataset.test.samples().len() as u32).collect();
     let mut widths = serde_json::Map::new();
-    let width = write_split(&out.join("train"), train, &split.train, opts.max_hist_len, noclick.as_ref(), CHUNK)?;
-    widths.insert("train".into(), width.into());
+    let [train_dir, valid_dir, test_dir] = SPLITS.map(|split| out.join(split));
+    let width = write_split(&train_dir, train, &split.train, opts.max_hist_len, noclick.as_ref(), CHUNK)?;
+    widths.insert(SPLITS[0].into(), width.into());
     if !split.valid.is_empty() {
-        let width = write_split(&out.join("valid"), train, &split.valid, opts.max_hist_len, None, CHUNK)?;
-        widths.insert("valid".into(), width.into());
+        let width = write_split(&valid_dir, train, &split.valid, opts.max_hist_len, None, CHUNK)?;
+        widths.insert(SPLITS[1].into(), width.into());
     }
-    let width = write_split(&out.join("test"), dataset.test.samples(), &test_ids, opts.max_hist_len, None, CHUNK)?;
-    widths.insert("test".into(), width.into());
+    let width = write_split(&test_dir, dataset.test.samples(), &test_ids, opts.max_hist_len, None, CHUNK)?;
+    widths.insert(SPLITS[2].into(), width.into());
     let exported = Exported { train: split.train.len(), valid: split.valid.len(), test: test_ids.len() };
     let summary = serde_json::json!({
         "users": dataset.vocab.users.len(),
@@ -99,6 +103,23 @@ fn write_export(dataset: &Dataset, out: &Path, opts: &ExportOptions) -> Result<E
     write_file(&out.join(EXPORT_FILE), text.as_bytes())?;
     Ok(exported)
 }
+
+/// The directories of an export, one per split.
+const SPLITS: [&str; 3] = ["train", "valid", "test"];
+
+/// The arrays of a split, each `NAME.npy` (the no-click draws in DIEN's training split only).
+const SPLIT_ARRAYS: [&str; 10] = [
+    "sample",
+    "users",
+    "items",
+    "cats",
+    "hist_len",
+    "hist_items",
+    "hist_cats",
+    "labels",
+    "noclick_items",
+    "noclick_cats",
+];
 
 /// Samples collated and written at a time: an export holds one chunk in memory, whatever the
 /// size of its splits.
@@ -118,13 +139,13 @@ fn write_split(
     crate::io_error::create_dirs(dir)?;
     let (n, t) = (ids.len(), Batch::width(samples, ids, max_hist_len));
     let file = |name: &str| dir.join(format!("{name}.npy"));
+    let [sample, users, items, cats, hist_len, hist_items, hist_cats, labels, noclick_items, noclick_cats] =
+        SPLIT_ARRAYS.map(file);
     let [mut sample, mut users, mut items, mut cats, mut lengths_out] =
-        ["sample", "users", "items", "cats", "hist_len"].map(|name| NpyWriter::<i64>::create(&file(name), &[n]));
-    let [mut hist_items, mut hist_cats] =
-        ["hist_items", "hist_cats"].map(|name| NpyWriter::<i64>::create(&file(name), &[n, t]));
-    let mut labels = NpyWriter::<f32>::create(&file("labels"), &[n]);
-    let mut drawn =
-        noclick.map(|_| ["noclick_items", "noclick_cats"].map(|name| NpyWriter::create(&file(name), &[n, t])));
+        [sample, users, items, cats, hist_len].map(|path| NpyWriter::<i64>::create(&path, &[n]));
+    let [mut hist_items, mut hist_cats] = [hist_items, hist_cats].map(|path| NpyWriter::<i64>::create(&path, &[n, t]));
+    let mut labels = NpyWriter::<f32>::create(&labels, &[n]);
+    let mut drawn = noclick.map(|_| [noclick_items, noclick_cats].map(|path| NpyWriter::create(&path, &[n, t])));
     for (c, piece) in ids.chunks(chunk).enumerate() {
         let batch = Batch::collate(samples, piece, max_hist_len, (0, 0, (c * chunk) as u64), noclick);
         let lengths: Vec<i64> =
@@ -317,11 +338,16 @@ mod tests {
         // Chunks of 7 samples: some narrower than the split, each padded to its width.
         let (chunked_width, chunked) = write("chunked", 7);
         assert_eq!(chunked_width, width);
-        let names = ["sample", "users", "items", "cats", "labels", "hist_items", "hist_cats", "hist_len"];
-        for name in names.iter().chain(&["noclick_items", "noclick_cats"]) {
-            let file = format!("{name}.npy");
-            let bytes = std::fs::read(whole.join(&file)).unwrap();
-            assert_eq!(bytes, std::fs::read(chunked.join(&file)).unwrap(), "{file}");
+        // Every array an export names (which tell an earlier export from a user's files), no other.
+        let mut files: Vec<String> =
+            std::fs::read_dir(&whole).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        files.sort();
+        let mut named: Vec<String> = SPLIT_ARRAYS.iter().map(|name| format!("{name}.npy")).collect();
+        named.sort();
+        assert_eq!(files, named);
+        for file in &files {
+            let bytes = std::fs::read(whole.join(file)).unwrap();
+            assert_eq!(bytes, std::fs::read(chunked.join(file)).unwrap(), "{file}");
         }
         let noclick_items = std::fs::read(whole.join("noclick_items.npy")).unwrap();
         let values: Vec<i64> =

@@ -85,6 +85,36 @@ pub(crate) struct Staging {
     replaces: bool,
 }
 
+/// The first of `entries` (an output directory's) that a command writing `written` (see
+/// [`Staging::replacing`]) does not write, as `NAME` or `DIR/NAME`: a file or link not named
+/// there, a directory of which it writes no file, anything in one of its directories that is not
+/// a file it writes there.
+fn not_written(entries: &[std::fs::DirEntry], written: &[&str]) -> Option<String> {
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if !written.contains(&name.as_str()) {
+                return Some(name);
+            }
+            continue;
+        }
+        let prefix = format!("{name}/");
+        let inside: Vec<&str> = written.iter().filter_map(|w| w.strip_prefix(prefix.as_str())).collect();
+        if inside.is_empty() {
+            return Some(prefix);
+        }
+        let Ok(children) = std::fs::read_dir(entry.path()) else { return Some(prefix) };
+        for child in children {
+            let Ok(child) = child else { return Some(prefix) };
+            let child_name = child.file_name().to_string_lossy().into_owned();
+            if !child.file_type().is_ok_and(|t| t.is_file()) || !inside.contains(&child_name.as_str()) {
+                return Some(format!("{prefix}{child_name}"));
+            }
+        }
+    }
+    None
+}
+
 /// Inside a staging directory until it is committed: the host that builds it, so that a
 /// preparation on another machine sharing the file system (whose process ids mean nothing here)
 /// never takes it for a dead one.
@@ -101,9 +131,10 @@ impl Staging {
 
     /// For an `out` that, when it exists, is replaced whole by the commit: an earlier output of
     /// the same command or an empty directory. An earlier output holds `written[0]` (a file the
-    /// command always writes) and nothing but what the command writes (`written`): a directory
-    /// holding anything else, a user's own files beside a file of the same name, is refused.
-    /// Until the commit it stays as it was.
+    /// command always writes) and nothing but what the command writes (`written`: file names,
+    /// `DIR/NAME` for a file in a directory of it, one level down): a directory holding anything
+    /// else, a user's own files beside a file of the same name or inside a directory of the same
+    /// name, is refused. Until the commit it stays as it was.
     pub fn replacing(out: &Path, written: &[&str]) -> Result<Self, DataError> {
         // One listing of one directory decides: another process replacing the same output in
         // between two looks (its old one aside, its new one in place) would read as neither.
@@ -115,15 +146,13 @@ impl Staging {
             Ok(entries) => entries.flatten().collect(),
         };
         let marked = entries.iter().any(|e| e.file_name() == written[0] && e.file_type().is_ok_and(|t| t.is_file()));
-        let other = entries.iter().map(|e| e.file_name()).find(|name| !written.iter().any(|w| name == *w));
-        match (entries.is_empty(), marked, other) {
+        match (entries.is_empty(), marked, not_written(&entries, written)) {
             (true, ..) | (false, true, None) => Self::start(out, true),
             (false, true, Some(other)) => Err(DataError::Invalid {
                 path: out.to_path_buf(),
                 message: format!(
-                    "holds {}, which this command does not write: not only an earlier output of it; choose another \
-                     --out, or move that aside",
-                    other.to_string_lossy()
+                    "holds {other}, which this command does not write: not only an earlier output of it; choose \
+                     another --out, or move that aside"
                 ),
             }),
             (false, false, _) => Err(DataError::OutputExists(out.to_path_buf())),
@@ -1395,6 +1424,41 @@ mod tests {
             assert_eq!(std::fs::read(out.join("synth.json")).unwrap(), text);
         }
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing left beside it");
+    }
+
+    #[test]
+    fn an_output_is_taken_for_an_earlier_one_only_when_it_holds_nothing_the_command_does_not_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let written = ["export.json", "train/labels.npy", "train/users.npy", "test/labels.npy"];
+        let out = tmp.path().join("out");
+        let make = |files: &[&str]| {
+            let _ = std::fs::remove_dir_all(&out);
+            for file in files {
+                let path = out.join(file);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, "x").unwrap();
+            }
+        };
+        let refusal = |files: &[&str]| {
+            make(files);
+            Staging::replacing(&out, &written).err().map(|e| e.to_string())
+        };
+        assert_eq!(refusal(&["export.json", "train/labels.npy", "test/labels.npy"]), None);
+        assert_eq!(refusal(&["export.json"]), None);
+        for (files, named) in [
+            (&["export.json", "train/labels.npy", "train/mine.csv"][..], "train/mine.csv"),
+            (&["export.json", "train/mine/data.bin"], "train/mine"),
+            (&["export.json", "valid/labels.npy"], "valid/"),
+            (&["export.json", "notes.txt"], "notes.txt"),
+        ] {
+            let said = refusal(files).unwrap_or_else(|| panic!("{files:?} taken for an earlier output"));
+            assert!(said.contains(&format!("holds {named}, which this command does not write")), "{files:?}: {said}");
+        }
+        // A file where the command writes a directory.
+        assert!(refusal(&["export.json", "train"]).is_some_and(|said| said.contains("holds train,")));
+        // Without the command's mark, nothing is taken for its output.
+        make(&["train/labels.npy"]);
+        assert!(matches!(Staging::replacing(&out, &written), Err(DataError::OutputExists(_))));
     }
 
     #[test]

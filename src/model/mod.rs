@@ -39,10 +39,23 @@ pub enum ModelError {
     #[error("{path}: pretrained MFN embeddings and centres: {why}")]
     Pretrained { path: std::path::PathBuf, why: String },
     #[error(
-        "model.kind = \"{model}\" reads item attributes, and this dataset has no item-attribute table (prepare it \
-         from Amazon meta with --meta, or from sequences with --item-attributes)"
+        "model.kind = \"{model}\" reads item attributes, and this dataset {}",
+        match has {
+            NoAttributeTable::Missing => "has no item-attribute table (prepare it from Amazon meta with --meta, or from \
+                                          sequences with --item-attributes)",
+            NoAttributeTable::Empty => "gives no item an attribute: its meta file names no brand, category or price, \
+                                        or its attributes file lists none (prepare it with one that does)",
+        }
     )]
-    NoAttributes { model: &'static str },
+    NoAttributes { model: &'static str, has: NoAttributeTable },
+}
+
+/// Why a dataset gives a model that needs item attributes none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAttributeTable {
+    Missing,
+    /// A table whose every column is empty.
+    Empty,
 }
 
 /// What a main model returns.
@@ -107,7 +120,8 @@ impl MainModel {
             ModelKind::Mind => MainModel::Mind(Mind::new(p, cfg, dims, items)?),
             ModelKind::Mfn => MainModel::Mfn(Box::new(Mfn::new(p, cfg, dims, attributes, items)?)),
             ModelKind::Camn => {
-                let ids = attributes.ok_or(ModelError::NoAttributes { model: cfg.kind.name() })?;
+                let has = NoAttributeTable::Missing;
+                let ids = attributes.ok_or(ModelError::NoAttributes { model: cfg.kind.name(), has })?;
                 MainModel::Camn(Box::new(Camn::new(p, cfg, dims, ids, items)?))
             }
         })

@@ -703,6 +703,13 @@ mod tests {
         let written = crate::checkpoint::verify_reading(&checkpoint).unwrap_err();
         assert!(!written.is_input_error(), "a passing error: {written}");
         assert!(written.to_string().contains("not finished: its run is training now (pid "), "{written}");
+        // Named through a link to it, or from inside it as `.`, it is the same checkpoint.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&checkpoint, &link).unwrap();
+        for named in [link.clone(), checkpoint.join(".")] {
+            let written = crate::checkpoint::verify_reading(&named).unwrap_err();
+            assert!(written.to_string().contains("its run is training now"), "{}: {written}", named.display());
+        }
         // Free again once its holder lets go.
         drop(lock);
         assert_eq!(run.writer(), None);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 use super::trainer::{
-    build_model, check_history, evaluate_on, pick_device, score, validation_split, Built, EvalResult, EvalSet,
+    build_saved_model, check_history, evaluate_on, pick_device, score, validation_split, Built, EvalResult, EvalSet,
     TrainError,
 };
 use crate::checkpoint;
@@ -157,15 +157,14 @@ impl Saved {
             None if cfg.data.dir != trained_on => check_same_vocabularies(&trained_on, &cfg.data.dir, &dataset)?,
             None => {}
         }
-        let Built { mut vs, net } = build_model(&cfg, &dataset, device)?;
         // A checkpoint directory keeps its model under the same name as a run directory.
-        checkpoint::load_var_store(&mut vs, &RunDir::new(dir).model()).map_err(|e| {
-            if dir.exists() {
-                e
-            } else {
-                checkpoint::CheckpointError::Removed { path: dir.to_path_buf() }
-            }
+        let model = RunDir::new(dir).model();
+        let gone = |e| if dir.exists() { e } else { checkpoint::CheckpointError::Removed { path: dir.to_path_buf() } };
+        let Built { mut vs, net } = build_saved_model(&cfg, &dataset, &model, device).map_err(|e| match e {
+            TrainError::Checkpoint(e) => TrainError::Checkpoint(gone(e)),
+            e => e,
         })?;
+        checkpoint::load_var_store(&mut vs, &model).map_err(gone)?;
         Ok(Self { cfg, dataset, net, device })
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::optim::{Adam, AdamConfig};
 use super::step::{
@@ -22,8 +22,8 @@ use crate::dist::{self, Communicator, CommunicatorExt};
 use crate::io_error::PathIo;
 use crate::model::batch_stats::Mode;
 use crate::model::embeddings::{BatchIds, Vocab};
-use crate::model::ItemAttributeIds;
-use crate::network::Network;
+use crate::model::{ItemAttributeIds, NoAttributeTable};
+use crate::network::{Network, MAIN_PATH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -423,19 +423,53 @@ pub struct Built {
 
 /// Build the network for `dataset` on `device` (initial values from `train.seed`).
 pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Built, TrainError> {
-    let vocab = Vocab {
-        users: dataset.vocab.users.len() as i64,
-        items: dataset.vocab.items.len() as i64,
-        cats: dataset.vocab.cats.len() as i64,
-    };
     let attributes = (dataset.attributes.as_ref())
         .filter(|_| cfg.model.kind.reads_attributes())
         .map(|a| ItemAttributeIds::from_rows(&a.table, a.k(), a.names.len()));
-    if cfg.model.kind.needs_attributes() && attributes.is_none() {
-        let why = crate::model::ModelError::NoAttributes { model: cfg.model.kind.name() };
+    if cfg.model.kind.needs_attributes() {
+        // A table whose every column is empty (meta lines without brand, category or price) gives
+        // such a model nothing to read either.
+        let has = match &attributes {
+            None => NoAttributeTable::Missing,
+            Some(ids) if ids.columns() == 0 => NoAttributeTable::Empty,
+            Some(_) => {
+                return build_network(cfg, vocab_of(dataset), &dataset.vocab.item_cat, attributes.as_ref(), device)
+            }
+        };
+        let why = crate::model::ModelError::NoAttributes { model: cfg.model.kind.name(), has };
         return Err(TrainError::NoAttributes { path: dataset.dir.clone(), why });
     }
-    build_network(cfg, vocab, &dataset.vocab.item_cat, attributes.as_ref(), device)
+    build_network(cfg, vocab_of(dataset), &dataset.vocab.item_cat, attributes.as_ref(), device)
+}
+
+/// Build the network of the saved model whose file is `model`, for `dataset`: as [`build_model`],
+/// but with the item-attribute table the file carries (the one it was trained with, whatever
+/// table the dataset holds now: prepared again with other attributes, or another dataset of the
+/// same vocabularies), so that the file loads into it and scores as it was trained.
+pub fn build_saved_model(cfg: &Config, dataset: &Dataset, model: &Path, device: Device) -> Result<Built, TrainError> {
+    use crate::model::item_attributes::{ATTRIBUTE_TABLE, ITEM_ATTRIBUTES};
+    if !cfg.model.kind.reads_attributes() {
+        return build_model(cfg, dataset, device);
+    }
+    let (ids, table) = (format!("{MAIN_PATH}.{ITEM_ATTRIBUTES}"), format!("{MAIN_PATH}.{ATTRIBUTE_TABLE}"));
+    let stored = checkpoint::read_tensors_where(model, |name| name == ids || name == table)?;
+    let attributes = match (stored.get(&ids), stored.get(&table)) {
+        (Some(ids), Some(table)) => ItemAttributeIds { table: ids.to_kind(Kind::Int64), values: table.size()[0] },
+        // A model that needs them and has none: the load names what its file lacks.
+        _ if cfg.model.kind.needs_attributes() => return build_model(cfg, dataset, device),
+        // MFN trained without them.
+        _ => return build_network(cfg, vocab_of(dataset), &dataset.vocab.item_cat, None, device),
+    };
+    build_network(cfg, vocab_of(dataset), &dataset.vocab.item_cat, Some(&attributes), device)
+}
+
+/// The sizes of `dataset`'s vocabularies.
+fn vocab_of(dataset: &Dataset) -> Vocab {
+    Vocab {
+        users: dataset.vocab.users.len() as i64,
+        items: dataset.vocab.items.len() as i64,
+        cats: dataset.vocab.cats.len() as i64,
+    }
 }
 
 /// Build the network for vocabularies of the given sizes (`item_cat`: category of every item,

@@ -412,3 +412,120 @@ fn a_cached_synthetic_dataset_without_the_attribute_table_is_made_again() {
     let again = synthetic_dataset(&cfg, Protocol::Din, 10, tmp.path()).unwrap();
     assert_eq!(Dataset::open(&again).unwrap().attributes, Some(fresh));
 }
+
+/// A small sequences dataset prepared into `dir/name` from 80 users' sequences over 40 items and,
+/// with `Some(columns)`, an attributes file giving each item `columns` attributes.
+fn small_sequences(dir: &Path, name: &str, columns: Option<usize>) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let sequences = dir.join("sequences.txt");
+    let lines: Vec<String> = (1..=80)
+        .map(|u| {
+            let items: Vec<String> =
+                (0..6 + u % 5).map(|k| format!("i{}", 1 + (u * 7 + k * (u % 3 + 2)) % 40)).collect();
+            format!("u{u} {}", items.join(" "))
+        })
+        .collect();
+    std::fs::write(&sequences, lines.join("\n") + "\n").unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec!["--sequences".into(), sequences.into()];
+    if let Some(columns) = columns {
+        let lists: HashMap<String, Vec<u64>> = (1..=40u64)
+            .map(|i| (format!("i{i}"), (0..columns as u64).map(|c| 1 + (i + 3 * c) % 7).collect()))
+            .collect();
+        let attributes = dir.join("attributes.json");
+        std::fs::write(&attributes, serde_json::to_string(&lists).unwrap()).unwrap();
+        args.extend(["--item-attributes".into(), attributes.into_os_string()]);
+    }
+    let out = dir.join(name);
+    run_ok(
+        Command::new(micn_bin())
+            .args(["prepare", "--input-format", "sequences", "--protocol", "din", "--max-hist-len", "8", "--seed", "1"])
+            .args(&args)
+            .arg("--out")
+            .arg(&out),
+    );
+    out
+}
+
+#[test]
+fn camn_refuses_a_dataset_whose_attribute_table_gives_no_item_a_value_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, data) = (tmp.path().join("raw"), tmp.path().join("data"));
+    run_ok(
+        Command::new(micn_bin())
+            .args(["synth", "--preset", "quickstart", "--seed", "3", "--users", "200", "--items", "100", "--out"])
+            .arg(&raw),
+    );
+    // Meta lines that describe every item and give none a brand, category or price.
+    let meta = std::fs::read_to_string(raw.join("meta_Synthetic.json")).unwrap();
+    let bare: String = meta
+        .lines()
+        .map(|line| {
+            let asin = line.split("'asin': '").nth(1).and_then(|rest| rest.split('\'').next()).unwrap();
+            format!("{{'asin': '{asin}', 'title': 'x'}}\n")
+        })
+        .collect();
+    std::fs::write(raw.join("bare_meta.json"), bare).unwrap();
+    run_ok(
+        Command::new(micn_bin())
+            .args(["prepare", "--input-format", "amazon2014", "--protocol", "din", "--max-hist-len", "10"])
+            .arg("--reviews")
+            .arg(raw.join("reviews_Synthetic_5.json"))
+            .arg("--meta")
+            .arg(raw.join("bare_meta.json"))
+            .arg("--out")
+            .arg(&data),
+    );
+    assert!(Dataset::open(&data).unwrap().attributes.is_some(), "a table, empty");
+    let config = tmp.path().join("camn.toml");
+    let run = tmp.path().join("run");
+    let toml = format!(
+        "[data]\ndir = {:?}\nmax_hist_len = 10\n[model]\nkind = \"camn\"\n[run]\ndir = {:?}\n",
+        data.display(),
+        run.display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let out = Command::new(micn_bin()).args(["train", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let said = format!(
+        "error: {}: model.kind = \"camn\" reads item attributes, and this dataset gives no item",
+        data.display()
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+}
+
+/// A model file carries the item-attribute table it was trained with: `eval --data` of a dataset
+/// of the same vocabularies whose attribute table differs (other columns; none at all) scores
+/// with the model's own table, as the run scored itself, where it was refused as a damaged model
+/// file (`stored with shape …`, `is in the file but not in the model`).
+#[test]
+fn eval_scores_with_the_attribute_table_the_model_was_trained_with_whatever_the_dataset_holds_now() {
+    let tmp = tempfile::tempdir().unwrap();
+    let with_three = small_sequences(tmp.path(), "three", Some(3));
+    let with_one = small_sequences(tmp.path(), "one", Some(1));
+    let without = small_sequences(tmp.path(), "none", None);
+    for (kind, trained_on, others) in [
+        ("camn", &with_three, vec![&with_one]),
+        ("mfn", &with_three, vec![&with_one, &without]),
+        ("mfn", &without, vec![&with_three]),
+    ] {
+        let run = tmp.path().join(format!("run-{kind}-{}", trained_on.file_name().unwrap().to_string_lossy()));
+        let sets = [
+            format!("model.kind={kind}"),
+            format!("data.dir={:?}", trained_on.display().to_string()),
+            "data.max_hist_len=8".into(),
+            "data.valid_share=0".into(),
+            "train.global_batch_size=16".into(),
+            "train.max_steps=4".into(),
+        ];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let summary = micn::train::train(&crate::small_config(&run, &sets), &micn::dist::SingleProcess).unwrap();
+        for other in others {
+            let out =
+                run_ok(Command::new(micn_bin()).args(["eval", "--json", "--run"]).arg(&run).arg("--data").arg(other));
+            let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let what = format!("{kind} trained on {}, scored on {}", trained_on.display(), other.display());
+            assert_eq!(eval["auc"].as_f64(), Some(summary.test_auc), "{what}");
+        }
+    }
+}
