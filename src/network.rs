@@ -315,7 +315,7 @@ mod tests {
     /// (the same rows as the sparse gradient of the lookups).
     #[test]
     fn a_main_model_s_own_table_read_through_a_planned_row_leaf_gives_the_lookups_and_their_gradient() {
-        use crate::model::embeddings::{HostIds, PlannedRows, TableOwner, Task};
+        use crate::model::embeddings::{DownloadedIds, PlannedRows, TableOwner, Task};
         use crate::transfer::Upload;
         for kind in [ModelKind::WideDeep, ModelKind::Mfn, ModelKind::Camn] {
             testing::one_thread();
@@ -325,18 +325,7 @@ mod tests {
             let net = Network::new(&vs.root(), &model, &MicnConfig::default(), &VOCAB, &item_cats(), Some(&attributes))
                 .unwrap();
             let ids = testing::batch(3, 6, 5, &VOCAB, false);
-            let on_host = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).unwrap();
-            let (users, items, cats) = (on_host(&ids.users), on_host(&ids.items), on_host(&ids.cats));
-            let (hist_items, hist_cats) = (on_host(&ids.hist_items), on_host(&ids.hist_cats));
-            let host = HostIds {
-                users: &users,
-                items: &items,
-                cats: &cats,
-                hist_items: &hist_items,
-                hist_cats: &hist_cats,
-                noclick: None,
-            };
-            let lookups = net.main.row_lookups(&host).expect("a table read by rows");
+            let lookups = net.main.row_lookups(&DownloadedIds::of(&ids).host()).expect("a table read by rows");
             assert_eq!(net.main.row_tables(), [lookups.table], "{kind:?}");
             let mut upload = Upload::new();
             let planned = PlannedRows::new(&lookups.ids, &mut upload);
@@ -356,7 +345,8 @@ mod tests {
             let table = &vs.variables()[&format!("main.{}", lookups.table)];
             let reference =
                 Tensor::run_backward(&[weighted(&plain.logit)], &[table], false, false).remove(0).coalesce();
-            assert_eq!(on_host(&reference.indices().select(0, 0)), leaf.ids, "{kind:?}: the rows the lookups read");
+            let rows_read = Vec::<i64>::try_from(reference.indices().select(0, 0)).unwrap();
+            assert_eq!(rows_read, leaf.ids, "{kind:?}: the rows the lookups read");
             let leaf_grad =
                 Tensor::run_backward(&[weighted(&through_leaf.logit)], &[&leaf.leaf], false, false).remove(0);
             let diff = (leaf_grad - reference.values()).abs().max().double_value(&[]);

@@ -528,6 +528,43 @@ pub struct HostIds<'a> {
     pub noclick: Option<(&'a [i64], &'a [i64])>,
 }
 
+/// The ids of a batch read back from its tensors (counted downloads), for a [`HostIds`] of a
+/// batch that is only on the device.
+#[derive(Debug)]
+pub struct DownloadedIds {
+    users: Vec<i64>,
+    items: Vec<i64>,
+    cats: Vec<i64>,
+    hist_items: Vec<i64>,
+    hist_cats: Vec<i64>,
+    noclick: Option<(Vec<i64>, Vec<i64>)>,
+}
+
+impl DownloadedIds {
+    pub fn of(ids: &BatchIds) -> Self {
+        use crate::transfer::download_i64;
+        Self {
+            users: download_i64(&ids.users),
+            items: download_i64(&ids.items),
+            cats: download_i64(&ids.cats),
+            hist_items: download_i64(&ids.hist_items),
+            hist_cats: download_i64(&ids.hist_cats),
+            noclick: ids.noclick.as_ref().map(|n| (download_i64(&n.items), download_i64(&n.cats))),
+        }
+    }
+
+    pub fn host(&self) -> HostIds<'_> {
+        HostIds {
+            users: &self.users,
+            items: &self.items,
+            cats: &self.cats,
+            hist_items: &self.hist_items,
+            hist_cats: &self.hist_cats,
+            noclick: self.noclick.as_ref().map(|(items, cats)| (items.as_slice(), cats.as_slice())),
+        }
+    }
+}
+
 /// The distinct ids of `lookups`, ascending, and for every lookup the index of its id among them.
 fn distinct_rows(lookups: &[i64]) -> (Vec<i64>, Vec<i64>) {
     let mut distinct = lookups.to_vec();
@@ -723,21 +760,9 @@ impl Embeddings {
     /// [`Embeddings::forward_train_planned`] for a batch whose ids are only on the device: reads
     /// them back (counted downloads) to plan the leaves, then uploads the plan (one upload).
     pub fn forward_train(&self, ids: &BatchIds, negatives: Option<&[i64]>) -> TrainingInput {
-        use crate::transfer::download_i64;
-        let (items, cats) = (download_i64(&ids.items), download_i64(&ids.cats));
-        let (hist_items, hist_cats) = (download_i64(&ids.hist_items), download_i64(&ids.hist_cats));
-        let noclick = ids.noclick.as_ref().map(|n| (download_i64(&n.items), download_i64(&n.cats)));
-        let users = download_i64(&ids.users);
-        let host = HostIds {
-            users: &users,
-            items: &items,
-            cats: &cats,
-            hist_items: &hist_items,
-            hist_cats: &hist_cats,
-            noclick: noclick.as_ref().map(|(i, c)| (i.as_slice(), c.as_slice())),
-        };
+        let downloaded = DownloadedIds::of(ids);
         let mut upload = Upload::new();
-        let plan = self.plan_leaves(&host, negatives, None, &mut upload);
+        let plan = self.plan_leaves(&downloaded.host(), negatives, None, &mut upload);
         let sent = upload.send(self.item.device());
         self.forward_train_planned(ids, plan, &sent)
     }

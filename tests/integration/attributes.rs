@@ -348,6 +348,20 @@ fn sequences_attribute_lists_become_the_table_cut_to_max_attributes() {
     }
 }
 
+/// `micn synth`'s reviews in `raw`, with its meta file `meta` there, prepared into `out` (din).
+fn prepare_synthetic(raw: &Path, meta: &str, out: &Path) {
+    run_ok(
+        Command::new(micn_bin())
+            .args(["prepare", "--input-format", "amazon2014", "--protocol", "din", "--max-hist-len", "10"])
+            .arg("--reviews")
+            .arg(raw.join("reviews_Synthetic_5.json"))
+            .arg("--meta")
+            .arg(raw.join(meta))
+            .arg("--out")
+            .arg(out),
+    );
+}
+
 #[test]
 fn amazon_2014_meta_of_synthetic_brands_fills_the_table_as_the_generator_drew_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -358,16 +372,7 @@ fn amazon_2014_meta_of_synthetic_brands_fills_the_table_as_the_generator_drew_it
             .args(["--clusters", "10", "--brands", "5", "--brand-signal", "1.0", "--out"])
             .arg(&raw),
     );
-    run_ok(
-        Command::new(micn_bin())
-            .args(["prepare", "--input-format", "amazon2014", "--protocol", "din", "--max-hist-len", "10"])
-            .arg("--reviews")
-            .arg(raw.join("reviews_Synthetic_5.json"))
-            .arg("--meta")
-            .arg(raw.join("meta_Synthetic.json"))
-            .arg("--out")
-            .arg(&out),
-    );
+    prepare_synthetic(&raw, "meta_Synthetic.json", &out);
     let d = Dataset::open(&out).unwrap();
     let rows = rows_by_name(&d);
     // Signal 1: each item's brand is its hidden cluster's home brand (cluster mod 5), as the
@@ -465,16 +470,7 @@ fn camn_refuses_a_dataset_whose_attribute_table_gives_no_item_a_value_naming_it(
         })
         .collect();
     std::fs::write(raw.join("bare_meta.json"), bare).unwrap();
-    run_ok(
-        Command::new(micn_bin())
-            .args(["prepare", "--input-format", "amazon2014", "--protocol", "din", "--max-hist-len", "10"])
-            .arg("--reviews")
-            .arg(raw.join("reviews_Synthetic_5.json"))
-            .arg("--meta")
-            .arg(raw.join("bare_meta.json"))
-            .arg("--out")
-            .arg(&data),
-    );
+    prepare_synthetic(&raw, "bare_meta.json", &data);
     assert!(Dataset::open(&data).unwrap().attributes.is_some(), "a table, empty");
     let config = tmp.path().join("camn.toml");
     let run = tmp.path().join("run");
