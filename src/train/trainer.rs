@@ -426,16 +426,14 @@ pub fn build_model(cfg: &Config, dataset: &Dataset, device: Device) -> Result<Bu
     let attributes = (dataset.attributes.as_ref())
         .filter(|_| cfg.model.kind.reads_attributes())
         .map(|a| ItemAttributeIds::from_rows(&a.table, a.k(), a.names.len()));
-    if cfg.model.kind.needs_attributes() {
-        // A table whose every column is empty (meta lines without brand, category or price) gives
-        // such a model nothing to read either.
-        let has = match &attributes {
-            None => NoAttributeTable::Missing,
-            Some(ids) if ids.columns() == 0 => NoAttributeTable::Empty,
-            Some(_) => {
-                return build_network(cfg, vocab_of(dataset), &dataset.vocab.item_cat, attributes.as_ref(), device)
-            }
-        };
+    // A table whose every column is empty (meta lines without brand, category or price) gives a
+    // model that needs attributes nothing to read either.
+    let lacking = match &attributes {
+        None => Some(NoAttributeTable::Missing),
+        Some(ids) if ids.columns() == 0 => Some(NoAttributeTable::Empty),
+        Some(_) => None,
+    };
+    if let Some(has) = lacking.filter(|_| cfg.model.kind.needs_attributes()) {
         let why = crate::model::ModelError::NoAttributes { model: cfg.model.kind.name(), has };
         return Err(TrainError::NoAttributes { path: dataset.dir.clone(), why });
     }
